@@ -1,0 +1,213 @@
+"""Message schemas and validation shared by the server and the node.
+
+Every value that arrives from the network passes through one of the
+``parse_*`` functions here before anything else looks at it. Each raises
+:class:`ProtocolError` naming the offending field, so an API can answer with
+a precise 400 and a CLI with a precise message; none of them ever lets a
+value through that could mean something to a shell or a WireGuard config
+line (no spaces, no newlines, no metacharacters survive validation).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BODY_BYTES = 64 * 1024
+WG_KEY_BYTES = 32
+
+NAT_TYPES = ("unknown", "none", "easy", "hard")
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A DNS label (RFC 1123): letters, digits and inner hyphens, 1-63 characters.
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_BASE64_KEY = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+
+
+class ProtocolError(ValueError):
+    """A message or field is not acceptable. ``str()`` is safe to show a user."""
+
+    def __init__(self, field: str | None, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
+
+
+def parse_json_object(body: bytes, *, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    if len(body) > limit:
+        raise ProtocolError(None, f"body is {len(body)} bytes; the limit is {limit}")
+    if not body.strip():
+        raise ProtocolError(None, "body is empty; expected a JSON object")
+    try:
+        value = json.loads(body)
+    except UnicodeDecodeError:
+        raise ProtocolError(None, "body is not UTF-8 text")
+    except json.JSONDecodeError as e:
+        raise ProtocolError(None, f"body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+    except RecursionError:
+        raise ProtocolError(None, "body is nested too deeply")
+    if not isinstance(value, dict):
+        raise ProtocolError(None, f"body must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _require_str(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(field, f"must be a string, not {_json_type(value)}")
+    return value
+
+
+def parse_node_id(value: Any, field: str = "node_id") -> str:
+    text = _require_str(field, value)
+    if not _NODE_ID.match(text):
+        raise ProtocolError(
+            field, "must be 1-64 characters of letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return text
+
+
+def parse_node_name(value: Any, field: str = "node_name") -> str:
+    """A node name is a DNS label; it is stored lower-case (DNS is case-blind)."""
+    text = _require_str(field, value).lower()
+    if not _DNS_LABEL.match(text):
+        raise ProtocolError(
+            field,
+            f"{_shown(value)} is not a DNS label (1-63 letters, digits or inner hyphens)",
+        )
+    return text
+
+
+def parse_wg_public_key(value: Any, field: str = "wg_public_key") -> str:
+    """A WireGuard public key: standard base64 of exactly 32 bytes."""
+    text = _require_str(field, value)
+    if not _BASE64_KEY.match(text):
+        raise ProtocolError(field, "must be the base64 form of a 32-byte WireGuard key (44 characters)")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ProtocolError(field, "is not valid base64")
+    if len(raw) != WG_KEY_BYTES:
+        raise ProtocolError(field, f"decodes to {len(raw)} bytes; a WireGuard key is 32")
+    return text
+
+
+def parse_port(value: Any, field: str) -> int:
+    # bool is an int subclass in Python; JSON true is not a port.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(field, f"must be an integer from 1 to 65535, not {_json_type(value)}")
+    if not 1 <= value <= 65535:
+        raise ProtocolError(field, f"{value} is not a UDP port (1-65535)")
+    return value
+
+
+def parse_ip_address(value: Any, field: str) -> str:
+    """One IPv4 or IPv6 host address (not a network, not a hostname)."""
+    text = _require_str(field, value)
+    if "/" in text:
+        raise ProtocolError(field, f"{_shown(text)} is a network (CIDR); expected one address")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ProtocolError(field, f"{_shown(text)} is not an IP address")
+    return str(address)
+
+
+def parse_nat_type(value: Any, field: str = "nat_type") -> str:
+    text = _require_str(field, value)
+    if text not in NAT_TYPES:
+        raise ProtocolError(field, f"must be one of {', '.join(NAT_TYPES)}")
+    return text
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A short, printable rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A validated ``POST /register`` body (the seed's fields, plus extras)."""
+
+    node_id: str
+    node_name: str
+    wg_public_key: str
+    port: int
+    nat_port: int
+    lan_ip: str | None
+    requested_vpn_ip: str | None
+    nat_type: str
+    public_ip: str | None = None
+    public_port: int | None = None
+
+
+def parse_registration(body: dict[str, Any]) -> Registration:
+    """Validate a registration; unknown fields are ignored for forward compatibility."""
+    for required in ("node_id", "wg_public_key"):
+        if required not in body or body[required] in (None, ""):
+            raise ProtocolError(required, "is required")
+    node_id = parse_node_id(body["node_id"])
+    name_value = body.get("node_name")
+    # The seed lets a node register without a name; it is then known by the
+    # start of its id, as the seed's status view shows it.
+    node_name = parse_node_name(name_value) if name_value not in (None, "") else _default_name(node_id)
+    port = parse_port(body.get("port", 51820), "port")
+    nat_port_value = body.get("nat_port")
+    nat_port = parse_port(nat_port_value, "nat_port") if nat_port_value is not None else port
+    lan_value = body.get("lan_ip")
+    lan_ip = parse_ip_address(lan_value, "lan_ip") if lan_value not in (None, "") else None
+    vpn_value = body.get("vpn_ip")
+    requested = parse_ip_address(vpn_value, "vpn_ip") if vpn_value not in (None, "") else None
+    nat_value = body.get("nat_type")
+    nat_type = parse_nat_type(nat_value) if nat_value not in (None, "") else "unknown"
+    return Registration(
+        node_id=node_id,
+        node_name=node_name,
+        wg_public_key=parse_wg_public_key(body["wg_public_key"]),
+        port=port,
+        nat_port=nat_port,
+        lan_ip=lan_ip,
+        requested_vpn_ip=requested,
+        nat_type=nat_type,
+    )
+
+
+def _default_name(node_id: str) -> str:
+    label = re.sub(r"[^a-z0-9-]", "-", node_id[:12].lower()).strip("-")
+    return label or "node"
+
+
+@dataclass(frozen=True)
+class PunchRequest:
+    from_vpn_ip: str
+    to_vpn_ip: str
+
+
+def parse_punch(body: dict[str, Any]) -> PunchRequest:
+    for required in ("from_vpn_ip", "to_vpn_ip"):
+        if required not in body or body[required] in (None, ""):
+            raise ProtocolError(required, "is required")
+    return PunchRequest(
+        from_vpn_ip=parse_ip_address(body["from_vpn_ip"], "from_vpn_ip"),
+        to_vpn_ip=parse_ip_address(body["to_vpn_ip"], "to_vpn_ip"),
+    )
