@@ -45,9 +45,11 @@ def parse_json_object(body: bytes, *, limit: int = MAX_BODY_BYTES) -> dict[str, 
     if not body.strip():
         raise ProtocolError(None, "body is empty; expected a JSON object")
     try:
-        value = json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(None, "body is not UTF-8 text")
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise ProtocolError(None, f"body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
     except RecursionError:

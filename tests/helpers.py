@@ -1,0 +1,49 @@
+"""Shared test helpers: registration bodies and an in-memory coordinator."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from twisted.internet.task import Clock
+
+from wire.addressing import AddressPool, parse_subnet
+from wire.protocol import parse_registration
+from wire.server.coordinator import Coordinator
+from wire.server.registry import Registry
+from wire.server.store import open_store
+
+
+def key_for(name: str) -> str:
+    """A stable, valid WireGuard public key for a test node."""
+    return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+
+
+def body_for(name: str, **fields) -> dict:
+    body = {
+        "node_id": hashlib.sha256(name.encode()).hexdigest()[:32],
+        "node_name": name,
+        "wg_public_key": key_for(name),
+        "port": 51820,
+        "nat_port": 51820,
+    }
+    body.update(fields)
+    return body
+
+
+def registration_for(name: str, **fields):
+    return parse_registration(body_for(name, **fields))
+
+
+def make_coordinator(test, subnet: str = "10.99.0.0/16", clock: Clock | None = None, **registry_options) -> Coordinator:
+    """A coordinator on a fake clock with a real SQLite store in a temp dir."""
+    clock = clock or Clock()
+    clock.advance(1_700_000_000)
+    data_dir = test.mktemp()
+    store = open_store(data_dir, clock)
+    registry = Registry(store, AddressPool(parse_subnet(subnet)), **registry_options)
+    registry.load(store.load(), clock.seconds())
+    coordinator = Coordinator(clock, store, registry)
+    coordinator.data_dir = data_dir
+    test.addCleanup(lambda: store._db.close())
+    return coordinator

@@ -1,0 +1,166 @@
+"""The coordination server's HTTP API (the seed's paths, plus the long-poll).
+
+Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
+``GET /health``, ``GET /ip``, ``POST /punch``. Beyond the seed:
+``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll) and
+``GET /metrics`` (Prometheus).
+"""
+
+from __future__ import annotations
+
+from twisted.web import server
+
+from wire.addressing import PoolExhausted
+from wire.protocol import ProtocolError, parse_punch, parse_registration
+from wire.server.coordinator import Coordinator, UnknownNode
+from wire.server.metrics import MetricsResource
+from wire.server.netmap import MAX_WAIT_SECONDS
+from wire.server.registry import RegistryConflict, normalize_client_ip
+from wire.server.store import StoreError
+from wire.server.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
+
+
+def client_ip(request: server.Request) -> str:
+    return normalize_client_ip(request.getClientAddress().host)
+
+
+def query_arg(request: server.Request, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, f"{name}: given {len(values)} times; give it once")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{name}: is not UTF-8 text")
+
+
+class Register(JsonResource):
+    methods = ("POST",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    async def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        try:
+            registration = parse_registration(body)
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        public_ip = client_ip(request)
+        try:
+            result = await self._coordinator.register(registration, public_ip)
+        except RegistryConflict as e:
+            raise ApiError(409, str(e))
+        except PoolExhausted as e:
+            raise ApiError(503, f"no VPN address left to give: {e}")
+        except StoreError as e:
+            raise ApiError(503, str(e))
+        record = result.record
+        return {
+            "ok": True,
+            "vpn_ip": record.vpn_ip,
+            "your_ip": public_ip,
+            "node_id": record.node_id,
+            "node_name": record.node_name,
+            "vpn_subnet": str(self._coordinator.registry.pool.network),
+            "offline_after": self._coordinator.registry.offline_after,
+            "cursor": str(self._coordinator.registry.changes.cursor),
+        }
+
+
+class Peers(JsonResource):
+    methods = ("GET",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    def get(self, request: server.Request):
+        since = query_arg(request, "since")
+        wait_text = query_arg(request, "wait")
+        if since is None:
+            if wait_text is not None:
+                raise ApiError(400, "wait: only makes sense with since (the cursor to wait past)")
+            return self._coordinator.online_peers()
+        wait = 0.0
+        if wait_text is not None:
+            try:
+                wait = float(wait_text)
+            except ValueError:
+                raise ApiError(400, f"wait: {wait_text[:20]!r} is not a number of seconds")
+            if not 0 <= wait <= MAX_WAIT_SECONDS:
+                raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
+        try:
+            return self._coordinator.netmap(since, wait)
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+
+
+class Status(JsonResource):
+    methods = ("GET",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    def get(self, request: server.Request) -> dict:
+        return self._coordinator.status()
+
+
+class Health(JsonResource):
+    methods = ("GET",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    def get(self, request: server.Request) -> dict:
+        return self._coordinator.health()
+
+
+class YourIp(JsonResource):
+    methods = ("GET",)
+
+    def get(self, request: server.Request) -> dict:
+        return {"ip": client_ip(request)}
+
+
+class Punch(JsonResource):
+    methods = ("POST",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    def post(self, request: server.Request) -> dict:
+        try:
+            punch = parse_punch(read_json_body(request))
+            answer = self._coordinator.punch(punch)
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        except UnknownNode as e:
+            raise ApiError(404, str(e))
+        return {"ok": True, "use_relay": answer.use_relay, "attempts": answer.attempts}
+
+
+def build_root(coordinator: Coordinator) -> JsonRoot:
+    root = JsonRoot()
+    root.putChild(b"register", Register(coordinator))
+    root.putChild(b"peers", Peers(coordinator))
+    root.putChild(b"status", Status(coordinator))
+    root.putChild(b"health", Health(coordinator))
+    root.putChild(b"ip", YourIp())
+    root.putChild(b"punch", Punch(coordinator))
+    root.putChild(b"metrics", MetricsResource(coordinator.metrics))
+    return root
+
+
+def build_site(coordinator: Coordinator) -> server.Site:
+    def observe_status(code: int) -> None:
+        if code >= 400:
+            coordinator.metrics.http_errors.labels(str(code)).inc()
+
+    return make_site(build_root(coordinator), observe_status=observe_status)

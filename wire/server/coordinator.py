@@ -1,0 +1,137 @@
+"""The coordination server's state and operations, independent of transport.
+
+One object ties the registry, its store, the long-poll hub, the punch
+counter and the metrics together; the HTTP resources in ``api.py`` only
+translate requests into calls on it.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wire import __version__
+from wire.protocol import PunchRequest, Registration
+from wire.server.metrics import ServerMetrics
+from wire.server.netmap import LongPollHub, parse_cursor
+from wire.server.punch import PunchAnswer, PunchTracker
+from wire.server.registry import Registered, Registry
+from wire.server.store import IStore
+
+SWEEP_INTERVAL = 1.0
+TOUCH_FLUSH_INTERVAL = 5.0
+
+
+class UnknownNode(LookupError):
+    pass
+
+
+class Coordinator:
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, store: IStore, registry: Registry):
+        self.clock = clock
+        self.store = store
+        self.registry = registry
+        self.punches = PunchTracker()
+        self.metrics = ServerMetrics()
+        self.longpolls = LongPollHub(clock, registry.changes, lambda cursor: registry.netmap_since(cursor, clock.seconds()))
+        registry.on_change(self.longpolls.changed)
+        self.metrics.track(
+            nodes_total=lambda: len(registry),
+            nodes_online=lambda: registry.online_count,
+            longpolls_open=lambda: self.longpolls.open_count,
+            netmap_serial=lambda: registry.changes.serial,
+        )
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    async def register(self, registration: Registration, public_ip: str) -> Registered:
+        """Record a registration; returns once any change is durable."""
+        result = self.registry.register(registration, public_ip, self.now())
+        if result.outcome != "heartbeat":
+            await self.store.commit()
+        self.metrics.registrations.labels(result.outcome).inc()
+        return result
+
+    def health(self) -> dict:
+        return {"ok": True, "version": __version__, "total": len(self.registry), "online": self.registry.online_count}
+
+    def status(self) -> dict:
+        """The seed's /status: every node, sorted by name."""
+        now = self.now()
+        nodes = sorted((self.registry.view(r, now) for r in self.registry.records()), key=lambda v: v["node_name"])
+        online = self.registry.online_count
+        return {
+            "version": __version__,
+            "total": len(nodes),
+            "online": online,
+            "offline": len(nodes) - online,
+            "nodes": nodes,
+            "timestamp": now,
+        }
+
+    def online_peers(self) -> dict:
+        """The seed's /peers: online nodes only."""
+        now = self.now()
+        peers = [self.registry.view(r, now) for r in self.registry.online_records()]
+        return {"peers": peers, "count": len(peers), "cursor": str(self.registry.changes.cursor)}
+
+    def netmap(self, since: str, wait: float) -> Deferred:
+        """Long-poll: changes after ``since``, as soon as there are any."""
+        cursor = parse_cursor(since, self.registry.changes.epoch)
+        return self.longpolls.poll(cursor, wait)
+
+    def punch(self, request: PunchRequest) -> PunchAnswer:
+        for address in (request.from_vpn_ip, request.to_vpn_ip):
+            if self.registry.by_vpn_ip(address) is None:
+                raise UnknownNode(f"no node has the VPN address {address}")
+        return self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
+
+    def sweep(self) -> None:
+        self.registry.sweep(self.now())
+
+    def close(self) -> None:
+        self.longpolls.close()
+        self.store.close()
+
+
+class MaintenanceService(Service):
+    """The coordinator's timers: offline sweeps and batched heartbeat writes."""
+
+    log = Logger()
+
+    def __init__(self, coordinator: Coordinator):
+        self._coordinator = coordinator
+        self._loops = [
+            self._loop(coordinator.sweep, SWEEP_INTERVAL, "offline sweep"),
+            self._loop(coordinator.store.flush_touches, TOUCH_FLUSH_INTERVAL, "heartbeat flush"),
+        ]
+
+    def _loop(self, body, interval: float, what: str) -> tuple[LoopingCall, float, str]:
+        def guarded() -> None:
+            # A raising body would stop the LoopingCall for good.
+            try:
+                body()
+            except Exception:
+                self.log.failure("{what} failed; will try again", what=what)
+
+        loop = LoopingCall(guarded)
+        loop.clock = self._coordinator.clock
+        return loop, interval, what
+
+    def startService(self) -> None:
+        super().startService()
+        for loop, interval, _ in self._loops:
+            loop.start(interval, now=False)
+
+    def stopService(self):
+        for loop, _, _ in self._loops:
+            if loop.running:
+                loop.stop()
+        self._coordinator.close()
+        return super().stopService()

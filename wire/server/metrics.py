@@ -1,0 +1,64 @@
+"""Prometheus metrics for the coordination server (``GET /metrics``).
+
+Each server gets its own CollectorRegistry, so several can live in one
+process (tests) without clashing in the library's global registry.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from twisted.web import resource, server
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.nodes_total = Gauge("wire_nodes", "Nodes in the registry", registry=self.registry)
+        self.nodes_online = Gauge("wire_nodes_online", "Nodes that heartbeat recently", registry=self.registry)
+        self.longpolls_open = Gauge("wire_longpolls_open", "Netmap long-polls waiting", registry=self.registry)
+        self.netmap_serial = Gauge("wire_netmap_serial", "Current netmap serial", registry=self.registry)
+        self.registrations = Counter(
+            "wire_registrations",
+            "POST /register answered, by outcome (new, changed, heartbeat)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.stun_datagrams = Counter(
+            "wire_stun_datagrams",
+            "Datagrams on the STUN ports, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.http_errors = Counter(
+            "wire_http_errors",
+            "HTTP answers with a 4xx or 5xx status, by status",
+            ["status"],
+            registry=self.registry,
+        )
+
+    def track(
+        self,
+        nodes_total: Callable[[], float],
+        nodes_online: Callable[[], float],
+        longpolls_open: Callable[[], float],
+        netmap_serial: Callable[[], float],
+    ) -> None:
+        """Read live values at scrape time instead of updating them on every change."""
+        self.nodes_total.set_function(nodes_total)
+        self.nodes_online.set_function(nodes_online)
+        self.longpolls_open.set_function(longpolls_open)
+        self.netmap_serial.set_function(netmap_serial)
+
+
+class MetricsResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: ServerMetrics):
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self._metrics.registry)

@@ -1,0 +1,39 @@
+"""The coordination server's record of one node."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class NodeRecord:
+    node_id: str
+    node_name: str
+    wg_public_key: str
+    vpn_ip: str
+    public_ip: str
+    port: int
+    nat_port: int
+    lan_ip: str
+    nat_type: str
+    registered: float
+    last_seen: float
+
+    def describes_same_node(self, other: NodeRecord) -> bool:
+        """True when nothing a peer cares about differs (times aside)."""
+        return all(
+            getattr(self, f.name) == getattr(other, f.name)
+            for f in fields(self)
+            if f.name not in ("registered", "last_seen")
+        )
+
+    def peer_view(self, online: bool, now: float) -> dict:
+        """The node as other nodes and the seed's API see it."""
+        view = asdict(self)
+        view["online"] = online
+        view["status"] = "online" if online else "offline"
+        view["last_seen_ago"] = max(0, int(now - self.last_seen))
+        return view
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))

@@ -1,0 +1,147 @@
+"""The netmap's change log and the long-polls waiting on it.
+
+Every change to what peers must know (a node added, changed, gone offline or
+online, removed) gets the next serial. A node holds a cursor
+``EPOCH:SERIAL``; asked what changed since it, the server answers with just
+the nodes changed after it (upserts) and those removed, found by a binary
+search in the log: O(changes), never O(nodes). A cursor from another server
+run (another epoch) or older than the log gets a full snapshot instead.
+
+Long-polls wait for the serial to move. All changes made in one reactor
+turn wake the waiters once, and waiters holding the same cursor share one
+computed answer, so a change costs O(waiters) writes and not O(waiters x
+nodes) work.
+"""
+
+from __future__ import annotations
+
+import bisect
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from wire.protocol import ProtocolError
+
+MAX_WAIT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Cursor:
+    epoch: str
+    serial: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.serial}"
+
+
+def parse_cursor(text: str, current_epoch: str) -> Cursor:
+    """``EPOCH:SERIAL``, or a bare serial (taken to be in the current epoch)."""
+    epoch, _, serial_text = text.rpartition(":")
+    if not serial_text.isdigit() or len(serial_text) > 18:
+        raise ProtocolError("since", f"{text[:40]!r} is not a cursor (EPOCH:SERIAL as returned in 'cursor')")
+    if epoch and (len(epoch) > 32 or not epoch.isalnum()):
+        raise ProtocolError("since", f"{text[:40]!r} is not a cursor (EPOCH:SERIAL as returned in 'cursor')")
+    return Cursor(epoch or current_epoch, int(serial_text))
+
+
+class ChangeLog:
+    """Serial numbers and which node changed at each."""
+
+    def __init__(self, max_entries: int = 50_000, epoch: str | None = None):
+        self.epoch = epoch or secrets.token_hex(6)
+        self.serial = 0
+        self._max_entries = max_entries
+        self._serials: list[int] = []
+        self._node_ids: list[str] = []
+        # The oldest serial whose successors are all still in the log.
+        self._complete_after = 0
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.epoch, self.serial)
+
+    def record(self, node_id: str) -> int:
+        self.serial += 1
+        self._serials.append(self.serial)
+        self._node_ids.append(node_id)
+        if len(self._serials) > self._max_entries:
+            # Trim half at once so trimming stays amortised O(1) per change.
+            cut = len(self._serials) // 2
+            self._complete_after = self._serials[cut - 1]
+            del self._serials[:cut]
+            del self._node_ids[:cut]
+        return self.serial
+
+    def changed_since(self, cursor: Cursor) -> set[str] | None:
+        """The nodes changed after ``cursor``, or None if only a snapshot will do."""
+        if cursor.epoch != self.epoch or cursor.serial > self.serial or cursor.serial < self._complete_after:
+            return None
+        start = bisect.bisect_right(self._serials, cursor.serial)
+        return set(self._node_ids[start:])
+
+
+class LongPollHub:
+    """Long-polls waiting for the netmap to move past their cursor."""
+
+    def __init__(self, clock: IReactorTime, changes: ChangeLog, answer: Callable[[Cursor], dict]):
+        self._clock = clock
+        self._changes = changes
+        self._answer = answer
+        self._waiters: dict[Deferred, Cursor] = {}
+        self._wake_call = None
+
+    @property
+    def open_count(self) -> int:
+        return len(self._waiters)
+
+    def poll(self, cursor: Cursor, wait: float) -> Deferred:
+        """Fire with an answer now if anything changed, else when something does or ``wait`` ends."""
+        if cursor != self._changes.cursor or wait <= 0:
+            return succeed(self._answer(cursor))
+        timer = None
+
+        def cancel(d: Deferred) -> None:
+            self._waiters.pop(d, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+
+        waiter: Deferred = Deferred(cancel)
+        self._waiters[waiter] = cursor
+
+        def timed_out() -> None:
+            if self._waiters.pop(waiter, None) is not None:
+                waiter.callback(self._answer(cursor))
+
+        timer = self._clock.callLater(min(wait, MAX_WAIT_SECONDS), timed_out)
+        waiter.addBoth(_cancel_timer, timer)
+        return waiter
+
+    def changed(self) -> None:
+        """The serial moved; answer every waiter after this reactor turn."""
+        if self._wake_call is None and self._waiters:
+            self._wake_call = self._clock.callLater(0, self._wake)
+
+    def _wake(self) -> None:
+        self._wake_call = None
+        waiters, self._waiters = self._waiters, {}
+        answers: dict[Cursor, dict] = {}
+        for waiter, cursor in waiters.items():
+            if cursor not in answers:
+                answers[cursor] = self._answer(cursor)
+            waiter.callback(answers[cursor])
+
+    def close(self) -> None:
+        """Answer every waiter now (the server is stopping)."""
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self._wake_call = None
+        self._wake()
+
+
+def _cancel_timer(result, timer):
+    if timer.active():
+        timer.cancel()
+    return result

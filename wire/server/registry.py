@@ -1,0 +1,270 @@
+"""The node registry: who is in the mesh, where they are, who is online.
+
+All state lives in memory, indexed for O(1) work per heartbeat, and is
+written through an :class:`~wire.server.store.IStore`. Online and offline
+nodes are kept in two insertion-ordered maps sorted by ``last_seen``
+(a heartbeat moves its node to the end), so finding nodes that went silent
+or expired only looks at those, never at the whole mesh.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Container, Iterable
+
+from twisted.logger import Logger
+
+from wire.addressing import AddressPool
+from wire.protocol import Registration
+from wire.server.model import NodeRecord
+from wire.server.netmap import ChangeLog, Cursor
+from wire.server.store import IStore
+
+DEFAULT_OFFLINE_AFTER = 90.0
+DEFAULT_EXPIRE_AFTER = 24 * 3600.0
+
+
+class RegistryConflict(Exception):
+    """The request would take something (a key, an address) that belongs to another node."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    record: NodeRecord
+    outcome: str  # "new", "changed" or "heartbeat"
+
+
+class Registry:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IStore,
+        pool: AddressPool,
+        *,
+        offline_after: float = DEFAULT_OFFLINE_AFTER,
+        expire_after: float = DEFAULT_EXPIRE_AFTER,
+        changes: ChangeLog | None = None,
+    ):
+        self._store = store
+        self.pool = pool
+        self.offline_after = offline_after
+        self.expire_after = expire_after
+        self.changes = changes or ChangeLog()
+        self._nodes: dict[str, NodeRecord] = {}
+        self._node_by_key: dict[str, str] = {}
+        self._node_by_ip: dict[str, str] = {}
+        self._online: OrderedDict[str, None] = OrderedDict()
+        self._offline: OrderedDict[str, None] = OrderedDict()
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- loading -----------------------------------------------------------
+
+    def load(self, records: Iterable[NodeRecord], now: float) -> None:
+        """Adopt stored records. Nodes heard from recently stay online, so a
+        server restart does not flap every node offline and back."""
+        silent_before = now - self.offline_after
+        for record in sorted(records, key=lambda r: r.last_seen):
+            self._index(record)
+            if record.last_seen > silent_before:
+                self._online[record.node_id] = None
+            else:
+                self._offline[record.node_id] = None
+        self.sweep(now)
+
+    def _index(self, record: NodeRecord) -> None:
+        self._nodes[record.node_id] = record
+        self._node_by_key[record.wg_public_key] = record.node_id
+        self._node_by_ip[record.vpn_ip] = record.node_id
+
+    def _unindex(self, record: NodeRecord) -> None:
+        del self._nodes[record.node_id]
+        if self._node_by_key.get(record.wg_public_key) == record.node_id:
+            del self._node_by_key[record.wg_public_key]
+        if self._node_by_ip.get(record.vpn_ip) == record.node_id:
+            del self._node_by_ip[record.vpn_ip]
+
+    # -- queries -----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def online_count(self) -> int:
+        return len(self._online)
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        return self._nodes.get(node_id)
+
+    def get_by_key(self, wg_public_key: str) -> NodeRecord | None:
+        node_id = self._node_by_key.get(wg_public_key)
+        return self._nodes[node_id] if node_id else None
+
+    def addresses_in_use(self) -> Container[str]:
+        return self._node_by_ip.keys()
+
+    def by_vpn_ip(self, vpn_ip: str) -> NodeRecord | None:
+        node_id = self._node_by_ip.get(vpn_ip)
+        return self._nodes[node_id] if node_id else None
+
+    def is_online(self, node_id: str) -> bool:
+        return node_id in self._online
+
+    def records(self) -> list[NodeRecord]:
+        return list(self._nodes.values())
+
+    def online_records(self) -> list[NodeRecord]:
+        return [self._nodes[node_id] for node_id in self._online]
+
+    def view(self, record: NodeRecord, now: float) -> dict:
+        return record.peer_view(self.is_online(record.node_id), now)
+
+    def netmap_since(self, cursor: Cursor, now: float) -> dict:
+        """What a node holding ``cursor`` must learn: a delta, or a full snapshot."""
+        changed = self.changes.changed_since(cursor)
+        if changed is None:
+            upserts = [self.view(r, now) for r in self._nodes.values()]
+            removals: list[str] = []
+        else:
+            upserts = [self.view(self._nodes[i], now) for i in sorted(changed) if i in self._nodes]
+            removals = sorted(i for i in changed if i not in self._nodes)
+        return {
+            "cursor": str(self.changes.cursor),
+            "full": changed is None,
+            "upserts": upserts,
+            "removals": removals,
+        }
+
+    # -- changes -----------------------------------------------------------
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self, node_id: str) -> None:
+        self.changes.record(node_id)
+        for listener in self._listeners:
+            listener()
+
+    def register(self, registration: Registration, public_ip: str, now: float) -> Registered:
+        """Record a registration or heartbeat. The caller commits the store before answering."""
+        node_id = registration.node_id
+        existing = self._nodes.get(node_id)
+        holder = self._node_by_key.get(registration.wg_public_key)
+        if holder is not None and holder != node_id:
+            raise RegistryConflict(
+                f"wg_public_key is already registered to another node ({self._nodes[holder].node_name})"
+            )
+        if existing is None:
+            vpn_ip = self.pool.allocate(node_id, self._node_by_ip, registration.requested_vpn_ip)
+            registered = now
+        else:
+            vpn_ip = existing.vpn_ip
+            registered = existing.registered
+        record = NodeRecord(
+            node_id=node_id,
+            node_name=registration.node_name,
+            wg_public_key=registration.wg_public_key,
+            vpn_ip=vpn_ip,
+            public_ip=public_ip,
+            port=registration.port,
+            nat_port=registration.nat_port,
+            lan_ip=registration.lan_ip or "",
+            nat_type=registration.nat_type,
+            registered=registered,
+            last_seen=now,
+        )
+        came_online = node_id not in self._online
+        self._offline.pop(node_id, None)
+        self._online[node_id] = None
+        self._online.move_to_end(node_id)
+
+        if existing is not None and existing.describes_same_node(record):
+            existing.last_seen = now
+            self._store.touch(node_id, now)
+            if came_online:
+                self.log.info("node {name} ({vpn_ip}) is back online", name=record.node_name, vpn_ip=vpn_ip)
+                self._changed(node_id)
+            return Registered(existing, "heartbeat")
+
+        if existing is not None:
+            self._unindex(existing)
+        self._index(record)
+        self._store.put(record)
+        self._changed(node_id)
+        outcome = "new" if existing is None else "changed"
+        self.log.info(
+            "node {name} ({vpn_ip}) {outcome} at {public_ip}:{nat_port}",
+            name=record.node_name,
+            vpn_ip=vpn_ip,
+            outcome="registered" if existing is None else "updated",
+            public_ip=public_ip,
+            nat_port=record.nat_port,
+        )
+        return Registered(record, outcome)
+
+    def add_imported(self, record: NodeRecord) -> None:
+        """Adopt a record from another registry (a seed state file) as it is."""
+        self._index(record)
+        self._offline[record.node_id] = None
+        self._store.put(record)
+        self._changed(record.node_id)
+
+    def mark_offline(self, node_id: str) -> bool:
+        """The node said it is leaving: show it offline now, not after a timeout."""
+        if node_id not in self._online:
+            return False
+        del self._online[node_id]
+        self._offline[node_id] = None
+        self._changed(node_id)
+        return True
+
+    def remove(self, node_id: str) -> NodeRecord | None:
+        record = self._nodes.get(node_id)
+        if record is None:
+            return None
+        self._unindex(record)
+        self._online.pop(node_id, None)
+        self._offline.pop(node_id, None)
+        self._store.delete(node_id)
+        self._changed(node_id)
+        return record
+
+    def sweep(self, now: float) -> None:
+        """Take silent nodes offline and drop nodes offline for too long."""
+        silent_before = now - self.offline_after
+        while self._online:
+            node_id = next(iter(self._online))
+            record = self._nodes[node_id]
+            if record.last_seen > silent_before:
+                break
+            del self._online[node_id]
+            self._offline[node_id] = None
+            self.log.info("node {name} ({vpn_ip}) went offline", name=record.node_name, vpn_ip=record.vpn_ip)
+            self._changed(node_id)
+        expired_before = now - self.expire_after
+        while self._offline:
+            node_id = next(iter(self._offline))
+            record = self._nodes[node_id]
+            if record.last_seen > expired_before:
+                break
+            self.log.info(
+                "node {name} ({vpn_ip}) expired after {hours:.0f} h offline",
+                name=record.node_name,
+                vpn_ip=record.vpn_ip,
+                hours=self.expire_after / 3600,
+            )
+            self.remove(node_id)
+
+
+def normalize_client_ip(host: str) -> str:
+    """An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+

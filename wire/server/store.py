@@ -1,0 +1,229 @@
+"""Durable registry storage in SQLite, with group commit.
+
+What the server acknowledges must survive ``kill -9``: a registration that
+changed a node is answered only after its transaction is committed
+(WAL, synchronous=FULL). Many such writes arriving in the same reactor turn
+share one transaction. Heartbeats that change nothing but ``last_seen`` are
+not worth an fsync each: they are batched and written every few seconds
+(losing a few seconds of "last seen" in a crash is harmless), and never
+rewrite anything but their own row.
+
+A database that cannot be read stops the server with a clear error and is
+left exactly as it was: the server never "repairs" by wiping.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from wire.server.model import RECORD_FIELDS, NodeRecord
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    node_name TEXT NOT NULL,
+    wg_public_key TEXT NOT NULL UNIQUE,
+    vpn_ip TEXT NOT NULL UNIQUE,
+    public_ip TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    nat_port INTEGER NOT NULL,
+    lan_ip TEXT NOT NULL,
+    nat_type TEXT NOT NULL,
+    registered REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The registry database cannot be used; the message says why and what to do."""
+
+
+class IStore(Interface):
+    def load() -> list[NodeRecord]:
+        """Every stored node."""
+
+    def put(record: NodeRecord) -> None:
+        """Queue ``record`` to be written (as it is at commit time)."""
+
+    def delete(node_id: str) -> None:
+        """Queue the removal of a node."""
+
+    def touch(node_id: str, last_seen: float) -> None:
+        """Note a heartbeat; written lazily."""
+
+    def commit() -> Deferred:
+        """Fire once everything queued so far is durably written."""
+
+    def write_pending() -> None:
+        """Write everything queued now (startup, shutdown)."""
+
+    def flush_touches() -> None:
+        """Write batched heartbeats now."""
+
+    def close() -> None:
+        """Write what is pending and close."""
+
+
+@implementer(IStore)
+class SQLiteStore:
+    log = Logger()
+
+    def __init__(self, path: str, reactor: IReactorTime):
+        self.path = path
+        self._reactor = reactor
+        self._db = _open(path)
+        self._dirty: dict[str, NodeRecord | None] = {}
+        self._touched: dict[str, float] = {}
+        self._waiting: list[Deferred] = []
+        self._commit_call = None
+
+    def load(self) -> list[NodeRecord]:
+        try:
+            rows = self._db.execute(f"SELECT {', '.join(RECORD_FIELDS)} FROM nodes").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot read nodes from {self.path}: {e}") from e
+        return [NodeRecord(*row) for row in rows]
+
+    def put(self, record: NodeRecord) -> None:
+        self._dirty[record.node_id] = record
+        self._touched.pop(record.node_id, None)
+
+    def delete(self, node_id: str) -> None:
+        self._dirty[node_id] = None
+        self._touched.pop(node_id, None)
+
+    def touch(self, node_id: str, last_seen: float) -> None:
+        if node_id not in self._dirty:
+            self._touched[node_id] = last_seen
+
+    def commit(self) -> Deferred:
+        done: Deferred = Deferred()
+        self._waiting.append(done)
+        if self._commit_call is None:
+            # Everything queued in this reactor turn shares one transaction.
+            self._commit_call = self._reactor.callLater(0, self._commit_now)
+        return done
+
+    def _commit_now(self) -> None:
+        self._commit_call = None
+        waiting, self._waiting = self._waiting, []
+        try:
+            self.write_pending()
+        except StoreError as e:
+            for d in waiting:
+                d.errback(e)
+            return
+        for d in waiting:
+            d.callback(None)
+
+    def write_pending(self) -> None:
+        """Write every queued change now, in one transaction."""
+        try:
+            self._write_dirty()
+        except sqlite3.Error as e:
+            self.log.error("registry write to {path} failed: {error}", path=self.path, error=e)
+            raise StoreError(f"the registry could not be saved: {e}") from e
+
+    def _write_dirty(self) -> None:
+        dirty = dict(self._dirty)
+        if not dirty:
+            return
+        upserts = [_row(r) for r in dirty.values() if r is not None]
+        deletes = [(node_id,) for node_id, r in dirty.items() if r is None]
+        placeholders = ", ".join("?" for _ in RECORD_FIELDS)
+        with self._db:
+            # Deletes first: a re-registered node may reuse a freed address or key.
+            self._db.executemany("DELETE FROM nodes WHERE node_id = ?", deletes)
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({placeholders})",
+                upserts,
+            )
+        # Only what was written is clean; a record changed since stays dirty.
+        for node_id, record in dirty.items():
+            if self._dirty.get(node_id) is record:
+                del self._dirty[node_id]
+
+    def flush_touches(self) -> None:
+        touched, self._touched = self._touched, {}
+        if not touched:
+            return
+        try:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE nodes SET last_seen = ? WHERE node_id = ?",
+                    [(seen, node_id) for node_id, seen in touched.items()],
+                )
+        except sqlite3.Error as e:
+            self.log.error("saving heartbeat times to {path} failed: {error}", path=self.path, error=e)
+            # Keep them for the next try, without overwriting newer ones.
+            for node_id, seen in touched.items():
+                self._touched.setdefault(node_id, seen)
+
+    def close(self) -> None:
+        if self._commit_call is not None and self._commit_call.active():
+            self._commit_call.cancel()
+        self._commit_now()
+        self.flush_touches()
+        self._db.close()
+
+
+def _row(record: NodeRecord) -> tuple:
+    return tuple(getattr(record, name) for name in RECORD_FIELDS)
+
+
+def _open(path: str) -> sqlite3.Connection:
+    """Open (or create) the database, refusing anything that is not ours."""
+    exists = os.path.exists(path)
+    if exists and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"{path} exists but is not readable and writable by this user")
+    try:
+        # mode=rw never creates: a file that vanished is an error, not a fresh start.
+        uri = f"file:{_uri_path(path)}?mode={'rw' if exists else 'rwc'}"
+        db = sqlite3.connect(uri, uri=True)
+        # A read first: on a corrupt file this fails before anything is written.
+        db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        check = db.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise StoreError(f"{path} failed its integrity check ({check[0] if check else 'no answer'})")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if exists and tables and "nodes" not in tables:
+            raise StoreError(f"{path} is an SQLite database, but not a wire registry (no 'nodes' table)")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} was written by a newer wire (schema {version}; this one knows {SCHEMA_VERSION})"
+            )
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except StoreError:
+        raise
+    except sqlite3.Error as e:
+        raise StoreError(
+            f"cannot use the registry database {path}: {e}. The file was left untouched; "
+            "restore it from a backup or move it aside to start with an empty registry"
+        ) from e
+    if not exists:
+        os.chmod(path, 0o600)
+    return db
+
+
+def _uri_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path))
+
+
+def open_store(data_dir: str, reactor: IReactorTime) -> SQLiteStore:
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    return SQLiteStore(os.path.join(data_dir, "registry.sqlite3"), reactor)

@@ -1,0 +1,165 @@
+"""JSON-over-HTTP plumbing for twisted.web: every answer is JSON, every
+error a ``{"error": "..."}`` that names the problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Coroutine
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from wire.protocol import MAX_BODY_BYTES, ProtocolError, parse_json_object
+
+log = Logger()
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class BoundedRequest(server.Request):
+    """A request that never buffers more than MAX_BODY_BYTES of body.
+
+    twisted.web would otherwise read any body whole before rendering; here a
+    larger one is dropped as it arrives and the resource answers 413.
+    """
+
+    max_body = MAX_BODY_BYTES
+    body_too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        if self.content.tell() + len(data) > self.max_body:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def finish(self):
+        # Lets the site count error answers (for /metrics) in one place.
+        observe = getattr(getattr(self, "site", None), "observe_status", None)
+        if observe is not None:
+            observe(self.code)
+        return super().finish()
+
+
+def write_json(request: server.Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def read_json_body(request: server.Request) -> dict[str, Any]:
+    if getattr(request, "body_too_large", False):
+        raise ApiError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return parse_json_object(request.content.read())
+    except ProtocolError as e:
+        raise ApiError(400, str(e))
+
+
+class JsonResource(resource.Resource):
+    """A leaf endpoint. Subclasses define ``get``/``post`` (sync or async)
+    taking the request and returning a JSON-able value, or raising ApiError.
+    """
+
+    isLeaf = True
+    methods: tuple[str, ...] = ()
+
+    def render(self, request: server.Request):
+        method = request.method.decode("ascii", "replace")
+        if request.postpath not in ([], [b""]):
+            return write_json(request, 404, {"error": f"no such path: {_path(request)}"})
+        if method == "HEAD" and "GET" in self.methods:
+            method = "GET"
+        if method not in self.methods:
+            request.setHeader(b"allow", ", ".join(self.methods).encode())
+            return write_json(request, 405, {"error": f"{method} is not allowed on {_path(request)}; use {' or '.join(self.methods)}"})
+        handler: Callable[[server.Request], Any] = getattr(self, method.lower())
+        try:
+            result = handler(request)
+        except ApiError as e:
+            return write_json(request, e.status, {"error": e.message})
+        except Exception:
+            log.failure("unhandled error in {method} {path}", method=method, path=_path(request))
+            return write_json(request, 500, {"error": "internal error; see the server log"})
+        if isinstance(result, (Deferred, Coroutine)):
+            d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
+            d.addCallbacks(
+                lambda body: _finish(request, 200, body),
+                lambda failure: _finish_failure(request, method, failure),
+            )
+            request.notifyFinish().addErrback(lambda _: d.cancel())
+            return server.NOT_DONE_YET
+        return write_json(request, 200, result)
+
+
+def _finish(request: server.Request, status: int, body: Any) -> None:
+    if request.finished or request._disconnected:
+        return
+    request.write(write_json(request, status, body))
+    request.finish()
+
+
+def _finish_failure(request: server.Request, method: str, failure: Failure) -> None:
+    if failure.check(ApiError):
+        _finish(request, failure.value.status, {"error": failure.value.message})
+        return
+    if request._disconnected:
+        return
+    log.failure("unhandled error in {method} {path}", failure, method=method, path=_path(request))
+    _finish(request, 500, {"error": "internal error; see the server log"})
+
+
+class JsonNotFound(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        return write_json(request, 404, {"error": f"no such path: {_path(request)}"})
+
+
+class JsonRoot(resource.Resource):
+    """The root: unknown paths answer a JSON 404, not twisted.web's HTML page."""
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        return JsonNotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        return write_json(request, 404, {"error": "no such path: /"})
+
+
+def _path(request: server.Request) -> str:
+    return request.path.decode("utf-8", "replace")[:200]
+
+
+def make_site(
+    root: resource.Resource,
+    timeout: float = 60,
+    observe_status: Callable[[int], None] | None = None,
+) -> server.Site:
+    site = server.Site(root, timeout=timeout)
+    site.observe_status = observe_status
+    site.requestFactory = BoundedRequest
+    site.displayTracebacks = False
+    # Request lines are logged by our own structured logging, not as an access log.
+    site.log = lambda request: None
+    return site
