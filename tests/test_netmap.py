@@ -14,6 +14,7 @@ class ChangeLogTests(unittest.TestCase):
         self.assertEqual(log.changed_since(Cursor("e1", 5)), set())
         self.assertIsNone(log.changed_since(Cursor("e2", 5)))
         self.assertIsNone(log.changed_since(Cursor("e1", 6)))
+        self.assertIsNone(log.changed_since(Cursor("e1", 0)), "serial 0 asks for a snapshot")
 
     def test_trimmed_log_forces_snapshot_for_old_cursors(self):
         log = ChangeLog(max_entries=10, epoch="e")

@@ -38,10 +38,14 @@ class ProtocolError(ValueError):
         super().__init__(f"{field}: {problem}" if field else problem)
 
 
+class BodyTooLarge(ProtocolError):
+    """The body exceeds the size limit (HTTP 413, not 400)."""
+
+
 def parse_json_object(body: bytes, *, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """Decode a request body that must be one JSON object."""
     if len(body) > limit:
-        raise ProtocolError(None, f"body is {len(body)} bytes; the limit is {limit}")
+        raise BodyTooLarge(None, f"body is {len(body)} bytes; the limit is {limit}")
     if not body.strip():
         raise ProtocolError(None, "body is empty; expected a JSON object")
     try:

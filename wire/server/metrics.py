@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from twisted.web import resource, server
+
+# The "_created" timestamp series only add noise to every scrape.
+disable_created_metrics()
 
 
 class ServerMetrics:

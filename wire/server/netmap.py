@@ -77,7 +77,13 @@ class ChangeLog:
 
     def changed_since(self, cursor: Cursor) -> set[str] | None:
         """The nodes changed after ``cursor``, or None if only a snapshot will do."""
-        if cursor.epoch != self.epoch or cursor.serial > self.serial or cursor.serial < self._complete_after:
+        # Serial 0 means "I have nothing yet": a snapshot, not a delta.
+        if (
+            cursor.serial == 0
+            or cursor.epoch != self.epoch
+            or cursor.serial > self.serial
+            or cursor.serial < self._complete_after
+        ):
             return None
         start = bisect.bisect_right(self._serials, cursor.serial)
         return set(self._node_ids[start:])

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from wire.protocol import MAX_BODY_BYTES, ProtocolError, parse_json_object
+from wire.protocol import MAX_BODY_BYTES, BodyTooLarge, ProtocolError, parse_json_object
 
 log = Logger()
 
@@ -73,6 +73,8 @@ def read_json_body(request: server.Request) -> dict[str, Any]:
         raise ApiError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
         return parse_json_object(request.content.read())
+    except BodyTooLarge as e:
+        raise ApiError(413, str(e))
     except ProtocolError as e:
         raise ApiError(400, str(e))
 

@@ -1,0 +1,187 @@
+"""The HTTP API in memory, through treq's StubTreq."""
+
+import json
+
+from treq.testing import StubTreq
+from twisted.trial import unittest
+
+from tests.helpers import body_for, key_for, make_coordinator
+from wire.server.api import build_root
+
+
+class ApiTestCase(unittest.TestCase):
+    def setUp(self):
+        self.coordinator = make_coordinator(self)
+        self.clock = self.coordinator.clock
+        self.http = StubTreq(build_root(self.coordinator))
+
+    async def call(self, method, path, body=None, raw=None, headers=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        response = await getattr(self.http, method.lower())(f"http://wire.test{path}", data=data, headers=headers)
+        content = await response.content()
+        return response.code, content
+
+    async def json_call(self, method, path, body=None, **kwargs):
+        code, content = await self.call(method, path, body, **kwargs)
+        return code, json.loads(content)
+
+    def register(self, name, **fields):
+        return self.run_async(self.json_call("POST", "/register", body_for(name, **fields)))
+
+    def run_async(self, coroutine):
+        from twisted.internet.defer import Deferred
+
+        d = Deferred.fromCoroutine(coroutine)
+        self.clock.advance(0)  # the store's group commit
+        self.http.flush()
+        return self.successResultOf(d)
+
+
+class SeedEndpointTests(ApiTestCase):
+    def test_register_answers_like_the_seed(self):
+        code, body = self.register("web1", lan_ip="192.168.1.4")
+        self.assertEqual(code, 200)
+        self.assertTrue(body["ok"])
+        self.assertRegex(body["vpn_ip"], r"^10\.99\.\d+\.\d+$")
+        self.assertEqual(body["your_ip"], "127.0.0.1")
+
+    def test_status_health_peers_ip(self):
+        self.register("web1")
+        self.register("db1")
+        code, status = self.run_async(self.json_call("GET", "/status"))
+        self.assertEqual((code, status["total"], status["online"], status["offline"]), (200, 2, 2, 0))
+        self.assertEqual([n["node_name"] for n in status["nodes"]], ["db1", "web1"])
+        for field in ("node_name", "node_id", "vpn_ip", "public_ip", "lan_ip", "port", "nat_port", "wg_public_key", "status", "last_seen", "last_seen_ago", "registered"):
+            self.assertIn(field, status["nodes"][0])
+        code, health = self.run_async(self.json_call("GET", "/health"))
+        self.assertEqual((health["ok"], health["total"], health["online"]), (True, 2, 2))
+        code, peers = self.run_async(self.json_call("GET", "/peers"))
+        self.assertEqual((peers["count"], len(peers["peers"])), (2, 2))
+        code, ip = self.run_async(self.json_call("GET", "/ip"))
+        self.assertEqual(ip, {"ip": "127.0.0.1"})
+
+    def test_peers_lists_online_nodes_only(self):
+        self.register("web1")
+        self.clock.advance(91)
+        self.coordinator.sweep()
+        self.register("db1")
+        code, peers = self.run_async(self.json_call("GET", "/peers"))
+        self.assertEqual([p["node_name"] for p in peers["peers"]], ["db1"])
+        code, status = self.run_async(self.json_call("GET", "/status"))
+        self.assertEqual(status["offline"], 1)
+
+    def test_punch_seed_semantics(self):
+        a = self.register("a")[1]["vpn_ip"]
+        b = self.register("b")[1]["vpn_ip"]
+        answers = []
+        for _ in range(5):
+            code, answer = self.run_async(self.json_call("POST", "/punch", {"from_vpn_ip": a, "to_vpn_ip": b}))
+            answers.append((answer["attempts"], answer["use_relay"]))
+            self.clock.advance(11)
+        self.assertEqual(answers, [(0, False), (1, False), (2, False), (3, True), (4, True)])
+        code, answer = self.run_async(self.json_call("POST", "/punch", {"from_vpn_ip": a, "to_vpn_ip": "10.99.1.1"}))
+        self.assertEqual(code, 404)
+        self.assertIn("10.99.1.1", answer["error"])
+
+
+class LongPollTests(ApiTestCase):
+    def test_snapshot_then_delta_pushed_on_change(self):
+        self.register("web1")
+        code, snap = self.run_async(self.json_call("GET", "/peers?since=0"))
+        self.assertTrue(snap["full"])
+        self.assertEqual([p["node_name"] for p in snap["upserts"]], ["web1"])
+        d = __import__("twisted.internet.defer", fromlist=["Deferred"]).Deferred.fromCoroutine(
+            self.json_call("GET", f"/peers?since={snap['cursor']}&wait=30")
+        )
+        self.http.flush()
+        self.assertNoResult(d)
+        self.register("db1")
+        self.clock.advance(0)
+        self.http.flush()
+        code, delta = self.successResultOf(d)
+        self.assertFalse(delta["full"])
+        self.assertEqual([p["node_name"] for p in delta["upserts"]], ["db1"])
+        self.assertEqual(delta["removals"], [])
+
+    def test_wait_expires_with_empty_delta(self):
+        code, snap = self.run_async(self.json_call("GET", "/peers?since=0"))
+        d = __import__("twisted.internet.defer", fromlist=["Deferred"]).Deferred.fromCoroutine(
+            self.json_call("GET", f"/peers?since={snap['cursor']}&wait=20")
+        )
+        self.http.flush()
+        self.clock.advance(20)
+        self.http.flush()
+        code, delta = self.successResultOf(d)
+        self.assertEqual((code, delta["upserts"], delta["cursor"]), (200, [], snap["cursor"]))
+
+    def test_bad_longpoll_arguments(self):
+        for query, words in [
+            ("since=x:y", "since"),
+            ("since=0&wait=abc", "wait"),
+            ("since=0&wait=500", "wait"),
+            ("since=0&since=1", "once"),
+            ("wait=5", "since"),
+        ]:
+            code, body = self.run_async(self.json_call("GET", f"/peers?{query}"))
+            self.assertEqual(code, 400, query)
+            self.assertIn(words, body["error"])
+
+
+class BadInputTests(ApiTestCase):
+    def assert_refused(self, code, body, status, words):
+        self.assertEqual(code, status, body)
+        self.assertIn(words, body["error"])
+        self.assertEqual(len(self.coordinator.registry), 0, "nothing may be stored")
+
+    def test_malformed_bodies(self):
+        for raw, words in [
+            (b"{not json", "not valid JSON"),
+            (b"[1, 2]", "JSON object"),
+            (b"", "empty"),
+            (b"\xff\xff", "UTF-8"),
+        ]:
+            code, body = self.run_async(self.json_call("POST", "/register", raw=raw))
+            self.assert_refused(code, body, 400, words)
+
+    def test_bad_fields(self):
+        for fields, words in [
+            ({"wg_public_key": "short"}, "wg_public_key"),
+            ({"node_name": "bad name!"}, "node_name"),
+            ({"port": "51820"}, "port"),
+            ({"lan_ip": "10.0.0.0/24"}, "lan_ip"),
+            ({"node_id": "$(id)"}, "node_id"),
+        ]:
+            code, body = self.run_async(self.json_call("POST", "/register", body_for("web1", **fields)))
+            self.assert_refused(code, body, 400, words)
+
+    def test_oversize_body(self):
+        raw = json.dumps(body_for("web1", pad="x" * 70000)).encode()
+        code, body = self.run_async(self.json_call("POST", "/register", raw=raw))
+        self.assert_refused(code, body, 413, "65536")
+
+    def test_key_of_another_node_is_refused(self):
+        self.register("web1")
+        code, body = self.register("web2", wg_public_key=key_for("web1"))
+        self.assertEqual(code, 409)
+        self.assertIn("wg_public_key", body["error"])
+
+    def test_unknown_paths_and_wrong_methods(self):
+        for method, path, status in [
+            ("GET", "/nope", 404),
+            ("GET", "/", 404),
+            ("GET", "/status/extra", 404),
+            ("GET", "/register", 405),
+            ("POST", "/status", 405),
+            ("DELETE", "/peers", 405),
+        ]:
+            code, body = self.run_async(self.json_call(method, path, raw=b"{}" if method == "POST" else None))
+            self.assertEqual(code, status, path)
+            self.assertIn("error", body)
+
+    def test_metrics(self):
+        self.register("web1")
+        code, text = self.run_async(self.call("GET", "/metrics"))
+        self.assertEqual(code, 200)
+        text = text.decode()
+        self.assertIn("wire_nodes 1.0", text)
+        self.assertIn('wire_registrations_total{outcome="new"} 1.0', text)
