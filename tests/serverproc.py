@@ -1,0 +1,126 @@
+"""A real ``twistd -n wire-server`` process for tests, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def twistd_argv() -> list[str]:
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(twistd):
+        return [twistd]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def free_port_triple() -> int:
+    """A port P with TCP P and UDP P+1, P+2 free on 127.0.0.1 (best effort)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port > 65530:
+            continue
+        try:
+            for offset in (1, 2):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port triple found")
+
+
+def http_client() -> HTTPClient:
+    """treq without a persistent pool, so no connection outlives a test."""
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+class _Collector(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred = Deferred()
+        self.exit_code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        # exitCode is None when a signal ended the process.
+        self.exit_code = reason.value.exitCode
+        self.ended.callback(self.exit_code)
+
+
+class ServerProcess:
+    """Start, stop and SIGKILL a wire-server; always reaped by the test's cleanup."""
+
+    def __init__(self, test, data_dir: str, port: int | None = None, extra_args: tuple[str, ...] = ()):
+        self.data_dir = os.path.abspath(data_dir)
+        self.port = port or free_port_triple()
+        self.extra_args = list(extra_args)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proto: _Collector | None = None
+        self._transport = None
+        test.addCleanup(self.kill)
+
+    def argv(self) -> list[str]:
+        return twistd_argv() + [
+            "-n",
+            "--pidfile=",
+            "wire-server",
+            "--interface=127.0.0.1",
+            f"--port={self.port}",
+            f"--data-dir={self.data_dir}",
+            *self.extra_args,
+        ]
+
+    def spawn(self) -> _Collector:
+        self._proto = _Collector()
+        env = dict(os.environ, PYTHONPATH=CHECKOUT)
+        self._transport = reactor.spawnProcess(self._proto, self.argv()[0], self.argv(), env=env, path=CHECKOUT)
+        return self._proto
+
+    async def start(self) -> None:
+        proto = self.spawn()
+        for _ in range(200):
+            if proto.ended.called:
+                raise AssertionError(f"wire-server exited ({proto.exit_code}):\n{proto.output.decode(errors='replace')}")
+            try:
+                response = await http_client().get(f"{self.url}/health", timeout=1)
+                await response.content()
+                if response.code == 200:
+                    return
+            except Exception:
+                pass
+            await deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"wire-server did not answer /health:\n{proto.output.decode(errors='replace')}")
+
+    @property
+    def output(self) -> str:
+        return self._proto.output.decode(errors="replace") if self._proto else ""
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self._proto is None or self._proto.ended.called:
+            return
+        try:
+            self._transport.signalProcess(sig)
+        except ProcessExitedAlready:
+            pass
+        await self._proto.ended
+
+    async def stop(self) -> None:
+        await self.kill(signal.SIGTERM)

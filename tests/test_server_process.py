@@ -1,0 +1,176 @@
+"""The real thing: ``twistd -n wire-server`` on 127.0.0.1, over real HTTP and UDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from tests.helpers import body_for
+from tests.serverproc import ServerProcess, http_client
+
+
+class UdpAsker(DatagramProtocol):
+    """Sends one datagram and waits for one answer."""
+
+    def __init__(self):
+        self.answer: Deferred | None = None
+
+    def datagramReceived(self, data, addr):
+        if self.answer is not None and not self.answer.called:
+            self.answer.callback(data)
+
+    async def ask(self, data: bytes, port: int, timeout: float = 2.0) -> bytes | None:
+        self.answer = Deferred()
+        self.transport.write(data, ("127.0.0.1", port))
+        timer = reactor.callLater(timeout, lambda: self.answer.called or self.answer.callback(None))
+        result = await self.answer
+        if timer.active():
+            timer.cancel()
+        return result
+
+
+class ServerProcessTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.server = ServerProcess(self, self.data_dir)
+        self.http = http_client()
+
+    async def post(self, path, body):
+        response = await self.http.post(self.server.url + path, data=json.dumps(body).encode(), timeout=5)
+        return response.code, json.loads(await response.content())
+
+    async def get(self, path):
+        response = await self.http.get(self.server.url + path, timeout=35)
+        return response.code, await response.content()
+
+    async def udp(self, data: bytes, port_offset: int = 1) -> bytes | None:
+        asker = UdpAsker()
+        listening = reactor.listenUDP(0, asker, interface="127.0.0.1")
+        try:
+            return await asker.ask(data, self.server.port + port_offset)
+        finally:
+            await listening.stopListening()
+
+    async def test_registration_survives_sigkill(self):
+        await self.server.start()
+        code, answer = await self.post("/register", body_for("web1"))
+        self.assertEqual(code, 200, answer)
+        # Killed the instant after it answered: the answer must still hold.
+        await self.server.kill(signal.SIGKILL)
+        await self.server.start()
+        code, raw = await self.get("/status")
+        status = json.loads(raw)
+        self.assertEqual([(n["node_name"], n["vpn_ip"]) for n in status["nodes"]], [("web1", answer["vpn_ip"])])
+        code, again = await self.post("/register", body_for("web1"))
+        self.assertEqual(again["vpn_ip"], answer["vpn_ip"])
+        await self.server.stop()
+
+    async def test_longpoll_pushes_a_new_node_at_once(self):
+        await self.server.start()
+        await self.post("/register", body_for("web1"))
+        code, raw = await self.get("/peers?since=0")
+        cursor = json.loads(raw)["cursor"]
+        waiting = Deferred.fromCoroutine(self.get(f"/peers?since={cursor}&wait=30"))
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(waiting.called, "the long-poll must wait for a change")
+        started = reactor.seconds()
+        await self.post("/register", body_for("db1"))
+        code, raw = await waiting
+        elapsed = reactor.seconds() - started
+        delta = json.loads(raw)
+        self.assertEqual([p["node_name"] for p in delta["upserts"]], ["db1"])
+        self.assertLess(elapsed, 5, "a change must arrive long before the wait ends")
+        await self.server.stop()
+
+    async def test_stun_legacy_json_and_garbage(self):
+        await self.server.start()
+        from wire.stun import encode_binding_request, parse_mapped_address, parse_message
+
+        for offset in (1, 2):
+            request, _ = encode_binding_request()
+            answer = await self.udp(request, offset)
+            self.assertIsNotNone(answer, f"no STUN answer on port+{offset}")
+            ip, port = parse_mapped_address(parse_message(answer))
+            self.assertEqual(ip, "127.0.0.1")
+        for garbage in (b"\x00", b"\xff" * 300, b"\x00\x01\x00\x00" + b"\x00" * 16, os.urandom(64)):
+            await self.udp(garbage)
+        legacy = await self.udp(b"ping")
+        self.assertEqual(json.loads(legacy)["ip"], "127.0.0.1")
+        code, raw = await self.get("/health")
+        self.assertEqual(code, 200, "garbage datagrams must not hurt the server")
+        code, raw = await self.get("/metrics")
+        self.assertIn(b"wire_stun_datagrams_total", raw)
+        await self.server.stop()
+
+    async def test_bad_input_over_real_http(self):
+        await self.server.start()
+        response = await self.http.post(self.server.url + "/register", data=b"x" * (2 * 1024 * 1024), timeout=10)
+        self.assertEqual(response.code, 413)
+        self.assertIn("error", json.loads(await response.content()))
+        code, answer = await self.post("/register", [1, 2])
+        self.assertEqual(code, 400)
+        code, raw = await self.get("/nope")
+        self.assertEqual(code, 404)
+        code, raw = await self.get("/metrics")
+        self.assertIn(b'wire_http_errors_total{status="413"} 1.0', raw)
+        self.assertIn(b'wire_http_errors_total{status="404"} 1.0', raw)
+        self.assertNotIn("Traceback", self.server.output)
+        await self.server.stop()
+
+    async def test_corrupt_database_stops_the_server_and_is_left_untouched(self):
+        os.makedirs(self.data_dir)
+        path = os.path.join(self.data_dir, "registry.sqlite3")
+        garbage = b"this is not a database" * 100
+        with open(path, "wb") as f:
+            f.write(garbage)
+        proto = self.server.spawn()
+        code = await proto.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn("registry.sqlite3", self.server.output)
+        self.assertIn("untouched", self.server.output)
+        self.assertNotIn("Traceback", self.server.output)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), garbage)
+
+    async def test_bad_option_is_a_usage_error_naming_it(self):
+        self.server.extra_args = ["--subnet=banana"]
+        proto = self.server.spawn()
+        code = await proto.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn("--subnet", self.server.output)
+        self.assertNotIn("Traceback", self.server.output)
+
+    async def test_second_server_on_same_data_dir_refused(self):
+        await self.server.start()
+        second = ServerProcess(self, self.data_dir)
+        proto = second.spawn()
+        code = await proto.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn("already using", second.output)
+        await self.server.stop()
+
+    async def test_import_seed_state(self):
+        state_path = os.path.abspath(self.mktemp())
+        seed_body = body_for("oldnode", lan_ip="192.168.1.9")
+        seed_body.update(vpn_ip="10.99.12.34", public_ip="203.0.113.5", registered=1, last_seen=reactor.seconds() - 60)
+        with open(state_path, "w") as f:
+            json.dump({seed_body["node_id"]: seed_body, "broken": {"node_id": "broken", "wg_public_key": "x"}}, f)
+        self.server.extra_args = [f"--import-seed-state={state_path}"]
+        await self.server.start()
+        code, raw = await self.get("/status")
+        nodes = json.loads(raw)["nodes"]
+        self.assertEqual([(n["node_name"], n["vpn_ip"], n["public_ip"]) for n in nodes], [("oldnode", "10.99.12.34", "203.0.113.5")])
+        self.assertIn("1 skipped", self.server.output)
+        await self.server.stop()
+        with sqlite3.connect(os.path.join(self.data_dir, "registry.sqlite3")) as db:
+            self.assertEqual(db.execute("SELECT count(*) FROM nodes").fetchone()[0], 1)
