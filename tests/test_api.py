@@ -84,6 +84,24 @@ class SeedEndpointTests(ApiTestCase):
         self.assertIn("10.99.1.1", answer["error"])
 
 
+class LeaveTests(ApiTestCase):
+    def test_leave_marks_offline_at_once(self):
+        self.register("web1")
+        body = body_for("web1")
+        code, answer = self.run_async(self.json_call("POST", "/leave", {"node_id": body["node_id"], "wg_public_key": body["wg_public_key"]}))
+        self.assertEqual((code, answer["was_online"]), (200, True))
+        code, status = self.run_async(self.json_call("GET", "/status"))
+        self.assertEqual(status["nodes"][0]["status"], "offline")
+
+    def test_leave_needs_the_nodes_key(self):
+        self.register("web1")
+        body = body_for("web1")
+        code, answer = self.run_async(self.json_call("POST", "/leave", {"node_id": body["node_id"], "wg_public_key": key_for("other")}))
+        self.assertEqual(code, 404)
+        code, answer = self.run_async(self.json_call("POST", "/leave", {"node_id": "x y"}))
+        self.assertEqual(code, 400)
+
+
 class LongPollTests(ApiTestCase):
     def test_snapshot_then_delta_pushed_on_change(self):
         self.register("web1")

@@ -2,7 +2,8 @@
 
 Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
 ``GET /health``, ``GET /ip``, ``POST /punch``. Beyond the seed:
-``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll) and
+``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll),
+``POST /leave`` (a node going down shows offline at once) and
 ``GET /metrics`` (Prometheus).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from twisted.web import server
 
 from wire.addressing import PoolExhausted
-from wire.protocol import ProtocolError, parse_punch, parse_registration
+from wire.protocol import ProtocolError, parse_node_id, parse_punch, parse_registration, parse_wg_public_key
 from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
@@ -146,6 +147,26 @@ class Punch(JsonResource):
         return {"ok": True, "use_relay": answer.use_relay, "attempts": answer.attempts}
 
 
+class Leave(JsonResource):
+    methods = ("POST",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        try:
+            node_id = parse_node_id(body.get("node_id"))
+            key = parse_wg_public_key(body.get("wg_public_key"))
+            was_online = self._coordinator.leave(node_id, key)
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        except UnknownNode as e:
+            raise ApiError(404, str(e))
+        return {"ok": True, "was_online": was_online}
+
+
 def build_root(coordinator: Coordinator) -> JsonRoot:
     root = JsonRoot()
     root.putChild(b"register", Register(coordinator))
@@ -154,6 +175,7 @@ def build_root(coordinator: Coordinator) -> JsonRoot:
     root.putChild(b"health", Health(coordinator))
     root.putChild(b"ip", YourIp())
     root.putChild(b"punch", Punch(coordinator))
+    root.putChild(b"leave", Leave(coordinator))
     root.putChild(b"metrics", MetricsResource(coordinator.metrics))
     return root
 

@@ -86,6 +86,13 @@ class Coordinator:
         cursor = parse_cursor(since, self.registry.changes.epoch)
         return self.longpolls.poll(cursor, wait)
 
+    def leave(self, node_id: str, wg_public_key: str) -> bool:
+        """A node going down (``wire down``): offline for everyone at once."""
+        record = self.registry.get(node_id)
+        if record is None or record.wg_public_key != wg_public_key:
+            raise UnknownNode(f"no node {node_id} with that key")
+        return self.registry.mark_offline(node_id)
+
     def punch(self, request: PunchRequest) -> PunchAnswer:
         for address in (request.from_vpn_ip, request.to_vpn_ip):
             if self.registry.by_vpn_ip(address) is None:

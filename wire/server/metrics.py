@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
-from twisted.web import resource, server
+from twisted.web import server
+
+from wire.server.web import JsonResource
 
 # The "_created" timestamp series only add noise to every scrape.
 disable_created_metrics()
@@ -55,13 +57,13 @@ class ServerMetrics:
         self.netmap_serial.set_function(netmap_serial)
 
 
-class MetricsResource(resource.Resource):
-    isLeaf = True
+class MetricsResource(JsonResource):
+    methods = ("GET",)
 
     def __init__(self, metrics: ServerMetrics):
         super().__init__()
         self._metrics = metrics
 
-    def render_GET(self, request: server.Request) -> bytes:
+    def get(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return generate_latest(self._metrics.registry)

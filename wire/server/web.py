@@ -82,6 +82,7 @@ def read_json_body(request: server.Request) -> dict[str, Any]:
 class JsonResource(resource.Resource):
     """A leaf endpoint. Subclasses define ``get``/``post`` (sync or async)
     taking the request and returning a JSON-able value, or raising ApiError.
+    A handler that returns bytes has set its own content type.
     """
 
     isLeaf = True
@@ -112,6 +113,8 @@ class JsonResource(resource.Resource):
             )
             request.notifyFinish().addErrback(lambda _: d.cancel())
             return server.NOT_DONE_YET
+        if isinstance(result, bytes):
+            return result
         return write_json(request, 200, result)
 
 

@@ -1,0 +1,89 @@
+"""The one place that speaks HTTP to the coordination server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, TimeoutError as DeferTimeout
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+
+# The long-poll's own wait, plus slack for the network.
+LONGPOLL_WAIT = 25.0
+REQUEST_TIMEOUT = 10.0
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class ServerUnreachable(Exception):
+    """No answer from the server (refused, timed out, name not found)."""
+
+
+class ServerError(Exception):
+    """The server answered with an error; ``str()`` is its message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"server said {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def make_http_client(reactor, persistent: bool = True) -> HTTPClient:
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool.maxPersistentPerHost = 2
+    return HTTPClient(Agent(reactor, pool=pool, connectTimeout=REQUEST_TIMEOUT))
+
+
+class CoordinationClient:
+    def __init__(self, http: HTTPClient, server_url: str):
+        self._http = http
+        self.server_url = server_url.rstrip("/")
+
+    async def _request(self, method: str, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+        url = self.server_url + path
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {b"content-type": [b"application/json"]} if data is not None else None
+        try:
+            response = await self._http.request(method, url, data=data, headers=headers, timeout=timeout)
+            content = await response.content()
+        except (ConnectError, DNSLookupError, TimeoutError, DeferTimeout, ResponseFailed, ConnectingCancelledError) as e:
+            raise ServerUnreachable(f"{self.server_url} is unreachable: {_reason(e)}")
+        except CancelledError:
+            raise ServerUnreachable(f"{self.server_url} did not answer within {timeout:.0f}s")
+        try:
+            decoded = json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            raise ServerError(response.code, f"answer to {method} {path} is not JSON")
+        if response.code >= 400:
+            message = decoded.get("error") if isinstance(decoded, dict) else None
+            raise ServerError(response.code, str(message or "no error message"))
+        if not isinstance(decoded, dict):
+            raise ServerError(response.code, f"answer to {method} {path} is not a JSON object")
+        return decoded
+
+    async def register(self, body: dict) -> dict:
+        return await self._request("POST", "/register", body)
+
+    async def netmap(self, cursor: str, wait: float = LONGPOLL_WAIT) -> dict:
+        path = f"/peers?since={cursor}&wait={wait:g}"
+        return await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT)
+
+    async def status(self) -> dict:
+        return await self._request("GET", "/status")
+
+    async def peers(self) -> dict:
+        return await self._request("GET", "/peers")
+
+    async def health(self) -> dict:
+        return await self._request("GET", "/health")
+
+    async def leave(self, node_id: str, wg_public_key: str) -> dict:
+        return await self._request("POST", "/leave", {"node_id": node_id, "wg_public_key": wg_public_key})
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, ResponseFailed):
+        reasons = [r.getErrorMessage() for r in error.reasons]
+        return "; ".join(reasons) or "connection lost"
+    return str(error) or error.__class__.__name__

@@ -1,0 +1,144 @@
+"""The node's configuration: where it lives, what it holds, how it is saved.
+
+``config.json`` keeps the seed's field names (server_url, node_name, node_id,
+vpn_ip, listen_port, nat_port) so a seed user's file reads unchanged. It is
+written atomically with mode 0600. A file that cannot be read or parsed is a
+clear error naming the file, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from wire.fsutil import write_atomically
+from wire.protocol import ProtocolError, parse_ip_address, parse_node_id, parse_node_name, parse_port
+
+CONFIG_FILE = "config.json"
+SYSTEM_CONFIG_DIR = "/etc/wire"
+USER_CONFIG_DIR = "~/.wire"
+DEFAULT_LISTEN_PORT = 51820
+DEFAULT_INTERFACE = "wire0"
+
+
+class ConfigError(Exception):
+    """The configuration is missing, unreadable or invalid; says which file and why."""
+
+
+@dataclass
+class NodeConfig:
+    server_url: str
+    node_name: str
+    node_id: str
+    listen_port: int = DEFAULT_LISTEN_PORT
+    interface: str = DEFAULT_INTERFACE
+    vpn_ip: str = ""
+    vpn_subnet: str = ""
+    nat_port: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2).encode() + b"\n"
+
+
+def default_config_dir() -> str:
+    """``$WIRE_CONFIG_DIR``, else /etc/wire for root, else ~/.wire."""
+    explicit = os.environ.get("WIRE_CONFIG_DIR")
+    if explicit:
+        return os.path.abspath(explicit)
+    if os.geteuid() == 0:
+        return SYSTEM_CONFIG_DIR
+    return os.path.expanduser(USER_CONFIG_DIR)
+
+
+def config_path(config_dir: str) -> str:
+    return os.path.join(config_dir, CONFIG_FILE)
+
+
+def parse_server_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("server_url", "is required (for example http://HOST:8787)")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError("server_url", f"{value!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or (parts.path not in ("", "/")):
+        raise ProtocolError("server_url", f"{value!r} must be just scheme://host:port")
+    try:
+        parts.port
+    except ValueError:
+        raise ProtocolError("server_url", f"{value!r} has an invalid port")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_interface_name(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 15 or not all(c.isalnum() or c in "-_." for c in value):
+        raise ProtocolError("interface", f"{value!r} is not an interface name (1-15 letters, digits, '-', '_', '.')")
+    return value
+
+
+def validate(data: dict[str, Any]) -> NodeConfig:
+    known = {f.name for f in fields(NodeConfig)}
+    values = {k: v for k, v in data.items() if k in known}
+    config = NodeConfig(
+        server_url=parse_server_url(values.get("server_url")),
+        node_name=parse_node_name(values.get("node_name")),
+        node_id=parse_node_id(values.get("node_id")),
+        listen_port=parse_port(values.get("listen_port", DEFAULT_LISTEN_PORT), "listen_port"),
+        interface=parse_interface_name(values.get("interface", DEFAULT_INTERFACE)),
+    )
+    if values.get("vpn_ip"):
+        config.vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
+    if values.get("vpn_subnet"):
+        config.vpn_subnet = str(values["vpn_subnet"])
+    if values.get("nat_port"):
+        config.nat_port = parse_port(values["nat_port"], "nat_port")
+    return config
+
+
+def load_config(config_dir: str) -> NodeConfig | None:
+    """The saved config, or None if there is none yet."""
+    path = config_path(config_dir)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); fix it or remove it and run 'wire up' again")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    try:
+        return validate(data)
+    except ProtocolError as e:
+        raise ConfigError(f"{path}: {e}")
+
+
+def save_config(config_dir: str, config: NodeConfig) -> None:
+    os.makedirs(config_dir, mode=0o700, exist_ok=True)
+    write_atomically(config_path(config_dir), config.to_json(), mode=0o600)
+
+
+def generate_node_id(config_dir: str) -> str:
+    """The seed's identity, sha256(hostname-MAC); a non-default config dir
+    is mixed in so several nodes can share one host (the lab)."""
+    seed = f"{socket.gethostname()}-{uuid.getnode()}"
+    if os.path.abspath(config_dir) not in (SYSTEM_CONFIG_DIR, os.path.expanduser(USER_CONFIG_DIR)):
+        seed += f"-{os.path.abspath(config_dir)}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+def default_node_name() -> str:
+    label = socket.gethostname().split(".")[0].lower()
+    try:
+        return parse_node_name(label)
+    except ProtocolError:
+        return "node-" + hashlib.sha256(label.encode()).hexdigest()[:8]
