@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from twisted.web import server
 
 from wire.server.web import JsonResource
+from wire.stun import OUTCOMES as STUN_OUTCOMES
 
 # The "_created" timestamp series only add noise to every scrape.
 disable_created_metrics()
@@ -36,6 +37,11 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Every outcome shows from the start, at 0, so rates work from the first scrape.
+        for outcome in STUN_OUTCOMES:
+            self.stun_datagrams.labels(outcome)
+        for outcome in ("new", "changed", "heartbeat"):
+            self.registrations.labels(outcome)
         self.http_errors = Counter(
             "wire_http_errors",
             "HTTP answers with a 4xx or 5xx status, by status",
