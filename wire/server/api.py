@@ -18,7 +18,7 @@ from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.registry import RegistryConflict, normalize_client_ip
 from wire.server.store import StoreError
-from wire.server.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
+from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 
 def client_ip(request: server.Request) -> str:

@@ -11,7 +11,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from twisted.web import server
 
-from wire.server.web import JsonResource
+from wire.web import JsonResource
 from wire.stun import OUTCOMES as STUN_OUTCOMES
 
 # The "_created" timestamp series only add noise to every scrape.
