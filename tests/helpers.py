@@ -35,15 +35,18 @@ def registration_for(name: str, **fields):
     return parse_registration(body_for(name, **fields))
 
 
-def make_coordinator(test, subnet: str = "10.99.0.0/16", clock: Clock | None = None, **registry_options) -> Coordinator:
-    """A coordinator on a fake clock with a real SQLite store in a temp dir."""
-    clock = clock or Clock()
-    clock.advance(1_700_000_000)
-    data_dir = test.mktemp()
+def make_coordinator(
+    test, subnet: str = "10.99.0.0/16", clock: Clock | None = None, data_dir: str | None = None, **registry_options
+) -> Coordinator:
+    """A coordinator (on a fake clock unless given one) with a real SQLite store in a temp dir."""
+    if clock is None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+    data_dir = data_dir or test.mktemp()
     store = open_store(data_dir, clock)
     registry = Registry(store, AddressPool(parse_subnet(subnet)), **registry_options)
     registry.load(store.load(), clock.seconds())
     coordinator = Coordinator(clock, store, registry)
     coordinator.data_dir = data_dir
-    test.addCleanup(lambda: store._db.close())
+    test.addCleanup(store.close)
     return coordinator

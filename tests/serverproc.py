@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -15,14 +14,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from wire.twistd import twistd_argv
+
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def twistd_argv() -> list[str]:
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(twistd):
-        return [twistd]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def free_port_triple() -> int:

@@ -1,4 +1,5 @@
-"""The one place that speaks HTTP to the coordination server."""
+"""The one place that speaks HTTP: to the coordination server, and to the
+local node daemon's control socket."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError as DeferTimeout
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 # The long-poll's own wait, plus slack for the network.
 LONGPOLL_WAIT = 25.0
@@ -35,7 +39,19 @@ def make_http_client(reactor, persistent: bool = True) -> HTTPClient:
     return HTTPClient(Agent(reactor, pool=pool, connectTimeout=REQUEST_TIMEOUT))
 
 
-class CoordinationClient:
+@implementer(IAgentEndpointFactory)
+class _UnixEndpointFactory:
+    def __init__(self, reactor, path: str):
+        self._reactor = reactor
+        self._path = path
+
+    def endpointForURI(self, uri):
+        return UNIXClientEndpoint(self._reactor, self._path, timeout=REQUEST_TIMEOUT)
+
+
+class JsonHttp:
+    """JSON requests to one base URL, with errors turned into ServerUnreachable/ServerError."""
+
     def __init__(self, http: HTTPClient, server_url: str):
         self._http = http
         self.server_url = server_url.rstrip("/")
@@ -62,6 +78,10 @@ class CoordinationClient:
             raise ServerError(response.code, f"answer to {method} {path} is not a JSON object")
         return decoded
 
+
+class CoordinationClient(JsonHttp):
+    """The coordination server's API."""
+
     async def register(self, body: dict) -> dict:
         return await self._request("POST", "/register", body)
 
@@ -80,6 +100,21 @@ class CoordinationClient:
 
     async def leave(self, node_id: str, wg_public_key: str) -> dict:
         return await self._request("POST", "/leave", {"node_id": node_id, "wg_public_key": wg_public_key})
+
+
+class ControlClient(JsonHttp):
+    """The local node daemon's control API, over its UNIX socket."""
+
+    def __init__(self, reactor, socket_path: str):
+        agent = Agent.usingEndpointFactory(reactor, _UnixEndpointFactory(reactor, socket_path), pool=HTTPConnectionPool(reactor, persistent=False))
+        super().__init__(HTTPClient(agent), "http://wire-node")
+        self.socket_path = socket_path
+
+    async def status(self) -> dict:
+        return await self._request("GET", "/status", timeout=REQUEST_TIMEOUT)
+
+    async def down(self) -> dict:
+        return await self._request("POST", "/down", {}, timeout=30)
 
 
 def _reason(error: Exception) -> str:

@@ -1,12 +1,77 @@
-"""``twistd wire-node``: the node daemon (not built yet; see the node issue)."""
+"""``twistd wire-node``: options and the service they build."""
 
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.python import usage
+
+from wire.client import CoordinationClient, make_http_client
+from wire.keys import KeyFileError, load_or_create_keys
+from wire.node.config import ConfigError, default_config_dir, load_config
+from wire.node.control import build_control_site, control_socket_path
+from wire.node.daemon import NodeDaemon
+from wire.node.wireguard import make_wireguard
+from wire.runner import ProcessRunner
+from wire.stun import detect_nat
+
+DEFAULT_SERVER_PORT = 8787
 
 
 class Options(usage.Options):
+    synopsis = "[--config-dir DIR]"
+    longdesc = "Runs the wire node daemon for the node configured in DIR (written by 'wire up')."
+    optParameters = [
+        ["config-dir", "c", None, "node configuration directory [$WIRE_CONFIG_DIR, /etc/wire as root, else ~/.wire]"],
+    ]
+
     def postOptions(self) -> None:
-        raise usage.UsageError("wire-node is not built yet; this release ships the coordination server only")
+        self["config-dir"] = os.path.abspath(self["config-dir"] or default_config_dir())
 
 
-def makeService(config):  # pragma: no cover - postOptions refuses first
-    raise SystemExit("wire-node is not built yet")
+def stun_ports(server_url: str) -> tuple[str, int, int]:
+    """The server's STUN ports: its HTTP port + 1 and + 2 (the seed's convention)."""
+    parts = urlsplit(server_url)
+    port = parts.port or DEFAULT_SERVER_PORT
+    return parts.hostname or "", port + 1, port + 2
+
+
+def makeService(options: Options, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    config_dir = options["config-dir"]
+    try:
+        config = load_config(config_dir)
+        if config is None:
+            raise ConfigError(f"no node configured in {config_dir}; run 'wire up --server URL' first")
+        keys = load_or_create_keys(config_dir)
+    except (ConfigError, KeyFileError) as e:
+        raise SystemExit(f"wire-node: {e}")
+
+    host, stun_a, stun_b = stun_ports(config.server_url)
+
+    def probe_nat():
+        return detect_nat(reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3)
+
+    runner = ProcessRunner(reactor)
+    wireguard = make_wireguard(runner, config.interface, reactor)
+    daemon = NodeDaemon(
+        clock=reactor,
+        config_dir=config_dir,
+        config=config,
+        keys=keys,
+        wireguard=wireguard,
+        client=CoordinationClient(make_http_client(reactor), config.server_url),
+        probe_nat=probe_nat,
+    )
+    wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
+    top = MultiService()
+    daemon.setServiceParent(top)
+    control = UNIXServerEndpoint(reactor, control_socket_path(config_dir), mode=0o600, wantPID=True)
+    StreamServerEndpointService(control, build_control_site(daemon, reactor, reactor.stop)).setServiceParent(top)
+    return top

@@ -85,6 +85,7 @@ class SQLiteStore:
         self._touched: dict[str, float] = {}
         self._waiting: list[Deferred] = []
         self._commit_call = None
+        self._closed = False
 
     def load(self) -> list[NodeRecord]:
         try:
@@ -169,6 +170,9 @@ class SQLiteStore:
                 self._touched.setdefault(node_id, seen)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
         self._commit_now()

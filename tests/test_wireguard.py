@@ -1,0 +1,1023 @@
+"""Tests for wire.node.wireguard: scripted commands first, then real tunnels in the lab."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from tests.helpers import key_for
+from wire.keys import generate_private_key, public_key_for
+from wire.lab import Lab, LabUnavailable, check_requirements
+from wire.node.wireguard import (
+    InterfaceStatus,
+    InvalidWireGuardConfig,
+    IWireGuard,
+    LinuxWireGuard,
+    MacWireGuard,
+    PeerConfig,
+    PeerStatus,
+    WireGuardError,
+    WireGuardUnavailable,
+    _batches,
+    make_wireguard,
+    parse_dump,
+    parse_endpoint,
+)
+from wire.runner import (
+    CommandNotFound,
+    FakeProcessRunner,
+    FakeRunningProcess,
+    IProcessRunner,
+    IRunningProcess,
+    ProcessResult,
+    ProcessRunner,
+    find_program,
+)
+
+NAME = "wire0"
+PRIVATE = key_for("this node's private key")
+PUBLIC = public_key_for(PRIVATE)
+OTHER_PRIVATE = key_for("an older private key")
+ALICE, BOB, CAROL = key_for("alice"), key_for("bob"), key_for("carol")
+
+NO_DEVICE = b'Device "wire0" does not exist.\n'
+NO_KERNEL = b"Error: Unknown device type.\n"
+NO_ANSWER = b"Unable to access interface: Protocol not supported\n"
+FRESH_DUMP = b"(none)\t(none)\t0\toff\n"
+
+IP_LINK_SHOW = ["ip", "link", "show", "dev", NAME]
+IP_LINK_ADD = ["ip", "link", "add", "dev", NAME, "type", "wireguard"]
+WG_DUMP = ["wg", "show", NAME, "dump"]
+WG_SET_KEY_PORT = ["wg", "set", NAME, "private-key", "/dev/stdin", "listen-port", "51820"]
+IP_ADDRESS = ["ip", "address", "replace", "10.99.0.1/16", "dev", NAME]
+IP_ADDRESSES = ["ip", "-j", "address", "show", "dev", NAME]
+IP_LINK_UP = ["ip", "link", "set", "dev", NAME, "mtu", "1420", "up"]
+WIREGUARD_GO = ["wireguard-go", "-f", NAME]
+WG_CHECK = ["wg", "show", NAME, "listen-port"]
+IP_LINK_DELETE = ["ip", "link", "delete", "dev", NAME]
+
+
+# Binary fractions, so that the fake clock lands exactly on the deadline:
+# polls at 0, 0.25, 0.5, 0.75 and 1 s.
+POLLING = {"poll_interval": 0.25, "ready_timeout": 1.0}
+POLLS = 5
+
+
+def dump_output(private: str | None, port: int, *peers: str) -> bytes:
+    head = f"{private or '(none)'}\t{public_key_for(private) if private else '(none)'}\t{port}\toff"
+    return ("\n".join([head, *peers]) + "\n").encode()
+
+
+def peer_line(
+    key: str,
+    endpoint: str = "(none)",
+    allowed: str = "(none)",
+    handshake: int = 0,
+    rx: int = 0,
+    tx: int = 0,
+    keepalive: str = "off",
+) -> str:
+    return f"{key}\t(none)\t{endpoint}\t{allowed}\t{handshake}\t{rx}\t{tx}\t{keepalive}"
+
+
+def ip_addresses_json(*addresses: tuple[str, int]) -> bytes:
+    infos = ",".join(
+        f'{{"family":"{"inet6" if ":" in a else "inet"}","local":"{a}","prefixlen":{p},"scope":"global"}}'
+        for a, p in addresses
+    )
+    return f'[{{"ifindex":7,"ifname":"{NAME}","mtu":1420,"addr_info":[{infos}]}}]'.encode()
+
+
+def run(coroutine) -> Deferred:
+    return Deferred.fromCoroutine(coroutine)
+
+
+@implementer(IProcessRunner)
+class MissingProgramRunner(FakeProcessRunner):
+    """A FakeProcessRunner on a machine without some programs: start() of them fails."""
+
+    def __init__(self, *missing: str) -> None:
+        super().__init__()
+        self.missing = set(missing)
+
+    def start(self, argv, *, env=None, log_prefix=None):
+        if argv[0] in self.missing:
+            raise CommandNotFound(argv[0])
+        return super().start(argv, env=env, log_prefix=log_prefix)
+
+
+class Scripted(SynchronousTestCase):
+    """A LinuxWireGuard on a scripted runner and a fake clock."""
+
+    def setUp(self) -> None:
+        self.runner = FakeProcessRunner()
+        self.clock = Clock()
+        self.lost: list[str] = []
+        self.wg = LinuxWireGuard(self.runner, NAME, clock=self.clock, on_lost=self.lost.append, **POLLING)
+
+    def up(self, wg: LinuxWireGuard | None = None, private: str = PRIVATE) -> Deferred:
+        return run((wg or self.wg).up(private, 51820, "10.99.0.1", 16))
+
+    def script_kernel_up(self, dump: bytes = FRESH_DUMP) -> None:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD)
+        self.runner.expect(WG_DUMP, stdout=dump)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+
+    def script_userspace_up(self) -> FakeRunningProcess:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        process = self.runner.expect_start(WIREGUARD_GO)
+        self.runner.expect(WG_DUMP, rc=1, stderr=NO_ANSWER)  # not ready yet
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        return process
+
+    def bring_up_kernel(self) -> None:
+        self.script_kernel_up()
+        self.successResultOf(self.up())
+
+    def assert_key_only_on_stdin(self) -> None:
+        for call in self.runner.calls:
+            self.assertFalse(any(PRIVATE in word for word in call.argv), call.argv)
+            self.assertNotIn(PRIVATE, repr(call.env))
+        stdins = [call.stdin for call in self.runner.calls if call.stdin]
+        self.assertEqual(stdins, [PRIVATE.encode() + b"\n"])
+
+
+class UpTests(Scripted):
+    def test_kernel_path(self) -> None:
+        self.script_kernel_up()
+        self.successResultOf(self.up())
+        self.runner.assert_all_called()
+        self.assertEqual((self.wg.backend, self.wg.device), ("kernel", NAME))
+        self.assertTrue(self.wg.is_alive())
+        self.assert_key_only_on_stdin()
+
+    def test_fallback_to_wireguard_go_polls_with_the_clock(self) -> None:
+        process = self.script_userspace_up()
+        d = self.up()
+        self.assertNoResult(d)  # waiting for wireguard-go's interface
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        self.runner.assert_all_called()
+        self.assertEqual(self.wg.backend, "wireguard-go")
+        self.assertTrue(self.wg.is_alive())
+        self.assertTrue(process.running)
+        self.assert_key_only_on_stdin()
+
+    def test_use_kernel_false_goes_straight_to_wireguard_go(self) -> None:
+        wg = LinuxWireGuard(self.runner, NAME, clock=self.clock, use_kernel=False, **POLLING)
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect_start(WIREGUARD_GO)
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up(wg))
+        self.runner.assert_all_called()
+        self.assertEqual(wg.backend, "wireguard-go")
+
+    def test_wireguard_go_never_ready_is_stopped(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        process = self.runner.expect_start(WIREGUARD_GO)
+        for _ in range(POLLS):
+            self.runner.expect(WG_DUMP, rc=1, stderr=NO_ANSWER)
+        d = self.up()
+        self.clock.pump([0.25] * (POLLS - 1))
+        error = self.failureResultOf(d, WireGuardError).value
+        self.assertIn("not ready after 1s", str(error))
+        self.assertIn("Protocol not supported", str(error))
+        self.assertEqual(process.signals, [signal.SIGTERM])
+        self.runner.assert_all_called()
+        self.assertEqual(self.wg.backend, "")
+        self.assertEqual(self.lost, [])
+
+    def test_wireguard_go_dying_at_start_is_an_error_not_a_loss(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        process = self.runner.expect_start(WIREGUARD_GO)
+        self.runner.expect(WG_DUMP, rc=1, stderr=NO_ANSWER)
+        d = self.up()
+        process.tail = ["ERROR: (wire0) Failed to create TUN device: no such file or directory"]
+        process.exit(1)
+        self.clock.advance(0.25)
+        error = self.failureResultOf(d, WireGuardError).value
+        self.assertIn("exited with code 1", str(error))
+        self.assertIn("Failed to create TUN device", str(error))
+        self.assertEqual(self.lost, [])
+        self.runner.assert_all_called()
+
+    def test_no_wireguard_go_and_no_kernel_module(self) -> None:
+        runner = MissingProgramRunner("wireguard-go")
+        wg = LinuxWireGuard(runner, NAME, clock=self.clock)
+        runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        error = self.failureResultOf(self.up(wg), WireGuardUnavailable).value
+        message = str(error)
+        self.assertIn("'wireguard-go' program is missing", message)
+        self.assertIn("the kernel has no WireGuard module", message)
+        self.assertIn("apt-get install wireguard-tools wireguard-go", message)
+        self.assertIn("brew install wireguard-tools wireguard-go", message)
+        runner.assert_all_called()
+
+    def test_no_wg_removes_the_new_kernel_interface(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD)
+        self.runner.expect(WG_DUMP, error=CommandNotFound("wg"))
+        self.runner.expect(IP_LINK_DELETE)
+        error = self.failureResultOf(self.up(), WireGuardUnavailable).value
+        self.assertIn("(package wireguard-tools)", str(error))
+        self.assertIn("apt-get install", str(error))
+        self.runner.assert_all_called()
+
+    def test_no_ip(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, error=CommandNotFound("ip"))
+        error = self.failureResultOf(self.up(), WireGuardUnavailable).value
+        self.assertIn("package iproute2", str(error))
+
+    def test_failed_configuration_removes_what_was_created(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD)
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS, rc=2, stderr=b"Error: ipv4: Address already assigned.\n")
+        self.runner.expect(IP_LINK_DELETE)
+        error = self.failureResultOf(self.up(), WireGuardError).value
+        self.assertIn("set address 10.99.0.1/16", str(error))
+        self.runner.assert_all_called()
+        self.assertFalse(self.wg.is_alive())
+
+    def test_adopts_a_working_interface_without_deleting_it(self) -> None:
+        existing = dump_output(
+            PRIVATE,
+            51820,
+            peer_line(ALICE, "198.18.0.7:51820", "10.99.0.7/32", 1_700_000_000, 2048, 4096, "25"),
+        )
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        self.runner.expect(WG_DUMP, stdout=existing)
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up())
+        self.runner.assert_all_called()
+        self.assertEqual(self.wg.backend, "adopted")
+        for call in self.runner.calls:
+            self.assertNotIn("delete", call.argv)
+            self.assertNotIn("add", call.argv)
+            self.assertNotEqual(call.argv[:2], ("wg", "set"))  # same key and port: nothing to set
+        # The peers were read from the interface: the same netmap is no change.
+        calls = len(self.runner.calls)
+        same = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820", 25)}
+        self.assertEqual(self.successResultOf(run(self.wg.apply(same))), 0)
+        self.assertEqual(len(self.runner.calls), calls)
+
+    def test_adoption_fixes_key_port_and_address(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1420\n")
+        self.runner.expect(WG_DUMP, stdout=dump_output(OTHER_PRIVATE, 40000))
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.98.0.5", 16), ("fe80::1", 64)))
+        self.runner.expect(["ip", "address", "del", "10.98.0.5/16", "dev", NAME])
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up())
+        self.runner.assert_all_called()
+        self.assert_key_only_on_stdin()
+
+    def test_something_else_by_that_name_is_left_alone(self) -> None:
+        for _ in range(POLLS):
+            self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <BROADCAST,MULTICAST,UP> mtu 1500\n")
+            self.runner.expect(WG_DUMP, rc=1, stderr=NO_ANSWER)
+        d = self.up()
+        self.clock.pump([0.25] * (POLLS - 1))
+        error = self.failureResultOf(d, WireGuardError).value
+        self.assertIn("exists but does not answer `wg`", str(error))
+        self.assertIn("ip link delete wire0", str(error))  # advice, not an action
+        self.runner.assert_all_called()
+        self.assertFalse(any("delete" in call.argv for call in self.runner.calls))
+
+    def test_interface_of_a_dying_wireguard_go_is_waited_out(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1420\n")
+        self.runner.expect(WG_DUMP, rc=1, stderr=NO_ANSWER)
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)  # gone with its process
+        self.runner.expect(IP_LINK_ADD)
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        d = self.up()
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        self.runner.assert_all_called()
+        self.assertEqual(self.wg.backend, "kernel")
+
+    def test_up_again_is_harmless(self) -> None:
+        process = self.script_userspace_up()
+        d = self.up()
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        peers = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820")}
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "endpoint", "198.18.0.7:51820",
+                            "allowed-ips", "10.99.0.7/32", "persistent-keepalive", "25"])  # fmt: skip
+        self.successResultOf(run(self.wg.apply(peers)))
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        self.runner.expect(
+            WG_DUMP, stdout=dump_output(PRIVATE, 51820, peer_line(ALICE, "198.18.0.7:51820", "10.99.0.7/32", keepalive="25"))
+        )
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up())
+        self.runner.assert_all_called()
+        self.assertEqual(self.wg.backend, "wireguard-go")  # still our child, not "adopted"
+        self.assertTrue(process.running)
+        self.assertEqual(self.successResultOf(run(self.wg.apply(peers))), 0)
+        process.exit(2)  # and still supervised
+        self.assertEqual(len(self.lost), 1)
+
+    def test_bad_arguments_are_refused_before_any_command(self) -> None:
+        for key, port, address, prefixlen in [
+            ("not a key", 51820, "10.99.0.1", 16),
+            (PRIVATE, 70000, "10.99.0.1", 16),
+            (PRIVATE, True, "10.99.0.1", 16),
+            (PRIVATE, 51820, "10.99.0.1; rm -rf /", 16),
+            (PRIVATE, 51820, "10.99.0.1", 33),
+            (PRIVATE, 51820, "10.99.0.1/16", 16),
+            (PRIVATE, 51820, "wire.example", 16),
+        ]:
+            error = self.failureResultOf(run(self.wg.up(key, port, address, prefixlen)), InvalidWireGuardConfig).value
+            self.assertNotIn(PRIVATE, str(error))
+        self.assertEqual(self.runner.calls, [])
+
+    def test_bad_interface_names(self) -> None:
+        for name in ["", "wire 0", "a" * 16, "wire0;reboot", "..", "wïre0", "wire0\n"]:
+            self.assertRaises(InvalidWireGuardConfig, LinuxWireGuard, self.runner, name, clock=self.clock)
+
+    def test_private_key_never_logged(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.script_kernel_up(dump=dump_output(OTHER_PRIVATE, 0))
+        self.successResultOf(self.up())
+        self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820))
+        status = self.successResultOf(run(self.wg.status()))
+        self.assertNotIn(PRIVATE, repr(status))
+        self.assertGreater(len(events), 0)
+        for event in events:
+            self.assertNotIn(PRIVATE, formatEvent(event))
+            self.assertNotIn(PRIVATE, repr(event))
+
+
+class ApplyTests(Scripted):
+    def setUp(self) -> None:
+        super().setUp()
+        self.bring_up_kernel()
+
+    def apply(self, desired: Mapping[str, PeerConfig]) -> int:
+        return self.successResultOf(run(self.wg.apply(desired)))
+
+    def test_add_change_remove_in_one_spawn(self) -> None:
+        first = {
+            ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820"),
+            BOB: PeerConfig(BOB, ("10.99.0.8/32",), None, 0),
+        }
+        self.runner.expect(
+            ["wg", "set", NAME,
+             "peer", ALICE, "endpoint", "198.18.0.7:51820", "allowed-ips", "10.99.0.7/32", "persistent-keepalive", "25",
+             "peer", BOB, "allowed-ips", "10.99.0.8/32"]
+        )  # fmt: skip
+        self.assertEqual(self.apply(first), 2)
+        second = {
+            ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "[2001:DB8::7]:51821"),  # moved
+            CAROL: PeerConfig(CAROL, ("10.99.0.9/32", "fd00::9/128"), "198.18.0.9:41641", 25),  # new
+        }  # and bob left
+        self.runner.expect(
+            ["wg", "set", NAME,
+             "peer", ALICE, "endpoint", "[2001:db8::7]:51821",
+             "peer", CAROL, "endpoint", "198.18.0.9:41641", "allowed-ips", "10.99.0.9/32,fd00::9/128",
+             "persistent-keepalive", "25",
+             "peer", BOB, "remove"]
+        )  # fmt: skip
+        self.assertEqual(self.apply(second), 3)
+        self.runner.assert_all_called()
+
+    def test_nothing_to_do_spawns_nothing(self) -> None:
+        peers = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820")}
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "endpoint", "198.18.0.7:51820",
+                            "allowed-ips", "10.99.0.7/32", "persistent-keepalive", "25"])  # fmt: skip
+        self.apply(peers)
+        calls = len(self.runner.calls)
+        self.assertEqual(self.apply(dict(peers)), 0)
+        # An unknown endpoint leaves the current (maybe roamed) one alone.
+        self.assertEqual(self.apply({ALICE: PeerConfig(ALICE, ("10.99.0.7",), None)}), 0)
+        self.assertEqual(len(self.runner.calls), calls)
+        self.runner.assert_all_called()
+
+    def test_only_what_differs_is_sent(self) -> None:
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "allowed-ips", "10.99.0.7/32"])
+        self.apply({ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), None, 0)})
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "allowed-ips", "10.99.0.7/32,10.200.0.0/24"])
+        self.assertEqual(self.apply({ALICE: PeerConfig(ALICE, ("10.200.0.0/24", "10.99.0.7/32"), None, 0)}), 1)
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "persistent-keepalive", "15"])
+        self.assertEqual(self.apply({ALICE: PeerConfig(ALICE, ("10.200.0.0/24", "10.99.0.7/32"), None, 15)}), 1)
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "allowed-ips", ""])
+        self.assertEqual(self.apply({ALICE: PeerConfig(ALICE, (), None, 15)}), 1)
+        self.runner.assert_all_called()
+
+    def test_everything_removed(self) -> None:
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "allowed-ips", "10.99.0.7/32",
+                            "peer", BOB, "allowed-ips", "10.99.0.8/32"])  # fmt: skip
+        self.apply({k: PeerConfig(k, (ip,), None, 0) for k, ip in [(ALICE, "10.99.0.7"), (BOB, "10.99.0.8")]})
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "remove", "peer", BOB, "remove"])
+        self.assertEqual(self.apply({}), 2)
+        self.runner.assert_all_called()
+
+    def test_a_thousand_peers_in_one_spawn(self) -> None:
+        peers, words = {}, []
+        for i in range(1000):
+            key, host = key_for(f"peer {i}"), f"{i // 250}.{i % 250 + 1}"
+            peers[key] = PeerConfig(key, (f"10.99.{host}/32",), f"198.18.{host}:51820", 0)
+            words += ["peer", key, "endpoint", f"198.18.{host}:51820", "allowed-ips", f"10.99.{host}/32"]
+        self.runner.expect(["wg", "set", NAME, *words])
+        self.assertEqual(self.apply(peers), 1000)
+        self.runner.assert_all_called()
+
+    def test_a_huge_netmap_is_split_only_when_argv_would_overflow(self) -> None:
+        groups = [["peer", key_for(str(i)), "allowed-ips", f"10.99.0.{i}/32"] for i in range(10)]
+        (one,) = _batches(["wg", "set", NAME], groups)
+        self.assertEqual(one, ["wg", "set", NAME, *[word for group in groups for word in group]])
+        several = _batches(["wg", "set", NAME], groups, limit=400)
+        self.assertGreater(len(several), 1)
+        self.assertEqual([word for argv in several for word in argv[3:]], one[3:])
+        self.assertTrue(all(argv[:3] == ["wg", "set", NAME] and argv[3] == "peer" for argv in several))
+        self.assertEqual(_batches(["wg", "set", NAME], []), [])
+
+    def test_failure_rereads_the_interface(self) -> None:
+        peers = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820")}
+        self.runner.expect(
+            ["wg", "set", NAME, "peer", ALICE, "endpoint", "198.18.0.7:51820", "allowed-ips", "10.99.0.7/32",
+             "persistent-keepalive", "25"],
+            rc=1,
+            stderr=b"Unable to modify interface: Protocol not supported\n",
+        )
+        # What the interface holds now decides the next diff.
+        self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820, peer_line(ALICE, "(none)", "10.99.0.7/32")))
+        error = self.failureResultOf(run(self.wg.apply(peers)), WireGuardError).value
+        self.assertIn("Unable to modify interface", str(error))
+        self.runner.expect(["wg", "set", NAME, "peer", ALICE, "endpoint", "198.18.0.7:51820",
+                            "persistent-keepalive", "25"])  # fmt: skip
+        self.assertEqual(self.apply(peers), 1)
+        self.runner.assert_all_called()
+
+    def test_bad_peer_data_is_rejected(self) -> None:
+        bad: list[Callable[[], object]] = [
+            lambda: PeerConfig("not-a-key", ("10.99.0.7/32",)),
+            lambda: PeerConfig(ALICE + " ", ("10.99.0.7/32",)),
+            lambda: PeerConfig(ALICE, ("10.99.0.7/32 ",)),
+            lambda: PeerConfig(ALICE, ("10.99.0.7/32,0.0.0.0/0",)),
+            lambda: PeerConfig(ALICE, ("10.99.0.7/32\npeer x",)),
+            lambda: PeerConfig(ALICE, ("10.99.0.300/32",)),
+            lambda: PeerConfig(ALICE, "10.99.0.7/32"),  # a string is not a list of networks
+            lambda: PeerConfig(ALICE, (7,)),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7"),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7:0"),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7:65536"),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7:51820 "),
+            lambda: PeerConfig(ALICE, (), "wire.example:51820"),
+            lambda: PeerConfig(ALICE, (), "2001:db8::1:51820"),
+            lambda: PeerConfig(ALICE, (), "[fe80::1%eth0]:51820"),
+            lambda: PeerConfig(ALICE, (), "[::1]:51820 persistent-keepalive 1"),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7:51820", -1),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7:51820", True),
+            lambda: PeerConfig(ALICE, (), "198.18.0.7:51820", 65536),
+        ]
+        for make in bad:
+            self.assertRaises(InvalidWireGuardConfig, make)
+        calls = len(self.runner.calls)
+        good = PeerConfig(ALICE, ("10.99.0.7/32",))
+        self.failureResultOf(run(self.wg.apply({BOB: good})), InvalidWireGuardConfig)
+        self.failureResultOf(run(self.wg.apply({ALICE: ("10.99.0.7/32",)})), InvalidWireGuardConfig)  # type: ignore[dict-item]
+        self.assertEqual(len(self.runner.calls), calls)
+
+    def test_apply_before_up(self) -> None:
+        wg = LinuxWireGuard(FakeProcessRunner(), NAME, clock=self.clock)
+        self.failureResultOf(run(wg.apply({})), WireGuardError)
+
+
+class NormalisationTests(SynchronousTestCase):
+    def test_peer_config_is_normalised_as_wireguard_stores_it(self) -> None:
+        config = PeerConfig(ALICE, ["fd00::9/128", "10.99.0.5/24", "10.99.0.0/24", "10.99.0.9"], "[2001:DB8:0::1]:51820")
+        self.assertEqual(config.allowed_ips, ("10.99.0.0/24", "10.99.0.9/32", "fd00::9/128"))
+        self.assertEqual(config.endpoint, "[2001:db8::1]:51820")
+
+    @given(st.ip_addresses(), st.integers(min_value=1, max_value=65535))
+    def test_endpoints_round_trip(self, address, port) -> None:
+        text = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        normal = parse_endpoint(text)
+        self.assertEqual(parse_endpoint(normal), normal)
+
+    @given(st.text(max_size=60))
+    def test_accepted_text_is_safe_for_an_argv(self, text) -> None:
+        for parse in (parse_endpoint, lambda t: PeerConfig(ALICE, (t,)).allowed_ips[0]):
+            try:
+                value = parse(text)
+            except InvalidWireGuardConfig:
+                continue
+            self.assertRegex(value, r"\A[0-9a-f:.\[\]/]+\Z")
+
+
+# Real-looking output of `wg show wire0 dump` from wireguard-go.
+DUMP = (
+    f"{PRIVATE}\t{PUBLIC}\t51820\toff\n"
+    f"{ALICE}\t(none)\t198.18.0.7:51820\t10.99.0.7/32\t1700000123\t92\t180\t25\n"
+    f"{BOB}\t(none)\t[2001:db8::8]:41641\t10.99.0.8/32,fd00::8/128\t0\t0\t148\toff\n"
+    f"{CAROL}\t(none)\t(none)\t(none)\t0\t0\t0\toff\n"
+).encode()
+
+
+class DumpTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        status = parse_dump(DUMP, backend="wireguard-go", name=NAME)
+        self.assertEqual(
+            status,
+            InterfaceStatus(
+                name=NAME,
+                public_key=PUBLIC,
+                listen_port=51820,
+                backend="wireguard-go",
+                peers=(
+                    PeerStatus(ALICE, "198.18.0.7:51820", ("10.99.0.7/32",), 1700000123.0, 92, 180, 25),
+                    PeerStatus(BOB, "[2001:db8::8]:41641", ("10.99.0.8/32", "fd00::8/128"), 0.0, 0, 148, 0),
+                    PeerStatus(CAROL, None, (), 0.0, 0, 0, 0),
+                ),
+            ),
+        )
+        self.assertNotIn(PRIVATE, repr(status))
+
+    def test_fresh_interface(self) -> None:
+        status = parse_dump(FRESH_DUMP)
+        self.assertEqual((status.public_key, status.listen_port, status.peers), ("", 0, ()))
+
+    def test_malformed_output_never_quotes_the_private_key(self) -> None:
+        for output in [
+            b"",
+            f"{PRIVATE}\t{PUBLIC}\n".encode(),
+            f"{PRIVATE}\t{PUBLIC}\tport\toff\n".encode(),
+            f"{PRIVATE}\t{PUBLIC}\t51820\toff\n{ALICE}\t(none)\n".encode(),
+            f"{PRIVATE}\t{PUBLIC}\t51820\toff\n{ALICE}\t(none)\t(none)\t(none)\tsoon\t0\t0\toff\n".encode(),
+        ]:
+            error = self.assertRaises(WireGuardError, parse_dump, output, name=NAME)
+            self.assertNotIn(PRIVATE, str(error))
+
+    def test_status_is_one_spawn(self) -> None:
+        runner = FakeProcessRunner()
+        wg = LinuxWireGuard(runner, NAME, clock=Clock())
+        runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        runner.expect(WG_DUMP, stdout=DUMP)
+        runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
+        runner.expect(IP_LINK_UP)
+        self.successResultOf(run(wg.up(PRIVATE, 51820, "10.99.0.1", 16)))
+        calls = len(runner.calls)
+        runner.expect(WG_DUMP, stdout=DUMP)
+        status = self.successResultOf(run(wg.status()))
+        self.assertEqual(len(runner.calls), calls + 1)
+        self.assertEqual(status.backend, "adopted")
+        self.assertEqual(len(status.peers), 3)
+
+
+class SupervisionTests(Scripted):
+    def bring_up_userspace(self) -> FakeRunningProcess:
+        process = self.script_userspace_up()
+        d = self.up()
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        return process
+
+    def test_wireguard_go_dying_is_reported_and_up_restores(self) -> None:
+        process = self.bring_up_userspace()
+        peers = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820")}
+        set_alice = ["wg", "set", NAME, "peer", ALICE, "endpoint", "198.18.0.7:51820",
+                     "allowed-ips", "10.99.0.7/32", "persistent-keepalive", "25"]  # fmt: skip
+        self.runner.expect(set_alice)
+        self.successResultOf(run(self.wg.apply(peers)))
+        process.tail = ["panic: runtime error"]
+        process.exit(-signal.SIGKILL)
+        self.assertEqual(len(self.lost), 1)
+        self.assertIn("was killed by SIGKILL", self.lost[0])
+        self.assertIn("panic: runtime error", self.lost[0])
+        self.assertFalse(self.wg.is_alive())
+        self.failureResultOf(run(self.wg.apply(peers)), WireGuardError)
+        # The daemon's answer: up() and apply() again.
+        replacement = self.bring_up_userspace()
+        self.runner.expect(set_alice)
+        self.assertEqual(self.successResultOf(run(self.wg.apply(peers))), 1)
+        self.runner.assert_all_called()
+        self.assertTrue(self.wg.is_alive())
+        self.assertTrue(replacement.running)
+
+    def test_adopted_interface_is_checked_periodically(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820))
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up())
+        self.runner.expect(WG_CHECK, stdout=b"51820\n")
+        self.clock.advance(5)
+        self.assertEqual(self.lost, [])
+        self.runner.expect(WG_CHECK, rc=1, stderr=NO_ANSWER)
+        self.clock.advance(5)
+        self.assertEqual(len(self.lost), 1)
+        self.assertIn("no longer answers", self.lost[0])
+        self.assertFalse(self.wg.is_alive())
+        self.clock.advance(50)  # supervision of that life has ended
+        self.runner.assert_all_called()
+
+    def test_child_is_not_polled(self) -> None:
+        self.bring_up_userspace()
+        self.clock.advance(60)
+        self.runner.assert_all_called()  # its exit tells us; no `wg show` every few seconds
+
+    def test_down_stops_wireguard_go_and_is_idempotent(self) -> None:
+        process = self.bring_up_userspace()
+        self.runner.expect(IP_LINK_DELETE, rc=1, stderr=b'Cannot find device "wire0"\n')
+        self.successResultOf(run(self.wg.down()))
+        self.assertEqual(process.signals, [signal.SIGTERM])
+        self.assertEqual(self.lost, [])  # an exit we asked for is no loss
+        self.assertEqual(self.wg.backend, "")
+        self.assertFalse(self.wg.is_alive())
+        self.runner.expect(IP_LINK_DELETE, rc=1, stderr=b'Cannot find device "wire0"\n')
+        self.successResultOf(run(self.wg.down()))
+        self.runner.assert_all_called()
+
+    def test_down_of_kernel_interface(self) -> None:
+        self.bring_up_kernel()
+        self.runner.expect(IP_LINK_DELETE)
+        self.successResultOf(run(self.wg.down()))
+        self.clock.advance(60)  # no checks after down
+        self.runner.assert_all_called()
+
+    def test_detach_leaves_everything_running(self) -> None:
+        process = self.bring_up_userspace()
+        self.wg.detach()
+        self.assertTrue(process.running)
+        self.assertEqual(process.signals, [])
+        process.exit(1)
+        self.clock.advance(60)
+        self.assertEqual(self.lost, [])  # no longer ours to report
+        self.runner.assert_all_called()
+
+    def test_a_failing_on_lost_does_not_break_supervision(self) -> None:
+        def broken(reason: str) -> None:
+            raise RuntimeError("daemon bug")
+
+        self.wg.on_lost = broken
+        process = self.bring_up_userspace()
+        process.exit(1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(self.wg.is_alive())
+
+    def test_an_async_on_lost_failure_is_logged(self) -> None:
+        restoring: Deferred = Deferred()
+        self.wg.on_lost = lambda reason: restoring
+        process = self.bring_up_userspace()
+        process.exit(1)
+        restoring.errback(RuntimeError("restore failed"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class MacTests(SynchronousTestCase):
+    """The macOS command sequence, against the scripted runner only."""
+
+    def setUp(self) -> None:
+        self.runner = FakeProcessRunner()
+        self.clock = Clock()
+        self.run_dir = self.mktemp()
+        self.lost: list[str] = []
+        self.wg = MacWireGuard(
+            self.runner, NAME, clock=self.clock, run_dir=self.run_dir, on_lost=self.lost.append, **POLLING
+        )
+        self.name_file = os.path.join(self.run_dir, "wire0.name")
+
+    def script_configuration(self, dump: bytes = FRESH_DUMP) -> None:
+        self.runner.expect(["wg", "set", "utun4", "private-key", "/dev/stdin", "listen-port", "51820"])
+        self.runner.expect(["ifconfig", "utun4", "inet", "10.99.0.1", "10.99.0.1", "netmask", "255.255.0.0", "up"])
+        self.runner.expect(["ifconfig", "utun4", "mtu", "1420"])
+        self.runner.expect(["route", "-q", "-n", "add", "-inet", "10.99.0.0/16", "-interface", "utun4"])
+
+    def start(self) -> FakeRunningProcess:
+        process = self.runner.expect_start(["wireguard-go", "-f", "utun"])
+        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=FRESH_DUMP)
+        self.script_configuration()
+        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16))
+        self.assertNoResult(d)  # no name file yet
+        with open(self.name_file, "w") as f:
+            f.write("utun4\n")  # as wireguard-go does
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        return process
+
+    def test_up_sequence(self) -> None:
+        self.start()
+        self.runner.assert_all_called()
+        started = [call for call in self.runner.calls if call.kind == "start"][0]
+        self.assertEqual(started.env, {"WG_TUN_NAME_FILE": self.name_file})
+        self.assertEqual((self.wg.backend, self.wg.device), ("wireguard-go", "utun4"))
+        for call in self.runner.calls:
+            self.assertFalse(any(PRIVATE in word for word in call.argv))
+        self.runner.expect(["wg", "set", "utun4", "peer", ALICE, "allowed-ips", "10.99.0.7/32"])
+        self.assertEqual(self.successResultOf(run(self.wg.apply({ALICE: PeerConfig(ALICE, ("10.99.0.7",), None, 0)}))), 1)
+        self.runner.assert_all_called()
+
+    def test_down_sequence(self) -> None:
+        process = self.start()
+        self.runner.expect(["route", "-q", "-n", "delete", "-inet", "10.99.0.0/16", "-interface", "utun4"])
+        self.successResultOf(run(self.wg.down()))
+        self.assertEqual(process.signals, [signal.SIGTERM])
+        self.assertFalse(os.path.exists(self.name_file))
+        self.assertEqual(self.lost, [])
+        self.runner.assert_all_called()
+
+    def test_death_is_reported(self) -> None:
+        process = self.start()
+        process.exit(2)
+        self.assertEqual(len(self.lost), 1)
+
+    def test_restarted_daemon_adopts_the_utun(self) -> None:
+        os.makedirs(self.run_dir)
+        with open(self.name_file, "w") as f:
+            f.write("utun4\n")
+        socket = os.path.join(self.run_dir, "utun4.sock")
+        open(socket, "w").close()
+        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=dump_output(PRIVATE, 51820))
+        self.runner.expect(["ifconfig", "utun4", "inet", "10.99.0.1", "10.99.0.1", "netmask", "255.255.0.0", "up"])
+        self.runner.expect(["ifconfig", "utun4", "mtu", "1420"])
+        self.runner.expect(
+            ["route", "-q", "-n", "add", "-inet", "10.99.0.0/16", "-interface", "utun4"],
+            rc=1,
+            stderr=b"route: writing to routing socket: File exists\n",
+        )
+        self.successResultOf(run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16)))
+        self.assertEqual(self.wg.backend, "adopted")
+        self.runner.assert_all_called()
+        # Not our child: it is checked, and told to go by removing its socket.
+        self.runner.expect(["wg", "show", "utun4", "listen-port"], stdout=b"51820\n")
+        self.clock.advance(5)
+        self.runner.expect(["route", "-q", "-n", "delete", "-inet", "10.99.0.0/16", "-interface", "utun4"])
+        self.successResultOf(run(self.wg.down()))
+        self.assertFalse(os.path.exists(socket))
+        self.assertFalse(os.path.exists(self.name_file))
+        self.runner.assert_all_called()
+
+    def test_stale_name_file_starts_afresh(self) -> None:
+        os.makedirs(self.run_dir)
+        with open(self.name_file, "w") as f:
+            f.write("utun9\n")
+        self.runner.expect(["wg", "show", "utun9", "dump"], rc=1, stderr=b"Unable to access interface: No such file or directory\n")
+        self.runner.expect_start(["wireguard-go", "-f", "utun"])
+        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16))
+        self.assertFalse(os.path.exists(self.name_file))
+        with open(self.name_file, "w") as f:
+            f.write("utun4\n")
+        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=FRESH_DUMP)
+        self.script_configuration()
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        self.runner.assert_all_called()
+
+    def test_odd_name_file_is_not_trusted(self) -> None:
+        os.makedirs(self.run_dir)
+        with open(self.name_file, "w") as f:
+            f.write("utun4; reboot\n")
+        self.runner.expect_start(["wireguard-go", "-f", "utun"])
+        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16))
+        self.clock.pump([0.25] * POLLS)
+        self.assertIn("not ready after 1s", str(self.failureResultOf(d, WireGuardError).value))
+        self.runner.assert_all_called()
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_implementations_provide_iwireguard(self) -> None:
+        clock = Clock()
+        for wg in (
+            LinuxWireGuard(FakeProcessRunner(), NAME, clock=clock),
+            MacWireGuard(FakeProcessRunner(), NAME, clock=clock),
+        ):
+            self.assertTrue(verifyObject(IWireGuard, wg))
+
+    def test_factory(self) -> None:
+        clock, runner = Clock(), FakeProcessRunner()
+        self.assertIsInstance(make_wireguard(runner, NAME, clock, platform="linux"), LinuxWireGuard)
+        self.assertIsInstance(make_wireguard(runner, NAME, clock, platform="darwin"), MacWireGuard)
+        error = self.assertRaises(WireGuardUnavailable, make_wireguard, runner, NAME, clock, platform="win32")
+        self.assertIn("win32", str(error))
+
+
+# -- the real thing -------------------------------------------------------------
+
+
+def real_skip_reason() -> str | None:
+    try:
+        check_requirements()
+        for program in ("wg", "wireguard-go", "ping"):
+            find_program(program)
+    except (LabUnavailable, CommandNotFound) as e:
+        return f"needs root, ip, nft, sysctl, ping, wg (wireguard-tools) and wireguard-go: {e}"
+    return None
+
+
+@implementer(IProcessRunner)
+class HostRunner:
+    """An IProcessRunner that runs everything inside one lab host's namespace."""
+
+    def __init__(self, lab: Lab, host: str) -> None:
+        self._lab = lab
+        self._host = host
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = 30,
+    ) -> Deferred[ProcessResult]:
+        return self._lab.run(self._host, argv, stdin=stdin, env=env, timeout=timeout)
+
+    def start(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
+    ) -> IRunningProcess:
+        return self._lab.start(self._host, argv, env=env, log_prefix=log_prefix)
+
+
+async def poll_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still waiting after {timeout:g}s for {what}")
+        await deferLater(reactor, 0.02)
+
+
+def wireguard_go_pids(interface: str) -> list[int]:
+    """Pids of wireguard-go serving interface (read from /proc, nothing killed)."""
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(words[0]) == b"wireguard-go" and interface.encode() in words:
+            found.append(int(path.split("/")[2]))
+    return found
+
+
+class RealWireGuardTests(TestCase):
+    """Two lab hosts, real WireGuard between them, real pings. Needs root; CI runs these."""
+
+    skip = real_skip_reason()
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.runner = ProcessRunner(reactor)
+        self.lab = Lab(self.runner)
+        self.addCleanup(self.lab.teardown)  # runs last: namespaces, strays, stale sockets
+        await self.lab.setup()
+        for name in ("alpha", "beta"):
+            await self.lab.add_public_node(name)
+        self.keys = {name: generate_private_key() for name in ("alpha", "beta")}
+        self.ports = {"alpha": 51820, "beta": 51821}
+        self.tunnel = {"alpha": "10.77.0.1", "beta": "10.77.0.2"}
+
+    def wireguard(self, host: str, **options) -> LinuxWireGuard:
+        wg = LinuxWireGuard(
+            HostRunner(self.lab, host), self.lab.hosts[host].wireguard_interface, clock=reactor, **options
+        )
+        self.addCleanup(self.quietly_down, wg)
+        return wg
+
+    async def quietly_down(self, wg: LinuxWireGuard) -> None:
+        wg.on_lost = None
+        try:
+            await wg.down()
+        except Exception:
+            pass  # the namespace may be gone; teardown has the last word
+
+    async def up(self, wg: LinuxWireGuard, host: str) -> None:
+        await wg.up(self.keys[host], self.ports[host], self.tunnel[host], 24)
+
+    def peers_of(self, host: str) -> dict[str, PeerConfig]:
+        other = "beta" if host == "alpha" else "alpha"
+        key = public_key_for(self.keys[other])
+        endpoint = f"{self.lab.hosts[other].address}:{self.ports[other]}"
+        return {key: PeerConfig(key, (f"{self.tunnel[other]}/32",), endpoint)}
+
+    async def assert_ping(self, source: str, target: str) -> None:
+        # The first packet waits for the handshake; allow a retry or two for a busy CI machine.
+        outputs = []
+        for attempt in range(3):
+            result = await self.lab.run(source, ["ping", "-c", "1", "-W", "2", self.tunnel[target]])
+            if result.rc == 0:
+                return
+            outputs.append(result.stdout.decode() + result.stderr.decode())
+        self.fail(f"{source} cannot ping {target} over WireGuard: {outputs}")
+
+    async def link_index(self, host: str) -> str:
+        name = self.lab.hosts[host].wireguard_interface
+        output = (await self.lab.run(host, ["ip", "-o", "link", "show", "dev", name])).check().stdout.decode()
+        return output.split(":")[0]
+
+    async def assert_gone(self, host: str) -> None:
+        name = self.lab.hosts[host].wireguard_interface
+        links = (await self.lab.run(host, ["ip", "-o", "link", "show"])).check().stdout.decode()
+        self.assertNotIn(name, links)
+        await poll_until(lambda: not wireguard_go_pids(name), f"wireguard-go {name} to exit")
+        await poll_until(
+            lambda: not os.path.exists(f"/var/run/wireguard/{name}.sock"), f"the UAPI socket of {name} to go"
+        )
+
+    async def test_tunnel_on_the_default_backend(self) -> None:
+        alpha, beta = self.wireguard("alpha"), self.wireguard("beta")
+        await self.up(alpha, "alpha")
+        await self.up(beta, "beta")
+        self.assertIn(alpha.backend, ("kernel", "wireguard-go"))
+        self.assertEqual(await alpha.apply(self.peers_of("alpha")), 1)
+        self.assertEqual(await beta.apply(self.peers_of("beta")), 1)
+        self.assertEqual(await alpha.apply(self.peers_of("alpha")), 0)
+        await self.assert_ping("alpha", "beta")
+        await self.assert_ping("beta", "alpha")
+        status = await alpha.status()
+        self.assertEqual(status.public_key, public_key_for(self.keys["alpha"]))
+        self.assertEqual(status.listen_port, 51820)
+        (peer,) = status.peers
+        self.assertGreater(peer.latest_handshake, 0)
+        self.assertGreater(peer.rx_bytes, 0)
+        await alpha.down()
+        await beta.down()
+        await self.assert_gone("alpha")
+        await self.assert_gone("beta")
+        await alpha.down()  # idempotent
+
+    async def test_restart_adopts_and_a_crash_is_restored(self) -> None:
+        lost: list[str] = []
+        first = self.wireguard("alpha", use_kernel=False)
+        beta = self.wireguard("beta", use_kernel=False)
+        await self.up(first, "alpha")
+        await self.up(beta, "beta")
+        self.assertEqual((first.backend, beta.backend), ("wireguard-go", "wireguard-go"))
+        await first.apply(self.peers_of("alpha"))
+        await beta.apply(self.peers_of("beta"))
+        await self.assert_ping("alpha", "beta")
+
+        # A daemon restart: a new object for the same interface adopts it, deleting nothing.
+        name = self.lab.hosts["alpha"].wireguard_interface
+        index, pids = await self.link_index("alpha"), wireguard_go_pids(name)
+        self.assertEqual(len(pids), 1)
+        first.on_lost = None  # the old daemon is gone; its process lives on
+        second = self.wireguard("alpha", check_interval=0.2, on_lost=lost.append)
+        await self.up(second, "alpha")
+        self.assertEqual(second.backend, "adopted")
+        self.assertEqual(await self.link_index("alpha"), index)
+        self.assertEqual(wireguard_go_pids(name), pids)
+        self.assertEqual(await second.apply(self.peers_of("alpha")), 0)  # read from the interface
+        await self.up(second, "alpha")  # and again: harmless
+        self.assertEqual((second.backend, wireguard_go_pids(name)), ("adopted", pids))
+        await self.assert_ping("alpha", "beta")
+
+        # The adopted wireguard-go dies: the periodic check notices; up()+apply() restore.
+        (await self.runner.run(["kill", "-KILL", str(pids[0])])).check()
+        await poll_until(lambda: bool(lost), "on_lost after killing the adopted wireguard-go")
+        self.assertFalse(second.is_alive())
+        await self.up(second, "alpha")
+        self.assertEqual(second.backend, "wireguard-go")
+        self.assertEqual(await second.apply(self.peers_of("alpha")), 1)
+        await self.assert_ping("alpha", "beta")
+
+        # Our own child dies: its exit is noticed at once.
+        lost.clear()
+        (child,) = wireguard_go_pids(name)
+        self.assertNotEqual(child, pids[0])
+        (await self.runner.run(["kill", "-KILL", str(child)])).check()
+        await poll_until(lambda: bool(lost), "on_lost after killing our wireguard-go", timeout=5)
+        self.assertIn("SIGKILL", lost[0])
+        await self.up(second, "alpha")
+        await second.apply(self.peers_of("alpha"))
+        await self.assert_ping("alpha", "beta")
+
+        await second.down()
+        await beta.down()
+        await self.assert_gone("alpha")
+        await self.assert_gone("beta")

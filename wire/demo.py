@@ -1,0 +1,228 @@
+"""A whole wire mesh on one Linux host: ``wire demo`` and the end-to-end tests.
+
+On top of :mod:`wire.lab`'s namespaces this starts the real coordination
+server (``twistd -n wire-server``) in the server namespace and joins each
+node through the real CLI (``wire up``) inside its own namespace, with its
+own config dir and a WireGuard interface name unique to the run. Teardown
+takes every node down and removes everything, also after a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from wire.lab import Lab
+from wire.runner import IProcessRunner, IRunningProcess, ProcessResult
+from wire.twistd import twistd_argv, wire_environment
+
+log = Logger()
+
+SERVER_PORT = 8787
+
+
+class DemoError(Exception):
+    pass
+
+
+def wire_argv(*args: str) -> list[str]:
+    """The ``wire`` CLI of this very Python environment."""
+    return [sys.executable, "-m", "wire.cli", *args]
+
+
+@dataclass
+class MeshNode:
+    name: str
+    config_dir: str
+    interface: str
+    vpn_ip: str = ""
+
+
+class MeshLab:
+    """A lab with a running wire server and nodes that joined through ``wire up``."""
+
+    def __init__(self, reactor, runner: IProcessRunner):
+        self.reactor = reactor
+        self.runner = runner
+        self.lab = Lab(runner)
+        self.nodes: dict[str, MeshNode] = {}
+        self.server: IRunningProcess | None = None
+        self._workdir = tempfile.mkdtemp(prefix="wire-lab-")
+        self._server_restarts = itertools.count()
+
+    @property
+    def server_url(self) -> str:
+        return f"http://{self.lab.hosts['server'].address}:{SERVER_PORT}"
+
+    @property
+    def server_data_dir(self) -> str:
+        return os.path.join(self._workdir, "server")
+
+    async def setup(self) -> None:
+        await self.lab.setup()
+        await self.start_server()
+
+    async def start_server(self) -> None:
+        argv = twistd_argv() + [
+            "-n",
+            "--pidfile=",
+            "wire-server",
+            f"--port={SERVER_PORT}",
+            f"--data-dir={self.server_data_dir}",
+        ]
+        self.server = self.lab.start(
+            "server", argv, env=wire_environment(), log_prefix=f"wire-server#{next(self._server_restarts)}"
+        )
+        await self.wait_for_server()
+
+    async def wait_for_server(self, timeout: float = 20.0) -> None:
+        probe = [sys.executable, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)", self.server_url + "/health"]
+        for _ in range(int(timeout / 0.2)):
+            if self.server is not None and not self.server.running:
+                raise DemoError("the wire server exited:\n" + "\n".join(self.server.tail))
+            if (await self.lab.run("server", probe, timeout=5)).rc == 0:
+                return
+            await deferLater(self.reactor, 0.2, lambda: None)
+        raise DemoError(f"the wire server did not answer on {self.server_url}")
+
+    async def kill_server(self, signal_number: int = 9) -> None:
+        assert self.server is not None
+        self.server.kill(signal_number)
+        await self.server.when_exited()
+
+    # -- nodes --------------------------------------------------------------
+
+    async def add_host(self, name: str, router: str | None = None) -> None:
+        """A namespace for a node: public, or behind ``router``."""
+        if router is None:
+            await self.lab.add_public_node(name)
+        else:
+            await self.lab.add_nat_node(name, router)
+
+    def wire(self, name: str, *args: str) -> list[str]:
+        node = self.nodes[name]
+        return wire_argv("--config-dir", node.config_dir, *args)
+
+    async def up(self, name: str, timeout: float = 60) -> dict:
+        """``wire up`` inside the node's namespace; returns its --json answer."""
+        host = self.lab.hosts[name]
+        node = self.nodes.setdefault(
+            name, MeshNode(name, os.path.join(self._workdir, name), host.wireguard_interface)
+        )
+        result = await self.cli(
+            name, "up", "--server", self.server_url, "--name", name, "--interface", node.interface, "--json", timeout=timeout
+        )
+        answer = _json_answer(result, f"wire up on {name}")
+        node.vpn_ip = answer["vpn_ip"]
+        return answer
+
+    async def down(self, name: str) -> dict:
+        return _json_answer(await self.cli(name, "down", "--json"), f"wire down on {name}")
+
+    async def cli(self, name: str, *args: str, timeout: float = 60) -> ProcessResult:
+        return await self.lab.run(name, self.wire(name, *args), env=wire_environment(), timeout=timeout)
+
+    async def status(self, name: str) -> dict:
+        return _json_answer(await self.cli(name, "status", "--json"), f"wire status on {name}")
+
+    async def ping(self, source: str, target: str, count: int = 1, wait: int = 2) -> bool:
+        address = self.nodes[target].vpn_ip
+        result = await self.lab.run(source, ["ping", "-c", str(count), "-W", str(wait), "-n", "-q", address], timeout=count * wait + 10)
+        return result.rc == 0
+
+    async def ping_matrix(self, attempts: int = 3) -> dict[tuple[str, str], bool]:
+        """Every ordered pair; a pair gets a few tries while handshakes complete."""
+        names = sorted(self.nodes)
+        pairs = [(a, b) for a in names for b in names if a != b]
+
+        async def one(pair):
+            for _ in range(attempts):
+                if await self.ping(*pair):
+                    return pair, True
+            return pair, False
+
+        results = await gatherResults([_deferred(one(pair)) for pair in pairs])
+        return dict(results)
+
+    async def teardown(self) -> None:
+        for name in list(self.nodes):
+            try:
+                await self.cli(name, "down", "--json", timeout=30)
+            except Exception as e:  # teardown goes on whatever happens
+                log.warn("wire down on {name} failed: {error}", name=name, error=e)
+        await self.lab.teardown()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _deferred(coroutine):
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromCoroutine(coroutine)
+
+
+def _json_answer(result: ProcessResult, what: str) -> dict:
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        answer = None
+    if result.rc != 0 or not isinstance(answer, dict):
+        message = answer.get("error") if isinstance(answer, dict) else (result.stderr or result.stdout).decode(errors="replace")
+        raise DemoError(f"{what} failed (exit {result.rc}): {message}")
+    return answer
+
+
+def format_matrix(names: list[str], matrix: dict[tuple[str, str], bool]) -> str:
+    width = max(len(n) for n in names) + 2
+    lines = [" " * width + "".join(f"{n:>{width}}" for n in names)]
+    for a in names:
+        cells = ["-" if a == b else ("ok" if matrix[(a, b)] else "FAIL") for b in names]
+        lines.append(f"{a:<{width}}" + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)
+
+
+async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=print) -> bool:
+    """``wire demo``: build a 4-node mesh, show status and a ping matrix, tear down."""
+    mesh = MeshLab(reactor, runner)
+    ok = False
+    try:
+        out("building the lab: an internet, a coordination server, two public nodes, two nodes behind two NAT routers")
+        await mesh.setup()
+        await mesh.lab.add_router("home", nat="easy")
+        await mesh.lab.add_router("office", nat="easy")
+        for name, router in (("alpha", None), ("beta", None), ("gamma", "home"), ("delta", "office")):
+            await mesh.add_host(name, router)
+        out(f"coordination server: {mesh.server_url}")
+        answers = await gatherResults([_deferred(mesh.up(name)) for name in ("alpha", "beta", "gamma", "delta")])
+        for answer in answers:
+            out(f"  wire up {answer['node_name']:<6} -> {answer['vpn_ip']} on {answer['interface']} ({answer['backend']}, NAT {answer['nat_type']})")
+        status = await mesh.cli("alpha", "status")
+        out(status.stdout.decode(errors="replace"))
+        matrix = await mesh.ping_matrix()
+        names = sorted(mesh.nodes)
+        out("ping over the VPN (row pings column):")
+        out(format_matrix(names, matrix))
+        ok = all(matrix.values())
+        out("all pairs reach each other" if ok else "some pairs failed")
+        if keep:
+            out(f"--keep: the lab stays up (namespaces {mesh.lab.prefix}-*); remove it with: wire demo --clean {mesh.lab.prefix}")
+            return ok
+    finally:
+        if not keep:
+            await mesh.teardown()
+    return ok
+
+
+async def clean_demo(reactor, runner: IProcessRunner, prefix: str) -> None:
+    """Remove a lab kept by ``wire demo --keep``: its processes and namespaces."""
+    lab = Lab(runner)
+    lab.prefix = prefix
+    await lab.teardown()

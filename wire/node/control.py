@@ -1,0 +1,125 @@
+"""The daemon's local control API: a UNIX socket (0600) for the CLI and MCP.
+
+``GET /status`` is the node's own view (interface, server contact, each
+peer's endpoint, handshake age and traffic); ``POST /down`` makes the node
+leave the mesh and the daemon exit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import server
+
+from wire.node.daemon import NodeDaemon
+from wire.node.wireguard import PeerStatus
+from wire.web import JsonResource, JsonRoot, make_site
+
+CONTROL_SOCKET = "control.sock"
+HANDSHAKE_FRESH = 180.0  # WireGuard re-handshakes every 2 minutes while in use
+
+
+def control_socket_path(config_dir: str) -> str:
+    return os.path.join(config_dir, CONTROL_SOCKET)
+
+
+def describe_path(status: PeerStatus | None, now: float) -> dict:
+    """How traffic reaches a peer, as far as WireGuard shows it."""
+    if status is None:
+        return {"path": "none", "reason": "not configured in WireGuard yet", "handshake_age": None}
+    age = now - status.latest_handshake if status.latest_handshake else None
+    if age is not None and age <= HANDSHAKE_FRESH:
+        return {"path": "direct", "reason": f"handshake {age:.0f}s ago via {status.endpoint}", "handshake_age": age}
+    if age is None:
+        return {"path": "none", "reason": "no handshake yet", "handshake_age": None}
+    return {"path": "none", "reason": f"last handshake {age:.0f}s ago (stale)", "handshake_age": age}
+
+
+async def node_status(daemon: NodeDaemon) -> dict:
+    now = daemon.clock.seconds()
+    interface: dict = {"name": daemon.wireguard.name, "backend": daemon.wireguard.backend, "up": daemon.interface_ready}
+    by_key: dict[str, PeerStatus] = {}
+    if daemon.interface_ready:
+        try:
+            wg = await daemon.wireguard.status()
+        except Exception as e:
+            interface["error"] = str(e)
+        else:
+            interface["listen_port"] = wg.listen_port
+            by_key = {p.public_key: p for p in wg.peers}
+    peers = []
+    for peer in sorted(daemon.netmap.peers.values(), key=lambda p: p.node_name):
+        wg_peer = by_key.get(peer.wg_public_key)
+        peers.append(
+            {
+                "node_name": peer.node_name,
+                "node_id": peer.node_id,
+                "vpn_ip": peer.vpn_ip,
+                "online": peer.online,
+                "endpoint": wg_peer.endpoint if wg_peer else None,
+                "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
+                "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
+                **describe_path(wg_peer, now),
+            }
+        )
+    config = daemon.config
+    contact = daemon.contact
+    return {
+        "node": {
+            "node_name": config.node_name,
+            "node_id": config.node_id,
+            "vpn_ip": config.vpn_ip,
+            "vpn_subnet": config.vpn_subnet,
+            "public_ip": contact.public_ip,
+            "listen_port": config.listen_port,
+            "nat_type": daemon.nat.nat_type if daemon.nat else "unknown",
+            "nat_port": daemon.nat.mapped.port if daemon.nat else None,
+            "wg_public_key": daemon.public_key,
+        },
+        "server": {
+            "url": config.server_url,
+            "reachable": contact.reachable,
+            "registered": contact.registered,
+            "last_error": contact.last_error,
+            "last_contact_ago": (now - contact.last_contact) if contact.last_contact else None,
+        },
+        "interface": interface,
+        "netmap_cursor": daemon.netmap.cursor,
+        "peers": peers,
+    }
+
+
+class Status(JsonResource):
+    methods = ("GET",)
+
+    def __init__(self, daemon: NodeDaemon):
+        super().__init__()
+        self._daemon = daemon
+
+    async def get(self, request: server.Request) -> dict:
+        return await node_status(self._daemon)
+
+
+class Down(JsonResource):
+    methods = ("POST",)
+
+    def __init__(self, daemon: NodeDaemon, clock: IReactorTime, exit_process: Callable[[], None]):
+        super().__init__()
+        self._daemon = daemon
+        self._clock = clock
+        self._exit_process = exit_process
+
+    async def post(self, request: server.Request) -> dict:
+        await self._daemon.leave()
+        # Answer first, then exit.
+        self._clock.callLater(0.1, self._exit_process)
+        return {"ok": True, "interface_removed": self._daemon.wireguard.name}
+
+
+def build_control_site(daemon: NodeDaemon, clock: IReactorTime, exit_process: Callable[[], None]) -> server.Site:
+    root = JsonRoot()
+    root.putChild(b"status", Status(daemon))
+    root.putChild(b"down", Down(daemon, clock, exit_process))
+    return make_site(root, timeout=30)

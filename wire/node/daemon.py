@@ -1,0 +1,350 @@
+"""The node daemon: keeps this machine's WireGuard interface in step with the mesh.
+
+Its life: keys → STUN probe from the WireGuard port (before WireGuard binds
+it) → interface up (at once with the saved address, so tunnels work even
+while the server is away) → register → a long-poll loop that applies each
+netmap change to WireGuard in one ``wg`` spawn, and a heartbeat loop. The
+server being unreachable never removes a peer: tunnels keep working, and the
+loops retry with a short capped backoff until it answers again.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
+from wire.node.config import NodeConfig, save_config
+from wire.node.netmap import NodeNetmap
+from wire.node.wireguard import IWireGuard
+from wire.stun import NatReport
+
+HEARTBEAT_INTERVAL = 30.0
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 4.0
+
+
+@dataclass
+class ServerContact:
+    """What the daemon knows of its coordination server, for status views."""
+
+    reachable: bool = False
+    last_error: str = ""
+    last_contact: float = 0.0
+    registered: bool = False
+    public_ip: str = ""
+
+
+@dataclass
+class Backoff:
+    """Exponential, capped: retries come quickly once the server is back."""
+
+    first: float = BACKOFF_FIRST
+    cap: float = BACKOFF_CAP
+    current: float = field(default=0.0)
+
+    def next(self) -> float:
+        self.current = min(self.cap, self.current * 2 if self.current else self.first)
+        return self.current
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+class NodeDaemon(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        config_dir: str,
+        config: NodeConfig,
+        keys: tuple[str, str],
+        wireguard: IWireGuard,
+        client: CoordinationClient,
+        probe_nat: Callable[[], Awaitable[NatReport]],
+        lan_ip: Callable[[], str] | None = None,
+    ):
+        self.clock = clock
+        self.config_dir = config_dir
+        self.config = config
+        self._private_key, self.public_key = keys
+        self.wireguard = wireguard
+        self.client = client
+        self._probe_nat = probe_nat
+        self._lan_ip = lan_ip or (lambda: detect_lan_ip(config.server_url))
+        self.netmap = NodeNetmap(config.node_id)
+        self.contact = ServerContact()
+        self.nat: NatReport | None = None
+        self.interface_ready = False
+        self._started: Deferred | None = None
+        # LoopingCall waits on a Deferred, not on a coroutine: wrap the bodies.
+        self._heartbeat = LoopingCall(lambda: self._track(self._heartbeat_once()))
+        self._heartbeat.clock = clock
+        self._sync = LoopingCall(lambda: self._track(self._sync_once()))
+        self._sync.clock = clock
+        self._inflight: set[Deferred] = set()
+        self._sync_backoff = Backoff()
+        self._registered_waiters: list[Deferred] = []
+        self._stopping = False
+
+    # -- life ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._started = Deferred.fromCoroutine(self._start())
+        self._started.addErrback(self._start_failed)
+
+    def _start_failed(self, failure) -> None:
+        if not failure.check(CancelledError):
+            self.log.failure("node daemon failed to start", failure)
+
+    async def _start(self) -> None:
+        self.nat = await self._probe_nat_safely()
+        if self.config.vpn_ip:
+            # Known address: bring tunnels up before the server is even asked.
+            await self._bring_up_interface()
+        await self._register_until_done()
+        if not self.interface_ready:
+            await self._bring_up_interface()
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
+        self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
+
+    def _track(self, coroutine) -> Deferred:
+        """Run a loop body so that stopping can cancel it (an open long-poll)."""
+        d = Deferred.fromCoroutine(coroutine)
+        self._inflight.add(d)
+        d.addBoth(self._untrack, d)
+        return d
+
+    def _untrack(self, result, d: Deferred):
+        self._inflight.discard(d)
+        if self._stopping and isinstance(result, Failure) and result.check(CancelledError):
+            return None
+        return result
+
+    def _loop_died(self, failure, what: str) -> None:
+        if not self._stopping:
+            self.log.failure("{what} loop stopped", failure, what=what)
+
+    def _stop_loops(self) -> None:
+        self._stopping = True
+        if self._started is not None and not self._started.called:
+            self._started.cancel()
+        for loop in (self._heartbeat, self._sync):
+            if loop.running:
+                loop.stop()
+        for d in list(self._inflight):
+            d.cancel()
+
+    def stopService(self):
+        self._stop_loops()
+        # The interface stays: a restarted daemon adopts it, tunnels unbroken.
+        self.wireguard.detach()
+        return super().stopService()
+
+    async def _probe_nat_safely(self) -> NatReport | None:
+        try:
+            report = await self._probe_nat()
+        except Exception as e:  # any failure only means "NAT unknown"
+            self.log.warn("STUN probe failed ({error}); NAT type unknown", error=e)
+            return None
+        self.log.info(
+            "STUN: mapped {ip}:{port}, NAT {nat_type}",
+            ip=report.mapped.ip,
+            port=report.mapped.port,
+            nat_type=report.nat_type,
+        )
+        return report
+
+    async def _bring_up_interface(self) -> None:
+        prefixlen = int(self.config.vpn_subnet.split("/")[1]) if "/" in self.config.vpn_subnet else 16
+        await self.wireguard.up(self._private_key, self.config.listen_port, self.config.vpn_ip, prefixlen)
+        self.interface_ready = True
+        self.log.info(
+            "interface {name} up ({backend}) with {address}",
+            name=self.wireguard.name,
+            backend=self.wireguard.backend,
+            address=self.config.vpn_ip,
+        )
+
+    async def restore_interface(self, reason: str) -> None:
+        """WireGuard went away under us (wireguard-go died): rebuild it as it was."""
+        if self._stopping:
+            return
+        self.log.warn("interface {name} was lost ({reason}); restoring it", name=self.wireguard.name, reason=reason)
+        await self._bring_up_interface()
+        await self.wireguard.apply(self.netmap.desired_peers(self.contact.public_ip))
+
+    # -- registration --------------------------------------------------------
+
+    def registration_body(self) -> dict:
+        body = {
+            "node_id": self.config.node_id,
+            "node_name": self.config.node_name,
+            "wg_public_key": self.public_key,
+            "port": self.config.listen_port,
+            "nat_port": self.config.listen_port,
+        }
+        if self.nat is not None:
+            body["nat_port"] = self.nat.mapped.port
+            body["nat_type"] = self.nat.nat_type
+        if self.config.vpn_ip:
+            body["vpn_ip"] = self.config.vpn_ip
+        lan_ip = self._lan_ip()
+        if lan_ip:
+            body["lan_ip"] = lan_ip
+        return body
+
+    async def register(self) -> dict:
+        try:
+            answer = await self.client.register(self.registration_body())
+        except (ServerUnreachable, ServerError) as e:
+            self._lost_contact(str(e))
+            raise
+        self._made_contact()
+        self.contact.registered = True
+        self.contact.public_ip = str(answer.get("your_ip") or "")
+        self._adopt_assignment(answer)
+        waiters, self._registered_waiters = self._registered_waiters, []
+        for d in waiters:
+            d.callback(None)
+        return answer
+
+    def _adopt_assignment(self, answer: dict) -> None:
+        """Keep what the server assigned, so the next start needs no server."""
+        updated = replace(
+            self.config,
+            vpn_ip=str(answer.get("vpn_ip") or self.config.vpn_ip),
+            vpn_subnet=str(answer.get("vpn_subnet") or self.config.vpn_subnet),
+            nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
+        )
+        if updated.vpn_ip != self.config.vpn_ip and self.interface_ready:
+            self.log.warn(
+                "server assigned {new} instead of {old}; the interface keeps {old} until restart",
+                new=updated.vpn_ip,
+                old=self.config.vpn_ip,
+            )
+        if updated != self.config:
+            save_config(self.config_dir, updated)
+            self.config = updated
+
+    async def _register_until_done(self) -> None:
+        backoff = Backoff()
+        while not self._stopping:
+            try:
+                await self.register()
+                return
+            except ServerError as e:
+                if e.status in (400, 409):
+                    self.log.error("the server refused this node: {error}", error=e.message)
+                else:
+                    self.log.warn("registration failed: {error}", error=e)
+            except ServerUnreachable as e:
+                self.log.warn("registration failed: {error}", error=e)
+            if not self._stopping:
+                await deferLater(self.clock, backoff.next(), lambda: None)
+
+    async def _heartbeat_once(self) -> None:
+        try:
+            await self._register_until_done()
+        except Exception:
+            # A raising body would stop the heartbeat for good.
+            self.log.failure("heartbeat failed")
+
+    def when_registered(self) -> Deferred:
+        d: Deferred = Deferred()
+        if self.contact.registered:
+            d.callback(None)
+        else:
+            self._registered_waiters.append(d)
+        return d
+
+    # -- netmap --------------------------------------------------------------
+
+    async def _sync_once(self) -> None:
+        try:
+            answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
+        except ServerError as e:
+            self._lost_contact(str(e))
+            if e.status == 400:
+                # Our cursor makes no sense to this server: start over.
+                self.netmap.cursor = "0"
+            await self._sleep_backoff()
+            return
+        except ServerUnreachable as e:
+            self._lost_contact(str(e))
+            await self._sleep_backoff()
+            return
+        was_unreachable = not self.contact.reachable
+        self._made_contact()
+        self._sync_backoff.reset()
+        for problem in self.netmap.apply(answer):
+            self.log.warn("netmap: {problem}", problem=problem)
+        try:
+            changed = await self.wireguard.apply(self.netmap.desired_peers(self.contact.public_ip))
+        except Exception:
+            # A raising body would stop the loop for good; try again shortly.
+            self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
+            await self._sleep_backoff()
+            return
+        if changed:
+            self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(self.netmap.peers))
+        if was_unreachable and answer.get("full") and not self._stopping:
+            # A new server run (or a long absence): make sure it knows us now.
+            await self._register_until_done()
+
+    async def _sleep_backoff(self) -> None:
+        if not self._stopping:
+            await deferLater(self.clock, self._sync_backoff.next(), lambda: None)
+
+    def _made_contact(self) -> None:
+        if not self.contact.reachable:
+            self.log.info("coordination server {url} reachable", url=self.config.server_url)
+        self.contact.reachable = True
+        self.contact.last_error = ""
+        self.contact.last_contact = self.clock.seconds()
+
+    def _lost_contact(self, error: str) -> None:
+        if self.contact.reachable:
+            self.log.warn("coordination server unreachable: {error}; peers stay configured", error=error)
+        self.contact.reachable = False
+        self.contact.last_error = error
+
+    # -- leaving -------------------------------------------------------------
+
+    async def leave(self) -> None:
+        """``wire down``: tell the server, then remove the interface."""
+        self._stop_loops()
+        try:
+            await self.client.leave(self.config.node_id, self.public_key)
+        except (ServerUnreachable, ServerError) as e:
+            self.log.warn("could not tell the server we are leaving: {error}", error=e)
+        await self.wireguard.down()
+        self.interface_ready = False
+
+
+def detect_lan_ip(server_url: str) -> str:
+    """The local address this host uses to reach the server.
+
+    A connected UDP socket only asks the routing table; it sends nothing.
+    """
+    host = urlsplit(server_url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            return s.getsockname()[0]
+    except (OSError, IndexError):
+        return ""
