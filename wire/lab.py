@@ -45,6 +45,7 @@ _MAX_INTERFACE_NAME = 15  # IFNAMSIZ - 1
 _HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}\Z")
 # wireguard-go keeps its UAPI sockets here, shared by every namespace.
 _WIREGUARD_RUN_DIR = "/var/run/wireguard"
+_BRIDGE_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 # Programs the lab itself runs; the tests and the demo need more (ping, wg...).
 _REQUIRED_PROGRAMS = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps"}
 
@@ -151,11 +152,19 @@ def namespace_steps(namespace: str) -> list[Step]:
 
 def bridge_steps(namespace: str, bridge: str, address: IPv4Interface) -> list[Step]:
     """A bridge that hosts plug into, holding the namespace's address on it."""
-    return [
+    steps = [
         Step(("ip", "-n", namespace, "link", "add", bridge, "type", "bridge")),
         Step(("ip", "-n", namespace, "addr", "add", str(address), "dev", bridge)),
         Step(("ip", "-n", namespace, "link", "set", bridge, "up")),
     ]
+    if os.path.exists(_BRIDGE_NETFILTER):
+        # br_netfilter (loaded wherever Docker runs) would send frames between
+        # two hosts on one LAN through the router's forward chain, which no
+        # real switch does; the setting is per namespace.
+        steps.append(
+            Step(("ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"))
+        )
+    return steps
 
 
 def uplink_steps(
