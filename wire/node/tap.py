@@ -15,7 +15,7 @@ from wire.client import CoordinationClient, make_http_client
 from wire.keys import KeyFileError, load_or_create_keys
 from wire.node.config import ConfigError, default_config_dir, load_config
 from wire.node.control import build_control_site, control_socket_path
-from wire.node.daemon import NodeDaemon
+from wire.node.daemon import NodeDaemon, detect_lan_ip
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
@@ -56,7 +56,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
     host, stun_a, stun_b = stun_ports(config.server_url)
 
     def probe_nat():
-        return detect_nat(reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3)
+        # Our own address lets the probe tell "no NAT at all" from an easy NAT.
+        local_ips = [ip for ip in (detect_lan_ip(config.server_url),) if ip]
+        return detect_nat(
+            reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3, local_ips=local_ips
+        )
 
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
