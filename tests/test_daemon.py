@@ -90,6 +90,9 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(peer.endpoint, "10.1.1.1:51820")
         self.assertEqual(peer.persistent_keepalive, 25)
         status = await node_status(daemon)
+        self.assertEqual([(p["node_name"], p["path"]) for p in status["peers"]], [("db1", "connecting")])
+        await daemon.reconcile()  # the fake WireGuard has handshaken by now
+        status = await node_status(daemon)
         self.assertEqual([(p["node_name"], p["path"]) for p in status["peers"]], [("db1", "direct")])
 
     async def test_removed_peer_leaves_wireguard(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -126,3 +127,96 @@ def _cmdline(pid: str) -> list[str]:
             return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
     except OSError:
         return []
+
+
+class NatTraversalTests(unittest.TestCase):
+    """Easy and hard NATs: direct wherever possible, relayed only where not."""
+
+    timeout = 240
+    skip = lab_unavailable()
+
+    async def build(self, hosts: list[tuple[str, str | None]], routers: dict[str, str]) -> MeshLab:
+        mesh = MeshLab(reactor, ProcessRunner(reactor))
+        self.addCleanup(mesh.teardown)
+        await mesh.setup()
+        for router, nat in routers.items():
+            await mesh.lab.add_router(router, nat=nat)
+        for name, router in hosts:
+            await mesh.add_host(name, router)
+        answers = await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name, _ in hosts])
+        self.nat_types = {a["node_name"]: a["nat_type"] for a in answers}
+        return mesh
+
+    async def paths_from(self, mesh: MeshLab, name: str) -> dict[str, str]:
+        status = await mesh.status(name)
+        return {n["node_name"]: n.get("path") for n in status["nodes"] if not n["this_node"]}
+
+    async def assert_all_pairs_ping(self, mesh: MeshLab, attempts: int = 5) -> None:
+        matrix = await mesh.ping_matrix(attempts=attempts)
+        self.assertEqual(sorted(pair for pair, ok in matrix.items() if not ok), [])
+
+    async def test_public_and_easy_nat_nodes_are_all_direct(self):
+        mesh = await self.build([("alpha", None), ("gamma", "home"), ("delta", "office")], {"home": "easy", "office": "easy"})
+        self.assertEqual(self.nat_types, {"alpha": "none", "gamma": "easy", "delta": "easy"})
+        await self.assert_all_pairs_ping(mesh)
+        for name in ("alpha", "gamma", "delta"):
+            paths = await self.paths_from(mesh, name)
+            self.assertEqual(set(paths.values()), {"direct"}, f"paths from {name}: {paths}")
+
+    async def test_hard_nat_pairs_are_relayed_and_the_rest_direct(self):
+        mesh = await self.build(
+            [("alpha", None), ("gamma", "home"), ("hard1", "corp"), ("hard2", "cgn")],
+            {"home": "easy", "corp": "hard", "cgn": "hard"},
+        )
+        self.assertEqual(self.nat_types["hard1"], "hard")
+        self.assertEqual(self.nat_types["hard2"], "hard")
+        await self.assert_all_pairs_ping(mesh)
+        self.assertEqual(await self.paths_from(mesh, "hard1"), {"alpha": "direct", "gamma": "relay", "hard2": "relay"})
+        self.assertEqual(await self.paths_from(mesh, "gamma"), {"alpha": "direct", "hard1": "relay", "hard2": "relay"})
+        status = await mesh.status("hard2")
+        reasons = {n["node_name"]: n.get("path_reason") for n in status["nodes"]}
+        self.assertEqual(reasons["hard1"], "relay: hard NAT on hard2")
+
+    async def test_relayed_pair_recovers_after_server_restart(self):
+        mesh = await self.build([("hard1", "corp"), ("hard2", "cgn")], {"corp": "hard", "cgn": "hard"})
+        await self.assert_all_pairs_ping(mesh)
+        await mesh.kill_server(signal.SIGKILL)
+        await mesh.start_server()
+        restarted = reactor.seconds()
+
+        async def both_ways() -> bool:
+            return await mesh.ping("hard1", "hard2", wait=1) and await mesh.ping("hard2", "hard1", wait=1)
+
+        waited = await eventually(both_ways, timeout=20, what="relayed pair pings after the restart")
+        self.assertLess(reactor.seconds() - restarted, 10.5, f"took {waited:.1f}s")
+
+    async def test_forged_relay_frames_are_never_forwarded(self):
+        mesh = await self.build([("hard1", "corp"), ("hard2", "cgn"), ("mallory", None)], {"corp": "hard", "cgn": "hard"})
+        await self.assert_all_pairs_ping(mesh)
+        before = await self.relay_counts(mesh)
+        # Frames with made-up tokens, and frames with a real-looking header
+        # and no valid MAC, from a third party.
+        script = (
+            "import os, socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for i in range(200):\n"
+            "    s.sendto(b'WRL1' + os.urandom(8) + b'\\x00' + i.to_bytes(8, 'big') + os.urandom(16) + os.urandom(100), (sys.argv[1], int(sys.argv[2])))\n"
+        )
+        server = mesh.lab.hosts["server"].address
+        result = await mesh.lab.run("mallory", [sys.executable, "-c", script, server, "8788"])
+        self.assertEqual(result.rc, 0, result.stderr)
+        await deferLater(reactor, 0.5, lambda: None)
+        after = await self.relay_counts(mesh)
+        self.assertGreaterEqual(after.get("relay_unknown", 0) - before.get("relay_unknown", 0), 200)
+        self.assertTrue(await mesh.ping("hard1", "hard2", count=2), "the relayed pair is unaffected")
+
+    async def relay_counts(self, mesh: MeshLab) -> dict[str, float]:
+        url = mesh.server_url + "/metrics"
+        fetch = [sys.executable, "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())", url]
+        text = (await mesh.lab.run("mallory", fetch)).stdout.decode()
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("wire_stun_datagrams_total{"):
+                label = line.split('outcome="', 1)[1].split('"', 1)[0]
+                counts[label] = float(line.rsplit(" ", 1)[1])
+        return counts

@@ -98,6 +98,11 @@ class CoordinationClient(JsonHttp):
     async def health(self) -> dict:
         return await self._request("GET", "/health")
 
+    async def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> dict:
+        return await self._request(
+            "POST", "/relay", {"node_id": node_id, "wg_public_key": wg_public_key, "peer_node_id": peer_node_id}
+        )
+
     async def leave(self, node_id: str, wg_public_key: str) -> dict:
         return await self._request("POST", "/leave", {"node_id": node_id, "wg_public_key": wg_public_key})
 

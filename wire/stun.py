@@ -33,6 +33,8 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from wire.relayproto import is_relay_frame
+
 log = Logger()
 
 MAGIC_COOKIE = 0x2112A442
@@ -437,23 +439,36 @@ def _answer_legacy(data: bytes, source_ip: str, source_port: int) -> tuple[str, 
 
 
 class StunServerProtocol(DatagramProtocol):
-    """The server's STUN port: answers each datagram by :func:`handle_datagram`.
+    """The server's STUN port: answers each datagram by :func:`handle_datagram`,
+    and hands relay frames to ``relay`` (see wire.server.relay).
 
     ``observe(outcome)`` is called once per datagram (for metrics). Nothing
     here raises into the reactor, and nothing is logged per datagram except
     failures, and those sparsely.
     """
 
-    def __init__(self, observe: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        observe: Callable[[str], None] | None = None,
+        relay: Callable[[bytes, Any], tuple[str, list[tuple[bytes, Any]]]] | None = None,
+    ):
         self._observe = observe
+        self._relay = relay
         self._failures = 0
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
-            outcome, reply = handle_datagram(datagram, addr[0], addr[1])
-            if reply is not None:
-                # addr as received: an IPv6 socket needs its scope id back.
-                self.transport.write(reply, addr)
+            if self._relay is not None and is_relay_frame(datagram):
+                # Relay frames share this port; they are checked before the
+                # seed's catch-all JSON answer could see them.
+                outcome, sends = self._relay(datagram, addr)
+                for data, destination in sends:
+                    self.transport.write(data, destination)
+            else:
+                outcome, reply = handle_datagram(datagram, addr[0], addr[1])
+                if reply is not None:
+                    # addr as received: an IPv6 socket needs its scope id back.
+                    self.transport.write(reply, addr)
         except Exception:
             outcome = OUTCOME_ERROR
             self._log_failure("STUN datagram from {host}:{port} could not be handled", addr)

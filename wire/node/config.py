@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wire.fsutil import write_atomically
-from wire.protocol import ProtocolError, parse_ip_address, parse_node_id, parse_node_name, parse_port
+from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 
 CONFIG_FILE = "config.json"
 SYSTEM_CONFIG_DIR = "/etc/wire"
@@ -41,6 +41,7 @@ class NodeConfig:
     vpn_ip: str = ""
     vpn_subnet: str = ""
     nat_port: int = 0
+    nat_type: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
@@ -97,6 +98,8 @@ def validate(data: dict[str, Any]) -> NodeConfig:
         config.vpn_subnet = str(values["vpn_subnet"])
     if values.get("nat_port"):
         config.nat_port = parse_port(values["nat_port"], "nat_port")
+    if values.get("nat_type"):
+        config.nat_type = parse_nat_type(values["nat_type"])
     return config
 
 

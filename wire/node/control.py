@@ -14,27 +14,26 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
 from wire.node.daemon import NodeDaemon
+from wire.node.paths import HANDSHAKE_STALE as HANDSHAKE_FRESH  # noqa: F401 (ops uses it)
+from wire.node.paths import PathChoice
 from wire.node.wireguard import PeerStatus
 from wire.web import JsonResource, JsonRoot, make_site
 
 CONTROL_SOCKET = "control.sock"
-HANDSHAKE_FRESH = 180.0  # WireGuard re-handshakes every 2 minutes while in use
 
 
 def control_socket_path(config_dir: str) -> str:
     return os.path.join(config_dir, CONTROL_SOCKET)
 
 
-def describe_path(status: PeerStatus | None, now: float) -> dict:
-    """How traffic reaches a peer, as far as WireGuard shows it."""
-    if status is None:
-        return {"path": "none", "reason": "not configured in WireGuard yet", "handshake_age": None}
-    age = now - status.latest_handshake if status.latest_handshake else None
-    if age is not None and age <= HANDSHAKE_FRESH:
-        return {"path": "direct", "reason": f"handshake {age:.0f}s ago via {status.endpoint}", "handshake_age": age}
-    if age is None:
-        return {"path": "none", "reason": "no handshake yet", "handshake_age": None}
-    return {"path": "none", "reason": f"last handshake {age:.0f}s ago (stale)", "handshake_age": age}
+def describe_path(choice: PathChoice | None, status: PeerStatus | None, now: float) -> dict:
+    """How traffic reaches a peer: the chosen path, why, and what WireGuard shows."""
+    age = now - status.latest_handshake if status is not None and status.latest_handshake else None
+    if status is None or choice is None:
+        return {"path": "none", "reason": "not configured in WireGuard yet", "handshake_age": age}
+    if choice.mode == "direct" and not choice.verified:
+        return {"path": "connecting", "reason": f"trying {choice.reason} (no handshake yet)", "handshake_age": age}
+    return {"path": choice.mode, "reason": choice.reason, "handshake_age": age}
 
 
 async def node_status(daemon: NodeDaemon) -> dict:
@@ -61,7 +60,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "endpoint": wg_peer.endpoint if wg_peer else None,
                 "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(wg_peer, now),
+                **describe_path(daemon.paths.choices.get(peer.node_id), wg_peer, now),
             }
         )
     config = daemon.config

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -24,11 +24,14 @@ from twisted.python.failure import Failure
 
 from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
 from wire.node.config import NodeConfig, save_config
-from wire.node.netmap import NodeNetmap
-from wire.node.wireguard import IWireGuard
+from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
+from wire.node.paths import Me, PathPlanner
+from wire.node.relay import RelayShim
+from wire.node.wireguard import IWireGuard, PeerConfig
 from wire.stun import NatReport
 
 HEARTBEAT_INTERVAL = 30.0
+PATH_CHECK_INTERVAL = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 4.0
 
@@ -74,6 +77,7 @@ class NodeDaemon(Service):
         client: CoordinationClient,
         probe_nat: Callable[[], Awaitable[NatReport]],
         lan_ip: Callable[[], str] | None = None,
+        relay: RelayShim | None = None,
     ):
         self.clock = clock
         self.config_dir = config_dir
@@ -81,6 +85,7 @@ class NodeDaemon(Service):
         self._private_key, self.public_key = keys
         self.wireguard = wireguard
         self.client = client
+        self.relay = relay
         self._probe_nat = probe_nat
         self._lan_ip = lan_ip or (lambda: detect_lan_ip(config.server_url))
         self.netmap = NodeNetmap(config.node_id)
@@ -93,7 +98,11 @@ class NodeDaemon(Service):
         self._heartbeat.clock = clock
         self._sync = LoopingCall(lambda: self._track(self._sync_once()))
         self._sync.clock = clock
+        self._paths_loop = LoopingCall(lambda: self._track(self._paths_once()))
+        self._paths_loop.clock = clock
         self._inflight: set[Deferred] = set()
+        self._reconcile_lock = DeferredLock()
+        self.paths = PathPlanner()
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
         self._stopping = False
@@ -119,6 +128,7 @@ class NodeDaemon(Service):
             await self._bring_up_interface()
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
         self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
+        self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
 
     def _track(self, coroutine) -> Deferred:
         """Run a loop body so that stopping can cancel it (an open long-poll)."""
@@ -141,7 +151,7 @@ class NodeDaemon(Service):
         self._stopping = True
         if self._started is not None and not self._started.called:
             self._started.cancel()
-        for loop in (self._heartbeat, self._sync):
+        for loop in (self._heartbeat, self._sync, self._paths_loop):
             if loop.running:
                 loop.stop()
         for d in list(self._inflight):
@@ -151,7 +161,10 @@ class NodeDaemon(Service):
         self._stop_loops()
         # The interface stays: a restarted daemon adopts it, tunnels unbroken.
         self.wireguard.detach()
-        return super().stopService()
+        super().stopService()
+        if self.relay is not None:
+            return Deferred.fromCoroutine(self.relay.stop())
+        return None
 
     async def _probe_nat_safely(self) -> NatReport | None:
         try:
@@ -184,7 +197,7 @@ class NodeDaemon(Service):
             return
         self.log.warn("interface {name} was lost ({reason}); restoring it", name=self.wireguard.name, reason=reason)
         await self._bring_up_interface()
-        await self.wireguard.apply(self.netmap.desired_peers(self.contact.public_ip))
+        await self.reconcile()
 
     # -- registration --------------------------------------------------------
 
@@ -199,6 +212,10 @@ class NodeDaemon(Service):
         if self.nat is not None:
             body["nat_port"] = self.nat.mapped.port
             body["nat_type"] = self.nat.nat_type
+        elif self.config.nat_port:
+            # No probe this time (the interface already held the port): the last one's.
+            body["nat_port"] = self.config.nat_port
+            body["nat_type"] = self.config.nat_type or "unknown"
         if self.config.vpn_ip:
             body["vpn_ip"] = self.config.vpn_ip
         lan_ip = self._lan_ip()
@@ -228,6 +245,7 @@ class NodeDaemon(Service):
             vpn_ip=str(answer.get("vpn_ip") or self.config.vpn_ip),
             vpn_subnet=str(answer.get("vpn_subnet") or self.config.vpn_subnet),
             nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
+            nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
         )
         if updated.vpn_ip != self.config.vpn_ip and self.interface_ready:
             self.log.warn(
@@ -254,6 +272,12 @@ class NodeDaemon(Service):
                 self.log.warn("registration failed: {error}", error=e)
             if not self._stopping:
                 await deferLater(self.clock, backoff.next(), lambda: None)
+
+    async def _paths_once(self) -> None:
+        try:
+            await self.reconcile()
+        except Exception:
+            self.log.failure("checking peer paths failed")
 
     async def _heartbeat_once(self) -> None:
         try:
@@ -289,20 +313,76 @@ class NodeDaemon(Service):
         was_unreachable = not self.contact.reachable
         self._made_contact()
         self._sync_backoff.reset()
+        previous_epoch = self.netmap.epoch
         for problem in self.netmap.apply(answer):
             self.log.warn("netmap: {problem}", problem=problem)
+        if previous_epoch and self.netmap.epoch != previous_epoch and self.relay is not None:
+            # A new server run has forgotten every relay session: ask again.
+            await self.relay.reset()
         try:
-            changed = await self.wireguard.apply(self.netmap.desired_peers(self.contact.public_ip))
+            await self.reconcile()
         except Exception:
             # A raising body would stop the loop for good; try again shortly.
             self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
             await self._sleep_backoff()
             return
-        if changed:
-            self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(self.netmap.peers))
         if was_unreachable and answer.get("full") and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
+
+    # -- paths -----------------------------------------------------------------
+
+    def me(self) -> Me:
+        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or "unknown")
+        return Me(self.config.node_name, self.contact.public_ip, nat_type)
+
+    async def reconcile(self) -> None:
+        """Bring WireGuard in line with the netmap and each peer's chosen path."""
+        await self._reconcile_lock.acquire()
+        try:
+            await self._reconcile_now()
+        finally:
+            self._reconcile_lock.release()
+
+    async def _reconcile_now(self) -> None:
+        if not self.interface_ready or self._stopping:
+            return
+        handshakes = {p.public_key: p.latest_handshake for p in (await self.wireguard.status()).peers}
+        choices = self.paths.plan(self.me(), self.netmap.peers, handshakes, self.clock.seconds())
+        desired: dict[str, PeerConfig] = {}
+        for node_id, peer in self.netmap.peers.items():
+            endpoint = endpoint_for(peer, self.contact.public_ip)
+            if choices[node_id].mode == "relay":
+                endpoint = await self._relay_endpoint(peer) or endpoint
+            elif self.relay is not None and node_id in self.relay.sessions():
+                await self.relay.remove(node_id)
+            desired[peer.wg_public_key] = PeerConfig(
+                public_key=peer.wg_public_key,
+                allowed_ips=(f"{peer.vpn_ip}/32",),
+                endpoint=endpoint,
+                persistent_keepalive=PERSISTENT_KEEPALIVE,
+            )
+        for node_id in set(self.relay.sessions() if self.relay else ()) - set(self.netmap.peers):
+            await self.relay.remove(node_id)
+        changed = await self.wireguard.apply(desired)
+        if changed:
+            self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
+
+    async def _relay_endpoint(self, peer) -> str | None:
+        """The loopback endpoint of the peer's relay session (asked for once)."""
+        if self.relay is None:
+            return None
+        session = self.relay.sessions().get(peer.node_id)
+        if session is not None and not self.relay.is_dead(peer.node_id):
+            return session.endpoint
+        try:
+            grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
+            return await self.relay.add(grant)
+        except (ServerUnreachable, ServerError) as e:
+            self.log.warn("no relay session for {peer}: {error}", peer=peer.node_name, error=e)
+        except (KeyError, ValueError) as e:
+            self.log.warn("bad relay grant for {peer}: {error}", peer=peer.node_name, error=e)
+        return None
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:
@@ -330,6 +410,8 @@ class NodeDaemon(Service):
             await self.client.leave(self.config.node_id, self.public_key)
         except (ServerUnreachable, ServerError) as e:
             self.log.warn("could not tell the server we are leaving: {error}", error=e)
+        if self.relay is not None:
+            await self.relay.stop()
         await self.wireguard.down()
         self.interface_ready = False
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wire.node.wireguard import PeerConfig
 from wire.protocol import ProtocolError, parse_ip_address, parse_node_id, parse_port, parse_wg_public_key
 
 PERSISTENT_KEEPALIVE = 25
@@ -90,19 +89,14 @@ class NodeNetmap:
             self.cursor = cursor
         return problems
 
+    @property
+    def epoch(self) -> str:
+        """The server run our cursor belongs to ("" before the first answer)."""
+        epoch, _, _ = self.cursor.rpartition(":")
+        return epoch
+
     def by_name_or_ip(self, target: str) -> Peer | None:
         for peer in self.peers.values():
             if target in (peer.node_name, peer.vpn_ip):
                 return peer
         return None
-
-    def desired_peers(self, my_public_ip: str) -> dict[str, PeerConfig]:
-        desired: dict[str, PeerConfig] = {}
-        for peer in self.peers.values():
-            desired[peer.wg_public_key] = PeerConfig(
-                public_key=peer.wg_public_key,
-                allowed_ips=(f"{peer.vpn_ip}/32",),
-                endpoint=endpoint_for(peer, my_public_ip),
-                persistent_keepalive=PERSISTENT_KEEPALIVE,
-            )
-        return desired

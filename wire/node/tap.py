@@ -16,6 +16,7 @@ from wire.keys import KeyFileError, load_or_create_keys
 from wire.node.config import ConfigError, default_config_dir, load_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon, detect_lan_ip
+from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
@@ -72,6 +73,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         wireguard=wireguard,
         client=CoordinationClient(make_http_client(reactor), config.server_url),
         probe_nat=probe_nat,
+        relay=RelayShim(reactor, host, stun_a, config.listen_port),
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
     top = MultiService()

@@ -139,12 +139,15 @@ class Punch(JsonResource):
     def post(self, request: server.Request) -> dict:
         try:
             punch = parse_punch(read_json_body(request))
-            answer = self._coordinator.punch(punch)
+            answer, relay = self._coordinator.punch(punch)
         except ProtocolError as e:
             raise ApiError(400, str(e))
         except UnknownNode as e:
             raise ApiError(404, str(e))
-        return {"ok": True, "use_relay": answer.use_relay, "attempts": answer.attempts}
+        result = {"ok": True, "use_relay": answer.use_relay, "attempts": answer.attempts}
+        if relay is not None:
+            result["relay"] = relay
+        return result
 
 
 class Leave(JsonResource):
@@ -167,6 +170,29 @@ class Leave(JsonResource):
         return {"ok": True, "was_online": was_online}
 
 
+class Relay(JsonResource):
+    """``POST /relay``: the caller's side of a relay session with a peer."""
+
+    methods = ("POST",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        try:
+            node_id = parse_node_id(body.get("node_id"))
+            key = parse_wg_public_key(body.get("wg_public_key"))
+            peer = parse_node_id(body.get("peer_node_id"), "peer_node_id")
+            grant = self._coordinator.relay_grant(node_id, key, peer)
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        except UnknownNode as e:
+            raise ApiError(404, str(e))
+        return {"ok": True, **grant}
+
+
 def build_root(coordinator: Coordinator) -> JsonRoot:
     root = JsonRoot()
     root.putChild(b"register", Register(coordinator))
@@ -176,6 +202,7 @@ def build_root(coordinator: Coordinator) -> JsonRoot:
     root.putChild(b"ip", YourIp())
     root.putChild(b"punch", Punch(coordinator))
     root.putChild(b"leave", Leave(coordinator))
+    root.putChild(b"relay", Relay(coordinator))
     root.putChild(b"metrics", MetricsResource(coordinator.metrics))
     return root
 

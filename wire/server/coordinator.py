@@ -19,6 +19,7 @@ from wire.server.metrics import ServerMetrics
 from wire.server.netmap import LongPollHub, parse_cursor
 from wire.server.punch import PunchAnswer, PunchTracker
 from wire.server.registry import Registered, Registry
+from wire.server.relay import RelayTable
 from wire.server.store import IStore
 
 SWEEP_INTERVAL = 1.0
@@ -32,11 +33,13 @@ class UnknownNode(LookupError):
 class Coordinator:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, store: IStore, registry: Registry):
+    def __init__(self, clock: IReactorTime, store: IStore, registry: Registry, relay_port: int | None = None):
         self.clock = clock
         self.store = store
         self.registry = registry
+        self.relay_port = relay_port
         self.punches = PunchTracker()
+        self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
         self.longpolls = LongPollHub(clock, registry.changes, lambda cursor: registry.netmap_since(cursor, clock.seconds()))
         registry.on_change(self.longpolls.changed)
@@ -45,6 +48,7 @@ class Coordinator:
             nodes_online=lambda: registry.online_count,
             longpolls_open=lambda: self.longpolls.open_count,
             netmap_serial=lambda: registry.changes.serial,
+            relay_sessions=lambda: len(self.relay),
         )
 
     def now(self) -> float:
@@ -86,21 +90,43 @@ class Coordinator:
         cursor = parse_cursor(since, self.registry.changes.epoch)
         return self.longpolls.poll(cursor, wait)
 
-    def leave(self, node_id: str, wg_public_key: str) -> bool:
-        """A node going down (``wire down``): offline for everyone at once."""
+    def _node_with_key(self, node_id: str, wg_public_key: str):
         record = self.registry.get(node_id)
         if record is None or record.wg_public_key != wg_public_key:
             raise UnknownNode(f"no node {node_id} with that key")
+        return record
+
+    def leave(self, node_id: str, wg_public_key: str) -> bool:
+        """A node going down (``wire down``): offline for everyone at once."""
+        self._node_with_key(node_id, wg_public_key)
         return self.registry.mark_offline(node_id)
 
-    def punch(self, request: PunchRequest) -> PunchAnswer:
+    def relay_grant(self, node_id: str, wg_public_key: str, peer_node_id: str) -> dict:
+        """The caller's side of a relay session with ``peer_node_id``."""
+        self._node_with_key(node_id, wg_public_key)
+        if self.registry.get(peer_node_id) is None:
+            raise UnknownNode(f"no node {peer_node_id}")
+        if peer_node_id == node_id:
+            raise UnknownNode("a node cannot relay to itself")
+        return {**self.relay.grant(node_id, peer_node_id).as_dict(), "relay_port": self.relay_port}
+
+    def punch(self, request: PunchRequest) -> tuple[PunchAnswer, dict | None]:
+        """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""
+        nodes = []
         for address in (request.from_vpn_ip, request.to_vpn_ip):
-            if self.registry.by_vpn_ip(address) is None:
+            record = self.registry.by_vpn_ip(address)
+            if record is None:
                 raise UnknownNode(f"no node has the VPN address {address}")
-        return self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
+            nodes.append(record)
+        answer = self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
+        relay = None
+        if answer.use_relay and nodes[0].node_id != nodes[1].node_id:
+            relay = {**self.relay.grant(nodes[0].node_id, nodes[1].node_id).as_dict(), "relay_port": self.relay_port}
+        return answer, relay
 
     def sweep(self) -> None:
         self.registry.sweep(self.now())
+        self.relay.expire()
 
     def close(self) -> None:
         self.longpolls.close()

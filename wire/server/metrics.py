@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from twisted.web import server
 
 from wire.web import JsonResource
+from wire.server.relay import OUTCOMES as RELAY_OUTCOMES
 from wire.stun import OUTCOMES as STUN_OUTCOMES
 
 # The "_created" timestamp series only add noise to every scrape.
@@ -25,6 +26,7 @@ class ServerMetrics:
         self.nodes_online = Gauge("wire_nodes_online", "Nodes that heartbeat recently", registry=self.registry)
         self.longpolls_open = Gauge("wire_longpolls_open", "Netmap long-polls waiting", registry=self.registry)
         self.netmap_serial = Gauge("wire_netmap_serial", "Current netmap serial", registry=self.registry)
+        self.relay_sessions = Gauge("wire_relay_sessions", "Relay sessions in use", registry=self.registry)
         self.registrations = Counter(
             "wire_registrations",
             "POST /register answered, by outcome (new, changed, heartbeat)",
@@ -33,12 +35,12 @@ class ServerMetrics:
         )
         self.stun_datagrams = Counter(
             "wire_stun_datagrams",
-            "Datagrams on the STUN ports, by outcome",
+            "Datagrams on the STUN/relay ports, by outcome",
             ["outcome"],
             registry=self.registry,
         )
         # Every outcome shows from the start, at 0, so rates work from the first scrape.
-        for outcome in STUN_OUTCOMES:
+        for outcome in STUN_OUTCOMES + RELAY_OUTCOMES:
             self.stun_datagrams.labels(outcome)
         for outcome in ("new", "changed", "heartbeat"):
             self.registrations.labels(outcome)
@@ -55,12 +57,14 @@ class ServerMetrics:
         nodes_online: Callable[[], float],
         longpolls_open: Callable[[], float],
         netmap_serial: Callable[[], float],
+        relay_sessions: Callable[[], float],
     ) -> None:
         """Read live values at scrape time instead of updating them on every change."""
         self.nodes_total.set_function(nodes_total)
         self.nodes_online.set_function(nodes_online)
         self.longpolls_open.set_function(longpolls_open)
         self.netmap_serial.set_function(netmap_serial)
+        self.relay_sessions.set_function(relay_sessions)
 
 
 class MetricsResource(JsonResource):

@@ -133,7 +133,7 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
     except BaseException:
         lock_file.close()
         raise
-    return Coordinator(reactor, store, registry), lock_file
+    return Coordinator(reactor, store, registry, relay_port=config["port"] + 1), lock_file
 
 
 def makeService(config: Options, reactor=None) -> CoordinationServer:
@@ -150,9 +150,11 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     http = StreamServerEndpointService(endpoint_type(reactor, port, interface=interface), build_site(coordinator))
     http.setServiceParent(server)
     observe = lambda outcome: coordinator.metrics.stun_datagrams.labels(outcome).inc()  # noqa: E731
-    for udp_port in (port + 1, port + 2):
-        stun = UDPServer(udp_port, StunServerProtocol(observe=observe), interface=interface, reactor=reactor)
-        stun.setServiceParent(server)
+    # The seed's STUN port also carries the relay; port+2 is STUN only.
+    relay = coordinator.relay.handle
+    for udp_port, relay_handler in ((port + 1, relay), (port + 2, None)):
+        protocol = StunServerProtocol(observe=observe, relay=relay_handler)
+        UDPServer(udp_port, protocol, interface=interface, reactor=reactor).setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
     log.info(
         "wire-server: HTTP on {interface}:{port}, STUN on UDP {port1} and {port2}, registry in {data_dir}, "

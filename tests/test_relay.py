@@ -1,0 +1,228 @@
+"""The relay: frame codec, the server's session table, the node's shim."""
+
+from __future__ import annotations
+
+
+from hypothesis import given, strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
+
+from wire.node.relay import RelayShim
+from wire.relayproto import (
+    HEADER_BYTES,
+    MAX_PAYLOAD,
+    TO_NODE,
+    TO_SERVER,
+    FrameError,
+    ReplayWindow,
+    encode_frame,
+    parse_frame,
+    verify,
+)
+from wire.server.relay import RelayTable
+from wire.stun import StunServerProtocol
+
+KEY = bytes(range(32))
+TOKEN = b"T" * 8
+
+
+class FrameTests(unittest.TestCase):
+    @given(st.binary(max_size=MAX_PAYLOAD), st.integers(0, 2**64 - 1), st.sampled_from([TO_SERVER, TO_NODE]))
+    def test_round_trip(self, payload, counter, direction):
+        frame = parse_frame(encode_frame(TOKEN, KEY, direction, counter, payload))
+        self.assertEqual((frame.token, frame.counter, frame.direction, frame.payload), (TOKEN, counter, direction, payload))
+        self.assertTrue(verify(frame, KEY))
+        self.assertFalse(verify(frame, bytes(32)))
+
+    @given(st.binary(max_size=2000))
+    def test_garbage_raises_only_frame_error(self, data):
+        try:
+            parse_frame(data)
+        except FrameError:
+            pass
+
+    def test_any_changed_byte_breaks_the_mac(self):
+        data = bytearray(encode_frame(TOKEN, KEY, TO_SERVER, 7, b"payload"))
+        for i in range(4, len(data)):
+            tampered = bytearray(data)
+            tampered[i] ^= 1
+            try:
+                frame = parse_frame(bytes(tampered))
+            except FrameError:
+                continue
+            self.assertFalse(verify(frame, KEY), f"byte {i}")
+
+    def test_oversize_refused(self):
+        self.assertRaises(FrameError, encode_frame, TOKEN, KEY, TO_SERVER, 1, b"x" * (MAX_PAYLOAD + 1))
+
+
+class ReplayWindowTests(unittest.TestCase):
+    def test_each_counter_once_with_reordering(self):
+        window = ReplayWindow()
+        for counter in (1, 2, 5, 3, 4, 10, 6):
+            self.assertTrue(window.check_and_mark(counter), counter)
+        for counter in (1, 2, 3, 4, 5, 6, 10):
+            self.assertFalse(window.check_and_mark(counter), counter)
+        self.assertTrue(window.check_and_mark(1000))
+        self.assertFalse(window.check_and_mark(1000 - ReplayWindow.SIZE), "too old")
+        self.assertTrue(window.check_and_mark(999))
+
+    @given(st.lists(st.integers(0, 600), max_size=200))
+    def test_never_accepts_twice(self, counters):
+        window = ReplayWindow()
+        accepted = [c for c in counters if window.check_and_mark(c)]
+        self.assertEqual(len(accepted), len(set(accepted)))
+
+
+class RelayTableTests(unittest.TestCase):
+    A, B = ("10.0.0.1", 4000), ("10.0.0.2", 5000)
+
+    def setUp(self):
+        self.clock = Clock()
+        self.table = RelayTable(self.clock, rate=10_000, burst=10_000)
+        self.ga = self.table.grant("node-a", "node-b")
+        self.gb = self.table.grant("node-b", "node-a")
+        self.counters = {"a": 0, "b": 0}
+
+    def frame(self, side, payload, counter=None, key=None, direction=TO_SERVER):
+        grant = self.ga if side == "a" else self.gb
+        if counter is None:
+            self.counters[side] += 1
+            counter = self.counters[side]
+        return encode_frame(grant.token, key or grant.key, direction, counter, payload)
+
+    def test_both_sides_share_a_session_with_their_own_keys(self):
+        self.assertEqual(self.ga.session_id, self.gb.session_id)
+        self.assertNotEqual(self.ga.key, self.gb.key)
+        self.assertEqual(self.table.grant("node-a", "node-b"), self.ga, "asking again gives the same grant")
+        self.assertRaises(ValueError, self.table.grant, "node-a", "node-a")
+
+    def test_forwards_between_the_two_holders_only(self):
+        self.assertEqual(self.table.handle(self.frame("a", b""), self.A)[0], "relay_keepalive")
+        self.assertEqual(self.table.handle(self.frame("a", b"hello"), self.A)[0], "relay_no_peer")
+        self.table.handle(self.frame("b", b""), self.B)
+        outcome, sends = self.table.handle(self.frame("a", b"hello"), self.A)
+        self.assertEqual(outcome, "relay_forwarded")
+        ((data, destination),) = sends
+        self.assertEqual(destination, self.B)
+        frame = parse_frame(data)
+        self.assertEqual((frame.token, frame.direction, frame.payload), (self.gb.token, TO_NODE, b"hello"))
+        self.assertTrue(verify(frame, self.gb.key))
+        self.assertEqual(len(data), HEADER_BYTES + 5, "no amplification")
+
+    def test_forged_replayed_reflected_and_unknown_frames_are_dropped(self):
+        self.table.handle(self.frame("a", b""), self.A)
+        self.table.handle(self.frame("b", b""), self.B)
+        captured = self.frame("a", b"secret")
+        self.assertEqual(self.table.handle(captured, self.A)[0], "relay_forwarded")
+        attacker = ("192.0.2.66", 6666)
+        self.assertEqual(self.table.handle(captured, attacker), ("relay_replay", []))
+        self.assertEqual(self.table.handle(self.frame("a", b"x", key=bytes(32)), attacker), ("relay_forged", []))
+        self.assertEqual(self.table.handle(encode_frame(b"Z" * 8, KEY, TO_SERVER, 1, b"x"), attacker), ("relay_unknown", []))
+        self.assertEqual(self.table.handle(b"WRL1garbage", attacker), ("relay_malformed", []))
+        # A server-to-node frame sent back to the server is not taken as the node's.
+        _, ((to_b, _),) = self.table.handle(self.frame("a", b"y"), self.A)
+        self.assertEqual(self.table.handle(to_b, attacker)[0], "relay_unknown")
+        # The attacker never became anyone's address.
+        _, ((_, destination),) = self.table.handle(self.frame("b", b"reply"), self.B)
+        self.assertEqual(destination, self.A)
+
+    def test_rate_limited_per_side(self):
+        self.table.handle(self.frame("a", b""), self.A)
+        self.table.handle(self.frame("b", b""), self.B)
+        outcomes = [self.table.handle(self.frame("a", b"x" * 1000), self.A)[0] for _ in range(12)]
+        self.assertEqual(outcomes.count("relay_forwarded"), 10)
+        self.assertEqual(outcomes[-1], "relay_rate_limited")
+        self.clock.advance(0.5)
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
+
+    def test_unused_sessions_end(self):
+        self.clock.advance(self.table.idle_timeout + 1)
+        self.assertEqual(self.table.expire(), 1)
+        self.assertEqual(self.table.handle(self.frame("a", b""), self.A)[0], "relay_unknown")
+
+    def test_end_sessions_of_a_node(self):
+        self.assertEqual(self.table.end_sessions_of("node-b"), 1)
+        self.assertEqual(len(self.table), 0)
+
+
+class FakeWireGuardSocket(DatagramProtocol):
+    def __init__(self):
+        self.received: list[tuple[bytes, tuple]] = []
+        self.waiting: Deferred | None = None
+
+    def datagramReceived(self, data, addr):
+        self.received.append((data, addr))
+        if self.waiting is not None and not self.waiting.called:
+            self.waiting.callback(None)
+
+
+class ShimOverRealSocketsTests(unittest.TestCase):
+    """Two shims and the server's relay on 127.0.0.1 carry packets both ways."""
+
+    async def setUp(self):
+        self.table = RelayTable(reactor)
+        server = reactor.listenUDP(0, StunServerProtocol(relay=self.table.handle), interface="127.0.0.1")
+        self.addCleanup(server.stopListening)
+        self.relay_port = server.getHost().port
+        self.wg_a, self.wg_b = FakeWireGuardSocket(), FakeWireGuardSocket()
+        self.ports = {}
+        for name, proto in (("a", self.wg_a), ("b", self.wg_b)):
+            port = reactor.listenUDP(0, proto, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            self.ports[name] = port
+        self.shim_a = RelayShim(reactor, "127.0.0.1", self.relay_port, self.ports["a"].getHost().port)
+        self.shim_b = RelayShim(reactor, "127.0.0.1", self.relay_port, self.ports["b"].getHost().port)
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.shim_a.stop()))
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.shim_b.stop()))
+        self.endpoint_b_on_a = await self.shim_a.add(self.table.grant("a", "b").as_dict() | {"peer_node_id": "b"})
+        self.endpoint_a_on_b = await self.shim_b.add(self.table.grant("b", "a").as_dict() | {"peer_node_id": "a"})
+
+    async def receive(self, proto, timeout=2.0):
+        proto.waiting = Deferred()
+        timer = reactor.callLater(timeout, lambda: proto.waiting.called or proto.waiting.callback(None))
+        await proto.waiting
+        if timer.active():
+            timer.cancel()
+
+    async def test_packets_cross_both_ways_from_loopback_endpoints(self):
+        await self.wait_for_keepalives()
+        host, port = self.endpoint_b_on_a.split(":")
+        self.ports["a"].write(b"handshake-initiation", (host, int(port)))
+        await self.receive(self.wg_b)
+        self.assertEqual(self.wg_b.received[-1][0], b"handshake-initiation")
+        # B's WireGuard sees it coming from its local endpoint for A.
+        self.assertEqual("%s:%d" % self.wg_b.received[-1][1], self.endpoint_a_on_b)
+        host, port = self.endpoint_a_on_b.split(":")
+        self.ports["b"].write(b"handshake-response", (host, int(port)))
+        await self.receive(self.wg_a)
+        self.assertEqual(self.wg_a.received[-1], (b"handshake-response", (host_of(self.endpoint_b_on_a), port_of(self.endpoint_b_on_a))))
+        self.assertTrue(self.shim_a.is_alive("b"))
+
+    async def test_strangers_cannot_use_a_shim_endpoint(self):
+        await self.wait_for_keepalives()
+        stranger = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(stranger.stopListening)
+        stranger.write(b"not from wireguard", (host_of(self.endpoint_b_on_a), port_of(self.endpoint_b_on_a)))
+        await self.receive(self.wg_b, timeout=0.3)
+        self.assertEqual(self.wg_b.received, [])
+
+    async def wait_for_keepalives(self):
+        for _ in range(100):
+            if self.shim_a.is_alive("b") and self.shim_b.is_alive("a"):
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError("keepalives were not answered")
+
+
+def host_of(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[0]
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+

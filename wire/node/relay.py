@@ -1,0 +1,206 @@
+"""The node's relay shim: relayed peers look like local UDP peers to WireGuard.
+
+For each relayed peer the shim opens a loopback UDP socket and makes it that
+peer's WireGuard endpoint, so WireGuard itself never changes. Packets
+WireGuard sends to it are wrapped in relay frames and sent to the
+coordination server's relay port; frames coming back are checked (MAC,
+replay window, the server's address) and their payload handed to WireGuard
+from that peer's loopback socket. A keepalive every few seconds keeps the
+server's idea of our address (and the NAT mapping to it) fresh.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wire.relayproto import TO_NODE, TO_SERVER, FrameError, ReplayWindow, encode_frame, parse_frame, verify
+
+KEEPALIVE_INTERVAL = 10.0
+# A session whose keepalives go unanswered this long is reported dead.
+ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
+
+log = Logger()
+
+
+@dataclass
+class RelaySession:
+    peer_node_id: str
+    session_id: str
+    token: bytes
+    key: bytes
+    socket: _PeerSocket | None = None
+    sent: int = 0
+    window: ReplayWindow = field(default_factory=ReplayWindow)
+    created: float = 0.0
+    last_heard: float = 0.0
+    frames_in: int = 0
+    frames_out: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        assert self.socket is not None and self.socket.port is not None
+        return f"127.0.0.1:{self.socket.port.getHost().port}"
+
+    def wrap(self, payload: bytes) -> bytes:
+        self.sent += 1
+        return encode_frame(self.token, self.key, TO_SERVER, self.sent, payload)
+
+
+class _PeerSocket(DatagramProtocol):
+    """The loopback socket WireGuard uses as one relayed peer's endpoint."""
+
+    def __init__(self, shim: RelayShim, session: RelaySession):
+        self._shim = shim
+        self._session = session
+        self.port = None
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        # Only our own WireGuard may use the relay through us.
+        if addr != ("127.0.0.1", self._shim.wireguard_port):
+            return
+        self._shim.send_upstream(self._session, data)
+
+
+class _Upstream(DatagramProtocol):
+    def __init__(self, shim: RelayShim):
+        self._shim = shim
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        self._shim.from_server(data, addr)
+
+
+class RelayShim:
+    def __init__(self, reactor: IReactorUDP | IReactorTime, server_host: str, relay_port: int, wireguard_port: int):
+        self._reactor = reactor
+        self._server_host = server_host
+        self._relay_port = relay_port
+        self.server: tuple[str, int] | None = None
+        self.wireguard_port = wireguard_port
+        self._sessions: dict[str, RelaySession] = {}  # by peer node id
+        self._by_token: dict[bytes, RelaySession] = {}
+        self._upstream = _Upstream(self)
+        self._upstream_port = None
+        self._keepalive = LoopingCall(self._send_keepalives)
+        self._keepalive.clock = reactor
+
+    # -- life ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._upstream_port is not None:
+            return
+        try:
+            ip = str(ipaddress.ip_address(self._server_host))
+        except ValueError:
+            ip = await self._reactor.resolve(self._server_host)
+        self.server = (ip, self._relay_port)
+        self._upstream_port = self._reactor.listenUDP(0, self._upstream)
+        self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+
+    async def stop(self) -> None:
+        if self._keepalive.running:
+            self._keepalive.stop()
+        for peer in list(self._sessions):
+            await self.remove(peer)
+        if self._upstream_port is not None:
+            await self._upstream_port.stopListening()
+            self._upstream_port = None
+
+    # -- sessions ------------------------------------------------------------
+
+    def sessions(self) -> dict[str, RelaySession]:
+        return dict(self._sessions)
+
+    async def add(self, grant: dict) -> str:
+        """Start relaying to a peer; returns the endpoint to give WireGuard."""
+        peer = grant["peer_node_id"]
+        token = bytes.fromhex(grant["token"])
+        key = base64.b64decode(grant["key"])
+        existing = self._sessions.get(peer)
+        if existing is not None and existing.token == token and not self.is_dead(peer):
+            return existing.endpoint
+        if existing is not None:
+            await self.remove(peer)
+        await self.start()
+        session = RelaySession(peer, grant["session_id"], token, key, created=self._reactor.seconds())
+        session.socket = _PeerSocket(self, session)
+        session.socket.port = self._reactor.listenUDP(0, session.socket, interface="127.0.0.1")
+        self._sessions[peer] = session
+        self._by_token[token] = session
+        # Tell the server where we are before WireGuard has anything to send.
+        self.send_upstream(session, b"")
+        log.info(
+            "relaying to {peer} via {host}:{port} (session {session})",
+            peer=peer,
+            host=self.server[0],
+            port=self.server[1],
+            session=session.session_id,
+        )
+        return session.endpoint
+
+    async def remove(self, peer_node_id: str) -> None:
+        session = self._sessions.get(peer_node_id)
+        if session is not None:
+            port = self._drop(session)
+            if port is not None:
+                await port.stopListening()
+
+    def _drop(self, session: RelaySession):
+        self._sessions.pop(session.peer_node_id, None)
+        self._by_token.pop(session.token, None)
+        port = session.socket.port if session.socket else None
+        if session.socket is not None:
+            session.socket.port = None
+        return port
+
+    def is_alive(self, peer_node_id: str) -> bool:
+        session = self._sessions.get(peer_node_id)
+        return session is not None and self._reactor.seconds() - session.last_heard <= ALIVE_WITHIN
+
+    def is_dead(self, peer_node_id: str) -> bool:
+        """Had time to hear from the server and did not (or went silent)."""
+        session = self._sessions.get(peer_node_id)
+        if session is None:
+            return False
+        now = self._reactor.seconds()
+        return now - max(session.created, session.last_heard) > ALIVE_WITHIN
+
+    async def reset(self) -> None:
+        """Forget every session (the server restarted); they are asked for anew."""
+        for peer in list(self._sessions):
+            await self.remove(peer)
+
+    # -- packets -------------------------------------------------------------
+
+    def send_upstream(self, session: RelaySession, payload: bytes) -> None:
+        if self._upstream_port is None or len(payload) > 1600:
+            return
+        session.frames_out += 1
+        self._upstream_port.write(session.wrap(payload), self.server)
+
+    def from_server(self, data: bytes, addr) -> None:
+        if addr != self.server:
+            return
+        try:
+            frame = parse_frame(data)
+        except FrameError:
+            return
+        session = self._by_token.get(frame.token)
+        if session is None or frame.direction != TO_NODE or not verify(frame, session.key):
+            return
+        if not session.window.check_and_mark(frame.counter):
+            return
+        session.last_heard = self._reactor.seconds()
+        session.frames_in += 1
+        if frame.payload and session.socket is not None and session.socket.port is not None:
+            session.socket.port.write(frame.payload, ("127.0.0.1", self.wireguard_port))
+
+    def _send_keepalives(self) -> None:
+        for session in self._sessions.values():
+            self.send_upstream(session, b"")

@@ -1,0 +1,186 @@
+"""The relay: forwards WireGuard packets between the two nodes of a session.
+
+Used only for pairs that cannot reach each other directly (a hard NAT on a
+side that needs it, or no handshake after trying). It shares the STUN UDP
+port. For each frame it does O(1) work: look up the token, check the MAC and
+the replay window, learn the sender's address, spend from the sender's rate
+budget, and re-wrap the payload for the other side. Anything that fails a
+check is dropped without an answer, so the port reflects nothing to strangers.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IReactorTime
+
+from wire.relayproto import (
+    KEY_BYTES,
+    TO_NODE,
+    TO_SERVER,
+    TOKEN_BYTES,
+    FrameError,
+    ReplayWindow,
+    encode_frame,
+    parse_frame,
+    verify,
+)
+
+DEFAULT_RATE_BYTES = 50 * 1024 * 1024  # per side, per second
+DEFAULT_BURST_BYTES = 4 * 1024 * 1024
+IDLE_TIMEOUT = 300.0
+OUTCOMES = (
+    "relay_forwarded",
+    "relay_keepalive",
+    "relay_malformed",
+    "relay_unknown",
+    "relay_forged",
+    "relay_replay",
+    "relay_no_peer",
+    "relay_rate_limited",
+)
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def spend(self, amount: int, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
+
+
+@dataclass
+class RelaySide:
+    node_id: str
+    token: bytes
+    key: bytes
+    bucket: TokenBucket
+    address: tuple[str, int] | None = None
+    window: ReplayWindow = field(default_factory=ReplayWindow)
+    sent: int = 0
+
+    def wrap(self, payload: bytes) -> bytes:
+        """A frame for this side, from the server."""
+        self.sent += 1
+        return encode_frame(self.token, self.key, TO_NODE, self.sent, payload)
+
+
+@dataclass
+class RelaySession:
+    session_id: str
+    sides: dict[str, RelaySide]
+    last_used: float
+
+    def other(self, node_id: str) -> RelaySide:
+        return next(side for nid, side in self.sides.items() if nid != node_id)
+
+
+@dataclass(frozen=True)
+class RelayGrant:
+    """What one node gets to use its side of a session."""
+
+    session_id: str
+    peer_node_id: str
+    token: bytes
+    key: bytes
+
+    def as_dict(self) -> dict:
+        return {
+            "session_id": self.session_id,
+            "peer_node_id": self.peer_node_id,
+            "token": self.token.hex(),
+            "key": base64.b64encode(self.key).decode(),
+        }
+
+
+class RelayTable:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float = DEFAULT_RATE_BYTES,
+        burst: float = DEFAULT_BURST_BYTES,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ):
+        self._clock = clock
+        self._rate = rate
+        self._burst = burst
+        self.idle_timeout = idle_timeout
+        self._by_pair: dict[frozenset[str], RelaySession] = {}
+        self._by_token: dict[bytes, tuple[RelaySession, RelaySide]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_pair)
+
+    def grant(self, node_id: str, peer_node_id: str) -> RelayGrant:
+        """The requesting node's side of the pair's session (created on first request)."""
+        if node_id == peer_node_id:
+            raise ValueError("a node cannot relay to itself")
+        now = self._clock.seconds()
+        pair = frozenset((node_id, peer_node_id))
+        session = self._by_pair.get(pair)
+        if session is None:
+            session = RelaySession(secrets.token_hex(8), {}, now)
+            for member in (node_id, peer_node_id):
+                side = RelaySide(member, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
+                session.sides[member] = side
+                self._by_token[side.token] = (session, side)
+            self._by_pair[pair] = session
+        session.last_used = now
+        side = session.sides[node_id]
+        return RelayGrant(session.session_id, peer_node_id, side.token, side.key)
+
+    def end_sessions_of(self, node_id: str) -> int:
+        ended = [s for pair, s in self._by_pair.items() if node_id in pair]
+        for session in ended:
+            self._end(session)
+        return len(ended)
+
+    def _end(self, session: RelaySession) -> None:
+        self._by_pair.pop(frozenset(session.sides), None)
+        for side in session.sides.values():
+            self._by_token.pop(side.token, None)
+
+    def expire(self) -> int:
+        """End sessions nobody used for ``idle_timeout`` seconds."""
+        cutoff = self._clock.seconds() - self.idle_timeout
+        stale = [s for s in self._by_pair.values() if s.last_used < cutoff]
+        for session in stale:
+            self._end(session)
+        return len(stale)
+
+    def handle(self, data: bytes, source: tuple[str, int]) -> tuple[str, list[tuple[bytes, tuple[str, int]]]]:
+        """One datagram in; an outcome label and the datagrams to send."""
+        try:
+            frame = parse_frame(data)
+        except FrameError:
+            return "relay_malformed", []
+        found = self._by_token.get(frame.token)
+        if found is None or frame.direction != TO_SERVER:
+            return "relay_unknown", []
+        session, side = found
+        if not verify(frame, side.key):
+            return "relay_forged", []
+        if not side.window.check_and_mark(frame.counter):
+            return "relay_replay", []
+        now = self._clock.seconds()
+        side.address = source
+        session.last_used = now
+        if not frame.payload:
+            # A keepalive: answer it, so the node knows the relay hears it.
+            return "relay_keepalive", [(side.wrap(b""), source)]
+        other = session.other(side.node_id)
+        if other.address is None:
+            return "relay_no_peer", []
+        if not side.bucket.spend(len(frame.payload), now):
+            return "relay_rate_limited", []
+        return "relay_forwarded", [(other.wrap(frame.payload), other.address)]
