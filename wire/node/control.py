@@ -31,7 +31,9 @@ def describe_path(choice: PathChoice | None, status: PeerStatus | None, now: flo
     age = now - status.latest_handshake if status is not None and status.latest_handshake else None
     if status is None or choice is None:
         return {"path": "none", "reason": "not configured in WireGuard yet", "handshake_age": age}
-    if choice.mode == "direct" and not choice.verified:
+    # The planner looks every few seconds; a handshake since then counts now.
+    proven = choice.verified or (age is not None and age <= HANDSHAKE_FRESH and status.latest_handshake >= choice.proof_after)
+    if choice.mode == "direct" and not proven:
         return {"path": "connecting", "reason": f"trying {choice.reason} (no handshake yet)", "handshake_age": age}
     return {"path": choice.mode, "reason": choice.reason, "handshake_age": age}
 
