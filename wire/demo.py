@@ -189,24 +189,31 @@ def format_matrix(names: list[str], matrix: dict[tuple[str, str], bool]) -> str:
     return "\n".join(lines)
 
 
+DEMO_ROUTERS = {"home": "easy", "office": "easy", "corp": "hard"}
+DEMO_NODES = (("alpha", None), ("beta", None), ("gamma", "home"), ("delta", "office"), ("epsilon", "corp"))
+
+
 async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=print) -> bool:
-    """``wire demo``: build a 4-node mesh, show status and a ping matrix, tear down."""
+    """``wire demo``: build a mesh, show status, paths and a ping matrix, tear down."""
     mesh = MeshLab(reactor, runner)
     ok = False
     try:
-        out("building the lab: an internet, a coordination server, two public nodes, two nodes behind two NAT routers")
+        out(
+            "building the lab: an internet, a coordination server, two public nodes, two nodes behind "
+            "easy NATs (home, office) and one behind a hard, symmetric NAT (corp)"
+        )
         await mesh.setup()
-        await mesh.lab.add_router("home", nat="easy")
-        await mesh.lab.add_router("office", nat="easy")
-        for name, router in (("alpha", None), ("beta", None), ("gamma", "home"), ("delta", "office")):
+        for router, nat in DEMO_ROUTERS.items():
+            await mesh.lab.add_router(router, nat=nat)
+        for name, router in DEMO_NODES:
             await mesh.add_host(name, router)
         out(f"coordination server: {mesh.server_url}")
-        answers = await gatherResults([_deferred(mesh.up(name)) for name in ("alpha", "beta", "gamma", "delta")])
+        answers = await gatherResults([_deferred(mesh.up(name)) for name, _ in DEMO_NODES])
         for answer in answers:
-            out(f"  wire up {answer['node_name']:<6} -> {answer['vpn_ip']} on {answer['interface']} ({answer['backend']}, NAT {answer['nat_type']})")
-        status = await mesh.cli("alpha", "status")
+            out(f"  wire up {answer['node_name']:<8} -> {answer['vpn_ip']} on {answer['interface']} ({answer['backend']}, NAT {answer['nat_type']})")
+        matrix = await mesh.ping_matrix(attempts=5)
+        status = await mesh.cli("gamma", "status")
         out(status.stdout.decode(errors="replace"))
-        matrix = await mesh.ping_matrix()
         names = sorted(mesh.nodes)
         out("ping over the VPN (row pings column):")
         out(format_matrix(names, matrix))
