@@ -66,10 +66,32 @@ class ServerProcess:
         self.data_dir = os.path.abspath(data_dir)
         self.port = port or free_port_triple()
         self.extra_args = list(extra_args)
-        self.url = f"http://127.0.0.1:{self.port}"
         self._proto: _Collector | None = None
         self._transport = None
         test.addCleanup(self.kill)
+
+    @property
+    def tls(self) -> bool:
+        return not ({"--open", "--plain-http"} & set(self.extra_args))
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def fingerprint(self) -> str:
+        """The self-signed certificate's fingerprint ("" over plain HTTP)."""
+        if not self.tls:
+            return ""
+        from wire.tls import CERT_FILE, read_fingerprint
+
+        return read_fingerprint(os.path.join(self.data_dir, CERT_FILE))
+
+    def client(self):
+        """An HTTP client that trusts this server (pinned, as a node would)."""
+        from wire.client import make_http_client
+
+        return make_http_client(reactor, persistent=False, tls_fingerprint=self.fingerprint)
 
     def argv(self) -> list[str]:
         return twistd_argv() + [
@@ -94,7 +116,7 @@ class ServerProcess:
             if proto.ended.called:
                 raise AssertionError(f"wire-server exited ({proto.exit_code}):\n{proto.output.decode(errors='replace')}")
             try:
-                response = await http_client().get(f"{self.url}/health", timeout=1)
+                response = await self.client().get(f"{self.url}/health", timeout=1)
                 await response.content()
                 if response.code == 200:
                     return

@@ -38,11 +38,13 @@ class UdpAsker(DatagramProtocol):
 
 
 class ServerProcessTests(unittest.TestCase):
+    """The seed-compatible server (--open): plain HTTP, no credentials."""
+
     timeout = 60
 
     def setUp(self):
         self.data_dir = os.path.abspath(self.mktemp())
-        self.server = ServerProcess(self, self.data_dir)
+        self.server = ServerProcess(self, self.data_dir, extra_args=("--open",))
         self.http = http_client()
 
     async def post(self, path, body):
@@ -143,7 +145,7 @@ class ServerProcessTests(unittest.TestCase):
             self.assertEqual(f.read(), garbage)
 
     async def test_bad_option_is_a_usage_error_naming_it(self):
-        self.server.extra_args = ["--subnet=banana"]
+        self.server.extra_args = ["--open", "--subnet=banana"]
         proto = self.server.spawn()
         code = await proto.ended
         self.assertNotEqual(code, 0)
@@ -152,7 +154,7 @@ class ServerProcessTests(unittest.TestCase):
 
     async def test_second_server_on_same_data_dir_refused(self):
         await self.server.start()
-        second = ServerProcess(self, self.data_dir)
+        second = ServerProcess(self, self.data_dir, extra_args=("--open",))
         proto = second.spawn()
         code = await proto.ended
         self.assertNotEqual(code, 0)
@@ -165,7 +167,7 @@ class ServerProcessTests(unittest.TestCase):
         seed_body.update(vpn_ip="10.99.12.34", public_ip="203.0.113.5", registered=1, last_seen=reactor.seconds() - 60)
         with open(state_path, "w") as f:
             json.dump({seed_body["node_id"]: seed_body, "broken": {"node_id": "broken", "wg_public_key": "x"}}, f)
-        self.server.extra_args = [f"--import-seed-state={state_path}"]
+        self.server.extra_args = ["--open", f"--import-seed-state={state_path}"]
         await self.server.start()
         code, raw = await self.get("/status")
         nodes = json.loads(raw)["nodes"]

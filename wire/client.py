@@ -9,10 +9,13 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError as DeferTimeout
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
+from OpenSSL import SSL
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from wire.tls import client_policy
 
 # The long-poll's own wait, plus slack for the network.
 LONGPOLL_WAIT = 25.0
@@ -33,10 +36,13 @@ class ServerError(Exception):
         self.message = message
 
 
-def make_http_client(reactor, persistent: bool = True) -> HTTPClient:
+def make_http_client(reactor, persistent: bool = True, tls_fingerprint: str = "") -> HTTPClient:
+    """An HTTP client; for https, pinned to ``tls_fingerprint`` when given,
+    else verifying the certificate by hostname against the system's CAs."""
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 2
-    return HTTPClient(Agent(reactor, pool=pool, connectTimeout=REQUEST_TIMEOUT))
+    agent = Agent(reactor, contextFactory=client_policy(tls_fingerprint), pool=pool, connectTimeout=REQUEST_TIMEOUT)
+    return HTTPClient(agent)
 
 
 @implementer(IAgentEndpointFactory)
@@ -52,18 +58,31 @@ class _UnixEndpointFactory:
 class JsonHttp:
     """JSON requests to one base URL, with errors turned into ServerUnreachable/ServerError."""
 
-    def __init__(self, http: HTTPClient, server_url: str):
+    def __init__(self, http: HTTPClient, server_url: str, credential: str | None = None):
         self._http = http
         self.server_url = server_url.rstrip("/")
+        self._credential = credential
 
     async def _request(self, method: str, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
         url = self.server_url + path
         data = json.dumps(body).encode() if body is not None else None
-        headers = {b"content-type": [b"application/json"]} if data is not None else None
+        headers = {}
+        if data is not None:
+            headers[b"content-type"] = [b"application/json"]
+        if self._credential:
+            headers[b"authorization"] = [b"Bearer " + self._credential.encode()]
         try:
             response = await self._http.request(method, url, data=data, headers=headers, timeout=timeout)
             content = await response.content()
-        except (ConnectError, DNSLookupError, TimeoutError, DeferTimeout, ResponseFailed, ConnectingCancelledError) as e:
+        except (
+            ConnectError,
+            DNSLookupError,
+            TimeoutError,
+            DeferTimeout,
+            ResponseFailed,
+            RequestTransmissionFailed,
+            ConnectingCancelledError,
+        ) as e:
             raise ServerUnreachable(f"{self.server_url} is unreachable: {_reason(e)}")
         except CancelledError:
             raise ServerUnreachable(f"{self.server_url} did not answer within {timeout:.0f}s")
@@ -84,6 +103,9 @@ class CoordinationClient(JsonHttp):
 
     async def register(self, body: dict) -> dict:
         return await self._request("POST", "/register", body)
+
+    async def enroll(self, body: dict) -> dict:
+        return await self._request("POST", "/enroll", body)
 
     async def netmap(self, cursor: str, wait: float = LONGPOLL_WAIT) -> dict:
         path = f"/peers?since={cursor}&wait={wait:g}"
@@ -107,12 +129,17 @@ class CoordinationClient(JsonHttp):
         return await self._request("POST", "/leave", {"node_id": node_id, "wg_public_key": wg_public_key})
 
 
+def unix_http_client(reactor, socket_path: str) -> HTTPClient:
+    """HTTP over a local UNIX socket (the daemon's control and the server's admin API)."""
+    endpoints = _UnixEndpointFactory(reactor, socket_path)
+    return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
 class ControlClient(JsonHttp):
     """The local node daemon's control API, over its UNIX socket."""
 
     def __init__(self, reactor, socket_path: str):
-        agent = Agent.usingEndpointFactory(reactor, _UnixEndpointFactory(reactor, socket_path), pool=HTTPConnectionPool(reactor, persistent=False))
-        super().__init__(HTTPClient(agent), "http://wire-node")
+        super().__init__(unix_http_client(reactor, socket_path), "http://wire-node")
         self.socket_path = socket_path
 
     async def status(self) -> dict:
@@ -122,8 +149,47 @@ class ControlClient(JsonHttp):
         return await self._request("POST", "/down", {}, timeout=30)
 
 
+class AdminClient(JsonHttp):
+    """The coordination server's admin API, over the UNIX socket in its data dir."""
+
+    def __init__(self, reactor, socket_path: str):
+        super().__init__(unix_http_client(reactor, socket_path), "http://wire-admin")
+        self.socket_path = socket_path
+
+    async def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
+        body: dict = {"reusable": reusable, "note": note}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        if url:
+            body["url"] = url
+        return await self._request("POST", "/keys", body)
+
+    async def keys(self) -> dict:
+        return await self._request("GET", "/keys")
+
+    async def revoke_key(self, key_id: str) -> dict:
+        return await self._request("POST", "/revoke-key", {"key_id": key_id})
+
+    async def nodes(self) -> dict:
+        return await self._request("GET", "/nodes")
+
+    async def remove_node(self, node: str) -> dict:
+        return await self._request("POST", "/remove-node", {"node": node})
+
+    async def rename_node(self, node: str, new_name: str) -> dict:
+        return await self._request("POST", "/rename-node", {"node": node, "new_name": new_name})
+
+    async def audit(self) -> dict:
+        return await self._request("GET", "/audit")
+
+
 def _reason(error: Exception) -> str:
-    if isinstance(error, ResponseFailed):
+    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        if any(r.check(SSL.Error) for r in error.reasons):
+            return (
+                "TLS refused: the server's certificate is not the one this node trusts "
+                "(the fingerprint in the join token), so nothing was sent"
+            )
         reasons = [r.getErrorMessage() for r in error.reasons]
         return "; ".join(reasons) or "connection lost"
     return str(error) or error.__class__.__name__

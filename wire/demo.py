@@ -76,6 +76,7 @@ class MeshLab:
             "-n",
             "--pidfile=",
             "wire-server",
+            "--open",
             f"--port={SERVER_PORT}",
             f"--data-dir={self.server_data_dir}",
         ]

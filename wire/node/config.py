@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import uuid
 from dataclasses import asdict, dataclass, fields
@@ -42,6 +43,9 @@ class NodeConfig:
     vpn_subnet: str = ""
     nat_port: int = 0
     nat_type: str = ""
+    # SHA-256 of the server's self-signed certificate (from the join token);
+    # "" means a CA-signed certificate checked by hostname, or plain HTTP.
+    server_fingerprint: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
@@ -100,6 +104,11 @@ def validate(data: dict[str, Any]) -> NodeConfig:
         config.nat_port = parse_port(values["nat_port"], "nat_port")
     if values.get("nat_type"):
         config.nat_type = parse_nat_type(values["nat_type"])
+    if values.get("server_fingerprint"):
+        fingerprint = values["server_fingerprint"]
+        if not isinstance(fingerprint, str) or not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+            raise ProtocolError("server_fingerprint", "must be 64 hex digits (a SHA-256 fingerprint)")
+        config.server_fingerprint = fingerprint
     return config
 
 

@@ -11,11 +11,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.python import usage
 
-from wire.client import CoordinationClient, make_http_client
 from wire.keys import KeyFileError, load_or_create_keys
 from wire.node.config import ConfigError, default_config_dir, load_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon, detect_lan_ip
+from wire.node.enroll import coordination_client
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
@@ -71,7 +71,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         config=config,
         keys=keys,
         wireguard=wireguard,
-        client=CoordinationClient(make_http_client(reactor), config.server_url),
+        client=coordination_client(reactor, config, config_dir),
         probe_nat=probe_nat,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
     )

@@ -13,6 +13,7 @@ from twisted.web import server
 
 from wire.addressing import PoolExhausted
 from wire.protocol import ProtocolError, parse_node_id, parse_punch, parse_registration, parse_wg_public_key
+from wire.server.auth import AuthError
 from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
@@ -23,6 +24,16 @@ from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 def client_ip(request: server.Request) -> str:
     return normalize_client_ip(request.getClientAddress().host)
+
+
+def caller(coordinator: Coordinator, request: server.Request) -> str | None:
+    """The authenticated node making the request (None on an open server)."""
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, credential = header.decode("latin-1").partition(" ")
+    try:
+        return coordinator.authenticate(credential.strip() if scheme.lower() == "bearer" else None)
+    except AuthError as e:
+        raise ApiError(e.status, str(e))
 
 
 def query_arg(request: server.Request, name: str) -> str | None:
@@ -50,26 +61,65 @@ class Register(JsonResource):
             registration = parse_registration(body)
         except ProtocolError as e:
             raise ApiError(400, str(e))
+        node_id = caller(self._coordinator, request)
         public_ip = client_ip(request)
         try:
-            result = await self._coordinator.register(registration, public_ip)
+            result = await self._coordinator.register(registration, public_ip, node_id)
+        except AuthError as e:
+            raise ApiError(e.status, str(e))
         except RegistryConflict as e:
             raise ApiError(409, str(e))
         except PoolExhausted as e:
             raise ApiError(503, f"no VPN address left to give: {e}")
         except StoreError as e:
             raise ApiError(503, str(e))
-        record = result.record
-        return {
-            "ok": True,
-            "vpn_ip": record.vpn_ip,
-            "your_ip": public_ip,
-            "node_id": record.node_id,
-            "node_name": record.node_name,
-            "vpn_subnet": str(self._coordinator.registry.pool.network),
-            "offline_after": self._coordinator.registry.offline_after,
-            "cursor": str(self._coordinator.registry.changes.cursor),
-        }
+        return registered_answer(self._coordinator, result.record, public_ip)
+
+
+def registered_answer(coordinator: Coordinator, record, public_ip: str) -> dict:
+    return {
+        "ok": True,
+        "vpn_ip": record.vpn_ip,
+        "your_ip": public_ip,
+        "node_id": record.node_id,
+        "node_name": record.node_name,
+        "vpn_subnet": str(coordinator.registry.pool.network),
+        "offline_after": coordinator.registry.offline_after,
+        "cursor": str(coordinator.registry.changes.cursor),
+    }
+
+
+class Enroll(JsonResource):
+    """``POST /enroll``: a registration body plus ``join_key``; answers with
+    the registration's fields and the node's ``credential``."""
+
+    methods = ("POST",)
+
+    def __init__(self, coordinator: Coordinator):
+        super().__init__()
+        self._coordinator = coordinator
+
+    async def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        secret = body.get("join_key")
+        if not isinstance(secret, str) or not secret:
+            raise ApiError(400, "join_key: is required (the secret from a join token)")
+        try:
+            registration = parse_registration(body)
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        public_ip = client_ip(request)
+        try:
+            result, credential = await self._coordinator.enroll(secret[:200], registration, public_ip)
+        except AuthError as e:
+            raise ApiError(e.status, str(e))
+        except RegistryConflict as e:
+            raise ApiError(409, str(e))
+        except PoolExhausted as e:
+            raise ApiError(503, f"no VPN address left to give: {e}")
+        except StoreError as e:
+            raise ApiError(503, str(e))
+        return {**registered_answer(self._coordinator, result.record, public_ip), "credential": credential}
 
 
 class Peers(JsonResource):
@@ -80,6 +130,7 @@ class Peers(JsonResource):
         self._coordinator = coordinator
 
     def get(self, request: server.Request):
+        caller(self._coordinator, request)
         since = query_arg(request, "since")
         wait_text = query_arg(request, "wait")
         if since is None:
@@ -108,6 +159,7 @@ class Status(JsonResource):
         self._coordinator = coordinator
 
     def get(self, request: server.Request) -> dict:
+        caller(self._coordinator, request)
         return self._coordinator.status()
 
 
@@ -137,9 +189,12 @@ class Punch(JsonResource):
         self._coordinator = coordinator
 
     def post(self, request: server.Request) -> dict:
+        node_id = caller(self._coordinator, request)
         try:
             punch = parse_punch(read_json_body(request))
-            answer, relay = self._coordinator.punch(punch)
+            answer, relay = self._coordinator.punch(punch, node_id)
+        except AuthError as e:
+            raise ApiError(e.status, str(e))
         except ProtocolError as e:
             raise ApiError(400, str(e))
         except UnknownNode as e:
@@ -158,11 +213,14 @@ class Leave(JsonResource):
         self._coordinator = coordinator
 
     def post(self, request: server.Request) -> dict:
+        calling = caller(self._coordinator, request)
         body = read_json_body(request)
         try:
             node_id = parse_node_id(body.get("node_id"))
             key = parse_wg_public_key(body.get("wg_public_key"))
-            was_online = self._coordinator.leave(node_id, key)
+            was_online = self._coordinator.leave(node_id, key, calling)
+        except AuthError as e:
+            raise ApiError(e.status, str(e))
         except ProtocolError as e:
             raise ApiError(400, str(e))
         except UnknownNode as e:
@@ -180,12 +238,15 @@ class Relay(JsonResource):
         self._coordinator = coordinator
 
     def post(self, request: server.Request) -> dict:
+        calling = caller(self._coordinator, request)
         body = read_json_body(request)
         try:
             node_id = parse_node_id(body.get("node_id"))
             key = parse_wg_public_key(body.get("wg_public_key"))
             peer = parse_node_id(body.get("peer_node_id"), "peer_node_id")
-            grant = self._coordinator.relay_grant(node_id, key, peer)
+            grant = self._coordinator.relay_grant(node_id, key, peer, calling)
+        except AuthError as e:
+            raise ApiError(e.status, str(e))
         except ProtocolError as e:
             raise ApiError(400, str(e))
         except UnknownNode as e:
@@ -196,6 +257,7 @@ class Relay(JsonResource):
 def build_root(coordinator: Coordinator) -> JsonRoot:
     root = JsonRoot()
     root.putChild(b"register", Register(coordinator))
+    root.putChild(b"enroll", Enroll(coordinator))
     root.putChild(b"peers", Peers(coordinator))
     root.putChild(b"status", Status(coordinator))
     root.putChild(b"health", Health(coordinator))

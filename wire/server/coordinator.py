@@ -7,6 +7,8 @@ translate requests into calls on it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -18,7 +20,8 @@ from wire.protocol import PunchRequest, Registration
 from wire.server.metrics import ServerMetrics
 from wire.server.netmap import LongPollHub, parse_cursor
 from wire.server.punch import PunchAnswer, PunchTracker
-from wire.server.registry import Registered, Registry
+from wire.server.auth import AuthError, Authority, Forbidden
+from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relay import RelayTable
 from wire.server.store import IStore
 
@@ -33,11 +36,20 @@ class UnknownNode(LookupError):
 class Coordinator:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, store: IStore, registry: Registry, relay_port: int | None = None):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: IStore,
+        registry: Registry,
+        relay_port: int | None = None,
+        authority: Authority | None = None,
+    ):
         self.clock = clock
         self.store = store
         self.registry = registry
         self.relay_port = relay_port
+        # None: the seed's open mode, anyone may register and read.
+        self.authority = authority
         self.punches = PunchTracker()
         self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
@@ -54,8 +66,49 @@ class Coordinator:
     def now(self) -> float:
         return self.clock.seconds()
 
-    async def register(self, registration: Registration, public_ip: str) -> Registered:
-        """Record a registration; returns once any change is durable."""
+    @property
+    def open_mode(self) -> bool:
+        return self.authority is None
+
+    def authenticate(self, credential: str | None) -> str | None:
+        """The node a credential belongs to (None in open mode); raises AuthError."""
+        if self.authority is None:
+            return None
+        if not credential:
+            raise AuthError("this server needs a node credential: join with 'wire up --join TOKEN'")
+        node_id = self.authority.node_for(credential)
+        if node_id is None or self.registry.get(node_id) is None:
+            raise AuthError("unknown or revoked node credential")
+        return node_id
+
+    async def enroll(self, secret: str, registration: Registration, public_ip: str) -> tuple[Registered, str]:
+        """A new node with a join key: registered, and given its credential."""
+        if self.authority is None:
+            raise AuthError("this server is open: register with POST /register, no join key needed")
+        key = self.authority.check_join_key(secret)
+        existing = self.registry.get(registration.node_id)
+        if existing is not None and existing.wg_public_key != registration.wg_public_key:
+            raise RegistryConflict("node_id is taken by another node")
+        result = self.registry.register(registration, public_ip, self.now())
+        with self.store.transaction() as db:
+            self.store.write_record_now(db, result.record)
+            credential_hash, credential = self.authority.record_enrollment(
+                db, result.record.node_id, result.record.node_name, key
+            )
+        self.authority.enrolled(result.record.node_id, credential_hash, key)
+        self.metrics.registrations.labels(result.outcome).inc()
+        return result, credential
+
+    async def register(self, registration: Registration, public_ip: str, node_id: str | None = None) -> Registered:
+        """Record a registration; returns once any change is durable.
+
+        ``node_id`` is the authenticated caller: it may only register itself,
+        and its name is the one it enrolled with (or the admin gave it).
+        """
+        if node_id is not None:
+            if registration.node_id != node_id:
+                raise Forbidden("a node may only register itself")
+            registration = replace(registration, node_name=self.registry.get(node_id).node_name)
         result = self.registry.register(registration, public_ip, self.now())
         if result.outcome != "heartbeat":
             await self.store.commit()
@@ -90,27 +143,31 @@ class Coordinator:
         cursor = parse_cursor(since, self.registry.changes.epoch)
         return self.longpolls.poll(cursor, wait)
 
-    def _node_with_key(self, node_id: str, wg_public_key: str):
+    def _node_with_key(self, node_id: str, wg_public_key: str, caller: str | None = None):
+        """The node a request speaks for: the authenticated caller, or (open
+        mode) whoever shows the node's id and public key."""
+        if caller is not None and caller != node_id:
+            raise Forbidden("a node may only act for itself")
         record = self.registry.get(node_id)
         if record is None or record.wg_public_key != wg_public_key:
             raise UnknownNode(f"no node {node_id} with that key")
         return record
 
-    def leave(self, node_id: str, wg_public_key: str) -> bool:
+    def leave(self, node_id: str, wg_public_key: str, caller: str | None = None) -> bool:
         """A node going down (``wire down``): offline for everyone at once."""
-        self._node_with_key(node_id, wg_public_key)
+        self._node_with_key(node_id, wg_public_key, caller)
         return self.registry.mark_offline(node_id)
 
-    def relay_grant(self, node_id: str, wg_public_key: str, peer_node_id: str) -> dict:
+    def relay_grant(self, node_id: str, wg_public_key: str, peer_node_id: str, caller: str | None = None) -> dict:
         """The caller's side of a relay session with ``peer_node_id``."""
-        self._node_with_key(node_id, wg_public_key)
+        self._node_with_key(node_id, wg_public_key, caller)
         if self.registry.get(peer_node_id) is None:
             raise UnknownNode(f"no node {peer_node_id}")
         if peer_node_id == node_id:
             raise UnknownNode("a node cannot relay to itself")
         return {**self.relay.grant(node_id, peer_node_id).as_dict(), "relay_port": self.relay_port}
 
-    def punch(self, request: PunchRequest) -> tuple[PunchAnswer, dict | None]:
+    def punch(self, request: PunchRequest, caller: str | None = None) -> tuple[PunchAnswer, dict | None]:
         """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""
         nodes = []
         for address in (request.from_vpn_ip, request.to_vpn_ip):
@@ -118,6 +175,8 @@ class Coordinator:
             if record is None:
                 raise UnknownNode(f"no node has the VPN address {address}")
             nodes.append(record)
+        if caller is not None and nodes[0].node_id != caller:
+            raise Forbidden("from_vpn_ip must be the caller's own address")
         answer = self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
         relay = None
         if answer.use_relay and nodes[0].node_id != nodes[1].node_id:

@@ -47,6 +47,7 @@ class Registry:
         offline_after: float = DEFAULT_OFFLINE_AFTER,
         expire_after: float = DEFAULT_EXPIRE_AFTER,
         changes: ChangeLog | None = None,
+        unique_names: bool = False,
     ):
         self._store = store
         self.pool = pool
@@ -56,6 +57,9 @@ class Registry:
         self._nodes: dict[str, NodeRecord] = {}
         self._node_by_key: dict[str, str] = {}
         self._node_by_ip: dict[str, str] = {}
+        self._node_by_name: dict[str, str] = {}
+        # The seed let names repeat; with authentication they identify nodes.
+        self.unique_names = unique_names
         self._online: OrderedDict[str, None] = OrderedDict()
         self._offline: OrderedDict[str, None] = OrderedDict()
         self._listeners: list[Callable[[], None]] = []
@@ -78,6 +82,7 @@ class Registry:
         self._nodes[record.node_id] = record
         self._node_by_key[record.wg_public_key] = record.node_id
         self._node_by_ip[record.vpn_ip] = record.node_id
+        self._node_by_name[record.node_name] = record.node_id
 
     def _unindex(self, record: NodeRecord) -> None:
         del self._nodes[record.node_id]
@@ -85,6 +90,8 @@ class Registry:
             del self._node_by_key[record.wg_public_key]
         if self._node_by_ip.get(record.vpn_ip) == record.node_id:
             del self._node_by_ip[record.vpn_ip]
+        if self._node_by_name.get(record.node_name) == record.node_id:
+            del self._node_by_name[record.node_name]
 
     # -- queries -----------------------------------------------------------
 
@@ -101,6 +108,18 @@ class Registry:
     def get_by_key(self, wg_public_key: str) -> NodeRecord | None:
         node_id = self._node_by_key.get(wg_public_key)
         return self._nodes[node_id] if node_id else None
+
+    def by_name(self, node_name: str) -> NodeRecord | None:
+        node_id = self._node_by_name.get(node_name)
+        return self._nodes[node_id] if node_id else None
+
+    def check_name(self, node_id: str, node_name: str) -> None:
+        holder = self._node_by_name.get(node_name)
+        if self.unique_names and holder is not None and holder != node_id:
+            raise RegistryConflict(
+                f"node_name {node_name!r} is taken by another node; choose another name, "
+                f"or remove the old node first (wire admin nodes remove {node_name})"
+            )
 
     def addresses_in_use(self) -> Container[str]:
         return self._node_by_ip.keys()
@@ -156,6 +175,7 @@ class Registry:
             raise RegistryConflict(
                 f"wg_public_key is already registered to another node ({self._nodes[holder].node_name})"
             )
+        self.check_name(node_id, registration.node_name)
         if existing is None:
             vpn_ip = self.pool.allocate(node_id, self._node_by_ip, registration.requested_vpn_ip)
             registered = now
@@ -219,6 +239,16 @@ class Registry:
         self._offline[node_id] = None
         self._changed(node_id)
         return True
+
+    def rename(self, node_id: str, new_name: str) -> NodeRecord:
+        record = self._nodes[node_id]
+        self.check_name(node_id, new_name)
+        self._unindex(record)
+        record.node_name = new_name
+        self._index(record)
+        self._store.put(record)
+        self._changed(node_id)
+        return record
 
     def remove(self, node_id: str) -> NodeRecord | None:
         record = self._nodes.get(node_id)

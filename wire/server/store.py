@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import contextmanager
+from typing import Iterator
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -23,7 +25,7 @@ from zope.interface import Interface, implementer
 
 from wire.server.model import RECORD_FIELDS, NodeRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,6 +41,28 @@ CREATE TABLE IF NOT EXISTS nodes (
     nat_type TEXT NOT NULL,
     registered REAL NOT NULL,
     last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS join_keys (
+    key_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    reusable INTEGER NOT NULL,
+    uses INTEGER NOT NULL,
+    revoked INTEGER NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    credential_hash TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    key_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
 );
 """
 
@@ -152,6 +176,29 @@ class SQLiteStore:
         for node_id, record in dirty.items():
             if self._dirty.get(node_id) is record:
                 del self._dirty[node_id]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One synchronous, durable transaction (rare writes: keys, enrollment, audit)."""
+        try:
+            with self._db:
+                yield self._db
+        except sqlite3.Error as e:
+            self.log.error("registry write to {path} failed: {error}", path=self.path, error=e)
+            raise StoreError(f"the registry could not be saved: {e}") from e
+
+    def write_record_now(self, db: sqlite3.Connection, record: NodeRecord) -> None:
+        """Write a node inside :meth:`transaction`; it is no longer pending."""
+        placeholders = ", ".join("?" for _ in RECORD_FIELDS)
+        db.execute(f"INSERT OR REPLACE INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({placeholders})", _row(record))
+        if self._dirty.get(record.node_id) is record:
+            del self._dirty[record.node_id]
+
+    def query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        try:
+            return self._db.execute(sql, parameters).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from e
 
     def flush_touches(self) -> None:
         touched, self._touched = self._touched, {}

@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
 from wire.addressing import AddressPool, parse_subnet
+from wire.fsutil import write_atomically
+from wire.node.config import parse_server_url
 from wire.protocol import ProtocolError
+from wire.server.admin import Admin, admin_socket_path, build_admin_site
 from wire.server.api import build_site
+from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER, Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
 from wire.server.store import StoreError, open_store
 from wire.stun import StunServerProtocol
+from wire.tls import TLSConfigError, ensure_self_signed, is_self_signed, read_fingerprint, server_context
 
 log = Logger()
 
 DEFAULT_PORT = 8787
 DEFAULT_DATA_DIR = "/var/lib/wire"
 DEFAULT_SUBNET = "10.99.0.0/16"
+FIRST_JOIN_FILE = "first-join.txt"
+MAX_UNIX_PATH = 107
 
 
 class Options(usage.Options):
@@ -42,12 +50,22 @@ class Options(usage.Options):
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
         ["expire-after", None, None, f"seconds offline before a node leaves the netmap [{DEFAULT_EXPIRE_AFTER:.0f}]"],
         ["import-seed-state", None, None, "import the nodes of a seed server's state.json before serving"],
+        ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
+        ["tls-key", None, None, "PEM private key of --tls-cert"],
+        ["public-url", None, None, "the URL nodes use to reach this server, put in join tokens [https://HOSTNAME:PORT]"],
+    ]
+    optFlags = [
+        ["open", None, "the seed's behaviour: no join keys or credentials, plain HTTP (trusted networks only)"],
+        ["plain-http", None, "serve plain HTTP (behind a TLS-terminating proxy); authentication stays on"],
     ]
 
     def postOptions(self) -> None:
         port_text = self["port"] or os.environ.get("WIRE_PORT") or str(DEFAULT_PORT)
         self["port"] = _number("port", port_text, int, 1, 65533)
-        self["data-dir"] = self["data-dir"] or os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR
+        self["data-dir"] = os.path.abspath(self["data-dir"] or os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR)
+        admin_socket = os.path.join(self["data-dir"], "admin.sock.lock")
+        if not self["open"] and len(admin_socket.encode()) > MAX_UNIX_PATH:
+            raise usage.UsageError(f"--data-dir: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
         subnet_text = self["subnet"] or os.environ.get("WIRE_VPN_SUBNET") or DEFAULT_SUBNET
         try:
             self["subnet"] = parse_subnet(subnet_text)
@@ -64,6 +82,21 @@ class Options(usage.Options):
         seed = self["import-seed-state"]
         if seed is not None and not os.path.isfile(seed):
             raise usage.UsageError(f"--import-seed-state: {seed} is not a file")
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        for option in ("tls-cert", "tls-key"):
+            if self[option] and not os.path.isfile(self[option]):
+                raise usage.UsageError(f"--{option}: {self[option]} is not a file")
+        self["tls"] = not (self["plain-http"] or (self["open"] and not self["tls-cert"]))
+        if self["public-url"]:
+            try:
+                self["public-url"] = parse_server_url(self["public-url"])
+            except ProtocolError as e:
+                raise usage.UsageError(f"--public-url: {e.problem}")
+        else:
+            host = self["interface"] if self["interface"] not in ("", "0.0.0.0", "::") else socket.getfqdn()
+            host = f"[{host}]" if ":" in host else host
+            self["public-url"] = f"{'https' if self['tls'] else 'http'}://{host}:{self['port']}"
 
 
 def _number(option: str, text: str, kind, low: float, high: float):
@@ -130,10 +163,12 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
             )
             for line in report.readdressed + report.skipped:
                 log.warn("seed import: {line}", line=line)
+        authority = None if config["open"] else Authority(store, reactor)
+        registry.unique_names = authority is not None
     except BaseException:
         lock_file.close()
         raise
-    return Coordinator(reactor, store, registry, relay_port=config["port"] + 1), lock_file
+    return Coordinator(reactor, store, registry, relay_port=config["port"] + 1, authority=authority), lock_file
 
 
 def makeService(config: Options, reactor=None) -> CoordinationServer:
@@ -145,10 +180,17 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         raise SystemExit(f"wire-server: {e}")
 
     server = CoordinationServer(coordinator, lock_file)
-    port, interface = config["port"], config["interface"]
-    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-    http = StreamServerEndpointService(endpoint_type(reactor, port, interface=interface), build_site(coordinator))
-    http.setServiceParent(server)
+    port, interface, data_dir = config["port"], config["interface"], config["data-dir"]
+    try:
+        endpoint, fingerprint = _api_endpoint(config, reactor)
+    except TLSConfigError as e:
+        raise SystemExit(f"wire-server: {e}")
+    _listening(endpoint, build_site(coordinator)).setServiceParent(server)
+    if coordinator.authority is not None:
+        admin = Admin(coordinator, config["public-url"], fingerprint)
+        admin_endpoint = UNIXServerEndpoint(reactor, admin_socket_path(data_dir), mode=0o600, wantPID=True)
+        _listening(admin_endpoint, build_admin_site(admin)).setServiceParent(server)
+        _first_join_command(admin, data_dir)
     observe = lambda outcome: coordinator.metrics.stun_datagrams.labels(outcome).inc()  # noqa: E731
     # The seed's STUN port also carries the relay; port+2 is STUN only.
     relay = coordinator.relay.handle
@@ -167,5 +209,55 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         subnet=config["subnet"],
         nodes=len(coordinator.registry),
     )
-    log.warn("wire-server: authentication is not implemented yet: any client that reaches this port can register")
+    if coordinator.authority is None:
+        log.warn("wire-server: --open: no authentication, anyone who reaches this port can join and read the mesh")
+    else:
+        log.info(
+            "wire-server: {scheme} with node authentication; join tokens point at {url}"
+            + (" (certificate fingerprint {fingerprint})" if fingerprint else ""),
+            scheme="HTTPS" if config["tls"] else "plain HTTP",
+            url=config["public-url"],
+            fingerprint=fingerprint,
+        )
     return server
+
+
+def _listening(endpoint, factory) -> StreamServerEndpointService:
+    service = StreamServerEndpointService(endpoint, factory)
+    # A port that cannot be had stops the server at start instead of leaving
+    # it running without its API.
+    service._raiseSynchronously = True
+    return service
+
+
+def _api_endpoint(config: Options, reactor):
+    """The HTTP(S) endpoint, and the certificate fingerprint for join tokens
+    ("" when nodes should verify a CA-signed certificate by hostname)."""
+    port, interface = config["port"], config["interface"]
+    if not config["tls"]:
+        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+        return endpoint_type(reactor, port, interface=interface), ""
+    if config["tls-cert"]:
+        cert_path, key_path = config["tls-cert"], config["tls-key"]
+        fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
+    else:
+        cert_path, key_path = ensure_self_signed(config["data-dir"])
+        fingerprint = read_fingerprint(cert_path)
+    context = server_context(cert_path, key_path)
+    return SSL4ServerEndpoint(reactor, port, context, interface=interface), fingerprint
+
+
+def _first_join_command(admin: Admin, data_dir: str) -> None:
+    """On a server's first start, a one-time join key for the first node.
+
+    The command holds a secret, so it goes to a root-only file, not the log.
+    """
+    if admin.authority.keys():
+        return
+    created = admin.create_key(reusable=False, expires_in=86400, note="made at first start")
+    path = os.path.join(data_dir, FIRST_JOIN_FILE)
+    write_atomically(path, (created["join_command"] + "\n").encode(), mode=0o600)
+    log.info(
+        "wire-server: first start; a one-time join command (valid 24 h) is in {path}; more with: wire admin keys create",
+        path=path,
+    )

@@ -1,0 +1,155 @@
+"""Authentication, TLS pinning and the admin API, against a real ``twistd wire-server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from tests.helpers import body_for
+from tests.serverproc import ServerProcess
+from wire.client import AdminClient, CoordinationClient, ServerError, ServerUnreachable, make_http_client
+from wire.jointoken import JoinTokenError, decode_join_token
+from wire.server.admin import admin_socket_path
+
+
+class SecureServerTests(unittest.TestCase):
+    timeout = 60
+
+    async def setUp(self):
+        # UNIX socket paths are short (108 bytes): a short data dir.
+        self.data_dir = tempfile.mkdtemp(prefix="wire-sec-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.server = ServerProcess(self, self.data_dir)
+        await self.server.start()
+        self.admin = AdminClient(reactor, admin_socket_path(self.data_dir))
+
+    async def tearDown(self):
+        await self.server.stop()
+
+    def node_client(self, credential=None, fingerprint=None) -> CoordinationClient:
+        fingerprint = self.server.fingerprint if fingerprint is None else fingerprint
+        http = make_http_client(reactor, persistent=False, tls_fingerprint=fingerprint)
+        return CoordinationClient(http, self.server.url, credential)
+
+    async def enroll(self, name: str, token: str | None = None, **fields) -> dict:
+        if token is None:
+            token = (await self.admin.create_key())["token"]
+        join = decode_join_token(token)
+        return await self.node_client(fingerprint=join.fingerprint).enroll({**body_for(name, **fields), "join_key": join.secret})
+
+    async def test_first_start_leaves_a_root_only_join_command(self):
+        path = os.path.join(self.data_dir, "first-join.txt")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            command = f.read().strip()
+        self.assertTrue(command.startswith("sudo wire up --join wire1."))
+        join = decode_join_token(command.rsplit(" ", 1)[1])
+        self.assertEqual((join.server_url, join.fingerprint), ("https://127.0.0.1:%d" % self.server.port, self.server.fingerprint))
+        self.assertNotIn(join.secret, self.server.output, "secrets never reach the log")
+        for name in ("tls-key.pem", "registry.sqlite3"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.data_dir, name)).st_mode), 0o600, name)
+        self.assertEqual(stat.S_IMODE(os.stat(admin_socket_path(self.data_dir)).st_mode) & 0o077, 0)
+
+    async def test_nothing_but_health_ip_without_credential(self):
+        client = self.node_client()
+        self.assertTrue((await client.health())["ok"])
+        for call in (client.status(), client.peers(), client.netmap("0", 0), client.register(body_for("web1"))):
+            with self.assertRaises(ServerError) as caught:
+                await call
+            self.assertEqual(caught.exception.status, 401)
+            self.assertIn("wire up --join", caught.exception.message)
+
+    async def test_enroll_then_use_the_credential(self):
+        answer = await self.enroll("web1")
+        credential = answer["credential"]
+        self.assertRegex(answer["vpn_ip"], r"^10\.99\.")
+        client = self.node_client(credential)
+        status = await client.status()
+        self.assertEqual([n["node_name"] for n in status["nodes"]], ["web1"])
+        again = await client.register(body_for("web1", node_name="renamed-by-node"))
+        self.assertEqual(again["node_name"], "web1", "the enrolled name stands")
+        with self.assertRaises(ServerError) as caught:
+            await client.register(body_for("other"))
+        self.assertEqual(caught.exception.status, 403)
+        with self.assertRaises(ServerError) as caught:
+            await self.node_client("made-up-credential").status()
+        self.assertEqual(caught.exception.status, 401)
+
+    async def test_one_time_keys_expiry_and_revocation(self):
+        token = (await self.admin.create_key())["token"]
+        await self.enroll("web1", token)
+        with self.assertRaises(ServerError) as caught:
+            await self.enroll("web2", token)
+        self.assertIn("already used", caught.exception.message)
+        reusable = await self.admin.create_key(reusable=True)
+        await self.enroll("web2", reusable["token"])
+        await self.enroll("web3", reusable["token"])
+        await self.admin.revoke_key(reusable["key"]["key_id"])
+        with self.assertRaises(ServerError) as caught:
+            await self.enroll("web4", reusable["token"])
+        self.assertIn("revoked", caught.exception.message)
+        keys = (await self.admin.keys())["keys"]
+        self.assertEqual(sorted((k["uses"], k["usable"]) for k in keys), [(0, True), (1, False), (2, False)])
+        self.assertNotIn("secret", json.dumps(keys))
+
+    async def test_names_keys_and_addresses_cannot_be_taken(self):
+        first = await self.enroll("web1")
+        with self.assertRaises(ServerError) as caught:
+            await self.enroll("web1", node_id="another-machine-id", wg_public_key=body_for("x")["wg_public_key"])
+        self.assertEqual(caught.exception.status, 409)
+        self.assertIn("taken", caught.exception.message)
+        with self.assertRaises(ServerError) as caught:
+            await self.enroll("web2", wg_public_key=body_for("web1")["wg_public_key"])
+        self.assertEqual(caught.exception.status, 409)
+        second = await self.enroll("web2", vpn_ip=first["vpn_ip"])
+        self.assertNotEqual(second["vpn_ip"], first["vpn_ip"])
+
+    async def test_wrong_fingerprint_refuses_to_talk(self):
+        with self.assertRaises(ServerUnreachable) as caught:
+            await self.node_client(fingerprint="0" * 64).health()
+        self.assertIn("certificate", str(caught.exception))
+
+    async def test_removed_node_loses_its_credential_at_once(self):
+        web1 = await self.enroll("web1")
+        web2 = await self.enroll("web2")
+        client2 = self.node_client(web2["credential"])
+        cursor = (await client2.netmap("0", 0))["cursor"]
+        removal = await self.admin.remove_node("web1")
+        self.assertEqual(removal["removed"], "web1")
+        with self.assertRaises(ServerError) as caught:
+            await self.node_client(web1["credential"]).status()
+        self.assertEqual(caught.exception.status, 401)
+        delta = await client2.netmap(cursor, 5)
+        self.assertEqual(delta["removals"], [web1["node_id"]])
+        events = [e["event"] for e in (await self.admin.audit())["events"]]
+        self.assertIn("node.remove", events)
+        self.assertIn("node.enroll", events)
+
+    async def test_rename(self):
+        await self.enroll("web1")
+        await self.enroll("web2")
+        with self.assertRaises(ServerError) as caught:
+            await self.admin.rename_node("web1", "web2")
+        self.assertEqual(caught.exception.status, 409)
+        renamed = await self.admin.rename_node("web1", "frontend")
+        self.assertEqual((renamed["old_name"], renamed["node_name"]), ("web1", "frontend"))
+        names = sorted(n["node_name"] for n in (await self.admin.nodes())["nodes"])
+        self.assertEqual(names, ["frontend", "web2"])
+
+
+class JoinTokenTests(unittest.TestCase):
+    def test_bad_tokens_say_what_is_wrong(self):
+        for text, words in [
+            ("hello", "starts with"),
+            ("wire1.!!!!", "damaged"),
+            ("wire1.e30", "missing"),
+        ]:
+            with self.assertRaises(JoinTokenError) as caught:
+                decode_join_token(text)
+            self.assertIn(words, str(caught.exception))

@@ -1,0 +1,201 @@
+"""The admin API: join keys, node removal and renaming, the audit log.
+
+It is served only on a UNIX socket in the server's data dir (mode 0600, so
+only root, or the server's own user, can use it); ``wire admin`` talks to
+it. Removing a node takes it out of the netmap (every peer drops it within a
+second, through the long-poll), ends its relay sessions, and its credential
+stops working at once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.web import server
+
+from wire.jointoken import JoinToken
+from wire.protocol import ProtocolError, parse_node_name
+from wire.server.auth import Authority
+from wire.server.coordinator import Coordinator
+from wire.server.model import NodeRecord
+from wire.server.registry import RegistryConflict
+from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
+
+ADMIN_SOCKET = "admin.sock"
+MAX_EXPIRY = 365 * 86400.0
+
+
+def admin_socket_path(data_dir: str) -> str:
+    return os.path.join(data_dir, ADMIN_SOCKET)
+
+
+class Admin:
+    def __init__(self, coordinator: Coordinator, public_url: str, fingerprint: str):
+        if coordinator.authority is None:
+            raise ValueError("an open server has no join keys or credentials to administer")
+        self.coordinator = coordinator
+        self.authority: Authority = coordinator.authority
+        self.public_url = public_url
+        self.fingerprint = fingerprint
+
+    def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
+        key, secret = self.authority.create_key(reusable=reusable, expires_in=expires_in, note=note)
+        token = JoinToken(url or self.public_url, self.fingerprint, secret).encode()
+        return {
+            "key": key.as_dict(self.coordinator.now()),
+            "token": token,
+            "join_command": f"sudo wire up --join {token}",
+        }
+
+    def keys(self) -> list[dict]:
+        now = self.coordinator.now()
+        return [key.as_dict(now) for key in self.authority.keys()]
+
+    def revoke_key(self, key_id: str) -> dict:
+        return self.authority.revoke_key(key_id).as_dict(self.coordinator.now())
+
+    def find_node(self, ref: str) -> NodeRecord:
+        registry = self.coordinator.registry
+        record = registry.get(ref) or registry.by_vpn_ip(ref)
+        if record is None:
+            try:
+                record = registry.by_name(parse_node_name(ref))
+            except ProtocolError:
+                record = None
+        if record is None:
+            raise LookupError(f"no node {ref!r} (give a name, node id or VPN address; see: wire admin nodes list)")
+        return record
+
+    async def remove_node(self, ref: str) -> dict:
+        record = self.find_node(ref)
+        coordinator = self.coordinator
+        coordinator.registry.remove(record.node_id)
+        ended = coordinator.relay.end_sessions_of(record.node_id)
+        with coordinator.store.transaction() as db:
+            db.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
+            self.authority.forget_node(db, record.node_id)
+            self.authority.audit(db, "node.remove", f"node {record.node_name} ({record.node_id}) {record.vpn_ip}")
+        await coordinator.store.commit()
+        return {"removed": record.node_name, "node_id": record.node_id, "vpn_ip": record.vpn_ip, "relay_sessions_ended": ended}
+
+    async def rename_node(self, ref: str, new_name: str) -> dict:
+        record = self.find_node(ref)
+        old_name = record.node_name
+        self.coordinator.registry.rename(record.node_id, parse_node_name(new_name, "new_name"))
+        with self.coordinator.store.transaction() as db:
+            self.coordinator.store.write_record_now(db, record)
+            self.authority.audit(db, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}")
+        return {"node_id": record.node_id, "old_name": old_name, "node_name": record.node_name}
+
+    def audit(self, limit: int = 100) -> list[dict]:
+        return self.authority.audit_log(limit)
+
+
+# -- the socket's resources ----------------------------------------------------
+
+
+def _string(body: dict, field: str, required: bool = True) -> str | None:
+    value = body.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"{field}: must be a non-empty string")
+    return value
+
+
+class _AdminResource(JsonResource):
+    def __init__(self, admin: Admin):
+        super().__init__()
+        self.admin = admin
+
+
+class Keys(_AdminResource):
+    methods = ("GET", "POST")
+
+    def get(self, request: server.Request) -> dict:
+        return {"ok": True, "keys": self.admin.keys()}
+
+    def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        reusable = body.get("reusable", False)
+        expires_in = body.get("expires_in")
+        note = body.get("note", "")
+        url = _string(body, "url", required=False)
+        if not isinstance(reusable, bool):
+            raise ApiError(400, "reusable: must be true or false")
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or not 0 < expires_in <= MAX_EXPIRY):
+            raise ApiError(400, f"expires_in: must be a number of seconds from 1 to {MAX_EXPIRY:.0f}")
+        if not isinstance(note, str):
+            raise ApiError(400, "note: must be a string")
+        if url is not None:
+            from wire.node.config import parse_server_url
+
+            try:
+                url = parse_server_url(url)
+            except ProtocolError as e:
+                raise ApiError(400, f"url: {e.problem}")
+        return {"ok": True, **self.admin.create_key(reusable, expires_in, note, url)}
+
+
+class RevokeKey(_AdminResource):
+    methods = ("POST",)
+
+    def post(self, request: server.Request) -> dict:
+        key_id = _string(read_json_body(request), "key_id")
+        try:
+            return {"ok": True, "key": self.admin.revoke_key(key_id)}
+        except KeyError as e:
+            raise ApiError(404, str(e.args[0]))
+
+
+class Nodes(_AdminResource):
+    methods = ("GET",)
+
+    def get(self, request: server.Request) -> dict:
+        return {"ok": True, **self.admin.coordinator.status()}
+
+
+class RemoveNode(_AdminResource):
+    methods = ("POST",)
+
+    async def post(self, request: server.Request) -> dict:
+        node = _string(read_json_body(request), "node")
+        try:
+            return {"ok": True, **(await self.admin.remove_node(node))}
+        except LookupError as e:
+            raise ApiError(404, str(e))
+
+
+class RenameNode(_AdminResource):
+    methods = ("POST",)
+
+    async def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        node, new_name = _string(body, "node"), _string(body, "new_name")
+        try:
+            return {"ok": True, **(await self.admin.rename_node(node, new_name))}
+        except LookupError as e:
+            raise ApiError(404, str(e))
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        except RegistryConflict as e:
+            raise ApiError(409, str(e))
+
+
+class Audit(_AdminResource):
+    methods = ("GET",)
+
+    def get(self, request: server.Request) -> Any:
+        return {"ok": True, "events": self.admin.audit()}
+
+
+def build_admin_site(admin: Admin) -> server.Site:
+    root = JsonRoot()
+    root.putChild(b"keys", Keys(admin))
+    root.putChild(b"revoke-key", RevokeKey(admin))
+    root.putChild(b"nodes", Nodes(admin))
+    root.putChild(b"remove-node", RemoveNode(admin))
+    root.putChild(b"rename-node", RenameNode(admin))
+    root.putChild(b"audit", Audit(admin))
+    return make_site(root, timeout=30)

@@ -1,0 +1,191 @@
+"""Who may join and who is who: join keys, node credentials, the audit log.
+
+A join key is created by the admin (one-time by default, or reusable, with
+an optional expiry) and handed to a new node inside a join token. Enrolling
+with it gives the node a credential: a random secret it sends with every
+later request. The server keeps only SHA-256 hashes of both secrets, so its
+database does not let anyone join or impersonate a node. Every enrollment,
+removal and key operation is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wire.server.store import SQLiteStore
+
+SECRET_BYTES = 32
+
+
+class AuthError(Exception):
+    """Authentication failed (HTTP 401); ``str()`` is safe to return to the client."""
+
+    status = 401
+
+
+class Forbidden(AuthError):
+    """Authenticated, but not allowed to do this (HTTP 403)."""
+
+    status = 403
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class JoinKey:
+    key_id: str
+    secret_hash: str
+    created: float
+    expires: float  # 0: never
+    reusable: bool
+    uses: int
+    revoked: bool
+    note: str
+
+    def unusable_because(self, now: float) -> str | None:
+        if self.revoked:
+            return "this join key was revoked"
+        if self.expires and now >= self.expires:
+            return "this join key has expired"
+        if not self.reusable and self.uses > 0:
+            return "this join key was already used (it is one-time)"
+        return None
+
+    def as_dict(self, now: float) -> dict:
+        return {
+            "key_id": self.key_id,
+            "created": self.created,
+            "expires": self.expires or None,
+            "reusable": self.reusable,
+            "uses": self.uses,
+            "revoked": self.revoked,
+            "usable": self.unusable_because(now) is None,
+            "note": self.note,
+        }
+
+
+class Authority:
+    log = Logger()
+
+    def __init__(self, store: SQLiteStore, clock: IReactorTime):
+        self._store = store
+        self._clock = clock
+        self._keys: dict[str, JoinKey] = {}
+        self._key_by_hash: dict[str, str] = {}
+        self._node_by_credential: dict[str, str] = {}
+        self._credential_of_node: dict[str, str] = {}
+        self._load()
+
+    def _load(self) -> None:
+        for row in self._store.query(
+            "SELECT key_id, secret_hash, created, expires, reusable, uses, revoked, note FROM join_keys"
+        ):
+            key = JoinKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7])
+            self._keys[key.key_id] = key
+            self._key_by_hash[key.secret_hash] = key.key_id
+        for credential_hash, node_id in self._store.query("SELECT credential_hash, node_id FROM credentials"):
+            self._node_by_credential[credential_hash] = node_id
+            self._credential_of_node[node_id] = credential_hash
+
+    # -- join keys ---------------------------------------------------------
+
+    def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "") -> tuple[JoinKey, str]:
+        """A new join key and its secret (shown once, never stored)."""
+        now = self._clock.seconds()
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        key = JoinKey(
+            key_id=secrets.token_hex(4),
+            secret_hash=hash_secret(secret),
+            created=now,
+            expires=now + expires_in if expires_in else 0.0,
+            reusable=reusable,
+            uses=0,
+            revoked=False,
+            note=note[:200],
+        )
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO join_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.secret_hash, key.created, key.expires, int(key.reusable), 0, 0, key.note),
+            )
+            self._audit(db, "key.create", f"key {key.key_id} reusable={reusable} expires_in={expires_in or 'never'}")
+        self._keys[key.key_id] = key
+        self._key_by_hash[key.secret_hash] = key.key_id
+        return key, secret
+
+    def keys(self) -> list[JoinKey]:
+        return sorted(self._keys.values(), key=lambda k: k.created)
+
+    def revoke_key(self, key_id: str) -> JoinKey:
+        key = self._keys.get(key_id)
+        if key is None:
+            raise KeyError(f"no join key {key_id}")
+        with self._store.transaction() as db:
+            db.execute("UPDATE join_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
+            self._audit(db, "key.revoke", f"key {key_id}")
+        key.revoked = True
+        return key
+
+    def check_join_key(self, secret: str) -> JoinKey:
+        key_id = self._key_by_hash.get(hash_secret(secret))
+        if key_id is None:
+            raise AuthError("unknown join key")
+        key = self._keys[key_id]
+        problem = key.unusable_because(self._clock.seconds())
+        if problem:
+            raise AuthError(problem)
+        return key
+
+    # -- credentials -------------------------------------------------------
+
+    def node_for(self, credential: str) -> str | None:
+        return self._node_by_credential.get(hash_secret(credential))
+
+    def record_enrollment(self, db, node_id: str, node_name: str, key: JoinKey) -> tuple[str, str]:
+        """Inside the enrollment's transaction: use the key, issue a credential."""
+        credential = secrets.token_urlsafe(SECRET_BYTES)
+        credential_hash = hash_secret(credential)
+        db.execute("DELETE FROM credentials WHERE node_id = ?", (node_id,))
+        db.execute(
+            "INSERT INTO credentials VALUES (?, ?, ?, ?)", (credential_hash, node_id, self._clock.seconds(), key.key_id)
+        )
+        db.execute("UPDATE join_keys SET uses = uses + 1 WHERE key_id = ?", (key.key_id,))
+        self._audit(db, "node.enroll", f"node {node_name} ({node_id}) with key {key.key_id}")
+        return credential_hash, credential
+
+    def enrolled(self, node_id: str, credential_hash: str, key: JoinKey) -> None:
+        """After the transaction committed: the in-memory side."""
+        old = self._credential_of_node.pop(node_id, None)
+        if old is not None:
+            self._node_by_credential.pop(old, None)
+        self._node_by_credential[credential_hash] = node_id
+        self._credential_of_node[node_id] = credential_hash
+        key.uses += 1
+
+    def forget_node(self, db, node_id: str) -> None:
+        """Inside a transaction: the node's credential stops working."""
+        db.execute("DELETE FROM credentials WHERE node_id = ?", (node_id,))
+        credential_hash = self._credential_of_node.pop(node_id, None)
+        if credential_hash is not None:
+            self._node_by_credential.pop(credential_hash, None)
+
+    # -- audit -------------------------------------------------------------
+
+    def _audit(self, db, event: str, detail: str) -> None:
+        db.execute("INSERT INTO audit (at, event, detail) VALUES (?, ?, ?)", (self._clock.seconds(), event, detail))
+        self.log.info("audit: {event} {detail}", event=event, detail=detail)
+
+    def audit(self, db, event: str, detail: str) -> None:
+        self._audit(db, event, detail)
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        rows = self._store.query("SELECT at, event, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"at": at, "event": event, "detail": detail} for at, event, detail in rows]
+
