@@ -242,6 +242,8 @@ class NodeDaemon(Service):
         """Keep what the server assigned, so the next start needs no server."""
         updated = replace(
             self.config,
+            # With authentication the server owns the name (the admin may rename).
+            node_name=str(answer.get("node_name") or self.config.node_name),
             vpn_ip=str(answer.get("vpn_ip") or self.config.vpn_ip),
             vpn_subnet=str(answer.get("vpn_subnet") or self.config.vpn_subnet),
             nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
