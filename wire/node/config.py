@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from wire.addressing import parse_subnet
 from wire.fsutil import write_atomically
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 
@@ -99,7 +100,9 @@ def validate(data: dict[str, Any]) -> NodeConfig:
     if values.get("vpn_ip"):
         config.vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
     if values.get("vpn_subnet"):
-        config.vpn_subnet = str(values["vpn_subnet"])
+        if not isinstance(values["vpn_subnet"], str):
+            raise ProtocolError("vpn_subnet", "must be a string like 10.99.0.0/16")
+        config.vpn_subnet = str(parse_subnet(values["vpn_subnet"]))
     if values.get("nat_port"):
         config.nat_port = parse_port(values["nat_port"], "nat_port")
     if values.get("nat_type"):

@@ -11,7 +11,7 @@ loops retry with a short capped backoff until it answers again.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -24,6 +24,8 @@ from twisted.python.failure import Failure
 
 from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
 from wire.node.config import NodeConfig, save_config
+from wire.node.config import validate as validate_config
+from wire.protocol import ProtocolError
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
 from wire.node.paths import Me, PathPlanner
 from wire.node.relay import RelayShim
@@ -249,6 +251,12 @@ class NodeDaemon(Service):
             nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
             nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
         )
+        try:
+            # What the server said is checked like any config before it is saved.
+            updated = validate_config(asdict(updated))
+        except ProtocolError as e:
+            self.log.warn("ignoring the server's assignment: {error}", error=e)
+            return
         if updated.vpn_ip != self.config.vpn_ip and self.interface_ready:
             self.log.warn(
                 "server assigned {new} instead of {old}; the interface keeps {old} until restart",
