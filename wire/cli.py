@@ -1,16 +1,18 @@
 """``wire``: the command line. It parses, calls ``wire.ops``, and prints.
 
-Exit codes: 0 success, 1 the operation failed (or, for ping, diagnose and
-watchdog, found a problem), 2 bad usage.
+Exit codes: 0 success, 1 the operation failed (or, for ping, diagnose,
+watchdog, netcheck and explain, found a problem), 2 bad usage. Errors go to
+stderr; with ``--json`` stdout also carries ``{"ok": false, "error": ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Callable, TextIO
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
@@ -59,13 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     watchdog = commands.add_parser("watchdog", help="handshake ages, stale peers, daemon health")
     watchdog.add_argument("--json", action="store_true")
 
+    netcheck = commands.add_parser("netcheck", help="what this network lets through to the server: UDP, NAT type, latency")
+    netcheck.add_argument("--server", "-s", help="check this server instead of the configured one")
+    netcheck.add_argument("--json", action="store_true")
+
+    explain = commands.add_parser("explain", help="why this node reaches a peer the way it does (or does not)")
+    explain.add_argument("peer", help="the peer's name or VPN IP")
+    explain.add_argument("--json", action="store_true")
+
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")
     demo.add_argument("--keep", action="store_true", help="leave the mesh running")
     demo.add_argument("--clean", metavar="PREFIX", help="remove a mesh left by --keep")
     return parser
 
 
-# -- printing -------------------------------------------------------------------------
+# -- formatting: each takes an operation's result and returns the text to print --
 
 
 class Style:
@@ -84,154 +94,243 @@ def _ago(seconds: float | None) -> str:
         return f"{seconds}s ago"
     if seconds < 3600:
         return f"{seconds // 60}m ago"
-    return f"{seconds // 3600}h ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
 
 
-def print_status(result: dict, style: Style) -> None:
-    print(f"\n{style('1', 'wire status')}  {result['server']}")
-    print(f"  {result['online']} online / {result['offline']} offline / {result['total']} total\n")
-    for node in result["nodes"]:
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def format_status(result: dict, style: Style) -> str:
+    """The seed's layout, then this node's path to each peer."""
+    nodes = result["nodes"]
+    # The seed's column widths, wider when a value needs it.
+    name_w = max([14] + [len(n.get("node_name", "")) for n in nodes])
+    vpn_w = max([16] + [len(n.get("vpn_ip", "")) for n in nodes])
+    public_w = max([21] + [len(n.get("public_ip", "")) for n in nodes])
+    lines = [
+        "",
+        f"{style('1', 'wire status')}  {result['server']}",
+        f"  {result['online']} online / {result['offline']} offline / {result['total']} total",
+        "",
+    ]
+    for node in nodes:
         online = node.get("status") == "online"
-        dot = style("32", "●") if online else style("90", "○")
-        name = f"{node.get('node_name', ''):<16}"
-        line = f"  {dot} {style('32' if online else '90', name)}  {node.get('vpn_ip', ''):<16} {node.get('public_ip', ''):<20} {_ago(node.get('last_seen_ago')):>8}"
+        colour = "32" if online else "90"
+        dot = style(colour, "●" if online else "○")
+        name = style(colour, f"{node.get('node_name', ''):<{name_w}}")
+        line = f"  {dot} {name} {node.get('vpn_ip', ''):<{vpn_w}} {node.get('public_ip', ''):<{public_w}} {_ago(node.get('last_seen_ago')):<7}"
         if node.get("this_node"):
             line += "  " + style("1", "(this node)")
         elif "path" in node:
-            if node["path"] == "direct":
-                line += f"  direct {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
-            else:
-                line += f"  {node['path']}: {node['path_reason']}"
-        print(line)
+            line += "  " + _path_column(node)
+        lines.append(line.rstrip())
     if not result.get("daemon_running") and result.get("my_node_id"):
-        print("\n  (the node daemon is not running here: paths unknown; sudo wire up)")
-    print()
+        lines += ["", "  (the node daemon is not running here: paths unknown; sudo wire up)"]
+    return "\n".join(lines) + "\n"
 
 
-def print_peers(result: dict, style: Style) -> None:
-    print(f"{result['count']} online peer(s) at {result['server']}")
+def _path_column(node: dict) -> str:
+    """This node's path to a peer: direct, relay, or why neither yet."""
+    path, reason = node["path"], node["path_reason"]
+    if path == "direct":
+        return f"direct {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
+    if path == "relay":
+        return f"relay ({reason.removeprefix('relay: ')}), handshake {_ago(node['handshake_age'])}"
+    return f"{path}: {reason}"
+
+
+def format_peers(result: dict, style: Style) -> str:
+    lines = [f"{result['count']} online peer(s) at {result['server']}"]
     for peer in result["peers"]:
-        print(f"  {peer.get('node_name', ''):<16} {peer.get('vpn_ip', ''):<16} {peer.get('public_ip', '')}:{peer.get('nat_port', '')}")
+        lines.append(f"  {peer.get('node_name', ''):<16} {peer.get('vpn_ip', ''):<16} {peer.get('public_ip', '')}:{peer.get('nat_port', '')}")
+    return "\n".join(lines)
 
 
-def print_up(result: dict, style: Style) -> None:
+def format_up(result: dict, style: Style) -> str:
     verb = "already up" if result["already_running"] else "up"
-    print(f"{result['node_name']} is {verb}: {style('1', result['vpn_ip'])} on {result['interface']} ({result['backend']}), server {result['server']}, NAT {result['nat_type']}, {result['peers']} peer(s)")
+    text = f"{result['node_name']} is {verb}: {style('1', result['vpn_ip'])} on {result['interface']} ({result['backend']}), server {result['server']}, NAT {result['nat_type']}, {result['peers']} peer(s)"
     if result.get("note"):
-        print(f"note: {result['note']}")
+        text += f"\nnote: {result['note']}"
+    return text
 
 
-def print_down(result: dict, style: Style) -> None:
-    told = "the server was told" if result["server_told"] else "the server was not reachable"
-    print(f"{result['node_name']} is down: interface {result['interface']} removed; {told}")
+def format_down(result: dict, style: Style) -> str:
+    told = "the server was told" if result["server_told"] else "the server could not be told (it shows the node offline after its heartbeat timeout)"
+    return f"{result['node_name']} is down: interface {result['interface']} removed; {told}"
 
 
-def print_ping(result: dict, style: Style) -> None:
-    print(result["output"])
+def format_ping(result: dict, style: Style) -> str:
+    text = result["output"]
     if "path" in result:
-        print(f"path: {result['path']} ({result['path_reason']})")
+        text += f"\npath: {result['path']} ({result['path_reason']})"
+    return text
 
 
-def print_install(result: dict, style: Style) -> None:
+def format_install(result: dict, style: Style) -> str:
     if result["ok"]:
         how = "kernel WireGuard" if result["kernel_wireguard"] else f"wireguard-go ({result['wireguard_go']})"
-        print(f"WireGuard is ready: wg at {result['wg']}, {how}")
+        text = f"WireGuard is ready: wg at {result['wg']}, {how}"
         if result.get("installed"):
-            print(f"installed: {', '.join(result['installed'])}")
-    else:
-        print(f"missing: {', '.join(result['missing'])} (platform: {result['platform']})")
-        if result["install_command"]:
-            print(f"install with: {result['install_command']}   (or: wire install --yes)")
+            text += f"\ninstalled: {', '.join(result['installed'])}"
+        return text
+    text = f"missing: {', '.join(result['missing'])} (platform: {result['platform']})"
+    if result["install_command"]:
+        text += f"\ninstall with: {result['install_command']}   (or: wire install --yes)"
+    return text
 
 
-def print_checks(result: dict, style: Style) -> None:
+def format_checks(result: dict, style: Style) -> str:
+    lines = []
     for check in result["checks"]:
         mark = style("32", "✓") if check["ok"] else style("31", "✗")
-        print(f"  {mark} {check['check']:<13} {check['detail']}")
+        lines.append(f"  {mark} {check['check']:<13} {check['detail']}")
         if check["suggestion"]:
-            print(f"      → {check['suggestion']}")
+            lines.append(f"      → {check['suggestion']}")
+    return "\n".join(lines)
 
 
-def print_watchdog(result: dict, style: Style) -> None:
+def format_watchdog(result: dict, style: Style) -> str:
     if not result["daemon_running"]:
-        print(result["problems"][0])
-        return
+        return result["problems"][0]
+    lines = []
     for peer in result["peers"]:
         mark = style("31", "stale") if peer["stale"] else ("ok" if peer["online"] else style("90", "offline"))
-        print(f"  {peer['node_name']:<16} {peer['vpn_ip']:<16} handshake {_ago(peer['handshake_age']):<10} {mark}")
-    for problem in result["problems"]:
-        print(f"  ! {problem}")
+        lines.append(f"  {peer['node_name']:<16} {peer['vpn_ip']:<16} handshake {_ago(peer['handshake_age']):<10} {mark}")
+    lines += [f"  ! {problem}" for problem in result["problems"]]
     if result["ok"]:
-        print("  all peers healthy")
+        lines.append("  all peers healthy")
+    return "\n".join(lines)
 
 
-def print_demo(result: dict, style: Style) -> None:
-    print("demo passed" if result["ok"] else "demo FAILED")
+def format_netcheck(result: dict, style: Style) -> str:
+    http, udp = result["http"], result["udp"]
+    lines = [f"{style('1', 'wire netcheck')}  {result['server']}"]
+    http_state = f"ok, {_ms(http['rtt_ms'])} (version {http['version']})" if http["reachable"] else style("31", "no answer")
+    lines.append(f"  HTTP /health      {http_state}")
+    for port in udp["ports"]:
+        state = f"ok, mapped {port['mapped']}" if port["answered"] else style("31", "no answer")
+        lines.append(f"  UDP  STUN :{port['port']:<6} {state}")
+    if udp["reachable"]:
+        lines.append(f"  STUN latency      {_ms(udp['rtt_ms'])}")
+        lines.append(f"  public address    {result['mapped']} (this host: {', '.join(result['local_ips']) or 'unknown'})")
+    lines.append(f"  NAT               {result['nat_meaning']}")
+    lines += [f"  ! {problem}" for problem in result["problems"]]
+    return "\n".join(lines)
+
+
+def format_explain(result: dict, style: Style) -> str:
+    path = style("32", result["path"]) if result["ok"] else style("31", result["path"])
+    lines = [
+        f"{style('1', result['peer'])} ({result['vpn_ip']}): path {path}, endpoint {result['endpoint'] or 'none'}, handshake {_ago(result['handshake_age'])}",
+        f"  NAT: this node {result['nat']['this_node']}, {result['peer']} {result['nat']['peer']}",
+    ]
+    lines += [f"  - {reason}" for reason in result["reasons"]]
+    lines += [f"  → {suggestion}" for suggestion in result["suggestions"]]
+    return "\n".join(lines)
+
+
+def format_demo(result: dict, style: Style) -> str:
+    if "cleaned" in result:
+        return f"removed the demo mesh {result['cleaned']}"
+    return "demo passed" if result["ok"] else "demo FAILED"
 
 
 # -- running --------------------------------------------------------------------------
 
+Formatter = Callable[[dict, Style], str]
 
-async def dispatch(reactor, args: argparse.Namespace) -> tuple[dict, Callable[[dict, Style], None]]:
-    ctx = ops.Context(reactor, os.path.abspath(args.config_dir or default_config_dir()))
+
+async def dispatch(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     if args.command == "up":
-        return await ops.up(ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait), print_up
+        return await ops.up(ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait), format_up
     if args.command == "down":
-        return await ops.down(ctx), print_down
+        return await ops.down(ctx), format_down
     if args.command == "status":
-        return await ops.status(ctx, server=args.server), print_status
+        return await ops.status(ctx, server=args.server), format_status
     if args.command == "peers":
-        return await ops.peers(ctx, server=args.server), print_peers
+        return await ops.peers(ctx, server=args.server), format_peers
     if args.command == "ping":
-        return await ops.ping(ctx, args.target, count=args.count), print_ping
+        return await ops.ping(ctx, args.target, count=args.count), format_ping
     if args.command == "install":
-        return (await ops.install_now(ctx) if args.yes else ops.install(ctx)), print_install
+        return (await ops.install_now(ctx) if args.yes else ops.install(ctx)), format_install
     if args.command == "diagnose":
-        return await ops.diagnose(ctx), print_checks
+        return await ops.diagnose(ctx), format_checks
     if args.command == "watchdog":
-        return await ops.watchdog(ctx), print_watchdog
+        return await ops.watchdog(ctx), format_watchdog
+    if args.command == "netcheck":
+        return await ops.netcheck(ctx, server=args.server), format_netcheck
+    if args.command == "explain":
+        return await ops.explain(ctx, args.peer), format_explain
     if args.command == "demo":
-        return await ops.demo(ctx, keep=args.keep, clean=args.clean), print_demo
+        return await ops.demo(ctx, keep=args.keep, clean=args.clean), format_demo
     raise AssertionError(args.command)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str], stdout: TextIO, stderr: TextIO) -> argparse.Namespace | int:
+    """The parsed command line, or the exit code when there is nothing to run
+    (2 for bad usage, 0 for --help and --version)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-
-    async def run(reactor) -> None:
-        outcome: dict[str, Any] = {}
+    # argparse prints straight to sys.stdout/sys.stderr and exits.
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            outcome["result"], outcome["printer"] = await dispatch(reactor, args)
-        except ops.OpError as e:
-            outcome["error"] = str(e)
-        code = report(args, outcome)
-        if code:
-            raise SystemExit(code)
-
-    # react() exits the process with 0, or with the SystemExit code raised.
-    react(lambda reactor: ensureDeferred(run(reactor)))
-    return 0
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 2
+        if args.command is None:
+            parser.print_help(stderr)
+            return 2
+    return args
 
 
-def report(args: argparse.Namespace, outcome: dict) -> int:
-    as_json = getattr(args, "json", False)
-    if "error" in outcome:
-        if as_json:
-            print(json.dumps({"ok": False, "error": outcome["error"]}, indent=2))
-        else:
-            print(f"wire {args.command}: {outcome['error']}", file=sys.stderr)
-        return 1
-    result = outcome["result"]
-    if as_json:
-        print(json.dumps(result, indent=2))
+async def run(
+    reactor,
+    argv: list[str],
+    stdout: TextIO,
+    stderr: TextIO,
+    make_context: Callable[[object, str], ops.Context] = ops.Context,
+) -> int:
+    """The whole command: parse, run the operation, print; returns the exit code."""
+    args = parse_args(argv, stdout, stderr)
+    if isinstance(args, int):
+        return args
+    ctx = make_context(reactor, os.path.abspath(args.config_dir or default_config_dir()))
+    try:
+        result, formatter = await dispatch(ctx, args)
+    except ops.OpError as e:
+        return report_error(args, str(e), stdout, stderr)
+    return report(args, result, formatter, stdout)
+
+
+def report_error(args: argparse.Namespace, error: str, stdout: TextIO, stderr: TextIO) -> int:
+    print(f"wire {args.command}: {error}", file=stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": error}, indent=2), file=stdout)
+    return 1
+
+
+def report(args: argparse.Namespace, result: dict, formatter: Formatter, stdout: TextIO) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2), file=stdout)
     else:
-        outcome["printer"](result, Style(sys.stdout.isatty()))
+        print(formatter(result, Style(stdout.isatty())), file=stdout)
     return 0 if result.get("ok", True) else 1
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``wire`` console script: exits the process with the command's code."""
+    arguments = sys.argv[1:] if argv is None else argv
+
+    async def command(reactor) -> None:
+        code = await run(reactor, arguments, sys.stdout, sys.stderr)
+        if code:
+            raise SystemExit(code)
+
+    # react() exits with 0, or with the code of the SystemExit raised.
+    react(lambda reactor: ensureDeferred(command(reactor)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

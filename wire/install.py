@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 from wire.runner import CommandNotFound, find_program
 
-# Package manager command lines, per distribution family.
+# The package that provides each program; the same name on every platform.
+_PACKAGES = {"wg": "wireguard-tools", "wireguard-go": "wireguard-go", "ip": "iproute2"}
+# The package manager's install command, per distribution family.
 _PACKAGE_COMMANDS = {
-    "debian": (["apt-get", "install", "-y"], {"wg": "wireguard-tools", "wireguard-go": "wireguard-go"}),
-    "fedora": (["dnf", "install", "-y"], {"wg": "wireguard-tools", "wireguard-go": "wireguard-go"}),
-    "alpine": (["apk", "add"], {"wg": "wireguard-tools", "wireguard-go": "wireguard-go"}),
-    "arch": (["pacman", "-S", "--noconfirm"], {"wg": "wireguard-tools", "wireguard-go": "wireguard-go"}),
-    "macos": (["brew", "install"], {"wg": "wireguard-tools", "wireguard-go": "wireguard-go"}),
+    "debian": ["apt-get", "install", "-y"],
+    "fedora": ["dnf", "install", "-y"],
+    "alpine": ["apk", "add"],
+    "arch": ["pacman", "-S", "--noconfirm"],
+    "macos": ["brew", "install"],
 }
 _FAMILIES = {"debian": "debian", "ubuntu": "debian", "fedora": "fedora", "rhel": "fedora", "centos": "fedora",
              "alpine": "alpine", "arch": "arch"}
@@ -27,7 +31,7 @@ class InstallCheck:
     wireguard_go: str | None
     kernel_module: bool
     missing: tuple[str, ...]  # programs to install
-    command: tuple[str, ...]  # the command that installs them ("" when nothing is missing)
+    command: tuple[str, ...]  # the command that installs them (empty when nothing is missing, or unknown)
 
     @property
     def ok(self) -> bool:
@@ -46,18 +50,34 @@ class InstallCheck:
 
 
 def detect_platform(os_release: str = "/etc/os-release", system: str = sys.platform) -> str:
+    """The distribution family from os-release's ID, then its ID_LIKE list."""
     if system == "darwin":
         return "macos"
     try:
         with open(os_release) as f:
-            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
-    except OSError:
+            fields = _os_release_fields(f.read())
+    except (OSError, UnicodeDecodeError):
         return "unknown"
     for name in [fields.get("ID", "")] + fields.get("ID_LIKE", "").split():
-        family = _FAMILIES.get(name.strip('"').lower())
+        family = _FAMILIES.get(name.lower())
         if family:
             return family
     return "unknown"
+
+
+def _os_release_fields(text: str) -> dict[str, str]:
+    """KEY=value lines; values may be shell-quoted (os-release(5))."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep or key.startswith("#"):
+            continue
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            continue  # an unbalanced quote: skip the line, not the file
+        fields[key] = " ".join(words)
+    return fields
 
 
 def kernel_has_wireguard() -> bool:
@@ -80,18 +100,25 @@ def _which(program: str) -> str | None:
         return None
 
 
-def check_install(platform: str | None = None) -> InstallCheck:
+def check_install(
+    platform: str | None = None,
+    *,
+    which: Callable[[str], str | None] = _which,
+    kernel_module: Callable[[], bool] = kernel_has_wireguard,
+) -> InstallCheck:
+    """What this host has and lacks (``which`` and ``kernel_module`` look at the host)."""
     platform = platform or detect_platform()
-    wg = _which("wg")
-    wireguard_go = _which("wireguard-go")
-    kernel = platform != "macos" and kernel_has_wireguard()
+    wg = which("wg")
+    wireguard_go = which("wireguard-go")
+    kernel = platform != "macos" and kernel_module()
     missing = []
     if wg is None:
         missing.append("wg")
     if wireguard_go is None and not kernel:
         missing.append("wireguard-go")
+    if platform != "macos" and which("ip") is None:
+        missing.append("ip")
     command: tuple[str, ...] = ()
     if missing and platform in _PACKAGE_COMMANDS:
-        base, packages = _PACKAGE_COMMANDS[platform]
-        command = tuple(base + sorted({packages[m] for m in missing}))
+        command = tuple(_PACKAGE_COMMANDS[platform] + sorted({_PACKAGES[m] for m in missing}))
     return InstallCheck(platform, wg, wireguard_go, kernel, tuple(missing), command)

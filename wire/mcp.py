@@ -1,16 +1,256 @@
-"""``wire-mcp``: the MCP adapter (not built yet; see the MCP issue).
+"""``wire-mcp``: the MCP adapter, an stdio MCP server over ``wire.ops``.
 
-It will be an stdio MCP server whose stdout carries MCP messages only, so
-even this placeholder writes to stderr.
+Each tool calls the operation the CLI command of the same name calls and
+returns its result dict as structured content (what ``wire CMD --json``
+prints), with the CLI's own rendering and the JSON as text for clients that
+read only text. An ``ops.OpError`` becomes a tool error (``isError``)
+carrying its message; any other exception becomes "internal error: ..."
+plus a traceback on stderr. Arguments of the wrong type are tool errors too
+(the SDK checks them against the input schema); their values are the
+operation's to check, as for the CLI. One bad call never stops the server.
+
+Two event loops in one process: the MCP SDK is asyncio (anyio), the
+operations are Twisted. We install Twisted's asyncio reactor on the loop
+*before* anything imports ``twisted.internet.reactor``, so both run on one
+loop in one thread: a tool awaits an operation through
+``Deferred.asFuture``, and cancelling the request cancels the operation.
+Running the reactor in a second thread instead would need every call to
+cross threads, and a reactor outside the main thread installs no SIGCHLD
+handler, so the processes the operations spawn (``ping``, ``wg``, ``twistd``)
+would never be reaped.
+
+stdout carries MCP messages only: the SDK points fd 1 at stderr while it
+serves, and logs (ours and the SDK's) go to stderr.
 """
 
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
 import sys
+from typing import Annotated, Any, Callable
+
+from mcp.server.mcpserver import MCPServer
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import react
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+# None of these imports twisted.internet.reactor: main() installs it first.
+from wire import __version__, cli, ops
+from wire.node.config import default_config_dir
+
+log = Logger()
+
+ConfigDir = Annotated[
+    str | None,
+    Field(description="Node config directory. Default: $WIRE_CONFIG_DIR, else /etc/wire as root, else ~/.wire."),
+]
+Server = Annotated[
+    str | None,
+    Field(description="Coordination server URL (http://HOST:8787) to ask instead of the one in this node's config."),
+]
+
+# Every tool answers with the operation's dict as structured content.
+Result = Annotated[CallToolResult, dict[str, Any]]
+
+READ_ONLY = {"read_only_hint": True, "open_world_hint": True}
+DESTRUCTIVE = {"read_only_hint": False, "destructive_hint": True, "open_world_hint": True}
 
 
-def main() -> int:
-    print("wire-mcp: the MCP adapter is not built yet in this release", file=sys.stderr)
-    return 1
+def build_server(reactor) -> MCPServer:
+    """The MCP server with one tool per ``wire`` command, running ops on ``reactor``."""
+    mcp = MCPServer(
+        "wire",
+        version=__version__,
+        instructions="Inspect and control this machine's node in a wire WireGuard mesh. wire_up and wire_down "
+        "change network interfaces, wire_install with install=true installs packages; the other tools only look.",
+    )
+
+    def tool(name: str, title: str, hints: dict, description: str):
+        return mcp.tool(name=name, description=description, annotations=ToolAnnotations(title=title, **hints))
+
+    async def run(config_dir: str | None, operation: Callable[[ops.Context], Any], formatter: cli.Formatter) -> CallToolResult:
+        ctx = ops.Context(reactor, os.path.abspath(config_dir or default_config_dir()))
+        try:
+            result = operation(ctx)
+            if inspect.isawaitable(result):  # all but ops.install, which only looks at files
+                result = await ensureDeferred(result).asFuture(asyncio.get_running_loop())
+        except ops.OpError as e:
+            return _error(str(e))
+        except Exception as e:
+            log.failure("wire-mcp: operation failed unexpectedly")
+            return _error(f"internal error: {e!r}")
+        return CallToolResult(
+            # What `wire CMD` prints, then what `wire CMD --json` prints.
+            content=[
+                TextContent(type="text", text=formatter(result, cli.Style(False)).strip("\n")),
+                TextContent(type="text", text=json.dumps(result, indent=2)),
+            ],
+            structured_content=result,
+        )
+
+    @tool(
+        "wire_status",
+        "Mesh status",
+        READ_ONLY,
+        "The whole mesh as the coordination server sees it: every node, online or offline, its VPN IP, "
+        "and (when the node daemon runs here) this node's path to each peer: direct or relayed, and why. "
+        "Same as `wire status --json`.",
+    )
+    async def wire_status(server: Server = None, config_dir: ConfigDir = None) -> Result:
+        return await run(config_dir, lambda ctx: ops.status(ctx, server=server), cli.format_status)
+
+    @tool(
+        "wire_peers",
+        "Online peers",
+        READ_ONLY,
+        "Online nodes as the coordination server lists them (its /peers): name, VPN IP, public endpoint. "
+        "Same as `wire peers --json`.",
+    )
+    async def wire_peers(server: Server = None, config_dir: ConfigDir = None) -> Result:
+        return await run(config_dir, lambda ctx: ops.peers(ctx, server=server), cli.format_peers)
+
+    @tool(
+        "wire_up",
+        "Join the mesh",
+        DESTRUCTIVE,
+        "DESTRUCTIVE: changes this machine's network. Joins the mesh (or restarts with the saved config): "
+        "creates the WireGuard interface, starts the node daemon and waits until it registers. New settings "
+        "restart a running daemon. The first time needs `server`. Needs root. Same as `wire up --json`.",
+    )
+    async def wire_up(
+        server: Annotated[str | None, Field(description="Coordination server URL, e.g. http://HOST:8787 (required the first time).")] = None,
+        name: Annotated[str | None, Field(description="This node's name in the mesh (default: the hostname).")] = None,
+        port: Annotated[int | None, Field(description="WireGuard UDP listen port (default 51820).")] = None,
+        interface: Annotated[str | None, Field(description="WireGuard interface name (default wire0).")] = None,
+        wait: Annotated[float, Field(description="Seconds to wait for the node to register.")] = 30.0,
+        config_dir: ConfigDir = None,
+    ) -> Result:
+        return await run(
+            config_dir,
+            lambda ctx: ops.up(ctx, server=server, name=name, port=port, interface=interface, wait=wait),
+            cli.format_up,
+        )
+
+    @tool(
+        "wire_down",
+        "Leave the mesh",
+        DESTRUCTIVE,
+        "DESTRUCTIVE: cuts this machine off the mesh. Tells the server, stops the node daemon and removes the "
+        "WireGuard interface; tunnels to every peer go down. Needs root. Same as `wire down --json`.",
+    )
+    async def wire_down(config_dir: ConfigDir = None) -> Result:
+        return await run(config_dir, ops.down, cli.format_down)
+
+    @tool(
+        "wire_ping",
+        "Ping a peer",
+        READ_ONLY,
+        "Ping a peer over the VPN by node name or VPN IP: replies, loss, average round trip, and the path "
+        "(direct or relayed). Same as `wire ping TARGET --json`.",
+    )
+    async def wire_ping(
+        target: Annotated[str, Field(description="A peer's node name (e.g. db1) or VPN IP (e.g. 10.99.0.2).")],
+        count: Annotated[int, Field(description="Echo requests to send (1 to 100).")] = 4,
+        config_dir: ConfigDir = None,
+    ) -> Result:
+        return await run(config_dir, lambda ctx: ops.ping(ctx, target, count=count), cli.format_ping)
+
+    @tool(
+        "wire_install",
+        "WireGuard installation",
+        DESTRUCTIVE,
+        "Checks that WireGuard (wg, and kernel WireGuard or wireguard-go) is installed and names the command "
+        "that installs what is missing. Only with install=true is it DESTRUCTIVE: it then runs the system's "
+        "package manager as root. Same as `wire install [--yes] --json`.",
+    )
+    async def wire_install(
+        install: Annotated[bool, Field(description="Run the package manager for what is missing (changes the system).")] = False,
+        config_dir: ConfigDir = None,
+    ) -> Result:
+        return await run(config_dir, ops.install_now if install else ops.install, cli.format_install)
+
+    @tool(
+        "wire_diagnose",
+        "Diagnose this node",
+        READ_ONLY,
+        "Checks, in order, what a working node needs (WireGuard, config, daemon, interface, server, "
+        "registration, peers, handshakes) and suggests a fix for each failure. Same as `wire diagnose --json`.",
+    )
+    async def wire_diagnose(config_dir: ConfigDir = None) -> Result:
+        return await run(config_dir, ops.diagnose, cli.format_checks)
+
+    @tool(
+        "wire_watchdog",
+        "Tunnel health",
+        READ_ONLY,
+        "Handshake age of every peer, stale tunnels, server reachability and daemon health, from the running "
+        "node daemon. Same as `wire watchdog --json`.",
+    )
+    async def wire_watchdog(config_dir: ConfigDir = None) -> Result:
+        return await run(config_dir, ops.watchdog, cli.format_watchdog)
+
+    @tool(
+        "wire_netcheck",
+        "NAT and connectivity check",
+        READ_ONLY,
+        "Probes this machine's network: the server's reachability and STUN, the public address and port the NAT "
+        "maps to, and whether the NAT is easy or hard (symmetric). Same as `wire netcheck --json`.",
+    )
+    async def wire_netcheck(server: Server = None, config_dir: ConfigDir = None) -> Result:
+        return await run(config_dir, lambda ctx: ops.netcheck(ctx, server=server), cli.format_netcheck)
+
+    @tool(
+        "wire_explain",
+        "Explain the path to a peer",
+        READ_ONLY,
+        "Explains how this node reaches a peer and why: direct or relayed, the endpoint, the handshake, each "
+        "side's NAT (answers 'why is web1 relayed to db1?' when asked on web1). Same as `wire explain PEER --json`.",
+    )
+    async def wire_explain(
+        peer: Annotated[str, Field(description="The peer's node name (e.g. db1) or VPN IP.")],
+        config_dir: ConfigDir = None,
+    ) -> Result:
+        return await run(config_dir, lambda ctx: ops.explain(ctx, peer), cli.format_explain)
+
+    return mcp
+
+
+def _error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def main() -> None:
+    """The ``wire-mcp`` console script: serves MCP on stdin/stdout until stdin closes."""
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    # Not redirectStandardIO: the SDK needs the real sys.stdout to claim fd 1.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    server = build_server(reactor)
+
+    def default_signals() -> None:
+        # SIGTERM and SIGINT end the process at once, as they end any stdio MCP
+        # server: Twisted's graceful stop would strand the SDK's blocking stdin
+        # read in a thread that keeps the process alive. SIGCHLD stays Twisted's.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    def serve(reactor) -> Deferred:
+        reactor.callWhenRunning(default_signals)  # after the reactor installs its own
+        # The server returns when the client closes stdin; react() then exits.
+        return Deferred.fromFuture(loop.create_task(server.run_stdio_async()))
+
+    react(serve)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

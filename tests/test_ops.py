@@ -1,0 +1,899 @@
+"""The shared operations against a real coordination server on 127.0.0.1 and
+a real node daemon (with a fake WireGuard) serving its control API on a UNIX
+socket; every external command is scripted with FakeProcessRunner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+
+from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
+from twisted.trial import unittest
+
+from tests.fakes import FakeWireGuard, fixed_nat
+from tests.helpers import body_for, make_coordinator, registration_for
+from tests.test_daemon import eventually
+from wire import ops
+from wire.client import CoordinationClient, make_http_client
+from wire.install import InstallCheck
+from wire.keys import load_or_create_keys
+from wire.node import launcher
+from wire.node.config import NodeConfig, config_path, load_config, save_config
+from wire.node.control import build_control_site, control_socket_path
+from wire.node.daemon import NodeDaemon
+from wire.node.wireguard import InterfaceStatus
+from wire.runner import CommandNotFound, FakeProcessRunner
+from wire.server.api import build_site
+from wire.stun import StunServerProtocol
+
+OK_TOOLS = InstallCheck("debian", "/usr/bin/wg", "/usr/bin/wireguard-go", False, (), ())
+NO_TOOLS = InstallCheck(
+    "debian", None, None, False, ("wg", "wireguard-go"), ("apt-get", "install", "-y", "wireguard-go", "wireguard-tools")
+)
+NO_DEVICE = b'Cannot find device "wire0"\n'
+
+# Real iputils 20221126 output.
+PING_OK = b"""PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.
+64 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=0.512 ms
+64 bytes from 10.99.0.2: icmp_seq=2 ttl=64 time=0.433 ms
+64 bytes from 10.99.0.2: icmp_seq=3 ttl=64 time=0.401 ms
+64 bytes from 10.99.0.2: icmp_seq=4 ttl=64 time=0.455 ms
+
+--- 10.99.0.2 ping statistics ---
+4 packets transmitted, 4 received, 0% packet loss, time 3051ms
+rtt min/avg/max/mdev = 0.401/0.450/0.512/0.040 ms
+"""
+PING_LOST = b"""PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.
+
+--- 10.99.0.2 ping statistics ---
+4 packets transmitted, 0 received, 100% packet loss, time 3068ms
+
+"""
+PING_PARTIAL = b"""PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.
+64 bytes from 10.99.0.2: icmp_seq=2 ttl=64 time=1.20 ms
+
+--- 10.99.0.2 ping statistics ---
+2 packets transmitted, 1 received, 50% packet loss, time 1002ms
+rtt min/avg/max/mdev = 1.200/1.200/1.200/0.000 ms
+"""
+PING_UNREACHABLE = b"""PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.
+From 10.99.0.1 icmp_seq=1 Destination Host Unreachable
+
+--- 10.99.0.2 ping statistics ---
+1 packets transmitted, 0 received, +1 errors, 100% packet loss, time 0ms
+
+"""
+PING_MACOS = b"""PING 10.99.0.2 (10.99.0.2): 56 data bytes
+64 bytes from 10.99.0.2: icmp_seq=0 ttl=64 time=3.114 ms
+
+--- 10.99.0.2 ping statistics ---
+1 packets transmitted, 1 packets received, 0.0% packet loss
+round-trip min/avg/max/stddev = 3.114/3.114/3.114/0.000 ms
+"""
+
+
+def short_tempdir(test: unittest.TestCase) -> str:
+    """A config dir under /tmp: a UNIX socket path must fit in 108 bytes."""
+    path = tempfile.mkdtemp(prefix="wire-test-")
+    test.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+class SilentWireGuard(FakeWireGuard):
+    """Peers are configured but never answer: no handshake, ever."""
+
+    async def status(self) -> InterfaceStatus:
+        status = await super().status()
+        return replace(status, peers=tuple(replace(p, latest_handshake=0) for p in status.peers))
+
+
+class Mesh:
+    """A coordination server on 127.0.0.1, a node config dir, and (on request)
+    an in-process node daemon serving the control API there, as ``twistd
+    wire-node`` would. Contexts it makes run commands through ``self.runner``."""
+
+    def __init__(self, test: unittest.TestCase, stun: bool = False):
+        self.test = test
+        self.coordinator = make_coordinator(test, clock=reactor)
+        self.http = self._listen(stun)
+        self.url = f"http://127.0.0.1:{self.http.getHost().port}"
+        self.config_dir = short_tempdir(test)
+        self.runner = FakeProcessRunner()
+        self.root = True
+        self.tools = [OK_TOOLS]  # check_install answers these in turn; the last one sticks
+        self.daemon: NodeDaemon | None = None
+        self.wireguard: FakeWireGuard | None = None
+
+    def _listen(self, stun: bool):
+        """HTTP on some port P; with ``stun``, STUN on UDP P+1 and P+2 (the convention)."""
+        site = build_site(self.coordinator)
+        for _ in range(20):
+            http = reactor.listenTCP(0, site, interface="127.0.0.1")
+            self.test.addCleanup(http.stopListening)
+            if not stun:
+                return http
+            port = http.getHost().port
+            try:
+                for offset in (1, 2):
+                    udp = reactor.listenUDP(port + offset, StunServerProtocol(), interface="127.0.0.1")
+                    self.test.addCleanup(udp.stopListening)
+                return http
+            except CannotListenError:
+                continue  # P+1 or P+2 taken: another P
+        raise RuntimeError("no port P with UDP P+1, P+2 free")
+
+    def context(self) -> ops.Context:
+        return ops.Context(reactor, self.config_dir, runner=self.runner, is_root=lambda: self.root, check_install=self._check_install)
+
+    def _check_install(self) -> InstallCheck:
+        return self.tools.pop(0) if len(self.tools) > 1 else self.tools[0]
+
+    def configure(self, name: str = "web1", **fields) -> NodeConfig:
+        config = NodeConfig(server_url=self.url, node_name=name, node_id=body_for(name)["node_id"], **fields)
+        save_config(self.config_dir, config)
+        return config
+
+    async def register(self, name: str, public_ip: str = "127.0.0.1", **fields) -> dict:
+        """Another node, registered as if from ``public_ip``; its server view."""
+        await self.coordinator.register(registration_for(name, **fields), public_ip)
+        return self.view(name)
+
+    def view(self, name: str) -> dict:
+        return next(n for n in self.coordinator.status()["nodes"] if n["node_name"] == name)
+
+    def launch_daemon(self, wireguard: FakeWireGuard | None = None, nat_type: str = "easy") -> NodeDaemon:
+        """Start the daemon for the saved config, as ``twistd wire-node`` does."""
+        config = load_config(self.config_dir)
+        self.wireguard = wireguard or FakeWireGuard(config.interface, clock=reactor)
+        daemon = NodeDaemon(
+            clock=reactor,
+            config_dir=self.config_dir,
+            config=config,
+            keys=load_or_create_keys(self.config_dir),
+            wireguard=self.wireguard,
+            client=CoordinationClient(make_http_client(reactor, persistent=False), self.url),
+            probe_nat=fixed_nat(nat_type=nat_type),
+            lan_ip=lambda: "192.168.1.10",
+        )
+        control = reactor.listenUNIX(
+            control_socket_path(self.config_dir), build_control_site(daemon, reactor, lambda: self.stop_daemon()), mode=0o600
+        )
+        self._control = control
+        daemon.startService()
+        self.daemon = daemon
+        self.test.addCleanup(self.stop_daemon)
+        return daemon
+
+    async def start_daemon(self, wireguard: FakeWireGuard | None = None, nat_type: str = "easy", peers: int = 0) -> NodeDaemon:
+        daemon = self.launch_daemon(wireguard, nat_type)
+        await daemon.when_registered()
+        await eventually(lambda: daemon.interface_ready and len(self.wireguard.peers) == peers)
+        # The fake has handshaken by now: let the daemon see it, as its path check would.
+        await daemon.reconcile()
+        return daemon
+
+    def stop_daemon(self):
+        """The daemon process exits (``wire down``, or a test's end)."""
+        if self.daemon is None:
+            return None
+        daemon, self.daemon = self.daemon, None
+        daemon.stopService()
+        return self._control.stopListening()
+
+    async def stop_server(self) -> None:
+        """Gone: refuses connections, and answers the open long-polls first."""
+        await self.http.stopListening()
+        self.coordinator.close()
+
+
+class LaunchingRunner(FakeProcessRunner):
+    """The scripted runner, where ``twistd ... wire-node`` starts the
+    in-process daemon (and returns once it has started, as twistd does)."""
+
+    def __init__(self, mesh: Mesh, **daemon_options):
+        super().__init__()
+        self._mesh = mesh
+        self._options = daemon_options
+
+    def run(self, argv, **kwargs):
+        result = super().run(argv, **kwargs)
+        if "wire-node" in argv:
+            self._mesh.launch_daemon(**self._options)
+        return result
+
+
+class StatusTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+
+    async def test_the_server_view_without_a_daemon(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("web1")
+        await self.mesh.register("db1")
+        result = await ops.status(self.mesh.context())
+        self.assertEqual([(n["node_name"], n["status"], n["this_node"]) for n in result["nodes"]], [("db1", "online", False), ("web1", "online", True)])
+        self.assertEqual((result["total"], result["online"], result["offline"]), (2, 2, 0))
+        self.assertEqual((result["server"], result["daemon_running"]), (self.mesh.url, False))
+        self.assertEqual(result["my_node_id"], body_for("web1")["node_id"])
+        self.assertNotIn("path", result["nodes"][0], "no daemon: no path to tell")
+
+    async def test_paths_come_from_the_running_daemon(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        result = await ops.status(self.mesh.context())
+        db1 = next(n for n in result["nodes"] if n["node_name"] == "db1")
+        # Both seen from 127.0.0.1: the same NAT, so the LAN address.
+        self.assertEqual((db1["path"], db1["endpoint"]), ("direct", "10.1.1.1:51820"))
+        self.assertLess(db1["handshake_age"], 5)
+        self.assertEqual(db1["path_reason"], "direct: same LAN, via 10.1.1.1:51820")
+        self.assertTrue(result["daemon_running"])
+
+    async def test_another_server_needs_no_config(self):
+        await self.mesh.register("db1")
+        result = await ops.status(self.mesh.context(), server=self.mesh.url + "/")
+        self.assertEqual((result["server"], result["my_node_id"]), (self.mesh.url, None))
+        self.assertEqual([n["node_name"] for n in result["nodes"]], ["db1"])
+
+    async def test_unreachable_server(self):
+        self.mesh.configure()
+        await self.mesh.stop_server()
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(self.mesh.context())
+        self.assertIn(f"{self.mesh.url} is unreachable", str(caught.exception))
+        self.assertIn("is the wire server running?", str(caught.exception))
+
+    async def test_bad_server_url_names_the_flag(self):
+        for call in (ops.status, ops.peers, ops.netcheck):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context(), server="ftp://example.com")
+            self.assertTrue(str(caught.exception).startswith("--server: 'ftp://example.com' is not an http"), str(caught.exception))
+
+    async def test_no_config(self):
+        for call in (ops.status, ops.peers, ops.watchdog, ops.netcheck):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertIn("has not joined a mesh", str(caught.exception))
+            self.assertIn("wire up --server URL", str(caught.exception))
+
+    async def test_corrupt_config_is_named(self):
+        with open(config_path(self.mesh.config_dir), "w") as f:
+            f.write('{"server_url": ')
+        for call in (ops.status, ops.peers, ops.watchdog, ops.down, ops.netcheck, lambda ctx: ops.explain(ctx, "db1")):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertIn(config_path(self.mesh.config_dir), str(caught.exception))
+            self.assertIn("not valid JSON", str(caught.exception))
+        diagnosis = await ops.diagnose(self.mesh.context())
+        self.assertEqual([(c["check"], c["ok"]) for c in diagnosis["checks"]], [("wireguard", True), ("config", False)])
+        self.assertIn(config_path(self.mesh.config_dir), diagnosis["checks"][1]["detail"])
+
+    async def test_invalid_config_value_is_named(self):
+        with open(config_path(self.mesh.config_dir), "w") as f:
+            f.write('{"server_url": "http://h:1", "node_name": "web1", "node_id": "abc", "listen_port": 70000}')
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(self.mesh.context())
+        self.assertIn("listen_port", str(caught.exception))
+
+    async def test_peers(self):
+        self.mesh.configure()
+        await self.mesh.register("db1")
+        result = await ops.peers(self.mesh.context())
+        self.assertEqual((result["ok"], result["count"], result["server"]), (True, 1, self.mesh.url))
+        self.assertEqual(result["peers"][0]["node_name"], "db1")
+
+
+class PingTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        self.mesh.configure("web1")
+
+    def expect_ping(self, address: str, count: int = 4, **result):
+        self.mesh.runner.expect(ops.ping_argv(address, count), **result)
+        self.addCleanup(self.mesh.runner.assert_all_called)
+
+    async def test_by_name_through_the_daemon(self):
+        db1 = await self.mesh.register("db1", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        self.expect_ping(db1["vpn_ip"], stdout=PING_OK)
+        result = await ops.ping(self.mesh.context(), "db1")
+        self.assertEqual((result["ok"], result["node_name"], result["vpn_ip"]), (True, "db1", db1["vpn_ip"]))
+        self.assertEqual((result["transmitted"], result["received"], result["loss_percent"]), (4, 4, 0.0))
+        self.assertEqual((result["rtt_min_ms"], result["rtt_avg_ms"], result["rtt_max_ms"]), (0.401, 0.450, 0.512))
+        self.assertEqual(result["path"], "direct")
+        self.assertIn("rtt min/avg/max/mdev", result["output"])
+
+    async def test_by_name_through_the_server(self):
+        db1 = await self.mesh.register("db1")
+        self.expect_ping(db1["vpn_ip"], count=2, stdout=PING_PARTIAL)
+        result = await ops.ping(self.mesh.context(), "DB1", count=2)
+        self.assertEqual((result["ok"], result["received"], result["loss_percent"], result["rtt_avg_ms"]), (True, 1, 50.0, 1.2))
+        self.assertNotIn("path", result, "no daemon: no path")
+
+    async def test_by_address_needs_no_lookup(self):
+        await self.mesh.stop_server()
+        self.expect_ping("10.99.0.2", stdout=PING_OK)
+        result = await ops.ping(self.mesh.context(), "10.99.0.2")
+        self.assertEqual((result["ok"], result["node_name"], result["vpn_ip"]), (True, "10.99.0.2", "10.99.0.2"))
+
+    async def test_all_lost(self):
+        self.expect_ping("10.99.0.2", stdout=PING_LOST, rc=1)
+        result = await ops.ping(self.mesh.context(), "10.99.0.2")
+        self.assertEqual((result["ok"], result["transmitted"], result["received"], result["loss_percent"]), (False, 4, 0, 100.0))
+        self.assertIsNone(result["rtt_avg_ms"])
+
+    async def test_unreachable_with_errors(self):
+        self.expect_ping("10.99.0.2", count=1, stdout=PING_UNREACHABLE, rc=1)
+        result = await ops.ping(self.mesh.context(), "10.99.0.2", count=1)
+        self.assertEqual((result["ok"], result["received"], result["loss_percent"]), (False, 0, 100.0))
+        self.assertIn("Destination Host Unreachable", result["output"])
+
+    async def test_error_on_stderr_is_shown(self):
+        self.expect_ping("10.99.0.2", stderr=b"ping: connect: Network is unreachable\n", rc=2)
+        result = await ops.ping(self.mesh.context(), "10.99.0.2")
+        self.assertEqual((result["ok"], result["received"]), (False, 0))
+        self.assertEqual(result["output"], "ping: connect: Network is unreachable")
+
+    async def test_ping_not_installed(self):
+        self.expect_ping("10.99.0.2", error=CommandNotFound("ping"))
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.ping(self.mesh.context(), "10.99.0.2")
+        self.assertIn("ping failed to run: program 'ping' not found", str(caught.exception))
+
+    async def test_unknown_name(self):
+        await self.mesh.register("db1")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.ping(self.mesh.context(), "ghost")
+        self.assertEqual(str(caught.exception), "no node named ghost in the mesh (see: wire status)")
+        self.assertEqual(self.mesh.runner.calls, [])
+
+    async def test_unknown_name_and_no_server(self):
+        await self.mesh.stop_server()
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.ping(self.mesh.context(), "db1")
+        self.assertIn("cannot resolve db1: the daemon does not know it", str(caught.exception))
+
+    async def test_bad_target_and_count(self):
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.ping(self.mesh.context(), "no such; host")
+        self.assertIn("is neither a node name nor an IP address", str(caught.exception))
+        for count in (0, 101):
+            with self.assertRaises(ops.OpError):
+                await ops.ping(self.mesh.context(), "10.99.0.2", count=count)
+        self.assertEqual(self.mesh.runner.calls, [])
+
+    def test_parse_macos_output(self):
+        parsed = ops.parse_ping(PING_MACOS.decode(), 1)
+        self.assertEqual((parsed["transmitted"], parsed["received"], parsed["rtt_avg_ms"]), (1, 1, 3.114))
+
+    def test_parse_without_summary(self):
+        self.assertEqual(ops.parse_ping("", 3)["transmitted"], 3)
+        self.assertEqual(ops.parse_ping("", 3)["loss_percent"], 100.0)
+
+    def test_wait_is_milliseconds_on_macos(self):
+        self.assertEqual(ops.ping_argv("10.99.0.2", 4, platform="darwin"), ["ping", "-c", "4", "-W", "2000", "-n", "10.99.0.2"])
+        self.assertEqual(ops.ping_argv("10.99.0.2", 4, platform="linux"), ["ping", "-c", "4", "-W", "2", "-n", "10.99.0.2"])
+
+
+class UpTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+
+    def launching_runner(self, **daemon_options) -> LaunchingRunner:
+        runner = LaunchingRunner(self.mesh, **daemon_options)
+        runner.expect(launcher.node_argv(self.mesh.config_dir, foreground=False))
+        self.mesh.runner = runner
+        self.addCleanup(runner.assert_all_called)
+        return runner
+
+    async def assert_refused(self, message: str, **options) -> None:
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.up(self.mesh.context(), **options)
+        self.assertIn(message, str(caught.exception))
+        self.assertEqual(self.mesh.runner.calls, [], "nothing may run")
+
+    async def test_first_up_starts_the_daemon_and_waits_for_registration(self):
+        runner = self.launching_runner()
+        result = await ops.up(self.mesh.context(), server=self.mesh.url, name="Web1", port=51999, interface="wt0")
+        record = self.coordinator_record("web1")
+        self.assertEqual((result["ok"], result["already_running"], result["started_by"]), (True, False, "twistd"))
+        self.assertEqual((result["node_name"], result["vpn_ip"], result["interface"]), ("web1", record.vpn_ip, "wt0"))
+        self.assertEqual((result["server"], result["nat_type"], result["peers"]), (self.mesh.url, "easy", 0))
+        self.assertIn("will not start again at boot", result["note"])
+        saved = load_config(self.mesh.config_dir)
+        self.assertEqual((saved.server_url, saved.node_name, saved.listen_port, saved.interface, saved.vpn_ip), (self.mesh.url, "web1", 51999, "wt0", record.vpn_ip))
+        self.assertIn("PYTHONPATH", runner.calls[0].env)
+
+    def coordinator_record(self, name):
+        return next(r for r in self.mesh.coordinator.registry.records() if r.node_name == name)
+
+    async def test_up_again_with_the_same_settings_is_a_no_op(self):
+        self.mesh.configure("web1")
+        await self.mesh.start_daemon()
+        result = await ops.up(self.mesh.context(), server=self.mesh.url)
+        self.assertEqual((result["already_running"], result["node_name"]), (True, "web1"))
+        self.assertEqual(self.mesh.runner.calls, [])
+
+    async def test_new_settings_with_a_daemon_wire_did_not_start(self):
+        self.mesh.configure("web1")
+        await self.mesh.start_daemon()
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.up(self.mesh.context(), name="web2")
+        self.assertIn("a node daemon that wire did not start is serving", str(caught.exception))
+        self.assertEqual(load_config(self.mesh.config_dir).node_name, "web1", "the config stays")
+
+    async def test_a_new_server_forgets_the_old_assignment(self):
+        self.mesh.configure("web1", vpn_ip="10.99.7.7", vpn_subnet="10.99.0.0/16", nat_port=40000, nat_type="easy")
+        self.launching_runner()
+        other = Mesh(self)
+        other.config_dir = self.mesh.config_dir
+        self.mesh.url = other.url  # the daemon talks to the new server
+        result = await ops.up(self.mesh.context(), server=other.url)
+        self.assertEqual(result["server"], other.url)
+        self.assertNotEqual(result["vpn_ip"], "10.99.7.7")
+        self.assertEqual(load_config(self.mesh.config_dir).node_id, body_for("web1")["node_id"], "the identity stays")
+
+    async def test_launch_failure_quotes_twistd(self):
+        self.mesh.runner.expect(launcher.node_argv(self.mesh.config_dir, foreground=False), rc=1, stderr=b"wire-node: no node configured\n")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.up(self.mesh.context(), server=self.mesh.url, name="web1")
+        self.assertEqual(str(caught.exception), "the node daemon did not start: wire-node: no node configured")
+
+    async def test_daemon_that_dies_at_once_shows_its_log(self):
+        self.mesh.runner.expect(launcher.node_argv(self.mesh.config_dir, foreground=False))
+        with open(os.path.join(self.mesh.config_dir, launcher.LOGFILE), "w") as f:
+            f.write("line 1\nKeyFileError: /x/private.key is not a WireGuard private key\n")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.up(self.mesh.context(), server=self.mesh.url, name="web1", wait=20)
+        message = str(caught.exception)
+        self.assertIn("the node did not register within 20s; the daemon is not running", message)
+        self.assertIn("KeyFileError: /x/private.key", message)
+
+    async def test_not_root(self):
+        self.mesh.root = False
+        await self.assert_refused("wire up changes network interfaces and must run as root", server=self.mesh.url)
+
+    async def test_first_up_needs_a_server(self):
+        await self.assert_refused("the first 'wire up' needs the server")
+
+    async def test_bad_values_name_their_flags(self):
+        await self.assert_refused("--port: 0 is not a UDP port", server=self.mesh.url, port=0)
+        await self.assert_refused("--name: 'web 1' is not a DNS label", server=self.mesh.url, name="web 1")
+        await self.assert_refused("--server: 'web1' is not an http:// or https:// URL", server="web1")
+        await self.assert_refused("--interface: 'a/b' is not an interface name", server=self.mesh.url, interface="a/b")
+        await self.assert_refused("--wait must be a positive number of seconds", server=self.mesh.url, wait=0)
+        self.assertIsNone(load_config(self.mesh.config_dir), "nothing saved")
+
+    async def test_missing_wireguard(self):
+        self.mesh.tools = [NO_TOOLS]
+        await self.assert_refused(
+            "missing wg, wireguard-go; install them with: apt-get install -y wireguard-go wireguard-tools (or run: wire install --yes)",
+            server=self.mesh.url,
+        )
+        self.assertIsNone(load_config(self.mesh.config_dir), "nothing saved")
+
+
+class DownTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        self.config = self.mesh.configure("web1")
+
+    def expect_link_delete(self, rc: int = 1, stderr: bytes = NO_DEVICE):
+        self.mesh.runner.expect(["ip", "link", "delete", "dev", "wire0"], rc=rc, stderr=stderr)
+        self.addCleanup(self.mesh.runner.assert_all_called)
+
+    async def test_running_daemon_leaves_and_exits(self):
+        daemon = await self.mesh.start_daemon()
+        self.expect_link_delete()
+        result = await ops.down(self.mesh.context())
+        self.assertEqual(result, {"ok": True, "node_name": "web1", "interface": "wire0", "interface_removed": True, "server_told": True})
+        self.assertFalse(self.mesh.coordinator.registry.is_online(self.config.node_id))
+        self.assertTrue(self.mesh.wireguard.is_down)
+        await eventually(lambda: not daemon.running)
+
+    async def test_without_a_daemon_the_server_is_told_directly(self):
+        _, public_key = load_or_create_keys(self.mesh.config_dir)
+        await self.mesh.register("web1", wg_public_key=public_key)
+        self.expect_link_delete()
+        result = await ops.down(self.mesh.context())
+        self.assertEqual((result["server_told"], result["interface_removed"]), (True, True))
+        self.assertFalse(self.mesh.coordinator.registry.is_online(self.config.node_id))
+
+    async def test_without_a_daemon_or_server(self):
+        load_or_create_keys(self.mesh.config_dir)
+        await self.mesh.stop_server()
+        self.expect_link_delete(rc=0, stderr=b"")
+        result = await ops.down(self.mesh.context())
+        self.assertEqual((result["ok"], result["server_told"]), (True, False))
+
+    async def test_interface_that_cannot_be_removed(self):
+        self.expect_link_delete(rc=2, stderr=b"RTNETLINK answers: Operation not permitted\n")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.down(self.mesh.context())
+        self.assertIn("could not remove interface wire0", str(caught.exception))
+        self.assertIn("Operation not permitted", str(caught.exception))
+
+    async def test_not_root(self):
+        self.mesh.root = False
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.down(self.mesh.context())
+        self.assertIn("wire down changes network interfaces and must run as root", str(caught.exception))
+        self.assertEqual(self.mesh.runner.calls, [])
+
+
+class InstallTests(unittest.TestCase):
+    def setUp(self):
+        self.runner = FakeProcessRunner()
+        self.root = True
+        self.tools = [OK_TOOLS]
+
+    def context(self) -> ops.Context:
+        return ops.Context(reactor, "/nonexistent", runner=self.runner, is_root=lambda: self.root, check_install=lambda: self.tools.pop(0))
+
+    def test_check_only(self):
+        self.tools = [NO_TOOLS]
+        result = ops.install(self.context())
+        self.assertEqual((result["ok"], result["missing"]), (False, ["wg", "wireguard-go"]))
+        self.assertEqual(result["install_command"], "apt-get install -y wireguard-go wireguard-tools")
+
+    async def test_nothing_missing_runs_nothing(self):
+        result = await ops.install_now(self.context())
+        self.assertEqual((result["ok"], result["installed"]), (True, []))
+        self.assertEqual(self.runner.calls, [])
+
+    async def test_runs_the_package_manager(self):
+        self.tools = [NO_TOOLS, OK_TOOLS]
+        self.runner.expect(list(NO_TOOLS.command))
+        result = await ops.install_now(self.context())
+        self.runner.assert_all_called()
+        self.assertEqual((result["ok"], result["installed"]), (True, ["wg", "wireguard-go"]))
+
+    async def test_package_manager_failure_is_quoted(self):
+        self.tools = [NO_TOOLS]
+        self.runner.expect(list(NO_TOOLS.command), rc=100, stderr=b"E: Unable to locate package wireguard-go\n")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.install_now(self.context())
+        self.assertEqual(
+            str(caught.exception),
+            "apt-get install -y wireguard-go wireguard-tools failed (exit 100): E: Unable to locate package wireguard-go",
+        )
+
+    async def test_needs_root_except_on_macos(self):
+        self.root = False
+        self.tools = [NO_TOOLS]
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.install_now(self.context())
+        self.assertIn("must run as root", str(caught.exception))
+        mac = InstallCheck("macos", None, None, False, ("wg", "wireguard-go"), ("brew", "install", "wireguard-go", "wireguard-tools"))
+        self.tools = [mac, OK_TOOLS]
+        self.runner.expect(["brew", "install", "wireguard-go", "wireguard-tools"])
+        await ops.install_now(self.context())
+        self.runner.assert_all_called()
+
+    async def test_unknown_platform(self):
+        self.tools = [InstallCheck("unknown", None, "/usr/bin/wireguard-go", False, ("wg",), ())]
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.install_now(self.context())
+        self.assertIn("cannot install wg on this platform (unknown)", str(caught.exception))
+
+
+class DiagnoseTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+
+    def checks(self, result: dict) -> dict:
+        return {c["check"]: c for c in result["checks"]}
+
+    async def test_healthy_node(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1")
+        await self.mesh.start_daemon(peers=1)
+        result = await ops.diagnose(self.mesh.context())
+        self.assertEqual([(c["check"], c["ok"]) for c in result["checks"]], [
+            ("wireguard", True), ("config", True), ("daemon", True), ("interface", True),
+            ("server", True), ("registered", True), ("peers synced", True), ("handshakes", True),
+        ])
+        self.assertTrue(result["ok"])
+        self.assertEqual(self.checks(result)["peers synced"]["detail"], "1 of 1 peers configured")
+
+    async def test_nothing_set_up(self):
+        self.mesh.tools = [NO_TOOLS]
+        result = await ops.diagnose(self.mesh.context())
+        checks = self.checks(result)
+        self.assertFalse(result["ok"])
+        self.assertEqual(list(checks), ["wireguard", "config"])
+        self.assertEqual(checks["wireguard"]["suggestion"], "install: apt-get install -y wireguard-go wireguard-tools")
+        self.assertEqual(checks["config"]["suggestion"], "run: wire up --server URL --name NAME")
+
+    async def test_server_down_and_no_daemon(self):
+        self.mesh.configure("web1")
+        await self.mesh.stop_server()
+        result = await ops.diagnose(self.mesh.context())
+        checks = self.checks(result)
+        self.assertEqual(list(checks), ["wireguard", "config", "daemon", "server"])
+        self.assertFalse(checks["daemon"]["ok"])
+        self.assertIn("is unreachable", checks["server"]["detail"])
+        self.assertIn("UDP port+1, port+2", checks["server"]["suggestion"])
+
+    async def test_silent_peer_points_to_explain(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1")
+        await self.mesh.start_daemon(SilentWireGuard(clock=reactor), peers=1)
+        checks = self.checks(await ops.diagnose(self.mesh.context()))
+        self.assertFalse(checks["handshakes"]["ok"])
+        self.assertIn("none with db1", checks["handshakes"]["detail"])
+        self.assertEqual(checks["handshakes"]["suggestion"], "see why: wire explain db1")
+
+
+class WatchdogTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        self.mesh.configure("web1")
+
+    async def test_no_daemon(self):
+        result = await ops.watchdog(self.mesh.context())
+        self.assertEqual((result["ok"], result["daemon_running"]), (False, False))
+        self.assertEqual(result["problems"], ["the node daemon is not running (sudo wire up)"])
+
+    async def test_healthy(self):
+        await self.mesh.register("db1")
+        await self.mesh.start_daemon(peers=1)
+        result = await ops.watchdog(self.mesh.context())
+        self.assertEqual((result["ok"], result["server_reachable"], result["problems"]), (True, True, []))
+        self.assertEqual([(p["node_name"], p["stale"], p["path"]) for p in result["peers"]], [("db1", False, "direct")])
+
+    async def test_stale_peer_and_lost_server(self):
+        await self.mesh.register("db1")
+        daemon = await self.mesh.start_daemon(SilentWireGuard(clock=reactor), peers=1)
+        await self.mesh.stop_server()
+        await eventually(lambda: not daemon.contact.reachable)
+        result = await ops.watchdog(self.mesh.context())
+        self.assertFalse(result["ok"])
+        self.assertEqual(result["peers"][0]["stale"], True)
+        self.assertIn("db1: trying direct: via 127.0.0.1:51820 (no handshake yet)", result["problems"])
+        self.assertTrue(any(p.startswith("coordination server unreachable") for p in result["problems"]))
+
+
+class NetcheckTests(unittest.TestCase):
+    timeout = 30
+
+    async def test_udp_and_http_answer(self):
+        mesh = Mesh(self, stun=True)
+        mesh.configure("web1")
+        result = await ops.netcheck(mesh.context())
+        port = int(mesh.url.rsplit(":", 1)[1])
+        self.assertTrue(result["ok"], result["problems"])
+        self.assertEqual((result["http"]["reachable"], result["udp"]["reachable"]), (True, True))
+        self.assertEqual([(p["port"], p["answered"]) for p in result["udp"]["ports"]], [(port + 1, True), (port + 2, True)])
+        # Seen as our own address, same port: no NAT.
+        self.assertEqual((result["nat_type"], result["local_ips"]), ("none", ["127.0.0.1"]))
+        ip, mapped_port = result["mapped"].rsplit(":", 1)
+        self.assertEqual(ip, "127.0.0.1")
+        self.assertNotEqual(int(mapped_port), 51820, "never the WireGuard port")
+        self.assertGreaterEqual(result["udp"]["rtt_ms"], 0)
+        self.assertGreaterEqual(result["http"]["rtt_ms"], 0)
+        self.assertIn("no NAT", result["nat_meaning"])
+
+    async def test_udp_blocked(self):
+        mesh = Mesh(self)
+        result = await ops.netcheck(mesh.context(), server=mesh.url, timeout=0.05, attempts=2)
+        self.assertFalse(result["ok"])
+        self.assertEqual((result["http"]["reachable"], result["udp"]["reachable"]), (True, False))
+        self.assertEqual((result["nat_type"], result["mapped"]), ("unknown", None))
+        (problem,) = result["problems"]
+        self.assertIn("UDP is blocked on this network", problem)
+        self.assertIn("no STUN answer", result["udp"]["error"])
+
+    async def test_server_down(self):
+        mesh = Mesh(self)
+        await mesh.stop_server()
+        result = await ops.netcheck(mesh.context(), server=mesh.url, timeout=0.05, attempts=1)
+        self.assertEqual((result["ok"], result["http"]["reachable"], len(result["problems"])), (False, False, 2))
+        self.assertIn("HTTP API does not answer", result["problems"][0])
+
+
+class ExplainTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        self.mesh.configure("web1")
+
+    async def test_same_public_ip_uses_the_lan_address(self):
+        db1 = await self.mesh.register("db1", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        for target in ("db1", db1["vpn_ip"]):
+            result = await ops.explain(self.mesh.context(), target)
+            self.assertEqual((result["ok"], result["path"], result["peer"]), (True, "direct", "db1"))
+            self.assertEqual((result["endpoint"], result["endpoint_kind"]), ("10.1.1.1:51820", "lan"))
+            self.assertIn("has the same public IP as this node (127.0.0.1)", result["reasons"][0])
+            self.assertRegex(result["reasons"][-1], r"^handshake \d+s ago: the tunnel is up$")
+            self.assertEqual(result["nat"], {"this_node": "easy", "peer": "unknown"})
+            self.assertEqual(result["suggestions"], [])
+
+    async def test_other_public_ip_uses_the_mapped_endpoint(self):
+        await self.mesh.register("db1", public_ip="203.0.113.9", nat_port=40001, nat_type="easy", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        result = await ops.explain(self.mesh.context(), "db1")
+        self.assertEqual((result["endpoint"], result["endpoint_kind"], result["path"]), ("203.0.113.9:40001", "public", "direct"))
+        self.assertIn("NAT-mapped endpoint, learned by STUN", result["reasons"][0])
+        self.assertEqual(result["nat"], {"this_node": "easy", "peer": "easy"})
+
+    async def test_no_handshake_yet_while_trying_direct(self):
+        await self.mesh.register("db1", public_ip="203.0.113.9", nat_port=40001, nat_type="easy")
+        await self.mesh.start_daemon(SilentWireGuard(clock=reactor), peers=1)
+        result = await ops.explain(self.mesh.context(), "db1")
+        self.assertEqual((result["ok"], result["path"], result["handshake_age"]), (False, "connecting", None))
+        self.assertEqual(result["endpoint"], "203.0.113.9:40001")
+        self.assertIn("no handshake on the direct path yet: the daemon tries it for 15s, then relays", result["reasons"])
+        self.assertEqual(result["suggestions"], ["ask again in 15s: wire explain db1"])
+
+    async def test_hard_nat_goes_through_the_relay(self):
+        await self.mesh.register("db1", public_ip="203.0.113.9", nat_port=40001, nat_type="hard")
+        await self.mesh.start_daemon(peers=1)
+        result = await ops.explain(self.mesh.context(), "db1")
+        self.assertEqual((result["ok"], result["path"], result["endpoint_kind"]), (True, "relay", "relay"))
+        self.assertIn("goes through the relay on the coordination server (hard NAT on db1)", result["reasons"][0])
+        self.assertIn("hard (symmetric) NAT on db1", result["reasons"][1])
+        self.assertEqual(result["nat"], {"this_node": "easy", "peer": "hard"})
+
+    async def test_without_a_daemon(self):
+        await self.mesh.register("db1")
+        result = await ops.explain(self.mesh.context(), "db1")
+        self.assertEqual((result["path"], result["suggestions"]), ("none", ["start it: sudo wire up"]))
+        self.assertIn("the node daemon is not running here", result["reasons"])
+
+    async def test_server_unreachable_uses_the_daemon_netmap(self):
+        await self.mesh.register("db1", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        await self.mesh.stop_server()
+        result = await ops.explain(self.mesh.context(), "db1")
+        self.assertEqual((result["path"], result["endpoint"]), ("direct", "10.1.1.1:51820"))
+        self.assertIn("the server is unreachable", result["reasons"][0])
+
+    async def test_unknown_peer_and_this_node(self):
+        await self.mesh.register("web1")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.explain(self.mesh.context(), "ghost")
+        self.assertEqual(str(caught.exception), "no node ghost in the mesh (see: wire status)")
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.explain(self.mesh.context(), "web1")
+        self.assertEqual(str(caught.exception), "web1 is this node")
+
+
+class ExplainPathTests(unittest.TestCase):
+    """The reasoning alone, for each situation a mesh can be in."""
+
+    ME = {"node_name": "web1", "public_ip": "198.51.100.1", "nat_type": "easy"}
+    LOCAL = {"interface": {"name": "wire0", "up": True}}
+    SHIM = "127.0.0.1:40123"
+
+    def record(self, **fields) -> dict:
+        view = {**body_for("db1"), "vpn_ip": "10.99.0.2", "public_ip": "203.0.113.9", "nat_port": 40001, "lan_ip": "", "nat_type": "easy", "status": "online", "last_seen_ago": 3}
+        view.update(fields)
+        return view
+
+    def wg(self, **fields) -> dict:
+        """The peer in the daemon's status: by default a direct path gone quiet."""
+        peer = {"node_name": "db1", "vpn_ip": "10.99.0.2", "online": True, "endpoint": "203.0.113.9:40001", "handshake_age": 500.0, "path": "direct", "reason": "direct: via 203.0.113.9:40001"}
+        peer.update(fields)
+        return peer
+
+    def explain(self, record=None, wg=None, local=LOCAL, me=ME) -> dict:
+        return ops.explain_path(me, record if record is not None else self.record(), wg, local)
+
+    def test_direct_and_up(self):
+        result = self.explain(wg=self.wg(handshake_age=4.0))
+        self.assertEqual((result["ok"], result["path"], result["endpoint_kind"]), (True, "direct", "public"))
+        self.assertEqual(result["reasons"], [
+            "db1 is at 203.0.113.9, this node at 198.51.100.1: WireGuard uses its public NAT-mapped endpoint, learned by STUN, 203.0.113.9:40001",
+            "handshake 4s ago: the tunnel is up",
+        ])
+
+    def test_stale_direct_path_behind_nat(self):
+        result = self.explain(wg=self.wg())
+        self.assertEqual((result["ok"], result["path"]), (False, "direct"))
+        self.assertIn("last handshake 500s ago: the path worked, then stopped", result["reasons"])
+        self.assertIn("db1 is behind NAT", result["reasons"][-1])
+        self.assertEqual(result["suggestions"], ["check neither network blocks UDP: wire netcheck (on both nodes)"])
+
+    def test_public_peer_behind_a_firewall(self):
+        result = self.explain(self.record(nat_type="none"), self.wg())
+        self.assertIn("its own address (it has no NAT)", result["reasons"][0])
+        self.assertIn("a firewall on db1", result["reasons"][-1])
+        self.assertEqual(result["suggestions"], ["allow UDP port 40001 in on db1"])
+
+    def test_lan_peer_behind_a_firewall(self):
+        me = {**self.ME, "public_ip": "203.0.113.9"}
+        result = self.explain(self.record(lan_ip="10.1.1.1", port=51820), self.wg(endpoint="10.1.1.1:51820"), me=me)
+        self.assertEqual(result["endpoint_kind"], "lan")
+        self.assertIn("has the same public IP as this node (203.0.113.9)", result["reasons"][0])
+        self.assertIn("LAN address 10.1.1.1:51820 gets no answer", result["reasons"][-1])
+
+    def test_connecting(self):
+        result = self.explain(wg=self.wg(path="connecting", handshake_age=None))
+        self.assertEqual(result["path"], "connecting")
+        self.assertIn("the daemon tries it for 15s, then relays", result["reasons"][-1])
+
+    def test_relay_for_hard_nat(self):
+        wg = self.wg(path="relay", reason="relay: hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0)
+        result = self.explain(self.record(nat_type="hard"), wg)
+        self.assertEqual((result["ok"], result["path"], result["endpoint"], result["endpoint_kind"]), (True, "relay", self.SHIM, "relay"))
+        self.assertEqual(result["reasons"][0], f"traffic to db1 goes through the relay on the coordination server (hard NAT on db1); WireGuard sends it to the local relay shim {self.SHIM}")
+        self.assertIn("hard (symmetric) NAT on db1:", result["reasons"][1])
+        self.assertEqual(result["reasons"][2], "handshake 2s ago: the tunnel is up")
+        self.assertIn("forward the WireGuard UDP port", result["suggestions"][0])
+
+    def test_relay_after_direct_failed(self):
+        wg = self.wg(path="relay", reason="relay: no direct handshake within 15s", endpoint=self.SHIM, handshake_age=2.0)
+        result = self.explain(self.record(nat_type="none"), wg)
+        self.assertIn("(no direct handshake within 15s)", result["reasons"][0])
+        self.assertEqual(result["reasons"][1], "the direct path got no handshake: UDP to 203.0.113.9:40001 gets no answer: a firewall on db1 or in front of it drops it")
+        self.assertEqual(result["suggestions"], ["for a direct path: allow UDP port 40001 in on db1"])
+
+    def test_relay_without_handshake(self):
+        wg = self.wg(path="relay", reason="relay: hard NAT on this node", endpoint=self.SHIM, handshake_age=None)
+        result = self.explain(wg=wg, me={**self.ME, "nat_type": "hard"})
+        self.assertFalse(result["ok"])
+        self.assertIn("no handshake through the relay either", result["reasons"][-1])
+        self.assertIn("see what the network lets through: wire netcheck (on both nodes)", result["suggestions"])
+
+    def test_offline_peer(self):
+        result = self.explain(self.record(status="offline", last_seen_ago=900), self.wg(online=False))
+        self.assertEqual(result["peer_online"], False)
+        self.assertIn("db1 is offline at the server (last seen 900s ago)", result["reasons"])
+        self.assertEqual(result["suggestions"], ["start db1: sudo wire up (on db1)"])
+
+    def test_not_configured_yet(self):
+        result = self.explain(self.record(), None)
+        self.assertEqual(result["path"], "none")
+        self.assertIn("db1 is not configured in WireGuard yet", result["reasons"])
+        self.assertEqual(result["endpoint"], "203.0.113.9:40001", "the endpoint the daemon will use")
+
+    def test_daemon_not_running(self):
+        result = self.explain(self.record(), None, local=None)
+        self.assertEqual((result["path"], result["suggestions"]), ("none", ["start it: sudo wire up"]))
+
+    def test_interface_down(self):
+        result = self.explain(self.record(), self.wg(), local={"interface": {"name": "wire0", "up": False, "error": "wg failed"}})
+        self.assertIn("interface wire0 is not up: wg failed", result["reasons"])
+
+    def test_unknown_nat_suggests_netcheck(self):
+        result = self.explain(self.record(nat_type="unknown"), self.wg())
+        self.assertIn("NAT type unknown on db1 (its STUN probe got no answer)", result["reasons"])
+        self.assertIn("see what the network lets through: wire netcheck", result["suggestions"])
+
+    def test_roamed_endpoint(self):
+        result = self.explain(self.record(), self.wg(endpoint="203.0.113.9:40999", handshake_age=4.0))
+        self.assertEqual((result["ok"], result["endpoint"]), (True, "203.0.113.9:40999"))
+        self.assertIn("WireGuard now sends to 203.0.113.9:40999", result["reasons"][1])
+
+    def test_no_public_address(self):
+        result = self.explain(self.record(public_ip=""), self.wg(endpoint=None, handshake_age=None))
+        self.assertEqual((result["endpoint"], result["endpoint_kind"]), (None, "none"))
+        self.assertIn("the server knows no public address for db1", result["reasons"][0])
+        self.assertIn("neither side knows where db1 is", result["reasons"])
+
+    def test_server_unreachable(self):
+        result = ops.explain_path(self.ME, None, self.wg(handshake_age=1.0), self.LOCAL, "http://h:1 is unreachable")
+        self.assertEqual(result["reasons"][0], "the server is unreachable (http://h:1 is unreachable): only the daemon's last netmap is known")
+        self.assertEqual((result["endpoint"], result["endpoint_kind"]), ("203.0.113.9:40001", "unknown"))
+
+    def test_result_shape(self):
+        result = self.explain(wg=self.wg(handshake_age=1.0))
+        self.assertEqual(set(result), {"ok", "peer", "vpn_ip", "path", "endpoint", "endpoint_kind", "handshake_age", "peer_online", "nat", "reasons", "suggestions"})
