@@ -463,7 +463,7 @@ class UpTests(unittest.TestCase):
         await self.assert_refused("wire up changes network interfaces and must run as root", server=self.mesh.url)
 
     async def test_first_up_needs_a_server(self):
-        await self.assert_refused("the first 'wire up' needs the server")
+        await self.assert_refused("the first 'wire up' needs a join token")
 
     async def test_bad_values_name_their_flags(self):
         await self.assert_refused("--port: 0 is not a UDP port", server=self.mesh.url, port=0)

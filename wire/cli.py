@@ -18,6 +18,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
 from wire import __version__, ops
+from wire.admin_ops import AdminError, AdminOps, default_data_dir
 from wire.node.config import default_config_dir
 
 
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-dir", help="node config directory [$WIRE_CONFIG_DIR, /etc/wire as root, else ~/.wire]")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    up = commands.add_parser("up", help="join the mesh (first time: --server and --name)")
-    up.add_argument("--server", "-s", help="coordination server URL, e.g. http://HOST:8787")
+    up = commands.add_parser("up", help="join the mesh (first time: --join TOKEN, or --server URL for an open server)")
+    up.add_argument("--join", "-j", metavar="TOKEN", help="a join token from 'wire admin keys create' on the server")
+    up.add_argument("--server", "-s", help="an open (seed-compatible) server's URL, e.g. http://HOST:8787")
     up.add_argument("--name", "-n", help="this node's name (default: hostname)")
     up.add_argument("--port", "-p", type=int, help="WireGuard listen port (default 51820)")
     up.add_argument("--interface", help="WireGuard interface name (default wire0)")
@@ -68,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="why this node reaches a peer the way it does (or does not)")
     explain.add_argument("peer", help="the peer's name or VPN IP")
     explain.add_argument("--json", action="store_true")
+
+    admin = commands.add_parser("admin", help="administer a coordination server on this machine (root)")
+    admin.add_argument("--data-dir", help="the server's data dir [$WIRE_DATA_DIR or /var/lib/wire]")
+    topics = admin.add_subparsers(dest="topic", metavar="TOPIC", required=True)
+    keys = topics.add_parser("keys", help="join keys").add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = keys.add_parser("create", help="a new join key; prints the join command")
+    create.add_argument("--reusable", action="store_true", help="any number of nodes may join with it (default: one)")
+    create.add_argument("--expires", metavar="DURATION", help="e.g. 30m, 24h, 7d (default: never)")
+    create.add_argument("--note", default="", help="what it is for")
+    create.add_argument("--url", help="the server URL to put in the token [the server's --public-url]")
+    create.add_argument("--json", action="store_true")
+    keys.add_parser("list", help="join keys (never their secrets)").add_argument("--json", action="store_true")
+    revoke = keys.add_parser("revoke", help="no node may join with it any more")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--json", action="store_true")
+    nodes = topics.add_parser("nodes", help="enrolled nodes").add_subparsers(dest="action", metavar="ACTION", required=True)
+    nodes.add_parser("list", help="every node").add_argument("--json", action="store_true")
+    remove = nodes.add_parser("remove", help="out of every peer's WireGuard at once; its credential stops working")
+    remove.add_argument("node", help="name, node id or VPN IP")
+    remove.add_argument("--json", action="store_true")
+    rename = nodes.add_parser("rename", help="give a node another name")
+    rename.add_argument("node")
+    rename.add_argument("new_name")
+    rename.add_argument("--json", action="store_true")
+    topics.add_parser("audit", help="enrollments, removals and key operations").add_argument("--json", action="store_true")
 
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")
     demo.add_argument("--keep", action="store_true", help="leave the mesh running")
@@ -232,6 +259,54 @@ def format_explain(result: dict, style: Style) -> str:
     return "\n".join(lines)
 
 
+def format_admin(result: dict, style: Style) -> str:
+    if "join_command" in result:
+        key = result["key"]
+        kind = "reusable" if key["reusable"] else "one-time"
+        return f"join key {key['key_id']} ({kind}); on the new machine run:\n\n  {result['join_command']}\n"
+    if "keys" in result:
+        lines = [f"  {k['key_id']}  {'usable ' if k['usable'] else 'spent  '}  uses {k['uses']:<4} {'reusable' if k['reusable'] else 'one-time'}  {k['note']}" for k in result["keys"]]
+        return "\n".join(lines) or "no join keys"
+    if "key" in result:
+        return f"join key {result['key']['key_id']} revoked"
+    if "nodes" in result:
+        return format_status({**result, "server": "(admin)"}, style)
+    if "removed" in result:
+        return f"removed {result['removed']} ({result['vpn_ip']}); its credential no longer works"
+    if "old_name" in result:
+        return f"renamed {result['old_name']} to {result['node_name']}"
+    if "events" in result:
+        import datetime
+
+        return "\n".join(
+            f"  {datetime.datetime.fromtimestamp(e['at']).isoformat(timespec='seconds')}  {e['event']:<12} {e['detail']}"
+            for e in reversed(result["events"])
+        ) or "no events"
+    return json.dumps(result, indent=2)
+
+
+async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> dict:
+    admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
+    try:
+        if args.topic == "keys" and args.action == "create":
+            return await admin.create_key(args.reusable, args.expires, args.note, args.url)
+        if args.topic == "keys" and args.action == "list":
+            return await admin.keys()
+        if args.topic == "keys" and args.action == "revoke":
+            return await admin.revoke_key(args.key_id)
+        if args.topic == "nodes" and args.action == "list":
+            return await admin.nodes()
+        if args.topic == "nodes" and args.action == "remove":
+            return await admin.remove_node(args.node)
+        if args.topic == "nodes" and args.action == "rename":
+            return await admin.rename_node(args.node, args.new_name)
+        if args.topic == "audit":
+            return await admin.audit()
+    except AdminError as e:
+        raise ops.OpError(str(e))
+    raise AssertionError((args.topic, args.action))
+
+
 def format_demo(result: dict, style: Style) -> str:
     if "cleaned" in result:
         return f"removed the demo mesh {result['cleaned']}"
@@ -245,7 +320,12 @@ Formatter = Callable[[dict, Style], str]
 
 async def dispatch(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     if args.command == "up":
-        return await ops.up(ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait), format_up
+        return (
+            await ops.up(ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=args.join),
+            format_up,
+        )
+    if args.command == "admin":
+        return await dispatch_admin(ctx, args), format_admin
     if args.command == "down":
         return await ops.down(ctx), format_down
     if args.command == "status":

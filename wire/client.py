@@ -26,6 +26,14 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 class ServerUnreachable(Exception):
     """No answer from the server (refused, timed out, name not found)."""
 
+    tls_refused = False
+
+
+class TLSRefused(ServerUnreachable):
+    """The server's certificate is not the one we trust: we did not talk."""
+
+    tls_refused = True
+
 
 class ServerError(Exception):
     """The server answered with an error; ``str()`` is its message."""
@@ -83,6 +91,8 @@ class JsonHttp:
             RequestTransmissionFailed,
             ConnectingCancelledError,
         ) as e:
+            if _tls_refused(e):
+                raise TLSRefused(f"{self.server_url}: {TLS_REFUSED}")
             raise ServerUnreachable(f"{self.server_url} is unreachable: {_reason(e)}")
         except CancelledError:
             raise ServerUnreachable(f"{self.server_url} did not answer within {timeout:.0f}s")
@@ -183,13 +193,20 @@ class AdminClient(JsonHttp):
         return await self._request("GET", "/audit")
 
 
+TLS_REFUSED = (
+    "TLS refused: the server's certificate is not the one this node trusts "
+    "(the fingerprint in its join token, or a CA-signed one for the URL's host), so nothing was sent"
+)
+
+
+def _tls_refused(error: Exception) -> bool:
+    return isinstance(error, (ResponseFailed, RequestTransmissionFailed)) and any(
+        r.check(SSL.Error) for r in error.reasons
+    )
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
-        if any(r.check(SSL.Error) for r in error.reasons):
-            return (
-                "TLS refused: the server's certificate is not the one this node trusts "
-                "(the fingerprint in the join token), so nothing was sent"
-            )
         reasons = [r.getErrorMessage() for r in error.reasons]
         return "; ".join(reasons) or "connection lost"
     return str(error) or error.__class__.__name__

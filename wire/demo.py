@@ -21,6 +21,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from wire.admin_ops import AdminOps
 from wire.lab import Lab
 from wire.runner import IProcessRunner, IRunningProcess, ProcessResult
 from wire.twistd import twistd_argv, wire_environment
@@ -28,6 +29,11 @@ from wire.twistd import twistd_argv, wire_environment
 log = Logger()
 
 SERVER_PORT = 8787
+# Only "is it answering": the certificate is checked by the nodes, not here.
+HEALTH_PROBE = (
+    "import ssl, sys, urllib.request; "
+    "urllib.request.urlopen(sys.argv[1], timeout=1, context=ssl._create_unverified_context())"
+)
 
 
 class DemoError(Exception):
@@ -50,9 +56,13 @@ class MeshNode:
 class MeshLab:
     """A lab with a running wire server and nodes that joined through ``wire up``."""
 
-    def __init__(self, reactor, runner: IProcessRunner):
+    def __init__(self, reactor, runner: IProcessRunner, open_server: bool = False):
         self.reactor = reactor
         self.runner = runner
+        # By default the server authenticates (nodes join with a token);
+        # open_server runs it the seed's way (--open, plain HTTP).
+        self.open_server = open_server
+        self.join_token = ""
         self.lab = Lab(runner)
         self.nodes: dict[str, MeshNode] = {}
         self.server: IRunningProcess | None = None
@@ -61,7 +71,8 @@ class MeshLab:
 
     @property
     def server_url(self) -> str:
-        return f"http://{self.lab.hosts['server'].address}:{SERVER_PORT}"
+        scheme = "http" if self.open_server else "https"
+        return f"{scheme}://{self.lab.hosts['server'].address}:{SERVER_PORT}"
 
     @property
     def server_data_dir(self) -> str:
@@ -70,23 +81,28 @@ class MeshLab:
     async def setup(self) -> None:
         await self.lab.setup()
         await self.start_server()
+        if not self.open_server:
+            created = await AdminOps(self.reactor, self.server_data_dir).create_key(reusable=True, note="lab")
+            self.join_token = created["token"]
 
     async def start_server(self) -> None:
         argv = twistd_argv() + [
             "-n",
             "--pidfile=",
             "wire-server",
-            "--open",
             f"--port={SERVER_PORT}",
             f"--data-dir={self.server_data_dir}",
+            f"--public-url={self.server_url}",
         ]
+        if self.open_server:
+            argv.append("--open")
         self.server = self.lab.start(
             "server", argv, env=wire_environment(), log_prefix=f"wire-server#{next(self._server_restarts)}"
         )
         await self.wait_for_server()
 
     async def wait_for_server(self, timeout: float = 20.0) -> None:
-        probe = [sys.executable, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)", self.server_url + "/health"]
+        probe = [sys.executable, "-c", HEALTH_PROBE, self.server_url + "/health"]
         for _ in range(int(timeout / 0.2)):
             if self.server is not None and not self.server.running:
                 raise DemoError("the wire server exited:\n" + "\n".join(self.server.tail))
@@ -119,9 +135,8 @@ class MeshLab:
         node = self.nodes.setdefault(
             name, MeshNode(name, os.path.join(self._workdir, name), host.wireguard_interface)
         )
-        result = await self.cli(
-            name, "up", "--server", self.server_url, "--name", name, "--interface", node.interface, "--json", timeout=timeout
-        )
+        joining = ["--server", self.server_url] if self.open_server else ["--join", self.join_token]
+        result = await self.cli(name, "up", *joining, "--name", name, "--interface", node.interface, "--json", timeout=timeout)
         answer = _json_answer(result, f"wire up on {name}")
         node.vpn_ip = answer["vpn_ip"]
         return answer

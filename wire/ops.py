@@ -20,8 +20,10 @@ from twisted.internet.task import deferLater
 
 from wire.client import ControlClient, CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.install import InstallCheck, check_install
+from wire.jointoken import JoinToken, JoinTokenError, decode_join_token
 from wire.keys import PUBLIC_KEY_FILE
 from wire.node import launcher
+from wire.node.enroll import EnrollError, coordination_client, enroll, forget_credential
 from wire.node.config import (
     ConfigError,
     NodeConfig,
@@ -75,6 +77,14 @@ class Context:
         return config
 
     def coordination(self, server_url: str) -> CoordinationClient:
+        """A client for ``server_url``: as this node (pinned TLS, its
+        credential) when that is the server it joined, else anonymous."""
+        try:
+            config = load_config(self.config_dir)
+        except ConfigError:
+            config = None
+        if config is not None and config.server_url == server_url.rstrip("/"):
+            return coordination_client(self.reactor, config, self.config_dir, persistent=False)
         return CoordinationClient(make_http_client(self.reactor, persistent=False), server_url)
 
     def control(self) -> ControlClient:
@@ -128,30 +138,44 @@ async def up(
     port: int | None = None,
     interface: str | None = None,
     wait: float = 30.0,
+    join: str | None = None,
 ) -> dict:
-    """Join the mesh (or start again with the saved config) and wait until registered."""
+    """Join the mesh (or start again with the saved config) and wait until registered.
+
+    ``join`` is a join token (from ``wire admin keys create``): the node
+    enrolls with the server it names, pinning its certificate. ``server``
+    alone is for open (seed-compatible) servers.
+    """
     _require_root(ctx, "wire up")
     if wait <= 0:
         raise OpError(f"--wait must be a positive number of seconds, not {wait:g}")
+    if join and server:
+        raise OpError("give --join TOKEN or --server URL, not both (the token names its server)")
     saved = ctx.config(required=False)
-    if saved is None and not server:
-        raise OpError("the first 'wire up' needs the server: wire up --server http://HOST:8787 --name NAME")
+    if saved is None and not server and not join:
+        raise OpError(
+            "the first 'wire up' needs a join token (wire up --join TOKEN, from 'wire admin keys create' on the server) "
+            "or, for an open server, its URL (wire up --server http://HOST:8787)"
+        )
+    token = _join_token(join) if join else None
     try:
-        config = _merge_config(ctx.config_dir, saved, server, name, port, interface)
+        config = _merge_config(ctx.config_dir, saved, token.server_url if token else server, name, port, interface)
     except ProtocolError as e:
         raise OpError(f"{_FLAGS.get(e.field or '', e.field or 'value')}: {e.problem}")
     _require_wireguard(ctx)
+    if token is not None:
+        await _stop_running_daemon(ctx)
+        config = await _enroll(ctx, token, config)
+        saved = config
+    elif saved is not None and config.server_url != saved.server_url:
+        # Another server: this one's credential must never be sent there.
+        forget_credential(ctx.config_dir)
 
     running = await ctx.daemon_status()
-    if running is not None and config == saved:
+    if running is not None and config == saved and not join:
         return _up_summary(running, already=True)
-    if running is not None or launcher.daemon_pid(ctx.config_dir) is not None:
-        # New settings: restart the daemon with them.
-        await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
-        if await ctx.daemon_status() is not None:
-            raise OpError(
-                f"a node daemon that wire did not start is serving {ctx.config_dir} (no pidfile, no systemd unit); stop it, then run wire up again"
-            )
+    # New settings: restart the daemon with them.
+    await _stop_running_daemon(ctx)
     save_config(ctx.config_dir, config)
     try:
         how = await launcher.start_daemon(ctx.runner, ctx.config_dir)
@@ -163,6 +187,33 @@ async def up(
     if how != "systemd":
         summary["note"] = "systemd is not managing this node: it will not start again at boot"
     return summary
+
+
+async def _stop_running_daemon(ctx: Context) -> None:
+    if await ctx.daemon_status() is None and launcher.daemon_pid(ctx.config_dir) is None:
+        return
+    await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
+    if await ctx.daemon_status() is not None:
+        raise OpError(
+            f"a node daemon that wire did not start is serving {ctx.config_dir} (no pidfile, no systemd unit); stop it, then run wire up again"
+        )
+
+
+def _join_token(text: str) -> JoinToken:
+    try:
+        return decode_join_token(text)
+    except JoinTokenError as e:
+        raise OpError(f"--join: {e}")
+
+
+async def _enroll(ctx: Context, token: JoinToken, config: NodeConfig) -> NodeConfig:
+    """Enroll with the token's server; returns the config it saved."""
+    try:
+        return await enroll(ctx.reactor, ctx.config_dir, token, config.node_name, config.listen_port, config.interface)
+    except ServerError as e:
+        raise OpError(f"the server refused to enroll this node: {e.message}")
+    except (ServerUnreachable, EnrollError) as e:
+        raise OpError(f"cannot enroll: {e}")
 
 
 def _require_wireguard(ctx: Context) -> None:
@@ -178,7 +229,9 @@ def _merge_config(config_dir, saved, server, name, port, interface) -> NodeConfi
     changes: dict[str, Any] = {}
     if server and parse_server_url(server) != config.server_url:
         # A new server assigns its own address and learns our NAT afresh.
-        changes.update(server_url=parse_server_url(server), vpn_ip="", vpn_subnet="", nat_port=0, nat_type="")
+        changes.update(
+            server_url=parse_server_url(server), server_fingerprint="", vpn_ip="", vpn_subnet="", nat_port=0, nat_type=""
+        )
     if name:
         changes["node_name"] = parse_node_name(name)
     if port is not None:
@@ -195,6 +248,9 @@ async def _wait_until_registered(ctx: Context, wait: float, how: str) -> dict:
         status = await ctx.daemon_status()
         if status and status["server"]["registered"] and status["interface"]["up"]:
             return status
+        if status and status["server"].get("last_status") in (401, 403, 409, 495):
+            # Refused, not unreachable: waiting will not help.
+            raise OpError(f"the server refused this node: {status['server']['last_error']}")
         # twistd returns only once the daemon has started (pidfile written,
         # control socket open): neither answering now means it has died.
         # systemd restarts a dying daemon, so there we wait it out.

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
 from wire.node.daemon import NodeDaemon
-from wire.node.paths import HANDSHAKE_STALE as HANDSHAKE_FRESH  # noqa: F401 (ops uses it)
+from wire.node.paths import HANDSHAKE_STALE
 from wire.node.paths import PathChoice
 from wire.node.wireguard import PeerStatus
 from wire.web import JsonResource, JsonRoot, make_site
@@ -32,7 +32,7 @@ def describe_path(choice: PathChoice | None, status: PeerStatus | None, now: flo
     if status is None or choice is None:
         return {"path": "none", "reason": "not configured in WireGuard yet", "handshake_age": age}
     # The planner looks every few seconds; a handshake since then counts now.
-    proven = choice.verified or (age is not None and age <= HANDSHAKE_FRESH and status.latest_handshake >= choice.proof_after)
+    proven = choice.verified or (age is not None and age <= HANDSHAKE_STALE and status.latest_handshake >= choice.proof_after)
     if choice.mode == "direct" and not proven:
         return {"path": "connecting", "reason": f"trying {choice.reason} (no handshake yet)", "handshake_age": age}
     return {"path": choice.mode, "reason": choice.reason, "handshake_age": age}
@@ -84,6 +84,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
             "reachable": contact.reachable,
             "registered": contact.registered,
             "last_error": contact.last_error,
+            "last_status": contact.last_status,
             "last_contact_ago": (now - contact.last_contact) if contact.last_contact else None,
         },
         "interface": interface,

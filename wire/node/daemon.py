@@ -44,6 +44,7 @@ class ServerContact:
 
     reachable: bool = False
     last_error: str = ""
+    last_status: int = 0  # the HTTP status of the last refusal (401, 409...)
     last_contact: float = 0.0
     registered: bool = False
     public_ip: str = ""
@@ -228,8 +229,12 @@ class NodeDaemon(Service):
     async def register(self) -> dict:
         try:
             answer = await self.client.register(self.registration_body())
-        except (ServerUnreachable, ServerError) as e:
-            self._lost_contact(str(e))
+        except ServerError as e:
+            self._lost_contact(str(e), e.status)
+            raise
+        except ServerUnreachable as e:
+            # 495 (as nginx names it): a certificate we refuse; retrying will not help.
+            self._lost_contact(str(e), 495 if e.tls_refused else 0)
             raise
         self._made_contact()
         self.contact.registered = True
@@ -403,13 +408,15 @@ class NodeDaemon(Service):
             self.log.info("coordination server {url} reachable", url=self.config.server_url)
         self.contact.reachable = True
         self.contact.last_error = ""
+        self.contact.last_status = 0
         self.contact.last_contact = self.clock.seconds()
 
-    def _lost_contact(self, error: str) -> None:
+    def _lost_contact(self, error: str, status: int = 0) -> None:
         if self.contact.reachable:
             self.log.warn("coordination server unreachable: {error}; peers stay configured", error=error)
         self.contact.reachable = False
         self.contact.last_error = error
+        self.contact.last_status = status
 
     # -- leaving -------------------------------------------------------------
 

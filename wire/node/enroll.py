@@ -35,6 +35,13 @@ def load_credential(config_dir: str) -> str | None:
         return None
 
 
+def forget_credential(config_dir: str) -> None:
+    try:
+        os.unlink(credential_path(config_dir))
+    except FileNotFoundError:
+        pass
+
+
 def coordination_client(reactor, config: NodeConfig, config_dir: str, persistent: bool = True) -> CoordinationClient:
     """The client a node uses: pinned TLS and its credential, as configured."""
     http = make_http_client(reactor, persistent=persistent, tls_fingerprint=config.server_fingerprint)

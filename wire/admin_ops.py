@@ -1,0 +1,75 @@
+"""The server admin's operations (``wire admin``), over the admin socket.
+
+They talk to a running ``wire-server`` through the UNIX socket in its data
+dir, which only root (or the server's own user) can open.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from wire.client import AdminClient, ServerError, ServerUnreachable
+from wire.server.admin import admin_socket_path
+
+DEFAULT_DATA_DIR = "/var/lib/wire"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class AdminError(Exception):
+    pass
+
+
+def default_data_dir() -> str:
+    return os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30m``, ``24h``, ``7d``, ``2w`` → seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not match or float(match.group(1)) <= 0:
+        raise AdminError(f"--expires: {text!r} is not a duration like 30m, 24h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class AdminOps:
+    def __init__(self, reactor, data_dir: str):
+        self.socket = admin_socket_path(os.path.abspath(data_dir))
+        self._client = AdminClient(reactor, self.socket)
+
+    async def _call(self, request) -> dict:
+        if not os.path.exists(self.socket):
+            request.close()
+            raise AdminError(
+                f"no admin socket at {self.socket}: is wire-server running with this --data-dir "
+                "(and without --open)? The socket is root-only: use sudo"
+            )
+        try:
+            return await request
+        except ServerError as e:
+            raise AdminError(e.message)
+        except ServerUnreachable as e:
+            raise AdminError(f"the server's admin socket does not answer: {e}")
+
+    async def create_key(self, reusable: bool = False, expires: str | None = None, note: str = "", url: str | None = None) -> dict:
+        expires_in = parse_duration(expires) if expires else None
+        return await self._call(self._client.create_key(reusable, expires_in, note, url))
+
+    async def keys(self) -> dict:
+        return await self._call(self._client.keys())
+
+    async def revoke_key(self, key_id: str) -> dict:
+        return await self._call(self._client.revoke_key(key_id))
+
+    async def nodes(self) -> dict:
+        return await self._call(self._client.nodes())
+
+    async def remove_node(self, node: str) -> dict:
+        return await self._call(self._client.remove_node(node))
+
+    async def rename_node(self, node: str, new_name: str) -> dict:
+        return await self._call(self._client.rename_node(node, new_name))
+
+    async def audit(self) -> dict:
+        return await self._call(self._client.audit())
