@@ -38,10 +38,12 @@ class TLSRefused(ServerUnreachable):
 class ServerError(Exception):
     """The server answered with an error; ``str()`` is its message."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
         super().__init__(f"server said {status}: {message}")
         self.status = status
         self.message = message
+        # For 429: how long the server asks us to wait.
+        self.retry_after = retry_after
 
 
 def make_http_client(reactor, persistent: bool = True, tls_fingerprint: str = "") -> HTTPClient:
@@ -102,7 +104,7 @@ class JsonHttp:
             raise ServerError(response.code, f"answer to {method} {path} is not JSON")
         if response.code >= 400:
             message = decoded.get("error") if isinstance(decoded, dict) else None
-            raise ServerError(response.code, str(message or "no error message"))
+            raise ServerError(response.code, str(message or "no error message"), _retry_after(response))
         if not isinstance(decoded, dict):
             raise ServerError(response.code, f"answer to {method} {path} is not a JSON object")
         return decoded
@@ -191,6 +193,14 @@ class AdminClient(JsonHttp):
 
     async def audit(self) -> dict:
         return await self._request("GET", "/audit")
+
+
+def _retry_after(response) -> float | None:
+    values = response.headers.getRawHeaders(b"retry-after") or []
+    try:
+        return min(300.0, max(0.0, float(values[0]))) if values else None
+    except ValueError:
+        return None
 
 
 TLS_REFUSED = (

@@ -58,6 +58,9 @@ def parse_json_object(body: bytes, *, limit: int = MAX_BODY_BYTES) -> dict[str, 
         raise ProtocolError(None, f"body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
     except RecursionError:
         raise ProtocolError(None, "body is nested too deeply")
+    except ValueError:
+        # e.g. an integer of more digits than Python will convert.
+        raise ProtocolError(None, "body is not valid JSON (a number is too long)")
     if not isinstance(value, dict):
         raise ProtocolError(None, f"body must be a JSON object, not {_json_type(value)}")
     return value
@@ -85,7 +88,7 @@ def _require_str(field: str, value: Any) -> str:
 
 def parse_node_id(value: Any, field: str = "node_id") -> str:
     text = _require_str(field, value)
-    if not _NODE_ID.match(text):
+    if not _NODE_ID.fullmatch(text):
         raise ProtocolError(
             field, "must be 1-64 characters of letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
@@ -95,7 +98,7 @@ def parse_node_id(value: Any, field: str = "node_id") -> str:
 def parse_node_name(value: Any, field: str = "node_name") -> str:
     """A node name is a DNS label; it is stored lower-case (DNS is case-blind)."""
     text = _require_str(field, value).lower()
-    if not _DNS_LABEL.match(text):
+    if not _DNS_LABEL.fullmatch(text):
         raise ProtocolError(
             field,
             f"{_shown(value)} is not a DNS label (1-63 letters, digits or inner hyphens)",
@@ -106,7 +109,7 @@ def parse_node_name(value: Any, field: str = "node_name") -> str:
 def parse_wg_public_key(value: Any, field: str = "wg_public_key") -> str:
     """A WireGuard public key: standard base64 of exactly 32 bytes."""
     text = _require_str(field, value)
-    if not _BASE64_KEY.match(text):
+    if not _BASE64_KEY.fullmatch(text):
         raise ProtocolError(field, "must be the base64 form of a 32-byte WireGuard key (44 characters)")
     try:
         raw = base64.b64decode(text, validate=True)
@@ -135,6 +138,9 @@ def parse_ip_address(value: Any, field: str) -> str:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise ProtocolError(field, f"{_shown(text)} is not an IP address")
+    if getattr(address, "scope_id", None):
+        # A zone ("%eth0") means nothing to another host, and is free text.
+        raise ProtocolError(field, f"{_shown(text)} has a zone (%...); give the address alone")
     return str(address)
 
 

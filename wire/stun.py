@@ -90,6 +90,7 @@ OUTCOME_UNKNOWN_ATTRIBUTE = "unknown_attribute"
 OUTCOME_LEGACY_JSON = "legacy_json"
 OUTCOME_MALFORMED = "malformed"
 OUTCOME_IGNORED = "ignored"
+OUTCOME_RATE_LIMITED = "rate_limited"
 OUTCOME_ERROR = "error"
 OUTCOMES = (
     OUTCOME_BINDING,
@@ -97,6 +98,7 @@ OUTCOMES = (
     OUTCOME_LEGACY_JSON,
     OUTCOME_MALFORMED,
     OUTCOME_IGNORED,
+    OUTCOME_RATE_LIMITED,
     OUTCOME_ERROR,
 )
 
@@ -396,7 +398,8 @@ def unknown_required_attributes(message: StunMessage) -> list[int]:
 def handle_datagram(data: bytes, source_ip: str, source_port: int) -> tuple[str, bytes | None]:
     """Decide what to answer a datagram from ``source_ip``:``source_port``.
 
-    Returns one of :data:`OUTCOMES` (except "error") and the reply, or None
+    Returns one of :data:`OUTCOMES` (except "rate_limited" and "error",
+    which only the server protocol decides) and the reply, or None
     for no reply. Pure: no I/O, no clock, no logging.
     """
     if not data or source_port == 0:
@@ -445,15 +448,22 @@ class StunServerProtocol(DatagramProtocol):
     ``observe(outcome)`` is called once per datagram (for metrics). Nothing
     here raises into the reactor, and nothing is logged per datagram except
     failures, and those sparsely.
+
+    ``admit(source_host)``, when given, is asked before any other datagram
+    is answered; False drops it unanswered ("rate_limited"), so one source
+    cannot use the port's whole capacity. Relay frames are not asked: the
+    relay limits each session itself.
     """
 
     def __init__(
         self,
         observe: Callable[[str], None] | None = None,
         relay: Callable[[bytes, Any], tuple[str, list[tuple[bytes, Any]]]] | None = None,
+        admit: Callable[[str], bool] | None = None,
     ):
         self._observe = observe
         self._relay = relay
+        self._admit = admit
         self._failures = 0
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -464,6 +474,8 @@ class StunServerProtocol(DatagramProtocol):
                 outcome, sends = self._relay(datagram, addr)
                 for data, destination in sends:
                     self.transport.write(data, destination)
+            elif self._admit is not None and not self._admit(addr[0]):
+                outcome = OUTCOME_RATE_LIMITED
             else:
                 outcome, reply = handle_datagram(datagram, addr[0], addr[1])
                 if reply is not None:

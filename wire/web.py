@@ -11,11 +11,14 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from wire.protocol import MAX_BODY_BYTES, BodyTooLarge, ProtocolError, parse_json_object
 
 log = Logger()
+
+# How long a request's line, headers and body may take to arrive.
+REQUEST_RECEIVE_TIMEOUT = 30.0
 
 
 class ApiError(Exception):
@@ -59,6 +62,48 @@ class BoundedRequest(server.Request):
         if observe is not None:
             observe(self.code)
         return super().finish()
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """An HTTP channel that gives each request a bounded time to arrive.
+
+    twisted.web's idle timeout restarts on every byte, so a client sending
+    its headers a byte every 50 s (slowloris) would hold a connection for
+    ever. Here a request must be received whole within ``receive_timeout``
+    seconds of its first byte. The clock stops once it is received: the
+    answer may take as long as it needs (a long-poll waits minutes), and a
+    kept-alive connection waiting for its next request is left to the idle
+    timeout.
+    """
+
+    receive_timeout = REQUEST_RECEIVE_TIMEOUT
+    _receive_deadline = None
+
+    def dataReceived(self, data):
+        # While a request is being answered, later bytes are only buffered;
+        # they are fed back through here once it is done.
+        if self._receive_deadline is None and not self._handlingRequest:
+            self._receive_deadline = self.callLater(self.receive_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self):
+        # Before the request runs: answering may feed in a pipelined request.
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason):
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._receive_deadline is not None:
+            if self._receive_deadline.active():
+                self._receive_deadline.cancel()
+            self._receive_deadline = None
+
+    def _too_slow(self) -> None:
+        self._receive_deadline = None
+        self.timeoutConnection()
 
 
 def write_json(request: server.Request, status: int, body: Any) -> bytes:
@@ -160,9 +205,14 @@ def make_site(
     root: resource.Resource,
     timeout: float = 60,
     observe_status: Callable[[int], None] | None = None,
+    reactor=None,
 ) -> server.Site:
-    site = server.Site(root, timeout=timeout)
+    """A Site for a JSON API; ``timeout`` bounds idle connections, and
+    DeadlineChannel slow ones. ``reactor`` times both (the global one by default)."""
+    site = server.Site(root, timeout=timeout, reactor=reactor)
     site.observe_status = observe_status
+    # A plain HTTP/1.1 channel: we never offer HTTP/2 (no ALPN "h2").
+    site.protocol = DeadlineChannel
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     # Request lines are logged by our own structured logging, not as an access log.

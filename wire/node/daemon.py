@@ -230,7 +230,8 @@ class NodeDaemon(Service):
         try:
             answer = await self.client.register(self.registration_body())
         except ServerError as e:
-            self._lost_contact(str(e), e.status)
+            if e.status != 429:  # asked to slow down: the server is there
+                self._lost_contact(str(e), e.status)
             raise
         except ServerUnreachable as e:
             # 495 (as nginx names it): a certificate we refuse; retrying will not help.
@@ -283,10 +284,12 @@ class NodeDaemon(Service):
                     self.log.error("the server refused this node: {error}", error=e.message)
                 else:
                     self.log.warn("registration failed: {error}", error=e)
+                delay = max(backoff.next(), e.retry_after or 0.0)
             except ServerUnreachable as e:
                 self.log.warn("registration failed: {error}", error=e)
+                delay = backoff.next()
             if not self._stopping:
-                await deferLater(self.clock, backoff.next(), lambda: None)
+                await deferLater(self.clock, delay, lambda: None)
 
     async def _paths_once(self) -> None:
         try:

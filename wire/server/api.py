@@ -5,9 +5,17 @@ Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
 ``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll),
 ``POST /leave`` (a node going down shows offline at once) and
 ``GET /metrics`` (Prometheus).
+
+Who the client is comes from the TCP peer, or from ``X-Forwarded-For`` when
+the peer is a trusted proxy (see :class:`ClientRules`); registrations and
+enrollments are rate-limited per client address (HTTP 429).
 """
 
 from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
 
 from twisted.web import server
 
@@ -17,13 +25,86 @@ from wire.server.auth import AuthError
 from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
+from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict, normalize_client_ip
 from wire.server.store import StoreError
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 
-def client_ip(request: server.Request) -> str:
-    return normalize_client_ip(request.getClientAddress().host)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def forwarded_client(peer: str, forwarded_for: str, trusted_proxies: tuple[IPNetwork, ...]) -> str:
+    """The client behind a chain of trusted proxies.
+
+    Each proxy appends the address it received the request from, so the
+    header reads ``client, proxy1, proxy2`` and only its right end is
+    trustworthy: walk from the TCP peer leftwards while the hop we stand on
+    is a trusted proxy. The first address that is not one is the client.
+    An entry that is not a plain IP address ends the walk, leaving the last
+    trusted hop as the client (whatever stands left of it was written by
+    someone we do not trust).
+    """
+    client = normalize_client_ip(peer)
+    for entry in reversed(forwarded_for.split(",")):
+        if not _is_trusted(client, trusted_proxies):
+            break
+        try:
+            address = ipaddress.ip_address(entry.strip())
+        except ValueError:
+            break
+        # A zone (fe80::1%eth0) means nothing past the proxy's own link,
+        # and its text is free-form.
+        if getattr(address, "scope_id", None):
+            break
+        client = normalize_client_ip(str(address))
+    return client
+
+
+def _is_trusted(host: str, trusted_proxies: tuple[IPNetwork, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted_proxies)
+
+
+def client_ip(request: server.Request, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
+    peer = request.getClientAddress().host
+    if not trusted_proxies:
+        return normalize_client_ip(peer)
+    # Several X-Forwarded-For lines mean the same as one joined with commas.
+    lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+    return forwarded_client(peer, ",".join(line.decode("latin-1") for line in lines), trusted_proxies)
+
+
+@dataclass(frozen=True)
+class ClientRules:
+    """How the API tells who a client is, and how often it may register or enroll.
+
+    Without limiters (the default, for tests and embedding) nothing is
+    limited; ``twistd wire-server`` always gives them unless
+    ``--no-rate-limits``.
+    """
+
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    register_limit: RateLimiter | None = None
+    enroll_limit: RateLimiter | None = None
+
+    def client_ip(self, request: server.Request) -> str:
+        return client_ip(request, self.trusted_proxies)
+
+    def admit(self, request: server.Request, limiter: RateLimiter | None, what: str) -> str:
+        """The client's address, once its rate limit lets it in; else a 429."""
+        ip = self.client_ip(request)
+        if limiter is None:
+            return ip
+        key = address_key(ip)
+        if limiter.allow(key):
+            return ip
+        wait = max(1, math.ceil(limiter.retry_after(key)))
+        request.setHeader(b"retry-after", str(wait).encode())
+        raise ApiError(429, f"too many {what} from {ip}; try again in {wait} s")
 
 
 def caller(coordinator: Coordinator, request: server.Request) -> str | None:
@@ -51,18 +132,20 @@ def query_arg(request: server.Request, name: str) -> str | None:
 class Register(JsonResource):
     methods = ("POST",)
 
-    def __init__(self, coordinator: Coordinator):
+    def __init__(self, coordinator: Coordinator, rules: ClientRules):
         super().__init__()
         self._coordinator = coordinator
+        self._rules = rules
 
     async def post(self, request: server.Request) -> dict:
+        # The limit comes first: a refused request costs no parsing.
+        public_ip = self._rules.admit(request, self._rules.register_limit, "registrations")
         body = read_json_body(request)
         try:
             registration = parse_registration(body)
         except ProtocolError as e:
             raise ApiError(400, str(e))
         node_id = caller(self._coordinator, request)
-        public_ip = client_ip(request)
         try:
             result = await self._coordinator.register(registration, public_ip, node_id)
         except AuthError as e:
@@ -95,11 +178,13 @@ class Enroll(JsonResource):
 
     methods = ("POST",)
 
-    def __init__(self, coordinator: Coordinator):
+    def __init__(self, coordinator: Coordinator, rules: ClientRules):
         super().__init__()
         self._coordinator = coordinator
+        self._rules = rules
 
     async def post(self, request: server.Request) -> dict:
+        public_ip = self._rules.admit(request, self._rules.enroll_limit, "enrollments")
         body = read_json_body(request)
         secret = body.get("join_key")
         if not isinstance(secret, str) or not secret:
@@ -108,7 +193,6 @@ class Enroll(JsonResource):
             registration = parse_registration(body)
         except ProtocolError as e:
             raise ApiError(400, str(e))
-        public_ip = client_ip(request)
         try:
             result, credential = await self._coordinator.enroll(secret[:200], registration, public_ip)
         except AuthError as e:
@@ -177,8 +261,12 @@ class Health(JsonResource):
 class YourIp(JsonResource):
     methods = ("GET",)
 
+    def __init__(self, rules: ClientRules):
+        super().__init__()
+        self._rules = rules
+
     def get(self, request: server.Request) -> dict:
-        return {"ip": client_ip(request)}
+        return {"ip": self._rules.client_ip(request)}
 
 
 class Punch(JsonResource):
@@ -254,14 +342,14 @@ class Relay(JsonResource):
         return {"ok": True, **grant}
 
 
-def build_root(coordinator: Coordinator) -> JsonRoot:
+def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> JsonRoot:
     root = JsonRoot()
-    root.putChild(b"register", Register(coordinator))
-    root.putChild(b"enroll", Enroll(coordinator))
+    root.putChild(b"register", Register(coordinator, rules))
+    root.putChild(b"enroll", Enroll(coordinator, rules))
     root.putChild(b"peers", Peers(coordinator))
     root.putChild(b"status", Status(coordinator))
     root.putChild(b"health", Health(coordinator))
-    root.putChild(b"ip", YourIp())
+    root.putChild(b"ip", YourIp(rules))
     root.putChild(b"punch", Punch(coordinator))
     root.putChild(b"leave", Leave(coordinator))
     root.putChild(b"relay", Relay(coordinator))
@@ -269,9 +357,9 @@ def build_root(coordinator: Coordinator) -> JsonRoot:
     return root
 
 
-def build_site(coordinator: Coordinator) -> server.Site:
+def build_site(coordinator: Coordinator, rules: ClientRules = ClientRules(), reactor=None) -> server.Site:
     def observe_status(code: int) -> None:
         if code >= 400:
             coordinator.metrics.http_errors.labels(str(code)).inc()
 
-    return make_site(build_root(coordinator), observe_status=observe_status)
+    return make_site(build_root(coordinator, rules), observe_status=observe_status, reactor=reactor)

@@ -86,9 +86,13 @@ class Coordinator:
         if self.authority is None:
             raise AuthError("this server is open: register with POST /register, no join key needed")
         key = self.authority.check_join_key(secret)
-        existing = self.registry.get(registration.node_id)
-        if existing is not None and existing.wg_public_key != registration.wg_public_key:
-            raise RegistryConflict("node_id is taken by another node")
+        if self.registry.get(registration.node_id) is not None:
+            # A node's id and key are no secret (every peer sees them): a join
+            # key must never let anyone take over an enrolled node.
+            raise RegistryConflict(
+                "node_id is already enrolled; to enroll this machine again, remove the old node first "
+                "(wire admin nodes remove NAME)"
+            )
         result = self.registry.register(registration, public_ip, self.now())
         with self.store.transaction() as db:
             self.store.write_record_now(db, result.record)

@@ -40,7 +40,7 @@ class Cursor:
 def parse_cursor(text: str, current_epoch: str) -> Cursor:
     """``EPOCH:SERIAL``, or a bare serial (taken to be in the current epoch)."""
     epoch, _, serial_text = text.rpartition(":")
-    if not serial_text.isdigit() or len(serial_text) > 18:
+    if not (serial_text.isascii() and serial_text.isdigit()) or len(serial_text) > 18:
         raise ProtocolError("since", f"{text[:40]!r} is not a cursor (EPOCH:SERIAL as returned in 'cursor')")
     if epoch and (len(epoch) > 32 or not epoch.isalnum()):
         raise ProtocolError("since", f"{text[:40]!r} is not a cursor (EPOCH:SERIAL as returned in 'cursor')")

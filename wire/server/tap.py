@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import socket
 
@@ -17,9 +18,10 @@ from wire.fsutil import write_atomically
 from wire.node.config import parse_server_url
 from wire.protocol import ProtocolError
 from wire.server.admin import Admin, admin_socket_path, build_admin_site
-from wire.server.api import build_site
+from wire.server.api import ClientRules, build_site
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator, MaintenanceService
+from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER, Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
 from wire.server.store import StoreError, open_store
@@ -33,6 +35,19 @@ DEFAULT_DATA_DIR = "/var/lib/wire"
 DEFAULT_SUBNET = "10.99.0.0/16"
 FIRST_JOIN_FILE = "first-join.txt"
 MAX_UNIX_PATH = 107
+
+# Rate limits per client address, as (tokens per second, burst). Nodes
+# behind one NAT share an address, so the limits are set for a whole site:
+# - register: a node heartbeats every 30 s, so 5/s carries 150 nodes behind
+#   one address; a burst of 50 lets a whole office come back at once after a
+#   server restart (the rest get a 429 saying when to retry), while one
+#   address cannot keep the registry and its disk busy;
+# - enroll: a person joins machines one at a time, a script a batch of ten;
+#   each enrollment writes to disk and the audit log;
+# - STUN: a node's NAT probe is 2 ports x 3 tries; 20/s carries a few such
+#   probes a second from one NAT, and keeps any one source to a sliver of
+#   the port. The relay, on the same port, limits each session itself.
+DEFAULT_RATE_LIMITS = {"register": (5.0, 50.0), "enroll": (1.0, 10.0), "stun": (20.0, 40.0)}
 
 
 class Options(usage.Options):
@@ -53,11 +68,26 @@ class Options(usage.Options):
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],
         ["public-url", None, None, "the URL nodes use to reach this server, put in join tokens [https://HOSTNAME:PORT]"],
+        ["rate-limit-register", None, None, "POST /register calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["register"]],
+        ["rate-limit-enroll", None, None, "POST /enroll calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["enroll"]],
+        ["rate-limit-stun", None, None, "STUN and seed JSON datagrams per source address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["stun"]],
     ]
     optFlags = [
         ["open", None, "the seed's behaviour: no join keys or credentials, plain HTTP (trusted networks only)"],
         ["plain-http", None, "serve plain HTTP (behind a TLS-terminating proxy); authentication stays on"],
+        ["no-rate-limits", None, "no rate limits per client address (benchmarks only)"],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """a proxy (address or network) whose X-Forwarded-For header names the client; repeatable [none]"""
+        try:
+            self["trusted-proxy"].append(ipaddress.ip_network(address, strict=True))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy: {address!r} is not an IP address or network ({e})")
 
     def postOptions(self) -> None:
         port_text = self["port"] or os.environ.get("WIRE_PORT") or str(DEFAULT_PORT)
@@ -88,6 +118,9 @@ class Options(usage.Options):
             if self[option] and not os.path.isfile(self[option]):
                 raise usage.UsageError(f"--{option}: {self[option]} is not a file")
         self["tls"] = not (self["plain-http"] or (self["open"] and not self["tls-cert"]))
+        for name, default in DEFAULT_RATE_LIMITS.items():
+            option = f"rate-limit-{name}"
+            self[option] = _rate_limit(option, self[option]) if self[option] else default
         if self["public-url"]:
             try:
                 self["public-url"] = parse_server_url(self["public-url"])
@@ -107,6 +140,22 @@ def _number(option: str, text: str, kind, low: float, high: float):
     if not low <= value <= high:
         raise usage.UsageError(f"--{option}: {value} is outside {low}..{high}")
     return value
+
+
+def _rate_limit(option: str, text: str) -> tuple[float, float]:
+    rate_text, slash, burst_text = text.partition("/")
+    if not slash:
+        raise usage.UsageError(f"--{option}: {text!r} is not RATE/BURST (for example 5/50)")
+    rate = _number(option, rate_text, float, 0.001, 1e6)
+    burst = _number(option, burst_text, float, 1, 1e6)
+    return rate, burst
+
+
+def _rate_limiter(config: Options, name: str, reactor) -> RateLimiter | None:
+    if config["no-rate-limits"]:
+        return None
+    rate, burst = config[f"rate-limit-{name}"]
+    return RateLimiter(rate, burst, reactor)
 
 
 class CoordinationServer(MultiService):
@@ -185,7 +234,12 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         endpoint, fingerprint = _api_endpoint(config, reactor)
     except TLSConfigError as e:
         raise SystemExit(f"wire-server: {e}")
-    _listening(endpoint, build_site(coordinator)).setServiceParent(server)
+    rules = ClientRules(
+        trusted_proxies=tuple(config["trusted-proxy"]),
+        register_limit=_rate_limiter(config, "register", reactor),
+        enroll_limit=_rate_limiter(config, "enroll", reactor),
+    )
+    _listening(endpoint, build_site(coordinator, rules, reactor)).setServiceParent(server)
     if coordinator.authority is not None:
         admin = Admin(coordinator, config["public-url"], fingerprint)
         admin_endpoint = UNIXServerEndpoint(reactor, admin_socket_path(data_dir), mode=0o600, wantPID=True)
@@ -194,8 +248,11 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     observe = lambda outcome: coordinator.metrics.stun_datagrams.labels(outcome).inc()  # noqa: E731
     # The seed's STUN port also carries the relay; port+2 is STUN only.
     relay = coordinator.relay.handle
+    # One limiter for both STUN ports: a source gets its share once.
+    stun_limiter = _rate_limiter(config, "stun", reactor)
+    admit = None if stun_limiter is None else lambda host: stun_limiter.allow(address_key(host))  # noqa: E731
     for udp_port, relay_handler in ((port + 1, relay), (port + 2, None)):
-        protocol = StunServerProtocol(observe=observe, relay=relay_handler)
+        protocol = StunServerProtocol(observe=observe, relay=relay_handler, admit=admit)
         UDPServer(udp_port, protocol, interface=interface, reactor=reactor).setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
     log.info(
@@ -209,6 +266,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         subnet=config["subnet"],
         nodes=len(coordinator.registry),
     )
+    if config["no-rate-limits"]:
+        log.warn("wire-server: --no-rate-limits: any one address may flood registration, enrollment and STUN")
     if coordinator.authority is None:
         log.warn("wire-server: --open: no authentication, anyone who reaches this port can join and read the mesh")
     else:
