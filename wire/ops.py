@@ -33,12 +33,12 @@ from wire.node.config import (
     parse_interface_name,
     parse_server_url,
     save_config,
+    stun_ports,
 )
 from wire.node.control import control_socket_path
 from wire.node.daemon import detect_lan_ip
 from wire.node.netmap import Peer, endpoint_for
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
-from wire.node.tap import stun_ports
 from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError, IProcessRunner, ProcessRunner
 from wire.stun import StunError, StunTimeout, detect_nat
@@ -294,10 +294,12 @@ async def down(ctx: Context) -> dict:
     _require_root(ctx, "wire down")
     config = ctx.config()
     daemon_left = False
+    server_told = False
     if await ctx.daemon_status() is not None:
         try:
-            await ctx.control().down()
+            answer = await ctx.control().down()
             daemon_left = True
+            server_told = bool(answer.get("server_told"))
         except (ServerUnreachable, ServerError):
             pass  # not answering: stopped below like a hung daemon
     if daemon_left:
@@ -305,7 +307,8 @@ async def down(ctx: Context) -> dict:
     # Also when the daemon left by itself: systemd would start it again.
     if launcher.uses_systemd(ctx.config_dir) or launcher.daemon_pid(ctx.config_dir) is not None:
         await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
-    server_told = daemon_left or await _leave_without_daemon(ctx, config)
+    if not daemon_left:
+        server_told = await _leave_without_daemon(ctx, config)
     await _remove_interface(ctx, config.interface)
     return {"ok": True, "node_name": config.node_name, "interface": config.interface, "interface_removed": True, "server_told": server_told}
 

@@ -27,6 +27,7 @@ SYSTEM_CONFIG_DIR = "/etc/wire"
 USER_CONFIG_DIR = "~/.wire"
 DEFAULT_LISTEN_PORT = 51820
 DEFAULT_INTERFACE = "wire0"
+DEFAULT_SERVER_PORT = 8787
 
 
 class ConfigError(Exception):
@@ -79,6 +80,14 @@ def parse_server_url(value: Any) -> str:
     except ValueError:
         raise ProtocolError("server_url", f"{value!r} has an invalid port")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def stun_ports(server_url: str) -> tuple[str, int, int]:
+    """The server's host and STUN ports: its HTTP port + 1 (also the relay)
+    and + 2, the seed's convention."""
+    parts = urlsplit(server_url)
+    port = parts.port or DEFAULT_SERVER_PORT
+    return parts.hostname or "", port + 1, port + 2
 
 
 def parse_interface_name(value: Any) -> str:

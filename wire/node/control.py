@@ -114,10 +114,10 @@ class Down(JsonResource):
         self._exit_process = exit_process
 
     async def post(self, request: server.Request) -> dict:
-        await self._daemon.leave()
+        server_told = await self._daemon.leave()
         # Answer first, then exit.
         self._clock.callLater(0.1, self._exit_process)
-        return {"ok": True, "interface_removed": self._daemon.wireguard.name}
+        return {"ok": True, "interface_removed": self._daemon.wireguard.name, "server_told": server_told}
 
 
 def build_control_site(daemon: NodeDaemon, clock: IReactorTime, exit_process: Callable[[], None]) -> server.Site:

@@ -423,17 +423,21 @@ class NodeDaemon(Service):
 
     # -- leaving -------------------------------------------------------------
 
-    async def leave(self) -> None:
-        """``wire down``: tell the server, then remove the interface."""
+    async def leave(self) -> bool:
+        """``wire down``: tell the server, then remove the interface.
+        Returns whether the server heard it."""
         self._stop_loops()
+        told = True
         try:
             await self.client.leave(self.config.node_id, self.public_key)
         except (ServerUnreachable, ServerError) as e:
             self.log.warn("could not tell the server we are leaving: {error}", error=e)
+            told = False
         if self.relay is not None:
             await self.relay.stop()
         await self.wireguard.down()
         self.interface_ready = False
+        return told
 
 
 def detect_lan_ip(server_url: str) -> str:

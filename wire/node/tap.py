@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -12,7 +11,7 @@ from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.python import usage
 
 from wire.keys import KeyFileError, load_or_create_keys
-from wire.node.config import ConfigError, default_config_dir, load_config
+from wire.node.config import ConfigError, default_config_dir, load_config, stun_ports
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon, detect_lan_ip
 from wire.node.enroll import coordination_client
@@ -21,7 +20,6 @@ from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
 
-DEFAULT_SERVER_PORT = 8787
 
 
 class Options(usage.Options):
@@ -33,13 +31,6 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["config-dir"] = os.path.abspath(self["config-dir"] or default_config_dir())
-
-
-def stun_ports(server_url: str) -> tuple[str, int, int]:
-    """The server's STUN ports: its HTTP port + 1 and + 2 (the seed's convention)."""
-    parts = urlsplit(server_url)
-    port = parts.port or DEFAULT_SERVER_PORT
-    return parts.hostname or "", port + 1, port + 2
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
