@@ -108,3 +108,30 @@ class ReplayWindow:
             return False
         self._seen |= 1 << offset
         return True
+
+
+# Relayed traffic arrives in bursts (a TCP window at a time); the default
+# socket buffers (~200 KiB) overflow and every drop halves TCP's rate.
+RELAY_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def enlarge_socket_buffers(port, size: int = RELAY_SOCKET_BUFFER) -> None:
+    """Best effort: as root beyond net.core.rmem_max/wmem_max, else up to them."""
+    import socket
+
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return
+    pairs = (
+        (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+        (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF),
+    )
+    for force, plain in pairs:
+        for option in (force, plain):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                continue

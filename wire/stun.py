@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from wire.relayproto import is_relay_frame
+from wire.relayproto import enlarge_socket_buffers, is_relay_frame
 
 log = Logger()
 
@@ -465,6 +465,10 @@ class StunServerProtocol(DatagramProtocol):
         self._relay = relay
         self._admit = admit
         self._failures = 0
+
+    def startProtocol(self) -> None:
+        if self._relay is not None:
+            enlarge_socket_buffers(self.transport)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:

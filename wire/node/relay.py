@@ -20,7 +20,16 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from wire.relayproto import TO_NODE, TO_SERVER, FrameError, ReplayWindow, encode_frame, parse_frame, verify
+from wire.relayproto import (
+    TO_NODE,
+    TO_SERVER,
+    FrameError,
+    ReplayWindow,
+    encode_frame,
+    enlarge_socket_buffers,
+    parse_frame,
+    verify,
+)
 
 KEEPALIVE_INTERVAL = 10.0
 # A session whose keepalives go unanswered this long is reported dead.
@@ -101,6 +110,7 @@ class RelayShim:
             ip = await self._reactor.resolve(self._server_host)
         self.server = (ip, self._relay_port)
         self._upstream_port = self._reactor.listenUDP(0, self._upstream)
+        enlarge_socket_buffers(self._upstream_port)
         self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
 
     async def stop(self) -> None:
@@ -131,6 +141,7 @@ class RelayShim:
         session = RelaySession(peer, grant["session_id"], token, key, created=self._reactor.seconds())
         session.socket = _PeerSocket(self, session)
         session.socket.port = self._reactor.listenUDP(0, session.socket, interface="127.0.0.1")
+        enlarge_socket_buffers(session.socket.port)
         self._sessions[peer] = session
         self._by_token[token] = session
         # Tell the server where we are before WireGuard has anything to send.

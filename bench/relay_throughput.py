@@ -1,0 +1,84 @@
+"""Relay throughput against a direct path, measured in the same lab run.
+
+Run by hand, as root (it builds a lab mesh in network namespaces):
+
+    sudo .venv/bin/python bench/relay_throughput.py --seconds 10
+
+Two public nodes form the direct pair; two nodes behind hard (symmetric)
+NATs form the relayed pair (their traffic goes node → shim → the server's
+relay port → shim → node). For each pair: iperf3 TCP throughput, and a
+steady 10 Mbit/s UDP stream's loss. Target (NAT traversal issue): relayed
+TCP at least 40% of direct, no loss at 10 Mbit/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater, react
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wire.demo import MeshLab  # noqa: E402
+from wire.runner import ProcessRunner  # noqa: E402
+
+
+async def iperf(mesh: MeshLab, client: str, server: str, seconds: float, udp_rate: str | None = None) -> dict:
+    listener = mesh.lab.start(server, ["iperf3", "-s", "-1", "-B", mesh.nodes[server].vpn_ip], log_prefix=f"iperf3-{server}")
+    await deferLater(mesh.reactor, 0.5, lambda: None)
+    argv = ["iperf3", "-c", mesh.nodes[server].vpn_ip, "-t", str(seconds), "-J"]
+    if udp_rate:
+        argv += ["-u", "-b", udp_rate, "-l", "1200"]
+    result = await mesh.lab.run(client, argv, timeout=seconds + 30)
+    await listener.stop()
+    report = json.loads(result.stdout or b"{}")
+    if "error" in report or result.rc != 0:
+        raise RuntimeError(f"iperf3 {client} -> {server}: {report.get('error') or result.stderr.decode()}")
+    end = report["end"]
+    if udp_rate:
+        return {"mbit_s": round(end["sum"]["bits_per_second"] / 1e6, 2), "lost_percent": end["sum"]["lost_percent"]}
+    return {"mbit_s": round(end["sum_received"]["bits_per_second"] / 1e6, 1)}
+
+
+async def main(reactor, seconds: float) -> None:
+    mesh = MeshLab(reactor, ProcessRunner(reactor))
+    try:
+        await mesh.setup()
+        await mesh.lab.add_router("corp", nat="hard")
+        await mesh.lab.add_router("cgn", nat="hard")
+        hosts = (("pub1", None), ("pub2", None), ("hard1", "corp"), ("hard2", "cgn"))
+        for name, router in hosts:
+            await mesh.add_host(name, router)
+        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name, _ in hosts])
+        matrix = await mesh.ping_matrix(attempts=5)
+        paths = {n["node_name"]: n.get("path") for n in (await mesh.status("hard1"))["nodes"]}
+        direct_tcp = await iperf(mesh, "pub1", "pub2", seconds)
+        relay_tcp = await iperf(mesh, "hard1", "hard2", seconds)
+        direct_udp = await iperf(mesh, "pub1", "pub2", seconds, udp_rate="10M")
+        relay_udp = await iperf(mesh, "hard1", "hard2", seconds, udp_rate="10M")
+        relay_udp_fast = {rate: await iperf(mesh, "hard1", "hard2", seconds, udp_rate=rate) for rate in ("50M", "100M", "200M")}
+        report = {
+            "all_pairs_ping": all(matrix.values()),
+            "hard1_to_hard2_path": paths.get("hard2"),
+            "direct_tcp_mbit_s": direct_tcp["mbit_s"],
+            "relay_tcp_mbit_s": relay_tcp["mbit_s"],
+            "relay_over_direct_percent": round(100 * relay_tcp["mbit_s"] / direct_tcp["mbit_s"], 1),
+            "direct_udp_10M": direct_udp,
+            "relay_udp_10M": relay_udp,
+            "relay_udp_faster": relay_udp_fast,
+            "targets": {"relay_over_direct_percent": ">= 40", "relay_udp_10M_lost_percent": "0"},
+        }
+        print(json.dumps(report, indent=2))
+    finally:
+        await mesh.teardown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    options = parser.parse_args()
+    react(lambda reactor: ensureDeferred(main(reactor, options.seconds)))
