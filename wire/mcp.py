@@ -121,10 +121,12 @@ def build_server(reactor) -> MCPServer:
         DESTRUCTIVE,
         "DESTRUCTIVE: changes this machine's network. Joins the mesh (or restarts with the saved config): "
         "creates the WireGuard interface, starts the node daemon and waits until it registers. New settings "
-        "restart a running daemon. The first time needs `server`. Needs root. Same as `wire up --json`.",
+        "restart a running daemon. The first time needs `join` (a join token from the server's admin) or, for an "
+        "open server, `server`. Needs root. Same as `wire up --json`.",
     )
     async def wire_up(
-        server: Annotated[str | None, Field(description="Coordination server URL, e.g. http://HOST:8787 (required the first time).")] = None,
+        join: Annotated[str | None, Field(description="A join token (wire1.…) from 'wire admin keys create' on the server.")] = None,
+        server: Annotated[str | None, Field(description="An open (seed-compatible) server's URL, e.g. http://HOST:8787.")] = None,
         name: Annotated[str | None, Field(description="This node's name in the mesh (default: the hostname).")] = None,
         port: Annotated[int | None, Field(description="WireGuard UDP listen port (default 51820).")] = None,
         interface: Annotated[str | None, Field(description="WireGuard interface name (default wire0).")] = None,
@@ -133,7 +135,7 @@ def build_server(reactor) -> MCPServer:
     ) -> Result:
         return await run(
             config_dir,
-            lambda ctx: ops.up(ctx, server=server, name=name, port=port, interface=interface, wait=wait),
+            lambda ctx: ops.up(ctx, server=server, name=name, port=port, interface=interface, wait=wait, join=join),
             cli.format_up,
         )
 

@@ -3,7 +3,8 @@
 Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
 ``GET /health``, ``GET /ip``, ``POST /punch``. Beyond the seed:
 ``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll),
-``POST /leave`` (a node going down shows offline at once) and
+``POST /leave`` (a node going down shows offline at once), ``POST /enroll``
+(joining with a join key), ``POST /relay`` (a relay session) and
 ``GET /metrics`` (Prometheus).
 
 Who the client is comes from the TCP peer, or from ``X-Forwarded-For`` when
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from twisted.web import server
@@ -111,10 +113,8 @@ def caller(coordinator: Coordinator, request: server.Request) -> str | None:
     """The authenticated node making the request (None on an open server)."""
     header = request.getHeader(b"authorization") or b""
     scheme, _, credential = header.decode("latin-1").partition(" ")
-    try:
+    with answering_errors():
         return coordinator.authenticate(credential.strip() if scheme.lower() == "bearer" else None)
-    except AuthError as e:
-        raise ApiError(e.status, str(e))
 
 
 def query_arg(request: server.Request, name: str) -> str | None:
@@ -129,33 +129,43 @@ def query_arg(request: server.Request, name: str) -> str | None:
         raise ApiError(400, f"{name}: is not UTF-8 text")
 
 
-class Register(JsonResource):
-    methods = ("POST",)
+@contextmanager
+def answering_errors():
+    """The one mapping from what the coordinator refuses to HTTP statuses."""
+    try:
+        yield
+    except AuthError as e:
+        raise ApiError(e.status, str(e))
+    except ProtocolError as e:
+        raise ApiError(400, str(e))
+    except UnknownNode as e:
+        raise ApiError(404, str(e))
+    except RegistryConflict as e:
+        raise ApiError(409, str(e))
+    except PoolExhausted as e:
+        raise ApiError(503, f"no VPN address left to give: {e}")
+    except StoreError as e:
+        raise ApiError(503, str(e))
 
-    def __init__(self, coordinator: Coordinator, rules: ClientRules):
+
+class CoordinatorResource(JsonResource):
+    def __init__(self, coordinator: Coordinator, rules: ClientRules | None = None):
         super().__init__()
         self._coordinator = coordinator
-        self._rules = rules
+        self._rules = rules or ClientRules()
+
+
+class Register(CoordinatorResource):
+    methods = ("POST",)
 
     async def post(self, request: server.Request) -> dict:
         # The limit comes first: a refused request costs no parsing.
         public_ip = self._rules.admit(request, self._rules.register_limit, "registrations")
         body = read_json_body(request)
-        try:
+        with answering_errors():
             registration = parse_registration(body)
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        node_id = caller(self._coordinator, request)
-        try:
+            node_id = caller(self._coordinator, request)
             result = await self._coordinator.register(registration, public_ip, node_id)
-        except AuthError as e:
-            raise ApiError(e.status, str(e))
-        except RegistryConflict as e:
-            raise ApiError(409, str(e))
-        except PoolExhausted as e:
-            raise ApiError(503, f"no VPN address left to give: {e}")
-        except StoreError as e:
-            raise ApiError(503, str(e))
         return registered_answer(self._coordinator, result.record, public_ip)
 
 
@@ -172,16 +182,11 @@ def registered_answer(coordinator: Coordinator, record, public_ip: str) -> dict:
     }
 
 
-class Enroll(JsonResource):
+class Enroll(CoordinatorResource):
     """``POST /enroll``: a registration body plus ``join_key``; answers with
     the registration's fields and the node's ``credential``."""
 
     methods = ("POST",)
-
-    def __init__(self, coordinator: Coordinator, rules: ClientRules):
-        super().__init__()
-        self._coordinator = coordinator
-        self._rules = rules
 
     async def post(self, request: server.Request) -> dict:
         public_ip = self._rules.admit(request, self._rules.enroll_limit, "enrollments")
@@ -189,29 +194,14 @@ class Enroll(JsonResource):
         secret = body.get("join_key")
         if not isinstance(secret, str) or not secret:
             raise ApiError(400, "join_key: is required (the secret from a join token)")
-        try:
+        with answering_errors():
             registration = parse_registration(body)
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        try:
             result, credential = await self._coordinator.enroll(secret[:200], registration, public_ip)
-        except AuthError as e:
-            raise ApiError(e.status, str(e))
-        except RegistryConflict as e:
-            raise ApiError(409, str(e))
-        except PoolExhausted as e:
-            raise ApiError(503, f"no VPN address left to give: {e}")
-        except StoreError as e:
-            raise ApiError(503, str(e))
         return {**registered_answer(self._coordinator, result.record, public_ip), "credential": credential}
 
 
-class Peers(JsonResource):
+class Peers(CoordinatorResource):
     methods = ("GET",)
-
-    def __init__(self, coordinator: Coordinator):
-        super().__init__()
-        self._coordinator = coordinator
 
     def get(self, request: server.Request):
         caller(self._coordinator, request)
@@ -229,30 +219,20 @@ class Peers(JsonResource):
                 raise ApiError(400, f"wait: {wait_text[:20]!r} is not a number of seconds")
             if not 0 <= wait <= MAX_WAIT_SECONDS:
                 raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
-        try:
+        with answering_errors():
             return self._coordinator.netmap(since, wait)
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
 
 
-class Status(JsonResource):
+class Status(CoordinatorResource):
     methods = ("GET",)
-
-    def __init__(self, coordinator: Coordinator):
-        super().__init__()
-        self._coordinator = coordinator
 
     def get(self, request: server.Request) -> dict:
         caller(self._coordinator, request)
         return self._coordinator.status()
 
 
-class Health(JsonResource):
+class Health(CoordinatorResource):
     methods = ("GET",)
-
-    def __init__(self, coordinator: Coordinator):
-        super().__init__()
-        self._coordinator = coordinator
 
     def get(self, request: server.Request) -> dict:
         return self._coordinator.health()
@@ -269,76 +249,45 @@ class YourIp(JsonResource):
         return {"ip": self._rules.client_ip(request)}
 
 
-class Punch(JsonResource):
+class Punch(CoordinatorResource):
     methods = ("POST",)
-
-    def __init__(self, coordinator: Coordinator):
-        super().__init__()
-        self._coordinator = coordinator
 
     def post(self, request: server.Request) -> dict:
         node_id = caller(self._coordinator, request)
-        try:
-            punch = parse_punch(read_json_body(request))
-            answer, relay = self._coordinator.punch(punch, node_id)
-        except AuthError as e:
-            raise ApiError(e.status, str(e))
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        except UnknownNode as e:
-            raise ApiError(404, str(e))
+        with answering_errors():
+            answer, relay = self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
         result = {"ok": True, "use_relay": answer.use_relay, "attempts": answer.attempts}
         if relay is not None:
             result["relay"] = relay
         return result
 
 
-class Leave(JsonResource):
+class Leave(CoordinatorResource):
     methods = ("POST",)
-
-    def __init__(self, coordinator: Coordinator):
-        super().__init__()
-        self._coordinator = coordinator
 
     def post(self, request: server.Request) -> dict:
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
-        try:
+        with answering_errors():
             node_id = parse_node_id(body.get("node_id"))
             key = parse_wg_public_key(body.get("wg_public_key"))
             was_online = self._coordinator.leave(node_id, key, calling)
-        except AuthError as e:
-            raise ApiError(e.status, str(e))
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        except UnknownNode as e:
-            raise ApiError(404, str(e))
         return {"ok": True, "was_online": was_online}
 
 
-class Relay(JsonResource):
+class Relay(CoordinatorResource):
     """``POST /relay``: the caller's side of a relay session with a peer."""
 
     methods = ("POST",)
 
-    def __init__(self, coordinator: Coordinator):
-        super().__init__()
-        self._coordinator = coordinator
-
     def post(self, request: server.Request) -> dict:
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
-        try:
+        with answering_errors():
             node_id = parse_node_id(body.get("node_id"))
             key = parse_wg_public_key(body.get("wg_public_key"))
             peer = parse_node_id(body.get("peer_node_id"), "peer_node_id")
             grant = self._coordinator.relay_grant(node_id, key, peer, calling)
-        except AuthError as e:
-            raise ApiError(e.status, str(e))
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        except UnknownNode as e:
-            raise ApiError(404, str(e))
         return {"ok": True, **grant}
 
 

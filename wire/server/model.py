@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from wire.protocol import Registration
+
 
 @dataclass
 class NodeRecord:
@@ -18,6 +20,24 @@ class NodeRecord:
     nat_type: str
     registered: float
     last_seen: float
+
+    @classmethod
+    def from_registration(
+        cls, registration: Registration, vpn_ip: str, public_ip: str, registered: float, last_seen: float
+    ) -> NodeRecord:
+        return cls(
+            node_id=registration.node_id,
+            node_name=registration.node_name,
+            wg_public_key=registration.wg_public_key,
+            vpn_ip=vpn_ip,
+            public_ip=public_ip,
+            port=registration.port,
+            nat_port=registration.nat_port,
+            lan_ip=registration.lan_ip or "",
+            nat_type=registration.nat_type,
+            registered=registered,
+            last_seen=last_seen,
+        )
 
     def describes_same_node(self, other: NodeRecord) -> bool:
         """True when nothing a peer cares about differs (times aside)."""

@@ -182,19 +182,7 @@ class Registry:
         else:
             vpn_ip = existing.vpn_ip
             registered = existing.registered
-        record = NodeRecord(
-            node_id=node_id,
-            node_name=registration.node_name,
-            wg_public_key=registration.wg_public_key,
-            vpn_ip=vpn_ip,
-            public_ip=public_ip,
-            port=registration.port,
-            nat_port=registration.nat_port,
-            lan_ip=registration.lan_ip or "",
-            nat_type=registration.nat_type,
-            registered=registered,
-            last_seen=now,
-        )
+        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now)
         came_online = node_id not in self._online
         self._offline.pop(node_id, None)
         self._online[node_id] = None

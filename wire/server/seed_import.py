@@ -81,16 +81,10 @@ def _record_from_seed(key: object, entry: object, now: float) -> NodeRecord:
     vpn_ip = body.get("vpn_ip") or ""
     if vpn_ip:
         vpn_ip = parse_ip_address(vpn_ip, "vpn_ip")
-    return NodeRecord(
-        node_id=registration.node_id,
-        node_name=registration.node_name,
-        wg_public_key=registration.wg_public_key,
+    return NodeRecord.from_registration(
+        registration,
         vpn_ip=vpn_ip,
         public_ip=public_ip,
-        port=registration.port,
-        nat_port=registration.nat_port,
-        lan_ip=registration.lan_ip or "",
-        nat_type=registration.nat_type,
         registered=_time(body.get("registered"), now),
         last_seen=_time(body.get("last_seen"), now),
     )
