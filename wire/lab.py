@@ -301,19 +301,7 @@ class Lab:
         assert gateway.lan_address and gateway.lan_network and gateway.lan_interface
         claim = self._claim(name)
         address = self._next_lan_address(router, IPv4Network(gateway.lan_network))
-        uplink = self._link(claim.index, "e")
-        await self._run_steps(namespace_steps(claim.namespace))
-        await self._run_steps(
-            uplink_steps(
-                claim.namespace,
-                uplink,
-                gateway.namespace,
-                self._link(claim.index, "p"),
-                gateway.lan_interface,
-                address,
-                IPv4Address(gateway.lan_address),
-            )
-        )
+        uplink = await self._plug(claim, gateway.namespace, gateway.lan_interface, address, gateway.lan_address)
         return self._announce(
             Host(
                 name=name,
@@ -406,20 +394,19 @@ class Lab:
             raise LabError("the lab has no internet yet: call setup() first")
         assert internet.address is not None
         address = self._next_public_address()
+        uplink = await self._plug(claim, internet.namespace, internet.uplink, address, internet.address)
+        return address, uplink
+
+    async def _plug(self, claim: _Claim, upstream: str, bridge: str, address: IPv4Interface, gateway: str) -> str:
+        """A claimed host's namespace, plugged into ``bridge`` in ``upstream``; returns its uplink."""
         uplink = self._link(claim.index, "e")
         await self._run_steps(namespace_steps(claim.namespace))
         await self._run_steps(
             uplink_steps(
-                claim.namespace,
-                uplink,
-                internet.namespace,
-                self._link(claim.index, "p"),
-                internet.uplink,
-                address,
-                IPv4Address(internet.address),
+                claim.namespace, uplink, upstream, self._link(claim.index, "p"), bridge, address, IPv4Address(gateway)
             )
         )
-        return address, uplink
+        return uplink
 
     def _claim(self, name: str) -> _Claim:
         """Reserve a host name, its index and its namespace (tracked from now on)."""
