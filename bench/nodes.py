@@ -1,0 +1,421 @@
+"""Simulated nodes: many per process, each speaking the real protocol.
+
+Two behaviours, chosen per fleet:
+
+- ``wire``: what ``twistd wire-node`` does (wire/node/daemon.py). Two
+  persistent connections per node, as its treq pool keeps them: one carries
+  ``POST /register`` every 30 s, the other an endless long-poll
+  ``GET /peers?since=CURSOR&wait=25`` that is sent again as soon as it is
+  answered.
+- ``seed``: what the seed's client does with ``requests``: every 30 s a
+  ``POST /register`` and a ``GET /peers`` (the whole online list), each on a
+  fresh connection that the client closes once it has the answer.
+
+Against an authenticating server (wire's default) a wire node first enrolls
+(``POST /enroll`` with a join key, as ``wire up --join`` does) and then sends
+its credential as ``Authorization: Bearer`` on every request; against an
+``--open`` server it just registers. Each node connects from its own
+loopback address (127.x.y.z), so the server sees one client address per
+node, as it would in real life (per-address rate limits, ``public_ip``).
+
+Every node's loop is bounded: in time by the fleet's deadline and each
+request's timeout, in count by ``MAX_LOOP_ROUNDS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall, deferLater
+
+from bench.httpload import Connector, Counters, HttpConnection, HttpError, NotSent, client_tls
+
+MODES = ("wire", "seed")
+REQUEST_TIMEOUT = 10.0
+# A long-poll answered at once every time (a server that ignores wait) must
+# still not spin forever: a node makes at most this many requests per loop.
+MAX_LOOP_ROUNDS = 1_000_000
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 4.0
+
+
+def node_identity(run_tag: str, index: int) -> tuple[str, str, str]:
+    """(node_id, node_name, wg_public_key) for simulated node ``index``: stable, unique, valid."""
+    name = f"b-{run_tag}-{index}"
+    node_id = hashlib.sha256(name.encode()).hexdigest()[:32]
+    key = base64.b64encode(hashlib.sha256(b"wg-key:" + name.encode()).digest()).decode()
+    return node_id, name, key
+
+
+def registration_body(run_tag: str, index: int) -> bytes:
+    node_id, name, key = node_identity(run_tag, index)
+    # Ports spread like NAT mappings; lan_ip as real nodes send it.
+    port = 20000 + index % 40000
+    body = {
+        "node_id": node_id,
+        "node_name": name,
+        "wg_public_key": key,
+        "port": 51820,
+        "nat_port": port,
+        "lan_ip": f"192.168.{index // 250 % 250}.{1 + index % 250}",
+    }
+    return json.dumps(body).encode()
+
+
+def source_address(index: int) -> str:
+    """Simulated node ``index``'s own loopback address: 127.1.0.1 onwards.
+
+    127.0.0.0/8 is all loopback on Linux, so no setup is needed; traffic
+    still goes only to the server on 127.0.0.1.
+    """
+    n = index + 1
+    return f"127.{1 + (n >> 16) % 200}.{(n >> 8) & 255}.{n & 255}"
+
+
+def probe_source_address(k: int) -> str:
+    return f"127.250.{(k >> 8) & 255}.{1 + (k & 255) % 254}"
+
+
+def enroll_body(body: bytes, join_key: str) -> bytes:
+    data = json.loads(body)
+    data["join_key"] = join_key
+    return json.dumps(data).encode()
+
+
+def cursor_serial(cursor: str) -> int:
+    try:
+        return int(cursor.rpartition(":")[2])
+    except ValueError:
+        return -1
+
+
+@dataclass
+class Watch:
+    """Which of this fleet's nodes have seen a given node appear, and when."""
+
+    node_id: str
+    seen: dict[int, float] = field(default_factory=dict)
+    reported: bool = False
+
+
+class SimNode:
+    __slots__ = (
+        "fleet", "index", "node_id", "body", "source", "auth", "hb_conn", "poll_conn", "cursor", "heartbeat", "stopped",
+    )
+
+    def __init__(self, fleet: Fleet, index: int):
+        self.fleet = fleet
+        self.index = index
+        self.node_id = node_identity(fleet.run_tag, index)[0]
+        self.body = registration_body(fleet.run_tag, index)
+        self.source = source_address(index) if fleet.own_addresses else None
+        self.auth = b""  # the Authorization header line, once enrolled
+        self.hb_conn: HttpConnection | None = None
+        self.poll_conn: HttpConnection | None = None
+        self.cursor = "0"
+        self.heartbeat: LoopingCall | None = None
+        self.stopped = False
+
+    # -- one request -----------------------------------------------------------
+
+    async def _send(self, slot: str | None, method: bytes, path: bytes, body: bytes | None, kind: str, timeout: float):
+        """Send on the node's persistent connection ``slot`` (or a fresh one
+        closed afterwards, when ``slot`` is None: the seed client's way).
+        A request on a kept connection that the server had just closed is
+        sent again once on a new one, as HTTP clients' pools do."""
+        fleet = self.fleet
+        for attempt in (1, 2):
+            conn = getattr(self, slot) if slot else None
+            reused = conn is not None and not conn.closed
+            if not reused:
+                conn = await fleet.connector.connect(self.source)
+                if slot:
+                    setattr(self, slot, conn)
+            fleet.counters.count(fleet.counters.requests, kind)
+            d = conn.request(method, path, body, headers=self.auth)
+            timer = fleet.reactor.callLater(timeout, _time_out, conn, d)
+            try:
+                response = await d
+            except NotSent:
+                if slot:
+                    setattr(self, slot, None)
+                if reused and attempt == 1:
+                    fleet.counters.count(fleet.counters.errors, "stale_connection_retried")
+                    continue
+                raise
+            except BaseException:
+                if slot:
+                    setattr(self, slot, None)
+                raise
+            finally:
+                if timer.active():
+                    timer.cancel()
+            if slot is None and not conn.closed:
+                conn.transport.loseConnection()
+            return response
+        raise AssertionError("unreachable")
+
+    # -- registration and heartbeats ----------------------------------------------
+
+    async def register(self) -> tuple[float, float, str]:
+        """One ``POST /register``: (sent_at, done_at, cursor or "")."""
+        slot = "hb_conn" if self.fleet.mode == "wire" and self.fleet.keep_heartbeat_connection else None
+        sent = time.monotonic()
+        response = await self._send(slot, b"POST", b"/register", self.body, "register", REQUEST_TIMEOUT)
+        answer = _answer(response, "register")
+        return sent, response.done_at, str(answer.get("cursor") or "")
+
+    async def join(self) -> tuple[float, float, str]:
+        """Become a node: enroll with the join key (authenticating server) or register (open)."""
+        if self.fleet.join_key is None:
+            return await self.register()
+        slot = "hb_conn" if self.fleet.keep_heartbeat_connection else None
+        sent = time.monotonic()
+        body = enroll_body(self.body, self.fleet.join_key)
+        response = await self._send(slot, b"POST", b"/enroll", body, "enroll", REQUEST_TIMEOUT)
+        answer = _answer(response, "enroll")
+        credential = answer.get("credential")
+        if not isinstance(credential, str) or not credential:
+            raise HttpError("enroll answered without a credential")
+        self.auth = b"Authorization: Bearer " + credential.encode() + b"\r\n"
+        return sent, response.done_at, str(answer.get("cursor") or "")
+
+    async def heartbeat_once(self) -> None:
+        if self.stopped:
+            return
+        try:
+            await self.register()
+        except Exception as e:
+            self.fleet.error("heartbeat", e)
+            return
+        if self.fleet.mode == "seed":
+            await self.seed_sync()
+
+    # -- seed: poll the online list --------------------------------------------------
+
+    async def seed_sync(self) -> None:
+        try:
+            response = await self._send(None, b"GET", b"/peers", None, "peers", REQUEST_TIMEOUT * 3)
+            if response.status != 200:
+                raise HttpError(f"/peers answered {response.status}")
+            answer = json.loads(response.body)
+        except Exception as e:
+            self.fleet.error("peers", e)
+            return
+        peers = answer.get("peers", []) if isinstance(answer, dict) else answer
+        if isinstance(peers, dict):  # some servers key the list by id
+            peers = list(peers.values())
+        self.fleet.saw(self, peers, response.done_at)
+
+    # -- wire: the long-poll ---------------------------------------------------------
+
+    async def poll_loop(self, first_wait: float, wait: float) -> None:
+        fleet = self.fleet
+        current_wait = first_wait
+        backoff = 0.0
+        for _ in range(MAX_LOOP_ROUNDS):
+            if self.stopped or not fleet.running:
+                return
+            path = f"/peers?since={self.cursor}&wait={current_wait:g}".encode()
+            try:
+                response = await self._send("poll_conn", b"GET", path, None, "longpoll", current_wait + REQUEST_TIMEOUT)
+                if response.status != 200:
+                    if response.status == 400:
+                        self.cursor = "0"  # as the daemon does: a cursor this server rejects
+                    raise HttpError(f"long-poll answered {response.status}: {response.body[:120]!r}")
+                answer = json.loads(response.body)
+                self.cursor = str(answer["cursor"])
+            except Exception as e:
+                if self.stopped or not fleet.running:
+                    return
+                fleet.error("longpoll", e)
+                backoff = min(BACKOFF_CAP, backoff * 2 if backoff else BACKOFF_FIRST)
+                await deferLater(fleet.reactor, backoff, lambda: None)
+                continue
+            backoff = 0.0
+            current_wait = wait
+            fleet.saw(self, answer.get("upserts") or (), response.done_at)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.heartbeat is not None and self.heartbeat.running:
+            self.heartbeat.stop()
+        for conn in (self.hb_conn, self.poll_conn):
+            if conn is not None and not conn.closed:
+                conn.abort()
+
+
+def _answer(response, what: str) -> dict:
+    if response.status != 200:
+        raise HttpError(f"{what} answered {response.status}: {response.body[:200]!r}")
+    answer = json.loads(response.body)
+    if not isinstance(answer, dict) or not answer.get("ok", True):
+        raise HttpError(f"{what} refused: {response.body[:200]!r}")
+    return answer
+
+
+def _time_out(conn: HttpConnection, d: Deferred) -> None:
+    if not d.called:
+        conn.fail_and_abort(HttpError("request timed out"))
+
+
+class Fleet:
+    """The simulated nodes of one load process."""
+
+    def __init__(
+        self,
+        reactor,
+        host: str,
+        port: int,
+        mode: str,
+        run_tag: str,
+        indices: range,
+        connect_concurrency: int = 64,
+        keep_heartbeat_connection: bool = True,
+        on_watch_done: Callable[[Watch, int], None] | None = None,
+        tls: bool = False,
+        own_addresses: bool = True,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.reactor = reactor
+        self.mode = mode
+        self.run_tag = run_tag
+        self.counters = Counters()
+        self.connector = Connector(
+            reactor, host, port, self.counters, concurrency=connect_concurrency, tls=client_tls() if tls else None
+        )
+        self.own_addresses = own_addresses
+        self.join_key: str | None = None  # set before joining an authenticating server
+        self.nodes = [SimNode(self, i) for i in indices]
+        # False: each heartbeat on a fresh connection (fd limits, see README).
+        self.keep_heartbeat_connection = keep_heartbeat_connection
+        self.running = False
+        self.watches: dict[str, Watch] = {}
+        self._on_watch_done = on_watch_done
+        self._tasks: list[Deferred] = []
+        self.error_samples: list[str] = []
+
+    def error(self, kind: str, error: Exception) -> None:
+        self.counters.count(self.counters.errors, f"{kind}: {type(error).__name__}")
+        if len(self.error_samples) < 20:
+            self.error_samples.append(f"{kind}: {error}"[:300])
+
+    # -- registration throughput ------------------------------------------------------
+
+    async def register_all(self, concurrency: int, join_key: str | None = None) -> dict:
+        """Every node joins (enrolls or registers) once, ``concurrency`` at a time; per-node timings."""
+        self.join_key = join_key
+        pending = iter(self.nodes)
+        sent_at: list[float] = []
+        done_at: list[float] = []
+        best_cursor = ""
+        failures = 0
+
+        async def lane() -> None:
+            nonlocal best_cursor, failures
+            for node in pending:
+                try:
+                    sent, done, cursor = await node.join()
+                except Exception as e:
+                    failures += 1
+                    self.error("join", e)
+                    continue
+                sent_at.append(sent)
+                done_at.append(done)
+                if cursor_serial(cursor) > cursor_serial(best_cursor):
+                    best_cursor = cursor
+
+        started = time.monotonic()
+        lanes = [Deferred.fromCoroutine(lane()) for _ in range(max(1, min(concurrency, len(self.nodes))))]
+        for d in lanes:
+            await d
+        return {
+            "nodes": len(self.nodes),
+            "ok": len(done_at),
+            "failed": failures,
+            "started": started,
+            "ended": time.monotonic(),
+            "latencies": [round(d - s, 6) for s, d in zip(sent_at, done_at)],
+            "completions": [round(d, 6) for d in done_at],
+            "cursor": best_cursor,
+        }
+
+    # -- steady state ---------------------------------------------------------------------
+
+    def start_steady(
+        self, cursor: str, heartbeat_interval: float, poll_wait: float, seed: int, implicit_heartbeat: bool = False
+    ) -> None:
+        """Heartbeats at random phases; in wire mode a long-poll per node,
+        whose first wait is random so the 25 s cycles do not all line up.
+
+        ``implicit_heartbeat`` (wire mode, a proposed protocol change): no
+        ``POST /register`` after joining; the server takes each long-poll as
+        the node's sign of life, and the long-poll reuses the connection the
+        node joined on, as an HTTP client's pool would.
+        """
+        rng = random.Random(seed)
+        self.running = True
+        implicit = implicit_heartbeat and self.mode == "wire"
+        for node in self.nodes:
+            node.cursor = cursor or "0"
+            if implicit:
+                if node.poll_conn is None and node.hb_conn is not None and not node.hb_conn.closed:
+                    node.poll_conn, node.hb_conn = node.hb_conn, None
+            else:
+                node.heartbeat = LoopingCall(lambda n=node: Deferred.fromCoroutine(n.heartbeat_once()))
+                node.heartbeat.clock = self.reactor
+                phase = rng.uniform(0, heartbeat_interval)
+                self.reactor.callLater(phase, _start_loop, node, heartbeat_interval)
+            if self.mode == "wire":
+                first_wait = round(rng.uniform(1, poll_wait), 2)
+                d = Deferred.fromCoroutine(node.poll_loop(first_wait, poll_wait))
+                d.addErrback(lambda f: self.error("longpoll loop", f.value))
+                self._tasks.append(d)
+
+    # -- propagation ------------------------------------------------------------------------
+
+    def watch(self, node_id: str) -> None:
+        self.watches[node_id] = Watch(node_id)
+
+    def saw(self, node: SimNode, views, at: float) -> None:
+        """A node received these peer views (a delta's upserts or the seed's list)."""
+        if not self.watches:
+            return
+        for view in views:
+            node_id = view.get("node_id") if isinstance(view, dict) else None
+            watch = self.watches.get(node_id)
+            if watch is None or node.index in watch.seen:
+                continue
+            watch.seen[node.index] = at
+            if len(watch.seen) == len(self.nodes) and not watch.reported:
+                watch.reported = True
+                if self._on_watch_done:
+                    self._on_watch_done(watch, 0)
+
+    def end_watch(self, node_id: str) -> Watch | None:
+        return self.watches.pop(node_id, None)
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.running = False
+        self.watches.clear()
+        for node in self.nodes:
+            node.stop()
+
+
+def _start_loop(node: SimNode, interval: float) -> None:
+    if node.stopped or node.heartbeat is None:
+        return
+    d = node.heartbeat.start(interval, now=True)
+    d.addErrback(lambda f: node.fleet.error("heartbeat loop", f.value))
