@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 import signal
 import sys
 
@@ -91,8 +93,6 @@ class ServerProcess(_Process):
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         command = [twistd] if os.path.exists(twistd) else [sys.executable, "-m", "twisted", "twistd"]
         if self.fd_soft_limit:
-            import resource
-
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             command = ["prlimit", f"--nofile={self.fd_soft_limit}:{hard}", *command]
         return pinned(
@@ -115,8 +115,6 @@ class ServerProcess(_Process):
         env = dict(os.environ, PYTHONPATH=self.checkout)
         argv = self.argv()
         # The server inherits our RLIMIT_NOFILE (run_all raises it to the hard limit).
-        import shutil
-
         self.reactor.spawnProcess(self, shutil.which(argv[0]) or argv[0], argv, env=env, path=self.checkout)
 
 
@@ -136,8 +134,6 @@ class WorkerProcess(_Process):
 
     def spawn(self) -> None:
         env = dict(os.environ, PYTHONPATH=BENCH_CHECKOUT)
-        import shutil
-
         self.reactor.spawnProcess(self, shutil.which(self._argv[0]) or self._argv[0], self._argv, env=env, path=BENCH_CHECKOUT)
 
     def outReceived(self, data: bytes) -> None:

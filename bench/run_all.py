@@ -22,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import twisted  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.logger import LogLevel, LogLevelFilterPredicate, FilteringLogObserver, globalLogBeginner  # noqa: E402
 from twisted.logger import Logger, textFileLogObserver  # noqa: E402
@@ -169,8 +170,6 @@ def environment(options) -> dict:
             cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    import twisted
-
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import resource
 import secrets
 import shutil
 import socket
@@ -313,8 +314,6 @@ def _cpu_count(cpus: str) -> int:
 
 
 def own_fd_limit() -> int:
-    import resource
-
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
