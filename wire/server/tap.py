@@ -34,6 +34,12 @@ DEFAULT_PORT = 8787
 DEFAULT_DATA_DIR = "/var/lib/wire"
 DEFAULT_SUBNET = "10.99.0.0/16"
 FIRST_JOIN_FILE = "first-join.txt"
+# Connections the kernel may hold for us before we accept them. Twisted's
+# default, 50, overflows whenever many nodes connect at once (a server
+# restart, a busy second): the kernel then drops the handshake and the node
+# waits a whole SYN-retransmit second (then 3, 7...). The kernel caps it at
+# net.core.somaxconn (4096 on current Linux).
+LISTEN_BACKLOG = 1024
 MAX_UNIX_PATH = 107
 
 # Rate limits per client address, as (tokens per second, burst). Nodes
@@ -295,7 +301,7 @@ def _api_endpoint(config: Options, reactor):
     port, interface = config["port"], config["interface"]
     if not config["tls"]:
         endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-        return endpoint_type(reactor, port, interface=interface), ""
+        return endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface), ""
     if config["tls-cert"]:
         cert_path, key_path = config["tls-cert"], config["tls-key"]
         fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
@@ -303,7 +309,7 @@ def _api_endpoint(config: Options, reactor):
         cert_path, key_path = ensure_self_signed(config["data-dir"])
         fingerprint = read_fingerprint(cert_path)
     context = server_context(cert_path, key_path)
-    return SSL4ServerEndpoint(reactor, port, context, interface=interface), fingerprint
+    return SSL4ServerEndpoint(reactor, port, context, backlog=LISTEN_BACKLOG, interface=interface), fingerprint
 
 
 def _first_join_command(admin: Admin, data_dir: str) -> None:
