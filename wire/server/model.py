@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from wire.protocol import Registration
 
@@ -49,7 +49,10 @@ class NodeRecord:
 
     def peer_view(self, online: bool, now: float) -> dict:
         """The node as other nodes and the seed's API see it."""
-        view = asdict(self)
+        # Not dataclasses.asdict: it deep-copies field by field, and every
+        # field here is a str or a number. This runs once per node in every
+        # snapshot and seed /peers answer.
+        view = {name: getattr(self, name) for name in RECORD_FIELDS}
         view["online"] = online
         view["status"] = "online" if online else "offline"
         view["last_seen_ago"] = max(0, int(now - self.last_seen))
