@@ -106,11 +106,27 @@ class DeadlineChannel(http.HTTPChannel):
         self.timeoutConnection()
 
 
+class SharedJson(dict):
+    """A JSON answer given to many requests at once (long-poll waiters on
+    the same cursor): encoded for the first, the bytes reused for the rest."""
+
+    __slots__ = ("encoded",)
+
+
+def encode_json(body: Any) -> bytes:
+    encoded = getattr(body, "encoded", None) if isinstance(body, SharedJson) else None
+    if encoded is None:
+        encoded = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        if isinstance(body, SharedJson):
+            body.encoded = encoded
+    return encoded
+
+
 def write_json(request: server.Request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return encode_json(body)
 
 
 def read_json_body(request: server.Request) -> dict[str, Any]:
@@ -166,7 +182,11 @@ class JsonResource(resource.Resource):
 def _finish(request: server.Request, status: int, body: Any) -> None:
     if request.finished or request._disconnected:
         return
-    request.write(write_json(request, status, body))
+    data = write_json(request, status, body)
+    # Known length: one write, no chunked framing (every heartbeat and
+    # long-poll answer comes through here).
+    request.setHeader(b"content-length", b"%d" % len(data))
+    request.write(data)
     request.finish()
 
 

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wire.protocol import ProtocolError
+from wire.web import SharedJson
 
 MAX_WAIT_SECONDS = 120.0
 
@@ -133,10 +134,10 @@ class LongPollHub:
     def _wake(self) -> None:
         self._wake_call = None
         waiters, self._waiters = self._waiters, {}
-        answers: dict[Cursor, dict] = {}
+        answers: dict[Cursor, SharedJson] = {}
         for waiter, cursor in waiters.items():
             if cursor not in answers:
-                answers[cursor] = self._answer(cursor)
+                answers[cursor] = SharedJson(self._answer(cursor))
             waiter.callback(answers[cursor])
 
     def close(self) -> None:
