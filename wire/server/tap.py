@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import resource
 import socket
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
@@ -226,9 +227,36 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
     return Coordinator(reactor, store, registry, relay_port=config["port"] + 1, authority=authority), lock_file
 
 
+def raise_fd_limit() -> int:
+    """Let the server use every file descriptor it is allowed.
+
+    Each node holds two connections (heartbeat and long-poll), so the usual
+    soft limit of 1024 (systemd's default) stops the server at about 500
+    nodes, with accept() failing for the rest; the hard limit (524288 under
+    systemd) is there to be used.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warn("wire-server: cannot raise the open-files limit from {soft} to {hard}: {error}", soft=soft, hard=hard, error=e)
+            return soft
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def makeService(config: Options, reactor=None) -> CoordinationServer:
     if reactor is None:
         from twisted.internet import reactor
+    fd_limit = raise_fd_limit()
+    if fd_limit < 20_000:
+        log.warn(
+            "wire-server: {limit} open files allowed: enough for about {nodes} nodes (two connections each)",
+            limit=fd_limit,
+            nodes=max(0, (fd_limit - 100) // 2),
+        )
     try:
         coordinator, lock_file = build_coordinator(config, reactor)
     except (StoreError, SeedStateError) as e:
