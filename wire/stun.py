@@ -467,8 +467,11 @@ class StunServerProtocol(DatagramProtocol):
         self._failures = 0
 
     def startProtocol(self) -> None:
-        if self._relay is not None:
-            enlarge_socket_buffers(self.transport)
+        # Both ports, relay or not: Binding requests from thousands of nodes
+        # arrive in bursts, and while the reactor drains one socket (up to
+        # 256 KiB of datagrams per read) the other's default ~200 KiB buffer
+        # (a few hundred small datagrams) overflows.
+        enlarge_socket_buffers(self.transport)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
