@@ -18,7 +18,6 @@ import random
 import resource
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from bench import procstat, profiling, relay
+from tests.serverproc import free_port_triple  # one helper for tests and benches
 from bench.httpload import Connector, Counters, client_tls
 from bench.nodes import enroll_body, node_identity, probe_source_address, registration_body
 from bench.processes import BENCH_CHECKOUT, ServerProcess, WorkerProcess, _Process
@@ -71,24 +71,6 @@ class Settings:
     quiet_timeout: float = 600.0  # how long to wait for quiet before measuring anyway
     profile_dir: str | None = None  # py-spy the server's phases into this directory
     scratch: str = field(default_factory=lambda: tempfile.gettempdir())
-
-
-def free_port_triple() -> int:
-    """A port P with TCP P and UDP P+1, P+2 free on 127.0.0.1 (best effort)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65530:
-            continue
-        try:
-            for offset in (1, 2):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port + offset))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port triple found")
 
 
 async def sleep(reactor, seconds: float) -> None:
