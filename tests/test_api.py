@@ -1,12 +1,15 @@
 """The HTTP API in memory, through treq's StubTreq."""
 
 import json
+from ipaddress import ip_network
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from tests.helpers import body_for, key_for, make_coordinator
-from wire.server.api import build_root
+from wire.server.api import ClientRules, build_root
+from wire.server.auth import Authority
 
 
 class ApiTestCase(unittest.TestCase):
@@ -203,3 +206,118 @@ class BadInputTests(ApiTestCase):
         text = text.decode()
         self.assertIn("wire_nodes 1.0", text)
         self.assertIn('wire_registrations_total{outcome="new"} 1.0', text)
+
+
+class LongPollHeartbeatTests(ApiTestCase):
+    """With authentication, a node's long-poll is its heartbeat."""
+
+    def setUp(self):
+        super().setUp()
+        self.coordinator.authority = Authority(self.coordinator.store, self.clock)
+        self.coordinator.registry.unique_names = True
+        _, self.join_key = self.coordinator.authority.create_key(reusable=True)
+        # Trusting StubTreq's own address lets a test pick the client's.
+        self.http = StubTreq(build_root(self.coordinator, ClientRules(trusted_proxies=(ip_network("127.0.0.1/32"),))))
+
+    def enroll(self, name):
+        code, answer = self.run_async(self.json_call("POST", "/enroll", {**body_for(name), "join_key": self.join_key}))
+        self.assertEqual(code, 200, answer)
+        return answer
+
+    def poll(self, credential, since, wait=25, client="127.0.0.1"):
+        """Send a long-poll; returns its (not yet fired) Deferred."""
+        headers = {b"x-forwarded-for": [client.encode()]}
+        if credential is not None:
+            headers[b"authorization"] = [b"Bearer " + credential.encode()]
+        d = Deferred.fromCoroutine(self.json_call("GET", f"/peers?since={since}&wait={wait}", headers=headers))
+        self.http.flush()
+        return d
+
+    def answer_of(self, d, advance=25):
+        self.clock.advance(advance)
+        self.http.flush()
+        return self.successResultOf(d)
+
+    def test_register_and_enroll_answers_say_so(self):
+        enrolled = self.enroll("web1")
+        self.assertEqual(enrolled["heartbeat"], "longpoll")
+        headers = {b"authorization": [b"Bearer " + enrolled["credential"].encode()]}
+        code, registered = self.run_async(self.json_call("POST", "/register", body_for("web1"), headers=headers))
+        self.assertEqual((code, registered["heartbeat"]), (200, "longpoll"))
+
+    def test_longpoll_refreshes_last_seen_without_moving_the_netmap(self):
+        web1 = self.enroll("web1")
+        record = self.coordinator.registry.get(web1["node_id"])
+        cursor = web1["cursor"]
+        self.clock.advance(60)
+        d = self.poll(web1["credential"], cursor)
+        self.assertEqual(record.last_seen, self.clock.seconds(), "the poll counts when it arrives")
+        code, answer = self.answer_of(d)
+        self.assertEqual((code, answer["cursor"], answer["upserts"]), (200, cursor, []))
+        self.assertNotIn("register", answer)
+        # 60 + 25 + 25 s after enrolling, with no POST /register: still online.
+        d = self.poll(web1["credential"], cursor)
+        self.answer_of(d)
+        self.coordinator.sweep()
+        self.assertTrue(self.coordinator.registry.is_online(web1["node_id"]))
+        # Without polls it goes offline as it always did.
+        self.clock.advance(91)
+        self.coordinator.sweep()
+        self.assertFalse(self.coordinator.registry.is_online(web1["node_id"]))
+
+    def test_longpoll_brings_an_offline_node_back_with_a_netmap_change(self):
+        web1 = self.enroll("web1")
+        db1 = self.enroll("db1")
+        self.clock.advance(91)
+        self.coordinator.sweep()
+        self.assertEqual(self.coordinator.registry.online_count, 0)
+        code, snapshot = self.run_async(
+            self.json_call("GET", "/peers?since=0", headers={b"authorization": [b"Bearer " + db1["credential"].encode()]})
+        )
+        watching = self.poll(db1["credential"], snapshot["cursor"])
+        code, answer = self.answer_of(self.poll(web1["credential"], snapshot["cursor"]), advance=0)
+        self.assertEqual([(p["node_name"], p["online"]) for p in answer["upserts"]], [("web1", True)])
+        code, seen_by_db1 = self.answer_of(watching, advance=0)
+        self.assertEqual([(p["node_name"], p["online"]) for p in seen_by_db1["upserts"]], [("web1", True)])
+
+    def test_a_poll_from_a_new_address_counts_and_asks_for_a_registration(self):
+        web1 = self.enroll("web1")
+        record = self.coordinator.registry.get(web1["node_id"])
+        self.clock.advance(60)
+        code, answer = self.answer_of(self.poll(web1["credential"], web1["cursor"], client="203.0.113.9"))
+        self.assertEqual(record.last_seen, self.clock.seconds() - 25)
+        self.assertIs(answer["register"], True, "only a registration tells the server the node's new endpoint")
+        self.assertEqual(record.public_ip, "127.0.0.1", "a poll changes nothing but last_seen")
+
+    def test_a_refused_poll_counts_for_nothing(self):
+        web1 = self.enroll("web1")
+        record = self.coordinator.registry.get(web1["node_id"])
+        enrolled_at = record.last_seen
+        self.clock.advance(60)
+        for credential, since in ((None, web1["cursor"]), ("made-up", web1["cursor"]), (web1["credential"], "x:y")):
+            code, answer = self.answer_of(self.poll(credential, since), advance=0)
+            self.assertIn(code, (400, 401))
+        self.assertEqual(record.last_seen, enrolled_at)
+
+
+class OpenModeLongPollTests(ApiTestCase):
+    """An open server cannot tell who polls: only POST /register keeps a node online."""
+
+    def test_register_answer_has_no_heartbeat_field(self):
+        code, answer = self.register("web1")
+        self.assertNotIn("heartbeat", answer)
+
+    def test_longpoll_is_no_heartbeat(self):
+        code, answer = self.register("web1")
+        record = self.coordinator.registry.get(answer["node_id"])
+        registered_at = record.last_seen
+        self.clock.advance(60)
+        d = Deferred.fromCoroutine(self.json_call("GET", f"/peers?since={answer['cursor']}&wait=25"))
+        self.http.flush()
+        self.clock.advance(25)
+        self.http.flush()
+        code, delta = self.successResultOf(d)
+        self.assertEqual((code, record.last_seen), (200, registered_at))
+        self.clock.advance(6)
+        self.coordinator.sweep()
+        self.assertFalse(self.coordinator.registry.is_online(answer["node_id"]))

@@ -69,6 +69,33 @@ class RegistryTests(unittest.TestCase):
         self.registry.sweep(self.clock.seconds())
         self.assertEqual(self.registry.online_count, 1)
 
+    def test_seen_is_a_heartbeat_that_changes_nothing(self):
+        node_id = self.register("web1").record.node_id
+        self.coordinator.store.write_pending()
+        serial = self.registry.changes.serial
+        self.clock.advance(60)
+        self.assertTrue(self.registry.seen(node_id, self.clock.seconds()))
+        self.assertEqual(self.registry.get(node_id).last_seen, self.clock.seconds())
+        self.assertEqual(self.registry.changes.serial, serial, "an online node seen again moves no netmap")
+        self.clock.advance(60)
+        self.registry.sweep(self.clock.seconds())
+        self.assertTrue(self.registry.is_online(node_id), "seen 60 s ago: still online")
+        self.coordinator.store.flush_touches()
+        (stored,) = self.coordinator.store.query("SELECT last_seen FROM nodes")
+        self.assertEqual(stored[0], self.clock.seconds() - 60, "the store learns it in its next batch")
+
+    def test_seen_brings_an_offline_node_back(self):
+        node_id = self.register("web1").record.node_id
+        self.clock.advance(91)
+        self.registry.sweep(self.clock.seconds())
+        self.assertFalse(self.registry.is_online(node_id))
+        cursor = self.registry.changes.cursor
+        self.registry.seen(node_id, self.clock.seconds())
+        self.assertTrue(self.registry.is_online(node_id))
+        delta = self.registry.netmap_since(cursor, self.clock.seconds())
+        self.assertEqual([(p["node_name"], p["online"]) for p in delta["upserts"]], [("web1", True)])
+        self.assertFalse(self.registry.seen("no-such-node", self.clock.seconds()))
+
     def test_mark_offline(self):
         node_id = self.register("web1").record.node_id
         self.assertTrue(self.registry.mark_offline(node_id))

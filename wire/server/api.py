@@ -170,7 +170,7 @@ class Register(CoordinatorResource):
 
 
 def registered_answer(coordinator: Coordinator, record, public_ip: str) -> dict:
-    return {
+    answer = {
         "ok": True,
         "vpn_ip": record.vpn_ip,
         "your_ip": public_ip,
@@ -180,6 +180,11 @@ def registered_answer(coordinator: Coordinator, record, public_ip: str) -> dict:
         "offline_after": coordinator.registry.offline_after,
         "cursor": str(coordinator.registry.changes.cursor),
     }
+    if coordinator.longpoll_heartbeats:
+        # The node's long-poll keeps it online: it may leave out the periodic
+        # POST /register while nothing it registers changes.
+        answer["heartbeat"] = "longpoll"
+    return answer
 
 
 class Enroll(CoordinatorResource):
@@ -204,7 +209,7 @@ class Peers(CoordinatorResource):
     methods = ("GET",)
 
     def get(self, request: server.Request):
-        caller(self._coordinator, request)
+        node_id = caller(self._coordinator, request)
         since = query_arg(request, "since")
         wait_text = query_arg(request, "wait")
         if since is None:
@@ -220,7 +225,7 @@ class Peers(CoordinatorResource):
             if not 0 <= wait <= MAX_WAIT_SECONDS:
                 raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
         with answering_errors():
-            return self._coordinator.netmap(since, wait)
+            return self._coordinator.netmap(since, wait, node_id, self._rules.client_ip(request) if node_id else None)
 
 
 class Status(CoordinatorResource):
@@ -295,7 +300,7 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     root = JsonRoot()
     root.putChild(b"register", Register(coordinator, rules))
     root.putChild(b"enroll", Enroll(coordinator, rules))
-    root.putChild(b"peers", Peers(coordinator))
+    root.putChild(b"peers", Peers(coordinator, rules))
     root.putChild(b"status", Status(coordinator))
     root.putChild(b"health", Health(coordinator))
     root.putChild(b"ip", YourIp(rules))

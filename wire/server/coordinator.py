@@ -142,10 +142,33 @@ class Coordinator:
         peers = [self.registry.view(r, now) for r in self.registry.online_records()]
         return {"peers": peers, "count": len(peers), "cursor": str(self.registry.changes.cursor)}
 
-    def netmap(self, since: str, wait: float) -> Deferred:
-        """Long-poll: changes after ``since``, as soon as there are any."""
+    @property
+    def longpoll_heartbeats(self) -> bool:
+        """Whether a node's long-poll counts as its heartbeat: only when the
+        server knows who polls (authentication); an open server cannot tell."""
+        return self.authority is not None
+
+    def netmap(self, since: str, wait: float, node_id: str | None = None, public_ip: str | None = None) -> Deferred:
+        """Long-poll: changes after ``since``, as soon as there are any.
+
+        ``node_id``, the authenticated caller, is alive: its poll is its
+        heartbeat, so it need not also ``POST /register`` every 30 s (one
+        connection per node, not two). Seen from an address other than the
+        one it registered from (``public_ip``), it still counts, and the
+        answer carries ``"register": true``: its endpoint moved, and only a
+        registration tells the server (and the node) where it is now.
+        """
         cursor = parse_cursor(since, self.registry.changes.epoch)
-        return self.longpolls.poll(cursor, wait)
+        moved = False
+        if node_id is not None and self.longpoll_heartbeats:
+            record = self.registry.get(node_id)
+            if record is not None:
+                self.registry.seen(node_id, self.now())
+                moved = public_ip is not None and public_ip != record.public_ip
+        answer = self.longpolls.poll(cursor, wait)
+        if moved:
+            answer.addCallback(lambda body: {**body, "register": True})
+        return answer
 
     def _node_with_key(self, node_id: str, wg_public_key: str, caller: str | None = None):
         """The node a request speaks for: the authenticated caller, or (open

@@ -183,19 +183,13 @@ class Registry:
             vpn_ip = existing.vpn_ip
             registered = existing.registered
         record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now)
-        came_online = node_id not in self._online
+        if existing is not None and existing.describes_same_node(record):
+            self._alive(existing, now)
+            return Registered(existing, "heartbeat")
+
         self._offline.pop(node_id, None)
         self._online[node_id] = None
         self._online.move_to_end(node_id)
-
-        if existing is not None and existing.describes_same_node(record):
-            existing.last_seen = now
-            self._store.touch(node_id, now)
-            if came_online:
-                self.log.info("node {name} ({vpn_ip}) is back online", name=record.node_name, vpn_ip=vpn_ip)
-                self._changed(node_id)
-            return Registered(existing, "heartbeat")
-
         if existing is not None:
             self._unindex(existing)
         self._index(record)
@@ -211,6 +205,30 @@ class Registry:
             nat_port=record.nat_port,
         )
         return Registered(record, outcome)
+
+    def seen(self, node_id: str, now: float) -> bool:
+        """The node showed it is alive without registering (its authenticated
+        long-poll arrived): a heartbeat that changes nothing. False for an
+        unknown node."""
+        record = self._nodes.get(node_id)
+        if record is None:
+            return False
+        self._alive(record, now)
+        return True
+
+    def _alive(self, record: NodeRecord, now: float) -> None:
+        """A heartbeat: O(1), the time written in the store's next batch; a
+        node that was offline comes back online (a netmap change)."""
+        node_id = record.node_id
+        came_online = node_id not in self._online
+        record.last_seen = now
+        self._store.touch(node_id, now)
+        self._offline.pop(node_id, None)
+        self._online[node_id] = None
+        self._online.move_to_end(node_id)
+        if came_online:
+            self.log.info("node {name} ({vpn_ip}) is back online", name=record.node_name, vpn_ip=record.vpn_ip)
+            self._changed(node_id)
 
     def add_imported(self, record: NodeRecord) -> None:
         """Adopt a record from another registry (a seed state file) as it is."""
