@@ -6,17 +6,18 @@ import json
 import os
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from tests.fakes import FakeWireGuard, fixed_nat
 from tests.helpers import body_for, make_coordinator
 from tests.serverproc import http_client
-from wire.client import CoordinationClient, make_http_client
+from wire.client import CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
-from wire.node.daemon import NodeDaemon
+from wire.node.daemon import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY, NodeDaemon
 from wire.server.api import build_site
 
 
@@ -135,3 +136,167 @@ class DaemonTests(unittest.TestCase):
         await daemon.leave()
         self.assertTrue(self.wireguard.is_down)
         self.assertFalse(self.coordinator.registry.is_online(daemon.config.node_id))
+
+
+class ScriptedServer:
+    """A coordination client answering from memory on a fake clock.
+
+    Registrations answer at once; each long-poll is answered after its wait
+    with an empty delta (the first with a snapshot), or fails after a second
+    while ``polls_fail`` is set.
+    """
+
+    def __init__(self, clock, heartbeat: str | None = "longpoll"):
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.epoch = "epoch1"
+        self.registrations: list[float] = []
+        self.register_error: Exception | None = None
+        self.polls_fail = False
+        self.polls_hang = False
+        self.polls = 0
+        self.next_answer_extra: dict = {}
+
+    async def register(self, body: dict) -> dict:
+        self.registrations.append(self.clock.seconds())
+        if self.register_error is not None:
+            raise self.register_error
+        answer = {
+            "ok": True,
+            "vpn_ip": "10.99.0.5",
+            "your_ip": "198.51.100.7",
+            "node_id": body["node_id"],
+            "node_name": body["node_name"],
+            "vpn_subnet": "10.99.0.0/16",
+            "offline_after": 90,
+            "cursor": f"{self.epoch}:1",
+        }
+        if self.heartbeat is not None:
+            answer["heartbeat"] = self.heartbeat
+        return answer
+
+    def netmap(self, cursor: str, wait: float) -> Deferred:
+        self.polls += 1
+        if self.polls_fail:
+            return deferLater(self.clock, 1.0, self._unreachable)
+        if self.polls_hang:
+            return Deferred()  # sent, and never answered
+        answer = {"cursor": f"{self.epoch}:1", "full": not cursor.startswith(self.epoch + ":"), "upserts": [], "removals": []}
+        answer.update(self.next_answer_extra)
+        self.next_answer_extra = {}
+        return deferLater(self.clock, 0 if answer["full"] else wait, lambda: answer)
+
+    def _unreachable(self):
+        raise ServerUnreachable("http://wire.test is unreachable: connection refused")
+
+    def registered_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.registrations if start < t <= end)
+
+
+class LongPollHeartbeatTests(unittest.TestCase):
+    """The heartbeat loop on a fake clock: when POST /register may be left out."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.server = ScriptedServer(self.clock)
+        self.lan_ip = "192.168.1.10"
+
+    def start(self):
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"])
+        save_config(config_dir, config)
+        self.daemon = NodeDaemon(
+            clock=self.clock,
+            config_dir=config_dir,
+            config=config,
+            keys=load_or_create_keys(config_dir),
+            wireguard=FakeWireGuard(clock=self.clock),
+            client=self.server,
+            probe_nat=fixed_nat(),
+            lan_ip=lambda: self.lan_ip,
+        )
+        self.daemon.startService()
+        self.addCleanup(self.daemon.stopService)
+        self.assertEqual(len(self.server.registrations), 1, "the first registration goes out at once")
+        self.started = self.clock.seconds()
+        # The assignment (vpn_ip) enters the body: one more registration
+        # at the first heartbeat, then the body is stable.
+        self.advance(HEARTBEAT_INTERVAL)
+        self.assertEqual(len(self.server.registrations), 2)
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def registrations_over(self, seconds: float) -> int:
+        start = self.clock.seconds()
+        self.advance(seconds)
+        return self.server.registered_between(start, self.clock.seconds())
+
+    def test_no_register_while_the_longpoll_works(self):
+        self.start()
+        self.assertTrue(self.daemon.longpoll_heartbeat)
+        self.assertEqual(self.registrations_over(300), 0)
+        self.assertTrue(self.daemon.heartbeat_carried_by_longpoll())
+        self.assertGreaterEqual(self.server.polls, 12, "the long-poll kept going")
+
+    def test_open_server_gets_every_heartbeat(self):
+        self.server.heartbeat = None
+        self.start()
+        self.assertFalse(self.daemon.longpoll_heartbeat)
+        self.assertEqual(self.registrations_over(300), 10)
+
+    def test_a_changed_body_registers_at_the_next_tick(self):
+        self.start()
+        self.assertEqual(self.registrations_over(60), 0)
+        self.lan_ip = "192.168.7.7"  # the machine moved to another LAN
+        self.assertEqual(self.registrations_over(HEARTBEAT_INTERVAL), 1)
+        self.assertEqual(self.registrations_over(120), 0, "registered once, quiet again")
+
+    def test_failing_longpolls_bring_the_register_back(self):
+        self.start()
+        self.server.polls_fail = True
+        self.advance(5)  # the open poll fails when its wait ends at the latest
+        self.assertGreaterEqual(self.registrations_over(HEARTBEAT_INTERVAL * 3), 3)
+        self.server.polls_fail = False
+        self.advance(HEARTBEAT_INTERVAL * 2)
+        self.assertEqual(self.registrations_over(120), 0, "polls work again: quiet again")
+
+    def test_a_longpoll_open_too_long_is_no_heartbeat(self):
+        self.start()
+        self.server.polls_hang = True
+        # The open poll is answered within 25 s; the next one, sent then,
+        # hangs, and counts only while it is no older than a heartbeat.
+        self.assertEqual(self.registrations_over(25 + HEARTBEAT_INTERVAL), 0)
+        self.assertEqual(self.registrations_over(HEARTBEAT_INTERVAL * 3), 3)
+        self.assertTrue(self.daemon.contact.reachable, "registrations get through")
+
+    def test_a_refused_registration_is_retried_as_before(self):
+        self.start()
+        self.server.register_error = ServerError(429, "too many registrations", retry_after=7.0)
+        self.lan_ip = "192.168.7.7"
+        self.advance(HEARTBEAT_INTERVAL + 20)
+        tries = [t - self.started for t in self.server.registrations[2:]]
+        self.assertGreaterEqual(len(tries), 3)
+        self.assertTrue(all(b - a >= 7 for a, b in zip(tries, tries[1:])), f"Retry-After ignored: {tries}")
+        self.assertFalse(self.daemon.heartbeat_carried_by_longpoll(), "a refused body is no registered one")
+        self.server.register_error = None
+        self.advance(10)
+        self.assertTrue(self.daemon.heartbeat_carried_by_longpoll())
+        self.assertEqual(self.registrations_over(120), 0)
+
+    def test_full_register_at_least_every_ten_minutes(self):
+        self.start()
+        self.assertEqual(self.registrations_over(REGISTER_AT_LEAST_EVERY - 60), 0)
+        self.assertEqual(self.registrations_over(60), 1)
+        self.assertEqual(self.registrations_over(REGISTER_AT_LEAST_EVERY - 60), 0)
+
+    def test_the_server_asking_or_restarting_registers_at_the_next_tick(self):
+        self.start()
+        self.server.next_answer_extra = {"register": True}
+        self.assertEqual(self.registrations_over(60), 1)
+        self.server.epoch = "epoch2"  # a new server run
+        self.assertEqual(self.registrations_over(60), 1)
+        self.assertEqual(self.registrations_over(120), 0)

@@ -143,6 +143,45 @@ class SecureServerTests(unittest.TestCase):
         self.assertEqual(names, ["frontend", "web2"])
 
 
+class LongPollHeartbeatProcessTests(unittest.TestCase):
+    """A real server counts an authenticated long-poll as the node's heartbeat."""
+
+    timeout = 60
+
+    async def setUp(self):
+        self.data_dir = tempfile.mkdtemp(prefix="wire-hb-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.server = ServerProcess(self, self.data_dir, extra_args=("--offline-after=5",))
+        await self.server.start()
+        self.admin = AdminClient(reactor, admin_socket_path(self.data_dir))
+
+    async def tearDown(self):
+        await self.server.stop()
+
+    def node_client(self, credential=None) -> CoordinationClient:
+        http = make_http_client(reactor, persistent=False, tls_fingerprint=self.server.fingerprint)
+        return CoordinationClient(http, self.server.url, credential)
+
+    async def test_a_node_that_only_longpolls_stays_online(self):
+        key = await self.admin.create_key(reusable=True)
+        secret = decode_join_token(key["token"]).secret
+        polling = await self.node_client().enroll({**body_for("poller"), "join_key": secret})
+        silent = await self.node_client().enroll({**body_for("silent"), "join_key": secret})
+        self.assertEqual((polling["heartbeat"], silent["heartbeat"]), ("longpoll", "longpoll"))
+        client = self.node_client(polling["credential"])
+        again = await client.register(body_for("poller"))
+        self.assertEqual(again["heartbeat"], "longpoll")
+        cursor = polling["cursor"]
+        started = reactor.seconds()
+        # Twice --offline-after, with nothing but long-polls from "poller".
+        while reactor.seconds() - started < 10:
+            cursor = (await client.netmap(cursor, 1))["cursor"]
+        nodes = {n["node_name"]: n for n in (await client.status())["nodes"]}
+        self.assertEqual(nodes["poller"]["status"], "online")
+        self.assertLess(nodes["poller"]["last_seen_ago"], 3)
+        self.assertEqual(nodes["silent"]["status"], "offline")
+
+
 class JoinTokenTests(unittest.TestCase):
     def test_bad_tokens_say_what_is_wrong(self):
         for text, words in [

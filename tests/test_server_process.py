@@ -67,6 +67,7 @@ class ServerProcessTests(unittest.TestCase):
         await self.server.start()
         code, answer = await self.post("/register", body_for("web1"))
         self.assertEqual(code, 200, answer)
+        self.assertNotIn("heartbeat", answer, "an open server cannot tell who long-polls")
         # Killed the instant after it answered: the answer must still hold.
         await self.server.kill(signal.SIGKILL)
         await self.server.start()

@@ -6,6 +6,12 @@ while the server is away) → register → a long-poll loop that applies each
 netmap change to WireGuard in one ``wg`` spawn, and a heartbeat loop. The
 server being unreachable never removes a peer: tunnels keep working, and the
 loops retry with a short capped backoff until it answers again.
+
+A server with authentication counts each long-poll as the node's heartbeat
+(its register answer says ``"heartbeat": "longpoll"``). Then the heartbeat
+loop sends ``POST /register`` only when it has to: the registration body
+changed, the last one failed, no long-poll reached the server lately, the
+server asked for one, or the last one is ``REGISTER_AT_LEAST_EVERY`` old.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from wire.node.wireguard import IWireGuard, PeerConfig
 from wire.stun import NatReport
 
 HEARTBEAT_INTERVAL = 30.0
+# With long-polls as heartbeats, a full registration still goes out this
+# often: whatever the node may have missed, the server hears it all again.
+REGISTER_AT_LEAST_EVERY = 600.0
 PATH_CHECK_INTERVAL = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 4.0
@@ -109,6 +118,13 @@ class NodeDaemon(Service):
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
         self._stopping = False
+        # Heartbeats carried by the long-poll: what the server said, what we
+        # last registered (None: must register), and when polls went out.
+        self.longpoll_heartbeat = False
+        self._registered_body: dict | None = None
+        self._registered_at = 0.0
+        self._poll_sent_at: float | None = None  # the long-poll in flight
+        self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
 
     # -- life ----------------------------------------------------------------
 
@@ -227,8 +243,10 @@ class NodeDaemon(Service):
         return body
 
     async def register(self) -> dict:
+        body = self.registration_body()
+        self._registered_body = None
         try:
-            answer = await self.client.register(self.registration_body())
+            answer = await self.client.register(body)
         except ServerError as e:
             if e.status != 429:  # asked to slow down: the server is there
                 self._lost_contact(str(e), e.status)
@@ -238,6 +256,17 @@ class NodeDaemon(Service):
             self._lost_contact(str(e), 495 if e.tls_refused else 0)
             raise
         self._made_contact()
+        self._registered_body = body
+        self._registered_at = self.clock.seconds()
+        longpoll_heartbeat = answer.get("heartbeat") == "longpoll"
+        if longpoll_heartbeat != self.longpoll_heartbeat:
+            self.log.info(
+                "heartbeat: {how}",
+                how="the long-poll (the server counts it); POST /register only on change"
+                if longpoll_heartbeat
+                else f"POST /register every {HEARTBEAT_INTERVAL:.0f}s",
+            )
+        self.longpoll_heartbeat = longpoll_heartbeat
         self.contact.registered = True
         self.contact.public_ip = str(answer.get("your_ip") or "")
         self._adopt_assignment(answer)
@@ -299,10 +328,27 @@ class NodeDaemon(Service):
 
     async def _heartbeat_once(self) -> None:
         try:
-            await self._register_until_done()
+            if not self.heartbeat_carried_by_longpoll():
+                await self._register_until_done()
         except Exception:
             # A raising body would stop the heartbeat for good.
             self.log.failure("heartbeat failed")
+
+    def heartbeat_carried_by_longpoll(self) -> bool:
+        """Whether this heartbeat may go without ``POST /register``: the
+        server counts our long-polls, one reached it (answered, or sent and
+        still open) within the last interval, and the server already holds
+        exactly what we would register, from a registration not too old."""
+        if not (self.longpoll_heartbeat and self._registered_body is not None and self.contact.reachable):
+            return False
+        now = self.clock.seconds()
+        if now - self._registered_at >= REGISTER_AT_LEAST_EVERY:
+            return False
+        last_poll = self._poll_answered_sent_at if self._poll_sent_at is None else self._poll_sent_at
+        if now - last_poll > HEARTBEAT_INTERVAL:
+            return False
+        # Last, as it looks up the LAN address: any change registers at once.
+        return self.registration_body() == self._registered_body
 
     def when_registered(self) -> Deferred:
         d: Deferred = Deferred()
@@ -315,6 +361,7 @@ class NodeDaemon(Service):
     # -- netmap --------------------------------------------------------------
 
     async def _sync_once(self) -> None:
+        sent_at = self._poll_sent_at = self.clock.seconds()
         try:
             answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
         except ServerError as e:
@@ -328,15 +375,26 @@ class NodeDaemon(Service):
             self._lost_contact(str(e))
             await self._sleep_backoff()
             return
+        finally:
+            self._poll_sent_at = None
+        self._poll_answered_sent_at = sent_at
         was_unreachable = not self.contact.reachable
         self._made_contact()
         self._sync_backoff.reset()
+        if answer.get("register") is True:
+            # The server sees us from a new address: only a registration
+            # records our new endpoint. The next heartbeat sends one.
+            self._registered_body = None
         previous_epoch = self.netmap.epoch
         for problem in self.netmap.apply(answer):
             self.log.warn("netmap: {problem}", problem=problem)
-        if previous_epoch and self.netmap.epoch != previous_epoch and self.relay is not None:
-            # A new server run has forgotten every relay session: ask again.
-            await self.relay.reset()
+        if previous_epoch and self.netmap.epoch != previous_epoch:
+            # A new server run: the next heartbeat registers, and learns
+            # whether that server counts our long-polls.
+            self._registered_body = None
+            if self.relay is not None:
+                # It has forgotten every relay session too: ask again.
+                await self.relay.reset()
         try:
             await self.reconcile()
         except Exception:
