@@ -44,6 +44,9 @@ REQUEST_TIMEOUT = 10.0
 MAX_LOOP_ROUNDS = 1_000_000
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 4.0
+# wire/node/daemon.py REGISTER_AT_LEAST_EVERY: with the long-poll as the
+# heartbeat, a node still registers this often.
+FULL_REGISTER_EVERY = 600.0
 
 
 def node_identity(run_tag: str, index: int) -> tuple[str, str, str]:
@@ -358,24 +361,28 @@ class Fleet:
         """Heartbeats at random phases; in wire mode a long-poll per node,
         whose first wait is random so the 25 s cycles do not all line up.
 
-        ``implicit_heartbeat`` (wire mode, a proposed protocol change): no
-        ``POST /register`` after joining; the server takes each long-poll as
-        the node's sign of life, and the long-poll reuses the connection the
-        node joined on, as an HTTP client's pool would.
+        ``implicit_heartbeat`` (wire mode against a server that counts
+        authenticated long-polls, as ``twistd wire-node`` behaves): the
+        long-poll is the heartbeat, reusing the connection the node joined
+        on as an HTTP client's pool would; ``POST /register`` only every
+        FULL_REGISTER_EVERY seconds (its body never changes here).
         """
         rng = random.Random(seed)
         self.running = True
         implicit = implicit_heartbeat and self.mode == "wire"
         for node in self.nodes:
             node.cursor = cursor or "0"
+            interval = heartbeat_interval
             if implicit:
+                interval = FULL_REGISTER_EVERY
                 if node.poll_conn is None and node.hb_conn is not None and not node.hb_conn.closed:
                     node.poll_conn, node.hb_conn = node.hb_conn, None
-            else:
-                node.heartbeat = LoopingCall(lambda n=node: Deferred.fromCoroutine(n.heartbeat_once()))
-                node.heartbeat.clock = self.reactor
-                phase = rng.uniform(0, heartbeat_interval)
-                self.reactor.callLater(phase, _start_loop, node, heartbeat_interval)
+            node.heartbeat = LoopingCall(lambda n=node: Deferred.fromCoroutine(n.heartbeat_once()))
+            node.heartbeat.clock = self.reactor
+            # Implicit: the first full registration comes a random while
+            # after the join, which was one.
+            phase = rng.uniform(0, interval)
+            self.reactor.callLater(phase, _start_loop, node, interval)
             if self.mode == "wire":
                 first_wait = round(rng.uniform(1, poll_wait), 2)
                 d = Deferred.fromCoroutine(node.poll_loop(first_wait, poll_wait))

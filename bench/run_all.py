@@ -82,9 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="start the server with this soft open-files limit (1024: systemd's default) instead of the hard limit")
     parser.add_argument("--workers", type=int, default=0, help="load processes per run (0: automatic)")
     parser.add_argument("--heartbeat-connection", choices=("auto", "keep", "fresh"), default="auto")
-    parser.add_argument("--wire-heartbeat", choices=("periodic", "implicit"), default="periodic",
-                        help="implicit: wire nodes stop POSTing /register after joining and rely on the server "
-                        "counting their long-poll as a heartbeat (needs a server that does; a proposed change)")
+    parser.add_argument("--wire-heartbeat", choices=("periodic", "implicit"), default="implicit",
+                        help="implicit (what wire-node does against an authenticating server): the long-poll is the "
+                        "heartbeat, POST /register only every 10 minutes; periodic: POST /register every 30 s "
+                        "(the protocol before, and still against an --open server)")
     parser.add_argument("--register-concurrency", type=int, default=100)
     parser.add_argument("--warmup", type=float, default=35.0)
     parser.add_argument("--steady-seconds", type=float, default=120.0)

@@ -54,7 +54,9 @@ class Settings:
     wait: float = 25.0
     heartbeat_connection: str = "auto"  # keep | fresh | auto
     server_fd_soft_limit: int | None = None  # start the server with this soft open-files limit
-    wire_heartbeat: str = "periodic"  # periodic (POST /register every 30 s) | implicit
+    # implicit (the protocol since the server counts authenticated long-polls:
+    # POST /register only every 10 minutes) | periodic (every 30 s, as before)
+    wire_heartbeat: str = "implicit"
     register_concurrency: int = 100
     connect_concurrency: int = 64
     warmup: float = 35.0
@@ -416,9 +418,9 @@ async def coordination(
             "load_processes": len(fleet.workers),
             "heartbeat_connection": fleet.heartbeat_connection,
             "heartbeat_seconds": settings.heartbeat,
-            # implicit: wire nodes send no POST /register after joining (a
-            # proposed change: the server counts their long-poll instead).
-            "heartbeat_mode": settings.wire_heartbeat if mode == "wire" else "periodic",
+            # implicit: wire nodes send no periodic POST /register while the
+            # server counts their long-poll (only one that authenticates can).
+            "heartbeat_mode": settings.wire_heartbeat if mode == "wire" and target.authenticating else "periodic",
             "longpoll_wait_seconds": settings.wait if mode == "wire" else None,
         })
         fleet.spawn()
