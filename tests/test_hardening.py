@@ -41,7 +41,7 @@ from wire.protocol import (
     parse_registration,
     parse_wg_public_key,
 )
-from wire.relayproto import HEADER_BYTES, MAGIC, MAX_PAYLOAD, TO_NODE, TO_SERVER, encode_frame, parse_frame
+from wire.relayproto import MAGIC, MAX_PAYLOAD, OVERHEAD, TO_NODE, TO_SERVER, FrameKey, read_header
 from wire.server.api import ClientRules, build_root, forwarded_client
 from wire.server.auth import Authority
 from wire.server.metrics import ServerMetrics
@@ -315,7 +315,7 @@ class StunRateLimitTests(unittest.TestCase):
         limiter = RateLimiter(10, 3, self.clock)
         self.protocol = StunServerProtocol(
             observe=self.outcomes.append,
-            relay=lambda data, addr: (self.relayed.append((data, addr)) or ("relay_unknown", [])),
+            relay=lambda data, addr: (self.relayed.append((data, addr)) or ("relay_unknown", None, None)),
             admit=lambda host: limiter.allow(address_key(host)),
         )
         self.transport = FakeDatagramTransport()
@@ -970,7 +970,7 @@ class UdpPortPropertyTests(unittest.TestCase):
 
     def frame(self, grant, payload, key=None, direction=TO_SERVER):
         self.counter += 1
-        return encode_frame(grant.token, key or grant.key, direction, self.counter, payload)
+        return FrameKey(key or grant.key).seal(grant.token, direction, self.counter, payload)
 
     def strangers_datagrams(self):
         """Bytes of every kind a stranger can send: junk, relay-looking junk,
@@ -980,7 +980,7 @@ class UdpPortPropertyTests(unittest.TestCase):
             st.binary(max_size=200),
             st.binary(max_size=200).map(lambda b: MAGIC + b),
             st.builds(
-                lambda t, d, c, mac, p: MAGIC + t + bytes([d]) + c.to_bytes(8, "big") + mac + p,
+                lambda t, d, c, mac, p: MAGIC + t + bytes([d]) + c.to_bytes(8, "big") + p + mac,
                 token, st.integers(0, 255), st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=16),
                 st.binary(max_size=MAX_PAYLOAD + 20),
             ),
@@ -996,10 +996,10 @@ class UdpPortPropertyTests(unittest.TestCase):
         self.table.handle(replay, self.A)
         stranger = (data.draw(st.ip_addresses(v=4).map(str)), data.draw(st.integers(1, 65535)))
         for datagram in data.draw(st.lists(st.one_of(self.strangers_datagrams(), st.just(replay)), max_size=10)):
-            outcome, sends = self.table.handle(datagram, stranger)
-            self.assertEqual(sends, [], outcome)
+            outcome, reply, destination = self.table.handle(datagram, stranger)
+            self.assertEqual((reply, destination), (None, None), outcome)
         # The sides' addresses were not learned from the stranger.
-        _, [(_, destination)] = self.table.handle(self.frame(self.ga, b"y"), self.A)
+        _, _, destination = self.table.handle(self.frame(self.ga, b"y"), self.A)
         self.assertEqual(destination, self.B)
 
     @settings(deadline=None, max_examples=200)
@@ -1007,11 +1007,10 @@ class UdpPortPropertyTests(unittest.TestCase):
     def test_relay_replies_are_never_larger_than_their_request(self, payload):
         self.table.handle(self.frame(self.gb, b""), self.B)
         frame = self.frame(self.ga, payload)
-        outcome, sends = self.table.handle(frame, self.A)
+        outcome, reply, _ = self.table.handle(frame, self.A)
         self.assertIn(outcome, ("relay_forwarded", "relay_keepalive"))
-        [(reply, _)] = sends
         self.assertEqual(len(reply), len(frame))
-        self.assertEqual(parse_frame(reply).direction, TO_NODE)
+        self.assertEqual(read_header(reply)[1], TO_NODE)
 
     @settings(deadline=None, max_examples=400)
     @given(st.lists(st.tuples(st.binary(max_size=120), st.sampled_from([("203.0.113.9", 40000), ("::ffff:203.0.113.9", 1), ("fe80::1%lo", 5000), ("10.0.0.1", 0)])), max_size=20))
@@ -1028,7 +1027,7 @@ class UdpPortPropertyTests(unittest.TestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_minimal_frames(self):
-        self.assertEqual(len(self.frame(self.ga, b"")), HEADER_BYTES)
+        self.assertEqual(len(self.frame(self.ga, b"")), OVERHEAD)
 
 
 # -- no shell ----------------------------------------------------------------

@@ -12,15 +12,17 @@ from twisted.trial import unittest
 
 from wire.node.relay import RelayShim
 from wire.relayproto import (
-    HEADER_BYTES,
+    MAX_FRAME,
     MAX_PAYLOAD,
+    OVERHEAD,
     TO_NODE,
     TO_SERVER,
     FrameError,
+    DatagramBatcher,
+    FrameKey,
     ReplayWindow,
-    encode_frame,
-    parse_frame,
-    verify,
+    payload_view,
+    read_header,
 )
 from wire.server.relay import RelayTable
 from wire.stun import StunServerProtocol
@@ -29,34 +31,50 @@ KEY = bytes(range(32))
 TOKEN = b"T" * 8
 
 
+def encode_frame(token: bytes, key: bytes, direction: int, counter: int, payload: bytes) -> bytes:
+    return FrameKey(key).seal(token, direction, counter, payload)
+
+
+def opened(frame: bytes, key: bytes) -> tuple[bytes, int, int, bytes]:
+    """(token, direction, counter, payload) of a frame that must verify under key."""
+    if not FrameKey(key).authentic(frame):
+        raise AssertionError("frame does not verify")
+    return (*read_header(frame), bytes(payload_view(frame)))
+
+
 class FrameTests(unittest.TestCase):
     @given(st.binary(max_size=MAX_PAYLOAD), st.integers(0, 2**64 - 1), st.sampled_from([TO_SERVER, TO_NODE]))
     def test_round_trip(self, payload, counter, direction):
-        frame = parse_frame(encode_frame(TOKEN, KEY, direction, counter, payload))
-        self.assertEqual((frame.token, frame.counter, frame.direction, frame.payload), (TOKEN, counter, direction, payload))
-        self.assertTrue(verify(frame, KEY))
-        self.assertFalse(verify(frame, bytes(32)))
+        frame = encode_frame(TOKEN, KEY, direction, counter, payload)
+        self.assertEqual(len(frame), OVERHEAD + len(payload))
+        self.assertEqual(opened(frame, KEY), (TOKEN, direction, counter, payload))
+        self.assertFalse(FrameKey(bytes(32)).authentic(frame))
 
     @given(st.binary(max_size=2000))
     def test_garbage_raises_only_frame_error(self, data):
         try:
-            parse_frame(data)
+            read_header(data)
         except FrameError:
-            pass
+            return
+        self.assertLessEqual(len(data), MAX_FRAME)
+        self.assertFalse(FrameKey(KEY).authentic(data))
 
     def test_any_changed_byte_breaks_the_mac(self):
         data = bytearray(encode_frame(TOKEN, KEY, TO_SERVER, 7, b"payload"))
-        for i in range(4, len(data)):
+        for i in range(len(data)):
             tampered = bytearray(data)
             tampered[i] ^= 1
-            try:
-                frame = parse_frame(bytes(tampered))
-            except FrameError:
-                continue
-            self.assertFalse(verify(frame, KEY), f"byte {i}")
+            self.assertFalse(FrameKey(KEY).authentic(bytes(tampered)), f"byte {i}")
+        self.assertFalse(FrameKey(KEY).authentic(bytes(data[:-1])), "truncated")
 
-    def test_oversize_refused(self):
+    def test_a_memoryview_payload_seals_like_bytes(self):
+        frame = encode_frame(TOKEN, KEY, TO_SERVER, 7, b"payload")
+        self.assertEqual(FrameKey(KEY).seal(TOKEN, TO_SERVER, 7, payload_view(frame)), frame)
+
+    def test_oversize_and_bad_keys_refused(self):
         self.assertRaises(FrameError, encode_frame, TOKEN, KEY, TO_SERVER, 1, b"x" * (MAX_PAYLOAD + 1))
+        self.assertRaises(FrameError, FrameKey, b"short")
+        self.assertRaises(FrameError, read_header, encode_frame(TOKEN, KEY, TO_SERVER, 1, b"x" * MAX_PAYLOAD) + b"x")
 
 
 class ReplayWindowTests(unittest.TestCase):
@@ -104,14 +122,13 @@ class RelayTableTests(unittest.TestCase):
         self.assertEqual(self.table.handle(self.frame("a", b""), self.A)[0], "relay_keepalive")
         self.assertEqual(self.table.handle(self.frame("a", b"hello"), self.A)[0], "relay_no_peer")
         self.table.handle(self.frame("b", b""), self.B)
-        outcome, sends = self.table.handle(self.frame("a", b"hello"), self.A)
+        outcome, data, destination = self.table.handle(self.frame("a", b"hello"), self.A)
         self.assertEqual(outcome, "relay_forwarded")
-        ((data, destination),) = sends
         self.assertEqual(destination, self.B)
-        frame = parse_frame(data)
-        self.assertEqual((frame.token, frame.direction, frame.payload), (self.gb.token, TO_NODE, b"hello"))
-        self.assertTrue(verify(frame, self.gb.key))
-        self.assertEqual(len(data), HEADER_BYTES + 5, "no amplification")
+        token, direction, _, payload = opened(data, self.gb.key)
+        self.assertEqual((token, direction, payload), (self.gb.token, TO_NODE, b"hello"))
+        self.assertFalse(FrameKey(self.ga.key).authentic(data), "sealed for B only")
+        self.assertEqual(len(data), OVERHEAD + 5, "no amplification")
 
     def test_forged_replayed_reflected_and_unknown_frames_are_dropped(self):
         self.table.handle(self.frame("a", b""), self.A)
@@ -119,15 +136,15 @@ class RelayTableTests(unittest.TestCase):
         captured = self.frame("a", b"secret")
         self.assertEqual(self.table.handle(captured, self.A)[0], "relay_forwarded")
         attacker = ("192.0.2.66", 6666)
-        self.assertEqual(self.table.handle(captured, attacker), ("relay_replay", []))
-        self.assertEqual(self.table.handle(self.frame("a", b"x", key=bytes(32)), attacker), ("relay_forged", []))
-        self.assertEqual(self.table.handle(encode_frame(b"Z" * 8, KEY, TO_SERVER, 1, b"x"), attacker), ("relay_unknown", []))
-        self.assertEqual(self.table.handle(b"WRL1garbage", attacker), ("relay_malformed", []))
+        self.assertEqual(self.table.handle(captured, attacker), ("relay_replay", None, None))
+        self.assertEqual(self.table.handle(self.frame("a", b"x", key=bytes(32)), attacker), ("relay_forged", None, None))
+        self.assertEqual(self.table.handle(encode_frame(b"Z" * 8, KEY, TO_SERVER, 1, b"x"), attacker), ("relay_unknown", None, None))
+        self.assertEqual(self.table.handle(b"WRL2garbage", attacker), ("relay_malformed", None, None))
         # A server-to-node frame sent back to the server is not taken as the node's.
-        _, ((to_b, _),) = self.table.handle(self.frame("a", b"y"), self.A)
+        _, to_b, _ = self.table.handle(self.frame("a", b"y"), self.A)
         self.assertEqual(self.table.handle(to_b, attacker)[0], "relay_unknown")
         # The attacker never became anyone's address.
-        _, ((_, destination),) = self.table.handle(self.frame("b", b"reply"), self.B)
+        _, _, destination = self.table.handle(self.frame("b", b"reply"), self.B)
         self.assertEqual(destination, self.A)
 
     def test_rate_limited_per_side(self):
@@ -147,6 +164,40 @@ class RelayTableTests(unittest.TestCase):
     def test_end_sessions_of_a_node(self):
         self.assertEqual(self.table.end_sessions_of("node-b"), 1)
         self.assertEqual(len(self.table), 0)
+
+
+class DatagramBatcherTests(unittest.TestCase):
+    """The relay's sends leave together after the reactor turn that made them."""
+
+    def setUp(self):
+        self.receiver = FakeWireGuardSocket()
+        self.receiving = reactor.listenUDP(0, self.receiver, interface="127.0.0.1")
+        self.addCleanup(self.receiving.stopListening)
+        self.sending = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(self.sending.stopListening)
+        self.to = ("127.0.0.1", self.receiving.getHost().port)
+
+    async def test_sends_leave_after_the_turn_in_order(self):
+        batcher = DatagramBatcher(reactor, self.sending)
+        for i in range(5):
+            batcher.send(payload_view(encode_frame(TOKEN, KEY, TO_NODE, i, b"p%d" % i)), self.to)
+        self.assertEqual(batcher.sent, 0, "nothing leaves before the turn ends")
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(batcher.sent, 5)
+        self.assertEqual([data for data, _ in self.receiver.received], [b"p%d" % i for i in range(5)])
+
+    async def test_cancel_drops_what_is_queued(self):
+        batcher = DatagramBatcher(reactor, self.sending)
+        batcher.send(b"never", self.to)
+        batcher.cancel()
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((batcher.sent, self.receiver.received), (0, []))
+
+    def test_an_unsendable_datagram_is_dropped_not_raised(self):
+        batcher = DatagramBatcher(reactor, self.sending)
+        batcher.send(b"x" * 70000, self.to)  # larger than UDP allows
+        batcher.flush()
+        self.assertEqual((batcher.sent, batcher.dropped), (0, 1))
 
 
 class FakeWireGuardSocket(DatagramProtocol):

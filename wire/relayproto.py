@@ -1,6 +1,6 @@
 """Relay frames: how WireGuard packets travel through the coordination server.
 
-A frame is ``MAGIC | token | direction | counter | mac | payload``:
+A frame is ``MAGIC | token | direction | counter | payload | mac``:
 
 - ``MAGIC`` (4 bytes, first byte >= 0x40) tells relay frames from STUN
   (whose first two bits are zero) and from the seed's JSON probes;
@@ -10,14 +10,18 @@ A frame is ``MAGIC | token | direction | counter | mac | payload``:
 - ``counter`` (8 bytes) rises with every frame a sender sends in that
   direction; receivers keep a replay window, so a captured frame sent again
   (from anywhere) is dropped;
-- ``mac`` is HMAC-SHA256 (truncated to 16 bytes) under the side's 32-byte
-  key, over everything before it and the payload.
+- ``mac`` (16 bytes) is keyed BLAKE2b over everything before it, under the
+  side's 32-byte key (BLAKE2 in keyed mode is a MAC, as WireGuard's own
+  mac1 uses it). Trailing, so one call covers one contiguous buffer, and
+  the keyed state is prepared once per key: the relay is a per-packet hot
+  path, and this costs about a third of a fresh HMAC-SHA256.
 
 The server hands each of the two nodes of a session its own token and key
 over the API. It forwards only frames that verify under one side's key, to
-the other side's last authenticated address, so it is never an open
-reflector; the payload itself is a WireGuard packet, end-to-end encrypted.
-An empty payload is a keepalive: it only tells the server where a side is.
+the other side's last authenticated address, re-sealed under that side's
+key, so it is never an open reflector, and no node can speak for the other
+side; the payload itself is a WireGuard packet, end-to-end encrypted. An
+empty payload is a keepalive: it only tells the server where a side is.
 """
 
 from __future__ import annotations
@@ -25,73 +29,83 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from typing import Any
 
-MAGIC = b"WRL1"
+MAGIC = b"WRL2"
 TOKEN_BYTES = 8
 KEY_BYTES = 32
 MAC_BYTES = 16
 TO_SERVER = 0
 TO_NODE = 1
 _HEADER = struct.Struct("!4s8sBQ")
-HEADER_BYTES = _HEADER.size + MAC_BYTES  # 37
+HEADER_BYTES = _HEADER.size  # 21
+OVERHEAD = HEADER_BYTES + MAC_BYTES  # 37
 # Room for a full-size WireGuard packet on a 1500-byte path, and no more.
 MAX_PAYLOAD = 1600
-MAX_FRAME = HEADER_BYTES + MAX_PAYLOAD
+MAX_FRAME = OVERHEAD + MAX_PAYLOAD
 
 
 class FrameError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Frame:
-    token: bytes
-    direction: int
-    counter: int
-    mac: bytes
-    payload: bytes
-    signed: bytes  # header bytes the MAC covers (before the MAC)
-
-
 def is_relay_frame(data: bytes) -> bool:
     return data[:4] == MAGIC
 
 
-def _mac(key: bytes, signed: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, signed + payload, hashlib.sha256).digest()[:MAC_BYTES]
+class FrameKey:
+    """One side's key, ready to seal and check frames many times a second."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: bytes):
+        if len(key) != KEY_BYTES:
+            raise FrameError(f"a relay key is {KEY_BYTES} bytes, not {len(key)}")
+        self._keyed = hashlib.blake2b(key=key, digest_size=MAC_BYTES)
+
+    def _mac(self, body) -> bytes:
+        h = self._keyed.copy()
+        h.update(body)
+        return h.digest()
+
+    def seal(self, token: bytes, direction: int, counter: int, payload) -> bytes:
+        """A frame carrying ``payload`` (bytes or a memoryview)."""
+        if len(payload) > MAX_PAYLOAD:
+            raise FrameError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        body = _HEADER.pack(MAGIC, token, direction, counter) + payload
+        return body + self._mac(body)
+
+    def authentic(self, frame: bytes) -> bool:
+        """The MAC verifies (call :func:`read_header` first: it checks the size)."""
+        view = memoryview(frame)
+        return hmac.compare_digest(view[-MAC_BYTES:], self._mac(view[:-MAC_BYTES]))
 
 
-def encode_frame(token: bytes, key: bytes, direction: int, counter: int, payload: bytes) -> bytes:
-    if len(payload) > MAX_PAYLOAD:
-        raise FrameError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    signed = _HEADER.pack(MAGIC, token, direction, counter)
-    return signed + _mac(key, signed, payload) + payload
-
-
-def parse_frame(data: bytes) -> Frame:
-    """Split a frame; raises FrameError. The MAC is checked by :func:`verify`."""
-    if len(data) < HEADER_BYTES:
-        raise FrameError("frame shorter than its header")
-    if len(data) > MAX_FRAME:
+def read_header(frame: bytes) -> tuple[bytes, int, int]:
+    """``(token, direction, counter)`` of a well-formed frame; raises FrameError.
+    The MAC is checked by :meth:`FrameKey.authentic`, once the token names a key."""
+    if len(frame) < OVERHEAD:
+        raise FrameError("frame shorter than its header and MAC")
+    if len(frame) > MAX_FRAME:
         raise FrameError("frame larger than the limit")
-    magic, token, direction, counter = _HEADER.unpack_from(data)
+    magic, token, direction, counter = _HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise FrameError("not a relay frame")
     if direction not in (TO_SERVER, TO_NODE):
         raise FrameError("unknown direction")
-    signed = data[: _HEADER.size]
-    return Frame(token, direction, counter, data[_HEADER.size : HEADER_BYTES], data[HEADER_BYTES:], signed)
+    return token, direction, counter
 
 
-def verify(frame: Frame, key: bytes) -> bool:
-    return hmac.compare_digest(frame.mac, _mac(key, frame.signed, frame.payload))
+def payload_view(frame: bytes) -> memoryview:
+    """The payload of a frame, without copying it (empty for a keepalive)."""
+    return memoryview(frame)[HEADER_BYTES:-MAC_BYTES]
 
 
 class ReplayWindow:
     """Accepts each counter once, tolerating reordering within a window (RFC 6479 style)."""
 
     SIZE = 256
+    _MASK = (1 << SIZE) - 1
 
     def __init__(self) -> None:
         self.highest = -1
@@ -100,7 +114,7 @@ class ReplayWindow:
     def check_and_mark(self, counter: int) -> bool:
         if counter > self.highest:
             shift = counter - self.highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << self.SIZE) - 1) if shift < self.SIZE else 1
+            self._seen = ((self._seen << shift) | 1) & self._MASK if shift < self.SIZE else 1
             self.highest = counter
             return True
         offset = self.highest - counter
@@ -135,3 +149,61 @@ def enlarge_socket_buffers(port, size: int = RELAY_SOCKET_BUFFER) -> None:
                 break
             except OSError:
                 continue
+
+
+class DatagramBatcher:
+    """Sends the relay's datagrams, batched per reactor turn.
+
+    Datagrams handed to :meth:`send` during one turn of the reactor (one
+    batch of readable sockets) leave together right after it, so a process
+    that forwards a burst reads all of it before waking the next hop once,
+    rather than ping-ponging a packet at a time (measured: relayed TCP
+    137 -> 155 Mbit/s in the lab).
+
+    Twisted's ``Port.write`` re-checks the destination address on every
+    call; relay destinations were checked when they were learned, so this
+    uses the socket directly. A full buffer or an ICMP error drops the
+    datagram, as UDP may (the tunnel inside recovers).
+
+    (UDP GSO, one sendmsg per run of equal-size datagrams, was tried and
+    left out: through this kernel's nftables masquerade, as in a container
+    behind NAT, the batched datagrams were silently lost.)
+    """
+
+    def __init__(self, reactor, port):
+        self._reactor = reactor
+        self._port = port
+        self._sendto = getattr(getattr(port, "socket", None), "sendto", None)
+        self._queue: list[tuple[Any, Any]] = []
+        self._flush_call = None
+        self.sent = 0
+        self.dropped = 0
+
+    def send(self, data, address) -> None:
+        if self._sendto is None:  # not a real socket (tests' fakes): the checked path, at once
+            self._port.write(bytes(data), address)
+            self.sent += 1
+            return
+        self._queue.append((data, address))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._flush_call = None
+        queue, self._queue = self._queue, []
+        sendto = self._sendto
+        dropped = 0
+        for data, address in queue:
+            try:
+                sendto(data, address)
+            except OSError:
+                dropped += 1
+        self.sent += len(queue) - dropped
+        self.dropped += dropped
+
+    def cancel(self) -> None:
+        """Drop what is queued (the socket is closing)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._queue = []

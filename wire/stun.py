@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from wire.relayproto import enlarge_socket_buffers, is_relay_frame
+from wire.relayproto import DatagramBatcher, enlarge_socket_buffers, is_relay_frame
 
 log = Logger()
 
@@ -458,13 +458,16 @@ class StunServerProtocol(DatagramProtocol):
     def __init__(
         self,
         observe: Callable[[str], None] | None = None,
-        relay: Callable[[bytes, Any], tuple[str, list[tuple[bytes, Any]]]] | None = None,
+        relay: Callable[[bytes, Any], tuple[str, bytes | None, Any]] | None = None,
         admit: Callable[[str], bool] | None = None,
+        reactor: Any = None,
     ):
+        self._reactor = reactor
         self._observe = observe
         self._relay = relay
         self._admit = admit
         self._failures = 0
+        self._send_relayed = None
 
     def startProtocol(self) -> None:
         # Both ports, relay or not: Binding requests from thousands of nodes
@@ -472,15 +475,20 @@ class StunServerProtocol(DatagramProtocol):
         # 256 KiB of datagrams per read) the other's default ~200 KiB buffer
         # (a few hundred small datagrams) overflows.
         enlarge_socket_buffers(self.transport)
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        self._send_relayed = DatagramBatcher(self._reactor, self.transport).send
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
             if self._relay is not None and is_relay_frame(datagram):
                 # Relay frames share this port; they are checked before the
                 # seed's catch-all JSON answer could see them.
-                outcome, sends = self._relay(datagram, addr)
-                for data, destination in sends:
-                    self.transport.write(data, destination)
+                outcome, data, destination = self._relay(datagram, addr)
+                if data is not None:
+                    self._send_relayed(data, destination)
             elif self._admit is not None and not self._admit(addr[0]):
                 outcome = OUTCOME_RATE_LIMITED
             else:

@@ -21,14 +21,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wire.relayproto import (
+    MAX_FRAME,
+    MAX_PAYLOAD,
+    OVERHEAD,
+    TOKEN_BYTES,
     TO_NODE,
     TO_SERVER,
     FrameError,
+    FrameKey,
     ReplayWindow,
-    encode_frame,
+    DatagramBatcher,
     enlarge_socket_buffers,
-    parse_frame,
-    verify,
+    payload_view,
+    read_header,
 )
 
 KEEPALIVE_INTERVAL = 10.0
@@ -43,7 +48,7 @@ class RelaySession:
     peer_node_id: str
     session_id: str
     token: bytes
-    key: bytes
+    key: FrameKey
     socket: _PeerSocket | None = None
     sent: int = 0
     window: ReplayWindow = field(default_factory=ReplayWindow)
@@ -59,7 +64,7 @@ class RelaySession:
 
     def wrap(self, payload: bytes) -> bytes:
         self.sent += 1
-        return encode_frame(self.token, self.key, TO_SERVER, self.sent, payload)
+        return self.key.seal(self.token, TO_SERVER, self.sent, payload)
 
 
 class _PeerSocket(DatagramProtocol):
@@ -68,16 +73,27 @@ class _PeerSocket(DatagramProtocol):
     def __init__(self, shim: RelayShim, session: RelaySession):
         self._shim = shim
         self._session = session
+        self.wireguard = ("127.0.0.1", shim.wireguard_port)
         self.port = None
+        self.batcher: DatagramBatcher | None = None
+        self.send = None
+
+    def startProtocol(self) -> None:
+        self.batcher = DatagramBatcher(self._shim.reactor, self.transport)
+        self.send = self.batcher.send
 
     def datagramReceived(self, data: bytes, addr) -> None:
         # Only our own WireGuard may use the relay through us.
-        if addr != ("127.0.0.1", self._shim.wireguard_port):
+        if addr != self.wireguard:
             return
         self._shim.send_upstream(self._session, data)
 
 
 class _Upstream(DatagramProtocol):
+    # Relay frames are at most MAX_FRAME bytes; a larger datagram is cut
+    # (and then fails its MAC) instead of costing an 8 KiB buffer per read.
+    maxPacketSize = MAX_FRAME + 1
+
     def __init__(self, shim: RelayShim):
         self._shim = shim
 
@@ -87,7 +103,7 @@ class _Upstream(DatagramProtocol):
 
 class RelayShim:
     def __init__(self, reactor: IReactorUDP | IReactorTime, server_host: str, relay_port: int, wireguard_port: int):
-        self._reactor = reactor
+        self.reactor = reactor
         self._server_host = server_host
         self._relay_port = relay_port
         self.server: tuple[str, int] | None = None
@@ -96,6 +112,7 @@ class RelayShim:
         self._by_token: dict[bytes, RelaySession] = {}
         self._upstream = _Upstream(self)
         self._upstream_port = None
+        self._send_upstream = None
         self._keepalive = LoopingCall(self._send_keepalives)
         self._keepalive.clock = reactor
 
@@ -107,10 +124,12 @@ class RelayShim:
         try:
             ip = str(ipaddress.ip_address(self._server_host))
         except ValueError:
-            ip = await self._reactor.resolve(self._server_host)
+            ip = await self.reactor.resolve(self._server_host)
         self.server = (ip, self._relay_port)
-        self._upstream_port = self._reactor.listenUDP(0, self._upstream)
+        self._upstream_port = self.reactor.listenUDP(0, self._upstream)
         enlarge_socket_buffers(self._upstream_port)
+        self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
+        self._send_upstream = self._upstream_batcher.send
         self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
 
     async def stop(self) -> None:
@@ -120,7 +139,9 @@ class RelayShim:
             await self.remove(peer)
         if self._upstream_port is not None:
             await self._upstream_port.stopListening()
+            self._upstream_batcher.cancel()
             self._upstream_port = None
+            self._send_upstream = None
 
     # -- sessions ------------------------------------------------------------
 
@@ -131,16 +152,18 @@ class RelayShim:
         """Start relaying to a peer; returns the endpoint to give WireGuard."""
         peer = grant["peer_node_id"]
         token = bytes.fromhex(grant["token"])
-        key = base64.b64decode(grant["key"])
+        if len(token) != TOKEN_BYTES:
+            raise FrameError(f"a relay token is {TOKEN_BYTES} bytes, not {len(token)}")
+        key = FrameKey(base64.b64decode(grant["key"]))
         existing = self._sessions.get(peer)
         if existing is not None and existing.token == token and not self.is_dead(peer):
             return existing.endpoint
         if existing is not None:
             await self.remove(peer)
         await self.start()
-        session = RelaySession(peer, grant["session_id"], token, key, created=self._reactor.seconds())
+        session = RelaySession(peer, grant["session_id"], token, key, created=self.reactor.seconds())
         session.socket = _PeerSocket(self, session)
-        session.socket.port = self._reactor.listenUDP(0, session.socket, interface="127.0.0.1")
+        session.socket.port = self.reactor.listenUDP(0, session.socket, interface="127.0.0.1")
         enlarge_socket_buffers(session.socket.port)
         self._sessions[peer] = session
         self._by_token[token] = session
@@ -168,18 +191,21 @@ class RelayShim:
         port = session.socket.port if session.socket else None
         if session.socket is not None:
             session.socket.port = None
+            session.socket.send = None
+            if session.socket.batcher is not None:
+                session.socket.batcher.cancel()
         return port
 
     def is_alive(self, peer_node_id: str) -> bool:
         session = self._sessions.get(peer_node_id)
-        return session is not None and self._reactor.seconds() - session.last_heard <= ALIVE_WITHIN
+        return session is not None and self.reactor.seconds() - session.last_heard <= ALIVE_WITHIN
 
     def is_dead(self, peer_node_id: str) -> bool:
         """Had time to hear from the server and did not (or went silent)."""
         session = self._sessions.get(peer_node_id)
         if session is None:
             return False
-        now = self._reactor.seconds()
+        now = self.reactor.seconds()
         return now - max(session.created, session.last_heard) > ALIVE_WITHIN
 
     async def reset(self) -> None:
@@ -190,27 +216,28 @@ class RelayShim:
     # -- packets -------------------------------------------------------------
 
     def send_upstream(self, session: RelaySession, payload: bytes) -> None:
-        if self._upstream_port is None or len(payload) > 1600:
+        if self._send_upstream is None or len(payload) > MAX_PAYLOAD:
             return
         session.frames_out += 1
-        self._upstream_port.write(session.wrap(payload), self.server)
+        self._send_upstream(session.wrap(payload), self.server)
 
     def from_server(self, data: bytes, addr) -> None:
         if addr != self.server:
             return
         try:
-            frame = parse_frame(data)
+            token, direction, counter = read_header(data)
         except FrameError:
             return
-        session = self._by_token.get(frame.token)
-        if session is None or frame.direction != TO_NODE or not verify(frame, session.key):
+        session = self._by_token.get(token)
+        if session is None or direction != TO_NODE or not session.key.authentic(data):
             return
-        if not session.window.check_and_mark(frame.counter):
+        if not session.window.check_and_mark(counter):
             return
-        session.last_heard = self._reactor.seconds()
+        session.last_heard = self.reactor.seconds()
         session.frames_in += 1
-        if frame.payload and session.socket is not None and session.socket.port is not None:
-            session.socket.port.write(frame.payload, ("127.0.0.1", self.wireguard_port))
+        socket = session.socket
+        if len(data) > OVERHEAD and socket is not None and socket.send is not None:
+            socket.send(payload_view(data), socket.wireguard)
 
     def _send_keepalives(self) -> None:
         for session in self._sessions.values():

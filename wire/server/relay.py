@@ -4,7 +4,8 @@ Used only for pairs that cannot reach each other directly (a hard NAT on a
 side that needs it, or no handshake after trying). It shares the STUN UDP
 port. For each frame it does O(1) work: look up the token, check the MAC and
 the replay window, learn the sender's address, spend from the sender's rate
-budget, and re-wrap the payload for the other side. Anything that fails a
+budget, and re-seal the payload for the other side (no copy of it is made
+until the new frame is built). Anything that fails a
 check is dropped without an answer, so the port reflects nothing to strangers.
 """
 
@@ -18,14 +19,15 @@ from twisted.internet.interfaces import IReactorTime
 
 from wire.relayproto import (
     KEY_BYTES,
+    OVERHEAD,
     TO_NODE,
     TO_SERVER,
     TOKEN_BYTES,
     FrameError,
+    FrameKey,
     ReplayWindow,
-    encode_frame,
-    parse_frame,
-    verify,
+    payload_view,
+    read_header,
 )
 
 DEFAULT_RATE_BYTES = 50 * 1024 * 1024  # per side, per second
@@ -59,7 +61,7 @@ class TokenBucket:
         return True
 
 
-@dataclass
+@dataclass(eq=False)
 class RelaySide:
     node_id: str
     token: bytes
@@ -68,11 +70,16 @@ class RelaySide:
     address: tuple[str, int] | None = None
     window: ReplayWindow = field(default_factory=ReplayWindow)
     sent: int = 0
+    sealer: FrameKey = field(init=False, repr=False)
+    other: RelaySide | None = field(default=None, repr=False)
 
-    def wrap(self, payload: bytes) -> bytes:
+    def __post_init__(self) -> None:
+        self.sealer = FrameKey(self.key)
+
+    def wrap(self, payload) -> bytes:
         """A frame for this side, from the server."""
         self.sent += 1
-        return encode_frame(self.token, self.key, TO_NODE, self.sent, payload)
+        return self.sealer.seal(self.token, TO_NODE, self.sent, payload)
 
 
 @dataclass
@@ -80,9 +87,6 @@ class RelaySession:
     session_id: str
     sides: dict[str, RelaySide]
     last_used: float
-
-    def other(self, node_id: str) -> RelaySide:
-        return next(side for nid, side in self.sides.items() if nid != node_id)
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ class RelayTable:
                 side = RelaySide(member, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
                 session.sides[member] = side
                 self._by_token[side.token] = (session, side)
+            side_a, side_b = session.sides.values()
+            side_a.other, side_b.other = side_b, side_a
             self._by_pair[pair] = session
         session.last_used = now
         side = session.sides[node_id]
@@ -158,29 +164,29 @@ class RelayTable:
             self._end(session)
         return len(stale)
 
-    def handle(self, data: bytes, source: tuple[str, int]) -> tuple[str, list[tuple[bytes, tuple[str, int]]]]:
-        """One datagram in; an outcome label and the datagrams to send."""
+    def handle(self, data: bytes, source: tuple[str, int]) -> tuple[str, bytes | None, tuple[str, int] | None]:
+        """One datagram in; an outcome label, and the datagram to send and where (or None)."""
         try:
-            frame = parse_frame(data)
+            token, direction, counter = read_header(data)
         except FrameError:
-            return "relay_malformed", []
-        found = self._by_token.get(frame.token)
-        if found is None or frame.direction != TO_SERVER:
-            return "relay_unknown", []
+            return "relay_malformed", None, None
+        found = self._by_token.get(token)
+        if found is None or direction != TO_SERVER:
+            return "relay_unknown", None, None
         session, side = found
-        if not verify(frame, side.key):
-            return "relay_forged", []
-        if not side.window.check_and_mark(frame.counter):
-            return "relay_replay", []
+        if not side.sealer.authentic(data):
+            return "relay_forged", None, None
+        if not side.window.check_and_mark(counter):
+            return "relay_replay", None, None
         now = self._clock.seconds()
         side.address = source
         session.last_used = now
-        if not frame.payload:
+        if len(data) == OVERHEAD:
             # A keepalive: answer it, so the node knows the relay hears it.
-            return "relay_keepalive", [(side.wrap(b""), source)]
-        other = session.other(side.node_id)
-        if other.address is None:
-            return "relay_no_peer", []
-        if not side.bucket.spend(len(frame.payload), now):
-            return "relay_rate_limited", []
-        return "relay_forwarded", [(other.wrap(frame.payload), other.address)]
+            return "relay_keepalive", side.wrap(b""), source
+        other = side.other
+        if other is None or other.address is None:
+            return "relay_no_peer", None, None
+        if not side.bucket.spend(len(data) - OVERHEAD, now):
+            return "relay_rate_limited", None, None
+        return "relay_forwarded", other.wrap(payload_view(data)), other.address
