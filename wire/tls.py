@@ -77,6 +77,9 @@ def server_context(cert_path: str, key_path: str) -> ssl.CertificateOptions:
         certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     except (OSError, SSL.Error, ValueError) as e:
         raise TLSConfigError(f"cannot load the TLS certificate {cert_path} / key {key_path}: {e}")
+    # Twisted's CertificateOptions already set SSL.MODE_RELEASE_BUFFERS: an
+    # idle connection holds no OpenSSL read or write buffer (about 20 KiB
+    # each; tests/test_tls.py checks it, bench/tls_idle_memory.py measures).
     return certificate.options()
 
 
@@ -98,6 +101,9 @@ class _PinnedCreator:
         self._context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self._context.set_min_proto_version(SSL.TLS1_2_VERSION)
         self._context.set_verify(SSL.VERIFY_PEER, self._verify)
+        # As Twisted's CertificateOptions (the server's) do: an idle
+        # connection (the long-poll's, 25 s at a time) holds no buffers.
+        self._context.set_mode(SSL.MODE_RELEASE_BUFFERS)
 
     def _verify(self, connection, certificate, errno, depth, ok) -> bool:
         if depth != 0:
