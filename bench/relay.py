@@ -6,13 +6,15 @@ here rather than a made-up number. The relay has since landed
 mesh in network namespaces, iperf3 through a direct and a relayed pair)
 measures what a relayed node gets; :func:`run` runs it and reports its JSON.
 
-TODO(relay server bench): nothing here yet measures the relay's cost on the
-server, against a real ``twistd wire-server`` pinned like the other benches:
-  - frames/s and Mbit/s forwarded for 1, 100 and 1,000 sessions, server CPU
-    as % of one core (from /proc);
+bench/relay_cost.py measures the server's CPU per forwarded frame for one
+session on loopback (the server's own relay protocol and table, in process).
+
+TODO(relay server bench): still not measured, against a real
+``twistd wire-server`` pinned like the other benches:
+  - frames/s forwarded for 100 and 1,000 sessions;
   - added latency per frame (p50/p99) through the relay vs direct loopback;
   - that frames with an unknown token or from a non-holder are dropped at
-    line rate without a reply (the relay is never an open reflector).
+    line rate without a reply (tests prove they are dropped; not the rate).
 No number is reported for those until that bench exists.
 """
 
