@@ -11,7 +11,7 @@ import socket
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -28,7 +28,14 @@ from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER, Re
 from wire.server.seed_import import SeedStateError, import_seed_state
 from wire.server.store import StoreError, open_store
 from wire.stun import StunServerProtocol
-from wire.tls import TLSConfigError, ensure_self_signed, is_self_signed, read_fingerprint, server_context
+from wire.tls import (
+    TLSConfigError,
+    TLSServerEndpoint,
+    ensure_self_signed,
+    is_self_signed,
+    read_fingerprint,
+    server_context,
+)
 
 log = Logger()
 
@@ -348,17 +355,17 @@ def _api_endpoint(config: Options, reactor):
     """The HTTP(S) endpoint, and the certificate fingerprint for join tokens
     ("" when nodes should verify a CA-signed certificate by hostname)."""
     port, interface = config["port"], config["interface"]
+    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+    tcp = endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
     if not config["tls"]:
-        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-        return endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface), ""
+        return tcp, ""
     if config["tls-cert"]:
         cert_path, key_path = config["tls-cert"], config["tls-key"]
         fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
     else:
         cert_path, key_path = ensure_self_signed(config["data-dir"])
         fingerprint = read_fingerprint(cert_path)
-    context = server_context(cert_path, key_path)
-    return SSL4ServerEndpoint(reactor, port, context, backlog=LISTEN_BACKLOG, interface=interface), fingerprint
+    return TLSServerEndpoint(tcp, server_context(cert_path, key_path)), fingerprint
 
 
 def _first_join_command(admin: Admin, data_dir: str) -> None:
