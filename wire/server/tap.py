@@ -258,10 +258,11 @@ def tune_gc() -> None:
 def raise_fd_limit() -> int:
     """Let the server use every file descriptor it is allowed.
 
-    Each node holds two connections (heartbeat and long-poll), so the usual
-    soft limit of 1024 (systemd's default) stops the server at about 500
-    nodes, with accept() failing for the rest; the hard limit (524288 under
-    systemd) is there to be used.
+    Each node holds a connection (its long-poll; two where it also
+    heartbeats, on an open server), so the usual soft limit of 1024
+    (systemd's default) stops the server at about 500 to 1,000 nodes, with
+    accept() failing for the rest; the hard limit (524288 under systemd) is
+    there to be used.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
