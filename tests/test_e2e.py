@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from wire.demo import MeshLab
 from wire.install import check_install
 from wire.lab import LabUnavailable, check_requirements
+from wire.relayproto import MAGIC
 from wire.runner import ProcessRunner
 
 
@@ -194,16 +195,16 @@ class NatTraversalTests(unittest.TestCase):
         mesh = await self.build([("hard1", "corp"), ("hard2", "cgn"), ("mallory", None)], {"corp": "hard", "cgn": "hard"})
         await self.assert_all_pairs_ping(mesh)
         before = await self.relay_counts(mesh)
-        # Frames with made-up tokens, and frames with a real-looking header
-        # and no valid MAC, from a third party.
+        # Well-formed frames (the real magic, header layout and size) with
+        # made-up tokens and MACs, from a third party.
         script = (
             "import os, socket, sys\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "for i in range(200):\n"
-            "    s.sendto(b'WRL1' + os.urandom(8) + b'\\x00' + i.to_bytes(8, 'big') + os.urandom(16) + os.urandom(100), (sys.argv[1], int(sys.argv[2])))\n"
+            "    s.sendto(sys.argv[3].encode() + os.urandom(8) + b'\\x00' + i.to_bytes(8, 'big') + os.urandom(100) + os.urandom(16), (sys.argv[1], int(sys.argv[2])))\n"
         )
         server = mesh.lab.hosts["server"].address
-        result = await mesh.lab.run("mallory", [sys.executable, "-c", script, server, "8788"])
+        result = await mesh.lab.run("mallory", [sys.executable, "-c", script, server, "8788", MAGIC.decode("ascii")])
         self.assertEqual(result.rc, 0, result.stderr)
         await deferLater(reactor, 0.5, lambda: None)
         after = await self.relay_counts(mesh)
