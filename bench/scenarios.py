@@ -29,7 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from bench import procstat, profiling, relay
-from tests.serverproc import free_port_triple  # one helper for tests and benches
+from tests.ports import free_port_triple  # one helper for tests and benches
 from bench.httpload import Connector, Counters, client_tls
 from bench.nodes import enroll_body, node_identity, probe_source_address, registration_body
 from bench.processes import BENCH_CHECKOUT, ServerProcess, WorkerProcess, _Process

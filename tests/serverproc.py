@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -16,25 +15,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from wire.twistd import twistd_argv
 
+from tests.ports import free_port_triple  # noqa: F401  (tests import it from here too)
+
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port_triple() -> int:
-    """A port P with TCP P and UDP P+1, P+2 free on 127.0.0.1 (best effort)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65530:
-            continue
-        try:
-            for offset in (1, 2):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port + offset))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port triple found")
 
 
 def http_client() -> HTTPClient:
