@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any
 
 MAGIC = b"WRL2"
 TOKEN_BYTES = 8
@@ -151,59 +150,34 @@ def enlarge_socket_buffers(port, size: int = RELAY_SOCKET_BUFFER) -> None:
                 continue
 
 
-class DatagramBatcher:
-    """Sends the relay's datagrams, batched per reactor turn.
-
-    Datagrams handed to :meth:`send` during one turn of the reactor (one
-    batch of readable sockets) leave together right after it, so a process
-    that forwards a burst reads all of it before waking the next hop once,
-    rather than ping-ponging a packet at a time (measured: relayed TCP
-    137 -> 155 Mbit/s in the lab).
+class DatagramSender:
+    """Sends the relay's datagrams, one system call each, straight to the socket.
 
     Twisted's ``Port.write`` re-checks the destination address on every
     call; relay destinations were checked when they were learned, so this
-    uses the socket directly. A full buffer or an ICMP error drops the
-    datagram, as UDP may (the tunnel inside recovers).
+    skips that (bench/relay_cost.py: it is a quarter of the server's cost
+    per frame). A full buffer or an ICMP error drops the datagram, as UDP
+    may (the tunnel inside recovers).
 
-    (UDP GSO, one sendmsg per run of equal-size datagrams, was tried and
-    left out: through this kernel's nftables masquerade, as in a container
-    behind NAT, the batched datagrams were silently lost.)
+    Tried and left out, measured: queueing a reactor turn's datagrams and
+    sending them after it (the server spent 20 us per frame instead of 16,
+    for no throughput gained), and UDP GSO for runs of equal-size
+    datagrams (in the lab the batched datagrams were lost on the way).
     """
 
-    def __init__(self, reactor, port):
-        self._reactor = reactor
+    def __init__(self, port):
         self._port = port
         self._sendto = getattr(getattr(port, "socket", None), "sendto", None)
-        self._queue: list[tuple[Any, Any]] = []
-        self._flush_call = None
         self.sent = 0
         self.dropped = 0
 
     def send(self, data, address) -> None:
-        if self._sendto is None:  # not a real socket (tests' fakes): the checked path, at once
+        if self._sendto is None:  # not a real socket (tests' fakes): the checked path
             self._port.write(bytes(data), address)
             self.sent += 1
             return
-        self._queue.append((data, address))
-        if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        self._flush_call = None
-        queue, self._queue = self._queue, []
-        sendto = self._sendto
-        dropped = 0
-        for data, address in queue:
-            try:
-                sendto(data, address)
-            except OSError:
-                dropped += 1
-        self.sent += len(queue) - dropped
-        self.dropped += dropped
-
-    def cancel(self) -> None:
-        """Drop what is queued (the socket is closing)."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        self._queue = []
+        try:
+            self._sendto(data, address)
+            self.sent += 1
+        except OSError:
+            self.dropped += 1
