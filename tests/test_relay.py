@@ -11,6 +11,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from wire.node.relay import RelayShim
+from wire.node.wireguard import MTU
 from wire.relayproto import (
     MAX_FRAME,
     MAX_PAYLOAD,
@@ -70,6 +71,13 @@ class FrameTests(unittest.TestCase):
     def test_a_memoryview_payload_seals_like_bytes(self):
         frame = encode_frame(TOKEN, KEY, TO_SERVER, 7, b"payload")
         self.assertEqual(FrameKey(KEY).seal(TOKEN, TO_SERVER, 7, payload_view(frame)), frame)
+
+    def test_a_relayed_full_size_packet_needs_no_fragmenting(self):
+        # tunnel MTU + WireGuard's data header and tag + the relay frame +
+        # IPv6 and UDP headers: within a 1500-byte path.
+        self.assertLessEqual(MTU + 32 + OVERHEAD + 48, 1500)
+        self.assertLessEqual(OVERHEAD + MAX_PAYLOAD, MAX_FRAME)
+        self.assertGreaterEqual(MAX_PAYLOAD, MTU + 32)
 
     def test_oversize_and_bad_keys_refused(self):
         self.assertRaises(FrameError, encode_frame, TOKEN, KEY, TO_SERVER, 1, b"x" * (MAX_PAYLOAD + 1))

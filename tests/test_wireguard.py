@@ -26,6 +26,7 @@ from wire.node.wireguard import (
     InvalidWireGuardConfig,
     IWireGuard,
     LinuxWireGuard,
+    MTU,
     MacWireGuard,
     PeerConfig,
     PeerStatus,
@@ -64,7 +65,7 @@ WG_DUMP = ["wg", "show", NAME, "dump"]
 WG_SET_KEY_PORT = ["wg", "set", NAME, "private-key", "/dev/stdin", "listen-port", "51820"]
 IP_ADDRESS = ["ip", "address", "replace", "10.99.0.1/16", "dev", NAME]
 IP_ADDRESSES = ["ip", "-j", "address", "show", "dev", NAME]
-IP_LINK_UP = ["ip", "link", "set", "dev", NAME, "mtu", "1420", "up"]
+IP_LINK_UP = ["ip", "link", "set", "dev", NAME, "mtu", str(MTU), "up"]
 WIREGUARD_GO = ["wireguard-go", "-f", NAME]
 WG_CHECK = ["wg", "show", NAME, "listen-port"]
 IP_LINK_DELETE = ["ip", "link", "delete", "dev", NAME]
@@ -98,7 +99,7 @@ def ip_addresses_json(*addresses: tuple[str, int]) -> bytes:
         f'{{"family":"{"inet6" if ":" in a else "inet"}","local":"{a}","prefixlen":{p},"scope":"global"}}'
         for a, p in addresses
     )
-    return f'[{{"ifindex":7,"ifname":"{NAME}","mtu":1420,"addr_info":[{infos}]}}]'.encode()
+    return f'[{{"ifindex":7,"ifname":"{NAME}","mtu":1380,"addr_info":[{infos}]}}]'.encode()
 
 
 def run(coroutine) -> Deferred:
@@ -272,7 +273,7 @@ class UpTests(Scripted):
             51820,
             peer_line(ALICE, "198.18.0.7:51820", "10.99.0.7/32", 1_700_000_000, 2048, 4096, "25"),
         )
-        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1380\n")
         self.runner.expect(WG_DUMP, stdout=existing)
         self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
         self.runner.expect(IP_LINK_UP)
@@ -290,7 +291,7 @@ class UpTests(Scripted):
         self.assertEqual(len(self.runner.calls), calls)
 
     def test_adoption_fixes_key_port_and_address(self) -> None:
-        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1420\n")
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1380\n")
         self.runner.expect(WG_DUMP, stdout=dump_output(OTHER_PRIVATE, 40000))
         self.runner.expect(WG_SET_KEY_PORT)
         self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.98.0.5", 16), ("fe80::1", 64)))
@@ -314,7 +315,7 @@ class UpTests(Scripted):
         self.assertFalse(any("delete" in call.argv for call in self.runner.calls))
 
     def test_interface_of_a_dying_wireguard_go_is_waited_out(self) -> None:
-        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1420\n")
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1380\n")
         self.runner.expect(WG_DUMP, rc=1, stderr=NO_ANSWER)
         self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)  # gone with its process
         self.runner.expect(IP_LINK_ADD)
@@ -337,7 +338,7 @@ class UpTests(Scripted):
         self.runner.expect(["wg", "set", NAME, "peer", ALICE, "endpoint", "198.18.0.7:51820",
                             "allowed-ips", "10.99.0.7/32", "persistent-keepalive", "25"])  # fmt: skip
         self.successResultOf(run(self.wg.apply(peers)))
-        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1380\n")
         self.runner.expect(
             WG_DUMP, stdout=dump_output(PRIVATE, 51820, peer_line(ALICE, "198.18.0.7:51820", "10.99.0.7/32", keepalive="25"))
         )
@@ -586,7 +587,7 @@ class DumpTests(SynchronousTestCase):
     def test_status_is_one_spawn(self) -> None:
         runner = FakeProcessRunner()
         wg = LinuxWireGuard(runner, NAME, clock=Clock())
-        runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1380\n")
         runner.expect(WG_DUMP, stdout=DUMP)
         runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
         runner.expect(IP_LINK_UP)
@@ -630,7 +631,7 @@ class SupervisionTests(Scripted):
         self.assertTrue(replacement.running)
 
     def test_adopted_interface_is_checked_periodically(self) -> None:
-        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420\n")
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1380\n")
         self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820))
         self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16)))
         self.runner.expect(IP_LINK_UP)
@@ -715,7 +716,7 @@ class MacTests(SynchronousTestCase):
     def script_configuration(self, dump: bytes = FRESH_DUMP) -> None:
         self.runner.expect(["wg", "set", "utun4", "private-key", "/dev/stdin", "listen-port", "51820"])
         self.runner.expect(["ifconfig", "utun4", "inet", "10.99.0.1", "10.99.0.1", "netmask", "255.255.0.0", "up"])
-        self.runner.expect(["ifconfig", "utun4", "mtu", "1420"])
+        self.runner.expect(["ifconfig", "utun4", "mtu", str(MTU)])
         self.runner.expect(["route", "-q", "-n", "add", "-inet", "10.99.0.0/16", "-interface", "utun4"])
 
     def start(self) -> FakeRunningProcess:
@@ -764,7 +765,7 @@ class MacTests(SynchronousTestCase):
         open(socket, "w").close()
         self.runner.expect(["wg", "show", "utun4", "dump"], stdout=dump_output(PRIVATE, 51820))
         self.runner.expect(["ifconfig", "utun4", "inet", "10.99.0.1", "10.99.0.1", "netmask", "255.255.0.0", "up"])
-        self.runner.expect(["ifconfig", "utun4", "mtu", "1420"])
+        self.runner.expect(["ifconfig", "utun4", "mtu", str(MTU)])
         self.runner.expect(
             ["route", "-q", "-n", "add", "-inet", "10.99.0.0/16", "-interface", "utun4"],
             rc=1,
