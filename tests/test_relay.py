@@ -19,11 +19,12 @@ from wire.relayproto import (
     TO_NODE,
     TO_SERVER,
     FrameError,
-    DatagramSender,
+    DatagramBatcher,
     FrameKey,
     ReplayWindow,
     payload_view,
     read_header,
+    udp_gso_supported,
 )
 from wire.server.relay import RelayTable
 from wire.stun import StunServerProtocol
@@ -174,8 +175,10 @@ class RelayTableTests(unittest.TestCase):
         self.assertEqual(len(self.table), 0)
 
 
-class DatagramSenderTests(unittest.TestCase):
-    """The relay's sends go straight to the socket, and never raise."""
+class DatagramBatcherTests(unittest.TestCase):
+    """The relay's sends leave after the reactor turn that made them, runs of
+    equal-size datagrams as one GSO send where the kernel has it, and every
+    datagram arrives whole, in order."""
 
     def setUp(self):
         self.receiver = FakeWireGuardSocket()
@@ -185,21 +188,59 @@ class DatagramSenderTests(unittest.TestCase):
         self.addCleanup(self.sending.stopListening)
         self.to = ("127.0.0.1", self.receiving.getHost().port)
 
-    async def test_payload_views_arrive_in_order(self):
-        sender = DatagramSender(self.sending)
-        for i in range(5):
-            sender.send(payload_view(encode_frame(TOKEN, KEY, TO_NODE, i, b"p%d" % i)), self.to)
-        self.assertEqual(sender.sent, 5)
-        for _ in range(100):
-            if len(self.receiver.received) == 5:
+    async def received(self, count: int) -> list[bytes]:
+        for _ in range(200):
+            if len(self.receiver.received) >= count:
                 break
             await deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual([data for data, _ in self.receiver.received], [b"p%d" % i for i in range(5)])
+        return [data for data, _ in self.receiver.received]
+
+    async def test_a_burst_arrives_datagram_by_datagram_in_order(self):
+        batcher = DatagramBatcher(reactor, self.sending)
+        frames = [encode_frame(TOKEN, KEY, TO_NODE, i, bytes([i]) * 1400) for i in range(40)]
+        frames += [encode_frame(TOKEN, KEY, TO_NODE, 99, b"short tail"), b"x" * 1500, b"y" * 1500]
+        for frame in frames:
+            batcher.send(payload_view(frame), self.to)
+        self.assertEqual(batcher.sent, 0, "nothing leaves before the turn ends")
+        self.assertEqual(await self.received(len(frames)), [bytes(payload_view(f)) for f in frames])
+        self.assertEqual((batcher.sent, batcher.dropped), (len(frames), 0))
+        if udp_gso_supported(self.sending.socket):
+            # 40 full + the short tail in one send; the two over GSO_MAX_SEGMENT alone.
+            self.assertEqual(batcher.sends, 3)
+        else:
+            self.assertEqual(batcher.sends, len(frames))
+
+    async def test_runs_break_at_a_new_destination_or_a_larger_datagram(self):
+        other = FakeWireGuardSocket()
+        other_port = reactor.listenUDP(0, other, interface="127.0.0.1")
+        self.addCleanup(other_port.stopListening)
+        batcher = DatagramBatcher(reactor, self.sending)
+        to_other = ("127.0.0.1", other_port.getHost().port)
+        sends = [(b"a" * 100, self.to), (b"b" * 100, to_other), (b"c" * 50, self.to), (b"d" * 100, self.to)]
+        for data, destination in sends:
+            batcher.send(data, destination)
+        self.assertEqual(await self.received(3), [b"a" * 100, b"c" * 50, b"d" * 100])
+        self.assertEqual([data for data, _ in other.received], [b"b" * 100])
+
+    async def test_without_gso_each_goes_alone(self):
+        batcher = DatagramBatcher(reactor, self.sending, gso=False)
+        for i in range(5):
+            batcher.send(b"%d" % i * 10, self.to)
+        self.assertEqual(await self.received(5), [b"%d" % i * 10 for i in range(5)])
+        self.assertEqual(batcher.sends, 5)
+
+    async def test_cancel_drops_what_is_queued(self):
+        batcher = DatagramBatcher(reactor, self.sending)
+        batcher.send(b"never", self.to)
+        batcher.cancel()
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((batcher.sent, self.receiver.received), (0, []))
 
     def test_an_unsendable_datagram_is_dropped_not_raised(self):
-        sender = DatagramSender(self.sending)
-        sender.send(b"x" * 70000, self.to)  # larger than UDP allows
-        self.assertEqual((sender.sent, sender.dropped), (0, 1))
+        batcher = DatagramBatcher(reactor, self.sending)
+        batcher.send(b"x" * 70000, self.to)  # larger than UDP allows
+        batcher.flush()
+        self.assertEqual((batcher.sent, batcher.dropped), (0, 1))
 
 
 class FakeWireGuardSocket(DatagramProtocol):

@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from wire.relayproto import DatagramSender, enlarge_socket_buffers, is_relay_frame
+from wire.relayproto import DatagramBatcher, enlarge_socket_buffers, is_relay_frame
 
 log = Logger()
 
@@ -460,7 +460,9 @@ class StunServerProtocol(DatagramProtocol):
         observe: Callable[[str], None] | None = None,
         relay: Callable[[bytes, Any], tuple[str, bytes | None, Any]] | None = None,
         admit: Callable[[str], bool] | None = None,
+        reactor: Any = None,
     ):
+        self._reactor = reactor
         self._observe = observe
         self._relay = relay
         self._admit = admit
@@ -473,7 +475,11 @@ class StunServerProtocol(DatagramProtocol):
         # 256 KiB of datagrams per read) the other's default ~200 KiB buffer
         # (a few hundred small datagrams) overflows.
         enlarge_socket_buffers(self.transport)
-        self._send_relayed = DatagramSender(self.transport).send
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        self._send_relayed = DatagramBatcher(self._reactor, self.transport).send
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:

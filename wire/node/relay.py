@@ -30,7 +30,7 @@ from wire.relayproto import (
     FrameError,
     FrameKey,
     ReplayWindow,
-    DatagramSender,
+    DatagramBatcher,
     enlarge_socket_buffers,
     payload_view,
     read_header,
@@ -75,10 +75,12 @@ class _PeerSocket(DatagramProtocol):
         self._session = session
         self.wireguard = ("127.0.0.1", shim.wireguard_port)
         self.port = None
+        self.batcher: DatagramBatcher | None = None
         self.send = None
 
     def startProtocol(self) -> None:
-        self.send = DatagramSender(self.transport).send
+        self.batcher = DatagramBatcher(self._shim.reactor, self.transport)
+        self.send = self.batcher.send
 
     def datagramReceived(self, data: bytes, addr) -> None:
         # Only our own WireGuard may use the relay through us.
@@ -101,7 +103,7 @@ class _Upstream(DatagramProtocol):
 
 class RelayShim:
     def __init__(self, reactor: IReactorUDP | IReactorTime, server_host: str, relay_port: int, wireguard_port: int):
-        self._reactor = reactor
+        self.reactor = reactor
         self._server_host = server_host
         self._relay_port = relay_port
         self.server: tuple[str, int] | None = None
@@ -122,11 +124,12 @@ class RelayShim:
         try:
             ip = str(ipaddress.ip_address(self._server_host))
         except ValueError:
-            ip = await self._reactor.resolve(self._server_host)
+            ip = await self.reactor.resolve(self._server_host)
         self.server = (ip, self._relay_port)
-        self._upstream_port = self._reactor.listenUDP(0, self._upstream)
+        self._upstream_port = self.reactor.listenUDP(0, self._upstream)
         enlarge_socket_buffers(self._upstream_port)
-        self._send_upstream = DatagramSender(self._upstream_port).send
+        self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
+        self._send_upstream = self._upstream_batcher.send
         self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
 
     async def stop(self) -> None:
@@ -136,6 +139,7 @@ class RelayShim:
             await self.remove(peer)
         if self._upstream_port is not None:
             await self._upstream_port.stopListening()
+            self._upstream_batcher.cancel()
             self._upstream_port = None
             self._send_upstream = None
 
@@ -157,9 +161,9 @@ class RelayShim:
         if existing is not None:
             await self.remove(peer)
         await self.start()
-        session = RelaySession(peer, grant["session_id"], token, key, created=self._reactor.seconds())
+        session = RelaySession(peer, grant["session_id"], token, key, created=self.reactor.seconds())
         session.socket = _PeerSocket(self, session)
-        session.socket.port = self._reactor.listenUDP(0, session.socket, interface="127.0.0.1")
+        session.socket.port = self.reactor.listenUDP(0, session.socket, interface="127.0.0.1")
         enlarge_socket_buffers(session.socket.port)
         self._sessions[peer] = session
         self._by_token[token] = session
@@ -188,18 +192,20 @@ class RelayShim:
         if session.socket is not None:
             session.socket.port = None
             session.socket.send = None
+            if session.socket.batcher is not None:
+                session.socket.batcher.cancel()
         return port
 
     def is_alive(self, peer_node_id: str) -> bool:
         session = self._sessions.get(peer_node_id)
-        return session is not None and self._reactor.seconds() - session.last_heard <= ALIVE_WITHIN
+        return session is not None and self.reactor.seconds() - session.last_heard <= ALIVE_WITHIN
 
     def is_dead(self, peer_node_id: str) -> bool:
         """Had time to hear from the server and did not (or went silent)."""
         session = self._sessions.get(peer_node_id)
         if session is None:
             return False
-        now = self._reactor.seconds()
+        now = self.reactor.seconds()
         return now - max(session.created, session.last_heard) > ALIVE_WITHIN
 
     async def reset(self) -> None:
@@ -227,7 +233,7 @@ class RelayShim:
             return
         if not session.window.check_and_mark(counter):
             return
-        session.last_heard = self._reactor.seconds()
+        session.last_heard = self.reactor.seconds()
         session.frames_in += 1
         socket = session.socket
         if len(data) > OVERHEAD and socket is not None and socket.send is not None:
