@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
@@ -222,6 +225,31 @@ class DatagramBatcherTests(unittest.TestCase):
         self.assertEqual(await self.received(3), [b"a" * 100, b"c" * 50, b"d" * 100])
         self.assertEqual([data for data, _ in other.received], [b"b" * 100])
 
+    def test_a_run_the_link_refuses_goes_datagram_by_datagram(self):
+        """A host link under 1500 bytes refuses GSO segments as large as ours
+        (EMSGSIZE): that run, and later ones of its size, go one by one."""
+        sock = RefusingSocket(errno.EMSGSIZE)
+        batcher = DatagramBatcher(Clock(), FakePort(sock))
+        self.assertTrue(batcher.gso)
+        for i in range(4):
+            batcher.send(b"%d" % i * 700, ("192.0.2.1", 9))
+        batcher.flush()
+        self.assertEqual(sock.sent, [b"%d" % i * 700 for i in range(4)])
+        self.assertEqual((batcher.sent, batcher.dropped, batcher.max_segment), (4, 0, 699))
+        for i in range(3):
+            batcher.send(b"x" * 600, ("192.0.2.1", 9))
+        batcher.flush()
+        self.assertEqual(sock.gso_runs, 1, "smaller segments still go as one run")
+        self.assertEqual(len(sock.sent), 7)
+
+    def test_a_kernel_refusing_gso_turns_it_off(self):
+        sock = RefusingSocket(errno.EIO)
+        batcher = DatagramBatcher(Clock(), FakePort(sock))
+        for i in range(3):
+            batcher.send(b"y" * 100, ("192.0.2.1", 9))
+        batcher.flush()
+        self.assertEqual((len(sock.sent), batcher.gso), (3, False))
+
     async def test_without_gso_each_goes_alone(self):
         batcher = DatagramBatcher(reactor, self.sending, gso=False)
         for i in range(5):
@@ -241,6 +269,33 @@ class DatagramBatcherTests(unittest.TestCase):
         batcher.send(b"x" * 70000, self.to)  # larger than UDP allows
         batcher.flush()
         self.assertEqual((batcher.sent, batcher.dropped), (0, 1))
+
+
+class RefusingSocket:
+    """A UDP socket whose GSO sends fail with ``error`` while segments are
+    larger than 650 bytes (EMSGSIZE), or always (other errors)."""
+
+    def __init__(self, error: int):
+        self.error = error
+        self.sent: list[bytes] = []
+        self.gso_runs = 0
+
+    def getsockopt(self, level, option):
+        return 0
+
+    def sendto(self, data, address):
+        self.sent.append(bytes(data))
+
+    def sendmsg(self, buffers, ancillary, flags, address):
+        if self.error != errno.EMSGSIZE or len(buffers[0]) > 650:
+            raise OSError(self.error, os.strerror(self.error))
+        self.gso_runs += 1
+        self.sent.extend(bytes(b) for b in buffers)
+
+
+class FakePort:
+    def __init__(self, sock):
+        self.socket = sock
 
 
 class FakeWireGuardSocket(DatagramProtocol):

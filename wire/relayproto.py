@@ -160,9 +160,10 @@ _SOL_UDP = 17
 _UDP_SEGMENT = 103
 _GSO_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65000
-# A segment must fit the path unfragmented (GSO cannot fragment; lab: such
-# runs were lost). 1500 - IPv6 40 - UDP 8; the tunnel MTU keeps every
-# relayed packet within it (wire.node.wireguard.MTU). Larger ones go alone.
+# A segment must fit the first link unfragmented: the kernel refuses the
+# whole run (EMSGSIZE) otherwise. 1500 - IPv6 40 - UDP 8; the tunnel MTU
+# keeps every relayed packet within it (wire.node.wireguard.MTU). Larger
+# ones go alone; a smaller link lowers the bound on the first refusal.
 GSO_MAX_SEGMENT = 1452
 
 
@@ -198,6 +199,7 @@ class DatagramBatcher:
         sock = getattr(port, "socket", None)
         self._sock = sock
         self.gso = gso and sock is not None and udp_gso_supported(sock)
+        self.max_segment = GSO_MAX_SEGMENT
         self._queue: list[tuple[Any, Any]] = []
         self._flush_call = None
         self.sends = 0  # system calls (or writes), for tests and benchmarks
@@ -235,7 +237,7 @@ class DatagramBatcher:
         destination, equal sizes (the last may be shorter), within limits."""
         first, address = queue[start]
         size = len(first)
-        if not self.gso or size > GSO_MAX_SEGMENT or size == 0:
+        if not self.gso or size > self.max_segment or size == 0:
             return start + 1
         total = size
         end = start + 1
@@ -260,6 +262,15 @@ class DatagramBatcher:
                 self._sock.sendmsg([data for data, _ in run], [(_SOL_UDP, _UDP_SEGMENT, segment)], 0, address)
             self.sent += len(run)
         except OSError as e:
+            if len(run) > 1 and e.errno == errno.EMSGSIZE:
+                # Segments larger than the route's MTU (a host link under
+                # 1500 bytes): this size and above go alone from now on, and
+                # the kernel fragments them as it would any datagram.
+                self.max_segment = len(run[0][0]) - 1
+                self.sends -= 1
+                for one in run:
+                    self._send_run([one])
+                return
             if len(run) > 1 and e.errno in (errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO):
                 # GSO refused here (a device without checksum offload, say):
                 # one at a time from now on.
