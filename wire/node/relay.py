@@ -27,10 +27,10 @@ from wire.relayproto import (
     TOKEN_BYTES,
     TO_NODE,
     TO_SERVER,
+    DatagramBatcher,
     FrameError,
     FrameKey,
     ReplayWindow,
-    DatagramBatcher,
     enlarge_socket_buffers,
     payload_view,
     read_header,
@@ -112,6 +112,7 @@ class RelayShim:
         self._by_token: dict[bytes, RelaySession] = {}
         self._upstream = _Upstream(self)
         self._upstream_port = None
+        self._upstream_batcher: DatagramBatcher | None = None
         self._send_upstream = None
         self._keepalive = LoopingCall(self._send_keepalives)
         self._keepalive.clock = reactor
@@ -139,7 +140,8 @@ class RelayShim:
             await self.remove(peer)
         if self._upstream_port is not None:
             await self._upstream_port.stopListening()
-            self._upstream_batcher.cancel()
+            if self._upstream_batcher is not None:
+                self._upstream_batcher.cancel()
             self._upstream_port = None
             self._send_upstream = None
 
