@@ -68,6 +68,17 @@ def pinned(cpus: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
+class CollectingProcess(_Process):
+    """A process whose whole stdout is kept (a benchmark script's JSON)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stdout = bytearray()
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+
+
 class ServerProcess(_Process):
     """``twistd -n wire-server`` on 127.0.0.1, logging to a file in its data dir."""
 

@@ -25,18 +25,9 @@ import os
 import shutil
 import sys
 
-from bench.processes import BENCH_CHECKOUT, _Process
+from bench.processes import BENCH_CHECKOUT, CollectingProcess
 
 TODO = "relay server cost for 100 and 1,000 sessions and its added latency are not measured yet (one session's CPU per frame: bench/relay_cost.py); see bench/relay.py"
-
-
-class _Collect(_Process):
-    def __init__(self):
-        super().__init__()
-        self.stdout = bytearray()
-
-    def outReceived(self, data: bytes) -> None:
-        self.stdout += data
 
 
 async def run(reactor, seconds: float = 10.0, timeout: float = 600.0) -> dict:
@@ -49,7 +40,7 @@ async def run(reactor, seconds: float = 10.0, timeout: float = 600.0) -> dict:
     missing = [p for p in ("ip", "wg", "wireguard-go", "iperf3", "nft") if shutil.which(p) is None]
     if missing:
         return {"status": "todo", "todo": TODO, "throughput": {"skipped": f"missing programs: {', '.join(missing)}"}}
-    process = _Collect()
+    process = CollectingProcess()
     argv = [sys.executable, script, f"--seconds={seconds:g}"]
     reactor.spawnProcess(process, argv[0], argv, env=dict(os.environ, PYTHONPATH=BENCH_CHECKOUT), path=BENCH_CHECKOUT)
     timer = reactor.callLater(timeout, lambda: process.ended.called or process.transport.signalProcess("KILL"))

@@ -32,7 +32,7 @@ from bench import procstat, profiling, relay
 from tests.ports import free_port_triple  # one helper for tests and benches
 from bench.httpload import Connector, Counters, client_tls
 from bench.nodes import enroll_body, node_identity, probe_source_address, registration_body
-from bench.processes import BENCH_CHECKOUT, ServerProcess, WorkerProcess, _Process
+from bench.processes import BENCH_CHECKOUT, CollectingProcess, ServerProcess, WorkerProcess
 from bench.stats import percentile, segment_rates, summary
 
 log = Logger()
@@ -801,15 +801,6 @@ async def stun(reactor, settings: Settings) -> dict:
 # -- node side -------------------------------------------------------------------------------
 
 
-class _Collect(_Process):
-    def __init__(self):
-        super().__init__()
-        self.stdout = bytearray()
-
-    def outReceived(self, data: bytes) -> None:
-        self.stdout += data
-
-
 async def apply_netmap(reactor, settings: Settings) -> dict:
     """bench/apply_netmap.py: a 1,000-peer netmap onto a real wireguard-go interface."""
     if os.geteuid() != 0:
@@ -817,7 +808,7 @@ async def apply_netmap(reactor, settings: Settings) -> dict:
     missing = [p for p in ("ip", "wg", "wireguard-go") if shutil.which(p) is None]
     if missing:
         return {"skipped": f"missing programs: {', '.join(missing)}"}
-    process = _Collect()
+    process = CollectingProcess()
     argv = [sys.executable, os.path.join(BENCH_CHECKOUT, "bench", "apply_netmap.py"), f"--peers={settings.apply_peers}"]
     reactor.spawnProcess(process, argv[0], argv, env=dict(os.environ, PYTHONPATH=BENCH_CHECKOUT), path=BENCH_CHECKOUT)
     timer = reactor.callLater(600, lambda: process.ended.called or process.transport.signalProcess("KILL"))
