@@ -1,4 +1,4 @@
-"""TLS on the server and the node: what each connection costs in memory."""
+"""TLS on the server (wire/tlsserver.py) and the node (wire/tls.py)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,26 @@ import os
 import shutil
 import tempfile
 
+import ssl
+
 from OpenSSL import SSL
+from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 
-from tests.helpers import make_coordinator
-from wire.server.api import build_site
 from wire.server.tap import Options, _api_endpoint
-from wire.tls import (
-    TLS_RECORD_DATA,
-    PinnedPolicy,
-    SmallRecordTLS,
-    TLSServerEndpoint,
-    ensure_self_signed,
-    read_fingerprint,
-    server_context,
-)
+from wire.tls import PinnedPolicy, ensure_self_signed, read_fingerprint
+from wire.tlsserver import TLS_RECORD_DATA, TLSConfigError, TLSServerEndpoint, server_context
 
 
 def mode_of(context: SSL.Context) -> int:
@@ -40,15 +40,8 @@ class ReleaseBuffersTests(unittest.TestCase):
         os.makedirs(data_dir)
         self.cert_path, self.key_path = ensure_self_signed(data_dir)
 
-    def test_server_connections_release_idle_buffers(self):
-        options = server_context(self.cert_path, self.key_path)
-        context = options.getContext()
-        self.assertTrue(mode_of(context) & SSL.MODE_RELEASE_BUFFERS)
-        # Each connection is made from that same context.
-        factory = TLSMemoryBIOFactory(options, False, build_site(make_coordinator(self)))
-        for _ in range(2):
-            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-            self.assertIs(options.serverConnectionForTLS(protocol).get_context(), context)
+    # The server's connections: Python's ssl module sets the same mode on
+    # every context it makes (bench/tls_idle_memory.py shows it).
 
     def test_pinned_client_connections_release_idle_buffers(self):
         creator = PinnedPolicy(read_fingerprint(self.cert_path)).creatorForNetloc(b"127.0.0.1", 8787)
@@ -57,37 +50,46 @@ class ReleaseBuffersTests(unittest.TestCase):
         self.assertIs(creator.clientConnectionForTLS(object()).get_context(), context)
 
 
-class SmallRecordTests(unittest.TestCase):
-    """Server connections write TLS records of at most TLS_RECORD_DATA bytes."""
+class ServerConnection:
+    """A server TLS connection in memory: the server side over a
+    StringTransport, a stdlib client on memory BIOs, and a recording app."""
 
-    def setUp(self):
-        data_dir = os.path.abspath(self.mktemp())
+    def __init__(self, test, client_context: ssl.SSLContext | None = None):
+        data_dir = os.path.abspath(test.mktemp())
         os.makedirs(data_dir)
-        options = server_context(*ensure_self_signed(data_dir))
         reactor = MemoryReactorClock()
-        self.app = Protocol()
-        TLSServerEndpoint(TCP4ServerEndpoint(reactor, 8787), options).listen(Factory.forProtocol(lambda: self.app))
+        self.app = RecordingProtocol()
+        context = server_context(*ensure_self_signed(data_dir))
+        TLSServerEndpoint(TCP4ServerEndpoint(reactor, 8787), context).listen(Factory.forProtocol(lambda: self.app))
         ((_, factory, _, _),) = reactor.tcpServers
         self.tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        self.assertIsInstance(self.tls, SmallRecordTLS)
         self.wire = StringTransport()
         self.tls.makeConnection(self.wire)
-        self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-        self.client.set_connect_state()
+        if client_context is None:
+            client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            client_context.check_hostname = False
+            client_context.verify_mode = ssl.CERT_NONE
+        self.client_in, self.client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.client = client_context.wrap_bio(self.client_in, self.client_out)
+
+    def handshake(self) -> None:
         for _ in range(5):
             try:
                 self.client.do_handshake()
-            except SSL.WantReadError:
-                pass
-            self.to_server()
-            self.to_client()
-        self.assertTrue(self.tls._handshakeDone)
+            except ssl.SSLWantReadError:
+                self.to_server()
+                self.to_client()
+                continue
+            self.to_server()  # the client's Finished
+            self.to_client()  # what the server answers to it
+            self.after_handshake = self.received()
+            return
+        raise AssertionError("no handshake")
 
-    def to_server(self):
-        try:
-            self.tls.dataReceived(self.client.bio_read(1 << 20))
-        except SSL.WantReadError:
-            pass
+    def to_server(self) -> None:
+        data = self.client_out.read()
+        if data:
+            self.tls.dataReceived(data)
 
     def to_client(self) -> list[int]:
         """Hand the server's output to the client; the lengths of its records."""
@@ -97,51 +99,201 @@ class SmallRecordTests(unittest.TestCase):
         while at < len(data):
             lengths.append(int.from_bytes(data[at + 3 : at + 5], "big"))
             at += 5 + lengths[-1]
-        if data:
-            self.client.bio_write(data)
+        self.client_in.write(data)
         return lengths
 
     def received(self) -> bytes:
         chunks = []
         while True:
             try:
-                chunks.append(self.client.recv(1 << 20))
-            except SSL.WantReadError:
+                chunk = self.client.read(1 << 20)
+            except ssl.SSLWantReadError:
                 return b"".join(chunks)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+class RecordingProtocol(Protocol):
+    def __init__(self):
+        self.data = b""
+        self.lost = None
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+class ServerTransportTests(unittest.TestCase):
+    """The server's TLS transport (wire/tlsserver.py), in memory."""
+
+    def setUp(self):
+        self.conn = ServerConnection(self)
+
+    def test_request_and_answer(self):
+        conn = self.conn
+        conn.handshake()
+        self.assertIsNotNone(conn.app.transport)
+        conn.client.write(b"GET /health HTTP/1.1\r\n\r\n")
+        conn.to_server()
+        self.assertEqual(conn.app.data, b"GET /health HTTP/1.1\r\n\r\n")
+        conn.app.transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        conn.to_client()
+        self.assertEqual(conn.received(), b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertTrue(ISSLTransport.providedBy(conn.app.transport))
+        self.assertEqual(conn.app.transport.getPeer(), conn.wire.getPeer())
 
     def test_a_large_answer_goes_out_in_small_records(self):
+        conn = self.conn
+        conn.handshake()
         answer = os.urandom(300_000)
-        self.app.transport.write(answer)
-        lengths = self.to_client()
+        conn.app.transport.write(answer)
+        lengths = conn.to_client()
         # Each record: the data, its content type and a 16-byte tag.
         self.assertLessEqual(max(lengths), TLS_RECORD_DATA + 17)
         self.assertGreaterEqual(len(lengths), 300_000 // TLS_RECORD_DATA)
-        self.assertEqual(self.received(), answer)
+        self.assertEqual(conn.received(), answer)
 
-    def test_what_openssl_cannot_send_yet_waits_in_order(self):
-        real = self.tls._tlsConnection
-        sends = []
+    def test_a_written_sequence_is_one_record(self):
+        conn = self.conn
+        conn.handshake()
+        conn.app.transport.writeSequence([b"HTTP/1.1 200 OK\r\n", b"Content-Length: 2\r\n\r\n", b"{}"])
+        self.assertEqual(len(conn.to_client()), 1)
+        self.assertEqual(conn.received(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
-        class Refusing:
-            """Refuses the second write, as during a renegotiation."""
+    def test_writes_before_the_handshake_wait_for_it(self):
+        conn = self.conn
+        conn.app.transport.write(b"early ")
+        conn.app.transport.writeSequence([b"and ", b"in order"])
+        conn.handshake()
+        self.assertEqual(conn.after_handshake, b"early and in order")
 
-            def send(self, data):
-                sends.append(len(data))
-                if len(sends) == 2:
-                    raise SSL.WantReadError()
-                return real.send(data)
+    def test_lose_connection_says_close_notify_then_closes(self):
+        conn = self.conn
+        conn.handshake()
+        conn.app.transport.write(b"last words")
+        conn.app.transport.loseConnection()
+        self.assertTrue(conn.wire.disconnecting)
+        conn.to_client()
+        self.assertEqual(conn.received(), b"last words")
+        self.assertEqual(conn.client.read(1), b"", "close_notify came")
+        conn.app.transport.write(b"too late")
+        self.assertEqual(conn.wire.value(), b"")
+        conn.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(conn.app.lost.check(ConnectionDone))
 
-            def __getattr__(self, name):
-                return getattr(real, name)
+    def test_lose_connection_before_any_handshake_closes_at_once(self):
+        conn = self.conn
+        conn.app.transport.loseConnection()
+        self.assertTrue(conn.wire.disconnecting)
+        self.assertEqual(conn.wire.value(), b"")
 
-        answer = os.urandom(100_000)
-        self.tls._tlsConnection = Refusing()
-        self.app.transport.write(answer)
-        self.assertEqual(sends, [TLS_RECORD_DATA, TLS_RECORD_DATA], "nothing is written past a refusal")
-        self.tls._tlsConnection = real
-        self.tls._unbufferPendingWrites()
-        self.to_client()
-        self.assertEqual(self.received(), answer)
+    def test_the_peers_close_notify_closes_cleanly(self):
+        conn = self.conn
+        conn.handshake()
+        try:
+            conn.client.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        conn.to_server()
+        self.assertTrue(conn.wire.disconnecting)
+        conn.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(conn.app.lost.check(ConnectionDone))
+
+    def test_a_tcp_close_without_close_notify_is_a_lost_connection(self):
+        conn = self.conn
+        conn.handshake()
+        conn.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(conn.app.lost.check(ConnectionLost))
+
+    def test_garbage_ends_the_connection_with_the_tls_error(self):
+        conn = self.conn
+        conn.tls.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(conn.wire.disconnecting)
+        self.assertEqual(conn.app.data, b"")
+        conn.tls.dataReceived(b"more garbage")  # ignored, no exception
+        conn.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(conn.app.lost.check(ssl.SSLError))
+
+    def test_garbage_after_the_handshake_ends_the_connection(self):
+        conn = self.conn
+        conn.handshake()
+        conn.tls.dataReceived(b"\x17\x03\x03\x00\x20" + os.urandom(32))  # a record no key made
+        self.assertTrue(conn.wire.disconnecting)
+        conn.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(conn.app.lost.check(ssl.SSLError))
+
+
+class ServerContextTests(unittest.TestCase):
+    def test_tls_1_1_is_refused(self):
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        # Security level 0: this OpenSSL offers TLS 1.1 only if told to.
+        client.set_ciphers("DEFAULT:@SECLEVEL=0")
+        client.minimum_version = ssl.TLSVersion.TLSv1_1
+        client.maximum_version = ssl.TLSVersion.TLSv1_1
+        conn = ServerConnection(self, client)
+        with self.assertRaises(ssl.SSLError) as caught:
+            conn.handshake()
+        self.assertIn("ALERT_PROTOCOL_VERSION", str(caught.exception), "the server's alert")
+        self.assertTrue(conn.wire.disconnecting)
+        conn.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("unsupported protocol", str(conn.app.lost.value))
+
+    def test_a_missing_or_corrupt_certificate_is_named(self):
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        cert_path, key_path = ensure_self_signed(data_dir)
+        with self.assertRaises(TLSConfigError) as caught:
+            server_context(cert_path + ".missing", key_path)
+        self.assertIn(cert_path + ".missing", str(caught.exception))
+        with open(key_path, "w") as f:
+            f.write("not a key")
+        with self.assertRaises(TLSConfigError) as caught:
+            server_context(cert_path, key_path)
+        self.assertIn(key_path, str(caught.exception))
+
+
+class RealSocketTests(unittest.TestCase):
+    """The node's real HTTPS client (pinned) against the server's TLS on 127.0.0.1."""
+
+    def setUp(self):
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        cert_path, key_path = ensure_self_signed(data_dir)
+        self.fingerprint = read_fingerprint(cert_path)
+        self.body = os.urandom(200_000).hex().encode()
+        resource = Resource()
+        resource.putChild(b"big", Data(self.body, "text/plain"))
+        endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), server_context(cert_path, key_path))
+        d = endpoint.listen(Site(resource))
+
+        def listening(port):
+            self.port = port
+            self.addCleanup(port.stopListening)
+
+        return d.addCallback(listening)
+
+    def agent(self, fingerprint):
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return Agent(reactor, contextFactory=PinnedPolicy(fingerprint), pool=pool)
+
+    @defer.inlineCallbacks
+    def test_the_pinned_client_gets_a_large_answer(self):
+        url = f"https://127.0.0.1:{self.port.getHost().port}/big".encode()
+        response = yield self.agent(self.fingerprint).request(b"GET", url)
+        body = yield readBody(response)
+        self.assertEqual((response.code, body), (200, self.body))
+
+    @defer.inlineCallbacks
+    def test_another_fingerprint_is_refused(self):
+        url = f"https://127.0.0.1:{self.port.getHost().port}/big".encode()
+        with self.assertRaises(ResponseNeverReceived):
+            yield self.agent("0" * 64).request(b"GET", url)
 
 
 class EndpointTests(unittest.TestCase):
@@ -153,7 +305,7 @@ class EndpointTests(unittest.TestCase):
         options.parseOptions(["--interface", "127.0.0.1", "--port", "18787", "--data-dir", data_dir, *args])
         return _api_endpoint(options, MemoryReactorClock())
 
-    def test_the_api_listens_through_small_record_tls(self):
+    def test_the_api_listens_through_tls(self):
         endpoint, fingerprint = self.endpoint()
         self.assertIsInstance(endpoint, TLSServerEndpoint)
         self.assertEqual(len(fingerprint), 64)

@@ -1,5 +1,4 @@
-"""TLS for the coordination API: the server's certificate, its listening
-endpoint, and pinning it.
+"""TLS for the coordination API: the server's certificate, and pinning it.
 
 The server creates a self-signed certificate once (kept in its data dir) or
 uses one the admin gives. Nodes learn the self-signed certificate's SHA-256
@@ -8,9 +7,7 @@ no other: no CA is involved, and no one between node and server can stand
 in. A CA-signed certificate (empty fingerprint) is checked the usual way,
 hostname included, with service-identity.
 
-Every node holds a connection to the server for good (its long-poll), so
-what one costs in memory is multiplied by the mesh: :class:`SmallRecordTLS`
-keeps it down (see ``bench/tls_idle_memory.py``).
+The server's side of the connection is in :mod:`wire.tlsserver`.
 """
 
 from __future__ import annotations
@@ -25,9 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamServerEndpoint
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -36,21 +31,6 @@ from wire.fsutil import write_atomically
 
 CERT_FILE = "tls-cert.pem"
 KEY_FILE = "tls-key.pem"
-
-# The most application data the server puts in one TLS record. Twisted
-# hands OpenSSL up to 16 KiB at a time, and a connection's outgoing memory
-# BIO keeps the capacity of the largest record it ever held (about 22 KiB
-# after a 16 KiB one) for as long as the connection lives: every node's,
-# after its first long-poll brought the whole netmap. With 4 KiB records a
-# long-polling node costs the server 37 KiB instead of 52 (2,000 nodes,
-# bench/tls_idle_memory.py --requests longpoll). The price: encrypting a
-# 3.5 MB netmap (10,000 nodes) takes about 3 ms more; answers under 4 KiB
-# (heartbeats, deltas: all of steady state) are not affected.
-TLS_RECORD_DATA = 4096
-
-
-class TLSConfigError(Exception):
-    pass
 
 
 def fingerprint_of_pem(pem: bytes) -> str:
@@ -85,60 +65,6 @@ def ensure_self_signed(data_dir: str, common_name: str = "wire-server") -> tuple
     return cert_path, key_path
 
 
-def server_context(cert_path: str, key_path: str) -> ssl.CertificateOptions:
-    try:
-        with open(cert_path, "rb") as f:
-            cert_pem = f.read()
-        with open(key_path, "rb") as f:
-            key_pem = f.read()
-        certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    except (OSError, SSL.Error, ValueError) as e:
-        raise TLSConfigError(f"cannot load the TLS certificate {cert_path} / key {key_path}: {e}")
-    # Twisted's CertificateOptions already set SSL.MODE_RELEASE_BUFFERS: an
-    # idle connection holds no OpenSSL read or write buffer (about 20 KiB
-    # each; tests/test_tls.py checks it, bench/tls_idle_memory.py measures).
-    return certificate.options()
-
-
-class SmallRecordTLS(BufferingTLSTransport):
-    """A server TLS connection that writes records of at most TLS_RECORD_DATA."""
-
-    def _write(self, data):
-        # Twisted's _write slices at 16 KiB: give it slices it leaves whole.
-        size = TLS_RECORD_DATA
-        if len(data) <= size:
-            super()._write(data)
-            return
-        for start in range(0, len(data), size):
-            super()._write(data[start : start + size])
-            if self._lostTLSConnection:
-                return
-            if self._appSendBuffer:
-                # OpenSSL must read before it writes again (it kept what it
-                # could not send): the rest waits behind that, in order.
-                rest = data[start + size :]
-                if rest:
-                    self._appSendBuffer.append(rest)
-                return
-
-
-class _SmallRecordTLSFactory(TLSMemoryBIOFactory):
-    protocol = SmallRecordTLS
-
-
-@implementer(IStreamServerEndpoint)
-class TLSServerEndpoint:
-    """TLS over a stream endpoint (what ``SSL4ServerEndpoint`` does over TCP),
-    its connections :class:`SmallRecordTLS`."""
-
-    def __init__(self, endpoint: IStreamServerEndpoint, context: ssl.CertificateOptions):
-        self._endpoint = endpoint
-        self._context = context
-
-    def listen(self, factory):
-        return self._endpoint.listen(_SmallRecordTLSFactory(self._context, False, factory))
-
-
 def is_self_signed(cert_path: str) -> bool:
     with open(cert_path, "rb") as f:
         certificate = x509.load_pem_x509_certificate(f.read())
@@ -157,8 +83,8 @@ class _PinnedCreator:
         self._context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self._context.set_min_proto_version(SSL.TLS1_2_VERSION)
         self._context.set_verify(SSL.VERIFY_PEER, self._verify)
-        # As Twisted's CertificateOptions (the server's) do: an idle
-        # connection (the long-poll's, 25 s at a time) holds no buffers.
+        # An idle connection (the long-poll's, 25 s at a time) holds no
+        # OpenSSL buffers (about 20 KiB each).
         self._context.set_mode(SSL.MODE_RELEASE_BUFFERS)
 
     def _verify(self, connection, certificate, errno, depth, ok) -> bool:

@@ -28,14 +28,8 @@ from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER, Re
 from wire.server.seed_import import SeedStateError, import_seed_state
 from wire.server.store import StoreError, open_store
 from wire.stun import StunServerProtocol
-from wire.tls import (
-    TLSConfigError,
-    TLSServerEndpoint,
-    ensure_self_signed,
-    is_self_signed,
-    read_fingerprint,
-    server_context,
-)
+from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
+from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
 
 log = Logger()
 
