@@ -1,14 +1,17 @@
 """The HTTP API in memory, through treq's StubTreq."""
 
 import json
+import socket
 from ipaddress import ip_network
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.helpers import body_for, key_for, make_coordinator
-from wire.server.api import ClientRules, build_root
+from wire.server.api import ClientRules, build_root, build_site
 from wire.server.auth import Authority
 
 
@@ -321,3 +324,57 @@ class OpenModeLongPollTests(ApiTestCase):
         self.clock.advance(6)
         self.coordinator.sweep()
         self.assertFalse(self.coordinator.registry.is_online(answer["node_id"]))
+
+
+class LongPollOverTcpTests(unittest.TestCase):
+    """The site as served (make_site) on a real 127.0.0.1 socket."""
+
+    @inlineCallbacks
+    def test_a_client_that_goes_away_stops_waiting(self):
+        coordinator = make_coordinator(self)
+        port = reactor.listenTCP(0, build_site(coordinator), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        cursor = str(coordinator.registry.changes.cursor)
+        client.sendall(f"GET /peers?since={cursor}&wait=30 HTTP/1.1\r\nHost: wire.test\r\n\r\n".encode())
+        yield until(lambda: coordinator.longpolls.open_count == 1)
+        client.close()
+        yield until(lambda: coordinator.longpolls.open_count == 0)
+
+    @inlineCallbacks
+    def test_a_kept_connection_long_polls_again(self):
+        coordinator = make_coordinator(self)
+        port = reactor.listenTCP(0, build_site(coordinator), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.setblocking(False)
+        cursor = str(coordinator.registry.changes.cursor)
+        poll = f"GET /peers?since={cursor}&wait=30 HTTP/1.1\r\nHost: wire.test\r\n\r\n".encode()
+        for _ in range(2):
+            client.sendall(poll)
+            yield until(lambda: coordinator.longpolls.open_count == 1)
+            coordinator.clock.advance(31)  # the wait ends
+            received = []
+            yield until(lambda: _read_into(client, received) and b'"upserts":[]' in b"".join(received))
+            head = b"".join(received)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:80])
+            self.assertNotIn(b"connection: close", head.lower())
+
+
+def _read_into(client: socket.socket, chunks: list) -> bool:
+    try:
+        chunks.append(client.recv(65536))
+    except BlockingIOError:
+        pass
+    return True
+
+
+@inlineCallbacks
+def until(condition, timeout: float = 10.0):
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("timed out")
+        yield deferLater(reactor, 0.01, lambda: None)

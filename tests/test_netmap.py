@@ -69,6 +69,66 @@ class LongPollHubTests(unittest.TestCase):
         self.clock.advance(0.2)
         self.assertEqual(self.successResultOf(d)["now"], "e:0")
 
+    def test_waits_end_on_one_timer_at_most_a_second_late(self):
+        self.clock.advance(0.5)
+        early = [self.hub.poll(Cursor("e", 0), wait=10) for _ in range(50)]
+        self.clock.advance(0.3)
+        late = self.hub.poll(Cursor("e", 0), wait=20)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "one timer for every waiter")
+        self.clock.advance(10.1)  # 10.9 s; the first polls' 10 s end at 10.5, rounded up to 11
+        for d in early:
+            self.assertNoResult(d)
+        self.clock.advance(0.1)
+        for d in early:
+            self.assertEqual(self.successResultOf(d)["now"], "e:0")
+        self.assertEqual(len(self.answers), 1, "waits that end together share one answer")
+        self.assertNoResult(late)
+        self.clock.advance(9.9)  # 20.9 s; the late poll's 20 s end at 20.8, rounded up to 21
+        self.assertNoResult(late)
+        self.clock.advance(0.1)
+        self.successResultOf(late)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_shorter_wait_moves_the_timer_sooner(self):
+        long = self.hub.poll(Cursor("e", 0), wait=100)
+        short = self.hub.poll(Cursor("e", 0), wait=5)
+        self.clock.advance(5)
+        self.successResultOf(short)
+        self.assertNoResult(long)
+        self.clock.advance(95)
+        self.successResultOf(long)
+
+    def test_an_answer_may_poll_again(self):
+        again = []
+
+        def poll_again(answer, cursor):
+            again.append(self.hub.poll(cursor, wait=5))
+            return answer
+
+        d = self.hub.poll(Cursor("e", 0), wait=5)
+        d.addCallback(poll_again, Cursor("e", 0))
+        self.clock.advance(5)
+        self.assertNoResult(again[0])
+        self.assertEqual(self.hub.open_count, 1)
+        self.clock.advance(5)
+        self.successResultOf(again[0])
+        self.log.record("a")
+        d = self.hub.poll(Cursor("e", 1), wait=5)
+        d.addCallback(poll_again, Cursor("e", 1))
+        self.log.record("b")
+        self.hub.changed()
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d)["now"], "e:2")
+        self.assertEqual(self.successResultOf(again[1])["now"], "e:2", "behind again: answered at once")
+
+    def test_cancelling_one_leaves_the_others_waiting(self):
+        stay, leave = (self.hub.poll(Cursor("e", 0), wait=25) for _ in range(2))
+        leave.cancel()
+        self.failureResultOf(leave)
+        self.assertEqual(self.hub.open_count, 1)
+        self.clock.advance(25)
+        self.successResultOf(stay)
+
     def test_cancel_forgets_waiter(self):
         d = self.hub.poll(Cursor("e", 0), wait=25)
         d.cancel()

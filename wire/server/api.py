@@ -30,7 +30,7 @@ from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict, normalize_client_ip
 from wire.server.store import StoreError
-from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
+from wire.web import ApiError, JsonResource, JsonRoot, forget_input, make_site, read_json_body
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -225,7 +225,10 @@ class Peers(CoordinatorResource):
             if not 0 <= wait <= MAX_WAIT_SECONDS:
                 raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
         with answering_errors():
-            return self._coordinator.netmap(since, wait, node_id, self._rules.client_ip(request) if node_id else None)
+            answer = self._coordinator.netmap(since, wait, node_id, self._rules.client_ip(request) if node_id else None)
+        if not answer.called:
+            forget_input(request)  # it may wait minutes; all it asked was read
+        return answer
 
 
 class Status(CoordinatorResource):
