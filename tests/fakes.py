@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from wire.keys import public_key_for
@@ -82,3 +83,17 @@ def fixed_nat(ip: str = "198.51.100.7", port: int = 40000, nat_type: str = "easy
         return NatReport(nat_type=nat_type, mapped_a=mapped, mapped_b=mapped, latency_ms=1.0, local_port=51820)
 
     return probe
+
+
+class TurnClock(Clock):
+    """A fake clock that can run one reactor turn: the calls due now, not the
+    ones those calls add (as the real reactor leaves them for its next turn;
+    ``Clock.advance`` runs them too)."""
+
+    def turn(self) -> None:
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            if call in self.calls:  # not cancelled by an earlier one
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)

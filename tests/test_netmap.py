@@ -1,8 +1,9 @@
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.fakes import TurnClock
 from wire.protocol import ProtocolError
-from wire.server.netmap import ChangeLog, Cursor, LongPollHub, parse_cursor
+from wire.server.netmap import WAKE_BATCH, ChangeLog, Cursor, LongPollHub, parse_cursor
 
 
 class ChangeLogTests(unittest.TestCase):
@@ -120,6 +121,31 @@ class LongPollHubTests(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(self.successResultOf(d)["now"], "e:2")
         self.assertEqual(self.successResultOf(again[1])["now"], "e:2", "behind again: answered at once")
+
+    def test_a_change_answers_many_waiters_a_batch_per_turn(self):
+        self.clock = TurnClock()
+        self.hub = LongPollHub(self.clock, self.log, self.answer)
+        polls = [self.hub.poll(Cursor("e", 0), wait=30) for _ in range(WAKE_BATCH * 2 + 10)]
+        self.log.record("a")
+        self.hub.changed()
+        self.clock.turn()
+        self.assertEqual(sum(d.called for d in polls), WAKE_BATCH)
+        polls[-1].cancel()  # a node that goes away while it waits its turn
+        self.failureResultOf(polls[-1])
+        self.clock.turn()
+        self.assertEqual(sum(d.called for d in polls), WAKE_BATCH * 2 + 1)
+        self.clock.turn()
+        for d in polls[:-1]:
+            self.assertEqual(self.successResultOf(d)["now"], "e:1")
+        self.assertEqual(len(self.answers), 1, "one answer for all batches")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closing_answers_everyone_at_once(self):
+        polls = [self.hub.poll(Cursor("e", 0), wait=30) for _ in range(WAKE_BATCH + 1)]
+        self.hub.close()
+        for d in polls:
+            self.assertEqual(self.successResultOf(d)["now"], "e:0")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_cancelling_one_leaves_the_others_waiting(self):
         stay, leave = (self.hub.poll(Cursor("e", 0), wait=25) for _ in range(2))

@@ -28,6 +28,8 @@ from wire.protocol import ProtocolError
 from wire.web import SharedJson
 
 MAX_WAIT_SECONDS = 120.0
+# Long-polls a change answers per reactor turn (see LongPollHub._answer_all).
+WAKE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -137,20 +139,30 @@ class LongPollHub:
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
         self._wake_call = None
-        self._wake()
+        waiters, self._waiters = self._waiters, {}
+        self._stop_sweeping()
+        self._answer_all(list(waiters.items()), {})
 
     def _wake(self) -> None:
         self._wake_call = None
         waiters, self._waiters = self._waiters, {}
         self._stop_sweeping()  # before answering: an answer may bring a new poll
-        self._answer_all(waiters.items())
+        self._answer_all(list(waiters.items()), {}, batch=WAKE_BATCH)
 
-    def _answer_all(self, waiters) -> None:
-        answers: dict[Cursor, SharedJson] = {}
-        for waiter, cursor in waiters:
+    def _answer_all(self, waiters: list, answers: dict, start: int = 0, batch: int | None = None) -> None:
+        """Answer ``waiters`` from ``start``, ``batch`` per reactor turn if
+        given: the reactor sends the first answers while it makes the next,
+        and the nodes read them meanwhile (at 10,000 waiters, making them
+        all takes about a second)."""
+        end = len(waiters) if batch is None else min(len(waiters), start + batch)
+        for waiter, cursor in waiters[start:end]:
+            if waiter.called:
+                continue  # cancelled while it waited its turn: the node went away
             if cursor not in answers:
                 answers[cursor] = SharedJson(self._answer(cursor))
             waiter.callback(answers[cursor])
+        if end < len(waiters):
+            self._clock.callLater(0, self._answer_all, waiters, answers, end, batch)
 
     def _forget(self, waiter: Deferred) -> None:
         """The canceller: the client went away."""
@@ -182,4 +194,4 @@ class LongPollHub:
                     ended.append((waiter, cursor))
         if self._due:
             self._schedule_sweep(min(self._due))
-        self._answer_all(ended)
+        self._answer_all(ended, {})
