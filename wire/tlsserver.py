@@ -35,7 +35,7 @@ from zope.interface import alsoProvides, implementer
 # 2 % more bytes; answers under 1 KiB (all of steady state) are one record
 # either way. bench/tls_idle_memory.py measures it.
 TLS_RECORD_DATA = 1024
-TLS_RECEIVE_PIECE = 512
+TLS_RECEIVE_PIECE = 256
 
 # What one read from OpenSSL asks for: a whole record's data at most.
 _READ_SIZE = 16384
@@ -67,14 +67,16 @@ class TLSServerProtocol(ProtocolWrapper):
     receives for the wrapped protocol, and is the wrapped protocol's
     transport, encrypting what it writes."""
 
+    # Set on the instance only when they change: 10,000 of these live at once.
+    _handshake_done = False
+    _early_writes: tuple[bytes, ...] = ()  # written before the handshake ended
+    _failure: Failure | None = None  # why TLS ended the connection
+    _closed_cleanly = False  # the peer's close_notify came
+
     def makeConnection(self, transport):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = self.factory.context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._handshake_done = False
-        self._early_writes: list[bytes] = []  # written before the handshake ended
-        self._failure: Failure | None = None  # why TLS ended the connection
-        self._closed_cleanly = False  # the peer's close_notify came
         ProtocolWrapper.makeConnection(self, transport)
         alsoProvides(self, ISSLTransport)
 
@@ -108,7 +110,7 @@ class TLSServerProtocol(ProtocolWrapper):
             return False
         self._handshake_done = True
         self._flush()
-        early, self._early_writes = self._early_writes, []
+        early, self._early_writes = self._early_writes, ()
         for data in early:
             self._encrypt(data)
         if self.disconnecting:
@@ -140,7 +142,7 @@ class TLSServerProtocol(ProtocolWrapper):
         if not data or self.disconnecting or self._failure is not None:
             return
         if not self._handshake_done:
-            self._early_writes.append(bytes(data))
+            self._early_writes += (bytes(data),)
             return
         self._encrypt(data)
 

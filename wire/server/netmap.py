@@ -32,7 +32,7 @@ MAX_WAIT_SECONDS = 120.0
 WAKE_BATCH = 500
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cursor:
     epoch: str
     serial: int
