@@ -40,8 +40,10 @@ class ReleaseBuffersTests(unittest.TestCase):
         os.makedirs(data_dir)
         self.cert_path, self.key_path = ensure_self_signed(data_dir)
 
-    # The server's connections: Python's ssl module sets the same mode on
-    # every context it makes (bench/tls_idle_memory.py shows it).
+    # The server's connections (wire/tlsserver.py): Python's ssl module
+    # offers no such setting, and needs none: its connections hold no read
+    # buffer between reads (an idle connection that has read a request costs
+    # no more than one that has not: bench/tls_idle_memory.py).
 
     def test_pinned_client_connections_release_idle_buffers(self):
         creator = PinnedPolicy(read_fingerprint(self.cert_path)).creatorForNetloc(b"127.0.0.1", 8787)
