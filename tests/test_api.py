@@ -329,31 +329,28 @@ class OpenModeLongPollTests(ApiTestCase):
 class LongPollOverTcpTests(unittest.TestCase):
     """The site as served (make_site) on a real 127.0.0.1 socket."""
 
-    @inlineCallbacks
-    def test_a_client_that_goes_away_stops_waiting(self):
-        coordinator = make_coordinator(self)
+    def setUp(self):
+        self.coordinator = coordinator = make_coordinator(self)
         port = reactor.listenTCP(0, build_site(coordinator), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
+        self.client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(self.client.close)
         cursor = str(coordinator.registry.changes.cursor)
-        client.sendall(f"GET /peers?since={cursor}&wait=30 HTTP/1.1\r\nHost: wire.test\r\n\r\n".encode())
-        yield until(lambda: coordinator.longpolls.open_count == 1)
-        client.close()
-        yield until(lambda: coordinator.longpolls.open_count == 0)
+        self.poll = f"GET /peers?since={cursor}&wait=30 HTTP/1.1\r\nHost: wire.test\r\n\r\n".encode()
+
+    @inlineCallbacks
+    def test_a_client_that_goes_away_stops_waiting(self):
+        self.client.sendall(self.poll)
+        yield until(lambda: self.coordinator.longpolls.open_count == 1)
+        self.client.close()
+        yield until(lambda: self.coordinator.longpolls.open_count == 0)
 
     @inlineCallbacks
     def test_a_kept_connection_long_polls_again(self):
-        coordinator = make_coordinator(self)
-        port = reactor.listenTCP(0, build_site(coordinator), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
+        coordinator, client = self.coordinator, self.client
         client.setblocking(False)
-        cursor = str(coordinator.registry.changes.cursor)
-        poll = f"GET /peers?since={cursor}&wait=30 HTTP/1.1\r\nHost: wire.test\r\n\r\n".encode()
         for _ in range(2):
-            client.sendall(poll)
+            client.sendall(self.poll)
             yield until(lambda: coordinator.longpolls.open_count == 1)
             coordinator.clock.advance(31)  # the wait ends
             received = []

@@ -22,7 +22,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport, IStreamServerEndpoint
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 # A connection's memory BIOs keep, for as long as it lives, the capacity of
 # the most they ever held at once: what the server wrote in one go (every
@@ -62,6 +62,7 @@ def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     return context
 
 
+@implementer(ISSLTransport)
 class TLSServerProtocol(ProtocolWrapper):
     """One server-side TLS connection: it decrypts what the TCP transport
     receives for the wrapped protocol, and is the wrapped protocol's
@@ -78,7 +79,6 @@ class TLSServerProtocol(ProtocolWrapper):
         self._outgoing = ssl.MemoryBIO()
         self._tls = self.factory.context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         ProtocolWrapper.makeConnection(self, transport)
-        alsoProvides(self, ISSLTransport)
 
     # What the peer sends
 
