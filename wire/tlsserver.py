@@ -83,9 +83,6 @@ class TLSServerProtocol(ProtocolWrapper):
     # What the peer sends
 
     def dataReceived(self, data):
-        if len(data) <= TLS_RECEIVE_PIECE:
-            self._receive(data)
-            return
         view = memoryview(data)
         for start in range(0, len(view), TLS_RECEIVE_PIECE):
             self._receive(view[start : start + TLS_RECEIVE_PIECE])
@@ -155,15 +152,10 @@ class TLSServerProtocol(ProtocolWrapper):
         BIO never holds more than one (see TLS_RECORD_DATA). A memory BIO
         takes all there is and renegotiation is off, so a write never has
         to wait."""
-        tls, outgoing, transport = self._tls, self._outgoing, self.transport
-        if len(data) <= TLS_RECORD_DATA:
-            tls.write(data)
-            transport.write(outgoing.read())
-            return
         view = memoryview(data)
         for start in range(0, len(view), TLS_RECORD_DATA):
-            tls.write(view[start : start + TLS_RECORD_DATA])
-            transport.write(outgoing.read())
+            self._tls.write(view[start : start + TLS_RECORD_DATA])
+            self._flush()
 
     def _flush(self) -> None:
         if self._outgoing.pending:
@@ -221,9 +213,6 @@ class TLSServerFactory(WrappingFactory):
     def __init__(self, context: ssl.SSLContext, wrappedFactory):
         WrappingFactory.__init__(self, wrappedFactory)
         self.context = context
-
-    def logPrefix(self):
-        return f"{self.wrappedFactory.logPrefix()} (TLS)" if hasattr(self.wrappedFactory, "logPrefix") else "TLS"
 
 
 @implementer(IStreamServerEndpoint)

@@ -214,7 +214,6 @@ def _finish(body: Any, request: BoundedRequest, status: int) -> None:
 
 
 def _finish_failure(failure: Failure, request: BoundedRequest, method: str) -> None:
-    request.awaiting = None
     if failure.check(ApiError):
         _finish({"error": failure.value.message}, request, failure.value.status)
         return

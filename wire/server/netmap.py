@@ -138,16 +138,13 @@ class LongPollHub:
         """Answer every waiter now (the server is stopping)."""
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
-        self._wake_call = None
-        waiters, self._waiters = self._waiters, {}
-        self._stop_sweeping()
-        self._answer_all(list(waiters.items()), {})
+        self._wake(batch=None)
 
-    def _wake(self) -> None:
+    def _wake(self, batch: int | None = WAKE_BATCH) -> None:
         self._wake_call = None
         waiters, self._waiters = self._waiters, {}
         self._stop_sweeping()  # before answering: an answer may bring a new poll
-        self._answer_all(list(waiters.items()), {}, batch=WAKE_BATCH)
+        self._answer_all(list(waiters.items()), {}, batch=batch)
 
     def _answer_all(self, waiters: list, answers: dict, start: int = 0, batch: int | None = None) -> None:
         """Answer ``waiters`` from ``start``, ``batch`` per reactor turn if
