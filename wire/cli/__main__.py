@@ -1,0 +1,3 @@
+from wire.cli import main
+
+main()

@@ -1,0 +1,169 @@
+"""What ``wire`` prints: each formatter takes an operation's result and returns text."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class Style:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def format_status(result: dict, style: Style) -> str:
+    """The seed's layout, then this node's path to each peer."""
+    nodes = result["nodes"]
+    # The seed's column widths, wider when a value needs it.
+    name_w = max([14] + [len(n.get("node_name", "")) for n in nodes])
+    vpn_w = max([16] + [len(n.get("vpn_ip", "")) for n in nodes])
+    public_w = max([21] + [len(n.get("public_ip", "")) for n in nodes])
+    lines = [
+        "",
+        f"{style('1', 'wire status')}  {result['server']}",
+        f"  {result['online']} online / {result['offline']} offline / {result['total']} total",
+        "",
+    ]
+    for node in nodes:
+        online = node.get("status") == "online"
+        colour = "32" if online else "90"
+        dot = style(colour, "●" if online else "○")
+        name = style(colour, f"{node.get('node_name', ''):<{name_w}}")
+        line = f"  {dot} {name} {node.get('vpn_ip', ''):<{vpn_w}} {node.get('public_ip', ''):<{public_w}} {_ago(node.get('last_seen_ago')):<7}"
+        if node.get("this_node"):
+            line += "  " + style("1", "(this node)")
+        elif "path" in node:
+            line += "  " + _path_column(node)
+        lines.append(line.rstrip())
+    if not result.get("daemon_running") and result.get("my_node_id"):
+        lines += ["", "  (the node daemon is not running here: paths unknown; sudo wire up)"]
+    return "\n".join(lines) + "\n"
+
+
+def _path_column(node: dict) -> str:
+    """This node's path to a peer: direct, relay, or why neither yet."""
+    path, reason = node["path"], node["path_reason"]
+    if path == "direct":
+        return f"direct {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
+    if path == "relay":
+        return f"relay ({reason.removeprefix('relay: ')}), handshake {_ago(node['handshake_age'])}"
+    return f"{path}: {reason}"
+
+
+def format_peers(result: dict, style: Style) -> str:
+    lines = [f"{result['count']} online peer(s) at {result['server']}"]
+    for peer in result["peers"]:
+        lines.append(f"  {peer.get('node_name', ''):<16} {peer.get('vpn_ip', ''):<16} {peer.get('public_ip', '')}:{peer.get('nat_port', '')}")
+    return "\n".join(lines)
+
+
+def format_up(result: dict, style: Style) -> str:
+    verb = "already up" if result["already_running"] else "up"
+    text = f"{result['node_name']} is {verb}: {style('1', result['vpn_ip'])} on {result['interface']} ({result['backend']}), server {result['server']}, NAT {result['nat_type']}, {result['peers']} peer(s)"
+    if result.get("note"):
+        text += f"\nnote: {result['note']}"
+    return text
+
+
+def format_down(result: dict, style: Style) -> str:
+    told = "the server was told" if result["server_told"] else "the server could not be told (it shows the node offline after its heartbeat timeout)"
+    return f"{result['node_name']} is down: interface {result['interface']} removed; {told}"
+
+
+def format_ping(result: dict, style: Style) -> str:
+    text = result["output"]
+    if "path" in result:
+        text += f"\npath: {result['path']} ({result['path_reason']})"
+    return text
+
+
+def format_install(result: dict, style: Style) -> str:
+    if result["ok"]:
+        how = "kernel WireGuard" if result["kernel_wireguard"] else f"wireguard-go ({result['wireguard_go']})"
+        text = f"WireGuard is ready: wg at {result['wg']}, {how}"
+        if result.get("installed"):
+            text += f"\ninstalled: {', '.join(result['installed'])}"
+        return text
+    text = f"missing: {', '.join(result['missing'])} (platform: {result['platform']})"
+    if result["install_command"]:
+        text += f"\ninstall with: {result['install_command']}   (or: wire install --yes)"
+    return text
+
+
+def format_checks(result: dict, style: Style) -> str:
+    lines = []
+    for check in result["checks"]:
+        mark = style("32", "✓") if check["ok"] else style("31", "✗")
+        lines.append(f"  {mark} {check['check']:<13} {check['detail']}")
+        if check["suggestion"]:
+            lines.append(f"      → {check['suggestion']}")
+    return "\n".join(lines)
+
+
+def format_watchdog(result: dict, style: Style) -> str:
+    if not result["daemon_running"]:
+        return result["problems"][0]
+    lines = []
+    for peer in result["peers"]:
+        mark = style("31", "stale") if peer["stale"] else ("ok" if peer["online"] else style("90", "offline"))
+        lines.append(f"  {peer['node_name']:<16} {peer['vpn_ip']:<16} handshake {_ago(peer['handshake_age']):<10} {mark}")
+    lines += [f"  ! {problem}" for problem in result["problems"]]
+    if result["ok"]:
+        lines.append("  all peers healthy")
+    return "\n".join(lines)
+
+
+def format_netcheck(result: dict, style: Style) -> str:
+    http, udp = result["http"], result["udp"]
+    lines = [f"{style('1', 'wire netcheck')}  {result['server']}"]
+    http_state = f"ok, {_ms(http['rtt_ms'])} (version {http['version']})" if http["reachable"] else style("31", "no answer")
+    lines.append(f"  HTTP /health      {http_state}")
+    for port in udp["ports"]:
+        state = f"ok, mapped {port['mapped']}" if port["answered"] else style("31", "no answer")
+        lines.append(f"  UDP  STUN :{port['port']:<6} {state}")
+    if udp["reachable"]:
+        lines.append(f"  STUN latency      {_ms(udp['rtt_ms'])}")
+        lines.append(f"  public address    {result['mapped']} (this host: {', '.join(result['local_ips']) or 'unknown'})")
+    lines.append(f"  NAT               {result['nat_meaning']}")
+    lines += [f"  ! {problem}" for problem in result["problems"]]
+    return "\n".join(lines)
+
+
+def format_explain(result: dict, style: Style) -> str:
+    path = style("32", result["path"]) if result["ok"] else style("31", result["path"])
+    lines = [
+        f"{style('1', result['peer'])} ({result['vpn_ip']}): path {path}, endpoint {result['endpoint'] or 'none'}, handshake {_ago(result['handshake_age'])}",
+        f"  NAT: this node {result['nat']['this_node']}, {result['peer']} {result['nat']['peer']}",
+    ]
+    lines += [f"  - {reason}" for reason in result["reasons"]]
+    lines += [f"  → {suggestion}" for suggestion in result["suggestions"]]
+    return "\n".join(lines)
+
+
+def format_demo(result: dict, style: Style) -> str:
+    if "cleaned" in result:
+        return f"removed the demo mesh {result['cleaned']}"
+    return "demo passed" if result["ok"] else "demo FAILED"
+
+
+
+Formatter = Callable[[dict, Style], str]

@@ -1,0 +1,50 @@
+"""The operations the ``wire`` CLI and the MCP adapter share.
+
+Each takes a :class:`Context` (reactor, process runner, config dir) and
+returns a JSON-able dict; a failure is an :class:`OpError` whose message
+says what went wrong and what to do. The CLI prints these, the MCP adapter
+returns them: one implementation of each operation, one module per job:
+
+    context    Context and OpError
+    lifecycle  up, down
+    views      status, peers
+    targets    a peer named by node name or VPN address
+    ping       ping
+    install    install, install_now
+    health     diagnose, watchdog
+    netcheck   netcheck
+    explain    explain (explain_path: the reasoning, from plain views)
+    demo       demo
+"""
+
+from wire.ops.context import Context, OpError
+from wire.ops.demo import demo
+from wire.ops.explain import explain, explain_path
+from wire.ops.health import diagnose, watchdog
+from wire.ops.install import install, install_now
+from wire.ops.lifecycle import down, up
+from wire.ops.netcheck import netcheck
+from wire.ops.ping import parse_ping, ping, ping_argv
+from wire.ops.targets import resolve_target
+from wire.ops.views import peers, status
+
+__all__ = [
+    "Context",
+    "OpError",
+    "demo",
+    "diagnose",
+    "down",
+    "explain",
+    "explain_path",
+    "install",
+    "install_now",
+    "netcheck",
+    "parse_ping",
+    "peers",
+    "ping",
+    "ping_argv",
+    "resolve_target",
+    "status",
+    "up",
+    "watchdog",
+]

@@ -1,0 +1,187 @@
+"""``wire explain``: why this node reaches a peer the way it does."""
+
+from __future__ import annotations
+
+from wire.client import ServerError, ServerUnreachable
+from wire.node.netmap import Peer, endpoint_for
+from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.ops.context import Context, OpError
+from wire.ops.targets import _matches, _parse_target
+from wire.protocol import ProtocolError
+
+
+async def explain(ctx: Context, peer: str) -> dict:
+    """Why this node reaches ``peer`` (a name or VPN address) the way it does,
+    or why it does not, from the daemon's WireGuard view and the server's."""
+    config = ctx.config()
+    wanted = _parse_target(peer)
+    local = await ctx.daemon_status()
+    try:
+        mesh: dict | None = await ctx.coordination(config.server_url).status()
+        server_error = ""
+    except (ServerUnreachable, ServerError) as e:
+        mesh, server_error = None, str(e)
+    nodes = (mesh or {}).get("nodes", [])
+    record = next((n for n in nodes if _matches(n, wanted)), None)
+    wg_peer = next((p for p in (local or {}).get("peers", []) if _matches(p, wanted)), None)
+    if record is None and wg_peer is None:
+        where = "in the mesh" if mesh is not None else f"known to the daemon (and the server is unreachable: {server_error})"
+        raise OpError(f"no node {wanted} {where} (see: wire status)")
+    if (record or {}).get("node_id") == config.node_id:
+        raise OpError(f"{wanted} is this node")
+    me = (local or {}).get("node") or next((n for n in nodes if n.get("node_id") == config.node_id), {})
+    return explain_path(me, record, wg_peer, local, server_error)
+
+
+def explain_path(me: dict, record: dict | None, wg_peer: dict | None, local: dict | None, server_error: str = "") -> dict:
+    """The explanation itself, from plain views (testable without a mesh).
+
+    ``me``: this node (public_ip, nat_type); ``record``: the peer as the
+    server lists it (None when the server is unreachable); ``wg_peer``: the
+    peer in the daemon's status, with the path it chose (None when not
+    configured); ``local``: the daemon's status (None when it is not running).
+    """
+    peer = record or wg_peer or {}
+    name = peer.get("node_name", "?")
+    wg = wg_peer or {}
+    path = wg.get("path", "none") if local is not None else "none"
+    age = wg.get("handshake_age")
+    fresh = age is not None and age <= HANDSHAKE_STALE
+    reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
+    suggestions: list[str] = []
+    expected, kind = _expected_endpoint(record, me.get("public_ip", ""))
+    if path == "relay":
+        endpoint = wg.get("endpoint")
+        why = wg.get("reason", "").removeprefix("relay: ")
+        reasons.append(f"traffic to {name} goes through the relay on the coordination server ({why}); WireGuard sends it to the local relay shim {endpoint}")
+        cause, fix = _why_not_direct(name, me.get("nat_type") or "unknown", peer.get("nat_type") or "unknown", expected, kind)
+        reasons.append(cause)
+        suggestions.append(fix)
+        kind = "relay"
+    else:
+        endpoint = wg.get("endpoint") or expected
+        reasons.extend(_endpoint_reasons(name, record, me, expected, kind, wg.get("endpoint")))
+    if fresh:
+        reasons.append(f"handshake {max(0, age):.0f}s ago: the tunnel is up")
+    elif path == "connecting":
+        reasons.append(f"no handshake on the direct path yet: the daemon tries it for {DIRECT_TIMEOUT:.0f}s, then relays")
+        suggestions.append(f"ask again in {DIRECT_TIMEOUT:.0f}s: wire explain {name}")
+    else:
+        causes, fixes = _no_handshake(name, me, peer, record, wg_peer, local, endpoint, kind)
+        reasons.extend(causes)
+        suggestions.extend(fixes)
+    return {
+        "ok": fresh,
+        "peer": name,
+        "vpn_ip": peer.get("vpn_ip"),
+        "path": path,
+        "endpoint": endpoint,
+        "endpoint_kind": kind,
+        "handshake_age": age,
+        "peer_online": _online(record, wg_peer),
+        "nat": {"this_node": me.get("nat_type") or "unknown", "peer": peer.get("nat_type") or "unknown"},
+        "reasons": reasons,
+        "suggestions": suggestions,
+    }
+
+
+def _expected_endpoint(record: dict | None, my_public_ip: str) -> tuple[str | None, str]:
+    """The endpoint the daemon gives WireGuard (the daemon's own rule), and
+    whether it is the peer's "lan" or "public" address."""
+    if record is None:
+        return None, "unknown"
+    try:
+        view = Peer.from_view(record)
+    except (ProtocolError, KeyError):
+        return None, "unknown"
+    endpoint = endpoint_for(view, my_public_ip)
+    if endpoint is None:
+        return None, "none"
+    return endpoint, "lan" if view.lan_ip and view.public_ip == my_public_ip else "public"
+
+
+def _endpoint_reasons(name: str, record: dict | None, me: dict, expected: str | None, kind: str, actual: str | None) -> list[str]:
+    my_ip = me.get("public_ip") or "unknown"
+    if kind == "lan":
+        reasons = [
+            f"{name} has the same public IP as this node ({my_ip}): both are behind one NAT, so WireGuard uses "
+            f"its LAN address {expected} (hairpinning through the shared router often fails)"
+        ]
+    elif kind == "public":
+        mapped = "its own address (it has no NAT)" if record.get("nat_type") == "none" else "its public NAT-mapped endpoint, learned by STUN"
+        reasons = [f"{name} is at {record['public_ip']}, this node at {my_ip}: WireGuard uses {mapped}, {expected}"]
+    elif kind == "none":
+        reasons = [f"the server knows no public address for {name}: WireGuard has no endpoint and waits for {name} to reach this node"]
+    else:
+        reasons = []
+    if actual and expected and actual != expected:
+        reasons.append(f"WireGuard now sends to {actual}: {name}'s packets arrive from there (WireGuard follows the latest authenticated packet)")
+    return reasons
+
+
+def _online(record: dict | None, wg_peer: dict | None) -> bool | None:
+    if record is not None:
+        return record.get("status") == "online"
+    return (wg_peer or {}).get("online")
+
+
+def _no_handshake(name, me, peer, record, wg_peer, local, endpoint, kind) -> tuple[list[str], list[str]]:
+    """Likely causes of a missing handshake, most basic first, with what to do."""
+    if local is None:
+        return ["the node daemon is not running here"], ["start it: sudo wire up"]
+    if not local["interface"]["up"]:
+        iface = local["interface"]
+        return [f"interface {iface['name']} is not up{': ' + iface['error'] if iface.get('error') else ''}"], ["see: wire diagnose"]
+    if wg_peer is None:
+        return [f"{name} is not configured in WireGuard yet"], ["the daemon applies new peers within seconds; if it does not: wire diagnose"]
+    age = wg_peer.get("handshake_age")
+    causes = [f"last handshake {age:.0f}s ago: the path worked, then stopped" if age is not None else "no handshake yet"]
+    if _online(record, wg_peer) is False:
+        seen = f" (last seen {record['last_seen_ago']}s ago)" if record and "last_seen_ago" in record else ""
+        return causes + [f"{name} is offline at the server{seen}"], [f"start {name}: sudo wire up (on {name})"]
+    cause, fix = _likely_blocker(name, peer.get("nat_type") or "unknown", endpoint, kind)
+    causes.append(cause)
+    fixes = [fix]
+    unknown = [who for who, nat in (("this node", me.get("nat_type")), (name, peer.get("nat_type"))) if (nat or "unknown") == "unknown"]
+    if unknown:
+        causes.append(f"NAT type unknown on {' and '.join(unknown)} (its STUN probe got no answer)")
+        fixes.append("see what the network lets through: wire netcheck")
+    return causes, fixes
+
+
+def _why_not_direct(name: str, my_nat: str, peer_nat: str, expected: str | None, kind: str) -> tuple[str, str]:
+    """Why a relayed pair is not direct, and what would make it so."""
+    hard = [who for who, nat in (("this node", my_nat), (name, peer_nat)) if nat == "hard"]
+    if hard:
+        return (
+            f"hard (symmetric) NAT on {' and '.join(hard)}: a new public port for every destination, so no endpoint learned by STUN reaches it",
+            "for a direct path: forward the WireGuard UDP port to that node on its router, or give it a public address",
+        )
+    cause, fix = _likely_blocker(name, peer_nat, expected, kind)
+    return f"the direct path got no handshake: {cause}", f"for a direct path: {fix}"
+
+
+def _likely_blocker(name: str, peer_nat: str, endpoint: str | None, kind: str) -> tuple[str, str]:
+    """What most likely stops a peer that is online, configured and silent."""
+    if kind == "relay":
+        return (
+            f"no handshake through the relay either: UDP to the server's relay port is blocked on this side or {name}'s",
+            "see what the network lets through: wire netcheck (on both nodes)",
+        )
+    if endpoint is None:
+        return f"neither side knows where {name} is", f"check {name} is registered with a public address: wire status"
+    port = endpoint.rsplit(":", 1)[1]
+    if kind == "lan":
+        return (
+            f"UDP to {name}'s LAN address {endpoint} gets no answer: a firewall on {name} drops it",
+            f"allow UDP port {port} in on {name}",
+        )
+    if peer_nat == "none":
+        return (
+            f"UDP to {endpoint} gets no answer: a firewall on {name} or in front of it drops it",
+            f"allow UDP port {port} in on {name}",
+        )
+    return (
+        f"{name} is behind NAT: its router must let this node's packets in once {name}'s own went out, and some routers filter them anyway",
+        "check neither network blocks UDP: wire netcheck (on both nodes)",
+    )

@@ -1,0 +1,52 @@
+"""A peer named on the command line: by node name or VPN address."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from wire.client import ServerError, ServerUnreachable
+from wire.ops.context import Context, OpError
+from wire.protocol import ProtocolError, parse_node_name
+
+
+def _as_address(target: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(target))
+    except ValueError:
+        return None
+
+
+def _parse_target(target: str) -> str:
+    """A VPN address, or a node name in its stored (lower-case) form."""
+    address = _as_address(target)
+    if address is not None:
+        return address
+    try:
+        return parse_node_name(target)
+    except ProtocolError:
+        raise OpError(f"{target!r} is neither a node name nor an IP address")
+
+
+def _matches(entry: dict, target: str) -> bool:
+    return target in (entry.get("node_name"), entry.get("vpn_ip"))
+
+
+async def resolve_target(ctx: Context, target: str) -> tuple[str, str]:
+    """A node name or VPN address -> (name, address), through the netmap."""
+    address = _as_address(target)
+    if address is not None:
+        return target, address  # ping an address as given, in the mesh or not
+    name = _parse_target(target)
+    local = await ctx.daemon_status()
+    for peer in (local or {}).get("peers", []):
+        if peer["node_name"] == name:
+            return name, peer["vpn_ip"]
+    config = ctx.config()
+    try:
+        mesh = await ctx.coordination(config.server_url).status()
+    except (ServerUnreachable, ServerError) as e:
+        raise OpError(f"cannot resolve {name}: the daemon does not know it and {e}")
+    for node in mesh.get("nodes", []):
+        if node.get("node_name") == name:
+            return name, node["vpn_ip"]
+    raise OpError(f"no node named {name} in the mesh (see: wire status)")
