@@ -217,10 +217,16 @@ class CommandTests(unittest.TestCase):
     async def test_corrupt_config(self):
         with open(config_path(self.mesh.config_dir), "w") as f:
             f.write("{not json")
-        for command in ("status", "peers", "watchdog", "down", "netcheck"):
+        for command in ("status", "peers", "watchdog", "netcheck"):
             code, out, err = await self.wire(command)
             self.assertEqual((code, out), (1, ""), command)
             self.assertIn(f"wire {command}: {config_path(self.mesh.config_dir)} is not valid JSON", err)
+        # down always works (item 7): it names the file and says how to recover.
+        self.mesh.runner.expect(["ip", "link", "delete", "dev", "wire0"], rc=1, stderr=b'Cannot find device "wire0"\n')
+        code, out, err = await self.wire("down")
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"note: {config_path(self.mesh.config_dir)} is not valid JSON", out)
+        self.assertIn("to join again: sudo wire up --join TOKEN", out)
         code, out, _ = await self.wire("diagnose")
         self.assertEqual(code, 1)
         self.assertIn(f"✗ config        {config_path(self.mesh.config_dir)} is not valid JSON", out)

@@ -24,6 +24,7 @@ from wire.node import launcher
 from wire.node.config import NodeConfig, config_path, load_config, save_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
+from wire.node.tap import node_start
 from wire.node.wireguard import InterfaceStatus
 from wire.runner import CommandNotFound, FakeProcessRunner
 from wire.server.api import build_site
@@ -145,8 +146,9 @@ class Mesh:
         return next(n for n in self.coordinator.status()["nodes"] if n["node_name"] == name)
 
     def launch_daemon(self, wireguard: FakeWireGuard | None = None, nat_type: str = "easy") -> NodeDaemon:
-        """Start the daemon for the saved config, as ``twistd wire-node`` does."""
-        config = load_config(self.config_dir)
+        """Start the daemon for the saved config (or the join request), as ``twistd wire-node`` does."""
+        start = node_start(self.config_dir)
+        config = start.config
         self.wireguard = wireguard or FakeWireGuard(config.interface, clock=reactor)
         daemon = NodeDaemon(
             clock=reactor,
@@ -154,9 +156,11 @@ class Mesh:
             config=config,
             keys=load_or_create_keys(self.config_dir),
             wireguard=self.wireguard,
-            client=CoordinationClient(make_http_client(reactor, persistent=False), self.url),
+            client=CoordinationClient(make_http_client(reactor, persistent=False), config.server_url, start.credential),
             probe_nat=fixed_nat(nat_type=nat_type),
             lan_ip=lambda: "192.168.1.10",
+            join_token=start.token,
+            join_pending=start.pending,
         )
         control = reactor.listenUNIX(
             control_socket_path(self.config_dir), build_control_site(daemon, reactor, lambda: self.stop_daemon()), mode=0o600
@@ -264,11 +268,16 @@ class StatusTests(unittest.TestCase):
     async def test_corrupt_config_is_named(self):
         with open(config_path(self.mesh.config_dir), "w") as f:
             f.write('{"server_url": ')
-        for call in (ops.status, ops.peers, ops.watchdog, ops.down, ops.netcheck, lambda ctx: ops.explain(ctx, "db1")):
+        for call in (ops.status, ops.peers, ops.watchdog, ops.netcheck, lambda ctx: ops.explain(ctx, "db1")):
             with self.assertRaises(ops.OpError) as caught:
                 await call(self.mesh.context())
             self.assertIn(config_path(self.mesh.config_dir), str(caught.exception))
             self.assertIn("not valid JSON", str(caught.exception))
+        # down still works (issue 12, item 7), and names the file in its note.
+        self.mesh.runner.expect(["ip", "link", "delete", "dev", "wire0"], rc=1, stderr=NO_DEVICE)
+        note = (await ops.down(self.mesh.context()))["note"]
+        self.assertIn(config_path(self.mesh.config_dir), note)
+        self.assertIn("not valid JSON", note)
         diagnosis = await ops.diagnose(self.mesh.context())
         self.assertEqual([(c["check"], c["ok"]) for c in diagnosis["checks"]], [("wireguard", True), ("config", False)])
         self.assertIn(config_path(self.mesh.config_dir), diagnosis["checks"][1]["detail"])
@@ -427,7 +436,8 @@ class UpTests(unittest.TestCase):
         self.mesh.configure("web1")
         await self.mesh.start_daemon()
         with self.assertRaises(ops.OpError) as caught:
-            await ops.up(self.mesh.context(), name="web2")
+            # A new port needs a new daemon (a new name does not: see RenameTests).
+            await ops.up(self.mesh.context(), name="web2", port=51998)
         self.assertIn("a node daemon that wire did not start is serving", str(caught.exception))
         self.assertEqual(load_config(self.mesh.config_dir).node_name, "web1", "the config stays")
 

@@ -113,6 +113,14 @@ class JsonHttp:
 class CoordinationClient(JsonHttp):
     """The coordination server's API."""
 
+    @property
+    def credential(self) -> str | None:
+        return self._credential
+
+    def use_credential(self, credential: str | None) -> None:
+        """From now on, act as the node this credential belongs to (or as no one)."""
+        self._credential = credential
+
     async def register(self, body: dict) -> dict:
         return await self._request("POST", "/register", body)
 
@@ -159,6 +167,13 @@ class ControlClient(JsonHttp):
 
     async def down(self) -> dict:
         return await self._request("POST", "/down", {}, timeout=30)
+
+    async def events(self, after: int, wait: float) -> dict:
+        """The daemon's events after ``after`` (waiting up to ``wait`` s for one) and its state."""
+        return await self._request("GET", f"/events?after={after}&wait={wait:g}", timeout=wait + REQUEST_TIMEOUT)
+
+    async def rename(self, node_name: str) -> dict:
+        return await self._request("POST", "/rename", {"node_name": node_name}, timeout=30)
 
 
 class AdminClient(JsonHttp):

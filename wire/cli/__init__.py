@@ -40,12 +40,13 @@ from wire.node.config import default_config_dir
 
 # -- running --------------------------------------------------------------------------
 
-async def dispatch(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
+async def dispatch(ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | None = None) -> tuple[dict, Formatter]:
     if args.command == "up":
-        return (
-            await ops.up(ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=args.join),
-            format_up,
+        progress = (lambda event: print(f"wire up: {event['message']}", file=stderr, flush=True)) if stderr else None
+        result = await ops.up(
+            ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=args.join, progress=progress
         )
+        return result, format_up
     if args.command == "admin":
         return await dispatch_admin(ctx, args), format_admin
     if args.command == "down":
@@ -100,7 +101,8 @@ async def run(
         return args
     ctx = make_context(reactor, os.path.abspath(args.config_dir or default_config_dir()))
     try:
-        result, formatter = await dispatch(ctx, args)
+        # Progress goes to stderr, so --json's stdout stays one JSON object.
+        result, formatter = await dispatch(ctx, args, stderr)
     except ops.OpError as e:
         return report_error(args, str(e), stdout, stderr)
     return report(args, result, formatter, stdout)

@@ -77,7 +77,7 @@ def format_peers(result: dict, style: Style) -> str:
 
 
 def format_up(result: dict, style: Style) -> str:
-    verb = "already up" if result["already_running"] else "up"
+    verb = "renamed and up" if result.get("renamed") else "already up" if result["already_running"] else "up"
     text = f"{result['node_name']} is {verb}: {style('1', result['vpn_ip'])} on {result['interface']} ({result['backend']}), server {result['server']}, NAT {result['nat_type']}, {result['peers']} peer(s)"
     if result.get("note"):
         text += f"\nnote: {result['note']}"
@@ -86,7 +86,10 @@ def format_up(result: dict, style: Style) -> str:
 
 def format_down(result: dict, style: Style) -> str:
     told = "the server was told" if result["server_told"] else "the server could not be told (it shows the node offline after its heartbeat timeout)"
-    return f"{result['node_name']} is down: interface {result['interface']} removed; {told}"
+    text = f"{result['node_name'] or 'this node'} is down: interface {result['interface']} removed; {told}"
+    if result.get("note"):
+        text += f"\nnote: {result['note']}"
+    return text
 
 
 def format_ping(result: dict, style: Style) -> str:

@@ -1,8 +1,11 @@
 """The daemon's local control API: a UNIX socket (0600) for the CLI and MCP.
 
-``GET /status`` is the node's own view (interface, server contact, each
-peer's endpoint, handshake age and traffic); ``POST /down`` makes the node
-leave the mesh and the daemon exit.
+``GET /status`` is the node's own view (its phase, interface, server
+contact, each peer's endpoint, handshake age and traffic); ``GET
+/events?after=N&wait=S`` the daemon's events after N (a long-poll: waits up
+to S seconds for one) and its phase, which ``wire up`` waits on; ``POST
+/rename`` registers under another name; ``POST /down`` makes the node leave
+the mesh and the daemon exit.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from typing import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
-from wire.node.daemon import NodeDaemon
+from wire.node.daemon import NodeDaemon, RenameRefused
+from wire.node.events import MAX_WAIT
 from wire.node.paths import HANDSHAKE_STALE
 from wire.node.paths import PathChoice
 from wire.node.wireguard import PeerStatus
-from wire.web import JsonResource, JsonRoot, make_site
+from wire.protocol import ProtocolError, parse_node_name
+from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 CONTROL_SOCKET = "control.sock"
 
@@ -78,6 +83,8 @@ async def node_status(daemon: NodeDaemon) -> dict:
             "nat_type": daemon.nat.nat_type if daemon.nat else "unknown",
             "nat_port": daemon.nat.mapped.port if daemon.nat else None,
             "wg_public_key": daemon.public_key,
+            "state": daemon.state.phase.value,
+            "state_reason": daemon.state.reason,
         },
         "server": {
             "url": config.server_url,
@@ -120,8 +127,61 @@ class Down(JsonResource):
         return {"ok": True, "interface_removed": self._daemon.wireguard.name, "server_told": server_told}
 
 
+def daemon_state(daemon: NodeDaemon) -> dict:
+    """The phase and what ``wire up`` reports once it is registered (no ``wg`` spawned)."""
+    return {
+        "state": daemon.state.phase.value,
+        "reason": daemon.state.reason,
+        "interface_up": daemon.state.interface_up,
+        "node_name": daemon.config.node_name,
+        "vpn_ip": daemon.config.vpn_ip,
+    }
+
+
+class Events(JsonResource):
+    methods = ("GET",)
+
+    def __init__(self, daemon: NodeDaemon):
+        super().__init__()
+        self._daemon = daemon
+
+    async def get(self, request: server.Request) -> dict:
+        try:
+            after = int(_arg(request, b"after", "0"))
+            wait = min(MAX_WAIT, max(0.0, float(_arg(request, b"wait", "0"))))
+        except ValueError:
+            raise ApiError(400, "after and wait must be numbers")
+        events = await self._daemon.events.wait(after, wait)
+        return {"events": events, "last": self._daemon.events.last, **daemon_state(self._daemon)}
+
+
+def _arg(request: server.Request, name: bytes, default: str) -> str:
+    values = (request.args or {}).get(name) or [default.encode()]
+    return values[0].decode("ascii", "replace")
+
+
+class Rename(JsonResource):
+    methods = ("POST",)
+
+    def __init__(self, daemon: NodeDaemon):
+        super().__init__()
+        self._daemon = daemon
+
+    async def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        try:
+            name = parse_node_name(body.get("node_name"))
+            return {"ok": True, "node_name": await self._daemon.rename(name)}
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        except RenameRefused as e:
+            raise ApiError(409, str(e))
+
+
 def build_control_site(daemon: NodeDaemon, clock: IReactorTime, exit_process: Callable[[], None]) -> server.Site:
     root = JsonRoot()
     root.putChild(b"status", Status(daemon))
+    root.putChild(b"events", Events(daemon))
+    root.putChild(b"rename", Rename(daemon))
     root.putChild(b"down", Down(daemon, clock, exit_process))
-    return make_site(root, timeout=30)
+    return make_site(root, timeout=30, reactor=clock)

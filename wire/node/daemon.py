@@ -1,11 +1,20 @@
-"""The node daemon: keeps this machine's WireGuard interface in step with the mesh.
+"""The node daemon: the only owner of this node's life and of ``config.json``.
 
-Its life: keys → STUN probe from the WireGuard port (before WireGuard binds
-it) → interface up (at once with the saved address, so tunnels work even
-while the server is away) → register → a long-poll loop that applies each
-netmap change to WireGuard in one ``wg`` spawn, and a heartbeat loop. The
-server being unreachable never removes a peer: tunnels keep working, and the
-loops retry with a short capped backoff until it answers again.
+Its life, as explicit phases (:class:`Phase`), each announced as an event
+that ``wire up`` waits on through the control socket:
+
+    starting → probing (STUN from the WireGuard port, before WireGuard
+    binds it) → enrolling (a join token: with the real NAT facts, so a
+    join is one netmap upsert on every peer) or registering → registered
+    (the server has us and the interface is up); refused (the server said
+    no: a taken name, a bad key, a join token needed) or removed (the
+    admin removed the node, or revoked its credential); stopping.
+
+The interface comes up as soon as the address is known (at once with a
+saved one, so tunnels work while the server is away). Then a long-poll
+loop applies each netmap change to WireGuard in one ``wg`` spawn, and a
+heartbeat loop keeps the registration fresh. An unreachable server never
+removes a peer: the loops retry with a short capped backoff.
 
 A server with authentication counts each long-poll as the node's heartbeat
 (its register answer says ``"heartbeat": "longpoll"``). Then the heartbeat
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -29,9 +39,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
+from wire.jointoken import JoinToken
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
-from wire.protocol import ProtocolError
+from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
+from wire.node.events import EventLog
+from wire.protocol import ProtocolError, parse_node_name
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
 from wire.node.paths import Me, PathPlanner
 from wire.node.relay import RelayShim
@@ -45,6 +58,40 @@ REGISTER_AT_LEAST_EVERY = 600.0
 PATH_CHECK_INTERVAL = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 4.0
+# A refusal (a taken name, a bad key) is asked again this rarely: only
+# someone acting on the server can change the answer.
+REFUSED_RETRY = 60.0
+
+NEEDS_TOKEN = (
+    "this server needs a join token: get one with 'wire admin keys create' on the server, then run: wire up --join TOKEN"
+)
+REMOVED = (
+    "this node was removed from the mesh (or its credential revoked) by the server's admin; to join again, "
+    "get a new key with 'wire admin keys create' on the server, then run: wire up --join TOKEN"
+)
+RENAME_IS_ADMINS = (
+    "on this server renames are the admin's: ask them to run 'wire admin nodes rename {old} {new}' on the server"
+)
+
+
+class Phase(Enum):
+    STARTING = "starting"
+    PROBING = "probing"
+    ENROLLING = "enrolling"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    REFUSED = "refused"
+    REMOVED = "removed"
+    STOPPING = "stopping"
+
+
+@dataclass
+class NodeState:
+    """Where the node is in its life; ``reason`` says why it was refused or removed."""
+
+    phase: Phase = Phase.STARTING
+    interface_up: bool = False
+    reason: str = ""
 
 
 @dataclass
@@ -55,7 +102,7 @@ class ServerContact:
     last_error: str = ""
     last_status: int = 0  # the HTTP status of the last refusal (401, 409...)
     last_contact: float = 0.0
-    registered: bool = False
+    registered: bool = False  # the server took a registration in this run
     public_ip: str = ""
 
 
@@ -75,6 +122,10 @@ class Backoff:
         self.current = 0.0
 
 
+class RenameRefused(Exception):
+    """``wire up --name`` that this daemon cannot carry out; says why."""
+
+
 class NodeDaemon(Service):
     log = Logger()
 
@@ -90,20 +141,37 @@ class NodeDaemon(Service):
         probe_nat: Callable[[], Awaitable[NatReport]],
         lan_ip: Callable[[], str] | None = None,
         relay: RelayShim | None = None,
+        join_token: JoinToken | None = None,
+        join_pending: bool = False,
     ):
         self.clock = clock
         self.config_dir = config_dir
+        # Until the server has taken us (join_pending), this config is only
+        # what was asked for: config.json is written once it is true.
         self.config = config
+        self._join_token = join_token
+        self._join_pending = join_pending or join_token is not None
         self._private_key, self.public_key = keys
         self.wireguard = wireguard
         self.client = client
         self.relay = relay
         self._probe_nat = probe_nat
         self._lan_ip = lan_ip or (lambda: detect_lan_ip(config.server_url))
-        self.netmap = NodeNetmap(config.node_id)
+        # -- the node's state, all of it -------------------------------------
+        self.state = NodeState()
+        self.events = EventLog(clock)
         self.contact = ServerContact()
         self.nat: NatReport | None = None
-        self.interface_ready = False
+        self.netmap = NodeNetmap(config.node_id)
+        self.paths = PathPlanner()
+        # Heartbeats carried by the long-poll: what the server said, what we
+        # last registered (None: must register), and when polls went out.
+        self.longpoll_heartbeat = False
+        self._registered_body: dict | None = None
+        self._registered_at = 0.0
+        self._poll_sent_at: float | None = None  # the long-poll in flight
+        self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
+        # -- machinery --------------------------------------------------------
         self._started: Deferred | None = None
         # LoopingCall waits on a Deferred, not on a coroutine: wrap the bodies.
         self._heartbeat = LoopingCall(lambda: self._track(self._heartbeat_once()))
@@ -114,17 +182,40 @@ class NodeDaemon(Service):
         self._paths_loop.clock = clock
         self._inflight: set[Deferred] = set()
         self._reconcile_lock = DeferredLock()
-        self.paths = PathPlanner()
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
-        self._stopping = False
-        # Heartbeats carried by the long-poll: what the server said, what we
-        # last registered (None: must register), and when polls went out.
-        self.longpoll_heartbeat = False
-        self._registered_body: dict | None = None
-        self._registered_at = 0.0
-        self._poll_sent_at: float | None = None  # the long-poll in flight
-        self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def interface_ready(self) -> bool:
+        return self.state.interface_up
+
+    @property
+    def _stopping(self) -> bool:
+        return self.state.phase is Phase.STOPPING
+
+    @property
+    def _out_of_the_mesh(self) -> bool:
+        return self.state.phase in (Phase.STOPPING, Phase.REMOVED)
+
+    def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
+        """Move to ``phase`` and announce it (once: a phase repeated is no news)."""
+        if self.state.phase is phase and self.state.reason == reason:
+            return
+        self.state.phase = phase
+        self.state.reason = reason
+        self.events.emit(phase.value, message)
+
+    def _settle(self) -> None:
+        """Registered, once the server has us and the interface is up."""
+        if self.contact.registered and self.state.interface_up and not self._out_of_the_mesh:
+            self._enter(
+                Phase.REGISTERED, f"registered as {self.config.node_name} with {self.config.vpn_ip} at {self.config.server_url}"
+            )
+            waiters, self._registered_waiters = self._registered_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     # -- life ----------------------------------------------------------------
 
@@ -136,18 +227,43 @@ class NodeDaemon(Service):
     def _start_failed(self, failure) -> None:
         if not failure.check(CancelledError):
             self.log.failure("node daemon failed to start", failure)
+            self.events.emit("error", f"the daemon failed to start: {failure.getErrorMessage()}")
 
     async def _start(self) -> None:
+        self._enter(Phase.PROBING, f"probing NAT from UDP port {self.config.listen_port}")
         self.nat = await self._probe_nat_safely()
         if self.config.vpn_ip:
             # Known address: bring tunnels up before the server is even asked.
             await self._bring_up_interface()
-        await self._register_until_done()
-        if not self.interface_ready:
+        if not await self._join() or self._out_of_the_mesh:
+            return
+        if not self.state.interface_up:
             await self._bring_up_interface()
+        if self._out_of_the_mesh:
+            return
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
         self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
         self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
+        # Last: whoever waits for "registered" may stop us at once.
+        self._settle()
+
+    async def _join(self) -> bool:
+        """Register (or, with a join token and no usable credential, enroll)
+        until the server takes us; False when it never will or we stop."""
+        token = self._join_token
+        if token is not None and not self.client.credential:
+            return await self._enroll_until_done(token)
+        self._enter(Phase.REGISTERING, f"registering with {self.config.server_url}")
+        if await self._register_until_done(credential_may_fail=token is not None):
+            if token is not None:
+                self.events.emit("enrolled", "already enrolled with this server: the join token was not needed")
+            return True
+        if token is not None and not self._out_of_the_mesh:
+            # Our credential is unknown there (the node was removed): the token joins us again.
+            forget_credential(self.config_dir)
+            self.client.use_credential(None)
+            return await self._enroll_until_done(token)
+        return False
 
     def _track(self, coroutine) -> Deferred:
         """Run a loop body so that stopping can cancel it (an open long-poll)."""
@@ -158,16 +274,19 @@ class NodeDaemon(Service):
 
     def _untrack(self, result, d: Deferred):
         self._inflight.discard(d)
-        if self._stopping and isinstance(result, Failure) and result.check(CancelledError):
+        if self._out_of_the_mesh and isinstance(result, Failure) and result.check(CancelledError):
             return None
         return result
 
     def _loop_died(self, failure, what: str) -> None:
-        if not self._stopping:
+        if not self._out_of_the_mesh:
             self.log.failure("{what} loop stopped", failure, what=what)
 
     def _stop_loops(self) -> None:
-        self._stopping = True
+        self._enter(Phase.STOPPING, "stopping")
+        self._halt()
+
+    def _halt(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
         for loop in (self._heartbeat, self._sync, self._paths_loop):
@@ -190,6 +309,7 @@ class NodeDaemon(Service):
             report = await self._probe_nat()
         except Exception as e:  # any failure only means "NAT unknown"
             self.log.warn("STUN probe failed ({error}); NAT type unknown", error=e)
+            self.events.emit("nat", f"STUN probe failed ({e}); NAT type unknown", nat_type="unknown")
             return None
         self.log.info(
             "STUN: mapped {ip}:{port}, NAT {nat_type}",
@@ -197,17 +317,23 @@ class NodeDaemon(Service):
             port=report.mapped.port,
             nat_type=report.nat_type,
         )
+        self.events.emit(
+            "nat", f"NAT {report.nat_type}, mapped {report.mapped.ip}:{report.mapped.port}", nat_type=report.nat_type
+        )
         return report
 
     async def _bring_up_interface(self) -> None:
         prefixlen = int(self.config.vpn_subnet.split("/")[1]) if "/" in self.config.vpn_subnet else 16
         await self.wireguard.up(self._private_key, self.config.listen_port, self.config.vpn_ip, prefixlen)
-        self.interface_ready = True
+        self.state.interface_up = True
         self.log.info(
             "interface {name} up ({backend}) with {address}",
             name=self.wireguard.name,
             backend=self.wireguard.backend,
             address=self.config.vpn_ip,
+        )
+        self.events.emit(
+            "interface", f"interface {self.wireguard.name} up ({self.wireguard.backend}) with {self.config.vpn_ip}"
         )
 
     async def restore_interface(self, reason: str) -> None:
@@ -218,7 +344,7 @@ class NodeDaemon(Service):
         await self._bring_up_interface()
         await self.reconcile()
 
-    # -- registration --------------------------------------------------------
+    # -- enrollment and registration -----------------------------------------
 
     def registration_body(self) -> dict:
         body = {
@@ -242,6 +368,42 @@ class NodeDaemon(Service):
             body["lan_ip"] = lan_ip
         return body
 
+    async def _enroll_until_done(self, token: JoinToken) -> bool:
+        """Enroll with the join token, with the NAT facts just probed."""
+        self._enter(Phase.ENROLLING, f"enrolling with {token.server_url} as {self.config.node_name}")
+        backoff = Backoff()
+        while not self._out_of_the_mesh:
+            try:
+                answer = await self.client.enroll({**self.registration_body(), "join_key": token.secret})
+                save_credential(self.config_dir, str(answer.get("credential") or ""))
+            except ServerError as e:
+                if e.status == 429:
+                    delay = max(backoff.next(), e.retry_after or 0.0)
+                else:
+                    reason = f"the server refused the join token: {e.message}"
+                    if e.status == 401:
+                        reason += "; get a new one with 'wire admin keys create' on the server"
+                    self._refused(reason, e.status)
+                    delay = REFUSED_RETRY
+            except ServerUnreachable as e:
+                if e.tls_refused:
+                    self._refused(str(e), 495)
+                    delay = REFUSED_RETRY
+                else:
+                    self._unreachable(str(e))
+                    delay = backoff.next()
+            except EnrollError as e:
+                self._refused(str(e), 0)
+                delay = REFUSED_RETRY
+            else:
+                self.client.use_credential(str(answer["credential"]))
+                self._join_token = None  # it may be one-time: used up
+                self.events.emit("enrolled", f"enrolled with {token.server_url}")
+                self._registered(self.registration_body(), answer)
+                return True
+            await deferLater(self.clock, delay, lambda: None)
+        return False
+
     async def register(self) -> dict:
         body = self.registration_body()
         self._registered_body = None
@@ -255,6 +417,11 @@ class NodeDaemon(Service):
             # 495 (as nginx names it): a certificate we refuse; retrying will not help.
             self._lost_contact(str(e), 495 if e.tls_refused else 0)
             raise
+        self._registered(body, answer)
+        return answer
+
+    def _registered(self, body: dict, answer: dict) -> None:
+        """The server took ``body``: remember it and what the server assigned."""
         self._made_contact()
         self._registered_body = body
         self._registered_at = self.clock.seconds()
@@ -270,10 +437,14 @@ class NodeDaemon(Service):
         self.contact.registered = True
         self.contact.public_ip = str(answer.get("your_ip") or "")
         self._adopt_assignment(answer)
-        waiters, self._registered_waiters = self._registered_waiters, []
-        for d in waiters:
-            d.callback(None)
-        return answer
+        if self._join_pending:
+            # What was asked is done: config.json now holds it.
+            save_config(self.config_dir, self.config)
+            forget_join_request(self.config_dir)
+            self._join_pending = False
+        if self.state.phase is Phase.REFUSED:
+            self._enter(Phase.REGISTERING, "the server takes this node again")
+        self._settle()
 
     def _adopt_assignment(self, answer: dict) -> None:
         """Keep what the server assigned, so the next start needs no server."""
@@ -298,27 +469,103 @@ class NodeDaemon(Service):
                 new=updated.vpn_ip,
                 old=self.config.vpn_ip,
             )
+        self._adopt(updated)
+
+    def _adopt(self, updated: NodeConfig) -> None:
+        if updated.node_name != self.config.node_name:
+            self.log.info("this node is now {new} (was {old})", new=updated.node_name, old=self.config.node_name)
+            self.events.emit("renamed", f"this node is now {updated.node_name} (was {self.config.node_name})")
         if updated != self.config:
-            save_config(self.config_dir, updated)
+            if not self._join_pending:
+                save_config(self.config_dir, updated)
             self.config = updated
 
-    async def _register_until_done(self) -> None:
+    def _adopt_own_view(self, answer: dict) -> None:
+        """The netmap's record of this node: a rename by the admin shows here."""
+        for view in answer.get("upserts") or []:
+            if isinstance(view, dict) and view.get("node_id") == self.config.node_id:
+                try:
+                    name = parse_node_name(view.get("node_name"))
+                except ProtocolError:
+                    return
+                self._adopt(replace(self.config, node_name=name))
+
+    async def rename(self, node_name: str) -> str:
+        """``wire up --name NEW`` on a running node: register under the new name."""
+        old = self.config.node_name
+        if node_name == old:
+            return old
+        if self.client.credential:
+            raise RenameRefused(RENAME_IS_ADMINS.format(old=old, new=node_name))
+        self.config = replace(self.config, node_name=node_name)
+        try:
+            await self.register()
+        except (ServerError, ServerUnreachable) as e:
+            self.config = replace(self.config, node_name=old)
+            raise RenameRefused(f"the server did not take the name {node_name}: {e}")
+        save_config(self.config_dir, self.config)
+        self.events.emit("renamed", f"this node is now {node_name} (was {old})")
+        return self.config.node_name
+
+    async def _register_until_done(self, credential_may_fail: bool = False) -> bool:
+        """Register until the server takes us: True; False when we stop or
+        are removed (or, with ``credential_may_fail``, our credential is unknown)."""
         backoff = Backoff()
-        while not self._stopping:
+        while not self._out_of_the_mesh:
             try:
                 await self.register()
-                return
+                return True
             except ServerError as e:
-                if e.status in (400, 409):
-                    self.log.error("the server refused this node: {error}", error=e.message)
+                if e.status == 401 and credential_may_fail and self.client.credential:
+                    return False
+                if e.status in (400, 401, 403, 409):
+                    self._refusal(e)
+                    delay = REFUSED_RETRY
                 else:
                     self.log.warn("registration failed: {error}", error=e)
-                delay = max(backoff.next(), e.retry_after or 0.0)
+                    delay = max(backoff.next(), e.retry_after or 0.0)
             except ServerUnreachable as e:
-                self.log.warn("registration failed: {error}", error=e)
-                delay = backoff.next()
-            if not self._stopping:
+                if e.tls_refused:
+                    self._refused(str(e) if self.config.server_fingerprint else f"{NEEDS_TOKEN} ({e})", 495)
+                    delay = REFUSED_RETRY
+                else:
+                    self.log.warn("registration failed: {error}", error=e)
+                    self._unreachable(str(e))
+                    delay = backoff.next()
+            if not self._out_of_the_mesh:
                 await deferLater(self.clock, delay, lambda: None)
+        return False
+
+    def _refusal(self, e: ServerError) -> None:
+        """The server said no to a registration or a long-poll: why, and what now."""
+        if e.status != 401:
+            self._refused(f"the server refused this node: {e.message}", e.status)
+        elif self.client.credential:
+            self._removed()
+        else:
+            self._refused(NEEDS_TOKEN, 401)
+
+    def _refused(self, reason: str, status: int) -> None:
+        self.log.error("{reason}", reason=reason)
+        self.contact.last_error = reason
+        self.contact.last_status = status
+        self._enter(Phase.REFUSED, reason, reason)
+
+    def _removed(self) -> None:
+        """Our credential stopped working: out of the mesh until joined again.
+        Asking again would not help; the interface stays until ``wire down``."""
+        self.log.error("{reason}", reason=REMOVED)
+        self.contact.last_error = REMOVED
+        self.contact.last_status = 401
+        self._enter(Phase.REMOVED, REMOVED, REMOVED)
+        # Next turn: this may run inside a loop body that stopping cancels.
+        self.clock.callLater(0, self._halt)
+
+    def _unreachable(self, error: str) -> None:
+        """Once per outage, for ``wire up`` to show: the daemon keeps trying."""
+        if self.events.since(0) and self.events.since(0)[-1]["kind"] == "unreachable":
+            return
+        self.events.emit("unreachable", f"{error}; retrying")
 
     async def _paths_once(self) -> None:
         try:
@@ -352,7 +599,7 @@ class NodeDaemon(Service):
 
     def when_registered(self) -> Deferred:
         d: Deferred = Deferred()
-        if self.contact.registered:
+        if self.state.phase is Phase.REGISTERED:
             d.callback(None)
         else:
             self._registered_waiters.append(d)
@@ -366,6 +613,8 @@ class NodeDaemon(Service):
             answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
         except ServerError as e:
             self._lost_contact(str(e))
+            if e.status == 401:
+                self._refusal(e)  # removed, or never let in: no tight retries
             if e.status == 400:
                 # Our cursor makes no sense to this server: start over.
                 self.netmap.cursor = "0"
@@ -388,6 +637,7 @@ class NodeDaemon(Service):
         previous_epoch = self.netmap.epoch
         for problem in self.netmap.apply(answer):
             self.log.warn("netmap: {problem}", problem=problem)
+        self._adopt_own_view(answer)
         if previous_epoch and self.netmap.epoch != previous_epoch:
             # A new server run: the next heartbeat registers, and learns
             # whether that server counts our long-polls.
@@ -494,7 +744,7 @@ class NodeDaemon(Service):
         if self.relay is not None:
             await self.relay.stop()
         await self.wireguard.down()
-        self.interface_ready = False
+        self.state.interface_up = False
         return told
 
 

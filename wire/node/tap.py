@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -11,10 +12,17 @@ from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.python import usage
 
 from wire.keys import KeyFileError, load_or_create_keys
-from wire.node.config import ConfigError, default_config_dir, load_config, stun_ports
+from wire.jointoken import JoinToken, JoinTokenError
+from wire.node.config import ConfigError, NodeConfig, default_config_dir, load_config, stun_ports
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon, detect_lan_ip
-from wire.node.enroll import coordination_client
+from wire.node.enroll import (
+    coordination_client,
+    join_request_path,
+    load_credential,
+    load_join_request,
+    requested_config,
+)
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
@@ -24,7 +32,7 @@ from wire.stun import detect_nat
 
 class Options(usage.Options):
     synopsis = "[--config-dir DIR]"
-    longdesc = "Runs the wire node daemon for the node configured in DIR (written by 'wire up')."
+    longdesc = "Runs the wire node daemon for the node in DIR: its config.json, or the join request 'wire up' left there."
     optParameters = [
         ["config-dir", "c", None, "node configuration directory [$WIRE_CONFIG_DIR, /etc/wire as root, else ~/.wire]"],
     ]
@@ -38,12 +46,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     config_dir = options["config-dir"]
     try:
-        config = load_config(config_dir)
-        if config is None:
-            raise ConfigError(f"no node configured in {config_dir}; run 'wire up --server URL' first")
+        start = node_start(config_dir)
         keys = load_or_create_keys(config_dir)
     except (ConfigError, KeyFileError) as e:
         raise SystemExit(f"wire-node: {e}")
+    config = start.config
 
     host, stun_a, stun_b = stun_ports(config.server_url)
 
@@ -62,9 +69,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
         config=config,
         keys=keys,
         wireguard=wireguard,
-        client=coordination_client(reactor, config, config_dir),
+        client=coordination_client(reactor, config, config_dir, credential=start.credential),
         probe_nat=probe_nat,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
+        join_token=start.token,
+        join_pending=start.pending,
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
     top = MultiService()
@@ -72,3 +81,39 @@ def makeService(options: Options, reactor=None) -> MultiService:
     control = UNIXServerEndpoint(reactor, control_socket_path(config_dir), mode=0o600, wantPID=True)
     StreamServerEndpointService(control, build_control_site(daemon, reactor, reactor.stop)).setServiceParent(top)
     return top
+
+
+@dataclass(frozen=True)
+class NodeStart:
+    """What the daemon starts with: its config (saved, or asked for by a
+    pending join request), a join token to enroll with, and the credential."""
+
+    config: NodeConfig
+    token: JoinToken | None
+    credential: str | None
+    pending: bool
+
+
+def node_start(config_dir: str) -> NodeStart:
+    """Read the config dir. A pending join request wins over a config.json
+    that cannot be read (``wire up --join`` is the way out of one)."""
+    request = load_join_request(config_dir)
+    try:
+        saved = load_config(config_dir)
+    except ConfigError:
+        if request is None:
+            raise
+        saved = None
+    if request is None:
+        if saved is None:
+            raise ConfigError(f"no node configured in {config_dir}; run 'wire up --join TOKEN' first")
+        return NodeStart(saved, None, load_credential(config_dir), pending=False)
+    try:
+        token = request.join_token()
+    except JoinTokenError as e:
+        raise ConfigError(f"{join_request_path(config_dir)}: {e}")
+    config = requested_config(config_dir, saved, request)
+    same_server = saved is None or (saved.server_url, saved.server_fingerprint) == (config.server_url, config.server_fingerprint)
+    # A credential is never sent to another server than the one that issued it.
+    credential = load_credential(config_dir) if same_server else None
+    return NodeStart(config, token, credential, pending=True)

@@ -1,10 +1,19 @@
-"""``wire up`` and ``wire down``: joining, starting, stopping and leaving."""
+"""``wire up`` and ``wire down``: asking the node daemon to join, start, stop and leave.
+
+The daemon owns the node's life: ``wire up`` checks what it is given,
+leaves a join request in the config dir (``wire.node.enroll``), starts the
+daemon and waits on the daemon's own events (``GET /events`` on its control
+socket) until it is registered, refused or removed. It never enrolls and
+never writes ``config.json``.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from dataclasses import replace
-from typing import Any
+from typing import Callable
 
 from twisted.internet.task import deferLater
 
@@ -13,26 +22,26 @@ from wire.jointoken import JoinToken, JoinTokenError, decode_join_token
 from wire.keys import PUBLIC_KEY_FILE
 from wire.node import launcher
 from wire.node.config import (
+    DEFAULT_INTERFACE,
+    ConfigError,
     NodeConfig,
-    default_node_name,
-    generate_node_id,
+    load_config,
     parse_interface_name,
     parse_server_url,
-    save_config,
 )
-from wire.node.enroll import EnrollError, enroll, forget_credential
+from wire.node.enroll import JoinRequest, forget_join_request, load_join_request, requested_config, save_join_request
+from wire.node.events import MAX_WAIT
 from wire.ops.context import Context, OpError, _require_root
-from wire.protocol import (
-    ProtocolError,
-    parse_node_name,
-    parse_port,
-    parse_wg_public_key,
-)
+from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError
 
 # The CLI flag behind each validated field, so an error names what to fix.
 _FLAGS = {"server_url": "--server", "node_name": "--name", "port": "--port", "interface": "--interface"}
-_POLL = 0.1
+_RETRY_CONNECT = 0.1
+_SOCKET_GONE_WITHIN = 10  # tries, _RETRY_CONNECT apart
+_OUT_OF_THE_MESH = ("refused", "removed")
+
+Progress = Callable[[dict], None]
 
 
 async def up(
@@ -44,19 +53,23 @@ async def up(
     interface: str | None = None,
     wait: float = 30.0,
     join: str | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Join the mesh (or start again with the saved config) and wait until registered.
 
-    ``join`` is a join token (from ``wire admin keys create``): the node
+    ``join`` is a join token (from ``wire admin keys create``): the daemon
     enrolls with the server it names, pinning its certificate. ``server``
-    alone is for open (seed-compatible) servers.
+    alone is for open (seed-compatible) servers. ``progress`` is given
+    each of the daemon's events as it happens.
     """
     _require_root(ctx, "wire up")
     if wait <= 0:
         raise OpError(f"--wait must be a positive number of seconds, not {wait:g}")
     if join and server:
         raise OpError("give --join TOKEN or --server URL, not both (the token names its server)")
-    saved = ctx.config(required=False)
+    saved, broken = _saved_config(ctx.config_dir)
+    if broken and not join and not server:
+        raise OpError(f"{broken}; to start over: sudo wire down, then sudo wire up --join TOKEN")
     if saved is None and not server and not join:
         raise OpError(
             "the first 'wire up' needs a join token (wire up --join TOKEN, from 'wire admin keys create' on the server) "
@@ -64,44 +77,39 @@ async def up(
         )
     token = _join_token(join) if join else None
     try:
-        config = _merge_config(ctx.config_dir, saved, token.server_url if token else server, name, port, interface)
+        request = _request(saved, token, server, name, port, interface)
     except ProtocolError as e:
         raise OpError(f"{_FLAGS.get(e.field or '', e.field or 'value')}: {e.problem}")
+    wanted = requested_config(ctx.config_dir, saved, request)
     _require_wireguard(ctx)
-    if token is not None:
-        await _stop_running_daemon(ctx)
-        config = await _enroll(ctx, token, config)
-        saved = config
-    elif saved is not None and config.server_url != saved.server_url:
-        # Another server: this one's credential must never be sent there.
-        forget_credential(ctx.config_dir)
 
     running = await ctx.daemon_status()
-    if running is not None and config == saved and not join:
-        return _up_summary(running, already=True)
-    # New settings: restart the daemon with them.
+    state = running["node"].get("state", "registered") if running else None
+    if saved is not None and wanted == saved and not (token and state in _OUT_OF_THE_MESH):
+        # Nothing new: the node comes up, or already is.
+        if running is None:
+            return await _start(ctx, wait, progress, started_fresh=False)
+        if state in _OUT_OF_THE_MESH:
+            raise OpError(running["node"]["state_reason"] or running["server"]["last_error"])
+        summary = _up_summary(await _wait_until_registered(ctx, wait, "running", progress), already=state == "registered")
+        if token is not None:
+            summary["note"] = "already enrolled with this server: the join token was not needed"
+        return summary
+    if saved is not None and running is not None and state == "registered" and wanted == _renamed(saved, wanted):
+        return await _rename(ctx, wanted.node_name)
+
+    _check_port(wanted.listen_port, running, saved)
     await _stop_running_daemon(ctx)
-    save_config(ctx.config_dir, config)
+    save_join_request(ctx.config_dir, request)
+    return await _start(ctx, wait, progress, started_fresh=True)
+
+
+def _saved_config(config_dir: str) -> tuple[NodeConfig | None, str]:
+    """The saved config, or None and why it cannot be used."""
     try:
-        how = await launcher.start_daemon(ctx.runner, ctx.config_dir)
-    except (launcher.LaunchError, CommandError) as e:
-        raise OpError(str(e))
-    status = await _wait_until_registered(ctx, wait, how)
-    summary = _up_summary(status, already=False)
-    summary["started_by"] = how
-    if how != "systemd":
-        summary["note"] = "systemd is not managing this node: it will not start again at boot"
-    return summary
-
-
-async def _stop_running_daemon(ctx: Context) -> None:
-    if await ctx.daemon_status() is None and launcher.daemon_pid(ctx.config_dir) is None:
-        return
-    await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
-    if await ctx.daemon_status() is not None:
-        raise OpError(
-            f"a node daemon that wire did not start is serving {ctx.config_dir} (no pidfile, no systemd unit); stop it, then run wire up again"
-        )
+        return load_config(config_dir), ""
+    except ConfigError as e:
+        return None, str(e)
 
 
 def _join_token(text: str) -> JoinToken:
@@ -111,14 +119,26 @@ def _join_token(text: str) -> JoinToken:
         raise OpError(f"--join: {e}")
 
 
-async def _enroll(ctx: Context, token: JoinToken, config: NodeConfig) -> NodeConfig:
-    """Enroll with the token's server; returns the config it saved."""
-    try:
-        return await enroll(ctx.reactor, ctx.config_dir, token, config.node_name, config.listen_port, config.interface)
-    except ServerError as e:
-        raise OpError(f"the server refused to enroll this node: {e.message}")
-    except (ServerUnreachable, EnrollError) as e:
-        raise OpError(f"cannot enroll: {e}")
+def _request(saved, token, server, name, port, interface) -> JoinRequest:
+    """What the command line asks of the daemon, validated."""
+    if token is not None:
+        server_url = token.server_url
+    elif server:
+        server_url = parse_server_url(server)
+    else:
+        server_url = saved.server_url
+    return JoinRequest(
+        server_url=server_url,
+        token=token.encode() if token else "",
+        node_name=parse_node_name(name) if name else "",
+        listen_port=parse_port(port, "port") if port is not None else 0,
+        interface=parse_interface_name(interface) if interface else "",
+    )
+
+
+def _renamed(saved: NodeConfig, wanted: NodeConfig) -> NodeConfig:
+    """``saved`` with only the name changed (to compare: is that all?)."""
+    return replace(saved, node_name=wanted.node_name)
 
 
 def _require_wireguard(ctx: Context) -> None:
@@ -128,53 +148,136 @@ def _require_wireguard(ctx: Context) -> None:
         raise OpError(f"WireGuard is not usable here: missing {', '.join(tools.missing)}{hint} (or run: wire install --yes)")
 
 
-def _merge_config(config_dir, saved, server, name, port, interface) -> NodeConfig:
-    """The saved config (or a new node's) with what the command line changes."""
-    config = saved or NodeConfig(server_url=parse_server_url(server), node_name=default_node_name(), node_id=generate_node_id(config_dir))
-    changes: dict[str, Any] = {}
-    if server and parse_server_url(server) != config.server_url:
-        # A new server assigns its own address and learns our NAT afresh.
-        changes.update(
-            server_url=parse_server_url(server), server_fingerprint="", vpn_ip="", vpn_subnet="", nat_port=0, nat_type=""
+def _check_port(port: int, running: dict | None, saved: NodeConfig | None) -> None:
+    """Refuse a WireGuard port another program holds, before anything is asked of a server."""
+    if running is not None and running["interface"].get("listen_port") == port:
+        return  # our own daemon's interface holds it
+    if running is None and saved is not None and saved.listen_port == port and _interface_exists(saved.interface):
+        return  # our interface, left by a daemon that stopped: the next one adopts it
+    if udp_port_in_use(port):
+        raise OpError(f"UDP port {port} is in use by another program; choose another with --port")
+
+
+def udp_port_in_use(port: int) -> bool:
+    """Whether binding UDP ``port`` (as WireGuard will, on every address) fails."""
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            continue  # no IPv6 here
+        with s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((address, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def _interface_exists(name: str) -> bool:
+    return os.path.exists(os.path.join("/sys/class/net", name))
+
+
+async def _stop_running_daemon(ctx: Context) -> None:
+    if await ctx.daemon_status() is None and launcher.daemon_pid(ctx.config_dir) is None:
+        return
+    await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
+    for _ in range(_SOCKET_GONE_WITHIN):
+        # Its process is gone; the control socket closes with it.
+        if await ctx.daemon_status() is None:
+            return
+        await deferLater(ctx.reactor, _RETRY_CONNECT, lambda: None)
+    if await ctx.daemon_status() is not None:
+        raise OpError(
+            f"a node daemon that wire did not start is serving {ctx.config_dir} (no pidfile, no systemd unit); stop it, then run wire up again"
         )
-    if name:
-        changes["node_name"] = parse_node_name(name)
-    if port is not None:
-        changes["listen_port"] = parse_port(port, "port")
-    if interface:
-        changes["interface"] = parse_interface_name(interface)
-    return replace(config, **changes)
 
 
-async def _wait_until_registered(ctx: Context, wait: float, how: str) -> dict:
-    deadline = ctx.reactor.seconds() + wait
-    status = None
-    while True:
-        status = await ctx.daemon_status()
-        if status and status["server"]["registered"] and status["interface"]["up"]:
-            return status
-        if status and status["server"].get("last_status") in (401, 403, 409, 495):
-            # Refused, not unreachable: waiting will not help.
-            raise OpError(f"the server refused this node: {status['server']['last_error']}")
-        # twistd returns only once the daemon has started (pidfile written,
-        # control socket open): neither answering now means it has died.
-        # systemd restarts a dying daemon, so there we wait it out.
-        if how == "twistd" and status is None and launcher.daemon_pid(ctx.config_dir) is None:
-            break
-        if ctx.reactor.seconds() >= deadline:
-            break
-        await deferLater(ctx.reactor, _POLL, lambda: None)
-    detail = ""
+async def _start(ctx: Context, wait: float, progress: Progress | None, started_fresh: bool) -> dict:
+    try:
+        how = await launcher.start_daemon(ctx.runner, ctx.config_dir)
+    except (launcher.LaunchError, CommandError) as e:
+        if started_fresh:
+            forget_join_request(ctx.config_dir)
+        raise OpError(str(e))
+    try:
+        status = await _wait_until_registered(ctx, wait, how, progress)
+    except _Refused as e:
+        # Waiting will not help: stop what this command started.
+        await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
+        forget_join_request(ctx.config_dir)
+        raise OpError(f"{e}; the daemon was stopped")
+    summary = _up_summary(status, already=False)
+    summary["started_by"] = how
+    if how != "systemd":
+        summary["note"] = "systemd is not managing this node: it will not start again at boot"
+    return summary
+
+
+async def _rename(ctx: Context, node_name: str) -> dict:
+    """``wire up --name NEW`` on a running node: the daemon registers under it."""
+    try:
+        await ctx.control().rename(node_name)
+    except ServerError as e:
+        raise OpError(e.message)
+    except ServerUnreachable as e:
+        raise OpError(f"the node daemon did not answer: {e}")
+    status = await ctx.daemon_status()
     if status is None:
-        detail = "; the daemon is not running"
-    elif status["server"]["last_error"]:
-        detail = f"; last error: {status['server']['last_error']}"
-    elif not status["interface"]["up"]:
-        detail = f"; interface {status['interface']['name']} is not up"
-    tail = launcher.log_tail(ctx.config_dir)
+        raise OpError("the node daemon stopped answering")
+    summary = _up_summary(status, already=True)
+    summary["renamed"] = True
+    return summary
+
+
+class _Refused(Exception):
+    """The daemon was refused or removed; ``str()`` says why and what to do."""
+
+
+async def _wait_until_registered(ctx: Context, wait: float, how: str, progress: Progress | None) -> dict:
+    """Follow the daemon's events until it is registered (its status), refused
+    or removed (:class:`_Refused`), has died, or ``wait`` is over."""
+    deadline = ctx.reactor.seconds() + wait
+    control = ctx.control()
+    after = 0
+    answer: dict | None = None
+    while ctx.reactor.seconds() < deadline:
+        try:
+            answer = await control.events(after, min(MAX_WAIT, max(0.1, deadline - ctx.reactor.seconds())))
+        except (ServerUnreachable, ServerError):
+            # twistd returns only once the daemon has started (pidfile written,
+            # control socket open): neither answering now means it has died.
+            # systemd restarts a dying daemon (and opens the socket later).
+            if how == "twistd" and launcher.daemon_pid(ctx.config_dir) is None:
+                answer = None
+                break
+            await deferLater(ctx.reactor, _RETRY_CONNECT, lambda: None)
+            continue
+        # An already running daemon's past is not this command's progress.
+        if progress is not None and not (how == "running" and after == 0):
+            for event in answer["events"]:
+                progress(event)
+        after = answer["last"]
+        if answer["state"] == "registered":
+            status = await ctx.daemon_status()
+            if status is not None:
+                return status
+        if answer["state"] in _OUT_OF_THE_MESH:
+            if how == "running":
+                raise OpError(answer["reason"])
+            raise _Refused(answer["reason"])
+    if answer is None:
+        tail = launcher.log_tail(ctx.config_dir)
+        raise OpError(
+            f"the node did not register within {wait:g}s; the daemon is not running"
+            + (f"\nlast lines of {os.path.join(ctx.config_dir, launcher.LOGFILE)}:\n{tail}" if tail else "")
+        )
+    last = answer["events"][-1]["message"] if answer["events"] else answer["state"]
     raise OpError(
-        f"the node did not register within {wait:g}s{detail}"
-        + (f"\nlast lines of {os.path.join(ctx.config_dir, launcher.LOGFILE)}:\n{tail}" if tail else "")
+        f"the node did not register within {wait:g}s (last: {last}); the daemon keeps trying in the background: "
+        "see 'wire status', or stop it with: sudo wire down"
     )
 
 
@@ -195,12 +298,26 @@ def _up_summary(status: dict, already: bool) -> dict:
 
 
 async def down(ctx: Context) -> dict:
-    """Leave the mesh: tell the server, stop the daemon, remove the interface."""
+    """Leave the mesh: tell the server, stop the daemon, remove the interface.
+
+    Works whatever state the config is in: a config.json that cannot be
+    read still leaves the pidfile, the daemon's own status and the default
+    interface name to go by.
+    """
     _require_root(ctx, "wire down")
-    config = ctx.config()
+    config, broken = _saved_config(ctx.config_dir)
+    try:
+        request = load_join_request(ctx.config_dir)
+    except ConfigError:
+        request = None
+    status = await ctx.daemon_status()
+    if config is None and not broken and request is None and status is None and launcher.daemon_pid(ctx.config_dir) is None:
+        ctx.config()  # not joined: says so
+    interface = _interface_to_remove(status, config, request)
+    node_name = status["node"]["node_name"] if status else (config.node_name if config else (request.node_name if request else ""))
     daemon_left = False
     server_told = False
-    if await ctx.daemon_status() is not None:
+    if status is not None:
         try:
             answer = await ctx.control().down()
             daemon_left = True
@@ -212,10 +329,24 @@ async def down(ctx: Context) -> dict:
     # Also when the daemon left by itself: systemd would start it again.
     if launcher.uses_systemd(ctx.config_dir) or launcher.daemon_pid(ctx.config_dir) is not None:
         await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
-    if not daemon_left:
+    if not daemon_left and config is not None:
         server_told = await _leave_without_daemon(ctx, config)
-    await _remove_interface(ctx, config.interface)
-    return {"ok": True, "node_name": config.node_name, "interface": config.interface, "interface_removed": True, "server_told": server_told}
+    forget_join_request(ctx.config_dir)  # a join still pending is called off
+    await _remove_interface(ctx, interface)
+    result = {"ok": True, "node_name": node_name, "interface": interface, "interface_removed": True, "server_told": server_told}
+    if broken:
+        result["note"] = f"{broken}; to join again: sudo wire up --join TOKEN (it replaces the file)"
+    return result
+
+
+def _interface_to_remove(status: dict | None, config: NodeConfig | None, request: JoinRequest | None) -> str:
+    if status is not None:
+        return status["interface"]["name"]
+    if config is not None:
+        return config.interface
+    if request is not None and request.interface:
+        return request.interface
+    return DEFAULT_INTERFACE
 
 
 async def _leave_without_daemon(ctx: Context, config: NodeConfig) -> bool:
