@@ -193,6 +193,19 @@ class JoinTests(unittest.TestCase):
         kinds = [e["kind"] for e in seen]
         self.assertEqual(kinds[-1], "registered")
         self.assertNotIn("enrolling", kinds, "the saved config and credential are enough")
+        self.assertIn("already enrolled with this server: the join token was not needed", [e["message"] for e in seen])
+
+    async def test_a_token_for_a_stopped_removed_node_joins_it_again(self):
+        """Removed while its daemon was down: the token given joins it again at once."""
+        launching(self, self.mesh, times=2)
+        await ops.up(self.mesh.context(), join=self.mesh.token(), name="web1")
+        await self.mesh.stop_daemon()
+        await self.mesh.admin.remove_node("web1")
+        seen: list[dict] = []
+        result = await ops.up(self.mesh.context(), join=self.mesh.token(), progress=seen.append)
+        self.assertEqual((result["ok"], result["node_name"]), (True, "web1"))
+        self.assertEqual([e["kind"] for e in seen][-3:], ["enrolling", "enrolled", "registered"])
+        self.assertNotIn("removed", [e["kind"] for e in seen], "a credential refused with a token at hand is no removal")
 
 
 class FailureTests(unittest.TestCase):
@@ -320,6 +333,22 @@ class CorruptConfigTests(unittest.TestCase):
         save_join_request(config_dir, JoinRequest("http://127.0.0.1:1", node_name="web1"))
         start = node_start(config_dir)
         self.assertEqual((start.config.server_url, start.config.node_name, start.pending), ("http://127.0.0.1:1", "web1", True))
+
+
+class NewSettingsTests(unittest.TestCase):
+    timeout = 30
+
+    async def test_a_new_interface_removes_the_old_one(self):
+        mesh = Mesh(self)
+        mesh.configure("web1", vpn_ip="10.99.7.7", vpn_subnet="10.99.0.0/16")
+        runner = LaunchingRunner(mesh)
+        runner.expect(["ip", "link", "delete", "dev", "wire0"])
+        expect_launch(runner, mesh)
+        mesh.runner = runner
+        self.addCleanup(runner.assert_all_called)
+        result = await ops.up(mesh.context(), interface="wt1")
+        self.assertEqual((result["interface"], result["node_name"]), ("wt1", "web1"))
+        self.assertEqual(load_config(mesh.config_dir).interface, "wt1", "saved by the daemon")
 
 
 class RenameTests(unittest.TestCase):

@@ -444,7 +444,8 @@ class NodeDaemon(Service):
             self._join_pending = False
         if self.state.phase is Phase.REFUSED:
             self._enter(Phase.REGISTERING, "the server takes this node again")
-        self._settle()
+        if self._started is not None and self._started.called:
+            self._settle()  # while starting, _start settles once all is up
 
     def _adopt_assignment(self, answer: dict) -> None:
         """Keep what the server assigned, so the next start needs no server."""
@@ -563,7 +564,8 @@ class NodeDaemon(Service):
 
     def _unreachable(self, error: str) -> None:
         """Once per outage, for ``wire up`` to show: the daemon keeps trying."""
-        if self.events.since(0) and self.events.since(0)[-1]["kind"] == "unreachable":
+        latest = self.events.since(self.events.last - 1)
+        if latest and latest[0]["kind"] == "unreachable":
             return
         self.events.emit("unreachable", f"{error}; retrying")
 

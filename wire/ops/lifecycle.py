@@ -85,21 +85,28 @@ async def up(
 
     running = await ctx.daemon_status()
     state = running["node"].get("state", "registered") if running else None
-    if saved is not None and wanted == saved and not (token and state in _OUT_OF_THE_MESH):
-        # Nothing new: the node comes up, or already is.
-        if running is None:
-            return await _start(ctx, wait, progress, started_fresh=False)
+    nothing_new = saved is not None and wanted == saved
+    if nothing_new and running is not None and not (token and state in _OUT_OF_THE_MESH):
+        # Up already (or on its way): say so, or why not.
         if state in _OUT_OF_THE_MESH:
             raise OpError(running["node"]["state_reason"] or running["server"]["last_error"])
         summary = _up_summary(await _wait_until_registered(ctx, wait, "running", progress), already=state == "registered")
         if token is not None:
             summary["note"] = "already enrolled with this server: the join token was not needed"
         return summary
+    if nothing_new and running is None and token is None:
+        return await _start(ctx, wait, progress, started_fresh=False)
     if saved is not None and running is not None and state == "registered" and wanted == _renamed(saved, wanted):
         return await _rename(ctx, wanted.node_name)
+    # Anything else is the daemon's to do, from a join request: a first
+    # join, another server, port or interface, a node out of the mesh, or a
+    # token for a stopped node (its credential is tried first).
 
     _check_port(wanted.listen_port, running, saved)
     await _stop_running_daemon(ctx)
+    if saved is not None and saved.interface != wanted.interface:
+        # The daemon adopts only its own interface: the old one would stay behind.
+        await _remove_interface(ctx, saved.interface)
     save_join_request(ctx.config_dir, request)
     return await _start(ctx, wait, progress, started_fresh=True)
 
