@@ -227,6 +227,14 @@ class FailureTests(unittest.TestCase):
         self.assertIn("unreachable", [e["kind"] for e in seen])
         self.assertEqual([e["kind"] for e in seen][:2], ["probing", "nat"])
 
+    async def test_a_daemon_that_dies_leaves_no_join_request(self):
+        mesh = Mesh(self)
+        mesh.runner.expect(launcher.node_argv(mesh.config_dir, foreground=False))
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.up(mesh.context(), server=mesh.url, name="web1")
+        self.assertIn("the daemon is not running", str(caught.exception))
+        self.assertFalse(os.path.exists(join_request_path(mesh.config_dir)))
+
     async def test_a_taken_port_is_refused_before_anything_is_asked(self):
         """Item 4."""
         mesh = AuthMesh(self)

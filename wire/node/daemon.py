@@ -373,23 +373,27 @@ class NodeDaemon(Service):
         self._enter(Phase.ENROLLING, f"enrolling with {token.server_url} as {self.config.node_name}")
         backoff = Backoff()
         while not self._out_of_the_mesh:
+            body = self.registration_body()
             try:
-                answer = await self.client.enroll({**self.registration_body(), "join_key": token.secret})
+                answer = await self.client.enroll({**body, "join_key": token.secret})
                 save_credential(self.config_dir, str(answer.get("credential") or ""))
             except ServerError as e:
-                if e.status == 429:
+                if e.status == 429 or e.status >= 500:  # busy, or cannot write: it will pass
+                    self.log.warn("enrollment failed: {error}", error=e)
                     delay = max(backoff.next(), e.retry_after or 0.0)
-                else:
-                    reason = f"the server refused the join token: {e.message}"
-                    if e.status == 401:
-                        reason += "; get a new one with 'wire admin keys create' on the server"
+                elif e.status == 401:
+                    reason = f"the server refused the join token: {e.message}; get a new one with 'wire admin keys create' on the server"
                     self._refused(reason, e.status)
+                    delay = REFUSED_RETRY
+                else:
+                    self._refused(f"the server refused to enroll this node: {e.message}", e.status)
                     delay = REFUSED_RETRY
             except ServerUnreachable as e:
                 if e.tls_refused:
                     self._refused(str(e), 495)
                     delay = REFUSED_RETRY
                 else:
+                    self.log.warn("enrollment failed: {error}", error=e)
                     self._unreachable(str(e))
                     delay = backoff.next()
             except EnrollError as e:
@@ -399,7 +403,7 @@ class NodeDaemon(Service):
                 self.client.use_credential(str(answer["credential"]))
                 self._join_token = None  # it may be one-time: used up
                 self.events.emit("enrolled", f"enrolled with {token.server_url}")
-                self._registered(self.registration_body(), answer)
+                self._registered(body, answer)
                 return True
             await deferLater(self.clock, delay, lambda: None)
         return False

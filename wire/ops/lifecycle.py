@@ -211,6 +211,10 @@ async def _start(ctx: Context, wait: float, progress: Progress | None, started_f
         raise OpError(str(e))
     try:
         status = await _wait_until_registered(ctx, wait, how, progress)
+    except _Died:
+        if started_fresh:
+            forget_join_request(ctx.config_dir)  # nothing is left to carry it out
+        raise
     except _Refused as e:
         # Waiting will not help: stop what this command started.
         await launcher.stop_daemon(ctx.runner, ctx.reactor, ctx.config_dir)
@@ -241,6 +245,10 @@ async def _rename(ctx: Context, node_name: str) -> dict:
 
 class _Refused(Exception):
     """The daemon was refused or removed; ``str()`` says why and what to do."""
+
+
+class _Died(OpError):
+    """The daemon this command started is gone."""
 
 
 async def _wait_until_registered(ctx: Context, wait: float, how: str, progress: Progress | None) -> dict:
@@ -277,7 +285,7 @@ async def _wait_until_registered(ctx: Context, wait: float, how: str, progress: 
             raise _Refused(answer["reason"])
     if answer is None:
         tail = launcher.log_tail(ctx.config_dir)
-        raise OpError(
+        raise _Died(
             f"the node did not register within {wait:g}s; the daemon is not running"
             + (f"\nlast lines of {os.path.join(ctx.config_dir, launcher.LOGFILE)}:\n{tail}" if tail else "")
         )
