@@ -101,7 +101,6 @@ async def up(
     # Anything else is the daemon's to do, from a join request: a first
     # join, another server, port or interface, a node out of the mesh, or a
     # token for a stopped node (its credential is tried first).
-
     _check_port(wanted.listen_port, running, saved)
     await _stop_running_daemon(ctx)
     if saved is not None and saved.interface != wanted.interface:
