@@ -9,6 +9,7 @@ daemon's phases and its event ring on a fake clock.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ from tests.fakes import FakeWireGuard, fixed_nat
 from tests.helpers import body_for, registration_for
 from tests.test_daemon import eventually
 from tests.test_ops import Mesh, NO_DEVICE, LaunchingRunner
-from wire import ops
+from wire import cli, ops
 from wire.client import ServerError
 from wire.jointoken import decode_join_token
 from wire.keys import load_or_create_keys
@@ -206,6 +207,25 @@ class JoinTests(unittest.TestCase):
         self.assertEqual((result["ok"], result["node_name"]), (True, "web1"))
         self.assertEqual([e["kind"] for e in seen][-3:], ["enrolling", "enrolled", "registered"])
         self.assertNotIn("removed", [e["kind"] for e in seen], "a credential refused with a token at hand is no removal")
+
+
+class CommandLineTests(unittest.TestCase):
+    """B: ``wire up`` prints the daemon's progress on stderr; --json's stdout stays one object."""
+
+    timeout = 30
+
+    async def test_progress_on_stderr_and_one_json_object_on_stdout(self):
+        mesh = AuthMesh(self)
+        launching(self, mesh)
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["--config-dir", mesh.config_dir, "up", "--join", mesh.token(), "--name", "web1", "--json"]
+        code = await cli.run(reactor, argv, out, err, make_context=lambda reactor, config_dir: mesh.context())
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertEqual(json.loads(out.getvalue())["node_name"], "web1")
+        lines = err.getvalue().splitlines()
+        self.assertEqual(lines[0], "wire up: probing NAT from UDP port 51820")
+        self.assertTrue(lines[-1].startswith("wire up: registered as web1 with 10.99."), lines)
+        self.assertIn("wire up: enrolling with", err.getvalue())
 
 
 class FailureTests(unittest.TestCase):
