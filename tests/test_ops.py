@@ -106,6 +106,7 @@ class Mesh:
         self.root = True
         self.tools = [OK_TOOLS]  # check_install answers these in turn; the last one sticks
         self.daemon: NodeDaemon | None = None
+        self._closed = None
         self.wireguard: FakeWireGuard | None = None
 
     def _listen(self, stun: bool):
@@ -182,10 +183,12 @@ class Mesh:
     def stop_daemon(self):
         """The daemon process exits (``wire down``, or a test's end)."""
         if self.daemon is None:
-            return None
+            # Stopped already (by POST /down): a test's end waits for its socket to close.
+            return self._closed if self._closed is not None and not self._closed.called else None
         daemon, self.daemon = self.daemon, None
         daemon.stopService()
-        return self._control.stopListening()
+        self._closed = self._control.stopListening()
+        return self._closed
 
     async def stop_server(self) -> None:
         """Gone: refuses connections, and answers the open long-polls first."""
