@@ -15,7 +15,7 @@ from tests.helpers import body_for
 from tests.serverproc import ServerProcess
 from wire.client import AdminClient, CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.jointoken import JoinTokenError, decode_join_token
-from wire.server.admin import admin_socket_path
+from wire.datadir import admin_socket_path
 
 
 class SecureServerTests(unittest.TestCase):

@@ -10,19 +10,14 @@ import os
 import re
 
 from wire.client import AdminClient, ServerError, ServerUnreachable
-from wire.server.admin import admin_socket_path
+from wire.datadir import admin_socket_path
 
-DEFAULT_DATA_DIR = "/var/lib/wire"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class AdminError(Exception):
     pass
-
-
-def default_data_dir() -> str:
-    return os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR
 
 
 def parse_duration(text: str) -> float:

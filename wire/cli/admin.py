@@ -6,8 +6,9 @@ import argparse
 import json
 
 from wire import ops
-from wire.admin_ops import AdminError, AdminOps, default_data_dir
+from wire.admin_ops import AdminError, AdminOps
 from wire.cli.formatting import Style, format_status
+from wire.datadir import default_data_dir
 
 
 def format_admin(result: dict, style: Style) -> str:

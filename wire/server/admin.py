@@ -9,7 +9,6 @@ stops working at once.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.web import server
@@ -22,12 +21,7 @@ from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
-ADMIN_SOCKET = "admin.sock"
 MAX_EXPIRY = 365 * 86400.0
-
-
-def admin_socket_path(data_dir: str) -> str:
-    return os.path.join(data_dir, ADMIN_SOCKET)
 
 
 class Admin:
