@@ -3,6 +3,7 @@ against the test mesh of test_ops, and a few runs of the real command."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -146,6 +147,97 @@ class UsageTests(unittest.TestCase):
             self.assertFalse(isinstance(args, int), f"{argv}: {err}")
 
 
+# Sample values for the positional arguments of the commands that take some.
+POSITIONALS = {
+    ("ping",): ["db1"],
+    ("explain",): ["db1"],
+    ("admin", "keys", "revoke"): ["k1"],
+    ("admin", "nodes", "remove"): ["web1"],
+    ("admin", "nodes", "rename"): ["web1", "web2"],
+}
+
+
+def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every command and subcommand of the parser, as name paths (``("admin", "keys")``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield path + (name,)
+                yield from command_paths(sub, path + (name,))
+
+
+def runnable_paths() -> list[tuple[str, ...]]:
+    """The command paths that name something to run (no further subcommand needed)."""
+    paths = list(command_paths(cli.build_parser()))
+    return [p for p in paths if not any(q[: len(p)] == p and len(q) > len(p) for q in paths)]
+
+
+class GlobalOptionTests(unittest.TestCase):
+    """--config-dir, --data-dir and --json before or after any (sub)command."""
+
+    def parse(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        args = cli.parse_args(list(argv), out, err)
+        self.assertFalse(isinstance(args, int), f"{argv}: {err.getvalue()}")
+        return args
+
+    def test_every_command_is_walked(self):
+        paths = runnable_paths()
+        for expected in (("up",), ("status",), ("demo",), ("admin", "keys", "create"), ("admin", "nodes", "list"), ("admin", "audit")):
+            self.assertIn(expected, paths)
+
+    def test_before_and_after_every_command(self):
+        options = ["--config-dir", "/c", "--data-dir", "/d", "--json"]
+        for path in runnable_paths():
+            tail = POSITIONALS.get(path, [])
+            # Before everything, after each level of (sub)command, after the positionals.
+            for at in range(len(path) + 1):
+                argv = [*path[:at], *options, *path[at:], *tail]
+                args = self.parse(*argv)
+                self.assertEqual((args.config_dir, args.data_dir, args.json), ("/c", "/d", True), argv)
+            args = self.parse(*path, *tail, *options)
+            self.assertEqual((args.config_dir, args.data_dir, args.json), ("/c", "/d", True), path)
+
+    def test_defaults_when_not_given(self):
+        for path in runnable_paths():
+            args = self.parse(*path, *POSITIONALS.get(path, []))
+            self.assertEqual((args.config_dir, args.data_dir, args.json), (None, None, False), path)
+
+    def test_the_issue_s_examples(self):
+        args = self.parse("up", "--config-dir", "/n1", "--join", "wire1.x")
+        self.assertEqual((args.command, args.config_dir, args.join), ("up", "/n1", "wire1.x"))
+        args = self.parse("admin", "keys", "create", "--data-dir", "/srv", "--expires", "7d")
+        self.assertEqual((args.topic, args.action, args.data_dir, args.expires), ("keys", "create", "/srv", "7d"))
+        args = self.parse("--data-dir", "/x", "admin", "nodes", "list")
+        self.assertEqual((args.topic, args.action, args.data_dir), ("nodes", "list", "/x"))
+        args = self.parse("--json", "status")
+        self.assertTrue(args.json)
+
+    def test_the_last_one_wins(self):
+        args = self.parse("--config-dir", "/a", "status", "--config-dir", "/b")
+        self.assertEqual(args.config_dir, "/b")
+        args = self.parse("--data-dir", "/a", "admin", "--data-dir", "/b", "keys", "--data-dir", "/c", "list")
+        self.assertEqual(args.data_dir, "/c")
+        args = self.parse("admin", "keys", "list", "--data-dir", "/a", "--data-dir", "/b")
+        self.assertEqual(args.data_dir, "/b")
+
+    def test_every_help_shows_them(self):
+        for path in [(), *command_paths(cli.build_parser())]:
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(cli.parse_args([*path, "--help"], out, err), 0, path)
+            text = out.getvalue()
+            self.assertIn("global options (before or after the command):", text, path)
+            for option in ("--config-dir DIR", "--data-dir DIR", "--json"):
+                self.assertIn(option, text, path)
+
+    def test_an_empty_directory_is_bad_usage(self):
+        for argv in (["status", "--config-dir", ""], ["--data-dir", " ", "admin", "audit"]):
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(cli.parse_args(argv, out, err), 2, argv)
+            self.assertIn("must not be empty", err.getvalue(), argv)
+            self.assertEqual(out.getvalue(), "")
+
+
 class CommandTests(unittest.TestCase):
     """cli.run in process: the real parser, operations and printing."""
 
@@ -159,9 +251,23 @@ class CommandTests(unittest.TestCase):
         return ops.Context(reactor_, config_dir, runner=self.mesh.runner, is_root=lambda: self.mesh.root, check_install=self.mesh._check_install)
 
     async def wire(self, *argv) -> tuple[int, str, str]:
+        return await self.wire_as_given("--config-dir", self.mesh.config_dir, *argv)
+
+    async def wire_as_given(self, *argv) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = await cli.run(reactor, ["--config-dir", self.mesh.config_dir, *argv], out, err, make_context=self.make_context)
+        code = await cli.run(reactor, list(argv), out, err, make_context=self.make_context)
         return code, out.getvalue(), err.getvalue()
+
+    async def test_global_options_after_the_command(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("web1")
+        # make_context checks the config dir given after the command is the one used.
+        code, out, err = await self.wire_as_given("--json", "status", "--config-dir", self.mesh.config_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([n["node_name"] for n in json.loads(out)["nodes"]], ["web1"])
+        code, out, err = await self.wire_as_given("peers", "--config-dir", "/nowhere", "--config-dir", self.mesh.config_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("1 online peer(s)", out)
 
     async def three_nodes(self) -> dict:
         self.mesh.configure("web1")
@@ -285,6 +391,14 @@ class CommandTests(unittest.TestCase):
         self.assertIn("NAT               no NAT: this host's own address is public", out)
 
 
+async def run_wire(*argv: str, env: dict | None = None) -> tuple[int, str, str]:
+    """The real ``wire`` command in a child process: exit code, stdout, stderr."""
+    env = {**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}
+    env.pop("WIRE_CONFIG_DIR", None)
+    out, err, code = await getProcessOutputAndValue(sys.executable, ["-m", "wire.cli", *argv], env=env, path=CHECKOUT, reactor=reactor)
+    return code, out.decode(), err.decode()
+
+
 class ProcessTests(unittest.TestCase):
     """The real ``wire`` command in a child process, against the server in this one."""
 
@@ -294,12 +408,17 @@ class ProcessTests(unittest.TestCase):
         self.mesh = Mesh(self)
 
     async def wire(self, *argv) -> tuple[int, str, str]:
-        env = {**os.environ, "PYTHONPATH": CHECKOUT}
-        env.pop("WIRE_CONFIG_DIR", None)
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, ["-m", "wire.cli", "--config-dir", self.mesh.config_dir, *argv], env=env, path=CHECKOUT, reactor=reactor
-        )
-        return code, out.decode(), err.decode()
+        return await run_wire("--config-dir", self.mesh.config_dir, *argv)
+
+    async def test_global_options_after_the_command(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("web1")
+        code, out, err = await run_wire("--json", "status", "--config-dir", self.mesh.config_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(json.loads(out)["nodes"][0]["node_name"], "web1")
+        code, out, err = await run_wire("status", "--help")
+        self.assertEqual(code, 0)
+        self.assertIn("global options (before or after the command):", out)
 
     async def test_status(self):
         self.mesh.configure("web1")
@@ -317,6 +436,12 @@ class ProcessTests(unittest.TestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertIn(f"wire status: {config_path(self.mesh.config_dir)} is not valid JSON", err)
         self.assertNotIn("Traceback", err)
+
+    async def test_the_cli_imports_no_server_internals(self):
+        # In a fresh interpreter: this one has the server loaded for other tests.
+        script = "import sys, wire.cli, wire.cli.admin, wire.admin_ops; print(sorted(m for m in sys.modules if m.startswith('wire.server')))"
+        out, err, code = await getProcessOutputAndValue(sys.executable, ["-c", script], env={**os.environ, "PYTHONPATH": CHECKOUT}, path=CHECKOUT, reactor=reactor)
+        self.assertEqual((code, out.decode().strip()), (0, "[]"), err.decode())
 
     async def test_unreachable_server_and_usage(self):
         await self.mesh.stop_server()

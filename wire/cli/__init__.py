@@ -35,7 +35,7 @@ from wire.cli.formatting import (
     format_up,
     format_watchdog,
 )
-from wire.cli.parser import build_parser
+from wire.cli.parser import build_parser, parse
 from wire.node.config import default_config_dir
 
 # -- running --------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def parse_args(argv: list[str], stdout: TextIO, stderr: TextIO) -> argparse.Name
     # argparse prints straight to sys.stdout/sys.stderr and exits.
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            args = parser.parse_args(argv)
+            args = parse(parser, argv)
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else 2
         if args.command is None:
@@ -108,13 +108,13 @@ async def run(
 
 def report_error(args: argparse.Namespace, error: str, stdout: TextIO, stderr: TextIO) -> int:
     print(f"wire {args.command}: {error}", file=stderr)
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps({"ok": False, "error": error}, indent=2), file=stdout)
     return 1
 
 
 def report(args: argparse.Namespace, result: dict, formatter: Formatter, stdout: TextIO) -> int:
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps(result, indent=2), file=stdout)
     else:
         print(formatter(result, Style(stdout.isatty())), file=stdout)
