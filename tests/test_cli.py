@@ -8,7 +8,10 @@ import io
 import json
 import os
 import sys
+import time
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
@@ -16,6 +19,9 @@ from twisted.trial import unittest
 from tests.helpers import body_for
 from tests.test_ops import NO_TOOLS, PING_LOST, PING_OK, Mesh
 from wire import __version__, cli, ops
+from wire.admin_ops import UNITS, DurationError, parse_duration
+from wire.cli import admin
+from wire.cli.table import table
 from wire.node.config import config_path
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,6 +153,118 @@ class UsageTests(unittest.TestCase):
             self.assertFalse(isinstance(args, int), f"{argv}: {err}")
 
 
+def local_minute(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+
+NOW = 1_700_000_000.0
+
+
+def key(key_id, state, created=NOW - 3600, expires=None, reusable=False, uses=0, note=""):
+    return {"key_id": key_id, "created": created, "expires": expires, "reusable": reusable, "uses": uses,
+            "revoked": state == "revoked", "usable": state == "usable", "state": state, "note": note}
+
+
+class AdminFormatTests(unittest.TestCase):
+    plain = cli.Style(False)
+
+    def test_keys_list_tells_the_states_apart_and_shows_times(self):
+        keys = [
+            key("aaaa0001", "usable", expires=NOW + 7 * 86400, note="office laptops"),
+            key("aaaa0002", "spent", uses=1),
+            key("aaaa0003", "revoked", reusable=True, uses=2, expires=NOW + 3 * 3600),
+            key("aaaa0004", "expired", expires=NOW - 300),
+        ]
+        lines = admin.format_keys({"ok": True, "keys": keys, "timestamp": NOW}, self.plain).splitlines()
+        created = local_minute(NOW - 3600)
+        self.assertEqual(lines, [
+            "  KEY ID    STATE    KIND      USES  CREATED           EXPIRES                    NOTE",
+            f"  aaaa0001  usable   one-time  0     {created}  {local_minute(NOW + 7 * 86400)} (in 7d)   office laptops",
+            f"  aaaa0002  spent    one-time  1     {created}  never",
+            f"  aaaa0003  revoked  reusable  2     {created}  {local_minute(NOW + 3 * 3600)} (in 3h)",
+            f"  aaaa0004  expired  one-time  0     {created}  {local_minute(NOW - 300)} (5m ago)",
+        ])
+
+    def test_keys_list_from_a_server_without_states(self):
+        old = {k: v for k, v in key("aaaa0001", "spent").items() if k != "state"}
+        text = admin.format_keys({"ok": True, "keys": [old]}, self.plain)
+        self.assertIn("aaaa0001  unusable  one-time  0     ", text)
+
+    def test_no_keys(self):
+        self.assertEqual(admin.format_keys({"ok": True, "keys": [], "timestamp": NOW}, self.plain), "no join keys (create one: wire admin keys create)")
+
+    def test_key_created_shows_its_expiry(self):
+        token = "wire1.abc"
+        result = {"key": key("aaaa0001", "usable", created=NOW, expires=NOW + 86400), "token": token, "join_command": f"sudo wire up --join {token}"}
+        self.assertEqual(
+            admin.format_key_created(result, self.plain),
+            f"join key aaaa0001 (one-time, expires {local_minute(NOW + 86400)} (in 1d)); on the new machine run:\n\n  sudo wire up --join wire1.abc\n",
+        )
+        result["key"] = key("aaaa0002", "usable", reusable=True)
+        self.assertTrue(admin.format_key_created(result, self.plain).startswith("join key aaaa0002 (reusable); on the new machine run:"))
+
+    def test_nodes_list_has_headers_and_ids(self):
+        nodes = [
+            {**body_for("db1"), "vpn_ip": "10.99.0.2", "public_ip": "203.0.113.9", "nat_type": "easy", "status": "online", "last_seen_ago": 4},
+            {**body_for("old1"), "vpn_ip": "10.99.0.3", "public_ip": "", "nat_type": "unknown", "status": "offline", "last_seen_ago": 2 * 3600},
+        ]
+        text = admin.format_nodes({"ok": True, "total": 2, "online": 1, "offline": 1, "nodes": nodes}, self.plain)
+        db1, old1 = body_for("db1")["node_id"], body_for("old1")["node_id"]
+        self.assertEqual(text.splitlines(), [
+            "1 online / 1 offline / 2 total",
+            "",
+            "  NAME  NODE ID                           VPN IP     STATUS   LAST SEEN  PUBLIC IP    NAT",
+            f"  db1   {db1}  10.99.0.2  online   4s ago     203.0.113.9  easy",
+            f"  old1  {old1}  10.99.0.3  offline  2h ago     -            unknown",
+        ])
+
+    def test_no_nodes(self):
+        text = admin.format_nodes({"ok": True, "total": 0, "online": 0, "offline": 0, "nodes": []}, self.plain)
+        self.assertEqual(text, "0 online / 0 offline / 0 total: no nodes have joined (create a join key: wire admin keys create)")
+
+    def test_table(self):
+        self.assertEqual(table(("A", "LONG HEADER", "C"), [("wide cell", "x", ""), (1, 2, 3)]), [
+            "  A          LONG HEADER  C",
+            "  wide cell  x",
+            "  1          2            3",
+        ])
+
+
+class DurationTests(unittest.TestCase):
+    def test_units(self):
+        for text, seconds in (("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 7 * 86400), ("2w", 14 * 86400), ("0.5h", 1800), (" 7D ", 7 * 86400), ("3 m", 180)):
+            self.assertEqual(parse_duration(text), seconds, text)
+
+    @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(sorted(UNITS)))
+    def test_any_number_with_a_unit(self, number, unit):
+        self.assertEqual(parse_duration(f"{number}{unit}"), number * UNITS[unit])
+
+    @given(st.integers(min_value=0, max_value=10**6))
+    def test_a_bare_number_is_refused(self, number):
+        with self.assertRaises(DurationError) as caught:
+            parse_duration(str(number))
+        self.assertEqual(str(caught.exception), f"'{number}' needs a unit (s, m, h, d, w), e.g. {number}m, {number}h or {number}d")
+
+    def test_what_is_wrong_is_said(self):
+        for text, message in (
+            ("5x", "unknown unit 'x' in '5x' (units: s, m, h, d, w)"),
+            ("5 min", "unknown unit 'min' in '5 min' (units: s, m, h, d, w)"),
+            ("0m", "'0m' must be longer than zero"),
+            ("-5m", "'-5m' is not a duration like 30m, 24h or 7d (units: s, m, h, d, w)"),
+            ("", "'' is not a duration like 30m, 24h or 7d (units: s, m, h, d, w)"),
+            ("soon", "'soon' is not a duration like 30m, 24h or 7d (units: s, m, h, d, w)"),
+        ):
+            with self.assertRaises(DurationError) as caught:
+                parse_duration(text)
+            self.assertEqual(str(caught.exception), message)
+
+    def test_expires_without_a_unit_is_bad_usage(self):
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(cli.parse_args(["admin", "keys", "create", "--expires", "5"], out, err), 2)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(err.getvalue().splitlines()[-1], "wire admin keys create: error: argument --expires: '5' needs a unit (s, m, h, d, w), e.g. 5m, 5h or 5d")
+
+
 # Sample values for the positional arguments of the commands that take some.
 POSITIONALS = {
     ("ping",): ["db1"],
@@ -207,7 +325,7 @@ class GlobalOptionTests(unittest.TestCase):
         args = self.parse("up", "--config-dir", "/n1", "--join", "wire1.x")
         self.assertEqual((args.command, args.config_dir, args.join), ("up", "/n1", "wire1.x"))
         args = self.parse("admin", "keys", "create", "--data-dir", "/srv", "--expires", "7d")
-        self.assertEqual((args.topic, args.action, args.data_dir, args.expires), ("keys", "create", "/srv", "7d"))
+        self.assertEqual((args.topic, args.action, args.data_dir, args.expires), ("keys", "create", "/srv", 7 * 86400))
         args = self.parse("--data-dir", "/x", "admin", "nodes", "list")
         self.assertEqual((args.topic, args.action, args.data_dir), ("nodes", "list", "/x"))
         args = self.parse("--json", "status")

@@ -19,7 +19,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
 from wire import ops
-from wire.cli.admin import dispatch_admin, format_admin
+from wire.cli.admin import dispatch_admin
 from wire.cli.formatting import (
     Formatter,
     Style,
@@ -47,7 +47,7 @@ async def dispatch(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Fo
             format_up,
         )
     if args.command == "admin":
-        return await dispatch_admin(ctx, args), format_admin
+        return await dispatch_admin(ctx, args)
     if args.command == "down":
         return await ops.down(ctx), format_down
     if args.command == "status":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from wire import __version__
+from wire.admin_ops import DurationError, parse_duration
 from wire.datadir import DEFAULT_DATA_DIR
 
 # What a global option means when it is given nowhere.
@@ -16,6 +17,13 @@ def _directory(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except DurationError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 class WireParser(argparse.ArgumentParser):
@@ -88,7 +96,7 @@ def build_parser() -> WireParser:
     keys = topics.add_parser("keys", help="join keys").add_subparsers(dest="action", metavar="ACTION", required=True)
     create = keys.add_parser("create", help="a new join key; prints the join command")
     create.add_argument("--reusable", action="store_true", help="any number of nodes may join with it (default: one)")
-    create.add_argument("--expires", metavar="DURATION", help="e.g. 30m, 24h, 7d (default: never)")
+    create.add_argument("--expires", metavar="DURATION", type=_duration, help="how long it may be used: a number and a unit (s, m, h, d, w), e.g. 30m, 24h, 7d (default: never)")
     create.add_argument("--note", default="", help="what it is for")
     create.add_argument("--url", help="the server URL to put in the token [the server's --public-url]")
     keys.add_parser("list", help="join keys (never their secrets)")
