@@ -7,21 +7,27 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tests.helpers import body_for
+from tests.serverproc import ServerProcess
 from tests.test_ops import NO_TOOLS, PING_LOST, PING_OK, Mesh
 from wire import __version__, cli, ops
 from wire.admin_ops import UNITS, DurationError, parse_duration
+from wire.client import CoordinationClient, make_http_client
 from wire.cli import admin
 from wire.cli.table import table
+from wire.jointoken import decode_join_token
 from wire.node.config import config_path
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -569,3 +575,73 @@ class ProcessTests(unittest.TestCase):
         code, _, err = await self.wire("ping")
         self.assertEqual(code, 2)
         self.assertIn("the following arguments are required: target", err)
+
+
+class AdminProcessTests(unittest.TestCase):
+    """The real ``wire admin`` command against a real ``twistd wire-server`` on 127.0.0.1."""
+
+    timeout = 90
+
+    async def setUp(self):
+        # UNIX socket paths are short (108 bytes): a short data dir.
+        self.data_dir = tempfile.mkdtemp(prefix="wire-cli-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.server = ServerProcess(self, self.data_dir)
+        await self.server.start()
+
+    async def tearDown(self):
+        await self.server.stop()
+
+    async def key_ids(self) -> list[str]:
+        code, out, err = await run_wire("admin", "keys", "list", "--json", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0, err)
+        return [k["key_id"] for k in json.loads(out)["keys"]]
+
+    async def test_data_dir_anywhere_and_key_states(self):
+        code, out, err = await run_wire("admin", "keys", "create", "--data-dir", self.data_dir, "--expires", "1s", "--json")
+        self.assertEqual((code, err), (0, ""))
+        expiring = json.loads(out)["key"]
+        code, out, err = await run_wire("--data-dir", self.data_dir, "admin", "keys", "create", "--reusable", "--expires", "7d", "--note", "office")
+        self.assertEqual((code, err), (0, ""))
+        self.assertRegex(out, r"^join key [0-9a-f]{8} \(reusable, expires \d{4}-\d\d-\d\d \d\d:\d\d \(in 7d\)\); on the new machine run:\n\n  sudo wire up --join wire1\.")
+        revoked_id = out.split()[2]
+        code, out, err = await run_wire("admin", "--data-dir", self.data_dir, "keys", "revoke", revoked_id)
+        self.assertEqual((code, out, err), (0, f"join key {revoked_id} revoked: no node may join with it any more\n", ""))
+        await deferLater(reactor, 1.1, lambda: None)
+        code, out, err = await run_wire("admin", "keys", "list", env={"WIRE_DATA_DIR": self.data_dir})
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["KEY", "ID", "STATE", "KIND", "USES", "CREATED", "EXPIRES", "NOTE"])
+        rows = {line.split()[0]: line for line in lines[1:]}
+        self.assertRegex(rows[expiring["key_id"]], r"  expired  one-time  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(\d+s ago\)")
+        self.assertRegex(rows[revoked_id], r"  revoked  reusable  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 6d\) +office$")
+        # The only other key: the first start's, in first-join.txt (valid 24 h).
+        [first] = [row for key_id, row in rows.items() if key_id not in (expiring["key_id"], revoked_id)]
+        self.assertRegex(first, r"  usable   one-time  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 23h\)")
+
+    async def test_expires_without_a_unit_is_refused_before_the_server_hears_of_it(self):
+        before = await self.key_ids()
+        code, out, err = await run_wire("admin", "keys", "create", "--data-dir", self.data_dir, "--expires", "5")
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(err.splitlines()[-1], "wire admin keys create: error: argument --expires: '5' needs a unit (s, m, h, d, w), e.g. 5m, 5h or 5d")
+        self.assertEqual(await self.key_ids(), before)
+
+    async def test_nodes_list_has_headers_and_ids(self):
+        token = json.loads((await run_wire("admin", "keys", "create", "--json", "--data-dir", self.data_dir))[1])["token"]
+        join = decode_join_token(token)
+        http = make_http_client(reactor, persistent=False, tls_fingerprint=join.fingerprint)
+        web1 = await CoordinationClient(http, self.server.url).enroll({**body_for("web1"), "join_key": join.secret})
+        code, out, err = await run_wire("--data-dir", self.data_dir, "admin", "nodes", "list")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "1 online / 0 offline / 1 total")
+        self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT"])
+        self.assertEqual(lines[3].split()[:4], ["web1", web1["node_id"], web1["vpn_ip"], "online"])
+        code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", self.data_dir, "--json")
+        self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1["node_id"]])
+
+    async def test_a_wrong_data_dir_says_so_in_one_line(self):
+        code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", os.path.join(self.data_dir, "nowhere"))
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn(f"no admin socket at {os.path.join(self.data_dir, 'nowhere', 'admin.sock')}", err)
