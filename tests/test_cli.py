@@ -1,5 +1,6 @@
-"""The ``wire`` command line: parsing, exit codes, output, errors. In process
-against the test mesh of test_ops, and a few runs of the real command."""
+"""The ``wire`` command line: parsing (global options anywhere), exit codes,
+output, errors. In process against the test mesh of test_ops, and a few runs
+of the real command, ``wire admin`` against a real ``twistd wire-server``."""
 
 from __future__ import annotations
 
