@@ -48,7 +48,7 @@ if BENCH_CHECKOUT not in sys.path:
 from bench.procstat import memory_bytes  # noqa: E402
 from tests.ports import free_port_triple  # noqa: E402
 from wire.jointoken import decode_join_token  # noqa: E402
-from wire.server.admin import admin_socket_path  # noqa: E402
+from wire.datadir import admin_socket_path  # noqa: E402
 from wire.twistd import twistd_argv  # noqa: E402
 
 SETTLE_SECONDS = 3.0

@@ -9,13 +9,14 @@ import stat
 import tempfile
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.helpers import body_for
 from tests.serverproc import ServerProcess
 from wire.client import AdminClient, CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.jointoken import JoinTokenError, decode_join_token
-from wire.server.admin import admin_socket_path
+from wire.datadir import admin_socket_path
 
 
 class SecureServerTests(unittest.TestCase):
@@ -97,6 +98,33 @@ class SecureServerTests(unittest.TestCase):
         keys = (await self.admin.keys())["keys"]
         self.assertEqual(sorted((k["uses"], k["usable"]) for k in keys), [(0, True), (1, False), (2, False)])
         self.assertNotIn("secret", json.dumps(keys))
+
+    async def test_keys_list_tells_revoked_from_expired_from_spent(self):
+        first_start = {k["key_id"] for k in (await self.admin.keys())["keys"]}  # first-join.txt's key
+        expiring = (await self.admin.create_key(expires_in=0.5))["key"]
+        revoked = (await self.admin.create_key(reusable=True, expires_in=3600))["key"]
+        spent = await self.admin.create_key()
+        usable = (await self.admin.create_key(reusable=True))["key"]
+        await self.admin.revoke_key(revoked["key_id"])
+        await self.enroll("web1", spent["token"])
+        await deferLater(reactor, 0.6, lambda: None)
+        answer = await self.admin.keys()
+        listed = {k["key_id"]: k for k in answer["keys"]}
+        states = {key_id: (k["state"], k["usable"]) for key_id, k in listed.items()}
+        self.assertEqual(
+            {key_id: state for key_id, state in states.items() if key_id not in first_start},
+            {
+                expiring["key_id"]: ("expired", False),
+                revoked["key_id"]: ("revoked", False),
+                spent["key"]["key_id"]: ("spent", False),
+                usable["key_id"]: ("usable", True),
+            },
+        )
+        self.assertLessEqual(listed[expiring["key_id"]]["expires"], answer["timestamp"])
+        for k in (listed[expiring["key_id"]], listed[revoked["key_id"]]):
+            self.assertRegex(k["created_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+            self.assertRegex(k["expires_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertIsNone(listed[usable["key_id"]]["expires_at"])
 
     async def test_names_keys_and_addresses_cannot_be_taken(self):
         first = await self.enroll("web1")

@@ -13,17 +13,20 @@ class Style:
         return f"\033[{code}m{text}\033[0m" if self.enabled else text
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
+def span(seconds: float) -> str:
+    """A length of time in its largest whole unit: ``45s``, ``12m``, ``3h``, ``6d``."""
     seconds = int(seconds)
     if seconds < 60:
-        return f"{seconds}s ago"
+        return f"{seconds}s"
     if seconds < 3600:
-        return f"{seconds // 60}m ago"
+        return f"{seconds // 60}m"
     if seconds < 86400:
-        return f"{seconds // 3600}h ago"
-    return f"{seconds // 86400}d ago"
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{span(seconds)} ago"
 
 
 def _ms(value: float | None) -> str:

@@ -9,7 +9,6 @@ stops working at once.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.web import server
@@ -22,12 +21,7 @@ from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
-ADMIN_SOCKET = "admin.sock"
 MAX_EXPIRY = 365 * 86400.0
-
-
-def admin_socket_path(data_dir: str) -> str:
-    return os.path.join(data_dir, ADMIN_SOCKET)
 
 
 class Admin:
@@ -48,9 +42,10 @@ class Admin:
             "join_command": f"sudo wire up --join {token}",
         }
 
-    def keys(self) -> list[dict]:
+    def keys(self) -> dict:
+        # With the server's clock, so the CLI can say "expires in 3h" without trusting its own.
         now = self.coordinator.now()
-        return [key.as_dict(now) for key in self.authority.keys()]
+        return {"keys": [key.as_dict(now) for key in self.authority.keys()], "timestamp": now}
 
     def revoke_key(self, key_id: str) -> dict:
         return self.authority.revoke_key(key_id).as_dict(self.coordinator.now())
@@ -114,7 +109,7 @@ class Keys(_AdminResource):
     methods = ("GET", "POST")
 
     def get(self, request: server.Request) -> dict:
-        return {"ok": True, "keys": self.admin.keys()}
+        return {"ok": True, **self.admin.keys()}
 
     def post(self, request: server.Request) -> dict:
         body = read_json_body(request)

@@ -16,10 +16,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wire.addressing import AddressPool, parse_subnet
+from wire.datadir import DEFAULT_DATA_DIR, admin_socket_path
 from wire.fsutil import write_atomically
 from wire.node.config import parse_server_url
 from wire.protocol import ProtocolError
-from wire.server.admin import Admin, admin_socket_path, build_admin_site
+from wire.server.admin import Admin, build_admin_site
 from wire.server.api import ClientRules, build_site
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator, MaintenanceService
@@ -34,7 +35,6 @@ from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
 log = Logger()
 
 DEFAULT_PORT = 8787
-DEFAULT_DATA_DIR = "/var/lib/wire"
 DEFAULT_SUBNET = "10.99.0.0/16"
 FIRST_JOIN_FILE = "first-join.txt"
 # Connections the kernel may hold for us before we accept them. Twisted's
