@@ -20,6 +20,7 @@ from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
+from wire.urls import parse_server_url
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 ADMIN_SOCKET = "admin.sock"
@@ -129,8 +130,6 @@ class Keys(_AdminResource):
         if not isinstance(note, str):
             raise ApiError(400, "note: must be a string")
         if url is not None:
-            from wire.node.config import parse_server_url
-
             try:
                 url = parse_server_url(url)
             except ProtocolError as e:
@@ -198,4 +197,4 @@ def build_admin_site(admin: Admin) -> server.Site:
     root.putChild(b"remove-node", RemoveNode(admin))
     root.putChild(b"rename-node", RenameNode(admin))
     root.putChild(b"audit", Audit(admin))
-    return make_site(root, timeout=30)
+    return make_site(root, timeout=30, reactor=admin.coordinator.clock)

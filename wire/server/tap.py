@@ -17,7 +17,6 @@ from twisted.python import usage
 
 from wire.addressing import AddressPool, parse_subnet
 from wire.fsutil import write_atomically
-from wire.node.config import parse_server_url
 from wire.protocol import ProtocolError
 from wire.server.admin import Admin, admin_socket_path, build_admin_site
 from wire.server.api import ClientRules, build_site
@@ -30,6 +29,7 @@ from wire.server.store import StoreError, open_store
 from wire.stun import StunServerProtocol
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
 from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
+from wire.urls import parse_server_url
 
 log = Logger()
 
@@ -296,7 +296,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         register_limit=_rate_limiter(config, "register", reactor),
         enroll_limit=_rate_limiter(config, "enroll", reactor),
     )
-    _listening(endpoint, build_site(coordinator, rules, reactor)).setServiceParent(server)
+    _listening(endpoint, build_site(coordinator, rules)).setServiceParent(server)
     if coordinator.authority is not None:
         admin = Admin(coordinator, config["public-url"], fingerprint)
         admin_endpoint = UNIXServerEndpoint(reactor, admin_socket_path(data_dir), mode=0o600, wantPID=True)

@@ -1,0 +1,23 @@
+"""Coordination-server URLs: parsed and checked once, for server and node alike."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from wire.protocol import ProtocolError
+
+
+def parse_server_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("server_url", "is required (for example http://HOST:8787)")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError("server_url", f"{value!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or (parts.path not in ("", "/")):
+        raise ProtocolError("server_url", f"{value!r} must be just scheme://host:port")
+    try:
+        parts.port
+    except ValueError:
+        raise ProtocolError("server_url", f"{value!r} has an invalid port")
+    return f"{parts.scheme}://{parts.netloc}"
