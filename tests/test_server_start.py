@@ -4,20 +4,33 @@ the public URL and first-join.txt, listen failures, and the server's layering
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python import usage
 from twisted.trial import unittest
 
 from tests.helpers import make_coordinator
+from tests.test_hardening import _UdpMemoryReactor
+from wire.jointoken import decode_join_token
 from wire.relayproto import enlarge_socket_buffers
 from wire.server.admin import Admin, build_admin_site
 from wire.server.api import build_site
 from wire.server.auth import Authority
 from wire.server.metrics import ServerMetrics, exposition
+from wire.server.tap import FIRST_JOIN_FILE, Options, makeService
+from wire.urls import is_loopback_host, is_loopback_url
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,3 +100,200 @@ class LayeringTests(unittest.TestCase):
         sock = Socket()
         enlarge_socket_buffers(Port(sock), size=12345)
         self.assertEqual(sock.options, [12345, 12345])
+
+
+# -- options: one-line usage errors, the default public URL ------------------
+
+
+def short_dir(test) -> str:
+    """A data dir short enough for the admin socket's path (108 bytes)."""
+    path = tempfile.mkdtemp(prefix="wire-ss-")
+    test.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+class UsageErrorTests(unittest.TestCase):
+    def parse_as_twistd_does(self, *args) -> tuple[int, list[str]]:
+        options = Options()
+        options.parent = usage.Options()  # twistd's ServerOptions, for a subcommand
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as caught:
+            options.parseOptions(list(args))
+        return caught.exception.code, stderr.getvalue().splitlines()
+
+    def test_a_bad_value_is_one_line_naming_the_option_and_exit_2(self):
+        code, lines = self.parse_as_twistd_does("--subnet", "banana", "--data-dir", short_dir(self))
+        self.assertEqual(code, 2)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("wire-server: --subnet: 'banana'"), lines)
+        self.assertIn("twistd wire-server --help", lines[0])
+
+    def test_an_unknown_option_is_one_line_naming_it(self):
+        code, lines = self.parse_as_twistd_does("--prot", "8787")
+        self.assertEqual((code, len(lines)), (2, 1), lines)
+        self.assertIn("--prot", lines[0])
+
+    def test_called_directly_it_raises_usage_error(self):
+        with self.assertRaises(usage.UsageError):
+            Options().parseOptions(["--subnet", "banana"])
+
+
+class PublicUrlTests(unittest.TestCase):
+    def parse(self, *args, names=("vm.example.org", "vm")) -> Options:
+        options = Options()
+        options.machine_names = lambda: list(names)
+        options.parseOptions(["--data-dir", short_dir(self), *args])
+        return options
+
+    def test_the_default_is_this_machines_name_not_localhost(self):
+        options = self.parse("--port", "9000")
+        self.assertEqual((options["public-url"], options.public_url_from), ("https://vm.example.org:9000", "this machine's name"))
+        # getfqdn() says "localhost" where /etc/hosts lists the hostname beside it.
+        self.assertEqual(self.parse(names=("localhost", "vm"))["public-url"], "https://vm:8787")
+        self.assertEqual(self.parse("--open", names=("", "vm"))["public-url"], "http://vm:8787")
+        self.assertEqual(self.parse(names=("localhost", "localhost"))["public-url"], "https://localhost:8787")
+
+    def test_a_specific_interface_is_the_default_host(self):
+        options = self.parse("--interface", "192.0.2.7")
+        self.assertEqual((options["public-url"], options.public_url_from), ("https://192.0.2.7:8787", "--interface"))
+        self.assertEqual(self.parse("--interface", "2001:db8::7")["public-url"], "https://[2001:db8::7]:8787")
+
+    def test_a_given_url_is_checked_and_kept(self):
+        options = self.parse("--public-url", "https://vpn.example.org:443/")
+        self.assertEqual((options["public-url"], options.public_url_from), ("https://vpn.example.org:443", ""))
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--public-url", "vpn.example.org")
+        self.assertIn("--public-url", str(caught.exception))
+
+    def test_loopback_hosts(self):
+        for host in ("localhost", "LOCALHOST.", "app.localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "::ffff:127.0.0.1", "0.0.0.0", "::"):
+            self.assertTrue(is_loopback_host(host), host)
+        for host in ("vm", "vpn.example.org", "10.0.0.1", "192.0.2.7", "2001:db8::1", "localhost.example.org", "mylocalhost"):
+            self.assertFalse(is_loopback_host(host), host)
+        self.assertTrue(is_loopback_url("https://[::1]:8787"))
+        self.assertFalse(is_loopback_url("https://vm:8787"))
+
+
+# -- the service, in memory ---------------------------------------------------
+
+
+class _RefusingReactor(_UdpMemoryReactor):
+    """A memory reactor on which some ports are taken."""
+
+    def __init__(self, taken_tcp=(), taken_udp=()):
+        super().__init__()
+        self.taken_tcp, self.taken_udp = set(taken_tcp), set(taken_udp)
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port in self.taken_tcp:
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)))
+        return super().listenTCP(port, factory, backlog, interface)
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        if port in self.taken_udp:
+            raise CannotListenError(interface, port, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+        return super().listenUDP(port, protocol, interface, maxPacketSize)
+
+
+class ServiceStartTests(unittest.TestCase):
+    def setUp(self):
+        self.data_dir = short_dir(self)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def options(self, *args, names=("vm.example.org",)) -> Options:
+        options = Options()
+        options.machine_names = lambda: list(names)
+        options.parseOptions(["--port", "18787", "--data-dir", self.data_dir, *args])
+        return options
+
+    def start(self, *args, reactor=None, **kwargs):
+        self.reactor = reactor or _RefusingReactor()
+        service = makeService(self.options(*args, **kwargs), self.reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def logged(self, level=None) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if level is None or e["log_level"] == level]
+
+    def admin(self) -> Admin:
+        """The Admin behind the admin socket the service listens on."""
+        (_, site, _, _, _), = self.reactor.unixServers
+        return site.resource.children[b"keys"].admin
+
+    def first_join(self) -> tuple[list[str], object]:
+        path = os.path.join(self.data_dir, FIRST_JOIN_FILE)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            lines = f.read().splitlines()
+        notes = [line for line in lines if line.startswith("#")]
+        (command,) = [line for line in lines if not line.startswith("#")]
+        return notes, decode_join_token(command.rsplit(" ", 1)[1])
+
+    def test_the_public_url_is_logged_at_start(self):
+        self.start("--interface", "192.0.2.7", "--public-url", "https://vpn.example.org:18787")
+        self.assertTrue([line for line in self.logged() if "public URL https://vpn.example.org:18787" in line], self.logged())
+        self.assertEqual([line for line in self.logged(LogLevel.warn) if "loopback" in line], [])
+        notes, token = self.first_join()
+        self.assertEqual((notes, token.server_url), ([], "https://vpn.example.org:18787"))
+
+    def test_a_guessed_url_says_where_it_came_from(self):
+        self.start()
+        self.assertTrue([line for line in self.logged() if "public URL https://vm.example.org:18787 (from this machine's name" in line])
+        notes, token = self.first_join()
+        self.assertEqual(token.server_url, "https://vm.example.org:18787")
+        self.assertIn("--public-url", notes[0])
+
+    def test_a_loopback_url_is_warned_about_in_the_log_and_in_first_join(self):
+        self.start(names=("localhost",))
+        warnings = [line for line in self.logged(LogLevel.warn) if "loopback" in line]
+        self.assertEqual(len(warnings), 1, self.logged())
+        self.assertIn("https://localhost:18787 is a loopback address", warnings[0])
+        self.assertIn("--public-url https://NAME:18787", warnings[0])
+        notes, token = self.first_join()
+        self.assertEqual(token.server_url, "https://localhost:18787")
+        self.assertTrue(notes[0].startswith("# warning: the public URL https://localhost:18787 is a loopback address"), notes)
+        self.assertNotIn(token.secret, "\n".join(self.logged()), "secrets never reach the log")
+
+    def test_first_join_follows_the_public_url_while_its_key_is_unused(self):
+        service = self.start("--interface", "127.0.0.1")
+        _, first = self.first_join()
+        self.assertEqual(first.server_url, "https://127.0.0.1:18787")
+        service.stopService()
+        self.start("--public-url", "https://vpn.example.org:18787")
+        notes, second = self.first_join()
+        self.assertEqual((notes, second.server_url, second.fingerprint), ([], "https://vpn.example.org:18787", first.fingerprint))
+        self.assertEqual(second.secret, first.secret, "the same one-time key, not a new one")
+        self.assertEqual(len(self.admin().keys()), 1)
+        self.assertTrue([line for line in self.logged() if "rewritten" in line and "vpn.example.org" in line])
+        self.assertNotIn(second.secret, "\n".join(self.logged()))
+
+    def test_first_join_is_left_alone_once_its_key_is_unusable(self):
+        service = self.start("--public-url", "https://old.example.org:18787")
+        admin = self.admin()
+        admin.revoke_key(admin.keys()[0]["key_id"])
+        service.stopService()
+        self.start("--public-url", "https://new.example.org:18787")
+        _, token = self.first_join()
+        self.assertEqual(token.server_url, "https://old.example.org:18787")
+
+    def test_a_taken_tcp_port_is_one_line_and_nothing_is_made(self):
+        with self.assertRaises(SystemExit) as caught:
+            self.start("--interface", "127.0.0.1", reactor=_RefusingReactor(taken_tcp=[18787]))
+        self.assertEqual(
+            str(caught.exception),
+            "wire-server: cannot listen on TCP port 18787 of 127.0.0.1: address already in use (another wire-server? choose another --port)",
+        )
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, FIRST_JOIN_FILE)), "no join key for a server that did not start")
+        self.assertEqual([line for line in self.logged() if "HTTP on" in line], [], "a server that did not start says not that it serves")
+
+    def test_a_refused_udp_port_names_it_and_its_job(self):
+        with self.assertRaises(SystemExit) as caught:
+            self.start("--open", reactor=_RefusingReactor(taken_udp=[18789]))
+        self.assertEqual(
+            str(caught.exception),
+            "wire-server: cannot listen on UDP port 18789 (STUN, --port + 2): permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        )

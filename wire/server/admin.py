@@ -31,6 +31,10 @@ def admin_socket_path(data_dir: str) -> str:
     return os.path.join(data_dir, ADMIN_SOCKET)
 
 
+def join_command(token: str) -> str:
+    return f"sudo wire up --join {token}"
+
+
 class Admin:
     def __init__(self, coordinator: Coordinator, public_url: str, fingerprint: str):
         if coordinator.authority is None:
@@ -42,12 +46,17 @@ class Admin:
 
     def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
         key, secret = self.authority.create_key(reusable=reusable, expires_in=expires_in, note=note)
-        token = JoinToken(url or self.public_url, self.fingerprint, secret).encode()
+        token = self.token(secret, url)
         return {
             "key": key.as_dict(self.coordinator.now()),
             "token": token,
-            "join_command": f"sudo wire up --join {token}",
+            "join_command": join_command(token),
         }
+
+    def token(self, secret: str, url: str | None = None) -> str:
+        """The join token for a key's secret: this server's URL (or ``url``)
+        and certificate fingerprint, and the secret."""
+        return JoinToken(url or self.public_url, self.fingerprint, secret).encode()
 
     def keys(self) -> list[dict]:
         now = self.coordinator.now()
