@@ -250,3 +250,46 @@ class PublicUrlProcessTests(unittest.TestCase):
         self.assertEqual((notes, rewritten.server_url), ([], public))
         self.assertEqual((rewritten.secret, rewritten.fingerprint), (token.secret, token.fingerprint))
         self.assertNotIn(token.secret, server.output + again.output, "secrets never reach the log")
+
+
+class ConfigFileProcessTests(unittest.TestCase):
+    """``twistd wire-server --config FILE``, for real."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="wire-cfg-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "server.toml")
+
+    async def test_a_server_started_from_its_config_file(self):
+        server = ServerProcess(self, os.path.join(self.dir, "data"), config=self.path, tls=False)
+        with open(self.path, "w") as f:
+            f.write(
+                "# wire-server settings\n"
+                f"port = {server.port}\n"
+                'interface = "127.0.0.1"\n'
+                'data-dir = "data"\n'
+                'subnet = "10.42.0.0/16"\n'
+                "open = true\n"
+                f'public-url = "http://vpn.example.org:{server.port}"\n'
+            )
+        await server.start()
+        response = await http_client().post(f"{server.url}/register", data=json.dumps(body_for("web1")).encode(), timeout=5)
+        answer = json.loads(await response.content())
+        self.assertEqual(response.code, 200, answer)
+        self.assertTrue(answer["vpn_ip"].startswith("10.42."), answer)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "data", "registry.sqlite3")), "data-dir relative to the file")
+        self.assertIn(f"public URL http://vpn.example.org:{server.port}", server.output)
+        await server.stop()
+
+    async def test_a_bad_config_file_is_one_line_and_exit_2(self):
+        with open(self.path, "w") as f:
+            f.write("port = 8787\ndata_dir = '/tmp'\n")
+        server = ServerProcess(self, self.dir, config=self.path)
+        code = await server.spawn().ended
+        self.assertEqual(code, 2)
+        self.assertEqual(
+            server.output.strip().splitlines(),
+            [f"wire-server: --config: {self.path}: unknown key 'data_dir' (did you mean 'data-dir'?) (see: twistd wire-server --help)"],
+        )

@@ -297,3 +297,153 @@ class ServiceStartTests(unittest.TestCase):
             str(caught.exception),
             "wire-server: cannot listen on UDP port 18789 (STUN, --port + 2): permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
         )
+
+
+# -- the --config file ---------------------------------------------------------
+
+
+class ConfigFileTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = short_dir(self)
+        self.path = os.path.join(self.dir, "server.toml")
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("WIRE_")})
+
+    def write(self, text: str) -> str:
+        with open(self.path, "w") as f:
+            f.write(textwrap.dedent(text))
+        return self.path
+
+    def parse(self, *args) -> Options:
+        options = Options()
+        options.machine_names = lambda: ["vm.example.org"]
+        options.parseOptions(["--config", self.path, *args])
+        return options
+
+    def refused(self, text: str, *args) -> str:
+        self.write(text)
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse(*args)
+        message = str(caught.exception)
+        self.assertEqual(len(message.splitlines()), 1, message)
+        return message
+
+    def test_every_option_can_be_set(self):
+        for name in ("cert.pem", "key.pem", "state.json"):
+            open(os.path.join(self.dir, name), "w").close()
+        self.write(
+            """
+            port = 9000
+            interface = "127.0.0.1"
+            data-dir = "data"                      # relative to the file's directory
+            subnet = "10.42"
+            offline-after = 60
+            expire-after = 3600.5
+            import-seed-state = "state.json"
+            tls-cert = "cert.pem"
+            tls-key = "key.pem"
+            public-url = "https://vpn.example.org:9000"
+            rate-limit-register = "2/20"
+            rate-limit-enroll = "1/5"
+            rate-limit-stun = "10/30"
+            trusted-proxy = ["10.0.0.1", "fd00::/8"]
+            open = false
+            plain-http = true
+            no-rate-limits = true
+            """
+        )
+        options = self.parse()
+        self.assertEqual(
+            (options["port"], options["interface"], options["data-dir"], str(options["subnet"])),
+            (9000, "127.0.0.1", os.path.join(self.dir, "data"), "10.42.0.0/16"),
+        )
+        self.assertEqual((options["offline-after"], options["expire-after"]), (60.0, 3600.5))
+        self.assertEqual(
+            (options["import-seed-state"], options["tls-cert"], options["tls-key"]),
+            tuple(os.path.join(self.dir, name) for name in ("state.json", "cert.pem", "key.pem")),
+        )
+        self.assertEqual(options["public-url"], "https://vpn.example.org:9000")
+        self.assertEqual(
+            [options[f"rate-limit-{name}"] for name in ("register", "enroll", "stun")], [(2, 20), (1, 5), (10, 30)]
+        )
+        self.assertEqual([str(n) for n in options["trusted-proxy"]], ["10.0.0.1/32", "fd00::/8"])
+        self.assertEqual((options["open"], options["plain-http"], options["no-rate-limits"], options["tls"]), (False, True, True, False))
+
+    def test_the_file_knows_every_option(self):
+        from wire.server.tap import config_kinds
+
+        options = {name for name, *_ in Options.optParameters} | {name for name, *_ in Options.optFlags} | {"trusted-proxy"}
+        self.assertEqual(set(config_kinds()), options - {"config"})
+
+    def test_the_command_line_overrides_the_file_and_the_file_the_environment(self):
+        self.write(
+            """
+            port = 9000
+            subnet = "10.42.0.0/16"
+            trusted-proxy = ["10.0.0.1"]
+            open = true
+            """
+        )
+        self.patch(os, "environ", dict(os.environ, WIRE_PORT="9300", WIRE_VPN_SUBNET="10.77.0.0/16", WIRE_DATA_DIR=self.dir))
+        options = self.parse("--port", "9100", "--trusted-proxy", "192.0.2.1")
+        self.assertEqual(options["port"], 9100)
+        self.assertEqual([str(n) for n in options["trusted-proxy"]], ["192.0.2.1/32"], "the command line's list replaces the file's")
+        self.assertEqual(str(options["subnet"]), "10.42.0.0/16", "the file before $WIRE_VPN_SUBNET")
+        self.assertEqual(options["data-dir"], self.dir, "$WIRE_DATA_DIR where the file says nothing")
+        self.assertTrue(options["open"])
+        options = self.parse()
+        self.assertEqual((options["port"], [str(n) for n in options["trusted-proxy"]]), (9000, ["10.0.0.1/32"]))
+        self.write("open = false\n")
+        self.assertTrue(self.parse("--open")["open"], "a flag on the command line stands")
+
+    def test_an_unreadable_file_is_named(self):
+        missing = os.path.join(self.dir, "nope.toml")
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions(["--config", missing])
+        self.assertEqual(str(caught.exception), f"--config: {missing}: cannot read it (no such file or directory)")
+        self.assertIn(f"--config: {self.path}: not a TOML file (", self.refused("port = \n"))
+        self.assertIn(f"--config: {self.path}: not a TOML file (", self.refused("[open"))
+        with open(self.path, "wb") as f:
+            f.write(b'interface = "\xff"\n')
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse()
+        self.assertIn("not a TOML file", str(caught.exception))
+
+    def test_unknown_keys_are_named(self):
+        self.assertEqual(
+            self.refused("data_dir = '/tmp'\n"), f"--config: {self.path}: unknown key 'data_dir' (did you mean 'data-dir'?)"
+        )
+        message = self.refused("colour = 'blue'\n")
+        self.assertTrue(message.startswith(f"--config: {self.path}: unknown key 'colour' (the keys are the long options: "), message)
+        self.assertIn("unknown key 'config'", self.refused("config = 'other.toml'\n"))
+        self.assertIn("unknown key 'server'", self.refused("[server]\nport = 1\n"))
+
+    def test_wrong_types_are_named(self):
+        for text, words in [
+            ('port = "8787"', "port must be an integer, not '8787'"),
+            ("port = 8787.0", "port must be an integer, not 8787.0"),
+            ("port = true", "port must be an integer, not True"),
+            ("offline-after = '90'", "offline-after must be a number, not '90'"),
+            ("interface = 127", "interface must be a string, not 127"),
+            ("data-dir = ['a']", "data-dir must be a string (a path; relative to the file's directory), not ['a']"),
+            ("open = 'yes'", "open must be true or false, not 'yes'"),
+            ("plain-http = 1", "plain-http must be true or false, not 1"),
+            ("trusted-proxy = '10.0.0.1'", 'trusted-proxy must be a list of strings (for example ["10.0.0.1"]), not \'10.0.0.1\''),
+            ("trusted-proxy = [1]", 'trusted-proxy must be a list of strings (for example ["10.0.0.1"]), not [1]'),
+            ("subnet = { a = 1 }", "subnet must be a string, not a table"),
+        ]:
+            self.assertEqual(self.refused(text + "\n"), f"--config: {self.path}: {words}")
+
+    def test_bad_values_name_the_key_in_the_file(self):
+        for text, words in [
+            ("port = 70000", "port in {path}: 70000 is outside 1..65533"),
+            ("subnet = 'banana'", "subnet in {path}: 'banana' is neither"),
+            ("rate-limit-stun = '5'", "rate-limit-stun in {path}: '5' is not RATE/BURST"),
+            ("trusted-proxy = ['10.0.0.1', 'proxy']", "trusted-proxy in {path}: 'proxy' is not an IP address"),
+            ("public-url = 'vpn.example.org'", "public-url in {path}: "),
+            ("expire-after = 30", "expire-after in {path}: 30.0 is outside"),
+            ("offline-after = 600\nexpire-after = 60", "expire-after in {path} must be longer than offline-after in {path}"),
+            ("tls-cert = 'none.pem'\ntls-key = 'none.pem'", "tls-cert in {path}: " + os.path.join(self.dir, "none.pem") + " is not a file"),
+        ]:
+            self.assertIn(words.format(path=self.path), self.refused(text + "\n", "--data-dir", self.dir))
+        # The same value on the command line is named as an option there.
+        self.assertIn("--port: 70000 is outside", self.refused("port = 8787\n", "--port", "70000"))

@@ -26,6 +26,7 @@ from wire.jointoken import JoinTokenError, decode_join_token
 from wire.server.admin import Admin, admin_socket_path, build_admin_site, join_command
 from wire.server.api import ClientRules, build_site
 from wire.server.auth import AuthError, Authority
+from wire.server.configfile import ConfigFileError, read_config_file
 from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER, Registry
@@ -72,8 +73,9 @@ class Options(usage.Options):
         "NAT-type detection."
     )
     optParameters = [
+        ["config", "c", None, "a TOML file of these options, the long names as keys; the command line overrides it"],
         ["port", "p", None, f"HTTP port; UDP STUN uses port+1 and port+2 [$WIRE_PORT or {DEFAULT_PORT}]"],
-        ["interface", "i", "", "address to listen on [all addresses]"],
+        ["interface", "i", None, "address to listen on [all addresses]"],
         ["data-dir", "d", None, f"where the registry lives [$WIRE_DATA_DIR or {DEFAULT_DATA_DIR}]"],
         ["subnet", None, None, f"VPN subnet, CIDR or the seed's prefix form (10.99) [$WIRE_VPN_SUBNET or {DEFAULT_SUBNET}]"],
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
@@ -95,6 +97,8 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["trusted-proxy"] = []
+        # The options the --config file set (not given on the command line).
+        self.from_file: set[str] = set()
 
     def parseOptions(self, options=None):
         """As twistd's subcommand, a usage error is one line and exit 2
@@ -110,50 +114,73 @@ class Options(usage.Options):
 
     def opt_trusted_proxy(self, address: str) -> None:
         """a proxy (address or network) whose X-Forwarded-For header names the client; repeatable [none]"""
+        self["trusted-proxy"].append(_network("--trusted-proxy", address))
+
+    def label(self, option: str) -> str:
+        """How a usage error names an option: as given, on the command line or in the file."""
+        return f"{option} in {self['config']}" if option in self.from_file else f"--{option}"
+
+    def read_config_file(self) -> None:
+        """Take from the --config file what the command line did not give.
+        (Command line first, then the file, then $WIRE_*, then defaults.)"""
         try:
-            self["trusted-proxy"].append(ipaddress.ip_network(address, strict=True))
-        except ValueError as e:
-            raise usage.UsageError(f"--trusted-proxy: {address!r} is not an IP address or network ({e})")
+            settings = read_config_file(self["config"], config_kinds())
+        except ConfigFileError as e:
+            raise usage.UsageError(f"--config: {e}")
+        for key, value in settings.items():
+            if key == "trusted-proxy":
+                if not self[key]:
+                    self[key] = [_network(f"{key} in {self['config']}", address) for address in value]
+                    self.from_file.add(key)
+            elif isinstance(value, bool):
+                self[key] = self[key] or value
+                self.from_file.add(key)
+            elif self[key] is None:
+                self[key] = str(value)
+                self.from_file.add(key)
 
     def postOptions(self) -> None:
+        if self["config"]:
+            self.read_config_file()
+        self["interface"] = self["interface"] or ""
         port_text = self["port"] or os.environ.get("WIRE_PORT") or str(DEFAULT_PORT)
-        self["port"] = _number("port", port_text, int, 1, 65533)
+        self["port"] = _number(self.label("port"), port_text, int, 1, 65533)
         self["data-dir"] = os.path.abspath(self["data-dir"] or os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR)
         admin_socket = os.path.join(self["data-dir"], "admin.sock.lock")
         if not self["open"] and len(admin_socket.encode()) > MAX_UNIX_PATH:
-            raise usage.UsageError(f"--data-dir: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
+            raise usage.UsageError(f"{self.label('data-dir')}: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
         subnet_text = self["subnet"] or os.environ.get("WIRE_VPN_SUBNET") or DEFAULT_SUBNET
         try:
             self["subnet"] = parse_subnet(subnet_text)
         except ProtocolError as e:
-            raise usage.UsageError(f"--subnet: {e.problem}")
+            raise usage.UsageError(f"{self.label('subnet')}: {e.problem}")
         self["offline-after"] = _number(
-            "offline-after", self["offline-after"] or str(DEFAULT_OFFLINE_AFTER), float, 5, 7 * 86400
+            self.label("offline-after"), self["offline-after"] or str(DEFAULT_OFFLINE_AFTER), float, 5, 7 * 86400
         )
         self["expire-after"] = _number(
-            "expire-after", self["expire-after"] or str(DEFAULT_EXPIRE_AFTER), float, 60, 365 * 86400
+            self.label("expire-after"), self["expire-after"] or str(DEFAULT_EXPIRE_AFTER), float, 60, 365 * 86400
         )
         if self["expire-after"] <= self["offline-after"]:
-            raise usage.UsageError("--expire-after must be longer than --offline-after")
+            raise usage.UsageError(f"{self.label('expire-after')} must be longer than {self.label('offline-after')}")
         seed = self["import-seed-state"]
         if seed is not None and not os.path.isfile(seed):
-            raise usage.UsageError(f"--import-seed-state: {seed} is not a file")
+            raise usage.UsageError(f"{self.label('import-seed-state')}: {seed} is not a file")
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         for option in ("tls-cert", "tls-key"):
             if self[option] and not os.path.isfile(self[option]):
-                raise usage.UsageError(f"--{option}: {self[option]} is not a file")
+                raise usage.UsageError(f"{self.label(option)}: {self[option]} is not a file")
         self["tls"] = not (self["plain-http"] or (self["open"] and not self["tls-cert"]))
         for name, default in DEFAULT_RATE_LIMITS.items():
             option = f"rate-limit-{name}"
-            self[option] = _rate_limit(option, self[option]) if self[option] else default
+            self[option] = _rate_limit(self.label(option), self[option]) if self[option] else default
         # How the default public URL was found ("" when given), for the log.
         self.public_url_from = ""
         if self["public-url"]:
             try:
                 self["public-url"] = parse_server_url(self["public-url"])
             except ProtocolError as e:
-                raise usage.UsageError(f"--public-url: {e.problem}")
+                raise usage.UsageError(f"{self.label('public-url')}: {e.problem}")
         else:
             if self["interface"] not in ("", "0.0.0.0", "::"):
                 host, self.public_url_from = self["interface"], "--interface"
@@ -180,23 +207,43 @@ def machine_name(candidates: list[str]) -> str:
     return next((name for name in candidates if name), "localhost")
 
 
-def _number(option: str, text: str, kind, low: float, high: float):
+# The kind of each option's value in a --config file (see configfile.KINDS).
+_CONFIG_KINDS = {"port": "integer", "offline-after": "number", "expire-after": "number", "trusted-proxy": "list"}
+_CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key")
+
+
+def config_kinds() -> dict[str, str]:
+    """Every option a --config file may set: all of them but --config."""
+    kinds = {name: "path" if name in _CONFIG_PATHS else "text" for name, *_ in Options.optParameters if name != "config"}
+    kinds.update((name, "flag") for name, *_ in Options.optFlags)
+    kinds.update(_CONFIG_KINDS)
+    return kinds
+
+
+def _number(label: str, text: str, kind, low: float, high: float):
     try:
         value = kind(text)
     except ValueError:
-        raise usage.UsageError(f"--{option}: {text!r} is not {'an integer' if kind is int else 'a number'}")
+        raise usage.UsageError(f"{label}: {text!r} is not {'an integer' if kind is int else 'a number'}")
     if not low <= value <= high:
-        raise usage.UsageError(f"--{option}: {value} is outside {low}..{high}")
+        raise usage.UsageError(f"{label}: {value} is outside {low}..{high}")
     return value
 
 
-def _rate_limit(option: str, text: str) -> tuple[float, float]:
+def _rate_limit(label: str, text: str) -> tuple[float, float]:
     rate_text, slash, burst_text = text.partition("/")
     if not slash:
-        raise usage.UsageError(f"--{option}: {text!r} is not RATE/BURST (for example 5/50)")
-    rate = _number(option, rate_text, float, 0.001, 1e6)
-    burst = _number(option, burst_text, float, 1, 1e6)
+        raise usage.UsageError(f"{label}: {text!r} is not RATE/BURST (for example 5/50)")
+    rate = _number(label, rate_text, float, 0.001, 1e6)
+    burst = _number(label, burst_text, float, 1, 1e6)
     return rate, burst
+
+
+def _network(label: str, address: str):
+    try:
+        return ipaddress.ip_network(address, strict=True)
+    except ValueError as e:
+        raise usage.UsageError(f"{label}: {address!r} is not an IP address or network ({e})")
 
 
 def _rate_limiter(config: Options, name: str, reactor) -> RateLimiter | None:
