@@ -447,3 +447,12 @@ class ConfigFileTests(unittest.TestCase):
             self.assertIn(words.format(path=self.path), self.refused(text + "\n", "--data-dir", self.dir))
         # The same value on the command line is named as an option there.
         self.assertIn("--port: 70000 is outside", self.refused("port = 8787\n", "--port", "70000"))
+
+    def test_the_readmes_example_is_a_valid_config_file(self):
+        with open(os.path.join(CHECKOUT, "README.md")) as f:
+            readme = f.read()
+        example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+        self.write(example)
+        options = self.parse()
+        self.assertEqual((options["port"], options["data-dir"], options["public-url"]), (8787, "/var/lib/wire", "https://vpn.example.org:8787"))
+        self.assertEqual(options.from_file, {"port", "data-dir", "public-url", "subnet", "offline-after", "expire-after", "open"})
