@@ -180,13 +180,41 @@ class ServerProcessTests(unittest.TestCase):
         output = self.server.output
         self.assertNotIn("Traceback", output)
         self.assertEqual(
-            [line.split("] ", 1)[-1] for line in output.splitlines() if "cannot listen" in line],
+            [line.split("] ", 1)[-1] for line in output.splitlines() if "cannot listen" in line and "#critical]" in line],
             [f"wire-server: cannot listen on TCP port {self.server.port} of 127.0.0.1: address already in use "
              "(another wire-server? choose another --port)"],
         )  # fmt: skip
         # twistd's two start-up lines, (maybe) the open-files warning, the error.
         self.assertLessEqual(len(output.strip().splitlines()), 4, output)
         self.assertNotIn("HTTP on", output, "a server that did not start must not say it serves")
+        self.assertEqual(code, 1)
+
+    async def test_a_port_in_use_fails_a_daemonized_server_at_once(self):
+        """Without -n, twistd's parent waits for the daemon's word: it must get
+        one (an exit without it would leave the parent waiting for ever)."""
+        from twisted.internet.protocol import Factory
+
+        from tests.serverproc import CHECKOUT, _Collector
+        from wire.twistd import twistd_argv
+
+        taken = reactor.listenTCP(self.server.port, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        os.makedirs(self.data_dir)
+        log_file = os.path.join(self.data_dir, "twistd.log")
+        argv = twistd_argv() + [
+            f"--pidfile={os.path.join(self.data_dir, 'twistd.pid')}", f"--logfile={log_file}",
+            "wire-server", "--open", "--interface=127.0.0.1", f"--port={self.server.port}", f"--data-dir={self.data_dir}",
+        ]  # fmt: skip
+        proto = _Collector()
+        reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ, PYTHONPATH=CHECKOUT), path=CHECKOUT)
+        self.assertEqual(await proto.ended, 1)
+        output = proto.output.decode(errors="replace")
+        self.assertIn("An error has occurred", output)
+        self.assertIn(f"cannot listen on TCP port {self.server.port}", output)
+        with open(log_file) as f:
+            logged = [line for line in f if "#critical]" in line]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("address already in use (another wire-server? choose another --port)", logged[0])
 
     async def test_second_server_on_same_data_dir_refused(self):
         await self.server.start()

@@ -29,7 +29,7 @@ from wire.server.admin import Admin, build_admin_site
 from wire.server.api import build_site
 from wire.server.auth import Authority
 from wire.server.metrics import ServerMetrics, exposition
-from wire.server.tap import FIRST_JOIN_FILE, Options, makeService
+from wire.server.tap import FIRST_JOIN_FILE, Options, StartFailure, makeService
 from wire.urls import is_loopback_host, is_loopback_url
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,20 +283,43 @@ class ServiceStartTests(unittest.TestCase):
     def test_a_taken_tcp_port_is_one_line_and_nothing_is_made(self):
         with self.assertRaises(SystemExit) as caught:
             self.start("--interface", "127.0.0.1", reactor=_RefusingReactor(taken_tcp=[18787]))
+        self.assertEqual(caught.exception.code, 1)
         self.assertEqual(
-            str(caught.exception),
-            "wire-server: cannot listen on TCP port 18787 of 127.0.0.1: address already in use (another wire-server? choose another --port)",
+            self.logged(LogLevel.critical),
+            ["wire-server: cannot listen on TCP port 18787 of 127.0.0.1: address already in use (another wire-server? choose another --port)"],
         )
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, FIRST_JOIN_FILE)), "no join key for a server that did not start")
         self.assertEqual([line for line in self.logged() if "HTTP on" in line], [], "a server that did not start says not that it serves")
 
     def test_a_refused_udp_port_names_it_and_its_job(self):
-        with self.assertRaises(SystemExit) as caught:
+        with self.assertRaises(SystemExit):
             self.start("--open", reactor=_RefusingReactor(taken_udp=[18789]))
         self.assertEqual(
-            str(caught.exception),
-            "wire-server: cannot listen on UDP port 18789 (STUN, --port + 2): permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            self.logged(LogLevel.critical),
+            ["wire-server: cannot listen on UDP port 18789 (STUN, --port + 2): permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"],
         )
+
+    def test_twistd_privileged_start_fails_the_same_way(self):
+        service = makeService(self.options("--open"), _RefusingReactor(taken_udp=[18788]))
+        self.addCleanup(service.stopService)
+        with self.assertRaises(SystemExit):
+            service.privilegedStartService()
+        self.assertEqual(
+            self.logged(LogLevel.critical),
+            ["wire-server: cannot listen on UDP port 18788 (STUN and relay, --port + 1): permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"],
+        )
+
+    def test_a_daemon_hands_the_failure_to_twistd(self):
+        """Daemonized, twistd's parent waits for the child's word: an exception
+        (a SystemExit would leave it waiting for ever)."""
+        options = self.options("--open")
+        options.parent = {"nodaemon": False}
+        service = makeService(options, _RefusingReactor(taken_tcp=[18787]))
+        self.addCleanup(service.stopService)
+        with self.assertRaises(StartFailure) as caught:
+            service.privilegedStartService()
+        self.assertIn("cannot listen on TCP port 18787", str(caught.exception))
+        self.assertEqual(self.logged(LogLevel.critical), [str(caught.exception)])
 
 
 # -- the --config file ---------------------------------------------------------

@@ -10,6 +10,7 @@ import os
 import resource
 import socket
 import sys
+from contextlib import contextmanager
 from typing import Callable
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
@@ -214,8 +215,12 @@ _CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key")
 
 def config_kinds() -> dict[str, str]:
     """Every option a --config file may set: all of them but --config."""
-    kinds = {name: "path" if name in _CONFIG_PATHS else "text" for name, *_ in Options.optParameters if name != "config"}
-    kinds.update((name, "flag") for name, *_ in Options.optFlags)
+    kinds: dict[str, str] = {}
+    for name, *_ in Options.optParameters:
+        kinds[str(name)] = "path" if name in _CONFIG_PATHS else "text"
+    for name, *_ in Options.optFlags:
+        kinds[str(name)] = "flag"
+    del kinds["config"]
     kinds.update(_CONFIG_KINDS)
     return kinds
 
@@ -253,23 +258,49 @@ def _rate_limiter(config: Options, name: str, reactor) -> RateLimiter | None:
     return RateLimiter(rate, burst, reactor)
 
 
-class CoordinationServer(MultiService):
-    """The server's services, plus the data-dir lock they run under."""
+class StartFailure(Exception):
+    """The server cannot start (a port it cannot have); ``str()`` is the one line that says why."""
 
-    def __init__(self, coordinator: Coordinator, lock_file):
+
+class CoordinationServer(MultiService):
+    """The server's services, plus the data-dir lock they run under.
+
+    ``foreground``: a start failure exits the process with its one line
+    (twistd -n, tests). A daemonized twistd instead needs the exception,
+    which it hands to the parent still waiting on the terminal ("An error
+    has occurred: ..."); the line goes to the log too.
+    """
+
+    def __init__(self, coordinator: Coordinator, lock_file, foreground: bool = True):
         super().__init__()
         self.coordinator = coordinator
         self._lock_file = lock_file
+        self.foreground = foreground
         # Run once every port is had: what a server that cannot start must
         # neither say (that it serves) nor do (make a first join key).
         self.when_listening: list[Callable[[], None]] = []
 
+    def privilegedStartService(self):
+        with self._failing_in_one_line():
+            super().privilegedStartService()
+
     def startService(self):
         # Here, not in makeService: only a running server tunes the process.
         tune_gc()
-        super().startService()
+        with self._failing_in_one_line():
+            super().startService()
         for call in self.when_listening:
             call()
+
+    @contextmanager
+    def _failing_in_one_line(self):
+        try:
+            yield
+        except StartFailure as e:
+            log.critical("{problem}", problem=str(e))
+            if self.foreground:
+                raise SystemExit(1) from None
+            raise
 
     def stopService(self):
         d = super().stopService()
@@ -376,7 +407,9 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     except (StoreError, SeedStateError) as e:
         raise SystemExit(f"wire-server: {e}")
 
-    server = CoordinationServer(coordinator, lock_file)
+    # twistd's own options are the parent of ours; without them (tests), the foreground.
+    twistd = config.parent
+    server = CoordinationServer(coordinator, lock_file, foreground=twistd is None or bool(twistd["nodaemon"]))
     port, interface, data_dir = config["port"], config["interface"], config["data-dir"]
     try:
         endpoint, fingerprint = _api_endpoint(config, reactor)
@@ -480,7 +513,7 @@ class _Listening(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(cannot_listen(self.what, e))
+            raise StartFailure(cannot_listen(self.what, e)) from None
 
 
 class _ListeningUDP(UDPServer):
@@ -492,7 +525,7 @@ class _ListeningUDP(UDPServer):
         try:
             return super()._getPort()
         except CannotListenError as e:
-            raise SystemExit(cannot_listen(self.what, e))
+            raise StartFailure(cannot_listen(self.what, e)) from None
 
 
 def _api_endpoint(config: Options, reactor):
