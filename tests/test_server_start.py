@@ -479,3 +479,10 @@ class ConfigFileTests(unittest.TestCase):
         options = self.parse()
         self.assertEqual((options["port"], options["data-dir"], options["public-url"]), (8787, "/var/lib/wire", "https://vpn.example.org:8787"))
         self.assertEqual(options.from_file, {"port", "data-dir", "public-url", "subnet", "offline-after", "expire-after", "open"})
+
+    def test_a_bad_environment_variable_is_named(self):
+        self.write("open = true\n")
+        self.patch(os, "environ", {"WIRE_PORT": "abc", "WIRE_VPN_SUBNET": "banana"})
+        self.assertIn("$WIRE_PORT: 'abc' is not an integer", self.refused("open = true\n"))
+        self.assertIn("$WIRE_VPN_SUBNET: 'banana' is neither", self.refused("port = 9000\n"))
+        self.assertIn("subnet in ", self.refused("port = 9000\nsubnet = '10.500'\n"))

@@ -121,6 +121,15 @@ class Options(usage.Options):
         """How a usage error names an option: as given, on the command line or in the file."""
         return f"{option} in {self['config']}" if option in self.from_file else f"--{option}"
 
+    def _or_environment(self, option: str, variable: str, default: str) -> tuple[str, str]:
+        """An option's text, else its environment variable's, else the default;
+        and how an error names where it came from."""
+        if self[option]:
+            return self[option], self.label(option)
+        if os.environ.get(variable):
+            return os.environ[variable], f"${variable}"
+        return default, f"--{option}"
+
     def read_config_file(self) -> None:
         """Take from the --config file what the command line did not give.
         (Command line first, then the file, then $WIRE_*, then defaults.)"""
@@ -144,17 +153,18 @@ class Options(usage.Options):
         if self["config"]:
             self.read_config_file()
         self["interface"] = self["interface"] or ""
-        port_text = self["port"] or os.environ.get("WIRE_PORT") or str(DEFAULT_PORT)
-        self["port"] = _number(self.label("port"), port_text, int, 1, 65533)
-        self["data-dir"] = os.path.abspath(self["data-dir"] or os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR)
+        port_text, port_label = self._or_environment("port", "WIRE_PORT", str(DEFAULT_PORT))
+        self["port"] = _number(port_label, port_text, int, 1, 65533)
+        data_dir, data_dir_label = self._or_environment("data-dir", "WIRE_DATA_DIR", DEFAULT_DATA_DIR)
+        self["data-dir"] = os.path.abspath(data_dir)
         admin_socket = os.path.join(self["data-dir"], "admin.sock.lock")
         if not self["open"] and len(admin_socket.encode()) > MAX_UNIX_PATH:
-            raise usage.UsageError(f"{self.label('data-dir')}: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
-        subnet_text = self["subnet"] or os.environ.get("WIRE_VPN_SUBNET") or DEFAULT_SUBNET
+            raise usage.UsageError(f"{data_dir_label}: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
+        subnet_text, subnet_label = self._or_environment("subnet", "WIRE_VPN_SUBNET", DEFAULT_SUBNET)
         try:
             self["subnet"] = parse_subnet(subnet_text)
         except ProtocolError as e:
-            raise usage.UsageError(f"{self.label('subnet')}: {e.problem}")
+            raise usage.UsageError(f"{subnet_label}: {e.problem}")
         self["offline-after"] = _number(
             self.label("offline-after"), self["offline-after"] or str(DEFAULT_OFFLINE_AFTER), float, 5, 7 * 86400
         )
