@@ -14,6 +14,8 @@ import sys
 import tempfile
 import textwrap
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
@@ -486,3 +488,40 @@ class ConfigFileTests(unittest.TestCase):
         self.assertIn("$WIRE_PORT: 'abc' is not an integer", self.refused("open = true\n"))
         self.assertIn("$WIRE_VPN_SUBNET: 'banana' is neither", self.refused("port = 9000\n"))
         self.assertIn("subnet in ", self.refused("port = 9000\nsubnet = '10.500'\n"))
+
+
+_KEYS = st.sampled_from(["port", "data-dir", "open", "trusted-proxy", "offline-after", "data_dir", "x"])
+_VALUES = st.sampled_from(["8787", "'a'", '"/tmp"', "true", "1.5", "[]", "['10.0.0.1']", "[1, 'a']", "{ a = 1 }", "'\\u00e9'"])
+
+
+class ConfigFilePropertyTests(unittest.TestCase):
+    """Whatever a file holds, reading it gives checked settings or one line naming the file."""
+
+    def setUp(self):
+        from wire.server.tap import config_kinds
+
+        self.kinds = config_kinds()
+        self.path = os.path.join(short_dir(self), "server.toml")
+
+    def check(self, data: bytes) -> None:
+        from wire.server.configfile import ConfigFileError, read_config_file
+
+        with open(self.path, "wb") as f:
+            f.write(data)
+        try:
+            settings = read_config_file(self.path, self.kinds)
+        except ConfigFileError as e:
+            self.assertTrue(str(e).startswith(self.path + ": "), str(e))
+            self.assertNotIn("\n", str(e))
+        else:
+            self.assertLessEqual(set(settings), set(self.kinds))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_any_bytes(self, data):
+        self.check(data)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(_KEYS, _VALUES), max_size=5))
+    def test_toml_like_lines(self, lines):
+        self.check("".join(f"{key} = {value}\n" for key, value in lines).encode())
