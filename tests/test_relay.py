@@ -207,7 +207,7 @@ class DatagramBatcherTests(unittest.TestCase):
         self.assertEqual(batcher.sent, 0, "nothing leaves before the turn ends")
         self.assertEqual(await self.received(len(frames)), [bytes(payload_view(f)) for f in frames])
         self.assertEqual((batcher.sent, batcher.dropped), (len(frames), 0))
-        if udp_gso_supported(self.sending.socket):
+        if udp_gso_supported(self.sending.getHandle()):
             # 40 full + the short tail in one send; the two over GSO_MAX_SEGMENT alone.
             self.assertEqual(batcher.sends, 3)
         else:
@@ -295,7 +295,10 @@ class RefusingSocket:
 
 class FakePort:
     def __init__(self, sock):
-        self.socket = sock
+        self._socket = sock
+
+    def getHandle(self):
+        return self._socket
 
 
 class FakeWireGuardSocket(DatagramProtocol):

@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -246,12 +247,14 @@ def _path(request: server.Request) -> str:
 
 def make_site(
     root: resource.Resource,
+    *,
+    reactor: IReactorTime,
     timeout: float = 60,
     observe_status: Callable[[int], None] | None = None,
-    reactor=None,
 ) -> server.Site:
     """A Site for a JSON API; ``timeout`` bounds idle connections, and
-    DeadlineChannel slow ones. ``reactor`` times both (the global one by default)."""
+    DeadlineChannel slow ones. ``reactor`` times both: always the caller's,
+    so a test's clock drives them."""
     # parsePOSTFormSubmission=False: our bodies are JSON, never HTML forms;
     # left on, twisted.web parses every POST's Content-Type with the email
     # package to look for one (about 30 us per heartbeat, for nothing).

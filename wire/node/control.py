@@ -124,4 +124,4 @@ def build_control_site(daemon: NodeDaemon, clock: IReactorTime, exit_process: Ca
     root = JsonRoot()
     root.putChild(b"status", Status(daemon))
     root.putChild(b"down", Down(daemon, clock, exit_process))
-    return make_site(root, timeout=30)
+    return make_site(root, timeout=30, reactor=clock)

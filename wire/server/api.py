@@ -314,9 +314,11 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     return root
 
 
-def build_site(coordinator: Coordinator, rules: ClientRules = ClientRules(), reactor=None) -> server.Site:
+def build_site(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> server.Site:
+    """The API as served; its connections are timed by the coordinator's clock."""
+
     def observe_status(code: int) -> None:
         if code >= 400:
             coordinator.metrics.http_errors.labels(str(code)).inc()
 
-    return make_site(build_root(coordinator, rules), observe_status=observe_status, reactor=reactor)
+    return make_site(build_root(coordinator, rules), observe_status=observe_status, reactor=coordinator.clock)
