@@ -269,14 +269,14 @@ class ServiceStartTests(unittest.TestCase):
         notes, second = self.first_join()
         self.assertEqual((notes, second.server_url, second.fingerprint), ([], "https://vpn.example.org:18787", first.fingerprint))
         self.assertEqual(second.secret, first.secret, "the same one-time key, not a new one")
-        self.assertEqual(len(self.admin().keys()), 1)
+        self.assertEqual(len(self.admin().keys()["keys"]), 1)
         self.assertTrue([line for line in self.logged() if "rewritten" in line and "vpn.example.org" in line])
         self.assertNotIn(second.secret, "\n".join(self.logged()))
 
     def test_first_join_is_left_alone_once_its_key_is_unusable(self):
         service = self.start("--public-url", "https://old.example.org:18787")
         admin = self.admin()
-        admin.revoke_key(admin.keys()[0]["key_id"])
+        admin.revoke_key(admin.keys()["keys"][0]["key_id"])
         service.stopService()
         self.start("--public-url", "https://new.example.org:18787")
         _, token = self.first_join()
