@@ -2,6 +2,7 @@ from twisted.trial import unittest
 
 from wire.node.netmap import Peer
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE, Me, PathPlanner, nat_rule
+from wire.protocol import PathMode
 
 
 def peer(name="db1", public_ip="203.0.113.2", nat_type="easy", lan_ip="192.168.1.2", nat_port=40000):
@@ -27,7 +28,9 @@ class NatRuleTests(unittest.TestCase):
             (Me("web1", "203.0.113.2", "hard"), peer(nat_type="hard"), None),
         ]
         for me, other, expected in cases:
-            self.assertEqual(nat_rule(me, other), expected, (me, other.nat_type))
+            # The rule gives the reason; its mode is always the relay.
+            why = nat_rule(me, other)
+            self.assertEqual(None if why is None else f"{PathMode.RELAY}: {why}", expected, (me, other.nat_type))
 
 
 class PlannerTests(unittest.TestCase):
@@ -43,7 +46,9 @@ class PlannerTests(unittest.TestCase):
         self.assertEqual(self.plan(100).mode, "direct")
         self.assertEqual(self.plan(100 + DIRECT_TIMEOUT).mode, "direct")
         choice = self.plan(101 + DIRECT_TIMEOUT)
-        self.assertEqual((choice.mode, choice.reason), ("relay", "relay: no direct handshake within 15s"))
+        self.assertEqual((choice.mode, choice.summary), ("relay", "relay: no direct handshake within 15s"))
+        self.assertIs(choice.mode, PathMode.RELAY)
+        self.assertEqual(choice.reason, "no direct handshake within 15s", "the reason does not repeat the mode")
         self.assertEqual(self.plan(500).mode, "relay", "relay holds while nothing changes")
 
     def test_verified_direct_stays_until_stale(self):
@@ -51,7 +56,7 @@ class PlannerTests(unittest.TestCase):
         self.assertTrue(self.plan(105, handshake=104).verified)
         self.assertEqual(self.plan(104 + HANDSHAKE_STALE, handshake=104).mode, "direct")
         choice = self.plan(105 + HANDSHAKE_STALE, handshake=104)
-        self.assertEqual((choice.mode, choice.reason), ("relay", "relay: the direct path stopped working"))
+        self.assertEqual((choice.mode, choice.summary), ("relay", "relay: the direct path stopped working"))
 
     def test_changed_facts_try_direct_again(self):
         self.plan(100)
@@ -64,7 +69,7 @@ class PlannerTests(unittest.TestCase):
 
     def test_hard_nat_relays_at_once_and_forgets_departed_peers(self):
         hard = peer(nat_type="hard")
-        self.assertEqual(self.plan(100, p=hard).reason, "relay: hard NAT on db1")
+        self.assertEqual(self.plan(100, p=hard).summary, "relay: hard NAT on db1")
         self.planner.plan(ME_EASY, {}, {}, 101)
         self.assertEqual(self.planner.choices, {})
 

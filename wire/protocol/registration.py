@@ -115,15 +115,19 @@ def _default_name(node_id: str) -> str:
 
 @dataclass(frozen=True)
 class RegisterAnswer:
-    """What ``POST /register`` answers (and ``POST /enroll``, with ``credential``)."""
+    """What ``POST /register`` answers (and ``POST /enroll``, with ``credential``).
+
+    The seed's server answers only ``vpn_ip`` and ``your_ip``; the rest are
+    ours, read as empty ("", None) when absent.
+    """
 
     vpn_ip: str
-    your_ip: str
-    node_id: str
-    node_name: str
-    vpn_subnet: str
-    offline_after: float
-    cursor: str
+    your_ip: str = ""
+    node_id: str = ""
+    node_name: str = ""
+    vpn_subnet: str = ""
+    offline_after: float | None = None
+    cursor: str = ""
     heartbeat: Heartbeat = Heartbeat.REGISTER
     credential: str | None = None
 
@@ -150,16 +154,20 @@ class RegisterAnswer:
     def from_json(cls, value: Any) -> RegisterAnswer:
         """Validate the server's answer before the node keeps any of it."""
         body = parse_object(value, "answer")
+        node_id = optional(body, "node_id")
+        node_name = optional(body, "node_name")
+        subnet = optional(body, "vpn_subnet")
+        offline_after = body.get("offline_after")
         cursor = optional(body, "cursor")
         heartbeat = body.get("heartbeat")
         credential = optional(body, "credential")
         return cls(
             vpn_ip=parse_ip_address(required(body, "vpn_ip"), "vpn_ip"),
             your_ip=_optional_ip(body, "your_ip"),
-            node_id=parse_node_id(required(body, "node_id")),
-            node_name=parse_node_name(required(body, "node_name")),
-            vpn_subnet=_subnet(required(body, "vpn_subnet")),
-            offline_after=parse_number(body.get("offline_after", 90), "offline_after"),
+            node_id=parse_node_id(node_id) if node_id is not None else "",
+            node_name=parse_node_name(node_name) if node_name is not None else "",
+            vpn_subnet=_subnet(subnet) if subnet is not None else "",
+            offline_after=parse_number(offline_after, "offline_after") if offline_after is not None else None,
             cursor=parse_cursor_text(cursor) if cursor is not None else "",
             # Only the value we know changes how we heartbeat; anything else is the seed's way.
             heartbeat=Heartbeat.LONGPOLL if heartbeat == Heartbeat.LONGPOLL else Heartbeat.REGISTER,
