@@ -165,13 +165,13 @@ class NetmapAnswer:
         answer = parse_object(value, "answer")
         skipped: list[str] = []
         upserts = []
-        for view in parse_list(answer.get("upserts") or [], "upserts"):
+        for view in parse_list(answer.get("upserts", []), "upserts"):
             try:
                 upserts.append(PeerView.from_json(view))
             except ProtocolError as e:
                 skipped.append(f"skipped a peer entry: {e}")
         removals = []
-        for node_id in parse_list(answer.get("removals") or [], "removals"):
+        for node_id in parse_list(answer.get("removals", []), "removals"):
             try:
                 removals.append(parse_node_id(node_id, "removals"))
             except ProtocolError as e:
