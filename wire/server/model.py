@@ -54,9 +54,10 @@ class NodeRecord:
             if f.name not in ("registered", "last_seen")
         )
 
-    def peer_view(self, online: bool, now: float) -> dict:
-        """The node as other nodes and the seed's API see it (wire.protocol.peers)."""
-        return peer_view_json(self, online, now)
+    # The node as other nodes and the seed's API see it: peer_view(online, now).
+    # The protocol's function itself, not a wrapper: this runs once per node
+    # in every snapshot and seed /peers answer.
+    peer_view = peer_view_json
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))
