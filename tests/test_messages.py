@@ -12,6 +12,7 @@ from wire.protocol import (
     NAT_TYPES,
     Cursor,
     Heartbeat,
+    LeaveRequest,
     NatType,
     NetmapAnswer,
     PathMode,
@@ -278,3 +279,13 @@ class ErrorBodyTests(unittest.TestCase):
         self.assertEqual(error_message(error_body("nope")), "nope")
         for junk in (None, [], {"error": ""}, {"message": "x"}, "text"):
             self.assertEqual(error_message(junk), "no error message")
+
+
+class LeaveTests(unittest.TestCase):
+    def test_round_trip_and_checks(self):
+        leaving = LeaveRequest("web1", KEY)
+        self.assertEqual(leaving.to_json(), {"node_id": "web1", "wg_public_key": KEY})
+        self.assertEqual(LeaveRequest.from_json(leaving.to_json()), leaving)
+        with self.assertRaises(ProtocolError) as caught:
+            LeaveRequest.from_json({"node_id": "web1", "wg_public_key": "k"})
+        self.assertEqual(caught.exception.field, "wg_public_key")

@@ -17,6 +17,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from wire.protocol import (
+    LeaveRequest,
     NetmapAnswer,
     ProtocolError,
     RegisterAnswer,
@@ -166,7 +167,7 @@ class CoordinationClient(JsonHttp):
         return _parsed("POST /relay", RelayGrant.from_json, await self._request("POST", "/relay", asked.to_json()))
 
     async def leave(self, node_id: str, wg_public_key: str) -> dict:
-        return await self._request("POST", "/leave", {"node_id": node_id, "wg_public_key": wg_public_key})
+        return await self._request("POST", "/leave", LeaveRequest(node_id, wg_public_key).to_json())
 
 
 def _parsed(what: str, parse: Callable[[Any], T], answer: Any) -> T:

@@ -38,6 +38,7 @@ from wire.protocol.peers import (
 )
 from wire.protocol.punch import PunchAnswer, PunchRequest, parse_punch
 from wire.protocol.registration import (
+    LeaveRequest,
     RegisterAnswer,
     Registration,
     parse_enrollment,
@@ -52,6 +53,7 @@ __all__ = [
     "BodyTooLarge",
     "Cursor",
     "Heartbeat",
+    "LeaveRequest",
     "NatType",
     "NetmapAnswer",
     "PathMode",

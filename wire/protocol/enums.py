@@ -18,11 +18,6 @@ class NatType(StrEnum):
     EASY = "easy"  # the same mapping towards every destination
     HARD = "hard"  # a mapping per destination (symmetric): STUN's endpoint is useless to peers
 
-    @property
-    def natted(self) -> bool:
-        """Behind a NAT, or perhaps (unknown)."""
-        return self is not NatType.NONE
-
 
 class PathMode(StrEnum):
     """How this node's traffic reaches a peer (the ``path`` of a status view)."""

@@ -114,6 +114,21 @@ def _default_name(node_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class LeaveRequest:
+    """``POST /leave``: the node (its id, with its key) is going down."""
+
+    node_id: str
+    wg_public_key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "wg_public_key": self.wg_public_key}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> LeaveRequest:
+        return cls(node_id=parse_node_id(body.get("node_id")), wg_public_key=parse_wg_public_key(body.get("wg_public_key")))
+
+
+@dataclass(frozen=True)
 class RegisterAnswer:
     """What ``POST /register`` answers (and ``POST /enroll``, with ``credential``).
 

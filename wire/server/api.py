@@ -23,13 +23,12 @@ from twisted.web import server
 
 from wire.addressing import PoolExhausted
 from wire.protocol import (
+    LeaveRequest,
     ProtocolError,
     RelayRequest,
     parse_enrollment,
-    parse_node_id,
     parse_punch,
     parse_registration,
-    parse_wg_public_key,
 )
 from wire.server.auth import AuthError
 from wire.server.coordinator import Coordinator, UnknownNode
@@ -267,9 +266,8 @@ class Leave(CoordinatorResource):
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
         with answering_errors():
-            node_id = parse_node_id(body.get("node_id"))
-            key = parse_wg_public_key(body.get("wg_public_key"))
-            was_online = self._coordinator.leave(node_id, key, calling)
+            leaving = LeaveRequest.from_json(body)
+            was_online = self._coordinator.leave(leaving.node_id, leaving.wg_public_key, calling)
         return {"ok": True, "was_online": was_online}
 
 
