@@ -189,6 +189,20 @@ class PeerViewTests(unittest.TestCase):
             self.assertEqual(caught.exception.field, field)
 
 
+    @settings(max_examples=300)
+    @given(st.dictionaries(st.sampled_from([*RECORD_FIELDS, "online", "status", "last_seen_ago"]), json_values))
+    def test_any_view_is_taken_or_refused_cleanly(self, view):
+        try:
+            peer = PeerView.from_json(view)
+        except ProtocolError:
+            return
+        # What passes is inert where it reaches WireGuard or a route.
+        for value in (peer.node_id, peer.wg_public_key, peer.vpn_ip, peer.public_ip, peer.lan_ip):
+            self.assertRegex(value, r"^[A-Za-z0-9+/=_.:-]*$")
+        self.assertIn(peer.nat_type, NAT_TYPES)
+        self.assertTrue(1 <= peer.port <= 65535 and 1 <= peer.nat_port <= 65535)
+
+
 class NetmapAnswerTests(unittest.TestCase):
     def test_the_servers_answer_parses_back(self):
         coordinator = make_coordinator(self)

@@ -1,7 +1,9 @@
 from twisted.trial import unittest
 
 from wire.node.netmap import Peer
-from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE, Me, PathPlanner, nat_rule
+from wire.node.control import describe_path
+from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE, Me, PathChoice, PathPlanner, nat_rule
+from wire.node.wireguard import PeerStatus
 from wire.protocol import PathMode
 
 
@@ -75,3 +77,27 @@ class PlannerTests(unittest.TestCase):
 
     def test_restart_with_live_tunnel_counts_recent_handshake(self):
         self.assertTrue(self.plan(1000, handshake=950).verified)
+
+
+class DescribePathTests(unittest.TestCase):
+    """What the control socket says of a path: the mode, and the reason with and without it."""
+
+    def status(self, handshake: float) -> PeerStatus:
+        return PeerStatus("key-db1", "127.0.0.1:40100", ("10.99.1.2/32",), handshake, 0, 0, 25)
+
+    def test_relay(self):
+        choice = PathChoice(PathMode.RELAY, "hard NAT on db1", 100.0, ())
+        described = describe_path(choice, self.status(195.0), 200.0)
+        self.assertEqual(described, {"path": "relay", "reason": "relay: hard NAT on db1", "why": "hard NAT on db1", "handshake_age": 5.0})
+        self.assertIs(described["path"], PathMode.RELAY)
+
+    def test_direct_unproven_is_connecting(self):
+        choice = PathChoice(PathMode.DIRECT, "via 203.0.113.2:40000", 100.0, ())
+        described = describe_path(choice, self.status(0.0), 200.0)
+        self.assertEqual(
+            (described["path"], described["reason"], described["why"]),
+            (PathMode.CONNECTING, "trying direct: via 203.0.113.2:40000 (no handshake yet)", "via 203.0.113.2:40000"),
+        )
+
+    def test_not_configured(self):
+        self.assertEqual(describe_path(None, None, 200.0)["path"], PathMode.NONE)
