@@ -77,7 +77,7 @@ class FormatTests(unittest.TestCase):
     def test_status_path_columns(self):
         nodes = [
             seed_node("alpha", "10.99.0.1", "203.0.113.1", 2, path="direct", path_reason="direct: via 203.0.113.1:51820", endpoint="203.0.113.1:51820", handshake_age=7.2),
-            seed_node("beta", "10.99.0.2", "203.0.113.2", 2, path="relay", path_reason="relay: hard NAT on beta", endpoint="127.0.0.1:40100", handshake_age=65),
+            seed_node("beta", "10.99.0.2", "203.0.113.2", 2, path="relay", path_reason="relay: hard NAT on beta", path_why="hard NAT on beta", endpoint="127.0.0.1:40100", handshake_age=65),
             seed_node("gamma", "10.99.0.3", "203.0.113.3", 2, path="connecting", path_reason="trying direct: via 203.0.113.3:40000 (no handshake yet)", endpoint="203.0.113.3:40000", handshake_age=None),
             seed_node("a-very-long-node-name", "10.99.0.4", "203.0.113.4", 3 * 86400, online=False, path="none", path_reason="not configured in WireGuard yet", endpoint=None, handshake_age=None),
         ]

@@ -18,6 +18,7 @@ from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
 from wire.node.daemon import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY, NodeDaemon
+from wire.protocol import NetmapAnswer, RegisterAnswer, Registration
 from wire.server.api import build_site
 
 
@@ -157,7 +158,8 @@ class ScriptedServer:
         self.polls = 0
         self.next_answer_extra: dict = {}
 
-    async def register(self, body: dict) -> dict:
+    async def register(self, registration: Registration) -> RegisterAnswer:
+        body = registration.as_body()
         self.registrations.append(self.clock.seconds())
         if self.register_error is not None:
             raise self.register_error
@@ -173,7 +175,8 @@ class ScriptedServer:
         }
         if self.heartbeat is not None:
             answer["heartbeat"] = self.heartbeat
-        return answer
+        # What wire.client.CoordinationClient gives: the answer, parsed.
+        return RegisterAnswer.from_json(answer)
 
     def netmap(self, cursor: str, wait: float) -> Deferred:
         self.polls += 1
@@ -184,7 +187,7 @@ class ScriptedServer:
         answer = {"cursor": f"{self.epoch}:1", "full": not cursor.startswith(self.epoch + ":"), "upserts": [], "removals": []}
         answer.update(self.next_answer_extra)
         self.next_answer_extra = {}
-        return deferLater(self.clock, 0 if answer["full"] else wait, lambda: answer)
+        return deferLater(self.clock, 0 if answer["full"] else wait, lambda: NetmapAnswer.from_json(answer))
 
     def _unreachable(self):
         raise ServerUnreachable("http://wire.test is unreachable: connection refused")

@@ -831,7 +831,7 @@ class ExplainPathTests(unittest.TestCase):
         self.assertIn("the daemon tries it for 15s, then relays", result["reasons"][-1])
 
     def test_relay_for_hard_nat(self):
-        wg = self.wg(path="relay", reason="relay: hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0)
+        wg = self.wg(path="relay", reason="relay: hard NAT on db1", why="hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0)
         result = self.explain(self.record(nat_type="hard"), wg)
         self.assertEqual((result["ok"], result["path"], result["endpoint"], result["endpoint_kind"]), (True, "relay", self.SHIM, "relay"))
         self.assertEqual(result["reasons"][0], f"traffic to db1 goes through the relay on the coordination server (hard NAT on db1); WireGuard sends it to the local relay shim {self.SHIM}")
@@ -840,14 +840,14 @@ class ExplainPathTests(unittest.TestCase):
         self.assertIn("forward the WireGuard UDP port", result["suggestions"][0])
 
     def test_relay_after_direct_failed(self):
-        wg = self.wg(path="relay", reason="relay: no direct handshake within 15s", endpoint=self.SHIM, handshake_age=2.0)
+        wg = self.wg(path="relay", reason="relay: no direct handshake within 15s", why="no direct handshake within 15s", endpoint=self.SHIM, handshake_age=2.0)
         result = self.explain(self.record(nat_type="none"), wg)
         self.assertIn("(no direct handshake within 15s)", result["reasons"][0])
         self.assertEqual(result["reasons"][1], "the direct path got no handshake: UDP to 203.0.113.9:40001 gets no answer: a firewall on db1 or in front of it drops it")
         self.assertEqual(result["suggestions"], ["for a direct path: allow UDP port 40001 in on db1"])
 
     def test_relay_without_handshake(self):
-        wg = self.wg(path="relay", reason="relay: hard NAT on this node", endpoint=self.SHIM, handshake_age=None)
+        wg = self.wg(path="relay", reason="relay: hard NAT on this node", why="hard NAT on this node", endpoint=self.SHIM, handshake_age=None)
         result = self.explain(wg=wg, me={**self.ME, "nat_type": "hard"})
         self.assertFalse(result["ok"])
         self.assertIn("no handshake through the relay either", result["reasons"][-1])

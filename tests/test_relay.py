@@ -29,6 +29,7 @@ from wire.relayproto import (
     read_header,
     udp_gso_supported,
 )
+from wire.protocol import RelayGrant
 from wire.server.relay import RelayTable
 from wire.stun import StunServerProtocol
 
@@ -330,8 +331,8 @@ class ShimOverRealSocketsTests(unittest.TestCase):
         self.shim_b = RelayShim(reactor, "127.0.0.1", self.relay_port, self.ports["b"].getHost().port)
         self.addCleanup(lambda: Deferred.fromCoroutine(self.shim_a.stop()))
         self.addCleanup(lambda: Deferred.fromCoroutine(self.shim_b.stop()))
-        self.endpoint_b_on_a = await self.shim_a.add(self.table.grant("a", "b").as_dict() | {"peer_node_id": "b"})
-        self.endpoint_a_on_b = await self.shim_b.add(self.table.grant("b", "a").as_dict() | {"peer_node_id": "a"})
+        self.endpoint_b_on_a = await self.shim_a.add(RelayGrant.from_json(self.table.grant("a", "b").to_json()))
+        self.endpoint_a_on_b = await self.shim_b.add(RelayGrant.from_json(self.table.grant("b", "a").to_json()))
 
     async def receive(self, proto, timeout=2.0):
         proto.waiting = Deferred()

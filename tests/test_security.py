@@ -12,11 +12,12 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.helpers import body_for
+from tests.helpers import body_for, registration_for
 from tests.serverproc import ServerProcess
 from wire.client import AdminClient, CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.jointoken import JoinTokenError, decode_join_token
 from wire.datadir import admin_socket_path
+from wire.protocol import RegisterAnswer
 
 
 class SecureServerTests(unittest.TestCase):
@@ -38,11 +39,11 @@ class SecureServerTests(unittest.TestCase):
         http = make_http_client(reactor, persistent=False, tls_fingerprint=fingerprint)
         return CoordinationClient(http, self.server.url, credential)
 
-    async def enroll(self, name: str, token: str | None = None, **fields) -> dict:
+    async def enroll(self, name: str, token: str | None = None, **fields) -> RegisterAnswer:
         if token is None:
             token = (await self.admin.create_key())["token"]
         join = decode_join_token(token)
-        return await self.node_client(fingerprint=join.fingerprint).enroll({**body_for(name, **fields), "join_key": join.secret})
+        return await self.node_client(fingerprint=join.fingerprint).enroll(registration_for(name, **fields), join.secret)
 
     async def test_first_start_leaves_a_root_only_join_command(self):
         path = os.path.join(self.data_dir, "first-join.txt")
@@ -61,7 +62,7 @@ class SecureServerTests(unittest.TestCase):
     async def test_nothing_but_health_ip_without_credential(self):
         client = self.node_client()
         self.assertTrue((await client.health())["ok"])
-        for call in (client.status(), client.peers(), client.netmap("0", 0), client.register(body_for("web1"))):
+        for call in (client.status(), client.peers(), client.netmap("0", 0), client.register(registration_for("web1"))):
             with self.assertRaises(ServerError) as caught:
                 await call
             self.assertEqual(caught.exception.status, 401)
@@ -69,15 +70,15 @@ class SecureServerTests(unittest.TestCase):
 
     async def test_enroll_then_use_the_credential(self):
         answer = await self.enroll("web1")
-        credential = answer["credential"]
-        self.assertRegex(answer["vpn_ip"], r"^10\.99\.")
+        credential = answer.credential
+        self.assertRegex(answer.vpn_ip, r"^10\.99\.")
         client = self.node_client(credential)
         status = await client.status()
         self.assertEqual([n["node_name"] for n in status["nodes"]], ["web1"])
-        again = await client.register(body_for("web1", node_name="renamed-by-node"))
-        self.assertEqual(again["node_name"], "web1", "the enrolled name stands")
+        again = await client.register(registration_for("web1", node_name="renamed-by-node"))
+        self.assertEqual(again.node_name, "web1", "the enrolled name stands")
         with self.assertRaises(ServerError) as caught:
-            await client.register(body_for("other"))
+            await client.register(registration_for("other"))
         self.assertEqual(caught.exception.status, 403)
         with self.assertRaises(ServerError) as caught:
             await self.node_client("made-up-credential").status()
@@ -136,8 +137,8 @@ class SecureServerTests(unittest.TestCase):
         with self.assertRaises(ServerError) as caught:
             await self.enroll("web2", wg_public_key=body_for("web1")["wg_public_key"])
         self.assertEqual(caught.exception.status, 409)
-        second = await self.enroll("web2", vpn_ip=first["vpn_ip"])
-        self.assertNotEqual(second["vpn_ip"], first["vpn_ip"])
+        second = await self.enroll("web2", vpn_ip=first.vpn_ip)
+        self.assertNotEqual(second.vpn_ip, first.vpn_ip)
 
     async def test_wrong_fingerprint_refuses_to_talk(self):
         with self.assertRaises(ServerUnreachable) as caught:
@@ -147,15 +148,15 @@ class SecureServerTests(unittest.TestCase):
     async def test_removed_node_loses_its_credential_at_once(self):
         web1 = await self.enroll("web1")
         web2 = await self.enroll("web2")
-        client2 = self.node_client(web2["credential"])
-        cursor = (await client2.netmap("0", 0))["cursor"]
+        client2 = self.node_client(web2.credential)
+        cursor = (await client2.netmap("0", 0)).cursor
         removal = await self.admin.remove_node("web1")
         self.assertEqual(removal["removed"], "web1")
         with self.assertRaises(ServerError) as caught:
-            await self.node_client(web1["credential"]).status()
+            await self.node_client(web1.credential).status()
         self.assertEqual(caught.exception.status, 401)
         delta = await client2.netmap(cursor, 5)
-        self.assertEqual(delta["removals"], [web1["node_id"]])
+        self.assertEqual(delta.removals, (web1.node_id,))
         events = [e["event"] for e in (await self.admin.audit())["events"]]
         self.assertIn("node.remove", events)
         self.assertIn("node.enroll", events)
@@ -194,17 +195,17 @@ class LongPollHeartbeatProcessTests(unittest.TestCase):
     async def test_a_node_that_only_longpolls_stays_online(self):
         key = await self.admin.create_key(reusable=True)
         secret = decode_join_token(key["token"]).secret
-        polling = await self.node_client().enroll({**body_for("poller"), "join_key": secret})
-        silent = await self.node_client().enroll({**body_for("silent"), "join_key": secret})
-        self.assertEqual((polling["heartbeat"], silent["heartbeat"]), ("longpoll", "longpoll"))
-        client = self.node_client(polling["credential"])
-        again = await client.register(body_for("poller"))
-        self.assertEqual(again["heartbeat"], "longpoll")
-        cursor = polling["cursor"]
+        polling = await self.node_client().enroll(registration_for("poller"), secret)
+        silent = await self.node_client().enroll(registration_for("silent"), secret)
+        self.assertEqual((polling.heartbeat, silent.heartbeat), ("longpoll", "longpoll"))
+        client = self.node_client(polling.credential)
+        again = await client.register(registration_for("poller"))
+        self.assertEqual(again.heartbeat, "longpoll")
+        cursor = polling.cursor
         started = reactor.seconds()
         # Twice --offline-after, with nothing but long-polls from "poller".
         while reactor.seconds() - started < 10:
-            cursor = (await client.netmap(cursor, 1))["cursor"]
+            cursor = (await client.netmap(cursor, 1)).cursor
         nodes = {n["node_name"]: n for n in (await client.status())["nodes"]}
         self.assertEqual(nodes["poller"]["status"], "online")
         self.assertLess(nodes["poller"]["last_seen_ago"], 3)

@@ -68,7 +68,7 @@ def _path_column(node: dict) -> str:
     if path == "direct":
         return f"direct {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
     if path == "relay":
-        return f"relay ({reason.removeprefix('relay: ')}), handshake {_ago(node['handshake_age'])}"
+        return f"relay ({node['path_why']}), handshake {_ago(node['handshake_age'])}"
     return f"{path}: {reason}"
 
 

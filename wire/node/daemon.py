@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
-from wire.protocol import ProtocolError
+from wire.protocol import Heartbeat, NatType, PathMode, ProtocolError, RegisterAnswer, Registration
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
 from wire.node.paths import Me, PathPlanner
 from wire.node.relay import RelayShim
@@ -121,7 +121,7 @@ class NodeDaemon(Service):
         # Heartbeats carried by the long-poll: what the server said, what we
         # last registered (None: must register), and when polls went out.
         self.longpoll_heartbeat = False
-        self._registered_body: dict | None = None
+        self._registered_body: Registration | None = None
         self._registered_at = 0.0
         self._poll_sent_at: float | None = None  # the long-poll in flight
         self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
@@ -220,29 +220,25 @@ class NodeDaemon(Service):
 
     # -- registration --------------------------------------------------------
 
-    def registration_body(self) -> dict:
-        body = {
-            "node_id": self.config.node_id,
-            "node_name": self.config.node_name,
-            "wg_public_key": self.public_key,
-            "port": self.config.listen_port,
-            "nat_port": self.config.listen_port,
-        }
+    def registration_body(self) -> Registration:
+        nat_port, nat_type = self.config.listen_port, NatType.UNKNOWN
         if self.nat is not None:
-            body["nat_port"] = self.nat.mapped.port
-            body["nat_type"] = self.nat.nat_type
+            nat_port, nat_type = self.nat.mapped.port, NatType(self.nat.nat_type)
         elif self.config.nat_port:
             # No probe this time (the interface already held the port): the last one's.
-            body["nat_port"] = self.config.nat_port
-            body["nat_type"] = self.config.nat_type or "unknown"
-        if self.config.vpn_ip:
-            body["vpn_ip"] = self.config.vpn_ip
-        lan_ip = self._lan_ip()
-        if lan_ip:
-            body["lan_ip"] = lan_ip
-        return body
+            nat_port, nat_type = self.config.nat_port, NatType(self.config.nat_type or NatType.UNKNOWN)
+        return Registration(
+            node_id=self.config.node_id,
+            node_name=self.config.node_name,
+            wg_public_key=self.public_key,
+            port=self.config.listen_port,
+            nat_port=nat_port,
+            lan_ip=self._lan_ip() or None,
+            requested_vpn_ip=self.config.vpn_ip or None,
+            nat_type=nat_type,
+        )
 
-    async def register(self) -> dict:
+    async def register(self) -> RegisterAnswer:
         body = self.registration_body()
         self._registered_body = None
         try:
@@ -258,7 +254,7 @@ class NodeDaemon(Service):
         self._made_contact()
         self._registered_body = body
         self._registered_at = self.clock.seconds()
-        longpoll_heartbeat = answer.get("heartbeat") == "longpoll"
+        longpoll_heartbeat = answer.heartbeat is Heartbeat.LONGPOLL
         if longpoll_heartbeat != self.longpoll_heartbeat:
             self.log.info(
                 "heartbeat: {how}",
@@ -268,21 +264,21 @@ class NodeDaemon(Service):
             )
         self.longpoll_heartbeat = longpoll_heartbeat
         self.contact.registered = True
-        self.contact.public_ip = str(answer.get("your_ip") or "")
+        self.contact.public_ip = answer.your_ip
         self._adopt_assignment(answer)
         waiters, self._registered_waiters = self._registered_waiters, []
         for d in waiters:
             d.callback(None)
         return answer
 
-    def _adopt_assignment(self, answer: dict) -> None:
+    def _adopt_assignment(self, answer: RegisterAnswer) -> None:
         """Keep what the server assigned, so the next start needs no server."""
         updated = replace(
             self.config,
             # With authentication the server owns the name (the admin may rename).
-            node_name=str(answer.get("node_name") or self.config.node_name),
-            vpn_ip=str(answer.get("vpn_ip") or self.config.vpn_ip),
-            vpn_subnet=str(answer.get("vpn_subnet") or self.config.vpn_subnet),
+            node_name=answer.node_name or self.config.node_name,
+            vpn_ip=answer.vpn_ip,
+            vpn_subnet=answer.vpn_subnet or self.config.vpn_subnet,
             nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
             nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
         )
@@ -381,7 +377,7 @@ class NodeDaemon(Service):
         was_unreachable = not self.contact.reachable
         self._made_contact()
         self._sync_backoff.reset()
-        if answer.get("register") is True:
+        if answer.register:
             # The server sees us from a new address: only a registration
             # records our new endpoint. The next heartbeat sends one.
             self._registered_body = None
@@ -402,15 +398,15 @@ class NodeDaemon(Service):
             self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
             await self._sleep_backoff()
             return
-        if was_unreachable and answer.get("full") and not self._stopping:
+        if was_unreachable and answer.full and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
 
     # -- paths -----------------------------------------------------------------
 
     def me(self) -> Me:
-        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or "unknown")
-        return Me(self.config.node_name, self.contact.public_ip, nat_type)
+        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
+        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
 
     async def reconcile(self) -> None:
         """Bring WireGuard in line with the netmap and each peer's chosen path."""
@@ -428,7 +424,7 @@ class NodeDaemon(Service):
         desired: dict[str, PeerConfig] = {}
         for node_id, peer in self.netmap.peers.items():
             endpoint = endpoint_for(peer, self.contact.public_ip)
-            if choices[node_id].mode == "relay":
+            if choices[node_id].mode is PathMode.RELAY:
                 endpoint = await self._relay_endpoint(peer) or endpoint
             elif self.relay is not None and node_id in self.relay.sessions():
                 await self.relay.remove(node_id)
@@ -454,10 +450,8 @@ class NodeDaemon(Service):
         try:
             grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
             return await self.relay.add(grant)
-        except (ServerUnreachable, ServerError) as e:
+        except (ServerUnreachable, ServerError) as e:  # BadAnswer too: a grant that did not validate
             self.log.warn("no relay session for {peer}: {error}", peer=peer.node_name, error=e)
-        except (KeyError, ValueError) as e:
-            self.log.warn("bad relay grant for {peer}: {error}", peer=peer.node_name, error=e)
         return None
 
     async def _sleep_backoff(self) -> None:

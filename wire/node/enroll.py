@@ -15,6 +15,7 @@ from wire.jointoken import JoinToken
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, generate_node_id, load_config, save_config
 from wire.node.daemon import detect_lan_ip
+from wire.protocol import Registration
 
 CREDENTIAL_FILE = "credential"
 
@@ -56,31 +57,29 @@ async def enroll(
     _, public_key = load_or_create_keys(config_dir)
     saved = load_config(config_dir)
     node_id = saved.node_id if saved else generate_node_id(config_dir)
-    body = {
-        "join_key": token.secret,
-        "node_id": node_id,
-        "node_name": node_name,
-        "wg_public_key": public_key,
-        "port": listen_port,
-    }
-    lan_ip = detect_lan_ip(token.server_url)
-    if lan_ip:
-        body["lan_ip"] = lan_ip
+    registration = Registration(
+        node_id=node_id,
+        node_name=node_name,
+        wg_public_key=public_key,
+        port=listen_port,
+        nat_port=listen_port,
+        lan_ip=detect_lan_ip(token.server_url) or None,
+    )
     http = make_http_client(reactor, persistent=False, tls_fingerprint=token.fingerprint)
-    answer = await CoordinationClient(http, token.server_url).enroll(body)
-    credential = answer.get("credential")
-    if not isinstance(credential, str) or not credential or len(credential) > 200:
+    answer = await CoordinationClient(http, token.server_url).enroll(registration, token.secret)
+    credential = answer.credential
+    if not credential:
         raise EnrollError("the server's answer has no usable credential")
     write_atomically(credential_path(config_dir), credential.encode() + b"\n", mode=0o600)
     config = NodeConfig(
         server_url=token.server_url,
         server_fingerprint=token.fingerprint,
-        node_name=str(answer.get("node_name") or node_name),
+        node_name=answer.node_name or node_name,
         node_id=node_id,
         listen_port=listen_port,
         interface=interface,
-        vpn_ip=str(answer.get("vpn_ip") or ""),
-        vpn_subnet=str(answer.get("vpn_subnet") or ""),
+        vpn_ip=answer.vpn_ip,
+        vpn_subnet=answer.vpn_subnet,
     )
     save_config(config_dir, config)
     return config

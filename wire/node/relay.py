@@ -11,7 +11,6 @@ server's idea of our address (and the NAT mapping to it) fresh.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -20,11 +19,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wire.protocol import RelayGrant
 from wire.relayproto import (
     MAX_FRAME,
     MAX_PAYLOAD,
     OVERHEAD,
-    TOKEN_BYTES,
     TO_NODE,
     TO_SERVER,
     DatagramBatcher,
@@ -150,20 +149,16 @@ class RelayShim:
     def sessions(self) -> dict[str, RelaySession]:
         return dict(self._sessions)
 
-    async def add(self, grant: dict) -> str:
+    async def add(self, grant: RelayGrant) -> str:
         """Start relaying to a peer; returns the endpoint to give WireGuard."""
-        peer = grant["peer_node_id"]
-        token = bytes.fromhex(grant["token"])
-        if len(token) != TOKEN_BYTES:
-            raise FrameError(f"a relay token is {TOKEN_BYTES} bytes, not {len(token)}")
-        key = FrameKey(base64.b64decode(grant["key"]))
+        peer, token, key = grant.peer_node_id, grant.token, FrameKey(grant.key)
         existing = self._sessions.get(peer)
         if existing is not None and existing.token == token and not self.is_dead(peer):
             return existing.endpoint
         if existing is not None:
             await self.remove(peer)
         await self.start()
-        session = RelaySession(peer, grant["session_id"], token, key, created=self.reactor.seconds())
+        session = RelaySession(peer, grant.session_id, token, key, created=self.reactor.seconds())
         session.socket = _PeerSocket(self, session)
         session.socket.port = self.reactor.listenUDP(0, session.socket, interface="127.0.0.1")
         enlarge_socket_buffers(session.socket.port)

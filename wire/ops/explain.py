@@ -52,7 +52,7 @@ def explain_path(me: dict, record: dict | None, wg_peer: dict | None, local: dic
     expected, kind = _expected_endpoint(record, me.get("public_ip", ""))
     if path == "relay":
         endpoint = wg.get("endpoint")
-        why = wg.get("reason", "").removeprefix("relay: ")
+        why = wg.get("why") or wg.get("reason", "")
         reasons.append(f"traffic to {name} goes through the relay on the coordination server ({why}); WireGuard sends it to the local relay shim {endpoint}")
         cause, fix = _why_not_direct(name, me.get("nat_type") or "unknown", peer.get("nat_type") or "unknown", expected, kind)
         reasons.append(cause)
@@ -91,8 +91,8 @@ def _expected_endpoint(record: dict | None, my_public_ip: str) -> tuple[str | No
     if record is None:
         return None, "unknown"
     try:
-        view = Peer.from_view(record)
-    except (ProtocolError, KeyError):
+        view = Peer.from_json(record)
+    except ProtocolError:
         return None, "unknown"
     endpoint = endpoint_for(view, my_public_ip)
     if endpoint is None:

@@ -22,6 +22,7 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         if local_peer:
             node["path"] = local_peer["path"]
             node["path_reason"] = local_peer["reason"]
+            node["path_why"] = local_peer.get("why", local_peer["reason"])
             node["endpoint"] = local_peer["endpoint"]
             node["handshake_age"] = local_peer["handshake_age"]
         nodes.append(node)
