@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.helpers import body_for
+from tests.helpers import body_for, registration_for
 from tests.serverproc import ServerProcess
 from tests.test_ops import NO_TOOLS, PING_LOST, PING_OK, Mesh
 from wire import __version__, cli, ops
@@ -631,13 +631,13 @@ class AdminProcessTests(unittest.TestCase):
         token = json.loads((await run_wire("admin", "keys", "create", "--json", "--data-dir", self.data_dir))[1])["token"]
         join = decode_join_token(token)
         http = make_http_client(reactor, persistent=False, tls_fingerprint=join.fingerprint)
-        web1 = await CoordinationClient(http, self.server.url).enroll({**body_for("web1"), "join_key": join.secret})
+        web1 = await CoordinationClient(http, self.server.url).enroll(registration_for("web1"), join.secret)
         code, out, err = await run_wire("--data-dir", self.data_dir, "admin", "nodes", "list")
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
         self.assertEqual(lines[0], "1 online / 0 offline / 1 total")
         self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT"])
-        self.assertEqual(lines[3].split()[:4], ["web1", web1["node_id"], web1["vpn_ip"], "online"])
+        self.assertEqual(lines[3].split()[:4], ["web1", web1.node_id, web1.vpn_ip, "online"])
         code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", self.data_dir, "--json")
         self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1["node_id"]])
 
