@@ -10,25 +10,30 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 
 from twisted.internet import reactor
 from twisted.internet.error import CannotListenError
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tests.fakes import FakeWireGuard, fixed_nat
 from tests.helpers import body_for, make_coordinator, registration_for
+from tests.serverproc import CHECKOUT, ServerProcess
 from tests.test_daemon import eventually
 from wire import cli, ops
-from wire.client import ServerError
+from wire.admin_ops import AdminOps
+from wire.client import CoordinationClient, ServerError
 from wire.install import InstallCheck
+from wire.jointoken import decode_join_token
 from wire.keys import load_or_create_keys
 from wire.node import launcher
 from wire.node.config import NodeConfig, config_path, load_config, save_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
-from wire.node.enroll import coordination_client, credential_path
+from wire.node.enroll import coordination_client, credential_path, enroll
 from wire.node.wireguard import InterfaceStatus
 from wire.ops import context as context_module
 from wire.runner import CommandNotFound, FakeProcessRunner
@@ -1265,3 +1270,79 @@ class RemovedNodeTests(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("  ✗ registered    the server no longer accepts this node", out)
         self.assertIn("      → to join again: get a new join key", out)
+
+
+class RealServerTests(unittest.TestCase):
+    """Items 10 and 6 for real: a real ``twistd wire-server`` process, the
+    node daemon serving its control socket (WireGuard faked), and the real
+    ``wire`` command in a child process."""
+
+    timeout = 90
+
+    async def wire(self, mesh: Mesh, *argv) -> tuple[int, str, str]:
+        env = {**os.environ, "PYTHONPATH": CHECKOUT}
+        env.pop("WIRE_CONFIG_DIR", None)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "wire.cli", "--config-dir", mesh.config_dir, *argv], env=env, path=CHECKOUT, reactor=reactor
+        )
+        return code, out.decode(), err.decode()
+
+    async def start_server(self, *args: str) -> ServerProcess:
+        data_dir = tempfile.mkdtemp(prefix="wire-real-")  # short: the admin socket lives there
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        server = ServerProcess(self, data_dir, extra_args=args)
+        await server.start()
+        return server
+
+    async def test_status_while_the_server_is_killed(self):
+        server = await self.start_server("--open")
+        mesh = Mesh(self)
+        mesh.url = server.url
+        mesh.configure("web1")
+        db1 = await CoordinationClient(server.client(), server.url).register(body_for("db1", lan_ip="10.1.1.1"))
+        daemon = await mesh.start_daemon(peers=1)
+        code, out, err = await self.wire(mesh, "status", "--json")
+        self.assertEqual((code, json.loads(out)["source"]), (0, "server"), err)
+
+        await server.kill()  # SIGKILL: no goodbye to the long-poll
+        await eventually(lambda: not daemon.contact.reachable, timeout=10)
+        code, out, err = await self.wire(mesh, "status")
+        self.assertEqual((code, err), (1, ""))
+        self.assertRegex(out, rf"\n  ! server unreachable \({server.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago\n")
+        self.assertIn("  2 online / 0 offline / 2 total (last known)\n", out)
+        self.assertRegex(out, rf"\n  ● db1 +{db1['vpn_ip']} .* direct 10\.1\.1\.1:51820, handshake \d+s ago\n")
+        self.assertRegex(out, r"\n  ● web1 .*\(this node\)\n")
+        code, out, _ = await self.wire(mesh, "status", "--json")
+        answer = json.loads(out)
+        self.assertEqual((code, answer["ok"], answer["stale"], answer["source"]), (1, False, True, "daemon"))
+        self.assertEqual(sorted(n["node_name"] for n in answer["nodes"]), ["db1", "web1"])
+        code, out, _ = await self.wire(mesh, "peers")
+        self.assertEqual(code, 1)
+        self.assertIn("1 peer(s) online when last heard, from this node's daemon", out)
+
+        await mesh.stop_daemon()
+        code, out, err = await self.wire(mesh, "status")
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(err.startswith(f"wire status: {server.url} is unreachable"), err)
+        self.assertIn("And the node daemon is not running here, so there is no last known mesh to show either (start it: sudo wire up).", err)
+
+    async def test_a_node_removed_by_the_admin(self):
+        server = await self.start_server()  # authentication on, TLS pinned
+        mesh = Mesh(self)
+        admin = AdminOps(reactor, server.data_dir)
+        token = decode_join_token((await admin.create_key())["token"])
+        await enroll(reactor, mesh.config_dir, token, "web1", 51820, "wire0")
+        code, out, err = await self.wire(mesh, "status", "--json")
+        self.assertEqual((code, [n["node_name"] for n in json.loads(out)["nodes"]]), (0, ["web1"]), err)
+
+        await admin.remove_node("web1")
+        code, out, err = await self.wire(mesh, "status")
+        self.assertEqual((code, out, err), (1, "", f"wire status: {REMOVED}\n"))
+        code, out, _ = await self.wire(mesh, "diagnose")
+        self.assertEqual(code, 1)
+        self.assertIn("  ✓ server ", out)
+        self.assertIn(
+            "  ✗ registered    the server no longer accepts this node: it was removed from the mesh by the admin (or its credential was revoked)\n"
+            "      → to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN",
+            out,
+        )
