@@ -118,6 +118,7 @@ class Mesh:
         self.root = True
         self.tools = [OK_TOOLS]  # check_install answers these in turn; the last one sticks
         self.daemon: NodeDaemon | None = None
+        self._control_closed = None
         self.wireguard: FakeWireGuard | None = None
 
     def _listen(self, stun: bool):
@@ -192,10 +193,12 @@ class Mesh:
     def stop_daemon(self):
         """The daemon process exits (``wire down``, or a test's end)."""
         if self.daemon is None:
-            return None
+            # Stopped already (POST /down): the test's cleanup still waits for the socket to close.
+            return self._control_closed
         daemon, self.daemon = self.daemon, None
         daemon.stopService()
-        return self._control.stopListening()
+        self._control_closed = self._control.stopListening()
+        return self._control_closed
 
     async def stop_server(self) -> None:
         """Gone: refuses connections, and answers the open long-polls first."""
@@ -982,6 +985,25 @@ class NotJoinedHintTests(unittest.TestCase):
             self.assertEqual(str(caught.exception), f"permission denied reading {path}; run as root (sudo wire ...)")
         config = self.check(await ops.diagnose(self.mesh.context()), "config")
         self.assertEqual((config["ok"], config["detail"], config["suggestion"]), (False, f"permission denied reading {path}", "run as root (sudo wire ...)"))
+
+    async def test_an_unreadable_credential_says_run_as_root(self):
+        self.mesh.configure("web1")
+        with open(credential_path(self.mesh.config_dir), "w") as f:
+            f.write("secret")
+        real_open = builtins.open
+
+        def refuse(path, *args, **kwargs):
+            if str(path) == credential_path(self.mesh.config_dir):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, *args, **kwargs)
+
+        self.patch(builtins, "open", refuse)
+        for call in (ops.status, ops.peers, lambda ctx: ops.ping(ctx, "db1")):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertEqual(str(caught.exception), f"permission denied reading {credential_path(self.mesh.config_dir)}; run as root (sudo wire ...)")
+        credential = self.check(await ops.diagnose(self.mesh.context()), "credential")
+        self.assertEqual((credential["ok"], credential["suggestion"]), (False, "run as root (sudo wire ...)"))
 
     async def test_a_user_on_a_node_joined_as_root_is_told_to_use_sudo(self):
         root_dir = short_tempdir(self)

@@ -119,7 +119,12 @@ class Context:
             config = load_config(self.config_dir)
         except ConfigError:
             return False
-        return config is not None and config.server_url == server_url.rstrip("/") and load_credential(self.config_dir) is not None
+        if config is None or config.server_url != server_url.rstrip("/"):
+            return False
+        try:
+            return load_credential(self.config_dir) is not None
+        except PermissionError:
+            return False
 
     def coordination(self, server_url: str) -> CoordinationClient:
         """A client for ``server_url``: as this node (pinned TLS, its
@@ -129,7 +134,11 @@ class Context:
         except ConfigError:
             config = None
         if config is not None and config.server_url == server_url.rstrip("/"):
-            return coordination_client(self.reactor, config, self.config_dir, persistent=False)
+            try:
+                return coordination_client(self.reactor, config, self.config_dir, persistent=False)
+            except PermissionError as e:
+                # The credential is root's (0600) even where the config is not.
+                raise ConfigProblem(f"permission denied reading {e.filename}", RUN_AS_ROOT)
         return CoordinationClient(make_http_client(self.reactor, persistent=False), server_url)
 
     def control(self) -> ControlClient:

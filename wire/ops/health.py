@@ -44,7 +44,11 @@ async def diagnose(ctx: Context) -> dict:
         checks.append(
             _check("interface", bool(iface["up"]), f"{iface['name']} ({iface.get('backend') or '?'})" + (f": {iface['error']}" if iface.get("error") else ""), "see the daemon log: " + os.path.join(ctx.config_dir, launcher.LOGFILE))
         )
-    client = ctx.coordination(config.server_url)
+    try:
+        client = ctx.coordination(config.server_url)
+    except ConfigProblem as e:  # its credential, unreadable for this user
+        checks.append(_check("credential", False, e.detail, e.suggestion))
+        return _diagnosis(checks)
     mesh, refused = None, None
     try:
         health = await client.health()
