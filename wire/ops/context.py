@@ -170,7 +170,7 @@ def _server_url(config: NodeConfig | None, server: str | None) -> str:
         raise OpError(f"--server: {e.problem}")
 
 
-def refuses_this_node(ctx: Context, server_url: str, error: Exception) -> bool:
+def refuses_this_node(ctx: Context, server_url: str, error: Exception | None) -> bool:
     """Whether ``error`` is the server turning away this node's own credential."""
     return isinstance(error, ServerError) and error.status == 401 and ctx.is_node_client(server_url)
 
