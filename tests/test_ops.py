@@ -1007,6 +1007,10 @@ class NotJoinedHintTests(unittest.TestCase):
 
     async def test_a_user_on_a_node_joined_as_root_is_told_to_use_sudo(self):
         root_dir = short_tempdir(self)
+        self.mesh.root = False
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(replace(self.mesh.context(), system_config_dir=root_dir))
+        self.assertIn(JOIN_FIRST, str(caught.exception), "an empty /etc/wire: nobody joined")
         save_config(root_dir, NodeConfig(server_url=self.mesh.url, node_name="web1", node_id=body_for("web1")["node_id"]))
         self.mesh.root = False
         ctx = replace(self.mesh.context(), system_config_dir=root_dir)

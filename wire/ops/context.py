@@ -104,7 +104,7 @@ class Context:
                 raise ConfigProblem(f"permission denied reading {path}", RUN_AS_ROOT)
             raise ConfigProblem(str(e))
         if config is None and required:
-            if not self.is_root() and self.config_dir != self.system_config_dir and os.path.isdir(self.system_config_dir):
+            if not self.is_root() and self.config_dir != self.system_config_dir and self._root_has_config():
                 # Joined with sudo: the node's config is root's.
                 raise ConfigProblem(
                     f"{self.config_dir} has no config, and this machine's node is set up as root in {self.system_config_dir}",
@@ -112,6 +112,15 @@ class Context:
                 )
             raise ConfigProblem(f"this machine has not joined a mesh ({self.config_dir} has no config)", JOIN_HINT)
         return config
+
+    def _root_has_config(self) -> bool:
+        try:
+            os.stat(config_path(self.system_config_dir))
+        except PermissionError:
+            return True  # a directory only root may enter: the node's, most likely
+        except OSError:
+            return False
+        return True
 
     def is_node_client(self, server_url: str) -> bool:
         """Whether :meth:`coordination` speaks for this node (its credential) to ``server_url``."""
