@@ -76,8 +76,9 @@ def _fallback(ctx: Context, server_url: str, local: dict | None, error: ServerUn
     if isinstance(error, ServerError) and error.status < 500 and error.status != 429:
         raise OpError(problem)  # it answered: a refusal, not an absence
     if not _daemon_knows(local, server_url):
-        why = "the node daemon is not running here" if local is None else f"the node daemon here belongs to {local['server']['url']}"
-        raise OpError(f"{problem} And {why}, so there is no last known mesh to show either (start it: sudo wire up).")
+        if local is None:
+            raise OpError(f"{problem} And the node daemon is not running here, so there is no last known mesh to show either (start it: sudo wire up).")
+        raise OpError(f"{problem} And the node daemon here belongs to {local['server']['url']}, so there is no last known mesh of this server to show.")
     return str(error)
 
 
