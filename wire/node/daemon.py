@@ -361,7 +361,7 @@ class NodeDaemon(Service):
         try:
             answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
         except ServerError as e:
-            self._lost_contact(str(e))
+            self._lost_contact(str(e), e.status)  # a 401 here is a removed node: status views say so
             if e.status == 400:
                 # Our cursor makes no sense to this server: start over.
                 self.netmap.cursor = "0"

@@ -40,7 +40,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     try:
         config = load_config(config_dir)
         if config is None:
-            raise ConfigError(f"no node configured in {config_dir}; run 'wire up --server URL' first")
+            raise ConfigError(f"no node configured in {config_dir}; join first: sudo wire up --join TOKEN (or, for an open server, --server URL)")
         keys = load_or_create_keys(config_dir)
     except (ConfigError, KeyFileError) as e:
         raise SystemExit(f"wire-node: {e}")
