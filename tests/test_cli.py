@@ -639,7 +639,7 @@ class AdminProcessTests(unittest.TestCase):
         self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT"])
         self.assertEqual(lines[3].split()[:4], ["web1", web1.node_id, web1.vpn_ip, "online"])
         code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", self.data_dir, "--json")
-        self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1["node_id"]])
+        self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1.node_id])
 
     async def test_a_wrong_data_dir_says_so_in_one_line(self):
         code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", os.path.join(self.data_dir, "nowhere"))
