@@ -1340,7 +1340,7 @@ class RealServerTests(unittest.TestCase):
         mesh = Mesh(self)
         mesh.url = server.url
         mesh.configure("web1")
-        db1 = await CoordinationClient(server.client(), server.url).register(body_for("db1", lan_ip="10.1.1.1"))
+        db1 = await CoordinationClient(server.client(), server.url).register(registration_for("db1", lan_ip="10.1.1.1"))
         daemon = await mesh.start_daemon(peers=1)
         code, out, err = await self.wire(mesh, "status", "--json")
         self.assertEqual((code, json.loads(out)["source"]), (0, "server"), err)
@@ -1351,7 +1351,7 @@ class RealServerTests(unittest.TestCase):
         self.assertEqual((code, err), (1, ""))
         self.assertRegex(out, rf"\n  ! server unreachable \({server.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago\n")
         self.assertIn("  2 online / 0 offline / 2 total (last known)\n", out)
-        self.assertRegex(out, rf"\n  ● db1 +{db1['vpn_ip']} .* direct 10\.1\.1\.1:51820, handshake \d+s ago\n")
+        self.assertRegex(out, rf"\n  ● db1 +{db1.vpn_ip} .* direct 10\.1\.1\.1:51820, handshake \d+s ago\n")
         self.assertRegex(out, r"\n  ● web1 .*\(this node\)\n")
         code, out, _ = await self.wire(mesh, "status", "--json")
         answer = json.loads(out)
