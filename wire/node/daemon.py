@@ -16,10 +16,8 @@ server asked for one, or the last one is ``REGISTER_AT_LEAST_EVERY`` old.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import asdict, dataclass, field, replace
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
@@ -30,6 +28,7 @@ from twisted.python.failure import Failure
 
 from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
 from wire.node.config import NodeConfig, save_config
+from wire.node.lan import LanAddress
 from wire.node.config import validate as validate_config
 from wire.protocol import ProtocolError
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
@@ -99,7 +98,8 @@ class NodeDaemon(Service):
         self.client = client
         self.relay = relay
         self._probe_nat = probe_nat
-        self._lan_ip = lan_ip or (lambda: detect_lan_ip(config.server_url))
+        # Never waits: the server's name is resolved in the background.
+        self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
         self.netmap = NodeNetmap(config.node_id)
         self.contact = ServerContact()
         self.nat: NatReport | None = None
@@ -497,18 +497,3 @@ class NodeDaemon(Service):
         self.interface_ready = False
         return told
 
-
-def detect_lan_ip(server_url: str) -> str:
-    """The local address this host uses to reach the server.
-
-    A connected UDP socket only asks the routing table; it sends nothing.
-    """
-    host = urlsplit(server_url).hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
-        family, _, _, _, address = infos[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect(address)
-            return s.getsockname()[0]
-    except (OSError, IndexError):
-        return ""
