@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
-from tests.helpers import body_for, make_coordinator
+from tests.fakes import FakeWireGuard, UDPClock, fixed_nat
+from tests.helpers import body_for, key_for, make_coordinator
+from tests.test_lan import ScriptedResolver
 from tests.serverproc import http_client
-from wire.client import CoordinationClient, ServerError, ServerUnreachable, make_http_client
+from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
-from wire.node.daemon import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY, NodeDaemon
+from wire.node.daemon import (
+    HEARTBEAT_INTERVAL,
+    PATH_CHECK_INTERVAL,
+    REGISTER_AT_LEAST_EVERY,
+    RELAY_GRANTS_AT_ONCE,
+    NodeDaemon,
+)
+from wire.node.lan import LanAddress
+from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.node.relay import RelayShim
 from wire.server.api import build_site
 
 
@@ -142,8 +155,11 @@ class ScriptedServer:
     """A coordination client answering from memory on a fake clock.
 
     Registrations answer at once; each long-poll is answered after its wait
-    with an empty delta (the first with a snapshot), or fails after a second
-    while ``polls_fail`` is set.
+    with what changed since its cursor (the first with a snapshot), at once
+    when something did or :meth:`push` changes the mesh while it is open,
+    or fails after a second while ``polls_fail`` is set. Relay grants are
+    given at once, or never while ``grants_hang`` is set (see ``hanging``),
+    or fail while ``grants_fail`` is set.
     """
 
     def __init__(self, clock, heartbeat: str | None = "longpoll"):
@@ -151,14 +167,24 @@ class ScriptedServer:
         self.heartbeat = heartbeat
         self.epoch = "epoch1"
         self.registrations: list[float] = []
+        self.registered_bodies: list[dict] = []
         self.register_error: Exception | None = None
         self.polls_fail = False
         self.polls_hang = False
         self.polls = 0
         self.next_answer_extra: dict = {}
+        self.peers: dict[str, dict] = {}  # node id -> peer view
+        self.serial = 1
+        self._changes: list[tuple[int, list, list]] = []
+        self._open: tuple[Deferred, object, str] | None = None
+        self.relay_requests: list[str] = []  # peer node ids, as asked
+        self.grants_hang = False
+        self.grants_fail = False
+        self.hanging: dict[str, Deferred] = {}
 
     async def register(self, body: dict) -> dict:
         self.registrations.append(self.clock.seconds())
+        self.registered_bodies.append(body)
         if self.register_error is not None:
             raise self.register_error
         answer = {
@@ -181,16 +207,78 @@ class ScriptedServer:
             return deferLater(self.clock, 1.0, self._unreachable)
         if self.polls_hang:
             return Deferred()  # sent, and never answered
-        answer = {"cursor": f"{self.epoch}:1", "full": not cursor.startswith(self.epoch + ":"), "upserts": [], "removals": []}
+        answer = self._answer_for(cursor)
+        at_once = answer["full"] or answer["upserts"] or answer["removals"]
+        d: Deferred = Deferred(lambda _: call.cancel())
+        call = self.clock.callLater(0 if at_once else wait, self._answer, d)
+        self._open = (d, call, cursor)
+        return d
+
+    def _answer(self, d: Deferred, answer: dict | None = None) -> None:
+        opened, call, cursor = self._open
+        self._open = None
+        if answer is None:
+            answer = self._answer_for(cursor)
         answer.update(self.next_answer_extra)
         self.next_answer_extra = {}
-        return deferLater(self.clock, 0 if answer["full"] else wait, lambda: answer)
+        d.callback(answer)
+
+    def _answer_for(self, cursor: str) -> dict:
+        answer = {"cursor": f"{self.epoch}:{self.serial}", "full": False, "upserts": [], "removals": []}
+        if not cursor.startswith(self.epoch + ":"):
+            answer.update(full=True, upserts=list(self.peers.values()))
+            return answer
+        since = int(cursor.rpartition(":")[2])
+        for serial, upserts, removals in self._changes:
+            if serial > since:
+                answer["upserts"] += upserts
+                answer["removals"] += removals
+        return answer
+
+    def push(self, upserts=(), removals=()) -> None:
+        """The mesh changes: the open long-poll (if any) answers now."""
+        self.serial += 1
+        for view in upserts:
+            self.peers[view["node_id"]] = view
+        for node_id in removals:
+            self.peers.pop(node_id, None)
+        self._changes.append((self.serial, list(upserts), list(removals)))
+        if self._open is not None and not self._open[0].called:
+            d, call, _ = self._open
+            call.cancel()
+            self._answer(d)
+
+    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> Deferred:
+        self.relay_requests.append(peer_node_id)
+        if self.grants_hang:
+            d: Deferred = Deferred()
+            self.hanging[peer_node_id] = d
+            return d
+        if self.grants_fail:
+            return deferLater(self.clock, 1.0, self._unreachable)
+        return succeed(grant_for(peer_node_id))
 
     def _unreachable(self):
         raise ServerUnreachable("http://wire.test is unreachable: connection refused")
 
     def registered_between(self, start: float, end: float) -> int:
         return sum(1 for t in self.registrations if start < t <= end)
+
+
+def grant_for(peer_node_id: str) -> dict:
+    return {
+        "session_id": "session-" + peer_node_id[:6],
+        "peer_node_id": peer_node_id,
+        "token": os.urandom(8).hex(),
+        "key": base64.b64encode(os.urandom(32)).decode(),
+    }
+
+
+def peer_view(name: str, number: int, nat_type: str = "easy", **fields) -> dict:
+    """A peer entry as the server sends it: its own public address, not ours."""
+    view = body_for(name, nat_type=nat_type, nat_port=40000 + number)
+    view.update(vpn_ip=f"10.99.1.{number}", public_ip=f"203.0.113.{number}", online=True, **fields)
+    return view
 
 
 class LongPollHeartbeatTests(unittest.TestCase):
@@ -300,3 +388,229 @@ class LongPollHeartbeatTests(unittest.TestCase):
         self.server.epoch = "epoch2"  # a new server run
         self.assertEqual(self.registrations_over(60), 1)
         self.assertEqual(self.registrations_over(120), 0)
+
+
+class RuntimeTests(unittest.TestCase):
+    """Reconcile, paths, relay grants and the relay shim, on a fake clock
+    (whose UDP ports are in memory): handshakes happen when a test says so."""
+
+    def setUp(self):
+        self.clock = UDPClock()
+        self.clock.advance(1_700_000_000)
+        self.server = ScriptedServer(self.clock)
+        self.wireguard = FakeWireGuard(clock=self.clock, auto_handshake=False)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def start(self, relay: bool = True, lan_ip=None) -> NodeDaemon:
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"])
+        save_config(config_dir, config)
+        self.shim = RelayShim(self.clock, "192.0.2.1", 3479, 51820) if relay else None
+        self.daemon = NodeDaemon(
+            clock=self.clock,
+            config_dir=config_dir,
+            config=config,
+            keys=load_or_create_keys(config_dir),
+            wireguard=self.wireguard,
+            client=self.server,
+            probe_nat=fixed_nat(),
+            lan_ip=lan_ip or (lambda: "192.168.1.10"),
+            relay=self.shim,
+        )
+        self.daemon.startService()
+        self.addCleanup(self.daemon.stopService)
+        self.clock.advance(0)  # the first long-poll's snapshot
+        return self.daemon
+
+    def endpoint(self, name: str) -> str | None:
+        return self.wireguard.peers[key_for(name)].endpoint
+
+    def session_endpoint(self, name: str) -> str:
+        return self.shim.sessions()[body_for(name)["node_id"]].endpoint
+
+    def push(self, upserts=(), removals=()) -> None:
+        """The mesh changes; the daemon's long-poll (open again by now) hears it."""
+        self.clock.advance(0)
+        self.server.push(upserts, removals)
+        self.clock.advance(0)
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def test_a_relayed_peer_gets_a_grant_a_shim_session_and_the_loopback_endpoint(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])  # hard NAT: relay at once
+        db1 = body_for("db1")["node_id"]
+        self.assertEqual(self.server.relay_requests, [db1])
+        self.assertEqual(list(self.shim.sessions()), [db1])
+        endpoint = self.endpoint("db1")
+        self.assertEqual(endpoint, self.session_endpoint("db1"))
+        self.assertTrue(endpoint.startswith("127.0.0.1:"), endpoint)
+        loopback = [p for p in self.clock.listening() if p.host == "127.0.0.1"]
+        self.assertEqual([f"127.0.0.1:{p.port}" for p in loopback], [endpoint], "the shim's socket for db1")
+        upstream = [p for p in self.clock.listening() if p.host != "127.0.0.1"]
+        self.assertEqual([addr for _, addr in upstream[0].written], [("192.0.2.1", 3479)], "a first keepalive")
+        # Its facts change (no longer a hard NAT): direct again, session gone.
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        self.assertEqual(self.shim.sessions(), {})
+        self.assertEqual([p for p in self.clock.listening() if p.host == "127.0.0.1"], [], "its socket is closed")
+
+    def test_no_direct_handshake_within_the_timeout_means_relay(self):
+        self.start()
+        self.push([peer_view("db1", 2), peer_view("db2", 3)])
+        self.assertEqual((self.endpoint("db1"), self.endpoint("db2")), ("203.0.113.2:40002", "203.0.113.3:40003"))
+        self.wireguard.handshake(key_for("db2"), at=self.clock.seconds() + 3)
+        self.advance(DIRECT_TIMEOUT + PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+        self.assertEqual(self.endpoint("db2"), "203.0.113.3:40003", "db2 handshook: it stays direct")
+        self.assertTrue(self.daemon.paths.choices[body_for("db2")["node_id"]].verified)
+        self.assertEqual(self.server.relay_requests, [body_for("db1")["node_id"]])
+
+    def test_a_direct_path_that_goes_silent_falls_back_to_the_relay(self):
+        self.start()
+        self.push([peer_view("db1", 2)])
+        self.wireguard.handshake(key_for("db1"))
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertTrue(self.daemon.paths.choices[body_for("db1")["node_id"]].verified)
+        self.advance(HANDSHAKE_STALE - PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "fresh enough until now")
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_grants_that_never_come_hold_up_no_other_change(self):
+        """The server takes relay grant requests and never answers: every
+        other change still applies at once, relayed peers keep the endpoint
+        they have, and only a few requests are open at a time."""
+        self.start()
+        self.server.grants_hang = True
+        relayed = [peer_view(f"far{i}", 10 + i, nat_type="hard") for i in range(6)]
+        self.push(relayed)
+        self.assertEqual(len(self.wireguard.peers), 6, "configured at once, grant or no grant")
+        self.assertEqual(self.endpoint("far0"), "203.0.113.10:40010", "keeps its endpoint until its grant comes")
+        self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE)
+        self.assertFalse(self.daemon._reconcile_lock.locked, "no reconcile waits on a grant")
+        started = self.clock.seconds()
+        self.push([peer_view("db1", 2)], removals=[body_for("far5")["node_id"]])
+        self.assertEqual(self.clock.seconds(), started)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "a new peer: at once")
+        self.assertNotIn(key_for("far5"), self.wireguard.peers, "a removal: at once")
+        self.advance(PATH_CHECK_INTERVAL * 4)
+        self.assertEqual(
+            len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE, "one request per peer, not one per reconcile"
+        )
+        # One grant comes: that peer moves to the shim at once, and the next
+        # waiting peer's request goes out.
+        far0 = body_for("far0")["node_id"]
+        self.server.hanging[far0].callback(grant_for(far0))
+        self.assertEqual(self.endpoint("far0"), self.session_endpoint("far0"))
+        self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE + 1)
+        self.assertEqual(self.endpoint("far1"), "203.0.113.11:40011")
+
+    def test_a_peer_keeps_its_relay_endpoint_while_a_new_grant_is_fetched(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        first = self.endpoint("db1")
+        self.server.grants_hang = True
+        # The server stops answering keepalives: the session is dead after a while.
+        self.advance(60, step=PATH_CHECK_INTERVAL)
+        self.assertTrue(self.shim.is_dead(body_for("db1")["node_id"]))
+        self.assertEqual(len(self.server.relay_requests), 2, "asked once more, once")
+        self.assertEqual(self.endpoint("db1"), first)
+        db1 = body_for("db1")["node_id"]
+        self.server.hanging[db1].callback(grant_for(db1))
+        self.assertNotEqual(self.endpoint("db1"), first)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_a_failing_grant_is_asked_again_and_told_once(self):
+        self.start()
+        self.server.grants_fail = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.advance(PATH_CHECK_INTERVAL * 3)
+        self.assertGreaterEqual(len(self.server.relay_requests), 3)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        warnings = [e for e in self.logged if e["log_level"] == LogLevel.warn and "relay session" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, "the first failure is a warning; retries are routine")
+        self.assertIn("db1", formatEvent(warnings[0]))
+        self.server.grants_fail = False
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_a_relayed_peer_that_leaves_ends_its_session(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.assertEqual(len(self.shim.sessions()), 1)
+        self.push(removals=[body_for("db1")["node_id"]])
+        self.assertEqual((self.shim.sessions(), self.wireguard.peers), ({}, {}))
+
+    def test_a_grant_for_a_peer_gone_direct_meanwhile_is_not_used(self):
+        self.start()
+        self.server.grants_hang = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        db1 = body_for("db1")["node_id"]
+        self.server.hanging[db1].callback(grant_for(db1))
+        self.assertEqual(self.shim.sessions(), {})
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+
+    def test_a_new_server_run_asks_for_every_session_again(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        first = self.endpoint("db1")
+        self.server.epoch = "epoch2"
+        self.advance(LONGPOLL_WAIT)
+        self.assertEqual(len(self.server.relay_requests), 2)
+        self.assertNotEqual(self.endpoint("db1"), first)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_stopping_with_grants_open_cancels_them_quietly(self):
+        self.start()
+        self.server.grants_hang = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        (waiting,) = self.server.hanging.values()
+        self.successResultOf(Deferred.fromCoroutine(_maybe(self.daemon.stopService())))
+        self.assertTrue(waiting.called, "the request was cancelled")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_dead_resolver_stalls_neither_registration_nor_the_netmap(self):
+        resolver = NeverResolver()
+        self.start(lan_ip=LanAddress(self.clock, "https://wire.test", resolver=resolver))
+        self.assertEqual(len(self.server.registrations), 1, "registered at once")
+        self.assertNotIn("lan_ip", self.server.registered_bodies[0])
+        self.assertEqual(resolver.asked, ["wire.test"])
+        self.push([peer_view("db1", 2)])
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+
+    def test_peers_are_logged_by_name_and_routine_work_at_debug(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        self.push(removals=[body_for("db1")["node_id"]])
+        self.advance(LONGPOLL_WAIT * 2)  # long-polls answered with nothing new, path checks
+        told = [(e["log_level"], formatEvent(e)) for e in self.logged]
+        above_debug = [text for level, text in told if level != LogLevel.debug]
+        for public_key in (key_for("db1"), self.daemon.public_key):
+            self.assertFalse([t for t in told if public_key in t], "a key in the log")
+        self.assertFalse([t for t in above_debug if body_for("db1")["node_id"] in t], "a node id for a name")
+        self.assertTrue(any("db1: added" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: relay: hard NAT on db1" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: relayed through the server" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: relay session closed" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: removed" in t for t in above_debug), above_debug)
+        quiet_from = len(self.logged)
+        self.advance(LONGPOLL_WAIT * 4)
+        later = [(e["log_level"], formatEvent(e)) for e in list(self.logged)[quiet_from:]]
+        self.assertTrue(later, "the polls and checks did log, at debug")
+        above_debug = [text for level, text in later if level != LogLevel.debug]
+        self.assertEqual(above_debug[quiet_from:], [], "nothing changed: nothing above debug")
+
+
+class NeverResolver(ScriptedResolver):
+    """A resolver that takes every question and never answers."""
+
+
+async def _maybe(result):
+    if isinstance(result, Deferred):
+        await result

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IHostnameResolver
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -18,14 +18,13 @@ class ScriptedResolver:
     """Answers each lookup when told (or never): a DNS server on a fake clock."""
 
     def __init__(self):
-        self.pending: list[tuple[object, str]] = []
+        self.pending: list[tuple[IResolutionReceiver, str]] = []
         self.asked: list[str] = []
 
     def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
         self.asked.append(hostName)
         self.pending.append((receiver, hostName))
         receiver.resolutionBegan(None)
-        return None
 
     def answer(self, *addresses: str) -> None:
         receiver, _ = self.pending.pop(0)
@@ -144,9 +143,5 @@ class LanAddressTests(unittest.TestCase):
         self.assertNotIn("getaddrinfo", inspect.getsource(lan))
 
 
-def _deferred(coroutine_or_deferred):
-    from twisted.internet.defer import Deferred, ensureDeferred
-
-    if isinstance(coroutine_or_deferred, Deferred):
-        return coroutine_or_deferred
-    return ensureDeferred(coroutine_or_deferred)
+def _deferred(coroutine) -> Deferred:
+    return Deferred.fromCoroutine(coroutine)

@@ -73,7 +73,9 @@ class _FirstAddress:
             self._done.callback(self._addresses[0] if self._addresses else "")
 
 
-def resolve(reactor: IReactorTime, host: str, *, resolver: IHostnameResolver | None = None, timeout: float = RESOLVE_TIMEOUT) -> Deferred:
+def resolve(
+    reactor: IReactorTime, host: str, *, resolver: IHostnameResolver | None = None, timeout: float = RESOLVE_TIMEOUT
+) -> Deferred:
     """Fires with the first address of ``host`` ("" when it has none);
     fails with ``TimeoutError`` after ``timeout`` seconds. A numeric host
     is its own answer, at once."""
@@ -89,7 +91,11 @@ def resolve(reactor: IReactorTime, host: str, *, resolver: IHostnameResolver | N
 
 
 async def detect_lan_ip(
-    reactor: IReactorTime, server_url: str, *, resolver: IHostnameResolver | None = None, timeout: float = RESOLVE_TIMEOUT
+    reactor: IReactorTime,
+    server_url: str,
+    *,
+    resolver: IHostnameResolver | None = None,
+    timeout: float = RESOLVE_TIMEOUT,
 ) -> str:
     """The local address this host uses to reach the server ("" if unknown)."""
     host = server_host(server_url)
@@ -142,8 +148,14 @@ class LanAddress:
         if lookup is not None:
             # A Deferred of our own: cancelling it (a stopping daemon) leaves
             # the lookup itself to whoever else waits on it.
-            waiting: Deferred = Deferred()
-            lookup.addBoth(lambda result: (waiting.called or waiting.callback(None), result)[1])
+            waiting: Deferred[None] = Deferred()
+
+            def done(result):
+                if not waiting.called:
+                    waiting.callback(None)
+                return result
+
+            lookup.addBoth(done)
             await waiting
         return self()
 

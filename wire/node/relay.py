@@ -70,6 +70,8 @@ class RelaySession:
 class _PeerSocket(DatagramProtocol):
     """The loopback socket WireGuard uses as one relayed peer's endpoint."""
 
+    noisy = False  # no "Starting protocol" line per session: the daemon tells it
+
     def __init__(self, shim: RelayShim, session: RelaySession):
         self._shim = shim
         self._session = session
@@ -93,6 +95,7 @@ class _Upstream(DatagramProtocol):
     # Relay frames are at most MAX_FRAME bytes; a larger datagram is cut
     # (and then fails its MAC) instead of costing an 8 KiB buffer per read.
     maxPacketSize = MAX_FRAME + 1
+    noisy = False
 
     def __init__(self, shim: RelayShim):
         self._shim = shim
@@ -171,8 +174,9 @@ class RelayShim:
         self._by_token[token] = session
         # Tell the server where we are before WireGuard has anything to send.
         self.send_upstream(session, b"")
-        log.info(
-            "relaying to {peer} via {host}:{port} (session {session})",
+        # The daemon tells it by the peer's name; the details are for debugging.
+        log.debug(
+            "relay session {session} for node {peer} via {host}:{port}",
             peer=peer,
             host=self.server[0],
             port=self.server[1],
