@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import socket
@@ -16,6 +17,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
+from tests.fakes import UDPClock
 from wire.node.lan import LanAddress, detect_lan_ip
 from wire.node.relay import RelayShim
 from wire.node.wireguard import MTU
@@ -311,6 +313,41 @@ class FakeWireGuardSocket(DatagramProtocol):
         self.received.append((data, addr))
         if self.waiting is not None and not self.waiting.called:
             self.waiting.callback(None)
+
+
+class ResolvingClock(UDPClock):
+    """Resolves names when the test says so (``answer``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookups: list[Deferred] = []
+
+    def resolve(self, name: str, timeout=(1, 3, 11, 45)) -> Deferred:
+        d: Deferred = Deferred()
+        self.lookups.append(d)
+        return d
+
+
+def grant(peer: str) -> dict:
+    return {"session_id": "s-" + peer, "peer_node_id": peer, "token": os.urandom(8).hex(), "key": base64.b64encode(KEY).decode()}
+
+
+class ShimInMemoryTests(unittest.TestCase):
+    def test_grants_arriving_together_start_the_shim_once(self):
+        clock = ResolvingClock()
+        shim = RelayShim(clock, "relay.wire.test", 3479, 51820)
+        first = Deferred.fromCoroutine(shim.add(grant("a")))
+        second = Deferred.fromCoroutine(shim.add(grant("b")))
+        self.assertEqual(len(clock.lookups), 1, "one lookup of the server's name")
+        clock.lookups[0].callback("192.0.2.1")
+        self.assertTrue(self.successResultOf(first).startswith("127.0.0.1:"))
+        self.assertTrue(self.successResultOf(second).startswith("127.0.0.1:"))
+        upstream = [p for p in clock.listening() if p.host != "127.0.0.1"]
+        self.assertEqual(len(upstream), 1, "one upstream socket")
+        self.assertEqual(sorted(shim.sessions()), ["a", "b"])
+        self.assertEqual([addr for _, addr in upstream[0].written], [("192.0.2.1", 3479)] * 2)
+        self.successResultOf(Deferred.fromCoroutine(shim.stop()))
+        self.assertEqual(clock.listening(), [])
 
 
 class ShimOverRealSocketsTests(unittest.TestCase):

@@ -15,6 +15,7 @@ import base64
 import ipaddress
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
@@ -119,22 +120,29 @@ class RelayShim:
         self._send_upstream = None
         self._keepalive = LoopingCall(self._send_keepalives)
         self._keepalive.clock = reactor
+        self._start_lock = DeferredLock()
 
     # -- life ----------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._upstream_port is not None:
-            return
+        # Grants arrive concurrently: the first starts the shim, the others
+        # wait for it (resolving the server's name may take a while).
+        await self._start_lock.acquire()
         try:
-            ip = str(ipaddress.ip_address(self._server_host))
-        except ValueError:
-            ip = await self.reactor.resolve(self._server_host)
-        self.server = (ip, self._relay_port)
-        self._upstream_port = self.reactor.listenUDP(0, self._upstream)
-        enlarge_socket_buffers(self._upstream_port)
-        self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
-        self._send_upstream = self._upstream_batcher.send
-        self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+            if self._upstream_port is not None:
+                return
+            try:
+                ip = str(ipaddress.ip_address(self._server_host))
+            except ValueError:
+                ip = await self.reactor.resolve(self._server_host)
+            self.server = (ip, self._relay_port)
+            self._upstream_port = self.reactor.listenUDP(0, self._upstream)
+            enlarge_socket_buffers(self._upstream_port)
+            self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
+            self._send_upstream = self._upstream_batcher.send
+            self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        finally:
+            self._start_lock.release()
 
     async def stop(self) -> None:
         if self._keepalive.running:
