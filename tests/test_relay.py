@@ -329,7 +329,8 @@ class ResolvingClock(UDPClock):
 
 
 def grant(peer: str) -> dict:
-    return {"session_id": "s-" + peer, "peer_node_id": peer, "token": os.urandom(8).hex(), "key": base64.b64encode(KEY).decode()}
+    token = os.urandom(8).hex()
+    return {"session_id": "s-" + peer, "peer_node_id": peer, "token": token, "key": base64.b64encode(KEY).decode()}
 
 
 class ShimInMemoryTests(unittest.TestCase):
