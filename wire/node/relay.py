@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import DeferredLock
-from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -77,9 +78,9 @@ class _PeerSocket(DatagramProtocol):
         self._shim = shim
         self._session = session
         self.wireguard = ("127.0.0.1", shim.wireguard_port)
-        self.port = None
+        self.port: Any = None  # the reactor's UDP port, once listening
         self.batcher: DatagramBatcher | None = None
-        self.send = None
+        self.send: Callable[[Any, Any], None] | None = None
 
     def startProtocol(self) -> None:
         self.batcher = DatagramBatcher(self._shim.reactor, self.transport)
@@ -106,7 +107,9 @@ class _Upstream(DatagramProtocol):
 
 
 class RelayShim:
-    def __init__(self, reactor: IReactorUDP | IReactorTime, server_host: str, relay_port: int, wireguard_port: int):
+    def __init__(self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int):
+        # IReactorUDP and IReactorTime (and IReactorPluggableNameResolver
+        # when the server is named, not numbered).
         self.reactor = reactor
         self._server_host = server_host
         self._relay_port = relay_port
@@ -115,9 +118,9 @@ class RelayShim:
         self._sessions: dict[str, RelaySession] = {}  # by peer node id
         self._by_token: dict[bytes, RelaySession] = {}
         self._upstream = _Upstream(self)
-        self._upstream_port = None
+        self._upstream_port: Any = None
         self._upstream_batcher: DatagramBatcher | None = None
-        self._send_upstream = None
+        self._send_upstream: Callable[[Any, Any], None] | None = None
         self._keepalive = LoopingCall(self._send_keepalives)
         self._keepalive.clock = reactor
         self._start_lock = DeferredLock()
@@ -183,6 +186,7 @@ class RelayShim:
         # Tell the server where we are before WireGuard has anything to send.
         self.send_upstream(session, b"")
         # The daemon tells it by the peer's name; the details are for debugging.
+        assert self.server is not None  # start() found it
         log.debug(
             "relay session {session} for node {peer} via {host}:{port}",
             peer=peer,
