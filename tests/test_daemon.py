@@ -198,6 +198,7 @@ class ScriptedServer:
         self.relay_requests: list[str] = []  # peer node ids, as asked
         self.grants_hang = False
         self.grants_fail = False
+        self.grants_bad = False
         self.hanging: dict[str, Deferred] = {}
 
     async def register(self, body: dict) -> dict:
@@ -274,6 +275,8 @@ class ScriptedServer:
             return d
         if self.grants_fail:
             return deferLater(self.clock, 1.0, self._unreachable)
+        if self.grants_bad:
+            return succeed(grant_for(peer_node_id) | {"token": "00"})
         return succeed(grant_for(peer_node_id))
 
     def _unreachable(self):
@@ -553,6 +556,19 @@ class RuntimeTests(unittest.TestCase):
         self.assertEqual(len(warnings), 1, "the first failure is a warning; retries are routine")
         self.assertIn("db1", formatEvent(warnings[0]))
         self.server.grants_fail = False
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_a_bad_grant_is_asked_again_and_told_once(self):
+        self.start()
+        self.server.grants_bad = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.advance(PATH_CHECK_INTERVAL * 3)
+        self.assertGreaterEqual(len(self.server.relay_requests), 3)
+        self.assertEqual((self.endpoint("db1"), self.shim.sessions()), ("203.0.113.2:40002", {}))
+        warnings = [formatEvent(e) for e in self.logged if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len([w for w in warnings if "bad relay grant for db1" in w]), 1, warnings)
+        self.server.grants_bad = False
         self.advance(PATH_CHECK_INTERVAL)
         self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
 

@@ -491,6 +491,7 @@ class NodeDaemon(Service):
                 endpoint=endpoint,
                 persistent_keepalive=PERSISTENT_KEEPALIVE,
             )
+        self._grant_failing &= relayed
         if self.relay is not None:
             # Back to direct, or gone from the mesh: its session ends.
             for node_id in set(self.relay.sessions()) - relayed:
@@ -537,13 +538,10 @@ class NodeDaemon(Service):
         except CancelledError:
             raise
         except (ServerUnreachable, ServerError) as e:
-            # Said once; the retries (at each reconcile) are routine.
-            log = self.log.debug if peer.node_id in self._grant_failing else self.log.warn
-            log("no relay session for {peer} yet: {error}", peer=name, error=e)
-            self._grant_failing.add(peer.node_id)
+            self._grant_failed(peer.node_id, "no relay session for {peer} yet: {error}", peer=name, error=e)
             return
         except (KeyError, ValueError) as e:
-            self.log.warn("bad relay grant for {peer}: {error}", peer=name, error=e)
+            self._grant_failed(peer.node_id, "bad relay grant for {peer}: {error}", peer=name, error=e)
             return
         except Exception:
             self.log.failure("starting the relay session for {peer} failed", peer=name)
@@ -553,6 +551,12 @@ class NodeDaemon(Service):
         self._grant_failing.discard(peer.node_id)
         self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
         self._reconcile_soon()
+
+    def _grant_failed(self, node_id: str, message: str, **fields) -> None:
+        # Said once; the retries (one at each reconcile) are routine.
+        log = self.log.debug if node_id in self._grant_failing else self.log.warn
+        log(message, **fields)
+        self._grant_failing.add(node_id)
 
     def _peer_name(self, node_id: str) -> str:
         """A peer's name for the log (a gone peer's from the last reconcile)."""
