@@ -23,12 +23,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
 from wire.node.config import NodeConfig, save_config
 from wire.node.lan import LanAddress
+from wire.node.logs import node_logger
 from wire.node.config import validate as validate_config
 from wire.protocol import ProtocolError
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
@@ -78,7 +78,7 @@ class Backoff:
 
 
 class NodeDaemon(Service):
-    log = Logger()
+    log = node_logger()
 
     def __init__(
         self,

@@ -18,15 +18,16 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHostnameResolver, IReactorTime, IResolutionReceiver
-from twisted.logger import Logger
 from zope.interface import implementer
+
+from wire.node.logs import node_logger
 
 RESOLVE_TIMEOUT = 5.0
 # How long a resolved server address is trusted before it is looked up again.
 RESOLVE_EVERY = 300.0
 RETRY_FAILED_AFTER = 30.0
 
-log = Logger()
+log = node_logger()
 
 
 def server_host(server_url: str) -> str:

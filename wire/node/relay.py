@@ -20,8 +20,8 @@ from typing import Any
 from twisted.internet.defer import DeferredLock
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from wire.node.logs import node_logger
 from wire.relayproto import (
     MAX_FRAME,
     MAX_PAYLOAD,
@@ -42,7 +42,7 @@ KEEPALIVE_INTERVAL = 10.0
 # A session whose keepalives go unanswered this long is reported dead.
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
 
-log = Logger()
+log = node_logger()
 
 
 @dataclass
