@@ -636,7 +636,8 @@ class RuntimeTests(unittest.TestCase):
         self.assertTrue(any("db1: removed" in t for t in above_debug), above_debug)
         quiet_from = len(self.logged)
         self.advance(LONGPOLL_WAIT * 4)
-        self.assertEqual([formatEvent(e) for e in list(self.logged)[quiet_from:]], [], "nothing changed: nothing logged")
+        quiet = [formatEvent(e) for e in list(self.logged)[quiet_from:]]
+        self.assertEqual(quiet, [], "nothing changed: nothing logged")
         # They are debug lines: kept out of the log (twistd writes every
         # level it is given) unless asked for.
         show_debug()
