@@ -77,6 +77,22 @@ class Backoff:
         self.current = 0.0
 
 
+@dataclass
+class RuntimeState:
+    """What reconciling remembers from one run to the next."""
+
+    reconcile_wanted: bool = False  # a reconcile is queued behind the lock
+    relay_wanted: set[str] = field(default_factory=set)  # peers the latest reconcile relays
+    grant_slots: DeferredSemaphore = field(default_factory=lambda: DeferredSemaphore(RELAY_GRANTS_AT_ONCE))
+    grants_pending: dict[str, Deferred] = field(default_factory=dict)  # by peer node id
+    grant_failing: set[str] = field(default_factory=set)  # told once, retried quietly
+    last_applied: dict[str, PeerConfig] = field(default_factory=dict)  # by public key
+    # For the log: each peer's last told path, and names of peers now gone.
+    path_seen: dict[str, tuple] = field(default_factory=dict)
+    names_by_key: dict[str, str] = field(default_factory=dict)
+    names_by_id: dict[str, str] = field(default_factory=dict)
+
+
 class NodeDaemon(Service):
     log = node_logger()
 
@@ -117,16 +133,7 @@ class NodeDaemon(Service):
         self._paths_loop.clock = clock
         self._inflight: set[Deferred] = set()
         self._reconcile_lock = DeferredLock()
-        # The runtime's own state (reconcile, relay grants, what was logged).
-        self._reconcile_wanted = False
-        self._grant_slots = DeferredSemaphore(RELAY_GRANTS_AT_ONCE)
-        self._grants_pending: dict[str, Deferred] = {}  # by peer node id
-        self._grant_failing: set[str] = set()
-        self._relay_wanted: set[str] = set()  # the peers the last reconcile relays
-        self._path_seen: dict[str, tuple] = {}
-        self._names_by_key: dict[str, str] = {}
-        self._names_by_id: dict[str, str] = {}
-        self._last_applied: dict[str, PeerConfig] = {}
+        self._runtime = RuntimeState()
         self.paths = PathPlanner()
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
@@ -442,14 +449,14 @@ class NodeDaemon(Service):
     def _reconcile_soon(self) -> None:
         """Reconcile once more (a relay session is ready), however many ask
         before that reconcile starts."""
-        if self._reconcile_wanted or self._stopping:
+        if self._runtime.reconcile_wanted or self._stopping:
             return
-        self._reconcile_wanted = True
+        self._runtime.reconcile_wanted = True
         self._track(self._queued_reconcile())
 
     async def _queued_reconcile(self) -> None:
         await self._reconcile_lock.acquire()
-        self._reconcile_wanted = False  # asked from here on: one more
+        self._runtime.reconcile_wanted = False  # asked from here on: one more
         try:
             await self._reconcile_now()
         except CancelledError:
@@ -468,13 +475,13 @@ class NodeDaemon(Service):
         handshakes = {key: p.latest_handshake for key, p in status.items()}
         # What each peer has now: what we last set (WireGuard's own view
         # may have roamed), else what the interface held when we came.
-        held: dict[str, PeerStatus | PeerConfig] = {**status, **self._last_applied}
+        held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
         choices = self.paths.plan(self.me(), self.netmap.peers, handshakes, self.clock.seconds())
         self._log_path_changes(choices)
         desired: dict[str, PeerConfig] = {}
         # Filled as we go: a grant that comes at once checks it.
         relayed: set[str] = set()
-        self._relay_wanted = relayed
+        self._runtime.relay_wanted = relayed
         for node_id, peer in self.netmap.peers.items():
             endpoint = endpoint_for(peer, self.contact.public_ip)
             if choices[node_id].mode == "relay" and self.relay is not None:
@@ -491,7 +498,7 @@ class NodeDaemon(Service):
                 endpoint=endpoint,
                 persistent_keepalive=PERSISTENT_KEEPALIVE,
             )
-        self._grant_failing &= relayed
+        self._runtime.grant_failing &= relayed
         if self.relay is not None:
             # Back to direct, or gone from the mesh: its session ends.
             for node_id in set(self.relay.sessions()) - relayed:
@@ -499,7 +506,7 @@ class NodeDaemon(Service):
                 self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
         self._log_peer_changes(held, desired)
         changed = await self.wireguard.apply(desired)
-        self._last_applied = desired
+        self._runtime.last_applied = desired
         if changed:
             self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
         else:
@@ -513,10 +520,10 @@ class NodeDaemon(Service):
         session = self.relay.sessions().get(peer.node_id)
         if session is not None and not self.relay.is_dead(peer.node_id):
             return session.endpoint
-        if peer.node_id not in self._grants_pending:
+        if peer.node_id not in self._runtime.grants_pending:
             fetching = self._track(self._fetch_grant(peer))
             if not fetching.called:
-                self._grants_pending[peer.node_id] = fetching
+                self._runtime.grants_pending[peer.node_id] = fetching
                 return None
             # Answered at once (a grant in memory): use it now.
             session = self.relay.sessions().get(peer.node_id)
@@ -527,12 +534,12 @@ class NodeDaemon(Service):
     async def _fetch_grant(self, peer) -> None:
         name = peer.node_name or peer.node_id
         try:
-            await self._grant_slots.acquire()
+            await self._runtime.grant_slots.acquire()
             try:
                 grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
             finally:
-                self._grant_slots.release()
-            if peer.node_id not in self._relay_wanted or self._stopping or self.relay is None:
+                self._runtime.grant_slots.release()
+            if peer.node_id not in self._runtime.relay_wanted or self._stopping or self.relay is None:
                 return  # went direct (or left) meanwhile
             endpoint = await self.relay.add(grant)
         except CancelledError:
@@ -547,37 +554,37 @@ class NodeDaemon(Service):
             self.log.failure("starting the relay session for {peer} failed", peer=name)
             return
         finally:
-            self._grants_pending.pop(peer.node_id, None)
-        self._grant_failing.discard(peer.node_id)
+            self._runtime.grants_pending.pop(peer.node_id, None)
+        self._runtime.grant_failing.discard(peer.node_id)
         self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
         self._reconcile_soon()
 
     def _grant_failed(self, node_id: str, message: str, **fields) -> None:
         # Said once; the retries (one at each reconcile) are routine.
-        log = self.log.debug if node_id in self._grant_failing else self.log.warn
+        log = self.log.debug if node_id in self._runtime.grant_failing else self.log.warn
         log(message, **fields)
-        self._grant_failing.add(node_id)
+        self._runtime.grant_failing.add(node_id)
 
     def _peer_name(self, node_id: str) -> str:
         """A peer's name for the log (a gone peer's from the last reconcile)."""
         peer = self.netmap.peers.get(node_id)
-        return (peer.node_name if peer is not None else self._names_by_id.get(node_id)) or node_id
+        return (peer.node_name if peer is not None else self._runtime.names_by_id.get(node_id)) or node_id
 
     def _log_path_changes(self, choices) -> None:
         """A peer's new path (with why), and a path proven by a handshake."""
         for node_id, choice in choices.items():
             seen = (choice.mode, choice.reason, choice.verified)
-            before = self._path_seen.get(node_id)
+            before = self._runtime.path_seen.get(node_id)
             if seen == before:
                 continue
-            self._path_seen[node_id] = seen
+            self._runtime.path_seen[node_id] = seen
             if before is not None and before[:2] == seen[:2]:
                 if choice.verified:
                     self.log.info("{peer}: the {mode} path works", peer=self._peer_name(node_id), mode=choice.mode)
                 continue
             self.log.info("{peer}: {reason}", peer=self._peer_name(node_id), reason=choice.reason)
-        for node_id in set(self._path_seen) - set(choices):
-            del self._path_seen[node_id]
+        for node_id in set(self._runtime.path_seen) - set(choices):
+            del self._runtime.path_seen[node_id]
 
     def _log_peer_changes(self, held: dict[str, PeerStatus | PeerConfig], desired: dict[str, PeerConfig]) -> None:
         """Each added, moved or removed peer, by name (keys mean nothing to a reader)."""
@@ -596,9 +603,9 @@ class NodeDaemon(Service):
                     "{peer}: endpoint {old} -> {new}", peer=names[key], old=before.endpoint, new=config.endpoint
                 )
         for key in set(held) - set(desired):
-            self.log.info("{peer}: removed", peer=self._names_by_key.get(key, "a peer no longer in the netmap"))
-        self._names_by_key = names
-        self._names_by_id = {peer.node_id: peer.node_name for peer in self.netmap.peers.values() if peer.node_name}
+            self.log.info("{peer}: removed", peer=self._runtime.names_by_key.get(key, "a peer no longer in the netmap"))
+        self._runtime.names_by_key = names
+        self._runtime.names_by_id = {p.node_id: p.node_name for p in self.netmap.peers.values() if p.node_name}
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:
