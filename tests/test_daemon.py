@@ -35,6 +35,18 @@ from wire.node.relay import RelayShim
 from wire.server.api import build_site
 
 
+async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> None:
+    """Wait on the real reactor (for tests of real processes and sockets;
+    test_ops, test_cli and test_launcher use it). The daemon's own tests
+    here run on a fake clock instead."""
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, step, lambda: None)
+        waited += step
+
+
 class DaemonTests(unittest.TestCase):
     """The daemon against a real server over real TCP on 127.0.0.1. Both
     run on one fake clock: only the sockets use the real reactor, so no
