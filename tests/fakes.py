@@ -12,10 +12,17 @@ from wire.stun import MappedAddress, NatReport
 
 @implementer(IWireGuard)
 class FakeWireGuard:
-    """Records what the daemon asks of WireGuard; peers handshake at once."""
+    """Records what the daemon asks of WireGuard.
 
-    def __init__(self, name: str = "wire0", clock=None):
+    Peers handshake at once (each status shows a handshake just now), unless
+    built with ``auto_handshake=False``: then a peer has handshaken only when
+    the test says so, ``fake.handshake(public_key, at=clock.seconds())``.
+    """
+
+    def __init__(self, name: str = "wire0", clock=None, auto_handshake: bool = True):
         self.name = name
+        self.auto_handshake = auto_handshake
+        self.handshakes: dict[str, float] = {}  # public key -> latest handshake
         self.backend = ""
         self.clock = clock
         self.ups: list[tuple] = []
@@ -35,6 +42,15 @@ class FakeWireGuard:
         self.ups.append((listen_port, address, prefixlen))
         self.is_down = False
 
+    def handshake(self, public_key: str, at: float | None = None) -> None:
+        """A handshake with this peer happened ``at`` (now, by default)."""
+        if self.auto_handshake:
+            raise AssertionError("handshakes are told only to FakeWireGuard(auto_handshake=False)")
+        self.handshakes[public_key] = self.clock.seconds() if at is None else at
+
+    def latest_handshake(self, public_key: str, now: float) -> float:
+        return now if self.auto_handshake else self.handshakes.get(public_key, 0.0)
+
     async def apply(self, desired) -> int:
         changed = sum(1 for k, v in desired.items() if self.peers.get(k) != v) + sum(1 for k in self.peers if k not in desired)
         self.peers = dict(desired)
@@ -53,7 +69,7 @@ class FakeWireGuard:
                     public_key=p.public_key,
                     endpoint=p.endpoint,
                     allowed_ips=p.allowed_ips,
-                    latest_handshake=now,
+                    latest_handshake=self.latest_handshake(p.public_key, now),
                     rx_bytes=100,
                     tx_bytes=200,
                     persistent_keepalive=p.persistent_keepalive,
@@ -97,3 +113,51 @@ class TurnClock(Clock):
                 self.calls.remove(call)
                 call.called = 1
                 call.func(*call.args, **call.kw)
+
+
+class MemoryUDPPort:
+    """A UDP port of :class:`UDPClock`: what is written to it is recorded."""
+
+    def __init__(self, reactor: UDPClock, protocol, host: str, port: int):
+        self.reactor = reactor
+        self.protocol = protocol
+        self.host = host
+        self.port = port
+        self.written: list[tuple[bytes, tuple]] = []
+        self.listening = True
+
+    def getHost(self):
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", self.host, self.port)
+
+    def write(self, data: bytes, addr) -> None:
+        self.written.append((bytes(data), addr))
+
+    def stopListening(self):
+        from twisted.internet.defer import succeed
+
+        self.listening = False
+        self.protocol.doStop()
+        return succeed(None)
+
+
+class UDPClock(Clock):
+    """A fake clock that also opens UDP ports in memory (enough for the relay shim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp_ports: list[MemoryUDPPort] = []
+        self._next_port = 40000
+
+    def listenUDP(self, port: int, protocol, interface: str = "", maxPacketSize: int = 8192) -> MemoryUDPPort:
+        if port == 0:
+            self._next_port += 1
+            port = self._next_port
+        udp = MemoryUDPPort(self, protocol, interface or "0.0.0.0", port)
+        self.udp_ports.append(udp)
+        protocol.makeConnection(udp)
+        return udp
+
+    def listening(self) -> list[MemoryUDPPort]:
+        return [port for port in self.udp_ports if port.listening]

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
+import socket
+import threading
 
 
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
+from twisted.internet._resolver import GAIResolver
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
+from tests.fakes import UDPClock
+from wire.node.lan import LanAddress, detect_lan_ip
 from wire.node.relay import RelayShim
 from wire.node.wireguard import MTU
 from wire.relayproto import (
@@ -313,6 +319,42 @@ class FakeWireGuardSocket(DatagramProtocol):
             self.waiting.callback(None)
 
 
+class ResolvingClock(UDPClock):
+    """Resolves names when the test says so (``answer``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookups: list[Deferred] = []
+
+    def resolve(self, name: str, timeout=(1, 3, 11, 45)) -> Deferred:
+        d: Deferred = Deferred()
+        self.lookups.append(d)
+        return d
+
+
+def grant(peer: str) -> RelayGrant:
+    token = os.urandom(8).hex()
+    return RelayGrant.from_json({"session_id": "s-" + peer, "peer_node_id": peer, "token": token, "key": base64.b64encode(KEY).decode()})
+
+
+class ShimInMemoryTests(unittest.TestCase):
+    def test_grants_arriving_together_start_the_shim_once(self):
+        clock = ResolvingClock()
+        shim = RelayShim(clock, "relay.wire.test", 3479, 51820)
+        first = Deferred.fromCoroutine(shim.add(grant("a")))
+        second = Deferred.fromCoroutine(shim.add(grant("b")))
+        self.assertEqual(len(clock.lookups), 1, "one lookup of the server's name")
+        clock.lookups[0].callback("192.0.2.1")
+        self.assertTrue(self.successResultOf(first).startswith("127.0.0.1:"))
+        self.assertTrue(self.successResultOf(second).startswith("127.0.0.1:"))
+        upstream = [p for p in clock.listening() if p.host != "127.0.0.1"]
+        self.assertEqual(len(upstream), 1, "one upstream socket")
+        self.assertEqual(sorted(shim.sessions()), ["a", "b"])
+        self.assertEqual([addr for _, addr in upstream[0].written], [("192.0.2.1", 3479)] * 2)
+        self.successResultOf(Deferred.fromCoroutine(shim.stop()))
+        self.assertEqual(clock.listening(), [])
+
+
 class ShimOverRealSocketsTests(unittest.TestCase):
     """Two shims and the server's relay on 127.0.0.1 carry packets both ways."""
 
@@ -362,6 +404,46 @@ class ShimOverRealSocketsTests(unittest.TestCase):
         stranger.write(b"not from wireguard", (host_of(self.endpoint_b_on_a), port_of(self.endpoint_b_on_a)))
         await self.receive(self.wg_b, timeout=0.3)
         self.assertEqual(self.wg_b.received, [])
+
+    async def test_frames_keep_flowing_while_name_resolution_hangs(self):
+        """A dead DNS server (getaddrinfo blocking for good, as libc's does
+        when no resolver answers) stalls only a pool thread: the reactor
+        goes on carrying relay frames, and the LAN address lookups the daemon
+        makes neither wait nor stop it."""
+        release = threading.Event()
+        asked_from = []
+
+        def dead_getaddrinfo(*args, **kwargs):
+            asked_from.append(threading.current_thread())
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+        def unblock():
+            release.set()
+
+        self.addCleanup(unblock)
+        resolver = GAIResolver(reactor, getaddrinfo=dead_getaddrinfo)
+        lan_ip = LanAddress(reactor, "https://wire.invalid:8443", resolver=resolver, timeout=25)
+        refreshing = Deferred.fromCoroutine(lan_ip.refresh())
+        detecting = Deferred.fromCoroutine(detect_lan_ip(reactor, "https://wire.invalid", resolver=resolver, timeout=25))
+        self.assertEqual(lan_ip(), "", "a registration body never waits for the name")
+        await self.wait_for_keepalives()
+        host, port = host_of(self.endpoint_b_on_a), port_of(self.endpoint_b_on_a)
+        packets = [b"packet %d" % i for i in range(50)]
+        for packet in packets:
+            self.ports["a"].write(packet, (host, port))
+        for _ in range(200):
+            if len(self.wg_b.received) >= len(packets):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([data for data, _ in self.wg_b.received], packets)
+        self.assertTrue(asked_from, "the lookups did start")
+        self.assertNotIn(threading.main_thread(), asked_from, "getaddrinfo ran in the reactor thread")
+        self.assertNoResult(refreshing)
+        self.assertNoResult(detecting)
+        release.set()  # the resolver gives up: both end with "unknown"
+        self.assertEqual(await refreshing, "")
+        self.assertEqual(await detecting, "")
 
     async def wait_for_keepalives(self):
         for _ in range(100):

@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 
 from wire.addressing import parse_subnet
 from wire.fsutil import write_atomically
-from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
+from wire.protocol import (
+    ProtocolError,
+    parse_ip_address,
+    parse_nat_type,
+    parse_node_id,
+    parse_node_name,
+    parse_port,
+)
 from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"

@@ -14,8 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
 from wire.node.daemon import NodeDaemon
-from wire.node.paths import HANDSHAKE_STALE
-from wire.node.paths import PathChoice
+from wire.node.paths import HANDSHAKE_STALE, PathChoice
 from wire.node.wireguard import PeerStatus
 from wire.protocol import PathMode
 from wire.web import JsonResource, JsonRoot, make_site

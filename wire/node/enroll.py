@@ -14,7 +14,7 @@ from wire.fsutil import write_atomically
 from wire.jointoken import JoinToken
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, generate_node_id, load_config, save_config
-from wire.node.daemon import detect_lan_ip
+from wire.node.lan import detect_lan_ip
 from wire.protocol import Registration
 
 CREDENTIAL_FILE = "credential"
@@ -63,7 +63,7 @@ async def enroll(
         wg_public_key=public_key,
         port=listen_port,
         nat_port=listen_port,
-        lan_ip=detect_lan_ip(token.server_url) or None,
+        lan_ip=await detect_lan_ip(reactor, token.server_url) or None,
     )
     http = make_http_client(reactor, persistent=False, tls_fingerprint=token.fingerprint)
     answer = await CoordinationClient(http, token.server_url).enroll(registration, token.secret)

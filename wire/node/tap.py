@@ -13,13 +13,13 @@ from twisted.python import usage
 from wire.keys import KeyFileError, load_or_create_keys
 from wire.node.config import ConfigError, default_config_dir, load_config, stun_ports
 from wire.node.control import build_control_site, control_socket_path
-from wire.node.daemon import NodeDaemon, detect_lan_ip
+from wire.node.daemon import NodeDaemon
 from wire.node.enroll import coordination_client
+from wire.node.lan import LanAddress
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
-
 
 
 class Options(usage.Options):
@@ -47,10 +47,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     host, stun_a, stun_b = stun_ports(config.server_url)
 
-    def probe_nat():
-        # Our own address lets the probe tell "no NAT at all" from an easy NAT.
-        local_ips = [ip for ip in (detect_lan_ip(config.server_url),) if ip]
-        return detect_nat(
+    lan_ip = LanAddress(reactor, config.server_url)
+
+    async def probe_nat():
+        # Our own address lets the probe tell "no NAT at all" from an easy NAT;
+        # looking it up here also has it ready for the first registration.
+        local_ips = [ip for ip in (await lan_ip.refresh(),) if ip]
+        return await detect_nat(
             reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3, local_ips=local_ips
         )
 
@@ -64,6 +67,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         wireguard=wireguard,
         client=coordination_client(reactor, config, config_dir),
         probe_nat=probe_nat,
+        lan_ip=lan_ip,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))

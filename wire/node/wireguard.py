@@ -41,7 +41,14 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from wire.protocol import ProtocolError, parse_wg_public_key
-from wire.runner import CommandError, CommandFailed, CommandNotFound, IProcessRunner, IRunningProcess, describe_exit
+from wire.runner import (
+    CommandError,
+    CommandFailed,
+    CommandNotFound,
+    IProcessRunner,
+    IRunningProcess,
+    describe_exit,
+)
 
 log = Logger()
 
