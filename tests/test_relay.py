@@ -168,6 +168,18 @@ class RelayTableTests(unittest.TestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
 
+    def test_a_clock_stepping_back_neither_refills_nor_locks_out(self):
+        self.table.handle(self.frame("a", b""), self.A)
+        self.table.handle(self.frame("b", b""), self.B)
+        outcomes = [self.table.handle(self.frame("a", b"x" * 1000), self.A)[0] for _ in range(11)]
+        self.assertEqual(outcomes[-1], "relay_rate_limited")
+        self.clock.rightNow -= 3600
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_rate_limited")
+        # The time that really passed refills, from the new reading on.
+        self.clock.advance(0.15)
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_rate_limited")
+
     def test_unused_sessions_end(self):
         self.clock.advance(self.table.idle_timeout + 1)
         self.assertEqual(self.table.expire(), 1)
