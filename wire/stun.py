@@ -34,6 +34,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from wire.relayproto import DatagramBatcher, enlarge_socket_buffers, is_relay_frame
+from wire.sourceaddress import unmapped
 
 log = Logger()
 
@@ -370,10 +371,8 @@ def _public_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The address as its owner should see it: an IPv4 client of a
     dual-stack socket appears as ``::ffff:a.b.c.d``, and a link-local one
     carries a ``%zone`` that means nothing to anyone else."""
-    address = ipaddress.ip_address(ip)
+    address = unmapped(ipaddress.ip_address(ip))
     if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
         return ipaddress.IPv6Address(address.packed)
     return address
 

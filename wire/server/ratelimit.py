@@ -23,6 +23,8 @@ from collections.abc import Hashable
 
 from twisted.internet.interfaces import IReactorTime
 
+from wire.sourceaddress import unmapped
+
 DEFAULT_MAX_KEYS = 100_000
 
 
@@ -109,8 +111,7 @@ def address_key(host: str) -> str:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
+    address = unmapped(address)
     if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
     return str(address)
