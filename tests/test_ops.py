@@ -470,6 +470,7 @@ class UpTests(unittest.TestCase):
         await self.assert_refused("--name: 'web 1' is not a DNS label", server=self.mesh.url, name="web 1")
         await self.assert_refused("--server: 'web1' is not an http:// or https:// URL", server="web1")
         await self.assert_refused("--interface: 'a/b' is not an interface name", server=self.mesh.url, interface="a/b")
+        await self.assert_refused("--interface: 'wiré0' is not an interface name", server=self.mesh.url, interface="wiré0")
         await self.assert_refused("--wait must be a positive number of seconds", server=self.mesh.url, wait=0)
         self.assertIsNone(load_config(self.mesh.config_dir), "nothing saved")
 

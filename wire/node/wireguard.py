@@ -40,6 +40,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_wg_public_key
 from wire.runner import CommandError, CommandFailed, CommandNotFound, IProcessRunner, IRunningProcess, describe_exit
 
@@ -63,8 +64,6 @@ INSTALL_ADVICE = (
 )
 _PACKAGES = {"wg": "wireguard-tools", "wireguard-go": "wireguard-go", "ip": "iproute2"}
 
-# wg-quick's rule for interface names; IFNAMSIZ leaves 15 characters.
-_INTERFACE_NAME = re.compile(r"[A-Za-z0-9_=+.-]{1,15}\Z")
 _UTUN_NAME = re.compile(r"utun[0-9]{1,5}\Z")
 _IPV4_ENDPOINT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})\Z")
 _IPV6_ENDPOINT = re.compile(r"\[([0-9A-Fa-f:.]{2,45})\]:([0-9]{1,5})\Z")
@@ -237,10 +236,11 @@ def parse_allowed_ips(value: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in ordered)
 
 
-def check_interface_name(value: Any) -> str:
-    if not isinstance(value, str) or not _INTERFACE_NAME.match(value) or value in (".", ".."):
-        raise _invalid("interface", f"{_shown(value)} is not an interface name (1-15 of A-Z a-z 0-9 _ = + . -)")
-    return value
+def _check_interface_name(value: Any) -> str:
+    try:
+        return parse_interface_name(value)
+    except ProtocolError as e:
+        raise _invalid("interface", e.problem) from None
 
 
 def _check_address(address: Any, prefixlen: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -466,7 +466,7 @@ class _WireGuardBase:
         check_interval: float = 5.0,
         stop_timeout: float = 5.0,
     ) -> None:
-        self.name = check_interface_name(name)
+        self.name = _check_interface_name(name)
         self.device = ""
         self.backend = ""
         self.on_lost = on_lost
