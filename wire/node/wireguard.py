@@ -40,6 +40,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from wire.install import package_for
 from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_wg_public_key
 from wire.runner import CommandError, CommandFailed, CommandNotFound, IProcessRunner, IRunningProcess, describe_exit
@@ -62,7 +63,6 @@ INSTALL_ADVICE = (
     "on Fedora `dnf install wireguard-tools wireguard-go`, "
     "on macOS `brew install wireguard-tools wireguard-go`"
 )
-_PACKAGES = {"wg": "wireguard-tools", "wireguard-go": "wireguard-go", "ip": "iproute2"}
 
 _UTUN_NAME = re.compile(r"utun[0-9]{1,5}\Z")
 _IPV4_ENDPOINT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})\Z")
@@ -712,7 +712,7 @@ def _tail(process: IRunningProcess) -> list[str]:
 
 
 def _missing(error: CommandNotFound) -> str:
-    package = _PACKAGES.get(os.path.basename(error.program))
+    package = package_for(error.program)
     return f"the {error.program!r} program is missing" + (f" (package {package})" if package else "")
 
 
