@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.fakes import FakeProcessRunner
 from wire.node.config import NodeConfig, validate
 from wire.node.ifname import parse_interface_name
 from wire.node.wireguard import InvalidWireGuardConfig, LinuxWireGuard, MacWireGuard
 from wire.protocol import ProtocolError
-from wire.runner import FakeProcessRunner
 
 NON_ASCII = ["wiré0", "wïre0", "wire٠", "ｗire0", "wire²"]
 

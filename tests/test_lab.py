@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.test_runner import process_gone, wait_for
+from tests.fakes import FakeProcessRunner
 from wire.lab import (
     Lab,
     LabError,
@@ -30,7 +31,6 @@ from wire.lab import (
 from wire.runner import (
     CommandFailed,
     CommandNotFound,
-    FakeProcessRunner,
     IProcessRunner,
     IRunningProcess,
     ProcessResult,

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
+from tests.fakes import FakeProcessRunner, FakeWireGuard, fixed_nat
 from tests.helpers import body_for, make_coordinator, registration_for
 from tests.test_daemon import eventually
 from wire import ops
@@ -25,7 +25,7 @@ from wire.node.config import NodeConfig, config_path, load_config, save_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
 from wire.node.wireguard import InterfaceStatus
-from wire.runner import CommandNotFound, FakeProcessRunner
+from wire.runner import CommandNotFound
 from wire.server.api import build_site
 from wire.stun import StunServerProtocol
 

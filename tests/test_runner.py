@@ -17,17 +17,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.fakes import FakeProcessRunner, FakeRunningProcess, UnexpectedCommand
 from wire.runner import (
     CommandFailed,
     CommandNotFound,
     CommandTimeout,
-    FakeProcessRunner,
-    FakeRunningProcess,
     IProcessRunner,
     IRunningProcess,
     ProcessResult,
     ProcessRunner,
-    UnexpectedCommand,
     describe_exit,
 )
 

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.helpers import key_for
+from tests.fakes import FakeProcessRunner, FakeRunningProcess
 from wire.keys import generate_private_key, public_key_for
 from wire.lab import Lab, LabUnavailable, check_requirements
 from wire.node.wireguard import (
@@ -39,8 +40,6 @@ from wire.node.wireguard import (
 )
 from wire.runner import (
     CommandNotFound,
-    FakeProcessRunner,
-    FakeRunningProcess,
     IProcessRunner,
     IRunningProcess,
     ProcessResult,
