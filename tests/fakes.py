@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -15,7 +16,7 @@ from zope.interface import implementer
 
 from wire.keys import public_key_for
 from wire.node.wireguard import InterfaceStatus, IWireGuard, PeerConfig, PeerStatus
-from wire.runner import ExitNotifier, IProcessRunner, IRunningProcess, ProcessResult
+from wire.runner import CommandError, CommandNotFound, ExitNotifier, IProcessRunner, IRunningProcess, ProcessResult
 from wire.stun import MappedAddress, NatReport
 
 
@@ -132,6 +133,7 @@ class _Expectation:
     result: ProcessResult | None = None
     error: Exception | None = None
     process: FakeRunningProcess | None = None
+    then: Callable[[], object] | None = None
 
     def describe(self) -> str:
         return f"{self.kind} `{shlex.join(self.argv)}`"
@@ -206,11 +208,15 @@ class FakeProcessRunner:
         stderr: bytes = b"",
         rc: int = 0,
         error: Exception | None = None,
+        then: Callable[[], object] | None = None,
     ) -> None:
-        """Script the next run(): it gives this result, or fails with error."""
+        """Script the next run(): it gives this result, or fails with error.
+
+        ``then`` is called when the command runs, before its result is
+        given: what the program would have done (a daemon it started)."""
         argv = tuple(argv)
         result = None if error else ProcessResult(argv, rc, stdout, stderr)
-        self._script.append(_Expectation("run", argv, result=result, error=error))
+        self._script.append(_Expectation("run", argv, result=result, error=error, then=then))
 
     def expect_start(self, argv: Sequence[str]) -> FakeRunningProcess:
         """Script the next start(); returns the process it will hand out."""
@@ -232,6 +238,8 @@ class FakeProcessRunner:
             expectation = self._take("run", tuple(argv), stdin, env)
         except UnexpectedCommand:
             return fail()
+        if expectation.then is not None:
+            expectation.then()
         if expectation.error is not None:
             return fail(expectation.error)
         assert expectation.result is not None
@@ -272,3 +280,63 @@ class FakeProcessRunner:
         )
         self._unexpected.append(message)
         raise UnexpectedCommand(message)
+
+
+@implementer(IProcessRunner)
+class PassThroughRunner:
+    """
+    An IProcessRunner that hands every command on to another (a real one)::
+
+        PassThroughRunner(runner, prefix=("ip", "netns", "exec", namespace))
+        PassThroughRunner(runner, inspect=fail_nft)
+
+    ``prefix`` goes before every command line (to run it inside a network
+    namespace).  ``inspect`` sees each command line as the caller gave it,
+    before it is handed on, and may raise a CommandError to fail it as the
+    real runner would (a run's Deferred fails; start raises).
+    """
+
+    def __init__(
+        self,
+        inner: IProcessRunner,
+        *,
+        prefix: Sequence[str] = (),
+        inspect: Callable[[tuple[str, ...]], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.prefix = tuple(prefix)
+        self._inspect = inspect
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = 30,
+    ) -> Deferred[ProcessResult]:
+        try:
+            self._look(argv)
+        except CommandError:
+            return fail()
+        return self.inner.run((*self.prefix, *argv), stdin=stdin, env=env, timeout=timeout)
+
+    def start(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
+    ) -> IRunningProcess:
+        self._look(argv)
+        return self.inner.start((*self.prefix, *argv), env=env, log_prefix=log_prefix or os.path.basename(argv[0]))
+
+    def _look(self, argv: Sequence[str]) -> None:
+        if self._inspect is not None:
+            self._inspect(tuple(argv))
+
+
+def missing_programs(*names: str) -> Callable[[tuple[str, ...]], None]:
+    """A PassThroughRunner ``inspect`` for a machine without these programs."""
+
+    def inspect(argv: tuple[str, ...]) -> None:
+        if argv and argv[0] in names:
+            raise CommandNotFound(argv[0])
+
+    return inspect

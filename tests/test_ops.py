@@ -189,22 +189,6 @@ class Mesh:
         self.coordinator.close()
 
 
-class LaunchingRunner(FakeProcessRunner):
-    """The scripted runner, where ``twistd ... wire-node`` starts the
-    in-process daemon (and returns once it has started, as twistd does)."""
-
-    def __init__(self, mesh: Mesh, **daemon_options):
-        super().__init__()
-        self._mesh = mesh
-        self._options = daemon_options
-
-    def run(self, argv, **kwargs):
-        result = super().run(argv, **kwargs)
-        if "wire-node" in argv:
-            self._mesh.launch_daemon(**self._options)
-        return result
-
-
 class StatusTests(unittest.TestCase):
     timeout = 30
 
@@ -388,9 +372,14 @@ class UpTests(unittest.TestCase):
     def setUp(self):
         self.mesh = Mesh(self)
 
-    def launching_runner(self, **daemon_options) -> LaunchingRunner:
-        runner = LaunchingRunner(self.mesh, **daemon_options)
-        runner.expect(launcher.node_argv(self.mesh.config_dir, foreground=False))
+    def launching_runner(self, **daemon_options) -> FakeProcessRunner:
+        """The scripted runner, where ``twistd ... wire-node`` starts the
+        in-process daemon (and returns once it has started, as twistd does)."""
+        runner = FakeProcessRunner()
+        runner.expect(
+            launcher.node_argv(self.mesh.config_dir, foreground=False),
+            then=lambda: self.mesh.launch_daemon(**daemon_options),
+        )
         self.mesh.runner = runner
         self.addCleanup(runner.assert_all_called)
         return runner

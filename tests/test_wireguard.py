@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,11 +15,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.helpers import key_for
-from tests.fakes import FakeProcessRunner, FakeRunningProcess
+from tests.fakes import FakeProcessRunner, FakeRunningProcess, PassThroughRunner, missing_programs
 from wire.keys import generate_private_key, public_key_for
 from wire.lab import Lab, LabUnavailable, check_requirements
 from wire.node.wireguard import (
@@ -40,9 +39,6 @@ from wire.node.wireguard import (
 )
 from wire.runner import (
     CommandNotFound,
-    IProcessRunner,
-    IRunningProcess,
-    ProcessResult,
     ProcessRunner,
     find_program,
 )
@@ -103,20 +99,6 @@ def ip_addresses_json(*addresses: tuple[str, int]) -> bytes:
 
 def run(coroutine) -> Deferred:
     return Deferred.fromCoroutine(coroutine)
-
-
-@implementer(IProcessRunner)
-class MissingProgramRunner(FakeProcessRunner):
-    """A FakeProcessRunner on a machine without some programs: start() of them fails."""
-
-    def __init__(self, *missing: str) -> None:
-        super().__init__()
-        self.missing = set(missing)
-
-    def start(self, argv, *, env=None, log_prefix=None):
-        if argv[0] in self.missing:
-            raise CommandNotFound(argv[0])
-        return super().start(argv, env=env, log_prefix=log_prefix)
 
 
 class Scripted(SynchronousTestCase):
@@ -227,17 +209,17 @@ class UpTests(Scripted):
         self.runner.assert_all_called()
 
     def test_no_wireguard_go_and_no_kernel_module(self) -> None:
-        runner = MissingProgramRunner("wireguard-go")
+        runner = PassThroughRunner(self.runner, inspect=missing_programs("wireguard-go"))
         wg = LinuxWireGuard(runner, NAME, clock=self.clock)
-        runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
-        runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
         error = self.failureResultOf(self.up(wg), WireGuardUnavailable).value
         message = str(error)
         self.assertIn("'wireguard-go' program is missing", message)
         self.assertIn("the kernel has no WireGuard module", message)
         self.assertIn("apt-get install wireguard-tools wireguard-go", message)
         self.assertIn("brew install wireguard-tools wireguard-go", message)
-        runner.assert_all_called()
+        self.runner.assert_all_called()
 
     def test_no_wg_removes_the_new_kernel_interface(self) -> None:
         self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
@@ -839,30 +821,6 @@ def real_skip_reason() -> str | None:
     return None
 
 
-@implementer(IProcessRunner)
-class HostRunner:
-    """An IProcessRunner that runs everything inside one lab host's namespace."""
-
-    def __init__(self, lab: Lab, host: str) -> None:
-        self._lab = lab
-        self._host = host
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = 30,
-    ) -> Deferred[ProcessResult]:
-        return self._lab.run(self._host, argv, stdin=stdin, env=env, timeout=timeout)
-
-    def start(
-        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
-    ) -> IRunningProcess:
-        return self._lab.start(self._host, argv, env=env, log_prefix=log_prefix)
-
-
 async def poll_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = reactor.seconds() + timeout
     while not predicate():
@@ -904,7 +862,7 @@ class RealWireGuardTests(TestCase):
 
     def wireguard(self, host: str, **options) -> LinuxWireGuard:
         wg = LinuxWireGuard(
-            HostRunner(self.lab, host), self.lab.hosts[host].wireguard_interface, clock=reactor, **options
+            PassThroughRunner(self.runner, prefix=("ip", "netns", "exec", self.lab.hosts[host].namespace)), self.lab.hosts[host].wireguard_interface, clock=reactor, **options
         )
         self.addCleanup(self.quietly_down, wg)
         return wg
