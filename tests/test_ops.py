@@ -118,7 +118,7 @@ class Mesh:
             port = http.getHost().port
             try:
                 for offset in (1, 2):
-                    udp = reactor.listenUDP(port + offset, StunServerProtocol(), interface="127.0.0.1")
+                    udp = reactor.listenUDP(port + offset, StunServerProtocol(reactor), interface="127.0.0.1")
                     self.test.addCleanup(udp.stopListening)
                 return http
             except CannotListenError:

@@ -326,7 +326,7 @@ class ShimOverRealSocketsTests(unittest.TestCase):
 
     async def setUp(self):
         self.table = RelayTable(reactor)
-        server = reactor.listenUDP(0, StunServerProtocol(relay=self.table.handle), interface="127.0.0.1")
+        server = reactor.listenUDP(0, StunServerProtocol(reactor, relay=self.table.handle), interface="127.0.0.1")
         self.addCleanup(server.stopListening)
         self.relay_port = server.getHost().port
         self.wg_a, self.wg_b = FakeWireGuardSocket(), FakeWireGuardSocket()

@@ -380,7 +380,7 @@ class _FailingTransport:
 class ServerProtocolTests(unittest.TestCase):
     def setUp(self) -> None:
         self.outcomes: list[str] = []
-        self.protocol = StunServerProtocol(observe=self.outcomes.append)
+        self.protocol = StunServerProtocol(Clock(), observe=self.outcomes.append)
         self.transport = FakeDatagramTransport()
         self.protocol.makeConnection(self.transport)
 
@@ -437,13 +437,13 @@ class ServerProtocolTests(unittest.TestCase):
         def observe(outcome: str) -> None:
             raise RuntimeError(outcome)
 
-        protocol = StunServerProtocol(observe=observe)
+        protocol = StunServerProtocol(Clock(), observe=observe)
         protocol.makeConnection(FakeDatagramTransport())
         protocol.datagramReceived(b"ping", ("203.0.113.4", 41641))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_without_observer(self) -> None:
-        protocol = StunServerProtocol()
+        protocol = StunServerProtocol(Clock())
         protocol.makeConnection(self.transport)
         protocol.datagramReceived(b"ping", ("203.0.113.4", 41641))
         self.assertEqual(len(self.transport.written), 1)
@@ -649,7 +649,7 @@ class _RealSocketCase(unittest.TestCase):
 
     def stun_server(self) -> tuple[int, list[str]]:
         outcomes: list[str] = []
-        return self.listen(StunServerProtocol(observe=outcomes.append)), outcomes
+        return self.listen(StunServerProtocol(reactor, observe=outcomes.append)), outcomes
 
     async def free_port(self) -> int:
         """A port nothing listens on (bound and released at once)."""

@@ -309,7 +309,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     stun_limiter = _rate_limiter(config, "stun", reactor)
     admit = None if stun_limiter is None else lambda host: stun_limiter.allow(address_key(host))  # noqa: E731
     for udp_port, relay_handler in ((port + 1, relay), (port + 2, None)):
-        protocol = StunServerProtocol(observe=observe, relay=relay_handler, admit=admit)
+        protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit)
         UDPServer(udp_port, protocol, interface=interface, reactor=reactor).setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
     log.info(
