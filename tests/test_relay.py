@@ -11,6 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial import unittest
 
 from wire.node.relay import RelayShim
@@ -27,6 +28,7 @@ from wire.relayproto import (
     ReplayWindow,
     payload_view,
     read_header,
+    socket_of,
     udp_gso_supported,
 )
 from wire.server.relay import RelayTable
@@ -190,6 +192,17 @@ class RelayTableTests(unittest.TestCase):
         self.assertEqual(len(self.table), 0)
 
 
+class SocketOfTests(unittest.TestCase):
+    def test_a_real_port_hands_out_its_socket_through_get_handle(self):
+        port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIs(socket_of(port), port.getHandle())
+        self.assertEqual(socket_of(port).getsockname()[1], port.getHost().port)
+
+    def test_an_in_memory_transport_has_none(self):
+        self.assertIsNone(socket_of(FakeDatagramTransport()))
+
+
 class DatagramBatcherTests(unittest.TestCase):
     """The relay's sends leave after the reactor turn that made them, runs of
     equal-size datagrams as one GSO send where the kernel has it, and every
@@ -307,7 +320,10 @@ class RefusingSocket:
 
 class FakePort:
     def __init__(self, sock):
-        self.socket = sock
+        self._socket = sock
+
+    def getHandle(self):
+        return self._socket
 
 
 class FakeWireGuardSocket(DatagramProtocol):
