@@ -7,7 +7,8 @@ import os
 from twisted.trial import unittest
 
 from wire.install import check_install, detect_platform, package_for
-from wire.node.wireguard import WireGuardUnavailable, _missing
+from wire.node.wireguard import WireGuardUnavailable
+from wire.node.wireguard.base import missing_program
 from wire.runner import CommandNotFound
 
 # Trimmed from each distribution's real /etc/os-release.
@@ -66,7 +67,7 @@ class PackageForTests(unittest.TestCase):
         self.assertIsNone(package_for("nft"))
 
     def test_the_driver_names_the_package_from_it(self):
-        message = str(WireGuardUnavailable(_missing(CommandNotFound("/usr/bin/wg"))))
+        message = str(WireGuardUnavailable(missing_program(CommandNotFound("/usr/bin/wg"))))
         self.assertIn("'/usr/bin/wg' program is missing (package wireguard-tools)", message)
 
 

@@ -21,6 +21,7 @@ from tests.helpers import key_for
 from tests.fakes import FakeProcessRunner, FakeRunningProcess, PassThroughRunner, missing_programs
 from wire.keys import generate_private_key, public_key_for
 from wire.lab import Lab, LabUnavailable, check_requirements
+from wire.node.wireguard.diff import argv_batches
 from wire.node.wireguard import (
     InterfaceStatus,
     InvalidWireGuardConfig,
@@ -32,7 +33,6 @@ from wire.node.wireguard import (
     PeerStatus,
     WireGuardError,
     WireGuardUnavailable,
-    _batches,
     make_wireguard,
     parse_dump,
     parse_endpoint,
@@ -440,13 +440,13 @@ class ApplyTests(Scripted):
 
     def test_a_huge_netmap_is_split_only_when_argv_would_overflow(self) -> None:
         groups = [["peer", key_for(str(i)), "allowed-ips", f"10.99.0.{i}/32"] for i in range(10)]
-        (one,) = _batches(["wg", "set", NAME], groups)
+        (one,) = argv_batches(["wg", "set", NAME], groups)
         self.assertEqual(one, ["wg", "set", NAME, *[word for group in groups for word in group]])
-        several = _batches(["wg", "set", NAME], groups, limit=400)
+        several = argv_batches(["wg", "set", NAME], groups, limit=400)
         self.assertGreater(len(several), 1)
         self.assertEqual([word for argv in several for word in argv[3:]], one[3:])
         self.assertTrue(all(argv[:3] == ["wg", "set", NAME] and argv[3] == "peer" for argv in several))
-        self.assertEqual(_batches(["wg", "set", NAME], []), [])
+        self.assertEqual(argv_batches(["wg", "set", NAME], []), [])
 
     def test_failure_rereads_the_interface(self) -> None:
         peers = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820")}
