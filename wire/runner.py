@@ -28,12 +28,15 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.procutils import which
 from zope.interface import Attribute, Interface, implementer
 
-log = Logger()
+from wire.debuglog import logger
+
+# Each command run is a debug event (a node runs `wg show` on every status
+# poll); start, exit and failures are info and warn.
+log = logger(__name__)
 
 # Administration tools (ip, nft, sysctl) live in sbin, which a non-root PATH
 # often lacks.
