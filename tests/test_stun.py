@@ -694,6 +694,28 @@ class RealSocketTests(_RealSocketCase):
             )
         self.assertLess(reactor.seconds() - started, 2)
 
+    async def test_relayed_sends_are_paced_by_the_reactor_it_was_given(self) -> None:
+        """No fallback to the global reactor: the relay's batched sends wait
+        for a turn of the clock handed to the protocol."""
+        clock = Clock()
+        destination = _Receiver()
+        destination_port = self.listen(destination)
+        arrived: Deferred[None] = Deferred()
+
+        def relay(data: bytes, addr: Any) -> tuple[str, bytes | None, Any]:
+            reactor.callLater(0, arrived.callback, None)  # once the datagram is handled
+            return "relay_forwarded", b"relayed", ("127.0.0.1", destination_port)
+
+        server_port = self.listen(StunServerProtocol(clock, relay=relay))
+        sender = _Receiver()
+        self.listen(sender)
+        sender.transport.write(b"WRL2 a relay frame", ("127.0.0.1", server_port))
+        await arrived.addTimeout(5, reactor)
+        self.assertEqual(len(clock.getDelayedCalls()), 1, "the flush waits on the given clock")
+        clock.advance(0)
+        reply, _ = await destination.next()
+        self.assertEqual(reply, b"relayed")
+
     async def test_seed_style_probe(self) -> None:
         server_port, _ = self.stun_server()
         receiver = _Receiver()
