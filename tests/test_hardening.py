@@ -314,6 +314,7 @@ class StunRateLimitTests(unittest.TestCase):
         self.relayed: list[tuple[bytes, tuple]] = []
         limiter = RateLimiter(10, 3, self.clock)
         self.protocol = StunServerProtocol(
+            self.clock,
             observe=self.outcomes.append,
             relay=lambda data, addr: (self.relayed.append((data, addr)) or ("relay_unknown", None, None)),
             admit=lambda host: limiter.allow(address_key(host)),
@@ -349,7 +350,7 @@ class StunRateLimitTests(unittest.TestCase):
     def test_replies_to_one_source_stay_within_its_budget(self, datagrams):
         clock = Clock()
         limiter = RateLimiter(10, 3, clock)
-        protocol = StunServerProtocol(admit=lambda host: limiter.allow(address_key(host)))
+        protocol = StunServerProtocol(clock, admit=lambda host: limiter.allow(address_key(host)))
         transport = FakeDatagramTransport()
         protocol.makeConnection(transport)
         for data, gap in datagrams:
@@ -1015,7 +1016,7 @@ class UdpPortPropertyTests(unittest.TestCase):
     @settings(deadline=None, max_examples=400)
     @given(st.lists(st.tuples(st.binary(max_size=120), st.sampled_from([("203.0.113.9", 40000), ("::ffff:203.0.113.9", 1), ("fe80::1%lo", 5000), ("10.0.0.1", 0)])), max_size=20))
     def test_the_port_answers_only_the_sender_and_within_bounds(self, datagrams):
-        protocol = StunServerProtocol(relay=self.table.handle)
+        protocol = StunServerProtocol(Clock(), relay=self.table.handle)
         transport = FakeDatagramTransport()
         protocol.makeConnection(transport)
         for datagram, source in datagrams:

@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
+from tests.fakes import FakeProcessRunner, FakeWireGuard, fixed_nat
 from tests.helpers import body_for, make_coordinator, registration_for
 from tests.serverproc import CHECKOUT, ServerProcess
 from tests.test_daemon import eventually
@@ -37,7 +37,7 @@ from wire.node.daemon import NodeDaemon
 from wire.node.enroll import coordination_client, credential_path, enroll
 from wire.node.wireguard import InterfaceStatus
 from wire.ops import context as context_module
-from wire.runner import CommandNotFound, FakeProcessRunner
+from wire.runner import CommandNotFound
 from wire.server.admin import Admin
 from wire.server.api import build_site
 from wire.server.auth import Authority
@@ -133,7 +133,7 @@ class Mesh:
             port = http.getHost().port
             try:
                 for offset in (1, 2):
-                    udp = reactor.listenUDP(port + offset, StunServerProtocol(), interface="127.0.0.1")
+                    udp = reactor.listenUDP(port + offset, StunServerProtocol(reactor), interface="127.0.0.1")
                     self.test.addCleanup(udp.stopListening)
                 return http
             except CannotListenError:
@@ -205,22 +205,6 @@ class Mesh:
         """Gone: refuses connections, and answers the open long-polls first."""
         await self.http.stopListening()
         self.coordinator.close()
-
-
-class LaunchingRunner(FakeProcessRunner):
-    """The scripted runner, where ``twistd ... wire-node`` starts the
-    in-process daemon (and returns once it has started, as twistd does)."""
-
-    def __init__(self, mesh: Mesh, **daemon_options):
-        super().__init__()
-        self._mesh = mesh
-        self._options = daemon_options
-
-    def run(self, argv, **kwargs):
-        result = super().run(argv, **kwargs)
-        if "wire-node" in argv:
-            self._mesh.launch_daemon(**self._options)
-        return result
 
 
 class StatusTests(unittest.TestCase):
@@ -406,9 +390,14 @@ class UpTests(unittest.TestCase):
     def setUp(self):
         self.mesh = Mesh(self)
 
-    def launching_runner(self, **daemon_options) -> LaunchingRunner:
-        runner = LaunchingRunner(self.mesh, **daemon_options)
-        runner.expect(launcher.node_argv(self.mesh.config_dir, foreground=False))
+    def launching_runner(self, **daemon_options) -> FakeProcessRunner:
+        """The scripted runner, where ``twistd ... wire-node`` starts the
+        in-process daemon (and returns once it has started, as twistd does)."""
+        runner = FakeProcessRunner()
+        runner.expect(
+            launcher.node_argv(self.mesh.config_dir, foreground=False),
+            then=lambda: self.mesh.launch_daemon(**daemon_options),
+        )
         self.mesh.runner = runner
         self.addCleanup(runner.assert_all_called)
         return runner
@@ -488,6 +477,7 @@ class UpTests(unittest.TestCase):
         await self.assert_refused("--name: 'web 1' is not a DNS label", server=self.mesh.url, name="web 1")
         await self.assert_refused("--server: 'web1' is not an http:// or https:// URL", server="web1")
         await self.assert_refused("--interface: 'a/b' is not an interface name", server=self.mesh.url, interface="a/b")
+        await self.assert_refused("--interface: 'wiré0' is not an interface name", server=self.mesh.url, interface="wiré0")
         await self.assert_refused("--wait must be a positive number of seconds", server=self.mesh.url, wait=0)
         self.assertIsNone(load_config(self.mesh.config_dir), "nothing saved")
 

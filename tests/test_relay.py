@@ -15,6 +15,7 @@ from twisted.internet._resolver import GAIResolver
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial import unittest
 
 from tests.fakes import UDPClock
@@ -33,6 +34,7 @@ from wire.relayproto import (
     ReplayWindow,
     payload_view,
     read_header,
+    socket_of,
     udp_gso_supported,
 )
 from wire.protocol import RelayGrant
@@ -175,6 +177,18 @@ class RelayTableTests(unittest.TestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
 
+    def test_a_clock_stepping_back_neither_refills_nor_locks_out(self):
+        self.table.handle(self.frame("a", b""), self.A)
+        self.table.handle(self.frame("b", b""), self.B)
+        outcomes = [self.table.handle(self.frame("a", b"x" * 1000), self.A)[0] for _ in range(11)]
+        self.assertEqual(outcomes[-1], "relay_rate_limited")
+        self.clock.rightNow -= 3600
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_rate_limited")
+        # The time that really passed refills, from the new reading on.
+        self.clock.advance(0.15)
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_rate_limited")
+
     def test_unused_sessions_end(self):
         self.clock.advance(self.table.idle_timeout + 1)
         self.assertEqual(self.table.expire(), 1)
@@ -183,6 +197,17 @@ class RelayTableTests(unittest.TestCase):
     def test_end_sessions_of_a_node(self):
         self.assertEqual(self.table.end_sessions_of("node-b"), 1)
         self.assertEqual(len(self.table), 0)
+
+
+class SocketOfTests(unittest.TestCase):
+    def test_a_real_port_hands_out_its_socket_through_get_handle(self):
+        port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIs(socket_of(port), port.getHandle())
+        self.assertEqual(socket_of(port).getsockname()[1], port.getHost().port)
+
+    def test_an_in_memory_transport_has_none(self):
+        self.assertIsNone(socket_of(FakeDatagramTransport()))
 
 
 class DatagramBatcherTests(unittest.TestCase):
@@ -360,7 +385,7 @@ class ShimOverRealSocketsTests(unittest.TestCase):
 
     async def setUp(self):
         self.table = RelayTable(reactor)
-        server = reactor.listenUDP(0, StunServerProtocol(relay=self.table.handle), interface="127.0.0.1")
+        server = reactor.listenUDP(0, StunServerProtocol(reactor, relay=self.table.handle), interface="127.0.0.1")
         self.addCleanup(server.stopListening)
         self.relay_port = server.getHost().port
         self.wg_a, self.wg_b = FakeWireGuardSocket(), FakeWireGuardSocket()

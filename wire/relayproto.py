@@ -130,9 +130,9 @@ class ReplayWindow:
 RELAY_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
-def socket_of(port):
-    """The OS socket under a Twisted port (its public getHandle()), or None
-    for a port that has none (tests' fakes)."""
+def socket_of(port) -> Any:
+    """The port's socket (IListeningPort's ``getHandle()``), or None for a
+    transport that has none (tests' in-memory fakes)."""
     get_handle = getattr(port, "getHandle", None)
     return get_handle() if get_handle is not None else None
 

@@ -20,14 +20,8 @@ from urllib.parse import urlsplit
 
 from wire.addressing import parse_subnet
 from wire.fsutil import write_atomically
-from wire.protocol import (
-    ProtocolError,
-    parse_ip_address,
-    parse_nat_type,
-    parse_node_id,
-    parse_node_name,
-    parse_port,
-)
+from wire.node.ifname import parse_interface_name
+from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"
@@ -81,12 +75,6 @@ def stun_ports(server_url: str) -> tuple[str, int, int]:
     parts = urlsplit(server_url)
     port = parts.port or DEFAULT_SERVER_PORT
     return parts.hostname or "", port + 1, port + 2
-
-
-def parse_interface_name(value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 15 or not all(c.isalnum() or c in "-_." for c in value):
-        raise ProtocolError("interface", f"{value!r} is not an interface name (1-15 letters, digits, '-', '_', '.')")
-    return value
 
 
 def validate(data: dict[str, Any]) -> NodeConfig:

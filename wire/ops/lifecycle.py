@@ -16,11 +16,11 @@ from wire.node.config import (
     NodeConfig,
     default_node_name,
     generate_node_id,
-    parse_interface_name,
     parse_server_url,
     save_config,
 )
 from wire.node.enroll import EnrollError, enroll, forget_credential
+from wire.node.ifname import parse_interface_name
 from wire.ops.context import Context, OpError, _require_root
 from wire.protocol import (
     ProtocolError,

@@ -35,16 +35,11 @@ from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.ratelimit import RateLimiter, address_key
-from wire.server.registry import RegistryConflict, normalize_client_ip
+from wire.server.registry import RegistryConflict
 from wire.server.store import StoreError
-from wire.web import (
-    ApiError,
-    JsonResource,
-    JsonRoot,
-    forget_input,
-    make_site,
-    read_json_body,
-)
+from wire.sourceaddress import normalize_client_ip
+from wire.web import ApiError, JsonResource, JsonRoot, forget_input, make_site, read_json_body
+
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -9,7 +9,6 @@ or expired only looks at those, never at the whole mesh.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable
@@ -287,15 +286,3 @@ class Registry:
                 hours=self.expire_after / 3600,
             )
             self.remove(node_id)
-
-
-def normalize_client_ip(host: str) -> str:
-    """An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
-

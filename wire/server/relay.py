@@ -29,6 +29,7 @@ from wire.relayproto import (
     payload_view,
     read_header,
 )
+from wire.server.ratelimit import TokenBucket
 
 DEFAULT_RATE_BYTES = 50 * 1024 * 1024  # per side, per second
 DEFAULT_BURST_BYTES = 4 * 1024 * 1024
@@ -43,22 +44,6 @@ OUTCOMES = (
     "relay_no_peer",
     "relay_rate_limited",
 )
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float, now: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated = now
-
-    def spend(self, amount: int, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
 
 
 @dataclass(eq=False)

@@ -444,7 +444,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     stun_limiter = _rate_limiter(config, "stun", reactor)
     admit = None if stun_limiter is None else lambda host: stun_limiter.allow(address_key(host))  # noqa: E731
     for udp_port, relay_handler, job in ((port + 1, relay, "STUN and relay"), (port + 2, None, "STUN")):
-        protocol = StunServerProtocol(observe=observe, relay=relay_handler, admit=admit)
+        protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit)
         what = f"UDP port {udp_port}{where} ({job}, --port + {udp_port - port})"
         _ListeningUDP(udp_port, protocol, interface, reactor, what).setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
