@@ -25,6 +25,7 @@ from wire.client import (
     ServerUnreachable,
     make_http_client,
 )
+from wire.debuglog import show_debug
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
@@ -36,7 +37,6 @@ from wire.node.daemon import (
     NodeDaemon,
 )
 from wire.node.lan import LanAddress
-from wire.node.logs import show_debug
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
 from wire.node.relay import RelayShim
 from wire.protocol import (

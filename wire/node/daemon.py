@@ -37,10 +37,10 @@ from wire.client import (
     ServerError,
     ServerUnreachable,
 )
+from wire.debuglog import logger as debug_aware_logger
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.lan import LanAddress
-from wire.node.logs import node_logger
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
 from wire.node.paths import Me, PathPlanner
 from wire.node.relay import RelayShim
@@ -112,7 +112,7 @@ class RuntimeState:
 
 
 class NodeDaemon(Service):
-    log = node_logger()
+    log = debug_aware_logger()
 
     def __init__(
         self,

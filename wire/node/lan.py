@@ -24,14 +24,14 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from wire.node.logs import node_logger
+from wire.debuglog import logger as debug_aware_logger
 
 RESOLVE_TIMEOUT = 5.0
 # How long a resolved server address is trusted before it is looked up again.
 RESOLVE_EVERY = 300.0
 RETRY_FAILED_AFTER = 30.0
 
-log = node_logger()
+log = debug_aware_logger()
 
 
 def server_host(server_url: str) -> str:

@@ -20,7 +20,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
-from wire.node.logs import node_logger
+from wire.debuglog import logger as debug_aware_logger
 from wire.protocol import RelayGrant
 from wire.relayproto import (
     MAX_FRAME,
@@ -41,7 +41,7 @@ KEEPALIVE_INTERVAL = 10.0
 # A session whose keepalives go unanswered this long is reported dead.
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
 
-log = node_logger()
+log = debug_aware_logger()
 
 
 @dataclass
