@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, dataclass
 from urllib.parse import quote_from_bytes
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from treq.testing import StubTreq
@@ -41,14 +41,23 @@ from wire.protocol import (
     parse_registration,
     parse_wg_public_key,
 )
-from wire.relayproto import MAGIC, MAX_PAYLOAD, OVERHEAD, TO_NODE, TO_SERVER, FrameKey, read_header
+from wire.relayproto import (
+    MAGIC,
+    MAX_PAYLOAD,
+    OVERHEAD,
+    TO_NODE,
+    TO_SERVER,
+    FrameKey,
+    read_header,
+)
 from wire.server.api import ClientRules, build_root, forwarded_client
 from wire.server.auth import Authority
 from wire.server.metrics import ServerMetrics
 from wire.server.netmap import MAX_WAIT_SECONDS
+from wire.server.options import DEFAULT_RATE_LIMITS, Options
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.relay import RelayTable
-from wire.server.tap import DEFAULT_RATE_LIMITS, Options, makeService
+from wire.server.tap import makeService
 from wire.stun import StunServerProtocol, encode_binding_request, reply_limit
 from wire.web import REQUEST_RECEIVE_TIMEOUT, DeadlineChannel, make_site
 

@@ -30,8 +30,11 @@ from wire.relayproto import enlarge_socket_buffers
 from wire.server.admin import Admin, build_admin_site
 from wire.server.api import build_site
 from wire.server.auth import Authority
+from wire.server.firstjoin import FIRST_JOIN_FILE
+from wire.server.listening import StartFailure
 from wire.server.metrics import ServerMetrics, exposition
-from wire.server.tap import FIRST_JOIN_FILE, Options, StartFailure, makeService
+from wire.server.options import Options
+from wire.server.tap import makeService
 from wire.urls import is_loopback_host, is_loopback_url
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -394,7 +397,7 @@ class ConfigFileTests(unittest.TestCase):
         self.assertEqual((options["open"], options["plain-http"], options["no-rate-limits"], options["tls"]), (False, True, True, False))
 
     def test_the_file_knows_every_option(self):
-        from wire.server.tap import config_kinds
+        from wire.server.options import config_kinds
 
         options = {name for name, *_ in Options.optParameters} | {name for name, *_ in Options.optFlags} | {"trusted-proxy"}
         self.assertEqual(set(config_kinds()), options - {"config"})
@@ -498,7 +501,7 @@ class ConfigFilePropertyTests(unittest.TestCase):
     """Whatever a file holds, reading it gives checked settings or one line naming the file."""
 
     def setUp(self):
-        from wire.server.tap import config_kinds
+        from wire.server.options import config_kinds
 
         self.kinds = config_kinds()
         self.path = os.path.join(short_dir(self), "server.toml")

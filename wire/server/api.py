@@ -38,8 +38,14 @@ from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict
 from wire.server.store import StoreError
 from wire.sourceaddress import normalize_client_ip
-from wire.web import ApiError, JsonResource, JsonRoot, forget_input, make_site, read_json_body
-
+from wire.web import (
+    ApiError,
+    JsonResource,
+    JsonRoot,
+    forget_input,
+    make_site,
+    read_json_body,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

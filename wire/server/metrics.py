@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from twisted.web import server
 
-from wire.web import JsonResource
 from wire.server.relay import OUTCOMES as RELAY_OUTCOMES
 from wire.stun import OUTCOMES as STUN_OUTCOMES
+from wire.web import JsonResource
 
 
 class ServerMetrics:
