@@ -22,7 +22,6 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import Mapping, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,40 +29,23 @@ from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.task import react  # noqa: E402
 from twisted.logger import LogLevel, LogLevelFilterPredicate, FilteringLogObserver, globalLogBeginner  # noqa: E402
 from twisted.logger import textFileLogObserver  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
+from tests.fakes import PassThroughRunner  # noqa: E402
 from wire.keys import generate_private_key, public_key_for  # noqa: E402
 from wire.node.wireguard import LinuxWireGuard, PeerConfig  # noqa: E402
-from wire.runner import IProcessRunner, IRunningProcess, ProcessResult, ProcessRunner, find_program  # noqa: E402
+from wire.runner import ProcessRunner, find_program  # noqa: E402
 
 ENDPOINTS = ipaddress.IPv4Network("198.18.0.0/15")
 
 
-@implementer(IProcessRunner)
-class NamespaceRunner:
-    """Runs every command inside one network namespace, counting `wg set` spawns."""
+def count_wg_sets(wg_sets: list[int]):
+    """A PassThroughRunner inspector: the argv bytes of each `wg set` (without the netns prefix)."""
 
-    def __init__(self, runner: IProcessRunner, namespace: str) -> None:
-        self._runner = runner
-        self._namespace = namespace
-        self.wg_sets: list[int] = []  # argv bytes of each `wg set` (without the netns prefix)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = 30,
-    ) -> Deferred[ProcessResult]:
+    def inspect(argv: tuple[str, ...]) -> None:
         if list(argv[:2]) == ["wg", "set"]:
-            self.wg_sets.append(sum(len(word) + 1 for word in argv))
-        return self._runner.run(["ip", "netns", "exec", self._namespace, *argv], stdin=stdin, env=env, timeout=timeout)
+            wg_sets.append(sum(len(word) + 1 for word in argv))
 
-    def start(
-        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
-    ) -> IRunningProcess:
-        return self._runner.start(["ip", "netns", "exec", self._namespace, *argv], env=env, log_prefix=log_prefix)
+    return inspect
 
 
 def random_peer(rng: random.Random, index: int) -> PeerConfig:
@@ -95,12 +77,12 @@ def changed_netmap(
     return result
 
 
-async def timed_apply(wg: LinuxWireGuard, runner: NamespaceRunner, netmap: dict[str, PeerConfig]) -> dict:
-    before = len(runner.wg_sets)
+async def timed_apply(wg: LinuxWireGuard, wg_sets: list[int], netmap: dict[str, PeerConfig]) -> dict:
+    before = len(wg_sets)
     started = time.perf_counter()
     changed = await wg.apply(netmap)
     seconds = time.perf_counter() - started
-    spawns = runner.wg_sets[before:]
+    spawns = wg_sets[before:]
     return {"seconds": round(seconds, 4), "peers_changed": changed, "wg_spawns": len(spawns), "argv_bytes": sum(spawns)}
 
 
@@ -108,7 +90,8 @@ async def bench(reactor, peers: int, changes: int) -> dict:
     root = ProcessRunner(reactor)
     tag = secrets.token_hex(3)
     namespace, interface = f"wbench-{tag}", f"wb{tag}"
-    runner = NamespaceRunner(root, namespace)
+    wg_sets: list[int] = []
+    runner = PassThroughRunner(root, prefix=("ip", "netns", "exec", namespace), inspect=count_wg_sets(wg_sets))
     wg = LinuxWireGuard(runner, interface, clock=reactor, use_kernel=False)
     rng = random.Random()
     (await root.run(["ip", "netns", "add", namespace])).check()
@@ -122,17 +105,17 @@ async def bench(reactor, peers: int, changes: int) -> dict:
         netmap = {config.public_key: config for config in (random_peer(rng, i) for i in range(peers))}
         build_seconds = time.perf_counter() - started
 
-        first = await timed_apply(wg, runner, netmap)
+        first = await timed_apply(wg, wg_sets, netmap)
         started = time.perf_counter()
         status = await wg.status()
         status_seconds = time.perf_counter() - started
         assert len(status.peers) == peers, f"{len(status.peers)} peers on the interface, expected {peers}"
 
         second_netmap = changed_netmap(rng, netmap, changes, peers)
-        second = await timed_apply(wg, runner, second_netmap)
+        second = await timed_apply(wg, wg_sets, second_netmap)
         status = await wg.status()
         assert {p.public_key for p in status.peers} == set(second_netmap), "the interface does not hold the netmap"
-        again = await timed_apply(wg, runner, second_netmap)
+        again = await timed_apply(wg, wg_sets, second_netmap)
 
         links = (await runner.run(["ip", "-o", "link", "show"])).check().stdout.decode()
         return {

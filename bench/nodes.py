@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
 
 from bench.httpload import Connector, Counters, HttpConnection, HttpError, NotSent, client_tls
+from wire.protocol import Registration
 
 MODES = ("wire", "seed")
 REQUEST_TIMEOUT = 10.0
@@ -57,19 +58,22 @@ def node_identity(run_tag: str, index: int) -> tuple[str, str, str]:
     return node_id, name, key
 
 
-def registration_body(run_tag: str, index: int) -> bytes:
+def registration_for(run_tag: str, index: int) -> Registration:
     node_id, name, key = node_identity(run_tag, index)
     # Ports spread like NAT mappings; lan_ip as real nodes send it.
-    port = 20000 + index % 40000
-    body = {
-        "node_id": node_id,
-        "node_name": name,
-        "wg_public_key": key,
-        "port": 51820,
-        "nat_port": port,
-        "lan_ip": f"192.168.{index // 250 % 250}.{1 + index % 250}",
-    }
-    return json.dumps(body).encode()
+    return Registration(
+        node_id=node_id,
+        node_name=name,
+        wg_public_key=key,
+        port=51820,
+        nat_port=20000 + index % 40000,
+        lan_ip=f"192.168.{index // 250 % 250}.{1 + index % 250}",
+    )
+
+
+def registration_body(run_tag: str, index: int) -> bytes:
+    """``POST /register``'s body, as wire/node/daemon.py builds it (Registration.as_body)."""
+    return json.dumps(registration_for(run_tag, index).as_body()).encode()
 
 
 def source_address(index: int) -> str:
@@ -86,10 +90,9 @@ def probe_source_address(k: int) -> str:
     return f"127.250.{(k >> 8) & 255}.{1 + (k & 255) % 254}"
 
 
-def enroll_body(body: bytes, join_key: str) -> bytes:
-    data = json.loads(body)
-    data["join_key"] = join_key
-    return json.dumps(data).encode()
+def enroll_body(run_tag: str, index: int, join_key: str) -> bytes:
+    """``POST /enroll``'s body, as wire/node/enroll.py builds it."""
+    return json.dumps(registration_for(run_tag, index).enrollment_body(join_key)).encode()
 
 
 def cursor_serial(cursor: str) -> int:
@@ -181,7 +184,7 @@ class SimNode:
             return await self.register()
         slot = "hb_conn" if self.fleet.keep_heartbeat_connection else None
         sent = time.monotonic()
-        body = enroll_body(self.body, self.fleet.join_key)
+        body = enroll_body(self.fleet.run_tag, self.index, self.fleet.join_key)
         response = await self._send(slot, b"POST", b"/enroll", body, "enroll", REQUEST_TIMEOUT)
         answer = _answer(response, "enroll")
         credential = answer.get("credential")

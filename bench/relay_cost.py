@@ -81,7 +81,7 @@ def main() -> None:
     outcomes: collections.Counter = collections.Counter()
     table = RelayTable(reactor)
     grant_a, grant_b = table.grant("a", "b"), table.grant("b", "a")
-    port = reactor.listenUDP(0, StunServerProtocol(observe=lambda outcome: outcomes.update((outcome,)), relay=table.handle), interface="127.0.0.1")
+    port = reactor.listenUDP(0, StunServerProtocol(reactor, observe=lambda outcome: outcomes.update((outcome,)), relay=table.handle), interface="127.0.0.1")
     server = ("127.0.0.1", port.getHost().port)
     ready_r, ready_w = os.pipe()
     children = []

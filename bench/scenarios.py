@@ -607,7 +607,7 @@ async def _register_probe(reactor, target: Target, run_tag: str, k: int) -> tupl
         body = registration_body(run_tag, index)
         path = b"/register"
         if target.authenticating:
-            body, path = enroll_body(body, target.join_key), b"/enroll"
+            body, path = enroll_body(run_tag, index, target.join_key), b"/enroll"
         sent = time.monotonic()
         response = await conn.request(b"POST", path, body)
         if response.status != 200:

@@ -48,7 +48,8 @@ if BENCH_CHECKOUT not in sys.path:
 from bench.procstat import memory_bytes  # noqa: E402
 from tests.ports import free_port_triple  # noqa: E402
 from wire.jointoken import decode_join_token  # noqa: E402
-from wire.server.admin import admin_socket_path  # noqa: E402
+from wire.datadir import admin_socket_path  # noqa: E402
+from wire.protocol import Registration  # noqa: E402
 from wire.twistd import twistd_argv  # noqa: E402
 
 SETTLE_SECONDS = 3.0
@@ -183,14 +184,12 @@ def enroll_mesh(port: int, data_dir: str, count: int, context: SSL.Context | Non
         secret = decode_join_token(json.loads(read_answer(admin))["token"]).secret
     credential = ""
     for i in range(count):
-        body = {
-            "node_id": f"memnode{i:05d}",
-            "node_name": f"mem{i:05d}",
-            "wg_public_key": base64.b64encode(os.urandom(32)).decode(),
-            "port": 51820,
-            "lan_ip": f"192.168.{i // 250}.{i % 250 + 1}",
-            "join_key": secret,
-        }
+        body = Registration(
+            node_id=f"memnode{i:05d}",
+            node_name=f"mem{i:05d}",
+            wg_public_key=base64.b64encode(os.urandom(32)).decode(),
+            lan_ip=f"192.168.{i // 250}.{i % 250 + 1}",
+        ).enrollment_body(secret)
         with connect(port, context) as conn:
             send(conn, "POST", "/enroll", body)
             credential = json.loads(read_answer(conn))["credential"]

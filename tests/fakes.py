@@ -1,21 +1,38 @@
-"""In-memory stand-ins for the node's seams (WireGuard, NAT probing)."""
+"""In-memory stand-ins for wire's seams, shared by the tests: processes
+(a scripted IProcessRunner), WireGuard, NAT probing, a reactor turn."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from wire.keys import public_key_for
 from wire.node.wireguard import InterfaceStatus, IWireGuard, PeerConfig, PeerStatus
+from wire.runner import CommandError, CommandNotFound, ExitNotifier, IProcessRunner, IRunningProcess, ProcessResult
 from wire.stun import MappedAddress, NatReport
 
 
 @implementer(IWireGuard)
 class FakeWireGuard:
-    """Records what the daemon asks of WireGuard; peers handshake at once."""
+    """Records what the daemon asks of WireGuard.
 
-    def __init__(self, name: str = "wire0", clock=None):
+    Peers handshake at once (each status shows a handshake just now), unless
+    built with ``auto_handshake=False``: then a peer has handshaken only when
+    the test says so, ``fake.handshake(public_key, at=clock.seconds())``.
+    """
+
+    def __init__(self, name: str = "wire0", clock=None, auto_handshake: bool = True):
         self.name = name
+        self.auto_handshake = auto_handshake
+        self.handshakes: dict[str, float] = {}  # public key -> latest handshake
         self.backend = ""
         self.clock = clock
         self.ups: list[tuple] = []
@@ -35,6 +52,15 @@ class FakeWireGuard:
         self.ups.append((listen_port, address, prefixlen))
         self.is_down = False
 
+    def handshake(self, public_key: str, at: float | None = None) -> None:
+        """A handshake with this peer happened ``at`` (now, by default)."""
+        if self.auto_handshake:
+            raise AssertionError("handshakes are told only to FakeWireGuard(auto_handshake=False)")
+        self.handshakes[public_key] = self.clock.seconds() if at is None else at
+
+    def latest_handshake(self, public_key: str, now: float) -> float:
+        return now if self.auto_handshake else self.handshakes.get(public_key, 0.0)
+
     async def apply(self, desired) -> int:
         changed = sum(1 for k, v in desired.items() if self.peers.get(k) != v) + sum(1 for k in self.peers if k not in desired)
         self.peers = dict(desired)
@@ -53,7 +79,7 @@ class FakeWireGuard:
                     public_key=p.public_key,
                     endpoint=p.endpoint,
                     allowed_ips=p.allowed_ips,
-                    latest_handshake=now,
+                    latest_handshake=self.latest_handshake(p.public_key, now),
                     rx_bytes=100,
                     tx_bytes=200,
                     persistent_keepalive=p.persistent_keepalive,
@@ -97,3 +123,284 @@ class TurnClock(Clock):
                 self.calls.remove(call)
                 call.called = 1
                 call.func(*call.args, **call.kw)
+
+
+class MemoryUDPPort:
+    """A UDP port of :class:`UDPClock`: what is written to it is recorded."""
+
+    def __init__(self, reactor: UDPClock, protocol, host: str, port: int):
+        self.reactor = reactor
+        self.protocol = protocol
+        self.host = host
+        self.port = port
+        self.written: list[tuple[bytes, tuple]] = []
+        self.listening = True
+
+    def getHost(self):
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", self.host, self.port)
+
+    def write(self, data: bytes, addr) -> None:
+        self.written.append((bytes(data), addr))
+
+    def stopListening(self):
+        from twisted.internet.defer import succeed
+
+        self.listening = False
+        self.protocol.doStop()
+        return succeed(None)
+
+
+class UDPClock(Clock):
+    """A fake clock that also opens UDP ports in memory (enough for the relay shim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp_ports: list[MemoryUDPPort] = []
+        self._next_port = 40000
+
+    def listenUDP(self, port: int, protocol, interface: str = "", maxPacketSize: int = 8192) -> MemoryUDPPort:
+        if port == 0:
+            self._next_port += 1
+            port = self._next_port
+        udp = MemoryUDPPort(self, protocol, interface or "0.0.0.0", port)
+        self.udp_ports.append(udp)
+        protocol.makeConnection(udp)
+        return udp
+
+    def listening(self) -> list[MemoryUDPPort]:
+        return [port for port in self.udp_ports if port.listening]
+
+
+# -- the scripted process runner ---------------------------------------------
+
+
+class UnexpectedCommand(AssertionError):
+    """FakeProcessRunner was asked for a command the test did not script."""
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One request FakeProcessRunner received, expected or not."""
+
+    kind: str  # "run" or "start"
+    argv: tuple[str, ...]
+    stdin: bytes | None
+    env: Mapping[str, str] | None
+
+
+@dataclass(frozen=True)
+class _Expectation:
+    kind: str
+    argv: tuple[str, ...]
+    result: ProcessResult | None = None
+    error: Exception | None = None
+    process: FakeRunningProcess | None = None
+    then: Callable[[], object] | None = None
+
+    def describe(self) -> str:
+        return f"{self.kind} `{shlex.join(self.argv)}`"
+
+
+@implementer(IRunningProcess)
+class FakeRunningProcess:
+    """A pretend long-running process whose life the test controls."""
+
+    def __init__(self, argv: tuple[str, ...], pid: int) -> None:
+        self.argv = argv
+        self.pid = pid
+        self.tail: list[str] = []  # tests may fill it in
+        self.signals: list[int] = []  # every signal it was sent, in order
+        self._exit = ExitNotifier()
+
+    @property
+    def rc(self) -> int | None:
+        return self._exit.rc
+
+    @property
+    def running(self) -> bool:
+        return self._exit.rc is None
+
+    def when_exited(self) -> Deferred[int]:
+        return self._exit.wait()
+
+    def exit(self, rc: int) -> None:
+        """Make the process exit now (as if it had crashed or finished)."""
+        if self.running:
+            self._exit.fire(rc)
+
+    def kill(self, signal_number: int) -> None:
+        """Record the signal; SIGTERM and SIGKILL end it, like a tame daemon."""
+        if not self.running:
+            return
+        self.signals.append(signal_number)
+        if signal_number in (signal.SIGTERM, signal.SIGKILL):
+            self.exit(-signal_number)
+
+    def stop(self, timeout: float = 5.0) -> Deferred[int]:
+        self.kill(signal.SIGTERM)
+        return self.when_exited()
+
+
+@implementer(IProcessRunner)
+class FakeProcessRunner:
+    """
+    An IProcessRunner that answers from a script, in order::
+
+        runner.expect(["wg", "show", "wire0", "dump"], stdout=b"...")
+        ...code under test...
+        runner.assert_all_called()
+
+    A command that is not the next one scripted fails with UnexpectedCommand
+    (and is remembered, so assert_all_called fails even if the code under
+    test swallowed the error).  Every call is kept in ``calls`` with the
+    stdin and env it was given.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[RecordedCall] = []
+        self._script: deque[_Expectation] = deque()
+        self._unexpected: list[str] = []
+        self._next_pid = 10_000
+
+    def expect(
+        self,
+        argv: Sequence[str],
+        *,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+        rc: int = 0,
+        error: Exception | None = None,
+        then: Callable[[], object] | None = None,
+    ) -> None:
+        """Script the next run(): it gives this result, or fails with error.
+
+        ``then`` is called when the command runs, before its result is
+        given: what the program would have done (a daemon it started)."""
+        argv = tuple(argv)
+        result = None if error else ProcessResult(argv, rc, stdout, stderr)
+        self._script.append(_Expectation("run", argv, result=result, error=error, then=then))
+
+    def expect_start(self, argv: Sequence[str]) -> FakeRunningProcess:
+        """Script the next start(); returns the process it will hand out."""
+        argv = tuple(argv)
+        process = FakeRunningProcess(argv, self._next_pid)
+        self._next_pid += 1
+        self._script.append(_Expectation("start", argv, process=process))
+        return process
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = 30,
+    ) -> Deferred[ProcessResult]:
+        try:
+            expectation = self._take("run", tuple(argv), stdin, env)
+        except UnexpectedCommand:
+            return fail()
+        if expectation.then is not None:
+            expectation.then()
+        if expectation.error is not None:
+            return fail(expectation.error)
+        assert expectation.result is not None
+        return succeed(expectation.result)
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_prefix: str | None = None,
+    ) -> FakeRunningProcess:
+        expectation = self._take("start", tuple(argv), None, env)
+        assert expectation.process is not None
+        return expectation.process
+
+    def assert_all_called(self) -> None:
+        """Fail unless every scripted command was asked for, and nothing else."""
+        problems = list(self._unexpected)
+        if self._script:
+            problems.append(
+                "scripted but never called:\n" + "\n".join(f"  {e.describe()}" for e in self._script)
+            )
+        if problems:
+            raise AssertionError("\n".join(problems))
+
+    def _take(
+        self, kind: str, argv: tuple[str, ...], stdin: bytes | None, env: Mapping[str, str] | None
+    ) -> _Expectation:
+        self.calls.append(RecordedCall(kind, argv, stdin, env))
+        expected = self._script[0] if self._script else None
+        if expected is not None and (expected.kind, expected.argv) == (kind, argv):
+            return self._script.popleft()
+        message = (
+            "unexpected command\n"
+            f"  expected: {expected.describe() if expected else 'nothing more'}\n"
+            f"  got:      {kind} `{shlex.join(argv)}`"
+        )
+        self._unexpected.append(message)
+        raise UnexpectedCommand(message)
+
+
+@implementer(IProcessRunner)
+class PassThroughRunner:
+    """
+    An IProcessRunner that hands every command on to another (a real one)::
+
+        PassThroughRunner(runner, prefix=("ip", "netns", "exec", namespace))
+        PassThroughRunner(runner, inspect=fail_nft)
+
+    ``prefix`` goes before every command line (to run it inside a network
+    namespace).  ``inspect`` sees each command line as the caller gave it,
+    before it is handed on, and may raise a CommandError to fail it as the
+    real runner would (a run's Deferred fails; start raises).
+    """
+
+    def __init__(
+        self,
+        inner: IProcessRunner,
+        *,
+        prefix: Sequence[str] = (),
+        inspect: Callable[[tuple[str, ...]], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.prefix = tuple(prefix)
+        self._inspect = inspect
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = 30,
+    ) -> Deferred[ProcessResult]:
+        try:
+            self._look(argv)
+        except CommandError:
+            return fail()
+        return self.inner.run((*self.prefix, *argv), stdin=stdin, env=env, timeout=timeout)
+
+    def start(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
+    ) -> IRunningProcess:
+        self._look(argv)
+        return self.inner.start((*self.prefix, *argv), env=env, log_prefix=log_prefix or os.path.basename(argv[0]))
+
+    def _look(self, argv: Sequence[str]) -> None:
+        if self._inspect is not None:
+            self._inspect(tuple(argv))
+
+
+def missing_programs(*names: str) -> Callable[[tuple[str, ...]], None]:
+    """A PassThroughRunner ``inspect`` for a machine without these programs."""
+
+    def inspect(argv: tuple[str, ...]) -> None:
+        if argv and argv[0] in names:
+            raise CommandNotFound(argv[0])
+
+    return inspect

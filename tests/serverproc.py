@@ -45,16 +45,31 @@ class _Collector(ProcessProtocol):
 class ServerProcess:
     """Start, stop and SIGKILL a wire-server; always reaped by the test's cleanup."""
 
-    def __init__(self, test, data_dir: str, port: int | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        test,
+        data_dir: str,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        config: str | None = None,
+        tls: bool | None = None,
+    ):
+        """With ``config``, the server is started with ``--config config`` (and
+        ``extra_args``) alone: the file must give its port, interface and data
+        dir, and ``tls`` says whether it serves HTTPS."""
         self.data_dir = os.path.abspath(data_dir)
         self.port = port or free_port_triple()
         self.extra_args = list(extra_args)
+        self.config = config
+        self._tls = tls
         self._proto: _Collector | None = None
         self._transport = None
         test.addCleanup(self.kill)
 
     @property
     def tls(self) -> bool:
+        if self._tls is not None:
+            return self._tls
         return not ({"--open", "--plain-http"} & set(self.extra_args))
 
     @property
@@ -77,6 +92,8 @@ class ServerProcess:
         return make_http_client(reactor, persistent=False, tls_fingerprint=self.fingerprint)
 
     def argv(self) -> list[str]:
+        if self.config is not None:
+            return twistd_argv() + ["-n", "--pidfile=", "wire-server", f"--config={self.config}", *self.extra_args]
         return twistd_argv() + [
             "-n",
             "--pidfile=",

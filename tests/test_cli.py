@@ -1,20 +1,34 @@
-"""The ``wire`` command line: parsing, exit codes, output, errors. In process
-against the test mesh of test_ops, and a few runs of the real command."""
+"""The ``wire`` command line: parsing (global options anywhere), exit codes,
+output, errors. In process against the test mesh of test_ops, and a few runs
+of the real command, ``wire admin`` against a real ``twistd wire-server``."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import shutil
 import sys
+import tempfile
+import time
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.helpers import body_for
+from tests.helpers import body_for, registration_for
+from tests.serverproc import ServerProcess
 from tests.test_ops import NO_TOOLS, PING_LOST, PING_OK, Mesh
 from wire import __version__, cli, ops
+from wire.admin_ops import UNITS, DurationError, parse_duration
+from wire.client import CoordinationClient, make_http_client
+from wire.cli import admin
+from wire.cli.table import table
+from wire.jointoken import decode_join_token
 from wire.node.config import config_path
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +77,7 @@ class FormatTests(unittest.TestCase):
     def test_status_path_columns(self):
         nodes = [
             seed_node("alpha", "10.99.0.1", "203.0.113.1", 2, path="direct", path_reason="direct: via 203.0.113.1:51820", endpoint="203.0.113.1:51820", handshake_age=7.2),
-            seed_node("beta", "10.99.0.2", "203.0.113.2", 2, path="relay", path_reason="relay: hard NAT on beta", endpoint="127.0.0.1:40100", handshake_age=65),
+            seed_node("beta", "10.99.0.2", "203.0.113.2", 2, path="relay", path_reason="relay: hard NAT on beta", path_why="hard NAT on beta", endpoint="127.0.0.1:40100", handshake_age=65),
             seed_node("gamma", "10.99.0.3", "203.0.113.3", 2, path="connecting", path_reason="trying direct: via 203.0.113.3:40000 (no handshake yet)", endpoint="203.0.113.3:40000", handshake_age=None),
             seed_node("a-very-long-node-name", "10.99.0.4", "203.0.113.4", 3 * 86400, online=False, path="none", path_reason="not configured in WireGuard yet", endpoint=None, handshake_age=None),
         ]
@@ -146,6 +160,209 @@ class UsageTests(unittest.TestCase):
             self.assertFalse(isinstance(args, int), f"{argv}: {err}")
 
 
+def local_minute(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+
+NOW = 1_700_000_000.0
+
+
+def key(key_id, state, created=NOW - 3600, expires=None, reusable=False, uses=0, note=""):
+    return {"key_id": key_id, "created": created, "expires": expires, "reusable": reusable, "uses": uses,
+            "revoked": state == "revoked", "usable": state == "usable", "state": state, "note": note}
+
+
+class AdminFormatTests(unittest.TestCase):
+    plain = cli.Style(False)
+
+    def test_keys_list_tells_the_states_apart_and_shows_times(self):
+        keys = [
+            key("aaaa0001", "usable", expires=NOW + 7 * 86400, note="office laptops"),
+            key("aaaa0002", "spent", uses=1),
+            key("aaaa0003", "revoked", reusable=True, uses=2, expires=NOW + 3 * 3600),
+            key("aaaa0004", "expired", expires=NOW - 300),
+        ]
+        lines = admin.format_keys({"ok": True, "keys": keys, "timestamp": NOW}, self.plain).splitlines()
+        created = local_minute(NOW - 3600)
+        self.assertEqual(lines, [
+            "  KEY ID    STATE    KIND      USES  CREATED           EXPIRES                    NOTE",
+            f"  aaaa0001  usable   one-time  0     {created}  {local_minute(NOW + 7 * 86400)} (in 7d)   office laptops",
+            f"  aaaa0002  spent    one-time  1     {created}  never",
+            f"  aaaa0003  revoked  reusable  2     {created}  {local_minute(NOW + 3 * 3600)} (in 3h)",
+            f"  aaaa0004  expired  one-time  0     {created}  {local_minute(NOW - 300)} (5m ago)",
+        ])
+
+    def test_keys_list_from_a_server_without_states(self):
+        old = {k: v for k, v in key("aaaa0001", "spent").items() if k != "state"}
+        text = admin.format_keys({"ok": True, "keys": [old]}, self.plain)
+        self.assertIn("aaaa0001  unusable  one-time  0     ", text)
+
+    def test_no_keys(self):
+        self.assertEqual(admin.format_keys({"ok": True, "keys": [], "timestamp": NOW}, self.plain), "no join keys (create one: wire admin keys create)")
+
+    def test_key_created_shows_its_expiry(self):
+        token = "wire1.abc"
+        result = {"key": key("aaaa0001", "usable", created=NOW, expires=NOW + 86400), "token": token, "join_command": f"sudo wire up --join {token}"}
+        self.assertEqual(
+            admin.format_key_created(result, self.plain),
+            f"join key aaaa0001 (one-time, expires {local_minute(NOW + 86400)} (in 1d)); on the new machine run:\n\n  sudo wire up --join wire1.abc\n",
+        )
+        result["key"] = key("aaaa0002", "usable", reusable=True)
+        self.assertTrue(admin.format_key_created(result, self.plain).startswith("join key aaaa0002 (reusable); on the new machine run:"))
+
+    def test_nodes_list_has_headers_and_ids(self):
+        nodes = [
+            {**body_for("db1"), "vpn_ip": "10.99.0.2", "public_ip": "203.0.113.9", "nat_type": "easy", "status": "online", "last_seen_ago": 4},
+            {**body_for("old1"), "vpn_ip": "10.99.0.3", "public_ip": "", "nat_type": "unknown", "status": "offline", "last_seen_ago": 2 * 3600},
+        ]
+        text = admin.format_nodes({"ok": True, "total": 2, "online": 1, "offline": 1, "nodes": nodes}, self.plain)
+        db1, old1 = body_for("db1")["node_id"], body_for("old1")["node_id"]
+        self.assertEqual(text.splitlines(), [
+            "1 online / 1 offline / 2 total",
+            "",
+            "  NAME  NODE ID                           VPN IP     STATUS   LAST SEEN  PUBLIC IP    NAT",
+            f"  db1   {db1}  10.99.0.2  online   4s ago     203.0.113.9  easy",
+            f"  old1  {old1}  10.99.0.3  offline  2h ago     -            unknown",
+        ])
+
+    def test_no_nodes(self):
+        text = admin.format_nodes({"ok": True, "total": 0, "online": 0, "offline": 0, "nodes": []}, self.plain)
+        self.assertEqual(text, "0 online / 0 offline / 0 total: no nodes have joined (create a join key: wire admin keys create)")
+
+    def test_table(self):
+        self.assertEqual(table(("A", "LONG HEADER", "C"), [("wide cell", "x", ""), (1, 2, 3)]), [
+            "  A          LONG HEADER  C",
+            "  wide cell  x",
+            "  1          2            3",
+        ])
+
+
+class DurationTests(unittest.TestCase):
+    def test_units(self):
+        for text, seconds in (("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 7 * 86400), ("2w", 14 * 86400), ("0.5h", 1800), (" 7D ", 7 * 86400), ("3 m", 180)):
+            self.assertEqual(parse_duration(text), seconds, text)
+
+    @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(sorted(UNITS)))
+    def test_any_number_with_a_unit(self, number, unit):
+        self.assertEqual(parse_duration(f"{number}{unit}"), number * UNITS[unit])
+
+    @given(st.integers(min_value=0, max_value=10**6))
+    def test_a_bare_number_is_refused(self, number):
+        with self.assertRaises(DurationError) as caught:
+            parse_duration(str(number))
+        self.assertEqual(str(caught.exception), f"'{number}' needs a unit (s, m, h, d, w), e.g. {number}m, {number}h or {number}d")
+
+    def test_what_is_wrong_is_said(self):
+        for text, message in (
+            ("5x", "unknown unit 'x' in '5x' (units: s, m, h, d, w)"),
+            ("5 min", "unknown unit 'min' in '5 min' (units: s, m, h, d, w)"),
+            ("0m", "'0m' must be longer than zero"),
+            ("-5m", "'-5m' is not a duration like 30m, 24h or 7d (units: s, m, h, d, w)"),
+            ("", "'' is not a duration like 30m, 24h or 7d (units: s, m, h, d, w)"),
+            ("soon", "'soon' is not a duration like 30m, 24h or 7d (units: s, m, h, d, w)"),
+        ):
+            with self.assertRaises(DurationError) as caught:
+                parse_duration(text)
+            self.assertEqual(str(caught.exception), message)
+
+    def test_expires_without_a_unit_is_bad_usage(self):
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(cli.parse_args(["admin", "keys", "create", "--expires", "5"], out, err), 2)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(err.getvalue().splitlines()[-1], "wire admin keys create: error: argument --expires: '5' needs a unit (s, m, h, d, w), e.g. 5m, 5h or 5d")
+
+
+# Sample values for the positional arguments of the commands that take some.
+POSITIONALS = {
+    ("ping",): ["db1"],
+    ("explain",): ["db1"],
+    ("admin", "keys", "revoke"): ["k1"],
+    ("admin", "nodes", "remove"): ["web1"],
+    ("admin", "nodes", "rename"): ["web1", "web2"],
+}
+
+
+def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every command and subcommand of the parser, as name paths (``("admin", "keys")``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield path + (name,)
+                yield from command_paths(sub, path + (name,))
+
+
+def runnable_paths() -> list[tuple[str, ...]]:
+    """The command paths that name something to run (no further subcommand needed)."""
+    paths = list(command_paths(cli.build_parser()))
+    return [p for p in paths if not any(q[: len(p)] == p and len(q) > len(p) for q in paths)]
+
+
+class GlobalOptionTests(unittest.TestCase):
+    """--config-dir, --data-dir and --json before or after any (sub)command."""
+
+    def parse(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        args = cli.parse_args(list(argv), out, err)
+        self.assertFalse(isinstance(args, int), f"{argv}: {err.getvalue()}")
+        return args
+
+    def test_every_command_is_walked(self):
+        paths = runnable_paths()
+        for expected in (("up",), ("status",), ("demo",), ("admin", "keys", "create"), ("admin", "nodes", "list"), ("admin", "audit")):
+            self.assertIn(expected, paths)
+
+    def test_before_and_after_every_command(self):
+        options = ["--config-dir", "/c", "--data-dir", "/d", "--json"]
+        for path in runnable_paths():
+            tail = POSITIONALS.get(path, [])
+            # Before everything, after each level of (sub)command, after the positionals.
+            for at in range(len(path) + 1):
+                argv = [*path[:at], *options, *path[at:], *tail]
+                args = self.parse(*argv)
+                self.assertEqual((args.config_dir, args.data_dir, args.json), ("/c", "/d", True), argv)
+            args = self.parse(*path, *tail, *options)
+            self.assertEqual((args.config_dir, args.data_dir, args.json), ("/c", "/d", True), path)
+
+    def test_defaults_when_not_given(self):
+        for path in runnable_paths():
+            args = self.parse(*path, *POSITIONALS.get(path, []))
+            self.assertEqual((args.config_dir, args.data_dir, args.json), (None, None, False), path)
+
+    def test_the_issue_s_examples(self):
+        args = self.parse("up", "--config-dir", "/n1", "--join", "wire1.x")
+        self.assertEqual((args.command, args.config_dir, args.join), ("up", "/n1", "wire1.x"))
+        args = self.parse("admin", "keys", "create", "--data-dir", "/srv", "--expires", "7d")
+        self.assertEqual((args.topic, args.action, args.data_dir, args.expires), ("keys", "create", "/srv", 7 * 86400))
+        args = self.parse("--data-dir", "/x", "admin", "nodes", "list")
+        self.assertEqual((args.topic, args.action, args.data_dir), ("nodes", "list", "/x"))
+        args = self.parse("--json", "status")
+        self.assertTrue(args.json)
+
+    def test_the_last_one_wins(self):
+        args = self.parse("--config-dir", "/a", "status", "--config-dir", "/b")
+        self.assertEqual(args.config_dir, "/b")
+        args = self.parse("--data-dir", "/a", "admin", "--data-dir", "/b", "keys", "--data-dir", "/c", "list")
+        self.assertEqual(args.data_dir, "/c")
+        args = self.parse("admin", "keys", "list", "--data-dir", "/a", "--data-dir", "/b")
+        self.assertEqual(args.data_dir, "/b")
+
+    def test_every_help_shows_them(self):
+        for path in [(), *command_paths(cli.build_parser())]:
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(cli.parse_args([*path, "--help"], out, err), 0, path)
+            text = out.getvalue()
+            self.assertIn("global options (before or after the command):", text, path)
+            for option in ("--config-dir DIR", "--data-dir DIR", "--json"):
+                self.assertIn(option, text, path)
+
+    def test_an_empty_directory_is_bad_usage(self):
+        for argv in (["status", "--config-dir", ""], ["--data-dir", " ", "admin", "audit"]):
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(cli.parse_args(argv, out, err), 2, argv)
+            self.assertIn("must not be empty", err.getvalue(), argv)
+            self.assertEqual(out.getvalue(), "")
+
+
 class CommandTests(unittest.TestCase):
     """cli.run in process: the real parser, operations and printing."""
 
@@ -159,9 +376,23 @@ class CommandTests(unittest.TestCase):
         return ops.Context(reactor_, config_dir, runner=self.mesh.runner, is_root=lambda: self.mesh.root, check_install=self.mesh._check_install)
 
     async def wire(self, *argv) -> tuple[int, str, str]:
+        return await self.wire_as_given("--config-dir", self.mesh.config_dir, *argv)
+
+    async def wire_as_given(self, *argv) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = await cli.run(reactor, ["--config-dir", self.mesh.config_dir, *argv], out, err, make_context=self.make_context)
+        code = await cli.run(reactor, list(argv), out, err, make_context=self.make_context)
         return code, out.getvalue(), err.getvalue()
+
+    async def test_global_options_after_the_command(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("web1")
+        # make_context checks the config dir given after the command is the one used.
+        code, out, err = await self.wire_as_given("--json", "status", "--config-dir", self.mesh.config_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([n["node_name"] for n in json.loads(out)["nodes"]], ["web1"])
+        code, out, err = await self.wire_as_given("peers", "--config-dir", "/nowhere", "--config-dir", self.mesh.config_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("1 online peer(s)", out)
 
     async def three_nodes(self) -> dict:
         self.mesh.configure("web1")
@@ -291,6 +522,14 @@ class CommandTests(unittest.TestCase):
         self.assertIn("NAT               no NAT: this host's own address is public", out)
 
 
+async def run_wire(*argv: str, env: dict | None = None) -> tuple[int, str, str]:
+    """The real ``wire`` command in a child process: exit code, stdout, stderr."""
+    env = {**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}
+    env.pop("WIRE_CONFIG_DIR", None)
+    out, err, code = await getProcessOutputAndValue(sys.executable, ["-m", "wire.cli", *argv], env=env, path=CHECKOUT, reactor=reactor)
+    return code, out.decode(), err.decode()
+
+
 class ProcessTests(unittest.TestCase):
     """The real ``wire`` command in a child process, against the server in this one."""
 
@@ -300,12 +539,17 @@ class ProcessTests(unittest.TestCase):
         self.mesh = Mesh(self)
 
     async def wire(self, *argv) -> tuple[int, str, str]:
-        env = {**os.environ, "PYTHONPATH": CHECKOUT}
-        env.pop("WIRE_CONFIG_DIR", None)
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, ["-m", "wire.cli", "--config-dir", self.mesh.config_dir, *argv], env=env, path=CHECKOUT, reactor=reactor
-        )
-        return code, out.decode(), err.decode()
+        return await run_wire("--config-dir", self.mesh.config_dir, *argv)
+
+    async def test_global_options_after_the_command(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("web1")
+        code, out, err = await run_wire("--json", "status", "--config-dir", self.mesh.config_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(json.loads(out)["nodes"][0]["node_name"], "web1")
+        code, out, err = await run_wire("status", "--help")
+        self.assertEqual(code, 0)
+        self.assertIn("global options (before or after the command):", out)
 
     async def test_status(self):
         self.mesh.configure("web1")
@@ -324,6 +568,12 @@ class ProcessTests(unittest.TestCase):
         self.assertIn(f"wire status: {config_path(self.mesh.config_dir)} is not valid JSON", err)
         self.assertNotIn("Traceback", err)
 
+    async def test_the_cli_imports_no_server_internals(self):
+        # In a fresh interpreter: this one has the server loaded for other tests.
+        script = "import sys, wire.cli, wire.cli.admin, wire.admin_ops; print(sorted(m for m in sys.modules if m.startswith('wire.server')))"
+        out, err, code = await getProcessOutputAndValue(sys.executable, ["-c", script], env={**os.environ, "PYTHONPATH": CHECKOUT}, path=CHECKOUT, reactor=reactor)
+        self.assertEqual((code, out.decode().strip()), (0, "[]"), err.decode())
+
     async def test_unreachable_server_and_usage(self):
         await self.mesh.stop_server()
         code, _, err = await self.wire("peers", "--server", self.mesh.url)
@@ -332,3 +582,73 @@ class ProcessTests(unittest.TestCase):
         code, _, err = await self.wire("ping")
         self.assertEqual(code, 2)
         self.assertIn("the following arguments are required: target", err)
+
+
+class AdminProcessTests(unittest.TestCase):
+    """The real ``wire admin`` command against a real ``twistd wire-server`` on 127.0.0.1."""
+
+    timeout = 90
+
+    async def setUp(self):
+        # UNIX socket paths are short (108 bytes): a short data dir.
+        self.data_dir = tempfile.mkdtemp(prefix="wire-cli-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.server = ServerProcess(self, self.data_dir)
+        await self.server.start()
+
+    async def tearDown(self):
+        await self.server.stop()
+
+    async def key_ids(self) -> list[str]:
+        code, out, err = await run_wire("admin", "keys", "list", "--json", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0, err)
+        return [k["key_id"] for k in json.loads(out)["keys"]]
+
+    async def test_data_dir_anywhere_and_key_states(self):
+        code, out, err = await run_wire("admin", "keys", "create", "--data-dir", self.data_dir, "--expires", "1s", "--json")
+        self.assertEqual((code, err), (0, ""))
+        expiring = json.loads(out)["key"]
+        code, out, err = await run_wire("--data-dir", self.data_dir, "admin", "keys", "create", "--reusable", "--expires", "7d", "--note", "office")
+        self.assertEqual((code, err), (0, ""))
+        self.assertRegex(out, r"^join key [0-9a-f]{8} \(reusable, expires \d{4}-\d\d-\d\d \d\d:\d\d \(in 7d\)\); on the new machine run:\n\n  sudo wire up --join wire1\.")
+        revoked_id = out.split()[2]
+        code, out, err = await run_wire("admin", "--data-dir", self.data_dir, "keys", "revoke", revoked_id)
+        self.assertEqual((code, out, err), (0, f"join key {revoked_id} revoked: no node may join with it any more\n", ""))
+        await deferLater(reactor, 1.1, lambda: None)
+        code, out, err = await run_wire("admin", "keys", "list", env={"WIRE_DATA_DIR": self.data_dir})
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["KEY", "ID", "STATE", "KIND", "USES", "CREATED", "EXPIRES", "NOTE"])
+        rows = {line.split()[0]: line for line in lines[1:]}
+        self.assertRegex(rows[expiring["key_id"]], r"  expired  one-time  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(\d+s ago\)")
+        self.assertRegex(rows[revoked_id], r"  revoked  reusable  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 6d\) +office$")
+        # The only other key: the first start's, in first-join.txt (valid 24 h).
+        [first] = [row for key_id, row in rows.items() if key_id not in (expiring["key_id"], revoked_id)]
+        self.assertRegex(first, r"  usable   one-time  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 23h\)")
+
+    async def test_expires_without_a_unit_is_refused_before_the_server_hears_of_it(self):
+        before = await self.key_ids()
+        code, out, err = await run_wire("admin", "keys", "create", "--data-dir", self.data_dir, "--expires", "5")
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(err.splitlines()[-1], "wire admin keys create: error: argument --expires: '5' needs a unit (s, m, h, d, w), e.g. 5m, 5h or 5d")
+        self.assertEqual(await self.key_ids(), before)
+
+    async def test_nodes_list_has_headers_and_ids(self):
+        token = json.loads((await run_wire("admin", "keys", "create", "--json", "--data-dir", self.data_dir))[1])["token"]
+        join = decode_join_token(token)
+        http = make_http_client(reactor, persistent=False, tls_fingerprint=join.fingerprint)
+        web1 = await CoordinationClient(http, self.server.url).enroll(registration_for("web1"), join.secret)
+        code, out, err = await run_wire("--data-dir", self.data_dir, "admin", "nodes", "list")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "1 online / 0 offline / 1 total")
+        self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT"])
+        self.assertEqual(lines[3].split()[:4], ["web1", web1.node_id, web1.vpn_ip, "online"])
+        code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", self.data_dir, "--json")
+        self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1.node_id])
+
+    async def test_a_wrong_data_dir_says_so_in_one_line(self):
+        code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", os.path.join(self.data_dir, "nowhere"))
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn(f"no admin socket at {os.path.join(self.data_dir, 'nowhere', 'admin.sock')}", err)

@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
-from tests.helpers import body_for, make_coordinator
+from tests.fakes import FakeWireGuard, UDPClock, fixed_nat
+from tests.helpers import body_for, key_for, make_coordinator
 from tests.serverproc import http_client
-from wire.client import CoordinationClient, ServerError, ServerUnreachable, make_http_client
+from tests.test_lan import ScriptedResolver
+from wire.client import (
+    LONGPOLL_WAIT,
+    BadAnswer,
+    CoordinationClient,
+    ServerError,
+    ServerUnreachable,
+    make_http_client,
+)
+from wire.debuglog import show_debug
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
-from wire.node.daemon import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY, NodeDaemon
+from wire.node.daemon import (
+    HEARTBEAT_INTERVAL,
+    PATH_CHECK_INTERVAL,
+    REGISTER_AT_LEAST_EVERY,
+    RELAY_GRANTS_AT_ONCE,
+    NodeDaemon,
+)
+from wire.node.lan import LanAddress
+from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.node.relay import RelayShim
+from wire.protocol import (
+    NetmapAnswer,
+    ProtocolError,
+    RegisterAnswer,
+    Registration,
+    RelayGrant,
+)
 from wire.server.api import build_site
 
 
 async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> None:
+    """Wait on the real reactor (for tests of real processes and sockets;
+    test_ops, test_cli and test_launcher use it). The daemon's own tests
+    here run on a fake clock instead."""
     waited = 0.0
     while not predicate():
         if waited >= timeout:
@@ -31,10 +62,17 @@ async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> Non
 
 
 class DaemonTests(unittest.TestCase):
+    """The daemon against a real server over real TCP on 127.0.0.1. Both
+    run on one fake clock: only the sockets use the real reactor, so no
+    timer (the daemon's retries, the server's long-poll wait) fires unless
+    a test moves the clock."""
+
     timeout = 30
 
     def setUp(self):
-        self.coordinator = make_coordinator(self, clock=reactor)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.coordinator = make_coordinator(self, clock=self.clock)
         self.listen()
         self.config_dir = os.path.abspath(self.mktemp())
         os.makedirs(self.config_dir)
@@ -44,12 +82,30 @@ class DaemonTests(unittest.TestCase):
         self.addCleanup(self.port.stopListening)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
 
+    async def settle(self, predicate, advance: float = 0.0, turns: int = 500) -> None:
+        """Let real I/O happen (and what is due on the fake clock run) until
+        ``predicate`` holds, moving the fake clock ``advance`` seconds a turn."""
+        for _ in range(turns):
+            self.clock.advance(0)
+            if predicate():
+                return
+            self.clock.advance(advance)
+            await deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError(f"condition not met within {turns} turns")
+
+    async def pumped(self, coroutine):
+        """Await ``coroutine`` while the fake clock's due calls run (the
+        server's store commits after the reactor turn)."""
+        d = Deferred.fromCoroutine(coroutine)
+        await self.settle(lambda: d.called)
+        return await d
+
     def make_daemon(self, name="web1", lan_ip="192.168.1.10", **config_fields):
         config = NodeConfig(server_url=self.url, node_name=name, node_id=body_for(name)["node_id"], **config_fields)
         save_config(self.config_dir, config)
-        self.wireguard = FakeWireGuard(clock=reactor)
+        self.wireguard = FakeWireGuard(clock=self.clock)
         daemon = NodeDaemon(
-            clock=reactor,
+            clock=self.clock,
             config_dir=self.config_dir,
             config=config,
             keys=load_or_create_keys(self.config_dir),
@@ -69,8 +125,7 @@ class DaemonTests(unittest.TestCase):
 
     async def test_registers_brings_interface_up_and_saves_assignment(self):
         daemon = self.make_daemon()
-        await daemon.when_registered()
-        await eventually(lambda: daemon.interface_ready)
+        await self.settle(lambda: daemon.contact.registered and daemon.interface_ready)
         record = self.coordinator.registry.get(daemon.config.node_id)
         self.assertEqual((record.nat_port, record.nat_type, record.lan_ip), (40000, "easy", "192.168.1.10"))
         self.assertEqual(self.wireguard.ups, [(51820, record.vpn_ip, 16)])
@@ -79,61 +134,64 @@ class DaemonTests(unittest.TestCase):
 
     async def test_new_peer_is_configured_at_once(self):
         daemon = self.make_daemon()
-        await daemon.when_registered()
-        await eventually(lambda: daemon.netmap.cursor != "0")
-        started = reactor.seconds()
-        other = await self.register_other("db1", lan_ip="10.1.1.1")
-        await eventually(lambda: len(self.wireguard.peers) == 1)
-        self.assertLess(reactor.seconds() - started, 2.0)
+        await self.settle(lambda: daemon.contact.registered and daemon.netmap.cursor != "0")
+        started = self.clock.seconds()
+        other = await self.pumped(self.register_other("db1", lan_ip="10.1.1.1"))
+        await self.settle(lambda: len(self.wireguard.peers) == 1)
+        # Pushed by the open long-poll: not one timer had to fire, so it
+        # came well within 2 s (here: within 0 s of the daemon's time).
+        self.assertLess(self.clock.seconds() - started, 2.0)
+        self.assertEqual(self.clock.seconds(), started)
         (peer,) = self.wireguard.peers.values()
         self.assertEqual(peer.allowed_ips, (f"{other['vpn_ip']}/32",))
         # Both seen from 127.0.0.1, so "behind the same NAT": the LAN address wins.
         self.assertEqual(peer.endpoint, "10.1.1.1:51820")
         self.assertEqual(peer.persistent_keepalive, 25)
         # The fake WireGuard handshakes at once: the path shows as proven.
-        status = await node_status(daemon)
+        status = await self.pumped(node_status(daemon))
         self.assertEqual([(p["node_name"], p["path"]) for p in status["peers"]], [("db1", "direct")])
 
     async def test_removed_peer_leaves_wireguard(self):
         daemon = self.make_daemon()
-        await daemon.when_registered()
-        other = await self.register_other("db1")
-        await eventually(lambda: len(self.wireguard.peers) == 1)
+        await self.settle(lambda: daemon.contact.registered)
+        await self.pumped(self.register_other("db1"))
+        await self.settle(lambda: len(self.wireguard.peers) == 1)
         self.coordinator.registry.remove(body_for("db1")["node_id"])
-        await eventually(lambda: len(self.wireguard.peers) == 0)
+        await self.settle(lambda: len(self.wireguard.peers) == 0)
 
     async def test_server_restart_keeps_peers_and_node_reregisters(self):
         daemon = self.make_daemon()
-        await daemon.when_registered()
-        await self.register_other("db1")
-        await eventually(lambda: len(self.wireguard.peers) == 1)
+        await self.settle(lambda: daemon.contact.registered)
+        await self.pumped(self.register_other("db1"))
+        await self.settle(lambda: len(self.wireguard.peers) == 1)
         port_number = self.port.getHost().port
         await self.port.stopListening()
         self.coordinator.close()  # answers open long-polls, closes the store
-        await eventually(lambda: not daemon.contact.reachable)
-        await deferLater(reactor, 1.0, lambda: None)
+        await self.settle(lambda: not daemon.contact.reachable)
+        # A while of retries against nothing (the backoff runs on the fake clock).
+        offline_since = self.clock.seconds()
+        await self.settle(lambda: self.clock.seconds() - offline_since >= 10, advance=0.5)
         self.assertEqual(len(self.wireguard.peers), 1, "an unreachable server must not remove peers")
         # A new server run on the same data and port (a new netmap epoch).
-        restarted_at = reactor.seconds()
-        self.coordinator = make_coordinator(self, clock=reactor, data_dir=self.coordinator.data_dir)
+        restarted_at = self.clock.seconds()
+        self.coordinator = make_coordinator(self, clock=self.clock, data_dir=self.coordinator.data_dir)
         self.listen(port_number)
         node_id = daemon.config.node_id
-        await eventually(lambda: self.coordinator.registry.get(node_id).last_seen > restarted_at, timeout=10)
+        await self.settle(lambda: self.coordinator.registry.get(node_id).last_seen > restarted_at, advance=0.5)
         self.assertTrue(daemon.contact.reachable)
         self.assertEqual(len(self.wireguard.peers), 1)
 
     async def test_restart_with_saved_address_brings_interface_up_without_server(self):
         await self.port.stopListening()
         daemon = self.make_daemon(vpn_ip="10.99.5.5", vpn_subnet="10.99.0.0/16")
-        await eventually(lambda: daemon.interface_ready)
+        await self.settle(lambda: daemon.interface_ready)
         self.assertEqual(self.wireguard.ups, [(51820, "10.99.5.5", 16)])
         self.assertFalse(daemon.contact.registered)
 
     async def test_leave_tells_server_and_removes_interface(self):
         daemon = self.make_daemon()
-        await daemon.when_registered()
-        await eventually(lambda: daemon.interface_ready)
-        await daemon.leave()
+        await self.settle(lambda: daemon.contact.registered and daemon.interface_ready)
+        await self.pumped(daemon.leave())
         self.assertTrue(self.wireguard.is_down)
         self.assertFalse(self.coordinator.registry.is_online(daemon.config.node_id))
 
@@ -142,8 +200,11 @@ class ScriptedServer:
     """A coordination client answering from memory on a fake clock.
 
     Registrations answer at once; each long-poll is answered after its wait
-    with an empty delta (the first with a snapshot), or fails after a second
-    while ``polls_fail`` is set.
+    with what changed since its cursor (the first with a snapshot), at once
+    when something did or :meth:`push` changes the mesh while it is open,
+    or fails after a second while ``polls_fail`` is set. Relay grants are
+    given at once, or never while ``grants_hang`` is set (see ``hanging``),
+    or fail while ``grants_fail`` is set.
     """
 
     def __init__(self, clock, heartbeat: str | None = "longpoll"):
@@ -151,14 +212,26 @@ class ScriptedServer:
         self.heartbeat = heartbeat
         self.epoch = "epoch1"
         self.registrations: list[float] = []
+        self.registered_bodies: list[dict] = []
         self.register_error: Exception | None = None
         self.polls_fail = False
         self.polls_hang = False
         self.polls = 0
         self.next_answer_extra: dict = {}
+        self.peers: dict[str, dict] = {}  # node id -> peer view
+        self.serial = 1
+        self._changes: list[tuple[int, list, list]] = []
+        self._open: tuple[Deferred, object, str] | None = None
+        self.relay_requests: list[str] = []  # peer node ids, as asked
+        self.grants_hang = False
+        self.grants_fail = False
+        self.grants_bad = False
+        self.hanging: dict[str, Deferred] = {}
 
-    async def register(self, body: dict) -> dict:
+    async def register(self, registration: Registration) -> RegisterAnswer:
+        body = registration.as_body()
         self.registrations.append(self.clock.seconds())
+        self.registered_bodies.append(body)
         if self.register_error is not None:
             raise self.register_error
         answer = {
@@ -173,7 +246,8 @@ class ScriptedServer:
         }
         if self.heartbeat is not None:
             answer["heartbeat"] = self.heartbeat
-        return answer
+        # What wire.client.CoordinationClient gives: the answer, parsed.
+        return RegisterAnswer.from_json(answer)
 
     def netmap(self, cursor: str, wait: float) -> Deferred:
         self.polls += 1
@@ -181,16 +255,85 @@ class ScriptedServer:
             return deferLater(self.clock, 1.0, self._unreachable)
         if self.polls_hang:
             return Deferred()  # sent, and never answered
-        answer = {"cursor": f"{self.epoch}:1", "full": not cursor.startswith(self.epoch + ":"), "upserts": [], "removals": []}
+        answer = self._answer_for(cursor)
+        at_once = answer["full"] or answer["upserts"] or answer["removals"]
+        d: Deferred = Deferred(lambda _: call.cancel())
+        call = self.clock.callLater(0 if at_once else wait, self._answer, d)
+        self._open = (d, call, cursor)
+        return d
+
+    def _answer(self, d: Deferred, answer: dict | None = None) -> None:
+        opened, call, cursor = self._open
+        self._open = None
+        if answer is None:
+            answer = self._answer_for(cursor)
         answer.update(self.next_answer_extra)
         self.next_answer_extra = {}
-        return deferLater(self.clock, 0 if answer["full"] else wait, lambda: answer)
+        # What wire.client.CoordinationClient gives: the answer, parsed.
+        d.callback(NetmapAnswer.from_json(answer))
+
+    def _answer_for(self, cursor: str) -> dict:
+        answer = {"cursor": f"{self.epoch}:{self.serial}", "full": False, "upserts": [], "removals": []}
+        if not cursor.startswith(self.epoch + ":"):
+            answer.update(full=True, upserts=list(self.peers.values()))
+            return answer
+        since = int(cursor.rpartition(":")[2])
+        for serial, upserts, removals in self._changes:
+            if serial > since:
+                answer["upserts"] += upserts
+                answer["removals"] += removals
+        return answer
+
+    def push(self, upserts=(), removals=()) -> None:
+        """The mesh changes: the open long-poll (if any) answers now."""
+        self.serial += 1
+        for view in upserts:
+            self.peers[view["node_id"]] = view
+        for node_id in removals:
+            self.peers.pop(node_id, None)
+        self._changes.append((self.serial, list(upserts), list(removals)))
+        if self._open is not None and not self._open[0].called:
+            d, call, _ = self._open
+            call.cancel()
+            self._answer(d)
+
+    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> Deferred:
+        self.relay_requests.append(peer_node_id)
+        if self.grants_hang:
+            d: Deferred = Deferred()
+            self.hanging[peer_node_id] = d
+            return d
+        if self.grants_fail:
+            return deferLater(self.clock, 1.0, self._unreachable)
+        if self.grants_bad:
+            # The client parses a grant once: a bad one is a BadAnswer.
+            try:
+                RelayGrant.from_json(grant_for(peer_node_id) | {"token": "00"})
+            except ProtocolError as e:
+                return fail(BadAnswer("POST /relay", e))
+        return succeed(RelayGrant.from_json(grant_for(peer_node_id)))
 
     def _unreachable(self):
         raise ServerUnreachable("http://wire.test is unreachable: connection refused")
 
     def registered_between(self, start: float, end: float) -> int:
         return sum(1 for t in self.registrations if start < t <= end)
+
+
+def grant_for(peer_node_id: str) -> dict:
+    return {
+        "session_id": "session-" + peer_node_id[:6],
+        "peer_node_id": peer_node_id,
+        "token": os.urandom(8).hex(),
+        "key": base64.b64encode(os.urandom(32)).decode(),
+    }
+
+
+def peer_view(name: str, number: int, nat_type: str = "easy", **fields) -> dict:
+    """A peer entry as the server sends it: its own public address, not ours."""
+    view = body_for(name, nat_type=nat_type, nat_port=40000 + number)
+    view.update(vpn_ip=f"10.99.1.{number}", public_ip=f"203.0.113.{number}", online=True, **fields)
+    return view
 
 
 class LongPollHeartbeatTests(unittest.TestCase):
@@ -300,3 +443,249 @@ class LongPollHeartbeatTests(unittest.TestCase):
         self.server.epoch = "epoch2"  # a new server run
         self.assertEqual(self.registrations_over(60), 1)
         self.assertEqual(self.registrations_over(120), 0)
+
+
+class RuntimeTests(unittest.TestCase):
+    """Reconcile, paths, relay grants and the relay shim, on a fake clock
+    (whose UDP ports are in memory): handshakes happen when a test says so."""
+
+    def setUp(self):
+        self.clock = UDPClock()
+        self.clock.advance(1_700_000_000)
+        self.server = ScriptedServer(self.clock)
+        self.wireguard = FakeWireGuard(clock=self.clock, auto_handshake=False)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def start(self, relay: bool = True, lan_ip=None) -> NodeDaemon:
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"])
+        save_config(config_dir, config)
+        self.shim = RelayShim(self.clock, "192.0.2.1", 3479, 51820) if relay else None
+        self.daemon = NodeDaemon(
+            clock=self.clock,
+            config_dir=config_dir,
+            config=config,
+            keys=load_or_create_keys(config_dir),
+            wireguard=self.wireguard,
+            client=self.server,
+            probe_nat=fixed_nat(),
+            lan_ip=lan_ip or (lambda: "192.168.1.10"),
+            relay=self.shim,
+        )
+        self.daemon.startService()
+        self.addCleanup(self.daemon.stopService)
+        self.clock.advance(0)  # the first long-poll's snapshot
+        return self.daemon
+
+    def endpoint(self, name: str) -> str | None:
+        return self.wireguard.peers[key_for(name)].endpoint
+
+    def session_endpoint(self, name: str) -> str:
+        return self.shim.sessions()[body_for(name)["node_id"]].endpoint
+
+    def push(self, upserts=(), removals=()) -> None:
+        """The mesh changes; the daemon's long-poll (open again by now) hears it."""
+        self.clock.advance(0)
+        self.server.push(upserts, removals)
+        self.clock.advance(0)
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def test_a_relayed_peer_gets_a_grant_a_shim_session_and_the_loopback_endpoint(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])  # hard NAT: relay at once
+        db1 = body_for("db1")["node_id"]
+        self.assertEqual(self.server.relay_requests, [db1])
+        self.assertEqual(list(self.shim.sessions()), [db1])
+        endpoint = self.endpoint("db1")
+        self.assertEqual(endpoint, self.session_endpoint("db1"))
+        self.assertTrue(endpoint.startswith("127.0.0.1:"), endpoint)
+        loopback = [p for p in self.clock.listening() if p.host == "127.0.0.1"]
+        self.assertEqual([f"127.0.0.1:{p.port}" for p in loopback], [endpoint], "the shim's socket for db1")
+        upstream = [p for p in self.clock.listening() if p.host != "127.0.0.1"]
+        self.assertEqual([addr for _, addr in upstream[0].written], [("192.0.2.1", 3479)], "a first keepalive")
+        # Its facts change (no longer a hard NAT): direct again, session gone.
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        self.assertEqual(self.shim.sessions(), {})
+        self.assertEqual([p for p in self.clock.listening() if p.host == "127.0.0.1"], [], "its socket is closed")
+
+    def test_no_direct_handshake_within_the_timeout_means_relay(self):
+        self.start()
+        self.push([peer_view("db1", 2), peer_view("db2", 3)])
+        self.assertEqual((self.endpoint("db1"), self.endpoint("db2")), ("203.0.113.2:40002", "203.0.113.3:40003"))
+        self.wireguard.handshake(key_for("db2"), at=self.clock.seconds() + 3)
+        self.advance(DIRECT_TIMEOUT + PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+        self.assertEqual(self.endpoint("db2"), "203.0.113.3:40003", "db2 handshook: it stays direct")
+        self.assertTrue(self.daemon.paths.choices[body_for("db2")["node_id"]].verified)
+        self.assertEqual(self.server.relay_requests, [body_for("db1")["node_id"]])
+
+    def test_a_direct_path_that_goes_silent_falls_back_to_the_relay(self):
+        self.start()
+        self.push([peer_view("db1", 2)])
+        self.wireguard.handshake(key_for("db1"))
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertTrue(self.daemon.paths.choices[body_for("db1")["node_id"]].verified)
+        self.advance(HANDSHAKE_STALE - PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "fresh enough until now")
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_grants_that_never_come_hold_up_no_other_change(self):
+        """The server takes relay grant requests and never answers: every
+        other change still applies at once, relayed peers keep the endpoint
+        they have, and only a few requests are open at a time."""
+        self.start()
+        self.server.grants_hang = True
+        relayed = [peer_view(f"far{i}", 10 + i, nat_type="hard") for i in range(6)]
+        self.push(relayed)
+        self.assertEqual(len(self.wireguard.peers), 6, "configured at once, grant or no grant")
+        self.assertEqual(self.endpoint("far0"), "203.0.113.10:40010", "keeps its endpoint until its grant comes")
+        self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE)
+        self.assertFalse(self.daemon._reconcile_lock.locked, "no reconcile waits on a grant")
+        started = self.clock.seconds()
+        self.push([peer_view("db1", 2)], removals=[body_for("far5")["node_id"]])
+        self.assertEqual(self.clock.seconds(), started)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "a new peer: at once")
+        self.assertNotIn(key_for("far5"), self.wireguard.peers, "a removal: at once")
+        self.advance(PATH_CHECK_INTERVAL * 4)
+        self.assertEqual(
+            len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE, "one request per peer, not one per reconcile"
+        )
+        # One grant comes: that peer moves to the shim at once, and the next
+        # waiting peer's request goes out.
+        far0 = body_for("far0")["node_id"]
+        self.server.hanging[far0].callback(RelayGrant.from_json(grant_for(far0)))
+        self.assertEqual(self.endpoint("far0"), self.session_endpoint("far0"))
+        self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE + 1)
+        self.assertEqual(self.endpoint("far1"), "203.0.113.11:40011")
+
+    def test_a_peer_keeps_its_relay_endpoint_while_a_new_grant_is_fetched(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        first = self.endpoint("db1")
+        self.server.grants_hang = True
+        # The server stops answering keepalives: the session is dead after a while.
+        self.advance(60, step=PATH_CHECK_INTERVAL)
+        self.assertTrue(self.shim.is_dead(body_for("db1")["node_id"]))
+        self.assertEqual(len(self.server.relay_requests), 2, "asked once more, once")
+        self.assertEqual(self.endpoint("db1"), first)
+        db1 = body_for("db1")["node_id"]
+        self.server.hanging[db1].callback(RelayGrant.from_json(grant_for(db1)))
+        self.assertNotEqual(self.endpoint("db1"), first)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_a_failing_grant_is_asked_again_and_told_once(self):
+        self.start()
+        self.server.grants_fail = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.advance(PATH_CHECK_INTERVAL * 3)
+        self.assertGreaterEqual(len(self.server.relay_requests), 3)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        warnings = [e for e in self.logged if e["log_level"] == LogLevel.warn and "relay session" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, "the first failure is a warning; retries are routine")
+        self.assertIn("db1", formatEvent(warnings[0]))
+        self.server.grants_fail = False
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_a_bad_grant_is_asked_again_and_told_once(self):
+        self.start()
+        self.server.grants_bad = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.advance(PATH_CHECK_INTERVAL * 3)
+        self.assertGreaterEqual(len(self.server.relay_requests), 3)
+        self.assertEqual((self.endpoint("db1"), self.shim.sessions()), ("203.0.113.2:40002", {}))
+        warnings = [formatEvent(e) for e in self.logged if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len([w for w in warnings if "bad relay grant for db1" in w]), 1, warnings)
+        self.server.grants_bad = False
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_a_relayed_peer_that_leaves_ends_its_session(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.assertEqual(len(self.shim.sessions()), 1)
+        self.push(removals=[body_for("db1")["node_id"]])
+        self.assertEqual((self.shim.sessions(), self.wireguard.peers), ({}, {}))
+
+    def test_a_grant_for_a_peer_gone_direct_meanwhile_is_not_used(self):
+        self.start()
+        self.server.grants_hang = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        db1 = body_for("db1")["node_id"]
+        self.server.hanging[db1].callback(RelayGrant.from_json(grant_for(db1)))
+        self.assertEqual(self.shim.sessions(), {})
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+
+    def test_a_new_server_run_asks_for_every_session_again(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        first = self.endpoint("db1")
+        self.server.epoch = "epoch2"
+        self.advance(LONGPOLL_WAIT)
+        self.assertEqual(len(self.server.relay_requests), 2)
+        self.assertNotEqual(self.endpoint("db1"), first)
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+
+    def test_stopping_with_grants_open_cancels_them_quietly(self):
+        self.start()
+        self.server.grants_hang = True
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        (waiting,) = self.server.hanging.values()
+        self.successResultOf(Deferred.fromCoroutine(_maybe(self.daemon.stopService())))
+        self.assertTrue(waiting.called, "the request was cancelled")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_dead_resolver_stalls_neither_registration_nor_the_netmap(self):
+        resolver = NeverResolver()
+        self.start(lan_ip=LanAddress(self.clock, "https://wire.test", resolver=resolver))
+        self.assertEqual(len(self.server.registrations), 1, "registered at once")
+        self.assertNotIn("lan_ip", self.server.registered_bodies[0])
+        self.assertEqual(resolver.asked, ["wire.test"])
+        self.push([peer_view("db1", 2)])
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+
+    def test_peers_are_logged_by_name_and_routine_work_at_debug(self):
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        self.push(removals=[body_for("db1")["node_id"]])
+        self.advance(LONGPOLL_WAIT * 2)  # long-polls answered with nothing new, path checks
+        told = [(e["log_level"], formatEvent(e)) for e in self.logged]
+        above_debug = [text for level, text in told if level != LogLevel.debug]
+        for public_key in (key_for("db1"), self.daemon.public_key):
+            self.assertFalse([t for t in told if public_key in t], "a key in the log")
+        self.assertFalse([t for t in above_debug if body_for("db1")["node_id"] in t], "a node id for a name")
+        self.assertTrue(any("db1: added" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: relay: hard NAT on db1" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: relayed through the server" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: relay session closed" in t for t in above_debug), above_debug)
+        self.assertTrue(any("db1: removed" in t for t in above_debug), above_debug)
+        quiet_from = len(self.logged)
+        self.advance(LONGPOLL_WAIT * 4)
+        quiet = [formatEvent(e) for e in list(self.logged)[quiet_from:]]
+        self.assertEqual(quiet, [], "nothing changed: nothing logged")
+        # They are debug lines: kept out of the log (twistd writes every
+        # level it is given) unless asked for.
+        show_debug()
+        self.addCleanup(show_debug, False)
+        self.advance(LONGPOLL_WAIT * 2)
+        later = [(e["log_level"], formatEvent(e)) for e in list(self.logged)[quiet_from:]]
+        self.assertEqual({level for level, _ in later}, {LogLevel.debug}, later)
+        self.assertTrue(any("long-poll answered: 0 upsert(s), 0 removal(s)" in text for _, text in later), later)
+        self.assertTrue(any("peers unchanged; 0 peers" in text for _, text in later), later)
+
+
+class NeverResolver(ScriptedResolver):
+    """A resolver that takes every question and never answers."""
+
+
+async def _maybe(result):
+    if isinstance(result, Deferred):
+        await result

@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, dataclass
 from urllib.parse import quote_from_bytes
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from treq.testing import StubTreq
@@ -41,14 +41,23 @@ from wire.protocol import (
     parse_registration,
     parse_wg_public_key,
 )
-from wire.relayproto import MAGIC, MAX_PAYLOAD, OVERHEAD, TO_NODE, TO_SERVER, FrameKey, read_header
+from wire.relayproto import (
+    MAGIC,
+    MAX_PAYLOAD,
+    OVERHEAD,
+    TO_NODE,
+    TO_SERVER,
+    FrameKey,
+    read_header,
+)
 from wire.server.api import ClientRules, build_root, forwarded_client
 from wire.server.auth import Authority
 from wire.server.metrics import ServerMetrics
 from wire.server.netmap import MAX_WAIT_SECONDS
+from wire.server.options import DEFAULT_RATE_LIMITS, Options
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.relay import RelayTable
-from wire.server.tap import DEFAULT_RATE_LIMITS, Options, makeService
+from wire.server.tap import makeService
 from wire.stun import StunServerProtocol, encode_binding_request, reply_limit
 from wire.web import REQUEST_RECEIVE_TIMEOUT, DeadlineChannel, make_site
 
@@ -314,6 +323,7 @@ class StunRateLimitTests(unittest.TestCase):
         self.relayed: list[tuple[bytes, tuple]] = []
         limiter = RateLimiter(10, 3, self.clock)
         self.protocol = StunServerProtocol(
+            self.clock,
             observe=self.outcomes.append,
             relay=lambda data, addr: (self.relayed.append((data, addr)) or ("relay_unknown", None, None)),
             admit=lambda host: limiter.allow(address_key(host)),
@@ -349,7 +359,7 @@ class StunRateLimitTests(unittest.TestCase):
     def test_replies_to_one_source_stay_within_its_budget(self, datagrams):
         clock = Clock()
         limiter = RateLimiter(10, 3, clock)
-        protocol = StunServerProtocol(admit=lambda host: limiter.allow(address_key(host)))
+        protocol = StunServerProtocol(clock, admit=lambda host: limiter.allow(address_key(host)))
         transport = FakeDatagramTransport()
         protocol.makeConnection(transport)
         for data, gap in datagrams:
@@ -1015,7 +1025,7 @@ class UdpPortPropertyTests(unittest.TestCase):
     @settings(deadline=None, max_examples=400)
     @given(st.lists(st.tuples(st.binary(max_size=120), st.sampled_from([("203.0.113.9", 40000), ("::ffff:203.0.113.9", 1), ("fe80::1%lo", 5000), ("10.0.0.1", 0)])), max_size=20))
     def test_the_port_answers_only_the_sender_and_within_bounds(self, datagrams):
-        protocol = StunServerProtocol(relay=self.table.handle)
+        protocol = StunServerProtocol(Clock(), relay=self.table.handle)
         transport = FakeDatagramTransport()
         protocol.makeConnection(transport)
         for datagram, source in datagrams:

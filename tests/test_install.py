@@ -6,7 +6,10 @@ import os
 
 from twisted.trial import unittest
 
-from wire.install import check_install, detect_platform
+from wire.install import check_install, detect_platform, package_for
+from wire.node.wireguard import WireGuardUnavailable
+from wire.node.wireguard.base import missing_program
+from wire.runner import CommandNotFound
 
 # Trimmed from each distribution's real /etc/os-release.
 OS_RELEASES = {
@@ -54,6 +57,18 @@ class DetectPlatformTests(unittest.TestCase):
         with open(path, "wb") as f:
             f.write(b"ID=\xff\xfe\n")
         self.assertEqual(detect_platform(path, system="linux"), "unknown")
+
+
+class PackageForTests(unittest.TestCase):
+    def test_the_one_package_list(self):
+        self.assertEqual(package_for("wg"), "wireguard-tools")
+        self.assertEqual(package_for("/usr/bin/wireguard-go"), "wireguard-go")
+        self.assertEqual(package_for("/sbin/ip"), "iproute2")
+        self.assertIsNone(package_for("nft"))
+
+    def test_the_driver_names_the_package_from_it(self):
+        message = str(WireGuardUnavailable(missing_program(CommandNotFound("/usr/bin/wg"))))
+        self.assertIn("'/usr/bin/wg' program is missing (package wireguard-tools)", message)
 
 
 class CheckInstallTests(unittest.TestCase):

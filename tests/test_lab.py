@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Interface
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from tests.test_runner import process_gone, wait_for
+from tests.fakes import FakeProcessRunner, PassThroughRunner
 from wire.lab import (
     Lab,
     LabError,
@@ -30,9 +30,7 @@ from wire.lab import (
 from wire.runner import (
     CommandFailed,
     CommandNotFound,
-    FakeProcessRunner,
     IProcessRunner,
-    IRunningProcess,
     ProcessResult,
     ProcessRunner,
     find_program,
@@ -158,29 +156,10 @@ class FakeRunnerLabTests(SynchronousTestCase):
         self.failureResultOf(Deferred.fromCoroutine(lab.add_nat_node("n1", "nowhere")), LabError)
 
 
-@implementer(IProcessRunner)
-class FailingRunner:
-    """A real runner, except that every nft command fails (a build gone wrong halfway)."""
-
-    def __init__(self, runner: ProcessRunner) -> None:
-        self._runner = runner
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = 30,
-    ) -> Deferred[ProcessResult]:
-        if "nft" in argv:
-            return fail(CommandFailed(ProcessResult(tuple(argv), 1, b"", b"injected failure")))
-        return self._runner.run(argv, stdin=stdin, env=env, timeout=timeout)
-
-    def start(
-        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
-    ) -> IRunningProcess:
-        return self._runner.start(argv, env=env, log_prefix=log_prefix)
+def fail_nft(argv: tuple[str, ...]) -> None:
+    """Every nft command fails (a build gone wrong halfway)."""
+    if "nft" in argv:
+        raise CommandFailed(ProcessResult(argv, 1, b"", b"injected failure"))
 
 
 class LabTests(TestCase):
@@ -291,7 +270,7 @@ class LabTests(TestCase):
         await lab.teardown()  # idempotent
 
     async def test_teardown_after_failed_build(self) -> None:
-        lab = Lab(FailingRunner(self.runner))
+        lab = Lab(PassThroughRunner(self.runner, inspect=fail_nft))
         self.addCleanup(lab.teardown)
         await lab.setup()
         with self.assertRaises(CommandFailed):

@@ -12,8 +12,9 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from tests.test_daemon import eventually
+from tests.fakes import FakeProcessRunner
 from wire.node import launcher
-from wire.runner import FakeProcessRunner, ProcessRunner
+from wire.runner import ProcessRunner
 from wire.twistd import twistd_argv
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

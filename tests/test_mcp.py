@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from tests.test_daemon import eventually
 from tests.test_e2e import lab_unavailable
 from tests.test_ops import Mesh, short_tempdir
 from wire import cli
@@ -175,6 +176,24 @@ class MCPTests(ResultAssertions, unittest.TestCase):
         self.assertEqual(explain.structured_content["path"], "direct")
         self.assertResult(other, await self.wire_json("status", "--server", self.mesh.url, config_dir=self.empty_dir))
 
+    async def test_status_with_the_server_down_is_the_last_known_mesh(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1", lan_ip="10.1.1.1")
+        daemon = await self.mesh.start_daemon(peers=1)
+        await self.mesh.stop_server()
+        await eventually(lambda: not daemon.contact.reachable)
+        session = await self.mcp(("wire_status", {}), ("wire_peers", {}))
+        status, peers = (self.assertResult(result) for result in session.results)
+        self.assertEqual((status["stale"], status["source"], status["ok"]), (True, "daemon", False))
+        self.assertEqual([n["node_name"] for n in status["nodes"]], ["db1", "web1"])
+        self.assertIn("showing the mesh as this node last saw it", session.results[0].content[0].text)
+        cli_json = await self.wire_json("status")
+        self.assertEqual({k: v for k, v in steady(status).items() if k != "last_contact_ago"}, {k: v for k, v in steady(cli_json).items() if k != "last_contact_ago"})
+        self.assertEqual((peers["stale"], [p["node_name"] for p in peers["peers"]]), (True, ["db1"]))
+        await self.mesh.stop_daemon()
+        session = await self.mcp(("wire_status", {}))
+        self.assertToolError(session.results[0], "And the node daemon is not running here, so there is no last known mesh to show either")
+
     async def test_ping_runs_the_real_ping(self):
         session = await self.mcp(("wire_ping", {"target": "127.0.0.1", "count": 1}))
         result = self.assertResult(session.results[0])
@@ -191,6 +210,7 @@ class MCPTests(ResultAssertions, unittest.TestCase):
             (("wire_ping", {"target": "web1", "count": "abc"}), "count"),
             (("wire_ping", {}), "target"),
             (("wire_status", {"config_dir": self.empty_dir}), "has not joined a mesh"),
+            (("wire_explain", {"peer": "db1", "config_dir": self.empty_dir}), "run: sudo wire up --join TOKEN (a join token from 'wire admin keys create'"),
             (("wire_watchdog", {"config_dir": corrupt_dir}), "is not valid JSON"),
             (("wire_status", {"server": "not a url"}), "--server"),
             # As root these get past the root check, and go no further.

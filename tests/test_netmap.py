@@ -2,8 +2,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fakes import TurnClock
-from wire.protocol import ProtocolError
-from wire.server.netmap import WAKE_BATCH, ChangeLog, Cursor, LongPollHub, parse_cursor
+from wire.protocol import Cursor, ProtocolError, parse_cursor
+from wire.server.netmap import WAKE_BATCH, ChangeLog, LongPollHub
 
 
 class ChangeLogTests(unittest.TestCase):

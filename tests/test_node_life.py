@@ -22,10 +22,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
+from tests.fakes import FakeProcessRunner, FakeWireGuard, fixed_nat
 from tests.helpers import body_for, registration_for
 from tests.test_daemon import eventually
-from tests.test_ops import Mesh, NO_DEVICE, LaunchingRunner
+from tests.test_ops import Mesh, NO_DEVICE
 from wire import cli, ops
 from wire.client import ServerError
 from wire.jointoken import decode_join_token
@@ -68,35 +68,30 @@ class _Exits(protocol.ProcessProtocol):
         self._on_exit()
 
 
-class DaemonProcessRunner(LaunchingRunner):
-    """LaunchingRunner, where the in-process daemon also has a process of
-    its own in the pidfile (its command line says wire-node), as twistd
-    leaves: ``wire up`` and ``wire down`` stop it with a signal, and the
-    in-process daemon stops with it."""
+def launch_with_process(mesh: Mesh) -> None:
+    """What ``twistd ... wire-node`` leaves: the in-process daemon, with a
+    process of its own in the pidfile (its command line says wire-node):
+    ``wire up`` and ``wire down`` stop it with a signal, and the in-process
+    daemon stops with it."""
+    mesh.launch_daemon()
+    stop_daemon = Mesh.stop_daemon.__get__(mesh)
+    daemon = mesh.daemon
+    stand_in = reactor.spawnProcess(
+        _Exits(lambda: stop_daemon() if mesh.daemon is daemon else None),
+        sys.executable,
+        [sys.executable, "-c", "import time; time.sleep(60)", "wire-node"],
+        env=None,
+    )
+    mesh.test.addCleanup(_kill, stand_in)
 
-    def run(self, argv, **kwargs):
-        result = super().run(argv, **kwargs)
-        if "wire-node" in argv:
-            mesh = self._mesh
-            stop_daemon = Mesh.stop_daemon.__get__(mesh)
-            daemon = mesh.daemon
-            stand_in = reactor.spawnProcess(
-                _Exits(lambda: stop_daemon() if mesh.daemon is daemon else None),
-                sys.executable,
-                [sys.executable, "-c", "import time; time.sleep(60)", "wire-node"],
-                env=None,
-            )
-            mesh.test.addCleanup(_kill, stand_in)
+    def exit_process():
+        # The daemon exits (POST /down): so does its process.
+        _kill(stand_in, "TERM")
+        return stop_daemon()
 
-            def exit_process():
-                # The daemon exits (POST /down): so does its process.
-                _kill(stand_in, "TERM")
-                return stop_daemon()
-
-            mesh.stop_daemon = exit_process
-            with open(os.path.join(mesh.config_dir, launcher.PIDFILE), "w") as f:
-                f.write(f"{stand_in.pid}\n")
-        return result
+    mesh.stop_daemon = exit_process
+    with open(os.path.join(mesh.config_dir, launcher.PIDFILE), "w") as f:
+        f.write(f"{stand_in.pid}\n")
 
 
 def _kill(process, signal_name: str = "KILL") -> None:
@@ -107,8 +102,11 @@ def _kill(process, signal_name: str = "KILL") -> None:
             pass
 
 
-def launching(test: unittest.TestCase, mesh: Mesh, times: int = 1) -> LaunchingRunner:
-    runner = DaemonProcessRunner(mesh)
+def launching(test: unittest.TestCase, mesh: Mesh, times: int = 1) -> FakeProcessRunner:
+    """The scripted runner, where each ``twistd ... wire-node`` starts the
+    in-process daemon with its stand-in process (and returns once it has
+    started, as twistd does)."""
+    runner = FakeProcessRunner()
     for _ in range(times):
         expect_launch(runner, mesh)
     mesh.runner = runner
@@ -116,8 +114,9 @@ def launching(test: unittest.TestCase, mesh: Mesh, times: int = 1) -> LaunchingR
     return runner
 
 
-def expect_launch(runner, mesh: Mesh) -> None:
-    runner.expect(launcher.node_argv(mesh.config_dir, foreground=False))
+def expect_launch(runner: FakeProcessRunner, mesh: Mesh, with_process: bool = True) -> None:
+    launch = launch_with_process if with_process else Mesh.launch_daemon
+    runner.expect(launcher.node_argv(mesh.config_dir, foreground=False), then=lambda: launch(mesh))
 
 
 class JoinTests(unittest.TestCase):
@@ -309,7 +308,7 @@ class RemovedTests(unittest.TestCase):
         self.assertIn("removed from the mesh", status["server"]["last_error"])
         with self.assertRaises(ops.OpError) as caught:
             await ops.up(mesh.context())
-        self.assertIn("this node was removed from the mesh (or its credential revoked)", str(caught.exception))
+        self.assertIn("it was removed from the mesh by the admin (or its credential was revoked)", str(caught.exception))
         self.assertIn("wire up --join TOKEN", str(caught.exception))
         # A new key: the node joins again (the old credential is forgotten).
         result = await ops.up(mesh.context(), join=mesh.token())
@@ -369,9 +368,9 @@ class NewSettingsTests(unittest.TestCase):
     async def test_a_new_interface_removes_the_old_one(self):
         mesh = Mesh(self)
         mesh.configure("web1", vpn_ip="10.99.7.7", vpn_subnet="10.99.0.0/16")
-        runner = LaunchingRunner(mesh)
+        runner = FakeProcessRunner()
         runner.expect(["ip", "link", "delete", "dev", "wire0"])
-        expect_launch(runner, mesh)
+        expect_launch(runner, mesh, with_process=False)
         mesh.runner = runner
         self.addCleanup(runner.assert_all_called)
         result = await ops.up(mesh.context(), interface="wt1")
@@ -434,11 +433,11 @@ class ScriptedClient:
     def use_credential(self, credential):
         self.credential = credential
 
-    async def register(self, body):
+    async def register(self, registration):
         self.calls += 1
         raise self.error
 
-    async def enroll(self, body):
+    async def enroll(self, registration, join_key):
         self.calls += 1
         raise self.error
 

@@ -153,7 +153,7 @@ class NodeLifeLabTests(unittest.TestCase):
                 break
             await deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(result.rc, 1)
-        self.assertIn("this node was removed from the mesh (or its credential revoked)", result.stderr.decode())
+        self.assertIn("it was removed from the mesh by the admin (or its credential was revoked)", result.stderr.decode())
         self.assertIn("wire up --join TOKEN", result.stderr.decode())
         fresh = (await admin.create_key())["token"]
         again = await self.wire(mesh, "beta", "up", "--join", fresh, "--json")

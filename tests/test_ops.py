@@ -4,30 +4,44 @@ socket; every external command is scripted with FakeProcessRunner."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
+import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 
 from twisted.internet import reactor
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
+from tests.fakes import FakeProcessRunner, FakeWireGuard, fixed_nat
 from tests.helpers import body_for, make_coordinator, registration_for
+from tests.serverproc import CHECKOUT, ServerProcess
 from tests.test_daemon import eventually
-from wire import ops
-from wire.client import CoordinationClient, make_http_client
+from wire import cli, ops
+from wire.admin_ops import AdminOps
+from wire.client import CoordinationClient, ServerError
 from wire.install import InstallCheck
+from wire.jointoken import decode_join_token
 from wire.keys import load_or_create_keys
 from wire.node import launcher
 from wire.node.config import NodeConfig, config_path, load_config, save_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
+from wire.node.enroll import JoinRequest, coordination_client, credential_path, save_join_request
 from wire.node.tap import node_start
 from wire.node.wireguard import InterfaceStatus
-from wire.runner import CommandNotFound, FakeProcessRunner
+from wire.ops import context as context_module
+from wire.runner import CommandNotFound
+from wire.server.admin import Admin
 from wire.server.api import build_site
+from wire.server.auth import Authority
 from wire.stun import StunServerProtocol
 
 OK_TOOLS = InstallCheck("debian", "/usr/bin/wg", "/usr/bin/wireguard-go", False, (), ())
@@ -106,7 +120,7 @@ class Mesh:
         self.root = True
         self.tools = [OK_TOOLS]  # check_install answers these in turn; the last one sticks
         self.daemon: NodeDaemon | None = None
-        self._closed = None
+        self._control_closed = None
         self.wireguard: FakeWireGuard | None = None
 
     def _listen(self, stun: bool):
@@ -120,7 +134,7 @@ class Mesh:
             port = http.getHost().port
             try:
                 for offset in (1, 2):
-                    udp = reactor.listenUDP(port + offset, StunServerProtocol(), interface="127.0.0.1")
+                    udp = reactor.listenUDP(port + offset, StunServerProtocol(reactor), interface="127.0.0.1")
                     self.test.addCleanup(udp.stopListening)
                 return http
             except CannotListenError:
@@ -157,7 +171,8 @@ class Mesh:
             config=config,
             keys=load_or_create_keys(self.config_dir),
             wireguard=self.wireguard,
-            client=CoordinationClient(make_http_client(reactor, persistent=False), config.server_url, start.credential),
+            # As twistd wire-node does: the config's server, its pinned certificate, its credential.
+            client=coordination_client(reactor, config, self.config_dir, persistent=False, credential=start.credential),
             probe_nat=fixed_nat(nat_type=nat_type),
             lan_ip=lambda: "192.168.1.10",
             join_token=start.token,
@@ -184,32 +199,17 @@ class Mesh:
         """The daemon process exits (``wire down``, or a test's end)."""
         if self.daemon is None:
             # Stopped already (by POST /down): a test's end waits for its socket to close.
-            return self._closed if self._closed is not None and not self._closed.called else None
+            closed = self._control_closed
+            return closed if closed is not None and not closed.called else None
         daemon, self.daemon = self.daemon, None
         daemon.stopService()
-        self._closed = self._control.stopListening()
-        return self._closed
+        self._control_closed = self._control.stopListening()
+        return self._control_closed
 
     async def stop_server(self) -> None:
         """Gone: refuses connections, and answers the open long-polls first."""
         await self.http.stopListening()
         self.coordinator.close()
-
-
-class LaunchingRunner(FakeProcessRunner):
-    """The scripted runner, where ``twistd ... wire-node`` starts the
-    in-process daemon (and returns once it has started, as twistd does)."""
-
-    def __init__(self, mesh: Mesh, **daemon_options):
-        super().__init__()
-        self._mesh = mesh
-        self._options = daemon_options
-
-    def run(self, argv, **kwargs):
-        result = super().run(argv, **kwargs)
-        if "wire-node" in argv:
-            self._mesh.launch_daemon(**self._options)
-        return result
 
 
 class StatusTests(unittest.TestCase):
@@ -400,9 +400,14 @@ class UpTests(unittest.TestCase):
     def setUp(self):
         self.mesh = Mesh(self)
 
-    def launching_runner(self, **daemon_options) -> LaunchingRunner:
-        runner = LaunchingRunner(self.mesh, **daemon_options)
-        runner.expect(launcher.node_argv(self.mesh.config_dir, foreground=False))
+    def launching_runner(self, **daemon_options) -> FakeProcessRunner:
+        """The scripted runner, where ``twistd ... wire-node`` starts the
+        in-process daemon (and returns once it has started, as twistd does)."""
+        runner = FakeProcessRunner()
+        runner.expect(
+            launcher.node_argv(self.mesh.config_dir, foreground=False),
+            then=lambda: self.mesh.launch_daemon(**daemon_options),
+        )
         self.mesh.runner = runner
         self.addCleanup(runner.assert_all_called)
         return runner
@@ -483,6 +488,7 @@ class UpTests(unittest.TestCase):
         await self.assert_refused("--name: 'web 1' is not a DNS label", server=self.mesh.url, name="web 1")
         await self.assert_refused("--server: 'web1' is not an http:// or https:// URL", server="web1")
         await self.assert_refused("--interface: 'a/b' is not an interface name", server=self.mesh.url, interface="a/b")
+        await self.assert_refused("--interface: 'wiré0' is not an interface name", server=self.mesh.url, interface="wiré0")
         await self.assert_refused("--wait must be a positive number of seconds", server=self.mesh.url, wait=0)
         self.assertIsNone(load_config(self.mesh.config_dir), "nothing saved")
 
@@ -629,7 +635,11 @@ class DiagnoseTests(unittest.TestCase):
         self.assertFalse(result["ok"])
         self.assertEqual(list(checks), ["wireguard", "config"])
         self.assertEqual(checks["wireguard"]["suggestion"], "install: apt-get install -y wireguard-go wireguard-tools")
-        self.assertEqual(checks["config"]["suggestion"], "run: wire up --server URL --name NAME")
+        # Item 8: the join token first, the open mode only as the alternative.
+        self.assertEqual(
+            checks["config"]["suggestion"],
+            "run: sudo wire up --join TOKEN (a join token from 'wire admin keys create' on the server); for an open server: sudo wire up --server URL",
+        )
 
     async def test_server_down_and_no_daemon(self):
         self.mesh.configure("web1")
@@ -844,7 +854,7 @@ class ExplainPathTests(unittest.TestCase):
         self.assertIn("the daemon tries it for 15s, then relays", result["reasons"][-1])
 
     def test_relay_for_hard_nat(self):
-        wg = self.wg(path="relay", reason="relay: hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0)
+        wg = self.wg(path="relay", reason="relay: hard NAT on db1", why="hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0)
         result = self.explain(self.record(nat_type="hard"), wg)
         self.assertEqual((result["ok"], result["path"], result["endpoint"], result["endpoint_kind"]), (True, "relay", self.SHIM, "relay"))
         self.assertEqual(result["reasons"][0], f"traffic to db1 goes through the relay on the coordination server (hard NAT on db1); WireGuard sends it to the local relay shim {self.SHIM}")
@@ -853,14 +863,14 @@ class ExplainPathTests(unittest.TestCase):
         self.assertIn("forward the WireGuard UDP port", result["suggestions"][0])
 
     def test_relay_after_direct_failed(self):
-        wg = self.wg(path="relay", reason="relay: no direct handshake within 15s", endpoint=self.SHIM, handshake_age=2.0)
+        wg = self.wg(path="relay", reason="relay: no direct handshake within 15s", why="no direct handshake within 15s", endpoint=self.SHIM, handshake_age=2.0)
         result = self.explain(self.record(nat_type="none"), wg)
         self.assertIn("(no direct handshake within 15s)", result["reasons"][0])
         self.assertEqual(result["reasons"][1], "the direct path got no handshake: UDP to 203.0.113.9:40001 gets no answer: a firewall on db1 or in front of it drops it")
         self.assertEqual(result["suggestions"], ["for a direct path: allow UDP port 40001 in on db1"])
 
     def test_relay_without_handshake(self):
-        wg = self.wg(path="relay", reason="relay: hard NAT on this node", endpoint=self.SHIM, handshake_age=None)
+        wg = self.wg(path="relay", reason="relay: hard NAT on this node", why="hard NAT on this node", endpoint=self.SHIM, handshake_age=None)
         result = self.explain(wg=wg, me={**self.ME, "nat_type": "hard"})
         self.assertFalse(result["ok"])
         self.assertIn("no handshake through the relay either", result["reasons"][-1])
@@ -910,3 +920,475 @@ class ExplainPathTests(unittest.TestCase):
     def test_result_shape(self):
         result = self.explain(wg=self.wg(handshake_age=1.0))
         self.assertEqual(set(result), {"ok", "peer", "vpn_ip", "path", "endpoint", "endpoint_kind", "handshake_age", "peer_online", "nat", "reasons", "suggestions"})
+
+
+# -- issue 12, items 8, 10 and 6 (the views) ---------------------------------------------
+
+JOIN_FIRST = "run: sudo wire up --join TOKEN (a join token from 'wire admin keys create' on the server); for an open server: sudo wire up --server URL"
+
+
+class DaemonView(ops.Context):
+    """A context whose daemon answers ``local`` (a control /status), for the
+    states a real daemon takes long to reach."""
+
+    local: dict | None = None
+
+    async def daemon_status(self) -> dict | None:
+        return self.local
+
+
+def denied_config(config_dir: str):
+    """load_config as a user meets a root-only config: the real function, with open() refused."""
+    real_open = builtins.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("config.json"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    builtins.open = refuse
+    try:
+        return load_config(config_dir)
+    finally:
+        builtins.open = real_open
+
+
+class NotJoinedHintTests(unittest.TestCase):
+    """Item 8: every hint for an unjoined machine names the join token first;
+    a config this user may not read is a permission problem, not a broken one."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+
+    async def test_every_view_suggests_the_join_token_first(self):
+        calls = (ops.status, ops.peers, ops.watchdog, ops.netcheck, lambda ctx: ops.explain(ctx, "db1"), lambda ctx: ops.ping(ctx, "db1"))
+        for call in calls:
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            message = str(caught.exception)
+            self.assertEqual(message, f"this machine has not joined a mesh ({self.mesh.config_dir} has no config); {JOIN_FIRST}")
+            self.assertLess(message.index("--join TOKEN"), message.index("--server URL"))
+        config = self.check(await ops.diagnose(self.mesh.context()), "config")
+        self.assertEqual((config["ok"], config["suggestion"]), (False, JOIN_FIRST))
+        self.assertNotIn("wire up --server URL", config["detail"], "the hint is said once, as the suggestion")
+
+    def check(self, result: dict, name: str) -> dict:
+        return next(c for c in result["checks"] if c["check"] == name)
+
+    async def test_permission_denied_says_run_as_root(self):
+        self.mesh.configure("web1")
+        self.patch(context_module, "load_config", denied_config)
+        path = config_path(self.mesh.config_dir)
+        for call in (ops.status, ops.peers, ops.watchdog, ops.netcheck, lambda ctx: ops.explain(ctx, "db1")):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertEqual(str(caught.exception), f"permission denied reading {path}; run as root (sudo wire ...)")
+        config = self.check(await ops.diagnose(self.mesh.context()), "config")
+        self.assertEqual((config["ok"], config["detail"], config["suggestion"]), (False, f"permission denied reading {path}", "run as root (sudo wire ...)"))
+
+    async def test_an_unreadable_credential_says_run_as_root(self):
+        self.mesh.configure("web1")
+        with open(credential_path(self.mesh.config_dir), "w") as f:
+            f.write("secret")
+        real_open = builtins.open
+
+        def refuse(path, *args, **kwargs):
+            if str(path) == credential_path(self.mesh.config_dir):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, *args, **kwargs)
+
+        self.patch(builtins, "open", refuse)
+        for call in (ops.status, ops.peers, lambda ctx: ops.ping(ctx, "db1")):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertEqual(str(caught.exception), f"permission denied reading {credential_path(self.mesh.config_dir)}; run as root (sudo wire ...)")
+        credential = self.check(await ops.diagnose(self.mesh.context()), "credential")
+        self.assertEqual((credential["ok"], credential["suggestion"]), (False, "run as root (sudo wire ...)"))
+
+    async def test_a_user_on_a_node_joined_as_root_is_told_to_use_sudo(self):
+        root_dir = short_tempdir(self)
+        self.mesh.root = False
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(replace(self.mesh.context(), system_config_dir=root_dir))
+        self.assertIn(JOIN_FIRST, str(caught.exception), "an empty /etc/wire: nobody joined")
+        save_config(root_dir, NodeConfig(server_url=self.mesh.url, node_name="web1", node_id=body_for("web1")["node_id"]))
+        self.mesh.root = False
+        ctx = replace(self.mesh.context(), system_config_dir=root_dir)
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(ctx)
+        self.assertEqual(
+            str(caught.exception),
+            f"{self.mesh.config_dir} has no config, and this machine's node is set up as root in {root_dir}; run as root (sudo wire ...)",
+        )
+        # As root, an empty dir is an unjoined machine, whatever else exists.
+        self.mesh.root = True
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(replace(self.mesh.context(), system_config_dir=root_dir))
+        self.assertIn(JOIN_FIRST, str(caught.exception))
+
+    async def test_corrupt_config_suggests_fixing_it_then_joining(self):
+        with open(config_path(self.mesh.config_dir), "w") as f:
+            f.write("{")
+        config = self.check(await ops.diagnose(self.mesh.context()), "config")
+        self.assertIn("is not valid JSON", config["detail"])
+        self.assertTrue(config["suggestion"].startswith(f"fix or remove {config_path(self.mesh.config_dir)}, then join again: sudo wire up --join TOKEN"))
+
+    async def test_an_authenticated_server_without_a_credential_asks_for_a_token(self):
+        self.mesh.configure("web1")
+        self.mesh.coordinator.authority = Authority(self.mesh.coordinator.store, reactor)
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(self.mesh.context())
+        message = str(caught.exception)
+        self.assertIn("server said 401: this server needs a node credential", message)
+        self.assertIn(f"this machine holds no credential for {self.mesh.url}; to join it: sudo wire up --join TOKEN", message)
+        registered = self.check(await ops.diagnose(self.mesh.context()), "registered")
+        self.assertEqual((registered["ok"], registered["suggestion"]), (False, JOIN_FIRST))
+
+
+class LastKnownMeshTests(unittest.TestCase):
+    """Item 10: with the server down, status and peers show what the running
+    daemon last heard, marked stale; with neither, one message says both."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        self.mesh.configure("web1")
+
+    async def server_goes_away(self) -> dict:
+        db1 = await self.mesh.register("db1", lan_ip="10.1.1.1")
+        daemon = await self.mesh.start_daemon(peers=1)
+        await self.mesh.stop_server()
+        await eventually(lambda: not daemon.contact.reachable)
+        return db1
+
+    async def test_status_shows_the_daemons_netmap(self):
+        db1 = await self.server_goes_away()
+        result = await ops.status(self.mesh.context())
+        self.assertEqual((result["ok"], result["stale"], result["source"], result["daemon_running"]), (False, True, "daemon", True))
+        self.assertRegex(
+            result["warning"],
+            rf"^server unreachable \({self.mesh.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago$",
+        )
+        self.assertIn(f"{self.mesh.url} is unreachable", result["server_error"])
+        self.assertGreaterEqual(result["last_contact_ago"], 0)
+        self.assertEqual((result["total"], result["online"], result["offline"]), (2, 2, 0))
+        self.assertEqual(result["my_node_id"], body_for("web1")["node_id"])
+        by_name = {n["node_name"]: n for n in result["nodes"]}
+        self.assertEqual(list(by_name), ["db1", "web1"])
+        self.assertEqual((by_name["web1"]["this_node"], by_name["web1"]["node_id"]), (True, body_for("web1")["node_id"]))
+        self.assertEqual(by_name["web1"]["vpn_ip"], load_config(self.mesh.config_dir).vpn_ip)
+        peer = by_name["db1"]
+        self.assertEqual((peer["this_node"], peer["status"], peer["vpn_ip"]), (False, "online", db1["vpn_ip"]))
+        self.assertEqual((peer["path"], peer["endpoint"]), ("direct", "10.1.1.1:51820"))
+        self.assertEqual(peer["path_reason"], "direct: same LAN, via 10.1.1.1:51820")
+
+    async def test_an_answering_server_is_not_stale(self):
+        await self.mesh.register("db1")
+        result = await ops.status(self.mesh.context())
+        self.assertEqual((result["ok"], result["stale"], result["source"]), (True, False, "server"))
+        self.assertNotIn("warning", result)
+
+    async def test_neither_server_nor_daemon(self):
+        await self.mesh.stop_server()
+        for call in (ops.status, ops.peers):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            message = str(caught.exception)
+            self.assertTrue(message.startswith(f"{self.mesh.url} is unreachable: "), message)
+            self.assertTrue(
+                message.endswith(
+                    "; is the wire server running? And the node daemon is not running here, so there is no last known mesh "
+                    "to show either (start it: sudo wire up)."
+                ),
+                message,
+            )
+
+    async def test_another_server_is_not_the_daemons_mesh(self):
+        await self.server_goes_away()
+        other = Mesh(self)
+        await other.stop_server()
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(self.mesh.context(), server=other.url)
+        self.assertTrue(
+            str(caught.exception).endswith(f"And the node daemon here belongs to {self.mesh.url}, so there is no last known mesh of this server to show."),
+            str(caught.exception),
+        )
+
+    async def test_peers_from_the_daemon(self):
+        db1 = await self.server_goes_away()
+        result = await ops.peers(self.mesh.context())
+        self.assertEqual((result["ok"], result["stale"], result["source"], result["count"]), (False, True, "daemon", 1))
+        self.assertEqual(result["peers"], [{"node_name": "db1", "node_id": db1["node_id"], "vpn_ip": db1["vpn_ip"], "endpoint": "10.1.1.1:51820", "path": "direct"}])
+        self.assertIn("showing the mesh as this node last saw it", result["warning"])
+
+    async def test_ping_by_name_resolves_through_the_daemon(self):
+        db1 = await self.server_goes_away()
+        self.mesh.runner.expect(ops.ping_argv(db1["vpn_ip"], 4), stdout=PING_OK)
+        result = await ops.ping(self.mesh.context(), "db1")
+        self.mesh.runner.assert_all_called()
+        self.assertEqual((result["ok"], result["vpn_ip"], result["path"]), (True, db1["vpn_ip"], "direct"))
+
+    async def test_ping_of_a_name_nobody_can_resolve(self):
+        await self.server_goes_away()
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.ping(self.mesh.context(), "ghost")
+        message = str(caught.exception)
+        self.assertTrue(
+            message.startswith(
+                f"cannot resolve ghost: the daemon does not know it (it is not in the daemon's netmap), and the server cannot be asked: {self.mesh.url} is unreachable"
+            ),
+            message,
+        )
+        self.assertTrue(message.endswith("(a VPN address needs no lookup: wire ping 10.99.x.y)"), message)
+        self.assertEqual(self.mesh.runner.calls, [])
+
+    async def test_a_daemon_that_never_reached_the_server(self):
+        ctx = DaemonView(reactor, self.mesh.config_dir)
+        ctx.local = {
+            "node": {"node_name": "web1", "node_id": body_for("web1")["node_id"], "vpn_ip": "10.99.0.7", "public_ip": ""},
+            "server": {"url": self.mesh.url, "reachable": False, "last_status": 0, "last_error": "x", "last_contact_ago": None},
+            "peers": [],
+        }
+        await self.mesh.stop_server()
+        result = await ops.status(ctx)
+        self.assertTrue(result["warning"].endswith("showing the mesh as this node last saw it (it has not reached the server since its daemon started)"))
+        self.assertEqual([(n["node_name"], n["this_node"]) for n in result["nodes"]], [("web1", True)])
+
+    async def test_the_cli_marks_the_mesh_as_last_known(self):
+        await self.server_goes_away()
+        code, out, err = await run_wire(self.mesh, "status")
+        self.assertEqual((code, err), (1, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[1], f"wire status  {self.mesh.url}")
+        self.assertRegex(lines[2], rf"^  ! server unreachable \({self.mesh.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago$")
+        self.assertEqual(lines[3], "  2 online / 0 offline / 2 total (last known)")
+        self.assertRegex(lines[5], r"^  ● db1 +10\.99\.\d+\.\d+ +- +direct 10\.1\.1\.1:51820, handshake \d+s ago$")
+        self.assertRegex(lines[6], r"^  ● web1 +10\.99\.\d+\.\d+ +127\.0\.0\.1 +- +\(this node\)$")
+        code, out, _ = await run_wire(self.mesh, "status", "--json")
+        answer = json.loads(out)
+        self.assertEqual((code, answer["stale"], answer["source"]), (1, True, "daemon"))
+        code, out, _ = await run_wire(self.mesh, "peers")
+        self.assertEqual(code, 1)
+        self.assertRegex(out, r"^! server unreachable .*\n1 peer\(s\) online when last heard, from this node's daemon\n  db1 +10\.99\.\d+\.\d+ +10\.1\.1\.1:51820 \(direct\)$")
+
+
+async def run_wire(mesh: Mesh, *argv) -> tuple[int, str, str]:
+    """``wire ...`` in process: the real parser, operations and printing."""
+    out, err = io.StringIO(), io.StringIO()
+    code = await cli.run(reactor, ["--config-dir", mesh.config_dir, *argv], out, err, make_context=lambda r, d: mesh.context())
+    return code, out.getvalue(), err.getvalue()
+
+
+REMOVED = (
+    "the server no longer accepts this node: it was removed from the mesh by the admin (or its credential was revoked); "
+    "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN"
+)
+
+
+class RemovedNodeTests(unittest.TestCase):
+    """Item 6 (the views): a node the admin removed is told so, and how to
+    join again, by status, diagnose, watchdog, explain, peers and ping; not
+    that the server is down or the network broken."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        coordinator = self.mesh.coordinator
+        coordinator.authority = Authority(coordinator.store, reactor)
+        self.admin = Admin(coordinator, self.mesh.url, "")
+
+    async def enroll(self, name: str, **fields) -> str:
+        _, secret = self.mesh.coordinator.authority.create_key()
+        _, credential = await self.mesh.coordinator.enroll(secret, registration_for(name, **fields), "127.0.0.1")
+        return credential
+
+    async def join_web1(self) -> None:
+        """web1 enrolled as ``wire up --join`` leaves it: config and credential."""
+        self.mesh.configure("web1")
+        credential = await self.enroll("web1")
+        with open(credential_path(self.mesh.config_dir), "w") as f:
+            f.write(credential)
+        await self.enroll("db1", lan_ip="10.1.1.1")
+
+    def check(self, result: dict, name: str) -> dict:
+        return next(c for c in result["checks"] if c["check"] == name)
+
+    async def test_the_cli_itself_refused(self):
+        await self.join_web1()
+        self.assertEqual([n["node_name"] for n in (await ops.status(self.mesh.context()))["nodes"]], ["db1", "web1"])
+        await self.admin.remove_node("web1")
+        for call in (ops.status, ops.peers, lambda ctx: ops.explain(ctx, "db1"), lambda ctx: ops.ping(ctx, "db1")):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertEqual(str(caught.exception), REMOVED)
+        diagnosis = await ops.diagnose(self.mesh.context())
+        self.assertEqual([(c["check"], c["ok"]) for c in diagnosis["checks"]], [("wireguard", True), ("config", True), ("daemon", False), ("server", True), ("registered", False)])
+        registered = self.check(diagnosis, "registered")
+        self.assertEqual(
+            registered["detail"],
+            "the server no longer accepts this node: it was removed from the mesh by the admin (or its credential was revoked)",
+        )
+        self.assertEqual(registered["suggestion"], "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN")
+        self.assertNotIn("is the server running", json.dumps(diagnosis))
+
+    async def removed_with_daemon(self) -> DaemonView:
+        """web1's daemon, after the admin removed web1: a context whose daemon
+        view is the real daemon's control status once it carries the 401."""
+        await self.join_web1()
+        daemon = await self.mesh.start_daemon(peers=1)
+        await self.admin.remove_node("web1")
+        # The daemon's next registration meets the 401 (its heartbeat would, soon).
+        with self.assertRaises(ServerError):
+            await daemon.register()
+        # Its long-poll, answered by the removal itself, may land after that
+        # and count as contact; the next one meets the 401 too.
+        ctx = DaemonView(reactor, self.mesh.config_dir, runner=self.mesh.runner, check_install=lambda: OK_TOOLS)
+        for _ in range(250):
+            ctx.local = await self.mesh.context().daemon_status()
+            if ctx.local["server"]["last_status"] == 401:
+                return ctx
+            await deferLater(reactor, 0.02, lambda: None)
+        self.fail(f"the daemon never showed the 401: {ctx.local['server']}")
+
+    async def test_the_daemon_refused(self):
+        ctx = await self.removed_with_daemon()
+        watchdog = await ops.watchdog(ctx)
+        self.assertFalse(watchdog["ok"])
+        self.assertIn(REMOVED, watchdog["problems"])
+        self.assertFalse(any("unreachable" in p for p in watchdog["problems"]), watchdog["problems"])
+        registered = self.check(await ops.diagnose(ctx), "registered")
+        self.assertEqual((registered["ok"], registered["suggestion"]), (False, "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN"))
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(ctx)
+        self.assertEqual(str(caught.exception), REMOVED)
+
+    async def test_the_daemon_refused_and_the_server_gone(self):
+        # Today's daemon keeps only its latest failure: once a request finds the
+        # server gone, last_status is 0 again. Its view after the 401 is the case.
+        ctx = await self.removed_with_daemon()
+        await self.mesh.stop_server()
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.status(ctx)
+        self.assertEqual(str(caught.exception), REMOVED, "the daemon's last word, not a stale mesh")
+        result = await ops.explain(ctx, "db1")
+        self.assertFalse(result["ok"])
+        self.assertTrue(result["reasons"][0].startswith("the server no longer accepts this node: it was removed from the mesh by the admin"), result["reasons"])
+        self.assertEqual(result["suggestions"][0], "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN")
+        watchdog = await ops.watchdog(ctx)
+        self.assertIn(REMOVED, watchdog["problems"])
+        diagnosis = await ops.diagnose(ctx)
+        self.assertEqual(self.check(diagnosis, "registered")["detail"], "the server no longer accepts this node: it was removed from the mesh by the admin (or its credential was revoked)")
+
+    async def test_a_daemon_that_says_removed(self):
+        """The daemon's own state (``node.state``), without a 401 in sight."""
+        self.mesh.coordinator.authority = None  # an open server: the daemon registers without a credential
+        self.mesh.configure("web1")
+        await self.mesh.register("db1")
+        await self.mesh.start_daemon(peers=1)
+        local = await self.mesh.context().daemon_status()
+        local["node"]["state"] = "removed"
+        self.assertEqual(local["server"]["last_status"], 0)
+        ctx = DaemonView(reactor, self.mesh.config_dir, runner=self.mesh.runner, check_install=lambda: OK_TOOLS)
+        ctx.local = local
+        self.assertIn(REMOVED, (await ops.watchdog(ctx))["problems"])
+        self.assertEqual(self.check(await ops.diagnose(ctx), "registered")["detail"], "the server no longer accepts this node: it was removed from the mesh by the admin (or its credential was revoked)")
+        explained = await ops.explain(ctx, "db1")
+        self.assertEqual((explained["ok"], explained["suggestions"][0]), (False, "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN"))
+        # The server still answers (for others): its mesh, and this node's warning.
+        status = await ops.status(ctx)
+        self.assertEqual((status["ok"], status["stale"], status["warning"]), (False, False, REMOVED))
+        self.assertEqual(cli.format_status(status, cli.Style(False)).splitlines()[2], f"  ! {REMOVED}")
+
+    async def test_the_cli_prints_it(self):
+        await self.join_web1()
+        await self.admin.remove_node("web1")
+        code, out, err = await run_wire(self.mesh, "status")
+        self.assertEqual((code, out, err), (1, "", f"wire status: {REMOVED}\n"))
+        code, out, _ = await run_wire(self.mesh, "diagnose")
+        self.assertEqual(code, 1)
+        self.assertIn("  ✗ registered    the server no longer accepts this node", out)
+        self.assertIn("      → to join again: get a new join key", out)
+
+
+class RealServerTests(unittest.TestCase):
+    """Items 10 and 6 for real: a real ``twistd wire-server`` process, the
+    node daemon serving its control socket (WireGuard faked), and the real
+    ``wire`` command in a child process."""
+
+    timeout = 90
+
+    async def wire(self, mesh: Mesh, *argv) -> tuple[int, str, str]:
+        env = {**os.environ, "PYTHONPATH": CHECKOUT}
+        env.pop("WIRE_CONFIG_DIR", None)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "wire.cli", "--config-dir", mesh.config_dir, *argv], env=env, path=CHECKOUT, reactor=reactor
+        )
+        return code, out.decode(), err.decode()
+
+    async def start_server(self, *args: str) -> ServerProcess:
+        data_dir = tempfile.mkdtemp(prefix="wire-real-")  # short: the admin socket lives there
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        server = ServerProcess(self, data_dir, extra_args=args)
+        await server.start()
+        return server
+
+    async def test_status_while_the_server_is_killed(self):
+        server = await self.start_server("--open")
+        mesh = Mesh(self)
+        mesh.url = server.url
+        mesh.configure("web1")
+        db1 = await CoordinationClient(server.client(), server.url).register(registration_for("db1", lan_ip="10.1.1.1"))
+        daemon = await mesh.start_daemon(peers=1)
+        code, out, err = await self.wire(mesh, "status", "--json")
+        self.assertEqual((code, json.loads(out)["source"]), (0, "server"), err)
+
+        await server.kill()  # SIGKILL: no goodbye to the long-poll
+        await eventually(lambda: not daemon.contact.reachable, timeout=10)
+        code, out, err = await self.wire(mesh, "status")
+        self.assertEqual((code, err), (1, ""))
+        self.assertRegex(out, rf"\n  ! server unreachable \({server.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago\n")
+        self.assertIn("  2 online / 0 offline / 2 total (last known)\n", out)
+        self.assertRegex(out, rf"\n  ● db1 +{db1.vpn_ip} .* direct 10\.1\.1\.1:51820, handshake \d+s ago\n")
+        self.assertRegex(out, r"\n  ● web1 .*\(this node\)\n")
+        code, out, _ = await self.wire(mesh, "status", "--json")
+        answer = json.loads(out)
+        self.assertEqual((code, answer["ok"], answer["stale"], answer["source"]), (1, False, True, "daemon"))
+        self.assertEqual(sorted(n["node_name"] for n in answer["nodes"]), ["db1", "web1"])
+        code, out, _ = await self.wire(mesh, "peers")
+        self.assertEqual(code, 1)
+        self.assertIn("1 peer(s) online when last heard, from this node's daemon", out)
+
+        await mesh.stop_daemon()
+        code, out, err = await self.wire(mesh, "status")
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(err.startswith(f"wire status: {server.url} is unreachable"), err)
+        self.assertIn("And the node daemon is not running here, so there is no last known mesh to show either (start it: sudo wire up).", err)
+
+    async def test_a_node_removed_by_the_admin(self):
+        server = await self.start_server()  # authentication on, TLS pinned
+        mesh = Mesh(self)
+        admin = AdminOps(reactor, server.data_dir)
+        token = (await admin.create_key())["token"]
+        # As 'wire up --join' has it done: the daemon enrolls (config.json and
+        # the credential are its to write), then this test stops it.
+        save_join_request(mesh.config_dir, JoinRequest(decode_join_token(token).server_url, token, "web1", 51820, "wire0"))
+        await mesh.start_daemon()
+        await mesh.stop_daemon()
+        code, out, err = await self.wire(mesh, "status", "--json")
+        self.assertEqual((code, [n["node_name"] for n in json.loads(out)["nodes"]]), (0, ["web1"]), err)
+
+        await admin.remove_node("web1")
+        code, out, err = await self.wire(mesh, "status")
+        self.assertEqual((code, out, err), (1, "", f"wire status: {REMOVED}\n"))
+        code, out, _ = await self.wire(mesh, "diagnose")
+        self.assertEqual(code, 1)
+        self.assertIn("  ✓ server ", out)
+        self.assertIn(
+            "  ✗ registered    the server no longer accepts this node: it was removed from the mesh by the admin (or its credential was revoked)\n"
+            "      → to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN",
+            out,
+        )

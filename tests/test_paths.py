@@ -1,7 +1,10 @@
 from twisted.trial import unittest
 
 from wire.node.netmap import Peer
-from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE, Me, PathPlanner, nat_rule
+from wire.node.control import describe_path
+from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE, Me, PathChoice, PathPlanner, nat_rule
+from wire.node.wireguard import PeerStatus
+from wire.protocol import PathMode
 
 
 def peer(name="db1", public_ip="203.0.113.2", nat_type="easy", lan_ip="192.168.1.2", nat_port=40000):
@@ -27,7 +30,9 @@ class NatRuleTests(unittest.TestCase):
             (Me("web1", "203.0.113.2", "hard"), peer(nat_type="hard"), None),
         ]
         for me, other, expected in cases:
-            self.assertEqual(nat_rule(me, other), expected, (me, other.nat_type))
+            # The rule gives the reason; its mode is always the relay.
+            why = nat_rule(me, other)
+            self.assertEqual(None if why is None else f"{PathMode.RELAY}: {why}", expected, (me, other.nat_type))
 
 
 class PlannerTests(unittest.TestCase):
@@ -43,7 +48,9 @@ class PlannerTests(unittest.TestCase):
         self.assertEqual(self.plan(100).mode, "direct")
         self.assertEqual(self.plan(100 + DIRECT_TIMEOUT).mode, "direct")
         choice = self.plan(101 + DIRECT_TIMEOUT)
-        self.assertEqual((choice.mode, choice.reason), ("relay", "relay: no direct handshake within 15s"))
+        self.assertEqual((choice.mode, choice.summary), ("relay", "relay: no direct handshake within 15s"))
+        self.assertIs(choice.mode, PathMode.RELAY)
+        self.assertEqual(choice.reason, "no direct handshake within 15s", "the reason does not repeat the mode")
         self.assertEqual(self.plan(500).mode, "relay", "relay holds while nothing changes")
 
     def test_verified_direct_stays_until_stale(self):
@@ -51,7 +58,7 @@ class PlannerTests(unittest.TestCase):
         self.assertTrue(self.plan(105, handshake=104).verified)
         self.assertEqual(self.plan(104 + HANDSHAKE_STALE, handshake=104).mode, "direct")
         choice = self.plan(105 + HANDSHAKE_STALE, handshake=104)
-        self.assertEqual((choice.mode, choice.reason), ("relay", "relay: the direct path stopped working"))
+        self.assertEqual((choice.mode, choice.summary), ("relay", "relay: the direct path stopped working"))
 
     def test_changed_facts_try_direct_again(self):
         self.plan(100)
@@ -64,9 +71,33 @@ class PlannerTests(unittest.TestCase):
 
     def test_hard_nat_relays_at_once_and_forgets_departed_peers(self):
         hard = peer(nat_type="hard")
-        self.assertEqual(self.plan(100, p=hard).reason, "relay: hard NAT on db1")
+        self.assertEqual(self.plan(100, p=hard).summary, "relay: hard NAT on db1")
         self.planner.plan(ME_EASY, {}, {}, 101)
         self.assertEqual(self.planner.choices, {})
 
     def test_restart_with_live_tunnel_counts_recent_handshake(self):
         self.assertTrue(self.plan(1000, handshake=950).verified)
+
+
+class DescribePathTests(unittest.TestCase):
+    """What the control socket says of a path: the mode, and the reason with and without it."""
+
+    def status(self, handshake: float) -> PeerStatus:
+        return PeerStatus("key-db1", "127.0.0.1:40100", ("10.99.1.2/32",), handshake, 0, 0, 25)
+
+    def test_relay(self):
+        choice = PathChoice(PathMode.RELAY, "hard NAT on db1", 100.0, ())
+        described = describe_path(choice, self.status(195.0), 200.0)
+        self.assertEqual(described, {"path": "relay", "reason": "relay: hard NAT on db1", "why": "hard NAT on db1", "handshake_age": 5.0})
+        self.assertIs(described["path"], PathMode.RELAY)
+
+    def test_direct_unproven_is_connecting(self):
+        choice = PathChoice(PathMode.DIRECT, "via 203.0.113.2:40000", 100.0, ())
+        described = describe_path(choice, self.status(0.0), 200.0)
+        self.assertEqual(
+            (described["path"], described["reason"], described["why"]),
+            (PathMode.CONNECTING, "trying direct: via 203.0.113.2:40000 (no handshake yet)", "via 203.0.113.2:40000"),
+        )
+
+    def test_not_configured(self):
+        self.assertEqual(describe_path(None, None, 200.0)["path"], PathMode.NONE)

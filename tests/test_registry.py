@@ -1,7 +1,7 @@
 from twisted.trial import unittest
 
 from tests.helpers import key_for, make_coordinator, registration_for
-from wire.server.netmap import Cursor
+from wire.protocol import Cursor
 from wire.server.registry import RegistryConflict
 from wire.server.store import open_store
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
+import socket
+import threading
 
 
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
+from twisted.internet._resolver import GAIResolver
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial import unittest
 
+from tests.fakes import UDPClock
+from wire.node.lan import LanAddress, detect_lan_ip
 from wire.node.relay import RelayShim
 from wire.node.wireguard import MTU
 from wire.relayproto import (
@@ -27,8 +34,10 @@ from wire.relayproto import (
     ReplayWindow,
     payload_view,
     read_header,
+    socket_of,
     udp_gso_supported,
 )
+from wire.protocol import RelayGrant
 from wire.server.relay import RelayTable
 from wire.stun import StunServerProtocol
 
@@ -168,6 +177,18 @@ class RelayTableTests(unittest.TestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
 
+    def test_a_clock_stepping_back_neither_refills_nor_locks_out(self):
+        self.table.handle(self.frame("a", b""), self.A)
+        self.table.handle(self.frame("b", b""), self.B)
+        outcomes = [self.table.handle(self.frame("a", b"x" * 1000), self.A)[0] for _ in range(11)]
+        self.assertEqual(outcomes[-1], "relay_rate_limited")
+        self.clock.rightNow -= 3600
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_rate_limited")
+        # The time that really passed refills, from the new reading on.
+        self.clock.advance(0.15)
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_forwarded")
+        self.assertEqual(self.table.handle(self.frame("a", b"x" * 1000), self.A)[0], "relay_rate_limited")
+
     def test_unused_sessions_end(self):
         self.clock.advance(self.table.idle_timeout + 1)
         self.assertEqual(self.table.expire(), 1)
@@ -176,6 +197,17 @@ class RelayTableTests(unittest.TestCase):
     def test_end_sessions_of_a_node(self):
         self.assertEqual(self.table.end_sessions_of("node-b"), 1)
         self.assertEqual(len(self.table), 0)
+
+
+class SocketOfTests(unittest.TestCase):
+    def test_a_real_port_hands_out_its_socket_through_get_handle(self):
+        port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIs(socket_of(port), port.getHandle())
+        self.assertEqual(socket_of(port).getsockname()[1], port.getHost().port)
+
+    def test_an_in_memory_transport_has_none(self):
+        self.assertIsNone(socket_of(FakeDatagramTransport()))
 
 
 class DatagramBatcherTests(unittest.TestCase):
@@ -207,7 +239,7 @@ class DatagramBatcherTests(unittest.TestCase):
         self.assertEqual(batcher.sent, 0, "nothing leaves before the turn ends")
         self.assertEqual(await self.received(len(frames)), [bytes(payload_view(f)) for f in frames])
         self.assertEqual((batcher.sent, batcher.dropped), (len(frames), 0))
-        if udp_gso_supported(self.sending.socket):
+        if udp_gso_supported(self.sending.getHandle()):
             # 40 full + the short tail in one send; the two over GSO_MAX_SEGMENT alone.
             self.assertEqual(batcher.sends, 3)
         else:
@@ -295,7 +327,10 @@ class RefusingSocket:
 
 class FakePort:
     def __init__(self, sock):
-        self.socket = sock
+        self._socket = sock
+
+    def getHandle(self):
+        return self._socket
 
 
 class FakeWireGuardSocket(DatagramProtocol):
@@ -309,12 +344,48 @@ class FakeWireGuardSocket(DatagramProtocol):
             self.waiting.callback(None)
 
 
+class ResolvingClock(UDPClock):
+    """Resolves names when the test says so (``answer``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookups: list[Deferred] = []
+
+    def resolve(self, name: str, timeout=(1, 3, 11, 45)) -> Deferred:
+        d: Deferred = Deferred()
+        self.lookups.append(d)
+        return d
+
+
+def grant(peer: str) -> RelayGrant:
+    token = os.urandom(8).hex()
+    return RelayGrant.from_json({"session_id": "s-" + peer, "peer_node_id": peer, "token": token, "key": base64.b64encode(KEY).decode()})
+
+
+class ShimInMemoryTests(unittest.TestCase):
+    def test_grants_arriving_together_start_the_shim_once(self):
+        clock = ResolvingClock()
+        shim = RelayShim(clock, "relay.wire.test", 3479, 51820)
+        first = Deferred.fromCoroutine(shim.add(grant("a")))
+        second = Deferred.fromCoroutine(shim.add(grant("b")))
+        self.assertEqual(len(clock.lookups), 1, "one lookup of the server's name")
+        clock.lookups[0].callback("192.0.2.1")
+        self.assertTrue(self.successResultOf(first).startswith("127.0.0.1:"))
+        self.assertTrue(self.successResultOf(second).startswith("127.0.0.1:"))
+        upstream = [p for p in clock.listening() if p.host != "127.0.0.1"]
+        self.assertEqual(len(upstream), 1, "one upstream socket")
+        self.assertEqual(sorted(shim.sessions()), ["a", "b"])
+        self.assertEqual([addr for _, addr in upstream[0].written], [("192.0.2.1", 3479)] * 2)
+        self.successResultOf(Deferred.fromCoroutine(shim.stop()))
+        self.assertEqual(clock.listening(), [])
+
+
 class ShimOverRealSocketsTests(unittest.TestCase):
     """Two shims and the server's relay on 127.0.0.1 carry packets both ways."""
 
     async def setUp(self):
         self.table = RelayTable(reactor)
-        server = reactor.listenUDP(0, StunServerProtocol(relay=self.table.handle), interface="127.0.0.1")
+        server = reactor.listenUDP(0, StunServerProtocol(reactor, relay=self.table.handle), interface="127.0.0.1")
         self.addCleanup(server.stopListening)
         self.relay_port = server.getHost().port
         self.wg_a, self.wg_b = FakeWireGuardSocket(), FakeWireGuardSocket()
@@ -327,8 +398,8 @@ class ShimOverRealSocketsTests(unittest.TestCase):
         self.shim_b = RelayShim(reactor, "127.0.0.1", self.relay_port, self.ports["b"].getHost().port)
         self.addCleanup(lambda: Deferred.fromCoroutine(self.shim_a.stop()))
         self.addCleanup(lambda: Deferred.fromCoroutine(self.shim_b.stop()))
-        self.endpoint_b_on_a = await self.shim_a.add(self.table.grant("a", "b").as_dict() | {"peer_node_id": "b"})
-        self.endpoint_a_on_b = await self.shim_b.add(self.table.grant("b", "a").as_dict() | {"peer_node_id": "a"})
+        self.endpoint_b_on_a = await self.shim_a.add(RelayGrant.from_json(self.table.grant("a", "b").to_json()))
+        self.endpoint_a_on_b = await self.shim_b.add(RelayGrant.from_json(self.table.grant("b", "a").to_json()))
 
     async def receive(self, proto, timeout=2.0):
         proto.waiting = Deferred()
@@ -358,6 +429,46 @@ class ShimOverRealSocketsTests(unittest.TestCase):
         stranger.write(b"not from wireguard", (host_of(self.endpoint_b_on_a), port_of(self.endpoint_b_on_a)))
         await self.receive(self.wg_b, timeout=0.3)
         self.assertEqual(self.wg_b.received, [])
+
+    async def test_frames_keep_flowing_while_name_resolution_hangs(self):
+        """A dead DNS server (getaddrinfo blocking for good, as libc's does
+        when no resolver answers) stalls only a pool thread: the reactor
+        goes on carrying relay frames, and the LAN address lookups the daemon
+        makes neither wait nor stop it."""
+        release = threading.Event()
+        asked_from = []
+
+        def dead_getaddrinfo(*args, **kwargs):
+            asked_from.append(threading.current_thread())
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+        def unblock():
+            release.set()
+
+        self.addCleanup(unblock)
+        resolver = GAIResolver(reactor, getaddrinfo=dead_getaddrinfo)
+        lan_ip = LanAddress(reactor, "https://wire.invalid:8443", resolver=resolver, timeout=25)
+        refreshing = Deferred.fromCoroutine(lan_ip.refresh())
+        detecting = Deferred.fromCoroutine(detect_lan_ip(reactor, "https://wire.invalid", resolver=resolver, timeout=25))
+        self.assertEqual(lan_ip(), "", "a registration body never waits for the name")
+        await self.wait_for_keepalives()
+        host, port = host_of(self.endpoint_b_on_a), port_of(self.endpoint_b_on_a)
+        packets = [b"packet %d" % i for i in range(50)]
+        for packet in packets:
+            self.ports["a"].write(packet, (host, port))
+        for _ in range(200):
+            if len(self.wg_b.received) >= len(packets):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([data for data, _ in self.wg_b.received], packets)
+        self.assertTrue(asked_from, "the lookups did start")
+        self.assertNotIn(threading.main_thread(), asked_from, "getaddrinfo ran in the reactor thread")
+        self.assertNoResult(refreshing)
+        self.assertNoResult(detecting)
+        release.set()  # the resolver gives up: both end with "unknown"
+        self.assertEqual(await refreshing, "")
+        self.assertEqual(await detecting, "")
 
     async def wait_for_keepalives(self):
         for _ in range(100):

@@ -17,17 +17,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.fakes import FakeProcessRunner, FakeRunningProcess, PassThroughRunner, UnexpectedCommand, missing_programs
 from wire.runner import (
     CommandFailed,
     CommandNotFound,
     CommandTimeout,
-    FakeProcessRunner,
-    FakeRunningProcess,
     IProcessRunner,
     IRunningProcess,
     ProcessResult,
     ProcessRunner,
-    UnexpectedCommand,
     describe_exit,
 )
 
@@ -293,6 +291,13 @@ class FakeProcessRunnerTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IProcessRunner, self.runner))
         self.assertTrue(verifyObject(IRunningProcess, self.runner.expect_start(["wireguard-go", "-f", "wg0"])))
 
+    def test_a_scripted_command_can_act(self) -> None:
+        acted: list[str] = []
+        self.runner.expect(["twistd", "wire-node"], then=lambda: acted.append("daemon started"))
+        self.successResultOf(self.runner.run(["twistd", "wire-node"]))
+        self.assertEqual(acted, ["daemon started"])
+        self.runner.assert_all_called()
+
     def test_scripted_answers_in_order(self) -> None:
         self.runner.expect(["wg", "show", "wire0", "dump"], stdout=b"dump\n")
         self.runner.expect(["ip", "link", "del", "wire0"], stderr=b"Cannot find device", rc=1)
@@ -356,3 +361,40 @@ class FakeProcessRunnerTests(SynchronousTestCase):
         self.runner.expect(["wireguard-go", "-f", "wg0"])
         error = self.assertRaises(UnexpectedCommand, self.runner.start, ["wireguard-go", "-f", "wg0"])
         self.assertIn("got:      start `wireguard-go -f wg0`", str(error))
+
+
+class PassThroughRunnerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.inner = FakeProcessRunner()
+        self.addCleanup(self.inner.assert_all_called)
+
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IProcessRunner, PassThroughRunner(self.inner)))
+
+    def test_commands_go_to_the_inner_runner_behind_the_prefix(self) -> None:
+        runner = PassThroughRunner(self.inner, prefix=("ip", "netns", "exec", "ns1"))
+        self.inner.expect(["ip", "netns", "exec", "ns1", "wg", "show"], stdout=b"ok")
+        started = self.inner.expect_start(["ip", "netns", "exec", "ns1", "wireguard-go", "-f", "wg0"])
+        self.assertEqual(self.successResultOf(runner.run(["wg", "show"], stdin=b"in")).stdout, b"ok")
+        self.assertIs(runner.start(["wireguard-go", "-f", "wg0"]), started)
+        self.assertEqual(self.inner.calls[0].stdin, b"in")
+
+    def test_inspect_sees_the_callers_argv_and_may_fail_it(self) -> None:
+        seen: list[tuple[str, ...]] = []
+
+        def inspect(argv: tuple[str, ...]) -> None:
+            seen.append(argv)
+            if argv[0] == "nft":
+                raise CommandFailed(ProcessResult(argv, 1, b"", b"injected"))
+
+        runner = PassThroughRunner(self.inner, prefix=("sudo",), inspect=inspect)
+        self.failureResultOf(runner.run(["nft", "-f", "-"]), CommandFailed)
+        self.assertEqual(seen, [("nft", "-f", "-")])
+        self.assertEqual(self.inner.calls, [], "a failed command is not handed on")
+
+    def test_missing_programs(self) -> None:
+        runner = PassThroughRunner(self.inner, inspect=missing_programs("wireguard-go"))
+        self.assertRaises(CommandNotFound, runner.start, ["wireguard-go", "-f", "wg0"])
+        self.failureResultOf(runner.run(["wireguard-go", "--version"]), CommandNotFound)
+        self.inner.expect(["wg", "show"])
+        self.successResultOf(runner.run(["wg", "show"]))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -15,6 +17,7 @@ from twisted.trial import unittest
 
 from tests.helpers import body_for
 from tests.serverproc import ServerProcess, http_client
+from wire.jointoken import decode_join_token
 
 
 class UdpAsker(DatagramProtocol):
@@ -152,6 +155,66 @@ class ServerProcessTests(unittest.TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("--subnet", self.server.output)
         self.assertNotIn("Traceback", self.server.output)
+        # One line, not twistd's whole help; exit 2, as usage errors do.
+        self.assertEqual(code, 2)
+        self.assertEqual(self.server.output.strip().splitlines(), [
+            "wire-server: --subnet: 'banana' is neither a CIDR like 10.99.0.0/16 nor a prefix like 10.99 "
+            "(see: twistd wire-server --help)"
+        ])  # fmt: skip
+
+    async def test_unknown_option_is_one_line_naming_it(self):
+        self.server.extra_args = ["--open", "--prot=9000"]
+        code = await self.server.spawn().ended
+        self.assertEqual(code, 2)
+        lines = self.server.output.strip().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("--prot", lines[0])
+
+    async def test_a_port_in_use_is_one_line_naming_it(self):
+        from twisted.internet.protocol import Factory
+
+        taken = reactor.listenTCP(self.server.port, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        code = await self.server.spawn().ended
+        self.assertNotEqual(code, 0)
+        output = self.server.output
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(
+            [line.split("] ", 1)[-1] for line in output.splitlines() if "cannot listen" in line and "#critical]" in line],
+            [f"wire-server: cannot listen on TCP port {self.server.port} of 127.0.0.1: address already in use "
+             "(another wire-server? choose another --port)"],
+        )  # fmt: skip
+        # twistd's two start-up lines, (maybe) the open-files warning, the error.
+        self.assertLessEqual(len(output.strip().splitlines()), 4, output)
+        self.assertNotIn("HTTP on", output, "a server that did not start must not say it serves")
+        self.assertEqual(code, 1)
+
+    async def test_a_port_in_use_fails_a_daemonized_server_at_once(self):
+        """Without -n, twistd's parent waits for the daemon's word: it must get
+        one (an exit without it would leave the parent waiting for ever)."""
+        from twisted.internet.protocol import Factory
+
+        from tests.serverproc import CHECKOUT, _Collector
+        from wire.twistd import twistd_argv
+
+        taken = reactor.listenTCP(self.server.port, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        os.makedirs(self.data_dir)
+        log_file = os.path.join(self.data_dir, "twistd.log")
+        argv = twistd_argv() + [
+            f"--pidfile={os.path.join(self.data_dir, 'twistd.pid')}", f"--logfile={log_file}",
+            "wire-server", "--open", "--interface=127.0.0.1", f"--port={self.server.port}", f"--data-dir={self.data_dir}",
+        ]  # fmt: skip
+        proto = _Collector()
+        reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ, PYTHONPATH=CHECKOUT), path=CHECKOUT)
+        self.assertEqual(await proto.ended, 1)
+        output = proto.output.decode(errors="replace")
+        self.assertIn("An error has occurred", output)
+        self.assertIn(f"cannot listen on TCP port {self.server.port}", output)
+        with open(log_file) as f:
+            logged = [line for line in f if "#critical]" in line]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("address already in use (another wire-server? choose another --port)", logged[0])
 
     async def test_second_server_on_same_data_dir_refused(self):
         await self.server.start()
@@ -177,3 +240,84 @@ class ServerProcessTests(unittest.TestCase):
         await self.server.stop()
         with sqlite3.connect(os.path.join(self.data_dir, "registry.sqlite3")) as db:
             self.assertEqual(db.execute("SELECT count(*) FROM nodes").fetchone()[0], 1)
+
+
+class PublicUrlProcessTests(unittest.TestCase):
+    """The URL in first-join.txt, with authentication on (the default)."""
+
+    timeout = 60
+
+    def setUp(self):
+        # UNIX socket paths are short (108 bytes): a short data dir.
+        self.data_dir = tempfile.mkdtemp(prefix="wire-url-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+
+    def first_join(self):
+        with open(os.path.join(self.data_dir, "first-join.txt")) as f:
+            lines = f.read().splitlines()
+        (command,) = [line for line in lines if not line.startswith("#")]
+        return [line for line in lines if line.startswith("#")], decode_join_token(command.rsplit(" ", 1)[1])
+
+    async def test_loopback_warned_then_first_join_follows_the_public_url(self):
+        server = ServerProcess(self, self.data_dir)
+        await server.start()
+        await server.stop()
+        self.assertIn(f"public URL https://127.0.0.1:{server.port}", server.output)
+        self.assertIn(f"the public URL https://127.0.0.1:{server.port} is a loopback address", server.output)
+        notes, token = self.first_join()
+        self.assertEqual(token.server_url, f"https://127.0.0.1:{server.port}")
+        self.assertIn("loopback", notes[0])
+
+        public = f"https://vpn.example.org:{server.port}"
+        again = ServerProcess(self, self.data_dir, port=server.port, extra_args=(f"--public-url={public}",))
+        await again.start()
+        await again.stop()
+        self.assertNotIn("loopback", again.output)
+        self.assertIn("first-join.txt rewritten", again.output)
+        notes, rewritten = self.first_join()
+        self.assertEqual((notes, rewritten.server_url), ([], public))
+        self.assertEqual((rewritten.secret, rewritten.fingerprint), (token.secret, token.fingerprint))
+        self.assertNotIn(token.secret, server.output + again.output, "secrets never reach the log")
+
+
+class ConfigFileProcessTests(unittest.TestCase):
+    """``twistd wire-server --config FILE``, for real."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="wire-cfg-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "server.toml")
+
+    async def test_a_server_started_from_its_config_file(self):
+        server = ServerProcess(self, os.path.join(self.dir, "data"), config=self.path, tls=False)
+        with open(self.path, "w") as f:
+            f.write(
+                "# wire-server settings\n"
+                f"port = {server.port}\n"
+                'interface = "127.0.0.1"\n'
+                'data-dir = "data"\n'
+                'subnet = "10.42.0.0/16"\n'
+                "open = true\n"
+                f'public-url = "http://vpn.example.org:{server.port}"\n'
+            )
+        await server.start()
+        response = await http_client().post(f"{server.url}/register", data=json.dumps(body_for("web1")).encode(), timeout=5)
+        answer = json.loads(await response.content())
+        self.assertEqual(response.code, 200, answer)
+        self.assertTrue(answer["vpn_ip"].startswith("10.42."), answer)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "data", "registry.sqlite3")), "data-dir relative to the file")
+        self.assertIn(f"public URL http://vpn.example.org:{server.port}", server.output)
+        await server.stop()
+
+    async def test_a_bad_config_file_is_one_line_and_exit_2(self):
+        with open(self.path, "w") as f:
+            f.write("port = 8787\ndata_dir = '/tmp'\n")
+        server = ServerProcess(self, self.dir, config=self.path)
+        code = await server.spawn().ended
+        self.assertEqual(code, 2)
+        self.assertEqual(
+            server.output.strip().splitlines(),
+            [f"wire-server: --config: {self.path}: unknown key 'data_dir' (did you mean 'data-dir'?) (see: twistd wire-server --help)"],
+        )

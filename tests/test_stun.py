@@ -380,7 +380,7 @@ class _FailingTransport:
 class ServerProtocolTests(unittest.TestCase):
     def setUp(self) -> None:
         self.outcomes: list[str] = []
-        self.protocol = StunServerProtocol(observe=self.outcomes.append)
+        self.protocol = StunServerProtocol(Clock(), observe=self.outcomes.append)
         self.transport = FakeDatagramTransport()
         self.protocol.makeConnection(self.transport)
 
@@ -437,13 +437,13 @@ class ServerProtocolTests(unittest.TestCase):
         def observe(outcome: str) -> None:
             raise RuntimeError(outcome)
 
-        protocol = StunServerProtocol(observe=observe)
+        protocol = StunServerProtocol(Clock(), observe=observe)
         protocol.makeConnection(FakeDatagramTransport())
         protocol.datagramReceived(b"ping", ("203.0.113.4", 41641))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_without_observer(self) -> None:
-        protocol = StunServerProtocol()
+        protocol = StunServerProtocol(Clock())
         protocol.makeConnection(self.transport)
         protocol.datagramReceived(b"ping", ("203.0.113.4", 41641))
         self.assertEqual(len(self.transport.written), 1)
@@ -649,7 +649,7 @@ class _RealSocketCase(unittest.TestCase):
 
     def stun_server(self) -> tuple[int, list[str]]:
         outcomes: list[str] = []
-        return self.listen(StunServerProtocol(observe=outcomes.append)), outcomes
+        return self.listen(StunServerProtocol(reactor, observe=outcomes.append)), outcomes
 
     async def free_port(self) -> int:
         """A port nothing listens on (bound and released at once)."""
@@ -693,6 +693,28 @@ class RealSocketTests(_RealSocketCase):
                 )
             )
         self.assertLess(reactor.seconds() - started, 2)
+
+    async def test_relayed_sends_are_paced_by_the_reactor_it_was_given(self) -> None:
+        """No fallback to the global reactor: the relay's batched sends wait
+        for a turn of the clock handed to the protocol."""
+        clock = Clock()
+        destination = _Receiver()
+        destination_port = self.listen(destination)
+        arrived: Deferred[None] = Deferred()
+
+        def relay(data: bytes, addr: Any) -> tuple[str, bytes | None, Any]:
+            reactor.callLater(0, arrived.callback, None)  # once the datagram is handled
+            return "relay_forwarded", b"relayed", ("127.0.0.1", destination_port)
+
+        server_port = self.listen(StunServerProtocol(clock, relay=relay))
+        sender = _Receiver()
+        self.listen(sender)
+        sender.transport.write(b"WRL2 a relay frame", ("127.0.0.1", server_port))
+        await arrived.addTimeout(5, reactor)
+        self.assertEqual(len(clock.getDelayedCalls()), 1, "the flush waits on the given clock")
+        clock.advance(0)
+        reply, _ = await destination.next()
+        self.assertEqual(reply, b"relayed")
 
     async def test_seed_style_probe(self) -> None:
         server_port, _ = self.stun_server()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-
 import ssl
+import tempfile
 
 from OpenSSL import SSL
 from twisted.internet import defer, reactor
@@ -18,14 +17,25 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived, readBody
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseNeverReceived,
+    readBody,
+)
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from wire.server.tap import Options, _api_endpoint
+from wire.server.options import Options
+from wire.server.tap import _api_endpoint
 from wire.tls import PinnedPolicy, ensure_self_signed, read_fingerprint
-from wire.tlsserver import TLS_RECORD_DATA, TLSConfigError, TLSServerEndpoint, server_context
+from wire.tlsserver import (
+    TLS_RECORD_DATA,
+    TLSConfigError,
+    TLSServerEndpoint,
+    server_context,
+)
 
 
 def mode_of(context: SSL.Context) -> int:

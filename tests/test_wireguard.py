@@ -1,123 +1,70 @@
-"""Tests for wire.node.wireguard: scripted commands first, then real tunnels in the lab."""
+"""Tests for the WireGuard driver on Linux (wire.node.wireguard.linux and
+.base): scripted commands first, then real tunnels in the lab."""
 
 from __future__ import annotations
 
 import glob
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
-from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.fakes import FakeProcessRunner, FakeRunningProcess, PassThroughRunner, missing_programs
 from tests.helpers import key_for
+from tests.wgscript import (
+    ALICE,
+    BOB,
+    CAROL,
+    DUMP,
+    FRESH_DUMP,
+    IP_ADDRESS,
+    IP_ADDRESSES,
+    IP_LINK_ADD,
+    IP_LINK_DELETE,
+    IP_LINK_SHOW,
+    IP_LINK_UP,
+    NAME,
+    NO_ANSWER,
+    NO_DEVICE,
+    NO_KERNEL,
+    OTHER_PRIVATE,
+    POLLING,
+    POLLS,
+    PRIVATE,
+    WG_CHECK,
+    WG_DUMP,
+    WG_SET_KEY_PORT,
+    WIREGUARD_GO,
+    dump_output,
+    ip_addresses_json,
+    peer_line,
+    run,
+)
 from wire.keys import generate_private_key, public_key_for
 from wire.lab import Lab, LabUnavailable, check_requirements
 from wire.node.wireguard import (
-    InterfaceStatus,
     InvalidWireGuardConfig,
     IWireGuard,
     LinuxWireGuard,
-    MTU,
     MacWireGuard,
     PeerConfig,
-    PeerStatus,
     WireGuardError,
     WireGuardUnavailable,
-    _batches,
     make_wireguard,
-    parse_dump,
-    parse_endpoint,
 )
+from wire.node.wireguard.diff import argv_batches
 from wire.runner import (
     CommandNotFound,
-    FakeProcessRunner,
-    FakeRunningProcess,
-    IProcessRunner,
-    IRunningProcess,
-    ProcessResult,
     ProcessRunner,
     find_program,
 )
-
-NAME = "wire0"
-PRIVATE = key_for("this node's private key")
-PUBLIC = public_key_for(PRIVATE)
-OTHER_PRIVATE = key_for("an older private key")
-ALICE, BOB, CAROL = key_for("alice"), key_for("bob"), key_for("carol")
-
-NO_DEVICE = b'Device "wire0" does not exist.\n'
-NO_KERNEL = b"Error: Unknown device type.\n"
-NO_ANSWER = b"Unable to access interface: Protocol not supported\n"
-FRESH_DUMP = b"(none)\t(none)\t0\toff\n"
-
-IP_LINK_SHOW = ["ip", "link", "show", "dev", NAME]
-IP_LINK_ADD = ["ip", "link", "add", "dev", NAME, "type", "wireguard"]
-WG_DUMP = ["wg", "show", NAME, "dump"]
-WG_SET_KEY_PORT = ["wg", "set", NAME, "private-key", "/dev/stdin", "listen-port", "51820"]
-IP_ADDRESS = ["ip", "address", "replace", "10.99.0.1/16", "dev", NAME]
-IP_ADDRESSES = ["ip", "-j", "address", "show", "dev", NAME]
-IP_LINK_UP = ["ip", "link", "set", "dev", NAME, "mtu", str(MTU), "up"]
-WIREGUARD_GO = ["wireguard-go", "-f", NAME]
-WG_CHECK = ["wg", "show", NAME, "listen-port"]
-IP_LINK_DELETE = ["ip", "link", "delete", "dev", NAME]
-
-
-# Binary fractions, so that the fake clock lands exactly on the deadline:
-# polls at 0, 0.25, 0.5, 0.75 and 1 s.
-POLLING = {"poll_interval": 0.25, "ready_timeout": 1.0}
-POLLS = 5
-
-
-def dump_output(private: str | None, port: int, *peers: str) -> bytes:
-    head = f"{private or '(none)'}\t{public_key_for(private) if private else '(none)'}\t{port}\toff"
-    return ("\n".join([head, *peers]) + "\n").encode()
-
-
-def peer_line(
-    key: str,
-    endpoint: str = "(none)",
-    allowed: str = "(none)",
-    handshake: int = 0,
-    rx: int = 0,
-    tx: int = 0,
-    keepalive: str = "off",
-) -> str:
-    return f"{key}\t(none)\t{endpoint}\t{allowed}\t{handshake}\t{rx}\t{tx}\t{keepalive}"
-
-
-def ip_addresses_json(*addresses: tuple[str, int]) -> bytes:
-    infos = ",".join(
-        f'{{"family":"{"inet6" if ":" in a else "inet"}","local":"{a}","prefixlen":{p},"scope":"global"}}'
-        for a, p in addresses
-    )
-    return f'[{{"ifindex":7,"ifname":"{NAME}","mtu":1380,"addr_info":[{infos}]}}]'.encode()
-
-
-def run(coroutine) -> Deferred:
-    return Deferred.fromCoroutine(coroutine)
-
-
-@implementer(IProcessRunner)
-class MissingProgramRunner(FakeProcessRunner):
-    """A FakeProcessRunner on a machine without some programs: start() of them fails."""
-
-    def __init__(self, *missing: str) -> None:
-        super().__init__()
-        self.missing = set(missing)
-
-    def start(self, argv, *, env=None, log_prefix=None):
-        if argv[0] in self.missing:
-            raise CommandNotFound(argv[0])
-        return super().start(argv, env=env, log_prefix=log_prefix)
 
 
 class Scripted(SynchronousTestCase):
@@ -228,17 +175,17 @@ class UpTests(Scripted):
         self.runner.assert_all_called()
 
     def test_no_wireguard_go_and_no_kernel_module(self) -> None:
-        runner = MissingProgramRunner("wireguard-go")
+        runner = PassThroughRunner(self.runner, inspect=missing_programs("wireguard-go"))
         wg = LinuxWireGuard(runner, NAME, clock=self.clock)
-        runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
-        runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
         error = self.failureResultOf(self.up(wg), WireGuardUnavailable).value
         message = str(error)
         self.assertIn("'wireguard-go' program is missing", message)
         self.assertIn("the kernel has no WireGuard module", message)
         self.assertIn("apt-get install wireguard-tools wireguard-go", message)
         self.assertIn("brew install wireguard-tools wireguard-go", message)
-        runner.assert_all_called()
+        self.runner.assert_all_called()
 
     def test_no_wg_removes_the_new_kernel_interface(self) -> None:
         self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
@@ -459,13 +406,13 @@ class ApplyTests(Scripted):
 
     def test_a_huge_netmap_is_split_only_when_argv_would_overflow(self) -> None:
         groups = [["peer", key_for(str(i)), "allowed-ips", f"10.99.0.{i}/32"] for i in range(10)]
-        (one,) = _batches(["wg", "set", NAME], groups)
+        (one,) = argv_batches(["wg", "set", NAME], groups)
         self.assertEqual(one, ["wg", "set", NAME, *[word for group in groups for word in group]])
-        several = _batches(["wg", "set", NAME], groups, limit=400)
+        several = argv_batches(["wg", "set", NAME], groups, limit=400)
         self.assertGreater(len(several), 1)
         self.assertEqual([word for argv in several for word in argv[3:]], one[3:])
         self.assertTrue(all(argv[:3] == ["wg", "set", NAME] and argv[3] == "peer" for argv in several))
-        self.assertEqual(_batches(["wg", "set", NAME], []), [])
+        self.assertEqual(argv_batches(["wg", "set", NAME], []), [])
 
     def test_failure_rereads_the_interface(self) -> None:
         peers = {ALICE: PeerConfig(ALICE, ("10.99.0.7/32",), "198.18.0.7:51820")}
@@ -519,71 +466,7 @@ class ApplyTests(Scripted):
         self.failureResultOf(run(wg.apply({})), WireGuardError)
 
 
-class NormalisationTests(SynchronousTestCase):
-    def test_peer_config_is_normalised_as_wireguard_stores_it(self) -> None:
-        config = PeerConfig(ALICE, ["fd00::9/128", "10.99.0.5/24", "10.99.0.0/24", "10.99.0.9"], "[2001:DB8:0::1]:51820")
-        self.assertEqual(config.allowed_ips, ("10.99.0.0/24", "10.99.0.9/32", "fd00::9/128"))
-        self.assertEqual(config.endpoint, "[2001:db8::1]:51820")
-
-    @given(st.ip_addresses(), st.integers(min_value=1, max_value=65535))
-    def test_endpoints_round_trip(self, address, port) -> None:
-        text = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-        normal = parse_endpoint(text)
-        self.assertEqual(parse_endpoint(normal), normal)
-
-    @given(st.text(max_size=60))
-    def test_accepted_text_is_safe_for_an_argv(self, text) -> None:
-        for parse in (parse_endpoint, lambda t: PeerConfig(ALICE, (t,)).allowed_ips[0]):
-            try:
-                value = parse(text)
-            except InvalidWireGuardConfig:
-                continue
-            self.assertRegex(value, r"\A[0-9a-f:.\[\]/]+\Z")
-
-
-# Real-looking output of `wg show wire0 dump` from wireguard-go.
-DUMP = (
-    f"{PRIVATE}\t{PUBLIC}\t51820\toff\n"
-    f"{ALICE}\t(none)\t198.18.0.7:51820\t10.99.0.7/32\t1700000123\t92\t180\t25\n"
-    f"{BOB}\t(none)\t[2001:db8::8]:41641\t10.99.0.8/32,fd00::8/128\t0\t0\t148\toff\n"
-    f"{CAROL}\t(none)\t(none)\t(none)\t0\t0\t0\toff\n"
-).encode()
-
-
-class DumpTests(SynchronousTestCase):
-    def test_parse(self) -> None:
-        status = parse_dump(DUMP, backend="wireguard-go", name=NAME)
-        self.assertEqual(
-            status,
-            InterfaceStatus(
-                name=NAME,
-                public_key=PUBLIC,
-                listen_port=51820,
-                backend="wireguard-go",
-                peers=(
-                    PeerStatus(ALICE, "198.18.0.7:51820", ("10.99.0.7/32",), 1700000123.0, 92, 180, 25),
-                    PeerStatus(BOB, "[2001:db8::8]:41641", ("10.99.0.8/32", "fd00::8/128"), 0.0, 0, 148, 0),
-                    PeerStatus(CAROL, None, (), 0.0, 0, 0, 0),
-                ),
-            ),
-        )
-        self.assertNotIn(PRIVATE, repr(status))
-
-    def test_fresh_interface(self) -> None:
-        status = parse_dump(FRESH_DUMP)
-        self.assertEqual((status.public_key, status.listen_port, status.peers), ("", 0, ()))
-
-    def test_malformed_output_never_quotes_the_private_key(self) -> None:
-        for output in [
-            b"",
-            f"{PRIVATE}\t{PUBLIC}\n".encode(),
-            f"{PRIVATE}\t{PUBLIC}\tport\toff\n".encode(),
-            f"{PRIVATE}\t{PUBLIC}\t51820\toff\n{ALICE}\t(none)\n".encode(),
-            f"{PRIVATE}\t{PUBLIC}\t51820\toff\n{ALICE}\t(none)\t(none)\t(none)\tsoon\t0\t0\toff\n".encode(),
-        ]:
-            error = self.assertRaises(WireGuardError, parse_dump, output, name=NAME)
-            self.assertNotIn(PRIVATE, str(error))
-
+class StatusTests(SynchronousTestCase):
     def test_status_is_one_spawn(self) -> None:
         runner = FakeProcessRunner()
         wg = LinuxWireGuard(runner, NAME, clock=Clock())
@@ -700,116 +583,6 @@ class SupervisionTests(Scripted):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
-class MacTests(SynchronousTestCase):
-    """The macOS command sequence, against the scripted runner only."""
-
-    def setUp(self) -> None:
-        self.runner = FakeProcessRunner()
-        self.clock = Clock()
-        self.run_dir = self.mktemp()
-        self.lost: list[str] = []
-        self.wg = MacWireGuard(
-            self.runner, NAME, clock=self.clock, run_dir=self.run_dir, on_lost=self.lost.append, **POLLING
-        )
-        self.name_file = os.path.join(self.run_dir, "wire0.name")
-
-    def script_configuration(self, dump: bytes = FRESH_DUMP) -> None:
-        self.runner.expect(["wg", "set", "utun4", "private-key", "/dev/stdin", "listen-port", "51820"])
-        self.runner.expect(["ifconfig", "utun4", "inet", "10.99.0.1", "10.99.0.1", "netmask", "255.255.0.0", "up"])
-        self.runner.expect(["ifconfig", "utun4", "mtu", str(MTU)])
-        self.runner.expect(["route", "-q", "-n", "add", "-inet", "10.99.0.0/16", "-interface", "utun4"])
-
-    def start(self) -> FakeRunningProcess:
-        process = self.runner.expect_start(["wireguard-go", "-f", "utun"])
-        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=FRESH_DUMP)
-        self.script_configuration()
-        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16))
-        self.assertNoResult(d)  # no name file yet
-        with open(self.name_file, "w") as f:
-            f.write("utun4\n")  # as wireguard-go does
-        self.clock.advance(0.25)
-        self.successResultOf(d)
-        return process
-
-    def test_up_sequence(self) -> None:
-        self.start()
-        self.runner.assert_all_called()
-        started = [call for call in self.runner.calls if call.kind == "start"][0]
-        self.assertEqual(started.env, {"WG_TUN_NAME_FILE": self.name_file})
-        self.assertEqual((self.wg.backend, self.wg.device), ("wireguard-go", "utun4"))
-        for call in self.runner.calls:
-            self.assertFalse(any(PRIVATE in word for word in call.argv))
-        self.runner.expect(["wg", "set", "utun4", "peer", ALICE, "allowed-ips", "10.99.0.7/32"])
-        self.assertEqual(self.successResultOf(run(self.wg.apply({ALICE: PeerConfig(ALICE, ("10.99.0.7",), None, 0)}))), 1)
-        self.runner.assert_all_called()
-
-    def test_down_sequence(self) -> None:
-        process = self.start()
-        self.runner.expect(["route", "-q", "-n", "delete", "-inet", "10.99.0.0/16", "-interface", "utun4"])
-        self.successResultOf(run(self.wg.down()))
-        self.assertEqual(process.signals, [signal.SIGTERM])
-        self.assertFalse(os.path.exists(self.name_file))
-        self.assertEqual(self.lost, [])
-        self.runner.assert_all_called()
-
-    def test_death_is_reported(self) -> None:
-        process = self.start()
-        process.exit(2)
-        self.assertEqual(len(self.lost), 1)
-
-    def test_restarted_daemon_adopts_the_utun(self) -> None:
-        os.makedirs(self.run_dir)
-        with open(self.name_file, "w") as f:
-            f.write("utun4\n")
-        socket = os.path.join(self.run_dir, "utun4.sock")
-        open(socket, "w").close()
-        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=dump_output(PRIVATE, 51820))
-        self.runner.expect(["ifconfig", "utun4", "inet", "10.99.0.1", "10.99.0.1", "netmask", "255.255.0.0", "up"])
-        self.runner.expect(["ifconfig", "utun4", "mtu", str(MTU)])
-        self.runner.expect(
-            ["route", "-q", "-n", "add", "-inet", "10.99.0.0/16", "-interface", "utun4"],
-            rc=1,
-            stderr=b"route: writing to routing socket: File exists\n",
-        )
-        self.successResultOf(run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16)))
-        self.assertEqual(self.wg.backend, "adopted")
-        self.runner.assert_all_called()
-        # Not our child: it is checked, and told to go by removing its socket.
-        self.runner.expect(["wg", "show", "utun4", "listen-port"], stdout=b"51820\n")
-        self.clock.advance(5)
-        self.runner.expect(["route", "-q", "-n", "delete", "-inet", "10.99.0.0/16", "-interface", "utun4"])
-        self.successResultOf(run(self.wg.down()))
-        self.assertFalse(os.path.exists(socket))
-        self.assertFalse(os.path.exists(self.name_file))
-        self.runner.assert_all_called()
-
-    def test_stale_name_file_starts_afresh(self) -> None:
-        os.makedirs(self.run_dir)
-        with open(self.name_file, "w") as f:
-            f.write("utun9\n")
-        self.runner.expect(["wg", "show", "utun9", "dump"], rc=1, stderr=b"Unable to access interface: No such file or directory\n")
-        self.runner.expect_start(["wireguard-go", "-f", "utun"])
-        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16))
-        self.assertFalse(os.path.exists(self.name_file))
-        with open(self.name_file, "w") as f:
-            f.write("utun4\n")
-        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=FRESH_DUMP)
-        self.script_configuration()
-        self.clock.advance(0.25)
-        self.successResultOf(d)
-        self.runner.assert_all_called()
-
-    def test_odd_name_file_is_not_trusted(self) -> None:
-        os.makedirs(self.run_dir)
-        with open(self.name_file, "w") as f:
-            f.write("utun4; reboot\n")
-        self.runner.expect_start(["wireguard-go", "-f", "utun"])
-        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16))
-        self.clock.pump([0.25] * POLLS)
-        self.assertIn("not ready after 1s", str(self.failureResultOf(d, WireGuardError).value))
-        self.runner.assert_all_called()
-
-
 class InterfaceTests(SynchronousTestCase):
     def test_implementations_provide_iwireguard(self) -> None:
         clock = Clock()
@@ -838,30 +611,6 @@ def real_skip_reason() -> str | None:
     except (LabUnavailable, CommandNotFound) as e:
         return f"needs root, ip, nft, sysctl, ping, wg (wireguard-tools) and wireguard-go: {e}"
     return None
-
-
-@implementer(IProcessRunner)
-class HostRunner:
-    """An IProcessRunner that runs everything inside one lab host's namespace."""
-
-    def __init__(self, lab: Lab, host: str) -> None:
-        self._lab = lab
-        self._host = host
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = 30,
-    ) -> Deferred[ProcessResult]:
-        return self._lab.run(self._host, argv, stdin=stdin, env=env, timeout=timeout)
-
-    def start(
-        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_prefix: str | None = None
-    ) -> IRunningProcess:
-        return self._lab.start(self._host, argv, env=env, log_prefix=log_prefix)
 
 
 async def poll_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -905,7 +654,7 @@ class RealWireGuardTests(TestCase):
 
     def wireguard(self, host: str, **options) -> LinuxWireGuard:
         wg = LinuxWireGuard(
-            HostRunner(self.lab, host), self.lab.hosts[host].wireguard_interface, clock=reactor, **options
+            PassThroughRunner(self.runner, prefix=("ip", "netns", "exec", self.lab.hosts[host].namespace)), self.lab.hosts[host].wireguard_interface, clock=reactor, **options
         )
         self.addCleanup(self.quietly_down, wg)
         return wg

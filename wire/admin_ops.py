@@ -10,27 +10,35 @@ import os
 import re
 
 from wire.client import AdminClient, ServerError, ServerUnreachable
-from wire.server.admin import admin_socket_path
+from wire.datadir import admin_socket_path
 
-DEFAULT_DATA_DIR = "/var/lib/wire"
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class AdminError(Exception):
     pass
 
 
-def default_data_dir() -> str:
-    return os.environ.get("WIRE_DATA_DIR") or DEFAULT_DATA_DIR
+class DurationError(ValueError):
+    """Not a duration ``parse_duration`` accepts; ``str()`` says why."""
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``30m``, ``24h``, ``7d``, ``2w`` → seconds."""
+    """``90s``, ``30m``, ``24h``, ``7d``, ``2w`` → seconds. The unit is required:
+    a bare ``5`` once meant 5 seconds, which nobody who typed it wanted."""
     match = _DURATION.match(text.strip().lower())
-    if not match or float(match.group(1)) <= 0:
-        raise AdminError(f"--expires: {text!r} is not a duration like 30m, 24h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    units = ", ".join(UNITS)
+    if not match:
+        raise DurationError(f"{text!r} is not a duration like 30m, 24h or 7d (units: {units})")
+    number, unit = match.groups()
+    if not unit:
+        raise DurationError(f"{text!r} needs a unit ({units}), e.g. {number}m, {number}h or {number}d")
+    if unit not in UNITS:
+        raise DurationError(f"unknown unit {unit!r} in {text!r} (units: {units})")
+    if float(number) <= 0:
+        raise DurationError(f"{text!r} must be longer than zero")
+    return float(number) * UNITS[unit]
 
 
 class AdminOps:
@@ -52,8 +60,8 @@ class AdminOps:
         except ServerUnreachable as e:
             raise AdminError(f"the server's admin socket does not answer: {e}")
 
-    async def create_key(self, reusable: bool = False, expires: str | None = None, note: str = "", url: str | None = None) -> dict:
-        expires_in = parse_duration(expires) if expires else None
+    async def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
+        """A new join key; ``expires_in`` seconds (see ``parse_duration``), or never."""
         return await self._call(self._client.create_key(reusable, expires_in, note, url))
 
     async def keys(self) -> dict:

@@ -4,7 +4,8 @@ local node daemon's control socket."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError as DeferTimeout
@@ -15,7 +16,20 @@ from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFai
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from wire.protocol import (
+    LeaveRequest,
+    NetmapAnswer,
+    ProtocolError,
+    RegisterAnswer,
+    Registration,
+    RelayGrant,
+    RelayRequest,
+    error_message,
+    parse_cursor_text,
+)
 from wire.tls import client_policy
+
+T = TypeVar("T")
 
 # The long-poll's own wait, plus slack for the network.
 LONGPOLL_WAIT = 25.0
@@ -44,6 +58,14 @@ class ServerError(Exception):
         self.message = message
         # For 429: how long the server asks us to wait.
         self.retry_after = retry_after
+
+
+class BadAnswer(ServerError):
+    """The server answered 200, but not what the protocol says it answers."""
+
+    def __init__(self, what: str, error: ProtocolError):
+        super().__init__(200, f"bad answer to {what}: {error}")
+        self.error = error
 
 
 def make_http_client(reactor, persistent: bool = True, tls_fingerprint: str = "") -> HTTPClient:
@@ -103,15 +125,19 @@ class JsonHttp:
         except (ValueError, UnicodeDecodeError):
             raise ServerError(response.code, f"answer to {method} {path} is not JSON")
         if response.code >= 400:
-            message = decoded.get("error") if isinstance(decoded, dict) else None
-            raise ServerError(response.code, str(message or "no error message"), _retry_after(response))
+            raise ServerError(response.code, error_message(decoded), _retry_after(response))
         if not isinstance(decoded, dict):
             raise ServerError(response.code, f"answer to {method} {path} is not a JSON object")
         return decoded
 
 
 class CoordinationClient(JsonHttp):
-    """The coordination server's API."""
+    """The coordination server's API, in wire.protocol's types.
+
+    Every answer the node acts on is validated here, once: a malformed one
+    raises :class:`BadAnswer` (a ServerError), so callers handle it as they
+    handle any refusal.
+    """
 
     @property
     def credential(self) -> str | None:
@@ -121,15 +147,19 @@ class CoordinationClient(JsonHttp):
         """From now on, act as the node this credential belongs to (or as no one)."""
         self._credential = credential
 
-    async def register(self, body: dict) -> dict:
-        return await self._request("POST", "/register", body)
+    async def register(self, registration: Registration) -> RegisterAnswer:
+        answer = await self._request("POST", "/register", registration.as_body())
+        return _parsed("POST /register", RegisterAnswer.from_json, answer)
 
-    async def enroll(self, body: dict) -> dict:
-        return await self._request("POST", "/enroll", body)
+    async def enroll(self, registration: Registration, join_key: str) -> RegisterAnswer:
+        body = registration.enrollment_body(join_key)
+        return _parsed("POST /enroll", RegisterAnswer.from_json, await self._request("POST", "/enroll", body))
 
-    async def netmap(self, cursor: str, wait: float = LONGPOLL_WAIT) -> dict:
-        path = f"/peers?since={cursor}&wait={wait:g}"
-        return await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT)
+    async def netmap(self, cursor: str, wait: float = LONGPOLL_WAIT) -> NetmapAnswer:
+        # The cursor goes into the query string: only a well-formed one does.
+        path = f"/peers?since={parse_cursor_text(cursor, 'since')}&wait={wait:g}"
+        answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT)
+        return _parsed("GET /peers", NetmapAnswer.from_json, answer)
 
     async def status(self) -> dict:
         return await self._request("GET", "/status")
@@ -140,13 +170,19 @@ class CoordinationClient(JsonHttp):
     async def health(self) -> dict:
         return await self._request("GET", "/health")
 
-    async def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> dict:
-        return await self._request(
-            "POST", "/relay", {"node_id": node_id, "wg_public_key": wg_public_key, "peer_node_id": peer_node_id}
-        )
+    async def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> RelayGrant:
+        asked = RelayRequest(node_id, wg_public_key, peer_node_id)
+        return _parsed("POST /relay", RelayGrant.from_json, await self._request("POST", "/relay", asked.to_json()))
 
     async def leave(self, node_id: str, wg_public_key: str) -> dict:
-        return await self._request("POST", "/leave", {"node_id": node_id, "wg_public_key": wg_public_key})
+        return await self._request("POST", "/leave", LeaveRequest(node_id, wg_public_key).to_json())
+
+
+def _parsed(what: str, parse: Callable[[Any], T], answer: Any) -> T:
+    try:
+        return parse(answer)
+    except ProtocolError as e:
+        raise BadAnswer(what, e)
 
 
 def unix_http_client(reactor, socket_path: str) -> HTTPClient:

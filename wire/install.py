@@ -20,8 +20,15 @@ _PACKAGE_COMMANDS = {
     "arch": ["pacman", "-S", "--noconfirm"],
     "macos": ["brew", "install"],
 }
+
+
 _FAMILIES = {"debian": "debian", "ubuntu": "debian", "fedora": "fedora", "rhel": "fedora", "centos": "fedora",
              "alpine": "alpine", "arch": "arch"}
+
+
+def package_for(program: str) -> str | None:
+    """The package that provides ``program`` (a name or a path), if it is one of ours."""
+    return _PACKAGES.get(os.path.basename(program))
 
 
 @dataclass(frozen=True)

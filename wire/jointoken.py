@@ -13,8 +13,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from wire.node.config import parse_server_url
 from wire.protocol import ProtocolError
+from wire.urls import parse_server_url
 
 PREFIX = "wire1."
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")

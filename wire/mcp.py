@@ -100,6 +100,8 @@ def build_server(reactor) -> MCPServer:
         READ_ONLY,
         "The whole mesh as the coordination server sees it: every node, online or offline, its VPN IP, "
         "and (when the node daemon runs here) this node's path to each peer: direct or relayed, and why. "
+        "When the server does not answer, the mesh as this node's daemon last saw it, marked "
+        '"stale": true, "source": "daemon" with a "warning" saying how old it is. '
         "Same as `wire status --json`.",
     )
     async def wire_status(server: Server = None, config_dir: ConfigDir = None) -> Result:
@@ -109,7 +111,8 @@ def build_server(reactor) -> MCPServer:
         "wire_peers",
         "Online peers",
         READ_ONLY,
-        "Online nodes as the coordination server lists them (its /peers): name, VPN IP, public endpoint. "
+        "Online nodes as the coordination server lists them (its /peers): name, VPN IP, public endpoint; "
+        'when the server does not answer, the daemon\'s last known online peers, marked "stale": true. '
         "Same as `wire peers --json`.",
     )
     async def wire_peers(server: Server = None, config_dir: ConfigDir = None) -> Result:

@@ -130,11 +130,18 @@ class ReplayWindow:
 RELAY_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
+def socket_of(port) -> Any:
+    """The port's socket (IListeningPort's ``getHandle()``), or None for a
+    transport that has none (tests' in-memory fakes)."""
+    get_handle = getattr(port, "getHandle", None)
+    return get_handle() if get_handle is not None else None
+
+
 def enlarge_socket_buffers(port, size: int = RELAY_SOCKET_BUFFER) -> None:
     """Best effort: as root beyond net.core.rmem_max/wmem_max, else up to them."""
     import socket
 
-    sock = getattr(port, "socket", None)
+    sock = socket_of(port)
     if sock is None:
         return
     pairs = (
@@ -198,7 +205,7 @@ class DatagramBatcher:
     def __init__(self, reactor, port, gso: bool = True):
         self._reactor = reactor
         self._port = port
-        sock = getattr(port, "socket", None)
+        sock = socket_of(port)
         self._sock = sock
         self.gso = gso and sock is not None and udp_gso_supported(sock)
         self.max_segment = GSO_MAX_SEGMENT

@@ -6,7 +6,7 @@ servers) goes through an IProcessRunner: an argument list handed to
 on a command line.  ``run`` is for short commands whose output the caller
 wants; ``start`` supervises a long-running one whose output goes to the log.
 
-FakeProcessRunner is the scripted stand-in for unit tests.
+The scripted stand-in for unit tests, FakeProcessRunner, lives in tests/fakes.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -28,12 +28,15 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.procutils import which
 from zope.interface import Attribute, Interface, implementer
 
-log = Logger()
+from wire.debuglog import logger
+
+# Each command run is a debug event (a node runs `wg show` on every status
+# poll); start, exit and failures are info and warn.
+log = logger(__name__)
 
 # Administration tools (ip, nft, sysctl) live in sbin, which a non-root PATH
 # often lacks.
@@ -173,7 +176,7 @@ class IProcessRunner(Interface):
         """
 
 
-class _ExitNotifier:
+class ExitNotifier:
     """Hands out Deferreds that all fire with the exit code, once it is known."""
 
     def __init__(self) -> None:
@@ -334,7 +337,7 @@ class RunningProcess:
         self._clock = clock
         self._transport = transport
         self._tail: deque[str] = deque(maxlen=tail_lines)
-        self._exit = _ExitNotifier()
+        self._exit = ExitNotifier()
         self._kill_timer: IDelayedCall | None = None
 
     @property
@@ -467,169 +470,3 @@ def _executable(argv: tuple[str, ...]) -> str:
     if not argv:
         raise ValueError("empty command line")
     return find_program(argv[0])
-
-
-# -- the scripted fake ------------------------------------------------------
-
-
-class UnexpectedCommand(AssertionError):
-    """FakeProcessRunner was asked for a command the test did not script."""
-
-
-@dataclass(frozen=True)
-class RecordedCall:
-    """One request FakeProcessRunner received, expected or not."""
-
-    kind: str  # "run" or "start"
-    argv: tuple[str, ...]
-    stdin: bytes | None
-    env: Mapping[str, str] | None
-
-
-@dataclass(frozen=True)
-class _Expectation:
-    kind: str
-    argv: tuple[str, ...]
-    result: ProcessResult | None = None
-    error: Exception | None = None
-    process: FakeRunningProcess | None = None
-
-    def describe(self) -> str:
-        return f"{self.kind} `{shlex.join(self.argv)}`"
-
-
-@implementer(IRunningProcess)
-class FakeRunningProcess:
-    """A pretend long-running process whose life the test controls."""
-
-    def __init__(self, argv: tuple[str, ...], pid: int) -> None:
-        self.argv = argv
-        self.pid = pid
-        self.tail: list[str] = []  # tests may fill it in
-        self.signals: list[int] = []  # every signal it was sent, in order
-        self._exit = _ExitNotifier()
-
-    @property
-    def rc(self) -> int | None:
-        return self._exit.rc
-
-    @property
-    def running(self) -> bool:
-        return self._exit.rc is None
-
-    def when_exited(self) -> Deferred[int]:
-        return self._exit.wait()
-
-    def exit(self, rc: int) -> None:
-        """Make the process exit now (as if it had crashed or finished)."""
-        if self.running:
-            self._exit.fire(rc)
-
-    def kill(self, signal_number: int) -> None:
-        """Record the signal; SIGTERM and SIGKILL end it, like a tame daemon."""
-        if not self.running:
-            return
-        self.signals.append(signal_number)
-        if signal_number in (signal.SIGTERM, signal.SIGKILL):
-            self.exit(-signal_number)
-
-    def stop(self, timeout: float = 5.0) -> Deferred[int]:
-        self.kill(signal.SIGTERM)
-        return self.when_exited()
-
-
-@implementer(IProcessRunner)
-class FakeProcessRunner:
-    """
-    An IProcessRunner that answers from a script, in order::
-
-        runner.expect(["wg", "show", "wire0", "dump"], stdout=b"...")
-        ...code under test...
-        runner.assert_all_called()
-
-    A command that is not the next one scripted fails with UnexpectedCommand
-    (and is remembered, so assert_all_called fails even if the code under
-    test swallowed the error).  Every call is kept in ``calls`` with the
-    stdin and env it was given.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[RecordedCall] = []
-        self._script: deque[_Expectation] = deque()
-        self._unexpected: list[str] = []
-        self._next_pid = 10_000
-
-    def expect(
-        self,
-        argv: Sequence[str],
-        *,
-        stdout: bytes = b"",
-        stderr: bytes = b"",
-        rc: int = 0,
-        error: Exception | None = None,
-    ) -> None:
-        """Script the next run(): it gives this result, or fails with error."""
-        argv = tuple(argv)
-        result = None if error else ProcessResult(argv, rc, stdout, stderr)
-        self._script.append(_Expectation("run", argv, result=result, error=error))
-
-    def expect_start(self, argv: Sequence[str]) -> FakeRunningProcess:
-        """Script the next start(); returns the process it will hand out."""
-        argv = tuple(argv)
-        process = FakeRunningProcess(argv, self._next_pid)
-        self._next_pid += 1
-        self._script.append(_Expectation("start", argv, process=process))
-        return process
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = 30,
-    ) -> Deferred[ProcessResult]:
-        try:
-            expectation = self._take("run", tuple(argv), stdin, env)
-        except UnexpectedCommand:
-            return fail()
-        if expectation.error is not None:
-            return fail(expectation.error)
-        assert expectation.result is not None
-        return succeed(expectation.result)
-
-    def start(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        log_prefix: str | None = None,
-    ) -> FakeRunningProcess:
-        expectation = self._take("start", tuple(argv), None, env)
-        assert expectation.process is not None
-        return expectation.process
-
-    def assert_all_called(self) -> None:
-        """Fail unless every scripted command was asked for, and nothing else."""
-        problems = list(self._unexpected)
-        if self._script:
-            problems.append(
-                "scripted but never called:\n" + "\n".join(f"  {e.describe()}" for e in self._script)
-            )
-        if problems:
-            raise AssertionError("\n".join(problems))
-
-    def _take(
-        self, kind: str, argv: tuple[str, ...], stdin: bytes | None, env: Mapping[str, str] | None
-    ) -> _Expectation:
-        self.calls.append(RecordedCall(kind, argv, stdin, env))
-        expected = self._script[0] if self._script else None
-        if expected is not None and (expected.kind, expected.argv) == (kind, argv):
-            return self._script.popleft()
-        message = (
-            "unexpected command\n"
-            f"  expected: {expected.describe() if expected else 'nothing more'}\n"
-            f"  got:      {kind} `{shlex.join(argv)}`"
-        )
-        self._unexpected.append(message)
-        raise UnexpectedCommand(message)

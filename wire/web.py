@@ -1,5 +1,5 @@
 """JSON-over-HTTP plumbing for twisted.web: every answer is JSON, every
-error a ``{"error": "..."}`` that names the problem, never a traceback.
+error a ``{"error": "..."}`` (wire.protocol.error_body) that names the problem, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from collections.abc import Coroutine
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
 
-from wire.protocol import MAX_BODY_BYTES, BodyTooLarge, ProtocolError, parse_json_object
+from wire.protocol import MAX_BODY_BYTES, BodyTooLarge, ProtocolError, error_body, parse_json_object
 
 log = Logger()
 
@@ -177,20 +178,20 @@ class JsonResource(resource.Resource):
     def render(self, request: server.Request):
         method = request.method.decode("ascii", "replace")
         if request.postpath not in ([], [b""]):
-            return write_json(request, 404, {"error": f"no such path: {_path(request)}"})
+            return write_json(request, 404, error_body(f"no such path: {_path(request)}"))
         if method == "HEAD" and "GET" in self.methods:
             method = "GET"
         if method not in self.methods:
             request.setHeader(b"allow", ", ".join(self.methods).encode())
-            return write_json(request, 405, {"error": f"{method} is not allowed on {_path(request)}; use {' or '.join(self.methods)}"})
+            return write_json(request, 405, error_body(f"{method} is not allowed on {_path(request)}; use {' or '.join(self.methods)}"))
         handler: Callable[[server.Request], Any] = getattr(self, method.lower())
         try:
             result = handler(request)
         except ApiError as e:
-            return write_json(request, e.status, {"error": e.message})
+            return write_json(request, e.status, error_body(e.message))
         except Exception:
             log.failure("unhandled error in {method} {path}", method=method, path=_path(request))
-            return write_json(request, 500, {"error": "internal error; see the server log"})
+            return write_json(request, 500, error_body("internal error; see the server log"))
         if isinstance(result, (Deferred, Coroutine)):
             d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
             request.awaiting = d
@@ -215,19 +216,19 @@ def _finish(body: Any, request: BoundedRequest, status: int) -> None:
 
 def _finish_failure(failure: Failure, request: BoundedRequest, method: str) -> None:
     if failure.check(ApiError):
-        _finish({"error": failure.value.message}, request, failure.value.status)
+        _finish(error_body(failure.value.message), request, failure.value.status)
         return
     if request._disconnected:
         return
     log.failure("unhandled error in {method} {path}", failure, method=method, path=_path(request))
-    _finish({"error": "internal error; see the server log"}, request, 500)
+    _finish(error_body("internal error; see the server log"), request, 500)
 
 
 class JsonNotFound(resource.Resource):
     isLeaf = True
 
     def render(self, request: server.Request) -> bytes:
-        return write_json(request, 404, {"error": f"no such path: {_path(request)}"})
+        return write_json(request, 404, error_body(f"no such path: {_path(request)}"))
 
 
 class JsonRoot(resource.Resource):
@@ -237,7 +238,7 @@ class JsonRoot(resource.Resource):
         return JsonNotFound()
 
     def render(self, request: server.Request) -> bytes:
-        return write_json(request, 404, {"error": "no such path: /"})
+        return write_json(request, 404, error_body("no such path: /"))
 
 
 def _path(request: server.Request) -> str:
@@ -246,12 +247,14 @@ def _path(request: server.Request) -> str:
 
 def make_site(
     root: resource.Resource,
+    *,
+    reactor: IReactorTime,
     timeout: float = 60,
     observe_status: Callable[[int], None] | None = None,
-    reactor=None,
 ) -> server.Site:
     """A Site for a JSON API; ``timeout`` bounds idle connections, and
-    DeadlineChannel slow ones. ``reactor`` times both (the global one by default)."""
+    DeadlineChannel slow ones. ``reactor`` times both: always the caller's,
+    so a test's clock drives them."""
     # parsePOSTFormSubmission=False: our bodies are JSON, never HTML forms;
     # left on, twisted.web parses every POST's Content-Type with the email
     # package to look for one (about 30 us per heartbeat, for nothing).

@@ -19,7 +19,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
 from wire import ops
-from wire.cli.admin import dispatch_admin, format_admin
+from wire.cli.admin import dispatch_admin
 from wire.cli.formatting import (
     Formatter,
     Style,
@@ -35,7 +35,7 @@ from wire.cli.formatting import (
     format_up,
     format_watchdog,
 )
-from wire.cli.parser import build_parser
+from wire.cli.parser import build_parser, parse
 from wire.node.config import default_config_dir
 
 # -- running --------------------------------------------------------------------------
@@ -48,7 +48,7 @@ async def dispatch(ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | 
         )
         return result, format_up
     if args.command == "admin":
-        return await dispatch_admin(ctx, args), format_admin
+        return await dispatch_admin(ctx, args)
     if args.command == "down":
         return await ops.down(ctx), format_down
     if args.command == "status":
@@ -79,7 +79,7 @@ def parse_args(argv: list[str], stdout: TextIO, stderr: TextIO) -> argparse.Name
     # argparse prints straight to sys.stdout/sys.stderr and exits.
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            args = parser.parse_args(argv)
+            args = parse(parser, argv)
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else 2
         if args.command is None:
@@ -110,13 +110,13 @@ async def run(
 
 def report_error(args: argparse.Namespace, error: str, stdout: TextIO, stderr: TextIO) -> int:
     print(f"wire {args.command}: {error}", file=stderr)
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps({"ok": False, "error": error}, indent=2), file=stdout)
     return 1
 
 
 def report(args: argparse.Namespace, result: dict, formatter: Formatter, stdout: TextIO) -> int:
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps(result, indent=2), file=stdout)
     else:
         print(formatter(result, Style(stdout.isatty())), file=stdout)

@@ -13,17 +13,20 @@ class Style:
         return f"\033[{code}m{text}\033[0m" if self.enabled else text
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
+def span(seconds: float) -> str:
+    """A length of time in its largest whole unit: ``45s``, ``12m``, ``3h``, ``6d``."""
     seconds = int(seconds)
     if seconds < 60:
-        return f"{seconds}s ago"
+        return f"{seconds}s"
     if seconds < 3600:
-        return f"{seconds // 60}m ago"
+        return f"{seconds // 60}m"
     if seconds < 86400:
-        return f"{seconds // 3600}h ago"
-    return f"{seconds // 86400}d ago"
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{span(seconds)} ago"
 
 
 def _ms(value: float | None) -> str:
@@ -37,10 +40,16 @@ def format_status(result: dict, style: Style) -> str:
     name_w = max([14] + [len(n.get("node_name", "")) for n in nodes])
     vpn_w = max([16] + [len(n.get("vpn_ip", "")) for n in nodes])
     public_w = max([21] + [len(n.get("public_ip", "")) for n in nodes])
+    stale = result.get("stale", False)
     lines = [
         "",
         f"{style('1', 'wire status')}  {result['server']}",
-        f"  {result['online']} online / {result['offline']} offline / {result['total']} total",
+    ]
+    if result.get("warning"):
+        # A stale mesh (the daemon's netmap) or a node the server refuses: before anything else.
+        lines.append("  " + style("33", f"! {result['warning']}"))
+    lines += [
+        f"  {result['online']} online / {result['offline']} offline / {result['total']} total" + (" (last known)" if stale else ""),
         "",
     ]
     for node in nodes:
@@ -48,7 +57,9 @@ def format_status(result: dict, style: Style) -> str:
         colour = "32" if online else "90"
         dot = style(colour, "●" if online else "○")
         name = style(colour, f"{node.get('node_name', ''):<{name_w}}")
-        line = f"  {dot} {name} {node.get('vpn_ip', ''):<{vpn_w}} {node.get('public_ip', ''):<{public_w}} {_ago(node.get('last_seen_ago')):<7}"
+        # The daemon's netmap has no last-seen times.
+        seen = _ago(node["last_seen_ago"]) if "last_seen_ago" in node else "-"
+        line = f"  {dot} {name} {node.get('vpn_ip', ''):<{vpn_w}} {node.get('public_ip', ''):<{public_w}} {seen:<7}"
         if node.get("this_node"):
             line += "  " + style("1", "(this node)")
         elif "path" in node:
@@ -65,11 +76,16 @@ def _path_column(node: dict) -> str:
     if path == "direct":
         return f"direct {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
     if path == "relay":
-        return f"relay ({reason.removeprefix('relay: ')}), handshake {_ago(node['handshake_age'])}"
+        return f"relay ({node['path_why']}), handshake {_ago(node['handshake_age'])}"
     return f"{path}: {reason}"
 
 
 def format_peers(result: dict, style: Style) -> str:
+    if result.get("stale"):
+        lines = [style("33", f"! {result['warning']}"), f"{result['count']} peer(s) online when last heard, from this node's daemon"]
+        for peer in result["peers"]:
+            lines.append(f"  {peer['node_name']:<16} {peer['vpn_ip']:<16} {peer['endpoint'] or '-'} ({peer['path']})")
+        return "\n".join(lines)
     lines = [f"{result['count']} online peer(s) at {result['server']}"]
     for peer in result["peers"]:
         lines.append(f"  {peer.get('node_name', ''):<16} {peer.get('vpn_ip', ''):<16} {peer.get('public_ip', '')}:{peer.get('nat_port', '')}")

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 from wire.addressing import parse_subnet
 from wire.fsutil import write_atomically
+from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
+from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"
 SYSTEM_CONFIG_DIR = "/etc/wire"
@@ -67,33 +69,12 @@ def config_path(config_dir: str) -> str:
     return os.path.join(config_dir, CONFIG_FILE)
 
 
-def parse_server_url(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ProtocolError("server_url", "is required (for example http://HOST:8787)")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProtocolError("server_url", f"{value!r} is not an http:// or https:// URL with a host")
-    if parts.query or parts.fragment or (parts.path not in ("", "/")):
-        raise ProtocolError("server_url", f"{value!r} must be just scheme://host:port")
-    try:
-        parts.port
-    except ValueError:
-        raise ProtocolError("server_url", f"{value!r} has an invalid port")
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def stun_ports(server_url: str) -> tuple[str, int, int]:
     """The server's host and STUN ports: its HTTP port + 1 (also the relay)
     and + 2, the seed's convention."""
     parts = urlsplit(server_url)
     port = parts.port or DEFAULT_SERVER_PORT
     return parts.hostname or "", port + 1, port + 2
-
-
-def parse_interface_name(value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 15 or not all(c.isalnum() or c in "-_." for c in value):
-        raise ProtocolError("interface", f"{value!r} is not an interface name (1-15 letters, digits, '-', '_', '.')")
-    return value
 
 
 def validate(data: dict[str, Any]) -> NodeConfig:

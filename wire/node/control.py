@@ -18,10 +18,9 @@ from twisted.web import server
 
 from wire.node.daemon import NodeDaemon, RenameRefused
 from wire.node.events import MAX_WAIT
-from wire.node.paths import HANDSHAKE_STALE
-from wire.node.paths import PathChoice
+from wire.node.paths import HANDSHAKE_STALE, PathChoice
 from wire.node.wireguard import PeerStatus
-from wire.protocol import ProtocolError, parse_node_name
+from wire.protocol import PathMode, ProtocolError, parse_node_name
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 CONTROL_SOCKET = "control.sock"
@@ -35,12 +34,14 @@ def describe_path(choice: PathChoice | None, status: PeerStatus | None, now: flo
     """How traffic reaches a peer: the chosen path, why, and what WireGuard shows."""
     age = now - status.latest_handshake if status is not None and status.latest_handshake else None
     if status is None or choice is None:
-        return {"path": "none", "reason": "not configured in WireGuard yet", "handshake_age": age}
+        why = "not configured in WireGuard yet"
+        return {"path": PathMode.NONE, "reason": why, "why": why, "handshake_age": age}
     # The planner looks every few seconds; a handshake since then counts now.
     proven = choice.verified or (age is not None and age <= HANDSHAKE_STALE and status.latest_handshake >= choice.proof_after)
-    if choice.mode == "direct" and not proven:
-        return {"path": "connecting", "reason": f"trying {choice.reason} (no handshake yet)", "handshake_age": age}
-    return {"path": choice.mode, "reason": choice.reason, "handshake_age": age}
+    # "reason" is the one line people read; "why" the same without the mode.
+    if choice.mode is PathMode.DIRECT and not proven:
+        return {"path": PathMode.CONNECTING, "reason": f"trying {choice.summary} (no handshake yet)", "why": choice.reason, "handshake_age": age}
+    return {"path": choice.mode, "reason": choice.summary, "why": choice.reason, "handshake_age": age}
 
 
 async def node_status(daemon: NodeDaemon) -> dict:
@@ -156,7 +157,8 @@ class Events(JsonResource):
 
 
 def _arg(request: server.Request, name: bytes, default: str) -> str:
-    values = (request.args or {}).get(name) or [default.encode()]
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name) or [default.encode()]
     return values[0].decode("ascii", "replace")
 
 

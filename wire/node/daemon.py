@@ -25,30 +25,49 @@ server asked for one, or the last one is ``REGISTER_AT_LEAST_EVERY`` old.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    DeferredSemaphore,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wire.client import LONGPOLL_WAIT, CoordinationClient, ServerError, ServerUnreachable
+from wire.client import (
+    LONGPOLL_WAIT,
+    BadAnswer,
+    CoordinationClient,
+    ServerError,
+    ServerUnreachable,
+)
+from wire.debuglog import logger as debug_aware_logger
 from wire.jointoken import JoinToken
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.events import EventLog
-from wire.protocol import ProtocolError, parse_node_name
+from wire.node.lan import LanAddress
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
 from wire.node.paths import Me, PathPlanner
 from wire.node.relay import RelayShim
-from wire.node.wireguard import IWireGuard, PeerConfig
+from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
+from wire.protocol import (
+    Heartbeat,
+    NatType,
+    NetmapAnswer,
+    PathMode,
+    ProtocolError,
+    RegisterAnswer,
+    Registration,
+    parse_node_name,
+)
 from wire.stun import NatReport
 
 HEARTBEAT_INTERVAL = 30.0
@@ -61,17 +80,28 @@ BACKOFF_CAP = 4.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
+# Relay grants asked for at once: many relayed peers while the server is
+# slow must not open a request each.
+RELAY_GRANTS_AT_ONCE = 4
+
 
 NEEDS_TOKEN = (
     "this server needs a join token: get one with 'wire admin keys create' on the server, then run: wire up --join TOKEN"
 )
+# A 401 to this node's own credential: the admin removed it (or revoked it).
+# The one wording, the daemon's reason and every view's (wire.ops.context).
 REMOVED = (
-    "this node was removed from the mesh (or its credential revoked) by the server's admin; to join again, "
-    "get a new key with 'wire admin keys create' on the server, then run: wire up --join TOKEN"
+    "the server no longer accepts this node: it was removed from the mesh by the admin "
+    "(or its credential was revoked)"
 )
+REJOIN = "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN"
 RENAME_IS_ADMINS = (
     "on this server renames are the admin's: ask them to run 'wire admin nodes rename {old} {new}' on the server"
 )
+
+
+def removed_message() -> str:
+    return f"{REMOVED}; {REJOIN}"
 
 
 class Phase(Enum):
@@ -122,12 +152,28 @@ class Backoff:
         self.current = 0.0
 
 
+@dataclass
+class RuntimeState:
+    """What reconciling remembers from one run to the next."""
+
+    reconcile_wanted: bool = False  # a reconcile is queued behind the lock
+    relay_wanted: set[str] = field(default_factory=set)  # peers the latest reconcile relays
+    grant_slots: DeferredSemaphore = field(default_factory=lambda: DeferredSemaphore(RELAY_GRANTS_AT_ONCE))
+    grants_pending: dict[str, Deferred] = field(default_factory=dict)  # by peer node id
+    grant_failing: set[str] = field(default_factory=set)  # told once, retried quietly
+    last_applied: dict[str, PeerConfig] = field(default_factory=dict)  # by public key
+    # For the log: each peer's last told path, and names of peers now gone.
+    path_seen: dict[str, tuple] = field(default_factory=dict)
+    names_by_key: dict[str, str] = field(default_factory=dict)
+    names_by_id: dict[str, str] = field(default_factory=dict)
+
+
 class RenameRefused(Exception):
     """``wire up --name`` that this daemon cannot carry out; says why."""
 
 
 class NodeDaemon(Service):
-    log = Logger()
+    log = debug_aware_logger()
 
     def __init__(
         self,
@@ -156,7 +202,8 @@ class NodeDaemon(Service):
         self.client = client
         self.relay = relay
         self._probe_nat = probe_nat
-        self._lan_ip = lan_ip or (lambda: detect_lan_ip(config.server_url))
+        # Never waits: the server's name is resolved in the background.
+        self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
         # -- the node's state, all of it -------------------------------------
         self.state = NodeState()
         self.events = EventLog(clock)
@@ -167,7 +214,7 @@ class NodeDaemon(Service):
         # Heartbeats carried by the long-poll: what the server said, what we
         # last registered (None: must register), and when polls went out.
         self.longpoll_heartbeat = False
-        self._registered_body: dict | None = None
+        self._registered_body: Registration | None = None
         self._registered_at = 0.0
         self._poll_sent_at: float | None = None  # the long-poll in flight
         self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
@@ -182,6 +229,7 @@ class NodeDaemon(Service):
         self._paths_loop.clock = clock
         self._inflight: set[Deferred] = set()
         self._reconcile_lock = DeferredLock()
+        self._runtime = RuntimeState()
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
 
@@ -346,27 +394,23 @@ class NodeDaemon(Service):
 
     # -- enrollment and registration -----------------------------------------
 
-    def registration_body(self) -> dict:
-        body = {
-            "node_id": self.config.node_id,
-            "node_name": self.config.node_name,
-            "wg_public_key": self.public_key,
-            "port": self.config.listen_port,
-            "nat_port": self.config.listen_port,
-        }
+    def registration_body(self) -> Registration:
+        nat_port, nat_type = self.config.listen_port, NatType.UNKNOWN
         if self.nat is not None:
-            body["nat_port"] = self.nat.mapped.port
-            body["nat_type"] = self.nat.nat_type
+            nat_port, nat_type = self.nat.mapped.port, NatType(self.nat.nat_type)
         elif self.config.nat_port:
             # No probe this time (the interface already held the port): the last one's.
-            body["nat_port"] = self.config.nat_port
-            body["nat_type"] = self.config.nat_type or "unknown"
-        if self.config.vpn_ip:
-            body["vpn_ip"] = self.config.vpn_ip
-        lan_ip = self._lan_ip()
-        if lan_ip:
-            body["lan_ip"] = lan_ip
-        return body
+            nat_port, nat_type = self.config.nat_port, NatType(self.config.nat_type or NatType.UNKNOWN)
+        return Registration(
+            node_id=self.config.node_id,
+            node_name=self.config.node_name,
+            wg_public_key=self.public_key,
+            port=self.config.listen_port,
+            nat_port=nat_port,
+            lan_ip=self._lan_ip() or None,
+            requested_vpn_ip=self.config.vpn_ip or None,
+            nat_type=nat_type,
+        )
 
     async def _enroll_until_done(self, token: JoinToken) -> bool:
         """Enroll with the join token, with the NAT facts just probed."""
@@ -375,8 +419,8 @@ class NodeDaemon(Service):
         while not self._out_of_the_mesh:
             body = self.registration_body()
             try:
-                answer = await self.client.enroll({**body, "join_key": token.secret})
-                save_credential(self.config_dir, str(answer.get("credential") or ""))
+                answer = await self.client.enroll(body, token.secret)
+                save_credential(self.config_dir, answer.credential or "")
             except ServerError as e:
                 if e.status == 429 or e.status >= 500:  # busy, or cannot write: it will pass
                     self.log.warn("enrollment failed: {error}", error=e)
@@ -400,7 +444,7 @@ class NodeDaemon(Service):
                 self._refused(str(e), 0)
                 delay = REFUSED_RETRY
             else:
-                self.client.use_credential(str(answer["credential"]))
+                self.client.use_credential(answer.credential)
                 self._join_token = None  # it may be one-time: used up
                 self.events.emit("enrolled", f"enrolled with {token.server_url}")
                 self._registered(body, answer)
@@ -408,7 +452,7 @@ class NodeDaemon(Service):
             await deferLater(self.clock, delay, lambda: None)
         return False
 
-    async def register(self) -> dict:
+    async def register(self) -> RegisterAnswer:
         body = self.registration_body()
         self._registered_body = None
         try:
@@ -424,12 +468,12 @@ class NodeDaemon(Service):
         self._registered(body, answer)
         return answer
 
-    def _registered(self, body: dict, answer: dict) -> None:
+    def _registered(self, body: Registration, answer: RegisterAnswer) -> None:
         """The server took ``body``: remember it and what the server assigned."""
         self._made_contact()
         self._registered_body = body
         self._registered_at = self.clock.seconds()
-        longpoll_heartbeat = answer.get("heartbeat") == "longpoll"
+        longpoll_heartbeat = answer.heartbeat is Heartbeat.LONGPOLL
         if longpoll_heartbeat != self.longpoll_heartbeat:
             self.log.info(
                 "heartbeat: {how}",
@@ -439,7 +483,7 @@ class NodeDaemon(Service):
             )
         self.longpoll_heartbeat = longpoll_heartbeat
         self.contact.registered = True
-        self.contact.public_ip = str(answer.get("your_ip") or "")
+        self.contact.public_ip = answer.your_ip
         self._adopt_assignment(answer)
         if self._join_pending:
             # What was asked is done: config.json now holds it.
@@ -451,14 +495,14 @@ class NodeDaemon(Service):
         if self._started is not None and self._started.called:
             self._settle()  # while starting, _start settles once all is up
 
-    def _adopt_assignment(self, answer: dict) -> None:
+    def _adopt_assignment(self, answer: RegisterAnswer) -> None:
         """Keep what the server assigned, so the next start needs no server."""
         updated = replace(
             self.config,
             # With authentication the server owns the name (the admin may rename).
-            node_name=str(answer.get("node_name") or self.config.node_name),
-            vpn_ip=str(answer.get("vpn_ip") or self.config.vpn_ip),
-            vpn_subnet=str(answer.get("vpn_subnet") or self.config.vpn_subnet),
+            node_name=answer.node_name or self.config.node_name,
+            vpn_ip=answer.vpn_ip,
+            vpn_subnet=answer.vpn_subnet or self.config.vpn_subnet,
             nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
             nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
         )
@@ -485,12 +529,12 @@ class NodeDaemon(Service):
                 save_config(self.config_dir, updated)
             self.config = updated
 
-    def _adopt_own_view(self, answer: dict) -> None:
+    def _adopt_own_view(self, answer: NetmapAnswer) -> None:
         """The netmap's record of this node: a rename by the admin shows here."""
-        for view in answer.get("upserts") or []:
-            if isinstance(view, dict) and view.get("node_id") == self.config.node_id:
+        for view in answer.upserts:
+            if view.node_id == self.config.node_id:
                 try:
-                    name = parse_node_name(view.get("node_name"))
+                    name = parse_node_name(view.node_name)
                 except ProtocolError:
                     return
                 self._adopt(replace(self.config, node_name=name))
@@ -559,10 +603,11 @@ class NodeDaemon(Service):
     def _removed(self) -> None:
         """Our credential stopped working: out of the mesh until joined again.
         Asking again would not help; the interface stays until ``wire down``."""
-        self.log.error("{reason}", reason=REMOVED)
-        self.contact.last_error = REMOVED
+        reason = removed_message()
+        self.log.error("{reason}", reason=reason)
+        self.contact.last_error = reason
         self.contact.last_status = 401
-        self._enter(Phase.REMOVED, REMOVED, REMOVED)
+        self._enter(Phase.REMOVED, reason, reason)
         # Next turn: this may run inside a loop body that stopping cancels.
         self.clock.callLater(0, self._halt)
 
@@ -618,7 +663,7 @@ class NodeDaemon(Service):
         try:
             answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
         except ServerError as e:
-            self._lost_contact(str(e))
+            self._lost_contact(str(e), e.status)  # a 401 here: status views say why
             if e.status == 401:
                 self._refusal(e)  # removed, or never let in: no tight retries
             if e.status == 400:
@@ -636,10 +681,16 @@ class NodeDaemon(Service):
         was_unreachable = not self.contact.reachable
         self._made_contact()
         self._sync_backoff.reset()
-        if answer.get("register") is True:
+        if answer.register:
             # The server sees us from a new address: only a registration
             # records our new endpoint. The next heartbeat sends one.
             self._registered_body = None
+        self.log.debug(
+            "long-poll answered: {upserts} upsert(s), {removals} removal(s){full}",
+            upserts=len(answer.upserts),
+            removals=len(answer.removals),
+            full=" (a full snapshot)" if answer.full else "",
+        )
         previous_epoch = self.netmap.epoch
         for problem in self.netmap.apply(answer):
             self.log.warn("netmap: {problem}", problem=problem)
@@ -658,15 +709,15 @@ class NodeDaemon(Service):
             self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
             await self._sleep_backoff()
             return
-        if was_unreachable and answer.get("full") and not self._stopping:
+        if was_unreachable and answer.full and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
 
     # -- paths -----------------------------------------------------------------
 
     def me(self) -> Me:
-        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or "unknown")
-        return Me(self.config.node_name, self.contact.public_ip, nat_type)
+        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
+        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
 
     async def reconcile(self) -> None:
         """Bring WireGuard in line with the netmap and each peer's chosen path."""
@@ -676,45 +727,166 @@ class NodeDaemon(Service):
         finally:
             self._reconcile_lock.release()
 
+    def _reconcile_soon(self) -> None:
+        """Reconcile once more (a relay session is ready), however many ask
+        before that reconcile starts."""
+        if self._runtime.reconcile_wanted or self._stopping:
+            return
+        self._runtime.reconcile_wanted = True
+        self._track(self._queued_reconcile())
+
+    async def _queued_reconcile(self) -> None:
+        await self._reconcile_lock.acquire()
+        self._runtime.reconcile_wanted = False  # asked from here on: one more
+        try:
+            await self._reconcile_now()
+        except CancelledError:
+            raise
+        except Exception:
+            self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
+        finally:
+            self._reconcile_lock.release()
+
     async def _reconcile_now(self) -> None:
+        # Waits only on WireGuard: relay grants come in the background
+        # (_relay_endpoint), so a server that is away stalls no reconcile.
         if not self.interface_ready or self._stopping:
             return
-        handshakes = {p.public_key: p.latest_handshake for p in (await self.wireguard.status()).peers}
+        status = {p.public_key: p for p in (await self.wireguard.status()).peers}
+        handshakes = {key: p.latest_handshake for key, p in status.items()}
+        # What each peer has now: what we last set (WireGuard's own view
+        # may have roamed), else what the interface held when we came.
+        held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
         choices = self.paths.plan(self.me(), self.netmap.peers, handshakes, self.clock.seconds())
+        self._log_path_changes(choices)
         desired: dict[str, PeerConfig] = {}
+        # Filled as we go: a grant that comes at once checks it.
+        relayed: set[str] = set()
+        self._runtime.relay_wanted = relayed
         for node_id, peer in self.netmap.peers.items():
             endpoint = endpoint_for(peer, self.contact.public_ip)
-            if choices[node_id].mode == "relay":
-                endpoint = await self._relay_endpoint(peer) or endpoint
-            elif self.relay is not None and node_id in self.relay.sessions():
-                await self.relay.remove(node_id)
+            if choices[node_id].mode is PathMode.RELAY and self.relay is not None:
+                relayed.add(node_id)
+                relay_endpoint = self._relay_endpoint(peer)
+                if relay_endpoint is not None:
+                    endpoint = relay_endpoint
+                elif peer.wg_public_key in held:
+                    # Its grant is on the way: it keeps the endpoint it has.
+                    endpoint = held[peer.wg_public_key].endpoint or endpoint
             desired[peer.wg_public_key] = PeerConfig(
                 public_key=peer.wg_public_key,
                 allowed_ips=(f"{peer.vpn_ip}/32",),
                 endpoint=endpoint,
                 persistent_keepalive=PERSISTENT_KEEPALIVE,
             )
-        for node_id in set(self.relay.sessions() if self.relay else ()) - set(self.netmap.peers):
-            await self.relay.remove(node_id)
+        self._runtime.grant_failing &= relayed
+        if self.relay is not None:
+            # Back to direct, or gone from the mesh: its session ends.
+            for node_id in set(self.relay.sessions()) - relayed:
+                await self.relay.remove(node_id)
+                self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
+        self._log_peer_changes(held, desired)
         changed = await self.wireguard.apply(desired)
+        self._runtime.last_applied = desired
         if changed:
             self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
+        else:
+            self.log.debug("peers unchanged; {total} peers", total=len(desired))
 
-    async def _relay_endpoint(self, peer) -> str | None:
-        """The loopback endpoint of the peer's relay session (asked for once)."""
-        if self.relay is None:
-            return None
+    def _relay_endpoint(self, peer) -> str | None:
+        """The loopback endpoint of the peer's live relay session, or None
+        while its grant is fetched (asked for here, in the background: at
+        most RELAY_GRANTS_AT_ONCE at a time, one per peer)."""
+        assert self.relay is not None
         session = self.relay.sessions().get(peer.node_id)
         if session is not None and not self.relay.is_dead(peer.node_id):
             return session.endpoint
-        try:
-            grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
-            return await self.relay.add(grant)
-        except (ServerUnreachable, ServerError) as e:
-            self.log.warn("no relay session for {peer}: {error}", peer=peer.node_name, error=e)
-        except (KeyError, ValueError) as e:
-            self.log.warn("bad relay grant for {peer}: {error}", peer=peer.node_name, error=e)
+        if peer.node_id not in self._runtime.grants_pending:
+            fetching = self._track(self._fetch_grant(peer))
+            if not fetching.called:
+                self._runtime.grants_pending[peer.node_id] = fetching
+                return None
+            # Answered at once (a grant in memory): use it now.
+            session = self.relay.sessions().get(peer.node_id)
+            if session is not None and not self.relay.is_dead(peer.node_id):
+                return session.endpoint
         return None
+
+    async def _fetch_grant(self, peer) -> None:
+        name = peer.node_name or peer.node_id
+        try:
+            await self._runtime.grant_slots.acquire()
+            try:
+                grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
+            finally:
+                self._runtime.grant_slots.release()
+            if peer.node_id not in self._runtime.relay_wanted or self._stopping or self.relay is None:
+                return  # went direct (or left) meanwhile
+            endpoint = await self.relay.add(grant)
+        except CancelledError:
+            raise
+        except BadAnswer as e:  # before ServerError, which it is
+            self._grant_failed(peer.node_id, "bad relay grant for {peer}: {error}", peer=name, error=e.error)
+            return
+        except (ServerUnreachable, ServerError) as e:
+            self._grant_failed(peer.node_id, "no relay session for {peer} yet: {error}", peer=name, error=e)
+            return
+        except Exception:
+            self.log.failure("starting the relay session for {peer} failed", peer=name)
+            return
+        finally:
+            self._runtime.grants_pending.pop(peer.node_id, None)
+        self._runtime.grant_failing.discard(peer.node_id)
+        self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
+        self._reconcile_soon()
+
+    def _grant_failed(self, node_id: str, message: str, **fields) -> None:
+        # Said once; the retries (one at each reconcile) are routine.
+        log = self.log.debug if node_id in self._runtime.grant_failing else self.log.warn
+        log(message, **fields)
+        self._runtime.grant_failing.add(node_id)
+
+    def _peer_name(self, node_id: str) -> str:
+        """A peer's name for the log (a gone peer's from the last reconcile)."""
+        peer = self.netmap.peers.get(node_id)
+        return (peer.node_name if peer is not None else self._runtime.names_by_id.get(node_id)) or node_id
+
+    def _log_path_changes(self, choices) -> None:
+        """A peer's new path (with why), and a path proven by a handshake."""
+        for node_id, choice in choices.items():
+            seen = (choice.mode, choice.reason, choice.verified)
+            before = self._runtime.path_seen.get(node_id)
+            if seen == before:
+                continue
+            self._runtime.path_seen[node_id] = seen
+            if before is not None and before[:2] == seen[:2]:
+                if choice.verified:
+                    self.log.info("{peer}: the {mode} path works", peer=self._peer_name(node_id), mode=choice.mode)
+                continue
+            self.log.info("{peer}: {reason}", peer=self._peer_name(node_id), reason=choice.summary)
+        for node_id in set(self._runtime.path_seen) - set(choices):
+            del self._runtime.path_seen[node_id]
+
+    def _log_peer_changes(self, held: dict[str, PeerStatus | PeerConfig], desired: dict[str, PeerConfig]) -> None:
+        """Each added, moved or removed peer, by name (keys mean nothing to a reader)."""
+        names = {peer.wg_public_key: (peer.node_name or peer.node_id) for peer in self.netmap.peers.values()}
+        for key, config in desired.items():
+            before = held.get(key)
+            if before is None:
+                self.log.info(
+                    "{peer}: added ({address}, endpoint {endpoint})",
+                    peer=names[key],
+                    address=config.allowed_ips[0],
+                    endpoint=config.endpoint or "none yet",
+                )
+            elif before.endpoint != config.endpoint and config.endpoint is not None:
+                self.log.info(
+                    "{peer}: endpoint {old} -> {new}", peer=names[key], old=before.endpoint, new=config.endpoint
+                )
+        for key in set(held) - set(desired):
+            self.log.info("{peer}: removed", peer=self._runtime.names_by_key.get(key, "a peer no longer in the netmap"))
+        self._runtime.names_by_key = names
+        self._runtime.names_by_id = {p.node_id: p.node_name for p in self.netmap.peers.values() if p.node_name}
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:
@@ -753,18 +925,3 @@ class NodeDaemon(Service):
         self.state.interface_up = False
         return told
 
-
-def detect_lan_ip(server_url: str) -> str:
-    """The local address this host uses to reach the server.
-
-    A connected UDP socket only asks the routing table; it sends nothing.
-    """
-    host = urlsplit(server_url).hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
-        family, _, _, _, address = infos[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect(address)
-            return s.getsockname()[0]
-    except (OSError, IndexError):
-        return ""

@@ -26,9 +26,9 @@ from wire.node.config import (
     NodeConfig,
     default_node_name,
     generate_node_id,
-    parse_interface_name,
     parse_server_url,
 )
+from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_node_name, parse_port
 
 CREDENTIAL_FILE = "credential"

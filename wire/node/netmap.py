@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from wire.protocol import ProtocolError, parse_ip_address, parse_node_id, parse_port, parse_wg_public_key
+from wire.protocol import NetmapAnswer, PeerView
 
 PERSISTENT_KEEPALIVE = 25
 
-
-@dataclass(frozen=True)
-class Peer:
-    """One other node, as far as this node needs to know it."""
-
-    node_id: str
-    node_name: str
-    vpn_ip: str
-    wg_public_key: str
-    public_ip: str
-    nat_port: int
-    port: int
-    lan_ip: str
-    nat_type: str
-    online: bool
-
-    @classmethod
-    def from_view(cls, view: dict) -> Peer:
-        """Validate a server's peer entry: nothing from the network reaches ``wg`` unchecked."""
-        if not isinstance(view, dict):
-            raise ProtocolError("peer", "is not an object")
-        return cls(
-            node_id=parse_node_id(view.get("node_id")),
-            node_name=str(view.get("node_name") or "")[:63],
-            vpn_ip=parse_ip_address(view.get("vpn_ip"), "vpn_ip"),
-            wg_public_key=parse_wg_public_key(view.get("wg_public_key")),
-            public_ip=parse_ip_address(view["public_ip"], "public_ip") if view.get("public_ip") else "",
-            nat_port=parse_port(view.get("nat_port") or view.get("port") or 51820, "nat_port"),
-            port=parse_port(view.get("port") or 51820, "port"),
-            lan_ip=parse_ip_address(view["lan_ip"], "lan_ip") if view.get("lan_ip") else "",
-            nat_type=str(view.get("nat_type") or "unknown"),
-            online=bool(view.get("online", True)),
-        )
+# One other node, as far as this node needs to know it: the protocol's
+# peer view, validated when the netmap answer arrived (PeerView.from_json).
+Peer = PeerView
 
 
 def endpoint_for(peer: Peer, my_public_ip: str) -> str | None:
@@ -69,25 +37,18 @@ class NodeNetmap:
         self.cursor = "0"
         self.peers: dict[str, Peer] = {}
 
-    def apply(self, answer: dict) -> list[str]:
+    def apply(self, answer: NetmapAnswer) -> list[str]:
         """Take a long-poll answer; returns problems with entries that were skipped."""
-        problems: list[str] = []
-        updated: dict[str, Peer] = {} if answer.get("full") else dict(self.peers)
-        for view in answer.get("upserts") or []:
-            try:
-                peer = Peer.from_view(view)
-            except (ProtocolError, KeyError) as e:
-                problems.append(f"skipped a peer entry: {e}")
-                continue
+        updated: dict[str, Peer] = {} if answer.full else dict(self.peers)
+        for peer in answer.upserts:
             if peer.node_id != self.my_node_id:
                 updated[peer.node_id] = peer
-        for node_id in answer.get("removals") or []:
+        for node_id in answer.removals:
             updated.pop(node_id, None)
         self.peers = updated
-        cursor = answer.get("cursor")
-        if isinstance(cursor, str) and cursor:
-            self.cursor = cursor
-        return problems
+        if answer.cursor:
+            self.cursor = answer.cursor
+        return list(answer.skipped)
 
     @property
     def epoch(self) -> str:

@@ -19,31 +19,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wire.node.netmap import Peer, endpoint_for
+from wire.protocol import NatType, PathMode
 
 DIRECT_TIMEOUT = 15.0
 # WireGuard re-handshakes every 2 minutes on a live tunnel (keepalives count).
 HANDSHAKE_STALE = 180.0
 
-NATTED = ("easy", "hard", "unknown")
+NATTED = (NatType.EASY, NatType.HARD, NatType.UNKNOWN)
 
 
 @dataclass(frozen=True)
 class Me:
     node_name: str
     public_ip: str
-    nat_type: str
+    nat_type: NatType
 
 
 @dataclass
 class PathChoice:
-    mode: str  # "direct" or "relay"
-    reason: str
+    mode: PathMode  # DIRECT or RELAY
+    reason: str  # why, without the mode: "hard NAT on web2", "via 203.0.113.2:40000"
     since: float
     facts: tuple
     verified: bool = False  # a handshake was seen on this path
     # Only a handshake at or after this time proves the path (0: any recent
     # one does, e.g. a tunnel that was already up when the daemon started).
     proof_after: float = 0.0
+
+    @property
+    def summary(self) -> str:
+        """Mode and reason in one line: "relay: hard NAT on web2"."""
+        return f"{self.mode}: {self.reason}"
 
 
 def facts(me: Me, peer: Peer) -> tuple:
@@ -52,21 +58,21 @@ def facts(me: Me, peer: Peer) -> tuple:
 
 
 def nat_rule(me: Me, peer: Peer) -> str | None:
-    """Why the NAT types alone rule a direct path out, or None."""
+    """Why the NAT types alone rule a direct path out (so: relay), or None."""
     if peer.lan_ip and peer.public_ip and peer.public_ip == me.public_ip:
         return None
-    if me.nat_type == "hard" and peer.nat_type in NATTED:
-        return f"relay: hard NAT on {me.node_name}"
-    if peer.nat_type == "hard" and me.nat_type in NATTED:
-        return f"relay: hard NAT on {peer.node_name}"
+    if me.nat_type == NatType.HARD and peer.nat_type in NATTED:
+        return f"hard NAT on {me.node_name}"
+    if peer.nat_type == NatType.HARD and me.nat_type in NATTED:
+        return f"hard NAT on {peer.node_name}"
     return None
 
 
 def direct_reason(me: Me, peer: Peer) -> str:
     endpoint = endpoint_for(peer, me.public_ip)
     if peer.lan_ip and peer.public_ip == me.public_ip:
-        return f"direct: same LAN, via {endpoint}"
-    return f"direct: via {endpoint}"
+        return f"same LAN, via {endpoint}"
+    return f"via {endpoint}"
 
 
 class PathPlanner:
@@ -90,18 +96,18 @@ class PathPlanner:
         if current is None or current.facts != peer_facts:
             forced = nat_rule(me, peer)
             if forced:
-                return PathChoice("relay", forced, now, peer_facts)
+                return PathChoice(PathMode.RELAY, forced, now, peer_facts)
             # Leaving the relay, an older handshake may have gone through it.
-            proof_after = now if current is not None and current.mode == "relay" else 0.0
-            current = PathChoice("direct", direct_reason(me, peer), now, peer_facts, proof_after=proof_after)
-        if current.mode == "relay":
+            proof_after = now if current is not None and current.mode is PathMode.RELAY else 0.0
+            current = PathChoice(PathMode.DIRECT, direct_reason(me, peer), now, peer_facts, proof_after=proof_after)
+        if current.mode is PathMode.RELAY:
             return current
         fresh = handshake > 0 and now - handshake <= HANDSHAKE_STALE
         if fresh and handshake >= current.proof_after:
             current.verified = True
             return current
         if not current.verified and now - current.since > DIRECT_TIMEOUT:
-            return PathChoice("relay", f"relay: no direct handshake within {DIRECT_TIMEOUT:.0f}s", now, peer_facts)
+            return PathChoice(PathMode.RELAY, f"no direct handshake within {DIRECT_TIMEOUT:.0f}s", now, peer_facts)
         if current.verified and not fresh:
-            return PathChoice("relay", "relay: the direct path stopped working", now, peer_facts)
+            return PathChoice(PathMode.RELAY, "the direct path stopped working", now, peer_facts)
         return current

@@ -11,20 +11,21 @@ server's idea of our address (and the NAT mapping to it) fresh.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.internet.defer import DeferredLock
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from wire.debuglog import logger as debug_aware_logger
+from wire.protocol import RelayGrant
 from wire.relayproto import (
     MAX_FRAME,
     MAX_PAYLOAD,
     OVERHEAD,
-    TOKEN_BYTES,
     TO_NODE,
     TO_SERVER,
     DatagramBatcher,
@@ -40,7 +41,7 @@ KEEPALIVE_INTERVAL = 10.0
 # A session whose keepalives go unanswered this long is reported dead.
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
 
-log = Logger()
+log = debug_aware_logger()
 
 
 @dataclass
@@ -70,13 +71,15 @@ class RelaySession:
 class _PeerSocket(DatagramProtocol):
     """The loopback socket WireGuard uses as one relayed peer's endpoint."""
 
+    noisy = False  # no "Starting protocol" line per session: the daemon tells it
+
     def __init__(self, shim: RelayShim, session: RelaySession):
         self._shim = shim
         self._session = session
         self.wireguard = ("127.0.0.1", shim.wireguard_port)
-        self.port = None
+        self.port: Any = None  # the reactor's UDP port, once listening
         self.batcher: DatagramBatcher | None = None
-        self.send = None
+        self.send: Callable[[Any, Any], None] | None = None
 
     def startProtocol(self) -> None:
         self.batcher = DatagramBatcher(self._shim.reactor, self.transport)
@@ -93,6 +96,7 @@ class _Upstream(DatagramProtocol):
     # Relay frames are at most MAX_FRAME bytes; a larger datagram is cut
     # (and then fails its MAC) instead of costing an 8 KiB buffer per read.
     maxPacketSize = MAX_FRAME + 1
+    noisy = False
 
     def __init__(self, shim: RelayShim):
         self._shim = shim
@@ -102,7 +106,9 @@ class _Upstream(DatagramProtocol):
 
 
 class RelayShim:
-    def __init__(self, reactor: IReactorUDP | IReactorTime, server_host: str, relay_port: int, wireguard_port: int):
+    def __init__(self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int):
+        # IReactorUDP and IReactorTime (and IReactorPluggableNameResolver
+        # when the server is named, not numbered).
         self.reactor = reactor
         self._server_host = server_host
         self._relay_port = relay_port
@@ -111,27 +117,34 @@ class RelayShim:
         self._sessions: dict[str, RelaySession] = {}  # by peer node id
         self._by_token: dict[bytes, RelaySession] = {}
         self._upstream = _Upstream(self)
-        self._upstream_port = None
+        self._upstream_port: Any = None
         self._upstream_batcher: DatagramBatcher | None = None
-        self._send_upstream = None
+        self._send_upstream: Callable[[Any, Any], None] | None = None
         self._keepalive = LoopingCall(self._send_keepalives)
         self._keepalive.clock = reactor
+        self._start_lock = DeferredLock()
 
     # -- life ----------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._upstream_port is not None:
-            return
+        # Grants arrive concurrently: the first starts the shim, the others
+        # wait for it (resolving the server's name may take a while).
+        await self._start_lock.acquire()
         try:
-            ip = str(ipaddress.ip_address(self._server_host))
-        except ValueError:
-            ip = await self.reactor.resolve(self._server_host)
-        self.server = (ip, self._relay_port)
-        self._upstream_port = self.reactor.listenUDP(0, self._upstream)
-        enlarge_socket_buffers(self._upstream_port)
-        self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
-        self._send_upstream = self._upstream_batcher.send
-        self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+            if self._upstream_port is not None:
+                return
+            try:
+                ip = str(ipaddress.ip_address(self._server_host))
+            except ValueError:
+                ip = await self.reactor.resolve(self._server_host)
+            self.server = (ip, self._relay_port)
+            self._upstream_port = self.reactor.listenUDP(0, self._upstream)
+            enlarge_socket_buffers(self._upstream_port)
+            self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
+            self._send_upstream = self._upstream_batcher.send
+            self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        finally:
+            self._start_lock.release()
 
     async def stop(self) -> None:
         if self._keepalive.running:
@@ -150,20 +163,16 @@ class RelayShim:
     def sessions(self) -> dict[str, RelaySession]:
         return dict(self._sessions)
 
-    async def add(self, grant: dict) -> str:
+    async def add(self, grant: RelayGrant) -> str:
         """Start relaying to a peer; returns the endpoint to give WireGuard."""
-        peer = grant["peer_node_id"]
-        token = bytes.fromhex(grant["token"])
-        if len(token) != TOKEN_BYTES:
-            raise FrameError(f"a relay token is {TOKEN_BYTES} bytes, not {len(token)}")
-        key = FrameKey(base64.b64decode(grant["key"]))
+        peer, token, key = grant.peer_node_id, grant.token, FrameKey(grant.key)
         existing = self._sessions.get(peer)
         if existing is not None and existing.token == token and not self.is_dead(peer):
             return existing.endpoint
         if existing is not None:
             await self.remove(peer)
         await self.start()
-        session = RelaySession(peer, grant["session_id"], token, key, created=self.reactor.seconds())
+        session = RelaySession(peer, grant.session_id, token, key, created=self.reactor.seconds())
         session.socket = _PeerSocket(self, session)
         session.socket.port = self.reactor.listenUDP(0, session.socket, interface="127.0.0.1")
         enlarge_socket_buffers(session.socket.port)
@@ -171,8 +180,10 @@ class RelayShim:
         self._by_token[token] = session
         # Tell the server where we are before WireGuard has anything to send.
         self.send_upstream(session, b"")
-        log.info(
-            "relaying to {peer} via {host}:{port} (session {session})",
+        # The daemon tells it by the peer's name; the details are for debugging.
+        assert self.server is not None  # start() found it
+        log.debug(
+            "relay session {session} for node {peer} via {host}:{port}",
             peer=peer,
             host=self.server[0],
             port=self.server[1],

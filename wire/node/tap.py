@@ -15,7 +15,7 @@ from wire.keys import KeyFileError, load_or_create_keys
 from wire.jointoken import JoinToken, JoinTokenError
 from wire.node.config import ConfigError, NodeConfig, default_config_dir, load_config, stun_ports
 from wire.node.control import build_control_site, control_socket_path
-from wire.node.daemon import NodeDaemon, detect_lan_ip
+from wire.node.daemon import NodeDaemon
 from wire.node.enroll import (
     coordination_client,
     join_request_path,
@@ -23,11 +23,11 @@ from wire.node.enroll import (
     load_join_request,
     requested_config,
 )
+from wire.node.lan import LanAddress
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
-
 
 
 class Options(usage.Options):
@@ -54,10 +54,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     host, stun_a, stun_b = stun_ports(config.server_url)
 
-    def probe_nat():
-        # Our own address lets the probe tell "no NAT at all" from an easy NAT.
-        local_ips = [ip for ip in (detect_lan_ip(config.server_url),) if ip]
-        return detect_nat(
+    lan_ip = LanAddress(reactor, config.server_url)
+
+    async def probe_nat():
+        # Our own address lets the probe tell "no NAT at all" from an easy NAT;
+        # looking it up here also has it ready for the first registration.
+        local_ips = [ip for ip in (await lan_ip.refresh(),) if ip]
+        return await detect_nat(
             reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3, local_ips=local_ips
         )
 
@@ -71,6 +74,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         wireguard=wireguard,
         client=coordination_client(reactor, config, config_dir, credential=start.credential),
         probe_nat=probe_nat,
+        lan_ip=lan_ip,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
         join_token=start.token,
         join_pending=start.pending,
@@ -106,7 +110,9 @@ def node_start(config_dir: str) -> NodeStart:
         saved = None
     if request is None:
         if saved is None:
-            raise ConfigError(f"no node configured in {config_dir}; run 'wire up --join TOKEN' first")
+            raise ConfigError(
+                f"no node configured in {config_dir}; join first: sudo wire up --join TOKEN (or, for an open server, --server URL)"
+            )
         return NodeStart(saved, None, load_credential(config_dir), pending=False)
     try:
         token = request.join_token()

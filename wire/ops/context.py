@@ -15,19 +15,50 @@ from wire.client import (
 )
 from wire.install import InstallCheck, check_install
 from wire.node.config import (
+    SYSTEM_CONFIG_DIR,
     ConfigError,
     NodeConfig,
+    config_path,
     load_config,
     parse_server_url,
 )
 from wire.node.control import control_socket_path
-from wire.node.enroll import coordination_client
+from wire.node.daemon import REJOIN, REMOVED, removed_message  # noqa: F401  (the daemon's words; ops modules import them from here)
+from wire.node.enroll import coordination_client, load_credential
 from wire.protocol import ProtocolError
 from wire.runner import IProcessRunner, ProcessRunner
 
 
 class OpError(Exception):
     """An operation failed; ``str()`` says why and what to do."""
+
+
+class ConfigProblem(OpError):
+    """No usable node config: ``detail`` says why, ``suggestion`` what to do
+    (diagnose shows them apart; everyone else the whole message)."""
+
+    def __init__(self, detail: str, suggestion: str = ""):
+        super().__init__(f"{detail}; {suggestion}" if suggestion else detail)
+        self.detail = detail
+        self.suggestion = suggestion
+
+
+# The one way a machine joins, told wherever a machine has not: the join
+# token first (authentication is the default), the open mode second.
+JOIN = (
+    "sudo wire up --join TOKEN (a join token from 'wire admin keys create' on the server); "
+    "for an open server: sudo wire up --server URL"
+)
+JOIN_HINT = f"run: {JOIN}"
+RUN_AS_ROOT = "run as root (sudo wire ...)"
+
+
+def daemon_was_removed(local: dict | None) -> bool:
+    """Whether the running daemon's server refuses its credential (401), or
+    the daemon says outright that the node was removed."""
+    if local is None:
+        return False
+    return local.get("node", {}).get("state") == "removed" or local.get("server", {}).get("last_status") == 401
 
 
 def _is_root() -> bool:
@@ -44,19 +75,56 @@ class Context:
     runner: IProcessRunner | None = None
     is_root: Callable[[], bool] = _is_root
     check_install: Callable[[], InstallCheck] = check_install
+    # Where a node joined as root keeps its config (a user's ~/.wire is empty then).
+    system_config_dir: str = SYSTEM_CONFIG_DIR
 
     def __post_init__(self) -> None:
         if self.runner is None:
             self.runner = ProcessRunner(self.reactor)
 
     def config(self, required: bool = True) -> NodeConfig | None:
+        """The node's config; a :class:`ConfigProblem` when it cannot be read
+        (or, with ``required``, when there is none)."""
+        path = config_path(self.config_dir)
         try:
             config = load_config(self.config_dir)
         except ConfigError as e:
-            raise OpError(str(e))
+            # load_config raises from the OSError: unreadable for this user is
+            # not a broken config.
+            if isinstance(e.__cause__ or e.__context__, PermissionError):
+                raise ConfigProblem(f"permission denied reading {path}", RUN_AS_ROOT)
+            raise ConfigProblem(str(e))
         if config is None and required:
-            raise OpError(f"this machine has not joined a mesh ({self.config_dir} has no config); run: wire up --server URL")
+            if not self.is_root() and self.config_dir != self.system_config_dir and self._root_has_config():
+                # Joined with sudo: the node's config is root's.
+                raise ConfigProblem(
+                    f"{self.config_dir} has no config, and this machine's node is set up as root in {self.system_config_dir}",
+                    RUN_AS_ROOT,
+                )
+            raise ConfigProblem(f"this machine has not joined a mesh ({self.config_dir} has no config)", JOIN_HINT)
         return config
+
+    def _root_has_config(self) -> bool:
+        try:
+            os.stat(config_path(self.system_config_dir))
+        except PermissionError:
+            return True  # a directory only root may enter: the node's, most likely
+        except OSError:
+            return False
+        return True
+
+    def is_node_client(self, server_url: str) -> bool:
+        """Whether :meth:`coordination` speaks for this node (its credential) to ``server_url``."""
+        try:
+            config = load_config(self.config_dir)
+        except ConfigError:
+            return False
+        if config is None or config.server_url != server_url.rstrip("/"):
+            return False
+        try:
+            return load_credential(self.config_dir) is not None
+        except PermissionError:
+            return False
 
     def coordination(self, server_url: str) -> CoordinationClient:
         """A client for ``server_url``: as this node (pinned TLS, its
@@ -66,7 +134,11 @@ class Context:
         except ConfigError:
             config = None
         if config is not None and config.server_url == server_url.rstrip("/"):
-            return coordination_client(self.reactor, config, self.config_dir, persistent=False)
+            try:
+                return coordination_client(self.reactor, config, self.config_dir, persistent=False)
+            except PermissionError as e:
+                # The credential is root's (0600) even where the config is not.
+                raise ConfigProblem(f"permission denied reading {e.filename}", RUN_AS_ROOT)
         return CoordinationClient(make_http_client(self.reactor, persistent=False), server_url)
 
     def control(self) -> ControlClient:
@@ -98,8 +170,24 @@ def _server_url(config: NodeConfig | None, server: str | None) -> str:
         raise OpError(f"--server: {e.problem}")
 
 
+def refuses_this_node(ctx: Context, server_url: str, error: Exception | None) -> bool:
+    """Whether ``error`` is the server turning away this node's own credential."""
+    return isinstance(error, ServerError) and error.status == 401 and ctx.is_node_client(server_url)
+
+
+def server_problem(ctx: Context, server_url: str, error: ServerUnreachable | ServerError) -> str:
+    """What a failed request to the coordination server means, and what to do."""
+    if refuses_this_node(ctx, server_url, error):
+        return removed_message()
+    if isinstance(error, ServerError):
+        if error.status == 401:
+            return f"{error} (this machine holds no credential for {server_url.rstrip('/')}; to join it: {JOIN})"
+        return str(error)
+    return f"{error}; is the wire server running?"
+
+
 async def _mesh(ctx: Context, server_url: str) -> dict:
     try:
         return await ctx.coordination(server_url).status()
     except (ServerUnreachable, ServerError) as e:
-        raise OpError(f"{e}; is the wire server running?")
+        raise OpError(server_problem(ctx, server_url, e))

@@ -5,7 +5,15 @@ from __future__ import annotations
 from wire.client import ServerError, ServerUnreachable
 from wire.node.netmap import Peer, endpoint_for
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
-from wire.ops.context import Context, OpError
+from wire.ops.context import (
+    REJOIN,
+    REMOVED,
+    Context,
+    OpError,
+    daemon_was_removed,
+    refuses_this_node,
+    removed_message,
+)
 from wire.ops.targets import _matches, _parse_target
 from wire.protocol import ProtocolError
 
@@ -21,25 +29,34 @@ async def explain(ctx: Context, peer: str) -> dict:
         server_error = ""
     except (ServerUnreachable, ServerError) as e:
         mesh, server_error = None, str(e)
+        removed = refuses_this_node(ctx, config.server_url, e)
+    else:
+        removed = False
+    removed = removed or daemon_was_removed(local)
     nodes = (mesh or {}).get("nodes", [])
     record = next((n for n in nodes if _matches(n, wanted)), None)
     wg_peer = next((p for p in (local or {}).get("peers", []) if _matches(p, wanted)), None)
     if record is None and wg_peer is None:
+        if removed:
+            raise OpError(removed_message())
         where = "in the mesh" if mesh is not None else f"known to the daemon (and the server is unreachable: {server_error})"
         raise OpError(f"no node {wanted} {where} (see: wire status)")
     if (record or {}).get("node_id") == config.node_id:
         raise OpError(f"{wanted} is this node")
     me = (local or {}).get("node") or next((n for n in nodes if n.get("node_id") == config.node_id), {})
-    return explain_path(me, record, wg_peer, local, server_error)
+    return explain_path(me, record, wg_peer, local, server_error, removed=removed)
 
 
-def explain_path(me: dict, record: dict | None, wg_peer: dict | None, local: dict | None, server_error: str = "") -> dict:
+def explain_path(
+    me: dict, record: dict | None, wg_peer: dict | None, local: dict | None, server_error: str = "", removed: bool = False
+) -> dict:
     """The explanation itself, from plain views (testable without a mesh).
 
     ``me``: this node (public_ip, nat_type); ``record``: the peer as the
     server lists it (None when the server is unreachable); ``wg_peer``: the
     peer in the daemon's status, with the path it chose (None when not
-    configured); ``local``: the daemon's status (None when it is not running).
+    configured); ``local``: the daemon's status (None when it is not running);
+    ``removed``: the server no longer accepts this node (401 to its credential).
     """
     peer = record or wg_peer or {}
     name = peer.get("node_name", "?")
@@ -47,12 +64,17 @@ def explain_path(me: dict, record: dict | None, wg_peer: dict | None, local: dic
     path = wg.get("path", "none") if local is not None else "none"
     age = wg.get("handshake_age")
     fresh = age is not None and age <= HANDSHAKE_STALE
-    reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
-    suggestions: list[str] = []
+    if removed:
+        # Before any path reasoning: every peer drops this node from its WireGuard.
+        reasons = [f"{REMOVED}: every peer removes this node from its WireGuard, so no tunnel to {name} lasts"]
+        suggestions = [REJOIN]
+    else:
+        reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
+        suggestions = []
     expected, kind = _expected_endpoint(record, me.get("public_ip", ""))
     if path == "relay":
         endpoint = wg.get("endpoint")
-        why = wg.get("reason", "").removeprefix("relay: ")
+        why = wg.get("why") or wg.get("reason", "")
         reasons.append(f"traffic to {name} goes through the relay on the coordination server ({why}); WireGuard sends it to the local relay shim {endpoint}")
         cause, fix = _why_not_direct(name, me.get("nat_type") or "unknown", peer.get("nat_type") or "unknown", expected, kind)
         reasons.append(cause)
@@ -71,7 +93,7 @@ def explain_path(me: dict, record: dict | None, wg_peer: dict | None, local: dic
         reasons.extend(causes)
         suggestions.extend(fixes)
     return {
-        "ok": fresh,
+        "ok": fresh and not removed,
         "peer": name,
         "vpn_ip": peer.get("vpn_ip"),
         "path": path,
@@ -91,8 +113,8 @@ def _expected_endpoint(record: dict | None, my_public_ip: str) -> tuple[str | No
     if record is None:
         return None, "unknown"
     try:
-        view = Peer.from_view(record)
-    except (ProtocolError, KeyError):
+        view = Peer.from_json(record)
+    except ProtocolError:
         return None, "unknown"
     endpoint = endpoint_for(view, my_public_ip)
     if endpoint is None:

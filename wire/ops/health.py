@@ -7,9 +7,20 @@ import os
 from wire.client import ServerError, ServerUnreachable
 from wire.install import InstallCheck
 from wire.node import launcher
-from wire.node.config import NodeConfig
+from wire.node.config import NodeConfig, config_path
 from wire.node.paths import HANDSHAKE_STALE
-from wire.ops.context import Context, OpError
+from wire.ops.context import (
+    JOIN,
+    JOIN_HINT,
+    REJOIN,
+    REMOVED,
+    ConfigProblem,
+    Context,
+    daemon_was_removed,
+    refuses_this_node,
+    removed_message,
+    server_problem,
+)
 
 
 def _check(name: str, ok: bool, detail: str, suggestion: str = "") -> dict:
@@ -21,8 +32,9 @@ async def diagnose(ctx: Context) -> dict:
     checks = [_wireguard_check(ctx.check_install())]
     try:
         config = ctx.config()
-    except OpError as e:
-        checks.append(_check("config", False, str(e), "run: wire up --server URL --name NAME"))
+    except ConfigProblem as e:
+        fix = e.suggestion or f"fix or remove {config_path(ctx.config_dir)}, then join again: {JOIN}"
+        checks.append(_check("config", False, e.detail, fix))
         return _diagnosis(checks)
     checks.append(_check("config", True, f"{config.node_name} → {config.server_url}"))
     local = await ctx.daemon_status()
@@ -34,14 +46,31 @@ async def diagnose(ctx: Context) -> dict:
         )
     try:
         client = ctx.coordination(config.server_url)
+    except ConfigProblem as e:  # its credential, unreadable for this user
+        checks.append(_check("credential", False, e.detail, e.suggestion))
+        return _diagnosis(checks)
+    mesh, refused = None, None
+    try:
         health = await client.health()
-        mesh = await client.status()
     except (ServerUnreachable, ServerError) as e:
         checks.append(_check("server", False, str(e), "check the server is running and the URL/port are reachable (TCP port, and UDP port+1, port+2 for STUN)"))
-        mesh = None
     else:
         checks.append(_check("server", True, f"{config.server_url} answers (version {health.get('version')})"))
-    if mesh is not None:
+        # /health is public; /status is where this node's credential counts.
+        try:
+            mesh = await client.status()
+        except (ServerUnreachable, ServerError) as e:
+            refused = e
+    if daemon_was_removed(local) or refuses_this_node(ctx, config.server_url, refused):
+        # Not the network: the server knows this node no more.
+        checks.append(_check("registered", False, REMOVED, REJOIN))
+    elif refused is not None:
+        if isinstance(refused, ServerError) and refused.status == 401:
+            # This machine never joined this (authenticated) server.
+            checks.append(_check("registered", False, str(refused), JOIN_HINT))
+        else:
+            checks.append(_check("registered", False, server_problem(ctx, config.server_url, refused), "run: sudo wire up"))
+    elif mesh is not None:
         checks.extend(_registry_checks(mesh, config, local))
     if local is not None:
         checks.append(_handshake_check(local))
@@ -101,7 +130,9 @@ async def watchdog(ctx: Context) -> dict:
     if local is None:
         return {"ok": False, "daemon_running": False, "node_name": config.node_name, "problems": ["the node daemon is not running (sudo wire up)"], "peers": []}
     problems = []
-    if not local["server"]["reachable"]:
+    if daemon_was_removed(local):
+        problems.append(removed_message())
+    elif not local["server"]["reachable"]:
         problems.append(f"coordination server unreachable: {local['server']['last_error']} (tunnels keep working)")
     if not local["interface"]["up"]:
         problems.append(f"interface {local['interface']['name']} is not up")

@@ -26,11 +26,11 @@ from wire.node.config import (
     ConfigError,
     NodeConfig,
     load_config,
-    parse_interface_name,
     parse_server_url,
 )
 from wire.node.enroll import JoinRequest, forget_join_request, load_join_request, requested_config, save_join_request
 from wire.node.events import MAX_WAIT
+from wire.node.ifname import parse_interface_name
 from wire.ops.context import Context, OpError, _require_root
 from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError

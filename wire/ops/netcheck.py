@@ -6,7 +6,7 @@ from twisted.internet.error import CannotListenError, DNSLookupError
 
 from wire.client import ServerError, ServerUnreachable
 from wire.node.config import stun_ports
-from wire.node.daemon import detect_lan_ip
+from wire.node.lan import detect_lan_ip
 from wire.ops.context import Context, _server_url
 from wire.stun import StunError, StunTimeout, detect_nat
 
@@ -26,7 +26,7 @@ async def netcheck(ctx: Context, server: str | None = None, *, timeout: float = 
     config = ctx.config(required=server is None)
     server_url = _server_url(config, server)
     host, port_a, port_b = stun_ports(server_url)
-    local_ips = [ip for ip in (detect_lan_ip(server_url),) if ip]
+    local_ips = [ip for ip in (await detect_lan_ip(ctx.reactor, server_url),) if ip]
     http = await _http_check(ctx, server_url)
     udp = await _stun_check(ctx, host, (port_a, port_b), local_ips, timeout, attempts)
     problems = []

@@ -5,7 +5,13 @@ from __future__ import annotations
 import ipaddress
 
 from wire.client import ServerError, ServerUnreachable
-from wire.ops.context import Context, OpError
+from wire.ops.context import (
+    Context,
+    OpError,
+    refuses_this_node,
+    removed_message,
+    server_problem,
+)
 from wire.protocol import ProtocolError, parse_node_name
 
 
@@ -45,7 +51,13 @@ async def resolve_target(ctx: Context, target: str) -> tuple[str, str]:
     try:
         mesh = await ctx.coordination(config.server_url).status()
     except (ServerUnreachable, ServerError) as e:
-        raise OpError(f"cannot resolve {name}: the daemon does not know it and {e}")
+        if refuses_this_node(ctx, config.server_url, e):
+            raise OpError(removed_message())
+        why = "it is not running here" if local is None else "it is not in the daemon's netmap"
+        raise OpError(
+            f"cannot resolve {name}: the daemon does not know it ({why}), and the server cannot be asked: "
+            f"{server_problem(ctx, config.server_url, e)} (a VPN address needs no lookup: wire ping 10.99.x.y)"
+        )
     for node in mesh.get("nodes", []):
         if node.get("node_name") == name:
             return name, node["vpn_ip"]

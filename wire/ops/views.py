@@ -1,17 +1,35 @@
-"""``wire status`` and ``wire peers``: the mesh as the server and the daemon see it."""
+"""``wire status`` and ``wire peers``: the mesh as the server and the daemon see it.
+
+When the server does not answer, both show the mesh from the running
+daemon's netmap instead, marked ``"stale": true, "source": "daemon"`` (and
+not ``ok``): what this node last heard, not what is true now.
+"""
 
 from __future__ import annotations
 
 from wire.client import ServerError, ServerUnreachable
-from wire.ops.context import Context, OpError, _mesh, _server_url
+from wire.node.config import NodeConfig
+from wire.ops.context import (
+    Context,
+    OpError,
+    _server_url,
+    daemon_was_removed,
+    refuses_this_node,
+    removed_message,
+    server_problem,
+)
 
 
 async def status(ctx: Context, server: str | None = None) -> dict:
-    """The whole mesh as the server sees it, with this node's paths to each peer."""
+    """The whole mesh as the server sees it, with this node's paths to each peer;
+    the daemon's last known mesh when the server does not answer."""
     config = ctx.config(required=server is None)
     server_url = _server_url(config, server)
     local = await ctx.daemon_status()
-    mesh = await _mesh(ctx, server_url)
+    try:
+        mesh = await ctx.coordination(server_url).status()
+    except (ServerUnreachable, ServerError) as e:
+        return _last_known_status(ctx, config, server_url, local, e)
     paths = {p["node_id"]: p for p in (local or {}).get("peers", [])}
     my_id = config.node_id if config else None
     nodes = []
@@ -22,11 +40,14 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         if local_peer:
             node["path"] = local_peer["path"]
             node["path_reason"] = local_peer["reason"]
+            node["path_why"] = local_peer.get("why", local_peer["reason"])
             node["endpoint"] = local_peer["endpoint"]
             node["handshake_age"] = local_peer["handshake_age"]
         nodes.append(node)
-    return {
+    result = {
         "ok": True,
+        "stale": False,
+        "source": "server",
         "server": server_url,
         "version": mesh.get("version"),
         "total": mesh.get("total", len(nodes)),
@@ -36,14 +57,111 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         "my_node_id": my_id,
         "daemon_running": local is not None,
     }
+    if _daemon_knows(local, server_url) and daemon_was_removed(local):
+        # The server answers others; this node's daemon it turns away.
+        result.update(ok=False, warning=removed_message())
+    return result
+
+
+def _daemon_knows(local: dict | None, server_url: str) -> bool:
+    """Whether the daemon's netmap is that of ``server_url`` (``--server`` may name another)."""
+    return local is not None and local["server"]["url"].rstrip("/") == server_url.rstrip("/")
+
+
+def _fallback(ctx: Context, server_url: str, local: dict | None, error: ServerUnreachable | ServerError) -> str:
+    """Why the server gave nothing; raises when the daemon cannot stand in for it."""
+    if refuses_this_node(ctx, server_url, error) or (_daemon_knows(local, server_url) and daemon_was_removed(local)):
+        # The netmap of a node the mesh no longer has is no mesh to show.
+        raise OpError(removed_message())
+    problem = server_problem(ctx, server_url, error)
+    if isinstance(error, ServerError) and error.status < 500 and error.status != 429:
+        raise OpError(problem)  # it answered: a refusal, not an absence
+    if not _daemon_knows(local, server_url):
+        if local is None:
+            raise OpError(f"{problem} And the node daemon is not running here, so there is no last known mesh to show either (start it: sudo wire up).")
+        raise OpError(f"{problem} And the node daemon here belongs to {local['server']['url']}, so there is no last known mesh of this server to show.")
+    return str(error)
+
+
+def _last_seen(problem: str, local: dict) -> str:
+    age = local["server"].get("last_contact_ago")
+    when = f", {age:.0f}s ago" if age is not None else " (it has not reached the server since its daemon started)"
+    return f"server unreachable ({problem}): showing the mesh as this node last saw it{when}"
+
+
+def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str, local: dict | None, error) -> dict:
+    """``status`` from the daemon's netmap: this node, then each peer it knows."""
+    problem = _fallback(ctx, server_url, local, error)
+    assert local is not None  # _fallback made sure
+    me = local["node"]
+    nodes = [
+        {
+            "node_name": me["node_name"],
+            "node_id": me["node_id"],
+            "vpn_ip": me.get("vpn_ip") or "",
+            "public_ip": me.get("public_ip") or "",
+            "status": "online",  # its daemon runs: that is what online means for this node
+            "this_node": True,
+        }
+    ]
+    for peer in local["peers"]:
+        nodes.append(
+            {
+                "node_name": peer["node_name"],
+                "node_id": peer["node_id"],
+                "vpn_ip": peer["vpn_ip"],
+                "status": "online" if peer["online"] else "offline",
+                "this_node": False,
+                "path": peer["path"],
+                "path_reason": peer["reason"],
+                "endpoint": peer["endpoint"],
+                "handshake_age": peer["handshake_age"],
+            }
+        )
+    nodes.sort(key=lambda n: n["node_name"])
+    online = sum(1 for n in nodes if n["status"] == "online")
+    return {
+        "ok": False,
+        "stale": True,
+        "source": "daemon",
+        "warning": _last_seen(problem, local),
+        "server_error": problem,
+        "last_contact_ago": local["server"].get("last_contact_ago"),
+        "server": server_url,
+        "version": None,
+        "total": len(nodes),
+        "online": online,
+        "offline": len(nodes) - online,
+        "nodes": nodes,
+        "my_node_id": me["node_id"] if config is None else config.node_id,
+        "daemon_running": True,
+    }
 
 
 async def peers(ctx: Context, server: str | None = None) -> dict:
-    """Online nodes, as the server's /peers lists them."""
+    """Online nodes, as the server's /peers lists them; the daemon's last
+    known online peers when the server does not answer."""
     config = ctx.config(required=server is None)
     server_url = _server_url(config, server)
     try:
         answer = await ctx.coordination(server_url).peers()
     except (ServerUnreachable, ServerError) as e:
-        raise OpError(f"{e}; is the wire server running?")
-    return {"ok": True, "server": server_url, "count": answer.get("count", 0), "peers": answer.get("peers", [])}
+        local = await ctx.daemon_status()
+        problem = _fallback(ctx, server_url, local, e)
+        assert local is not None
+        known = [
+            {"node_name": p["node_name"], "node_id": p["node_id"], "vpn_ip": p["vpn_ip"], "endpoint": p["endpoint"], "path": p["path"]}
+            for p in local["peers"]
+            if p["online"]
+        ]
+        return {
+            "ok": False,
+            "stale": True,
+            "source": "daemon",
+            "warning": _last_seen(problem, local),
+            "server_error": problem,
+            "server": server_url,
+            "count": len(known),
+            "peers": known,
+        }
+    return {"ok": True, "stale": False, "source": "server", "server": server_url, "count": answer.get("count", 0), "peers": answer.get("peers", [])}

@@ -9,7 +9,6 @@ stops working at once.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.web import server
@@ -20,14 +19,14 @@ from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
+from wire.urls import parse_server_url
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
-ADMIN_SOCKET = "admin.sock"
 MAX_EXPIRY = 365 * 86400.0
 
 
-def admin_socket_path(data_dir: str) -> str:
-    return os.path.join(data_dir, ADMIN_SOCKET)
+def join_command(token: str) -> str:
+    return f"sudo wire up --join {token}"
 
 
 class Admin:
@@ -41,16 +40,22 @@ class Admin:
 
     def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
         key, secret = self.authority.create_key(reusable=reusable, expires_in=expires_in, note=note)
-        token = JoinToken(url or self.public_url, self.fingerprint, secret).encode()
+        token = self.token(secret, url)
         return {
             "key": key.as_dict(self.coordinator.now()),
             "token": token,
-            "join_command": f"sudo wire up --join {token}",
+            "join_command": join_command(token),
         }
 
-    def keys(self) -> list[dict]:
+    def token(self, secret: str, url: str | None = None) -> str:
+        """The join token for a key's secret: this server's URL (or ``url``)
+        and certificate fingerprint, and the secret."""
+        return JoinToken(url or self.public_url, self.fingerprint, secret).encode()
+
+    def keys(self) -> dict:
+        # With the server's clock, so the CLI can say "expires in 3h" without trusting its own.
         now = self.coordinator.now()
-        return [key.as_dict(now) for key in self.authority.keys()]
+        return {"keys": [key.as_dict(now) for key in self.authority.keys()], "timestamp": now}
 
     def revoke_key(self, key_id: str) -> dict:
         return self.authority.revoke_key(key_id).as_dict(self.coordinator.now())
@@ -114,7 +119,7 @@ class Keys(_AdminResource):
     methods = ("GET", "POST")
 
     def get(self, request: server.Request) -> dict:
-        return {"ok": True, "keys": self.admin.keys()}
+        return {"ok": True, **self.admin.keys()}
 
     def post(self, request: server.Request) -> dict:
         body = read_json_body(request)
@@ -129,8 +134,6 @@ class Keys(_AdminResource):
         if not isinstance(note, str):
             raise ApiError(400, "note: must be a string")
         if url is not None:
-            from wire.node.config import parse_server_url
-
             try:
                 url = parse_server_url(url)
             except ProtocolError as e:
@@ -198,4 +201,4 @@ def build_admin_site(admin: Admin) -> server.Site:
     root.putChild(b"remove-node", RemoveNode(admin))
     root.putChild(b"rename-node", RenameNode(admin))
     root.putChild(b"audit", Audit(admin))
-    return make_site(root, timeout=30)
+    return make_site(root, timeout=30, reactor=admin.coordinator.clock)

@@ -22,16 +22,30 @@ from dataclasses import dataclass
 from twisted.web import server
 
 from wire.addressing import PoolExhausted
-from wire.protocol import ProtocolError, parse_node_id, parse_punch, parse_registration, parse_wg_public_key
+from wire.protocol import (
+    LeaveRequest,
+    ProtocolError,
+    RelayRequest,
+    parse_enrollment,
+    parse_punch,
+    parse_registration,
+)
 from wire.server.auth import AuthError
 from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.ratelimit import RateLimiter, address_key
-from wire.server.registry import RegistryConflict, normalize_client_ip
+from wire.server.registry import RegistryConflict
 from wire.server.store import StoreError
-from wire.web import ApiError, JsonResource, JsonRoot, forget_input, make_site, read_json_body
-
+from wire.sourceaddress import normalize_client_ip
+from wire.web import (
+    ApiError,
+    JsonResource,
+    JsonRoot,
+    forget_input,
+    make_site,
+    read_json_body,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -166,25 +180,7 @@ class Register(CoordinatorResource):
             registration = parse_registration(body)
             node_id = caller(self._coordinator, request)
             result = await self._coordinator.register(registration, public_ip, node_id)
-        return registered_answer(self._coordinator, result.record, public_ip)
-
-
-def registered_answer(coordinator: Coordinator, record, public_ip: str) -> dict:
-    answer = {
-        "ok": True,
-        "vpn_ip": record.vpn_ip,
-        "your_ip": public_ip,
-        "node_id": record.node_id,
-        "node_name": record.node_name,
-        "vpn_subnet": str(coordinator.registry.pool.network),
-        "offline_after": coordinator.registry.offline_after,
-        "cursor": str(coordinator.registry.changes.cursor),
-    }
-    if coordinator.longpoll_heartbeats:
-        # The node's long-poll keeps it online: it may leave out the periodic
-        # POST /register while nothing it registers changes.
-        answer["heartbeat"] = "longpoll"
-    return answer
+        return self._coordinator.registered_answer(result.record, public_ip).to_json()
 
 
 class Enroll(CoordinatorResource):
@@ -196,13 +192,10 @@ class Enroll(CoordinatorResource):
     async def post(self, request: server.Request) -> dict:
         public_ip = self._rules.admit(request, self._rules.enroll_limit, "enrollments")
         body = read_json_body(request)
-        secret = body.get("join_key")
-        if not isinstance(secret, str) or not secret:
-            raise ApiError(400, "join_key: is required (the secret from a join token)")
         with answering_errors():
-            registration = parse_registration(body)
-            result, credential = await self._coordinator.enroll(secret[:200], registration, public_ip)
-        return {**registered_answer(self._coordinator, result.record, public_ip), "credential": credential}
+            secret, registration = parse_enrollment(body)
+            result, credential = await self._coordinator.enroll(secret, registration, public_ip)
+        return self._coordinator.registered_answer(result.record, public_ip, credential).to_json()
 
 
 class Peers(CoordinatorResource):
@@ -263,11 +256,8 @@ class Punch(CoordinatorResource):
     def post(self, request: server.Request) -> dict:
         node_id = caller(self._coordinator, request)
         with answering_errors():
-            answer, relay = self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
-        result = {"ok": True, "use_relay": answer.use_relay, "attempts": answer.attempts}
-        if relay is not None:
-            result["relay"] = relay
-        return result
+            answer = self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
+        return answer.to_json()
 
 
 class Leave(CoordinatorResource):
@@ -277,9 +267,8 @@ class Leave(CoordinatorResource):
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
         with answering_errors():
-            node_id = parse_node_id(body.get("node_id"))
-            key = parse_wg_public_key(body.get("wg_public_key"))
-            was_online = self._coordinator.leave(node_id, key, calling)
+            leaving = LeaveRequest.from_json(body)
+            was_online = self._coordinator.leave(leaving.node_id, leaving.wg_public_key, calling)
         return {"ok": True, "was_online": was_online}
 
 
@@ -292,11 +281,9 @@ class Relay(CoordinatorResource):
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
         with answering_errors():
-            node_id = parse_node_id(body.get("node_id"))
-            key = parse_wg_public_key(body.get("wg_public_key"))
-            peer = parse_node_id(body.get("peer_node_id"), "peer_node_id")
-            grant = self._coordinator.relay_grant(node_id, key, peer, calling)
-        return {"ok": True, **grant}
+            asked = RelayRequest.from_json(body)
+            grant = self._coordinator.relay_grant(asked.node_id, asked.wg_public_key, asked.peer_node_id, calling)
+        return {"ok": True, **grant.to_json()}
 
 
 def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> JsonRoot:
@@ -314,9 +301,11 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     return root
 
 
-def build_site(coordinator: Coordinator, rules: ClientRules = ClientRules(), reactor=None) -> server.Site:
+def build_site(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> server.Site:
+    """The API as served; its connections are timed by the coordinator's clock."""
+
     def observe_status(code: int) -> None:
         if code >= 400:
             coordinator.metrics.http_errors.labels(str(code)).inc()
 
-    return make_site(build_root(coordinator, rules), observe_status=observe_status, reactor=reactor)
+    return make_site(build_root(coordinator, rules), observe_status=observe_status, reactor=coordinator.clock)

@@ -10,6 +10,8 @@ removal and key operation is written to the audit log.
 
 from __future__ import annotations
 
+import datetime
+import enum
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -49,16 +51,21 @@ class JoinKey:
     revoked: bool
     note: str
 
-    def unusable_because(self, now: float) -> str | None:
+    def state(self, now: float) -> KeyState:
+        """The one place that decides whether a key still lets a node join."""
         if self.revoked:
-            return "this join key was revoked"
+            return KeyState.REVOKED
         if self.expires and now >= self.expires:
-            return "this join key has expired"
+            return KeyState.EXPIRED
         if not self.reusable and self.uses > 0:
-            return "this join key was already used (it is one-time)"
-        return None
+            return KeyState.SPENT
+        return KeyState.USABLE
+
+    def unusable_because(self, now: float) -> str | None:
+        return _UNUSABLE_BECAUSE.get(self.state(now))
 
     def as_dict(self, now: float) -> dict:
+        state = self.state(now)
         return {
             "key_id": self.key_id,
             "created": self.created,
@@ -66,9 +73,31 @@ class JoinKey:
             "reusable": self.reusable,
             "uses": self.uses,
             "revoked": self.revoked,
-            "usable": self.unusable_because(now) is None,
+            "usable": state is KeyState.USABLE,
+            "state": state.value,
+            "created_at": _utc(self.created),
+            "expires_at": _utc(self.expires) if self.expires else None,
             "note": self.note,
         }
+
+
+class KeyState(enum.Enum):
+    USABLE = "usable"
+    SPENT = "spent"  # a one-time key that a node has joined with
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+_UNUSABLE_BECAUSE = {
+    KeyState.REVOKED: "this join key was revoked",
+    KeyState.EXPIRED: "this join key has expired",
+    KeyState.SPENT: "this join key was already used (it is one-time)",
+}
+
+
+def _utc(at: float) -> str:
+    """ISO 8601 in UTC, for readers of --json that do not want epoch seconds."""
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Authority:

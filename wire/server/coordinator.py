@@ -16,11 +16,22 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wire import __version__
-from wire.protocol import PunchRequest, Registration
-from wire.server.metrics import ServerMetrics
-from wire.server.netmap import LongPollHub, parse_cursor
-from wire.server.punch import PunchAnswer, PunchTracker
+from wire.protocol import (
+    PunchAnswer,
+    PunchRequest,
+    RegisterAnswer,
+    RegisterOutcome,
+    Registration,
+    RelayGrant,
+    asking_to_register,
+    parse_cursor,
+)
+from wire.protocol.enums import Heartbeat
 from wire.server.auth import AuthError, Authority, Forbidden
+from wire.server.metrics import ServerMetrics
+from wire.server.model import NodeRecord
+from wire.server.netmap import LongPollHub
+from wire.server.punch import PunchTracker
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relay import RelayTable
 from wire.server.store import IStore
@@ -114,10 +125,24 @@ class Coordinator:
                 raise Forbidden("a node may only register itself")
             registration = replace(registration, node_name=self.registry.get(node_id).node_name)
         result = self.registry.register(registration, public_ip, self.now())
-        if result.outcome != "heartbeat":
+        if result.outcome is not RegisterOutcome.HEARTBEAT:
             await self.store.commit()
         self.metrics.registrations.labels(result.outcome).inc()
         return result
+
+    def registered_answer(self, record: NodeRecord, public_ip: str, credential: str | None = None) -> RegisterAnswer:
+        """What ``POST /register`` (and ``/enroll``, with the credential) answers."""
+        return RegisterAnswer(
+            vpn_ip=record.vpn_ip,
+            your_ip=public_ip,
+            node_id=record.node_id,
+            node_name=record.node_name,
+            vpn_subnet=str(self.registry.pool.network),
+            offline_after=self.registry.offline_after,
+            cursor=str(self.registry.changes.cursor),
+            heartbeat=Heartbeat.LONGPOLL if self.longpoll_heartbeats else Heartbeat.REGISTER,
+            credential=credential,
+        )
 
     def health(self) -> dict:
         return {"ok": True, "version": __version__, "total": len(self.registry), "online": self.registry.online_count}
@@ -167,7 +192,7 @@ class Coordinator:
                 moved = public_ip is not None and public_ip != record.public_ip
         answer = self.longpolls.poll(cursor, wait)
         if moved:
-            answer.addCallback(lambda body: {**body, "register": True})
+            answer.addCallback(asking_to_register)
         return answer
 
     def _node_with_key(self, node_id: str, wg_public_key: str, caller: str | None = None):
@@ -185,16 +210,16 @@ class Coordinator:
         self._node_with_key(node_id, wg_public_key, caller)
         return self.registry.mark_offline(node_id)
 
-    def relay_grant(self, node_id: str, wg_public_key: str, peer_node_id: str, caller: str | None = None) -> dict:
+    def relay_grant(self, node_id: str, wg_public_key: str, peer_node_id: str, caller: str | None = None) -> RelayGrant:
         """The caller's side of a relay session with ``peer_node_id``."""
         self._node_with_key(node_id, wg_public_key, caller)
         if self.registry.get(peer_node_id) is None:
             raise UnknownNode(f"no node {peer_node_id}")
         if peer_node_id == node_id:
             raise UnknownNode("a node cannot relay to itself")
-        return {**self.relay.grant(node_id, peer_node_id).as_dict(), "relay_port": self.relay_port}
+        return self.relay.grant(node_id, peer_node_id, self.relay_port)
 
-    def punch(self, request: PunchRequest, caller: str | None = None) -> tuple[PunchAnswer, dict | None]:
+    def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
         """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""
         nodes = []
         for address in (request.from_vpn_ip, request.to_vpn_ip):
@@ -205,10 +230,9 @@ class Coordinator:
         if caller is not None and nodes[0].node_id != caller:
             raise Forbidden("from_vpn_ip must be the caller's own address")
         answer = self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
-        relay = None
         if answer.use_relay and nodes[0].node_id != nodes[1].node_id:
-            relay = {**self.relay.grant(nodes[0].node_id, nodes[1].node_id).as_dict(), "relay_port": self.relay_port}
-        return answer, relay
+            answer = replace(answer, relay=self.relay.grant(nodes[0].node_id, nodes[1].node_id, self.relay_port))
+        return answer
 
     def sweep(self) -> None:
         self.registry.sweep(self.now())

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from twisted.web import server
 
-from wire.web import JsonResource
 from wire.server.relay import OUTCOMES as RELAY_OUTCOMES
 from wire.stun import OUTCOMES as STUN_OUTCOMES
-
-# The "_created" timestamp series only add noise to every scrape.
-disable_created_metrics()
+from wire.web import JsonResource
 
 
 class ServerMetrics:
@@ -67,6 +70,26 @@ class ServerMetrics:
         self.relay_sessions.set_function(relay_sessions)
 
 
+class _WithoutCreated:
+    """A registry's metrics without their "_created" timestamp series, which
+    only add noise to every scrape. (prometheus_client's own switch,
+    disable_created_metrics(), is process-wide.)"""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._registry = registry
+
+    def collect(self):
+        for metric in self._registry.collect():
+            # collect() builds new Metric objects on every call: ours to trim.
+            metric.samples = [sample for sample in metric.samples if not sample.name.endswith("_created")]
+            yield metric
+
+
+def exposition(metrics: ServerMetrics) -> bytes:
+    """The text a scrape gets."""
+    return generate_latest(_WithoutCreated(metrics.registry))  # type: ignore[arg-type]
+
+
 class MetricsResource(JsonResource):
     methods = ("GET",)
 
@@ -76,4 +99,4 @@ class MetricsResource(JsonResource):
 
     def get(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self._metrics.registry)
+        return exposition(self._metrics)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from wire.protocol import Registration
+from wire.protocol import NatType, Registration, nat_type_of, peer_view_json
+from wire.protocol.peers import RECORD_FIELDS as VIEW_FIELDS
 
 
 @dataclass
@@ -17,9 +18,15 @@ class NodeRecord:
     port: int
     nat_port: int
     lan_ip: str
-    nat_type: str
+    nat_type: NatType
     registered: float
     last_seen: float
+
+    def __post_init__(self) -> None:
+        # Rows come back from the store (and seed state files) as text; one
+        # this version does not know counts as unknown.
+        if type(self.nat_type) is not NatType:
+            self.nat_type = nat_type_of(self.nat_type)
 
     @classmethod
     def from_registration(
@@ -47,16 +54,12 @@ class NodeRecord:
             if f.name not in ("registered", "last_seen")
         )
 
-    def peer_view(self, online: bool, now: float) -> dict:
-        """The node as other nodes and the seed's API see it."""
-        # Not dataclasses.asdict: it deep-copies field by field, and every
-        # field here is a str or a number. This runs once per node in every
-        # snapshot and seed /peers answer.
-        view = {name: getattr(self, name) for name in RECORD_FIELDS}
-        view["online"] = online
-        view["status"] = "online" if online else "offline"
-        view["last_seen_ago"] = max(0, int(now - self.last_seen))
-        return view
+    # The node as other nodes and the seed's API see it: peer_view(online, now).
+    # The protocol's function itself, not a wrapper: this runs once per node
+    # in every snapshot and seed /peers answer.
+    peer_view = peer_view_json
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))
+# A peer view shows the record whole: a field added here is added there.
+assert RECORD_FIELDS == VIEW_FIELDS, (RECORD_FIELDS, VIEW_FIELDS)

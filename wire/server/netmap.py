@@ -18,37 +18,17 @@ from __future__ import annotations
 import bisect
 import math
 import secrets
-from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from wire.protocol import ProtocolError
+from wire.protocol import Cursor
 from wire.web import SharedJson
 
 MAX_WAIT_SECONDS = 120.0
 # Long-polls a change answers per reactor turn (see LongPollHub._answer_all).
 WAKE_BATCH = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    epoch: str
-    serial: int
-
-    def __str__(self) -> str:
-        return f"{self.epoch}:{self.serial}"
-
-
-def parse_cursor(text: str, current_epoch: str) -> Cursor:
-    """``EPOCH:SERIAL``, or a bare serial (taken to be in the current epoch)."""
-    epoch, _, serial_text = text.rpartition(":")
-    if not (serial_text.isascii() and serial_text.isdigit()) or len(serial_text) > 18:
-        raise ProtocolError("since", f"{text[:40]!r} is not a cursor (EPOCH:SERIAL as returned in 'cursor')")
-    if epoch and (len(epoch) > 32 or not epoch.isalnum()):
-        raise ProtocolError("since", f"{text[:40]!r} is not a cursor (EPOCH:SERIAL as returned in 'cursor')")
-    return Cursor(epoch or current_epoch, int(serial_text))
 
 
 class ChangeLog:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from wire.protocol import PunchAnswer
+
 PUNCH_RETRY_AFTER = 10.0
 PUNCH_MAX_ATTEMPTS = 3
 FORGET_AFTER = 3600.0
@@ -22,12 +24,6 @@ class _PairState:
     counted_at: float
     attempts: int
     touched_at: float
-
-
-@dataclass(frozen=True)
-class PunchAnswer:
-    attempts: int
-    use_relay: bool
 
 
 class PunchTracker:

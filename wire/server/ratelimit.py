@@ -1,4 +1,9 @@
-"""Per-address rate limits: one token bucket per key, in bounded memory.
+"""Token buckets, and per-address rate limits built of them in bounded memory.
+
+``TokenBucket`` is the one token bucket in wire: the relay spends bytes from
+one per session side, and ``RateLimiter`` keeps one per key. A clock that
+steps back (an NTP correction) neither refills a bucket nor empties it:
+counting resumes from the new time.
 
 The server limits registrations, enrollments and STUN datagrams per source
 address, so that one address cannot flood the server or starve the others.
@@ -18,7 +23,36 @@ from collections.abc import Hashable
 
 from twisted.internet.interfaces import IReactorTime
 
+from wire.sourceaddress import unmapped
+
 DEFAULT_MAX_KEYS = 100_000
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second, spent by amount."""
+
+    __slots__ = ("rate", "burst", "tokens", "counted_at")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.counted_at = now
+
+    def available(self, now: float) -> float:
+        """The tokens there are at ``now``."""
+        # max(): a clock stepping back must not take tokens away.
+        return min(self.burst, self.tokens + max(0.0, now - self.counted_at) * self.rate)
+
+    def spend(self, amount: float, now: float) -> bool:
+        """Take ``amount`` tokens; False (taking none) when there are fewer."""
+        tokens = self.available(now)
+        # Counting from ``now`` even when the clock went back: time spent
+        # catching up to the old reading refills, as it really passed.
+        self.counted_at = now
+        allowed = tokens >= amount
+        self.tokens = tokens - amount if allowed else tokens
+        return allowed
 
 
 class RateLimiter:
@@ -29,8 +63,8 @@ class RateLimiter:
         self.burst = burst
         self._clock = clock
         self._max_keys = max_keys
-        # key -> (tokens, when they were counted); least recently seen first.
-        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+        # Least recently seen first.
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -39,33 +73,29 @@ class RateLimiter:
         """Spend one of ``key``'s tokens; False when it has none left."""
         now = self._clock.seconds()
         self._forget_refilled(now)
-        tokens = self._tokens(key, now)
-        allowed = tokens >= 1
-        if key not in self._buckets and len(self._buckets) >= self._max_keys:
-            self._buckets.popitem(last=False)
-        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
-        self._buckets.move_to_end(key)
-        return allowed
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.spend(1, now)
 
     def retry_after(self, key: Hashable) -> float:
         """Seconds until ``key`` may be allowed again (0 when it may now)."""
-        return max(0.0, (1 - self._tokens(key, self._clock.seconds())) / self.rate)
-
-    def _tokens(self, key: Hashable, now: float) -> float:
         bucket = self._buckets.get(key)
         if bucket is None:
-            return self.burst
-        tokens, counted_at = bucket
-        # max(): a wall clock stepping back must not take tokens away.
-        return min(self.burst, tokens + max(0.0, now - counted_at) * self.rate)
+            return 0.0
+        return max(0.0, (1 - bucket.available(self._clock.seconds())) / self.rate)
 
     def _forget_refilled(self, now: float) -> None:
         # The map is ordered by last use, so the first bucket not yet surely
         # full ends the walk.
         refill_seconds = self.burst / self.rate
         while self._buckets:
-            key, (_, counted_at) = next(iter(self._buckets.items()))
-            if now - counted_at < refill_seconds:
+            key, bucket = next(iter(self._buckets.items()))
+            if now - bucket.counted_at < refill_seconds:
                 break
             del self._buckets[key]
 
@@ -81,8 +111,7 @@ def address_key(host: str) -> str:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
+    address = unmapped(address)
     if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
     return str(address)

@@ -9,7 +9,6 @@ or expired only looks at those, never at the whole mesh.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable
@@ -17,9 +16,9 @@ from typing import Callable, Container, Iterable
 from twisted.logger import Logger
 
 from wire.addressing import AddressPool
-from wire.protocol import Registration
+from wire.protocol import Cursor, RegisterOutcome, Registration, netmap_answer_json
 from wire.server.model import NodeRecord
-from wire.server.netmap import ChangeLog, Cursor
+from wire.server.netmap import ChangeLog
 from wire.server.store import IStore
 
 DEFAULT_OFFLINE_AFTER = 90.0
@@ -33,7 +32,7 @@ class RegistryConflict(Exception):
 @dataclass(frozen=True)
 class Registered:
     record: NodeRecord
-    outcome: str  # "new", "changed" or "heartbeat"
+    outcome: RegisterOutcome
 
 
 class Registry:
@@ -149,12 +148,7 @@ class Registry:
         else:
             upserts = [self.view(self._nodes[i], now) for i in sorted(changed) if i in self._nodes]
             removals = sorted(i for i in changed if i not in self._nodes)
-        return {
-            "cursor": str(self.changes.cursor),
-            "full": changed is None,
-            "upserts": upserts,
-            "removals": removals,
-        }
+        return netmap_answer_json(str(self.changes.cursor), changed is None, upserts, removals)
 
     # -- changes -----------------------------------------------------------
 
@@ -185,7 +179,7 @@ class Registry:
         record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now)
         if existing is not None and existing.describes_same_node(record):
             self._alive(existing, now)
-            return Registered(existing, "heartbeat")
+            return Registered(existing, RegisterOutcome.HEARTBEAT)
 
         self._offline.pop(node_id, None)
         self._online[node_id] = None
@@ -195,7 +189,7 @@ class Registry:
         self._index(record)
         self._store.put(record)
         self._changed(node_id)
-        outcome = "new" if existing is None else "changed"
+        outcome = RegisterOutcome.NEW if existing is None else RegisterOutcome.CHANGED
         self.log.info(
             "node {name} ({vpn_ip}) {outcome} at {public_ip}:{nat_port}",
             name=record.node_name,
@@ -292,15 +286,3 @@ class Registry:
                 hours=self.expire_after / 3600,
             )
             self.remove(node_id)
-
-
-def normalize_client_ip(host: str) -> str:
-    """An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
-

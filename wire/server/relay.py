@@ -11,12 +11,12 @@ check is dropped without an answer, so the port reflects nothing to strangers.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
 
+from wire.protocol import RelayGrant
 from wire.relayproto import (
     KEY_BYTES,
     OVERHEAD,
@@ -29,6 +29,7 @@ from wire.relayproto import (
     payload_view,
     read_header,
 )
+from wire.server.ratelimit import TokenBucket
 
 DEFAULT_RATE_BYTES = 50 * 1024 * 1024  # per side, per second
 DEFAULT_BURST_BYTES = 4 * 1024 * 1024
@@ -43,22 +44,6 @@ OUTCOMES = (
     "relay_no_peer",
     "relay_rate_limited",
 )
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float, now: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated = now
-
-    def spend(self, amount: int, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
 
 
 @dataclass(eq=False)
@@ -89,24 +74,6 @@ class RelaySession:
     last_used: float
 
 
-@dataclass(frozen=True)
-class RelayGrant:
-    """What one node gets to use its side of a session."""
-
-    session_id: str
-    peer_node_id: str
-    token: bytes
-    key: bytes
-
-    def as_dict(self) -> dict:
-        return {
-            "session_id": self.session_id,
-            "peer_node_id": self.peer_node_id,
-            "token": self.token.hex(),
-            "key": base64.b64encode(self.key).decode(),
-        }
-
-
 class RelayTable:
     def __init__(
         self,
@@ -125,8 +92,9 @@ class RelayTable:
     def __len__(self) -> int:
         return len(self._by_pair)
 
-    def grant(self, node_id: str, peer_node_id: str) -> RelayGrant:
-        """The requesting node's side of the pair's session (created on first request)."""
+    def grant(self, node_id: str, peer_node_id: str, relay_port: int | None = None) -> RelayGrant:
+        """The requesting node's side of the pair's session (created on first
+        request), telling it the relay's port (``relay_port``)."""
         if node_id == peer_node_id:
             raise ValueError("a node cannot relay to itself")
         now = self._clock.seconds()
@@ -143,7 +111,7 @@ class RelayTable:
             self._by_pair[pair] = session
         session.last_used = now
         side = session.sides[node_id]
-        return RelayGrant(session.session_id, peer_node_id, side.token, side.key)
+        return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port)
 
     def end_sessions_of(self, node_id: str) -> int:
         ended = [s for pair, s in self._by_pair.items() if node_id in pair]

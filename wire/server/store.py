@@ -18,6 +18,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from typing import Iterator
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

@@ -1,7 +1,8 @@
-"""Message schemas and validation shared by the server and the node.
+"""Validators for the fields of every message, and for the body that carries them.
 
 Every value that arrives from the network passes through one of the
-``parse_*`` functions here before anything else looks at it. Each raises
+``parse_*`` functions here (directly, or through a message type's
+``from_json``) before anything else looks at it. Each raises
 :class:`ProtocolError` naming the offending field, so an API can answer with
 a precise 400 and a CLI with a precise message; none of them ever lets a
 value through that could mean something to a shell or a WireGuard config
@@ -15,31 +16,20 @@ import binascii
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
+
+from wire.protocol.enums import NatType
+from wire.protocol.errors import BodyTooLarge, ProtocolError
 
 MAX_BODY_BYTES = 64 * 1024
 WG_KEY_BYTES = 32
 
-NAT_TYPES = ("unknown", "none", "easy", "hard")
+NAT_TYPES = tuple(NatType)
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A DNS label (RFC 1123): letters, digits and inner hyphens, 1-63 characters.
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BASE64_KEY = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
-
-
-class ProtocolError(ValueError):
-    """A message or field is not acceptable. ``str()`` is safe to show a user."""
-
-    def __init__(self, field: str | None, problem: str):
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{field}: {problem}" if field else problem)
-
-
-class BodyTooLarge(ProtocolError):
-    """The body exceeds the size limit (HTTP 413, not 400)."""
 
 
 def parse_json_object(body: bytes, *, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
@@ -144,11 +134,57 @@ def parse_ip_address(value: Any, field: str) -> str:
     return str(address)
 
 
-def parse_nat_type(value: Any, field: str = "nat_type") -> str:
+def parse_nat_type(value: Any, field: str = "nat_type") -> NatType:
     text = _require_str(field, value)
-    if text not in NAT_TYPES:
+    try:
+        return NatType(text)
+    except ValueError:
         raise ProtocolError(field, f"must be one of {', '.join(NAT_TYPES)}")
+
+
+def parse_str(value: Any, field: str, *, limit: int = 200) -> str:
+    """Any string, bounded (for text that is only shown, never acted on)."""
+    text = _require_str(field, value)
+    if len(text) > limit:
+        raise ProtocolError(field, f"is {len(text)} characters; at most {limit}")
     return text
+
+
+def parse_bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(field, f"must be true or false, not {_json_type(value)}")
+    return value
+
+
+def parse_number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(field, f"must be a number, not {_json_type(value)}")
+    return value
+
+
+def parse_object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(field, f"must be an object, not {_json_type(value)}")
+    return value
+
+
+def parse_list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError(field, f"must be a list, not {_json_type(value)}")
+    return value
+
+
+def optional(body: dict[str, Any], field: str) -> Any:
+    """A field's value, or None when it is absent, null or "" (the seed's ways of leaving one out)."""
+    value = body.get(field)
+    return None if value is None or value == "" else value
+
+
+def required(body: dict[str, Any], field: str) -> Any:
+    value = optional(body, field)
+    if value is None:
+        raise ProtocolError(field, "is required")
+    return value
 
 
 def _shown(value: Any, limit: int = 40) -> str:
@@ -157,69 +193,3 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-@dataclass(frozen=True)
-class Registration:
-    """A validated ``POST /register`` body (the seed's fields, plus extras)."""
-
-    node_id: str
-    node_name: str
-    wg_public_key: str
-    port: int
-    nat_port: int
-    lan_ip: str | None
-    requested_vpn_ip: str | None
-    nat_type: str
-    public_ip: str | None = None
-    public_port: int | None = None
-
-
-def parse_registration(body: dict[str, Any]) -> Registration:
-    """Validate a registration; unknown fields are ignored for forward compatibility."""
-    for required in ("node_id", "wg_public_key"):
-        if required not in body or body[required] in (None, ""):
-            raise ProtocolError(required, "is required")
-    node_id = parse_node_id(body["node_id"])
-    name_value = body.get("node_name")
-    # The seed lets a node register without a name; it is then known by the
-    # start of its id, as the seed's status view shows it.
-    node_name = parse_node_name(name_value) if name_value not in (None, "") else _default_name(node_id)
-    port = parse_port(body.get("port", 51820), "port")
-    nat_port_value = body.get("nat_port")
-    nat_port = parse_port(nat_port_value, "nat_port") if nat_port_value is not None else port
-    lan_value = body.get("lan_ip")
-    lan_ip = parse_ip_address(lan_value, "lan_ip") if lan_value not in (None, "") else None
-    vpn_value = body.get("vpn_ip")
-    requested = parse_ip_address(vpn_value, "vpn_ip") if vpn_value not in (None, "") else None
-    nat_value = body.get("nat_type")
-    nat_type = parse_nat_type(nat_value) if nat_value not in (None, "") else "unknown"
-    return Registration(
-        node_id=node_id,
-        node_name=node_name,
-        wg_public_key=parse_wg_public_key(body["wg_public_key"]),
-        port=port,
-        nat_port=nat_port,
-        lan_ip=lan_ip,
-        requested_vpn_ip=requested,
-        nat_type=nat_type,
-    )
-
-
-def _default_name(node_id: str) -> str:
-    label = re.sub(r"[^a-z0-9-]", "-", node_id[:12].lower()).strip("-")
-    return label or "node"
-
-
-@dataclass(frozen=True)
-class PunchRequest:
-    from_vpn_ip: str
-    to_vpn_ip: str
-
-
-def parse_punch(body: dict[str, Any]) -> PunchRequest:
-    for required in ("from_vpn_ip", "to_vpn_ip"):
-        if required not in body or body[required] in (None, ""):
-            raise ProtocolError(required, "is required")
-    return PunchRequest(
-        from_vpn_ip=parse_ip_address(body["from_vpn_ip"], "from_vpn_ip"),
-        to_vpn_ip=parse_ip_address(body["to_vpn_ip"], "to_vpn_ip"),
-    )

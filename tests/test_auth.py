@@ -1,0 +1,104 @@
+"""Join keys in memory, on a fake clock: each key's state (usable, spent,
+revoked, expired), decided in one place, and what the admin API lists."""
+
+from __future__ import annotations
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+
+from tests.helpers import make_coordinator
+from wire.server.admin import Admin, build_admin_site
+from wire.server.auth import Authority, AuthError, KeyState
+
+
+class JoinKeyStateTests(unittest.TestCase):
+    def setUp(self):
+        self.coordinator = make_coordinator(self)
+        self.clock = self.coordinator.clock
+        self.authority = Authority(self.coordinator.store, self.clock)
+        self.coordinator.authority = self.authority
+
+    def use(self, secret: str) -> None:
+        """Enroll a node with the key, as the enrollment endpoint does."""
+        key = self.authority.check_join_key(secret)
+        with self.coordinator.store.transaction() as db:
+            credential_hash, _ = self.authority.record_enrollment(db, "n" * 32, "web1", key)
+        self.authority.enrolled("n" * 32, credential_hash, key)
+
+    def refused(self, secret: str) -> str:
+        with self.assertRaises(AuthError) as caught:
+            self.authority.check_join_key(secret)
+        return str(caught.exception)
+
+    def test_each_state_and_why_it_cannot_be_used(self):
+        now = self.clock.seconds()
+        usable, _ = self.authority.create_key(reusable=True, expires_in=3600)
+        spent, spent_secret = self.authority.create_key()
+        revoked, revoked_secret = self.authority.create_key(reusable=True)
+        expired, expired_secret = self.authority.create_key(expires_in=60)
+        self.use(spent_secret)
+        self.authority.revoke_key(revoked.key_id)
+        self.clock.advance(61)
+        states = {key.key_id: key.state(self.clock.seconds()) for key in self.authority.keys()}
+        self.assertEqual(
+            states,
+            {usable.key_id: KeyState.USABLE, spent.key_id: KeyState.SPENT, revoked.key_id: KeyState.REVOKED, expired.key_id: KeyState.EXPIRED},
+        )
+        self.assertEqual(self.refused(spent_secret), "this join key was already used (it is one-time)")
+        self.assertEqual(self.refused(revoked_secret), "this join key was revoked")
+        self.assertEqual(self.refused(expired_secret), "this join key has expired")
+        self.assertEqual(expired.state(now + 59.9), KeyState.USABLE, "usable until the second it expires")
+
+    def test_a_used_reusable_key_stays_usable(self):
+        key, secret = self.authority.create_key(reusable=True)
+        self.use(secret)
+        self.assertEqual((key.uses, key.state(self.clock.seconds())), (1, KeyState.USABLE))
+
+    def test_revoked_wins_over_expired(self):
+        key, _ = self.authority.create_key(expires_in=60)
+        self.authority.revoke_key(key.key_id)
+        self.clock.advance(120)
+        self.assertEqual(key.state(self.clock.seconds()), KeyState.REVOKED)
+
+    def test_as_dict_adds_state_and_times_and_keeps_the_old_fields(self):
+        self.assertEqual(self.clock.seconds(), 1_700_000_000)
+        self.clock.advance(3600)  # 2023-11-14T23:13:20Z
+        key, _ = self.authority.create_key(expires_in=86400, note="laptops")
+        never, _ = self.authority.create_key()
+        self.assertEqual(
+            key.as_dict(self.clock.seconds()),
+            {
+                "key_id": key.key_id,
+                "created": 1_700_003_600.0,
+                "expires": 1_700_090_000.0,
+                "reusable": False,
+                "uses": 0,
+                "revoked": False,
+                "usable": True,
+                "state": "usable",
+                "created_at": "2023-11-14T23:13:20Z",
+                "expires_at": "2023-11-15T23:13:20Z",
+                "note": "laptops",
+            },
+        )
+        self.assertEqual((never.as_dict(0)["expires"], never.as_dict(0)["expires_at"]), (None, None))
+
+    def test_the_admin_api_lists_states_with_the_server_s_clock(self):
+        admin = Admin(self.coordinator, "https://vpn.example.org:8787", "ab" * 32)
+        http = StubTreq(build_admin_site(admin).resource)
+        kept, _ = self.authority.create_key()
+        gone, _ = self.authority.create_key()
+        self.authority.revoke_key(gone.key_id)
+
+        async def listed() -> dict:
+            response = await http.get("http://wire-admin/keys")
+            return json.loads(await response.content())
+
+        d = Deferred.fromCoroutine(listed())
+        http.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["timestamp"], self.clock.seconds())
+        self.assertEqual([(k["key_id"], k["state"], k["usable"]) for k in answer["keys"]], [(kept.key_id, "usable", True), (gone.key_id, "revoked", False)])

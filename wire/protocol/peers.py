@@ -1,0 +1,187 @@
+"""What a node is told of the others: a peer view, and the netmap answer that carries them.
+
+The server writes a view with :func:`peer_view_json` straight from its
+record (that runs once per node in every snapshot: no intermediate object),
+and a node reads it back with :meth:`PeerView.from_json`, once, when the
+answer arrives. ``GET /peers`` (the seed's list) and ``GET /status`` carry
+the same views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from wire.protocol.cursor import parse_cursor_text
+from wire.protocol.enums import NatType
+from wire.protocol.errors import ProtocolError
+from wire.protocol.fields import (
+    parse_bool,
+    parse_ip_address,
+    parse_list,
+    parse_node_id,
+    parse_number,
+    parse_object,
+    parse_port,
+    parse_wg_public_key,
+)
+from wire.protocol.registration import DEFAULT_PORT
+
+# The server's record of a node, field by field, in the order a view lists
+# them (the seed's /status fields); wire.server.model.NodeRecord has exactly these.
+RECORD_FIELDS = (
+    "node_id",
+    "node_name",
+    "wg_public_key",
+    "vpn_ip",
+    "public_ip",
+    "port",
+    "nat_port",
+    "lan_ip",
+    "nat_type",
+    "registered",
+    "last_seen",
+)
+MAX_SHOWN_NAME = 63
+
+
+class NodeFacts(Protocol):
+    """Anything with a record's fields (the server's NodeRecord)."""
+
+    node_id: str
+    node_name: str
+    wg_public_key: str
+    vpn_ip: str
+    public_ip: str
+    port: int
+    nat_port: int
+    lan_ip: str
+    nat_type: NatType
+    registered: float
+    last_seen: float
+
+
+def peer_view_json(record: NodeFacts, online: bool, now: float) -> dict[str, Any]:
+    """A node as other nodes and the seed's API see it."""
+    # Not dataclasses.asdict: it deep-copies field by field, and every field
+    # here is a str or a number.
+    view = {name: getattr(record, name) for name in RECORD_FIELDS}
+    view["online"] = online
+    view["status"] = "online" if online else "offline"
+    view["last_seen_ago"] = max(0, int(now - record.last_seen))
+    return view
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """One other node, validated: nothing from the network reaches ``wg`` unchecked.
+
+    Read leniently where the seed's server may leave a field out (a node
+    without a public address or a LAN address yet, no ``nat_port``), strictly
+    where a value would reach WireGuard (ids, keys, addresses, ports).
+    """
+
+    node_id: str
+    node_name: str
+    vpn_ip: str
+    wg_public_key: str
+    public_ip: str = ""
+    nat_port: int = DEFAULT_PORT
+    port: int = DEFAULT_PORT
+    lan_ip: str = ""
+    nat_type: NatType = NatType.UNKNOWN
+    online: bool = True
+    # Only shown (status views); None when the server did not say.
+    registered: float | None = None
+    last_seen: float | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> PeerView:
+        view = parse_object(value, "peer")
+        port = parse_port(view.get("port") or DEFAULT_PORT, "port")
+        name = view.get("node_name")
+        return cls(
+            node_id=parse_node_id(view.get("node_id")),
+            # Shown, never acted on: a seed server stores any name it was given.
+            node_name=name[:MAX_SHOWN_NAME] if isinstance(name, str) else "",
+            vpn_ip=parse_ip_address(view.get("vpn_ip"), "vpn_ip"),
+            wg_public_key=parse_wg_public_key(view.get("wg_public_key")),
+            public_ip=_ip_or_empty(view, "public_ip"),
+            nat_port=parse_port(view.get("nat_port") or port, "nat_port"),
+            port=port,
+            lan_ip=_ip_or_empty(view, "lan_ip"),
+            nat_type=nat_type_of(view.get("nat_type")),
+            online=bool(view.get("online", True)),
+            registered=_number_or_none(view, "registered"),
+            last_seen=_number_or_none(view, "last_seen"),
+        )
+
+
+def nat_type_of(value: Any) -> NatType:
+    """A NAT type as a peer reports it; one this node does not know counts as unknown."""
+    try:
+        return NatType(value)
+    except ValueError:
+        return NatType.UNKNOWN
+
+
+def _ip_or_empty(view: dict[str, Any], field: str) -> str:
+    value = view.get(field)
+    return parse_ip_address(value, field) if value else ""
+
+
+def _number_or_none(view: dict[str, Any], field: str) -> float | None:
+    value = view.get(field)
+    return parse_number(value, field) if value is not None else None
+
+
+def netmap_answer_json(cursor: str, full: bool, upserts: list[dict[str, Any]], removals: list[str]) -> dict[str, Any]:
+    """A long-poll answer, as the server sends it (``upserts`` are :func:`peer_view_json` views)."""
+    return {"cursor": cursor, "full": full, "upserts": upserts, "removals": removals}
+
+
+def asking_to_register(answer: dict[str, Any]) -> dict[str, Any]:
+    """The same answer, telling the node to register again (its endpoint moved)."""
+    return {**answer, "register": True}
+
+
+@dataclass(frozen=True)
+class NetmapAnswer:
+    """A long-poll answer (``GET /peers?since=…``), validated.
+
+    An upsert or removal that does not validate is skipped (and named in
+    ``skipped``): one bad entry must not cost a node the rest of its mesh.
+    """
+
+    cursor: str | None  # None: the server gave none (keep ours)
+    full: bool
+    upserts: tuple[PeerView, ...]
+    removals: tuple[str, ...]
+    register: bool = False
+    skipped: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, value: Any) -> NetmapAnswer:
+        answer = parse_object(value, "answer")
+        skipped: list[str] = []
+        upserts = []
+        for view in parse_list(answer.get("upserts", []), "upserts"):
+            try:
+                upserts.append(PeerView.from_json(view))
+            except ProtocolError as e:
+                skipped.append(f"skipped a peer entry: {e}")
+        removals = []
+        for node_id in parse_list(answer.get("removals", []), "removals"):
+            try:
+                removals.append(parse_node_id(node_id, "removals"))
+            except ProtocolError as e:
+                skipped.append(f"skipped a removal: {e}")
+        cursor = answer.get("cursor")
+        return cls(
+            cursor=parse_cursor_text(cursor) if cursor not in (None, "") else None,
+            full=parse_bool(answer.get("full", False), "full"),
+            upserts=tuple(upserts),
+            removals=tuple(removals),
+            register=parse_bool(answer.get("register", False), "register"),
+            skipped=tuple(skipped),
+        )

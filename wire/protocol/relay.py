@@ -1,0 +1,100 @@
+"""``POST /relay``: asking for a relay session, and the grant that answers it.
+
+The grant is also what ``POST /punch`` carries in ``relay``. The server
+builds one with :meth:`RelayGrant.to_json`; the node reads it once with
+:meth:`RelayGrant.from_json`, so the relay shim only ever sees bytes of the
+right length.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from wire.protocol.errors import ProtocolError
+from wire.protocol.fields import (
+    optional,
+    parse_node_id,
+    parse_object,
+    parse_port,
+    parse_str,
+    parse_wg_public_key,
+    required,
+)
+from wire.relayproto import KEY_BYTES, TOKEN_BYTES
+
+
+@dataclass(frozen=True)
+class RelayRequest:
+    """The caller (``node_id`` with its key) asks for its side of a session with ``peer_node_id``."""
+
+    node_id: str
+    wg_public_key: str
+    peer_node_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "wg_public_key": self.wg_public_key, "peer_node_id": self.peer_node_id}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RelayRequest:
+        return cls(
+            node_id=parse_node_id(body.get("node_id")),
+            wg_public_key=parse_wg_public_key(body.get("wg_public_key")),
+            peer_node_id=parse_node_id(body.get("peer_node_id"), "peer_node_id"),
+        )
+
+
+@dataclass(frozen=True)
+class RelayGrant:
+    """One node's side of a relay session: what it seals and opens frames with."""
+
+    session_id: str
+    peer_node_id: str
+    token: bytes  # TOKEN_BYTES: names the side in every frame
+    key: bytes  # KEY_BYTES: the MAC key
+    relay_port: int | None = None  # the server's relay UDP port (None: it did not say)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "peer_node_id": self.peer_node_id,
+            "token": self.token.hex(),
+            "key": base64.b64encode(self.key).decode(),
+            "relay_port": self.relay_port,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> RelayGrant:
+        grant = parse_object(value, "relay grant")
+        port = optional(grant, "relay_port")
+        return cls(
+            session_id=parse_str(required(grant, "session_id"), "session_id", limit=64),
+            peer_node_id=parse_node_id(grant.get("peer_node_id"), "peer_node_id"),
+            token=_hex_bytes(required(grant, "token"), "token", TOKEN_BYTES),
+            key=_base64_bytes(required(grant, "key"), "key", KEY_BYTES),
+            relay_port=parse_port(port, "relay_port") if port is not None else None,
+        )
+
+
+def _hex_bytes(value: Any, field: str, size: int) -> bytes:
+    text = parse_str(value, field, limit=2 * size)
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise ProtocolError(field, "is not hex")
+    if len(raw) != size:
+        raise ProtocolError(field, f"is {len(raw)} bytes; a relay {field} is {size}")
+    return raw
+
+
+def _base64_bytes(value: Any, field: str, size: int) -> bytes:
+    text = parse_str(value, field, limit=4 * size)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ProtocolError(field, "is not base64")
+    if len(raw) != size:
+        raise ProtocolError(field, f"is {len(raw)} bytes; a relay {field} is {size}")
+    return raw

@@ -1,0 +1,43 @@
+"""Coordination-server URLs: parsed and checked once, for server and node alike."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from wire.protocol import ProtocolError
+
+
+def parse_server_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("server_url", "is required (for example http://HOST:8787)")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError("server_url", f"{value!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or (parts.path not in ("", "/")):
+        raise ProtocolError("server_url", f"{value!r} must be just scheme://host:port")
+    try:
+        parts.port
+    except ValueError:
+        raise ProtocolError("server_url", f"{value!r} has an invalid port")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address means "this machine" wherever it is
+    used: a URL holding it reaches no other machine."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
