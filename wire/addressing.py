@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 from typing import Container, Iterator
 
 from wire.protocol import ProtocolError
@@ -88,9 +89,10 @@ class AddressPool:
                 wanted = None
             if wanted is not None and self.is_assignable(wanted) and str(wanted) not in taken:
                 return str(wanted)
-        first = None
-        for candidate in self.candidates(node_id):
-            first = first or candidate
+        candidates = self.candidates(node_id)
+        # The first hashed candidate is where the linear scan starts.
+        first = next(candidates)
+        for candidate in itertools.chain([first], candidates):
             if self.is_assignable(candidate) and str(candidate) not in taken:
                 return str(candidate)
         return self._scan_from(first, taken)

@@ -221,8 +221,8 @@ async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=prin
         await mesh.setup()
         for router, nat in DEMO_ROUTERS.items():
             await mesh.lab.add_router(router, nat=nat)
-        for name, router in DEMO_NODES:
-            await mesh.add_host(name, router)
+        for name, behind in DEMO_NODES:  # behind a router, or None: public
+            await mesh.add_host(name, behind)
         out(f"coordination server: {mesh.server_url}")
         answers = await gatherResults([_deferred(mesh.up(name)) for name, _ in DEMO_NODES])
         for answer in answers:

@@ -26,11 +26,11 @@ serves, and logs (ours and the SDK's) go to stderr.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Annotated, Any, Callable
 
 from mcp.server.mcpserver import MCPServer
@@ -74,11 +74,11 @@ def build_server(reactor) -> MCPServer:
     def tool(name: str, title: str, hints: dict, description: str):
         return mcp.tool(name=name, description=description, annotations=ToolAnnotations(title=title, **hints))
 
-    async def run(config_dir: str | None, operation: Callable[[ops.Context], Any], formatter: cli.Formatter) -> CallToolResult:
+    async def run(config_dir: str | None, operation: Callable[[ops.Context], Coroutine[Any, Any, dict] | dict], formatter: cli.Formatter) -> CallToolResult:
         ctx = ops.Context(reactor, os.path.abspath(config_dir or default_config_dir()))
         try:
             result = operation(ctx)
-            if inspect.isawaitable(result):  # all but ops.install, which only looks at files
+            if isinstance(result, Coroutine):  # all but ops.install, which only looks at files
                 result = await ensureDeferred(result).asFuture(asyncio.get_running_loop())
         except ops.OpError as e:
             return _error(str(e))

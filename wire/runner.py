@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
@@ -252,6 +253,7 @@ class _CommandProtocol(ProcessProtocol):
         self._pid: int | None = None
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # makeConnection has just set it
         self._pid = self.transport.pid
         if self._stdin:
             self.transport.write(self._stdin)
@@ -289,6 +291,9 @@ class _CommandProtocol(ProcessProtocol):
         self._end()
 
     def _end(self) -> None:
+        # Only once connected: the process is spawned (and connected) before
+        # its Deferred is handed out to be cancelled, and before any timer.
+        assert self.transport is not None
         self._timers.append(_terminate(self._clock, self.transport, self._kill_after))
 
 
@@ -390,6 +395,7 @@ class _SupervisedProtocol(ProcessProtocol):
         self._streams: dict[str, _LineSplitter] = {}
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # makeConnection has just set it
         self.transport.closeStdin()  # nothing to say; let the child see EOF
         self.process = RunningProcess(self._clock, self.transport, self._argv, self._log_prefix)
         self._streams = {
@@ -420,6 +426,9 @@ class ProcessRunner:
             outlives its timeout or is cancelled.
         """
         self._reactor = reactor
+        # An object providing two interfaces has no type of its own to
+        # declare, so the IReactorTime half of the contract is a cast.
+        self._clock = cast(IReactorTime, reactor)
         self._kill_after = kill_after
 
     def run(
@@ -441,7 +450,7 @@ class ProcessRunner:
     ) -> RunningProcess:
         argv = tuple(argv)
         executable = _executable(argv)
-        protocol = _SupervisedProtocol(self._reactor, argv, log_prefix or os.path.basename(argv[0]))
+        protocol = _SupervisedProtocol(self._clock, argv, log_prefix or os.path.basename(argv[0]))
         self._reactor.spawnProcess(protocol, executable, argv, env=_environment(env))
         assert protocol.process is not None  # connectionMade ran inside spawnProcess
         log.info(
@@ -461,7 +470,7 @@ class ProcessRunner:
     ) -> Deferred[ProcessResult]:
         executable = _executable(argv)
         log.debug("running {command}", command=shlex.join(argv))
-        protocol = _CommandProtocol(self._reactor, argv, stdin, timeout, self._kill_after)
+        protocol = _CommandProtocol(self._clock, argv, stdin, timeout, self._kill_after)
         self._reactor.spawnProcess(protocol, executable, argv, env=_environment(env))
         return protocol.result
 

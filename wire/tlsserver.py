@@ -19,7 +19,7 @@ from __future__ import annotations
 import ssl
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import ISSLTransport, IStreamServerEndpoint
+from twisted.internet.interfaces import ISSLTransport, IStreamServerEndpoint, ITransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -79,6 +79,13 @@ class TLSServerProtocol(ProtocolWrapper):
         self._outgoing = ssl.MemoryBIO()
         self._tls = self.factory.context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         ProtocolWrapper.makeConnection(self, transport)
+
+    @property
+    def _tcp(self) -> ITransport:
+        """The TCP transport: makeConnection sets it before anything can be
+        received, written or closed, and nothing unsets it."""
+        assert self.transport is not None
+        return self.transport
 
     # What the peer sends
 
@@ -159,7 +166,7 @@ class TLSServerProtocol(ProtocolWrapper):
 
     def _flush(self) -> None:
         if self._outgoing.pending:
-            self.transport.write(self._outgoing.read())
+            self._tcp.write(self._outgoing.read())
 
     # Ending it
 
@@ -171,7 +178,7 @@ class TLSServerProtocol(ProtocolWrapper):
             self._close()
         elif not self._early_writes:
             # Nothing to say and no TLS yet to say it in: close at once.
-            self.transport.loseConnection()
+            self._tcp.loseConnection()
         # else: _handshake closes once those writes are out.
 
     def _close(self) -> None:
@@ -184,13 +191,13 @@ class TLSServerProtocol(ProtocolWrapper):
                 pass  # SSLWantReadError: its close_notify has not come
             self._flush()
         self.disconnecting = True
-        self.transport.loseConnection()
+        self._tcp.loseConnection()
 
     def _fail(self, error: ssl.SSLError) -> None:
         """A TLS error: send the alert OpenSSL made, if any, and close."""
         self._failure = Failure(error)
         self._flush()
-        self.transport.loseConnection()
+        self._tcp.loseConnection()
 
     def connectionLost(self, reason):
         if self._failure is not None:
@@ -207,11 +214,11 @@ class TLSServerProtocol(ProtocolWrapper):
         return None  # nodes authenticate with bearer credentials, not certificates
 
 
-class TLSServerFactory(WrappingFactory):
+class TLSServerFactory(WrappingFactory[TLSServerProtocol]):
     protocol = TLSServerProtocol
 
     def __init__(self, context: ssl.SSLContext, wrappedFactory):
-        WrappingFactory.__init__(self, wrappedFactory)
+        super().__init__(wrappedFactory)
         self.context = context
 
 

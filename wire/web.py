@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Coroutine
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -83,7 +83,7 @@ def forget_input(request: server.Request) -> None:
     and its answer is to wait: thousands of long-polls wait at any time,
     and these are over 1 KB of each. (twisted.web is done with them too:
     it decided on keep-alive when the request arrived.)"""
-    request.args = {}
+    request.args = {}  # type: ignore[assignment]  # Twisted types args by its class default, None
     request.requestHeaders = Headers()
     if request.content is not None:
         request.content.close()
@@ -137,6 +137,7 @@ class SharedJson(dict):
     the same cursor): encoded for the first, the bytes reused for the rest."""
 
     __slots__ = ("encoded",)
+    encoded: bytes  # unset until the first encode_json
 
 
 def encode_json(body: Any) -> bytes:
@@ -159,7 +160,9 @@ def read_json_body(request: server.Request) -> dict[str, Any]:
     if getattr(request, "body_too_large", False):
         raise ApiError(413, f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return parse_json_object(request.content.read())
+        # Twisted types content by its class default, None; gotLength gave
+        # it a file before any resource renders.
+        return parse_json_object(cast(BinaryIO, request.content).read())
     except BodyTooLarge as e:
         raise ApiError(413, str(e))
     except ProtocolError as e:
@@ -175,7 +178,8 @@ class JsonResource(resource.Resource):
     isLeaf = True
     methods: tuple[str, ...] = ()
 
-    def render(self, request: server.Request):
+    # make_site's requests; `awaiting` is only set, so any Request will do.
+    def render(self, request: BoundedRequest):
         method = request.method.decode("ascii", "replace")
         if request.postpath not in ([], [b""]):
             return write_json(request, 404, error_body(f"no such path: {_path(request)}"))
@@ -195,7 +199,7 @@ class JsonResource(resource.Resource):
         if isinstance(result, (Deferred, Coroutine)):
             d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
             request.awaiting = d
-            d.addCallbacks(_finish, _finish_failure, (request, 200), None, (request, method))
+            d.addCallbacks(_finish, _finish_failure, callbackArgs=(request, 200), errbackArgs=(request, method))
             return server.NOT_DONE_YET
         if isinstance(result, bytes):
             return result
@@ -245,25 +249,34 @@ def _path(request: server.Request) -> str:
     return request.path.decode("utf-8", "replace")[:200]
 
 
+class JsonSite(server.Site):
+    """The Site make_site builds: bounded requests on deadline channels."""
+
+    # A plain HTTP/1.1 channel: we never offer HTTP/2 (no ALPN "h2").
+    # Twisted types protocol as its own default, a factory function.
+    protocol = DeadlineChannel  # type: ignore[assignment]
+    requestFactory = BoundedRequest
+    displayTracebacks = False
+    # Told each answer's status (BoundedRequest.finish), for /metrics.
+    observe_status: Callable[[int], None] | None = None
+
+    def log(self, request: http.Request) -> None:
+        """Request lines are logged by our own structured logging, not as an access log."""
+
+
 def make_site(
     root: resource.Resource,
     *,
     reactor: IReactorTime,
     timeout: float = 60,
     observe_status: Callable[[int], None] | None = None,
-) -> server.Site:
+) -> JsonSite:
     """A Site for a JSON API; ``timeout`` bounds idle connections, and
     DeadlineChannel slow ones. ``reactor`` times both: always the caller's,
     so a test's clock drives them."""
     # parsePOSTFormSubmission=False: our bodies are JSON, never HTML forms;
     # left on, twisted.web parses every POST's Content-Type with the email
     # package to look for one (about 30 us per heartbeat, for nothing).
-    site = server.Site(root, timeout=timeout, reactor=reactor, parsePOSTFormSubmission=False)
+    site = JsonSite(root, timeout=timeout, reactor=reactor, parsePOSTFormSubmission=False)
     site.observe_status = observe_status
-    # A plain HTTP/1.1 channel: we never offer HTTP/2 (no ALPN "h2").
-    site.protocol = DeadlineChannel
-    site.requestFactory = BoundedRequest
-    site.displayTracebacks = False
-    # Request lines are logged by our own structured logging, not as an access log.
-    site.log = lambda request: None
     return site

@@ -43,7 +43,7 @@ async def explain(ctx: Context, peer: str) -> dict:
         raise OpError(f"no node {wanted} {where} (see: wire status)")
     if (record or {}).get("node_id") == config.node_id:
         raise OpError(f"{wanted} is this node")
-    me = (local or {}).get("node") or next((n for n in nodes if n.get("node_id") == config.node_id), {})
+    me: dict = (local or {}).get("node") or next((n for n in nodes if n.get("node_id") == config.node_id), {})
     return explain_path(me, record, wg_peer, local, server_error, removed=removed)
 
 
@@ -83,7 +83,7 @@ def explain_path(
     else:
         endpoint = wg.get("endpoint") or expected
         reasons.extend(_endpoint_reasons(name, record, me, expected, kind, wg.get("endpoint")))
-    if fresh:
+    if fresh and age is not None:  # fresh: it has an age
         reasons.append(f"handshake {max(0, age):.0f}s ago: the tunnel is up")
     elif path == "connecting":
         reasons.append(f"no handshake on the direct path yet: the daemon tries it for {DIRECT_TIMEOUT:.0f}s, then relays")
@@ -130,6 +130,7 @@ def _endpoint_reasons(name: str, record: dict | None, me: dict, expected: str | 
             f"its LAN address {expected} (hairpinning through the shared router often fails)"
         ]
     elif kind == "public":
+        assert record is not None  # _expected_endpoint calls only a record's endpoint "public"
         mapped = "its own address (it has no NAT)" if record.get("nat_type") == "none" else "its public NAT-mapped endpoint, learned by STUN"
         reasons = [f"{name} is at {record['public_ip']}, this node at {my_ip}: WireGuard uses {mapped}, {expected}"]
     elif kind == "none":

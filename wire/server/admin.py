@@ -100,13 +100,15 @@ class Admin:
 # -- the socket's resources ----------------------------------------------------
 
 
-def _string(body: dict, field: str, required: bool = True) -> str | None:
+def _string(body: dict, field: str) -> str:
     value = body.get(field)
-    if value is None and not required:
-        return None
     if not isinstance(value, str) or not value:
         raise ApiError(400, f"{field}: must be a non-empty string")
     return value
+
+
+def _optional_string(body: dict, field: str) -> str | None:
+    return None if body.get(field) is None else _string(body, field)
 
 
 class _AdminResource(JsonResource):
@@ -126,7 +128,7 @@ class Keys(_AdminResource):
         reusable = body.get("reusable", False)
         expires_in = body.get("expires_in")
         note = body.get("note", "")
-        url = _string(body, "url", required=False)
+        url = _optional_string(body, "url")
         if not isinstance(reusable, bool):
             raise ApiError(400, "reusable: must be true or false")
         if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or not 0 < expires_in <= MAX_EXPIRY):

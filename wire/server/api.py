@@ -18,6 +18,7 @@ import ipaddress
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 from twisted.web import server
 
@@ -132,7 +133,10 @@ def caller(coordinator: Coordinator, request: server.Request) -> str | None:
 
 
 def query_arg(request: server.Request, name: str) -> str | None:
-    values = request.args.get(name.encode())
+    # Twisted declares Request.args as None (its class default); the request
+    # has parsed its query into a dict before any resource renders it.
+    args = cast(dict[bytes, list[bytes]], request.args)
+    values = args.get(name.encode())
     if not values:
         return None
     if len(values) > 1:

@@ -123,7 +123,10 @@ class Coordinator:
         if node_id is not None:
             if registration.node_id != node_id:
                 raise Forbidden("a node may only register itself")
-            registration = replace(registration, node_name=self.registry.get(node_id).node_name)
+            record = self.registry.get(node_id)
+            if record is None:  # removed since it authenticated
+                raise AuthError("unknown or revoked node credential")
+            registration = replace(registration, node_name=record.node_name)
         result = self.registry.register(registration, public_ip, self.now())
         if result.outcome is not RegisterOutcome.HEARTBEAT:
             await self.store.commit()

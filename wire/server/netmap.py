@@ -21,7 +21,7 @@ import secrets
 from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from wire.protocol import Cursor
 from wire.web import SharedJson
@@ -89,9 +89,9 @@ class LongPollHub:
         self._answer = answer
         self._waiters: dict[Deferred, Cursor] = {}
         self._due: dict[int, list[Deferred]] = {}  # second -> waiters whose wait ends then
-        self._sweep_call = None
+        self._sweep_call: IDelayedCall | None = None
         self._sweep_at = 0
-        self._wake_call = None
+        self._wake_call: IDelayedCall | None = None
 
     @property
     def open_count(self) -> int:

@@ -70,7 +70,7 @@ class Options(usage.Options):
         ["no-rate-limits", None, "no rate limits per client address (benchmarks only)"],
     ]
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self["trusted-proxy"] = []
         # The options the --config file set (not given on the command line).

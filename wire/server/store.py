@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -94,6 +94,12 @@ class IStore(Interface):
     def flush_touches() -> None:
         """Write batched heartbeats now."""
 
+    def transaction() -> AbstractContextManager[sqlite3.Connection]:
+        """One synchronous, durable transaction (rare writes: keys, enrollment, audit)."""
+
+    def write_record_now(db: sqlite3.Connection, record: NodeRecord) -> None:
+        """Write a node inside :meth:`transaction`; it is no longer pending."""
+
     def close() -> None:
         """Write what is pending and close."""
 
@@ -109,7 +115,7 @@ class SQLiteStore:
         self._dirty: dict[str, NodeRecord | None] = {}
         self._touched: dict[str, float] = {}
         self._waiting: list[Deferred] = []
-        self._commit_call = None
+        self._commit_call: IDelayedCall | None = None
         self._closed = False
 
     def load(self) -> list[NodeRecord]:

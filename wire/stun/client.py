@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from wire.stun.codec import (
     BINDING,
@@ -68,6 +69,9 @@ class _BindingClient(DatagramProtocol):
             self._transactions[transaction_id] = _Transaction(server, self._clock.seconds(), answer)
             sent.append(transaction_id)
             try:
+                # The socket listens until binding() has returned and these
+                # sends are cancelled.
+                assert self.transport is not None
                 self.transport.write(request, (server_ip, server_port))
             except Exception as e:
                 if not answer.called:
@@ -228,7 +232,9 @@ async def detect_nat(
         await maybeDeferred(port.stopListening)
     answers = [result if ok else None for ok, result in results]
     if answers == [None, None]:
-        results[0][1].raiseException()
+        # DeferredList's types give every result the success type; one that
+        # is not ok is the Failure.
+        cast(Failure, results[0][1]).raiseException()
     return _nat_report(answers[0], answers[1], bound_port, local_ips)
 
 

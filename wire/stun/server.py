@@ -189,6 +189,7 @@ class StunServerProtocol(DatagramProtocol):
                 outcome, reply = handle_datagram(datagram, addr[0], addr[1])
                 if reply is not None:
                     # addr as received: an IPv6 socket needs its scope id back.
+                    assert self.transport is not None  # it received one
                     self.transport.write(reply, addr)
         except Exception:
             outcome = OUTCOME_ERROR

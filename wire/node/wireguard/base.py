@@ -113,7 +113,7 @@ class WireGuardBase:
             return False  # its exit has been (or is being) reported
         try:
             result = await self._runner.run(["wg", "show", self.device, "listen-port"], timeout=WG_TIMEOUT)
-            problem = None if result.rc == 0 else CommandFailed(result)
+            problem: CommandError | None = None if result.rc == 0 else CommandFailed(result)
         except CommandError as e:
             problem = e
         if problem is None:
