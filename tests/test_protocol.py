@@ -1,5 +1,4 @@
 import base64
-import json
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest

@@ -98,7 +98,7 @@ class JsonHttp:
     async def _request(self, method: str, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
         url = self.server_url + path
         data = json.dumps(body).encode() if body is not None else None
-        headers = {}
+        headers: dict[bytes | str, list[bytes | str]] = {}
         if data is not None:
             headers[b"content-type"] = [b"application/json"]
         if self._credential:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 from wire.client import (
     ControlClient,
@@ -72,7 +72,8 @@ class Context:
 
     reactor: Any
     config_dir: str
-    runner: IProcessRunner | None = None
+    # None: __post_init__ makes one on the reactor (a dataclass default cannot).
+    runner: IProcessRunner = None  # type: ignore[assignment]
     is_root: Callable[[], bool] = _is_root
     check_install: Callable[[], InstallCheck] = check_install
     # Where a node joined as root keeps its config (a user's ~/.wire is empty then).
@@ -81,6 +82,12 @@ class Context:
     def __post_init__(self) -> None:
         if self.runner is None:
             self.runner = ProcessRunner(self.reactor)
+
+    @overload
+    def config(self, required: Literal[True] = True) -> NodeConfig: ...
+
+    @overload
+    def config(self, required: bool) -> NodeConfig | None: ...
 
     def config(self, required: bool = True) -> NodeConfig | None:
         """The node's config; a :class:`ConfigProblem` when it cannot be read
