@@ -1,4 +1,4 @@
-"""``POST /punch``: the seed's hole-punch attempt counter."""
+"""``POST /punch``: the request (two VPN addresses) and the answer (attempts, use_relay, the relay grant)."""
 
 from __future__ import annotations
 

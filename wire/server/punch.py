@@ -1,4 +1,4 @@
-"""``POST /punch``: the seed's hole-punch attempt counter.
+"""``POST /punch``: the server's hole-punch attempt counter for each pair of nodes.
 
 The seed's rule, kept exactly: a pair's first request starts its count at 0;
 each further request more than PUNCH_RETRY_AFTER seconds after the last
