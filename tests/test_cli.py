@@ -297,6 +297,61 @@ def runnable_paths() -> list[tuple[str, ...]]:
     return [p for p in paths if not any(q[: len(p)] == p and len(q) > len(p) for q in paths)]
 
 
+class AdminSocketAccessTests(unittest.TestCase):
+    """Item 8 for ``wire admin``: a socket this user may not open is a
+    permission problem told as such; root is not told to use sudo."""
+
+    def setUp(self):
+        import socket
+
+        from wire.datadir import admin_socket_path
+
+        self.data_dir = tempfile.mkdtemp(prefix="wire-adm-")
+        self.addCleanup(shutil.rmtree, self.data_dir, ignore_errors=True)
+        self.socket_path = admin_socket_path(self.data_dir)
+
+        def listen():
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(self.socket_path)
+            server.listen(1)
+            self.addCleanup(server.close)
+
+        self.listen = listen
+
+    async def message(self) -> str:
+        from wire.admin_ops import AdminError, AdminOps
+
+        with self.assertRaises(AdminError) as caught:
+            await AdminOps(reactor, self.data_dir).keys()
+        return str(caught.exception)
+
+    async def test_a_socket_this_user_may_not_open_says_permission_denied_and_sudo(self):
+        import wire.admin_ops
+
+        self.listen()
+        self.patch(wire.admin_ops.os, "access", lambda path, mode: False)
+        message = await self.message()
+        self.assertEqual(
+            message,
+            f"permission denied on {self.socket_path}: the admin socket is root-only; run as root (sudo wire admin ...)",
+        )
+        self.assertNotIn("wire-admin is unreachable", message)
+
+    async def test_no_socket_as_root_does_not_say_use_sudo(self):
+        import wire.admin_ops
+
+        self.patch(wire.admin_ops.os, "geteuid", lambda: 0)
+        message = await self.message()
+        self.assertIn(f"no admin socket at {self.socket_path}: is wire-server running with this --data-dir", message)
+        self.assertNotIn("sudo", message)
+
+    async def test_no_socket_as_another_user_says_use_sudo(self):
+        import wire.admin_ops
+
+        self.patch(wire.admin_ops.os, "geteuid", lambda: 1000)
+        self.assertIn("The socket is root-only: use sudo", await self.message())
+
+
 class GlobalOptionTests(unittest.TestCase):
     """--config-dir, --data-dir and --json before or after any (sub)command."""
 
