@@ -348,6 +348,9 @@ async def down(ctx: Context) -> dict:
     forget_join_request(ctx.config_dir)  # a join still pending is called off
     await _remove_interface(ctx, interface)
     result = {"ok": True, "node_name": node_name, "interface": interface, "interface_removed": True, "server_told": server_told}
+    if config is None and not broken and request is not None:
+        # A join that never got as far as enrolling: no server knows this node.
+        result["join_called_off"] = request.server_url
     if broken:
         result["note"] = f"{broken}; to join again: sudo wire up --join TOKEN (it replaces the file)"
     return result
