@@ -297,6 +297,17 @@ def runnable_paths() -> list[tuple[str, ...]]:
     return [p for p in paths if not any(q[: len(p)] == p and len(q) > len(p) for q in paths)]
 
 
+class DemoKeptMessageTests(unittest.TestCase):
+    def test_a_kept_demo_says_where_its_dirs_are_and_how_to_look_and_to_clean(self):
+        from wire.demo import kept_message
+
+        message = kept_message("wl8406", "/tmp/wire-lab-x", ["alpha", "beta"])
+        self.assertIn("namespaces wl8406-*, config and data dirs in /tmp/wire-lab-x", message)
+        self.assertIn("sudo ip netns exec wl8406-alpha wire --config-dir /tmp/wire-lab-x/alpha status", message)
+        self.assertIn("sudo wire admin --data-dir /tmp/wire-lab-x/server nodes list", message)
+        self.assertTrue(message.endswith("remove it with: wire demo --clean wl8406"))
+
+
 class AdminSocketAccessTests(unittest.TestCase):
     """Item 8 for ``wire admin``: a socket this user may not open is a
     permission problem told as such; root is not told to use sudo."""
