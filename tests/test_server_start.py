@@ -485,6 +485,15 @@ class ConfigFileTests(unittest.TestCase):
         self.assertEqual((options["port"], options["data-dir"], options["public-url"]), (8787, "/var/lib/wire", "https://vpn.example.org:8787"))
         self.assertEqual(options.from_file, {"port", "data-dir", "public-url", "subnet", "offline-after", "expire-after", "open"})
 
+    def test_the_readme_runs_wire_server_through_twistd(self):
+        # A newcomer copies these: a bare 'wire-server' is no command.
+        import re
+
+        with open(os.path.join(CHECKOUT, "README.md")) as f:
+            readme = " ".join(f.read().split())
+        for match in re.finditer(r"`([^`]*\bwire-server --[^`]*)`", readme):
+            self.assertIn("twistd", match.group(1), match.group(1))
+
     def test_a_bad_environment_variable_is_named(self):
         self.write("open = true\n")
         self.patch(os, "environ", {"WIRE_PORT": "abc", "WIRE_VPN_SUBNET": "banana"})
