@@ -139,6 +139,14 @@ class UsageErrorTests(unittest.TestCase):
         self.assertEqual((code, len(lines)), (2, 1), lines)
         self.assertIn("--prot", lines[0])
 
+    def test_a_stray_argument_is_named(self):
+        code, lines = self.parse_as_twistd_does("--data-dir", short_dir(self), "8787")
+        self.assertEqual(code, 2)
+        self.assertEqual(
+            lines,
+            ["wire-server: unexpected argument '8787': wire-server takes options only (e.g. --port 8787) (see: twistd wire-server --help)"],
+        )
+
     def test_called_directly_it_raises_usage_error(self):
         with self.assertRaises(usage.UsageError):
             Options().parseOptions(["--subnet", "banana"])
