@@ -421,6 +421,16 @@ class GlobalOptionTests(unittest.TestCase):
             for option in ("--config-dir DIR", "--data-dir DIR", "--json"):
                 self.assertIn(option, text, path)
 
+    def test_up_and_keys_create_help_say_what_they_do(self):
+        for path, words in (
+            (("up",), "The first time: sudo wire up --join TOKEN"),
+            (("up",), "Later runs need no arguments, and running the join command again is harmless."),
+            (("admin", "keys", "create"), "prints the command to run on the new machine: sudo wire up --join TOKEN"),
+        ):
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(cli.parse_args([*path, "--help"], out, err), 0, path)
+            self.assertIn(words, " ".join(out.getvalue().split()), path)
+
     def test_an_empty_directory_is_bad_usage(self):
         for argv in (["status", "--config-dir", ""], ["--data-dir", " ", "admin", "audit"]):
             out, err = io.StringIO(), io.StringIO()
