@@ -297,6 +297,72 @@ def runnable_paths() -> list[tuple[str, ...]]:
     return [p for p in paths if not any(q[: len(p)] == p and len(q) > len(p) for q in paths)]
 
 
+class DemoKeptMessageTests(unittest.TestCase):
+    def test_a_kept_demo_says_where_its_dirs_are_and_how_to_look_and_to_clean(self):
+        from wire.demo import kept_message
+
+        message = kept_message("wl8406", "/tmp/wire-lab-x", ["alpha", "beta"])
+        self.assertIn("namespaces wl8406-*, config and data dirs in /tmp/wire-lab-x", message)
+        self.assertIn("sudo ip netns exec wl8406-alpha wire --config-dir /tmp/wire-lab-x/alpha status", message)
+        self.assertIn("sudo wire admin --data-dir /tmp/wire-lab-x/server nodes list", message)
+        self.assertTrue(message.endswith("remove it with: wire demo --clean wl8406"))
+
+
+class AdminSocketAccessTests(unittest.TestCase):
+    """Item 8 for ``wire admin``: a socket this user may not open is a
+    permission problem told as such; root is not told to use sudo."""
+
+    def setUp(self):
+        import socket
+
+        from wire.datadir import admin_socket_path
+
+        self.data_dir = tempfile.mkdtemp(prefix="wire-adm-")
+        self.addCleanup(shutil.rmtree, self.data_dir, ignore_errors=True)
+        self.socket_path = admin_socket_path(self.data_dir)
+
+        def listen():
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(self.socket_path)
+            server.listen(1)
+            self.addCleanup(server.close)
+
+        self.listen = listen
+
+    async def message(self) -> str:
+        from wire.admin_ops import AdminError, AdminOps
+
+        with self.assertRaises(AdminError) as caught:
+            await AdminOps(reactor, self.data_dir).keys()
+        return str(caught.exception)
+
+    async def test_a_socket_this_user_may_not_open_says_permission_denied_and_sudo(self):
+        import wire.admin_ops
+
+        self.listen()
+        self.patch(wire.admin_ops.os, "access", lambda path, mode: False)
+        message = await self.message()
+        self.assertEqual(
+            message,
+            f"permission denied on {self.socket_path}: the admin socket is root-only; run as root (sudo wire admin ...)",
+        )
+        self.assertNotIn("wire-admin is unreachable", message)
+
+    async def test_no_socket_as_root_does_not_say_use_sudo(self):
+        import wire.admin_ops
+
+        self.patch(wire.admin_ops.os, "geteuid", lambda: 0)
+        message = await self.message()
+        self.assertIn(f"no admin socket at {self.socket_path}: is wire-server running with this --data-dir", message)
+        self.assertNotIn("sudo", message)
+
+    async def test_no_socket_as_another_user_says_use_sudo(self):
+        import wire.admin_ops
+
+        self.patch(wire.admin_ops.os, "geteuid", lambda: 1000)
+        self.assertIn("The socket is root-only: use sudo", await self.message())
+
+
 class GlobalOptionTests(unittest.TestCase):
     """--config-dir, --data-dir and --json before or after any (sub)command."""
 
@@ -354,6 +420,16 @@ class GlobalOptionTests(unittest.TestCase):
             self.assertIn("global options (before or after the command):", text, path)
             for option in ("--config-dir DIR", "--data-dir DIR", "--json"):
                 self.assertIn(option, text, path)
+
+    def test_up_and_keys_create_help_say_what_they_do(self):
+        for path, words in (
+            (("up",), "The first time: sudo wire up --join TOKEN"),
+            (("up",), "Later runs need no arguments, and running the join command again is harmless."),
+            (("admin", "keys", "create"), "prints the command to run on the new machine: sudo wire up --join TOKEN"),
+        ):
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(cli.parse_args([*path, "--help"], out, err), 0, path)
+            self.assertIn(words, " ".join(out.getvalue().split()), path)
 
     def test_an_empty_directory_is_bad_usage(self):
         for argv in (["status", "--config-dir", ""], ["--data-dir", " ", "admin", "audit"]):

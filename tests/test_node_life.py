@@ -343,6 +343,20 @@ class CorruptConfigTests(unittest.TestCase):
         self.assertEqual((result["ok"], result["node_name"]), (True, "web1"))
         self.assertEqual(load_config(mesh.config_dir).node_name, "web1", "config.json rewritten by the daemon")
 
+    async def test_join_again_over_a_corrupt_config_while_the_daemon_runs_removes_its_interface(self):
+        # Found trying it: the new daemon made wire0 while the old one's
+        # interface stayed, holding the port ("Address already in use").
+        mesh = AuthMesh(self)
+        token = mesh.token()
+        runner = launching(self, mesh)
+        await ops.up(mesh.context(), join=token, name="web1", interface="wt9")
+        with open(config_path(mesh.config_dir), "w") as f:
+            f.write("{not json")
+        mesh.runner.expect(["ip", "link", "delete", "dev", "wt9"])
+        expect_launch(runner, mesh)
+        result = await ops.up(mesh.context(), join=token)
+        self.assertEqual((result["ok"], result["node_name"], result["interface"]), (True, "web1", "wire0"))
+
     async def test_down_with_nothing_but_a_pending_join(self):
         mesh = Mesh(self)
         save_join_request(mesh.config_dir, JoinRequest(mesh.url, interface="wt9"))

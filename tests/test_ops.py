@@ -536,6 +536,21 @@ class DownTests(unittest.TestCase):
         result = await ops.down(self.mesh.context())
         self.assertEqual((result["ok"], result["server_told"]), (True, False))
 
+    async def test_a_join_that_never_enrolled_is_called_off_not_told_to_a_server(self):
+        os.remove(config_path(self.mesh.config_dir))
+        save_join_request(self.mesh.config_dir, JoinRequest(server_url="https://198.51.100.7:8787", node_name="eve"))
+        self.expect_link_delete()
+        result = await ops.down(self.mesh.context())
+        self.assertEqual((result["ok"], result["node_name"], result["join_called_off"]), (True, "eve", "https://198.51.100.7:8787"))
+        self.assertFalse(os.path.exists(os.path.join(self.mesh.config_dir, "join.json")))
+        from wire.cli.formatting import Style, format_down
+
+        self.assertEqual(
+            format_down(result, Style(False)),
+            "eve is down: interface wire0 removed; the join with https://198.51.100.7:8787 was called off "
+            "(it never enrolled, so no server knows this node)",
+        )
+
     async def test_interface_that_cannot_be_removed(self):
         self.expect_link_delete(rc=2, stderr=b"RTNETLINK answers: Operation not permitted\n")
         with self.assertRaises(ops.OpError) as caught:
@@ -976,6 +991,22 @@ class NotJoinedHintTests(unittest.TestCase):
 
     def check(self, result: dict, name: str) -> dict:
         return next(c for c in result["checks"] if c["check"] == name)
+
+    async def test_a_join_still_under_way_is_not_told_as_not_joined(self):
+        # Item 3: 'wire up' gave up waiting on an unreachable server and said
+        # "see 'wire status'"; the daemon still holds the join request.
+        save_join_request(self.mesh.config_dir, JoinRequest(server_url="https://198.51.100.7:8787", node_name="web1"))
+        log = os.path.join(self.mesh.config_dir, "wire-node.log")
+        expected = (
+            "this machine is still joining https://198.51.100.7:8787: the daemon keeps trying in the background "
+            f"(its log: {log}); wait, or stop it with: sudo wire down"
+        )
+        for call in (ops.status, ops.peers, ops.watchdog, lambda ctx: ops.explain(ctx, "db1")):
+            with self.assertRaises(ops.OpError) as caught:
+                await call(self.mesh.context())
+            self.assertEqual(str(caught.exception), expected)
+        config = self.check(await ops.diagnose(self.mesh.context()), "config")
+        self.assertEqual((config["ok"], config["suggestion"]), (False, "wait, or stop it with: sudo wire down"))
 
     async def test_permission_denied_says_run_as_root(self):
         self.mesh.configure("web1")

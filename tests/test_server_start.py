@@ -139,6 +139,14 @@ class UsageErrorTests(unittest.TestCase):
         self.assertEqual((code, len(lines)), (2, 1), lines)
         self.assertIn("--prot", lines[0])
 
+    def test_a_stray_argument_is_named(self):
+        code, lines = self.parse_as_twistd_does("--data-dir", short_dir(self), "8787")
+        self.assertEqual(code, 2)
+        self.assertEqual(
+            lines,
+            ["wire-server: unexpected argument '8787': wire-server takes options only (e.g. --port 8787) (see: twistd wire-server --help)"],
+        )
+
     def test_called_directly_it_raises_usage_error(self):
         with self.assertRaises(usage.UsageError):
             Options().parseOptions(["--subnet", "banana"])
@@ -484,6 +492,15 @@ class ConfigFileTests(unittest.TestCase):
         options = self.parse()
         self.assertEqual((options["port"], options["data-dir"], options["public-url"]), (8787, "/var/lib/wire", "https://vpn.example.org:8787"))
         self.assertEqual(options.from_file, {"port", "data-dir", "public-url", "subnet", "offline-after", "expire-after", "open"})
+
+    def test_the_readme_runs_wire_server_through_twistd(self):
+        # A newcomer copies these: a bare 'wire-server' is no command.
+        import re
+
+        with open(os.path.join(CHECKOUT, "README.md")) as f:
+            readme = " ".join(f.read().split())
+        for match in re.finditer(r"`([^`]*\bwire-server --[^`]*)`", readme):
+            self.assertIn("twistd", match.group(1), match.group(1))
 
     def test_a_bad_environment_variable_is_named(self):
         self.write("open = true\n")

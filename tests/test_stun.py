@@ -502,6 +502,13 @@ class ProbeClientTests(unittest.TestCase):
     def probe(self, **kwargs: Any) -> Deferred[MappedAddress]:
         return Deferred.fromCoroutine(probe_mapped_address(self.reactor, SERVER, 3478, **kwargs))
 
+    def test_a_probe_logs_no_starting_and_stopping_protocol_lines(self) -> None:
+        d = self.probe(local_port=51820, timeout=0.5, attempts=1)
+        [port] = self.reactor.ports
+        self.assertFalse(port.protocol.noisy)
+        self.reactor.advance(0.5)
+        self.failureResultOf(d, StunTimeout)
+
     def test_retransmits_then_times_out_and_releases_the_port(self) -> None:
         d = self.probe(local_port=51820, timeout=0.5, attempts=3)
         [port] = self.reactor.ports

@@ -131,6 +131,15 @@ class UpTests(Scripted):
         self.assertTrue(process.running)
         self.assert_key_only_on_stdin()
 
+    def test_wireguard_go_is_started_without_its_banner(self) -> None:
+        # On a kernel with WireGuard it would box nine lines into the log at each start.
+        self.script_userspace_up()
+        d = self.up()
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        [start] = [call for call in self.runner.calls if call.kind == "start"]
+        self.assertEqual((start.argv, start.env), (tuple(WIREGUARD_GO), {"WG_PROCESS_FOREGROUND": "1"}))
+
     def test_use_kernel_false_goes_straight_to_wireguard_go(self) -> None:
         wg = LinuxWireGuard(self.runner, NAME, clock=self.clock, use_kernel=False, **POLLING)
         self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)

@@ -49,10 +49,15 @@ class AdminOps:
     async def _call(self, request) -> dict:
         if not os.path.exists(self.socket):
             request.close()
+            # As another user the data dir may hide the socket: say so. Root sees it.
+            hint = "" if os.geteuid() == 0 else " The socket is root-only: use sudo"
             raise AdminError(
                 f"no admin socket at {self.socket}: is wire-server running with this --data-dir "
-                "(and without --open)? The socket is root-only: use sudo"
+                f"(and without --open)?{hint}"
             )
+        if not os.access(self.socket, os.R_OK | os.W_OK):
+            request.close()
+            raise AdminError(f"permission denied on {self.socket}: the admin socket is root-only; run as root (sudo wire admin ...)")
         try:
             return await request
         except ServerError as e:

@@ -236,12 +236,24 @@ async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=prin
         ok = all(matrix.values())
         out("all pairs reach each other" if ok else "some pairs failed")
         if keep:
-            out(f"--keep: the lab stays up (namespaces {mesh.lab.prefix}-*); remove it with: wire demo --clean {mesh.lab.prefix}")
+            out(kept_message(mesh.lab.prefix, mesh._workdir, sorted(mesh.nodes)))
             return ok
     finally:
         if not keep:
             await mesh.teardown()
     return ok
+
+
+def kept_message(prefix: str, workdir: str, names: list[str]) -> str:
+    """What ``--keep`` leaves and how to use it: each node's config dir is in
+    ``workdir`` and its commands run inside its namespace."""
+    example = names[0] if names else "NODE"
+    return (
+        f"--keep: the lab stays up (namespaces {prefix}-*, config and data dirs in {workdir}); "
+        f"a node's view: sudo ip netns exec {prefix}-{example} wire --config-dir {workdir}/{example} status; "
+        f"the server's: sudo wire admin --data-dir {workdir}/server nodes list; "
+        f"remove it with: wire demo --clean {prefix}"
+    )
 
 
 async def clean_demo(reactor, runner: IProcessRunner, prefix: str) -> None:

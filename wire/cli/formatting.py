@@ -101,7 +101,12 @@ def format_up(result: dict, style: Style) -> str:
 
 
 def format_down(result: dict, style: Style) -> str:
-    told = "the server was told" if result["server_told"] else "the server could not be told (it shows the node offline after its heartbeat timeout)"
+    if result.get("join_called_off"):
+        told = f"the join with {result['join_called_off']} was called off (it never enrolled, so no server knows this node)"
+    elif result["server_told"]:
+        told = "the server was told"
+    else:
+        told = "the server could not be told (it shows the node offline after its heartbeat timeout)"
     text = f"{result['node_name'] or 'this node'} is down: interface {result['interface']} removed; {told}"
     if result.get("note"):
         text += f"\nnote: {result['note']}"

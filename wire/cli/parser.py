@@ -58,13 +58,21 @@ def build_parser() -> WireParser:
     parser.add_argument("--version", action="version", version=f"wire {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    up = commands.add_parser("up", help="join the mesh (first time: --join TOKEN, or --server URL for an open server)")
+    up = commands.add_parser(
+        "up",
+        help="join the mesh (first time: --join TOKEN, or --server URL for an open server)",
+        description=(
+            "Join the mesh, or start this node again. The first time: sudo wire up --join TOKEN "
+            "(the token from 'wire admin keys create' on the server), or --server URL for an open server. "
+            "Later runs need no arguments, and running the join command again is harmless."
+        ),
+    )
     up.add_argument("--join", "-j", metavar="TOKEN", help="a join token from 'wire admin keys create' on the server")
-    up.add_argument("--server", "-s", help="an open (seed-compatible) server's URL, e.g. http://HOST:8787")
+    up.add_argument("--server", "-s", metavar="URL", help="an open (seed-compatible) server's URL, e.g. http://HOST:8787")
     up.add_argument("--name", "-n", help="this node's name (default: hostname)")
     up.add_argument("--port", "-p", type=int, help="WireGuard listen port (default 51820)")
-    up.add_argument("--interface", help="WireGuard interface name (default wire0)")
-    up.add_argument("--wait", type=float, default=30.0, help="seconds to wait for registration (default 30)")
+    up.add_argument("--interface", metavar="IF", help="WireGuard interface name (default wire0)")
+    up.add_argument("--wait", metavar="SECONDS", type=float, default=30.0, help="seconds to wait for registration (default 30)")
 
     commands.add_parser("down", help="leave the mesh: stop the daemon and remove the interface")
 
@@ -94,7 +102,11 @@ def build_parser() -> WireParser:
     admin = commands.add_parser("admin", help="administer a coordination server on this machine (root)")
     topics = admin.add_subparsers(dest="topic", metavar="TOPIC", required=True)
     keys = topics.add_parser("keys", help="join keys").add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = keys.add_parser("create", help="a new join key; prints the join command")
+    create = keys.add_parser(
+        "create",
+        help="a new join key; prints the join command",
+        description="A new join key (one-time unless --reusable); prints the command to run on the new machine: sudo wire up --join TOKEN.",
+    )
     create.add_argument("--reusable", action="store_true", help="any number of nodes may join with it (default: one)")
     create.add_argument("--expires", metavar="DURATION", type=_duration, help="how long it may be used: a number and a unit (s, m, h, d, w), e.g. 30m, 24h, 7d (default: never)")
     create.add_argument("--note", default="", help="what it is for")

@@ -24,7 +24,7 @@ from wire.node.config import (
 )
 from wire.node.control import control_socket_path
 from wire.node.daemon import REJOIN, REMOVED, removed_message  # noqa: F401  (the daemon's words; ops modules import them from here)
-from wire.node.enroll import coordination_client, load_credential
+from wire.node.enroll import coordination_client, load_credential, load_join_request
 from wire.protocol import ProtocolError
 from wire.runner import IProcessRunner, ProcessRunner
 
@@ -108,8 +108,24 @@ class Context:
                     f"{self.config_dir} has no config, and this machine's node is set up as root in {self.system_config_dir}",
                     RUN_AS_ROOT,
                 )
+            joining = self._pending_join()
+            if joining is not None:
+                # 'wire up' gave up waiting; the daemon has not.
+                raise ConfigProblem(
+                    f"this machine is still joining {joining}: the daemon keeps trying in the background "
+                    f"(its log: {os.path.join(self.config_dir, 'wire-node.log')})",
+                    "wait, or stop it with: sudo wire down",
+                )
             raise ConfigProblem(f"this machine has not joined a mesh ({self.config_dir} has no config)", JOIN_HINT)
         return config
+
+    def _pending_join(self) -> str | None:
+        """The server of a join request the daemon still works on (join.json), or None."""
+        try:
+            request = load_join_request(self.config_dir)
+        except (ConfigError, OSError):
+            return None
+        return request.server_url if request is not None else None
 
     def _root_has_config(self) -> bool:
         try:

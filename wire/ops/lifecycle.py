@@ -103,9 +103,14 @@ async def up(
     # token for a stopped node (its credential is tried first).
     _check_port(wanted.listen_port, running, saved)
     await _stop_running_daemon(ctx)
-    if saved is not None and saved.interface != wanted.interface:
-        # The daemon adopts only its own interface: the old one would stay behind.
-        await _remove_interface(ctx, saved.interface)
+    # The running daemon's interface is the real one (with a config.json that
+    # cannot be read, it is the only record of it).
+    old_interface = running["interface"].get("name") if running is not None else None
+    old_interface = old_interface or (saved.interface if saved is not None else None)
+    if old_interface and old_interface != wanted.interface:
+        # The daemon adopts only its own interface: the old one would stay
+        # behind, holding the WireGuard port.
+        await _remove_interface(ctx, old_interface)
     save_join_request(ctx.config_dir, request)
     return await _start(ctx, wait, progress, started_fresh=True)
 
@@ -348,6 +353,9 @@ async def down(ctx: Context) -> dict:
     forget_join_request(ctx.config_dir)  # a join still pending is called off
     await _remove_interface(ctx, interface)
     result = {"ok": True, "node_name": node_name, "interface": interface, "interface_removed": True, "server_told": server_told}
+    if config is None and not broken and request is not None:
+        # A join that never got as far as enrolling: no server knows this node.
+        result["join_called_off"] = request.server_url
     if broken:
         result["note"] = f"{broken}; to join again: sudo wire up --join TOKEN (it replaces the file)"
     return result

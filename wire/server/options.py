@@ -88,6 +88,11 @@ class Options(usage.Options):
             print(f"wire-server: {e} (see: twistd wire-server --help)", file=sys.stderr)
             raise SystemExit(2)
 
+    def parseArgs(self, *args: str) -> None:
+        # usage.Options says "Wrong number of arguments." without naming one.
+        if args:
+            raise usage.UsageError(f"unexpected argument {args[0]!r}: wire-server takes options only (e.g. --port 8787)")
+
     def opt_trusted_proxy(self, address: str) -> None:
         """a proxy (address or network) whose X-Forwarded-For header names the client; repeatable [none]"""
         self["trusted-proxy"].append(_network("--trusted-proxy", address))

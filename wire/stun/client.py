@@ -49,6 +49,8 @@ class _Transaction:
 class _BindingClient(DatagramProtocol):
     """Runs Binding transactions from one UDP socket, several at once."""
 
+    noisy = False  # no "Starting/Stopping protocol" lines per probe: the daemon logs the result
+
     def __init__(self, clock: Any):
         self._clock = clock
         self._transactions: dict[bytes, _Transaction] = {}

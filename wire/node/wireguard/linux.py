@@ -125,7 +125,9 @@ class LinuxWireGuard(WireGuardBase):
                 reason=reason or describe_exit(result.rc),
             )
         try:
-            process = self._start_wireguard_go(["wireguard-go", "-f", self.name])
+            # WG_PROCESS_FOREGROUND=1 (what -f means) also spares the daemon's
+            # log wireguard-go's nine-line "not required" banner at every start.
+            process = self._start_wireguard_go(["wireguard-go", "-f", self.name], env={"WG_PROCESS_FOREGROUND": "1"})
         except WireGuardUnavailable as e:
             if self._use_kernel:
                 raise WireGuardUnavailable(f"{e.missing}, and the kernel has no WireGuard module") from None
