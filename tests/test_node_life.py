@@ -44,7 +44,10 @@ from wire.node.enroll import (
 from wire.node.events import EventLog
 from wire.node.tap import node_start
 from wire.server.admin import Admin
+from wire.server.api import build_site
 from wire.server.auth import Authority
+from wire.tls import ensure_self_signed
+from wire.tlsserver import PLAIN_HTTP_MESSAGE, TLSServerFactory, server_context
 
 
 class AuthMesh(Mesh):
@@ -58,6 +61,20 @@ class AuthMesh(Mesh):
 
     def token(self) -> str:
         return self.admin.create_key()["token"]
+
+
+class TLSAuthMesh(AuthMesh):
+    """The AuthMesh served over the server's own TLS transport, as a default
+    wire-server is; ``url`` says http:// as a user might type it wrongly."""
+
+    def _listen(self, stun: bool):
+        data_dir = self.test.mktemp()
+        os.makedirs(data_dir)
+        cert_path, key_path = ensure_self_signed(data_dir)
+        factory = TLSServerFactory(server_context(cert_path, key_path), build_site(self.coordinator))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.test.addCleanup(port.stopListening)
+        return port
 
 
 class _Exits(protocol.ProcessProtocol):
@@ -278,6 +295,18 @@ class FailureTests(unittest.TestCase):
             await ops.up(mesh.context(), server=mesh.url, name="web1", wait=20)
         self.assertEqual(str(caught.exception), f"{NEEDS_TOKEN}; the daemon was stopped")
         self.assertFalse(os.path.exists(config_path(mesh.config_dir)))
+        self.assertFalse(os.path.exists(join_request_path(mesh.config_dir)))
+
+    async def test_plain_http_to_an_https_server_is_refused_at_once(self):
+        """Item 5 with http://: the server's TLS port answers plain HTTP
+        with a 400 saying what to do, so nothing waits or retries."""
+        mesh = TLSAuthMesh(self)
+        launching(self, mesh)
+        with self.assertRaises(ops.OpError) as caught:
+            await ops.up(mesh.context(), server=mesh.url, name="web1", wait=20)
+        self.assertIn(PLAIN_HTTP_MESSAGE, str(caught.exception))
+        self.assertIn("the daemon was stopped", str(caught.exception))
+        self.assertNotIn("did not register within", str(caught.exception), "refused, not waited out")
         self.assertFalse(os.path.exists(join_request_path(mesh.config_dir)))
 
     async def test_a_spent_join_key_is_refused_at_once(self):

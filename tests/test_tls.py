@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
@@ -27,10 +28,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from wire.client import CoordinationClient, ServerError, make_http_client
 from wire.server.options import Options
 from wire.server.tap import _api_endpoint
 from wire.tls import PinnedPolicy, ensure_self_signed, read_fingerprint
 from wire.tlsserver import (
+    PLAIN_HTTP_MESSAGE,
     TLS_RECORD_DATA,
     TLSConfigError,
     TLSServerEndpoint,
@@ -229,6 +232,16 @@ class ServerTransportTests(unittest.TestCase):
         conn.tls.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(conn.app.lost.check(ssl.SSLError))
 
+    def test_plain_http_gets_an_http_answer_saying_https(self):
+        conn = self.conn
+        conn.tls.dataReceived(b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertTrue(conn.wire.disconnecting)
+        self.assertEqual(conn.app.data, b"", "nothing reaches the application")
+        head, _, body = conn.wire.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head)
+        self.assertIn(b"Content-Length: %d" % len(body), head)
+        self.assertEqual(json.loads(body), {"error": PLAIN_HTTP_MESSAGE})
+
     def test_garbage_after_the_handshake_ends_the_connection(self):
         conn = self.conn
         conn.handshake()
@@ -306,6 +319,29 @@ class RealSocketTests(unittest.TestCase):
         url = f"https://127.0.0.1:{self.port.getHost().port}/big".encode()
         with self.assertRaises(ResponseNeverReceived):
             yield self.agent("0" * 64).request(b"GET", url)
+
+
+class PlainHttpClientTests(unittest.TestCase):
+    """A plain-HTTP client (http:// for this https:// server) over a real
+    socket: the node's own client reads a 400 that says what to do."""
+
+    def setUp(self):
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        cert_path, key_path = ensure_self_signed(data_dir)
+        endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), server_context(cert_path, key_path))
+        return endpoint.listen(Site(Resource())).addCallback(self._listening)
+
+    def _listening(self, port):
+        self.port = port
+        self.addCleanup(port.stopListening)
+
+    async def test_the_nodes_client_is_told_to_use_https_and_a_join_token(self):
+        url = f"http://127.0.0.1:{self.port.getHost().port}"
+        client = CoordinationClient(make_http_client(reactor, persistent=False), url)
+        with self.assertRaises(ServerError) as caught:
+            await client.health()
+        self.assertEqual((caught.exception.status, caught.exception.message), (400, PLAIN_HTTP_MESSAGE))
 
 
 class EndpointTests(unittest.TestCase):

@@ -16,6 +16,7 @@ is refused, so a write never waits on a read."""
 
 from __future__ import annotations
 
+import json
 import ssl
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -23,6 +24,8 @@ from twisted.internet.interfaces import ISSLTransport, IStreamServerEndpoint, IT
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from wire.protocol import error_body
 
 # A connection's memory BIOs keep, for as long as it lives, the capacity of
 # the most they ever held at once: what the server wrote in one go (every
@@ -61,6 +64,19 @@ def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
         raise TLSConfigError(f"cannot load the TLS certificate {cert_path} / key {key_path}: {e}")
     return context
 
+
+# What a plain-HTTP client is told (see TLSServerProtocol._fail). With TLS
+# on, nodes authenticate: they join with a token, whose URL says https.
+PLAIN_HTTP_MESSAGE = (
+    "this server speaks HTTPS, not plain HTTP: nodes join it with a join token "
+    "(sudo wire up --join TOKEN, the token from 'wire admin keys create' on the server)"
+)
+_PLAIN_HTTP_BODY = json.dumps(error_body(PLAIN_HTTP_MESSAGE)).encode()
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+    + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_PLAIN_HTTP_BODY)
+    + _PLAIN_HTTP_BODY
+)
 
 @implementer(ISSLTransport)
 class TLSServerProtocol(ProtocolWrapper):
@@ -194,9 +210,17 @@ class TLSServerProtocol(ProtocolWrapper):
         self._tcp.loseConnection()
 
     def _fail(self, error: ssl.SSLError) -> None:
-        """A TLS error: send the alert OpenSSL made, if any, and close."""
+        """A TLS error: send the alert OpenSSL made, if any, and close.
+
+        A plain HTTP request instead of a handshake (``http://`` for this
+        ``https://`` server) gets an HTTP answer it can read, saying so: an
+        alert would reach it as a bare closed connection, told to a user as
+        "unreachable" and retried for ever."""
         self._failure = Failure(error)
-        self._flush()
+        if not self._handshake_done and error.reason == "HTTP_REQUEST":
+            self._tcp.write(PLAIN_HTTP_ANSWER)
+        else:
+            self._flush()
         self._tcp.loseConnection()
 
     def connectionLost(self, reason):
