@@ -33,11 +33,11 @@ from wire.node.daemon import (
     HEARTBEAT_INTERVAL,
     PATH_CHECK_INTERVAL,
     REGISTER_AT_LEAST_EVERY,
-    RELAY_GRANTS_AT_ONCE,
     NodeDaemon,
 )
 from wire.node.lan import LanAddress
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
 from wire.node.relay import RelayShim
 from wire.protocol import (
     NetmapAnswer,
@@ -521,7 +521,7 @@ class RuntimeTests(unittest.TestCase):
         self.advance(DIRECT_TIMEOUT + PATH_CHECK_INTERVAL)
         self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
         self.assertEqual(self.endpoint("db2"), "203.0.113.3:40003", "db2 handshook: it stays direct")
-        self.assertTrue(self.daemon.paths.choices[body_for("db2")["node_id"]].verified)
+        self.assertTrue(self.daemon.reconciler.paths.choices[body_for("db2")["node_id"]].verified)
         self.assertEqual(self.server.relay_requests, [body_for("db1")["node_id"]])
 
     def test_a_direct_path_that_goes_silent_falls_back_to_the_relay(self):
@@ -529,7 +529,7 @@ class RuntimeTests(unittest.TestCase):
         self.push([peer_view("db1", 2)])
         self.wireguard.handshake(key_for("db1"))
         self.advance(PATH_CHECK_INTERVAL)
-        self.assertTrue(self.daemon.paths.choices[body_for("db1")["node_id"]].verified)
+        self.assertTrue(self.daemon.reconciler.paths.choices[body_for("db1")["node_id"]].verified)
         self.advance(HANDSHAKE_STALE - PATH_CHECK_INTERVAL)
         self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "fresh enough until now")
         self.advance(PATH_CHECK_INTERVAL)
@@ -546,7 +546,7 @@ class RuntimeTests(unittest.TestCase):
         self.assertEqual(len(self.wireguard.peers), 6, "configured at once, grant or no grant")
         self.assertEqual(self.endpoint("far0"), "203.0.113.10:40010", "keeps its endpoint until its grant comes")
         self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE)
-        self.assertFalse(self.daemon._reconcile_lock.locked, "no reconcile waits on a grant")
+        self.assertFalse(self.daemon.reconciler.reconciling, "no reconcile waits on a grant")
         started = self.clock.seconds()
         self.push([peer_view("db1", 2)], removals=[body_for("far5")["node_id"]])
         self.assertEqual(self.clock.seconds(), started)

@@ -12,8 +12,10 @@ that ``wire up`` waits on through the control socket:
 
 The interface comes up as soon as the address is known (at once with a
 saved one, so tunnels work while the server is away). Then a long-poll
-loop applies each netmap change to WireGuard in one ``wg`` spawn, and a
-heartbeat loop keeps the registration fresh. An unreachable server never
+loop hands each netmap change to the reconciler (:mod:`wire.node.reconciler`,
+the only writer of WireGuard's peers, one ``wg`` spawn a change), a path
+check asks it again every few seconds, and a heartbeat loop keeps the
+registration fresh. An unreachable server never
 removes a peer: the loops retry with a short capped backoff.
 
 A server with authentication counts each long-poll as the node's heartbeat
@@ -30,19 +32,13 @@ from enum import Enum
 from typing import Awaitable, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredLock,
-    DeferredSemaphore,
-)
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 
 from wire.client import (
     LONGPOLL_WAIT,
-    BadAnswer,
     CoordinationClient,
     ServerError,
     ServerUnreachable,
@@ -54,15 +50,15 @@ from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.events import EventLog
 from wire.node.lan import LanAddress
-from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
-from wire.node.paths import Me, PathPlanner
+from wire.node.netmap import NodeNetmap
+from wire.node.paths import Me
+from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
-from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
+from wire.node.wireguard import IWireGuard
 from wire.protocol import (
     Heartbeat,
     NatType,
     NetmapAnswer,
-    PathMode,
     ProtocolError,
     RegisterAnswer,
     Registration,
@@ -80,9 +76,6 @@ BACKOFF_CAP = 4.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
-# Relay grants asked for at once: many relayed peers while the server is
-# slow must not open a request each.
-RELAY_GRANTS_AT_ONCE = 4
 
 
 NEEDS_TOKEN = (
@@ -152,22 +145,6 @@ class Backoff:
         self.current = 0.0
 
 
-@dataclass
-class RuntimeState:
-    """What reconciling remembers from one run to the next."""
-
-    reconcile_wanted: bool = False  # a reconcile is queued behind the lock
-    relay_wanted: set[str] = field(default_factory=set)  # peers the latest reconcile relays
-    grant_slots: DeferredSemaphore = field(default_factory=lambda: DeferredSemaphore(RELAY_GRANTS_AT_ONCE))
-    grants_pending: dict[str, Deferred] = field(default_factory=dict)  # by peer node id
-    grant_failing: set[str] = field(default_factory=set)  # told once, retried quietly
-    last_applied: dict[str, PeerConfig] = field(default_factory=dict)  # by public key
-    # For the log: each peer's last told path, and names of peers now gone.
-    path_seen: dict[str, tuple] = field(default_factory=dict)
-    names_by_key: dict[str, str] = field(default_factory=dict)
-    names_by_id: dict[str, str] = field(default_factory=dict)
-
-
 class RenameRefused(Exception):
     """``wire up --name`` that this daemon cannot carry out; says why."""
 
@@ -200,7 +177,6 @@ class NodeDaemon(Service):
         self._private_key, self.public_key = keys
         self.wireguard = wireguard
         self.client = client
-        self.relay = relay
         self._probe_nat = probe_nat
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
@@ -210,7 +186,6 @@ class NodeDaemon(Service):
         self.contact = ServerContact()
         self.nat: NatReport | None = None
         self.netmap = NodeNetmap(config.node_id)
-        self.paths = PathPlanner()
         # Heartbeats carried by the long-poll: what the server said, what we
         # last registered (None: must register), and when polls went out.
         self.longpoll_heartbeat = False
@@ -228,8 +203,20 @@ class NodeDaemon(Service):
         self._paths_loop = LoopingCall(lambda: self._track(self._paths_once()))
         self._paths_loop.clock = clock
         self._inflight: set[Deferred] = set()
-        self._reconcile_lock = DeferredLock()
-        self._runtime = RuntimeState()
+        # The only writer of WireGuard's peers (the interface itself is ours).
+        self.reconciler = Reconciler(
+            clock=clock,
+            wireguard=wireguard,
+            netmap=self.netmap,
+            client=client,
+            node_id=config.node_id,
+            public_key=self.public_key,
+            me=self.me,
+            track=self._track,
+            interface_up=lambda: self.interface_ready,
+            stopping=lambda: self._stopping,
+            relay=relay,
+        )
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
 
@@ -246,6 +233,11 @@ class NodeDaemon(Service):
     @property
     def _out_of_the_mesh(self) -> bool:
         return self.state.phase in (Phase.STOPPING, Phase.REMOVED)
+
+    def me(self) -> Me:
+        """This node's facts, as the path planner sees them."""
+        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
+        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
 
     def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
         """Move to ``phase`` and announce it (once: a phase repeated is no news)."""
@@ -348,9 +340,7 @@ class NodeDaemon(Service):
         # The interface stays: a restarted daemon adopts it, tunnels unbroken.
         self.wireguard.detach()
         super().stopService()
-        if self.relay is not None:
-            return Deferred.fromCoroutine(self.relay.stop())
-        return None
+        return Deferred.fromCoroutine(self.reconciler.stop())
 
     async def _probe_nat_safely(self) -> NatReport | None:
         try:
@@ -390,7 +380,7 @@ class NodeDaemon(Service):
             return
         self.log.warn("interface {name} was lost ({reason}); restoring it", name=self.wireguard.name, reason=reason)
         await self._bring_up_interface()
-        await self.reconcile()
+        await self.reconciler.reconcile()
 
     # -- enrollment and registration -----------------------------------------
 
@@ -620,7 +610,7 @@ class NodeDaemon(Service):
 
     async def _paths_once(self) -> None:
         try:
-            await self.reconcile()
+            await self.reconciler.reconcile()
         except Exception:
             self.log.failure("checking peer paths failed")
 
@@ -699,11 +689,9 @@ class NodeDaemon(Service):
             # A new server run: the next heartbeat registers, and learns
             # whether that server counts our long-polls.
             self._registered_body = None
-            if self.relay is not None:
-                # It has forgotten every relay session too: ask again.
-                await self.relay.reset()
+            await self.reconciler.relay_sessions_lost()
         try:
-            await self.reconcile()
+            await self.reconciler.reconcile()
         except Exception:
             # A raising body would stop the loop for good; try again shortly.
             self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
@@ -712,181 +700,6 @@ class NodeDaemon(Service):
         if was_unreachable and answer.full and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
-
-    # -- paths -----------------------------------------------------------------
-
-    def me(self) -> Me:
-        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
-        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
-
-    async def reconcile(self) -> None:
-        """Bring WireGuard in line with the netmap and each peer's chosen path."""
-        await self._reconcile_lock.acquire()
-        try:
-            await self._reconcile_now()
-        finally:
-            self._reconcile_lock.release()
-
-    def _reconcile_soon(self) -> None:
-        """Reconcile once more (a relay session is ready), however many ask
-        before that reconcile starts."""
-        if self._runtime.reconcile_wanted or self._stopping:
-            return
-        self._runtime.reconcile_wanted = True
-        self._track(self._queued_reconcile())
-
-    async def _queued_reconcile(self) -> None:
-        await self._reconcile_lock.acquire()
-        self._runtime.reconcile_wanted = False  # asked from here on: one more
-        try:
-            await self._reconcile_now()
-        except CancelledError:
-            raise
-        except Exception:
-            self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
-        finally:
-            self._reconcile_lock.release()
-
-    async def _reconcile_now(self) -> None:
-        # Waits only on WireGuard: relay grants come in the background
-        # (_relay_endpoint), so a server that is away stalls no reconcile.
-        if not self.interface_ready or self._stopping:
-            return
-        status = {p.public_key: p for p in (await self.wireguard.status()).peers}
-        handshakes = {key: p.latest_handshake for key, p in status.items()}
-        # What each peer has now: what we last set (WireGuard's own view
-        # may have roamed), else what the interface held when we came.
-        held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
-        choices = self.paths.plan(self.me(), self.netmap.peers, handshakes, self.clock.seconds())
-        self._log_path_changes(choices)
-        desired: dict[str, PeerConfig] = {}
-        # Filled as we go: a grant that comes at once checks it.
-        relayed: set[str] = set()
-        self._runtime.relay_wanted = relayed
-        for node_id, peer in self.netmap.peers.items():
-            endpoint = endpoint_for(peer, self.contact.public_ip)
-            if choices[node_id].mode is PathMode.RELAY and self.relay is not None:
-                relayed.add(node_id)
-                relay_endpoint = self._relay_endpoint(peer)
-                if relay_endpoint is not None:
-                    endpoint = relay_endpoint
-                elif peer.wg_public_key in held:
-                    # Its grant is on the way: it keeps the endpoint it has.
-                    endpoint = held[peer.wg_public_key].endpoint or endpoint
-            desired[peer.wg_public_key] = PeerConfig(
-                public_key=peer.wg_public_key,
-                allowed_ips=(f"{peer.vpn_ip}/32",),
-                endpoint=endpoint,
-                persistent_keepalive=PERSISTENT_KEEPALIVE,
-            )
-        self._runtime.grant_failing &= relayed
-        if self.relay is not None:
-            # Back to direct, or gone from the mesh: its session ends.
-            for node_id in set(self.relay.sessions()) - relayed:
-                await self.relay.remove(node_id)
-                self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
-        self._log_peer_changes(held, desired)
-        changed = await self.wireguard.apply(desired)
-        self._runtime.last_applied = desired
-        if changed:
-            self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
-        else:
-            self.log.debug("peers unchanged; {total} peers", total=len(desired))
-
-    def _relay_endpoint(self, peer) -> str | None:
-        """The loopback endpoint of the peer's live relay session, or None
-        while its grant is fetched (asked for here, in the background: at
-        most RELAY_GRANTS_AT_ONCE at a time, one per peer)."""
-        assert self.relay is not None
-        session = self.relay.sessions().get(peer.node_id)
-        if session is not None and not self.relay.is_dead(peer.node_id):
-            return session.endpoint
-        if peer.node_id not in self._runtime.grants_pending:
-            fetching = self._track(self._fetch_grant(peer))
-            if not fetching.called:
-                self._runtime.grants_pending[peer.node_id] = fetching
-                return None
-            # Answered at once (a grant in memory): use it now.
-            session = self.relay.sessions().get(peer.node_id)
-            if session is not None and not self.relay.is_dead(peer.node_id):
-                return session.endpoint
-        return None
-
-    async def _fetch_grant(self, peer) -> None:
-        name = peer.node_name or peer.node_id
-        try:
-            await self._runtime.grant_slots.acquire()
-            try:
-                grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
-            finally:
-                self._runtime.grant_slots.release()
-            if peer.node_id not in self._runtime.relay_wanted or self._stopping or self.relay is None:
-                return  # went direct (or left) meanwhile
-            endpoint = await self.relay.add(grant)
-        except CancelledError:
-            raise
-        except BadAnswer as e:  # before ServerError, which it is
-            self._grant_failed(peer.node_id, "bad relay grant for {peer}: {error}", peer=name, error=e.error)
-            return
-        except (ServerUnreachable, ServerError) as e:
-            self._grant_failed(peer.node_id, "no relay session for {peer} yet: {error}", peer=name, error=e)
-            return
-        except Exception:
-            self.log.failure("starting the relay session for {peer} failed", peer=name)
-            return
-        finally:
-            self._runtime.grants_pending.pop(peer.node_id, None)
-        self._runtime.grant_failing.discard(peer.node_id)
-        self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
-        self._reconcile_soon()
-
-    def _grant_failed(self, node_id: str, message: str, **fields) -> None:
-        # Said once; the retries (one at each reconcile) are routine.
-        log = self.log.debug if node_id in self._runtime.grant_failing else self.log.warn
-        log(message, **fields)
-        self._runtime.grant_failing.add(node_id)
-
-    def _peer_name(self, node_id: str) -> str:
-        """A peer's name for the log (a gone peer's from the last reconcile)."""
-        peer = self.netmap.peers.get(node_id)
-        return (peer.node_name if peer is not None else self._runtime.names_by_id.get(node_id)) or node_id
-
-    def _log_path_changes(self, choices) -> None:
-        """A peer's new path (with why), and a path proven by a handshake."""
-        for node_id, choice in choices.items():
-            seen = (choice.mode, choice.reason, choice.verified)
-            before = self._runtime.path_seen.get(node_id)
-            if seen == before:
-                continue
-            self._runtime.path_seen[node_id] = seen
-            if before is not None and before[:2] == seen[:2]:
-                if choice.verified:
-                    self.log.info("{peer}: the {mode} path works", peer=self._peer_name(node_id), mode=choice.mode)
-                continue
-            self.log.info("{peer}: {reason}", peer=self._peer_name(node_id), reason=choice.summary)
-        for node_id in set(self._runtime.path_seen) - set(choices):
-            del self._runtime.path_seen[node_id]
-
-    def _log_peer_changes(self, held: dict[str, PeerStatus | PeerConfig], desired: dict[str, PeerConfig]) -> None:
-        """Each added, moved or removed peer, by name (keys mean nothing to a reader)."""
-        names = {peer.wg_public_key: (peer.node_name or peer.node_id) for peer in self.netmap.peers.values()}
-        for key, config in desired.items():
-            before = held.get(key)
-            if before is None:
-                self.log.info(
-                    "{peer}: added ({address}, endpoint {endpoint})",
-                    peer=names[key],
-                    address=config.allowed_ips[0],
-                    endpoint=config.endpoint or "none yet",
-                )
-            elif before.endpoint != config.endpoint and config.endpoint is not None:
-                self.log.info(
-                    "{peer}: endpoint {old} -> {new}", peer=names[key], old=before.endpoint, new=config.endpoint
-                )
-        for key in set(held) - set(desired):
-            self.log.info("{peer}: removed", peer=self._runtime.names_by_key.get(key, "a peer no longer in the netmap"))
-        self._runtime.names_by_key = names
-        self._runtime.names_by_id = {p.node_id: p.node_name for p in self.netmap.peers.values() if p.node_name}
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:
@@ -919,8 +732,7 @@ class NodeDaemon(Service):
         except (ServerUnreachable, ServerError) as e:
             self.log.warn("could not tell the server we are leaving: {error}", error=e)
             told = False
-        if self.relay is not None:
-            await self.relay.stop()
+        await self.reconciler.stop()
         await self.wireguard.down()
         self.state.interface_up = False
         return told
