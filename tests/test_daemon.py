@@ -29,12 +29,8 @@ from wire.debuglog import show_debug
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
-from wire.node.daemon import (
-    HEARTBEAT_INTERVAL,
-    PATH_CHECK_INTERVAL,
-    REGISTER_AT_LEAST_EVERY,
-    NodeDaemon,
-)
+from wire.node.daemon import PATH_CHECK_INTERVAL, NodeDaemon
+from wire.node.heartbeat import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY
 from wire.node.lan import LanAddress
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
 from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
@@ -380,7 +376,7 @@ class LongPollHeartbeatTests(unittest.TestCase):
 
     def test_no_register_while_the_longpoll_works(self):
         self.start()
-        self.assertTrue(self.daemon.longpoll_heartbeat)
+        self.assertTrue(self.daemon.heartbeat.longpoll)
         self.assertEqual(self.registrations_over(300), 0)
         self.assertTrue(self.daemon.heartbeat_carried_by_longpoll())
         self.assertGreaterEqual(self.server.polls, 12, "the long-poll kept going")
@@ -388,7 +384,7 @@ class LongPollHeartbeatTests(unittest.TestCase):
     def test_open_server_gets_every_heartbeat(self):
         self.server.heartbeat = None
         self.start()
-        self.assertFalse(self.daemon.longpoll_heartbeat)
+        self.assertFalse(self.daemon.heartbeat.longpoll)
         self.assertEqual(self.registrations_over(300), 10)
 
     def test_a_changed_body_registers_at_the_next_tick(self):

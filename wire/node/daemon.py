@@ -18,11 +18,9 @@ check asks it again every few seconds, and a heartbeat loop keeps the
 registration fresh. An unreachable server never
 removes a peer: the loops retry with a short capped backoff.
 
-A server with authentication counts each long-poll as the node's heartbeat
-(its register answer says ``"heartbeat": "longpoll"``). Then the heartbeat
-loop sends ``POST /register`` only when it has to: the registration body
-changed, the last one failed, no long-poll reached the server lately, the
-server asked for one, or the last one is ``REGISTER_AT_LEAST_EVERY`` old.
+A server with authentication counts each long-poll as the node's heartbeat;
+then the heartbeat loop sends ``POST /register`` only when it has to
+(:mod:`wire.node.heartbeat` decides).
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.events import EventLog
+from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
@@ -66,10 +65,6 @@ from wire.protocol import (
 )
 from wire.stun import NatReport
 
-HEARTBEAT_INTERVAL = 30.0
-# With long-polls as heartbeats, a full registration still goes out this
-# often: whatever the node may have missed, the server hears it all again.
-REGISTER_AT_LEAST_EVERY = 600.0
 PATH_CHECK_INTERVAL = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 4.0
@@ -186,18 +181,13 @@ class NodeDaemon(Service):
         self.contact = ServerContact()
         self.nat: NatReport | None = None
         self.netmap = NodeNetmap(config.node_id)
-        # Heartbeats carried by the long-poll: what the server said, what we
-        # last registered (None: must register), and when polls went out.
-        self.longpoll_heartbeat = False
-        self._registered_body: Registration | None = None
-        self._registered_at = 0.0
-        self._poll_sent_at: float | None = None  # the long-poll in flight
-        self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
+        # Whether the long-poll carries the heartbeat, and what decides it.
+        self.heartbeat = HeartbeatState()
         # -- machinery --------------------------------------------------------
         self._started: Deferred | None = None
         # LoopingCall waits on a Deferred, not on a coroutine: wrap the bodies.
-        self._heartbeat = LoopingCall(lambda: self._track(self._heartbeat_once()))
-        self._heartbeat.clock = clock
+        self._heartbeat_loop = LoopingCall(lambda: self._track(self._heartbeat_once()))
+        self._heartbeat_loop.clock = clock
         self._sync = LoopingCall(lambda: self._track(self._sync_once()))
         self._sync.clock = clock
         self._paths_loop = LoopingCall(lambda: self._track(self._paths_once()))
@@ -281,7 +271,7 @@ class NodeDaemon(Service):
             await self._bring_up_interface()
         if self._out_of_the_mesh:
             return
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
+        self._heartbeat_loop.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
         self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
         self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
         # Last: whoever waits for "registered" may stop us at once.
@@ -329,7 +319,7 @@ class NodeDaemon(Service):
     def _halt(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
-        for loop in (self._heartbeat, self._sync, self._paths_loop):
+        for loop in (self._heartbeat_loop, self._sync, self._paths_loop):
             if loop.running:
                 loop.stop()
         for d in list(self._inflight):
@@ -444,7 +434,7 @@ class NodeDaemon(Service):
 
     async def register(self) -> RegisterAnswer:
         body = self.registration_body()
-        self._registered_body = None
+        self.heartbeat.must_register()
         try:
             answer = await self.client.register(body)
         except ServerError as e:
@@ -461,17 +451,15 @@ class NodeDaemon(Service):
     def _registered(self, body: Registration, answer: RegisterAnswer) -> None:
         """The server took ``body``: remember it and what the server assigned."""
         self._made_contact()
-        self._registered_body = body
-        self._registered_at = self.clock.seconds()
         longpoll_heartbeat = answer.heartbeat is Heartbeat.LONGPOLL
-        if longpoll_heartbeat != self.longpoll_heartbeat:
+        if longpoll_heartbeat != self.heartbeat.longpoll:
             self.log.info(
                 "heartbeat: {how}",
                 how="the long-poll (the server counts it); POST /register only on change"
                 if longpoll_heartbeat
                 else f"POST /register every {HEARTBEAT_INTERVAL:.0f}s",
             )
-        self.longpoll_heartbeat = longpoll_heartbeat
+        self.heartbeat.registered(body, self.clock.seconds(), longpoll=longpoll_heartbeat)
         self.contact.registered = True
         self.contact.public_ip = answer.your_ip
         self._adopt_assignment(answer)
@@ -623,20 +611,8 @@ class NodeDaemon(Service):
             self.log.failure("heartbeat failed")
 
     def heartbeat_carried_by_longpoll(self) -> bool:
-        """Whether this heartbeat may go without ``POST /register``: the
-        server counts our long-polls, one reached it (answered, or sent and
-        still open) within the last interval, and the server already holds
-        exactly what we would register, from a registration not too old."""
-        if not (self.longpoll_heartbeat and self._registered_body is not None and self.contact.reachable):
-            return False
-        now = self.clock.seconds()
-        if now - self._registered_at >= REGISTER_AT_LEAST_EVERY:
-            return False
-        last_poll = self._poll_answered_sent_at if self._poll_sent_at is None else self._poll_sent_at
-        if now - last_poll > HEARTBEAT_INTERVAL:
-            return False
-        # Last, as it looks up the LAN address: any change registers at once.
-        return self.registration_body() == self._registered_body
+        """Whether this heartbeat may go without ``POST /register``."""
+        return self.heartbeat.carried_by_longpoll(self.clock.seconds(), self.contact.reachable, self.registration_body)
 
     def when_registered(self) -> Deferred:
         d: Deferred = Deferred()
@@ -649,7 +625,8 @@ class NodeDaemon(Service):
     # -- netmap --------------------------------------------------------------
 
     async def _sync_once(self) -> None:
-        sent_at = self._poll_sent_at = self.clock.seconds()
+        sent_at = self.clock.seconds()
+        self.heartbeat.poll_sent(sent_at)
         try:
             answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
         except ServerError as e:
@@ -666,15 +643,15 @@ class NodeDaemon(Service):
             await self._sleep_backoff()
             return
         finally:
-            self._poll_sent_at = None
-        self._poll_answered_sent_at = sent_at
+            self.heartbeat.poll_closed()
+        self.heartbeat.poll_answered(sent_at)
         was_unreachable = not self.contact.reachable
         self._made_contact()
         self._sync_backoff.reset()
         if answer.register:
             # The server sees us from a new address: only a registration
             # records our new endpoint. The next heartbeat sends one.
-            self._registered_body = None
+            self.heartbeat.must_register()
         self.log.debug(
             "long-poll answered: {upserts} upsert(s), {removals} removal(s){full}",
             upserts=len(answer.upserts),
@@ -688,7 +665,7 @@ class NodeDaemon(Service):
         if previous_epoch and self.netmap.epoch != previous_epoch:
             # A new server run: the next heartbeat registers, and learns
             # whether that server counts our long-polls.
-            self._registered_body = None
+            self.heartbeat.must_register()
             await self.reconciler.relay_sessions_lost()
         try:
             await self.reconciler.reconcile()
