@@ -15,8 +15,8 @@ saved one, so tunnels work while the server is away). Then a long-poll
 loop hands each netmap change to the reconciler (:mod:`wire.node.reconciler`,
 the only writer of WireGuard's peers, one ``wg`` spawn a change), a path
 check asks it again every few seconds, and a heartbeat loop keeps the
-registration fresh. An unreachable server never
-removes a peer: the loops retry with a short capped backoff.
+registration fresh. An unreachable server never removes a peer: the loops
+retry with a short capped backoff (:mod:`wire.node.backoff`).
 
 A server with authentication counts each long-poll as the node's heartbeat;
 then the heartbeat loop sends ``POST /register`` only when it has to
@@ -25,8 +25,7 @@ then the heartbeat loop sends ``POST /register`` only when it has to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from dataclasses import asdict, replace
 from typing import Awaitable, Callable
 
 from twisted.application.service import Service
@@ -43,16 +42,19 @@ from wire.client import (
 )
 from wire.debuglog import logger as debug_aware_logger
 from wire.jointoken import JoinToken
+from wire.node.backoff import Backoff
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress
+from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
 from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
+from wire.node.state import NodeState, Phase, ServerContact
 from wire.node.wireguard import IWireGuard
 from wire.protocol import (
     Heartbeat,
@@ -66,78 +68,9 @@ from wire.protocol import (
 from wire.stun import NatReport
 
 PATH_CHECK_INTERVAL = 5.0
-BACKOFF_FIRST = 0.5
-BACKOFF_CAP = 4.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
-
-
-NEEDS_TOKEN = (
-    "this server needs a join token: get one with 'wire admin keys create' on the server, then run: wire up --join TOKEN"
-)
-# A 401 to this node's own credential: the admin removed it (or revoked it).
-# The one wording, the daemon's reason and every view's (wire.ops.context).
-REMOVED = (
-    "the server no longer accepts this node: it was removed from the mesh by the admin "
-    "(or its credential was revoked)"
-)
-REJOIN = "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN"
-RENAME_IS_ADMINS = (
-    "on this server renames are the admin's: ask them to run 'wire admin nodes rename {old} {new}' on the server"
-)
-
-
-def removed_message() -> str:
-    return f"{REMOVED}; {REJOIN}"
-
-
-class Phase(Enum):
-    STARTING = "starting"
-    PROBING = "probing"
-    ENROLLING = "enrolling"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    REFUSED = "refused"
-    REMOVED = "removed"
-    STOPPING = "stopping"
-
-
-@dataclass
-class NodeState:
-    """Where the node is in its life; ``reason`` says why it was refused or removed."""
-
-    phase: Phase = Phase.STARTING
-    interface_up: bool = False
-    reason: str = ""
-
-
-@dataclass
-class ServerContact:
-    """What the daemon knows of its coordination server, for status views."""
-
-    reachable: bool = False
-    last_error: str = ""
-    last_status: int = 0  # the HTTP status of the last refusal (401, 409...)
-    last_contact: float = 0.0
-    registered: bool = False  # the server took a registration in this run
-    public_ip: str = ""
-
-
-@dataclass
-class Backoff:
-    """Exponential, capped: retries come quickly once the server is back."""
-
-    first: float = BACKOFF_FIRST
-    cap: float = BACKOFF_CAP
-    current: float = field(default=0.0)
-
-    def next(self) -> float:
-        self.current = min(self.cap, self.current * 2 if self.current else self.first)
-        return self.current
-
-    def reset(self) -> None:
-        self.current = 0.0
 
 
 class RenameRefused(Exception):
@@ -210,7 +143,7 @@ class NodeDaemon(Service):
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
 
-    # -- state ---------------------------------------------------------------
+    # -- state ----------------------------------------------------------------
 
     @property
     def interface_ready(self) -> bool:
@@ -247,7 +180,15 @@ class NodeDaemon(Service):
             for d in waiters:
                 d.callback(None)
 
-    # -- life ----------------------------------------------------------------
+    def when_registered(self) -> Deferred:
+        d: Deferred = Deferred()
+        if self.state.phase is Phase.REGISTERED:
+            d.callback(None)
+        else:
+            self._registered_waiters.append(d)
+        return d
+
+    # -- life -----------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
@@ -372,7 +313,7 @@ class NodeDaemon(Service):
         await self._bring_up_interface()
         await self.reconciler.reconcile()
 
-    # -- enrollment and registration -----------------------------------------
+    # -- enrollment and registration ------------------------------------------
 
     def registration_body(self) -> Registration:
         nat_port, nat_type = self.config.listen_port, NatType.UNKNOWN
@@ -596,33 +537,7 @@ class NodeDaemon(Service):
             return
         self.events.emit("unreachable", f"{error}; retrying")
 
-    async def _paths_once(self) -> None:
-        try:
-            await self.reconciler.reconcile()
-        except Exception:
-            self.log.failure("checking peer paths failed")
-
-    async def _heartbeat_once(self) -> None:
-        try:
-            if not self.heartbeat_carried_by_longpoll():
-                await self._register_until_done()
-        except Exception:
-            # A raising body would stop the heartbeat for good.
-            self.log.failure("heartbeat failed")
-
-    def heartbeat_carried_by_longpoll(self) -> bool:
-        """Whether this heartbeat may go without ``POST /register``."""
-        return self.heartbeat.carried_by_longpoll(self.clock.seconds(), self.contact.reachable, self.registration_body)
-
-    def when_registered(self) -> Deferred:
-        d: Deferred = Deferred()
-        if self.state.phase is Phase.REGISTERED:
-            d.callback(None)
-        else:
-            self._registered_waiters.append(d)
-        return d
-
-    # -- netmap --------------------------------------------------------------
+    # -- the loops: the netmap long-poll, the heartbeat, the path check -------
 
     async def _sync_once(self) -> None:
         sent_at = self.clock.seconds()
@@ -678,9 +593,29 @@ class NodeDaemon(Service):
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
 
+    async def _heartbeat_once(self) -> None:
+        try:
+            if not self.heartbeat_carried_by_longpoll():
+                await self._register_until_done()
+        except Exception:
+            # A raising body would stop the heartbeat for good.
+            self.log.failure("heartbeat failed")
+
+    def heartbeat_carried_by_longpoll(self) -> bool:
+        """Whether this heartbeat may go without ``POST /register``."""
+        return self.heartbeat.carried_by_longpoll(self.clock.seconds(), self.contact.reachable, self.registration_body)
+
+    async def _paths_once(self) -> None:
+        try:
+            await self.reconciler.reconcile()
+        except Exception:
+            self.log.failure("checking peer paths failed")
+
     async def _sleep_backoff(self) -> None:
         if not self._stopping:
             await deferLater(self.clock, self._sync_backoff.next(), lambda: None)
+
+    # -- contact with the server ----------------------------------------------
 
     def _made_contact(self) -> None:
         if not self.contact.reachable:
@@ -697,7 +632,7 @@ class NodeDaemon(Service):
         self.contact.last_error = error
         self.contact.last_status = status
 
-    # -- leaving -------------------------------------------------------------
+    # -- leaving --------------------------------------------------------------
 
     async def leave(self) -> bool:
         """``wire down``: tell the server, then remove the interface.
@@ -713,4 +648,3 @@ class NodeDaemon(Service):
         await self.wireguard.down()
         self.state.interface_up = False
         return told
-
