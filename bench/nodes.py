@@ -45,7 +45,7 @@ REQUEST_TIMEOUT = 10.0
 MAX_LOOP_ROUNDS = 1_000_000
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 4.0
-# wire/node/daemon.py REGISTER_AT_LEAST_EVERY: with the long-poll as the
+# wire/node/heartbeat.py REGISTER_AT_LEAST_EVERY: with the long-poll as the
 # heartbeat, a node still registers this often.
 FULL_REGISTER_EVERY = 600.0
 

@@ -29,15 +29,11 @@ from wire.debuglog import show_debug
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
-from wire.node.daemon import (
-    HEARTBEAT_INTERVAL,
-    PATH_CHECK_INTERVAL,
-    REGISTER_AT_LEAST_EVERY,
-    RELAY_GRANTS_AT_ONCE,
-    NodeDaemon,
-)
+from wire.node.daemon import PATH_CHECK_INTERVAL, NodeDaemon
+from wire.node.heartbeat import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY
 from wire.node.lan import LanAddress
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
 from wire.node.relay import RelayShim
 from wire.protocol import (
     NetmapAnswer,
@@ -380,7 +376,7 @@ class LongPollHeartbeatTests(unittest.TestCase):
 
     def test_no_register_while_the_longpoll_works(self):
         self.start()
-        self.assertTrue(self.daemon.longpoll_heartbeat)
+        self.assertTrue(self.daemon.heartbeat.longpoll)
         self.assertEqual(self.registrations_over(300), 0)
         self.assertTrue(self.daemon.heartbeat_carried_by_longpoll())
         self.assertGreaterEqual(self.server.polls, 12, "the long-poll kept going")
@@ -388,7 +384,7 @@ class LongPollHeartbeatTests(unittest.TestCase):
     def test_open_server_gets_every_heartbeat(self):
         self.server.heartbeat = None
         self.start()
-        self.assertFalse(self.daemon.longpoll_heartbeat)
+        self.assertFalse(self.daemon.heartbeat.longpoll)
         self.assertEqual(self.registrations_over(300), 10)
 
     def test_a_changed_body_registers_at_the_next_tick(self):
@@ -521,7 +517,7 @@ class RuntimeTests(unittest.TestCase):
         self.advance(DIRECT_TIMEOUT + PATH_CHECK_INTERVAL)
         self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
         self.assertEqual(self.endpoint("db2"), "203.0.113.3:40003", "db2 handshook: it stays direct")
-        self.assertTrue(self.daemon.paths.choices[body_for("db2")["node_id"]].verified)
+        self.assertTrue(self.daemon.reconciler.paths.choices[body_for("db2")["node_id"]].verified)
         self.assertEqual(self.server.relay_requests, [body_for("db1")["node_id"]])
 
     def test_a_direct_path_that_goes_silent_falls_back_to_the_relay(self):
@@ -529,7 +525,7 @@ class RuntimeTests(unittest.TestCase):
         self.push([peer_view("db1", 2)])
         self.wireguard.handshake(key_for("db1"))
         self.advance(PATH_CHECK_INTERVAL)
-        self.assertTrue(self.daemon.paths.choices[body_for("db1")["node_id"]].verified)
+        self.assertTrue(self.daemon.reconciler.paths.choices[body_for("db1")["node_id"]].verified)
         self.advance(HANDSHAKE_STALE - PATH_CHECK_INTERVAL)
         self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "fresh enough until now")
         self.advance(PATH_CHECK_INTERVAL)
@@ -546,7 +542,7 @@ class RuntimeTests(unittest.TestCase):
         self.assertEqual(len(self.wireguard.peers), 6, "configured at once, grant or no grant")
         self.assertEqual(self.endpoint("far0"), "203.0.113.10:40010", "keeps its endpoint until its grant comes")
         self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE)
-        self.assertFalse(self.daemon._reconcile_lock.locked, "no reconcile waits on a grant")
+        self.assertFalse(self.daemon.reconciler.reconciling, "no reconcile waits on a grant")
         started = self.clock.seconds()
         self.push([peer_view("db1", 2)], removals=[body_for("far5")["node_id"]])
         self.assertEqual(self.clock.seconds(), started)

@@ -33,7 +33,9 @@ from wire.keys import load_or_create_keys
 from wire.node import launcher
 from wire.node.config import NodeConfig, config_path, load_config, save_config
 from wire.node.control import build_control_site, node_status
-from wire.node.daemon import NEEDS_TOKEN, REFUSED_RETRY, NodeDaemon, Phase
+from wire.node.daemon import REFUSED_RETRY, NodeDaemon
+from wire.node.messages import NEEDS_TOKEN
+from wire.node.state import Phase
 from wire.node.enroll import (
     JoinRequest,
     credential_path,

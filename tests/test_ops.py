@@ -192,7 +192,7 @@ class Mesh:
         await daemon.when_registered()
         await eventually(lambda: daemon.interface_ready and len(self.wireguard.peers) == peers)
         # The fake has handshaken by now: let the daemon see it, as its path check would.
-        await daemon.reconcile()
+        await daemon.reconciler.reconcile()
         return daemon
 
     def stop_daemon(self):

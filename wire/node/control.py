@@ -68,7 +68,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "endpoint": wg_peer.endpoint if wg_peer else None,
                 "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.paths.choices.get(peer.node_id), wg_peer, now),
+                **describe_path(daemon.reconciler.paths.choices.get(peer.node_id), wg_peer, now),
             }
         )
     config = daemon.config

@@ -12,57 +12,54 @@ that ``wire up`` waits on through the control socket:
 
 The interface comes up as soon as the address is known (at once with a
 saved one, so tunnels work while the server is away). Then a long-poll
-loop applies each netmap change to WireGuard in one ``wg`` spawn, and a
-heartbeat loop keeps the registration fresh. An unreachable server never
-removes a peer: the loops retry with a short capped backoff.
+loop hands each netmap change to the reconciler (:mod:`wire.node.reconciler`,
+the only writer of WireGuard's peers, one ``wg`` spawn a change), a path
+check asks it again every few seconds, and a heartbeat loop keeps the
+registration fresh. An unreachable server never removes a peer: the loops
+retry with a short capped backoff (:mod:`wire.node.backoff`).
 
-A server with authentication counts each long-poll as the node's heartbeat
-(its register answer says ``"heartbeat": "longpoll"``). Then the heartbeat
-loop sends ``POST /register`` only when it has to: the registration body
-changed, the last one failed, no long-poll reached the server lately, the
-server asked for one, or the last one is ``REGISTER_AT_LEAST_EVERY`` old.
+A server with authentication counts each long-poll as the node's heartbeat;
+then the heartbeat loop sends ``POST /register`` only when it has to
+(:mod:`wire.node.heartbeat` decides).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from dataclasses import asdict, replace
 from typing import Awaitable, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredLock,
-    DeferredSemaphore,
-)
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 
 from wire.client import (
     LONGPOLL_WAIT,
-    BadAnswer,
     CoordinationClient,
     ServerError,
     ServerUnreachable,
 )
 from wire.debuglog import logger as debug_aware_logger
 from wire.jointoken import JoinToken
+from wire.node.backoff import Backoff
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.events import EventLog
+from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress
-from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, endpoint_for
-from wire.node.paths import Me, PathPlanner
+from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
+from wire.node.netmap import NodeNetmap
+from wire.node.paths import Me
+from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
-from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
+from wire.node.state import NodeState, Phase, ServerContact
+from wire.node.wireguard import IWireGuard
 from wire.protocol import (
     Heartbeat,
     NatType,
     NetmapAnswer,
-    PathMode,
     ProtocolError,
     RegisterAnswer,
     Registration,
@@ -70,102 +67,10 @@ from wire.protocol import (
 )
 from wire.stun import NatReport
 
-HEARTBEAT_INTERVAL = 30.0
-# With long-polls as heartbeats, a full registration still goes out this
-# often: whatever the node may have missed, the server hears it all again.
-REGISTER_AT_LEAST_EVERY = 600.0
 PATH_CHECK_INTERVAL = 5.0
-BACKOFF_FIRST = 0.5
-BACKOFF_CAP = 4.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
-# Relay grants asked for at once: many relayed peers while the server is
-# slow must not open a request each.
-RELAY_GRANTS_AT_ONCE = 4
-
-
-NEEDS_TOKEN = (
-    "this server needs a join token: get one with 'wire admin keys create' on the server, then run: wire up --join TOKEN"
-)
-# A 401 to this node's own credential: the admin removed it (or revoked it).
-# The one wording, the daemon's reason and every view's (wire.ops.context).
-REMOVED = (
-    "the server no longer accepts this node: it was removed from the mesh by the admin "
-    "(or its credential was revoked)"
-)
-REJOIN = "to join again: get a new join key ('wire admin keys create' on the server) and run: sudo wire up --join TOKEN"
-RENAME_IS_ADMINS = (
-    "on this server renames are the admin's: ask them to run 'wire admin nodes rename {old} {new}' on the server"
-)
-
-
-def removed_message() -> str:
-    return f"{REMOVED}; {REJOIN}"
-
-
-class Phase(Enum):
-    STARTING = "starting"
-    PROBING = "probing"
-    ENROLLING = "enrolling"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    REFUSED = "refused"
-    REMOVED = "removed"
-    STOPPING = "stopping"
-
-
-@dataclass
-class NodeState:
-    """Where the node is in its life; ``reason`` says why it was refused or removed."""
-
-    phase: Phase = Phase.STARTING
-    interface_up: bool = False
-    reason: str = ""
-
-
-@dataclass
-class ServerContact:
-    """What the daemon knows of its coordination server, for status views."""
-
-    reachable: bool = False
-    last_error: str = ""
-    last_status: int = 0  # the HTTP status of the last refusal (401, 409...)
-    last_contact: float = 0.0
-    registered: bool = False  # the server took a registration in this run
-    public_ip: str = ""
-
-
-@dataclass
-class Backoff:
-    """Exponential, capped: retries come quickly once the server is back."""
-
-    first: float = BACKOFF_FIRST
-    cap: float = BACKOFF_CAP
-    current: float = field(default=0.0)
-
-    def next(self) -> float:
-        self.current = min(self.cap, self.current * 2 if self.current else self.first)
-        return self.current
-
-    def reset(self) -> None:
-        self.current = 0.0
-
-
-@dataclass
-class RuntimeState:
-    """What reconciling remembers from one run to the next."""
-
-    reconcile_wanted: bool = False  # a reconcile is queued behind the lock
-    relay_wanted: set[str] = field(default_factory=set)  # peers the latest reconcile relays
-    grant_slots: DeferredSemaphore = field(default_factory=lambda: DeferredSemaphore(RELAY_GRANTS_AT_ONCE))
-    grants_pending: dict[str, Deferred] = field(default_factory=dict)  # by peer node id
-    grant_failing: set[str] = field(default_factory=set)  # told once, retried quietly
-    last_applied: dict[str, PeerConfig] = field(default_factory=dict)  # by public key
-    # For the log: each peer's last told path, and names of peers now gone.
-    path_seen: dict[str, tuple] = field(default_factory=dict)
-    names_by_key: dict[str, str] = field(default_factory=dict)
-    names_by_id: dict[str, str] = field(default_factory=dict)
 
 
 class RenameRefused(Exception):
@@ -200,7 +105,6 @@ class NodeDaemon(Service):
         self._private_key, self.public_key = keys
         self.wireguard = wireguard
         self.client = client
-        self.relay = relay
         self._probe_nat = probe_nat
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
@@ -210,30 +114,36 @@ class NodeDaemon(Service):
         self.contact = ServerContact()
         self.nat: NatReport | None = None
         self.netmap = NodeNetmap(config.node_id)
-        self.paths = PathPlanner()
-        # Heartbeats carried by the long-poll: what the server said, what we
-        # last registered (None: must register), and when polls went out.
-        self.longpoll_heartbeat = False
-        self._registered_body: Registration | None = None
-        self._registered_at = 0.0
-        self._poll_sent_at: float | None = None  # the long-poll in flight
-        self._poll_answered_sent_at = float("-inf")  # when the last answered one went out
+        # Whether the long-poll carries the heartbeat, and what decides it.
+        self.heartbeat = HeartbeatState()
         # -- machinery --------------------------------------------------------
         self._started: Deferred | None = None
         # LoopingCall waits on a Deferred, not on a coroutine: wrap the bodies.
-        self._heartbeat = LoopingCall(lambda: self._track(self._heartbeat_once()))
-        self._heartbeat.clock = clock
+        self._heartbeat_loop = LoopingCall(lambda: self._track(self._heartbeat_once()))
+        self._heartbeat_loop.clock = clock
         self._sync = LoopingCall(lambda: self._track(self._sync_once()))
         self._sync.clock = clock
         self._paths_loop = LoopingCall(lambda: self._track(self._paths_once()))
         self._paths_loop.clock = clock
         self._inflight: set[Deferred] = set()
-        self._reconcile_lock = DeferredLock()
-        self._runtime = RuntimeState()
+        # The only writer of WireGuard's peers (the interface itself is ours).
+        self.reconciler = Reconciler(
+            clock=clock,
+            wireguard=wireguard,
+            netmap=self.netmap,
+            client=client,
+            node_id=config.node_id,
+            public_key=self.public_key,
+            me=self.me,
+            track=self._track,
+            interface_up=lambda: self.interface_ready,
+            stopping=lambda: self._stopping,
+            relay=relay,
+        )
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
 
-    # -- state ---------------------------------------------------------------
+    # -- state ----------------------------------------------------------------
 
     @property
     def interface_ready(self) -> bool:
@@ -246,6 +156,11 @@ class NodeDaemon(Service):
     @property
     def _out_of_the_mesh(self) -> bool:
         return self.state.phase in (Phase.STOPPING, Phase.REMOVED)
+
+    def me(self) -> Me:
+        """This node's facts, as the path planner sees them."""
+        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
+        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
 
     def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
         """Move to ``phase`` and announce it (once: a phase repeated is no news)."""
@@ -265,7 +180,15 @@ class NodeDaemon(Service):
             for d in waiters:
                 d.callback(None)
 
-    # -- life ----------------------------------------------------------------
+    def when_registered(self) -> Deferred:
+        d: Deferred = Deferred()
+        if self.state.phase is Phase.REGISTERED:
+            d.callback(None)
+        else:
+            self._registered_waiters.append(d)
+        return d
+
+    # -- life -----------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
@@ -289,7 +212,7 @@ class NodeDaemon(Service):
             await self._bring_up_interface()
         if self._out_of_the_mesh:
             return
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
+        self._heartbeat_loop.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
         self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
         self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
         # Last: whoever waits for "registered" may stop us at once.
@@ -337,7 +260,7 @@ class NodeDaemon(Service):
     def _halt(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
-        for loop in (self._heartbeat, self._sync, self._paths_loop):
+        for loop in (self._heartbeat_loop, self._sync, self._paths_loop):
             if loop.running:
                 loop.stop()
         for d in list(self._inflight):
@@ -348,9 +271,7 @@ class NodeDaemon(Service):
         # The interface stays: a restarted daemon adopts it, tunnels unbroken.
         self.wireguard.detach()
         super().stopService()
-        if self.relay is not None:
-            return Deferred.fromCoroutine(self.relay.stop())
-        return None
+        return Deferred.fromCoroutine(self.reconciler.stop())
 
     async def _probe_nat_safely(self) -> NatReport | None:
         try:
@@ -390,9 +311,9 @@ class NodeDaemon(Service):
             return
         self.log.warn("interface {name} was lost ({reason}); restoring it", name=self.wireguard.name, reason=reason)
         await self._bring_up_interface()
-        await self.reconcile()
+        await self.reconciler.reconcile()
 
-    # -- enrollment and registration -----------------------------------------
+    # -- enrollment and registration ------------------------------------------
 
     def registration_body(self) -> Registration:
         nat_port, nat_type = self.config.listen_port, NatType.UNKNOWN
@@ -454,7 +375,7 @@ class NodeDaemon(Service):
 
     async def register(self) -> RegisterAnswer:
         body = self.registration_body()
-        self._registered_body = None
+        self.heartbeat.must_register()
         try:
             answer = await self.client.register(body)
         except ServerError as e:
@@ -471,17 +392,15 @@ class NodeDaemon(Service):
     def _registered(self, body: Registration, answer: RegisterAnswer) -> None:
         """The server took ``body``: remember it and what the server assigned."""
         self._made_contact()
-        self._registered_body = body
-        self._registered_at = self.clock.seconds()
         longpoll_heartbeat = answer.heartbeat is Heartbeat.LONGPOLL
-        if longpoll_heartbeat != self.longpoll_heartbeat:
+        if longpoll_heartbeat != self.heartbeat.longpoll:
             self.log.info(
                 "heartbeat: {how}",
                 how="the long-poll (the server counts it); POST /register only on change"
                 if longpoll_heartbeat
                 else f"POST /register every {HEARTBEAT_INTERVAL:.0f}s",
             )
-        self.longpoll_heartbeat = longpoll_heartbeat
+        self.heartbeat.registered(body, self.clock.seconds(), longpoll=longpoll_heartbeat)
         self.contact.registered = True
         self.contact.public_ip = answer.your_ip
         self._adopt_assignment(answer)
@@ -618,48 +537,11 @@ class NodeDaemon(Service):
             return
         self.events.emit("unreachable", f"{error}; retrying")
 
-    async def _paths_once(self) -> None:
-        try:
-            await self.reconcile()
-        except Exception:
-            self.log.failure("checking peer paths failed")
-
-    async def _heartbeat_once(self) -> None:
-        try:
-            if not self.heartbeat_carried_by_longpoll():
-                await self._register_until_done()
-        except Exception:
-            # A raising body would stop the heartbeat for good.
-            self.log.failure("heartbeat failed")
-
-    def heartbeat_carried_by_longpoll(self) -> bool:
-        """Whether this heartbeat may go without ``POST /register``: the
-        server counts our long-polls, one reached it (answered, or sent and
-        still open) within the last interval, and the server already holds
-        exactly what we would register, from a registration not too old."""
-        if not (self.longpoll_heartbeat and self._registered_body is not None and self.contact.reachable):
-            return False
-        now = self.clock.seconds()
-        if now - self._registered_at >= REGISTER_AT_LEAST_EVERY:
-            return False
-        last_poll = self._poll_answered_sent_at if self._poll_sent_at is None else self._poll_sent_at
-        if now - last_poll > HEARTBEAT_INTERVAL:
-            return False
-        # Last, as it looks up the LAN address: any change registers at once.
-        return self.registration_body() == self._registered_body
-
-    def when_registered(self) -> Deferred:
-        d: Deferred = Deferred()
-        if self.state.phase is Phase.REGISTERED:
-            d.callback(None)
-        else:
-            self._registered_waiters.append(d)
-        return d
-
-    # -- netmap --------------------------------------------------------------
+    # -- the loops: the netmap long-poll, the heartbeat, the path check -------
 
     async def _sync_once(self) -> None:
-        sent_at = self._poll_sent_at = self.clock.seconds()
+        sent_at = self.clock.seconds()
+        self.heartbeat.poll_sent(sent_at)
         try:
             answer = await self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT)
         except ServerError as e:
@@ -676,15 +558,15 @@ class NodeDaemon(Service):
             await self._sleep_backoff()
             return
         finally:
-            self._poll_sent_at = None
-        self._poll_answered_sent_at = sent_at
+            self.heartbeat.poll_closed()
+        self.heartbeat.poll_answered(sent_at)
         was_unreachable = not self.contact.reachable
         self._made_contact()
         self._sync_backoff.reset()
         if answer.register:
             # The server sees us from a new address: only a registration
             # records our new endpoint. The next heartbeat sends one.
-            self._registered_body = None
+            self.heartbeat.must_register()
         self.log.debug(
             "long-poll answered: {upserts} upsert(s), {removals} removal(s){full}",
             upserts=len(answer.upserts),
@@ -698,12 +580,10 @@ class NodeDaemon(Service):
         if previous_epoch and self.netmap.epoch != previous_epoch:
             # A new server run: the next heartbeat registers, and learns
             # whether that server counts our long-polls.
-            self._registered_body = None
-            if self.relay is not None:
-                # It has forgotten every relay session too: ask again.
-                await self.relay.reset()
+            self.heartbeat.must_register()
+            await self.reconciler.relay_sessions_lost()
         try:
-            await self.reconcile()
+            await self.reconciler.reconcile()
         except Exception:
             # A raising body would stop the loop for good; try again shortly.
             self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
@@ -713,184 +593,29 @@ class NodeDaemon(Service):
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
 
-    # -- paths -----------------------------------------------------------------
-
-    def me(self) -> Me:
-        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
-        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
-
-    async def reconcile(self) -> None:
-        """Bring WireGuard in line with the netmap and each peer's chosen path."""
-        await self._reconcile_lock.acquire()
+    async def _heartbeat_once(self) -> None:
         try:
-            await self._reconcile_now()
-        finally:
-            self._reconcile_lock.release()
-
-    def _reconcile_soon(self) -> None:
-        """Reconcile once more (a relay session is ready), however many ask
-        before that reconcile starts."""
-        if self._runtime.reconcile_wanted or self._stopping:
-            return
-        self._runtime.reconcile_wanted = True
-        self._track(self._queued_reconcile())
-
-    async def _queued_reconcile(self) -> None:
-        await self._reconcile_lock.acquire()
-        self._runtime.reconcile_wanted = False  # asked from here on: one more
-        try:
-            await self._reconcile_now()
-        except CancelledError:
-            raise
+            if not self.heartbeat_carried_by_longpoll():
+                await self._register_until_done()
         except Exception:
-            self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
-        finally:
-            self._reconcile_lock.release()
+            # A raising body would stop the heartbeat for good.
+            self.log.failure("heartbeat failed")
 
-    async def _reconcile_now(self) -> None:
-        # Waits only on WireGuard: relay grants come in the background
-        # (_relay_endpoint), so a server that is away stalls no reconcile.
-        if not self.interface_ready or self._stopping:
-            return
-        status = {p.public_key: p for p in (await self.wireguard.status()).peers}
-        handshakes = {key: p.latest_handshake for key, p in status.items()}
-        # What each peer has now: what we last set (WireGuard's own view
-        # may have roamed), else what the interface held when we came.
-        held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
-        choices = self.paths.plan(self.me(), self.netmap.peers, handshakes, self.clock.seconds())
-        self._log_path_changes(choices)
-        desired: dict[str, PeerConfig] = {}
-        # Filled as we go: a grant that comes at once checks it.
-        relayed: set[str] = set()
-        self._runtime.relay_wanted = relayed
-        for node_id, peer in self.netmap.peers.items():
-            endpoint = endpoint_for(peer, self.contact.public_ip)
-            if choices[node_id].mode is PathMode.RELAY and self.relay is not None:
-                relayed.add(node_id)
-                relay_endpoint = self._relay_endpoint(peer)
-                if relay_endpoint is not None:
-                    endpoint = relay_endpoint
-                elif peer.wg_public_key in held:
-                    # Its grant is on the way: it keeps the endpoint it has.
-                    endpoint = held[peer.wg_public_key].endpoint or endpoint
-            desired[peer.wg_public_key] = PeerConfig(
-                public_key=peer.wg_public_key,
-                allowed_ips=(f"{peer.vpn_ip}/32",),
-                endpoint=endpoint,
-                persistent_keepalive=PERSISTENT_KEEPALIVE,
-            )
-        self._runtime.grant_failing &= relayed
-        if self.relay is not None:
-            # Back to direct, or gone from the mesh: its session ends.
-            for node_id in set(self.relay.sessions()) - relayed:
-                await self.relay.remove(node_id)
-                self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
-        self._log_peer_changes(held, desired)
-        changed = await self.wireguard.apply(desired)
-        self._runtime.last_applied = desired
-        if changed:
-            self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
-        else:
-            self.log.debug("peers unchanged; {total} peers", total=len(desired))
+    def heartbeat_carried_by_longpoll(self) -> bool:
+        """Whether this heartbeat may go without ``POST /register``."""
+        return self.heartbeat.carried_by_longpoll(self.clock.seconds(), self.contact.reachable, self.registration_body)
 
-    def _relay_endpoint(self, peer) -> str | None:
-        """The loopback endpoint of the peer's live relay session, or None
-        while its grant is fetched (asked for here, in the background: at
-        most RELAY_GRANTS_AT_ONCE at a time, one per peer)."""
-        assert self.relay is not None
-        session = self.relay.sessions().get(peer.node_id)
-        if session is not None and not self.relay.is_dead(peer.node_id):
-            return session.endpoint
-        if peer.node_id not in self._runtime.grants_pending:
-            fetching = self._track(self._fetch_grant(peer))
-            if not fetching.called:
-                self._runtime.grants_pending[peer.node_id] = fetching
-                return None
-            # Answered at once (a grant in memory): use it now.
-            session = self.relay.sessions().get(peer.node_id)
-            if session is not None and not self.relay.is_dead(peer.node_id):
-                return session.endpoint
-        return None
-
-    async def _fetch_grant(self, peer) -> None:
-        name = peer.node_name or peer.node_id
+    async def _paths_once(self) -> None:
         try:
-            await self._runtime.grant_slots.acquire()
-            try:
-                grant = await self.client.relay(self.config.node_id, self.public_key, peer.node_id)
-            finally:
-                self._runtime.grant_slots.release()
-            if peer.node_id not in self._runtime.relay_wanted or self._stopping or self.relay is None:
-                return  # went direct (or left) meanwhile
-            endpoint = await self.relay.add(grant)
-        except CancelledError:
-            raise
-        except BadAnswer as e:  # before ServerError, which it is
-            self._grant_failed(peer.node_id, "bad relay grant for {peer}: {error}", peer=name, error=e.error)
-            return
-        except (ServerUnreachable, ServerError) as e:
-            self._grant_failed(peer.node_id, "no relay session for {peer} yet: {error}", peer=name, error=e)
-            return
+            await self.reconciler.reconcile()
         except Exception:
-            self.log.failure("starting the relay session for {peer} failed", peer=name)
-            return
-        finally:
-            self._runtime.grants_pending.pop(peer.node_id, None)
-        self._runtime.grant_failing.discard(peer.node_id)
-        self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
-        self._reconcile_soon()
-
-    def _grant_failed(self, node_id: str, message: str, **fields) -> None:
-        # Said once; the retries (one at each reconcile) are routine.
-        log = self.log.debug if node_id in self._runtime.grant_failing else self.log.warn
-        log(message, **fields)
-        self._runtime.grant_failing.add(node_id)
-
-    def _peer_name(self, node_id: str) -> str:
-        """A peer's name for the log (a gone peer's from the last reconcile)."""
-        peer = self.netmap.peers.get(node_id)
-        return (peer.node_name if peer is not None else self._runtime.names_by_id.get(node_id)) or node_id
-
-    def _log_path_changes(self, choices) -> None:
-        """A peer's new path (with why), and a path proven by a handshake."""
-        for node_id, choice in choices.items():
-            seen = (choice.mode, choice.reason, choice.verified)
-            before = self._runtime.path_seen.get(node_id)
-            if seen == before:
-                continue
-            self._runtime.path_seen[node_id] = seen
-            if before is not None and before[:2] == seen[:2]:
-                if choice.verified:
-                    self.log.info("{peer}: the {mode} path works", peer=self._peer_name(node_id), mode=choice.mode)
-                continue
-            self.log.info("{peer}: {reason}", peer=self._peer_name(node_id), reason=choice.summary)
-        for node_id in set(self._runtime.path_seen) - set(choices):
-            del self._runtime.path_seen[node_id]
-
-    def _log_peer_changes(self, held: dict[str, PeerStatus | PeerConfig], desired: dict[str, PeerConfig]) -> None:
-        """Each added, moved or removed peer, by name (keys mean nothing to a reader)."""
-        names = {peer.wg_public_key: (peer.node_name or peer.node_id) for peer in self.netmap.peers.values()}
-        for key, config in desired.items():
-            before = held.get(key)
-            if before is None:
-                self.log.info(
-                    "{peer}: added ({address}, endpoint {endpoint})",
-                    peer=names[key],
-                    address=config.allowed_ips[0],
-                    endpoint=config.endpoint or "none yet",
-                )
-            elif before.endpoint != config.endpoint and config.endpoint is not None:
-                self.log.info(
-                    "{peer}: endpoint {old} -> {new}", peer=names[key], old=before.endpoint, new=config.endpoint
-                )
-        for key in set(held) - set(desired):
-            self.log.info("{peer}: removed", peer=self._runtime.names_by_key.get(key, "a peer no longer in the netmap"))
-        self._runtime.names_by_key = names
-        self._runtime.names_by_id = {p.node_id: p.node_name for p in self.netmap.peers.values() if p.node_name}
+            self.log.failure("checking peer paths failed")
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:
             await deferLater(self.clock, self._sync_backoff.next(), lambda: None)
+
+    # -- contact with the server ----------------------------------------------
 
     def _made_contact(self) -> None:
         if not self.contact.reachable:
@@ -907,7 +632,7 @@ class NodeDaemon(Service):
         self.contact.last_error = error
         self.contact.last_status = status
 
-    # -- leaving -------------------------------------------------------------
+    # -- leaving --------------------------------------------------------------
 
     async def leave(self) -> bool:
         """``wire down``: tell the server, then remove the interface.
@@ -919,9 +644,7 @@ class NodeDaemon(Service):
         except (ServerUnreachable, ServerError) as e:
             self.log.warn("could not tell the server we are leaving: {error}", error=e)
             told = False
-        if self.relay is not None:
-            await self.relay.stop()
+        await self.reconciler.stop()
         await self.wireguard.down()
         self.state.interface_up = False
         return told
-

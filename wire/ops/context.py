@@ -23,8 +23,8 @@ from wire.node.config import (
     parse_server_url,
 )
 from wire.node.control import control_socket_path
-from wire.node.daemon import REJOIN, REMOVED, removed_message  # noqa: F401  (the daemon's words; ops modules import them from here)
 from wire.node.enroll import coordination_client, load_credential, load_join_request
+from wire.node.messages import REJOIN, REMOVED, removed_message  # noqa: F401  (the node's words; ops modules import them from here)
 from wire.protocol import ProtocolError
 from wire.runner import IProcessRunner, ProcessRunner
 

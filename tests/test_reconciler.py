@@ -1,0 +1,93 @@
+"""The reconciler on its own: given its dependencies, with no daemon around it."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.trial import unittest
+
+from tests.fakes import FakeWireGuard, UDPClock
+from tests.helpers import body_for, key_for
+from tests.test_daemon import ScriptedServer, grant_for, peer_view
+from wire.node.netmap import NodeNetmap
+from wire.node.paths import Me
+from wire.node.reconciler import Reconciler
+from wire.node.relay import RelayShim
+from wire.protocol import NatType, NetmapAnswer, PathMode, RelayGrant
+
+
+class ReconcilerTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = UDPClock()
+        self.clock.advance(1_700_000_000)
+        self.server = ScriptedServer(self.clock)
+        self.wireguard = FakeWireGuard(clock=self.clock, auto_handshake=False)
+        self.netmap = NodeNetmap(body_for("web1")["node_id"])
+        self.shim = RelayShim(self.clock, "192.0.2.1", 3479, 51820)
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.shim.stop()))
+        self.up = True
+        self.stopping = False
+        self.tracked: list[Deferred] = []
+        self.reconciler = Reconciler(
+            clock=self.clock,
+            wireguard=self.wireguard,
+            netmap=self.netmap,
+            client=self.server,
+            node_id=body_for("web1")["node_id"],
+            public_key=key_for("web1"),
+            me=lambda: Me("web1", "198.51.100.7", NatType.EASY),
+            track=self.track,
+            interface_up=lambda: self.up,
+            stopping=lambda: self.stopping,
+            relay=self.shim,
+        )
+
+    def track(self, coroutine) -> Deferred:
+        d = Deferred.fromCoroutine(coroutine)
+        self.tracked.append(d)
+        return d
+
+    def mesh(self, *views: dict, removals: tuple[str, ...] = ()) -> None:
+        answer = {"cursor": "e:1", "full": False, "upserts": list(views), "removals": list(removals)}
+        self.netmap.apply(NetmapAnswer.from_json(answer))
+
+    def reconcile(self) -> None:
+        self.successResultOf(Deferred.fromCoroutine(self.reconciler.reconcile()))
+
+    def test_the_netmap_becomes_wireguard_peers(self):
+        self.mesh(peer_view("db1", 2))
+        self.reconcile()
+        self.assertEqual(self.wireguard.peers[key_for("db1")].endpoint, "203.0.113.2:40002")
+        self.assertEqual(self.wireguard.peers[key_for("db1")].allowed_ips, ("10.99.1.2/32",))
+        self.assertIs(self.reconciler.paths.choices[body_for("db1")["node_id"]].mode, PathMode.DIRECT)
+        self.mesh(removals=(body_for("db1")["node_id"],))
+        self.reconcile()
+        self.assertEqual(self.wireguard.peers, {})
+
+    def test_nothing_changes_while_the_interface_is_down_or_the_node_stops(self):
+        self.mesh(peer_view("db1", 2))
+        self.up = False
+        self.reconcile()
+        self.up, self.stopping = True, True
+        self.reconcile()
+        self.assertEqual(self.wireguard.applies, [])
+
+    def test_a_relayed_peer_is_fetched_in_the_background_and_applied_when_it_comes(self):
+        self.server.grants_hang = True
+        self.mesh(peer_view("db1", 2, nat_type="hard"))
+        self.reconcile()
+        db1 = body_for("db1")["node_id"]
+        self.assertEqual(self.server.relay_requests, [db1])
+        self.assertEqual(self.wireguard.peers[key_for("db1")].endpoint, "203.0.113.2:40002", "none yet: the one it has")
+        self.assertFalse(self.reconciler.reconciling, "no reconcile waits on the grant")
+        self.assertEqual(len(self.tracked), 1, "the fetch is handed to track, so stopping can cancel it")
+        self.server.hanging[db1].callback(RelayGrant.from_json(grant_for(db1)))
+        self.assertEqual(self.wireguard.peers[key_for("db1")].endpoint, self.shim.sessions()[db1].endpoint)
+
+    def test_a_tracked_fetch_cancelled_on_stopping_starts_no_session(self):
+        self.server.grants_hang = True
+        self.mesh(peer_view("db1", 2, nat_type="hard"))
+        self.reconcile()
+        (fetching,) = self.tracked
+        fetching.cancel()
+        self.failureResultOf(fetching, CancelledError)
+        self.assertEqual(self.shim.sessions(), {})

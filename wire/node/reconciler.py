@@ -1,0 +1,274 @@
+"""The reconciler: the only code that changes WireGuard's peers.
+
+Each run brings WireGuard in line with the netmap and each peer's chosen
+path (:class:`~wire.node.paths.PathPlanner`, facts and time in, decision
+out), in one ``apply``. A relayed peer's endpoint is its relay shim
+session's loopback port; its grant is fetched in the background, a few at
+a time, outside the lock, so a server that is away stalls no reconcile.
+Runs never overlap: one lock, and any number of "reconcile again soon"
+(a grant came) folded into one queued run.
+
+What it needs is given, not reached for: the clock, WireGuard, the netmap,
+the relay shim, the client that asks for grants, this node's facts
+(``me``), ``track`` (so stopping cancels what it started), and whether the
+interface is up and the node is stopping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Coroutine
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+
+from wire.client import BadAnswer, CoordinationClient, ServerError, ServerUnreachable
+from wire.debuglog import logger as debug_aware_logger
+from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer, endpoint_for
+from wire.node.paths import Me, PathChoice, PathPlanner
+from wire.node.relay import RelayShim
+from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
+from wire.protocol import PathMode
+
+# Relay grants asked for at once: many relayed peers while the server is
+# slow must not open a request each.
+RELAY_GRANTS_AT_ONCE = 4
+
+
+@dataclass
+class RuntimeState:
+    """What reconciling remembers from one run to the next."""
+
+    reconcile_wanted: bool = False  # a reconcile is queued behind the lock
+    relay_wanted: set[str] = field(default_factory=set)  # peers the latest reconcile relays
+    grant_slots: DeferredSemaphore = field(default_factory=lambda: DeferredSemaphore(RELAY_GRANTS_AT_ONCE))
+    grants_pending: dict[str, Deferred] = field(default_factory=dict)  # by peer node id
+    grant_failing: set[str] = field(default_factory=set)  # told once, retried quietly
+    last_applied: dict[str, PeerConfig] = field(default_factory=dict)  # by public key
+    # For the log: each peer's last told path, and names of peers now gone.
+    path_seen: dict[str, tuple] = field(default_factory=dict)
+    names_by_key: dict[str, str] = field(default_factory=dict)
+    names_by_id: dict[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    log = debug_aware_logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        wireguard: IWireGuard,
+        netmap: NodeNetmap,
+        client: CoordinationClient,
+        node_id: str,
+        public_key: str,
+        me: Callable[[], Me],
+        track: Callable[[Coroutine[Any, Any, None]], Deferred],
+        interface_up: Callable[[], bool],
+        stopping: Callable[[], bool],
+        relay: RelayShim | None = None,
+    ):
+        self.clock = clock
+        self.wireguard = wireguard
+        self.netmap = netmap
+        self.client = client
+        self._node_id = node_id
+        self._public_key = public_key
+        self._me = me
+        self._track = track
+        self._interface_up = interface_up
+        self._stopping = stopping
+        self.relay = relay
+        self.paths = PathPlanner()
+        self._lock = DeferredLock()
+        self._runtime = RuntimeState()
+
+    @property
+    def reconciling(self) -> bool:
+        """A reconcile holds the lock now."""
+        return bool(self._lock.locked)
+
+    async def reconcile(self) -> None:
+        """Bring WireGuard in line with the netmap and each peer's chosen path."""
+        await self._lock.acquire()
+        try:
+            await self._reconcile_now()
+        finally:
+            self._lock.release()
+
+    def _reconcile_soon(self) -> None:
+        """Reconcile once more (a relay session is ready), however many ask
+        before that reconcile starts."""
+        if self._runtime.reconcile_wanted or self._stopping():
+            return
+        self._runtime.reconcile_wanted = True
+        self._track(self._queued_reconcile())
+
+    async def _queued_reconcile(self) -> None:
+        await self._lock.acquire()
+        self._runtime.reconcile_wanted = False  # asked from here on: one more
+        try:
+            await self._reconcile_now()
+        except CancelledError:
+            raise
+        except Exception:
+            self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
+        finally:
+            self._lock.release()
+
+    async def _reconcile_now(self) -> None:
+        # Waits only on WireGuard: relay grants come in the background
+        # (_relay_endpoint), so a server that is away stalls no reconcile.
+        if not self._interface_up() or self._stopping():
+            return
+        status = {p.public_key: p for p in (await self.wireguard.status()).peers}
+        handshakes = {key: p.latest_handshake for key, p in status.items()}
+        # What each peer has now: what we last set (WireGuard's own view
+        # may have roamed), else what the interface held when we came.
+        held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
+        me = self._me()
+        choices = self.paths.plan(me, self.netmap.peers, handshakes, self.clock.seconds())
+        self._log_path_changes(choices)
+        desired: dict[str, PeerConfig] = {}
+        # Filled as we go: a grant that comes at once checks it.
+        relayed: set[str] = set()
+        self._runtime.relay_wanted = relayed
+        for node_id, peer in self.netmap.peers.items():
+            endpoint = endpoint_for(peer, me.public_ip)
+            if choices[node_id].mode is PathMode.RELAY and self.relay is not None:
+                relayed.add(node_id)
+                relay_endpoint = self._relay_endpoint(peer)
+                if relay_endpoint is not None:
+                    endpoint = relay_endpoint
+                elif peer.wg_public_key in held:
+                    # Its grant is on the way: it keeps the endpoint it has.
+                    endpoint = held[peer.wg_public_key].endpoint or endpoint
+            desired[peer.wg_public_key] = PeerConfig(
+                public_key=peer.wg_public_key,
+                allowed_ips=(f"{peer.vpn_ip}/32",),
+                endpoint=endpoint,
+                persistent_keepalive=PERSISTENT_KEEPALIVE,
+            )
+        self._runtime.grant_failing &= relayed
+        if self.relay is not None:
+            # Back to direct, or gone from the mesh: its session ends.
+            for node_id in set(self.relay.sessions()) - relayed:
+                await self.relay.remove(node_id)
+                self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
+        self._log_peer_changes(held, desired)
+        changed = await self.wireguard.apply(desired)
+        self._runtime.last_applied = desired
+        if changed:
+            self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
+        else:
+            self.log.debug("peers unchanged; {total} peers", total=len(desired))
+
+    # -- relay sessions --------------------------------------------------------
+
+    async def relay_sessions_lost(self) -> None:
+        """A new server run has forgotten every relay session: ask again."""
+        if self.relay is not None:
+            await self.relay.reset()
+
+    async def stop(self) -> None:
+        """End every relay session: the node stops or leaves."""
+        if self.relay is not None:
+            await self.relay.stop()
+
+    def _relay_endpoint(self, peer: Peer) -> str | None:
+        """The loopback endpoint of the peer's live relay session, or None
+        while its grant is fetched (asked for here, in the background: at
+        most RELAY_GRANTS_AT_ONCE at a time, one per peer)."""
+        assert self.relay is not None
+        session = self.relay.sessions().get(peer.node_id)
+        if session is not None and not self.relay.is_dead(peer.node_id):
+            return session.endpoint
+        if peer.node_id not in self._runtime.grants_pending:
+            fetching = self._track(self._fetch_grant(peer))
+            if not fetching.called:
+                self._runtime.grants_pending[peer.node_id] = fetching
+                return None
+            # Answered at once (a grant in memory): use it now.
+            session = self.relay.sessions().get(peer.node_id)
+            if session is not None and not self.relay.is_dead(peer.node_id):
+                return session.endpoint
+        return None
+
+    async def _fetch_grant(self, peer: Peer) -> None:
+        name = peer.node_name or peer.node_id
+        try:
+            await self._runtime.grant_slots.acquire()
+            try:
+                grant = await self.client.relay(self._node_id, self._public_key, peer.node_id)
+            finally:
+                self._runtime.grant_slots.release()
+            if peer.node_id not in self._runtime.relay_wanted or self._stopping() or self.relay is None:
+                return  # went direct (or left) meanwhile
+            endpoint = await self.relay.add(grant)
+        except CancelledError:
+            raise
+        except BadAnswer as e:  # before ServerError, which it is
+            self._grant_failed(peer.node_id, "bad relay grant for {peer}: {error}", peer=name, error=e.error)
+            return
+        except (ServerUnreachable, ServerError) as e:
+            self._grant_failed(peer.node_id, "no relay session for {peer} yet: {error}", peer=name, error=e)
+            return
+        except Exception:
+            self.log.failure("starting the relay session for {peer} failed", peer=name)
+            return
+        finally:
+            self._runtime.grants_pending.pop(peer.node_id, None)
+        self._runtime.grant_failing.discard(peer.node_id)
+        self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
+        self._reconcile_soon()
+
+    def _grant_failed(self, node_id: str, message: str, **fields) -> None:
+        # Said once; the retries (one at each reconcile) are routine.
+        log = self.log.debug if node_id in self._runtime.grant_failing else self.log.warn
+        log(message, **fields)
+        self._runtime.grant_failing.add(node_id)
+
+    # -- the log ---------------------------------------------------------------
+
+    def _peer_name(self, node_id: str) -> str:
+        """A peer's name for the log (a gone peer's from the last reconcile)."""
+        peer = self.netmap.peers.get(node_id)
+        return (peer.node_name if peer is not None else self._runtime.names_by_id.get(node_id)) or node_id
+
+    def _log_path_changes(self, choices: dict[str, PathChoice]) -> None:
+        """A peer's new path (with why), and a path proven by a handshake."""
+        for node_id, choice in choices.items():
+            seen = (choice.mode, choice.reason, choice.verified)
+            before = self._runtime.path_seen.get(node_id)
+            if seen == before:
+                continue
+            self._runtime.path_seen[node_id] = seen
+            if before is not None and before[:2] == seen[:2]:
+                if choice.verified:
+                    self.log.info("{peer}: the {mode} path works", peer=self._peer_name(node_id), mode=choice.mode)
+                continue
+            self.log.info("{peer}: {reason}", peer=self._peer_name(node_id), reason=choice.summary)
+        for node_id in set(self._runtime.path_seen) - set(choices):
+            del self._runtime.path_seen[node_id]
+
+    def _log_peer_changes(self, held: dict[str, PeerStatus | PeerConfig], desired: dict[str, PeerConfig]) -> None:
+        """Each added, moved or removed peer, by name (keys mean nothing to a reader)."""
+        names = {peer.wg_public_key: (peer.node_name or peer.node_id) for peer in self.netmap.peers.values()}
+        for key, config in desired.items():
+            before = held.get(key)
+            if before is None:
+                self.log.info(
+                    "{peer}: added ({address}, endpoint {endpoint})",
+                    peer=names[key],
+                    address=config.allowed_ips[0],
+                    endpoint=config.endpoint or "none yet",
+                )
+            elif before.endpoint != config.endpoint and config.endpoint is not None:
+                self.log.info(
+                    "{peer}: endpoint {old} -> {new}", peer=names[key], old=before.endpoint, new=config.endpoint
+                )
+        for key in set(held) - set(desired):
+            self.log.info("{peer}: removed", peer=self._runtime.names_by_key.get(key, "a peer no longer in the netmap"))
+        self._runtime.names_by_key = names
+        self._runtime.names_by_id = {p.node_id: p.node_name for p in self.netmap.peers.values() if p.node_name}
