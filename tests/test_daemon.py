@@ -32,6 +32,7 @@ from wire.node.control import node_status
 from wire.node.daemon import PATH_CHECK_INTERVAL, NodeDaemon
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY
 from wire.node.lan import LanAddress
+from wire.node.netmap import PERSISTENT_KEEPALIVE
 from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
 from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
 from wire.node.relay import RelayShim
@@ -540,7 +541,10 @@ class RuntimeTests(unittest.TestCase):
         relayed = [peer_view(f"far{i}", 10 + i, nat_type="hard") for i in range(6)]
         self.push(relayed)
         self.assertEqual(len(self.wireguard.peers), 6, "configured at once, grant or no grant")
-        self.assertEqual(self.endpoint("far0"), "203.0.113.10:40010", "keeps its endpoint until its grant comes")
+        # New and relayed from the start: no endpoint, no keepalive, so no
+        # handshake goes where it cannot be answered before the grant comes.
+        self.assertEqual(self.endpoint("far0"), None, "no endpoint until its grant comes")
+        self.assertEqual(self.wireguard.peers[key_for("far0")].persistent_keepalive, 0)
         self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE)
         self.assertFalse(self.daemon.reconciler.reconciling, "no reconcile waits on a grant")
         started = self.clock.seconds()
@@ -557,8 +561,13 @@ class RuntimeTests(unittest.TestCase):
         far0 = body_for("far0")["node_id"]
         self.server.hanging[far0].callback(RelayGrant.from_json(grant_for(far0)))
         self.assertEqual(self.endpoint("far0"), self.session_endpoint("far0"))
+        self.assertEqual(
+            self.wireguard.peers[key_for("far0")].persistent_keepalive,
+            PERSISTENT_KEEPALIVE,
+            "keepalives start with the relay endpoint: the first handshake goes through the relay",
+        )
         self.assertEqual(len(self.server.relay_requests), RELAY_GRANTS_AT_ONCE + 1)
-        self.assertEqual(self.endpoint("far1"), "203.0.113.11:40011")
+        self.assertEqual(self.endpoint("far1"), None)
 
     def test_a_peer_keeps_its_relay_endpoint_while_a_new_grant_is_fetched(self):
         self.start()
@@ -581,7 +590,7 @@ class RuntimeTests(unittest.TestCase):
         self.push([peer_view("db1", 2, nat_type="hard")])
         self.advance(PATH_CHECK_INTERVAL * 3)
         self.assertGreaterEqual(len(self.server.relay_requests), 3)
-        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        self.assertEqual(self.endpoint("db1"), None, "relayed from the start: no endpoint before its grant")
         warnings = [e for e in self.logged if e["log_level"] == LogLevel.warn and "relay session" in formatEvent(e)]
         self.assertEqual(len(warnings), 1, "the first failure is a warning; retries are routine")
         self.assertIn("db1", formatEvent(warnings[0]))
@@ -595,7 +604,7 @@ class RuntimeTests(unittest.TestCase):
         self.push([peer_view("db1", 2, nat_type="hard")])
         self.advance(PATH_CHECK_INTERVAL * 3)
         self.assertGreaterEqual(len(self.server.relay_requests), 3)
-        self.assertEqual((self.endpoint("db1"), self.shim.sessions()), ("203.0.113.2:40002", {}))
+        self.assertEqual((self.endpoint("db1"), self.shim.sessions()), (None, {}))
         warnings = [formatEvent(e) for e in self.logged if e["log_level"] == LogLevel.warn]
         self.assertEqual(len([w for w in warnings if "bad relay grant for db1" in w]), 1, warnings)
         self.server.grants_bad = False

@@ -8,7 +8,7 @@ from twisted.trial import unittest
 from tests.fakes import FakeWireGuard, UDPClock
 from tests.helpers import body_for, key_for
 from tests.test_daemon import ScriptedServer, grant_for, peer_view
-from wire.node.netmap import NodeNetmap
+from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap
 from wire.node.paths import Me
 from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
@@ -77,11 +77,17 @@ class ReconcilerTests(unittest.TestCase):
         self.reconcile()
         db1 = body_for("db1")["node_id"]
         self.assertEqual(self.server.relay_requests, [db1])
-        self.assertEqual(self.wireguard.peers[key_for("db1")].endpoint, "203.0.113.2:40002", "none yet: the one it has")
+        db1_config = self.wireguard.peers[key_for("db1")]
+        self.assertEqual(
+            (db1_config.endpoint, db1_config.persistent_keepalive),
+            (None, 0),
+            "relayed from the start, no grant yet: no endpoint a handshake could go to in vain",
+        )
         self.assertFalse(self.reconciler.reconciling, "no reconcile waits on the grant")
         self.assertEqual(len(self.tracked), 1, "the fetch is handed to track, so stopping can cancel it")
         self.server.hanging[db1].callback(RelayGrant.from_json(grant_for(db1)))
         self.assertEqual(self.wireguard.peers[key_for("db1")].endpoint, self.shim.sessions()[db1].endpoint)
+        self.assertEqual(self.wireguard.peers[key_for("db1")].persistent_keepalive, PERSISTENT_KEEPALIVE)
 
     def test_a_tracked_fetch_cancelled_on_stopping_starts_no_session(self):
         self.server.grants_hang = True

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from wire.admin_ops import AdminOps
 from wire.lab import Lab
+from wire.node import launcher
 from wire.runner import IProcessRunner, IRunningProcess, ProcessResult
 from wire.twistd import twistd_argv, wire_environment
 
@@ -137,7 +138,12 @@ class MeshLab:
         )
         joining = ["--server", self.server_url] if self.open_server else ["--join", self.join_token]
         result = await self.cli(name, "up", *joining, "--name", name, "--interface", node.interface, "--json", timeout=timeout)
-        answer = _json_answer(result, f"wire up on {name}")
+        try:
+            answer = _json_answer(result, f"wire up on {name}")
+        except DemoError as e:
+            # What the daemon said: a failed join is told by its log.
+            tail = launcher.log_tail(node.config_dir, lines=40)
+            raise DemoError(f"{e}\n{name}'s daemon log ends:\n{tail}" if tail else str(e)) from None
         node.vpn_ip = answer["vpn_ip"]
         return answer
 

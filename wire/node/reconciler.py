@@ -136,19 +136,29 @@ class Reconciler:
         self._runtime.relay_wanted = relayed
         for node_id, peer in self.netmap.peers.items():
             endpoint = endpoint_for(peer, me.public_ip)
+            keepalive = PERSISTENT_KEEPALIVE
             if choices[node_id].mode is PathMode.RELAY and self.relay is not None:
                 relayed.add(node_id)
                 relay_endpoint = self._relay_endpoint(peer)
+                kept = held.get(peer.wg_public_key)
                 if relay_endpoint is not None:
                     endpoint = relay_endpoint
-                elif peer.wg_public_key in held:
+                elif kept is not None and kept.endpoint:
                     # Its grant is on the way: it keeps the endpoint it has.
-                    endpoint = held[peer.wg_public_key].endpoint or endpoint
+                    endpoint = kept.endpoint
+                else:
+                    # Relayed from the start and its grant on the way: no
+                    # endpoint and no keepalive yet. A keepalive now would
+                    # start a handshake towards an endpoint that cannot answer,
+                    # and WireGuard tries again (over the relay) only 5 s
+                    # later; turned on with the relay endpoint, it starts one
+                    # there at once.
+                    endpoint, keepalive = None, 0
             desired[peer.wg_public_key] = PeerConfig(
                 public_key=peer.wg_public_key,
                 allowed_ips=(f"{peer.vpn_ip}/32",),
                 endpoint=endpoint,
-                persistent_keepalive=PERSISTENT_KEEPALIVE,
+                persistent_keepalive=keepalive,
             )
         self._runtime.grant_failing &= relayed
         if self.relay is not None:
