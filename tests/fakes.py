@@ -16,7 +16,15 @@ from zope.interface import implementer
 
 from wire.keys import public_key_for
 from wire.node.wireguard import InterfaceStatus, IWireGuard, PeerConfig, PeerStatus
-from wire.runner import CommandError, CommandNotFound, ExitNotifier, IProcessRunner, IRunningProcess, ProcessResult
+from wire.protocol import NatType
+from wire.runner import (
+    CommandError,
+    CommandNotFound,
+    ExitNotifier,
+    IProcessRunner,
+    IRunningProcess,
+    ProcessResult,
+)
 from wire.stun import MappedAddress, NatReport
 
 
@@ -106,7 +114,7 @@ class FakeWireGuard:
 def fixed_nat(ip: str = "198.51.100.7", port: int = 40000, nat_type: str = "easy"):
     async def probe() -> NatReport:
         mapped = MappedAddress(ip, port)
-        return NatReport(nat_type=nat_type, mapped_a=mapped, mapped_b=mapped, latency_ms=1.0, local_port=51820)
+        return NatReport(nat_type=NatType(nat_type), mapped_a=mapped, mapped_b=mapped, latency_ms=1.0, local_port=51820)
 
     return probe
 

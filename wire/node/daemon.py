@@ -159,8 +159,8 @@ class NodeDaemon(Service):
 
     def me(self) -> Me:
         """This node's facts, as the path planner sees them."""
-        nat_type = self.nat.nat_type if self.nat else (self.config.nat_type or NatType.UNKNOWN)
-        return Me(self.config.node_name, self.contact.public_ip, NatType(nat_type))
+        nat_type = self.nat.nat_type if self.nat else NatType(self.config.nat_type or NatType.UNKNOWN)
+        return Me(self.config.node_name, self.contact.public_ip, nat_type)
 
     def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
         """Move to ``phase`` and announce it (once: a phase repeated is no news)."""
@@ -318,7 +318,7 @@ class NodeDaemon(Service):
     def registration_body(self) -> Registration:
         nat_port, nat_type = self.config.listen_port, NatType.UNKNOWN
         if self.nat is not None:
-            nat_port, nat_type = self.nat.mapped.port, NatType(self.nat.nat_type)
+            nat_port, nat_type = self.nat.mapped.port, self.nat.nat_type
         elif self.config.nat_port:
             # No probe this time (the interface already held the port): the last one's.
             nat_port, nat_type = self.config.nat_port, NatType(self.config.nat_type or NatType.UNKNOWN)

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
+from wire.protocol import NatType
 from wire.stun.codec import (
     BINDING,
     ERROR,
@@ -28,6 +29,7 @@ from wire.stun.codec import (
     parse_mapped_address,
     parse_message,
 )
+
 
 class StunTimeout(TimeoutError):
     """A STUN server did not answer in time."""
@@ -178,13 +180,13 @@ async def probe_mapped_address(
 class NatReport:
     """What two STUN server ports saw of one local socket.
 
-    ``nat_type`` is one of wire.protocol.NAT_TYPES: "none" (mapped to one
+    ``nat_type`` (wire.protocol.NatType): "none" (mapped to one
     of our own addresses, same port), "easy" (both ports saw the same
     mapping), "hard" (a new mapping per destination: symmetric NAT, needs
     the relay), "unknown" (only one port answered).
     """
 
-    nat_type: str
+    nat_type: NatType
     mapped_a: MappedAddress | None
     mapped_b: MappedAddress | None
     latency_ms: float
@@ -247,13 +249,13 @@ def _nat_report(
     mapped_b = b.mapped if b is not None else None
     latency_ms = min(answer.rtt_seconds for answer in (a, b) if answer is not None) * 1000
     if mapped_a is None or mapped_b is None:
-        nat_type = "unknown"
+        nat_type = NatType.UNKNOWN
     elif mapped_a != mapped_b:
-        nat_type = "hard"
+        nat_type = NatType.HARD
     elif mapped_a.port == local_port and _is_own(mapped_a.ip, local_ips):
-        nat_type = "none"
+        nat_type = NatType.NONE
     else:
-        nat_type = "easy"
+        nat_type = NatType.EASY
     return NatReport(nat_type, mapped_a, mapped_b, latency_ms, local_port)
 
 
