@@ -83,6 +83,18 @@ def _fallback(ctx: Context, server_url: str, local: dict | None, error: ServerUn
     return str(error)
 
 
+def _stale_view(problem: str, local: dict, server_url: str) -> dict:
+    """What every view built from the daemon's last netmap says about itself."""
+    return {
+        "ok": False,
+        "stale": True,
+        "source": "daemon",
+        "warning": _last_seen(problem, local),
+        "server_error": problem,
+        "server": server_url,
+    }
+
+
 def _last_seen(problem: str, local: dict) -> str:
     age = local["server"].get("last_contact_ago")
     when = f", {age:.0f}s ago" if age is not None else " (it has not reached the server since its daemon started)"
@@ -121,13 +133,8 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
     nodes.sort(key=lambda n: n["node_name"])
     online = sum(1 for n in nodes if n["status"] == "online")
     return {
-        "ok": False,
-        "stale": True,
-        "source": "daemon",
-        "warning": _last_seen(problem, local),
-        "server_error": problem,
+        **_stale_view(problem, local, server_url),
         "last_contact_ago": local["server"].get("last_contact_ago"),
-        "server": server_url,
         "version": None,
         "total": len(nodes),
         "online": online,
@@ -155,12 +162,7 @@ async def peers(ctx: Context, server: str | None = None) -> dict:
             if p["online"]
         ]
         return {
-            "ok": False,
-            "stale": True,
-            "source": "daemon",
-            "warning": _last_seen(problem, local),
-            "server_error": problem,
-            "server": server_url,
+            **_stale_view(problem, local, server_url),
             "count": len(known),
             "peers": known,
         }
