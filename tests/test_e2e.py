@@ -122,6 +122,18 @@ class MeshTests(unittest.TestCase):
         await eventually(lambda: mesh.ping("alpha", "beta", wait=1), timeout=20, what="tunnel restored")
 
 
+async def public_mesh(test: unittest.TestCase, names) -> MeshLab:
+    """A lab mesh of public nodes, every one joined with the real ``wire up``;
+    torn down when the test ends."""
+    mesh = MeshLab(reactor, ProcessRunner(reactor))
+    test.addCleanup(mesh.teardown)
+    await mesh.setup()
+    for name in names:
+        await mesh.add_host(name)
+    await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in names])
+    return mesh
+
+
 def _cmdline(pid: str) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -236,13 +248,7 @@ class SecurityTests(unittest.TestCase):
     skip = lab_unavailable()
 
     async def build(self, names=("alpha", "beta", "gamma")) -> MeshLab:
-        mesh = MeshLab(reactor, ProcessRunner(reactor))
-        self.addCleanup(mesh.teardown)
-        await mesh.setup()
-        for name in names:
-            await mesh.add_host(name)
-        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in names])
-        return mesh
+        return await public_mesh(self, names)
 
     async def test_no_key_no_entry(self):
         mesh = await self.build(names=("alpha",))

@@ -8,13 +8,12 @@ import os
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.test_e2e import _env, eventually, lab_unavailable, wire_cli
+from tests.test_e2e import _env, eventually, lab_unavailable, public_mesh, wire_cli
 from wire.demo import MeshLab, MeshNode
-from wire.runner import ProcessRunner
 
 # Long-polls the server as an enrolled node, for SECONDS, and prints every
 # upsert of the node named NAME it is told of: what every peer's daemon hears.
@@ -50,13 +49,7 @@ class NodeLifeLabTests(unittest.TestCase):
     skip = lab_unavailable()
 
     async def build(self, names=("alpha",)) -> MeshLab:
-        mesh = MeshLab(reactor, ProcessRunner(reactor))
-        self.addCleanup(mesh.teardown)
-        await mesh.setup()
-        for name in names:
-            await mesh.add_host(name)
-        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in names])
-        return mesh
+        return await public_mesh(self, names)
 
     def config_dir(self, mesh: MeshLab, name: str) -> str:
         return os.path.join(mesh._workdir, name)
