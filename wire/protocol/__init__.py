@@ -8,7 +8,8 @@ node exchange, as a typed object that is validated once, at the boundary.
 - ``registration``: ``POST /register`` and ``/enroll``, and their answer;
 - ``peers``: a peer view, and the long-poll's netmap answer;
 - ``relay``: ``POST /relay`` and the relay grant;
-- ``punch``: ``POST /punch``.
+- ``punch``: ``POST /punch``;
+- ``paths``: a pair's path (the rule, the server's word, ``POST /path``).
 
 Everything is importable from ``wire.protocol`` itself.
 """
@@ -35,6 +36,15 @@ from wire.protocol.peers import (
     nat_type_of,
     netmap_answer_json,
     peer_view_json,
+    with_paths,
+)
+from wire.protocol.paths import (
+    PairPath,
+    PathFailure,
+    PathReport,
+    PathReportAnswer,
+    pair_rule,
+    retry_delay,
 )
 from wire.protocol.punch import PunchAnswer, PunchRequest, parse_punch
 from wire.protocol.registration import (
@@ -56,6 +66,10 @@ __all__ = [
     "LeaveRequest",
     "NatType",
     "NetmapAnswer",
+    "PairPath",
+    "PathFailure",
+    "PathReport",
+    "PathReportAnswer",
     "PathMode",
     "PeerView",
     "ProtocolError",
@@ -71,6 +85,8 @@ __all__ = [
     "error_message",
     "nat_type_of",
     "netmap_answer_json",
+    "pair_rule",
+    "retry_delay",
     "parse_cursor",
     "parse_cursor_text",
     "parse_enrollment",
@@ -84,4 +100,5 @@ __all__ = [
     "parse_registration",
     "parse_wg_public_key",
     "peer_view_json",
+    "with_paths",
 ]

@@ -22,7 +22,8 @@ class NatType(StrEnum):
 class PathMode(StrEnum):
     """How this node's traffic reaches a peer (the ``path`` of a status view)."""
 
-    DIRECT = "direct"  # WireGuard sends to the peer's own endpoint (public or LAN)
+    DIRECT = "direct"  # WireGuard sends to the peer's own public endpoint
+    LAN = "lan"  # to the peer's LAN address: both sit behind the same public address
     RELAY = "relay"  # through the coordination server's relay, via the local shim
     CONNECTING = "connecting"  # direct chosen, no handshake proves it yet
     NONE = "none"  # not configured in WireGuard (yet)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from wire.protocol.cursor import parse_cursor_text
 from wire.protocol.enums import NatType
 from wire.protocol.errors import ProtocolError
+from wire.protocol.paths import PairPath
 from wire.protocol.fields import (
     parse_bool,
     parse_ip_address,
@@ -140,6 +141,11 @@ def netmap_answer_json(cursor: str, full: bool, upserts: list[dict[str, Any]], r
     return {"cursor": cursor, "full": full, "upserts": upserts, "removals": removals}
 
 
+def with_paths(answer: dict[str, Any], paths: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    """The same answer, carrying one viewer's pair paths (:meth:`PairPath.to_json`)."""
+    return {**answer, "paths": paths, "paths_full": complete}
+
+
 def asking_to_register(answer: dict[str, Any]) -> dict[str, Any]:
     """The same answer, telling the node to register again (its endpoint moved)."""
     return {**answer, "register": True}
@@ -159,6 +165,11 @@ class NetmapAnswer:
     removals: tuple[str, ...]
     register: bool = False
     skipped: tuple[str, ...] = ()
+    # The server's word on this node's pairs (wire.protocol.paths): those
+    # changed since the cursor, or with paths_full (and in a full answer)
+    # every pair it has a word on.
+    paths: tuple[PairPath, ...] = ()
+    paths_full: bool = False
 
     @classmethod
     def from_json(cls, value: Any) -> NetmapAnswer:
@@ -176,12 +187,21 @@ class NetmapAnswer:
                 removals.append(parse_node_id(node_id, "removals"))
             except ProtocolError as e:
                 skipped.append(f"skipped a removal: {e}")
+        paths = []
+        for entry in parse_list(answer.get("paths", []), "paths"):
+            try:
+                paths.append(PairPath.from_json(entry))
+            except ProtocolError as e:
+                skipped.append(f"skipped a path entry: {e}")
         cursor = answer.get("cursor")
+        full = parse_bool(answer.get("full", False), "full")
         return cls(
             cursor=parse_cursor_text(cursor) if cursor not in (None, "") else None,
-            full=parse_bool(answer.get("full", False), "full"),
+            full=full,
             upserts=tuple(upserts),
             removals=tuple(removals),
             register=parse_bool(answer.get("register", False), "register"),
             skipped=tuple(skipped),
+            paths=tuple(paths),
+            paths_full=full or parse_bool(answer.get("paths_full", False), "paths_full"),
         )
