@@ -52,6 +52,20 @@ class FakeWireGuard:
         self.listen_port = 0
         self.device = name
         self.detached = False
+        self.reasserted: list[str] = []
+        # Traffic each peer has carried (public key -> rx, tx), and endpoints
+        # WireGuard roamed to on its own (until the next apply sets it).
+        self.traffic: dict[str, tuple[int, int]] = {}
+        self.roamed: dict[str, str] = {}
+
+    def count(self, public_key: str, rx: int = 0, tx: int = 0) -> None:
+        """The peer sent us ``rx`` more bytes and we sent it ``tx`` more."""
+        old_rx, old_tx = self.traffic.get(public_key, (100, 200))
+        self.traffic[public_key] = (old_rx + rx, old_tx + tx)
+
+    def roam(self, public_key: str, endpoint: str) -> None:
+        """WireGuard followed the peer to ``endpoint`` (a packet came from there)."""
+        self.roamed[public_key] = endpoint
 
     async def up(self, private_key: str, listen_port: int, address: str, prefixlen: int) -> None:
         self.backend = "fake"
@@ -69,9 +83,12 @@ class FakeWireGuard:
     def latest_handshake(self, public_key: str, now: float) -> float:
         return now if self.auto_handshake else self.handshakes.get(public_key, 0.0)
 
-    async def apply(self, desired) -> int:
-        changed = sum(1 for k, v in desired.items() if self.peers.get(k) != v) + sum(1 for k in self.peers if k not in desired)
+    async def apply(self, desired, reassert=()) -> int:
+        changed = sum(1 for k, v in desired.items() if self.peers.get(k) != v or k in reassert)
+        changed += sum(1 for k in self.peers if k not in desired)
+        self.reasserted.extend(sorted(reassert))
         self.peers = dict(desired)
+        self.roamed = {k: v for k, v in self.roamed.items() if k in desired and k not in reassert}
         if changed:
             self.applies.append(dict(desired))
         return changed
@@ -85,11 +102,11 @@ class FakeWireGuard:
             peers=tuple(
                 PeerStatus(
                     public_key=p.public_key,
-                    endpoint=p.endpoint,
+                    endpoint=self.roamed.get(p.public_key, p.endpoint),
                     allowed_ips=p.allowed_ips,
                     latest_handshake=self.latest_handshake(p.public_key, now),
-                    rx_bytes=100,
-                    tx_bytes=200,
+                    rx_bytes=self.traffic.get(p.public_key, (100, 200))[0],
+                    tx_bytes=self.traffic.get(p.public_key, (100, 200))[1],
                     persistent_keepalive=p.persistent_keepalive,
                 )
                 for p in self.peers.values()

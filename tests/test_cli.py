@@ -503,7 +503,7 @@ class CommandTests(unittest.TestCase):
         await self.mesh.start_daemon(peers=1)
         code, out, _ = await self.wire("status")
         self.assertEqual(code, 0)
-        self.assertRegex(out, r"● db1 .* \d+s ago   direct 10\.1\.1\.1:51820, handshake \d+s ago\n")
+        self.assertRegex(out, r"● db1 .* \d+s ago   lan 10\.1\.1\.1:51820, handshake \d+s ago\n")
 
     async def test_failure_goes_to_stderr_and_exits_1(self):
         self.mesh.configure("web1")
@@ -586,7 +586,7 @@ class CommandTests(unittest.TestCase):
         await self.mesh.start_daemon(peers=1)
         code, out, _ = await self.wire("explain", "db1")
         self.assertEqual(code, 0)
-        self.assertRegex(out.splitlines()[0], r"^db1 \(10\.99\.\d+\.\d+\): path direct, endpoint 10\.1\.1\.1:51820, handshake \d+s ago$")
+        self.assertRegex(out.splitlines()[0], r"^db1 \(10\.99\.\d+\.\d+\): path lan, endpoint 10\.1\.1\.1:51820, handshake \d+s ago$")
 
     async def test_netcheck(self):
         mesh = self.mesh = Mesh(self, stun=True)

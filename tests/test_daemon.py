@@ -33,10 +33,15 @@ from wire.node.daemon import PATH_CHECK_INTERVAL, NodeDaemon
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY
 from wire.node.lan import LanAddress
 from wire.node.netmap import PERSISTENT_KEEPALIVE
-from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.node.paths import DEAD_AFTER_WITHOUT_ECHO
+from wire.protocol.paths import DIRECT_TIMEOUT
 from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
 from wire.node.relay import RelayShim
 from wire.protocol import (
+    PairPath,
+    PathFailure,
+    PathMode,
+    PathReportAnswer,
     NetmapAnswer,
     ProtocolError,
     RegisterAnswer,
@@ -146,7 +151,7 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(peer.persistent_keepalive, 25)
         # The fake WireGuard handshakes at once: the path shows as proven.
         status = await self.pumped(node_status(daemon))
-        self.assertEqual([(p["node_name"], p["path"]) for p in status["peers"]], [("db1", "direct")])
+        self.assertEqual([(p["node_name"], p["path"]) for p in status["peers"]], [("db1", "lan")])
 
     async def test_removed_peer_leaves_wireguard(self):
         daemon = self.make_daemon()
@@ -224,6 +229,10 @@ class ScriptedServer:
         self.grants_fail = False
         self.grants_bad = False
         self.hanging: dict[str, Deferred] = {}
+        # The server's word on this node's pairs (by peer id), and reports.
+        self.words: dict[str, PairPath] = {}
+        self.path_reports: list[tuple[str, PathFailure]] = []
+        self.paths_unsupported = False  # a seed server: POST /path is a 404
 
     async def register(self, registration: Registration) -> RegisterAnswer:
         body = registration.as_body()
@@ -253,7 +262,7 @@ class ScriptedServer:
         if self.polls_hang:
             return Deferred()  # sent, and never answered
         answer = self._answer_for(cursor)
-        at_once = answer["full"] or answer["upserts"] or answer["removals"]
+        at_once = answer["full"] or answer["upserts"] or answer["removals"] or answer.get("paths")
         d: Deferred = Deferred(lambda _: call.cancel())
         call = self.clock.callLater(0 if at_once else wait, self._answer, d)
         self._open = (d, call, cursor)
@@ -270,25 +279,31 @@ class ScriptedServer:
         d.callback(NetmapAnswer.from_json(answer))
 
     def _answer_for(self, cursor: str) -> dict:
-        answer = {"cursor": f"{self.epoch}:{self.serial}", "full": False, "upserts": [], "removals": []}
+        answer: dict = {"cursor": f"{self.epoch}:{self.serial}", "full": False, "upserts": [], "removals": []}
         if not cursor.startswith(self.epoch + ":"):
-            answer.update(full=True, upserts=list(self.peers.values()))
+            answer.update(full=True, upserts=list(self.peers.values()), paths=[w.to_json() for w in self.words.values()])
             return answer
         since = int(cursor.rpartition(":")[2])
-        for serial, upserts, removals in self._changes:
+        for serial, upserts, removals, paths in self._changes:
             if serial > since:
                 answer["upserts"] += upserts
                 answer["removals"] += removals
+                answer.setdefault("paths", []).extend(paths)
         return answer
 
-    def push(self, upserts=(), removals=()) -> None:
+    def push(self, upserts=(), removals=(), paths=()) -> None:
         """The mesh changes: the open long-poll (if any) answers now."""
         self.serial += 1
         for view in upserts:
             self.peers[view["node_id"]] = view
         for node_id in removals:
             self.peers.pop(node_id, None)
-        self._changes.append((self.serial, list(upserts), list(removals)))
+        for word in paths:
+            if word.mode is None:
+                self.words.pop(word.peer, None)
+            else:
+                self.words[word.peer] = word
+        self._changes.append((self.serial, list(upserts), list(removals), [w.to_json() for w in paths]))
         if self._open is not None and not self._open[0].called:
             d, call, _ = self._open
             call.cancel()
@@ -309,6 +324,16 @@ class ScriptedServer:
             except ProtocolError as e:
                 return fail(BadAnswer("POST /relay", e))
         return succeed(RelayGrant.from_json(grant_for(peer_node_id)))
+
+    async def report_path(self, node_id: str, wg_public_key: str, peer_node_id: str, failure: PathFailure) -> PathReportAnswer:
+        """As the server does: the pair goes to the relay, told to both (here: the long-poll)."""
+        self.path_reports.append((peer_node_id, failure))
+        if self.paths_unsupported:
+            raise ServerError(404, "no such path: /path")
+        now = self.clock.seconds()
+        word = PairPath(peer_node_id, PathMode.RELAY, f"reported {failure}", since=now, tries=1, retry_at=now + 60)
+        self.push(paths=[word])
+        return PathReportAnswer(True, word)
 
     def _unreachable(self):
         raise ServerUnreachable("http://wire.test is unreachable: connection refused")
@@ -516,20 +541,38 @@ class RuntimeTests(unittest.TestCase):
         self.assertEqual((self.endpoint("db1"), self.endpoint("db2")), ("203.0.113.2:40002", "203.0.113.3:40003"))
         self.wireguard.handshake(key_for("db2"), at=self.clock.seconds() + 3)
         self.advance(DIRECT_TIMEOUT + PATH_CHECK_INTERVAL)
+        db1, db2 = body_for("db1")["node_id"], body_for("db2")["node_id"]
+        self.assertEqual(self.server.path_reports, [(db1, PathFailure.NO_PROOF)], "reported once, and only db1")
+        # The server's word came back (the long-poll): db1 relays.
         self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
         self.assertEqual(self.endpoint("db2"), "203.0.113.3:40003", "db2 handshook: it stays direct")
-        self.assertTrue(self.daemon.reconciler.paths.choices[body_for("db2")["node_id"]].verified)
-        self.assertEqual(self.server.relay_requests, [body_for("db1")["node_id"]])
+        self.assertTrue(self.daemon.reconciler.paths.paths[db2].proven)
+        self.assertEqual(self.server.relay_requests, [db1])
+
+    def test_a_server_without_path_words_lets_the_node_decide_alone(self):
+        self.server.paths_unsupported = True
+        self.start()
+        self.push([peer_view("db1", 2)])
+        self.advance(DIRECT_TIMEOUT + 2 * PATH_CHECK_INTERVAL)
+        db1 = body_for("db1")["node_id"]
+        self.assertEqual(self.server.path_reports, [(db1, PathFailure.NO_PROOF)])
+        self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
+        self.assertIn("no direct handshake within 15s", self.daemon.reconciler.paths.paths[db1].reason)
 
     def test_a_direct_path_that_goes_silent_falls_back_to_the_relay(self):
         self.start()
         self.push([peer_view("db1", 2)])
+        self.advance(PATH_CHECK_INTERVAL)
         self.wireguard.handshake(key_for("db1"))
         self.advance(PATH_CHECK_INTERVAL)
-        self.assertTrue(self.daemon.reconciler.paths.choices[body_for("db1")["node_id"]].verified)
-        self.advance(HANDSHAKE_STALE - PATH_CHECK_INTERVAL)
-        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "fresh enough until now")
-        self.advance(PATH_CHECK_INTERVAL)
+        db1 = body_for("db1")["node_id"]
+        self.assertTrue(self.daemon.reconciler.paths.paths[db1].proven)
+        # We send; nothing comes back (db1 runs no probe answerer: WireGuard's own answers only).
+        self.wireguard.count(key_for("db1"), tx=500)
+        self.advance(DEAD_AFTER_WITHOUT_ECHO)
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002", "silent, not yet dead")
+        self.advance(2 * PATH_CHECK_INTERVAL)
+        self.assertEqual(self.server.path_reports, [(db1, PathFailure.STOPPED)])
         self.assertEqual(self.endpoint("db1"), self.session_endpoint("db1"))
 
     def test_grants_that_never_come_hold_up_no_other_change(self):

@@ -162,7 +162,7 @@ class MCPTests(ResultAssertions, unittest.TestCase):
         status, peers, install, diagnose, watchdog, netcheck, explain, other = session.results
         self.assertResult(status, await self.wire_json("status"))
         self.assertEqual([(n["node_name"], n["this_node"]) for n in status.structured_content["nodes"]], [("db1", False), ("web1", True)])
-        self.assertEqual(status.structured_content["nodes"][0]["path"], "direct")
+        self.assertEqual(status.structured_content["nodes"][0]["path"], "lan")
         self.assertIn("web1", status.content[0].text)
         self.assertResult(peers, await self.wire_json("peers"))
         self.assertEqual(peers.content[0].text, cli.format_peers(peers.structured_content, cli.Style(False)))
@@ -173,7 +173,7 @@ class MCPTests(ResultAssertions, unittest.TestCase):
         self.assertResult(netcheck, await self.wire_json("netcheck"))
         self.assertTrue(netcheck.structured_content["udp"]["reachable"])
         self.assertResult(explain, await self.wire_json("explain", "db1"))
-        self.assertEqual(explain.structured_content["path"], "direct")
+        self.assertEqual(explain.structured_content["path"], "lan")
         self.assertResult(other, await self.wire_json("status", "--server", self.mesh.url, config_dir=self.empty_dir))
 
     async def test_status_with_the_server_down_is_the_last_known_mesh(self):

@@ -236,9 +236,9 @@ class StatusTests(unittest.TestCase):
         result = await ops.status(self.mesh.context())
         db1 = next(n for n in result["nodes"] if n["node_name"] == "db1")
         # Both seen from 127.0.0.1: the same NAT, so the LAN address.
-        self.assertEqual((db1["path"], db1["endpoint"]), ("direct", "10.1.1.1:51820"))
+        self.assertEqual((db1["path"], db1["endpoint"]), ("lan", "10.1.1.1:51820"))
         self.assertLess(db1["handshake_age"], 5)
-        self.assertEqual(db1["path_reason"], "direct: same LAN, via 10.1.1.1:51820")
+        self.assertEqual(db1["path_reason"], "lan: same public address as this node, via 10.1.1.1:51820")
         self.assertTrue(result["daemon_running"])
 
     async def test_another_server_needs_no_config(self):
@@ -319,7 +319,7 @@ class PingTests(unittest.TestCase):
         self.assertEqual((result["ok"], result["node_name"], result["vpn_ip"]), (True, "db1", db1["vpn_ip"]))
         self.assertEqual((result["transmitted"], result["received"], result["loss_percent"]), (4, 4, 0.0))
         self.assertEqual((result["rtt_min_ms"], result["rtt_avg_ms"], result["rtt_max_ms"]), (0.401, 0.450, 0.512))
-        self.assertEqual(result["path"], "direct")
+        self.assertEqual(result["path"], "lan")
         self.assertIn("rtt min/avg/max/mdev", result["output"])
 
     async def test_by_name_through_the_server(self):
@@ -703,7 +703,7 @@ class WatchdogTests(unittest.TestCase):
         result = await ops.watchdog(self.mesh.context())
         self.assertFalse(result["ok"])
         self.assertEqual(result["peers"][0]["stale"], True)
-        self.assertIn("db1: trying direct: via 127.0.0.1:51820 (no handshake yet)", result["problems"])
+        self.assertIn("db1: trying direct: via 127.0.0.1:51820 (nothing from the peer yet: 0s of 15s)", result["problems"])
         self.assertTrue(any(p.startswith("coordination server unreachable") for p in result["problems"]))
 
 
@@ -757,7 +757,7 @@ class ExplainTests(unittest.TestCase):
         await self.mesh.start_daemon(peers=1)
         for target in ("db1", db1["vpn_ip"]):
             result = await ops.explain(self.mesh.context(), target)
-            self.assertEqual((result["ok"], result["path"], result["peer"]), (True, "direct", "db1"))
+            self.assertEqual((result["ok"], result["path"], result["peer"]), (True, "lan", "db1"))
             self.assertEqual((result["endpoint"], result["endpoint_kind"]), ("10.1.1.1:51820", "lan"))
             self.assertIn("has the same public IP as this node (127.0.0.1)", result["reasons"][0])
             self.assertRegex(result["reasons"][-1], r"^handshake \d+s ago: the tunnel is up$")
@@ -778,15 +778,18 @@ class ExplainTests(unittest.TestCase):
         result = await ops.explain(self.mesh.context(), "db1")
         self.assertEqual((result["ok"], result["path"], result["handshake_age"]), (False, "connecting", None))
         self.assertEqual(result["endpoint"], "203.0.113.9:40001")
-        self.assertIn("no handshake on the direct path yet: the daemon tries it for 15s, then relays", result["reasons"])
-        self.assertEqual(result["suggestions"], ["ask again in 15s: wire explain db1"])
+        self.assertIn("trying direct: via 203.0.113.9:40001 (nothing from the peer yet: 0s of 15s)", result["reasons"])
+        self.assertEqual(result["suggestions"], ["ask again in a few seconds: wire explain db1"])
 
     async def test_hard_nat_goes_through_the_relay(self):
         await self.mesh.register("db1", public_ip="203.0.113.9", nat_port=40001, nat_type="hard")
         await self.mesh.start_daemon(peers=1)
         result = await ops.explain(self.mesh.context(), "db1")
-        self.assertEqual((result["ok"], result["path"], result["endpoint_kind"]), (True, "relay", "relay"))
+        # This test's daemon has no relay shim: WireGuard keeps the public
+        # endpoint, and explain says so rather than calling it the relay.
+        self.assertEqual((result["ok"], result["path"], result["endpoint_kind"]), (True, "connecting", "public"))
         self.assertIn("goes through the relay on the coordination server (hard NAT on db1)", result["reasons"][0])
+        self.assertIn("its relay session is not ready yet, and WireGuard sends to 203.0.113.9:40001", result["reasons"][0])
         self.assertIn("hard (symmetric) NAT on db1", result["reasons"][1])
         self.assertEqual(result["nat"], {"this_node": "easy", "peer": "hard"})
 
@@ -801,7 +804,7 @@ class ExplainTests(unittest.TestCase):
         await self.mesh.start_daemon(peers=1)
         await self.mesh.stop_server()
         result = await ops.explain(self.mesh.context(), "db1")
-        self.assertEqual((result["path"], result["endpoint"]), ("direct", "10.1.1.1:51820"))
+        self.assertEqual((result["path"], result["endpoint"]), ("lan", "10.1.1.1:51820"))
         self.assertIn("the server is unreachable", result["reasons"][0])
 
     async def test_unknown_peer_and_this_node(self):
@@ -866,7 +869,7 @@ class ExplainPathTests(unittest.TestCase):
     def test_connecting(self):
         result = self.explain(wg=self.wg(path="connecting", handshake_age=None))
         self.assertEqual(result["path"], "connecting")
-        self.assertIn("the daemon tries it for 15s, then relays", result["reasons"][-1])
+        self.assertIn("the server moves the pair (both nodes at once) to the relay", result["reasons"][-1])
 
     def test_relay_for_hard_nat(self):
         wg = self.wg(path="relay", reason="relay: hard NAT on db1", why="hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0)
@@ -1113,8 +1116,8 @@ class LastKnownMeshTests(unittest.TestCase):
         self.assertEqual(by_name["web1"]["vpn_ip"], load_config(self.mesh.config_dir).vpn_ip)
         peer = by_name["db1"]
         self.assertEqual((peer["this_node"], peer["status"], peer["vpn_ip"]), (False, "online", db1["vpn_ip"]))
-        self.assertEqual((peer["path"], peer["endpoint"]), ("direct", "10.1.1.1:51820"))
-        self.assertEqual(peer["path_reason"], "direct: same LAN, via 10.1.1.1:51820")
+        self.assertEqual((peer["path"], peer["endpoint"]), ("lan", "10.1.1.1:51820"))
+        self.assertEqual(peer["path_reason"], "lan: same public address as this node, via 10.1.1.1:51820")
 
     async def test_an_answering_server_is_not_stale(self):
         await self.mesh.register("db1")
@@ -1152,7 +1155,7 @@ class LastKnownMeshTests(unittest.TestCase):
         db1 = await self.server_goes_away()
         result = await ops.peers(self.mesh.context())
         self.assertEqual((result["ok"], result["stale"], result["source"], result["count"]), (False, True, "daemon", 1))
-        self.assertEqual(result["peers"], [{"node_name": "db1", "node_id": db1["node_id"], "vpn_ip": db1["vpn_ip"], "endpoint": "10.1.1.1:51820", "path": "direct"}])
+        self.assertEqual(result["peers"], [{"node_name": "db1", "node_id": db1["node_id"], "vpn_ip": db1["vpn_ip"], "endpoint": "10.1.1.1:51820", "path": "lan"}])
         self.assertIn("showing the mesh as this node last saw it", result["warning"])
 
     async def test_ping_by_name_resolves_through_the_daemon(self):
@@ -1160,7 +1163,7 @@ class LastKnownMeshTests(unittest.TestCase):
         self.mesh.runner.expect(ops.ping_argv(db1["vpn_ip"], 4), stdout=PING_OK)
         result = await ops.ping(self.mesh.context(), "db1")
         self.mesh.runner.assert_all_called()
-        self.assertEqual((result["ok"], result["vpn_ip"], result["path"]), (True, db1["vpn_ip"], "direct"))
+        self.assertEqual((result["ok"], result["vpn_ip"], result["path"]), (True, db1["vpn_ip"], "lan"))
 
     async def test_ping_of_a_name_nobody_can_resolve(self):
         await self.server_goes_away()
@@ -1196,14 +1199,14 @@ class LastKnownMeshTests(unittest.TestCase):
         self.assertEqual(lines[1], f"wire status  {self.mesh.url}")
         self.assertRegex(lines[2], rf"^  ! server unreachable \({self.mesh.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago$")
         self.assertEqual(lines[3], "  2 online / 0 offline / 2 total (last known)")
-        self.assertRegex(lines[5], r"^  ● db1 +10\.99\.\d+\.\d+ +- +direct 10\.1\.1\.1:51820, handshake \d+s ago$")
+        self.assertRegex(lines[5], r"^  ● db1 +10\.99\.\d+\.\d+ +- +lan 10\.1\.1\.1:51820, handshake \d+s ago$")
         self.assertRegex(lines[6], r"^  ● web1 +10\.99\.\d+\.\d+ +127\.0\.0\.1 +- +\(this node\)$")
         code, out, _ = await run_wire(self.mesh, "status", "--json")
         answer = json.loads(out)
         self.assertEqual((code, answer["stale"], answer["source"]), (1, True, "daemon"))
         code, out, _ = await run_wire(self.mesh, "peers")
         self.assertEqual(code, 1)
-        self.assertRegex(out, r"^! server unreachable .*\n1 peer\(s\) online when last heard, from this node's daemon\n  db1 +10\.99\.\d+\.\d+ +10\.1\.1\.1:51820 \(direct\)$")
+        self.assertRegex(out, r"^! server unreachable .*\n1 peer\(s\) online when last heard, from this node's daemon\n  db1 +10\.99\.\d+\.\d+ +10\.1\.1\.1:51820 \(lan\)$")
 
 
 async def run_wire(mesh: Mesh, *argv) -> tuple[int, str, str]:
@@ -1383,7 +1386,7 @@ class RealServerTests(unittest.TestCase):
         self.assertEqual((code, err), (1, ""))
         self.assertRegex(out, rf"\n  ! server unreachable \({server.url} is unreachable: .*\): showing the mesh as this node last saw it, \d+s ago\n")
         self.assertIn("  2 online / 0 offline / 2 total (last known)\n", out)
-        self.assertRegex(out, rf"\n  ● db1 +{db1.vpn_ip} .* direct 10\.1\.1\.1:51820, handshake \d+s ago\n")
+        self.assertRegex(out, rf"\n  ● db1 +{db1.vpn_ip} .* lan 10\.1\.1\.1:51820, handshake \d+s ago\n")
         self.assertRegex(out, r"\n  ● web1 .*\(this node\)\n")
         code, out, _ = await self.wire(mesh, "status", "--json")
         answer = json.loads(out)

@@ -1,103 +1,307 @@
+"""The pair's path on a fake clock: the rule, the server's word, proof, silence and reports."""
+
 from twisted.trial import unittest
 
-from wire.node.netmap import Peer
-from wire.node.control import describe_path
-from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE, Me, PathChoice, PathPlanner, nat_rule
+from wire.node.control import describe_path, endpoint_kind
+from wire.node.paths import (
+    DEAD_AFTER,
+    DEAD_AFTER_WITHOUT_ECHO,
+    PROBE_AFTER,
+    REPORT_AGAIN,
+    SETTLE,
+    PathPlanner,
+    Phase,
+    Seen,
+)
 from wire.node.wireguard import PeerStatus
-from wire.protocol import PathMode
+from wire.protocol import NatType, PairPath, PathFailure, PathMode, PeerView, pair_rule
+from wire.protocol.paths import DIRECT_TIMEOUT, RETRY_TIMEOUT, retry_delay
 
 
-def peer(name="db1", public_ip="203.0.113.2", nat_type="easy", lan_ip="192.168.1.2", nat_port=40000):
-    return Peer(
-        node_id=f"id-{name}", node_name=name, vpn_ip="10.99.1.2", wg_public_key=f"key-{name}",
-        public_ip=public_ip, nat_port=nat_port, port=51820, lan_ip=lan_ip, nat_type=nat_type, online=True,
+def node(name, public_ip, nat_type="easy", lan_ip="", nat_port=40000, online=True):
+    return PeerView(
+        node_id=f"id-{name}",
+        node_name=name,
+        vpn_ip="10.99.1.2",
+        wg_public_key=f"key-{name}",
+        public_ip=public_ip,
+        nat_port=nat_port,
+        port=51820,
+        lan_ip=lan_ip,
+        nat_type=NatType(nat_type),
+        online=online,
     )
 
 
-ME_EASY = Me("web1", "198.51.100.1", "easy")
+WEB1 = node("web1", "198.51.100.1", lan_ip="192.168.9.1")
+DB1 = node("db1", "203.0.113.2", lan_ip="192.168.1.2")
 
 
-class NatRuleTests(unittest.TestCase):
-    def test_rules(self):
+class RuleTests(unittest.TestCase):
+    def test_the_rule_is_the_same_from_both_sides(self):
         cases = [
-            (Me("web1", "198.51.100.1", "none"), peer(nat_type="hard"), None),
-            (Me("web1", "198.51.100.1", "hard"), peer(nat_type="none"), None),
-            (Me("web1", "198.51.100.1", "hard"), peer(nat_type="easy"), "relay: hard NAT on web1"),
-            (ME_EASY, peer(nat_type="hard"), "relay: hard NAT on db1"),
-            (Me("web1", "198.51.100.1", "hard"), peer(nat_type="hard"), "relay: hard NAT on web1"),
-            (ME_EASY, peer(nat_type="unknown"), None),
-            # Same NAT: the LAN path works whatever the NAT type.
-            (Me("web1", "203.0.113.2", "hard"), peer(nat_type="hard"), None),
+            ("none", "hard", PathMode.DIRECT, "direct"),
+            ("hard", "none", PathMode.DIRECT, "direct"),
+            ("hard", "easy", PathMode.RELAY, "hard NAT on web1"),
+            ("easy", "hard", PathMode.RELAY, "hard NAT on db1"),
+            ("hard", "hard", PathMode.RELAY, "hard NAT on db1 and web1"),
+            ("easy", "unknown", PathMode.DIRECT, "direct"),
+            ("hard", "unknown", PathMode.RELAY, "hard NAT on web1"),
         ]
-        for me, other, expected in cases:
-            # The rule gives the reason; its mode is always the relay.
-            why = nat_rule(me, other)
-            self.assertEqual(None if why is None else f"{PathMode.RELAY}: {why}", expected, (me, other.nat_type))
+        for mine, theirs, mode, reason in cases:
+            a, b = node("web1", "198.51.100.1", mine), node("db1", "203.0.113.2", theirs)
+            self.assertEqual(pair_rule(a, b), (mode, reason), (mine, theirs))
+            self.assertEqual(pair_rule(b, a), (mode, reason), "symmetric")
+
+    def test_one_public_address_means_the_lan_whatever_the_nat(self):
+        a = node("web1", "203.0.113.2", "hard", lan_ip="192.168.1.3")
+        b = node("db1", "203.0.113.2", "hard", lan_ip="192.168.1.2")
+        self.assertEqual(pair_rule(a, b)[0], PathMode.LAN)
+        self.assertEqual(pair_rule(b, a)[0], PathMode.LAN)
+        # Without a LAN address on one side there is no LAN path to take.
+        self.assertEqual(pair_rule(node("web1", "203.0.113.2", "hard"), b)[0], PathMode.RELAY)
+
+    def test_retry_delays_double_up_to_half_an_hour(self):
+        self.assertEqual([retry_delay(n) for n in range(1, 8)], [60, 120, 240, 480, 960, 1800, 1800])
+
+
+class Side:
+    """One node's planner, and what its WireGuard shows of the other."""
+
+    def __init__(self, me: PeerView, peer: PeerView):
+        self.me, self.peer = me, peer
+        self.planner = PathPlanner()
+        self.words: dict[str, PairPath] = {}
+        self.rx, self.tx = 100, 200
+        self.handshake = 0.0
+        self.configured = True
+        self.echoing = True
+
+    def plan(self, now: float):
+        seen = {self.peer.wg_public_key: Seen("x", self.handshake, self.rx, self.tx)} if self.configured else {}
+        echoing = {self.peer.node_id} if self.echoing else set()
+        return self.planner.plan(self.me, {self.peer.node_id: self.peer}, self.words, seen, now, echoing)
+
+    def path(self):
+        return self.planner.paths[self.peer.node_id]
 
 
 class PlannerTests(unittest.TestCase):
     def setUp(self):
-        self.planner = PathPlanner()
-        self.peer = peer()
+        self.side = Side(WEB1, DB1)
 
-    def plan(self, now, handshake=0.0, me=ME_EASY, p=None):
-        p = p or self.peer
-        return self.planner.plan(me, {p.node_id: p}, {p.wg_public_key: handshake}, now)[p.node_id]
+    def test_a_direct_attempt_is_proven_by_what_arrives_after_it_settles(self):
+        plan = self.side.plan(100)
+        self.assertEqual((self.side.path().mode, self.side.path().phase), (PathMode.DIRECT, Phase.TRYING))
+        self.assertEqual(self.side.path().endpoint, "203.0.113.2:40000")
+        self.assertEqual(plan.probes, ["id-db1"], "an attempt is probed")
+        self.side.rx += 100  # in flight from before: proves nothing
+        self.side.plan(100 + SETTLE / 2)
+        self.assertEqual(self.side.path().phase, Phase.TRYING)
+        self.side.plan(101)
+        self.side.rx += 100
+        plan = self.side.plan(102)
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
+        self.assertEqual(plan.probes, [], "a working path is not probed")
+        self.assertEqual(self.side.path().summary, "direct: via 203.0.113.2:40000")
 
-    def test_direct_then_relay_without_handshake(self):
-        self.assertEqual(self.plan(100).mode, "direct")
-        self.assertEqual(self.plan(100 + DIRECT_TIMEOUT).mode, "direct")
-        choice = self.plan(101 + DIRECT_TIMEOUT)
-        self.assertEqual((choice.mode, choice.summary), ("relay", "relay: no direct handshake within 15s"))
-        self.assertIs(choice.mode, PathMode.RELAY)
-        self.assertEqual(choice.reason, "no direct handshake within 15s", "the reason does not repeat the mode")
-        self.assertEqual(self.plan(500).mode, "relay", "relay holds while nothing changes")
+    def test_a_new_handshake_proves_it_too(self):
+        self.side.plan(100)
+        self.side.handshake = 103
+        self.side.plan(104)
+        self.assertTrue(self.side.path().proven)
 
-    def test_verified_direct_stays_until_stale(self):
-        self.plan(100)
-        self.assertTrue(self.plan(105, handshake=104).verified)
-        self.assertEqual(self.plan(104 + HANDSHAKE_STALE, handshake=104).mode, "direct")
-        choice = self.plan(105 + HANDSHAKE_STALE, handshake=104)
-        self.assertEqual((choice.mode, choice.summary), ("relay", "relay: the direct path stopped working"))
+    def test_no_proof_within_the_timeout_is_reported_once_and_again_only_if_refused(self):
+        self.side.plan(100)
+        self.assertEqual(self.side.plan(100 + DIRECT_TIMEOUT - 0.1).reports, [])
+        plan = self.side.plan(100 + DIRECT_TIMEOUT)
+        self.assertEqual(plan.reports, [("id-db1", PathFailure.NO_PROOF)])
+        self.assertEqual(self.side.path().mode, PathMode.DIRECT, "the node never switches alone")
+        self.side.planner.reported("id-db1", accepted=False, now=100 + DIRECT_TIMEOUT)
+        self.assertEqual(self.side.plan(100 + DIRECT_TIMEOUT + 1).reports, [])
+        self.assertEqual(self.side.plan(100 + DIRECT_TIMEOUT + REPORT_AGAIN).reports, [("id-db1", PathFailure.NO_PROOF)])
 
-    def test_changed_facts_try_direct_again(self):
-        self.plan(100)
-        self.assertEqual(self.plan(200).mode, "relay")
-        moved = peer(public_ip="203.0.113.99")
-        choice = self.plan(201, handshake=150, p=moved)
-        self.assertEqual(choice.mode, "direct")
-        self.assertFalse(choice.verified, "a handshake from the relay days proves nothing")
-        self.assertTrue(self.plan(203, handshake=202, p=moved).verified)
+    def test_the_servers_word_moves_the_pair_and_a_retry_has_the_short_timeout(self):
+        self.side.plan(100)
+        self.side.words["id-db1"] = PairPath("id-db1", PathMode.RELAY, "no direct handshake within 15s", 116, 1, 176)
+        plan = self.side.plan(117)
+        self.assertEqual((self.side.path().mode, self.side.path().phase), (PathMode.RELAY, Phase.RELAYED))
+        self.assertEqual((plan.probes, plan.reports), ([], []))
+        self.side.words["id-db1"] = PairPath("id-db1", PathMode.DIRECT, "trying direct again (retry 1)", 176, 1)
+        self.side.plan(176)
+        path = self.side.path()
+        self.assertEqual((path.mode, path.phase, path.timeout), (PathMode.DIRECT, Phase.TRYING, RETRY_TIMEOUT))
+        self.assertEqual(path.reason, "trying direct again (retry 1), via 203.0.113.2:40000")
+        self.assertEqual(self.side.plan(176 + RETRY_TIMEOUT).reports, [("id-db1", PathFailure.NO_PROOF)])
 
-    def test_hard_nat_relays_at_once_and_forgets_departed_peers(self):
-        hard = peer(nat_type="hard")
-        self.assertEqual(self.plan(100, p=hard).summary, "relay: hard NAT on db1")
-        self.planner.plan(ME_EASY, {}, {}, 101)
-        self.assertEqual(self.planner.choices, {})
+    def test_a_word_for_direct_where_the_rule_says_relay_is_not_followed(self):
+        side = Side(WEB1, node("db1", "203.0.113.2", "hard"))
+        side.words["id-db1"] = PairPath("id-db1", PathMode.DIRECT, "trying direct again (retry 1)", 100, 1)
+        side.plan(100)
+        self.assertEqual((side.path().mode, side.path().reason), (PathMode.RELAY, "hard NAT on db1"))
 
-    def test_restart_with_live_tunnel_counts_recent_handshake(self):
-        self.assertTrue(self.plan(1000, handshake=950).verified)
+    def test_a_working_path_that_goes_silent_is_probed_then_reported(self):
+        self.side.plan(100)
+        self.side.plan(101)
+        self.side.rx += 100
+        self.side.plan(102)
+        self.side.tx += 500  # we send; nothing comes back
+        self.side.plan(103)
+        self.assertEqual(self.side.plan(103 + PROBE_AFTER).probes, ["id-db1"])
+        self.assertEqual(self.side.path().phase, Phase.SILENT)
+        self.assertEqual(self.side.plan(103 + DEAD_AFTER - 0.1).reports, [])
+        self.assertEqual(self.side.plan(103 + DEAD_AFTER).reports, [("id-db1", PathFailure.STOPPED)])
+        # An answer after all: working again, nothing more to report.
+        self.side.rx += 50
+        self.side.plan(110)
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
+
+    def test_a_peer_that_never_answered_a_probe_gets_wireguards_own_ten_seconds(self):
+        self.side.echoing = False
+        self.side.plan(100)
+        self.side.plan(101)
+        self.side.rx += 100
+        self.side.plan(102)
+        self.side.tx += 500
+        self.side.plan(103)
+        self.assertEqual(self.side.plan(103 + DEAD_AFTER).reports, [])
+        self.assertEqual(self.side.plan(103 + DEAD_AFTER_WITHOUT_ECHO).reports, [("id-db1", PathFailure.STOPPED)])
+
+    def test_keepalives_alone_are_not_traffic_that_needs_an_answer(self):
+        self.side.plan(100)
+        self.side.plan(101)
+        self.side.rx += 100
+        self.side.plan(102)
+        for t in range(103, 160):
+            if t % 25 == 0:
+                self.side.tx += 32
+            self.assertEqual(self.side.plan(t).reports, [])
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
+
+    def test_a_new_wireguard_starts_its_counters_again(self):
+        self.side.plan(100)
+        self.side.plan(101)
+        self.side.rx += 100
+        self.side.plan(102)
+        self.side.rx, self.side.tx = 0, 0  # wireguard-go restarted
+        self.side.plan(103)
+        self.side.tx += 300
+        self.side.plan(104)
+        self.side.rx += 90
+        self.side.plan(105)
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
+
+    def test_an_offline_peer_is_neither_timed_nor_reported(self):
+        side = Side(WEB1, node("db1", "203.0.113.2", online=False))
+        side.plan(100)
+        self.assertEqual(side.plan(100 + 3 * DIRECT_TIMEOUT).reports, [])
+        side.peer = node("db1", "203.0.113.2")
+        side.plan(200)
+        self.assertEqual(side.path().since, 200, "the attempt starts when it is back")
+        self.assertEqual(side.plan(200 + DIRECT_TIMEOUT - 1).reports, [])
+
+    def test_a_server_that_gives_no_word_lets_this_node_decide_with_backoff(self):
+        self.side.plan(100)
+        self.side.planner.decide_locally("id-db1", PathFailure.NO_PROOF, 115)
+        self.side.plan(116)
+        self.assertEqual((self.side.path().mode, self.side.path().reason), (PathMode.RELAY, "no direct handshake within 15s"))
+        self.side.plan(115 + retry_delay(1))
+        self.assertEqual((self.side.path().mode, self.side.path().timeout), (PathMode.DIRECT, RETRY_TIMEOUT))
+        plan = self.side.plan(115 + retry_delay(1) + RETRY_TIMEOUT)
+        self.side.planner.decide_locally("id-db1", plan.reports[0][1], 115 + retry_delay(1) + RETRY_TIMEOUT)
+        word = self.side.planner.local_words["id-db1"]
+        self.assertEqual((word.tries, word.retry_at - word.since), (2, retry_delay(2)))
 
 
-class DescribePathTests(unittest.TestCase):
-    """What the control socket says of a path: the mode, and the reason with and without it."""
+class AgreementTests(unittest.TestCase):
+    """Two nodes of a pair, each with its own planner, fed the same facts and
+    words at different moments: once their inputs agree, their modes do."""
 
-    def status(self, handshake: float) -> PeerStatus:
-        return PeerStatus("key-db1", "127.0.0.1:40100", ("10.99.1.2/32",), handshake, 0, 0, 25)
+    def interleavings(self):
+        # (delay before A sees a change, delay before B sees it)
+        return [(0, 0), (0, 3), (3, 0), (0.2, 9), (9, 0.2)]
 
-    def test_relay(self):
-        choice = PathChoice(PathMode.RELAY, "hard NAT on db1", 100.0, ())
-        described = describe_path(choice, self.status(195.0), 200.0)
-        self.assertEqual(described, {"path": "relay", "reason": "relay: hard NAT on db1", "why": "hard NAT on db1", "handshake_age": 5.0})
-        self.assertIs(described["path"], PathMode.RELAY)
+    def test_both_sides_follow_every_word_whatever_the_order(self):
+        words = [
+            PairPath("?", PathMode.RELAY, "no direct handshake within 15s", 10, 1, 70),
+            PairPath("?", PathMode.DIRECT, "trying direct again (retry 1)", 70, 1),
+            PairPath("?", PathMode.RELAY, "direct retry 1 failed", 75, 2, 195),
+            PairPath("?", None),
+        ]
+        for delay_a, delay_b in self.interleavings():
+            a, b = Side(WEB1, DB1), Side(DB1, WEB1)
+            t = 0.0
+            for word in words:
+                for side, delay in sorted(((a, delay_a), (b, delay_b)), key=lambda x: x[1]):
+                    side.plan(t + delay)
+                    peer_word = PairPath(side.peer.node_id, word.mode, word.reason, word.since, word.tries, word.retry_at)
+                    if word.mode is None:
+                        side.words.pop(side.peer.node_id, None)
+                    else:
+                        side.words[side.peer.node_id] = peer_word
+                t += 10
+                a.plan(t)
+                b.plan(t)
+                self.assertEqual(a.path().mode, b.path().mode, (delay_a, delay_b, word))
 
-    def test_direct_unproven_is_connecting(self):
-        choice = PathChoice(PathMode.DIRECT, "via 203.0.113.2:40000", 100.0, ())
-        described = describe_path(choice, self.status(0.0), 200.0)
-        self.assertEqual(
-            (described["path"], described["reason"], described["why"]),
-            (PathMode.CONNECTING, "trying direct: via 203.0.113.2:40000 (no handshake yet)", "via 203.0.113.2:40000"),
-        )
+    def test_a_restarted_side_agrees_at_once(self):
+        a, b = Side(WEB1, DB1), Side(DB1, WEB1)
+        relay = PairPath("id-db1", PathMode.RELAY, "the direct path stopped working", 5, 1, 65)
+        a.words["id-db1"] = relay
+        b.words["id-web1"] = PairPath("id-web1", relay.mode, relay.reason, relay.since, relay.tries, relay.retry_at)
+        a.plan(10)
+        b.plan(10)
+        a = Side(WEB1, DB1)  # a new daemon: its first netmap carries the word
+        a.words["id-db1"] = relay
+        a.plan(11)
+        self.assertEqual((a.path().mode, b.path().mode), (PathMode.RELAY, PathMode.RELAY))
 
-    def test_not_configured(self):
-        self.assertEqual(describe_path(None, None, 200.0)["path"], PathMode.NONE)
+    def test_facts_that_arrive_at_different_moments_agree_once_both_arrived(self):
+        a, b = Side(WEB1, DB1), Side(DB1, WEB1)
+        a.plan(0)
+        b.plan(0)
+        hard_db1 = node("db1", "203.0.113.2", "hard", lan_ip="192.168.1.2")
+        a.peer = hard_db1  # a learns db1 went behind a hard NAT first
+        a.plan(1)
+        b.me = hard_db1
+        b.plan(3)
+        self.assertEqual((a.path().mode, b.path().mode), (PathMode.RELAY, PathMode.RELAY))
+
+
+class DescribeTests(unittest.TestCase):
+    def status(self, endpoint, handshake=0.0):
+        return PeerStatus("key-db1", endpoint, ("10.99.1.2/32",), handshake, 0, 0, 25)
+
+    def test_the_endpoint_is_named_by_what_it_is(self):
+        self.assertEqual(endpoint_kind("127.0.0.1:40001", DB1, {"127.0.0.1:40001"}), "relay-shim")
+        self.assertEqual(endpoint_kind("127.0.0.1:40009", DB1), "relay-shim", "a loopback that is not the peer's")
+        self.assertEqual(endpoint_kind("203.0.113.2:40000", DB1), "public")
+        self.assertEqual(endpoint_kind("192.168.1.2:51820", DB1), "lan")
+        self.assertEqual(endpoint_kind(None, DB1), "none")
+        on_loopback = node("db1", "127.0.0.1")
+        self.assertEqual(endpoint_kind("127.0.0.1:51820", on_loopback), "public", "the peer's own address")
+
+    def test_what_wireguard_has_wins_over_what_was_chosen(self):
+        side = Side(WEB1, DB1)
+        side.words["id-db1"] = PairPath("id-db1", PathMode.RELAY, "the direct path stopped working", 90, 1, 150)
+        side.plan(100)
+        # WireGuard still has the public endpoint (the relay session is not ready).
+        shown = describe_path(side.path(), self.status("203.0.113.2:40000"), DB1, 100)
+        self.assertEqual((shown["path"], shown["endpoint_kind"]), (PathMode.CONNECTING, "public"))
+        self.assertIn("the relay session is not ready", shown["reason"])
+        shown = describe_path(side.path(), self.status("127.0.0.1:40001"), DB1, 100, {"127.0.0.1:40001"})
+        self.assertEqual((shown["path"], shown["endpoint_kind"]), (PathMode.RELAY, "relay-shim"))
+        self.assertEqual(shown["reason"], "relay: the direct path stopped working; direct tried again in 50s")
+        self.assertEqual((shown["decided_by"], shown["since"]), ("server", 100))
+
+    def test_a_direct_path_on_a_shim_is_not_called_direct(self):
+        side = Side(WEB1, DB1)
+        side.plan(100)
+        side.plan(101)
+        side.rx += 10
+        side.plan(102)
+        shown = describe_path(side.path(), self.status("127.0.0.1:40001", 101), DB1, 102)
+        self.assertEqual(shown["path"], PathMode.CONNECTING)
+        self.assertIn("WireGuard still sends to the relay shim 127.0.0.1:40001", shown["reason"])
+        shown = describe_path(side.path(), self.status("203.0.113.2:40000", 101), DB1, 102)
+        self.assertEqual((shown["path"], shown["reason"]), (PathMode.DIRECT, "direct: via 203.0.113.2:40000"))

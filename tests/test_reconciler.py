@@ -58,7 +58,7 @@ class ReconcilerTests(unittest.TestCase):
         self.reconcile()
         self.assertEqual(self.wireguard.peers[key_for("db1")].endpoint, "203.0.113.2:40002")
         self.assertEqual(self.wireguard.peers[key_for("db1")].allowed_ips, ("10.99.1.2/32",))
-        self.assertIs(self.reconciler.paths.choices[body_for("db1")["node_id"]].mode, PathMode.DIRECT)
+        self.assertIs(self.reconciler.paths.paths[body_for("db1")["node_id"]].mode, PathMode.DIRECT)
         self.mesh(removals=(body_for("db1")["node_id"],))
         self.reconcile()
         self.assertEqual(self.wireguard.peers, {})

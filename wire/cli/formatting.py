@@ -73,8 +73,8 @@ def format_status(result: dict, style: Style) -> str:
 def _path_column(node: dict) -> str:
     """This node's path to a peer: direct, relay, or why neither yet."""
     path, reason = node["path"], node["path_reason"]
-    if path == "direct":
-        return f"direct {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
+    if path in ("direct", "lan"):
+        return f"{path} {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
     if path == "relay":
         return f"relay ({node['path_why']}), handshake {_ago(node['handshake_age'])}"
     return f"{path}: {reason}"

@@ -11,6 +11,7 @@ the mesh and the daemon exit.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -18,7 +19,8 @@ from twisted.web import server
 
 from wire.node.daemon import NodeDaemon, RenameRefused
 from wire.node.events import MAX_WAIT
-from wire.node.paths import HANDSHAKE_STALE, PathChoice
+from wire.node.netmap import Peer
+from wire.node.paths import PeerPath, Phase, is_shim_endpoint
 from wire.node.wireguard import PeerStatus
 from wire.protocol import PathMode, ProtocolError, parse_node_name
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
@@ -30,18 +32,71 @@ def control_socket_path(config_dir: str) -> str:
     return os.path.join(config_dir, CONTROL_SOCKET)
 
 
-def describe_path(choice: PathChoice | None, status: PeerStatus | None, now: float) -> dict:
-    """How traffic reaches a peer: the chosen path, why, and what WireGuard shows."""
+def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = ()) -> str:
+    """What a WireGuard endpoint is: "relay-shim" (one of this node's relay
+    shim sessions, ``shims``, or another loopback address that is not the
+    peer's own), "lan" (the peer's LAN address), "public", or "none"."""
+    if not endpoint:
+        return "none"
+    if endpoint in shims:
+        return "relay-shim"
+    host = endpoint.rsplit(":", 1)[0].strip("[]")
+    if peer.lan_ip and host == peer.lan_ip:
+        return "lan"
+    if host != peer.public_ip and is_shim_endpoint(endpoint):
+        return "relay-shim"
+    return "public"
+
+
+def _handshake_since(path: PeerPath, status: PeerStatus) -> bool:
+    """A handshake since the attempt began proves it (the planner, which looks
+    once a second, may not have seen it yet)."""
+    return bool(status.latest_handshake) and status.latest_handshake >= path.since
+
+
+def describe_path(
+    path: PeerPath | None, status: PeerStatus | None, peer: Peer, now: float, shims: Collection[str] = ()
+) -> dict:
+    """How traffic reaches a peer: the path WireGuard actually has (its endpoint
+    as ``wg show`` shows it), the pair's mode, why, and since when."""
     age = now - status.latest_handshake if status is not None and status.latest_handshake else None
-    if status is None or choice is None:
+    if status is None or path is None:
         why = "not configured in WireGuard yet"
-        return {"path": PathMode.NONE, "reason": why, "why": why, "handshake_age": age}
-    # The planner looks every few seconds; a handshake since then counts now.
-    proven = choice.verified or (age is not None and age <= HANDSHAKE_STALE and status.latest_handshake >= choice.proof_after)
-    # "reason" is the one line people read; "why" the same without the mode.
-    if choice.mode is PathMode.DIRECT and not proven:
-        return {"path": PathMode.CONNECTING, "reason": f"trying {choice.summary} (no handshake yet)", "why": choice.reason, "handshake_age": age}
-    return {"path": choice.mode, "reason": choice.summary, "why": choice.reason, "handshake_age": age}
+        return {"path": PathMode.NONE, "reason": why, "why": why, "handshake_age": age, "endpoint_kind": "none"}
+    actual = endpoint_kind(status.endpoint, peer, shims)
+    why = path.reason
+    word = path.word
+    if path.mode is PathMode.RELAY and word is not None and word.retry_at is not None:
+        wait = max(0, word.retry_at - now)
+        why += f"; direct tried again in {wait:.0f}s"
+    shown: PathMode = path.mode
+    if path.mode is PathMode.RELAY and actual != "relay-shim":
+        shown = PathMode.CONNECTING
+        reason = f"relay chosen ({why}); the relay session is not ready, WireGuard sends to {status.endpoint or 'nowhere'}"
+    elif path.mode is not PathMode.RELAY and actual == "relay-shim":
+        shown = PathMode.CONNECTING
+        reason = f"{path.summary}; WireGuard still sends to the relay shim {status.endpoint}"
+    elif path.mode is not PathMode.RELAY and path.phase in (Phase.TRYING, Phase.FAILED) and not _handshake_since(path, status):
+        shown = PathMode.CONNECTING
+        waited = now - path.since
+        state = "reported to the server; waiting for its word" if path.phase is Phase.FAILED else f"{waited:.0f}s of {path.timeout:.0f}s"
+        reason = f"trying {path.summary} (nothing from the peer yet: {state})"
+    else:
+        reason = f"{path.mode}: {why}"
+        if path.phase is Phase.SILENT:
+            reason += " (silent lately: probing)"
+    return {
+        "path": shown,
+        "mode": path.mode,
+        "reason": reason,
+        "why": why,
+        "handshake_age": age,
+        "endpoint_kind": actual,
+        "phase": path.phase,
+        "since": path.since,
+        "since_ago": max(0.0, now - path.since),
+        "decided_by": "server" if word is not None else "rule",
+    }
 
 
 async def node_status(daemon: NodeDaemon) -> dict:
@@ -56,6 +111,8 @@ async def node_status(daemon: NodeDaemon) -> dict:
         else:
             interface["listen_port"] = wg.listen_port
             by_key = {p.public_key: p for p in wg.peers}
+    relay = daemon.reconciler.relay
+    shims = {session.endpoint for session in relay.sessions().values()} if relay is not None else set()
     peers = []
     for peer in sorted(daemon.netmap.peers.values(), key=lambda p: p.node_name):
         wg_peer = by_key.get(peer.wg_public_key)
@@ -68,7 +125,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "endpoint": wg_peer.endpoint if wg_peer else None,
                 "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.reconciler.paths.choices.get(peer.node_id), wg_peer, now),
+                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims),
             }
         )
     config = daemon.config

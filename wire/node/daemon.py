@@ -52,6 +52,7 @@ from wire.node.lan import LanAddress
 from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
+from wire.node.probe import PathProbe
 from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
 from wire.node.state import NodeState, Phase, ServerContact
@@ -67,7 +68,9 @@ from wire.protocol import (
 )
 from wire.stun import NatReport
 
-PATH_CHECK_INTERVAL = 5.0
+# How often each peer's path is checked against WireGuard's counters (one
+# `wg show` each): a dead direct path is found within about 7 s.
+PATH_CHECK_INTERVAL = 1.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
@@ -92,6 +95,7 @@ class NodeDaemon(Service):
         probe_nat: Callable[[], Awaitable[NatReport]],
         lan_ip: Callable[[], str] | None = None,
         relay: RelayShim | None = None,
+        start_probe: Callable[[str, str], PathProbe] | None = None,
         join_token: JoinToken | None = None,
         join_pending: bool = False,
     ):
@@ -139,7 +143,11 @@ class NodeDaemon(Service):
             interface_up=lambda: self.interface_ready,
             stopping=lambda: self._stopping,
             relay=relay,
+            probe=lambda: self._probe,
         )
+        self._start_probe = start_probe
+        self._probe: PathProbe | None = None
+        self._probe_address = ""
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
 
@@ -158,9 +166,9 @@ class NodeDaemon(Service):
         return self.state.phase in (Phase.STOPPING, Phase.REMOVED)
 
     def me(self) -> Me:
-        """This node's facts, as the path planner sees them."""
+        """This node's facts as it knows them (the planner prefers the server's view, once the netmap has it)."""
         nat_type = self.nat.nat_type if self.nat else NatType(self.config.nat_type or NatType.UNKNOWN)
-        return Me(self.config.node_name, self.contact.public_ip, nat_type)
+        return Me(self.config.node_name, self.contact.public_ip, nat_type, self._lan_ip() or "", self.config.node_id)
 
     def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
         """Move to ``phase`` and announce it (once: a phase repeated is no news)."""
@@ -265,6 +273,7 @@ class NodeDaemon(Service):
                 loop.stop()
         for d in list(self._inflight):
             d.cancel()
+        self._stop_probe()
 
     def stopService(self):
         self._stop_loops()
@@ -304,6 +313,26 @@ class NodeDaemon(Service):
         self.events.emit(
             "interface", f"interface {self.wireguard.name} up ({self.wireguard.backend}) with {self.config.vpn_ip}"
         )
+        self._listen_for_probes()
+
+    def _listen_for_probes(self) -> None:
+        """The path probe on our VPN address (again, if the address changed)."""
+        if self._start_probe is None:
+            return
+        if self._probe is not None and self._probe_address == self.config.vpn_ip:
+            return
+        self._stop_probe()
+        try:
+            self._probe = self._start_probe(self.config.vpn_ip, self.config.vpn_subnet or f"{self.config.vpn_ip}/32")
+        except Exception as e:
+            self.log.warn("path probe not started ({error}): paths are proven by WireGuard's own traffic only", error=e)
+            return
+        self._probe_address = self.config.vpn_ip
+
+    def _stop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None and probe.transport is not None:
+            probe.transport.stopListening()
 
     async def restore_interface(self, reason: str) -> None:
         """WireGuard went away under us (wireguard-go died): rebuild it as it was."""

@@ -1,32 +1,14 @@
-"""The node's copy of the netmap, and the WireGuard peers it implies."""
+"""The node's copy of the netmap: the other nodes, its own record, and the server's word on its pairs."""
 
 from __future__ import annotations
 
-from wire.protocol import NetmapAnswer, PeerView
+from wire.protocol import NetmapAnswer, PairPath, PeerView
 
 PERSISTENT_KEEPALIVE = 25
 
 # One other node, as far as this node needs to know it: the protocol's
 # peer view, validated when the netmap answer arrived (PeerView.from_json).
 Peer = PeerView
-
-
-def endpoint_for(peer: Peer, my_public_ip: str) -> str | None:
-    """Where to send WireGuard packets for ``peer``.
-
-    Two nodes behind the same NAT share a public address; they reach each
-    other on their LAN addresses (hairpinning through the router often
-    fails). Otherwise the peer's public, NAT-mapped endpoint.
-    """
-    if peer.lan_ip and peer.public_ip and peer.public_ip == my_public_ip:
-        return _join(peer.lan_ip, peer.port)
-    if peer.public_ip:
-        return _join(peer.public_ip, peer.nat_port)
-    return None
-
-
-def _join(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class NodeNetmap:
@@ -36,6 +18,10 @@ class NodeNetmap:
         self.my_node_id = my_node_id
         self.cursor = "0"
         self.peers: dict[str, Peer] = {}
+        # This node as the server has it (what its peers see of it), once told.
+        self.me: Peer | None = None
+        # The server's word on each pair with a peer (by peer id), where it has one.
+        self.words: dict[str, PairPath] = {}
 
     def apply(self, answer: NetmapAnswer) -> list[str]:
         """Take a long-poll answer; returns problems with entries that were skipped."""
@@ -43,12 +29,33 @@ class NodeNetmap:
         for peer in answer.upserts:
             if peer.node_id != self.my_node_id:
                 updated[peer.node_id] = peer
+            else:
+                self.me = peer
         for node_id in answer.removals:
             updated.pop(node_id, None)
         self.peers = updated
+        # In the server's order: each entry replaces what was held.
+        words = {} if answer.paths_full else dict(self.words)
+        for word in answer.paths:
+            if word.mode is None:
+                words.pop(word.peer, None)
+            elif word.peer != self.my_node_id:
+                words[word.peer] = word
+        self.words = {node_id: word for node_id, word in words.items() if node_id in updated}
         if answer.cursor:
             self.cursor = answer.cursor
         return list(answer.skipped)
+
+    def take_reported(self, word: PairPath) -> None:
+        """The pair's word in the answer to this node's report.
+
+        The long-poll brings the same change too, in either order: a word
+        older than the one held is ignored, and so is "no word".
+        """
+        held = self.words.get(word.peer)
+        if word.mode is None or word.peer not in self.peers or (held is not None and held.since > word.since):
+            return
+        self.words[word.peer] = word
 
     @property
     def epoch(self) -> str:

@@ -1,50 +1,111 @@
-"""Choosing each peer's path: direct (LAN or public endpoint) or the relay.
+"""Each peer's path on this node: the pair's mode, and the evidence this node reports.
 
-The rules are symmetric, so both nodes of a pair reach the same choice from
-the netmap without talking to each other:
+The mode is never this node's own choice, so the two nodes of a pair
+cannot disagree (see :mod:`wire.protocol.paths`): it is the server's word
+on the pair if it has one, else :func:`~wire.protocol.paths.pair_rule` on
+the two nodes' facts as the netmap carries them. What this node adds is
+evidence, watched on WireGuard's counters at every check:
 
-- same public address (one NAT): direct, over the LAN;
-- a hard (symmetric) NAT on one side while the other side is behind a NAT
-  too: no endpoint learned by STUN is valid, so relay at once;
-- otherwise try direct; no handshake within DIRECT_TIMEOUT seconds of
-  configuring the peer means relay;
-- a direct path that worked and then went silent (no handshake for
-  HANDSHAKE_STALE seconds) falls back to relay;
-- when either side's network facts change (address, port, NAT type), the
-  pair tries direct again (or relays at once if the NAT rule says so).
+- a direct (or LAN) attempt is *proven* once anything arrives from the peer
+  after it began (its received-bytes counter grows, or a new handshake);
+  until then it is probed (a packet to the peer's echo port through the
+  tunnel, which makes the peer answer), and if nothing proves it within
+  the attempt's timeout, the node reports ``no-proof``;
+- a proven path on which this node sent and heard nothing back is probed;
+  still silent after DEAD_AFTER, it is reported ``stopped``.
+
+A report goes to the server, which decides for the pair and tells both
+nodes (or, from a server that has no word to give, this node decides for
+itself: :meth:`PathPlanner.decide_locally`). Until the word comes the mode
+stays: the node never switches alone.
+
+Pure: facts, WireGuard's counters and the time in, decisions out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-from wire.node.netmap import Peer, endpoint_for
-from wire.protocol import NatType, PathMode
+from wire.protocol import NatType, PairPath, PathFailure, PathMode, PeerView, pair_rule
+from wire.protocol.paths import DIRECT_MODES, attempt_timeout, retry_delay
 
-DIRECT_TIMEOUT = 15.0
-# WireGuard re-handshakes every 2 minutes on a live tunnel (keepalives count).
+# Before this long after an attempt began, what arrives may still be from
+# the old path (a relayed packet in flight): it proves nothing.
+SETTLE = 0.5
+# Sent, and nothing back for this long: probe.
+PROBE_AFTER = 1.5
+# Sent, probed, and nothing back for this long: the path stopped working.
+DEAD_AFTER = 6.0
+# The same for a peer that never answered a probe (an older wire): only
+# WireGuard's own answers count, and it answers data within 10 s.
+DEAD_AFTER_WITHOUT_ECHO = 15.0
+# A report the server refused or never got is made again after this long.
+REPORT_AGAIN = 5.0
+# WireGuard handshakes again every 2 minutes on a live tunnel (keepalives
+# count): a handshake older than this means the tunnel is not up.
 HANDSHAKE_STALE = 180.0
+# A WireGuard keepalive: sending only these is not traffic that needs an answer.
+KEEPALIVE_BYTES = 32
 
-NATTED = (NatType.EASY, NatType.HARD, NatType.UNKNOWN)
+
+class Phase(StrEnum):
+    """Where a direct or LAN attempt stands on this node."""
+
+    TRYING = "trying"  # configured; nothing from the peer since
+    WORKING = "working"  # the peer was heard on it
+    SILENT = "silent"  # proven, but what we sent lately got no answer: probing
+    FAILED = "failed"  # reported; the pair's word has not come yet
+    RELAYED = "relayed"  # the pair goes through the relay
 
 
 @dataclass(frozen=True)
 class Me:
+    """This node's facts as far as it knows them itself (before the netmap has its own view)."""
+
     node_name: str
     public_ip: str
     nat_type: NatType
+    lan_ip: str = ""
+    node_id: str = ""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What WireGuard shows of one peer at one check."""
+
+    endpoint: str | None
+    latest_handshake: float  # unix seconds; 0: never
+    rx_bytes: int
+    tx_bytes: int
 
 
 @dataclass
-class PathChoice:
-    mode: PathMode  # DIRECT or RELAY
-    reason: str  # why, without the mode: "hard NAT on web2", "via 203.0.113.2:40000"
-    since: float
-    facts: tuple
-    verified: bool = False  # a handshake was seen on this path
-    # Only a handshake at or after this time proves the path (0: any recent
-    # one does, e.g. a tunnel that was already up when the daemon started).
-    proof_after: float = 0.0
+class PeerPath:
+    """One peer's path on this node, moved forward by :meth:`PathPlanner.plan`."""
+
+    mode: PathMode  # DIRECT, LAN or RELAY
+    reason: str  # why, without the mode: "hard NAT on web2"
+    endpoint: str | None  # where a direct or LAN attempt sends (None for the relay)
+    since: float  # when this mode and endpoint began
+    timeout: float  # how long an attempt has to prove itself
+    word: PairPath | None = None  # the server's word it follows, if any
+    phase: Phase = Phase.TRYING
+    proven_at: float | None = None
+    heard_at: float | None = None  # the peer was last heard then
+    # Counters at the previous check, and the first check that may prove.
+    last_rx: int = -1
+    last_tx: int = -1
+    baseline_rx: int | None = None
+    unanswered_since: float | None = None  # we sent, and have heard nothing since
+    report: PathFailure | None = None  # what this node has reported of the attempt
+    report_at: float | None = None  # when it may report (again)
+    waiting: bool = False  # not configured, or the peer offline: no attempt runs
+
+    @property
+    def proven(self) -> bool:
+        return self.proven_at is not None
 
     @property
     def summary(self) -> str:
@@ -52,62 +113,198 @@ class PathChoice:
         return f"{self.mode}: {self.reason}"
 
 
-def facts(me: Me, peer: Peer) -> tuple:
-    """What the choice depends on; when any of it changes, choose again."""
-    return (me.public_ip, me.nat_type, peer.public_ip, peer.nat_port, peer.lan_ip, peer.port, peer.nat_type)
+@dataclass
+class Plan:
+    """What one run decided: every peer's path, and what to do about them now."""
+
+    paths: dict[str, PeerPath]
+    probes: list[str] = field(default_factory=list)  # peer node ids to probe
+    reports: list[tuple[str, PathFailure]] = field(default_factory=list)  # to send to the server
 
 
-def nat_rule(me: Me, peer: Peer) -> str | None:
-    """Why the NAT types alone rule a direct path out (so: relay), or None."""
-    if peer.lan_ip and peer.public_ip and peer.public_ip == me.public_ip:
-        return None
-    if me.nat_type == NatType.HARD and peer.nat_type in NATTED:
-        return f"hard NAT on {me.node_name}"
-    if peer.nat_type == NatType.HARD and me.nat_type in NATTED:
-        return f"hard NAT on {peer.node_name}"
+def endpoint_for(peer: PeerView, mode: PathMode) -> str | None:
+    """Where WireGuard sends for ``peer`` on a direct or LAN path."""
+    if mode is PathMode.LAN and peer.lan_ip:
+        return _join(peer.lan_ip, peer.port)
+    if mode is PathMode.DIRECT and peer.public_ip:
+        return _join(peer.public_ip, peer.nat_port)
     return None
 
 
-def direct_reason(me: Me, peer: Peer) -> str:
-    endpoint = endpoint_for(peer, me.public_ip)
-    if peer.lan_ip and peer.public_ip == me.public_ip:
-        return f"same LAN, via {endpoint}"
-    return f"via {endpoint}"
+def _join(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def is_shim_endpoint(endpoint: str | None) -> bool:
+    """A loopback endpoint is the local relay shim, never a peer."""
+    return bool(endpoint) and (endpoint.startswith("127.") or endpoint.startswith("[::1]"))  # type: ignore[union-attr]
 
 
 class PathPlanner:
-    """Per-peer path state, moved forward by :meth:`plan`."""
+    """Every peer's :class:`PeerPath`, and the local words of a server that gives none."""
 
     def __init__(self) -> None:
-        self.choices: dict[str, PathChoice] = {}
+        self.paths: dict[str, PeerPath] = {}
+        # Decided here because the server had no word to give (a seed server).
+        self.local_words: dict[str, PairPath] = {}
 
-    def plan(self, me: Me, peers: dict[str, Peer], handshakes: dict[str, float], now: float) -> dict[str, PathChoice]:
-        """Update every peer's choice; ``handshakes`` maps public key to its last handshake time."""
-        for node_id in list(self.choices):
+    def plan(
+        self,
+        me: Me | PeerView,
+        peers: Mapping[str, PeerView],
+        words: Mapping[str, PairPath],
+        seen: Mapping[str, Seen],
+        now: float,
+        echoing: frozenset[str] | set[str] = frozenset(),
+    ) -> Plan:
+        """Move every peer's path forward.
+
+        ``me`` is this node as the netmap shows it (its own facts as it
+        knows them before that), ``words`` the server's word on each pair
+        (by peer node id), ``seen`` WireGuard's view of each peer (by public
+        key), ``echoing`` the peers that have answered a probe.
+        """
+        for node_id in list(self.paths):
             if node_id not in peers:
-                del self.choices[node_id]
+                del self.paths[node_id]
+        for node_id in list(self.local_words):
+            if node_id not in peers:
+                del self.local_words[node_id]
+        plan = Plan(self.paths)
         for node_id, peer in peers.items():
-            self.choices[node_id] = self._next(me, peer, handshakes.get(peer.wg_public_key, 0.0), now)
-        return self.choices
+            word = words.get(node_id) or self._local_word(node_id, now)
+            path = self._current(me, peer, word, now)
+            self.paths[node_id] = path
+            if path.mode is PathMode.RELAY:
+                continue
+            observed = seen.get(peer.wg_public_key)
+            if observed is None or not peer.online:
+                # Not configured yet, or nobody there: the attempt starts
+                # when it is (an old proof or failure tells nothing then).
+                path.since, path.phase, path.proven_at, path.waiting = now, Phase.TRYING, None, True
+                path.baseline_rx = path.unanswered_since = path.report = path.report_at = None
+                continue
+            if path.waiting:
+                path.since, path.waiting = now, False
+            self._watch(path, observed, now, node_id in echoing)
+            if path.phase is not Phase.WORKING:
+                plan.probes.append(node_id)
+            if self._due_report(path, now):
+                plan.reports.append((node_id, path.report))  # type: ignore[arg-type]
+        return plan
 
-    def _next(self, me: Me, peer: Peer, handshake: float, now: float) -> PathChoice:
-        current = self.choices.get(peer.node_id)
-        peer_facts = facts(me, peer)
-        if current is None or current.facts != peer_facts:
-            forced = nat_rule(me, peer)
-            if forced:
-                return PathChoice(PathMode.RELAY, forced, now, peer_facts)
-            # Leaving the relay, an older handshake may have gone through it.
-            proof_after = now if current is not None and current.mode is PathMode.RELAY else 0.0
-            current = PathChoice(PathMode.DIRECT, direct_reason(me, peer), now, peer_facts, proof_after=proof_after)
-        if current.mode is PathMode.RELAY:
+    def reported(self, node_id: str, accepted: bool, now: float) -> None:
+        """A report was answered (``accepted`` or not), or could not be sent (not accepted)."""
+        path = self.paths.get(node_id)
+        if path is not None and not accepted:
+            path.report_at = now + REPORT_AGAIN
+
+    def decide_locally(self, node_id: str, failure: PathFailure, now: float) -> None:
+        """The server cannot decide (it knows no ``POST /path``): this node does, for its side only."""
+        path = self.paths.get(node_id)
+        tries = (path.word.tries if path is not None and path.word is not None else 0) + 1
+        if failure is PathFailure.STOPPED:
+            tries = 1
+        self.local_words[node_id] = PairPath(
+            node_id,
+            PathMode.RELAY,
+            failure_reason(failure, path.timeout if path else None),
+            since=now,
+            tries=tries,
+            retry_at=now + retry_delay(tries),
+        )
+
+    def _local_word(self, node_id: str, now: float) -> PairPath | None:
+        word = self.local_words.get(node_id)
+        if word is not None and word.mode is PathMode.RELAY and word.retry_at is not None and now >= word.retry_at:
+            mode = PathMode.DIRECT
+            word = self.local_words[node_id] = PairPath(
+                node_id, mode, f"trying direct again (retry {word.tries})", since=now, tries=word.tries
+            )
+        return word
+
+    def _current(self, me: Me | PeerView, peer: PeerView, word: PairPath | None, now: float) -> PeerPath:
+        """The peer's path as it stands, or a new one if its mode or endpoint moved."""
+        rule_mode, rule_reason = pair_rule(me, peer)
+        if word is not None and word.mode is not None and not (word.mode in DIRECT_MODES and rule_mode is PathMode.RELAY):
+            mode, reason = word.mode, word.reason
+            if mode in DIRECT_MODES:
+                mode = rule_mode  # a retry goes where the rule says: LAN or public
+        else:
+            word = None
+            mode, reason = rule_mode, rule_reason
+        endpoint = endpoint_for(peer, mode) if mode in DIRECT_MODES else None
+        if mode in DIRECT_MODES and endpoint is None:
+            mode, reason = PathMode.RELAY, "no address of the peer is known"
+        if mode in DIRECT_MODES and word is None:
+            reason = f"{'same public address as this node, ' if mode is PathMode.LAN else ''}via {endpoint}"
+        elif mode in DIRECT_MODES:
+            reason = f"{reason}, via {endpoint}"
+        current = self.paths.get(peer.node_id)
+        if current is not None and (current.mode, current.endpoint) == (mode, endpoint):
+            current.reason, current.word, current.timeout = reason, word, attempt_timeout(word)
             return current
-        fresh = handshake > 0 and now - handshake <= HANDSHAKE_STALE
-        if fresh and handshake >= current.proof_after:
-            current.verified = True
-            return current
-        if not current.verified and now - current.since > DIRECT_TIMEOUT:
-            return PathChoice(PathMode.RELAY, f"no direct handshake within {DIRECT_TIMEOUT:.0f}s", now, peer_facts)
-        if current.verified and not fresh:
-            return PathChoice(PathMode.RELAY, "the direct path stopped working", now, peer_facts)
-        return current
+        return PeerPath(
+            mode=mode,
+            reason=reason,
+            endpoint=endpoint,
+            since=now,
+            timeout=attempt_timeout(word),
+            word=word,
+            phase=Phase.RELAYED if mode is PathMode.RELAY else Phase.TRYING,
+        )
+
+    def _watch(self, path: PeerPath, seen: Seen, now: float, echoing: bool) -> None:
+        """Read one check's counters into a direct or LAN path."""
+        if seen.rx_bytes < path.last_rx or seen.tx_bytes < path.last_tx:
+            path.last_rx = path.last_tx = -1  # a new WireGuard: its counters start again
+        heard = path.last_rx >= 0 and seen.rx_bytes > path.last_rx
+        sent = path.last_tx >= 0 and seen.tx_bytes - path.last_tx > KEEPALIVE_BYTES
+        if path.baseline_rx is None and now - path.since >= SETTLE:
+            path.baseline_rx = seen.rx_bytes
+        elif path.baseline_rx is not None and seen.rx_bytes < path.baseline_rx:
+            path.baseline_rx = 0
+        path.last_rx, path.last_tx = seen.rx_bytes, seen.tx_bytes
+        proof = (path.baseline_rx is not None and seen.rx_bytes > path.baseline_rx) or (
+            seen.latest_handshake > path.since + SETTLE
+        )
+        if not path.proven:
+            if proof:
+                path.proven_at = path.heard_at = now
+                path.phase = Phase.WORKING
+                path.report = path.report_at = None
+            elif now - path.since >= path.timeout:
+                self._fail(path, PathFailure.NO_PROOF, now)
+            return
+        if heard:
+            path.heard_at = now
+            path.unanswered_since = None
+            path.phase = Phase.WORKING
+            path.report = path.report_at = None
+            return
+        if sent and path.unanswered_since is None:
+            path.unanswered_since = now
+        if path.unanswered_since is None or path.phase is Phase.FAILED:
+            return
+        silent_for = now - path.unanswered_since
+        if silent_for >= (DEAD_AFTER if echoing else DEAD_AFTER_WITHOUT_ECHO):
+            self._fail(path, PathFailure.STOPPED, now)
+        elif silent_for >= PROBE_AFTER:
+            path.phase = Phase.SILENT
+
+    def _fail(self, path: PeerPath, failure: PathFailure, now: float) -> None:
+        if path.phase is not Phase.FAILED:
+            path.phase = Phase.FAILED
+            path.report, path.report_at = failure, now
+
+    @staticmethod
+    def _due_report(path: PeerPath, now: float) -> bool:
+        return path.phase is Phase.FAILED and path.report_at is not None and now >= path.report_at
+
+
+def failure_reason(failure: PathFailure, timeout: float | None) -> str:
+    """The reason a relayed pair shows, from the failure that put it there."""
+    if failure is PathFailure.STOPPED:
+        return "the direct path stopped working"
+    return f"no direct handshake within {timeout or 15:.0f}s"
+

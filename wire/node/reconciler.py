@@ -24,11 +24,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from wire.client import BadAnswer, CoordinationClient, ServerError, ServerUnreachable
 from wire.debuglog import logger as debug_aware_logger
-from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer, endpoint_for
-from wire.node.paths import Me, PathChoice, PathPlanner
+from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer
+from wire.node.paths import Me, PathPlanner, PeerPath, Phase, Plan, Seen, endpoint_for, is_shim_endpoint
+from wire.node.probe import PathProbe
 from wire.node.relay import RelayShim
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
-from wire.protocol import PathMode
+from wire.protocol import PathFailure, PathMode
 
 # Relay grants asked for at once: many relayed peers while the server is
 # slow must not open a request each.
@@ -68,6 +69,7 @@ class Reconciler:
         interface_up: Callable[[], bool],
         stopping: Callable[[], bool],
         relay: RelayShim | None = None,
+        probe: Callable[[], PathProbe | None] = lambda: None,
     ):
         self.clock = clock
         self.wireguard = wireguard
@@ -80,6 +82,7 @@ class Reconciler:
         self._interface_up = interface_up
         self._stopping = stopping
         self.relay = relay
+        self._probe = probe
         self.paths = PathPlanner()
         self._lock = DeferredLock()
         self._runtime = RuntimeState()
@@ -123,21 +126,28 @@ class Reconciler:
         if not self._interface_up() or self._stopping():
             return
         status = {p.public_key: p for p in (await self.wireguard.status()).peers}
-        handshakes = {key: p.latest_handshake for key, p in status.items()}
+        seen = {key: Seen(p.endpoint, p.latest_handshake, p.rx_bytes, p.tx_bytes) for key, p in status.items()}
         # What each peer has now: what we last set (WireGuard's own view
         # may have roamed), else what the interface held when we came.
         held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
-        me = self._me()
-        choices = self.paths.plan(me, self.netmap.peers, handshakes, self.clock.seconds())
-        self._log_path_changes(choices)
+        probe = self._probe()
+        echoing = {n for n, p in self.netmap.peers.items() if probe is not None and p.vpn_ip in probe.echoing}
+        # The rule reads this node's facts as its peers see them: the server's.
+        me = self.netmap.me or self._me()
+        plan = self.paths.plan(me, self.netmap.peers, self.netmap.words, seen, self.clock.seconds(), echoing)
+        self._log_path_changes(plan.paths)
         desired: dict[str, PeerConfig] = {}
+        reassert: set[str] = set()
         # Filled as we go: a grant that comes at once checks it.
         relayed: set[str] = set()
         self._runtime.relay_wanted = relayed
         for node_id, peer in self.netmap.peers.items():
-            endpoint = endpoint_for(peer, me.public_ip)
+            path = plan.paths[node_id]
+            endpoint = path.endpoint
             keepalive = PERSISTENT_KEEPALIVE
-            if choices[node_id].mode is PathMode.RELAY and self.relay is not None:
+            if path.mode is PathMode.RELAY and self.relay is None:
+                endpoint = endpoint_for(peer, PathMode.DIRECT)  # no shim here: the best there is
+            elif path.mode is PathMode.RELAY:
                 relayed.add(node_id)
                 relay_endpoint = self._relay_endpoint(peer)
                 kept = held.get(peer.wg_public_key)
@@ -160,6 +170,16 @@ class Reconciler:
                 endpoint=endpoint,
                 persistent_keepalive=keepalive,
             )
+            actual = status.get(peer.wg_public_key)
+            if actual is not None and self._roamed_astray(path.mode, actual.endpoint, endpoint):
+                reassert.add(peer.wg_public_key)
+                self.log.info(
+                    "{peer}: WireGuard roamed to {actual}; back to {endpoint} ({mode})",
+                    peer=peer.node_name or node_id,
+                    actual=actual.endpoint,
+                    endpoint=endpoint,
+                    mode=path.mode,
+                )
         self._runtime.grant_failing &= relayed
         if self.relay is not None:
             # Back to direct, or gone from the mesh: its session ends.
@@ -167,12 +187,67 @@ class Reconciler:
                 await self.relay.remove(node_id)
                 self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
         self._log_peer_changes(held, desired)
-        changed = await self.wireguard.apply(desired)
+        changed = await self.wireguard.apply(desired, reassert=reassert)
         self._runtime.last_applied = desired
         if changed:
             self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
         else:
             self.log.debug("peers unchanged; {total} peers", total=len(desired))
+        self._act_on(plan, probe)
+
+    @staticmethod
+    def _roamed_astray(mode: PathMode, actual: str | None, desired: str | None) -> bool:
+        """WireGuard follows the source of the latest packet it authenticated
+        (roaming). On a direct path that is how a peer whose NAT mapping
+        moved is followed, and it stays; but a relayed peer must keep its
+        shim, and a direct one must not stay on a shim (a late relayed
+        packet, after the session closed)."""
+        if not actual or not desired or actual == desired:
+            return False
+        return mode is PathMode.RELAY or is_shim_endpoint(actual)
+
+    def _act_on(self, plan: Plan, probe: PathProbe | None) -> None:
+        """Send the plan's probes (after the apply: over the new endpoints) and reports."""
+        if probe is not None:
+            probe.forget({peer.vpn_ip for peer in self.netmap.peers.values()})
+            for node_id in plan.probes:
+                probe.send(self.netmap.peers[node_id].vpn_ip)
+        for node_id, failure in plan.reports:
+            self.paths.reported(node_id, accepted=False, now=self.clock.seconds())  # until answered
+            self._track(self._report(node_id, failure))
+
+    async def _report(self, node_id: str, failure: PathFailure) -> None:
+        """Tell the server this pair's direct path failed; take its word on the pair."""
+        name = self._peer_name(node_id)
+        try:
+            answer = await self.client.report_path(self._node_id, self._public_key, node_id, failure)
+        except CancelledError:
+            raise
+        except ServerError as e:
+            if e.status == 404 and e.message.startswith("no such path"):
+                # A server without POST /path (the seed's): this side decides alone.
+                self.paths.decide_locally(node_id, failure, self.clock.seconds())
+                self.log.info("{peer}: {failure}; the server gives no word on paths, so this node relays", peer=name, failure=failure)
+                self._reconcile_soon()
+                return
+            self.log.warn("{peer}: reporting {failure} failed: {error}", peer=name, failure=failure, error=e)
+            return
+        except ServerUnreachable as e:
+            self.log.debug("{peer}: reporting {failure} failed: {error}", peer=name, failure=failure, error=e)
+            return
+        except Exception:
+            self.log.failure("{peer}: reporting {what} failed", peer=name, what=failure)
+            return
+        self.paths.reported(node_id, answer.accepted, self.clock.seconds())
+        self.netmap.take_reported(answer.path)
+        self.log.info(
+            "{peer}: reported {failure}; the pair's path: {mode}{reason}",
+            peer=name,
+            failure=failure,
+            mode=answer.path.mode or "by the rule",
+            reason=f" ({answer.path.reason})" if answer.path.reason else "",
+        )
+        self._reconcile_soon()
 
     # -- relay sessions --------------------------------------------------------
 
@@ -246,20 +321,22 @@ class Reconciler:
         peer = self.netmap.peers.get(node_id)
         return (peer.node_name if peer is not None else self._runtime.names_by_id.get(node_id)) or node_id
 
-    def _log_path_changes(self, choices: dict[str, PathChoice]) -> None:
-        """A peer's new path (with why), and a path proven by a handshake."""
-        for node_id, choice in choices.items():
-            seen = (choice.mode, choice.reason, choice.verified)
+    def _log_path_changes(self, paths: dict[str, PeerPath]) -> None:
+        """A peer's new path (with why), and a path proven or failed."""
+        for node_id, path in paths.items():
+            seen = (path.mode, path.reason, path.phase)
             before = self._runtime.path_seen.get(node_id)
             if seen == before:
                 continue
             self._runtime.path_seen[node_id] = seen
-            if before is not None and before[:2] == seen[:2]:
-                if choice.verified:
-                    self.log.info("{peer}: the {mode} path works", peer=self._peer_name(node_id), mode=choice.mode)
-                continue
-            self.log.info("{peer}: {reason}", peer=self._peer_name(node_id), reason=choice.summary)
-        for node_id in set(self._runtime.path_seen) - set(choices):
+            name = self._peer_name(node_id)
+            if before is None or before[:2] != seen[:2]:
+                self.log.info("{peer}: {summary}", peer=name, summary=path.summary)
+            elif path.phase is Phase.WORKING and before[2] is not Phase.SILENT:
+                self.log.info("{peer}: the {mode} path works", peer=name, mode=path.mode)
+            elif path.phase is Phase.FAILED:
+                self.log.info("{peer}: the {mode} path failed ({failure})", peer=name, mode=path.mode, failure=path.report)
+        for node_id in set(self._runtime.path_seen) - set(paths):
             del self._runtime.path_seen[node_id]
 
     def _log_peer_changes(self, held: dict[str, PeerStatus | PeerConfig], desired: dict[str, PeerConfig]) -> None:

@@ -24,6 +24,7 @@ from wire.node.enroll import (
     requested_config,
 )
 from wire.node.lan import LanAddress
+from wire.node.probe import start_probe
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
@@ -76,6 +77,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         probe_nat=probe_nat,
         lan_ip=lan_ip,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
+        start_probe=lambda vpn_ip, subnet: start_probe(reactor, reactor, vpn_ip, subnet),
         join_token=start.token,
         join_pending=start.pending,
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from wire.client import ServerError, ServerUnreachable
-from wire.node.netmap import Peer, endpoint_for
-from wire.node.paths import DIRECT_TIMEOUT, HANDSHAKE_STALE
+from wire.node.netmap import Peer
+from wire.node.paths import HANDSHAKE_STALE, endpoint_for
+from wire.protocol import PathMode
 from wire.ops.context import (
     REJOIN,
     REMOVED,
@@ -72,22 +73,27 @@ def explain_path(
         reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
         suggestions = []
     expected, kind = _expected_endpoint(record, me.get("public_ip", ""))
-    if path == "relay":
+    if path == "relay" or wg.get("mode") == "relay":
         endpoint = wg.get("endpoint")
         why = wg.get("why") or wg.get("reason", "")
-        reasons.append(f"traffic to {name} goes through the relay on the coordination server ({why}); WireGuard sends it to the local relay shim {endpoint}")
+        if wg.get("endpoint_kind", "relay-shim") == "relay-shim":
+            where = f"WireGuard sends it to the local relay shim {endpoint}"
+        else:
+            where = f"its relay session is not ready yet, and WireGuard sends to {endpoint or 'nowhere'} meanwhile"
+        reasons.append(f"traffic to {name} goes through the relay on the coordination server ({why}); {where}")
         cause, fix = _why_not_direct(name, me.get("nat_type") or "unknown", peer.get("nat_type") or "unknown", expected, kind)
         reasons.append(cause)
         suggestions.append(fix)
-        kind = "relay"
+        kind = "relay" if wg.get("endpoint_kind", "relay-shim") == "relay-shim" else wg["endpoint_kind"]
     else:
         endpoint = wg.get("endpoint") or expected
         reasons.extend(_endpoint_reasons(name, record, me, expected, kind, wg.get("endpoint")))
     if fresh and age is not None:  # fresh: it has an age
         reasons.append(f"handshake {max(0, age):.0f}s ago: the tunnel is up")
     elif path == "connecting":
-        reasons.append(f"no handshake on the direct path yet: the daemon tries it for {DIRECT_TIMEOUT:.0f}s, then relays")
-        suggestions.append(f"ask again in {DIRECT_TIMEOUT:.0f}s: wire explain {name}")
+        reasons.append(wg.get("reason") or "the direct path is being tried")
+        reasons.append("if nothing proves it in time, the server moves the pair (both nodes at once) to the relay")
+        suggestions.append(f"ask again in a few seconds: wire explain {name}")
     else:
         causes, fixes = _no_handshake(name, me, peer, record, wg_peer, local, endpoint, kind)
         reasons.extend(causes)
@@ -116,10 +122,11 @@ def _expected_endpoint(record: dict | None, my_public_ip: str) -> tuple[str | No
         view = Peer.from_json(record)
     except ProtocolError:
         return None, "unknown"
-    endpoint = endpoint_for(view, my_public_ip)
+    lan = bool(view.lan_ip and view.public_ip == my_public_ip)
+    endpoint = endpoint_for(view, PathMode.LAN if lan else PathMode.DIRECT)
     if endpoint is None:
         return None, "none"
-    return endpoint, "lan" if view.lan_ip and view.public_ip == my_public_ip else "public"
+    return endpoint, "lan" if lan else "public"
 
 
 def _endpoint_reasons(name: str, record: dict | None, me: dict, expected: str | None, kind: str, actual: str | None) -> list[str]:

@@ -63,11 +63,16 @@ class PathFailure(StrEnum):
 class PairFacts(Protocol):
     """What the rule looks at: a peer view, or the server's record."""
 
-    node_id: str
-    node_name: str
-    public_ip: str
-    lan_ip: str
-    nat_type: NatType
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def node_name(self) -> str: ...
+    @property
+    def public_ip(self) -> str: ...
+    @property
+    def lan_ip(self) -> str: ...
+    @property
+    def nat_type(self) -> NatType: ...
 
 
 def pair_rule(a: PairFacts, b: PairFacts) -> tuple[PathMode, str]:
@@ -164,7 +169,7 @@ class PathReport:
     def from_json(cls, body: dict[str, Any]) -> PathReport:
         failure = body.get("failure")
         try:
-            parsed = PathFailure(failure)
+            parsed = PathFailure(str(failure)) if isinstance(failure, str) else PathFailure("")
         except ValueError:
             raise ProtocolError("failure", f"{failure!r} is not no-proof or stopped") from None
         return cls(

@@ -7,7 +7,7 @@ the same IProcessRunner.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -64,12 +64,13 @@ class WireGuardBase:
 
     # -- the IWireGuard operations shared by every platform -------------------
 
-    async def apply(self, desired: Mapping[str, PeerConfig]) -> int:
+    async def apply(self, desired: Mapping[str, PeerConfig], reassert: Collection[str] = ()) -> int:
         checked = check_desired(desired)
         async with self._lock:
             if not self._up or self._applied is None:
                 raise WireGuardError(f"WireGuard interface {self.name} is not up; call up() first")
-            current = self._applied
+            # A peer to set again counts as one whose settings we cannot tell.
+            current = {key: (None if key in reassert else config) for key, config in self._applied.items()}
             groups, added, changed, removed = diff_peers(current, checked)
             if not groups:
                 return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from zope.interface import Attribute, Interface
 
@@ -29,10 +29,13 @@ class IWireGuard(Interface):
         InvalidWireGuardConfig.
         """
 
-    async def apply(desired: Mapping[str, PeerConfig]) -> int:
+    async def apply(desired: Mapping[str, PeerConfig], reassert: Collection[str] = ()) -> int:
         """
         Make the peers exactly ``desired`` (keyed by public key) in one `wg set`;
         return how many peers were added, changed or removed (0: nothing ran).
+        Only what differs from the last apply is sent, except for the peers
+        in ``reassert``, which are set again in full (WireGuard has roamed
+        their endpoint away from ours).
         """
 
     async def status() -> InterfaceStatus:
