@@ -216,6 +216,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         trusted_proxies=tuple(config["trusted-proxy"]),
         register_limit=_rate_limiter(config, "register", reactor),
         enroll_limit=_rate_limiter(config, "enroll", reactor),
+        path_limit=_rate_limiter(config, "path", reactor),
     )
     where = f" of {interface}" if interface else ""
     Listening(endpoint, build_site(coordinator, rules), f"TCP port {port}{where}").setServiceParent(server)
