@@ -90,7 +90,8 @@ class LongPollHub:
     """Long-polls waiting for the netmap to move past their cursor.
 
     Every node keeps one open, so at 10,000 nodes 10,000 wait at any time,
-    and what each costs counts: a waiter is a Deferred and two references.
+    and what each costs counts: a waiter is a Deferred, its cursor and its
+    viewer (and, when it names one, a place in that viewer's short list).
     Their waits end on one shared timer, in buckets of whole seconds (a
     wait ends up to a second late), and the waiters whose waits end
     together share one answer per cursor, as when a change wakes them.
