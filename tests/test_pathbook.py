@@ -390,3 +390,24 @@ class SchemaTests(unittest.TestCase):
         self.assertEqual(store.load_pairs(), [])
         self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
         self.assertEqual(SCHEMA_VERSION, 3)
+
+
+class ScaleTests(unittest.TestCase):
+    def test_ten_thousand_viewers_without_words_share_one_answer(self):
+        from tests.helpers import make_coordinator
+
+        coordinator = make_coordinator(self)
+        cursor = coordinator.registry.changes.cursor
+        hub = coordinator.longpolls
+        polls = [hub.poll(cursor, 30, viewer=f"n{i}") for i in range(10_000)]
+        coordinator.paths.report(Facts("n1", "198.51.100.1"), Facts("n2", "203.0.113.2"), STOPPED, 1.0)
+        coordinator.clock.advance(0)
+        self.assertEqual(sum(d.called for d in polls), 2, "a pair's word wakes its two nodes only")
+        coordinator.registry.changes.record("x")
+        hub.changed()
+        for _ in range(30):
+            coordinator.clock.advance(0)  # a batch per turn
+        answers = [self.successResultOf(d) for d in polls]
+        shared = answers[0]
+        self.assertTrue(all(a is shared for i, a in enumerate(answers) if i not in (1, 2)))
+        self.assertEqual(len(coordinator.paths._viewers), 2, "nothing kept for nodes without words")
