@@ -211,8 +211,8 @@ class BadInputTests(ApiTestCase):
         self.assertIn('wire_registrations_total{outcome="new"} 1.0', text)
 
 
-class LongPollHeartbeatTests(ApiTestCase):
-    """With authentication, a node's long-poll is its heartbeat."""
+class AuthenticatedTestCase(ApiTestCase):
+    """A server with authentication, and helpers to enroll and poll."""
 
     def setUp(self):
         super().setUp()
@@ -240,6 +240,10 @@ class LongPollHeartbeatTests(ApiTestCase):
         self.clock.advance(advance)
         self.http.flush()
         return self.successResultOf(d)
+
+
+class LongPollHeartbeatTests(AuthenticatedTestCase):
+    """With authentication, a node's long-poll is its heartbeat."""
 
     def test_register_and_enroll_answers_say_so(self):
         enrolled = self.enroll("web1")
@@ -375,3 +379,178 @@ def until(condition, timeout: float = 10.0):
         if reactor.seconds() > deadline:
             raise AssertionError("timed out")
         yield deferLater(reactor, 0.01, lambda: None)
+
+
+class PathApiTests(ApiTestCase):
+    """``POST /path``, and long-polls that carry the words on their node's pairs."""
+
+    def setUp(self):
+        super().setUp()
+        self.web = self.register("web1", nat_type="easy")[1]
+        self.db = self.register("db1", nat_type="easy")[1]
+        self.app = self.register("app1", nat_type="easy")[1]
+
+    def report(self, reporter="web1", peer=None, failure="stopped", **fields):
+        body = {
+            "node_id": body_for(reporter)["node_id"],
+            "wg_public_key": key_for(reporter),
+            "peer_node_id": peer or self.db["node_id"],
+            "failure": failure,
+        }
+        body.update(fields)
+        return self.run_async(self.json_call("POST", "/path", body))
+
+    def poll(self, since, node_id=None, wait=25):
+        query = f"/peers?since={since}&wait={wait}" + (f"&node_id={node_id}" if node_id else "")
+        d = Deferred.fromCoroutine(self.json_call("GET", query))
+        self.http.flush()
+        return d
+
+    def test_a_report_relays_the_pair_and_tells_both_nodes_only(self):
+        cursor = str(self.coordinator.registry.changes.cursor)
+        polls = {n["node_id"]: self.poll(cursor, n["node_id"]) for n in (self.web, self.db, self.app)}
+        code, answer = self.report()
+        self.assertEqual(code, 200, answer)
+        self.assertEqual((answer["ok"], answer["accepted"]), (True, True))
+        self.assertEqual(
+            {k: answer["path"][k] for k in ("peer", "mode", "reason", "tries")},
+            {"peer": self.db["node_id"], "mode": "relay", "reason": "the direct path stopped working", "tries": 1},
+        )
+        self.clock.advance(0)
+        self.http.flush()
+        for viewer, peer in ((self.web, self.db), (self.db, self.web)):
+            code, delta = self.successResultOf(polls[viewer["node_id"]])
+            self.assertEqual((delta["upserts"], delta["paths_full"]), ([], False))
+            self.assertEqual([(p["peer"], p["mode"]) for p in delta["paths"]], [(peer["node_id"], "relay")])
+        self.assertNoResult(polls[self.app["node_id"]])
+        self.clock.advance(25)
+        self.http.flush()
+        code, delta = self.successResultOf(polls[self.app["node_id"]])
+        self.assertNotIn("paths", delta)
+
+    def test_a_second_report_is_answered_with_the_word_not_accepted(self):
+        self.report()
+        code, answer = self.report("db1", peer=self.web["node_id"], failure="no-proof")
+        self.assertEqual((code, answer["accepted"], answer["path"]["mode"]), (200, False, "relay"))
+
+    def test_a_snapshot_carries_every_word(self):
+        self.report()
+        self.report(peer=self.app["node_id"])
+        code, snapshot = self.successResultOf(self.poll("0", self.web["node_id"], wait=0))
+        self.assertEqual((snapshot["full"], snapshot["paths_full"]), (True, True))
+        self.assertEqual(sorted(p["peer"] for p in snapshot["paths"]), sorted([self.db["node_id"], self.app["node_id"]]))
+
+    def test_bad_reports_get_clear_errors(self):
+        web_id, db_id = self.web["node_id"], self.db["node_id"]
+        for fields, status, words in [
+            ({"node_id": 5}, 400, "node_id"),
+            ({"node_id": "$(reboot)"}, 400, "node_id"),
+            ({"wg_public_key": "short"}, 400, "wg_public_key"),
+            ({"peer_node_id": ["x"]}, 400, "peer_node_id"),
+            ({"failure": "sideways"}, 400, "failure: 'sideways' is not no-proof or stopped"),
+            ({"failure": None}, 400, "failure"),
+            ({"failure": 1}, 400, "failure"),
+            ({"peer_node_id": "nobody"}, 404, "no node nobody"),
+            ({"peer_node_id": web_id}, 400, "peer_node_id: is the reporting node itself"),
+            ({"wg_public_key": key_for("db1")}, 404, f"no node {web_id} with that key"),
+        ]:
+            code, body = self.report(**fields)
+            self.assertEqual(code, status, (fields, body))
+            self.assertIn(words, body["error"])
+            self.assertNotIn("Traceback", body["error"])
+        code, body = self.run_async(self.json_call("POST", "/path", raw=b"[1]"))
+        self.assertEqual((code, "JSON object" in body["error"]), (400, True))
+        code, body = self.run_async(self.json_call("GET", "/path"))
+        self.assertEqual(code, 405)
+        self.assertEqual(len(self.coordinator.paths), 0, "nothing was decided")
+        self.assertIsNone(self.coordinator.paths.word(web_id, db_id))
+
+    def test_a_bad_node_id_on_a_poll_is_refused(self):
+        code, body = self.successResultOf(self.poll("0", "a b"))
+        self.assertEqual(code, 400)
+        self.assertIn("node_id", body["error"])
+
+    def test_punch_decides_no_pair_path(self):
+        for _ in range(5):
+            code, answer = self.run_async(
+                self.json_call("POST", "/punch", {"from_vpn_ip": self.web["vpn_ip"], "to_vpn_ip": self.db["vpn_ip"]})
+            )
+            self.clock.advance(11)
+        self.assertEqual((code, answer["use_relay"]), (200, True))
+        self.assertEqual(len(self.coordinator.paths), 0)
+
+    def test_reports_are_rate_limited(self):
+        from wire.server.ratelimit import RateLimiter
+
+        self.http = StubTreq(build_root(self.coordinator, ClientRules(path_limit=RateLimiter(1.0, 2.0, self.clock))))
+        codes = [self.report()[0] for _ in range(3)]
+        self.assertEqual(codes, [200, 200, 429])
+
+
+class AuthenticatedPathTests(AuthenticatedTestCase):
+    """With credentials, a node reports only for itself and is known by its credential."""
+
+    def test_a_node_reports_only_for_itself(self):
+        web, db = self.enroll("web1"), self.enroll("db1")
+        headers = {b"authorization": [b"Bearer " + db["credential"].encode()]}
+        body = {"node_id": web["node_id"], "wg_public_key": key_for("web1"), "peer_node_id": db["node_id"], "failure": "stopped"}
+        code, answer = self.run_async(self.json_call("POST", "/path", body, headers=headers))
+        self.assertEqual(code, 403, answer)
+        code, answer = self.run_async(self.json_call("POST", "/path", body))
+        self.assertEqual(code, 401, answer)
+        headers = {b"authorization": [b"Bearer " + web["credential"].encode()]}
+        code, answer = self.run_async(self.json_call("POST", "/path", body, headers=headers))
+        self.assertEqual((code, answer["accepted"]), (200, True))
+
+    def test_a_poll_may_not_name_another_node(self):
+        web, db = self.enroll("web1"), self.enroll("db1")
+        d = self.poll(web["credential"], f"0&node_id={db['node_id']}", wait=0)
+        code, answer = self.successResultOf(d)
+        self.assertEqual(code, 403, answer)
+
+
+class PathOverTcpTests(unittest.TestCase):
+    """``POST /path`` through the real client, to the site as served on 127.0.0.1."""
+
+    def setUp(self):
+        from wire.client import CoordinationClient, make_http_client
+
+        self.coordinator = coordinator = make_coordinator(self, clock=reactor)
+        port = reactor.listenTCP(0, build_site(coordinator), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.client = CoordinationClient(
+            make_http_client(reactor, persistent=False), f"http://127.0.0.1:{port.getHost().port}"
+        )
+
+    async def test_report_and_refusals(self):
+        from tests.helpers import registration_for
+        from wire.client import ServerError
+        from wire.protocol import PathFailure, PathMode
+
+        web = await self.client.register(registration_for("web1", nat_type="easy"))
+        db = await self.client.register(registration_for("db1", nat_type="easy"))
+        answer = await self.client.report_path(web.node_id, key_for("web1"), db.node_id, PathFailure.STOPPED)
+        self.assertEqual((answer.accepted, answer.path.peer, answer.path.mode), (True, db.node_id, PathMode.RELAY))
+        again = await self.client.report_path(db.node_id, key_for("db1"), web.node_id, "stopped")
+        self.assertEqual((again.accepted, again.path.peer, again.path.since), (False, web.node_id, answer.path.since))
+        # The client said who it is (open mode): its long-poll carries the word.
+        netmap = await self.client.netmap("0", 0)
+        self.assertEqual([(p.peer, p.mode) for p in netmap.paths], [(web.node_id, PathMode.RELAY)])
+        for args, status, words in [
+            ((web.node_id, key_for("web1"), "nobody", "stopped"), 404, "no node nobody"),
+            ((web.node_id, key_for("web1"), web.node_id, "stopped"), 400, "itself"),
+            ((web.node_id, key_for("db1"), db.node_id, "stopped"), 404, "with that key"),
+        ]:
+            with self.assertRaises(ServerError) as caught:
+                await self.client.report_path(*args)
+            self.assertEqual(caught.exception.status, status)
+            self.assertIn(words, caught.exception.message)
+        for body, words in [
+            ({"node_id": web.node_id, "wg_public_key": key_for("web1"), "peer_node_id": db.node_id, "failure": "late"}, "failure"),
+            ({"node_id": web.node_id, "wg_public_key": 7, "peer_node_id": db.node_id, "failure": "stopped"}, "wg_public_key"),
+            ({"node_id": web.node_id, "wg_public_key": key_for("web1"), "failure": "stopped"}, "peer_node_id"),
+        ]:
+            with self.assertRaises(ServerError) as caught:
+                await self.client._request("POST", "/path", body)
+            self.assertEqual(caught.exception.status, 400)
+            self.assertIn(words, caught.exception.message)

@@ -10,7 +10,7 @@ from twisted.web import resource, server
 
 from tests.helpers import key_for, registration_for
 from wire.client import BadAnswer, CoordinationClient, ServerError, make_http_client
-from wire.protocol import NetmapAnswer, RelayGrant, error_body
+from wire.protocol import NetmapAnswer, PairPath, PathFailure, PathMode, PathReportAnswer, RelayGrant, error_body
 
 
 class Canned(resource.Resource):
@@ -62,8 +62,43 @@ class ClientTests(unittest.TestCase):
 
     async def test_netmap(self):
         canned, client = self.serve(200, {"cursor": "e1:3", "full": True, "upserts": [], "removals": []})
-        self.assertEqual(await client.netmap("e1:2", 5), NetmapAnswer("e1:3", True, (), ()))
+        # A full answer holds every word on the node's pairs: paths_full.
+        self.assertEqual(await client.netmap("e1:2", 5), NetmapAnswer("e1:3", True, (), (), paths_full=True))
         self.assertEqual(canned.requests[0][1], b"/peers?since=e1:2&wait=5")
+
+    async def test_an_open_mode_netmap_names_the_registered_node(self):
+        canned, client = self.serve(200, {"ok": True, "vpn_ip": "10.99.0.7", "node_id": "web1"})
+        await client.register(registration_for("web1"))
+        await client.netmap("e1:2", 5)
+        self.assertEqual(canned.requests[1][1], b"/peers?since=e1:2&wait=5&node_id=web1")
+        client.use_credential("secret")
+        await client.netmap("e1:2", 5)
+        self.assertEqual(canned.requests[2][1], b"/peers?since=e1:2&wait=5", "a credential says who we are")
+
+    async def test_path_report_is_sent_and_its_answer_parsed(self):
+        path = PairPath("db1", PathMode.RELAY, "no direct handshake within 15s", 100.0, 1, 160.0)
+        canned, client = self.serve(200, PathReportAnswer(True, path).to_json())
+        answer = await client.report_path("web1", key_for("web1"), "db1", PathFailure.NO_PROOF)
+        self.assertEqual(answer, PathReportAnswer(True, path))
+        self.assertEqual(
+            canned.requests[0][:3:2],
+            (b"POST", {"node_id": "web1", "wg_public_key": key_for("web1"), "peer_node_id": "db1", "failure": "no-proof"}),
+        )
+
+    async def test_a_bad_path_answer_is_a_bad_answer(self):
+        for body in ({"ok": True, "accepted": "yes", "path": {"peer": "db1", "mode": None}},
+                     {"ok": True, "accepted": True, "path": {"peer": "db1", "mode": "sideways"}},
+                     {"ok": True, "accepted": True}):
+            _, client = self.serve(200, body)
+            with self.assertRaises(BadAnswer) as caught:
+                await client.report_path("web1", key_for("web1"), "db1", "stopped")
+            self.assertIn("POST /path", str(caught.exception))
+
+    async def test_a_refused_path_report_is_a_server_error(self):
+        _, client = self.serve(404, error_body("no node db1"))
+        with self.assertRaises(ServerError) as caught:
+            await client.report_path("web1", key_for("web1"), "db1", "stopped")
+        self.assertEqual((caught.exception.status, caught.exception.message), (404, "no node db1"))
 
     async def test_errors_are_read_from_the_one_shape(self):
         _, client = self.serve(409, error_body("wg_public_key is taken"))

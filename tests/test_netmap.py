@@ -161,3 +161,75 @@ class LongPollHubTests(unittest.TestCase):
         self.failureResultOf(d)
         self.assertEqual(self.hub.open_count, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ViewerTests(unittest.TestCase):
+    """Polls that name their viewer: a pair's change wakes only its two nodes,
+    and only viewers with news of their own get an answer of their own."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.log = ChangeLog(epoch="e")
+        self.news: dict[str, list] = {}  # viewer -> what its own answer adds
+        self.hub = LongPollHub(self.clock, self.log, self.answer, self.viewer_answer)
+
+    def answer(self, cursor):
+        return {"cursor": str(self.log.cursor), "full": False}
+
+    def viewer_answer(self, shared, viewer, cursor):
+        news = self.news.get(viewer)
+        return None if not news else {**shared, "paths": news}
+
+    def test_a_pair_change_wakes_only_its_two_nodes(self):
+        polls = {v: self.hub.poll(Cursor("e", 0), wait=30, viewer=v) for v in ("a", "b", "c")}
+        anonymous = self.hub.poll(Cursor("e", 0), wait=30)
+        self.log.advance()
+        self.news = {"a": ["ab"], "b": ["ab"]}
+        self.hub.changed_for(("a", "b"))
+        self.assertNoResult(polls["a"])  # after this reactor turn
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(polls["a"])["paths"], ["ab"])
+        self.assertEqual(self.successResultOf(polls["b"])["paths"], ["ab"])
+        self.assertNoResult(polls["c"])
+        self.assertNoResult(anonymous)
+        self.assertEqual(self.hub.open_count, 2)
+        self.clock.advance(30)
+        self.assertEqual(self.successResultOf(polls["c"]), {"cursor": "e:1", "full": False}, "its wait still ends")
+        self.successResultOf(anonymous)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_node_change_still_wakes_everyone_sharing_the_answer(self):
+        polls = [self.hub.poll(Cursor("e", 0), wait=30, viewer=v) for v in ("a", "b", "c")]
+        self.news = {"c": ["cd"]}
+        self.log.record("x")
+        self.hub.changed()
+        self.hub.changed_for(("c",))
+        self.clock.advance(0)
+        a, b, c = (self.successResultOf(d) for d in polls)
+        self.assertIs(a, b, "viewers without news share one answer")
+        self.assertEqual(c["paths"], ["cd"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_viewer_that_went_away_is_not_woken(self):
+        d = self.hub.poll(Cursor("e", 0), wait=30, viewer="a")
+        d.cancel()
+        self.failureResultOf(d)
+        self.hub.changed_for(("a",))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_viewer_behind_is_answered_at_once_with_its_news(self):
+        self.log.advance()
+        self.news = {"a": ["ab"]}
+        self.assertEqual(self.successResultOf(self.hub.poll(Cursor("e", 0), 30, viewer="a"))["paths"], ["ab"])
+        self.assertNotIn("paths", self.successResultOf(self.hub.poll(Cursor("e", 0), 30, viewer="c")))
+
+    def test_advance_moves_cursors_without_a_node(self):
+        self.log.record("a")
+        self.log.advance()
+        self.log.record("b")
+        self.assertEqual(self.log.changed_since(Cursor("e", 1)), {"b"})
+        self.assertEqual(self.log.changed_since(Cursor("e", 2)), {"b"})
+        self.assertEqual(self.log.changed_since(Cursor("e", 3)), set())
+        self.log.advance()
+        self.assertEqual(self.log.changed_since(Cursor("e", 3)), set())
+        self.assertEqual(self.log.cursor, Cursor("e", 4))

@@ -133,3 +133,27 @@ class RegistryTests(unittest.TestCase):
         again.load(store.load(), self.clock.seconds())
         self.assertEqual(again.get(record.node_id), record)
         self.assertTrue(again.is_online(record.node_id), "a recently seen node stays online across a restart")
+
+    def test_resets_on_path_facts_coming_online_and_removal_only(self):
+        heard = []
+        self.registry.on_reset(heard.append)
+        node_id = self.register("web1").record.node_id
+        self.assertEqual(heard, [node_id], "new")
+        self.assertEqual(self.registry.changed_at(node_id), self.clock.seconds())
+        self.register("web1")
+        self.registry.rename(node_id, "web2")
+        self.assertEqual(len(heard), 1, "a heartbeat or a new name changes no path")
+        for fields in ({"nat_port": 40000}, {"lan_ip": "192.168.1.9"}, {"nat_type": "hard"}, {"port": 51821}):
+            self.clock.advance(1)
+            self.register("web1", node_name="web2", **{"nat_port": 40000, **fields})
+        self.register("web1", node_name="web2", ip="203.0.113.9", nat_port=40000, port=51821, nat_type="hard", lan_ip="192.168.1.9")
+        self.assertEqual(len(heard), 6)
+        self.assertEqual(len(self.registry), 1)
+        self.assertEqual(self.registry.changed_at(node_id), self.clock.seconds())
+        self.registry.mark_offline(node_id)
+        self.assertEqual(len(heard), 6, "offline alone resets nothing")
+        self.clock.advance(5)
+        self.registry.seen(node_id, self.clock.seconds())
+        self.assertEqual((len(heard), self.registry.changed_at(node_id)), (7, self.clock.seconds()))
+        self.registry.remove(node_id)
+        self.assertEqual((len(heard), self.registry.changed_at(node_id)), (8, 0.0))

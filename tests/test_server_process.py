@@ -81,6 +81,25 @@ class ServerProcessTests(unittest.TestCase):
         self.assertEqual(again["vpn_ip"], answer["vpn_ip"])
         await self.server.stop()
 
+    async def test_a_pair_path_survives_sigkill(self):
+        await self.server.start()
+        web, db = body_for("web1", nat_type="easy"), body_for("db1", nat_type="easy")
+        for body in (web, db):
+            await self.post("/register", body)
+        report = {"node_id": web["node_id"], "wg_public_key": web["wg_public_key"], "peer_node_id": db["node_id"], "failure": "stopped"}
+        code, answer = await self.post("/path", report)
+        self.assertEqual((code, answer.get("accepted")), (200, True), answer)
+        # Killed the instant after it answered: the relayed pair stays relayed.
+        await self.server.kill(signal.SIGKILL)
+        await self.server.start()
+        code, raw = await self.get(f"/peers?since=0&node_id={db['node_id']}")
+        snapshot = json.loads(raw)
+        self.assertEqual(snapshot["paths_full"], True)
+        self.assertEqual([(p["peer"], p["mode"], p["since"]) for p in snapshot["paths"]], [(web["node_id"], "relay", answer["path"]["since"])])
+        code, again = await self.post("/path", report)
+        self.assertEqual((code, again["accepted"]), (200, False))
+        await self.server.stop()
+
     async def test_longpoll_pushes_a_new_node_at_once(self):
         await self.server.start()
         await self.post("/register", body_for("web1"))

@@ -19,6 +19,9 @@ from zope.interface import implementer
 from wire.protocol import (
     LeaveRequest,
     NetmapAnswer,
+    PathFailure,
+    PathReport,
+    PathReportAnswer,
     ProtocolError,
     RegisterAnswer,
     Registration,
@@ -26,6 +29,7 @@ from wire.protocol import (
     RelayRequest,
     error_message,
     parse_cursor_text,
+    parse_node_id,
 )
 from wire.tls import client_policy
 
@@ -137,7 +141,15 @@ class CoordinationClient(JsonHttp):
     Every answer the node acts on is validated here, once: a malformed one
     raises :class:`BadAnswer` (a ServerError), so callers handle it as they
     handle any refusal.
+
+    On an open server (no credential) the node says who it is in its
+    long-polls (``?node_id=``, the id it last registered), so the answers
+    carry the server's word on its pairs.
     """
+
+    def __init__(self, http: HTTPClient, server_url: str, credential: str | None = None):
+        super().__init__(http, server_url, credential)
+        self.node_id: str | None = None  # as this client last registered it
 
     @property
     def credential(self) -> str | None:
@@ -149,15 +161,22 @@ class CoordinationClient(JsonHttp):
 
     async def register(self, registration: Registration) -> RegisterAnswer:
         answer = await self._request("POST", "/register", registration.as_body())
-        return _parsed("POST /register", RegisterAnswer.from_json, answer)
+        parsed = _parsed("POST /register", RegisterAnswer.from_json, answer)
+        self.node_id = parsed.node_id or registration.node_id
+        return parsed
 
     async def enroll(self, registration: Registration, join_key: str) -> RegisterAnswer:
         body = registration.enrollment_body(join_key)
-        return _parsed("POST /enroll", RegisterAnswer.from_json, await self._request("POST", "/enroll", body))
+        parsed = _parsed("POST /enroll", RegisterAnswer.from_json, await self._request("POST", "/enroll", body))
+        self.node_id = parsed.node_id or registration.node_id
+        return parsed
 
     async def netmap(self, cursor: str, wait: float = LONGPOLL_WAIT) -> NetmapAnswer:
         # The cursor goes into the query string: only a well-formed one does.
         path = f"/peers?since={parse_cursor_text(cursor, 'since')}&wait={wait:g}"
+        if self.node_id and not self._credential:
+            # Checked like the cursor; with a credential the server knows us by it.
+            path += f"&node_id={parse_node_id(self.node_id)}"
         answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT)
         return _parsed("GET /peers", NetmapAnswer.from_json, answer)
 
@@ -173,6 +192,14 @@ class CoordinationClient(JsonHttp):
     async def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> RelayGrant:
         asked = RelayRequest(node_id, wg_public_key, peer_node_id)
         return _parsed("POST /relay", RelayGrant.from_json, await self._request("POST", "/relay", asked.to_json()))
+
+    async def report_path(
+        self, node_id: str, wg_public_key: str, peer_node_id: str, failure: PathFailure | str
+    ) -> PathReportAnswer:
+        """``POST /path``: the direct path to ``peer_node_id`` failed; the server's decision for the pair."""
+        report = PathReport(node_id, wg_public_key, peer_node_id, PathFailure(failure))
+        answer = await self._request("POST", "/path", report.to_json())
+        return _parsed("POST /path", PathReportAnswer.from_json, answer)
 
     async def leave(self, node_id: str, wg_public_key: str) -> dict:
         return await self._request("POST", "/leave", LeaveRequest(node_id, wg_public_key).to_json())

@@ -169,7 +169,7 @@ class PathReport:
     def from_json(cls, body: dict[str, Any]) -> PathReport:
         failure = body.get("failure")
         try:
-            parsed = PathFailure(str(failure)) if isinstance(failure, str) else PathFailure("")
+            parsed = PathFailure(failure if isinstance(failure, str) else "")
         except ValueError:
             raise ProtocolError("failure", f"{failure!r} is not no-proof or stopped") from None
         return cls(

@@ -4,12 +4,13 @@ Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
 ``GET /health``, ``GET /ip``, ``POST /punch``. Beyond the seed:
 ``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll),
 ``POST /leave`` (a node going down shows offline at once), ``POST /enroll``
-(joining with a join key), ``POST /relay`` (a relay session) and
+(joining with a join key), ``POST /relay`` (a relay session), ``POST /path``
+(a direct path failed: the server decides the pair's path) and
 ``GET /metrics`` (Prometheus).
 
 Who the client is comes from the TCP peer, or from ``X-Forwarded-For`` when
 the peer is a trusted proxy (see :class:`ClientRules`); registrations and
-enrollments are rate-limited per client address (HTTP 429).
+enrollments (and path reports) are rate-limited per client address (HTTP 429).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from twisted.web import server
 from wire.addressing import PoolExhausted
 from wire.protocol import (
     LeaveRequest,
+    PathReport,
     ProtocolError,
     RelayRequest,
     parse_enrollment,
+    parse_node_id,
     parse_punch,
     parse_registration,
 )
-from wire.server.auth import AuthError
+from wire.server.auth import AuthError, Forbidden
 from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
@@ -107,6 +110,7 @@ class ClientRules:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     register_limit: RateLimiter | None = None
     enroll_limit: RateLimiter | None = None
+    path_limit: RateLimiter | None = None
 
     def client_ip(self, request: server.Request) -> str:
         return client_ip(request, self.trusted_proxies)
@@ -221,11 +225,28 @@ class Peers(CoordinatorResource):
                 raise ApiError(400, f"wait: {wait_text[:20]!r} is not a number of seconds")
             if not 0 <= wait <= MAX_WAIT_SECONDS:
                 raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
+        viewer = self._viewer(request, node_id)
         with answering_errors():
-            answer = self._coordinator.netmap(since, wait, node_id, self._rules.client_ip(request) if node_id else None)
+            answer = self._coordinator.netmap(
+                since, wait, node_id, self._rules.client_ip(request) if node_id else None, viewer=viewer
+            )
         if not answer.called:
             forget_input(request)  # it may wait minutes; all it asked was read
         return answer
+
+
+    @staticmethod
+    def _viewer(request: server.Request, node_id: str | None) -> str | None:
+        """``?node_id=``: on an open server, which node asks (to carry the
+        words on its pairs); an authenticated node is known by its credential."""
+        text = query_arg(request, "node_id")
+        if text is None:
+            return None
+        with answering_errors():
+            viewer = parse_node_id(text, "node_id")
+            if node_id is not None and viewer != node_id:
+                raise Forbidden("node_id: not the node this credential belongs to")
+        return viewer
 
 
 class Status(CoordinatorResource):
@@ -290,6 +311,22 @@ class Relay(CoordinatorResource):
         return {"ok": True, **grant.to_json()}
 
 
+class Path(CoordinatorResource):
+    """``POST /path``: the caller's direct path to a peer failed; answers
+    with whether the server changed the pair's path, and the path now."""
+
+    methods = ("POST",)
+
+    async def post(self, request: server.Request) -> dict:
+        self._rules.admit(request, self._rules.path_limit, "path reports")
+        calling = caller(self._coordinator, request)
+        body = read_json_body(request)
+        with answering_errors():
+            report = PathReport.from_json(body)
+            answer = await self._coordinator.report_path(report, calling)
+        return answer.to_json()
+
+
 def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> JsonRoot:
     root = JsonRoot()
     root.putChild(b"register", Register(coordinator, rules))
@@ -301,6 +338,7 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     root.putChild(b"punch", Punch(coordinator))
     root.putChild(b"leave", Leave(coordinator))
     root.putChild(b"relay", Relay(coordinator))
+    root.putChild(b"path", Path(coordinator, rules))
     root.putChild(b"metrics", MetricsResource(coordinator.metrics))
     return root
 

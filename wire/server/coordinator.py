@@ -1,7 +1,7 @@
 """The coordination server's state and operations, independent of transport.
 
-One object ties the registry, its store, the long-poll hub, the punch
-counter and the metrics together; the HTTP resources in ``api.py`` only
+One object ties the registry, its store, the long-poll hub, the pair
+paths, the punch counter and the metrics together; the HTTP resources in ``api.py`` only
 translate requests into calls on it.
 """
 
@@ -17,6 +17,11 @@ from twisted.logger import Logger
 
 from wire import __version__
 from wire.protocol import (
+    Cursor,
+    PathMode,
+    PathReport,
+    PathReportAnswer,
+    ProtocolError,
     PunchAnswer,
     PunchRequest,
     RegisterAnswer,
@@ -24,13 +29,17 @@ from wire.protocol import (
     Registration,
     RelayGrant,
     asking_to_register,
+    pair_rule,
     parse_cursor,
+    with_paths,
 )
 from wire.protocol.enums import Heartbeat
 from wire.server.auth import AuthError, Authority, Forbidden
 from wire.server.metrics import ServerMetrics
 from wire.server.model import NodeRecord
+from wire.server.model import PairWord
 from wire.server.netmap import LongPollHub
+from wire.server.pathbook import PathBook
 from wire.server.punch import PunchTracker
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relay import RelayTable
@@ -64,8 +73,18 @@ class Coordinator:
         self.punches = PunchTracker()
         self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
-        self.longpolls = LongPollHub(clock, registry.changes, lambda cursor: registry.netmap_since(cursor, clock.seconds()))
+        self.paths = PathBook(registry.changes, registry.changed_at)
+        self.longpolls = LongPollHub(
+            clock,
+            registry.changes,
+            lambda cursor: registry.netmap_since(cursor, clock.seconds()),
+            self._viewer_answer,
+        )
         registry.on_change(self.longpolls.changed)
+        self._load_paths()
+        self.paths.on_change(self._path_changed)
+        registry.on_reset(self._node_reset)
+        self.metrics.track_paths(self.paths.count)
         self.metrics.track(
             nodes_total=lambda: len(registry),
             nodes_online=lambda: registry.online_count,
@@ -76,6 +95,62 @@ class Coordinator:
 
     def now(self) -> float:
         return self.clock.seconds()
+
+    # -- pair paths --------------------------------------------------------
+
+    def _load_paths(self) -> None:
+        """The stored words, less those of nodes no longer in the registry."""
+        dropped = self.paths.load(self.store.load_pairs(), lambda node_id: self.registry.get(node_id) is not None)
+        for lo, hi in dropped:
+            self.store.put_pair(lo, hi, None)
+        if dropped:
+            self.log.info("dropped {count} stored pair paths of nodes no longer registered", count=len(dropped))
+            self.store.write_pending()
+
+    def _path_changed(self, lo: str, hi: str, word: PairWord | None) -> None:
+        self.store.put_pair(lo, hi, word)
+        self.longpolls.changed_for((lo, hi))
+
+    def _node_reset(self, node_id: str) -> None:
+        if self.paths.forget_node(node_id, self.now()):
+            self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        """Write changes nobody waits on (retries, forgotten words) with the next group commit."""
+        self.store.commit().addErrback(lambda failure: self.log.failure("saving pair paths failed", failure))
+
+    def _rule(self, lo: str, hi: str) -> PathMode | None:
+        a, b = self.registry.get(lo), self.registry.get(hi)
+        return None if a is None or b is None else pair_rule(a, b)[0]
+
+    def _viewer_answer(self, shared: dict, viewer: str, cursor: Cursor) -> dict | None:
+        """``shared`` as ``viewer`` gets it: with its pairs' words if any
+        changed since ``cursor`` (all of them, with a full snapshot)."""
+        paths, complete = self.paths.changes_for(viewer, cursor)
+        if shared.get("full"):
+            if not complete:
+                paths = self.paths.words_of(viewer)
+            if not paths:
+                return None  # a full answer without paths already says "no words"
+            complete = True
+        elif not paths and not complete:
+            return None
+        return with_paths(shared, [path.to_json() for path in paths], complete)
+
+    async def report_path(self, report: PathReport, caller: str | None = None) -> PathReportAnswer:
+        """A node's direct path to a peer failed: the server decides the
+        pair's path, for both; answered once the decision is durable."""
+        reporter = self._node_with_key(report.node_id, report.wg_public_key, caller)
+        if report.peer_node_id == report.node_id:
+            raise ProtocolError("peer_node_id", "is the reporting node itself; a node has no path to itself")
+        peer = self.registry.get(report.peer_node_id)
+        if peer is None:
+            raise UnknownNode(f"no node {report.peer_node_id}")
+        answer = self.paths.report(reporter, peer, report.failure, self.now())
+        self.metrics.path_reports.labels(str(report.failure), "accepted" if answer.accepted else "refused").inc()
+        if answer.accepted:
+            await self.store.commit()
+        return answer
 
     @property
     def open_mode(self) -> bool:
@@ -176,7 +251,14 @@ class Coordinator:
         server knows who polls (authentication); an open server cannot tell."""
         return self.authority is not None
 
-    def netmap(self, since: str, wait: float, node_id: str | None = None, public_ip: str | None = None) -> Deferred:
+    def netmap(
+        self,
+        since: str,
+        wait: float,
+        node_id: str | None = None,
+        public_ip: str | None = None,
+        viewer: str | None = None,
+    ) -> Deferred:
         """Long-poll: changes after ``since``, as soon as there are any.
 
         ``node_id``, the authenticated caller, is alive: its poll is its
@@ -185,6 +267,10 @@ class Coordinator:
         one it registered from (``public_ip``), it still counts, and the
         answer carries ``"register": true``: its endpoint moved, and only a
         registration tells the server (and the node) where it is now.
+
+        The answer carries the words on the caller's pairs: ``node_id``'s,
+        or on an open server ``viewer``'s (the node's own say-so; words are
+        no secret, and only choose what the answer carries).
         """
         cursor = parse_cursor(since, self.registry.changes.epoch)
         moved = False
@@ -193,7 +279,7 @@ class Coordinator:
             if record is not None:
                 self.registry.seen(node_id, self.now())
                 moved = public_ip is not None and public_ip != record.public_ip
-        answer = self.longpolls.poll(cursor, wait)
+        answer = self.longpolls.poll(cursor, wait, node_id if node_id is not None else viewer)
         if moved:
             answer.addCallback(asking_to_register)
         return answer
@@ -240,6 +326,8 @@ class Coordinator:
     def sweep(self) -> None:
         self.registry.sweep(self.now())
         self.relay.expire()
+        if self.paths.tick(self.now(), self._rule):
+            self._commit_soon()
 
     def close(self) -> None:
         self.longpolls.close()

@@ -6,6 +6,7 @@ process (tests) without clashing in the library's global registry.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from prometheus_client import (
@@ -17,6 +18,7 @@ from prometheus_client import (
 )
 from twisted.web import server
 
+from wire.protocol import PathFailure, PathMode
 from wire.server.relay import OUTCOMES as RELAY_OUTCOMES
 from wire.stun import OUTCOMES as STUN_OUTCOMES
 from wire.web import JsonResource
@@ -53,6 +55,24 @@ class ServerMetrics:
             ["status"],
             registry=self.registry,
         )
+
+        self.pair_paths = Gauge(
+            "wire_pair_paths", "Pairs the server has a word on, by path mode", ["mode"], registry=self.registry
+        )
+        self.path_reports = Counter(
+            "wire_path_reports",
+            "POST /path reports, by failure (no-proof, stopped) and outcome (accepted, refused)",
+            ["failure", "outcome"],
+            registry=self.registry,
+        )
+        for failure in PathFailure:
+            for outcome in ("accepted", "refused"):
+                self.path_reports.labels(str(failure), outcome)
+
+    def track_paths(self, count: Callable[[PathMode], int]) -> None:
+        """Pair words by mode, read at scrape time."""
+        for mode in (PathMode.RELAY, PathMode.DIRECT, PathMode.LAN):
+            self.pair_paths.labels(str(mode)).set_function(partial(count, mode))
 
     def track(
         self,

@@ -1,10 +1,10 @@
-"""The coordination server's record of one node."""
+"""The coordination server's record of one node, and its word on one pair."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from wire.protocol import NatType, Registration, nat_type_of, peer_view_json
+from wire.protocol import NatType, PairPath, PathMode, Registration, nat_type_of, peer_view_json
 from wire.protocol.peers import RECORD_FIELDS as VIEW_FIELDS
 
 
@@ -63,3 +63,25 @@ class NodeRecord:
 RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))
 # A peer view shows the record whole: a field added here is added there.
 assert RECORD_FIELDS == VIEW_FIELDS, (RECORD_FIELDS, VIEW_FIELDS)
+
+
+@dataclass(frozen=True)
+class PairWord:
+    """The server's word on one pair of nodes (:class:`~wire.protocol.PairPath`
+    without ``peer``): the same for both, stored once under the pair's
+    ordered ids ``(lo, hi)``."""
+
+    mode: PathMode
+    reason: str
+    since: float
+    tries: int = 0
+    retry_at: float | None = None
+
+    def seen_from(self, peer: str) -> PairPath:
+        """The word as the node on the other side of ``peer`` is told it."""
+        return PairPath(peer, self.mode, self.reason, self.since, self.tries, self.retry_at)
+
+
+def pair_key(a: str, b: str) -> tuple[str, str]:
+    """A pair's key: its node ids in order, so (a, b) and (b, a) are one pair."""
+    return (a, b) if a < b else (b, a)

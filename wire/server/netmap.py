@@ -10,7 +10,9 @@ run (another epoch) or older than the log gets a full snapshot instead.
 Long-polls wait for the serial to move. All changes made in one reactor
 turn wake the waiters once, and waiters holding the same cursor share one
 computed answer, so a change costs O(waiters) writes and not O(waiters x
-nodes) work.
+nodes) work. A pair's path (:mod:`wire.server.pathbook`) concerns two nodes
+only: its change takes a serial too, but wakes just those two nodes'
+waiters, and only their answers are copied to carry their words.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 import secrets
-from typing import Callable
+from typing import Callable, Iterable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -29,6 +31,10 @@ from wire.web import SharedJson
 MAX_WAIT_SECONDS = 120.0
 # Long-polls a change answers per reactor turn (see LongPollHub._answer_all).
 WAKE_BATCH = 500
+
+# (shared answer, viewer, cursor) -> the viewer's own answer, or None when
+# the shared one will do (nothing of its pairs changed).
+ViewerAnswer = Callable[[dict, str, Cursor], "dict | None"]
 
 
 class ChangeLog:
@@ -59,6 +65,13 @@ class ChangeLog:
             del self._node_ids[:cut]
         return self.serial
 
+    def advance(self) -> int:
+        """The next serial, for a change that is no node's (a pair's path,
+        :mod:`wire.server.pathbook`): cursors move past it, and
+        :meth:`changed_since` finds no node changed at it."""
+        self.serial += 1
+        return self.serial
+
     def changed_since(self, cursor: Cursor) -> set[str] | None:
         """The nodes changed after ``cursor``, or None if only a snapshot will do."""
         # Serial 0 means "I have nothing yet": a snapshot, not a delta.
@@ -77,32 +90,50 @@ class LongPollHub:
     """Long-polls waiting for the netmap to move past their cursor.
 
     Every node keeps one open, so at 10,000 nodes 10,000 wait at any time,
-    and what each costs counts: a waiter is a Deferred and two references.
+    and what each costs counts: a waiter is a Deferred, its cursor and its
+    viewer (and, when it names one, a place in that viewer's short list).
     Their waits end on one shared timer, in buckets of whole seconds (a
     wait ends up to a second late), and the waiters whose waits end
     together share one answer per cursor, as when a change wakes them.
+
+    A poll may name its viewer (the node asking): ``viewer_answer`` then
+    adds what changed of that node's own pairs, and :meth:`changed_for`
+    wakes only the given viewers. A viewer with nothing of its own gets
+    the shared answer.
     """
 
-    def __init__(self, clock: IReactorTime, changes: ChangeLog, answer: Callable[[Cursor], dict]):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        changes: ChangeLog,
+        answer: Callable[[Cursor], dict],
+        viewer_answer: ViewerAnswer | None = None,
+    ):
         self._clock = clock
         self._changes = changes
         self._answer = answer
-        self._waiters: dict[Deferred, Cursor] = {}
+        self._viewer_answer = viewer_answer
+        self._waiters: dict[Deferred, tuple[Cursor, str | None]] = {}
+        self._by_viewer: dict[str, list[Deferred]] = {}  # only viewers waiting now
         self._due: dict[int, list[Deferred]] = {}  # second -> waiters whose wait ends then
         self._sweep_call: IDelayedCall | None = None
         self._sweep_at = 0
         self._wake_call: IDelayedCall | None = None
+        self._wake_viewers: set[str] = set()
+        self._wake_viewers_call: IDelayedCall | None = None
 
     @property
     def open_count(self) -> int:
         return len(self._waiters)
 
-    def poll(self, cursor: Cursor, wait: float) -> Deferred:
+    def poll(self, cursor: Cursor, wait: float, viewer: str | None = None) -> Deferred:
         """Fire with an answer now if anything changed, else when something does or ``wait`` ends."""
         if cursor != self._changes.cursor or wait <= 0:
-            return succeed(self._answer(cursor))
+            return succeed(self._answer_for(cursor, viewer, {}))
         waiter: Deferred = Deferred(self._forget)
-        self._waiters[waiter] = cursor
+        self._waiters[waiter] = (cursor, viewer)
+        if viewer is not None:
+            self._by_viewer.setdefault(viewer, []).append(waiter)
         due = math.ceil(self._clock.seconds() + min(wait, MAX_WAIT_SECONDS))
         self._due.setdefault(due, []).append(waiter)
         if self._sweep_call is None or due < self._sweep_at:
@@ -114,6 +145,15 @@ class LongPollHub:
         if self._wake_call is None and self._waiters:
             self._wake_call = self._clock.callLater(0, self._wake)
 
+    def changed_for(self, viewers: Iterable[str]) -> None:
+        """The serial moved for these viewers only (a pair's path): answer
+        their waiters after this reactor turn, and no one else's."""
+        for viewer in viewers:
+            if viewer in self._by_viewer:
+                self._wake_viewers.add(viewer)
+        if self._wake_viewers and self._wake_viewers_call is None:
+            self._wake_viewers_call = self._clock.callLater(0, self._wake_some)
+
     def close(self) -> None:
         """Answer every waiter now (the server is stopping)."""
         if self._wake_call is not None and self._wake_call.active():
@@ -122,9 +162,37 @@ class LongPollHub:
 
     def _wake(self, batch: int | None = WAKE_BATCH) -> None:
         self._wake_call = None
+        if self._wake_viewers_call is not None and self._wake_viewers_call.active():
+            self._wake_viewers_call.cancel()
+        self._wake_viewers_call = None
+        self._wake_viewers.clear()
         waiters, self._waiters = self._waiters, {}
+        self._by_viewer = {}
         self._stop_sweeping()  # before answering: an answer may bring a new poll
-        self._answer_all(list(waiters.items()), {}, batch=batch)
+        self._answer_all([(w, c, v) for w, (c, v) in waiters.items()], {}, batch=batch)
+
+    def _wake_some(self) -> None:
+        self._wake_viewers_call = None
+        viewers, self._wake_viewers = self._wake_viewers, set()
+        woken = []
+        for viewer in viewers:
+            for waiter in self._by_viewer.pop(viewer, ()):
+                cursor, _ = self._waiters.pop(waiter)
+                woken.append((waiter, cursor, viewer))
+        if not self._waiters:
+            self._stop_sweeping()  # before answering: an answer may bring a new poll
+        self._answer_all(woken, {})
+
+    def _answer_for(self, cursor: Cursor, viewer: str | None, answers: dict) -> dict:
+        """The answer for one waiter: the one shared by its cursor, or (when
+        its own pairs changed) a copy carrying them."""
+        if cursor not in answers:
+            answers[cursor] = SharedJson(self._answer(cursor))
+        shared = answers[cursor]
+        if viewer is None or self._viewer_answer is None:
+            return shared
+        own = self._viewer_answer(shared, viewer, cursor)
+        return shared if own is None else own
 
     def _answer_all(self, waiters: list, answers: dict, start: int = 0, batch: int | None = None) -> None:
         """Answer ``waiters`` from ``start``, ``batch`` per reactor turn if
@@ -132,20 +200,28 @@ class LongPollHub:
         and the nodes read them meanwhile (at 10,000 waiters, making them
         all takes about a second)."""
         end = len(waiters) if batch is None else min(len(waiters), start + batch)
-        for waiter, cursor in waiters[start:end]:
+        for waiter, cursor, viewer in waiters[start:end]:
             if waiter.called:
                 continue  # cancelled while it waited its turn: the node went away
-            if cursor not in answers:
-                answers[cursor] = SharedJson(self._answer(cursor))
-            waiter.callback(answers[cursor])
+            waiter.callback(self._answer_for(cursor, viewer, answers))
         if end < len(waiters):
             self._clock.callLater(0, self._answer_all, waiters, answers, end, batch)
 
     def _forget(self, waiter: Deferred) -> None:
         """The canceller: the client went away."""
-        self._waiters.pop(waiter, None)
+        _, viewer = self._waiters.pop(waiter, (None, None))
+        self._unindex(waiter, viewer)
         if not self._waiters:
             self._stop_sweeping()
+
+    def _unindex(self, waiter: Deferred, viewer: str | None) -> None:
+        if viewer is None or viewer not in self._by_viewer:
+            return
+        waiting = self._by_viewer[viewer]
+        if waiter in waiting:
+            waiting.remove(waiter)
+        if not waiting:
+            del self._by_viewer[viewer]
 
     def _schedule_sweep(self, at: int) -> None:
         if self._sweep_call is not None:
@@ -166,9 +242,10 @@ class LongPollHub:
         ended = []
         for second in sorted(second for second in self._due if second <= now):
             for waiter in self._due.pop(second):
-                cursor = self._waiters.pop(waiter, None)
-                if cursor is not None:  # else answered or cancelled already
-                    ended.append((waiter, cursor))
+                waiting = self._waiters.pop(waiter, None)
+                if waiting is not None:  # else answered or cancelled already
+                    self._unindex(waiter, waiting[1])
+                    ended.append((waiter, *waiting))
         if self._due:
             self._schedule_sweep(min(self._due))
         self._answer_all(ended, {})

@@ -38,8 +38,11 @@ MAX_UNIX_PATH = 107
 #   each enrollment writes to disk and the audit log;
 # - STUN: a node's NAT probe is 2 ports x 3 tries; 20/s carries a few such
 #   probes a second from one NAT, and keeps any one source to a sliver of
-#   the port. The relay, on the same port, limits each session itself.
-DEFAULT_RATE_LIMITS = {"register": (5.0, 50.0), "enroll": (1.0, 10.0), "stun": (20.0, 40.0)}
+#   the port. The relay, on the same port, limits each session itself;
+# - path: a node reports a failed direct path at most once per attempt per
+#   peer (15 s, then minutes apart); a burst of 200 lets a site whose
+#   outage failed many pairs at once report them all.
+DEFAULT_RATE_LIMITS = {"register": (5.0, 50.0), "enroll": (1.0, 10.0), "stun": (20.0, 40.0), "path": (5.0, 200.0)}
 
 class Options(usage.Options):
     synopsis = "[options]"
@@ -62,6 +65,7 @@ class Options(usage.Options):
         ["public-url", None, None, "the URL nodes use to reach this server, put in join tokens [https://HOSTNAME:PORT]"],
         ["rate-limit-register", None, None, "POST /register calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["register"]],
         ["rate-limit-enroll", None, None, "POST /enroll calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["enroll"]],
+        ["rate-limit-path", None, None, "POST /path reports per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["path"]],
         ["rate-limit-stun", None, None, "STUN and seed JSON datagrams per source address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["stun"]],
     ]
     optFlags = [

@@ -23,6 +23,9 @@ from wire.server.store import IStore
 
 DEFAULT_OFFLINE_AFTER = 90.0
 DEFAULT_EXPIRE_AFTER = 24 * 3600.0
+# What a peer's path to a node depends on (wire.protocol.paths): when one
+# changes, whatever was concluded about reaching the node is stale.
+PATH_FACTS = ("public_ip", "port", "nat_port", "lan_ip", "nat_type")
 
 
 class RegistryConflict(Exception):
@@ -62,6 +65,10 @@ class Registry:
         self._online: OrderedDict[str, None] = OrderedDict()
         self._offline: OrderedDict[str, None] = OrderedDict()
         self._listeners: list[Callable[[], None]] = []
+        self._reset_listeners: list[Callable[[str], None]] = []
+        # When a node's path facts last changed or it came online, this run
+        # (nodes loaded and unchanged since: 0, long ago).
+        self._fresh_at: dict[str, float] = {}
 
     # -- loading -----------------------------------------------------------
 
@@ -136,6 +143,12 @@ class Registry:
     def online_records(self) -> list[NodeRecord]:
         return [self._nodes[node_id] for node_id in self._online]
 
+    def changed_at(self, node_id: str) -> float:
+        """When the node's path facts last changed or it came back online
+        (0 if not since this server started): a direct attempt with it
+        cannot have failed before then."""
+        return self._fresh_at.get(node_id, 0.0)
+
     def view(self, record: NodeRecord, now: float) -> dict:
         return record.peer_view(self.is_online(record.node_id), now)
 
@@ -160,6 +173,19 @@ class Registry:
         for listener in self._listeners:
             listener()
 
+    def on_reset(self, listener: Callable[[str], None]) -> None:
+        """``listener(node_id)`` hears when a node's path facts change, it
+        comes back online, or it is removed: a fresh start for its paths."""
+        self._reset_listeners.append(listener)
+
+    def _reset(self, node_id: str, now: float | None) -> None:
+        if now is None:
+            self._fresh_at.pop(node_id, None)
+        else:
+            self._fresh_at[node_id] = now
+        for listener in self._reset_listeners:
+            listener(node_id)
+
     def register(self, registration: Registration, public_ip: str, now: float) -> Registered:
         """Record a registration or heartbeat. The caller commits the store before answering."""
         node_id = registration.node_id
@@ -181,6 +207,11 @@ class Registry:
             self._alive(existing, now)
             return Registered(existing, RegisterOutcome.HEARTBEAT)
 
+        fresh = (
+            existing is None
+            or node_id not in self._online
+            or any(getattr(existing, name) != getattr(record, name) for name in PATH_FACTS)
+        )
         self._offline.pop(node_id, None)
         self._online[node_id] = None
         self._online.move_to_end(node_id)
@@ -189,6 +220,8 @@ class Registry:
         self._index(record)
         self._store.put(record)
         self._changed(node_id)
+        if fresh:
+            self._reset(node_id, now)
         outcome = RegisterOutcome.NEW if existing is None else RegisterOutcome.CHANGED
         self.log.info(
             "node {name} ({vpn_ip}) {outcome} at {public_ip}:{nat_port}",
@@ -223,6 +256,7 @@ class Registry:
         if came_online:
             self.log.info("node {name} ({vpn_ip}) is back online", name=record.node_name, vpn_ip=record.vpn_ip)
             self._changed(node_id)
+            self._reset(node_id, now)
 
     def add_imported(self, record: NodeRecord) -> None:
         """Adopt a record from another registry (a seed state file) as it is."""
@@ -259,6 +293,7 @@ class Registry:
         self._offline.pop(node_id, None)
         self._store.delete(node_id)
         self._changed(node_id)
+        self._reset(node_id, None)
         return record
 
     def sweep(self, now: float) -> None:

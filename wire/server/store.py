@@ -10,6 +10,11 @@ rewrite anything but their own row.
 
 A database that cannot be read stops the server with a clear error and is
 left exactly as it was: the server never "repairs" by wiping.
+
+Schema 3 adds ``pair_paths``, the server's word on pairs of nodes
+(:mod:`wire.server.pathbook`): a restarted server must not flip a relayed
+pair to direct, or the reverse. Older databases gain the table when opened
+(every table is created if missing), and keep everything else as it was.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from wire.server.model import RECORD_FIELDS, NodeRecord
+from wire.protocol import PathMode
+from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +65,16 @@ CREATE TABLE IF NOT EXISTS credentials (
     created REAL NOT NULL,
     key_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pair_paths (
+    lo TEXT NOT NULL,
+    hi TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL,
+    tries INTEGER NOT NULL,
+    retry_at REAL,
+    PRIMARY KEY (lo, hi)
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -84,6 +100,12 @@ class IStore(Interface):
 
     def touch(node_id: str, last_seen: float) -> None:
         """Note a heartbeat; written lazily."""
+
+    def load_pairs() -> list[tuple[str, str, PairWord]]:
+        """Every stored pair word, as (lo, hi, word)."""
+
+    def put_pair(lo: str, hi: str, word: PairWord | None) -> None:
+        """Queue a pair's word to be written (None: deleted), with the next commit."""
 
     def commit() -> Deferred:
         """Fire once everything queued so far is durably written."""
@@ -113,6 +135,7 @@ class SQLiteStore:
         self._reactor = reactor
         self._db = _open(path)
         self._dirty: dict[str, NodeRecord | None] = {}
+        self._dirty_pairs: dict[tuple[str, str], PairWord | None] = {}
         self._touched: dict[str, float] = {}
         self._waiting: list[Deferred] = []
         self._commit_call: IDelayedCall | None = None
@@ -124,6 +147,23 @@ class SQLiteStore:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot read nodes from {self.path}: {e}") from e
         return [NodeRecord(*row) for row in rows]
+
+    def load_pairs(self) -> list[tuple[str, str, PairWord]]:
+        try:
+            rows = self._db.execute("SELECT lo, hi, mode, reason, since, tries, retry_at FROM pair_paths").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot read pair paths from {self.path}: {e}") from e
+        words = []
+        for lo, hi, mode, reason, since, tries, retry_at in rows:
+            try:
+                words.append((lo, hi, PairWord(PathMode(mode), reason, since, tries, retry_at)))
+            except ValueError:
+                # A mode this version does not know: the pair goes back to the rule.
+                self.log.warn("pair {lo} {hi}: unknown path mode {mode!r} dropped", lo=lo, hi=hi, mode=mode)
+        return words
+
+    def put_pair(self, lo: str, hi: str, word: PairWord | None) -> None:
+        self._dirty_pairs[(lo, hi)] = word
 
     def put(self, record: NodeRecord) -> None:
         self._dirty[record.node_id] = record
@@ -167,7 +207,8 @@ class SQLiteStore:
 
     def _write_dirty(self) -> None:
         dirty = dict(self._dirty)
-        if not dirty:
+        pairs = dict(self._dirty_pairs)
+        if not dirty and not pairs:
             return
         upserts = [_row(r) for r in dirty.values() if r is not None]
         deletes = [(node_id,) for node_id, r in dirty.items() if r is None]
@@ -179,10 +220,21 @@ class SQLiteStore:
                 f"INSERT OR REPLACE INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({placeholders})",
                 upserts,
             )
+            self._db.executemany(
+                "DELETE FROM pair_paths WHERE lo = ? AND hi = ?", [key for key, w in pairs.items() if w is None]
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO pair_paths (lo, hi, mode, reason, since, tries, retry_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*key, str(w.mode), w.reason, w.since, w.tries, w.retry_at) for key, w in pairs.items() if w is not None],
+            )
         # Only what was written is clean; a record changed since stays dirty.
         for node_id, record in dirty.items():
             if self._dirty.get(node_id) is record:
                 del self._dirty[node_id]
+        for key, word in pairs.items():
+            if self._dirty_pairs.get(key, self) is word:
+                del self._dirty_pairs[key]
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -216,6 +216,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         trusted_proxies=tuple(config["trusted-proxy"]),
         register_limit=_rate_limiter(config, "register", reactor),
         enroll_limit=_rate_limiter(config, "enroll", reactor),
+        path_limit=_rate_limiter(config, "path", reactor),
     )
     where = f" of {interface}" if interface else ""
     Listening(endpoint, build_site(coordinator, rules), f"TCP port {port}{where}").setServiceParent(server)
@@ -257,7 +258,7 @@ def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> No
         source=f" (from {config.public_url_from}; set --public-url if nodes know it by another)" if config.public_url_from else "",
     )
     if config["no-rate-limits"]:
-        log.warn("wire-server: --no-rate-limits: any one address may flood registration, enrollment and STUN")
+        log.warn("wire-server: --no-rate-limits: any one address may flood registration, enrollment, path reports and STUN")
     if coordinator.authority is None:
         log.warn("wire-server: --open: no authentication, anyone who reaches this port can join and read the mesh")
         return
