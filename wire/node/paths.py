@@ -179,9 +179,10 @@ class PathPlanner:
                 continue
             observed = seen.get(peer.wg_public_key)
             if observed is None or not peer.online:
-                # Not configured yet, or nobody there: the attempt starts
-                # when it is (an old proof or failure tells nothing then).
-                path.since, path.phase, path.proven_at, path.waiting = now, Phase.TRYING, None, True
+                # Not configured yet (this run's apply does it: the attempt
+                # starts now), or nobody there (it starts when the peer is
+                # back). An old proof or failure tells nothing then.
+                path.since, path.phase, path.proven_at, path.waiting = now, Phase.TRYING, None, not peer.online
                 path.baseline_rx = path.unanswered_since = path.report = path.report_at = None
                 continue
             if path.waiting:
