@@ -74,6 +74,7 @@ class MeshTests(unittest.TestCase):
         # gamma and epsilon share the "home" router: they talk over the LAN.
         epsilon_lan = mesh.lab.hosts["epsilon"].lan_address
         self.assertEqual(paths["epsilon"]["endpoint"].split(":")[0], epsilon_lan)
+        self.assertEqual((paths["epsilon"]["path"], paths["epsilon"]["endpoint_kind"]), ("lan", "lan"))
         self.assertEqual(paths["alpha"]["path"], "direct")
 
     async def test_new_node_is_pinged_within_3s_of_up(self):
@@ -188,7 +189,7 @@ class NatTraversalTests(unittest.TestCase):
         self.assertEqual(await self.paths_from(mesh, "gamma"), {"alpha": "direct", "hard1": "relay", "hard2": "relay"})
         status = await mesh.status("hard2")
         reasons = {n["node_name"]: n.get("path_reason") for n in status["nodes"]}
-        self.assertEqual(reasons["hard1"], "relay: hard NAT on hard2")
+        self.assertEqual(reasons["hard1"], "relay: hard NAT on hard1 and hard2")
 
     async def test_relayed_pair_recovers_after_server_restart(self):
         mesh = await self.build([("hard1", "corp"), ("hard2", "cgn")], {"corp": "hard", "cgn": "hard"})

@@ -41,17 +41,20 @@ def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = ())
     if endpoint in shims:
         return "relay-shim"
     host = endpoint.rsplit(":", 1)[0].strip("[]")
+    if host == peer.public_ip:
+        return "public"  # a node with a public address has it as its LAN address too
     if peer.lan_ip and host == peer.lan_ip:
         return "lan"
-    if host != peer.public_ip and is_shim_endpoint(endpoint):
-        return "relay-shim"
-    return "public"
+    return "relay-shim" if is_shim_endpoint(endpoint) else "public"
 
 
-def _handshake_since(path: PeerPath, status: PeerStatus) -> bool:
-    """A handshake since the attempt began proves it (the planner, which looks
-    once a second, may not have seen it yet)."""
-    return bool(status.latest_handshake) and status.latest_handshake >= path.since
+def _proven_since(path: PeerPath, status: PeerStatus) -> bool:
+    """What proves the attempt now, that the planner (which looks once a
+    second) may not have seen yet: bytes from the peer since it settled, or a
+    handshake since it began (``wg`` shows whole seconds)."""
+    if path.baseline_rx is not None and status.rx_bytes > path.baseline_rx:
+        return True
+    return bool(status.latest_handshake) and status.latest_handshake >= int(path.since)
 
 
 def describe_path(
@@ -76,7 +79,7 @@ def describe_path(
     elif path.mode is not PathMode.RELAY and actual == "relay-shim":
         shown = PathMode.CONNECTING
         reason = f"{path.summary}; WireGuard still sends to the relay shim {status.endpoint}"
-    elif path.mode is not PathMode.RELAY and path.phase in (Phase.TRYING, Phase.FAILED) and not _handshake_since(path, status):
+    elif path.mode is not PathMode.RELAY and path.phase in (Phase.TRYING, Phase.FAILED) and not _proven_since(path, status):
         shown = PathMode.CONNECTING
         waited = now - path.since
         state = "reported to the server; waiting for its word" if path.phase is Phase.FAILED else f"{waited:.0f}s of {path.timeout:.0f}s"

@@ -43,6 +43,7 @@ async def status(ctx: Context, server: str | None = None) -> dict:
             node["path_why"] = local_peer.get("why", local_peer["reason"])
             node["endpoint"] = local_peer["endpoint"]
             node["handshake_age"] = local_peer["handshake_age"]
+            node.update(path_details(local_peer))
         nodes.append(node)
     result = {
         "ok": True,
@@ -126,6 +127,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
                 "this_node": False,
                 "path": peer["path"],
                 "path_reason": peer["reason"],
+                **path_details(peer),
                 "endpoint": peer["endpoint"],
                 "handshake_age": peer["handshake_age"],
             }
@@ -167,3 +169,13 @@ async def peers(ctx: Context, server: str | None = None) -> dict:
             "peers": known,
         }
     return {"ok": True, "stale": False, "source": "server", "server": server_url, "count": answer.get("count", 0), "peers": answer.get("peers", [])}
+
+
+def path_details(peer: dict) -> dict:
+    """What the daemon adds to a peer's path: the kind of endpoint WireGuard
+    has, who decided the pair's mode (the rule or the server), since when."""
+    details = {"endpoint_kind": peer.get("endpoint_kind", "none")}
+    for field in ("mode", "decided_by", "since_ago", "phase"):
+        if field in peer:
+            details[f"path_{field}"] = peer[field]
+    return details
