@@ -167,6 +167,17 @@ class PlannerTests(unittest.TestCase):
         self.assertEqual(self.side.plan(103 + DEAD_AFTER).reports, [])
         self.assertEqual(self.side.plan(103 + DEAD_AFTER_WITHOUT_ECHO).reports, [("id-db1", PathFailure.STOPPED)])
 
+    def test_a_working_peer_is_probed_now_and_then_until_it_is_known_to_answer(self):
+        self.side.echoing = False
+        self.side.plan(100)
+        self.side.plan(101)
+        self.side.rx += 100
+        self.assertEqual(self.side.plan(102).probes, ["id-db1"])
+        self.assertEqual(self.side.plan(103).probes, [])
+        self.assertEqual(self.side.plan(112).probes, ["id-db1"])
+        self.side.echoing = True
+        self.assertEqual(self.side.plan(125).probes, [])
+
     def test_keepalives_alone_are_not_traffic_that_needs_an_answer(self):
         self.side.plan(100)
         self.side.plan(101)

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from tests.test_e2e import eventually, lab_unavailable
 from wire.demo import MeshLab
+from wire.node import launcher
 from wire.protocol.paths import FIRST_RETRY, RETRY_TIMEOUT
 from wire.runner import ProcessRunner
 
@@ -73,7 +74,13 @@ class PathsLab:
         try:
             return await eventually(check, timeout=timeout, step=0.5, what=what)
         except AssertionError:
-            raise AssertionError(f"{what} not within {timeout}s: {last}") from None
+            raise AssertionError(f"{what} not within {timeout}s: {last}\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        """Every node daemon's log tail, for a failure's message."""
+        return "\n".join(
+            f"--- {name}'s daemon log:\n{launcher.log_tail(node.config_dir, lines=30)}" for name, node in sorted(self.mesh.nodes.items())
+        )
 
     def ping_stream(self, source: str, target: str, seconds: float, interval: float = 0.2):
         """A ping every ``interval`` for ``seconds``, in the background."""
@@ -155,7 +162,7 @@ class PathsAgreeTests(unittest.TestCase):
         blocked_at = reactor.seconds()
         relayed = {("alpha", "gamma"): "relay", ("alpha", "delta"): "direct", ("delta", "gamma"): "direct"}
         waited = await lab.settled(relayed, timeout=15, what="alpha and gamma on the relay, both sides")
-        self.assertLessEqual(waited, 12.0, "the dead direct path left within 10 s (and the checks' own time)")
+        self.assertLessEqual(waited, 12.0, f"the dead direct path left within 10 s (and the checks' own time)\n{lab.logs()}")
         lost = await lab.lost_seconds(stream)
         self.assertLessEqual(lost, 12.0, "pings lost while the dead path was found")
         status = await mesh.status("gamma")

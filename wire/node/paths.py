@@ -41,6 +41,8 @@ DEAD_AFTER = 6.0
 # The same for a peer that never answered a probe (an older wire): only
 # WireGuard's own answers count, and it answers data within 10 s.
 DEAD_AFTER_WITHOUT_ECHO = 15.0
+# A working peer not yet known to answer probes gets one this often.
+ECHO_LEARNING_GAP = 10.0
 # A report the server refused or never got is made again after this long.
 REPORT_AGAIN = 5.0
 # WireGuard handshakes again every 2 minutes on a live tunnel (keepalives
@@ -102,6 +104,7 @@ class PeerPath:
     report: PathFailure | None = None  # what this node has reported of the attempt
     report_at: float | None = None  # when it may report (again)
     waiting: bool = False  # not configured, or the peer offline: no attempt runs
+    probed_at: float | None = None
 
     @property
     def proven(self) -> bool:
@@ -188,8 +191,9 @@ class PathPlanner:
             if path.waiting:
                 path.since, path.waiting = now, False
             self._watch(path, observed, now, node_id in echoing)
-            if path.phase is not Phase.WORKING:
+            if path.phase is not Phase.WORKING or self._learn_echo(path, node_id in echoing, now):
                 plan.probes.append(node_id)
+                path.probed_at = now
             if self._due_report(path, now):
                 plan.reports.append((node_id, path.report))  # type: ignore[arg-type]
         return plan
@@ -297,6 +301,12 @@ class PathPlanner:
         if path.phase is not Phase.FAILED:
             path.phase = Phase.FAILED
             path.report, path.report_at = failure, now
+
+    @staticmethod
+    def _learn_echo(path: PeerPath, echoing: bool, now: float) -> bool:
+        """Whether a working path gets a probe to learn the peer answers them
+        (so its silence counts after DEAD_AFTER): now and then, until it has."""
+        return not echoing and (path.probed_at is None or now - path.probed_at >= ECHO_LEARNING_GAP)
 
     @staticmethod
     def _due_report(path: PeerPath, now: float) -> bool:
