@@ -172,9 +172,10 @@ class PlannerTests(unittest.TestCase):
         self.side.plan(100)
         self.side.plan(101)
         self.side.rx += 100
-        self.assertEqual(self.side.plan(102).probes, ["id-db1"])
-        self.assertEqual(self.side.plan(103).probes, [])
-        self.assertEqual(self.side.plan(112).probes, ["id-db1"])
+        self.assertEqual(self.side.plan(102).probes, [], "probed while trying, a second ago")
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
+        self.assertEqual(self.side.plan(111).probes, ["id-db1"])
+        self.assertEqual(self.side.plan(112).probes, [])
         self.side.echoing = True
         self.assertEqual(self.side.plan(125).probes, [])
 
