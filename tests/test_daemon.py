@@ -29,7 +29,7 @@ from wire.debuglog import show_debug
 from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.control import node_status
-from wire.node.daemon import PATH_CHECK_INTERVAL, NodeDaemon
+from wire.node.daemon import NAT_RECHECK_INTERVAL, PATH_CHECK_INTERVAL, NodeDaemon
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY
 from wire.node.lan import LanAddress
 from wire.node.netmap import PERSISTENT_KEEPALIVE
@@ -478,7 +478,7 @@ class RuntimeTests(unittest.TestCase):
         self.wireguard = FakeWireGuard(clock=self.clock, auto_handshake=False)
         self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
-    def start(self, relay: bool = True, lan_ip=None) -> NodeDaemon:
+    def start(self, relay: bool = True, lan_ip=None, recheck_nat=None) -> NodeDaemon:
         config_dir = os.path.abspath(self.mktemp())
         os.makedirs(config_dir)
         config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"])
@@ -492,6 +492,7 @@ class RuntimeTests(unittest.TestCase):
             wireguard=self.wireguard,
             client=self.server,
             probe_nat=fixed_nat(),
+            recheck_nat=recheck_nat,
             lan_ip=lan_ip or (lambda: "192.168.1.10"),
             relay=self.shim,
         )
@@ -534,6 +535,32 @@ class RuntimeTests(unittest.TestCase):
         self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
         self.assertEqual(self.shim.sessions(), {})
         self.assertEqual([p for p in self.clock.listening() if p.host == "127.0.0.1"], [], "its socket is closed")
+
+    def test_a_nat_that_moves_our_mapping_is_registered_at_once(self):
+        probes = [fixed_nat(port=40000), fixed_nat(port=40000, nat_type="unknown"), fixed_nat(port=41234)]
+        self.start(recheck_nat=lambda: probes.pop(0)() if probes else fixed_nat(port=41234)())
+
+        def ports_registered() -> list[int]:
+            return [body["nat_port"] for body in self.server.registered_bodies]
+
+        self.clock.advance(NAT_RECHECK_INTERVAL)  # the same mapping: nothing to tell
+        self.clock.advance(NAT_RECHECK_INTERVAL)  # one port silent: nothing learned
+        self.assertNotIn(41234, ports_registered())
+        self.clock.advance(NAT_RECHECK_INTERVAL)
+        self.assertEqual(ports_registered()[-1], 41234)
+        self.assertEqual(self.server.registrations[-1], self.clock.seconds(), "at once, not at the next heartbeat")
+        for _ in range(4):
+            self.clock.advance(NAT_RECHECK_INTERVAL)
+        self.assertEqual(ports_registered().count(41234), 1, "told once")
+
+    def test_a_hard_nats_new_port_per_probe_is_no_news(self):
+        probes = [fixed_nat(port=40000 + i, nat_type="hard") for i in range(1, 4)]
+        self.start(recheck_nat=lambda: probes.pop(0)())
+        self.daemon.nat = self.successResultOf(Deferred.fromCoroutine(fixed_nat(port=40000, nat_type="hard")()))
+        for _ in range(3):
+            self.clock.advance(NAT_RECHECK_INTERVAL)
+        self.assertEqual(self.daemon.nat.mapped.port, 40000, "kept: a hard NAT's port means nothing")
+        self.assertEqual({body["nat_port"] for body in self.server.registered_bodies} & {40001, 40002, 40003}, set())
 
     def test_no_direct_handshake_within_the_timeout_means_relay(self):
         self.start()

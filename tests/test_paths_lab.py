@@ -28,6 +28,13 @@ def mode_of(endpoint: str | None) -> str:
     return "relay" if endpoint.startswith("127.") else "direct"
 
 
+def _proven_path(node: dict) -> str:
+    """A status entry's path once its daemon's planner has proven it (or relays)."""
+    if node.get("path_phase") in ("working", "relayed"):
+        return node.get("path", "none")
+    return f"{node.get('path', 'none')} ({node.get('path_phase')})"
+
+
 class PathsLab:
     """A lab mesh and what its nodes' WireGuard shows."""
 
@@ -57,6 +64,14 @@ class PathsLab:
         shown = await gatherResults([Deferred.fromCoroutine(self.endpoints(n)) for n in names])
         return {(a, b): mode_of(ends.get(b)) for a, ends in zip(names, shown) for b in names if a != b}
 
+    async def status_paths(self) -> dict[tuple[str, str], str]:
+        """(a, b) -> the path a's daemon shows for b (``wire status``: connecting until proven)."""
+        names = sorted(self.mesh.nodes)
+        shown = await gatherResults([Deferred.fromCoroutine(self.mesh.status(n)) for n in names])
+        return {
+            (a, n["node_name"]): _proven_path(n) for a, status in zip(names, shown) for n in status["nodes"] if not n["this_node"]
+        }
+
     @staticmethod
     def split(modes: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
         """Pairs whose two sides do not agree."""
@@ -69,7 +84,13 @@ class PathsLab:
         async def check() -> bool:
             last.clear()
             last.update(await self.modes())
-            return all(last[(a, b)] == mode and last[(b, a)] == mode for (a, b), mode in expected.items())
+            if not all(last[(a, b)] == mode and last[(b, a)] == mode for (a, b), mode in expected.items()):
+                return False
+            # WireGuard has the endpoints; each daemon must also have proven
+            # them (heard the peer on them), not only configured them.
+            shown = await self.status_paths()
+            last["daemons"] = shown
+            return all(shown[(a, b)] == mode and shown[(b, a)] == mode for (a, b), mode in expected.items())
 
         try:
             return await eventually(check, timeout=timeout, step=0.5, what=what)

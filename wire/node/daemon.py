@@ -71,9 +71,20 @@ from wire.stun import NatReport
 # How often each peer's path is checked against WireGuard's counters (one
 # `wg show` each): a dead direct path is found within about 7 s.
 PATH_CHECK_INTERVAL = 1.0
+# How often the NAT is probed again while WireGuard holds the port: a
+# rebinding is noticed, registered and acted on by every peer within about
+# 20 s. Two small datagrams each time.
+NAT_RECHECK_INTERVAL = 15.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
+
+
+def nat_facts(report: NatReport) -> tuple:
+    """What of a probe peers act on: a hard NAT's port is new for every
+    destination, so only its address and type count."""
+    port = None if report.nat_type is NatType.HARD else report.mapped.port
+    return (report.nat_type, report.mapped.ip, port)
 
 
 class RenameRefused(Exception):
@@ -93,6 +104,7 @@ class NodeDaemon(Service):
         wireguard: IWireGuard,
         client: CoordinationClient,
         probe_nat: Callable[[], Awaitable[NatReport]],
+        recheck_nat: Callable[[], Awaitable[NatReport]] | None = None,
         lan_ip: Callable[[], str] | None = None,
         relay: RelayShim | None = None,
         start_probe: Callable[[str, str], PathProbe] | None = None,
@@ -110,6 +122,8 @@ class NodeDaemon(Service):
         self.wireguard = wireguard
         self.client = client
         self._probe_nat = probe_nat
+        # The same probe while WireGuard holds the port (None: not here).
+        self._recheck_nat = recheck_nat
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
         # -- the node's state, all of it -------------------------------------
@@ -129,6 +143,8 @@ class NodeDaemon(Service):
         self._sync.clock = clock
         self._paths_loop = LoopingCall(lambda: self._track(self._paths_once()))
         self._paths_loop.clock = clock
+        self._nat_loop = LoopingCall(lambda: self._track(self._recheck_nat_once()))
+        self._nat_loop.clock = clock
         self._inflight: set[Deferred] = set()
         # The only writer of WireGuard's peers (the interface itself is ours).
         self.reconciler = Reconciler(
@@ -223,6 +239,8 @@ class NodeDaemon(Service):
         self._heartbeat_loop.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
         self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
         self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
+        if self._recheck_nat is not None:
+            self._nat_loop.start(NAT_RECHECK_INTERVAL, now=False).addErrback(self._loop_died, "NAT check")
         # Last: whoever waits for "registered" may stop us at once.
         self._settle()
 
@@ -268,7 +286,7 @@ class NodeDaemon(Service):
     def _halt(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
-        for loop in (self._heartbeat_loop, self._sync, self._paths_loop):
+        for loop in (self._heartbeat_loop, self._sync, self._paths_loop, self._nat_loop):
             if loop.running:
                 loop.stop()
         for d in list(self._inflight):
@@ -639,6 +657,28 @@ class NodeDaemon(Service):
             await self.reconciler.reconcile()
         except Exception:
             self.log.failure("checking peer paths failed")
+
+    async def _recheck_nat_once(self) -> None:
+        """Probe STUN again from WireGuard's port: a NAT that moved our
+        mapping (a rebinding, a new public address, another NAT type) is
+        told to the server at once, so every pair with us starts again."""
+        if self._recheck_nat is None or self._out_of_the_mesh:
+            return
+        try:
+            report = await self._recheck_nat()
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.debug("NAT check failed: {error}", error=e)
+            return
+        if report.nat_type is NatType.UNKNOWN or (self.nat is not None and nat_facts(self.nat) == nat_facts(report)):
+            return  # only one port answered (nothing learned), or nothing moved
+        before = f"NAT {self.nat.nat_type}, mapped {self.nat.mapped.ip}:{self.nat.mapped.port}" if self.nat else "NAT unknown"
+        after = f"NAT {report.nat_type}, mapped {report.mapped.ip}:{report.mapped.port}"
+        self.log.info("the NAT moved: {before} -> {after}; registering again", before=before, after=after)
+        self.events.emit("nat", f"the NAT moved: {before} -> {after}", nat_type=report.nat_type)
+        self.nat = report
+        await self._register_until_done()
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:

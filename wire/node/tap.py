@@ -29,6 +29,7 @@ from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
+from wire.stun.rawport import raw_udp_supported
 
 
 class Options(usage.Options):
@@ -57,13 +58,17 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     lan_ip = LanAddress(reactor, config.server_url)
 
-    async def probe_nat():
+    async def probe_nat(raw: bool = False):
         # Our own address lets the probe tell "no NAT at all" from an easy NAT;
         # looking it up here also has it ready for the first registration.
         local_ips = [ip for ip in (await lan_ip.refresh(),) if ip]
         return await detect_nat(
-            reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3, local_ips=local_ips
+            reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3, local_ips=local_ips, raw=raw
         )
+
+    async def recheck_nat():
+        # WireGuard holds the port now: the same probe through a raw socket.
+        return await probe_nat(raw=True)
 
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
@@ -75,6 +80,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         wireguard=wireguard,
         client=coordination_client(reactor, config, config_dir, credential=start.credential),
         probe_nat=probe_nat,
+        recheck_nat=recheck_nat if raw_udp_supported() else None,
         lan_ip=lan_ip,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
         start_probe=lambda vpn_ip, subnet: start_probe(reactor, reactor, vpn_ip, subnet),

@@ -2,7 +2,9 @@
 
 A node probes from its WireGuard port before WireGuard binds it:
 :func:`probe_mapped_address` for its public endpoint, :func:`detect_nat` to
-tell an easy NAT from a hard (symmetric) one using two server ports.
+tell an easy NAT from a hard (symmetric) one using two server ports; and,
+on Linux, again from time to time while WireGuard holds the port
+(``detect_nat(raw=True)``), so a NAT that moved its mapping is noticed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from wire.protocol import NatType
+from wire.stun.rawport import RawUDPPort
 from wire.stun.codec import (
     BINDING,
     ERROR,
@@ -211,8 +214,12 @@ async def detect_nat(
     timeout: float = 1.0,
     attempts: int = 3,
     local_ips: Collection[str] = (),
+    raw: bool = False,
 ) -> NatReport:
     """Probe two server ports at once from one local socket and classify the NAT.
+
+    ``raw``: speak as ``local_port`` through a raw socket
+    (:class:`~wire.stun.rawport.RawUDPPort`), for a port WireGuard holds.
 
     "none" needs ``local_ips``, the node's own interface addresses: a
     socket bound to the wildcard address cannot tell which one it sent
@@ -222,7 +229,10 @@ async def detect_nat(
     """
     server_ip = await _server_ip(reactor, server_host)
     client = _BindingClient(reactor)
-    port = _listen(reactor, local_port, interface, server_ip, client)
+    if raw:
+        port: Any = RawUDPPort(reactor, local_port, client, server_ip, (port_a, port_b))
+    else:
+        port = _listen(reactor, local_port, interface, server_ip, client)
     try:
         bound_port = port.getHost().port
         results = await DeferredList(
