@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import json
+import os
 import socket
 import struct
 from typing import Any
@@ -27,6 +28,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from wire import stun
+from wire.stun import rawport
+from wire.stun.rawport import raw_udp_supported
 from wire.stun import (
     BINDING_ERROR,
     BINDING_REQUEST,
@@ -730,6 +733,43 @@ class RealSocketTests(_RealSocketCase):
         receiver.transport.write(b"ping", ("127.0.0.1", server_port))
         reply, _ = await receiver.next()
         self.assertEqual(json.loads(reply), {"ip": "127.0.0.1", "port": client_port})
+
+
+class RawPortTests(_RealSocketCase):
+    """detect_nat(raw=True): the probe from a port another socket holds (WireGuard's)."""
+
+    skip = None if os.geteuid() == 0 and raw_udp_supported() else "a raw socket needs root on Linux"
+
+    async def test_detect_nat_from_a_port_another_socket_holds(self) -> None:
+        port_a, outcomes = self.stun_server()
+        port_b, _ = self.stun_server()
+        holder = _Receiver()
+        held_port = self.listen(holder)  # what WireGuard would be
+        report = await Deferred.fromCoroutine(
+            detect_nat(reactor, "127.0.0.1", port_a, port_b, local_port=held_port, local_ips=["127.0.0.1"], raw=True)
+        )
+        self.assertEqual((report.nat_type, report.mapped_a, report.mapped_b), ("none", ("127.0.0.1", held_port), ("127.0.0.1", held_port)))
+        self.assertEqual(outcomes, ["binding"], "one request answered by each port")
+        # The holder got the answers too (WireGuard drops them), and keeps its port.
+        for _ in range(2):
+            datagram, addr = await holder.next()
+            self.assertEqual(addr[0], "127.0.0.1")
+
+    def test_the_filter_lets_in_only_the_servers_ports(self) -> None:
+        program = rawport._bpf("198.51.100.2", (8788, 8789))
+        # Every jump lands inside the program, the last two are drop and accept.
+        for index, (code, jt, jf, _) in enumerate(program):
+            if code == 0x15:
+                self.assertLess(index + 1 + max(jt, jf), len(program))
+        self.assertEqual(program[-2:], [(0x06, 0, 0, 0), (0x06, 0, 0, 65535)])
+
+    def test_garbage_never_reaches_the_protocol(self) -> None:
+        got = _Receiver()
+        port = rawport.RawUDPPort(reactor, 40000, got, "127.0.0.1", (3478,))
+        self.addCleanup(port.stopListening)
+        for packet in (b"", b"\x45" * 10, b"\x60" + b"\x00" * 40, b"\x45" + b"\x00" * 27):
+            self.assertIsNone(port._parse(packet))
+        self.assertEqual(got.queue.pending, [])
 
 
 class AioiceInteropTests(_RealSocketCase):
