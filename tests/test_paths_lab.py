@@ -209,3 +209,27 @@ class PathsAgreeTests(unittest.TestCase):
         status = await mesh.status("alpha")
         gamma = {n["node_name"]: n for n in status["nodes"]}["gamma"]
         self.assertEqual((gamma["path"], gamma["endpoint_kind"]), ("direct", "public"))
+
+    async def test_a_nat_that_moves_every_mapping_is_followed_within_30_s(self):
+        lab = await self.build()
+        mesh = lab.mesh
+
+        async def gamma_nat_port() -> int:
+            status = await mesh.status("alpha")
+            return {n["node_name"]: n["nat_port"] for n in status["nodes"]}["gamma"]
+
+        self.assertNotIn(await gamma_nat_port(), range(30000, 31000))
+        stream = lab.ping_stream("delta", "gamma", seconds=30)
+        await mesh.lab.rebind_nat("home", 30000, 30999)
+        rebound = reactor.seconds()
+
+        async def moved() -> bool:
+            return await gamma_nat_port() in range(30000, 31000)
+
+        await eventually(moved, timeout=25, step=0.5, what="gamma's new NAT mapping registered")
+        left = 30 - (reactor.seconds() - rebound)
+        await lab.settled(self.all_direct, timeout=max(left, 1), what="every pair with gamma direct again")
+        self.assertLessEqual(reactor.seconds() - rebound, 30.5)
+        self.assertTrue(await mesh.ping("delta", "gamma"), "delta reaches gamma on its new mapping")
+        lost = await lab.lost_seconds(stream)
+        self.assertLess(lost, 25.0, "pings lost while the NAT's move was found and told")

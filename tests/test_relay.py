@@ -139,6 +139,27 @@ class RelayTableTests(unittest.TestCase):
         self.assertEqual(self.table.grant("node-a", "node-b"), self.ga, "asking again gives the same grant")
         self.assertRaises(ValueError, self.table.grant, "node-a", "node-a")
 
+    def test_a_fresh_grant_gives_a_new_side_whose_counter_may_start_again(self):
+        """A node that comes back to the relay (from a direct path, or a
+        restarted daemon) counts its frames from 1 again: on its old side the
+        window would call them replays, so its grant is a new side, and the
+        peer's side goes on."""
+        self.table.handle(self.frame("a", b""), self.A)
+        self.table.handle(self.frame("b", b""), self.B)
+        self.assertEqual(self.table.handle(self.frame("a", b"one"), self.A)[0], "relay_forwarded")
+        old = self.ga
+        self.ga = self.table.grant("node-a", "node-b", fresh=True)
+        self.assertEqual(self.ga.session_id, old.session_id)
+        self.assertNotEqual((self.ga.token, self.ga.key), (old.token, old.key))
+        self.assertEqual(self.table.handle(encode_frame(old.token, old.key, TO_SERVER, 99, b"x"), self.A)[0], "relay_unknown", "the old side ended")
+        self.counters["a"] = 0
+        self.assertEqual(self.table.handle(self.frame("a", b""), self.A)[0], "relay_keepalive", "counter 1 again")
+        outcome, data, destination = self.table.handle(self.frame("a", b"two"), self.A)
+        self.assertEqual((outcome, destination), ("relay_forwarded", self.B))
+        outcome, data, destination = self.table.handle(self.frame("b", b"back"), self.B)
+        self.assertEqual((outcome, destination), ("relay_forwarded", self.A), "the peer reaches the new side")
+        self.assertEqual(opened(data, self.ga.key)[3], b"back")
+
     def test_forwards_between_the_two_holders_only(self):
         self.assertEqual(self.table.handle(self.frame("a", b""), self.A)[0], "relay_keepalive")
         self.assertEqual(self.table.handle(self.frame("a", b"hello"), self.A)[0], "relay_no_peer")

@@ -47,7 +47,7 @@ _HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}\Z")
 _WIREGUARD_RUN_DIR = "/var/run/wireguard"
 _BRIDGE_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 # Programs the lab itself runs; the tests and the demo need more (ping, wg...).
-_REQUIRED_PROGRAMS = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps"}
+_REQUIRED_PROGRAMS = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "conntrack": "conntrack"}
 
 
 class LabError(Exception):
@@ -291,6 +291,27 @@ class Lab:
                 lan_network=str(lan),
                 nat=nat,
             )
+        )
+
+    async def rebind_nat(self, router: str, low_port: int, high_port: int) -> None:
+        """The router forgets every NAT mapping and maps anew from ports
+        ``low_port``-``high_port``: each flow from its LAN gets a new public
+        port, as after a router's reboot or a mapping that timed out."""
+        host = self.hosts.get(router)
+        if host is None or host.role is not Role.ROUTER or host.nat is None:
+            raise LabError(f"no router named {router!r} in the lab")
+        if not 1024 <= low_port <= high_port <= 65535:
+            raise LabError(f"{low_port}-{high_port} is not a range of unprivileged ports")
+        fully_random = " random,fully-random" if host.nat is NatType.HARD else ""
+        rules = (
+            f"flush chain ip wire_lab postrouting\n"
+            f'add rule ip wire_lab postrouting oifname "{host.uplink}" masquerade to :{low_port}-{high_port}{fully_random}\n'
+        )
+        await self._run_steps(
+            [
+                Step(("ip", "netns", "exec", host.namespace, "nft", "-f", "-"), rules.encode()),
+                Step(("ip", "netns", "exec", host.namespace, "conntrack", "-F")),
+            ]
         )
 
     async def add_nat_node(self, name: str, router: str) -> Host:

@@ -306,7 +306,8 @@ class Coordinator:
             raise UnknownNode(f"no node {peer_node_id}")
         if peer_node_id == node_id:
             raise UnknownNode("a node cannot relay to itself")
-        return self.relay.grant(node_id, peer_node_id, self.relay_port)
+        # A node asks only when it has no live side of the session (see RelayTable.grant).
+        return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True)
 
     def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
         """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""

@@ -92,9 +92,16 @@ class RelayTable:
     def __len__(self) -> int:
         return len(self._by_pair)
 
-    def grant(self, node_id: str, peer_node_id: str, relay_port: int | None = None) -> RelayGrant:
+    def grant(self, node_id: str, peer_node_id: str, relay_port: int | None = None, fresh: bool = False) -> RelayGrant:
         """The requesting node's side of the pair's session (created on first
-        request), telling it the relay's port (``relay_port``)."""
+        request), telling it the relay's port (``relay_port``).
+
+        ``fresh``: the node asks because it has no live side (it is new, its
+        daemon restarted, it came back from a direct path), so its frame
+        counter starts again at 1, which the old side's replay window would
+        refuse: it gets a new side (token, key, window), and the old one
+        ends. The peer's side goes on untouched.
+        """
         if node_id == peer_node_id:
             raise ValueError("a node cannot relay to itself")
         now = self._clock.seconds()
@@ -103,15 +110,22 @@ class RelayTable:
         if session is None:
             session = RelaySession(secrets.token_hex(8), {}, now)
             for member in (node_id, peer_node_id):
-                side = RelaySide(member, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
-                session.sides[member] = side
-                self._by_token[side.token] = (session, side)
-            side_a, side_b = session.sides.values()
-            side_a.other, side_b.other = side_b, side_a
+                self._new_side(session, member, now)
             self._by_pair[pair] = session
+        elif fresh:
+            self._by_token.pop(session.sides[node_id].token, None)
+            self._new_side(session, node_id, now)
         session.last_used = now
         side = session.sides[node_id]
         return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port)
+
+    def _new_side(self, session: RelaySession, node_id: str, now: float) -> None:
+        side = RelaySide(node_id, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
+        session.sides[node_id] = side
+        self._by_token[side.token] = (session, side)
+        others = [s for member, s in session.sides.items() if member != node_id]
+        if others:
+            side.other, others[0].other = others[0], side
 
     def end_sessions_of(self, node_id: str) -> int:
         ended = [s for pair, s in self._by_pair.items() if node_id in pair]
