@@ -33,7 +33,9 @@ SEED_TOOLS = {"wire_status", "wire_up", "wire_down", "wire_peers", "wire_ping", 
 DESTRUCTIVE = {"wire_up", "wire_down", "wire_install"}
 ROOT = os.geteuid() == 0
 # Times, latencies, and netcheck's mapped address (its probe port is ephemeral).
-VOLATILE = {"last_seen", "last_seen_ago", "handshake_age", "rtt_ms", "mapped"}
+# What moves between two calls a second apart (a path proven meanwhile moves
+# from "trying" to "working").
+VOLATILE = {"last_seen", "last_seen_ago", "handshake_age", "rtt_ms", "mapped", "path_since_ago", "path_phase"}
 
 
 @dataclass
