@@ -305,7 +305,9 @@ class Lab:
         fully_random = " random,fully-random" if host.nat is NatType.HARD else ""
         rules = (
             f"flush chain ip wire_lab postrouting\n"
-            f'add rule ip wire_lab postrouting oifname "{host.uplink}" masquerade to :{low_port}-{high_port}{fully_random}\n'
+            f'add rule ip wire_lab postrouting oifname "{host.uplink}" meta l4proto {{ tcp, udp }} '
+            f"masquerade to :{low_port}-{high_port}{fully_random}\n"
+            f'add rule ip wire_lab postrouting oifname "{host.uplink}" masquerade{fully_random}\n'
         )
         await self._run_steps(
             [
