@@ -10,7 +10,7 @@ the same views.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 from wire.protocol.cursor import parse_cursor_text
 from wire.protocol.enums import NatType
@@ -44,6 +44,7 @@ RECORD_FIELDS = (
     "last_seen",
 )
 MAX_SHOWN_NAME = 63
+T = TypeVar("T")
 
 
 class NodeFacts(Protocol):
@@ -175,24 +176,9 @@ class NetmapAnswer:
     def from_json(cls, value: Any) -> NetmapAnswer:
         answer = parse_object(value, "answer")
         skipped: list[str] = []
-        upserts = []
-        for view in parse_list(answer.get("upserts", []), "upserts"):
-            try:
-                upserts.append(PeerView.from_json(view))
-            except ProtocolError as e:
-                skipped.append(f"skipped a peer entry: {e}")
-        removals = []
-        for node_id in parse_list(answer.get("removals", []), "removals"):
-            try:
-                removals.append(parse_node_id(node_id, "removals"))
-            except ProtocolError as e:
-                skipped.append(f"skipped a removal: {e}")
-        paths = []
-        for entry in parse_list(answer.get("paths", []), "paths"):
-            try:
-                paths.append(PairPath.from_json(entry))
-            except ProtocolError as e:
-                skipped.append(f"skipped a path entry: {e}")
+        upserts = _each_valid(answer, "upserts", PeerView.from_json, "a peer entry", skipped)
+        removals = _each_valid(answer, "removals", lambda v: parse_node_id(v, "removals"), "a removal", skipped)
+        paths = _each_valid(answer, "paths", PairPath.from_json, "a path entry", skipped)
         cursor = answer.get("cursor")
         full = parse_bool(answer.get("full", False), "full")
         return cls(
@@ -205,3 +191,14 @@ class NetmapAnswer:
             paths=tuple(paths),
             paths_full=full or parse_bool(answer.get("paths_full", False), "paths_full"),
         )
+
+
+def _each_valid(answer: dict[str, Any], field: str, parse: Callable[[Any], T], what: str, skipped: list[str]) -> list[T]:
+    """Every entry of the list ``field`` that parses; the others are named in ``skipped``."""
+    valid = []
+    for entry in parse_list(answer.get(field, []), field):
+        try:
+            valid.append(parse(entry))
+        except ProtocolError as e:
+            skipped.append(f"skipped {what}: {e}")
+    return valid
