@@ -553,6 +553,24 @@ class RuntimeTests(unittest.TestCase):
             self.clock.advance(NAT_RECHECK_INTERVAL)
         self.assertEqual(ports_registered().count(41234), 1, "told once")
 
+    def test_a_silent_direct_path_probes_the_nat_at_once(self):
+        calls = []
+
+        async def recheck():
+            calls.append(self.clock.seconds())
+            return await fixed_nat(port=41234)()
+
+        self.start(recheck_nat=recheck)
+        self.push([peer_view("db1", 2)])
+        self.advance(PATH_CHECK_INTERVAL)
+        self.wireguard.handshake(key_for("db1"))
+        self.advance(PATH_CHECK_INTERVAL)
+        self.assertEqual(calls, [])
+        self.wireguard.count(key_for("db1"), tx=500)  # we send, nothing comes back
+        self.advance(3 * PATH_CHECK_INTERVAL)
+        self.assertEqual(len(calls), 1, "probed when the path went silent, before the 15 s check")
+        self.assertEqual(self.server.registered_bodies[-1]["nat_port"], 41234)
+
     def test_a_hard_nats_new_port_per_probe_is_no_news(self):
         probes = [fixed_nat(port=40000 + i, nat_type="hard") for i in range(1, 4)]
         self.start(recheck_nat=lambda: probes.pop(0)())

@@ -75,6 +75,8 @@ PATH_CHECK_INTERVAL = 1.0
 # rebinding is noticed, registered and acted on by every peer within about
 # 20 s. Two small datagrams each time.
 NAT_RECHECK_INTERVAL = 15.0
+# A silent direct path probes the NAT at once, at most this often.
+NAT_RECHECK_SOONEST = 5.0
 # A refusal (a taken name, a bad key) is asked again this rarely: only
 # someone acting on the server can change the answer.
 REFUSED_RETRY = 60.0
@@ -124,6 +126,7 @@ class NodeDaemon(Service):
         self._probe_nat = probe_nat
         # The same probe while WireGuard holds the port (None: not here).
         self._recheck_nat = recheck_nat
+        self._nat_checked_at = float("-inf")
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
         # -- the node's state, all of it -------------------------------------
@@ -160,6 +163,7 @@ class NodeDaemon(Service):
             stopping=lambda: self._stopping,
             relay=relay,
             probe=lambda: self._probe,
+            on_silence=self._nat_may_have_moved,
         )
         self._start_probe = start_probe
         self._probe: PathProbe | None = None
@@ -658,12 +662,22 @@ class NodeDaemon(Service):
         except Exception:
             self.log.failure("checking peer paths failed")
 
+    def _nat_may_have_moved(self) -> None:
+        """A proven direct path went silent: probe the NAT now rather than at
+        the next check (a rebinding costs seconds, not the check interval)."""
+        now = self.clock.seconds()
+        if self._recheck_nat is None or now - self._nat_checked_at < NAT_RECHECK_SOONEST:
+            return
+        self._nat_checked_at = now
+        self._track(self._recheck_nat_once())
+
     async def _recheck_nat_once(self) -> None:
         """Probe STUN again from WireGuard's port: a NAT that moved our
         mapping (a rebinding, a new public address, another NAT type) is
         told to the server at once, so every pair with us starts again."""
         if self._recheck_nat is None or self._out_of_the_mesh:
             return
+        self._nat_checked_at = self.clock.seconds()
         try:
             report = await self._recheck_nat()
         except CancelledError:

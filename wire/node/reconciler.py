@@ -71,6 +71,7 @@ class Reconciler:
         stopping: Callable[[], bool],
         relay: RelayShim | None = None,
         probe: Callable[[], PathProbe | None] = lambda: None,
+        on_silence: Callable[[], object] = lambda: None,
     ):
         self.clock = clock
         self.wireguard = wireguard
@@ -84,6 +85,8 @@ class Reconciler:
         self._stopping = stopping
         self.relay = relay
         self._probe = probe
+        # A direct path went silent: our NAT may have moved (the daemon checks).
+        self._on_silence = on_silence
         self.paths = PathPlanner()
         self._lock = DeferredLock()
         self._runtime = RuntimeState()
@@ -219,6 +222,8 @@ class Reconciler:
 
     def _act_on(self, plan: Plan, probe: PathProbe | None) -> None:
         """Send the plan's probes (after the apply: over the new endpoints) and reports."""
+        if any(path.phase in (Phase.SILENT, Phase.FAILED) and path.proven for path in plan.paths.values()):
+            self._on_silence()
         if probe is not None:
             probe.forget({peer.vpn_ip for peer in self.netmap.peers.values()})
             for node_id in plan.probes:
