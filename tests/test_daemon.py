@@ -546,8 +546,10 @@ class RuntimeTests(unittest.TestCase):
         self.clock.advance(NAT_RECHECK_INTERVAL)  # the same mapping: nothing to tell
         self.clock.advance(NAT_RECHECK_INTERVAL)  # one port silent: nothing learned
         self.assertNotIn(41234, ports_registered())
+        polls = self.server.polls
         self.clock.advance(NAT_RECHECK_INTERVAL)
         self.assertEqual(ports_registered()[-1], 41234)
+        self.assertEqual(self.server.polls, polls + 1, "the long-poll asked again, on a new connection")
         self.assertEqual(self.server.registrations[-1], self.clock.seconds(), "at once, not at the next heartbeat")
         for _ in range(4):
             self.clock.advance(NAT_RECHECK_INTERVAL)
