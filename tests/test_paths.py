@@ -105,6 +105,16 @@ class PlannerTests(unittest.TestCase):
         self.assertEqual(plan.probes, [], "a working path is not probed")
         self.assertEqual(self.side.path().summary, "direct: via 203.0.113.2:40000")
 
+    def test_when_our_own_nat_moves_every_path_is_tried_and_probed_again(self):
+        self.side.plan(100)
+        self.side.plan(101)
+        self.side.rx += 100
+        self.side.plan(102)
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
+        self.side.me = node("web1", "198.51.100.1", lan_ip="192.168.9.1", nat_port=30123)  # our mapping moved
+        plan = self.side.plan(103)
+        self.assertEqual((self.side.path().phase, self.side.path().since, plan.probes), (Phase.TRYING, 103, ["id-db1"]))
+
     def test_a_new_handshake_proves_it_too(self):
         self.side.plan(100)
         self.side.handshake = 103

@@ -105,6 +105,9 @@ class PeerPath:
     report_at: float | None = None  # when it may report (again)
     waiting: bool = False  # not configured, or the peer offline: no attempt runs
     probed_at: float | None = None
+    # This node's own facts when the attempt began: when our NAT moves, every
+    # path is tried (and probed, which punches the new mapping) again.
+    mine: tuple = ()
 
     @property
     def proven(self) -> bool:
@@ -246,7 +249,8 @@ class PathPlanner:
         elif mode in DIRECT_MODES:
             reason = f"{reason}, via {endpoint}"
         current = self.paths.get(peer.node_id)
-        if current is not None and (current.mode, current.endpoint) == (mode, endpoint):
+        mine = _own_facts(me)
+        if current is not None and (current.mode, current.endpoint, current.mine) == (mode, endpoint, mine):
             current.reason, current.word, current.timeout = reason, word, attempt_timeout(word)
             return current
         return PeerPath(
@@ -257,6 +261,7 @@ class PathPlanner:
             timeout=attempt_timeout(word),
             word=word,
             phase=Phase.RELAYED if mode is PathMode.RELAY else Phase.TRYING,
+            mine=mine,
         )
 
     def _watch(self, path: PeerPath, seen: Seen, now: float, echoing: bool) -> None:
@@ -319,3 +324,6 @@ def failure_reason(failure: PathFailure, timeout: float | None) -> str:
         return "the direct path stopped working"
     return f"no direct handshake within {timeout or 15:.0f}s"
 
+
+def _own_facts(me: Me | PeerView) -> tuple:
+    return (me.public_ip, getattr(me, "nat_port", None), me.nat_type, me.lan_ip)
