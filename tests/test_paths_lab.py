@@ -232,4 +232,4 @@ class PathsAgreeTests(unittest.TestCase):
         self.assertLessEqual(reactor.seconds() - rebound, 30.5)
         self.assertTrue(await mesh.ping("delta", "gamma"), "delta reaches gamma on its new mapping")
         lost = await lab.lost_seconds(stream)
-        self.assertLess(lost, 25.0, "pings lost while the NAT's move was found and told")
+        self.assertLessEqual(lost, 5.0, "pings lost while the NAT's move was found and told")
