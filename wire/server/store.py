@@ -290,11 +290,39 @@ def _row(record: NodeRecord) -> tuple:
     return tuple(getattr(record, name) for name in RECORD_FIELDS)
 
 
+def secure_data_dir(data_dir: str) -> None:
+    """The data dir holds the registry, credentials' hashes and the admin
+    socket: 0700, made so, and tightened (with a warning) if it is looser."""
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    mode = os.stat(data_dir).st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(data_dir, 0o700)
+        Logger().warn("data dir {dir} was mode {mode:o}; now 0700", dir=data_dir, mode=mode)
+
+
+def _owner_only(path: str) -> None:
+    """The database and SQLite's WAL and SHM files beside it: 0600 (the WAL
+    holds recent writes in full)."""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _open(path: str) -> sqlite3.Connection:
     """Open (or create) the database, refusing anything that is not ours."""
     exists = os.path.exists(path)
     if exists and not os.access(path, os.R_OK | os.W_OK):
         raise StoreError(f"{path} exists but is not readable and writable by this user")
+    if exists and os.path.getsize(path) == 0:
+        # wire never leaves an empty file: starting from it would start an
+        # empty registry, and every node's credential would stop working.
+        raise StoreError(
+            f"{path} is empty (0 bytes), which wire never writes; the file was left untouched: "
+            "restore it from a backup, or move it aside to start with an empty registry"
+        )
     try:
         # mode=rw never creates: a file that vanished is an error, not a fresh start.
         uri = f"file:{_uri_path(path)}?mode={'rw' if exists else 'rwc'}"
@@ -306,6 +334,11 @@ def _open(path: str) -> sqlite3.Connection:
             raise StoreError(f"{path} failed its integrity check ({check[0] if check else 'no answer'})")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if exists and not tables:
+            raise StoreError(
+                f"{path} is an SQLite database without a single table, not a wire registry; the file was left "
+                "untouched: restore it from a backup, or move it aside to start with an empty registry"
+            )
         if exists and tables and "nodes" not in tables:
             raise StoreError(f"{path} is an SQLite database, but not a wire registry (no 'nodes' table)")
         if version > SCHEMA_VERSION:
@@ -323,8 +356,7 @@ def _open(path: str) -> sqlite3.Connection:
             f"cannot use the registry database {path}: {e}. The file was left untouched; "
             "restore it from a backup or move it aside to start with an empty registry"
         ) from e
-    if not exists:
-        os.chmod(path, 0o600)
+    _owner_only(path)
     return db
 
 
@@ -335,5 +367,5 @@ def _uri_path(path: str) -> str:
 
 
 def open_store(data_dir: str, reactor: IReactorTime) -> SQLiteStore:
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    secure_data_dir(data_dir)
     return SQLiteStore(os.path.join(data_dir, "registry.sqlite3"), reactor)

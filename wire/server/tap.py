@@ -28,7 +28,7 @@ from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
-from wire.server.store import StoreError, open_store
+from wire.server.store import StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
 from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
@@ -111,7 +111,7 @@ class CoordinationServer(MultiService):
 
 def _lock_data_dir(data_dir: str):
     """One server per registry: a second one would fork the netmap."""
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    secure_data_dir(data_dir)
     lock_file = open(os.path.join(data_dir, "server.lock"), "a")
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
