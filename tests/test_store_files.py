@@ -6,9 +6,11 @@ import os
 import sqlite3
 import stat
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.helpers import body_for, make_coordinator, registration_for
 from wire.server.store import StoreError, open_store, secure_data_dir
 
 
@@ -61,3 +63,56 @@ class StoreFileTests(unittest.TestCase):
             open_store(self.data_dir, Clock())
         self.assertIn("without a single table", str(caught.exception))
         self.assertEqual(os.path.getsize(self.path), size)
+
+
+class RefusedMeansNotStoredTests(unittest.TestCase):
+    """A registration the store cannot save (disk full, database locked) is
+    answered 503 and leaves nothing behind: not in memory, the netmap or the
+    database, not even later."""
+
+    def setUp(self):
+        self.coordinator = make_coordinator(self)
+        self.store = self.coordinator.store
+        self.clock = self.coordinator.clock
+
+    def register(self, name: str, **fields):
+        d = Deferred.fromCoroutine(self.coordinator.register(registration_for(name, **fields), "203.0.113.5"))
+        self.clock.advance(0)  # the group commit
+        return d
+
+    def disk_full(self):
+        real = self.store._write_dirty
+
+        def failing():
+            raise sqlite3.OperationalError("database or disk is full")
+
+        self.store._write_dirty = failing
+        return lambda: setattr(self.store, "_write_dirty", real)
+
+    def saved_nodes(self) -> dict:
+        return {row[0]: row[1] for row in self.store.query("SELECT node_id, nat_port FROM nodes")}
+
+    def test_a_new_node_refused_is_nowhere(self):
+        heal = self.disk_full()
+        serial = self.coordinator.registry.changes.serial
+        self.failureResultOf(self.register("db1"), StoreError)
+        node_id = body_for("db1")["node_id"]
+        self.assertIsNone(self.coordinator.registry.get(node_id))
+        self.assertEqual([n["node_name"] for n in self.coordinator.status()["nodes"]], [])
+        snapshot = self.coordinator.registry.netmap_since(self.coordinator.registry.changes.cursor, self.clock.seconds())
+        self.assertGreater(self.coordinator.registry.changes.serial, serial, "long-polls hear it is gone")
+        self.assertEqual(snapshot["upserts"], [])
+        heal()
+        self.successResultOf(self.register("web1"))  # the next commit writes only what was taken
+        self.assertNotIn(node_id, self.saved_nodes())
+
+    def test_a_changed_node_refused_keeps_what_was_saved(self):
+        self.successResultOf(self.register("db1", nat_port=40001))
+        heal = self.disk_full()
+        self.failureResultOf(self.register("db1", nat_port=40002), StoreError)
+        node_id = body_for("db1")["node_id"]
+        self.assertEqual(self.coordinator.registry.get(node_id).nat_port, 40001)
+        self.assertTrue(self.coordinator.registry.is_online(node_id))
+        heal()
+        self.successResultOf(self.register("web1"))
+        self.assertEqual(self.saved_nodes()[node_id], 40001, "the refused change was never written")

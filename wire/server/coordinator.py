@@ -43,7 +43,7 @@ from wire.server.pathbook import PathBook
 from wire.server.punch import PunchTracker
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relay import RelayTable
-from wire.server.store import IStore
+from wire.server.store import IStore, StoreError
 
 SWEEP_INTERVAL = 1.0
 TOUCH_FLUSH_INTERVAL = 5.0
@@ -180,11 +180,15 @@ class Coordinator:
                 "(wire admin nodes remove NAME)"
             )
         result = self.registry.register(registration, public_ip, self.now())
-        with self.store.transaction() as db:
-            self.store.write_record_now(db, result.record)
-            credential_hash, credential = self.authority.record_enrollment(
-                db, result.record.node_id, result.record.node_name, key
-            )
+        try:
+            with self.store.transaction() as db:
+                self.store.write_record_now(db, result.record)
+                credential_hash, credential = self.authority.record_enrollment(
+                    db, result.record.node_id, result.record.node_name, key
+                )
+        except StoreError:
+            self.registry.revert(registration.node_id, None, was_online=False)
+            raise
         self.authority.enrolled(result.record.node_id, credential_hash, key)
         self.metrics.registrations.labels(result.outcome).inc()
         return result, credential
@@ -202,9 +206,16 @@ class Coordinator:
             if record is None:  # removed since it authenticated
                 raise AuthError("unknown or revoked node credential")
             registration = replace(registration, node_name=record.node_name)
+        previous = self.registry.get(registration.node_id)
+        was_online = self.registry.is_online(registration.node_id)
         result = self.registry.register(registration, public_ip, self.now())
         if result.outcome is not RegisterOutcome.HEARTBEAT:
-            await self.store.commit()
+            try:
+                await self.store.commit()
+            except StoreError:
+                # Refused means not stored: not in memory, the netmap or the database.
+                self.registry.revert(registration.node_id, previous, was_online)
+                raise
         self.metrics.registrations.labels(result.outcome).inc()
         return result
 

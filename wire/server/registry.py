@@ -233,6 +233,28 @@ class Registry:
         )
         return Registered(record, outcome)
 
+    def revert(self, node_id: str, previous: NodeRecord | None, was_online: bool) -> None:
+        """Undo a registration the store could not save (the client got a
+        503): the node is as it was, in memory, in the netmap (a change is
+        recorded, so long-polls that heard the refused record hear the old
+        one) and in the store's queue (the refused record is never written)."""
+        current = self._nodes.get(node_id)
+        if current is previous:
+            return
+        if current is not None:
+            self._unindex(current)
+        self._store.discard(node_id)
+        self._online.pop(node_id, None)
+        self._offline.pop(node_id, None)
+        if previous is not None:
+            self._index(previous)
+            if was_online:
+                self._online[node_id] = None
+            else:
+                self._offline[node_id] = None
+        self._changed(node_id)
+        self.log.warn("node {node_id}: registration not saved, undone", node_id=node_id)
+
     def seen(self, node_id: str, now: float) -> bool:
         """The node showed it is alive without registering (its authenticated
         long-poll arrived): a heartbeat that changes nothing. False for an

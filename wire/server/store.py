@@ -98,6 +98,9 @@ class IStore(Interface):
     def delete(node_id: str) -> None:
         """Queue the removal of a node."""
 
+    def discard(node_id: str) -> None:
+        """Forget a queued write of this node (it was refused and undone)."""
+
     def touch(node_id: str, last_seen: float) -> None:
         """Note a heartbeat; written lazily."""
 
@@ -172,6 +175,9 @@ class SQLiteStore:
     def delete(self, node_id: str) -> None:
         self._dirty[node_id] = None
         self._touched.pop(node_id, None)
+
+    def discard(self, node_id: str) -> None:
+        self._dirty.pop(node_id, None)
 
     def touch(self, node_id: str, last_seen: float) -> None:
         if node_id not in self._dirty:
