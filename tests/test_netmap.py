@@ -63,6 +63,35 @@ class LongPollHubTests(unittest.TestCase):
         self.assertEqual(self.hub.open_count, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [], "wait timers are cancelled")
 
+    def test_one_node_changing_in_a_loop_wakes_everyone_at_most_once_a_second(self):
+        self.clock.advance(100)
+        wakes = []
+
+        def poll_again():
+            d = self.hub.poll(self.log.cursor, wait=30)
+            d.addCallback(lambda answer: (wakes.append(self.clock.seconds()), poll_again()))
+
+        poll_again()
+        for step in range(40):  # flapper changes every 0.1 s for 4 s
+            self.log.record("flapper")
+            self.hub.changed("flapper")
+            self.clock.advance(0)
+            self.clock.advance(0.1)
+        self.clock.advance(1)
+        self.assertEqual(wakes[0], 100, "the first change wakes at once")
+        gaps = [b - a for a, b in zip(wakes, wakes[1:])]
+        self.assertTrue(all(gap >= 0.99 for gap in gaps), gaps)
+        self.assertLessEqual(len(wakes), 6)
+        # Another node's change is not held back by the flapper.
+        self.log.record("flapper")
+        self.hub.changed("flapper")
+        self.clock.advance(0.1)
+        self.log.record("other")
+        self.hub.changed("other")
+        before = len(wakes)
+        self.clock.advance(0)
+        self.assertEqual(len(wakes), before + 1, "woken at once for another node")
+
     def test_times_out_with_empty_answer(self):
         d = self.hub.poll(Cursor("e", 0), wait=25)
         self.clock.advance(24.9)

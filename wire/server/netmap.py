@@ -31,6 +31,9 @@ from wire.web import SharedJson
 MAX_WAIT_SECONDS = 120.0
 # Long-polls a change answers per reactor turn (see LongPollHub._answer_all).
 WAKE_BATCH = 500
+# One node's changes wake the long-polls at most this often (LongPollHub.changed).
+COALESCE_PER_NODE = 1.0
+MAX_COALESCED = 100_000
 
 # (shared answer, viewer, cursor) -> the viewer's own answer, or None when
 # the shared one will do (nothing of its pairs changed).
@@ -119,6 +122,7 @@ class LongPollHub:
         self._sweep_call: IDelayedCall | None = None
         self._sweep_at = 0
         self._wake_call: IDelayedCall | None = None
+        self._woke_for: dict[str, float] = {}  # node id -> the wake that carries its latest change
         self._wake_viewers: set[str] = set()
         self._wake_viewers_call: IDelayedCall | None = None
 
@@ -140,10 +144,31 @@ class LongPollHub:
             self._schedule_sweep(due)
         return waiter
 
-    def changed(self) -> None:
-        """The serial moved; answer every waiter after this reactor turn."""
-        if self._wake_call is None and self._waiters:
-            self._wake_call = self._clock.callLater(0, self._wake)
+    def changed(self, node_id: str | None = None) -> None:
+        """The serial moved; answer every waiter after this reactor turn.
+
+        A change of ``node_id`` within COALESCE_PER_NODE of the last wake it
+        caused waits for the end of that second (its waiters' answers then
+        carry every change since their cursor): one node registering in a
+        loop wakes the mesh at most once a second. Any other node's change
+        wakes everyone at once, as before.
+        """
+        if not self._waiters:
+            return
+        now = self._clock.seconds()
+        at = now
+        if node_id is not None:
+            if len(self._woke_for) > MAX_COALESCED:
+                self._woke_for = {n: t for n, t in self._woke_for.items() if now - t < COALESCE_PER_NODE}
+            last = self._woke_for.get(node_id)
+            if last is not None and now - last < COALESCE_PER_NODE:
+                at = last + COALESCE_PER_NODE
+            self._woke_for[node_id] = at
+        if self._wake_call is not None and self._wake_call.active():
+            if self._wake_call.getTime() <= at:
+                return
+            self._wake_call.cancel()
+        self._wake_call = self._clock.callLater(max(0.0, at - now), self._wake)
 
     def changed_for(self, viewers: Iterable[str]) -> None:
         """The serial moved for these viewers only (a pair's path): answer

@@ -64,7 +64,7 @@ class Registry:
         self.unique_names = unique_names
         self._online: OrderedDict[str, None] = OrderedDict()
         self._offline: OrderedDict[str, None] = OrderedDict()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[str], None]] = []
         self._reset_listeners: list[Callable[[str], None]] = []
         # When a node's path facts last changed or it came online, this run
         # (nodes loaded and unchanged since: 0, long ago).
@@ -165,13 +165,14 @@ class Registry:
 
     # -- changes -----------------------------------------------------------
 
-    def on_change(self, listener: Callable[[], None]) -> None:
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """``listener(node_id)`` hears every netmap change, with the node it is of."""
         self._listeners.append(listener)
 
     def _changed(self, node_id: str) -> None:
         self.changes.record(node_id)
         for listener in self._listeners:
-            listener()
+            listener(node_id)
 
     def on_reset(self, listener: Callable[[str], None]) -> None:
         """``listener(node_id)`` hears when a node's path facts change, it
