@@ -375,6 +375,50 @@ class CodecTests(unittest.TestCase):
         self.assertEqual(handle_datagram(own_reply, "198.51.100.21", 8788), ("ignored", None))
 
 
+class RelayJunkTests(unittest.TestCase):
+    """Relay-magic junk spends its source's budget; other sources still get STUN answers."""
+
+    def setUp(self) -> None:
+        from wire.relayproto import MAGIC
+        from wire.server.ratelimit import TokenBucket
+
+        self.magic = MAGIC
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.outcomes: list[str] = []
+        self.relayed: list[str] = []
+        buckets: dict[str, TokenBucket] = {}
+
+        def admit(host: str) -> bool:
+            bucket = buckets.setdefault(host, TokenBucket(20, 40, self.clock.seconds()))
+            return bucket.spend(1, self.clock.seconds())
+
+        def relay(datagram: bytes, addr: Any):
+            self.relayed.append(addr[0])
+            return "relay_unknown", None, None
+
+        self.protocol = StunServerProtocol(self.clock, observe=self.outcomes.append, relay=relay, admit=admit)
+        self.transport = FakeDatagramTransport()
+        self.protocol.makeConnection(self.transport)
+        self.protocol._send_relayed = lambda data, addr: None
+
+    def test_a_junk_flood_is_cut_off_and_stun_still_answers_others(self) -> None:
+        junk = self.magic + bytes(60)
+        for _ in range(1000):
+            self.protocol.datagramReceived(junk, ("198.51.100.66", 4000))
+        self.assertLessEqual(self.relayed.count("198.51.100.66"), 41, "read only while it had budget")
+        self.assertGreater(self.outcomes.count("rate_limited"), 900)
+        request, tid = encode_binding_request()
+        self.protocol.datagramReceived(request, ("203.0.113.4", 41641))
+        [(reply, addr)] = self.transport.written
+        self.assertEqual((addr, parse_message(reply).transaction_id), (("203.0.113.4", 41641), tid))
+        # A second later the source is read again (and cut off again if it goes on).
+        self.clock.advance(1.5)
+        before = len(self.relayed)
+        self.protocol.datagramReceived(junk, ("198.51.100.66", 4000))
+        self.assertEqual(len(self.relayed), before + 1)
+
+
 class _FailingTransport:
     def write(self, packet: bytes, addr: Any) -> None:
         raise OSError(1, "Operation not permitted")

@@ -49,6 +49,10 @@ OUTCOME_LEGACY_JSON = "legacy_json"
 OUTCOME_MALFORMED = "malformed"
 OUTCOME_IGNORED = "ignored"
 OUTCOME_RATE_LIMITED = "rate_limited"
+# What the relay answers for a frame it refuses (wire.server.relay.RelayTable.handle).
+RELAY_REFUSALS = frozenset({"relay_malformed", "relay_unknown", "relay_forged", "relay_replay"})
+JUNK_PENALTY = 1.0
+MAX_PENALISED = 65536
 OUTCOME_ERROR = "error"
 OUTCOMES = (
     OUTCOME_BINDING,
@@ -148,8 +152,12 @@ class StunServerProtocol(DatagramProtocol):
 
     ``admit(source_host)``, when given, is asked before any other datagram
     is answered; False drops it unanswered ("rate_limited"), so one source
-    cannot use the port's whole capacity. Relay frames are not asked: the
-    relay limits each session itself.
+    cannot use the port's whole capacity. Relay frames that verify are not
+    asked (the relay limits each session itself); a relay frame the relay
+    refuses (malformed, unknown token, forged, replayed) spends from its
+    source's budget like any datagram, and a source out of budget has its
+    relay frames dropped unread for JUNK_PENALTY seconds: a flood of
+    relay-magic junk from one address cannot crowd out anyone's STUN.
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class StunServerProtocol(DatagramProtocol):
         self._relay = relay
         self._admit = admit
         self._failures = 0
+        self._junk_until: dict[str, float] = {}  # source -> when its relay frames are read again
         self._send_relayed: Callable[[bytes, Any], None] | None = None
 
     def startProtocol(self) -> None:
@@ -179,7 +188,13 @@ class StunServerProtocol(DatagramProtocol):
             if self._relay is not None and is_relay_frame(datagram):
                 # Relay frames share this port; they are checked before the
                 # seed's catch-all JSON answer could see them.
-                outcome, data, destination = self._relay(datagram, addr)
+                if self._penalised(addr[0]):
+                    outcome = OUTCOME_RATE_LIMITED
+                    data = None
+                else:
+                    outcome, data, destination = self._relay(datagram, addr)
+                    if outcome in RELAY_REFUSALS:
+                        self._charge_junk(addr[0])
                 if data is not None:
                     assert self._send_relayed is not None  # set by startProtocol
                     self._send_relayed(data, destination)
@@ -199,6 +214,22 @@ class StunServerProtocol(DatagramProtocol):
                 self._observe(outcome)
             except Exception:
                 self._log_failure("STUN outcome observer failed on a datagram from {host}:{port}", addr)
+
+    def _penalised(self, host: str) -> bool:
+        until = self._junk_until.get(host)
+        if until is None:
+            return False
+        if self._reactor.seconds() < until:
+            return True
+        del self._junk_until[host]
+        return False
+
+    def _charge_junk(self, host: str) -> None:
+        if self._admit is None or self._admit(host):
+            return
+        if len(self._junk_until) >= MAX_PENALISED:
+            self._junk_until.clear()
+        self._junk_until[host] = self._reactor.seconds() + JUNK_PENALTY
 
     def _log_failure(self, message: str, addr: Any) -> None:
         # A datagram that breaks us can be replayed at line rate; logging the
