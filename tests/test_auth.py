@@ -9,7 +9,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator
+from tests.helpers import make_coordinator, registration_for
 from wire.server.admin import Admin, build_admin_site
 from wire.server.auth import Authority, AuthError, KeyState
 
@@ -102,3 +102,39 @@ class JoinKeyStateTests(unittest.TestCase):
         answer = self.successResultOf(d)
         self.assertEqual(answer["timestamp"], self.clock.seconds())
         self.assertEqual([(k["key_id"], k["state"], k["usable"]) for k in answer["keys"]], [(kept.key_id, "usable", True), (gone.key_id, "revoked", False)])
+
+
+class RefusedEnrollmentAuditTests(unittest.TestCase):
+    """Unknown, spent, expired and revoked join keys are audited with who tried, a few a minute."""
+
+    def setUp(self):
+        self.coordinator = make_coordinator(self)
+        self.clock = self.coordinator.clock
+        self.authority = Authority(self.coordinator.store, self.clock)
+        self.coordinator.authority = self.authority
+
+    def enroll(self, secret: str, name: str = "web1") -> None:
+        d = Deferred.fromCoroutine(self.coordinator.enroll(secret, registration_for(name), "203.0.113.9"))
+        self.failureResultOf(d, AuthError)
+
+    def refusals(self) -> list[str]:
+        return [e["detail"] for e in self.authority.audit_log(1000) if e["event"] == "node.enroll.refused"]
+
+    def test_each_refusal_names_the_source_and_why(self):
+        revoked, secret = self.authority.create_key(reusable=True)
+        self.authority.revoke_key(revoked.key_id)
+        self.enroll("not-a-key")
+        self.enroll(secret, "db1")
+        self.assertEqual(
+            self.refusals(),
+            ["from 203.0.113.9 as 'db1': this join key was revoked", "from 203.0.113.9 as 'web1': unknown join key"],
+        )
+
+    def test_a_guessing_flood_is_audited_a_few_a_minute_and_counted(self):
+        for _ in range(100):
+            self.enroll("guess")
+        self.assertEqual(len(self.refusals()), 10)
+        self.clock.advance(6)
+        self.enroll("guess")
+        self.assertEqual(len(self.refusals()), 11)
+        self.assertIn("(and 90 more refused since the last one recorded)", self.refusals()[0])

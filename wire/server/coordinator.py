@@ -41,11 +41,13 @@ from wire.server.model import PairWord
 from wire.server.netmap import LongPollHub
 from wire.server.pathbook import PathBook
 from wire.server.punch import PunchTracker
+from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relay import RelayTable
 from wire.server.store import IStore, StoreError
 
 SWEEP_INTERVAL = 1.0
+ENROLL_REFUSALS_AUDITED = 10  # a minute
 TOUCH_FLUSH_INTERVAL = 5.0
 
 
@@ -71,6 +73,8 @@ class Coordinator:
         # None: the seed's open mode, anyone may register and read.
         self.authority = authority
         self.punches = PunchTracker()
+        self._refusal_audit = TokenBucket(ENROLL_REFUSALS_AUDITED / 60.0, ENROLL_REFUSALS_AUDITED, clock.seconds())
+        self._refusals_suppressed = 0
         self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
         self.paths = PathBook(registry.changes, registry.changed_at)
@@ -171,7 +175,11 @@ class Coordinator:
         """A new node with a join key: registered, and given its credential."""
         if self.authority is None:
             raise AuthError("this server is open: register with POST /register, no join key needed")
-        key = self.authority.check_join_key(secret)
+        try:
+            key = self.authority.check_join_key(secret)
+        except AuthError as e:
+            self._enrollment_refused(public_ip, registration.node_name, str(e))
+            raise
         if self.registry.get(registration.node_id) is not None:
             # A node's id and key are no secret (every peer sees them): a join
             # key must never let anyone take over an enrolled node.
@@ -192,6 +200,25 @@ class Coordinator:
         self.authority.enrolled(result.record.node_id, credential_hash, key)
         self.metrics.registrations.labels(result.outcome).inc()
         return result, credential
+
+    def _enrollment_refused(self, public_ip: str, node_name: str, reason: str) -> None:
+        """A refused join key goes to the audit log and the log, with who
+        tried: at most ENROLL_REFUSALS_AUDITED a minute (a guessing flood
+        must not fill the database), the rest counted and told with the next."""
+        assert self.authority is not None
+        now = self.now()
+        if not self._refusal_audit.spend(1, now):
+            self._refusals_suppressed += 1
+            return
+        suppressed, self._refusals_suppressed = self._refusals_suppressed, 0
+        detail = f"from {public_ip} as {node_name!r}: {reason}"
+        if suppressed:
+            detail += f" (and {suppressed} more refused since the last one recorded)"
+        try:
+            with self.store.transaction() as db:
+                self.authority.audit(db, "node.enroll.refused", detail)
+        except StoreError:
+            self.log.warn("enrollment refused {detail} (not in the audit log: the store failed)", detail=detail)
 
     async def register(self, registration: Registration, public_ip: str, node_id: str | None = None) -> Registered:
         """Record a registration; returns once any change is durable.
