@@ -57,6 +57,7 @@ from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.options import DEFAULT_RATE_LIMITS, Options
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.relay import RelayTable
+from wire.server.connguard import ConnectionGuard
 from wire.server.tap import makeService
 from wire.stun import StunServerProtocol, encode_binding_request, reply_limit
 from wire.web import REQUEST_RECEIVE_TIMEOUT, DeadlineChannel, make_site
@@ -433,8 +434,11 @@ class ServiceWiringTests(unittest.TestCase):
         service = makeService(options, self.reactor)
         service.startService()
         self.addCleanup(service.stopService)
-        (port, site, _, _), = self.reactor.tcpServers
+        (port, guard, _, _), = self.reactor.tcpServers
         self.assertEqual(port, 18787)
+        # The site sits behind the connection guard (wire.server.connguard).
+        self.assertIsInstance(guard, ConnectionGuard)
+        site = guard.wrappedFactory
         self.http = StubTreq(site.resource)
         return site
 

@@ -67,7 +67,7 @@ def forwarded_client(peer: str, forwarded_for: str, trusted_proxies: tuple[IPNet
     """
     client = normalize_client_ip(peer)
     for entry in reversed(forwarded_for.split(",")):
-        if not _is_trusted(client, trusted_proxies):
+        if not is_trusted(client, trusted_proxies):
             break
         try:
             address = ipaddress.ip_address(entry.strip())
@@ -81,7 +81,7 @@ def forwarded_client(peer: str, forwarded_for: str, trusted_proxies: tuple[IPNet
     return client
 
 
-def _is_trusted(host: str, trusted_proxies: tuple[IPNetwork, ...]) -> bool:
+def is_trusted(host: str, trusted_proxies: tuple[IPNetwork, ...]) -> bool:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -22,12 +22,13 @@ from twisted.logger import Logger
 from wire.addressing import AddressPool
 from wire.datadir import admin_socket_path
 from wire.server.admin import Admin, build_admin_site
-from wire.server.api import ClientRules, build_site
+from wire.server.api import ClientRules, build_site, is_trusted
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
+from wire.server.connguard import ConnectionGuard, connection_limit
 from wire.server.store import StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
@@ -219,7 +220,13 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         path_limit=_rate_limiter(config, "path", reactor),
     )
     where = f" of {interface}" if interface else ""
-    Listening(endpoint, build_site(coordinator, rules), f"TCP port {port}{where}").setServiceParent(server)
+    guarded = ConnectionGuard(
+        build_site(coordinator, rules),
+        reactor,
+        limit=connection_limit(fd_limit),
+        uncapped=lambda host: is_trusted(host, rules.trusted_proxies),
+    )
+    Listening(endpoint, guarded, f"TCP port {port}{where}").setServiceParent(server)
     if coordinator.authority is not None:
         admin = Admin(coordinator, config["public-url"], fingerprint)
         admin_path = admin_socket_path(data_dir)
