@@ -24,8 +24,22 @@ class CommandLineTests(unittest.TestCase):
     def test_background_twistd_keeps_pid_and_log_in_the_config_dir(self):
         self.assertEqual(
             launcher.node_argv("/srv/n1", foreground=False),
-            twistd_argv() + ["--pidfile=/srv/n1/wire-node.pid", "--logfile=/srv/n1/wire-node.log", "wire-node", "--config-dir=/srv/n1"],
+            twistd_argv() + ["--pidfile=/srv/n1/wire-node.pid", "--logger=wire.node.logfile.observer", "wire-node", "--config-dir=/srv/n1"],
         )
+
+    def test_the_log_rotates_and_keeps_five_old_files_at_most(self):
+        from wire.node.logfile import LOG_KEEP, LOG_ROTATE_BYTES, open_log
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        log = open_log(os.path.join(directory, "wire-node.log"))
+        line = "x" * 999 + "\n"
+        for _ in range(12 * LOG_ROTATE_BYTES // len(line)):
+            log.write(line)
+        log.close()
+        names = sorted(os.listdir(directory))
+        self.assertEqual(names, ["wire-node.log"] + [f"wire-node.log.{i}" for i in range(1, LOG_KEEP + 1)])
+        self.assertEqual(os.stat(os.path.join(directory, "wire-node.log")).st_mode & 0o777, 0o600)
 
     def test_foreground_for_systemd(self):
         self.assertEqual(

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from wire.fsutil import write_atomically
 from wire.node.config import SYSTEM_CONFIG_DIR
 from wire.runner import IProcessRunner, ProcessResult
+from wire.node.logfile import LOG_PATH_VARIABLE
 from wire.twistd import twistd_argv, wire_environment
 
 log = Logger()
@@ -71,7 +72,8 @@ def node_argv(config_dir: str, foreground: bool) -> list[str]:
     if foreground:
         argv += ["--nodaemon", "--pidfile="]
     else:
-        argv += [f"--pidfile={os.path.join(config_dir, PIDFILE)}", f"--logfile={os.path.join(config_dir, LOGFILE)}"]
+        # A capped, rotated log (wire.node.logfile), not twistd's unbounded one.
+        argv += [f"--pidfile={os.path.join(config_dir, PIDFILE)}", "--logger=wire.node.logfile.observer"]
     return argv + ["wire-node", f"--config-dir={config_dir}"]
 
 
@@ -89,7 +91,8 @@ async def start_daemon(runner: IProcessRunner, config_dir: str, *, unit_path: st
         await _systemctl(runner, "enable", "--now", UNIT_NAME)
         return "systemd"
     # twistd returns once the daemon has started, or failed to.
-    result = await runner.run(node_argv(config_dir, foreground=False), env=wire_environment(), timeout=30)
+    environment = {**wire_environment(), LOG_PATH_VARIABLE: os.path.join(config_dir, LOGFILE)}
+    result = await runner.run(node_argv(config_dir, foreground=False), env=environment, timeout=30)
     if result.rc != 0:
         raise LaunchError(f"the node daemon did not start: {_output(result) or 'exit code ' + str(result.rc)}")
     return "twistd"
