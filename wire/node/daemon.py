@@ -21,6 +21,12 @@ retry with a short capped backoff (:mod:`wire.node.backoff`).
 A server with authentication counts each long-poll as the node's heartbeat;
 then the heartbeat loop sends ``POST /register`` only when it has to
 (:mod:`wire.node.heartbeat` decides).
+
+The server is trusted only as far as it must be (:mod:`wire.node.trust`):
+the mesh subnet is fixed at enrollment, an assignment outside it changes
+nothing (with no address yet, registering is retried), every peer is
+checked before the netmap holds it, and a loop body that fails is logged
+while its loop goes on.
 """
 
 from __future__ import annotations
