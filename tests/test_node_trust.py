@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
@@ -29,10 +30,16 @@ from wire.node.daemon import NAT_RECHECK_INTERVAL, PATH_CHECK_INTERVAL, NodeDaem
 from wire.node.heartbeat import HEARTBEAT_INTERVAL
 from wire.node.netmap import NodeNetmap
 from wire.node.state import Phase
-from wire.node.trust import Mesh, PeerScreen, Untrusted, assignment, mesh_subnet, own_address
-from wire.protocol import NetmapAnswer, ProtocolError, RegisterAnswer
+from wire.node.trust import (
+    Mesh,
+    PeerScreen,
+    Untrusted,
+    assignment,
+    mesh_subnet,
+    own_address,
+)
+from wire.protocol import NatType, NetmapAnswer, ProtocolError, RegisterAnswer
 from wire.stun import MappedAddress, NatReport
-from wire.protocol import NatType
 
 LAN_IP = "192.168.1.10"
 GOOD = {"vpn_ip": "10.99.0.5", "vpn_subnet": "10.99.0.0/16"}
@@ -229,7 +236,7 @@ class HostileTests(unittest.TestCase):
             self.assertEqual(self.saved().vpn_subnet, "", poison)
             self.assertNotEqual(daemon.state.phase, Phase.REGISTERED, poison)
             self.assertGreater(len(self.server.registrations), tries, f"{poison}: registration retried")
-            field = "vpn_subnet" if "vpn_subnet" in poison and poison["vpn_subnet"] else "vpn_ip"
+            field = "vpn_subnet" if poison.get("vpn_subnet") else "vpn_ip"
             self.assertTrue(any(f"({field})" in w for w in self.warnings()), f"{poison}: {self.warnings()}")
             # The next good answer is taken.
             self.server.assign = {}
@@ -366,8 +373,6 @@ class HostileTests(unittest.TestCase):
         self.push([peer("db1", 2)])
         # Past the netmap's checks somehow (defence in depth): the reconciler filters.
         db1 = body_for("db1")["node_id"]
-        from dataclasses import replace
-
         daemon.netmap.peers[db1] = replace(daemon.netmap.peers[db1], vpn_ip="8.8.8.8")
         self.advance(3 * PATH_CHECK_INTERVAL)
         self.assertEqual(self.allowed(), {})
