@@ -7,9 +7,14 @@ from wire.node.netmap import NodeNetmap, Peer
 from wire.protocol import NetmapAnswer
 
 
+_numbers: dict[str, int] = {}
+
+
 def view(name: str, **fields) -> dict:
     body = body_for(name)
-    return {"node_id": body["node_id"], "node_name": name, "vpn_ip": "10.99.0.2", "wg_public_key": body["wg_public_key"], **fields}
+    # Each node its own address: two claiming one is a problem (wire.node.trust).
+    vpn_ip = f"10.99.0.{_numbers.setdefault(name, len(_numbers) + 2)}"
+    return {"node_id": body["node_id"], "node_name": name, "vpn_ip": vpn_ip, "wg_public_key": body["wg_public_key"], **fields}
 
 
 class NodeNetmapTests(unittest.TestCase):

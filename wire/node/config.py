@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from wire.addressing import parse_subnet
 from wire.fsutil import write_atomically
 from wire.node.ifname import parse_interface_name
+from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, own_address, parse_max_peers
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
 
@@ -50,6 +51,8 @@ class NodeConfig:
     # SHA-256 of the server's self-signed certificate (from the join token);
     # "" means a CA-signed certificate checked by hostname, or plain HTTP.
     server_fingerprint: str = ""
+    # At most this many peers are held; the rest of a netmap is skipped.
+    max_peers: int = DEFAULT_MAX_PEERS
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
@@ -87,12 +90,19 @@ def validate(data: dict[str, Any]) -> NodeConfig:
         listen_port=parse_port(values.get("listen_port", DEFAULT_LISTEN_PORT), "listen_port"),
         interface=parse_interface_name(values.get("interface", DEFAULT_INTERFACE)),
     )
-    if values.get("vpn_ip"):
-        config.vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
     if values.get("vpn_subnet"):
-        if not isinstance(values["vpn_subnet"], str):
+        subnet = values["vpn_subnet"]
+        if not isinstance(subnet, str):
             raise ProtocolError("vpn_subnet", "must be a string like 10.99.0.0/16")
-        config.vpn_subnet = str(parse_subnet(values["vpn_subnet"]))
+        if "/" not in subnet:
+            subnet = str(parse_subnet(subnet))  # the seed's prefix form, 10.99
+        # The mesh subnet fixed at enrollment: only a sane one (wire.node.trust).
+        config.vpn_subnet = str(mesh_subnet(subnet))
+    if values.get("vpn_ip"):
+        vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
+        config.vpn_ip = own_address(vpn_ip, mesh_subnet(config.vpn_subnet or SEED_SUBNET))
+    if "max_peers" in values:
+        config.max_peers = parse_max_peers(values["max_peers"])
     if values.get("nat_port"):
         config.nat_port = parse_port(values["nat_port"], "nat_port")
     if values.get("nat_type"):

@@ -21,6 +21,12 @@ retry with a short capped backoff (:mod:`wire.node.backoff`).
 A server with authentication counts each long-poll as the node's heartbeat;
 then the heartbeat loop sends ``POST /register`` only when it has to
 (:mod:`wire.node.heartbeat` decides).
+
+The server is trusted only as far as it must be (:mod:`wire.node.trust`):
+the mesh subnet is fixed at enrollment, an assignment outside it changes
+nothing (with no address yet, registering is retried), every peer is
+checked before the netmap holds it, and a loop body that fails is logged
+while its loop goes on.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
-from wire.node.lan import LanAddress
+from wire.node.lan import LanAddress, numeric, server_host
 from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
@@ -56,6 +62,7 @@ from wire.node.probe import PathProbe
 from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
 from wire.node.state import NodeState, Phase, ServerContact
+from wire.node.trust import SEED_SUBNET, Mesh, PeerScreen, Untrusted, assignment, mesh_subnet, own_address
 from wire.node.wireguard import IWireGuard
 from wire.protocol import (
     Heartbeat,
@@ -88,6 +95,10 @@ def nat_facts(report: NatReport) -> tuple:
     destination, so only its address and type count."""
     port = None if report.nat_type is NatType.HARD else report.mapped.port
     return (report.nat_type, report.mapped.ip, port)
+
+
+class AssignmentRefused(Exception):
+    """The server took us but assigned nothing this node accepts (wire.node.trust)."""
 
 
 class RenameRefused(Exception):
@@ -137,19 +148,22 @@ class NodeDaemon(Service):
         self.events = EventLog(clock)
         self.contact = ServerContact()
         self.nat: NatReport | None = None
-        self.netmap = NodeNetmap(config.node_id)
+        self.config = self._trusted_saved(config)
+        # Every peer is checked against the mesh before it is held.
+        self.netmap = NodeNetmap(config.node_id, PeerScreen(self._mesh))
         # Whether the long-poll carries the heartbeat, and what decides it.
         self.heartbeat = HeartbeatState()
         # -- machinery --------------------------------------------------------
         self._started: Deferred | None = None
         # LoopingCall waits on a Deferred, not on a coroutine: wrap the bodies.
-        self._heartbeat_loop = LoopingCall(lambda: self._track(self._heartbeat_once()))
+        # A raising body would stop its loop for good: each is guarded.
+        self._heartbeat_loop = LoopingCall(lambda: self._track(self._guarded(self._heartbeat_once, "heartbeat")))
         self._heartbeat_loop.clock = clock
-        self._sync = LoopingCall(lambda: self._track(self._sync_once()))
+        self._sync = LoopingCall(lambda: self._track(self._guarded(self._sync_once, "netmap sync", back_off=True)))
         self._sync.clock = clock
-        self._paths_loop = LoopingCall(lambda: self._track(self._paths_once()))
+        self._paths_loop = LoopingCall(lambda: self._track(self._guarded(self._paths_once, "path check")))
         self._paths_loop.clock = clock
-        self._nat_loop = LoopingCall(lambda: self._track(self._recheck_nat_once()))
+        self._nat_loop = LoopingCall(lambda: self._track(self._guarded(self._recheck_nat_once, "NAT check")))
         self._nat_loop.clock = clock
         self._inflight: set[Deferred] = set()
         # The only writer of WireGuard's peers (the interface itself is ours).
@@ -192,6 +206,27 @@ class NodeDaemon(Service):
         """This node's facts as it knows them (the planner prefers the server's view, once the netmap has it)."""
         nat_type = self.nat.nat_type if self.nat else NatType(self.config.nat_type or NatType.UNKNOWN)
         return Me(self.config.node_name, self.contact.public_ip, nat_type, self._lan_ip() or "", self.config.node_id)
+
+    def _mesh(self) -> Mesh:
+        """What peers are checked against: the mesh fixed at enrollment (or the seed's) and our own facts."""
+        return Mesh(mesh_subnet(self.config.vpn_subnet or SEED_SUBNET), self.config.vpn_ip, self.public_key, self.config.max_peers)
+
+    def _avoid(self) -> tuple[str, ...]:
+        """Addresses the mesh must never hold: our LAN address, the server's."""
+        return (self._lan_ip() or "", numeric(server_host(self.config.server_url)) or "")
+
+    def _trusted_saved(self, config: NodeConfig) -> NodeConfig:
+        """The config as given, unless its address fails the trust checks
+        (it was never validated, or saved by an older node): then the server
+        assigns one afresh and no bad address reaches the interface."""
+        try:
+            subnet = mesh_subnet(config.vpn_subnet or SEED_SUBNET)
+            if config.vpn_ip:
+                own_address(config.vpn_ip, subnet)
+        except Untrusted as e:
+            self.log.error("the saved assignment is refused ({error}); asking the server for a new one", error=e)
+            return replace(config, vpn_ip="", vpn_subnet="")
+        return config
 
     def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
         """Move to ``phase`` and announce it (once: a phase repeated is no news)."""
@@ -275,6 +310,19 @@ class NodeDaemon(Service):
         self._inflight.add(d)
         d.addBoth(self._untrack, d)
         return d
+
+    async def _guarded(self, body: Callable[[], Awaitable[None]], what: str, back_off: bool = False) -> None:
+        """Run one loop body; a failure is logged and the loop goes on."""
+        try:
+            await body()
+        except CancelledError:
+            raise
+        except Exception:
+            if self._out_of_the_mesh:
+                return
+            self.log.failure("{what} failed; the loop goes on", what=what)
+            if back_off:
+                await self._sleep_backoff()
 
     def _untrack(self, result, d: Deferred):
         self._inflight.discard(d)
@@ -422,7 +470,13 @@ class NodeDaemon(Service):
                 self.client.use_credential(answer.credential)
                 self._join_token = None  # it may be one-time: used up
                 self.events.emit("enrolled", f"enrolled with {token.server_url}")
-                self._registered(body, answer)
+                try:
+                    self._registered(body, answer)
+                except AssignmentRefused as e:
+                    # Enrolled (the credential is ours): register until it assigns a sane address.
+                    self.log.warn("enrollment: {error}; registering until it assigns one", error=e)
+                    self._enter(Phase.REGISTERING, f"registering with {self.config.server_url}")
+                    return await self._register_until_done()
                 return True
             await deferLater(self.clock, delay, lambda: None)
         return False
@@ -444,7 +498,13 @@ class NodeDaemon(Service):
         return answer
 
     def _registered(self, body: Registration, answer: RegisterAnswer) -> None:
-        """The server took ``body``: remember it and what the server assigned."""
+        """The server took ``body``: remember it and what the server assigned.
+
+        An assignment that fails the trust checks changes nothing; with no
+        address of our own yet it is :class:`AssignmentRefused` (retried)."""
+        assigned = self._checked_assignment(answer)
+        if assigned is None and not self.config.vpn_ip:
+            raise AssignmentRefused("the server assigned no address this node accepts")
         self._made_contact()
         longpoll_heartbeat = answer.heartbeat is Heartbeat.LONGPOLL
         if longpoll_heartbeat != self.heartbeat.longpoll:
@@ -457,7 +517,8 @@ class NodeDaemon(Service):
         self.heartbeat.registered(body, self.clock.seconds(), longpoll=longpoll_heartbeat)
         self.contact.registered = True
         self.contact.public_ip = answer.your_ip
-        self._adopt_assignment(answer)
+        if assigned is not None:
+            self._adopt_assignment(assigned)
         if self._join_pending:
             # What was asked is done: config.json now holds it.
             save_config(self.config_dir, self.config)
@@ -468,23 +529,32 @@ class NodeDaemon(Service):
         if self._started is not None and self._started.called:
             self._settle()  # while starting, _start settles once all is up
 
-    def _adopt_assignment(self, answer: RegisterAnswer) -> None:
-        """Keep what the server assigned, so the next start needs no server."""
-        updated = replace(
-            self.config,
-            # With authentication the server owns the name (the admin may rename).
-            node_name=answer.node_name or self.config.node_name,
-            vpn_ip=answer.vpn_ip,
-            vpn_subnet=answer.vpn_subnet or self.config.vpn_subnet,
-            nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
-            nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
-        )
+    def _checked_assignment(self, answer: RegisterAnswer) -> NodeConfig | None:
+        """The config with what the server assigned, or None (logged, naming
+        the field) when it fails the checks: the mesh subnet is fixed at
+        enrollment, our address must lie inside it (wire.node.trust)."""
+        # A saved address without a subnet (a seed node's config) was the seed's subnet's.
+        fixed = self.config.vpn_subnet or (SEED_SUBNET if self.config.vpn_ip else "")
         try:
+            subnet, vpn_ip = assignment(fixed, answer.vpn_subnet, answer.vpn_ip, self._avoid())
+            updated = replace(
+                self.config,
+                # With authentication the server owns the name (the admin may rename).
+                node_name=answer.node_name or self.config.node_name,
+                vpn_ip=vpn_ip,
+                vpn_subnet=subnet,
+                nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
+                nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
+            )
             # What the server said is checked like any config before it is saved.
-            updated = validate_config(asdict(updated))
+            return validate_config(asdict(updated))
         except ProtocolError as e:
-            self.log.warn("ignoring the server's assignment: {error}", error=e)
-            return
+            self.log.warn("refusing the server's assignment ({field}): {error}", field=e.field, error=e)
+            self.events.emit("untrusted", f"refused the server's assignment: {e}")
+            return None
+
+    def _adopt_assignment(self, updated: NodeConfig) -> None:
+        """Keep what the server assigned, so the next start needs no server."""
         if updated.vpn_ip != self.config.vpn_ip and self.interface_ready:
             self.log.warn(
                 "server assigned {new} instead of {old}; the interface keeps {old} until restart",
@@ -554,6 +624,9 @@ class NodeDaemon(Service):
                     self.log.warn("registration failed: {error}", error=e)
                     self._unreachable(str(e))
                     delay = backoff.next()
+            except AssignmentRefused as e:
+                self.log.warn("registration failed: {error}; asking again", error=e)
+                delay = backoff.next()
             if not self._out_of_the_mesh:
                 await deferLater(self.clock, delay, lambda: None)
         return False
@@ -678,7 +751,7 @@ class NodeDaemon(Service):
         if self._recheck_nat is None or now - self._nat_checked_at < NAT_RECHECK_SOONEST:
             return
         self._nat_checked_at = now
-        self._track(self._recheck_nat_once())
+        self._track(self._guarded(self._recheck_nat_once, "NAT check"))
 
     async def _recheck_nat_once(self) -> None:
         """Probe STUN again from WireGuard's port: a NAT that moved our

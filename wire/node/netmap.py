@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from wire.node.trust import PeerScreen
 from wire.protocol import NetmapAnswer, PairPath, PeerView
 
 PERSISTENT_KEEPALIVE = 25
@@ -14,8 +15,10 @@ Peer = PeerView
 class NodeNetmap:
     """Applies the server's snapshots and deltas; answers what WireGuard should hold."""
 
-    def __init__(self, my_node_id: str):
+    def __init__(self, my_node_id: str, screen: PeerScreen | None = None):
         self.my_node_id = my_node_id
+        # Every peer passes it before it is held (wire.node.trust).
+        self.screen = screen or PeerScreen()
         self.cursor = "0"
         self.peers: dict[str, Peer] = {}
         # This node as the server has it (what its peers see of it), once told.
@@ -24,8 +27,14 @@ class NodeNetmap:
         self.words: dict[str, PairPath] = {}
 
     def apply(self, answer: NetmapAnswer) -> list[str]:
-        """Take a long-poll answer; returns problems with entries that were skipped."""
-        updated: dict[str, Peer] = {} if answer.full else dict(self.peers)
+        """Take a long-poll answer; returns problems with entries that were skipped.
+
+        A peer that fails the trust checks keeps the record held before (if
+        that one still passes); those held before come first, so a newcomer
+        claiming a held address or key is the one skipped.
+        """
+        held = self.peers
+        updated: dict[str, Peer] = {} if answer.full else dict(held)
         for peer in answer.upserts:
             if peer.node_id != self.my_node_id:
                 updated[peer.node_id] = peer
@@ -33,6 +42,14 @@ class NodeNetmap:
                 self.me = peer
         for node_id in answer.removals:
             updated.pop(node_id, None)
+        order = [n for n in held if n in updated] + [n for n in updated if n not in held]
+        candidates = []
+        for node_id in order:
+            records = [updated[node_id]]
+            if node_id in held and held[node_id] != records[0]:
+                records.append(held[node_id])
+            candidates.append((node_id, records))
+        updated, problems = self.screen.screen(candidates)
         self.peers = updated
         # In the server's order: each entry replaces what was held.
         words = {} if answer.paths_full else dict(self.words)
@@ -44,7 +61,7 @@ class NodeNetmap:
         self.words = {node_id: word for node_id, word in words.items() if node_id in updated}
         if answer.cursor:
             self.cursor = answer.cursor
-        return list(answer.skipped)
+        return list(answer.skipped) + problems
 
     def take_reported(self, word: PairPath) -> None:
         """The pair's word in the answer to this node's report.

@@ -28,6 +28,7 @@ from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer
 from wire.node.paths import Me, PathPlanner, PeerPath, Phase, Plan, Seen, endpoint_for, is_shim_endpoint
 from wire.node.probe import PathProbe
 from wire.node.relay import RelayShim
+from wire.node.trust import IPNetwork, Mesh
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
 from wire.protocol import PathFailure, PathMode
 
@@ -51,6 +52,8 @@ class RuntimeState:
     path_seen: dict[str, tuple] = field(default_factory=dict)
     names_by_key: dict[str, str] = field(default_factory=dict)
     names_by_id: dict[str, str] = field(default_factory=dict)
+    # Public keys whose AllowedIPs fell outside the mesh (logged once each).
+    refused: set[str] = field(default_factory=set)
 
 
 class Reconciler:
@@ -146,6 +149,7 @@ class Reconciler:
         # Filled as we go: a grant that comes at once checks it.
         relayed: set[str] = set()
         self._runtime.relay_wanted = relayed
+        subnet = self.netmap.screen.mesh().subnet
         for node_id, peer in self.netmap.peers.items():
             path = plan.paths[node_id]
             endpoint = path.endpoint
@@ -169,7 +173,10 @@ class Reconciler:
                     # later; turned on with the relay endpoint, it starts one
                     # there at once.
                     endpoint, keepalive = None, 0
-            desired[peer.wg_public_key] = self._peer_config(peer, endpoint, keepalive, configs)
+            config = self._peer_config(peer, endpoint, keepalive, configs, subnet)
+            if config is None:
+                continue
+            desired[peer.wg_public_key] = config
             actual = status.get(peer.wg_public_key)
             if actual is not None and self._roamed_astray(path.mode, actual.endpoint, endpoint):
                 reassert.add(peer.wg_public_key)
@@ -196,15 +203,32 @@ class Reconciler:
             self.log.debug("peers unchanged; {total} peers", total=len(desired))
         self._act_on(plan, probe)
 
-    def _peer_config(self, peer: Peer, endpoint: str | None, keepalive: int, configs: dict) -> PeerConfig:
+    def _peer_config(
+        self, peer: Peer, endpoint: str | None, keepalive: int, configs: dict, subnet: IPNetwork | None
+    ) -> PeerConfig | None:
         """The peer's PeerConfig, the one from the last run if nothing changed:
         checking one costs microseconds, and a run every second at 10,000
-        peers must not spend its time checking what it checked before."""
-        inputs = ((f"{peer.vpn_ip}/32",), endpoint, keepalive)
+        peers must not spend its time checking what it checked before.
+
+        None for an AllowedIPs entry outside the mesh subnet: the netmap
+        never holds such a peer (wire.node.trust), and this makes sure.
+        """
+        host = "/128" if ":" in peer.vpn_ip else "/32"
+        inputs = ((f"{peer.vpn_ip}{host}",), endpoint, keepalive, subnet)
         cached = self._runtime.configs.get(peer.wg_public_key)
         if cached is not None and cached[0] == inputs:
             config = cached[1]
         else:
+            if not Mesh(subnet).holds(inputs[0][0]):
+                if peer.wg_public_key not in self._runtime.refused:
+                    self._runtime.refused.add(peer.wg_public_key)
+                    self.log.error(
+                        "{peer}: AllowedIPs {address} is outside the mesh subnet {subnet}; not given to WireGuard",
+                        peer=peer.node_name or peer.node_id,
+                        address=inputs[0][0],
+                        subnet=subnet,
+                    )
+                return None
             config = PeerConfig(public_key=peer.wg_public_key, allowed_ips=inputs[0], endpoint=endpoint, persistent_keepalive=keepalive)
         configs[peer.wg_public_key] = (inputs, config)
         return config
