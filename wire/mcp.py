@@ -43,6 +43,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 # None of these imports twisted.internet.reactor: main() installs it first.
 from wire import __version__, cli, ops
 from wire.node.config import default_config_dir
+from wire.textsafe import escaped
 
 log = Logger()
 
@@ -88,7 +89,7 @@ def build_server(reactor) -> MCPServer:
         return CallToolResult(
             # What `wire CMD` prints, then what `wire CMD --json` prints.
             content=[
-                TextContent(type="text", text=formatter(result, cli.Style(False)).strip("\n")),
+                TextContent(type="text", text=cli.render(formatter, result, cli.Style(False)).strip("\n")),
                 TextContent(type="text", text=json.dumps(result, indent=2)),
             ],
             structured_content=result,
@@ -227,7 +228,7 @@ def build_server(reactor) -> MCPServer:
 
 
 def _error(message: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+    return CallToolResult(content=[TextContent(type="text", text=escaped(message, keep_newlines=True))], is_error=True)
 
 
 def main() -> None:

@@ -37,12 +37,13 @@ from wire.cli.formatting import (
 )
 from wire.cli.parser import build_parser, parse
 from wire.node.config import default_config_dir
+from wire.textsafe import escaped, escaped_strings
 
 # -- running --------------------------------------------------------------------------
 
 async def dispatch(ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | None = None) -> tuple[dict, Formatter]:
     if args.command == "up":
-        progress = (lambda event: print(f"wire up: {event['message']}", file=stderr, flush=True)) if stderr else None
+        progress = (lambda event: print(f"wire up: {escaped(str(event['message']))}", file=stderr, flush=True)) if stderr else None
         result = await ops.up(
             ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=args.join, progress=progress
         )
@@ -109,7 +110,8 @@ async def run(
 
 
 def report_error(args: argparse.Namespace, error: str, stdout: TextIO, stderr: TextIO) -> int:
-    print(f"wire {args.command}: {error}", file=stderr)
+    # Errors carry the server's words: shown escaped, kept exact in --json.
+    print(f"wire {args.command}: {escaped(error, keep_newlines=True)}", file=stderr)
     if args.json:
         print(json.dumps({"ok": False, "error": error}, indent=2), file=stdout)
     return 1
@@ -119,8 +121,14 @@ def report(args: argparse.Namespace, result: dict, formatter: Formatter, stdout:
     if args.json:
         print(json.dumps(result, indent=2), file=stdout)
     else:
-        print(formatter(result, Style(stdout.isatty())), file=stdout)
+        print(render(formatter, result, Style(stdout.isatty())), file=stdout)
     return 0 if result.get("ok", True) else 1
+
+
+def render(formatter: Formatter, result: dict, style: Style) -> str:
+    """A result as text: every string in it from the network, so escaped first
+    (and columns are as wide as what is shown)."""
+    return formatter(escaped_strings(result), style)
 
 
 def main(argv: list[str] | None = None) -> None:
