@@ -41,11 +41,15 @@ from wire.textsafe import escaped, escaped_strings
 
 # -- running --------------------------------------------------------------------------
 
-async def dispatch(ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | None = None) -> tuple[dict, Formatter]:
+async def dispatch(
+    ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | None = None, stdin: TextIO | None = None
+) -> tuple[dict, Formatter]:
     if args.command == "up":
+        join = ops.read_join_stream(stdin if stdin is not None else sys.stdin) if args.join == "-" else args.join
         progress = (lambda event: print(f"wire up: {escaped(str(event['message']))}", file=stderr, flush=True)) if stderr else None
         result = await ops.up(
-            ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=args.join, progress=progress
+            ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=join,
+            join_file=args.join_file, progress=progress,
         )
         return result, format_up
     if args.command == "admin":
@@ -95,6 +99,7 @@ async def run(
     stdout: TextIO,
     stderr: TextIO,
     make_context: Callable[[object, str], ops.Context] = ops.Context,
+    stdin: TextIO | None = None,
 ) -> int:
     """The whole command: parse, run the operation, print; returns the exit code."""
     args = parse_args(argv, stdout, stderr)
@@ -103,7 +108,7 @@ async def run(
     ctx = make_context(reactor, os.path.abspath(args.config_dir or default_config_dir()))
     try:
         # Progress goes to stderr, so --json's stdout stays one JSON object.
-        result, formatter = await dispatch(ctx, args, stderr)
+        result, formatter = await dispatch(ctx, args, stderr, stdin)
     except ops.OpError as e:
         return report_error(args, str(e), stdout, stderr)
     return report(args, result, formatter, stdout)
