@@ -12,11 +12,10 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError as Def
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
 from OpenSSL import SSL
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -148,7 +147,7 @@ class JsonHttp:
         fetching.chainDeferred(answer)
         timers = [self._clock.callLater(timeout, on_headers_timeout), self._clock.callLater(deadline, stop, "deadline")]
         try:
-            status, decoded = await answer
+            decoded = await answer
         except Exception:
             if why and why[0] == "caller":
                 raise CancelledError()
@@ -163,7 +162,7 @@ class JsonHttp:
                     timer.cancel()
         return decoded
 
-    async def _fetch(self, exchange: _Exchange, method: str, path: str, body: dict | None, limit: int) -> tuple[int, Any]:
+    async def _fetch(self, exchange: _Exchange, method: str, path: str, body: dict | None, limit: int) -> dict:
         url = self.server_url + path
         data = json.dumps(body).encode() if body is not None else None
         headers: dict[bytes | str, list[bytes | str]] = {}
@@ -195,7 +194,7 @@ class JsonHttp:
             raise ServerError(response.code, error_message(decoded), _retry_after(response))
         if not isinstance(decoded, dict):
             raise _bad_answer(response.code, what, "answer is not a JSON object")
-        return response.code, decoded
+        return decoded
 
 
 class _Exchange:
@@ -220,7 +219,8 @@ class _BoundedBody(Protocol):
         self._received = 0
 
     def connectionMade(self) -> None:
-        if self._length is not UNKNOWN_LENGTH and isinstance(self._length, int) and self._length > self._limit:
+        # A length not known (UNKNOWN_LENGTH) is counted as it arrives.
+        if isinstance(self._length, int) and self._length > self._limit:
             self._give_up(AnswerTooLarge())
 
     def dataReceived(self, data: bytes) -> None:
@@ -232,7 +232,7 @@ class _BoundedBody(Protocol):
             return
         self._chunks.append(data)
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
