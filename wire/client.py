@@ -8,11 +8,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, TimeoutError as DeferTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
 from OpenSSL import SSL
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -37,8 +40,20 @@ T = TypeVar("T")
 
 # The long-poll's own wait, plus slack for the network.
 LONGPOLL_WAIT = 25.0
+# Until an answer's headers have arrived.
 REQUEST_TIMEOUT = 10.0
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Until the whole answer (headers and body) has arrived: a server that
+# trickles its body, or stalls in it, is dropped like one that never answers.
+# A full netmap of a large mesh is megabytes: time to carry them on a slow link.
+ANSWER_TIMEOUT = 30.0
+# A netmap of 10,000 peers is about 4.3 MB (6 MB with a path word on every
+# pair): 16 MiB holds a mesh of 25,000 and more. Answers that hold one thing
+# (a registration, a grant, a key) are far smaller.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_SMALL_RESPONSE_BYTES = 1024 * 1024
+# No answer of ours nests deeper than a handful of levels; much deeper is an
+# attack on the JSON decoder (its recursion) or on whoever walks the result.
+MAX_JSON_DEPTH = 32
 
 
 class ServerUnreachable(Exception):
@@ -94,12 +109,60 @@ class _UnixEndpointFactory:
 class JsonHttp:
     """JSON requests to one base URL, with errors turned into ServerUnreachable/ServerError."""
 
-    def __init__(self, http: HTTPClient, server_url: str, credential: str | None = None):
+    def __init__(self, http: HTTPClient, server_url: str, credential: str | None = None, clock=None):
         self._http = http
         self.server_url = server_url.rstrip("/")
         self._credential = credential
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
 
-    async def _request(self, method: str, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+        limit: int = MAX_SMALL_RESPONSE_BYTES,
+        deadline: float | None = None,
+    ) -> Any:
+        """``method path``'s answer, a JSON object: its headers within
+        ``timeout`` s, all of it within ``deadline`` s (``timeout`` plus
+        ANSWER_TIMEOUT unless given), at most ``limit`` bytes of body."""
+        deadline = timeout + ANSWER_TIMEOUT if deadline is None else deadline
+        exchange = _Exchange()
+        fetching = Deferred.fromCoroutine(self._fetch(exchange, method, path, body, limit))
+        why: list[str] = []
+
+        def stop(reason: str) -> None:
+            why.append(reason)
+            fetching.cancel()
+
+        def on_headers_timeout() -> None:
+            if not exchange.headers_in:
+                stop("headers")
+
+        # So that a caller's cancel is told from our deadlines.
+        answer: Deferred = Deferred(lambda _: stop("caller"))
+        fetching.chainDeferred(answer)
+        timers = [self._clock.callLater(timeout, on_headers_timeout), self._clock.callLater(deadline, stop, "deadline")]
+        try:
+            decoded = await answer
+        except Exception:
+            if why and why[0] == "caller":
+                raise CancelledError()
+            if why and why[0] == "headers":
+                raise ServerUnreachable(f"{self.server_url} did not answer within {timeout:g}s")
+            if why:
+                raise ServerUnreachable(f"{self.server_url}: answer to {method} {path} took longer than {deadline:g}s")
+            raise
+        finally:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+        return decoded
+
+    async def _fetch(self, exchange: _Exchange, method: str, path: str, body: dict | None, limit: int) -> dict:
         url = self.server_url + path
         data = json.dumps(body).encode() if body is not None else None
         headers: dict[bytes | str, list[bytes | str]] = {}
@@ -107,9 +170,13 @@ class JsonHttp:
             headers[b"content-type"] = [b"application/json"]
         if self._credential:
             headers[b"authorization"] = [b"Bearer " + self._credential.encode()]
+        what = f"{method} {path}"
         try:
-            response = await self._http.request(method, url, data=data, headers=headers, timeout=timeout)
-            content = await response.content()
+            response = await self._http.request(method, url, data=data, headers=headers, unbuffered=True)
+            exchange.headers_in = True
+            content = await _read_body(response, limit)
+        except AnswerTooLarge:
+            raise _bad_answer(response.code, what, f"answer larger than {limit} bytes")
         except (
             ConnectError,
             DNSLookupError,
@@ -122,17 +189,117 @@ class JsonHttp:
             if _tls_refused(e):
                 raise TLSRefused(f"{self.server_url}: {TLS_REFUSED}")
             raise ServerUnreachable(f"{self.server_url} is unreachable: {_reason(e)}")
-        except CancelledError:
-            raise ServerUnreachable(f"{self.server_url} did not answer within {timeout:.0f}s")
-        try:
-            decoded = json.loads(content)
-        except (ValueError, UnicodeDecodeError):
-            raise ServerError(response.code, f"answer to {method} {path} is not JSON")
+        decoded = _decode(response.code, what, content)
         if response.code >= 400:
             raise ServerError(response.code, error_message(decoded), _retry_after(response))
         if not isinstance(decoded, dict):
-            raise ServerError(response.code, f"answer to {method} {path} is not a JSON object")
+            raise _bad_answer(response.code, what, "answer is not a JSON object")
         return decoded
+
+
+class _Exchange:
+    """How far one request got (for telling its two deadlines apart)."""
+
+    headers_in = False
+
+
+class AnswerTooLarge(Exception):
+    """More body arrived (or was announced) than the limit: we hung up."""
+
+
+class _BoundedBody(Protocol):
+    """Collects a response body up to ``limit`` bytes, and hangs up at once
+    when more arrives (or a Content-Length says more will)."""
+
+    def __init__(self, limit: int, length: int | object, finished: Deferred):
+        self._limit = limit
+        self._length = length
+        self._finished = finished
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def connectionMade(self) -> None:
+        # A length not known (UNKNOWN_LENGTH) is counted as it arrives.
+        if isinstance(self._length, int) and self._length > self._limit:
+            self._give_up(AnswerTooLarge())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._give_up(AnswerTooLarge())
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            # PotentialDataLoss: an HTTP/1.0 body ends when its connection does.
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(ResponseFailed([reason]))
+
+    def hang_up(self) -> None:
+        """Stop reading: the connection is closed, never returned to the pool."""
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]  # an IPushProducer too
+
+    def _give_up(self, error: Exception) -> None:
+        self._chunks = []
+        self.hang_up()
+        if not self._finished.called:
+            self._finished.errback(error)
+
+
+def _read_body(response, limit: int) -> Deferred:
+    """``response``'s body, at most ``limit`` bytes of it (else AnswerTooLarge);
+    cancelling hangs up."""
+    finished: Deferred = Deferred(lambda _: reader.hang_up())
+    reader = _BoundedBody(limit, response.length, finished)
+    response.deliverBody(reader)
+    return finished
+
+
+def _decode(status: int, what: str, content: bytes) -> Any:
+    """An answer's JSON: UTF-8, no deeper than MAX_JSON_DEPTH; else a clean error."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad_answer(status, what, "answer is not UTF-8")
+    try:
+        decoded = json.loads(text)
+    except RecursionError:
+        raise _bad_answer(status, what, f"answer nested deeper than {MAX_JSON_DEPTH} levels")
+    except ValueError:
+        raise _bad_answer(status, what, "answer is not JSON")
+    if _deeper_than(decoded, MAX_JSON_DEPTH):
+        raise _bad_answer(status, what, f"answer nested deeper than {MAX_JSON_DEPTH} levels")
+    return decoded
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest deeper than ``limit`` (without recursion)."""
+    level = [value]
+    for _ in range(limit + 1):
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list):
+                inner.extend(v for v in item if isinstance(v, (dict, list)))
+        if not inner:
+            return False
+        level = inner
+    return True
+
+
+def _bad_answer(status: int, what: str, problem: str) -> ServerError:
+    """A body we will not act on: a BadAnswer for a success, else the server's error as we could read it."""
+    if status >= 400:
+        return ServerError(status, f"{what}: {problem}")
+    return BadAnswer(what, ProtocolError(None, problem))
 
 
 class CoordinationClient(JsonHttp):
@@ -147,8 +314,8 @@ class CoordinationClient(JsonHttp):
     carry the server's word on its pairs.
     """
 
-    def __init__(self, http: HTTPClient, server_url: str, credential: str | None = None):
-        super().__init__(http, server_url, credential)
+    def __init__(self, http: HTTPClient, server_url: str, credential: str | None = None, clock=None):
+        super().__init__(http, server_url, credential, clock)
         self.node_id: str | None = None  # as this client last registered it
 
     @property
@@ -177,14 +344,14 @@ class CoordinationClient(JsonHttp):
         if self.node_id and not self._credential:
             # Checked like the cursor; with a credential the server knows us by it.
             path += f"&node_id={parse_node_id(self.node_id)}"
-        answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT)
+        answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES)
         return _parsed("GET /peers", NetmapAnswer.from_json, answer)
 
     async def status(self) -> dict:
-        return await self._request("GET", "/status")
+        return await self._request("GET", "/status", limit=MAX_RESPONSE_BYTES)
 
     async def peers(self) -> dict:
-        return await self._request("GET", "/peers")
+        return await self._request("GET", "/peers", limit=MAX_RESPONSE_BYTES)
 
     async def health(self) -> dict:
         return await self._request("GET", "/health")
@@ -222,18 +389,20 @@ class ControlClient(JsonHttp):
     """The local node daemon's control API, over its UNIX socket."""
 
     def __init__(self, reactor, socket_path: str):
-        super().__init__(unix_http_client(reactor, socket_path), "http://wire-node")
+        super().__init__(unix_http_client(reactor, socket_path), "http://wire-node", clock=reactor)
         self.socket_path = socket_path
 
     async def status(self) -> dict:
-        return await self._request("GET", "/status", timeout=REQUEST_TIMEOUT)
+        return await self._request("GET", "/status", timeout=REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES)
 
     async def down(self) -> dict:
         return await self._request("POST", "/down", {}, timeout=30)
 
     async def events(self, after: int, wait: float) -> dict:
         """The daemon's events after ``after`` (waiting up to ``wait`` s for one) and its state."""
-        return await self._request("GET", f"/events?after={after}&wait={wait:g}", timeout=wait + REQUEST_TIMEOUT)
+        return await self._request(
+            "GET", f"/events?after={after}&wait={wait:g}", timeout=wait + REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES
+        )
 
     async def rename(self, node_name: str) -> dict:
         return await self._request("POST", "/rename", {"node_name": node_name}, timeout=30)
@@ -243,7 +412,7 @@ class AdminClient(JsonHttp):
     """The coordination server's admin API, over the UNIX socket in its data dir."""
 
     def __init__(self, reactor, socket_path: str):
-        super().__init__(unix_http_client(reactor, socket_path), "http://wire-admin")
+        super().__init__(unix_http_client(reactor, socket_path), "http://wire-admin", clock=reactor)
         self.socket_path = socket_path
 
     async def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
@@ -255,13 +424,13 @@ class AdminClient(JsonHttp):
         return await self._request("POST", "/keys", body)
 
     async def keys(self) -> dict:
-        return await self._request("GET", "/keys")
+        return await self._request("GET", "/keys", limit=MAX_RESPONSE_BYTES)
 
     async def revoke_key(self, key_id: str) -> dict:
         return await self._request("POST", "/revoke-key", {"key_id": key_id})
 
     async def nodes(self) -> dict:
-        return await self._request("GET", "/nodes")
+        return await self._request("GET", "/nodes", limit=MAX_RESPONSE_BYTES)
 
     async def remove_node(self, node: str) -> dict:
         return await self._request("POST", "/remove-node", {"node": node})
@@ -270,7 +439,7 @@ class AdminClient(JsonHttp):
         return await self._request("POST", "/rename-node", {"node": node, "new_name": new_name})
 
     async def audit(self) -> dict:
-        return await self._request("GET", "/audit")
+        return await self._request("GET", "/audit", limit=MAX_RESPONSE_BYTES)
 
 
 def _retry_after(response) -> float | None:

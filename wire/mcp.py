@@ -43,6 +43,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 # None of these imports twisted.internet.reactor: main() installs it first.
 from wire import __version__, cli, ops
 from wire.node.config import default_config_dir
+from wire.textsafe import escaped
 
 log = Logger()
 
@@ -88,7 +89,7 @@ def build_server(reactor) -> MCPServer:
         return CallToolResult(
             # What `wire CMD` prints, then what `wire CMD --json` prints.
             content=[
-                TextContent(type="text", text=formatter(result, cli.Style(False)).strip("\n")),
+                TextContent(type="text", text=cli.render(formatter, result, cli.Style(False)).strip("\n")),
                 TextContent(type="text", text=json.dumps(result, indent=2)),
             ],
             structured_content=result,
@@ -130,6 +131,9 @@ def build_server(reactor) -> MCPServer:
     async def wire_up(
         join: Annotated[str | None, Field(description="A join token (wire1.…) from 'wire admin keys create' on the server.")] = None,
         server: Annotated[str | None, Field(description="An open (seed-compatible) server's URL, e.g. http://HOST:8787.")] = None,
+        join_file: Annotated[
+            str | None, Field(description="A file holding the join token, readable by its owner only (instead of join).")
+        ] = None,
         name: Annotated[str | None, Field(description="This node's name in the mesh (default: the hostname).")] = None,
         port: Annotated[int | None, Field(description="WireGuard UDP listen port (default 51820).")] = None,
         interface: Annotated[str | None, Field(description="WireGuard interface name (default wire0).")] = None,
@@ -138,7 +142,7 @@ def build_server(reactor) -> MCPServer:
     ) -> Result:
         return await run(
             config_dir,
-            lambda ctx: ops.up(ctx, server=server, name=name, port=port, interface=interface, wait=wait, join=join),
+            lambda ctx: ops.up(ctx, server=server, name=name, port=port, interface=interface, wait=wait, join=join, join_file=join_file),
             cli.format_up,
         )
 
@@ -227,7 +231,7 @@ def build_server(reactor) -> MCPServer:
 
 
 def _error(message: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+    return CallToolResult(content=[TextContent(type="text", text=escaped(message, keep_newlines=True))], is_error=True)
 
 
 def main() -> None:

@@ -37,14 +37,19 @@ from wire.cli.formatting import (
 )
 from wire.cli.parser import build_parser, parse
 from wire.node.config import default_config_dir
+from wire.textsafe import escaped, escaped_strings
 
 # -- running --------------------------------------------------------------------------
 
-async def dispatch(ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | None = None) -> tuple[dict, Formatter]:
+async def dispatch(
+    ctx: ops.Context, args: argparse.Namespace, stderr: TextIO | None = None, stdin: TextIO | None = None
+) -> tuple[dict, Formatter]:
     if args.command == "up":
-        progress = (lambda event: print(f"wire up: {event['message']}", file=stderr, flush=True)) if stderr else None
+        join = ops.read_join_stream(stdin if stdin is not None else sys.stdin) if args.join == "-" else args.join
+        progress = (lambda event: print(f"wire up: {escaped(str(event['message']))}", file=stderr, flush=True)) if stderr else None
         result = await ops.up(
-            ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=args.join, progress=progress
+            ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=join,
+            join_file=args.join_file, progress=progress,
         )
         return result, format_up
     if args.command == "admin":
@@ -94,6 +99,7 @@ async def run(
     stdout: TextIO,
     stderr: TextIO,
     make_context: Callable[[object, str], ops.Context] = ops.Context,
+    stdin: TextIO | None = None,
 ) -> int:
     """The whole command: parse, run the operation, print; returns the exit code."""
     args = parse_args(argv, stdout, stderr)
@@ -102,14 +108,15 @@ async def run(
     ctx = make_context(reactor, os.path.abspath(args.config_dir or default_config_dir()))
     try:
         # Progress goes to stderr, so --json's stdout stays one JSON object.
-        result, formatter = await dispatch(ctx, args, stderr)
+        result, formatter = await dispatch(ctx, args, stderr, stdin)
     except ops.OpError as e:
         return report_error(args, str(e), stdout, stderr)
     return report(args, result, formatter, stdout)
 
 
 def report_error(args: argparse.Namespace, error: str, stdout: TextIO, stderr: TextIO) -> int:
-    print(f"wire {args.command}: {error}", file=stderr)
+    # Errors carry the server's words: shown escaped, kept exact in --json.
+    print(f"wire {args.command}: {escaped(error, keep_newlines=True)}", file=stderr)
     if args.json:
         print(json.dumps({"ok": False, "error": error}, indent=2), file=stdout)
     return 1
@@ -119,8 +126,14 @@ def report(args: argparse.Namespace, result: dict, formatter: Formatter, stdout:
     if args.json:
         print(json.dumps(result, indent=2), file=stdout)
     else:
-        print(formatter(result, Style(stdout.isatty())), file=stdout)
+        print(render(formatter, result, Style(stdout.isatty())), file=stdout)
     return 0 if result.get("ok", True) else 1
+
+
+def render(formatter: Formatter, result: dict, style: Style) -> str:
+    """A result as text: every string in it from the network, so escaped first
+    (and columns are as wide as what is shown)."""
+    return formatter(escaped_strings(result), style)
 
 
 def main(argv: list[str] | None = None) -> None:

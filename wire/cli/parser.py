@@ -64,10 +64,19 @@ def build_parser() -> WireParser:
         description=(
             "Join the mesh, or start this node again. The first time: sudo wire up --join TOKEN "
             "(the token from 'wire admin keys create' on the server), or --server URL for an open server. "
-            "Later runs need no arguments, and running the join command again is harmless."
+            "Later runs need no arguments, and running the join command again is harmless. "
+            "To keep the token out of ps and shell history: --join-file PATH, or --join - to read it from stdin."
         ),
     )
-    up.add_argument("--join", "-j", metavar="TOKEN", help="a join token from 'wire admin keys create' on the server")
+    token = up.add_mutually_exclusive_group()
+    token.add_argument(
+        "--join", "-j", metavar="TOKEN",
+        help="a join token from 'wire admin keys create' on the server; '-' reads it from stdin (kept out of ps and shell history)",
+    )
+    token.add_argument(
+        "--join-file", metavar="PATH",
+        help="read the join token from PATH (readable by its owner only: chmod 600), so it is never on the command line",
+    )
     up.add_argument("--server", "-s", metavar="URL", help="an open (seed-compatible) server's URL, e.g. http://HOST:8787")
     up.add_argument("--name", "-n", help="this node's name (default: hostname)")
     up.add_argument("--port", "-p", type=int, help="WireGuard listen port (default 51820)")

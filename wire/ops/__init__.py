@@ -7,6 +7,7 @@ returns them: one implementation of each operation, one module per job:
 
     context    Context and OpError
     lifecycle  up, down
+    joinsource a join token from a file (--join-file) or stdin (--join -)
     views      status, peers
     targets    a peer named by node name or VPN address
     ping       ping
@@ -22,6 +23,7 @@ from wire.ops.demo import demo
 from wire.ops.explain import explain, explain_path
 from wire.ops.health import diagnose, watchdog
 from wire.ops.install import install, install_now
+from wire.ops.joinsource import read_join_file, read_join_stream
 from wire.ops.lifecycle import down, up
 from wire.ops.netcheck import netcheck
 from wire.ops.ping import parse_ping, ping, ping_argv
@@ -45,6 +47,8 @@ __all__ = [
     "ping_argv",
     "resolve_target",
     "status",
+    "read_join_file",
+    "read_join_stream",
     "up",
     "watchdog",
 ]

@@ -18,6 +18,7 @@ from typing import Callable
 from twisted.internet.task import deferLater
 
 from wire.client import ServerError, ServerUnreachable
+from wire.ops.joinsource import read_join_file
 from wire.jointoken import JoinToken, JoinTokenError, decode_join_token
 from wire.keys import PUBLIC_KEY_FILE
 from wire.node import launcher
@@ -53,16 +54,22 @@ async def up(
     interface: str | None = None,
     wait: float = 30.0,
     join: str | None = None,
+    join_file: str | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Join the mesh (or start again with the saved config) and wait until registered.
 
     ``join`` is a join token (from ``wire admin keys create``): the daemon
-    enrolls with the server it names, pinning its certificate. ``server``
+    enrolls with the server it names, pinning its certificate; ``join_file``
+    names a file holding one (:func:`read_join_file`). ``server``
     alone is for open (seed-compatible) servers. ``progress`` is given
     each of the daemon's events as it happens.
     """
     _require_root(ctx, "wire up")
+    if join_file is not None:
+        if join:
+            raise OpError("give --join TOKEN or --join-file PATH, not both")
+        join = read_join_file(join_file)
     if wait <= 0:
         raise OpError(f"--wait must be a positive number of seconds, not {wait:g}")
     if join and server:
