@@ -14,12 +14,17 @@ from wire.server.admin import Admin, build_admin_site
 from wire.server.auth import Authority, AuthError, KeyState
 
 
-class JoinKeyStateTests(unittest.TestCase):
+class AuthorityCase(unittest.TestCase):
+    """A coordinator with an authority (join keys, credentials, the audit log)."""
+
     def setUp(self):
         self.coordinator = make_coordinator(self)
         self.clock = self.coordinator.clock
         self.authority = Authority(self.coordinator.store, self.clock)
         self.coordinator.authority = self.authority
+
+
+class JoinKeyStateTests(AuthorityCase):
 
     def use(self, secret: str) -> None:
         """Enroll a node with the key, as the enrollment endpoint does."""
@@ -104,14 +109,8 @@ class JoinKeyStateTests(unittest.TestCase):
         self.assertEqual([(k["key_id"], k["state"], k["usable"]) for k in answer["keys"]], [(kept.key_id, "usable", True), (gone.key_id, "revoked", False)])
 
 
-class RefusedEnrollmentAuditTests(unittest.TestCase):
+class RefusedEnrollmentAuditTests(AuthorityCase):
     """Unknown, spent, expired and revoked join keys are audited with who tried, a few a minute."""
-
-    def setUp(self):
-        self.coordinator = make_coordinator(self)
-        self.clock = self.coordinator.clock
-        self.authority = Authority(self.coordinator.store, self.clock)
-        self.coordinator.authority = self.authority
 
     def enroll(self, secret: str, name: str = "web1") -> None:
         d = Deferred.fromCoroutine(self.coordinator.enroll(secret, registration_for(name), "203.0.113.9"))
