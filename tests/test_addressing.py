@@ -22,6 +22,14 @@ class ParseSubnetTests(unittest.TestCase):
                 parse_subnet(bad)
             self.assertEqual(caught.exception.field, "subnet")
 
+    def test_only_a_private_subnet_is_a_mesh(self):
+        for public in ("8.0.0.0/8", "198.18.0.0/16", "127.0.0.0/8", "224.0.0.0/8", "169.254.0.0/16"):
+            with self.assertRaises(ProtocolError, msg=public) as caught:
+                parse_subnet(public)
+            self.assertIn("nodes accept only a private mesh subnet", caught.exception.problem)
+        for private in ("10.99.0.0/16", "172.20.0.0/16", "192.168.50.0/24", "100.64.0.0/10"):
+            self.assertEqual(str(parse_subnet(private)), private)
+
 
 class AddressPoolTests(unittest.TestCase):
     pool = AddressPool(ipaddress.IPv4Network("10.99.0.0/16"))

@@ -26,6 +26,24 @@ class PoolExhausted(Exception):
     """Every assignable address of the VPN subnet is in use."""
 
 
+# Where a mesh may live: private-use and shared (CGNAT) IPv4 blocks, and IPv6
+# ULA. Nodes refuse any other subnet (wire.node.trust), so the server does too.
+MESH_BLOCKS_V4 = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+MESH_BLOCK_V6 = ipaddress.IPv6Network("fd00::/8")
+
+
+def outside_mesh_blocks(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    """Why ``network`` cannot be a mesh subnet (not in a private block), or None."""
+    if network.version == 4:
+        if not any(network.subnet_of(block) for block in MESH_BLOCKS_V4):
+            return f"{network} is not inside 10/8, 172.16/12, 192.168/16 or 100.64/10"
+    elif not network.subnet_of(MESH_BLOCK_V6):
+        return f"{network} is not inside the ULA block fd00::/8"
+    return None
+
+
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
     """Accept ``10.99.0.0/16`` or the seed's prefix form ``10.99`` (= /16)."""
     text = text.strip()
@@ -40,6 +58,9 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         raise ProtocolError("subnet", f"{text!r} is not an IPv4 network ({e})")
     if not 8 <= network.prefixlen <= 28:
         raise ProtocolError("subnet", f"/{network.prefixlen} is outside /8../28")
+    problem = outside_mesh_blocks(network)
+    if problem:
+        raise ProtocolError("subnet", f"{problem}: nodes accept only a private mesh subnet")
     return network
 
 

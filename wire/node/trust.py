@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable, Union
 
+from wire.addressing import outside_mesh_blocks
 from wire.protocol import PeerView, ProtocolError
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -43,10 +44,6 @@ SEED_SUBNET = "10.99.0.0/16"
 DEFAULT_MAX_PEERS = 10_000
 MAX_PEERS_LIMIT = 1_000_000
 
-MESH_BLOCKS_V4 = tuple(
-    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
-)
-MESH_BLOCK_V6 = ipaddress.IPv6Network("fd00::/8")
 PREFIX_V4 = (8, 30)
 PREFIX_V6 = (48, 120)
 
@@ -72,14 +69,10 @@ def mesh_subnet(text: str, field: str = "vpn_subnet", avoid: Iterable[str] = ())
         network = _network(text.strip())
     except ValueError:
         raise Untrusted(field, f"{text[:50]!r} is not a network (ADDRESS/PREFIX)")
-    if network.version == 4:
-        low, high = PREFIX_V4
-        if not any(network.subnet_of(block) for block in MESH_BLOCKS_V4):
-            raise Untrusted(field, f"{network} is not inside 10/8, 172.16/12, 192.168/16 or 100.64/10")
-    else:
-        low, high = PREFIX_V6
-        if not network.subnet_of(MESH_BLOCK_V6):
-            raise Untrusted(field, f"{network} is not inside the ULA block fd00::/8")
+    problem = outside_mesh_blocks(network)
+    if problem:
+        raise Untrusted(field, problem)
+    low, high = PREFIX_V4 if network.version == 4 else PREFIX_V6
     if not low <= network.prefixlen <= high:
         raise Untrusted(field, f"{network}: a prefix of /{network.prefixlen} is outside /{low}../{high}")
     for address in avoid:
