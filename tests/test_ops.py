@@ -638,10 +638,32 @@ class DiagnoseTests(unittest.TestCase):
         result = await ops.diagnose(self.mesh.context())
         self.assertEqual([(c["check"], c["ok"]) for c in result["checks"]], [
             ("wireguard", True), ("config", True), ("daemon", True), ("interface", True),
-            ("server", True), ("registered", True), ("peers synced", True), ("handshakes", True),
+            ("server", True), ("registered", True), ("peers synced", True), ("daemon loops", True),
+            ("server answers", True), ("handshakes", True),
         ])
         self.assertTrue(result["ok"])
         self.assertEqual(self.checks(result)["peers synced"]["detail"], "1 of 1 peers configured")
+
+    async def test_failing_loops_and_refused_answers_are_reported(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1")
+        daemon = await self.mesh.start_daemon(peers=1)
+        try:
+            raise RuntimeError("wg set refused: 65537 peers")
+        except RuntimeError:
+            daemon.failures.failed("path check")
+        daemon.bad_answers.note("netmap: skipped db9: vpn_ip 8.8.8.8 is outside the mesh 10.99.0.0/16", daemon.clock.seconds())
+        result = await ops.diagnose(self.mesh.context())
+        loops, answers = self.checks(result)["daemon loops"], self.checks(result)["server answers"]
+        self.assertFalse(result["ok"])
+        self.assertFalse(loops["ok"])
+        self.assertIn("path check: 1 failure(s) in a row", loops["detail"])
+        self.assertIn("wg set refused: 65537 peers", loops["detail"])
+        self.assertFalse(answers["ok"])
+        self.assertIn("vpn_ip 8.8.8.8 is outside the mesh", answers["detail"])
+        daemon.failures.worked("path check")
+        self.assertTrue(self.checks(await ops.diagnose(self.mesh.context()))["daemon loops"]["ok"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1, "the failure was logged, once")
 
     async def test_nothing_set_up(self):
         self.mesh.tools = [NO_TOOLS]

@@ -59,11 +59,20 @@ class CommandNotFound(CommandError):
         self.program = program
 
 
+def shown_argv(argv: Sequence[str], limit: int = 300) -> str:
+    """An argv as a message shows it: whole when short, else its start and
+    its size (a `wg set` for 10,000 peers is a megabyte no log should hold)."""
+    joined = shlex.join(argv)
+    if len(joined) <= limit:
+        return joined
+    return f"{joined[:limit]}… ({len(argv)} words, {len(joined)} bytes)"
+
+
 class CommandFailed(CommandError):
     """The program ran and exited with a non-zero code (or was killed)."""
 
     def __init__(self, result: ProcessResult) -> None:
-        message = f"command `{shlex.join(result.argv)}` {describe_exit(result.rc)}"
+        message = f"command `{shown_argv(result.argv)}` {describe_exit(result.rc)}"
         tail = _last_lines(result.stderr, _STDERR_LINES_QUOTED)
         if tail:
             message += ": " + " | ".join(tail)
@@ -75,7 +84,7 @@ class CommandTimeout(CommandError):
     """The program outlived its timeout and was ended; it has exited since."""
 
     def __init__(self, argv: Sequence[str], timeout: float, pid: int | None) -> None:
-        super().__init__(f"command `{shlex.join(argv)}` timed out after {timeout:g}s (pid {pid}, ended)")
+        super().__init__(f"command `{shown_argv(argv)}` timed out after {timeout:g}s (pid {pid}, ended)")
         self.argv = tuple(argv)
         self.timeout = timeout
         self.pid = pid
@@ -284,7 +293,7 @@ class _CommandProtocol(ProcessProtocol):
     def _expire(self) -> None:
         log.warn(
             "command {command} still running after {timeout}s; ending it",
-            command=shlex.join(self._argv),
+            command=shown_argv(self._argv),
             timeout=self._timeout,
         )
         self._timed_out = True
@@ -457,7 +466,7 @@ class ProcessRunner:
             "started {prefix} (pid {pid}): {command}",
             prefix=protocol.process.log_prefix,
             pid=protocol.process.pid,
-            command=shlex.join(argv),
+            command=shown_argv(argv),
         )
         return protocol.process
 
@@ -469,7 +478,7 @@ class ProcessRunner:
         timeout: float | None,
     ) -> Deferred[ProcessResult]:
         executable = _executable(argv)
-        log.debug("running {command}", command=shlex.join(argv))
+        log.debug("running {command}", command=shown_argv(argv))
         protocol = _CommandProtocol(self._clock, argv, stdin, timeout, self._kill_after)
         self._reactor.spawnProcess(protocol, executable, argv, env=_environment(env))
         return protocol.result

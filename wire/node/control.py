@@ -158,6 +158,9 @@ async def node_status(daemon: NodeDaemon) -> dict:
         "interface": interface,
         "netmap_cursor": daemon.netmap.cursor,
         "peers": peers,
+        # Loops failing now, and the server's last answer with entries this node refused.
+        "failing": daemon.failures.failing(),
+        "bad_answers": daemon.bad_answers.view(now),
     }
 
 

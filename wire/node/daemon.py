@@ -52,6 +52,7 @@ from wire.node.backoff import Backoff
 from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
+from wire.node.failurelog import BadAnswers, FailureLog
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress, numeric, server_host
@@ -146,6 +147,9 @@ class NodeDaemon(Service):
         # -- the node's state, all of it -------------------------------------
         self.state = NodeState()
         self.events = EventLog(clock)
+        # Loop failures, told once per cause (and shown by the control API).
+        self.failures = FailureLog(self.log, clock)
+        self.bad_answers = BadAnswers()
         self.contact = ServerContact()
         self.nat: NatReport | None = None
         self.config = self._trusted_saved(config)
@@ -320,9 +324,11 @@ class NodeDaemon(Service):
         except Exception:
             if self._out_of_the_mesh:
                 return
-            self.log.failure("{what} failed; the loop goes on", what=what)
+            self.failures.failed(what)
             if back_off:
                 await self._sleep_backoff()
+        else:
+            self.failures.worked(what)
 
     def _untrack(self, result, d: Deferred):
         self._inflight.discard(d)
@@ -550,6 +556,7 @@ class NodeDaemon(Service):
             return validate_config(asdict(updated))
         except ProtocolError as e:
             self.log.warn("refusing the server's assignment ({field}): {error}", field=e.field, error=e)
+            self.bad_answers.note(f"assignment: {e}", self.clock.seconds())
             self.events.emit("untrusted", f"refused the server's assignment: {e}")
             return None
 
@@ -709,6 +716,7 @@ class NodeDaemon(Service):
         previous_epoch = self.netmap.epoch
         for problem in self.netmap.apply(answer):
             self.log.warn("netmap: {problem}", problem=problem)
+            self.bad_answers.note(f"netmap: {problem}", self.clock.seconds())
         self._adopt_own_view(answer)
         if previous_epoch and self.netmap.epoch != previous_epoch:
             # A new server run: the next heartbeat registers, and learns
@@ -717,11 +725,14 @@ class NodeDaemon(Service):
             await self.reconciler.relay_sessions_lost()
         try:
             await self.reconciler.reconcile()
+        except CancelledError:
+            raise
         except Exception:
-            # A raising body would stop the loop for good; try again shortly.
-            self.log.failure("applying the netmap to {name} failed", name=self.wireguard.name)
+            # Told once per cause; tried again shortly.
+            self.failures.failed(f"applying the netmap to {self.wireguard.name}")
             await self._sleep_backoff()
             return
+        self.failures.worked(f"applying the netmap to {self.wireguard.name}")
         if was_unreachable and answer.full and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
@@ -739,10 +750,8 @@ class NodeDaemon(Service):
         return self.heartbeat.carried_by_longpoll(self.clock.seconds(), self.contact.reachable, self.registration_body)
 
     async def _paths_once(self) -> None:
-        try:
-            await self.reconciler.reconcile()
-        except Exception:
-            self.log.failure("checking peer paths failed")
+        # A failure (WireGuard refusing a change, say) is told once per cause by _guarded.
+        await self.reconciler.reconcile()
 
     def _nat_may_have_moved(self) -> None:
         """A proven direct path went silent: probe the NAT now rather than at
