@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from wire.protocol import NatType, PairPath, PathFailure, PathMode, PeerView, pair_rule
-from wire.protocol.paths import DIRECT_MODES, attempt_timeout, retry_delay
+from wire.protocol.paths import DIRECT_MODES, after_failure, attempt_timeout, retry_delay, retry_reason
 
 # Before this long after an attempt began, what arrives may still be from
 # the old path (a relayed packet in flight): it proves nothing.
@@ -210,24 +210,15 @@ class PathPlanner:
     def decide_locally(self, node_id: str, failure: PathFailure, now: float) -> None:
         """The server cannot decide (it knows no ``POST /path``): this node does, for its side only."""
         path = self.paths.get(node_id)
-        tries = (path.word.tries if path is not None and path.word is not None else 0) + 1
-        if failure is PathFailure.STOPPED:
-            tries = 1
-        self.local_words[node_id] = PairPath(
-            node_id,
-            PathMode.RELAY,
-            failure_reason(failure, path.timeout if path else None),
-            since=now,
-            tries=tries,
-            retry_at=now + retry_delay(tries),
-        )
+        tries, reason = after_failure(failure, path.word.tries if path is not None and path.word is not None else 0)
+        self.local_words[node_id] = PairPath(node_id, PathMode.RELAY, reason, since=now, tries=tries, retry_at=now + retry_delay(tries))
 
     def _local_word(self, node_id: str, now: float) -> PairPath | None:
         word = self.local_words.get(node_id)
         if word is not None and word.mode is PathMode.RELAY and word.retry_at is not None and now >= word.retry_at:
             mode = PathMode.DIRECT
             word = self.local_words[node_id] = PairPath(
-                node_id, mode, f"trying direct again (retry {word.tries})", since=now, tries=word.tries
+                node_id, mode, retry_reason(word.tries), since=now, tries=word.tries
             )
         return word
 
@@ -316,13 +307,6 @@ class PathPlanner:
     @staticmethod
     def _due_report(path: PeerPath, now: float) -> bool:
         return path.phase is Phase.FAILED and path.report_at is not None and now >= path.report_at
-
-
-def failure_reason(failure: PathFailure, timeout: float | None) -> str:
-    """The reason a relayed pair shows, from the failure that put it there."""
-    if failure is PathFailure.STOPPED:
-        return "the direct path stopped working"
-    return f"no direct handshake within {timeout or 15:.0f}s"
 
 
 def _own_facts(me: Me | PeerView) -> tuple:

@@ -90,6 +90,22 @@ def retry_delay(tries: int) -> float:
     return min(FIRST_RETRY * 2 ** max(0, tries - 1), LAST_RETRY)
 
 
+def after_failure(failure: PathFailure, tries: int) -> tuple[int, str]:
+    """What a failed direct attempt makes of a pair whose word had ``tries``
+    failed tries (0: a first attempt): its failed tries now, and the reason
+    it shows while relayed. The server and a node deciding alone both use it."""
+    if failure is PathFailure.STOPPED:
+        return 1, "the direct path stopped working"
+    if tries > 0:
+        return tries + 1, f"direct retry {tries} failed"
+    return 1, f"no direct handshake within {DIRECT_TIMEOUT:.0f}s"
+
+
+def retry_reason(tries: int) -> str:
+    """The reason a relayed pair shows when it is tried direct again."""
+    return f"trying direct again (retry {tries})"
+
+
 def attempt_timeout(word: PairPath | None) -> float:
     """How long a direct attempt has to prove itself."""
     if word is not None and word.mode in DIRECT_MODES and word.tries > 0:

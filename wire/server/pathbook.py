@@ -29,11 +29,12 @@ from wire.protocol import Cursor, PairPath, PathFailure, PathMode, PathReportAns
 from wire.protocol.paths import (
     CLOCK_SLACK,
     DIRECT_MODES,
-    DIRECT_TIMEOUT,
     PairFacts,
+    after_failure,
     attempt_timeout,
     pair_rule,
     retry_delay,
+    retry_reason,
 )
 from wire.server.model import PairWord, pair_key
 from wire.server.netmap import ChangeLog
@@ -48,7 +49,6 @@ TOMBSTONE_KEEP = 600.0
 MAX_TOMBSTONES = 100_000
 MAX_WORDS = 200_000
 
-STOPPED_REASON = "the direct path stopped working"
 
 Listener = Callable[[str, str, "PairWord | None"], None]
 
@@ -176,12 +176,7 @@ class PathBook:
                 self._full_logged = True
                 self.log.warn("path book full ({count} pair words): refusing new relayed pairs", count=len(self._words))
             return PathReportAnswer(False, current)
-        if failure is PathFailure.STOPPED:
-            tries, reason = 1, STOPPED_REASON
-        elif word is not None and word.tries > 0:
-            tries, reason = word.tries + 1, f"direct retry {word.tries} failed"
-        else:
-            tries, reason = 1, f"no direct handshake within {DIRECT_TIMEOUT:.0f}s"
+        tries, reason = after_failure(failure, word.tries if word is not None else 0)
         relayed = PairWord(PathMode.RELAY, reason, now, tries, now + retry_delay(tries))
         self._set(*key, relayed, now)
         return PathReportAnswer(True, relayed.seen_from(peer.node_id))
@@ -204,7 +199,7 @@ class PathBook:
             if mode not in DIRECT_MODES:
                 self._set(lo, hi, None, now)  # the rule relays it anyway (or a node is gone)
                 continue
-            self._set(lo, hi, PairWord(mode, f"trying direct again (retry {word.tries})", now, word.tries), now)
+            self._set(lo, hi, PairWord(mode, retry_reason(word.tries), now, word.tries), now)
         self._prune(now)
         if len(self._due) > 2 * len(self._words) + 1000:
             self._due = [(_due_at(w), lo, hi) for (lo, hi), w in self._words.items()]
