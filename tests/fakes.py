@@ -287,7 +287,8 @@ class FakeProcessRunner:
         self.calls: list[RecordedCall] = []
         self._script: deque[_Expectation] = deque()
         self._unexpected: list[str] = []
-        self._next_pid = 10_000
+        # Above any pid Linux can give (PID_MAX_LIMIT), so /proc never has them.
+        self._next_pid = 4_194_305
 
     def expect(
         self,

@@ -60,6 +60,7 @@ from wire.node.wireguard import (
     make_wireguard,
 )
 from wire.node.wireguard.diff import argv_batches
+from wire.node.wireguard.linux import uapi_listening
 from wire.runner import (
     CommandNotFound,
     ProcessRunner,
@@ -151,6 +152,51 @@ class UpTests(Scripted):
         self.successResultOf(self.up(wg))
         self.runner.assert_all_called()
         self.assertEqual(wg.backend, "wireguard-go")
+
+    def test_wg_is_not_asked_before_the_uapi_socket_listens(self) -> None:
+        # `wg` refused by a socket bound but not yet listening unlinks it, and
+        # wireguard-go then exits ("Failed to listen on uapi socket").
+        proc = self.mktemp()
+        wg = LinuxWireGuard(self.runner, NAME, clock=self.clock, proc=proc, **POLLING)
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD, rc=2, stderr=NO_KERNEL)
+        process = self.runner.expect_start(WIREGUARD_GO)
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        table = os.path.join(proc, str(process.pid), "net", "unix")
+        os.makedirs(os.path.dirname(table))
+        header = "Num       RefCount Protocol Flags    Type St Inode Path\n"
+        socket = f"/var/run/wireguard/{NAME}.sock"
+        with open(table, "w") as f:
+            f.write(header + f"0000000000000000: 00000002 00000000 00000000 0001 01 4711 {socket}\n")
+        d = self.up(wg)
+        self.clock.pump([0.25] * 3)
+        self.assertNoResult(d)
+        self.assertEqual([c.argv for c in self.runner.calls if c.argv == tuple(WG_DUMP)], [])
+        with open(table, "w") as f:
+            f.write(header + f"0000000000000000: 00000002 00000000 00010000 0001 01 4711 {socket}\n")
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        self.runner.assert_all_called()
+
+    def test_uapi_listening_reads_the_namespace_of_the_process(self) -> None:
+        proc = self.mktemp()
+        os.makedirs(os.path.join(proc, "7", "net"))
+        with open(os.path.join(proc, "7", "net", "unix"), "w") as f:
+            f.write(
+                "Num       RefCount Protocol Flags    Type St Inode Path\n"
+                "0000000000000000: 00000002 00000000 00010000 0001 01 1 /var/run/wireguard/wg1.sock\n"
+                "0000000000000000: 00000002 00000000 00000000 0001 01 2 /var/run/wireguard/wg2.sock\n"
+                "0000000000000000: 00000002 00000000 zz 0001 01 3 /var/run/wireguard/wg3.sock\n"
+                "garbage\n"
+            )
+        self.assertIs(uapi_listening(7, "wg1", proc), True)
+        self.assertIs(uapi_listening(7, "wg2", proc), False)  # bound, not listening
+        self.assertIs(uapi_listening(7, "wg3", proc), False)
+        self.assertIs(uapi_listening(7, "wg4", proc), False)
+        self.assertIsNone(uapi_listening(8, "wg1", proc))  # no such process: cannot tell
 
     def test_wireguard_go_never_ready_is_stopped(self) -> None:
         self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)

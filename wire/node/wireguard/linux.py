@@ -20,6 +20,10 @@ from wire.runner import CommandFailed, CommandNotFound, IProcessRunner, describe
 
 log = Logger()
 
+# Where wireguard-go binds NAME.sock, and the /proc/net/unix flag of a listening socket.
+UAPI_DIRECTORY = "/var/run/wireguard"
+_SO_ACCEPTCON = 0x10000
+
 
 @implementer(IWireGuard)
 class LinuxWireGuard(WireGuardBase):
@@ -30,10 +34,18 @@ class LinuxWireGuard(WireGuardBase):
     """
 
     def __init__(
-        self, runner: IProcessRunner, name: str, *, clock: IReactorTime, use_kernel: bool = True, **options: Any
+        self,
+        runner: IProcessRunner,
+        name: str,
+        *,
+        clock: IReactorTime,
+        use_kernel: bool = True,
+        proc: str = "/proc",
+        **options: Any,
     ) -> None:
         super().__init__(runner, name, clock=clock, **options)
         self._use_kernel = use_kernel
+        self._proc = proc
 
     async def up(self, private_key: str, listen_port: int, address: str, prefixlen: int) -> None:
         private_key = check_private_key(private_key)
@@ -132,7 +144,13 @@ class LinuxWireGuard(WireGuardBase):
             if self._use_kernel:
                 raise WireGuardUnavailable(f"{e.missing}, and the kernel has no WireGuard module") from None
             raise
-        _, dump = await self._wait_ready(process, lambda: self.name)
+        # Ask `wg` only once the UAPI socket listens: a `wg` that connects
+        # between wireguard-go's bind() and listen() is refused, takes the
+        # socket for a dead one's and unlinks it, and wireguard-go then exits.
+        def listening_device() -> str | None:
+            return None if uapi_listening(process.pid, self.name, self._proc) is False else self.name
+
+        _, dump = await self._wait_ready(process, listening_device)
         self._own(process)
         return "wireguard-go", dump
 
@@ -188,3 +206,29 @@ class LinuxWireGuard(WireGuardBase):
             raise WireGuardUnavailable(missing_program(e)) from None
         if result.rc != 0 and not is_missing_device(result.stderr):
             raise WireGuardError(f"cannot remove interface {self.name}: {CommandFailed(result)}")
+
+
+def uapi_listening(pid: int, device: str, proc: str = "/proc") -> bool | None:
+    """
+    Whether the UAPI socket of ``device`` listens, as seen in the network
+    namespace of process ``pid`` (a socket's visibility is per namespace).
+
+    None when that cannot be told (no such process, no procfs): the caller
+    then asks `wg` as it would without this check.
+    """
+    path = f"{UAPI_DIRECTORY}/{device}.sock"
+    try:
+        with open(f"{proc}/{pid}/net/unix", "rb") as table:
+            lines = table.read().decode("utf-8", "replace").splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # Num RefCount Protocol Flags Type St Inode Path
+        if len(fields) >= 8 and fields[7] == path:
+            try:
+                if int(fields[3], 16) & _SO_ACCEPTCON:
+                    return True
+            except ValueError:
+                continue
+    return False
