@@ -30,6 +30,7 @@ from wire.cli import admin
 from wire.cli.table import table
 from wire.jointoken import decode_join_token
 from wire.node.config import config_path
+from wire.ops.views import daemon_state
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,6 +94,29 @@ class FormatTests(unittest.TestCase):
     def test_status_says_when_paths_are_unknown(self):
         text = cli.format_status({**SEED_RESULT, "my_node_id": "x"}, self.plain)
         self.assertIn("(the node daemon is not running here: paths unknown; sudo wire up)", text)
+
+    def test_status_tells_the_daemons_troubles_escaped(self):
+        # The daemon's control status, as `wire status` gets it: a failing loop and a refused answer.
+        local = {
+            "failing": [{"what": "netmap sync", "count": 3, "since_ago": 130.4, "error": "server said \x1b[2J\r\nFAKE"}],
+            "bad_answers": {"count": 4, "latest": "netmap: peers[3].vpn_ip 8.8.8.8 is outside the mesh 10.99.0.0/16\u202e", "ago": 20.2},
+        }
+        result = {**SEED_RESULT, "warning": "server unreachable", **daemon_state(local)}
+        lines = cli.render(cli.format_status, result, self.plain).splitlines()
+        self.assertEqual(lines[1:6], [
+            "wire status  http://YOUR_SERVER:8787",
+            "  ! server unreachable",
+            "  ! netmap sync: 3 failure(s) in a row for 2m10s (server said \\x1b[2J\\r\\nFAKE)",
+            "  ! server answers: 4 entr(y/ies) refused since the daemon started, the latest 20s ago: "
+            "netmap: peers[3].vpn_ip 8.8.8.8 is outside the mesh 10.99.0.0/16\\u202e",
+            "  3 online / 1 offline / 4 total",
+        ])
+
+    def test_status_says_nothing_of_a_daemon_that_is_well(self):
+        calm = {"failing": [], "bad_answers": {"count": 2, "latest": "netmap: old news", "ago": 601.0}}
+        self.assertEqual(daemon_state(calm)["daemon_problems"], [], "a refused answer 10 minutes old is history")
+        self.assertEqual(cli.format_status({**SEED_RESULT, **daemon_state(calm)}, self.plain), SEED_STATUS)
+        self.assertEqual(daemon_state(None), {"failing": [], "bad_answers": None, "daemon_problems": []})
 
     def test_colour_only_on_a_terminal(self):
         self.assertIn("\033[32m●\033[0m", cli.format_status(SEED_RESULT, cli.Style(True)))

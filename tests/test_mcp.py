@@ -196,6 +196,23 @@ class MCPTests(ResultAssertions, unittest.TestCase):
         session = await self.mcp(("wire_status", {}))
         self.assertToolError(session.results[0], "And the node daemon is not running here, so there is no last known mesh to show either")
 
+    async def test_status_tells_the_daemons_troubles_escaped(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1")
+        daemon = await self.mesh.start_daemon(peers=1)
+        refused = "netmap: skipped \x1b[2Jdb9\u202e: vpn_ip 8.8.8.8 is outside the mesh 10.99.0.0/16"
+        daemon.bad_answers.note(refused, daemon.clock.seconds())
+        session = await self.mcp(("wire_status", {}))
+        status = self.assertResult(session.results[0])
+        self.assertEqual(status["bad_answers"]["latest"], refused, "the structured content is the exact data")
+        self.assertEqual(len(status["daemon_problems"]), 1)
+        shown = session.results[0].content[0].text
+        # The CLI's own rendering of the same view, the server's words escaped.
+        self.assertEqual(shown, cli.render(cli.format_status, status, cli.Style(False)).strip("\n"))
+        self.assertRegex(shown, r"\n  ! server answers: 1 entr\(y/ies\) refused since the daemon started, the latest \d+s ago: netmap: skipped \\x1b\[2Jdb9\\u202e: vpn_ip 8\.8\.8\.8")
+        self.assertNotIn("\x1b", shown)
+        self.assertNotIn("\u202e", shown)
+
     async def test_ping_runs_the_real_ping(self):
         session = await self.mcp(("wire_ping", {"target": "127.0.0.1", "count": 1}))
         result = self.assertResult(session.results[0])

@@ -9,6 +9,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from wire.node.enroll import JoinRequest, coordination_client, credential_path, 
 from wire.node.tap import node_start
 from wire.node.wireguard import InterfaceStatus
 from wire.ops import context as context_module
+from wire.ops.troubles import duration
 from wire.runner import CommandNotFound
 from wire.server.admin import Admin
 from wire.server.api import build_site
@@ -240,6 +242,32 @@ class StatusTests(unittest.TestCase):
         self.assertLess(db1["handshake_age"], 5)
         self.assertEqual(db1["path_reason"], "lan: same public address as this node, via 10.1.1.1:51820")
         self.assertTrue(result["daemon_running"])
+
+    async def test_the_daemons_troubles_are_told_as_diagnose_tells_them(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1")
+        daemon = await self.mesh.start_daemon(peers=1)
+        result = await ops.status(self.mesh.context())
+        self.assertEqual((result["failing"], result["daemon_problems"]), ([], []), "a daemon that is well: nothing to tell")
+        try:
+            raise RuntimeError("wg set refused: 65537 peers")
+        except RuntimeError:
+            daemon.failures.failed("path check")
+        daemon.bad_answers.note("netmap: skipped db9: vpn_ip 8.8.8.8 is outside the mesh 10.99.0.0/16", daemon.clock.seconds())
+        result = await ops.status(self.mesh.context())
+        self.assertEqual([(f["what"], f["count"], f["error"]) for f in result["failing"]], [("path check", 1, "wg set refused: 65537 peers")])
+        self.assertEqual((result["bad_answers"]["count"], result["bad_answers"]["latest"]), (1, "netmap: skipped db9: vpn_ip 8.8.8.8 is outside the mesh 10.99.0.0/16"))
+        loops, answers = (c["detail"] for c in (await ops.diagnose(self.mesh.context()))["checks"] if c["check"] in ("daemon loops", "server answers"))
+        # Asked a moment apart: a second may tick between the two.
+        timeless = [re.sub(r"\d+s\b", "Ns", line) for line in result["daemon_problems"]]
+        self.assertEqual(timeless, [re.sub(r"\d+s\b", "Ns", line) for line in (loops, f"server answers: {answers}")], "one description, in diagnose and in status")
+        self.assertRegex(loops, r"^path check: 1 failure\(s\) in a row for \d+s \(wg set refused: 65537 peers\)$")
+        self.assertRegex(answers, r"^1 entr\(y/ies\) refused since the daemon started, the latest \d+s ago: netmap: skipped db9: ")
+        self.assertTrue(result["ok"], "the mesh answered: the daemon's troubles are told, not a failed status")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_durations_keep_two_units(self):
+        self.assertEqual([duration(s) for s in (0, 45.9, 130, 3600 + 5 * 60 + 59, 50 * 3600)], ["0s", "45s", "2m10s", "1h05m", "50h00m"])
 
     async def test_another_server_needs_no_config(self):
         await self.mesh.register("db1")

@@ -48,6 +48,8 @@ def format_status(result: dict, style: Style) -> str:
     if result.get("warning"):
         # A stale mesh (the daemon's netmap) or a node the server refuses: before anything else.
         lines.append("  " + style("33", f"! {result['warning']}"))
+    # The daemon's failing loops and refused server answers: only when there are any.
+    lines += ["  " + style("33", f"! {problem}") for problem in result.get("daemon_problems", [])]
     lines += [
         f"  {result['online']} online / {result['offline']} offline / {result['total']} total" + (" (last known)" if stale else ""),
         "",

@@ -9,6 +9,7 @@ returns them: one implementation of each operation, one module per job:
     lifecycle  up, down
     joinsource a join token from a file (--join-file) or stdin (--join -)
     views      status, peers
+    troubles   the daemon's failing loops and refused answers, told (status, diagnose)
     targets    a peer named by node name or VPN address
     ping       ping
     install    install, install_now

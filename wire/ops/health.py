@@ -21,6 +21,7 @@ from wire.ops.context import (
     removed_message,
     server_problem,
 )
+from wire.ops.troubles import failing_loop, recent_bad_answers, refused_answers
 
 
 def _check(name: str, ok: bool, detail: str, suggestion: str = "") -> dict:
@@ -79,30 +80,25 @@ async def diagnose(ctx: Context) -> dict:
     return _diagnosis(checks)
 
 
-# A refused entry in the server's answers older than this is history, not a problem.
-BAD_ANSWER_RECENT = 600.0
-
-
 def _loops_check(local: dict) -> dict:
     """The daemon's loops (netmap sync, heartbeat, path check): failing now, and why."""
     failing = local.get("failing") or []
     if not failing:
         return _check("daemon loops", True, "netmap sync, heartbeat and path checks run")
     worst = max(failing, key=lambda f: f["count"])
-    detail = "; ".join(f"{f['what']}: {f['count']} failure(s) in a row for {f['since_ago']:.0f}s ({f['error']})" for f in failing)
+    detail = "; ".join(failing_loop(f) for f in failing)
     return _check("daemon loops", False, detail, f"see the daemon log for the first {worst['what']} failure")
 
 
 def _answers_check(local: dict) -> dict:
     """Whether the server lately sent what this node had to refuse (a hostile or broken server)."""
-    bad = local.get("bad_answers") or {}
-    ago = bad.get("ago")
-    if not bad.get("count") or ago is None or ago > BAD_ANSWER_RECENT:
+    bad = recent_bad_answers(local)
+    if bad is None:
         return _check("server answers", True, "nothing refused lately")
     return _check(
         "server answers",
         False,
-        f"{bad['count']} refused entr(y/ies), the latest {ago:.0f}s ago: {bad['latest']}",
+        refused_answers(bad),
         "the server sends what this node will not apply (addresses outside the mesh, duplicate keys): check the server and its version",
     )
 

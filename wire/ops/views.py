@@ -18,6 +18,7 @@ from wire.ops.context import (
     removed_message,
     server_problem,
 )
+from wire.ops.troubles import daemon_troubles
 
 
 async def status(ctx: Context, server: str | None = None) -> dict:
@@ -57,11 +58,22 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         "nodes": nodes,
         "my_node_id": my_id,
         "daemon_running": local is not None,
+        **daemon_state(local),
     }
     if _daemon_knows(local, server_url) and daemon_was_removed(local):
         # The server answers others; this node's daemon it turns away.
         result.update(ok=False, warning=removed_message())
     return result
+
+
+def daemon_state(local: dict | None) -> dict:
+    """The daemon's own troubles for ``status``: its data as ``wire diagnose``
+    reads it (``failing``, ``bad_answers``), and the lines saying it (``daemon_problems``)."""
+    return {
+        "failing": (local or {}).get("failing") or [],
+        "bad_answers": (local or {}).get("bad_answers"),
+        "daemon_problems": daemon_troubles(local),
+    }
 
 
 def _daemon_knows(local: dict | None, server_url: str) -> bool:
@@ -144,6 +156,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
         "nodes": nodes,
         "my_node_id": me["node_id"] if config is None else config.node_id,
         "daemon_running": True,
+        **daemon_state(local),
     }
 
 
