@@ -18,7 +18,7 @@ from tests.test_ops import OK_TOOLS, short_tempdir
 from wire import cli, ops
 from wire.datadir import admin_socket_path
 from wire.node.config import NodeConfig, save_config
-from wire.textsafe import escaped, escaped_strings
+from wire.textsafe import escaped, escaped_line, escaped_strings
 
 # Clears the screen, writes the clipboard (OSC 52), returns to the line's start.
 EVIL = "evil\x1b[2J\x1b]52;c;cm0gLXJmIH4=\x07\rok\x9b31m\x7f\u202e"
@@ -62,6 +62,7 @@ class EscapedTests(unittest.TestCase):
         self.assertEqual(escaped(EVIL), SHOWN)
         self.assertEqual(escaped("a\tb\nc\x00d"), "a\\tb\\nc\\x00d")
         self.assertEqual(escaped("a\nb\rc", keep_newlines=True), "a\nb\\rc")
+        self.assertEqual(escaped_line("a\tb\r\nc\u202e"), "a\tb\\r\\nc\\u202e", "a log line: tabs kept, newlines shown")
         self.assertEqual(escaped("café 日本 ✓ → node-1"), "café 日本 ✓ → node-1", "any script is shown as it is")
         self.assertEqual(escaped(escaped(EVIL)), escaped(EVIL), "escaping twice changes nothing")
 

@@ -32,6 +32,8 @@ _CONTROLS = [
 ]
 _TABLE = {code: _escape(code) for code in _CONTROLS}
 _TABLE_KEEPING_NEWLINES = {code: text for code, text in _TABLE.items() if code != ord("\n")}
+# A log line: a tab forges nothing and lines up columns, a newline would forge a line.
+_TABLE_KEEPING_TABS = {code: text for code, text in _TABLE.items() if code != ord("\t")}
 
 # Fields whose text is many lines by nature: a ping's output.
 MULTILINE_FIELDS = frozenset({"output"})
@@ -40,6 +42,11 @@ MULTILINE_FIELDS = frozenset({"output"})
 def escaped(text: str, keep_newlines: bool = False) -> str:
     """``text`` with every control character shown as an escape (newlines kept, if asked)."""
     return text.translate(_TABLE_KEEPING_NEWLINES if keep_newlines else _TABLE)
+
+
+def escaped_line(text: str) -> str:
+    """``text`` as one line of a log file: :func:`escaped`, tabs kept."""
+    return text.translate(_TABLE_KEEPING_TABS)
 
 
 def escaped_strings(value: Any, keep_newlines_in: frozenset[str] = MULTILINE_FIELDS) -> Any:
