@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import replace
 
 from twisted.internet import reactor
+from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
@@ -27,7 +28,7 @@ from tests.serverproc import CHECKOUT, ServerProcess
 from tests.test_daemon import eventually
 from wire import cli, ops
 from wire.admin_ops import AdminOps
-from wire.client import CoordinationClient, ServerError
+from wire.client import BadAnswer, CoordinationClient, ServerError
 from wire.install import InstallCheck
 from wire.jointoken import decode_join_token
 from wire.keys import load_or_create_keys
@@ -35,6 +36,7 @@ from wire.node import launcher
 from wire.node.config import NodeConfig, config_path, load_config, save_config
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
+from wire.protocol import ProtocolError
 from wire.node.enroll import JoinRequest, coordination_client, credential_path, save_join_request
 from wire.node.tap import node_start
 from wire.node.wireguard import InterfaceStatus
@@ -1168,6 +1170,22 @@ class LastKnownMeshTests(unittest.TestCase):
         self.assertEqual((peer["this_node"], peer["status"], peer["vpn_ip"]), (False, "online", db1["vpn_ip"]))
         self.assertEqual((peer["path"], peer["endpoint"]), ("lan", "10.1.1.1:51820"))
         self.assertEqual(peer["path_reason"], "lan: same public address as this node, via 10.1.1.1:51820")
+
+    async def test_a_server_without_status_or_answering_nonsense_is_as_good_as_absent(self):
+        # A hostile or odd server must not cost the admin the daemon's view.
+        await self.mesh.register("db1", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        nonsense = BadAnswer("GET /status", ProtocolError("nodes", "must be a list"))
+        missing = ServerError(404, "GET /status: answer is not JSON")
+        for error in (nonsense, missing):
+            self.patch(CoordinationClient, "status", lambda client, error=error: fail(error))
+            result = await ops.status(self.mesh.context())
+            self.assertEqual((result["ok"], result["stale"], result["source"]), (False, True, "daemon"), error)
+            self.assertEqual(result["server_error"], str(error))
+            self.assertEqual(sorted(n["node_name"] for n in result["nodes"]), ["db1", "web1"])
+        self.patch(CoordinationClient, "status", lambda client: fail(ServerError(403, "not yours")))
+        with self.assertRaises(ops.OpError):
+            await ops.status(self.mesh.context())  # a refusal is the server's answer
 
     async def test_an_answering_server_is_not_stale(self):
         await self.mesh.register("db1")

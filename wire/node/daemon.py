@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 
 from wire.client import (
     LONGPOLL_WAIT,
+    BadAnswer,
     CoordinationClient,
     ServerError,
     ServerUnreachable,
@@ -493,6 +494,7 @@ class NodeDaemon(Service):
         try:
             answer = await self.client.register(body)
         except ServerError as e:
+            self._note_bad_answer("registration", e)
             if e.status != 429:  # asked to slow down: the server is there
                 self._lost_contact(str(e), e.status)
             raise
@@ -638,6 +640,11 @@ class NodeDaemon(Service):
                 await deferLater(self.clock, delay, lambda: None)
         return False
 
+    def _note_bad_answer(self, what: str, e: ServerError) -> None:
+        """A 200 whose body the protocol refuses is a bad answer, counted for diagnose and status."""
+        if isinstance(e, BadAnswer):
+            self.bad_answers.note(f"{what}: {e.error}", self.clock.seconds())
+
     def _refusal(self, e: ServerError) -> None:
         """The server said no to a registration or a long-poll: why, and what now."""
         if e.status != 401:
@@ -685,6 +692,7 @@ class NodeDaemon(Service):
             self._poll_restarting = False
             return  # the loop polls again at once, on a new connection
         except ServerError as e:
+            self._note_bad_answer("netmap", e)
             self._lost_contact(str(e), e.status)  # a 401 here: status views say why
             if e.status == 401:
                 self._refusal(e)  # removed, or never let in: no tight retries

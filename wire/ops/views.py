@@ -7,7 +7,7 @@ not ``ok``): what this node last heard, not what is true now.
 
 from __future__ import annotations
 
-from wire.client import ServerError, ServerUnreachable
+from wire.client import BadAnswer, ServerError, ServerUnreachable
 from wire.node.config import NodeConfig
 from wire.ops.context import (
     Context,
@@ -87,13 +87,23 @@ def _fallback(ctx: Context, server_url: str, local: dict | None, error: ServerUn
         # The netmap of a node the mesh no longer has is no mesh to show.
         raise OpError(removed_message())
     problem = server_problem(ctx, server_url, error)
-    if isinstance(error, ServerError) and error.status < 500 and error.status != 429:
+    if _refused(error):
         raise OpError(problem)  # it answered: a refusal, not an absence
     if not _daemon_knows(local, server_url):
         if local is None:
             raise OpError(f"{problem} And the node daemon is not running here, so there is no last known mesh to show either (start it: sudo wire up).")
         raise OpError(f"{problem} And the node daemon here belongs to {local['server']['url']}, so there is no last known mesh of this server to show.")
     return str(error)
+
+
+def _refused(error: ServerUnreachable | ServerError) -> bool:
+    """A refusal (bad request, not allowed): the server said no. A busy or
+    failing server, one without the endpoint (404) or one whose answer is
+    not what the protocol says (a bad answer) is as good as absent: the
+    daemon's last netmap stands in."""
+    if not isinstance(error, ServerError) or isinstance(error, BadAnswer):
+        return False
+    return error.status < 500 and error.status not in (404, 429)
 
 
 def _stale_view(problem: str, local: dict, server_url: str) -> dict:
