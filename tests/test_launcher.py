@@ -44,7 +44,7 @@ class CommandLineTests(unittest.TestCase):
     def test_foreground_for_systemd(self):
         self.assertEqual(
             launcher.node_argv("/etc/wire", foreground=True),
-            twistd_argv() + ["--nodaemon", "--pidfile=", "wire-node", "--config-dir=/etc/wire"],
+            twistd_argv() + ["--nodaemon", "--pidfile=", "--logger=wire.node.logfile.stdout_observer", "wire-node", "--config-dir=/etc/wire"],
         )
 
     def test_unit_file(self):

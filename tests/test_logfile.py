@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 
 from twisted.logger import Logger
 from twisted.trial import unittest
@@ -58,3 +59,10 @@ class LogFileEscapingTests(unittest.TestCase):
     def test_an_event_without_text_writes_nothing(self):
         logfile.log_observer(self.out)({"log_namespace": "x"})
         self.assertEqual(self.out.getvalue(), "")
+
+    def test_a_daemon_in_the_foreground_logs_escaped_to_stdout(self):
+        # Under systemd the journal reads stdout: the same lines as the file.
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        Logger(namespace="wire.node.daemon", observer=logfile.stdout_observer()).info("peer {name}", name=HOSTILE)
+        self.assertTrue(out.getvalue().endswith(f"peer {SHOWN}\n"), out.getvalue())

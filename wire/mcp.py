@@ -38,11 +38,12 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import react
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger, globalLogBeginner
 
 # None of these imports twisted.internet.reactor: main() installs it first.
 from wire import __version__, cli, ops
 from wire.node.config import default_config_dir
+from wire.node.logfile import log_observer
 from wire.textsafe import escaped
 
 log = Logger()
@@ -243,7 +244,8 @@ def main() -> None:
     from twisted.internet import reactor
 
     # Not redirectStandardIO: the SDK needs the real sys.stdout to claim fd 1.
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    # Escaped like the daemon's log: errors quote the server.
+    globalLogBeginner.beginLoggingTo([log_observer(sys.stderr)], redirectStandardIO=False)
     server = build_server(reactor)
 
     def default_signals() -> None:

@@ -70,7 +70,8 @@ def uses_systemd(config_dir: str) -> bool:
 def node_argv(config_dir: str, foreground: bool) -> list[str]:
     argv = twistd_argv()
     if foreground:
-        argv += ["--nodaemon", "--pidfile="]
+        # systemd's journal reads stdout: the same escaped lines as the log file.
+        argv += ["--nodaemon", "--pidfile=", "--logger=wire.node.logfile.stdout_observer"]
     else:
         # A capped, rotated log (wire.node.logfile), not twistd's unbounded one.
         argv += [f"--pidfile={os.path.join(config_dir, PIDFILE)}", "--logger=wire.node.logfile.observer"]

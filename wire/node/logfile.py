@@ -15,6 +15,7 @@ whoever reads the log on a terminal.
 from __future__ import annotations
 
 import os
+import sys
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent, formatEventAsClassicLogText, formatTime, timeFormatRFC3339
@@ -61,3 +62,8 @@ def observer() -> ILogObserver:
     """The factory twistd's ``--logger`` calls."""
     # A LogFile is the file-like object FileLogObserver writes to (write and flush).
     return log_observer(open_log(os.environ[LOG_PATH_VARIABLE]))  # type: ignore[arg-type]
+
+
+def stdout_observer() -> ILogObserver:
+    """The factory for a daemon in the foreground (under systemd, whose journal reads stdout)."""
+    return log_observer(sys.stdout)
