@@ -4,6 +4,8 @@ Run as a program (the lab starts it in its server namespace)::
 
     python tests/hostile_server.py DIR ADDRESS PORT
 
+or in a test's own reactor: ``site(Script(DIR))``.
+
 It speaks plain HTTP like an ``--open`` wire-server: ``POST /register``,
 ``GET /peers?since=CURSOR&wait=S`` (the long-poll), ``GET /health`` and
 ``POST /leave``; ``/relay`` and ``/path`` answer 404 like a seed server.
@@ -33,6 +35,8 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet import reactor, task
 from twisted.web import resource, server
 
+from wire.keys import generate_private_key, public_key_for
+
 DEFAULT_ASSIGNMENT = {"vpn_ip": "10.99.0.5", "vpn_subnet": "10.99.0.0/16", "offline_after": 60}
 POLL_FILE_EVERY = 0.05
 
@@ -45,7 +49,11 @@ class Script:
         self.state: dict[str, Any] = {"version": 0, "register": {}, "peers": {"json": {}}}
         self._mtime = 0.0
         self._waiters: list[Any] = []
-        task.LoopingCall(self.reload).start(POLL_FILE_EVERY)
+        self._reloading = task.LoopingCall(self.reload)
+        self._reloading.start(POLL_FILE_EVERY)
+
+    def stop(self) -> None:
+        self._reloading.stop()
 
     @property
     def version(self) -> int:
@@ -73,6 +81,56 @@ class Script:
         line = json.dumps({"at": time.time(), "path": path, "version": self.version, "what": what})
         with open(os.path.join(self.directory, "served.jsonl"), "a") as f:
             f.write(line + "\n")
+
+
+class Steering:
+    """The test's side of DIR: it writes the state, reads what was served."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.version = 0
+        os.makedirs(directory, exist_ok=True)
+        self.write()
+
+    def write(self, register: dict | None = None, peers: dict | None = None) -> int:
+        """A new state.json; returns its version (a json answer's cursor is 1:VERSION)."""
+        self.version += 1
+        state = {"version": self.version, "register": register or {}, "peers": peers or {"json": {}}}
+        path = os.path.join(self.directory, "state.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(path + ".tmp", path)
+        return self.version
+
+    def served(self) -> list[dict]:
+        try:
+            with open(os.path.join(self.directory, "served.jsonl")) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def was_served(self, path: str, version: int, what: str | None = None) -> bool:
+        return any(s["path"] == path and s["version"] >= version and (what is None or s["what"] == what) for s in self.served())
+
+
+def peers_answer(peers: list[dict], **fields) -> dict:
+    """A ``peers`` spec: a full netmap of these peer views."""
+    return {"json": {"upserts": peers, **fields}}
+
+
+def peer(number: int, vpn_ip: str, key: str | None = None) -> dict:
+    """A peer view as a server sends it (nothing listens behind it)."""
+    return {
+        "node_id": f"peer-{number}",
+        "node_name": f"peer{number}",
+        "wg_public_key": key or public_key_for(generate_private_key()),
+        "vpn_ip": vpn_ip,
+        "public_ip": f"198.19.200.{number % 250 + 1}",
+        "port": 51820,
+        "nat_port": 51820,
+        "nat_type": "none",
+        "online": True,
+    }
 
 
 def _json(request, body: Any, code: int = 200) -> bytes:
@@ -142,9 +200,14 @@ class Peers(resource.Resource):
             else:
                 self._answer(request)
 
+        def gone(_) -> None:
+            done["done"] = True
+            if timeout.active():
+                timeout.cancel()
+
         timeout = reactor.callLater(wait, answer_now, True)
         self.script.on_change(lambda: answer_now(False))
-        request.notifyFinish().addErrback(lambda _: done.update(done=True))
+        request.notifyFinish().addErrback(gone)
 
     def _answer(self, request) -> None:
         spec = self.script.state.get("peers") or {"json": {}}
@@ -224,8 +287,7 @@ class Fixed(resource.Resource):
         return _json(request, self.body, self.code)
 
 
-def site(directory: str) -> server.Site:
-    script = Script(directory)
+def site(script: Script) -> server.Site:
     root = resource.Resource()
     root.putChild(b"register", Register(script))
     root.putChild(b"peers", Peers(script))
@@ -237,7 +299,7 @@ def site(directory: str) -> server.Site:
 
 
 def main(directory: str, address: str, port: str) -> None:
-    reactor.listenTCP(int(port), site(directory), interface=address)
+    reactor.listenTCP(int(port), site(Script(directory)), interface=address)
     reactor.run()
 
 

@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.trial import unittest
 
+from tests.hostile_server import Steering, peer, peers_answer
 from tests.test_e2e import eventually, lab_unavailable
 from wire.demo import SERVER_PORT, MeshLab, MeshNode
 from wire.keys import generate_private_key, public_key_for
@@ -44,59 +45,20 @@ class HostileMesh(MeshLab):
 
     def __init__(self, reactor, runner):
         super().__init__(reactor, runner, open_server=True)
-        self.script_dir = os.path.join(self._workdir, "hostile")
-        os.makedirs(self.script_dir)
-        self.version = 0
-        self.write(peers={"json": {}})
+        self.steering = Steering(os.path.join(self._workdir, "hostile"))
+        self.write = self.steering.write
+        self.served = self.steering.served
 
     async def start_server(self) -> None:
         address = self.lab.hosts["server"].address
-        argv = [sys.executable, HOSTILE_SERVER, self.script_dir, address, str(SERVER_PORT)]
+        argv = [sys.executable, HOSTILE_SERVER, self.steering.directory, address, str(SERVER_PORT)]
         self.server = self.lab.start("server", argv, env=wire_environment(), log_prefix="hostile-server")
         await self.wait_for_server()
 
-    def write(self, register: dict | None = None, peers: dict | None = None) -> int:
-        """A new state.json; returns its version (a json answer's cursor is 1:VERSION)."""
-        self.version += 1
-        state = {"version": self.version, "register": register or {}, "peers": peers or {"json": {}}}
-        path = os.path.join(self.script_dir, "state.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(state, f)
-        os.replace(path + ".tmp", path)
-        return self.version
-
-    def served(self) -> list[dict]:
-        try:
-            with open(os.path.join(self.script_dir, "served.jsonl")) as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
-
     async def until_served(self, path: str, version: int, what: str | None = None, timeout: float = 40) -> None:
-        async def check() -> bool:
-            return any(
-                s["path"] == path and s["version"] >= version and (what is None or s["what"] == what) for s in self.served()
-            )
-
-        await eventually(check, timeout=timeout, step=0.1, what=f"the node to be served {path} v{version}")
-
-
-def peers_answer(peers: list[dict], **fields) -> dict:
-    return {"json": {"upserts": peers, **fields}}
-
-
-def peer(number: int, vpn_ip: str, key: str | None = None) -> dict:
-    return {
-        "node_id": f"peer-{number}",
-        "node_name": f"peer{number}",
-        "wg_public_key": key or public_key_for(generate_private_key()),
-        "vpn_ip": vpn_ip,
-        "public_ip": f"198.19.200.{number % 250 + 1}",
-        "port": 51820,
-        "nat_port": 51820,
-        "nat_type": "none",
-        "online": True,
-    }
+        await eventually(
+            lambda: _true(self.steering.was_served(path, version, what)), timeout=timeout, step=0.1, what=f"the node to be served {path} v{version}"
+        )
 
 
 class Node:

@@ -126,7 +126,8 @@ class WireGuardBase:
     def detach(self) -> None:
         self._pause()
         self._process = None  # it outlives us; the next daemon adopts its interface
-        log.info("{device}: no longer supervised; left running", device=self.device or self.name)
+        if self.device:  # after down() nothing is left running to tell of
+            log.info("{device}: no longer supervised; left running", device=self.device)
 
     # -- shared machinery -------------------------------------------------------
 
