@@ -87,9 +87,19 @@ class JoinKeyStateTests(AuthorityCase):
                 "created_at": "2023-11-14T23:13:20Z",
                 "expires_at": "2023-11-15T23:13:20Z",
                 "note": "laptops",
+                "tags": [],
+                "ephemeral": False,
+                "ephemeral_after": None,
             },
         )
         self.assertEqual((never.as_dict(0)["expires"], never.as_dict(0)["expires_at"]), (None, None))
+
+    def test_a_keys_tags_and_ephemerality_are_kept_and_shown(self):
+        key, _ = self.authority.create_key(reusable=True, tags=("tag:ci", "tag:web"), ephemeral_after=1800)
+        shown = key.as_dict(self.clock.seconds())
+        self.assertEqual((shown["tags"], shown["ephemeral"], shown["ephemeral_after"]), (["tag:ci", "tag:web"], True, 1800))
+        [again] = [k for k in Authority(self.coordinator.store, self.clock).keys() if k.key_id == key.key_id]
+        self.assertEqual((again.tags, again.ephemeral_after), (("tag:ci", "tag:web"), 1800))
 
     def test_the_admin_api_lists_states_with_the_server_s_clock(self):
         admin = Admin(self.coordinator, "https://vpn.example.org:8787", "ab" * 32)

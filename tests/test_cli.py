@@ -118,6 +118,12 @@ class FormatTests(unittest.TestCase):
         self.assertEqual(cli.format_status({**SEED_RESULT, **daemon_state(calm)}, self.plain), SEED_STATUS)
         self.assertEqual(daemon_state(None), {"failing": [], "bad_answers": None, "daemon_problems": []})
 
+    def test_status_shows_tags_after_the_seeds_columns(self):
+        tagged = {**SEED_RESULT, "nodes": [seed_node("node1", "10.99.23.187", "203.0.113.10", 5, tags=["tag:db", "tag:prod"]), *SEED_RESULT["nodes"][1:]]}
+        lines = cli.format_status(tagged, self.plain).splitlines()
+        self.assertEqual(lines[4], "  ● node1          10.99.23.187     203.0.113.10          5s ago   tag:db tag:prod")
+        self.assertEqual(lines[5:], SEED_STATUS.splitlines()[5:])
+
     def test_colour_only_on_a_terminal(self):
         self.assertIn("\033[32m●\033[0m", cli.format_status(SEED_RESULT, cli.Style(True)))
         self.assertNotIn("\033", cli.format_status(SEED_RESULT, self.plain))
@@ -191,9 +197,10 @@ def local_minute(at: float) -> str:
 NOW = 1_700_000_000.0
 
 
-def key(key_id, state, created=NOW - 3600, expires=None, reusable=False, uses=0, note=""):
+def key(key_id, state, created=NOW - 3600, expires=None, reusable=False, uses=0, note="", tags=(), ephemeral_after=None):
     return {"key_id": key_id, "created": created, "expires": expires, "reusable": reusable, "uses": uses,
-            "revoked": state == "revoked", "usable": state == "usable", "state": state, "note": note}
+            "revoked": state == "revoked", "usable": state == "usable", "state": state, "note": note,
+            "tags": list(tags), "ephemeral": bool(ephemeral_after), "ephemeral_after": ephemeral_after}
 
 
 class AdminFormatTests(unittest.TestCase):
@@ -205,15 +212,17 @@ class AdminFormatTests(unittest.TestCase):
             key("aaaa0002", "spent", uses=1),
             key("aaaa0003", "revoked", reusable=True, uses=2, expires=NOW + 3 * 3600),
             key("aaaa0004", "expired", expires=NOW - 300),
+            key("aaaa0005", "usable", reusable=True, tags=("tag:ci", "tag:web"), ephemeral_after=1800),
         ]
         lines = admin.format_keys({"ok": True, "keys": keys, "timestamp": NOW}, self.plain).splitlines()
         created = local_minute(NOW - 3600)
         self.assertEqual(lines, [
-            "  KEY ID    STATE    KIND      USES  CREATED           EXPIRES                    NOTE",
-            f"  aaaa0001  usable   one-time  0     {created}  {local_minute(NOW + 7 * 86400)} (in 7d)   office laptops",
-            f"  aaaa0002  spent    one-time  1     {created}  never",
-            f"  aaaa0003  revoked  reusable  2     {created}  {local_minute(NOW + 3 * 3600)} (in 3h)",
-            f"  aaaa0004  expired  one-time  0     {created}  {local_minute(NOW - 300)} (5m ago)",
+            "  KEY ID    STATE    KIND                 USES  CREATED           EXPIRES                    TAGS            NOTE",
+            f"  aaaa0001  usable   one-time             0     {created}  {local_minute(NOW + 7 * 86400)} (in 7d)   -               office laptops",
+            f"  aaaa0002  spent    one-time             1     {created}  never                      -",
+            f"  aaaa0003  revoked  reusable             2     {created}  {local_minute(NOW + 3 * 3600)} (in 3h)   -",
+            f"  aaaa0004  expired  one-time             0     {created}  {local_minute(NOW - 300)} (5m ago)  -",
+            f"  aaaa0005  usable   reusable, ephemeral  0     {created}  never                      tag:ci,tag:web",
         ])
 
     def test_keys_list_from_a_server_without_states(self):
@@ -233,20 +242,26 @@ class AdminFormatTests(unittest.TestCase):
         )
         result["key"] = key("aaaa0002", "usable", reusable=True)
         self.assertTrue(admin.format_key_created(result, self.plain).startswith("join key aaaa0002 (reusable); on the new machine run:"))
+        result["key"] = key("aaaa0003", "usable", tags=("tag:ci",), ephemeral_after=1800)
+        self.assertTrue(
+            admin.format_key_created(result, self.plain).startswith("join key aaaa0003 (one-time, tags tag:ci; ephemeral: removed 30m offline); on"),
+            admin.format_key_created(result, self.plain),
+        )
 
     def test_nodes_list_has_headers_and_ids(self):
         nodes = [
             {**body_for("db1"), "vpn_ip": "10.99.0.2", "public_ip": "203.0.113.9", "nat_type": "easy", "status": "online", "last_seen_ago": 4},
-            {**body_for("old1"), "vpn_ip": "10.99.0.3", "public_ip": "", "nat_type": "unknown", "status": "offline", "last_seen_ago": 2 * 3600},
+            {**body_for("old1"), "vpn_ip": "10.99.0.3", "public_ip": "", "nat_type": "unknown", "status": "offline", "last_seen_ago": 2 * 3600, "tags": []},
         ]
+        nodes[0]["tags"] = ["tag:db", "tag:prod"]
         text = admin.format_nodes({"ok": True, "total": 2, "online": 1, "offline": 1, "nodes": nodes}, self.plain)
         db1, old1 = body_for("db1")["node_id"], body_for("old1")["node_id"]
         self.assertEqual(text.splitlines(), [
             "1 online / 1 offline / 2 total",
             "",
-            "  NAME  NODE ID                           VPN IP     STATUS   LAST SEEN  PUBLIC IP    NAT",
-            f"  db1   {db1}  10.99.0.2  online   4s ago     203.0.113.9  easy",
-            f"  old1  {old1}  10.99.0.3  offline  2h ago     -            unknown",
+            "  NAME  NODE ID                           VPN IP     STATUS   LAST SEEN  PUBLIC IP    NAT      TAGS",
+            f"  db1   {db1}  10.99.0.2  online   4s ago     203.0.113.9  easy     tag:db,tag:prod",
+            f"  old1  {old1}  10.99.0.3  offline  2h ago     -            unknown  -",
         ])
 
     def test_no_nodes(self):
@@ -303,6 +318,7 @@ POSITIONALS = {
     ("admin", "keys", "revoke"): ["k1"],
     ("admin", "nodes", "remove"): ["web1"],
     ("admin", "nodes", "rename"): ["web1", "web2"],
+    ("admin", "nodes", "tag"): ["web1", "tag:web"],
 }
 
 
@@ -718,10 +734,10 @@ class AdminProcessTests(unittest.TestCase):
         code, out, err = await run_wire("admin", "keys", "list", env={"WIRE_DATA_DIR": self.data_dir})
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["KEY", "ID", "STATE", "KIND", "USES", "CREATED", "EXPIRES", "NOTE"])
+        self.assertEqual(lines[0].split(), ["KEY", "ID", "STATE", "KIND", "USES", "CREATED", "EXPIRES", "TAGS", "NOTE"])
         rows = {line.split()[0]: line for line in lines[1:]}
         self.assertRegex(rows[expiring["key_id"]], r"  expired  one-time  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(\d+s ago\)")
-        self.assertRegex(rows[revoked_id], r"  revoked  reusable  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 6d\) +office$")
+        self.assertRegex(rows[revoked_id], r"  revoked  reusable  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 6d\) +-  +office$")
         # The only other key: the first start's, in first-join.txt (valid 24 h).
         [first] = [row for key_id, row in rows.items() if key_id not in (expiring["key_id"], revoked_id)]
         self.assertRegex(first, r"  usable   one-time  0     \d{4}-\d\d-\d\d \d\d:\d\d  \d{4}-\d\d-\d\d \d\d:\d\d \(in 23h\)")
@@ -742,7 +758,7 @@ class AdminProcessTests(unittest.TestCase):
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
         self.assertEqual(lines[0], "1 online / 0 offline / 1 total")
-        self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT"])
+        self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT", "TAGS"])
         self.assertEqual(lines[3].split()[:4], ["web1", web1.node_id, web1.vpn_ip, "online"])
         code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", self.data_dir, "--json")
         self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1.node_id])

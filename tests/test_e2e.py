@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from wire.demo import MeshLab
 from wire.install import check_install
+from wire.node import launcher
 from wire.lab import LabUnavailable, check_requirements
 from wire.relayproto import MAGIC
 from wire.runner import ProcessRunner
@@ -39,6 +40,17 @@ async def eventually(check, timeout: float, step: float = 0.2, what: str = "cond
         if reactor.seconds() - started > timeout:
             raise AssertionError(f"{what} not met within {timeout}s")
         await deferLater(reactor, step, lambda: None)
+
+
+async def what_nodes_saw(mesh: MeshLab, names: list[str]) -> str:
+    """For a failure's message: each node's WireGuard and its daemon's log tail."""
+    told = []
+    for name in names:
+        node = mesh.nodes[name]
+        shown = await mesh.lab.run(name, ["wg", "show", node.interface], timeout=10)
+        told.append(f"--- {name} ({node.vpn_ip}): wg show\n{shown.stdout.decode(errors='replace')}")
+        told.append(f"--- {name}'s daemon log:\n{launcher.log_tail(node.config_dir, lines=60)}")
+    return "\n".join(told)
 
 
 class MeshTests(unittest.TestCase):
@@ -167,7 +179,9 @@ class NatTraversalTests(unittest.TestCase):
 
     async def assert_all_pairs_ping(self, mesh: MeshLab, attempts: int = 5) -> None:
         matrix = await mesh.ping_matrix(attempts=attempts)
-        self.assertEqual(sorted(pair for pair, ok in matrix.items() if not ok), [])
+        failed = sorted(pair for pair, ok in matrix.items() if not ok)
+        if failed:
+            self.fail(f"pairs that did not ping: {failed}\n{await what_nodes_saw(mesh, sorted({n for pair in failed for n in pair}))}")
 
     async def test_public_and_easy_nat_nodes_are_all_direct(self):
         mesh = await self.build([("alpha", None), ("gamma", "home"), ("delta", "office")], {"home": "easy", "office": "easy"})

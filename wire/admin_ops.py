@@ -14,6 +14,8 @@ from wire.datadir import admin_socket_path
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# How long a node enrolled with an --ephemeral key may stay offline.
+DEFAULT_EPHEMERAL_AFTER = 1800.0
 
 
 class AdminError(Exception):
@@ -65,9 +67,19 @@ class AdminOps:
         except ServerUnreachable as e:
             raise AdminError(f"the server's admin socket does not answer: {e}")
 
-    async def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
-        """A new join key; ``expires_in`` seconds (see ``parse_duration``), or never."""
-        return await self._call(self._client.create_key(reusable, expires_in, note, url))
+    async def create_key(
+        self,
+        reusable: bool = False,
+        expires_in: float | None = None,
+        note: str = "",
+        url: str | None = None,
+        tags: tuple[str, ...] = (),
+        ephemeral_after: float = 0.0,
+    ) -> dict:
+        """A new join key; ``expires_in`` seconds (see ``parse_duration``), or
+        never; the nodes it enrolls get ``tags`` and, with ``ephemeral_after``,
+        are removed once offline that long."""
+        return await self._call(self._client.create_key(reusable, expires_in, note, url, tags, ephemeral_after))
 
     async def keys(self) -> dict:
         return await self._call(self._client.keys())
@@ -83,6 +95,9 @@ class AdminOps:
 
     async def rename_node(self, node: str, new_name: str) -> dict:
         return await self._call(self._client.rename_node(node, new_name))
+
+    async def tag_node(self, node: str, tags: tuple[str, ...]) -> dict:
+        return await self._call(self._client.tag_node(node, tags))
 
     async def audit(self) -> dict:
         return await self._call(self._client.audit())

@@ -415,12 +415,24 @@ class AdminClient(JsonHttp):
         super().__init__(unix_http_client(reactor, socket_path), "http://wire-admin", clock=reactor)
         self.socket_path = socket_path
 
-    async def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
+    async def create_key(
+        self,
+        reusable: bool = False,
+        expires_in: float | None = None,
+        note: str = "",
+        url: str | None = None,
+        tags: tuple[str, ...] = (),
+        ephemeral_after: float = 0.0,
+    ) -> dict:
         body: dict = {"reusable": reusable, "note": note}
         if expires_in is not None:
             body["expires_in"] = expires_in
         if url:
             body["url"] = url
+        if tags:
+            body["tags"] = list(tags)
+        if ephemeral_after:
+            body["ephemeral_after"] = ephemeral_after
         return await self._request("POST", "/keys", body)
 
     async def keys(self) -> dict:
@@ -437,6 +449,9 @@ class AdminClient(JsonHttp):
 
     async def rename_node(self, node: str, new_name: str) -> dict:
         return await self._request("POST", "/rename-node", {"node": node, "new_name": new_name})
+
+    async def tag_node(self, node: str, tags: tuple[str, ...]) -> dict:
+        return await self._request("POST", "/tag-node", {"node": node, "tags": list(tags)})
 
     async def audit(self) -> dict:
         return await self._request("GET", "/audit", limit=MAX_RESPONSE_BYTES)

@@ -6,7 +6,7 @@ import argparse
 import datetime
 
 from wire import ops
-from wire.admin_ops import AdminError, AdminOps
+from wire.admin_ops import DEFAULT_EPHEMERAL_AFTER, AdminError, AdminOps
 from wire.cli.formatting import Formatter, Style, span
 from wire.cli.table import table
 from wire.datadir import default_data_dir
@@ -32,10 +32,21 @@ def _kind(key: dict) -> str:
     return "reusable" if key["reusable"] else "one-time"
 
 
+def _extras(key: dict) -> str:
+    """A key's tags and ephemerality, as a key listing shows them."""
+    parts = []
+    if key.get("tags"):
+        parts.append("tags " + ",".join(key["tags"]))
+    if key.get("ephemeral"):
+        parts.append(f"ephemeral: removed {span(key['ephemeral_after'])} offline")
+    return "; ".join(parts)
+
+
 def format_key_created(result: dict, style: Style) -> str:
     key = result["key"]
     expires = f", expires {_expiry(key, key['created'])}" if key["expires"] else ""
-    return f"join key {key['key_id']} ({_kind(key)}{expires}); on the new machine run:\n\n  {result['join_command']}\n"
+    extras = f", {_extras(key)}" if _extras(key) else ""
+    return f"join key {key['key_id']} ({_kind(key)}{expires}{extras}); on the new machine run:\n\n  {result['join_command']}\n"
 
 
 def format_keys(result: dict, style: Style) -> str:
@@ -45,10 +56,19 @@ def format_keys(result: dict, style: Style) -> str:
         return "no join keys (create one: wire admin keys create)"
     now = result.get("timestamp")
     rows = [
-        (k["key_id"], k.get("state", "usable" if k["usable"] else "unusable"), _kind(k), k["uses"], _local_time(k["created"]), _expiry(k, now), k["note"])
+        (
+            k["key_id"],
+            k.get("state", "usable" if k["usable"] else "unusable"),
+            _kind(k) + (", ephemeral" if k.get("ephemeral") else ""),
+            k["uses"],
+            _local_time(k["created"]),
+            _expiry(k, now),
+            ",".join(k.get("tags") or []) or "-",
+            k["note"],
+        )
         for k in keys
     ]
-    return "\n".join(table(("KEY ID", "STATE", "KIND", "USES", "CREATED", "EXPIRES", "NOTE"), rows))
+    return "\n".join(table(("KEY ID", "STATE", "KIND", "USES", "CREATED", "EXPIRES", "TAGS", "NOTE"), rows))
 
 
 def format_key_revoked(result: dict, style: Style) -> str:
@@ -62,10 +82,19 @@ def format_nodes(result: dict, style: Style) -> str:
     if not nodes:
         return f"{summary}: no nodes have joined (create a join key: wire admin keys create)"
     rows = [
-        (n["node_name"], n["node_id"], n["vpn_ip"], n["status"], f"{span(n['last_seen_ago'])} ago", n.get("public_ip") or "-", n.get("nat_type") or "-")
+        (
+            n["node_name"],
+            n["node_id"],
+            n["vpn_ip"],
+            n["status"],
+            f"{span(n['last_seen_ago'])} ago",
+            n.get("public_ip") or "-",
+            n.get("nat_type") or "-",
+            ",".join(n.get("tags") or []) or "-",
+        )
         for n in nodes
     ]
-    return "\n".join([summary, "", *table(("NAME", "NODE ID", "VPN IP", "STATUS", "LAST SEEN", "PUBLIC IP", "NAT"), rows)])
+    return "\n".join([summary, "", *table(("NAME", "NODE ID", "VPN IP", "STATUS", "LAST SEEN", "PUBLIC IP", "NAT", "TAGS"), rows)])
 
 
 def format_removed(result: dict, style: Style) -> str:
@@ -74,6 +103,11 @@ def format_removed(result: dict, style: Style) -> str:
 
 def format_renamed(result: dict, style: Style) -> str:
     return f"renamed {result['old_name']} to {result['node_name']}"
+
+
+def format_tagged(result: dict, style: Style) -> str:
+    tags = ", ".join(result["tags"]) or "no tags"
+    return f"{result['node_name']} now has {tags} (was: {', '.join(result['old_tags']) or 'none'})"
 
 
 def format_audit(result: dict, style: Style) -> str:
@@ -88,7 +122,9 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
     admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
     try:
         if args.topic == "keys" and args.action == "create":
-            return await admin.create_key(args.reusable, args.expires, args.note, args.url), format_key_created
+            ephemeral_after = args.ephemeral_after or (DEFAULT_EPHEMERAL_AFTER if args.ephemeral else 0.0)
+            tags = tuple(sorted(set(args.tags)))
+            return await admin.create_key(args.reusable, args.expires, args.note, args.url, tags, ephemeral_after), format_key_created
         if args.topic == "keys" and args.action == "list":
             return await admin.keys(), format_keys
         if args.topic == "keys" and args.action == "revoke":
@@ -99,6 +135,8 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
             return await admin.remove_node(args.node), format_removed
         if args.topic == "nodes" and args.action == "rename":
             return await admin.rename_node(args.node, args.new_name), format_renamed
+        if args.topic == "nodes" and args.action == "tag":
+            return await admin.tag_node(args.node, tuple(sorted(set(args.tags)))), format_tagged
         if args.topic == "audit":
             return await admin.audit(), format_audit
     except AdminError as e:

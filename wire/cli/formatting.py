@@ -66,6 +66,8 @@ def format_status(result: dict, style: Style) -> str:
             line += "  " + style("1", "(this node)")
         elif "path" in node:
             line += "  " + _path_column(node)
+        if node.get("tags"):  # after the seed's columns, so its layout stays
+            line += "  " + style("36", " ".join(node["tags"]))
         lines.append(line.rstrip())
     if not result.get("daemon_running") and result.get("my_node_id"):
         lines += ["", "  (the node daemon is not running here: paths unknown; sudo wire up)"]

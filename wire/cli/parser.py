@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from wire import __version__
-from wire.admin_ops import DurationError, parse_duration
+from wire.admin_ops import DEFAULT_EPHEMERAL_AFTER, DurationError, parse_duration
 from wire.datadir import DEFAULT_DATA_DIR
+from wire.protocol import ProtocolError
+from wire.protocol.fields import parse_tag
 
 # What a global option means when it is given nowhere.
 GLOBAL_DEFAULTS = {"config_dir": None, "data_dir": None, "json": False}
@@ -23,6 +25,13 @@ def _duration(text: str) -> float:
     try:
         return parse_duration(text)
     except DurationError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _tag(text: str) -> str:
+    try:
+        return parse_tag(text, "tag")
+    except ProtocolError as e:
         raise argparse.ArgumentTypeError(str(e))
 
 
@@ -120,6 +129,9 @@ def build_parser() -> WireParser:
     create.add_argument("--expires", metavar="DURATION", type=_duration, help="how long it may be used: a number and a unit (s, m, h, d, w), e.g. 30m, 24h, 7d (default: never)")
     create.add_argument("--note", default="", help="what it is for")
     create.add_argument("--url", help="the server URL to put in the token [the server's --public-url]")
+    create.add_argument("--tag", dest="tags", action="append", type=_tag, default=[], metavar="TAG", help="give every node it enrolls this tag (tag:NAME or NAME); repeat for more")
+    create.add_argument("--ephemeral", action="store_true", help="its nodes are removed once offline for a while (CI runners, containers)")
+    create.add_argument("--ephemeral-after", metavar="DURATION", type=_duration, help=f"how long an ephemeral node may stay offline (default {DEFAULT_EPHEMERAL_AFTER / 60:.0f}m; implies --ephemeral)")
     keys.add_parser("list", help="join keys (never their secrets)")
     revoke = keys.add_parser("revoke", help="no node may join with it any more")
     revoke.add_argument("key_id")
@@ -130,6 +142,9 @@ def build_parser() -> WireParser:
     rename = nodes.add_parser("rename", help="give a node another name")
     rename.add_argument("node")
     rename.add_argument("new_name")
+    tag = nodes.add_parser("tag", help="replace a node's tags (none given: no tags)", description="Replace a node's tags: wire admin nodes tag web1 tag:web tag:prod. With no tags, the node has none. A node cannot set its own tags.")
+    tag.add_argument("node", help="name, node id or VPN IP")
+    tag.add_argument("tags", nargs="*", type=_tag, metavar="TAG")
     topics.add_parser("audit", help="enrollments, removals and key operations")
 
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")

@@ -96,6 +96,26 @@ def parse_node_name(value: Any, field: str = "node_name") -> str:
     return text
 
 
+MAX_TAGS = 32
+
+
+def parse_tag(value: Any, field: str = "tags") -> str:
+    """A tag is ``tag:NAME``, NAME a DNS label (lower-case); a bare NAME is taken as ``tag:NAME``."""
+    text = _require_str(field, value).lower()
+    name = text[4:] if text.startswith("tag:") else text
+    if not _DNS_LABEL.fullmatch(name):
+        raise ProtocolError(field, f"{_shown(value)} is not a tag (tag:NAME, NAME 1-63 letters, digits or inner hyphens)")
+    return "tag:" + name
+
+
+def parse_tags(value: Any, field: str = "tags") -> tuple[str, ...]:
+    """A set of tags, as a sorted tuple without repeats; at most MAX_TAGS."""
+    tags = sorted({parse_tag(tag, field) for tag in parse_list(value, field)})
+    if len(tags) > MAX_TAGS:
+        raise ProtocolError(field, f"at most {MAX_TAGS} tags")
+    return tuple(tags)
+
+
 def parse_wg_public_key(value: Any, field: str = "wg_public_key") -> str:
     """A WireGuard public key: standard base64 of exactly 32 bytes."""
     text = _require_str(field, value)

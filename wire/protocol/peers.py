@@ -17,6 +17,7 @@ from wire.protocol.enums import NatType
 from wire.protocol.errors import ProtocolError
 from wire.protocol.paths import PairPath
 from wire.protocol.fields import (
+    MAX_TAGS,
     parse_bool,
     parse_ip_address,
     parse_list,
@@ -24,6 +25,7 @@ from wire.protocol.fields import (
     parse_number,
     parse_object,
     parse_port,
+    parse_tag,
     parse_wg_public_key,
 )
 from wire.protocol.registration import DEFAULT_PORT
@@ -42,6 +44,7 @@ RECORD_FIELDS = (
     "nat_type",
     "registered",
     "last_seen",
+    "tags",
 )
 MAX_SHOWN_NAME = 63
 T = TypeVar("T")
@@ -61,6 +64,7 @@ class NodeFacts(Protocol):
     nat_type: NatType
     registered: float
     last_seen: float
+    tags: tuple[str, ...]
 
 
 def peer_view_json(record: NodeFacts, online: bool, now: float) -> dict[str, Any]:
@@ -68,6 +72,7 @@ def peer_view_json(record: NodeFacts, online: bool, now: float) -> dict[str, Any
     # Not dataclasses.asdict: it deep-copies field by field, and every field
     # here is a str or a number.
     view = {name: getattr(record, name) for name in RECORD_FIELDS}
+    view["tags"] = list(record.tags)  # as JSON has it, in process too
     view["online"] = online
     view["status"] = "online" if online else "offline"
     view["last_seen_ago"] = max(0, int(now - record.last_seen))
@@ -96,6 +101,7 @@ class PeerView:
     # Only shown (status views); None when the server did not say.
     registered: float | None = None
     last_seen: float | None = None
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, value: Any) -> PeerView:
@@ -116,7 +122,21 @@ class PeerView:
             online=bool(view.get("online", True)),
             registered=_number_or_none(view, "registered"),
             last_seen=_number_or_none(view, "last_seen"),
+            tags=_shown_tags(view.get("tags")),
         )
+
+
+def _shown_tags(value: Any) -> tuple[str, ...]:
+    """A peer's tags, for showing: the valid ones (a seed server sends none)."""
+    if not isinstance(value, list):
+        return ()
+    shown = set()
+    for tag in value[:MAX_TAGS]:
+        try:
+            shown.add(parse_tag(tag))
+        except ProtocolError:
+            continue
+    return tuple(sorted(shown))
 
 
 def nat_type_of(value: Any) -> NatType:

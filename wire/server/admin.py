@@ -15,6 +15,7 @@ from twisted.web import server
 
 from wire.jointoken import JoinToken
 from wire.protocol import ProtocolError, parse_node_name
+from wire.protocol.fields import parse_tags
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
 from wire.server.model import NodeRecord
@@ -23,6 +24,8 @@ from wire.urls import parse_server_url
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 MAX_EXPIRY = 365 * 86400.0
+# An ephemeral node offline for less than this may just be rebooting.
+MIN_EPHEMERAL_AFTER = 60.0
 
 
 def join_command(token: str) -> str:
@@ -38,8 +41,18 @@ class Admin:
         self.public_url = public_url
         self.fingerprint = fingerprint
 
-    def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "", url: str | None = None) -> dict:
-        key, secret = self.authority.create_key(reusable=reusable, expires_in=expires_in, note=note)
+    def create_key(
+        self,
+        reusable: bool = False,
+        expires_in: float | None = None,
+        note: str = "",
+        url: str | None = None,
+        tags: tuple[str, ...] = (),
+        ephemeral_after: float = 0.0,
+    ) -> dict:
+        key, secret = self.authority.create_key(
+            reusable=reusable, expires_in=expires_in, note=note, tags=tags, ephemeral_after=ephemeral_after
+        )
         token = self.token(secret, url)
         return {
             "key": key.as_dict(self.coordinator.now()),
@@ -74,14 +87,8 @@ class Admin:
 
     async def remove_node(self, ref: str) -> dict:
         record = self.find_node(ref)
-        coordinator = self.coordinator
-        coordinator.registry.remove(record.node_id)
-        ended = coordinator.relay.end_sessions_of(record.node_id)
-        with coordinator.store.transaction() as db:
-            db.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
-            self.authority.forget_node(db, record.node_id)
-            self.authority.audit(db, "node.remove", f"node {record.node_name} ({record.node_id}) {record.vpn_ip}")
-        await coordinator.store.commit()
+        ended = self.coordinator.remove_node(record)
+        await self.coordinator.store.commit()
         return {"removed": record.node_name, "node_id": record.node_id, "vpn_ip": record.vpn_ip, "relay_sessions_ended": ended}
 
     async def rename_node(self, ref: str, new_name: str) -> dict:
@@ -92,6 +99,18 @@ class Admin:
             self.coordinator.store.write_record_now(db, record)
             self.authority.audit(db, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}")
         return {"node_id": record.node_id, "old_name": old_name, "node_name": record.node_name}
+
+    async def tag_node(self, ref: str, tags: tuple[str, ...]) -> dict:
+        """Replace a node's tags (validated; empty: none). Only the admin can."""
+        record = self.find_node(ref)
+        old = record.tags
+        self.coordinator.registry.set_tags(record.node_id, tags)
+        with self.coordinator.store.transaction() as db:
+            self.coordinator.store.write_record_now(db, record)
+            self.authority.audit(
+                db, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]"
+            )
+        return {"node_id": record.node_id, "node_name": record.node_name, "old_tags": list(old), "tags": list(tags)}
 
     def audit(self, limit: int = 100) -> list[dict]:
         return self.authority.audit_log(limit)
@@ -135,12 +154,18 @@ class Keys(_AdminResource):
             raise ApiError(400, f"expires_in: must be a number of seconds from 1 to {MAX_EXPIRY:.0f}")
         if not isinstance(note, str):
             raise ApiError(400, "note: must be a string")
+        tags = _tags(body)
+        ephemeral_after = body.get("ephemeral_after") or 0.0
+        if isinstance(ephemeral_after, bool) or not isinstance(ephemeral_after, (int, float)) or not 0 <= ephemeral_after <= MAX_EXPIRY:
+            raise ApiError(400, f"ephemeral_after: must be a number of seconds from 1 to {MAX_EXPIRY:.0f}, or absent")
+        if ephemeral_after and ephemeral_after < MIN_EPHEMERAL_AFTER:
+            raise ApiError(400, f"ephemeral_after: at least {MIN_EPHEMERAL_AFTER:.0f} s (a node offline for less may just be rebooting)")
         if url is not None:
             try:
                 url = parse_server_url(url)
             except ProtocolError as e:
                 raise ApiError(400, f"url: {e.problem}")
-        return {"ok": True, **self.admin.create_key(reusable, expires_in, note, url)}
+        return {"ok": True, **self.admin.create_key(reusable, expires_in, note, url, tags, float(ephemeral_after))}
 
 
 class RevokeKey(_AdminResource):
@@ -188,6 +213,25 @@ class RenameNode(_AdminResource):
             raise ApiError(409, str(e))
 
 
+class TagNode(_AdminResource):
+    methods = ("POST",)
+
+    async def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        node, tags = _string(body, "node"), _tags(body)
+        try:
+            return {"ok": True, **(await self.admin.tag_node(node, tags))}
+        except LookupError as e:
+            raise ApiError(404, str(e))
+
+
+def _tags(body: dict) -> tuple[str, ...]:
+    try:
+        return parse_tags(body.get("tags", []))
+    except ProtocolError as e:
+        raise ApiError(400, str(e))
+
+
 class Audit(_AdminResource):
     methods = ("GET",)
 
@@ -202,5 +246,6 @@ def build_admin_site(admin: Admin) -> server.Site:
     root.putChild(b"nodes", Nodes(admin))
     root.putChild(b"remove-node", RemoveNode(admin))
     root.putChild(b"rename-node", RenameNode(admin))
+    root.putChild(b"tag-node", TagNode(admin))
     root.putChild(b"audit", Audit(admin))
     return make_site(root, timeout=30, reactor=admin.coordinator.clock)

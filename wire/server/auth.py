@@ -50,6 +50,10 @@ class JoinKey:
     uses: int
     revoked: bool
     note: str
+    # Given to every node the key enrolls; ephemeral_after > 0: such a node is
+    # removed once offline that long (CI runners, containers).
+    tags: tuple[str, ...] = ()
+    ephemeral_after: float = 0.0
 
     def state(self, now: float) -> KeyState:
         """The one place that decides whether a key still lets a node join."""
@@ -78,6 +82,9 @@ class JoinKey:
             "created_at": _utc(self.created),
             "expires_at": _utc(self.expires) if self.expires else None,
             "note": self.note,
+            "tags": list(self.tags),
+            "ephemeral": bool(self.ephemeral_after),
+            "ephemeral_after": self.ephemeral_after or None,
         }
 
 
@@ -114,9 +121,10 @@ class Authority:
 
     def _load(self) -> None:
         for row in self._store.query(
-            "SELECT key_id, secret_hash, created, expires, reusable, uses, revoked, note FROM join_keys"
+            "SELECT key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, ephemeral_after "
+            "FROM join_keys"
         ):
-            key = JoinKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7])
+            key = JoinKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7], tuple(row[8].split()), row[9])
             self._keys[key.key_id] = key
             self._key_by_hash[key.secret_hash] = key.key_id
         for credential_hash, node_id in self._store.query("SELECT credential_hash, node_id FROM credentials"):
@@ -125,8 +133,16 @@ class Authority:
 
     # -- join keys ---------------------------------------------------------
 
-    def create_key(self, reusable: bool = False, expires_in: float | None = None, note: str = "") -> tuple[JoinKey, str]:
-        """A new join key and its secret (shown once, never stored)."""
+    def create_key(
+        self,
+        reusable: bool = False,
+        expires_in: float | None = None,
+        note: str = "",
+        tags: tuple[str, ...] = (),
+        ephemeral_after: float = 0.0,
+    ) -> tuple[JoinKey, str]:
+        """A new join key and its secret (shown once, never stored); ``tags``
+        already validated (wire.protocol.parse_tags)."""
         now = self._clock.seconds()
         secret = secrets.token_urlsafe(SECRET_BYTES)
         key = JoinKey(
@@ -138,13 +154,17 @@ class Authority:
             uses=0,
             revoked=False,
             note=note[:200],
+            tags=tags,
+            ephemeral_after=ephemeral_after,
         )
         with self._store.transaction() as db:
             db.execute(
-                "INSERT INTO join_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.secret_hash, key.created, key.expires, int(key.reusable), 0, 0, key.note),
+                "INSERT INTO join_keys (key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, "
+                "ephemeral_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.secret_hash, key.created, key.expires, int(key.reusable), 0, 0, key.note, " ".join(tags), ephemeral_after),
             )
-            self._audit(db, "key.create", f"key {key.key_id} reusable={reusable} expires_in={expires_in or 'never'}")
+            extras = (f" tags={','.join(tags)}" if tags else "") + (f" ephemeral_after={ephemeral_after:g}s" if ephemeral_after else "")
+            self._audit(db, "key.create", f"key {key.key_id} reusable={reusable} expires_in={expires_in or 'never'}{extras}")
         self._keys[key.key_id] = key
         self._key_by_hash[key.secret_hash] = key.key_id
         return key, secret
@@ -176,6 +196,14 @@ class Authority:
 
     def node_for(self, credential: str) -> str | None:
         return self._node_by_credential.get(hash_secret(credential))
+
+    def ephemeral_nodes(self) -> dict[str, float]:
+        """node id -> how long it may stay offline, for nodes enrolled with an ephemeral key."""
+        rows = self._store.query(
+            "SELECT credentials.node_id, join_keys.ephemeral_after FROM credentials "
+            "JOIN join_keys ON join_keys.key_id = credentials.key_id WHERE join_keys.ephemeral_after > 0"
+        )
+        return {node_id: after for node_id, after in rows}
 
     def record_enrollment(self, db, node_id: str, node_name: str, key: JoinKey) -> tuple[str, str]:
         """Inside the enrollment's transaction: use the key, issue a credential."""

@@ -85,6 +85,9 @@ class Coordinator:
             self._viewer_answer,
         )
         registry.on_change(self.longpolls.changed)
+        if authority is not None:
+            for node_id, offline_for in authority.ephemeral_nodes().items():
+                registry.make_ephemeral(node_id, offline_for)
         self._load_paths()
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
@@ -187,7 +190,7 @@ class Coordinator:
                 "node_id is already enrolled; to enroll this machine again, remove the old node first "
                 "(wire admin nodes remove NAME)"
             )
-        result = self.registry.register(registration, public_ip, self.now())
+        result = self.registry.register(registration, public_ip, self.now(), tags=key.tags)
         try:
             with self.store.transaction() as db:
                 self.store.write_record_now(db, result.record)
@@ -198,6 +201,8 @@ class Coordinator:
             self.registry.revert(registration.node_id, None, was_online=False)
             raise
         self.authority.enrolled(result.record.node_id, credential_hash, key)
+        if key.ephemeral_after:
+            self.registry.make_ephemeral(result.record.node_id, key.ephemeral_after)
         self.metrics.registrations.labels(result.outcome).inc()
         return result, credential
 
@@ -362,7 +367,24 @@ class Coordinator:
             answer = replace(answer, relay=self.relay.grant(nodes[0].node_id, nodes[1].node_id, self.relay_port))
         return answer
 
+    def remove_node(self, record: NodeRecord, event: str = "node.remove") -> int:
+        """Out of the mesh now: the registry, the relay, the credential, the
+        audit log (``event``). Returns how many relay sessions ended."""
+        self.registry.remove(record.node_id)
+        ended = self.relay.end_sessions_of(record.node_id)
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
+            if self.authority is not None:
+                self.authority.forget_node(db, record.node_id)
+                self.authority.audit(db, event, f"node {record.node_name} ({record.node_id}) {record.vpn_ip}")
+        return ended
+
     def sweep(self) -> None:
+        for record in self.registry.gone_ephemeral(self.now()):
+            try:
+                self.remove_node(record, "node.remove.ephemeral")
+            except StoreError as e:
+                self.log.warn("ephemeral node {name} not removed yet: {error}", name=record.node_name, error=e)
         self.registry.sweep(self.now())
         self.relay.expire()
         if self.paths.tick(self.now(), self._rule):

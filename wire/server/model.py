@@ -21,16 +21,26 @@ class NodeRecord:
     nat_type: NatType
     registered: float
     last_seen: float
+    # The admin's (or the join key's) tags, sorted; a node cannot set its own.
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Rows come back from the store (and seed state files) as text; one
         # this version does not know counts as unknown.
         if type(self.nat_type) is not NatType:
             self.nat_type = nat_type_of(self.nat_type)
+        if isinstance(self.tags, str):  # the store keeps them space-separated
+            self.tags = tuple(self.tags.split())
 
     @classmethod
     def from_registration(
-        cls, registration: Registration, vpn_ip: str, public_ip: str, registered: float, last_seen: float
+        cls,
+        registration: Registration,
+        vpn_ip: str,
+        public_ip: str,
+        registered: float,
+        last_seen: float,
+        tags: tuple[str, ...] = (),
     ) -> NodeRecord:
         return cls(
             node_id=registration.node_id,
@@ -44,6 +54,7 @@ class NodeRecord:
             nat_type=registration.nat_type,
             registered=registered,
             last_seen=last_seen,
+            tags=tags,
         )
 
     def describes_same_node(self, other: NodeRecord) -> bool:

@@ -69,6 +69,8 @@ class Registry:
         # When a node's path facts last changed or it came online, this run
         # (nodes loaded and unchanged since: 0, long ago).
         self._fresh_at: dict[str, float] = {}
+        # Nodes enrolled with an ephemeral key: how long each may stay offline.
+        self._ephemeral: dict[str, float] = {}
 
     # -- loading -----------------------------------------------------------
 
@@ -187,8 +189,11 @@ class Registry:
         for listener in self._reset_listeners:
             listener(node_id)
 
-    def register(self, registration: Registration, public_ip: str, now: float) -> Registered:
-        """Record a registration or heartbeat. The caller commits the store before answering."""
+    def register(self, registration: Registration, public_ip: str, now: float, tags: tuple[str, ...] = ()) -> Registered:
+        """Record a registration or heartbeat. The caller commits the store before answering.
+
+        ``tags`` are a new node's (its join key's); a known node keeps its own:
+        no registration can change them."""
         node_id = registration.node_id
         existing = self._nodes.get(node_id)
         holder = self._node_by_key.get(registration.wg_public_key)
@@ -203,7 +208,8 @@ class Registry:
         else:
             vpn_ip = existing.vpn_ip
             registered = existing.registered
-        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now)
+            tags = existing.tags
+        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now, tags)
         if existing is not None and existing.describes_same_node(record):
             self._alive(existing, now)
             return Registered(existing, RegisterOutcome.HEARTBEAT)
@@ -307,6 +313,22 @@ class Registry:
         self._changed(node_id)
         return record
 
+    def set_tags(self, node_id: str, tags: tuple[str, ...]) -> NodeRecord:
+        """The admin's word on a node's tags (validated, sorted): a netmap change."""
+        record = self._nodes[node_id]
+        if record.tags != tags:
+            record.tags = tags
+            self._store.put(record)
+            self._changed(node_id)
+        return record
+
+    def make_ephemeral(self, node_id: str, offline_for: float) -> None:
+        """The node goes once offline for ``offline_for`` seconds (see :meth:`sweep`)."""
+        self._ephemeral[node_id] = offline_for
+
+    def is_ephemeral(self, node_id: str) -> bool:
+        return node_id in self._ephemeral
+
     def remove(self, node_id: str) -> NodeRecord | None:
         record = self._nodes.get(node_id)
         if record is None:
@@ -314,10 +336,21 @@ class Registry:
         self._unindex(record)
         self._online.pop(node_id, None)
         self._offline.pop(node_id, None)
+        self._ephemeral.pop(node_id, None)
         self._store.delete(node_id)
         self._changed(node_id)
         self._reset(node_id, None)
         return record
+
+    def gone_ephemeral(self, now: float) -> list[NodeRecord]:
+        """Ephemeral nodes offline for longer than they may be (the caller removes them,
+        with their credentials)."""
+        gone = []
+        for node_id, offline_for in self._ephemeral.items():
+            record = self._nodes.get(node_id)
+            if record is not None and node_id not in self._online and record.last_seen <= now - offline_for:
+                gone.append(record)
+        return gone
 
     def sweep(self, now: float) -> None:
         """Take silent nodes offline and drop nodes offline for too long."""

@@ -15,6 +15,11 @@ Schema 3 adds ``pair_paths``, the server's word on pairs of nodes
 (:mod:`wire.server.pathbook`): a restarted server must not flip a relayed
 pair to direct, or the reverse. Older databases gain the table when opened
 (every table is created if missing), and keep everything else as it was.
+
+Schema 4 adds tags: a node's (``nodes.tags``) and those a join key gives
+the nodes it enrolls (``join_keys.tags``), space-separated, and a key's
+``ephemeral_after`` (0: its nodes are not ephemeral). Older databases gain
+the columns, with their defaults, when opened.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from zope.interface import Interface, implementer
 from wire.protocol import PathMode
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +52,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     lan_ip TEXT NOT NULL,
     nat_type TEXT NOT NULL,
     registered REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    tags TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS join_keys (
     key_id TEXT PRIMARY KEY,
@@ -57,7 +63,9 @@ CREATE TABLE IF NOT EXISTS join_keys (
     reusable INTEGER NOT NULL,
     uses INTEGER NOT NULL,
     revoked INTEGER NOT NULL,
-    note TEXT NOT NULL
+    note TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '',
+    ephemeral_after REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS credentials (
     credential_hash TEXT PRIMARY KEY,
@@ -293,7 +301,23 @@ class SQLiteStore:
 
 
 def _row(record: NodeRecord) -> tuple:
-    return tuple(getattr(record, name) for name in RECORD_FIELDS)
+    # Tags are kept space-separated (NodeRecord reads them back).
+    return tuple(" ".join(record.tags) if name == "tags" else getattr(record, name) for name in RECORD_FIELDS)
+
+
+# Columns later schemas added to tables an older database already has.
+_ADDED_COLUMNS = {
+    "nodes": (("tags", "TEXT NOT NULL DEFAULT ''"),),
+    "join_keys": (("tags", "TEXT NOT NULL DEFAULT ''"), ("ephemeral_after", "REAL NOT NULL DEFAULT 0")),
+}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns:
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
 def secure_data_dir(data_dir: str) -> None:
@@ -354,6 +378,8 @@ def _open(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.executescript(_SCHEMA)
+        with db:
+            _add_missing_columns(db)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except StoreError:
         raise
