@@ -4,10 +4,13 @@ namespaces with real sockets."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import sys
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -19,6 +22,8 @@ from tests.fakes import FakeProcessRunner, PassThroughRunner
 from wire.node.firewall import (
     Firewall,
     FirewallError,
+    _collapse,
+    _network,
     InvalidFirewallConfig,
     check_interface,
     check_table,
@@ -106,7 +111,7 @@ class RulesetTests(SynchronousTestCase):
             FilterRule(("10.99.0.0/24", "10.99.1.0/24"), "tcp", (PortRange(22, 22),)),
             FilterRule(("10.99.0.9/32",), "tcp", (PortRange(22, 22), PortRange(22, 22))),
         ]
-        self.assertEqual(text(rules), expected("ip saddr { 10.99.0.0/23 } tcp dport { 22 } accept"))
+        self.assertEqual(text(rules), expected("ip saddr { 10.99.0.0/24, 10.99.1.0/24 } tcp dport { 22 } accept"))
 
     def test_overlapping_and_adjacent_ports_merge(self) -> None:
         # nft refuses overlapping intervals in one set.
@@ -156,6 +161,29 @@ class RulesetTests(SynchronousTestCase):
         script = ruleset("mytable", "wg-mesh_1", [])
         self.assertIn("add table inet mytable\ndelete table inet mytable\ntable inet mytable {\n", script)
         self.assertIn('iifname "wg-mesh_1" jump from_mesh', script)
+
+
+class CollapseTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, 255), st.integers(24, 32)).map(lambda t: f"10.0.{t[0] % 4}.{t[0]}/{t[1]}")
+            | st.tuples(st.integers(0, 255), st.integers(120, 128)).map(lambda t: f"fd00::{t[0]:x}/{t[1]}"),
+            min_size=1,
+            max_size=30,
+        )
+    )
+    def test_same_addresses_no_overlap(self, sources: list[str]) -> None:
+        networks = [ipaddress.ip_network(s, strict=False) for s in sources]
+        kept = [ipaddress.ip_network(n[3]) for n in _collapse(_network(s) for s in sources)]
+        for family in (4, 6):
+            mine = [n for n in kept if n.version == family]
+            theirs = [n for n in networks if n.version == family]
+            self.assertEqual(list(ipaddress.collapse_addresses(mine)), list(ipaddress.collapse_addresses(theirs)))  # type: ignore[type-var]
+            for i, one in enumerate(mine):
+                for other in mine[i + 1 :]:
+                    self.assertFalse(one.overlaps(other), (one, other))
+            self.assertEqual(mine, sorted(mine))
 
 
 class NameTests(SynchronousTestCase):
@@ -236,6 +264,12 @@ class FirewallTests(SynchronousTestCase):
         self.assertFalse(self.apply(SSH, list(reversed(PEERS))))
         self.runner.assert_all_called()
         self.assertEqual(len(self.runner.calls), 1)
+
+    def test_same_addresses_written_otherwise_are_unchanged(self) -> None:
+        self.runner.expect(NFT)
+        self.assertTrue(self.apply(SSH, ["10.99.0.7", "10.99.0.8"]))
+        self.assertFalse(self.apply(list(SSH), ["10.99.0.8/32", "10.99.0.7"]))
+        self.runner.assert_all_called()
 
     def test_a_change_is_run(self) -> None:
         self.runner.expect(NFT)
