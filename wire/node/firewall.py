@@ -291,7 +291,7 @@ class Firewall:
         FirewallError when nft is missing or refuses; after a failure the
         next apply runs nft again, whatever it is given.
         """
-        # The same inputs as last time skip building the text (~60 ms of
+        # The same inputs as last time skip building the text (~30 ms of
         # ipaddress work for 1,000 peers, on the reactor thread).
         probe_sources = frozenset(probe_sources)
         given = (tuple(rules), probe_sources)
