@@ -64,7 +64,8 @@ class PackageForTests(unittest.TestCase):
         self.assertEqual(package_for("wg"), "wireguard-tools")
         self.assertEqual(package_for("/usr/bin/wireguard-go"), "wireguard-go")
         self.assertEqual(package_for("/sbin/ip"), "iproute2")
-        self.assertIsNone(package_for("nft"))
+        self.assertEqual(package_for("nft"), "nftables")  # the packet filter of an access policy
+        self.assertIsNone(package_for("ls"))
 
     def test_the_driver_names_the_package_from_it(self):
         message = str(WireGuardUnavailable(missing_program(CommandNotFound("/usr/bin/wg"))))

@@ -11,7 +11,7 @@ from typing import Callable
 from wire.runner import CommandNotFound, find_program
 
 # The package that provides each program; the same name on every platform.
-_PACKAGES = {"wg": "wireguard-tools", "wireguard-go": "wireguard-go", "ip": "iproute2"}
+_PACKAGES = {"wg": "wireguard-tools", "wireguard-go": "wireguard-go", "ip": "iproute2", "nft": "nftables"}
 # The package manager's install command, per distribution family.
 _PACKAGE_COMMANDS = {
     "debian": ["apt-get", "install", "-y"],
@@ -29,6 +29,12 @@ _FAMILIES = {"debian": "debian", "ubuntu": "debian", "fedora": "fedora", "rhel":
 def package_for(program: str) -> str | None:
     """The package that provides ``program`` (a name or a path), if it is one of ours."""
     return _PACKAGES.get(os.path.basename(program))
+
+
+def install_command(platform: str, *packages: str) -> tuple[str, ...] | None:
+    """The command that installs ``packages`` on ``platform``; None where wire does not know it."""
+    command = _PACKAGE_COMMANDS.get(platform)
+    return None if command is None else (*command, *packages)
 
 
 @dataclass(frozen=True)
@@ -127,5 +133,5 @@ def check_install(
         missing.append("ip")
     command: tuple[str, ...] = ()
     if missing and platform in _PACKAGE_COMMANDS:
-        command = tuple(_PACKAGE_COMMANDS[platform] + sorted({_PACKAGES[m] for m in missing}))
+        command = install_command(platform, *sorted({_PACKAGES[m] for m in missing})) or ()
     return InstallCheck(platform, wg, wireguard_go, kernel, tuple(missing), command)

@@ -31,7 +31,7 @@ from typing import Union
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
-from wire.install import _PACKAGE_COMMANDS, detect_platform, package_for
+from wire.install import detect_platform, install_command, package_for
 from wire.protocol.filter import PROTOCOLS, FilterRule, PortRange
 from wire.node.probe import PROBE_PORT
 from wire.runner import CommandError, CommandNotFound, IProcessRunner, ProcessResult
@@ -255,10 +255,10 @@ def install_hint(platform: str | None = None) -> str:
     package = package_for("nft") or "nftables"
     if platform == "macos":
         return "nftables is Linux's packet filter; macOS has none"
-    command = _PACKAGE_COMMANDS.get(platform)
+    command = install_command(platform, package)
     if command is None:
         return f"install the {package} package"
-    return f"install it with `{' '.join([*command, package])}`"
+    return f"install it with `{' '.join(command)}`"
 
 
 class Firewall:
