@@ -430,3 +430,34 @@ def missing_programs(*names: str) -> Callable[[tuple[str, ...]], None]:
             raise CommandNotFound(argv[0])
 
     return inspect
+
+
+class FakeFirewall:
+    """wire.node.firewall.Firewall in memory: what it was given, in order with
+    a FakeWireGuard's applies when both note into one ``journal``."""
+
+    def __init__(self, journal: list | None = None):
+        self.journal = journal if journal is not None else []
+        self.rules = None  # the rules in force; None: no table
+        self.probe_sources: frozenset = frozenset()
+        self.applies = 0
+        self.removals = 0
+        self.fail_with: str | None = None
+
+    async def apply(self, rules, probe_sources=()) -> bool:
+        from wire.node.firewall import FirewallError
+
+        if self.fail_with is not None:
+            raise FirewallError(self.fail_with)
+        given = (tuple(rules), frozenset(probe_sources))
+        if self.rules is not None and given == (self.rules, self.probe_sources):
+            return False
+        self.rules, self.probe_sources = given
+        self.applies += 1
+        self.journal.append(("filter", self.rules))
+        return True
+
+    async def remove(self) -> None:
+        self.rules = None
+        self.removals += 1
+        self.journal.append(("filter removed", None))

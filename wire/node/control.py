@@ -161,6 +161,17 @@ async def node_status(daemon: NodeDaemon) -> dict:
         # Loops failing now, and the server's last answer with entries this node refused.
         "failing": daemon.failures.failing(),
         "bad_answers": daemon.bad_answers.view(now),
+        "policy": policy_state(daemon),
+    }
+
+
+def policy_state(daemon: NodeDaemon) -> dict:
+    """Whether an access policy concerns this node, its filter's size, and why it is not in force."""
+    rules = daemon.netmap.filter
+    return {
+        "in_force": rules is not None and daemon.reconciler.filter_problem is None,
+        "rules": None if rules is None else len(rules),
+        "problem": daemon.reconciler.filter_problem,
     }
 
 

@@ -54,6 +54,7 @@ from wire.node.config import NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.failurelog import BadAnswers, FailureLog
+from wire.node.firewall import Firewall
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress, numeric, server_host
@@ -126,6 +127,7 @@ class NodeDaemon(Service):
         start_probe: Callable[[str, str], PathProbe] | None = None,
         join_token: JoinToken | None = None,
         join_pending: bool = False,
+        firewall: Firewall | None = None,
     ):
         self.clock = clock
         self.config_dir = config_dir
@@ -186,6 +188,7 @@ class NodeDaemon(Service):
             relay=relay,
             probe=lambda: self._probe,
             on_silence=self._nat_may_have_moved,
+            firewall=firewall,
         )
         self._start_probe = start_probe
         self._probe: PathProbe | None = None
@@ -838,5 +841,6 @@ class NodeDaemon(Service):
             told = False
         await self.reconciler.stop()
         await self.wireguard.down()
+        await self.reconciler.firewall_off()
         self.state.interface_up = False
         return told

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from wire.node.trust import PeerScreen
 from wire.protocol import NetmapAnswer, PairPath, PeerView
+from wire.protocol.filter import FilterRule
 
 PERSISTENT_KEEPALIVE = 25
 
@@ -25,6 +26,8 @@ class NodeNetmap:
         self.me: Peer | None = None
         # The server's word on each pair with a peer (by peer id), where it has one.
         self.words: dict[str, PairPath] = {}
+        # The access policy's filter for traffic to this node; None: no policy.
+        self.filter: tuple[FilterRule, ...] | None = None
 
     def apply(self, answer: NetmapAnswer) -> list[str]:
         """Take a long-poll answer; returns problems with entries that were skipped.
@@ -59,6 +62,8 @@ class NodeNetmap:
             elif word.peer != self.my_node_id:
                 words[word.peer] = word
         self.words = {node_id: word for node_id, word in words.items() if node_id in updated}
+        if answer.filter_given:
+            self.filter = answer.filter
         if answer.cursor:
             self.cursor = answer.cursor
         return list(answer.skipped) + problems

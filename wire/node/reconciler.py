@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from wire.client import BadAnswer, CoordinationClient, ServerError, ServerUnreachable
 from wire.debuglog import logger as debug_aware_logger
+from wire.node.firewall import Firewall, FirewallError, InvalidFirewallConfig
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer
 from wire.node.paths import Me, PathPlanner, PeerPath, Phase, Plan, Seen, endpoint_for, is_shim_endpoint
 from wire.node.probe import PathProbe
@@ -75,6 +76,7 @@ class Reconciler:
         relay: RelayShim | None = None,
         probe: Callable[[], PathProbe | None] = lambda: None,
         on_silence: Callable[[], object] = lambda: None,
+        firewall: Firewall | None = None,
     ):
         self.clock = clock
         self.wireguard = wireguard
@@ -93,6 +95,13 @@ class Reconciler:
         self.paths = PathPlanner()
         self._lock = DeferredLock()
         self._runtime = RuntimeState()
+        # The node's packet filter (wire.node.firewall), for the access policy.
+        self.firewall = firewall
+        # "unknown" until the first reconcile: a table a crashed daemon left
+        # behind is removed once when there is no policy.
+        self._filter_state = "unknown"
+        # Why the policy's filter is not in force (the node then holds no peers).
+        self.filter_problem: str | None = None
 
     @property
     def reconciling(self) -> bool:
@@ -194,6 +203,7 @@ class Reconciler:
             for node_id in set(self.relay.sessions()) - relayed:
                 await self.relay.remove(node_id)
                 self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
+        desired = await self._enforce_filter(desired)
         self._log_peer_changes(held, desired)
         changed = await self.wireguard.apply(desired, reassert=reassert)
         self._runtime.last_applied = desired
@@ -202,6 +212,45 @@ class Reconciler:
         else:
             self.log.debug("peers unchanged; {total} peers", total=len(desired))
         self._act_on(plan, probe)
+
+    async def _enforce_filter(self, desired: dict[str, PeerConfig]) -> dict[str, PeerConfig]:
+        """The access policy's filter in force before the peers it concerns
+        are: where it cannot be, this node holds no peers (closed, never open)."""
+        rules = self.netmap.filter
+        problem = None
+        if rules is None:
+            if self.firewall is not None and self._filter_state != "none":
+                try:
+                    await self.firewall.remove()
+                except FirewallError as e:
+                    # No policy: a table we cannot remove was never ours to need.
+                    self.log.debug("no policy, and the firewall table could not be removed: {error}", error=e)
+                self._filter_state = "none"
+        elif self.firewall is None:
+            problem = "the mesh has an access policy, and this node has no packet filter to enforce it"
+        else:
+            by_key = {p.wg_public_key: p.vpn_ip for p in self.netmap.peers.values()}
+            try:
+                await self.firewall.apply(rules, [by_key[key] for key in desired if key in by_key])
+                self._filter_state = "applied"
+            except (FirewallError, InvalidFirewallConfig) as e:
+                problem = f"the access policy's packet filter cannot be put in force: {e}"
+        if problem != self.filter_problem:
+            if problem:
+                self.log.error("{problem}; holding no peers until it can", problem=problem)
+            else:
+                self.log.info("the access policy's packet filter is in force")
+            self.filter_problem = problem
+        return {} if problem else desired
+
+    async def firewall_off(self) -> None:
+        """``wire down``: the node's filter table goes with its interface."""
+        if self.firewall is not None:
+            try:
+                await self.firewall.remove()
+            except FirewallError as e:
+                self.log.warn("could not remove the firewall table: {error}", error=e)
+        self._filter_state = "none"
 
     def _peer_config(
         self, peer: Peer, endpoint: str | None, keepalive: int, configs: dict, subnet: IPNetwork | None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 
 from wire.keys import KeyFileError, load_or_create_keys
@@ -25,11 +27,14 @@ from wire.node.enroll import (
 )
 from wire.node.lan import LanAddress
 from wire.node.probe import start_probe
+from wire.node.firewall import Firewall, InvalidFirewallConfig
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
 from wire.stun.rawport import raw_udp_supported
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -72,6 +77,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
+    firewall = node_firewall(runner, config.interface)
     daemon = NodeDaemon(
         clock=reactor,
         config_dir=config_dir,
@@ -86,6 +92,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         start_probe=lambda vpn_ip, subnet: start_probe(reactor, reactor, vpn_ip, subnet),
         join_token=start.token,
         join_pending=start.pending,
+        firewall=firewall,
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
     top = MultiService()
@@ -93,6 +100,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
     control = UNIXServerEndpoint(reactor, control_socket_path(config_dir), mode=0o600, wantPID=True)
     StreamServerEndpointService(control, build_control_site(daemon, reactor, reactor.stop)).setServiceParent(top)
     return top
+
+
+def node_firewall(runner: ProcessRunner, interface: str) -> Firewall | None:
+    """The packet filter for an access policy: nftables, on Linux. None
+    elsewhere (or for a name nft cannot take): with a policy, the node then
+    holds no peers rather than run open (wire.node.reconciler)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return Firewall(runner, interface)
+    except InvalidFirewallConfig as e:
+        log.warn("no packet filter for {interface}: {error}", interface=interface, error=e)
+        return None
 
 
 @dataclass(frozen=True)

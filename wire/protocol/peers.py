@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol, TypeVar
 from wire.protocol.cursor import parse_cursor_text
 from wire.protocol.enums import NatType
 from wire.protocol.errors import ProtocolError
+from wire.protocol.filter import FilterRule, parse_filter_rules
 from wire.protocol.paths import PairPath
 from wire.protocol.fields import (
     MAX_TAGS,
@@ -191,11 +192,25 @@ class NetmapAnswer:
     # every pair it has a word on.
     paths: tuple[PairPath, ...] = ()
     paths_full: bool = False
+    # The access policy's packet filter for traffic to this node
+    # (wire.protocol.filter): given (a list) replaces the one in force;
+    # null: no policy, no filter; absent (or refused whole): unchanged.
+    filter: tuple[FilterRule, ...] | None = None
+    filter_given: bool = False
 
     @classmethod
     def from_json(cls, value: Any) -> NetmapAnswer:
         answer = parse_object(value, "answer")
         skipped: list[str] = []
+        filter_rules: tuple[FilterRule, ...] | None = None
+        filter_given = "filter" in answer
+        if filter_given and answer["filter"] is not None:
+            try:
+                filter_rules = parse_filter_rules(answer["filter"])
+            except ProtocolError as e:
+                # All or nothing: half a filter would open or close the wrong ports.
+                skipped.append(f"skipped the packet filter (the one in force stays): {e}")
+                filter_given = False
         upserts = _each_valid(answer, "upserts", PeerView.from_json, "a peer entry", skipped)
         removals = _each_valid(answer, "removals", lambda v: parse_node_id(v, "removals"), "a removal", skipped)
         paths = _each_valid(answer, "paths", PairPath.from_json, "a path entry", skipped)
@@ -210,6 +225,8 @@ class NetmapAnswer:
             skipped=tuple(skipped),
             paths=tuple(paths),
             paths_full=full or parse_bool(answer.get("paths_full", False), "paths_full"),
+            filter=filter_rules,
+            filter_given=filter_given,
         )
 
 
