@@ -23,8 +23,9 @@ from wire.policy.directory import Address, DirectoryNode, Endpoint
 from wire.policy.errors import PolicyError
 from wire.policy.evaluate import Decision, decide
 from wire.policy.model import ANY, GROUP, NETWORK, NODE, TAG, Network, Policy, Principal
+from wire.policy.networks import Interval, cidr_texts, interval_of, merge
 from wire.policy.parse import merge_ports
-from wire.protocol.filter import FilterRule, PortRange
+from wire.protocol.filter import MAX_SOURCES, FilterRule, PortRange
 
 EVERYWHERE = ("0.0.0.0/0", "::/0")
 OPEN_FILTER = (FilterRule(sources=EVERYWHERE),)
@@ -145,7 +146,8 @@ class PolicyIndex:
                 self._node_class[node_id] = cid
         self._peers_cache: dict[frozenset[int], frozenset[str]] = {}
         self._filter_cache: dict[frozenset[int], tuple[FilterRule, ...]] = {}
-        self._sources_cache: dict[int, frozenset[Network]] = {}
+        self._sources_cache: dict[int, tuple[Interval, ...]] = {}
+        self._sources_text_cache: dict[frozenset[int], tuple[str, ...]] = {}
         self._link_classes()
 
     @classmethod
@@ -238,37 +240,51 @@ class PolicyIndex:
 
     def _build_filter(self, targets: frozenset[int]) -> tuple[FilterRule, ...]:
         first_dst = 2 * self._compiled.rule_count
-        by_kind: dict[tuple[str, tuple[PortRange, ...]], set[Network]] = {}
+        rules_by_kind: dict[tuple[str, tuple[PortRange, ...]], set[int]] = {}
         for slot_id in targets:
             slot = self._compiled.dst_slots[slot_id - first_dst]
-            by_kind.setdefault((slot.proto or "", slot.ports), set()).update(self._sources_of_rule(slot.rule))
-        # Then rules of one protocol and equal sources become one rule over all
+            rules_by_kind.setdefault((slot.proto or "", slot.ports), set()).add(slot.rule)
+        # Kinds fed by the same rules have the same sources: one rule over all
         # their ports (a rule for every port already covers the others).
-        by_sources: dict[tuple[str, tuple[str, ...]], tuple[PortRange, ...] | None] = {}
-        for (proto, ports), networks in by_kind.items():
-            if not networks:
-                continue
-            key = (proto, _network_texts(networks))
-            known = by_sources.get(key, ports)
-            by_sources[key] = () if not ports or known == () else merge_ports((known or ()) + ports)
-        built = [FilterRule(sources=sources, proto=proto or None, ports=ports or ())
-                 for (proto, sources), ports in by_sources.items()]
+        ports_by_sources: dict[tuple[str, frozenset[int]], tuple[PortRange, ...]] = {}
+        for (proto, ports), rules in rules_by_kind.items():
+            key = (proto, frozenset(rules))
+            known = ports_by_sources.get(key, ports)
+            ports_by_sources[key] = () if not ports or not known else merge_ports(known + ports)
+        built = []
+        for (proto, rule_set), ports in ports_by_sources.items():
+            sources = self._sources_text(rule_set)
+            # The node takes at most MAX_SOURCES per rule; more become several rules.
+            for start in range(0, len(sources), MAX_SOURCES):
+                built.append(FilterRule(sources=sources[start:start + MAX_SOURCES], proto=proto or None, ports=ports))
         return tuple(sorted(built, key=lambda r: (r.proto or "", r.ports, r.sources)))
 
-    def _sources_of_rule(self, rule: int) -> frozenset[Network]:
-        """A rule's sources as networks: the policy's own networks, every node's
-        address for the rest, collapsed into as few networks as they make."""
+    def _sources_text(self, rules: frozenset[int]) -> tuple[str, ...]:
+        """The union of some rules' sources as CIDR text, shared by every filter that needs it."""
+        cached = self._sources_text_cache.get(rules)
+        if cached is None:
+            if len(rules) == 1:
+                intervals = self._sources_of_rule(next(iter(rules)))
+            else:
+                intervals = merge(i for rule in rules for i in self._sources_of_rule(rule))
+            cached = self._sources_text_cache[rules] = cidr_texts(intervals)
+        return cached
+
+    def _sources_of_rule(self, rule: int) -> tuple[Interval, ...]:
+        """A rule's sources: the policy's own networks, and every address of the
+        nodes it names by identity, merged."""
         cached = self._sources_cache.get(rule)
         if cached is not None:
             return cached
         if self._compiled.rule_from_anywhere[rule]:
-            found = frozenset(ipaddress.ip_network(n) for n in EVERYWHERE)
+            found = merge(interval_of(ipaddress.ip_network(n)) for n in EVERYWHERE)
         else:
-            networks: set[Network] = set(self._compiled.rule_networks[rule])
+            intervals = [interval_of(n) for n in self._compiled.rule_networks[rule]]
+            nodes = self._nodes
             for cid in self._rule_identity_sources[rule]:
                 for node_id in self._members[cid]:
-                    networks.update(ipaddress.ip_network(a) for a in self._nodes[node_id].addresses)
-            found = frozenset(_collapse(networks))
+                    intervals.extend((a.version, int(a), int(a)) for a in nodes[node_id].addresses)
+            found = merge(intervals)
         self._sources_cache[rule] = found
         return found
 
@@ -339,7 +355,7 @@ class PolicyIndex:
         copy = object.__new__(PolicyIndex)
         copy.__dict__.update(self.__dict__)
         for name in ("_nodes", "_by_name", "_by_address", "_node_class", "_class_of_signature",
-                     "_signature_of_class", "_members", "_peers_cache", "_filter_cache", "_sources_cache"):
+                     "_signature_of_class", "_members", "_peers_cache", "_filter_cache", "_sources_cache", "_sources_text_cache"):
             setattr(copy, name, dict(getattr(self, name)))
         return copy
 
@@ -354,19 +370,9 @@ class PolicyIndex:
             return
         for rule in rules:
             self._sources_cache.pop(rule, None)
+        for key in [k for k in self._sources_text_cache if not rules.isdisjoint(k)]:
+            del self._sources_text_cache[key]
         first_dst = 2 * self._compiled.rule_count
         dst_slots = self._compiled.dst_slots
         for key in [k for k in self._filter_cache if any(dst_slots[s - first_dst].rule in rules for s in k)]:
             del self._filter_cache[key]
-
-
-def _collapse(networks: set[Network]) -> list[Network]:
-    v4 = [n for n in networks if n.version == 4]
-    v6 = [n for n in networks if n.version == 6]
-    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
-
-
-def _network_texts(networks: set[Network]) -> tuple[str, ...]:
-    """Sorted (IPv4 first, then by address), with overlaps collapsed."""
-    collapsed = _collapse(networks)
-    return tuple(str(n) for n in sorted(collapsed, key=lambda n: (n.version, n.network_address, n.prefixlen)))
