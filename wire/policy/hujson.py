@@ -184,8 +184,10 @@ class _Reader:
                 self.pos += 2
             elif escape == "u":
                 parts.append(self.unicode_escape())
+            elif escape:
+                self.fail(f"invalid escape \\{escape}")
             else:
-                self.fail(f"invalid escape \\{escape}" if escape else "unterminated string")
+                self.fail("unterminated string", start)
 
     def unicode_escape(self) -> str:
         code = self.hex4(self.pos + 2)
