@@ -244,16 +244,15 @@ class PolicyIndex:
         for slot_id in targets:
             slot = self._compiled.dst_slots[slot_id - first_dst]
             rules_by_kind.setdefault((slot.proto or "", slot.ports), set()).add(slot.rule)
-        # Kinds fed by the same rules have the same sources: one rule over all
-        # their ports (a rule for every port already covers the others).
-        ports_by_sources: dict[tuple[str, frozenset[int]], tuple[PortRange, ...]] = {}
+        # Kinds with equal sources become one rule over all their ports (a rule
+        # for every port already covers the others).
+        ports_by_sources: dict[tuple[str, tuple[str, ...]], tuple[PortRange, ...]] = {}
         for (proto, ports), rules in rules_by_kind.items():
-            key = (proto, frozenset(rules))
+            key = (proto, self._sources_text(frozenset(rules)))
             known = ports_by_sources.get(key, ports)
             ports_by_sources[key] = () if not ports or not known else merge_ports(known + ports)
         built = []
-        for (proto, rule_set), ports in ports_by_sources.items():
-            sources = self._sources_text(rule_set)
+        for (proto, sources), ports in ports_by_sources.items():
             # The node takes at most MAX_SOURCES per rule; more become several rules.
             for start in range(0, len(sources), MAX_SOURCES):
                 built.append(FilterRule(sources=sources[start:start + MAX_SOURCES], proto=proto or None, ports=ports))

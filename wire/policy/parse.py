@@ -116,7 +116,7 @@ def _parse_hosts(value: Any) -> dict[str, Network]:
     hosts: dict[str, Network] = {}
     for name, address in _object(value, "hosts").items():
         where = f"hosts[{_quote(name)}]"
-        if name.startswith(("tag:", "group:")) or name == "*":
+        if name.lower().startswith(("tag:", "group:")) or name == "*":
             raise PolicyError(f"{where}: a host name is a plain name, not a tag, group or *")
         label = _label(name, where, "host name")
         network = _network(_string(address, where), where)
@@ -130,7 +130,7 @@ def _parse_tag_owners(value: Any) -> frozenset[str]:
     tags = set()
     for name, owners in _object(value, "tagOwners").items():
         where = f"tagOwners[{_quote(name)}]"
-        if not name.startswith("tag:"):
+        if not name.lower().startswith("tag:"):
             raise PolicyError(f"{where}: a tagOwners key is a tag such as \"tag:db\"")
         for i, owner in enumerate(_list(owners, where)):
             _string(owner, f"{where}[{i}]")  # owners are Tailscale's; kept for compatibility, unused here
@@ -142,16 +142,16 @@ def _parse_groups(value: Any, hosts: dict[str, Network]) -> dict[str, tuple[Prin
     groups: dict[str, tuple[Principal, ...]] = {}
     for name, members in _object(value, "groups").items():
         where = f"groups[{_quote(name)}]"
-        if not name.startswith("group:"):
+        if not name.lower().startswith("group:"):
             raise PolicyError(f"{where}: a group's name starts with \"group:\"")
         key = "group:" + _label(name[6:], where, "group name")
         parsed = []
         for i, member in enumerate(_list(members, where)):
             member_where = f"{where}[{i}]"
             text = _string(member, member_where)
-            if text.startswith("group:"):
+            if text.lower().startswith("group:"):
                 raise PolicyError(f"{member_where}: groups cannot contain groups (as in Tailscale); list {_quote(text)}'s members instead")
-            if text.startswith("tag:"):
+            if text.lower().startswith("tag:"):
                 parsed.append(Principal(TAG, _tag(text, member_where), text=text, where=member_where))
             elif text == "*" or _network(text, member_where) is not None or text.lower() in hosts:
                 raise PolicyError(f"{member_where}: a group holds node names and tags only, not {_quote(text)}; name hosts and addresses in the rule")
@@ -171,9 +171,9 @@ class _Names:
     def principal(self, text: str, where: str) -> Principal:
         if text == "*":
             return Principal(ANY, "", text=text, where=where)
-        if text.startswith("tag:"):
+        if text.lower().startswith("tag:"):
             return Principal(TAG, _tag(text, where), text=text, where=where)
-        if text.startswith("group:"):
+        if text.lower().startswith("group:"):
             key = text.lower()
             if key not in self.groups:
                 close = difflib.get_close_matches(key, list(self.groups), n=1)
@@ -192,9 +192,9 @@ class _Names:
         """Split ``dst`` text at its last ':' into a principal and the ports text."""
         cut = text.rfind(":")
         target, ports = text[:cut], text[cut + 1:]
-        if cut < 0 or target in ("tag", "group") or text.endswith("]"):
+        if cut < 0 or target.lower() in ("tag", "group") or text.endswith("]"):
             raise PolicyError(f"{where}: {_quote(text)} needs ports after a ':' (such as {text}:22 or {text}:*)")
-        if ":" in target and "/" not in target and not target.startswith(("[", "tag:", "group:")):
+        if ":" in target and "/" not in target and not target.lower().startswith(("[", "tag:", "group:")):
             raise PolicyError(f"{where}: write an IPv6 address in brackets, such as [{target}]:{ports}")
         return self.principal(target, where), ports
 
