@@ -4,7 +4,7 @@
 
 Builds a directory of NODES nodes (each with one or two of TAGS tags; 1 in
 500 also named individually by a group or a rule), a policy of RULES rules
-over those tags, the groups, two hosts and a CIDR, then measures: parsing,
+over those tags, the groups, two hosts and a CIDR, and six tests over whole tags, then measures: parsing, check_against (with the tests),
 building the index, peers_of and filter_for over every node (cold, then
 cached), adding one node incrementally (and asking for every node's peers
 and filter again), a full rebuild for comparison, and the process's RSS.
@@ -68,7 +68,15 @@ def policy_text(count: int, tags: int, groups: int, rules: int, rng: random.Rand
             rule["proto"] = "tcp"
         acls.append(rule)
     acls.append({"action": "accept", "src": ["*"], "proto": "icmp", "dst": ["group:g0:*"]})
+    # Tests over whole tags (thousands of nodes each way): what the first
+    # rules accept must be accepted.
+    tests = []
+    for rule in acls[:6]:
+        target, _, ports = rule["dst"][0].rpartition(":")
+        port = "22" if ports == "*" else ports.split(",")[0].split("-")[0]
+        tests.append({"src": rule["src"][0], "proto": rule.get("proto", "tcp"), "accept": [f"{target}:{port}"]})
     body = {
+        "tests": tests,
         "groups": group_body,
         "hosts": {"nas": "10.99.0.50", "lab": "10.99.8.0/24"},
         "tagOwners": {f"tag:t{t}": [] for t in range(tags)},

@@ -35,36 +35,60 @@ def check_against(policy: Policy, directory: Iterable[DirectoryNode], known_tags
             raise PolicyError(f"{principal.where}: unknown node or host {json.dumps(principal.text)}{hint}")
         if principal.kind == TAG and principal.name not in tags:
             raise PolicyError(f"{principal.where}: {json.dumps(principal.text)} is not declared in tagOwners and no node carries it")
-    for test in policy.tests:
-        _run_test(policy, test, nodes)
+    if policy.tests:
+        resolver = _TestEndpoints(policy, nodes)
+        for test in policy.tests:
+            _run_test(policy, test, resolver)
 
 
-def _endpoints(principal: Principal, nodes: list[DirectoryNode]) -> list[Endpoint]:
+class _TestEndpoints:
     """Who a test's principal stands for: the node, every node with the tag (the
-    tag itself if none has it yet), or the node with that address (else the address)."""
-    if principal.kind == NODE:
-        return [Endpoint.of_node(n) for n in nodes if n.name == principal.name]
-    if principal.kind == TAG:
-        carriers = [Endpoint.of_node(n) for n in nodes if principal.name in n.tags]
-        return carriers or [Endpoint(principal.name, None, frozenset({principal.name}))]
-    assert principal.kind == NETWORK and principal.network is not None
-    address = principal.network.network_address
-    owners = [Endpoint.of_node(n) for n in nodes if address in n.addresses]
-    return owners or [Endpoint.of_address(address)]
+    tag itself if none has it yet), or the node with that address (else the address).
+
+    Nodes the policy cannot tell apart (same referenced tags, not named, in
+    the same networks) are judged once: a test of tag:web against tag:db over
+    thousands of nodes stays a handful of decisions."""
+
+    def __init__(self, policy: Policy, nodes: list[DirectoryNode]):
+        self.nodes = nodes
+        principals = policy.principals()
+        self.names = {p.name for p in principals if p.kind == NODE}
+        self.tags = {p.name for p in principals if p.kind == TAG}
+        self.networks = {p.network for p in principals if p.kind == NETWORK}
+
+    def _distinct(self, nodes: Iterable[DirectoryNode]) -> list[Endpoint]:
+        seen: dict[object, Endpoint] = {}
+        for n in nodes:
+            key = (n.name if n.name in self.names else None, n.tags & self.tags,
+                   frozenset(net for net in self.networks if net is not None and any(a in net for a in n.addresses)))
+            seen.setdefault(key, Endpoint.of_node(n))
+        return list(seen.values())
+
+    def resolve(self, principal: Principal) -> list[Endpoint]:
+        if principal.kind == NODE:
+            return [Endpoint.of_node(n) for n in self.nodes if n.name == principal.name]
+        if principal.kind == TAG:
+            carriers = self._distinct(n for n in self.nodes if principal.name in n.tags)
+            return carriers or [Endpoint(principal.name, None, frozenset({principal.name}))]
+        assert principal.kind == NETWORK and principal.network is not None
+        address = principal.network.network_address
+        owners = [Endpoint.of_node(n) for n in self.nodes if address in n.addresses]
+        return owners or [Endpoint.of_address(address)]
 
 
-def _run_test(policy: Policy, test: PolicyTest, nodes: list[DirectoryNode]) -> None:
-    sources = _endpoints(test.source, nodes)
+def _run_test(policy: Policy, test: PolicyTest, resolver: _TestEndpoints) -> None:
+    sources = resolver.resolve(test.source)
     for expected, destinations in ((True, test.accept), (False, test.deny)):
         for destination in destinations:
-            _expect(policy, test, sources, destination, expected, nodes)
+            _expect(policy, test, sources, destination, expected, resolver)
 
 
 def _expect(policy: Policy, test: PolicyTest, sources: list[Endpoint], destination: Destination,
-            expected: bool, nodes: list[DirectoryNode]) -> None:
+            expected: bool, resolver: _TestEndpoints) -> None:
     port = destination.ports[0].first if destination.ports else None
+    targets = resolver.resolve(destination.principal)
     for src in sources:
-        for dst in _endpoints(destination.principal, nodes):
+        for dst in targets:
             decision = decide(policy, src, dst, port, test.proto)
             if decision.allowed == expected:
                 continue

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from wire.policy.directory import Address, DirectoryNode, Endpoint
 from wire.policy.errors import PolicyError
 from wire.policy.evaluate import Decision, decide
-from wire.policy.model import ANY, GROUP, NETWORK, NODE, TAG, Network, Policy, Principal
+from wire.policy.model import ANY, GROUP, NETWORK, NODE, PROTOCOLS, TAG, Network, Policy, Principal
 from wire.policy.networks import Interval, cidr_texts, interval_of, merge
 from wire.policy.parse import merge_ports
 from wire.protocol.filter import MAX_SOURCES, FilterRule, PortRange
@@ -290,6 +290,8 @@ class PolicyIndex:
     def explain(self, src: str, dst: str, port: int | None = None, proto: str = "tcp") -> Decision:
         """Would ``src`` reach ``dst`` on ``port``/``proto``, and by which rule?
         ``src`` and ``dst`` are node names or addresses."""
+        if proto not in PROTOCOLS:
+            raise PolicyError(f"proto must be one of {', '.join(PROTOCOLS)}")
         source, target = self._endpoint(src), self._endpoint(dst)
         if self.policy is None:
             return Decision(True, None, "", "no policy is set: everything may reach everything")
