@@ -129,6 +129,12 @@ def main() -> None:
     _, figures["after_add_peers_of_all_ms"] = timed(lambda: [grown.peers_of(i) for i in ids])
     _, figures["after_add_filter_for_all_ms"] = timed(lambda: [grown.filter_for(i) for i in ids])
     _, figures["without_node_ms"] = timed(lambda: grown.without_node("id-new"))
+    # A node no class holds yet (three tags, in a CIDR the policy names): the class graph is relinked.
+    odd = DirectoryNode("id-odd", "oddone", "10.99.4.0", frozenset({"tag:t1", "tag:t2", "tag:t3"}))
+    grown_odd, figures["with_node_new_class_ms"] = timed(lambda: index.with_node(odd))
+    figures["new_class_made"] = grown_odd.class_of("id-odd") not in {index.class_of(i) for i in ids}
+    _, figures["after_new_class_peers_and_filters_all_ms"] = timed(
+        lambda: [(grown_odd.peers_of(i), grown_odd.filter_for(i)) for i in ids])
     rebuilt, figures["rebuild_ms"] = timed(lambda: PolicyIndex(policy, [*nodes, newcomer]))
     _, figures["rebuild_then_all_peers_and_filters_ms"] = timed(
         lambda: [(rebuilt.peers_of(i), rebuilt.filter_for(i)) for i in ids])

@@ -359,3 +359,28 @@ class IndexAgreesWithRuleByRuleTests(unittest.TestCase):
         for m in nodes:
             self.assertEqual(changed.peers_of(m.node_id), built.peers_of(m.node_id))
             self.assertEqual(changed.filter_for(m.node_id), built.filter_for(m.node_id))
+
+
+WORDS = ["*", "tag:a", "group:g", "group:nope", "p0", "nas", "10.99.0.0/30", "[fd7a::1]", "fd7a::1", "x:22", "tag:a:80,443",
+         "nas:1-2", "*:*", "p0:70000", "tcp", "icmp", "accept", "", ":"]
+KEYS = ["action", "src", "dst", "proto", "accept", "deny", "groups", "hosts", "tagOwners", "acls", "tests", "group:g", "tag:a", "nas"]
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers(-1, 70000) | st.sampled_from(WORDS),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(KEYS), children, max_size=5),
+    max_leaves=25,
+)
+
+
+class HostileInputTests(unittest.TestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(st.dictionaries(st.sampled_from(["groups", "hosts", "tagOwners", "acls", "tests"]), anything))
+    def test_any_body_is_accepted_or_refused_cleanly(self, body):
+        try:
+            policy = parse_policy(json.dumps(body))
+            check_against(policy, DIRECTORY)
+            built = PolicyIndex(policy, DIRECTORY)
+            for n in DIRECTORY:
+                built.peers_of(n.node_id)
+                built.filter_for(n.node_id)
+        except PolicyError as e:
+            self.assertNotIn("Traceback", str(e))

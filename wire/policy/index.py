@@ -202,6 +202,13 @@ class PolicyIndex:
                     reach |= self._rule_targets[slot // 2]
             self._reach[cid] = frozenset(reach)
             self._peer_classes[cid] = frozenset(reach | reached_by)
+        # Classes come and go with incremental changes: keep only cached sets still in use.
+        live_peers = set(self._peer_classes.values())
+        for key in [k for k in self._peers_cache if k not in live_peers]:
+            del self._peers_cache[key]
+        live_filters = {self._targets(signature) for signature in self._signature_of_class.values()}
+        for target_key in [k for k in self._filter_cache if k not in live_filters]:
+            del self._filter_cache[target_key]
 
     # -- questions ----------------------------------------------------------
 
@@ -230,13 +237,16 @@ class PolicyIndex:
         if self.policy is None:
             self.class_of(node_id)
             return OPEN_FILTER
-        signature = self._signature_of_class[self.class_of(node_id)]
-        first_dst = 2 * self._compiled.rule_count
-        targets = frozenset(s for s in signature if s >= first_dst)
+        targets = self._targets(self._signature_of_class[self.class_of(node_id)])
         rules = self._filter_cache.get(targets)
         if rules is None:
             rules = self._filter_cache[targets] = self._build_filter(targets)
         return rules
+
+    def _targets(self, signature: Signature) -> frozenset[int]:
+        """The destination slots of a signature: all a filter depends on."""
+        first_dst = 2 * self._compiled.rule_count
+        return frozenset(s for s in signature if s >= first_dst)
 
     def _build_filter(self, targets: frozenset[int]) -> tuple[FilterRule, ...]:
         first_dst = 2 * self._compiled.rule_count
