@@ -1,0 +1,389 @@
+"""The compiled policy the server asks per node: who its peers are and which
+packet-filter rules it gets.
+
+Nothing here is evaluated per pair of nodes. Each node's *signature* is the
+set of rule slots it matches (in rule r's sources, in destination d of rule
+r); nodes with equal signatures form a *class* and have, by construction,
+the same peers and the same filter. With 10,000 nodes and a policy written
+over tags and groups there are a few hundred classes at most, so peers and
+filters are computed per class, lazily, cached, and shared as one object by
+every node of the class (and by classes that come out equal).
+
+``with_node`` / ``without_node`` return a new index that shares everything
+the change does not touch; the old index stays valid (readers need no lock).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wire.policy.directory import Address, DirectoryNode, Endpoint
+from wire.policy.errors import PolicyError
+from wire.policy.evaluate import Decision, decide
+from wire.policy.model import ANY, GROUP, NETWORK, NODE, PROTOCOLS, TAG, Network, Policy, Principal
+from wire.policy.networks import Interval, cidr_texts, interval_of, merge
+from wire.policy.parse import merge_ports
+from wire.protocol.filter import MAX_SOURCES, FilterRule, PortRange
+
+EVERYWHERE = ("0.0.0.0/0", "::/0")
+OPEN_FILTER = (FilterRule(sources=EVERYWHERE),)
+
+# A node's signature is a frozenset of small ints: 2*r if it is among rule r's
+# sources by identity (name, tag, group, *), 2*r+1 if only by address (its
+# address then already sits in the filter as the policy's network), and
+# 2*len(rules)+k for the k-th destination slot (rule, dst entry).
+Signature = frozenset[int]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    rule: int
+    proto: str | None
+    ports: tuple[PortRange, ...]
+
+
+class _Compiled:
+    """What depends on the policy alone: which principal feeds which slot."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.rule_count = len(policy.rules)
+        self.any_slots: set[int] = set()
+        self.tag_slots: dict[str, set[int]] = {}
+        self.name_slots: dict[str, set[int]] = {}
+        self.network_slots: dict[Network, set[int]] = {}
+        self.dst_slots: list[_Slot] = []
+        self.rule_networks: list[list[Network]] = []  # the networks each rule names among its sources
+        self.rule_from_anywhere: list[bool] = []
+        for rule in policy.rules:
+            networks: list[Network] = []
+            anywhere = False
+            for principal in rule.sources:
+                self._feed(principal, 2 * rule.index)
+                if principal.kind == NETWORK and principal.network is not None:
+                    networks.append(principal.network)
+                anywhere = anywhere or principal.kind == ANY
+            self.rule_networks.append(networks)
+            self.rule_from_anywhere.append(anywhere)
+        for rule in policy.rules:
+            for destination in rule.destinations:
+                slot = 2 * self.rule_count + len(self.dst_slots)
+                self.dst_slots.append(_Slot(rule.index, rule.proto, destination.ports))
+                self._feed(destination.principal, slot)
+        self._tags_cache: dict[frozenset[str], frozenset[int]] = {}
+
+    def _feed(self, principal: Principal, slot: int) -> None:
+        if principal.kind == ANY:
+            self.any_slots.add(slot)
+        elif principal.kind == TAG:
+            self.tag_slots.setdefault(principal.name, set()).add(slot)
+        elif principal.kind == NODE:
+            self.name_slots.setdefault(principal.name, set()).add(slot)
+        elif principal.kind == NETWORK:
+            assert principal.network is not None
+            # A source slot matched by address only is marked odd (see Signature).
+            is_source = slot < 2 * self.rule_count
+            self.network_slots.setdefault(principal.network, set()).add(slot + 1 if is_source else slot)
+        else:
+            assert principal.kind == GROUP
+            for member in self.policy.groups[principal.name]:
+                self._feed(member, slot)
+
+    def signature(self, node: DirectoryNode) -> Signature:
+        base = self._tags_cache.get(node.tags)
+        if base is None:
+            slots = set(self.any_slots)
+            for tag in node.tags:
+                slots |= self.tag_slots.get(tag, set())
+            base = self._tags_cache[node.tags] = frozenset(slots)
+        extra = self.name_slots.get(node.name)
+        by_address = [s for net, s in self.network_slots.items() if any(a in net for a in node.addresses)]
+        if extra is None and not by_address:
+            return base
+        slots = set(base)
+        if extra:
+            slots |= extra
+        for found in by_address:
+            slots |= found
+        # An identity match of rule r's sources makes the address-only mark redundant.
+        return frozenset(s for s in slots if not (s < 2 * self.rule_count and s % 2 and s - 1 in slots))
+
+
+_OPEN_POLICY = Policy(groups={}, hosts={}, tag_owners=frozenset(), rules=())
+
+
+class PolicyIndex:
+    """Peers, reachability and packet filters for every node under one policy.
+
+    ``PolicyIndex(None, directory)`` (or :meth:`open`) is the mesh with no
+    policy: everything may reach everything, and every node's filter accepts all.
+
+    ``peers_of(node_id)`` may contain ``node_id`` itself (when a node's class
+    may reach its own class): nodes of a class share one set object, so the
+    caller skips the node itself."""
+
+    def __init__(self, policy: Policy | None, directory: Iterable[DirectoryNode]):
+        self.policy = policy
+        self._compiled = _Compiled(policy if policy is not None else _OPEN_POLICY)
+        self._nodes: dict[str, DirectoryNode] = {}
+        self._by_name: dict[str, str] = {}
+        self._by_address: dict[Address, str] = {}
+        self._node_class: dict[str, int] = {}
+        self._class_of_signature: dict[Signature, int] = {}
+        self._signature_of_class: dict[int, Signature] = {}
+        self._members: dict[int, frozenset[str]] = {}
+        self._next_class = 0
+        pending: dict[Signature, list[str]] = {}
+        for node in directory:
+            self._remember(node)
+            pending.setdefault(self._compiled.signature(node), []).append(node.node_id)
+        for signature, ids in pending.items():
+            cid = self._new_class(signature)
+            self._members[cid] = frozenset(ids)
+            for node_id in ids:
+                self._node_class[node_id] = cid
+        self._peers_cache: dict[frozenset[int], frozenset[str]] = {}
+        self._filter_cache: dict[frozenset[int], tuple[FilterRule, ...]] = {}
+        self._sources_cache: dict[int, tuple[Interval, ...]] = {}
+        self._sources_text_cache: dict[frozenset[int], tuple[str, ...]] = {}
+        self._link_classes()
+
+    @classmethod
+    def open(cls, directory: Iterable[DirectoryNode]) -> PolicyIndex:
+        return cls(None, directory)
+
+    # -- building ---------------------------------------------------------
+
+    def _remember(self, node: DirectoryNode) -> None:
+        self._nodes[node.node_id] = node
+        self._by_name[node.name] = node.node_id
+        for address in node.addresses:
+            self._by_address[address] = node.node_id
+
+    def _new_class(self, signature: Signature) -> int:
+        cid = self._next_class
+        self._next_class += 1
+        self._class_of_signature[signature] = cid
+        self._signature_of_class[cid] = signature
+        return cid
+
+    def _link_classes(self) -> None:
+        """The class graph: which classes each rule's sources and destinations hold,
+        and from that each class's reach and peer classes. Cheap: classes x slots."""
+        compiled = self._compiled
+        rules = compiled.rule_count
+        self._rule_sources: dict[int, set[int]] = {r: set() for r in range(rules)}
+        self._rule_identity_sources: dict[int, set[int]] = {r: set() for r in range(rules)}
+        self._rule_targets: dict[int, set[int]] = {r: set() for r in range(rules)}
+        for cid, signature in self._signature_of_class.items():
+            for slot in signature:
+                if slot >= 2 * rules:
+                    self._rule_targets[compiled.dst_slots[slot - 2 * rules].rule].add(cid)
+                else:
+                    self._rule_sources[slot // 2].add(cid)
+                    if slot % 2 == 0:
+                        self._rule_identity_sources[slot // 2].add(cid)
+        self._reach: dict[int, frozenset[int]] = {}
+        self._peer_classes: dict[int, frozenset[int]] = {}
+        open_mesh = self.policy is None
+        every_class = frozenset(self._signature_of_class)
+        for cid, signature in self._signature_of_class.items():
+            if open_mesh:
+                self._reach[cid] = self._peer_classes[cid] = every_class
+                continue
+            reach: set[int] = set()
+            reached_by: set[int] = set()
+            for slot in signature:
+                if slot >= 2 * rules:
+                    reached_by |= self._rule_sources[compiled.dst_slots[slot - 2 * rules].rule]
+                else:
+                    reach |= self._rule_targets[slot // 2]
+            self._reach[cid] = frozenset(reach)
+            self._peer_classes[cid] = frozenset(reach | reached_by)
+        # Classes come and go with incremental changes: keep only cached sets still in use.
+        live_peers = set(self._peer_classes.values())
+        for key in [k for k in self._peers_cache if k not in live_peers]:
+            del self._peers_cache[key]
+        live_filters = {self._targets(signature) for signature in self._signature_of_class.values()}
+        for target_key in [k for k in self._filter_cache if k not in live_filters]:
+            del self._filter_cache[target_key]
+
+    # -- questions ----------------------------------------------------------
+
+    def class_of(self, node_id: str) -> int:
+        """The class a node belongs to (nodes of one class share peers and filter)."""
+        try:
+            return self._node_class[node_id]
+        except KeyError:
+            raise PolicyError(f"unknown node id {node_id!r}") from None
+
+    def may_reach(self, src_node_id: str, dst_node_id: str) -> bool:
+        """Does any rule let ``src`` open any connection to ``dst``?"""
+        return self.class_of(dst_node_id) in self._reach[self.class_of(src_node_id)]
+
+    def peers_of(self, node_id: str) -> frozenset[str]:
+        """The nodes ``node_id`` may reach or that may reach it (possibly including itself)."""
+        peer_classes = self._peer_classes[self.class_of(node_id)]
+        peers = self._peers_cache.get(peer_classes)
+        if peers is None:
+            peers = frozenset().union(*(self._members[c] for c in peer_classes))
+            self._peers_cache[peer_classes] = peers
+        return peers
+
+    def filter_for(self, node_id: str) -> tuple[FilterRule, ...]:
+        """The packet-filter rules about traffic *to* ``node_id``, merged and in a stable order."""
+        if self.policy is None:
+            self.class_of(node_id)
+            return OPEN_FILTER
+        targets = self._targets(self._signature_of_class[self.class_of(node_id)])
+        rules = self._filter_cache.get(targets)
+        if rules is None:
+            rules = self._filter_cache[targets] = self._build_filter(targets)
+        return rules
+
+    def _targets(self, signature: Signature) -> frozenset[int]:
+        """The destination slots of a signature: all a filter depends on."""
+        first_dst = 2 * self._compiled.rule_count
+        return frozenset(s for s in signature if s >= first_dst)
+
+    def _build_filter(self, targets: frozenset[int]) -> tuple[FilterRule, ...]:
+        first_dst = 2 * self._compiled.rule_count
+        rules_by_kind: dict[tuple[str, tuple[PortRange, ...]], set[int]] = {}
+        for slot_id in targets:
+            slot = self._compiled.dst_slots[slot_id - first_dst]
+            rules_by_kind.setdefault((slot.proto or "", slot.ports), set()).add(slot.rule)
+        # Kinds with equal sources become one rule over all their ports (a rule
+        # for every port already covers the others).
+        ports_by_sources: dict[tuple[str, tuple[str, ...]], tuple[PortRange, ...]] = {}
+        for (proto, ports), rules in rules_by_kind.items():
+            key = (proto, self._sources_text(frozenset(rules)))
+            known = ports_by_sources.get(key, ports)
+            ports_by_sources[key] = () if not ports or not known else merge_ports(known + ports)
+        built = []
+        for (proto, sources), ports in ports_by_sources.items():
+            # The node takes at most MAX_SOURCES per rule; more become several rules.
+            for start in range(0, len(sources), MAX_SOURCES):
+                built.append(FilterRule(sources=sources[start:start + MAX_SOURCES], proto=proto or None, ports=ports))
+        return tuple(sorted(built, key=lambda r: (r.proto or "", r.ports, r.sources)))
+
+    def _sources_text(self, rules: frozenset[int]) -> tuple[str, ...]:
+        """The union of some rules' sources as CIDR text, shared by every filter that needs it."""
+        cached = self._sources_text_cache.get(rules)
+        if cached is None:
+            if len(rules) == 1:
+                intervals = self._sources_of_rule(next(iter(rules)))
+            else:
+                intervals = merge(i for rule in rules for i in self._sources_of_rule(rule))
+            cached = self._sources_text_cache[rules] = cidr_texts(intervals)
+        return cached
+
+    def _sources_of_rule(self, rule: int) -> tuple[Interval, ...]:
+        """A rule's sources: the policy's own networks, and every address of the
+        nodes it names by identity, merged."""
+        cached = self._sources_cache.get(rule)
+        if cached is not None:
+            return cached
+        if self._compiled.rule_from_anywhere[rule]:
+            found = merge(interval_of(ipaddress.ip_network(n)) for n in EVERYWHERE)
+        else:
+            intervals = [interval_of(n) for n in self._compiled.rule_networks[rule]]
+            nodes = self._nodes
+            for cid in self._rule_identity_sources[rule]:
+                for node_id in self._members[cid]:
+                    intervals.extend((a.version, int(a), int(a)) for a in nodes[node_id].addresses)
+            found = merge(intervals)
+        self._sources_cache[rule] = found
+        return found
+
+    def explain(self, src: str, dst: str, port: int | None = None, proto: str = "tcp") -> Decision:
+        """Would ``src`` reach ``dst`` on ``port``/``proto``, and by which rule?
+        ``src`` and ``dst`` are node names or addresses."""
+        if proto not in PROTOCOLS:
+            raise PolicyError(f"proto must be one of {', '.join(PROTOCOLS)}")
+        source, target = self._endpoint(src), self._endpoint(dst)
+        if self.policy is None:
+            return Decision(True, None, "", "no policy is set: everything may reach everything")
+        return decide(self.policy, source, target, port, proto)
+
+    def _endpoint(self, text: str) -> Endpoint:
+        node_id = self._by_name.get(text.lower())
+        if node_id is None:
+            try:
+                address = ipaddress.ip_address(text.strip("[]"))
+            except ValueError:
+                raise PolicyError(f"unknown node {text[:80]!r} (give a node name or an address)") from None
+            node_id = self._by_address.get(address)
+            if node_id is None:
+                return Endpoint.of_address(address)
+        return Endpoint.of_node(self._nodes[node_id])
+
+    # -- changes ------------------------------------------------------------
+
+    def with_node(self, node: DirectoryNode) -> PolicyIndex:
+        """A new index with ``node`` added (or replaced, if its id is known)."""
+        changed = self.without_node(node.node_id) if node.node_id in self._nodes else self._copy()
+        changed._remember(node)
+        signature = changed._compiled.signature(node)
+        cid = changed._class_of_signature.get(signature)
+        new_class = cid is None
+        if cid is None:
+            cid = changed._new_class(signature)
+            changed._members[cid] = frozenset()
+        changed._members[cid] = changed._members[cid] | {node.node_id}
+        changed._node_class[node.node_id] = cid
+        if new_class:
+            changed._link_classes()
+        changed._forget_cached(cid)
+        return changed
+
+    def without_node(self, node_id: str) -> PolicyIndex:
+        """A new index without ``node_id`` (unchanged if it is not there)."""
+        changed = self._copy()
+        node = changed._nodes.pop(node_id, None)
+        if node is None:
+            return changed
+        if changed._by_name.get(node.name) == node_id:
+            del changed._by_name[node.name]
+        for address in node.addresses:
+            if changed._by_address.get(address) == node_id:
+                del changed._by_address[address]
+        cid = changed._node_class.pop(node_id)
+        changed._forget_cached(cid)
+        remaining = changed._members[cid] - {node_id}
+        if remaining:
+            changed._members[cid] = remaining
+        else:
+            del changed._members[cid]
+            del changed._class_of_signature[changed._signature_of_class.pop(cid)]
+            changed._link_classes()
+        return changed
+
+    def _copy(self) -> PolicyIndex:
+        """Shallow copies of every container a change writes to; the values
+        (frozensets, tuples, nodes) are immutable and shared."""
+        copy = object.__new__(PolicyIndex)
+        copy.__dict__.update(self.__dict__)
+        for name in ("_nodes", "_by_name", "_by_address", "_node_class", "_class_of_signature",
+                     "_signature_of_class", "_members", "_peers_cache", "_filter_cache", "_sources_cache", "_sources_text_cache"):
+            setattr(copy, name, dict(getattr(self, name)))
+        return copy
+
+    def _forget_cached(self, cid: int) -> None:
+        """Drop what class ``cid``'s membership feeds: peer sets that include it,
+        the source lists of rules it is a source of, and filters built from those."""
+        for key in [k for k in self._peers_cache if cid in k]:
+            del self._peers_cache[key]
+        signature = self._signature_of_class[cid]
+        rules = {slot // 2 for slot in signature if slot < 2 * self._compiled.rule_count and slot % 2 == 0}
+        if not rules:
+            return
+        for rule in rules:
+            self._sources_cache.pop(rule, None)
+        for key in [k for k in self._sources_text_cache if not rules.isdisjoint(k)]:
+            del self._sources_text_cache[key]
+        first_dst = 2 * self._compiled.rule_count
+        dst_slots = self._compiled.dst_slots
+        for key in [k for k in self._filter_cache if any(dst_slots[s - first_dst].rule in rules for s in k)]:
+            del self._filter_cache[key]
