@@ -140,7 +140,32 @@ class SharedJson(dict):
     encoded: bytes  # unset until the first encode_json
 
 
+class ViewerJson(dict):
+    """A :class:`SharedJson` answer with a few keys of one viewer's own
+    (its pairs' words, its packet filter): encoded as the shared bytes with
+    those keys spliced in, so the shared part (a whole netmap, perhaps) is
+    never encoded again per viewer. Reads as the merged dict."""
+
+    __slots__ = ("shared", "extras")
+
+    def __init__(self, shared: SharedJson, extras: dict[str, Any]):
+        assert extras and not extras.keys() & shared.keys(), "an extra key must be the viewer's own"
+        super().__init__(shared)
+        self.update(extras)
+        self.shared = shared
+        self.extras = extras
+
+    def encode(self) -> bytes:
+        shared = encode_json(self.shared)  # b'{...}\n'
+        own = json.dumps(self.extras, separators=(",", ":")).encode()  # b'{...}'
+        if shared == b"{}\n":
+            return own + b"\n"
+        return shared[:-2] + b"," + own[1:] + b"\n"
+
+
 def encode_json(body: Any) -> bytes:
+    if isinstance(body, ViewerJson):
+        return body.encode()
     encoded = getattr(body, "encoded", None) if isinstance(body, SharedJson) else None
     if encoded is None:
         encoded = json.dumps(body, separators=(",", ":")).encode() + b"\n"

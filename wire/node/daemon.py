@@ -686,7 +686,7 @@ class NodeDaemon(Service):
     async def _sync_once(self) -> None:
         sent_at = self.clock.seconds()
         self.heartbeat.poll_sent(sent_at)
-        poll = self._poll = ensureDeferred(self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT))
+        poll = self._poll = ensureDeferred(self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest))
         try:
             answer = await poll
         except CancelledError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from wire.node.trust import PeerScreen
 from wire.protocol import NetmapAnswer, PairPath, PeerView
-from wire.protocol.filter import FilterRule
+from wire.protocol.filter import FilterRule, filter_digest, filter_json
 
 PERSISTENT_KEEPALIVE = 25
 
@@ -28,6 +28,8 @@ class NodeNetmap:
         self.words: dict[str, PairPath] = {}
         # The access policy's filter for traffic to this node; None: no policy.
         self.filter: tuple[FilterRule, ...] | None = None
+        # Its digest, as the long-poll tells the server (None: never told).
+        self.filter_digest: str | None = None
 
     def apply(self, answer: NetmapAnswer) -> list[str]:
         """Take a long-poll answer; returns problems with entries that were skipped.
@@ -64,6 +66,7 @@ class NodeNetmap:
         self.words = {node_id: word for node_id, word in words.items() if node_id in updated}
         if answer.filter_given:
             self.filter = answer.filter
+            self.filter_digest = filter_digest(None if answer.filter is None else filter_json(answer.filter))
         if answer.cursor:
             self.cursor = answer.cursor
         return list(answer.skipped) + problems

@@ -223,6 +223,10 @@ class PolicyIndex:
         """Does any rule let ``src`` open any connection to ``dst``?"""
         return self.class_of(dst_node_id) in self._reach[self.class_of(src_node_id)]
 
+    def node(self, node_id: str) -> DirectoryNode | None:
+        """The node as this index has it (None: not in it)."""
+        return self._nodes.get(node_id)
+
     def peers_of(self, node_id: str) -> frozenset[str]:
         """The nodes ``node_id`` may reach or that may reach it (possibly including itself)."""
         peer_classes = self._peer_classes[self.class_of(node_id)]

@@ -11,7 +11,10 @@ no rule accepts is dropped. The server computes the rules from the policy
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,3 +103,27 @@ def parse_filter_rules(value: Any) -> tuple[FilterRule, ...]:
     if len(rules) > MAX_RULES:
         raise ProtocolError("filter", f"at most {MAX_RULES} rules")
     return tuple(FilterRule.from_json(rule) for rule in rules)
+
+
+# What a node says it holds, in ``GET /peers?filter=``: a digest, or "none".
+NO_FILTER = "none"
+_DIGEST = re.compile(r"[0-9a-f]{16}|none")
+
+
+def filter_json(rules: tuple[FilterRule, ...]) -> list[dict[str, Any]]:
+    return [rule.to_json() for rule in rules]
+
+
+def filter_digest(rules_json: list[dict[str, Any]] | None) -> str:
+    """A short name for a filter, the same on the server and the node: the
+    server sends the filter only to a node whose digest differs."""
+    if rules_json is None:
+        return NO_FILTER
+    canonical = json.dumps(rules_json, separators=(",", ":"), sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def parse_filter_digest(value: str) -> str:
+    if not _DIGEST.fullmatch(value):
+        raise ProtocolError("filter", "must be the digest of the filter this node holds (16 hex digits) or none")
+    return value

@@ -24,6 +24,7 @@ from typing import cast
 from twisted.web import server
 
 from wire.addressing import PoolExhausted
+from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
     PathReport,
@@ -226,9 +227,12 @@ class Peers(CoordinatorResource):
             if not 0 <= wait <= MAX_WAIT_SECONDS:
                 raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
         viewer = self._viewer(request, node_id)
+        holds = query_arg(request, "filter")
         with answering_errors():
+            if holds is not None:
+                holds = parse_filter_digest(holds)
             answer = self._coordinator.netmap(
-                since, wait, node_id, self._rules.client_ip(request) if node_id else None, viewer=viewer
+                since, wait, node_id, self._rules.client_ip(request) if node_id else None, viewer=viewer, holds_filter=holds
             )
         if not answer.called:
             forget_input(request)  # it may wait minutes; all it asked was read

@@ -31,24 +31,28 @@ from wire.protocol import (
     asking_to_register,
     pair_rule,
     parse_cursor,
-    with_paths,
 )
 from wire.protocol.enums import Heartbeat
+from wire.protocol.filter import NO_FILTER, filter_digest, filter_json
 from wire.server.auth import AuthError, Authority, Forbidden
 from wire.server.metrics import ServerMetrics
 from wire.server.model import NodeRecord
 from wire.server.model import PairWord
 from wire.server.netmap import LongPollHub
 from wire.server.pathbook import PathBook
+from wire.server.policybook import PolicyBook
 from wire.server.punch import PunchTracker
 from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relay import RelayTable
 from wire.server.store import IStore, StoreError
+from wire.web import SharedJson, ViewerJson
 
 SWEEP_INTERVAL = 1.0
 ENROLL_REFUSALS_AUDITED = 10  # a minute
 TOUCH_FLUSH_INTERVAL = 5.0
+# Encoded packet filters kept (one per class of nodes; cleared when the policy changes).
+MAX_FILTERS_ENCODED = 10_000
 
 
 class UnknownNode(LookupError):
@@ -85,6 +89,12 @@ class Coordinator:
             self._viewer_answer,
         )
         registry.on_change(self.longpolls.changed)
+        self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)  # type: ignore[arg-type]
+        registry.on_change(lambda node_id: self.policy.node_changed(registry.get(node_id), node_id))
+        self.policy.listeners.append(self._policy_changed)
+        # The filter digest each node last said it holds; encoded filters by rules object.
+        self._filter_held: dict[str, str | None] = {}
+        self._filter_encoded: dict[int, tuple] = {}
         if authority is not None:
             for node_id, offline_for in authority.ephemeral_nodes().items():
                 registry.make_ephemeral(node_id, offline_for)
@@ -102,6 +112,21 @@ class Coordinator:
 
     def now(self) -> float:
         return self.clock.seconds()
+
+    # -- the access policy --------------------------------------------------
+
+    def _known_tags(self) -> set[str]:
+        """Tags the policy may name without a node carrying them yet: those join keys give."""
+        if self.authority is None:
+            return set()
+        return {tag for key in self.authority.keys() for tag in key.tags}
+
+    def _policy_changed(self) -> None:
+        """Every node's filter may have changed: the serial moves (a poll
+        with the old cursor answers at once) and every long-poll wakes."""
+        self._filter_encoded.clear()
+        self.registry.changes.advance()
+        self.longpolls.changed()
 
     # -- pair paths --------------------------------------------------------
 
@@ -132,17 +157,41 @@ class Coordinator:
 
     def _viewer_answer(self, shared: dict, viewer: str, cursor: Cursor) -> dict | None:
         """``shared`` as ``viewer`` gets it: with its pairs' words if any
-        changed since ``cursor`` (all of them, with a full snapshot)."""
+        changed since ``cursor`` (all of them, with a full snapshot), and its
+        packet filter if it holds another; None when the shared one will do."""
+        extras: dict = {}
         paths, complete = self.paths.changes_for(viewer, cursor)
         if shared.get("full"):
             if not complete:
                 paths = self.paths.words_of(viewer)
-            if not paths:
-                return None  # a full answer without paths already says "no words"
             complete = True
-        elif not paths and not complete:
+            if paths:  # a full answer without paths already says "no words"
+                extras.update(paths=[path.to_json() for path in paths], paths_full=True)
+        elif paths or complete:
+            extras.update(paths=[path.to_json() for path in paths], paths_full=complete)
+        extras.update(self._filter_extra(viewer))
+        if not extras:
             return None
-        return with_paths(shared, [path.to_json() for path in paths], complete)
+        assert isinstance(shared, SharedJson)
+        return ViewerJson(shared, extras)
+
+    def _filter_extra(self, viewer: str) -> dict:
+        """``{"filter": ...}`` when the viewer holds another filter than its own now
+        (what it holds, it says in its poll); else nothing."""
+        held = self._filter_held.get(viewer)
+        if not self.policy.active:
+            # No policy: a node that holds a filter is told to drop it.
+            return {"filter": None} if held not in (None, NO_FILTER) else {}
+        rules = self.policy.filter_for(viewer)
+        assert rules is not None
+        encoded = self._filter_encoded.get(id(rules))
+        if encoded is None or encoded[0] is not rules:
+            if len(self._filter_encoded) > MAX_FILTERS_ENCODED:
+                self._filter_encoded.clear()
+            as_json = filter_json(rules)
+            encoded = (rules, as_json, filter_digest(as_json))
+            self._filter_encoded[id(rules)] = encoded
+        return {} if held == encoded[2] else {"filter": encoded[1]}
 
     async def report_path(self, report: PathReport, caller: str | None = None) -> PathReportAnswer:
         """A node's direct path to a peer failed: the server decides the
@@ -301,6 +350,7 @@ class Coordinator:
         node_id: str | None = None,
         public_ip: str | None = None,
         viewer: str | None = None,
+        holds_filter: str | None = None,
     ) -> Deferred:
         """Long-poll: changes after ``since``, as soon as there are any.
 
@@ -322,7 +372,11 @@ class Coordinator:
             if record is not None:
                 self.registry.seen(node_id, self.now())
                 moved = public_ip is not None and public_ip != record.public_ip
-        answer = self.longpolls.poll(cursor, wait, node_id if node_id is not None else viewer)
+        who = node_id if node_id is not None else viewer
+        if who is not None:
+            # What it holds decides whether its answer carries its filter.
+            self._filter_held[who] = holds_filter
+        answer = self.longpolls.poll(cursor, wait, who)
         if moved:
             answer.addCallback(asking_to_register)
         return answer

@@ -20,6 +20,10 @@ Schema 4 adds tags: a node's (``nodes.tags``) and those a join key gives
 the nodes it enrolls (``join_keys.tags``), space-separated, and a key's
 ``ephemeral_after`` (0: its nodes are not ephemeral). Older databases gain
 the columns, with their defaults, when opened.
+
+Schema 5 adds ``policies``, every version of the access policy
+(:mod:`wire.server.policybook`). An older wire refuses the database rather
+than run without the policy, which would let everything reach everything.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from zope.interface import Interface, implementer
 from wire.protocol import PathMode
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,6 +86,12 @@ CREATE TABLE IF NOT EXISTS pair_paths (
     tries INTEGER NOT NULL,
     retry_at REAL,
     PRIMARY KEY (lo, hi)
+);
+CREATE TABLE IF NOT EXISTS policies (
+    version INTEGER PRIMARY KEY,
+    text TEXT,
+    set_at REAL NOT NULL,
+    source TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

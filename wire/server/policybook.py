@@ -1,0 +1,143 @@
+"""The server's access policy: the one in force, its history, and the index
+that answers "what may reach this node" for every node, kept in step with
+the registry.
+
+A policy is set only whole and only valid: it parses, names only nodes,
+tags and hosts that exist (or tags a join key hands out), and every entry
+under its ``tests`` holds. Each change is a new version in the registry
+database (``policies``), with the text as given, when and by what
+(``admin``, ``file PATH``, ``rollback N``, ``clear``); a rollback is a new
+version with an old text, so history only grows. Version 0 is "no policy":
+everything may reach everything, as before access control existed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from twisted.logger import Logger
+
+from wire.policy import DirectoryNode, Policy, PolicyError, PolicyIndex, check_against, parse_policy
+from wire.protocol.filter import FilterRule
+from wire.server.model import NodeRecord
+from wire.server.store import SQLiteStore
+
+MAX_POLICY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    version: int
+    text: str | None  # None: no policy
+    set_at: float
+    source: str
+
+    def as_dict(self, with_text: bool = True) -> dict:
+        shown: dict = {"version": self.version, "set_at": self.set_at, "source": self.source, "policy_set": self.text is not None}
+        if with_text:
+            shown["text"] = self.text
+        return shown
+
+
+def directory_node(record: NodeRecord) -> DirectoryNode:
+    return DirectoryNode(record.node_id, record.node_name, record.vpn_ip, frozenset(record.tags))
+
+
+class PolicyBook:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        records: Callable[[], Iterable[NodeRecord]],
+        known_tags: Callable[[], Iterable[str]] = lambda: (),
+        now: Callable[[], float] = lambda: 0.0,
+    ):
+        self._store = store
+        self._records = records
+        self._known_tags = known_tags
+        self._now = now
+        self.current = PolicyVersion(0, None, 0.0, "none")
+        rows = store.query("SELECT version, text, set_at, source FROM policies ORDER BY version DESC LIMIT 1")
+        if rows:
+            self.current = PolicyVersion(*rows[0])
+        # The stored text was valid when set; it must still parse (a newer
+        # wire may have written it): else the server refuses to start.
+        self.policy: Policy | None = None if self.current.text is None else parse_policy(self.current.text)
+        self.index = self._build(self.policy)
+        # Called after every change of the policy in force.
+        self.listeners: list[Callable[[], None]] = []
+
+    # -- reading ------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.policy is not None
+
+    def filter_for(self, node_id: str) -> tuple[FilterRule, ...] | None:
+        """The packet filter for traffic to ``node_id``; None: no policy."""
+        return None if self.policy is None else self.index.filter_for(node_id)
+
+    def history(self) -> list[PolicyVersion]:
+        rows = self._store.query("SELECT version, text, set_at, source FROM policies ORDER BY version")
+        return [PolicyVersion(*row) for row in rows]
+
+    # -- checking and changing --------------------------------------------------
+
+    def check(self, text: str) -> Policy:
+        """The policy ``text`` says, if it may be set now; else PolicyError saying why."""
+        if len(text.encode()) > MAX_POLICY_BYTES:
+            raise PolicyError(f"the policy is larger than {MAX_POLICY_BYTES} bytes")
+        policy = parse_policy(text)
+        check_against(policy, [directory_node(r) for r in self._records()], self._known_tags())
+        return policy
+
+    def set(self, text: str, source: str, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+        """Validate and put ``text`` in force as a new version (audited in the same transaction)."""
+        policy = self.check(text)
+        return self._put(text, policy, source, audit)
+
+    def clear(self, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+        """No policy: everything may reach everything again."""
+        return self._put(None, None, "clear", audit)
+
+    def rollback(self, version: int, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+        """Version ``version``'s text in force again, as a new version (checked against today's nodes)."""
+        rows = self._store.query("SELECT version, text, set_at, source FROM policies WHERE version = ?", (version,))
+        if not rows:
+            raise LookupError(f"no policy version {version} (see: wire admin policy history)")
+        old = PolicyVersion(*rows[0])
+        policy = None if old.text is None else self.check(old.text)
+        return self._put(old.text, policy, f"rollback {version}", audit)
+
+    def _put(self, text: str | None, policy: Policy | None, source: str, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+        version = PolicyVersion(self.current.version + 1, text, self._now(), source)
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO policies (version, text, set_at, source) VALUES (?, ?, ?, ?)",
+                (version.version, version.text, version.set_at, version.source),
+            )
+            audit(db, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
+        self.current, self.policy = version, policy
+        self.index = self._build(policy)
+        self.log.info("access policy version {version} in force ({source})", version=version.version, source=source)
+        for listener in self.listeners:
+            listener()
+        return version
+
+    # -- in step with the registry --------------------------------------------------
+
+    def node_changed(self, record: NodeRecord | None, node_id: str) -> None:
+        """A node came, changed (name, address, tags) or went: the index follows."""
+        if self.policy is None:
+            return
+        if record is None:
+            self.index = self.index.without_node(node_id)
+        else:
+            node = directory_node(record)
+            if self.index.node(node_id) != node:
+                self.index = self.index.with_node(node)
+
+    def _build(self, policy: Policy | None) -> PolicyIndex:
+        return PolicyIndex(policy, [directory_node(r) for r in self._records()])
