@@ -749,6 +749,30 @@ class AdminProcessTests(unittest.TestCase):
         self.assertEqual(err.splitlines()[-1], "wire admin keys create: error: argument --expires: '5' needs a unit (s, m, h, d, w), e.g. 5m, 5h or 5d")
         self.assertEqual(await self.key_ids(), before)
 
+    async def test_tags_and_the_access_policy_through_the_real_cli(self):
+        code, out, err = await run_wire("admin", "keys", "create", "--tag", "web", "--ephemeral", "--data-dir", self.data_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("tags tag:web; ephemeral: removed 30m offline", out)
+        path = os.path.join(self.data_dir, "policy.hujson")
+        with open(path, "w") as f:
+            f.write('{\n  // web may reach ssh anywhere\n  "acls": [{"action": "accept", "src": ["tag:web"], "dst": ["*:22"],},],\n}\n')
+        code, out, err = await run_wire("admin", "policy", "check", path, "--data-dir", self.data_dir)
+        self.assertEqual((code, out, err), (0, "the policy is valid: 1 rule(s), 0 test(s) pass; nothing was changed\n", ""))
+        code, out, err = await run_wire("admin", "policy", "set", path, "--data-dir", self.data_dir)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("access policy version 1 in force (admin)", out)
+        with open(path, "w") as f:
+            f.write('{"acls": [{"action": "accept", "src": ["tag:nobody"], "dst": ["*:22"]}]}')
+        code, out, err = await run_wire("admin", "policy", "set", path, "--data-dir", self.data_dir)
+        self.assertEqual(code, 1)
+        self.assertIn("tag:nobody", err)
+        code, out, err = await run_wire("admin", "policy", "get", "--json", "--data-dir", self.data_dir)
+        self.assertEqual((code, json.loads(out)["version"]), (0, 1))
+        code, out, err = await run_wire("admin", "policy", "history", "--data-dir", self.data_dir)
+        self.assertIn("← in force", out)
+        code, out, err = await run_wire("admin", "policy", "clear", "--data-dir", self.data_dir)
+        self.assertIn("access policy cleared (version 2)", out)
+
     async def test_nodes_list_has_headers_and_ids(self):
         token = json.loads((await run_wire("admin", "keys", "create", "--json", "--data-dir", self.data_dir))[1])["token"]
         join = decode_join_token(token)

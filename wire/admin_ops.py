@@ -99,5 +99,11 @@ class AdminOps:
     async def tag_node(self, node: str, tags: tuple[str, ...]) -> dict:
         return await self._call(self._client.tag_node(node, tags))
 
+    async def policy(self) -> dict:
+        return await self._call(self._client.policy())
+
+    async def policy_action(self, action: str, **fields) -> dict:
+        return await self._call(self._client.policy_action(action, **fields))
+
     async def audit(self) -> dict:
         return await self._call(self._client.audit())

@@ -458,6 +458,13 @@ class AdminClient(JsonHttp):
     async def tag_node(self, node: str, tags: tuple[str, ...]) -> dict:
         return await self._request("POST", "/tag-node", {"node": node, "tags": list(tags)})
 
+    async def policy(self) -> dict:
+        return await self._request("GET", "/policy", limit=MAX_RESPONSE_BYTES)
+
+    async def policy_action(self, action: str, **fields) -> dict:
+        """``set``, ``check`` (``text``), ``clear``, ``history``, ``rollback`` (``version``), ``explain``."""
+        return await self._request("POST", "/policy", {"action": action, **fields}, limit=MAX_RESPONSE_BYTES)
+
     async def audit(self) -> dict:
         return await self._request("GET", "/audit", limit=MAX_RESPONSE_BYTES)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 
 from wire import ops
 from wire.admin_ops import DEFAULT_EPHEMERAL_AFTER, AdminError, AdminOps
@@ -117,6 +118,95 @@ def format_audit(result: dict, style: Style) -> str:
     ) or "no events"
 
 
+def read_policy_file(path: str) -> str:
+    """The policy's text from a file, or stdin for ``-``; a clear error otherwise."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ops.OpError(f"cannot read the policy from {path}: {e}")
+
+
+def parse_target(text: str) -> tuple[str, int | None, str]:
+    """``DST[:PORT][/PROTO]`` -> (dst, port or None, proto): ``db1:5432``,
+    ``db1:53/udp``, ``10.99.0.7:22``, ``[fd7a::1]:22``, ``db1/icmp``."""
+    proto = "tcp"
+    head, slash, tail = text.rpartition("/")
+    if slash and tail in ("tcp", "udp", "icmp"):
+        text, proto = head, tail
+    port: int | None = None
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ops.OpError(f"{text!r}: an IPv6 address in brackets, then :PORT")
+        text, port_text = host, rest[1:]
+    elif text.count(":") == 1:
+        text, _, port_text = text.partition(":")
+    else:
+        port_text = ""  # a name, an IPv4 address, or a bare IPv6 address
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ops.OpError(f"{port_text!r} is not a port (0-65535)")
+        port = int(port_text)
+    return text, port, proto
+
+
+async def _policy(admin: AdminOps, args: argparse.Namespace) -> tuple[dict, Formatter]:
+    if args.action == "get":
+        return await admin.policy(), format_policy
+    if args.action in ("set", "check"):
+        text = read_policy_file(args.file)
+        return await admin.policy_action(args.action, text=text), format_policy_set if args.action == "set" else format_policy_checked
+    if args.action == "clear":
+        return await admin.policy_action("clear"), format_policy_set
+    if args.action == "history":
+        return await admin.policy_action("history"), format_policy_history
+    if args.action == "rollback":
+        return await admin.policy_action("rollback", version=args.version), format_policy_set
+    if args.action == "explain":
+        dst, port, proto = parse_target(args.dst)
+        return await admin.policy_action("explain", src=args.src, dst=dst, port=port, proto=proto), format_policy_explained
+    raise AssertionError(args.action)
+
+
+def format_policy(result: dict, style: Style) -> str:
+    if not result["policy_set"]:
+        return f"no access policy (version {result['version']}): every node may reach every node"
+    return f"// access policy version {result['version']}, set {_local_time(result['set_at'])} by {result['source']}\n{result['text'].rstrip()}\n"
+
+
+def format_policy_set(result: dict, style: Style) -> str:
+    if not result["policy_set"]:
+        return f"access policy cleared (version {result['version']}): every node may reach every node"
+    return f"access policy version {result['version']} in force ({result['source']}); nodes get their filters within seconds"
+
+
+def format_policy_checked(result: dict, style: Style) -> str:
+    return f"the policy is valid: {result['rules']} rule(s), {result['tests']} test(s) pass; nothing was changed"
+
+
+def format_policy_history(result: dict, style: Style) -> str:
+    rows = [
+        (v["version"], _local_time(v["set_at"]) if v["set_at"] else "-", v["source"], "policy" if v["policy_set"] else "none", "← in force" if v["version"] == result["current"] else "")
+        for v in result["versions"]
+    ]
+    if not rows:
+        return "no access policy has ever been set"
+    return "\n".join(table(("VERSION", "SET", "BY", "KIND", ""), rows))
+
+
+def format_policy_explained(result: dict, style: Style) -> str:
+    target = result["dst"] + (f":{result['port']}" if result["port"] is not None else "") + f"/{result['proto']}"
+    verdict = "allowed" if result["allowed"] else "denied"
+    why = result["reason"] or ("no policy: everything is allowed" if not result["policy_set"] else "")
+    line = f"{result['src']} -> {target}: {verdict}" + (f" ({why})" if why else "")
+    if result.get("rule_text"):
+        line += f"\n  {result['rule_text']}"
+    return line
+
+
 async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     """Run one ``wire admin`` command: its result, and how it prints."""
     admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
@@ -137,6 +227,8 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
             return await admin.rename_node(args.node, args.new_name), format_renamed
         if args.topic == "nodes" and args.action == "tag":
             return await admin.tag_node(args.node, tuple(sorted(set(args.tags)))), format_tagged
+        if args.topic == "policy":
+            return await _policy(admin, args)
         if args.topic == "audit":
             return await admin.audit(), format_audit
     except AdminError as e:

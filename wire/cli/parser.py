@@ -145,6 +145,23 @@ def build_parser() -> WireParser:
     tag = nodes.add_parser("tag", help="replace a node's tags (none given: no tags)", description="Replace a node's tags: wire admin nodes tag web1 tag:web tag:prod. With no tags, the node has none. A node cannot set its own tags.")
     tag.add_argument("node", help="name, node id or VPN IP")
     tag.add_argument("tags", nargs="*", type=_tag, metavar="TAG")
+    policy = topics.add_parser("policy", help="the access policy: who may reach what").add_subparsers(dest="action", metavar="ACTION", required=True)
+    policy.add_parser("get", help="the policy in force (its text, version and source)")
+    set_policy = policy.add_parser(
+        "set",
+        help="validate FILE, run its tests, and put it in force",
+        description="Validate the policy (HuJSON: Tailscale's ACL shape), check it against the nodes and run its tests; any failure refuses it and changes nothing.",
+    )
+    set_policy.add_argument("file", metavar="FILE", help="the policy file, or - for stdin")
+    check_policy = policy.add_parser("check", help="validate FILE and run its tests, changing nothing")
+    check_policy.add_argument("file", metavar="FILE", help="the policy file, or - for stdin")
+    policy.add_parser("clear", help="no policy: everything may reach everything again")
+    policy.add_parser("history", help="every version, when and by what it was set")
+    rollback = policy.add_parser("rollback", help="put an earlier version in force again (as a new version)")
+    rollback.add_argument("version", type=int)
+    explain_policy = policy.add_parser("explain", help="may SRC reach DST:PORT[/PROTO], and by which rule")
+    explain_policy.add_argument("src", help="a node name or address")
+    explain_policy.add_argument("dst", metavar="DST[:PORT][/PROTO]", help="e.g. db1:5432, db1:53/udp, 10.99.0.7:22, [fd7a::1]:22, db1/icmp")
     topics.add_parser("audit", help="enrollments, removals and key operations")
 
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")

@@ -16,6 +16,7 @@ from twisted.web import server
 from wire.jointoken import JoinToken
 from wire.protocol import ProtocolError, parse_node_name
 from wire.protocol.fields import parse_tags
+from wire.policy import PolicyError
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
 from wire.server.model import NodeRecord
@@ -111,6 +112,45 @@ class Admin:
                 db, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]"
             )
         return {"node_id": record.node_id, "node_name": record.node_name, "old_tags": list(old), "tags": list(tags)}
+
+    # -- the access policy (wire.server.policybook) ----------------------------
+
+    def policy(self) -> dict:
+        current = self.coordinator.policy.current
+        return {**current.as_dict(), "in_force": current.text is not None}
+
+    def set_policy(self, text: str, source: str = "admin") -> dict:
+        """Validate, run its tests, and put it in force; PolicyError says why not."""
+        version = self.coordinator.policy.set(text, source, self.coordinator.audit)
+        return version.as_dict(with_text=False)
+
+    def check_policy(self, text: str) -> dict:
+        """What ``set_policy`` would say, changing nothing."""
+        policy = self.coordinator.policy.check(text)
+        return {"valid": True, "rules": len(policy.rules), "tests": len(policy.tests)}
+
+    def clear_policy(self) -> dict:
+        return self.coordinator.policy.clear(self.coordinator.audit).as_dict(with_text=False)
+
+    def policy_history(self) -> dict:
+        return {"versions": [v.as_dict(with_text=False) for v in self.coordinator.policy.history()], "current": self.coordinator.policy.current.version}
+
+    def rollback_policy(self, version: int) -> dict:
+        return self.coordinator.policy.rollback(version, self.coordinator.audit).as_dict(with_text=False)
+
+    def explain_policy(self, src: str, dst: str, port: int | None, proto: str) -> dict:
+        decision = self.coordinator.policy.index.explain(src, dst, port, proto)
+        return {
+            "src": src,
+            "dst": dst,
+            "port": port,
+            "proto": proto,
+            "allowed": decision.allowed,
+            "rule": decision.rule_index,
+            "rule_text": decision.rule_text,
+            "reason": decision.reason,
+            "policy_set": self.coordinator.policy.active,
+        }
 
     def audit(self, limit: int = 100) -> list[dict]:
         return self.authority.audit_log(limit)
@@ -232,6 +272,50 @@ def _tags(body: dict) -> tuple[str, ...]:
         raise ApiError(400, str(e))
 
 
+class PolicyResource(_AdminResource):
+    """``GET /policy`` the one in force; ``POST /policy`` {"action": set|check|clear|rollback|explain, ...}."""
+
+    methods = ("GET", "POST")
+
+    def get(self, request: server.Request) -> dict:
+        return {"ok": True, **self.admin.policy()}
+
+    def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        action = body.get("action")
+        try:
+            if action in ("set", "check"):
+                text = body.get("text")
+                if not isinstance(text, str):
+                    raise ApiError(400, "text: must be the policy, as a string")
+                if action == "check":
+                    return {"ok": True, **self.admin.check_policy(text)}
+                source = body.get("source", "admin")
+                return {"ok": True, **self.admin.set_policy(text, source if isinstance(source, str) else "admin")}
+            if action == "clear":
+                return {"ok": True, **self.admin.clear_policy()}
+            if action == "history":
+                return {"ok": True, **self.admin.policy_history()}
+            if action == "rollback":
+                version = body.get("version")
+                if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                    raise ApiError(400, "version: must be a version number from wire admin policy history")
+                return {"ok": True, **self.admin.rollback_policy(version)}
+            if action == "explain":
+                src, dst = _string(body, "src"), _string(body, "dst")
+                port, proto = body.get("port"), body.get("proto", "tcp")
+                if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+                    raise ApiError(400, "port: must be 0..65535, or absent")
+                if not isinstance(proto, str):
+                    raise ApiError(400, "proto: must be tcp, udp or icmp")
+                return {"ok": True, **self.admin.explain_policy(src, dst, port, proto)}
+        except PolicyError as e:
+            raise ApiError(400, str(e))
+        except LookupError as e:
+            raise ApiError(404, str(e.args[0]))
+        raise ApiError(400, "action: must be set, check, clear, history, rollback or explain")
+
+
 class Audit(_AdminResource):
     methods = ("GET",)
 
@@ -247,5 +331,6 @@ def build_admin_site(admin: Admin) -> server.Site:
     root.putChild(b"remove-node", RemoveNode(admin))
     root.putChild(b"rename-node", RenameNode(admin))
     root.putChild(b"tag-node", TagNode(admin))
+    root.putChild(b"policy", PolicyResource(admin))
     root.putChild(b"audit", Audit(admin))
     return make_site(root, timeout=30, reactor=admin.coordinator.clock)

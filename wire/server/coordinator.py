@@ -115,6 +115,13 @@ class Coordinator:
 
     # -- the access policy --------------------------------------------------
 
+    def audit(self, db, event: str, detail: str) -> None:
+        """Into the audit log, inside ``db``'s transaction (an open server keeps none: the log says it)."""
+        if self.authority is not None:
+            self.authority.audit(db, event, detail)
+        else:
+            self.log.info("{event} {detail}", event=event, detail=detail)
+
     def _known_tags(self) -> set[str]:
         """Tags the policy may name without a node carrying them yet: those join keys give."""
         if self.authority is None:

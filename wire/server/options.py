@@ -60,6 +60,7 @@ class Options(usage.Options):
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
         ["expire-after", None, None, f"seconds offline before a node leaves the netmap [{DEFAULT_EXPIRE_AFTER:.0f}]"],
         ["import-seed-state", None, None, "import the nodes of a seed server's state.json before serving"],
+        ["policy", None, None, "an access policy file (HuJSON, Tailscale's ACL shape): put in force at start, again on SIGHUP"],
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],
         ["public-url", None, None, "the URL nodes use to reach this server, put in join tokens [https://HOSTNAME:PORT]"],

@@ -23,7 +23,8 @@ from wire.protocol.filter import FilterRule
 from wire.server.model import NodeRecord
 from wire.server.store import SQLiteStore
 
-MAX_POLICY_BYTES = 1024 * 1024
+# As the admin socket takes it: one JSON body (wire.protocol.MAX_BODY_BYTES).
+MAX_POLICY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
 from wire.server.connguard import ConnectionGuard, connection_limit
+from wire.policy import PolicyError
+from wire.server.policyfile import PolicyFile, PolicyFileError
 from wire.server.store import StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
@@ -202,8 +204,15 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         )
     try:
         coordinator, lock_file = build_coordinator(config, reactor)
-    except (StoreError, SeedStateError) as e:
+    except (StoreError, SeedStateError, PolicyError) as e:
         raise SystemExit(f"wire-server: {e}")
+    policy_file = PolicyFile(config["policy"], coordinator) if config["policy"] else None
+    if policy_file is not None:
+        try:
+            policy_file.load()
+        except (PolicyFileError, StoreError) as e:
+            lock_file.close()  # type: ignore[attr-defined]
+            raise SystemExit(f"wire-server: --policy: {e}")
 
     # twistd's own options are the parent of ours; without them (tests), the foreground.
     twistd = config.parent
@@ -243,6 +252,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         what = f"UDP port {udp_port}{where} ({job}, --port + {udp_port - port})"
         ListeningUDP(udp_port, protocol, interface, reactor, what).setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
+    if policy_file is not None:
+        server.when_listening.append(lambda: policy_file.reload_on_sighup(reactor))
     server.when_listening.append(lambda: _announce(config, coordinator, fingerprint))
     if coordinator.authority is not None:
         server.when_listening.append(lambda: write_first_join(admin, data_dir, first_join_notes(config)))

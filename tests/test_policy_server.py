@@ -1,0 +1,263 @@
+"""The access policy on the server: set only whole and valid, versioned and
+audited, each node's packet filter in its long-poll answer (only when it
+holds another), ``wire admin policy`` over the admin socket, and
+``--policy FILE`` with SIGHUP in a real ``twistd wire-server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from tests.helpers import make_coordinator, registration_for
+from tests.serverproc import ServerProcess
+from tests.test_daemon import eventually
+from wire.addressing import AddressPool, parse_subnet
+from wire.cli.admin import format_policy_explained, format_policy_history, parse_target
+from wire.cli.formatting import Style
+from wire.ops import OpError
+from wire.policy import PolicyError
+from wire.protocol import Cursor
+from wire.protocol.filter import NO_FILTER, filter_digest
+from wire.server.admin import Admin, build_admin_site
+from wire.server.auth import Authority
+from wire.server.coordinator import Coordinator
+from wire.server.registry import Registry
+from wire.web import encode_json
+
+POLICY = """{
+  // web may reach the database; ops reach everything
+  "groups": {"group:ops": ["ops1"]},
+  "acls": [
+    {"action": "accept", "src": ["tag:web"], "proto": "tcp", "dst": ["tag:db:5432"]},
+    {"action": "accept", "src": ["group:ops"], "dst": ["*:*"]},
+  ],
+  "tests": [{"src": "web1", "accept": ["db1:5432"], "deny": ["db1:22"]}],
+}"""
+
+
+class Mesh:
+    def __init__(self, test: unittest.TestCase):
+        self.test = test
+        self.coordinator = make_coordinator(test)
+        self.clock = self.coordinator.clock
+        self.authority = Authority(self.coordinator.store, self.clock)
+        self.coordinator.authority = self.authority
+        self.admin = Admin(self.coordinator, "https://vpn.example.org:8787", "ab" * 32)
+        self.ids: dict[str, str] = {}
+
+    def enroll(self, name: str, *tags: str) -> str:
+        _, secret = self.authority.create_key(tags=tuple(sorted(tags)))
+        d = Deferred.fromCoroutine(self.coordinator.enroll(secret, registration_for(name), "203.0.113.9"))
+        result, _ = self.test.successResultOf(d)
+        self.ids[name] = result.record.node_id
+        return result.record.node_id
+
+    def poll(self, name: str, holds: str | None, cursor: Cursor | None = None) -> dict:
+        d = self.coordinator.netmap(str(cursor or Cursor("x", 0)), 0, self.ids[name], holds_filter=holds)
+        answer = self.test.successResultOf(d)
+        # What goes on the wire is what counts: the spliced bytes must be the merged answer.
+        self.test.assertEqual(json.loads(encode_json(answer)), json.loads(json.dumps(dict(answer))))
+        return json.loads(encode_json(answer))
+
+    def audit(self, event: str) -> list[str]:
+        return [e["detail"] for e in self.authority.audit_log(1000) if e["event"] == event]
+
+
+class PolicyBookTests(unittest.TestCase):
+    def setUp(self):
+        self.mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
+            self.mesh.enroll(name, *tags)
+        self.book = self.mesh.coordinator.policy
+
+    def test_no_policy_at_first(self):
+        self.assertFalse(self.book.active)
+        self.assertIsNone(self.book.filter_for(self.mesh.ids["web1"]))
+        self.assertEqual(self.mesh.admin.policy()["policy_set"], False)
+
+    def test_a_valid_policy_is_versioned_audited_and_kept(self):
+        shown = self.mesh.admin.set_policy(POLICY)
+        self.assertEqual((shown["version"], shown["source"], shown["policy_set"]), (1, "admin", True))
+        self.assertEqual(self.mesh.audit("policy.set"), ["version 1 (admin), was 0"])
+        rules = self.book.filter_for(self.mesh.ids["db1"]) or ()
+        self.assertEqual(sorted((r.proto or "any", [p.to_json() for p in r.ports]) for r in rules), [("any", []), ("tcp", [[5432, 5432]])])
+        # A new server on the same registry has the same policy in force.
+        store = self.mesh.coordinator.store
+        registry = Registry(store, AddressPool(parse_subnet("10.99.0.0/16")))
+        registry.load(store.load(), self.mesh.clock.seconds())
+        again = Coordinator(self.mesh.clock, store, registry, authority=Authority(store, self.mesh.clock))
+        self.assertEqual((again.policy.current.version, again.policy.current.text), (1, POLICY))
+
+    def test_an_invalid_policy_changes_nothing_and_says_why(self):
+        self.mesh.admin.set_policy(POLICY)
+        cases = {
+            '{"acls": [}': "line 1, column 11",
+            '{"acls": [{"action": "accept", "src": ["tag:web"], "dst": ["nass:80"]}]}': 'unknown node or host "nass"',
+            '{"acls": [{"action": "accept", "src": ["*"], "dst": ["db1:70000"]}]}': "70000",
+            POLICY.replace('"deny": ["db1:22"]', '"deny": ["db1:5432"]'): "tests[0]",
+            '{"acl": []}': "acl",
+        }
+        for text, said in cases.items():
+            with self.assertRaises(PolicyError, msg=text) as caught:
+                self.mesh.admin.set_policy(text)
+            self.assertIn(said, str(caught.exception))
+        self.assertEqual(self.book.current.version, 1, "nothing changed")
+        self.assertEqual(self.mesh.admin.check_policy(POLICY), {"valid": True, "rules": 2, "tests": 1})
+
+    def test_a_tag_only_a_join_key_hands_out_may_be_named(self):
+        self.mesh.authority.create_key(tags=("tag:ci",))
+        self.mesh.admin.set_policy('{"acls": [{"action": "accept", "src": ["tag:ci"], "dst": ["db1:22"]}]}')
+        with self.assertRaises(PolicyError):
+            self.mesh.admin.set_policy('{"acls": [{"action": "accept", "src": ["tag:nobody"], "dst": ["db1:22"]}]}')
+
+    def test_clear_history_rollback_and_explain(self):
+        self.mesh.admin.set_policy(POLICY)
+        self.mesh.admin.clear_policy()
+        self.assertFalse(self.book.active)
+        rolled = self.mesh.admin.rollback_policy(1)
+        self.assertEqual((rolled["version"], rolled["source"]), (3, "rollback 1"))
+        history = self.mesh.admin.policy_history()
+        self.assertEqual([(v["version"], v["source"], v["policy_set"]) for v in history["versions"]], [(1, "admin", True), (2, "clear", False), (3, "rollback 1", True)])
+        with self.assertRaises(LookupError):
+            self.mesh.admin.rollback_policy(9)
+        allowed = self.mesh.admin.explain_policy("web1", "db1", 5432, "tcp")
+        self.assertEqual((allowed["allowed"], allowed["rule"]), (True, 0))
+        denied = self.mesh.admin.explain_policy("web1", "db1", 22, "tcp")
+        self.assertFalse(denied["allowed"])
+        self.assertEqual(self.mesh.admin.explain_policy("db1", "web1", 80, "tcp")["allowed"], False, "one way only")
+        self.assertEqual(self.mesh.admin.explain_policy("ops1", "web1", 22, "tcp")["allowed"], True)
+        text = format_policy_explained(allowed, Style(False))
+        self.assertTrue(text.startswith("web1 -> db1:5432/tcp: allowed (accepted by acls[0])"), text)
+        self.assertIn("← in force", format_policy_history(history, Style(False)))
+
+    def test_the_admin_socket_refuses_bad_policy_requests_clearly(self):
+        http = StubTreq(build_admin_site(self.mesh.admin).resource)
+
+        def post(body) -> tuple[int, dict]:
+            async def call():
+                response = await http.post("http://wire-admin/policy", json=body)
+                return response.code, json.loads(await response.content())
+
+            d = Deferred.fromCoroutine(call())
+            http.flush()
+            return self.successResultOf(d)
+
+        code, answer = post({"action": "set", "text": "{"})
+        self.assertEqual(code, 400)
+        self.assertIn("line 1", answer["error"])
+        self.assertEqual(post({"action": "set", "text": 5})[0], 400)
+        self.assertEqual(post({"action": "launch"})[0], 400)
+        self.assertEqual(post({"action": "rollback", "version": "1"})[0], 400)
+        self.assertEqual(post({"action": "rollback", "version": 7})[0], 404)
+        self.assertEqual(post({"action": "explain", "src": "web1", "dst": "db1", "port": 70000})[0], 400)
+        code, answer = post({"action": "set", "text": POLICY})
+        self.assertEqual((code, answer["version"]), (200, 1))
+
+
+class FilterInTheNetmapTests(unittest.TestCase):
+    def setUp(self):
+        self.mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
+            self.mesh.enroll(name, *tags)
+
+    def test_no_policy_no_filter_unless_the_node_holds_one(self):
+        self.assertNotIn("filter", self.mesh.poll("db1", None))
+        self.assertNotIn("filter", self.mesh.poll("db1", NO_FILTER))
+        self.assertIsNone(self.mesh.poll("db1", "0123456789abcdef")["filter"], "a node holding a filter drops it")
+
+    def test_a_node_gets_its_filter_once_and_again_when_it_changes(self):
+        self.mesh.admin.set_policy(POLICY)
+        answer = self.mesh.poll("db1", None)
+        rules = answer["filter"]
+        address = {name: self.mesh.coordinator.registry.get(node_id).vpn_ip for name, node_id in self.mesh.ids.items()}
+        self.assertCountEqual(
+            rules,
+            [
+                {"sources": [address["ops1"] + "/32"]},
+                {"sources": [address["web1"] + "/32"], "proto": "tcp", "ports": [[5432, 5432]]},
+            ],
+        )
+        digest = filter_digest(rules)
+        self.assertNotIn("filter", self.mesh.poll("db1", digest), "it has it")
+        # web1's filter: only ops may reach it.
+        self.assertEqual(len(self.mesh.poll("web1", None)["filter"]), 1)
+        # Another web node joins: db1's filter changes, and its answer says so.
+        self.mesh.enroll("web2", "tag:web")
+        changed = self.mesh.poll("db1", digest)["filter"]
+        self.assertNotEqual(filter_digest(changed), digest)
+
+    def test_a_policy_change_wakes_a_waiting_poll_with_the_new_filter(self):
+        self.mesh.admin.set_policy(POLICY)
+        first = self.mesh.poll("db1", None)
+        d = self.mesh.coordinator.netmap(first["cursor"], 30, self.mesh.ids["db1"], holds_filter=filter_digest(first["filter"]))
+        self.assertNoResult(d)
+        self.mesh.admin.clear_policy()
+        self.mesh.clock.advance(0)
+        answer = json.loads(encode_json(self.successResultOf(d)))
+        self.assertIn("filter", answer)
+        self.assertIsNone(answer["filter"])
+
+
+class ParseTargetTests(unittest.TestCase):
+    def test_targets(self):
+        self.assertEqual(parse_target("db1:5432"), ("db1", 5432, "tcp"))
+        self.assertEqual(parse_target("db1:53/udp"), ("db1", 53, "udp"))
+        self.assertEqual(parse_target("db1/icmp"), ("db1", None, "icmp"))
+        self.assertEqual(parse_target("10.99.0.7:22"), ("10.99.0.7", 22, "tcp"))
+        self.assertEqual(parse_target("[fd7a::1]:22"), ("fd7a::1", 22, "tcp"))
+        self.assertEqual(parse_target("fd7a::1"), ("fd7a::1", None, "tcp"))
+        for bad in ("db1:http", "db1:70000", "[fd7a::1"):
+            with self.assertRaises(OpError, msg=bad):
+                parse_target(bad)
+
+
+class PolicyFileProcessTests(unittest.TestCase):
+    """A real twistd wire-server with --policy: at start, on SIGHUP, and a bad file."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.policy_path = os.path.abspath(self.mktemp())
+
+    def write(self, text: str) -> None:
+        with open(self.policy_path, "w") as f:
+            f.write(text)
+
+    async def test_loaded_at_start_reloaded_on_sighup_and_a_bad_file_refused(self):
+        self.write('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}')
+        server = ServerProcess(self, self.data_dir, extra_args=("--open", f"--policy={self.policy_path}"))
+        await server.start()
+
+        def versions() -> list[tuple]:
+            import sqlite3
+
+            db = sqlite3.connect(os.path.join(self.data_dir, "registry.sqlite3"))
+            try:
+                return db.execute("SELECT version, source FROM policies ORDER BY version").fetchall()
+            finally:
+                db.close()
+
+        self.assertEqual(versions(), [(1, f"file {self.policy_path}")])
+        self.write('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:80"]}]}')
+        server._transport.signalProcess(signal.SIGHUP)
+        await eventually(lambda: len(versions()) == 2, timeout=10)
+        self.write('{"acls": [')
+        server._transport.signalProcess(signal.SIGHUP)
+        await eventually(lambda: "was refused" in server.output, timeout=10)
+        self.assertIn("version 2 stays in force", server.output)
+        self.assertEqual(len(versions()), 2)
+        await server.stop()
+        # At start, a bad file stops the server, saying why.
+        failing = ServerProcess(self, self.data_dir, extra_args=("--open", f"--policy={self.policy_path}"))
+        with self.assertRaises(AssertionError) as caught:
+            await failing.start()
+        self.assertIn("--policy: the policy in", str(caught.exception))
+        await deferLater(reactor, 0, lambda: None)
