@@ -319,6 +319,10 @@ POSITIONALS = {
     ("admin", "nodes", "remove"): ["web1"],
     ("admin", "nodes", "rename"): ["web1", "web2"],
     ("admin", "nodes", "tag"): ["web1", "tag:web"],
+    ("admin", "policy", "set"): ["policy.hujson"],
+    ("admin", "policy", "check"): ["policy.hujson"],
+    ("admin", "policy", "rollback"): ["1"],
+    ("admin", "policy", "explain"): ["web1", "db1:5432"],
 }
 
 
