@@ -130,13 +130,14 @@ class MeshLab:
         node = self.nodes[name]
         return wire_argv("--config-dir", node.config_dir, *args)
 
-    async def up(self, name: str, timeout: float = 60) -> dict:
-        """``wire up`` inside the node's namespace; returns its --json answer."""
+    async def up(self, name: str, timeout: float = 60, token: str | None = None) -> dict:
+        """``wire up`` inside the node's namespace; returns its --json answer.
+        ``token``: a join token of its own (a tagged key, say), else the lab's."""
         host = self.lab.hosts[name]
         node = self.nodes.setdefault(
             name, MeshNode(name, os.path.join(self._workdir, name), host.wireguard_interface)
         )
-        joining = ["--server", self.server_url] if self.open_server else ["--join", self.join_token]
+        joining = ["--server", self.server_url] if self.open_server else ["--join", token or self.join_token]
         result = await self.cli(name, "up", *joining, "--name", name, "--interface", node.interface, "--json", timeout=timeout)
         try:
             answer = _json_answer(result, f"wire up on {name}")
