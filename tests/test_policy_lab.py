@@ -13,9 +13,8 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.trial import unittest
-
 from twisted.logger import Logger
+from twisted.trial import unittest
 
 from tests.test_e2e import eventually, lab_unavailable
 from wire.admin_ops import AdminOps
