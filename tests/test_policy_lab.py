@@ -1,10 +1,11 @@
 """The access policy for real: wireguard-go and nftables in namespaces.
 
 Policy: tag:web may reach tag:db on tcp 5432; group:ops (the node ops1)
-may reach everything. The web node connects to the db node's 5432 and not
-its 22; the db node cannot open a connection to the web node; the ops node
-reaches both; a node nothing allows reaches nothing. A policy change is in
-force within 2 s, and ``wire down`` leaves no nftables table behind.
+may reach every server (tag:web, tag:db). The web node connects to the db
+node's 5432 and not its 22; the db node cannot open a connection to the web
+node; the ops node reaches both; an untagged node sees no peers at all
+(``wg show`` is empty) and reaches nothing. A policy change is in force
+within 2 s, and ``wire down`` leaves no nftables table behind.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ POLICY = """{
   "groups": {"group:ops": ["ops1"]},
   "acls": [
     {"action": "accept", "src": ["tag:web"], "proto": "tcp", "dst": ["tag:db:5432"]},
-    {"action": "accept", "src": ["group:ops"], "dst": ["*:*"]},
+    {"action": "accept", "src": ["group:ops"], "dst": ["tag:web:*", "tag:db:*"]},
   ],
   "tests": [{"src": "web1", "accept": ["db1:5432"], "deny": ["db1:22"]}],
 }"""
@@ -90,6 +91,10 @@ class PolicyLabTests(unittest.TestCase):
         self.assertEqual(seen, expected, await self.logs(mesh, ["web1", "db1"]))
         self.assertFalse(await self.pings(mesh, "plain1", "db1"))
         self.assertTrue(await self.pings(mesh, "ops1", "db1"))
+        # Nothing relates to plain1: it holds no peers, and no one holds it.
+        self.assertEqual(await self.peer_keys(mesh, "plain1"), set())
+        self.assertEqual(len(await self.peer_keys(mesh, "db1")), 2, "web1 and ops1")
+        self.assertEqual(len(await self.peer_keys(mesh, "ops1")), 2, "web1 and db1")
 
         # A wider policy is in force within 2 s (the nodes' filters replaced).
         await self.set_policy(admin, WIDER)
@@ -127,6 +132,10 @@ class PolicyLabTests(unittest.TestCase):
 
     async def pings(self, mesh: MeshLab, src: str, dst: str) -> bool:
         return await mesh.ping(src, dst, count=2, wait=1)
+
+    async def peer_keys(self, mesh: MeshLab, name: str) -> set[str]:
+        result = await mesh.lab.run(name, ["wg", "show", mesh.nodes[name].interface, "peers"], timeout=10)
+        return set(result.stdout.decode().split())
 
     async def tables(self, mesh: MeshLab, name: str) -> str:
         result = await mesh.lab.run(name, ["nft", "list", "tables"], timeout=10)

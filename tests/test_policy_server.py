@@ -261,3 +261,57 @@ class PolicyFileProcessTests(unittest.TestCase):
             await failing.start()
         self.assertIn("--policy: the policy in", str(caught.exception))
         await deferLater(reactor, 0, lambda: None)
+
+
+class VisibilityTests(unittest.TestCase):
+    """A node learns only the peers it may reach or that may reach it."""
+
+    def setUp(self):
+        self.mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ()), ("plain1", ())):
+            self.mesh.enroll(name, *tags)
+        self.mesh.admin.set_policy(POLICY)
+
+    def names(self, answer: dict) -> list[str]:
+        """The peers in an answer (a node whose class reaches itself is in its own: it is "me" to the node)."""
+        me = answer.get("me", {}).get("node_name")
+        return sorted(view["node_name"] for view in answer["upserts"] if view["node_name"] != me)
+
+    def test_each_node_sees_its_peers_and_itself_apart(self):
+        db = self.mesh.poll("db1", None)
+        self.assertEqual(self.names(db), ["ops1", "web1"])
+        self.assertEqual(db["me"]["node_name"], "db1")
+        self.assertEqual(self.names(self.mesh.poll("web1", None)), ["db1", "ops1"])
+        self.assertEqual(self.names(self.mesh.poll("ops1", None)), ["db1", "plain1", "web1"])
+        plain = self.mesh.poll("plain1", None)
+        self.assertEqual(self.names(plain), ["ops1"], "ops may reach everyone, so plain1 sees ops1")
+        # The seed's /status and /peers for a node: the same view.
+        shown = self.mesh.coordinator.status(seen_by=self.mesh.ids["db1"])
+        self.assertEqual(sorted(n["node_name"] for n in shown["nodes"]), ["db1", "ops1", "web1"])
+        self.assertEqual(len(self.mesh.coordinator.status()["nodes"]), 4, "the admin sees all")
+
+    def test_no_relay_between_nodes_that_may_not_be_peers(self):
+        plain, db = (self.mesh.coordinator.registry.get(self.mesh.ids[n]) for n in ("plain1", "db1"))
+        from wire.server.auth import Forbidden
+
+        with self.assertRaises(Forbidden):
+            self.mesh.coordinator.relay_grant(plain.node_id, plain.wg_public_key, db.node_id, caller=plain.node_id)
+        web = self.mesh.coordinator.registry.get(self.mesh.ids["web1"])
+        self.assertIsNotNone(self.mesh.coordinator.relay_grant(web.node_id, web.wg_public_key, db.node_id, caller=web.node_id))
+
+    def test_a_tag_change_or_a_policy_change_gives_the_new_view_in_full(self):
+        first = self.mesh.poll("db1", None)
+        digest = filter_digest(first["filter"])
+        self.successResultOf(Deferred.fromCoroutine(self.mesh.admin.tag_node("plain1", ("tag:web",))))
+        again = self.mesh.poll("db1", digest, _cursor(first["cursor"]))
+        self.assertTrue(again["full"], "who sees whom changed: a full answer")
+        self.assertEqual(self.names(again), ["ops1", "plain1", "web1"])
+        self.mesh.admin.clear_policy()
+        opened = self.mesh.poll("plain1", None, _cursor(again["cursor"]))
+        self.assertTrue(opened["full"])
+        self.assertEqual(sorted(v["node_name"] for v in opened["upserts"]), ["db1", "ops1", "plain1", "web1"], "no policy: every node")
+
+
+def _cursor(text: str) -> Cursor:
+    epoch, _, serial = text.rpartition(":")
+    return Cursor(epoch, int(serial))

@@ -586,7 +586,7 @@ class NodeDaemon(Service):
 
     def _adopt_own_view(self, answer: NetmapAnswer) -> None:
         """The netmap's record of this node: a rename by the admin shows here."""
-        for view in answer.upserts:
+        for view in (*answer.upserts, *([answer.me] if answer.me else [])):
             if view.node_id == self.config.node_id:
                 try:
                     name = parse_node_name(view.node_name)

@@ -45,6 +45,8 @@ class NodeNetmap:
                 updated[peer.node_id] = peer
             else:
                 self.me = peer
+        if answer.me is not None and answer.me.node_id == self.my_node_id:
+            self.me = answer.me
         for node_id in answer.removals:
             updated.pop(node_id, None)
         order = [n for n in held if n in updated] + [n for n in updated if n not in held]

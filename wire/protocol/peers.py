@@ -197,6 +197,9 @@ class NetmapAnswer:
     # null: no policy, no filter; absent (or refused whole): unchanged.
     filter: tuple[FilterRule, ...] | None = None
     filter_given: bool = False
+    # This node's own record, apart from the peers (under an access policy
+    # the upserts hold only the peers it may see).
+    me: PeerView | None = None
 
     @classmethod
     def from_json(cls, value: Any) -> NetmapAnswer:
@@ -227,7 +230,18 @@ class NetmapAnswer:
             paths_full=full or parse_bool(answer.get("paths_full", False), "paths_full"),
             filter=filter_rules,
             filter_given=filter_given,
+            me=_own_record(answer.get("me"), skipped),
         )
+
+
+def _own_record(value: Any, skipped: list[str]) -> PeerView | None:
+    if value is None:
+        return None
+    try:
+        return PeerView.from_json(value)
+    except ProtocolError as e:
+        skipped.append(f"skipped this node's own record: {e}")
+        return None
 
 
 def _each_valid(answer: dict[str, Any], field: str, parse: Callable[[Any], T], what: str, skipped: list[str]) -> list[T]:

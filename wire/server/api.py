@@ -217,7 +217,7 @@ class Peers(CoordinatorResource):
         if since is None:
             if wait_text is not None:
                 raise ApiError(400, "wait: only makes sense with since (the cursor to wait past)")
-            return self._coordinator.online_peers()
+            return self._coordinator.online_peers(seen_by=node_id)
         wait = 0.0
         if wait_text is not None:
             try:
@@ -257,8 +257,7 @@ class Status(CoordinatorResource):
     methods = ("GET",)
 
     def get(self, request: server.Request) -> dict:
-        caller(self._coordinator, request)
-        return self._coordinator.status()
+        return self._coordinator.status(seen_by=caller(self._coordinator, request))
 
 
 class Health(CoordinatorResource):

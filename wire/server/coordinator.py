@@ -95,6 +95,14 @@ class Coordinator:
         # The filter digest each node last said it holds; encoded filters by rules object.
         self._filter_held: dict[str, str | None] = {}
         self._filter_encoded: dict[int, tuple] = {}
+        # Who sees whom: the serial of its last change (policy, tags), and
+        # answers cut to a class's view, for the serial they were cut at.
+        self._visibility_serial = 0
+        self._visible_cache: dict[tuple[int, int], tuple] = {}
+        self._visible_cache_serial = -1
+        self._snapshot: tuple[int, SharedJson] | None = None
+        self._tags_of: dict[str, tuple[str, ...]] = {r.node_id: r.tags for r in registry.records()}
+        registry.on_change(self._tags_may_have_changed)
         if authority is not None:
             for node_id, offline_for in authority.ephemeral_nodes().items():
                 registry.make_ephemeral(node_id, offline_for)
@@ -129,11 +137,24 @@ class Coordinator:
         return {tag for key in self.authority.keys() for tag in key.tags}
 
     def _policy_changed(self) -> None:
-        """Every node's filter may have changed: the serial moves (a poll
-        with the old cursor answers at once) and every long-poll wakes."""
+        """Every node's filter and view may have changed: the serial moves (a
+        poll with the old cursor answers at once) and every long-poll wakes."""
         self._filter_encoded.clear()
-        self.registry.changes.advance()
+        self._visibility_serial = self.registry.changes.advance()
         self.longpolls.changed()
+
+    def _tags_may_have_changed(self, node_id: str) -> None:
+        """A node's tags decide who sees it: changed tags under a policy are a
+        change of who sees whom (a node that came or went is not)."""
+        record = self.registry.get(node_id)
+        tags = record.tags if record is not None else None
+        if tags is None:
+            self._tags_of.pop(node_id, None)
+            return
+        before = self._tags_of.get(node_id)
+        self._tags_of[node_id] = tags
+        if before is not None and before != tags and self.policy.active:
+            self._visibility_serial = self.registry.changes.serial
 
     # -- pair paths --------------------------------------------------------
 
@@ -166,9 +187,19 @@ class Coordinator:
         """``shared`` as ``viewer`` gets it: with its pairs' words if any
         changed since ``cursor`` (all of them, with a full snapshot), and its
         packet filter if it holds another; None when the shared one will do."""
+        original = shared
         extras: dict = {}
+        if not shared.get("full") and cursor.serial < self._visibility_serial:
+            # Who sees whom changed since (a policy, tags): the removals it
+            # needs are in no change log, so the whole view, once.
+            shared = self._full_snapshot()
+        base: dict = shared
+        if self.policy.active:
+            base, me = self._visible_to(shared, viewer)
+            if me is not None:
+                extras["me"] = me
         paths, complete = self.paths.changes_for(viewer, cursor)
-        if shared.get("full"):
+        if base.get("full"):
             if not complete:
                 paths = self.paths.words_of(viewer)
             complete = True
@@ -178,9 +209,40 @@ class Coordinator:
             extras.update(paths=[path.to_json() for path in paths], paths_full=complete)
         extras.update(self._filter_extra(viewer))
         if not extras:
-            return None
-        assert isinstance(shared, SharedJson)
-        return ViewerJson(shared, extras)
+            return base if base is not original else None
+        assert isinstance(base, SharedJson)
+        return ViewerJson(base, extras)
+
+    def _visible_to(self, shared: dict, viewer: str) -> tuple[SharedJson, dict | None]:
+        """``shared`` with only the peers ``viewer`` may see (those it may
+        reach or that may reach it), shared by every viewer of its class, and
+        its own record apart (``"me"``)."""
+        visible = self.policy.index.peers_of(viewer)
+        if self._visible_cache_serial != self.registry.changes.serial:
+            self._visible_cache.clear()
+            self._visible_cache_serial = self.registry.changes.serial
+        key = (id(shared), id(visible))
+        cached = self._visible_cache.get(key)
+        if cached is None or cached[0] is not shared or cached[1] is not visible:
+            upserts = [view for view in shared["upserts"] if view["node_id"] in visible]
+            cached = (shared, visible, SharedJson({**shared, "upserts": upserts}))
+            self._visible_cache[key] = cached
+        me = next((view for view in shared["upserts"] if view["node_id"] == viewer), None)
+        return cached[2], me
+
+    def _full_snapshot(self) -> SharedJson:
+        serial = self.registry.changes.serial
+        if self._snapshot is None or self._snapshot[0] != serial:
+            full = self.registry.netmap_since(Cursor(self.registry.changes.epoch, 0), self.now())
+            self._snapshot = (serial, SharedJson(full))
+        return self._snapshot[1]
+
+    def _shown_to(self, seen_by: str | None, node_id: str) -> bool:
+        return seen_by is None or seen_by == node_id or self.may_see(seen_by, node_id)
+
+    def may_see(self, node_id: str, peer_id: str) -> bool:
+        """Whether the policy lets these two be peers (either may reach the other); True without one."""
+        return not self.policy.active or peer_id in self.policy.index.peers_of(node_id)
 
     def _filter_extra(self, viewer: str) -> dict:
         """``{"filter": ...}`` when the viewer holds another filter than its own now
@@ -324,11 +386,13 @@ class Coordinator:
     def health(self) -> dict:
         return {"ok": True, "version": __version__, "total": len(self.registry), "online": self.registry.online_count}
 
-    def status(self) -> dict:
-        """The seed's /status: every node, sorted by name."""
+    def status(self, seen_by: str | None = None) -> dict:
+        """The seed's /status: every node, sorted by name; for a node
+        (``seen_by``) under an access policy, itself and the peers it may see."""
         now = self.now()
-        nodes = sorted((self.registry.view(r, now) for r in self.registry.records()), key=lambda v: v["node_name"])
-        online = self.registry.online_count
+        records = [r for r in self.registry.records() if self._shown_to(seen_by, r.node_id)]
+        nodes = sorted((self.registry.view(r, now) for r in records), key=lambda v: v["node_name"])
+        online = self.registry.online_count if len(records) == len(self.registry) else sum(v["online"] for v in nodes)
         return {
             "version": __version__,
             "total": len(nodes),
@@ -338,10 +402,10 @@ class Coordinator:
             "timestamp": now,
         }
 
-    def online_peers(self) -> dict:
-        """The seed's /peers: online nodes only."""
+    def online_peers(self, seen_by: str | None = None) -> dict:
+        """The seed's /peers: online nodes only (those ``seen_by`` may see)."""
         now = self.now()
-        peers = [self.registry.view(r, now) for r in self.registry.online_records()]
+        peers = [self.registry.view(r, now) for r in self.registry.online_records() if self._shown_to(seen_by, r.node_id)]
         return {"peers": peers, "count": len(peers), "cursor": str(self.registry.changes.cursor)}
 
     @property
@@ -410,6 +474,8 @@ class Coordinator:
             raise UnknownNode(f"no node {peer_node_id}")
         if peer_node_id == node_id:
             raise UnknownNode("a node cannot relay to itself")
+        if not self.may_see(node_id, peer_node_id):
+            raise Forbidden("the access policy does not let these two nodes be peers")
         # A node asks only when it has no live side of the session (see RelayTable.grant).
         return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True)
 
@@ -424,7 +490,7 @@ class Coordinator:
         if caller is not None and nodes[0].node_id != caller:
             raise Forbidden("from_vpn_ip must be the caller's own address")
         answer = self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
-        if answer.use_relay and nodes[0].node_id != nodes[1].node_id:
+        if answer.use_relay and nodes[0].node_id != nodes[1].node_id and self.may_see(nodes[0].node_id, nodes[1].node_id):
             answer = replace(answer, relay=self.relay.grant(nodes[0].node_id, nodes[1].node_id, self.relay_port))
         return answer
 
