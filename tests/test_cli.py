@@ -118,6 +118,10 @@ class FormatTests(unittest.TestCase):
         self.assertEqual(cli.format_status({**SEED_RESULT, **daemon_state(calm)}, self.plain), SEED_STATUS)
         self.assertEqual(daemon_state(None), {"failing": [], "bad_answers": None, "daemon_problems": []})
 
+    def test_status_tells_a_policy_the_node_cannot_enforce(self):
+        local = {"failing": [], "bad_answers": None, "policy": {"in_force": False, "rules": 2, "problem": "no nft"}}
+        self.assertEqual(daemon_state(local)["daemon_problems"], ["access policy: no nft; this node holds no peers until it can"])
+
     def test_status_shows_tags_after_the_seeds_columns(self):
         tagged = {**SEED_RESULT, "nodes": [seed_node("node1", "10.99.23.187", "203.0.113.10", 5, tags=["tag:db", "tag:prod"]), *SEED_RESULT["nodes"][1:]]}
         lines = cli.format_status(tagged, self.plain).splitlines()
@@ -143,6 +147,16 @@ class FormatTests(unittest.TestCase):
             "  - UDP to 203.0.113.9:40001 gets no answer: a firewall on db1 or in front of it drops it",
             "  → allow UDP port 40001 in on db1",
         ])
+
+    def test_explain_tells_the_access_policy(self):
+        peer = {**body_for("db1"), "vpn_ip": "10.99.0.2", "public_ip": "203.0.113.9", "nat_port": 40001, "nat_type": "none", "status": "online"}
+        wg = {"node_name": "db1", "online": True, "endpoint": "203.0.113.9:40001", "handshake_age": 5.0, "path": "direct"}
+        local = {"interface": {"name": "wire0", "up": True}, "policy": {"in_force": True, "rules": 3, "problem": None}}
+        result = ops.explain_path({"public_ip": "198.51.100.1", "nat_type": "easy"}, peer, wg, local)
+        self.assertIn("an access policy is in force: db1 may open on this node only what its 3 filter rule(s) accept", " ".join(result["reasons"]))
+        local["policy"] = {"in_force": False, "rules": 3, "problem": "the 'nft' program is missing"}
+        result = ops.explain_path({"public_ip": "198.51.100.1", "nat_type": "easy"}, peer, wg, local)
+        self.assertIn("cannot be enforced here (the 'nft' program is missing): this node holds no peers", " ".join(result["reasons"]))
 
     def test_json_is_the_result(self):
         result = {"ok": True, "nodes": [{"node_name": "ä", "handshake_age": None}], "count": 1}

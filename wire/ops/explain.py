@@ -41,6 +41,11 @@ async def explain(ctx: Context, peer: str) -> dict:
         if removed:
             raise OpError(removed_message())
         where = "in the mesh" if mesh is not None else f"known to the daemon (and the server is unreachable: {server_error})"
+        if ((local or {}).get("policy") or {}).get("rules") is not None:
+            raise OpError(
+                f"no node {wanted} in this node's view: there is none, or the access policy does not let it and this "
+                f"node be peers (on the server: wire admin policy explain {config.node_name} {wanted}:PORT)"
+            )
         raise OpError(f"no node {wanted} {where} (see: wire status)")
     if (record or {}).get("node_id") == config.node_id:
         raise OpError(f"{wanted} is this node")
@@ -88,6 +93,15 @@ def explain_path(
     else:
         endpoint = wg.get("endpoint") or expected
         reasons.extend(_endpoint_reasons(name, record, me, expected, kind, wg.get("endpoint")))
+    policy = (local or {}).get("policy") or {}
+    if policy.get("problem"):
+        reasons.append(f"the access policy cannot be enforced here ({policy['problem']}): this node holds no peers")
+        suggestions.append("install nftables (see the reason), then the daemon puts the filter in force by itself")
+    elif policy.get("rules") is not None:
+        reasons.append(
+            f"an access policy is in force: {name} may open on this node only what its {policy['rules']} filter rule(s) accept; "
+            f"what this node may open on {name} is {name}'s filter (ask the admin: wire admin policy explain)"
+        )
     if fresh and age is not None:  # fresh: it has an age
         reasons.append(f"handshake {max(0, age):.0f}s ago: the tunnel is up")
     elif path == "connecting":

@@ -51,4 +51,7 @@ def daemon_troubles(local: dict | None) -> list[str]:
     bad = recent_bad_answers(local)
     if bad is not None:
         lines.append(f"server answers: {refused_answers(bad)}")
+    problem = (local.get("policy") or {}).get("problem")
+    if problem:
+        lines.append(f"access policy: {problem}; this node holds no peers until it can")
     return lines
