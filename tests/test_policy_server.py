@@ -23,7 +23,8 @@ from wire.cli.admin import format_policy_explained, format_policy_history, parse
 from wire.cli.formatting import Style
 from wire.ops import OpError
 from wire.policy import PolicyError
-from wire.protocol import Cursor
+from wire.node.netmap import NodeNetmap
+from wire.protocol import Cursor, NetmapAnswer
 from wire.protocol.filter import NO_FILTER, filter_digest
 from wire.server.admin import Admin, build_admin_site
 from wire.server.auth import Authority
@@ -299,17 +300,54 @@ class VisibilityTests(unittest.TestCase):
         web = self.mesh.coordinator.registry.get(self.mesh.ids["web1"])
         self.assertIsNotNone(self.mesh.coordinator.relay_grant(web.node_id, web.wg_public_key, db.node_id, caller=web.node_id))
 
-    def test_a_tag_change_or_a_policy_change_gives_the_new_view_in_full(self):
-        first = self.mesh.poll("db1", None)
-        digest = filter_digest(first["filter"])
+    def test_a_change_of_who_sees_whom_reaches_each_node_as_what_it_gained_and_lost(self):
+        """Each node's map (a real NodeNetmap fed the answers) holds exactly
+        the peers it may see, after every tag and policy change."""
+        maps = {name: NodeNetmap(self.mesh.ids[name]) for name in self.mesh.ids}
+        cursors = {name: Cursor("x", 0) for name in self.mesh.ids}
+
+        def sync(name: str) -> dict:
+            answer = self.mesh.poll(name, None, cursors[name])
+            maps[name].apply(NetmapAnswer.from_json(answer))
+            cursors[name] = _cursor(answer["cursor"])
+            return answer
+
+        def held(name: str) -> list[str]:
+            return sorted(p.node_name for p in maps[name].peers.values())
+
+        for name in maps:
+            sync(name)
+        self.assertEqual(held("db1"), ["ops1", "web1"])
+        self.assertEqual(held("plain1"), ["ops1"])
+        self.assertEqual(maps["db1"].me.node_name if maps["db1"].me else None, "db1")
+        # plain1 becomes a web node: db1 gains it, in a delta.
         self.successResultOf(Deferred.fromCoroutine(self.mesh.admin.tag_node("plain1", ("tag:web",))))
-        again = self.mesh.poll("db1", digest, _cursor(first["cursor"]))
-        self.assertTrue(again["full"], "who sees whom changed: a full answer")
-        self.assertEqual(self.names(again), ["ops1", "plain1", "web1"])
+        answer = sync("db1")
+        self.assertFalse(answer["full"])
+        self.assertEqual(held("db1"), ["ops1", "plain1", "web1"])
+        self.assertEqual(held("plain1"), ["ops1"], "not synced yet")
+        # web1 loses its tag: db1 loses it (a removal), and so on for everyone.
+        self.successResultOf(Deferred.fromCoroutine(self.mesh.admin.tag_node("web1", ())))
+        answer = sync("db1")
+        self.assertIn(self.mesh.ids["web1"], answer["removals"])
+        self.assertEqual(held("db1"), ["ops1", "plain1"])
+        # plain1 has not polled since before both changes: its whole view, once.
+        self.assertTrue(sync("plain1")["full"])
+        self.assertEqual(held("plain1"), ["db1", "ops1"])
+        # No policy: every node sees every node again.
         self.mesh.admin.clear_policy()
-        opened = self.mesh.poll("plain1", None, _cursor(again["cursor"]))
-        self.assertTrue(opened["full"])
-        self.assertEqual(sorted(v["node_name"] for v in opened["upserts"]), ["db1", "ops1", "plain1", "web1"], "no policy: every node")
+        for name in maps:
+            sync(name)
+            self.assertEqual(held(name), sorted(set(maps) - {name}), name)
+        # A policy again (its test would now fail: web1 has no tag): views shrink, told as removals.
+        with self.assertRaises(PolicyError):
+            self.mesh.admin.set_policy(POLICY)
+        untested = POLICY.replace('  "tests": [{"src": "web1", "accept": ["db1:5432"], "deny": ["db1:22"]}],\n', "")
+        self.assertNotEqual(untested, POLICY)
+        self.mesh.admin.set_policy(untested)
+        answer = sync("web1")
+        self.assertFalse(answer["full"])
+        self.assertEqual(held("web1"), ["ops1"], "untagged web1: only ops reaches it")
 
 
 def _cursor(text: str) -> Cursor:

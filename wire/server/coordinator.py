@@ -40,6 +40,7 @@ from wire.server.model import NodeRecord
 from wire.server.model import PairWord
 from wire.server.netmap import LongPollHub
 from wire.server.pathbook import PathBook
+from wire.policy import PolicyIndex
 from wire.server.policybook import PolicyBook
 from wire.server.punch import PunchTracker
 from wire.server.ratelimit import TokenBucket
@@ -90,19 +91,22 @@ class Coordinator:
         )
         registry.on_change(self.longpolls.changed)
         self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)  # type: ignore[arg-type]
-        registry.on_change(lambda node_id: self.policy.node_changed(registry.get(node_id), node_id))
         self.policy.listeners.append(self._policy_changed)
         # The filter digest each node last said it holds; encoded filters by rules object.
         self._filter_held: dict[str, str | None] = {}
         self._filter_encoded: dict[int, tuple] = {}
-        # Who sees whom: the serial of its last change (policy, tags), and
-        # answers cut to a class's view, for the serial they were cut at.
+        # Who sees whom: the serial of its last change (policy, tags) and of
+        # the one before, the index in force between them, and answers cut
+        # to a class's view, for the serial they were cut at.
         self._visibility_serial = 0
+        self._visibility_before_serial = 0
+        self._index_before: PolicyIndex | None = None
         self._visible_cache: dict[tuple[int, int], tuple] = {}
+        self._view_change_cache: dict[tuple[int, int, int], tuple] = {}
         self._visible_cache_serial = -1
         self._snapshot: tuple[int, SharedJson] | None = None
         self._tags_of: dict[str, tuple[str, ...]] = {r.node_id: r.tags for r in registry.records()}
-        registry.on_change(self._tags_may_have_changed)
+        registry.on_change(self._node_changed_for_policy)
         if authority is not None:
             for node_id, offline_for in authority.ephemeral_nodes().items():
                 registry.make_ephemeral(node_id, offline_for)
@@ -136,25 +140,31 @@ class Coordinator:
             return set()
         return {tag for key in self.authority.keys() for tag in key.tags}
 
-    def _policy_changed(self) -> None:
+    def _policy_changed(self, index_before: PolicyIndex) -> None:
         """Every node's filter and view may have changed: the serial moves (a
         poll with the old cursor answers at once) and every long-poll wakes."""
         self._filter_encoded.clear()
-        self._visibility_serial = self.registry.changes.advance()
+        self._visibility_changed(index_before, self.registry.changes.advance())
         self.longpolls.changed()
 
-    def _tags_may_have_changed(self, node_id: str) -> None:
-        """A node's tags decide who sees it: changed tags under a policy are a
-        change of who sees whom (a node that came or went is not)."""
+    def _node_changed_for_policy(self, node_id: str) -> None:
+        """The policy's index follows the node. Its tags decide who sees it:
+        changed tags are a change of who sees whom (a node that came or went
+        is not: the change log tells its peers)."""
         record = self.registry.get(node_id)
-        tags = record.tags if record is not None else None
-        if tags is None:
+        index_before = self.policy.index
+        self.policy.node_changed(record, node_id)
+        if record is None:
             self._tags_of.pop(node_id, None)
             return
-        before = self._tags_of.get(node_id)
-        self._tags_of[node_id] = tags
-        if before is not None and before != tags and self.policy.active:
-            self._visibility_serial = self.registry.changes.serial
+        tags_before = self._tags_of.get(node_id)
+        self._tags_of[node_id] = record.tags
+        if tags_before is not None and tags_before != record.tags and self.policy.active:
+            self._visibility_changed(index_before, self.registry.changes.serial)
+
+    def _visibility_changed(self, index_before: PolicyIndex, serial: int) -> None:
+        self._visibility_before_serial, self._visibility_serial = self._visibility_serial, serial
+        self._index_before = index_before
 
     # -- pair paths --------------------------------------------------------
 
@@ -189,10 +199,20 @@ class Coordinator:
         packet filter if it holds another; None when the shared one will do."""
         original = shared
         extras: dict = {}
+        if self._visible_cache_serial != self.registry.changes.serial:
+            # Cut answers are for one serial: the next change makes new ones.
+            self._visible_cache.clear()
+            self._view_change_cache.clear()
+            self._visible_cache_serial = self.registry.changes.serial
         if not shared.get("full") and cursor.serial < self._visibility_serial:
-            # Who sees whom changed since (a policy, tags): the removals it
-            # needs are in no change log, so the whole view, once.
-            shared = self._full_snapshot()
+            # Who sees whom changed since (a policy, tags): the peers it gained
+            # and lost are in no change log; told from the index it saw, or
+            # (a cursor older than that) the whole view, once.
+            before = self._index_before
+            if cursor.serial >= self._visibility_before_serial and before is not None and before.node(viewer) is not None:
+                shared = self._with_view_change(shared, viewer, before)
+            else:
+                shared = self._full_snapshot()
         base: dict = shared
         if self.policy.active:
             base, me = self._visible_to(shared, viewer)
@@ -218,9 +238,6 @@ class Coordinator:
         reach or that may reach it), shared by every viewer of its class, and
         its own record apart (``"me"``)."""
         visible = self.policy.index.peers_of(viewer)
-        if self._visible_cache_serial != self.registry.changes.serial:
-            self._visible_cache.clear()
-            self._visible_cache_serial = self.registry.changes.serial
         key = (id(shared), id(visible))
         cached = self._visible_cache.get(key)
         if cached is None or cached[0] is not shared or cached[1] is not visible:
@@ -229,6 +246,23 @@ class Coordinator:
             self._visible_cache[key] = cached
         me = next((view for view in shared["upserts"] if view["node_id"] == viewer), None)
         return cached[2], me
+
+    def _with_view_change(self, shared: dict, viewer: str, before: PolicyIndex) -> SharedJson:
+        """``shared`` (a delta) plus the peers ``viewer`` gained (their records)
+        and lost (removals) when who sees whom changed: shared by every viewer
+        whose view moved between the same two sets."""
+        seen_before, seen_now = before.peers_of(viewer), self.policy.index.peers_of(viewer)
+        key = (id(shared), id(seen_before), id(seen_now))
+        cached = self._view_change_cache.get(key)
+        if cached is None or cached[0] is not shared:
+            now = self.now()
+            present = {view["node_id"] for view in shared["upserts"]}
+            gained = [self.registry.get(n) for n in sorted(seen_now - seen_before - present)]
+            upserts = shared["upserts"] + [self.registry.view(r, now) for r in gained if r is not None]
+            removals = sorted(set(shared["removals"]) | (seen_before - seen_now))
+            cached = (shared, seen_before, seen_now, SharedJson({**shared, "upserts": upserts, "removals": removals}))
+            self._view_change_cache[key] = cached
+        return cached[3]
 
     def _full_snapshot(self) -> SharedJson:
         serial = self.registry.changes.serial

@@ -67,8 +67,8 @@ class PolicyBook:
         # wire may have written it): else the server refuses to start.
         self.policy: Policy | None = None if self.current.text is None else parse_policy(self.current.text)
         self.index = self._build(self.policy)
-        # Called after every change of the policy in force.
-        self.listeners: list[Callable[[], None]] = []
+        # Called after every change of the policy in force, with the index before it.
+        self.listeners: list[Callable[[PolicyIndex], None]] = []
 
     # -- reading ------------------------------------------------------------
 
@@ -120,19 +120,19 @@ class PolicyBook:
                 (version.version, version.text, version.set_at, version.source),
             )
             audit(db, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
+        before = self.index
         self.current, self.policy = version, policy
         self.index = self._build(policy)
         self.log.info("access policy version {version} in force ({source})", version=version.version, source=source)
         for listener in self.listeners:
-            listener()
+            listener(before)
         return version
 
     # -- in step with the registry --------------------------------------------------
 
     def node_changed(self, record: NodeRecord | None, node_id: str) -> None:
-        """A node came, changed (name, address, tags) or went: the index follows."""
-        if self.policy is None:
-            return
+        """A node came, changed (name, address, tags) or went: the index follows
+        (without a policy too: its open index still answers who sees whom)."""
         if record is None:
             self.index = self.index.without_node(node_id)
         else:
