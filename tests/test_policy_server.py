@@ -353,3 +353,23 @@ class VisibilityTests(unittest.TestCase):
 def _cursor(text: str) -> Cursor:
     epoch, _, serial = text.rpartition(":")
     return Cursor(epoch, int(serial))
+
+
+class RemovedWhileWaitingTests(unittest.TestCase):
+    def test_a_node_removed_while_its_poll_waits_gets_an_answer_and_no_one_breaks(self):
+        mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
+            mesh.enroll(name, *tags)
+        mesh.admin.set_policy(POLICY)
+        first = {name: mesh.poll(name, None) for name in ("web1", "db1")}
+        waiting = {
+            name: mesh.coordinator.netmap(first[name]["cursor"], 30, mesh.ids[name], holds_filter=filter_digest(first[name]["filter"]))
+            for name in first
+        }
+        removed = Deferred.fromCoroutine(mesh.admin.remove_node("web1"))
+        mesh.clock.advance(1)
+        self.successResultOf(removed)
+        db = json.loads(encode_json(self.successResultOf(waiting["db1"])))
+        self.assertIn(mesh.ids["web1"], db["removals"])
+        gone = json.loads(encode_json(self.successResultOf(waiting["web1"])))
+        self.assertEqual(gone["upserts"], [], "a removed node sees no one")

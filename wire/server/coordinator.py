@@ -156,6 +156,7 @@ class Coordinator:
         self.policy.node_changed(record, node_id)
         if record is None:
             self._tags_of.pop(node_id, None)
+            self._filter_held.pop(node_id, None)
             return
         tags_before = self._tags_of.get(node_id)
         self._tags_of[node_id] = record.tags
@@ -237,7 +238,8 @@ class Coordinator:
         """``shared`` with only the peers ``viewer`` may see (those it may
         reach or that may reach it), shared by every viewer of its class, and
         its own record apart (``"me"``)."""
-        visible = self.policy.index.peers_of(viewer)
+        # A viewer the index does not know (removed while its poll waited) sees no one.
+        visible = self.policy.index.peers_of(viewer) if self.policy.index.node(viewer) else frozenset()
         key = (id(shared), id(visible))
         cached = self._visible_cache.get(key)
         if cached is None or cached[0] is not shared or cached[1] is not visible:
@@ -251,7 +253,8 @@ class Coordinator:
         """``shared`` (a delta) plus the peers ``viewer`` gained (their records)
         and lost (removals) when who sees whom changed: shared by every viewer
         whose view moved between the same two sets."""
-        seen_before, seen_now = before.peers_of(viewer), self.policy.index.peers_of(viewer)
+        seen_before = before.peers_of(viewer)
+        seen_now = self.policy.index.peers_of(viewer) if self.policy.index.node(viewer) else frozenset()
         key = (id(shared), id(seen_before), id(seen_now))
         cached = self._view_change_cache.get(key)
         if cached is None or cached[0] is not shared:
@@ -276,7 +279,9 @@ class Coordinator:
 
     def may_see(self, node_id: str, peer_id: str) -> bool:
         """Whether the policy lets these two be peers (either may reach the other); True without one."""
-        return not self.policy.active or peer_id in self.policy.index.peers_of(node_id)
+        if not self.policy.active:
+            return True
+        return self.policy.index.node(node_id) is not None and peer_id in self.policy.index.peers_of(node_id)
 
     def _filter_extra(self, viewer: str) -> dict:
         """``{"filter": ...}`` when the viewer holds another filter than its own now
@@ -285,6 +290,8 @@ class Coordinator:
         if not self.policy.active:
             # No policy: a node that holds a filter is told to drop it.
             return {"filter": None} if held not in (None, NO_FILTER) else {}
+        if self.policy.index.node(viewer) is None:
+            return {}  # removed while its poll waited: its answer says so, and nothing more
         rules = self.policy.filter_for(viewer)
         assert rules is not None
         encoded = self._filter_encoded.get(id(rules))
