@@ -262,3 +262,20 @@ class ViewerTests(unittest.TestCase):
         self.log.advance()
         self.assertEqual(self.log.changed_since(Cursor("e", 3)), set())
         self.assertEqual(self.log.cursor, Cursor("e", 4))
+
+    def test_a_viewer_whose_answer_fails_does_not_stall_the_others(self):
+        polls = {v: self.hub.poll(Cursor("e", 0), wait=30, viewer=v) for v in ("a", "bad", "c")}
+
+        def viewer_answer(shared, viewer, cursor):
+            if viewer == "bad":
+                raise KeyError(viewer)
+            return None
+
+        self.hub._viewer_answer = viewer_answer
+        self.log.record("x")
+        self.hub.changed()
+        self.clock.advance(0)
+        self.successResultOf(polls["a"])
+        self.successResultOf(polls["c"])
+        self.failureResultOf(polls["bad"], KeyError)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

@@ -24,9 +24,12 @@ from typing import Callable, Iterable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from wire.protocol import Cursor
 from wire.web import SharedJson
+
+log = Logger()
 
 MAX_WAIT_SECONDS = 120.0
 # Long-polls a change answers per reactor turn (see LongPollHub._answer_all).
@@ -228,7 +231,14 @@ class LongPollHub:
         for waiter, cursor, viewer in waiters[start:end]:
             if waiter.called:
                 continue  # cancelled while it waited its turn: the node went away
-            waiter.callback(self._answer_for(cursor, viewer, answers))
+            try:
+                answer = self._answer_for(cursor, viewer, answers)
+            except Exception:
+                # One viewer's answer that cannot be made must not stall the others'.
+                log.failure("long-poll answer for {viewer} failed", viewer=viewer)
+                waiter.errback()
+                continue
+            waiter.callback(answer)
         if end < len(waiters):
             self._clock.callLater(0, self._answer_all, waiters, answers, end, batch)
 
