@@ -461,3 +461,25 @@ class FakeFirewall:
         self.rules = None
         self.removals += 1
         self.journal.append(("filter removed", None))
+
+
+def started_daemon(test, *, clock, config_dir: str, config, wireguard, client, lan_ip: str = "192.168.1.10", **options):
+    """A NodeDaemon for ``config`` (keys made in ``config_dir``), its STUN a
+    fixed easy NAT, started, and stopped at the test's end."""
+    from wire.keys import load_or_create_keys
+    from wire.node.daemon import NodeDaemon
+
+    options.setdefault("probe_nat", fixed_nat())
+    daemon = NodeDaemon(
+        clock=clock,
+        config_dir=config_dir,
+        config=config,
+        keys=load_or_create_keys(config_dir),
+        wireguard=wireguard,
+        client=client,
+        lan_ip=lambda: lan_ip,
+        **options,
+    )
+    daemon.startService()
+    test.addCleanup(daemon.stopService)
+    return daemon

@@ -10,10 +10,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fakes import FakeFirewall, FakeWireGuard, fixed_nat
+from tests.fakes import FakeFirewall, FakeWireGuard, started_daemon
 from tests.helpers import body_for
 from tests.test_daemon import ScriptedServer, peer_view
-from wire.keys import load_or_create_keys
 from wire.node.config import NodeConfig, save_config
 from wire.node.control import policy_state
 from wire.node.daemon import NodeDaemon
@@ -57,19 +56,15 @@ class NodePolicyTests(unittest.TestCase):
     def start(self, firewall="default") -> NodeDaemon:
         config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"])
         save_config(self.config_dir, config)
-        self.daemon = NodeDaemon(
+        self.daemon = started_daemon(
+            self,
             clock=self.clock,
             config_dir=self.config_dir,
             config=config,
-            keys=load_or_create_keys(self.config_dir),
             wireguard=self.wireguard,
-            client=self.server,  # type: ignore[arg-type]
-            probe_nat=fixed_nat(),
-            lan_ip=lambda: "192.168.1.10",
+            client=self.server,
             firewall=self.firewall if firewall == "default" else firewall,
         )
-        self.daemon.startService()
-        self.addCleanup(self.daemon.stopService)
         self.clock.advance(0)
         self.clock.advance(1)
         return self.daemon

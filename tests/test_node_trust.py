@@ -19,12 +19,11 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
+from tests.fakes import FakeWireGuard, fixed_nat, started_daemon
 from tests.helpers import body_for, key_for
 from tests.test_daemon import ScriptedServer, peer_view
 from wire.client import BadAnswer
 from wire.jointoken import JoinToken
-from wire.keys import load_or_create_keys
 from wire.node.config import ConfigError, NodeConfig, load_config, save_config
 from wire.node.daemon import NAT_RECHECK_INTERVAL, PATH_CHECK_INTERVAL, NodeDaemon
 from wire.node.heartbeat import HEARTBEAT_INTERVAL
@@ -174,20 +173,17 @@ class HostileTests(unittest.TestCase):
         config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"], **config_fields)
         if token is None:
             save_config(self.config_dir, config)
-        self.daemon = NodeDaemon(
+        self.daemon = started_daemon(
+            self,
             clock=self.clock,
             config_dir=self.config_dir,
             config=config,
-            keys=load_or_create_keys(self.config_dir),
             wireguard=self.wireguard,
-            client=self.server,  # type: ignore[arg-type]
-            probe_nat=fixed_nat(),
+            client=self.server,
             recheck_nat=recheck_nat,
-            lan_ip=lambda: LAN_IP,
+            lan_ip=LAN_IP,
             join_token=token,
         )
-        self.daemon.startService()
-        self.addCleanup(self.daemon.stopService)
         self.clock.advance(0)
         return self.daemon
 

@@ -15,11 +15,11 @@ import os
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, fixed_nat
+from tests.fakes import FakeWireGuard, started_daemon
 from tests.helpers import body_for
 from tests.hostile_server import Script, Steering, peer, peers_answer, site
 from tests.test_daemon import eventually
-from wire.keys import generate_private_key, load_or_create_keys, public_key_for
+from wire.keys import generate_private_key, public_key_for
 from wire.node.config import NodeConfig, load_config, save_config
 from wire.node.daemon import NodeDaemon
 from wire.node.enroll import coordination_client
@@ -45,19 +45,14 @@ class HostileServerOverHttpTests(unittest.TestCase):
         self.script.reload()  # the state just written, before the daemon's first request
         config = load_config(self.config_dir)
         self.wireguard = FakeWireGuard(config.interface, clock=reactor)
-        daemon = NodeDaemon(
+        return started_daemon(
+            self,
             clock=reactor,
             config_dir=self.config_dir,
             config=config,
-            keys=load_or_create_keys(self.config_dir),
             wireguard=self.wireguard,
             client=coordination_client(reactor, config, self.config_dir, persistent=False),
-            probe_nat=fixed_nat(),
-            lan_ip=lambda: "192.168.1.10",
         )
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        return daemon
 
     def held(self) -> set[str]:
         return {ip for config in self.wireguard.peers.values() for ip in config.allowed_ips}
