@@ -343,8 +343,8 @@ def _policy_tables(coordination: list[dict]) -> list[str]:
             " in a long-poll answer; the wave's bytes (every node's next answer is its whole view, once)."
         ),
         "",
-        "| run | N | set call | affected | with new filter | wrong/unexpected | p50 | p99 | max | full answers | full answer p99 | body B/node | server → node B/node | server CPU | others on server core |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | N | set call | affected | with new filter | wrong/unexpected | p50 | p99 | max | full answers | full answer p99 | body B/node | server → node B/node | server CPU | RSS before → max | load CPU | others on server core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in runs:
         c = s.get("policy_change")
@@ -355,7 +355,9 @@ def _policy_tables(coordination: list[dict]) -> list[str]:
             f"| {_run(s)} | {s['nodes']} | {_s(c['set_call_seconds'])} | {c['affected_nodes']} | {c['affected_with_new_filter']} | "
             f"{c['new_filter_unexpected_or_wrong']} | {_s(t['p50'])} | {_s(t['p99'])} | {_s(t['max'])} | "
             f"{c['nodes_with_full_answer']} | {_s(c['full_answer_seconds'].get('p99'))} | {c['answer_body_bytes_per_node']:,.0f} | "
-            f"{c['server_bytes_sent_per_node']:,.0f} | {_v(c.get('server_cpu_percent'), ' %')} | {_background(c)} |"
+            f"{c['server_bytes_sent_per_node']:,.0f} | {_v(c.get('server_cpu_percent'), ' %')} | "
+            f"{(c.get('server_rss_mb') or {}).get('before')} → {(c.get('server_rss_mb') or {}).get('max')} MB | "
+            f"{_v(c.get('load_cpu_percent'), ' %')} | {_background(c)} |"
         )
     return lines
 

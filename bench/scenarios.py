@@ -801,25 +801,31 @@ async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fle
     affected = {i for i, node_id in id_of.items() if before.get(node_id) != after.get(node_id)}
     measurable = target.measurable()
     cpu = procstat.CpuWindow([target.pid]) if measurable else None
+    load_cpu = procstat.CpuWindow(fleet.pids)
     background = Background(settings)
     counters_before = _merge_counters(await fleet.call_all("counters"))
     await fleet.call_all("mark_wave")
     if cpu:
         cpu.start()
+    load_cpu.start()
     background.start()
+    rss = [procstat.memory_bytes(target.pid)["rss"]] if measurable else []
     sent = time.monotonic()
     answer = await target.set_policy(new_text)
     returned = time.monotonic()
     # Bounded: until every affected node has its new filter and every node a
-    # full answer, or 60 s.
-    progress = None
-    for _ in range(240):
+    # full answer, or a minute (more at large N: every node's whole view).
+    budget = max(60.0, fleet.nodes / 100)
+    while time.monotonic() - returned < budget:
         progress = await fleet.call_all("wave_progress")
+        if measurable:
+            rss.append(procstat.memory_bytes(target.pid)["rss"])
         if sum(p["full_answers"] for p in progress) >= fleet.nodes and sum(p["new_filters"] for p in progress) >= len(affected):
             break
         await sleep(reactor, 0.25)
     settled = time.monotonic()
     server_percent = cpu.read()["percent_of_one_core"] if cpu else None
+    load_percent = load_cpu.read()["percent_of_one_core"]
     reports = await fleet.call_all("end_wave")
     counters_after = _merge_counters(await fleet.call_all("counters"))
     diff = _diff_counters(counters_before, counters_after)
@@ -855,7 +861,10 @@ async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fle
         "server_bytes_sent_per_node": round(diff["bytes_in"] / fleet.nodes, 1),
         "server_bytes_received_per_node": round(diff["bytes_out"] / fleet.nodes, 1),
         "server_cpu_percent": server_percent,
-        "background": background.read(server_percent, 0.0),
+        "server_rss_mb": {"before": round(rss[0] / 2**20, 1), "max": round(max(rss) / 2**20, 1)} if rss else None,
+        "load_cpu_percent": load_percent,
+        "budget_seconds": budget,
+        "background": background.read(server_percent, load_percent),
         "errors": diff["errors"],
     }
 
