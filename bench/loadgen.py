@@ -10,11 +10,16 @@ stderr; stdout carries only these lines. The process exits on ``stop``, when
 stdin closes, or after ``--max-seconds`` whatever happens.
 
 Commands:
-  register {concurrency, join_key}   every node joins once (enroll with join_key, else register); timings
+  register {concurrency, join_key, join_keys}  every node joins once (enroll with join_key, or node i
+                                     with join_keys[i % len]; else register); timings
   steady {cursor, heartbeat, wait, seed}  start heartbeats (+ long-polls in wire mode)
   counters {}                        traffic and error counters so far
-  watch {node_id}                    start timing when each node first sees node_id
+  watch {node_id, expect}            start timing when each node first sees node_id (expect: only
+                                     these node indices may, done when they have)
   end_watch {node_id}                stop; report who saw it and when
+  mark_wave {}                       start noting what each node's answers carry (a policy change)
+  wave_progress {}                   how many nodes got a new filter, a full answer, so far
+  end_wave {}                        stop; per node: when its filter changed (and to what), full answers, bytes
   stop {}                            stop every node and exit
 """
 
@@ -84,7 +89,9 @@ class Commands(LineReceiver):
     # -- commands --------------------------------------------------------------------
 
     async def cmd_register(self, message: dict) -> dict:
-        result = await self.fleet.register_all(int(message.get("concurrency", 100)), message.get("join_key"))
+        result = await self.fleet.register_all(
+            int(message.get("concurrency", 100)), message.get("join_key"), message.get("join_keys")
+        )
         result["error_samples"] = self.fleet.error_samples[:5]
         return result
 
@@ -109,12 +116,23 @@ class Commands(LineReceiver):
         return snapshot
 
     async def cmd_watch(self, message: dict) -> dict:
-        self.fleet.watch(str(message["node_id"]))
+        expect = message.get("expect")
+        self.fleet.watch(str(message["node_id"]), None if expect is None else [int(i) for i in expect])
         return {"watching": message["node_id"]}
 
     async def cmd_end_watch(self, message: dict) -> dict:
         watch = self.fleet.end_watch(str(message["node_id"]))
         return _watch_report(watch, len(self.fleet.nodes))
+
+    async def cmd_mark_wave(self, message: dict) -> dict:
+        self.fleet.mark_wave()
+        return {"marked": True}
+
+    async def cmd_wave_progress(self, message: dict) -> dict:
+        return self.fleet.wave_progress()
+
+    async def cmd_end_wave(self, message: dict) -> dict:
+        return self.fleet.end_wave()
 
     async def cmd_stop(self, message: dict) -> dict:
         self.fleet.stop()
@@ -128,7 +146,17 @@ class Commands(LineReceiver):
 def _watch_report(watch: Watch | None, nodes: int) -> dict:
     if watch is None:
         return {"nodes": nodes, "seen": 0, "times": []}
-    return {"nodes": nodes, "seen": len(watch.seen), "times": [round(t, 6) for t in watch.seen.values()]}
+    if watch.expect is None:
+        return {"nodes": nodes, "seen": len(watch.seen), "times": [round(t, 6) for t in watch.seen.values()]}
+    # Under a policy: the times of those that may see it; those that may not but did, apart.
+    allowed = {i: t for i, t in watch.seen.items() if i in watch.expect}
+    return {
+        "nodes": nodes,
+        "allowed": len(watch.expect),
+        "seen": len(allowed),
+        "times": [round(t, 6) for t in allowed.values()],
+        "seen_not_allowed": len(watch.seen) - len(allowed),
+    }
 
 
 async def _call(handler, message):

@@ -37,6 +37,7 @@ from twisted.internet.task import LoopingCall, deferLater
 
 from bench.httpload import Connector, Counters, HttpConnection, HttpError, NotSent, client_tls
 from wire.protocol import Registration
+from wire.protocol.filter import filter_digest, filter_json, parse_filter_rules
 
 MODES = ("wire", "seed")
 REQUEST_TIMEOUT = 10.0
@@ -109,11 +110,26 @@ class Watch:
     node_id: str
     seen: dict[int, float] = field(default_factory=dict)
     reported: bool = False
+    # Under a policy, only these nodes (indices) may see it: done when they have.
+    expect: frozenset[int] | None = None
+
+
+@dataclass
+class Wave:
+    """What each node's answers carried after a policy change (from ``mark``)."""
+
+    started: float
+    new_filter_at: dict[int, float] = field(default_factory=dict)
+    new_filter_digest: dict[int, str] = field(default_factory=dict)
+    full_at: dict[int, float] = field(default_factory=dict)
+    answers: dict[int, int] = field(default_factory=dict)
+    body_bytes: dict[int, int] = field(default_factory=dict)
 
 
 class SimNode:
     __slots__ = (
         "fleet", "index", "node_id", "body", "source", "auth", "hb_conn", "poll_conn", "cursor", "heartbeat", "stopped",
+        "filter_digest", "me",
     )
 
     def __init__(self, fleet: Fleet, index: int):
@@ -128,6 +144,10 @@ class SimNode:
         self.cursor = "0"
         self.heartbeat: LoopingCall | None = None
         self.stopped = False
+        # As wire/node/netmap.py: the digest of the filter held (None: never
+        # told one), sent as ``filter=``; and this node as the server has it.
+        self.filter_digest: str | None = None
+        self.me: dict | None = None
 
     # -- one request -----------------------------------------------------------
 
@@ -184,7 +204,8 @@ class SimNode:
             return await self.register()
         slot = "hb_conn" if self.fleet.keep_heartbeat_connection else None
         sent = time.monotonic()
-        body = enroll_body(self.fleet.run_tag, self.index, self.fleet.join_key)
+        keys = self.fleet.join_keys
+        body = enroll_body(self.fleet.run_tag, self.index, keys[self.index % len(keys)] if keys else self.fleet.join_key)
         response = await self._send(slot, b"POST", b"/enroll", body, "enroll", REQUEST_TIMEOUT)
         answer = _answer(response, "enroll")
         credential = answer.get("credential")
@@ -229,15 +250,22 @@ class SimNode:
         for _ in range(MAX_LOOP_ROUNDS):
             if self.stopped or not fleet.running:
                 return
-            path = f"/peers?since={self.cursor}&wait={current_wait:g}".encode()
+            path = f"/peers?since={self.cursor}&wait={current_wait:g}"
+            if self.filter_digest is not None:
+                path += f"&filter={self.filter_digest}"
             try:
-                response = await self._send("poll_conn", b"GET", path, None, "longpoll", current_wait + REQUEST_TIMEOUT)
+                response = await self._send("poll_conn", b"GET", path.encode(), None, "longpoll", current_wait + REQUEST_TIMEOUT)
                 if response.status != 200:
                     if response.status == 400:
                         self.cursor = "0"  # as the daemon does: a cursor this server rejects
                     raise HttpError(f"long-poll answered {response.status}: {response.body[:120]!r}")
                 answer = json.loads(response.body)
                 self.cursor = str(answer["cursor"])
+                held = self.filter_digest
+                if "filter" in answer:
+                    self.filter_digest = fleet.digest_of_filter(answer["filter"])
+                if isinstance(answer.get("me"), dict):
+                    self.me = answer["me"]
             except Exception as e:
                 if self.stopped or not fleet.running:
                     return
@@ -248,6 +276,8 @@ class SimNode:
             backoff = 0.0
             current_wait = wait
             fleet.saw(self, answer.get("upserts") or (), response.done_at)
+            if fleet.wave is not None:
+                fleet.wave_answer(self, answer, len(response.body), held, response.done_at)
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -302,6 +332,10 @@ class Fleet:
         )
         self.own_addresses = own_addresses
         self.join_key: str | None = None  # set before joining an authenticating server
+        # Under a policy: node i enrolls with join_keys[i % len] (one tag each).
+        self.join_keys: list[str] = []
+        self.wave: Wave | None = None
+        self._filter_digests: dict[str, str] = {}  # digest of a filter as received -> as a node holds it
         self.nodes = [SimNode(self, i) for i in indices]
         # False: each heartbeat on a fresh connection (fd limits, see README).
         self.keep_heartbeat_connection = keep_heartbeat_connection
@@ -311,6 +345,22 @@ class Fleet:
         self._tasks: list[Deferred] = []
         self.error_samples: list[str] = []
 
+    def digest_of_filter(self, rules) -> str:
+        """The digest a node holds after taking ``rules``: validated and
+        digested as the node daemon does (NetmapAnswer, NodeNetmap.apply).
+        Nodes of a class get the same filter: each distinct one is parsed
+        once per load process (thousands of sources each at 10,000 nodes;
+        real nodes each have a CPU of their own)."""
+        if rules is None:
+            return filter_digest(None)
+        raw = filter_digest(rules)
+        digest = self._filter_digests.get(raw)
+        if digest is None:
+            if len(self._filter_digests) > 10_000:
+                self._filter_digests.clear()
+            digest = self._filter_digests[raw] = filter_digest(filter_json(parse_filter_rules(rules)))
+        return digest
+
     def error(self, kind: str, error: Exception) -> None:
         self.counters.count(self.counters.errors, f"{kind}: {type(error).__name__}")
         if len(self.error_samples) < 20:
@@ -318,9 +368,11 @@ class Fleet:
 
     # -- registration throughput ------------------------------------------------------
 
-    async def register_all(self, concurrency: int, join_key: str | None = None) -> dict:
-        """Every node joins (enrolls or registers) once, ``concurrency`` at a time; per-node timings."""
-        self.join_key = join_key
+    async def register_all(self, concurrency: int, join_key: str | None = None, join_keys: list[str] | None = None) -> dict:
+        """Every node joins (enrolls or registers) once, ``concurrency`` at a time; per-node timings.
+        With ``join_keys``, node ``i`` enrolls with ``join_keys[i % len(join_keys)]``."""
+        self.join_key = join_key or (join_keys[0] if join_keys else None)
+        self.join_keys = list(join_keys or ())
         pending = iter(self.nodes)
         sent_at: list[float] = []
         done_at: list[float] = []
@@ -394,8 +446,11 @@ class Fleet:
 
     # -- propagation ------------------------------------------------------------------------
 
-    def watch(self, node_id: str) -> None:
-        self.watches[node_id] = Watch(node_id)
+    def watch(self, node_id: str, expect: list[int] | None = None) -> None:
+        watch = self.watches[node_id] = Watch(node_id, expect=None if expect is None else frozenset(expect))
+        if watch.expect is not None and not watch.expect and self._on_watch_done:
+            watch.reported = True  # no node here may see it: nothing to wait for
+            self._on_watch_done(watch, 0)
 
     def saw(self, node: SimNode, views, at: float) -> None:
         """A node received these peer views (a delta's upserts or the seed's list)."""
@@ -407,13 +462,53 @@ class Fleet:
             if watch is None or node.index in watch.seen:
                 continue
             watch.seen[node.index] = at
-            if len(watch.seen) == len(self.nodes) and not watch.reported:
+            if watch.reported:
+                continue
+            expect = watch.expect
+            if (len(watch.seen) == len(self.nodes)) if expect is None else expect.issubset(watch.seen):
                 watch.reported = True
                 if self._on_watch_done:
                     self._on_watch_done(watch, 0)
 
     def end_watch(self, node_id: str) -> Watch | None:
         return self.watches.pop(node_id, None)
+
+    # -- a policy change's wave ---------------------------------------------------------------
+
+    def mark_wave(self) -> None:
+        self.wave = Wave(time.monotonic())
+
+    def wave_answer(self, node: SimNode, answer: dict, size: int, held: str | None, at: float) -> None:
+        wave = self.wave
+        i = node.index
+        wave.answers[i] = wave.answers.get(i, 0) + 1
+        wave.body_bytes[i] = wave.body_bytes.get(i, 0) + size
+        if node.filter_digest != held and i not in wave.new_filter_at:
+            wave.new_filter_at[i] = at
+            wave.new_filter_digest[i] = node.filter_digest or ""
+        if answer.get("full") and i not in wave.full_at:
+            wave.full_at[i] = at
+
+    def wave_progress(self) -> dict:
+        wave = self.wave
+        if wave is None:
+            return {"nodes": len(self.nodes), "new_filters": 0, "full_answers": 0}
+        return {"nodes": len(self.nodes), "new_filters": len(wave.new_filter_at), "full_answers": len(wave.full_at)}
+
+    def end_wave(self) -> dict:
+        wave, self.wave = self.wave, None
+        if wave is None:
+            return {"nodes": len(self.nodes)}
+        return {
+            "nodes": len(self.nodes),
+            "started": wave.started,
+            "new_filter": {str(i): [round(t, 6), wave.new_filter_digest[i]] for i, t in wave.new_filter_at.items()},
+            "full_at": [round(t, 6) for t in wave.full_at.values()],
+            "answers": sum(wave.answers.values()),
+            "answered_nodes": len(wave.answers),
+            "body_bytes": sum(wave.body_bytes.values()),
+            "body_bytes_max": max(wave.body_bytes.values(), default=0),
+        }
 
     # -- stop ---------------------------------------------------------------------------------
 

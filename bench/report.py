@@ -28,6 +28,9 @@ def _wire(results: dict, nodes: int) -> dict | None:
 
 def evaluate(results: dict) -> list[dict]:
     rows = []
+    # The targets are the mesh without a policy: a policy run (each node sees
+    # part of the mesh) has its own table.
+    results = {**results, "coordination": [s for s in results.get("coordination", []) if not s.get("policy")]}
 
     def row(target_id, measured, passed, note=""):
         what, limit = next((w, lim) for i, w, lim in TARGETS if i == target_id)
@@ -232,6 +235,7 @@ def markdown(results: dict) -> str:
                     f"| {n} | {_ms(sn['full_snapshot']['seconds'].get('p50'))} | {sn['full_snapshot']['bytes']:,} | "
                     f"{_ms(sn['seed_peers_list']['seconds'].get('p50'))} | {sn['seed_peers_list']['bytes']:,} |"
                 )
+        lines += _policy_tables(coordination)
         failed = [s for s in coordination if "failed" in s]
         for s in failed:
             lines += ["", f"**{_run(s)} N={s['nodes']} failed:** {s['failed']}"]
@@ -311,8 +315,55 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _policy_tables(coordination: list[dict]) -> list[str]:
+    runs = [s for s in coordination if s.get("policy") and s.get("propagation")]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Under an access policy (bench/policyload.py: 20 tags, 5 groups, 50 rules; one tag per node)",
+        "",
+        "Join: a new node joins; time until every node the policy lets see it has it (those that may not must never).",
+        "",
+        "| run | N | peers per node p50 | probes | allowed viewers p50 | not seen by all allowed | all-allowed p50 | all-allowed p99 | per-node p50 | per-node p99 | seen by nodes not allowed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in runs:
+        p = s["propagation"]
+        t, n = p["time_to_all_seconds"], p["per_node_seconds"]
+        lines.append(
+            f"| {_run(s)} | {s['nodes']} | {s.get('policy_setup', {}).get('visible_peers_per_node', {}).get('p50')} | "
+            f"{p['probes']} | {p.get('allowed_viewers_per_probe', {}).get('p50')} | {p['probes_not_seen_by_all']} | "
+            f"{_s(t['p50'])} | {_s(t['p99'])} | {_s(n.get('p50'))} | {_s(n.get('p99'))} | {p.get('seen_by_nodes_not_allowed')} |"
+        )
+    lines += [
+        "",
+        (
+            "Policy change (one rule added): from the set call's answer until each node whose filter changes has it"
+            " in a long-poll answer; the wave's bytes (every node's next answer is its whole view, once)."
+        ),
+        "",
+        "| run | N | set call | affected | with new filter | wrong/unexpected | p50 | p99 | max | full answers | full answer p99 | body B/node | server → node B/node | server CPU | RSS before → max | load CPU | others on server core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in runs:
+        c = s.get("policy_change")
+        if not c:
+            continue
+        t = c["new_filter_seconds"]
+        lines.append(
+            f"| {_run(s)} | {s['nodes']} | {_s(c['set_call_seconds'])} | {c['affected_nodes']} | {c['affected_with_new_filter']} | "
+            f"{c['new_filter_unexpected_or_wrong']} | {_s(t['p50'])} | {_s(t['p99'])} | {_s(t['max'])} | "
+            f"{c['nodes_with_full_answer']} | {_s(c['full_answer_seconds'].get('p99'))} | {c['answer_body_bytes_per_node']:,.0f} | "
+            f"{c['server_bytes_sent_per_node']:,.0f} | {_v(c.get('server_cpu_percent'), ' %')} | "
+            f"{(c.get('server_rss_mb') or {}).get('before')} → {(c.get('server_rss_mb') or {}).get('max')} MB | "
+            f"{_v(c.get('load_cpu_percent'), ' %')} | {_background(c)} |"
+        )
+    return lines
+
+
 def _run(s: dict) -> str:
-    return f"{s['mode']}/{s.get('security', '?')}"
+    return f"{s['mode']}/{s.get('security', '?')}{'/policy' if s.get('policy') else ''}"
 
 
 def _background(section: dict) -> str:

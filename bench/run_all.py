@@ -42,20 +42,26 @@ BENCHES = ("coordination", "stun", "apply", "relay")
 DEFAULT_PLAN = "wire/tls/1000,wire/tls/9900/keep,wire/plain/10000,seed/open/1000"
 
 
-def parse_plan(text: str) -> list[tuple[str, str, int, str | None]]:
+def parse_plan(text: str) -> list[tuple[str, str, int, str | None, bool]]:
+    """MODE/SECURITY/N[/keep|fresh|auto][/policy] items: (mode, security, n, heartbeat connection, policy)."""
     plan = []
     for item in text.split(","):
         if not item.strip():
             continue
         parts = item.strip().split("/")
-        if len(parts) not in (3, 4) or parts[0] not in ("wire", "seed") or parts[1] not in ("tls", "plain", "open"):
-            raise ValueError(f"{item!r} is not MODE/SECURITY/N[/keep|fresh]")
+        if not 3 <= len(parts) <= 5 or parts[0] not in ("wire", "seed") or parts[1] not in ("tls", "plain", "open"):
+            raise ValueError(f"{item!r} is not MODE/SECURITY/N[/keep|fresh|auto][/policy]")
         if parts[0] == "seed" and parts[1] != "open":
             raise ValueError(f"{item!r}: seed clients need an open server (seed/open/N)")
-        hb = parts[3] if len(parts) == 4 else None
-        if hb not in (None, "keep", "fresh", "auto"):
-            raise ValueError(f"{item!r}: the heartbeat connection is keep, fresh or auto")
-        plan.append((parts[0], parts[1], int(parts[2]), hb))
+        extras = parts[3:]
+        policy = "policy" in extras
+        if policy:
+            extras.remove("policy")
+            if parts[0] != "wire" or parts[1] == "open":
+                raise ValueError(f"{item!r}: a policy needs wire nodes and join keys (wire/tls or wire/plain)")
+        if len(extras) > 1 or (extras and extras[0] not in ("keep", "fresh", "auto")):
+            raise ValueError(f"{item!r}: after N, the heartbeat connection (keep, fresh or auto) and/or policy")
+        plan.append((parts[0], parts[1], int(parts[2]), extras[0] if extras else None, policy))
     return plan
 
 
@@ -66,9 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--plan",
         default=DEFAULT_PLAN,
-        help="coordination runs, comma-separated MODE/SECURITY/N[/keep|fresh]: MODE wire or seed, "
+        help="coordination runs, comma-separated MODE/SECURITY/N[/keep|fresh][/policy]: MODE wire or seed, "
         "SECURITY tls (wire's default: join keys + HTTPS), plain (join keys, --plain-http) or open "
-        f"(--open, the seed's behaviour); the last part forces the heartbeat connection [{DEFAULT_PLAN}]",
+        "(--open, the seed's behaviour); keep|fresh forces the heartbeat connection; policy runs it under "
+        f"bench/policyload.py's access policy (20 tags, 50 rules) and times a policy change [{DEFAULT_PLAN}]",
     )
     parser.add_argument("--server-cpus", default=str(cpus[0]))
     parser.add_argument("--load-cpus", default=",".join(str(c) for c in cpus[1:]) or str(cpus[0]))
@@ -197,10 +204,11 @@ async def run(reactor, options) -> dict:
         results["notes"].append("py-spy was attached to the server: CPU figures include its sampling overhead")
     if "coordination" in options.only:
         results["coordination"] = []
-        for mode, security, nodes, heartbeat_connection in options.plan:
-            log.info("coordination bench: {mode}/{security}, N={nodes}", mode=mode, security=security, nodes=nodes)
+        for mode, security, nodes, heartbeat_connection, policy in options.plan:
+            log.info("coordination bench: {mode}/{security}, N={nodes}{p}", mode=mode, security=security, nodes=nodes,
+                     p=", under a policy" if policy else "")
             results["coordination"].append(
-                await scenarios.coordination(reactor, settings, mode, security, nodes, heartbeat_connection)
+                await scenarios.coordination(reactor, settings, mode, security, nodes, heartbeat_connection, policy)
             )
             # Written after every bench, so a long run that dies keeps what it measured.
             report.write(_finish(results), options.out, options.report_name)

@@ -28,12 +28,12 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from bench import procstat, profiling, relay
+from bench import policyload, procstat, profiling, relay
 from tests.ports import free_port_triple  # one helper for tests and benches
 from bench.httpload import Connector, Counters, client_tls
 from bench.nodes import enroll_body, node_identity, probe_source_address, registration_body
-from bench.processes import BENCH_CHECKOUT, CollectingProcess, ServerProcess, WorkerProcess
 from bench.stats import percentile, segment_rates, summary
+from bench.processes import BENCH_CHECKOUT, CollectingProcess, ServerProcess, WorkerProcess
 
 log = Logger()
 
@@ -152,7 +152,7 @@ SECURITY_ARGS = {
 class Target:
     """The server under test: one we spawned, or one given by URL."""
 
-    def __init__(self, reactor, settings: Settings, security: str = "tls"):
+    def __init__(self, reactor, settings: Settings, security: str = "tls", policy: bool = False):
         if security not in SECURITY_ARGS:
             raise ValueError(f"security must be one of {', '.join(SECURITY_ARGS)}")
         self.reactor = reactor
@@ -161,6 +161,10 @@ class Target:
         self.process: ServerProcess | None = None
         self.data_dir: str | None = None
         self.join_key: str | None = settings.join_key
+        # Under a policy (bench/policyload.py): one reusable key per tag, and the text in force.
+        self.policy = policy
+        self.tag_keys: list[str] = []
+        self.policy_text: str | None = None
         if settings.url:
             url = urlsplit(settings.url)
             self.tls = url.scheme == "https"
@@ -210,26 +214,51 @@ class Target:
             await sleep(self.reactor, 0.1)
         if self.security != "open":
             self.join_key = await self._create_join_key()
+        if self.policy:
+            if self.security == "open":
+                raise ValueError("a policy run needs an authenticating server (tagged join keys)")
+            self.tag_keys = [
+                await self._create_join_key((f"tag:t{t}",)) for t in range(policyload.TAGS)
+            ]
+            await self.set_policy(policyload.policy_text())
 
-    async def _create_join_key(self) -> str:
-        """A reusable join key from the admin API (the UNIX socket in the data dir)."""
-        path = os.path.join(self.data_dir, "admin.sock")
-        connector = Connector(self.reactor, "localhost", 0, Counters(), unix_path=path)
+    async def admin(self, method: bytes, path: bytes, body: dict | None = None) -> dict:
+        """One request to the admin API (the UNIX socket in the data dir)."""
+        if self.data_dir is None:
+            raise RuntimeError("the admin API is only reachable on a server the bench started")
+        socket_path = os.path.join(self.data_dir, "admin.sock")
+        connector = Connector(self.reactor, "localhost", 0, Counters(), unix_path=socket_path)
         for _ in range(50):
-            if os.path.exists(path):
+            if os.path.exists(socket_path):
                 break
             await sleep(self.reactor, 0.1)
         conn = await connector.connect()
         try:
-            body = json.dumps({"reusable": True, "note": "wire bench"}).encode()
-            response = await conn.request(b"POST", b"/keys", body)
+            response = await conn.request(method, path, None if body is None else json.dumps(body).encode())
         finally:
             conn.abort()
         if response.status != 200:
-            raise RuntimeError(f"admin API refused a join key: {response.status} {response.body[:200]!r}")
-        token = json.loads(response.body)["token"]
+            raise RuntimeError(f"admin API {path.decode()} refused: {response.status} {response.body[:300]!r}")
+        return json.loads(response.body)
+
+    async def _create_join_key(self, tags: tuple[str, ...] = ()) -> str:
+        """A reusable join key (its nodes carry ``tags``); its secret."""
+        body: dict = {"reusable": True, "note": "wire bench"}
+        if tags:
+            body["tags"] = list(tags)
+        token = (await self.admin(b"POST", b"/keys", body))["token"]
         encoded = token.split(".", 1)[1]
         return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))["k"]
+
+    async def set_policy(self, text: str) -> dict:
+        """``wire admin policy set``: answered once it is in force."""
+        answer = await self.admin(b"POST", b"/policy", {"action": "set", "text": text})
+        self.policy_text = text
+        return answer
+
+    async def directory(self) -> list[dict]:
+        """Every node as the admin API lists it (node_id, node_name, vpn_ip, tags)."""
+        return (await self.admin(b"GET", b"/nodes"))["nodes"]
 
     def log_tail(self, size: int = 3000) -> str:
         parts = []
@@ -325,6 +354,7 @@ class Fleet:
         self._watch_waiters: dict[str, tuple[set, Deferred]] = {}
         share, extra = divmod(nodes, workers)
         first = 0
+        self.slices: list[range] = []  # the node indices each worker simulates
         for i in range(workers):
             count = share + (1 if i < extra else 0)
             argv = [
@@ -346,6 +376,7 @@ class Fleet:
             worker = WorkerProcess(reactor, f"load-{i}", argv, settings.load_cpus)
             worker.on_event = self._event
             self.workers.append(worker)
+            self.slices.append(range(first, first + count))
             first += count
 
     def spawn(self) -> None:
@@ -356,9 +387,14 @@ class Fleet:
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
 
-    async def call_all(self, cmd: str, timeout: float = 600, **arguments) -> list:
+    async def call_all(self, cmd: str, timeout: float = 600, per_worker: list[dict] | None = None, **arguments) -> list:
+        """``cmd`` to every worker, with ``arguments`` (and ``per_worker[i]`` for worker i)."""
         results = await DeferredList(
-            [w.call(cmd, timeout=timeout, **arguments) for w in self.workers], consumeErrors=True
+            [
+                w.call(cmd, timeout=timeout, **arguments, **(per_worker[i] if per_worker else {}))
+                for i, w in enumerate(self.workers)
+            ],
+            consumeErrors=True,
         )
         out = []
         for ok, value in results:
@@ -399,15 +435,24 @@ class Fleet:
 
 
 async def coordination(
-    reactor, settings: Settings, mode: str, security: str, nodes: int, heartbeat_connection: str | None = None
+    reactor,
+    settings: Settings,
+    mode: str,
+    security: str,
+    nodes: int,
+    heartbeat_connection: str | None = None,
+    policy: bool = False,
 ) -> dict:
-    """Registration, steady state and propagation for ``nodes`` simulated nodes."""
+    """Registration, steady state and propagation for ``nodes`` simulated nodes;
+    with ``policy``, under bench/policyload.py's policy, then its change's wave."""
     if mode == "seed" and security != "open":
         raise ValueError("seed clients know no join keys: seed mode needs an open server")
+    if policy and (mode != "wire" or security == "open" or settings.url):
+        raise ValueError("a policy run is wire nodes against a server the bench starts, with authentication (tls or plain)")
     run_tag = secrets.token_hex(3)
-    result: dict = {"mode": mode, "security": security, "nodes": nodes}
+    result: dict = {"mode": mode, "security": security, "nodes": nodes, "policy": policy}
     result["quiet_before"] = await wait_quiet(reactor, settings)
-    target = Target(reactor, settings, security)
+    target = Target(reactor, settings, security, policy=policy)
     fleet: Fleet | None = None
     try:
         await target.start()
@@ -423,6 +468,15 @@ async def coordination(
             "heartbeat_mode": settings.wire_heartbeat if mode == "wire" and target.authenticating else "periodic",
             "longpoll_wait_seconds": settings.wait if mode == "wire" else None,
         })
+        if policy:
+            result["policy_setup"] = {
+                "tags": policyload.TAGS,
+                "groups": policyload.GROUPS,
+                "rules": policyload.RULES,
+                "policy_bytes": len(target.policy_text or ""),
+                "join_keys": len(target.tag_keys),
+                "each_node": "one tag: node i enrolls with the key of tag:t<i % 20>",
+            }
         fleet.spawn()
         result["server_at_start"] = target.facts()
         result["registration"] = await _registration(reactor, settings, target, fleet)
@@ -436,7 +490,15 @@ async def coordination(
             heartbeat_mode=result["heartbeat_mode"],
         )
         result["steady"] = await _steady(reactor, settings, target, fleet)
-        result["propagation"] = await _propagation(reactor, settings, target, fleet, run_tag)
+        expectation = None
+        if policy:
+            expectation = policyload.Expectation(target.policy_text, await target.directory())
+            result["policy_setup"]["visible_peers_per_node"] = summary(
+                [len(expectation.viewers_of(n)) for n in expectation.node_ids]
+            )
+        result["propagation"] = await _propagation(reactor, settings, target, fleet, run_tag, expectation)
+        if policy:
+            result["policy_change"] = await _policy_change(reactor, settings, target, fleet, run_tag)
         if mode == "wire":
             result["snapshots"] = await _snapshot_costs(reactor, target)
         result["final_counters"] = _merge_counters(await fleet.call_all("counters"))
@@ -461,6 +523,7 @@ async def _registration(reactor, settings: Settings, target: Target, fleet: Flee
         timeout=1800,
         concurrency=max(1, settings.register_concurrency // len(fleet.workers)),
         join_key=target.join_key,
+        join_keys=target.tag_keys or None,
     )
     server_cpu = cpu.read() if cpu else None
     started = min(r["started"] for r in results)
@@ -587,7 +650,8 @@ async def _finish_profile(d: Deferred, path: str) -> dict:
 
 
 async def _register_probe(reactor, target: Target, run_tag: str, k: int) -> tuple[str, float, float, bytes]:
-    """A new node joins: (node_id, sent, answered, its Authorization header line)."""
+    """A new node joins: (node_id, sent, answered, its Authorization header line).
+    Under a policy probe ``k`` carries tag:t<k % TAGS>."""
     index = PROBE_INDEX_BASE + k
     node_id = node_identity(run_tag, index)[0]
     source = probe_source_address(k) if target.settings.own_addresses else None
@@ -607,7 +671,8 @@ async def _register_probe(reactor, target: Target, run_tag: str, k: int) -> tupl
         body = registration_body(run_tag, index)
         path = b"/register"
         if target.authenticating:
-            body, path = enroll_body(run_tag, index, target.join_key), b"/enroll"
+            key = target.tag_keys[k % len(target.tag_keys)] if target.tag_keys else target.join_key
+            body, path = enroll_body(run_tag, index, key), b"/enroll"
         sent = time.monotonic()
         response = await conn.request(b"POST", path, body)
         if response.status != 200:
@@ -619,9 +684,18 @@ async def _register_probe(reactor, target: Target, run_tag: str, k: int) -> tupl
         conn.abort()
 
 
-async def _probe(reactor, settings: Settings, target: Target, fleet: Fleet, run_tag: str, k: int, timeout: float) -> dict:
-    node_id = node_identity(run_tag, PROBE_INDEX_BASE + k)[0]
-    await fleet.call_all("watch", node_id=node_id)
+async def _probe(
+    reactor, settings: Settings, target: Target, fleet: Fleet, run_tag: str, k: int, timeout: float, expectation=None
+) -> dict:
+    node_id, name, _ = node_identity(run_tag, PROBE_INDEX_BASE + k)
+    allowed = None
+    if expectation is not None:
+        # Who may see it follows from its tag alone (bench/policyload.py): its address is a stand-in.
+        viewers = expectation.viewers_of_newcomer(node_id, name, policyload.tag_of(k), k)
+        allowed = [[i for i in indices if node_identity(run_tag, i)[0] in viewers] for indices in fleet.slices]
+        await fleet.call_all("watch", node_id=node_id, per_worker=[{"expect": a} for a in allowed])
+    else:
+        await fleet.call_all("watch", node_id=node_id)
     all_saw = fleet.all_saw(node_id)
     _, sent, acked, auth = await _register_probe(reactor, target, run_tag, k)
     target.probe_auth = target.probe_auth or auth
@@ -633,18 +707,26 @@ async def _probe(reactor, settings: Settings, target: Target, fleet: Fleet, run_
     reports = await fleet.call_all("end_watch", node_id=node_id)
     latencies = [t - sent for r in reports for t in r["times"]]
     seen = sum(r["seen"] for r in reports)
-    return {
+    should = fleet.nodes if allowed is None else sum(len(a) for a in allowed)
+    out = {
         "probe": k,
         "registration_answered_seconds": round(acked - sent, 4),
         "seen_by": seen,
-        "missing": fleet.nodes - seen,
-        "time_to_all_seconds": round(max(latencies), 4) if seen == fleet.nodes and latencies else None,
+        "missing": should - seen,
+        # Under a policy: "all" is every node allowed to see it.
+        "time_to_all_seconds": round(max(latencies), 4) if seen == should and latencies else (0.0 if should == 0 else None),
         "latencies": latencies,
     }
+    if allowed is not None:
+        out["tag"] = policyload.tag_of(k)
+        out["allowed"] = should
+        out["seen_not_allowed"] = sum(r.get("seen_not_allowed", 0) for r in reports)
+    return out
 
 
-async def _propagation(reactor, settings: Settings, target: Target, fleet: Fleet, run_tag: str) -> dict:
-    """Register new nodes one at a time; time until every simulated node has each."""
+async def _propagation(reactor, settings: Settings, target: Target, fleet: Fleet, run_tag: str, expectation=None) -> dict:
+    """Register new nodes one at a time; time until every simulated node has
+    each (under a policy: every node allowed to see it; and no other)."""
     probes = []
     measurable = target.measurable()
     cpu = procstat.CpuWindow([target.pid]) if measurable else None
@@ -659,7 +741,7 @@ async def _propagation(reactor, settings: Settings, target: Target, fleet: Fleet
     if fleet.mode == "wire":
         timeout = settings.probe_timeout
         for k in range(settings.probes):
-            probes.append(await _probe(reactor, settings, target, fleet, run_tag, k, timeout))
+            probes.append(await _probe(reactor, settings, target, fleet, run_tag, k, timeout, expectation))
             await sleep(reactor, random.uniform(0.5, 1.5))
     else:
         # Seed nodes poll every heartbeat: overlap the probes (3 s apart), each
@@ -679,8 +761,15 @@ async def _propagation(reactor, settings: Settings, target: Target, fleet: Fleet
     incomplete = len(to_all) - len(complete)
     # A probe some node never saw counts as infinitely slow in the percentiles.
     padded = complete + [math.inf] * incomplete
+    policy_figures = {}
+    if expectation is not None:
+        policy_figures = {
+            "allowed_viewers_per_probe": summary([p["allowed"] for p in probes]),
+            "seen_by_nodes_not_allowed": sum(p["seen_not_allowed"] for p in probes),
+        }
     return {
         "probes": len(probes),
+        **policy_figures,
         "probes_not_seen_by_all": incomplete,
         "time_to_all_seconds": {
             "p50": _finite(percentile(padded, 50)),
@@ -695,6 +784,88 @@ async def _propagation(reactor, settings: Settings, target: Target, fleet: Fleet
         "load_cpu_percent": load_percent,
         "background": background.read(server_percent, load_percent),
         **({"profile": await _finish_profile(*profile)} if profile is not None else {}),
+    }
+
+
+async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fleet, run_tag: str) -> dict:
+    """Set the policy with one rule added, under the steady load: time from
+    the set call's answer until each node whose filter changes has its new
+    one in a long-poll answer; the bytes of the wave (every long-poll wakes,
+    and each node's next answer is its whole view, once)."""
+    old_text = target.policy_text
+    new_text = policyload.changed_policy_text()
+    directory = await target.directory()
+    before = policyload.Expectation(old_text, directory).digests()
+    after = policyload.Expectation(new_text, directory).digests()
+    id_of = {i: node_identity(run_tag, i)[0] for i in range(fleet.nodes)}
+    affected = {i for i, node_id in id_of.items() if before.get(node_id) != after.get(node_id)}
+    measurable = target.measurable()
+    cpu = procstat.CpuWindow([target.pid]) if measurable else None
+    load_cpu = procstat.CpuWindow(fleet.pids)
+    background = Background(settings)
+    counters_before = _merge_counters(await fleet.call_all("counters"))
+    await fleet.call_all("mark_wave")
+    if cpu:
+        cpu.start()
+    load_cpu.start()
+    background.start()
+    rss = [procstat.memory_bytes(target.pid)["rss"]] if measurable else []
+    sent = time.monotonic()
+    answer = await target.set_policy(new_text)
+    returned = time.monotonic()
+    # Bounded: until every affected node has its new filter and every node a
+    # full answer, or a minute (more at large N: every node's whole view).
+    budget = max(60.0, fleet.nodes / 100)
+    while time.monotonic() - returned < budget:
+        progress = await fleet.call_all("wave_progress")
+        if measurable:
+            rss.append(procstat.memory_bytes(target.pid)["rss"])
+        if sum(p["full_answers"] for p in progress) >= fleet.nodes and sum(p["new_filters"] for p in progress) >= len(affected):
+            break
+        await sleep(reactor, 0.25)
+    settled = time.monotonic()
+    server_percent = cpu.read()["percent_of_one_core"] if cpu else None
+    load_percent = load_cpu.read()["percent_of_one_core"]
+    reports = await fleet.call_all("end_wave")
+    counters_after = _merge_counters(await fleet.call_all("counters"))
+    diff = _diff_counters(counters_before, counters_after)
+    new_filter = {int(i): v for r in reports for i, v in r.get("new_filter", {}).items()}
+    right = [i for i in affected if i in new_filter and new_filter[i][1] == after[id_of[i]]]
+    wrong = [i for i in new_filter if new_filter[i][1] != after[id_of[i]]]
+    per_node = [new_filter[i][0] - returned for i in right]
+    full_times = [t - returned for r in reports for t in r.get("full_at", [])]
+    missing = len(affected) - len(right)
+    padded = per_node + [math.inf] * missing
+    return {
+        "added_rule": policyload.ADDED_RULE,
+        "set_call_seconds": round(returned - sent, 4),
+        "set_answer": {k: answer.get(k) for k in ("version", "rules") if k in answer},
+        "affected_nodes": len(affected),
+        "affected_with_new_filter": len(right),
+        "new_filter_unexpected_or_wrong": len(wrong),
+        # From the set call's answer (the server wakes long-polls as it puts
+        # the policy in force: an answer may come before the call's own).
+        "new_filter_seconds": {
+            "p50": _finite(percentile(padded, 50)),
+            "p99": _finite(percentile(padded, 99)),
+            "max": _finite(max(padded)) if padded else None,
+            "min": round(min(per_node), 4) if per_node else None,
+        },
+        "full_answer_seconds": summary(full_times),
+        "nodes_with_full_answer": len(full_times),
+        "window_seconds": round(settled - sent, 2),
+        "answers": sum(r.get("answers", 0) for r in reports),
+        "answer_body_bytes_per_node": round(sum(r.get("body_bytes", 0) for r in reports) / fleet.nodes, 1),
+        "answer_body_bytes_max": max((r.get("body_bytes_max", 0) for r in reports), default=0),
+        # HTTP bytes as the nodes count them (headers too, before TLS), over the window.
+        "server_bytes_sent_per_node": round(diff["bytes_in"] / fleet.nodes, 1),
+        "server_bytes_received_per_node": round(diff["bytes_out"] / fleet.nodes, 1),
+        "server_cpu_percent": server_percent,
+        "server_rss_mb": {"before": round(rss[0] / 2**20, 1), "max": round(max(rss) / 2**20, 1)} if rss else None,
+        "load_cpu_percent": load_percent,
+        "budget_seconds": budget,
+        "background": background.read(server_percent, load_percent),
+        "errors": diff["errors"],
     }
 
 
