@@ -206,6 +206,31 @@ class FilterInTheNetmapTests(unittest.TestCase):
         self.assertIsNone(answer["filter"])
 
 
+class WhoWakesTests(unittest.TestCase):
+    def test_a_policy_change_wakes_only_the_nodes_whose_view_or_filter_changed(self):
+        mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
+            mesh.enroll(name, *tags)
+        mesh.admin.set_policy(POLICY)
+        first = {name: mesh.poll(name, None) for name in mesh.ids}
+        waiting = {
+            name: mesh.coordinator.netmap(first[name]["cursor"], 30, mesh.ids[name], holds_filter=filter_digest(first[name]["filter"]))
+            for name in mesh.ids
+        }
+        # web may now also reach db's ssh: db's filter changes, no one's view does.
+        mesh.admin.set_policy(POLICY.replace('"dst": ["tag:db:5432"]', '"dst": ["tag:db:5432,22"]').replace(', "deny": ["db1:22"]', ""))
+        mesh.clock.advance(0)
+        db = json.loads(encode_json(self.successResultOf(waiting["db1"])))
+        self.assertEqual(sorted(tuple(p) for rule in db["filter"] for p in rule.get("ports", [])), [(22, 22), (5432, 5432)])
+        self.assertNoResult(waiting["web1"])
+        self.assertNoResult(waiting["ops1"])
+        # Their next poll (the same cursor) answers at once, with nothing new.
+        mesh.clock.advance(30)
+        web = json.loads(encode_json(self.successResultOf(waiting["web1"])))
+        self.assertEqual((web["upserts"], web["removals"]), ([], []))
+        self.assertNotIn("filter", web)
+
+
 class ParseTargetTests(unittest.TestCase):
     def test_targets(self):
         self.assertEqual(parse_target("db1:5432"), ("db1", 5432, "tcp"))

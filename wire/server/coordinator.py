@@ -141,11 +141,30 @@ class Coordinator:
         return {tag for key in self.authority.keys() for tag in key.tags}
 
     def _policy_changed(self, index_before: PolicyIndex) -> None:
-        """Every node's filter and view may have changed: the serial moves (a
-        poll with the old cursor answers at once) and every long-poll wakes."""
+        """Nodes' filters and views may have changed: the serial moves (a poll
+        with the old cursor answers at once), and the long-polls of the nodes
+        whose view or filter did change wake now; the others learn the new
+        cursor at their next poll."""
         self._filter_encoded.clear()
         self._visibility_changed(index_before, self.registry.changes.advance())
-        self.longpolls.changed()
+        compared: dict[tuple[int, int], bool] = {}
+        affected = [v for v in self.longpolls.waiting_viewers() if self._view_changed(v, index_before, compared)]
+        self.longpolls.changed_for(affected)
+
+    def _view_changed(self, viewer: str, before: PolicyIndex, compared: dict[tuple[int, int], bool]) -> bool:
+        """Whether ``viewer``'s peers or filter differ between ``before`` and now
+        (worked out once per pair of classes: ``compared``)."""
+        now = self.policy.index
+        if before.node(viewer) is None or now.node(viewer) is None:
+            return True
+        key = (before.class_of(viewer), now.class_of(viewer))
+        if key not in compared:
+            compared[key] = before.peers_of(viewer) != now.peers_of(viewer) or self._filter_of(before, viewer) != self._filter_of(now, viewer)
+        return compared[key]
+
+    @staticmethod
+    def _filter_of(index: PolicyIndex, viewer: str):
+        return None if index.policy is None else index.filter_for(viewer)
 
     def _node_changed_for_policy(self, node_id: str) -> None:
         """The policy's index follows the node. Its tags decide who sees it:

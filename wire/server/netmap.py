@@ -133,6 +133,10 @@ class LongPollHub:
     def open_count(self) -> int:
         return len(self._waiters)
 
+    def waiting_viewers(self) -> list[str]:
+        """The viewers with a poll waiting now."""
+        return list(self._by_viewer)
+
     def poll(self, cursor: Cursor, wait: float, viewer: str | None = None) -> Deferred:
         """Fire with an answer now if anything changed, else when something does or ``wait`` ends."""
         if cursor != self._changes.cursor or wait <= 0:
