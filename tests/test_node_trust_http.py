@@ -110,7 +110,9 @@ class HostileServerOverHttpTests(unittest.TestCase):
         self.script.reload()
         refused = daemon.bad_answers.count
         await daemon.register()  # what the next heartbeat does
-        self.assertEqual(daemon.bad_answers.count, refused + 1)
+        # At least this one is counted (the daemon's own heartbeat may have registered meanwhile too).
+        self.assertGreaterEqual(daemon.bad_answers.count, refused + 1)
+        self.assertIn("assignment", daemon.bad_answers.latest)
         self.assertTrue(self.steering.was_served("/register", version))
         saved = load_config(self.config_dir)
         self.assertEqual((saved.vpn_ip, saved.vpn_subnet), ("10.99.0.5", "10.99.0.0/16"))
