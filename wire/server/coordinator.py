@@ -105,7 +105,8 @@ class Coordinator:
         self._view_change_cache: dict[tuple[int, int, int], tuple] = {}
         self._visible_cache_serial = -1
         self._snapshot: tuple[int, SharedJson] | None = None
-        self._tags_of: dict[str, tuple[str, ...]] = {r.node_id: r.tags for r in registry.records()}
+        # Each cut answer's records by node id, for the viewer's own ("me").
+        self._by_id_cache: dict[int, tuple[dict, dict[str, dict]]] = {}
         registry.on_change(self._node_changed_for_policy)
         if authority is not None:
             for node_id, offline_for in authority.ephemeral_nodes().items():
@@ -174,12 +175,11 @@ class Coordinator:
         index_before = self.policy.index
         self.policy.node_changed(record, node_id)
         if record is None:
-            self._tags_of.pop(node_id, None)
             self._filter_held.pop(node_id, None)
             return
-        tags_before = self._tags_of.get(node_id)
-        self._tags_of[node_id] = record.tags
-        if tags_before is not None and tags_before != record.tags and self.policy.active:
+        # The index had the node's tags as they were (the open index too).
+        known = index_before.node(node_id)
+        if known is not None and known.tags != frozenset(record.tags) and self.policy.active:
             self._visibility_changed(index_before, self.registry.changes.serial)
 
     def _visibility_changed(self, index_before: PolicyIndex, serial: int) -> None:
@@ -223,6 +223,7 @@ class Coordinator:
             # Cut answers are for one serial: the next change makes new ones.
             self._visible_cache.clear()
             self._view_change_cache.clear()
+            self._by_id_cache.clear()
             self._visible_cache_serial = self.registry.changes.serial
         if not shared.get("full") and cursor.serial < self._visibility_serial:
             # Who sees whom changed since (a policy, tags): the peers it gained
@@ -265,8 +266,15 @@ class Coordinator:
             upserts = [view for view in shared["upserts"] if view["node_id"] in visible]
             cached = (shared, visible, SharedJson({**shared, "upserts": upserts}))
             self._visible_cache[key] = cached
-        me = next((view for view in shared["upserts"] if view["node_id"] == viewer), None)
-        return cached[2], me
+        return cached[2], self._views_by_id(shared).get(viewer)
+
+    def _views_by_id(self, shared: dict) -> dict[str, dict]:
+        """``shared``'s upserts by node id, made once per answer (not per viewer)."""
+        cached = self._by_id_cache.get(id(shared))
+        if cached is None or cached[0] is not shared:
+            cached = (shared, {view["node_id"]: view for view in shared["upserts"]})
+            self._by_id_cache[id(shared)] = cached
+        return cached[1]
 
     def _with_view_change(self, shared: dict, viewer: str, before: PolicyIndex) -> SharedJson:
         """``shared`` (a delta) plus the peers ``viewer`` gained (their records)
@@ -278,8 +286,8 @@ class Coordinator:
         cached = self._view_change_cache.get(key)
         if cached is None or cached[0] is not shared:
             now = self.now()
-            present = {view["node_id"] for view in shared["upserts"]}
-            gained = [self.registry.get(n) for n in sorted(seen_now - seen_before - present)]
+            present = self._views_by_id(shared)
+            gained = [self.registry.get(n) for n in sorted(seen_now - seen_before - present.keys())]
             upserts = shared["upserts"] + [self.registry.view(r, now) for r in gained if r is not None]
             removals = sorted(set(shared["removals"]) | (seen_before - seen_now))
             cached = (shared, seen_before, seen_now, SharedJson({**shared, "upserts": upserts, "removals": removals}))
