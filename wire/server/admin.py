@@ -116,8 +116,8 @@ class Admin:
     # -- the access policy (wire.server.policybook) ----------------------------
 
     def policy(self) -> dict:
-        current = self.coordinator.policy.current
-        return {**current.as_dict(), "in_force": current.text is not None}
+        """The version in force (``policy_set`` says whether there is a policy)."""
+        return self.coordinator.policy.current.as_dict()
 
     def set_policy(self, text: str, source: str = "admin") -> dict:
         """Validate, run its tests, and put it in force; PolicyError says why not."""
