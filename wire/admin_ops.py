@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from wire.client import AdminClient, ServerError, ServerUnreachable
 from wire.datadir import admin_socket_path
@@ -67,19 +68,10 @@ class AdminOps:
         except ServerUnreachable as e:
             raise AdminError(f"the server's admin socket does not answer: {e}")
 
-    async def create_key(
-        self,
-        reusable: bool = False,
-        expires_in: float | None = None,
-        note: str = "",
-        url: str | None = None,
-        tags: tuple[str, ...] = (),
-        ephemeral_after: float = 0.0,
-    ) -> dict:
-        """A new join key; ``expires_in`` seconds (see ``parse_duration``), or
-        never; the nodes it enrolls get ``tags`` and, with ``ephemeral_after``,
-        are removed once offline that long."""
-        return await self._call(self._client.create_key(reusable, expires_in, note, url, tags, ephemeral_after))
+    async def create_key(self, **options: Any) -> dict:
+        """A new join key; the options are :meth:`AdminClient.create_key`'s
+        (``expires_in`` in seconds, see ``parse_duration``; ``tags``; ``ephemeral_after``)."""
+        return await self._call(self._client.create_key(**options))
 
     async def keys(self) -> dict:
         return await self._call(self._client.keys())

@@ -214,7 +214,10 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
         if args.topic == "keys" and args.action == "create":
             ephemeral_after = args.ephemeral_after or (DEFAULT_EPHEMERAL_AFTER if args.ephemeral else 0.0)
             tags = tuple(sorted(set(args.tags)))
-            return await admin.create_key(args.reusable, args.expires, args.note, args.url, tags, ephemeral_after), format_key_created
+            created = await admin.create_key(
+                reusable=args.reusable, expires_in=args.expires, note=args.note, url=args.url, tags=tags, ephemeral_after=ephemeral_after
+            )
+            return created, format_key_created
         if args.topic == "keys" and args.action == "list":
             return await admin.keys(), format_keys
         if args.topic == "keys" and args.action == "revoke":
