@@ -119,7 +119,7 @@ def main() -> None:
     figures["distinct_filters"] = len({id(index.filter_for(i)) for i in ids})
     peer_counts = [len(index.peers_of(i)) for i in ids]
     figures["peers_mean"] = round(sum(peer_counts) / len(peer_counts), 1)
-    filter_sizes = [sum(len(r.sources) for r in index.filter_for(i)) for i in ids]
+    filter_sizes = [sum(len(r.sources) + len(r.peers) for r in index.filter_for(i)) for i in ids]
     figures["filter_sources_max"] = max(filter_sizes)
     figures["filter_rules_max"] = max(len(index.filter_for(i)) for i in ids)
     figures["rss_index_mb"] = round(rss_mb() - rss_before_index, 1)

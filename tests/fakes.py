@@ -445,8 +445,10 @@ class FakeFirewall:
         self.fail_with: str | None = None
 
     async def apply(self, rules, probe_sources=()) -> bool:
-        from wire.node.firewall import FirewallError
+        from wire.node.firewall import FirewallError, InvalidFirewallConfig
 
+        if any(rule.peers for rule in rules):
+            raise InvalidFirewallConfig("peers: a rule's peers must be resolved to addresses first")
         if self.fail_with is not None:
             raise FirewallError(self.fail_with)
         given = (tuple(rules), frozenset(probe_sources))

@@ -154,6 +154,11 @@ class FormatTests(unittest.TestCase):
         local = {"interface": {"name": "wire0", "up": True}, "policy": {"in_force": True, "rules": 3, "problem": None}}
         result = ops.explain_path({"public_ip": "198.51.100.1", "nat_type": "easy"}, peer, wg, local)
         self.assertIn("an access policy is in force: db1 may open on this node only what its 3 filter rule(s) accept", " ".join(result["reasons"]))
+        # The daemon says what the peer may open here, and by which rule.
+        result = ops.explain_path({"public_ip": "198.51.100.1", "nat_type": "easy"}, peer, {**wg, "may_open_here": ["tcp 5432 (acls[0])"]}, local)
+        self.assertIn("db1 may open on this node: tcp 5432 (acls[0]); nothing else", " ".join(result["reasons"]))
+        result = ops.explain_path({"public_ip": "198.51.100.1", "nat_type": "easy"}, peer, {**wg, "may_open_here": []}, local)
+        self.assertIn("db1 may open nothing on this node (it is a peer because this node may reach it)", " ".join(result["reasons"]))
         local["policy"] = {"in_force": False, "rules": 3, "problem": "the 'nft' program is missing"}
         result = ops.explain_path({"public_ip": "198.51.100.1", "nat_type": "easy"}, peer, wg, local)
         self.assertIn("cannot be enforced here (the 'nft' program is missing): this node holds no peers", " ".join(result["reasons"]))

@@ -223,6 +223,7 @@ class NameTests(SynchronousTestCase):
             FilterRule(("10.99.0.7/32",), "tcp", (PortRange(5, 70000),)),
             FilterRule(("10.99.0.7/32",), "tcp", (PortRange(9, 5),)),
             FilterRule(("10.99.0.7/32",), "icmp", (PortRange(1, 1),)),
+            FilterRule(("10.99.0.7/32",), "tcp", peers=("tag:web",)),  # names the node must resolve first
         ):
             with self.assertRaises(InvalidFirewallConfig, msg=repr(rule)):
                 text([rule])

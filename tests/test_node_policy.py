@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -14,7 +14,7 @@ from tests.fakes import FakeFirewall, FakeWireGuard, started_daemon
 from tests.helpers import body_for
 from tests.test_daemon import ScriptedServer, peer_view
 from wire.node.config import NodeConfig, save_config
-from wire.node.control import policy_state
+from wire.node.control import node_status, policy_state
 from wire.node.daemon import NodeDaemon
 from wire.protocol import NetmapAnswer
 from wire.protocol.filter import FilterRule, PortRange
@@ -101,6 +101,41 @@ class NodePolicyTests(unittest.TestCase):
         self.push_filter(None)
         self.assertIsNone(self.firewall.rules)
         self.assertEqual(len(self.wireguard.peers), 2)
+
+    def test_peers_named_by_tag_or_name_are_resolved_from_the_netmap(self):
+        self.server.peers = {
+            "db": peer_view("db", 2, tags=["tag:web"]),
+            "ops": peer_view("ops", 3),
+            "lab": peer_view("lab", 4, tags=["tag:db"]),
+        }
+        by_tag = {"peers": ["tag:web"], "proto": "tcp", "ports": [[5432, 5432]], "rules": [0]}
+        by_name = {"peers": ["ops", "nobody"], "sources": ["192.168.7.0/24"], "rules": [1]}
+        self.server.next_answer_extra = {"filter": [by_tag, by_name]}
+        self.start()
+        self.assertEqual(self.firewall.rules, (
+            FilterRule(("10.99.1.2/32",), "tcp", (PortRange(5432, 5432),), rules=(0,)),
+            FilterRule(("10.99.1.3/32", "192.168.7.0/24"), rules=(1,)),
+        ))
+        # The daemon's status says what each peer may open here, and by which rule.
+        status = self.successResultOf(ensureDeferred(node_status(self.daemon)))
+        may_open = {p["node_name"]: p["may_open_here"] for p in status["peers"]}
+        self.assertEqual(may_open, {"db": ["tcp 5432 (acls[0])"], "ops": ["everything (acls[1])"], "lab": []})
+        # A tagged peer joins: the same filter admits it, with no new filter from the server.
+        applies = self.firewall.applies
+        self.server.next_answer_extra = {}
+        self.server.push([peer_view("web9", 9, tags=["tag:web"])])
+        self.clock.advance(0)
+        self.clock.advance(1)
+        self.assertEqual(self.firewall.applies, applies + 1)
+        self.assertEqual(self.firewall.rules[0].sources, ("10.99.1.2/32", "10.99.1.9/32"))
+        # It loses the tag: it loses the port.
+        self.server.push([peer_view("web9", 9)])
+        self.clock.advance(0)
+        self.clock.advance(1)
+        self.assertEqual(self.firewall.rules[0].sources, ("10.99.1.2/32",))
+        # Nothing but names that match no peer: the rule admits nothing and is left out.
+        self.push_filter([{"peers": ["nobody"], "proto": "udp"}])
+        self.assertEqual(self.firewall.rules, ())
 
     def test_a_filter_that_cannot_be_put_in_force_means_no_peers(self):
         self.firewall.fail_with = "nft: command not found"

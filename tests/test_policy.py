@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
 from wire.policy import DirectoryNode, PolicyError, PolicyIndex, check_against, parse_policy
-from wire.protocol.filter import FilterRule, PortRange, parse_filter_rules
+from wire.protocol.filter import FilterRule, PortRange, parse_filter_rules, resolve_peers
 
 
 def node(node_id, name, ip, *tags):
@@ -230,10 +230,12 @@ class IndexTests(unittest.TestCase):
             accept(["lab", "alice"], ["db1:*"], "icmp"),
             accept(["ci1"], ["tag:db:22"], "tcp"),  # same kind as rule 1's: sources merged
         ])
+        # Networks as networks; tags and node names (groups expanded) as names the node resolves.
         self.assertEqual(built.filter_for("n-db1"), (
-            FilterRule(sources=("10.99.0.4/32", "10.99.8.0/24"), proto="icmp"),
-            FilterRule(sources=("10.99.0.4/31",), proto="tcp", ports=(PortRange(22, 22), PortRange(80, 80), PortRange(443, 443))),
-            FilterRule(sources=("10.99.0.1/32", "10.99.0.2/32", "10.99.0.9/32", "fd7a::9/128"), proto="tcp", ports=(PortRange(5432, 5432),)),
+            FilterRule(sources=("10.99.8.0/24",), proto="icmp", peers=("alice",), rules=(2,)),
+            FilterRule(proto="tcp", ports=(PortRange(22, 22),), peers=("alice", "ci1", "tag:ci"), rules=(1, 3)),
+            FilterRule(proto="tcp", ports=(PortRange(80, 80), PortRange(443, 443)), peers=("alice", "tag:ci"), rules=(1,)),
+            FilterRule(proto="tcp", ports=(PortRange(5432, 5432),), peers=("tag:web",), rules=(0,)),
         ))
         self.assertEqual(built.filter_for("n-alice"), ())
         # What the server sends, the node accepts.
@@ -243,7 +245,13 @@ class IndexTests(unittest.TestCase):
 
     def test_any_source_is_everywhere(self):
         built = index([accept(["*"], ["alice:22"], "tcp")])
-        self.assertEqual(built.filter_for("n-alice"), (FilterRule(sources=("0.0.0.0/0", "::/0"), proto="tcp", ports=(PortRange(22, 22),)),))
+        self.assertEqual(built.filter_for("n-alice"), (FilterRule(sources=("0.0.0.0/0", "::/0"), proto="tcp", ports=(PortRange(22, 22),), rules=(0,)),))
+
+    def test_same_sources_join_ports_and_rules(self):
+        built = index([accept(["tag:web"], ["tag:db:22"], "tcp"), accept(["tag:web"], ["db1:80"], "tcp")])
+        self.assertEqual(built.filter_for("n-db1"), (
+            FilterRule(proto="tcp", ports=(PortRange(22, 22), PortRange(80, 80)), peers=("tag:web",), rules=(0, 1)),
+        ))
 
     def test_peers_and_reach(self):
         built = index([accept(["tag:web"], ["tag:db:5432"], "tcp"), accept(["alice"], ["nas:22"])])
@@ -275,8 +283,12 @@ class IndexTests(unittest.TestCase):
         self.assertIn("n-db2", grown.peers_of("n-web1"))
         self.assertNotIn("n-db2", built.peers_of("n-web1"))  # the old index is unchanged
         self.assertEqual(grown.filter_for("n-db2"), grown.filter_for("n-db1"))
+        # A filter names tags, not members: nobody's changes with a join.
+        for n in DIRECTORY:
+            self.assertIs(grown.filter_for(n.node_id), built.filter_for(n.node_id))
         retagged = grown.with_node(node("n-db2", "db2", "10.99.0.77", "tag:web"))
-        self.assertIn("10.99.0.77/32", retagged.filter_for("n-db1")[-1].sources)
+        self.assertIs(retagged.filter_for("n-db1"), built.filter_for("n-db1"))
+        self.assertEqual(retagged.filter_for("n-db2"), retagged.filter_for("n-web1"))
         self.assertTrue(retagged.may_reach("n-db2", "n-db1"))
         gone = retagged.without_node("n-db2")
         for n in DIRECTORY:
@@ -285,11 +297,13 @@ class IndexTests(unittest.TestCase):
         self.assertRaises(PolicyError, gone.class_of, "n-db2")
 
     def test_large_sources_are_split_for_the_node(self):
-        many = [node(f"n{i}", f"x{i}", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{(i & 255)}", "tag:many")
-                for i in range(0, 2 * 12_000, 2)] + [node("t", "target", "192.168.0.1")]
-        built = PolicyIndex(parse_policy(policy_text([accept(["tag:many"], ["target:22"], "tcp")])), many)
+        networks = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{(i & 255)}" for i in range(0, 2 * 12_000, 2)]
+        many = [node("t", "target", "192.168.0.1"), node("n-web1", "web1", "10.99.0.1", "tag:web")]
+        acls = [accept(networks[:6_000] + ["tag:web"], ["target:22"], "tcp"), accept(networks[6_000:], ["target:22"], "tcp")]
+        built = PolicyIndex(parse_policy(policy_text(acls)), many)
         rules = built.filter_for("t")
         self.assertEqual([len(r.sources) for r in rules], [10_000, 2_000])
+        self.assertEqual([r.peers for r in rules], [("tag:web",), ()])
         self.assertEqual(parse_filter_rules([r.to_json() for r in rules]), rules)
 
 
@@ -342,10 +356,13 @@ class IndexAgreesWithRuleByRuleTests(unittest.TestCase):
                 # Symmetric: A sees B exactly when B sees A, and when either may reach the other.
                 self.assertEqual(b.node_id in built.peers_of(a.node_id), reach or brute_reach(policy, b, a))
                 self.assertEqual(b.node_id in built.peers_of(a.node_id), a.node_id in built.peers_of(b.node_id))
-                # B's filter lets A in exactly when A may reach B.
+                # B's filter, resolved against B's peers as the node does, lets A in exactly when A may reach B.
+                resolved = resolve_peers(built.filter_for(b.node_id), [
+                    (p.name, p.tags, p.addresses) for p in nodes if p.node_id in built.peers_of(b.node_id)
+                ])
                 covered = any(any(address in ipaddress.ip_network(s) for s in rule.sources for address in a.addresses)
-                              for rule in built.filter_for(b.node_id))
-                self.assertEqual(covered, reach, f"{a.name} -> {b.name}: {built.filter_for(b.node_id)}")
+                              for rule in resolved)
+                self.assertEqual(covered, reach, f"{a.name} -> {b.name}: {resolved}")
         # Adding and removing nodes one at a time gives what a rebuild gives.
         changed = built
         for n in data.draw(st.permutations(nodes))[:3]:

@@ -11,7 +11,7 @@ import signal
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
@@ -177,21 +177,25 @@ class FilterInTheNetmapTests(unittest.TestCase):
         self.mesh.admin.set_policy(POLICY)
         answer = self.mesh.poll("db1", None)
         rules = answer["filter"]
-        address = {name: self.mesh.coordinator.registry.get(node_id).vpn_ip for name, node_id in self.mesh.ids.items()}
+        # Peers by name and tag (the node resolves them), each with the rule it comes from.
         self.assertCountEqual(
             rules,
             [
-                {"sources": [address["ops1"] + "/32"]},
-                {"sources": [address["web1"] + "/32"], "proto": "tcp", "ports": [[5432, 5432]]},
+                {"peers": ["ops1"], "rules": [1]},
+                {"peers": ["tag:web"], "proto": "tcp", "ports": [[5432, 5432]], "rules": [0]},
             ],
         )
         digest = filter_digest(rules)
         self.assertNotIn("filter", self.mesh.poll("db1", digest), "it has it")
         # web1's filter: only ops may reach it.
         self.assertEqual(len(self.mesh.poll("web1", None)["filter"]), 1)
-        # Another web node joins: db1's filter changes, and its answer says so.
+        # Another web node joins: db1's filter names tag:web, so it stays, and is not sent again.
         self.mesh.enroll("web2", "tag:web")
+        self.assertNotIn("filter", self.mesh.poll("db1", digest))
+        # db1 retagged web: its own filter changes, and its answer says so.
+        self.successResultOf(ensureDeferred(self.mesh.admin.tag_node("db1", ("tag:web",))))
         changed = self.mesh.poll("db1", digest)["filter"]
+        self.assertEqual(changed, self.mesh.poll("web1", None)["filter"])
         self.assertNotEqual(filter_digest(changed), digest)
 
     def test_a_policy_change_wakes_a_waiting_poll_with_the_new_filter(self):

@@ -23,6 +23,7 @@ from wire.node.netmap import Peer
 from wire.node.paths import PeerPath, Phase, is_shim_endpoint
 from wire.node.wireguard import PeerStatus
 from wire.protocol import PathMode, ProtocolError, parse_node_name
+from wire.protocol.filter import admitted
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 CONTROL_SOCKET = "control.sock"
@@ -117,8 +118,12 @@ async def node_status(daemon: NodeDaemon) -> dict:
     relay = daemon.reconciler.relay
     shims = {session.endpoint for session in relay.sessions().values()} if relay is not None else set()
     peers = []
+    rules = daemon.netmap.filter
+    resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
     for peer in sorted(daemon.netmap.peers.values(), key=lambda p: p.node_name):
         wg_peer = by_key.get(peer.wg_public_key)
+        # Under a policy: what this peer may open on this node, and by which rule.
+        policy = {} if resolved is None else {"may_open_here": admitted(resolved, peer.vpn_ip)}
         peers.append(
             {
                 "node_name": peer.node_name,
@@ -129,6 +134,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
                 **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims),
+                **policy,
             }
         )
     config = daemon.config

@@ -145,6 +145,8 @@ _Ports = tuple[tuple[int, int], ...]  # merged, sorted; () is every port
 def _merged(rules: Sequence[FilterRule]) -> dict[tuple[str | None, _Ports], set[_Net]]:
     groups: dict[tuple[str | None, _Ports], set[_Net]] = {}
     for rule in rules:
+        if rule.peers:
+            raise InvalidFirewallConfig("peers: a rule's peers must be resolved to addresses first (wire.protocol.filter.resolve_peers)")
         if rule.proto is not None and rule.proto not in PROTOCOLS:
             raise InvalidFirewallConfig(f"proto: {_shown(rule.proto)} is not one of {', '.join(PROTOCOLS)}")
         ports = _merge_ports(rule.ports)

@@ -32,6 +32,7 @@ from wire.node.relay import RelayShim
 from wire.node.trust import IPNetwork, Mesh
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
 from wire.protocol import PathFailure, PathMode
+from wire.protocol.filter import FilterRule, resolve_peers
 
 # Relay grants asked for at once: many relayed peers while the server is
 # slow must not open a request each.
@@ -100,6 +101,8 @@ class Reconciler:
         # "unknown" until the first reconcile: a table a crashed daemon left
         # behind is removed once when there is no policy.
         self._filter_state = "unknown"
+        # The filter resolved against the netmap's peers: (rules, peers dict, result).
+        self._resolved: tuple[tuple[FilterRule, ...], dict[str, Peer], tuple[FilterRule, ...]] | None = None
         # Why the policy's filter is not in force (the node then holds no peers).
         self.filter_problem: str | None = None
 
@@ -231,7 +234,7 @@ class Reconciler:
         else:
             by_key = {p.wg_public_key: p.vpn_ip for p in self.netmap.peers.values()}
             try:
-                await self.firewall.apply(rules, [by_key[key] for key in desired if key in by_key])
+                await self.firewall.apply(self.resolved_filter(rules), [by_key[key] for key in desired if key in by_key])
                 self._filter_state = "applied"
             except (FirewallError, InvalidFirewallConfig) as e:
                 problem = f"the access policy's packet filter cannot be put in force: {e}"
@@ -242,6 +245,17 @@ class Reconciler:
                 self.log.info("the access policy's packet filter is in force")
             self.filter_problem = problem
         return {} if problem else desired
+
+    def resolved_filter(self, rules: tuple[FilterRule, ...]) -> tuple[FilterRule, ...]:
+        """The filter with the peers it names as addresses, from the netmap held.
+        The netmap's peer dict is replaced on every change, so the same dict and
+        rules as last time mean the same answer (a run a second at 10,000 peers
+        must not resolve them all again)."""
+        peers = self.netmap.peers
+        if self._resolved is None or self._resolved[0] is not rules or self._resolved[1] is not peers:
+            resolved = resolve_peers(rules, ((p.node_name, p.tags, (p.vpn_ip,)) for p in peers.values()))
+            self._resolved = (rules, peers, resolved)
+        return self._resolved[2]
 
     async def firewall_off(self) -> None:
         """``wire down``: the node's filter table goes with its interface."""

@@ -98,9 +98,16 @@ def explain_path(
         reasons.append(f"the access policy cannot be enforced here ({policy['problem']}): this node holds no peers")
         suggestions.append("install nftables (see the reason), then the daemon puts the filter in force by itself")
     elif policy.get("rules") is not None:
+        may_open = wg.get("may_open_here")
+        if may_open:
+            here = f"{name} may open on this node: {'; '.join(may_open)}; nothing else"
+        elif may_open is not None:
+            here = f"{name} may open nothing on this node (it is a peer because this node may reach it)"
+        else:
+            here = f"{name} may open on this node only what its {policy['rules']} filter rule(s) accept"
         reasons.append(
-            f"an access policy is in force: {name} may open on this node only what its {policy['rules']} filter rule(s) accept; "
-            f"what this node may open on {name} is {name}'s filter (ask the admin: wire admin policy explain)"
+            f"an access policy is in force: {here}; what this node may open on {name} is {name}'s filter "
+            f"(ask the admin: wire admin policy explain)"
         )
     if fresh and age is not None:  # fresh: it has an age
         reasons.append(f"handshake {max(0, age):.0f}s ago: the tunnel is up")

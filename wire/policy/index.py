@@ -23,7 +23,7 @@ from wire.policy.directory import Address, DirectoryNode, Endpoint
 from wire.policy.errors import PolicyError
 from wire.policy.evaluate import Decision, decide
 from wire.policy.model import ANY, GROUP, NETWORK, NODE, PROTOCOLS, TAG, Network, Policy, Principal
-from wire.policy.networks import Interval, cidr_texts, interval_of, merge
+from wire.policy.networks import cidr_texts, interval_of, merge
 from wire.policy.parse import merge_ports
 from wire.protocol.filter import MAX_SOURCES, FilterRule, PortRange
 
@@ -57,6 +57,7 @@ class _Compiled:
         self.dst_slots: list[_Slot] = []
         self.rule_networks: list[list[Network]] = []  # the networks each rule names among its sources
         self.rule_from_anywhere: list[bool] = []
+        self.rule_peers: list[frozenset[str]] = []  # the tags and node names each rule's sources name
         for rule in policy.rules:
             networks: list[Network] = []
             anywhere = False
@@ -67,6 +68,7 @@ class _Compiled:
                 anywhere = anywhere or principal.kind == ANY
             self.rule_networks.append(networks)
             self.rule_from_anywhere.append(anywhere)
+            self.rule_peers.append(frozenset(self._identities(rule.sources)))
         for rule in policy.rules:
             for destination in rule.destinations:
                 slot = 2 * self.rule_count + len(self.dst_slots)
@@ -90,6 +92,14 @@ class _Compiled:
             assert principal.kind == GROUP
             for member in self.policy.groups[principal.name]:
                 self._feed(member, slot)
+
+    def _identities(self, principals: Iterable[Principal]) -> Iterable[str]:
+        """The tags and node names among some principals, groups expanded."""
+        for principal in principals:
+            if principal.kind in (TAG, NODE):
+                yield principal.name
+            elif principal.kind == GROUP:
+                yield from self._identities(self.policy.groups[principal.name])
 
     def signature(self, node: DirectoryNode) -> Signature:
         base = self._tags_cache.get(node.tags)
@@ -146,8 +156,7 @@ class PolicyIndex:
                 self._node_class[node_id] = cid
         self._peers_cache: dict[frozenset[int], frozenset[str]] = {}
         self._filter_cache: dict[frozenset[int], tuple[FilterRule, ...]] = {}
-        self._sources_cache: dict[int, tuple[Interval, ...]] = {}
-        self._sources_text_cache: dict[frozenset[int], tuple[str, ...]] = {}
+        self._sources_cache: dict[frozenset[int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._link_classes()
 
     @classmethod
@@ -175,7 +184,6 @@ class PolicyIndex:
         compiled = self._compiled
         rules = compiled.rule_count
         self._rule_sources: dict[int, set[int]] = {r: set() for r in range(rules)}
-        self._rule_identity_sources: dict[int, set[int]] = {r: set() for r in range(rules)}
         self._rule_targets: dict[int, set[int]] = {r: set() for r in range(rules)}
         for cid, signature in self._signature_of_class.items():
             for slot in signature:
@@ -183,8 +191,6 @@ class PolicyIndex:
                     self._rule_targets[compiled.dst_slots[slot - 2 * rules].rule].add(cid)
                 else:
                     self._rule_sources[slot // 2].add(cid)
-                    if slot % 2 == 0:
-                        self._rule_identity_sources[slot // 2].add(cid)
         self._reach: dict[int, frozenset[int]] = {}
         self._peer_classes: dict[int, frozenset[int]] = {}
         open_mesh = self.policy is None
@@ -260,46 +266,45 @@ class PolicyIndex:
             rules_by_kind.setdefault((slot.proto or "", slot.ports), set()).add(slot.rule)
         # Kinds with equal sources become one rule over all their ports (a rule
         # for every port already covers the others).
-        ports_by_sources: dict[tuple[str, tuple[str, ...]], tuple[PortRange, ...]] = {}
+        merged: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[tuple[PortRange, ...], set[int]]] = {}
         for (proto, ports), rules in rules_by_kind.items():
-            key = (proto, self._sources_text(frozenset(rules)))
-            known = ports_by_sources.get(key, ports)
-            ports_by_sources[key] = () if not ports or not known else merge_ports(known + ports)
-        built = []
-        for (proto, sources), ports in ports_by_sources.items():
-            # The node takes at most MAX_SOURCES per rule; more become several rules.
-            for start in range(0, len(sources), MAX_SOURCES):
-                built.append(FilterRule(sources=sources[start:start + MAX_SOURCES], proto=proto or None, ports=ports))
-        return tuple(sorted(built, key=lambda r: (r.proto or "", r.ports, r.sources)))
-
-    def _sources_text(self, rules: frozenset[int]) -> tuple[str, ...]:
-        """The union of some rules' sources as CIDR text, shared by every filter that needs it."""
-        cached = self._sources_text_cache.get(rules)
-        if cached is None:
-            if len(rules) == 1:
-                intervals = self._sources_of_rule(next(iter(rules)))
+            networks, peers = self._sources_of(frozenset(rules))
+            key = (proto, networks, peers)
+            known = merged.get(key)
+            if known is None:
+                merged[key] = (ports, set(rules))
             else:
-                intervals = merge(i for rule in rules for i in self._sources_of_rule(rule))
-            cached = self._sources_text_cache[rules] = cidr_texts(intervals)
-        return cached
+                joined = () if not ports or not known[0] else merge_ports(known[0] + ports)
+                merged[key] = (joined, known[1] | rules)
+        built = []
+        for (proto, networks, peers), (ports, rules) in merged.items():
+            # The node takes at most MAX_SOURCES networks per rule; more become several rules.
+            for start in range(0, max(len(networks), 1), MAX_SOURCES):
+                built.append(FilterRule(
+                    sources=networks[start:start + MAX_SOURCES],
+                    proto=proto or None,
+                    ports=ports,
+                    peers=peers if start == 0 else (),
+                    rules=tuple(sorted(rules)),
+                ))
+        return tuple(sorted(built, key=lambda r: (r.proto or "", r.ports, r.sources, r.peers)))
 
-    def _sources_of_rule(self, rule: int) -> tuple[Interval, ...]:
-        """A rule's sources: the policy's own networks, and every address of the
-        nodes it names by identity, merged."""
-        cached = self._sources_cache.get(rule)
-        if cached is not None:
-            return cached
-        if self._compiled.rule_from_anywhere[rule]:
-            found = merge(interval_of(ipaddress.ip_network(n)) for n in EVERYWHERE)
-        else:
-            intervals = [interval_of(n) for n in self._compiled.rule_networks[rule]]
-            nodes = self._nodes
-            for cid in self._rule_identity_sources[rule]:
-                for node_id in self._members[cid]:
-                    intervals.extend((a.version, int(a), int(a)) for a in nodes[node_id].addresses)
-            found = merge(intervals)
-        self._sources_cache[rule] = found
-        return found
+    def _sources_of(self, rules: frozenset[int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Some rules' sources: the networks they name, as merged CIDR text, and
+        the tags and node names they name (the node resolves those against its
+        peers). Both follow from the policy alone, so filters are cached for the
+        index's lifetime and no node's coming or going changes another's filter."""
+        cached = self._sources_cache.get(rules)
+        if cached is None:
+            compiled = self._compiled
+            if any(compiled.rule_from_anywhere[rule] for rule in rules):
+                cached = (EVERYWHERE, ())
+            else:
+                intervals = merge(interval_of(n) for rule in rules for n in compiled.rule_networks[rule])
+                peers = sorted(set().union(*(compiled.rule_peers[rule] for rule in rules)))
+                cached = (cidr_texts(intervals), tuple(peers))
+            self._sources_cache[rules] = cached
+        return cached
 
     def explain(self, src: str, dst: str, port: int | None = None, proto: str = "tcp") -> Decision:
         """Would ``src`` reach ``dst`` on ``port``/``proto``, and by which rule?
@@ -366,28 +371,18 @@ class PolicyIndex:
 
     def _copy(self) -> PolicyIndex:
         """Shallow copies of every container a change writes to; the values
-        (frozensets, tuples, nodes) are immutable and shared."""
+        (frozensets, tuples, nodes) are immutable and shared. The filter and
+        source caches depend on the policy alone, so every index of one
+        policy shares them: a node's filter is built once, not once per change."""
         copy = object.__new__(PolicyIndex)
         copy.__dict__.update(self.__dict__)
         for name in ("_nodes", "_by_name", "_by_address", "_node_class", "_class_of_signature",
-                     "_signature_of_class", "_members", "_peers_cache", "_filter_cache", "_sources_cache", "_sources_text_cache"):
+                     "_signature_of_class", "_members", "_peers_cache"):
             setattr(copy, name, dict(getattr(self, name)))
         return copy
 
     def _forget_cached(self, cid: int) -> None:
-        """Drop what class ``cid``'s membership feeds: peer sets that include it,
-        the source lists of rules it is a source of, and filters built from those."""
+        """Drop the peer sets that include class ``cid`` (its membership changed).
+        Filters name peers instead of listing them, so they stay."""
         for key in [k for k in self._peers_cache if cid in k]:
             del self._peers_cache[key]
-        signature = self._signature_of_class[cid]
-        rules = {slot // 2 for slot in signature if slot < 2 * self._compiled.rule_count and slot % 2 == 0}
-        if not rules:
-            return
-        for rule in rules:
-            self._sources_cache.pop(rule, None)
-        for key in [k for k in self._sources_text_cache if not rules.isdisjoint(k)]:
-            del self._sources_text_cache[key]
-        first_dst = 2 * self._compiled.rule_count
-        dst_slots = self._compiled.dst_slots
-        for key in [k for k in self._filter_cache if any(dst_slots[s - first_dst].rule in rules for s in k)]:
-            del self._filter_cache[key]
