@@ -319,6 +319,8 @@ class DriftTests(ResolvConfCase):
         self.assertEqual(parse_resolv_conf(self.read()), ResolvConf(("10.99.0.1",), ("wire.internal", "new.example"), ()))
         self.assertEqual(self.os_dns.upstreams, ("198.51.100.9",))
         self.assertIsNone(self.os_dns.status()["problem"])
+        kept = json.loads(self.read(self.paths.save_file + ".superseded"))  # the first original, for a person
+        self.assertEqual(base64.b64decode(kept["original"]), ORIGINAL)
         self.assertFalse(self.successResultOf(run(self.os_dns.check())))
         self.successResultOf(run(self.os_dns.restore()))
         self.assertEqual(self.read(), self.DHCP)
@@ -389,6 +391,21 @@ class CrashTests(ResolvConfCase):
                 # apply refuses too, before changing anything
                 self.failureResultOf(run(self.make().apply("10.99.0.1")), OsDnsError)
                 self.assertEqual(self.read(), managed)
+
+    def test_a_symlink_moved_since_the_crash(self) -> None:
+        # The original was a plain file; now the path leads elsewhere (resolvconf installed).
+        self.crash_while_managed()
+        managed = self.read()
+        os.makedirs(os.path.join(self.root, "run"))
+        elsewhere = os.path.join(self.root, "run", "resolv.conf")
+        self.write(elsewhere, b"nameserver 198.51.100.1\n")
+        os.rename(self.path, os.path.join(self.root, "old"))
+        os.symlink(elsewhere, self.path)
+        self.assertIn("now leads to", str(recover_after_crash(self.state_dir, resolv_conf=self.path)))
+        self.assertEqual(self.read(elsewhere), b"nameserver 198.51.100.1\n")
+        self.assertEqual(self.read(os.path.join(self.root, "old")), managed)
+        kept = json.loads(self.read(self.paths.save_file + ".superseded"))
+        self.assertEqual(base64.b64decode(kept["original"]), ORIGINAL)
 
     def test_a_missing_save_file_with_wire_content_is_refused(self) -> None:
         self.crash_while_managed()

@@ -251,6 +251,13 @@ class ChooseTests(Machine):
         self.assertIsInstance(os_dns, NoOsDns)
         self.assertEqual(os_dns.status()["reason"], "--accept-dns=false")
 
+    def test_other_systems_are_left_alone(self) -> None:
+        self.resolv_conf(ORIGINAL)
+        os_dns = self.successResultOf(run(choose(self.runner, "wire0", self.paths, platform="darwin")))
+        self.assertIsInstance(os_dns, NoOsDns)
+        self.assertIn("Linux only", str(os_dns.status()["reason"]))
+        self.assertEqual(os_dns.upstreams, ("192.0.2.1", "2001:db8::53"))
+
     def test_resolved(self) -> None:
         self.resolved_runs()
         self.resolv_conf(STUB)

@@ -8,7 +8,8 @@ is stopped; resolved may run while resolv.conf bypasses it (a symlink to its
 non-stub file, or a network namespace whose own resolv.conf ``ip netns
 exec`` mounts over /etc/resolv.conf, where per-link settings of the host's
 resolved would reach nobody). Every other machine gets resolv.conf written
-in place. `--accept-dns=false` chooses "none" before anything is looked at.
+in place. `--accept-dns=false` chooses "none" before anything is looked at,
+and so does any other OS than Linux.
 
 Whatever the mode, a resolv.conf left by a crashed run is restored first.
 """
@@ -16,6 +17,7 @@ Whatever the mode, a resolv.conf left by a crashed run is restored first.
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.logger import Logger
 
@@ -77,6 +79,7 @@ async def choose(
     *,
     accept_dns: bool = True,
     timeout: float = RESOLVECTL_TIMEOUT,
+    platform: str = sys.platform,
 ) -> IOsDns:
     """The OsDns for this machine, after undoing what a crashed run left.
 
@@ -92,6 +95,9 @@ async def choose(
     os_dns: NoOsDns | ResolvConfDns | ResolvedDns
     if not accept_dns:
         os_dns = NoOsDns(interface, paths)
+    elif not platform.startswith("linux"):
+        # macOS reads /etc/resolver/, not resolv.conf: not wired yet.
+        os_dns = NoOsDns(interface, paths, f"the OS resolver is wired on Linux only, not on {platform}")
     else:
         mode, reason = await detect(runner, paths, timeout=timeout)
         if mode == RESOLVED:

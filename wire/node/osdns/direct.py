@@ -25,7 +25,7 @@ from .errors import OsDnsError
 from .inplace import read_file, resolve_target, write_in_place
 from .interface import DEFAULT_DOMAIN, IOsDns, OsDnsPaths
 from .resolvconf import is_managed, managed_resolv_conf, parse_resolv_conf
-from .restore import holds_wire_content, restore_original
+from .restore import holds_wire_content, keep_superseded, restore_original
 from .savefile import SavedOriginal, digest, read_saved, write_saved
 
 log = Logger()
@@ -117,7 +117,8 @@ class ResolvConfDns:
             )
         else:
             if saved is not None:
-                log.warn("resolv.conf: {path} was rewritten since wire wrote it; taking the new content as the original", path=path)
+                kept = keep_superseded(self.paths, f"{path} was rewritten since wire wrote it; its new content is the original now")
+                log.warn("resolv.conf: {kept}", kept=kept)
             original = current
         conf = parse_resolv_conf(original or b"")
         managed = managed_resolv_conf(

@@ -40,14 +40,14 @@ def restore_original(paths: OsDnsPaths) -> str | None:
     target = os.path.realpath(paths.resolv_conf)
     current = read_file(target)
     if target != saved.target:
-        outcome = _supersede(paths, f"{paths.resolv_conf} now leads to {target}, not {saved.target}; left as it is")
+        outcome = keep_superseded(paths, f"{paths.resolv_conf} now leads to {target}, not {saved.target}; left as it is")
     elif current == saved.original:
         outcome = f"{paths.resolv_conf} already held its original content"
     elif holds_wire_content(current, saved):
         _put_back(target, saved)
         outcome = f"restored the original {paths.resolv_conf}"
     else:
-        outcome = _supersede(paths, f"{paths.resolv_conf} was rewritten by another program since wire managed it; left as it is")
+        outcome = keep_superseded(paths, f"{paths.resolv_conf} was rewritten by another program since wire managed it; left as it is")
     remove_file(paths.save_file)
     log.info("resolv.conf: {outcome}", outcome=outcome)
     return outcome
@@ -62,8 +62,9 @@ def _put_back(target: str, saved: SavedOriginal) -> None:
         raise OsDnsError(f"{target} does not read back as the original after restoring it; the save file is kept")
 
 
-def _supersede(paths: OsDnsPaths, outcome: str) -> str:
-    """Keep the save file under another name: its original may still matter to a person."""
+def keep_superseded(paths: OsDnsPaths, outcome: str) -> str:
+    """Keep the save file under another name (replacing an older one): its
+    original may still matter to a person."""
     kept = paths.save_file + ".superseded"
     try:
         os.replace(paths.save_file, kept)
