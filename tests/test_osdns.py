@@ -26,7 +26,7 @@ from wire.node.osdns import (
     recover_after_crash,
 )
 from wire.node.osdns.checks import check_domain, check_interface
-from wire.node.osdns.resolvconf import MANAGED_MARK
+from wire.node.osdns.resolvconf import MANAGED_MARK, is_managed, managed_resolv_conf
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 
@@ -99,6 +99,28 @@ nameserver fe80::1%eth0
     @given(st.lists(st.text(alphabet=" \t#;abcnameserversearchoptions0123456789.:\n", max_size=40), max_size=20))
     def test_never_fails_on_near_misses(self, lines: list[str]) -> None:
         parse_resolv_conf("\n".join(lines).encode())
+
+
+LABELS = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+DOMAINS = st.lists(LABELS, min_size=1, max_size=4).map(".".join)
+OPTIONS = st.sampled_from(["edns0", "rotate", "ndots:2", "timeout:1", "attempts:3", "trust-ad"])
+
+
+class ManagedContentTests(HostUntouched, SynchronousTestCase):
+    @given(
+        st.ip_addresses().map(str),
+        st.lists(DOMAINS, max_size=8, unique=True).map(tuple),
+        st.lists(OPTIONS, max_size=4, unique=True).map(tuple),
+    )
+    def test_it_reads_back_as_written(self, nameserver: str, search: tuple[str, ...], options: tuple[str, ...]) -> None:
+        data = managed_resolv_conf(nameserver, search, options, saved_at="/var/lib/wire/x.json")
+        self.assertEqual(parse_resolv_conf(data), ResolvConf((nameserver,), search, options))
+        self.assertTrue(is_managed(data))
+        self.assertTrue(data.endswith(b"\n"))
+
+    def test_the_mark_is_only_wires(self) -> None:
+        self.assertFalse(is_managed(ORIGINAL))
+        self.assertFalse(is_managed(b"nameserver 192.0.2.1\n# Managed by wire (the mesh VPN)\n"))
 
 
 class CheckTests(HostUntouched, SynchronousTestCase):
