@@ -25,7 +25,7 @@ from wire.node.osdns import (
     parse_resolv_conf,
     recover_after_crash,
 )
-from wire.node.osdns.checks import check_domain, check_interface
+from wire.node.osdns.checks import check_domain, check_interface, reverse_zone
 from wire.node.osdns.resolvconf import MANAGED_MARK, is_managed, managed_resolv_conf
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
@@ -135,6 +135,16 @@ class CheckTests(HostUntouched, SynchronousTestCase):
         for bad in ("", "~wire.internal", "a..b", "-a.b", "a b", "a/b", "x" * 64 + ".b", None):
             with self.subTest(bad=bad):
                 self.assertRaises(OsDnsError, check_domain, bad)
+
+    def test_reverse_zones(self) -> None:
+        self.assertEqual(reverse_zone("10.99.0.0/16"), "99.10.in-addr.arpa")
+        self.assertEqual(reverse_zone("10.99.0.0/20"), "99.10.in-addr.arpa")  # widened to the octet
+        self.assertEqual(reverse_zone("100.64.0.0/10"), "100.in-addr.arpa")
+        self.assertEqual(reverse_zone("10.99.1.2/32"), "2.1.99.10.in-addr.arpa")
+        self.assertEqual(reverse_zone("fd00::/8"), "d.f.ip6.arpa")
+        for bad in ("0.0.0.0/0", "10.0.0.0/7", "::/0", "10.99", "x", None):
+            with self.subTest(bad=bad):
+                self.assertRaises(OsDnsError, reverse_zone, bad)
 
     def test_a_bad_interface_stops_construction(self) -> None:
         error = self.assertRaises(OsDnsError, ResolvConfDns, "-rf", OsDnsPaths(state_dir="/nonexistent"))
@@ -270,6 +280,13 @@ class ApplyTests(ResolvConfCase):
         self.write(self.path, ORIGINAL)
         self.successResultOf(run(self._apply(self.make(), "wire.internal", ())))
         self.assertEqual(parse_resolv_conf(self.read()).search, ("corp.example", "lab.example"))
+
+    def test_networks_need_nothing_here_but_show_in_status(self) -> None:
+        self.write(self.path, ORIGINAL)
+        os_dns = self.make()
+        self.successResultOf(run(os_dns.apply("10.99.0.1", networks=["10.99.0.0/16"])))
+        self.assertNotIn(b"arpa", self.read())
+        self.assertEqual(os_dns.status()["reverse_zones"], ["99.10.in-addr.arpa"])
 
     def test_search_domains_are_not_repeated(self) -> None:
         self.write(self.path, b"search wire.internal corp.example\nnameserver 192.0.2.1\n")

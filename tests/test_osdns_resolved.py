@@ -128,8 +128,8 @@ class ResolvedTests(Machine):
     def test_apply_and_revert_argument_lists(self) -> None:
         os_dns = self.make()
         self.runner.expect(DOMAIN)
-        self.runner.expect(DNS)
         self.runner.expect(NO_DEFAULT_ROUTE)
+        self.runner.expect(DNS)
         self.successResultOf(run(os_dns.apply("10.99.0.1")))
         status = os_dns.status()
         self.assertEqual(
@@ -153,13 +153,24 @@ class ResolvedTests(Machine):
     def test_routing_only_without_search_and_extra_search_domains(self) -> None:
         os_dns = self.make()
         self.runner.expect(["resolvectl", "domain", "wire0", "~wire.internal"])
-        self.runner.expect(DNS)
         self.runner.expect(NO_DEFAULT_ROUTE)
+        self.runner.expect(DNS)
         self.successResultOf(run(os_dns.apply("10.99.0.1", "wire.internal", ())))
         self.runner.expect(["resolvectl", "domain", "wire0", "~wire.internal", "corp.example"])
-        self.runner.expect(["resolvectl", "dns", "wire0", "fd7a:115c::1"])
         self.runner.expect(NO_DEFAULT_ROUTE)
+        self.runner.expect(["resolvectl", "dns", "wire0", "fd7a:115c::1"])
         self.successResultOf(run(os_dns.apply("fd7a:115c:0::1", "wire.internal", ["corp.example"])))
+
+    def test_reverse_zones_of_the_mesh_networks_route_too(self) -> None:
+        os_dns = self.make()
+        self.runner.expect(
+            ["resolvectl", "domain", "wire0", "wire.internal", "~99.10.in-addr.arpa", "~100.in-addr.arpa", "~0.e.1.a.c.5.1.1.a.7.d.f.ip6.arpa"]
+        )
+        self.runner.expect(NO_DEFAULT_ROUTE)
+        self.runner.expect(DNS)
+        self.successResultOf(run(os_dns.apply("10.99.0.1", networks=["10.99.0.0/16", "10.99.7.0/24", "100.64.0.0/10", "fd7a:115c:a1e0::/48"])))
+        # 10.99.7.0/24 is inside 10.99.0.0/16's zone: no route of its own.
+        self.assertEqual(os_dns.status()["reverse_zones"], ["99.10.in-addr.arpa", "100.in-addr.arpa", "0.e.1.a.c.5.1.1.a.7.d.f.ip6.arpa"])
 
     def test_without_resolved_upstream_file_the_stub_is_the_upstream(self) -> None:
         self.assertEqual(self.make(uplink=None).upstreams, ("127.0.0.53",))
@@ -167,6 +178,7 @@ class ResolvedTests(Machine):
     def test_a_failure_is_a_sentence_and_leaves_no_half_configuration(self) -> None:
         os_dns = self.make()
         self.runner.expect(DOMAIN)
+        self.runner.expect(NO_DEFAULT_ROUTE)
         self.runner.expect(DNS, rc=1, stderr=b"Failed to set DNS configuration: Access denied\n")
         self.runner.expect(REVERT)
         error = self.failureResultOf(run(os_dns.apply("10.99.0.1")), OsDnsError).value
@@ -187,8 +199,8 @@ class ResolvedTests(Machine):
     def test_an_old_resolvectl_without_default_route_is_a_note(self) -> None:
         os_dns = self.make()
         self.runner.expect(DOMAIN)
-        self.runner.expect(DNS)
         self.runner.expect(NO_DEFAULT_ROUTE, rc=1, stderr=b"Unknown operation default-route\n")
+        self.runner.expect(DNS)
         self.successResultOf(run(os_dns.apply("10.99.0.1")))
         self.assertTrue(os_dns.status()["applied"])
         self.assertIn("default route", str(os_dns.status()["note"]))
@@ -207,7 +219,13 @@ class ResolvedTests(Machine):
 
     def test_bad_values_run_nothing(self) -> None:
         os_dns = self.make()
-        for args in (("10.99.0.1; reboot",), ("10.99.0.1", "--help"), ("10.99.0.1", "wire.internal", ["-x"])):
+        for args in (
+            ("10.99.0.1; reboot",),
+            ("10.99.0.1", "--help"),
+            ("10.99.0.1", "wire.internal", ["-x"]),
+            ("10.99.0.1", "wire.internal", None, ["0.0.0.0/0"]),
+            ("10.99.0.1", "wire.internal", None, ["--all"]),
+        ):
             with self.subTest(args=args):
                 self.failureResultOf(run(os_dns.apply(*args)), OsDnsError)
         self.assertEqual(self.runner.calls, [])
@@ -223,8 +241,8 @@ class ResolvedTests(Machine):
         self.resolv_conf(STUB)
         os_dns = self.make()
         self.runner.expect(DOMAIN)
-        self.runner.expect(DNS)
         self.runner.expect(NO_DEFAULT_ROUTE)
+        self.runner.expect(DNS)
         self.successResultOf(run(os_dns.apply("10.99.0.1")))
         self.assertEqual(self.read(), STUB)
         self.assertFalse(os.path.exists(self.paths.state_dir))

@@ -20,7 +20,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .checks import check_address, check_domain, check_domains, check_interface
+from .checks import NOTHING_WANTED, Wanted, check_interface, wanted
 from .errors import OsDnsError
 from .inplace import read_file, resolve_target, write_in_place
 from .interface import DEFAULT_DOMAIN, IOsDns, OsDnsPaths
@@ -42,16 +42,26 @@ class ResolvConfDns:
         self.recovery: str | None = None  # what choose() found left over from a crash
         self._lock = DeferredLock()
         self._written: bytes | None = None  # the content wire last wrote, while applied
-        self._given: tuple[str, str, tuple[str, ...]] | None = None
+        self._given: Wanted | None = None
         self._problem: str | None = None
         self._done: str | None = None  # the last thing restore did
         self.upstreams: tuple[str, ...] = _upstreams_before(paths.resolv_conf)
 
-    async def apply(self, vpn_address: str, domain: str = DEFAULT_DOMAIN, search: Sequence[str] | None = None) -> None:
-        given = (check_address(vpn_address), check_domain(domain), check_domains((domain,) if search is None else search))
+    async def apply(
+        self,
+        vpn_address: str,
+        domain: str = DEFAULT_DOMAIN,
+        search: Sequence[str] | None = None,
+        networks: Sequence[str] = (),
+    ) -> None:
+        # Every query goes to the mesh resolver here, reverse ones included:
+        # the networks need no line of their own.
+        await self._apply(wanted(vpn_address, domain, search, networks))
+
+    async def _apply(self, given: Wanted) -> None:
         async with self._lock:
             try:
-                self._write(*given)
+                self._write(given)
             except OsDnsError as e:
                 self._problem = str(e)
                 raise
@@ -71,7 +81,7 @@ class ResolvConfDns:
         if self._given is None or not self._drifted():
             return False
         log.warn("resolv.conf: {path} was rewritten by another program; wire writes its own again", path=self.paths.resolv_conf)
-        await self.apply(*self._given)
+        await self._apply(self._given)
         return True
 
     def status(self) -> dict[str, object]:
@@ -81,16 +91,13 @@ class ResolvConfDns:
                 problem = f"{self.paths.resolv_conf} was rewritten by another program; wire re-asserts it on the next check"
             elif not self.upstreams:
                 problem = "the original resolv.conf named no nameserver: the mesh resolver has no upstream for other names"
-        nameserver, domain, search = self._given or (None, None, ())
         return {
             "mode": self.mode,
             "reason": self.reason,
             "interface": self.interface,
             "file": self.paths.resolv_conf,
             "applied": self._given is not None,
-            "nameserver": nameserver,
-            "domain": domain,
-            "search": list(search),
+            **(self._given.shown() if self._given else NOTHING_WANTED),
             "upstreams": list(self.upstreams),
             "restored": self._done,
             "recovery": self.recovery,
@@ -103,7 +110,8 @@ class ResolvConfDns:
         except OsDnsError:
             return True
 
-    def _write(self, vpn_address: str, domain: str, search: tuple[str, ...]) -> None:
+    def _write(self, given: Wanted) -> None:
+        vpn_address = given.nameserver
         path = self.paths.resolv_conf
         target = resolve_target(path)
         current = read_file(target)
@@ -123,7 +131,7 @@ class ResolvConfDns:
         conf = parse_resolv_conf(original or b"")
         managed = managed_resolv_conf(
             vpn_address,
-            _unique(search + conf.search),
+            _unique(given.search + conf.search),
             conf.options,
             saved_at=self.paths.save_file,
         )

@@ -38,9 +38,15 @@ class IOsDns(Interface):
         "(the machine's own, from before wire)"
     )
 
-    async def apply(vpn_address: str, domain: str = DEFAULT_DOMAIN, search: Sequence[str] | None = None) -> None:
+    async def apply(
+        vpn_address: str,
+        domain: str = DEFAULT_DOMAIN,
+        search: Sequence[str] | None = None,
+        networks: Sequence[str] = (),
+    ) -> None:
         """Send queries under ``domain`` (and short names, through the search
-        list: ``search`` or just ``domain`` when None) to ``vpn_address``.
+        list: ``search`` or just ``domain`` when None) to ``vpn_address``, and
+        reverse lookups of addresses in the mesh ``networks`` (CIDRs) too.
 
         Called on `wire up` and on every netmap change; it may be called again
         with other values. Raises OsDnsError, a sentence; the mesh runs on.

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from zope.interface import implementer
 
-from .checks import check_address, check_domain, check_domains, check_interface
+from .checks import NOTHING_WANTED, Wanted, check_interface, wanted
 from .errors import OsDnsError
 from .inplace import read_file
 from .interface import DEFAULT_DOMAIN, IOsDns, OsDnsPaths
@@ -26,14 +26,18 @@ class NoOsDns:
         self.reason = reason
         self.recovery: str | None = None  # what choose() found left over from a crash
         self._paths = paths
-        self._given: tuple[str, str, tuple[str, ...]] | None = None
+        self._given: Wanted | None = None
         self.upstreams: tuple[str, ...] = self._machine_upstreams(None)
 
-    async def apply(self, vpn_address: str, domain: str = DEFAULT_DOMAIN, search: Sequence[str] | None = None) -> None:
-        address = check_address(vpn_address)
-        domain = check_domain(domain)
-        self._given = (address, domain, check_domains((domain,) if search is None else search))
-        self.upstreams = self._machine_upstreams(address)
+    async def apply(
+        self,
+        vpn_address: str,
+        domain: str = DEFAULT_DOMAIN,
+        search: Sequence[str] | None = None,
+        networks: Sequence[str] = (),
+    ) -> None:
+        self._given = wanted(vpn_address, domain, search, networks)
+        self.upstreams = self._machine_upstreams(self._given.nameserver)
 
     async def restore(self) -> None:
         self._given = None
@@ -42,15 +46,12 @@ class NoOsDns:
         return False
 
     def status(self) -> dict[str, object]:
-        nameserver, domain, search = self._given or (None, None, ())
         return {
             "mode": self.mode,
             "reason": self.reason,
             "interface": self.interface,
             "applied": False,  # by design: nothing of the machine's changes
-            "nameserver": nameserver,
-            "domain": domain,
-            "search": list(search),
+            **(self._given.shown() if self._given else NOTHING_WANTED),
             "upstreams": list(self.upstreams),
             "recovery": self.recovery,
             "problem": None,

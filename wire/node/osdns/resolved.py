@@ -9,8 +9,11 @@ mesh resolver's forwarding cannot come back to itself). ``revert`` on `wire
 down` drops it all; the link's settings also vanish with the interface,
 so there is nothing to recover after a crash.
 
-The domain is set before the server: a link with a server and no domain
-would, for a moment, be a default route for every query.
+The domains and default-route are set before the server (as systemd's
+docs/RESOLVED-VPNS.md advises): a link with a server and no domain would,
+for a moment, be a default route for every query. The mesh networks'
+reverse zones (``~99.10.in-addr.arpa``) route PTR lookups to the mesh
+resolver too.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from zope.interface import implementer
 
 from wire.runner import CommandError, CommandNotFound, IProcessRunner, ProcessResult
 
-from .checks import check_address, check_domain, check_domains, check_interface
+from .checks import NOTHING_WANTED, Wanted, check_interface, wanted
 from .errors import OsDnsError
 from .inplace import read_file
 from .interface import DEFAULT_DOMAIN, RESOLVED_STUB, IOsDns, OsDnsPaths
@@ -38,10 +41,12 @@ _STDERR_CHARS = 300
 _NO_LINK = ("No such device", "Unknown interface", "Failed to resolve interface")
 
 
-def domain_arguments(domain: str, search: tuple[str, ...]) -> list[str]:
+def domain_arguments(given: Wanted) -> list[str]:
     """`resolvectl domain` words: searched domains as they are (a search
-    domain routes too), the mesh domain routing-only when it is not searched."""
-    return ([] if domain in search else [f"~{domain}"]) + list(search)
+    domain routes too), the mesh domain routing-only when it is not
+    searched, the mesh networks' reverse zones routing-only."""
+    routed = [] if given.domain in given.search else [f"~{given.domain}"]
+    return routed + list(given.search) + [f"~{zone}" for zone in given.reverse_zones]
 
 
 @implementer(IOsDns)
@@ -64,30 +69,35 @@ class ResolvedDns:
         self._paths = paths
         self._timeout = timeout
         self._lock = DeferredLock()
-        self._given: tuple[str, str, tuple[str, ...]] | None = None
+        self._given: Wanted | None = None
         self._problem: str | None = None
         self._note: str | None = None
         self.upstreams: tuple[str, ...] = self._machine_upstreams(None)
 
-    async def apply(self, vpn_address: str, domain: str = DEFAULT_DOMAIN, search: Sequence[str] | None = None) -> None:
-        address, domain = check_address(vpn_address), check_domain(domain)
-        searched = check_domains((domain,) if search is None else search)
+    async def apply(
+        self,
+        vpn_address: str,
+        domain: str = DEFAULT_DOMAIN,
+        search: Sequence[str] | None = None,
+        networks: Sequence[str] = (),
+    ) -> None:
+        given = wanted(vpn_address, domain, search, networks)
         async with self._lock:
             self._given = None
             try:
-                await self._resolvectl("domain", self.interface, *domain_arguments(domain, searched))
-                await self._resolvectl("dns", self.interface, address)
+                await self._resolvectl("domain", self.interface, *domain_arguments(given))
+                self._note = await self._no_default_route()
+                await self._resolvectl("dns", self.interface, given.nameserver)
             except OsDnsError as e:
                 self._problem = str(e)
                 await self._revert(quiet=True)  # no half configuration left behind
                 raise
-            self._note = await self._no_default_route()
-            self._given, self._problem = (address, domain, searched), None
-            self.upstreams = self._machine_upstreams(address)
+            self._given, self._problem = given, None
+            self.upstreams = self._machine_upstreams(given.nameserver)
         log.info(
             "systemd-resolved: {domain} goes to {address} on {interface}",
-            domain=domain,
-            address=address,
+            domain=given.domain,
+            address=given.nameserver,
             interface=self.interface,
         )
 
@@ -105,15 +115,12 @@ class ResolvedDns:
         return False  # resolved keeps a link's settings for the link's life
 
     def status(self) -> dict[str, object]:
-        nameserver, domain, search = self._given or (None, None, ())
         return {
             "mode": self.mode,
             "reason": self.reason,
             "interface": self.interface,
             "applied": self._given is not None,
-            "nameserver": nameserver,
-            "domain": domain,
-            "search": list(search),
+            **(self._given.shown() if self._given else NOTHING_WANTED),
             "upstreams": list(self.upstreams),
             "note": self._note,
             "recovery": self.recovery,
