@@ -59,7 +59,7 @@ def raise_fd_limit(wanted: int = 65536) -> int:
 
 class Commands(LineReceiver):
     delimiter = b"\n"
-    MAX_LENGTH = 1024 * 1024
+    MAX_LENGTH = 64 * 1024 * 1024  # a policy change's expected views can be large
 
     def __init__(self, reactor, fleet: Fleet, done: Deferred):
         self.reactor = reactor
@@ -125,7 +125,7 @@ class Commands(LineReceiver):
         return _watch_report(watch, len(self.fleet.nodes))
 
     async def cmd_mark_wave(self, message: dict) -> dict:
-        self.fleet.mark_wave()
+        self.fleet.mark_wave(message.get("expect_views"))
         return {"marked": True}
 
     async def cmd_wave_progress(self, message: dict) -> dict:

@@ -124,6 +124,9 @@ class Wave:
     full_at: dict[int, float] = field(default_factory=dict)
     answers: dict[int, int] = field(default_factory=dict)
     body_bytes: dict[int, int] = field(default_factory=dict)
+    # Nodes whose view the change alters: the peers each must still gain and lose.
+    pending_views: dict[int, tuple[set[str], set[str]]] = field(default_factory=dict)
+    view_at: dict[int, float] = field(default_factory=dict)
 
 
 class SimNode:
@@ -336,6 +339,7 @@ class Fleet:
         self.join_keys: list[str] = []
         self.wave: Wave | None = None
         self._filter_digests: dict[str, str] = {}  # digest of a filter as received -> as a node holds it
+        self.indices = indices
         self.nodes = [SimNode(self, i) for i in indices]
         # False: each heartbeat on a fresh connection (fd limits, see README).
         self.keep_heartbeat_connection = keep_heartbeat_connection
@@ -475,8 +479,18 @@ class Fleet:
 
     # -- a policy change's wave ---------------------------------------------------------------
 
-    def mark_wave(self) -> None:
+    def mark_wave(self, expect_views: dict | None = None) -> None:
+        """A policy change is coming. ``expect_views``: {"sets": {KEY: {"gained":
+        [node ids], "lost": [...]}}, "nodes": {INDEX: KEY}}, the change of view
+        each of this fleet's nodes should be told (classes share a KEY)."""
         self.wave = Wave(time.monotonic())
+        if expect_views:
+            sets = expect_views["sets"]
+            for index, key in expect_views["nodes"].items():
+                i = int(index)
+                if i in self.indices:
+                    own = {self.nodes[i - self.indices.start].node_id}
+                    self.wave.pending_views[i] = (set(sets[key]["gained"]) - own, set(sets[key]["lost"]) - own)
 
     def wave_answer(self, node: SimNode, answer: dict, size: int, held: str | None, at: float) -> None:
         wave = self.wave
@@ -488,12 +502,32 @@ class Fleet:
             wave.new_filter_digest[i] = node.filter_digest or ""
         if answer.get("full") and i not in wave.full_at:
             wave.full_at[i] = at
+        pending = wave.pending_views.get(i)
+        if pending is not None:
+            gained, lost = pending
+            for view in answer.get("upserts") or ():
+                if isinstance(view, dict):
+                    gained.discard(view.get("node_id"))
+                    lost.discard(view.get("node_id"))  # a lost peer seen again: the view is wrong
+            if answer.get("full"):
+                # A whole view: what it leaves out is gone (the check for wrong ones is below).
+                lost.clear()
+            for node_id in answer.get("removals") or ():
+                lost.discard(node_id)
+            if not gained and not lost:
+                del wave.pending_views[i]
+                wave.view_at[i] = at
 
     def wave_progress(self) -> dict:
         wave = self.wave
         if wave is None:
-            return {"nodes": len(self.nodes), "new_filters": 0, "full_answers": 0}
-        return {"nodes": len(self.nodes), "new_filters": len(wave.new_filter_at), "full_answers": len(wave.full_at)}
+            return {"nodes": len(self.nodes), "new_filters": 0, "full_answers": 0, "views": 0}
+        return {
+            "nodes": len(self.nodes),
+            "new_filters": len(wave.new_filter_at),
+            "full_answers": len(wave.full_at),
+            "views": len(wave.view_at),
+        }
 
     def end_wave(self) -> dict:
         wave, self.wave = self.wave, None
@@ -504,6 +538,8 @@ class Fleet:
             "started": wave.started,
             "new_filter": {str(i): [round(t, 6), wave.new_filter_digest[i]] for i, t in wave.new_filter_at.items()},
             "full_at": [round(t, 6) for t in wave.full_at.values()],
+            "view_at": {str(i): round(t, 6) for i, t in wave.view_at.items()},
+            "views_pending": len(wave.pending_views),
             "answers": sum(wave.answers.values()),
             "answered_nodes": len(wave.answers),
             "body_bytes": sum(wave.body_bytes.values()),

@@ -90,3 +90,31 @@ class Expectation:
 
     def digests(self) -> dict[str, str]:
         return {node_id: self.digest_of(node_id) for node_id in self.node_ids}
+
+
+def view_changes(before: Expectation, after: Expectation, id_of: dict[int, str]) -> dict:
+    """What each node should be told of a policy change's effect on its view:
+    the peers it gains and loses, worked out once per pair of classes. The
+    form ``Fleet.mark_wave`` takes, plus the median number gained."""
+    sets: dict[str, dict[str, list[str]]] = {}
+    nodes: dict[str, str] = {}
+    gained_counts = []
+    for i, node_id in id_of.items():
+        if before.index.node(node_id) is None or after.index.node(node_id) is None:
+            continue
+        key = f"{before.index.class_of(node_id)}-{after.index.class_of(node_id)}"
+        if key not in sets:
+            old, new = before.viewers_of(node_id), after.viewers_of(node_id)
+            sets[key] = {"gained": sorted(new - old), "lost": sorted(old - new)}
+        change = sets[key]
+        # A node is never its own peer (a class may reach itself).
+        if set(change["gained"]) - {node_id} or set(change["lost"]) - {node_id}:
+            nodes[str(i)] = key
+            gained_counts.append(len(change["gained"]))
+    used = set(nodes.values())
+    gained_counts.sort()
+    return {
+        "sets": {k: v for k, v in sets.items() if k in used},
+        "nodes": nodes,
+        "gained_p50": gained_counts[len(gained_counts) // 2] if gained_counts else 0,
+    }

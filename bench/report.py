@@ -340,21 +340,26 @@ def _policy_tables(coordination: list[dict]) -> list[str]:
         "",
         (
             "Policy change (one rule added): from the set call's answer until each node whose filter changes has it"
-            " in a long-poll answer; the wave's bytes (every node's next answer is its whole view, once)."
+            " in a long-poll answer (filter p50/p99), each node whose view changes has been told every peer it gained"
+            " and lost (view p50/p99), and both for every node either concerns (reached); the wave's bytes."
         ),
         "",
-        "| run | N | set call | affected | with new filter | wrong/unexpected | p50 | p99 | max | full answers | full answer p99 | body B/node | server → node B/node | server CPU | RSS before → max | load CPU | others on server core |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | N | set call | new filter | wrong/unexpected | filter p50 | filter p99 | changed views (gained p50) | view p50 | view p99 | reached p50 | reached p99 | reached max | full answers | body B/node | server → node B/node | server CPU | RSS before → max | load CPU | others on server core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in runs:
         c = s.get("policy_change")
         if not c:
             continue
         t = c["new_filter_seconds"]
+        v = c.get("view_change_seconds", {})
+        r = c.get("reached_seconds", {})
         lines.append(
-            f"| {_run(s)} | {s['nodes']} | {_s(c['set_call_seconds'])} | {c['affected_nodes']} | {c['affected_with_new_filter']} | "
-            f"{c['new_filter_unexpected_or_wrong']} | {_s(t['p50'])} | {_s(t['p99'])} | {_s(t['max'])} | "
-            f"{c['nodes_with_full_answer']} | {_s(c['full_answer_seconds'].get('p99'))} | {c['answer_body_bytes_per_node']:,.0f} | "
+            f"| {_run(s)} | {s['nodes']} | {_s(c['set_call_seconds'])} | {c['affected_with_new_filter']} of {c['affected_nodes']} | "
+            f"{c['new_filter_unexpected_or_wrong']} | {_s(t['p50'])} | {_s(t['p99'])} | "
+            f"{c.get('view_changed_told')} of {c.get('view_changed_nodes')} ({c.get('peers_gained_per_changed_view_p50')}) | "
+            f"{_s(v.get('p50'))} | {_s(v.get('p99'))} | {_s(r.get('p50'))} | {_s(r.get('p99'))} | {_s(r.get('max'))} | "
+            f"{c['nodes_with_full_answer']} | {c['answer_body_bytes_per_node']:,.0f} | "
             f"{c['server_bytes_sent_per_node']:,.0f} | {_v(c.get('server_cpu_percent'), ' %')} | "
             f"{(c.get('server_rss_mb') or {}).get('before')} → {(c.get('server_rss_mb') or {}).get('max')} MB | "
             f"{_v(c.get('load_cpu_percent'), ' %')} | {_background(c)} |"

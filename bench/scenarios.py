@@ -795,16 +795,19 @@ async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fle
     old_text = target.policy_text
     new_text = policyload.changed_policy_text()
     directory = await target.directory()
-    before = policyload.Expectation(old_text, directory).digests()
-    after = policyload.Expectation(new_text, directory).digests()
+    expected_before = policyload.Expectation(old_text, directory)
+    expected_after = policyload.Expectation(new_text, directory)
+    before, after = expected_before.digests(), expected_after.digests()
     id_of = {i: node_identity(run_tag, i)[0] for i in range(fleet.nodes)}
     affected = {i for i, node_id in id_of.items() if before.get(node_id) != after.get(node_id)}
+    expect_views = policyload.view_changes(expected_before, expected_after, id_of)
+    view_affected = {int(i) for i in expect_views["nodes"]}
     measurable = target.measurable()
     cpu = procstat.CpuWindow([target.pid]) if measurable else None
     load_cpu = procstat.CpuWindow(fleet.pids)
     background = Background(settings)
     counters_before = _merge_counters(await fleet.call_all("counters"))
-    await fleet.call_all("mark_wave")
+    await fleet.call_all("mark_wave", expect_views=expect_views)
     if cpu:
         cpu.start()
     load_cpu.start()
@@ -820,7 +823,7 @@ async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fle
         progress = await fleet.call_all("wave_progress")
         if measurable:
             rss.append(procstat.memory_bytes(target.pid)["rss"])
-        if sum(p["full_answers"] for p in progress) >= fleet.nodes and sum(p["new_filters"] for p in progress) >= len(affected):
+        if sum(p["new_filters"] for p in progress) >= len(affected) and sum(p["views"] for p in progress) >= len(view_affected):
             break
         await sleep(reactor, 0.25)
     settled = time.monotonic()
@@ -833,6 +836,16 @@ async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fle
     right = [i for i in affected if i in new_filter and new_filter[i][1] == after[id_of[i]]]
     wrong = [i for i in new_filter if new_filter[i][1] != after[id_of[i]]]
     per_node = [new_filter[i][0] - returned for i in right]
+    view_at = {int(i): t for r in reports for i, t in r.get("view_at", {}).items()}
+    view_times = [view_at[i] - returned for i in view_affected if i in view_at]
+    view_padded = view_times + [math.inf] * (len(view_affected) - len(view_times))
+    # Reached: a node whose filter or view changed has all of it.
+    reached = []
+    for i in affected | view_affected:
+        parts = ([new_filter[i][0] if i in right else math.inf] if i in affected else []) + (
+            [view_at.get(i, math.inf)] if i in view_affected else []
+        )
+        reached.append(max(parts) - returned)
     full_times = [t - returned for r in reports for t in r.get("full_at", [])]
     missing = len(affected) - len(right)
     padded = per_node + [math.inf] * missing
@@ -850,6 +863,20 @@ async def _policy_change(reactor, settings: Settings, target: Target, fleet: Fle
             "p99": _finite(percentile(padded, 99)),
             "max": _finite(max(padded)) if padded else None,
             "min": round(min(per_node), 4) if per_node else None,
+        },
+        "view_changed_nodes": len(view_affected),
+        "view_changed_told": len(view_times),
+        "view_change_seconds": {
+            "p50": _finite(percentile(view_padded, 50)),
+            "p99": _finite(percentile(view_padded, 99)),
+            "max": _finite(max(view_padded)) if view_padded else None,
+        },
+        "peers_gained_per_changed_view_p50": expect_views["gained_p50"],
+        "reached_nodes": len(reached),
+        "reached_seconds": {
+            "p50": _finite(percentile(reached, 50)),
+            "p99": _finite(percentile(reached, 99)),
+            "max": _finite(max(reached)) if reached else None,
         },
         "full_answer_seconds": summary(full_times),
         "nodes_with_full_answer": len(full_times),
