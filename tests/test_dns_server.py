@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.testing import FakeDatagramTransport
+from twisted.internet.testing import FakeDatagramTransport, StringTransport
 from twisted.internet.task import Clock
 from twisted.names import client, common, dns, error, server
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from wire.node.dns.resolver import MeshResolver
-from wire.node.dns.server import MeshDns, MeshDnsServerFactory, DnsBindError, shown_name
+from wire.node.dns.server import MAX_TCP_CONNECTIONS, TCP_IDLE_SECONDS, DnsBindError, MeshDns, MeshDnsServerFactory, shown_name
 from wire.node.dns.zone import MeshZone
 from wire.protocol.dns import DnsConfig, DnsRecord, ForwardZone
 
@@ -56,7 +56,8 @@ class MessageTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         zone = MeshZone("wire.internal", PEERS, MANY, reverse_networks=NETWORKS)
-        self.factory = MeshDnsServerFactory(MeshResolver(Clock(), zone))
+        self.clock = Clock()
+        self.factory = MeshDnsServerFactory(MeshResolver(self.clock, zone), self.clock)
         self.proto = _Proto()
 
     def ask(self, data: bytes) -> list[dns.Message]:
@@ -125,6 +126,25 @@ class MessageTests(SynchronousTestCase):
         head = query_bytes(qtype=qtype)
         for reply in self.ask(head[: len(head) // 2] + tail):
             self.assertEqual(reply.answer, 1)
+
+    def test_tcp_answer_then_idle_close(self) -> None:
+        proto = self.factory.buildProtocol(("127.0.0.1", 5000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        data = query_bytes()
+        proto.dataReceived(struct.pack("!H", len(data)) + data)
+        reply = transport.value()
+        self.assertEqual(struct.unpack("!H", reply[:2])[0], len(reply) - 2)
+        self.assertEqual(parse(reply[2:]).answers[0].payload.dottedQuad(), "10.99.0.1")
+        self.clock.advance(TCP_IDLE_SECONDS - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_tcp_connections_are_bounded(self) -> None:
+        for _ in range(MAX_TCP_CONNECTIONS):
+            self.factory.buildProtocol(("127.0.0.1", 5000)).makeConnection(StringTransport())
+        self.assertIsNone(self.factory.buildProtocol(("127.0.0.1", 5000)))
 
     def test_shown_name_is_one_safe_line(self) -> None:
         self.assertEqual(shown_name(b"evil\r\nFAKE \x1b[2J\xff.x"), "evil\\r\\nFAKE \\x1b[2J\\xff.x")

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.names import dns, server
 from twisted.protocols.policies import TimeoutMixin
@@ -64,6 +64,10 @@ class _TcpProtocol(dns.DNSProtocol, TimeoutMixin):
         super().connectionMade()
         self.setTimeout(TCP_IDLE_SECONDS)
 
+    def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
+        """TimeoutMixin's clock: the one we were given, not the global reactor."""
+        return self.controller.clock.callLater(period, func, *args, **kw)
+
     def stringReceived(self, data: bytes) -> None:
         self.resetTimeout()
         self.controller.received(data, self, None)
@@ -83,9 +87,10 @@ class MeshDnsServerFactory(server.DNSServerFactory):
     protocol = _TcpProtocol
     log = Logger()
 
-    def __init__(self, resolver: MeshResolver):
+    def __init__(self, resolver: MeshResolver, clock: IReactorTime):
         super().__init__()
         self.mesh_resolver = resolver
+        self.clock = clock
         self.canRecurse = True
         self.answered = 0
         self.malformed = 0
@@ -207,7 +212,7 @@ class MeshDns:
         self._serial = 0
         self._config = DnsConfig()
         self.resolver = MeshResolver(reactor, self._zone({}, self._config, None), upstream, timeouts=timeouts)
-        self.factory = MeshDnsServerFactory(self.resolver)
+        self.factory = MeshDnsServerFactory(self.resolver, reactor)
         self._udp: IListeningPort | None = None
         self._tcp: IListeningPort | None = None
 
