@@ -101,6 +101,18 @@ class MessageTests(SynchronousTestCase):
             [reply] = self.ask(query_bytes(opCode=opcode))
             self.assertEqual((reply.answer, reply.opCode, reply.rCode), (1, opcode, dns.ENOTIMP))
 
+    def test_edns_versions_other_than_0_are_badvers(self) -> None:
+        message = parse(query_bytes(edns_size=1232))
+        message.additional[0].ttl = 1 << 16  # version 1
+        [reply] = self.ask(message.toStr())
+        [opt] = reply.additional
+        self.assertEqual((reply.rCode, opt.ttl >> 24, reply.answers), (dns.OK, 1, []))  # 1 << 4 | 0: BADVERS
+
+    def test_zone_transfers_are_refused(self) -> None:
+        for qtype in (dns.AXFR, dns.IXFR):
+            [reply] = self.ask(query_bytes(b"wire.internal", qtype))
+            self.assertEqual((reply.rCode, reply.answers), (dns.EREFUSED, []))
+
     def test_responses_are_not_answered(self) -> None:
         self.assertEqual(self.ask(query_bytes(answer=1)), [])
 
@@ -299,7 +311,7 @@ class ServerTests(TestCase):
         mesh = await self.start_mesh(upstream=[f"127.0.0.1:{port.getHost().port}"], timeouts=(0.2,))
         reply = await self.client(mesh).queryUDP([dns.Query(b"example.com", dns.A)])
         self.assertEqual(reply.rCode, dns.ESERVER)
-        self.assertEqual((silent.asked, mesh.resolver.outstanding), (1, 0))
+        self.assertEqual((silent.asked, mesh.resolver.outstanding, mesh.resolver.failed_forwards), (1, 0, 1))
 
     async def test_garbage_does_not_stop_the_server(self) -> None:
         mesh = await self.start_mesh()

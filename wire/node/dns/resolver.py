@@ -28,11 +28,13 @@ from twisted.python.failure import Failure
 
 from wire.protocol.dns import ForwardZone, resolver_address
 from wire.node.dns.zone import MeshZone
+from wire.textsafe import escaped_line
 
 MAX_OUTSTANDING = 256
 # Resend after 1 s, then give up 2 s later: under the 5 s a stub resolver
 # (glibc) waits before it tries its next server.
 DEFAULT_TIMEOUTS = (1.0, 2.0)
+FAILURE_LOG_SECONDS = 60.0
 # TCP (a truncated answer's retry) gets what is left of the same budget.
 _TCP_TIMEOUT = 3.0
 
@@ -103,6 +105,8 @@ class MeshResolver(common.ResolverBase):
         self.max_outstanding = max_outstanding
         self.outstanding = 0
         self.refused_busy = 0
+        self.failed_forwards = 0
+        self._quiet_until = float("-inf")
         self._forwarders: dict[tuple[str, ...], Forwarder] = {}
         self.zone = zone
         self._upstream: Forwarder | None = None
@@ -167,7 +171,17 @@ class MeshResolver(common.ResolverBase):
             return Reply(message.rCode & 0xF, before + message.answers, message.authority, additional)
 
         def failed(reason: Failure) -> Reply:
-            self.log.info("forwarding failed: {error}", error=reason.getErrorMessage())
+            self.failed_forwards += 1
+            now = self._reactor.seconds()
+            # One line a minute at most: an upstream that is down must not become a log flood.
+            if now >= self._quiet_until:
+                self._quiet_until = now + FAILURE_LOG_SECONDS
+                self.log.info(
+                    "forwarding to {resolvers} failed ({failed} so far): {error}",
+                    resolvers=", ".join(forwarder.resolvers),
+                    failed=self.failed_forwards,
+                    error=escaped_line(reason.getErrorMessage())[:200],
+                )
             return _servfail()
 
         def done(result: Reply) -> Reply:

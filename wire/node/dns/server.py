@@ -43,6 +43,7 @@ MAX_TCP_SIZE = 65535
 MAX_TCP_CONNECTIONS = 64
 TCP_IDLE_SECONDS = 10
 _HEADER = struct.Struct("!HBBHHHH")
+BADVERS = 16
 
 
 def shown_name(name: bytes) -> str:
@@ -124,6 +125,12 @@ class MeshDnsServerFactory(server.DNSServerFactory):
             self._send(message, Reply(dns.ENOTIMP), proto, address, opts)
         elif len(message.queries) != 1 or len(opts) > 1:
             self._send(message, Reply(dns.EFORMAT), proto, address, opts)
+        elif opts and (opts[0].ttl >> 16) & 0xFF != 0:
+            # RFC 6891 6.1.3: we speak EDNS version 0 only.
+            self._send(message, Reply(dns.OK), proto, address, opts, extended_rcode=BADVERS)
+        elif message.queries[0].type in (dns.AXFR, dns.IXFR):
+            # No zone transfers: the zone is this node's view of the mesh, asked name by name.
+            self._send(message, Reply(dns.EREFUSED), proto, address, opts)
         else:
             d = self.mesh_resolver.resolve(message.queries[0])
             d.addCallback(lambda reply: self._send(message, reply, proto, address, opts))
@@ -138,7 +145,9 @@ class MeshDnsServerFactory(server.DNSServerFactory):
         reply = dns.Message(id=ident, answer=1, opCode=(flags >> 3) & 0xF, rCode=dns.EFORMAT, maxSize=0)
         self._write(reply.toStr(), proto, address)
 
-    def _send(self, query: dns.Message, reply: Reply, proto: Any, address: Any, opts: list[dns.RRHeader]) -> None:
+    def _send(
+        self, query: dns.Message, reply: Reply, proto: Any, address: Any, opts: list[dns.RRHeader], extended_rcode: int = 0
+    ) -> None:
         response = dns.Message(
             id=query.id,
             answer=1,
@@ -160,7 +169,9 @@ class MeshDnsServerFactory(server.DNSServerFactory):
         else:
             limit = PLAIN_UDP_SIZE
         if opts:
-            response.additional.append(dns.RRHeader(b"", dns.OPT, OUR_EDNS_SIZE, 0, dns.UnknownRecord(b"")))
+            # OPT's TTL carries the upper 8 bits of a 12-bit rcode (RFC 6891 6.1.3).
+            high = (extended_rcode >> 4) << 24
+            response.additional.append(dns.RRHeader(b"", dns.OPT, OUR_EDNS_SIZE, high, dns.UnknownRecord(b"")))
         data = response.toStr()
         if len(data) > limit:
             self.truncated += 1
