@@ -335,6 +335,14 @@ class ServerTests(TestCase):
         reply = parse(await self.raw(mesh, query_bytes(b"many.wire.internal", edns_size=1232)))
         self.assertEqual((reply.trunc, len(reply.answers)), (0, 40))
 
+    async def test_never_forwards_to_itself(self) -> None:
+        mesh = MeshDns(reactor, "127.0.0.1", 0)
+        await mesh.start()
+        self.addCleanup(mesh.stop)
+        mesh.set_machine_upstream([f"127.0.0.1:{mesh.port}"])
+        reply = await self.client(mesh).queryUDP([dns.Query(b"example.com", dns.A)])
+        self.assertEqual((reply.rCode, mesh.resolver.outstanding), (dns.EREFUSED, 0))
+
     async def test_busy_port_is_a_clear_error(self) -> None:
         mesh = await self.start_mesh()
         other = MeshDns(reactor, "127.0.0.1", mesh.port)

@@ -223,6 +223,10 @@ class ResolverTests(SynchronousTestCase):
         reply = self.successResultOf(self.resolver().resolve(dns.Query(b"example.com", dns.A)))
         self.assertEqual(reply.rcode, dns.EREFUSED)
 
+    def test_cname_out_of_the_zone_without_upstream_is_the_cname(self) -> None:
+        reply = self.successResultOf(self.resolver().resolve(dns.Query(b"away.wire.internal", dns.A)))
+        self.assertEqual((reply.rcode, [r.type for r in reply.answers]), (dns.OK, [dns.CNAME]))
+
     def test_other_classes_are_refused_for_the_zone(self) -> None:
         reply = self.successResultOf(self.resolver().resolve(dns.Query(b"web1.wire.internal", dns.A, dns.CH)))
         self.assertEqual(reply.rcode, dns.EREFUSED)

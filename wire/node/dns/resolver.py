@@ -81,6 +81,13 @@ class Forwarder:
         d.addTimeout(self._deadline, self._reactor)
         return d
 
+    def close(self) -> None:
+        """Drop the TCP connections client.Resolver keeps open after a TCP retry."""
+        connections: Any = self._client.connections  # a list; Twisted's annotation says otherwise
+        for connection in list(connections):
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+
 
 class MeshResolver(common.ResolverBase):
     """The node's resolver: :meth:`resolve` for the server (whole replies,
@@ -126,7 +133,15 @@ class MeshResolver(common.ResolverBase):
         self.zone = zone
         self._upstream = forwarder(upstream) if upstream else None
         self._zones = {fz.domain.encode(): forwarder(fz.resolvers) for fz in forward}
+        for key, dropped in self._forwarders.items():
+            if key not in kept:
+                dropped.close()
         self._forwarders = kept
+
+    def close(self) -> None:
+        """Drop every connection to a resolver (the server is stopping)."""
+        for forwarder in self._forwarders.values():
+            forwarder.close()
 
     def _route(self, name: bytes) -> Forwarder | None:
         """The forwarded zone that is the longest suffix of ``name``, else the upstream."""
@@ -160,7 +175,8 @@ class MeshResolver(common.ResolverBase):
     def _forwarded(self, query: dns.Query, before: list[dns.RRHeader]) -> defer.Deferred[Reply]:
         forwarder = self._route(query.name.name.lower().rstrip(b"."))
         if forwarder is None:
-            return defer.succeed(Reply(dns.EREFUSED, list(before)))
+            # Nowhere to ask. A CNAME of ours is still an answer; the client may chase it.
+            return defer.succeed(Reply(dns.OK, list(before), authoritative=True) if before else Reply(dns.EREFUSED))
         if self.outstanding >= self.max_outstanding:
             self.refused_busy += 1
             return defer.succeed(_servfail())

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.names import dns, server
 from twisted.protocols.policies import TimeoutMixin
 
-from wire.protocol.dns import DnsConfig
+from wire.protocol.dns import DnsConfig, resolver_address
 from wire.node.dns.resolver import DEFAULT_TIMEOUTS, MeshResolver, Reply
 from wire.node.dns.zone import DEFAULT_TTL, MeshZone
 from wire.textsafe import escaped_line
@@ -222,10 +222,10 @@ class MeshDns:
         self._ttl = ttl
         self._serial = 0
         self._config = DnsConfig()
-        self.resolver = MeshResolver(reactor, self._zone({}, self._config, None), upstream, timeouts=timeouts)
-        self.factory = MeshDnsServerFactory(self.resolver, reactor)
         self._udp: IListeningPort | None = None
         self._tcp: IListeningPort | None = None
+        self.resolver = MeshResolver(reactor, self._zone({}, self._config, None), self._upstream(), timeouts=timeouts)
+        self.factory = MeshDnsServerFactory(self.resolver, reactor)
 
     def _zone(self, peers: Mapping[str, Sequence[str]], config: DnsConfig, own_name: str | None) -> MeshZone:
         self._serial += 1
@@ -247,13 +247,19 @@ class MeshDns:
         zone = self._zone(peers, config, own_name)
         if zone.shadowed:
             self.log.info("{count} admin DNS records are at a node's name and are not served", count=zone.shadowed)
-        self.resolver.update(zone, config.nameservers or self._machine_upstream, config.forward)
+        self.resolver.update(zone, self._upstream(), config.forward)
         return zone
+
+    def _upstream(self) -> tuple[str, ...]:
+        """The admin's nameservers, else the machine's; never this server itself
+        (the machine's resolver may by now be us: a question would loop)."""
+        chosen = self._config.nameservers or self._machine_upstream
+        return tuple(text for text in chosen if resolver_address(text) != (self.listen_address, self.port))
 
     def set_machine_upstream(self, upstream: Sequence[str]) -> None:
         """The machine's resolvers changed (the OS integration learnt them anew)."""
         self._machine_upstream = tuple(upstream)
-        self.resolver.update(self.resolver.zone, self._config.nameservers or self._machine_upstream, self._config.forward)
+        self.resolver.update(self.resolver.zone, self._upstream(), self._config.forward)
 
     @property
     def port(self) -> int:
@@ -298,5 +304,6 @@ class MeshDns:
         self._udp = self._tcp = None
         for proto in list(self.factory.connections):
             proto.transport.loseConnection()
+        self.resolver.close()
         results = [defer.maybeDeferred(p.stopListening) for p in ports]
         return defer.gatherResults(results).addCallback(lambda _: None)
