@@ -275,6 +275,8 @@ class MeshDns:
             self._listen()
         except DnsBindError:
             return defer.fail()
+        # The port is known now: drop ourselves from the upstream, if we were in it.
+        self.resolver.update(self.resolver.zone, self._upstream(), self._config.forward)
         return defer.succeed(None)
 
     def _listen(self) -> None:
