@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.names import dns, error
 from twisted.trial.unittest import SynchronousTestCase
@@ -112,6 +114,30 @@ class NamesTests(SynchronousTestCase):
         mesh = zone(ttl=5)
         self.assertEqual(mesh.answer(b"db.wire.internal", dns.A).answers[0].ttl, 5)
         self.assertEqual(mesh.answer(b"no.wire.internal", dns.A).authority[0].payload.minimum, 5)
+
+
+node_names = st.text(alphabet="abcXYZ019-. \x1b", min_size=1, max_size=12)
+mesh_v4 = st.integers(0, 0xFFFF).map(lambda n: f"10.99.{n >> 8}.{n & 0xFF}")
+mesh_v6 = st.integers(0, 0xFFFF).map(lambda n: str(ipaddress.ip_address(f"fd7a:115c:a1e0::{n:x}")))
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(node_names, st.lists(st.one_of(mesh_v4, mesh_v6), max_size=3), max_size=20))
+    def test_names_and_addresses_agree(self, peers: dict[str, list[str]]) -> None:
+        mesh = zone(peers)
+        for node_name, addresses in peers.items():
+            label = node_name.lower()
+            valid = label.replace("-", "").isalnum() and not label.startswith("-") and not label.endswith("-")
+            name = f"{label}.wire.internal".encode()
+            for address in addresses:
+                qtype = dns.AAAA if ":" in address else dns.A
+                # Every address of a valid name is answered for it (a name may gather several peers').
+                self.assertEqual(address in values(mesh.answer(name, qtype)), valid, (node_name, address))
+                # And every PTR names a name that has the address.
+                ptr = values(mesh.answer(reverse(address), dns.PTR))
+                if ptr:
+                    self.assertIn(address, values(mesh.answer(ptr[0].encode(), qtype)))
 
 
 class ReverseTests(SynchronousTestCase):
