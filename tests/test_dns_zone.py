@@ -89,6 +89,11 @@ class NamesTests(SynchronousTestCase):
         mesh = zone({"Web": ["10.99.0.1"], "web": ["10.99.0.1", "10.99.0.2"]})
         self.assertEqual(sorted(values(mesh.answer(b"web.wire.internal", dns.A))), ["10.99.0.1", "10.99.0.2"])
 
+    def test_two_peers_with_one_name_as_pairs(self) -> None:
+        mesh = zone([("web", ["10.99.0.1"]), ("web", ["10.99.0.2"])])
+        self.assertEqual(sorted(values(mesh.answer(b"web.wire.internal", dns.A))), ["10.99.0.1", "10.99.0.2"])
+        self.assertEqual(values(mesh.answer(reverse("10.99.0.2"), dns.PTR)), ["web.wire.internal"])
+
     def test_bad_addresses_are_skipped(self) -> None:
         mesh = zone({"web": ["nonsense", "10.99.0.1"]})
         self.assertEqual(values(mesh.answer(b"web.wire.internal", dns.A)), ["10.99.0.1"])

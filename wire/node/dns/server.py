@@ -22,7 +22,7 @@ happened, and any name that reaches a log line is escaped first.
 from __future__ import annotations
 
 import struct
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -33,7 +33,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from wire.protocol.dns import DnsConfig, resolver_address
 from wire.node.dns.resolver import DEFAULT_TIMEOUTS, MeshResolver, Reply
-from wire.node.dns.zone import DEFAULT_TTL, MeshZone
+from wire.node.dns.zone import DEFAULT_TTL, MeshZone, Peers
 from wire.textsafe import escaped_line
 
 PLAIN_UDP_SIZE = 512
@@ -227,7 +227,7 @@ class MeshDns:
         self.resolver = MeshResolver(reactor, self._zone({}, self._config, None), self._upstream(), timeouts=timeouts)
         self.factory = MeshDnsServerFactory(self.resolver, reactor)
 
-    def _zone(self, peers: Mapping[str, Sequence[str]], config: DnsConfig, own_name: str | None) -> MeshZone:
+    def _zone(self, peers: Peers, config: DnsConfig, own_name: str | None) -> MeshZone:
         self._serial += 1
         return MeshZone(
             config.domain,
@@ -239,9 +239,9 @@ class MeshDns:
             serial=self._serial,
         )
 
-    def update(self, peers: Mapping[str, Sequence[str]], config: DnsConfig | None = None, *, own_name: str | None = None) -> MeshZone:
-        """Answer from now on for these peers (node name to VPN addresses, this
-        node among them) and this configuration (None: the defaults)."""
+    def update(self, peers: Peers, config: DnsConfig | None = None, *, own_name: str | None = None) -> MeshZone:
+        """Answer from now on for these peers (node name to VPN addresses, as a
+        mapping or as pairs, this node among them) and this configuration (None: the defaults)."""
         config = config or DnsConfig()
         self._config = config
         zone = self._zone(peers, config, own_name)

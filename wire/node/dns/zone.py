@@ -13,6 +13,9 @@ and negative ones (the SOA's minimum, RFC 2308) therefore live DEFAULT_TTL =
 1 s in any cache; the queries come from the node's own machine, so answering
 them often costs nothing that matters.
 
+Two peers with one name (a seed server does not prevent it) are both
+answered for it, and each address's PTR gives the name.
+
 A peer's name belongs to the peer: an admin record at a node's name is
 shadowed (:attr:`MeshZone.shadowed` counts them, for the daemon to log).
 """
@@ -22,12 +25,14 @@ from __future__ import annotations
 import ipaddress
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, Union
 
 from twisted.names import dns
 
 from wire.protocol.dns import DnsRecord, dns_name_of
 
+# Node name to VPN addresses; as pairs, two peers may share a name (both are answered).
+Peers = Union[Mapping[str, Sequence[str]], Iterable[tuple[str, Sequence[str]]]]
 DEFAULT_TTL = 1
 # A CNAME chain inside the zone is followed this far, then answered as it stands.
 MAX_CNAME_HOPS = 8
@@ -84,7 +89,7 @@ class MeshZone:
     def __init__(
         self,
         domain: str,
-        peers: Mapping[str, Sequence[str]],
+        peers: Peers,
         records: Sequence[DnsRecord] = (),
         *,
         reverse_networks: Sequence[str] = (),
@@ -102,13 +107,15 @@ class MeshZone:
         # inet_pton, not ipaddress: twenty times faster, and this runs per address per netmap.
         self._hosts: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
         self._ptr: dict[bytes, bytes] = {}
-        for node_name in sorted(peers):
+        pairs = peers.items() if isinstance(peers, Mapping) else peers
+        # Sorted, so that which name an address's PTR gives never depends on netmap order.
+        for node_name, addresses in sorted(pairs, key=lambda pair: pair[0]):
             fqdn = dns_name_of(node_name, domain)
             if fqdn is None:
                 continue
             name = fqdn.encode()
             v4, v6 = self._hosts.setdefault(name, ([], []))
-            for text in peers[node_name]:
+            for text in addresses:
                 try:
                     family = v6 if ":" in text else v4
                     packed = inet_pton(AF_INET6 if family is v6 else AF_INET, text)
