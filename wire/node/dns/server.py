@@ -13,6 +13,8 @@ server needs done here instead:
   and an OPT is returned; a reply larger than the size goes out truncated
   (TC set, no records; RFC 2181 9), and the client asks again over TCP,
   where a reply may be up to 64 KiB.
+- EDNS versions other than 0 get BADVERS; zone transfers (AXFR, IXFR) are
+  refused: the zone is this node's view of the mesh, asked name by name.
 - TCP connections are bounded in number and closed when idle.
 
 No query is logged (a flood would become a log flood); counters say what
