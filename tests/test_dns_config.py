@@ -22,6 +22,7 @@ from wire.protocol.dns import (
     ForwardZone,
     dns_digest,
     dns_name_of,
+    parse_dns_digest,
     parse_dns_name,
     parse_mesh_domain,
     parse_resolver,
@@ -207,3 +208,9 @@ class DigestTests(SynchronousTestCase):
         self.assertEqual(len(dns_digest(config.to_json())), 16)
         self.assertEqual(dns_digest(config.to_json()), dns_digest(DnsConfig.from_json(config.to_json()).to_json()))
         self.assertNotEqual(dns_digest(config.to_json()), dns_digest(DnsConfig().to_json()))
+
+    def test_parse_digest(self) -> None:
+        digest = dns_digest(DnsConfig().to_json())
+        self.assertEqual((parse_dns_digest(digest), parse_dns_digest(NO_DNS)), (digest, NO_DNS))
+        for bad in ("", "NONE", digest.upper(), digest + "0", "g" * 16, None):
+            self.assertRaises(ProtocolError, parse_dns_digest, bad)

@@ -291,6 +291,7 @@ def _check_records(records: tuple[DnsRecord, ...], domain: str) -> None:
 
 # What a node says it holds, as for the filter: a digest, or "none".
 NO_DNS = "none"
+_DIGEST = re.compile(r"[0-9a-f]{16}|none")
 
 
 def dns_digest(config_json: dict[str, Any] | None) -> str:
@@ -300,3 +301,10 @@ def dns_digest(config_json: dict[str, Any] | None) -> str:
         return NO_DNS
     canonical = json.dumps(config_json, separators=(",", ":"), sort_keys=True).encode()
     return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def parse_dns_digest(value: Any, field: str = "dns") -> str:
+    """The digest a node sends back (16 hex digits, or none)."""
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise ProtocolError(field, "must be the digest of the DNS configuration this node holds (16 hex digits) or none")
+    return value
