@@ -29,9 +29,14 @@ class TagSyntaxTests(unittest.TestCase):
         self.assertEqual(parse_tag("web"), "tag:web")
         self.assertEqual(parse_tag("TAG:DB-1"), "tag:db-1")
         self.assertEqual(parse_tags(["tag:web", "web", "db"]), ("tag:db", "tag:web"))
-        for bad in ("", "tag:", "tag:-x", "tag:a b", "tag:a.b", 5, "x" * 64, "tag:é"):
+        for bad in ("", "tag:", "tag:-x", "tag:a b", "tag:a.b", 5, "x" * 64, "tag:é", "tag:\u212aube"):
             with self.assertRaises(ProtocolError, msg=repr(bad)):
                 parse_tag(bad)
+        # The Kelvin sign lower-cases to "k": it must not pass as a name or a tag.
+        from wire.protocol.fields import parse_node_name
+        with self.assertRaises(ProtocolError):
+            parse_node_name("\u212aube")
+        self.assertEqual(parse_node_name("Kube"), "kube")
         with self.assertRaises(ProtocolError):
             parse_tags([f"t{i}" for i in range(33)])
         with self.assertRaises(ProtocolError):

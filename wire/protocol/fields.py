@@ -87,13 +87,14 @@ def parse_node_id(value: Any, field: str = "node_id") -> str:
 
 def parse_node_name(value: Any, field: str = "node_name") -> str:
     """A node name is a DNS label; it is stored lower-case (DNS is case-blind)."""
-    text = _require_str(field, value).lower()
-    if not _DNS_LABEL.fullmatch(text):
+    text = _require_str(field, value)
+    # ASCII first: str.lower() maps some non-ASCII letters (the Kelvin sign) to ASCII ones.
+    if not text.isascii() or not _DNS_LABEL.fullmatch(text.lower()):
         raise ProtocolError(
             field,
             f"{_shown(value)} is not a DNS label (1-63 letters, digits or inner hyphens)",
         )
-    return text
+    return text.lower()
 
 
 MAX_TAGS = 32
@@ -101,7 +102,10 @@ MAX_TAGS = 32
 
 def parse_tag(value: Any, field: str = "tags") -> str:
     """A tag is ``tag:NAME``, NAME a DNS label (lower-case); a bare NAME is taken as ``tag:NAME``."""
-    text = _require_str(field, value).lower()
+    text = _require_str(field, value)
+    if not text.isascii():
+        raise ProtocolError(field, f"{_shown(value)} is not a tag (tag:NAME, NAME 1-63 letters, digits or inner hyphens)")
+    text = text.lower()
     name = text[4:] if text.startswith("tag:") else text
     if not _DNS_LABEL.fullmatch(name):
         raise ProtocolError(field, f"{_shown(value)} is not a tag (tag:NAME, NAME 1-63 letters, digits or inner hyphens)")
