@@ -214,3 +214,22 @@ class DigestTests(SynchronousTestCase):
         self.assertEqual((parse_dns_digest(digest), parse_dns_digest(NO_DNS)), (digest, NO_DNS))
         for bad in ("", "NONE", digest.upper(), digest + "0", "g" * 16, None):
             self.assertRaises(ProtocolError, parse_dns_digest, bad)
+
+
+class NetmapCarriesDnsTests(SynchronousTestCase):
+    """The long-poll answer's ``dns``: given replaces, null turns mesh DNS off,
+    absent or refused keeps what the node holds (and the refusal is named)."""
+
+    def test_given_null_absent_refused(self):
+        from wire.protocol import NetmapAnswer
+
+        config = DnsConfig(records=(DnsRecord("db", "A", "10.99.0.7"),))
+        answer = NetmapAnswer.from_json({"cursor": "ab12:3", "upserts": [], "dns": config.to_json()})
+        self.assertEqual((answer.dns, answer.dns_given), (config, True))
+        answer = NetmapAnswer.from_json({"cursor": "ab12:3", "upserts": [], "dns": None})
+        self.assertEqual((answer.dns, answer.dns_given), (None, True))
+        answer = NetmapAnswer.from_json({"cursor": "ab12:3", "upserts": []})
+        self.assertFalse(answer.dns_given)
+        answer = NetmapAnswer.from_json({"cursor": "ab12:3", "upserts": [], "dns": {"domain": "arpa"}})
+        self.assertFalse(answer.dns_given)
+        self.assertIn("skipped the DNS settings (those held stay)", answer.skipped[0])

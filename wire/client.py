@@ -19,6 +19,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from wire.protocol.dns import parse_dns_digest
 from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
@@ -339,13 +340,18 @@ class CoordinationClient(JsonHttp):
         self.node_id = parsed.node_id or registration.node_id
         return parsed
 
-    async def netmap(self, cursor: str, wait: float = LONGPOLL_WAIT, holds_filter: str | None = None) -> NetmapAnswer:
-        """The long-poll; ``holds_filter`` (the digest of the packet filter this
-        node holds, or "none") spares it an answer carrying the same again."""
+    async def netmap(
+        self, cursor: str, wait: float = LONGPOLL_WAIT, holds_filter: str | None = None, holds_dns: str | None = None
+    ) -> NetmapAnswer:
+        """The long-poll; ``holds_filter`` and ``holds_dns`` (the digests of the
+        packet filter and DNS settings this node holds, or "none") spare it an
+        answer carrying the same again."""
         # The cursor goes into the query string: only a well-formed one does.
         path = f"/peers?since={parse_cursor_text(cursor, 'since')}&wait={wait:g}"
         if holds_filter is not None:
             path += f"&filter={parse_filter_digest(holds_filter)}"
+        if holds_dns is not None:
+            path += f"&dns={parse_dns_digest(holds_dns)}"
         if self.node_id and not self._credential:
             # Checked like the cursor; with a credential the server knows us by it.
             path += f"&node_id={parse_node_id(self.node_id)}"

@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol, TypeVar
 from wire.protocol.cursor import parse_cursor_text
 from wire.protocol.enums import NatType
 from wire.protocol.errors import ProtocolError
+from wire.protocol.dns import DnsConfig
 from wire.protocol.filter import FilterRule, parse_filter_rules
 from wire.protocol.paths import PairPath
 from wire.protocol.fields import (
@@ -200,6 +201,10 @@ class NetmapAnswer:
     # This node's own record, apart from the peers (under an access policy
     # the upserts hold only the peers it may see).
     me: PeerView | None = None
+    # The mesh's DNS (wire.protocol.dns): given (an object) replaces the one
+    # held; null: the server serves no mesh DNS; absent (or refused whole): unchanged.
+    dns: DnsConfig | None = None
+    dns_given: bool = False
 
     @classmethod
     def from_json(cls, value: Any) -> NetmapAnswer:
@@ -214,6 +219,14 @@ class NetmapAnswer:
                 # All or nothing: half a filter would open or close the wrong ports.
                 skipped.append(f"skipped the packet filter (the one in force stays): {e}")
                 filter_given = False
+        dns: DnsConfig | None = None
+        dns_given = "dns" in answer
+        if dns_given and answer["dns"] is not None:
+            try:
+                dns = DnsConfig.from_json(answer["dns"])
+            except ProtocolError as e:
+                skipped.append(f"skipped the DNS settings (those held stay): {e}")
+                dns_given = False
         upserts = _each_valid(answer, "upserts", PeerView.from_json, "a peer entry", skipped)
         removals = _each_valid(answer, "removals", lambda v: parse_node_id(v, "removals"), "a removal", skipped)
         paths = _each_valid(answer, "paths", PairPath.from_json, "a path entry", skipped)
@@ -231,6 +244,8 @@ class NetmapAnswer:
             filter=filter_rules,
             filter_given=filter_given,
             me=_own_record(answer.get("me"), skipped),
+            dns=dns,
+            dns_given=dns_given,
         )
 
 
