@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import sys
 from collections.abc import Sequence
@@ -134,7 +135,8 @@ class FakeRunnerLabTests(SynchronousTestCase):
 
     def test_namespace_failure_is_lab_unavailable_and_teardown_cleans(self) -> None:
         runner = FakeProcessRunner()
-        lab = Lab(runner)
+        etc_netns = self.mktemp()
+        lab = Lab(runner, etc_netns=etc_netns)
         internet = f"{lab.prefix}-internet"
         runner.expect(["ip", "netns", "list"], stdout=b"otherns (id: 0)\n")
         runner.expect(
@@ -142,6 +144,9 @@ class FakeRunnerLabTests(SynchronousTestCase):
         )
         error = self.failureResultOf(Deferred.fromCoroutine(lab.setup()), LabUnavailable).value
         self.assertIn("Operation not permitted", str(error))
+        # Each namespace has a resolv.conf of its own (ip netns exec mounts it over /etc/resolv.conf).
+        with open(os.path.join(etc_netns, internet, "resolv.conf")) as f:
+            self.assertIn(f"nameserver {lab.resolver_address}", f.read())
         # Teardown deletes only what exists and carries this run's prefix.
         runner.expect(["ip", "netns", "list"], stdout=f"otherns (id: 0)\n{lab.prefix}-stray (id: 1)\n".encode())
         runner.expect(["ip", "netns", "pids", f"{lab.prefix}-stray"], stdout=b"")
@@ -149,9 +154,10 @@ class FakeRunnerLabTests(SynchronousTestCase):
         runner.expect(["ip", "-o", "link", "show"], stdout=b"1: lo: <LOOPBACK,UP> mtu 65536\n2: eth0: <UP> mtu 1500\n")
         self.successResultOf(Deferred.fromCoroutine(lab.teardown()))
         runner.assert_all_called()
+        self.assertFalse(os.path.exists(etc_netns), "the namespaces' files go with them")
 
     def test_bad_names_are_refused(self) -> None:
-        lab = Lab(FakeProcessRunner())
+        lab = Lab(FakeProcessRunner(), etc_netns=self.mktemp())
         self.failureResultOf(Deferred.fromCoroutine(lab.add_public_node("Bad_Name")), LabError)
         self.failureResultOf(Deferred.fromCoroutine(lab.add_nat_node("n1", "nowhere")), LabError)
 

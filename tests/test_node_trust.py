@@ -390,7 +390,7 @@ class HostileTests(unittest.TestCase):
         self.push([peer("db1", 2)])
         # The long-poll's answer handler raises (the client failed oddly).
         real_netmap = self.server.netmap
-        self.server.netmap = lambda cursor, wait: fail(RuntimeError("boom: netmap"))  # type: ignore[method-assign]
+        self.server.netmap = lambda cursor, wait, *holds: fail(RuntimeError("boom: netmap"))  # type: ignore[method-assign]
         self.advance(5)
         self.server.netmap = real_netmap  # type: ignore[method-assign]
         # The heartbeat's body raises.

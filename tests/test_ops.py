@@ -405,7 +405,7 @@ class PingTests(unittest.TestCase):
     async def test_bad_target_and_count(self):
         with self.assertRaises(ops.OpError) as caught:
             await ops.ping(self.mesh.context(), "no such; host")
-        self.assertIn("is neither a node name nor an IP address", str(caught.exception))
+        self.assertIn("is neither a node name, a mesh DNS name nor an IP address", str(caught.exception))
         for count in (0, 101):
             with self.assertRaises(ops.OpError):
                 await ops.ping(self.mesh.context(), "10.99.0.2", count=count)

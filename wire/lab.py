@@ -28,6 +28,7 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -45,6 +46,8 @@ _MAX_INTERFACE_NAME = 15  # IFNAMSIZ - 1
 _HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}\Z")
 # wireguard-go keeps its UAPI sockets here, shared by every namespace.
 _WIREGUARD_RUN_DIR = "/var/run/wireguard"
+# Per-namespace files ip netns exec mounts over /etc (resolv.conf).
+ETC_NETNS = "/etc/netns"
 _BRIDGE_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 # Programs the lab itself runs; the tests and the demo need more (ping, wg...).
 _REQUIRED_PROGRAMS = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "conntrack": "conntrack"}
@@ -142,6 +145,10 @@ table ip wire_lab {{
 """
 
 
+def lab_resolv_conf(namespace: str, nameserver: str) -> str:
+    return f"# wire lab: {namespace}'s own resolv.conf (the host's is never touched)\nnameserver {nameserver}\n"
+
+
 def namespace_steps(namespace: str) -> list[Step]:
     """A new namespace with its loopback up (local sockets, e.g. a relay shim, need it)."""
     return [
@@ -209,7 +216,7 @@ class Lab:
     Call check_requirements() first to turn a missing tool into a clear error.
     """
 
-    def __init__(self, runner: IProcessRunner, *, stop_timeout: float = 5.0) -> None:
+    def __init__(self, runner: IProcessRunner, *, stop_timeout: float = 5.0, etc_netns: str = ETC_NETNS) -> None:
         self.prefix = _new_prefix()
         self.hosts: dict[str, Host] = {}
         self._runner = runner
@@ -221,6 +228,10 @@ class Lab:
         self._public_addresses = PUBLIC_NETWORK.hosts()
         self._lan_numbers = itertools.count(1)
         self._lan_addresses: dict[str, Iterator[IPv4Address]] = {}
+        # The nameserver every host's resolv.conf names: the internet host's
+        # address (a test may run a resolver there); where those files live.
+        self.resolver_address = str(next(PUBLIC_NETWORK.hosts()))
+        self.etc_netns = etc_netns
 
     async def __aenter__(self) -> Lab:
         try:
@@ -389,6 +400,7 @@ class Lab:
             await self._best_effort(f"delete namespace {namespace}", self._delete_namespace(namespace))
         await self._best_effort("delete leftover links", self._delete_root_links())
         self._remove_stale_wireguard_sockets()
+        self._remove_resolv_confs()
         self._namespaces.clear()
         self.hosts.clear()
         self._names.clear()
@@ -440,7 +452,17 @@ class Lab:
         self._names.add(name)
         claim = _Claim(next(self._indices), f"{self.prefix}-{name}")
         self._namespaces.append(claim.namespace)
+        self._give_own_resolv_conf(claim.namespace)
         return claim
+
+    def _give_own_resolv_conf(self, namespace: str) -> None:
+        """``ip netns exec`` bind-mounts /etc/netns/NAME/resolv.conf over
+        /etc/resolv.conf: every lab host gets one of its own, so a node that
+        manages its resolver (mesh DNS) never touches the host's."""
+        directory = os.path.join(self.etc_netns, namespace)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "resolv.conf"), "w") as f:
+            f.write(lab_resolv_conf(namespace, self.resolver_address))
 
     def _announce(self, host: Host) -> Host:
         self.hosts[host.name] = host
@@ -537,6 +559,15 @@ class Lab:
                 os.unlink(path)
             except OSError as e:
                 log.warn("lab teardown: cannot remove {path}: {error}", path=path, error=e)
+
+    def _remove_resolv_confs(self) -> None:
+        """Each namespace's /etc/netns/NAME, ours whether recorded or not (a crashed run's)."""
+        for directory in glob.glob(os.path.join(self.etc_netns, f"{self.prefix}-*")):
+            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            os.rmdir(self.etc_netns)  # only when empty: other tools' files stay
+        except OSError:
+            pass
 
     async def _best_effort(self, what: str, action: Awaitable[None]) -> None:
         try:

@@ -139,11 +139,18 @@ def build_server(reactor) -> MCPServer:
         port: Annotated[int | None, Field(description="WireGuard UDP listen port (default 51820).")] = None,
         interface: Annotated[str | None, Field(description="WireGuard interface name (default wire0).")] = None,
         wait: Annotated[float, Field(description="Seconds to wait for the node to register.")] = 30.0,
+        accept_dns: Annotated[
+            bool | None,
+            Field(description="False: leave this machine's resolver alone (the mesh DNS still answers on the VPN address). Default: as saved (on)."),
+        ] = None,
         config_dir: ConfigDir = None,
     ) -> Result:
         return await run(
             config_dir,
-            lambda ctx: ops.up(ctx, server=server, name=name, port=port, interface=interface, wait=wait, join=join, join_file=join_file),
+            lambda ctx: ops.up(
+                ctx, server=server, name=name, port=port, interface=interface, wait=wait, join=join, join_file=join_file,
+                accept_dns=accept_dns,
+            ),
             cli.format_up,
         )
 

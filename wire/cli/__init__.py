@@ -49,7 +49,7 @@ async def dispatch(
         progress = (lambda event: print(f"wire up: {escaped(str(event['message']))}", file=stderr, flush=True)) if stderr else None
         result = await ops.up(
             ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=join,
-            join_file=args.join_file, progress=progress,
+            join_file=args.join_file, accept_dns=args.accept_dns, progress=progress,
         )
         return result, format_up
     if args.command == "admin":

@@ -52,8 +52,14 @@ def format_status(result: dict, style: Style) -> str:
     lines += ["  " + style("33", f"! {problem}") for problem in result.get("daemon_problems", [])]
     lines += [
         f"  {result['online']} online / {result['offline']} offline / {result['total']} total" + (" (last known)" if stale else ""),
-        "",
     ]
+    dns = result.get("dns") or {}
+    if dns.get("enabled"):
+        where = f" on {dns['listening']}" if dns.get("listening") else " (not listening)"
+        os_mode = (dns.get("os") or {}).get("mode") or "none"
+        told = "the OS resolver is left alone" if os_mode == "none" else f"the OS resolver sends it here ({os_mode})"
+        lines.append(f"  names: *.{dns['domain']}{where}; {told}")
+    lines.append("")
     for node in nodes:
         online = node.get("status") == "online"
         colour = "32" if online else "90"
@@ -68,6 +74,8 @@ def format_status(result: dict, style: Style) -> str:
             line += "  " + _path_column(node)
         if node.get("tags"):  # after the seed's columns, so its layout stays
             line += "  " + style("36", " ".join(node["tags"]))
+        if node.get("dns_name"):
+            line += "  " + style("90", node["dns_name"])
         lines.append(line.rstrip())
     if not result.get("daemon_running") and result.get("my_node_id"):
         lines += ["", "  (the node daemon is not running here: paths unknown; sudo wire up)"]

@@ -35,6 +35,15 @@ def _tag(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e))
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text[:20]!r} is not true or false")
+
+
 class WireParser(argparse.ArgumentParser):
     """A parser for ``wire`` or any of its (sub)commands: each carries the
     global options, so they work before and after any command and every
@@ -91,6 +100,11 @@ def build_parser() -> WireParser:
     up.add_argument("--port", "-p", type=int, help="WireGuard listen port (default 51820)")
     up.add_argument("--interface", metavar="IF", help="WireGuard interface name (default wire0)")
     up.add_argument("--wait", metavar="SECONDS", type=float, default=30.0, help="seconds to wait for registration (default 30)")
+    up.add_argument(
+        "--accept-dns", metavar="BOOL", type=_boolean, default=None,
+        help="point this machine's resolver at the mesh DNS (default true; --accept-dns=false leaves it alone, "
+        "the mesh DNS still answers on the VPN address)",
+    )
 
     commands.add_parser("down", help="leave the mesh: stop the daemon and remove the interface")
 

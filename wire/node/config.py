@@ -23,6 +23,7 @@ from wire.fsutil import write_atomically
 from wire.node.ifname import parse_interface_name
 from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, own_address, parse_max_peers
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
+from wire.protocol.fields import parse_bool
 from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"
@@ -53,6 +54,8 @@ class NodeConfig:
     server_fingerprint: str = ""
     # At most this many peers are held; the rest of a netmap is skipped.
     max_peers: int = DEFAULT_MAX_PEERS
+    # Point the machine's resolver at the mesh DNS (wire up --accept-dns=false: leave it alone).
+    accept_dns: bool = True
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
@@ -101,6 +104,8 @@ def validate(data: dict[str, Any]) -> NodeConfig:
     if values.get("vpn_ip"):
         vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
         config.vpn_ip = own_address(vpn_ip, mesh_subnet(config.vpn_subnet or SEED_SUBNET))
+    if "accept_dns" in values:
+        config.accept_dns = parse_bool(values["accept_dns"], "accept_dns")
     if "max_peers" in values:
         config.max_peers = parse_max_peers(values["max_peers"])
     if values.get("nat_port"):

@@ -23,6 +23,7 @@ from wire.node.netmap import Peer
 from wire.node.paths import PeerPath, Phase, is_shim_endpoint
 from wire.node.wireguard import PeerStatus
 from wire.protocol import PathMode, ProtocolError, parse_node_name
+from wire.protocol.dns import dns_name_of
 from wire.protocol.filter import admitted
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
@@ -120,10 +121,13 @@ async def node_status(daemon: NodeDaemon) -> dict:
     peers = []
     rules = daemon.netmap.filter
     resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
+    names = daemon.names.status() if daemon.names is not None else None
+    domain = names["domain"] if names and names["enabled"] else None
     for peer in sorted(daemon.netmap.peers.values(), key=lambda p: p.node_name):
         wg_peer = by_key.get(peer.wg_public_key)
         # Under a policy: what this peer may open on this node, and by which rule.
         policy = {} if resolved is None else {"may_open_here": admitted(resolved, peer.vpn_ip)}
+        dns_name = dns_name_of(peer.node_name, domain) if domain else None
         peers.append(
             {
                 "node_name": peer.node_name,
@@ -135,6 +139,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
                 **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims),
                 **policy,
+                **({"dns_name": dns_name} if dns_name else {}),
             }
         )
     config = daemon.config
@@ -168,6 +173,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
         "failing": daemon.failures.failing(),
         "bad_answers": daemon.bad_answers.view(now),
         "policy": policy_state(daemon),
+        "dns": names,
     }
 
 

@@ -55,6 +55,7 @@ from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.failurelog import BadAnswers, FailureLog
 from wire.node.firewall import Firewall
+from wire.node.names import MeshNames
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress, numeric, server_host
@@ -128,8 +129,11 @@ class NodeDaemon(Service):
         join_token: JoinToken | None = None,
         join_pending: bool = False,
         firewall: Firewall | None = None,
+        names: MeshNames | None = None,
     ):
         self.clock = clock
+        # The mesh's DNS on this node (wire.node.names); None: not served here.
+        self.names = names
         self.config_dir = config_dir
         # Until the server has taken us (join_pending), this config is only
         # what was asked for: config.json is written once it is true.
@@ -286,6 +290,12 @@ class NodeDaemon(Service):
             await self._bring_up_interface()
         if self._out_of_the_mesh:
             return
+        if self.names is not None:
+            # Before any netmap: undo what a crashed run left in the OS resolver.
+            try:
+                await self.names.prepare()
+            except Exception as e:
+                self.log.warn("mesh DNS: the OS resolver could not be prepared: {error}", error=e)
         self._heartbeat_loop.start(HEARTBEAT_INTERVAL, now=False).addErrback(self._loop_died, "heartbeat")
         self._sync.start(0, now=True).addErrback(self._loop_died, "netmap sync")
         self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
@@ -363,7 +373,19 @@ class NodeDaemon(Service):
         # The interface stays: a restarted daemon adopts it, tunnels unbroken.
         self.wireguard.detach()
         super().stopService()
-        return Deferred.fromCoroutine(self.reconciler.stop())
+        return Deferred.fromCoroutine(self._stopped())
+
+    async def _stopped(self) -> None:
+        await self.reconciler.stop()
+        # No daemon, no resolver on the VPN address: the machine's resolver as it was.
+        await self._names_off()
+
+    async def _names_off(self) -> None:
+        if self.names is not None:
+            try:
+                await self.names.stop()
+            except Exception as e:
+                self.log.warn("mesh DNS did not stop cleanly: {error}", error=e)
 
     async def _probe_nat_safely(self) -> NatReport | None:
         try:
@@ -686,7 +708,9 @@ class NodeDaemon(Service):
     async def _sync_once(self) -> None:
         sent_at = self.clock.seconds()
         self.heartbeat.poll_sent(sent_at)
-        poll = self._poll = ensureDeferred(self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest))
+        poll = self._poll = ensureDeferred(
+            self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest, self.netmap.dns_digest)
+        )
         try:
             answer = await poll
         except CancelledError:
@@ -744,9 +768,30 @@ class NodeDaemon(Service):
             await self._sleep_backoff()
             return
         self.failures.worked(f"applying the netmap to {self.wireguard.name}")
+        await self._follow_names()
         if was_unreachable and answer.full and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
+
+    async def _follow_names(self) -> None:
+        """The mesh DNS follows the netmap (its failures never stop the mesh)."""
+        if self.names is None or self._stopping:
+            return
+        config = self.config
+        try:
+            await self.names.follow(
+                self.netmap.dns,
+                config.vpn_ip,
+                config.vpn_subnet or f"{config.vpn_ip}/32",
+                config.node_name,
+                ((peer.node_name, peer.vpn_ip) for peer in self.netmap.peers.values()),
+            )
+        except CancelledError:
+            raise
+        except Exception:
+            self.failures.failed("mesh DNS")
+        else:
+            self.failures.worked("mesh DNS")
 
     async def _heartbeat_once(self) -> None:
         try:
@@ -840,6 +885,7 @@ class NodeDaemon(Service):
             self.log.warn("could not tell the server we are leaving: {error}", error=e)
             told = False
         await self.reconciler.stop()
+        await self._names_off()
         await self.wireguard.down()
         await self.reconciler.firewall_off()
         self.state.interface_up = False

@@ -30,6 +30,7 @@ from wire.node.config import (
 )
 from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_node_name, parse_port
+from wire.protocol.fields import parse_bool
 
 CREDENTIAL_FILE = "credential"
 JOIN_FILE = "join.json"
@@ -48,6 +49,7 @@ class JoinRequest:
     node_name: str = ""
     listen_port: int = 0
     interface: str = ""
+    accept_dns: bool | None = None  # None: as saved
 
     def join_token(self) -> JoinToken | None:
         return decode_join_token(self.token) if self.token else None
@@ -90,6 +92,7 @@ def _validate_request(data: Any) -> JoinRequest:
         node_name=parse_node_name(data["node_name"]) if data.get("node_name") else "",
         listen_port=parse_port(data["listen_port"], "listen_port") if data.get("listen_port") else 0,
         interface=parse_interface_name(data["interface"]) if data.get("interface") else "",
+        accept_dns=parse_bool(data["accept_dns"], "accept_dns") if data.get("accept_dns") is not None else None,
     )
     token = request.join_token()
     if token is not None and token.server_url != request.server_url:
@@ -128,6 +131,8 @@ def requested_config(config_dir: str, saved: NodeConfig | None, request: JoinReq
         changes["listen_port"] = request.listen_port
     if request.interface:
         changes["interface"] = request.interface
+    if request.accept_dns is not None:
+        changes["accept_dns"] = request.accept_dns
     return replace(config, **changes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from wire.node.trust import PeerScreen
 from wire.protocol import NetmapAnswer, PairPath, PeerView
+from wire.protocol.dns import NO_DNS, DnsConfig, dns_digest
 from wire.protocol.filter import FilterRule, filter_digest, filter_json
 
 PERSISTENT_KEEPALIVE = 25
@@ -30,6 +31,10 @@ class NodeNetmap:
         self.filter: tuple[FilterRule, ...] | None = None
         # Its digest, as the long-poll tells the server (None: never told).
         self.filter_digest: str | None = None
+        # The mesh's DNS settings (None: the server serves no mesh DNS, or never said).
+        self.dns: DnsConfig | None = None
+        # Their digest, as the long-poll tells the server: "none" until told.
+        self.dns_digest: str = NO_DNS
 
     def apply(self, answer: NetmapAnswer) -> list[str]:
         """Take a long-poll answer; returns problems with entries that were skipped.
@@ -69,6 +74,9 @@ class NodeNetmap:
         if answer.filter_given:
             self.filter = answer.filter
             self.filter_digest = filter_digest(None if answer.filter is None else filter_json(answer.filter))
+        if answer.dns_given:
+            self.dns = answer.dns
+            self.dns_digest = dns_digest(None if answer.dns is None else answer.dns.to_json())
         if answer.cursor:
             self.cursor = answer.cursor
         return list(answer.skipped) + problems

@@ -28,6 +28,8 @@ from wire.node.enroll import (
 from wire.node.lan import LanAddress
 from wire.node.probe import start_probe
 from wire.node.firewall import Firewall, InvalidFirewallConfig
+from wire.node.names import MeshNames
+from wire.node.osdns import OsDnsPaths
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
@@ -78,6 +80,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
     firewall = node_firewall(runner, config.interface)
+    names = MeshNames(reactor, runner, config.interface, OsDnsPaths(state_dir=config_dir), accept_dns=config.accept_dns)
     daemon = NodeDaemon(
         clock=reactor,
         config_dir=config_dir,
@@ -93,6 +96,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         join_token=start.token,
         join_pending=start.pending,
         firewall=firewall,
+        names=names,
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
     top = MultiService()

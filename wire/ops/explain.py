@@ -15,7 +15,7 @@ from wire.ops.context import (
     refuses_this_node,
     removed_message,
 )
-from wire.ops.targets import _matches, _parse_target
+from wire.ops.targets import _matches, _parse_target, mesh_domain
 from wire.protocol import ProtocolError
 
 
@@ -23,8 +23,8 @@ async def explain(ctx: Context, peer: str) -> dict:
     """Why this node reaches ``peer`` (a name or VPN address) the way it does,
     or why it does not, from the daemon's WireGuard view and the server's."""
     config = ctx.config()
-    wanted = _parse_target(peer)
     local = await ctx.daemon_status()
+    wanted = _parse_target(peer, mesh_domain(local))
     try:
         mesh: dict | None = await ctx.coordination(config.server_url).status()
         server_error = ""

@@ -55,6 +55,7 @@ async def up(
     wait: float = 30.0,
     join: str | None = None,
     join_file: str | None = None,
+    accept_dns: bool | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Join the mesh (or start again with the saved config) and wait until registered.
@@ -62,7 +63,8 @@ async def up(
     ``join`` is a join token (from ``wire admin keys create``): the daemon
     enrolls with the server it names, pinning its certificate; ``join_file``
     names a file holding one (:func:`read_join_file`). ``server``
-    alone is for open (seed-compatible) servers. ``progress`` is given
+    alone is for open (seed-compatible) servers. ``accept_dns`` False leaves
+    the machine's resolver alone (None: as saved). ``progress`` is given
     each of the daemon's events as it happens.
     """
     _require_root(ctx, "wire up")
@@ -84,7 +86,7 @@ async def up(
         )
     token = _join_token(join) if join else None
     try:
-        request = _request(saved, token, server, name, port, interface)
+        request = _request(saved, token, server, name, port, interface, accept_dns)
     except ProtocolError as e:
         raise OpError(f"{_FLAGS.get(e.field or '', e.field or 'value')}: {e.problem}")
     wanted = requested_config(ctx.config_dir, saved, request)
@@ -137,7 +139,7 @@ def _join_token(text: str) -> JoinToken:
         raise OpError(f"--join: {e}")
 
 
-def _request(saved, token, server, name, port, interface) -> JoinRequest:
+def _request(saved, token, server, name, port, interface, accept_dns=None) -> JoinRequest:
     """What the command line asks of the daemon, validated."""
     if token is not None:
         server_url = token.server_url
@@ -151,6 +153,7 @@ def _request(saved, token, server, name, port, interface) -> JoinRequest:
         node_name=parse_node_name(name) if name else "",
         listen_port=parse_port(port, "port") if port is not None else 0,
         interface=parse_interface_name(interface) if interface else "",
+        accept_dns=accept_dns,
     )
 
 

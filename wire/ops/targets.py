@@ -13,6 +13,7 @@ from wire.ops.context import (
     server_problem,
 )
 from wire.protocol import ProtocolError, parse_node_name
+from wire.protocol.dns import DEFAULT_DOMAIN
 
 
 def _as_address(target: str) -> str | None:
@@ -22,15 +23,27 @@ def _as_address(target: str) -> str | None:
         return None
 
 
-def _parse_target(target: str) -> str:
-    """A VPN address, or a node name in its stored (lower-case) form."""
+def _parse_target(target: str, domain: str | None = None) -> str:
+    """A VPN address, or a node name in its stored (lower-case) form; a DNS
+    name in the mesh domain (``web2.wire.internal``) is that node's name."""
     address = _as_address(target)
     if address is not None:
         return address
+    name = target.rstrip(".")
+    for suffix in {f".{domain}" if domain else "", f".{DEFAULT_DOMAIN}"} - {""}:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
     try:
-        return parse_node_name(target)
+        return parse_node_name(name)
     except ProtocolError:
-        raise OpError(f"{target!r} is neither a node name nor an IP address")
+        raise OpError(f"{target!r} is neither a node name, a mesh DNS name nor an IP address")
+
+
+def mesh_domain(local: dict | None) -> str | None:
+    """The mesh's DNS domain, as the daemon's status says (None: no mesh DNS, or no daemon)."""
+    dns = (local or {}).get("dns") or {}
+    return dns.get("domain") if dns.get("enabled") else None
 
 
 def _matches(entry: dict, target: str) -> bool:
@@ -42,8 +55,8 @@ async def resolve_target(ctx: Context, target: str) -> tuple[str, str]:
     address = _as_address(target)
     if address is not None:
         return target, address  # ping an address as given, in the mesh or not
-    name = _parse_target(target)
     local = await ctx.daemon_status()
+    name = _parse_target(target, mesh_domain(local))
     for peer in (local or {}).get("peers", []):
         if peer["node_name"] == name:
             return name, peer["vpn_ip"]

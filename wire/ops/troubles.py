@@ -54,4 +54,7 @@ def daemon_troubles(local: dict | None) -> list[str]:
     problem = (local.get("policy") or {}).get("problem")
     if problem:
         lines.append(f"access policy: {problem}; this node holds no peers until it can")
+    dns_problem = (local.get("dns") or {}).get("problem")
+    if dns_problem:
+        lines.append(f"mesh DNS: {dns_problem}")
     return lines

@@ -19,6 +19,7 @@ from wire.ops.context import (
     server_problem,
 )
 from wire.ops.troubles import daemon_troubles
+from wire.protocol.dns import dns_name_of
 
 
 async def status(ctx: Context, server: str | None = None) -> dict:
@@ -60,9 +61,23 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         "daemon_running": local is not None,
         **daemon_state(local),
     }
+    with_dns_names(result, local)
     if _daemon_knows(local, server_url) and daemon_was_removed(local):
         # The server answers others; this node's daemon it turns away.
         result.update(ok=False, warning=removed_message())
+    return result
+
+
+def with_dns_names(result: dict, local: dict | None) -> dict:
+    """Each node's DNS name in the mesh domain, when the daemon serves mesh DNS."""
+    dns = (local or {}).get("dns") or {}
+    domain = dns.get("domain") if dns.get("enabled") else None
+    result["dns"] = dns or None
+    if domain:
+        for node in result["nodes"]:
+            name = dns_name_of(node.get("node_name"), domain)
+            if name is not None:
+                node["dns_name"] = name
     return result
 
 
@@ -156,7 +171,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
         )
     nodes.sort(key=lambda n: n["node_name"])
     online = sum(1 for n in nodes if n["status"] == "online")
-    return {
+    return with_dns_names({
         **_stale_view(problem, local, server_url),
         "last_contact_ago": local["server"].get("last_contact_ago"),
         "version": None,
@@ -167,7 +182,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
         "my_node_id": me["node_id"] if config is None else config.node_id,
         "daemon_running": True,
         **daemon_state(local),
-    }
+    }, local)
 
 
 async def peers(ctx: Context, server: str | None = None) -> dict:
