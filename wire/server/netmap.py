@@ -34,6 +34,10 @@ log = Logger()
 MAX_WAIT_SECONDS = 120.0
 # Long-polls a change answers per reactor turn (see LongPollHub._answer_all).
 WAKE_BATCH = 500
+# The same for wakes of chosen viewers (a policy change): their answers carry
+# the peers they gained, often hundreds each, so fewer per turn let the first
+# go out while the next are made.
+VIEWER_WAKE_BATCH = 50
 # One node's changes wake the long-polls at most this often (LongPollHub.changed).
 COALESCE_PER_NODE = 1.0
 MAX_COALESCED = 100_000
@@ -213,7 +217,7 @@ class LongPollHub:
                 woken.append((waiter, cursor, viewer))
         if not self._waiters:
             self._stop_sweeping()  # before answering: an answer may bring a new poll
-        self._answer_all(woken, {})
+        self._answer_all(woken, {}, batch=VIEWER_WAKE_BATCH)
 
     def _answer_for(self, cursor: Cursor, viewer: str | None, answers: dict) -> dict:
         """The answer for one waiter: the one shared by its cursor, or (when
