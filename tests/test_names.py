@@ -268,3 +268,44 @@ class RealServerTests(unittest.TestCase):
         with self.assertRaises(DNSNameError):  # NXDOMAIN
             await client.Resolver(servers=[("127.0.0.1", port)], reactor=reactor).lookupAddress("web2.wire.internal")
         self.assertEqual(names.status()["os"]["mode"], "none")
+
+
+class ShownTests(unittest.TestCase):
+    """wire status and diagnose tell the names and where they are answered."""
+
+    LOCAL = {"dns": {"enabled": True, "domain": "wire.internal", "listening": "10.99.0.1:53",
+                     "os": {"mode": "resolv.conf"}, "problem": None}}
+
+    def test_status_gives_each_node_its_dns_name(self):
+        from wire.cli.formatting import format_status
+        from wire.ops.views import with_dns_names
+
+        result = {"server": "https://s", "online": 2, "offline": 0, "total": 2,
+                  "nodes": [{"node_name": "web1", "vpn_ip": "10.99.0.1", "status": "online"},
+                            {"node_name": "Odd Name", "vpn_ip": "10.99.0.2", "status": "online"}]}
+        with_dns_names(result, self.LOCAL)
+        self.assertEqual([n.get("dns_name") for n in result["nodes"]], ["web1.wire.internal", None])
+        text = format_status(result, lambda code, s: s)
+        self.assertIn("names: *.wire.internal on 10.99.0.1:53; the OS resolver sends it here (resolv.conf)", text)
+        self.assertIn("web1.wire.internal", text)
+        self.assertNotIn("dns_name", with_dns_names({"nodes": [{"node_name": "a"}]}, None)["nodes"][0])
+
+    def test_diagnose_checks_the_mesh_dns(self):
+        from wire.ops.health import _dns_check
+
+        check = _dns_check(self.LOCAL["dns"])
+        self.assertTrue(check["ok"], check)
+        self.assertIn("*.wire.internal answered on 10.99.0.1:53; OS resolver: resolv.conf", check["detail"])
+        broken = dict(self.LOCAL["dns"], listening=None, problem="cannot listen for DNS on UDP 10.99.0.1:53: in use")
+        check = _dns_check(broken)
+        self.assertFalse(check["ok"])
+        self.assertIn("in use", check["detail"])
+
+    def test_targets_take_mesh_dns_names(self):
+        from wire.ops.context import OpError
+        from wire.ops.targets import _parse_target
+
+        self.assertEqual(_parse_target("web2.wire.internal"), "web2")
+        self.assertEqual(_parse_target("WEB2.corp.internal.", "corp.internal"), "web2")
+        self.assertEqual(_parse_target("10.99.0.2"), "10.99.0.2")
+        self.assertRaises(OpError, _parse_target, "web2.example.com")

@@ -77,7 +77,25 @@ async def diagnose(ctx: Context) -> dict:
         checks.append(_loops_check(local))
         checks.append(_answers_check(local))
         checks.append(_handshake_check(local))
+        dns = local.get("dns")
+        if dns and dns.get("enabled"):
+            checks.append(_dns_check(dns))
     return _diagnosis(checks)
+
+
+def _dns_check(dns: dict) -> dict:
+    """The mesh DNS: where it answers, and how the OS resolver reaches it."""
+    os_status = dns.get("os") or {}
+    mode = os_status.get("mode") or "none"
+    where = f"*.{dns['domain']} answered on {dns['listening']}" if dns.get("listening") else f"*.{dns['domain']} not answered"
+    told = "OS resolver left alone" if mode == "none" else f"OS resolver: {mode}"
+    problem = dns.get("problem")
+    return _check(
+        "mesh dns",
+        problem is None and bool(dns.get("listening")),
+        f"{where}; {told}" + (f"; {problem}" if problem else ""),
+        "see the daemon log (port 53 on the VPN address must be free; resolv.conf writable)",
+    )
 
 
 def _loops_check(local: dict) -> dict:
