@@ -559,6 +559,27 @@ class DownTests(unittest.TestCase):
         self.assertEqual((result["server_told"], result["interface_removed"]), (True, True))
         self.assertFalse(self.mesh.coordinator.registry.is_online(self.config.node_id))
 
+    async def test_without_a_daemon_a_resolver_a_crashed_daemon_left_is_restored(self):
+        from wire.node.osdns import OsDnsPaths, ResolvConfDns
+
+        resolv_conf = os.path.abspath(self.mktemp())
+        original = b"nameserver 192.168.1.1\nsearch lan\n"
+        with open(resolv_conf, "wb") as f:
+            f.write(original)
+        # The daemon pointed it at the mesh, then was killed (no restore).
+        await ResolvConfDns("wire0", OsDnsPaths(state_dir=self.mesh.config_dir, resolv_conf=resolv_conf)).apply("10.99.0.1")
+        with open(resolv_conf, "rb") as f:
+            self.assertIn(b"nameserver 10.99.0.1", f.read())
+        load_or_create_keys(self.mesh.config_dir)
+        await self.mesh.stop_server()
+        self.expect_link_delete(rc=0, stderr=b"")
+        context = self.mesh.context()
+        context.resolv_conf = resolv_conf
+        result = await ops.down(context)
+        with open(resolv_conf, "rb") as f:
+            self.assertEqual(f.read(), original)
+        self.assertIn("restored the original", result["resolver_restored"])
+
     async def test_without_a_daemon_or_server(self):
         load_or_create_keys(self.mesh.config_dir)
         await self.mesh.stop_server()

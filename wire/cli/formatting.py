@@ -120,6 +120,10 @@ def format_down(result: dict, style: Style) -> str:
     else:
         told = "the server could not be told (it shows the node offline after its heartbeat timeout)"
     text = f"{result['node_name'] or 'this node'} is down: interface {result['interface']} removed; {told}"
+    if result.get("resolver_restored"):
+        text += f"\nresolver: {result['resolver_restored']} (left managed by a daemon that did not stop cleanly)"
+    if result.get("resolver_problem"):
+        text += f"\nresolver: {result['resolver_problem']}"
     if result.get("note"):
         text += f"\nnote: {result['note']}"
     return text

@@ -78,6 +78,8 @@ class Context:
     check_install: Callable[[], InstallCheck] = check_install
     # Where a node joined as root keeps its config (a user's ~/.wire is empty then).
     system_config_dir: str = SYSTEM_CONFIG_DIR
+    # The machine's resolver file, which the mesh DNS may manage (tests use a temp file).
+    resolv_conf: str = "/etc/resolv.conf"
 
     def __post_init__(self) -> None:
         if self.runner is None:

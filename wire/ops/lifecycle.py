@@ -32,6 +32,7 @@ from wire.node.config import (
 from wire.node.enroll import JoinRequest, forget_join_request, load_join_request, requested_config, save_join_request
 from wire.node.events import MAX_WAIT
 from wire.node.ifname import parse_interface_name
+from wire.node.osdns import OsDnsError, recover_after_crash
 from wire.ops.context import Context, OpError, _require_root
 from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError
@@ -363,6 +364,14 @@ async def down(ctx: Context) -> dict:
     forget_join_request(ctx.config_dir)  # a join still pending is called off
     await _remove_interface(ctx, interface)
     result = {"ok": True, "node_name": node_name, "interface": interface, "interface_removed": True, "server_told": server_told}
+    # A daemon that crashed (or was killed) left the OS resolver pointed at the mesh: put it back.
+    try:
+        restored = recover_after_crash(ctx.config_dir, ctx.resolv_conf)
+    except OsDnsError as e:
+        result["resolver_problem"] = f"the OS resolver could not be restored: {e}"
+    else:
+        if restored:
+            result["resolver_restored"] = restored
     if config is None and not broken and request is not None:
         # A join that never got as far as enrolling: no server knows this node.
         result["join_called_off"] = request.server_url
