@@ -21,8 +21,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.logger import Logger
-
 from wire.protocol import ProtocolError
 from wire.protocol.dns import NO_DNS, DnsConfig, DnsRecord, ForwardZone, RECORD_TYPES, dns_digest, parse_resolver
 from wire.protocol.fields import parse_list, parse_object
@@ -53,8 +51,6 @@ class DnsSettings:
 
 
 class DnsBook:
-    log = Logger()
-
     def __init__(self, store: SQLiteStore, domain: str | None, now: Callable[[], float] = lambda: 0.0):
         self._store = store
         self.domain = domain
@@ -199,7 +195,6 @@ class DnsBook:
             audit(db, event, f"{detail} (version {version})")
         self.settings, self.version, self.set_at = settings, version, now
         self._encode()
-        self.log.info("DNS settings version {version}: {event} {detail}", version=version, event=event, detail=detail)
         for listener in self.listeners:
             listener()
 
