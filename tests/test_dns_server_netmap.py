@@ -64,6 +64,12 @@ class DnsInTheNetmapTests(unittest.TestCase):
         for answer in answers:
             self.assertIsInstance(answer, ViewerJson)
         self.assertIs(answers[0].extras["dns"], answers[1].extras["dns"])
+        # Encoded once: the second answer splices in the bytes the first made.
+        first = encode_json(answers[0])
+        encoded = answers[0].extras["dns"].encoded
+        self.assertIn(encoded[:-1], first)
+        self.assertIn(encoded[:-1], encode_json(answers[1]))
+        self.assertIs(answers[1].extras["dns"].encoded, encoded)
 
     def test_a_change_wakes_a_waiting_poll_with_the_new_settings(self):
         first = poll(self.mesh, "web1", NO_DNS)
