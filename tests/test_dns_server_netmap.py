@@ -161,7 +161,7 @@ class PeersParameterTests(unittest.TestCase):
 class RealServerTests(unittest.TestCase):
     """Against ``twistd wire-server``: the admin adds a record over the admin
     socket; a node's long-poll saying ``dns=none`` gets it, with the domain
-    the server was started with."""
+    the server was started with; it survives ``kill -9``."""
 
     timeout = 60
 
@@ -183,4 +183,10 @@ class RealServerTests(unittest.TestCase):
         self.assertEqual(answer.dns, DnsConfig.from_json({"domain": "mesh.internal", "records": [added["added"]]}))
         again = await node.netmap(str(Cursor("x", 0)), 0, holds_dns=dns_digest(answer.dns.to_json()))  # type: ignore[union-attr]
         self.assertFalse(again.dns_given)
-        await server.stop()
+        # Acknowledged is durable: after kill -9 the next server has it.
+        await server.kill()
+        restarted = ServerProcess(self, data_dir, extra_args=("--dns-domain", "mesh.internal"))
+        await restarted.start()
+        shown = await AdminOps(reactor, data_dir).dns()
+        self.assertEqual((shown["records"], shown["version"], shown["digest"]), ([added["added"]], 1, dns_digest(answer.dns.to_json())))  # type: ignore[union-attr]
+        await restarted.stop()
