@@ -342,6 +342,9 @@ POSITIONALS = {
     ("admin", "policy", "check"): ["policy.hujson"],
     ("admin", "policy", "rollback"): ["1"],
     ("admin", "policy", "explain"): ["web1", "db1:5432"],
+    ("admin", "dns", "records", "add"): ["db", "A", "10.99.0.50"],
+    ("admin", "dns", "records", "remove"): ["db"],
+    ("admin", "dns", "forward"): ["corp.example", "10.0.0.53"],
 }
 
 

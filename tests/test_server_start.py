@@ -152,6 +152,38 @@ class UsageErrorTests(unittest.TestCase):
             Options().parseOptions(["--subnet", "banana"])
 
 
+class DnsDomainTests(unittest.TestCase):
+    def parse(self, *args) -> Options:
+        options = Options()
+        options.machine_names = lambda: ["vm.example.org"]
+        options.parseOptions(["--data-dir", short_dir(self), *args])
+        return options
+
+    def test_the_default_a_given_one_and_none(self):
+        self.assertEqual(self.parse()["dns-domain"], "wire.internal")
+        self.assertEqual(self.parse("--dns-domain", "Corp.Internal.")["dns-domain"], "corp.internal")
+        self.assertIsNone(self.parse("--dns-domain=")["dns-domain"], "empty: no mesh DNS")
+
+    def test_a_bad_one_is_named(self):
+        for bad, words in (("bad_domain", "is not a DNS label"), ("10.in-addr.arpa", "under arpa"), ("caf\u00e9.internal", "not ASCII")):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse("--dns-domain", bad)
+            self.assertTrue(str(caught.exception).startswith("--dns-domain: "), caught.exception)
+            self.assertIn(words, str(caught.exception))
+
+    def test_the_config_file_sets_it(self):
+        path = os.path.join(short_dir(self), "server.toml")
+        for text, expected in (('dns-domain = "mesh.internal"', "mesh.internal"), ('dns-domain = ""', None)):
+            with open(path, "w") as f:
+                f.write(text + "\n")
+            self.assertEqual(self.parse("--config", path)["dns-domain"], expected)
+        with open(path, "w") as f:
+            f.write('dns-domain = "-bad"\n')
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--config", path)
+        self.assertTrue(str(caught.exception).startswith(f"dns-domain in {path}: "), caught.exception)
+
+
 class PublicUrlTests(unittest.TestCase):
     def parse(self, *args, names=("vm.example.org", "vm")) -> Options:
         options = Options()

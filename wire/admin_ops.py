@@ -97,5 +97,11 @@ class AdminOps:
     async def policy_action(self, action: str, **fields) -> dict:
         return await self._call(self._client.policy_action(action, **fields))
 
+    async def dns(self) -> dict:
+        return await self._call(self._client.dns())
+
+    async def dns_action(self, action: str, **fields) -> dict:
+        return await self._call(self._client.dns_action(action, **fields))
+
     async def audit(self) -> dict:
         return await self._call(self._client.audit())

@@ -471,6 +471,14 @@ class AdminClient(JsonHttp):
         """``set``, ``check`` (``text``), ``clear``, ``history``, ``rollback`` (``version``), ``explain``."""
         return await self._request("POST", "/policy", {"action": action, **fields}, limit=MAX_RESPONSE_BYTES)
 
+    async def dns(self) -> dict:
+        return await self._request("GET", "/dns", limit=MAX_RESPONSE_BYTES)
+
+    async def dns_action(self, action: str, **fields) -> dict:
+        """``add-record``, ``remove-record`` (``name``, ``type``, ``value``),
+        ``forward`` (``domain``, ``resolvers``), ``unforward`` (``domain``), ``nameservers`` (``resolvers``)."""
+        return await self._request("POST", "/dns", {"action": action, **fields}, limit=MAX_RESPONSE_BYTES)
+
     async def audit(self) -> dict:
         return await self._request("GET", "/audit", limit=MAX_RESPONSE_BYTES)
 

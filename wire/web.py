@@ -157,10 +157,23 @@ class ViewerJson(dict):
 
     def encode(self) -> bytes:
         shared = encode_json(self.shared)  # b'{...}\n'
-        own = json.dumps(self.extras, separators=(",", ":")).encode()  # b'{...}'
+        own = _encode_extras(self.extras)  # b'{...}'
         if shared == b"{}\n":
             return own + b"\n"
         return shared[:-2] + b"," + own[1:] + b"\n"
+
+
+def _encode_extras(extras: dict[str, Any]) -> bytes:
+    """A viewer's own keys as a JSON object; a value that is a SharedJson
+    (the mesh's DNS settings, the same for every node) is spliced in as
+    the bytes it was encoded to once."""
+    if not any(isinstance(value, SharedJson) for value in extras.values()):
+        return json.dumps(extras, separators=(",", ":")).encode()
+    parts = [
+        json.dumps(key).encode() + b":" + (encode_json(value)[:-1] if isinstance(value, SharedJson) else json.dumps(value, separators=(",", ":")).encode())
+        for key, value in extras.items()
+    ]
+    return b"{" + b",".join(parts) + b"}"
 
 
 def encode_json(body: Any) -> bytes:

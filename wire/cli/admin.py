@@ -207,6 +207,89 @@ def format_policy_explained(result: dict, style: Style) -> str:
     return line
 
 
+async def _dns(admin: AdminOps, args: argparse.Namespace) -> tuple[dict, Formatter]:
+    if args.action == "show":
+        return await admin.dns(), format_dns
+    if args.action == "records":
+        if args.records_action == "list":
+            return await admin.dns(), format_dns_records
+        if args.records_action == "add":
+            return await admin.dns_action("add-record", name=args.name, type=args.type, value=args.value), format_dns_changed
+        fields = {"name": args.name, "type": args.type, "value": args.value}
+        return await admin.dns_action("remove-record", **{k: v for k, v in fields.items() if v is not None}), format_dns_changed
+    if args.action == "forward":
+        if args.remove == bool(args.resolvers):
+            raise ops.OpError(f"give {args.domain}'s resolvers (wire admin dns forward {args.domain} 10.0.0.53,10.0.0.54) or --remove, not both")
+        if args.remove:
+            return await admin.dns_action("unforward", domain=args.domain), format_dns_changed
+        resolvers = [r.strip() for r in args.resolvers.split(",")]
+        return await admin.dns_action("forward", domain=args.domain, resolvers=resolvers), format_dns_changed
+    if args.action == "nameservers":
+        if args.clear and args.resolvers:
+            raise ops.OpError("give nameservers or --clear, not both")
+        if not args.clear and not args.resolvers:
+            return await admin.dns(), format_dns_nameservers
+        return await admin.dns_action("nameservers", resolvers=list(args.resolvers)), format_dns_changed
+    raise AssertionError(args.action)
+
+
+def _full_name(record: dict, domain: str | None) -> str:
+    return f"{record['name']}.{domain}" if domain else record["name"]
+
+
+def _record_line(record: dict, domain: str | None) -> str:
+    value = f'"{record["value"]}"' if record["type"] == "TXT" else record["value"]
+    return f"{_full_name(record, domain)} {record['type']} {value}"
+
+
+def _nameservers_text(nameservers: list[str]) -> str:
+    return ", ".join(nameservers) if nameservers else "each node's own (the resolvers its machine had)"
+
+
+def format_dns(result: dict, style: Style) -> str:
+    """Everything: the domain, the records, the zones and the nameservers."""
+    domain = result["domain"]
+    if not result["enabled"]:
+        head = "no mesh DNS (the server's --dns-domain is empty)"
+    else:
+        head = f"mesh DNS domain {domain}: every node is NAME.{domain}"
+    lines = [f"{head}; settings version {result['version']}", ""]
+    lines += ["records:", *(f"  {line}" if not line.startswith(" ") else line for line in format_dns_records(result, style).splitlines())]
+    zones = [f"  {zone['domain']} -> {', '.join(zone['resolvers'])}" for zone in result["forward"]]
+    lines += ["forwarded zones:", *(zones or ["  none"])]
+    lines.append(f"nameservers: {_nameservers_text(result['nameservers'])}")
+    return "\n".join(lines)
+
+
+def format_dns_records(result: dict, style: Style) -> str:
+    records = result["records"]
+    if not records:
+        return "no records (add one: wire admin dns records add NAME A|AAAA|CNAME|TXT VALUE)"
+    rows = [(_full_name(r, result["domain"]), r["type"], r["value"]) for r in records]
+    return "\n".join(table(("NAME", "TYPE", "VALUE"), rows))
+
+
+def format_dns_nameservers(result: dict, style: Style) -> str:
+    return f"nameservers: {_nameservers_text(result['nameservers'])}"
+
+
+def format_dns_changed(result: dict, style: Style) -> str:
+    """What one change did, and the version it made."""
+    domain = result["domain"]
+    if "added" in result:
+        what = f"added {_record_line(result['added'], domain)}"
+    elif "removed" in result:
+        what = "removed " + "; ".join(_record_line(r, domain) for r in result["removed"])
+    elif "forwarded" in result:
+        zone = result["forwarded"]
+        what = f"queries under {zone['domain']} now go to {', '.join(zone['resolvers'])}"
+    elif "unforwarded" in result:
+        what = f"{result['unforwarded']['domain']} is no longer forwarded"
+    else:
+        what = f"nameservers: {_nameservers_text(result['nameservers'])}"
+    return f"{what} (DNS settings version {result['version']}); every node has it within seconds"
+
+
 async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     """Run one ``wire admin`` command: its result, and how it prints."""
     admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
@@ -232,6 +315,8 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
             return await admin.tag_node(args.node, tuple(sorted(set(args.tags)))), format_tagged
         if args.topic == "policy":
             return await _policy(admin, args)
+        if args.topic == "dns":
+            return await _dns(admin, args)
         if args.topic == "audit":
             return await admin.audit(), format_audit
     except AdminError as e:

@@ -8,6 +8,7 @@ from wire import __version__
 from wire.admin_ops import DEFAULT_EPHEMERAL_AFTER, DurationError, parse_duration
 from wire.datadir import DEFAULT_DATA_DIR
 from wire.protocol import ProtocolError
+from wire.protocol.dns import RECORD_TYPES
 from wire.protocol.fields import parse_tag
 
 # What a global option means when it is given nowhere.
@@ -69,6 +70,45 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
         if not hasattr(args, name):
             setattr(args, name, value)
     return args
+
+
+def _record_type(text: str) -> str:
+    return text.upper()
+
+
+def _add_dns(topics) -> None:
+    """``wire admin dns``: the records, forwarded zones and nameservers every node's resolver gets."""
+    dns = topics.add_parser(
+        "dns",
+        help="the mesh's DNS: records, forwarded zones, nameservers",
+        description="The DNS settings every node's resolver gets with its netmap (within seconds of a change). Names are relative to the server's --dns-domain: 'db' is db.wire.internal.",
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    dns.add_parser("show", help="the domain, records, forwarded zones, nameservers and version")
+    records = dns.add_parser("records", help="the admin's records (A, AAAA, CNAME, TXT)").add_subparsers(dest="records_action", metavar="ACTION", required=True)
+    add = records.add_parser("add", help="a record: wire admin dns records add db A 10.99.0.50", description="Add a record. NAME is relative to the mesh domain (db, _acme-challenge.web); a CNAME's VALUE is a full name (web1.wire.internal or example.com); quote a TXT value with spaces.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("type", metavar="TYPE", type=_record_type, choices=RECORD_TYPES, help="A, AAAA, CNAME or TXT")
+    add.add_argument("value", metavar="VALUE")
+    remove = records.add_parser("remove", help="NAME's records (only those of TYPE, or only the one with VALUE)")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("type", metavar="TYPE", nargs="?", type=_record_type, choices=RECORD_TYPES)
+    remove.add_argument("value", metavar="VALUE", nargs="?")
+    records.add_parser("list", help="every record, with its full name")
+    forward = dns.add_parser(
+        "forward",
+        help="split DNS: queries under DOMAIN go to RESOLVER[,RESOLVER]; --remove stops it",
+        description="Queries for DOMAIN and the names beneath it go to these resolvers, in order (IP, IP:PORT or [IPv6]:PORT), e.g. an office zone behind a subnet. Given again, the new resolvers replace the old. --remove forwards it no more.",
+    )
+    forward.add_argument("domain", metavar="DOMAIN")
+    forward.add_argument("resolvers", metavar="RESOLVER[,RESOLVER]", nargs="?")
+    forward.add_argument("--remove", action="store_true", help="stop forwarding DOMAIN")
+    nameservers = dns.add_parser(
+        "nameservers",
+        help="the resolvers for every other name (none given: show them; --clear: each node's own)",
+        description="The resolvers every node forwards names outside the mesh and its forwarded zones to, instead of the ones its machine had. With none given, shows them; --clear goes back to each node's own.",
+    )
+    nameservers.add_argument("resolvers", metavar="RESOLVER", nargs="*")
+    nameservers.add_argument("--clear", action="store_true", help="each node forwards to the resolvers its machine had")
 
 
 def build_parser() -> WireParser:
@@ -176,6 +216,7 @@ def build_parser() -> WireParser:
     explain_policy = policy.add_parser("explain", help="may SRC reach DST:PORT[/PROTO], and by which rule")
     explain_policy.add_argument("src", help="a node name or address")
     explain_policy.add_argument("dst", metavar="DST[:PORT][/PROTO]", help="e.g. db1:5432, db1:53/udp, 10.99.0.7:22, [fd7a::1]:22, db1/icmp")
+    _add_dns(topics)
     topics.add_parser("audit", help="enrollments, removals and key operations")
 
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")

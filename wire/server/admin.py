@@ -1,4 +1,5 @@
-"""The admin API: join keys, node removal and renaming, the audit log.
+"""The admin API: join keys, node removal and renaming, the access policy,
+the mesh's DNS settings, the audit log.
 
 It is served only on a UNIX socket in the server's data dir (mode 0600, so
 only root, or the server's own user, can use it); ``wire admin`` talks to
@@ -19,6 +20,7 @@ from wire.protocol.fields import parse_tags
 from wire.policy import PolicyError
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
+from wire.server.dnsbook import DnsError
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
 from wire.urls import parse_server_url
@@ -151,6 +153,36 @@ class Admin:
             "reason": decision.reason,
             "policy_set": self.coordinator.policy.active,
         }
+
+    # -- mesh DNS (wire.server.dnsbook) ------------------------------------------
+
+    def dns(self) -> dict:
+        """The domain, records, forwarded zones, nameservers and version."""
+        return self.coordinator.dns.shown()
+
+    def add_dns_record(self, name: str, kind: str, value: str) -> dict:
+        record = self.coordinator.dns.add_record(name, kind, value, self.coordinator.audit)
+        return {"added": record.to_json(), **self._dns_version()}
+
+    def remove_dns_records(self, name: str, kind: str | None = None, value: str | None = None) -> dict:
+        gone = self.coordinator.dns.remove_records(name, kind, value, self.coordinator.audit)
+        return {"removed": [record.to_json() for record in gone], **self._dns_version()}
+
+    def forward_dns(self, domain: str, resolvers: list[str]) -> dict:
+        zone = self.coordinator.dns.set_forward(domain, resolvers, self.coordinator.audit)
+        return {"forwarded": zone.to_json(), **self._dns_version()}
+
+    def unforward_dns(self, domain: str) -> dict:
+        zone = self.coordinator.dns.remove_forward(domain, self.coordinator.audit)
+        return {"unforwarded": zone.to_json(), **self._dns_version()}
+
+    def set_dns_nameservers(self, resolvers: list[str]) -> dict:
+        nameservers = self.coordinator.dns.set_nameservers(resolvers, self.coordinator.audit)
+        return {"nameservers": list(nameservers), **self._dns_version()}
+
+    def _dns_version(self) -> dict:
+        book = self.coordinator.dns
+        return {"domain": book.domain, "version": book.version}
 
     def audit(self, limit: int = 100) -> list[dict]:
         return self.authority.audit_log(limit)
@@ -316,6 +348,43 @@ class PolicyResource(_AdminResource):
         raise ApiError(400, "action: must be set, check, clear, history, rollback or explain")
 
 
+def _strings(body: dict, field: str) -> list[str]:
+    value = body.get(field)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ApiError(400, f"{field}: must be a list of strings")
+    return value
+
+
+class DnsResource(_AdminResource):
+    """``GET /dns`` the settings; ``POST /dns`` {"action": add-record|remove-record|forward|unforward|nameservers, ...}."""
+
+    methods = ("GET", "POST")
+
+    def get(self, request: server.Request) -> dict:
+        return {"ok": True, **self.admin.dns()}
+
+    def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        action = body.get("action")
+        try:
+            if action == "add-record":
+                return {"ok": True, **self.admin.add_dns_record(_string(body, "name"), _string(body, "type"), _string(body, "value"))}
+            if action == "remove-record":
+                name, kind, value = _string(body, "name"), _optional_string(body, "type"), _optional_string(body, "value")
+                return {"ok": True, **self.admin.remove_dns_records(name, kind, value)}
+            if action == "forward":
+                return {"ok": True, **self.admin.forward_dns(_string(body, "domain"), _strings(body, "resolvers"))}
+            if action == "unforward":
+                return {"ok": True, **self.admin.unforward_dns(_string(body, "domain"))}
+            if action == "nameservers":
+                return {"ok": True, **self.admin.set_dns_nameservers(_strings(body, "resolvers"))}
+        except DnsError as e:
+            raise ApiError(400, str(e))
+        except LookupError as e:
+            raise ApiError(404, str(e.args[0]))
+        raise ApiError(400, "action: must be add-record, remove-record, forward, unforward or nameservers")
+
+
 class Audit(_AdminResource):
     methods = ("GET",)
 
@@ -332,5 +401,6 @@ def build_admin_site(admin: Admin) -> server.Site:
     root.putChild(b"rename-node", RenameNode(admin))
     root.putChild(b"tag-node", TagNode(admin))
     root.putChild(b"policy", PolicyResource(admin))
+    root.putChild(b"dns", DnsResource(admin))
     root.putChild(b"audit", Audit(admin))
     return make_site(root, timeout=30, reactor=admin.coordinator.clock)

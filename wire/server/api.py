@@ -24,6 +24,7 @@ from typing import cast
 from twisted.web import server
 
 from wire.addressing import PoolExhausted
+from wire.protocol.dns import parse_dns_digest
 from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
@@ -228,11 +229,20 @@ class Peers(CoordinatorResource):
                 raise ApiError(400, f"wait: must be from 0 to {MAX_WAIT_SECONDS:.0f} seconds")
         viewer = self._viewer(request, node_id)
         holds = query_arg(request, "filter")
+        holds_dns = query_arg(request, "dns")
         with answering_errors():
             if holds is not None:
                 holds = parse_filter_digest(holds)
+            if holds_dns is not None:
+                holds_dns = parse_dns_digest(holds_dns)
             answer = self._coordinator.netmap(
-                since, wait, node_id, self._rules.client_ip(request) if node_id else None, viewer=viewer, holds_filter=holds
+                since,
+                wait,
+                node_id,
+                self._rules.client_ip(request) if node_id else None,
+                viewer=viewer,
+                holds_filter=holds,
+                holds_dns=holds_dns,
             )
         if not answer.called:
             forget_input(request)  # it may wait minutes; all it asked was read

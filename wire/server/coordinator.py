@@ -32,9 +32,11 @@ from wire.protocol import (
     pair_rule,
     parse_cursor,
 )
+from wire.protocol.dns import DEFAULT_DOMAIN
 from wire.protocol.enums import Heartbeat
 from wire.protocol.filter import NO_FILTER, filter_digest, filter_json
 from wire.server.auth import AuthError, Authority, Forbidden
+from wire.server.dnsbook import DnsBook
 from wire.server.metrics import ServerMetrics
 from wire.server.model import NodeRecord
 from wire.server.model import PairWord
@@ -70,6 +72,7 @@ class Coordinator:
         registry: Registry,
         relay_port: int | None = None,
         authority: Authority | None = None,
+        dns_domain: str | None = DEFAULT_DOMAIN,
     ):
         self.clock = clock
         self.store = store
@@ -92,6 +95,10 @@ class Coordinator:
         registry.on_change(self.longpolls.changed)
         self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)  # type: ignore[arg-type]
         self.policy.listeners.append(self._policy_changed)
+        # The mesh's DNS settings (dns_domain None: no mesh DNS), and the digest each node holds.
+        self.dns = DnsBook(store, dns_domain, self.now)  # type: ignore[arg-type]
+        self.dns.listeners.append(self._dns_changed)
+        self._dns_held: dict[str, str | None] = {}
         # The filter digest each node last said it holds; encoded filters by rules object.
         self._filter_held: dict[str, str | None] = {}
         self._filter_encoded: dict[int, tuple] = {}
@@ -176,11 +183,18 @@ class Coordinator:
         self.policy.node_changed(record, node_id)
         if record is None:
             self._filter_held.pop(node_id, None)
+            self._dns_held.pop(node_id, None)
             return
         # The index had the node's tags as they were (the open index too).
         known = index_before.node(node_id)
         if known is not None and known.tags != frozenset(record.tags) and self.policy.active:
             self._visibility_changed(index_before, self.registry.changes.serial)
+
+    def _dns_changed(self) -> None:
+        """Every node's answer carries the new DNS settings: the serial moves
+        and every waiting long-poll answers now."""
+        self.registry.changes.advance()
+        self.longpolls.changed()
 
     def _visibility_changed(self, index_before: PolicyIndex, serial: int) -> None:
         self._visibility_before_serial, self._visibility_serial = self._visibility_serial, serial
@@ -249,6 +263,8 @@ class Coordinator:
         elif paths or complete:
             extras.update(paths=[path.to_json() for path in paths], paths_full=complete)
         extras.update(self._filter_extra(viewer))
+        if self.registry.get(viewer) is not None:  # not to a node removed while its poll waited
+            extras.update(self.dns.extra_for(self._dns_held.get(viewer)))
         if not extras:
             return base if base is not original else None
         assert isinstance(base, SharedJson)
@@ -490,6 +506,7 @@ class Coordinator:
         public_ip: str | None = None,
         viewer: str | None = None,
         holds_filter: str | None = None,
+        holds_dns: str | None = None,
     ) -> Deferred:
         """Long-poll: changes after ``since``, as soon as there are any.
 
@@ -502,7 +519,10 @@ class Coordinator:
 
         The answer carries the words on the caller's pairs: ``node_id``'s,
         or on an open server ``viewer``'s (the node's own say-so; words are
-        no secret, and only choose what the answer carries).
+        no secret, and only choose what the answer carries). Its packet
+        filter and the mesh's DNS settings come when the digests it holds
+        (``holds_filter``, ``holds_dns``) are not the current ones; a node
+        that names no DNS digest (a seed node) is never sent them.
         """
         cursor = parse_cursor(since, self.registry.changes.epoch)
         moved = False
@@ -515,6 +535,7 @@ class Coordinator:
         if who is not None:
             # What it holds decides whether its answer carries its filter.
             self._filter_held[who] = holds_filter
+            self._dns_held[who] = holds_dns
         answer = self.longpolls.poll(cursor, wait, who)
         if moved:
             answer.addCallback(asking_to_register)

@@ -14,6 +14,7 @@ from twisted.python import usage
 from wire.addressing import parse_subnet
 from wire.datadir import DEFAULT_DATA_DIR, admin_socket_path
 from wire.protocol import ProtocolError
+from wire.protocol.dns import DEFAULT_DOMAIN, parse_mesh_domain
 from wire.server.configfile import ConfigFileError, read_config_file
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER
 from wire.urls import is_loopback_host, parse_server_url
@@ -60,6 +61,7 @@ class Options(usage.Options):
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
         ["expire-after", None, None, f"seconds offline before a node leaves the netmap [{DEFAULT_EXPIRE_AFTER:.0f}]"],
         ["import-seed-state", None, None, "import the nodes of a seed server's state.json before serving"],
+        ["dns-domain", None, None, f"the mesh's DNS domain: every node answers NAME.DOMAIN; empty: no mesh DNS [{DEFAULT_DOMAIN}]"],
         ["policy", None, None, "an access policy file (HuJSON, Tailscale's ACL shape): put in force at start, again on SIGHUP"],
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],
@@ -158,6 +160,7 @@ class Options(usage.Options):
         )
         if self["expire-after"] <= self["offline-after"]:
             raise usage.UsageError(f"{self.label('expire-after')} must be longer than {self.label('offline-after')}")
+        self["dns-domain"] = _dns_domain(self.label("dns-domain"), self["dns-domain"])
         seed = self["import-seed-state"]
         if seed is not None and not os.path.isfile(seed):
             raise usage.UsageError(f"{self.label('import-seed-state')}: {seed} is not a file")
@@ -218,6 +221,19 @@ def config_kinds() -> dict[str, str]:
     del kinds["config"]
     kinds.update(_CONFIG_KINDS)
     return kinds
+
+
+def _dns_domain(label: str, text: str | None) -> str | None:
+    """The mesh domain; None for an empty value: no mesh DNS (nodes are told
+    to drop theirs), the admin's settings kept for when it has one again."""
+    if text is None:
+        return DEFAULT_DOMAIN
+    if not text:
+        return None
+    try:
+        return parse_mesh_domain(text, "domain")
+    except ProtocolError as e:
+        raise usage.UsageError(f"{label}: {e.problem}")
 
 
 def _number(label: str, text: str, kind, low: float, high: float):

@@ -24,6 +24,10 @@ the columns, with their defaults, when opened.
 Schema 5 adds ``policies``, every version of the access policy
 (:mod:`wire.server.policybook`). An older wire refuses the database rather
 than run without the policy, which would let everything reach everything.
+
+Schema 6 adds ``dns_settings``, the admin's DNS records, forwarded zones
+and nameservers (:mod:`wire.server.dnsbook`): one row, the version in force.
+Older databases gain the empty table when opened.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from zope.interface import Interface, implementer
 from wire.protocol import PathMode
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,6 +96,13 @@ CREATE TABLE IF NOT EXISTS policies (
     text TEXT,
     set_at REAL NOT NULL,
     source TEXT NOT NULL
+);
+-- The admin's DNS settings (wire.server.dnsbook): one row, the version in force.
+CREATE TABLE IF NOT EXISTS dns_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    set_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

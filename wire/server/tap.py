@@ -150,10 +150,14 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
                 log.warn("seed import: {line}", line=line)
         authority = None if config["open"] else Authority(store, reactor)
         registry.unique_names = authority is not None
+        # Stored settings that do not fit the options (the DNS domain) stop it here.
+        coordinator = Coordinator(
+            reactor, store, registry, relay_port=config["port"] + 1, authority=authority, dns_domain=config["dns-domain"]
+        )
     except BaseException:
         lock_file.close()
         raise
-    return Coordinator(reactor, store, registry, relay_port=config["port"] + 1, authority=authority), lock_file
+    return coordinator, lock_file
 
 
 # Python's cyclic GC scans everything it holds (the oldest generation)
