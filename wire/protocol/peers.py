@@ -17,6 +17,7 @@ from wire.protocol.enums import NatType
 from wire.protocol.errors import ProtocolError
 from wire.protocol.dns import DnsConfig
 from wire.protocol.filter import FilterRule, parse_filter_rules
+from wire.protocol.routes import parse_routes
 from wire.protocol.paths import PairPath
 from wire.protocol.fields import (
     MAX_TAGS,
@@ -104,6 +105,10 @@ class PeerView:
     registered: float | None = None
     last_seen: float | None = None
     tags: tuple[str, ...] = ()
+    # The subnet routes this peer is the primary router for, and whether it
+    # offers an approved exit (wire.protocol.routes): they may reach AllowedIPs, so strict.
+    routes: tuple[str, ...] = ()
+    exit_node: bool = False
 
     @classmethod
     def from_json(cls, value: Any) -> PeerView:
@@ -125,6 +130,8 @@ class PeerView:
             registered=_number_or_none(view, "registered"),
             last_seen=_number_or_none(view, "last_seen"),
             tags=_shown_tags(view.get("tags")),
+            routes=parse_routes(view.get("routes") or [], "routes"),
+            exit_node=parse_bool(view.get("exit_node", False), "exit_node"),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from wire.protocol.cursor import parse_cursor_text
 from wire.protocol.enums import Heartbeat, NatType
 from wire.protocol.errors import ProtocolError
+from wire.protocol.routes import parse_routes
 from wire.protocol.fields import (
     optional,
     parse_ip_address,
@@ -46,6 +47,8 @@ class Registration:
     lan_ip: str | None = None
     requested_vpn_ip: str | None = None
     nat_type: NatType = NatType.UNKNOWN
+    # Networks this node offers to carry for the mesh (wire.protocol.routes).
+    advertise_routes: tuple[str, ...] = ()
 
     def as_body(self) -> dict[str, Any]:
         """The JSON body of ``POST /register`` (what :func:`parse_registration` reads back).
@@ -66,6 +69,8 @@ class Registration:
             body["vpn_ip"] = self.requested_vpn_ip
         if self.lan_ip:
             body["lan_ip"] = self.lan_ip
+        if self.advertise_routes:
+            body["advertise_routes"] = list(self.advertise_routes)
         return body
 
     def enrollment_body(self, join_key: str) -> dict[str, Any]:
@@ -97,6 +102,7 @@ def parse_registration(body: dict[str, Any]) -> Registration:
         lan_ip=parse_ip_address(lan_value, "lan_ip") if lan_value is not None else None,
         requested_vpn_ip=parse_ip_address(vpn_value, "vpn_ip") if vpn_value is not None else None,
         nat_type=parse_nat_type(nat_value) if nat_value is not None else NatType.UNKNOWN,
+        advertise_routes=parse_routes(body.get("advertise_routes") or []),
     )
 
 
