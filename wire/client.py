@@ -418,6 +418,10 @@ class ControlClient(JsonHttp):
     async def rename(self, node_name: str) -> dict:
         return await self._request("POST", "/rename", {"node_name": node_name}, timeout=30)
 
+    async def change_settings(self, settings: dict) -> dict:
+        """``wire set``: the daemon applies and keeps them; answers every setting as it now is."""
+        return await self._request("POST", "/settings", settings, timeout=30)
+
 
 class AdminClient(JsonHttp):
     """The coordination server's admin API, over the UNIX socket in its data dir."""

@@ -149,7 +149,7 @@ def build_server(reactor) -> MCPServer:
             config_dir,
             lambda ctx: ops.up(
                 ctx, server=server, name=name, port=port, interface=interface, wait=wait, join=join, join_file=join_file,
-                accept_dns=accept_dns,
+                settings={"accept_dns": accept_dns},
             ),
             cli.format_up,
         )

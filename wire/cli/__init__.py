@@ -21,6 +21,7 @@ from twisted.internet.task import react
 from wire import ops
 from wire.cli.admin import dispatch_admin
 from wire.cli.formatting import (
+    format_set,
     Formatter,
     Style,
     format_checks,
@@ -35,7 +36,7 @@ from wire.cli.formatting import (
     format_up,
     format_watchdog,
 )
-from wire.cli.parser import build_parser, parse
+from wire.cli.parser import build_parser, parse, settings_given
 from wire.node.config import default_config_dir
 from wire.textsafe import escaped, escaped_strings
 
@@ -49,11 +50,13 @@ async def dispatch(
         progress = (lambda event: print(f"wire up: {escaped(str(event['message']))}", file=stderr, flush=True)) if stderr else None
         result = await ops.up(
             ctx, server=args.server, name=args.name, port=args.port, interface=args.interface, wait=args.wait, join=join,
-            join_file=args.join_file, accept_dns=args.accept_dns, progress=progress,
+            join_file=args.join_file, settings=settings_given(args), progress=progress,
         )
         return result, format_up
     if args.command == "admin":
         return await dispatch_admin(ctx, args)
+    if args.command == "set":
+        return await ops.set_settings(ctx, settings_given(args)), format_set
     if args.command == "down":
         return await ops.down(ctx), format_down
     if args.command == "status":

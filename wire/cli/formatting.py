@@ -129,6 +129,20 @@ def format_down(result: dict, style: Style) -> str:
     return text
 
 
+def format_set(result: dict, style: Style) -> str:
+    shown = ", ".join(f"{name.replace('_', '-')}={_setting(result['settings'][name])}" for name in result["changed"])
+    where = "in force now" if result["applied"] else "saved; the daemon applies them when it starts (sudo wire up)"
+    return f"settings changed: {shown} ({where})"
+
+
+def _setting(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(value) or "''"
+    return value or "''"
+
+
 def format_ping(result: dict, style: Style) -> str:
     text = result["output"]
     if "path" in result:

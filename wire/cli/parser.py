@@ -45,6 +45,37 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text[:20]!r} is not true or false")
 
 
+def _route_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# wire.node.settings, as flags: wire up and wire set take the same ones.
+_SETTING_FLAGS = (
+    ("accept_dns", "point this machine's resolver at the mesh DNS (default true; =false leaves it alone; "
+     "the mesh DNS still answers on the VPN address)"),
+    ("accept_routes", "install the subnet routes other nodes offer (default false)"),
+    ("advertise_exit_node", "offer this node as an exit node for others' internet traffic (an admin approves it)"),
+    ("snat_subnet_routes", "masquerade mesh traffic into the advertised networks (default true; =false keeps sources)"),
+    ("exit_node_allow_lan_access", "with an exit node, keep reaching the local LAN directly (default false)"),
+)
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    for name, help_text in _SETTING_FLAGS:
+        parser.add_argument("--" + name.replace("_", "-"), metavar="BOOL", type=_boolean, nargs="?", const=True, default=None, help=help_text)
+    parser.add_argument(
+        "--advertise-routes", metavar="CIDR[,CIDR]", type=_route_list, default=None,
+        help="offer these networks to the mesh (a subnet router); an admin approves them; '' offers none",
+    )
+    parser.add_argument("--exit-node", metavar="NAME", default=None, help="send internet traffic through this peer ('' for none)")
+
+
+def settings_given(args: argparse.Namespace) -> dict:
+    """The settings flags given on the command line (None: not given)."""
+    names = [name for name, _ in _SETTING_FLAGS] + ["advertise_routes", "exit_node"]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 class WireParser(argparse.ArgumentParser):
     """A parser for ``wire`` or any of its (sub)commands: each carries the
     global options, so they work before and after any command and every
@@ -140,11 +171,14 @@ def build_parser() -> WireParser:
     up.add_argument("--port", "-p", type=int, help="WireGuard listen port (default 51820)")
     up.add_argument("--interface", metavar="IF", help="WireGuard interface name (default wire0)")
     up.add_argument("--wait", metavar="SECONDS", type=float, default=30.0, help="seconds to wait for registration (default 30)")
-    up.add_argument(
-        "--accept-dns", metavar="BOOL", type=_boolean, default=None,
-        help="point this machine's resolver at the mesh DNS (default true; --accept-dns=false leaves it alone, "
-        "the mesh DNS still answers on the VPN address)",
+    add_settings(up)
+
+    set_command = commands.add_parser(
+        "set",
+        help="change this node's settings without joining again (routes, exit node, DNS)",
+        description="Change settings of this node; a running daemon applies them at once, and they are kept for the next start.",
     )
+    add_settings(set_command)
 
     commands.add_parser("down", help="leave the mesh: stop the daemon and remove the interface")
 

@@ -23,7 +23,7 @@ from wire.fsutil import write_atomically
 from wire.node.ifname import parse_interface_name
 from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, own_address, parse_max_peers
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
-from wire.protocol.fields import parse_bool
+from wire.node.settings import SETTINGS, parse_settings, with_settings
 from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"
@@ -54,8 +54,19 @@ class NodeConfig:
     server_fingerprint: str = ""
     # At most this many peers are held; the rest of a netmap is skipped.
     max_peers: int = DEFAULT_MAX_PEERS
-    # Point the machine's resolver at the mesh DNS (wire up --accept-dns=false: leave it alone).
+    # Settings `wire set` changes on a running node (wire.node.settings):
+    # point the machine's resolver at the mesh DNS (--accept-dns=false: leave it alone),
     accept_dns: bool = True
+    # install the subnet routes peers offer (off by default: a route can shadow a local network),
+    accept_routes: bool = False
+    # offer these networks (a subnet router), and to be an exit node,
+    advertise_routes: tuple[str, ...] = ()
+    advertise_exit_node: bool = False
+    # masquerade traffic from the mesh into the routed networks,
+    snat_subnet_routes: bool = True
+    # send this machine's internet traffic through that peer ("": none).
+    exit_node: str = ""
+    exit_node_allow_lan_access: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
@@ -104,8 +115,9 @@ def validate(data: dict[str, Any]) -> NodeConfig:
     if values.get("vpn_ip"):
         vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
         config.vpn_ip = own_address(vpn_ip, mesh_subnet(config.vpn_subnet or SEED_SUBNET))
-    if "accept_dns" in values:
-        config.accept_dns = parse_bool(values["accept_dns"], "accept_dns")
+    # From JSON a list, from a config object (asdict) a tuple.
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k in SETTINGS}
+    config = with_settings(config, parse_settings(given))
     if "max_peers" in values:
         config.max_peers = parse_max_peers(values["max_peers"])
     if values.get("nat_port"):

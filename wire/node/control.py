@@ -17,10 +17,11 @@ from typing import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
-from wire.node.daemon import NodeDaemon, RenameRefused
+from wire.node.daemon import NodeDaemon, RenameRefused, SettingsRefused
 from wire.node.events import MAX_WAIT
 from wire.node.netmap import Peer
 from wire.node.paths import PeerPath, Phase, is_shim_endpoint
+from wire.node.settings import parse_settings, settings_of
 from wire.node.wireguard import PeerStatus
 from wire.protocol import PathMode, ProtocolError, parse_node_name
 from wire.protocol.dns import dns_name_of
@@ -266,10 +267,34 @@ class Rename(JsonResource):
             raise ApiError(409, str(e))
 
 
+class Settings(JsonResource):
+    """``POST /settings``: ``wire set`` (wire.node.settings); GET: as they are."""
+
+    methods = ("GET", "POST")
+
+    def __init__(self, daemon: NodeDaemon):
+        super().__init__()
+        self._daemon = daemon
+
+    async def get(self, request: server.Request) -> dict:
+        return {"ok": True, "settings": settings_of(self._daemon.config)}
+
+    async def post(self, request: server.Request) -> dict:
+        try:
+            changes = parse_settings(read_json_body(request))
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        try:
+            return {"ok": True, "settings": await self._daemon.change_settings(changes)}
+        except SettingsRefused as e:
+            raise ApiError(409, str(e))
+
+
 def build_control_site(daemon: NodeDaemon, clock: IReactorTime, exit_process: Callable[[], None]) -> server.Site:
     root = JsonRoot()
     root.putChild(b"status", Status(daemon))
     root.putChild(b"events", Events(daemon))
     root.putChild(b"rename", Rename(daemon))
+    root.putChild(b"settings", Settings(daemon))
     root.putChild(b"down", Down(daemon, clock, exit_process))
     return make_site(root, timeout=30, reactor=clock)

@@ -56,6 +56,7 @@ from wire.node.enroll import EnrollError, forget_credential, forget_join_request
 from wire.node.failurelog import BadAnswers, FailureLog
 from wire.node.firewall import Firewall
 from wire.node.names import MeshNames
+from wire.node.settings import advertised_routes, settings_of, with_settings
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
 from wire.node.lan import LanAddress, numeric, server_host
@@ -103,6 +104,10 @@ def nat_facts(report: NatReport) -> tuple:
 
 class AssignmentRefused(Exception):
     """The server took us but assigned nothing this node accepts (wire.node.trust)."""
+
+
+class SettingsRefused(Exception):
+    """``wire set`` that this daemon cannot carry out now; says why."""
 
 
 class RenameRefused(Exception):
@@ -465,6 +470,7 @@ class NodeDaemon(Service):
             lan_ip=self._lan_ip() or None,
             requested_vpn_ip=self.config.vpn_ip or None,
             nat_type=nat_type,
+            advertise_routes=advertised_routes(self.config),
         )
 
     async def _enroll_until_done(self, token: JoinToken) -> bool:
@@ -632,6 +638,29 @@ class NodeDaemon(Service):
         save_config(self.config_dir, self.config)
         self.events.emit("renamed", f"this node is now {node_name} (was {old})")
         return self.config.node_name
+
+    async def change_settings(self, changes: dict) -> dict:
+        """``wire set``: checked settings (wire.node.settings) in force now and kept."""
+        if self._join_pending:
+            raise SettingsRefused("this node has not joined yet: give the settings to wire up, or wait until it has joined")
+        before = self.config
+        self.config = with_settings(before, changes)
+        save_config(self.config_dir, self.config)
+        told = ", ".join(f"{name}={value}" for name, value in sorted(changes.items()))
+        self.log.info("settings changed: {told}", told=told)
+        self.events.emit("settings", f"settings changed: {told}")
+        if self.names is not None and self.config.accept_dns != before.accept_dns:
+            await self.names.set_accept_dns(self.config.accept_dns)
+            await self._follow_names()
+        if advertised_routes(self.config) != advertised_routes(before):
+            # The server learns what this node offers from its registration.
+            try:
+                await self.register()
+            except (ServerError, ServerUnreachable) as e:
+                self.log.warn("the server was not told the new routes yet ({error}); the next heartbeat tells it", error=e)
+                self.heartbeat.must_register()
+        await self.reconciler.reconcile()
+        return settings_of(self.config)
 
     async def _register_until_done(self, credential_may_fail: bool = False) -> bool:
         """Register until the server takes us: True; False when we stop or

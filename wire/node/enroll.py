@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from wire.client import CoordinationClient, make_http_client
@@ -30,7 +30,8 @@ from wire.node.config import (
 )
 from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_node_name, parse_port
-from wire.protocol.fields import parse_bool
+from wire.node.settings import parse_settings, with_settings
+from wire.protocol.fields import parse_object
 
 CREDENTIAL_FILE = "credential"
 JOIN_FILE = "join.json"
@@ -49,7 +50,8 @@ class JoinRequest:
     node_name: str = ""
     listen_port: int = 0
     interface: str = ""
-    accept_dns: bool | None = None  # None: as saved
+    # Settings given with it (wire.node.settings, checked); those not given stay as saved.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def join_token(self) -> JoinToken | None:
         return decode_join_token(self.token) if self.token else None
@@ -92,7 +94,7 @@ def _validate_request(data: Any) -> JoinRequest:
         node_name=parse_node_name(data["node_name"]) if data.get("node_name") else "",
         listen_port=parse_port(data["listen_port"], "listen_port") if data.get("listen_port") else 0,
         interface=parse_interface_name(data["interface"]) if data.get("interface") else "",
-        accept_dns=parse_bool(data["accept_dns"], "accept_dns") if data.get("accept_dns") is not None else None,
+        settings=parse_settings(parse_object(data.get("settings") or {}, "settings")),
     )
     token = request.join_token()
     if token is not None and token.server_url != request.server_url:
@@ -131,9 +133,7 @@ def requested_config(config_dir: str, saved: NodeConfig | None, request: JoinReq
         changes["listen_port"] = request.listen_port
     if request.interface:
         changes["interface"] = request.interface
-    if request.accept_dns is not None:
-        changes["accept_dns"] = request.accept_dns
-    return replace(config, **changes)
+    return with_settings(replace(config, **changes), request.settings)
 
 
 # -- the credential ------------------------------------------------------------------

@@ -138,6 +138,15 @@ class MeshNames:
             # What the machine had before wire, learnt anew by each apply.
             self.server.set_machine_upstream(os_dns.upstreams)
 
+    async def set_accept_dns(self, accept_dns: bool) -> None:
+        """``wire set --accept-dns``: the OS resolver put back, and chosen again at the next netmap."""
+        if accept_dns == self.accept_dns:
+            return
+        await self.stop()
+        self.accept_dns = accept_dns
+        self.os_dns = None
+        self._os_left_alone = None
+
     async def stop(self) -> None:
         """The daemon stops or leaves (or the mesh has no DNS): the machine's resolver as it was."""
         if self.os_dns is not None and self._applied is not None:

@@ -25,7 +25,7 @@ from wire.ops.explain import explain, explain_path
 from wire.ops.health import diagnose, watchdog
 from wire.ops.install import install, install_now
 from wire.ops.joinsource import read_join_file, read_join_stream
-from wire.ops.lifecycle import down, up
+from wire.ops.lifecycle import down, set_settings, up
 from wire.ops.netcheck import netcheck
 from wire.ops.ping import parse_ping, ping, ping_argv
 from wire.ops.targets import resolve_target

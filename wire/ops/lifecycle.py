@@ -28,17 +28,20 @@ from wire.node.config import (
     NodeConfig,
     load_config,
     parse_server_url,
+    save_config,
 )
 from wire.node.enroll import JoinRequest, forget_join_request, load_join_request, requested_config, save_join_request
 from wire.node.events import MAX_WAIT
 from wire.node.ifname import parse_interface_name
 from wire.node.osdns import OsDnsError, recover_after_crash
+from wire.node.settings import FLAGS as SETTING_FLAGS
+from wire.node.settings import parse_settings, settings_of, with_settings
 from wire.ops.context import Context, OpError, _require_root
 from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError
 
 # The CLI flag behind each validated field, so an error names what to fix.
-_FLAGS = {"server_url": "--server", "node_name": "--name", "port": "--port", "interface": "--interface"}
+_FLAGS = {"server_url": "--server", "node_name": "--name", "port": "--port", "interface": "--interface", **SETTING_FLAGS}
 _RETRY_CONNECT = 0.1
 _SOCKET_GONE_WITHIN = 10  # tries, _RETRY_CONNECT apart
 _OUT_OF_THE_MESH = ("refused", "removed")
@@ -56,7 +59,7 @@ async def up(
     wait: float = 30.0,
     join: str | None = None,
     join_file: str | None = None,
-    accept_dns: bool | None = None,
+    settings: dict | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Join the mesh (or start again with the saved config) and wait until registered.
@@ -64,8 +67,8 @@ async def up(
     ``join`` is a join token (from ``wire admin keys create``): the daemon
     enrolls with the server it names, pinning its certificate; ``join_file``
     names a file holding one (:func:`read_join_file`). ``server``
-    alone is for open (seed-compatible) servers. ``accept_dns`` False leaves
-    the machine's resolver alone (None: as saved). ``progress`` is given
+    alone is for open (seed-compatible) servers. ``settings`` are those of
+    ``wire set`` (wire.node.settings; None values: as saved). ``progress`` is given
     each of the daemon's events as it happens.
     """
     _require_root(ctx, "wire up")
@@ -87,7 +90,7 @@ async def up(
         )
     token = _join_token(join) if join else None
     try:
-        request = _request(saved, token, server, name, port, interface, accept_dns)
+        request = _request(saved, token, server, name, port, interface, settings or {})
     except ProtocolError as e:
         raise OpError(f"{_FLAGS.get(e.field or '', e.field or 'value')}: {e.problem}")
     wanted = requested_config(ctx.config_dir, saved, request)
@@ -140,7 +143,7 @@ def _join_token(text: str) -> JoinToken:
         raise OpError(f"--join: {e}")
 
 
-def _request(saved, token, server, name, port, interface, accept_dns=None) -> JoinRequest:
+def _request(saved, token, server, name, port, interface, settings: dict) -> JoinRequest:
     """What the command line asks of the daemon, validated."""
     if token is not None:
         server_url = token.server_url
@@ -154,7 +157,7 @@ def _request(saved, token, server, name, port, interface, accept_dns=None) -> Jo
         node_name=parse_node_name(name) if name else "",
         listen_port=parse_port(port, "port") if port is not None else 0,
         interface=parse_interface_name(interface) if interface else "",
-        accept_dns=accept_dns,
+        settings=parse_settings(settings),
     )
 
 
@@ -325,6 +328,34 @@ def _up_summary(status: dict, already: bool) -> dict:
         "nat_type": node["nat_type"],
         "peers": len(status["peers"]),
     }
+
+
+async def set_settings(ctx: Context, settings: dict) -> dict:
+    """``wire set``: change settings (wire.node.settings) without joining again.
+    A running daemon applies them at once and keeps them; else they are saved
+    for its next start."""
+    _require_root(ctx, "wire set")
+    try:
+        changes = parse_settings(settings)
+    except ProtocolError as e:
+        raise OpError(f"{_FLAGS.get(e.field or '', e.field or 'value')}: {e.problem}")
+    if not changes:
+        raise OpError("nothing to change: give a setting, e.g. wire set --accept-routes (see: wire set --help)")
+    config = ctx.config()
+    running = await ctx.daemon_status()
+    if running is not None:
+        try:
+            answer = await ctx.control().change_settings(_as_json(changes))
+        except ServerError as e:
+            raise OpError(f"the daemon refused the settings: {e}")
+        return {"ok": True, "applied": True, "changed": sorted(changes), "settings": answer["settings"]}
+    updated = with_settings(config, changes)
+    save_config(ctx.config_dir, updated)
+    return {"ok": True, "applied": False, "changed": sorted(changes), "settings": settings_of(updated)}
+
+
+def _as_json(changes: dict) -> dict:
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in changes.items()}
 
 
 async def down(ctx: Context) -> dict:
