@@ -278,65 +278,92 @@ def expect_listing(runner: FakeProcessRunner, routes4=b"[]", rules4=b"[]", route
         runner.expect(["ip", "-j", f"-{version}", "rule", "show"], stdout=rules)
 
 
-def route(version, dst, table="main", verb="replace"):
-    return ["ip", f"-{version}", "route", verb, dst, "dev", "wire0", "table", table, "proto", P]
+def route(dst, table="main", verb="replace") -> str:
+    return f"route {verb} {dst} dev wire0 table {table} proto {P}"
 
 
-def rule(version, priority, *selector, verb="add"):
-    return ["ip", f"-{version}", "rule", verb, "priority", str(priority), *selector, "proto", P]
+def rule(priority, *selector, verb="add") -> str:
+    return " ".join(["rule", verb, "priority", str(priority), *selector, "proto", P])
 
 
 class MeshRoutesTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.runner = FakeProcessRunner()
         self.routes = MeshRoutes(self.runner, "wire0")
+        self.batches: list[tuple[tuple[str, ...], str]] = []
+
+    def expect_batch(self, version: int, *lines: str, force: bool = False, **result) -> None:
+        argv = ("ip", f"-{version}", *(["-force"] if force else []), "-batch", "-")
+        self.runner.expect(argv, **result)
+        self.batches.append((argv, "".join(f"{line}\n" for line in lines)))
+
+    def check(self) -> None:
+        self.runner.assert_all_called()
+        given = [(c.argv, (c.stdin or b"").decode()) for c in self.runner.calls if "-batch" in c.argv]
+        self.assertEqual(given, self.batches)
 
     def apply(self, result: RoutePlan) -> bool:
         return self.successResultOf(run(self.routes.apply(result)))
 
-    def test_subnet_routes(self) -> None:
+    def test_subnet_routes_in_one_batch_per_family(self) -> None:
         expect_listing(self.runner)
-        self.runner.expect(route(4, "10.5.0.0/24"))
-        self.runner.expect(route(6, "2001:db8:5::/48"))
-        self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24", "2001:db8:5::/48")})))
-        self.runner.assert_all_called()
-        self.assertEqual(self.routes.status().routes, ("10.5.0.0/24", "2001:db8:5::/48"))
+        self.expect_batch(4, route("10.5.0.0/24"), route("10.6.0.0/24"))
+        self.expect_batch(6, route("2001:db8:5::/48"))
+        self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24", "2001:db8:5::/48"), "s": ("10.6.0.0/24",)})))
+        self.check()
+        self.assertEqual(self.routes.status().routes, ("10.5.0.0/24", "10.6.0.0/24", "2001:db8:5::/48"))
 
     def test_the_same_plan_again_runs_nothing(self) -> None:
         expect_listing(self.runner)
-        self.runner.expect(route(4, "10.5.0.0/24"))
+        self.expect_batch(4, route("10.5.0.0/24"))
         self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24",)})))
         self.assertFalse(self.apply(plan({"r": ("10.5.0.0/24",)})))
-        self.runner.assert_all_called()
+        self.check()
+
+    def test_a_kernel_already_as_planned_gets_no_batch(self) -> None:
+        expect_listing(self.runner, routes4=b'[{"dst":"10.5.0.0/24","dev":"wire0"}]')
+        self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24",)})))
+        self.check()
 
     def test_what_is_there_is_kept_and_what_is_not_planned_goes(self) -> None:
         listed = json.dumps([{"dst": "10.5.0.0/24", "dev": "wire0"}, {"dst": "10.6.0.0/24", "dev": "wire0"},
                              {"dst": "10.7.0.0/24", "dev": "other0"}]).encode()  # fmt: skip
         expect_listing(self.runner, routes4=listed)
-        self.runner.expect(route(4, "10.8.0.0/24"))
-        self.runner.expect(route(4, "10.6.0.0/24", verb="del"))
+        self.expect_batch(4, route("10.8.0.0/24"), route("10.6.0.0/24", verb="del"))
         self.apply(plan({"r": ("10.5.0.0/24", "10.8.0.0/24")}))
-        self.runner.assert_all_called()
+        self.check()
 
     def test_exit_rules_top_down_after_the_table(self) -> None:
         expect_listing(self.runner)
-        self.runner.expect(route(4, "default", T))
-        self.runner.expect(rule(4, 5280, "fwmark", "0x5287", "lookup", "main"))
-        self.runner.expect(rule(4, 5281, "to", "192.168.1.1", "lookup", "main"))
-        self.runner.expect(rule(4, 5281, "to", "203.0.113.5", "lookup", "main"))
-        self.runner.expect(rule(4, 5282, "to", "192.168.1.0/24", "lookup", T))
-        self.runner.expect(rule(4, 5283, "lookup", "main", "suppress_prefixlength", "0"))
-        self.runner.expect(rule(4, 5284, "lookup", T))
+        self.expect_batch(
+            4,
+            route("default", T),
+            rule(5280, "fwmark", "0x5287", "lookup", "main"),
+            rule(5281, "to", "192.168.1.1", "lookup", "main"),
+            rule(5281, "to", "203.0.113.5", "lookup", "main"),
+            rule(5282, "to", "192.168.1.0/24", "lookup", T),
+            rule(5283, "lookup", "main", "suppress_prefixlength", "0"),
+            rule(5284, "lookup", T),
+        )
         self.apply(plan({"vps": ("0.0.0.0/0",)}, exit_peer="vps"))
-        self.runner.assert_all_called()
+        self.check()
         self.assertEqual(self.routes.status().exit_peer, "vps")
+
+    def test_exit_for_both_families(self) -> None:
+        expect_listing(self.runner)
+        common = (rule(5280, "fwmark", "0x5287", "lookup", "main"),)
+        tail = (rule(5283, "lookup", "main", "suppress_prefixlength", "0"), rule(5284, "lookup", T))
+        self.expect_batch(4, route("default", T), *common, rule(5281, "to", "203.0.113.5", "lookup", "main"), *tail)
+        self.expect_batch(6, route("default", T), *common, rule(5281, "to", "2001:db8:99::5", "lookup", "main"), *tail)
+        underlay = (SERVER, Underlay.server("2001:db8:99::5"))
+        self.apply(plan({"vps": ("0.0.0.0/0", "::/0")}, exit_peer="vps", underlay=underlay, local=(), gateways=()))
+        self.check()
 
     def test_leaving_the_exit_removes_the_catch_all_first(self) -> None:
         expect_listing(self.runner)
-        for argv in (route(4, "default", T), rule(4, 5280, "fwmark", "0x5287", "lookup", "main"),
-                     rule(4, 5281, "to", "203.0.113.5", "lookup", "main"),
-                     rule(4, 5283, "lookup", "main", "suppress_prefixlength", "0"), rule(4, 5284, "lookup", T)):  # fmt: skip
-            self.runner.expect(argv)
+        self.expect_batch(4, route("default", T), rule(5280, "fwmark", "0x5287", "lookup", "main"),
+                          rule(5281, "to", "203.0.113.5", "lookup", "main"),
+                          rule(5283, "lookup", "main", "suppress_prefixlength", "0"), rule(5284, "lookup", T))  # fmt: skip
         self.apply(plan({"vps": ("0.0.0.0/0",)}, exit_peer="vps", allow_lan=True, local=(), gateways=()))
         rules = json.dumps([
             {"priority": 5280, "fwmark": "0x5287", "table": "main", "protocol": "87"},
@@ -345,13 +372,16 @@ class MeshRoutesTests(SynchronousTestCase):
             {"priority": 5284, "table": T, "protocol": "87"},
         ]).encode()  # fmt: skip
         expect_listing(self.runner, routes4=json.dumps([{"dst": "default", "dev": "wire0", "table": T}]).encode(), rules4=rules)
-        self.runner.expect(rule(4, 5284, "lookup", T, verb="del"))
-        self.runner.expect(rule(4, 5283, "lookup", "main", "suppress_prefixlength", "0", verb="del"))
-        self.runner.expect(rule(4, 5281, "to", "203.0.113.5", "lookup", "main", verb="del"))
-        self.runner.expect(rule(4, 5280, "fwmark", "0x5287", "lookup", "main", verb="del"))
-        self.runner.expect(route(4, "default", T, verb="del"))
+        self.expect_batch(
+            4,
+            rule(5284, "lookup", T, verb="del"),
+            rule(5283, "lookup", "main", "suppress_prefixlength", "0", verb="del"),
+            rule(5281, "to", "203.0.113.5", "lookup", "main", verb="del"),
+            rule(5280, "fwmark", "0x5287", "lookup", "main", verb="del"),
+            route("default", T, verb="del"),
+        )
         self.apply(plan({}))
-        self.runner.assert_all_called()
+        self.check()
 
     def test_clear_removes_leftovers_by_proto(self) -> None:
         # A crashed run left a route and a rule; nothing was applied by this one.
@@ -361,43 +391,49 @@ class MeshRoutesTests(SynchronousTestCase):
             rules6=b'[{"priority":5284,"src":"all","table":"5287","protocol":"87"},{"priority":100,"table":"main"}]',
             routes6=b'[{"dst":"default","dev":"wire0","table":"5287","metric":1024}]',
         )
-        self.runner.expect(rule(6, 5284, "lookup", T, verb="del"))
-        self.runner.expect(route(4, "10.5.0.0/24", verb="del"))
-        self.runner.expect(route(6, "default", T, verb="del"))
+        self.expect_batch(4, route("10.5.0.0/24", verb="del"), force=True)
+        self.expect_batch(6, rule(5284, "lookup", T, verb="del"), route("default", T, verb="del"), force=True)
         self.successResultOf(run(self.routes.clear()))
-        self.runner.assert_all_called()
+        self.check()
 
     def test_clear_with_nothing_there(self) -> None:
         expect_listing(self.runner)
         self.successResultOf(run(self.routes.clear()))
-        self.runner.assert_all_called()
+        self.check()
 
     def test_after_clear_apply_runs_again(self) -> None:
         expect_listing(self.runner)
-        self.runner.expect(route(4, "10.5.0.0/24"))
+        self.expect_batch(4, route("10.5.0.0/24"))
         self.apply(plan({"r": ("10.5.0.0/24",)}))
         expect_listing(self.runner, routes4=b'[{"dst":"10.5.0.0/24","dev":"wire0"}]')
-        self.runner.expect(route(4, "10.5.0.0/24", verb="del"))
+        self.expect_batch(4, route("10.5.0.0/24", verb="del"), force=True)
         self.successResultOf(run(self.routes.clear()))
         expect_listing(self.runner)
-        self.runner.expect(route(4, "10.5.0.0/24"))
+        self.expect_batch(4, route("10.5.0.0/24"))
         self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24",)})))
-        self.runner.assert_all_called()
+        self.check()
 
-    def test_a_refusal_is_a_route_error_quoting_ip(self) -> None:
+    def test_a_refusal_is_a_route_error_quoting_the_line_and_ip(self) -> None:
         expect_listing(self.runner)
-        self.runner.expect(route(4, "10.5.0.0/24"), rc=2, stderr=b"Error: Device for nexthop is not up.\n")
-        failure = self.failureResultOf(run(self.routes.apply(plan({"r": ("10.5.0.0/24",)}))), RouteError)
+        self.expect_batch(4, route("10.5.0.0/24"), route("10.6.0.0/24"), rc=1,
+                          stderr=b"Error: Device for nexthop is not up.\nCommand failed -:2\n")  # fmt: skip
+        failure = self.failureResultOf(run(self.routes.apply(plan({"r": ("10.5.0.0/24", "10.6.0.0/24")}))), RouteError)
         self.assertEqual(
             str(failure.value),
-            "cannot change the routes of wire0: `ip -4 route replace 10.5.0.0/24 dev wire0 table main proto 87` "
-            "exited with code 2: Error: Device for nexthop is not up.",
+            "cannot change the routes of wire0: `ip -4 route replace 10.6.0.0/24 dev wire0 table main proto 87` "
+            "failed: Error: Device for nexthop is not up. | Command failed -:2",
         )
         # Nothing is assumed in force after a failure: the next apply lists again.
+        expect_listing(self.runner, routes4=b'[{"dst":"10.5.0.0/24","dev":"wire0"}]')
+        self.expect_batch(4, route("10.6.0.0/24"))
+        self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24", "10.6.0.0/24")})))
+        self.check()
+
+    def test_a_refusal_without_a_line_number(self) -> None:
         expect_listing(self.runner)
-        self.runner.expect(route(4, "10.5.0.0/24"))
-        self.assertTrue(self.apply(plan({"r": ("10.5.0.0/24",)})))
-        self.runner.assert_all_called()
+        self.expect_batch(4, route("10.5.0.0/24"), rc=1, stderr=b"Segmentation fault\n")
+        failure = self.failureResultOf(run(self.routes.apply(plan({"r": ("10.5.0.0/24",)}))), RouteError)
+        self.assertEqual(str(failure.value), "cannot change the routes of wire0: `ip -4 -batch -` failed: Segmentation fault")
 
     def test_missing_ip(self) -> None:
         self.runner.expect(["ip", "-j", "-4", "route", "show", "table", "all", "proto", P], error=CommandNotFound("ip"))
@@ -409,9 +445,17 @@ class MeshRoutesTests(SynchronousTestCase):
         self.runner.expect(["ip", "-j", "-4", "rule", "show"])
         self.runner.expect(["ip", "-j", "-6", "route", "show", "table", "all", "proto", P], rc=255,
                            stderr=b"RTNETLINK answers: Address family not supported by protocol")  # fmt: skip
-        self.runner.expect(route(4, "10.5.0.0/24"))
+        self.expect_batch(4, route("10.5.0.0/24"))
         self.apply(plan({"r": ("10.5.0.0/24",)}))
+        self.check()
+
+    def test_many_endpoints_are_one_process(self) -> None:
+        underlay = [SERVER] + [Underlay.endpoint(f"p{i}", f"198.51.{i // 250}.{i % 250 + 1}") for i in range(1000)]
+        expect_listing(self.runner)
+        self.runner.expect(["ip", "-4", "-batch", "-"])
+        self.apply(plan({"vps": ("0.0.0.0/0",)}, exit_peer="vps", underlay=underlay))
         self.runner.assert_all_called()
+        self.assertEqual(len(self.runner.calls[-1].stdin.splitlines()), 1 + 1 + 1001 + 1 + 1 + 1 + 1)
 
     def test_interface_is_validated(self) -> None:
         for bad in ("wire 0", 'wi"re', "", "x" * 16, None):

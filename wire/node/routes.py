@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -383,22 +384,27 @@ def parse_our_rules(output: bytes | str, version: int) -> set[_Rule]:
     return rules
 
 
-def _route_argv(verb: str, route: _Route, interface: str) -> list[str]:
+# One change as a line of ``ip -V -batch -`` (which takes no options per
+# line: the family is the batch's): (version, the words after "ip -V").
+_Change = tuple[int, list[str]]
+
+
+def _route_change(verb: str, route: _Route, interface: str) -> _Change:
     version, dst, table = route
-    return ["ip", f"-{version}", "route", verb, dst, "dev", interface, "table", table, "proto", str(ROUTE_PROTO)]
+    return version, ["route", verb, dst, "dev", interface, "table", table, "proto", str(ROUTE_PROTO)]
 
 
-def _rule_argv(verb: str, rule: _Rule) -> list[str]:
+def _rule_change(verb: str, rule: _Rule) -> _Change:
     version, priority, dst, fwmark, table, suppress = rule
-    argv = ["ip", f"-{version}", "rule", verb, "priority", str(priority)]
+    words = ["rule", verb, "priority", str(priority)]
     if dst:
-        argv += ["to", dst]
+        words += ["to", dst]
     if fwmark:
-        argv += ["fwmark", fwmark]
-    argv += ["lookup", table]
+        words += ["fwmark", fwmark]
+    words += ["lookup", table]
     if suppress >= 0:
-        argv += ["suppress_prefixlength", str(suppress)]
-    return argv + ["proto", str(ROUTE_PROTO)]
+        words += ["suppress_prefixlength", str(suppress)]
+    return version, words + ["proto", str(ROUTE_PROTO)]
 
 
 def _rule_order(rule: _Rule) -> tuple:
@@ -442,14 +448,11 @@ class MeshRoutes:
             have_routes, have_rules = await self._current()
             # Routes first (the exit table before the rules that use it), rules
             # top down; away the catch-all first, so no instant without exceptions.
-            for route in sorted(routes - have_routes):
-                await self._ip(_route_argv("replace", route, self.interface))
-            for rule in sorted(rules - have_rules, key=_rule_order):
-                await self._ip(_rule_argv("add", rule))
-            for rule in sorted(have_rules - rules, key=_rule_order, reverse=True):
-                await self._ip(_rule_argv("del", rule))
-            for route in sorted(have_routes - routes):
-                await self._ip(_route_argv("del", route, self.interface))
+            changes = [_route_change("replace", route, self.interface) for route in sorted(routes - have_routes)]
+            changes += [_rule_change("add", rule) for rule in sorted(rules - have_rules, key=_rule_order)]
+            changes += [_rule_change("del", rule) for rule in sorted(have_rules - rules, key=_rule_order, reverse=True)]
+            changes += [_route_change("del", route, self.interface) for route in sorted(have_routes - routes)]
+            await self._batch(changes, force=False)
             self._plan = plan
         log.info(
             "routes on {interface}: {routes} through the mesh, {skipped} skipped, exit {exit}",
@@ -465,10 +468,9 @@ class MeshRoutes:
         async with self._lock:
             self._plan = None
             have_routes, have_rules = await self._current()
-            for rule in sorted(have_rules, key=_rule_order, reverse=True):
-                await self._ip(_rule_argv("del", rule))
-            for route in sorted(have_routes):
-                await self._ip(_route_argv("del", route, self.interface))
+            changes = [_rule_change("del", rule) for rule in sorted(have_rules, key=_rule_order, reverse=True)]
+            changes += [_route_change("del", route, self.interface) for route in sorted(have_routes)]
+            await self._batch(changes, force=True)
         log.info("routes on {interface}: cleared", interface=self.interface)
 
     def status(self) -> RoutesStatus:
@@ -497,17 +499,49 @@ class MeshRoutes:
                 log.debug("no IPv6 routes to list on {interface}: {error}", interface=self.interface, error=str(e))
         return routes, rules
 
+    async def _batch(self, changes: list[_Change], *, force: bool) -> None:
+        """One ``ip`` process per family however many changes (an exit has a
+        rule per peer endpoint). Without ``force`` ip stops at the first
+        failure, so a later rule never stands without the earlier ones; with
+        it (clearing) one failure does not keep the rest in place."""
+        for version in (4, 6):
+            lines = [" ".join(words) for v, words in changes if v == version]
+            if not lines:
+                continue
+            argv = ["ip", f"-{version}", *(["-force"] if force else []), "-batch", "-"]
+            stdin = "".join(f"{line}\n" for line in lines).encode()
+            result = await _run_ip(self._runner, argv, f"change the routes of {self.interface}", self._timeout, stdin=stdin, check=False)
+            if result.rc != 0:
+                failed = _failed_line(result, lines)
+                command = f"`ip -{version} {failed}`" if failed else f"`{shown_argv(argv)}`"
+                raise RouteError(f"cannot change the routes of {self.interface}: {command} failed: {_stderr(result)}")
+
     async def _ip(self, argv: list[str]) -> ProcessResult:
-        return await _run_ip(self._runner, argv, f"change the routes of {self.interface}", self._timeout)
+        return await _run_ip(self._runner, argv, f"list the routes of {self.interface}", self._timeout)
 
 
-async def _run_ip(runner: IProcessRunner, argv: Sequence[str], what: str, timeout: float = IP_TIMEOUT) -> ProcessResult:
+def _failed_line(result: ProcessResult, lines: list[str]) -> str | None:
+    """The batch line ip names in "Command failed -:N" (the first, without -force)."""
+    match = re.search(r"Command failed -:(\d+)", result.stderr.decode("utf-8", "replace"))
+    if match and 1 <= int(match.group(1)) <= len(lines):
+        return lines[int(match.group(1)) - 1]
+    return None
+
+
+async def _run_ip(
+    runner: IProcessRunner,
+    argv: Sequence[str],
+    what: str,
+    timeout: float = IP_TIMEOUT,
+    stdin: bytes | None = None,
+    check: bool = True,
+) -> ProcessResult:
     try:
-        result = await runner.run(list(argv), timeout=timeout)
+        result = await runner.run(list(argv), stdin=stdin, timeout=timeout)
     except CommandNotFound:
         raise RouteError(f"cannot {what}: the 'ip' program is missing (package iproute2)") from None
     except CommandError as e:
         raise RouteError(f"cannot {what}: {e}") from None
-    if result.rc != 0:
+    if check and result.rc != 0:
         raise RouteError(f"cannot {what}: `{shown_argv(argv)}` exited with code {result.rc}: {_stderr(result)}")
     return result
