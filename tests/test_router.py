@@ -8,9 +8,11 @@ import json
 import os
 import secrets
 import stat
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.fakes import FakeProcessRunner, PassThroughRunner
@@ -364,3 +366,91 @@ class RealSubnetRouterTests(TestCase):
         tables = await self.ns("nft", "list", "tables")
         self.assertNotIn(f"wire_{self.wire}_route", tables)
         self.assertIn("table ip hostfw", tables)  # the host's own is left alone
+
+
+# Answers each TCP connection on argv[1]:argv[2] with the address it came
+# from; prints "ready" once bound.
+WHO = """\
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(16)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    c.sendall(peer[0].encode())
+    c.close()
+"""
+
+# Prints the address the server saw us come from, or "timeout".
+ASK = """\
+import socket, sys
+s = socket.socket()
+s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print(s.recv(100).decode())
+except (socket.timeout, OSError):
+    print("timeout")
+"""
+
+WHO_PORT = 8031
+
+
+class RealForwardingTests(TestCase):
+    """Packets through the router: a "mesh" namespace reaches a "lan" host
+    through a "router" namespace whose end of the mesh link is named like a
+    wire interface. The LAN host has no route back to the mesh, so only
+    masquerade makes the answer come back."""
+
+    skip = real_skip_reason()
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.root = ProcessRunner(reactor)
+        tag = secrets.token_hex(3)
+        self.ns = {side: f"wire-rt-{tag}{side[0]}" for side in ("mesh", "router", "lan")}
+        for namespace in self.ns.values():
+            await self.sh("ip", "netns", "add", namespace)
+            self.addCleanup(self.sh, "ip", "netns", "delete", namespace)
+        self.wire = f"wrt{tag}"
+        links = [("mesh", f"wrm{tag}", "100.64.0.2/10", "router", self.wire, "100.64.0.1/10"),
+                 ("router", f"wrr{tag}", "192.168.60.1/24", "lan", f"wrl{tag}", "192.168.60.20/24")]  # fmt: skip
+        for side, device, address, other, other_device, other_address in links:
+            await self.sh("ip", "-n", self.ns[side], "link", "add", device, "type", "veth",
+                          "peer", "name", other_device, "netns", self.ns[other])  # fmt: skip
+            for where, name, addr in ((side, device, address), (other, other_device, other_address)):
+                await self.sh("ip", "-n", self.ns[where], "addr", "add", addr, "dev", name)
+                await self.sh("ip", "-n", self.ns[where], "link", "set", name, "up")
+        await self.sh("ip", "-n", self.ns["mesh"], "route", "add", "192.168.60.0/24", "via", "100.64.0.1")
+        self.runner = PassThroughRunner(self.root, prefix=("ip", "netns", "exec", self.ns["router"]))
+        self.state = self.mktemp()
+        os.makedirs(self.state)
+        server = self.root.start(["ip", "netns", "exec", self.ns["lan"], sys.executable, "-c", WHO, "192.168.60.20", str(WHO_PORT)])
+        self.addCleanup(server.stop, 2.0)  # before the namespaces go (cleanups run last first)
+        deadline = reactor.seconds() + 10
+        while "ready" not in server.tail:
+            if not server.running or reactor.seconds() > deadline:
+                raise AssertionError(f"the LAN host's server did not start: {server.tail}")
+            await deferLater(reactor, 0.02)
+
+    async def sh(self, *argv: str) -> str:
+        return (await self.root.run(list(argv))).check().stdout.decode()
+
+    async def ask(self, wait: float = 3.0) -> str:
+        argv = ["ip", "netns", "exec", self.ns["mesh"], sys.executable, "-c", ASK, "192.168.60.20", str(WHO_PORT), str(wait)]
+        return (await self.root.run(argv, timeout=wait + 10)).check().stdout.decode().strip()
+
+    async def test_masquerade_and_only_advertised_prefixes(self) -> None:
+        self.assertEqual(await self.ask(1.0), "timeout")  # no forwarding yet
+        router = SubnetRouter(self.runner, self.wire, self.state)
+        await router.apply(["192.168.60.0/24"], mesh_subnets=MESH)
+        self.assertEqual(await self.ask(), "192.168.60.1")  # the LAN sees the router
+        await router.apply(["192.168.60.0/28"], mesh_subnets=MESH)  # .20 is no longer advertised
+        self.assertEqual(await self.ask(1.0), "timeout")
+        await router.apply(["192.168.60.0/24"], snat=False, mesh_subnets=MESH)
+        await self.sh("ip", "-n", self.ns["lan"], "route", "add", "100.64.0.0/10", "via", "192.168.60.1")
+        self.assertEqual(await self.ask(), "100.64.0.2")  # sources kept
+        await router.clear()
+        self.assertEqual(await self.ask(1.0), "timeout")
