@@ -44,7 +44,7 @@ NAT = "\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat
 
 
 def expected(forward: list[str], nat: list[str]) -> str:
-    text = HEAD + "".join(f"\t\t{line}\n" for line in [*forward, 'iifname "wire0" drop'])
+    text = HEAD + "".join(f"\t\t{line}\n" for line in [*forward, 'iifname "wire0" ct status dnat accept', 'iifname "wire0" drop'])
     if nat:
         text += NAT + "".join(f"\t\t{line}\n" for line in nat)
     return text + "\t}\n}\n"

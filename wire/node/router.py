@@ -12,7 +12,8 @@ That takes two things of the kernel, both undone on ``clear``:
   -`` transaction, as :mod:`wire.node.firewall` does its own): a forward
   chain that accepts what comes in from the wire interface to the advertised
   prefixes and drops the rest of what comes in from it (a subnet router is no
-  exit), replies both ways; and a postrouting chain that masquerades the
+  exit; what the host itself publishes by DNAT, a container's port, still
+  passes), replies both ways; and a postrouting chain that masquerades the
   mesh's traffic to the prefixes (``snat``, the default; without it the LAN
   sees mesh addresses and needs a route back), and, for an exit
   (``0.0.0.0/0``, ``::/0``), everything from the mesh that leaves by another
@@ -101,6 +102,8 @@ def router_ruleset(table: str, interface: str, prefixes: Sequence[str], *, snat:
         forward.append(f'iifname "{interface}" {family} daddr {_set(chosen)} accept')
         if snat and sources:
             nat.append(f'{family} saddr {_set(sources)} {family} daddr {_set(chosen)} oifname != "{interface}" masquerade')
+    # Ports the host publishes by DNAT (a container's) stay reachable from the mesh, as without the router.
+    forward.append(f'iifname "{interface}" ct status dnat accept')
     forward.append(f'iifname "{interface}" drop')
     text = (
         f"add table inet {table}\n"

@@ -38,6 +38,10 @@ stays out, so DHCP renewals and the path out keep working); other links
 fwmark :data:`EXIT_FWMARK` (``wg set IFACE fwmark 0x5287``), its packets
 skip the tunnel even to an endpoint that roamed since the last plan; without
 the mark the endpoint rules do that job.
+
+All the changes of one ``apply`` go to one ``ip -4 -batch -`` (and one
+``ip -6 -batch -``) process, however many endpoints: an exit for a mesh of
+a thousand peers is a thousand rules.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from wire.node.firewall import _stderr, check_interface
+from wire.protocol.peers import PeerView
 from wire.protocol.routes import EXIT_ROUTES, is_exit_route, route_order
 from wire.runner import CommandError, CommandNotFound, IProcessRunner, ProcessResult, shown_argv
 
@@ -217,6 +222,13 @@ def plan_routes(
 ) -> RoutePlan:
     """Which of the peers' networks this node installs.
 
+    ``underlay_addresses`` are what must never go through the tunnel: the
+    server's addresses (and the relay's, if apart) and every peer's current
+    endpoint (:meth:`Underlay.server`, :meth:`Underlay.endpoint`).
+    ``local_networks`` and ``gateways`` are this host's
+    (:func:`read_local_networks`, :func:`read_gateways`), without the wire
+    interface. ``mesh_subnets`` are the mesh's IPv4 and IPv6 prefixes.
+
     ``wanted`` maps a peer to the networks it routes (its approved subnet
     routes, and ``EXIT_ROUTES`` when it offers an exit; see
     :func:`wanted_from_peers`). Prefixes are considered smallest address
@@ -305,7 +317,7 @@ def _sorted(prefixes: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(prefixes, key=route_order))
 
 
-def wanted_from_peers(peers: Iterable[Any]) -> dict[str, tuple[str, ...]]:
+def wanted_from_peers(peers: Iterable[PeerView]) -> dict[str, tuple[str, ...]]:
     """``plan_routes``' ``wanted`` from PeerViews: each peer's routes, and the exit routes when it offers one."""
     wanted = {}
     for peer in peers:
@@ -464,7 +476,11 @@ class MeshRoutes:
         return True
 
     async def clear(self) -> None:
-        """Remove every route and rule of ours (``proto 87``), also a crashed run's."""
+        """Remove every route and rule of ours (``proto 87``), also a crashed run's.
+
+        Routes are ours when they go through this interface; rules name no
+        interface, so every ``proto 87`` rule goes (one wire interface per
+        host uses an exit at a time)."""
         async with self._lock:
             self._plan = None
             have_routes, have_rules = await self._current()
