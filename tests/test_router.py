@@ -10,6 +10,8 @@ import secrets
 import stat
 import sys
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -128,6 +130,16 @@ class ConflictTests(SynchronousTestCase):
     def test_garbage(self) -> None:
         for listing in (b"", b"nonsense", b"[]", b'{"nftables": 5}', b'{"nftables": [1, {"chain": 2}]}'):
             self.assertEqual(forward_conflicts(listing, "t"), [])
+
+
+    @given(st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["forward", "drop", "inet"]),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+            st.sampled_from(["nftables", "chain", "family", "table", "name", "hook", "policy"]), inner, max_size=6),
+        max_leaves=20,
+    ))  # fmt: skip
+    def test_no_listing_makes_it_raise(self, value) -> None:
+        forward_conflicts(json.dumps(value), "t")
 
 
 class SubnetRouterTests(SynchronousTestCase):

@@ -254,6 +254,21 @@ class ParseTests(SynchronousTestCase):
             },
         )
 
+    @given(st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["eth0", "default", "global", "87", "inet"]),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+            st.sampled_from(["ifname", "flags", "addr_info", "local", "prefixlen", "scope", "dst", "dev", "gateway",
+                             "table", "priority", "protocol", "dstlen", "suppress_prefixlen", "fwmark"]),
+            inner, max_size=6),
+        max_leaves=20,
+    ))  # fmt: skip
+    def test_no_output_makes_a_parser_raise(self, value) -> None:
+        output = json.dumps(value)
+        parse_local_networks(output)
+        parse_gateways(output, 4)
+        parse_our_routes(output, 6, "eth0")
+        parse_our_rules(output, 4)
+
     def test_read_from_the_runner(self) -> None:
         runner = FakeProcessRunner()
         runner.expect(["ip", "-j", "addr", "show"], stdout=ADDR_SAMPLE.encode())

@@ -127,15 +127,20 @@ def parse_local_networks(output: bytes | str, exclude: Collection[str] = ()) -> 
     (the wire interface) and loopback. Whatever does not parse is left out."""
     networks = []
     for link in _json_list(output):
-        name = link.get("ifname")
-        if not isinstance(name, str) or name in exclude or "LOOPBACK" in (link.get("flags") or ()):
+        name, flags, addresses = link.get("ifname"), link.get("flags"), link.get("addr_info")
+        if not isinstance(name, str) or name in exclude or not isinstance(addresses, list):
             continue
-        for info in link.get("addr_info") or ():
+        if isinstance(flags, list) and "LOOPBACK" in flags:
+            continue
+        for info in addresses:
             if not isinstance(info, dict) or info.get("scope") != "global":
                 continue
+            local, prefixlen = info.get("local"), info.get("prefixlen")
+            if not isinstance(local, str) or type(prefixlen) is not int:
+                continue
             try:
-                address = ipaddress.ip_interface(f"{info['local']}/{int(info['prefixlen'])}")
-            except (KeyError, TypeError, ValueError):
+                address = ipaddress.ip_interface(f"{local}/{prefixlen}")
+            except ValueError:
                 continue
             if not address.is_link_local and not address.is_loopback:
                 networks.append(LocalNetwork(name, address))
@@ -151,8 +156,8 @@ def parse_gateways(output: bytes | str, version: int) -> list[Gateway]:
         address = None
         if route.get("gateway") is not None:
             try:
-                address = ipaddress.ip_address(route["gateway"])
-            except (TypeError, ValueError):
+                address = ipaddress.ip_address(str(route["gateway"]))
+            except ValueError:
                 continue
             if address.version != version:
                 continue
@@ -372,8 +377,8 @@ def parse_our_routes(output: bytes | str, version: int, interface: str) -> set[_
     routes = set()
     for route in _json_list(output):
         dst, dev = route.get("dst"), route.get("dev")
-        if isinstance(dst, str) and dev == interface:
-            table = route.get("table", "main")
+        table = route.get("table", "main")
+        if isinstance(dst, str) and dev == interface and isinstance(table, (str, int)):
             routes.add((version, dst, str(table)))
     return routes
 
@@ -390,7 +395,7 @@ def parse_our_rules(output: bytes | str, version: int) -> set[_Rule]:
             if dst and "dstlen" in rule:
                 dst = f"{dst}/{int(rule['dstlen'])}"
             suppress = int(rule.get("suppress_prefixlen", -1))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         rules.add((version, priority, dst, str(rule.get("fwmark", "")), str(rule.get("table", "")), suppress))
     return rules
