@@ -106,6 +106,15 @@ class PlanTests(SynchronousTestCase):
                 ["10.9.0.0/16 from peer b is also routed by peer a, which came first: not installed"],
             )
 
+    def test_reasons_name_peers_by_name(self) -> None:
+        result = plan_routes(
+            {"n-1": ("10.9.0.0/16",), "n-2": ("10.9.0.0/16",)}, mesh_subnets=MESH, local_networks=(), underlay_addresses=(),
+            exit_peer="n-2", exit_allow_lan=False, peer_names={"n-1": "home", "n-2": "office"},
+        )  # fmt: skip
+        self.assertEqual(result.skipped[0].reason, "10.9.0.0/16 from peer office is also routed by peer home, which came first: not installed")
+        self.assertEqual(result.skipped[0].peer, "n-2")
+        self.assertEqual(result.exit_problem, "peer office offers no exit node: the default route stays as it is")
+
     def test_nested_prefixes_of_two_peers_both_go(self) -> None:
         # WireGuard picks the longest match, as the kernel does.
         result = plan({"a": ("10.9.0.0/16",), "b": ("10.9.8.0/24",)})

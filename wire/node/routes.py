@@ -224,6 +224,7 @@ def plan_routes(
     exit_peer: str | None,
     exit_allow_lan: bool,
     gateways: Iterable[Gateway] = (),
+    peer_names: Mapping[str, str] | None = None,
 ) -> RoutePlan:
     """Which of the peers' networks this node installs.
 
@@ -238,8 +239,10 @@ def plan_routes(
     routes, and ``EXIT_ROUTES`` when it offers an exit; see
     :func:`wanted_from_peers`). Prefixes are considered smallest address
     first, then by peer, so with two peers for one prefix the same one
-    always wins. An exit route counts only for ``exit_peer``.
+    always wins. An exit route counts only for ``exit_peer``. The reasons
+    call a peer by its name in ``peer_names`` (by its id without one).
     """
+    names = peer_names or {}
     mesh = [ipaddress.ip_network(subnet) for subnet in mesh_subnets]
     local = list(local_networks)
     underlay = list(underlay_addresses)
@@ -256,9 +259,9 @@ def plan_routes(
             continue
         reason = _conflict(ipaddress.ip_network(prefix), mesh, local, underlay)
         if reason is None and prefix in owner:
-            reason = f"is also routed by peer {owner[prefix]}, which came first"
+            reason = f"is also routed by peer {names.get(owner[prefix], owner[prefix])}, which came first"
         if reason is not None:
-            skipped.append(Skipped(peer, prefix, f"{prefix} from peer {peer} {reason}: not installed"))
+            skipped.append(Skipped(peer, prefix, f"{prefix} from peer {names.get(peer, peer)} {reason}: not installed"))
             continue
         owner[prefix] = peer
         allowed.setdefault(peer, []).append(prefix)
@@ -268,7 +271,7 @@ def plan_routes(
     if exit_peer is not None:
         offered = tuple(sorted({p for p in wanted.get(exit_peer, ()) if is_exit_route(p)}, key=route_order))
         if not offered:
-            problem = f"peer {exit_peer} offers no exit node: the default route stays as it is"
+            problem = f"peer {names.get(exit_peer, exit_peer)} offers no exit node: the default route stays as it is"
         else:
             allowed.setdefault(exit_peer, []).extend(offered)
             exit_plan = _exit_plan(exit_peer, offered, local, underlay, gateways, exit_allow_lan)
