@@ -30,7 +30,7 @@ from wire.runner import ProcessRunner
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SEED_TOOLS = {"wire_status", "wire_up", "wire_down", "wire_peers", "wire_ping", "wire_install", "wire_diagnose", "wire_watchdog"}
-DESTRUCTIVE = {"wire_up", "wire_down", "wire_install"}
+DESTRUCTIVE = {"wire_up", "wire_set", "wire_down", "wire_install"}
 ROOT = os.geteuid() == 0
 # Times, latencies, and netcheck's mapped address (its probe port is ephemeral).
 # What moves between two calls a second apart (a path proven meanwhile moves
@@ -235,6 +235,8 @@ class MCPTests(ResultAssertions, unittest.TestCase):
             # As root these get past the root check, and go no further.
             (("wire_up", {"server": "not a url", "config_dir": self.empty_dir}), "--server" if ROOT else "must run as root"),
             (("wire_down", {"config_dir": self.empty_dir}), "has not joined a mesh" if ROOT else "must run as root"),
+            (("wire_set", {"advertise_routes": ["10.0.0.1/8"], "config_dir": self.empty_dir}),
+             "--advertise-routes: '10.0.0.1/8' is not a network" if ROOT else "must run as root"),
             (("wire_ping", {"target": "web1", "count": 0}), "count must be from 1 to 100"),
             # An exception ops does not expect: an internal error, and a traceback on stderr.
             (("wire_peers", {"config_dir": "nul\x00byte"}), "internal error: ValueError('embedded null byte')"),

@@ -155,6 +155,41 @@ def build_server(reactor) -> MCPServer:
         )
 
     @tool(
+        "wire_set",
+        "Change this node's settings",
+        DESTRUCTIVE,
+        "DESTRUCTIVE: changes this machine's routes or resolver. Changes settings without joining again: "
+        "routes offered to the mesh and accepted from it, the exit node, the OS resolver. A running daemon "
+        "applies them at once; a stopped node keeps them for its next start. Needs root. Same as `wire set --json`.",
+    )
+    async def wire_set(
+        accept_dns: Annotated[bool | None, Field(description="Point this machine's resolver at the mesh DNS.")] = None,
+        accept_routes: Annotated[bool | None, Field(description="Install the subnet routes other nodes offer.")] = None,
+        advertise_routes: Annotated[
+            list[str] | None, Field(description="Networks to offer the mesh (CIDRs, e.g. 192.168.1.0/24); [] offers none.")
+        ] = None,
+        advertise_exit_node: Annotated[bool | None, Field(description="Offer this node as an exit node.")] = None,
+        snat_subnet_routes: Annotated[bool | None, Field(description="Masquerade mesh traffic into the offered networks.")] = None,
+        exit_node: Annotated[str | None, Field(description="A peer's name to send internet traffic through; '' for none.")] = None,
+        exit_node_allow_lan_access: Annotated[
+            bool | None, Field(description="With an exit node, keep reaching the local LAN directly.")
+        ] = None,
+        config_dir: ConfigDir = None,
+    ) -> Result:
+        settings = {
+            "accept_dns": accept_dns,
+            "accept_routes": accept_routes,
+            "advertise_routes": advertise_routes,
+            "advertise_exit_node": advertise_exit_node,
+            "snat_subnet_routes": snat_subnet_routes,
+            "exit_node": exit_node,
+            "exit_node_allow_lan_access": exit_node_allow_lan_access,
+        }
+        return await run(
+            config_dir, lambda ctx: ops.set_settings(ctx, {k: v for k, v in settings.items() if v is not None}), cli.format_set
+        )
+
+    @tool(
         "wire_down",
         "Leave the mesh",
         DESTRUCTIVE,

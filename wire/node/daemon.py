@@ -56,6 +56,7 @@ from wire.node.enroll import EnrollError, forget_credential, forget_join_request
 from wire.node.failurelog import BadAnswers, FailureLog
 from wire.node.firewall import Firewall
 from wire.node.names import MeshNames
+from wire.node.routing import NodeRouting
 from wire.node.settings import advertised_routes, settings_of, with_settings
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
@@ -135,6 +136,7 @@ class NodeDaemon(Service):
         join_pending: bool = False,
         firewall: Firewall | None = None,
         names: MeshNames | None = None,
+        routing_for: Callable[[Callable[[], NodeConfig]], NodeRouting] | None = None,
     ):
         self.clock = clock
         # The mesh's DNS on this node (wire.node.names); None: not served here.
@@ -198,6 +200,8 @@ class NodeDaemon(Service):
             probe=lambda: self._probe,
             on_silence=self._nat_may_have_moved,
             firewall=firewall,
+            # Routes beyond the mesh follow this daemon's settings as they change.
+            routing=routing_for(lambda: self.config) if routing_for is not None else None,
         )
         self._start_probe = start_probe
         self._probe: PathProbe | None = None
@@ -295,6 +299,8 @@ class NodeDaemon(Service):
             await self._bring_up_interface()
         if self._out_of_the_mesh:
             return
+        if self.reconciler.routing is not None:
+            await self.reconciler.routing.start(self.config.vpn_subnet or None)
         if self.names is not None:
             # Before any netmap: undo what a crashed run left in the OS resolver.
             try:
@@ -659,6 +665,10 @@ class NodeDaemon(Service):
             except (ServerError, ServerUnreachable) as e:
                 self.log.warn("the server was not told the new routes yet ({error}); the next heartbeat tells it", error=e)
                 self.heartbeat.must_register()
+        routing = self.reconciler.routing
+        if routing is not None:
+            routing.settings_changed()
+            await routing.advertise(self.config.vpn_subnet or None)
         await self.reconciler.reconcile()
         return settings_of(self.config)
 
@@ -915,6 +925,8 @@ class NodeDaemon(Service):
             told = False
         await self.reconciler.stop()
         await self._names_off()
+        if self.reconciler.routing is not None:
+            await self.reconciler.routing.clear()
         await self.wireguard.down()
         await self.reconciler.firewall_off()
         self.state.interface_up = False

@@ -29,6 +29,7 @@ from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer
 from wire.node.paths import Me, PathPlanner, PeerPath, Phase, Plan, Seen, endpoint_for, is_shim_endpoint
 from wire.node.probe import PathProbe
 from wire.node.relay import RelayShim
+from wire.node.routing import NodeRouting
 from wire.node.trust import IPNetwork, Mesh
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
 from wire.protocol import PathFailure, PathMode
@@ -78,6 +79,7 @@ class Reconciler:
         probe: Callable[[], PathProbe | None] = lambda: None,
         on_silence: Callable[[], object] = lambda: None,
         firewall: Firewall | None = None,
+        routing: NodeRouting | None = None,
     ):
         self.clock = clock
         self.wireguard = wireguard
@@ -98,6 +100,8 @@ class Reconciler:
         self._runtime = RuntimeState()
         # The node's packet filter (wire.node.firewall), for the access policy.
         self.firewall = firewall
+        # Routes beyond the mesh (wire.node.routing); None: this node uses none.
+        self.routing = routing
         # "unknown" until the first reconcile: a table a crashed daemon left
         # behind is removed once when there is no policy.
         self._filter_state = "unknown"
@@ -162,6 +166,8 @@ class Reconciler:
         relayed: set[str] = set()
         self._runtime.relay_wanted = relayed
         subnet = self.netmap.screen.mesh().subnet
+        # Networks beyond the mesh some peers carry (subnet routes, the exit): only as given.
+        extra = await self.routing.allowed_ips(self.netmap.peers, str(subnet) if subnet else None) if self.routing else {}
         for node_id, peer in self.netmap.peers.items():
             path = plan.paths[node_id]
             endpoint = path.endpoint
@@ -185,7 +191,7 @@ class Reconciler:
                     # later; turned on with the relay endpoint, it starts one
                     # there at once.
                     endpoint, keepalive = None, 0
-            config = self._peer_config(peer, endpoint, keepalive, configs, subnet)
+            config = self._peer_config(peer, endpoint, keepalive, configs, subnet, extra.get(node_id, ()))
             if config is None:
                 continue
             desired[peer.wg_public_key] = config
@@ -210,6 +216,8 @@ class Reconciler:
         self._log_peer_changes(held, desired)
         changed = await self.wireguard.apply(desired, reassert=reassert)
         self._runtime.last_applied = desired
+        if self.routing is not None and not self.filter_problem:
+            await self.routing.apply()
         if changed:
             self.log.info("applied {count} peer change(s); {total} peers", count=changed, total=len(desired))
         else:
@@ -267,7 +275,8 @@ class Reconciler:
         self._filter_state = "none"
 
     def _peer_config(
-        self, peer: Peer, endpoint: str | None, keepalive: int, configs: dict, subnet: IPNetwork | None
+        self, peer: Peer, endpoint: str | None, keepalive: int, configs: dict, subnet: IPNetwork | None,
+        routed: tuple[str, ...] = (),
     ) -> PeerConfig | None:
         """The peer's PeerConfig, the one from the last run if nothing changed:
         checking one costs microseconds, and a run every second at 10,000
@@ -277,7 +286,8 @@ class Reconciler:
         never holds such a peer (wire.node.trust), and this makes sure.
         """
         host = "/128" if ":" in peer.vpn_ip else "/32"
-        inputs = ((f"{peer.vpn_ip}{host}",), endpoint, keepalive, subnet)
+        # Its mesh address first (checked below), then what it routes (wire.node.routing planned it).
+        inputs = ((f"{peer.vpn_ip}{host}", *routed), endpoint, keepalive, subnet)
         cached = self._runtime.configs.get(peer.wg_public_key)
         if cached is not None and cached[0] == inputs:
             config = cached[1]
@@ -451,7 +461,7 @@ class Reconciler:
                 self.log.info(
                     "{peer}: added ({address}, endpoint {endpoint})",
                     peer=names[key],
-                    address=config.allowed_ips[0],
+                    address=", ".join(config.allowed_ips),
                     endpoint=config.endpoint or "none yet",
                 )
             elif before.endpoint != config.endpoint and config.endpoint is not None:

@@ -29,6 +29,7 @@ from wire.node.lan import LanAddress
 from wire.node.probe import start_probe
 from wire.node.firewall import Firewall, InvalidFirewallConfig
 from wire.node.names import MeshNames
+from wire.node.routing import NodeRouting
 from wire.node.osdns import OsDnsPaths
 from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
@@ -97,6 +98,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         join_pending=start.pending,
         firewall=firewall,
         names=names,
+        routing_for=lambda current: NodeRouting(reactor, runner, config.interface, config_dir, current),
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
     top = MultiService()

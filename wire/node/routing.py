@@ -1,0 +1,224 @@
+"""Routes beyond the mesh on this node: the subnet routes and the exit node
+it uses (wire.node.routes), and the networks it routes for others
+(wire.node.router), kept in step with its settings and the netmap.
+
+The reconciler asks :meth:`NodeRouting.allowed_ips` for each peer's extra
+AllowedIPs before it applies WireGuard, and calls :meth:`apply` after, so
+the kernel never routes a network to the interface before WireGuard knows
+which peer carries it. A peer is given only the networks the server made it
+primary for (``PeerView.routes``), and the exit routes only when it is the
+exit this node chose and it offers one: no peer can route traffic it was
+not given. Nothing here stops the mesh: a failure is logged, shown, and
+tried again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
+
+from twisted.logger import Logger
+
+from wire.node.config import NodeConfig
+from wire.node.netmap import Peer
+from wire.node.router import InvalidRouterConfig, RouterError, SubnetRouter
+from wire.node.routes import (
+    MeshRoutes,
+    RouteError,
+    RoutePlan,
+    Underlay,
+    plan_routes,
+    read_gateways,
+    read_local_networks,
+    wanted_from_peers,
+)
+from wire.node.settings import advertised_routes
+from wire.protocol.routes import is_exit_route
+from wire.runner import IProcessRunner
+from wire.textsafe import escaped
+
+# The host's networks and gateways are read again at most this often (and on every settings change).
+HOST_FACTS_TTL = 30.0
+# What is in the kernel before the first plan: perhaps an earlier run's routes.
+_UNKNOWN = RoutePlan(routes=("unknown",))
+
+
+class NodeRouting:
+    log = Logger()
+
+    def __init__(self, clock, runner: IProcessRunner, interface: str, state_dir: str, config: Callable[[], NodeConfig]):
+        self._clock = clock
+        self._runner = runner
+        self.interface = interface
+        self._config = config
+        self.routes = MeshRoutes(runner, interface)
+        self.router = SubnetRouter(runner, interface, state_dir)
+        self.plan = RoutePlan()
+        self._planned_from: tuple | None = None
+        self._applied: RoutePlan | None = None
+        self._host_facts: tuple[float, list, list] | None = None
+        self._advertised: tuple | None = None
+        self.problem: str | None = None
+        self.router_problem: str | None = None
+        self.exit_name: str | None = None  # the exit node in use
+
+    async def start(self, mesh_subnet: str | None) -> None:
+        """At start. A restarted daemon keeps what it still wants (no flap
+        for the tunnels that outlived it): routes left by an earlier run are
+        reconciled with the first plan, forwarding is applied again or, when
+        this node no longer routes for others, put back as it was."""
+        self._applied = _UNKNOWN
+        if advertised_routes(self._config()):
+            await self.advertise(mesh_subnet)
+            return
+        try:
+            await self.router.recover()
+        except (RouterError, InvalidRouterConfig) as e:
+            self.router_problem = f"what a previous run left could not be undone: {e}"
+
+    # -- using others' routes ------------------------------------------------
+
+    async def allowed_ips(self, peers: Mapping[str, Peer], mesh_subnet: str | None) -> Mapping[str, tuple[str, ...]]:
+        """Each peer's networks beyond its mesh address, planned anew when the netmap or settings changed."""
+        config = self._config()
+        wanted = self._wanted(peers, config)
+        if not wanted and self._applied is None:
+            self.plan = RoutePlan()
+            return {}
+        inputs = (id(peers), tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, mesh_subnet)
+        if inputs == self._planned_from and not self._host_facts_stale():
+            return self.plan.allowed_ips
+        local, gateways = await self._read_host_facts()
+        by_name = {peer.node_name: node_id for node_id, peer in peers.items()}
+        exit_peer = by_name.get(config.exit_node) if config.exit_node else None
+        plan = plan_routes(
+            wanted,
+            mesh_subnets=[mesh_subnet] if mesh_subnet else [],
+            local_networks=local,
+            underlay_addresses=self._underlay(peers, config),
+            exit_peer=exit_peer,
+            exit_allow_lan=config.exit_node_allow_lan_access,
+            gateways=gateways,
+            peer_names={node_id: peer.node_name for node_id, peer in peers.items()},
+        )
+        if config.exit_node and exit_peer is None:
+            plan = RoutePlan(plan.allowed_ips, plan.routes, plan.skipped, None,
+                             f"no peer named {config.exit_node} in this node's netmap: the default route stays as it is")
+        for skipped in plan.skipped:
+            if self.plan is None or skipped not in self.plan.skipped:
+                self.log.warn("{reason}", reason=escaped(skipped.reason))
+        self.plan, self._planned_from = plan, inputs
+        self.exit_name = config.exit_node if plan.exit else None
+        return plan.allowed_ips
+
+    def _wanted(self, peers: Mapping[str, Peer], config: NodeConfig) -> dict[str, tuple[str, ...]]:
+        wanted = wanted_from_peers(peers.values())
+        chosen = {node_id for node_id, peer in peers.items() if config.exit_node and peer.node_name == config.exit_node}
+        result = {}
+        for node_id, prefixes in wanted.items():
+            kept = tuple(p for p in prefixes if (is_exit_route(p) and node_id in chosen) or (not is_exit_route(p) and config.accept_routes))
+            if kept:
+                result[node_id] = kept
+        return result
+
+    def _underlay(self, peers: Mapping[str, Peer], config: NodeConfig) -> list[Underlay]:
+        """What must never go through the tunnel: the server, and every address a peer's WireGuard may use."""
+        found = []
+        host = urlsplit(config.server_url).hostname or ""
+        if _is_address(host):
+            found.append(Underlay.server(host))
+        for peer in peers.values():
+            for address in (peer.public_ip, peer.lan_ip):
+                if address and _is_address(address):
+                    found.append(Underlay.endpoint(peer.node_name, address))
+        return found
+
+    def _host_facts_stale(self) -> bool:
+        return self._host_facts is None or self._clock.seconds() - self._host_facts[0] > HOST_FACTS_TTL
+
+    async def _read_host_facts(self) -> tuple[list, list]:
+        if self._host_facts_stale():
+            local = await read_local_networks(self._runner, exclude=(self.interface,))
+            gateways = await read_gateways(self._runner)
+            self._host_facts = (self._clock.seconds(), local, gateways)
+        assert self._host_facts is not None
+        return self._host_facts[1], self._host_facts[2]
+
+    async def apply(self) -> None:
+        """The kernel's routes as planned (after WireGuard holds the AllowedIPs)."""
+        plan = self.plan
+        if plan == self._applied:
+            return
+        try:
+            if await self.routes.apply(plan):
+                self.log.info(
+                    "routes through {interface}: {routes}{exit}",
+                    interface=self.interface,
+                    routes=", ".join(plan.routes) or "none",
+                    exit=f"; the default route through {plan.exit.peer}" if plan.exit else "",
+                )
+            self._applied = plan if plan.routes or plan.exit else None
+            self.problem = plan.exit_problem
+        except RouteError as e:
+            self.problem = f"routes could not be put in place: {e}"
+            self.log.error("{problem}", problem=escaped(self.problem))
+
+    # -- routing for others --------------------------------------------------
+
+    def settings_changed(self) -> None:
+        """Plan again at the next reconcile, with the host's facts read afresh."""
+        self._planned_from = None
+        self._host_facts = None
+
+    async def advertise(self, mesh_subnet: str | None) -> None:
+        """Forwarding and masquerade for the networks this node offers (none: undone)."""
+        config = self._config()
+        offered = advertised_routes(config)
+        wanted = (offered, config.snat_subnet_routes, mesh_subnet)
+        if wanted == self._advertised:
+            return
+        try:
+            if offered:
+                await self.router.apply(list(offered), snat=config.snat_subnet_routes, mesh_subnets=[mesh_subnet] if mesh_subnet else [])
+                self.log.info("routing for the mesh: {routes}", routes=", ".join(offered))
+            else:
+                await self.router.clear()
+            self._advertised = wanted
+            self.router_problem = None
+        except (RouterError, InvalidRouterConfig) as e:
+            self.router_problem = f"this node cannot route for the mesh: {e}"
+            self.log.error("{problem}", problem=escaped(self.router_problem))
+
+    async def clear(self) -> None:
+        """``wire down``: every route, rule, table and sysctl of ours undone."""
+        for what, undo in (("routes", self.routes.clear), ("forwarding", self.router.clear)):
+            try:
+                await undo()
+            except (RouteError, RouterError) as e:
+                self.log.warn("could not undo the {what}: {error}", what=what, error=e)
+        self._applied = None
+        self._advertised = None
+        self.plan = RoutePlan()
+
+    def status(self) -> dict:
+        plan = self.plan
+        config = self._config()
+        return {
+            "accept_routes": config.accept_routes,
+            "routes": list(plan.routes),
+            "skipped": [s.reason for s in plan.skipped],
+            "exit_node": self.exit_name if plan.exit else None,
+            "exit_node_wanted": config.exit_node or None,
+            "advertised": list(advertised_routes(config)),
+            "problem": self.problem,
+            "router_problem": self.router_problem,
+        }
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
