@@ -111,6 +111,6 @@ def overlapping(routes: Iterable[str], network: ipaddress.IPv4Network | ipaddres
         if is_exit_route(route):
             continue
         candidate = ipaddress.ip_network(route)
-        if candidate.version == network.version and candidate.overlaps(network):  # type: ignore[arg-type]
+        if candidate.version == network.version and candidate.overlaps(network):
             found.append(route)
     return found
