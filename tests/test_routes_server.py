@@ -288,6 +288,23 @@ class AutoApproverTests(unittest.TestCase):
         self.assertEqual(listed["nas"]["auto_approved"], [LAN])
         self.assertIn("primary (autoApprovers)", format_routes(self.mesh.admin.routes(), Style(False)))
 
+    def test_a_re_registration_advertising_a_new_route_has_it_approved(self):
+        self.mesh.enroll("router1", (LAN,), tags=("tag:router",))
+        self.mesh.register("router1", (LAN, "192.168.2.0/24", "172.16.0.0/12"))
+        self.assertEqual(self.mesh.record("router1").approved_routes, (LAN, "192.168.2.0/24"))
+
+    def test_at_start_the_policy_in_force_approves_what_was_not_saved(self):
+        self.mesh.enroll("router1", (LAN,), tags=("tag:router",))
+        self.mesh.coordinator.store.close()
+        db = sqlite3.connect(os.path.join(self.mesh.data_dir, "registry.sqlite3"))
+        db.execute("UPDATE nodes SET approved_routes = ''")  # as after a crash before the commit
+        db.commit()
+        db.close()
+        again = RouteMesh(self, data_dir=self.mesh.data_dir)
+        self.assertEqual(again.registry.get(self.mesh.ids["router1"]).approved_routes, (LAN,))
+        self.assertEqual(again.registry.routes.primary(LAN), self.mesh.ids["router1"])
+        self.assertIn((LAN,), again.coordinator.store.query("SELECT approved_routes FROM nodes"), "and written")
+
     def test_approvals_are_kept_when_the_policy_no_longer_makes_them(self):
         self.mesh.admin.clear_policy()
         self.assertEqual(self.mesh.record("router2").approved_routes, ("10.1.0.0/16",))

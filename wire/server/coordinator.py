@@ -123,6 +123,10 @@ class Coordinator:
             for node_id, offline_for in authority.ephemeral_nodes().items():
                 registry.make_ephemeral(node_id, offline_for)
         self._load_paths()
+        # The policy in force approves what it approves now, too: an approval
+        # its change made but a crash kept from the disk is made again.
+        if self.approve_automatically([r.node_id for r in registry.records() if r.advertised_routes]):
+            self.store.write_pending()
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
         self.metrics.track_paths(self.paths.count)
