@@ -345,6 +345,8 @@ POSITIONALS = {
     ("admin", "dns", "records", "add"): ["db", "A", "10.99.0.50"],
     ("admin", "dns", "records", "remove"): ["db"],
     ("admin", "dns", "forward"): ["corp.example", "10.0.0.53"],
+    ("admin", "routes", "approve"): ["router1", "192.168.1.0/24"],
+    ("admin", "routes", "reject"): ["router1", "192.168.1.0/24"],
 }
 
 

@@ -103,5 +103,11 @@ class AdminOps:
     async def dns_action(self, action: str, **fields) -> dict:
         return await self._call(self._client.dns_action(action, **fields))
 
+    async def routes(self) -> dict:
+        return await self._call(self._client.routes())
+
+    async def route_action(self, action: str, node: str, route: str) -> dict:
+        return await self._call(self._client.route_action(action, node, route))
+
     async def audit(self) -> dict:
         return await self._call(self._client.audit())

@@ -483,6 +483,13 @@ class AdminClient(JsonHttp):
         ``forward`` (``domain``, ``resolvers``), ``unforward`` (``domain``), ``nameservers`` (``resolvers``)."""
         return await self._request("POST", "/dns", {"action": action, **fields}, limit=MAX_RESPONSE_BYTES)
 
+    async def routes(self) -> dict:
+        return await self._request("GET", "/routes", limit=MAX_RESPONSE_BYTES)
+
+    async def route_action(self, action: str, node: str, route: str) -> dict:
+        """``approve`` or ``reject`` ``route`` for ``node``."""
+        return await self._request("POST", "/routes", {"action": action, "node": node, "route": route})
+
     async def audit(self) -> dict:
         return await self._request("GET", "/audit", limit=MAX_RESPONSE_BYTES)
 

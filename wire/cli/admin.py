@@ -11,6 +11,7 @@ from wire.admin_ops import DEFAULT_EPHEMERAL_AFTER, AdminError, AdminOps
 from wire.cli.formatting import Formatter, Style, span
 from wire.cli.table import table
 from wire.datadir import default_data_dir
+from wire.protocol.routes import EXIT_ROUTES, route_order
 
 
 def _local_time(at: float) -> str:
@@ -290,6 +291,58 @@ def format_dns_changed(result: dict, style: Style) -> str:
     return f"{what} (DNS settings version {result['version']}); every node has it within seconds"
 
 
+async def _routes(admin: AdminOps, args: argparse.Namespace) -> tuple[dict, Formatter]:
+    if args.action == "list":
+        return await admin.routes(), format_routes
+    return await admin.route_action(args.action, args.node, args.route), format_route_changed
+
+
+def _route_state(node: dict, route: str) -> str:
+    """What a node does with one of its routes, for the listing."""
+    advertised, approved = route in node["advertised"], route in node["approved"]
+    if not approved:
+        return "awaiting approval (wire admin routes approve)"
+    if not advertised:
+        return "approved, not advertised"
+    if route in EXIT_ROUTES:
+        state = "exit node"
+    elif route in node["primary"]:
+        state = "primary"
+    else:
+        state = "standby"
+    return state + (" (autoApprovers)" if route in node.get("auto_approved", ()) else "")
+
+
+def format_routes(result: dict, style: Style) -> str:
+    """One row per node and route: advertised, approved, primary or standby."""
+    nodes = result["nodes"]
+    if not nodes:
+        return "no node advertises routes (wire up --advertise-routes 192.168.1.0/24, --advertise-exit-node)"
+    rows = []
+    for node in nodes:
+        for route in sorted(set(node["advertised"]) | set(node["approved"]), key=route_order):
+            rows.append((
+                node["node_name"],
+                "online" if node["online"] else "offline",
+                route,
+                "yes" if route in node["advertised"] else "no",
+                "yes" if route in node["approved"] else "no",
+                _route_state(node, route),
+            ))
+    return "\n".join(table(("NODE", "STATUS", "ROUTE", "ADVERTISED", "APPROVED", "SERVING"), rows))
+
+
+def format_route_changed(result: dict, style: Style) -> str:
+    route, name = result["route"], result["node_name"]
+    if route in result["approved"]:
+        if not result["changed"]:
+            return f"{route} was already approved for {name}"
+        if route not in result["advertised"]:
+            return f"{route} approved for {name}; served once {name} advertises it"
+        return f"{route} approved for {name}: {_route_state(result, route)}; its peers have it within seconds"
+    return f"{route} no longer approved for {name}: no longer served"
+
+
 async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     """Run one ``wire admin`` command: its result, and how it prints."""
     admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
@@ -317,6 +370,8 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
             return await _policy(admin, args)
         if args.topic == "dns":
             return await _dns(admin, args)
+        if args.topic == "routes":
+            return await _routes(admin, args)
         if args.topic == "audit":
             return await admin.audit(), format_audit
     except AdminError as e:

@@ -142,6 +142,20 @@ def _add_dns(topics) -> None:
     nameservers.add_argument("--clear", action="store_true", help="each node forwards to the resolvers its machine had")
 
 
+def _add_routes(topics) -> None:
+    """``wire admin routes``: the networks nodes offer to carry, and which are approved."""
+    routes = topics.add_parser(
+        "routes",
+        help="subnet routes and exit nodes: list, approve, reject",
+        description="Routes beyond the mesh: the networks nodes advertise (wire up --advertise-routes, --advertise-exit-node). Only approved ones reach other nodes; for a prefix several nodes serve, one is the primary and the others take over when it goes offline.",
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    routes.add_parser("list", help="per node: advertised, approved, primary, offline")
+    for action, text in (("approve", "approve ROUTE for NODE (served once it advertises it)"), ("reject", "approve ROUTE for NODE no longer (it is no longer served)")):
+        parser = routes.add_parser(action, help=text, description=f"{text[0].upper()}{text[1:]}: wire admin routes {action} router1 192.168.1.0/24 (0.0.0.0/0 and ::/0: an exit node).")
+        parser.add_argument("node", metavar="NODE", help="name, node id or VPN IP")
+        parser.add_argument("route", metavar="ROUTE", help="a network: 192.168.1.0/24, fd00:1::/64, 0.0.0.0/0")
+
+
 def build_parser() -> WireParser:
     parser = WireParser(prog="wire", description="wire: a self-hosted WireGuard mesh VPN")
     parser.add_argument("--version", action="version", version=f"wire {__version__}")
@@ -251,6 +265,7 @@ def build_parser() -> WireParser:
     explain_policy.add_argument("src", help="a node name or address")
     explain_policy.add_argument("dst", metavar="DST[:PORT][/PROTO]", help="e.g. db1:5432, db1:53/udp, 10.99.0.7:22, [fd7a::1]:22, db1/icmp")
     _add_dns(topics)
+    _add_routes(topics)
     topics.add_parser("audit", help="enrollments, removals and key operations")
 
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")

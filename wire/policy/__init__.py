@@ -20,6 +20,10 @@ and trailing commas allowed; every key below is known, any other is an error)::
          "dst": ["tag:db:5432", "nas:80,443", "10.99.0.0/16:8000-8999", "[fd7a::1]:22", "*:*"]},
       ],
       "tests": [{"src": "web1", "accept": ["db1:5432"], "deny": ["db1:22"]}],  // proto: tcp unless given
+      "autoApprovers": {                                          // routes approved without the admin
+        "routes": {"192.168.0.0/16": ["tag:router", "group:ops", "nas1"]},   // any route inside it
+        "exitNode": ["tag:exit"],                                 // 0.0.0.0/0 and ::/0
+      },
     }
 
 - A principal is ``*``, a node name, ``tag:x``, ``group:x``, a host name, an
@@ -37,6 +41,7 @@ and trailing commas allowed; every key below is known, any other is an error)::
   :func:`check_against` as ``known_tags`` (the tags join keys hand out).
 """
 
+from wire.policy.approvers import auto_approved
 from wire.policy.check import check_against
 from wire.policy.directory import DirectoryNode, Endpoint
 from wire.policy.errors import PolicyError
@@ -46,6 +51,7 @@ from wire.policy.model import Destination, Policy, PolicyTest, Principal, Rule
 from wire.policy.parse import parse_policy, parse_ports
 
 __all__ = [
+    "auto_approved",
     "Decision",
     "Destination",
     "DirectoryNode",

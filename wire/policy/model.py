@@ -81,6 +81,20 @@ class PolicyTest:
 
 
 @dataclass(frozen=True)
+class AutoApprovers:
+    """``autoApprovers`` (Tailscale's shape): who may have which advertised
+    routes approved without the admin. A route is approved for a node that
+    an approver of a network *containing* it matches; exit routes
+    (0.0.0.0/0, ::/0) only under ``exit_node``."""
+
+    routes: tuple[tuple[Network, tuple[Principal, ...]], ...] = ()
+    exit_node: tuple[Principal, ...] = ()
+
+    def principals(self) -> list[Principal]:
+        return [p for _, approvers in self.routes for p in approvers] + list(self.exit_node)
+
+
+@dataclass(frozen=True)
 class Policy:
     """A whole policy, self-consistent: every group and host it names exists,
     ports and protocols are valid, groups do not nest."""
@@ -90,10 +104,12 @@ class Policy:
     tag_owners: frozenset[str]  # the tags declared in tagOwners
     rules: tuple[Rule, ...]
     tests: tuple[PolicyTest, ...] = ()
+    auto_approvers: AutoApprovers = AutoApprovers()
 
     def principals(self) -> list[Principal]:
         """Every principal the policy names, groups' members included (for checks)."""
         found = [member for members in self.groups.values() for member in members]
+        found.extend(self.auto_approvers.principals())
         for rule in self.rules:
             found.extend(rule.sources)
             found.extend(d.principal for d in rule.destinations)

@@ -18,10 +18,25 @@ from typing import Any
 
 from wire.policy.errors import PolicyError
 from wire.policy.hujson import parse_hujson
-from wire.policy.model import ANY, GROUP, NETWORK, NODE, PROTOCOLS, TAG, Destination, Network, Policy, PolicyTest, Principal, Rule
+from wire.policy.model import (
+    ANY,
+    GROUP,
+    NETWORK,
+    NODE,
+    PROTOCOLS,
+    TAG,
+    AutoApprovers,
+    Destination,
+    Network,
+    Policy,
+    PolicyTest,
+    Principal,
+    Rule,
+)
 from wire.protocol.filter import PortRange
 
-TOP_KEYS = ("groups", "hosts", "tagOwners", "acls", "tests")
+TOP_KEYS = ("groups", "hosts", "tagOwners", "acls", "tests", "autoApprovers")
+AUTO_APPROVER_KEYS = ("routes", "exitNode")
 RULE_KEYS = ("action", "src", "proto", "dst")
 TEST_KEYS = ("src", "proto", "accept", "deny")
 MAX_RULES = 10_000
@@ -45,7 +60,8 @@ def parse_policy(text: str) -> Policy:
     rules = tuple(_parse_rule(i, raw, names) for i, raw in enumerate(raw_rules))
     raw_tests = _list(body.get("tests", []), "tests", MAX_RULES)
     tests = tuple(_parse_test(i, raw, names) for i, raw in enumerate(raw_tests))
-    return Policy(groups=groups, hosts=hosts, tag_owners=tag_owners, rules=rules, tests=tests)
+    auto_approvers = _parse_auto_approvers(body.get("autoApprovers", {}), names)
+    return Policy(groups=groups, hosts=hosts, tag_owners=tag_owners, rules=rules, tests=tests, auto_approvers=auto_approvers)
 
 
 def _refuse_unknown_keys(body: dict[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -300,6 +316,35 @@ def _parse_test(index: int, raw: Any, names: _Names) -> PolicyTest:
             entries.append(Destination(_single(principal), ports))
         lists[key] = tuple(entries)
     return PolicyTest(index=index, source=source, proto=proto, accept=lists["accept"], deny=lists["deny"])
+
+
+def _parse_auto_approvers(value: Any, names: _Names) -> AutoApprovers:
+    """``{"routes": {CIDR: [approver, ...]}, "exitNode": [approver, ...]}``; an
+    approver is a tag, a group or a node name (the nodes that may have such
+    routes approved without the admin)."""
+    body = _object(value, "autoApprovers")
+    _refuse_unknown_keys(body, AUTO_APPROVER_KEYS, "autoApprovers")
+    routes = []
+    for prefix, approvers in _object(body.get("routes", {}), "autoApprovers.routes").items():
+        where = f"autoApprovers.routes[{_quote(prefix)}]"
+        network = _network(prefix, where) if "/" in prefix else None
+        if network is None:
+            raise PolicyError(f"{where}: {_quote(prefix)} is not a network such as 192.168.0.0/16")
+        routes.append((network, _approvers(approvers, where, names)))
+    exit_node = _approvers(body.get("exitNode", []), "autoApprovers.exitNode", names)
+    return AutoApprovers(routes=tuple(routes), exit_node=exit_node)
+
+
+def _approvers(value: Any, where: str, names: _Names) -> tuple[Principal, ...]:
+    approvers = []
+    for i, item in enumerate(_list(value, where)):
+        item_where = f"{where}[{i}]"
+        text = _string(item, item_where)
+        principal = names.principal(text, item_where)
+        if principal.kind not in (TAG, GROUP, NODE):
+            raise PolicyError(f"{item_where}: an approver is a tag, a group or a node name, not {_quote(text)}")
+        approvers.append(principal)
+    return tuple(approvers)
 
 
 def _single(principal: Principal) -> Principal:

@@ -1,5 +1,5 @@
 """The admin API: join keys, node removal and renaming, the access policy,
-the mesh's DNS settings, the audit log.
+the mesh's DNS settings, routes beyond the mesh, the audit log.
 
 It is served only on a UNIX socket in the server's data dir (mode 0600, so
 only root, or the server's own user, can use it); ``wire admin`` talks to
@@ -17,18 +17,25 @@ from twisted.web import server
 from wire.jointoken import JoinToken
 from wire.protocol import ProtocolError, parse_node_name
 from wire.protocol.fields import parse_tags
+from wire.protocol.routes import parse_route
 from wire.policy import PolicyError
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
 from wire.server.dnsbook import DnsError
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
+from wire.server.routebook import overlapping
+from wire.server.store import StoreError
 from wire.urls import parse_server_url
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 MAX_EXPIRY = 365 * 86400.0
 # An ephemeral node offline for less than this may just be rebooting.
 MIN_EPHEMERAL_AFTER = 60.0
+
+
+class RouteRefused(ValueError):
+    """An approval or rejection that cannot be made; ``str()`` says why."""
 
 
 def join_command(token: str) -> str:
@@ -108,12 +115,76 @@ class Admin:
         record = self.find_node(ref)
         old = record.tags
         self.coordinator.registry.set_tags(record.node_id, tags)
+        # Its new tags may have the policy approve its routes (autoApprovers).
+        self.coordinator.approve_automatically([record.node_id])
         with self.coordinator.store.transaction() as db:
             self.coordinator.store.write_record_now(db, record)
             self.authority.audit(
                 db, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]"
             )
         return {"node_id": record.node_id, "node_name": record.node_name, "old_tags": list(old), "tags": list(tags)}
+
+    # -- routes beyond the mesh (wire.protocol.routes) --------------------------
+
+    def routes(self) -> dict:
+        """Every node that advertises or has approved routes: what it
+        advertises, what is approved, what it is primary for, whether it is
+        an exit node, and which approvals the policy makes."""
+        registry = self.coordinator.registry
+        nodes = []
+        for record in sorted(registry.records(), key=lambda r: r.node_name):
+            if record.advertised_routes or record.approved_routes:
+                nodes.append(self._routes_of(record))
+        return {"nodes": nodes}
+
+    def _routes_of(self, record: NodeRecord) -> dict:
+        registry = self.coordinator.registry
+        return {
+            "node_name": record.node_name,
+            "node_id": record.node_id,
+            "vpn_ip": record.vpn_ip,
+            "online": registry.is_online(record.node_id),
+            "advertised": list(record.advertised_routes),
+            "approved": list(record.approved_routes),
+            "primary": list(registry.routes.primary_routes(record.node_id)),
+            "exit_node": record.offers_exit,
+            "auto_approved": list(self.coordinator.auto_approved_routes(record)),
+        }
+
+    def approve_route(self, ref: str, route_text: str) -> dict:
+        """``route`` approved for the node (it is served once advertised), durably and audited."""
+        record, route = self.find_node(ref), parse_route(route_text, "route")
+        network = self.coordinator.registry.pool.network
+        if overlapping((route,), network):
+            raise ProtocolError("route", f"{route} overlaps the mesh's own subnet {network}: it cannot be routed through a node")
+        changed = route not in record.approved_routes
+        if changed:
+            self._set_approved(record, record.approved_routes + (route,), "route.approve", route)
+        return {"route": route, "changed": changed, **self._routes_of(record)}
+
+    def reject_route(self, ref: str, route_text: str) -> dict:
+        """``route`` no longer approved for the node (nor served), durably and audited."""
+        record, route = self.find_node(ref), parse_route(route_text, "route")
+        if route not in record.approved_routes:
+            raise LookupError(f"{route} is not approved for {record.node_name} (see: wire admin routes list)")
+        if route in self.coordinator.auto_approved_routes(record):
+            raise RouteRefused(
+                f"{route} of {record.node_name} is approved by the access policy's autoApprovers; "
+                "change the policy first, or it would be approved again at once"
+            )
+        self._set_approved(record, tuple(r for r in record.approved_routes if r != route), "route.reject", route)
+        return {"route": route, "changed": True, **self._routes_of(record)}
+
+    def _set_approved(self, record: NodeRecord, routes: tuple[str, ...], event: str, route: str) -> None:
+        registry, before = self.coordinator.registry, record.approved_routes
+        registry.set_approved_routes(record.node_id, routes)
+        try:
+            with self.coordinator.store.transaction() as db:
+                self.coordinator.store.write_record_now(db, record)
+                self.authority.audit(db, event, f"node {record.node_name} ({record.node_id}): {route}")
+        except StoreError:
+            registry.set_approved_routes(record.node_id, before)  # not stored: not in force
+            raise
 
     # -- the access policy (wire.server.policybook) ----------------------------
 
@@ -297,6 +368,34 @@ class TagNode(_AdminResource):
             raise ApiError(404, str(e))
 
 
+class RoutesResource(_AdminResource):
+    """``GET /routes`` every node's routes; ``POST /routes`` {"action": approve|reject, "node", "route"}."""
+
+    methods = ("GET", "POST")
+
+    def get(self, request: server.Request) -> dict:
+        return {"ok": True, **self.admin.routes()}
+
+    def post(self, request: server.Request) -> dict:
+        body = read_json_body(request)
+        action = body.get("action")
+        if action not in ("approve", "reject"):
+            raise ApiError(400, "action: must be approve or reject")
+        node, route = _string(body, "node"), _string(body, "route")
+        try:
+            if action == "approve":
+                return {"ok": True, **self.admin.approve_route(node, route)}
+            return {"ok": True, **self.admin.reject_route(node, route)}
+        except ProtocolError as e:
+            raise ApiError(400, str(e))
+        except RouteRefused as e:
+            raise ApiError(409, str(e))
+        except LookupError as e:
+            raise ApiError(404, str(e.args[0]))
+        except StoreError as e:
+            raise ApiError(503, str(e))
+
+
 def _tags(body: dict) -> tuple[str, ...]:
     try:
         return parse_tags(body.get("tags", []))
@@ -402,5 +501,6 @@ def build_admin_site(admin: Admin) -> server.Site:
     root.putChild(b"tag-node", TagNode(admin))
     root.putChild(b"policy", PolicyResource(admin))
     root.putChild(b"dns", DnsResource(admin))
+    root.putChild(b"routes", RoutesResource(admin))
     root.putChild(b"audit", Audit(admin))
     return make_site(root, timeout=30, reactor=admin.coordinator.clock)

@@ -42,7 +42,7 @@ from wire.server.model import NodeRecord
 from wire.server.model import PairWord
 from wire.server.netmap import LongPollHub
 from wire.server.pathbook import PathBook
-from wire.policy import PolicyIndex
+from wire.policy import PolicyIndex, auto_approved
 from wire.server.policybook import PolicyBook
 from wire.server.punch import PunchTracker
 from wire.server.ratelimit import TokenBucket
@@ -52,6 +52,9 @@ from wire.server.store import IStore, StoreError
 from wire.web import SharedJson, ViewerJson
 
 SWEEP_INTERVAL = 1.0
+# A heartbeating long-poll waits at most offline_after / this (no effect at
+# the default 90 s with nodes' 25 s waits; 2 s with --offline-after 6).
+HEARTBEATS_PER_OFFLINE_AFTER = 3.0
 ENROLL_REFUSALS_AUDITED = 10  # a minute
 TOUCH_FLUSH_INTERVAL = 5.0
 # Encoded packet filters kept (one per class of nodes; cleared when the policy changes).
@@ -95,6 +98,7 @@ class Coordinator:
         registry.on_change(self.longpolls.changed)
         self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)  # type: ignore[arg-type]
         self.policy.listeners.append(self._policy_changed)
+        registry.auto_approve = self.auto_approved_routes
         # The mesh's DNS settings (dns_domain None: no mesh DNS), and the digest each node holds.
         self.dns = DnsBook(store, dns_domain, self.now)  # type: ignore[arg-type]
         self.dns.listeners.append(self._dns_changed)
@@ -119,6 +123,10 @@ class Coordinator:
             for node_id, offline_for in authority.ephemeral_nodes().items():
                 registry.make_ephemeral(node_id, offline_for)
         self._load_paths()
+        # The policy in force approves what it approves now, too: an approval
+        # its change made but a crash kept from the disk is made again.
+        if self.approve_automatically([r.node_id for r in registry.records() if r.advertised_routes]):
+            self.store.write_pending()
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
         self.metrics.track_paths(self.paths.count)
@@ -148,11 +156,35 @@ class Coordinator:
             return set()
         return {tag for key in self.authority.keys() for tag in key.tags}
 
+    # -- routes approved by the policy (autoApprovers) ----------------------
+
+    def auto_approved_routes(self, record: NodeRecord) -> tuple[str, ...]:
+        """The routes among those ``record`` advertises that the policy approves."""
+        return auto_approved(self.policy.policy, record.node_name, record.tags, record.advertised_routes)
+
+    def approve_automatically(self, node_ids) -> dict[str, tuple[str, ...]]:
+        """What the policy now approves of these nodes' advertised routes is
+        approved (kept like the admin's approvals); the caller makes it durable.
+        Returns the routes newly approved, by node id."""
+        approved = {}
+        for node_id in node_ids:
+            new = self.registry.approve_automatically(node_id)
+            if new:
+                approved[node_id] = new
+                self.log.info(
+                    "routes {routes} of {name} approved by the policy's autoApprovers",
+                    routes=", ".join(new),
+                    name=self.registry.get(node_id).node_name,  # type: ignore[union-attr]
+                )
+        return approved
+
     def _policy_changed(self, index_before: PolicyIndex) -> None:
         """Nodes' filters and views may have changed: the serial moves (a poll
         with the old cursor answers at once), and the long-polls of the nodes
         whose view or filter did change wake now; the others learn the new
-        cursor at their next poll."""
+        cursor at their next poll. Its autoApprovers may approve routes."""
+        if self.approve_automatically([r.node_id for r in self.registry.records() if r.advertised_routes]):
+            self._commit_soon()
         self._filter_encoded.clear()
         self._visibility_changed(index_before, self.registry.changes.advance())
         compared: dict[tuple[int, int], bool] = {}
@@ -527,6 +559,10 @@ class Coordinator:
         cursor = parse_cursor(since, self.registry.changes.epoch)
         moved = False
         if node_id is not None and self.longpoll_heartbeats:
+            # The poll is the node's heartbeat: it must come back well within
+            # offline_after, or a short --offline-after (fast router
+            # failover) would take idle nodes offline while they wait.
+            wait = min(wait, self.registry.offline_after / HEARTBEATS_PER_OFFLINE_AFTER)
             record = self.registry.get(node_id)
             if record is not None:
                 self.registry.seen(node_id, self.now())

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from wire.protocol import NatType, PairPath, PathMode, Registration, nat_type_of, peer_view_json
 from wire.protocol.peers import RECORD_FIELDS as VIEW_FIELDS
+from wire.protocol.routes import EXIT_ROUTES, is_exit_route, route_order
 
 
 @dataclass
@@ -23,14 +24,40 @@ class NodeRecord:
     last_seen: float
     # The admin's (or the join key's) tags, sorted; a node cannot set its own.
     tags: tuple[str, ...] = ()
+    # Server-only (never in a view as such): the networks the node offers to
+    # carry, as its last registration said, and those the admin or the
+    # policy's autoApprovers approved (kept when the node stops advertising
+    # one, as in Tailscale). Both canonical, in route order.
+    advertised_routes: tuple[str, ...] = ()
+    approved_routes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Rows come back from the store (and seed state files) as text; one
         # this version does not know counts as unknown.
         if type(self.nat_type) is not NatType:
             self.nat_type = nat_type_of(self.nat_type)
-        if isinstance(self.tags, str):  # the store keeps them space-separated
+        # The store keeps these space-separated.
+        if isinstance(self.tags, str):
             self.tags = tuple(self.tags.split())
+        if isinstance(self.advertised_routes, str):
+            self.advertised_routes = tuple(self.advertised_routes.split())
+        if isinstance(self.approved_routes, str):
+            self.approved_routes = tuple(self.approved_routes.split())
+
+    @property
+    def served_routes(self) -> tuple[str, ...]:
+        """What it may carry for others: advertised and approved."""
+        approved = set(self.approved_routes)
+        return tuple(r for r in self.advertised_routes if r in approved)
+
+    @property
+    def subnet_routes(self) -> tuple[str, ...]:
+        """Served routes that are not exit routes (those a primary is elected for)."""
+        return tuple(r for r in self.served_routes if not is_exit_route(r))
+
+    @property
+    def offers_exit(self) -> bool:
+        return any(r in EXIT_ROUTES for r in self.served_routes)
 
     @classmethod
     def from_registration(
@@ -41,6 +68,7 @@ class NodeRecord:
         registered: float,
         last_seen: float,
         tags: tuple[str, ...] = (),
+        approved_routes: tuple[str, ...] = (),
     ) -> NodeRecord:
         return cls(
             node_id=registration.node_id,
@@ -55,6 +83,8 @@ class NodeRecord:
             registered=registered,
             last_seen=last_seen,
             tags=tags,
+            advertised_routes=registration.advertise_routes,
+            approved_routes=approved_routes,
         )
 
     def describes_same_node(self, other: NodeRecord) -> bool:
@@ -72,8 +102,14 @@ class NodeRecord:
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))
-# A peer view shows the record whole: a field added here is added there.
-assert RECORD_FIELDS == VIEW_FIELDS, (RECORD_FIELDS, VIEW_FIELDS)
+# What only the server holds; a view shows the rest of the record whole (a
+# field added here is added there) and, of routes, what is served (Registry.view).
+SERVER_ONLY_FIELDS = ("advertised_routes", "approved_routes")
+assert tuple(f for f in RECORD_FIELDS if f not in SERVER_ONLY_FIELDS) == VIEW_FIELDS, (RECORD_FIELDS, VIEW_FIELDS)
+
+
+def in_route_order(routes) -> tuple[str, ...]:
+    return tuple(sorted(set(routes), key=route_order))
 
 
 @dataclass(frozen=True)

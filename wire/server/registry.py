@@ -16,9 +16,10 @@ from typing import Callable, Container, Iterable
 from twisted.logger import Logger
 
 from wire.addressing import AddressPool
-from wire.protocol import Cursor, RegisterOutcome, Registration, netmap_answer_json
-from wire.server.model import NodeRecord
+from wire.protocol import Cursor, ProtocolError, RegisterOutcome, Registration, netmap_answer_json
+from wire.server.model import NodeRecord, in_route_order
 from wire.server.netmap import ChangeLog
+from wire.server.routebook import RouteBook, overlapping
 from wire.server.store import IStore
 
 DEFAULT_OFFLINE_AFTER = 90.0
@@ -71,6 +72,11 @@ class Registry:
         self._fresh_at: dict[str, float] = {}
         # Nodes enrolled with an ephemeral key: how long each may stay offline.
         self._ephemeral: dict[str, float] = {}
+        # Who is primary for each served subnet route (kept in step by _changed).
+        self.routes = RouteBook()
+        # The routes among a record's advertised ones the access policy
+        # approves (autoApprovers); the coordinator sets it.
+        self.auto_approve: Callable[[NodeRecord], tuple[str, ...]] = lambda record: ()
 
     # -- loading -----------------------------------------------------------
 
@@ -84,6 +90,10 @@ class Registry:
                 self._online[record.node_id] = None
             else:
                 self._offline[record.node_id] = None
+        # Online routers first: they are the primaries, offline ones standbys.
+        for node_id in list(self._online) + list(self._offline):
+            record = self._nodes[node_id]
+            self.routes.update(node_id, record.subnet_routes, node_id in self._online)
         self.sweep(now)
 
     def _index(self, record: NodeRecord) -> None:
@@ -152,7 +162,17 @@ class Registry:
         return self._fresh_at.get(node_id, 0.0)
 
     def view(self, record: NodeRecord, now: float) -> dict:
-        return record.peer_view(self.is_online(record.node_id), now)
+        """A node as its peers see it; of its routes, only what it serves:
+        ``routes`` (those it is primary for) and ``exit_node``, each left
+        out when empty (a seed client, or a node without routes, reads the same)."""
+        view = record.peer_view(self.is_online(record.node_id), now)
+        if record.approved_routes:
+            primary = self.routes.primary_routes(record.node_id)
+            if primary:
+                view["routes"] = list(primary)
+            if record.offers_exit:
+                view["exit_node"] = True
+        return view
 
     def netmap_since(self, cursor: Cursor, now: float) -> dict:
         """What a node holding ``cursor`` must learn: a delta, or a full snapshot."""
@@ -172,6 +192,15 @@ class Registry:
         self._listeners.append(listener)
 
     def _changed(self, node_id: str) -> None:
+        self._tell(node_id)
+        # A node that came, went, or serves other routes may hand a prefix
+        # to another router (or take one): that node's view changed too.
+        record = self._nodes.get(node_id)
+        served = record.subnet_routes if record is not None else ()
+        for other in sorted(self.routes.update(node_id, served, node_id in self._online) - {node_id}):
+            self._tell(other)
+
+    def _tell(self, node_id: str) -> None:
         self.changes.record(node_id)
         for listener in self._listeners:
             listener(node_id)
@@ -196,6 +225,7 @@ class Registry:
         no registration can change them."""
         node_id = registration.node_id
         existing = self._nodes.get(node_id)
+        self.check_routes(registration.advertise_routes)
         holder = self._node_by_key.get(registration.wg_public_key)
         if holder is not None and holder != node_id:
             raise RegistryConflict(
@@ -209,7 +239,10 @@ class Registry:
             vpn_ip = existing.vpn_ip
             registered = existing.registered
             tags = existing.tags
-        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now, tags)
+        # Approvals outlive registrations (and a route's absence from one).
+        approved = existing.approved_routes if existing is not None else ()
+        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now, tags, approved)
+        record.approved_routes = in_route_order(approved + self.auto_approve(record))
         if existing is not None and existing.describes_same_node(record):
             self._alive(existing, now)
             return Registered(existing, RegisterOutcome.HEARTBEAT)
@@ -321,6 +354,35 @@ class Registry:
             self._store.put(record)
             self._changed(node_id)
         return record
+
+    def check_routes(self, routes: tuple[str, ...]) -> None:
+        """ProtocolError for a route over the mesh's own subnet (it would take
+        the mesh's addresses away from the mesh)."""
+        clash = overlapping(routes, self.pool.network)
+        if clash:
+            raise ProtocolError(
+                "advertise_routes",
+                f"{', '.join(clash)} overlaps the mesh's own subnet {self.pool.network}; advertise the networks beside it",
+            )
+
+    def set_approved_routes(self, node_id: str, routes: tuple[str, ...]) -> NodeRecord:
+        """The routes approved for a node (the admin's word, or autoApprovers'): a netmap change."""
+        record = self._nodes[node_id]
+        routes = in_route_order(routes)
+        if record.approved_routes != routes:
+            record.approved_routes = routes
+            self._store.put(record)
+            self._changed(node_id)
+        return record
+
+    def approve_automatically(self, node_id: str) -> tuple[str, ...]:
+        """Approve what the policy now approves of a node's advertised routes;
+        returns the routes newly approved (a netmap change if any)."""
+        record = self._nodes[node_id]
+        new = tuple(r for r in self.auto_approve(record) if r not in record.approved_routes)
+        if new:
+            self.set_approved_routes(node_id, record.approved_routes + new)
+        return new
 
     def make_ephemeral(self, node_id: str, offline_for: float) -> None:
         """The node goes once offline for ``offline_for`` seconds (see :meth:`sweep`)."""

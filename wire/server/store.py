@@ -28,6 +28,11 @@ than run without the policy, which would let everything reach everything.
 Schema 6 adds ``dns_settings``, the admin's DNS records, forwarded zones
 and nameservers (:mod:`wire.server.dnsbook`): one row, the version in force.
 Older databases gain the empty table when opened.
+
+Schema 7 adds routes beyond the mesh (:mod:`wire.protocol.routes`): the
+networks a node advertises (``nodes.advertised_routes``) and those approved
+for it (``nodes.approved_routes``), space-separated. Older databases gain
+the columns, empty, when opened.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from zope.interface import Interface, implementer
 from wire.protocol import PathMode
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,7 +66,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     nat_type TEXT NOT NULL,
     registered REAL NOT NULL,
     last_seen REAL NOT NULL,
-    tags TEXT NOT NULL DEFAULT ''
+    tags TEXT NOT NULL DEFAULT '',
+    advertised_routes TEXT NOT NULL DEFAULT '',
+    approved_routes TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS join_keys (
     key_id TEXT PRIMARY KEY,
@@ -321,14 +328,21 @@ class SQLiteStore:
         self._db.close()
 
 
+# Kept space-separated (NodeRecord reads them back).
+_SPACE_SEPARATED = ("tags", "advertised_routes", "approved_routes")
+
+
 def _row(record: NodeRecord) -> tuple:
-    # Tags are kept space-separated (NodeRecord reads them back).
-    return tuple(" ".join(record.tags) if name == "tags" else getattr(record, name) for name in RECORD_FIELDS)
+    return tuple(" ".join(getattr(record, name)) if name in _SPACE_SEPARATED else getattr(record, name) for name in RECORD_FIELDS)
 
 
 # Columns later schemas added to tables an older database already has.
 _ADDED_COLUMNS = {
-    "nodes": (("tags", "TEXT NOT NULL DEFAULT ''"),),
+    "nodes": (
+        ("tags", "TEXT NOT NULL DEFAULT ''"),
+        ("advertised_routes", "TEXT NOT NULL DEFAULT ''"),
+        ("approved_routes", "TEXT NOT NULL DEFAULT ''"),
+    ),
     "join_keys": (("tags", "TEXT NOT NULL DEFAULT ''"), ("ephemeral_after", "REAL NOT NULL DEFAULT 0")),
 }
 
