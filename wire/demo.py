@@ -57,9 +57,11 @@ class MeshNode:
 class MeshLab:
     """A lab with a running wire server and nodes that joined through ``wire up``."""
 
-    def __init__(self, reactor, runner: IProcessRunner, open_server: bool = False):
+    def __init__(self, reactor, runner: IProcessRunner, open_server: bool = False, server_args: tuple[str, ...] = ()):
         self.reactor = reactor
         self.runner = runner
+        # More wire-server options (a test's --offline-after, say).
+        self.server_args = tuple(server_args)
         # By default the server authenticates (nodes join with a token);
         # open_server runs it the seed's way (--open, plain HTTP).
         self.open_server = open_server
@@ -97,6 +99,7 @@ class MeshLab:
         ]
         if self.open_server:
             argv.append("--open")
+        argv += self.server_args
         self.server = self.lab.start(
             "server", argv, env=wire_environment(), log_prefix=f"wire-server#{next(self._server_restarts)}"
         )

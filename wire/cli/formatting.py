@@ -53,6 +53,12 @@ def format_status(result: dict, style: Style) -> str:
     lines += [
         f"  {result['online']} online / {result['offline']} offline / {result['total']} total" + (" (last known)" if stale else ""),
     ]
+    routing = result.get("routing") or {}
+    if routing.get("exit_node"):
+        lines.append(f"  exit node: {routing['exit_node']} carries this node's internet traffic")
+    elif routing.get("exit_node_wanted"):
+        lines.append("  " + style("33", f"! exit node {routing['exit_node_wanted']} not in use: {routing.get('problem') or 'not offered'}"))
+    lines += ["  " + style("33", f"! {reason}") for reason in routing.get("skipped") or []]
     dns = result.get("dns") or {}
     if dns.get("enabled"):
         where = f" on {dns['listening']}" if dns.get("listening") else " (not listening)"
@@ -76,6 +82,10 @@ def format_status(result: dict, style: Style) -> str:
             line += "  " + style("36", " ".join(node["tags"]))
         if node.get("dns_name"):
             line += "  " + style("90", node["dns_name"])
+        if node.get("routes"):
+            line += "  " + style("35", "routes " + ",".join(node["routes"]))
+        if node.get("exit_node"):
+            line += "  " + style("35", "exit node" + (" (in use)" if node.get("exit_in_use") else " (offered)"))
         lines.append(line.rstrip())
     if not result.get("daemon_running") and result.get("my_node_id"):
         lines += ["", "  (the node daemon is not running here: paths unknown; sudo wire up)"]

@@ -175,6 +175,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
         "bad_answers": daemon.bad_answers.view(now),
         "policy": policy_state(daemon),
         "dns": names,
+        "routing": daemon.reconciler.routing.status() if daemon.reconciler.routing is not None else None,
     }
 
 

@@ -167,7 +167,11 @@ class Reconciler:
         self._runtime.relay_wanted = relayed
         subnet = self.netmap.screen.mesh().subnet
         # Networks beyond the mesh some peers carry (subnet routes, the exit): only as given.
-        extra = await self.routing.allowed_ips(self.netmap.peers, str(subnet) if subnet else None) if self.routing else {}
+        extra = (
+            await self.routing.allowed_ips(self.netmap.peers, str(subnet) if subnet else None, me.public_ip)
+            if self.routing is not None
+            else {}
+        )
         for node_id, peer in self.netmap.peers.items():
             path = plan.paths[node_id]
             endpoint = path.endpoint

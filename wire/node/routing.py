@@ -79,14 +79,17 @@ class NodeRouting:
 
     # -- using others' routes ------------------------------------------------
 
-    async def allowed_ips(self, peers: Mapping[str, Peer], mesh_subnet: str | None) -> Mapping[str, tuple[str, ...]]:
+    async def allowed_ips(
+        self, peers: Mapping[str, Peer], mesh_subnet: str | None, my_public_ip: str = ""
+    ) -> Mapping[str, tuple[str, ...]]:
         """Each peer's networks beyond its mesh address, planned anew when the netmap or settings changed."""
         config = self._config()
         wanted = self._wanted(peers, config)
         if not wanted and self._applied is None:
             self.plan = RoutePlan()
             return {}
-        inputs = (id(peers), tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, mesh_subnet)
+        inputs = (id(peers), tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, mesh_subnet,
+                  my_public_ip)
         if inputs == self._planned_from and not self._host_facts_stale():
             return self.plan.allowed_ips
         local, gateways = await self._read_host_facts()
@@ -96,7 +99,7 @@ class NodeRouting:
             wanted,
             mesh_subnets=[mesh_subnet] if mesh_subnet else [],
             local_networks=local,
-            underlay_addresses=self._underlay(peers, config),
+            underlay_addresses=self._underlay(peers, config, my_public_ip),
             exit_peer=exit_peer,
             exit_allow_lan=config.exit_node_allow_lan_access,
             gateways=gateways,
@@ -122,14 +125,17 @@ class NodeRouting:
                 result[node_id] = kept
         return result
 
-    def _underlay(self, peers: Mapping[str, Peer], config: NodeConfig) -> list[Underlay]:
-        """What must never go through the tunnel: the server, and every address a peer's WireGuard may use."""
+    def _underlay(self, peers: Mapping[str, Peer], config: NodeConfig, my_public_ip: str) -> list[Underlay]:
+        """What must never go through the tunnel: the server, and every address
+        a peer's WireGuard may use (its LAN address only when it shares this
+        node's public address: only then is the LAN path tried)."""
         found = []
         host = urlsplit(config.server_url).hostname or ""
         if _is_address(host):
             found.append(Underlay.server(host))
         for peer in peers.values():
-            for address in (peer.public_ip, peer.lan_ip):
+            same_lan = bool(my_public_ip) and peer.public_ip == my_public_ip
+            for address in (peer.public_ip, peer.lan_ip if same_lan else ""):
                 if address and _is_address(address):
                     found.append(Underlay.endpoint(peer.node_name, address))
         return found

@@ -54,6 +54,10 @@ def daemon_troubles(local: dict | None) -> list[str]:
     problem = (local.get("policy") or {}).get("problem")
     if problem:
         lines.append(f"access policy: {problem}; this node holds no peers until it can")
+    routing = local.get("routing") or {}
+    for problem in (routing.get("problem"), routing.get("router_problem")):
+        if problem:
+            lines.append(f"routes: {problem}")
     dns_problem = (local.get("dns") or {}).get("problem")
     if dns_problem:
         lines.append(f"mesh DNS: {dns_problem}")

@@ -62,9 +62,21 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         **daemon_state(local),
     }
     with_dns_names(result, local)
+    with_routing(result, local)
     if _daemon_knows(local, server_url) and daemon_was_removed(local):
         # The server answers others; this node's daemon it turns away.
         result.update(ok=False, warning=removed_message())
+    return result
+
+
+def with_routing(result: dict, local: dict | None) -> dict:
+    """This node's routing (routes skipped and why, the exit in use), and which node is that exit."""
+    routing = (local or {}).get("routing")
+    result["routing"] = routing
+    exit_name = (routing or {}).get("exit_node")
+    for node in result["nodes"]:
+        if exit_name and node.get("node_name") == exit_name:
+            node["exit_in_use"] = True
     return result
 
 
@@ -171,7 +183,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
         )
     nodes.sort(key=lambda n: n["node_name"])
     online = sum(1 for n in nodes if n["status"] == "online")
-    return with_dns_names({
+    return with_routing(with_dns_names({
         **_stale_view(problem, local, server_url),
         "last_contact_ago": local["server"].get("last_contact_ago"),
         "version": None,
@@ -182,7 +194,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
         "my_node_id": me["node_id"] if config is None else config.node_id,
         "daemon_running": True,
         **daemon_state(local),
-    }, local)
+    }, local), local)
 
 
 async def peers(ctx: Context, server: str | None = None) -> dict:
