@@ -101,7 +101,62 @@ class RoutesLabTests(unittest.TestCase):
         forwarding = await lab.run("gw2", ["sysctl", "-n", "net.ipv4.ip_forward"])
         self.assertEqual(forwarding.stdout.strip(), b"0", "forwarding as it was before wire")
 
+    async def test_an_exit_node_carries_a_clients_internet_traffic(self):
+        mesh = MeshLab(reactor, ProcessRunner(reactor))
+        self.addCleanup(mesh.teardown)
+        await mesh.setup()
+        lab = mesh.lab
+        for name in ("exit1", "client", "web"):
+            await mesh.add_host(name)
+        # "web" is a host on the internet with no wire: it tells who connected.
+        lab.start("web", [sys.executable, "-c", WHO], log_prefix="web")
+        web, client, exit_address = (lab.hosts[n].address for n in ("web", "client", "exit1"))
+        assert web is not None
+        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("exit1", "client")])
+        self.assertEqual(await self.who(mesh, "client", web), client, "straight out, before any exit")
+        await self.wire_set(mesh, "exit1", "--advertise-exit-node")
+        answer = await AdminOps(reactor, mesh.server_data_dir).route_action("approve", "exit1", "0.0.0.0/0")
+        self.assertTrue(answer["ok"], answer)
+
+        await eventually(lambda: self.offers_exit(mesh, "client", "exit1"), timeout=10, what="exit1 offering an exit to client")
+        await self.wire_set(mesh, "client", "--exit-node", "exit1")
+        # Out through the exit, masqueraded: the web host sees exit1.
+        seen: list = [None]
+
+        async def through_the_exit() -> bool:
+            seen[0] = await self.who(mesh, "client", web)
+            return seen[0] == exit_address
+
+        await eventually(through_the_exit, timeout=15, what="client's traffic leaving through exit1")
+        status = await mesh.status("client")
+        self.assertEqual(status["routing"]["exit_node"], "exit1")
+        # The server and the peers are still reached outside (and inside) the tunnel.
+        self.assertTrue(await mesh.ping("client", "exit1", count=2))
+        health = await lab.run("client", [sys.executable, "-c", "import ssl, sys, urllib.request; "
+                                          "print(urllib.request.urlopen(sys.argv[1], context=ssl._create_unverified_context(), timeout=3).status)",
+                                          mesh.server_url + "/health"], timeout=15)
+        self.assertEqual(health.stdout.strip(), b"200", health.stderr)
+
+        # No exit again: straight out.
+        await self.wire_set(mesh, "client", "--exit-node=")
+        await eventually(lambda: self.sees(mesh, "client", web, client), timeout=10, what="client's traffic straight out again")
+        await self.wire_set(mesh, "client", "--exit-node", "exit1")
+        await eventually(through_the_exit, timeout=15, what="the exit in use again")
+        # wire down: the default route as it was, no rule of wire's left.
+        await mesh.down("client")
+        del mesh.nodes["client"]
+        rules = await lab.run("client", ["ip", "-4", "rule", "show"])
+        self.assertNotIn(b"proto 87", rules.stdout)
+        self.assertEqual(await self.who(mesh, "client", web), client)
+
     # -- helpers -------------------------------------------------------------
+
+    async def offers_exit(self, mesh: MeshLab, host: str, exit_name: str) -> bool:
+        status = await mesh.status(host)
+        return any(n["node_name"] == exit_name and n.get("exit_node") for n in status["nodes"])
+
+    async def sees(self, mesh: MeshLab, host: str, address: str, expected: str | None) -> bool:
+        return await self.who(mesh, host, address) == expected
 
     async def wire_set(self, mesh: MeshLab, name: str, *args: str) -> None:
         result = await mesh.cli(name, "set", *args, "--json")
