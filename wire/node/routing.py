@@ -85,7 +85,7 @@ class NodeRouting:
         """Each peer's networks beyond its mesh address, planned anew when the netmap or settings changed."""
         config = self._config()
         wanted = self._wanted(peers, config)
-        if not wanted and self._applied is None:
+        if not wanted and not config.exit_node and self._applied is None:
             self.plan = RoutePlan()
             return {}
         inputs = (id(peers), tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, mesh_subnet,

@@ -1,0 +1,154 @@
+"""The node's routing (wire.node.routing) between the netmap, its settings,
+the planner and the kernel: a peer is given only what the server made it
+primary for, and only when this node accepts routes; the exit routes only
+for the exit this node chose. Then the daemon carrying it."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from tests.fakes import FakeWireGuard, started_daemon
+from tests.helpers import body_for
+from tests.test_daemon import ScriptedServer, peer_view
+from wire.node.config import NodeConfig, save_config
+from wire.node.routes import RoutePlan
+from wire.node.routing import NodeRouting
+from wire.protocol import PeerView
+
+
+def peer(name: str, number: int, **fields) -> PeerView:
+    view = peer_view(name, number)
+    view.update(fields)
+    return PeerView.from_json(view)
+
+
+class FakeHostRouting(NodeRouting):
+    """NodeRouting with the host's facts given and the kernel in memory."""
+
+    def __init__(self, clock, config):
+        super().__init__(clock, None, "wire0", "/nonexistent", config)
+        self.applied: list[RoutePlan] = []
+
+    async def _read_host_facts(self):
+        from wire.node.routes import Gateway, LocalNetwork
+
+        import ipaddress
+
+        return [LocalNetwork("eth0", ipaddress.ip_interface("192.168.1.10/24"))], [Gateway("eth0", ipaddress.ip_address("192.168.1.1"), 4)]
+
+
+class PlanTests(unittest.TestCase):
+    def setUp(self):
+        self.config = NodeConfig(server_url="https://203.0.113.5:8787", node_name="laptop", node_id=body_for("laptop")["node_id"])
+        self.routing = FakeHostRouting(Clock(), lambda: self.config)
+        self.peers = {}
+        self.add(peer("r1", 2, routes=["10.5.0.0/24", "192.168.1.0/24"]))
+        self.add(peer("x1", 3, exit_node=True))
+
+    def add(self, view: PeerView) -> None:
+        self.peers[view.node_id] = view
+
+    def node_id(self, name: str) -> str:
+        return body_for(name)["node_id"]
+
+    def plan(self, **settings):
+        from dataclasses import replace
+
+        self.config = replace(self.config, **settings)
+        self.routing.settings_changed()
+        return self.successResultOf(defer.ensureDeferred(self.routing.allowed_ips(self.peers, "10.99.0.0/16", "198.51.100.1")))
+
+    def test_nothing_is_taken_unless_asked(self):
+        self.assertEqual(self.plan(), {})
+
+    def test_accepted_routes_go_to_their_router_except_what_shadows_the_lan(self):
+        self.assertEqual(self.plan(accept_routes=True), {self.node_id("r1"): ("10.5.0.0/24",)})
+        self.assertIn("overlaps this node's own LAN", self.routing.status()["skipped"][0])
+
+    def test_the_exit_only_for_the_chosen_peer_that_offers_one(self):
+        self.assertEqual(self.plan(exit_node="x1"), {self.node_id("x1"): ("0.0.0.0/0", "::/0")})
+        self.assertEqual(self.routing.status()["exit_node"], "x1")
+        self.assertEqual(self.plan(exit_node="r1"), {})
+        self.assertIn("offers no exit node", self.routing.plan.exit_problem)
+        self.assertEqual(self.plan(exit_node="nobody"), {})
+        self.assertIn("no peer named nobody", self.routing.plan.exit_problem)
+
+    def test_a_peers_lan_address_is_underlay_only_on_the_same_lan(self):
+        self.add(peer("r2", 4, routes=["172.16.1.0/24"], lan_ip="172.16.1.5"))
+        self.assertEqual(self.plan(accept_routes=True)[self.node_id("r2")], ("172.16.1.0/24",), "another LAN: its address is not our path")
+        self.add(peer("r2", 4, routes=["172.16.1.0/24"], lan_ip="172.16.1.5", public_ip="198.51.100.1"))
+        self.assertNotIn(self.node_id("r2"), self.plan(accept_routes=True))
+        self.assertIn("172.16.1.5", " ".join(self.routing.status()["skipped"]))
+
+
+class RecordingRouting:
+    def __init__(self, config, journal):
+        self.config, self.journal = config, journal
+        self.started = self.cleared = 0
+
+    async def start(self, mesh_subnet):
+        self.started += 1
+
+    async def allowed_ips(self, peers, mesh_subnet, my_public_ip=""):
+        return {node_id: ("192.168.50.0/24",) for node_id, p in peers.items() if p.node_name == "r1"}
+
+    async def apply(self):
+        self.journal.append("routes")
+
+    async def advertise(self, mesh_subnet):
+        self.journal.append(("advertise", self.config().advertise_routes))
+
+    def settings_changed(self):
+        pass
+
+    async def clear(self):
+        self.cleared += 1
+
+    def status(self):
+        return {}
+
+
+class DaemonTests(unittest.TestCase):
+    def test_allowed_ips_before_the_kernel_routes_and_undone_on_down(self):
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        server = ScriptedServer(clock)
+        server.peers = {"r1": peer_view("r1", 2, routes=["192.168.50.0/24"]), "web": peer_view("web", 3)}
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        config = NodeConfig(server_url="https://wire.test", node_name="laptop", node_id=body_for("laptop")["node_id"])
+        save_config(config_dir, config)
+        journal: list = []
+        made: list[RecordingRouting] = []
+
+        class JournalWireGuard(FakeWireGuard):
+            async def apply(self, desired, reassert=()):
+                changed = await super().apply(desired, reassert)
+                journal.append("wireguard")
+                return changed
+
+        def routing_for(current):
+            made.append(RecordingRouting(current, journal))
+            return made[-1]
+
+        wireguard = JournalWireGuard(clock=clock)
+        daemon = started_daemon(self, clock=clock, config_dir=config_dir, config=config, wireguard=wireguard, client=server,
+                                routing_for=routing_for)
+        clock.advance(0)
+        clock.advance(1)
+        (routing,) = made
+        self.assertEqual(routing.started, 1)
+        by_name = {p.node_name: p for p in daemon.netmap.peers.values()}
+        held = {key: c.allowed_ips for key, c in wireguard.peers.items()}
+        self.assertEqual(held[by_name["r1"].wg_public_key], ("10.99.1.2/32", "192.168.50.0/24"))
+        self.assertEqual(held[by_name["web"].wg_public_key], ("10.99.1.3/32",))
+        self.assertLess(journal.index("wireguard"), journal.index("routes"), "WireGuard knows the carrier first")
+        self.successResultOf(defer.ensureDeferred(daemon.change_settings({"advertise_routes": ("10.7.0.0/16",)})))
+        self.assertIn(("advertise", ("10.7.0.0/16",)), journal)
+        server.leave = lambda *a: defer.succeed({"ok": True})
+        self.successResultOf(defer.ensureDeferred(daemon.leave()))
+        self.assertEqual(routing.cleared, 1)
