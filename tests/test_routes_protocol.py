@@ -54,3 +54,23 @@ class RouteTests(unittest.TestCase):
         self.assertEqual(PeerView.from_json(dict(body_for("web1"), vpn_ip="10.99.0.8")).routes, ())
         with self.assertRaises(ProtocolError):
             PeerView.from_json(dict(view, routes=["192.168.1.1/24"]))  # they may reach AllowedIPs
+
+
+class Ipv6FieldsTests(unittest.TestCase):
+    """The IPv6 mesh address in the register answer and in a peer's view."""
+
+    def test_register_answer(self):
+        from wire.protocol.registration import RegisterAnswer
+
+        answer = RegisterAnswer(vpn_ip="10.99.0.7", vpn_subnet="10.99.0.0/16", vpn_ip6="fd7a:115c:a1e0::7", vpn_subnet6="fd7a:115c:a1e0::/48")
+        self.assertEqual(RegisterAnswer.from_json(answer.to_json()), answer)
+        self.assertEqual(RegisterAnswer.from_json({"vpn_ip": "10.99.0.7"}).vpn_ip6, "")
+        for bad in ({"vpn_ip6": "10.0.0.1"}, {"vpn_ip6": "fd7a::/48"}, {"vpn_subnet6": "10.99.0.0/16"}, {"vpn_subnet6": "fd7a::1/48"}):
+            with self.assertRaises(ProtocolError, msg=bad):
+                RegisterAnswer.from_json({"vpn_ip": "10.99.0.7", **bad})
+
+    def test_peer_view(self):
+        view = dict(body_for("web1"), vpn_ip="10.99.0.8", vpn_ip6="fd7a:115c:a1e0::8")
+        self.assertEqual(PeerView.from_json(view).vpn_ip6, "fd7a:115c:a1e0::8")
+        with self.assertRaises(ProtocolError):
+            PeerView.from_json(dict(view, vpn_ip6="10.99.0.9"))

@@ -109,6 +109,8 @@ class PeerView:
     # offers an approved exit (wire.protocol.routes): they may reach AllowedIPs, so strict.
     routes: tuple[str, ...] = ()
     exit_node: bool = False
+    # Its IPv6 mesh address ("": none; a seed server gives none). Reaches AllowedIPs: strict.
+    vpn_ip6: str = ""
 
     @classmethod
     def from_json(cls, value: Any) -> PeerView:
@@ -132,6 +134,7 @@ class PeerView:
             tags=_shown_tags(view.get("tags")),
             routes=parse_routes(view.get("routes") or [], "routes"),
             exit_node=parse_bool(view.get("exit_node", False), "exit_node"),
+            vpn_ip6=_ipv6_or_empty(view, "vpn_ip6"),
         )
 
 
@@ -154,6 +157,13 @@ def nat_type_of(value: Any) -> NatType:
         return NatType(value)
     except ValueError:
         return NatType.UNKNOWN
+
+
+def _ipv6_or_empty(view: dict[str, Any], field: str) -> str:
+    address = _ip_or_empty(view, field)
+    if address and ":" not in address:
+        raise ProtocolError(field, f"{address} is not an IPv6 address")
+    return address
 
 
 def _ip_or_empty(view: dict[str, Any], field: str) -> str:

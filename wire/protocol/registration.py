@@ -151,6 +151,9 @@ class RegisterAnswer:
     cursor: str = ""
     heartbeat: Heartbeat = Heartbeat.REGISTER
     credential: str | None = None
+    # The node's IPv6 mesh address and the mesh's IPv6 prefix ("": none; a seed server gives none).
+    vpn_ip6: str = ""
+    vpn_subnet6: str = ""
 
     def to_json(self) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -169,6 +172,9 @@ class RegisterAnswer:
             answer["heartbeat"] = str(Heartbeat.LONGPOLL)
         if self.credential is not None:
             answer["credential"] = self.credential
+        if self.vpn_ip6:
+            answer["vpn_ip6"] = self.vpn_ip6
+            answer["vpn_subnet6"] = self.vpn_subnet6
         return answer
 
     @classmethod
@@ -193,6 +199,8 @@ class RegisterAnswer:
             # Only the value we know changes how we heartbeat; anything else is the seed's way.
             heartbeat=Heartbeat.LONGPOLL if heartbeat == Heartbeat.LONGPOLL else Heartbeat.REGISTER,
             credential=parse_str(credential, "credential", limit=MAX_CREDENTIAL) if credential is not None else None,
+            vpn_ip6=_ipv6(body, "vpn_ip6"),
+            vpn_subnet6=_subnet(body["vpn_subnet6"], "vpn_subnet6", version=6) if body.get("vpn_subnet6") else "",
         )
 
 
@@ -201,9 +209,23 @@ def _optional_ip(body: dict[str, Any], field: str) -> str:
     return parse_ip_address(value, field) if value is not None else ""
 
 
-def _subnet(value: Any) -> str:
-    text = parse_str(value, "vpn_subnet", limit=50)
+def _subnet(value: Any, field: str = "vpn_subnet", version: int | None = None) -> str:
+    text = parse_str(value, field, limit=50)
     try:
-        return str(ipaddress.ip_network(text, strict=True))
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError:
-        raise ProtocolError("vpn_subnet", f"{text[:40]!r} is not a network (ADDRESS/PREFIX)")
+        raise ProtocolError(field, f"{text[:40]!r} is not a network (ADDRESS/PREFIX)")
+    if version is not None and network.version != version:
+        raise ProtocolError(field, f"{text[:40]!r} is not an IPv{version} network")
+    return str(network)
+
+
+def _ipv6(body: dict[str, Any], field: str) -> str:
+    """An IPv6 address, or "" when absent."""
+    value = body.get(field)
+    if not value:
+        return ""
+    address = parse_ip_address(value, field)
+    if ":" not in address:
+        raise ProtocolError(field, f"{address} is not an IPv6 address")
+    return address
