@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 
 from twisted.internet.task import Clock
 
 from wire.addressing import AddressPool, parse_subnet
 from wire.protocol import parse_registration
+from wire.runner import CommandNotFound, find_program
 from wire.server.coordinator import Coordinator
 from wire.server.registry import Registry
 from wire.server.store import open_store
@@ -50,3 +52,17 @@ def make_coordinator(
     coordinator.data_dir = data_dir
     test.addCleanup(store.close)
     return coordinator
+
+
+def namespace_skip_reason(programs: tuple[str, ...] = ("ip",), needs: str = "a network namespace of its own") -> str | None:
+    """Why a test that builds a network namespace of its own cannot run here (None: it can)."""
+    if os.geteuid() != 0:
+        return f"needs root ({needs})"
+    try:
+        for program in programs:
+            find_program(program)
+    except CommandNotFound as e:
+        return f"needs {', '.join(programs)}: {e}"
+    if not os.path.exists("/proc/self/ns/net"):
+        return "needs network namespace support in the kernel"
+    return None

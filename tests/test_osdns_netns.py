@@ -17,9 +17,10 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 import wire
+from tests.helpers import namespace_skip_reason
 from tests.test_osdns import ORIGINAL, HostUntouched
 from wire.node.osdns import parse_resolv_conf
-from wire.runner import CommandNotFound, ProcessRunner, find_program
+from wire.runner import ProcessRunner
 
 NETNS_ETC = "/etc/netns"
 
@@ -44,17 +45,10 @@ react(lambda reactor, phase, state_dir: Deferred.fromCoroutine(main(reactor, pha
 
 
 def real_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a network namespace and /etc/netns)"
-    try:
-        find_program("ip")
-    except CommandNotFound as e:
-        return f"needs ip (iproute2): {e}"
-    if not os.path.exists("/proc/self/ns/net"):
-        return "needs network namespace support in the kernel"
-    if not os.path.isfile("/etc/resolv.conf"):
+    reason = namespace_skip_reason(needs="a network namespace and /etc/netns")
+    if reason is None and not os.path.isfile("/etc/resolv.conf"):
         return "ip netns exec needs /etc/resolv.conf to mount the namespace's own over"
-    return None
+    return reason
 
 
 class NamespaceResolvConfTests(HostUntouched, TestCase):

@@ -18,6 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.fakes import FakeProcessRunner, PassThroughRunner
+from tests.helpers import namespace_skip_reason
 from wire.node.firewall import InvalidFirewallConfig
 from wire.node.router import (
     InvalidRouterConfig,
@@ -27,7 +28,7 @@ from wire.node.router import (
     route_table_for,
     router_ruleset,
 )
-from wire.runner import CommandNotFound, ProcessRunner, find_program
+from wire.runner import CommandNotFound, ProcessRunner
 
 MESH = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
 NFT = ["nft", "-f", "-"]
@@ -307,16 +308,7 @@ class SubnetRouterTests(SynchronousTestCase):
 
 
 def real_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a network namespace of its own, nftables, sysctls)"
-    try:
-        for program in ("ip", "nft", "sysctl"):
-            find_program(program)
-    except CommandNotFound as e:
-        return f"needs ip (iproute2), nft (nftables) and sysctl (procps): {e}"
-    if not os.path.exists("/proc/self/ns/net"):
-        return "needs network namespace support in the kernel"
-    return None
+    return namespace_skip_reason(("ip", "nft", "sysctl"), "a network namespace of its own, nftables, sysctls")
 
 
 class RealSubnetRouterTests(TestCase):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import secrets
 
 from hypothesis import given
@@ -16,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.fakes import FakeProcessRunner, PassThroughRunner
+from tests.helpers import namespace_skip_reason
 from wire.node.firewall import InvalidFirewallConfig
 from wire.node.routes import (
     EXIT_TABLE,
@@ -36,7 +36,7 @@ from wire.node.routes import (
     wanted_from_peers,
 )
 from wire.protocol.peers import PeerView
-from wire.runner import CommandNotFound, ProcessRunner, find_program
+from wire.runner import CommandNotFound, ProcessRunner
 
 MESH = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
 LAN = LocalNetwork("eth0", ipaddress.ip_interface("192.168.1.10/24"))
@@ -499,15 +499,7 @@ class MeshRoutesTests(SynchronousTestCase):
 
 
 def real_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a network namespace of its own)"
-    try:
-        find_program("ip")
-    except CommandNotFound as e:
-        return f"needs ip (iproute2): {e}"
-    if not os.path.exists("/proc/self/ns/net"):
-        return "needs network namespace support in the kernel"
-    return None
+    return namespace_skip_reason()
 
 
 class RealMeshRoutesTests(TestCase):
