@@ -131,9 +131,13 @@ class NodeLifeLabTests(unittest.TestCase):
             status = json.loads((await self.wire(mesh, "beta", "status", "--json")).stdout)
             return any(n["node_name"] == "bravo" and n["this_node"] for n in status["nodes"])
 
+        async def adopted() -> bool:
+            # The server's view shows it at once; the daemon adopts it from its next netmap answer.
+            with open(os.path.join(self.config_dir(mesh, "beta"), "config.json")) as f:
+                return json.load(f)["node_name"] == "bravo"
+
         await eventually(renamed, timeout=10, what="beta shows its new name")
-        with open(os.path.join(self.config_dir(mesh, "beta"), "config.json")) as f:
-            self.assertEqual(json.load(f)["node_name"], "bravo")
+        await eventually(adopted, timeout=10, what="beta's daemon keeps its new name in config.json")
         refused = await self.wire(mesh, "beta", "up", "--name", "other")
         self.assertEqual(refused.rc, 1)
         self.assertIn("ask them to run 'wire admin nodes rename bravo other'", refused.stderr.decode())
