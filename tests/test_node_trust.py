@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import replace
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -25,6 +25,7 @@ from tests.test_daemon import ScriptedServer, peer_view
 from wire.client import BadAnswer
 from wire.jointoken import JoinToken
 from wire.node.config import ConfigError, NodeConfig, load_config, save_config
+from wire.node.control import node_status
 from wire.node.daemon import NAT_RECHECK_INTERVAL, PATH_CHECK_INTERVAL, NodeDaemon
 from wire.node.heartbeat import HEARTBEAT_INTERVAL
 from wire.node.netmap import NodeNetmap
@@ -586,3 +587,11 @@ class IPv6HostileTests(HostileHarness):
         self.assertEqual(daemon.netmap.peers[body_for("db1")["node_id"]].vpn_ip6, "")
         self.assertEqual(self.allowed(), {key_for("db1"): ("10.99.1.2/32",)})
         self.assertTrue(any("mesh has no IPv6 subnet" in w for w in self.warnings()))
+
+    def test_status_shows_the_ipv6_addresses(self):
+        self.server.assign = dict(GOOD6)
+        daemon = self.start()
+        self.push([peer("db1", 2, vpn_ip6="fd7a:115c:a1e0::2"), peer("old", 3)])
+        status = self.successResultOf(ensureDeferred(node_status(daemon)))
+        self.assertEqual((status["node"]["vpn_ip6"], status["node"]["vpn_subnet6"]), ("fd7a:115c:a1e0::5", SUBNET6))
+        self.assertEqual({p["node_name"]: p["vpn_ip6"] for p in status["peers"]}, {"db1": "fd7a:115c:a1e0::2", "old": ""})

@@ -65,7 +65,7 @@ from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
 from wire.node.probe import PathProbe
-from wire.node.reconciler import Reconciler
+from wire.node.reconciler import Reconciler, mesh_addresses
 from wire.node.relay import RelayShim
 from wire.node.state import NodeState, Phase, ServerContact
 from wire.node.trust import (
@@ -886,7 +886,9 @@ class NodeDaemon(Service):
                 config.vpn_ip,
                 config.vpn_subnet or f"{config.vpn_ip}/32",
                 config.node_name,
-                ((peer.node_name, peer.vpn_ip) for peer in self.netmap.peers.values()),
+                ((peer.node_name, mesh_addresses(peer)) for peer in self.netmap.peers.values()),
+                vpn_ip6=config.vpn_ip6,
+                subnet6=config.vpn_subnet6 if config.vpn_ip6 else "",
             )
         except CancelledError:
             raise
