@@ -595,3 +595,9 @@ class IPv6HostileTests(HostileHarness):
         status = self.successResultOf(ensureDeferred(node_status(daemon)))
         self.assertEqual((status["node"]["vpn_ip6"], status["node"]["vpn_subnet6"]), ("fd7a:115c:a1e0::5", SUBNET6))
         self.assertEqual({p["node_name"]: p["vpn_ip6"] for p in status["peers"]}, {"db1": "fd7a:115c:a1e0::2", "old": ""})
+
+    def test_a_saved_poisoned_ipv6_address_never_reaches_the_interface(self):
+        daemon = self.start(vpn_ip="10.99.0.5", vpn_subnet="10.99.0.0/16", vpn_ip6="fd00:9::5", vpn_subnet6=SUBNET6)
+        self.assertNotIn("fd00:9::5", [up[0] for up in self.wireguard.ups6])
+        self.assertEqual(self.wireguard.ups[0], (51820, "10.99.0.5", 16), "the IPv4 address is kept")
+        self.assertEqual(daemon.state.phase, Phase.REGISTERED)

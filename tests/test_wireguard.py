@@ -845,6 +845,37 @@ class RealWireGuardTests(TestCase):
         await self.assert_gone("beta")
         await alpha.down()  # idempotent
 
+    async def test_ipv6_mesh_addresses_over_a_real_tunnel(self) -> None:
+        tunnel6 = {"alpha": "fd7a:115c:a1e0::1", "beta": "fd7a:115c:a1e0::2"}
+        wgs = {host: self.wireguard(host) for host in ("alpha", "beta")}
+        for host, wg in wgs.items():
+            await wg.up(self.keys[host], self.ports[host], self.tunnel[host], 24, address6=tunnel6[host], prefixlen6=48)
+            other = "beta" if host == "alpha" else "alpha"
+            peers = self.peers_of(host)
+            (key,) = peers
+            peers[key] = PeerConfig(key, (f"{self.tunnel[other]}/32", f"{tunnel6[other]}/128"), peers[key].endpoint)
+            await wg.apply(peers)
+        name = self.lab.hosts["alpha"].wireguard_interface
+        shown = (await self.lab.run("alpha", ["ip", "-6", "-o", "address", "show", "dev", name])).check().stdout.decode()
+        self.assertIn("fd7a:115c:a1e0::1/48", shown)
+        outputs = []
+        for attempt in range(3):
+            result = await self.lab.run("alpha", ["ping", "-6", "-c", "1", "-W", "2", tunnel6["beta"]])
+            if result.rc == 0:
+                break
+            outputs.append(result.stdout.decode() + result.stderr.decode())
+        else:
+            self.fail(f"alpha cannot ping beta over its IPv6 mesh address: {outputs}")
+        await self.assert_ping("alpha", "beta")  # and IPv4 beside it
+        # Up again without IPv6 (the server gives none now): the address goes, IPv4 stays.
+        await wgs["alpha"].up(self.keys["alpha"], self.ports["alpha"], self.tunnel["alpha"], 24)
+        shown = (await self.lab.run("alpha", ["ip", "-6", "-o", "address", "show", "dev", name])).check().stdout.decode()
+        self.assertNotIn("fd7a:115c:a1e0::1", shown)
+        await self.assert_ping("alpha", "beta")
+        for wg in wgs.values():
+            await wg.down()
+        await self.assert_gone("alpha")
+
     async def test_restart_adopts_and_a_crash_is_restored(self) -> None:
         lost: list[str] = []
         first = self.wireguard("alpha", use_kernel=False)
