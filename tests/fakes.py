@@ -44,6 +44,7 @@ class FakeWireGuard:
         self.backend = ""
         self.clock = clock
         self.ups: list[tuple] = []
+        self.ups6: list[tuple[str, int]] = []
         self.applies: list[dict[str, PeerConfig]] = []
         self.peers: dict[str, PeerConfig] = {}
         self.is_down = False
@@ -67,11 +68,14 @@ class FakeWireGuard:
         """WireGuard followed the peer to ``endpoint`` (a packet came from there)."""
         self.roamed[public_key] = endpoint
 
-    async def up(self, private_key: str, listen_port: int, address: str, prefixlen: int) -> None:
+    async def up(
+        self, private_key: str, listen_port: int, address: str, prefixlen: int, address6: str = "", prefixlen6: int = 0
+    ) -> None:
         self.backend = "fake"
         self._private_key = private_key
         self.listen_port = listen_port
         self.ups.append((listen_port, address, prefixlen))
+        self.ups6.append((address6, prefixlen6))  # beside each up: its IPv6 address ("", 0: none)
         self.is_down = False
 
     def handshake(self, public_key: str, at: float | None = None) -> None:

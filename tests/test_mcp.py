@@ -130,7 +130,7 @@ class MCPTests(ResultAssertions, unittest.TestCase):
     async def test_tools_have_typed_described_inputs_and_annotations(self):
         session = await self.mcp()
         self.assertLessEqual(SEED_TOOLS, set(session.tools))
-        self.assertLessEqual({"wire_netcheck", "wire_explain"}, set(session.tools))
+        self.assertLessEqual({"wire_netcheck", "wire_explain", "wire_ip"}, set(session.tools))
         for name, tool in session.tools.items():
             self.assertTrue(tool.description, name)
             self.assertTrue(tool.annotations.title, name)
@@ -177,6 +177,17 @@ class MCPTests(ResultAssertions, unittest.TestCase):
         self.assertResult(explain, await self.wire_json("explain", "db1"))
         self.assertEqual(explain.structured_content["path"], "lan")
         self.assertResult(other, await self.wire_json("status", "--server", self.mesh.url, config_dir=self.empty_dir))
+
+    async def test_wire_ip_is_the_cli_json(self):
+        self.mesh.configure("web1")
+        await self.mesh.register("db1", lan_ip="10.1.1.1")
+        await self.mesh.start_daemon(peers=1)
+        session = await self.mcp(("wire_ip", {}), ("wire_ip", {"peer": "db1", "family": 4}), ("wire_ip", {"family": 6}))
+        mine, db1, six = session.results
+        self.assertEqual(self.assertResult(mine, await self.wire_json("ip"))["this_node"], True)
+        self.assertEqual(self.assertResult(db1, await self.wire_json("ip", "-4", "db1"))["node_name"], "db1")
+        self.assertEqual(db1.content[0].text, db1.structured_content["addresses"][0])
+        self.assertToolError(six, "this node has no IPv6 mesh address")
 
     async def test_status_with_the_server_down_is_the_last_known_mesh(self):
         self.mesh.configure("web1")

@@ -6,6 +6,8 @@ ever stops the mesh. Then the daemon carrying it, and one real server on
 from __future__ import annotations
 
 import os
+import socket
+from dataclasses import replace
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
@@ -108,8 +110,23 @@ class MeshNamesTests(unittest.TestCase):
             shared_with_host=lambda path: self.shared,
         )
 
-    def follow(self, config=CONFIG, vpn_ip="10.99.0.1", peers=(("web2", "10.99.0.2"), ("Bad Name!", "10.99.0.3"))):
-        self.successResultOf(defer.ensureDeferred(self.names.follow(config, vpn_ip, "10.99.0.0/16", "web1", peers)))
+    def follow(self, config=CONFIG, vpn_ip="10.99.0.1", peers=(("web2", "10.99.0.2"), ("Bad Name!", "10.99.0.3")), **v6):
+        self.successResultOf(defer.ensureDeferred(self.names.follow(config, vpn_ip, "10.99.0.0/16", "web1", peers, **v6)))
+
+    def test_ipv6_addresses_give_aaaa_names_and_reverse_lookups(self):
+        v6 = {"vpn_ip6": "fd7a:115c:a1e0::1", "subnet6": "fd7a:115c:a1e0::/48"}
+        self.follow(peers=(("web2", ("10.99.0.2", "fd7a:115c:a1e0::2")), ("web3", "10.99.0.3")), **v6)
+        (server,) = self.servers
+        self.assertEqual(server.reverse_networks, ["10.99.0.0/16", "fd7a:115c:a1e0::/48"])
+        self.assertEqual(server.updates[-1][0], sorted([
+            ("web2", ("10.99.0.2", "fd7a:115c:a1e0::2")),
+            ("web3", ("10.99.0.3",)),
+            ("web1", ("10.99.0.1", "fd7a:115c:a1e0::1")),
+        ]))
+        # The mesh's IPv6 subnet goes (a node re-enrolled without it): reverse lookups follow.
+        self.follow()
+        self.assertEqual(self.servers[-1].reverse_networks, ["10.99.0.0/16"])
+        self.assertEqual(self.servers[-1].updates[-1][0][0], ("web1", ("10.99.0.1",)))
 
     def test_no_mesh_dns_no_server_and_the_os_resolver_untouched(self):
         self.follow(config=None)
@@ -219,8 +236,9 @@ class DaemonCarriesNamesTests(unittest.TestCase):
             async def prepare(self):
                 test.followed.append("prepare")
 
-            async def follow(self, config, vpn_ip, subnet, own_name, peers):
+            async def follow(self, config, vpn_ip, subnet, own_name, peers, *, vpn_ip6="", subnet6=""):
                 test.followed.append((config, vpn_ip, own_name, sorted(peers)))
+                test.followed6 = (vpn_ip6, subnet6)
 
             async def stop(self):
                 test.stops += 1
@@ -243,8 +261,17 @@ class DaemonCarriesNamesTests(unittest.TestCase):
         self.assertEqual(self.followed[0], "prepare", "a crashed run's resolver is undone before any netmap")
         config, vpn_ip, own_name, peers = self.followed[-1]
         self.assertEqual((config, vpn_ip, own_name), (CONFIG, self.daemon.config.vpn_ip, "web1"))
-        self.assertEqual(peers, [("db", "10.99.1.2"), ("ops", "10.99.1.3")])
+        self.assertEqual(peers, [("db", ("10.99.1.2",)), ("ops", ("10.99.1.3",))])
+        self.assertEqual(self.followed6, ("", ""), "a mesh without IPv6: A records only")
         self.assertEqual(self.server.held_dns, dns_digest(CONFIG.to_json()))
+
+    def test_with_ipv6_each_name_carries_both_addresses(self):
+        self.daemon.config = replace(self.daemon.config, vpn_ip6="fd7a:115c:a1e0::1", vpn_subnet6="fd7a:115c:a1e0::/48")
+        self.server.push([peer_view("db", 2, vpn_ip6="fd7a:115c:a1e0::2")])
+        self.clock.advance(1)
+        _, _, _, peers = self.followed[-1]
+        self.assertEqual(peers, [("db", ("10.99.1.2", "fd7a:115c:a1e0::2")), ("ops", ("10.99.1.3",))])
+        self.assertEqual(self.followed6, ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::/48"))
 
     def test_stopping_the_daemon_stops_the_names(self):
         self.successResultOf(self.daemon.stopService())
@@ -268,6 +295,27 @@ class RealServerTests(unittest.TestCase):
         with self.assertRaises(DNSNameError):  # NXDOMAIN
             await client.Resolver(servers=[("127.0.0.1", port)], reactor=reactor).lookupAddress("web2.wire.internal")
         self.assertEqual(names.status()["os"]["mode"], "none")
+
+
+class RealServerIPv6Tests(unittest.TestCase):
+    """The real MeshDns on 127.0.0.1 answers AAAA for a peer's and this node's IPv6 mesh addresses."""
+
+    async def test_aaaa_from_the_netmap(self):
+        names = MeshNames(reactor, None, "wire0", OsDnsPaths(state_dir=self.mktemp()), accept_dns=False, port=0)
+        self.addCleanup(lambda: defer.ensureDeferred(names.stop()))
+        await names.follow(CONFIG, "127.0.0.1", "127.0.0.0/8", "web1", [("web2", ("127.0.0.2", "fd7a:115c:a1e0::2"))],
+                           vpn_ip6="fd7a:115c:a1e0::1", subnet6="fd7a:115c:a1e0::/48")
+        resolver = client.Resolver(servers=[("127.0.0.1", names.server.port)], reactor=reactor)
+        for name, address in (("web2", "fd7a:115c:a1e0::2"), ("web1", "fd7a:115c:a1e0::1")):
+            answers, _, _ = await resolver.lookupIPV6Address(f"{name}.wire.internal")
+            self.assertEqual([socket.inet_ntop(socket.AF_INET6, a.payload.address) for a in answers if a.type == dns.AAAA],
+                             [address], name)
+        answers, _, _ = await resolver.lookupAddress("web2.wire.internal")
+        self.assertEqual([a.payload.dottedQuad() for a in answers if a.type == dns.A], ["127.0.0.2"])
+        answers, _, _ = await resolver.lookupPointer(
+            ".".join(reversed("fd7a115ca1e000000000000000000002")) + ".ip6.arpa"
+        )
+        self.assertEqual([str(a.payload.name) for a in answers if a.type == dns.PTR], ["web2.wire.internal"])
 
 
 class ShownTests(unittest.TestCase):

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import replace
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -25,6 +25,7 @@ from tests.test_daemon import ScriptedServer, peer_view
 from wire.client import BadAnswer
 from wire.jointoken import JoinToken
 from wire.node.config import ConfigError, NodeConfig, load_config, save_config
+from wire.node.control import node_status
 from wire.node.daemon import NAT_RECHECK_INTERVAL, PATH_CHECK_INTERVAL, NodeDaemon
 from wire.node.heartbeat import HEARTBEAT_INTERVAL
 from wire.node.netmap import NodeNetmap
@@ -34,7 +35,9 @@ from wire.node.trust import (
     PeerScreen,
     Untrusted,
     assignment,
+    assignment6,
     mesh_subnet,
+    mesh_subnet6,
     own_address,
 )
 from wire.protocol import NatType, NetmapAnswer, ProtocolError, RegisterAnswer
@@ -159,7 +162,9 @@ class TrustRuleTests(unittest.TestCase):
         self.assertEqual(len(problems), 2)
 
 
-class HostileTests(unittest.TestCase):
+class HostileHarness(unittest.TestCase):
+    """A daemon against a server a test poisons, and what reached WireGuard and config.json."""
+
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -210,6 +215,8 @@ class HostileTests(unittest.TestCase):
         for loop in (daemon._sync, daemon._heartbeat_loop, daemon._paths_loop):
             self.assertTrue(loop.running)
 
+
+class HostileTests(HostileHarness):
     # -- the node's own assignment ---------------------------------------------
 
     def test_a_hostile_first_assignment_changes_nothing_and_is_retried(self):
@@ -424,4 +431,175 @@ class HostileTests(unittest.TestCase):
         tries = len(self.server.registrations)
         self.advance(HEARTBEAT_INTERVAL * 2)
         self.assertGreater(len(self.server.registrations), tries)
+        self.assertEqual(daemon.state.phase, Phase.REGISTERED)
+
+
+SUBNET6 = "fd7a:115c:a1e0::/48"
+GOOD6 = {"vpn_ip6": "fd7a:115c:a1e0::5", "vpn_subnet6": SUBNET6}
+
+
+class IPv6TrustRuleTests(unittest.TestCase):
+    """The IPv6 mesh subnet and addresses, by the rule of wire.node.trust."""
+
+    def test_ula_subnets_of_48_to_64_are_accepted(self):
+        for text in (SUBNET6, "fd00:1:2:3::/64", "fc00:1::/48", "fdff:ffff:ffff::/56"):
+            self.assertEqual(str(mesh_subnet6(text)), text)
+
+    def test_other_ipv6_subnets_are_refused_naming_the_field(self):
+        for text in (
+            "2001:db8::/48",  # not a ULA
+            "fe80::/64",  # link-local
+            "fd00::/40",  # too wide
+            "fd00::/80",  # too narrow
+            "fd00::1/64",  # host bits set
+            "10.99.0.0/16",  # IPv4
+            "nonsense",
+        ):
+            with self.assertRaises(Untrusted, msg=text) as caught:
+                mesh_subnet6(text)
+            self.assertEqual(caught.exception.field, "vpn_subnet6")
+        with self.assertRaises(Untrusted):
+            mesh_subnet6("fd00:1::/48", avoid=["fd00:1::99"])
+
+    def test_the_ipv6_subnet_is_fixed_once_known(self):
+        self.assertEqual(assignment6("", SUBNET6, "fd7a:115c:a1e0::5"), (SUBNET6, "fd7a:115c:a1e0::5"))
+        self.assertEqual(assignment6(SUBNET6, "", "fd7a:115c:a1e0::5"), (SUBNET6, "fd7a:115c:a1e0::5"))
+        self.assertEqual(assignment6("", "", ""), ("", ""), "a seed server: no IPv6")
+        self.assertEqual(assignment6(SUBNET6, "", ""), (SUBNET6, ""), "no address now: the subnet stays fixed")
+        for saved, answered, address, field in (
+            (SUBNET6, "fd00:9::/48", "fd00:9::5", "vpn_subnet6"),  # another prefix
+            ("", SUBNET6, "fd00:9::5", "vpn_ip6"),  # outside the prefix
+            ("", SUBNET6, "fd7a:115c:a1e0::", "vpn_ip6"),  # the network address
+            ("", SUBNET6, "10.99.0.5", "vpn_ip6"),
+            ("", "", "fd7a:115c:a1e0::5", "vpn_subnet6"),  # an address without its prefix
+        ):
+            with self.assertRaises(Untrusted, msg=(saved, answered, address)) as caught:
+                assignment6(saved, answered, address)
+            self.assertEqual(caught.exception.field, field)
+
+    def test_config_json_keeps_and_checks_the_ipv6_assignment(self):
+        config_dir = self.mktemp()
+        os.makedirs(config_dir)
+        base = {"server_url": "https://wire.test", "node_name": "web1", "node_id": body_for("web1")["node_id"]} | GOOD
+        for bad in (
+            {"vpn_ip6": "fd7a:115c:a1e0::5"},  # no subnet
+            {"vpn_ip6": "fd00:9::5", "vpn_subnet6": SUBNET6},
+            {"vpn_ip6": "fd7a:115c:a1e0::5", "vpn_subnet6": "2001:db8::/48"},
+        ):
+            with open(os.path.join(config_dir, "config.json"), "w") as f:
+                json.dump(base | bad, f)
+            with self.assertRaises(ConfigError, msg=bad):
+                load_config(config_dir)
+        with open(os.path.join(config_dir, "config.json"), "w") as f:
+            json.dump(base | {"vpn_ip6": "fd7a:115c:a1e0:0::5", "vpn_subnet6": SUBNET6}, f)
+        config = load_config(config_dir)
+        self.assertEqual((config.vpn_ip6, config.vpn_subnet6), ("fd7a:115c:a1e0::5", SUBNET6))
+
+    def test_mesh_holds_each_family_in_its_own_subnet(self):
+        mesh = Mesh(mesh_subnet("10.99.0.0/16"), subnet6=mesh_subnet6(SUBNET6))
+        self.assertTrue(mesh.holds("10.99.1.2/32"))
+        self.assertTrue(mesh.holds("fd7a:115c:a1e0::2/128"))
+        self.assertFalse(mesh.holds("fd00:9::2/128"))
+        self.assertFalse(Mesh(mesh_subnet("10.99.0.0/16")).holds("fd7a:115c:a1e0::2/128"), "no IPv6 subnet: no IPv6 entry")
+
+
+class IPv6HostileTests(HostileHarness):
+    """A server's IPv6 assignment and peers' IPv6 addresses: checked, and never at the IPv4 mesh's cost."""
+
+    def test_a_good_ipv6_assignment_reaches_the_interface_and_config(self):
+        self.server.assign = dict(GOOD6)
+        self.start()
+        self.assertEqual(self.wireguard.ups, [(51820, "10.99.0.5", 16)])
+        self.assertEqual(self.wireguard.ups6, [("fd7a:115c:a1e0::5", 48)])
+        self.assertEqual((self.saved().vpn_ip6, self.saved().vpn_subnet6), ("fd7a:115c:a1e0::5", SUBNET6))
+
+    def test_a_seed_server_gives_no_ipv6_and_the_node_works_as_before(self):
+        self.start()
+        self.assertEqual(self.wireguard.ups6, [("", 0)])
+        self.assertEqual((self.saved().vpn_ip6, self.saved().vpn_subnet6), ("", ""))
+        self.assertEqual(self.daemon.state.phase, Phase.REGISTERED)
+
+    def test_a_hostile_first_ipv6_assignment_keeps_ipv4_working(self):
+        for poison in (
+            {"vpn_ip6": "fd00:9::5", "vpn_subnet6": SUBNET6},  # outside its prefix
+            {"vpn_ip6": "2001:db8::5", "vpn_subnet6": "2001:db8::/48"},  # not a ULA
+            {"vpn_ip6": "fd7a:115c:a1e0::5", "vpn_subnet6": "fd7a::/32"},  # too wide
+        ):
+            self.server.assign = poison
+            daemon = self.start()
+            self.assertEqual(daemon.state.phase, Phase.REGISTERED, poison)
+            self.assertEqual(self.wireguard.ups, [(51820, "10.99.0.5", 16)], poison)
+            self.assertEqual(self.wireguard.ups6, [("", 0)], poison)
+            self.assertEqual((self.saved().vpn_ip6, self.saved().vpn_subnet6), ("", ""), poison)
+            self.assertTrue(any("refusing the server's assignment (vpn_" in w for w in self.warnings()), poison)
+            refused = daemon.bad_answers.view(self.clock.seconds())
+            self.assertGreaterEqual(refused["count"], 1, poison)
+            self.assertTrue(refused["latest"].startswith("assignment: vpn_"), refused)
+            self.successResultOf(daemon.stopService())
+            self.wireguard = FakeWireGuard(clock=self.clock)
+            os.unlink(os.path.join(self.config_dir, "config.json"))
+
+    def test_a_later_answer_cannot_move_the_ipv6_mesh(self):
+        self.server.assign = dict(GOOD6)
+        daemon = self.start()
+        self.server.assign = {"vpn_ip6": "fd00:9::5", "vpn_subnet6": "fd00:9::/48"}
+        self.advance(HEARTBEAT_INTERVAL * 2)
+        self.assertEqual((daemon.config.vpn_ip6, daemon.config.vpn_subnet6), ("fd7a:115c:a1e0::5", SUBNET6))
+        self.assertEqual((self.saved().vpn_ip6, self.saved().vpn_subnet6), ("fd7a:115c:a1e0::5", SUBNET6))
+        self.assertTrue(any("(vpn_subnet6)" in w and "fixed at enrollment" in w for w in self.warnings()))
+        self.assertEqual(self.wireguard.ups6, [("fd7a:115c:a1e0::5", 48)], "the interface is left as it was")
+        self.assert_loops_running()
+
+    def test_an_ipv6_address_that_comes_later_is_set_at_once(self):
+        # A node that joined before its server had IPv6: its tunnels are up before the server is asked.
+        daemon = self.start(vpn_ip="10.99.0.5", vpn_subnet="10.99.0.0/16")
+        self.assertEqual(self.wireguard.ups6[-1], ("", 0))
+        self.server.assign = dict(GOOD6)
+        self.advance(HEARTBEAT_INTERVAL * 2)
+        self.assertEqual(daemon.config.vpn_ip6, "fd7a:115c:a1e0::5")
+        self.assertEqual(self.wireguard.ups[-1], (51820, "10.99.0.5", 16))
+        self.assertEqual(self.wireguard.ups6[-1], ("fd7a:115c:a1e0::5", 48))
+
+    def test_a_peer_whose_ipv6_fails_keeps_its_ipv4(self):
+        self.server.assign = dict(GOOD6)
+        daemon = self.start()
+        self.push([peer("db1", 2, vpn_ip6="fd7a:115c:a1e0::2")])
+        bad = [
+            peer("p-outside", 10, vpn_ip6="fd00:9::10"),
+            peer("p-own", 11, vpn_ip6="fd7a:115c:a1e0::5"),
+            peer("p-dup", 12, vpn_ip6="fd7a:115c:a1e0::2"),
+            peer("p-network", 13, vpn_ip6="fd7a:115c:a1e0::"),
+            peer("p-multicast", 14, vpn_ip6="ff02::1"),
+        ]
+        self.push(bad)
+        held = {p.node_name: p.vpn_ip6 for p in daemon.netmap.peers.values()}
+        self.assertEqual(held, {"db1": "fd7a:115c:a1e0::2", **{view["node_name"]: "" for view in bad}})
+        self.assertEqual(self.allowed()[key_for("db1")], ("10.99.1.2/32", "fd7a:115c:a1e0::2/128"))
+        self.assertEqual(self.allowed()[key_for("p-dup")], ("10.99.1.12/32",))
+        warnings = "\n".join(self.warnings())
+        for view in bad:
+            self.assertIn(f"peer {view['node_name']} (", warnings)
+        self.assertIn("vpn_ip6 dropped (IPv4 kept): fd00:9::10 is outside the mesh subnet", warnings)
+        self.assertIn("fd7a:115c:a1e0::5 is this node's own address", warnings)
+        self.assertIn("fd7a:115c:a1e0::2 is already held by", warnings)
+
+    def test_a_mesh_without_ipv6_drops_every_peer_ipv6(self):
+        daemon = self.start()
+        self.push([peer("db1", 2, vpn_ip6="fd7a:115c:a1e0::2")])
+        self.assertEqual(daemon.netmap.peers[body_for("db1")["node_id"]].vpn_ip6, "")
+        self.assertEqual(self.allowed(), {key_for("db1"): ("10.99.1.2/32",)})
+        self.assertTrue(any("mesh has no IPv6 subnet" in w for w in self.warnings()))
+
+    def test_status_shows_the_ipv6_addresses(self):
+        self.server.assign = dict(GOOD6)
+        daemon = self.start()
+        self.push([peer("db1", 2, vpn_ip6="fd7a:115c:a1e0::2"), peer("old", 3)])
+        status = self.successResultOf(ensureDeferred(node_status(daemon)))
+        self.assertEqual((status["node"]["vpn_ip6"], status["node"]["vpn_subnet6"]), ("fd7a:115c:a1e0::5", SUBNET6))
+        self.assertEqual({p["node_name"]: p["vpn_ip6"] for p in status["peers"]}, {"db1": "fd7a:115c:a1e0::2", "old": ""})
+
+    def test_a_saved_poisoned_ipv6_address_never_reaches_the_interface(self):
+        daemon = self.start(vpn_ip="10.99.0.5", vpn_subnet="10.99.0.0/16", vpn_ip6="fd00:9::5", vpn_subnet6=SUBNET6)
+        self.assertNotIn("fd00:9::5", [up[0] for up in self.wireguard.ups6])
+        self.assertEqual(self.wireguard.ups[0], (51820, "10.99.0.5", 16), "the IPv4 address is kept")
         self.assertEqual(daemon.state.phase, Phase.REGISTERED)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, UDPClock
+from tests.fakes import FakeFirewall, FakeWireGuard, UDPClock
 from tests.helpers import body_for, key_for
 from tests.test_daemon import ScriptedServer, grant_for, peer_view
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap
 from wire.node.paths import Me
 from wire.node.reconciler import Reconciler
 from wire.node.relay import RelayShim
+from wire.node.trust import Mesh, PeerScreen, mesh_subnet, mesh_subnet6
 from wire.protocol import NatType, NetmapAnswer, PathMode, RelayGrant
+from wire.protocol.filter import FilterRule, PortRange
 
 
 class ReconcilerTests(unittest.TestCase):
@@ -97,3 +101,78 @@ class ReconcilerTests(unittest.TestCase):
         fetching.cancel()
         self.failureResultOf(fetching, CancelledError)
         self.assertEqual(self.shim.sessions(), {})
+
+
+SUBNET6 = "fd7a:115c:a1e0::/48"
+
+
+class DualStackTests(unittest.TestCase):
+    """A mesh with IPv6 addresses: each peer's /128 beside its /32, in the filter and the probe sources."""
+
+    def setUp(self):
+        self.clock = UDPClock()
+        self.clock.advance(1_700_000_000)
+        self.wireguard = FakeWireGuard(clock=self.clock)
+        self.firewall = FakeFirewall()
+        self.subnet6 = mesh_subnet6(SUBNET6)
+        # What the daemon's mesh says: the subnets fixed at enrollment (the test may take IPv6 away).
+        screen = PeerScreen(lambda: Mesh(mesh_subnet("10.99.0.0/16"), "10.99.0.5", key_for("web1"), subnet6=self.subnet6))
+        self.netmap = NodeNetmap(body_for("web1")["node_id"], screen)
+        self.reconciler = Reconciler(
+            clock=self.clock,
+            wireguard=self.wireguard,
+            netmap=self.netmap,
+            client=ScriptedServer(self.clock),
+            node_id=body_for("web1")["node_id"],
+            public_key=key_for("web1"),
+            me=lambda: Me("web1", "198.51.100.7", NatType.EASY),
+            track=Deferred.fromCoroutine,
+            interface_up=lambda: True,
+            stopping=lambda: False,
+            firewall=self.firewall,
+        )
+
+    def mesh(self, *views: dict, filter_rules=None) -> None:
+        answer = {"cursor": "e:1", "full": True, "upserts": list(views)}
+        if filter_rules is not None:
+            answer["filter"] = filter_rules
+        self.netmap.apply(NetmapAnswer.from_json(answer))
+
+    def reconcile(self) -> None:
+        self.successResultOf(Deferred.fromCoroutine(self.reconciler.reconcile()))
+
+    def allowed(self, name: str) -> tuple[str, ...]:
+        return self.wireguard.peers[key_for(name)].allowed_ips
+
+    def test_each_peer_gets_its_ipv6_address_beside_its_ipv4_one(self):
+        self.mesh(peer_view("db1", 2, vpn_ip6="fd7a:115c:a1e0::2"), peer_view("old", 3))
+        self.reconcile()
+        self.assertEqual(self.allowed("db1"), ("10.99.1.2/32", "fd7a:115c:a1e0::2/128"))
+        self.assertEqual(self.allowed("old"), ("10.99.1.3/32",), "a peer with no IPv6 address: IPv4 only")
+
+    def test_an_ipv6_address_outside_the_mesh_never_reaches_wireguard(self):
+        self.mesh(peer_view("db1", 2, vpn_ip6="fd7a:115c:a1e0::2"))
+        # Past the screen somehow (defence in depth): the IPv6 entry is left out, the IPv4 one kept.
+        db1 = body_for("db1")["node_id"]
+        self.netmap.peers[db1] = replace(self.netmap.peers[db1], vpn_ip6="fd00:9::2")
+        self.reconcile()
+        self.assertEqual(self.allowed("db1"), ("10.99.1.2/32",))
+        # The mesh without IPv6 (a seed server's): no IPv6 entry at all.
+        self.subnet6 = None
+        self.netmap.peers[db1] = replace(self.netmap.peers[db1], vpn_ip6="fd7a:115c:a1e0::2")
+        self.reconcile()
+        self.assertEqual(self.allowed("db1"), ("10.99.1.2/32",))
+
+    def test_the_filter_admits_a_named_peer_from_both_its_addresses_and_both_may_probe(self):
+        rule = {"peers": ["tag:web"], "proto": "tcp", "ports": [[5432, 5432]]}
+        self.mesh(
+            peer_view("db1", 2, vpn_ip6="fd7a:115c:a1e0::2", tags=["tag:web"]),
+            peer_view("old", 3, tags=["tag:web"]),
+            filter_rules=[rule],
+        )
+        self.reconcile()
+        self.assertEqual(
+            self.firewall.rules,
+            (FilterRule(("10.99.1.2/32", "10.99.1.3/32", "fd7a:115c:a1e0::2/128"), "tcp", (PortRange(5432, 5432),)),),
+        )
+        self.assertEqual(self.firewall.probe_sources, {"10.99.1.2", "fd7a:115c:a1e0::2", "10.99.1.3"})

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -383,6 +383,75 @@ class UpTests(Scripted):
         for event in events:
             self.assertNotIn(PRIVATE, formatEvent(event))
             self.assertNotIn(PRIVATE, repr(event))
+
+
+
+IP6 = ("fd7a:115c:a1e0::1", 48)
+IP6_ADDRESS = ["ip", "-6", "address", "replace", "fd7a:115c:a1e0::1/48", "dev", NAME]
+
+
+class IPv6AddressTests(Scripted):
+    """The IPv6 mesh address beside the IPv4 one: set, kept exact on adoption, best effort."""
+
+    def up6(self, address6: str = IP6[0], prefixlen6: int = IP6[1]) -> Deferred:
+        return run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16, address6=address6, prefixlen6=prefixlen6))
+
+    def test_a_fresh_interface_gets_both_addresses(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD)
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP6_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up6())
+        self.runner.assert_all_called()
+
+    def test_adoption_replaces_an_old_ipv6_address_and_keeps_a_right_one(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1380\n")
+        self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820))
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16), ("fd00:9::1", 48)))
+        self.runner.expect(["ip", "address", "del", "fd00:9::1/48", "dev", NAME])
+        self.runner.expect(IP6_ADDRESS)
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up6())
+        self.runner.assert_all_called()
+        # Up again with the same addresses: nothing to change.
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP,UP> mtu 1380\n")
+        self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820))
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16), IP6))
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up6())
+        self.runner.assert_all_called()
+
+    def test_no_ipv6_given_removes_one_left_behind(self) -> None:
+        self.runner.expect(IP_LINK_SHOW, stdout=b"7: wire0: <POINTOPOINT,NOARP> mtu 1380\n")
+        self.runner.expect(WG_DUMP, stdout=dump_output(PRIVATE, 51820))
+        self.runner.expect(IP_ADDRESSES, stdout=ip_addresses_json(("10.99.0.1", 16), IP6))
+        self.runner.expect(["ip", "address", "del", "fd7a:115c:a1e0::1/48", "dev", NAME])
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up())
+        self.runner.assert_all_called()
+
+    def test_a_host_refusing_ipv6_keeps_the_interface_up_on_ipv4(self) -> None:
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.runner.expect(IP_LINK_SHOW, rc=1, stderr=NO_DEVICE)
+        self.runner.expect(IP_LINK_ADD)
+        self.runner.expect(WG_DUMP, stdout=FRESH_DUMP)
+        self.runner.expect(WG_SET_KEY_PORT)
+        self.runner.expect(IP_ADDRESS)
+        self.runner.expect(IP6_ADDRESS, rc=2, stderr=b"RTNETLINK answers: Permission denied\n")
+        self.runner.expect(IP_LINK_UP)
+        self.successResultOf(self.up6())
+        self.runner.assert_all_called()
+        self.assertTrue(self.wg.is_alive())
+        told = [formatEvent(e) for e in logged if e["log_level"] == LogLevel.warn]
+        self.assertTrue(any("no IPv6 mesh address" in t and "Permission denied" in t for t in told), told)
+
+    def test_a_bad_ipv6_address_is_refused_before_any_command(self) -> None:
+        for address6, prefixlen6 in (("10.99.0.9", 16), ("fd00::1; reboot", 64), ("fd00::1", 129), ("fd00::1/64", 64)):
+            self.failureResultOf(self.up6(address6, prefixlen6), InvalidWireGuardConfig)
+        self.assertEqual(self.runner.calls, [])
 
 
 class ApplyTests(Scripted):
@@ -775,6 +844,37 @@ class RealWireGuardTests(TestCase):
         await self.assert_gone("alpha")
         await self.assert_gone("beta")
         await alpha.down()  # idempotent
+
+    async def test_ipv6_mesh_addresses_over_a_real_tunnel(self) -> None:
+        tunnel6 = {"alpha": "fd7a:115c:a1e0::1", "beta": "fd7a:115c:a1e0::2"}
+        wgs = {host: self.wireguard(host) for host in ("alpha", "beta")}
+        for host, wg in wgs.items():
+            await wg.up(self.keys[host], self.ports[host], self.tunnel[host], 24, address6=tunnel6[host], prefixlen6=48)
+            other = "beta" if host == "alpha" else "alpha"
+            peers = self.peers_of(host)
+            (key,) = peers
+            peers[key] = PeerConfig(key, (f"{self.tunnel[other]}/32", f"{tunnel6[other]}/128"), peers[key].endpoint)
+            await wg.apply(peers)
+        name = self.lab.hosts["alpha"].wireguard_interface
+        shown = (await self.lab.run("alpha", ["ip", "-6", "-o", "address", "show", "dev", name])).check().stdout.decode()
+        self.assertIn("fd7a:115c:a1e0::1/48", shown)
+        outputs = []
+        for attempt in range(3):
+            result = await self.lab.run("alpha", ["ping", "-6", "-c", "1", "-W", "2", tunnel6["beta"]])
+            if result.rc == 0:
+                break
+            outputs.append(result.stdout.decode() + result.stderr.decode())
+        else:
+            self.fail(f"alpha cannot ping beta over its IPv6 mesh address: {outputs}")
+        await self.assert_ping("alpha", "beta")  # and IPv4 beside it
+        # Up again without IPv6 (the server gives none now): the address goes, IPv4 stays.
+        await wgs["alpha"].up(self.keys["alpha"], self.ports["alpha"], self.tunnel["alpha"], 24)
+        shown = (await self.lab.run("alpha", ["ip", "-6", "-o", "address", "show", "dev", name])).check().stdout.decode()
+        self.assertNotIn("fd7a:115c:a1e0::1", shown)
+        await self.assert_ping("alpha", "beta")
+        for wg in wgs.values():
+            await wg.down()
+        await self.assert_gone("alpha")
 
     async def test_restart_adopts_and_a_crash_is_restored(self) -> None:
         lost: list[str] = []

@@ -135,3 +135,43 @@ class MacTests(SynchronousTestCase):
         self.clock.pump([0.25] * POLLS)
         self.assertIn("not ready after 1s", str(self.failureResultOf(d, WireGuardError).value))
         self.runner.assert_all_called()
+
+
+class MacIPv6Tests(SynchronousTestCase):
+    """The IPv6 mesh address on the utun too: ifconfig inet6 alias, its route, and both routes gone on down."""
+
+    setUp = MacTests.setUp
+    script_configuration = MacTests.script_configuration
+
+    def test_up_and_down_with_an_ipv6_address(self) -> None:
+        process = self.runner.expect_start(["wireguard-go", "-f", "utun"])
+        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=FRESH_DUMP)
+        self.script_configuration()
+        self.runner.expect(["ifconfig", "utun4", "inet6", "fd7a:115c:a1e0::1", "prefixlen", "48", "alias", "up"])
+        self.runner.expect(["ifconfig", "utun4", "mtu", str(MTU)])
+        self.runner.expect(["route", "-q", "-n", "add", "-inet6", "fd7a:115c:a1e0::/48", "-interface", "utun4"])
+        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16, address6="fd7a:115c:a1e0::1", prefixlen6=48))
+        with open(self.name_file, "w") as f:
+            f.write("utun4\n")
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        self.runner.assert_all_called()
+        self.runner.expect(["route", "-q", "-n", "delete", "-inet", "10.99.0.0/16", "-interface", "utun4"])
+        self.runner.expect(["route", "-q", "-n", "delete", "-inet6", "fd7a:115c:a1e0::/48", "-interface", "utun4"])
+        self.successResultOf(run(self.wg.down()))
+        self.assertEqual(process.signals, [signal.SIGTERM])
+        self.runner.assert_all_called()
+
+    def test_an_ipv6_address_the_system_refuses_leaves_ipv4_working(self) -> None:
+        self.runner.expect_start(["wireguard-go", "-f", "utun"])
+        self.runner.expect(["wg", "show", "utun4", "dump"], stdout=FRESH_DUMP)
+        self.script_configuration()
+        self.runner.expect(["ifconfig", "utun4", "inet6", "fd7a:115c:a1e0::1", "prefixlen", "48", "alias", "up"], rc=1,
+                           stderr=b"ifconfig: ioctl (SIOCAIFADDR): Invalid argument\n")
+        d = run(self.wg.up(PRIVATE, 51820, "10.99.0.1", 16, address6="fd7a:115c:a1e0::1", prefixlen6=48))
+        with open(self.name_file, "w") as f:
+            f.write("utun4\n")
+        self.clock.advance(0.25)
+        self.successResultOf(d)
+        self.runner.assert_all_called()
+        self.assertEqual(self.wg.backend, "wireguard-go")

@@ -214,6 +214,22 @@ def build_server(reactor) -> MCPServer:
         return await run(config_dir, lambda ctx: ops.ping(ctx, target, count=count), cli.format_ping)
 
     @tool(
+        "wire_ip",
+        "Mesh addresses",
+        READ_ONLY,
+        "This node's mesh addresses (IPv4 and, when the mesh has it, IPv6), or a peer's by node name, mesh DNS "
+        "name or mesh address. Same as `wire ip [-4|-6] [PEER] --json`.",
+    )
+    async def wire_ip(
+        peer: Annotated[
+            str | None, Field(description="A peer's node name (e.g. db1), DNS name or mesh address; omitted: this node.")
+        ] = None,
+        family: Annotated[int | None, Field(description="4 or 6: only that address family.")] = None,
+        config_dir: ConfigDir = None,
+    ) -> Result:
+        return await run(config_dir, lambda ctx: ops.ip(ctx, peer, family=family), cli.format_ip)
+
+    @tool(
         "wire_install",
         "WireGuard installation",
         DESTRUCTIVE,

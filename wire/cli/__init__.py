@@ -29,6 +29,7 @@ from wire.cli.formatting import (
     format_down,
     format_explain,
     format_install,
+    format_ip,
     format_netcheck,
     format_peers,
     format_ping,
@@ -65,6 +66,8 @@ async def dispatch(
         return await ops.peers(ctx, server=args.server), format_peers
     if args.command == "ping":
         return await ops.ping(ctx, args.target, count=args.count), format_ping
+    if args.command == "ip":
+        return await ops.ip(ctx, args.peer, family=args.family), format_ip
     if args.command == "install":
         return (await ops.install_now(ctx) if args.yes else ops.install(ctx)), format_install
     if args.command == "diagnose":

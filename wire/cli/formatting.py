@@ -160,6 +160,11 @@ def format_ping(result: dict, style: Style) -> str:
     return text
 
 
+def format_ip(result: dict, style: Style) -> str:
+    """One address a line, nothing else: for scripts (ssh "$(wire ip -6 db1)")."""
+    return "\n".join(result["addresses"])
+
+
 def format_install(result: dict, style: Style) -> str:
     if result["ok"]:
         how = "kernel WireGuard" if result["kernel_wireguard"] else f"wireguard-go ({result['wireguard_go']})"

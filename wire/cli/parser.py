@@ -206,6 +206,17 @@ def build_parser() -> WireParser:
     ping.add_argument("target")
     ping.add_argument("-c", "--count", type=int, default=4)
 
+    ip = commands.add_parser(
+        "ip",
+        help="this node's mesh addresses, or a peer's (one a line: IPv4, then IPv6)",
+        description="Print this node's mesh addresses, or PEER's (a node name, mesh DNS name or mesh address), "
+        "one a line, as tailscale ip does: wire ip -4 db1.",
+    )
+    family = ip.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="family", action="store_const", const=4, help="only the IPv4 address")
+    family.add_argument("-6", dest="family", action="store_const", const=6, help="only the IPv6 address")
+    ip.add_argument("peer", nargs="?", metavar="PEER", help="a peer (default: this node)")
+
     install = commands.add_parser("install", help="check WireGuard is installed; --yes installs what is missing")
     install.add_argument("--yes", action="store_true", help="run the package manager")
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from wire.addressing import parse_subnet
 from wire.fsutil import write_atomically
 from wire.node.ifname import parse_interface_name
-from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, own_address, parse_max_peers
+from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, mesh_subnet6, own_address, parse_max_peers
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 from wire.node.settings import SETTINGS, parse_settings, with_settings
 from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
@@ -47,6 +47,9 @@ class NodeConfig:
     interface: str = DEFAULT_INTERFACE
     vpn_ip: str = ""
     vpn_subnet: str = ""
+    # The IPv6 mesh address and the mesh's IPv6 subnet ("": the server gives the mesh no IPv6).
+    vpn_ip6: str = ""
+    vpn_subnet6: str = ""
     nat_port: int = 0
     nat_type: str = ""
     # SHA-256 of the server's self-signed certificate (from the join token);
@@ -115,6 +118,14 @@ def validate(data: dict[str, Any]) -> NodeConfig:
     if values.get("vpn_ip"):
         vpn_ip = parse_ip_address(values["vpn_ip"], "vpn_ip")
         config.vpn_ip = own_address(vpn_ip, mesh_subnet(config.vpn_subnet or SEED_SUBNET))
+    if values.get("vpn_subnet6"):
+        # Fixed at enrollment like the IPv4 one (wire.node.trust).
+        config.vpn_subnet6 = str(mesh_subnet6(values["vpn_subnet6"]))
+    if values.get("vpn_ip6"):
+        if not config.vpn_subnet6:
+            raise ProtocolError("vpn_ip6", "an IPv6 mesh address needs vpn_subnet6, the mesh's IPv6 subnet")
+        vpn_ip6 = parse_ip_address(values["vpn_ip6"], "vpn_ip6")
+        config.vpn_ip6 = own_address(vpn_ip6, mesh_subnet6(config.vpn_subnet6), "vpn_ip6")
     # From JSON a list, from a config object (asdict) a tuple.
     given = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k in SETTINGS}
     config = with_settings(config, parse_settings(given))

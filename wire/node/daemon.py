@@ -65,10 +65,20 @@ from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
 from wire.node.probe import PathProbe
-from wire.node.reconciler import Reconciler
+from wire.node.reconciler import Reconciler, mesh_addresses
 from wire.node.relay import RelayShim
 from wire.node.state import NodeState, Phase, ServerContact
-from wire.node.trust import SEED_SUBNET, Mesh, PeerScreen, Untrusted, assignment, mesh_subnet, own_address
+from wire.node.trust import (
+    SEED_SUBNET,
+    Mesh,
+    PeerScreen,
+    Untrusted,
+    assignment,
+    assignment6,
+    mesh_subnet,
+    mesh_subnet6,
+    own_address,
+)
 from wire.node.wireguard import IWireGuard
 from wire.protocol import (
     Heartbeat,
@@ -206,6 +216,8 @@ class NodeDaemon(Service):
         self._start_probe = start_probe
         self._probe: PathProbe | None = None
         self._probe_address = ""
+        # The IPv4 address and prefix the interface was given (kept when the server moves it).
+        self._interface_addresses: tuple[str, int] | None = None
         self._sync_backoff = Backoff()
         self._registered_waiters: list[Deferred] = []
 
@@ -230,7 +242,12 @@ class NodeDaemon(Service):
 
     def _mesh(self) -> Mesh:
         """What peers are checked against: the mesh fixed at enrollment (or the seed's) and our own facts."""
-        return Mesh(mesh_subnet(self.config.vpn_subnet or SEED_SUBNET), self.config.vpn_ip, self.public_key, self.config.max_peers)
+        config = self.config
+        subnet6 = mesh_subnet6(config.vpn_subnet6) if config.vpn_subnet6 else None
+        return Mesh(
+            mesh_subnet(config.vpn_subnet or SEED_SUBNET), config.vpn_ip, self.public_key, config.max_peers,
+            subnet6=subnet6, own_ip6=config.vpn_ip6,
+        )
 
     def _avoid(self) -> tuple[str, ...]:
         """Addresses the mesh must never hold: our LAN address, the server's."""
@@ -246,7 +263,17 @@ class NodeDaemon(Service):
                 own_address(config.vpn_ip, subnet)
         except Untrusted as e:
             self.log.error("the saved assignment is refused ({error}); asking the server for a new one", error=e)
-            return replace(config, vpn_ip="", vpn_subnet="")
+            return replace(config, vpn_ip="", vpn_subnet="", vpn_ip6="", vpn_subnet6="")
+        try:
+            if config.vpn_subnet6:
+                subnet6 = mesh_subnet6(config.vpn_subnet6)
+                if config.vpn_ip6:
+                    own_address(config.vpn_ip6, subnet6, "vpn_ip6")
+            elif config.vpn_ip6:
+                raise Untrusted("vpn_ip6", "an IPv6 mesh address without the mesh's IPv6 subnet")
+        except Untrusted as e:
+            self.log.error("the saved IPv6 assignment is refused ({error}); asking the server for a new one", error=e)
+            return replace(config, vpn_ip6="", vpn_subnet6="")
         return config
 
     def _enter(self, phase: Phase, message: str, reason: str = "") -> None:
@@ -416,20 +443,37 @@ class NodeDaemon(Service):
         )
         return report
 
-    async def _bring_up_interface(self) -> None:
-        prefixlen = int(self.config.vpn_subnet.split("/")[1]) if "/" in self.config.vpn_subnet else 16
-        await self.wireguard.up(self._private_key, self.config.listen_port, self.config.vpn_ip, prefixlen)
+    async def _bring_up_interface(self, address: str | None = None, prefixlen: int | None = None) -> None:
+        """Up with our addresses; ``address``/``prefixlen``: the IPv4 one the interface
+        keeps (a moved IPv4 address waits for a restart, a new IPv6 one does not)."""
+        config = self.config
+        if address is None or prefixlen is None:
+            address = config.vpn_ip
+            prefixlen = int(config.vpn_subnet.split("/")[1]) if "/" in config.vpn_subnet else 16
+        # The IPv6 mesh address beside it, when the mesh has one ("": IPv4 only).
+        prefixlen6 = int(config.vpn_subnet6.split("/")[1]) if config.vpn_ip6 and "/" in config.vpn_subnet6 else 0
+        address6 = config.vpn_ip6 if prefixlen6 else ""
+        await self.wireguard.up(
+            self._private_key, config.listen_port, address, prefixlen, address6=address6, prefixlen6=prefixlen6
+        )
+        self._interface_addresses = (address, prefixlen)
         self.state.interface_up = True
+        shown = f"{address} and {address6}" if address6 else address
         self.log.info(
             "interface {name} up ({backend}) with {address}",
             name=self.wireguard.name,
             backend=self.wireguard.backend,
-            address=self.config.vpn_ip,
+            address=shown,
         )
         self.events.emit(
-            "interface", f"interface {self.wireguard.name} up ({self.wireguard.backend}) with {self.config.vpn_ip}"
+            "interface", f"interface {self.wireguard.name} up ({self.wireguard.backend}) with {shown}"
         )
         self._listen_for_probes()
+
+    async def _readdress6(self) -> None:
+        """The server gave an IPv6 address (or another, or none) while the interface is up: at once."""
+        if self.interface_ready and self._interface_addresses is not None:
+            await self._bring_up_interface(*self._interface_addresses)
 
     def _listen_for_probes(self) -> None:
         """The path probe on our VPN address (again, if the address changed)."""
@@ -582,22 +626,37 @@ class NodeDaemon(Service):
         fixed = self.config.vpn_subnet or (SEED_SUBNET if self.config.vpn_ip else "")
         try:
             subnet, vpn_ip = assignment(fixed, answer.vpn_subnet, answer.vpn_ip, self._avoid())
+            subnet6, vpn_ip6 = self._checked_assignment6(answer)
             updated = replace(
                 self.config,
                 # With authentication the server owns the name (the admin may rename).
                 node_name=answer.node_name or self.config.node_name,
                 vpn_ip=vpn_ip,
                 vpn_subnet=subnet,
+                vpn_ip6=vpn_ip6,
+                vpn_subnet6=subnet6,
                 nat_port=self.nat.mapped.port if self.nat else self.config.nat_port,
                 nat_type=self.nat.nat_type if self.nat else self.config.nat_type,
             )
             # What the server said is checked like any config before it is saved.
             return validate_config(asdict(updated))
         except ProtocolError as e:
-            self.log.warn("refusing the server's assignment ({field}): {error}", field=e.field, error=e)
-            self.bad_answers.note(f"assignment: {e}", self.clock.seconds())
-            self.events.emit("untrusted", f"refused the server's assignment: {e}")
+            self._refused_assignment(e)
             return None
+
+    def _checked_assignment6(self, answer: RegisterAnswer) -> tuple[str, str]:
+        """The IPv6 part of an assignment (vpn_subnet6, vpn_ip6), checked; one
+        refused keeps what this node had, and never stops the IPv4 part."""
+        try:
+            return assignment6(self.config.vpn_subnet6, answer.vpn_subnet6, answer.vpn_ip6, self._avoid())
+        except ProtocolError as e:
+            self._refused_assignment(e)
+            return self.config.vpn_subnet6, self.config.vpn_ip6
+
+    def _refused_assignment(self, e: ProtocolError) -> None:
+        self.log.warn("refusing the server's assignment ({field}): {error}", field=e.field, error=e)
+        self.bad_answers.note(f"assignment: {e}", self.clock.seconds())
+        self.events.emit("untrusted", f"refused the server's assignment: {e}")
 
     def _adopt_assignment(self, updated: NodeConfig) -> None:
         """Keep what the server assigned, so the next start needs no server."""
@@ -607,7 +666,11 @@ class NodeDaemon(Service):
                 new=updated.vpn_ip,
                 old=self.config.vpn_ip,
             )
+        readdress6 = updated.vpn_ip6 != self.config.vpn_ip6 and self.interface_ready
         self._adopt(updated)
+        if readdress6:
+            self.log.info("IPv6 mesh address now {address}", address=updated.vpn_ip6 or "none")
+            self._track(self._guarded(self._readdress6, "setting the IPv6 mesh address"))
 
     def _adopt(self, updated: NodeConfig) -> None:
         if updated.node_name != self.config.node_name:
@@ -823,7 +886,9 @@ class NodeDaemon(Service):
                 config.vpn_ip,
                 config.vpn_subnet or f"{config.vpn_ip}/32",
                 config.node_name,
-                ((peer.node_name, peer.vpn_ip) for peer in self.netmap.peers.values()),
+                ((peer.node_name, mesh_addresses(peer)) for peer in self.netmap.peers.values()),
+                vpn_ip6=config.vpn_ip6,
+                subnet6=config.vpn_subnet6 if config.vpn_ip6 else "",
             )
         except CancelledError:
             raise

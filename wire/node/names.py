@@ -15,7 +15,7 @@ and tried again on the next netmap change.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -27,6 +27,9 @@ from wire.runner import IProcessRunner
 from wire.textsafe import escaped
 
 DNS_PORT = 53
+
+# A peer's mesh addresses: one (its IPv4 one), or several (IPv4 and IPv6).
+Addresses = str | Sequence[str]
 
 
 class MeshNames:
@@ -59,6 +62,7 @@ class MeshNames:
         self.os_dns: IOsDns | None = None
         self.server: MeshDns | None = None
         self._listening_on: str | None = None
+        self._reverse: tuple[str, ...] = ()  # the networks it answers reverse lookups for
         self._applied: tuple | None = None  # what the OS resolver was last given
         self.problem: str | None = None
         self._os_left_alone: str | None = None  # why the OS resolver may not be wired here
@@ -81,9 +85,10 @@ class MeshNames:
         self.os_dns = await self._choose_os(self._runner, self.interface, self._paths, accept_dns=accept)
 
     async def follow(self, config: DnsConfig | None, vpn_ip: str, subnet: str, own_name: str,
-                     peers: Iterable[tuple[str, str]]) -> None:
-        """The netmap changed: answer for these peers (name, VPN address) and
-        this node; start, move or stop the server as the settings say."""
+                     peers: Iterable[tuple[str, Addresses]], *, vpn_ip6: str = "", subnet6: str = "") -> None:
+        """The netmap changed: answer for these peers (name, VPN address or
+        addresses: A and AAAA) and this node (``vpn_ip``, and ``vpn_ip6`` when
+        the mesh has IPv6); start, move or stop the server as the settings say."""
         self.config = config
         if config is None or not vpn_ip:
             await self.stop()
@@ -91,11 +96,12 @@ class MeshNames:
         await self.prepare()
         problems = [self._os_left_alone] if self._os_left_alone else []
         try:
-            await self._listen(vpn_ip, subnet)
+            await self._listen(vpn_ip, (subnet, subnet6) if subnet6 else (subnet,))
         except DnsBindError as e:
             problems.append(str(e))
         if self.server is not None:
-            self.server.update(self._records(config, vpn_ip, own_name, peers), config, own_name=own_name)
+            own = (vpn_ip, vpn_ip6) if vpn_ip6 else (vpn_ip,)
+            self.server.update(self._records(config, own, own_name, peers), config, own_name=own_name)
             try:
                 await self._wire_os(vpn_ip, subnet, config)
             except OsDnsError as e:
@@ -103,21 +109,26 @@ class MeshNames:
         self._set_problem("; ".join(problems) or None)
 
     @staticmethod
-    def _records(config: DnsConfig, vpn_ip: str, own_name: str, peers: Iterable[tuple[str, str]]) -> list:
+    def _records(config: DnsConfig, own: tuple[str, ...], own_name: str, peers: Iterable[tuple[str, Addresses]]) -> list:
         # Only names that are DNS labels (a seed server stores any name).
-        pairs = [(name, (address,)) for name, address in peers if dns_name_of(name, config.domain) is not None]
+        pairs = [
+            (name, (addresses,) if isinstance(addresses, str) else tuple(addresses))
+            for name, addresses in peers
+            if dns_name_of(name, config.domain) is not None
+        ]
         if dns_name_of(own_name, config.domain) is not None:
-            pairs.append((own_name, (vpn_ip,)))
+            pairs.append((own_name, own))
         return pairs
 
-    async def _listen(self, vpn_ip: str, subnet: str) -> None:
-        if self.server is not None and self._listening_on == vpn_ip:
+    async def _listen(self, vpn_ip: str, networks: tuple[str, ...]) -> None:
+        """On our IPv4 mesh address, answering reverse lookups for the mesh's networks."""
+        if self.server is not None and self._listening_on == vpn_ip and self._reverse == networks:
             return
         await self._stop_server()
         upstream = self.os_dns.upstreams if self.os_dns is not None else ()
-        server = self._make_server(self._reactor, vpn_ip, self._port, reverse_networks=[subnet], upstream=upstream)
+        server = self._make_server(self._reactor, vpn_ip, self._port, reverse_networks=list(networks), upstream=upstream)
         await server.start()
-        self.server, self._listening_on = server, vpn_ip
+        self.server, self._listening_on, self._reverse = server, vpn_ip, networks
         self.log.info("mesh DNS answers on {address} port {port}", address=vpn_ip, port=server.port)
 
     async def _wire_os(self, vpn_ip: str, subnet: str, config: DnsConfig) -> None:

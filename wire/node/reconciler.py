@@ -17,6 +17,7 @@ interface is up and the node is stopping.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv6Network
 from typing import Any, Callable, Coroutine
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
@@ -38,6 +39,11 @@ from wire.protocol.filter import FilterRule, resolve_peers
 # Relay grants asked for at once: many relayed peers while the server is
 # slow must not open a request each.
 RELAY_GRANTS_AT_ONCE = 4
+
+
+def mesh_addresses(peer: Peer) -> tuple[str, ...]:
+    """A peer's addresses in the mesh: its IPv4 one, and its IPv6 one when it has one."""
+    return (peer.vpn_ip, peer.vpn_ip6) if peer.vpn_ip6 else (peer.vpn_ip,)
 
 
 @dataclass
@@ -165,7 +171,8 @@ class Reconciler:
         # Filled as we go: a grant that comes at once checks it.
         relayed: set[str] = set()
         self._runtime.relay_wanted = relayed
-        subnet = self.netmap.screen.mesh().subnet
+        mesh = self.netmap.screen.mesh()
+        subnet, subnet6 = mesh.subnet, mesh.subnet6
         # Networks beyond the mesh some peers carry (subnet routes, the exit): only as given.
         extra = (
             await self.routing.allowed_ips(self.netmap.peers, str(subnet) if subnet else None, me.public_ip)
@@ -195,7 +202,7 @@ class Reconciler:
                     # later; turned on with the relay endpoint, it starts one
                     # there at once.
                     endpoint, keepalive = None, 0
-            config = self._peer_config(peer, endpoint, keepalive, configs, subnet, extra.get(node_id, ()))
+            config = self._peer_config(peer, endpoint, keepalive, configs, subnet, extra.get(node_id, ()), subnet6)
             if config is None:
                 continue
             desired[peer.wg_public_key] = config
@@ -244,9 +251,11 @@ class Reconciler:
         elif self.firewall is None:
             problem = "the mesh has an access policy, and this node has no packet filter to enforce it"
         else:
-            by_key = {p.wg_public_key: p.vpn_ip for p in self.netmap.peers.values()}
+            # Each held peer may probe from its mesh addresses, IPv4 and IPv6.
+            by_key = {p.wg_public_key: mesh_addresses(p) for p in self.netmap.peers.values()}
+            probe_sources = [address for key in desired if key in by_key for address in by_key[key]]
             try:
-                await self.firewall.apply(self.resolved_filter(rules), [by_key[key] for key in desired if key in by_key])
+                await self.firewall.apply(self.resolved_filter(rules), probe_sources)
                 self._filter_state = "applied"
             except (FirewallError, InvalidFirewallConfig) as e:
                 problem = f"the access policy's packet filter cannot be put in force: {e}"
@@ -265,7 +274,7 @@ class Reconciler:
         must not resolve them all again)."""
         peers = self.netmap.peers
         if self._resolved is None or self._resolved[0] is not rules or self._resolved[1] is not peers:
-            resolved = resolve_peers(rules, ((p.node_name, p.tags, (p.vpn_ip,)) for p in peers.values()))
+            resolved = resolve_peers(rules, ((p.node_name, p.tags, mesh_addresses(p)) for p in peers.values()))
             self._resolved = (rules, peers, resolved)
         return self._resolved[2]
 
@@ -280,33 +289,38 @@ class Reconciler:
 
     def _peer_config(
         self, peer: Peer, endpoint: str | None, keepalive: int, configs: dict, subnet: IPNetwork | None,
-        routed: tuple[str, ...] = (),
+        routed: tuple[str, ...] = (), subnet6: IPv6Network | None = None,
     ) -> PeerConfig | None:
         """The peer's PeerConfig, the one from the last run if nothing changed:
         checking one costs microseconds, and a run every second at 10,000
         peers must not spend its time checking what it checked before.
 
         None for an AllowedIPs entry outside the mesh subnet: the netmap
-        never holds such a peer (wire.node.trust), and this makes sure.
+        never holds such a peer (wire.node.trust), and this makes sure. Its
+        IPv6 mesh address outside the IPv6 subnet is left out (IPv4 kept).
         """
         host = "/128" if ":" in peer.vpn_ip else "/32"
-        # Its mesh address first (checked below), then what it routes (wire.node.routing planned it).
-        inputs = ((f"{peer.vpn_ip}{host}", *routed), endpoint, keepalive, subnet)
+        mine = (f"{peer.vpn_ip}{host}",) + ((f"{peer.vpn_ip6}/128",) if peer.vpn_ip6 else ())
+        # Its mesh addresses first (checked below), then what it routes (wire.node.routing planned it).
+        inputs = ((*mine, *routed), endpoint, keepalive, subnet, subnet6)
         cached = self._runtime.configs.get(peer.wg_public_key)
         if cached is not None and cached[0] == inputs:
             config = cached[1]
         else:
-            if not Mesh(subnet).holds(inputs[0][0]):
-                if peer.wg_public_key not in self._runtime.refused:
-                    self._runtime.refused.add(peer.wg_public_key)
-                    self.log.error(
-                        "{peer}: AllowedIPs {address} is outside the mesh subnet {subnet}; not given to WireGuard",
-                        peer=peer.node_name or peer.node_id,
-                        address=inputs[0][0],
-                        subnet=subnet,
-                    )
+            mesh = Mesh(subnet, subnet6=subnet6)
+            astray = [entry for entry in mine if not mesh.holds(entry)]
+            if astray and peer.wg_public_key not in self._runtime.refused:
+                self._runtime.refused.add(peer.wg_public_key)
+                self.log.error(
+                    "{peer}: AllowedIPs {address} is outside the mesh subnet {subnet}; not given to WireGuard",
+                    peer=peer.node_name or peer.node_id,
+                    address=", ".join(astray),
+                    subnet=" and ".join(str(s) for s in (subnet, subnet6) if s is not None),
+                )
+            if mine[0] in astray:
                 return None
-            config = PeerConfig(public_key=peer.wg_public_key, allowed_ips=inputs[0], endpoint=endpoint, persistent_keepalive=keepalive)
+            allowed = tuple(entry for entry in inputs[0] if entry not in astray)
+            config = PeerConfig(public_key=peer.wg_public_key, allowed_ips=allowed, endpoint=endpoint, persistent_keepalive=keepalive)
         configs[peer.wg_public_key] = (inputs, config)
         return config
 

@@ -20,18 +20,30 @@ The mesh subnet
     - free of this node's LAN address and the server's address (when known):
       a mesh holding either would route them into the tunnel.
 
+The mesh's IPv6 subnet (``vpn_subnet6``)
+    Fixed at enrollment like the IPv4 one: the first accepted answer's (or
+    the one in config.json) is kept, a later answer naming another is
+    refused. A ULA prefix (fc00::/7) of /48../64, free of this node's LAN
+    and the server's address. A server that names none (the seed's, an
+    older one) gives the mesh no IPv6: the node runs IPv4 only. A refused
+    IPv6 part never stops the IPv4 one.
+
 An address in the mesh (this node's ``vpn_ip``, each peer's)
     Inside the mesh subnet, and neither its network address nor (IPv4) its
     broadcast address. A peer's address is also not ours and not another
     peer's, and its public key is not ours and not another peer's: the
     earlier holder keeps an address or key, the later claimant is skipped.
     At most ``max_peers`` peers are held (default 10,000).
+
+A peer's IPv6 mesh address (``vpn_ip6``)
+    Inside the mesh's IPv6 subnet, not ours and not another peer's. One
+    that fails is dropped and the peer kept with its IPv4 address alone.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable, Iterable, Union
 
@@ -46,6 +58,9 @@ MAX_PEERS_LIMIT = 1_000_000
 
 PREFIX_V4 = (8, 30)
 PREFIX_V6 = (48, 120)
+# The IPv6 subnet beside the IPv4 one: a ULA prefix, wide enough for SLAAC-like /64s at most.
+ULA_BLOCK = ipaddress.IPv6Network("fc00::/7")
+PREFIX_V6_MESH = (48, 64)
 
 
 class Untrusted(ProtocolError):
@@ -129,6 +144,50 @@ def assignment(
     return str(network), own_address(vpn_ip, network)
 
 
+def mesh_subnet6(text: str, field: str = "vpn_subnet6", avoid: Iterable[str] = ()) -> ipaddress.IPv6Network:
+    """``text`` as the mesh's IPv6 subnet this node accepts: a ULA prefix of /48../64
+    holding neither ``avoid`` address (this node's LAN, the server)."""
+    if not isinstance(text, str):
+        raise Untrusted(field, "must be a string like fd7a:115c:a1e0::/48")
+    try:
+        network = _network(text.strip())
+    except ValueError:
+        raise Untrusted(field, f"{text[:50]!r} is not a network (ADDRESS/PREFIX)")
+    if not isinstance(network, ipaddress.IPv6Network):
+        raise Untrusted(field, f"{network} is not an IPv6 network")
+    if not network.subnet_of(ULA_BLOCK):
+        raise Untrusted(field, f"{network} is not inside the ULA block fc00::/7")
+    low, high = PREFIX_V6_MESH
+    if not low <= network.prefixlen <= high:
+        raise Untrusted(field, f"{network}: a prefix of /{network.prefixlen} is outside /{low}../{high}")
+    for address in avoid:
+        if address and _in(address, network):
+            raise Untrusted(field, f"{network} holds {address}, this node's LAN or the server's address")
+    return network
+
+
+def assignment6(
+    saved_subnet6: str, answered_subnet6: str, vpn_ip6: str, avoid: Iterable[str] = ()
+) -> tuple[str, str]:
+    """The (subnet6, vpn_ip6) a register or enroll answer assigns, checked.
+
+    ``saved_subnet6`` is the one fixed at enrollment ("" before it): an
+    answer naming another is refused. An answer with no IPv6 address (a
+    seed or older server) assigns none: ("" or the saved subnet, "").
+    """
+    if saved_subnet6 and answered_subnet6 and _network(answered_subnet6) != _network(saved_subnet6):
+        raise Untrusted(
+            "vpn_subnet6", f"{answered_subnet6} is not this node's IPv6 mesh subnet {saved_subnet6} (fixed at enrollment)"
+        )
+    chosen = saved_subnet6 or answered_subnet6
+    if not vpn_ip6:
+        return (str(mesh_subnet6(chosen, avoid=avoid)) if chosen else ""), ""
+    if not chosen:
+        raise Untrusted("vpn_subnet6", f"the IPv6 address {vpn_ip6} comes without the mesh's IPv6 subnet")
+    network = mesh_subnet6(chosen, avoid=avoid)
+    return str(network), own_address(vpn_ip6, network, "vpn_ip6")
+
+
 def parse_max_peers(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PEERS_LIMIT:
         raise ProtocolError("max_peers", f"must be a whole number 1..{MAX_PEERS_LIMIT}")
@@ -143,15 +202,23 @@ class Mesh:
     own_ip: str = ""
     own_key: str = ""
     max_peers: int = DEFAULT_MAX_PEERS
+    # The mesh's IPv6 subnet beside an IPv4 one (None: the mesh has no IPv6), and our address in it.
+    subnet6: ipaddress.IPv6Network | None = None
+    own_ip6: str = ""
 
     def holds(self, allowed_ip: str) -> bool:
-        """Whether an AllowedIPs entry (ADDRESS/32 or /128) lies inside the mesh."""
+        """Whether an AllowedIPs entry (ADDRESS/32 or /128) lies inside the mesh
+        (its IPv4 subnet, or its IPv6 one for an IPv6 entry)."""
         if self.subnet is None:
             return True
         try:
-            return ipaddress.ip_network(allowed_ip, strict=True).subnet_of(self.subnet)  # type: ignore[arg-type]
+            entry = ipaddress.ip_network(allowed_ip, strict=True)
         except (ValueError, TypeError):
             return False
+        for subnet in (self.subnet, self.subnet6):
+            if subnet is not None and subnet.version == entry.version:
+                return entry.subnet_of(subnet)  # type: ignore[arg-type]
+        return False
 
 
 def _who(peer: PeerView) -> str:
@@ -175,6 +242,7 @@ class PeerScreen:
         mesh = self.mesh()
         kept: dict[str, PeerView] = {}
         addresses: dict[str, str] = {}
+        addresses6: dict[str, str] = {}
         keys: dict[str, str] = {}
         problems: list[str] = []
         beyond = 0
@@ -185,8 +253,15 @@ class PeerScreen:
             for peer in candidates:
                 problem = self._problem(peer, mesh, addresses, keys)
                 if not problem:
+                    problem6 = self._problem6(peer, mesh, addresses6)
+                    if problem6:
+                        # Its IPv6 address only: the peer stays reachable over IPv4.
+                        problems.append(f"{_who(peer)}: vpn_ip6 dropped (IPv4 kept): {problem6}")
+                        peer = replace(peer, vpn_ip6="")
                     kept[node_id] = peer
                     addresses[peer.vpn_ip] = node_id
+                    if peer.vpn_ip6:
+                        addresses6[peer.vpn_ip6] = node_id
                     keys[peer.wg_public_key] = node_id
                     break
                 problems.append(f"{_who(peer)} skipped: {problem}")
@@ -207,4 +282,22 @@ class PeerScreen:
             return "wg_public_key is this node's own key"
         if peer.wg_public_key in keys:
             return f"wg_public_key is already held by {keys[peer.wg_public_key][:8]}"
+        return ""
+
+    @staticmethod
+    def _problem6(peer: PeerView, mesh: Mesh, addresses6: dict[str, str]) -> str:
+        """Why the peer's IPv6 address cannot be held ("" if it can, or it has none)."""
+        if not peer.vpn_ip6:
+            return ""
+        if mesh.subnet is not None and mesh.subnet6 is None:
+            return f"{peer.vpn_ip6}: this node's mesh has no IPv6 subnet"
+        problem = mesh_problem(peer.vpn_ip6, mesh.subnet6)
+        if problem:
+            return problem
+        if ipaddress.ip_address(peer.vpn_ip6).version != 6:
+            return f"{peer.vpn_ip6} is not an IPv6 address"
+        if peer.vpn_ip6 == mesh.own_ip6:
+            return f"{peer.vpn_ip6} is this node's own address"
+        if peer.vpn_ip6 in addresses6:
+            return f"{peer.vpn_ip6} is already held by {addresses6[peer.vpn_ip6][:8]}"
         return ""

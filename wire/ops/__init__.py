@@ -11,6 +11,7 @@ returns them: one implementation of each operation, one module per job:
     views      status, peers
     troubles   the daemon's failing loops and refused answers, told (status, diagnose)
     targets    a peer named by node name or VPN address
+    addresses  ip: this node's or a peer's mesh addresses (IPv4, IPv6)
     ping       ping
     install    install, install_now
     health     diagnose, watchdog
@@ -19,6 +20,7 @@ returns them: one implementation of each operation, one module per job:
     demo       demo
 """
 
+from wire.ops.addresses import ip
 from wire.ops.context import Context, OpError
 from wire.ops.demo import demo
 from wire.ops.explain import explain, explain_path
@@ -41,6 +43,7 @@ __all__ = [
     "explain_path",
     "install",
     "install_now",
+    "ip",
     "netcheck",
     "parse_ping",
     "peers",

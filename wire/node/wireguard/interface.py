@@ -21,10 +21,14 @@ class IWireGuard(Interface):
         "logged).  up() and apply() restore the interface"
     )
 
-    async def up(private_key: str, listen_port: int, address: str, prefixlen: int) -> None:
+    async def up(
+        private_key: str, listen_port: int, address: str, prefixlen: int, address6: str = "", prefixlen6: int = 0
+    ) -> None:
         """
         Create the interface, or adopt one of that name that answers `wg`
         (never deleting it), and give it the key, port, address and MTU.
+        ``address6``/``prefixlen6``: the IPv6 mesh address beside it ("":
+        none); one the host refuses (IPv6 disabled) is logged, never fatal.
         Idempotent.  Raises WireGuardUnavailable, WireGuardError,
         InvalidWireGuardConfig.
         """

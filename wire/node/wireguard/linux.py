@@ -15,7 +15,15 @@ from zope.interface import implementer
 from wire.node.wireguard.base import WireGuardBase, is_missing_device, missing_program
 from wire.node.wireguard.dump import Dump
 from wire.node.wireguard.interface import IWireGuard
-from wire.node.wireguard.model import MTU, WireGuardError, WireGuardUnavailable, check_address, check_listen_port, check_private_key
+from wire.node.wireguard.model import (
+    MTU,
+    WireGuardError,
+    WireGuardUnavailable,
+    check_address,
+    check_address6,
+    check_listen_port,
+    check_private_key,
+)
 from wire.runner import CommandFailed, CommandNotFound, IProcessRunner, describe_exit
 
 log = Logger()
@@ -47,10 +55,13 @@ class LinuxWireGuard(WireGuardBase):
         self._use_kernel = use_kernel
         self._proc = proc
 
-    async def up(self, private_key: str, listen_port: int, address: str, prefixlen: int) -> None:
+    async def up(
+        self, private_key: str, listen_port: int, address: str, prefixlen: int, address6: str = "", prefixlen6: int = 0
+    ) -> None:
         private_key = check_private_key(private_key)
         listen_port = check_listen_port(listen_port)
         interface = check_address(address, prefixlen)
+        interface6 = check_address6(address6, prefixlen6)
         async with self._lock:
             kept = self.backend if self._up and self.backend == "kernel" else "adopted"
             self._pause()
@@ -63,7 +74,7 @@ class LinuxWireGuard(WireGuardBase):
                 backend = "wireguard-go" if self._process is not None else kept
             try:
                 await self._set_key_and_port(self.name, private_key, listen_port, dump)
-                await self._set_address(interface, fresh=created)
+                await self._set_addresses(interface, interface6, fresh=created)
                 await self._run_checked(
                     ["ip", "link", "set", "dev", self.name, "mtu", str(MTU), "up"], what=f"bring {self.name} up"
                 )
@@ -76,7 +87,7 @@ class LinuxWireGuard(WireGuardBase):
             "WireGuard interface {device} up ({backend}): {address}, port {port}, {peers} peers",
             device=self.name,
             backend=backend,
-            address=str(interface),
+            address=f"{interface} and {interface6}" if interface6 else str(interface),
             port=listen_port or dump.status.listen_port,
             peers=len(dump.status.peers),
         )
@@ -154,21 +165,37 @@ class LinuxWireGuard(WireGuardBase):
         self._own(process)
         return "wireguard-go", dump
 
-    async def _set_address(self, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, *, fresh: bool) -> None:
-        """Give the interface exactly this address (an adopted one may hold an old one)."""
+    async def _set_addresses(
+        self,
+        interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+        interface6: ipaddress.IPv6Interface | None,
+        *,
+        fresh: bool,
+    ) -> None:
+        """Give the interface exactly these addresses (an adopted one may hold old ones).
+
+        The IPv6 one is best effort: a host with IPv6 disabled keeps the mesh on IPv4."""
         present: list[str] = []
         if not fresh:
             present = await self._addresses()
-        wanted = str(interface)
+        wanted = [str(interface)] + ([str(interface6)] if interface6 is not None else [])
         for stale in present:
-            if stale != wanted:
+            if stale not in wanted:
                 await self._run_checked(
                     ["ip", "address", "del", stale, "dev", self.name], what=f"remove old address {stale}"
                 )
-        if wanted not in present:
+        if wanted[0] not in present:
             await self._run_checked(
-                ["ip", "address", "replace", wanted, "dev", self.name], what=f"set address {wanted}"
+                ["ip", "address", "replace", wanted[0], "dev", self.name], what=f"set address {wanted[0]}"
             )
+        if interface6 is not None and str(interface6) not in present:
+            try:
+                await self._run_checked(
+                    ["ip", "-6", "address", "replace", str(interface6), "dev", self.name],
+                    what=f"set IPv6 address {interface6}",
+                )
+            except WireGuardError as e:
+                log.warn("{device}: no IPv6 mesh address ({error}); the mesh works over IPv4", device=self.name, error=e)
 
     async def _addresses(self) -> list[str]:
         """Global addresses of the interface, as "addr/prefixlen" (link-local ones left out)."""

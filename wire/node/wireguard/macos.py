@@ -16,7 +16,15 @@ from zope.interface import implementer
 from wire.node.wireguard.base import WG_TIMEOUT, WireGuardBase, missing_program
 from wire.node.wireguard.dump import Dump
 from wire.node.wireguard.interface import IWireGuard
-from wire.node.wireguard.model import MTU, WireGuardError, WireGuardUnavailable, check_address, check_listen_port, check_private_key
+from wire.node.wireguard.model import (
+    MTU,
+    WireGuardError,
+    WireGuardUnavailable,
+    check_address,
+    check_address6,
+    check_listen_port,
+    check_private_key,
+)
 from wire.runner import CommandError, CommandFailed, CommandNotFound, IProcessRunner
 
 log = Logger()
@@ -44,16 +52,19 @@ class MacWireGuard(WireGuardBase):
     ) -> None:
         super().__init__(runner, name, clock=clock, **options)
         self._run_dir = run_dir
-        self._route: tuple[str, str] | None = None  # (family flag, subnet)
+        self._routes: list[tuple[str, str]] = []  # (family flag, subnet) of each route we added
 
     @property
     def name_file(self) -> str:
         return os.path.join(self._run_dir, f"{self.name}.name")
 
-    async def up(self, private_key: str, listen_port: int, address: str, prefixlen: int) -> None:
+    async def up(
+        self, private_key: str, listen_port: int, address: str, prefixlen: int, address6: str = "", prefixlen6: int = 0
+    ) -> None:
         private_key = check_private_key(private_key)
         listen_port = check_listen_port(listen_port)
         interface = check_address(address, prefixlen)
+        interface6 = check_address6(address6, prefixlen6)
         async with self._lock:
             self._pause()
             device = self._read_name_file()
@@ -78,6 +89,8 @@ class MacWireGuard(WireGuardBase):
             try:
                 await self._set_key_and_port(device, private_key, listen_port, dump)
                 await self._configure_address(device, interface)
+                if interface6 is not None:
+                    await self._configure_address6(device, interface6)
                 self._established(backend, device, dump)
             except BaseException:
                 if created:
@@ -97,16 +110,16 @@ class MacWireGuard(WireGuardBase):
         async with self._lock:
             self._pause()
             device = self.device or self._read_name_file()
-            if self._route is not None and device:
-                family, subnet = self._route
-                await self._best_effort(["route", "-q", "-n", "delete", family, subnet, "-interface", device])
+            if device:
+                for family, subnet in self._routes:
+                    await self._best_effort(["route", "-q", "-n", "delete", family, subnet, "-interface", device])
             if self._process is not None:
                 await self._stop_own()  # wireguard-go takes its utun with it
             elif device:
                 # Not our child: wireguard-go exits when its UAPI socket is removed (wg-quick's way).
                 self._remove_file(os.path.join(self._run_dir, f"{device}.sock"))
             self._remove_file(self.name_file)
-            self._route = None
+            self._routes = []
             self.backend = ""
             self.device = ""
         log.info("WireGuard interface {name} removed", name=self.name)
@@ -130,7 +143,15 @@ class MacWireGuard(WireGuardBase):
             raise WireGuardUnavailable(missing_program(e)) from None
         if result.rc != 0 and b"File exists" not in result.stderr:  # already routed: adopted
             raise WireGuardError(f"cannot route {subnet} to {device}: {CommandFailed(result)}")
-        self._route = (family, subnet)
+        if (family, subnet) not in self._routes:
+            self._routes.append((family, subnet))
+
+    async def _configure_address6(self, device: str, interface: ipaddress.IPv6Interface) -> None:
+        """The IPv6 mesh address beside the IPv4 one: best effort, the mesh works over IPv4 without it."""
+        try:
+            await self._configure_address(device, interface)
+        except WireGuardError as e:
+            log.warn("{device}: no IPv6 mesh address ({error}); the mesh works over IPv4", device=device, error=e)
 
     def _read_name_file(self) -> str | None:
         try:

@@ -199,3 +199,13 @@ def check_address(address: Any, prefixlen: Any) -> ipaddress.IPv4Interface | ipa
         return ipaddress.ip_interface(f"{address}/{prefixlen}")
     except ValueError:
         raise invalid_config("address", f"{shown_value(address)}/{shown_value(prefixlen)} is not an address with a prefix length") from None
+
+
+def check_address6(address: Any, prefixlen: Any) -> ipaddress.IPv6Interface | None:
+    """The IPv6 mesh address beside the IPv4 one, or None when there is none ("")."""
+    if address == "":
+        return None
+    interface = check_address(address, prefixlen)
+    if not isinstance(interface, ipaddress.IPv6Interface):
+        raise invalid_config("address6", f"{shown_value(address)} is not an IPv6 address")
+    return interface
