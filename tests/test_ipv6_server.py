@@ -200,6 +200,16 @@ class MigrationTests(unittest.TestCase):
         self.assertIsNone(coordinator.registry.by_vpn_ip(before[ids[0]]))
         self.assertEqual(coordinator.registry.by_vpn_ip(after[ids[0]]).node_id, ids[0])
 
+    def test_a_stored_address_that_is_no_address_is_replaced(self):
+        data_dir, ids = self.make_schema_7()
+        make_coordinator(self, data_dir=data_dir).store.close()
+        db = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
+        db.execute("UPDATE nodes SET vpn_ip6 = 'banana' WHERE node_id = ?", (ids[0],))
+        db.commit()
+        db.close()
+        coordinator = make_coordinator(self, data_dir=data_dir)
+        self.assertEqual(coordinator.registry.get(ids[0]).vpn_ip6, Ipv6Pool(PREFIX).allocate(ids[0], set()))
+
 
 class MeshPrefixTests(unittest.TestCase):
     def setUp(self):

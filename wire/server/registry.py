@@ -30,6 +30,14 @@ DEFAULT_EXPIRE_AFTER = 24 * 3600.0
 PATH_FACTS = ("public_ip", "port", "nat_port", "lan_ip", "nat_type")
 
 
+def _inside(address: str, network: ipaddress.IPv6Network) -> bool:
+    """Whether a stored address ("" for none; anything, from a hand-edited row) lies in ``network``."""
+    try:
+        return ipaddress.IPv6Address(address) in network
+    except ValueError:
+        return False
+
+
 class RegistryConflict(Exception):
     """The request would take something (a key, an address) that belongs to another node."""
 
@@ -112,19 +120,21 @@ class Registry:
         if self.pool6 is None:
             return
         network = self.pool6.network
-        homeless = [r for r in records if not r.vpn_ip6 or ipaddress.IPv6Address(r.vpn_ip6) not in network]
+        homeless = [r for r in records if not _inside(r.vpn_ip6, network)]
+        renumbered = sum(1 for r in homeless if r.vpn_ip6)
         for record in sorted(homeless, key=lambda r: (r.registered, r.node_id)):
             if self._node_by_ip6.get(record.vpn_ip6) == record.node_id:
                 del self._node_by_ip6[record.vpn_ip6]
-            old = record.vpn_ip6
             record.vpn_ip6 = self.pool6.allocate(record.node_id, self._node_by_ip6)
             self._node_by_ip6[record.vpn_ip6] = record.node_id
             self._store.put(record)
+        if homeless:
+            # One line, not one per node: a first start after the upgrade readdresses them all.
             self.log.info(
-                "node {name} gets IPv6 address {vpn_ip6}{was}",
-                name=record.node_name,
-                vpn_ip6=record.vpn_ip6,
-                was=f" (was {old}, outside {network})" if old else "",
+                "{count} nodes got an IPv6 address in {network} ({renumbered} of them had one outside it)",
+                count=len(homeless),
+                network=network,
+                renumbered=renumbered,
             )
 
     def _index(self, record: NodeRecord) -> None:
