@@ -8,7 +8,7 @@ import os
 
 from twisted.internet.task import Clock
 
-from wire.addressing import AddressPool, parse_subnet
+from wire.addressing import AddressPool, Ipv6Pool, parse_subnet, parse_subnet6
 from wire.protocol import parse_registration
 from wire.runner import CommandNotFound, find_program
 from wire.server.coordinator import Coordinator
@@ -37,16 +37,27 @@ def registration_for(name: str, **fields):
     return parse_registration(body_for(name, **fields))
 
 
+# The IPv6 prefix test coordinators give their nodes addresses from.
+TEST_SUBNET6 = "fd7a:115c:a1e0::/48"
+
+
 def make_coordinator(
-    test, subnet: str = "10.99.0.0/16", clock: Clock | None = None, data_dir: str | None = None, **registry_options
+    test,
+    subnet: str = "10.99.0.0/16",
+    clock: Clock | None = None,
+    data_dir: str | None = None,
+    subnet6: str | None = TEST_SUBNET6,
+    **registry_options,
 ) -> Coordinator:
-    """A coordinator (on a fake clock unless given one) with a real SQLite store in a temp dir."""
+    """A coordinator (on a fake clock unless given one) with a real SQLite
+    store in a temp dir; ``subnet6`` None: no IPv6 mesh addresses."""
     if clock is None:
         clock = Clock()
         clock.advance(1_700_000_000)
     data_dir = data_dir or test.mktemp()
     store = open_store(data_dir, clock)
-    registry = Registry(store, AddressPool(parse_subnet(subnet)), **registry_options)
+    pool6 = Ipv6Pool(parse_subnet6(subnet6)) if subnet6 is not None else None
+    registry = Registry(store, AddressPool(parse_subnet(subnet)), pool6=pool6, **registry_options)
     registry.load(store.load(), clock.seconds())
     coordinator = Coordinator(clock, store, registry)
     coordinator.data_dir = data_dir

@@ -810,8 +810,9 @@ class AdminProcessTests(unittest.TestCase):
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
         self.assertEqual(lines[0], "1 online / 0 offline / 1 total")
-        self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT", "TAGS"])
-        self.assertEqual(lines[3].split()[:4], ["web1", web1.node_id, web1.vpn_ip, "online"])
+        self.assertEqual(lines[2].split(), ["NAME", "NODE", "ID", "VPN", "IP", "VPN", "IPV6", "STATUS", "LAST", "SEEN", "PUBLIC", "IP", "NAT", "TAGS"])
+        self.assertEqual(lines[3].split()[:5], ["web1", web1.node_id, web1.vpn_ip, web1.vpn_ip6, "online"])
+        self.assertTrue(web1.vpn_ip6.startswith("fd"), "the server drew its prefix and gave one")
         code, out, err = await run_wire("admin", "nodes", "list", "--data-dir", self.data_dir, "--json")
         self.assertEqual([n["node_id"] for n in json.loads(out)["nodes"]], [web1.node_id])
 

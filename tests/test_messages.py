@@ -31,7 +31,7 @@ from wire.protocol import (
     peer_view_json,
 )
 from wire.protocol.peers import RECORD_FIELDS
-from wire.server.model import SERVER_ONLY_FIELDS, NodeRecord
+from wire.server.model import SERVER_ONLY_FIELDS, SHOWN_WHEN_SET_FIELDS, NodeRecord
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -103,7 +103,7 @@ class RegisterAnswerTests(unittest.TestCase):
         body = json.loads(json.dumps(answer.to_json()))
         self.assertEqual(
             sorted(body),
-            sorted(["ok", "vpn_ip", "your_ip", "node_id", "node_name", "vpn_subnet", "offline_after", "cursor", "credential"]),
+            sorted(["ok", "vpn_ip", "your_ip", "node_id", "node_name", "vpn_subnet", "offline_after", "cursor", "credential", "vpn_ip6", "vpn_subnet6"]),
         )
         self.assertEqual(RegisterAnswer.from_json(body), answer)
 
@@ -147,8 +147,10 @@ def record(name="db1", **fields) -> NodeRecord:
 class PeerViewTests(unittest.TestCase):
     def test_the_record_is_what_a_view_shows(self):
         # All but what only the server holds (the routes a node advertises and
-        # has approved: a view shows those it serves, Registry.view).
-        self.assertEqual(tuple(f for f in NodeRecord.__dataclass_fields__ if f not in SERVER_ONLY_FIELDS), RECORD_FIELDS)
+        # has approved: a view shows those it serves, Registry.view), and
+        # what a view carries only when set (the IPv6 address).
+        apart = SERVER_ONLY_FIELDS + SHOWN_WHEN_SET_FIELDS
+        self.assertEqual(tuple(f for f in NodeRecord.__dataclass_fields__ if f not in apart), RECORD_FIELDS)
         self.assertIs(record().nat_type, NatType.EASY, "a stored row's text becomes the enum")
         self.assertIs(record(nat_type="from-the-future").nat_type, NatType.UNKNOWN)
 

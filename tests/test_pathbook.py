@@ -389,7 +389,7 @@ class SchemaTests(unittest.TestCase):
         self.addCleanup(store.close)
         self.assertEqual(store.load_pairs(), [])
         self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 7)
+        self.assertEqual(SCHEMA_VERSION, 8)
 
 
 class ScaleTests(unittest.TestCase):

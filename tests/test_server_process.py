@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -79,6 +80,20 @@ class ServerProcessTests(unittest.TestCase):
         self.assertEqual([(n["node_name"], n["vpn_ip"]) for n in status["nodes"]], [("web1", answer["vpn_ip"])])
         code, again = await self.post("/register", body_for("web1"))
         self.assertEqual(again["vpn_ip"], answer["vpn_ip"])
+        await self.server.stop()
+
+    async def test_the_ipv6_address_and_the_drawn_prefix_survive_sigkill(self):
+        await self.server.start()
+        code, answer = await self.post("/register", body_for("web1"))
+        self.assertEqual(code, 200, answer)
+        prefix = ipaddress.IPv6Network(answer["vpn_subnet6"])
+        self.assertEqual((prefix.prefixlen, ipaddress.IPv6Address(answer["vpn_ip6"]) in prefix), (48, True))
+        await self.server.kill(signal.SIGKILL)
+        await self.server.start()
+        code, raw = await self.get("/status")
+        self.assertEqual([n["vpn_ip6"] for n in json.loads(raw)["nodes"]], [answer["vpn_ip6"]])
+        code, again = await self.post("/register", body_for("web1"))
+        self.assertEqual((again["vpn_ip6"], again["vpn_subnet6"]), (answer["vpn_ip6"], answer["vpn_subnet6"]))
         await self.server.stop()
 
     async def test_a_pair_path_survives_sigkill(self):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
-from typing import Container, Iterator
+import os
+from typing import Callable, Container, Iterator
 
 from wire.protocol import ProtocolError
 
@@ -126,3 +127,101 @@ class AddressPool:
             if self.is_assignable(candidate) and str(candidate) not in taken:
                 return str(candidate)
         raise PoolExhausted(f"every address of {self.network} is in use")
+
+
+# -- IPv6 -------------------------------------------------------------------
+
+# What --subnet6 may be: a ULA prefix (RFC 4193) of /48 (the size RFC 4193
+# gives one site) to /64 (the smallest a prefix of interfaces may be).
+SUBNET6_LENGTHS = range(48, 65)
+ULA_BLOCK = ipaddress.IPv6Network("fc00::/7")
+
+
+def parse_subnet6(text: str) -> ipaddress.IPv6Network:
+    """An IPv6 mesh prefix: inside fd00::/8, /48 to /64, no host bits."""
+    text = text.strip()
+    try:
+        network = ipaddress.IPv6Network(text, strict=True)
+    except ValueError as e:
+        raise ProtocolError("subnet6", f"{text!r} is not an IPv6 network like fd7a:115c:a1e0::/48 ({e})")
+    if network.prefixlen not in SUBNET6_LENGTHS:
+        raise ProtocolError("subnet6", f"/{network.prefixlen} is outside /48../64")
+    if not network.subnet_of(ULA_BLOCK):
+        raise ProtocolError("subnet6", f"{network} is not a unique local prefix (inside fc00::/7): nodes accept only a private mesh prefix")
+    if outside_mesh_blocks(network):
+        raise ProtocolError(
+            "subnet6", f"{network} is in fc00::/8, which RFC 4193 leaves undefined (L=0): nodes accept only fd00::/8"
+        )
+    return network
+
+
+def random_ula_prefix(random_bytes: Callable[[int], bytes] = os.urandom) -> ipaddress.IPv6Network:
+    """A new /48 as RFC 4193 gives a site: ``fd`` and a random 40-bit global
+    ID, so two meshes (or a mesh and a site) are unlikely ever to collide."""
+    global_id = random_bytes(5)
+    return ipaddress.IPv6Network((b"\xfd" + global_id + bytes(10), 48))
+
+
+# Interface identifiers no node gets, per /64 (RFC 5453's registry): the
+# subnet-router anycast (all zeros, RFC 4291), the reserved subnet anycast
+# addresses (the top 128, RFC 2526) and the IANA Ethernet block
+# (0200:5EFF:FE00:0000 to 0200:5EFF:FEFF:FFFF, proxy mobile IPv6 and more).
+_RESERVED_IIDS = (
+    (0, 0),
+    (0xFDFF_FFFF_FFFF_FF80, 0xFDFF_FFFF_FFFF_FFFF),
+    (0x0200_5EFF_FE00_0000, 0x0200_5EFF_FEFF_FFFF),
+)
+_IID_MASK = (1 << 64) - 1
+
+
+class Ipv6Pool:
+    """Which IPv6 mesh addresses may be handed out, and to whom.
+
+    A node's address is its id's hash in the prefix's host bits (all of
+    them: for a /48 the subnet ID too, as Tailscale spreads its addresses),
+    so it is the same on every server of the mesh's prefix and needs no
+    counter. There are 2**64 or more of them: a collision is so rare that
+    the next hashed candidate settles it, and a scan from the first one is
+    there only so that allocation cannot fail while an address is free.
+    """
+
+    def __init__(self, network: ipaddress.IPv6Network):
+        if network.prefixlen not in SUBNET6_LENGTHS:
+            raise ValueError(f"an IPv6 mesh prefix is /48../64, not /{network.prefixlen}")
+        self.network = network
+        self._host_bits = 128 - network.prefixlen
+        self._base = int(network.network_address)
+
+    def is_assignable(self, address: ipaddress.IPv6Address) -> bool:
+        """Inside the prefix, not ``::1`` of it (kept for the server, as the
+        IPv4 pool keeps its first host), and not a reserved interface identifier."""
+        if address not in self.network:
+            return False
+        if int(address) - self._base == 1:
+            return False
+        iid = int(address) & _IID_MASK
+        return not any(low <= iid <= high for low, high in _RESERVED_IIDS)
+
+    def candidates(self, node_id: str) -> Iterator[ipaddress.IPv6Address]:
+        """The deterministic sequence of preferred addresses for ``node_id``."""
+        for attempt in range(HASHED_CANDIDATES):
+            salt = "" if attempt == 0 else f"#{attempt}"
+            # Salted apart from the IPv4 hash: one address does not give the other away.
+            digest = hashlib.sha256(("v6:" + node_id + salt).encode()).digest()
+            offset = int.from_bytes(digest[:16], "big") >> (128 - self._host_bits)
+            yield ipaddress.IPv6Address(self._base + offset)
+
+    def allocate(self, node_id: str, taken: Container[str]) -> str:
+        """The first free candidate (``taken``: addresses in use, compressed text)."""
+        candidates = self.candidates(node_id)
+        first = next(candidates)
+        for candidate in itertools.chain([first], candidates):
+            if self.is_assignable(candidate) and str(candidate) not in taken:
+                return str(candidate)
+        size = self.network.num_addresses
+        start = int(first) - self._base
+        for step in range(size):
+            candidate = ipaddress.IPv6Address(self._base + (start + step) % size)
+            if self.is_assignable(candidate) and str(candidate) not in taken:
+                return str(candidate)
+        raise PoolExhausted(f"every address of {self.network} is in use")  # pragma: no cover (2**64 of them)

@@ -83,11 +83,14 @@ def format_nodes(result: dict, style: Style) -> str:
     summary = f"{result['online']} online / {result['offline']} offline / {result['total']} total"
     if not nodes:
         return f"{summary}: no nodes have joined (create a join key: wire admin keys create)"
+    # The IPv6 column only where the server gives addresses (not a seed's, nor an old wire's).
+    ipv6 = any(n.get("vpn_ip6") for n in nodes)
     rows = [
         (
             n["node_name"],
             n["node_id"],
             n["vpn_ip"],
+            *((n.get("vpn_ip6") or "-",) if ipv6 else ()),
             n["status"],
             f"{span(n['last_seen_ago'])} ago",
             n.get("public_ip") or "-",
@@ -96,7 +99,8 @@ def format_nodes(result: dict, style: Style) -> str:
         )
         for n in nodes
     ]
-    return "\n".join([summary, "", *table(("NAME", "NODE ID", "VPN IP", "STATUS", "LAST SEEN", "PUBLIC IP", "NAT", "TAGS"), rows)])
+    headers = ("NAME", "NODE ID", "VPN IP", *(("VPN IPV6",) if ipv6 else ()), "STATUS", "LAST SEEN", "PUBLIC IP", "NAT", "TAGS")
+    return "\n".join([summary, "", *table(headers, rows)])
 
 
 def format_removed(result: dict, style: Style) -> str:

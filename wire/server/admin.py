@@ -143,6 +143,7 @@ class Admin:
             "node_name": record.node_name,
             "node_id": record.node_id,
             "vpn_ip": record.vpn_ip,
+            "vpn_ip6": record.vpn_ip6,
             "online": registry.is_online(record.node_id),
             "advertised": list(record.advertised_routes),
             "approved": list(record.approved_routes),
@@ -154,9 +155,9 @@ class Admin:
     def approve_route(self, ref: str, route_text: str) -> dict:
         """``route`` approved for the node (it is served once advertised), durably and audited."""
         record, route = self.find_node(ref), parse_route(route_text, "route")
-        network = self.coordinator.registry.pool.network
-        if overlapping((route,), network):
-            raise ProtocolError("route", f"{route} overlaps the mesh's own subnet {network}: it cannot be routed through a node")
+        for network in self.coordinator.registry.mesh_networks():
+            if overlapping((route,), network):
+                raise ProtocolError("route", f"{route} overlaps the mesh's own subnet {network}: it cannot be routed through a node")
         changed = route not in record.approved_routes
         if changed:
             self._set_approved(record, record.approved_routes + (route,), "route.approve", route)

@@ -497,6 +497,8 @@ class Coordinator:
             cursor=str(self.registry.changes.cursor),
             heartbeat=Heartbeat.LONGPOLL if self.longpoll_heartbeats else Heartbeat.REGISTER,
             credential=credential,
+            vpn_ip6=record.vpn_ip6,
+            vpn_subnet6=str(self.registry.pool6.network) if self.registry.pool6 is not None and record.vpn_ip6 else "",
         )
 
     def health(self) -> dict:

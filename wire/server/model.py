@@ -30,6 +30,9 @@ class NodeRecord:
     # one, as in Tailscale). Both canonical, in route order.
     advertised_routes: tuple[str, ...] = ()
     approved_routes: tuple[str, ...] = ()
+    # Its IPv6 mesh address, from the mesh's prefix (wire.addressing.Ipv6Pool);
+    # "" until the server has one for it. A view carries it when set (Registry.view).
+    vpn_ip6: str = ""
 
     def __post_init__(self) -> None:
         # Rows come back from the store (and seed state files) as text; one
@@ -69,6 +72,7 @@ class NodeRecord:
         last_seen: float,
         tags: tuple[str, ...] = (),
         approved_routes: tuple[str, ...] = (),
+        vpn_ip6: str = "",
     ) -> NodeRecord:
         return cls(
             node_id=registration.node_id,
@@ -85,6 +89,7 @@ class NodeRecord:
             tags=tags,
             advertised_routes=registration.advertise_routes,
             approved_routes=approved_routes,
+            vpn_ip6=vpn_ip6,
         )
 
     def describes_same_node(self, other: NodeRecord) -> bool:
@@ -105,7 +110,11 @@ RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))
 # What only the server holds; a view shows the rest of the record whole (a
 # field added here is added there) and, of routes, what is served (Registry.view).
 SERVER_ONLY_FIELDS = ("advertised_routes", "approved_routes")
-assert tuple(f for f in RECORD_FIELDS if f not in SERVER_ONLY_FIELDS) == VIEW_FIELDS, (RECORD_FIELDS, VIEW_FIELDS)
+# What a view carries only when set (Registry.view), as a seed's view lacks it.
+SHOWN_WHEN_SET_FIELDS = ("vpn_ip6",)
+assert (
+    tuple(f for f in RECORD_FIELDS if f not in SERVER_ONLY_FIELDS + SHOWN_WHEN_SET_FIELDS) == VIEW_FIELDS
+), (RECORD_FIELDS, VIEW_FIELDS)
 
 
 def in_route_order(routes) -> tuple[str, ...]:

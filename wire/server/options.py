@@ -11,7 +11,7 @@ import sys
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wire.addressing import parse_subnet
+from wire.addressing import parse_subnet, parse_subnet6
 from wire.datadir import DEFAULT_DATA_DIR, admin_socket_path
 from wire.protocol import ProtocolError
 from wire.protocol.dns import DEFAULT_DOMAIN, parse_mesh_domain
@@ -58,6 +58,7 @@ class Options(usage.Options):
         ["interface", "i", None, "address to listen on [all addresses]"],
         ["data-dir", "d", None, f"where the registry lives [$WIRE_DATA_DIR or {DEFAULT_DATA_DIR}]"],
         ["subnet", None, None, f"VPN subnet, CIDR or the seed's prefix form (10.99) [$WIRE_VPN_SUBNET or {DEFAULT_SUBNET}]"],
+        ["subnet6", None, None, "IPv6 mesh prefix, a ULA /48../64 in fd00::/8 [$WIRE_VPN_SUBNET6, or the one this server drew at its first start]"],
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
         ["expire-after", None, None, f"seconds offline before a node leaves the netmap [{DEFAULT_EXPIRE_AFTER:.0f}]"],
         ["import-seed-state", None, None, "import the nodes of a seed server's state.json before serving"],
@@ -152,6 +153,12 @@ class Options(usage.Options):
             self["subnet"] = parse_subnet(subnet_text)
         except ProtocolError as e:
             raise usage.UsageError(f"{subnet_label}: {e.problem}")
+        # None: the prefix kept in the registry (wire.server.meshprefix).
+        subnet6_text, subnet6_label = self._or_environment("subnet6", "WIRE_VPN_SUBNET6", "")
+        try:
+            self["subnet6"] = parse_subnet6(subnet6_text) if subnet6_text else None
+        except ProtocolError as e:
+            raise usage.UsageError(f"{subnet6_label}: {e.problem}")
         self["offline-after"] = _number(
             self.label("offline-after"), self["offline-after"] or str(DEFAULT_OFFLINE_AFTER), float, 5, 7 * 86400
         )

@@ -42,7 +42,9 @@ class PolicyVersion:
 
 
 def directory_node(record: NodeRecord) -> DirectoryNode:
-    return DirectoryNode(record.node_id, record.node_name, record.vpn_ip, frozenset(record.tags))
+    # Both mesh addresses: a rule naming the node covers either family.
+    addresses = (record.vpn_ip, record.vpn_ip6) if record.vpn_ip6 else record.vpn_ip
+    return DirectoryNode(record.node_id, record.node_name, addresses, frozenset(record.tags))
 
 
 class PolicyBook:

@@ -9,13 +9,14 @@ or expired only looks at those, never at the whole mesh.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable
 
 from twisted.logger import Logger
 
-from wire.addressing import AddressPool
+from wire.addressing import AddressPool, Ipv6Pool
 from wire.protocol import Cursor, ProtocolError, RegisterOutcome, Registration, netmap_answer_json
 from wire.server.model import NodeRecord, in_route_order
 from wire.server.netmap import ChangeLog
@@ -27,6 +28,14 @@ DEFAULT_EXPIRE_AFTER = 24 * 3600.0
 # What a peer's path to a node depends on (wire.protocol.paths): when one
 # changes, whatever was concluded about reaching the node is stale.
 PATH_FACTS = ("public_ip", "port", "nat_port", "lan_ip", "nat_type")
+
+
+def _inside(address: str, network: ipaddress.IPv6Network) -> bool:
+    """Whether a stored address ("" for none; anything, from a hand-edited row) lies in ``network``."""
+    try:
+        return ipaddress.IPv6Address(address) in network
+    except ValueError:
+        return False
 
 
 class RegistryConflict(Exception):
@@ -51,15 +60,19 @@ class Registry:
         expire_after: float = DEFAULT_EXPIRE_AFTER,
         changes: ChangeLog | None = None,
         unique_names: bool = False,
+        pool6: Ipv6Pool | None = None,
     ):
         self._store = store
         self.pool = pool
+        # The IPv6 mesh prefix's pool; None: nodes get no IPv6 address.
+        self.pool6 = pool6
         self.offline_after = offline_after
         self.expire_after = expire_after
         self.changes = changes or ChangeLog()
         self._nodes: dict[str, NodeRecord] = {}
         self._node_by_key: dict[str, str] = {}
         self._node_by_ip: dict[str, str] = {}
+        self._node_by_ip6: dict[str, str] = {}
         self._node_by_name: dict[str, str] = {}
         # The seed let names repeat; with authentication they identify nodes.
         self.unique_names = unique_names
@@ -84,22 +97,52 @@ class Registry:
         """Adopt stored records. Nodes heard from recently stay online, so a
         server restart does not flap every node offline and back."""
         silent_before = now - self.offline_after
-        for record in sorted(records, key=lambda r: r.last_seen):
+        records = sorted(records, key=lambda r: r.last_seen)
+        for record in records:
             self._index(record)
             if record.last_seen > silent_before:
                 self._online[record.node_id] = None
             else:
                 self._offline[record.node_id] = None
+        self._address_v6(records)
         # Online routers first: they are the primaries, offline ones standbys.
         for node_id in list(self._online) + list(self._offline):
             record = self._nodes[node_id]
             self.routes.update(node_id, record.subnet_routes, node_id in self._online)
         self.sweep(now)
 
+    def _address_v6(self, records: list[NodeRecord]) -> None:
+        """Give an IPv6 address to each loaded node without one in the prefix
+        in force: every node, the first time a server has a prefix (a
+        schema-7 registry) or when --subnet6 changed it. Oldest nodes first,
+        so a collision costs the newer node its first candidate, as it would
+        have at registration."""
+        if self.pool6 is None:
+            return
+        network = self.pool6.network
+        homeless = [r for r in records if not _inside(r.vpn_ip6, network)]
+        renumbered = sum(1 for r in homeless if r.vpn_ip6)
+        for record in sorted(homeless, key=lambda r: (r.registered, r.node_id)):
+            if self._node_by_ip6.get(record.vpn_ip6) == record.node_id:
+                del self._node_by_ip6[record.vpn_ip6]
+            record.vpn_ip6 = self.pool6.allocate(record.node_id, self._node_by_ip6)
+            self._node_by_ip6[record.vpn_ip6] = record.node_id
+            self._store.put(record)
+        if homeless:
+            # One line, not one per node: a first start after the upgrade readdresses them all.
+            self.log.info(
+                "{count} nodes got an IPv6 address in {network} ({renumbered} of them had one outside it)",
+                count=len(homeless),
+                network=network,
+                renumbered=renumbered,
+            )
+
     def _index(self, record: NodeRecord) -> None:
         self._nodes[record.node_id] = record
         self._node_by_key[record.wg_public_key] = record.node_id
         self._node_by_ip[record.vpn_ip] = record.node_id
+        if record.vpn_ip6:
+            self._node_by_ip6[record.vpn_ip6] = record.node_id
         self._node_by_name[record.node_name] = record.node_id
 
     def _unindex(self, record: NodeRecord) -> None:
@@ -108,6 +151,8 @@ class Registry:
             del self._node_by_key[record.wg_public_key]
         if self._node_by_ip.get(record.vpn_ip) == record.node_id:
             del self._node_by_ip[record.vpn_ip]
+        if self._node_by_ip6.get(record.vpn_ip6) == record.node_id:
+            del self._node_by_ip6[record.vpn_ip6]
         if self._node_by_name.get(record.node_name) == record.node_id:
             del self._node_by_name[record.node_name]
 
@@ -143,7 +188,13 @@ class Registry:
         return self._node_by_ip.keys()
 
     def by_vpn_ip(self, vpn_ip: str) -> NodeRecord | None:
+        """The node with this mesh address, IPv4 or IPv6 (any spelling of it)."""
         node_id = self._node_by_ip.get(vpn_ip)
+        if node_id is None and ":" in vpn_ip:
+            try:
+                node_id = self._node_by_ip6.get(str(ipaddress.IPv6Address(vpn_ip)))
+            except ValueError:
+                pass
         return self._nodes[node_id] if node_id else None
 
     def is_online(self, node_id: str) -> bool:
@@ -166,6 +217,8 @@ class Registry:
         ``routes`` (those it is primary for) and ``exit_node``, each left
         out when empty (a seed client, or a node without routes, reads the same)."""
         view = record.peer_view(self.is_online(record.node_id), now)
+        if record.vpn_ip6:
+            view["vpn_ip6"] = record.vpn_ip6
         if record.approved_routes:
             primary = self.routes.primary_routes(record.node_id)
             if primary:
@@ -234,14 +287,16 @@ class Registry:
         self.check_name(node_id, registration.node_name)
         if existing is None:
             vpn_ip = self.pool.allocate(node_id, self._node_by_ip, registration.requested_vpn_ip)
+            # The server decides the IPv6 one: no node asks for its own.
+            vpn_ip6 = self.pool6.allocate(node_id, self._node_by_ip6) if self.pool6 is not None else ""
             registered = now
         else:
-            vpn_ip = existing.vpn_ip
+            vpn_ip, vpn_ip6 = existing.vpn_ip, existing.vpn_ip6
             registered = existing.registered
             tags = existing.tags
         # Approvals outlive registrations (and a route's absence from one).
         approved = existing.approved_routes if existing is not None else ()
-        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now, tags, approved)
+        record = NodeRecord.from_registration(registration, vpn_ip, public_ip, registered, now, tags, approved, vpn_ip6)
         record.approved_routes = in_route_order(approved + self.auto_approve(record))
         if existing is not None and existing.describes_same_node(record):
             self._alive(existing, now)
@@ -321,7 +376,10 @@ class Registry:
             self._reset(node_id, now)
 
     def add_imported(self, record: NodeRecord) -> None:
-        """Adopt a record from another registry (a seed state file) as it is."""
+        """Adopt a record from another registry (a seed state file) as it is,
+        with an IPv6 address (the seed had none)."""
+        if self.pool6 is not None and not record.vpn_ip6:
+            record.vpn_ip6 = self.pool6.allocate(record.node_id, self._node_by_ip6)
         self._index(record)
         self._offline[record.node_id] = None
         self._store.put(record)
@@ -358,12 +416,17 @@ class Registry:
     def check_routes(self, routes: tuple[str, ...]) -> None:
         """ProtocolError for a route over the mesh's own subnet (it would take
         the mesh's addresses away from the mesh)."""
-        clash = overlapping(routes, self.pool.network)
-        if clash:
-            raise ProtocolError(
-                "advertise_routes",
-                f"{', '.join(clash)} overlaps the mesh's own subnet {self.pool.network}; advertise the networks beside it",
-            )
+        for network in self.mesh_networks():
+            clash = overlapping(routes, network)
+            if clash:
+                raise ProtocolError(
+                    "advertise_routes",
+                    f"{', '.join(clash)} overlaps the mesh's own subnet {network}; advertise the networks beside it",
+                )
+
+    def mesh_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The mesh's own subnet, and its IPv6 prefix when it has one."""
+        return (self.pool.network,) if self.pool6 is None else (self.pool.network, self.pool6.network)
 
     def set_approved_routes(self, node_id: str, routes: tuple[str, ...]) -> NodeRecord:
         """The routes approved for a node (the admin's word, or autoApprovers'): a netmap change."""

@@ -33,6 +33,11 @@ Schema 7 adds routes beyond the mesh (:mod:`wire.protocol.routes`): the
 networks a node advertises (``nodes.advertised_routes``) and those approved
 for it (``nodes.approved_routes``), space-separated. Older databases gain
 the columns, empty, when opened.
+
+Schema 8 adds IPv6 mesh addresses: ``nodes.vpn_ip6`` (unique when set),
+and the mesh's IPv6 prefix kept in ``meta`` under ``subnet6``
+(:mod:`wire.server.meshprefix`). Older databases gain the column, empty,
+when opened; their nodes get addresses as the registry loads them.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from zope.interface import Interface, implementer
 from wire.protocol import PathMode
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +73,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seen REAL NOT NULL,
     tags TEXT NOT NULL DEFAULT '',
     advertised_routes TEXT NOT NULL DEFAULT '',
-    approved_routes TEXT NOT NULL DEFAULT ''
+    approved_routes TEXT NOT NULL DEFAULT '',
+    vpn_ip6 TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS join_keys (
     key_id TEXT PRIMARY KEY,
@@ -163,6 +169,12 @@ class IStore(Interface):
 
     def close() -> None:
         """Write what is pending and close."""
+
+    def read_meta(key: str) -> str | None:
+        """A value the server keeps about itself (``meta``), or None."""
+
+    def write_meta(key: str, value: str) -> None:
+        """Keep ``value`` under ``key``, durably, now."""
 
 
 @implementer(IStore)
@@ -301,6 +313,14 @@ class SQLiteStore:
         except sqlite3.Error as e:
             raise StoreError(f"cannot read {self.path}: {e}") from e
 
+    def read_meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def write_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def flush_touches(self) -> None:
         touched, self._touched = self._touched, {}
         if not touched:
@@ -342,6 +362,7 @@ _ADDED_COLUMNS = {
         ("tags", "TEXT NOT NULL DEFAULT ''"),
         ("advertised_routes", "TEXT NOT NULL DEFAULT ''"),
         ("approved_routes", "TEXT NOT NULL DEFAULT ''"),
+        ("vpn_ip6", "TEXT NOT NULL DEFAULT ''"),
     ),
     "join_keys": (("tags", "TEXT NOT NULL DEFAULT ''"), ("ephemeral_after", "REAL NOT NULL DEFAULT 0")),
 }
@@ -353,6 +374,8 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         for name, declaration in columns:
             if name not in present:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+    # As vpn_ip is UNIQUE; partial, since nodes wait without one ("") until loaded.
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS nodes_vpn_ip6 ON nodes (vpn_ip6) WHERE vpn_ip6 != ''")
 
 
 def secure_data_dir(data_dir: str) -> None:

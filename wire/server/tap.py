@@ -19,12 +19,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 
-from wire.addressing import AddressPool
+from wire.addressing import AddressPool, Ipv6Pool
 from wire.datadir import admin_socket_path
 from wire.server.admin import Admin, build_admin_site
 from wire.server.api import ClientRules, build_site, is_trusted
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator, MaintenanceService
+from wire.server.meshprefix import MeshPrefix, mesh_prefix6
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
@@ -128,13 +129,18 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
     lock_file = _lock_data_dir(config["data-dir"])
     try:
         store = open_store(config["data-dir"], reactor)
+        prefix6 = mesh_prefix6(store, config["subnet6"])
+        _log_prefix6(prefix6)
         registry = Registry(
             store,
             AddressPool(config["subnet"]),
             offline_after=config["offline-after"],
             expire_after=config["expire-after"],
+            pool6=Ipv6Pool(prefix6.network),
         )
         registry.load(store.load(), reactor.seconds())
+        # The IPv6 addresses load gave (a schema-7 registry, a new prefix), durably now.
+        store.write_pending()
         if config["import-seed-state"]:
             report = import_seed_state(config["import-seed-state"], registry, reactor.seconds())
             store.write_pending()
@@ -158,6 +164,17 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
         lock_file.close()
         raise
     return coordinator, lock_file
+
+
+def _log_prefix6(prefix: MeshPrefix) -> None:
+    if prefix.drawn:
+        log.info("wire-server: the mesh's IPv6 prefix is {prefix}, drawn now and kept in the registry", prefix=prefix.network)
+    elif prefix.replaced is not None:
+        log.warn(
+            "wire-server: the mesh's IPv6 prefix changes from {old} to {new} (--subnet6): every node gets a new IPv6 address",
+            old=prefix.replaced,
+            new=prefix.network,
+        )
 
 
 # Python's cyclic GC scans everything it holds (the oldest generation)
@@ -268,13 +285,14 @@ def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> No
     port, url = config["port"], config["public-url"]
     log.info(
         "wire-server: HTTP on {interface}:{port}, STUN on UDP {port1} and {port2}, registry in {data_dir}, "
-        "VPN subnet {subnet}, {nodes} nodes; public URL {url}{source}",
+        "VPN subnet {subnet} and {subnet6}, {nodes} nodes; public URL {url}{source}",
         interface=config["interface"] or "*",
         port=port,
         port1=port + 1,
         port2=port + 2,
         data_dir=config["data-dir"],
         subnet=config["subnet"],
+        subnet6=coordinator.registry.pool6.network if coordinator.registry.pool6 is not None else "no IPv6",
         nodes=len(coordinator.registry),
         url=url,
         source=f" (from {config.public_url_from}; set --public-url if nodes know it by another)" if config.public_url_from else "",
