@@ -145,7 +145,8 @@ class DaemonTests(unittest.TestCase):
         self.assertLess(self.clock.seconds() - started, 2.0)
         self.assertEqual(self.clock.seconds(), started)
         (peer,) = self.wireguard.peers.values()
-        self.assertEqual(peer.allowed_ips, (f"{other['vpn_ip']}/32",))
+        # Its IPv4 and its IPv6 mesh address (the server gives both).
+        self.assertEqual(peer.allowed_ips, (f"{other['vpn_ip']}/32", f"{other['vpn_ip6']}/128"))
         # Both seen from 127.0.0.1, so "behind the same NAT": the LAN address wins.
         self.assertEqual(peer.endpoint, "10.1.1.1:51820")
         self.assertEqual(peer.persistent_keepalive, 25)

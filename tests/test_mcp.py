@@ -187,7 +187,9 @@ class MCPTests(ResultAssertions, unittest.TestCase):
         self.assertEqual(self.assertResult(mine, await self.wire_json("ip"))["this_node"], True)
         self.assertEqual(self.assertResult(db1, await self.wire_json("ip", "-4", "db1"))["node_name"], "db1")
         self.assertEqual(db1.content[0].text, db1.structured_content["addresses"][0])
-        self.assertToolError(six, "this node has no IPv6 mesh address")
+        # The server gives every node an IPv6 mesh address too.
+        self.assertEqual(self.assertResult(six, await self.wire_json("ip", "-6"))["addresses"], [six.structured_content["vpn_ip6"]])
+        self.assertIn(":", six.structured_content["vpn_ip6"])
 
     async def test_status_with_the_server_down_is_the_last_known_mesh(self):
         self.mesh.configure("web1")
