@@ -36,6 +36,11 @@ ASK = (
     "import json, sys\n"
     "from twisted.internet import reactor, defer\n"
     "from twisted.names import client, dns\n"
+    "import socket\n"
+    "def shown(a):\n"
+    "    if a.type == dns.A: return a.payload.dottedQuad()\n"
+    "    if a.type == dns.AAAA: return socket.inet_ntop(socket.AF_INET6, a.payload.address)\n"
+    "    return a.payload.name.name.decode()\n"
     "async def main():\n"
     "    resolver = client.Resolver(servers=[(sys.argv[1], 53)], reactor=reactor, timeout=(2,))\n"
     "    out = []\n"
@@ -46,9 +51,8 @@ ASK = (
     "            message = await resolver.queryUDP([query], timeout=(2,))\n"
     "        except Exception as e:\n"
     "            out.append({'q': question, 'error': repr(e)}); continue\n"
-    "        out.append({'q': question, 'rcode': message.rCode, 'answers': [\n"
-    "            a.payload.dottedQuad() if a.type == dns.A else a.payload.name.name.decode() for a in message.answers\n"
-    "            if a.type in (dns.A, dns.PTR)]})\n"
+    "        out.append({'q': question, 'rcode': message.rCode, 'answers': [shown(a) for a in message.answers\n"
+    "            if a.type in (dns.A, dns.AAAA, dns.PTR)]})\n"
     "    print(json.dumps(out))\n"
     "defer.ensureDeferred(main()).addBoth(lambda _: reactor.stop())\n"
     "reactor.run()\n"
@@ -89,11 +93,14 @@ class DnsLabTests(unittest.TestCase):
         waited = await eventually(lambda: self.resolves(mesh, "web1", "web2.wire.internal", web2), timeout=15, what="web2.wire.internal from web1")
         log.info("web2.wire.internal resolved from web1 {waited:.2f}s after both were up", waited=waited)
         self.assertIn(f"nameserver {web1}", read(files["web1"]).decode())
-        async def pings_by_short_name() -> bool:
-            result = await mesh.lab.run("web1", ["ping", "-c1", "-W2", "web2"], timeout=15)
-            return result.rc == 0 and f"({web2})".encode() in result.stdout
+        web2_v6 = json.loads((await mesh.cli("web2", "ip", "-6", "--json")).stdout)["vpn_ip6"]
 
-        await eventually(pings_by_short_name, timeout=15, step=0.5, what="ping web2 (the short name) from web1")
+        async def pings_by_short_name() -> bool:
+            # Both families through the OS resolver: A and AAAA, each over the tunnel.
+            results = [await mesh.lab.run("web1", ["ping", flag, "-c1", "-W2", "web2"], timeout=15) for flag in ("-4", "-6")]
+            return all(r.rc == 0 for r in results) and f"({web2})".encode() in results[0].stdout and f"({web2_v6})".encode() in results[1].stdout
+
+        await eventually(pings_by_short_name, timeout=15, step=0.5, what="ping -4 and -6 web2 (the short name) from web1")
         # Everything else goes where it went before wire.
         self.assertTrue(await self.resolves(mesh, "web1", "example.test", "203.0.113.80"))
 
@@ -131,8 +138,9 @@ class DnsLabTests(unittest.TestCase):
 
     async def resolves(self, mesh: MeshLab, host: str, name: str, address: str) -> bool:
         """Through the OS resolver, as every program asks (getent: glibc, resolv.conf)."""
-        result = await mesh.lab.run(host, ["getent", "hosts", name], timeout=10)
-        return result.rc == 0 and result.stdout.split()[:1] == [address.encode()]
+        # ahosts: every address (a mesh name has an IPv6 one too, which "hosts" would give first).
+        result = await mesh.lab.run(host, ["getent", "ahosts", name], timeout=10)
+        return result.rc == 0 and address.encode() in {line.split()[0] for line in result.stdout.splitlines() if line.split()}
 
     async def ask(self, mesh: MeshLab, host: str, server: str, *questions: str) -> list:
         result = await mesh.lab.run(host, [sys.executable, "-c", ASK, server, *questions], timeout=20)

@@ -116,7 +116,8 @@ def format_peers(result: dict, style: Style) -> str:
 
 def format_up(result: dict, style: Style) -> str:
     verb = "renamed and up" if result.get("renamed") else "already up" if result["already_running"] else "up"
-    text = f"{result['node_name']} is {verb}: {style('1', result['vpn_ip'])} on {result['interface']} ({result['backend']}), server {result['server']}, NAT {result['nat_type']}, {result['peers']} peer(s)"
+    address = result["vpn_ip"] + (f" and {result['vpn_ip6']}" if result.get("vpn_ip6") else "")
+    text = f"{result['node_name']} is {verb}: {style('1', address)} on {result['interface']} ({result['backend']}), server {result['server']}, NAT {result['nat_type']}, {result['peers']} peer(s)"
     if result.get("note"):
         text += f"\nnote: {result['note']}"
     return text

@@ -322,6 +322,8 @@ def _up_summary(status: dict, already: bool) -> dict:
         "node_name": node["node_name"],
         "node_id": node["node_id"],
         "vpn_ip": node["vpn_ip"],
+        # The IPv6 mesh address and prefix, when the server gives them.
+        **{key: node[key] for key in ("vpn_ip6", "vpn_subnet6") if node.get(key)},
         "interface": status["interface"]["name"],
         "backend": status["interface"].get("backend", ""),
         "server": status["server"]["url"],
