@@ -190,7 +190,7 @@ class AdminRecordTests(SynchronousTestCase):
         DnsRecord("away", "CNAME", "example.com"),
         DnsRecord("dangling", "CNAME", "gone.wire.internal"),
         DnsRecord("_acme-challenge.deep.svc", "TXT", "x" * 300),
-        DnsRecord("db", "TXT", "shadowed by the node"),
+        DnsRecord("db", "TXT", "the admin's, whatever a node calls itself"),
     )
 
     def test_admin_records(self) -> None:
@@ -227,10 +227,12 @@ class AdminRecordTests(SynchronousTestCase):
             self.assertEqual((mesh.answer(name, dns.A).rcode, mesh.answer(name, dns.A).answers), (dns.OK, []))
         self.assertEqual(mesh.answer(b"other.svc.wire.internal", dns.A).rcode, dns.ENAME)
 
-    def test_a_node_name_shadows_admin_records(self) -> None:
+    def test_an_admin_record_wins_over_a_node_that_names_itself_like_it(self) -> None:
+        # Node names are the nodes' own choice: a node called "db" must not take over the admin's db.
         mesh = zone(records=self.RECORDS)
         self.assertEqual(mesh.shadowed, 1)
-        self.assertEqual(mesh.answer(b"db.wire.internal", dns.TXT).answers, [])
+        self.assertEqual(values(mesh.answer(b"db.wire.internal", dns.TXT)), ["the admin's, whatever a node calls itself"])
+        self.assertEqual(mesh.answer(b"db.wire.internal", dns.A).answers, [])
 
 
 class ResolverTests(SynchronousTestCase):
@@ -293,5 +295,7 @@ class ResolverTests(SynchronousTestCase):
         answers, authority, additional = self.successResultOf(resolver.lookupAddress(b"web1.wire.internal"))
         self.assertEqual(answers[0].payload.dottedQuad(), "10.99.0.1")
         self.failureResultOf(resolver.lookupAddress(b"nobody.wire.internal"), error.DNSNameError)
-        ptr, _, _ = self.successResultOf(resolver.lookupPointer(reverse("10.99.0.2")))
-        self.assertEqual(ptr[0].payload.name.name, b"db.wire.internal")
+        ptr, _, _ = self.successResultOf(resolver.lookupPointer(reverse("10.99.0.1")))
+        self.assertEqual(ptr[0].payload.name.name, b"web1.wire.internal")
+        # db is the admin's record here: the node named db is not answered for, by name or by address.
+        self.failureResultOf(resolver.lookupPointer(reverse("10.99.0.2")), error.DNSNameError)

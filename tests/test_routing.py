@@ -41,7 +41,7 @@ class FakeHostRouting(NodeRouting):
         return [LocalNetwork("eth0", ipaddress.ip_interface("192.168.1.10/24"))], [Gateway("eth0", ipaddress.ip_address("192.168.1.1"), 4)]
 
 
-class PlanTests(unittest.TestCase):
+class PlanHarness(unittest.TestCase):
     def setUp(self):
         self.config = NodeConfig(server_url="https://203.0.113.5:8787", node_name="laptop", node_id=body_for("laptop")["node_id"])
         self.routing = FakeHostRouting(Clock(), lambda: self.config)
@@ -60,8 +60,11 @@ class PlanTests(unittest.TestCase):
 
         self.config = replace(self.config, **settings)
         self.routing.settings_changed()
-        return self.successResultOf(defer.ensureDeferred(self.routing.allowed_ips(self.peers, "10.99.0.0/16", "198.51.100.1")))
+        return self.successResultOf(defer.ensureDeferred(self.routing.allowed_ips(self.peers, "198.51.100.1")))
 
+
+
+class PlanTests(PlanHarness):
     def test_nothing_is_taken_unless_asked(self):
         self.assertEqual(self.plan(), {})
 
@@ -90,16 +93,16 @@ class RecordingRouting:
         self.config, self.journal = config, journal
         self.started = self.cleared = 0
 
-    async def start(self, mesh_subnet):
+    async def start(self):
         self.started += 1
 
-    async def allowed_ips(self, peers, mesh_subnet, my_public_ip=""):
+    async def allowed_ips(self, peers, my_public_ip=""):
         return {node_id: ("192.168.50.0/24",) for node_id, p in peers.items() if p.node_name == "r1"}
 
     async def apply(self):
         self.journal.append("routes")
 
-    async def advertise(self, mesh_subnet):
+    async def advertise(self):
         self.journal.append(("advertise", self.config().advertise_routes))
 
     def settings_changed(self):
@@ -152,3 +155,24 @@ class DaemonTests(unittest.TestCase):
         server.leave = lambda *a: defer.succeed({"ok": True})
         self.successResultOf(defer.ensureDeferred(daemon.leave()))
         self.assertEqual(routing.cleared, 1)
+
+
+class ReviewedCasesTests(PlanHarness):
+    """Cases a review found: the IPv6 mesh guarded like the IPv4 one, and a
+    host whose routes cannot be read keeps its peers (without routes)."""
+
+    def test_a_route_inside_the_ipv6_mesh_is_never_installed(self):
+        self.add(peer("r6", 5, routes=["fd7a:115c:a1e0:5::/64", "fd00:beef::/64"]))
+        plan = self.plan(accept_routes=True, vpn_subnet="10.99.0.0/16", vpn_subnet6="fd7a:115c:a1e0::/48")
+        self.assertEqual(plan[self.node_id("r6")], ("fd00:beef::/64",))
+        self.assertIn("fd7a:115c:a1e0:5::/64 from peer r6 overlaps the mesh (fd7a:115c:a1e0::/48)", " ".join(self.routing.status()["skipped"]))
+
+    def test_a_host_without_ip_keeps_its_peers_and_says_why(self):
+        from wire.node.routes import RouteError
+
+        async def no_ip():
+            raise RouteError("cannot list this host's addresses: the 'ip' program is missing")
+
+        self.routing._read_host_facts = no_ip
+        self.assertEqual(self.plan(accept_routes=True), {})
+        self.assertIn("routes beyond the mesh are not used: cannot list", self.routing.status()["problem"])

@@ -327,7 +327,7 @@ class NodeDaemon(Service):
         if self._out_of_the_mesh:
             return
         if self.reconciler.routing is not None:
-            await self.reconciler.routing.start(self.config.vpn_subnet or None)
+            await self.reconciler.routing.start()
         if self.names is not None:
             # Before any netmap: undo what a crashed run left in the OS resolver.
             try:
@@ -731,7 +731,7 @@ class NodeDaemon(Service):
         routing = self.reconciler.routing
         if routing is not None:
             routing.settings_changed()
-            await routing.advertise(self.config.vpn_subnet or None)
+            await routing.advertise()
         await self.reconciler.reconcile()
         return settings_of(self.config)
 

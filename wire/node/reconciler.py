@@ -175,7 +175,7 @@ class Reconciler:
         subnet, subnet6 = mesh.subnet, mesh.subnet6
         # Networks beyond the mesh some peers carry (subnet routes, the exit): only as given.
         extra = (
-            await self.routing.allowed_ips(self.netmap.peers, str(subnet) if subnet else None, me.public_ip)
+            await self.routing.allowed_ips(self.netmap.peers, me.public_ip)
             if self.routing is not None
             else {}
         )

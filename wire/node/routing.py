@@ -55,7 +55,7 @@ class NodeRouting:
         self.routes = MeshRoutes(runner, interface)
         self.router = SubnetRouter(runner, interface, state_dir)
         self.plan = RoutePlan()
-        self._planned_from: tuple | None = None
+        self._planned_from: tuple[Mapping[str, Peer], tuple] | None = None
         self._applied: RoutePlan | None = None
         self._host_facts: tuple[float, list, list] | None = None
         self._advertised: tuple | None = None
@@ -63,14 +63,14 @@ class NodeRouting:
         self.router_problem: str | None = None
         self.exit_name: str | None = None  # the exit node in use
 
-    async def start(self, mesh_subnet: str | None) -> None:
+    async def start(self) -> None:
         """At start. A restarted daemon keeps what it still wants (no flap
         for the tunnels that outlived it): routes left by an earlier run are
         reconciled with the first plan, forwarding is applied again or, when
         this node no longer routes for others, put back as it was."""
         self._applied = _UNKNOWN
         if advertised_routes(self._config()):
-            await self.advertise(mesh_subnet)
+            await self.advertise()
             return
         try:
             await self.router.recover()
@@ -79,25 +79,42 @@ class NodeRouting:
 
     # -- using others' routes ------------------------------------------------
 
-    async def allowed_ips(
-        self, peers: Mapping[str, Peer], mesh_subnet: str | None, my_public_ip: str = ""
-    ) -> Mapping[str, tuple[str, ...]]:
-        """Each peer's networks beyond its mesh address, planned anew when the netmap or settings changed."""
+    def _mesh_subnets(self) -> list[str]:
+        """The mesh's own prefixes, IPv4 and IPv6: no route may overlap either."""
+        config = self._config()
+        return [subnet for subnet in (config.vpn_subnet, config.vpn_subnet6) if subnet]
+
+    async def allowed_ips(self, peers: Mapping[str, Peer], my_public_ip: str = "") -> Mapping[str, tuple[str, ...]]:
+        """Each peer's networks beyond its mesh address, planned anew when the
+        netmap or settings changed. A host whose routes cannot be read gets
+        none (closed), and says why: the mesh itself goes on."""
+        try:
+            return await self._allowed_ips(peers, my_public_ip)
+        except RouteError as e:
+            self.plan = RoutePlan()
+            self._planned_from = None
+            self.problem = f"routes beyond the mesh are not used: {e}"
+            self.log.error("{problem}", problem=escaped(self.problem))
+            return {}
+
+    async def _allowed_ips(self, peers: Mapping[str, Peer], my_public_ip: str) -> Mapping[str, tuple[str, ...]]:
         config = self._config()
         wanted = self._wanted(peers, config)
         if not wanted and not config.exit_node and self._applied is None:
             self.plan = RoutePlan()
             return {}
-        inputs = (id(peers), tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, mesh_subnet,
-                  my_public_ip)
-        if inputs == self._planned_from and not self._host_facts_stale():
+        mesh_subnets = self._mesh_subnets()
+        # The netmap's peer dict is new on every change: the same dict means the same peers.
+        inputs = (tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, tuple(mesh_subnets), my_public_ip)
+        if (self._planned_from is not None and self._planned_from[0] is peers and self._planned_from[1] == inputs
+                and not self._host_facts_stale()):
             return self.plan.allowed_ips
         local, gateways = await self._read_host_facts()
         by_name = {peer.node_name: node_id for node_id, peer in peers.items()}
         exit_peer = by_name.get(config.exit_node) if config.exit_node else None
         plan = plan_routes(
             wanted,
-            mesh_subnets=[mesh_subnet] if mesh_subnet else [],
+            mesh_subnets=mesh_subnets,
             local_networks=local,
             underlay_addresses=self._underlay(peers, config, my_public_ip),
             exit_peer=exit_peer,
@@ -111,7 +128,7 @@ class NodeRouting:
         for skipped in plan.skipped:
             if self.plan is None or skipped not in self.plan.skipped:
                 self.log.warn("{reason}", reason=escaped(skipped.reason))
-        self.plan, self._planned_from = plan, inputs
+        self.plan, self._planned_from = plan, (peers, inputs)
         self.exit_name = config.exit_node if plan.exit else None
         return plan.allowed_ips
 
@@ -177,16 +194,17 @@ class NodeRouting:
         self._planned_from = None
         self._host_facts = None
 
-    async def advertise(self, mesh_subnet: str | None) -> None:
+    async def advertise(self) -> None:
         """Forwarding and masquerade for the networks this node offers (none: undone)."""
         config = self._config()
         offered = advertised_routes(config)
-        wanted = (offered, config.snat_subnet_routes, mesh_subnet)
+        mesh_subnets = self._mesh_subnets()
+        wanted = (offered, config.snat_subnet_routes, tuple(mesh_subnets))
         if wanted == self._advertised:
             return
         try:
             if offered:
-                await self.router.apply(list(offered), snat=config.snat_subnet_routes, mesh_subnets=[mesh_subnet] if mesh_subnet else [])
+                await self.router.apply(list(offered), snat=config.snat_subnet_routes, mesh_subnets=mesh_subnets)
                 self.log.info("routing for the mesh: {routes}", routes=", ".join(offered))
             else:
                 await self.router.clear()

@@ -98,7 +98,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
         join_pending=start.pending,
         firewall=firewall,
         names=names,
-        routing_for=lambda current: NodeRouting(reactor, runner, config.interface, config_dir, current),
+        # Routes beyond the mesh use ip(8) and nftables: Linux only.
+        routing_for=(lambda current: NodeRouting(reactor, runner, config.interface, config_dir, current))
+        if sys.platform.startswith("linux") else None,
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
     top = MultiService()

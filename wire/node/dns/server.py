@@ -248,7 +248,7 @@ class MeshDns:
         self._config = config
         zone = self._zone(peers, config, own_name)
         if zone.shadowed:
-            self.log.info("{count} admin DNS records are at a node's name and are not served", count=zone.shadowed)
+            self.log.info("{count} node(s) named like an admin DNS record: the record is served, not the node", count=zone.shadowed)
         self.resolver.update(zone, self._upstream(), config.forward)
         return zone
 

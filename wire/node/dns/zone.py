@@ -16,8 +16,10 @@ them often costs nothing that matters.
 Two peers with one name (a seed server does not prevent it) are both
 answered for it, and each address's PTR gives the name.
 
-A peer's name belongs to the peer: an admin record at a node's name is
-shadowed (:attr:`MeshZone.shadowed` counts them, for the daemon to log).
+The admin's records win over node names: node names are chosen by the
+nodes themselves, so a node that names itself ``db`` must not take over the
+admin's ``db`` record. Such a node is not answered for by name (nor its
+addresses' PTR); :attr:`MeshZone.shadowed` counts them, for the daemon to log.
 """
 
 from __future__ import annotations
@@ -108,12 +110,17 @@ class MeshZone:
         self._hosts: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
         self._ptr: dict[bytes, bytes] = {}
         pairs = peers.items() if isinstance(peers, Mapping) else peers
+        admin_names = {f"{record.name}.{domain}".encode() for record in records}
+        self.shadowed = 0
         # Sorted, so that which name an address's PTR gives never depends on netmap order.
         for node_name, addresses in sorted(pairs, key=lambda pair: pair[0]):
             fqdn = dns_name_of(node_name, domain)
             if fqdn is None:
                 continue
             name = fqdn.encode()
+            if name in admin_names:
+                self.shadowed += 1
+                continue
             v4, v6 = self._hosts.setdefault(name, ([], []))
             for text in addresses:
                 try:
@@ -126,12 +133,8 @@ class MeshZone:
                 self._ptr.setdefault(packed, name)
         self._admin: dict[bytes, list[DnsRecord]] = {}
         self._existing: set[bytes] = set(self._hosts)
-        self.shadowed = 0
         for record in records:
             name = f"{record.name}.{domain}".encode()
-            if name in self._hosts:
-                self.shadowed += 1
-                continue
             self._admin.setdefault(name, []).append(record)
             # Its parents exist too (empty non-terminals: NODATA, not NXDOMAIN; RFC 8020).
             while name != self._apex:
