@@ -169,6 +169,19 @@ class NodePolicyTests(unittest.TestCase):
         self.assertEqual(self.daemon.bad_answers.count, refused + 2)
         self.assertEqual(len(self.wireguard.peers), 2)
 
+    def test_an_unreadable_filter_and_none_in_force_means_no_peers(self):
+        # A policy this node cannot read (an older node, a broken server): closed, never open.
+        self.server.next_answer_extra = {"filter": [{"sources": "everyone"}]}
+        self.start()
+        self.clock.advance(3)
+        self.assertEqual(self.wireguard.peers, {})
+        self.assertIn("cannot read", policy_state(self.daemon)["problem"])
+        # A readable one later: in force, and the peers come.
+        self.push_filter([DB_RULE])
+        self.clock.advance(2)
+        self.assertEqual(len(self.wireguard.peers), 2)
+        self.assertIsNone(policy_state(self.daemon)["problem"])
+
     def test_wire_down_removes_the_filter_with_the_interface(self):
         self.server.next_answer_extra = {"filter": [DB_RULE]}
         self.start()

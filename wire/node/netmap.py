@@ -31,6 +31,8 @@ class NodeNetmap:
         self.filter: tuple[FilterRule, ...] | None = None
         # Its digest, as the long-poll tells the server (None: never told).
         self.filter_digest: str | None = None
+        # The server sent a filter this node could not read, and none is in force.
+        self.filter_unreadable = False
         # The mesh's DNS settings (None: the server serves no mesh DNS, or never said).
         self.dns: DnsConfig | None = None
         # Their digest, as the long-poll tells the server: "none" until told.
@@ -74,6 +76,10 @@ class NodeNetmap:
         if answer.filter_given:
             self.filter = answer.filter
             self.filter_digest = filter_digest(None if answer.filter is None else filter_json(answer.filter))
+            self.filter_unreadable = False
+        elif answer.filter_refused and self.filter is None:
+            # A policy exists and this node cannot read its filter: closed, never open.
+            self.filter_unreadable = True
         if answer.dns_given:
             self.dns = answer.dns
             self.dns_digest = dns_digest(None if answer.dns is None else answer.dns.to_json())

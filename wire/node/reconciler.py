@@ -240,7 +240,9 @@ class Reconciler:
         are: where it cannot be, this node holds no peers (closed, never open)."""
         rules = self.netmap.filter
         problem = None
-        if rules is None:
+        if rules is None and self.netmap.filter_unreadable:
+            problem = "the server sent an access policy filter this node cannot read (see wire status: server answers)"
+        elif rules is None:
             if self.firewall is not None and self._filter_state != "none":
                 try:
                     await self.firewall.remove()

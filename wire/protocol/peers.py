@@ -215,6 +215,8 @@ class NetmapAnswer:
     # null: no policy, no filter; absent (or refused whole): unchanged.
     filter: tuple[FilterRule, ...] | None = None
     filter_given: bool = False
+    # A filter was sent and could not be read: there is a policy this node cannot enforce.
+    filter_refused: bool = False
     # This node's own record, apart from the peers (under an access policy
     # the upserts hold only the peers it may see).
     me: PeerView | None = None
@@ -229,6 +231,7 @@ class NetmapAnswer:
         skipped: list[str] = []
         filter_rules: tuple[FilterRule, ...] | None = None
         filter_given = "filter" in answer
+        filter_refused = False
         if filter_given and answer["filter"] is not None:
             try:
                 filter_rules = parse_filter_rules(answer["filter"])
@@ -236,6 +239,7 @@ class NetmapAnswer:
                 # All or nothing: half a filter would open or close the wrong ports.
                 skipped.append(f"skipped the packet filter (the one in force stays): {e}")
                 filter_given = False
+                filter_refused = True
         dns: DnsConfig | None = None
         dns_given = "dns" in answer
         if dns_given and answer["dns"] is not None:
@@ -260,6 +264,7 @@ class NetmapAnswer:
             paths_full=full or parse_bool(answer.get("paths_full", False), "paths_full"),
             filter=filter_rules,
             filter_given=filter_given,
+            filter_refused=filter_refused,
             me=_own_record(answer.get("me"), skipped),
             dns=dns,
             dns_given=dns_given,
