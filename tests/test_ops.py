@@ -580,6 +580,27 @@ class DownTests(unittest.TestCase):
             self.assertEqual(f.read(), original)
         self.assertIn("restored the original", result["resolver_restored"])
 
+    async def test_without_a_daemon_the_routing_a_crashed_daemon_left_is_undone(self):
+        import json as json_module
+
+        from tests.test_routes_node import expect_listing
+
+        save_config(self.mesh.config_dir, replace(load_config(self.mesh.config_dir), accept_routes=True))
+        # The crashed router's saved forwarding, and its table and a route of proto 87 left behind.
+        with open(os.path.join(self.mesh.config_dir, "forwarding-wire0.json"), "w") as f:
+            json_module.dump({"net.ipv4.ip_forward": "0"}, f)
+        load_or_create_keys(self.mesh.config_dir)
+        await self.mesh.stop_server()
+        self.expect_link_delete(rc=0, stderr=b"")
+        runner = self.mesh.runner
+        runner.expect(["nft", "-f", "-"])  # the router's table removed
+        runner.expect(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])  # forwarding as it was
+        expect_listing(runner, routes4=b'[{"dst":"10.5.0.0/24","dev":"wire0"}]')
+        runner.expect(["ip", "-4", "-force", "-batch", "-"])
+        result = await ops.down(self.mesh.context())
+        self.assertNotIn("routing_problem", result)
+        self.assertFalse(os.path.exists(os.path.join(self.mesh.config_dir, "forwarding-wire0.json")))
+
     async def test_without_a_daemon_or_server(self):
         load_or_create_keys(self.mesh.config_dir)
         await self.mesh.stop_server()

@@ -133,6 +133,8 @@ def format_down(result: dict, style: Style) -> str:
     text = f"{result['node_name'] or 'this node'} is down: interface {result['interface']} removed; {told}"
     if result.get("resolver_restored"):
         text += f"\nresolver: {result['resolver_restored']} (left managed by a daemon that did not stop cleanly)"
+    if result.get("routing_problem"):
+        text += f"\nroutes: {result['routing_problem']}"
     if result.get("resolver_problem"):
         text += f"\nresolver: {result['resolver_problem']}"
     if result.get("note"):

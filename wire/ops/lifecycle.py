@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from dataclasses import replace
 from typing import Callable
 
@@ -34,8 +35,10 @@ from wire.node.enroll import JoinRequest, forget_join_request, load_join_request
 from wire.node.events import MAX_WAIT
 from wire.node.ifname import parse_interface_name
 from wire.node.osdns import OsDnsError, recover_after_crash
+from wire.node.router import InvalidRouterConfig, RouterError, SubnetRouter
+from wire.node.routes import MeshRoutes, RouteError
 from wire.node.settings import FLAGS as SETTING_FLAGS
-from wire.node.settings import parse_settings, settings_of, with_settings
+from wire.node.settings import advertised_routes, parse_settings, settings_of, with_settings
 from wire.ops.context import Context, OpError, _require_root
 from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError
@@ -397,7 +400,11 @@ async def down(ctx: Context) -> dict:
     forget_join_request(ctx.config_dir)  # a join still pending is called off
     await _remove_interface(ctx, interface)
     result = {"ok": True, "node_name": node_name, "interface": interface, "interface_removed": True, "server_told": server_told}
-    # A daemon that crashed (or was killed) left the OS resolver pointed at the mesh: put it back.
+    # A daemon that crashed (or was killed) left routes, forwarding or the resolver as it had them: undo.
+    problem = await _undo_routing(ctx, config, interface)
+    if problem:
+        result["routing_problem"] = problem
+    # The OS resolver pointed at the mesh: put it back.
     try:
         restored = recover_after_crash(ctx.config_dir, ctx.resolv_conf)
     except OsDnsError as e:
@@ -411,6 +418,21 @@ async def down(ctx: Context) -> dict:
     if broken:
         result["note"] = f"{broken}; to join again: sudo wire up --join TOKEN (it replaces the file)"
     return result
+
+
+async def _undo_routing(ctx: Context, config: NodeConfig | None, interface: str) -> str | None:
+    """Routes, rules, the router's table and forwarding a daemon that did not
+    stop cleanly may have left (nothing to do for a node that never routed)."""
+    router = SubnetRouter(ctx.runner, interface, ctx.config_dir)
+    routed = config is not None and (config.accept_routes or bool(config.exit_node) or bool(advertised_routes(config)))
+    if not sys.platform.startswith("linux") or not (routed or os.path.exists(router.saved_path)):
+        return None
+    try:
+        await router.recover()
+        await MeshRoutes(ctx.runner, interface).clear()
+    except (RouteError, RouterError, InvalidRouterConfig) as e:
+        return f"routes or forwarding could not be undone: {e}"
+    return None
 
 
 def _interface_to_remove(status: dict | None, config: NodeConfig | None, request: JoinRequest | None) -> str:
