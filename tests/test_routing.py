@@ -36,6 +36,8 @@ class FakeHostRouting(NodeRouting):
     async def _read_host_facts(self):
         from wire.node.routes import Gateway, LocalNetwork
 
+        self._server_address = await self._resolve_server()
+
         import ipaddress
 
         return [LocalNetwork("eth0", ipaddress.ip_interface("192.168.1.10/24"))], [Gateway("eth0", ipaddress.ip_address("192.168.1.1"), 4)]
@@ -176,3 +178,23 @@ class ReviewedCasesTests(PlanHarness):
         self.routing._read_host_facts = no_ip
         self.assertEqual(self.plan(accept_routes=True), {})
         self.assertIn("routes beyond the mesh are not used: cannot list", self.routing.status()["problem"])
+
+
+class ServerByNameTests(PlanHarness):
+    """A server URL naming a host: its address is resolved, and the exit waits for it."""
+
+    def test_a_resolved_name_is_kept_outside_the_tunnel(self):
+        from dataclasses import replace
+
+        self.config = replace(self.config, server_url="https://vpn.example.org:8787")
+        self.routing._clock.resolve = lambda host, timeout: defer.succeed("203.0.113.9")
+        self.assertEqual(self.plan(exit_node="x1"), {self.node_id("x1"): ("0.0.0.0/0", "::/0")})
+        self.assertIn("203.0.113.9/32", self.routing.plan.exit.bypass)
+
+    def test_no_exit_while_the_servers_name_does_not_resolve(self):
+        from dataclasses import replace
+
+        self.config = replace(self.config, server_url="https://vpn.example.org:8787")
+        self.routing._clock.resolve = lambda host, timeout: defer.fail(OSError("no such host"))
+        self.assertEqual(self.plan(exit_node="x1"), {})
+        self.assertIn("the server's address is not known yet", self.routing.plan.exit_problem)

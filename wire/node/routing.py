@@ -62,6 +62,7 @@ class NodeRouting:
         self.problem: str | None = None
         self.router_problem: str | None = None
         self.exit_name: str | None = None  # the exit node in use
+        self._server_address = ""  # resolved with the host's facts
 
     async def start(self) -> None:
         """At start. A restarted daemon keeps what it still wants (no flap
@@ -122,7 +123,15 @@ class NodeRouting:
             gateways=gateways,
             peer_names={node_id: peer.node_name for node_id, peer in peers.items()},
         )
-        if config.exit_node and exit_peer is None:
+        if exit_peer is not None and not self._server_address:
+            # The path to the server must stay outside the tunnel: no exit until its address is known.
+            plan = RoutePlan(
+                {peer: kept for peer, prefixes in plan.allowed_ips.items()
+                 if (kept := tuple(p for p in prefixes if not is_exit_route(p)))},
+                plan.routes, plan.skipped, None,
+                "the server's address is not known yet (its name did not resolve): no exit node until it is",
+            )
+        elif config.exit_node and exit_peer is None:
             plan = RoutePlan(plan.allowed_ips, plan.routes, plan.skipped, None,
                              f"no peer named {config.exit_node} in this node's netmap: the default route stays as it is")
         for skipped in plan.skipped:
@@ -147,9 +156,8 @@ class NodeRouting:
         a peer's WireGuard may use (its LAN address only when it shares this
         node's public address: only then is the LAN path tried)."""
         found = []
-        host = urlsplit(config.server_url).hostname or ""
-        if _is_address(host):
-            found.append(Underlay.server(host))
+        if self._server_address:
+            found.append(Underlay.server(self._server_address))
         for peer in peers.values():
             same_lan = bool(my_public_ip) and peer.public_ip == my_public_ip
             for address in (peer.public_ip, peer.lan_ip if same_lan else ""):
@@ -164,9 +172,24 @@ class NodeRouting:
         if self._host_facts_stale():
             local = await read_local_networks(self._runner, exclude=(self.interface,))
             gateways = await read_gateways(self._runner)
+            self._server_address = await self._resolve_server()
             self._host_facts = (self._clock.seconds(), local, gateways)
         assert self._host_facts is not None
         return self._host_facts[1], self._host_facts[2]
+
+    async def _resolve_server(self) -> str:
+        """The server's address (its URL may name a host): "" while unknown."""
+        host = urlsplit(self._config().server_url).hostname or ""
+        if _is_address(host):
+            return host
+        resolve = getattr(self._clock, "resolve", None)
+        if resolve is None or not host:
+            return ""
+        try:
+            return str(await resolve(host, timeout=(2,)))
+        except Exception as e:
+            self.log.warn("the server's name {host} did not resolve ({error}); routes are planned without it", host=host, error=e)
+            return ""
 
     async def apply(self) -> None:
         """The kernel's routes as planned (after WireGuard holds the AllowedIPs)."""
