@@ -103,7 +103,7 @@ class MeshNames:
             own = (vpn_ip, vpn_ip6) if vpn_ip6 else (vpn_ip,)
             self.server.update(self._records(config, own, own_name, peers), config, own_name=own_name)
             try:
-                await self._wire_os(vpn_ip, subnet, config)
+                await self._wire_os(vpn_ip, (subnet, subnet6) if subnet6 else (subnet,), config)
             except OsDnsError as e:
                 problems.append(f"the OS resolver is not pointed at the mesh: {e}")
         self._set_problem("; ".join(problems) or None)
@@ -131,17 +131,19 @@ class MeshNames:
         self.server, self._listening_on, self._reverse = server, vpn_ip, networks
         self.log.info("mesh DNS answers on {address} port {port}", address=vpn_ip, port=server.port)
 
-    async def _wire_os(self, vpn_ip: str, subnet: str, config: DnsConfig) -> None:
+    async def _wire_os(self, vpn_ip: str, subnets: tuple[str, ...], config: DnsConfig) -> None:
+        """The OS resolver sends the mesh domain and the reverse lookups of
+        the mesh's prefixes (IPv4 and IPv6) here."""
         os_dns = self.os_dns
         if os_dns is None or os_dns.mode == "none":
             return
-        wanted = (vpn_ip, config.domain, subnet)
+        wanted = (vpn_ip, config.domain, subnets)
         if wanted == self._applied:
             # Another program may have rewritten what we set (DHCP): put it back.
             if await os_dns.check():
                 self.log.info("the OS resolver was changed by another program; pointed at the mesh again")
         else:
-            await os_dns.apply(vpn_ip, config.domain, None, [subnet])
+            await os_dns.apply(vpn_ip, config.domain, None, list(subnets))
             self._applied = wanted
             self.log.info("the OS resolver sends {domain} to {address} ({mode})", domain=config.domain, address=vpn_ip,
                           mode=os_dns.mode)
