@@ -198,3 +198,20 @@ class ServerByNameTests(PlanHarness):
         self.routing._clock.resolve = lambda host, timeout: defer.fail(OSError("no such host"))
         self.assertEqual(self.plan(exit_node="x1"), {})
         self.assertIn("the server's address is not known yet", self.routing.plan.exit_problem)
+
+
+class ExitPinnedTests(PlanHarness):
+    """The exit is the node ``wire set`` chose, not whoever carries its name later."""
+
+    def test_a_rename_moves_nothing(self):
+        exit_id = self.node_id("x1")
+        self.assertEqual(self.plan(exit_node="x1", exit_node_id=exit_id), {exit_id: ("0.0.0.0/0", "::/0")})
+        # x1 renamed, and another node offering an exit takes the name: the exit stays x1's node.
+        self.add(peer("x1", 3, exit_node=True, node_name="renamed"))
+        impostor = peer("impostor", 7, exit_node=True, node_name="x1")
+        self.add(impostor)
+        self.assertEqual(self.plan(exit_node="x1", exit_node_id=exit_id), {exit_id: ("0.0.0.0/0", "::/0")})
+        self.assertEqual(self.routing.status()["exit_node"], "renamed")
+        # Gone from the netmap: no exit (never the impostor).
+        del self.peers[exit_id]
+        self.assertEqual(self.plan(exit_node="x1", exit_node_id=exit_id), {})

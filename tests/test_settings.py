@@ -90,6 +90,16 @@ class RunningDaemonTests(unittest.TestCase):
         self.assertEqual(len(self.server.registered_bodies), registrations + 1)
         self.assertIn("settings changed: accept_routes=False", [e["message"] for e in self.daemon.events.since(0)])
 
+    def test_the_exit_is_pinned_to_the_peers_node_id(self):
+        self.server.push([{**body_for("x1"), "vpn_ip": "10.99.1.9", "public_ip": "203.0.113.9", "exit_node": True}])
+        self.clock.advance(0)
+        self.clock.advance(1)
+        self.successResultOf(defer.ensureDeferred(self.daemon.change_settings({"exit_node": "x1"})))
+        self.assertEqual(load_config(self.config_dir).exit_node_id, body_for("x1")["node_id"])
+        self.failureResultOf(defer.ensureDeferred(self.daemon.change_settings({"exit_node": "nobody"})), SettingsRefused)
+        self.successResultOf(defer.ensureDeferred(self.daemon.change_settings({"exit_node": ""})))
+        self.assertEqual(load_config(self.config_dir).exit_node_id, "")
+
     def test_a_node_not_joined_yet_refuses(self):
         self.daemon._join_pending = True
         self.failureResultOf(defer.ensureDeferred(self.daemon.change_settings({"accept_routes": True})), SettingsRefused)

@@ -69,6 +69,8 @@ class NodeConfig:
     snat_subnet_routes: bool = True
     # send this machine's internet traffic through that peer ("": none).
     exit_node: str = ""
+    # The exit's node id, pinned when a running daemon was told its name.
+    exit_node_id: str = ""
     exit_node_allow_lan_access: bool = False
 
     def to_json(self) -> bytes:
@@ -129,6 +131,8 @@ def validate(data: dict[str, Any]) -> NodeConfig:
     # From JSON a list, from a config object (asdict) a tuple.
     given = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k in SETTINGS}
     config = with_settings(config, parse_settings(given))
+    if values.get("exit_node_id"):
+        config.exit_node_id = parse_node_id(values["exit_node_id"], "exit_node_id")
     if "max_peers" in values:
         config.max_peers = parse_max_peers(values["max_peers"])
     if values.get("nat_port"):

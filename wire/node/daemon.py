@@ -713,6 +713,8 @@ class NodeDaemon(Service):
         if self._join_pending:
             raise SettingsRefused("this node has not joined yet: give the settings to wire up, or wait until it has joined")
         before = self.config
+        if "exit_node" in changes:
+            changes = {**changes, "exit_node_id": self._exit_node_id(changes["exit_node"])}
         self.config = with_settings(before, changes)
         save_config(self.config_dir, self.config)
         told = ", ".join(f"{name}={value}" for name, value in sorted(changes.items()))
@@ -734,6 +736,15 @@ class NodeDaemon(Service):
             await routing.advertise()
         await self.reconciler.reconcile()
         return settings_of(self.config)
+
+    def _exit_node_id(self, name: str) -> str:
+        """The node id of the peer named ``name`` (pinned: a later rename moves nothing)."""
+        if not name:
+            return ""
+        for node_id, peer in self.netmap.peers.items():
+            if peer.node_name == name:
+                return node_id
+        raise SettingsRefused(f"no peer named {name} in this node's netmap (see: wire status)")
 
     async def _register_until_done(self, credential_may_fail: bool = False) -> bool:
         """Register until the server takes us: True; False when we stop or

@@ -106,13 +106,13 @@ class NodeRouting:
             return {}
         mesh_subnets = self._mesh_subnets()
         # The netmap's peer dict is new on every change: the same dict means the same peers.
-        inputs = (tuple(sorted(wanted.items())), config.exit_node, config.exit_node_allow_lan_access, tuple(mesh_subnets), my_public_ip)
+        inputs = (tuple(sorted(wanted.items())), config.exit_node, config.exit_node_id, config.exit_node_allow_lan_access,
+                  tuple(mesh_subnets), my_public_ip)
         if (self._planned_from is not None and self._planned_from[0] is peers and self._planned_from[1] == inputs
                 and not self._host_facts_stale()):
             return self.plan.allowed_ips
         local, gateways = await self._read_host_facts()
-        by_name = {peer.node_name: node_id for node_id, peer in peers.items()}
-        exit_peer = by_name.get(config.exit_node) if config.exit_node else None
+        exit_peer = _exit_peer(peers, config)
         plan = plan_routes(
             wanted,
             mesh_subnets=mesh_subnets,
@@ -138,12 +138,12 @@ class NodeRouting:
             if self.plan is None or skipped not in self.plan.skipped:
                 self.log.warn("{reason}", reason=escaped(skipped.reason))
         self.plan, self._planned_from = plan, (peers, inputs)
-        self.exit_name = config.exit_node if plan.exit else None
+        self.exit_name = peers[plan.exit.peer].node_name if plan.exit else None
         return plan.allowed_ips
 
     def _wanted(self, peers: Mapping[str, Peer], config: NodeConfig) -> dict[str, tuple[str, ...]]:
         wanted = wanted_from_peers(peers.values())
-        chosen = {node_id for node_id, peer in peers.items() if config.exit_node and peer.node_name == config.exit_node}
+        chosen = {_exit_peer(peers, config)} - {None}
         result = {}
         for node_id, prefixes in wanted.items():
             kept = tuple(p for p in prefixes if (is_exit_route(p) and node_id in chosen) or (not is_exit_route(p) and config.accept_routes))
@@ -261,6 +261,17 @@ class NodeRouting:
             "problem": self.problem,
             "router_problem": self.router_problem,
         }
+
+
+def _exit_peer(peers: Mapping[str, Peer], config: NodeConfig) -> str | None:
+    """The exit this node chose: by the node id ``wire set`` pinned (a rename,
+    or another node taking the name, moves nothing), else by name (a setting
+    saved while the daemon was stopped)."""
+    if config.exit_node_id:
+        return config.exit_node_id if config.exit_node_id in peers else None
+    if config.exit_node:
+        return next((node_id for node_id, peer in peers.items() if peer.node_name == config.exit_node), None)
+    return None
 
 
 def _is_address(text: str) -> bool:

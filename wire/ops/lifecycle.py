@@ -354,7 +354,10 @@ async def set_settings(ctx: Context, settings: dict) -> dict:
         except ServerError as e:
             raise OpError(f"the daemon refused the settings: {e}")
         return {"ok": True, "applied": True, "changed": sorted(changes), "settings": answer["settings"]}
-    updated = with_settings(config, changes)
+    stored = dict(changes)
+    if "exit_node" in changes:
+        stored["exit_node_id"] = ""  # no netmap here to pin it: matched by name until a daemon is told
+    updated = with_settings(config, stored)
     save_config(ctx.config_dir, updated)
     return {"ok": True, "applied": False, "changed": sorted(changes), "settings": settings_of(updated)}
 
