@@ -9,9 +9,8 @@ the node lacks (a mesh whose server gives no IPv6) is an error that says so.
 
 from __future__ import annotations
 
-from wire.client import ServerError, ServerUnreachable
-from wire.ops.context import Context, OpError, refuses_this_node, removed_message, server_problem
-from wire.ops.targets import _as_address, _parse_target, mesh_domain
+from wire.ops.context import Context, OpError
+from wire.ops.targets import find_node
 
 FAMILIES = (4, 6)
 
@@ -24,7 +23,7 @@ async def ip(ctx: Context, peer: str | None = None, family: int | None = None) -
     if peer is None:
         entry, source = _this_node(ctx, local)
     else:
-        entry, source = await _peer(ctx, local, peer)
+        entry, source = await find_node(ctx, local, peer)
     name = entry.get("node_name") or ""
     vpn_ip, vpn_ip6 = entry.get("vpn_ip") or "", entry.get("vpn_ip6") or ""
     chosen = [a for a, f in ((vpn_ip, 4), (vpn_ip6, 6)) if a and family in (None, f)]
@@ -50,35 +49,3 @@ def _this_node(ctx: Context, local: dict | None) -> tuple[dict, str]:
         return node, "daemon"
     config = ctx.config()
     return {"node_name": config.node_name, "vpn_ip": config.vpn_ip, "vpn_ip6": config.vpn_ip6}, "config"
-
-
-def _matches(entry: dict, address: str | None, name: str | None) -> bool:
-    if address is not None:
-        return address in (entry.get("vpn_ip"), entry.get("vpn_ip6"))
-    return name is not None and entry.get("node_name") == name
-
-
-async def _peer(ctx: Context, local: dict | None, target: str) -> tuple[dict, str]:
-    address = _as_address(target)
-    name = None if address is not None else _parse_target(target, mesh_domain(local))
-    node = (local or {}).get("node")
-    if node and _matches(node, address, name):
-        return node, "daemon"  # this node, named: its own addresses
-    for entry in (local or {}).get("peers", []):
-        if _matches(entry, address, name):
-            return entry, "daemon"
-    config = ctx.config()
-    try:
-        mesh = await ctx.coordination(config.server_url).status()
-    except (ServerUnreachable, ServerError) as e:
-        if refuses_this_node(ctx, config.server_url, e):
-            raise OpError(removed_message())
-        why = "it is not running here" if local is None else "it is not in the daemon's netmap"
-        raise OpError(
-            f"cannot look up {target}: the daemon does not know it ({why}), and the server cannot be asked: "
-            f"{server_problem(ctx, config.server_url, e)}"
-        )
-    for entry in mesh.get("nodes", []):
-        if _matches(entry, address, name):
-            return entry, "server"
-    raise OpError(f"no node {target} in the mesh (see: wire status)")

@@ -50,16 +50,22 @@ def _matches(entry: dict, target: str) -> bool:
     return target in (entry.get("node_name"), entry.get("vpn_ip"))
 
 
-async def resolve_target(ctx: Context, target: str) -> tuple[str, str]:
-    """A node name or VPN address -> (name, address), through the netmap."""
+async def find_node(ctx: Context, local: dict | None, target: str, *, verb: str = "look up", hint: str = "") -> tuple[dict, str]:
+    """The node ``target`` names (a node name, a mesh DNS name or one of its
+    mesh addresses): from the daemon's netmap (this node's own record too),
+    else from the server's ``/status``; with where it was found ("daemon", "server")."""
     address = _as_address(target)
-    if address is not None:
-        return target, address  # ping an address as given, in the mesh or not
-    local = await ctx.daemon_status()
-    name = _parse_target(target, mesh_domain(local))
-    for peer in (local or {}).get("peers", []):
-        if peer["node_name"] == name:
-            return name, peer["vpn_ip"]
+    name = None if address is not None else _parse_target(target, mesh_domain(local))
+
+    def matches(entry: dict) -> bool:
+        if address is not None:
+            return address in (entry.get("vpn_ip"), entry.get("vpn_ip6"))
+        return entry.get("node_name") == name
+
+    known = ([local["node"]] if local and local.get("node") else []) + list((local or {}).get("peers", []))
+    for entry in known:
+        if matches(entry):
+            return entry, "daemon"
     config = ctx.config()
     try:
         mesh = await ctx.coordination(config.server_url).status()
@@ -68,10 +74,21 @@ async def resolve_target(ctx: Context, target: str) -> tuple[str, str]:
             raise OpError(removed_message())
         why = "it is not running here" if local is None else "it is not in the daemon's netmap"
         raise OpError(
-            f"cannot resolve {name}: the daemon does not know it ({why}), and the server cannot be asked: "
-            f"{server_problem(ctx, config.server_url, e)} (a VPN address needs no lookup: wire ping 10.99.x.y)"
+            f"cannot {verb} {name or target}: the daemon does not know it ({why}), and the server cannot be asked: "
+            f"{server_problem(ctx, config.server_url, e)}{hint}"
         )
-    for node in mesh.get("nodes", []):
-        if node.get("node_name") == name:
-            return name, node["vpn_ip"]
-    raise OpError(f"no node named {name} in the mesh (see: wire status)")
+    for entry in mesh.get("nodes", []):
+        if matches(entry):
+            return entry, "server"
+    raise OpError(f"no node {'named ' + name if name else target} in the mesh (see: wire status)")
+
+
+async def resolve_target(ctx: Context, target: str) -> tuple[str, str]:
+    """A node name or VPN address -> (name, address), through the netmap."""
+    address = _as_address(target)
+    if address is not None:
+        return target, address  # ping an address as given, in the mesh or not
+    entry, _ = await find_node(
+        ctx, await ctx.daemon_status(), target, verb="resolve", hint=" (a VPN address needs no lookup: wire ping 10.99.x.y)"
+    )
+    return entry["node_name"], entry["vpn_ip"]
