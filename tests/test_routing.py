@@ -40,7 +40,10 @@ class FakeHostRouting(NodeRouting):
 
         import ipaddress
 
-        return [LocalNetwork("eth0", ipaddress.ip_interface("192.168.1.10/24"))], [Gateway("eth0", ipaddress.ip_address("192.168.1.1"), 4)]
+        local = [LocalNetwork("eth0", ipaddress.ip_interface("192.168.1.10/24"))]
+        gateways = [Gateway("eth0", ipaddress.ip_address("192.168.1.1"), 4)]
+        self._host_facts = (self._clock.seconds(), local, gateways)
+        return local, gateways
 
 
 class PlanHarness(unittest.TestCase):
@@ -215,3 +218,20 @@ class ExitPinnedTests(PlanHarness):
         # Gone from the netmap: no exit (never the impostor).
         del self.peers[exit_id]
         self.assertEqual(self.plan(exit_node="x1", exit_node_id=exit_id), {})
+
+
+class CheapPathTests(PlanHarness):
+    """Every reconcile asks for the plan: a node that uses no routes must not walk its peers for it."""
+
+    def test_no_routes_used_means_no_work(self):
+        def walked(*args):
+            raise AssertionError("the peers were walked")
+
+        self.routing._wanted = walked
+        self.assertEqual(self.plan(), {})
+
+    def test_the_same_netmap_and_settings_reuse_the_plan(self):
+        first = self.plan(accept_routes=True)
+        self.routing._wanted = lambda *args: (_ for _ in ()).throw(AssertionError("planned again"))
+        again = self.successResultOf(defer.ensureDeferred(self.routing.allowed_ips(self.peers, "198.51.100.1")))
+        self.assertEqual(again, first)

@@ -100,17 +100,21 @@ class NodeRouting:
 
     async def _allowed_ips(self, peers: Mapping[str, Peer], my_public_ip: str) -> Mapping[str, tuple[str, ...]]:
         config = self._config()
-        wanted = self._wanted(peers, config)
-        if not wanted and not config.exit_node and self._applied is None:
+        if not config.accept_routes and not config.exit_node and self._applied is None:
+            # The common case: no routes used, none in place; nothing to look at (every reconcile comes here).
             self.plan = RoutePlan()
             return {}
         mesh_subnets = self._mesh_subnets()
-        # The netmap's peer dict is new on every change: the same dict means the same peers.
-        inputs = (tuple(sorted(wanted.items())), config.exit_node, config.exit_node_id, config.exit_node_allow_lan_access,
+        inputs = (config.accept_routes, config.exit_node, config.exit_node_id, config.exit_node_allow_lan_access,
                   tuple(mesh_subnets), my_public_ip)
+        # The netmap's peer dict is new on every change: the same dict and settings mean the same plan.
         if (self._planned_from is not None and self._planned_from[0] is peers and self._planned_from[1] == inputs
                 and not self._host_facts_stale()):
             return self.plan.allowed_ips
+        wanted = self._wanted(peers, config)
+        if not wanted and not config.exit_node and self._applied is None:
+            self.plan, self._planned_from = RoutePlan(), (peers, inputs)
+            return {}
         local, gateways = await self._read_host_facts()
         exit_peer = _exit_peer(peers, config)
         plan = plan_routes(
