@@ -21,6 +21,7 @@ class Facts:
     lan_ip: str = ""
     nat_type: NatType = NatType.EASY
     node_name: str = ""
+    public_ip6: str = ""
 
 
 def public(node_id: str, ip: str) -> Facts:
@@ -389,7 +390,7 @@ class SchemaTests(unittest.TestCase):
         self.addCleanup(store.close)
         self.assertEqual(store.load_pairs(), [])
         self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 8)
+        self.assertEqual(SCHEMA_VERSION, 9)
 
 
 class ScaleTests(unittest.TestCase):

@@ -140,6 +140,7 @@ class NodeDaemon(Service):
         probe_nat: Callable[[], Awaitable[NatReport]],
         recheck_nat: Callable[[], Awaitable[NatReport]] | None = None,
         lan_ip: Callable[[], str] | None = None,
+        public_ip6: Callable[[], str] | None = None,
         relay: RelayShim | None = None,
         start_probe: Callable[[str, str], PathProbe] | None = None,
         join_token: JoinToken | None = None,
@@ -168,6 +169,8 @@ class NodeDaemon(Service):
         self._poll_restarting = False
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
+        # This host's IPv6 underlay address, asked of the kernel at each use ("": none).
+        self._public_ip6 = public_ip6 or (lambda: "")
         # -- the node's state, all of it -------------------------------------
         self.state = NodeState()
         self.events = EventLog(clock)
@@ -238,7 +241,10 @@ class NodeDaemon(Service):
     def me(self) -> Me:
         """This node's facts as it knows them (the planner prefers the server's view, once the netmap has it)."""
         nat_type = self.nat.nat_type if self.nat else NatType(self.config.nat_type or NatType.UNKNOWN)
-        return Me(self.config.node_name, self.contact.public_ip, nat_type, self._lan_ip() or "", self.config.node_id)
+        return Me(
+            self.config.node_name, self.contact.public_ip, nat_type, self._lan_ip() or "", self.config.node_id,
+            public_ip6=self._public_ip6(),
+        )
 
     def _mesh(self) -> Mesh:
         """What peers are checked against: the mesh fixed at enrollment (or the seed's) and our own facts."""
@@ -521,6 +527,7 @@ class NodeDaemon(Service):
             requested_vpn_ip=self.config.vpn_ip or None,
             nat_type=nat_type,
             advertise_routes=advertised_routes(self.config),
+            public_ip6=self._public_ip6() or None,
         )
 
     async def _enroll_until_done(self, token: JoinToken) -> bool:

@@ -1,4 +1,5 @@
-"""The LAN address this host uses to reach its coordination server.
+"""The LAN address this host uses to reach its coordination server, and
+its own IPv6 underlay address.
 
 Peers behind the same NAT reach each other over the LAN, so a node tells the
 server this address. Finding it takes two steps: the server's host name to
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from wire.debuglog import logger as debug_aware_logger
+from wire.protocol.fields import underlay_ipv6_problem
 
 RESOLVE_TIMEOUT = 5.0
 # How long a resolved server address is trusted before it is looked up again.
@@ -59,6 +61,30 @@ def route_source(address: str) -> str:
             return s.getsockname()[0]
     except OSError:
         return ""
+
+
+# Any global unicast address: the kernel names the source it would use
+# towards the IPv6 internet; nothing is sent (see route_source).
+GLOBAL_IPV6 = "2000::1"
+ULA = ipaddress.IPv6Network("fc00::/7")
+
+
+def underlay_ipv6() -> str:
+    """This host's IPv6 address towards the IPv6 internet, where peers with
+    IPv6 may reach its WireGuard port directly ("" if it has none).
+
+    Unique local addresses (fc00::/7, the mesh's own among them) reach no
+    one beyond their site, and link-local or Teredo ones are no endpoint a
+    peer elsewhere can use: none of them is reported. A node whose IPv6
+    default route goes through an exit node finds its mesh address here,
+    and reports none while it does."""
+    source = route_source(GLOBAL_IPV6)
+    if not source:
+        return ""
+    address = ipaddress.IPv6Address(source)
+    if underlay_ipv6_problem(address) or address in ULA or address.teredo is not None:
+        return ""
+    return str(address)
 
 
 @implementer(IResolutionReceiver)

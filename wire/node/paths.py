@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from wire.protocol import NatType, PairPath, PathFailure, PathMode, PeerView, pair_rule
-from wire.protocol.paths import DIRECT_MODES, after_failure, attempt_timeout, retry_delay, retry_reason
+from wire.protocol.paths import (
+    DIRECT_MODES,
+    after_failure,
+    attempt_timeout,
+    ipv4_rule,
+    over_ipv6,
+    retry_delay,
+    retry_reason,
+)
 
 # Before this long after an attempt began, what arrives may still be from
 # the old path (a relayed packet in flight): it proves nothing.
@@ -71,6 +79,7 @@ class Me:
     nat_type: NatType
     lan_ip: str = ""
     node_id: str = ""
+    public_ip6: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,10 +137,14 @@ class Plan:
     reports: list[tuple[str, PathFailure]] = field(default_factory=list)  # to send to the server
 
 
-def endpoint_for(peer: PeerView, mode: PathMode) -> str | None:
-    """Where WireGuard sends for ``peer`` on a direct or LAN path."""
+def endpoint_for(peer: PeerView, mode: PathMode, me: Me | PeerView | None = None, ipv4_only: bool = False) -> str | None:
+    """Where WireGuard sends for ``peer`` on a direct or LAN path: over IPv6
+    to its WireGuard port when both have IPv6 (no NAT maps it), else its
+    public IPv4 endpoint."""
     if mode is PathMode.LAN and peer.lan_ip:
         return _join(peer.lan_ip, peer.port)
+    if mode is PathMode.DIRECT and not ipv4_only and me is not None and over_ipv6(me, peer):
+        return _join(peer.public_ip6, peer.port)
     if mode is PathMode.DIRECT and peer.public_ip:
         return _join(peer.public_ip, peer.nat_port)
     return None
@@ -224,7 +237,8 @@ class PathPlanner:
 
     def _current(self, me: Me | PeerView, peer: PeerView, word: PairPath | None, now: float) -> PeerPath:
         """The peer's path as it stands, or a new one if its mode or endpoint moved."""
-        rule_mode, rule_reason = pair_rule(me, peer)
+        ipv4_only = word is not None and word.family == 4
+        rule_mode, rule_reason = ipv4_rule(me, peer) if ipv4_only else pair_rule(me, peer)
         if word is not None and word.mode is not None and not (word.mode in DIRECT_MODES and rule_mode is PathMode.RELAY):
             mode, reason = word.mode, word.reason
             if mode in DIRECT_MODES:
@@ -232,11 +246,14 @@ class PathPlanner:
         else:
             word = None
             mode, reason = rule_mode, rule_reason
-        endpoint = endpoint_for(peer, mode) if mode in DIRECT_MODES else None
+        endpoint = endpoint_for(peer, mode, me, ipv4_only) if mode in DIRECT_MODES else None
         if mode in DIRECT_MODES and endpoint is None:
             mode, reason = PathMode.RELAY, "no address of the peer is known"
         if mode in DIRECT_MODES and word is None:
-            reason = f"{'same public address as this node, ' if mode is PathMode.LAN else ''}via {endpoint}"
+            why = "same public address as this node, " if mode is PathMode.LAN else ""
+            if mode is PathMode.DIRECT and not ipv4_only and over_ipv6(me, peer):
+                why = f"{rule_reason}, "  # "both have IPv6"
+            reason = f"{why}via {endpoint}"
         elif mode in DIRECT_MODES:
             reason = f"{reason}, via {endpoint}"
         current = self.paths.get(peer.node_id)
@@ -310,4 +327,4 @@ class PathPlanner:
 
 
 def _own_facts(me: Me | PeerView) -> tuple:
-    return (me.public_ip, getattr(me, "nat_port", None), me.nat_type, me.lan_ip)
+    return (me.public_ip, getattr(me, "nat_port", None), me.nat_type, me.lan_ip, me.public_ip6)

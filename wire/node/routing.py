@@ -164,7 +164,7 @@ class NodeRouting:
             found.append(Underlay.server(self._server_address))
         for peer in peers.values():
             same_lan = bool(my_public_ip) and peer.public_ip == my_public_ip
-            for address in (peer.public_ip, peer.lan_ip if same_lan else ""):
+            for address in (peer.public_ip, peer.public_ip6, peer.lan_ip if same_lan else ""):
                 if address and _is_address(address):
                     found.append(Underlay.endpoint(peer.node_name, address))
         return found

@@ -25,7 +25,7 @@ from wire.node.enroll import (
     load_join_request,
     requested_config,
 )
-from wire.node.lan import LanAddress
+from wire.node.lan import LanAddress, underlay_ipv6
 from wire.node.probe import start_probe
 from wire.node.firewall import Firewall, InvalidFirewallConfig
 from wire.node.names import MeshNames
@@ -92,6 +92,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         probe_nat=probe_nat,
         recheck_nat=recheck_nat if raw_udp_supported() else None,
         lan_ip=lan_ip,
+        public_ip6=underlay_ipv6,
         relay=RelayShim(reactor, host, stun_a, config.listen_port),
         start_probe=lambda vpn_ip, subnet: start_probe(reactor, reactor, vpn_ip, subnet),
         join_token=start.token,

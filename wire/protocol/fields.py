@@ -158,6 +158,37 @@ def parse_ip_address(value: Any, field: str) -> str:
     return str(address)
 
 
+def parse_underlay_ipv6(value: Any, field: str) -> str:
+    """A node's own IPv6 address on the underlay, where peers may send to it
+    directly: a unicast address another host can reach (not loopback,
+    link-local, site-local, multicast, unspecified or IPv4-mapped)."""
+    text = parse_ip_address(value, field)
+    address = ipaddress.ip_address(text)
+    if address.version != 6:
+        raise ProtocolError(field, f"{text} is not an IPv6 address")
+    problem = underlay_ipv6_problem(address)
+    if problem:
+        raise ProtocolError(field, f"{text} {problem}")
+    return text
+
+
+def underlay_ipv6_problem(address: ipaddress.IPv6Address) -> str:
+    """Why ``address`` cannot be a node's IPv6 underlay address ("" if it can)."""
+    if address.is_unspecified:
+        return "is the unspecified address"
+    if address.is_loopback:
+        return "is a loopback address"
+    if address.is_link_local:
+        return "is link-local (it means nothing off its link)"
+    if address.is_site_local:
+        return "is site-local (deprecated, not routed)"
+    if address.is_multicast:
+        return "is a multicast address"
+    if address.ipv4_mapped is not None:
+        return "is an IPv4-mapped address"
+    return ""
+
+
 def parse_nat_type(value: Any, field: str = "nat_type") -> NatType:
     text = _require_str(field, value)
     try:

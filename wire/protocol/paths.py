@@ -6,8 +6,12 @@ coincidence of timers:
 
 - :func:`pair_rule` is a pure, symmetric function of the two nodes' facts as
   the server holds them (the views in the netmap): the same public address
-  means their LAN addresses; a hard NAT on one side with a NAT on the other
-  means the relay; anything else means a direct attempt.
+  means their LAN addresses; both with an IPv6 underlay address means a
+  direct attempt over IPv6 (no NAT in the way, whatever their IPv4 NATs
+  are); a hard NAT on one side with a NAT on the other means the relay;
+  anything else means a direct attempt.
+- A direct attempt over IPv6 that fails falls back to IPv4 (the word says
+  ``family`` 4): direct if the IPv4 rule allows it, else the relay.
 - Only what the facts cannot tell (a direct attempt that failed) is decided
   by someone, and that is the server, once for the pair: a node reports
   (``POST /path``, :class:`PathReport`), the server answers with the pair's
@@ -73,12 +77,26 @@ class PairFacts(Protocol):
     def lan_ip(self) -> str: ...
     @property
     def nat_type(self) -> NatType: ...
+    @property
+    def public_ip6(self) -> str: ...
 
 
 def pair_rule(a: PairFacts, b: PairFacts) -> tuple[PathMode, str]:
     """The pair's path from the facts alone, and why; the same for (a, b) and (b, a)."""
     if a.lan_ip and b.lan_ip and a.public_ip and a.public_ip == b.public_ip:
         return PathMode.LAN, f"same public address {a.public_ip}: LAN addresses"
+    if over_ipv6(a, b):
+        return PathMode.DIRECT, "both have IPv6"
+    return ipv4_rule(a, b)
+
+
+def over_ipv6(a: PairFacts, b: PairFacts) -> bool:
+    """Whether a direct attempt of the pair goes over IPv6 first: both have an underlay address."""
+    return bool(a.public_ip6 and b.public_ip6 and a.public_ip6 != b.public_ip6)
+
+
+def ipv4_rule(a: PairFacts, b: PairFacts) -> tuple[PathMode, str]:
+    """The pair's path over IPv4 alone (what is left once IPv6 failed)."""
     hard = sorted(n.node_name or n.node_id for n in (a, b) if n.nat_type == NatType.HARD)
     if hard and a.nat_type in NATTED and b.nat_type in NATTED:
         return PathMode.RELAY, f"hard NAT on {' and '.join(hard)}"
@@ -128,9 +146,11 @@ class PairPath:
     since: float = 0.0
     tries: int = 0  # direct attempts that failed in a row
     retry_at: float | None = None
+    # 4: a direct word over IPv4 only (IPv6 failed); 0: as the rule says.
+    family: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "peer": self.peer,
             "mode": None if self.mode is None else str(self.mode),
             "reason": self.reason,
@@ -138,6 +158,9 @@ class PairPath:
             "tries": self.tries,
             "retry_at": self.retry_at,
         }
+        if self.family:
+            body["family"] = self.family
+        return body
 
     @classmethod
     def from_json(cls, value: Any) -> PairPath:
@@ -154,6 +177,9 @@ class PairPath:
         if isinstance(tries, bool) or not isinstance(tries, int) or not 0 <= tries <= 1000:
             raise ProtocolError("tries", f"{tries!r} is not a count from 0 to 1000")
         retry_at = body.get("retry_at")
+        family = body.get("family", 0)
+        if family not in (0, 4) or isinstance(family, bool):
+            raise ProtocolError("family", f"{family!r} is not 0 or 4")
         return cls(
             peer=parse_node_id(body.get("peer"), "peer"),
             mode=mode,
@@ -161,6 +187,7 @@ class PairPath:
             since=parse_number(body.get("since", 0), "since"),
             tries=tries,
             retry_at=None if retry_at is None else parse_number(retry_at, "retry_at"),
+            family=family,
         )
 
 

@@ -29,6 +29,7 @@ from wire.protocol.fields import (
     parse_object,
     parse_port,
     parse_tag,
+    parse_underlay_ipv6,
     parse_wg_public_key,
 )
 from wire.protocol.registration import DEFAULT_PORT
@@ -111,6 +112,9 @@ class PeerView:
     exit_node: bool = False
     # Its IPv6 mesh address ("": none; a seed server gives none). Reaches AllowedIPs: strict.
     vpn_ip6: str = ""
+    # Its own IPv6 underlay address ("": none): a direct path goes there,
+    # to its WireGuard port, when this node has IPv6 too. Reaches WireGuard: strict.
+    public_ip6: str = ""
 
     @classmethod
     def from_json(cls, value: Any) -> PeerView:
@@ -135,6 +139,7 @@ class PeerView:
             routes=parse_routes(view.get("routes") or [], "routes"),
             exit_node=parse_bool(view.get("exit_node", False), "exit_node"),
             vpn_ip6=_ipv6_or_empty(view, "vpn_ip6"),
+            public_ip6=parse_underlay_ipv6(view["public_ip6"], "public_ip6") if view.get("public_ip6") else "",
         )
 
 

@@ -26,6 +26,7 @@ from wire.protocol.fields import (
     parse_object,
     parse_port,
     parse_str,
+    parse_underlay_ipv6,
     parse_wg_public_key,
     required,
 )
@@ -49,6 +50,9 @@ class Registration:
     nat_type: NatType = NatType.UNKNOWN
     # Networks this node offers to carry for the mesh (wire.protocol.routes).
     advertise_routes: tuple[str, ...] = ()
+    # Its own IPv6 address on the underlay, where peers with IPv6 reach its
+    # WireGuard port directly (no NAT in the way); None: it has none.
+    public_ip6: str | None = None
 
     def as_body(self) -> dict[str, Any]:
         """The JSON body of ``POST /register`` (what :func:`parse_registration` reads back).
@@ -71,6 +75,8 @@ class Registration:
             body["lan_ip"] = self.lan_ip
         if self.advertise_routes:
             body["advertise_routes"] = list(self.advertise_routes)
+        if self.public_ip6:
+            body["public_ip6"] = self.public_ip6
         return body
 
     def enrollment_body(self, join_key: str) -> dict[str, Any]:
@@ -103,6 +109,7 @@ def parse_registration(body: dict[str, Any]) -> Registration:
         requested_vpn_ip=parse_ip_address(vpn_value, "vpn_ip") if vpn_value is not None else None,
         nat_type=parse_nat_type(nat_value) if nat_value is not None else NatType.UNKNOWN,
         advertise_routes=parse_routes(body.get("advertise_routes") or []),
+        public_ip6=parse_underlay_ipv6(body["public_ip6"], "public_ip6") if body.get("public_ip6") else None,
     )
 
 

@@ -33,6 +33,8 @@ class NodeRecord:
     # Its IPv6 mesh address, from the mesh's prefix (wire.addressing.Ipv6Pool);
     # "" until the server has one for it. A view carries it when set (Registry.view).
     vpn_ip6: str = ""
+    # Its own IPv6 underlay address, as its last registration said ("": none).
+    public_ip6: str = ""
 
     def __post_init__(self) -> None:
         # Rows come back from the store (and seed state files) as text; one
@@ -90,6 +92,7 @@ class NodeRecord:
             advertised_routes=registration.advertise_routes,
             approved_routes=approved_routes,
             vpn_ip6=vpn_ip6,
+            public_ip6=registration.public_ip6 or "",
         )
 
     def describes_same_node(self, other: NodeRecord) -> bool:
@@ -111,7 +114,7 @@ RECORD_FIELDS = tuple(f.name for f in fields(NodeRecord))
 # field added here is added there) and, of routes, what is served (Registry.view).
 SERVER_ONLY_FIELDS = ("advertised_routes", "approved_routes")
 # What a view carries only when set (Registry.view), as a seed's view lacks it.
-SHOWN_WHEN_SET_FIELDS = ("vpn_ip6",)
+SHOWN_WHEN_SET_FIELDS = ("vpn_ip6", "public_ip6")
 assert (
     tuple(f for f in RECORD_FIELDS if f not in SERVER_ONLY_FIELDS + SHOWN_WHEN_SET_FIELDS) == VIEW_FIELDS
 ), (RECORD_FIELDS, VIEW_FIELDS)
@@ -132,10 +135,11 @@ class PairWord:
     since: float
     tries: int = 0
     retry_at: float | None = None
+    family: int = 0  # 4: direct over IPv4 only (IPv6 failed)
 
     def seen_from(self, peer: str) -> PairPath:
         """The word as the node on the other side of ``peer`` is told it."""
-        return PairPath(peer, self.mode, self.reason, self.since, self.tries, self.retry_at)
+        return PairPath(peer, self.mode, self.reason, self.since, self.tries, self.retry_at, self.family)
 
 
 def pair_key(a: str, b: str) -> tuple[str, str]:

@@ -32,6 +32,8 @@ from wire.protocol.paths import (
     PairFacts,
     after_failure,
     attempt_timeout,
+    ipv4_rule,
+    over_ipv6,
     pair_rule,
     retry_delay,
     retry_reason,
@@ -176,6 +178,13 @@ class PathBook:
                 self._full_logged = True
                 self.log.warn("path book full ({count} pair words): refusing new relayed pairs", count=len(self._words))
             return PathReportAnswer(False, current)
+        if mode is PathMode.DIRECT and over_ipv6(reporter, peer) and (word is None or word.family != 4):
+            # IPv6 failed: IPv4 next, direct where its rule allows, before the relay.
+            if ipv4_rule(reporter, peer)[0] is PathMode.DIRECT:
+                tries = word.tries if word is not None else 0
+                over4 = PairWord(PathMode.DIRECT, f"IPv6 {_failed(failure)}: trying IPv4", now, tries, family=4)
+                self._set(*key, over4, now)
+                return PathReportAnswer(True, over4.seen_from(peer.node_id))
         tries, reason = after_failure(failure, word.tries if word is not None else 0)
         relayed = PairWord(PathMode.RELAY, reason, now, tries, now + retry_delay(tries))
         self._set(*key, relayed, now)
@@ -270,7 +279,15 @@ class PathBook:
 
 
 def _due_at(word: PairWord) -> float:
-    """When a word is next looked at: its retry, or when it is forgotten."""
+    """When a word is next looked at: its retry, or when it is forgotten.
+    An IPv4 word stays while the facts do (they reset it): forgetting it
+    would send the pair back to the IPv6 path that failed, and stall it."""
     if word.mode is PathMode.RELAY and word.retry_at is not None:
         return word.retry_at
+    if word.family == 4:
+        return float("inf")
     return word.since + FORGET_AFTER
+
+
+def _failed(failure: PathFailure) -> str:
+    return "gave no handshake" if failure is PathFailure.NO_PROOF else "stopped working"

@@ -27,7 +27,7 @@ DEFAULT_OFFLINE_AFTER = 90.0
 DEFAULT_EXPIRE_AFTER = 24 * 3600.0
 # What a peer's path to a node depends on (wire.protocol.paths): when one
 # changes, whatever was concluded about reaching the node is stale.
-PATH_FACTS = ("public_ip", "port", "nat_port", "lan_ip", "nat_type")
+PATH_FACTS = ("public_ip", "port", "nat_port", "lan_ip", "nat_type", "public_ip6")
 
 
 def _inside(address: str, network: ipaddress.IPv6Network) -> bool:
@@ -219,6 +219,8 @@ class Registry:
         view = record.peer_view(self.is_online(record.node_id), now)
         if record.vpn_ip6:
             view["vpn_ip6"] = record.vpn_ip6
+        if record.public_ip6:
+            view["public_ip6"] = record.public_ip6
         if record.approved_routes:
             primary = self.routes.primary_routes(record.node_id)
             if primary:
@@ -279,6 +281,7 @@ class Registry:
         node_id = registration.node_id
         existing = self._nodes.get(node_id)
         self.check_routes(registration.advertise_routes)
+        self.check_underlay6(registration.public_ip6)
         holder = self._node_by_key.get(registration.wg_public_key)
         if holder is not None and holder != node_id:
             raise RegistryConflict(
@@ -423,6 +426,12 @@ class Registry:
                     "advertise_routes",
                     f"{', '.join(clash)} overlaps the mesh's own subnet {network}; advertise the networks beside it",
                 )
+
+    def check_underlay6(self, address: str | None) -> None:
+        """ProtocolError for an IPv6 underlay address inside the mesh: peers
+        would send the node's tunnel into its own tunnel."""
+        if address and any(ipaddress.ip_address(address) in network for network in self.mesh_networks()):
+            raise ProtocolError("public_ip6", f"{address} is inside the mesh's own prefix; give the host's underlay address")
 
     def mesh_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The mesh's own subnet, and its IPv6 prefix when it has one."""

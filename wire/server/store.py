@@ -38,6 +38,11 @@ Schema 8 adds IPv6 mesh addresses: ``nodes.vpn_ip6`` (unique when set),
 and the mesh's IPv6 prefix kept in ``meta`` under ``subnet6``
 (:mod:`wire.server.meshprefix`). Older databases gain the column, empty,
 when opened; their nodes get addresses as the registry loads them.
+
+Schema 9 adds a node's own IPv6 underlay address (``nodes.public_ip6``,
+"" for none), where peers with IPv6 reach it directly, and
+``pair_paths.family`` (4: the pair's direct word is over IPv4 only, as
+IPv6 failed). Older databases gain the columns when opened.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from zope.interface import Interface, implementer
 from wire.protocol import PathMode
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,7 +79,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     tags TEXT NOT NULL DEFAULT '',
     advertised_routes TEXT NOT NULL DEFAULT '',
     approved_routes TEXT NOT NULL DEFAULT '',
-    vpn_ip6 TEXT NOT NULL DEFAULT ''
+    vpn_ip6 TEXT NOT NULL DEFAULT '',
+    public_ip6 TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS join_keys (
     key_id TEXT PRIMARY KEY,
@@ -102,6 +108,7 @@ CREATE TABLE IF NOT EXISTS pair_paths (
     since REAL NOT NULL,
     tries INTEGER NOT NULL,
     retry_at REAL,
+    family INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (lo, hi)
 );
 CREATE TABLE IF NOT EXISTS policies (
@@ -201,13 +208,13 @@ class SQLiteStore:
 
     def load_pairs(self) -> list[tuple[str, str, PairWord]]:
         try:
-            rows = self._db.execute("SELECT lo, hi, mode, reason, since, tries, retry_at FROM pair_paths").fetchall()
+            rows = self._db.execute("SELECT lo, hi, mode, reason, since, tries, retry_at, family FROM pair_paths").fetchall()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot read pair paths from {self.path}: {e}") from e
         words = []
-        for lo, hi, mode, reason, since, tries, retry_at in rows:
+        for lo, hi, mode, reason, since, tries, retry_at, family in rows:
             try:
-                words.append((lo, hi, PairWord(PathMode(mode), reason, since, tries, retry_at)))
+                words.append((lo, hi, PairWord(PathMode(mode), reason, since, tries, retry_at, 4 if family == 4 else 0)))
             except ValueError:
                 # A mode this version does not know: the pair goes back to the rule.
                 self.log.warn("pair {lo} {hi}: unknown path mode {mode!r} dropped", lo=lo, hi=hi, mode=mode)
@@ -278,9 +285,9 @@ class SQLiteStore:
                 "DELETE FROM pair_paths WHERE lo = ? AND hi = ?", [key for key, w in pairs.items() if w is None]
             )
             self._db.executemany(
-                "INSERT OR REPLACE INTO pair_paths (lo, hi, mode, reason, since, tries, retry_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*key, str(w.mode), w.reason, w.since, w.tries, w.retry_at) for key, w in pairs.items() if w is not None],
+                "INSERT OR REPLACE INTO pair_paths (lo, hi, mode, reason, since, tries, retry_at, family) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*key, str(w.mode), w.reason, w.since, w.tries, w.retry_at, w.family) for key, w in pairs.items() if w is not None],
             )
         # Only what was written is clean; a record changed since stays dirty.
         for node_id, record in dirty.items():
@@ -363,7 +370,9 @@ _ADDED_COLUMNS = {
         ("advertised_routes", "TEXT NOT NULL DEFAULT ''"),
         ("approved_routes", "TEXT NOT NULL DEFAULT ''"),
         ("vpn_ip6", "TEXT NOT NULL DEFAULT ''"),
+        ("public_ip6", "TEXT NOT NULL DEFAULT ''"),
     ),
+    "pair_paths": (("family", "INTEGER NOT NULL DEFAULT 0"),),
     "join_keys": (("tags", "TEXT NOT NULL DEFAULT ''"), ("ephemeral_after", "REAL NOT NULL DEFAULT 0")),
 }
 
