@@ -70,3 +70,83 @@ class Ipv6LabTests(unittest.TestCase):
         left = await mesh.lab.run("beta", ["ip", "-6", "-o", "addr", "show"])
         self.assertNotIn(v6["beta"].encode(), left.stdout)
         self.assertNotIn(interface.encode(), left.stdout)
+
+
+class Ipv6UnderlayLabTests(unittest.TestCase):
+    """A dual-stack underlay: IPv4 behind hard NATs, IPv6 routed behind stateful firewalls."""
+
+    timeout = 300
+    skip = lab_unavailable()
+
+    async def test_two_nodes_behind_hard_nats_connect_directly_over_ipv6(self):
+        mesh = MeshLab(reactor, ProcessRunner(reactor), ipv6=True)
+        self.addCleanup(mesh.teardown)
+        await mesh.setup()
+        await mesh.lab.add_router("home", nat="hard")
+        await mesh.lab.add_router("office", nat="hard")
+        await mesh.add_host("alpha", router="home")
+        await mesh.add_host("beta", router="office")
+        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("alpha", "beta")])
+        own6 = {name: mesh.lab.addresses6[name] for name in ("alpha", "beta")}
+        keys = {}
+
+        async def direct_over_ipv6() -> bool:
+            """Both daemons show a proven direct path, and both WireGuards send to the other's IPv6 address."""
+            for me, peer in (("alpha", "beta"), ("beta", "alpha")):
+                status = await mesh.status(me)
+                (entry,) = [n for n in status["nodes"] if n["node_name"] == peer]
+                keys[peer] = entry
+                if (entry["path"], entry.get("path_phase"), entry.get("endpoint_kind")) != ("direct", "working", "ipv6"):
+                    return False
+                shown = await mesh.lab.run(me, ["wg", "show", mesh.nodes[me].interface, "endpoints"], timeout=10)
+                if f"[{own6[peer]}]:".encode() not in shown.stdout:
+                    return False
+            return True
+
+        # With IPv4 alone these two would be relayed (hard NAT on both sides).
+        await eventually(direct_over_ipv6, timeout=60, step=1.0, what=f"alpha and beta direct over IPv6 ({keys})")
+        self.assertIn("both have IPv6", keys["alpha"]["path_reason"])
+        # The tunnel carries traffic: over IPv4 and IPv6 mesh addresses.
+        beta = mesh.nodes["beta"]
+        for args in (["ping", "-c3", "-W2", "-n", "-q", beta.vpn_ip],):
+            result = await mesh.lab.run("alpha", args, timeout=20)
+            self.assertEqual(result.rc, 0, result.stdout + result.stderr)
+        beta6 = json.loads((await mesh.cli("beta", "ip", "-6", "--json")).stdout)["vpn_ip6"]
+        result = await mesh.lab.run("alpha", ["ping", "-6", "-c3", "-W2", "-n", "-q", beta6], timeout=20)
+        self.assertEqual(result.rc, 0, result.stdout + result.stderr)
+        # wire explain tells why.
+        explained = json.loads((await mesh.cli("alpha", "explain", "beta", "--json")).stdout)
+        self.assertEqual(explained["endpoint_kind"], "ipv6", explained)
+        self.assertTrue(any("both have IPv6" in r for r in explained["reasons"]), explained["reasons"])
+        # The server relays nothing for them.
+        server = await mesh.status("alpha")
+        self.assertTrue(all(n.get("path") != "relay" for n in server["nodes"] if not n["this_node"]), server)
+
+    async def test_a_pair_whose_ipv6_is_blocked_falls_back_to_ipv4_direct(self):
+        mesh = MeshLab(reactor, ProcessRunner(reactor), ipv6=True)
+        self.addCleanup(mesh.teardown)
+        await mesh.setup()
+        await mesh.lab.add_router("home", nat="easy")
+        await mesh.lab.add_router("office", nat="easy")
+        # A broken IPv6 path: the home router drops every UDP datagram over IPv6.
+        block = ["nft", "insert", "rule", "ip6", "wire_lab6", "forward", "meta", "l4proto", "udp", "drop"]
+        (await mesh.lab.run("home", block, timeout=10)).check()
+        await mesh.add_host("alpha", router="home")
+        await mesh.add_host("beta", router="office")
+        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("alpha", "beta")])
+        seen = {}
+
+        async def direct_over_ipv4() -> bool:
+            for me, peer in (("alpha", "beta"), ("beta", "alpha")):
+                status = await mesh.status(me)
+                (entry,) = [n for n in status["nodes"] if n["node_name"] == peer]
+                seen[me] = entry
+                if (entry["path"], entry.get("path_phase"), entry.get("endpoint_kind")) != ("direct", "working", "public"):
+                    return False
+            return True
+
+        # IPv6 is tried first (15 s to prove itself), then IPv4, not the relay.
+        await eventually(direct_over_ipv4, timeout=90, step=1.0, what=f"the pair direct over IPv4 ({seen})")
+        self.assertIn("IPv6 gave no handshake: trying IPv4", seen["alpha"]["path_reason"])
+        result = await mesh.lab.run("alpha", ["ping", "-c3", "-W2", "-n", "-q", mesh.nodes["beta"].vpn_ip], timeout=20)
+        self.assertEqual(result.rc, 0, result.stdout + result.stderr)

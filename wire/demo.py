@@ -57,7 +57,14 @@ class MeshNode:
 class MeshLab:
     """A lab with a running wire server and nodes that joined through ``wire up``."""
 
-    def __init__(self, reactor, runner: IProcessRunner, open_server: bool = False, server_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        reactor,
+        runner: IProcessRunner,
+        open_server: bool = False,
+        server_args: tuple[str, ...] = (),
+        ipv6: bool = False,
+    ):
         self.reactor = reactor
         self.runner = runner
         # More wire-server options (a test's --offline-after, say).
@@ -66,7 +73,7 @@ class MeshLab:
         # open_server runs it the seed's way (--open, plain HTTP).
         self.open_server = open_server
         self.join_token = ""
-        self.lab = Lab(runner)
+        self.lab = Lab(runner, ipv6=ipv6)  # ipv6: a dual-stack underlay (wire.lab)
         self.nodes: dict[str, MeshNode] = {}
         self.server: IRunningProcess | None = None
         self._workdir = tempfile.mkdtemp(prefix="wire-lab-")

@@ -15,6 +15,14 @@ namespaces whose names carry a random per-run prefix:
   comes in that is not part of a flow from inside;
 - NAT nodes: hosts on a router's LAN, routed through it.
 
+With ``ipv6=True`` the world is dual-stack, as most home networks are now:
+the internet namespace routes 2001:db8::/32 (the documentation prefix,
+never routed on the real internet), public hosts sit on 2001:db8:ffff::/64,
+and each router gives its LAN a routed /64 (2001:db8:N::/64) with no NAT,
+behind a stateful firewall that forwards what comes in only as part of a
+flow from inside (what home routers do: two hosts behind two of them reach
+each other only by sending to each other at once, as WireGuard does).
+
 Every command is an argument list run through an IProcessRunner, inside one
 of the lab's namespaces (veth pairs are created directly in their target
 namespaces): the host's own interfaces, routes and ruleset are never touched.
@@ -31,7 +39,7 @@ import secrets
 import shutil
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from types import TracebackType
 
 from twisted.internet.defer import gatherResults
@@ -42,6 +50,9 @@ from wire.runner import CommandError, CommandNotFound, IProcessRunner, IRunningP
 log = Logger()
 
 PUBLIC_NETWORK = IPv4Network("198.18.0.0/15")
+# With ipv6=True: the public hosts' segment, and LAN N's prefix.
+PUBLIC_NETWORK6 = IPv6Network("2001:db8:ffff::/64")
+LAN6 = "2001:db8:{number:x}::/64"
 _MAX_INTERFACE_NAME = 15  # IFNAMSIZ - 1
 _HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}\Z")
 # wireguard-go keeps its UAPI sockets here, shared by every namespace.
@@ -145,6 +156,21 @@ table ip wire_lab {{
 """
 
 
+def firewall6_ruleset(wan: str, lan: str) -> str:
+    """A home router's IPv6 firewall: routed, not translated; from outside,
+    only what belongs to a flow from inside (and ICMPv6, which IPv6 needs)."""
+    return f"""\
+table ip6 wire_lab6 {{
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        iifname "{lan}" oifname "{wan}" accept
+        ct state established,related accept
+        meta l4proto ipv6-icmp accept
+    }}
+}}
+"""
+
+
 def lab_resolv_conf(namespace: str, nameserver: str) -> str:
     return f"# wire lab: {namespace}'s own resolv.conf (the host's is never touched)\nnameserver {nameserver}\n"
 
@@ -216,8 +242,14 @@ class Lab:
     Call check_requirements() first to turn a missing tool into a clear error.
     """
 
-    def __init__(self, runner: IProcessRunner, *, stop_timeout: float = 5.0, etc_netns: str = ETC_NETNS) -> None:
+    def __init__(
+        self, runner: IProcessRunner, *, stop_timeout: float = 5.0, etc_netns: str = ETC_NETNS, ipv6: bool = False
+    ) -> None:
         self.prefix = _new_prefix()
+        # Dual-stack (see the module's docstring): every host's IPv6 address by name.
+        self.ipv6 = ipv6
+        self.addresses6: dict[str, str] = {}
+        self._public_addresses6 = PUBLIC_NETWORK6.hosts()
         self.hosts: dict[str, Host] = {}
         self._runner = runner
         self._stop_timeout = stop_timeout
@@ -228,6 +260,8 @@ class Lab:
         self._public_addresses = PUBLIC_NETWORK.hosts()
         self._lan_numbers = itertools.count(1)
         self._lan_addresses: dict[str, Iterator[IPv4Address]] = {}
+        self._lan_addresses6: dict[str, Iterator] = {}
+        self._lan_gateways6: dict[str, str] = {}
         # The nameserver every host's resolv.conf names: the internet host's
         # address (a test may run a resolver there); where those files live.
         self.resolver_address = str(next(PUBLIC_NETWORK.hosts()))
@@ -257,6 +291,15 @@ class Lab:
         address = self._next_public_address()
         bridge = self._link(claim.index, "b")
         await self._run_steps(bridge_steps(claim.namespace, bridge, address))
+        if self.ipv6:
+            # The internet routes between the public segment and the routers' LANs.
+            self.addresses6["internet"] = str(next(self._public_addresses6))
+            await self._run_steps(
+                [
+                    Step(("ip", "netns", "exec", claim.namespace, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")),
+                    _address6_step(claim.namespace, bridge, self.addresses6["internet"], PUBLIC_NETWORK6.prefixlen),
+                ]
+            )
         self._announce(
             Host(
                 name="internet",
@@ -289,6 +332,8 @@ class Lab:
         await self._run_steps(bridge_steps(claim.namespace, bridge, lan_address))
         await self._run_steps(router_steps(claim.namespace, nat, wan, bridge))
         self._lan_addresses[name] = lan_addresses
+        if self.ipv6:
+            await self._route_lan6(claim.namespace, name, number, wan, bridge)
         return self._announce(
             Host(
                 name=name,
@@ -302,6 +347,24 @@ class Lab:
                 lan_network=str(lan),
                 nat=nat,
             )
+        )
+
+    async def _route_lan6(self, namespace: str, name: str, number: int, wan: str, bridge: str) -> None:
+        """A router's IPv6 side: its LAN's /64 routed through it, behind its firewall."""
+        lan6 = IPv6Network(LAN6.format(number=number))
+        hosts6 = lan6.hosts()
+        own = str(next(hosts6))
+        self._lan_addresses6[name] = hosts6
+        self._lan_gateways6[name] = own
+        wan6 = self.addresses6[name]
+        await self._run_steps(
+            [
+                Step(("ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")),
+                _address6_step(namespace, bridge, own, lan6.prefixlen),
+                Step(("ip", "netns", "exec", namespace, "nft", "-f", "-"), firewall6_ruleset(wan, bridge).encode()),
+                # The internet knows the LAN is behind this router.
+                Step(("ip", "-n", self.hosts["internet"].namespace, "-6", "route", "add", str(lan6), "via", wan6)),
+            ]
         )
 
     async def rebind_nat(self, router: str, low_port: int, high_port: int) -> None:
@@ -336,6 +399,9 @@ class Lab:
         claim = self._claim(name)
         address = self._next_lan_address(router, IPv4Network(gateway.lan_network))
         uplink = await self._plug(claim, gateway.namespace, gateway.lan_interface, address, gateway.lan_address)
+        if self.ipv6:
+            address6 = next(self._lan_addresses6[router])
+            await self._give_address6(name, claim.namespace, uplink, str(address6), 64, self._lan_gateways6[router])
         return self._announce(
             Host(
                 name=name,
@@ -403,6 +469,7 @@ class Lab:
         self._remove_resolv_confs()
         self._namespaces.clear()
         self.hosts.clear()
+        self.addresses6.clear()
         self._names.clear()
 
     # -- building ----------------------------------------------------------
@@ -430,7 +497,21 @@ class Lab:
         assert internet.address is not None
         address = self._next_public_address()
         uplink = await self._plug(claim, internet.namespace, internet.uplink, address, internet.address)
+        if self.ipv6:
+            address6 = str(next(self._public_addresses6))
+            await self._give_address6(
+                claim.name, claim.namespace, uplink, address6, PUBLIC_NETWORK6.prefixlen, self.addresses6["internet"]
+            )
         return address, uplink
+
+    async def _give_address6(self, name: str, namespace: str, device: str, address: str, prefixlen: int, gateway: str) -> None:
+        self.addresses6[name] = address
+        await self._run_steps(
+            [
+                _address6_step(namespace, device, address, prefixlen),
+                Step(("ip", "-n", namespace, "-6", "route", "add", "default", "via", gateway)),
+            ]
+        )
 
     async def _plug(self, claim: _Claim, upstream: str, bridge: str, address: IPv4Interface, gateway: str) -> str:
         """A claimed host's namespace, plugged into ``bridge`` in ``upstream``; returns its uplink."""
@@ -450,7 +531,7 @@ class Lab:
         if name in self._names:
             raise LabError(f"the lab already has a host named {name!r}")
         self._names.add(name)
-        claim = _Claim(next(self._indices), f"{self.prefix}-{name}")
+        claim = _Claim(next(self._indices), f"{self.prefix}-{name}", name)
         self._namespaces.append(claim.namespace)
         self._give_own_resolv_conf(claim.namespace)
         return claim
@@ -576,10 +657,16 @@ class Lab:
             log.warn("lab teardown: could not {what}: {error}", what=what, error=e)
 
 
+def _address6_step(namespace: str, device: str, address: str, prefixlen: int) -> Step:
+    # nodad: usable at once (duplicate detection would hold it for a second or more).
+    return Step(("ip", "-n", namespace, "-6", "addr", "add", str(IPv6Interface(f"{address}/{prefixlen}")), "dev", device, "nodad"))
+
+
 @dataclass(frozen=True)
 class _Claim:
     index: int
     namespace: str
+    name: str = ""
 
 
 def _new_prefix() -> str:

@@ -38,7 +38,8 @@ def control_socket_path(config_dir: str) -> str:
 def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = ()) -> str:
     """What a WireGuard endpoint is: "relay-shim" (one of this node's relay
     shim sessions, ``shims``, or another loopback address that is not the
-    peer's own), "lan" (the peer's LAN address), "public", or "none"."""
+    peer's own), "lan" (the peer's LAN address), "ipv6" (its IPv6 underlay
+    address), "public", or "none"."""
     if not endpoint:
         return "none"
     if endpoint in shims:
@@ -48,6 +49,8 @@ def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = ())
         return "public"  # a node with a public address has it as its LAN address too
     if peer.lan_ip and host == peer.lan_ip:
         return "lan"
+    if peer.public_ip6 and host == peer.public_ip6:
+        return "ipv6"
     return "relay-shim" if is_shim_endpoint(endpoint) else "public"
 
 
@@ -155,6 +158,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
             "vpn_ip6": config.vpn_ip6,
             "vpn_subnet6": config.vpn_subnet6,
             "public_ip": contact.public_ip,
+            "public_ip6": daemon.me().public_ip6,
             "listen_port": config.listen_port,
             "nat_type": daemon.nat.nat_type if daemon.nat else "unknown",
             "nat_port": daemon.nat.mapped.port if daemon.nat else None,

@@ -77,7 +77,7 @@ def explain_path(
     else:
         reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
         suggestions = []
-    expected, kind = _expected_endpoint(record, me.get("public_ip", ""))
+    expected, kind = _expected_endpoint(record, me.get("public_ip", ""), me.get("public_ip6", ""))
     if path == "relay" or wg.get("mode") == "relay":
         endpoint = wg.get("endpoint")
         why = wg.get("why") or wg.get("reason", "")
@@ -134,9 +134,9 @@ def explain_path(
     }
 
 
-def _expected_endpoint(record: dict | None, my_public_ip: str) -> tuple[str | None, str]:
+def _expected_endpoint(record: dict | None, my_public_ip: str, my_public_ip6: str = "") -> tuple[str | None, str]:
     """The endpoint the daemon gives WireGuard (the daemon's own rule), and
-    whether it is the peer's "lan" or "public" address."""
+    whether it is the peer's "lan", "ipv6" or "public" address."""
     if record is None:
         return None, "unknown"
     try:
@@ -144,6 +144,8 @@ def _expected_endpoint(record: dict | None, my_public_ip: str) -> tuple[str | No
     except ProtocolError:
         return None, "unknown"
     lan = bool(view.lan_ip and view.public_ip == my_public_ip)
+    if not lan and view.public_ip6 and my_public_ip6 and view.public_ip6 != my_public_ip6:
+        return f"[{view.public_ip6}]:{view.port}", "ipv6"
     endpoint = endpoint_for(view, PathMode.LAN if lan else PathMode.DIRECT)
     if endpoint is None:
         return None, "none"
@@ -156,6 +158,13 @@ def _endpoint_reasons(name: str, record: dict | None, me: dict, expected: str | 
         reasons = [
             f"{name} has the same public IP as this node ({my_ip}): both are behind one NAT, so WireGuard uses "
             f"its LAN address {expected} (hairpinning through the shared router often fails)"
+        ]
+    elif kind == "ipv6":
+        assert record is not None  # _expected_endpoint calls only a record's endpoint "ipv6"
+        reasons = [
+            f"{name} ({record.get('public_ip6')}) and this node ({me.get('public_ip6')}) both have IPv6: WireGuard sends "
+            f"to {name}'s own IPv6 address, {expected}, with no NAT on the way (firewalls on either side let it through, "
+            "since both send at once); if IPv6 fails the pair falls back to IPv4"
         ]
     elif kind == "public":
         assert record is not None  # _expected_endpoint calls only a record's endpoint "public"

@@ -163,6 +163,7 @@ def _last_known_status(ctx: Context, config: NodeConfig | None, server_url: str,
             "vpn_ip": me.get("vpn_ip") or "",
             "vpn_ip6": me.get("vpn_ip6") or "",
             "public_ip": me.get("public_ip") or "",
+            "public_ip6": me.get("public_ip6") or "",
             "status": "online",  # its daemon runs: that is what online means for this node
             "this_node": True,
         }
