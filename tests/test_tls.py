@@ -354,9 +354,25 @@ class EndpointTests(unittest.TestCase):
         return _api_endpoint(options, MemoryReactorClock())
 
     def test_the_api_listens_through_tls(self):
-        endpoint, fingerprint = self.endpoint()
+        endpoint, endpoint6, fingerprint = self.endpoint()
         self.assertIsInstance(endpoint, TLSServerEndpoint)
+        self.assertIsNone(endpoint6, "an --interface is the one address listened on")
         self.assertEqual(len(fingerprint), 64)
-        endpoint, fingerprint = self.endpoint("--plain-http")
+        endpoint, endpoint6, fingerprint = self.endpoint("--plain-http")
         self.assertIsInstance(endpoint, TCP4ServerEndpoint)
         self.assertEqual(fingerprint, "")
+
+    def test_on_every_address_the_api_listens_on_ipv6_too_through_the_same_tls(self):
+        from wire.server.listening import TCP6OnlyServerEndpoint
+
+        data_dir = tempfile.mkdtemp(prefix="wire-tls-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        options = Options()
+        options.parseOptions(["--port", "18787", "--data-dir", data_dir, "--public-url", "https://198.51.100.1:18787"])
+        endpoint, endpoint6, fingerprint = _api_endpoint(options, MemoryReactorClock())
+        self.assertIsInstance(endpoint6, TLSServerEndpoint)
+        self.assertIsInstance(endpoint6._endpoint, TCP6OnlyServerEndpoint)
+        self.assertIs(endpoint6._context, endpoint._context, "one certificate for both")
+        options = Options()
+        options.parseOptions(["--port", "18787", "--data-dir", data_dir, "--plain-http", "--public-url", "http://198.51.100.1:18787"])
+        self.assertIsInstance(_api_endpoint(options, MemoryReactorClock())[1], TCP6OnlyServerEndpoint)

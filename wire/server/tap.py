@@ -40,7 +40,7 @@ from wire.urls import is_loopback_url
 
 log = Logger()
 from wire.server.firstjoin import first_join_notes, loopback_warning, write_first_join
-from wire.server.listening import Listening, ListeningUDP, StartFailure
+from wire.server.listening import AlsoOnIPv6, AlsoOnIPv6UDP, Listening, ListeningUDP, StartFailure, TCP6OnlyServerEndpoint
 from wire.server.options import (
     Options,
 )
@@ -240,7 +240,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     server = CoordinationServer(coordinator, lock_file, foreground=twistd is None or bool(twistd["nodaemon"]))
     port, interface, data_dir = config["port"], config["interface"], config["data-dir"]
     try:
-        endpoint, fingerprint = _api_endpoint(config, reactor)
+        endpoint, endpoint6, fingerprint = _api_endpoint(config, reactor)
     except TLSConfigError as e:
         raise SystemExit(f"wire-server: {e}")
     rules = ClientRules(
@@ -257,6 +257,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         uncapped=lambda host: is_trusted(host, rules.trusted_proxies),
     )
     Listening(endpoint, guarded, f"TCP port {port}{where}").setServiceParent(server)
+    if endpoint6 is not None:
+        AlsoOnIPv6(endpoint6, guarded, f"TCP port {port}").setServiceParent(server)
     if coordinator.authority is not None:
         admin = Admin(coordinator, config["public-url"], fingerprint)
         admin_path = admin_socket_path(data_dir)
@@ -272,6 +274,10 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit)
         what = f"UDP port {udp_port}{where} ({job}, --port + {udp_port - port})"
         ListeningUDP(udp_port, protocol, interface, reactor, what).setServiceParent(server)
+        if not interface:
+            # STUN only: a relay session's two sides are told the IPv4 port.
+            stun6 = StunServerProtocol(reactor, observe=observe, admit=admit)
+            AlsoOnIPv6UDP(udp_port, stun6, reactor, f"UDP port {udp_port} (STUN)").setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
     if policy_file is not None:
         server.when_listening.append(lambda: policy_file.reload_on_sighup(reactor))
@@ -314,17 +320,20 @@ def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> No
 
 
 def _api_endpoint(config: Options, reactor):
-    """The HTTP(S) endpoint, and the certificate fingerprint for join tokens
-    ("" when nodes should verify a CA-signed certificate by hostname)."""
+    """The HTTP(S) endpoint, the same on IPv6 when the server listens on
+    every address (None otherwise), and the certificate fingerprint for
+    join tokens ("" when nodes should verify a CA-signed certificate by hostname)."""
     port, interface = config["port"], config["interface"]
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     tcp = endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
+    tcp6 = None if interface else TCP6OnlyServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG)
     if not config["tls"]:
-        return tcp, ""
+        return tcp, tcp6, ""
     if config["tls-cert"]:
         cert_path, key_path = config["tls-cert"], config["tls-key"]
         fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
     else:
         cert_path, key_path = ensure_self_signed(config["data-dir"])
         fingerprint = read_fingerprint(cert_path)
-    return TLSServerEndpoint(tcp, server_context(cert_path, key_path)), fingerprint
+    context = server_context(cert_path, key_path)
+    return TLSServerEndpoint(tcp, context), tcp6 and TLSServerEndpoint(tcp6, context), fingerprint
