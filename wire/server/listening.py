@@ -10,7 +10,9 @@ from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import Service
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 log = Logger()
 # What binding "::" says on a host without IPv6 (disabled, or no such family).
@@ -85,6 +87,7 @@ def ipv6_only_socket(kind: int, port: int, backlog: int = 0) -> socket.socket:
     return sock
 
 
+@implementer(IStreamServerEndpoint)
 class TCP6OnlyServerEndpoint:
     """``TCP6ServerEndpoint`` on "::", for IPv6 alone (see :func:`ipv6_only_socket`)."""
 
