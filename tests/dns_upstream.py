@@ -1,5 +1,6 @@
 """A tiny authoritative DNS server for lab tests: answers A records it is
-given and NXDOMAIN for everything else, on UDP and TCP.
+given and NXDOMAIN for everything else, on UDP and TCP; it prints
+"query from ADDRESS" for each query, so a test can tell which way it came.
 
     python tests/dns_upstream.py ADDRESS PORT NAME=IP [NAME=IP ...]
 
@@ -31,10 +32,17 @@ class Fixed(ResolverBase):
         return defer.succeed(([record], [], []))
 
 
+class Telling(server.DNSServerFactory):
+    def handleQuery(self, message, protocol, address):
+        source = address[0] if address else protocol.transport.getPeer().host
+        print(f"query from {source}", flush=True)
+        return super().handleQuery(message, protocol, address)
+
+
 def main(argv: list[str]) -> None:
     address, port = argv[0], int(argv[1])
     addresses = dict(item.split("=", 1) for item in argv[2:])
-    factory = server.DNSServerFactory(authorities=[Fixed(addresses)])
+    factory = Telling(authorities=[Fixed(addresses)])
     reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface=address)
     reactor.listenTCP(port, factory, interface=address)
     print(f"dns upstream on {address}:{port}: {addresses}", flush=True)

@@ -291,6 +291,24 @@ class ServerTests(TestCase):
         self.assertEqual(reply.answers[0].payload.dottedQuad(), "198.51.100.1")
         self.assertEqual(machine.asked, [])
 
+    async def test_the_exit_nodes_resolver_answers_beyond_the_mesh_while_it_is_in_use(self) -> None:
+        machine, machine_address = self.start_upstream({b"example.com": "192.0.2.1"}, "machine")
+        exit_dns, exit_address = self.start_upstream({b"example.com": "203.0.113.7"}, "exit")
+        mesh = await self.start_mesh(upstream=[machine_address])
+        resolver = self.client(mesh)
+        mesh.set_exit_resolver(exit_address)
+        reply = await resolver.queryUDP([dns.Query(b"example.com", dns.A)])
+        self.assertEqual(reply.answers[0].payload.dottedQuad(), "203.0.113.7")
+        self.assertEqual(machine.asked, [], "the local network sees no question")
+        # The mesh's own names are still answered here.
+        own = await resolver.queryUDP([dns.Query(b"web1.wire.internal", dns.A)])
+        self.assertEqual(own.answers[0].payload.dottedQuad(), "10.99.0.1")
+        self.assertEqual(exit_dns.asked, [b"example.com"])
+        # No exit any more: the machine's resolver again.
+        mesh.set_exit_resolver("")
+        reply = await resolver.queryUDP([dns.Query(b"example.com", dns.A)])
+        self.assertEqual((reply.answers[0].payload.dottedQuad(), machine.asked), ("192.0.2.1", [b"example.com"]))
+
     async def test_large_upstream_answer_comes_over_tcp_from_it_and_to_us(self) -> None:
         world, world_address = self.start_upstream({}, "world")
         mesh = await self.start_mesh(upstream=[world_address])

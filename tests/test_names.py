@@ -58,6 +58,9 @@ class FakeServer:
     def set_machine_upstream(self, upstream):
         self.machine_upstream = tuple(upstream)
 
+    def set_exit_resolver(self, address):
+        self.exit_resolver = address
+
     fail_next: str | None = None
 
 
@@ -236,7 +239,7 @@ class DaemonCarriesNamesTests(unittest.TestCase):
             async def prepare(self):
                 test.followed.append("prepare")
 
-            async def follow(self, config, vpn_ip, subnet, own_name, peers, *, vpn_ip6="", subnet6=""):
+            async def follow(self, config, vpn_ip, subnet, own_name, peers, *, vpn_ip6="", subnet6="", exit_resolver=""):
                 test.followed.append((config, vpn_ip, own_name, sorted(peers)))
                 test.followed6 = (vpn_ip6, subnet6)
 

@@ -11,6 +11,7 @@ route, rule or table behind.
 
 from __future__ import annotations
 
+import json
 import sys
 
 from twisted.internet import reactor
@@ -18,6 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.trial import unittest
 
+from tests.test_dns_lab import ASK, UPSTREAM
 from tests.test_e2e import eventually, lab_unavailable
 from wire.admin_ops import AdminOps
 from wire.demo import MeshLab
@@ -110,6 +112,10 @@ class RoutesLabTests(unittest.TestCase):
             await mesh.add_host(name)
         # "web" is a host on the internet with no wire: it tells who connected.
         lab.start("web", [sys.executable, "-c", WHO], log_prefix="web")
+        # The resolver the lab's hosts had before wire: the mesh DNS forwards to it.
+        upstream = lab.start(
+            "internet", [sys.executable, UPSTREAM, lab.resolver_address, "53", "example.test=203.0.113.80"], log_prefix="upstream"
+        )
         web, client, exit_address = (lab.hosts[n].address for n in ("web", "client", "exit1"))
         assert web is not None
         await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("exit1", "client")])
@@ -136,6 +142,14 @@ class RoutesLabTests(unittest.TestCase):
                                           "print(urllib.request.urlopen(sys.argv[1], context=ssl._create_unverified_context(), timeout=3).status)",
                                           mesh.server_url + "/health"], timeout=15)
         self.assertEqual(health.stdout.strip(), b"200", health.stderr)
+        # DNS keeps working through the exit: the mesh DNS forwards the
+        # client's question, and it reaches the upstream from exit1.
+        client_dns = mesh.nodes["client"].vpn_ip
+        asked = await lab.run("client", [sys.executable, "-c", ASK, client_dns, "example.test/A"], timeout=20)
+        (answer,) = json.loads(asked.stdout)
+        self.assertEqual((answer["rcode"], answer["answers"]), (0, ["203.0.113.80"]), asked.stderr)
+        self.assertIn(f"query from {exit_address}", upstream.tail, f"the question left through the exit: {upstream.tail}")
+        self.assertNotIn(f"query from {client}", upstream.tail)
 
         # No exit again: straight out.
         await self.wire_set(mesh, "client", "--exit-node=")

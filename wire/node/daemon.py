@@ -742,6 +742,8 @@ class NodeDaemon(Service):
             routing.settings_changed()
             await routing.advertise()
         await self.reconciler.reconcile()
+        if "exit_node" in changes:
+            await self._follow_names()  # the exit's resolver answers beyond the mesh, or no longer
         return settings_of(self.config)
 
     def _exit_node_id(self, name: str) -> str:
@@ -907,6 +909,7 @@ class NodeDaemon(Service):
                 ((peer.node_name, mesh_addresses(peer)) for peer in self.netmap.peers.values()),
                 vpn_ip6=config.vpn_ip6,
                 subnet6=config.vpn_subnet6 if config.vpn_ip6 else "",
+                exit_resolver=self._exit_resolver(),
             )
         except CancelledError:
             raise
@@ -914,6 +917,15 @@ class NodeDaemon(Service):
             self.failures.failed("mesh DNS")
         else:
             self.failures.worked("mesh DNS")
+
+    def _exit_resolver(self) -> str:
+        """The mesh DNS of the exit node in use ("" for none): names beyond
+        the mesh are asked there, through the tunnel, so the local network
+        sees no DNS (its resolver may not even be reachable through the exit)."""
+        routing = self.reconciler.routing
+        exit_id = routing.exit_in_use() if routing is not None else None
+        peer = self.netmap.peers.get(exit_id) if exit_id else None
+        return peer.vpn_ip if peer is not None else ""
 
     async def _heartbeat_once(self) -> None:
         try:

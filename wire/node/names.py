@@ -85,10 +85,13 @@ class MeshNames:
         self.os_dns = await self._choose_os(self._runner, self.interface, self._paths, accept_dns=accept)
 
     async def follow(self, config: DnsConfig | None, vpn_ip: str, subnet: str, own_name: str,
-                     peers: Iterable[tuple[str, Addresses]], *, vpn_ip6: str = "", subnet6: str = "") -> None:
+                     peers: Iterable[tuple[str, Addresses]], *, vpn_ip6: str = "", subnet6: str = "",
+                     exit_resolver: str = "") -> None:
         """The netmap changed: answer for these peers (name, VPN address or
         addresses: A and AAAA) and this node (``vpn_ip``, and ``vpn_ip6`` when
-        the mesh has IPv6); start, move or stop the server as the settings say."""
+        the mesh has IPv6); start, move or stop the server as the settings say.
+        ``exit_resolver``: the mesh DNS of the exit node in use, asked for
+        names beyond the mesh instead of the machine's resolvers."""
         self.config = config
         if config is None or not vpn_ip:
             await self.stop()
@@ -101,6 +104,7 @@ class MeshNames:
             problems.append(str(e))
         if self.server is not None:
             own = (vpn_ip, vpn_ip6) if vpn_ip6 else (vpn_ip,)
+            self.server.set_exit_resolver(exit_resolver)
             self.server.update(self._records(config, own, own_name, peers), config, own_name=own_name)
             try:
                 await self._wire_os(vpn_ip, (subnet, subnet6) if subnet6 else (subnet,), config)

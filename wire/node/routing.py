@@ -252,6 +252,10 @@ class NodeRouting:
         self._advertised = None
         self.plan = RoutePlan()
 
+    def exit_in_use(self) -> str | None:
+        """The node id of the exit the default route goes through (None: none)."""
+        return self.plan.exit.peer if self.plan.exit and self._applied is not None else None
+
     def status(self) -> dict:
         plan = self.plan
         config = self._config()

@@ -221,6 +221,7 @@ class MeshDns:
         self.requested_port = port
         self._reverse_networks = tuple(reverse_networks)
         self._machine_upstream = tuple(upstream)
+        self._exit_resolver = ""  # the exit node's mesh DNS, while one is in use
         self._ttl = ttl
         self._serial = 0
         self._config = DnsConfig()
@@ -253,10 +254,19 @@ class MeshDns:
         return zone
 
     def _upstream(self) -> tuple[str, ...]:
-        """The admin's nameservers, else the machine's; never this server itself
-        (the machine's resolver may by now be us: a question would loop)."""
-        chosen = self._config.nameservers or self._machine_upstream
+        """The admin's nameservers, else the exit node's resolver while one is
+        in use (the machine's may sit on the local network the exit hides),
+        else the machine's; never this server itself (the machine's resolver
+        may by now be us: a question would loop)."""
+        exit_resolver = (self._exit_resolver,) if self._exit_resolver else ()
+        chosen = self._config.nameservers or exit_resolver or self._machine_upstream
         return tuple(text for text in chosen if resolver_address(text) != (self.listen_address, self.port))
+
+    def set_exit_resolver(self, address: str) -> None:
+        """The exit node in use changed: its mesh DNS ("" for none)."""
+        if address != self._exit_resolver:
+            self._exit_resolver = address
+            self.resolver.update(self.resolver.zone, self._upstream(), self._config.forward)
 
     def set_machine_upstream(self, upstream: Sequence[str]) -> None:
         """The machine's resolvers changed (the OS integration learnt them anew)."""
