@@ -262,3 +262,68 @@ class ForwardChainTests(unittest.SynchronousTestCase):
     def test_refused(self) -> None:
         self.assertRaises(InvalidRouterConfig, self.text, [LAN], (ForwardRule(("192.168.2.0/24",), sources=("100.64.0.1/32",)),))
         self.assertRaises(InvalidRouterConfig, self.text, [LAN], (ForwardRule((LAN,), peers=("tag:web",)),))
+
+
+class ServerTests(unittest.TestCase):
+    """The coordinator's answers: ``route_filter`` for a router that asks, under a policy."""
+
+    POLICY = json.dumps({
+        "tagOwners": {"tag:web": [], "tag:router": []},
+        "acls": [
+            {"action": "accept", "src": ["tag:web"], "dst": ["192.168.1.10:443"]},
+            {"action": "accept", "src": ["other"], "dst": ["tag:router:22"]},
+        ],
+    })
+
+    def setUp(self):
+        from twisted.internet.defer import Deferred
+
+        from tests.helpers import registration_for
+        from tests.test_policy_server import Mesh
+
+        self.mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("other", ())):
+            self.mesh.enroll(name, *tags)
+        _, secret = self.mesh.authority.create_key(tags=("tag:router",))
+        d = Deferred.fromCoroutine(self.mesh.coordinator.enroll(
+            secret, registration_for("router", advertise_routes=[LAN]), "203.0.113.9"))
+        self.mesh.ids["router"] = self.successResultOf(d)[0].record.node_id
+        self.mesh.admin.approve_route("router", LAN)
+
+    def poll(self, name, holds_route_filter):
+        from wire.protocol import Cursor
+
+        d = self.mesh.coordinator.netmap(str(Cursor("x", 0)), 0, self.mesh.ids[name], holds_route_filter=holds_route_filter)
+        return json.loads(json.dumps(dict(self.successResultOf(d))))
+
+    def test_no_policy_no_route_filter(self):
+        self.assertNotIn("route_filter", self.poll("router", "none"))
+
+    def test_a_router_gets_its_rules_once_and_older_nodes_never(self):
+        from wire.protocol.filter import filter_digest
+
+        self.mesh.admin.set_policy(self.POLICY)
+        answer = self.poll("router", "none")
+        self.assertEqual(answer["route_filter"], [
+            {"destinations": ["192.168.1.10/32"], "peers": ["tag:web"], "ports": [[443, 443]], "rules": [0]},
+        ])
+        # The router's own filter (traffic to it) holds only what reaches it.
+        self.assertEqual([r.get("peers") for r in answer["filter"]], [["other"]])
+        # Web and router see each other; other sees the router (rule 1), not via the LAN rule.
+        self.assertIn(self.mesh.ids["web1"], {u["node_id"] for u in answer["upserts"]})
+        web = self.poll("web1", "none")
+        self.assertIn(self.mesh.ids["router"], {u["node_id"] for u in web["upserts"]})
+        self.assertNotIn("route_filter", web)  # no routes: nothing to say
+        self.assertNotIn("route_filter", self.poll("router", filter_digest(answer["route_filter"])))
+        self.assertNotIn("route_filter", self.poll("router", None))  # a node that never asks
+        # The policy goes: the router is told to forward as before.
+        self.mesh.admin.clear_policy()
+        self.assertIsNone(self.poll("router", filter_digest(answer["route_filter"]))["route_filter"])
+
+    def test_rejecting_the_route_takes_the_router_out_of_view(self):
+        self.mesh.admin.set_policy(self.POLICY)
+        web = self.mesh.ids["web1"]
+        self.assertTrue(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
+        self.mesh.admin.reject_route("router", LAN)
+        self.assertFalse(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
+        self.assertIsNone(self.poll("router", "none").get("route_filter"))
