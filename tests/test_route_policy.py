@@ -327,3 +327,84 @@ class ServerTests(unittest.TestCase):
         self.mesh.admin.reject_route("router", LAN)
         self.assertFalse(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
         self.assertIsNone(self.poll("router", "none").get("route_filter"))
+
+
+class RecordingRouter:
+    def __init__(self):
+        self.applied = []
+
+    async def apply(self, prefixes, *, snat=True, mesh_subnets, forwarding=None):
+        self.applied.append((tuple(prefixes), forwarding))
+        return True
+
+    async def clear(self):
+        self.applied.append(((), None))
+
+
+class NodeTests(unittest.TestCase):
+    """The node: the netmap keeps the forwarding filter, the routing checks it
+    against what this node advertises and fails closed."""
+
+    def routing(self, **settings):
+        from twisted.internet.task import Clock
+
+        from wire.node.config import NodeConfig
+        from wire.node.routing import NodeRouting
+
+        config = NodeConfig(server_url="https://203.0.113.5:8787", node_name="router", node_id="a" * 32, advertise_routes=(LAN,), **settings)
+        routing = NodeRouting(Clock(), None, "wire0", "/nonexistent", lambda: config)
+        routing.router = RecordingRouter()  # type: ignore[assignment]
+        return routing
+
+    def set(self, routing, rules, problem=None):
+        from twisted.internet.defer import ensureDeferred
+
+        self.successResultOf(ensureDeferred(routing.set_forwarding(rules, problem)))
+
+    def test_rules_inside_the_advertised_routes_are_applied(self):
+        routing = self.routing()
+        rules = (ForwardRule(("192.168.1.10/32",), sources=("10.99.0.1/32",)),)
+        self.set(routing, rules)
+        self.set(routing, rules)  # the same again: nothing to do
+        self.set(routing, None)
+        self.assertEqual(routing.router.applied, [((LAN,), rules), ((LAN,), None)])
+        self.assertIsNone(routing.forwarding_problem)
+
+    def test_a_destination_outside_is_refused_whole_and_nothing_forwarded(self):
+        routing = self.routing()
+        rules = (ForwardRule(("192.168.1.10/32",), sources=("10.99.0.1/32",)),
+                 ForwardRule(("10.0.0.0/8",), sources=("10.99.0.1/32",)))
+        self.set(routing, rules)
+        self.assertEqual(routing.router.applied, [((LAN,), ())])
+        self.assertIn("10.0.0.0/8 is outside the routes this node advertises (192.168.1.0/24)", routing.forwarding_problem)
+        self.assertIn("forwarding_problem", routing.status())
+
+    def test_unreadable_forwards_nothing(self):
+        routing = self.routing()
+        self.set(routing, None, "unreadable")
+        self.assertEqual(routing.router.applied, [((LAN,), ())])
+
+    def test_a_node_that_advertises_nothing_runs_nothing(self):
+        from dataclasses import replace
+
+        routing = self.routing()
+        config = replace(routing._config(), advertise_routes=())
+        routing._config = lambda: config
+        self.set(routing, ())
+        self.assertEqual(routing.router.applied, [])
+
+    def test_the_netmap_keeps_it_and_its_digest(self):
+        from wire.node.netmap import NodeNetmap
+        from wire.protocol.routefilter import route_filter_digest
+
+        netmap = NodeNetmap("me")
+        self.assertEqual(netmap.route_filter_digest, "none")
+        base = {"cursor": "e:1", "full": True, "upserts": [], "removals": []}
+        rule = ForwardRule(("192.168.1.10/32",), sources=("10.99.0.1/32",))
+        netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": route_filter_json((rule,))}))
+        self.assertEqual((netmap.route_filter, netmap.route_filter_digest), ((rule,), route_filter_digest((rule,))))
+        problems = netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": [{}]}))
+        self.assertTrue(netmap.route_filter_unreadable)
+        self.assertTrue(any("forwarding filter" in p for p in problems))
+        netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": None}))
+        self.assertEqual((netmap.route_filter, netmap.route_filter_unreadable, netmap.route_filter_digest), (None, False, "none"))
