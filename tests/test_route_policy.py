@@ -379,6 +379,14 @@ class NodeTests(unittest.TestCase):
         self.assertIn("10.0.0.0/8 is outside the routes this node advertises (192.168.1.0/24)", routing.forwarding_problem)
         self.assertIn("forwarding_problem", routing.status())
 
+    def test_before_the_first_netmap_nothing_new_is_forwarded(self):
+        from twisted.internet.defer import ensureDeferred
+
+        routing = self.routing()
+        self.successResultOf(ensureDeferred(routing.advertise()))
+        self.set(routing, None)  # no policy, once the server said so: everything
+        self.assertEqual(routing.router.applied, [((LAN,), ()), ((LAN,), None)])
+
     def test_unreadable_forwards_nothing(self):
         routing = self.routing()
         self.set(routing, None, "unreadable")

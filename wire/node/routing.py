@@ -68,6 +68,9 @@ class NodeRouting:
         # policy, forward all; (): nothing), and why it is closed, if it is.
         self._forwarding: tuple[ForwardRule, ...] | None = None
         self.forwarding_problem: str | None = None
+        # Until the first netmap with peers says, nothing new is forwarded from
+        # the mesh (a restart must not open what a policy closed; replies pass).
+        self._forwarding_known = False
         self._server_address = ""  # resolved with the host's facts
 
     async def start(self) -> None:
@@ -231,12 +234,15 @@ class NodeRouting:
         """The policy's forwarding rules, resolved (None: no policy); with a
         ``problem`` (unreadable), nothing is forwarded from the mesh."""
         self._forwarding, self.forwarding_problem = (() if problem else rules), problem
+        self._forwarding_known = True
         if advertised_routes(self._config()) or self._advertised is not None:
             await self.advertise()
 
     def _checked_forwarding(self, offered: tuple[str, ...]) -> tuple[ForwardRule, ...] | None:
         """The forwarding rules, if every destination is inside what this node
         offers; else none at all (closed) and the reason in ``forwarding_problem``."""
+        if not self._forwarding_known:
+            return ()
         rules = self._forwarding
         if rules is None or not offered:
             return rules
