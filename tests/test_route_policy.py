@@ -416,3 +416,19 @@ class NodeTests(unittest.TestCase):
         self.assertTrue(any("forwarding filter" in p for p in problems))
         netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": None}))
         self.assertEqual((netmap.route_filter, netmap.route_filter_unreadable, netmap.route_filter_digest), (None, False, "none"))
+
+
+class TellingTests(unittest.SynchronousTestCase):
+    def test_wire_status_names_a_forwarding_problem(self):
+        from wire.ops.troubles import daemon_troubles
+
+        self.assertEqual(daemon_troubles({"routing": {"forwarding_problem": "refused"}}), ["routes: refused"])
+
+    def test_wire_explain_names_the_router_of_an_address(self):
+        from wire.ops.explain import routed_by
+
+        nodes = [{"node_name": "gw1", "routes": ["192.168.0.0/16"]}, {"node_name": "gw2", "routes": [LAN]}, {"node_name": "web1"}]
+        self.assertEqual(routed_by("192.168.1.10", nodes), ("gw2", LAN))
+        self.assertEqual(routed_by("192.168.7.1", nodes), ("gw1", "192.168.0.0/16"))
+        self.assertIsNone(routed_by("10.0.0.1", nodes))
+        self.assertIsNone(routed_by("web1", nodes))
