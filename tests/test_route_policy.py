@@ -197,6 +197,14 @@ class WireFormatTests(unittest.SynchronousTestCase):
         self.assertFalse(bad.route_filter_given)
         self.assertTrue(any("forwarding filter" in s for s in bad.skipped))
 
+    def test_the_client_parses_the_plain_answer_when_the_key_is_absent(self) -> None:
+        from wire.protocol import NetmapAnswer
+        from wire.protocol.routefilter import parse_netmap_answer
+
+        base = {"cursor": "e:1", "full": True, "upserts": [], "removals": []}
+        self.assertIs(type(parse_netmap_answer(base)), NetmapAnswer)
+        self.assertIs(type(parse_netmap_answer({**base, "route_filter": None})), RoutedNetmapAnswer)
+
     def test_peers_resolved_to_mesh_addresses(self) -> None:
         peers = [("web1", ("tag:web",), ("10.99.0.1", "fd7a::1")), ("other", (), ("10.99.0.2",))]
         resolved = resolve_forward_peers((self.RULE, ForwardRule((LAN,), peers=("tag:nobody",))), peers)

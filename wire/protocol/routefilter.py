@@ -146,3 +146,11 @@ class RoutedNetmapAnswer(NetmapAnswer):
         kept = {f.name: getattr(base, f.name) for f in fields(NetmapAnswer)}
         kept["skipped"] = skipped
         return cls(**kept, route_filter=rules, route_filter_given=given, route_filter_refused=refused)
+
+
+def parse_netmap_answer(value: Any) -> NetmapAnswer:
+    """A long-poll answer: a :class:`RoutedNetmapAnswer` when it speaks of the
+    forwarding filter, else the plain one (absent means unchanged)."""
+    if isinstance(value, dict) and ANSWER_KEY in value:
+        return RoutedNetmapAnswer.from_json(value)
+    return NetmapAnswer.from_json(value)
