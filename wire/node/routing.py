@@ -276,8 +276,10 @@ class NodeRouting:
             self._advertised = wanted
             self.router_problem = None
         except (RouterError, InvalidRouterConfig) as e:
-            self.router_problem = f"this node cannot route for the mesh: {e}"
-            self.log.error("{problem}", problem=escaped(self.router_problem))
+            problem = f"this node cannot route for the mesh: {e}"
+            if problem != self.router_problem:  # tried again at each reconcile: told once
+                self.log.error("{problem}", problem=escaped(problem))
+            self.router_problem = problem
 
     async def clear(self) -> None:
         """``wire down``: every route, rule, table and sysctl of ours undone."""
