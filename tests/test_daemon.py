@@ -256,7 +256,8 @@ class ScriptedServer:
         # What wire.client.CoordinationClient gives: the answer, parsed.
         return RegisterAnswer.from_json(answer)
 
-    def netmap(self, cursor: str, wait: float, holds_filter: str | None = None, holds_dns: str | None = None) -> Deferred:
+    def netmap(self, cursor: str, wait: float, holds_filter: str | None = None, holds_dns: str | None = None,
+               holds_route_filter: str | None = None) -> Deferred:
         self.held_dns = holds_dns
         self.polls += 1
         if self.polls_fail:

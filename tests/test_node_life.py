@@ -486,7 +486,7 @@ class ScriptedClient:
         self.calls += 1
         raise self.error
 
-    def netmap(self, cursor, wait, holds_filter=None, holds_dns=None):
+    def netmap(self, cursor, wait, holds_filter=None, holds_dns=None, holds_route_filter=None):
         return Deferred()
 
 

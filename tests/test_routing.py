@@ -110,6 +110,9 @@ class RecordingRouting:
     async def advertise(self):
         self.journal.append(("advertise", self.config().advertise_routes))
 
+    async def set_forwarding(self, rules, problem=None):
+        self.forwarding = (rules, problem)
+
     def settings_changed(self):
         pass
 

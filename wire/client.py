@@ -20,6 +20,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from wire.protocol.dns import parse_dns_digest
+from wire.protocol.routefilter import parse_netmap_answer
 from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
@@ -341,7 +342,8 @@ class CoordinationClient(JsonHttp):
         return parsed
 
     async def netmap(
-        self, cursor: str, wait: float = LONGPOLL_WAIT, holds_filter: str | None = None, holds_dns: str | None = None
+        self, cursor: str, wait: float = LONGPOLL_WAIT, holds_filter: str | None = None, holds_dns: str | None = None,
+        holds_route_filter: str | None = None,
     ) -> NetmapAnswer:
         """The long-poll; ``holds_filter`` and ``holds_dns`` (the digests of the
         packet filter and DNS settings this node holds, or "none") spare it an
@@ -352,11 +354,14 @@ class CoordinationClient(JsonHttp):
             path += f"&filter={parse_filter_digest(holds_filter)}"
         if holds_dns is not None:
             path += f"&dns={parse_dns_digest(holds_dns)}"
+        if holds_route_filter is not None:
+            # Asks for the forwarding filter too (a subnet router's; "none" until told).
+            path += f"&route_filter={parse_filter_digest(holds_route_filter)}"
         if self.node_id and not self._credential:
             # Checked like the cursor; with a credential the server knows us by it.
             path += f"&node_id={parse_node_id(self.node_id)}"
         answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES)
-        return _parsed("GET /peers", NetmapAnswer.from_json, answer)
+        return _parsed("GET /peers", parse_netmap_answer, answer)
 
     async def status(self) -> dict:
         return await self._request("GET", "/status", limit=MAX_RESPONSE_BYTES)

@@ -831,7 +831,8 @@ class NodeDaemon(Service):
         sent_at = self.clock.seconds()
         self.heartbeat.poll_sent(sent_at)
         poll = self._poll = ensureDeferred(
-            self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest, self.netmap.dns_digest)
+            self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest, self.netmap.dns_digest,
+                               holds_route_filter=self.netmap.route_filter_digest)
         )
         try:
             answer = await poll

@@ -5,7 +5,8 @@ from __future__ import annotations
 from wire.node.trust import PeerScreen
 from wire.protocol import NetmapAnswer, PairPath, PeerView
 from wire.protocol.dns import NO_DNS, DnsConfig, dns_digest
-from wire.protocol.filter import FilterRule, filter_digest, filter_json
+from wire.protocol.filter import NO_FILTER, FilterRule, filter_digest, filter_json
+from wire.protocol.routefilter import ForwardRule, RoutedNetmapAnswer, route_filter_digest
 
 PERSISTENT_KEEPALIVE = 25
 
@@ -33,6 +34,12 @@ class NodeNetmap:
         self.filter_digest: str | None = None
         # The server sent a filter this node could not read, and none is in force.
         self.filter_unreadable = False
+        # What the policy lets this node forward to the routes it serves (None:
+        # no policy, forward all), its digest ("none" until told), and whether
+        # the server sent one this node could not read (it then forwards nothing).
+        self.route_filter: tuple[ForwardRule, ...] | None = None
+        self.route_filter_digest: str = NO_FILTER
+        self.route_filter_unreadable = False
         # The mesh's DNS settings (None: the server serves no mesh DNS, or never said).
         self.dns: DnsConfig | None = None
         # Their digest, as the long-poll tells the server: "none" until told.
@@ -80,6 +87,13 @@ class NodeNetmap:
         elif answer.filter_refused and self.filter is None:
             # A policy exists and this node cannot read its filter: closed, never open.
             self.filter_unreadable = True
+        if isinstance(answer, RoutedNetmapAnswer):
+            if answer.route_filter_given:
+                self.route_filter = answer.route_filter
+                self.route_filter_digest = route_filter_digest(answer.route_filter)
+                self.route_filter_unreadable = False
+            elif answer.route_filter_refused:
+                self.route_filter_unreadable = True
         if answer.dns_given:
             self.dns = answer.dns
             self.dns_digest = dns_digest(None if answer.dns is None else answer.dns.to_json())

@@ -35,6 +35,7 @@ from wire.node.trust import IPNetwork, Mesh
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
 from wire.protocol import PathFailure, PathMode
 from wire.protocol.filter import FilterRule, resolve_peers
+from wire.protocol.routefilter import ForwardRule, resolve_forward_peers
 
 # Relay grants asked for at once: many relayed peers while the server is
 # slow must not open a request each.
@@ -113,6 +114,7 @@ class Reconciler:
         self._filter_state = "unknown"
         # The filter resolved against the netmap's peers: (rules, peers dict, result).
         self._resolved: tuple[tuple[FilterRule, ...], dict[str, Peer], tuple[FilterRule, ...]] | None = None
+        self._route_resolved: tuple[tuple[ForwardRule, ...], dict[str, Peer], tuple[ForwardRule, ...]] | None = None
         # Why the policy's filter is not in force (the node then holds no peers).
         self.filter_problem: str | None = None
 
@@ -224,6 +226,9 @@ class Reconciler:
                 await self.relay.remove(node_id)
                 self.log.info("{peer}: relay session closed", peer=self._peer_name(node_id))
         desired = await self._enforce_filter(desired)
+        if self.routing is not None and desired:
+            # What it may forward is in force before the peers that would send it are.
+            await self._enforce_route_filter()
         self._log_peer_changes(held, desired)
         changed = await self.wireguard.apply(desired, reassert=reassert)
         self._runtime.last_applied = desired
@@ -268,6 +273,24 @@ class Reconciler:
                 self.log.info("the access policy's packet filter is in force")
             self.filter_problem = problem
         return {} if problem else desired
+
+    async def _enforce_route_filter(self) -> None:
+        """The policy's forwarding rules, their peers resolved from the netmap, to the router."""
+        assert self.routing is not None
+        rules = self.netmap.route_filter
+        if self.netmap.route_filter_unreadable:
+            await self.routing.set_forwarding(
+                None, "the server sent forwarding rules this node cannot read (see wire status: server answers)"
+            )
+            return
+        if rules is None:
+            await self.routing.set_forwarding(None)
+            return
+        peers = self.netmap.peers
+        if self._route_resolved is None or self._route_resolved[0] is not rules or self._route_resolved[1] is not peers:
+            resolved = resolve_forward_peers(rules, ((p.node_name, p.tags, mesh_addresses(p)) for p in peers.values()))
+            self._route_resolved = (rules, peers, resolved)
+        await self.routing.set_forwarding(self._route_resolved[2])
 
     def resolved_filter(self, rules: tuple[FilterRule, ...]) -> tuple[FilterRule, ...]:
         """The filter with the peers it names as addresses, from the netmap held.

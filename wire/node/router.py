@@ -19,6 +19,15 @@ That takes two things of the kernel, both undone on ``clear``:
   (``0.0.0.0/0``, ``::/0``), everything from the mesh that leaves by another
   interface, whatever ``snat`` says.
 
+Under an access policy the server sends the router its forwarding rules
+(wire.protocol.routefilter): then the forward chain accepts from the wire
+interface only what they allow (replies first, as before: stateful), from
+the peers they name (resolved to their mesh addresses) to the networks they
+name, over their protocols and ports; an empty set forwards nothing from the
+mesh (how an unreadable or refused one fails: closed). Masquerade is the same
+either way. ``forwarding=None`` (no policy) forwards everything to the routed
+prefixes, as it always did.
+
 Other traffic is left to the host: the forward chain's policy is accept.
 But nftables forwards a packet only when every base chain on the hook
 accepts it, so a host whose forward policy is drop in another table (a
@@ -40,7 +49,9 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from wire.fsutil import write_atomically
-from wire.node.firewall import _stderr, check_interface, check_table, install_hint, removal
+from wire.node.firewall import _merge_ports, _stderr, check_interface, check_table, install_hint, removal
+from wire.protocol.filter import PROTOCOLS
+from wire.protocol.routefilter import ForwardRule
 from wire.runner import CommandError, CommandNotFound, IProcessRunner, ProcessResult, shown_argv
 
 log = Logger()
@@ -76,11 +87,16 @@ def parse_prefixes(values: Iterable[object], field: str) -> list[Network]:
     return sorted(networks, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
 
 
-def router_ruleset(table: str, interface: str, prefixes: Sequence[str], *, snat: bool, mesh_subnets: Sequence[str]) -> str:
+def router_ruleset(
+    table: str, interface: str, prefixes: Sequence[str], *, snat: bool, mesh_subnets: Sequence[str],
+    forwarding: Sequence[ForwardRule] | None = None,
+) -> str:
     """The ``nft -f -`` script that replaces ``inet TABLE`` with the router's rules, atomically.
 
     Built only from the validated names and ``ipaddress`` objects; the same
-    inputs give the same text.
+    inputs give the same text. ``forwarding`` (resolved: no ``peers``) replaces
+    "accept everything to the prefixes" with what its rules accept; each of
+    their destinations must lie inside ``prefixes``.
     """
     table = check_table(table)
     interface = check_interface(interface)
@@ -95,13 +111,17 @@ def router_ruleset(table: str, interface: str, prefixes: Sequence[str], *, snat:
             continue
         nfproto = "ipv4" if version == 4 else "ipv6"
         if any(n.prefixlen == 0 for n in chosen):  # an exit: the whole family, out by the uplink
-            forward.append(f'iifname "{interface}" meta nfproto {nfproto} accept')
+            if forwarding is None:
+                forward.append(f'iifname "{interface}" meta nfproto {nfproto} accept')
             if sources:
                 nat.append(f'{family} saddr {_set(sources)} oifname != "{interface}" masquerade')
             continue
-        forward.append(f'iifname "{interface}" {family} daddr {_set(chosen)} accept')
+        if forwarding is None:
+            forward.append(f'iifname "{interface}" {family} daddr {_set(chosen)} accept')
         if snat and sources:
             nat.append(f'{family} saddr {_set(sources)} {family} daddr {_set(chosen)} oifname != "{interface}" masquerade')
+    if forwarding is not None:
+        forward += _forwarding_lines(interface, routed, forwarding)
     # Ports the host publishes by DNAT (a container's) stay reachable from the mesh, as without the router.
     forward.append(f'iifname "{interface}" ct status dnat accept')
     forward.append(f'iifname "{interface}" drop')
@@ -122,6 +142,52 @@ def router_ruleset(table: str, interface: str, prefixes: Sequence[str], *, snat:
             + "\t}\n"
         )
     return text + "}\n"
+
+
+def _forwarding_lines(interface: str, routed: Sequence[Network], rules: Sequence[ForwardRule]) -> list[str]:
+    """One accept per rule and address family that has both sources and destinations."""
+    lines = []
+    for index, rule in enumerate(rules):
+        if rule.peers:
+            raise InvalidRouterConfig(f"forwarding[{index}]: its peers must be resolved to addresses first")
+        if rule.proto is not None and rule.proto not in PROTOCOLS:
+            raise InvalidRouterConfig(f"forwarding[{index}]: proto must be one of {', '.join(PROTOCOLS)}")
+        sources = parse_prefixes([ipaddress.ip_network(s, strict=False) for s in rule.sources], f"forwarding[{index}].sources")
+        destinations = parse_prefixes(rule.destinations, f"forwarding[{index}].destinations")
+        for destination in destinations:
+            if not any(destination.version == r.version and destination.subnet_of(r) for r in routed):  # type: ignore[arg-type]
+                raise InvalidRouterConfig(f"forwarding[{index}]: {destination} is outside the routed prefixes")
+        ports = _merge_ports(rule.ports)
+        dports = "{ " + ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ports) + " }"
+        for version, family in ((4, "ip"), (6, "ip6")):
+            saddr = _narrowest([n for n in sources if n.version == version])
+            daddr = _narrowest([n for n in destinations if n.version == version])
+            if not saddr or not daddr:
+                continue
+            if rule.proto == "icmp":
+                l4 = "meta l4proto icmp" if version == 4 else "meta l4proto ipv6-icmp"
+            elif rule.proto is None:
+                l4 = f"meta l4proto {{ tcp, udp }} th dport {dports}" if ports else ""
+            else:
+                l4 = f"{rule.proto} dport {dports}" if ports else f"meta l4proto {rule.proto}"
+            parts = [
+                f'iifname "{interface}"',
+                f"meta nfproto ipv{version}" if saddr[0].prefixlen == 0 else f"{family} saddr {_set(saddr)}",
+                "" if daddr[0].prefixlen == 0 else f"{family} daddr {_set(daddr)}",
+                l4,
+                "accept",
+            ]
+            lines.append(" ".join(p for p in parts if p))
+    return lines
+
+
+def _narrowest(networks: Sequence[Network]) -> list[Network]:
+    """Sorted networks without those inside another (nft refuses overlapping set elements)."""
+    kept: list[Network] = []
+    for network in sorted(networks, key=lambda n: (n.prefixlen, int(n.network_address))):
+        if not any(network.subnet_of(k) for k in kept):  # type: ignore[arg-type]
+            kept.append(network)
+    return sorted(kept, key=lambda n: int(n.network_address))
 
 
 def _set(networks: Sequence[Network]) -> str:
@@ -183,7 +249,10 @@ class SubnetRouter:
         self._snat = True
         self._warnings: tuple[str, ...] = ()
 
-    async def apply(self, prefixes: Sequence[str], *, snat: bool = True, mesh_subnets: Sequence[str]) -> bool:
+    async def apply(
+        self, prefixes: Sequence[str], *, snat: bool = True, mesh_subnets: Sequence[str],
+        forwarding: Sequence[ForwardRule] | None = None,
+    ) -> bool:
         """Route ``prefixes`` (an exit: ``0.0.0.0/0`` and ``::/0``); False when already so.
 
         Raises InvalidRouterConfig before running anything, RouterError when
@@ -193,7 +262,9 @@ class SubnetRouter:
         if not routed:
             await self.clear()
             return True
-        text = router_ruleset(self.table, self.interface, [str(n) for n in routed], snat=snat, mesh_subnets=mesh_subnets)
+        text = router_ruleset(
+            self.table, self.interface, [str(n) for n in routed], snat=snat, mesh_subnets=mesh_subnets, forwarding=forwarding
+        )
         versions = sorted({n.version for n in routed})
         applied = (text, ",".join(map(str, versions)))
         async with self._lock:

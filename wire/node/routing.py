@@ -34,6 +34,8 @@ from wire.node.routes import (
     wanted_from_peers,
 )
 from wire.node.settings import advertised_routes
+from wire.protocol.errors import ProtocolError
+from wire.protocol.routefilter import ForwardRule, check_destinations
 from wire.protocol.routes import is_exit_route
 from wire.runner import IProcessRunner
 from wire.textsafe import escaped
@@ -62,6 +64,13 @@ class NodeRouting:
         self.problem: str | None = None
         self.router_problem: str | None = None
         self.exit_name: str | None = None  # the exit node in use
+        # What the access policy lets this router forward (resolved; None: no
+        # policy, forward all; (): nothing), and why it is closed, if it is.
+        self._forwarding: tuple[ForwardRule, ...] | None = None
+        self.forwarding_problem: str | None = None
+        # Until the first netmap with peers says, nothing new is forwarded from
+        # the mesh (a restart must not open what a policy closed; replies pass).
+        self._forwarding_known = False
         self._server_address = ""  # resolved with the host's facts
 
     async def start(self) -> None:
@@ -221,25 +230,56 @@ class NodeRouting:
         self._planned_from = None
         self._host_facts = None
 
+    async def set_forwarding(self, rules: tuple[ForwardRule, ...] | None, problem: str | None = None) -> None:
+        """The policy's forwarding rules, resolved (None: no policy); with a
+        ``problem`` (unreadable), nothing is forwarded from the mesh."""
+        self._forwarding, self.forwarding_problem = (() if problem else rules), problem
+        self._forwarding_known = True
+        if advertised_routes(self._config()) or self._advertised is not None:
+            await self.advertise()
+
+    def _checked_forwarding(self, offered: tuple[str, ...]) -> tuple[ForwardRule, ...] | None:
+        """The forwarding rules, if every destination is inside what this node
+        offers; else none at all (closed) and the reason in ``forwarding_problem``."""
+        if not self._forwarding_known:
+            return ()
+        rules = self._forwarding
+        if rules is None or not offered:
+            return rules
+        try:
+            check_destinations(rules, offered)
+        except ProtocolError as e:
+            problem = f"the access policy's forwarding rules were refused, nothing is forwarded from the mesh: {e}"
+            if problem != self.forwarding_problem:
+                self.log.error("{problem}", problem=escaped(problem))
+            self.forwarding_problem = problem
+            return ()
+        return rules
+
     async def advertise(self) -> None:
         """Forwarding and masquerade for the networks this node offers (none: undone)."""
         config = self._config()
         offered = advertised_routes(config)
         mesh_subnets = self._mesh_subnets()
-        wanted = (offered, config.snat_subnet_routes, tuple(mesh_subnets))
+        forwarding = self._checked_forwarding(tuple(offered))
+        wanted = (offered, config.snat_subnet_routes, tuple(mesh_subnets), forwarding)
         if wanted == self._advertised:
             return
         try:
             if offered:
-                await self.router.apply(list(offered), snat=config.snat_subnet_routes, mesh_subnets=mesh_subnets)
+                await self.router.apply(
+                    list(offered), snat=config.snat_subnet_routes, mesh_subnets=mesh_subnets, forwarding=forwarding
+                )
                 self.log.info("routing for the mesh: {routes}", routes=", ".join(offered))
             else:
                 await self.router.clear()
             self._advertised = wanted
             self.router_problem = None
         except (RouterError, InvalidRouterConfig) as e:
-            self.router_problem = f"this node cannot route for the mesh: {e}"
-            self.log.error("{problem}", problem=escaped(self.router_problem))
+            problem = f"this node cannot route for the mesh: {e}"
+            if problem != self.router_problem:  # tried again at each reconcile: told once
+                self.log.error("{problem}", problem=escaped(problem))
+            self.router_problem = problem
 
     async def clear(self) -> None:
         """``wire down``: every route, rule, table and sysctl of ours undone."""
@@ -268,6 +308,8 @@ class NodeRouting:
             "advertised": list(advertised_routes(config)),
             "problem": self.problem,
             "router_problem": self.router_problem,
+            "forwarding": None if self._forwarding is None else len(self._forwarding),
+            "forwarding_problem": self.forwarding_problem,
         }
 
 

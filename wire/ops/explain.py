@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from wire.client import ServerError, ServerUnreachable
 from wire.node.netmap import Peer
 from wire.node.paths import HANDSHAKE_STALE, endpoint_for
@@ -40,6 +42,14 @@ async def explain(ctx: Context, peer: str) -> dict:
     if record is None and wg_peer is None:
         if removed:
             raise OpError(removed_message())
+        routed = routed_by(wanted, nodes or (local or {}).get("peers", []))
+        if routed is not None:
+            router, route = routed
+            raise OpError(
+                f"{wanted} is no node: it is behind {router}, which routes {route} for the mesh; under an access "
+                f"policy {router} forwards to it only what a rule allows (on the server: wire admin policy explain "
+                f"{config.node_name} {wanted}:PORT), and this node uses it only with --accept-routes"
+            )
         where = "in the mesh" if mesh is not None else f"known to the daemon (and the server is unreachable: {server_error})"
         if ((local or {}).get("policy") or {}).get("rules") is not None:
             raise OpError(
@@ -51,6 +61,24 @@ async def explain(ctx: Context, peer: str) -> dict:
         raise OpError(f"{wanted} is this node")
     me: dict = (local or {}).get("node") or next((n for n in nodes if n.get("node_id") == config.node_id), {})
     return explain_path(me, record, wg_peer, local, server_error, removed=removed)
+
+
+def routed_by(target: str, nodes: list) -> tuple[str, str] | None:
+    """The node whose routes hold the address ``target`` (name, route), most specific first; None if none."""
+    try:
+        address = ipaddress.ip_address(target)
+    except ValueError:
+        return None
+    found = []
+    for node in nodes:
+        for route in node.get("routes") or []:
+            try:
+                network = ipaddress.ip_network(route)
+            except (TypeError, ValueError):
+                continue
+            if network.version == address.version and address in network:
+                found.append((-network.prefixlen, str(node.get("node_name") or node.get("node_id")), str(network)))
+    return (min(found)[1], min(found)[2]) if found else None
 
 
 def explain_path(

@@ -55,7 +55,7 @@ def daemon_troubles(local: dict | None) -> list[str]:
     if problem:
         lines.append(f"access policy: {problem}; this node holds no peers until it can")
     routing = local.get("routing") or {}
-    for problem in (routing.get("problem"), routing.get("router_problem")):
+    for problem in (routing.get("problem"), routing.get("router_problem"), routing.get("forwarding_problem")):
         if problem:
             lines.append(f"routes: {problem}")
     dns_problem = (local.get("dns") or {}).get("problem")

@@ -22,13 +22,17 @@ class DirectoryNode:
     name: str
     vpn_ip: str | tuple[str, ...]
     tags: frozenset[str] = frozenset()
+    # The routes it serves for the mesh (advertised and approved; exit routes too).
+    routes: tuple[str, ...] = ()
     addresses: tuple[Address, ...] = field(init=False, compare=False, repr=False)
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         raw = (self.vpn_ip,) if isinstance(self.vpn_ip, str) else tuple(self.vpn_ip)
         object.__setattr__(self, "addresses", tuple(ipaddress.ip_address(a) for a in raw))
         object.__setattr__(self, "name", self.name.lower())
         object.__setattr__(self, "tags", frozenset(t.lower() for t in self.tags))
+        object.__setattr__(self, "networks", tuple(ipaddress.ip_network(r) for r in self.routes))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,17 @@ every node of the class (and by classes that come out equal).
 
 ``with_node`` / ``without_node`` return a new index that shares everything
 the change does not touch; the old index stays valid (readers need no lock).
+
+Routed destinations: a ``dst`` network (an address, a CIDR, a ``hosts``
+entry) that overlaps a subnet route a node serves puts that node in a third
+kind of slot, "routes for destination d": the rule's sources become its
+peers (it must hold them, and they it, or the route is of no use), but its
+packet filter (traffic *to* it) is untouched. What it may forward is
+:meth:`PolicyIndex.route_filter_for`, which depends on the policy and the
+node's routes alone. ``*`` in ``dst`` covers routed networks too, exit
+routes included; an exit route (``0.0.0.0/0``, ``::/0``) is covered by
+``*`` only, not by a network that happens to lie inside it (so naming a
+mesh address in ``dst`` makes no node an exit for it).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from wire.policy.model import ANY, GROUP, NETWORK, NODE, PROTOCOLS, TAG, Network
 from wire.policy.networks import cidr_texts, interval_of, merge
 from wire.policy.parse import merge_ports
 from wire.protocol.filter import MAX_SOURCES, FilterRule, PortRange
+from wire.protocol.routefilter import ForwardRule
 
 EVERYWHERE = ("0.0.0.0/0", "::/0")
 OPEN_FILTER = (FilterRule(sources=EVERYWHERE),)
@@ -33,7 +45,8 @@ OPEN_FILTER = (FilterRule(sources=EVERYWHERE),)
 # A node's signature is a frozenset of small ints: 2*r if it is among rule r's
 # sources by identity (name, tag, group, *), 2*r+1 if only by address (its
 # address then already sits in the filter as the policy's network), and
-# 2*len(rules)+k for the k-th destination slot (rule, dst entry).
+# 2*len(rules)+k for the k-th destination slot (rule, dst entry), and
+# 2*len(rules)+len(dst slots)+k when the node routes for the k-th slot's network.
 Signature = frozenset[int]
 
 
@@ -42,6 +55,7 @@ class _Slot:
     rule: int
     proto: str | None
     ports: tuple[PortRange, ...]
+    principal: Principal | None = None
 
 
 class _Compiled:
@@ -72,8 +86,15 @@ class _Compiled:
         for rule in policy.rules:
             for destination in rule.destinations:
                 slot = 2 * self.rule_count + len(self.dst_slots)
-                self.dst_slots.append(_Slot(rule.index, rule.proto, destination.ports))
+                self.dst_slots.append(_Slot(rule.index, rule.proto, destination.ports, destination.principal))
                 self._feed(destination.principal, slot)
+        self.dst_count = len(self.dst_slots)
+        # The dst networks a router's subnet routes may overlap, and their route slots.
+        self.routed_slots: list[tuple[Network, int]] = [
+            (slot.principal.network, 2 * self.rule_count + self.dst_count + k)
+            for k, slot in enumerate(self.dst_slots)
+            if slot.principal is not None and slot.principal.kind == NETWORK and slot.principal.network is not None
+        ]
         self._tags_cache: dict[frozenset[str], frozenset[int]] = {}
 
     def _feed(self, principal: Principal, slot: int) -> None:
@@ -110,6 +131,12 @@ class _Compiled:
             base = self._tags_cache[node.tags] = frozenset(slots)
         extra = self.name_slots.get(node.name)
         by_address = [s for net, s in self.network_slots.items() if any(a in net for a in node.addresses)]
+        subnets = [n for n in node.networks if n.prefixlen > 0]  # exit routes: only `*` covers them
+        if subnets:
+            routed = {slot for net, slot in self.routed_slots
+                      if any(n.version == net.version and n.overlaps(net) for n in subnets)}
+            if routed:
+                by_address.append(routed)
         if extra is None and not by_address:
             return base
         slots = set(base)
@@ -156,6 +183,7 @@ class PolicyIndex:
                 self._node_class[node_id] = cid
         self._peers_cache: dict[frozenset[int], frozenset[str]] = {}
         self._filter_cache: dict[frozenset[int], tuple[FilterRule, ...]] = {}
+        self._route_filter_cache: dict[tuple[str, ...], tuple[ForwardRule, ...]] = {}
         self._sources_cache: dict[frozenset[int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._link_classes()
 
@@ -183,11 +211,16 @@ class PolicyIndex:
         and from that each class's reach and peer classes. Cheap: classes x slots."""
         compiled = self._compiled
         rules = compiled.rule_count
+        first_routed = 2 * rules + compiled.dst_count
         self._rule_sources: dict[int, set[int]] = {r: set() for r in range(rules)}
         self._rule_targets: dict[int, set[int]] = {r: set() for r in range(rules)}
+        # The classes that route for a rule's dst networks: peers of its sources, not reached.
+        self._rule_routers: dict[int, set[int]] = {r: set() for r in range(rules)}
         for cid, signature in self._signature_of_class.items():
             for slot in signature:
-                if slot >= 2 * rules:
+                if slot >= first_routed:
+                    self._rule_routers[compiled.dst_slots[slot - first_routed].rule].add(cid)
+                elif slot >= 2 * rules:
                     self._rule_targets[compiled.dst_slots[slot - 2 * rules].rule].add(cid)
                 else:
                     self._rule_sources[slot // 2].add(cid)
@@ -201,13 +234,17 @@ class PolicyIndex:
                 continue
             reach: set[int] = set()
             reached_by: set[int] = set()
+            routers: set[int] = set()
             for slot in signature:
-                if slot >= 2 * rules:
+                if slot >= first_routed:
+                    reached_by |= self._rule_sources[compiled.dst_slots[slot - first_routed].rule]
+                elif slot >= 2 * rules:
                     reached_by |= self._rule_sources[compiled.dst_slots[slot - 2 * rules].rule]
                 else:
                     reach |= self._rule_targets[slot // 2]
+                    routers |= self._rule_routers[slot // 2]
             self._reach[cid] = frozenset(reach)
-            self._peer_classes[cid] = frozenset(reach | reached_by)
+            self._peer_classes[cid] = frozenset(reach | reached_by | routers)
         # Classes come and go with incremental changes: keep only cached sets still in use.
         live_peers = set(self._peer_classes.values())
         for key in [k for k in self._peers_cache if k not in live_peers]:
@@ -256,7 +293,8 @@ class PolicyIndex:
     def _targets(self, signature: Signature) -> frozenset[int]:
         """The destination slots of a signature: all a filter depends on."""
         first_dst = 2 * self._compiled.rule_count
-        return frozenset(s for s in signature if s >= first_dst)
+        first_routed = first_dst + self._compiled.dst_count
+        return frozenset(s for s in signature if first_dst <= s < first_routed)
 
     def _build_filter(self, targets: frozenset[int]) -> tuple[FilterRule, ...]:
         first_dst = 2 * self._compiled.rule_count
@@ -289,6 +327,71 @@ class PolicyIndex:
                 ))
         return tuple(sorted(built, key=lambda r: (r.proto or "", r.ports, r.sources, r.peers)))
 
+    def route_filter_for(self, node_id: str) -> tuple[ForwardRule, ...] | None:
+        """What ``node_id`` may forward from the mesh to the routes it serves:
+        None without a policy, or for a node that serves none (it forwards
+        nothing, the question does not arise); else the rules whose ``dst``
+        covers part of its routes, each cut to that part (may be empty:
+        nothing routed is reachable). Depends on the policy and the routes only."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise PolicyError(f"unknown node id {node_id!r}")
+        if self.policy is None or not node.routes:
+            return None
+        key = tuple(sorted(str(n) for n in node.networks))
+        rules = self._route_filter_cache.get(key)
+        if rules is None:
+            rules = self._route_filter_cache[key] = self._build_route_filter(node.networks)
+        return rules
+
+    def _build_route_filter(self, routes: tuple[Network, ...]) -> tuple[ForwardRule, ...]:
+        # (rule, proto, ports) -> the routed networks its dst entries cover
+        covered: dict[tuple[int, str, tuple[PortRange, ...]], list[Network]] = {}
+        for slot in self._compiled.dst_slots:
+            principal = slot.principal
+            assert principal is not None
+            if principal.kind == ANY:
+                found = list(routes)
+            elif principal.kind == NETWORK and principal.network is not None:
+                wanted = principal.network
+                found = [
+                    # Two CIDR blocks that overlap: one holds the other; the smaller is what both cover.
+                    wanted if wanted.prefixlen >= route.prefixlen else route
+                    for route in routes
+                    if route.prefixlen > 0 and route.version == wanted.version and route.overlaps(wanted)
+                ]
+            else:
+                continue  # nodes, tags, groups: mesh addresses, never routed
+            if found:
+                covered.setdefault((slot.rule, slot.proto or "", slot.ports), []).extend(found)
+        # Equal (proto, ports, destinations) from several rules: one rule over their sources.
+        by_kind: dict[tuple[str, tuple[PortRange, ...], tuple[str, ...]], set[int]] = {}
+        for (rule, proto, ports), found_networks in covered.items():
+            destinations = cidr_texts(merge(interval_of(n) for n in found_networks))
+            by_kind.setdefault((proto, ports, destinations), set()).add(rule)
+        built = []
+        for (proto, ports, destinations), rules in by_kind.items():
+            networks, peers = self._sources_of(frozenset(rules))
+            for start in range(0, max(len(networks), 1), MAX_SOURCES):
+                built.append(ForwardRule(
+                    destinations=destinations,
+                    sources=networks[start:start + MAX_SOURCES],
+                    proto=proto or None,
+                    ports=ports,
+                    peers=peers if start == 0 else (),
+                    rules=tuple(sorted(rules)),
+                ))
+        return tuple(sorted(built, key=lambda r: (r.destinations, r.proto or "", r.ports, r.sources, r.peers)))
+
+    def routers_of(self, address: Address) -> list[tuple[str, str]]:
+        """The nodes that serve a route holding ``address`` (name, route), most specific first."""
+        found = []
+        for node in self._nodes.values():
+            for network in node.networks:
+                if network.version == address.version and address in network:
+                    found.append((network.prefixlen, node.name, str(network)))
+        return [(name, route) for _, name, route in sorted(found, key=lambda f: (-f[0], f[1]))]
+
     def _sources_of(self, rules: frozenset[int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Some rules' sources: the networks they name, as merged CIDR text, and
         the tags and node names they name (the node resolves those against its
@@ -312,9 +415,22 @@ class PolicyIndex:
         if proto not in PROTOCOLS:
             raise PolicyError(f"proto must be one of {', '.join(PROTOCOLS)}")
         source, target = self._endpoint(src), self._endpoint(dst)
+        routed = ""
+        if target.name is None and target.addresses:
+            routers = self.routers_of(target.addresses[0])
+            if routers:
+                name, route = routers[0]
+                if ipaddress.ip_network(route).prefixlen == 0:
+                    routed = (f"; only exit node {name} carries {target.label}, and it forwards for "
+                              "rules whose dst is * alone")
+                else:
+                    routed = f"; {target.label} is routed by {name} ({route}), which enforces it"
+            else:
+                routed = f"; no node routes {target.label}"
         if self.policy is None:
-            return Decision(True, None, "", "no policy is set: everything may reach everything")
-        return decide(self.policy, source, target, port, proto)
+            return Decision(True, None, "", "no policy is set: everything may reach everything" + routed)
+        decision = decide(self.policy, source, target, port, proto)
+        return Decision(decision.allowed, decision.rule_index, decision.rule_text, decision.reason + routed) if routed else decision
 
     def _endpoint(self, text: str) -> Endpoint:
         node_id = self._by_name.get(text.lower())

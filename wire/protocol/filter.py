@@ -140,6 +140,20 @@ def resolve_peers(rules: tuple[FilterRule, ...], peers: Iterable[tuple[str, Iter
     ones WireGuard ties to its key, so a rule admits exactly the tunnels of the
     peers it names. A rule whose names match no peer and that has no
     sources of its own admits nothing and is left out."""
+    by_selector = peer_addresses(peers)
+    resolved = []
+    for rule in rules:
+        if not rule.peers:
+            resolved.append(rule)
+            continue
+        sources = resolved_sources(rule, by_selector)
+        if sources:
+            resolved.append(FilterRule(sources=sources, proto=rule.proto, ports=rule.ports, rules=rule.rules))
+    return tuple(resolved)
+
+
+def peer_addresses(peers: Iterable[tuple[str, Iterable[str], Iterable[str]]]) -> dict[str, list[str]]:
+    """Each selector (``tag:x``, a node name) the peers answer to, with their addresses."""
     by_selector: dict[str, list[str]] = {}
     for name, tags, addresses in peers:
         held = [str(ipaddress.ip_network(a)) for a in addresses]
@@ -147,16 +161,13 @@ def resolve_peers(rules: tuple[FilterRule, ...], peers: Iterable[tuple[str, Iter
         selectors = (*tags, name.lower()) if ":" not in name else tuple(tags)
         for selector in selectors:
             by_selector.setdefault(selector, []).extend(held)
-    resolved = []
-    for rule in rules:
-        if not rule.peers:
-            resolved.append(rule)
-            continue
-        found = {a for selector in rule.peers for a in by_selector.get(selector, ())}
-        sources = tuple(sorted(found.union(rule.sources)))
-        if sources:
-            resolved.append(FilterRule(sources=sources, proto=rule.proto, ports=rule.ports, rules=rule.rules))
-    return tuple(resolved)
+    return by_selector
+
+
+def resolved_sources(rule: FilterRule, by_selector: dict[str, list[str]]) -> tuple[str, ...]:
+    """A rule's sources with the peers it names as their addresses, sorted."""
+    found = {a for selector in rule.peers for a in by_selector.get(selector, ())}
+    return tuple(sorted(found.union(rule.sources)))
 
 
 def parse_filter_rules(value: Any) -> tuple[FilterRule, ...]:

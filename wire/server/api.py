@@ -230,7 +230,10 @@ class Peers(CoordinatorResource):
         viewer = self._viewer(request, node_id)
         holds = query_arg(request, "filter")
         holds_dns = query_arg(request, "dns")
+        holds_route_filter = query_arg(request, "route_filter")
         with answering_errors():
+            if holds_route_filter is not None:
+                holds_route_filter = parse_filter_digest(holds_route_filter)
             if holds is not None:
                 holds = parse_filter_digest(holds)
             if holds_dns is not None:
@@ -243,6 +246,7 @@ class Peers(CoordinatorResource):
                 viewer=viewer,
                 holds_filter=holds,
                 holds_dns=holds_dns,
+                holds_route_filter=holds_route_filter,
             )
         if not answer.called:
             forget_input(request)  # it may wait minutes; all it asked was read

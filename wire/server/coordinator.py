@@ -35,6 +35,7 @@ from wire.protocol import (
 from wire.protocol.dns import DEFAULT_DOMAIN
 from wire.protocol.enums import Heartbeat
 from wire.protocol.filter import NO_FILTER, filter_digest, filter_json
+from wire.protocol.routefilter import ANSWER_KEY as ROUTE_FILTER, route_filter_json
 from wire.server.auth import AuthError, Authority, Forbidden
 from wire.server.dnsbook import DnsBook
 from wire.server.metrics import ServerMetrics
@@ -106,6 +107,9 @@ class Coordinator:
         # The filter digest each node last said it holds; encoded filters by rules object.
         self._filter_held: dict[str, str | None] = {}
         self._filter_encoded: dict[int, tuple] = {}
+        # The same for forwarding filters (subnet routers under a policy).
+        self._route_filter_held: dict[str, str | None] = {}
+        self._route_filter_encoded: dict[int, tuple] = {}
         # Who sees whom: the serial of its last change (policy, tags) and of
         # the one before, the index in force between them, and answers cut
         # to a class's view, for the serial they were cut at.
@@ -186,6 +190,7 @@ class Coordinator:
         if self.approve_automatically([r.node_id for r in self.registry.records() if r.advertised_routes]):
             self._commit_soon()
         self._filter_encoded.clear()
+        self._route_filter_encoded.clear()
         self._visibility_changed(index_before, self.registry.changes.advance())
         compared: dict[tuple[int, int], bool] = {}
         affected = [v for v in self.longpolls.waiting_viewers() if self._view_changed(v, index_before, compared)]
@@ -199,7 +204,11 @@ class Coordinator:
             return True
         key = (before.class_of(viewer), now.class_of(viewer))
         if key not in compared:
-            compared[key] = before.peers_of(viewer) != now.peers_of(viewer) or self._filter_of(before, viewer) != self._filter_of(now, viewer)
+            compared[key] = (
+                before.peers_of(viewer) != now.peers_of(viewer)
+                or self._filter_of(before, viewer) != self._filter_of(now, viewer)
+                or before.route_filter_for(viewer) != now.route_filter_for(viewer)
+            )
         return compared[key]
 
     @staticmethod
@@ -215,11 +224,15 @@ class Coordinator:
         self.policy.node_changed(record, node_id)
         if record is None:
             self._filter_held.pop(node_id, None)
+            self._route_filter_held.pop(node_id, None)
             self._dns_held.pop(node_id, None)
             return
-        # The index had the node's tags as they were (the open index too).
+        # The index had the node's tags and routes as they were (the open index too):
+        # a router's routes decide who must hold it, under a policy.
         known = index_before.node(node_id)
-        if known is not None and known.tags != frozenset(record.tags) and self.policy.active:
+        now = self.policy.index.node(node_id)
+        moved = known is not None and now is not None and (known.tags != now.tags or known.routes != now.routes)
+        if moved and self.policy.active:
             self._visibility_changed(index_before, self.registry.changes.serial)
 
     def _dns_changed(self) -> None:
@@ -295,6 +308,7 @@ class Coordinator:
         elif paths or complete:
             extras.update(paths=[path.to_json() for path in paths], paths_full=complete)
         extras.update(self._filter_extra(viewer))
+        extras.update(self._route_filter_extra(viewer))
         if self.registry.get(viewer) is not None:  # not to a node removed while its poll waited
             extras.update(self.dns.extra_for(self._dns_held.get(viewer)))
         if not extras:
@@ -377,6 +391,25 @@ class Coordinator:
             encoded = (rules, as_json, filter_digest(as_json))
             self._filter_encoded[id(rules)] = encoded
         return {} if held == encoded[2] else {"filter": encoded[1]}
+
+    def _route_filter_extra(self, viewer: str) -> dict:
+        """``{"route_filter": ...}`` when the viewer holds another forwarding filter
+        than its own now: null without a policy or routes (forward as before), else
+        its rules. A node that names none it holds (an older node) is never sent one."""
+        held = self._route_filter_held.get(viewer)
+        if held is None or self.policy.index.node(viewer) is None:
+            return {}
+        rules = self.policy.index.route_filter_for(viewer) if self.policy.active else None
+        if rules is None:
+            return {ROUTE_FILTER: None} if held != NO_FILTER else {}
+        encoded = self._route_filter_encoded.get(id(rules))
+        if encoded is None or encoded[0] is not rules:
+            if len(self._route_filter_encoded) > MAX_FILTERS_ENCODED:
+                self._route_filter_encoded.clear()
+            as_json = route_filter_json(rules)
+            encoded = (rules, as_json, filter_digest(as_json))
+            self._route_filter_encoded[id(rules)] = encoded
+        return {} if held == encoded[2] else {ROUTE_FILTER: encoded[1]}
 
     async def report_path(self, report: PathReport, caller: str | None = None) -> PathReportAnswer:
         """A node's direct path to a peer failed: the server decides the
@@ -541,6 +574,7 @@ class Coordinator:
         viewer: str | None = None,
         holds_filter: str | None = None,
         holds_dns: str | None = None,
+        holds_route_filter: str | None = None,
     ) -> Deferred:
         """Long-poll: changes after ``since``, as soon as there are any.
 
@@ -573,6 +607,7 @@ class Coordinator:
         if who is not None:
             # What it holds decides whether its answer carries its filter.
             self._filter_held[who] = holds_filter
+            self._route_filter_held[who] = holds_route_filter
             self._dns_held[who] = holds_dns
         answer = self.longpolls.poll(cursor, wait, who)
         if moved:

@@ -44,7 +44,8 @@ class PolicyVersion:
 def directory_node(record: NodeRecord) -> DirectoryNode:
     # Both mesh addresses: a rule naming the node covers either family.
     addresses = (record.vpn_ip, record.vpn_ip6) if record.vpn_ip6 else record.vpn_ip
-    return DirectoryNode(record.node_id, record.node_name, addresses, frozenset(record.tags))
+    # Its served routes: the policy's rules to those networks are its to enforce (and make peers).
+    return DirectoryNode(record.node_id, record.node_name, addresses, frozenset(record.tags), tuple(record.served_routes))
 
 
 class PolicyBook:
