@@ -8,11 +8,11 @@ from twisted.trial import unittest
 
 from wire.node.router import InvalidRouterConfig, router_ruleset
 from wire.policy import DirectoryNode, PolicyIndex, check_against, parse_policy
+from wire.protocol import NetmapAnswer
 from wire.protocol.errors import ProtocolError
 from wire.protocol.filter import PortRange
 from wire.protocol.routefilter import (
     ForwardRule,
-    RoutedNetmapAnswer,
     check_destinations,
     parse_route_filter,
     resolve_forward_peers,
@@ -183,27 +183,19 @@ class WireFormatTests(unittest.SynchronousTestCase):
 
     def test_the_answer_key(self) -> None:
         base = {"cursor": "e:1", "full": True, "upserts": [], "removals": []}
-        absent = RoutedNetmapAnswer.from_json(base)
+        absent = NetmapAnswer.from_json(base)
         self.assertFalse(absent.route_filter_given or absent.route_filter_refused)
-        null = RoutedNetmapAnswer.from_json({**base, "route_filter": None})
+        null = NetmapAnswer.from_json({**base, "route_filter": None})
         self.assertTrue(null.route_filter_given)
         self.assertIsNone(null.route_filter)
-        given = RoutedNetmapAnswer.from_json({**base, "route_filter": route_filter_json((self.RULE,))})
+        given = NetmapAnswer.from_json({**base, "route_filter": route_filter_json((self.RULE,))})
         self.assertEqual(given.route_filter, (self.RULE,))
         self.assertEqual(given.filter, None)
         self.assertFalse(given.filter_given)  # never taken for the filter of traffic to the node
-        bad = RoutedNetmapAnswer.from_json({**base, "route_filter": [{"destinations": ["x"], "sources": ["10.0.0.1"]}]})
+        bad = NetmapAnswer.from_json({**base, "route_filter": [{"destinations": ["x"], "sources": ["10.0.0.1"]}]})
         self.assertTrue(bad.route_filter_refused)
         self.assertFalse(bad.route_filter_given)
         self.assertTrue(any("forwarding filter" in s for s in bad.skipped))
-
-    def test_the_client_parses_the_plain_answer_when_the_key_is_absent(self) -> None:
-        from wire.protocol import NetmapAnswer
-        from wire.protocol.routefilter import parse_netmap_answer
-
-        base = {"cursor": "e:1", "full": True, "upserts": [], "removals": []}
-        self.assertIs(type(parse_netmap_answer(base)), NetmapAnswer)
-        self.assertIs(type(parse_netmap_answer({**base, "route_filter": None})), RoutedNetmapAnswer)
 
     def test_peers_resolved_to_mesh_addresses(self) -> None:
         peers = [("web1", ("tag:web",), ("10.99.0.1", "fd7a::1")), ("other", (), ("10.99.0.2",))]
@@ -417,12 +409,12 @@ class NodeTests(unittest.TestCase):
         self.assertEqual(netmap.route_filter_digest, "none")
         base = {"cursor": "e:1", "full": True, "upserts": [], "removals": []}
         rule = ForwardRule(("192.168.1.10/32",), sources=("10.99.0.1/32",))
-        netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": route_filter_json((rule,))}))
+        netmap.apply(NetmapAnswer.from_json({**base, "route_filter": route_filter_json((rule,))}))
         self.assertEqual((netmap.route_filter, netmap.route_filter_digest), ((rule,), route_filter_digest((rule,))))
-        problems = netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": [{}]}))
+        problems = netmap.apply(NetmapAnswer.from_json({**base, "route_filter": [{}]}))
         self.assertTrue(netmap.route_filter_unreadable)
         self.assertTrue(any("forwarding filter" in p for p in problems))
-        netmap.apply(RoutedNetmapAnswer.from_json({**base, "route_filter": None}))
+        netmap.apply(NetmapAnswer.from_json({**base, "route_filter": None}))
         self.assertEqual((netmap.route_filter, netmap.route_filter_unreadable, netmap.route_filter_digest), (None, False, "none"))
 
 

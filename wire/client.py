@@ -20,7 +20,6 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from wire.protocol.dns import parse_dns_digest
-from wire.protocol.routefilter import parse_netmap_answer
 from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
@@ -361,7 +360,7 @@ class CoordinationClient(JsonHttp):
             # Checked like the cursor; with a credential the server knows us by it.
             path += f"&node_id={parse_node_id(self.node_id)}"
         answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES)
-        return _parsed("GET /peers", parse_netmap_answer, answer)
+        return _parsed("GET /peers", NetmapAnswer.from_json, answer)
 
     async def status(self) -> dict:
         return await self._request("GET", "/status", limit=MAX_RESPONSE_BYTES)

@@ -6,7 +6,7 @@ from wire.node.trust import PeerScreen
 from wire.protocol import NetmapAnswer, PairPath, PeerView
 from wire.protocol.dns import NO_DNS, DnsConfig, dns_digest
 from wire.protocol.filter import NO_FILTER, FilterRule, filter_digest, filter_json
-from wire.protocol.routefilter import ForwardRule, RoutedNetmapAnswer, route_filter_digest
+from wire.protocol.routefilter import ForwardRule, route_filter_digest
 
 PERSISTENT_KEEPALIVE = 25
 
@@ -87,13 +87,12 @@ class NodeNetmap:
         elif answer.filter_refused and self.filter is None:
             # A policy exists and this node cannot read its filter: closed, never open.
             self.filter_unreadable = True
-        if isinstance(answer, RoutedNetmapAnswer):
-            if answer.route_filter_given:
-                self.route_filter = answer.route_filter
-                self.route_filter_digest = route_filter_digest(answer.route_filter)
-                self.route_filter_unreadable = False
-            elif answer.route_filter_refused:
-                self.route_filter_unreadable = True
+        if answer.route_filter_given:
+            self.route_filter = answer.route_filter
+            self.route_filter_digest = route_filter_digest(answer.route_filter)
+            self.route_filter_unreadable = False
+        elif answer.route_filter_refused:
+            self.route_filter_unreadable = True
         if answer.dns_given:
             self.dns = answer.dns
             self.dns_digest = dns_digest(None if answer.dns is None else answer.dns.to_json())

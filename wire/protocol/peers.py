@@ -17,6 +17,8 @@ from wire.protocol.enums import NatType
 from wire.protocol.errors import ProtocolError
 from wire.protocol.dns import DnsConfig
 from wire.protocol.filter import FilterRule, parse_filter_rules
+from wire.protocol.routefilter import ANSWER_KEY as ROUTE_FILTER_KEY
+from wire.protocol.routefilter import ForwardRule, parse_route_filter
 from wire.protocol.routes import parse_routes
 from wire.protocol.paths import PairPath
 from wire.protocol.fields import (
@@ -229,6 +231,13 @@ class NetmapAnswer:
     # held; null: the server serves no mesh DNS; absent (or refused whole): unchanged.
     dns: DnsConfig | None = None
     dns_given: bool = False
+    # A subnet router's forwarding filter (wire.protocol.routefilter), under
+    # its own key so that nothing takes it for rules about traffic to the
+    # node: given (a list) replaces the one held; null: no policy, forward
+    # everything; absent: unchanged; refused: this router forwards nothing.
+    route_filter: tuple[ForwardRule, ...] | None = None
+    route_filter_given: bool = False
+    route_filter_refused: bool = False
 
     @classmethod
     def from_json(cls, value: Any) -> NetmapAnswer:
@@ -253,6 +262,15 @@ class NetmapAnswer:
             except ProtocolError as e:
                 skipped.append(f"skipped the DNS settings (those held stay): {e}")
                 dns_given = False
+        route_filter: tuple[ForwardRule, ...] | None = None
+        route_filter_given = ROUTE_FILTER_KEY in answer
+        route_filter_refused = False
+        if route_filter_given and answer[ROUTE_FILTER_KEY] is not None:
+            try:
+                route_filter = parse_route_filter(answer[ROUTE_FILTER_KEY])
+            except ProtocolError as e:
+                skipped.append(f"skipped the forwarding filter (this router forwards nothing from the mesh): {e}")
+                route_filter_given, route_filter_refused = False, True
         upserts = _each_valid(answer, "upserts", PeerView.from_json, "a peer entry", skipped)
         removals = _each_valid(answer, "removals", lambda v: parse_node_id(v, "removals"), "a removal", skipped)
         paths = _each_valid(answer, "paths", PairPath.from_json, "a path entry", skipped)
@@ -273,6 +291,9 @@ class NetmapAnswer:
             me=_own_record(answer.get("me"), skipped),
             dns=dns,
             dns_given=dns_given,
+            route_filter=route_filter,
+            route_filter_given=route_filter_given,
+            route_filter_refused=route_filter_refused,
         )
 
 

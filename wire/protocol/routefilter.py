@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from wire.protocol.errors import ProtocolError
 from wire.protocol.fields import parse_list, parse_object
 from wire.protocol.filter import MAX_RULES, FilterRule, filter_digest, peer_addresses, resolved_sources
-from wire.protocol.peers import NetmapAnswer
 
 MAX_DESTINATIONS = 1_000
 ANSWER_KEY = "route_filter"
@@ -116,41 +115,3 @@ def route_filter_json(rules: tuple[ForwardRule, ...]) -> list[dict[str, Any]]:
 def route_filter_digest(rules: tuple[ForwardRule, ...] | None) -> str:
     """The digest a node names in ``?route_filter=`` ("none": it holds none)."""
     return filter_digest(None if rules is None else route_filter_json(rules))
-
-
-@dataclass(frozen=True)
-class RoutedNetmapAnswer(NetmapAnswer):
-    """A long-poll answer with its forwarding filter (``"route_filter"``).
-
-    (A subclass only because wire.protocol.peers is being changed elsewhere
-    just now; these three fields belong in NetmapAnswer itself.)"""
-
-    route_filter: tuple[ForwardRule, ...] | None = None
-    route_filter_given: bool = False
-    # Sent and unreadable: a policy this router cannot enforce (it then forwards nothing).
-    route_filter_refused: bool = False
-
-    @classmethod
-    def from_json(cls, value: Any) -> RoutedNetmapAnswer:
-        base = NetmapAnswer.from_json(value)
-        given = isinstance(value, dict) and ANSWER_KEY in value
-        rules: tuple[ForwardRule, ...] | None = None
-        refused = False
-        skipped = base.skipped
-        if given and value[ANSWER_KEY] is not None:
-            try:
-                rules = parse_route_filter(value[ANSWER_KEY])
-            except ProtocolError as e:
-                skipped += (f"skipped the forwarding filter (this router forwards nothing from the mesh): {e}",)
-                given, refused = False, True
-        kept = {f.name: getattr(base, f.name) for f in fields(NetmapAnswer)}
-        kept["skipped"] = skipped
-        return cls(**kept, route_filter=rules, route_filter_given=given, route_filter_refused=refused)
-
-
-def parse_netmap_answer(value: Any) -> NetmapAnswer:
-    """A long-poll answer: a :class:`RoutedNetmapAnswer` when it speaks of the
-    forwarding filter, else the plain one (absent means unchanged)."""
-    if isinstance(value, dict) and ANSWER_KEY in value:
-        return RoutedNetmapAnswer.from_json(value)
-    return NetmapAnswer.from_json(value)
