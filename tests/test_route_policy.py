@@ -432,3 +432,48 @@ class TellingTests(unittest.SynchronousTestCase):
         self.assertEqual(routed_by("192.168.7.1", nodes), ("gw1", "192.168.0.0/16"))
         self.assertIsNone(routed_by("10.0.0.1", nodes))
         self.assertIsNone(routed_by("web1", nodes))
+
+
+class ExitDnsTests(unittest.TestCase):
+    """An exit node opens its mesh DNS to those the policy lets use the exit:
+    their nodes ask it for names beyond the mesh while they use the exit."""
+
+    EXIT_RULE = ForwardRule(("0.0.0.0/0", "::/0"), peers=("tag:web",), proto="tcp", ports=(PortRange(443, 443),), rules=(2,))
+    LAN_RULE = ForwardRule(("192.168.1.10/32",), sources=("10.99.0.1/32",), rules=(1,))
+
+    def test_only_the_exits_users_get_its_dns_port(self):
+        from wire.protocol.filter import FilterRule
+        from wire.protocol.routefilter import exit_dns_rules
+
+        dns = (PortRange(53, 53),)
+        self.assertEqual(
+            exit_dns_rules((self.LAN_RULE, self.EXIT_RULE)),
+            (
+                FilterRule(proto="udp", ports=dns, peers=("tag:web",), rules=(2,)),
+                FilterRule(proto="tcp", ports=dns, peers=("tag:web",), rules=(2,)),
+            ),
+        )
+        self.assertEqual(exit_dns_rules((self.LAN_RULE,)), ())
+        self.assertEqual(exit_dns_rules(None), ())
+
+    def test_the_reconciler_adds_them_only_on_a_node_that_offers_an_exit(self):
+        from types import SimpleNamespace
+
+        from wire.node.reconciler import Reconciler
+        from wire.protocol.filter import FilterRule
+
+        own = (FilterRule(sources=("10.99.0.5/32",), proto="tcp", ports=(PortRange(22, 22),)),)
+        reconciler = Reconciler.__new__(Reconciler)
+        reconciler._exit_dns = None
+        reconciler.netmap = SimpleNamespace(filter=own, route_filter=(self.EXIT_RULE,))
+        offers = [True]
+        reconciler.routing = SimpleNamespace(offers_exit=lambda: offers[0])
+        combined = reconciler._filter_with_exit_dns()
+        self.assertEqual(combined[:1], own)
+        self.assertEqual([(r.proto, r.ports, r.peers) for r in combined[1:]],
+                         [("udp", (PortRange(53, 53),), ("tag:web",)), ("tcp", (PortRange(53, 53),), ("tag:web",))])
+        self.assertIs(reconciler._filter_with_exit_dns(), combined, "the same tuple while nothing changed: cached")
+        offers[0] = False
+        self.assertEqual(reconciler._filter_with_exit_dns(), own, "not an exit: its own filter alone")
+        reconciler.netmap = SimpleNamespace(filter=None, route_filter=(self.EXIT_RULE,))
+        self.assertIsNone(reconciler._filter_with_exit_dns(), "no policy: no filter")

@@ -113,6 +113,9 @@ class RecordingRouting:
     async def set_forwarding(self, rules, problem=None):
         self.forwarding = (rules, problem)
 
+    def offers_exit(self):
+        return any(route in ("0.0.0.0/0", "::/0") for route in self.config().advertise_routes)
+
     def settings_changed(self):
         pass
 

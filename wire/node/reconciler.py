@@ -35,7 +35,7 @@ from wire.node.trust import IPNetwork, Mesh
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
 from wire.protocol import PathFailure, PathMode
 from wire.protocol.filter import FilterRule, resolve_peers
-from wire.protocol.routefilter import ForwardRule, resolve_forward_peers
+from wire.protocol.routefilter import ForwardRule, exit_dns_rules, resolve_forward_peers
 
 # Relay grants asked for at once: many relayed peers while the server is
 # slow must not open a request each.
@@ -115,6 +115,8 @@ class Reconciler:
         # The filter resolved against the netmap's peers: (rules, peers dict, result).
         self._resolved: tuple[tuple[FilterRule, ...], dict[str, Peer], tuple[FilterRule, ...]] | None = None
         self._route_resolved: tuple[tuple[ForwardRule, ...], dict[str, Peer], tuple[ForwardRule, ...]] | None = None
+        # (filter, forwarding rules, the filter with the exit's DNS opened): see _filter_with_exit_dns.
+        self._exit_dns: tuple[tuple[FilterRule, ...], tuple[ForwardRule, ...] | None, tuple[FilterRule, ...]] | None = None
         # Why the policy's filter is not in force (the node then holds no peers).
         self.filter_problem: str | None = None
 
@@ -243,7 +245,7 @@ class Reconciler:
     async def _enforce_filter(self, desired: dict[str, PeerConfig]) -> dict[str, PeerConfig]:
         """The access policy's filter in force before the peers it concerns
         are: where it cannot be, this node holds no peers (closed, never open)."""
-        rules = self.netmap.filter
+        rules = self._filter_with_exit_dns()
         problem = None
         if rules is None and self.netmap.filter_unreadable:
             problem = "the server sent an access policy filter this node cannot read (see wire status: server answers)"
@@ -273,6 +275,19 @@ class Reconciler:
                 self.log.info("the access policy's packet filter is in force")
             self.filter_problem = problem
         return {} if problem else desired
+
+    def _filter_with_exit_dns(self) -> tuple[FilterRule, ...] | None:
+        """The policy's filter for this node, and, on an exit node, its mesh
+        DNS open to those the policy lets use the exit (the same tuple while
+        neither changes, so the resolved filter stays cached)."""
+        rules, forwarding = self.netmap.filter, self.netmap.route_filter
+        if rules is None:
+            return None
+        if self.routing is None or not self.routing.offers_exit():
+            forwarding = None
+        if self._exit_dns is None or self._exit_dns[0] is not rules or self._exit_dns[1] is not forwarding:
+            self._exit_dns = (rules, forwarding, rules + exit_dns_rules(forwarding))
+        return self._exit_dns[2]
 
     async def _enforce_route_filter(self) -> None:
         """The policy's forwarding rules, their peers resolved from the netmap, to the router."""

@@ -230,6 +230,10 @@ class NodeRouting:
         self._planned_from = None
         self._host_facts = None
 
+    def offers_exit(self) -> bool:
+        """Whether this node's settings offer it as an exit node."""
+        return any(is_exit_route(route) for route in advertised_routes(self._config()))
+
     async def set_forwarding(self, rules: tuple[ForwardRule, ...] | None, problem: str | None = None) -> None:
         """The policy's forwarding rules, resolved (None: no policy); with a
         ``problem`` (unreadable), nothing is forwarded from the mesh."""

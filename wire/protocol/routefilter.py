@@ -27,7 +27,8 @@ from typing import Any
 
 from wire.protocol.errors import ProtocolError
 from wire.protocol.fields import parse_list, parse_object
-from wire.protocol.filter import MAX_RULES, FilterRule, filter_digest, peer_addresses, resolved_sources
+from wire.protocol.routes import is_exit_route
+from wire.protocol.filter import MAX_RULES, FilterRule, PortRange, filter_digest, peer_addresses, resolved_sources
 
 MAX_DESTINATIONS = 1_000
 ANSWER_KEY = "route_filter"
@@ -115,3 +116,20 @@ def route_filter_json(rules: tuple[ForwardRule, ...]) -> list[dict[str, Any]]:
 def route_filter_digest(rules: tuple[ForwardRule, ...] | None) -> str:
     """The digest a node names in ``?route_filter=`` ("none": it holds none)."""
     return filter_digest(None if rules is None else route_filter_json(rules))
+
+
+def exit_dns_rules(rules: tuple[ForwardRule, ...] | None) -> tuple[FilterRule, ...]:
+    """What an exit node's own filter adds for the peers it carries to the
+    internet: its mesh DNS (udp and tcp 53), which their nodes ask for names
+    beyond the mesh while they use the exit (wire.node.dns). Those peers may
+    already send anything through the exit; without this a policy such as
+    ``"dst": ["*:443"]`` would leave them an exit without names."""
+    if not rules:
+        return ()
+    dns_port = (PortRange(53, 53),)
+    found = []
+    for rule in rules:
+        if any(is_exit_route(d) for d in rule.destinations):
+            for proto in ("udp", "tcp"):
+                found.append(FilterRule(sources=rule.sources, proto=proto, ports=dns_port, peers=rule.peers, rules=rule.rules))
+    return tuple(found)
