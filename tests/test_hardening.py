@@ -438,7 +438,8 @@ class ServiceWiringTests(unittest.TestCase):
         self.assertEqual(port, 18787)
         # The site sits behind the connection guard (wire.server.connguard).
         self.assertIsInstance(guard, ConnectionGuard)
-        site = guard.wrappedFactory
+        # And behind the relay stream's Upgrade, which shares the port (wire.server.relaystream).
+        site = guard.wrappedFactory.site
         self.http = StubTreq(site.resource)
         return site
 

@@ -67,7 +67,7 @@ class EnumTests(unittest.TestCase):
         self.assertEqual(NAT_TYPES, ("unknown", "none", "easy", "hard"))
         self.assertEqual(json.dumps({"nat_type": NatType.HARD, "path": PathMode.RELAY}), '{"nat_type": "hard", "path": "relay"}')
         self.assertEqual(f"{PathMode.RELAY}: x", "relay: x")
-        self.assertEqual([m.value for m in PathMode], ["direct", "lan", "relay", "connecting", "none"])
+        self.assertEqual([m.value for m in PathMode], ["direct", "lan", "relay", "relay-tcp", "connecting", "none"])
 
 
 class RegistrationTests(unittest.TestCase):

@@ -97,8 +97,8 @@ def _path_column(node: dict) -> str:
     path, reason = node["path"], node["path_reason"]
     if path in ("direct", "lan"):
         return f"{path} {node['endpoint']}, handshake {_ago(node['handshake_age'])}"
-    if path == "relay":
-        return f"relay ({node['path_why']}), handshake {_ago(node['handshake_age'])}"
+    if path in ("relay", "relay-tcp"):
+        return f"{path} ({node['path_why']}), handshake {_ago(node['handshake_age'])}"
     return f"{path}: {reason}"
 
 

@@ -64,10 +64,12 @@ def _proven_since(path: PeerPath, status: PeerStatus) -> bool:
 
 
 def describe_path(
-    path: PeerPath | None, status: PeerStatus | None, peer: Peer, now: float, shims: Collection[str] = ()
+    path: PeerPath | None, status: PeerStatus | None, peer: Peer, now: float, shims: Collection[str] = (),
+    relay_over_tcp: str = "",
 ) -> dict:
     """How traffic reaches a peer: the path WireGuard actually has (its endpoint
-    as ``wg show`` shows it), the pair's mode, why, and since when."""
+    as ``wg show`` shows it), the pair's mode, why, and since when.
+    ``relay_over_tcp``: why the shim's frames go over TCP ("" when over UDP)."""
     age = now - status.latest_handshake if status is not None and status.latest_handshake else None
     if status is None or path is None:
         why = "not configured in WireGuard yet"
@@ -94,6 +96,10 @@ def describe_path(
         reason = f"{path.mode}: {why}"
         if path.phase is Phase.SILENT:
             reason += " (silent lately: probing)"
+    if shown is PathMode.RELAY and relay_over_tcp:
+        shown = PathMode.RELAY_TCP
+        why += f"; over TCP: {relay_over_tcp}"
+        reason = f"{PathMode.RELAY_TCP}: {why}"
     return {
         "path": shown,
         "mode": path.mode,
@@ -122,6 +128,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
             by_key = {p.public_key: p for p in wg.peers}
     relay = daemon.reconciler.relay
     shims = {session.endpoint for session in relay.sessions().values()} if relay is not None else set()
+    over_tcp = relay.tcp_reason if relay is not None and relay.over_tcp else ""
     peers = []
     rules = daemon.netmap.filter
     resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
@@ -142,7 +149,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "endpoint": wg_peer.endpoint if wg_peer else None,
                 "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims),
+                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp),
                 **policy,
                 **({"dns_name": dns_name} if dns_name else {}),
             }
@@ -183,6 +190,20 @@ async def node_status(daemon: NodeDaemon) -> dict:
         "policy": policy_state(daemon),
         "dns": names,
         "routing": daemon.reconciler.routing.status() if daemon.reconciler.routing is not None else None,
+        "relay": relay_state(relay),
+    }
+
+
+def relay_state(relay) -> dict | None:
+    """How this node's relayed frames reach the server: over UDP, or over the TCP relay stream, and why."""
+    if relay is None:
+        return None
+    stream = relay.stream
+    return {
+        "transport": relay.transport,
+        "why": relay.tcp_reason or None,
+        "sessions": len(relay.sessions()),
+        "stream": None if stream is None else {"up": stream.is_up, "problem": stream.problem, "dropped": stream.dropped},
     }
 
 

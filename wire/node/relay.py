@@ -7,6 +7,14 @@ coordination server's relay port; frames coming back are checked (MAC,
 replay window, the server's address) and their payload handed to WireGuard
 from that peer's loopback socket. A keepalive every few seconds keeps the
 server's idea of our address (and the NAT mapping to it) fresh.
+
+Where UDP to the server does not work (a network that blocks it), the same
+frames go over the relay stream instead (:mod:`wire.node.relaystream`, TCP
+on the server's API port): when no answer came over UDP within
+UDP_FALLBACK_AFTER of the first frame, or UDP answers stopped for
+UDP_DEAD_AFTER. While on the stream the shim still probes UDP with every
+keepalive round; the first answer over UDP moves it back, with no change
+WireGuard can see (its endpoint is the same loopback socket throughout).
 """
 
 from __future__ import annotations
@@ -38,6 +46,13 @@ from wire.relayproto import (
 )
 
 KEEPALIVE_INTERVAL = 10.0
+# No answer over UDP this long after the first frame: UDP to the server is blocked.
+UDP_FALLBACK_AFTER = 3.0
+# Answers over UDP stopped this long ago (two keepalive rounds): blocked now.
+UDP_DEAD_AFTER = 25.0
+# On the stream, a UDP probe's answer has this long to arrive before the
+# stream's own keepalives say again that the side is on the stream.
+UDP_PROBE_GRACE = 0.5
 # A session whose keepalives go unanswered this long is reported dead.
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
 
@@ -123,6 +138,14 @@ class RelayShim:
         self._keepalive = LoopingCall(self._send_keepalives)
         self._keepalive.clock = reactor
         self._start_lock = DeferredLock()
+        # The relay stream over TCP (None: this node has none, UDP only).
+        self.stream: Any = None
+        self.over_tcp = False
+        self.tcp_reason = ""  # why the frames go over TCP
+        self._udp_heard_at = float("-inf")
+        self._udp_tried_at: float | None = None  # first frame over UDP still waiting for an answer
+        self._udp_check: Any = None
+        self._stream_keepalive: Any = None
 
     # -- life ----------------------------------------------------------------
 
@@ -149,6 +172,12 @@ class RelayShim:
     async def stop(self) -> None:
         if self._keepalive.running:
             self._keepalive.stop()
+        for call in (self._udp_check, self._stream_keepalive):
+            if call is not None and call.active():
+                call.cancel()
+        if self.stream is not None:
+            self.stream.want(False)
+        self.over_tcp = False
         for peer in list(self._sessions):
             await self.remove(peer)
         if self._upstream_port is not None:
@@ -228,30 +257,107 @@ class RelayShim:
 
     # -- packets -------------------------------------------------------------
 
+    @property
+    def transport(self) -> str:
+        """How frames reach the server now: "udp", or "tcp" (the relay stream)."""
+        return "tcp" if self.over_tcp else "udp"
+
     def send_upstream(self, session: RelaySession, payload: bytes) -> None:
         if self._send_upstream is None or len(payload) > MAX_PAYLOAD:
             return
         session.frames_out += 1
-        self._send_upstream(session.wrap(payload), self.server)
+        frame = session.wrap(payload)
+        if self.over_tcp and self.stream is not None:
+            self.stream.send(frame)
+            return
+        self._send_udp(frame)
+
+    def _send_udp(self, frame: bytes) -> None:
+        assert self._send_upstream is not None
+        if self._udp_tried_at is None and self._udp_heard_at == float("-inf"):
+            self._udp_tried_at = self.reactor.seconds()
+            if self.stream is not None and self._udp_check is None:
+                self._udp_check = self.reactor.callLater(UDP_FALLBACK_AFTER, self._check_udp)
+        self._send_upstream(frame, self.server)
+
+    def _check_udp(self) -> None:
+        """UDP_FALLBACK_AFTER after the first frame: was anything heard over UDP?"""
+        self._udp_check = None
+        if self._sessions and self._udp_heard_at == float("-inf") and not self.over_tcp:
+            self._use_tcp(f"no answer from the server over UDP within {UDP_FALLBACK_AFTER:.0f}s: UDP to the server blocked")
+
+    def _use_tcp(self, why: str) -> None:
+        if self.stream is None or self.over_tcp:
+            return
+        self.over_tcp, self.tcp_reason = True, why
+        log.warn("relay over TCP to the server: {why}", why=why)
+        self.stream.want(True)
+        self._stream_keepalives()
+
+    def _use_udp(self) -> None:
+        self.over_tcp, self.tcp_reason = False, ""
+        log.info("relay over UDP again: the server answers over UDP")
+        if self._stream_keepalive is not None and self._stream_keepalive.active():
+            self._stream_keepalive.cancel()
+        self._stream_keepalive = None
+        # Every side tells the server at once that it is on UDP again.
+        for session in self._sessions.values():
+            self.send_upstream(session, b"")
+        if self.stream is not None:
+            self.stream.want(False)
+
+    def _stream_keepalives(self) -> None:
+        self._stream_keepalive = None
+        if not self.over_tcp or self.stream is None:
+            return
+        for session in self._sessions.values():
+            session.frames_out += 1
+            self.stream.send(session.wrap(b""))
+
+    def from_stream(self, frame: bytes) -> None:
+        """A frame the server sent over the relay stream."""
+        self._take(frame)
 
     def from_server(self, data: bytes, addr) -> None:
         if addr != self.server:
             return
+        if self._take(data):
+            self._udp_heard_at = self.reactor.seconds()
+            self._udp_tried_at = None
+            if self.over_tcp:
+                self._use_udp()
+
+    def _take(self, data: bytes) -> bool:
+        """A frame from the server, checked and handed to WireGuard; True if it was authentic."""
         try:
             token, direction, counter = read_header(data)
         except FrameError:
-            return
+            return False
         session = self._by_token.get(token)
         if session is None or direction != TO_NODE or not session.key.authentic(data):
-            return
+            return False
         if not session.window.check_and_mark(counter):
-            return
+            return False
         session.last_heard = self.reactor.seconds()
         session.frames_in += 1
         socket = session.socket
         if len(data) > OVERHEAD and socket is not None and socket.send is not None:
             socket.send(payload_view(data), socket.wireguard)
+        return True
 
     def _send_keepalives(self) -> None:
+        if not self.over_tcp:
+            now = self.reactor.seconds()
+            if self._sessions and self._udp_heard_at != float("-inf") and now - self._udp_heard_at > UDP_DEAD_AFTER:
+                self._use_tcp(f"the server stopped answering over UDP {now - self._udp_heard_at:.0f}s ago")
+            else:
+                for session in self._sessions.values():
+                    self.send_upstream(session, b"")
+                return
+        # On the stream: probe UDP (an answer moves us back), then, unless
+        # one came, tell the server again that each side is on the stream.
         for session in self._sessions.values():
-            self.send_upstream(session, b"")
+            session.frames_out += 1
+            self._send_udp(session.wrap(b""))
+        if self._stream_keepalive is None or not self._stream_keepalive.active():
+            self._stream_keepalive = self.reactor.callLater(UDP_PROBE_GRACE, self._stream_keepalives)

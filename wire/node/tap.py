@@ -26,6 +26,7 @@ from wire.node.enroll import (
     requested_config,
 )
 from wire.node.lan import LanAddress, underlay_ipv6
+from wire.node.relaystream import RelayStreamClient, stream_endpoint
 from wire.node.probe import start_probe
 from wire.node.firewall import Firewall, InvalidFirewallConfig
 from wire.node.names import MeshNames
@@ -81,6 +82,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
     firewall = node_firewall(runner, config.interface)
+    shim = RelayShim(reactor, host, stun_a, config.listen_port)
     names = MeshNames(reactor, runner, config.interface, OsDnsPaths(state_dir=config_dir), accept_dns=config.accept_dns)
     daemon = NodeDaemon(
         clock=reactor,
@@ -93,7 +95,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         recheck_nat=recheck_nat if raw_udp_supported() else None,
         lan_ip=lan_ip,
         public_ip6=underlay_ipv6,
-        relay=RelayShim(reactor, host, stun_a, config.listen_port),
+        relay=shim,
         start_probe=lambda vpn_ip, subnet: start_probe(reactor, reactor, vpn_ip, subnet),
         join_token=start.token,
         join_pending=start.pending,
@@ -104,6 +106,15 @@ def makeService(options: Options, reactor=None) -> MultiService:
         if sys.platform.startswith("linux") else None,
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
+    # Where UDP to the server is blocked, relayed frames go over TLS on its API port.
+    shim.stream = RelayStreamClient(
+        reactor,
+        lambda: stream_endpoint(reactor, daemon.config.server_url, daemon.config.server_fingerprint),
+        host,
+        config.node_id,
+        lambda: daemon.client.credential,
+        shim.from_stream,
+    )
     top = MultiService()
     daemon.setServiceParent(top)
     control = UNIXServerEndpoint(reactor, control_socket_path(config_dir), mode=0o600, wantPID=True)

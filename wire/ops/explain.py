@@ -106,18 +106,21 @@ def explain_path(
         reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
         suggestions = []
     expected, kind = _expected_endpoint(record, me.get("public_ip", ""), me.get("public_ip6", ""))
-    if path == "relay" or wg.get("mode") == "relay":
+    if path in ("relay", "relay-tcp") or wg.get("mode") == "relay":
         endpoint = wg.get("endpoint")
         why = wg.get("why") or wg.get("reason", "")
         if wg.get("endpoint_kind", "relay-shim") == "relay-shim":
             where = f"WireGuard sends it to the local relay shim {endpoint}"
         else:
             where = f"its relay session is not ready yet, and WireGuard sends to {endpoint or 'nowhere'} meanwhile"
-        reasons.append(f"traffic to {name} goes through the relay on the coordination server ({why}); {where}")
+        over = " over TCP, on the server's HTTPS port" if path == "relay-tcp" else ""
+        reasons.append(f"traffic to {name} goes through the relay on the coordination server{over} ({why}); {where}")
         cause, fix = _why_not_direct(name, me.get("nat_type") or "unknown", peer.get("nat_type") or "unknown", expected, kind)
         reasons.append(cause)
         suggestions.append(fix)
         kind = "relay" if wg.get("endpoint_kind", "relay-shim") == "relay-shim" else wg["endpoint_kind"]
+        if path == "relay-tcp" and kind == "relay":
+            kind = "relay-tcp"
     else:
         endpoint = wg.get("endpoint") or expected
         reasons.extend(_endpoint_reasons(name, record, me, expected, kind, wg.get("endpoint")))

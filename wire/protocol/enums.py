@@ -25,6 +25,7 @@ class PathMode(StrEnum):
     DIRECT = "direct"  # WireGuard sends to the peer's own public endpoint
     LAN = "lan"  # to the peer's LAN address: both sit behind the same public address
     RELAY = "relay"  # through the coordination server's relay, via the local shim
+    RELAY_TCP = "relay-tcp"  # the same, the shim's frames over TCP (UDP to the server is blocked); shown only
     CONNECTING = "connecting"  # direct chosen, no handshake proves it yet
     NONE = "none"  # not configured in WireGuard (yet)
 

@@ -48,6 +48,7 @@ from wire.server.policybook import PolicyBook
 from wire.server.punch import PunchTracker
 from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
+from wire.server.relaystream import RelayStreams
 from wire.server.relay import RelayTable
 from wire.server.store import IStore, StoreError
 from wire.web import SharedJson, ViewerJson
@@ -89,6 +90,10 @@ class Coordinator:
         self._refusals_suppressed = 0
         self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
+        # The relay over TCP, for nodes whose networks block UDP (wire.relaystream).
+        self.relay_streams = RelayStreams(
+            clock, self.relay.handle, lambda outcome: self.metrics.stun_datagrams.labels(outcome).inc()
+        )
         self.paths = PathBook(registry.changes, registry.changed_at)
         self.longpolls = LongPollHub(
             clock,
@@ -140,6 +145,8 @@ class Coordinator:
             longpolls_open=lambda: self.longpolls.open_count,
             netmap_serial=lambda: registry.changes.serial,
             relay_sessions=lambda: len(self.relay),
+            relay_streams=lambda: len(self.relay_streams),
+            relay_stream_drops=lambda: self.relay_streams.dropped,
         )
 
     def now(self) -> float:
@@ -441,6 +448,18 @@ class Coordinator:
             raise AuthError("unknown or revoked node credential")
         return node_id
 
+    def authenticate_stream(self, credential: str | None, node_id: str) -> str:
+        """The node a relay stream carries: the credential's (its claimed id
+        must match), or on an open server the registered node it names."""
+        authenticated = self.authenticate(credential)
+        if authenticated is not None:
+            if node_id and node_id != authenticated:
+                raise AuthError("X-Wire-Node names another node than the credential's")
+            return authenticated
+        if not node_id or self.registry.get(node_id) is None:
+            raise AuthError("X-Wire-Node must name a registered node")
+        return node_id
+
     async def enroll(self, secret: str, registration: Registration, public_ip: str) -> tuple[Registered, str]:
         """A new node with a join key: registered, and given its credential."""
         if self.authority is None:
@@ -661,6 +680,7 @@ class Coordinator:
         audit log (``event``). Returns how many relay sessions ended."""
         self.registry.remove(record.node_id)
         ended = self.relay.end_sessions_of(record.node_id)
+        self.relay_streams.end_node(record.node_id)
         with self.store.transaction() as db:
             db.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
             if self.authority is not None:

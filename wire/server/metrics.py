@@ -32,6 +32,12 @@ class ServerMetrics:
         self.longpolls_open = Gauge("wire_longpolls_open", "Netmap long-polls waiting", registry=self.registry)
         self.netmap_serial = Gauge("wire_netmap_serial", "Current netmap serial", registry=self.registry)
         self.relay_sessions = Gauge("wire_relay_sessions", "Relay sessions in use", registry=self.registry)
+        self.relay_streams = Gauge(
+            "wire_relay_streams", "Relay streams open over TCP (nodes whose networks block UDP)", registry=self.registry
+        )
+        self.relay_stream_drops = Gauge(
+            "wire_relay_stream_dropped_frames", "Relayed frames dropped because a stream's reader was slow", registry=self.registry
+        )
         self.registrations = Counter(
             "wire_registrations",
             "POST /register answered, by outcome (new, changed, heartbeat)",
@@ -81,6 +87,8 @@ class ServerMetrics:
         longpolls_open: Callable[[], float],
         netmap_serial: Callable[[], float],
         relay_sessions: Callable[[], float],
+        relay_streams: Callable[[], float] = lambda: 0,
+        relay_stream_drops: Callable[[], float] = lambda: 0,
     ) -> None:
         """Read live values at scrape time instead of updating them on every change."""
         self.nodes_total.set_function(nodes_total)
@@ -88,6 +96,8 @@ class ServerMetrics:
         self.longpolls_open.set_function(longpolls_open)
         self.netmap_serial.set_function(netmap_serial)
         self.relay_sessions.set_function(relay_sessions)
+        self.relay_streams.set_function(relay_streams)
+        self.relay_stream_drops.set_function(relay_stream_drops)
 
 
 class _WithoutCreated:

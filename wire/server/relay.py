@@ -146,8 +146,14 @@ class RelayTable:
             self._end(session)
         return len(stale)
 
-    def handle(self, data: bytes, source: tuple[str, int]) -> tuple[str, bytes | None, tuple[str, int] | None]:
-        """One datagram in; an outcome label, and the datagram to send and where (or None)."""
+    def handle(
+        self, data: bytes, source: tuple[str, int], sender: str | None = None
+    ) -> tuple[str, bytes | None, tuple[str, int] | None]:
+        """One datagram in; an outcome label, and the datagram to send and where (or None).
+
+        ``source`` is a UDP address or a relay stream's (wire.server.relaystream);
+        ``sender``, for a stream, the node it authenticated as: it carries that
+        node's sides only (None: an open server's stream, or UDP)."""
         try:
             token, direction, counter = read_header(data)
         except FrameError:
@@ -156,6 +162,8 @@ class RelayTable:
         if found is None or direction != TO_SERVER:
             return "relay_unknown", None, None
         session, side = found
+        if sender is not None and side.node_id != sender:
+            return "relay_forged", None, None
         if not side.sealer.authentic(data):
             return "relay_forged", None, None
         if not side.window.check_and_mark(counter):

@@ -40,6 +40,7 @@ from wire.urls import is_loopback_url
 
 log = Logger()
 from wire.server.firstjoin import first_join_notes, loopback_warning, write_first_join
+from wire.server.relaystream import UpgradeSnifferFactory
 from wire.server.listening import AlsoOnIPv6, AlsoOnIPv6UDP, Listening, ListeningUDP, StartFailure, TCP6OnlyServerEndpoint
 from wire.server.options import (
     Options,
@@ -250,8 +251,12 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         path_limit=_rate_limiter(config, "path", reactor),
     )
     where = f" of {interface}" if interface else ""
+    # The relay stream shares the API's port (an HTTP Upgrade), so a server on 443 serves both.
+    api = UpgradeSnifferFactory(
+        build_site(coordinator, rules), coordinator.relay_streams, coordinator.authenticate_stream, reactor
+    )
     guarded = ConnectionGuard(
-        build_site(coordinator, rules),
+        api,
         reactor,
         limit=connection_limit(fd_limit),
         uncapped=lambda host: is_trusted(host, rules.trusted_proxies),
@@ -271,7 +276,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     stun_limiter = _rate_limiter(config, "stun", reactor)
     admit = None if stun_limiter is None else lambda host: stun_limiter.allow(address_key(host))  # noqa: E731
     for udp_port, relay_handler, job in ((port + 1, relay, "STUN and relay"), (port + 2, None, "STUN")):
-        protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit)
+        streams = coordinator.relay_streams if relay_handler is not None else None
+        protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit, streams=streams)
         what = f"UDP port {udp_port}{where} ({job}, --port + {udp_port - port})"
         ListeningUDP(udp_port, protocol, interface, reactor, what).setServiceParent(server)
         if not interface:

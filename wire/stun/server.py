@@ -166,8 +166,12 @@ class StunServerProtocol(DatagramProtocol):
         observe: Callable[[str], None] | None = None,
         relay: Callable[[bytes, Any], tuple[str, bytes | None, Any]] | None = None,
         admit: Callable[[str], bool] | None = None,
+        streams: Any = None,
     ):
         self._reactor = reactor
+        # The relay's TCP streams (wire.server.relaystream.RelayStreams): a
+        # relayed frame goes to a UDP address or to a stream, through it.
+        self._streams = streams
         self._observe = observe
         self._relay = relay
         self._admit = admit
@@ -182,6 +186,9 @@ class StunServerProtocol(DatagramProtocol):
         # (a few hundred small datagrams) overflows.
         enlarge_socket_buffers(self.transport)
         self._send_relayed = DatagramBatcher(self._reactor, self.transport).send
+        if self._streams is not None:
+            self._streams.udp_send = self._send_relayed
+            self._send_relayed = self._streams.send
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:

@@ -1,0 +1,224 @@
+"""The node's end of the relay over TCP (:mod:`wire.relaystream`).
+
+When UDP to the server does not work, the relay shim sends its frames here
+instead: one TLS connection to the server's API port (certificate pinned as
+the API client pins it; through an HTTP proxy when one is given), upgraded
+to the relay stream. While the shim wants it, a lost stream is opened again
+with backoff (0.5 s doubling to 30 s); a slow connection drops frames
+rather than queueing them (the tunnel inside recovers, as over UDP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wire.node.backoff import Backoff
+from wire.relaystream import MAX_HEAD, RecordReader, StreamError, record, request_head, response_status
+from wire.textsafe import escaped
+from wire.tls import client_policy
+
+CONNECT_TIMEOUT = 10.0
+RETRY_FIRST = 0.5
+RETRY_CAP = 30.0
+
+log = Logger()
+
+
+def stream_endpoint(reactor: Any, server_url: str, fingerprint: str, via: Any = None) -> IStreamClientEndpoint:
+    """Where the stream connects: the server URL's host and port, in TLS for
+    https (pinned to ``fingerprint`` when given). ``via(host, port)``, when
+    given, makes the TCP endpoint (a proxy's CONNECT tunnel)."""
+    parts = urlsplit(server_url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    tcp = via(host, port) if via is not None else HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    if parts.scheme != "https":
+        return tcp
+    return wrapClientTLS(client_policy(fingerprint).creatorForNetloc(host.encode("idna"), port), tcp)
+
+
+@implementer(IPushProducer)
+class _StreamProtocol(Protocol):
+    transport: Any  # a TCP (or TLS) transport: a producer's consumer too
+
+    def __init__(self, client: RelayStreamClient):
+        self.client = client
+        self._head = b""
+        self._reader: RecordReader | None = None
+        self._paused = False
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.transport.write(request_head(self.client.host, self.client.node_id, self.client.credential()))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._reader is None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > MAX_HEAD:
+                    self._fail("the server's answer head is too large")
+                return
+            head, rest = self._head[:end], self._head[end + 4 :]
+            self._head = b""
+            try:
+                status, reason = response_status(head)
+            except StreamError as e:
+                self._fail(str(e))
+                return
+            if status != 101:
+                body = rest.decode("utf-8", "replace").strip()[:200]
+                self._fail(f"the server refused the relay stream: {status} {body or reason}")
+                return
+            self._reader = RecordReader()
+            self.client.connected(self)
+            data = rest
+            if not data:
+                return
+        try:
+            frames = self._reader.feed(data)
+        except StreamError as e:
+            self._fail(f"the server's stream is garbled: {e}")
+            return
+        for frame in frames:
+            self.client.on_frame(frame)
+
+    def write_frame(self, frame: bytes) -> bool:
+        if self._paused or self._reader is None or self.transport is None:
+            return False
+        self.transport.write(record(frame))
+        return True
+
+    def _fail(self, problem: str) -> None:
+        self.client.problem = problem
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.client.lost(self, reason)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class RelayStreamClient:
+    """One stream to the server while wanted; ``send`` a frame, ``on_frame`` for each one back."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: Callable[[], IStreamClientEndpoint],
+        host: str,
+        node_id: str,
+        credential: Callable[[], str | None],
+        on_frame: Callable[[bytes], None],
+    ):
+        self.reactor = reactor
+        self._endpoint = endpoint
+        self.host = host
+        self.node_id = node_id
+        self.credential = credential
+        self.on_frame = on_frame
+        self.problem: str | None = None  # why the last stream failed, for status
+        self.dropped = 0
+        self._wanted = False
+        self._protocol: _StreamProtocol | None = None  # upgraded and carrying records
+        self._connecting: Any = None
+        self._retry: Any = None
+        self._backoff = Backoff(RETRY_FIRST, RETRY_CAP)
+
+    @property
+    def is_up(self) -> bool:
+        return self._protocol is not None
+
+    def want(self, wanted: bool) -> None:
+        """Open the stream (and keep it open), or close it."""
+        if wanted == self._wanted:
+            return
+        self._wanted = wanted
+        if wanted:
+            self._connect()
+            return
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.loseConnection()
+        self._protocol = None
+
+    def send(self, frame: bytes) -> bool:
+        """False when there is no stream, or it is too slow to take more."""
+        protocol = self._protocol
+        if protocol is None or not protocol.write_frame(frame):
+            self.dropped += 1
+            return False
+        return True
+
+    # -- the protocol's reports ------------------------------------------------
+
+    def connected(self, protocol: _StreamProtocol) -> None:
+        if not self._wanted:
+            protocol.transport.loseConnection()
+            return
+        self._protocol = protocol
+        self.problem = None
+        self._backoff.reset()
+        log.info("relay stream to the server open (over TCP: UDP to the server does not work)")
+
+    def lost(self, protocol: _StreamProtocol, reason: Any) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            if self._wanted:
+                log.warn("relay stream to the server lost; opening it again")
+        self._again()
+
+    # -- connecting --------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if not self._wanted or self._connecting is not None or self._protocol is not None:
+            return
+        factory = Factory.forProtocol(lambda: _StreamProtocol(self))
+        try:
+            attempt = self._endpoint().connect(factory)
+        except Exception as e:  # a bad URL, a proxy refused at once
+            self.problem = f"cannot open the relay stream: {e}"
+            self._again()
+            return
+        self._connecting = attempt
+
+        def done(result: Any) -> None:
+            self._connecting = None
+
+        def failed(failure: Any) -> None:
+            self._connecting = None
+            if not failure.check(Exception) or self._wanted is False:
+                return None
+            self.problem = f"cannot open the relay stream: {escaped(str(failure.value) or type(failure.value).__name__)}"
+            self._again()
+            return None
+
+        attempt.addCallbacks(done, failed)
+
+    def _again(self) -> None:
+        if not self._wanted or self._protocol is not None or (self._retry is not None and self._retry.active()):
+            return
+        self._retry = self.reactor.callLater(self._backoff.next(), self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        self._connect()
