@@ -230,3 +230,37 @@ class RoutingTests(unittest.TestCase):
         self.assertEqual(
             {str(u.address) for u in found}, {"203.0.113.2", V6_B}, "kept off an exit's default routes, IPv4 and IPv6"
         )
+
+
+class SameFamilyTests(unittest.TestCase):
+    """The server listens on IPv6 too: a dual-stack node's request may come over it."""
+
+    def test_a_request_over_ipv6_keeps_the_known_ipv4_address(self):
+        from twisted.internet.defer import Deferred
+
+        from wire.server.auth import Authority
+
+        coordinator = make_coordinator(self)
+        coordinator.authority = Authority(coordinator.store, coordinator.clock)  # polls are heartbeats
+        registration = registration_for("web1", nat_port=40001, nat_type="easy", public_ip6=V6_A)
+        first = Deferred.fromCoroutine(coordinator.register(registration, "198.51.100.7"))
+        coordinator.clock.advance(0)
+        self.successResultOf(first)
+        again = Deferred.fromCoroutine(coordinator.register(registration, V6_A))
+        coordinator.clock.advance(0)
+        record = self.successResultOf(again).record
+        self.assertEqual((record.public_ip, record.public_ip6), ("198.51.100.7", V6_A))
+        # A long-poll over IPv6 is no move: no "register again", no reset of its pairs.
+        poll = coordinator.netmap("x:0", 0, node_id=record.node_id, public_ip=V6_A)
+        coordinator.clock.advance(0)
+        self.assertNotIn("register", self.successResultOf(poll))
+        moved = coordinator.netmap("x:0", 0, node_id=record.node_id, public_ip="203.0.113.9")
+        coordinator.clock.advance(0)
+        self.assertTrue(self.successResultOf(moved).get("register"), "a real IPv4 move still asks it to register")
+
+    def test_a_node_known_only_over_ipv6_keeps_that(self):
+        from wire.server.coordinator import _same_family
+
+        self.assertEqual(_same_family(V6_A, ""), V6_A)
+        self.assertEqual(_same_family(V6_A, "198.51.100.7"), "198.51.100.7")
+        self.assertEqual(_same_family("203.0.113.9", "198.51.100.7"), "203.0.113.9", "a real IPv4 move is one")

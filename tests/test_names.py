@@ -246,6 +246,9 @@ class DaemonCarriesNamesTests(unittest.TestCase):
             async def stop(self):
                 test.stops += 1
 
+            def set_exit_resolver(self, address):
+                test.exit_resolver = address
+
             def status(self):
                 return {"enabled": True, "domain": "wire.internal"}
 

@@ -313,7 +313,7 @@ class ServerTests(unittest.TestCase):
         self.assertIn(self.mesh.ids["web1"], {u["node_id"] for u in answer["upserts"]})
         web = self.poll("web1", "none")
         self.assertIn(self.mesh.ids["router"], {u["node_id"] for u in web["upserts"]})
-        self.assertNotIn("route_filter", web)  # no routes: nothing to say
+        self.assertEqual(web["route_filter"], [], "a policy and no served routes: forward nothing (never everything)")
         self.assertNotIn("route_filter", self.poll("router", filter_digest(answer["route_filter"])))
         self.assertNotIn("route_filter", self.poll("router", None))  # a node that never asks
         # The policy goes: the router is told to forward as before.
@@ -326,7 +326,8 @@ class ServerTests(unittest.TestCase):
         self.assertTrue(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
         self.mesh.admin.reject_route("router", LAN)
         self.assertFalse(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
-        self.assertIsNone(self.poll("router", "none").get("route_filter"))
+        # Its table is built from what it advertises: it must forward nothing, not everything.
+        self.assertEqual(self.poll("router", "none")["route_filter"], [])
 
 
 class RecordingRouter:
@@ -477,3 +478,66 @@ class ExitDnsTests(unittest.TestCase):
         self.assertEqual(reconciler._filter_with_exit_dns(), own, "not an exit: its own filter alone")
         reconciler.netmap = SimpleNamespace(filter=None, route_filter=(self.EXIT_RULE,))
         self.assertIsNone(reconciler._filter_with_exit_dns(), "no policy: no filter")
+
+
+class ReviewedTests(NodeTests):
+    """Cases a review found: a refused set told once; wire down forgets what was allowed."""
+
+    def test_a_refused_set_is_told_once_not_at_every_reconcile(self):
+        from twisted.logger import globalLogPublisher
+
+        errors = []
+
+        def observe(event):
+            if event.get("log_level") is not None and event["log_level"].name == "error":
+                errors.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        routing = self.routing()
+        rules = (ForwardRule(("10.0.0.0/8",), sources=("10.99.0.1/32",)),)
+        for _ in range(5):  # five reconciles with the same netmap
+            self.set(routing, rules)
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(len(routing.router.applied), 1, "checked and applied once")
+        self.assertIn("10.0.0.0/8 is outside", routing.forwarding_problem)
+
+    def test_wire_down_then_up_forwards_nothing_until_the_first_netmap(self):
+        from twisted.internet.defer import ensureDeferred
+
+        routing = self.routing()
+        self.set(routing, None)  # no policy: everything
+
+        class NoRoutes:
+            async def clear(self):
+                pass
+
+        routing.routes = NoRoutes()  # type: ignore[assignment]
+        self.successResultOf(ensureDeferred(routing.clear()))
+        self.successResultOf(ensureDeferred(routing.advertise()))
+        self.assertEqual(routing.router.applied[-1], ((LAN,), ()), "closed until told")
+
+
+class WakeTests(unittest.TestCase):
+    def test_a_policy_change_wakes_each_router_whose_own_forwarding_changed(self):
+        from types import SimpleNamespace
+
+        from wire.server.coordinator import Coordinator
+
+        directory = [
+            node("n-web", "web1", "10.99.0.1", "tag:web"),
+            node("r1", "r1", "10.99.0.10", "tag:router", routes=("192.168.1.0/24", "192.168.2.0/24")),
+            node("r2", "r2", "10.99.0.11", "tag:router", routes=("192.168.1.0/24",)),
+        ]
+
+        def index(dst):
+            policy = parse_policy(json.dumps({"tagOwners": {"tag:web": [], "tag:router": []},
+                                              "acls": [{"action": "accept", "src": ["tag:web"], "dst": [dst]}]}))
+            check_against(policy, directory)
+            return PolicyIndex(policy, directory)
+
+        before, now = index("192.168.0.0/16:443"), index("192.168.1.0/24:443")
+        coordinator = SimpleNamespace(policy=SimpleNamespace(index=now), _filter_of=Coordinator._filter_of)
+        compared: dict = {}
+        woken = {viewer: Coordinator._view_changed(coordinator, viewer, before, compared) for viewer in ("r2", "r1")}
+        self.assertEqual(woken, {"r2": False, "r1": True}, "r1 lost 192.168.2.0/24, whatever order the polls come in")

@@ -943,6 +943,10 @@ class NodeDaemon(Service):
     async def _paths_once(self) -> None:
         # A failure (WireGuard refusing a change, say) is told once per cause by _guarded.
         await self.reconciler.reconcile()
+        if self.names is not None:
+            # An exit may come into use at any reconcile (its server address
+            # resolved, its routes applied): names beyond the mesh follow it.
+            self.names.set_exit_resolver(self._exit_resolver())
 
     def _nat_may_have_moved(self) -> None:
         """A proven direct path went silent: probe the NAT now rather than at

@@ -124,6 +124,11 @@ class MeshNames:
             pairs.append((own_name, own))
         return pairs
 
+    def set_exit_resolver(self, address: str) -> None:
+        """The exit node in use changed (or not: then nothing happens)."""
+        if self.server is not None:
+            self.server.set_exit_resolver(address)
+
     async def _listen(self, vpn_ip: str, networks: tuple[str, ...]) -> None:
         """On our IPv4 mesh address, answering reverse lookups for the mesh's networks."""
         if self.server is not None and self._listening_on == vpn_ip and self._reverse == networks:

@@ -298,6 +298,11 @@ class Reconciler:
                 None, "the server sent forwarding rules this node cannot read (see wire status: server answers)"
             )
             return
+        if rules is None and self.netmap.filter is not None:
+            # A policy is in force here, and no forwarding rules came with it:
+            # nothing is forwarded (never everything).
+            await self.routing.set_forwarding((), "an access policy is in force and the server sent no forwarding rules")
+            return
         if rules is None:
             await self.routing.set_forwarding(None)
             return

@@ -71,6 +71,7 @@ class NodeRouting:
         # Until the first netmap with peers says, nothing new is forwarded from
         # the mesh (a restart must not open what a policy closed; replies pass).
         self._forwarding_known = False
+        self._forwarding_given_problem: str | None = None  # as the reconciler said it
         self._server_address = ""  # resolved with the host's facts
 
     async def start(self) -> None:
@@ -237,7 +238,11 @@ class NodeRouting:
     async def set_forwarding(self, rules: tuple[ForwardRule, ...] | None, problem: str | None = None) -> None:
         """The policy's forwarding rules, resolved (None: no policy); with a
         ``problem`` (unreadable), nothing is forwarded from the mesh."""
-        self._forwarding, self.forwarding_problem = (() if problem else rules), problem
+        forwarding = () if problem else rules
+        if self._forwarding_known and forwarding is self._forwarding and problem == self._forwarding_given_problem:
+            return  # the same as at the last reconcile (every second): nothing to check or apply again
+        self._forwarding, self._forwarding_given_problem = forwarding, problem
+        self.forwarding_problem = problem
         self._forwarding_known = True
         if advertised_routes(self._config()) or self._advertised is not None:
             await self.advertise()
@@ -295,6 +300,8 @@ class NodeRouting:
         self._applied = None
         self._advertised = None
         self.plan = RoutePlan()
+        # Up again later: nothing forwarded from the mesh until a netmap says what may be.
+        self._forwarding, self._forwarding_known = None, False
 
     def exit_in_use(self) -> str | None:
         """The node id of the exit the default route goes through (None: none)."""

@@ -214,9 +214,10 @@ class Coordinator:
             compared[key] = (
                 before.peers_of(viewer) != now.peers_of(viewer)
                 or self._filter_of(before, viewer) != self._filter_of(now, viewer)
-                or before.route_filter_for(viewer) != now.route_filter_for(viewer)
             )
-        return compared[key]
+        # A router's forwarding filter depends on its own routes too, not on its
+        # class alone (cached per route set in the index: cheap to ask).
+        return compared[key] or before.route_filter_for(viewer) != now.route_filter_for(viewer)
 
     @staticmethod
     def _filter_of(index: PolicyIndex, viewer: str):
@@ -407,6 +408,11 @@ class Coordinator:
         if held is None or self.policy.index.node(viewer) is None:
             return {}
         rules = self.policy.index.route_filter_for(viewer) if self.policy.active else None
+        if rules is None and self.policy.active:
+            # A policy, and no served route (pending, rejected): forward
+            # nothing. The node builds its table from what it advertises,
+            # so "no rules" must never read as "no policy".
+            rules = ()
         if rules is None:
             return {ROUTE_FILTER: None} if held != NO_FILTER else {}
         encoded = self._route_filter_encoded.get(id(rules))
@@ -526,6 +532,7 @@ class Coordinator:
             registration = replace(registration, node_name=record.node_name)
         previous = self.registry.get(registration.node_id)
         was_online = self.registry.is_online(registration.node_id)
+        public_ip = _same_family(public_ip, previous.public_ip if previous is not None else "")
         result = self.registry.register(registration, public_ip, self.now())
         if result.outcome is not RegisterOutcome.HEARTBEAT:
             try:
@@ -621,7 +628,7 @@ class Coordinator:
             record = self.registry.get(node_id)
             if record is not None:
                 self.registry.seen(node_id, self.now())
-                moved = public_ip is not None and public_ip != record.public_ip
+                moved = public_ip is not None and _same_family(public_ip, record.public_ip) != record.public_ip
         who = node_id if node_id is not None else viewer
         if who is not None:
             # What it holds decides whether its answer carries its filter.
@@ -739,3 +746,13 @@ class MaintenanceService(Service):
                 loop.stop()
         self._coordinator.close()
         return super().stopService()
+
+
+def _same_family(source: str, known: str) -> str:
+    """The node's public (IPv4) address: a request that came over IPv6 (the
+    server listens on both; a named server's AAAA) keeps the IPv4 one already
+    known, which its STUN mapping and its peers' direct paths belong to. Its
+    IPv6 underlay address is ``public_ip6``, which the node reports."""
+    if ":" in source and known and ":" not in known:
+        return known
+    return source
