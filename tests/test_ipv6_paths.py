@@ -226,10 +226,14 @@ class RoutingTests(unittest.TestCase):
         routing = NodeRouting.__new__(NodeRouting)
         routing._server_address = ""
         peer = replace(node("db1", "203.0.113.2"), public_ip6=V6_B)
-        found = routing._underlay({"id-db1": peer}, None, "198.51.100.1")  # type: ignore[arg-type]
+        found = routing._underlay({"id-db1": peer}, None, "198.51.100.1", V6_A)  # type: ignore[arg-type]
         self.assertEqual(
             {str(u.address) for u in found}, {"203.0.113.2", V6_B}, "kept off an exit's default routes, IPv4 and IPv6"
         )
+        # A node without IPv6 never sends to the peer's IPv6 address: an IPv6
+        # subnet route that holds it is no loop for it, and stays usable.
+        found = routing._underlay({"id-db1": peer}, None, "198.51.100.1", "")  # type: ignore[arg-type]
+        self.assertEqual({str(u.address) for u in found}, {"203.0.113.2"})
 
 
 class SameFamilyTests(unittest.TestCase):

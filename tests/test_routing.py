@@ -101,7 +101,7 @@ class RecordingRouting:
     async def start(self):
         self.started += 1
 
-    async def allowed_ips(self, peers, my_public_ip=""):
+    async def allowed_ips(self, peers, my_public_ip="", my_public_ip6=""):
         return {node_id: ("192.168.50.0/24",) for node_id, p in peers.items() if p.node_name == "r1"}
 
     async def apply(self):

@@ -179,7 +179,7 @@ class Reconciler:
         subnet, subnet6 = mesh.subnet, mesh.subnet6
         # Networks beyond the mesh some peers carry (subnet routes, the exit): only as given.
         extra = (
-            await self.routing.allowed_ips(self.netmap.peers, me.public_ip)
+            await self.routing.allowed_ips(self.netmap.peers, me.public_ip, getattr(me, "public_ip6", ""))
             if self.routing is not None
             else {}
         )

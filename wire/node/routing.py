@@ -95,12 +95,14 @@ class NodeRouting:
         config = self._config()
         return [subnet for subnet in (config.vpn_subnet, config.vpn_subnet6) if subnet]
 
-    async def allowed_ips(self, peers: Mapping[str, Peer], my_public_ip: str = "") -> Mapping[str, tuple[str, ...]]:
+    async def allowed_ips(
+        self, peers: Mapping[str, Peer], my_public_ip: str = "", my_public_ip6: str = ""
+    ) -> Mapping[str, tuple[str, ...]]:
         """Each peer's networks beyond its mesh address, planned anew when the
         netmap or settings changed. A host whose routes cannot be read gets
         none (closed), and says why: the mesh itself goes on."""
         try:
-            return await self._allowed_ips(peers, my_public_ip)
+            return await self._allowed_ips(peers, my_public_ip, my_public_ip6)
         except RouteError as e:
             self.plan = RoutePlan()
             self._planned_from = None
@@ -108,7 +110,7 @@ class NodeRouting:
             self.log.error("{problem}", problem=escaped(self.problem))
             return {}
 
-    async def _allowed_ips(self, peers: Mapping[str, Peer], my_public_ip: str) -> Mapping[str, tuple[str, ...]]:
+    async def _allowed_ips(self, peers: Mapping[str, Peer], my_public_ip: str, my_public_ip6: str = "") -> Mapping[str, tuple[str, ...]]:
         config = self._config()
         if not config.accept_routes and not config.exit_node and self._applied is None:
             # The common case: no routes used, none in place; nothing to look at (every reconcile comes here).
@@ -116,7 +118,7 @@ class NodeRouting:
             return {}
         mesh_subnets = self._mesh_subnets()
         inputs = (config.accept_routes, config.exit_node, config.exit_node_id, config.exit_node_allow_lan_access,
-                  tuple(mesh_subnets), my_public_ip)
+                  tuple(mesh_subnets), my_public_ip, my_public_ip6)
         # The netmap's peer dict is new on every change: the same dict and settings mean the same plan.
         if (self._planned_from is not None and self._planned_from[0] is peers and self._planned_from[1] == inputs
                 and not self._host_facts_stale()):
@@ -131,7 +133,7 @@ class NodeRouting:
             wanted,
             mesh_subnets=mesh_subnets,
             local_networks=local,
-            underlay_addresses=self._underlay(peers, config, my_public_ip),
+            underlay_addresses=self._underlay(peers, config, my_public_ip, my_public_ip6),
             exit_peer=exit_peer,
             exit_allow_lan=config.exit_node_allow_lan_access,
             gateways=gateways,
@@ -165,16 +167,18 @@ class NodeRouting:
                 result[node_id] = kept
         return result
 
-    def _underlay(self, peers: Mapping[str, Peer], config: NodeConfig, my_public_ip: str) -> list[Underlay]:
+    def _underlay(self, peers: Mapping[str, Peer], config: NodeConfig, my_public_ip: str, my_public_ip6: str = "") -> list[Underlay]:
         """What must never go through the tunnel: the server, and every address
         a peer's WireGuard may use (its LAN address only when it shares this
-        node's public address: only then is the LAN path tried)."""
+        node's public address: only then is the LAN path tried; its IPv6 one
+        only when this node has IPv6 too: only then is that path tried, and
+        an IPv6 subnet route holding it stays usable by nodes without IPv6)."""
         found = []
         if self._server_address:
             found.append(Underlay.server(self._server_address))
         for peer in peers.values():
             same_lan = bool(my_public_ip) and peer.public_ip == my_public_ip
-            for address in (peer.public_ip, peer.public_ip6, peer.lan_ip if same_lan else ""):
+            for address in (peer.public_ip, peer.public_ip6 if my_public_ip6 else "", peer.lan_ip if same_lan else ""):
                 if address and _is_address(address):
                     found.append(Underlay.endpoint(peer.node_name, address))
         return found

@@ -115,18 +115,25 @@ class AlsoOnIPv6(StreamServerEndpointService):
     def __init__(self, endpoint, factory, what: str):
         super().__init__(endpoint, factory)
         self.what = what
+        self._gave_up = False
 
     def privilegedStartService(self):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             _not_on_ipv6(self.what, e.socketError)
+            self._gave_up = True
             self._waitingForPort = None
 
+    def startService(self):
+        if self._gave_up:
+            Service.startService(self)  # told once; not tried again (without privileges, it would fail anew)
+            return
+        super().startService()
+
     def stopService(self):
-        if self._waitingForPort is None:
-            self.running = False
-            return None
+        if self._gave_up or self._waitingForPort is None:
+            return Service.stopService(self)
         return super().stopService()
 
 
@@ -136,21 +143,33 @@ class AlsoOnIPv6UDP(Service):
     def __init__(self, port: int, protocol, reactor, what: str):
         self.udp_port, self.protocol, self.reactor, self.what = port, protocol, reactor, what
         self.listening = None
+        self._tried = False
 
     def privilegedStartService(self):
+        self._listen_once()
+        super().privilegedStartService()
+
+    def startService(self):
+        self._listen_once()  # started without privilegedStartService (as a child of a running service)
+        super().startService()
+
+    def _listen_once(self):
+        if self._tried:
+            return
+        self._tried = True
         try:
             sock = ipv6_only_socket(socket.SOCK_DGRAM, self.udp_port)
         except OSError as e:
             _not_on_ipv6(self.what, e)
-        else:
-            try:
-                self.listening = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, self.protocol)
-            finally:
-                sock.close()
-        super().privilegedStartService()
+            return
+        try:
+            self.listening = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, self.protocol)
+        finally:
+            sock.close()
 
     def stopService(self):
         super().stopService()
+        self._tried = False
         listening, self.listening = self.listening, None
         return listening.stopListening() if listening is not None else None
 
