@@ -7,20 +7,30 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
-from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
 from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    DNSLookupError,
+    TimeoutError,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from wire.protocol.dns import parse_dns_digest
-from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
     NetmapAnswer,
@@ -36,6 +46,9 @@ from wire.protocol import (
     parse_cursor_text,
     parse_node_id,
 )
+from wire.protocol.dns import parse_dns_digest
+from wire.protocol.filter import parse_filter_digest
+from wire.proxy import ProxyConfig, ProxyEndpointFactory
 from wire.tls import client_policy
 
 T = TypeVar("T")
@@ -89,11 +102,17 @@ class BadAnswer(ServerError):
         self.error = error
 
 
-def make_http_client(reactor, persistent: bool = True, tls_fingerprint: str = "") -> HTTPClient:
+def make_http_client(
+    reactor, persistent: bool = True, tls_fingerprint: str = "", proxy: ProxyConfig | None = None
+) -> HTTPClient:
     """An HTTP client; for https, pinned to ``tls_fingerprint`` when given,
-    else verifying the certificate by hostname against the system's CAs."""
+    else verifying the certificate by hostname against the system's CAs.
+    With ``proxy``, through its CONNECT tunnel (for the hosts it applies to)."""
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 2
+    if proxy is not None:
+        endpoints = ProxyEndpointFactory(reactor, proxy, client_policy(tls_fingerprint), REQUEST_TIMEOUT)
+        return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     agent = Agent(reactor, contextFactory=client_policy(tls_fingerprint), pool=pool, connectTimeout=REQUEST_TIMEOUT)
     return HTTPClient(agent)
 
