@@ -396,6 +396,11 @@ class ProxyTunnelEndpoint:
         self._reactor = reactor
         self.proxy = proxy
         self.host = host.strip("[]") if isinstance(host, str) else host.decode("idna").strip("[]")
+        if not self.host or not self.host.isprintable() or any(c.isspace() for c in self.host):
+            # It goes into the CONNECT request line: no room for a header of its own.
+            raise ValueError(f"not a host to CONNECT to: {self.host[:60]!r}")
+        if not 0 < port < 65536:
+            raise ValueError(f"not a port to CONNECT to: {port}")
         self.port = port
         self.timeout = timeout
 
@@ -466,6 +471,16 @@ def _tcp_endpoint(reactor, host: str, port: int, timeout: float):
     return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
 
 
+def client_endpoint(reactor, proxy: ProxyConfig | None, host: str, port: int, timeout: float = 10.0):
+    """A stream to ``host:port``: through ``proxy`` when there is one and
+    NO_PROXY does not exclude the host, else direct (HostnameEndpoint).
+    For any TCP stream to the server (the HTTP client's, a relay stream's);
+    put TLS on top with ``wrapClientTLS``."""
+    if proxy is not None and proxy.applies_to(host, port):
+        return ProxyTunnelEndpoint(reactor, proxy, host, port, timeout)
+    return HostnameEndpoint(reactor, host.strip("[]"), port, timeout=timeout)
+
+
 # -- the HTTP client's endpoints ---------------------------------------------
 
 
@@ -483,10 +498,7 @@ class ProxyEndpointFactory:
 
     def endpointForURI(self, uri):
         host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
-        if self._proxy.applies_to(host, uri.port):
-            endpoint = ProxyTunnelEndpoint(self._reactor, self._proxy, host, uri.port, self._timeout)
-        else:
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        endpoint = client_endpoint(self._reactor, self._proxy, host, uri.port, self._timeout)
         if uri.scheme == b"https":
             return wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
         if uri.scheme == b"http":
