@@ -425,3 +425,47 @@ class NodeSettingTests(unittest.TestCase):
         with mock.patch.dict(os.environ, env):
             self.assertIsNone(ctx.proxy_in_use("https://wire.test:8787"))
             self.assertEqual(ctx.proxy_in_use("https://other.org")["url"], "http://p:3128")
+
+
+class ClientEndpointTests(unittest.TestCase):
+    """``client_endpoint``: what a raw stream (the relay's) uses."""
+
+    def test_through_the_proxy_unless_no_proxy_or_none(self):
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        from wire.proxy import client_endpoint
+
+        memory = MemoryReactorClock()
+        proxy = parse_proxy_url("http://10.0.0.1:3128", no_proxy=parse_no_proxy("direct.org"))
+        self.assertIsInstance(client_endpoint(memory, proxy, "vpn.example.org", 8787), ProxyTunnelEndpoint)
+        self.assertIsInstance(client_endpoint(memory, proxy, "direct.org", 8787), HostnameEndpoint)
+        self.assertIsInstance(client_endpoint(memory, None, "vpn.example.org", 8787), HostnameEndpoint)
+
+    def test_a_host_that_would_inject_a_header_is_refused(self):
+        proxy = parse_proxy_url("http://10.0.0.1:3128")
+        for host in ("a.org\r\nX-Evil: 1", "", "a b"):
+            with self.assertRaises(ValueError):
+                ProxyTunnelEndpoint(MemoryReactorClock(), proxy, host, 443)
+        with self.assertRaises(ValueError):
+            ProxyTunnelEndpoint(MemoryReactorClock(), proxy, "a.org", 0)
+
+
+class DaemonStartTests(unittest.TestCase):
+    def test_a_bad_proxy_in_the_environment_stops_the_daemon_with_its_name(self):
+        from unittest import mock
+
+        from wire.node.config import NodeConfig, save_config
+        from wire.node.tap import Options, makeService
+
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        save_config(config_dir, NodeConfig(server_url="https://wire.test:8787", node_name="r1", node_id="node-" + "b" * 16))
+        options = Options()
+        options.parseOptions(["--config-dir", config_dir])
+        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "socks5://u:s3cret@p:1080"}):
+            with self.assertRaises(SystemExit) as caught:
+                makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            str(caught.exception),
+            "wire-node: HTTPS_PROXY: socks5:// proxies are not supported; give an http:// proxy that speaks CONNECT",
+        )
