@@ -13,6 +13,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.filepath import FilePath
 from twisted.trial import unittest
 from twisted.web.client import URI
 from twisted.web.resource import Resource
@@ -388,8 +389,7 @@ class NodeSettingTests(unittest.TestCase):
         result = await ops.set_settings(ctx, {"proxy": "http://al%40ice:s3cret@proxy.corp:3128"})
         self.assertEqual(result["settings"]["proxy"], "http://proxy.corp:3128")
         self.assertNotIn("s3cret", format_set(result, Style(False)))
-        with open(config_path(self.config_dir)) as f:
-            self.assertNotIn("s3cret", f.read())
+        self.assertNotIn(b"s3cret", FilePath(config_path(self.config_dir)).getContent())
         self.assertEqual(os.stat(proxy_auth_path(self.config_dir)).st_mode & 0o777, 0o600)
         config = load_config(self.config_dir)
         proxy = node_proxy(config, {"HTTPS_PROXY": "http://env:1"}, self.config_dir)
@@ -462,9 +462,8 @@ class DaemonStartTests(unittest.TestCase):
         save_config(config_dir, NodeConfig(server_url="https://wire.test:8787", node_name="r1", node_id="node-" + "b" * 16))
         options = Options()
         options.parseOptions(["--config-dir", config_dir])
-        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "socks5://u:s3cret@p:1080"}):
-            with self.assertRaises(SystemExit) as caught:
-                makeService(options, MemoryReactorClock())
+        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "socks5://u:s3cret@p:1080"}), self.assertRaises(SystemExit) as caught:
+            makeService(options, MemoryReactorClock())
         self.assertEqual(
             str(caught.exception),
             "wire-node: HTTPS_PROXY: socks5:// proxies are not supported; give an http:// proxy that speaks CONNECT",
