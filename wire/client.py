@@ -7,30 +7,20 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from OpenSSL import SSL
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
+from OpenSSL import SSL
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import (
-    ConnectError,
-    ConnectingCancelledError,
-    DNSLookupError,
-    TimeoutError,
-)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-)
+from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from wire.protocol.dns import parse_dns_digest
+from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
     NetmapAnswer,
@@ -46,8 +36,6 @@ from wire.protocol import (
     parse_cursor_text,
     parse_node_id,
 )
-from wire.protocol.dns import parse_dns_digest
-from wire.protocol.filter import parse_filter_digest
 from wire.proxy import ProxyConfig, ProxyEndpointFactory
 from wire.tls import client_policy
 

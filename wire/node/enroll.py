@@ -31,8 +31,8 @@ from wire.node.config import (
 )
 from wire.node.ifname import parse_interface_name
 from wire.node.proxy import node_proxy
-from wire.node.settings import parse_settings, with_settings
 from wire.protocol import ProtocolError, parse_node_name, parse_port
+from wire.node.settings import parse_settings, with_settings
 from wire.protocol.fields import parse_object
 from wire.proxy import ProxyConfigError
 
