@@ -36,6 +36,7 @@ from wire.protocol import (
     parse_cursor_text,
     parse_node_id,
 )
+from wire.proxy import ProxyConfig, ProxyEndpointFactory
 from wire.tls import client_policy
 
 T = TypeVar("T")
@@ -89,11 +90,17 @@ class BadAnswer(ServerError):
         self.error = error
 
 
-def make_http_client(reactor, persistent: bool = True, tls_fingerprint: str = "") -> HTTPClient:
+def make_http_client(
+    reactor, persistent: bool = True, tls_fingerprint: str = "", proxy: ProxyConfig | None = None
+) -> HTTPClient:
     """An HTTP client; for https, pinned to ``tls_fingerprint`` when given,
-    else verifying the certificate by hostname against the system's CAs."""
+    else verifying the certificate by hostname against the system's CAs.
+    With ``proxy``, through its CONNECT tunnel (for the hosts it applies to)."""
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 2
+    if proxy is not None:
+        endpoints = ProxyEndpointFactory(reactor, proxy, client_policy(tls_fingerprint), REQUEST_TIMEOUT)
+        return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     agent = Agent(reactor, contextFactory=client_policy(tls_fingerprint), pool=pool, connectTimeout=REQUEST_TIMEOUT)
     return HTTPClient(agent)
 

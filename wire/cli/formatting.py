@@ -43,7 +43,7 @@ def format_status(result: dict, style: Style) -> str:
     stale = result.get("stale", False)
     lines = [
         "",
-        f"{style('1', 'wire status')}  {result['server']}",
+        f"{style('1', 'wire status')}  {result['server']}{_via_proxy(result)}",
     ]
     if result.get("warning"):
         # A stale mesh (the daemon's netmap) or a node the server refuses: before anything else.
@@ -145,7 +145,8 @@ def format_down(result: dict, style: Style) -> str:
 def format_set(result: dict, style: Style) -> str:
     shown = ", ".join(f"{name.replace('_', '-')}={_setting(result['settings'][name])}" for name in result["changed"])
     where = "in force now" if result["applied"] else "saved; the daemon applies them when it starts (sudo wire up)"
-    return f"settings changed: {shown} ({where})"
+    note = f"\n{result['note']}" if result.get("note") else ""
+    return f"settings changed: {shown} ({where}){note}"
 
 
 def _setting(value) -> str:
@@ -204,9 +205,15 @@ def format_watchdog(result: dict, style: Style) -> str:
     return "\n".join(lines)
 
 
+def _via_proxy(result: dict) -> str:
+    """" via proxy http://***@proxy:3128 (HTTPS_PROXY)" when the API is reached through one."""
+    proxy = result.get("proxy")
+    return f" via proxy {proxy['url']} ({proxy['source']})" if proxy else ""
+
+
 def format_netcheck(result: dict, style: Style) -> str:
     http, udp = result["http"], result["udp"]
-    lines = [f"{style('1', 'wire netcheck')}  {result['server']}"]
+    lines = [f"{style('1', 'wire netcheck')}  {result['server']}{_via_proxy(result)}"]
     http_state = f"ok, {_ms(http['rtt_ms'])} (version {http['version']})" if http["reachable"] else style("31", "no answer")
     lines.append(f"  HTTP /health      {http_state}")
     for port in udp["ports"]:

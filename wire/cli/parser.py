@@ -68,11 +68,16 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         help="offer these networks to the mesh (a subnet router); an admin approves them; '' offers none",
     )
     parser.add_argument("--exit-node", metavar="NAME", default=None, help="send internet traffic through this peer ('' for none)")
+    parser.add_argument(
+        "--proxy", metavar="URL", default=None,
+        help="reach the server through this HTTP proxy (http://[user:password@]host:port, CONNECT); "
+        "'' uses $HTTPS_PROXY/$ALL_PROXY if set; $NO_PROXY applies; credentials are kept in a 0600 file",
+    )
 
 
 def settings_given(args: argparse.Namespace) -> dict:
     """The settings flags given on the command line (None: not given)."""
-    names = [name for name, _ in _SETTING_FLAGS] + ["advertise_routes", "exit_node"]
+    names = [name for name, _ in _SETTING_FLAGS] + ["advertise_routes", "exit_node", "proxy"]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 

@@ -72,6 +72,9 @@ class NodeConfig:
     # The exit's node id, pinned when a running daemon was told its name.
     exit_node_id: str = ""
     exit_node_allow_lan_access: bool = False
+    # The HTTP proxy for the server's API, http://host:port ("": HTTPS_PROXY and
+    # the rest from the environment, if any); its credentials: wire.node.proxy.
+    proxy: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -29,9 +30,11 @@ from wire.node.config import (
     parse_server_url,
 )
 from wire.node.ifname import parse_interface_name
+from wire.node.proxy import node_proxy
 from wire.protocol import ProtocolError, parse_node_name, parse_port
 from wire.node.settings import parse_settings, with_settings
 from wire.protocol.fields import parse_object
+from wire.proxy import ProxyConfigError
 
 CREDENTIAL_FILE = "credential"
 JOIN_FILE = "join.json"
@@ -169,9 +172,16 @@ def _unlink(path: str) -> None:
 
 
 def coordination_client(
-    reactor, config: NodeConfig, config_dir: str, persistent: bool = True, credential: str | None = ""
+    reactor, config: NodeConfig, config_dir: str, persistent: bool = True, credential: str | None = "",
+    environ: Mapping[str, str] | None = None,
 ) -> CoordinationClient:
     """The client a node uses: pinned TLS and its credential, as configured
-    (``credential=None``: none, as for a server it has not enrolled with)."""
-    http = make_http_client(reactor, persistent=persistent, tls_fingerprint=config.server_fingerprint)
+    (``credential=None``: none, as for a server it has not enrolled with),
+    through its proxy (wire.node.proxy; ``environ``: os.environ unless given).
+    A proxy that cannot be used is a ConfigError."""
+    try:
+        proxy = node_proxy(config, environ, config_dir)
+    except ProxyConfigError as e:
+        raise ConfigError(str(e))
+    http = make_http_client(reactor, persistent=persistent, tls_fingerprint=config.server_fingerprint, proxy=proxy)
     return CoordinationClient(http, config.server_url, load_credential(config_dir) if credential == "" else credential)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from wire.node.proxy import parse_proxy_setting
 from wire.protocol import ProtocolError
 from wire.protocol.fields import parse_bool, parse_node_name
 from wire.protocol.routes import EXIT_ROUTES, is_exit_route, parse_routes
@@ -42,6 +43,7 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "snat_subnet_routes": parse_bool,
     "exit_node": _exit_node,
     "exit_node_allow_lan_access": parse_bool,
+    "proxy": parse_proxy_setting,
 }
 # The command line's name of each (for messages).
 FLAGS = {name: "--" + name.replace("_", "-") for name in SETTINGS}

@@ -59,6 +59,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     try:
         start = node_start(config_dir)
         keys = load_or_create_keys(config_dir)
+        # A proxy that cannot be used (wire.node.proxy) is named, not a traceback.
+        client = coordination_client(reactor, start.config, config_dir, credential=start.credential)
     except (ConfigError, KeyFileError) as e:
         raise SystemExit(f"wire-node: {e}")
     config = start.config
@@ -90,7 +92,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         config=config,
         keys=keys,
         wireguard=wireguard,
-        client=coordination_client(reactor, config, config_dir, credential=start.credential),
+        client=client,
         probe_nat=probe_nat,
         recheck_nat=recheck_nat if raw_udp_supported() else None,
         lan_ip=lan_ip,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, overload
+from urllib.parse import urlsplit
 
 from wire.client import (
     ControlClient,
@@ -24,6 +25,8 @@ from wire.node.config import (
 )
 from wire.node.control import control_socket_path
 from wire.node.enroll import coordination_client, load_credential, load_join_request
+from wire.node.proxy import node_proxy
+from wire.proxy import ProxyConfig, ProxyConfigError
 from wire.node.messages import REJOIN, REMOVED, removed_message  # noqa: F401  (the node's words; ops modules import them from here)
 from wire.protocol import ProtocolError
 from wire.runner import IProcessRunner, ProcessRunner
@@ -164,7 +167,27 @@ class Context:
             except PermissionError as e:
                 # The credential is root's (0600) even where the config is not.
                 raise ConfigProblem(f"permission denied reading {e.filename}", RUN_AS_ROOT)
-        return CoordinationClient(make_http_client(self.reactor, persistent=False), server_url)
+        return CoordinationClient(make_http_client(self.reactor, persistent=False, proxy=self._proxy(config)), server_url)
+
+    def _proxy(self, config: NodeConfig | None) -> ProxyConfig | None:
+        try:
+            return node_proxy(config, None, self.config_dir if config is not None else None)
+        except ProxyConfigError as e:
+            raise ConfigProblem(str(e), "fix it, or give --proxy URL (wire set --proxy '' to use the environment)")
+
+    def proxy_in_use(self, server_url: str) -> dict | None:
+        """For status output: the proxy this node's client takes to ``server_url``
+        (credentials as ***), or None when it goes direct."""
+        try:
+            config = load_config(self.config_dir)
+        except ConfigError:
+            config = None
+        proxy = self._proxy(config)
+        parts = urlsplit(server_url)
+        default_port = 443 if parts.scheme == "https" else 80
+        if proxy is None or not proxy.applies_to(parts.hostname or "", parts.port or default_port):
+            return None
+        return proxy.describe()
 
     def control(self) -> ControlClient:
         return ControlClient(self.reactor, control_socket_path(self.config_dir))

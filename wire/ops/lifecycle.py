@@ -39,6 +39,7 @@ from wire.node.router import InvalidRouterConfig, RouterError, SubnetRouter
 from wire.node.routes import MeshRoutes, RouteError
 from wire.node.settings import FLAGS as SETTING_FLAGS
 from wire.node.settings import advertised_routes, parse_settings, settings_of, with_settings
+from wire.node.proxy import split_proxy_credentials
 from wire.ops.context import Context, OpError, _require_root
 from wire.protocol import ProtocolError, parse_node_name, parse_port, parse_wg_public_key
 from wire.runner import CommandError
@@ -92,8 +93,10 @@ async def up(
             "or, for an open server, its URL (wire up --server http://HOST:8787)"
         )
     token = _join_token(join) if join else None
+    # A proxy's credentials go to their own 0600 file, not into join.json or config.json.
+    settings = split_proxy_credentials(ctx.config_dir, settings or {})
     try:
-        request = _request(saved, token, server, name, port, interface, settings or {})
+        request = _request(saved, token, server, name, port, interface, settings)
     except ProtocolError as e:
         raise OpError(f"{_FLAGS.get(e.field or '', e.field or 'value')}: {e.problem}")
     wanted = requested_config(ctx.config_dir, saved, request)
@@ -340,6 +343,7 @@ async def set_settings(ctx: Context, settings: dict) -> dict:
     A running daemon applies them at once and keeps them; else they are saved
     for its next start."""
     _require_root(ctx, "wire set")
+    settings = split_proxy_credentials(ctx.config_dir, settings)
     try:
         changes = parse_settings(settings)
     except ProtocolError as e:
@@ -353,7 +357,11 @@ async def set_settings(ctx: Context, settings: dict) -> dict:
             answer = await ctx.control().change_settings(_as_json(changes))
         except ServerError as e:
             raise OpError(f"the daemon refused the settings: {e}")
-        return {"ok": True, "applied": True, "changed": sorted(changes), "settings": answer["settings"]}
+        result = {"ok": True, "applied": True, "changed": sorted(changes), "settings": answer["settings"]}
+        if "proxy" in changes:
+            # The daemon's HTTP client is made at its start (wire.node.tap).
+            result["note"] = "the proxy is kept; the running daemon uses it from its next start (sudo wire down; sudo wire up)"
+        return result
     stored = dict(changes)
     if "exit_node" in changes:
         stored["exit_node_id"] = ""  # no netmap here to pin it: matched by name until a daemon is told

@@ -40,6 +40,7 @@ async def netcheck(ctx: Context, server: str | None = None, *, timeout: float = 
     return {
         "ok": not problems,
         "server": server_url,
+        "proxy": ctx.proxy_in_use(server_url),
         "http": http,
         "udp": udp,
         "local_ips": local_ips,

@@ -52,6 +52,7 @@ async def status(ctx: Context, server: str | None = None) -> dict:
         "stale": False,
         "source": "server",
         "server": server_url,
+        "proxy": ctx.proxy_in_use(server_url),
         "version": mesh.get("version"),
         "total": mesh.get("total", len(nodes)),
         "online": mesh.get("online", 0),
