@@ -26,7 +26,9 @@ from wire.node.enroll import (
     requested_config,
 )
 from wire.node.lan import LanAddress, underlay_ipv6
+from wire.node.proxy import node_proxy
 from wire.node.relaystream import RelayStreamClient, stream_endpoint
+from wire.proxy import client_endpoint
 from wire.node.probe import start_probe
 from wire.node.firewall import Firewall, InvalidFirewallConfig
 from wire.node.names import MeshNames
@@ -61,6 +63,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         keys = load_or_create_keys(config_dir)
         # A proxy that cannot be used (wire.node.proxy) is named, not a traceback.
         client = coordination_client(reactor, start.config, config_dir, credential=start.credential)
+        proxy = node_proxy(start.config, None, config_dir)  # checked by coordination_client just now
     except (ConfigError, KeyFileError) as e:
         raise SystemExit(f"wire-node: {e}")
     config = start.config
@@ -111,7 +114,12 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # Where UDP to the server is blocked, relayed frames go over TLS on its API port.
     shim.stream = RelayStreamClient(
         reactor,
-        lambda: stream_endpoint(reactor, daemon.config.server_url, daemon.config.server_fingerprint),
+        lambda: stream_endpoint(
+            reactor,
+            daemon.config.server_url,
+            daemon.config.server_fingerprint,
+            via=lambda host, port: client_endpoint(reactor, proxy, host, port),
+        ),
         host,
         config.node_id,
         lambda: daemon.client.credential,
