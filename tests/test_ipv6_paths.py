@@ -8,6 +8,7 @@ import os
 import sqlite3
 from dataclasses import replace
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.helpers import key_for, make_coordinator, registration_for
@@ -268,3 +269,53 @@ class SameFamilyTests(unittest.TestCase):
         self.assertEqual(_same_family(V6_A, ""), V6_A)
         self.assertEqual(_same_family(V6_A, "198.51.100.7"), "198.51.100.7")
         self.assertEqual(_same_family("203.0.113.9", "198.51.100.7"), "203.0.113.9", "a real IPv4 move is one")
+
+
+class GiveUpTests(unittest.TestCase):
+    """IPv6 that reaches no peer is given up, so pairs stop paying for it one by one."""
+
+    def daemon(self, detected: list[str]):
+        from wire.keys import load_or_create_keys
+        from wire.node.config import NodeConfig
+        from wire.node.daemon import NodeDaemon
+        from tests.fakes import FakeWireGuard, fixed_nat
+
+        clock = Clock()
+        config_dir = self.mktemp()
+        os.makedirs(config_dir)
+        config = NodeConfig(server_url="https://198.51.100.1:8787", node_name="web1", node_id="a" * 32)
+        return NodeDaemon(
+            clock=clock, config_dir=config_dir, config=config, keys=load_or_create_keys(config_dir),
+            wireguard=FakeWireGuard(clock=clock), client=None, probe_nat=fixed_nat(),  # type: ignore[arg-type]
+            lan_ip=lambda: "192.168.1.10", public_ip6=lambda: detected[0],
+        )
+
+    def test_after_three_fallbacks_and_no_ipv6_path_it_is_offered_no_more(self):
+        from wire.node.daemon import IPV6_GIVE_UP_AFTER
+
+        detected = [V6_A]
+        daemon = self.daemon(detected)
+        self.assertEqual(daemon.registration_body().public_ip6, V6_A)
+        for n in range(IPV6_GIVE_UP_AFTER - 1):
+            daemon.netmap.words[f"p{n}"] = PairPath(f"p{n}", PathMode.DIRECT, "IPv6 failed", 0, 0, None, 4)
+        daemon._give_up_broken_ipv6()
+        self.assertEqual(daemon.registration_body().public_ip6, V6_A, "two pairs may be theirs")
+        daemon.netmap.words["p9"] = PairPath("p9", PathMode.DIRECT, "IPv6 failed", 0, 0, None, 4)
+        daemon._give_up_broken_ipv6()
+        self.assertIsNone(daemon.registration_body().public_ip6)
+        self.assertEqual(daemon.me().public_ip6, "")
+        # A new address (another network): offered again.
+        detected[0] = "2001:db8:c::9"
+        self.assertEqual(daemon.registration_body().public_ip6, "2001:db8:c::9")
+
+    def test_ipv6_that_works_with_some_peer_is_kept(self):
+        from wire.node.daemon import IPV6_GIVE_UP_AFTER
+        from wire.node.paths import PeerPath
+
+        daemon = self.daemon([V6_A])
+        for n in range(IPV6_GIVE_UP_AFTER + 2):
+            daemon.netmap.words[f"p{n}"] = PairPath(f"p{n}", PathMode.DIRECT, "IPv6 failed", 0, 0, None, 4)
+        working = PeerPath(PathMode.DIRECT, "both have IPv6", f"[{V6_B}]:51820", 0.0, 15.0, proven_at=1.0)
+        daemon.reconciler.paths.paths["ok"] = working
+        daemon._give_up_broken_ipv6()
+        self.assertEqual(daemon.registration_body().public_ip6, V6_A)

@@ -125,6 +125,11 @@ class RenameRefused(Exception):
     """``wire up --name`` that this daemon cannot carry out; says why."""
 
 
+# Pairs that fell back from IPv6 to IPv4, with none working over IPv6, before
+# this node stops offering its IPv6 address (wire.node.daemon._give_up_broken_ipv6).
+IPV6_GIVE_UP_AFTER = 3
+
+
 class NodeDaemon(Service):
     log = debug_aware_logger()
 
@@ -170,7 +175,9 @@ class NodeDaemon(Service):
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
         # This host's IPv6 underlay address, asked of the kernel at each use ("": none).
-        self._public_ip6 = public_ip6 or (lambda: "")
+        self._detect_ipv6 = public_ip6 or (lambda: "")
+        # The IPv6 address this node stopped offering, as IPv6 reached no peer from it.
+        self._ipv6_given_up: str | None = None
         # -- the node's state, all of it -------------------------------------
         self.state = NodeState()
         self.events = EventLog(clock)
@@ -940,9 +947,40 @@ class NodeDaemon(Service):
         """Whether this heartbeat may go without ``POST /register``."""
         return self.heartbeat.carried_by_longpoll(self.clock.seconds(), self.contact.reachable, self.registration_body)
 
+    def _public_ip6(self) -> str:
+        """The IPv6 underlay address this node offers ("": none)."""
+        address = self._detect_ipv6()
+        return "" if address and address == self._ipv6_given_up else address
+
+    def _give_up_broken_ipv6(self) -> None:
+        """IPv6 that reaches no peer (a firewall that drops it, a broken
+        route): pairs fell back to IPv4 one by one, each after a failed
+        attempt. Once IPV6_GIVE_UP_AFTER of them did and none works over IPv6,
+        this node stops offering it (every pair then starts on IPv4, and the
+        server keeps no word for them) until its IPv6 address changes or it
+        restarts: trying again would stall every pair on the broken path."""
+        address = self._detect_ipv6()
+        if not address or address == self._ipv6_given_up:
+            return
+        fell_back = sum(1 for word in self.netmap.words.values() if word.family == 4)
+        if fell_back < IPV6_GIVE_UP_AFTER:
+            return
+        if any(p.proven and p.endpoint and p.endpoint.startswith("[") for p in self.reconciler.paths.paths.values()):
+            return  # IPv6 works with some peer: the failures are theirs
+        self._ipv6_given_up = address
+        self.log.warn(
+            "IPv6 reached none of {count} peers from {address} (each fell back to IPv4): not offering it "
+            "until this host's IPv6 address changes or the daemon restarts",
+            count=fell_back,
+            address=address,
+        )
+        self.events.emit("ipv6", f"IPv6 {address} given up: it reached no peer")
+        self.heartbeat.must_register()
+
     async def _paths_once(self) -> None:
         # A failure (WireGuard refusing a change, say) is told once per cause by _guarded.
         await self.reconciler.reconcile()
+        self._give_up_broken_ipv6()
         if self.names is not None:
             # An exit may come into use at any reconcile (its server address
             # resolved, its routes applied): names beyond the mesh follow it.
