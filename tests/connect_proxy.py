@@ -114,3 +114,21 @@ class ConnectProxy(Factory):
         for protocol in self.connections:
             if protocol.transport is not None:
                 protocol.transport.abortConnection()
+
+
+def main(argv: list[str]) -> None:
+    """``python tests/connect_proxy.py ADDRESS PORT [USER:PASSWORD]``: a tunnelling
+    proxy for lab tests, in a namespace of the lab's own."""
+    from twisted.internet import reactor
+
+    address, port = argv[0], int(argv[1])
+    proxy = ConnectProxy(reactor, credentials=argv[2] if len(argv) > 2 else None)
+    reactor.listenTCP(port, proxy, interface=address)
+    print(f"connect proxy on {address}:{port}", flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

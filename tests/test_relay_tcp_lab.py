@@ -2,13 +2,16 @@
 datagram reaches a public node, an easy-NATed one and a hard-NATed one
 through the relay stream on the server's HTTPS port, shows ``relay-tcp``,
 and leaves the stream for UDP, without the ping stream breaking, once the
-block is lifted.
+block is lifted; a node whose only way out is an HTTP CONNECT proxy (with
+credentials) joins through it and reaches every node the same way.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -16,6 +19,9 @@ from twisted.trial import unittest
 
 from tests.test_e2e import eventually, lab_unavailable
 from wire.demo import MeshLab
+
+PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "connect_proxy.py")
+PROXY_PORT = 3128
 from wire.runner import ProcessRunner
 
 BLOCK_COMMENT = "wire-test-udp-block"
@@ -51,6 +57,18 @@ class RelayTcpLabTests(unittest.TestCase):
         await lab.add_router("cgnat", nat="hard")
         await lab.add_router("office", nat="easy")
         await self.block_udp(mesh, "office")
+        # A network whose only way out is an HTTP CONNECT proxy (with credentials).
+        await lab.add_router("corp", nat="easy")
+        await mesh.add_host("proxy")
+        proxy_address = lab.hosts["proxy"].address
+        lab.start("proxy", [sys.executable, PROXY, proxy_address, str(PROXY_PORT), "relay:s3cret"], log_prefix="proxy")
+        corp_lan = lab.hosts["corp"].lan_interface
+        for rule in (
+            ["iifname", corp_lan, "drop"],
+            ["iifname", corp_lan, "ip", "daddr", proxy_address, "tcp", "dport", str(PROXY_PORT), "accept"],
+        ):
+            (await lab.run("corp", ["nft", "insert", "rule", "ip", "wire_lab", "forward", *rule], timeout=10)).check()
+        await mesh.add_host("epsilon", router="corp")
         await mesh.add_host("alpha")
         await mesh.add_host("beta", router="home")
         await mesh.add_host("gamma", router="cgnat")
@@ -78,6 +96,21 @@ class RelayTcpLabTests(unittest.TestCase):
         # And the others reach delta (their side of each session is on UDP).
         for peer in ("alpha", "beta", "gamma"):
             self.assertTrue(await mesh.ping(peer, "delta", count=2), f"{peer} -> delta")
+
+        # Epsilon joins through the proxy and reaches every node the same way.
+        await mesh.up("epsilon", extra=("--proxy", f"http://relay:s3cret@{proxy_address}:{PROXY_PORT}"))
+
+        async def epsilon_reaches_all() -> bool:
+            results = await gatherResults([
+                Deferred.fromCoroutine(mesh.ping("epsilon", peer, count=1, wait=1)) for peer in ("alpha", "beta", "gamma")
+            ])
+            return all(results)
+
+        await eventually(epsilon_reaches_all, timeout=90, step=1.0, what="epsilon (behind the proxy) pinging every node")
+        seen = await self.paths(mesh, "epsilon")
+        self.assertTrue(all(seen[p] == "relay-tcp" for p in ("alpha", "beta", "gamma")), seen)
+        epsilon = await mesh.status("epsilon")
+        self.assertNotIn("s3cret", json.dumps(epsilon), "the proxy's password is never shown")
 
         # The block lifts: delta's frames leave the stream for UDP within 30 s,
         # while a ping stream to alpha runs through it all.

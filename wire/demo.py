@@ -140,15 +140,18 @@ class MeshLab:
         node = self.nodes[name]
         return wire_argv("--config-dir", node.config_dir, *args)
 
-    async def up(self, name: str, timeout: float = 60, token: str | None = None) -> dict:
+    async def up(self, name: str, timeout: float = 60, token: str | None = None, extra: tuple[str, ...] = ()) -> dict:
         """``wire up`` inside the node's namespace; returns its --json answer.
-        ``token``: a join token of its own (a tagged key, say), else the lab's."""
+        ``token``: a join token of its own (a tagged key, say), else the lab's;
+        ``extra``: more options (``--proxy URL``)."""
         host = self.lab.hosts[name]
         node = self.nodes.setdefault(
             name, MeshNode(name, os.path.join(self._workdir, name), host.wireguard_interface)
         )
         joining = ["--server", self.server_url] if self.open_server else ["--join", token or self.join_token]
-        result = await self.cli(name, "up", *joining, "--name", name, "--interface", node.interface, "--json", timeout=timeout)
+        result = await self.cli(
+            name, "up", *joining, "--name", name, "--interface", node.interface, *extra, "--json", timeout=timeout
+        )
         try:
             answer = _json_answer(result, f"wire up on {name}")
         except DemoError as e:
