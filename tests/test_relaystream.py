@@ -201,8 +201,9 @@ class ServerTests(unittest.TestCase):
 
 class BackpressureTests(unittest.TestCase):
     def test_a_slow_reader_drops_frames_instead_of_buffering_them(self):
-        table = RelayTable(Clock())
-        streams = RelayStreams(Clock(), table.handle)
+        clock = Clock()
+        table = RelayTable(clock)
+        streams = RelayStreams(clock, table.handle)
 
         class Transport:
             def __init__(self):
@@ -222,12 +223,17 @@ class BackpressureTests(unittest.TestCase):
         stream.start(transport, b"")
         address = (STREAM_HOST, stream.number)
         streams.send(b"f" * OVERHEAD, address)
+        streams.send(b"g" * OVERHEAD, address)
+        clock.advance(0)
+        self.assertEqual(transport.written, [record(b"f" * OVERHEAD) + record(b"g" * OVERHEAD)], "one write a turn")
         transport.producer.pauseProducing()
         for _ in range(1000):
             streams.send(b"f" * OVERHEAD, address)
+        clock.advance(0)
         self.assertEqual((len(transport.written), streams.dropped), (1, 1000))
         transport.producer.resumeProducing()
         streams.send(b"f" * OVERHEAD, address)
+        clock.advance(0)
         self.assertEqual(len(transport.written), 2)
         stream.connectionLost(None)
 

@@ -54,6 +54,8 @@ class _StreamProtocol(Protocol):
         self._head = b""
         self._reader: RecordReader | None = None
         self._paused = False
+        self._pending: list[bytes] = []
+        self._flush: Any = None
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
@@ -94,14 +96,27 @@ class _StreamProtocol(Protocol):
     def write_frame(self, frame: bytes) -> bool:
         if self._paused or self._reader is None or self.transport is None:
             return False
-        self.transport.write(record(frame))
+        # The frames of one reactor turn go out as one write: one TLS record
+        # (up to 16 KiB) instead of one per frame.
+        self._pending.append(record(frame))
+        if self._flush is None:
+            self._flush = self.client.reactor.callLater(0, self._write_pending)
         return True
+
+    def _write_pending(self) -> None:
+        self._flush = None
+        pending, self._pending = self._pending, []
+        if pending and self.transport is not None:
+            self.transport.write(b"".join(pending))
 
     def _fail(self, problem: str) -> None:
         self.client.problem = problem
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush, self._pending = None, []
         self.client.lost(self, reason)
 
     def pauseProducing(self) -> None:

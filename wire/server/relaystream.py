@@ -126,6 +126,8 @@ class RelayStream(Protocol, TimeoutMixin):
         self._paused = False
         self._refused_in_a_row = 0
         self._ended = False
+        self._pending: list[bytes] = []
+        self._flush: Any = None
 
     def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
         return self.streams.clock.callLater(period, func, *args, **kw)
@@ -167,8 +169,22 @@ class RelayStream(Protocol, TimeoutMixin):
         """False (dropped) when the reader is slow: memory stays bounded, the tunnel inside recovers."""
         if self._paused or self._ended or self.transport is None:
             return False
-        self.transport.write(record(frame))
+        # One write per reactor turn: one TLS record for many frames.
+        self._pending.append(record(frame))
+        if self._flush is None:
+            self._flush = self.streams.clock.callLater(0, self._write_pending)
         return True
+
+    def _write_pending(self) -> None:
+        self._flush = None
+        pending, self._pending = self._pending, []
+        if pending and not self._ended and self.transport is not None:
+            self.transport.write(b"".join(pending))
+
+    def _cancel_flush(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush, self._pending = None, []
 
     def end(self, why: str) -> None:
         if self._ended:
@@ -177,6 +193,7 @@ class RelayStream(Protocol, TimeoutMixin):
         self.streams.log.info("relay stream of node {node} ends: {why}", node=self.node_id[:12], why=why)
         self.streams.remove(self)
         self.setTimeout(None)
+        self._cancel_flush()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -186,6 +203,7 @@ class RelayStream(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._ended = True
         self.setTimeout(None)
+        self._cancel_flush()
         self.streams.remove(self)
 
     # IPushProducer: the transport tells us when its buffer is full.
