@@ -21,27 +21,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial import unittest
 
 from tests.test_e2e import eventually, lab_unavailable
+from tests.test_policy_lab import CONNECT, LISTEN
 from wire.admin_ops import AdminOps
 from wire.demo import MeshLab
 from wire.node import launcher
 from wire.runner import ProcessRunner
 
-LISTEN = (
-    "import socket, sys, threading\n"
-    "def serve(port):\n"
-    "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "    s.bind(('0.0.0.0', port)); s.listen(16)\n"
-    "    while True:\n"
-    "        c, _ = s.accept(); c.sendall(b'hello'); c.close()\n"
-    "for p in sys.argv[1:]:\n"
-    "    threading.Thread(target=serve, args=(int(p),), daemon=True).start()\n"
-    "threading.Event().wait()\n"
-)
-CONNECT = (
-    "import socket, sys\n"
-    "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)\n"
-    "sys.exit(0 if s.recv(5) == b'hello' else 1)\n"
-)
 
 
 def policy(web_ports: str, other_dst: list[str]) -> str:

@@ -32,6 +32,7 @@ longer than :data:`MAX_HEAD`.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from wire.relayproto import MAX_FRAME, OVERHEAD
 
@@ -76,6 +77,34 @@ class RecordReader:
         if start:
             del buffer[:start]
         return frames
+
+
+class RecordWriter:
+    """The frames of one reactor turn, written as one: one TLS record (up to
+    16 KiB) for many frames instead of one each (both ends of a stream)."""
+
+    def __init__(self, clock: Any, transport: Any):
+        self._clock = clock
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._flush: Any = None
+
+    def add(self, frame: bytes) -> None:
+        self._pending.append(record(frame))
+        if self._flush is None:
+            self._flush = self._clock.callLater(0, self._write)
+
+    def _write(self) -> None:
+        self._flush = None
+        pending, self._pending = self._pending, []
+        if pending and self._transport is not None:
+            self._transport.write(b"".join(pending))
+
+    def cancel(self) -> None:
+        """The connection is gone: nothing more is written, no timer is left."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush, self._pending, self._transport = None, [], None
 
 
 def request_head(host: str, node_id: str, credential: str | None) -> bytes:

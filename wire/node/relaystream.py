@@ -22,7 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from wire.node.backoff import Backoff
-from wire.relaystream import MAX_HEAD, RecordReader, StreamError, record, request_head, response_status
+from wire.relaystream import MAX_HEAD, RecordReader, RecordWriter, StreamError, request_head, response_status
 from wire.textsafe import escaped
 from wire.tls import client_policy
 
@@ -60,8 +60,7 @@ class _StreamProtocol(Protocol, TimeoutMixin):
         self._head = b""
         self._reader: RecordReader | None = None
         self._paused = False
-        self._pending: list[bytes] = []
-        self._flush: Any = None
+        self._writer: RecordWriter | None = None
 
     def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
         return self.client.reactor.callLater(period, func, *args, **kw)
@@ -115,18 +114,10 @@ class _StreamProtocol(Protocol, TimeoutMixin):
     def write_frame(self, frame: bytes) -> bool:
         if self._paused or self._reader is None or self.transport is None:
             return False
-        # The frames of one reactor turn go out as one write: one TLS record
-        # (up to 16 KiB) instead of one per frame.
-        self._pending.append(record(frame))
-        if self._flush is None:
-            self._flush = self.client.reactor.callLater(0, self._write_pending)
+        if self._writer is None:
+            self._writer = RecordWriter(self.client.reactor, self.transport)
+        self._writer.add(frame)
         return True
-
-    def _write_pending(self) -> None:
-        self._flush = None
-        pending, self._pending = self._pending, []
-        if pending and self.transport is not None:
-            self.transport.write(b"".join(pending))
 
     def _fail(self, problem: str) -> None:
         self.client.problem = problem
@@ -134,9 +125,8 @@ class _StreamProtocol(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
-        if self._flush is not None and self._flush.active():
-            self._flush.cancel()
-        self._flush, self._pending = None, []
+        if self._writer is not None:
+            self._writer.cancel()
         self.client.lost(self, reason)
 
     def pauseProducing(self) -> None:

@@ -34,10 +34,10 @@ from wire.relaystream import (
     STREAM_HOST,
     UPGRADE,
     RecordReader,
+    RecordWriter,
     StreamError,
     answer_head,
     parse_head,
-    record,
 )
 from wire.server.auth import AuthError
 
@@ -134,8 +134,7 @@ class RelayStream(Protocol, TimeoutMixin):
         self._refused_in_a_row = 0
         self._ended = False
         self._claimed = False  # it carried an authentic frame (RelayStreams.claim)
-        self._pending: list[bytes] = []
-        self._flush: Any = None
+        self._writer: RecordWriter | None = None
 
     def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
         return self.streams.clock.callLater(period, func, *args, **kw)
@@ -180,22 +179,14 @@ class RelayStream(Protocol, TimeoutMixin):
         """False (dropped) when the reader is slow: memory stays bounded, the tunnel inside recovers."""
         if self._paused or self._ended or self.transport is None:
             return False
-        # One write per reactor turn: one TLS record for many frames.
-        self._pending.append(record(frame))
-        if self._flush is None:
-            self._flush = self.streams.clock.callLater(0, self._write_pending)
+        if self._writer is None:
+            self._writer = RecordWriter(self.streams.clock, self.transport)
+        self._writer.add(frame)
         return True
 
-    def _write_pending(self) -> None:
-        self._flush = None
-        pending, self._pending = self._pending, []
-        if pending and not self._ended and self.transport is not None:
-            self.transport.write(b"".join(pending))
-
     def _cancel_flush(self) -> None:
-        if self._flush is not None and self._flush.active():
-            self._flush.cancel()
-        self._flush, self._pending = None, []
+        if self._writer is not None:
+            self._writer.cancel()
 
     def end(self, why: str) -> None:
         if self._ended:
