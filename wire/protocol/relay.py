@@ -33,17 +33,23 @@ class RelayRequest:
     ``fastpath``: the caller's shim accepts frames sealed by the peer's side
     (the server's kernel fast path forwards them unchanged); only then does
     the grant carry the peer's token and key. Absent (an older node): False.
+    ``held``: the token of the side the caller's shim holds and keeps (it
+    asks only to learn the peer's side anew); the server keeps that side
+    when it is still the session's, instead of making a fresh one.
     """
 
     node_id: str
     wg_public_key: str
     peer_node_id: str
     fastpath: bool = False
+    held: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"node_id": self.node_id, "wg_public_key": self.wg_public_key, "peer_node_id": self.peer_node_id}
         if self.fastpath:
             body["fastpath"] = True
+        if self.held is not None:
+            body["held"] = self.held.hex()
         return body
 
     @classmethod
@@ -53,6 +59,7 @@ class RelayRequest:
             wg_public_key=parse_wg_public_key(body.get("wg_public_key")),
             peer_node_id=parse_node_id(body.get("peer_node_id"), "peer_node_id"),
             fastpath=body.get("fastpath") is True,
+            held=_hex_bytes(body["held"], "held", TOKEN_BYTES) if optional(body, "held") is not None else None,
         )
 
 
