@@ -312,7 +312,7 @@ class ScriptedServer:
             call.cancel()
             self._answer(d)
 
-    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> Deferred:
+    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held=None) -> Deferred:
         self.relay_requests.append(peer_node_id)
         if self.grants_hang:
             d: Deferred = Deferred()

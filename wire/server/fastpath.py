@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -174,7 +174,7 @@ class RelayFastPath(Service):
         self._seen_bytes: dict[str, int] = {}
         self._pending: Deferred | None = None  # the reconcile under way
         self._again = False
-        self._soon = None
+        self._soon: IDelayedCall | None = None
         self._poll = LoopingCall(self._poll_guarded)
         self._poll.clock = clock
         self.ready: Deferred | None = None  # the start's checks, for tests

@@ -92,7 +92,7 @@ class ServerMetrics:
     def track_fastpath(self, state: Callable[[], str], sessions: Callable[[], float]) -> None:
         """The fast path's state and sessions, read at scrape time."""
         for name in ("on", "off", "unavailable"):
-            self.relay_fastpath.labels(name).set_function(lambda name=name: float(state() == name))
+            self.relay_fastpath.labels(name).set_function(partial(_is_state, state, name))
         self.relay_fastpath_sessions.set_function(sessions)
 
     def track(
@@ -145,3 +145,7 @@ class MetricsResource(JsonResource):
     def get(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return exposition(self._metrics)
+
+
+def _is_state(state: Callable[[], str], name: str) -> float:
+    return float(state() == name)

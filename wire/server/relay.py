@@ -22,6 +22,7 @@ from wire.protocol import RelayGrant
 from wire.relayproto import (
     KEY_BYTES,
     OVERHEAD,
+    REFRESH_PEER,
     TO_NODE,
     TO_SERVER,
     TOKEN_BYTES,
@@ -238,10 +239,12 @@ class RelayTable:
             side.address = source
             self._changed()
         session.last_used = now
-        if len(data) == OVERHEAD:
-            # A keepalive: answer it, so the node knows the relay hears it.
-            return "relay_keepalive", side.wrap(b""), source
         other = side.other
+        if len(data) == OVERHEAD:
+            # A keepalive: answer it, so the node knows the relay hears it
+            # (and a fast-path shim, that the peer's side it knows is gone).
+            stale = side.told_peer is not None and other is not None and side.told_peer != other.token
+            return "relay_keepalive", side.wrap(REFRESH_PEER if stale else b""), source
         if other is None or other.address is None:
             return "relay_no_peer", None, None
         if not side.bucket.spend(len(data) - OVERHEAD, now):
