@@ -52,6 +52,7 @@ class CandidateTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.table = RelayTable(self.clock)
+        self.table.offer_peer_keys = True  # the fast path is on
 
     def test_both_sides_verified_over_udp_with_new_shims(self):
         pair = Pair(self.table)
@@ -75,7 +76,9 @@ class CandidateTests(unittest.TestCase):
         pair.send("b", B)
         self.assertEqual(self.table.fastpath_candidates(), [])
         # Asking again the old way (a restarted old daemon) takes the word back.
-        pair2 = Pair(RelayTable(self.clock))
+        table2 = RelayTable(self.clock)
+        table2.offer_peer_keys = True
+        pair2 = Pair(table2)
         pair2.table.grant("node-b", "node-a", PORT, fresh=False, fastpath=False)
         pair2.send("a", A)
         pair2.send("b", B)
@@ -182,8 +185,10 @@ class ServiceTests(unittest.TestCase):
     def start(self, fp: RelayFastPath) -> None:
         self.runner.expect(["conntrack", "--version"], stdout=b"conntrack v1.4.7")
         self.runner.expect(["nft", "-f", "-"])
+        self.runner.expect(["conntrack", "-D", "-p", "udp", "--dport", str(PORT)], rc=1)
         fp.startService()
         self.successResultOf(fp.ready)
+        self.assertTrue(self.table.offer_peer_keys)
 
     def test_unavailable_without_root_forwarding_or_tools(self):
         for fp, why in ((self.fastpath(root=False), "root"), (self.fastpath(forwarding=False), "forwarding")):
@@ -195,7 +200,9 @@ class ServiceTests(unittest.TestCase):
         fp = self.fastpath()
         fp.startService()
         self.successResultOf(fp.ready)
-        self.assertEqual((fp.state, self.table.on_change), (UNAVAILABLE, None))
+        self.assertEqual((fp.state, self.table.on_change, self.table.offer_peer_keys), (UNAVAILABLE, None, False))
+        self.assertIsNone(Pair(self.table).ga.peer_key, "no peer keys handed out without the fast path")
+        self.table = RelayTable(self.clock)
         self.assertIn("conntrack", fp.reason)
         pair = Pair(self.table)
         pair.send("a", A)
@@ -281,6 +288,7 @@ class ServiceTests(unittest.TestCase):
         self.clock.advance(0)
         self.runner.assert_all_called()
         self.assertEqual(fp.state, OFF)
+        self.assertFalse(self.table.offer_peer_keys)
         self.assertIn("Could not process rule", fp.reason)
         self.assertEqual(pair.send("a", A, b"x"), "relay_forwarded")
         self.clock.advance(0)

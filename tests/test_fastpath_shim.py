@@ -21,6 +21,7 @@ class FastShimTests(unittest.TestCase):
         self.clock = UDPClock()
         self.shim = RelayShim(self.clock, SERVER[0], SERVER[1], WG_PORT)
         self.table = RelayTable(self.clock)
+        self.table.offer_peer_keys = True  # the server's fast path is on
         self.addCleanup(lambda: Deferred.fromCoroutine(self.shim.stop()))
 
     def add(self, grant: RelayGrant) -> str:

@@ -193,6 +193,7 @@ class RelayFastPath(Service):
         self.state, self.reason = ON, ""
         log.info("relay fast path on: the kernel forwards verified relay sessions (table ip {table})", table=table_name(self._port))
         self._table.on_change = self.changed
+        self._table.offer_peer_keys = True
         self._poll.start(POLL_INTERVAL, now=False)
         self.changed()
 
@@ -206,11 +207,23 @@ class RelayFastPath(Service):
             (await self._runner.run(["nft", "-f", "-"], stdin=ruleset(self._port, frozenset(), 0, 0).encode())).check()
         except CommandError as e:
             return str(e)
+        # A server killed before it could clean up left flows that still
+        # forward its old sessions' frames: none of them is ours any more.
+        await self._forget_port_flows()
         return ""
+
+    async def _forget_port_flows(self) -> None:
+        try:
+            result = await self._runner.run(["conntrack", "-D", "-p", "udp", "--dport", str(self._port)])
+            if result.rc not in (0, _CONNTRACK_NONE_DELETED):
+                result.check()
+        except CommandError as e:
+            log.warn("relay fast path: old flows to port {port} not deleted: {error}", port=self._port, error=e)
 
     def stopService(self):
         super().stopService()
         self._table.on_change = None
+        self._table.offer_peer_keys = False
         if self._poll.running:
             self._poll.stop()
         if self._soon is not None and self._soon.active():
@@ -231,6 +244,7 @@ class RelayFastPath(Service):
     def _give_up(self, state: str, why: str) -> None:
         self.state, self.reason = state, why
         self._table.on_change = None
+        self._table.offer_peer_keys = False
         if self._poll.running:
             self._poll.stop()
         log.warn("relay fast path {state}, the relay forwards in Python: {why}", state=state, why=why)

@@ -98,6 +98,9 @@ class RelayTable:
         # Called when what the kernel fast path could carry may have changed
         # (a side's address, a side or a session ended): wire.server.fastpath.
         self.on_change: Callable[[], None] | None = None
+        # Whether grants carry the peer's side to nodes that ask (only while
+        # the kernel fast path is on: a peer's key lets a node speak as it).
+        self.offer_peer_keys = False
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -147,7 +150,7 @@ class RelayTable:
             self._changed()
         session.last_used = now
         side = session.sides[node_id]
-        if not fastpath:
+        if not (fastpath and self.offer_peer_keys):
             side.told_peer = None
             return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port)
         peer = session.sides[peer_node_id]
