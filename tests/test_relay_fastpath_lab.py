@@ -54,6 +54,15 @@ class RelayFastPathLabTests(unittest.TestCase):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    @staticmethod
+    def rules(listing: str) -> list[tuple[str, str, str, str]]:
+        """(source, port, token, destination) of each side in the kernel (nft drops the token's leading zeros)."""
+        found = re.findall(r"ip saddr (\S+) udp sport (\d+) udp dport 8788 @th,96,64 0x([0-9a-f]+) dnat to (\S+)", listing)
+        return [(a, p, t.zfill(16), b) for a, p, t, b in found]
+
+    async def listing(self, mesh: MeshLab) -> str:
+        return (await mesh.lab.run("server", ["nft", "list", "table", "ip", TABLE], timeout=10)).check().stdout.decode()
+
     async def test_a_hard_nat_pair_relays_through_the_kernel(self):
         mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True)
         self.addCleanup(mesh.teardown)
@@ -86,8 +95,8 @@ class RelayFastPathLabTests(unittest.TestCase):
         self.assertLess(in_python, 10, f"{in_python} frames went through Python for 100 ping packets")
 
         # The table says where the sides are and which tokens they carry.
-        listing = (await mesh.lab.run("server", ["nft", "list", "table", "ip", TABLE], timeout=10)).check().stdout.decode()
-        rules = re.findall(r"ip saddr (\S+) udp sport (\d+) udp dport 8788 @th,96,64 0x([0-9a-f]{16}) dnat to (\S+)", listing)
+        listing = await self.listing(mesh)
+        rules = self.rules(listing)
         self.assertEqual(len(rules), 2, listing)
         counter_before = sum(int(b) for b in re.findall(r"packets \d+ bytes (\d+)", listing))
 
@@ -108,9 +117,26 @@ class RelayFastPathLabTests(unittest.TestCase):
         await deferLater(reactor, 0.5, lambda: None)
         after = await self.metrics(mesh)
         self.assertGreaterEqual(self.value(after, forged) - self.value(before, forged), 1, "mallory's own frames: refused in Python")
-        listing = (await mesh.lab.run("server", ["nft", "list", "table", "ip", TABLE], timeout=10)).check().stdout.decode()
+        listing = await self.listing(mesh)
         self.assertEqual(len(re.findall(r"dnat to", listing)), 2, "the session stays where it was")
         self.assertTrue(await mesh.ping("hard1", "hard2", count=3), "the pair is unaffected")
         self.assertTrue(await mesh.ping("hard2", "hard1", count=3))
+        listing = await self.listing(mesh)
         counter_after = sum(int(b) for b in re.findall(r"packets \d+ bytes (\d+)", listing))
         self.assertGreater(counter_after, counter_before)
+
+        # hard2's daemon restarts: its new side leaves hard1's shim with a
+        # token that is gone, so the session is back in Python; the server
+        # says so to hard1 (its keepalive answer), hard1 asks for hard2's side
+        # keeping its own, and the session goes back into the kernel.
+        tokens = {token for _, _, token, _ in rules}
+        await mesh.down("hard2")
+        await mesh.up("hard2")
+        await eventually(pings, timeout=60, step=0.5, what="the pair pinging after hard2's restart")
+
+        async def back_in_the_kernel() -> bool:
+            now = self.rules(await self.listing(mesh))
+            return len(now) == 2 and {token for _, _, token, _ in now} != tokens and len({t for _, _, t, _ in now} & tokens) == 1
+
+        waited = await eventually(back_in_the_kernel, timeout=45, step=0.5, what="the session back on the fast path")
+        self.assertTrue(await pings(), f"back in the kernel after {waited:.1f}s")
