@@ -820,6 +820,7 @@ class NetcheckTests(unittest.TestCase):
         self.assertGreaterEqual(result["udp"]["rtt_ms"], 0)
         self.assertGreaterEqual(result["http"]["rtt_ms"], 0)
         self.assertIn("no NAT", result["nat_meaning"])
+        self.assertEqual(result["relay"]["transport"], "udp")
 
     async def test_udp_blocked(self):
         mesh = Mesh(self)
@@ -829,7 +830,10 @@ class NetcheckTests(unittest.TestCase):
         self.assertEqual((result["nat_type"], result["mapped"]), ("unknown", None))
         (problem,) = result["problems"]
         self.assertIn("UDP is blocked on this network", problem)
+        self.assertIn("through the relay over TCP on the server's HTTPS port (relay-tcp)", problem)
         self.assertIn("no STUN answer", result["udp"]["error"])
+        self.assertEqual(result["relay"]["transport"], "relay-tcp")
+        self.assertIn("UDP to the server blocked", result["relay"]["why"])
 
     async def test_server_down(self):
         mesh = Mesh(self)

@@ -468,3 +468,25 @@ class DaemonStartTests(unittest.TestCase):
             str(caught.exception),
             "wire-node: HTTPS_PROXY: socks5:// proxies are not supported; give an http:// proxy that speaks CONNECT",
         )
+
+
+class CredentialLeakTests(unittest.TestCase):
+    """A review found passwords in error messages; never again."""
+
+    def test_no_error_shows_a_password(self):
+        from wire.proxy import ProxyConfigError, parse_proxy_url
+
+        for url in (
+            "http://alice:s3cr3t/@proxy.corp:3128",  # a "/" in the password, unescaped
+            "http://alice:s3cr3t/",  # the "@" forgotten
+            "http://alice:s3cr3t@proxy.corp:99999",
+            "http://alice:s3cr3t@proxy.corp:3128/path",
+            "http://alice:s3cr3t@proxy.corp:3128?q",
+            "http://alice:s3cr3t@",
+        ):
+            try:
+                shown = parse_proxy_url(url).display()
+            except ProxyConfigError as e:
+                shown = str(e)
+            self.assertNotIn("s3cr3t", shown, url)
+        self.assertEqual(parse_proxy_url("http://alice:s3cr3t/@proxy.corp:3128").password, "s3cr3t/")

@@ -152,6 +152,13 @@ class ServerTests(unittest.TestCase):
         self.assertIn(b"unknown or revoked node credential", client.data)
         self.assertEqual(len(self.streams), 0)
 
+    async def test_an_oversize_head_in_one_write_is_refused(self):
+        head = request_head("x", "node-b", "good-node-b")
+        client = await self.connect(head[:-2] + b"X-Filler: " + b"a" * 30_000 + b"\r\n\r\n")
+        await self.wait_for(lambda: b"\r\n\r\n" in client.data, "the refusal")
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 431"), client.data[:40])
+        self.assertEqual(len(self.streams), 0)
+
     async def test_a_tcp_side_and_a_udp_side_reach_each_other(self):
         sides = Sides(self.table)
         stream = await self.connect(request_head("x", "node-b", "good-node-b"))
@@ -201,8 +208,9 @@ class ServerTests(unittest.TestCase):
 
 class BackpressureTests(unittest.TestCase):
     def test_a_slow_reader_drops_frames_instead_of_buffering_them(self):
-        table = RelayTable(Clock())
-        streams = RelayStreams(Clock(), table.handle)
+        clock = Clock()
+        table = RelayTable(clock)
+        streams = RelayStreams(clock, table.handle)
 
         class Transport:
             def __init__(self):
@@ -222,12 +230,17 @@ class BackpressureTests(unittest.TestCase):
         stream.start(transport, b"")
         address = (STREAM_HOST, stream.number)
         streams.send(b"f" * OVERHEAD, address)
+        streams.send(b"g" * OVERHEAD, address)
+        clock.advance(0)
+        self.assertEqual(transport.written, [record(b"f" * OVERHEAD) + record(b"g" * OVERHEAD)], "one write a turn")
         transport.producer.pauseProducing()
         for _ in range(1000):
             streams.send(b"f" * OVERHEAD, address)
+        clock.advance(0)
         self.assertEqual((len(transport.written), streams.dropped), (1, 1000))
         transport.producer.resumeProducing()
         streams.send(b"f" * OVERHEAD, address)
+        clock.advance(0)
         self.assertEqual(len(transport.written), 2)
         stream.connectionLost(None)
 
@@ -251,9 +264,16 @@ class BackpressureTests(unittest.TestCase):
             stream = RelayStream(streams, "node-b")
             stream.start(Transport(), b"")
             made.append(stream)
+        # Named, not proven: on an open server anyone may name a node, so
+        # streams that carried none of its frames end none of its streams.
+        self.assertEqual((len(streams), len(ended)), (3, 0))
+        for stream in made:
+            streams.claim(stream)  # each carried an authentic frame of the node's
         self.assertEqual(len(streams), 2)
         self.assertEqual(len(ended), 1, "the oldest ended")
-        self.assertEqual(streams.end_node("node-b"), 2)
+        unclaimed = RelayStream(streams, "node-b")
+        unclaimed.start(Transport(), b"")
+        self.assertEqual(streams.end_node("node-b"), 3, "removal ends them all, proven or not")
         self.assertEqual(len(streams), 0)
         clock.advance(1000)  # no idle timers left behind
 
@@ -375,6 +395,31 @@ class ShimFallbackTests(unittest.TestCase):
         self.assertEqual(self.shim.transport, "tcp")
         self.assertIn("stopped answering over UDP", self.shim.tcp_reason)
 
+    def test_a_session_gone_before_the_check_leaves_the_next_one_checked(self):
+        self.add()
+        d = Deferred.fromCoroutine(self.shim.remove("peer"))
+        self.reactor.advance(0)
+        self.successResultOf(d)
+        self.reactor.advance(UDP_FALLBACK_AFTER)
+        self.assertEqual(self.shim.transport, "udp")
+        self.add()
+        self.reactor.advance(UDP_FALLBACK_AFTER)
+        self.assertEqual(self.shim.transport, "tcp", "the fallback is armed again")
+
+    def test_the_stream_coming_up_says_where_each_side_is_at_once(self):
+        self.add()
+        self.reactor.advance(UDP_FALLBACK_AFTER)
+        before = len(self.stream.sent)
+        self.shim.stream_up()
+        self.assertEqual(len(self.stream.sent), before + 1)
+        # No session left: the stream is given up, and wanted again with the next one.
+        d = Deferred.fromCoroutine(self.shim.remove("peer"))
+        self.reactor.advance(0)
+        self.successResultOf(d)
+        self.assertFalse(self.stream.wanted)
+        self.add()
+        self.assertTrue(self.stream.wanted)
+
     def test_without_a_stream_the_shim_stays_on_udp(self):
         self.shim.stream = None
         self.add()
@@ -400,7 +445,7 @@ class StreamClientTests(unittest.TestCase):
             "127.0.0.1",
             "node-b",
             lambda: credential,
-            self.frames.append,
+            lambda frame: self.frames.append(frame) or True,
         )
         self.addCleanup(client.want, False)
         return client
@@ -425,6 +470,36 @@ class StreamClientTests(unittest.TestCase):
         await self.wait_for(lambda: not client.is_up, "the stream lost")
         await self.wait_for(lambda: client.is_up, "the stream open again")
         self.assertIsNone(client.problem)
+
+    async def test_a_server_that_never_answers_the_upgrade_is_left_and_tried_again(self):
+        from wire.node import relaystream
+
+        self.patch(relaystream, "HEAD_TIMEOUT", 0.2)
+        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        client = RelayStreamClient(
+            reactor, lambda: TCP4ClientEndpoint(reactor, "127.0.0.1", silent.getHost().port), "127.0.0.1", "node-b",
+            lambda: None, self.frames.append,
+        )
+        self.addCleanup(client.want, False)
+        client.want(True)
+        await self.wait_for(lambda: client.problem is not None, "the timeout")
+        self.assertIn("no answer to the relay stream's upgrade within 0s", client.problem)
+        await self.wait_for(lambda: client._retry is not None or client._connecting is not None, "another try")
+
+    async def test_a_stream_ended_at_once_is_opened_again_with_backoff(self):
+        ups = []
+        client = self.client("good-node-b")
+        client.on_up = lambda: ups.append(reactor.seconds())
+        client.want(True)
+        await self.wait_for(lambda: client.is_up, "the stream up")
+        for _ in range(3):
+            self.streams.end_node("node-b")  # the server ends it: it never carried an authentic frame
+            await self.wait_for(lambda: not client.is_up, "lost")
+            await self.wait_for(lambda: client.is_up, "up again")
+        gaps = [b - a for a, b in zip(ups, ups[1:])]
+        self.assertEqual(len(ups), 4, "told each time it came up")
+        self.assertGreater(gaps[-1], gaps[0] * 1.5, f"the waits grow: {gaps}")
 
     async def test_a_refusal_is_told_and_tried_again_later(self):
         client = self.client("wrong")

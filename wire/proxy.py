@@ -222,13 +222,14 @@ def parse_proxy_url(text: str, where: str = "--proxy", no_proxy: tuple[NoProxyRu
         raise ProxyConfigError(
             where, f"{scheme}:// proxies are not supported; give an http:// proxy that speaks CONNECT"
         )
-    # Credentials end at the last "@" before the host (a password may hold "@" unescaped).
-    authority, slash, path = rest.partition("/")
-    if "?" in authority or "#" in authority:
-        raise ProxyConfigError(where, "a proxy URL has no query or fragment")
-    userinfo, at, hostport = authority.rpartition("@")
-    shown = f"http://{'***@' if at else ''}{hostport[:80]}"
-    if (slash and path) or "?" in rest or "#" in rest:
+    # Credentials end at the last "@" (a password may hold "@" or "/" unescaped):
+    # nothing before it is ever shown.
+    userinfo, at, after = rest.rpartition("@")
+    hostport, slash, path = after.partition("/")
+    shown = f"http://{'***@' if at else ''}{_shown_hostport(hostport)}"
+    if "?" in hostport or "#" in hostport:
+        raise ProxyConfigError(where, f"{shown}: a proxy URL has no query or fragment")
+    if (slash and path) or "?" in after or "#" in after:
         raise ProxyConfigError(where, f"{shown}: a proxy URL has no path, query or fragment")
     username, _, password = userinfo.partition(":")
     try:
@@ -242,6 +243,15 @@ def parse_proxy_url(text: str, where: str = "--proxy", no_proxy: tuple[NoProxyRu
         raise ProxyConfigError(where, f"{shown}: the credentials hold control characters or a ':' in the user name")
     host, port = _host_port(hostport, where, shown)
     return ProxyConfig(host, port, username, password, no_proxy, where)
+
+
+def _shown_hostport(hostport: str) -> str:
+    """HOST[:PORT] as an error may show it: a "port" that is no number may be
+    a password given without its "@" (``http://alice:secret/``), so it is masked."""
+    head, colon, tail = hostport[:80].rpartition(":")
+    if not colon or ("[" in head and not head.endswith("]")):
+        return hostport[:80]  # no port, or a colon inside IPv6 brackets
+    return f"{head}:{tail}" if tail.isdigit() or not tail else f"{head}:***"
 
 
 def _host_port(hostport: str, where: str, shown: str) -> tuple[str, int]:

@@ -223,6 +223,9 @@ def format_netcheck(result: dict, style: Style) -> str:
         lines.append(f"  STUN latency      {_ms(udp['rtt_ms'])}")
         lines.append(f"  public address    {result['mapped']} (this host: {', '.join(result['local_ips']) or 'unknown'})")
     lines.append(f"  NAT               {result['nat_meaning']}")
+    relay = result.get("relay") or {}
+    if relay.get("transport"):
+        lines.append(f"  relay             {relay['transport']} ({relay['why']})")
     lines += [f"  ! {problem}" for problem in result["problems"]]
     return "\n".join(lines)
 

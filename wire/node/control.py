@@ -111,6 +111,8 @@ def describe_path(
         "since": path.since,
         "since_ago": max(0.0, now - path.since),
         "decided_by": "server" if word is not None else "rule",
+        # Where the daemon's planner sends (a direct or LAN path), whatever WireGuard shows now.
+        "planned_endpoint": path.endpoint,
     }
 
 

@@ -57,10 +57,26 @@ def route_source(address: str) -> str:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
+            if family == socket.AF_INET6:
+                _prefer_public_source(s)
             s.connect((ip, 9))  # no packet leaves: connect() on UDP only routes
             return s.getsockname()[0]
     except OSError:
         return ""
+
+
+# Linux's IPV6_ADDR_PREFERENCES and IPV6_PREFER_SRC_PUBLIC (linux/in6.h): a
+# host with privacy addresses (use_tempaddr=2) would otherwise name the
+# temporary one, which changes daily, and every pair would start again.
+IPV6_ADDR_PREFERENCES = 72
+IPV6_PREFER_SRC_PUBLIC = 0x0002
+
+
+def _prefer_public_source(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_ADDR_PREFERENCES, IPV6_PREFER_SRC_PUBLIC)
+    except OSError:
+        pass  # not Linux: the kernel's choice
 
 
 # Any global unicast address: the kernel names the source it would use

@@ -205,9 +205,11 @@ class RelayShim:
         for call in (self._udp_check, self._stream_keepalive):
             if call is not None and call.active():
                 call.cancel()
+        self._udp_check = self._stream_keepalive = None
         if self.stream is not None:
             self.stream.want(False)
         self.over_tcp = False
+        self._udp_heard_at, self._udp_tried_at = float("-inf"), None
         for peer in list(self._sessions):
             await self.remove(peer)
         if self._upstream_port is not None:
@@ -245,6 +247,8 @@ class RelayShim:
             self._set_peer(session, grant)
         self._sessions[peer] = session
         self._by_token[token] = session
+        if self.over_tcp and self.stream is not None:
+            self.stream.want(True)
         # Tell the server where we are before WireGuard has anything to send.
         self.send_upstream(session, b"")
         # The daemon tells it by the peer's name; the details are for debugging.
@@ -283,6 +287,8 @@ class RelayShim:
         if session.upstream_batcher is not None:
             session.upstream_batcher.cancel()
         session.upstream_port = session.upstream_send = None
+        if not self._sessions and self.stream is not None:
+            self.stream.want(False)  # nothing to carry; opened again with the next session
         port = session.socket.port if session.socket else None
         if session.socket is not None:
             session.socket.port = None
@@ -337,7 +343,10 @@ class RelayShim:
     def _check_udp(self) -> None:
         """UDP_FALLBACK_AFTER after the first frame: was anything heard over UDP?"""
         self._udp_check = None
-        if self._sessions and self._udp_heard_at == float("-inf") and not self.over_tcp:
+        if not self._sessions:
+            self._udp_tried_at = None  # the next session's first frame asks again
+            return
+        if self._udp_heard_at == float("-inf") and not self.over_tcp:
             self._use_tcp(f"no answer from the server over UDP within {UDP_FALLBACK_AFTER:.0f}s: UDP to the server blocked")
 
     def _use_tcp(self, why: str) -> None:
@@ -368,9 +377,14 @@ class RelayShim:
             session.frames_out += 1
             self.stream.send(session.wrap(b""))
 
-    def from_stream(self, frame: bytes) -> None:
-        """A frame the server sent over the relay stream."""
-        self._take(frame)
+    def from_stream(self, frame: bytes) -> bool:
+        """A frame the server sent over the relay stream (True: authentic)."""
+        return self._take(frame)
+
+    def stream_up(self) -> None:
+        """The relay stream is (again) open: each side says so at once, or the
+        server would send the peer's frames to the old address until the next round."""
+        self._stream_keepalives()
 
     def from_server(self, data: bytes, addr) -> None:
         if addr != self.server:

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from wire.node.backoff import Backoff
@@ -26,6 +27,11 @@ from wire.textsafe import escaped
 from wire.tls import client_policy
 
 CONNECT_TIMEOUT = 10.0
+# From the connection to the server's 101: the TLS handshake and the head.
+HEAD_TIMEOUT = 15.0
+# The server answers every keepalive (each session's, every 10 s): a stream
+# silent this long is dead (the server's host gone, a NAT's state dropped).
+SILENT_TIMEOUT = 30.0
 RETRY_FIRST = 0.5
 RETRY_CAP = 30.0
 
@@ -46,7 +52,7 @@ def stream_endpoint(reactor: Any, server_url: str, fingerprint: str, via: Any = 
 
 
 @implementer(IPushProducer)
-class _StreamProtocol(Protocol):
+class _StreamProtocol(Protocol, TimeoutMixin):
     transport: Any  # a TCP (or TLS) transport: a producer's consumer too
 
     def __init__(self, client: RelayStreamClient):
@@ -54,12 +60,26 @@ class _StreamProtocol(Protocol):
         self._head = b""
         self._reader: RecordReader | None = None
         self._paused = False
+        self._pending: list[bytes] = []
+        self._flush: Any = None
+
+    def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
+        return self.client.reactor.callLater(period, func, *args, **kw)
 
     def connectionMade(self) -> None:
+        self.setTimeout(HEAD_TIMEOUT)
         self.transport.registerProducer(self, True)
         self.transport.write(request_head(self.client.host, self.client.node_id, self.client.credential()))
 
+    def timeoutConnection(self) -> None:
+        if self._reader is None:
+            self.client.problem = f"no answer to the relay stream's upgrade within {HEAD_TIMEOUT:.0f}s"
+        else:
+            self.client.problem = f"the relay stream was silent for {SILENT_TIMEOUT:.0f}s"
+        self.transport.abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
         if self._reader is None:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
@@ -79,6 +99,7 @@ class _StreamProtocol(Protocol):
                 self._fail(f"the server refused the relay stream: {status} {body or reason}")
                 return
             self._reader = RecordReader()
+            self.setTimeout(SILENT_TIMEOUT)
             self.client.connected(self)
             data = rest
             if not data:
@@ -89,19 +110,33 @@ class _StreamProtocol(Protocol):
             self._fail(f"the server's stream is garbled: {e}")
             return
         for frame in frames:
-            self.client.on_frame(frame)
+            self.client.frame(frame)
 
     def write_frame(self, frame: bytes) -> bool:
         if self._paused or self._reader is None or self.transport is None:
             return False
-        self.transport.write(record(frame))
+        # The frames of one reactor turn go out as one write: one TLS record
+        # (up to 16 KiB) instead of one per frame.
+        self._pending.append(record(frame))
+        if self._flush is None:
+            self._flush = self.client.reactor.callLater(0, self._write_pending)
         return True
+
+    def _write_pending(self) -> None:
+        self._flush = None
+        pending, self._pending = self._pending, []
+        if pending and self.transport is not None:
+            self.transport.write(b"".join(pending))
 
     def _fail(self, problem: str) -> None:
         self.client.problem = problem
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.setTimeout(None)
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush, self._pending = None, []
         self.client.lost(self, reason)
 
     def pauseProducing(self) -> None:
@@ -124,14 +159,17 @@ class RelayStreamClient:
         host: str,
         node_id: str,
         credential: Callable[[], str | None],
-        on_frame: Callable[[bytes], None],
+        on_frame: Callable[[bytes], bool],
+        on_up: Callable[[], None] = lambda: None,
     ):
         self.reactor = reactor
         self._endpoint = endpoint
         self.host = host
         self.node_id = node_id
         self.credential = credential
+        # Each frame from the server (True: authentic), and the stream being up.
         self.on_frame = on_frame
+        self.on_up = on_up
         self.problem: str | None = None  # why the last stream failed, for status
         self.dropped = 0
         self._wanted = False
@@ -177,8 +215,16 @@ class RelayStreamClient:
             return
         self._protocol = protocol
         self.problem = None
-        self._backoff.reset()
         log.info("relay stream to the server open (over TCP: UDP to the server does not work)")
+        # Every side tells the server at once that it is on this stream now.
+        self.on_up()
+
+    def frame(self, frame: bytes) -> None:
+        """A frame from the stream. The backoff starts again only once one is
+        authentic: a stream the server ends at once (it no longer knows our
+        sessions) is opened again after 0.5, 1, 2 ... 30 s, not every 0.5 s."""
+        if self.on_frame(frame):
+            self._backoff.reset()
 
     def lost(self, protocol: _StreamProtocol, reason: Any) -> None:
         if self._protocol is protocol:

@@ -124,6 +124,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         config.node_id,
         lambda: daemon.client.credential,
         shim.from_stream,
+        shim.stream_up,
     )
     top = MultiService()
     daemon.setServiceParent(top)

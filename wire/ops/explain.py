@@ -106,6 +106,10 @@ def explain_path(
         reasons = [f"the server is unreachable ({server_error}): only the daemon's last netmap is known"] if server_error else []
         suggestions = []
     expected, kind = _expected_endpoint(record, me.get("public_ip", ""), me.get("public_ip6", ""))
+    planned = wg.get("planned_endpoint")
+    if planned and record is not None:
+        # The daemon's own plan (the server's word included: an IPv4 fallback) wins over re-deriving it.
+        expected, kind = planned, _kind_of(planned, record)
     if path in ("relay", "relay-tcp") or wg.get("mode") == "relay":
         endpoint = wg.get("endpoint")
         why = wg.get("why") or wg.get("reason", "")
@@ -163,6 +167,16 @@ def explain_path(
         "reasons": reasons,
         "suggestions": suggestions,
     }
+
+
+def _kind_of(endpoint: str, record: dict) -> str:
+    """Which of the peer's addresses an endpoint is: "lan", "ipv6" or "public"."""
+    host = endpoint.rsplit(":", 1)[0].strip("[]")
+    if record.get("lan_ip") and host == record["lan_ip"] and host != record.get("public_ip"):
+        return "lan"
+    if record.get("public_ip6") and host == record["public_ip6"]:
+        return "ipv6"
+    return "public"
 
 
 def _expected_endpoint(record: dict | None, my_public_ip: str, my_public_ip6: str = "") -> tuple[str | None, str]:

@@ -33,10 +33,16 @@ async def netcheck(ctx: Context, server: str | None = None, *, timeout: float = 
     if not http["reachable"]:
         problems.append(f"the server's HTTP API does not answer: {http['error']}")
     if not udp["reachable"]:
+        fallback = (
+            "; peers are then reached through the relay over TCP on the server's HTTPS port (relay-tcp), slower than UDP"
+            if http["reachable"]
+            else ""
+        )
         problems.append(
             f"no UDP answer from {host} ports {port_a} and {port_b}: UDP is blocked on this network or at the server's "
-            "firewall (or its STUN ports are closed), and WireGuard needs UDP"
+            f"firewall (or its STUN ports are closed), and direct paths need UDP{fallback}"
         )
+    relay = _relay_transport(http["reachable"], udp["reachable"])
     return {
         "ok": not problems,
         "server": server_url,
@@ -47,8 +53,18 @@ async def netcheck(ctx: Context, server: str | None = None, *, timeout: float = 
         "mapped": udp["mapped"],
         "nat_type": udp["nat_type"],
         "nat_meaning": NAT_MEANINGS[udp["nat_type"]] if udp["reachable"] else "unknown: no STUN answer",
+        "relay": relay,
         "problems": problems,
     }
+
+
+def _relay_transport(http: bool, udp: bool) -> dict:
+    """How the relay would carry this node's traffic from this network."""
+    if udp:
+        return {"transport": "udp", "why": "UDP to the server works"}
+    if http:
+        return {"transport": "relay-tcp", "why": "UDP to the server blocked: the relay runs over TCP on its HTTPS port"}
+    return {"transport": None, "why": "the server is unreachable"}
 
 
 async def _http_check(ctx: Context, server_url: str) -> dict:

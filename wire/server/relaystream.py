@@ -74,13 +74,20 @@ class RelayStreams:
     def add(self, stream: RelayStream) -> int:
         number = next(self._numbers)
         self._by_number[number] = stream
+        return number
+
+    def claim(self, stream: RelayStream) -> None:
+        """The stream carried an authentic frame of its node's: it counts as
+        the node's now (and may end the oldest beyond STREAMS_PER_NODE). Only
+        then: on an open server anyone may name a node, but not seal its frames."""
         mine = self._by_node.setdefault(stream.node_id, [])
+        if stream in mine:
+            return
         mine.append(stream)
         while len(mine) > STREAMS_PER_NODE:
             oldest = mine[0]
             oldest.end("a newer relay stream of the same node took over")
             self._forget(oldest)
-        return number
 
     def remove(self, stream: RelayStream) -> None:
         self._forget(stream)
@@ -95,8 +102,8 @@ class RelayStreams:
             self._by_node.pop(stream.node_id, None)
 
     def end_node(self, node_id: str) -> int:
-        """The node is gone: its streams end now."""
-        streams = list(self._by_node.get(node_id, ()))
+        """The node is gone: its streams end now (claimed or not)."""
+        streams = [stream for stream in self._by_number.values() if stream.node_id == node_id]
         for stream in streams:
             stream.end("the node was removed")
         return len(streams)
@@ -126,6 +133,9 @@ class RelayStream(Protocol, TimeoutMixin):
         self._paused = False
         self._refused_in_a_row = 0
         self._ended = False
+        self._claimed = False  # it carried an authentic frame (RelayStreams.claim)
+        self._pending: list[bytes] = []
+        self._flush: Any = None
 
     def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
         return self.streams.clock.callLater(period, func, *args, **kw)
@@ -160,6 +170,9 @@ class RelayStream(Protocol, TimeoutMixin):
                     return
                 continue
             self._refused_in_a_row = 0
+            if not self._claimed:
+                self._claimed = True
+                self.streams.claim(self)
             if reply is not None and destination is not None:
                 self.streams.send(reply, destination)
 
@@ -167,8 +180,22 @@ class RelayStream(Protocol, TimeoutMixin):
         """False (dropped) when the reader is slow: memory stays bounded, the tunnel inside recovers."""
         if self._paused or self._ended or self.transport is None:
             return False
-        self.transport.write(record(frame))
+        # One write per reactor turn: one TLS record for many frames.
+        self._pending.append(record(frame))
+        if self._flush is None:
+            self._flush = self.streams.clock.callLater(0, self._write_pending)
         return True
+
+    def _write_pending(self) -> None:
+        self._flush = None
+        pending, self._pending = self._pending, []
+        if pending and not self._ended and self.transport is not None:
+            self.transport.write(b"".join(pending))
+
+    def _cancel_flush(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush, self._pending = None, []
 
     def end(self, why: str) -> None:
         if self._ended:
@@ -177,6 +204,7 @@ class RelayStream(Protocol, TimeoutMixin):
         self.streams.log.info("relay stream of node {node} ends: {why}", node=self.node_id[:12], why=why)
         self.streams.remove(self)
         self.setTimeout(None)
+        self._cancel_flush()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -186,6 +214,7 @@ class RelayStream(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._ended = True
         self.setTimeout(None)
+        self._cancel_flush()
         self.streams.remove(self)
 
     # IPushProducer: the transport tells us when its buffer is full.
@@ -233,9 +262,10 @@ class UpgradeSniffer(Protocol, TimeoutMixin):
             self._hand_to_site()
             return
         end = self._buffer.find(b"\r\n\r\n")
+        if end > MAX_HEAD or (end < 0 and len(self._buffer) > MAX_HEAD):
+            self._refuse(431, "request head too large")
+            return
         if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                self._refuse(431, "request head too large")
             return
         head, rest = self._buffer[:end], self._buffer[end + 4 :]
         self._buffer = b""
