@@ -8,6 +8,7 @@ with and without the session's source address, change nothing.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 from twisted.internet import reactor
@@ -140,3 +141,41 @@ class RelayFastPathLabTests(unittest.TestCase):
 
         waited = await eventually(back_in_the_kernel, timeout=45, step=0.5, what="the session back on the fast path")
         self.assertTrue(await pings(), f"back in the kernel after {waited:.1f}s")
+
+    async def test_a_killed_server_leaves_nothing_that_outlives_its_restart(self):
+        """SIGKILL leaves the table and its flows behind; the next run
+        deletes both at start, the pair recovers as fast as on the Python
+        path, and goes back into the kernel."""
+        mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True)
+        self.addCleanup(mesh.teardown)
+        await mesh.setup()
+        await mesh.lab.add_router("corp", nat="hard")
+        await mesh.lab.add_router("cgn", nat="hard")
+        await mesh.add_host("hard1", "corp")
+        await mesh.add_host("hard2", "cgn")
+        await mesh.add_host("mallory")
+        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("hard1", "hard2")])
+
+        async def pings() -> bool:
+            return await mesh.ping("hard1", "hard2", wait=1) and await mesh.ping("hard2", "hard1", wait=1)
+
+        await eventually(pings, timeout=60, step=0.5, what="the relayed pair pinging")
+
+        async def in_kernel() -> bool:
+            return len(self.rules(await self.listing(mesh))) == 2
+
+        await eventually(in_kernel, timeout=30, step=0.5, what="the session in the kernel")
+        old = {token for _, _, token, _ in self.rules(await self.listing(mesh))}
+        await mesh.kill_server(signal.SIGKILL)
+        self.assertEqual(len(self.rules(await self.listing(mesh))), 2, "a killed server cleans nothing up")
+        await mesh.start_server()
+        restarted = reactor.seconds()
+        waited = await eventually(pings, timeout=30, step=0.5, what="the pair pinging after the restart")
+        self.assertLess(reactor.seconds() - restarted, 15, f"took {waited:.1f}s")
+
+        async def new_sessions_in_kernel() -> bool:
+            now = self.rules(await self.listing(mesh))
+            return len(now) == 2 and not ({token for _, _, token, _ in now} & old)
+
+        await eventually(new_sessions_in_kernel, timeout=30, step=0.5, what="the new session in the kernel, none of the old")
+        self.assertTrue(await pings())
