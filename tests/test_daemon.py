@@ -226,6 +226,9 @@ class ScriptedServer:
         self._changes: list[tuple[int, list, list]] = []
         self._open: tuple[Deferred, object, str] | None = None
         self.relay_requests: list[str] = []  # peer node ids, as asked
+        self.relay_asked: list[tuple[str, bool, bytes | None]] = []  # (peer, fastpath, held)
+        self.granted: dict[str, dict] = {}  # the last grant by peer
+        self.fastpath_on = False  # the server's kernel fast path (grants carry the peer's side)
         self.grants_hang = False
         self.grants_fail = False
         self.grants_bad = False
@@ -312,8 +315,9 @@ class ScriptedServer:
             call.cancel()
             self._answer(d)
 
-    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> Deferred:
+    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held=None) -> Deferred:
         self.relay_requests.append(peer_node_id)
+        self.relay_asked.append((peer_node_id, fastpath, held))
         if self.grants_hang:
             d: Deferred = Deferred()
             self.hanging[peer_node_id] = d
@@ -326,7 +330,14 @@ class ScriptedServer:
                 RelayGrant.from_json(grant_for(peer_node_id) | {"token": "00"})
             except ProtocolError as e:
                 return fail(BadAnswer("POST /relay", e))
-        return succeed(RelayGrant.from_json(grant_for(peer_node_id)))
+        body = grant_for(peer_node_id)
+        last = self.granted.get(peer_node_id)
+        if held is not None and last is not None and last["token"] == held.hex():
+            body = {**body, "token": last["token"], "key": last["key"]}  # our side kept
+        if fastpath and self.fastpath_on:
+            body = {**body, "peer_token": os.urandom(8).hex(), "peer_key": base64.b64encode(os.urandom(32)).decode()}
+        self.granted[peer_node_id] = body
+        return succeed(RelayGrant.from_json(body))
 
     async def report_path(self, node_id: str, wg_public_key: str, peer_node_id: str, failure: PathFailure) -> PathReportAnswer:
         """As the server does: the pair goes to the relay, told to both (here: the long-poll)."""
@@ -584,6 +595,21 @@ class RuntimeTests(unittest.TestCase):
             self.clock.advance(NAT_RECHECK_INTERVAL)
         self.assertEqual(self.daemon.nat.mapped.port, 40000, "kept: a hard NAT's port means nothing")
         self.assertEqual({body["nat_port"] for body in self.server.registered_bodies} & {40001, 40002, 40003}, set())
+
+    def test_grants_are_asked_for_the_fast_path_and_the_peers_side_again_keeping_ours(self):
+        self.server.fastpath_on = True
+        self.start()
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        db1 = body_for("db1")["node_id"]
+        self.assertEqual(self.server.relay_asked, [(db1, True, None)], "this shim takes peer-sealed frames")
+        endpoint = self.session_endpoint("db1")
+        token = self.shim.sessions()[db1].token
+        # The server says db1's side changed: asked again, holding our side.
+        self.shim.on_peer_changed(db1)
+        self.clock.advance(0)
+        self.assertEqual(self.server.relay_asked[-1], (db1, True, token))
+        self.assertEqual(self.session_endpoint("db1"), endpoint, "the same session, WireGuard sees no change")
+        self.assertEqual(self.shim.sessions()[db1].peer_token.hex(), self.server.granted[db1]["peer_token"])
 
     def test_no_direct_handshake_within_the_timeout_means_relay(self):
         self.start()

@@ -284,9 +284,28 @@ class RelayTests(unittest.TestCase):
             return
         self.assertEqual((len(grant.token), len(grant.key)), (8, 32))
 
+    def test_a_fastpath_grant_carries_the_peer_side_and_an_old_one_parses_without(self):
+        fast = RelayGrant("0123456789abcdef", "db1", b"T" * 8, bytes(range(32)), 8788, b"P" * 8, bytes(32))
+        body = json.loads(json.dumps(fast.to_json()))
+        self.assertEqual((body["peer_token"], body["peer_key"]), ("50" * 8, base64.b64encode(bytes(32)).decode()))
+        self.assertEqual(RelayGrant.from_json(body), fast)
+        self.assertNotIn("peer_token", self.GRANT.to_json(), "an older node sees the grant it knows")
+        self.assertIsNone(RelayGrant.from_json(self.GRANT.to_json()).peer_key)
+        for missing in ("peer_token", "peer_key"):
+            half = {k: v for k, v in body.items() if k != missing}
+            with self.assertRaises(ProtocolError) as caught:
+                RelayGrant.from_json(half)
+            self.assertEqual(caught.exception.field, missing)
+        with self.assertRaises(ProtocolError):
+            RelayGrant.from_json({**body, "peer_key": base64.b64encode(b"k" * 31).decode()})
+
     def test_request_and_punch_answer(self):
         asked = RelayRequest("web1", KEY, "db1")
         self.assertEqual(RelayRequest.from_json(asked.to_json()), asked)
+        self.assertNotIn("fastpath", asked.to_json(), "an older server sees the request it knows")
+        fast = RelayRequest("web1", KEY, "db1", fastpath=True)
+        self.assertEqual(RelayRequest.from_json(fast.to_json()), fast)
+        self.assertFalse(RelayRequest.from_json({**fast.to_json(), "fastpath": "yes"}).fastpath)
         self.assertEqual(PunchAnswer(1, False).to_json(), {"ok": True, "use_relay": False, "attempts": 1})
         self.assertEqual(PunchAnswer(3, True, self.GRANT).to_json()["relay"], self.GRANT.to_json())
 

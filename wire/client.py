@@ -378,8 +378,12 @@ class CoordinationClient(JsonHttp):
     async def health(self) -> dict:
         return await self._request("GET", "/health")
 
-    async def relay(self, node_id: str, wg_public_key: str, peer_node_id: str) -> RelayGrant:
-        asked = RelayRequest(node_id, wg_public_key, peer_node_id)
+    async def relay(
+        self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held: bytes | None = None
+    ) -> RelayGrant:
+        """``POST /relay``; ``fastpath``: our shim takes peer-sealed frames;
+        ``held``: keep the side with this token, send the peer's anew."""
+        asked = RelayRequest(node_id, wg_public_key, peer_node_id, fastpath, held)
         return _parsed("POST /relay", RelayGrant.from_json, await self._request("POST", "/relay", asked.to_json()))
 
     async def report_path(

@@ -64,8 +64,12 @@ class MeshLab:
         open_server: bool = False,
         server_args: tuple[str, ...] = (),
         ipv6: bool = False,
+        server_forwarding: bool = False,
     ):
         self.reactor = reactor
+        # The server's host forwards IPv4 (so the relay's kernel fast path,
+        # wire.server.fastpath, can carry verified sessions).
+        self.server_forwarding = server_forwarding
         self.runner = runner
         # More wire-server options (a test's --offline-after, say).
         self.server_args = tuple(server_args)
@@ -90,6 +94,8 @@ class MeshLab:
 
     async def setup(self) -> None:
         await self.lab.setup()
+        if self.server_forwarding:
+            (await self.lab.run("server", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], timeout=10)).check()
         await self.start_server()
         if not self.open_server:
             created = await AdminOps(self.reactor, self.server_data_dir).create_key(reusable=True, note="lab")

@@ -44,6 +44,10 @@ OVERHEAD = HEADER_BYTES + MAC_BYTES  # 37
 # Room for a full-size WireGuard packet on a 1500-byte path, and no more.
 MAX_PAYLOAD = 1600
 MAX_FRAME = OVERHEAD + MAX_PAYLOAD
+# A keepalive answer's payload telling a fast-path shim (one told the peer
+# side's token) that the peer's side changed: ask for it again. No
+# WireGuard message is one byte, and older shims are never sent it.
+REFRESH_PEER = b"\x01"
 
 
 class FrameError(ValueError):

@@ -99,6 +99,8 @@ class Reconciler:
         self._interface_up = interface_up
         self._stopping = stopping
         self.relay = relay
+        if relay is not None:
+            relay.on_peer_changed = self._refresh_grant
         self._probe = probe
         # A direct path went silent: our NAT may have moved (the daemon checks).
         self._on_silence = on_silence
@@ -461,7 +463,9 @@ class Reconciler:
         try:
             await self._runtime.grant_slots.acquire()
             try:
-                grant = await self.client.relay(self._node_id, self._public_key, peer.node_id)
+                grant = await self.client.relay(
+                    self._node_id, self._public_key, peer.node_id, fastpath=getattr(self.relay, "fastpath", False)
+                )
             finally:
                 self._runtime.grant_slots.release()
             if peer.node_id not in self._runtime.relay_wanted or self._stopping() or self.relay is None:
@@ -483,6 +487,28 @@ class Reconciler:
         self._runtime.grant_failing.discard(peer.node_id)
         self.log.info("{peer}: relayed through the server, WireGuard endpoint {endpoint}", peer=name, endpoint=endpoint)
         self._reconcile_soon()
+
+    def _refresh_grant(self, peer_node_id: str) -> None:
+        """The server says the peer's side of our relay session changed (it
+        restarted): ask for it, keeping our side, so the session can go on the
+        server's kernel fast path again. The Python path carries it meanwhile."""
+        if self.relay is None or peer_node_id in self._runtime.grants_pending:
+            return
+        session = self.relay.sessions().get(peer_node_id)
+        if session is None:
+            return
+        self._track(self._refresh(peer_node_id, session.token))
+
+    async def _refresh(self, peer_node_id: str, held: bytes) -> None:
+        try:
+            grant = await self.client.relay(self._node_id, self._public_key, peer_node_id, fastpath=True, held=held)
+            if self.relay is not None and not self._stopping():
+                await self.relay.add(grant)
+                self._reconcile_soon()  # our side was gone after all: a new endpoint
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.debug("the peer's relay side for {peer} not refreshed: {error}", peer=self._peer_name(peer_node_id), error=e)
 
     def _grant_failed(self, node_id: str, message: str, **fields) -> None:
         # Said once; the retries (one at each reconcile) are routine.

@@ -15,6 +15,16 @@ UDP_FALLBACK_AFTER of the first frame, or UDP answers stopped for
 UDP_DEAD_AFTER. While on the stream the shim still probes UDP with every
 keepalive round; the first answer over UDP moves it back, with no change
 WireGuard can see (its endpoint is the same loopback socket throughout).
+
+The server's kernel fast path (wire.server.fastpath) forwards a session's
+frames unchanged: they arrive sealed by the peer's side (its token, its
+direction TO_SERVER, its counter), so the shim asks for grants with
+``fastpath`` and, when the grant carries the peer's token and key, checks
+such frames under the peer's key with a replay window of their own. A
+fast-path session also gets its own upstream socket: the kernel forwards
+by address, so each session's frames must come from an address of their own.
+When the server says the peer's side changed (REFRESH_PEER in a keepalive
+answer), ``on_peer_changed`` asks for the grant again, keeping our side.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ from twisted.internet.task import LoopingCall
 from wire.debuglog import logger as debug_aware_logger
 from wire.protocol import RelayGrant
 from wire.relayproto import (
+    MAC_BYTES,
     MAX_FRAME,
     MAX_PAYLOAD,
     OVERHEAD,
+    REFRESH_PEER,
     TO_NODE,
     TO_SERVER,
     DatagramBatcher,
@@ -55,6 +67,8 @@ UDP_DEAD_AFTER = 25.0
 UDP_PROBE_GRACE = 0.5
 # A session whose keepalives go unanswered this long is reported dead.
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
+# At most one request for the peer's side per session this often.
+REFRESH_EVERY = 30.0
 
 log = debug_aware_logger()
 
@@ -72,6 +86,16 @@ class RelaySession:
     last_heard: float = 0.0
     frames_in: int = 0
     frames_out: int = 0
+    # The peer side's token and key (a fast-path grant): frames the server's
+    # kernel forwarded unchanged, sealed by the peer, with their own window.
+    peer_token: bytes | None = None
+    peer_key: FrameKey | None = None
+    peer_window: ReplayWindow = field(default_factory=ReplayWindow)
+    # A fast-path session's own upstream socket, and how to send on it.
+    upstream_port: Any = None
+    upstream_send: Callable[[Any, Any], None] | None = None
+    upstream_batcher: DatagramBatcher | None = None
+    refresh_asked: float = float("-inf")
 
     @property
     def endpoint(self) -> str:
@@ -121,6 +145,9 @@ class _Upstream(DatagramProtocol):
 
 
 class RelayShim:
+    # This shim takes frames sealed by the peer's side (the request says so).
+    fastpath = True
+
     def __init__(self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int):
         # IReactorUDP and IReactorTime (and IReactorPluggableNameResolver
         # when the server is named, not numbered).
@@ -131,6 +158,9 @@ class RelayShim:
         self.wireguard_port = wireguard_port
         self._sessions: dict[str, RelaySession] = {}  # by peer node id
         self._by_token: dict[bytes, RelaySession] = {}
+        self._by_peer_token: dict[bytes, RelaySession] = {}
+        # Called with a peer's node id when the server says its side changed.
+        self.on_peer_changed: Callable[[str], None] | None = None
         self._upstream = _Upstream(self)
         self._upstream_port: Any = None
         self._upstream_batcher: DatagramBatcher | None = None
@@ -199,6 +229,8 @@ class RelayShim:
         peer, token, key = grant.peer_node_id, grant.token, FrameKey(grant.key)
         existing = self._sessions.get(peer)
         if existing is not None and existing.token == token and not self.is_dead(peer):
+            if existing.upstream_port is not None and grant.peer_token != existing.peer_token:
+                self._set_peer(existing, grant)  # the peer's side changed; ours goes on
             return existing.endpoint
         if existing is not None:
             await self.remove(peer)
@@ -207,6 +239,12 @@ class RelayShim:
         session.socket = _PeerSocket(self, session)
         session.socket.port = self.reactor.listenUDP(0, session.socket, interface="127.0.0.1")
         enlarge_socket_buffers(session.socket.port)
+        if grant.peer_token is not None and grant.peer_key is not None:
+            session.upstream_port = self.reactor.listenUDP(0, _Upstream(self))
+            enlarge_socket_buffers(session.upstream_port)
+            session.upstream_batcher = DatagramBatcher(self.reactor, session.upstream_port)
+            session.upstream_send = session.upstream_batcher.send
+            self._set_peer(session, grant)
         self._sessions[peer] = session
         self._by_token[token] = session
         if self.over_tcp and self.stream is not None:
@@ -224,16 +262,31 @@ class RelayShim:
         )
         return session.endpoint
 
+    def _set_peer(self, session: RelaySession, grant: RelayGrant) -> None:
+        if session.peer_token is not None:
+            self._by_peer_token.pop(session.peer_token, None)
+        assert grant.peer_token is not None and grant.peer_key is not None
+        session.peer_token, session.peer_key = grant.peer_token, FrameKey(grant.peer_key)
+        session.peer_window = ReplayWindow()  # a new side counts from 1
+        self._by_peer_token[grant.peer_token] = session
+
     async def remove(self, peer_node_id: str) -> None:
         session = self._sessions.get(peer_node_id)
         if session is not None:
+            upstream = session.upstream_port
             port = self._drop(session)
-            if port is not None:
-                await port.stopListening()
+            for one in (port, upstream):
+                if one is not None:
+                    await one.stopListening()
 
     def _drop(self, session: RelaySession):
         self._sessions.pop(session.peer_node_id, None)
         self._by_token.pop(session.token, None)
+        if session.peer_token is not None and self._by_peer_token.get(session.peer_token) is session:
+            del self._by_peer_token[session.peer_token]
+        if session.upstream_batcher is not None:
+            session.upstream_batcher.cancel()
+        session.upstream_port = session.upstream_send = None
         if not self._sessions and self.stream is not None:
             self.stream.want(False)  # nothing to carry; opened again with the next session
         port = session.socket.port if session.socket else None
@@ -276,15 +329,16 @@ class RelayShim:
         if self.over_tcp and self.stream is not None:
             self.stream.send(frame)
             return
-        self._send_udp(frame)
+        self._send_udp(frame, session)
 
-    def _send_udp(self, frame: bytes) -> None:
+    def _send_udp(self, frame: bytes, session: RelaySession) -> None:
         assert self._send_upstream is not None
         if self._udp_tried_at is None and self._udp_heard_at == float("-inf"):
             self._udp_tried_at = self.reactor.seconds()
             if self.stream is not None and self._udp_check is None:
                 self._udp_check = self.reactor.callLater(UDP_FALLBACK_AFTER, self._check_udp)
-        self._send_upstream(frame, self.server)
+        send = session.upstream_send or self._send_upstream
+        send(frame, self.server)
 
     def _check_udp(self) -> None:
         """UDP_FALLBACK_AFTER after the first frame: was anything heard over UDP?"""
@@ -348,16 +402,34 @@ class RelayShim:
         except FrameError:
             return False
         session = self._by_token.get(token)
-        if session is None or direction != TO_NODE or not session.key.authentic(data):
-            return False
-        if not session.window.check_and_mark(counter):
-            return False
+        if session is not None:
+            # From the server: sealed for us.
+            if direction != TO_NODE or not session.key.authentic(data) or not session.window.check_and_mark(counter):
+                return False
+            if len(data) == OVERHEAD + len(REFRESH_PEER) and data[-MAC_BYTES - 1 : -MAC_BYTES] == REFRESH_PEER:
+                self._peer_changed(session)
+                session.last_heard = self.reactor.seconds()
+                return True
+        else:
+            # Forwarded unchanged by the server's kernel: sealed by the peer's side.
+            session = self._by_peer_token.get(token)
+            if session is None or session.peer_key is None or direction != TO_SERVER:
+                return False
+            if not session.peer_key.authentic(data) or not session.peer_window.check_and_mark(counter):
+                return False
         session.last_heard = self.reactor.seconds()
         session.frames_in += 1
         socket = session.socket
         if len(data) > OVERHEAD and socket is not None and socket.send is not None:
             socket.send(payload_view(data), socket.wireguard)
         return True
+
+    def _peer_changed(self, session: RelaySession) -> None:
+        now = self.reactor.seconds()
+        if self.on_peer_changed is None or now - session.refresh_asked < REFRESH_EVERY:
+            return
+        session.refresh_asked = now
+        self.on_peer_changed(session.peer_node_id)
 
     def _send_keepalives(self) -> None:
         if not self.over_tcp:
@@ -372,6 +444,6 @@ class RelayShim:
         # one came, tell the server again that each side is on the stream.
         for session in self._sessions.values():
             session.frames_out += 1
-            self._send_udp(session.wrap(b""))
+            self._send_udp(session.wrap(b""), session)
         if self._stream_keepalive is None or not self._stream_keepalive.active():
             self._stream_keepalive = self.reactor.callLater(UDP_PROBE_GRACE, self._stream_keepalives)

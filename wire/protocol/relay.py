@@ -28,14 +28,29 @@ from wire.relayproto import KEY_BYTES, TOKEN_BYTES
 
 @dataclass(frozen=True)
 class RelayRequest:
-    """The caller (``node_id`` with its key) asks for its side of a session with ``peer_node_id``."""
+    """The caller (``node_id`` with its key) asks for its side of a session with ``peer_node_id``.
+
+    ``fastpath``: the caller's shim accepts frames sealed by the peer's side
+    (the server's kernel fast path forwards them unchanged); only then does
+    the grant carry the peer's token and key. Absent (an older node): False.
+    ``held``: the token of the side the caller's shim holds and keeps (it
+    asks only to learn the peer's side anew); the server keeps that side
+    when it is still the session's, instead of making a fresh one.
+    """
 
     node_id: str
     wg_public_key: str
     peer_node_id: str
+    fastpath: bool = False
+    held: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "wg_public_key": self.wg_public_key, "peer_node_id": self.peer_node_id}
+        body: dict[str, Any] = {"node_id": self.node_id, "wg_public_key": self.wg_public_key, "peer_node_id": self.peer_node_id}
+        if self.fastpath:
+            body["fastpath"] = True
+        if self.held is not None:
+            body["held"] = self.held.hex()
+        return body
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RelayRequest:
@@ -43,6 +58,8 @@ class RelayRequest:
             node_id=parse_node_id(body.get("node_id")),
             wg_public_key=parse_wg_public_key(body.get("wg_public_key")),
             peer_node_id=parse_node_id(body.get("peer_node_id"), "peer_node_id"),
+            fastpath=body.get("fastpath") is True,
+            held=_hex_bytes(body["held"], "held", TOKEN_BYTES) if optional(body, "held") is not None else None,
         )
 
 
@@ -55,26 +72,39 @@ class RelayGrant:
     token: bytes  # TOKEN_BYTES: names the side in every frame
     key: bytes  # KEY_BYTES: the MAC key
     relay_port: int | None = None  # the server's relay UDP port (None: it did not say)
+    # The peer side's token and key, for a node that asked with ``fastpath``:
+    # frames the server's kernel forwards unchanged are sealed by the peer.
+    peer_token: bytes | None = None
+    peer_key: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "session_id": self.session_id,
             "peer_node_id": self.peer_node_id,
             "token": self.token.hex(),
             "key": base64.b64encode(self.key).decode(),
             "relay_port": self.relay_port,
         }
+        if self.peer_token is not None and self.peer_key is not None:
+            body["peer_token"] = self.peer_token.hex()
+            body["peer_key"] = base64.b64encode(self.peer_key).decode()
+        return body
 
     @classmethod
     def from_json(cls, value: Any) -> RelayGrant:
         grant = parse_object(value, "relay grant")
         port = optional(grant, "relay_port")
+        peer_token, peer_key = optional(grant, "peer_token"), optional(grant, "peer_key")
+        if (peer_token is None) != (peer_key is None):
+            raise ProtocolError("peer_key" if peer_key is None else "peer_token", "comes only with the other")
         return cls(
             session_id=parse_str(required(grant, "session_id"), "session_id", limit=64),
             peer_node_id=parse_node_id(grant.get("peer_node_id"), "peer_node_id"),
             token=_hex_bytes(required(grant, "token"), "token", TOKEN_BYTES),
             key=_base64_bytes(required(grant, "key"), "key", KEY_BYTES),
             relay_port=parse_port(port, "relay_port") if port is not None else None,
+            peer_token=_hex_bytes(peer_token, "peer_token", TOKEN_BYTES) if peer_token is not None else None,
+            peer_key=_base64_bytes(peer_key, "peer_key", KEY_BYTES) if peer_key is not None else None,
         )
 
 

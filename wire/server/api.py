@@ -324,7 +324,9 @@ class Relay(CoordinatorResource):
         body = read_json_body(request)
         with answering_errors():
             asked = RelayRequest.from_json(body)
-            grant = self._coordinator.relay_grant(asked.node_id, asked.wg_public_key, asked.peer_node_id, calling)
+            grant = self._coordinator.relay_grant(
+                asked.node_id, asked.wg_public_key, asked.peer_node_id, calling, fastpath=asked.fastpath, held=asked.held
+            )
         return {"ok": True, **grant.to_json()}
 
 

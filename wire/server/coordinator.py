@@ -8,6 +8,7 @@ translate requests into calls on it.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -139,6 +140,12 @@ class Coordinator:
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
         self.metrics.track_paths(self.paths.count)
+        # The relay's kernel fast path (wire.server.fastpath), when the service made one.
+        self.fastpath: Any = None
+        self.metrics.track_fastpath(
+            lambda: self.fastpath.state if self.fastpath is not None else "unavailable",
+            lambda: self.fastpath.sessions_on if self.fastpath is not None else 0,
+        )
         self.metrics.track(
             nodes_total=lambda: len(registry),
             nodes_online=lambda: registry.online_count,
@@ -655,7 +662,15 @@ class Coordinator:
         self._node_with_key(node_id, wg_public_key, caller)
         return self.registry.mark_offline(node_id)
 
-    def relay_grant(self, node_id: str, wg_public_key: str, peer_node_id: str, caller: str | None = None) -> RelayGrant:
+    def relay_grant(
+        self,
+        node_id: str,
+        wg_public_key: str,
+        peer_node_id: str,
+        caller: str | None = None,
+        fastpath: bool = False,
+        held: bytes | None = None,
+    ) -> RelayGrant:
         """The caller's side of a relay session with ``peer_node_id``."""
         self._node_with_key(node_id, wg_public_key, caller)
         if self.registry.get(peer_node_id) is None:
@@ -665,7 +680,7 @@ class Coordinator:
         if not self.may_see(node_id, peer_node_id):
             raise Forbidden("the access policy does not let these two nodes be peers")
         # A node asks only when it has no live side of the session (see RelayTable.grant).
-        return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True)
+        return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True, fastpath=fastpath, held=held)
 
     def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
         """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""

@@ -38,6 +38,15 @@ class ServerMetrics:
         self.relay_stream_drops = Gauge(
             "wire_relay_stream_dropped_frames", "Relayed frames dropped because a stream's reader was slow", registry=self.registry
         )
+        self.relay_fastpath = Gauge(
+            "wire_relay_fastpath",
+            "The relay's kernel fast path: 1 for the state it is in (on, off, unavailable)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.relay_fastpath_sessions = Gauge(
+            "wire_relay_fastpath_sessions", "Relay sessions the kernel forwards (the fast path)", registry=self.registry
+        )
         self.registrations = Counter(
             "wire_registrations",
             "POST /register answered, by outcome (new, changed, heartbeat)",
@@ -79,6 +88,12 @@ class ServerMetrics:
         """Pair words by mode, read at scrape time."""
         for mode in (PathMode.RELAY, PathMode.DIRECT, PathMode.LAN):
             self.pair_paths.labels(str(mode)).set_function(partial(count, mode))
+
+    def track_fastpath(self, state: Callable[[], str], sessions: Callable[[], float]) -> None:
+        """The fast path's state and sessions, read at scrape time."""
+        for name in ("on", "off", "unavailable"):
+            self.relay_fastpath.labels(name).set_function(partial(_is_state, state, name))
+        self.relay_fastpath_sessions.set_function(sessions)
 
     def track(
         self,
@@ -130,3 +145,7 @@ class MetricsResource(JsonResource):
     def get(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return exposition(self._metrics)
+
+
+def _is_state(state: Callable[[], str], name: str) -> float:
+    return float(state() == name)

@@ -11,7 +11,9 @@ check is dropped without an answer, so the port reflects nothing to strangers.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +22,7 @@ from wire.protocol import RelayGrant
 from wire.relayproto import (
     KEY_BYTES,
     OVERHEAD,
+    REFRESH_PEER,
     TO_NODE,
     TO_SERVER,
     TOKEN_BYTES,
@@ -57,6 +60,10 @@ class RelaySide:
     sent: int = 0
     sealer: FrameKey = field(init=False, repr=False)
     other: RelaySide | None = field(default=None, repr=False)
+    # The other side's token this side's node was told (it asked with
+    # ``fastpath``: its shim takes frames the other side sealed). None: an
+    # older shim, or one told nothing; such a side never goes on the fast path.
+    told_peer: bytes | None = None
 
     def __post_init__(self) -> None:
         self.sealer = FrameKey(self.key)
@@ -88,11 +95,29 @@ class RelayTable:
         self.idle_timeout = idle_timeout
         self._by_pair: dict[frozenset[str], RelaySession] = {}
         self._by_token: dict[bytes, tuple[RelaySession, RelaySide]] = {}
+        # Called when what the kernel fast path could carry may have changed
+        # (a side's address, a side or a session ended): wire.server.fastpath.
+        self.on_change: Callable[[], None] | None = None
+        # Whether grants carry the peer's side to nodes that ask (only while
+        # the kernel fast path is on: a peer's key lets a node speak as it).
+        self.offer_peer_keys = False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def __len__(self) -> int:
         return len(self._by_pair)
 
-    def grant(self, node_id: str, peer_node_id: str, relay_port: int | None = None, fresh: bool = False) -> RelayGrant:
+    def grant(
+        self,
+        node_id: str,
+        peer_node_id: str,
+        relay_port: int | None = None,
+        fresh: bool = False,
+        fastpath: bool = False,
+        held: bytes | None = None,
+    ) -> RelayGrant:
         """The requesting node's side of the pair's session (created on first
         request), telling it the relay's port (``relay_port``).
 
@@ -100,7 +125,14 @@ class RelayTable:
         daemon restarted, it came back from a direct path), so its frame
         counter starts again at 1, which the old side's replay window would
         refuse: it gets a new side (token, key, window), and the old one
-        ends. The peer's side goes on untouched.
+        ends. The peer's side goes on untouched. A side no frame ever
+        verified for (the peer's request made it) is kept instead: no counter
+        of it was seen, and its token is what the peer was told.
+
+        ``fastpath``: the node's shim takes frames sealed by the peer's side,
+        so the grant carries the peer's token and key (wire.server.fastpath).
+        ``held``: the node keeps the side with this token, if it is still
+        its side, and asks only for the peer's (which changed).
         """
         if node_id == peer_node_id:
             raise ValueError("a node cannot relay to itself")
@@ -112,12 +144,19 @@ class RelayTable:
             for member in (node_id, peer_node_id):
                 self._new_side(session, member, now)
             self._by_pair[pair] = session
-        elif fresh:
+        elif fresh and not _unused(session.sides[node_id]) and session.sides[node_id].token != held:
             self._by_token.pop(session.sides[node_id].token, None)
             self._new_side(session, node_id, now)
+            self._changed()
         session.last_used = now
         side = session.sides[node_id]
-        return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port)
+        if not (fastpath and self.offer_peer_keys):
+            side.told_peer = None
+            return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port)
+        peer = session.sides[peer_node_id]
+        side.told_peer = peer.token
+        self._changed()
+        return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port, peer.token, peer.key)
 
     def _new_side(self, session: RelaySession, node_id: str, now: float) -> None:
         side = RelaySide(node_id, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
@@ -137,6 +176,36 @@ class RelayTable:
         self._by_pair.pop(frozenset(session.sides), None)
         for side in session.sides.values():
             self._by_token.pop(side.token, None)
+        self._changed()
+
+    def sessions(self) -> list[RelaySession]:
+        return list(self._by_pair.values())
+
+    def fastpath_candidates(self) -> list[RelaySession]:
+        """Sessions the kernel may carry: both sides' nodes were told each
+        other's current token (both shims take peer-sealed frames), both
+        sides' addresses were learned from authenticated frames over UDP on
+        IPv4, and no other side anywhere has either address (a kernel
+        forward is by address: a shared one would carry other sessions' frames)."""
+        uses: dict[tuple[str, int], int] = {}
+        for session in self._by_pair.values():
+            for side in session.sides.values():
+                if side.address is not None:
+                    uses[side.address] = uses.get(side.address, 0) + 1
+        found = []
+        for session in self._by_pair.values():
+            sides = list(session.sides.values())
+            if len(sides) != 2:
+                continue
+            a, b = sides
+            if a.told_peer != b.token or b.told_peer != a.token:
+                continue
+            if not (_udp4(a.address) and _udp4(b.address)) or a.address == b.address:
+                continue
+            if uses[a.address] != 1 or uses[b.address] != 1:  # type: ignore[index]
+                continue
+            found.append(session)
+        return found
 
     def expire(self) -> int:
         """End sessions nobody used for ``idle_timeout`` seconds."""
@@ -169,14 +238,32 @@ class RelayTable:
         if not side.window.check_and_mark(counter):
             return "relay_replay", None, None
         now = self._clock.seconds()
-        side.address = source
+        if side.address != source:
+            side.address = source
+            self._changed()
         session.last_used = now
-        if len(data) == OVERHEAD:
-            # A keepalive: answer it, so the node knows the relay hears it.
-            return "relay_keepalive", side.wrap(b""), source
         other = side.other
+        if len(data) == OVERHEAD:
+            # A keepalive: answer it, so the node knows the relay hears it
+            # (and a fast-path shim, that the peer's side it knows is gone).
+            stale = side.told_peer is not None and other is not None and side.told_peer != other.token
+            return "relay_keepalive", side.wrap(REFRESH_PEER if stale else b""), source
         if other is None or other.address is None:
             return "relay_no_peer", None, None
         if not side.bucket.spend(len(data) - OVERHEAD, now):
             return "relay_rate_limited", None, None
         return "relay_forwarded", other.wrap(payload_view(data)), other.address
+
+
+def _unused(side: RelaySide) -> bool:
+    return side.address is None and side.window.highest < 0
+
+
+def _udp4(address) -> bool:
+    """A UDP IPv4 address (not a relay stream's ``("relay-tcp", n)``)."""
+    if address is None:
+        return False
+    try:
+        return isinstance(ipaddress.ip_address(address[0]), ipaddress.IPv4Address)
+    except ValueError:
+        return False

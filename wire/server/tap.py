@@ -41,6 +41,8 @@ from wire.urls import is_loopback_url
 log = Logger()
 from wire.server.firstjoin import first_join_notes, loopback_warning, write_first_join
 from wire.server.relaystream import UpgradeSnifferFactory
+from wire.server.fastpath import RelayFastPath
+from wire.runner import ProcessRunner
 from wire.server.listening import AlsoOnIPv6, AlsoOnIPv6UDP, Listening, ListeningUDP, StartFailure, TCP6OnlyServerEndpoint
 from wire.server.options import (
     Options,
@@ -285,6 +287,10 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
             stun6 = StunServerProtocol(reactor, observe=observe, admit=admit)
             AlsoOnIPv6UDP(udp_port, stun6, reactor, f"UDP port {udp_port} (STUN)").setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
+    # Verified relay sessions forwarded by the kernel where it can (root, nft).
+    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1)
+    coordinator.fastpath = fastpath
+    fastpath.setServiceParent(server)
     if policy_file is not None:
         server.when_listening.append(lambda: policy_file.reload_on_sighup(reactor))
     server.when_listening.append(lambda: _announce(config, coordinator, fingerprint))
