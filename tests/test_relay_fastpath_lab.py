@@ -61,10 +61,8 @@ class RelayFastPathLabTests(unittest.TestCase):
         found = re.findall(r"ip saddr (\S+) udp sport (\d+) udp dport 8788 @th,96,64 0x([0-9a-f]+) dnat to (\S+)", listing)
         return [(a, p, t.zfill(16), b) for a, p, t, b in found]
 
-    async def listing(self, mesh: MeshLab) -> str:
-        return (await mesh.lab.run("server", ["nft", "list", "table", "ip", TABLE], timeout=10)).check().stdout.decode()
-
-    async def test_a_hard_nat_pair_relays_through_the_kernel(self):
+    async def relayed_pair(self) -> MeshLab:
+        """hard1 and hard2 behind hard NATs (relayed), mallory on the internet, the server forwarding."""
         mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True)
         self.addCleanup(mesh.teardown)
         await mesh.setup()
@@ -74,11 +72,17 @@ class RelayFastPathLabTests(unittest.TestCase):
         await mesh.add_host("hard2", "cgn")
         await mesh.add_host("mallory")
         await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("hard1", "hard2")])
+        await eventually(lambda: self.pings(mesh), timeout=60, step=0.5, what="the relayed pair pinging")
+        return mesh
 
-        async def pings() -> bool:
-            return await mesh.ping("hard1", "hard2", wait=1) and await mesh.ping("hard2", "hard1", wait=1)
+    async def pings(self, mesh: MeshLab) -> bool:
+        return await mesh.ping("hard1", "hard2", wait=1) and await mesh.ping("hard2", "hard1", wait=1)
 
-        await eventually(pings, timeout=60, step=0.5, what="the relayed pair pinging")
+    async def listing(self, mesh: MeshLab) -> str:
+        return (await mesh.lab.run("server", ["nft", "list", "table", "ip", TABLE], timeout=10)).check().stdout.decode()
+
+    async def test_a_hard_nat_pair_relays_through_the_kernel(self):
+        mesh = await self.relayed_pair()
 
         async def on_fast_path() -> bool:
             text = await self.metrics(mesh)
@@ -133,33 +137,20 @@ class RelayFastPathLabTests(unittest.TestCase):
         tokens = {token for _, _, token, _ in rules}
         await mesh.down("hard2")
         await mesh.up("hard2")
-        await eventually(pings, timeout=60, step=0.5, what="the pair pinging after hard2's restart")
+        await eventually(lambda: self.pings(mesh), timeout=60, step=0.5, what="the pair pinging after hard2's restart")
 
         async def back_in_the_kernel() -> bool:
             now = self.rules(await self.listing(mesh))
             return len(now) == 2 and {token for _, _, token, _ in now} != tokens and len({t for _, _, t, _ in now} & tokens) == 1
 
         waited = await eventually(back_in_the_kernel, timeout=45, step=0.5, what="the session back on the fast path")
-        self.assertTrue(await pings(), f"back in the kernel after {waited:.1f}s")
+        self.assertTrue(await self.pings(mesh), f"back in the kernel after {waited:.1f}s")
 
     async def test_a_killed_server_leaves_nothing_that_outlives_its_restart(self):
         """SIGKILL leaves the table and its flows behind; the next run
         deletes both at start, the pair recovers as fast as on the Python
         path, and goes back into the kernel."""
-        mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True)
-        self.addCleanup(mesh.teardown)
-        await mesh.setup()
-        await mesh.lab.add_router("corp", nat="hard")
-        await mesh.lab.add_router("cgn", nat="hard")
-        await mesh.add_host("hard1", "corp")
-        await mesh.add_host("hard2", "cgn")
-        await mesh.add_host("mallory")
-        await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name in ("hard1", "hard2")])
-
-        async def pings() -> bool:
-            return await mesh.ping("hard1", "hard2", wait=1) and await mesh.ping("hard2", "hard1", wait=1)
-
-        await eventually(pings, timeout=60, step=0.5, what="the relayed pair pinging")
+        mesh = await self.relayed_pair()
 
         async def in_kernel() -> bool:
             return len(self.rules(await self.listing(mesh))) == 2
@@ -170,7 +161,7 @@ class RelayFastPathLabTests(unittest.TestCase):
         self.assertEqual(len(self.rules(await self.listing(mesh))), 2, "a killed server cleans nothing up")
         await mesh.start_server()
         restarted = reactor.seconds()
-        waited = await eventually(pings, timeout=30, step=0.5, what="the pair pinging after the restart")
+        waited = await eventually(lambda: self.pings(mesh), timeout=30, step=0.5, what="the pair pinging after the restart")
         self.assertLess(reactor.seconds() - restarted, 15, f"took {waited:.1f}s")
 
         async def new_sessions_in_kernel() -> bool:
@@ -178,4 +169,4 @@ class RelayFastPathLabTests(unittest.TestCase):
             return len(now) == 2 and not ({token for _, _, token, _ in now} & old)
 
         await eventually(new_sessions_in_kernel, timeout=30, step=0.5, what="the new session in the kernel, none of the old")
-        self.assertTrue(await pings())
+        self.assertTrue(await self.pings(mesh))
