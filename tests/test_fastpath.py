@@ -182,6 +182,18 @@ class ServiceTests(unittest.TestCase):
         for address in sorted(addresses):
             self.runner.expect(conntrack_delete(address))
 
+    def pair_in_the_kernel(self) -> tuple[RelayFastPath, Pair]:
+        """A started fast path with one session whose two sides went into the kernel."""
+        fp = self.fastpath()
+        self.start(fp)
+        pair = Pair(self.table)
+        pair.send("a", A)
+        pair.send("b", B)
+        self.runner.expect(["nft", "-f", "-"])
+        self.expect_flushes(A, B)
+        self.clock.advance(0)
+        return fp, pair
+
     def start(self, fp: RelayFastPath) -> None:
         self.runner.expect(["conntrack", "--version"], stdout=b"conntrack v1.4.7")
         self.runner.expect(["nft", "-f", "-"])
@@ -247,14 +259,7 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(fp.sessions_on, 0)
 
     def test_counters_keep_a_forwarded_session_from_expiring(self):
-        fp = self.fastpath()
-        self.start(fp)
-        pair = Pair(self.table)
-        pair.send("a", A)
-        pair.send("b", B)
-        self.runner.expect(["nft", "-f", "-"])
-        self.expect_flushes(A, B)
-        self.clock.advance(0)
+        fp, pair = self.pair_in_the_kernel()
         counter = "t" + pair.ga.token.hex()
         listing = ["nft", "-j", "list", "counters", "table", "ip", "wire_relay_8788"]
         moved = 0
@@ -295,14 +300,7 @@ class ServiceTests(unittest.TestCase):
         self.runner.assert_all_called()
 
     def test_stopping_deletes_the_table_and_the_flows(self):
-        fp = self.fastpath()
-        self.start(fp)
-        pair = Pair(self.table)
-        pair.send("a", A)
-        pair.send("b", B)
-        self.runner.expect(["nft", "-f", "-"])
-        self.expect_flushes(A, B)
-        self.clock.advance(0)
+        fp, pair = self.pair_in_the_kernel()
         self.runner.expect(["nft", "delete", "table", "ip", "wire_relay_8788"])
         self.expect_flushes(A, B)
         self.successResultOf(fp.stopService())

@@ -44,6 +44,13 @@ class RelayTcpLabTests(unittest.TestCase):
             delete = ["nft", "delete", "rule", "ip", "wire_lab", "forward", "handle", handle]
             (await mesh.lab.run(router, delete, timeout=10)).check()
 
+    async def reaches_all(self, mesh: MeshLab, source: str) -> bool:
+        """``source`` pings alpha (public), beta (easy NAT) and gamma (hard NAT)."""
+        results = await gatherResults([
+            Deferred.fromCoroutine(mesh.ping(source, peer, count=1, wait=1)) for peer in ("alpha", "beta", "gamma")
+        ])
+        return all(results)
+
     async def paths(self, mesh: MeshLab, name: str) -> dict[str, str]:
         status = await mesh.status(name)
         return {n["node_name"]: n["path"] for n in status["nodes"] if not n["this_node"]}
@@ -78,13 +85,7 @@ class RelayTcpLabTests(unittest.TestCase):
 
         # Delta reaches every node (a direct attempt first, then the relay,
         # whose frames find UDP blocked and take the stream).
-        async def reaches_all() -> bool:
-            results = await gatherResults([
-                Deferred.fromCoroutine(mesh.ping("delta", peer, count=1, wait=1)) for peer in ("alpha", "beta", "gamma")
-            ])
-            return all(results)
-
-        await eventually(reaches_all, timeout=90, step=1.0, what="delta pinging alpha, beta and gamma")
+        await eventually(lambda: self.reaches_all(mesh, "delta"), timeout=90, step=1.0, what="delta pinging alpha, beta and gamma")
         seen = await self.paths(mesh, "delta")
         self.assertEqual(seen, {"alpha": "relay-tcp", "beta": "relay-tcp", "gamma": "relay-tcp"}, seen)
         status = await mesh.status("delta")
@@ -100,13 +101,7 @@ class RelayTcpLabTests(unittest.TestCase):
         # Epsilon joins through the proxy and reaches every node the same way.
         await mesh.up("epsilon", extra=("--proxy", f"http://relay:s3cret@{proxy_address}:{PROXY_PORT}"))
 
-        async def epsilon_reaches_all() -> bool:
-            results = await gatherResults([
-                Deferred.fromCoroutine(mesh.ping("epsilon", peer, count=1, wait=1)) for peer in ("alpha", "beta", "gamma")
-            ])
-            return all(results)
-
-        await eventually(epsilon_reaches_all, timeout=90, step=1.0, what="epsilon (behind the proxy) pinging every node")
+        await eventually(lambda: self.reaches_all(mesh, "epsilon"), timeout=90, step=1.0, what="epsilon (behind the proxy) pinging every node")
         seen = await self.paths(mesh, "epsilon")
         self.assertTrue(all(seen[p] == "relay-tcp" for p in ("alpha", "beta", "gamma")), seen)
         epsilon = await mesh.status("epsilon")

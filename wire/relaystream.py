@@ -34,6 +34,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
 from wire.relayproto import MAX_FRAME, OVERHEAD
 
 PATH = b"/relay/stream"
@@ -79,20 +82,29 @@ class RecordReader:
         return frames
 
 
+@implementer(IPushProducer)
 class RecordWriter:
     """The frames of one reactor turn, written as one: one TLS record (up to
-    16 KiB) for many frames instead of one each (both ends of a stream)."""
+    16 KiB) for many frames instead of one each (both ends of a stream).
+    The transport's producer too: while its buffer is full, frames are
+    dropped instead of queued (memory stays bounded; the tunnel inside recovers)."""
 
     def __init__(self, clock: Any, transport: Any):
         self._clock = clock
         self._transport = transport
         self._pending: list[bytes] = []
         self._flush: Any = None
+        self._paused = False
+        transport.registerProducer(self, True)
 
-    def add(self, frame: bytes) -> None:
+    def add(self, frame: bytes) -> bool:
+        """False (dropped) while the reader is slow, or once the connection is gone."""
+        if self._paused or self._transport is None:
+            return False
         self._pending.append(record(frame))
         if self._flush is None:
             self._flush = self._clock.callLater(0, self._write)
+        return True
 
     def _write(self) -> None:
         self._flush = None
@@ -105,6 +117,15 @@ class RecordWriter:
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush, self._pending, self._transport = None, [], None
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+
+    def stopProducing(self) -> None:
+        self._paused = True
 
 
 def request_head(host: str, node_id: str, credential: str | None) -> bytes:

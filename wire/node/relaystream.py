@@ -15,11 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from zope.interface import implementer
 
 from wire.node.backoff import Backoff
 from wire.relaystream import MAX_HEAD, RecordReader, RecordWriter, StreamError, request_head, response_status
@@ -51,7 +50,6 @@ def stream_endpoint(reactor: Any, server_url: str, fingerprint: str, via: Any = 
     return wrapClientTLS(client_policy(fingerprint).creatorForNetloc(host.encode("idna"), port), tcp)
 
 
-@implementer(IPushProducer)
 class _StreamProtocol(Protocol, TimeoutMixin):
     transport: Any  # a TCP (or TLS) transport: a producer's consumer too
 
@@ -59,7 +57,6 @@ class _StreamProtocol(Protocol, TimeoutMixin):
         self.client = client
         self._head = b""
         self._reader: RecordReader | None = None
-        self._paused = False
         self._writer: RecordWriter | None = None
 
     def callLater(self, period: float, func: Any, *args: Any, **kw: Any) -> Any:
@@ -67,7 +64,7 @@ class _StreamProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.setTimeout(HEAD_TIMEOUT)
-        self.transport.registerProducer(self, True)
+        self._writer = RecordWriter(self.client.reactor, self.transport)
         self.transport.write(request_head(self.client.host, self.client.node_id, self.client.credential()))
 
     def timeoutConnection(self) -> None:
@@ -112,12 +109,9 @@ class _StreamProtocol(Protocol, TimeoutMixin):
             self.client.frame(frame)
 
     def write_frame(self, frame: bytes) -> bool:
-        if self._paused or self._reader is None or self.transport is None:
-            return False
-        if self._writer is None:
-            self._writer = RecordWriter(self.client.reactor, self.transport)
-        self._writer.add(frame)
-        return True
+        if self._reader is None or self._writer is None:
+            return False  # not upgraded yet
+        return self._writer.add(frame)
 
     def _fail(self, problem: str) -> None:
         self.client.problem = problem
@@ -128,15 +122,6 @@ class _StreamProtocol(Protocol, TimeoutMixin):
         if self._writer is not None:
             self._writer.cancel()
         self.client.lost(self, reason)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-
-    def stopProducing(self) -> None:
-        self._paused = True
 
 
 class RelayStreamClient:

@@ -22,11 +22,10 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin, WrappingFactory
-from zope.interface import implementer
 
 from wire.relaystream import (
     MAX_HEAD,
@@ -121,7 +120,6 @@ class RelayStreams:
             self.udp_send(data, destination)
 
 
-@implementer(IPushProducer)
 class RelayStream(Protocol, TimeoutMixin):
     """One node's upgraded connection: records in, each handled as a frame from the stream's address."""
 
@@ -130,7 +128,6 @@ class RelayStream(Protocol, TimeoutMixin):
         self.node_id = node_id
         self.number: int | None = None
         self._reader = RecordReader()
-        self._paused = False
         self._refused_in_a_row = 0
         self._ended = False
         self._claimed = False  # it carried an authentic frame (RelayStreams.claim)
@@ -143,7 +140,7 @@ class RelayStream(Protocol, TimeoutMixin):
         """Take over a connection whose head was read (``rest`` came after it)."""
         self.makeConnection(transport)
         self.number = self.streams.add(self)
-        transport.registerProducer(self, True)
+        self._writer = RecordWriter(self.streams.clock, transport)
         self.setTimeout(IDLE_TIMEOUT)
         if rest:
             self.dataReceived(rest)
@@ -177,12 +174,9 @@ class RelayStream(Protocol, TimeoutMixin):
 
     def write_frame(self, frame: bytes) -> bool:
         """False (dropped) when the reader is slow: memory stays bounded, the tunnel inside recovers."""
-        if self._paused or self._ended or self.transport is None:
+        if self._ended or self._writer is None:
             return False
-        if self._writer is None:
-            self._writer = RecordWriter(self.streams.clock, self.transport)
-        self._writer.add(frame)
-        return True
+        return self._writer.add(frame)
 
     def _cancel_flush(self) -> None:
         if self._writer is not None:
@@ -207,16 +201,6 @@ class RelayStream(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._cancel_flush()
         self.streams.remove(self)
-
-    # IPushProducer: the transport tells us when its buffer is full.
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-
-    def stopProducing(self) -> None:
-        self._paused = True
 
 
 class UpgradeSniffer(Protocol, TimeoutMixin):
