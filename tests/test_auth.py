@@ -101,6 +101,18 @@ class JoinKeyStateTests(AuthorityCase):
         [again] = [k for k in Authority(self.coordinator.store, self.clock).keys() if k.key_id == key.key_id]
         self.assertEqual((again.tags, again.ephemeral_after), (("tag:ci", "tag:web"), 1800))
 
+    def test_join_tokens_name_the_replicas(self):
+        from wire.jointoken import decode_join_token
+
+        admin = Admin(self.coordinator, "https://a.example.org:8787", "ab" * 32, ("https://b.example.org:8787",))
+        token = decode_join_token(admin.create_key()["token"])
+        self.assertEqual(token.server_urls, ("https://a.example.org:8787", "https://b.example.org:8787"))
+        # A key made for another URL names every replica after it.
+        token = decode_join_token(admin.create_key(url="https://b.example.org:8787")["token"])
+        self.assertEqual(token.server_urls, ("https://b.example.org:8787", "https://a.example.org:8787"))
+        plain = Admin(self.coordinator, "https://a.example.org:8787", "ab" * 32)
+        self.assertEqual(decode_join_token(plain.create_key()["token"]).replicas, ())
+
     def test_the_admin_api_lists_states_with_the_server_s_clock(self):
         admin = Admin(self.coordinator, "https://vpn.example.org:8787", "ab" * 32)
         http = StubTreq(build_admin_site(admin).resource)

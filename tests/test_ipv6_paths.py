@@ -225,7 +225,7 @@ class ServerTests(unittest.TestCase):
 class RoutingTests(unittest.TestCase):
     def test_an_exit_keeps_the_peers_ipv6_endpoints_outside_the_tunnel(self):
         routing = NodeRouting.__new__(NodeRouting)
-        routing._server_address = ""
+        routing._server_addresses = ()
         peer = replace(node("db1", "203.0.113.2"), public_ip6=V6_B)
         found = routing._underlay({"id-db1": peer}, None, "198.51.100.1", V6_A)  # type: ignore[arg-type]
         self.assertEqual(

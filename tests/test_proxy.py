@@ -434,12 +434,15 @@ class ClientEndpointTests(unittest.TestCase):
         from twisted.internet.endpoints import HostnameEndpoint
 
         from wire.proxy import client_endpoint
+        from wire.tcpkeepalive import KeepaliveEndpoint
 
         memory = MemoryReactorClock()
         proxy = parse_proxy_url("http://10.0.0.1:3128", no_proxy=parse_no_proxy("direct.org"))
         self.assertIsInstance(client_endpoint(memory, proxy, "vpn.example.org", 8787), ProxyTunnelEndpoint)
-        self.assertIsInstance(client_endpoint(memory, proxy, "direct.org", 8787), HostnameEndpoint)
-        self.assertIsInstance(client_endpoint(memory, None, "vpn.example.org", 8787), HostnameEndpoint)
+        # Direct: a HostnameEndpoint whose connections get keepalive probes.
+        for direct in (client_endpoint(memory, proxy, "direct.org", 8787), client_endpoint(memory, None, "vpn.example.org", 8787)):
+            self.assertIsInstance(direct, KeepaliveEndpoint)
+            self.assertIsInstance(direct.wrapped, HostnameEndpoint)
 
     def test_a_host_that_would_inject_a_header_is_refused(self):
         proxy = parse_proxy_url("http://10.0.0.1:3128")

@@ -36,7 +36,7 @@ class FakeHostRouting(NodeRouting):
     async def _read_host_facts(self):
         from wire.node.routes import Gateway, LocalNetwork
 
-        self._server_address = await self._resolve_server()
+        self._server_addresses = await self._resolve_servers()
 
         import ipaddress
 

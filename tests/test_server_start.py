@@ -211,6 +211,15 @@ class PublicUrlTests(unittest.TestCase):
             self.parse("--public-url", "vpn.example.org")
         self.assertIn("--public-url", str(caught.exception))
 
+    def test_the_url_given_again_names_the_replicas(self):
+        options = self.parse("--public-url", "https://a.example.org:443", "--public-url", "https://b.example.org:443/",
+                             "--public-url", "https://a.example.org:443")
+        self.assertEqual((options["public-url"], options["replica-urls"]), ("https://a.example.org:443", ("https://b.example.org:443",)))
+        self.assertEqual(self.parse("--public-url", "https://a.example.org")["replica-urls"], ())
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--public-url", "https://a.example.org", "--public-url", "gopher://b")
+        self.assertIn("--public-url", str(caught.exception))
+
     def test_loopback_hosts(self):
         for host in ("localhost", "LOCALHOST.", "app.localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "::ffff:127.0.0.1", "0.0.0.0", "::"):
             self.assertTrue(is_loopback_host(host), host)
@@ -439,8 +448,21 @@ class ConfigFileTests(unittest.TestCase):
     def test_the_file_knows_every_option(self):
         from wire.server.options import config_kinds
 
-        options = {name for name, *_ in Options.optParameters} | {name for name, *_ in Options.optFlags} | {"trusted-proxy"}
+        # trusted-proxy and public-url are repeatable: opt_ methods of their own.
+        repeatable = {"trusted-proxy", "public-url"}
+        options = {name for name, *_ in Options.optParameters} | {name for name, *_ in Options.optFlags} | repeatable
         self.assertEqual(set(config_kinds()), options - {"config"})
+
+    def test_the_file_may_list_the_replicas(self):
+        self.write('public-url = ["https://a.example.org:9000", "https://b.example.org:9000"]\n')
+        options = self.parse()
+        self.assertEqual((options["public-url"], options["replica-urls"]), ("https://a.example.org:9000", ("https://b.example.org:9000",)))
+        options = self.parse("--public-url", "https://c.example.org")
+        self.assertEqual((options["public-url"], options["replica-urls"]), ("https://c.example.org", ()), "the command line's list replaces the file's")
+        self.write("public-url = 7\n")
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse()
+        self.assertIn("public-url must be a string or a list of strings", str(caught.exception))
 
     def test_the_command_line_overrides_the_file_and_the_file_the_environment(self):
         self.write(

@@ -98,11 +98,9 @@ def make_http_client(
     With ``proxy``, through its CONNECT tunnel (for the hosts it applies to)."""
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 2
-    if proxy is not None:
-        endpoints = ProxyEndpointFactory(reactor, proxy, client_policy(tls_fingerprint), REQUEST_TIMEOUT)
-        return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
-    agent = Agent(reactor, contextFactory=client_policy(tls_fingerprint), pool=pool, connectTimeout=REQUEST_TIMEOUT)
-    return HTTPClient(agent)
+    # Our endpoints even without a proxy: their connections carry TCP keepalive (wire.tcpkeepalive).
+    endpoints = ProxyEndpointFactory(reactor, proxy, client_policy(tls_fingerprint), REQUEST_TIMEOUT)
+    return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 @implementer(IAgentEndpointFactory)

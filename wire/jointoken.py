@@ -2,7 +2,9 @@
 
 ``wire1.`` followed by URL-safe base64 of ``{"u": server URL, "f": the
 server certificate's SHA-256 fingerprint (hex, or "" for a CA-signed
-certificate checked by hostname), "k": the join key's secret}``.
+certificate checked by hostname), "k": the join key's secret}``, and
+"r": the URLs of the server's other replicas (same mesh, same certificate),
+only when it has some: a node fails over to them (wire.node.servers).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from wire.protocol import ProtocolError
-from wire.urls import parse_server_url
+from wire.urls import parse_server_url, parse_server_urls
 
 PREFIX = "wire1."
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -30,9 +32,18 @@ class JoinToken:
     server_url: str
     fingerprint: str
     secret: str
+    # The other replicas' URLs, in the order nodes try them.
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def server_urls(self) -> tuple[str, ...]:
+        return (self.server_url, *self.replicas)
 
     def encode(self) -> str:
-        body = json.dumps({"u": self.server_url, "f": self.fingerprint, "k": self.secret}, separators=(",", ":"))
+        fields: dict = {"u": self.server_url, "f": self.fingerprint, "k": self.secret}
+        if self.replicas:
+            fields["r"] = list(self.replicas)
+        body = json.dumps(fields, separators=(",", ":"))
         return PREFIX + base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 
@@ -55,4 +66,8 @@ def decode_join_token(text: str) -> JoinToken:
         url = parse_server_url(data["u"])
     except ProtocolError as e:
         raise JoinTokenError(f"the join token's server URL is unusable: {e.problem}")
-    return JoinToken(url, data["f"], data["k"])
+    try:
+        replicas = parse_server_urls(data.get("r", []), "r")
+    except ProtocolError as e:
+        raise JoinTokenError(f"the join token's replica URLs are unusable: {e.problem}")
+    return JoinToken(url, data["f"], data["k"], tuple(r for r in replicas if r != url))

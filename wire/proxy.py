@@ -38,6 +38,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from wire.tcpkeepalive import KeepaliveEndpoint
+
 # The proxy's answer to CONNECT: its status line and headers, no more than this.
 MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_PROXY_PORT = 80  # as curl's http:// URLs, Go and urllib3 have it
@@ -472,13 +474,14 @@ class ProxyTunnelEndpoint:
 
 
 def _tcp_endpoint(reactor, host: str, port: int, timeout: float):
-    """A TCP endpoint: an address as it is, a name looked up (HostnameEndpoint)."""
+    """A TCP endpoint (to the proxy): an address as it is, a name looked up
+    (HostnameEndpoint); probed like a direct one (wire.tcpkeepalive)."""
     address = _ip_address(host)
     if address is None:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        return KeepaliveEndpoint(HostnameEndpoint(reactor, host, port, timeout=timeout))
     if address.version == 6:
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        return KeepaliveEndpoint(TCP6ClientEndpoint(reactor, host, port, timeout=timeout))
+    return KeepaliveEndpoint(TCP4ClientEndpoint(reactor, host, port, timeout=timeout))
 
 
 def client_endpoint(reactor, proxy: ProxyConfig | None, host: str, port: int, timeout: float = 10.0):
@@ -488,7 +491,8 @@ def client_endpoint(reactor, proxy: ProxyConfig | None, host: str, port: int, ti
     put TLS on top with ``wrapClientTLS``."""
     if proxy is not None and proxy.applies_to(host, port):
         return ProxyTunnelEndpoint(reactor, proxy, host, port, timeout)
-    return HostnameEndpoint(reactor, host.strip("[]"), port, timeout=timeout)
+    # Probed, so a server that vanished without a word is noticed (wire.tcpkeepalive).
+    return KeepaliveEndpoint(HostnameEndpoint(reactor, host.strip("[]"), port, timeout=timeout))
 
 
 # -- the HTTP client's endpoints ---------------------------------------------
@@ -500,7 +504,7 @@ class ProxyEndpointFactory:
     the URL's host, else direct (as the Agent's own); https in TLS under the
     same policy either way, so a pinned certificate is pinned in the tunnel too."""
 
-    def __init__(self, reactor, proxy: ProxyConfig, tls_policy, connect_timeout: float):
+    def __init__(self, reactor, proxy: ProxyConfig | None, tls_policy, connect_timeout: float):
         self._reactor = reactor
         self._proxy = proxy
         self._tls_policy = tls_policy

@@ -24,6 +24,27 @@ def parse_server_url(value: Any) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+MAX_SERVER_URLS = 16
+
+
+def parse_server_urls(value: Any, field: str = "server_urls") -> tuple[str, ...]:
+    """A list of the URLs of one mesh's server replicas: each checked like
+    one URL, in order, without repeats; at most MAX_SERVER_URLS."""
+    if not isinstance(value, (list, tuple)):
+        raise ProtocolError(field, "must be a list of server URLs")
+    if len(value) > MAX_SERVER_URLS:
+        raise ProtocolError(field, f"lists {len(value)} servers; at most {MAX_SERVER_URLS}")
+    urls: list[str] = []
+    for item in value:
+        try:
+            url = parse_server_url(item)
+        except ProtocolError as e:
+            raise ProtocolError(field, e.problem)
+        if url not in urls:
+            urls.append(url)
+    return tuple(urls)
+
+
 def is_loopback_host(host: str) -> bool:
     """Whether a host name or address means "this machine" wherever it is
     used: a URL holding it reaches no other machine."""

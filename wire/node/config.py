@@ -24,7 +24,7 @@ from wire.node.ifname import parse_interface_name
 from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, mesh_subnet6, own_address, parse_max_peers
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 from wire.node.settings import SETTINGS, parse_settings, with_settings
-from wire.urls import parse_server_url  # noqa: F401  (node modules import it from here)
+from wire.urls import parse_server_url, parse_server_urls  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"
 SYSTEM_CONFIG_DIR = "/etc/wire"
@@ -40,6 +40,7 @@ class ConfigError(Exception):
 
 @dataclass
 class NodeConfig:
+    # The server this node uses now: one of server_urls (wire.node.servers).
     server_url: str
     node_name: str
     node_id: str
@@ -75,6 +76,9 @@ class NodeConfig:
     # The HTTP proxy for the server's API, http://host:port ("": HTTPS_PROXY and
     # the rest from the environment, if any); its credentials: wire.node.proxy.
     proxy: str = ""
+    # Every replica of the mesh's server, in the order they are tried
+    # (from the join token); () for a server without replicas.
+    server_urls: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
@@ -138,6 +142,10 @@ def validate(data: dict[str, Any]) -> NodeConfig:
         config.exit_node_id = parse_node_id(values["exit_node_id"], "exit_node_id")
     if "max_peers" in values:
         config.max_peers = parse_max_peers(values["max_peers"])
+    if values.get("server_urls"):
+        urls = parse_server_urls(values["server_urls"])
+        # The one in use is always one of them.
+        config.server_urls = urls if config.server_url in urls else (config.server_url, *urls)
     if values.get("nat_port"):
         config.nat_port = parse_port(values["nat_port"], "nat_port")
     if values.get("nat_type"):

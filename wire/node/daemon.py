@@ -57,10 +57,11 @@ from wire.node.failurelog import BadAnswers, FailureLog
 from wire.node.firewall import Firewall
 from wire.node.names import MeshNames
 from wire.node.routing import NodeRouting
+from wire.node.servers import FAIL_OVER_STATUSES, next_server, server_hosts, servers_of
 from wire.node.settings import advertised_routes, settings_of, with_settings
 from wire.node.events import EventLog
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, HeartbeatState
-from wire.node.lan import LanAddress, numeric, server_host
+from wire.node.lan import LanAddress, numeric
 from wire.node.messages import NEEDS_TOKEN, RENAME_IS_ADMINS, removed_message
 from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
@@ -229,6 +230,12 @@ class NodeDaemon(Service):
         # The IPv4 address and prefix the interface was given (kept when the server moves it).
         self._interface_addresses: tuple[str, int] | None = None
         self._sync_backoff = Backoff()
+        self._servers_tried = 0  # replicas moved to since the last answer (wire.node.servers)
+        # Called with the new server URL when the node moves to another replica
+        # (what else talks to the server: the LAN address's route, STUN, the relay).
+        self.on_server_moved: list[Callable[[str], None]] = []
+        if isinstance(self._lan_ip, LanAddress):
+            self.on_server_moved.append(self._lan_ip.move_to)
         self._registered_waiters: list[Deferred] = []
 
     # -- state ----------------------------------------------------------------
@@ -263,8 +270,9 @@ class NodeDaemon(Service):
         )
 
     def _avoid(self) -> tuple[str, ...]:
-        """Addresses the mesh must never hold: our LAN address, the server's."""
-        return (self._lan_ip() or "", numeric(server_host(self.config.server_url)) or "")
+        """Addresses the mesh must never hold: our LAN address, the servers'."""
+        servers = (numeric(host) or "" for host in server_hosts(self.config))
+        return (self._lan_ip() or "", *servers)
 
     def _trusted_saved(self, config: NodeConfig) -> NodeConfig:
         """The config as given, unless its address fails the trust checks
@@ -1035,6 +1043,7 @@ class NodeDaemon(Service):
     # -- contact with the server ----------------------------------------------
 
     def _made_contact(self) -> None:
+        self._servers_tried = 0
         if not self.contact.reachable:
             self.log.info("coordination server {url} reachable", url=self.config.server_url)
         self.contact.reachable = True
@@ -1048,6 +1057,27 @@ class NodeDaemon(Service):
         self.contact.reachable = False
         self.contact.last_error = error
         self.contact.last_status = status
+        if status in (0, 495) or status in FAIL_OVER_STATUSES:
+            self._fail_over(error)
+
+    def _fail_over(self, error: str) -> None:
+        """The server in use does not serve us: use the mesh's next replica
+        (wire.node.servers). The credential, address and tunnels stay; the
+        first round through the replicas retries at once, later rounds wait
+        as the backoff says."""
+        following = next_server(self.config)
+        if following is None:
+            return
+        previous = self.config.server_url
+        self.log.warn("coordination server {old} does not serve us ({error}): moving to {new}", old=previous, error=error, new=following)
+        self.events.emit("server", f"moved from {previous} to {following}: {error}")
+        self._adopt(replace(self.config, server_url=following))
+        self.client.server_url = following
+        for moved in self.on_server_moved:
+            moved(following)
+        self._servers_tried += 1
+        if self._servers_tried < len(servers_of(self.config)):
+            self._sync_backoff.reset()
 
     # -- leaving --------------------------------------------------------------
 

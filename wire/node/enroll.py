@@ -32,6 +32,7 @@ from wire.node.config import (
 from wire.node.ifname import parse_interface_name
 from wire.node.proxy import node_proxy
 from wire.protocol import ProtocolError, parse_node_name, parse_port
+from wire.node.servers import servers_of
 from wire.node.settings import parse_settings, with_settings
 from wire.protocol.fields import parse_object
 from wire.proxy import ProxyConfigError
@@ -118,7 +119,7 @@ def requested_config(config_dir: str, saved: NodeConfig | None, request: JoinReq
         fingerprint = token.fingerprint
     else:  # an open server's URL: the same server keeps what it pinned
         fingerprint = config.server_fingerprint if config.server_url == request.server_url else ""
-    if (config.server_url, config.server_fingerprint) != (request.server_url, fingerprint):
+    if request.server_url not in servers_of(config) or config.server_fingerprint != fingerprint:
         # A new server assigns its own address and learns our NAT afresh.
         config = replace(
             config,
@@ -129,6 +130,11 @@ def requested_config(config_dir: str, saved: NodeConfig | None, request: JoinReq
             nat_port=0,
             nat_type="",
         )
+    if token is not None:
+        # The token names the mesh's replicas now (one of which may be in use).
+        urls = token.server_urls
+        current = config.server_url if config.server_url in urls else request.server_url
+        config = replace(config, server_url=current, server_urls=urls if len(urls) > 1 else ())
     changes: dict[str, Any] = {}
     if request.node_name:
         changes["node_name"] = request.node_name

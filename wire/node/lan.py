@@ -183,6 +183,12 @@ class LanAddress:
         self._lookup: Deferred | None = None
         self._failing = False
 
+    def move_to(self, server_url: str) -> None:
+        """The node uses another replica now: the route towards it decides."""
+        self._host = server_host(server_url)
+        self._address = numeric(self._host)
+        self._resolved_at = float("-inf")
+
     def __call__(self) -> str:
         if self._reactor.seconds() - self._resolved_at >= self._every:
             self._ensure_lookup()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
 from wire.node.config import NodeConfig
 from wire.node.netmap import Peer
+from wire.node.servers import server_hosts
 from wire.node.router import InvalidRouterConfig, RouterError, SubnetRouter
 from wire.node.routes import (
     MeshRoutes,
@@ -72,7 +72,7 @@ class NodeRouting:
         # the mesh (a restart must not open what a policy closed; replies pass).
         self._forwarding_known = False
         self._forwarding_given_problem: str | None = None  # as the reconciler said it
-        self._server_address = ""  # resolved with the host's facts
+        self._server_addresses: tuple[str, ...] = ()  # every replica's, resolved with the host's facts
 
     async def start(self) -> None:
         """At start. A restarted daemon keeps what it still wants (no flap
@@ -139,7 +139,7 @@ class NodeRouting:
             gateways=gateways,
             peer_names={node_id: peer.node_name for node_id, peer in peers.items()},
         )
-        if exit_peer is not None and not self._server_address:
+        if exit_peer is not None and not self._server_addresses:
             # The path to the server must stay outside the tunnel: no exit until its address is known.
             plan = RoutePlan(
                 {peer: kept for peer, prefixes in plan.allowed_ips.items()
@@ -174,8 +174,8 @@ class NodeRouting:
         only when this node has IPv6 too: only then is that path tried, and
         an IPv6 subnet route holding it stays usable by nodes without IPv6)."""
         found = []
-        if self._server_address:
-            found.append(Underlay.server(self._server_address))
+        for address in self._server_addresses:
+            found.append(Underlay.server(address))
         for peer in peers.values():
             same_lan = bool(my_public_ip) and peer.public_ip == my_public_ip
             for address in (peer.public_ip, peer.public_ip6 if my_public_ip6 else "", peer.lan_ip if same_lan else ""):
@@ -190,14 +190,23 @@ class NodeRouting:
         if self._host_facts_stale():
             local = await read_local_networks(self._runner, exclude=(self.interface,))
             gateways = await read_gateways(self._runner)
-            self._server_address = await self._resolve_server()
+            self._server_addresses = await self._resolve_servers()
             self._host_facts = (self._clock.seconds(), local, gateways)
         assert self._host_facts is not None
         return self._host_facts[1], self._host_facts[2]
 
-    async def _resolve_server(self) -> str:
-        """The server's address (its URL may name a host): "" while unknown."""
-        host = urlsplit(self._config().server_url).hostname or ""
+    async def _resolve_servers(self) -> tuple[str, ...]:
+        """The addresses of the server and its replicas (a node may move to
+        any of them while an exit is in use): those known so far."""
+        found = []
+        for host in server_hosts(self._config()):
+            address = await self._resolve(host)
+            if address and address not in found:
+                found.append(address)
+        return tuple(found)
+
+    async def _resolve(self, host: str) -> str:
+        """A server's address (its URL may name a host): "" while unknown."""
         if _is_address(host):
             return host
         resolve = getattr(self._clock, "resolve", None)

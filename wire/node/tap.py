@@ -68,7 +68,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         raise SystemExit(f"wire-node: {e}")
     config = start.config
 
-    host, stun_a, stun_b = stun_ports(config.server_url)
+    host, stun_a, _ = stun_ports(config.server_url)
 
     lan_ip = LanAddress(reactor, config.server_url)
 
@@ -76,8 +76,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
         # Our own address lets the probe tell "no NAT at all" from an easy NAT;
         # looking it up here also has it ready for the first registration.
         local_ips = [ip for ip in (await lan_ip.refresh(),) if ip]
+        # The replica in use now (the node may have moved: wire.node.servers).
+        stun_host, stun_first, stun_second = stun_ports(daemon.config.server_url)
         return await detect_nat(
-            reactor, host, stun_a, stun_b, local_port=config.listen_port, timeout=0.5, attempts=3, local_ips=local_ips, raw=raw
+            reactor, stun_host, stun_first, stun_second, local_port=config.listen_port, timeout=0.5, attempts=3,
+            local_ips=local_ips, raw=raw,
         )
 
     async def recheck_nat():

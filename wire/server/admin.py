@@ -43,12 +43,14 @@ def join_command(token: str) -> str:
 
 
 class Admin:
-    def __init__(self, coordinator: Coordinator, public_url: str, fingerprint: str):
+    def __init__(self, coordinator: Coordinator, public_url: str, fingerprint: str, replica_urls: tuple[str, ...] = ()):
         if coordinator.authority is None:
             raise ValueError("an open server has no join keys or credentials to administer")
         self.coordinator = coordinator
         self.authority: Authority = coordinator.authority
         self.public_url = public_url
+        # The other replicas' URLs (--public-url given again): in every token.
+        self.replica_urls = replica_urls
         self.fingerprint = fingerprint
 
     def create_key(
@@ -71,9 +73,11 @@ class Admin:
         }
 
     def token(self, secret: str, url: str | None = None) -> str:
-        """The join token for a key's secret: this server's URL (or ``url``)
-        and certificate fingerprint, and the secret."""
-        return JoinToken(url or self.public_url, self.fingerprint, secret).encode()
+        """The join token for a key's secret: this server's URL (or ``url``),
+        its replicas' URLs, the certificate fingerprint, and the secret."""
+        first = url or self.public_url
+        others = tuple(u for u in (self.public_url, *self.replica_urls) if u != first) if self.replica_urls else ()
+        return JoinToken(first, self.fingerprint, secret, others).encode()
 
     def keys(self) -> dict:
         # With the server's clock, so the CLI can say "expires in 3h" without trusting its own.

@@ -23,6 +23,7 @@ KINDS = {
     "number": "a number",
     "flag": "true or false",
     "list": 'a list of strings (for example ["10.0.0.1"])',
+    "text-or-list": 'a string or a list of strings (for example ["https://a:8787", "https://b:8787"])',
 }
 
 
@@ -62,6 +63,8 @@ def _is_a(kind: str, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "flag":
         return isinstance(value, bool)
+    if kind == "text-or-list" and isinstance(value, str):
+        return True
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 

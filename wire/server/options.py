@@ -17,7 +17,7 @@ from wire.protocol import ProtocolError
 from wire.protocol.dns import DEFAULT_DOMAIN, parse_mesh_domain
 from wire.server.configfile import ConfigFileError, read_config_file
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER
-from wire.urls import is_loopback_host, parse_server_url
+from wire.urls import is_loopback_host, parse_server_urls
 
 log = Logger()
 
@@ -66,7 +66,6 @@ class Options(usage.Options):
         ["policy", None, None, "an access policy file (HuJSON, Tailscale's ACL shape): put in force at start, again on SIGHUP"],
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],
-        ["public-url", None, None, "the URL nodes use to reach this server, put in join tokens [https://HOSTNAME:PORT]"],
         ["rate-limit-register", None, None, "POST /register calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["register"]],
         ["rate-limit-enroll", None, None, "POST /enroll calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["enroll"]],
         ["rate-limit-path", None, None, "POST /path reports per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["path"]],
@@ -81,6 +80,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["trusted-proxy"] = []
+        self["public-url"] = None
+        self["public-urls"] = []
         # The options the --config file set (not given on the command line).
         self.from_file: set[str] = set()
 
@@ -104,6 +105,10 @@ class Options(usage.Options):
     def opt_trusted_proxy(self, address: str) -> None:
         """a proxy (address or network) whose X-Forwarded-For header names the client; repeatable [none]"""
         self["trusted-proxy"].append(_network("--trusted-proxy", address))
+
+    def opt_public_url(self, url: str) -> None:
+        """the URL nodes use to reach this server, put in join tokens; repeatable: the first is this replica's, the others those of its replicas (same database and certificate), which nodes fail over to [https://HOSTNAME:PORT]"""
+        self["public-urls"].append(url)
 
     def label(self, option: str) -> str:
         """How a usage error names an option: as given, on the command line or in the file."""
@@ -129,6 +134,10 @@ class Options(usage.Options):
             if key == "trusted-proxy":
                 if not self[key]:
                     self[key] = [_network(f"{key} in {self['config']}", address) for address in value]
+                    self.from_file.add(key)
+            elif key == "public-url":
+                if not self["public-urls"]:
+                    self["public-urls"] = [value] if isinstance(value, str) else list(value)
                     self.from_file.add(key)
             elif isinstance(value, bool):
                 self[key] = self[key] or value
@@ -182,11 +191,14 @@ class Options(usage.Options):
             self[option] = _rate_limit(self.label(option), self[option]) if self[option] else default
         # How the default public URL was found ("" when given), for the log.
         self.public_url_from = ""
-        if self["public-url"]:
+        # The replicas' URLs, after this one's in every join token (wire.node.servers).
+        self["replica-urls"] = ()
+        if self["public-urls"]:
             try:
-                self["public-url"] = parse_server_url(self["public-url"])
+                urls = parse_server_urls(self["public-urls"], "public-url")
             except ProtocolError as e:
                 raise usage.UsageError(f"{self.label('public-url')}: {e.problem}")
+            self["public-url"], self["replica-urls"] = urls[0], urls[1:]
         else:
             if self["interface"] not in ("", "0.0.0.0", "::"):
                 host, self.public_url_from = self["interface"], "--interface"
@@ -214,7 +226,9 @@ def machine_name(candidates: list[str]) -> str:
 
 
 # The kind of each option's value in a --config file (see configfile.KINDS).
-_CONFIG_KINDS = {"port": "integer", "offline-after": "number", "expire-after": "number", "trusted-proxy": "list"}
+_CONFIG_KINDS = {
+    "port": "integer", "offline-after": "number", "expire-after": "number", "trusted-proxy": "list", "public-url": "text-or-list",
+}
 _CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key")
 
 

@@ -267,7 +267,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     if endpoint6 is not None:
         AlsoOnIPv6(endpoint6, guarded, f"TCP port {port}").setServiceParent(server)
     if coordinator.authority is not None:
-        admin = Admin(coordinator, config["public-url"], fingerprint)
+        admin = Admin(coordinator, config["public-url"], fingerprint, config["replica-urls"])
         admin_path = admin_socket_path(data_dir)
         admin_endpoint = UNIXServerEndpoint(reactor, admin_path, mode=0o600, wantPID=True)
         Listening(admin_endpoint, build_admin_site(admin), f"the admin socket {admin_path}").setServiceParent(server)

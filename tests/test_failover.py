@@ -1,0 +1,266 @@
+"""A node fails over between its server's replicas (wire.node.servers),
+and notices a server that vanished without a word (wire.tcpkeepalive)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
+
+from tests.fakes import FakeWireGuard, fixed_nat
+from tests.helpers import body_for, make_coordinator
+from wire.client import CoordinationClient, make_http_client
+from wire.jointoken import JoinToken, JoinTokenError, decode_join_token
+from wire.keys import load_or_create_keys
+from wire.node.config import ConfigError, NodeConfig, load_config, save_config, validate
+from wire.node.daemon import NodeDaemon
+from wire.node.enroll import JoinRequest, requested_config
+from wire.node.servers import next_server, server_hosts, servers_of
+from wire.protocol import ProtocolError
+from wire.server.api import build_site
+from wire.tcpkeepalive import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KeepaliveEndpoint
+
+A, B, C = "https://a.wire.test:8787", "https://b.wire.test:8787", "https://10.0.0.3:8787"
+FINGERPRINT = "ab" * 32
+SECRET = "s" * 32
+
+
+class ServerListTests(unittest.TestCase):
+    def config(self, current=A, urls=(A, B, C)) -> NodeConfig:
+        return NodeConfig(server_url=current, node_name="web1", node_id="n" * 32, server_urls=urls)
+
+    def test_round_robin_from_the_one_in_use(self):
+        self.assertEqual(next_server(self.config(A)), B)
+        self.assertEqual(next_server(self.config(B)), C)
+        self.assertEqual(next_server(self.config(C)), A)
+
+    def test_one_server_has_no_next(self):
+        self.assertIsNone(next_server(self.config(A, ())))
+        self.assertIsNone(next_server(self.config(A, (A,))))
+        self.assertEqual(servers_of(self.config(A, ())), (A,))
+
+    def test_the_one_in_use_is_always_among_them(self):
+        self.assertEqual(servers_of(self.config(C, (A, B))), (C, A, B))
+        self.assertEqual(next_server(self.config(C, (A, B))), A)
+
+    def test_hosts_of_every_replica(self):
+        self.assertEqual(server_hosts(self.config()), ("a.wire.test", "b.wire.test", "10.0.0.3"))
+
+
+class ConfigTests(unittest.TestCase):
+    def base(self, **fields) -> dict:
+        return {"server_url": B, "node_name": "web1", "node_id": "n" * 32, **fields}
+
+    def test_saved_and_read_back(self):
+        config_dir = self.mktemp()
+        save_config(config_dir, validate(self.base(server_urls=[A, B])))
+        self.assertEqual(load_config(config_dir).server_urls, (A, B))
+
+    def test_the_one_in_use_joins_the_list(self):
+        self.assertEqual(validate(self.base(server_urls=[A, C])).server_urls, (B, A, C))
+
+    def test_bad_lists_are_named(self):
+        for bad, problem in (
+            ("https://a", "list"),
+            ([A, "ftp://x"], "http"),
+            ([A, 7], "required"),
+            ([f"https://h{i}.test" for i in range(17)], "at most 16"),
+        ):
+            with self.assertRaises(ProtocolError) as caught:
+                validate(self.base(server_urls=bad))
+            self.assertEqual(caught.exception.field, "server_urls")
+            self.assertIn(problem, str(caught.exception))
+
+    def test_a_corrupt_file_is_a_clear_error(self):
+        config_dir = self.mktemp()
+        os.makedirs(config_dir)
+        with open(os.path.join(config_dir, "config.json"), "w") as f:
+            f.write('{"server_url": "%s", "node_name": "web1", "node_id": "%s", "server_urls": {"a": 1}}' % (A, "n" * 32))
+        with self.assertRaises(ConfigError) as caught:
+            load_config(config_dir)
+        self.assertIn("server_urls", str(caught.exception))
+
+
+class JoinTokenTests(unittest.TestCase):
+    def test_replicas_round_trip(self):
+        token = JoinToken(A, FINGERPRINT, SECRET, (B, C))
+        decoded = decode_join_token(token.encode())
+        self.assertEqual(decoded, token)
+        self.assertEqual(decoded.server_urls, (A, B, C))
+
+    def test_a_token_without_replicas_is_as_before(self):
+        plain = JoinToken(A, FINGERPRINT, SECRET)
+        self.assertNotIn(b'"r"', _body(plain.encode()))
+        self.assertEqual(decode_join_token(plain.encode()).replicas, ())
+
+    def test_bad_replicas_are_refused_by_name(self):
+        import base64
+        import json
+
+        for bad in ("x", ["gopher://x"], [A] * 2 + [f"https://h{i}.test" for i in range(20)]):
+            body = json.dumps({"u": A, "f": FINGERPRINT, "k": SECRET, "r": bad}).encode()
+            text = "wire1." + base64.urlsafe_b64encode(body).decode().rstrip("=")
+            with self.assertRaises(JoinTokenError) as caught:
+                decode_join_token(text)
+            self.assertIn("replica", str(caught.exception))
+
+    def test_the_first_url_is_not_repeated_among_replicas(self):
+        token = decode_join_token(JoinToken(A, FINGERPRINT, SECRET, (A, B)).encode())
+        self.assertEqual(token.server_urls, (A, B))
+
+
+class EnrollmentTests(unittest.TestCase):
+    def test_the_token_gives_the_replicas(self):
+        token = JoinToken(A, FINGERPRINT, SECRET, (B,)).encode()
+        config = requested_config(self.mktemp(), None, JoinRequest(server_url=A, token=token))
+        self.assertEqual((config.server_url, config.server_urls), (A, (A, B)))
+
+    def test_a_token_of_another_replica_of_the_same_mesh_keeps_the_address(self):
+        # The node moved to B; a new `wire up --join` with a token naming A
+        # is the same mesh: its address stays, and it stays on B.
+        saved = NodeConfig(
+            server_url=B, node_name="web1", node_id="n" * 32, vpn_ip="10.99.0.5", vpn_subnet="10.99.0.0/16",
+            server_fingerprint=FINGERPRINT, server_urls=(A, B),
+        )
+        token = JoinToken(A, FINGERPRINT, SECRET, (B,)).encode()
+        config = requested_config(self.mktemp(), saved, JoinRequest(server_url=A, token=token))
+        self.assertEqual((config.server_url, config.vpn_ip), (B, "10.99.0.5"))
+
+    def test_another_mesh_is_a_new_assignment(self):
+        saved = NodeConfig(
+            server_url=B, node_name="web1", node_id="n" * 32, vpn_ip="10.99.0.5", server_fingerprint=FINGERPRINT,
+            server_urls=(A, B),
+        )
+        token = JoinToken(C, "cd" * 32, SECRET).encode()
+        config = requested_config(self.mktemp(), saved, JoinRequest(server_url=C, token=token))
+        self.assertEqual((config.server_url, config.vpn_ip, config.server_urls), (C, "", ()))
+
+
+def _body(token: str) -> bytes:
+    import base64
+
+    encoded = token[len("wire1."):]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+
+
+class DaemonFailoverTests(unittest.TestCase):
+    """A real daemon against two real servers on 127.0.0.1 (one fake clock
+    for both, as in tests.test_daemon): when the one in use goes, the node
+    uses the other, keeping its tunnels."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.servers = [self.start_server() for _ in range(2)]
+        self.config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.config_dir)
+
+    def start_server(self):
+        coordinator = make_coordinator(self, clock=self.clock)
+        port = reactor.listenTCP(0, build_site(coordinator), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return coordinator, port, f"http://127.0.0.1:{port.getHost().port}"
+
+    async def settle(self, predicate, advance: float = 0.0, turns: int = 1000) -> None:
+        for _ in range(turns):
+            self.clock.advance(0)
+            if predicate():
+                return
+            self.clock.advance(advance)
+            await deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError(f"condition not met within {turns} turns")
+
+    def make_daemon(self, urls: tuple[str, ...]) -> NodeDaemon:
+        config = NodeConfig(server_url=urls[0], node_name="web1", node_id=body_for("web1")["node_id"], server_urls=urls)
+        save_config(self.config_dir, config)
+        self.wireguard = FakeWireGuard(clock=self.clock)
+        daemon = NodeDaemon(
+            clock=self.clock,
+            config_dir=self.config_dir,
+            config=config,
+            keys=load_or_create_keys(self.config_dir),
+            wireguard=self.wireguard,
+            client=CoordinationClient(make_http_client(reactor, persistent=False), urls[0]),
+            probe_nat=fixed_nat(),
+            lan_ip=lambda: "192.168.1.10",
+        )
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon
+
+    async def test_moves_to_the_next_replica_within_seconds_and_keeps_its_tunnel(self):
+        (first, first_port, first_url), (second, _, second_url) = self.servers
+        daemon = self.make_daemon((first_url, second_url))
+        await self.settle(lambda: daemon.contact.registered and daemon.interface_ready)
+        node_id = daemon.config.node_id
+        self.assertIsNotNone(first.registry.get(node_id))
+        ups = list(self.wireguard.ups)
+        await first_port.stopListening()
+        first.close()  # answers the open long-poll; new connections are refused
+        gone_at = self.clock.seconds()
+        await self.settle(lambda: second.registry.get(node_id) is not None, advance=0.25)
+        self.assertLess(self.clock.seconds() - gone_at, 10.0, "on the other replica within 10 s")
+        self.assertEqual(daemon.config.server_url, second_url)
+        self.assertEqual(daemon.client.server_url, second_url)
+        self.assertEqual(load_config(self.config_dir).server_url, second_url, "a restart starts at the live one")
+        self.assertEqual(self.wireguard.ups, ups, "the interface was not brought up again")
+        self.assertFalse(self.wireguard.is_down)
+        self.assertIn("moved from", " ".join(e["message"] for e in daemon.events.since(0)))
+
+    async def test_a_single_server_is_kept(self):
+        (first, first_port, first_url), _ = self.servers
+        daemon = self.make_daemon((first_url,))
+        await self.settle(lambda: daemon.contact.registered)
+        await first_port.stopListening()
+        first.close()
+        await self.settle(lambda: not daemon.contact.reachable, advance=0.25)
+        self.assertEqual(daemon.config.server_url, first_url)
+
+
+class KeepaliveTests(unittest.TestCase):
+    """Real sockets on 127.0.0.1: connections to the server carry probes."""
+
+    async def test_connections_are_probed(self):
+        server = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(server.stopListening)
+        endpoint = KeepaliveEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", server.getHost().port))
+        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        self.addCleanup(protocol.transport.loseConnection)
+        sock = protocol.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), KEEPALIVE_IDLE)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), KEEPALIVE_INTERVAL)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), KEEPALIVE_COUNT)
+        self.assertLessEqual(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT, 8, "a vanished server noticed in time to move within 10 s")
+        await deferLater(reactor, 0, lambda: None)
+
+    async def test_the_node_client_probes_its_connections(self):
+        # A real request with the HTTP client nodes use; the connection it
+        # keeps in its pool is the probed one.
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        class Hello(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                return b"{}"
+
+        site = reactor.listenTCP(0, Site(Hello()), interface="127.0.0.1")
+        self.addCleanup(site.stopListening)
+        http = make_http_client(reactor, persistent=True)
+        pool = http._agent._pool
+        self.addCleanup(pool.closeCachedConnections)
+        response = await http.get(f"http://127.0.0.1:{site.getHost().port}/")
+        await response.content()
+        (connections,) = pool._connections.values()
+        sock = connections[0].transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), KEEPALIVE_IDLE)
