@@ -17,6 +17,7 @@ from typing import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 
+from wire.node.servers import servers_of
 from wire.node.daemon import NodeDaemon, RenameRefused, SettingsRefused
 from wire.node.events import MAX_WAIT
 from wire.node.netmap import Peer
@@ -177,6 +178,8 @@ async def node_status(daemon: NodeDaemon) -> dict:
         },
         "server": {
             "url": config.server_url,
+            # Every replica the node may move to, the one in use among them (wire.node.servers).
+            "replicas": list(servers_of(config)),
             "reachable": contact.reachable,
             "registered": contact.registered,
             "last_error": contact.last_error,

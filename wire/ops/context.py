@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, overload
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ from wire.node.config import (
 from wire.node.control import control_socket_path
 from wire.node.enroll import coordination_client, load_credential, load_join_request
 from wire.node.proxy import node_proxy
+from wire.node.servers import servers_of
 from wire.proxy import ProxyConfig, ProxyConfigError
 from wire.node.messages import REJOIN, REMOVED, removed_message  # noqa: F401  (the node's words; ops modules import them from here)
 from wire.protocol import ProtocolError
@@ -147,7 +148,7 @@ class Context:
             config = load_config(self.config_dir)
         except ConfigError:
             return False
-        if config is None or config.server_url != server_url.rstrip("/"):
+        if config is None or server_url.rstrip("/") not in servers_of(config):
             return False
         try:
             return load_credential(self.config_dir) is not None
@@ -161,9 +162,11 @@ class Context:
             config = load_config(self.config_dir)
         except ConfigError:
             config = None
-        if config is not None and config.server_url == server_url.rstrip("/"):
+        if config is not None and server_url.rstrip("/") in servers_of(config):
             try:
-                return coordination_client(self.reactor, config, self.config_dir, persistent=False)
+                # Any replica of its mesh: the same credential and pinned certificate.
+                asked = replace(config, server_url=server_url.rstrip("/"))
+                return coordination_client(self.reactor, asked, self.config_dir, persistent=False)
             except PermissionError as e:
                 # The credential is root's (0600) even where the config is not.
                 raise ConfigProblem(f"permission denied reading {e.filename}", RUN_AS_ROOT)

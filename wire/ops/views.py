@@ -105,8 +105,12 @@ def daemon_state(local: dict | None) -> dict:
 
 
 def _daemon_knows(local: dict | None, server_url: str) -> bool:
-    """Whether the daemon's netmap is that of ``server_url`` (``--server`` may name another)."""
-    return local is not None and local["server"]["url"].rstrip("/") == server_url.rstrip("/")
+    """Whether the daemon's netmap is that of ``server_url`` (``--server`` may
+    name another): the replica it uses or another replica of its mesh."""
+    if local is None:
+        return False
+    replicas = local["server"].get("replicas") or [local["server"]["url"]]
+    return server_url.rstrip("/") in (url.rstrip("/") for url in replicas)
 
 
 def _fallback(ctx: Context, server_url: str, local: dict | None, error: ServerUnreachable | ServerError) -> str:
