@@ -473,6 +473,52 @@ class DaemonStartTests(unittest.TestCase):
         )
 
 
+class LiveProxyTests(unittest.TestCase):
+    """`wire set --proxy` on a running daemon: its next connections use it."""
+
+    def start(self):
+        from wire.node.config import NodeConfig, save_config
+        from wire.node.daemon import NodeDaemon
+        from wire.node.tap import Options, makeService
+
+        self.config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.config_dir)
+        save_config(self.config_dir, NodeConfig(server_url="https://wire.test:8787", node_name="r1", node_id="node-" + "b" * 16))
+        options = Options()
+        options.parseOptions(["--config-dir", self.config_dir])
+        service = makeService(options, MemoryReactorClock())
+        (daemon,) = [s for s in service if isinstance(s, NodeDaemon)]
+        return daemon
+
+    def proxy_of(self, daemon):
+        return daemon.client._http._agent._endpointFactory._proxy
+
+    def test_the_new_proxy_is_used_at_once(self):
+        from dataclasses import replace
+
+        daemon = self.start()
+        self.assertIsNone(self.proxy_of(daemon))
+        daemon.config = replace(daemon.config, proxy="http://127.0.0.1:3128")
+        daemon.on_proxy_changed()
+        self.assertEqual(self.proxy_of(daemon).display(), "http://127.0.0.1:3128")
+        daemon.config = replace(daemon.config, proxy="")
+        daemon.on_proxy_changed()
+        self.assertIsNone(self.proxy_of(daemon), "back to the environment (none here)")
+
+    def test_an_unusable_proxy_keeps_the_one_in_use(self):
+        from dataclasses import replace
+        from unittest import mock
+
+        daemon = self.start()
+        daemon.config = replace(daemon.config, proxy="http://127.0.0.1:3128")
+        daemon.on_proxy_changed()
+        before = daemon.client._http
+        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "socks5://p:1080"}):
+            daemon.config = replace(daemon.config, proxy="")
+            daemon.on_proxy_changed()
+        self.assertIs(daemon.client._http, before)
+
+
 class CredentialLeakTests(unittest.TestCase):
     """A review found passwords in error messages; never again."""
 

@@ -333,6 +333,11 @@ class CoordinationClient(JsonHttp):
         """From now on, act as the node this credential belongs to (or as no one)."""
         self._credential = credential
 
+    def use_http(self, http: HTTPClient) -> None:
+        """From now on, send through this HTTP client (another proxy, say);
+        requests under way finish on the old one."""
+        self._http = http
+
     async def register(self, registration: Registration) -> RegisterAnswer:
         answer = await self._request("POST", "/register", registration.as_body())
         parsed = _parsed("POST /register", RegisterAnswer.from_json, answer)

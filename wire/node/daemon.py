@@ -236,6 +236,8 @@ class NodeDaemon(Service):
         self.on_server_moved: list[Callable[[str], None]] = []
         if isinstance(self._lan_ip, LanAddress):
             self.on_server_moved.append(self._lan_ip.move_to)
+        # Called when `wire set --proxy` changed the proxy (wire.node.tap rebuilds the clients).
+        self.on_proxy_changed: Callable[[], None] | None = None
         self._registered_waiters: list[Deferred] = []
 
     # -- state ----------------------------------------------------------------
@@ -742,6 +744,11 @@ class NodeDaemon(Service):
         told = ", ".join(f"{name}={value}" for name, value in sorted(changes.items()))
         self.log.info("settings changed: {told}", told=told)
         self.events.emit("settings", f"settings changed: {told}")
+        if "proxy" in changes and self.on_proxy_changed is not None:
+            # New connections to the server go through the new proxy (or none);
+            # the long-poll under way went through the old one: ask again.
+            self.on_proxy_changed()
+            self._restart_poll()
         if self.names is not None and self.config.accept_dns != before.accept_dns:
             await self.names.set_accept_dns(self.config.accept_dns)
             await self._follow_names()

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from treq.client import HTTPClient
+
 from wire.client import CoordinationClient, make_http_client
 from wire.fsutil import write_atomically
 from wire.jointoken import JoinToken, JoinTokenError, decode_join_token
@@ -185,9 +187,17 @@ def coordination_client(
     (``credential=None``: none, as for a server it has not enrolled with),
     through its proxy (wire.node.proxy; ``environ``: os.environ unless given).
     A proxy that cannot be used is a ConfigError."""
+    http = node_http(reactor, config, config_dir, persistent, environ)
+    return CoordinationClient(http, config.server_url, load_credential(config_dir) if credential == "" else credential)
+
+
+def node_http(
+    reactor, config: NodeConfig, config_dir: str, persistent: bool = True, environ: Mapping[str, str] | None = None,
+) -> HTTPClient:
+    """The node's HTTP client to its server: pinned TLS, through its proxy.
+    A proxy that cannot be used is a ConfigError."""
     try:
         proxy = node_proxy(config, environ, config_dir)
     except ProxyConfigError as e:
         raise ConfigError(str(e))
-    http = make_http_client(reactor, persistent=persistent, tls_fingerprint=config.server_fingerprint, proxy=proxy)
-    return CoordinationClient(http, config.server_url, load_credential(config_dir) if credential == "" else credential)
+    return make_http_client(reactor, persistent=persistent, tls_fingerprint=config.server_fingerprint, proxy=proxy)

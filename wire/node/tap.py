@@ -20,6 +20,7 @@ from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
 from wire.node.enroll import (
     coordination_client,
+    node_http,
     join_request_path,
     load_credential,
     load_join_request,
@@ -114,6 +115,20 @@ def makeService(options: Options, reactor=None) -> MultiService:
         if sys.platform.startswith("linux") else None,
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
+
+    def proxy_changed() -> None:
+        """`wire set --proxy` on the running daemon: new connections to the
+        server (API calls, the relay stream) go through the new proxy."""
+        nonlocal proxy
+        try:
+            http = node_http(reactor, daemon.config, config_dir)
+            proxy = node_proxy(daemon.config, None, config_dir)
+        except ConfigError as e:
+            log.warn("the new proxy is not used: {error}", error=e)
+            return
+        daemon.client.use_http(http)
+
+    daemon.on_proxy_changed = proxy_changed
     # Where UDP to the server is blocked, relayed frames go over TLS on its API port.
     shim.stream = RelayStreamClient(
         reactor,
