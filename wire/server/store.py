@@ -324,13 +324,13 @@ class SQLStore:
                     if rows:
                         self._engine.execute(connection, sql, rows)
         except self._engine.errors as e:
-            raise StoreError(f"the registry could not be saved: {e}") from e
+            raise StoreError(f"the registry could not be saved: {' '.join(str(e).split())}") from e
 
     def _select(self, sql: str, parameters: tuple) -> list[tuple]:
         try:
             return self._engine.select(self._connected(), sql, parameters)
         except self._engine.errors as e:
-            raise StoreError(f"cannot read {self.where}: {e}") from e
+            raise StoreError(f"cannot read {self.where}: {' '.join(str(e).split())}") from e
 
     def _close_connection(self) -> None:
         if self._connection is not None:
@@ -371,7 +371,11 @@ class SQLStore:
         """Write every queued change now, in one transaction (blocks)."""
         statements, written = self._pending()
         if statements:
-            self._thread.run_blocking(self._write_logged, statements)
+            try:
+                self._thread.run_blocking(self._write, statements)
+            except StoreError as e:
+                self._write_failed(e)
+                raise
             self._written(written)
 
     def serve(self) -> None:
@@ -412,7 +416,7 @@ class SQLStore:
         self._commit_call = None
         waiting, self._waiting = self._waiting, []
         statements, written = self._pending()
-        d = self._thread.run(self._write_logged, statements) if statements else succeed(None)
+        d = self._logged(self._thread.run(self._write, statements)) if statements else succeed(None)
 
         def committed(_: object) -> None:
             self._written(written)
@@ -425,12 +429,18 @@ class SQLStore:
 
         return d.addCallbacks(committed, failed)
 
-    def _write_logged(self, statements: list[Statement]) -> None:
-        try:
-            self._write(statements)
-        except StoreError as e:
-            self.log.error("registry write to {where} failed: {error}", where=self.where, error=e.__cause__)
-            raise
+    def _logged(self, written: Deferred) -> Deferred:
+        """A write's failure in the log too (here, on the reactor thread), and still the caller's."""
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(StoreError):
+                self._write_failed(failure.value)
+            return failure
+
+        return written.addErrback(failed)
+
+    def _write_failed(self, error: BaseException) -> None:
+        self.log.error("registry write to {where} failed: {error}", where=self.where, error=error.__cause__ or error)
 
     def _pending(self) -> tuple[list[Statement], tuple]:
         """The queued changes as statements, with what they write (values as they are now)."""
@@ -472,7 +482,7 @@ class SQLStore:
             for record, row in writes.records:
                 self._forget_written(record.node_id, record, row)
 
-        return self._thread.run(self._write_logged, writes.statements).addCallback(committed)
+        return self._logged(self._thread.run(self._write, writes.statements)).addCallback(committed)
 
     def query(self, sql: str, parameters: tuple = ()) -> Deferred:
         return self._thread.run(self._select, sql, parameters)
