@@ -301,6 +301,7 @@ class SQLStore:
         self._touched: dict[str, float] = {}
         self._waiting: list[Deferred] = []
         self._commit_call: IDelayedCall | None = None
+        self._committing = False
         self._closed = False
         try:
             self._connection: Any = self._thread.run_blocking(engine.connect)
@@ -407,7 +408,7 @@ class SQLStore:
     def commit(self) -> Deferred:
         done: Deferred = Deferred()
         self._waiting.append(done)
-        if self._commit_call is None:
+        if self._commit_call is None and not self._committing:
             # Everything queued in this reactor turn shares one transaction.
             self._commit_call = self._reactor.callLater(0, self._commit_now)
         return done
@@ -416,6 +417,9 @@ class SQLStore:
         self._commit_call = None
         waiting, self._waiting = self._waiting, []
         statements, written = self._pending()
+        # One group commit at a time: the next one is cut only once this one's
+        # waiters have heard, so a change refused (and undone) is never written by it.
+        self._committing = True
         d = self._logged(self._thread.run(self._write, statements)) if statements else succeed(None)
 
         def committed(_: object) -> None:
@@ -427,7 +431,12 @@ class SQLStore:
             for w in waiting:
                 w.errback(failure)
 
-        return d.addCallbacks(committed, failed)
+        def next_one(_: object) -> None:
+            self._committing = False
+            if self._waiting and self._commit_call is None and not self._closed:
+                self._commit_call = self._reactor.callLater(0, self._commit_now)
+
+        return d.addCallbacks(committed, failed).addBoth(next_one)
 
     def _logged(self, written: Deferred) -> Deferred:
         """A write's failure in the log too (here, on the reactor thread), and still the caller's."""
