@@ -77,3 +77,15 @@ def namespace_skip_reason(programs: tuple[str, ...] = ("ip",), needs: str = "a n
     if not os.path.exists("/proc/self/ns/net"):
         return "needs network namespace support in the kernel"
     return None
+
+
+def settled(result):
+    """What a store-backed call (a coroutine or Deferred) gave: on a fake
+    clock the store answers at once (wire.server.dbthread); its error raised."""
+    from inspect import iscoroutine
+
+    from twisted.internet.defer import Deferred
+
+    from wire.server.dbthread import result_now
+
+    return result_now(Deferred.fromCoroutine(result) if iscoroutine(result) else result)

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.helpers import body_for, key_for, make_coordinator
+from tests.helpers import body_for, key_for, make_coordinator, settled
 from wire.server.api import ClientRules, build_root, build_site
 from wire.server.auth import Authority
 
@@ -218,7 +218,7 @@ class AuthenticatedTestCase(ApiTestCase):
         super().setUp()
         self.coordinator.authority = Authority(self.coordinator.store, self.clock)
         self.coordinator.registry.unique_names = True
-        _, self.join_key = self.coordinator.authority.create_key(reusable=True)
+        _, self.join_key = settled(self.coordinator.authority.create_key(reusable=True))
         # Trusting StubTreq's own address lets a test pick the client's.
         self.http = StubTreq(build_root(self.coordinator, ClientRules(trusted_proxies=(ip_network("127.0.0.1/32"),))))
 

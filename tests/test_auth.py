@@ -9,7 +9,8 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator, registration_for
+from wire.server.store import Writes
+from tests.helpers import make_coordinator, registration_for, settled
 from wire.server.admin import Admin, build_admin_site
 from wire.server.auth import Authority, AuthError, KeyState
 
@@ -29,8 +30,9 @@ class JoinKeyStateTests(AuthorityCase):
     def use(self, secret: str) -> None:
         """Enroll a node with the key, as the enrollment endpoint does."""
         key = self.authority.check_join_key(secret)
-        with self.coordinator.store.transaction() as db:
-            credential_hash, _ = self.authority.record_enrollment(db, "n" * 32, "web1", key)
+        writes = Writes()
+        credential_hash, _ = self.authority.record_enrollment(writes, "n" * 32, "web1", key)
+        settled(self.coordinator.store.transaction(writes))
         self.authority.enrolled("n" * 32, credential_hash, key)
 
     def refused(self, secret: str) -> str:
@@ -40,12 +42,12 @@ class JoinKeyStateTests(AuthorityCase):
 
     def test_each_state_and_why_it_cannot_be_used(self):
         now = self.clock.seconds()
-        usable, _ = self.authority.create_key(reusable=True, expires_in=3600)
-        spent, spent_secret = self.authority.create_key()
-        revoked, revoked_secret = self.authority.create_key(reusable=True)
-        expired, expired_secret = self.authority.create_key(expires_in=60)
+        usable, _ = settled(self.authority.create_key(reusable=True, expires_in=3600))
+        spent, spent_secret = settled(self.authority.create_key())
+        revoked, revoked_secret = settled(self.authority.create_key(reusable=True))
+        expired, expired_secret = settled(self.authority.create_key(expires_in=60))
         self.use(spent_secret)
-        self.authority.revoke_key(revoked.key_id)
+        settled(self.authority.revoke_key(revoked.key_id))
         self.clock.advance(61)
         states = {key.key_id: key.state(self.clock.seconds()) for key in self.authority.keys()}
         self.assertEqual(
@@ -58,21 +60,21 @@ class JoinKeyStateTests(AuthorityCase):
         self.assertEqual(expired.state(now + 59.9), KeyState.USABLE, "usable until the second it expires")
 
     def test_a_used_reusable_key_stays_usable(self):
-        key, secret = self.authority.create_key(reusable=True)
+        key, secret = settled(self.authority.create_key(reusable=True))
         self.use(secret)
         self.assertEqual((key.uses, key.state(self.clock.seconds())), (1, KeyState.USABLE))
 
     def test_revoked_wins_over_expired(self):
-        key, _ = self.authority.create_key(expires_in=60)
-        self.authority.revoke_key(key.key_id)
+        key, _ = settled(self.authority.create_key(expires_in=60))
+        settled(self.authority.revoke_key(key.key_id))
         self.clock.advance(120)
         self.assertEqual(key.state(self.clock.seconds()), KeyState.REVOKED)
 
     def test_as_dict_adds_state_and_times_and_keeps_the_old_fields(self):
         self.assertEqual(self.clock.seconds(), 1_700_000_000)
         self.clock.advance(3600)  # 2023-11-14T23:13:20Z
-        key, _ = self.authority.create_key(expires_in=86400, note="laptops")
-        never, _ = self.authority.create_key()
+        key, _ = settled(self.authority.create_key(expires_in=86400, note="laptops"))
+        never, _ = settled(self.authority.create_key())
         self.assertEqual(
             key.as_dict(self.clock.seconds()),
             {
@@ -95,7 +97,7 @@ class JoinKeyStateTests(AuthorityCase):
         self.assertEqual((never.as_dict(0)["expires"], never.as_dict(0)["expires_at"]), (None, None))
 
     def test_a_keys_tags_and_ephemerality_are_kept_and_shown(self):
-        key, _ = self.authority.create_key(reusable=True, tags=("tag:ci", "tag:web"), ephemeral_after=1800)
+        key, _ = settled(self.authority.create_key(reusable=True, tags=("tag:ci", "tag:web"), ephemeral_after=1800))
         shown = key.as_dict(self.clock.seconds())
         self.assertEqual((shown["tags"], shown["ephemeral"], shown["ephemeral_after"]), (["tag:ci", "tag:web"], True, 1800))
         [again] = [k for k in Authority(self.coordinator.store, self.clock).keys() if k.key_id == key.key_id]
@@ -105,20 +107,20 @@ class JoinKeyStateTests(AuthorityCase):
         from wire.jointoken import decode_join_token
 
         admin = Admin(self.coordinator, "https://a.example.org:8787", "ab" * 32, ("https://b.example.org:8787",))
-        token = decode_join_token(admin.create_key()["token"])
+        token = decode_join_token(settled(admin.create_key())["token"])
         self.assertEqual(token.server_urls, ("https://a.example.org:8787", "https://b.example.org:8787"))
         # A key made for another URL names every replica after it.
-        token = decode_join_token(admin.create_key(url="https://b.example.org:8787")["token"])
+        token = decode_join_token(settled(admin.create_key(url="https://b.example.org:8787"))["token"])
         self.assertEqual(token.server_urls, ("https://b.example.org:8787", "https://a.example.org:8787"))
         plain = Admin(self.coordinator, "https://a.example.org:8787", "ab" * 32)
-        self.assertEqual(decode_join_token(plain.create_key()["token"]).replicas, ())
+        self.assertEqual(decode_join_token(settled(plain.create_key())["token"]).replicas, ())
 
     def test_the_admin_api_lists_states_with_the_server_s_clock(self):
         admin = Admin(self.coordinator, "https://vpn.example.org:8787", "ab" * 32)
         http = StubTreq(build_admin_site(admin).resource)
-        kept, _ = self.authority.create_key()
-        gone, _ = self.authority.create_key()
-        self.authority.revoke_key(gone.key_id)
+        kept, _ = settled(self.authority.create_key())
+        gone, _ = settled(self.authority.create_key())
+        settled(self.authority.revoke_key(gone.key_id))
 
         async def listed() -> dict:
             response = await http.get("http://wire-admin/keys")
@@ -139,11 +141,11 @@ class RefusedEnrollmentAuditTests(AuthorityCase):
         self.failureResultOf(d, AuthError)
 
     def refusals(self) -> list[str]:
-        return [e["detail"] for e in self.authority.audit_log(1000) if e["event"] == "node.enroll.refused"]
+        return [e["detail"] for e in settled(self.authority.audit_log(1000)) if e["event"] == "node.enroll.refused"]
 
     def test_each_refusal_names_the_source_and_why(self):
-        revoked, secret = self.authority.create_key(reusable=True)
-        self.authority.revoke_key(revoked.key_id)
+        revoked, secret = settled(self.authority.create_key(reusable=True))
+        settled(self.authority.revoke_key(revoked.key_id))
         self.enroll("not-a-key")
         self.enroll(secret, "db1")
         self.assertEqual(

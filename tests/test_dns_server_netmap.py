@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial import unittest
 
-from tests.helpers import body_for, make_coordinator, registration_for
+from tests.helpers import body_for, make_coordinator, registration_for, settled
 from tests.serverproc import ServerProcess
 from tests.test_policy_server import Mesh
 from wire.admin_ops import AdminOps
@@ -46,7 +46,7 @@ class DnsInTheNetmapTests(unittest.TestCase):
         self.assertEqual(first["dns"], DnsConfig("wire.internal").to_json())
         digest = dns_digest(first["dns"])
         self.assertNotIn("dns", poll(self.mesh, "web1", digest), "it holds them")
-        self.mesh.admin.add_dns_record("db", "A", "10.99.0.50")
+        settled(self.mesh.admin.add_dns_record("db", "A", "10.99.0.50"))
         changed = poll(self.mesh, "web1", digest)["dns"]
         self.assertEqual(changed["records"], [{"name": "db", "type": "A", "value": "10.99.0.50"}])
         self.assertNotIn("dns", poll(self.mesh, "web1", dns_digest(changed)))
@@ -54,7 +54,7 @@ class DnsInTheNetmapTests(unittest.TestCase):
         self.assertEqual(poll(self.mesh, "db1", "0123456789abcdef")["dns"], changed)
 
     def test_a_seed_node_that_names_no_digest_gets_no_dns_key(self):
-        self.mesh.admin.add_dns_record("db", "A", "10.99.0.50")
+        settled(self.mesh.admin.add_dns_record("db", "A", "10.99.0.50"))
         self.assertNotIn("dns", poll(self.mesh, "web1", None))
 
     def test_every_node_shares_one_encoded_object(self):
@@ -76,7 +76,7 @@ class DnsInTheNetmapTests(unittest.TestCase):
         d = self.mesh.coordinator.netmap(first["cursor"], 30, self.mesh.ids["web1"], holds_dns=dns_digest(first["dns"]))
         seed = self.mesh.coordinator.netmap(first["cursor"], 30, self.mesh.ids["db1"])
         self.assertNoResult(d)
-        shown = self.mesh.admin.forward_dns("corp.example", ["10.0.0.53"])
+        shown = settled(self.mesh.admin.forward_dns("corp.example", ["10.0.0.53"]))
         self.mesh.clock.advance(0)
         answer = json.loads(encode_json(self.successResultOf(d)))
         self.assertEqual(answer["dns"]["forward"], [{"domain": "corp.example", "resolvers": ["10.0.0.53"]}])

@@ -10,7 +10,7 @@ import sqlite3
 
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator, registration_for
+from tests.helpers import make_coordinator, registration_for, settled
 from wire.protocol.dns import MAX_RECORDS, NO_DNS, DnsConfig, dns_digest
 from wire.server.auth import Authority
 from wire.server.dnsbook import DnsBook, DnsError
@@ -32,7 +32,7 @@ class Book:
 
     def events(self, prefix: str = "dns.") -> list[tuple[str, str]]:
         assert self.coordinator.authority is not None
-        log = self.coordinator.authority.audit_log(1000)
+        log = settled(self.coordinator.authority.audit_log(1000))
         return [(e["event"], e["detail"]) for e in reversed(log) if e["event"].startswith(prefix)]
 
     def reopened(self, domain: str | None = "wire.internal") -> DnsBook:
@@ -64,10 +64,10 @@ class RecordTests(unittest.TestCase):
         self.assertEqual(self.book.digest, dns_digest(DnsConfig("wire.internal").to_json()))
 
     def test_records_are_added_normalised_and_listed(self):
-        self.book.add_record("DB", "a", "10.99.0.50", self.b.audit)
-        self.book.add_record("v6", "AAAA", "FD00::0:1", self.b.audit)
-        self.book.add_record("www", "CNAME", "DB.wire.internal.", self.b.audit)
-        self.book.add_record("_acme-challenge.web", "TXT", "token value", self.b.audit)
+        settled(self.book.add_record("DB", "a", "10.99.0.50", self.b.audit))
+        settled(self.book.add_record("v6", "AAAA", "FD00::0:1", self.b.audit))
+        settled(self.book.add_record("www", "CNAME", "DB.wire.internal.", self.b.audit))
+        settled(self.book.add_record("_acme-challenge.web", "TXT", "token value", self.b.audit))
         self.assertEqual(
             self.book.shown()["records"],
             [
@@ -81,38 +81,38 @@ class RecordTests(unittest.TestCase):
         self.assertEqual(len(self.book.config.records), 4)  # type: ignore[union-attr]
 
     def test_a_name_may_have_several_addresses(self):
-        self.book.add_record("db", "A", "10.99.0.50", self.b.audit)
-        self.book.add_record("db", "A", "10.99.0.51", self.b.audit)
-        self.book.add_record("db", "AAAA", "fd00::50", self.b.audit)
+        settled(self.book.add_record("db", "A", "10.99.0.50", self.b.audit))
+        settled(self.book.add_record("db", "A", "10.99.0.51", self.b.audit))
+        settled(self.book.add_record("db", "AAAA", "fd00::50", self.b.audit))
         self.assertEqual([r.value for r in self.book.settings.records], ["10.99.0.50", "10.99.0.51", "fd00::50"])
 
     def test_remove_by_name_by_type_and_by_value(self):
         for kind, value in (("A", "10.99.0.50"), ("A", "10.99.0.51"), ("AAAA", "fd00::50"), ("TXT", "hello")):
-            self.book.add_record("db", kind, value, self.b.audit)
-        gone = self.book.remove_records("db", "a", "10.99.0.51", self.b.audit)
+            settled(self.book.add_record("db", kind, value, self.b.audit))
+        gone = settled(self.book.remove_records("db", "a", "10.99.0.51", self.b.audit))
         self.assertEqual([(r.type, r.value) for r in gone], [("A", "10.99.0.51")])
-        gone = self.book.remove_records("DB", "AAAA", "FD00::50", self.b.audit)  # as it was stored
+        gone = settled(self.book.remove_records("DB", "AAAA", "FD00::50", self.b.audit))  # as it was stored
         self.assertEqual([r.value for r in gone], ["fd00::50"])
-        gone = self.book.remove_records("db", "TXT", None, self.b.audit)
+        gone = settled(self.book.remove_records("db", "TXT", None, self.b.audit))
         self.assertEqual([r.value for r in gone], ["hello"])
-        gone = self.book.remove_records("db", None, None, self.b.audit)
+        gone = settled(self.book.remove_records("db", None, None, self.b.audit))
         self.assertEqual([r.value for r in gone], ["10.99.0.50"])
         self.assertEqual(self.book.settings.records, ())
 
     def test_removing_what_is_not_there_says_so_and_changes_nothing(self):
-        self.book.add_record("db", "A", "10.99.0.50", self.b.audit)
+        settled(self.book.add_record("db", "A", "10.99.0.50", self.b.audit))
         for args, words in (
             (("nope", None, None), "no record nope"),
             (("db", "AAAA", None), "no record db AAAA"),
             (("db", "A", "10.99.0.51"), "no record db A 10.99.0.51"),
         ):
             with self.assertRaises(LookupError) as caught:
-                self.book.remove_records(*args, audit=self.b.audit)
+                settled(self.book.remove_records(*args, audit=self.b.audit))
             self.assertIn(words, str(caught.exception))
             self.assertIn("wire admin dns records list", str(caught.exception))
         self.assertEqual(self.book.version, 1)
         with self.assertRaises(DnsError) as refused:
-            self.book.remove_records("db", "MX", None, self.b.audit)
+            settled(self.book.remove_records("db", "MX", None, self.b.audit))
         self.assertIn("not one of A, AAAA, CNAME, TXT", str(refused.exception))
 
 
@@ -124,8 +124,8 @@ class RefusalTests(unittest.TestCase):
     def setUp(self):
         self.b = Book(self)
         self.book = self.b.book
-        self.book.add_record("db", "A", "10.99.0.50", self.b.audit)
-        self.book.set_forward("corp.example", ["10.0.0.53"], self.b.audit)
+        settled(self.book.add_record("db", "A", "10.99.0.50", self.b.audit))
+        settled(self.book.set_forward("corp.example", ["10.0.0.53"], self.b.audit))
 
     def refused(self, change, words: str) -> None:
         before = (self.book.settings, self.book.version, self.book.digest, self.b.stored_row(), self.b.events())
@@ -136,30 +136,30 @@ class RefusalTests(unittest.TestCase):
 
     def test_invalid_changes(self):
         audit = self.b.audit
-        self.refused(lambda: self.book.add_record("db", "CNAME", "web1.wire.internal", audit), "a CNAME must stand alone")
-        self.refused(lambda: self.book.add_record("db", "A", "10.99.0.50", audit), "db A 10.99.0.50 is already a record")
-        self.refused(lambda: self.book.add_record("db", "A", "fd00::1", audit), "value: 'fd00::1' is not an IPv4 address")
-        self.refused(lambda: self.book.add_record("db", "MX", "mail", audit), "type: 'MX' is not one of")
-        self.refused(lambda: self.book.add_record("db.wire.internal.", "A", "10.0.0.1", audit), "relative to the mesh domain")
-        self.refused(lambda: self.book.add_record("bad name", "A", "10.0.0.1", audit), "is not a DNS label")
-        self.refused(lambda: self.book.add_record("t", "TXT", "tab\there", audit), "printable ASCII")
-        self.refused(lambda: self.book.add_record("x" * 63 + "." + "y" * 63 + "." + "z" * 63 + "." + "w" * 50, "A", "10.0.0.1", audit), "longer than 253")
+        self.refused(lambda: settled(self.book.add_record("db", "CNAME", "web1.wire.internal", audit)), "a CNAME must stand alone")
+        self.refused(lambda: settled(self.book.add_record("db", "A", "10.99.0.50", audit)), "db A 10.99.0.50 is already a record")
+        self.refused(lambda: settled(self.book.add_record("db", "A", "fd00::1", audit)), "value: 'fd00::1' is not an IPv4 address")
+        self.refused(lambda: settled(self.book.add_record("db", "MX", "mail", audit)), "type: 'MX' is not one of")
+        self.refused(lambda: settled(self.book.add_record("db.wire.internal.", "A", "10.0.0.1", audit)), "relative to the mesh domain")
+        self.refused(lambda: settled(self.book.add_record("bad name", "A", "10.0.0.1", audit)), "is not a DNS label")
+        self.refused(lambda: settled(self.book.add_record("t", "TXT", "tab\there", audit)), "printable ASCII")
+        self.refused(lambda: settled(self.book.add_record("x" * 63 + "." + "y" * 63 + "." + "z" * 63 + "." + "w" * 50, "A", "10.0.0.1", audit)), "longer than 253")
         for zone in ("wire.internal", "internal", "lab.wire.internal"):
-            self.refused(lambda: self.book.set_forward(zone, ["10.0.0.53"], audit), "overlaps the mesh domain wire.internal")
-        self.refused(lambda: self.book.set_forward("office.example", [], audit), "at least one resolver")
-        self.refused(lambda: self.book.set_forward("office.example", ["dns.example"], audit), "is not IP, IP:PORT or [IPv6]:PORT")
-        self.refused(lambda: self.book.set_nameservers(["10.0.0.1:99999"], audit), "the port must be 1-65535")
-        self.refused(lambda: self.book.set_nameservers([f"10.0.0.{i}" for i in range(9)], audit), "at most 8 resolvers")
+            self.refused(lambda: settled(self.book.set_forward(zone, ["10.0.0.53"], audit)), "overlaps the mesh domain wire.internal")
+        self.refused(lambda: settled(self.book.set_forward("office.example", [], audit)), "at least one resolver")
+        self.refused(lambda: settled(self.book.set_forward("office.example", ["dns.example"], audit)), "is not IP, IP:PORT or [IPv6]:PORT")
+        self.refused(lambda: settled(self.book.set_nameservers(["10.0.0.1:99999"], audit)), "the port must be 1-65535")
+        self.refused(lambda: settled(self.book.set_nameservers([f"10.0.0.{i}" for i in range(9)], audit)), "at most 8 resolvers")
 
     def test_too_many_records(self):
         # Filled in one write (a thousand adds would be a thousand fsyncs).
-        self.book._put(
+        settled(self.book._put(
             type(self.book.settings)(tuple(_a(i) for i in range(MAX_RECORDS - 1)) + self.book.settings.records, self.book.settings.forward),
             "dns.test",
             "filled",
             self.b.audit,
-        )
-        self.refused(lambda: self.book.add_record("one-more", "A", "10.99.1.1", self.b.audit), f"at most {MAX_RECORDS} records")
+        ))
+        self.refused(lambda: settled(self.book.add_record("one-more", "A", "10.99.1.1", self.b.audit)), f"at most {MAX_RECORDS} records")
 
 
 def _a(i: int):
@@ -174,34 +174,34 @@ class ZoneAndNameserverTests(unittest.TestCase):
         self.book = self.b.book
 
     def test_a_zone_is_set_replaced_and_removed(self):
-        self.book.set_forward("Corp.Example.", ["10.0.0.53", "[fd00::53]:5353", "10.0.0.53"], self.b.audit)
+        settled(self.book.set_forward("Corp.Example.", ["10.0.0.53", "[fd00::53]:5353", "10.0.0.53"], self.b.audit))
         self.assertEqual(self.book.shown()["forward"], [{"domain": "corp.example", "resolvers": ["10.0.0.53", "[fd00::53]:5353"]}])
-        self.book.set_forward("corp.example", ["10.0.0.54"], self.b.audit)
+        settled(self.book.set_forward("corp.example", ["10.0.0.54"], self.b.audit))
         self.assertEqual(self.book.shown()["forward"], [{"domain": "corp.example", "resolvers": ["10.0.0.54"]}])
-        self.book.remove_forward("CORP.example", self.b.audit)
+        settled(self.book.remove_forward("CORP.example", self.b.audit))
         self.assertEqual(self.book.shown()["forward"], [])
         with self.assertRaises(LookupError) as caught:
-            self.book.remove_forward("corp.example", self.b.audit)
+            settled(self.book.remove_forward("corp.example", self.b.audit))
         self.assertIn("corp.example is not forwarded", str(caught.exception))
         self.assertEqual(self.book.version, 3)
 
     def test_nameservers_are_set_and_cleared(self):
-        self.assertEqual(self.book.set_nameservers(["9.9.9.9", "1.1.1.1:53"], self.b.audit), ("9.9.9.9", "1.1.1.1"))
+        self.assertEqual(settled(self.book.set_nameservers(["9.9.9.9", "1.1.1.1:53"], self.b.audit)), ("9.9.9.9", "1.1.1.1"))
         self.assertEqual(self.book.config.nameservers, ("9.9.9.9", "1.1.1.1"))  # type: ignore[union-attr]
-        self.assertEqual(self.book.set_nameservers([], self.b.audit), ())
+        self.assertEqual(settled(self.book.set_nameservers([], self.b.audit)), ())
         self.assertEqual(self.book.shown()["nameservers"], [])
 
 
 class AuditTests(unittest.TestCase):
     def test_every_change_is_in_the_audit_log(self):
         b = Book(self)
-        b.book.add_record("db", "A", "10.99.0.50", b.audit)
-        b.book.add_record("note", "TXT", "v=spf1 -all", b.audit)
-        b.book.remove_records("db", None, None, b.audit)
-        b.book.set_forward("corp.example", ["10.0.0.53", "10.0.0.54"], b.audit)
-        b.book.remove_forward("corp.example", b.audit)
-        b.book.set_nameservers(["9.9.9.9"], b.audit)
-        b.book.set_nameservers([], b.audit)
+        settled(b.book.add_record("db", "A", "10.99.0.50", b.audit))
+        settled(b.book.add_record("note", "TXT", "v=spf1 -all", b.audit))
+        settled(b.book.remove_records("db", None, None, b.audit))
+        settled(b.book.set_forward("corp.example", ["10.0.0.53", "10.0.0.54"], b.audit))
+        settled(b.book.remove_forward("corp.example", b.audit))
+        settled(b.book.set_nameservers(["9.9.9.9"], b.audit))
+        settled(b.book.set_nameservers([], b.audit))
         self.assertEqual(
             b.events(),
             [
@@ -219,9 +219,9 @@ class AuditTests(unittest.TestCase):
 class PersistenceTests(unittest.TestCase):
     def test_an_acknowledged_change_is_on_disk_at_once_and_kept_across_restarts(self):
         b = Book(self)
-        b.book.add_record("db", "A", "10.99.0.50", b.audit)
-        b.book.set_forward("corp.example", ["10.0.0.53"], b.audit)
-        b.book.set_nameservers(["9.9.9.9"], b.audit)
+        settled(b.book.add_record("db", "A", "10.99.0.50", b.audit))
+        settled(b.book.set_forward("corp.example", ["10.0.0.53"], b.audit))
+        settled(b.book.set_nameservers(["9.9.9.9"], b.audit))
         # Committed before the call returned: another process reads it now (kill -9 would keep it).
         row = b.stored_row()
         assert row is not None
@@ -232,7 +232,7 @@ class PersistenceTests(unittest.TestCase):
 
     def test_stored_settings_that_do_not_fit_a_new_domain_stop_the_server_saying_why(self):
         b = Book(self)
-        b.book.set_forward("corp.internal", ["10.0.0.53"], b.audit)
+        settled(b.book.set_forward("corp.internal", ["10.0.0.53"], b.audit))
         with self.assertRaises(StoreError) as caught:
             b.reopened("corp.internal")
         message = str(caught.exception)
@@ -245,7 +245,7 @@ class PersistenceTests(unittest.TestCase):
         data_dir = self.mktemp()
         coordinator = make_coordinator(self, data_dir=data_dir)
         coordinator.registry.register(registration_for("web1"), "203.0.113.9", coordinator.now())
-        coordinator.store.close()
+        settled(coordinator.store.close())
         db = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
         db.execute("DROP TABLE dns_settings")
         db.execute("PRAGMA user_version = 5")
@@ -253,12 +253,12 @@ class PersistenceTests(unittest.TestCase):
         db.close()
         store = open_store(data_dir, coordinator.clock)
         self.addCleanup(store.close)
-        self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
+        self.assertEqual(settled(store.query("PRAGMA user_version"))[0][0], SCHEMA_VERSION)
         self.assertEqual(SCHEMA_VERSION, 9)
         self.assertEqual([r.node_name for r in store.load()], ["web1"])
         book = DnsBook(store, "wire.internal")
         self.assertEqual((book.version, book.settings.records), (0, ()))
-        book.add_record("db", "A", "10.99.0.50", lambda db, event, detail: None)
+        settled(book.add_record("db", "A", "10.99.0.50", lambda db, event, detail: None))
         self.assertEqual(DnsBook(store, "wire.internal").version, 1)
 
 
@@ -272,7 +272,7 @@ class NoMeshDnsTests(unittest.TestCase):
         self.assertEqual(b.book.extra_for(NO_DNS), {})
         self.assertEqual(b.book.extra_for("0123456789abcdef"), {"dns": None})
         with self.assertRaises(DnsError) as caught:
-            b.book.add_record("db", "A", "10.99.0.50", b.audit)
+            settled(b.book.add_record("db", "A", "10.99.0.50", b.audit))
         self.assertIn("no mesh DNS", str(caught.exception))
 
 
@@ -286,7 +286,7 @@ class ExtraTests(unittest.TestCase):
         self.assertEqual(dict(first["dns"]), DnsConfig("wire.internal").to_json())
         self.assertEqual(b.book.extra_for(dns_digest(first["dns"])), {}, "it holds this one")
         old = b.book.digest
-        b.book.add_record("db", "A", "10.99.0.50", b.audit)
+        settled(b.book.add_record("db", "A", "10.99.0.50", b.audit))
         self.assertNotEqual(b.book.digest, old)
         self.assertEqual(b.book.extra_for(old)["dns"]["records"], [{"name": "db", "type": "A", "value": "10.99.0.50"}])
         # What the node computes from what it got is the server's digest.

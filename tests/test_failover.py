@@ -3,6 +3,7 @@ and notices a server that vanished without a word (wire.tcpkeepalive)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -195,25 +196,6 @@ class DaemonFailoverTests(unittest.TestCase):
         self.addCleanup(daemon.stopService)
         return daemon
 
-    async def test_moves_to_the_next_replica_within_seconds_and_keeps_its_tunnel(self):
-        (first, first_port, first_url), (second, _, second_url) = self.servers
-        daemon = self.make_daemon((first_url, second_url))
-        await self.settle(lambda: daemon.contact.registered and daemon.interface_ready)
-        node_id = daemon.config.node_id
-        self.assertIsNotNone(first.registry.get(node_id))
-        ups = list(self.wireguard.ups)
-        await first_port.stopListening()
-        first.close()  # answers the open long-poll; new connections are refused
-        gone_at = self.clock.seconds()
-        await self.settle(lambda: second.registry.get(node_id) is not None, advance=0.25)
-        self.assertLess(self.clock.seconds() - gone_at, 10.0, "on the other replica within 10 s")
-        self.assertEqual(daemon.config.server_url, second_url)
-        self.assertEqual(daemon.client.server_url, second_url)
-        self.assertEqual(load_config(self.config_dir).server_url, second_url, "a restart starts at the live one")
-        self.assertEqual(self.wireguard.ups, ups, "the interface was not brought up again")
-        self.assertFalse(self.wireguard.is_down)
-        self.assertIn("moved from", " ".join(e["message"] for e in daemon.events.since(0)))
-
     async def test_a_single_server_is_kept(self):
         (first, first_port, first_url), _ = self.servers
         daemon = self.make_daemon((first_url,))
@@ -222,6 +204,66 @@ class DaemonFailoverTests(unittest.TestCase):
         first.close()
         await self.settle(lambda: not daemon.contact.reachable, advance=0.25)
         self.assertEqual(daemon.config.server_url, first_url)
+
+
+class RealServersFailoverTests(unittest.TestCase):
+    """Two real ``twistd wire-server`` processes on 127.0.0.1 and a daemon
+    on the real clock: the replica it uses is killed (-9); it is on the
+    other within 10 s, with its tunnel as it was."""
+
+    timeout = 60
+
+    async def test_kill_9_of_the_server_in_use(self):
+        import signal
+        import time
+
+        from tests.serverproc import ServerProcess
+
+        servers = [ServerProcess(self, self.mktemp(), extra_args=("--open",)) for _ in range(2)]
+        for server in servers:
+            await server.start()
+        first, second = servers
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        urls = (first.url, second.url)
+        config = NodeConfig(server_url=urls[0], node_name="web1", node_id=body_for("web1")["node_id"], server_urls=urls)
+        save_config(config_dir, config)
+        wireguard = FakeWireGuard(clock=reactor)
+        daemon = NodeDaemon(
+            clock=reactor, config_dir=config_dir, config=config, keys=load_or_create_keys(config_dir),
+            wireguard=wireguard, client=CoordinationClient(make_http_client(reactor), urls[0]),
+            probe_nat=fixed_nat(), lan_ip=lambda: "192.168.1.10",
+        )
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        await _until(lambda: daemon.contact.registered and daemon.interface_ready and daemon.netmap.cursor != "0")
+        ups = list(wireguard.ups)
+        await first.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        async def known_at_second() -> bool:
+            response = await second.client().get(second.url + "/peers")
+            peers = (json.loads(await response.content())).get("peers", [])
+            return any(p.get("node_id") == config.node_id for p in peers)
+
+        while not await known_at_second():
+            self.assertLess(time.monotonic() - killed_at, 10.0, "on the other replica within 10 s")
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(daemon.config.server_url, second.url)
+        self.assertEqual(load_config(config_dir).server_url, second.url, "a restart starts at the live one")
+        self.assertEqual(wireguard.ups, ups, "the interface was not brought up again")
+        self.assertFalse(wireguard.is_down)
+        self.assertIn(f"moved from {first.url} to {second.url}", " ".join(e["message"] for e in daemon.events.since(0)))
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    import time
+
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, 0.05, lambda: None)
 
 
 class KeepaliveTests(unittest.TestCase):

@@ -31,7 +31,7 @@ from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tests.helpers import body_for, make_coordinator, registration_for
+from tests.helpers import body_for, make_coordinator, registration_for, settled
 from wire.protocol import (
     parse_ip_address,
     parse_nat_type,
@@ -667,10 +667,10 @@ class Mesh:
             authority = Authority(self.coordinator.store, self.clock)
             self.coordinator.authority = authority
             self.coordinator.registry.unique_names = True
-            _, self.secrets["valid"] = authority.create_key(reusable=True)
-            _, self.secrets["used"] = authority.create_key()
-            revoked, self.secrets["revoked"] = authority.create_key(reusable=True)
-            authority.revoke_key(revoked.key_id)
+            _, self.secrets["valid"] = settled(authority.create_key(reusable=True))
+            _, self.secrets["used"] = settled(authority.create_key())
+            revoked, self.secrets["revoked"] = settled(authority.create_key(reusable=True))
+            settled(authority.revoke_key(revoked.key_id))
         # Trusting StubTreq's address lets the fuzzer pick its client address.
         self.http = StubTreq(build_root(self.coordinator, ClientRules(trusted_proxies=LOOPBACK)))
         self.nodes = {name: self._join(name, "valid") for name in NODES}
@@ -761,7 +761,7 @@ class Mesh:
         for name, before in untouched.items():
             self.test.assertEqual(self.state_of(name), before, f"{name}'s record changed")
         store = self.coordinator.store
-        store.flush_touches()
+        settled(store.flush_touches())
         store.write_pending()
         stored = {r.node_id: r for r in store.load()}
         live = {r.node_id: r for r in self.coordinator.registry.records()}

@@ -11,7 +11,7 @@ from dataclasses import replace
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.helpers import key_for, make_coordinator, registration_for
+from tests.helpers import key_for, make_coordinator, registration_for, settled
 from tests.test_pathbook import T0, BookTestCase, Facts
 from tests.test_paths import Side, node
 from wire.node import lan
@@ -198,7 +198,7 @@ class ServerTests(unittest.TestCase):
         b = coordinator.registry.register(registration_for("db1", public_ip6=V6_B), "198.51.100.8", now).record
         coordinator.paths.report(a, b, PathFailure.STOPPED, now)
         coordinator.store.write_pending()
-        coordinator.store.close()
+        settled(coordinator.store.close())
         again = make_coordinator(self, data_dir=data_dir)
         self.assertEqual(again.registry.get(a.node_id).public_ip6, V6_A)
         self.assertEqual(again.paths.word(a.node_id, b.node_id).family, 4)
@@ -208,7 +208,7 @@ class ServerTests(unittest.TestCase):
         coordinator = make_coordinator(self, data_dir=data_dir)
         coordinator.registry.register(registration_for("web1"), "198.51.100.7", coordinator.now())
         coordinator.store.write_pending()
-        coordinator.store.close()
+        settled(coordinator.store.close())
         db = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
         db.execute("ALTER TABLE nodes DROP COLUMN public_ip6")
         db.execute("ALTER TABLE pair_paths DROP COLUMN family")
@@ -217,7 +217,7 @@ class ServerTests(unittest.TestCase):
         db.close()
         store = open_store(data_dir, coordinator.clock)
         self.addCleanup(store.close)
-        self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
+        self.assertEqual(settled(store.query("PRAGMA user_version"))[0][0], SCHEMA_VERSION)
         self.assertEqual([(r.node_name, r.public_ip6) for r in store.load()], [("web1", "")])
         self.assertEqual(store.load_pairs(), [])
 

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tests.helpers import TEST_SUBNET6, make_coordinator, registration_for
+from tests.helpers import TEST_SUBNET6, make_coordinator, registration_for, settled
 from tests.test_policy_server import Mesh
 from tests.test_server_start import short_dir
 from wire.addressing import Ipv6Pool, parse_subnet6
@@ -48,7 +48,7 @@ class RegistryAddressTests(unittest.TestCase):
         record = self.register("web1")
         self.assertEqual(record.vpn_ip6, Ipv6Pool(PREFIX).allocate(record.node_id, set()))
         self.assertEqual(self.register("web1", port=51999).vpn_ip6, record.vpn_ip6, "a changed registration keeps it")
-        self.coordinator.store.close()
+        settled(self.coordinator.store.close())
         again = make_coordinator(self, data_dir=self.data_dir)
         self.assertEqual(again.registry.get(record.node_id).vpn_ip6, record.vpn_ip6)
         self.assertEqual(again.registry.by_vpn_ip(record.vpn_ip6.upper()).node_id, record.node_id, "any spelling finds it")
@@ -61,7 +61,7 @@ class RegistryAddressTests(unittest.TestCase):
         web1.vpn_ip6 = str(first)
         self.coordinator.store.put(web1)
         self.coordinator.store.write_pending()
-        self.coordinator.store.close()
+        settled(self.coordinator.store.close())
         again = make_coordinator(self, data_dir=self.data_dir)
         db1 = again.registry.register(registration_for("db1"), "203.0.113.9", again.now()).record
         self.assertNotEqual(db1.vpn_ip6, str(first))
@@ -108,7 +108,7 @@ class CarriedTests(unittest.TestCase):
         self.db1 = self.registry.by_name("db1")
 
     def test_the_enroll_answer_carries_the_address_and_the_prefix(self):
-        d = Deferred.fromCoroutine(self.mesh.coordinator.enroll(self.mesh.authority.create_key()[1], registration_for("new1"), "203.0.113.9"))
+        d = Deferred.fromCoroutine(self.mesh.coordinator.enroll(settled(self.mesh.authority.create_key())[1], registration_for("new1"), "203.0.113.9"))
         result, credential = self.successResultOf(d)
         answer = self.mesh.coordinator.registered_answer(result.record, "203.0.113.9", credential)
         body = json.loads(json.dumps(answer.to_json()))
@@ -136,7 +136,7 @@ class CarriedTests(unittest.TestCase):
     def test_the_policy_directory_holds_both_addresses(self):
         from tests.test_policy_server import POLICY
 
-        self.mesh.admin.set_policy(POLICY)
+        settled(self.mesh.admin.set_policy(POLICY))
         allowed = self.mesh.admin.explain_policy(self.web1.vpn_ip6, "db1", 5432, "tcp")
         self.assertEqual((allowed["allowed"], allowed["rule"]), (True, 0))
         self.assertFalse(self.mesh.admin.explain_policy(self.web1.vpn_ip6, self.db1.vpn_ip6, 22, "tcp")["allowed"])
@@ -146,9 +146,9 @@ class CarriedTests(unittest.TestCase):
         self.assertTrue(self.mesh.admin.explain_policy("web1", dst, port, proto)["allowed"])
 
     def test_a_policy_may_name_an_ipv6_mesh_address(self):
-        self.mesh.admin.set_policy(
+        settled(self.mesh.admin.set_policy(
             '{"acls": [{"action": "accept", "src": ["%s"], "dst": ["db1:22"]}]}' % self.web1.vpn_ip6
-        )
+        ))
         self.assertTrue(self.mesh.admin.explain_policy("web1", "db1", 22, "tcp")["allowed"], "the address is web1's")
         self.assertFalse(self.mesh.admin.explain_policy("ops1", "db1", 22, "tcp")["allowed"])
         sources = {s for rule in self.mesh.coordinator.policy.filter_for(self.db1.node_id) or () for s in rule.sources}
@@ -160,7 +160,7 @@ class MigrationTests(unittest.TestCase):
         data_dir = self.mktemp()
         coordinator = make_coordinator(self, data_dir=data_dir, subnet6=None)
         ids = [coordinator.registry.register(registration_for(n), "203.0.113.9", coordinator.now()).record.node_id for n in ("web1", "db1")]
-        coordinator.store.close()
+        settled(coordinator.store.close())
         db = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
         db.execute("DROP INDEX nodes_vpn_ip6")
         db.execute("ALTER TABLE nodes DROP COLUMN vpn_ip6")
@@ -179,7 +179,7 @@ class MigrationTests(unittest.TestCase):
     def test_a_schema_7_registry_gives_every_node_an_address_as_it_loads(self):
         data_dir, ids = self.make_schema_7()
         coordinator = make_coordinator(self, data_dir=data_dir)
-        self.assertEqual(coordinator.store.query("PRAGMA user_version")[0][0], 9)
+        self.assertEqual(settled(coordinator.store.query("PRAGMA user_version"))[0][0], 9)
         addresses = {i: coordinator.registry.get(i).vpn_ip6 for i in ids}
         self.assertEqual(addresses, {i: Ipv6Pool(PREFIX).allocate(i, set()) for i in ids})
         coordinator.store.write_pending()
@@ -189,7 +189,7 @@ class MigrationTests(unittest.TestCase):
 
     def test_a_changed_prefix_gives_every_node_a_new_address_in_it(self):
         data_dir, ids = self.make_schema_7()
-        make_coordinator(self, data_dir=data_dir).store.close()
+        settled(make_coordinator(self, data_dir=data_dir).store.close())
         before = self.stored_addresses(data_dir)
         coordinator = make_coordinator(self, data_dir=data_dir, subnet6="fd00:aaaa:bbbb:1::/64")
         new_prefix = ipaddress.IPv6Network("fd00:aaaa:bbbb:1::/64")
@@ -202,7 +202,7 @@ class MigrationTests(unittest.TestCase):
 
     def test_a_stored_address_that_is_no_address_is_replaced(self):
         data_dir, ids = self.make_schema_7()
-        make_coordinator(self, data_dir=data_dir).store.close()
+        settled(make_coordinator(self, data_dir=data_dir).store.close())
         db = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
         db.execute("UPDATE nodes SET vpn_ip6 = 'banana' WHERE node_id = ?", (ids[0],))
         db.commit()
@@ -220,26 +220,35 @@ class MeshPrefixTests(unittest.TestCase):
         self.addCleanup(store.close)
         return store
 
+    def prefix(self, given, random_bytes=None):
+        """As the server's start has it: drawn or read, and kept before serving."""
+        store = self.store()
+        prefix = mesh_prefix6(store, given) if random_bytes is None else mesh_prefix6(store, given, random_bytes)
+        store.write_pending()
+        return prefix
+
     def test_drawn_once_and_kept_across_a_restart(self):
-        first = mesh_prefix6(self.store(), None, lambda n: b"\x12\x34\x56\x78\x9a")
+        first = self.prefix(None, lambda n: b"\x12\x34\x56\x78\x9a")
         self.assertEqual((str(first.network), first.drawn, first.replaced), ("fd12:3456:789a::/48", True, None))
-        again = mesh_prefix6(self.store(), None)
+        again = self.prefix(None)
         self.assertEqual((again.network, again.drawn), (first.network, False))
 
     def test_given_overrides_and_is_kept_after_the_option_is_dropped(self):
-        drawn = mesh_prefix6(self.store(), None).network
+        drawn = self.prefix(None).network
         given = parse_subnet6("fd00:1:2:3::/64")
-        changed = mesh_prefix6(self.store(), given)
+        changed = self.prefix(given)
         self.assertEqual((changed.network, changed.replaced, changed.drawn), (given, drawn, False))
-        self.assertEqual(mesh_prefix6(self.store(), given).replaced, None, "the same again changes nothing")
-        self.assertEqual(mesh_prefix6(self.store(), None).network, given)
+        self.assertEqual(self.prefix(given).replaced, None, "the same again changes nothing")
+        self.assertEqual(self.prefix(None).network, given)
 
     def test_an_unusable_kept_prefix_stops_the_server_unless_one_is_given(self):
-        self.store().write_meta(SUBNET6_KEY, "2001:db8::/48")
+        store = self.store()
+        store.put_meta(SUBNET6_KEY, "2001:db8::/48")
+        store.write_pending()
         with self.assertRaises(StoreError) as caught:
-            mesh_prefix6(self.store(), None)
+            self.prefix(None)
         self.assertIn("give one with --subnet6", str(caught.exception))
-        self.assertEqual(str(mesh_prefix6(self.store(), parse_subnet6("fd00::/48")).network), "fd00::/48")
+        self.assertEqual(str(self.prefix(parse_subnet6("fd00::/48")).network), "fd00::/48")
 
 
 class OptionTests(unittest.TestCase):
@@ -282,7 +291,7 @@ class BuildCoordinatorTests(unittest.TestCase):
         prefix = coordinator.registry.pool6.network
         self.assertEqual((prefix.prefixlen, str(prefix)[:2]), (48, "fd"))
         record = coordinator.registry.register(registration_for("web1"), "203.0.113.9", coordinator.now()).record
-        coordinator.store.close()
+        settled(coordinator.store.close())
         lock_file.close()
         again, _ = self.start(data_dir)
         self.assertEqual(again.registry.pool6.network, prefix)

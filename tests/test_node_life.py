@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fakes import FakeProcessRunner, FakeWireGuard, fixed_nat
-from tests.helpers import body_for, registration_for
+from tests.helpers import body_for, registration_for, settled
 from tests.test_daemon import eventually
 from tests.test_ops import Mesh, NO_DEVICE
 from wire import cli, ops
@@ -62,7 +62,7 @@ class AuthMesh(Mesh):
         self.admin = Admin(self.coordinator, self.url, "")
 
     def token(self) -> str:
-        return self.admin.create_key()["token"]
+        return settled(self.admin.create_key())["token"]
 
 
 class TLSAuthMesh(AuthMesh):

@@ -23,7 +23,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tests.fakes import FakeProcessRunner, FakeWireGuard, fixed_nat
-from tests.helpers import body_for, make_coordinator, registration_for
+from tests.helpers import body_for, make_coordinator, registration_for, settled
 from tests.serverproc import CHECKOUT, ServerProcess
 from tests.test_daemon import eventually
 from wire import cli, ops
@@ -1350,7 +1350,7 @@ class RemovedNodeTests(unittest.TestCase):
         self.admin = Admin(coordinator, self.mesh.url, "")
 
     async def enroll(self, name: str, **fields) -> str:
-        _, secret = self.mesh.coordinator.authority.create_key()
+        _, secret = settled(self.mesh.coordinator.authority.create_key())
         _, credential = await self.mesh.coordinator.enroll(secret, registration_for(name, **fields), "127.0.0.1")
         return credential
 

@@ -9,6 +9,7 @@ from twisted.trial import unittest
 from wire.protocol import Cursor, NatType, PairPath, PathFailure, PathMode
 from wire.server.netmap import ChangeLog
 from wire.server.pathbook import FORGET_AFTER, PathBook
+from tests.helpers import settled
 
 NO_PROOF, STOPPED = PathFailure.NO_PROOF, PathFailure.STOPPED
 T0 = 1_000_000.0
@@ -308,7 +309,7 @@ class CoordinatorPathTests(unittest.TestCase):
         from wire.server.store import open_store
 
         store = open_store(self.coordinator.data_dir, self.clock)
-        self.addCleanup(store._db.close)
+        self.addCleanup(store.close)
         registry = Registry(store, AddressPool(self.registry.pool.network))
         registry.load(store.load(), self.clock.seconds())
         return Coordinator(self.clock, store, registry)
@@ -379,7 +380,7 @@ class SchemaTests(unittest.TestCase):
 
         data_dir = self.mktemp()
         store = open_store(data_dir, Clock())
-        store.close()
+        settled(store.close())
         path = os.path.join(data_dir, "registry.sqlite3")
         db = sqlite3.connect(path)
         db.execute("DROP TABLE pair_paths")
@@ -389,7 +390,7 @@ class SchemaTests(unittest.TestCase):
         store = open_store(data_dir, Clock())
         self.addCleanup(store.close)
         self.assertEqual(store.load_pairs(), [])
-        self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
+        self.assertEqual(settled(store.query("PRAGMA user_version"))[0][0], SCHEMA_VERSION)
         self.assertEqual(SCHEMA_VERSION, 9)
 
 

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator, registration_for
+from tests.helpers import make_coordinator, registration_for, settled
 from tests.serverproc import ServerProcess
 from tests.test_daemon import eventually
 from wire.addressing import AddressPool, parse_subnet
@@ -54,7 +54,7 @@ class Mesh:
         self.ids: dict[str, str] = {}
 
     def enroll(self, name: str, *tags: str) -> str:
-        _, secret = self.authority.create_key(tags=tuple(sorted(tags)))
+        _, secret = settled(self.authority.create_key(tags=tuple(sorted(tags))))
         d = Deferred.fromCoroutine(self.coordinator.enroll(secret, registration_for(name), "203.0.113.9"))
         result, _ = self.test.successResultOf(d)
         self.ids[name] = result.record.node_id
@@ -68,7 +68,7 @@ class Mesh:
         return json.loads(encode_json(answer))
 
     def audit(self, event: str) -> list[str]:
-        return [e["detail"] for e in self.authority.audit_log(1000) if e["event"] == event]
+        return [e["detail"] for e in settled(self.authority.audit_log(1000)) if e["event"] == event]
 
 
 class PolicyBookTests(unittest.TestCase):
@@ -84,7 +84,7 @@ class PolicyBookTests(unittest.TestCase):
         self.assertEqual(self.mesh.admin.policy()["policy_set"], False)
 
     def test_a_valid_policy_is_versioned_audited_and_kept(self):
-        shown = self.mesh.admin.set_policy(POLICY)
+        shown = settled(self.mesh.admin.set_policy(POLICY))
         self.assertEqual((shown["version"], shown["source"], shown["policy_set"]), (1, "admin", True))
         self.assertEqual(self.mesh.audit("policy.set"), ["version 1 (admin), was 0"])
         rules = self.book.filter_for(self.mesh.ids["db1"]) or ()
@@ -97,7 +97,7 @@ class PolicyBookTests(unittest.TestCase):
         self.assertEqual((again.policy.current.version, again.policy.current.text), (1, POLICY))
 
     def test_an_invalid_policy_changes_nothing_and_says_why(self):
-        self.mesh.admin.set_policy(POLICY)
+        settled(self.mesh.admin.set_policy(POLICY))
         cases = {
             '{"acls": [}': "line 1, column 11",
             '{"acls": [{"action": "accept", "src": ["tag:web"], "dst": ["nass:80"]}]}': 'unknown node or host "nass"',
@@ -107,27 +107,27 @@ class PolicyBookTests(unittest.TestCase):
         }
         for text, said in cases.items():
             with self.assertRaises(PolicyError, msg=text) as caught:
-                self.mesh.admin.set_policy(text)
+                settled(self.mesh.admin.set_policy(text))
             self.assertIn(said, str(caught.exception))
         self.assertEqual(self.book.current.version, 1, "nothing changed")
         self.assertEqual(self.mesh.admin.check_policy(POLICY), {"valid": True, "rules": 2, "tests": 1})
 
     def test_a_tag_only_a_join_key_hands_out_may_be_named(self):
-        self.mesh.authority.create_key(tags=("tag:ci",))
-        self.mesh.admin.set_policy('{"acls": [{"action": "accept", "src": ["tag:ci"], "dst": ["db1:22"]}]}')
+        settled(self.mesh.authority.create_key(tags=("tag:ci",)))
+        settled(self.mesh.admin.set_policy('{"acls": [{"action": "accept", "src": ["tag:ci"], "dst": ["db1:22"]}]}'))
         with self.assertRaises(PolicyError):
-            self.mesh.admin.set_policy('{"acls": [{"action": "accept", "src": ["tag:nobody"], "dst": ["db1:22"]}]}')
+            settled(self.mesh.admin.set_policy('{"acls": [{"action": "accept", "src": ["tag:nobody"], "dst": ["db1:22"]}]}'))
 
     def test_clear_history_rollback_and_explain(self):
-        self.mesh.admin.set_policy(POLICY)
-        self.mesh.admin.clear_policy()
+        settled(self.mesh.admin.set_policy(POLICY))
+        settled(self.mesh.admin.clear_policy())
         self.assertFalse(self.book.active)
-        rolled = self.mesh.admin.rollback_policy(1)
+        rolled = settled(self.mesh.admin.rollback_policy(1))
         self.assertEqual((rolled["version"], rolled["source"]), (3, "rollback 1"))
-        history = self.mesh.admin.policy_history()
+        history = settled(self.mesh.admin.policy_history())
         self.assertEqual([(v["version"], v["source"], v["policy_set"]) for v in history["versions"]], [(1, "admin", True), (2, "clear", False), (3, "rollback 1", True)])
         with self.assertRaises(LookupError):
-            self.mesh.admin.rollback_policy(9)
+            settled(self.mesh.admin.rollback_policy(9))
         allowed = self.mesh.admin.explain_policy("web1", "db1", 5432, "tcp")
         self.assertEqual((allowed["allowed"], allowed["rule"]), (True, 0))
         denied = self.mesh.admin.explain_policy("web1", "db1", 22, "tcp")
@@ -174,7 +174,7 @@ class FilterInTheNetmapTests(unittest.TestCase):
         self.assertIsNone(self.mesh.poll("db1", "0123456789abcdef")["filter"], "a node holding a filter drops it")
 
     def test_a_node_gets_its_filter_once_and_again_when_it_changes(self):
-        self.mesh.admin.set_policy(POLICY)
+        settled(self.mesh.admin.set_policy(POLICY))
         answer = self.mesh.poll("db1", None)
         rules = answer["filter"]
         # Peers by name and tag (the node resolves them), each with the rule it comes from.
@@ -199,11 +199,11 @@ class FilterInTheNetmapTests(unittest.TestCase):
         self.assertNotEqual(filter_digest(changed), digest)
 
     def test_a_policy_change_wakes_a_waiting_poll_with_the_new_filter(self):
-        self.mesh.admin.set_policy(POLICY)
+        settled(self.mesh.admin.set_policy(POLICY))
         first = self.mesh.poll("db1", None)
         d = self.mesh.coordinator.netmap(first["cursor"], 30, self.mesh.ids["db1"], holds_filter=filter_digest(first["filter"]))
         self.assertNoResult(d)
-        self.mesh.admin.clear_policy()
+        settled(self.mesh.admin.clear_policy())
         self.mesh.clock.advance(0)
         answer = json.loads(encode_json(self.successResultOf(d)))
         self.assertIn("filter", answer)
@@ -215,14 +215,14 @@ class WhoWakesTests(unittest.TestCase):
         mesh = Mesh(self)
         for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
             mesh.enroll(name, *tags)
-        mesh.admin.set_policy(POLICY)
+        settled(mesh.admin.set_policy(POLICY))
         first = {name: mesh.poll(name, None) for name in mesh.ids}
         waiting = {
             name: mesh.coordinator.netmap(first[name]["cursor"], 30, mesh.ids[name], holds_filter=filter_digest(first[name]["filter"]))
             for name in mesh.ids
         }
         # web may now also reach db's ssh: db's filter changes, no one's view does.
-        mesh.admin.set_policy(POLICY.replace('"dst": ["tag:db:5432"]', '"dst": ["tag:db:5432,22"]').replace(', "deny": ["db1:22"]', ""))
+        settled(mesh.admin.set_policy(POLICY.replace('"dst": ["tag:db:5432"]', '"dst": ["tag:db:5432,22"]').replace(', "deny": ["db1:22"]', "")))
         mesh.clock.advance(0)
         db = json.loads(encode_json(self.successResultOf(waiting["db1"])))
         self.assertEqual(sorted(tuple(p) for rule in db["filter"] for p in rule.get("ports", [])), [(22, 22), (5432, 5432)])
@@ -300,7 +300,7 @@ class VisibilityTests(unittest.TestCase):
         self.mesh = Mesh(self)
         for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ()), ("plain1", ())):
             self.mesh.enroll(name, *tags)
-        self.mesh.admin.set_policy(POLICY)
+        settled(self.mesh.admin.set_policy(POLICY))
 
     def names(self, answer: dict) -> list[str]:
         """The peers in an answer (a node whose class reaches itself is in its own: it is "me" to the node)."""
@@ -364,16 +364,16 @@ class VisibilityTests(unittest.TestCase):
         self.assertTrue(sync("plain1")["full"])
         self.assertEqual(held("plain1"), ["db1", "ops1"])
         # No policy: every node sees every node again.
-        self.mesh.admin.clear_policy()
+        settled(self.mesh.admin.clear_policy())
         for name in maps:
             sync(name)
             self.assertEqual(held(name), sorted(set(maps) - {name}), name)
         # A policy again (its test would now fail: web1 has no tag): views shrink, told as removals.
         with self.assertRaises(PolicyError):
-            self.mesh.admin.set_policy(POLICY)
+            settled(self.mesh.admin.set_policy(POLICY))
         untested = POLICY.replace('  "tests": [{"src": "web1", "accept": ["db1:5432"], "deny": ["db1:22"]}],\n', "")
         self.assertNotEqual(untested, POLICY)
-        self.mesh.admin.set_policy(untested)
+        settled(self.mesh.admin.set_policy(untested))
         answer = sync("web1")
         self.assertFalse(answer["full"])
         self.assertEqual(held("web1"), ["ops1"], "untagged web1: only ops reaches it")
@@ -389,7 +389,7 @@ class RemovedWhileWaitingTests(unittest.TestCase):
         mesh = Mesh(self)
         for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
             mesh.enroll(name, *tags)
-        mesh.admin.set_policy(POLICY)
+        settled(mesh.admin.set_policy(POLICY))
         first = {name: mesh.poll(name, None) for name in ("web1", "db1")}
         waiting = {
             name: mesh.coordinator.netmap(first[name]["cursor"], 30, mesh.ids[name], holds_filter=filter_digest(first[name]["filter"]))

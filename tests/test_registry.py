@@ -1,6 +1,6 @@
 from twisted.trial import unittest
 
-from tests.helpers import key_for, make_coordinator, registration_for
+from tests.helpers import key_for, make_coordinator, registration_for, settled
 from wire.protocol import Cursor
 from wire.server.registry import RegistryConflict
 from wire.server.store import open_store
@@ -80,8 +80,8 @@ class RegistryTests(unittest.TestCase):
         self.clock.advance(60)
         self.registry.sweep(self.clock.seconds())
         self.assertTrue(self.registry.is_online(node_id), "seen 60 s ago: still online")
-        self.coordinator.store.flush_touches()
-        (stored,) = self.coordinator.store.query("SELECT last_seen FROM nodes")
+        settled(self.coordinator.store.flush_touches())
+        (stored,) = settled(self.coordinator.store.query("SELECT last_seen FROM nodes"))
         self.assertEqual(stored[0], self.clock.seconds() - 60, "the store learns it in its next batch")
 
     def test_seen_brings_an_offline_node_back(self):
@@ -123,12 +123,12 @@ class RegistryTests(unittest.TestCase):
     def test_survives_reload_from_store(self):
         record = self.register("web1").record
         self.coordinator.store.write_pending()
-        self.coordinator.store.flush_touches()
+        settled(self.coordinator.store.flush_touches())
         from wire.addressing import AddressPool
         from wire.server.registry import Registry
 
         store = open_store(self.coordinator.data_dir, self.clock)
-        self.addCleanup(store._db.close)
+        self.addCleanup(store.close)
         again = Registry(store, AddressPool(self.registry.pool.network))
         again.load(store.load(), self.clock.seconds())
         self.assertEqual(again.get(record.node_id), record)

@@ -18,6 +18,7 @@ from wire.protocol.routefilter import (
     resolve_forward_peers,
     route_filter_json,
 )
+from tests.helpers import settled
 
 LAN = "192.168.1.0/24"
 
@@ -284,11 +285,11 @@ class ServerTests(unittest.TestCase):
         self.mesh = Mesh(self)
         for name, tags in (("web1", ("tag:web",)), ("other", ())):
             self.mesh.enroll(name, *tags)
-        _, secret = self.mesh.authority.create_key(tags=("tag:router",))
+        _, secret = settled(self.mesh.authority.create_key(tags=("tag:router",)))
         d = Deferred.fromCoroutine(self.mesh.coordinator.enroll(
             secret, registration_for("router", advertise_routes=[LAN]), "203.0.113.9"))
         self.mesh.ids["router"] = self.successResultOf(d)[0].record.node_id
-        self.mesh.admin.approve_route("router", LAN)
+        settled(self.mesh.admin.approve_route("router", LAN))
 
     def poll(self, name, holds_route_filter):
         from wire.protocol import Cursor
@@ -302,7 +303,7 @@ class ServerTests(unittest.TestCase):
     def test_a_router_gets_its_rules_once_and_older_nodes_never(self):
         from wire.protocol.filter import filter_digest
 
-        self.mesh.admin.set_policy(self.POLICY)
+        settled(self.mesh.admin.set_policy(self.POLICY))
         answer = self.poll("router", "none")
         self.assertEqual(answer["route_filter"], [
             {"destinations": ["192.168.1.10/32"], "peers": ["tag:web"], "ports": [[443, 443]], "rules": [0]},
@@ -317,14 +318,14 @@ class ServerTests(unittest.TestCase):
         self.assertNotIn("route_filter", self.poll("router", filter_digest(answer["route_filter"])))
         self.assertNotIn("route_filter", self.poll("router", None))  # a node that never asks
         # The policy goes: the router is told to forward as before.
-        self.mesh.admin.clear_policy()
+        settled(self.mesh.admin.clear_policy())
         self.assertIsNone(self.poll("router", filter_digest(answer["route_filter"]))["route_filter"])
 
     def test_rejecting_the_route_takes_the_router_out_of_view(self):
-        self.mesh.admin.set_policy(self.POLICY)
+        settled(self.mesh.admin.set_policy(self.POLICY))
         web = self.mesh.ids["web1"]
         self.assertTrue(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
-        self.mesh.admin.reject_route("router", LAN)
+        settled(self.mesh.admin.reject_route("router", LAN))
         self.assertFalse(self.mesh.coordinator.may_see(web, self.mesh.ids["router"]))
         # Its table is built from what it advertises: it must forward nothing, not everything.
         self.assertEqual(self.poll("router", "none")["route_filter"], [])

@@ -18,7 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from tests.helpers import body_for, make_coordinator, registration_for
+from tests.helpers import body_for, make_coordinator, registration_for, settled
 from tests.serverproc import ServerProcess
 from wire.admin_ops import AdminOps
 from wire.cli.admin import format_route_changed, format_routes
@@ -51,7 +51,7 @@ class RouteMesh:
         self.ids: dict[str, str] = {}
 
     def enroll(self, name: str, routes: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> str:
-        _, secret = self.authority.create_key(tags=tags)
+        _, secret = settled(self.authority.create_key(tags=tags))
         registration = registration_for(name, advertise_routes=list(routes))
         d = Deferred.fromCoroutine(self.coordinator.enroll(secret, registration, "203.0.113.9"))
         result, _ = self.test.successResultOf(d)
@@ -75,7 +75,7 @@ class RouteMesh:
         return {view["node_name"]: view for view in answer["upserts"]}
 
     def audit(self, event: str) -> list[str]:
-        return [e["detail"] for e in self.authority.audit_log(1000) if e["event"] == event]
+        return [e["detail"] for e in settled(self.authority.audit_log(1000)) if e["event"] == event]
 
 
 class AdvertisedRoutesTests(unittest.TestCase):
@@ -94,7 +94,7 @@ class AdvertisedRoutesTests(unittest.TestCase):
 
     def test_a_route_over_the_mesh_subnet_is_refused_and_nothing_is_stored(self):
         for route in ("10.99.0.0/24", "10.0.0.0/8"):
-            _, secret = self.mesh.authority.create_key()
+            _, secret = settled(self.mesh.authority.create_key())
             d = Deferred.fromCoroutine(self.mesh.coordinator.enroll(secret, registration_for("bad", advertise_routes=[route]), "203.0.113.9"))
             self.assertEqual(
                 str(self.failureResultOf(d, ProtocolError).value),
@@ -131,12 +131,12 @@ class ApprovalTests(unittest.TestCase):
         router = self.mesh.views(self.mesh.poll("laptop"))["router1"]
         self.assertNotIn("routes", router)
         self.assertNotIn("exit_node", router)
-        shown = self.mesh.admin.approve_route("router1", LAN)
+        shown = settled(self.mesh.admin.approve_route("router1", LAN))
         self.assertEqual((shown["changed"], shown["primary"], shown["approved"]), (True, [LAN], [LAN]))
         router = self.mesh.views(self.mesh.poll("laptop"))["router1"]
         self.assertEqual(router["routes"], [LAN])
         self.assertNotIn("exit_node", router)
-        self.mesh.admin.approve_route("router1", "0.0.0.0/0")
+        settled(self.mesh.admin.approve_route("router1", "0.0.0.0/0"))
         router = self.mesh.views(self.mesh.poll("laptop"))["router1"]
         self.assertEqual((router["routes"], router["exit_node"]), ([LAN], True), "an exit is never among routes")
         peer = PeerView.from_json(router)
@@ -147,39 +147,39 @@ class ApprovalTests(unittest.TestCase):
         first = self.mesh.poll("laptop")
         d = self.mesh.coordinator.netmap(first["cursor"], 20, self.mesh.ids["laptop"])
         self.assertNoResult(d)
-        self.mesh.admin.approve_route("router1", LAN)
+        settled(self.mesh.admin.approve_route("router1", LAN))
         self.mesh.clock.advance(0)
         answer = NetmapAnswer.from_json(json.loads(encode_json(self.successResultOf(d))))
         self.assertEqual([(p.node_name, p.routes) for p in answer.upserts], [("router1", (LAN,))])
 
     def test_approval_survives_re_registration_and_restart_and_outlives_the_advertisement(self):
-        self.mesh.admin.approve_route("router1", LAN)
+        settled(self.mesh.admin.approve_route("router1", LAN))
         self.mesh.register("router1", ("10.1.0.0/16",))  # stops advertising LAN
         record = self.mesh.record("router1")
         self.assertEqual((record.approved_routes, record.served_routes), ((LAN,), ()))
         self.assertNotIn("routes", self.mesh.views(self.mesh.poll("laptop"))["router1"], "no longer served")
         self.mesh.register("router1", (LAN,))
         self.assertEqual(self.mesh.views(self.mesh.poll("laptop"))["router1"]["routes"], [LAN], "served again")
-        self.mesh.coordinator.store.close()
+        settled(self.mesh.coordinator.store.close())
         again = RouteMesh(self, data_dir=self.mesh.data_dir)
         record = again.registry.get(self.mesh.ids["router1"])
         self.assertEqual((record.advertised_routes, record.approved_routes), ((LAN,), (LAN,)))
         self.assertEqual(again.registry.routes.primary(LAN), record.node_id)
 
     def test_reject_unapproves_and_is_audited(self):
-        self.mesh.admin.approve_route("router1", LAN)
-        shown = self.mesh.admin.reject_route("router1", LAN)
+        settled(self.mesh.admin.approve_route("router1", LAN))
+        shown = settled(self.mesh.admin.reject_route("router1", LAN))
         self.assertEqual((shown["approved"], shown["primary"]), ([], []))
         self.assertNotIn("routes", self.mesh.views(self.mesh.poll("laptop"))["router1"])
         self.assertEqual(self.mesh.audit("route.reject"), [f"node router1 ({self.mesh.ids['router1']}): {LAN}"])
         with self.assertRaises(LookupError):
-            self.mesh.admin.reject_route("router1", LAN)
+            settled(self.mesh.admin.reject_route("router1", LAN))
 
     def test_approving_twice_changes_nothing_and_a_route_may_be_approved_before_it_is_advertised(self):
-        self.mesh.admin.approve_route("router1", LAN)
-        self.assertFalse(self.mesh.admin.approve_route("router1", LAN)["changed"])
+        settled(self.mesh.admin.approve_route("router1", LAN))
+        self.assertFalse(settled(self.mesh.admin.approve_route("router1", LAN))["changed"])
         self.assertEqual(len(self.mesh.audit("route.approve")), 1)
-        early = self.mesh.admin.approve_route("laptop", "172.16.0.0/12")
+        early = settled(self.mesh.admin.approve_route("laptop", "172.16.0.0/12"))
         self.assertEqual((early["approved"], early["primary"]), (["172.16.0.0/12"], []))
         self.assertEqual(format_route_changed(early, Style(False)), "172.16.0.0/12 approved for laptop; served once laptop advertises it")
 
@@ -195,7 +195,7 @@ class FailoverTests(unittest.TestCase):
         self.mesh = RouteMesh(self, offline_after=self.OFFLINE_AFTER)
         for name in ("router1", "router2"):
             self.mesh.enroll(name, (LAN,))
-            self.mesh.admin.approve_route(name, LAN)
+            settled(self.mesh.admin.approve_route(name, LAN))
         self.mesh.enroll("laptop")
 
     def beat(self, *names: str) -> None:
@@ -257,7 +257,7 @@ class AutoApproverTests(unittest.TestCase):
     def setUp(self):
         self.mesh = RouteMesh(self)
         self.mesh.enroll("router2", ("10.1.0.0/16",))
-        self.mesh.admin.set_policy(POLICY)
+        settled(self.mesh.admin.set_policy(POLICY))
 
     def test_at_enrollment_a_matching_node_has_contained_routes_approved(self):
         self.mesh.enroll("router1", (LAN, "172.16.0.0/12", "0.0.0.0/0"), tags=("tag:router",))
@@ -282,7 +282,7 @@ class AutoApproverTests(unittest.TestCase):
         self.successResultOf(Deferred.fromCoroutine(self.mesh.admin.tag_node("nas", ("tag:router",))))
         self.assertEqual(self.mesh.record("nas").approved_routes, (LAN,))
         with self.assertRaises(RouteRefused) as caught:
-            self.mesh.admin.reject_route("nas", LAN)
+            settled(self.mesh.admin.reject_route("nas", LAN))
         self.assertIn("approved by the access policy's autoApprovers", str(caught.exception))
         listed = {n["node_name"]: n for n in self.mesh.admin.routes()["nodes"]}
         self.assertEqual(listed["nas"]["auto_approved"], [LAN])
@@ -295,7 +295,7 @@ class AutoApproverTests(unittest.TestCase):
 
     def test_at_start_the_policy_in_force_approves_what_was_not_saved(self):
         self.mesh.enroll("router1", (LAN,), tags=("tag:router",))
-        self.mesh.coordinator.store.close()
+        settled(self.mesh.coordinator.store.close())
         db = sqlite3.connect(os.path.join(self.mesh.data_dir, "registry.sqlite3"))
         db.execute("UPDATE nodes SET approved_routes = ''")  # as after a crash before the commit
         db.commit()
@@ -303,12 +303,12 @@ class AutoApproverTests(unittest.TestCase):
         again = RouteMesh(self, data_dir=self.mesh.data_dir)
         self.assertEqual(again.registry.get(self.mesh.ids["router1"]).approved_routes, (LAN,))
         self.assertEqual(again.registry.routes.primary(LAN), self.mesh.ids["router1"])
-        self.assertIn((LAN,), again.coordinator.store.query("SELECT approved_routes FROM nodes"), "and written")
+        self.assertIn((LAN,), settled(again.coordinator.store.query("SELECT approved_routes FROM nodes")), "and written")
 
     def test_approvals_are_kept_when_the_policy_no_longer_makes_them(self):
-        self.mesh.admin.clear_policy()
+        settled(self.mesh.admin.clear_policy())
         self.assertEqual(self.mesh.record("router2").approved_routes, ("10.1.0.0/16",))
-        self.mesh.admin.reject_route("router2", "10.1.0.0/16")  # now the admin's to take back
+        settled(self.mesh.admin.reject_route("router2", "10.1.0.0/16"))  # now the admin's to take back
         self.assertEqual(self.mesh.record("router2").approved_routes, ())
 
 
@@ -384,7 +384,7 @@ class MigrationTests(unittest.TestCase):
         data_dir = self.mktemp()
         coordinator = make_coordinator(self, data_dir=data_dir)
         coordinator.registry.register(registration_for("web1"), "203.0.113.9", coordinator.now())
-        coordinator.store.close()
+        settled(coordinator.store.close())
         db = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
         db.execute("ALTER TABLE nodes DROP COLUMN approved_routes")
         db.execute("ALTER TABLE nodes DROP COLUMN advertised_routes")
@@ -392,11 +392,11 @@ class MigrationTests(unittest.TestCase):
         db.commit()
         db.close()
         mesh = RouteMesh(self, data_dir=data_dir)
-        self.assertEqual(mesh.coordinator.store.query("PRAGMA user_version")[0][0], 9)
+        self.assertEqual(settled(mesh.coordinator.store.query("PRAGMA user_version"))[0][0], 9)
         (record,) = mesh.registry.records()
         self.assertEqual((record.node_name, record.advertised_routes, record.approved_routes), ("web1", (), ()))
-        mesh.admin.approve_route("web1", LAN)
-        self.assertEqual(mesh.coordinator.store.query("SELECT approved_routes FROM nodes"), [(LAN,)])
+        settled(mesh.admin.approve_route("web1", LAN))
+        self.assertEqual(settled(mesh.coordinator.store.query("SELECT approved_routes FROM nodes")), [(LAN,)])
 
 
 class RealServerTests(unittest.TestCase):

@@ -23,7 +23,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator
+from tests.helpers import make_coordinator, settled
 from tests.test_hardening import _UdpMemoryReactor
 from wire.jointoken import decode_join_token
 from wire.relayproto import enlarge_socket_buffers
@@ -328,7 +328,7 @@ class ServiceStartTests(unittest.TestCase):
     def test_first_join_is_left_alone_once_its_key_is_unusable(self):
         service = self.start("--public-url", "https://old.example.org:18787")
         admin = self.admin()
-        admin.revoke_key(admin.keys()["keys"][0]["key_id"])
+        settled(admin.revoke_key(admin.keys()["keys"][0]["key_id"]))
         service.stopService()
         self.start("--public-url", "https://new.example.org:18787")
         _, token = self.first_join()

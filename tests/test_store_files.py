@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.helpers import body_for, make_coordinator, registration_for
+from tests.helpers import body_for, make_coordinator, registration_for, settled
 from wire.server.store import StoreError, open_store, secure_data_dir
 
 
@@ -36,7 +36,7 @@ class StoreFileTests(unittest.TestCase):
         os.makedirs(self.data_dir, mode=0o755)
         os.chmod(self.data_dir, 0o755)
         store = open_store(self.data_dir, Clock())
-        store.close()
+        settled(store.close())
         os.chmod(self.path, 0o644)
         os.chmod(self.data_dir, 0o755)
         secure_data_dir(self.data_dir)
@@ -81,16 +81,17 @@ class RefusedMeansNotStoredTests(unittest.TestCase):
         return d
 
     def disk_full(self):
-        real = self.store._write_dirty
+        engine = self.store._engine
+        real = engine.execute
 
-        def failing():
+        def failing(connection, sql, rows):
             raise sqlite3.OperationalError("database or disk is full")
 
-        self.store._write_dirty = failing
-        return lambda: setattr(self.store, "_write_dirty", real)
+        engine.execute = failing
+        return lambda: setattr(engine, "execute", real)
 
     def saved_nodes(self) -> dict:
-        return {row[0]: row[1] for row in self.store.query("SELECT node_id, nat_port FROM nodes")}
+        return {row[0]: row[1] for row in settled(self.store.query("SELECT node_id, nat_port FROM nodes"))}
 
     def test_a_new_node_refused_is_nowhere(self):
         heal = self.disk_full()

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator, registration_for
+from tests.helpers import make_coordinator, registration_for, settled
 from wire.addressing import AddressPool, parse_subnet
 from wire.protocol import PeerView, ProtocolError
 from wire.protocol.fields import parse_tag, parse_tags
@@ -70,7 +70,7 @@ class Mesh:
         return next(n for n in self.coordinator.status()["nodes"] if n["node_name"] == name)
 
     def events(self, event: str) -> list[str]:
-        return [e["detail"] for e in self.authority.audit_log(1000) if e["event"] == event]
+        return [e["detail"] for e in settled(self.authority.audit_log(1000)) if e["event"] == event]
 
 
 class TaggedKeyTests(unittest.TestCase):
@@ -78,7 +78,7 @@ class TaggedKeyTests(unittest.TestCase):
         self.mesh = Mesh(self)
 
     def test_a_node_enrolled_with_a_tagged_key_carries_its_tags(self):
-        _, secret = self.mesh.authority.create_key(reusable=True, tags=("tag:prod", "tag:web"))
+        _, secret = settled(self.mesh.authority.create_key(reusable=True, tags=("tag:prod", "tag:web")))
         record = self.mesh.enroll(secret, "web1")
         self.assertEqual(record.tags, ("tag:prod", "tag:web"))
         self.assertEqual(self.mesh.view("web1")["tags"], ["tag:prod", "tag:web"])
@@ -89,12 +89,12 @@ class TaggedKeyTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d).record.tags, ("tag:prod", "tag:web"))
 
     def test_an_untagged_key_gives_no_tags(self):
-        _, secret = self.mesh.authority.create_key()
+        _, secret = settled(self.mesh.authority.create_key())
         self.assertEqual(self.mesh.enroll(secret, "db1").tags, ())
         self.assertEqual(self.mesh.view("db1")["tags"], [])
 
     def test_the_admin_replaces_a_nodes_tags_and_it_is_audited_and_kept(self):
-        _, secret = self.mesh.authority.create_key(tags=("tag:web",))
+        _, secret = settled(self.mesh.authority.create_key(tags=("tag:web",)))
         record = self.mesh.enroll(secret, "web1")
         serial = self.mesh.coordinator.registry.changes.serial
         answer = self.successResultOf(Deferred.fromCoroutine(self.mesh.admin.tag_node("web1", ("tag:db", "tag:prod"))))
@@ -106,7 +106,7 @@ class TaggedKeyTests(unittest.TestCase):
         self.successResultOf(Deferred.fromCoroutine(self.mesh.admin.tag_node(record.node_id, ("tag:ops",))))
         # Kept across a restart of the server.
         data_dir = self.mesh.coordinator.data_dir
-        self.mesh.coordinator.store.close()
+        settled(self.mesh.coordinator.store.close())
         store = open_store(data_dir, Clock())
         self.addCleanup(store.close)
         [stored] = store.load()
@@ -142,8 +142,8 @@ class EphemeralTests(unittest.TestCase):
         self.registry = self.mesh.coordinator.registry
 
     def test_an_ephemeral_node_offline_too_long_is_removed_with_its_credential(self):
-        _, ephemeral = self.mesh.authority.create_key(reusable=True, ephemeral_after=600)
-        _, lasting = self.mesh.authority.create_key(reusable=True)
+        _, ephemeral = settled(self.mesh.authority.create_key(reusable=True, ephemeral_after=600))
+        _, lasting = settled(self.mesh.authority.create_key(reusable=True))
         runner = self.mesh.enroll(ephemeral, "ci-runner")
         server = self.mesh.enroll(lasting, "web1")
         self.assertTrue(self.registry.is_ephemeral(runner.node_id))
@@ -157,11 +157,11 @@ class EphemeralTests(unittest.TestCase):
         self.assertIsNone(self.registry.get(runner.node_id))
         self.assertIsNotNone(self.registry.get(server.node_id), "a lasting node stays")
         self.assertEqual(self.mesh.events("node.remove.ephemeral"), [f"node ci-runner ({runner.node_id}) {runner.vpn_ip}"])
-        rows = self.mesh.coordinator.store.query("SELECT node_id FROM credentials")
+        rows = settled(self.mesh.coordinator.store.query("SELECT node_id FROM credentials"))
         self.assertEqual([r[0] for r in rows], [server.node_id])
 
     def test_a_node_back_in_time_stays(self):
-        _, ephemeral = self.mesh.authority.create_key(ephemeral_after=600)
+        _, ephemeral = settled(self.mesh.authority.create_key(ephemeral_after=600))
         runner = self.mesh.enroll(ephemeral, "ci-runner")
         self.mesh.clock.advance(500)
         self.registry.seen(runner.node_id, self.mesh.clock.seconds())
@@ -170,10 +170,10 @@ class EphemeralTests(unittest.TestCase):
         self.assertIsNotNone(self.registry.get(runner.node_id))
 
     def test_a_restarted_server_still_knows_its_ephemeral_nodes(self):
-        _, ephemeral = self.mesh.authority.create_key(ephemeral_after=600)
+        _, ephemeral = settled(self.mesh.authority.create_key(ephemeral_after=600))
         runner = self.mesh.enroll(ephemeral, "ci-runner")
         data_dir, clock = self.mesh.coordinator.data_dir, self.mesh.clock
-        self.mesh.coordinator.store.close()
+        settled(self.mesh.coordinator.store.close())
         store = open_store(data_dir, clock)
         self.addCleanup(store.close)
         registry = Registry(store, AddressPool(parse_subnet("10.99.0.0/16")))
@@ -205,7 +205,7 @@ class SchemaFourTests(unittest.TestCase):
         clock = Clock()
         store = open_store(data_dir, clock)
         self.addCleanup(store.close)
-        self.assertEqual(store.query("PRAGMA user_version")[0][0], SCHEMA_VERSION)
+        self.assertEqual(settled(store.query("PRAGMA user_version"))[0][0], SCHEMA_VERSION)
         [node] = store.load()
         self.assertEqual((node.node_name, node.tags), ("web1", ()))
         [key] = Authority(store, clock).keys()

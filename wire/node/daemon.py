@@ -954,6 +954,8 @@ class NodeDaemon(Service):
         try:
             if not self.heartbeat_carried_by_longpoll():
                 await self._register_until_done()
+        except CancelledError:
+            pass  # the daemon stopping: no failure
         except Exception:
             # A raising body would stop the heartbeat for good.
             self.log.failure("heartbeat failed")

@@ -25,7 +25,7 @@ from wire.server.dnsbook import DnsError
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
 from wire.server.routebook import overlapping
-from wire.server.store import StoreError
+from wire.server.store import StoreError, Writes
 from wire.urls import parse_server_url
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
@@ -53,7 +53,7 @@ class Admin:
         self.replica_urls = replica_urls
         self.fingerprint = fingerprint
 
-    def create_key(
+    async def create_key(
         self,
         reusable: bool = False,
         expires_in: float | None = None,
@@ -62,7 +62,7 @@ class Admin:
         tags: tuple[str, ...] = (),
         ephemeral_after: float = 0.0,
     ) -> dict:
-        key, secret = self.authority.create_key(
+        key, secret = await self.authority.create_key(
             reusable=reusable, expires_in=expires_in, note=note, tags=tags, ephemeral_after=ephemeral_after
         )
         token = self.token(secret, url)
@@ -84,8 +84,8 @@ class Admin:
         now = self.coordinator.now()
         return {"keys": [key.as_dict(now) for key in self.authority.keys()], "timestamp": now}
 
-    def revoke_key(self, key_id: str) -> dict:
-        return self.authority.revoke_key(key_id).as_dict(self.coordinator.now())
+    async def revoke_key(self, key_id: str) -> dict:
+        return (await self.authority.revoke_key(key_id)).as_dict(self.coordinator.now())
 
     def find_node(self, ref: str) -> NodeRecord:
         registry = self.coordinator.registry
@@ -101,7 +101,7 @@ class Admin:
 
     async def remove_node(self, ref: str) -> dict:
         record = self.find_node(ref)
-        ended = self.coordinator.remove_node(record)
+        ended = await self.coordinator.remove_node(record)
         await self.coordinator.store.commit()
         return {"removed": record.node_name, "node_id": record.node_id, "vpn_ip": record.vpn_ip, "relay_sessions_ended": ended}
 
@@ -109,9 +109,10 @@ class Admin:
         record = self.find_node(ref)
         old_name = record.node_name
         self.coordinator.registry.rename(record.node_id, parse_node_name(new_name, "new_name"))
-        with self.coordinator.store.transaction() as db:
-            self.coordinator.store.write_record_now(db, record)
-            self.authority.audit(db, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}")
+        writes = Writes()
+        writes.put_record(record)
+        self.authority.audit(writes, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}")
+        await self.coordinator.store.transaction(writes)
         return {"node_id": record.node_id, "old_name": old_name, "node_name": record.node_name}
 
     async def tag_node(self, ref: str, tags: tuple[str, ...]) -> dict:
@@ -121,11 +122,10 @@ class Admin:
         self.coordinator.registry.set_tags(record.node_id, tags)
         # Its new tags may have the policy approve its routes (autoApprovers).
         self.coordinator.approve_automatically([record.node_id])
-        with self.coordinator.store.transaction() as db:
-            self.coordinator.store.write_record_now(db, record)
-            self.authority.audit(
-                db, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]"
-            )
+        writes = Writes()
+        writes.put_record(record)
+        self.authority.audit(writes, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]")
+        await self.coordinator.store.transaction(writes)
         return {"node_id": record.node_id, "node_name": record.node_name, "old_tags": list(old), "tags": list(tags)}
 
     # -- routes beyond the mesh (wire.protocol.routes) --------------------------
@@ -156,7 +156,7 @@ class Admin:
             "auto_approved": list(self.coordinator.auto_approved_routes(record)),
         }
 
-    def approve_route(self, ref: str, route_text: str) -> dict:
+    async def approve_route(self, ref: str, route_text: str) -> dict:
         """``route`` approved for the node (it is served once advertised), durably and audited."""
         record, route = self.find_node(ref), parse_route(route_text, "route")
         for network in self.coordinator.registry.mesh_networks():
@@ -164,10 +164,10 @@ class Admin:
                 raise ProtocolError("route", f"{route} overlaps the mesh's own subnet {network}: it cannot be routed through a node")
         changed = route not in record.approved_routes
         if changed:
-            self._set_approved(record, record.approved_routes + (route,), "route.approve", route)
+            await self._set_approved(record, record.approved_routes + (route,), "route.approve", route)
         return {"route": route, "changed": changed, **self._routes_of(record)}
 
-    def reject_route(self, ref: str, route_text: str) -> dict:
+    async def reject_route(self, ref: str, route_text: str) -> dict:
         """``route`` no longer approved for the node (nor served), durably and audited."""
         record, route = self.find_node(ref), parse_route(route_text, "route")
         if route not in record.approved_routes:
@@ -177,16 +177,17 @@ class Admin:
                 f"{route} of {record.node_name} is approved by the access policy's autoApprovers; "
                 "change the policy first, or it would be approved again at once"
             )
-        self._set_approved(record, tuple(r for r in record.approved_routes if r != route), "route.reject", route)
+        await self._set_approved(record, tuple(r for r in record.approved_routes if r != route), "route.reject", route)
         return {"route": route, "changed": True, **self._routes_of(record)}
 
-    def _set_approved(self, record: NodeRecord, routes: tuple[str, ...], event: str, route: str) -> None:
+    async def _set_approved(self, record: NodeRecord, routes: tuple[str, ...], event: str, route: str) -> None:
         registry, before = self.coordinator.registry, record.approved_routes
         registry.set_approved_routes(record.node_id, routes)
+        writes = Writes()
+        writes.put_record(record)
+        self.authority.audit(writes, event, f"node {record.node_name} ({record.node_id}): {route}")
         try:
-            with self.coordinator.store.transaction() as db:
-                self.coordinator.store.write_record_now(db, record)
-                self.authority.audit(db, event, f"node {record.node_name} ({record.node_id}): {route}")
+            await self.coordinator.store.transaction(writes)
         except StoreError:
             registry.set_approved_routes(record.node_id, before)  # not stored: not in force
             raise
@@ -197,9 +198,9 @@ class Admin:
         """The version in force (``policy_set`` says whether there is a policy)."""
         return self.coordinator.policy.current.as_dict()
 
-    def set_policy(self, text: str, source: str = "admin") -> dict:
+    async def set_policy(self, text: str, source: str = "admin") -> dict:
         """Validate, run its tests, and put it in force; PolicyError says why not."""
-        version = self.coordinator.policy.set(text, source, self.coordinator.audit)
+        version = await self.coordinator.policy.set(text, source, self.coordinator.audit)
         return version.as_dict(with_text=False)
 
     def check_policy(self, text: str) -> dict:
@@ -207,14 +208,14 @@ class Admin:
         policy = self.coordinator.policy.check(text)
         return {"valid": True, "rules": len(policy.rules), "tests": len(policy.tests)}
 
-    def clear_policy(self) -> dict:
-        return self.coordinator.policy.clear(self.coordinator.audit).as_dict(with_text=False)
+    async def clear_policy(self) -> dict:
+        return (await self.coordinator.policy.clear(self.coordinator.audit)).as_dict(with_text=False)
 
-    def policy_history(self) -> dict:
-        return {"versions": [v.as_dict(with_text=False) for v in self.coordinator.policy.history()], "current": self.coordinator.policy.current.version}
+    async def policy_history(self) -> dict:
+        return {"versions": [v.as_dict(with_text=False) for v in await self.coordinator.policy.history()], "current": self.coordinator.policy.current.version}
 
-    def rollback_policy(self, version: int) -> dict:
-        return self.coordinator.policy.rollback(version, self.coordinator.audit).as_dict(with_text=False)
+    async def rollback_policy(self, version: int) -> dict:
+        return (await self.coordinator.policy.rollback(version, self.coordinator.audit)).as_dict(with_text=False)
 
     def explain_policy(self, src: str, dst: str, port: int | None, proto: str) -> dict:
         decision = self.coordinator.policy.index.explain(src, dst, port, proto)
@@ -236,32 +237,32 @@ class Admin:
         """The domain, records, forwarded zones, nameservers and version."""
         return self.coordinator.dns.shown()
 
-    def add_dns_record(self, name: str, kind: str, value: str) -> dict:
-        record = self.coordinator.dns.add_record(name, kind, value, self.coordinator.audit)
+    async def add_dns_record(self, name: str, kind: str, value: str) -> dict:
+        record = await self.coordinator.dns.add_record(name, kind, value, self.coordinator.audit)
         return {"added": record.to_json(), **self._dns_version()}
 
-    def remove_dns_records(self, name: str, kind: str | None = None, value: str | None = None) -> dict:
-        gone = self.coordinator.dns.remove_records(name, kind, value, self.coordinator.audit)
+    async def remove_dns_records(self, name: str, kind: str | None = None, value: str | None = None) -> dict:
+        gone = await self.coordinator.dns.remove_records(name, kind, value, self.coordinator.audit)
         return {"removed": [record.to_json() for record in gone], **self._dns_version()}
 
-    def forward_dns(self, domain: str, resolvers: list[str]) -> dict:
-        zone = self.coordinator.dns.set_forward(domain, resolvers, self.coordinator.audit)
+    async def forward_dns(self, domain: str, resolvers: list[str]) -> dict:
+        zone = await self.coordinator.dns.set_forward(domain, resolvers, self.coordinator.audit)
         return {"forwarded": zone.to_json(), **self._dns_version()}
 
-    def unforward_dns(self, domain: str) -> dict:
-        zone = self.coordinator.dns.remove_forward(domain, self.coordinator.audit)
+    async def unforward_dns(self, domain: str) -> dict:
+        zone = await self.coordinator.dns.remove_forward(domain, self.coordinator.audit)
         return {"unforwarded": zone.to_json(), **self._dns_version()}
 
-    def set_dns_nameservers(self, resolvers: list[str]) -> dict:
-        nameservers = self.coordinator.dns.set_nameservers(resolvers, self.coordinator.audit)
+    async def set_dns_nameservers(self, resolvers: list[str]) -> dict:
+        nameservers = await self.coordinator.dns.set_nameservers(resolvers, self.coordinator.audit)
         return {"nameservers": list(nameservers), **self._dns_version()}
 
     def _dns_version(self) -> dict:
         book = self.coordinator.dns
         return {"domain": book.domain, "version": book.version}
 
-    def audit(self, limit: int = 100) -> list[dict]:
-        return self.authority.audit_log(limit)
+    async def audit(self, limit: int = 100) -> list[dict]:
+        return await self.authority.audit_log(limit)
 
 
 # -- the socket's resources ----------------------------------------------------
@@ -290,7 +291,7 @@ class Keys(_AdminResource):
     def get(self, request: server.Request) -> dict:
         return {"ok": True, **self.admin.keys()}
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         body = read_json_body(request)
         reusable = body.get("reusable", False)
         expires_in = body.get("expires_in")
@@ -313,16 +314,16 @@ class Keys(_AdminResource):
                 url = parse_server_url(url)
             except ProtocolError as e:
                 raise ApiError(400, f"url: {e.problem}")
-        return {"ok": True, **self.admin.create_key(reusable, expires_in, note, url, tags, float(ephemeral_after))}
+        return {"ok": True, **(await self.admin.create_key(reusable, expires_in, note, url, tags, float(ephemeral_after)))}
 
 
 class RevokeKey(_AdminResource):
     methods = ("POST",)
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         key_id = _string(read_json_body(request), "key_id")
         try:
-            return {"ok": True, "key": self.admin.revoke_key(key_id)}
+            return {"ok": True, "key": await self.admin.revoke_key(key_id)}
         except KeyError as e:
             raise ApiError(404, str(e.args[0]))
 
@@ -381,7 +382,7 @@ class RoutesResource(_AdminResource):
     def get(self, request: server.Request) -> dict:
         return {"ok": True, **self.admin.routes()}
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         body = read_json_body(request)
         action = body.get("action")
         if action not in ("approve", "reject"):
@@ -389,8 +390,8 @@ class RoutesResource(_AdminResource):
         node, route = _string(body, "node"), _string(body, "route")
         try:
             if action == "approve":
-                return {"ok": True, **self.admin.approve_route(node, route)}
-            return {"ok": True, **self.admin.reject_route(node, route)}
+                return {"ok": True, **(await self.admin.approve_route(node, route))}
+            return {"ok": True, **(await self.admin.reject_route(node, route))}
         except ProtocolError as e:
             raise ApiError(400, str(e))
         except RouteRefused as e:
@@ -416,7 +417,7 @@ class PolicyResource(_AdminResource):
     def get(self, request: server.Request) -> dict:
         return {"ok": True, **self.admin.policy()}
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         body = read_json_body(request)
         action = body.get("action")
         try:
@@ -427,16 +428,16 @@ class PolicyResource(_AdminResource):
                 if action == "check":
                     return {"ok": True, **self.admin.check_policy(text)}
                 source = body.get("source", "admin")
-                return {"ok": True, **self.admin.set_policy(text, source if isinstance(source, str) else "admin")}
+                return {"ok": True, **(await self.admin.set_policy(text, source if isinstance(source, str) else "admin"))}
             if action == "clear":
-                return {"ok": True, **self.admin.clear_policy()}
+                return {"ok": True, **(await self.admin.clear_policy())}
             if action == "history":
-                return {"ok": True, **self.admin.policy_history()}
+                return {"ok": True, **(await self.admin.policy_history())}
             if action == "rollback":
                 version = body.get("version")
                 if isinstance(version, bool) or not isinstance(version, int) or version < 1:
                     raise ApiError(400, "version: must be a version number from wire admin policy history")
-                return {"ok": True, **self.admin.rollback_policy(version)}
+                return {"ok": True, **(await self.admin.rollback_policy(version))}
             if action == "explain":
                 src, dst = _string(body, "src"), _string(body, "dst")
                 port, proto = body.get("port"), body.get("proto", "tcp")
@@ -467,21 +468,21 @@ class DnsResource(_AdminResource):
     def get(self, request: server.Request) -> dict:
         return {"ok": True, **self.admin.dns()}
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         body = read_json_body(request)
         action = body.get("action")
         try:
             if action == "add-record":
-                return {"ok": True, **self.admin.add_dns_record(_string(body, "name"), _string(body, "type"), _string(body, "value"))}
+                return {"ok": True, **(await self.admin.add_dns_record(_string(body, "name"), _string(body, "type"), _string(body, "value")))}
             if action == "remove-record":
                 name, kind, value = _string(body, "name"), _optional_string(body, "type"), _optional_string(body, "value")
-                return {"ok": True, **self.admin.remove_dns_records(name, kind, value)}
+                return {"ok": True, **(await self.admin.remove_dns_records(name, kind, value))}
             if action == "forward":
-                return {"ok": True, **self.admin.forward_dns(_string(body, "domain"), _strings(body, "resolvers"))}
+                return {"ok": True, **(await self.admin.forward_dns(_string(body, "domain"), _strings(body, "resolvers")))}
             if action == "unforward":
-                return {"ok": True, **self.admin.unforward_dns(_string(body, "domain"))}
+                return {"ok": True, **(await self.admin.unforward_dns(_string(body, "domain")))}
             if action == "nameservers":
-                return {"ok": True, **self.admin.set_dns_nameservers(_strings(body, "resolvers"))}
+                return {"ok": True, **(await self.admin.set_dns_nameservers(_strings(body, "resolvers")))}
         except DnsError as e:
             raise ApiError(400, str(e))
         except LookupError as e:
@@ -492,8 +493,8 @@ class DnsResource(_AdminResource):
 class Audit(_AdminResource):
     methods = ("GET",)
 
-    def get(self, request: server.Request) -> Any:
-        return {"ok": True, "events": self.admin.audit()}
+    async def get(self, request: server.Request) -> Any:
+        return {"ok": True, "events": await self.admin.audit()}
 
 
 def build_admin_site(admin: Admin) -> server.Site:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wire.server.store import SQLiteStore
+from wire.server.store import IStore, Writes
 
 SECRET_BYTES = 32
 
@@ -110,7 +110,7 @@ def _utc(at: float) -> str:
 class Authority:
     log = Logger()
 
-    def __init__(self, store: SQLiteStore, clock: IReactorTime):
+    def __init__(self, store: IStore, clock: IReactorTime):
         self._store = store
         self._clock = clock
         self._keys: dict[str, JoinKey] = {}
@@ -120,20 +120,21 @@ class Authority:
         self._load()
 
     def _load(self) -> None:
-        for row in self._store.query(
+        # At startup: blocks, before the reactor serves.
+        for row in self._store.read_now(
             "SELECT key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, ephemeral_after "
             "FROM join_keys"
         ):
             key = JoinKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7], tuple(row[8].split()), row[9])
             self._keys[key.key_id] = key
             self._key_by_hash[key.secret_hash] = key.key_id
-        for credential_hash, node_id in self._store.query("SELECT credential_hash, node_id FROM credentials"):
+        for credential_hash, node_id in self._store.read_now("SELECT credential_hash, node_id FROM credentials"):
             self._node_by_credential[credential_hash] = node_id
             self._credential_of_node[node_id] = credential_hash
 
     # -- join keys ---------------------------------------------------------
 
-    def create_key(
+    async def create_key(
         self,
         reusable: bool = False,
         expires_in: float | None = None,
@@ -157,14 +158,15 @@ class Authority:
             tags=tags,
             ephemeral_after=ephemeral_after,
         )
-        with self._store.transaction() as db:
-            db.execute(
-                "INSERT INTO join_keys (key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, "
-                "ephemeral_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.secret_hash, key.created, key.expires, int(key.reusable), 0, 0, key.note, " ".join(tags), ephemeral_after),
-            )
-            extras = (f" tags={','.join(tags)}" if tags else "") + (f" ephemeral_after={ephemeral_after:g}s" if ephemeral_after else "")
-            self._audit(db, "key.create", f"key {key.key_id} reusable={reusable} expires_in={expires_in or 'never'}{extras}")
+        writes = Writes()
+        writes.execute(
+            "INSERT INTO join_keys (key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, "
+            "ephemeral_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.key_id, key.secret_hash, key.created, key.expires, int(key.reusable), 0, 0, key.note, " ".join(tags), ephemeral_after),
+        )
+        extras = (f" tags={','.join(tags)}" if tags else "") + (f" ephemeral_after={ephemeral_after:g}s" if ephemeral_after else "")
+        self._audit(writes, "key.create", f"key {key.key_id} reusable={reusable} expires_in={expires_in or 'never'}{extras}")
+        await self._store.transaction(writes)
         self._keys[key.key_id] = key
         self._key_by_hash[key.secret_hash] = key.key_id
         return key, secret
@@ -172,13 +174,14 @@ class Authority:
     def keys(self) -> list[JoinKey]:
         return sorted(self._keys.values(), key=lambda k: k.created)
 
-    def revoke_key(self, key_id: str) -> JoinKey:
+    async def revoke_key(self, key_id: str) -> JoinKey:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyError(f"no join key {key_id}")
-        with self._store.transaction() as db:
-            db.execute("UPDATE join_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
-            self._audit(db, "key.revoke", f"key {key_id}")
+        writes = Writes()
+        writes.execute("UPDATE join_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
+        self._audit(writes, "key.revoke", f"key {key_id}")
+        await self._store.transaction(writes)
         key.revoked = True
         return key
 
@@ -198,14 +201,15 @@ class Authority:
         return self._node_by_credential.get(hash_secret(credential))
 
     def ephemeral_nodes(self) -> dict[str, float]:
-        """node id -> how long it may stay offline, for nodes enrolled with an ephemeral key."""
-        rows = self._store.query(
+        """node id -> how long it may stay offline, for nodes enrolled with an
+        ephemeral key (at startup: blocks, before the reactor serves)."""
+        rows = self._store.read_now(
             "SELECT credentials.node_id, join_keys.ephemeral_after FROM credentials "
             "JOIN join_keys ON join_keys.key_id = credentials.key_id WHERE join_keys.ephemeral_after > 0"
         )
         return {node_id: after for node_id, after in rows}
 
-    def record_enrollment(self, db, node_id: str, node_name: str, key: JoinKey) -> tuple[str, str]:
+    def record_enrollment(self, db: Writes, node_id: str, node_name: str, key: JoinKey) -> tuple[str, str]:
         """Inside the enrollment's transaction: use the key, issue a credential."""
         credential = secrets.token_urlsafe(SECRET_BYTES)
         credential_hash = hash_secret(credential)
@@ -226,7 +230,7 @@ class Authority:
         self._credential_of_node[node_id] = credential_hash
         key.uses += 1
 
-    def forget_node(self, db, node_id: str) -> None:
+    def forget_node(self, db: Writes, node_id: str) -> None:
         """Inside a transaction: the node's credential stops working."""
         db.execute("DELETE FROM credentials WHERE node_id = ?", (node_id,))
         credential_hash = self._credential_of_node.pop(node_id, None)
@@ -235,14 +239,14 @@ class Authority:
 
     # -- audit -------------------------------------------------------------
 
-    def _audit(self, db, event: str, detail: str) -> None:
+    def _audit(self, db: Writes, event: str, detail: str) -> None:
         db.execute("INSERT INTO audit (at, event, detail) VALUES (?, ?, ?)", (self._clock.seconds(), event, detail))
         self.log.info("audit: {event} {detail}", event=event, detail=detail)
 
-    def audit(self, db, event: str, detail: str) -> None:
+    def audit(self, db: Writes, event: str, detail: str) -> None:
         self._audit(db, event, detail)
 
-    def audit_log(self, limit: int = 100) -> list[dict]:
-        rows = self._store.query("SELECT at, event, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+    async def audit_log(self, limit: int = 100) -> list[dict]:
+        rows = await self._store.query("SELECT at, event, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
         return [{"at": at, "event": event, "detail": detail} for at, event, detail in rows]
 

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wire import __version__
 from wire.protocol import (
@@ -51,7 +52,7 @@ from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relaystream import RelayStreams
 from wire.server.relay import RelayTable
-from wire.server.store import IStore, StoreError
+from wire.server.store import IStore, StoreError, Writes
 from wire.web import SharedJson, ViewerJson
 
 SWEEP_INTERVAL = 1.0
@@ -103,11 +104,11 @@ class Coordinator:
             self._viewer_answer,
         )
         registry.on_change(self.longpolls.changed)
-        self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)  # type: ignore[arg-type]
+        self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)
         self.policy.listeners.append(self._policy_changed)
         registry.auto_approve = self.auto_approved_routes
         # The mesh's DNS settings (dns_domain None: no mesh DNS), and the digest each node holds.
-        self.dns = DnsBook(store, dns_domain, self.now)  # type: ignore[arg-type]
+        self.dns = DnsBook(store, dns_domain, self.now)
         self.dns.listeners.append(self._dns_changed)
         self._dns_held: dict[str, str | None] = {}
         # The filter digest each node last said it holds; encoded filters by rules object.
@@ -161,7 +162,7 @@ class Coordinator:
 
     # -- the access policy --------------------------------------------------
 
-    def audit(self, db, event: str, detail: str) -> None:
+    def audit(self, db: Writes, event: str, detail: str) -> None:
         """Into the audit log, inside ``db``'s transaction (an open server keeps none: the log says it)."""
         if self.authority is not None:
             self.authority.audit(db, event, detail)
@@ -490,12 +491,13 @@ class Coordinator:
                 "(wire admin nodes remove NAME)"
             )
         result = self.registry.register(registration, public_ip, self.now(), tags=key.tags)
+        writes = Writes()
+        writes.put_record(result.record)
+        credential_hash, credential = self.authority.record_enrollment(
+            writes, result.record.node_id, result.record.node_name, key
+        )
         try:
-            with self.store.transaction() as db:
-                self.store.write_record_now(db, result.record)
-                credential_hash, credential = self.authority.record_enrollment(
-                    db, result.record.node_id, result.record.node_name, key
-                )
+            await self.store.transaction(writes)
         except StoreError:
             self.registry.revert(registration.node_id, None, was_online=False)
             raise
@@ -518,11 +520,15 @@ class Coordinator:
         detail = f"from {public_ip} as {node_name!r}: {reason}"
         if suppressed:
             detail += f" (and {suppressed} more refused since the last one recorded)"
-        try:
-            with self.store.transaction() as db:
-                self.authority.audit(db, "node.enroll.refused", detail)
-        except StoreError:
+        writes = Writes()
+        self.authority.audit(writes, "node.enroll.refused", detail)
+
+        def failed(failure: Failure) -> None:
+            failure.trap(StoreError)
             self.log.warn("enrollment refused {detail} (not in the audit log: the store failed)", detail=detail)
+
+        # Nobody waits on it: the refusal is answered at once.
+        self.store.transaction(writes).addErrback(failed)
 
     async def register(self, registration: Registration, public_ip: str, node_id: str | None = None) -> Registered:
         """Record a registration; returns once any change is durable.
@@ -697,33 +703,39 @@ class Coordinator:
             answer = replace(answer, relay=self.relay.grant(nodes[0].node_id, nodes[1].node_id, self.relay_port))
         return answer
 
-    def remove_node(self, record: NodeRecord, event: str = "node.remove") -> int:
+    async def remove_node(self, record: NodeRecord, event: str = "node.remove") -> int:
         """Out of the mesh now: the registry, the relay, the credential, the
-        audit log (``event``). Returns how many relay sessions ended."""
+        audit log (``event``), durably once it returns. Returns how many
+        relay sessions ended."""
         self.registry.remove(record.node_id)
         ended = self.relay.end_sessions_of(record.node_id)
         self.relay_streams.end_node(record.node_id)
-        with self.store.transaction() as db:
-            db.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
-            if self.authority is not None:
-                self.authority.forget_node(db, record.node_id)
-                self.authority.audit(db, event, f"node {record.node_name} ({record.node_id}) {record.vpn_ip}")
+        writes = Writes()
+        writes.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
+        if self.authority is not None:
+            self.authority.forget_node(writes, record.node_id)
+            self.authority.audit(writes, event, f"node {record.node_name} ({record.node_id}) {record.vpn_ip}")
+        await self.store.transaction(writes)
         return ended
 
     def sweep(self) -> None:
         for record in self.registry.gone_ephemeral(self.now()):
-            try:
-                self.remove_node(record, "node.remove.ephemeral")
-            except StoreError as e:
-                self.log.warn("ephemeral node {name} not removed yet: {error}", name=record.node_name, error=e)
+            self._remove_ephemeral(record)
         self.registry.sweep(self.now())
         self.relay.expire()
         if self.paths.tick(self.now(), self._rule):
             self._commit_soon()
 
-    def close(self) -> None:
+    def _remove_ephemeral(self, record: NodeRecord) -> None:
+        def failed(failure: Failure) -> None:
+            failure.trap(StoreError)
+            self.log.warn("ephemeral node {name} not removed yet: {error}", name=record.node_name, error=failure.value)
+
+        Deferred.fromCoroutine(self.remove_node(record, "node.remove.ephemeral")).addErrback(failed)
+
+    def close(self) -> Deferred:
         self.longpolls.close()
-        self.store.close()
+        return self.store.close()
 
 
 class MaintenanceService(Service):
@@ -739,12 +751,17 @@ class MaintenanceService(Service):
         ]
 
     def _loop(self, body, interval: float, what: str) -> tuple[LoopingCall, float, str]:
-        def guarded() -> None:
-            # A raising body would stop the LoopingCall for good.
+        def failed(failure: Failure) -> None:
+            self.log.failure("{what} failed; will try again", failure, what=what)
+
+        def guarded() -> Deferred | None:
+            # A raising body (or a failing Deferred) would stop the LoopingCall for good.
             try:
-                body()
+                result = body()
             except Exception:
                 self.log.failure("{what} failed; will try again", what=what)
+                return None
+            return result.addErrback(failed) if isinstance(result, Deferred) else None
 
         loop = LoopingCall(guarded)
         loop.clock = self._coordinator.clock
@@ -752,6 +769,8 @@ class MaintenanceService(Service):
 
     def startService(self) -> None:
         super().startService()
+        # The reactor runs: the store stops waiting for its database.
+        self._coordinator.store.serve()
         for loop, interval, _ in self._loops:
             loop.start(interval, now=False)
 
@@ -759,8 +778,9 @@ class MaintenanceService(Service):
         for loop, _, _ in self._loops:
             if loop.running:
                 loop.stop()
-        self._coordinator.close()
-        return super().stopService()
+        closed = self._coordinator.close()
+        super().stopService()
+        return closed
 
 
 def _same_family(source: str, known: str) -> str:

@@ -24,10 +24,10 @@ from typing import Any, Callable
 from wire.protocol import ProtocolError
 from wire.protocol.dns import NO_DNS, DnsConfig, DnsRecord, ForwardZone, RECORD_TYPES, dns_digest, parse_resolver
 from wire.protocol.fields import parse_list, parse_object
-from wire.server.store import SQLiteStore, StoreError
+from wire.server.store import IStore, StoreError, Writes, upsert
 from wire.web import SharedJson
 
-Audit = Callable[[object, str, str], None]
+Audit = Callable[[Writes, str, str], None]
 
 
 class DnsError(ValueError):
@@ -51,14 +51,15 @@ class DnsSettings:
 
 
 class DnsBook:
-    def __init__(self, store: SQLiteStore, domain: str | None, now: Callable[[], float] = lambda: 0.0):
+    def __init__(self, store: IStore, domain: str | None, now: Callable[[], float] = lambda: 0.0):
         self._store = store
         self.domain = domain
         self._now = now
         self.version = 0
         self.set_at = 0.0
         self.settings = DnsSettings()
-        rows = store.query("SELECT version, settings, set_at FROM dns_settings WHERE id = 1")
+        # At startup: blocks, before the reactor serves.
+        rows = store.read_now("SELECT version, settings, set_at FROM dns_settings WHERE id = 1")
         if rows:
             self.version, text, self.set_at = rows[0]
             self.settings = self._stored(text)
@@ -117,15 +118,15 @@ class DnsBook:
 
     # -- changing -------------------------------------------------------------
 
-    def add_record(self, name: str, kind: str, value: str, audit: Audit) -> DnsRecord:
+    async def add_record(self, name: str, kind: str, value: str, audit: Audit) -> DnsRecord:
         record = _record(name, kind, value)
         if record in self.settings.records:
             raise DnsError(f"{_record_text(record)} is already a record")
         settings = DnsSettings(self.settings.records + (record,), self.settings.forward, self.settings.nameservers)
-        self._put(settings, "dns.record.add", _record_text(record), audit)
+        await self._put(settings, "dns.record.add", _record_text(record), audit)
         return record
 
-    def remove_records(self, name: str, kind: str | None, value: str | None, audit: Audit) -> list[DnsRecord]:
+    async def remove_records(self, name: str, kind: str | None, value: str | None, audit: Audit) -> list[DnsRecord]:
         """The records of ``name`` (of ``kind``, with ``value``) removed; LookupError if none is."""
         if value is not None and kind is None:
             raise DnsError("give the record's type before its value (NAME TYPE VALUE)")
@@ -145,7 +146,7 @@ class DnsBook:
             what = " ".join(part for part in (name, kind and kind.upper(), value) if part)
             raise LookupError(f"no record {what} (see: wire admin dns records list)")
         kept = tuple(r for r in self.settings.records if r not in gone)
-        self._put(
+        await self._put(
             DnsSettings(kept, self.settings.forward, self.settings.nameservers),
             "dns.record.remove",
             "; ".join(_record_text(r) for r in gone),
@@ -153,28 +154,28 @@ class DnsBook:
         )
         return gone
 
-    def set_forward(self, domain: str, resolvers: list[str], audit: Audit) -> ForwardZone:
+    async def set_forward(self, domain: str, resolvers: list[str], audit: Audit) -> ForwardZone:
         """Queries under ``domain`` go to ``resolvers`` (a zone already forwarded gets these instead)."""
         zone = _parsed(ForwardZone.from_json, {"domain": domain, "resolvers": resolvers})
         forward = tuple(z for z in self.settings.forward if z.domain != zone.domain)
         settings = DnsSettings(self.settings.records, forward + (zone,), self.settings.nameservers)
-        self._put(settings, "dns.forward.set", f"{zone.domain} -> {','.join(zone.resolvers)}", audit)
+        await self._put(settings, "dns.forward.set", f"{zone.domain} -> {','.join(zone.resolvers)}", audit)
         return zone
 
-    def remove_forward(self, domain: str, audit: Audit) -> ForwardZone:
+    async def remove_forward(self, domain: str, audit: Audit) -> ForwardZone:
         wanted = domain.lower().rstrip(".")
         zone = next((z for z in self.settings.forward if z.domain == wanted), None)
         if zone is None:
             raise LookupError(f"{domain} is not forwarded (see: wire admin dns show)")
         forward = tuple(z for z in self.settings.forward if z is not zone)
-        self._put(DnsSettings(self.settings.records, forward, self.settings.nameservers), "dns.forward.remove", zone.domain, audit)
+        await self._put(DnsSettings(self.settings.records, forward, self.settings.nameservers), "dns.forward.remove", zone.domain, audit)
         return zone
 
-    def set_nameservers(self, resolvers: list[str], audit: Audit) -> tuple[str, ...]:
+    async def set_nameservers(self, resolvers: list[str], audit: Audit) -> tuple[str, ...]:
         """The resolvers for every name outside the mesh and its zones; empty: each node's own."""
         checked = _parsed(DnsConfig.from_json, {"nameservers": resolvers}).nameservers
         settings = DnsSettings(self.settings.records, self.settings.forward, checked)
-        self._put(settings, "dns.nameservers", ",".join(checked) or "cleared (each node's own)", audit)
+        await self._put(settings, "dns.nameservers", ",".join(checked) or "cleared (each node's own)", audit)
         return checked
 
     def _checked(self, settings: DnsSettings) -> DnsSettings:
@@ -182,17 +183,18 @@ class DnsBook:
         config = _parsed(DnsConfig.from_json, {"domain": self.domain, **settings.to_json()})
         return DnsSettings(config.records, config.forward, config.nameservers)
 
-    def _put(self, settings: DnsSettings, event: str, detail: str, audit: Audit) -> None:
+    async def _put(self, settings: DnsSettings, event: str, detail: str, audit: Audit) -> None:
         if self.domain is None:
             raise DnsError("this server has no mesh DNS (its --dns-domain is empty): set one to keep DNS settings")
         settings = self._checked(settings)
         version, now = self.version + 1, self._now()
-        with self._store.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO dns_settings (id, version, settings, set_at) VALUES (1, ?, ?, ?)",
-                (version, json.dumps(settings.to_json(), separators=(",", ":")), now),
-            )
-            audit(db, event, f"{detail} (version {version})")
+        writes = Writes()
+        writes.execute(
+            upsert("dns_settings", ("id", "version", "settings", "set_at"), ("id",)),
+            (1, version, json.dumps(settings.to_json(), separators=(",", ":")), now),
+        )
+        audit(writes, event, f"{detail} (version {version})")
+        await self._store.transaction(writes)
         self.settings, self.version, self.set_at = settings, version, now
         self._encode()
         for listener in self.listeners:

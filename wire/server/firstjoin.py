@@ -46,7 +46,7 @@ def _first_join_text(command: str, notes: list[str]) -> str:
     return "".join(f"# {note}\n" for note in notes) + command + "\n"
 
 
-def write_first_join(admin: Admin, data_dir: str, notes: list[str]) -> None:
+async def write_first_join(admin: Admin, data_dir: str, notes: list[str]) -> None:
     """On a server's first start, a one-time join key for the first node;
     on later starts, the same key's command kept in step with the public
     URL (and certificate) while the key is unused.
@@ -55,7 +55,7 @@ def write_first_join(admin: Admin, data_dir: str, notes: list[str]) -> None:
     """
     path = os.path.join(data_dir, FIRST_JOIN_FILE)
     if not admin.authority.keys():
-        created = admin.create_key(reusable=False, expires_in=86400, note="made at first start")
+        created = await admin.create_key(reusable=False, expires_in=86400, note="made at first start")
         write_atomically(path, _first_join_text(created["join_command"], notes).encode(), mode=0o600)
         log.info(
             "wire-server: first start; a one-time join command (valid 24 h) is in {path}; more with: wire admin keys create",

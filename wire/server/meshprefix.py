@@ -36,7 +36,8 @@ def mesh_prefix6(
     store: IStore, given: ipaddress.IPv6Network | None, random_bytes: Callable[[int], bytes] = os.urandom
 ) -> MeshPrefix:
     """The prefix in force: ``given`` (--subnet6), else the one kept, else a
-    new one; whichever it is, kept."""
+    new one; whichever it is, kept (queued: the caller writes the store's
+    pending changes before serving). At startup: blocks."""
     kept_text = store.read_meta(SUBNET6_KEY)
     kept = None
     if kept_text is not None:
@@ -52,5 +53,5 @@ def mesh_prefix6(
         return MeshPrefix(kept)
     network = given if given is not None else random_ula_prefix(random_bytes)
     if network != kept:
-        store.write_meta(SUBNET6_KEY, str(network))
+        store.put_meta(SUBNET6_KEY, str(network))
     return MeshPrefix(network, replaced=kept if kept != network else None, drawn=given is None)

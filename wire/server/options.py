@@ -57,6 +57,8 @@ class Options(usage.Options):
         ["port", "p", None, f"HTTP port; UDP STUN uses port+1 and port+2 [$WIRE_PORT or {DEFAULT_PORT}]"],
         ["interface", "i", None, "address to listen on [all addresses]"],
         ["data-dir", "d", None, f"where the registry lives [$WIRE_DATA_DIR or {DEFAULT_DATA_DIR}]"],
+        ["database", None, None, "the registry in PostgreSQL, a libpq URL postgresql://USER@HOST:PORT/DB (password: PGPASSFILE or --database-password-file) [SQLite in the data dir]"],
+        ["database-password-file", None, None, "a file holding --database's password (read once at start)"],
         ["subnet", None, None, f"VPN subnet, CIDR or the seed's prefix form (10.99) [$WIRE_VPN_SUBNET or {DEFAULT_SUBNET}]"],
         ["subnet6", None, None, "IPv6 mesh prefix, a ULA /48../64 in fd00::/8 [$WIRE_VPN_SUBNET6, or the one this server drew at its first start]"],
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
@@ -157,6 +159,7 @@ class Options(usage.Options):
         admin_socket = admin_socket_path(self["data-dir"]) + ".lock"
         if not self["open"] and len(admin_socket.encode()) > MAX_UNIX_PATH:
             raise usage.UsageError(f"{data_dir_label}: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
+        self._database_options()
         subnet_text, subnet_label = self._or_environment("subnet", "WIRE_VPN_SUBNET", DEFAULT_SUBNET)
         try:
             self["subnet"] = parse_subnet(subnet_text)
@@ -207,6 +210,39 @@ class Options(usage.Options):
             host = f"[{host}]" if ":" in host else host
             self["public-url"] = f"{'https' if self['tls'] else 'http'}://{host}:{self['port']}"
 
+    def _database_options(self) -> None:
+        """--database checked (never shown with its password), and the
+        password file read: ``database-password`` (None: libpq finds it)."""
+        self["database-password"] = None
+        url = self["database"]
+        if not url:
+            if self["database-password-file"]:
+                raise usage.UsageError(f"{self.label('database-password-file')} needs --database")
+            self["database"] = None
+            return
+        from wire.server.pgstore import check_database_url, redact, url_has_password
+
+        try:
+            check_database_url(url)
+        except ValueError as e:
+            raise usage.UsageError(f"{self.label('database')}: {e}")
+        if url_has_password(url):
+            log.warn(
+                "wire-server: the password is in the URL of --database ({url}), which other users of this machine "
+                "may see in its process list: use --database-password-file or PGPASSFILE",
+                url=redact(url),
+            )
+        path = self["database-password-file"]
+        if path:
+            try:
+                with open(path) as f:
+                    password = f.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"{self.label('database-password-file')}: cannot read {path}: {e.__class__.__name__}: {getattr(e, 'strerror', '') or e}")
+            if not password:
+                raise usage.UsageError(f"{self.label('database-password-file')}: {path} is empty")
+            self["database-password"] = password
+
     @staticmethod
     def machine_names() -> list[str]:
         """Candidates for the default public URL's host, best first (a test
@@ -229,7 +265,7 @@ def machine_name(candidates: list[str]) -> str:
 _CONFIG_KINDS = {
     "port": "integer", "offline-after": "number", "expire-after": "number", "trusted-proxy": "list", "public-url": "text-or-list",
 }
-_CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key")
+_CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key", "database-password-file")
 
 
 def config_kinds() -> dict[str, str]:

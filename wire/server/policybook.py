@@ -21,7 +21,10 @@ from twisted.logger import Logger
 from wire.policy import DirectoryNode, Policy, PolicyError, PolicyIndex, check_against, parse_policy
 from wire.protocol.filter import FilterRule
 from wire.server.model import NodeRecord
-from wire.server.store import SQLiteStore
+from wire.server.store import IStore, Writes
+
+# Writes an audit entry into a transaction's writes (Coordinator.audit).
+Audit = Callable[[Writes, str, str], None]
 
 # As the admin socket takes it: one JSON body (wire.protocol.MAX_BODY_BYTES).
 MAX_POLICY_BYTES = 64 * 1024
@@ -53,7 +56,7 @@ class PolicyBook:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: IStore,
         records: Callable[[], Iterable[NodeRecord]],
         known_tags: Callable[[], Iterable[str]] = lambda: (),
         now: Callable[[], float] = lambda: 0.0,
@@ -63,7 +66,8 @@ class PolicyBook:
         self._known_tags = known_tags
         self._now = now
         self.current = PolicyVersion(0, None, 0.0, "none")
-        rows = store.query("SELECT version, text, set_at, source FROM policies ORDER BY version DESC LIMIT 1")
+        # At startup: blocks, before the reactor serves.
+        rows = store.read_now("SELECT version, text, set_at, source FROM policies ORDER BY version DESC LIMIT 1")
         if rows:
             self.current = PolicyVersion(*rows[0])
         # The stored text was valid when set; it must still parse (a newer
@@ -83,8 +87,8 @@ class PolicyBook:
         """The packet filter for traffic to ``node_id``; None: no policy."""
         return None if self.policy is None else self.index.filter_for(node_id)
 
-    def history(self) -> list[PolicyVersion]:
-        rows = self._store.query("SELECT version, text, set_at, source FROM policies ORDER BY version")
+    async def history(self) -> list[PolicyVersion]:
+        rows = await self._store.query("SELECT version, text, set_at, source FROM policies ORDER BY version")
         return [PolicyVersion(*row) for row in rows]
 
     # -- checking and changing --------------------------------------------------
@@ -97,32 +101,33 @@ class PolicyBook:
         check_against(policy, [directory_node(r) for r in self._records()], self._known_tags())
         return policy
 
-    def set(self, text: str, source: str, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+    async def set(self, text: str, source: str, audit: Audit) -> PolicyVersion:
         """Validate and put ``text`` in force as a new version (audited in the same transaction)."""
         policy = self.check(text)
-        return self._put(text, policy, source, audit)
+        return await self._put(text, policy, source, audit)
 
-    def clear(self, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+    async def clear(self, audit: Audit) -> PolicyVersion:
         """No policy: everything may reach everything again."""
-        return self._put(None, None, "clear", audit)
+        return await self._put(None, None, "clear", audit)
 
-    def rollback(self, version: int, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+    async def rollback(self, version: int, audit: Audit) -> PolicyVersion:
         """Version ``version``'s text in force again, as a new version (checked against today's nodes)."""
-        rows = self._store.query("SELECT version, text, set_at, source FROM policies WHERE version = ?", (version,))
+        rows = await self._store.query("SELECT version, text, set_at, source FROM policies WHERE version = ?", (version,))
         if not rows:
             raise LookupError(f"no policy version {version} (see: wire admin policy history)")
         old = PolicyVersion(*rows[0])
         policy = None if old.text is None else self.check(old.text)
-        return self._put(old.text, policy, f"rollback {version}", audit)
+        return await self._put(old.text, policy, f"rollback {version}", audit)
 
-    def _put(self, text: str | None, policy: Policy | None, source: str, audit: Callable[[object, str, str], None]) -> PolicyVersion:
+    async def _put(self, text: str | None, policy: Policy | None, source: str, audit: Audit) -> PolicyVersion:
         version = PolicyVersion(self.current.version + 1, text, self._now(), source)
-        with self._store.transaction() as db:
-            db.execute(
-                "INSERT INTO policies (version, text, set_at, source) VALUES (?, ?, ?, ?)",
-                (version.version, version.text, version.set_at, version.source),
-            )
-            audit(db, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
+        writes = Writes()
+        writes.execute(
+            "INSERT INTO policies (version, text, set_at, source) VALUES (?, ?, ?, ?)",
+            (version.version, version.text, version.set_at, version.source),
+        )
+        audit(writes, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
+        await self._store.transaction(writes)
         before = self.index
         self.current, self.policy = version, policy
         self.index = self._build(policy)

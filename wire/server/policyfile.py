@@ -9,11 +9,13 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from wire.policy import PolicyError
 from wire.server.coordinator import Coordinator
 from wire.server.policybook import MAX_POLICY_BYTES
+from wire.server.store import StoreError
 
 log = Logger()
 
@@ -27,7 +29,7 @@ class PolicyFile:
         self.path = path
         self._coordinator = coordinator
 
-    def load(self) -> bool:
+    async def load(self) -> bool:
         """Put the file's policy in force if it changed; True if it did. PolicyFileError if it cannot be."""
         try:
             with open(self.path, "rb") as f:
@@ -39,20 +41,20 @@ class PolicyFile:
         if text == book.current.text:
             return False
         try:
-            book.set(text, f"file {self.path}", self._coordinator.audit)
+            await book.set(text, f"file {self.path}", self._coordinator.audit)
         except PolicyError as e:
             raise PolicyFileError(f"the policy in {self.path} was refused: {e}") from None
         return True
 
-    def reload(self) -> None:
-        """SIGHUP: the file again; a bad one keeps the policy in force."""
+    async def reload(self) -> None:
+        """SIGHUP: the file again; a bad one (or a store that fails) keeps the policy in force."""
         try:
-            changed = self.load()
-        except PolicyFileError as e:
+            changed = await self.load()
+        except (PolicyFileError, StoreError) as e:
             log.error("{problem}; version {version} stays in force", problem=str(e), version=self._coordinator.policy.current.version)
             return
         if not changed:
             log.info("policy file {path} unchanged (version {version})", path=self.path, version=self._coordinator.policy.current.version)
 
     def reload_on_sighup(self, reactor: Any) -> None:
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(lambda: Deferred.fromCoroutine(self.reload())))

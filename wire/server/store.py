@@ -1,15 +1,27 @@
-"""Durable registry storage in SQLite, with group commit.
+"""The server's durable state: one asynchronous interface (IStore), the
+logic both databases share (SQLStore), and the schema.
+
+Two engines sit behind it: SQLite in the data dir (wire.server.sqlitestore,
+the default for one server) and PostgreSQL (wire.server.pgstore, for
+replicas sharing one database). Their queries are one text (``?``
+placeholders, ``INSERT ... ON CONFLICT ... DO UPDATE``); only the engine
+adapters differ.
 
 What the server acknowledges must survive ``kill -9``: a registration that
 changed a node is answered only after its transaction is committed
-(WAL, synchronous=FULL). Many such writes arriving in the same reactor turn
-share one transaction. Heartbeats that change nothing but ``last_seen`` are
-not worth an fsync each: they are batched and written every few seconds
-(losing a few seconds of "last seen" in a crash is harmless), and never
-rewrite anything but their own row.
+(SQLite: WAL, synchronous=FULL; PostgreSQL: synchronous_commit). Many such
+writes arriving in the same reactor turn share one transaction. Heartbeats
+that change nothing but ``last_seen`` are not worth an fsync each: they are
+batched and written every few seconds (losing a few seconds of "last seen"
+in a crash is harmless), and never rewrite anything but their own row.
+Every database call runs on the store's own thread (wire.server.dbthread):
+the reactor thread, which also carries STUN and relay frames, never waits
+on a disk or the network. Loading at startup does wait, before the reactor
+serves.
 
 A database that cannot be read stops the server with a clear error and is
-left exactly as it was: the server never "repairs" by wiping.
+left exactly as it was: the server never "repairs" by wiping. A database
+with a newer schema than this wire knows is refused.
 
 Schema 3 adds ``pair_paths``, the server's word on pairs of nodes
 (:mod:`wire.server.pathbook`): a restarted server must not flip a relayed
@@ -48,21 +60,23 @@ IPv6 failed). Older databases gain the columns when opened.
 from __future__ import annotations
 
 import os
-import sqlite3
-from contextlib import AbstractContextManager, contextmanager
-from typing import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 from wire.protocol import PathMode
+from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
 SCHEMA_VERSION = 9
 
-_SCHEMA = """
+# SQLite's dialect; wire.server.pgstore translates the few types that differ.
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -133,13 +147,36 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+T = TypeVar("T")
+Row = tuple
+# One statement and the parameters of each time it runs (executemany).
+Statement = tuple[str, list[tuple]]
+
+
 class StoreError(Exception):
     """The registry database cannot be used; the message says why and what to do."""
 
 
 class IStore(Interface):
+    """The server's durable state. Loading at startup blocks (``load``,
+    ``load_pairs``, ``read_now``, ``write_pending``: before the reactor
+    serves); everything else returns a Deferred and never blocks the
+    reactor thread. A Deferred fires once its change is committed (it
+    survives ``kill -9``), or errbacks with StoreError."""
+
+    where = Attribute("Where the data lives, for messages (a path, or a URL without its password)")
+
     def load() -> list[NodeRecord]:
-        """Every stored node."""
+        """Every stored node (startup: blocks)."""
+
+    def load_pairs() -> list[tuple[str, str, PairWord]]:
+        """Every stored pair word, as (lo, hi, word) (startup: blocks)."""
+
+    def read_now(sql: str, parameters: tuple = ()) -> list[tuple]:
+        """Rows of a query (startup: blocks); ``?`` placeholders."""
+
+    def query(sql: str, parameters: tuple = ()) -> Deferred:
+        """Rows of a query, later; ``?`` placeholders."""
 
     def put(record: NodeRecord) -> None:
         """Queue ``record`` to be written (as it is at commit time)."""
@@ -151,66 +188,173 @@ class IStore(Interface):
         """Forget a queued write of this node (it was refused and undone)."""
 
     def touch(node_id: str, last_seen: float) -> None:
-        """Note a heartbeat; written lazily."""
-
-    def load_pairs() -> list[tuple[str, str, PairWord]]:
-        """Every stored pair word, as (lo, hi, word)."""
+        """Note a heartbeat; written lazily (flush_touches)."""
 
     def put_pair(lo: str, hi: str, word: PairWord | None) -> None:
         """Queue a pair's word to be written (None: deleted), with the next commit."""
 
-    def commit() -> Deferred:
-        """Fire once everything queued so far is durably written."""
-
-    def write_pending() -> None:
-        """Write everything queued now (startup, shutdown)."""
-
-    def flush_touches() -> None:
-        """Write batched heartbeats now."""
-
-    def transaction() -> AbstractContextManager[sqlite3.Connection]:
-        """One synchronous, durable transaction (rare writes: keys, enrollment, audit)."""
-
-    def write_record_now(db: sqlite3.Connection, record: NodeRecord) -> None:
-        """Write a node inside :meth:`transaction`; it is no longer pending."""
-
-    def close() -> None:
-        """Write what is pending and close."""
+    def put_meta(key: str, value: str) -> None:
+        """Queue a value the server keeps about itself (``meta``), with the next commit."""
 
     def read_meta(key: str) -> str | None:
-        """A value the server keeps about itself (``meta``), or None."""
+        """A value kept in ``meta``, or None (startup: blocks)."""
 
-    def write_meta(key: str, value: str) -> None:
-        """Keep ``value`` under ``key``, durably, now."""
+    def commit() -> Deferred:
+        """Fire once everything queued so far is durably written; the
+        commits asked for in one reactor turn share one transaction."""
+
+    def write_pending() -> None:
+        """Write everything queued now (startup: blocks); StoreError."""
+
+    def transaction(writes: Writes) -> Deferred:
+        """Run ``writes`` in one transaction of their own (keys, enrollment, audit)."""
+
+    def flush_touches() -> Deferred:
+        """Write batched heartbeats; a failure is logged and they are kept for the next try."""
+
+    def serve() -> None:
+        """The reactor runs: calls stop waiting for the database from now on."""
+
+    def close() -> Deferred:
+        """Write what is pending, then close."""
+
+
+class Writes:
+    """The statements of one transaction, collected on the reactor thread
+    (values as they are now) and run together on the database's."""
+
+    def __init__(self) -> None:
+        self.statements: list[Statement] = []
+        # Records written here, as written: no longer pending once committed.
+        self.records: list[tuple[NodeRecord, Row]] = []
+
+    def execute(self, sql: str, parameters: Sequence = ()) -> None:
+        self.statements.append((sql, [tuple(parameters)]))
+
+    def put_record(self, record: NodeRecord) -> None:
+        row = _row(record)
+        self.statements.extend(_node_statements([record.node_id], [row]))
+        self.records.append((record, row))
+
+
+class Engine(Protocol):
+    """What differs between SQLite and PostgreSQL; every method but the
+    attributes runs on the database thread."""
+
+    where: str  # for messages: a path, or a URL without its password
+    errors: tuple[type[Exception], ...]
+
+    def connect(self) -> Any:
+        """Open, check and migrate; StoreError saying what is wrong."""
+
+    def usable(self, connection: Any) -> bool:
+        """False: the connection was lost (it is opened again)."""
+
+    def transaction(self, connection: Any) -> AbstractContextManager:
+        """Commit on success, roll back on an exception."""
+
+    def execute(self, connection: Any, sql: str, rows: list[tuple]) -> None:
+        """Run ``sql`` (``?`` placeholders) once per row, inside a transaction."""
+
+    def select(self, connection: Any, sql: str, parameters: tuple) -> list[tuple]:
+        """Rows of a query, outside any write transaction."""
+
+    def close(self, connection: Any) -> None: ...
+
+
+def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE``: one text that SQLite and PostgreSQL both run."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_PAIR_COLUMNS = ("lo", "hi", "mode", "reason", "since", "tries", "retry_at", "family")
+_INSERT_NODE = f"INSERT INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)})"
+_UPSERT_PAIR = upsert("pair_paths", _PAIR_COLUMNS, ("lo", "hi"))
+_UPSERT_META = upsert("meta", ("key", "value"), ("key",))
+
+
+def _node_statements(node_ids: list[str], rows: list[Row]) -> list[Statement]:
+    # Every changed node's row goes, then the new ones come: a node may take
+    # an address or key another one of the batch gave up (UNIQUE columns).
+    return [("DELETE FROM nodes WHERE node_id = ?", [(i,) for i in node_ids]), (_INSERT_NODE, rows)]
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLStore:
+    """The registry's durable side over an :class:`Engine`: queued writes,
+    group commit, batched heartbeats, on one database thread."""
+
     log = Logger()
 
-    def __init__(self, path: str, reactor: IReactorTime):
-        self.path = path
+    def __init__(self, engine: Engine, reactor: IReactorTime):
+        self._engine = engine
+        self.where = engine.where
         self._reactor = reactor
-        self._db = _open(path)
+        self._thread = DatabaseThread(reactor)
         self._dirty: dict[str, NodeRecord | None] = {}
         self._dirty_pairs: dict[tuple[str, str], PairWord | None] = {}
+        self._dirty_meta: dict[str, str] = {}
         self._touched: dict[str, float] = {}
         self._waiting: list[Deferred] = []
         self._commit_call: IDelayedCall | None = None
+        self._committing = False
         self._closed = False
+        try:
+            self._connection: Any = self._thread.run_blocking(engine.connect)
+        except BaseException:
+            self._thread.stop()
+            raise
+
+    # -- on the database thread -------------------------------------------
+
+    def _connected(self) -> Any:
+        if self._connection is None or not self._engine.usable(self._connection):
+            self._connection = None
+            self._connection = self._engine.connect()
+        return self._connection
+
+    def _write(self, statements: list[Statement]) -> None:
+        try:
+            connection = self._connected()
+            with self._engine.transaction(connection):
+                for sql, rows in statements:
+                    if rows:
+                        self._engine.execute(connection, sql, rows)
+        except self._engine.errors as e:
+            raise StoreError(f"the registry could not be saved: {' '.join(str(e).split())}") from e
+
+    def _select(self, sql: str, parameters: tuple) -> list[tuple]:
+        try:
+            return self._engine.select(self._connected(), sql, parameters)
+        except self._engine.errors as e:
+            raise StoreError(f"cannot read {self.where}: {' '.join(str(e).split())}") from e
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            self._engine.close(self._connection)
+            self._connection = None
+
+    # -- startup (blocking) -----------------------------------------------
+
+    def read_now(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        return self._thread.run_blocking(self._select, sql, parameters)
 
     def load(self) -> list[NodeRecord]:
         try:
-            rows = self._db.execute(f"SELECT {', '.join(RECORD_FIELDS)} FROM nodes").fetchall()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot read nodes from {self.path}: {e}") from e
+            rows = self.read_now(f"SELECT {', '.join(RECORD_FIELDS)} FROM nodes")
+        except StoreError as e:
+            raise StoreError(f"cannot read nodes from {self.where}: {e.__cause__}") from e
         return [NodeRecord(*row) for row in rows]
 
     def load_pairs(self) -> list[tuple[str, str, PairWord]]:
         try:
-            rows = self._db.execute("SELECT lo, hi, mode, reason, since, tries, retry_at, family FROM pair_paths").fetchall()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot read pair paths from {self.path}: {e}") from e
+            rows = self.read_now(f"SELECT {', '.join(_PAIR_COLUMNS)} FROM pair_paths")
+        except StoreError as e:
+            raise StoreError(f"cannot read pair paths from {self.where}: {e.__cause__}") from e
         words = []
         for lo, hi, mode, reason, since, tries, retry_at, family in rows:
             try:
@@ -220,8 +364,25 @@ class SQLiteStore:
                 self.log.warn("pair {lo} {hi}: unknown path mode {mode!r} dropped", lo=lo, hi=hi, mode=mode)
         return words
 
-    def put_pair(self, lo: str, hi: str, word: PairWord | None) -> None:
-        self._dirty_pairs[(lo, hi)] = word
+    def read_meta(self, key: str) -> str | None:
+        rows = self.read_now("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def write_pending(self) -> None:
+        """Write every queued change now, in one transaction (blocks)."""
+        statements, written = self._pending()
+        if statements:
+            try:
+                self._thread.run_blocking(self._write, statements)
+            except StoreError as e:
+                self._write_failed(e)
+                raise
+            self._written(written)
+
+    def serve(self) -> None:
+        self._thread.serve()
+
+    # -- queued writes ----------------------------------------------------
 
     def put(self, record: NodeRecord) -> None:
         self._dirty[record.node_id] = record
@@ -238,153 +399,142 @@ class SQLiteStore:
         if node_id not in self._dirty:
             self._touched[node_id] = last_seen
 
+    def put_pair(self, lo: str, hi: str, word: PairWord | None) -> None:
+        self._dirty_pairs[(lo, hi)] = word
+
+    def put_meta(self, key: str, value: str) -> None:
+        self._dirty_meta[key] = value
+
     def commit(self) -> Deferred:
         done: Deferred = Deferred()
         self._waiting.append(done)
-        if self._commit_call is None:
+        if self._commit_call is None and not self._committing:
             # Everything queued in this reactor turn shares one transaction.
             self._commit_call = self._reactor.callLater(0, self._commit_now)
         return done
 
-    def _commit_now(self) -> None:
+    def _commit_now(self) -> Deferred:
         self._commit_call = None
         waiting, self._waiting = self._waiting, []
-        try:
-            self.write_pending()
-        except StoreError as e:
-            for d in waiting:
-                d.errback(e)
-            return
-        for d in waiting:
-            d.callback(None)
+        statements, written = self._pending()
+        # One group commit at a time: the next one is cut only once this one's
+        # waiters have heard, so a change refused (and undone) is never written by it.
+        self._committing = True
+        d = self._logged(self._thread.run(self._write, statements)) if statements else succeed(None)
 
-    def write_pending(self) -> None:
-        """Write every queued change now, in one transaction."""
-        try:
-            self._write_dirty()
-        except sqlite3.Error as e:
-            self.log.error("registry write to {path} failed: {error}", path=self.path, error=e)
-            raise StoreError(f"the registry could not be saved: {e}") from e
+        def committed(_: object) -> None:
+            self._written(written)
+            for w in waiting:
+                w.callback(None)
 
-    def _write_dirty(self) -> None:
-        dirty = dict(self._dirty)
+        def failed(failure: Failure) -> None:
+            for w in waiting:
+                w.errback(failure)
+
+        def next_one(_: object) -> None:
+            self._committing = False
+            if self._waiting and self._commit_call is None and not self._closed:
+                self._commit_call = self._reactor.callLater(0, self._commit_now)
+
+        return d.addCallbacks(committed, failed).addBoth(next_one)
+
+    def _logged(self, written: Deferred) -> Deferred:
+        """A write's failure in the log too (here, on the reactor thread), and still the caller's."""
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(StoreError):
+                self._write_failed(failure.value)
+            return failure
+
+        return written.addErrback(failed)
+
+    def _write_failed(self, error: BaseException) -> None:
+        self.log.error("registry write to {where} failed: {error}", where=self.where, error=error.__cause__ or error)
+
+    def _pending(self) -> tuple[list[Statement], tuple]:
+        """The queued changes as statements, with what they write (values as they are now)."""
+        nodes = [(node_id, r, None if r is None else _row(r)) for node_id, r in self._dirty.items()]
         pairs = dict(self._dirty_pairs)
-        if not dirty and not pairs:
+        meta = dict(self._dirty_meta)
+        if not nodes and not pairs and not meta:
+            return [], ()
+        statements = _node_statements([n[0] for n in nodes], [row for _, _, row in nodes if row is not None])
+        statements += [
+            ("DELETE FROM pair_paths WHERE lo = ? AND hi = ?", [key for key, w in pairs.items() if w is None]),
+            (_UPSERT_PAIR, [(*key, str(w.mode), w.reason, w.since, w.tries, w.retry_at, w.family) for key, w in pairs.items() if w is not None]),
+            (_UPSERT_META, list(meta.items())),
+        ]
+        return statements, (nodes, pairs, meta)
+
+    def _written(self, written: tuple) -> None:
+        """Only what was written is clean; a record changed since stays dirty."""
+        if not written:
             return
-        upserts = [_row(r) for r in dirty.values() if r is not None]
-        deletes = [(node_id,) for node_id, r in dirty.items() if r is None]
-        placeholders = ", ".join("?" for _ in RECORD_FIELDS)
-        with self._db:
-            # Deletes first: a re-registered node may reuse a freed address or key.
-            self._db.executemany("DELETE FROM nodes WHERE node_id = ?", deletes)
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({placeholders})",
-                upserts,
-            )
-            self._db.executemany(
-                "DELETE FROM pair_paths WHERE lo = ? AND hi = ?", [key for key, w in pairs.items() if w is None]
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO pair_paths (lo, hi, mode, reason, since, tries, retry_at, family) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*key, str(w.mode), w.reason, w.since, w.tries, w.retry_at, w.family) for key, w in pairs.items() if w is not None],
-            )
-        # Only what was written is clean; a record changed since stays dirty.
-        for node_id, record in dirty.items():
-            if self._dirty.get(node_id) is record:
-                del self._dirty[node_id]
+        nodes, pairs, meta = written
+        for node_id, record, row in nodes:
+            self._forget_written(node_id, record, row)
         for key, word in pairs.items():
             if self._dirty_pairs.get(key, self) is word:
                 del self._dirty_pairs[key]
+        for key, value in meta.items():
+            if self._dirty_meta.get(key) == value:
+                del self._dirty_meta[key]
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One synchronous, durable transaction (rare writes: keys, enrollment, audit)."""
-        try:
-            with self._db:
-                yield self._db
-        except sqlite3.Error as e:
-            self.log.error("registry write to {path} failed: {error}", path=self.path, error=e)
-            raise StoreError(f"the registry could not be saved: {e}") from e
+    def _forget_written(self, node_id: str, record: NodeRecord | None, row: Row | None) -> None:
+        if node_id in self._dirty and self._dirty[node_id] is record and (record is None or _row(record) == row):
+            del self._dirty[node_id]
 
-    def write_record_now(self, db: sqlite3.Connection, record: NodeRecord) -> None:
-        """Write a node inside :meth:`transaction`; it is no longer pending."""
-        placeholders = ", ".join("?" for _ in RECORD_FIELDS)
-        db.execute(f"INSERT OR REPLACE INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({placeholders})", _row(record))
-        if self._dirty.get(record.node_id) is record:
-            del self._dirty[record.node_id]
+    # -- transactions of their own, reads, heartbeats -------------------------
 
-    def query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
-        try:
-            return self._db.execute(sql, parameters).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read {self.path}: {e}") from e
+    def transaction(self, writes: Writes) -> Deferred:
+        def committed(_: object) -> None:
+            for record, row in writes.records:
+                self._forget_written(record.node_id, record, row)
 
-    def read_meta(self, key: str) -> str | None:
-        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
+        return self._logged(self._thread.run(self._write, writes.statements)).addCallback(committed)
 
-    def write_meta(self, key: str, value: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+    def query(self, sql: str, parameters: tuple = ()) -> Deferred:
+        return self._thread.run(self._select, sql, parameters)
 
-    def flush_touches(self) -> None:
+    def flush_touches(self) -> Deferred:
         touched, self._touched = self._touched, {}
         if not touched:
-            return
-        try:
-            with self._db:
-                self._db.executemany(
-                    "UPDATE nodes SET last_seen = ? WHERE node_id = ?",
-                    [(seen, node_id) for node_id, seen in touched.items()],
-                )
-        except sqlite3.Error as e:
-            self.log.error("saving heartbeat times to {path} failed: {error}", path=self.path, error=e)
-            # Keep them for the next try, without overwriting newer ones.
+            return succeed(None)
+        rows = [(seen, node_id) for node_id, seen in touched.items()]
+
+        def failed(failure: Failure) -> None:
+            failure.trap(StoreError)
+            self.log.error("saving heartbeat times to {where} failed: {error}", where=self.where, error=failure.value)
+            # Kept for the next try, without overwriting newer ones.
             for node_id, seen in touched.items():
                 self._touched.setdefault(node_id, seen)
 
-    def close(self) -> None:
+        return self._thread.run(self._write, [("UPDATE nodes SET last_seen = ? WHERE node_id = ?", rows)]).addErrback(failed)
+
+    def close(self) -> Deferred:
         if self._closed:
-            return
+            return succeed(None)
         self._closed = True
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
-        self._commit_now()
-        self.flush_touches()
-        self._db.close()
+        d = self._commit_now()
+        d.addErrback(lambda _: None)  # said in the log; the waiters had it
+        d.addCallback(lambda _: self.flush_touches())
+        d.addCallback(lambda _: self._thread.run(self._close_connection))
+        d.addBoth(self._stopped)
+        return d
+
+    def _stopped(self, result: T) -> T:
+        self._thread.stop()  # its queue is empty by now
+        return result
 
 
 # Kept space-separated (NodeRecord reads them back).
 _SPACE_SEPARATED = ("tags", "advertised_routes", "approved_routes")
 
 
-def _row(record: NodeRecord) -> tuple:
+def _row(record: NodeRecord) -> Row:
     return tuple(" ".join(getattr(record, name)) if name in _SPACE_SEPARATED else getattr(record, name) for name in RECORD_FIELDS)
-
-
-# Columns later schemas added to tables an older database already has.
-_ADDED_COLUMNS = {
-    "nodes": (
-        ("tags", "TEXT NOT NULL DEFAULT ''"),
-        ("advertised_routes", "TEXT NOT NULL DEFAULT ''"),
-        ("approved_routes", "TEXT NOT NULL DEFAULT ''"),
-        ("vpn_ip6", "TEXT NOT NULL DEFAULT ''"),
-        ("public_ip6", "TEXT NOT NULL DEFAULT ''"),
-    ),
-    "pair_paths": (("family", "INTEGER NOT NULL DEFAULT 0"),),
-    "join_keys": (("tags", "TEXT NOT NULL DEFAULT ''"), ("ephemeral_after", "REAL NOT NULL DEFAULT 0")),
-}
-
-
-def _add_missing_columns(db: sqlite3.Connection) -> None:
-    for table, columns in _ADDED_COLUMNS.items():
-        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, declaration in columns:
-            if name not in present:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-    # As vpn_ip is UNIQUE; partial, since nodes wait without one ("") until loaded.
-    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS nodes_vpn_ip6 ON nodes (vpn_ip6) WHERE vpn_ip6 != ''")
 
 
 def secure_data_dir(data_dir: str) -> None:
@@ -397,74 +547,15 @@ def secure_data_dir(data_dir: str) -> None:
         Logger().warn("data dir {dir} was mode {mode:o}; now 0700", dir=data_dir, mode=mode)
 
 
-def _owner_only(path: str) -> None:
-    """The database and SQLite's WAL and SHM files beside it: 0600 (the WAL
-    holds recent writes in full)."""
-    for name in (path, path + "-wal", path + "-shm"):
-        try:
-            if os.stat(name).st_mode & 0o077:
-                os.chmod(name, 0o600)
-        except FileNotFoundError:
-            pass
+def open_store(data_dir: str, reactor: IReactorTime, database: str | None = None, password: str | None = None) -> SQLStore:
+    """``database`` None: SQLite in the data dir; else a PostgreSQL URL
+    (``password``: from --database-password-file)."""
+    # Imported here: each engine imports this module, and psycopg only when used.
+    if database is not None:
+        from wire.server.pgstore import PostgresEngine
 
+        return SQLStore(PostgresEngine(database, password), reactor)
+    from wire.server.sqlitestore import SQLiteEngine
 
-def _open(path: str) -> sqlite3.Connection:
-    """Open (or create) the database, refusing anything that is not ours."""
-    exists = os.path.exists(path)
-    if exists and not os.access(path, os.R_OK | os.W_OK):
-        raise StoreError(f"{path} exists but is not readable and writable by this user")
-    if exists and os.path.getsize(path) == 0:
-        # wire never leaves an empty file: starting from it would start an
-        # empty registry, and every node's credential would stop working.
-        raise StoreError(
-            f"{path} is empty (0 bytes), which wire never writes; the file was left untouched: "
-            "restore it from a backup, or move it aside to start with an empty registry"
-        )
-    try:
-        # mode=rw never creates: a file that vanished is an error, not a fresh start.
-        uri = f"file:{_uri_path(path)}?mode={'rw' if exists else 'rwc'}"
-        db = sqlite3.connect(uri, uri=True)
-        # A read first: on a corrupt file this fails before anything is written.
-        db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        check = db.execute("PRAGMA quick_check").fetchone()
-        if check is None or check[0] != "ok":
-            raise StoreError(f"{path} failed its integrity check ({check[0] if check else 'no answer'})")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if exists and not tables:
-            raise StoreError(
-                f"{path} is an SQLite database without a single table, not a wire registry; the file was left "
-                "untouched: restore it from a backup, or move it aside to start with an empty registry"
-            )
-        if exists and tables and "nodes" not in tables:
-            raise StoreError(f"{path} is an SQLite database, but not a wire registry (no 'nodes' table)")
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} was written by a newer wire (schema {version}; this one knows {SCHEMA_VERSION})"
-            )
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.executescript(_SCHEMA)
-        with db:
-            _add_missing_columns(db)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except StoreError:
-        raise
-    except sqlite3.Error as e:
-        raise StoreError(
-            f"cannot use the registry database {path}: {e}. The file was left untouched; "
-            "restore it from a backup or move it aside to start with an empty registry"
-        ) from e
-    _owner_only(path)
-    return db
-
-
-def _uri_path(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(os.path.abspath(path))
-
-
-def open_store(data_dir: str, reactor: IReactorTime) -> SQLiteStore:
     secure_data_dir(data_dir)
-    return SQLiteStore(os.path.join(data_dir, "registry.sqlite3"), reactor)
+    return SQLStore(SQLiteEngine(os.path.join(data_dir, "registry.sqlite3")), reactor)

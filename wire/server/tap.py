@@ -17,6 +17,7 @@ from twisted.internet.endpoints import (
     TCP6ServerEndpoint,
     UNIXServerEndpoint,
 )
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from wire.addressing import AddressPool, Ipv6Pool
@@ -32,7 +33,8 @@ from wire.server.seed_import import SeedStateError, import_seed_state
 from wire.server.connguard import ConnectionGuard, connection_limit
 from wire.policy import PolicyError
 from wire.server.policyfile import PolicyFile, PolicyFileError
-from wire.server.store import StoreError, open_store, secure_data_dir
+from wire.server.dbthread import result_now
+from wire.server.store import SQLStore, StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
 from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
@@ -130,8 +132,10 @@ def _lock_data_dir(data_dir: str):
 
 def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
     lock_file = _lock_data_dir(config["data-dir"])
+    store: SQLStore | None = None
     try:
-        store = open_store(config["data-dir"], reactor)
+        # Loading blocks here, before the reactor serves.
+        store = open_store(config["data-dir"], reactor, config["database"], config["database-password"])
         prefix6 = mesh_prefix6(store, config["subnet6"])
         _log_prefix6(prefix6)
         registry = Registry(
@@ -164,6 +168,8 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
             reactor, store, registry, relay_port=config["port"] + 1, authority=authority, dns_domain=config["dns-domain"]
         )
     except BaseException:
+        if store is not None:
+            store.close()
         lock_file.close()
         raise
     return coordinator, lock_file
@@ -233,8 +239,9 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     policy_file = PolicyFile(config["policy"], coordinator) if config["policy"] else None
     if policy_file is not None:
         try:
-            policy_file.load()
+            result_now(Deferred.fromCoroutine(policy_file.load()))
         except (PolicyFileError, StoreError) as e:
+            coordinator.store.close()
             lock_file.close()  # type: ignore[attr-defined]
             raise SystemExit(f"wire-server: --policy: {e}")
 
@@ -295,20 +302,25 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         server.when_listening.append(lambda: policy_file.reload_on_sighup(reactor))
     server.when_listening.append(lambda: _announce(config, coordinator, fingerprint))
     if coordinator.authority is not None:
-        server.when_listening.append(lambda: write_first_join(admin, data_dir, first_join_notes(config)))
+        server.when_listening.append(lambda: _first_join(admin, data_dir, first_join_notes(config)))
     return server
+
+
+def _first_join(admin: Admin, data_dir: str, notes: list[str]) -> None:
+    d = Deferred.fromCoroutine(write_first_join(admin, data_dir, notes))
+    d.addErrback(lambda failure: log.failure("wire-server: the first join key was not made", failure))
 
 
 def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> None:
     port, url = config["port"], config["public-url"]
     log.info(
-        "wire-server: HTTP on {interface}:{port}, STUN on UDP {port1} and {port2}, registry in {data_dir}, "
+        "wire-server: HTTP on {interface}:{port}, STUN on UDP {port1} and {port2}, registry in {registry}, "
         "VPN subnet {subnet} and {subnet6}, {nodes} nodes; public URL {url}{source}",
         interface=config["interface"] or "*",
         port=port,
         port1=port + 1,
         port2=port + 2,
-        data_dir=config["data-dir"],
+        registry=coordinator.store.where,
         subnet=config["subnet"],
         subnet6=coordinator.registry.pool6.network if coordinator.registry.pool6 is not None else "no IPv6",
         nodes=len(coordinator.registry),

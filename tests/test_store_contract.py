@@ -1,0 +1,321 @@
+"""One contract both stores keep (wire.server.store): the same tests against
+SQLite in a temp dir and against a real, throw-away PostgreSQL
+(tests.pgcluster), on the real reactor with the store serving, so every
+answer comes back from the database thread."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from tests import pgcluster
+from tests.helpers import registration_for
+from wire.protocol import PathMode
+from wire.server.auth import Authority, hash_secret
+from wire.server.dnsbook import DnsBook
+from wire.server.model import NodeRecord, PairWord
+from wire.server.policybook import PolicyBook
+from wire.server.store import SCHEMA_VERSION, SQLStore, StoreError, Writes, open_store
+
+POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
+
+
+def record(name: str, vpn_ip: str, **fields) -> NodeRecord:
+    r = registration_for(name)
+    values = dict(
+        node_id=r.node_id, node_name=name, wg_public_key=r.wg_public_key, vpn_ip=vpn_ip, public_ip="203.0.113.5",
+        port=51820, nat_port=51820, lan_ip="", nat_type="easy", registered=1_700_000_000.5, last_seen=1_700_000_001.25,
+        tags=("tag:web",), vpn_ip6="fd7a:115c:a1e0::5",
+    )
+    values.update(fields)
+    return NodeRecord(**values)  # type: ignore[arg-type]
+
+
+def audit(writes: Writes, event: str, detail: str) -> None:
+    writes.execute("INSERT INTO audit (at, event, detail) VALUES (?, ?, ?)", (0.0, event, detail))
+
+
+class StoreContract:
+    """The tests; a subclass says how to open its engine's store on one database."""
+
+    def open_engine_store(self) -> SQLStore:
+        raise NotImplementedError
+
+    def set_schema_version(self, version: int) -> None:
+        """Mark the database as written by a wire with this schema."""
+        raise NotImplementedError
+
+    async def lose_database(self) -> None:
+        """Make the open store's database unusable underneath it."""
+        raise NotImplementedError
+
+    def open(self) -> SQLStore:
+        store = self.open_engine_store()
+        store.serve()
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        return store
+
+    # -- nodes, group commit, heartbeats ------------------------------------
+
+    async def test_a_committed_node_is_there_after_reopening(self):
+        store = self.open()
+        web = record("web1", "10.99.0.1")
+        store.put(web)
+        await store.commit()
+        self.assertEqual(self.open().load(), [web])
+
+    async def test_the_commit_fires_after_the_write_off_the_reactor_thread(self):
+        store = self.open()
+        threads = []
+        real = store._write
+
+        def spy(statements):
+            threads.append(threading.current_thread())
+            return real(statements)
+
+        store._write = spy  # type: ignore[method-assign]
+        store.put(record("web1", "10.99.0.1"))
+        d = store.commit()
+        self.assertFalse(d.called, "the commit waits for its transaction")
+        await d
+        self.assertEqual(len(threads), 1)
+        self.assertIsNot(threads[0], threading.main_thread())
+
+    async def test_writes_of_one_reactor_turn_share_one_transaction(self):
+        store = self.open()
+        writes = []
+        real = store._write
+
+        def counted(statements):
+            writes.append(statements)
+            return real(statements)
+
+        store._write = counted  # type: ignore[method-assign]
+        a, b = record("web1", "10.99.0.1"), record("db1", "10.99.0.2", vpn_ip6="fd7a:115c:a1e0::6")
+        store.put(a)
+        first = store.commit()
+        store.put(b)
+        second = store.commit()
+        await first
+        await second
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(sorted(r.node_name for r in self.open().load()), ["db1", "web1"])
+
+    async def test_delete_and_a_freed_address_taken_in_the_same_commit(self):
+        store = self.open()
+        old = record("web1", "10.99.0.1")
+        store.put(old)
+        await store.commit()
+        store.delete(old.node_id)
+        new = record("db1", "10.99.0.1", vpn_ip6="fd7a:115c:a1e0::5")  # the same (UNIQUE) addresses
+        store.put(new)
+        await store.commit()
+        self.assertEqual(self.open().load(), [new])
+
+    async def test_a_node_changed_while_its_write_is_under_way_stays_pending(self):
+        store = self.open()
+        web = record("web1", "10.99.0.1")
+        store.put(web)
+        d = store.commit()
+        web.nat_port = 40000  # in place, as the registry does, before the commit fired
+        await d
+        await store.commit()
+        self.assertEqual(self.open().load()[0].nat_port, 40000)
+
+    async def test_heartbeats_are_batched_and_write_only_last_seen(self):
+        store = self.open()
+        web = record("web1", "10.99.0.1")
+        store.put(web)
+        await store.commit()
+        store.touch(web.node_id, 1_700_000_100.5)
+        self.assertEqual(self.open().load()[0].last_seen, web.last_seen, "not written before the flush")
+        await store.flush_touches()
+        self.assertEqual(self.open().load()[0].last_seen, 1_700_000_100.5)
+
+    async def test_pairs(self):
+        store = self.open()
+        word = PairWord(PathMode.RELAY, "stopped", 1_700_000_000.0, 2, 1_700_000_060.0, 4)
+        store.put_pair("a", "b", word)
+        store.put_pair("a", "c", PairWord(PathMode.DIRECT, "probe", 1.0, 0, None, 0))
+        await store.commit()
+        store.put_pair("a", "c", None)
+        await store.commit()
+        self.assertEqual(self.open().load_pairs(), [("a", "b", word)])
+
+    async def test_meta(self):
+        store = self.open()
+        self.assertIsNone(store.read_meta("subnet6"))
+        store.put_meta("subnet6", "fd00:1::/48")
+        await store.commit()
+        store.put_meta("subnet6", "fd00:2::/48")
+        store.write_pending()
+        self.assertEqual(self.open().read_meta("subnet6"), "fd00:2::/48")
+
+    async def test_a_transaction_of_its_own_writes_a_record_and_it_is_no_longer_pending(self):
+        store = self.open()
+        web = record("web1", "10.99.0.1")
+        store.put(web)
+        writes = Writes()
+        writes.put_record(web)
+        writes.execute("INSERT INTO audit (at, event, detail) VALUES (?, ?, ?)", (1.0, "node.rename", "web1"))
+        await store.transaction(writes)
+        self.assertEqual(store._pending(), ([], ()))
+        self.assertEqual(self.open().load(), [web])
+        self.assertEqual(await store.query("SELECT event, detail FROM audit"), [("node.rename", "web1")])
+
+    # -- the books' operations ------------------------------------------------
+
+    async def test_join_keys_credentials_and_the_audit_log(self):
+        store = self.open()
+        authority = Authority(store, reactor)
+        key, secret = await authority.create_key(reusable=True, note="laptops", tags=("tag:ci",), ephemeral_after=600)
+        gone, _ = await authority.create_key()
+        await authority.revoke_key(gone.key_id)
+        writes = Writes()
+        credential_hash, credential = authority.record_enrollment(writes, "n" * 32, "web1", key)
+        await store.transaction(writes)
+        self.assertEqual(credential_hash, hash_secret(credential))
+
+        again = Authority(self.open(), reactor)
+        kept = {k.key_id: k for k in again.keys()}
+        self.assertEqual((kept[key.key_id].uses, kept[key.key_id].tags, kept[key.key_id].note), (1, ("tag:ci",), "laptops"))
+        self.assertTrue(kept[gone.key_id].revoked)
+        self.assertEqual(again.check_join_key(secret).key_id, key.key_id)
+        self.assertEqual(again.node_for(credential), "n" * 32)
+        self.assertEqual(again.ephemeral_nodes(), {"n" * 32: 600})
+        events = [e["event"] for e in await again.audit_log()]
+        self.assertEqual(events, ["node.enroll", "key.revoke", "key.create", "key.create"], "newest first")
+
+        writes = Writes()
+        again.forget_node(writes, "n" * 32)
+        await again._store.transaction(writes)
+        self.assertIsNone(Authority(self.open(), reactor).node_for(credential))
+
+    async def test_policy_versions(self):
+        book = PolicyBook(self.open(), lambda: [])
+        await book.set(POLICY, "admin", audit)
+        await book.clear(audit)
+        await book.rollback(1, audit)
+        again = PolicyBook(self.open(), lambda: [])
+        self.assertEqual((again.current.version, again.current.text, again.current.source), (3, POLICY, "rollback 1"))
+        self.assertEqual([v.text is not None for v in await again.history()], [True, False, True])
+
+    async def test_dns_settings(self):
+        book = DnsBook(self.open(), "wire.internal")
+        await book.add_record("db", "A", "10.99.0.50", audit)
+        await book.set_nameservers(["9.9.9.9"], audit)
+        again = DnsBook(self.open(), "wire.internal")
+        self.assertEqual((again.version, again.settings.nameservers), (2, ("9.9.9.9",)))
+        self.assertEqual([r.name for r in again.settings.records], ["db"])
+
+    # -- versions and trouble ---------------------------------------------------
+
+    async def test_a_newer_schema_is_refused(self):
+        store = self.open()
+        await store.close()
+        self.set_schema_version(SCHEMA_VERSION + 1)
+        with self.assertRaises(StoreError) as caught:
+            self.open_engine_store()
+        self.assertIn(f"newer wire (schema {SCHEMA_VERSION + 1}; this one knows {SCHEMA_VERSION})", str(caught.exception))
+
+    async def test_a_lost_database_fails_the_commit_with_a_clear_store_error(self):
+        store = self.open()
+        await self.lose_database()
+        store.put(record("web1", "10.99.0.1"))
+        failure = None
+        try:
+            await store.commit()
+        except StoreError as e:
+            failure = e
+        self.assertIsNotNone(failure, "the commit errbacks")
+        self.assertIn(self.lost_says, str(failure))
+        self.assertNotIn("Traceback", str(failure))
+        with self.assertRaises(StoreError):
+            await store.query("SELECT 1")
+
+    lost_says = "the registry could not be saved"
+
+
+class SQLiteStoreContractTests(StoreContract, unittest.TestCase):
+    def setUp(self):
+        self.data_dir = self.mktemp()
+
+    def open_engine_store(self) -> SQLStore:
+        return open_store(self.data_dir, reactor)
+
+    def set_schema_version(self, version: int) -> None:
+        db = sqlite3.connect(os.path.join(self.data_dir, "registry.sqlite3"))
+        db.execute(f"PRAGMA user_version = {version}")
+        db.close()
+
+    async def lose_database(self) -> None:
+        # Its connection closed under it (a file gone leaves SQLite's handle working).
+        store = self._last
+        store._thread.run_blocking(store._connection.close)
+
+    def open(self) -> SQLStore:
+        self._last = super().open()
+        return self._last
+
+
+class PostgresStoreContractTests(StoreContract, unittest.TestCase):
+    skip = pgcluster.skip_reason()
+    timeout = 60
+
+    def setUp(self):
+        self.pg, self.database = pgcluster.database(self)
+        self.data_dir = self.mktemp()
+
+    def open_engine_store(self) -> SQLStore:
+        return open_store(self.data_dir, reactor, self.pg.url(self.database))
+
+    def set_schema_version(self, version: int) -> None:
+        self.pg.psql(f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'", self.database)
+
+    async def lose_database(self) -> None:
+        self.pg.stop()
+        # The cluster comes back for the next tests (this one's cleanup drops its database).
+        self.addCleanup(self.pg.restart)
+
+    async def test_it_comes_back_by_itself_when_the_database_does(self):
+        store = self.open()
+        self.pg.stop()
+        self.addCleanup(lambda: None if self.pg.running else self.pg.restart())
+        store.put(record("web1", "10.99.0.1"))
+        with self.assertRaises(StoreError):
+            await store.commit()
+        self.pg.restart()
+        store.put(record("db1", "10.99.0.2", vpn_ip6="fd7a:115c:a1e0::6"))
+        await store.commit()
+        self.assertEqual(sorted(r.node_name for r in self.open().load()), ["db1", "web1"], "nothing queued was lost")
+
+    def test_a_wrong_password_or_an_unreachable_server_is_said_without_the_password(self):
+        wrong = self.pg.url(self.database).replace(pgcluster.PASSWORD, "not-the-password")
+        with self.assertRaises(StoreError) as caught:
+            open_store(self.data_dir, reactor, wrong)
+        self.assertIn('password authentication failed for user "wire"', str(caught.exception))
+        self.assertNotIn("not-the-password", str(caught.exception))
+        unreachable = f"postgresql://wire:{pgcluster.PASSWORD}@127.0.0.1:{pgcluster.free_tcp_port()}/x"
+        with self.assertRaises(StoreError) as caught:
+            open_store(self.data_dir, reactor, unreachable)
+        self.assertIn("cannot reach the PostgreSQL database postgresql://wire:***@127.0.0.1:", str(caught.exception))
+        self.assertNotIn(pgcluster.PASSWORD, str(caught.exception))
+
+    def test_the_password_may_come_from_elsewhere_than_the_url(self):
+        store = open_store(self.data_dir, reactor, self.pg.url(self.database, password=False), password=pgcluster.PASSWORD)
+        self.addCleanup(store.close)
+        self.assertEqual(store.load(), [])
+
+    def test_the_schema_is_made_once_and_versioned_in_meta(self):
+        store = self.open()
+        self.open()  # a second replica's start migrates nothing more
+        self.assertEqual(store.read_meta("schema_version"), str(SCHEMA_VERSION))
+        self.assertEqual(
+            self.pg.psql("SELECT data_type FROM information_schema.columns WHERE table_name = 'nodes' AND column_name = 'last_seen'", self.database).strip(),
+            "double precision",
+            "a timestamp keeps its sub-second part",
+        )

@@ -1,0 +1,181 @@
+"""The PostgreSQL engine of the store (wire.server.store), through psycopg 3,
+for replicas that share one database (issue 19).
+
+``--database postgresql://USER@HOST:PORT/DB`` is a libpq URL; its password
+comes from the URL, libpq's ``PGPASSFILE`` (or ``~/.pgpass``), or
+``--database-password-file``. No message says it: every URL shown goes
+through :func:`redact`.
+
+The schema is the store's one text with PostgreSQL's types; it is created
+and migrated by the server in one transaction, under an advisory lock so
+that replicas starting together migrate once. Its version is kept in
+``meta`` (``schema_version``); a newer one than this wire knows is refused.
+The connection runs in autocommit (each read is its own statement) and
+writes open explicit transactions; a lost connection is opened again on the
+next call.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from wire.server.sqlitestore import ADDED_COLUMNS, VPN_IP6_INDEX
+from wire.server.store import SCHEMA, SCHEMA_VERSION, StoreError
+
+SCHEMA_VERSION_KEY = "schema_version"
+# pg_advisory_xact_lock's key for migrations ("wire" in ASCII).
+MIGRATION_LOCK = 0x77697265
+CONNECT_TIMEOUT = 10
+
+# What each schema after the first PostgreSQL one (9) changes, by version:
+# run in order, in the migration's transaction.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def is_database_url(text: str) -> bool:
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def check_database_url(url: str) -> dict[str, Any]:
+    """The URL's libpq parameters; ValueError saying what is wrong (the URL shown redacted)."""
+    if not is_database_url(url):
+        raise ValueError(f"{redact(url)} is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as e:
+        raise ValueError(f"{redact(url)} is not a valid libpq URL: {_one_line(str(e), url)}") from None
+    if not params.get("dbname"):
+        raise ValueError(f"{redact(url)} names no database (postgresql://USER@HOST:PORT/DB)")
+    return params
+
+
+def url_has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+class PostgresEngine:
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+
+    def __init__(self, url: str, password: str | None = None):
+        try:
+            check_database_url(url)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        self._url = url
+        self._password = password
+        self.where = redact(url)
+
+    def connect(self) -> psycopg.Connection:
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
+        try:
+            connection = psycopg.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="wire-server", **extra
+            )
+        except psycopg.Error as e:
+            raise StoreError(f"cannot reach the PostgreSQL database {self.where}: {self._said(e)}") from None
+        try:
+            _migrate(connection, self.where)
+        except psycopg.Error as e:
+            connection.close()
+            raise StoreError(f"cannot use the PostgreSQL database {self.where}: {self._said(e)}") from None
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _said(self, error: Exception) -> str:
+        return _one_line(str(error), self._url, self._password)
+
+    def usable(self, connection: psycopg.Connection) -> bool:
+        return not (connection.closed or connection.broken)
+
+    def transaction(self, connection: psycopg.Connection) -> AbstractContextManager:
+        return connection.transaction()
+
+    def execute(self, connection: psycopg.Connection, sql: str, rows: list[tuple]) -> None:
+        with connection.cursor() as cursor:
+            cursor.executemany(placeholders(sql), rows)
+
+    def select(self, connection: psycopg.Connection, sql: str, parameters: tuple) -> list[tuple]:
+        return connection.execute(placeholders(sql), parameters).fetchall()
+
+    def close(self, connection: psycopg.Connection) -> None:
+        connection.close()
+
+
+@lru_cache(maxsize=256)
+def placeholders(sql: str) -> str:
+    """The store's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def pg_schema(sqlite_schema: str = SCHEMA) -> str:
+    """The store's schema with PostgreSQL's types: REAL is 4 bytes there (a
+    timestamp needs 8), and an autoincrementing key is an identity column."""
+    text = sqlite_schema.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    return re.sub(r"\bREAL\b", "DOUBLE PRECISION", text)
+
+
+def _migrate(connection: psycopg.Connection, where: str) -> None:
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        version = _stored_version(connection)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{where} was written by a newer wire (schema {version}; this one knows {SCHEMA_VERSION})")
+        connection.execute(pg_schema())  # every table IF NOT EXISTS: a fresh database gets them all
+        for table, columns in ADDED_COLUMNS.items():
+            for name, declaration in columns:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {pg_schema(declaration)}")
+        connection.execute(VPN_IP6_INDEX)
+        # A fresh database got the latest tables above; an older one catches up.
+        for step in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(step, ()):
+                connection.execute(statement)
+        connection.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (SCHEMA_VERSION_KEY, str(SCHEMA_VERSION)),
+        )
+
+
+def _stored_version(connection: psycopg.Connection) -> int:
+    row = connection.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    kept = connection.execute("SELECT value FROM meta WHERE key = %s", (SCHEMA_VERSION_KEY,)).fetchone()
+    if kept is None:
+        return 0
+    try:
+        return int(kept[0])
+    except ValueError:
+        raise StoreError(f"the database's schema_version in meta is {kept[0]!r}, not a number: not a wire registry") from None
+
+
+def _one_line(message: str, *secrets: str | None) -> str:
+    """libpq's message, on one line, with no secret in it."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, redact(secret) if is_database_url(secret) else "***")
+    return " ".join(message.split())
