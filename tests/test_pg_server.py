@@ -8,10 +8,11 @@ import json
 import os
 import signal
 
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from tests import pgcluster
-from tests.helpers import body_for
+from tests.helpers import body_for, short_dir
 from tests.serverproc import ServerProcess, http_client
 
 
@@ -76,3 +77,30 @@ class PostgresServerTests(unittest.TestCase):
         self.assertEqual(await process.ended, 2)
         self.assertIn("--database: mysql://wire@127.0.0.1/wire is not a PostgreSQL URL", server.output)
         self.assertNotIn("Traceback", server.output)
+
+
+class SharedIdentityProcessTests(unittest.TestCase):
+    """Two real HTTPS replicas on one database present one certificate:
+    a node pinned to the first's reaches the second (wire.server.sharedtls)."""
+
+    skip = pgcluster.skip_reason()
+    timeout = 90
+
+    async def test_both_replicas_serve_the_first_ones_certificate(self):
+        from wire.client import make_http_client
+
+        pg, database = pgcluster.database(self)
+        password_file = os.path.abspath(self.mktemp())
+        with open(password_file, "w") as f:
+            f.write(pgcluster.PASSWORD + "\n")
+        args = (f"--database={pg.url(database, password=False)}", f"--database-password-file={password_file}")
+        first = ServerProcess(self, short_dir(self), extra_args=args)
+        await first.start()
+        second = ServerProcess(self, short_dir(self), extra_args=args)
+        await second.start()
+        self.assertEqual(second.fingerprint, first.fingerprint)
+        pinned = make_http_client(reactor, persistent=False, tls_fingerprint=first.fingerprint)
+        response = await pinned.get(second.url + "/health", timeout=5)
+        self.assertEqual(response.code, 200)
+        await response.content()
+        self.assertNotIn(pgcluster.PASSWORD, first.output + second.output)

@@ -7,11 +7,9 @@ from __future__ import annotations
 import errno
 import io
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 from hypothesis import given, settings
@@ -23,7 +21,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator, settled
+from tests.helpers import make_coordinator, settled, short_dir
 from tests.test_hardening import _UdpMemoryReactor
 from wire.jointoken import decode_join_token
 from wire.relayproto import enlarge_socket_buffers
@@ -108,13 +106,6 @@ class LayeringTests(unittest.TestCase):
 
 
 # -- options: one-line usage errors, the default public URL ------------------
-
-
-def short_dir(test) -> str:
-    """A data dir short enough for the admin socket's path (108 bytes)."""
-    path = tempfile.mkdtemp(prefix="wire-ss-")
-    test.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 class UsageErrorTests(unittest.TestCase):

@@ -34,8 +34,9 @@ from wire.server.connguard import ConnectionGuard, connection_limit
 from wire.policy import PolicyError
 from wire.server.policyfile import PolicyFile, PolicyFileError
 from wire.server.dbthread import result_now
-from wire.server.store import SQLStore, StoreError, open_store, secure_data_dir
+from wire.server.store import IStore, SQLStore, StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
+from wire.server.sharedtls import SharedIdentityError, shared_self_signed
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
 from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
 from wire.urls import is_loopback_url
@@ -250,8 +251,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     server = CoordinationServer(coordinator, lock_file, foreground=twistd is None or bool(twistd["nodaemon"]))
     port, interface, data_dir = config["port"], config["interface"], config["data-dir"]
     try:
-        endpoint, endpoint6, fingerprint = _api_endpoint(config, reactor)
-    except TLSConfigError as e:
+        endpoint, endpoint6, fingerprint = _api_endpoint(config, reactor, coordinator.store)
+    except (TLSConfigError, SharedIdentityError, StoreError) as e:
         raise SystemExit(f"wire-server: {e}")
     rules = ClientRules(
         trusted_proxies=tuple(config["trusted-proxy"]),
@@ -343,10 +344,11 @@ def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> No
         log.warn("wire-server: " + loopback_warning(config))
 
 
-def _api_endpoint(config: Options, reactor):
+def _api_endpoint(config: Options, reactor, store: IStore):
     """The HTTP(S) endpoint, the same on IPv6 when the server listens on
     every address (None otherwise), and the certificate fingerprint for
-    join tokens ("" when nodes should verify a CA-signed certificate by hostname)."""
+    join tokens ("" when nodes should verify a CA-signed certificate by hostname).
+    On PostgreSQL the self-signed pair is the one every replica shares."""
     port, interface = config["port"], config["interface"]
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     tcp = endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
@@ -356,6 +358,9 @@ def _api_endpoint(config: Options, reactor):
     if config["tls-cert"]:
         cert_path, key_path = config["tls-cert"], config["tls-key"]
         fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
+    elif config["database"]:
+        cert_path, key_path = shared_self_signed(store, config["data-dir"])
+        fingerprint = read_fingerprint(cert_path)
     else:
         cert_path, key_path = ensure_self_signed(config["data-dir"])
         fingerprint = read_fingerprint(cert_path)
