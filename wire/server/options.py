@@ -64,6 +64,7 @@ class Options(usage.Options):
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
         ["expire-after", None, None, f"seconds offline before a node leaves the netmap [{DEFAULT_EXPIRE_AFTER:.0f}]"],
         ["import-seed-state", None, None, "import the nodes of a seed server's state.json before serving"],
+        ["import-sqlite", None, None, "copy the SQLite registry of this data dir into --database before serving (once; nodes need no re-join)"],
         ["dns-domain", None, None, f"the mesh's DNS domain: every node answers NAME.DOMAIN; empty: no mesh DNS [{DEFAULT_DOMAIN}]"],
         ["policy", None, None, "an access policy file (HuJSON, Tailscale's ACL shape): put in force at start, again on SIGHUP"],
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
@@ -180,6 +181,12 @@ class Options(usage.Options):
         if self["expire-after"] <= self["offline-after"]:
             raise usage.UsageError(f"{self.label('expire-after')} must be longer than {self.label('offline-after')}")
         self["dns-domain"] = _dns_domain(self.label("dns-domain"), self["dns-domain"])
+        if self["import-sqlite"]:
+            if not self["database"]:
+                raise usage.UsageError(f"{self.label('import-sqlite')} needs --database (the PostgreSQL database to import into)")
+            if not os.path.isdir(self["import-sqlite"]):
+                raise usage.UsageError(f"{self.label('import-sqlite')}: {self['import-sqlite']} is not a directory")
+            self["import-sqlite"] = os.path.abspath(self["import-sqlite"])
         seed = self["import-seed-state"]
         if seed is not None and not os.path.isfile(seed):
             raise usage.UsageError(f"{self.label('import-seed-state')}: {seed} is not a file")
@@ -265,7 +272,7 @@ def machine_name(candidates: list[str]) -> str:
 _CONFIG_KINDS = {
     "port": "integer", "offline-after": "number", "expire-after": "number", "trusted-proxy": "list", "public-url": "text-or-list",
 }
-_CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key", "database-password-file")
+_CONFIG_PATHS = ("data-dir", "import-seed-state", "import-sqlite", "tls-cert", "tls-key", "database-password-file")
 
 
 def config_kinds() -> dict[str, str]:

@@ -36,6 +36,7 @@ from wire.server.policyfile import PolicyFile, PolicyFileError
 from wire.server.dbthread import result_now
 from wire.server.store import IStore, SQLStore, StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
+from wire.server.migrate import SqliteImportError, import_sqlite
 from wire.server.sharedtls import SharedIdentityError, shared_self_signed
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
 from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
@@ -131,12 +132,28 @@ def _lock_data_dir(data_dir: str):
     return lock_file
 
 
+def _import_sqlite(config: Options, store: SQLStore, reactor) -> None:
+    """--import-sqlite: the old registry into the database, before loading it
+    (wire.server.migrate); the old data dir locked meanwhile, unless it is ours."""
+    source = config["import-sqlite"]
+    source_lock = None if source == config["data-dir"] else _lock_data_dir(source)
+    try:
+        log.info("wire-server: {report}", report=import_sqlite(source, store, reactor))
+    except SqliteImportError as e:
+        raise StoreError(str(e))
+    finally:
+        if source_lock is not None:
+            source_lock.close()
+
+
 def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
     lock_file = _lock_data_dir(config["data-dir"])
     store: SQLStore | None = None
     try:
         # Loading blocks here, before the reactor serves.
         store = open_store(config["data-dir"], reactor, config["database"], config["database-password"])
+        if config["import-sqlite"]:
+            _import_sqlite(config, store, reactor)
         prefix6 = mesh_prefix6(store, config["subnet6"])
         _log_prefix6(prefix6)
         registry = Registry(
@@ -344,7 +361,7 @@ def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> No
         log.warn("wire-server: " + loopback_warning(config))
 
 
-def _api_endpoint(config: Options, reactor, store: IStore):
+def _api_endpoint(config: Options, reactor, store: IStore | None = None):
     """The HTTP(S) endpoint, the same on IPv6 when the server listens on
     every address (None otherwise), and the certificate fingerprint for
     join tokens ("" when nodes should verify a CA-signed certificate by hostname).
@@ -358,7 +375,7 @@ def _api_endpoint(config: Options, reactor, store: IStore):
     if config["tls-cert"]:
         cert_path, key_path = config["tls-cert"], config["tls-key"]
         fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
-    elif config["database"]:
+    elif config["database"] and store is not None:
         cert_path, key_path = shared_self_signed(store, config["data-dir"])
         fingerprint = read_fingerprint(cert_path)
     else:
