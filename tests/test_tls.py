@@ -16,6 +16,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import (
@@ -33,10 +34,12 @@ from wire.server.options import Options
 from wire.server.tap import _api_endpoint
 from wire.tls import PinnedPolicy, ensure_self_signed, read_fingerprint
 from wire.tlsserver import (
+    BULK_PIECE,
     PLAIN_HTTP_MESSAGE,
     TLS_RECORD_DATA,
     TLSConfigError,
     TLSServerEndpoint,
+    carry_bulk,
     server_context,
 )
 
@@ -129,6 +132,13 @@ class ServerConnection:
             chunks.append(chunk)
 
 
+def wrapped_over(transport) -> ProtocolWrapper:
+    """A protocol wrapper (as the connection guard is) over ``transport``."""
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(transport)
+    return wrapper
+
+
 class RecordingProtocol(Protocol):
     def __init__(self):
         self.data = b""
@@ -170,6 +180,34 @@ class ServerTransportTests(unittest.TestCase):
         self.assertLessEqual(max(lengths), TLS_RECORD_DATA + 17)
         self.assertGreaterEqual(len(lengths), 300_000 // TLS_RECORD_DATA)
         self.assertEqual(conn.received(), answer)
+
+    def test_a_bulk_connection_writes_whole_records(self):
+        # What the relay stream asks for once upgraded (wire.server.relaystream).
+        conn = self.conn
+        conn.handshake()
+        carry_bulk(wrapped_over(conn.app.transport))
+        answer = os.urandom(300_000)
+        conn.app.transport.write(answer)
+        lengths = conn.to_client()
+        self.assertLessEqual(max(lengths), BULK_PIECE + 17)
+        self.assertEqual(len(lengths), -(-300_000 // BULK_PIECE))
+        self.assertEqual(conn.received(), answer)
+
+    def test_a_bulk_connection_reads_whole_records(self):
+        conn = self.conn
+        conn.handshake()
+        conn.tls.carry_bulk()
+        # Records of 16 KiB and pieces of 16 KiB: every piece ends inside one.
+        request = os.urandom(100_000)
+        conn.client.write(request)
+        conn.to_server()
+        self.assertEqual(conn.app.data, request)
+
+    def test_carry_bulk_without_tls_changes_nothing(self):
+        wire = StringTransport()
+        carry_bulk(wrapped_over(wire))
+        wire.write(b"plain")
+        self.assertEqual(wire.value(), b"plain")
 
     def test_a_written_sequence_is_one_record(self):
         conn = self.conn

@@ -39,6 +39,7 @@ from wire.relaystream import (
     parse_head,
 )
 from wire.server.auth import AuthError
+from wire.tlsserver import carry_bulk
 
 HEAD_TIMEOUT = 15.0
 IDLE_TIMEOUT = 90.0  # nodes send a keepalive every 10 s
@@ -141,6 +142,7 @@ class RelayStream(Protocol, TimeoutMixin):
         self.makeConnection(transport)
         self.number = self.streams.add(self)
         self._writer = RecordWriter(self.streams.clock, transport)
+        carry_bulk(transport)
         self.setTimeout(IDLE_TIMEOUT)
         if rest:
             self.dataReceived(rest)
