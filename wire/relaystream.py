@@ -61,24 +61,25 @@ class RecordReader:
     """Records out of a byte stream, however it is cut; bounded memory."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._rest = b""  # the start of a record the next data finishes
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete frames ``data`` finishes (raises StreamError on a bad record)."""
-        self._buffer += data
+        # Frames are sliced from the data as it came (one copy each): a
+        # TLS read brings about ten of them, and a record cut between two.
+        if self._rest:
+            data = self._rest + data
         frames = []
-        buffer = self._buffer
-        start = 0
-        while len(buffer) - start >= 2:
-            (length,) = _LENGTH.unpack_from(buffer, start)
+        start, end = 0, len(data)
+        while end - start >= 2:
+            (length,) = _LENGTH.unpack_from(data, start)
             if not OVERHEAD <= length <= MAX_FRAME:
                 raise StreamError(f"a record of {length} bytes (a frame is {OVERHEAD} to {MAX_FRAME})")
-            if len(buffer) - start - 2 < length:
+            if end - start - 2 < length:
                 break
-            frames.append(bytes(buffer[start + 2 : start + 2 + length]))
+            frames.append(bytes(data[start + 2 : start + 2 + length]))
             start += 2 + length
-        if start:
-            del buffer[:start]
+        self._rest = bytes(data[start:])
         return frames
 
 
@@ -101,7 +102,7 @@ class RecordWriter:
         """False (dropped) while the reader is slow, or once the connection is gone."""
         if self._paused or self._transport is None:
             return False
-        self._pending.append(record(frame))
+        self._pending += (_LENGTH.pack(len(frame)), frame)  # one copy, in the join
         if self._flush is None:
             self._flush = self._clock.callLater(0, self._write)
         return True
