@@ -16,7 +16,6 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import (
@@ -39,7 +38,6 @@ from wire.tlsserver import (
     TLS_RECORD_DATA,
     TLSConfigError,
     TLSServerEndpoint,
-    carry_bulk,
     server_context,
 )
 
@@ -132,13 +130,6 @@ class ServerConnection:
             chunks.append(chunk)
 
 
-def wrapped_over(transport) -> ProtocolWrapper:
-    """A protocol wrapper (as the connection guard is) over ``transport``."""
-    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
-    wrapper.makeConnection(transport)
-    return wrapper
-
-
 class RecordingProtocol(Protocol):
     def __init__(self):
         self.data = b""
@@ -185,7 +176,7 @@ class ServerTransportTests(unittest.TestCase):
         # What the relay stream asks for once upgraded (wire.server.relaystream).
         conn = self.conn
         conn.handshake()
-        carry_bulk(wrapped_over(conn.app.transport))
+        conn.tls.carry_bulk()
         answer = os.urandom(300_000)
         conn.app.transport.write(answer)
         lengths = conn.to_client()
@@ -202,12 +193,6 @@ class ServerTransportTests(unittest.TestCase):
         conn.client.write(request)
         conn.to_server()
         self.assertEqual(conn.app.data, request)
-
-    def test_carry_bulk_without_tls_changes_nothing(self):
-        wire = StringTransport()
-        carry_bulk(wrapped_over(wire))
-        wire.write(b"plain")
-        self.assertEqual(wire.value(), b"plain")
 
     def test_a_written_sequence_is_one_record(self):
         conn = self.conn

@@ -253,17 +253,6 @@ class TLSServerProtocol(ProtocolWrapper):
         return None  # nodes authenticate with bearer credentials, not certificates
 
 
-def carry_bulk(transport) -> None:
-    """Tell the server's TLS under ``transport`` (through protocol wrappers,
-    such as the connection guard) that it carries bulk data; without TLS
-    (an open server's plain HTTP) there is nothing to tell."""
-    while transport is not None:
-        if isinstance(transport, TLSServerProtocol):
-            transport.carry_bulk()
-            return
-        transport = getattr(transport, "transport", None)
-
-
 class TLSServerFactory(WrappingFactory[TLSServerProtocol]):
     protocol = TLSServerProtocol
 
