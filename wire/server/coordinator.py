@@ -93,9 +93,7 @@ class Coordinator:
         self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
         # The relay over TCP, for nodes whose networks block UDP (wire.relaystream).
-        self.relay_streams = RelayStreams(
-            clock, self.relay.handle, lambda outcome: self.metrics.stun_datagrams.labels(outcome).inc()
-        )
+        self.relay_streams = RelayStreams(clock, self.relay.handle, self.metrics.count_datagram)
         self.paths = PathBook(registry.changes, registry.changed_at)
         self.longpolls = LongPollHub(
             clock,

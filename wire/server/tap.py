@@ -296,7 +296,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         admin_path = admin_socket_path(data_dir)
         admin_endpoint = UNIXServerEndpoint(reactor, admin_path, mode=0o600, wantPID=True)
         Listening(admin_endpoint, build_admin_site(admin), f"the admin socket {admin_path}").setServiceParent(server)
-    observe = lambda outcome: coordinator.metrics.stun_datagrams.labels(outcome).inc()  # noqa: E731
+    observe = coordinator.metrics.count_datagram
     # The seed's STUN port also carries the relay; port+2 is STUN only.
     relay = coordinator.relay.handle
     # One limiter for both STUN ports: a source gets its share once.
