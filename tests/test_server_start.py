@@ -203,13 +203,19 @@ class PublicUrlTests(unittest.TestCase):
         self.assertIn("--public-url", str(caught.exception))
 
     def test_the_url_given_again_names_the_replicas(self):
+        database = ("--database", "postgresql://wire@db.example.org/wire")
         options = self.parse("--public-url", "https://a.example.org:443", "--public-url", "https://b.example.org:443/",
-                             "--public-url", "https://a.example.org:443")
+                             "--public-url", "https://a.example.org:443", *database)
         self.assertEqual((options["public-url"], options["replica-urls"]), ("https://a.example.org:443", ("https://b.example.org:443",)))
         self.assertEqual(self.parse("--public-url", "https://a.example.org")["replica-urls"], ())
-        with self.assertRaises(usage.UsageError) as caught:
-            self.parse("--public-url", "https://a.example.org", "--public-url", "gopher://b")
-        self.assertIn("--public-url", str(caught.exception))
+        for bad, said in (
+            (("--public-url", "https://a.example.org", "--public-url", "gopher://b", *database), "--public-url"),
+            (("--public-url", "https://a.example.org", "--public-url", "http://b.example.org", *database), "mix http:// and https://"),
+            (("--public-url", "https://a.example.org", "--public-url", "https://b.example.org"), "which need --database"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*bad)
+            self.assertIn(said, str(caught.exception))
 
     def test_loopback_hosts(self):
         for host in ("localhost", "LOCALHOST.", "app.localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "::ffff:127.0.0.1", "0.0.0.0", "::"):
@@ -445,7 +451,7 @@ class ConfigFileTests(unittest.TestCase):
         self.assertEqual(set(config_kinds()), options - {"config"})
 
     def test_the_file_may_list_the_replicas(self):
-        self.write('public-url = ["https://a.example.org:9000", "https://b.example.org:9000"]\n')
+        self.write('public-url = ["https://a.example.org:9000", "https://b.example.org:9000"]\ndatabase = "postgresql://wire@db/wire"\n')
         options = self.parse()
         self.assertEqual((options["public-url"], options["replica-urls"]), ("https://a.example.org:9000", ("https://b.example.org:9000",)))
         options = self.parse("--public-url", "https://c.example.org")

@@ -116,16 +116,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
 
-    def proxy_changed() -> None:
+    def proxy_changed(wanted: NodeConfig) -> None:
         """`wire set --proxy` on the running daemon: new connections to the
-        server (API calls, the relay stream) go through the new proxy."""
+        server (API calls, the relay stream) go through the new proxy; one
+        that cannot be used is a ConfigError, and the old one stays."""
         nonlocal proxy
-        try:
-            http = node_http(reactor, daemon.config, config_dir)
-            proxy = node_proxy(daemon.config, None, config_dir)
-        except ConfigError as e:
-            log.warn("the new proxy is not used: {error}", error=e)
-            return
+        http = node_http(reactor, wanted, config_dir)
+        proxy = node_proxy(wanted, None, config_dir)
         daemon.client.use_http(http)
 
     daemon.on_proxy_changed = proxy_changed

@@ -9,8 +9,9 @@ addresses; the certificate they pinned stays theirs, since the first server
 on the database shares its data dir's pair (wire.server.sharedtls): run the
 import with the old data dir as ``--data-dir``, or copy its ``tls-*.pem``.
 
-The SQLite file is opened (and brought to this wire's schema) as the server
-would open it, and never written otherwise. A database that already holds
+The SQLite file is opened as the server would open it (brought to this
+wire's schema, so an older wire refuses it afterwards) and not written
+otherwise. A database that already holds
 a mesh is refused, unless it is this very import done before (the source's
 path is kept in ``meta``): running the command again is harmless.
 """
@@ -18,14 +19,15 @@ path is kept in ``meta``): running the command again is harmless.
 from __future__ import annotations
 
 import os
+import re
 
 from wire.server.dbthread import result_now
-from wire.server.store import SQLStore, Writes, open_store, upsert
+from wire.server.store import SCHEMA, SQLStore, Writes, open_store, upsert
 
 IMPORTED_META = "imported_from_sqlite"
 # Kept by each database itself: never copied over.
 _OWN_META = ("schema_version",)
-# Tables copied; rows of others (none today) stay behind, named in the report.
+# A database holding rows here holds a mesh already.
 _MESH_TABLES = ("nodes", "join_keys", "credentials")
 
 
@@ -56,11 +58,17 @@ def import_sqlite(source_dir: str, target: SQLStore, reactor) -> str:
     return f"imported {path}: " + ", ".join(f"{count} {table}" for table, count in copied.items())
 
 
+def wire_tables() -> list[str]:
+    """The tables of this wire's schema (a table someone added by hand stays behind)."""
+    return sorted(set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)))
+
+
 def _copy(source: SQLStore, target: SQLStore) -> tuple[Writes, dict[str, int]]:
     """One transaction's statements copying every shared table, row for row."""
     writes = Writes()
     copied: dict[str, int] = {}
-    for (table,) in source.read_now("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"):
+    for table in wire_tables():
+        # The columns both sides have (both are at this wire's schema).
         columns = [row[1] for row in source.read_now(f"PRAGMA table_info({table})")]
         rows = source.read_now(f"SELECT {', '.join(columns)} FROM {table}")
         if table == "meta":

@@ -17,7 +17,7 @@ from wire.protocol import ProtocolError
 from wire.protocol.dns import DEFAULT_DOMAIN, parse_mesh_domain
 from wire.server.configfile import ConfigFileError, read_config_file
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER
-from wire.urls import is_loopback_host, parse_server_urls
+from wire.urls import check_one_scheme, is_loopback_host, parse_server_urls
 
 log = Logger()
 
@@ -206,8 +206,15 @@ class Options(usage.Options):
         if self["public-urls"]:
             try:
                 urls = parse_server_urls(self["public-urls"], "public-url")
+                check_one_scheme(urls, "public-url")
             except ProtocolError as e:
                 raise usage.UsageError(f"{self.label('public-url')}: {e.problem}")
+            if len(urls) > 1 and not self["database"]:
+                # Replicas share one database; separate SQLite files are separate meshes.
+                raise usage.UsageError(
+                    f"{self.label('public-url')} names replicas ({', '.join(urls[1:])}), which need --database "
+                    "(one PostgreSQL database that every replica uses)"
+                )
             self["public-url"], self["replica-urls"] = urls[0], urls[1:]
         else:
             if self["interface"] not in ("", "0.0.0.0", "::"):
