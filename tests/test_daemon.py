@@ -63,6 +63,9 @@ async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> Non
         waited += step
 
 
+
+DIRECT_PORT = 8790  # the fake server's port for our side (the kernel path)
+
 class DaemonTests(unittest.TestCase):
     """The daemon against a real server over real TCP on 127.0.0.1. Both
     run on one fake clock: only the sockets use the real reactor, so no
@@ -229,6 +232,8 @@ class ScriptedServer:
         self.relay_asked: list[tuple[str, bool, bytes | None]] = []  # (peer, fastpath, held)
         self.granted: dict[str, dict] = {}  # the last grant by peer
         self.fastpath_on = False  # the server's kernel fast path (grants carry the peer's side)
+        self.direct_on = False  # ... with side ports (grants asked with direct carry one)
+        self.direct_asked: list[bool] = []
         self.grants_hang = False
         self.grants_fail = False
         self.grants_bad = False
@@ -315,8 +320,11 @@ class ScriptedServer:
             call.cancel()
             self._answer(d)
 
-    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held=None) -> Deferred:
+    def relay(
+        self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held=None, direct: bool = False
+    ) -> Deferred:
         self.relay_requests.append(peer_node_id)
+        self.direct_asked.append(direct)
         self.relay_asked.append((peer_node_id, fastpath, held))
         if self.grants_hang:
             d: Deferred = Deferred()
@@ -336,6 +344,8 @@ class ScriptedServer:
             body = {**body, "token": last["token"], "key": last["key"]}  # our side kept
         if fastpath and self.fastpath_on:
             body = {**body, "peer_token": os.urandom(8).hex(), "peer_key": base64.b64encode(os.urandom(32)).decode()}
+        if direct and self.direct_on:
+            body = {**body, "direct_port": DIRECT_PORT}
         self.granted[peer_node_id] = body
         return succeed(RelayGrant.from_json(body))
 

@@ -65,8 +65,8 @@ class CandidateTests(unittest.TestCase):
         pair.send("b", B)
         [session] = self.table.fastpath_candidates()
         self.assertEqual(
-            fast_sides([session]),
-            {FastSide(session.session_id, pair.ga.token, A, B), FastSide(session.session_id, pair.gb.token, B, A)},
+            fast_sides([session], PORT),
+            {FastSide(session.session_id, pair.ga.token, A, B, PORT, PORT), FastSide(session.session_id, pair.gb.token, B, A, PORT, PORT)},
         )
 
     def test_an_old_shim_is_never_on_the_fast_path(self):
@@ -129,7 +129,7 @@ class CandidateTests(unittest.TestCase):
 
 class RulesetTests(unittest.TestCase):
     def test_the_table_text(self):
-        side = FastSide("s1", b"T" * 8, A, B)
+        side = FastSide("s1", b"T" * 8, A, B, PORT, PORT)
         text = ruleset(PORT, frozenset({side}), 50 * 1024 * 1024, 4 * 1024 * 1024)
         self.assertEqual(
             text,
