@@ -60,8 +60,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-async def main(reactor, seconds: float) -> None:
-    mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True)
+async def main(reactor, seconds: float, relay_rate: str | None = None) -> None:
+    server_args = ("--rate-limit-relay", relay_rate) if relay_rate else ()
+    mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True, server_args=server_args)
     try:
         await mesh.setup()
         await mesh.lab.add_router("corp", nat="hard")
@@ -93,6 +94,7 @@ async def main(reactor, seconds: float) -> None:
             "direct_udp_10M": direct_udp,
             "relay_udp_10M": relay_udp,
             "relay_udp_faster": relay_udp_fast,
+            "server_rate_limit_relay": relay_rate or "the default",
             "targets": {"relay_over_direct_percent": ">= 80", "relay_udp_10M_lost_percent": "0"},
         }
         print(json.dumps(report, indent=2))
@@ -103,5 +105,6 @@ async def main(reactor, seconds: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate-limit-relay", help="the server's per-side relay limit, MiB/s/MiB (its default: 50/4)")
     options = parser.parse_args()
-    react(lambda reactor: ensureDeferred(main(reactor, options.seconds)))
+    react(lambda reactor: ensureDeferred(main(reactor, options.seconds, options.rate_limit_relay)))

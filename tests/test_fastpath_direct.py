@@ -149,6 +149,15 @@ class OptionTests(unittest.TestCase):
             self.options("--relay-direct-ports", "lots")
         self.assertIn("--relay-direct-ports", str(e.exception))
 
+    def test_the_relays_rate_limit_per_side(self):
+        from twisted.python.usage import UsageError
+
+        self.assertEqual(self.options()["rate-limit-relay"], (50 * 1024 * 1024, 4 * 1024 * 1024))
+        self.assertEqual(self.options("--rate-limit-relay", "200/8")["rate-limit-relay"], (200 * 1024 * 1024, 8 * 1024 * 1024))
+        with self.assertRaises(UsageError) as e:
+            self.options("--rate-limit-relay", "fast")
+        self.assertIn("--rate-limit-relay", str(e.exception))
+
 
 class BindTests(unittest.TestCase):
     def setUp(self):

@@ -99,8 +99,9 @@ class RelayTable:
         idle_timeout: float = IDLE_TIMEOUT,
     ):
         self._clock = clock
-        self._rate = rate
-        self._burst = burst
+        # Each side's budget, bytes per second and burst (--rate-limit-relay).
+        self.rate = rate
+        self.burst = burst
         self.idle_timeout = idle_timeout
         self._by_pair: dict[frozenset[str], RelaySession] = {}
         self._by_token: dict[bytes, tuple[RelaySession, RelaySide]] = {}
@@ -191,7 +192,7 @@ class RelayTable:
         )
 
     def _new_side(self, session: RelaySession, node_id: str, now: float) -> None:
-        side = RelaySide(node_id, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
+        side = RelaySide(node_id, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self.rate, self.burst, now))
         session.sides[node_id] = side
         self._by_token[side.token] = (session, side)
         others = [s for member, s in session.sides.items() if member != node_id]

@@ -296,7 +296,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         coordinator.relay.direct_ports = DirectPorts(
             reactor, low, high, interface, lambda data, source, side_port: observe(coordinator.relay.bind(data, source, side_port))
         )
-    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1)
+    coordinator.relay.rate, coordinator.relay.burst = config["rate-limit-relay"]
+    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1, *config["rate-limit-relay"])
     coordinator.fastpath = fastpath
     fastpath.setServiceParent(server)
     if policy_file is not None:
