@@ -49,7 +49,22 @@ async def iperf(mesh: MeshLab, client: str, server: str, seconds: float, udp_rat
     end = report["end"]
     if udp_rate:
         return {"mbit_s": round(end["sum"]["bits_per_second"] / 1e6, 2), "lost_percent": end["sum"]["lost_percent"]}
-    return {"mbit_s": round(end["sum_received"]["bits_per_second"] / 1e6, 1)}
+    return {"mbit_s": round(end["sum_received"]["bits_per_second"] / 1e6, 1), "retransmits": end["sum_sent"].get("retransmits")}
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far (/proc/stat): user, nice, system, idle, iowait, irq, softirq."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:8]]
+
+
+def busy_shares(before: list[int], after: list[int]) -> dict:
+    """How the machine's CPUs spent a run, in percent of all of them."""
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent) or 1
+    user, nice, system, idle, _, irq, softirq = spent
+    return {"user": round(100 * (user + nice) / total), "system": round(100 * system / total),
+            "softirq": round(100 * (irq + softirq) / total), "idle": round(100 * idle / total)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,11 +89,14 @@ async def main(reactor, seconds: float, relay_rate: str | None = None) -> None:
         matrix = await mesh.ping_matrix(attempts=5)
         paths = {n["node_name"]: n.get("path") for n in (await mesh.status("hard1"))["nodes"]}
         relay_kind = next(n.get("endpoint_kind") for n in (await mesh.status("hard1"))["nodes"] if n["node_name"] == "hard2")
+        machine = cpu_times()
         direct_tcp = await iperf(mesh, "pub1", "pub2", seconds)
+        direct_cpu, machine = busy_shares(machine, cpu_times()), cpu_times()
         assert mesh.server is not None
         cpu_before = cpu_seconds(mesh.server.pid)
         relay_tcp = await iperf(mesh, "hard1", "hard2", seconds)
         server_cpu = cpu_seconds(mesh.server.pid) - cpu_before
+        relay_cpu = busy_shares(machine, cpu_times())
         direct_udp = await iperf(mesh, "pub1", "pub2", seconds, udp_rate="10M")
         relay_udp = await iperf(mesh, "hard1", "hard2", seconds, udp_rate="10M")
         relay_udp_fast = {rate: await iperf(mesh, "hard1", "hard2", seconds, udp_rate=rate) for rate in ("50M", "100M", "200M")}
@@ -88,6 +106,9 @@ async def main(reactor, seconds: float, relay_rate: str | None = None) -> None:
             "hard1_to_hard2_endpoint_kind": relay_kind,
             "direct_tcp_mbit_s": direct_tcp["mbit_s"],
             "relay_tcp_mbit_s": relay_tcp["mbit_s"],
+            "tcp_retransmits": {"direct": direct_tcp["retransmits"], "relay": relay_tcp["retransmits"]},
+            # The whole machine (every namespace shares its 2 cores): where the kernel's forwarding shows.
+            "machine_cpu_percent": {"direct_tcp": direct_cpu, "relay_tcp": relay_cpu},
             "relay_over_direct_percent": round(100 * relay_tcp["mbit_s"] / direct_tcp["mbit_s"], 1),
             "server_cpu_seconds_relay_tcp": round(server_cpu, 2),
             "server_cpu_cores_per_relayed_gbit_s": round(server_cpu / seconds / (relay_tcp["mbit_s"] / 1000), 3),
