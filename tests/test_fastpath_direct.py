@@ -271,17 +271,26 @@ class ServiceTests(unittest.TestCase):
         self.runner.assert_all_called()
         self.assertEqual((self.fp.state, self.sides.table.offer_direct), (ON, True))
 
-    def both_bound(self):
+    def bound(self) -> tuple[RelayGrant, RelayGrant]:
+        """Both shims heard from, and both WireGuards bound."""
         a, b = self.sides.grant("a", "b"), self.sides.grant("b", "a")
         self.sides.keepalive(a, A)
         self.sides.keepalive(b, B)
         self.sides.bind(a, A_WG)
         self.sides.bind(b, B_WG)
+        return a, b
+
+    def expect_install(self, a: RelayGrant, b: RelayGrant) -> None:
+        """The table, then the flows of every address of both sessions' sides."""
         self.runner.expect(["nft", "-f", "-"])
         for address, port in sorted({(A, PORT), (B, PORT), (A_WG, a.direct_port), (B_WG, b.direct_port)}):
             self.runner.expect(flush(address, port))
         self.clock.advance(0)
         self.runner.assert_all_called()
+
+    def both_bound(self) -> tuple[RelayGrant, RelayGrant]:
+        a, b = self.bound()
+        self.expect_install(a, b)
         return a, b
 
     def test_both_sides_bound_go_into_the_kernel_and_are_told(self):
@@ -323,27 +332,20 @@ class ServiceTests(unittest.TestCase):
         a, b = self.both_bound()
         junk = b"\x04\x00\x00\x00" + bytes(60)
         self.sides.bind(a, A_WG, frame=junk)
-        self.runner.expect(["nft", "-f", "-"])
-        for address, port in sorted({(A, PORT), (B, PORT), (A_WG, a.direct_port), (B_WG, b.direct_port)}):
-            self.runner.expect(flush(address, port))
-        self.clock.advance(0)
-        self.runner.assert_all_called()
+        self.expect_install(a, b)
         self.sides.bind(a, A_WG, frame=junk)
         self.clock.advance(REBUILD_EVERY / 2)
         self.runner.assert_all_called()  # not again so soon
         self.assertEqual(self.sides.told[2:], [], "no side's state changed: nobody told anything")
 
-    def test_an_nft_failure_frees_the_ports_and_tells_the_sides(self):
-        a, b = self.sides.grant("a", "b"), self.sides.grant("b", "a")
-        self.sides.keepalive(a, A)
-        self.sides.keepalive(b, B)
-        self.sides.bind(a, A_WG)
-        self.sides.bind(b, B_WG)
+    def test_an_nft_failure_frees_the_ports(self):
+        self.bound()
         self.runner.expect(["nft", "-f", "-"], rc=1, stderr=b"Error")
         self.runner.expect(["nft", "delete", "table", "ip", "wire_relay_8788"])
         self.clock.advance(0)
         self.runner.assert_all_called()
         self.assertEqual(self.sides.held(), [])
+        self.assertEqual((self.sides.table.kernel, self.sides.told), (frozenset(), []), "never forwarded: nothing to take back")
         self.assertIsNone(self.sides.grant("c", "a").direct_port, "no more side ports this run")
 
 
