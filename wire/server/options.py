@@ -73,10 +73,6 @@ class Options(usage.Options):
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
         ["tls-key", None, None, "PEM private key of --tls-cert"],
         ["public-url", None, None, "the URL nodes use to reach this server, put in join tokens [https://HOSTNAME:PORT]"],
-        [
-            "relay-direct-ports", None, None,
-            f"UDP ports LOW-HIGH the relay gives session sides of their own, so the kernel forwards WireGuard's packets; off: none [port+{DIRECT_PORTS_FROM} to port+{DIRECT_PORTS_FROM + DIRECT_PORTS_COUNT - 1}]",
-        ],
         ["rate-limit-register", None, None, "POST /register calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["register"]],
         ["rate-limit-enroll", None, None, "POST /enroll calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["enroll"]],
         ["rate-limit-path", None, None, "POST /path reports per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["path"]],
@@ -86,6 +82,10 @@ class Options(usage.Options):
             % (DEFAULT_RATE_BYTES / MIB, DEFAULT_BURST_BYTES / MIB),
         ],
         ["rate-limit-stun", None, None, "STUN and seed JSON datagrams per source address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["stun"]],
+        [
+            "relay-direct-ports", None, None,
+            f"UDP ports LOW-HIGH the relay gives session sides of their own, so the kernel forwards WireGuard's packets; off: none [port+{DIRECT_PORTS_FROM} to port+{DIRECT_PORTS_FROM + DIRECT_PORTS_COUNT - 1}]",
+        ],
     ]
     optFlags = [
         ["open", None, "the seed's behaviour: no join keys or credentials, plain HTTP (trusted networks only)"],
