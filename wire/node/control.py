@@ -90,7 +90,7 @@ def describe_path(
         reason = f"relay chosen ({why}); the relay session is not ready, WireGuard sends to {status.endpoint or 'nowhere'}"
     elif path.mode is not PathMode.RELAY and relayed:
         shown = PathMode.CONNECTING
-        reason = f"{path.summary}; WireGuard still sends to the relay shim {status.endpoint}"
+        reason = f"{path.summary}; WireGuard still sends to the relay {'shim ' if actual == 'relay-shim' else ''}{status.endpoint}"
     elif path.mode is not PathMode.RELAY and path.phase in (Phase.TRYING, Phase.FAILED) and not _proven_since(path, status):
         shown = PathMode.CONNECTING
         waited = now - path.since
