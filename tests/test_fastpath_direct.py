@@ -281,9 +281,9 @@ class ServiceTests(unittest.TestCase):
         return a, b
 
     def expect_install(self, a: RelayGrant, b: RelayGrant) -> None:
-        """The table, then the flows of every address of both sessions' sides."""
+        """The table, then the flows of both WireGuards' addresses."""
         self.runner.expect(["nft", "-f", "-"])
-        for address, port in sorted({(A, PORT), (B, PORT), (A_WG, a.direct_port), (B_WG, b.direct_port)}):
+        for address, port in sorted({(A_WG, a.direct_port), (B_WG, b.direct_port)}):
             self.runner.expect(flush(address, port))
         self.clock.advance(0)
         self.runner.assert_all_called()
@@ -295,11 +295,11 @@ class ServiceTests(unittest.TestCase):
 
     def test_both_sides_bound_go_into_the_kernel_and_are_told(self):
         a, b = self.both_bound()
-        text = self.runner.calls[-5].stdin.decode()
+        text = self.runner.calls[-3].stdin.decode()
         self.assertIn(f"udp dport {a.direct_port} ip saddr {A_WG[0]} udp sport {A_WG[1]} dnat to {B_WG[0]}:{B_WG[1]}", text)
         self.assertIn(f"udp dport {b.direct_port} ip saddr {B_WG[0]} udp sport {B_WG[1]} dnat to {A_WG[0]}:{A_WG[1]}", text)
         self.assertIn(f"masquerade to :{b.direct_port}", text)
-        self.assertIn("@th,96,64", text, "the shims' sealed frames stay in the kernel too")
+        self.assertNotIn("@th,96,64", text, "the shims' frames stay in Python: their keepalives are answered")
         self.assertEqual((self.fp.sessions_on, self.fp.direct_sessions_on), (1, 1))
         self.assertEqual(self.sides.table.kernel, {a.token, b.token})
         told = {address: answer_flags(a if address == A else b, data) for data, address in self.sides.told}
@@ -320,7 +320,7 @@ class ServiceTests(unittest.TestCase):
         # The server stops: the table goes, the sides are told, the ports freed.
         self.sides.told.clear()
         self.runner.expect(["nft", "delete", "table", "ip", "wire_relay_8788"])
-        for address, port in sorted({(A, PORT), (B, PORT), (A_WG, a.direct_port), (B_WG2, b.direct_port)}):
+        for address, port in sorted({(A_WG, a.direct_port), (B_WG2, b.direct_port)}):
             self.runner.expect(flush(address, port), rc=1)
         self.successResultOf(self.fp.stopService())
         self.runner.assert_all_called()
@@ -337,6 +337,25 @@ class ServiceTests(unittest.TestCase):
         self.clock.advance(REBUILD_EVERY / 2)
         self.runner.assert_all_called()  # not again so soon
         self.assertEqual(self.sides.told[2:], [], "no side's state changed: nobody told anything")
+
+    def test_a_session_that_loses_its_wireguard_rules_goes_back_to_the_shims_in_the_kernel(self):
+        a, b = self.both_bound()
+        self.sides.told.clear()
+        # B's node restarts without a raw socket: a fresh side, no port.
+        b2 = self.sides.table.grant("b", "a", PORT, fresh=True, fastpath=True)
+        self.sides.counters[b2.token] = 0
+        self.sides.keepalive(b2, B)
+        self.sides.table.grant("a", "b", PORT, fresh=True, fastpath=True, direct=True, held=a.token)
+        self.runner.expect(["nft", "-f", "-"])
+        for address, port in sorted({(A, PORT), (B, PORT), (A_WG, a.direct_port), (B_WG, b.direct_port)}):
+            self.runner.expect(flush(address, port))
+        self.clock.advance(0)
+        self.runner.assert_all_called()
+        text = self.runner.calls[-5].stdin.decode()
+        self.assertIn("@th,96,64 0x" + a.token.hex(), text)
+        self.assertNotIn(f"udp dport {a.direct_port}", text)
+        self.assertEqual(self.sides.table.kernel, frozenset())
+        self.assertEqual([(answer_flags(a, data), address) for data, address in self.sides.told], [(0, A)], "A told: the shim again")
 
     def test_an_nft_failure_frees_the_ports(self):
         self.bound()

@@ -35,7 +35,8 @@ themselves are forwarded, with no shim on either node in their way:
 
 The relay tells each such side, on its shim channel, that the kernel
 forwards it (``RelayTable.set_kernel``): only then does its node point
-WireGuard at ``server:P_A``.
+WireGuard at ``server:P_A``. Such a session's shims' frames stay in Python
+(only keepalives by then), so every keepalive answer says it again.
 
 Conntrack entries the socket's own traffic made (A:PA to the relay port,
 delivered locally) would keep a flow out of the NAT rules, so they are
@@ -347,7 +348,13 @@ class RelayFastPath(Service):
     async def reconcile(self) -> None:
         if self.state != ON:
             return
-        wanted = fast_sides(self._table.fastpath_candidates(), self._port) | direct_sides(self._table.direct_candidates())
+        direct = direct_sides(self._table.direct_candidates())
+        # A session whose WireGuards the kernel forwards keeps its shims'
+        # frames in Python: they are then only keepalives, and their answers
+        # are how each node goes on hearing that its side is in the kernel.
+        in_kernel = {s.session_id for s in direct}
+        sealed = [s for s in self._table.fastpath_candidates() if s.session_id not in in_kernel]
+        wanted = fast_sides(sealed, self._port) | direct
         if wanted == self.installed:
             return
         try:
