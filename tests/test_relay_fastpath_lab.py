@@ -23,6 +23,7 @@ from twisted.trial import unittest
 
 from tests.test_e2e import eventually, lab_unavailable
 from wire.demo import MeshLab
+from wire.node.relay import KEEPALIVE_INTERVAL, KERNEL_VALID
 from wire.relayproto import MAGIC
 from wire.runner import ProcessRunner
 
@@ -244,6 +245,11 @@ class RelayFastPathLabTests(unittest.TestCase):
         self.assertGreaterEqual(moved, 20, "mallory's own datagrams: refused by the side port's socket")
         self.assertEqual(self.direct_rules(await self.listing(mesh)), direct, "no side moved")
         self.assertTrue(await self.pings(mesh), "the pair is unaffected")
+
+        # The server's word is renewed every keepalive round: long after it
+        # would have lapsed, both still send to their side ports.
+        await deferLater(reactor, KERNEL_VALID + KEEPALIVE_INTERVAL + 1, lambda: None)
+        self.assertTrue(await self.on_kernel_path(mesh), "still on the kernel path")
 
         # A ping stream through two fallbacks: the table removed behind the
         # server's back (WireGuard's packets reach the side port's socket: the
