@@ -151,6 +151,10 @@ class RulesetTests(unittest.TestCase):
             "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
             "\t\tip saddr 198.51.100.1 udp sport 40000 ip daddr 203.0.113.2 udp dport 50000 masquerade to :8788\n"
             "\t}\n"
+            "\tchain output {\n"
+            "\t\ttype filter hook output priority raw; policy accept;\n"
+            "\t\tudp sport 8788 notrack\n"
+            "\t}\n"
             "}\n",
         )
 

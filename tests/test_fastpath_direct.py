@@ -240,6 +240,10 @@ class RulesetTests(unittest.TestCase):
             "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
             "\t\tip saddr 198.51.100.1 udp sport 1025 ip daddr 203.0.113.2 udp dport 2048 masquerade to :8791\n"
             "\t}\n"
+            "\tchain output {\n"
+            "\t\ttype filter hook output priority raw; policy accept;\n"
+            "\t\tudp sport 8788 notrack\n"
+            "\t}\n"
             "}\n",
         )
 

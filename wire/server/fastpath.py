@@ -152,7 +152,12 @@ def ruleset(port: int, sides: frozenset[FastSide], rate: float, burst: float) ->
     lines += ["\t}", "\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;"]
     for side in ordered:
         lines.append(f"\t\t{_flow(side)} masquerade to :{side.out_port}")
-    lines += ["\t}", "}", ""]
+    # What the relay socket sends (answers, frames Python forwards) opens no
+    # flow of its own: one it opened towards a side (say, in the moment
+    # between a side's flows being deleted and its next frame) would take
+    # that side's frames as its replies, past the NAT rules, into Python.
+    lines += ["\t}", "\tchain output {", "\t\ttype filter hook output priority raw; policy accept;"]
+    lines += [f"\t\tudp sport {port} notrack", "\t}", "}", ""]
     return "\n".join(lines)
 
 
