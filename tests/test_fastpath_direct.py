@@ -220,32 +220,18 @@ class BindTests(unittest.TestCase):
 class RulesetTests(unittest.TestCase):
     def test_wireguards_packets_by_port(self):
         side = FastSide("s1", b"T" * 8, A_WG, B_WG, LOW, LOW + 1, sealed=False)
-        text = ruleset(PORT, frozenset({side}), 100, 10)
-        self.assertEqual(
-            text,
-            "table ip wire_relay_8788\n"
-            "delete table ip wire_relay_8788\n"
-            "table ip wire_relay_8788 {\n"
-            "\tcounter d5454545454545454 { }\n"
-            "\tchain prerouting {\n"
-            "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
-            "\t\tudp dport 8790 ip saddr 198.51.100.1 udp sport 1025 dnat to 203.0.113.2:2048\n"
-            "\t}\n"
-            "\tchain forward {\n"
-            "\t\ttype filter hook forward priority filter; policy accept;\n"
+        lines = ruleset(PORT, frozenset({side}), 100, 10).splitlines()
+        # The table around them is the sealed path's (tests.test_fastpath); the side's own lines:
+        for line in (
+            "\tcounter d5454545454545454 { }",
+            "\t\tudp dport 8790 ip saddr 198.51.100.1 udp sport 1025 dnat to 203.0.113.2:2048",
             "\t\tip saddr 198.51.100.1 udp sport 1025 ip daddr 203.0.113.2 udp dport 2048"
-            ' counter name "d5454545454545454" limit rate over 100 bytes/second burst 10 bytes drop\n'
-            "\t}\n"
-            "\tchain postrouting {\n"
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-            "\t\tip saddr 198.51.100.1 udp sport 1025 ip daddr 203.0.113.2 udp dport 2048 masquerade to :8791\n"
-            "\t}\n"
-            "\tchain output {\n"
-            "\t\ttype filter hook output priority raw; policy accept;\n"
-            "\t\tudp sport 8788 notrack\n"
-            "\t}\n"
-            "}\n",
-        )
+            ' counter name "d5454545454545454" limit rate over 100 bytes/second burst 10 bytes drop',
+            "\t\tip saddr 198.51.100.1 udp sport 1025 ip daddr 203.0.113.2 udp dport 2048 masquerade to :8791",
+        ):
+            self.assertIn(line, lines)
+        self.assertEqual(len([x for x in lines if "dnat" in x or "masquerade" in x or "limit" in x]), 3, "one of each")
+        self.assertNotIn("@th", "\n".join(lines), "WireGuard's packets carry no token")
 
 
 def flush(address, port) -> list[str]:
