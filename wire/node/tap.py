@@ -39,7 +39,7 @@ from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
-from wire.stun.rawport import raw_udp_supported
+from wire.stun.rawport import RawUdpSender, raw_udp_supported
 
 log = Logger()
 
@@ -91,7 +91,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
     firewall = node_firewall(runner, config.interface)
-    shim = RelayShim(reactor, host, stun_a, config.listen_port)
+    # Root sends the relay's bind frames from WireGuard's port (the kernel path).
+    shim = RelayShim(reactor, host, stun_a, config.listen_port, raw=RawUdpSender())
     names = MeshNames(reactor, runner, config.interface, OsDnsPaths(state_dir=config_dir), accept_dns=config.accept_dns)
     daemon = NodeDaemon(
         clock=reactor,

@@ -44,6 +44,11 @@ class ServerMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.relay_fastpath_direct_sessions = Gauge(
+            "wire_relay_fastpath_direct_sessions",
+            "Relay sessions whose WireGuard packets the kernel forwards from the sides' own ports (no shim on either node)",
+            registry=self.registry,
+        )
         self.relay_fastpath_sessions = Gauge(
             "wire_relay_fastpath_sessions", "Relay sessions the kernel forwards (the fast path)", registry=self.registry
         )
@@ -96,11 +101,14 @@ class ServerMetrics:
         for mode in (PathMode.RELAY, PathMode.DIRECT, PathMode.LAN):
             self.pair_paths.labels(str(mode)).set_function(partial(count, mode))
 
-    def track_fastpath(self, state: Callable[[], str], sessions: Callable[[], float]) -> None:
-        """The fast path's state and sessions, read at scrape time."""
+    def track_fastpath(
+        self, state: Callable[[], str], sessions: Callable[[], float], direct: Callable[[], float] = lambda: 0
+    ) -> None:
+        """The fast path's state and sessions (all, and those without shims), read at scrape time."""
         for name in ("on", "off", "unavailable"):
             self.relay_fastpath.labels(name).set_function(partial(_is_state, state, name))
         self.relay_fastpath_sessions.set_function(sessions)
+        self.relay_fastpath_direct_sessions.set_function(direct)
 
     def track(
         self,

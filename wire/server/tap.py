@@ -46,6 +46,7 @@ log = Logger()
 from wire.server.firstjoin import first_join_notes, loopback_warning, write_first_join
 from wire.server.relaystream import UpgradeSnifferFactory
 from wire.server.fastpath import RelayFastPath
+from wire.server.relayports import DirectPorts
 from wire.runner import ProcessRunner
 from wire.server.listening import AlsoOnIPv6, AlsoOnIPv6UDP, Listening, ListeningUDP, StartFailure, TCP6OnlyServerEndpoint
 from wire.server.options import (
@@ -305,6 +306,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     for udp_port, relay_handler, job in ((port + 1, relay, "STUN and relay"), (port + 2, None, "STUN")):
         streams = coordinator.relay_streams if relay_handler is not None else None
         protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit, streams=streams)
+        if relay_handler is not None:
+            coordinator.relay.send = protocol.send_relayed
         what = f"UDP port {udp_port}{where} ({job}, --port + {udp_port - port})"
         ListeningUDP(udp_port, protocol, interface, reactor, what).setServiceParent(server)
         if not interface:
@@ -313,7 +316,13 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
             AlsoOnIPv6UDP(udp_port, stun6, reactor, f"UDP port {udp_port} (STUN)").setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
     # Verified relay sessions forwarded by the kernel where it can (root, nft).
-    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1)
+    if config["relay-direct-ports"] is not None:
+        low, high = config["relay-direct-ports"]
+        coordinator.relay.direct_ports = DirectPorts(
+            reactor, low, high, interface, lambda data, source, side_port: observe(coordinator.relay.bind(data, source, side_port))
+        )
+    coordinator.relay.rate, coordinator.relay.burst = config["rate-limit-relay"]
+    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1, *config["rate-limit-relay"])
     coordinator.fastpath = fastpath
     fastpath.setServiceParent(server)
     if policy_file is not None:
