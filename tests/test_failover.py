@@ -186,7 +186,7 @@ class DaemonFailoverTests(unittest.TestCase):
             await deferLater(reactor, 0.01, lambda: None)
         raise AssertionError(f"condition not met within {turns} turns")
 
-    def make_daemon(self, urls: tuple[str, ...]) -> NodeDaemon:
+    def make_daemon(self, urls: tuple[str, ...], relay=None) -> NodeDaemon:
         config = NodeConfig(server_url=urls[0], node_name="web1", node_id=body_for("web1")["node_id"], server_urls=urls)
         save_config(self.config_dir, config)
         self.wireguard = FakeWireGuard(clock=self.clock)
@@ -199,10 +199,27 @@ class DaemonFailoverTests(unittest.TestCase):
             client=CoordinationClient(make_http_client(reactor, persistent=False), urls[0]),
             probe_nat=fixed_nat(),
             lan_ip=lambda: "192.168.1.10",
+            relay=relay,
         )
         daemon.startService()
         self.addCleanup(daemon.stopService)
         return daemon
+
+    async def test_the_relay_moves_with_the_node(self):
+        # Relay sessions are the old replica's: frames go to the new one's relay port.
+        from wire.node.relay import RelayShim
+
+        (_, first_port, first_url), (_, second_port, second_url) = self.servers
+        shim = RelayShim(reactor, "127.0.0.1", first_port.getHost().port + 1, 51820)
+        daemon = self.make_daemon((first_url, second_url), relay=shim)
+        await self.settle(lambda: daemon.contact.registered)
+        await shim.start()
+        self.assertEqual(shim.server, ("127.0.0.1", first_port.getHost().port + 1))
+        daemon._lost_contact("refused", 0, first_url)
+        await self.settle(lambda: shim.server is None)
+        await shim.start()  # as the next grant does
+        self.addCleanup(shim.stop)
+        self.assertEqual(shim.server, ("127.0.0.1", second_port.getHost().port + 1))
 
     async def test_a_late_failure_from_the_replica_left_moves_nothing(self):
         # A silent replica: the node moved on a register's timeout; the

@@ -50,7 +50,7 @@ from wire.client import (
 from wire.debuglog import logger as debug_aware_logger
 from wire.jointoken import JoinToken
 from wire.node.backoff import Backoff
-from wire.node.config import ConfigError, NodeConfig, save_config
+from wire.node.config import ConfigError, NodeConfig, save_config, stun_ports
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.failurelog import BadAnswers, FailureLog
@@ -1059,6 +1059,12 @@ class NodeDaemon(Service):
 
     # -- contact with the server ----------------------------------------------
 
+    async def _relay_moved(self, url: str) -> None:
+        """Relayed peers through the new replica's relay (its sessions, its port)."""
+        host, relay_port, _ = stun_ports(url)
+        await self.reconciler.relay_moved(host, relay_port)
+        await self.reconciler.reconcile()
+
     def _made_contact(self) -> None:
         self._servers_tried = 0
         if not self.contact.reachable:
@@ -1099,6 +1105,7 @@ class NodeDaemon(Service):
             moved(following)
         # A long-poll still waiting on the old one (silent, not yet ended) asks the new one now.
         self._restart_poll()
+        self._track(self._guarded(lambda: self._relay_moved(following), "moving the relay"))
         self._servers_tried += 1
         if self._servers_tried < len(servers_of(self.config)):
             self._sync_backoff.reset()

@@ -436,6 +436,12 @@ class Reconciler:
         if self.relay is not None:
             await self.relay.reset()
 
+    async def relay_moved(self, server_host: str, relay_port: int) -> None:
+        """The node moved to another replica: its relay sessions are asked
+        for there, and frames go to its relay port."""
+        if self.relay is not None:
+            await self.relay.move_to(server_host, relay_port)
+
     async def stop(self) -> None:
         """End every relay session: the node stops or leaves."""
         if self.relay is not None:

@@ -384,6 +384,15 @@ class RelayShim:
         now = self.reactor.seconds()
         return now - max(session.created, session.last_heard) > ALIVE_WITHIN
 
+    async def move_to(self, server_host: str, relay_port: int) -> None:
+        """The node uses another replica (wire.node.servers): every session
+        was the old one's. Stop, and start at the new one with the next grant."""
+        await self.stop()
+        self._server_host, self._relay_port = server_host, relay_port
+        self.server = None
+        if self.stream is not None:
+            self.stream.host = server_host
+
     async def reset(self) -> None:
         """Forget every session (the server restarted); they are asked for anew."""
         for peer in list(self._sessions):
