@@ -13,6 +13,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import FakeDatagramTransport, StringTransport
 from twisted.internet.task import Clock
@@ -208,11 +209,18 @@ class ServerTests(TestCase):
     def start_upstream(self, records: dict[bytes, str], name: str) -> tuple[_StaticUpstream, str]:
         upstream = _StaticUpstream(records, name)
         factory = server.DNSServerFactory(authorities=[upstream])
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-        self.addCleanup(udp.stopListening)
-        tcp = reactor.listenTCP(udp.getHost().port, factory, interface="127.0.0.1")
-        self.addCleanup(tcp.stopListening)
-        return upstream, f"127.0.0.1:{udp.getHost().port}"
+        # A UDP port whose TCP twin is free too (another test may hold it).
+        for _ in range(50):
+            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+            try:
+                tcp = reactor.listenTCP(udp.getHost().port, factory, interface="127.0.0.1")
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            self.addCleanup(udp.stopListening)
+            self.addCleanup(tcp.stopListening)
+            return upstream, f"127.0.0.1:{udp.getHost().port}"
+        raise AssertionError("no UDP port with a free TCP twin on 127.0.0.1")
 
     async def start_mesh(self, config: DnsConfig | None = None, **options) -> MeshDns:
         mesh = MeshDns(reactor, "127.0.0.1", 0, reverse_networks=NETWORKS, **options)
