@@ -223,19 +223,31 @@ class Authority:
 
     def enrolled(self, node_id: str, credential_hash: str, key: JoinKey) -> None:
         """After the transaction committed: the in-memory side."""
+        self.adopt(node_id, credential_hash)
+        key.uses += 1
+
+    def adopt(self, node_id: str, credential_hash: str) -> None:
+        """A node's credential, as stored (one another replica issued: wire.server.cluster)."""
         old = self._credential_of_node.pop(node_id, None)
         if old is not None:
             self._node_by_credential.pop(old, None)
         self._node_by_credential[credential_hash] = node_id
         self._credential_of_node[node_id] = credential_hash
-        key.uses += 1
 
     def forget_node(self, db: Writes, node_id: str) -> None:
         """Inside a transaction: the node's credential stops working."""
         db.execute("DELETE FROM credentials WHERE node_id = ?", (node_id,))
+        self.forgotten(node_id)
+
+    def forgotten(self, node_id: str) -> None:
+        """The node's credential stops working here (its row is gone already)."""
         credential_hash = self._credential_of_node.pop(node_id, None)
         if credential_hash is not None:
             self._node_by_credential.pop(credential_hash, None)
+
+    def credential_of(self, node_id: str) -> str | None:
+        """The hash of the node's credential, if it has one here."""
+        return self._credential_of_node.get(node_id)
 
     # -- audit -------------------------------------------------------------
 

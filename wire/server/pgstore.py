@@ -33,6 +33,8 @@ SCHEMA_VERSION_KEY = "schema_version"
 # pg_advisory_xact_lock's key for migrations ("wire" in ASCII).
 MIGRATION_LOCK = 0x77697265
 CONNECT_TIMEOUT = 10
+# The channel a transaction that appended changes NOTIFYs (wire.server.cluster LISTENs).
+CHANGES_CHANNEL = "wire_changes"
 
 # What each schema after the first PostgreSQL one (9) changes, by version:
 # run in order, in the migration's transaction.
@@ -121,6 +123,32 @@ class PostgresEngine:
 
     def select(self, connection: psycopg.Connection, sql: str, parameters: tuple) -> list[tuple]:
         return connection.execute(placeholders(sql), parameters).fetchall()
+
+    def fetch(self, connection: psycopg.Connection, sql: str, parameters: tuple) -> list[tuple]:
+        return connection.execute(placeholders(sql), parameters).fetchall()
+
+    def notify(self, connection: psycopg.Connection) -> None:
+        # Delivered at commit, to every replica LISTENing (wire.server.cluster).
+        connection.execute(f"NOTIFY {CHANGES_CHANNEL}")
+
+    def session(self) -> psycopg.Connection:
+        """A connection of its own (no migration), for LISTEN and the leader's
+        advisory lock; keepalives, so a dead peer ends the session within seconds."""
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
+        try:
+            return psycopg.connect(
+                self._url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name="wire-server-cluster",
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
+                **extra,
+            )
+        except psycopg.Error as e:
+            raise StoreError(f"cannot reach the PostgreSQL database {self.where}: {self._said(e)}") from None
 
     def close(self, connection: psycopg.Connection) -> None:
         connection.close()

@@ -1,0 +1,182 @@
+"""Two real ``twistd wire-server`` replicas on one throw-away PostgreSQL
+(tests.pgcluster) serving one mesh (issue 19): a change at one reaches
+long-polls at the other at once, a cursor from one is good at the other,
+kill -9 loses nothing acknowledged, two replicas never give one address
+twice, and the offline sweep runs once, taken over when its leader dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from tests import pgcluster
+from tests.helpers import body_for
+from tests.serverproc import ServerProcess, http_client
+
+
+class ReplicaTests(unittest.TestCase):
+    skip = pgcluster.skip_reason()
+    timeout = 120
+
+    def setUp(self):
+        self.pg, self.database = pgcluster.database(self)
+        self.http = http_client()
+
+    def replica(self, name: str, *extra: str) -> ServerProcess:
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        args = ("--open", f"--database={self.pg.url(self.database)}", f"--replica-name={name}", *extra)
+        return ServerProcess(self, data_dir, extra_args=args)
+
+    async def two(self, *extra: str) -> tuple[ServerProcess, ServerProcess]:
+        a, b = self.replica("a", *extra), self.replica("b", *extra)
+        await a.start()
+        await b.start()
+        return a, b
+
+    async def get(self, server: ServerProcess, path: str, timeout: float = 5):
+        response = await self.http.get(server.url + path, timeout=timeout)
+        return json.loads(await response.content())
+
+    async def post(self, server: ServerProcess, path: str, body: dict):
+        response = await self.http.post(server.url + path, data=json.dumps(body).encode(), timeout=10)
+        return response.code, json.loads(await response.content())
+
+    async def eventually(self, check, seconds: float = 10.0):
+        deadline = time.monotonic() + seconds
+        while True:
+            result = await check()
+            if result or time.monotonic() > deadline:
+                return result
+            await deferLater(reactor, 0.1, lambda: None)
+
+    async def caught_up(self, server: ServerProcess, serial: int) -> bool:
+        async def there():
+            health = await self.get(server, "/health")
+            return health["cluster"]["lag"] == 0 and int((await self.get(server, "/peers"))["cursor"].split(":")[1]) >= serial
+
+        return bool(await self.eventually(there))
+
+    def psql(self, sql: str) -> str:
+        return self.pg.psql(sql, self.database).strip()
+
+    async def test_a_registration_at_one_reaches_a_long_poll_waiting_at_the_other_within_a_second(self):
+        a, b = await self.two()
+        # A cursor past serial 0 (which asks for a snapshot, on one server as on many).
+        self.assertEqual((await self.post(b, "/register", body_for("db1")))[0], 200)
+        self.assertTrue(await self.caught_up(b, 1))
+        cursor = (await self.get(b, "/peers"))["cursor"]
+        waiting = self.http.get(f"{b.url}/peers?since={cursor}&wait=20", timeout=30)
+        await deferLater(reactor, 0.3, lambda: None)  # the poll waits at b
+        started = time.monotonic()
+        code, answer = await self.post(a, "/register", body_for("web1"))
+        self.assertEqual(code, 200, answer)
+        response = await waiting
+        netmap = json.loads(await response.content())
+        took = time.monotonic() - started
+        self.assertEqual([n["node_name"] for n in netmap["upserts"]], ["web1"])
+        self.assertFalse(netmap["full"])
+        self.assertLess(took, 1.0)
+        # Both replicas' cursors are the cluster's: the same epoch, past the change.
+        self.assertEqual(netmap["cursor"].split(":")[0], cursor.split(":")[0])
+        print(f"\nregistration at A answered at B's long-poll in {took * 1000:.0f} ms")
+
+    async def test_a_cursor_from_one_replica_gets_a_delta_at_the_other(self):
+        a, b = await self.two()
+        for name in ("web1", "web2"):
+            self.assertEqual((await self.post(a, "/register", body_for(name)))[0], 200)
+        # A records its own changes when the stream reaches them, as B does.
+        self.assertTrue(await self.caught_up(a, 2))
+        cursor = (await self.get(a, "/peers"))["cursor"]
+        self.assertEqual((await self.post(a, "/register", body_for("web3")))[0], 200)
+        self.assertTrue(await self.caught_up(b, int(cursor.split(":")[1]) + 1))
+        netmap = await self.get(b, f"/peers?since={cursor}&wait=0")
+        self.assertFalse(netmap["full"], netmap)
+        self.assertEqual([n["node_name"] for n in netmap["upserts"]], ["web3"])
+        # And back: b's cursor is good at a.
+        self.assertTrue(await self.caught_up(b, 3))
+        at_b = (await self.get(b, "/peers"))["cursor"]
+        self.assertEqual((await self.post(b, "/register", body_for("web4")))[0], 200)
+        self.assertTrue(await self.caught_up(a, int(at_b.split(":")[1]) + 1))
+        back = await self.get(a, f"/peers?since={at_b}&wait=0")
+        self.assertFalse(back["full"], back)
+        self.assertEqual([n["node_name"] for n in back["upserts"]], ["web4"])
+
+    async def test_kill_9_of_one_loses_no_acknowledged_registration(self):
+        a, b = await self.two()
+        answers = {}
+        for i in range(20):
+            code, answer = await self.post(a, "/register", body_for(f"n{i}"))
+            self.assertEqual(code, 200, answer)
+            answers[f"n{i}"] = answer["vpn_ip"]
+        await a.kill(signal.SIGKILL)
+
+        async def served():
+            status = await self.get(b, "/status")
+            return {n["node_name"]: n["vpn_ip"] for n in status["nodes"]} == answers
+
+        self.assertTrue(await self.eventually(served))
+
+    async def test_concurrent_registrations_at_both_never_share_an_address(self):
+        a, b = await self.two()
+
+        async def register(server, name):
+            # Refused (the other replica took the address first): the node tries again.
+            for _ in range(20):
+                code, answer = await self.post(server, "/register", body_for(name))
+                if code == 200:
+                    return answer["vpn_ip"]
+                self.assertIn(code, (409, 503), answer)
+                await deferLater(reactor, 0.1, lambda: None)
+            raise AssertionError(f"{name} never registered")
+
+        calls = [register(a if i % 2 else b, f"c{i}") for i in range(30)]
+        from twisted.internet.defer import Deferred
+
+        results = await DeferredList([Deferred.fromCoroutine(c) for c in calls], fireOnOneErrback=True, consumeErrors=True)
+        addresses = [vpn_ip for _, vpn_ip in results]
+        self.assertEqual(len(set(addresses)), 30, addresses)
+        stored = self.psql("SELECT vpn_ip FROM nodes").split()
+        self.assertEqual(sorted(stored), sorted(addresses))
+
+    async def test_the_sweep_runs_once_and_the_other_replica_takes_it_over_when_the_leader_dies(self):
+        a, b = await self.two("--offline-after=5")
+
+        async def leader():
+            leads = [(await self.get(s, "/health"))["cluster"]["leader"] for s in (a, b)]
+            return leads if sum(leads) == 1 else None
+
+        leads = await self.eventually(leader)
+        self.assertTrue(leads, "no single leader")
+        first, other = (a, b) if leads[0] else (b, a)
+        self.assertEqual((await self.post(other, "/register", body_for("quiet")))[0], 200)
+        node_id = body_for("quiet")["node_id"]
+
+        async def offline_everywhere():
+            views = [await self.get(s, "/status") for s in (a, b)]
+            return all(v["nodes"] and not v["nodes"][0]["online"] for v in views)
+
+        self.assertTrue(await self.eventually(offline_everywhere, 15))
+        await deferLater(reactor, 2, lambda: None)  # a second sweep would show by now
+        self.assertEqual(self.psql(f"SELECT count(*) FROM changes WHERE subject = '{node_id}' AND kind = 'offline'"), "1")
+
+        await first.kill(signal.SIGKILL)
+
+        async def took_over():
+            return (await self.get(other, "/health"))["cluster"]["leader"]
+
+        self.assertTrue(await self.eventually(took_over, 10))
+        self.assertEqual((await self.post(other, "/register", body_for("quiet2")))[0], 200)
+        quiet2 = body_for("quiet2")["node_id"]
+
+        async def swept():
+            return self.psql(f"SELECT count(*) FROM changes WHERE subject = '{quiet2}' AND kind = 'offline'") == "1"
+
+        self.assertTrue(await self.eventually(swept, 15))
