@@ -61,7 +61,7 @@ SESSION_TICK = 1.0
 class SingleServer:
     """One server alone on its database: always the leader, nothing to follow."""
 
-    name = ""
+    replica = ""
     leader = True
     reachable = True
     applied = 0
@@ -277,7 +277,7 @@ class Cluster(Service):
     """This replica's part: the stream, the session, the leader's duties."""
 
     def __init__(self, store: SQLStore, registry: Registry, reactor: Any, name: str, authority: Any = None):
-        self.name = name
+        self.replica = name
         self._store = store
         self._registry = registry
         self._reactor = reactor
@@ -301,7 +301,7 @@ class Cluster(Service):
         return self.stream.lag
 
     def health(self) -> dict:
-        return {"replica": self.name, "database": self.reachable, "leader": self.leader, "lag": self.lag}
+        return {"replica": self.replica, "database": self.reachable, "leader": self.leader, "lag": self.lag}
 
     def startService(self) -> None:
         super().startService()
@@ -323,10 +323,10 @@ class Cluster(Service):
     def _lock_held(self, held: bool) -> None:
         self._holds_lock = held
         if held:
-            log.info("cluster: replica {name} leads (offline sweeps, expiry, ephemeral nodes)", name=self.name)
+            log.info("cluster: replica {name} leads (offline sweeps, expiry, ephemeral nodes)", name=self.replica)
             self._lead()
         elif self.leader:
-            log.warn("cluster: replica {name} no longer leads (its database session ended)", name=self.name)
+            log.warn("cluster: replica {name} no longer leads (its database session ended)", name=self.replica)
             self.leader = False
 
     def _safety_net(self) -> None:

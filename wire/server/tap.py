@@ -314,7 +314,9 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     coordinator.metrics.set_replica(config["replica-name"])
     if config["database"] is not None:
         # After the maintenance service: started once the store serves, stopped before it closes.
-        cluster = Cluster(coordinator.store, coordinator.registry, reactor, config["replica-name"], coordinator.authority)
+        store = coordinator.store
+        assert isinstance(store, SQLStore)
+        cluster = Cluster(store, coordinator.registry, reactor, config["replica-name"], coordinator.authority)
         coordinator.cluster = cluster
         cluster.setServiceParent(server)
     # Verified relay sessions forwarded by the kernel where it can (root, nft).
