@@ -42,6 +42,7 @@ class Replica:
     def __init__(self, test: unittest.TestCase, data_dir: str, clock: Clock, name: str, leader: bool = False):
         self.store = open_store(data_dir, clock)
         test.addCleanup(self.store.close)
+        self.store.streaming = True
         self.store.origin = name
         changes = ChangeLog(epoch=self.store.draw_meta("epoch", f"epoch-{name}"), serial=self.store.cluster_serial(), shared=True)
         self.registry = Registry(

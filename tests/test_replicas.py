@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 from twisted.internet import reactor
@@ -19,6 +21,17 @@ from twisted.trial import unittest
 from tests import pgcluster
 from tests.helpers import body_for
 from tests.serverproc import ServerProcess, http_client
+from wire.jointoken import decode_join_token
+
+
+async def eventually(check, seconds: float = 10.0):
+    """``check()``'s first true answer within ``seconds``, else its last."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await deferLater(reactor, 0.1, lambda: None)
 
 
 class ReplicaTests(unittest.TestCase):
@@ -50,12 +63,7 @@ class ReplicaTests(unittest.TestCase):
         return response.code, json.loads(await response.content())
 
     async def eventually(self, check, seconds: float = 10.0):
-        deadline = time.monotonic() + seconds
-        while True:
-            result = await check()
-            if result or time.monotonic() > deadline:
-                return result
-            await deferLater(reactor, 0.1, lambda: None)
+        return await eventually(check, seconds)
 
     async def caught_up(self, server: ServerProcess, serial: int) -> bool:
         async def there():
@@ -180,3 +188,102 @@ class ReplicaTests(unittest.TestCase):
             return self.psql(f"SELECT count(*) FROM changes WHERE subject = '{quiet2}' AND kind = 'offline'") == "1"
 
         self.assertTrue(await self.eventually(swept, 15))
+
+    async def test_metrics_and_health_say_which_replica_and_its_lag(self):
+        a, b = await self.two()
+        self.assertEqual((await self.post(a, "/register", body_for("web1")))[0], 200)
+        self.assertTrue(await self.caught_up(b, 1))
+        health = await self.get(b, "/health")
+        self.assertEqual(health["cluster"], {"replica": "b", "database": True, "leader": health["cluster"]["leader"], "lag": 0})
+        response = await self.http.get(f"{b.url}/metrics", timeout=5)
+        metrics = (await response.content()).decode()
+        self.assertIn('wire_replica_info{name="b"} 1.0', metrics)
+        self.assertIn("wire_cluster_serial_applied 1.0", metrics)
+        self.assertIn("wire_cluster_lag 0.0", metrics)
+
+    async def test_after_the_database_restarts_the_replicas_listen_again_and_lose_nothing(self):
+        a, b = await self.two()
+        self.assertEqual((await self.post(a, "/register", body_for("web1")))[0], 200)
+        self.pg.stop()
+        self.addCleanup(lambda: None if self.pg.running else self.pg.restart())
+
+        async def unreachable():
+            return not (await self.get(b, "/health"))["cluster"]["database"]
+
+        self.assertTrue(await self.eventually(unreachable))
+        code, _ = await self.post(a, "/register", body_for("web2"))
+        self.assertEqual(code, 503, "refused, not acknowledged")
+        # b still answers from memory meanwhile.
+        self.assertEqual([n["node_name"] for n in (await self.get(b, "/status"))["nodes"]], ["web1"])
+        self.pg.restart()
+
+        async def reachable():
+            return all([(await self.get(s, "/health"))["cluster"]["database"] for s in (a, b)])
+
+        self.assertTrue(await self.eventually(reachable, 15))
+        cursor = (await self.get(b, "/peers"))["cursor"]
+        waiting = self.http.get(f"{b.url}/peers?since={cursor}&wait=20", timeout=30)
+        await deferLater(reactor, 0.3, lambda: None)
+        started = time.monotonic()
+        self.assertEqual((await self.post(a, "/register", body_for("web3")))[0], 200)
+        netmap = json.loads(await (await waiting).content())
+        self.assertEqual([n["node_name"] for n in netmap["upserts"]], ["web3"])
+        self.assertLess(time.monotonic() - started, 1.0, "woken by LISTEN again, not the safety net")
+
+
+class AuthenticatedReplicaTests(unittest.TestCase):
+    """With node authentication (join keys, credentials) on both replicas."""
+
+    skip = pgcluster.skip_reason()
+    timeout = 120
+
+    def setUp(self):
+        self.pg, self.database = pgcluster.database(self)
+        self.http = http_client()
+
+    def replica(self, name: str) -> ServerProcess:
+        # UNIX socket paths are short (the admin socket): a short data dir.
+        data_dir = tempfile.mkdtemp(prefix=f"wire-{name}-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        args = ("--plain-http", f"--database={self.pg.url(self.database)}", f"--replica-name={name}")
+        return ServerProcess(self, data_dir, extra_args=args)
+
+    async def call(self, server, method, path, body=None, credential=None):
+        headers = {"Authorization": [f"Bearer {credential}"]} if credential else {}
+        data = json.dumps(body).encode() if body is not None else None
+        response = await self.http.request(method, server.url + path, data=data, headers=headers, timeout=10)
+        return response.code, json.loads(await response.content())
+
+    async def test_a_node_enrolled_at_one_is_known_at_the_other_and_its_one_time_key_is_used_up_everywhere(self):
+        a = self.replica("a")
+        await a.start()
+
+        def first_join_secret():
+            path = os.path.join(a.data_dir, "first-join.txt")
+            if not os.path.exists(path):
+                return None
+            with open(path) as f:
+                (command,) = [line for line in f.read().splitlines() if not line.startswith("#")]
+            return decode_join_token(command.rsplit(" ", 1)[1]).secret
+
+        async def made():
+            return first_join_secret()
+
+        secret = await eventually(made)
+        self.assertTrue(secret)
+        b = self.replica("b")
+        await b.start()
+        # The key a made is used at b.
+        code, enrolled = await self.call(b, "POST", "/enroll", {**body_for("web1"), "join_key": secret})
+        self.assertEqual(code, 200, enrolled)
+        credential = enrolled["credential"]
+
+        async def known_at_a():
+            code, netmap = await self.call(a, "GET", "/peers?since=0:0", credential=credential)
+            return netmap if code == 200 else None
+
+        netmap = await eventually(known_at_a)
+        self.assertTrue(netmap, "a does not know b's credential")
+        self.assertEqual([n["node_name"] for n in netmap["upserts"]], ["web1"])
+        code, refused = await self.call(a, "POST", "/enroll", {**body_for("web2"), "join_key": secret})
+        self.assertEqual(code, 401, refused)

@@ -220,7 +220,7 @@ class StoreContract:
 
     async def test_changes_take_serials_in_the_commit_that_writes_their_rows(self):
         store = self.open()
-        store.origin = "a"
+        store.streaming, store.origin = True, "a"
         self.assertEqual(store.cluster_serial(), 0)
         web = record("web1", "10.99.0.1")
         store.put(web)
@@ -245,6 +245,7 @@ class StoreContract:
 
     async def test_a_refused_commit_takes_no_serial_and_keeps_its_changes_for_the_next(self):
         store = self.open()
+        store.streaming = True
         first = record("web1", "10.99.0.1")
         store.put(first)
         await store.commit()
@@ -262,6 +263,7 @@ class StoreContract:
     async def test_two_stores_on_one_database_take_serials_one_after_the_other(self):
         one, two = self.open(), self.open()
         one.origin, two.origin = "one", "two"
+        one.streaming = two.streaming = True
         for round in range(10):
             # Both commits under way at once, each on its store's own thread.
             for i in range(3):
@@ -289,9 +291,19 @@ class StoreContract:
         store = self.open()
         self.assertEqual(store.load(), [web])
         self.assertEqual(store.cluster_serial(), 0)
+        store.streaming = True
         store.note_change("online", web.node_id)
         await store.commit()
         self.assertEqual(await store.query("SELECT serial, subject FROM changes"), [(1, web.node_id)])
+
+    async def test_one_server_alone_keeps_no_stream(self):
+        store = self.open()
+        store.note_change("online", "web1")
+        writes = Writes()
+        writes.change("key", "k1")
+        await store.transaction(writes)
+        await store.commit()
+        self.assertEqual((store.cluster_serial(), await store.query("SELECT * FROM changes")), (0, []))
 
     async def test_the_epoch_is_drawn_once(self):
         store = self.open()

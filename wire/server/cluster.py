@@ -37,11 +37,15 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wire.server.auth import KEY_CHANGE, KEY_COLUMNS
 from wire.server.model import RECORD_FIELDS, NodeRecord
 from wire.server.registry import Registry
 from wire.server.store import SQLStore, StoreError
 
 log = Logger()
+
+# A node's change, by what it is now (wire.server.registry); any other kind moves the serial only.
+NODE_KINDS = frozenset(("online", "offline", "gone"))
 
 # pg_try_advisory_lock's key for the sweep leader ("wsw1").
 LEADER_LOCK = 0x77737731
@@ -130,18 +134,24 @@ class ChangeStream:
 
     async def _apply(self, rows: list[tuple]) -> None:
         origin = self._store.origin
-        remote = sorted({subject for _, _, subject, who in rows if who != origin})
+        remote = sorted({subject for _, kind, subject, who in rows if who != origin and kind in NODE_KINDS})
         # Changes made here while the rows are read: a row read before one is stale.
         made_here = {node_id: self._registry.local_changes(node_id) for node_id in remote}
         records = await self._records(remote)
         credentials = await self._credentials(remote) if self._authority is not None else {}
+        keys = sorted({subject for _, kind, subject, who in rows if who != origin and kind == KEY_CHANGE})
+        key_rows = await self._keys(keys) if keys and self._authority is not None else []
+        for row in key_rows:
+            self._authority.adopt_key(row)
         now = self._clock.seconds()
         for serial, kind, subject, who in rows:
             serial = int(serial)
             if serial != self.applied + 1:
                 # Commit order is serial order: a gap is a bug, said once, and crossed.
                 log.warn("cluster: change stream jumps from {applied} to {serial}", applied=self.applied, serial=serial)
-            if who == origin:
+            if kind not in NODE_KINDS:
+                self._registry.changes.reach(serial)  # a join key's (adopted above) or one this wire does not know
+            elif who == origin:
                 self._registry.record_local(serial, subject)
             elif self._registry.local_changes(subject) != made_here[subject]:
                 # Changed here since its row was read: read again from this row on.
@@ -178,6 +188,14 @@ class ChangeStream:
                 record = NodeRecord(*row)
                 records[record.node_id] = record
         return records
+
+    async def _keys(self, key_ids: list[str]) -> list[tuple]:
+        rows: list[tuple] = []
+        for chunk in _chunks(key_ids):
+            rows += await self._store.query(
+                f"SELECT {KEY_COLUMNS} FROM join_keys WHERE key_id IN ({', '.join('?' for _ in chunk)})", tuple(chunk)
+            )
+        return rows
 
     async def _credentials(self, node_ids: list[str]) -> dict[str, tuple[str, float]]:
         found = {}

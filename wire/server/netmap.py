@@ -86,6 +86,12 @@ class ChangeLog:
             del self._node_ids[:cut]
         return self.serial
 
+    def reach(self, serial: int) -> None:
+        """The cluster's ``serial`` was a change of no node (a join key): cursors move past it."""
+        if serial < self.serial:
+            raise ValueError(f"serial {serial} is before {self.serial}: the stream goes in order")
+        self.serial = serial
+
     def advance(self) -> int:
         """The next serial, for a change that is no node's (a pair's path,
         :mod:`wire.server.pathbook`): cursors move past it, and

@@ -306,7 +306,7 @@ class Registry:
                 self._tell(node_id)
             elif record is None or kind == "gone":
                 if existing is None:
-                    self.changes.record(node_id, serial)  # the serial moves all the same
+                    self.changes.reach(serial)  # never known here: the serial moves all the same
                     return
                 self._unindex(existing)
                 self._online.pop(node_id, None)

@@ -345,7 +345,9 @@ class SQLStore:
         self._dirty_meta: dict[str, str] = {}
         self._touched: dict[str, float] = {}
         self._notes: list[Change] = []
-        # Who wrote a change (a replica's run, wire.server.cluster); heard after each commit of changes.
+        # Whether changes go to the stream (replicas, wire.server.cluster): one
+        # server alone keeps none. Who wrote a change (a replica's run); heard after each commit of changes.
+        self.streaming = False
         self.origin = ""
         self.committed_changes: list[Callable[[], None]] = []
         self._waiting: list[Deferred] = []
@@ -476,6 +478,8 @@ class SQLStore:
         return bool(self._notes)
 
     def note_change(self, kind: str, subject: str) -> None:
+        if not self.streaming:
+            return
         self._notes.append((kind, subject))
         if not self._closed:
             # Nobody may wait on it (a node back online): it still goes out now,
@@ -582,7 +586,7 @@ class SQLStore:
         # The changes queued so far (the enrolled node's) commit with the
         # rows they name: never a change before its row, nor a row without one.
         notes, self._notes = self._notes, []
-        changes = notes + writes.changes
+        changes = notes + writes.changes if self.streaming else []
 
         def committed(_: object) -> None:
             for record, row in writes.records:

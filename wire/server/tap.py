@@ -186,6 +186,7 @@ def shared_change_log(store: SQLStore, replica_name: str) -> ChangeLog:
     from the serial the database is at before the nodes are loaded (a change
     committed in between is applied again: harmless), under the mesh's epoch."""
     # Unique per run: a replica tells its own changes in the stream by it.
+    store.streaming = True
     store.origin = f"{replica_name}#{secrets.token_hex(4)}"
     serial = store.cluster_serial()
     epoch = store.draw_meta("epoch", secrets.token_hex(6))
