@@ -44,7 +44,7 @@ class Replica:
         test.addCleanup(self.store.close)
         self.store.streaming = True
         self.store.origin = name
-        changes = ChangeLog(epoch=self.store.draw_meta("epoch", f"epoch-{name}"), serial=self.store.cluster_serial(), shared=True)
+        changes = ChangeLog(epoch=self.store.draw_meta("epoch", name * 12), serial=self.store.cluster_serial(), shared=True)
         self.registry = Registry(
             self.store,
             AddressPool(parse_subnet("10.99.0.0/24")),
@@ -84,7 +84,7 @@ class ClusterStreamTests(unittest.TestCase):
 
     def test_one_epoch_for_every_replica(self):
         self.assertEqual(self.a.cursor.epoch, self.b.cursor.epoch)
-        self.assertEqual(self.a.cursor.epoch, "epoch-a")  # drawn by the first, kept for all
+        self.assertEqual(self.a.cursor.epoch, "a" * 12)  # drawn by the first, kept for all
 
     def test_a_change_is_recorded_where_it_was_made_only_when_the_stream_reaches_it(self):
         before = self.a.cursor
@@ -118,6 +118,21 @@ class ClusterStreamTests(unittest.TestCase):
         self.assertFalse(answer["full"])
         self.assertEqual([n["node_name"] for n in answer["upserts"]], ["web3"])
         self.assertEqual(answer["cursor"], str(self.a.cursor))
+
+    def test_a_cursor_from_a_replica_further_along_gets_a_delta_not_a_snapshot(self):
+        self.register(self.a, "web1")
+        self.b.stream.wake()
+        self.register(self.a, "web2")
+        ahead = str(self.a.cursor)  # b has not read serial 2 yet
+        answer = settled(self.b.coordinator.netmap(ahead, 0))
+        self.assertFalse(answer["full"])
+        self.assertEqual(answer["cursor"], str(self.b.cursor))
+        waiting = self.b.coordinator.netmap(ahead, 20)
+        self.assertFalse(waiting.called, "it waits for what b applies next")
+        self.b.stream.wake()
+        self.b.clock.advance(0)
+        answer = settled(waiting)
+        self.assertEqual(([n["node_name"] for n in answer["upserts"]], answer["full"]), (["web2"], False))
 
     def test_changes_of_both_replicas_apply_in_serial_order_on_both(self):
         self.register(self.a, "web1")

@@ -96,6 +96,25 @@ class ReplicaTests(unittest.TestCase):
         self.assertEqual(netmap["cursor"].split(":")[0], cursor.split(":")[0])
         print(f"\nregistration at A answered at B's long-poll in {took * 1000:.0f} ms")
 
+    async def test_thirty_registrations_at_one_each_reach_the_other_within_a_second(self):
+        a, b = await self.two()
+        self.assertEqual((await self.post(a, "/register", body_for("first")))[0], 200)
+        self.assertTrue(await self.caught_up(b, 1))
+        cursor = (await self.get(b, "/peers"))["cursor"]
+        took = []
+        for i in range(30):
+            waiting = self.http.get(f"{b.url}/peers?since={cursor}&wait=20", timeout=30)
+            await deferLater(reactor, 0.05, lambda: None)
+            started = time.monotonic()
+            self.assertEqual((await self.post(a, "/register", body_for(f"n{i}")))[0], 200)
+            netmap = json.loads(await (await waiting).content())
+            took.append(time.monotonic() - started)
+            self.assertIn(f"n{i}", [n["node_name"] for n in netmap["upserts"]])
+            cursor = netmap["cursor"]
+        took.sort()
+        self.assertLess(took[-1], 1.0)
+        print(f"\nA->B: median {took[15] * 1000:.0f} ms, worst {took[-1] * 1000:.0f} ms (registration POST to B's answer)")
+
     async def test_a_cursor_from_one_replica_gets_a_delta_at_the_other(self):
         a, b = await self.two()
         for name in ("web1", "web2"):

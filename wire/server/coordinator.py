@@ -641,6 +641,12 @@ class Coordinator:
         that names no DNS digest (a seed node) is never sent them.
         """
         cursor = parse_cursor(since, self.registry.changes.epoch)
+        changes = self.registry.changes
+        if changes.shared and cursor.epoch == changes.epoch and cursor.serial > changes.serial:
+            # From a replica further along the stream (the node moved here):
+            # what this one will apply next is what it may lack, so it is
+            # answered as if at this replica's serial (a delta, some of it again).
+            cursor = changes.cursor
         moved = False
         if node_id is not None and self.longpoll_heartbeats:
             # The poll is the node's heartbeat: it must come back well within
