@@ -34,19 +34,26 @@ async def eventually(check, seconds: float = 10.0):
         await deferLater(reactor, 0.1, lambda: None)
 
 
-class ReplicaTests(unittest.TestCase):
+class OnOneDatabase(unittest.TestCase):
+    """Replicas of one mode (``MODE``) on one fresh database."""
+
     skip = pgcluster.skip_reason()
     timeout = 120
+    MODE = "--open"
 
     def setUp(self):
         self.pg, self.database = pgcluster.database(self)
         self.http = http_client()
 
     def replica(self, name: str, *extra: str) -> ServerProcess:
-        data_dir = os.path.abspath(self.mktemp())
-        os.makedirs(data_dir)
-        args = ("--open", f"--database={self.pg.url(self.database)}", f"--replica-name={name}", *extra)
+        # UNIX socket paths are short (the admin socket, with authentication): a short data dir.
+        data_dir = tempfile.mkdtemp(prefix=f"wire-{name}-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        args = (self.MODE, f"--database={self.pg.url(self.database)}", f"--replica-name={name}", *extra)
         return ServerProcess(self, data_dir, extra_args=args)
+
+
+class ReplicaTests(OnOneDatabase):
 
     async def two(self, *extra: str) -> tuple[ServerProcess, ServerProcess]:
         a, b = self.replica("a", *extra), self.replica("b", *extra)
@@ -115,24 +122,25 @@ class ReplicaTests(unittest.TestCase):
         self.assertLess(took[-1], 1.0)
         print(f"\nA->B: median {took[15] * 1000:.0f} ms, worst {took[-1] * 1000:.0f} ms (registration POST to B's answer)")
 
+    async def delta_elsewhere(self, here: ServerProcess, there: ServerProcess, name: str) -> dict:
+        """What ``there`` answers a cursor from ``here`` taken just before ``name`` registered at ``here``."""
+        cursor = (await self.get(here, "/peers"))["cursor"]
+        self.assertEqual((await self.post(here, "/register", body_for(name)))[0], 200)
+        self.assertTrue(await self.caught_up(there, int(cursor.split(":")[1]) + 1))
+        return await self.get(there, f"/peers?since={cursor}&wait=0")
+
     async def test_a_cursor_from_one_replica_gets_a_delta_at_the_other(self):
         a, b = await self.two()
         for name in ("web1", "web2"):
             self.assertEqual((await self.post(a, "/register", body_for(name)))[0], 200)
         # A records its own changes when the stream reaches them, as B does.
         self.assertTrue(await self.caught_up(a, 2))
-        cursor = (await self.get(a, "/peers"))["cursor"]
-        self.assertEqual((await self.post(a, "/register", body_for("web3")))[0], 200)
-        self.assertTrue(await self.caught_up(b, int(cursor.split(":")[1]) + 1))
-        netmap = await self.get(b, f"/peers?since={cursor}&wait=0")
+        netmap = await self.delta_elsewhere(a, b, "web3")
         self.assertFalse(netmap["full"], netmap)
         self.assertEqual([n["node_name"] for n in netmap["upserts"]], ["web3"])
         # And back: b's cursor is good at a.
         self.assertTrue(await self.caught_up(b, 3))
-        at_b = (await self.get(b, "/peers"))["cursor"]
-        self.assertEqual((await self.post(b, "/register", body_for("web4")))[0], 200)
-        self.assertTrue(await self.caught_up(a, int(at_b.split(":")[1]) + 1))
-        back = await self.get(a, f"/peers?since={at_b}&wait=0")
+        back = await self.delta_elsewhere(b, a, "web4")
         self.assertFalse(back["full"], back)
         self.assertEqual([n["node_name"] for n in back["upserts"]], ["web4"])
 
@@ -250,22 +258,10 @@ class ReplicaTests(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 1.0, "woken by LISTEN again, not the safety net")
 
 
-class AuthenticatedReplicaTests(unittest.TestCase):
+class AuthenticatedReplicaTests(OnOneDatabase):
     """With node authentication (join keys, credentials) on both replicas."""
 
-    skip = pgcluster.skip_reason()
-    timeout = 120
-
-    def setUp(self):
-        self.pg, self.database = pgcluster.database(self)
-        self.http = http_client()
-
-    def replica(self, name: str) -> ServerProcess:
-        # UNIX socket paths are short (the admin socket): a short data dir.
-        data_dir = tempfile.mkdtemp(prefix=f"wire-{name}-")
-        self.addCleanup(shutil.rmtree, data_dir, True)
-        args = ("--plain-http", f"--database={self.pg.url(self.database)}", f"--replica-name={name}")
-        return ServerProcess(self, data_dir, extra_args=args)
+    MODE = "--plain-http"
 
     async def call(self, server, method, path, body=None, credential=None):
         headers = {"Authorization": [f"Bearer {credential}"]} if credential else {}
