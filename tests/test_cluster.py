@@ -55,7 +55,7 @@ class Replica:
         self.registry.load(self.store.load(), clock.seconds(), sweep=False)
         self.coordinator = Coordinator(clock, self.store, self.registry)
         self.coordinator.cluster = Leading(leader)
-        self.stream = ChangeStream(self.store, self.registry, clock)
+        self.stream = ChangeStream(self.store, self.registry, clock, None, self.coordinator.policy, self.coordinator.dns)
         self.store.committed_changes.append(self.stream.wake)
         self.clock = clock
 
@@ -244,6 +244,34 @@ class ClusterStreamTests(unittest.TestCase):
 def _facts(replica: Replica, node_id: str) -> tuple:
     record = replica.registry.get(node_id)
     return record.port, record.tags
+
+
+class ClusterBooksTests(unittest.TestCase):
+    """The access policy and the DNS settings set through one replica are in force at the other."""
+
+    def setUp(self):
+        data_dir = self.mktemp()
+        self.a = Replica(self, data_dir, _clock(), "a")
+        self.b = Replica(self, data_dir, _clock(), "b")
+
+    def test_a_policy_set_at_one_is_in_force_at_the_other(self):
+        settled(self.a.coordinator.policy.set(POLICY, "test", self.a.coordinator.audit))
+        self.b.stream.wake()
+        policy = self.b.coordinator.policy
+        self.assertEqual((policy.current.version, policy.active), (1, True))
+        self.assertEqual(self.b.registry.changes.serial, 1)
+        settled(self.b.coordinator.policy.clear(self.b.coordinator.audit))
+        self.a.stream.wake()
+        self.assertEqual((self.a.coordinator.policy.current.version, self.a.coordinator.policy.active), (2, False))
+
+    def test_dns_settings_set_at_one_are_in_force_at_the_other(self):
+        settled(self.a.coordinator.dns.add_record("printer", "A", "192.0.2.9", self.a.coordinator.audit))
+        self.b.stream.wake()
+        self.assertEqual(self.b.coordinator.dns.digest, self.a.coordinator.dns.digest)
+        self.assertEqual(self.b.coordinator.dns.version, 1)
+
+
+POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
 
 
 class SharedChangeLogTests(unittest.TestCase):

@@ -38,7 +38,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wire.server.auth import KEY_CHANGE, KEY_COLUMNS
+from wire.server.dnsbook import DNS_CHANGE, DNS_SETTINGS
 from wire.server.model import RECORD_FIELDS, NodeRecord
+from wire.server.policybook import LATEST_POLICY, POLICY_CHANGE
 from wire.server.registry import Registry
 from wire.server.store import SQLStore, StoreError
 
@@ -78,11 +80,15 @@ class SingleServer:
 class ChangeStream:
     """The database's change stream, applied in serial order to the registry."""
 
-    def __init__(self, store: SQLStore, registry: Registry, clock: IReactorTime, authority: Any = None):
+    def __init__(
+        self, store: SQLStore, registry: Registry, clock: IReactorTime, authority: Any = None, policy: Any = None, dns: Any = None
+    ):
         self._store = store
         self._registry = registry
         self._clock = clock
         self._authority = authority
+        # Books whose one current version a change names: kind -> (book, how to read that version).
+        self._books = {kind: (book, sql) for kind, book, sql in ((POLICY_CHANGE, policy, LATEST_POLICY), (DNS_CHANGE, dns, DNS_SETTINGS)) if book is not None}
         self.applied = registry.changes.serial
         self.latest = self.applied  # the database's serial when last read
         self._reading = False
@@ -143,6 +149,10 @@ class ChangeStream:
         key_rows = await self._keys(keys) if keys and self._authority is not None else []
         for row in key_rows:
             self._authority.adopt_key(row)
+        for kind in sorted({kind for _, kind, _, who in rows if who != origin and kind in self._books}):
+            book, sql = self._books[kind]
+            for row in (await self._store.query(sql))[:1]:
+                book.adopt(row)
         now = self._clock.seconds()
         for serial, kind, subject, who in rows:
             serial = int(serial)
@@ -294,12 +304,12 @@ class Session:
 class Cluster(Service):
     """This replica's part: the stream, the session, the leader's duties."""
 
-    def __init__(self, store: SQLStore, registry: Registry, reactor: Any, name: str, authority: Any = None):
+    def __init__(self, coordinator: Any, store: SQLStore, reactor: Any, name: str):
         self.replica = name
         self._store = store
-        self._registry = registry
+        self._registry = registry = coordinator.registry
         self._reactor = reactor
-        self.stream = ChangeStream(store, registry, reactor, authority)
+        self.stream = ChangeStream(store, registry, reactor, coordinator.authority, coordinator.policy, coordinator.dns)
         store.committed_changes.append(self.stream.wake)
         self.leader = False  # once it holds the lock and has read the others' heartbeats
         self._holds_lock = False

@@ -317,7 +317,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         # After the maintenance service: started once the store serves, stopped before it closes.
         store = coordinator.store
         assert isinstance(store, SQLStore)
-        cluster = Cluster(store, coordinator.registry, reactor, config["replica-name"], coordinator.authority)
+        cluster = Cluster(coordinator, store, reactor, config["replica-name"])
         coordinator.cluster = cluster
         cluster.setServiceParent(server)
     # Verified relay sessions forwarded by the kernel where it can (root, nft).
