@@ -162,13 +162,18 @@ class ReplicaTests(OnOneDatabase):
     async def test_concurrent_registrations_at_both_never_share_an_address(self):
         a, b = await self.two()
 
+        refused = []
+
         async def register(server, name):
-            # Refused (the other replica took the address first): the node tries again.
+            # Every node asks for one address: each replica gives it while it
+            # has not heard that the other did. Refused (the database's UNIQUE
+            # constraint): the node tries again, and gets another.
             for _ in range(20):
-                code, answer = await self.post(server, "/register", body_for(name))
+                code, answer = await self.post(server, "/register", body_for(name, vpn_ip="10.99.0.50"))
                 if code == 200:
                     return answer["vpn_ip"]
                 self.assertIn(code, (409, 503), answer)
+                refused.append(name)
                 await deferLater(reactor, 0.1, lambda: None)
             raise AssertionError(f"{name} never registered")
 
@@ -180,6 +185,8 @@ class ReplicaTests(OnOneDatabase):
         self.assertEqual(len(set(addresses)), 30, addresses)
         stored = self.psql("SELECT vpn_ip FROM nodes").split()
         self.assertEqual(sorted(stored), sorted(addresses))
+        self.assertIn("10.99.0.50", addresses)
+        print(f"\n{len(refused)} registrations refused by the database and tried again")
 
     async def test_the_sweep_runs_once_and_the_other_replica_takes_it_over_when_the_leader_dies(self):
         a, b = await self.two("--offline-after=5")
@@ -231,6 +238,7 @@ class ReplicaTests(OnOneDatabase):
     async def test_after_the_database_restarts_the_replicas_listen_again_and_lose_nothing(self):
         a, b = await self.two()
         self.assertEqual((await self.post(a, "/register", body_for("web1")))[0], 200)
+        self.assertTrue(await self.caught_up(b, 1))
         self.pg.stop()
         self.addCleanup(lambda: None if self.pg.running else self.pg.restart())
 
