@@ -59,7 +59,19 @@ class ReplicaTests(OnOneDatabase):
         a, b = self.replica("a", *extra), self.replica("b", *extra)
         await a.start()
         await b.start()
+        self.servers = (a, b)
         return a, b
+
+    async def leader_and_other(self, a: ServerProcess, b: ServerProcess) -> tuple[ServerProcess, ServerProcess]:
+        """The one replica that leads (there is one, within seconds), and the other."""
+
+        async def one_leads():
+            leads = [(await self.get(s, "/health"))["cluster"]["leader"] for s in (a, b)]
+            return leads if sum(leads) == 1 else None
+
+        leads = await self.eventually(one_leads)
+        self.assertTrue(leads, "no single leader")
+        return (a, b) if leads[0] else (b, a)
 
     async def get(self, server: ServerProcess, path: str, timeout: float = 5):
         response = await self.http.get(server.url + path, timeout=timeout)
@@ -189,15 +201,8 @@ class ReplicaTests(OnOneDatabase):
         print(f"\n{len(refused)} registrations refused by the database and tried again")
 
     async def test_the_sweep_runs_once_and_the_other_replica_takes_it_over_when_the_leader_dies(self):
-        a, b = await self.two("--offline-after=5")
-
-        async def leader():
-            leads = [(await self.get(s, "/health"))["cluster"]["leader"] for s in (a, b)]
-            return leads if sum(leads) == 1 else None
-
-        leads = await self.eventually(leader)
-        self.assertTrue(leads, "no single leader")
-        first, other = (a, b) if leads[0] else (b, a)
+        first, other = await self.leader_and_other(*await self.two("--offline-after=5"))
+        a, b = self.servers
         self.assertEqual((await self.post(other, "/register", body_for("quiet")))[0], 200)
         node_id = body_for("quiet")["node_id"]
 
@@ -222,6 +227,18 @@ class ReplicaTests(OnOneDatabase):
             return self.psql(f"SELECT count(*) FROM changes WHERE subject = '{quiet2}' AND kind = 'offline'") == "1"
 
         self.assertTrue(await self.eventually(swept, 15))
+
+    async def test_heartbeats_at_the_other_replica_keep_a_node_online_at_the_leader(self):
+        _, other = await self.leader_and_other(*await self.two("--offline-after=15"))
+        a, b = self.servers
+        started = time.monotonic()
+        while time.monotonic() - started < 22:  # longer than --offline-after, at the other replica only
+            self.assertEqual((await self.post(other, "/register", body_for("busy")))[0], 200)
+            await deferLater(reactor, 1, lambda: None)
+        node_id = body_for("busy")["node_id"]
+        self.assertEqual(self.psql(f"SELECT count(*) FROM changes WHERE subject = '{node_id}' AND kind = 'offline'"), "0")
+        for server in (a, b):
+            self.assertTrue((await self.get(server, "/status"))["nodes"][0]["online"])
 
     async def test_metrics_and_health_say_which_replica_and_its_lag(self):
         a, b = await self.two()

@@ -53,7 +53,7 @@ NODE_KINDS = frozenset(("online", "offline", "gone"))
 LEADER_LOCK = 0x77737731
 # The safety net: a catch-up this often, whatever LISTEN said.
 CATCH_UP_INTERVAL = 5.0
-# The leader reads others' heartbeats (and trims the stream) this often.
+# Every replica reads the others' heartbeats (the leader then trims the stream) this often.
 LEADER_INTERVAL = 5.0
 # Rows read per query; nodes named per IN (...) list.
 BATCH = 1000
@@ -363,22 +363,20 @@ class Cluster(Service):
             self._store.commit().addErrback(lambda _: None)  # logged by the store; kept for the next
 
     def _lead(self) -> None:
-        if not self._holds_lock:
-            return
         d = Deferred.fromCoroutine(self._read_heartbeats())
-        d.addErrback(lambda failure: log.warn("cluster: leader's read failed: {error}", error=failure.value))
+        d.addErrback(lambda failure: log.warn("cluster: reading heartbeats failed: {error}", error=failure.value))
 
     async def _read_heartbeats(self) -> None:
+        """Every replica: the heartbeats the others wrote (so its /status is
+        fresh, and so is a new leader's view). The leader then trims the stream."""
         rows = await self._store.query("SELECT node_id, last_seen FROM nodes")
+        self._registry.refresh_seen(rows)
         if not self._holds_lock:
             return
-        self._registry.refresh_seen(rows)
         # Only now: a sweep on heartbeats this replica alone heard would take
         # the others' nodes offline.
         self.leader = True
-        await self._store.query_write(
-            "DELETE FROM changes WHERE serial <= ?", (self.stream.applied - KEPT_CHANGES,)
-        )
+        await self._store.query_write("DELETE FROM changes WHERE serial <= ?", (self.stream.applied - KEPT_CHANGES,))
 
 
 def _channel() -> str:
