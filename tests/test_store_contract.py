@@ -412,6 +412,23 @@ class PostgresStoreContractTests(StoreContract, unittest.TestCase):
         self.assertIn("cannot reach the PostgreSQL database postgresql://wire:***@127.0.0.1:", str(caught.exception))
         self.assertNotIn(pgcluster.PASSWORD, str(caught.exception))
 
+    async def test_a_one_time_key_enrolls_one_node_even_through_two_replicas_at_once(self):
+        one, two = self.open(), self.open()
+        writes = Writes()
+        writes.execute(
+            "INSERT INTO join_keys (key_id, secret_hash, created, expires, reusable, uses, revoked, note) VALUES (?, ?, 0, 0, 0, 0, 0, '')",
+            ("k1", "h1"),
+        )
+        await one.transaction(writes)
+        use = "UPDATE join_keys SET uses = uses + 1 WHERE key_id = ?"
+        first, second = Writes(), Writes()
+        first.execute(use, ("k1",))
+        second.execute(use, ("k1",))
+        await one.transaction(first)
+        with self.assertRaises(StoreError):
+            await two.transaction(second)
+        self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(1,)])
+
     def test_the_password_may_come_from_elsewhere_than_the_url(self):
         store = open_store(self.data_dir, reactor, self.pg.url(self.database, password=False), password=pgcluster.PASSWORD)
         self.addCleanup(store.close)

@@ -36,6 +36,15 @@ CONNECT_TIMEOUT = 10
 # The channel a transaction that appended changes NOTIFYs (wire.server.cluster LISTENs).
 CHANGES_CHANNEL = "wire_changes"
 
+# A one-time join key enrolls one node, even when two replicas take it at the
+# same moment: the second enrollment's transaction is refused. NOT VALID: rows
+# already there are left as they are; every change from now on is checked.
+ONE_TIME_KEYS = """DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'join_keys_one_time') THEN
+        ALTER TABLE join_keys ADD CONSTRAINT join_keys_one_time CHECK (reusable = 1 OR uses <= 1) NOT VALID;
+    END IF;
+END $$"""
+
 # What each schema after the first PostgreSQL one (9) changes, by version:
 # run in order, in the migration's transaction.
 MIGRATIONS: dict[int, tuple[str, ...]] = {}
@@ -178,6 +187,7 @@ def _migrate(connection: psycopg.Connection, where: str) -> None:
             for name, declaration in columns:
                 connection.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {pg_schema(declaration)}")
         connection.execute(VPN_IP6_INDEX)
+        connection.execute(ONE_TIME_KEYS)
         # A fresh database got the latest tables above; an older one catches up.
         for step in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS.get(step, ()):
