@@ -93,8 +93,8 @@ class ChangeStream:
         self.latest = self.applied  # the database's serial when last read
         self._reading = False
         self._again = False
-        self.reads = 0
         self.stopped = False  # the store closes: nothing more is read
+        self._failing = False
 
     @property
     def lag(self) -> int:
@@ -109,16 +109,24 @@ class ChangeStream:
             return
         self._reading = True
         d = Deferred.fromCoroutine(self._catch_up())
-        d.addErrback(self._failed)
-        d.addBoth(self._done)
+        d.addCallbacks(self._read, self._not_read)
 
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(StoreError):
-            log.warn("cluster: cannot read the change stream: {error}", error=failure.value)
-        else:
+    def _read(self, _: object) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("cluster: reading the change stream again, at serial {serial}", serial=self.applied)
+        self._finished()
+
+    def _not_read(self, failure: Failure) -> None:
+        if not failure.check(StoreError):
             log.failure("cluster: applying the change stream failed", failure)
+        elif not self._failing:
+            # Once until it reads again: the database may be away for a while.
+            log.warn("cluster: cannot read the change stream: {error}", error=failure.value)
+        self._failing = True
+        self._finished()
 
-    def _done(self, _: object) -> None:
+    def _finished(self) -> None:
         self._reading = False
         if self._again:
             self._again = False
@@ -126,7 +134,6 @@ class ChangeStream:
 
     async def _catch_up(self) -> None:
         while True:
-            self.reads += 1
             rows = await self._store.query(
                 "SELECT serial, kind, subject, origin FROM changes WHERE serial > ? ORDER BY serial LIMIT ?",
                 (self.applied, BATCH),
