@@ -14,6 +14,10 @@ least 30 % of direct, no loss at 10 Mbit/s. Then ``--streams`` idle relay
 streams are opened from one lab host (each authenticated as a registered
 node of an open server) and the server's RSS before and after gives the
 memory per idle stream.
+
+``--profile DIR`` samples the server and the TCP-relayed node with py-spy
+during the TCP-relayed iperf (raw stacks in DIR, top functions in the
+report); py-spy slows what it samples, so take figures from a run without it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from twisted.internet.task import deferLater, react
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import profiling  # noqa: E402
 from bench.relay_throughput import iperf  # noqa: E402
 from wire.demo import SERVER_PORT, MeshLab  # noqa: E402
 from wire.runner import ProcessRunner  # noqa: E402
@@ -73,6 +78,32 @@ async def block_udp(mesh: MeshLab, router: str) -> None:
     (await mesh.lab.run(router, rule, timeout=10)).check()
 
 
+def node_daemon_pid(mesh: MeshLab, name: str) -> int:
+    """The pid of the wire-node daemon in host ``name``'s namespace."""
+    theirs = os.stat(f"/run/netns/{mesh.lab.hosts[name].namespace}")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            mine = os.stat(f"/proc/{pid}/ns/net")
+            if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"wire-node" in f.read():
+                    return int(pid)
+        except OSError:
+            continue  # gone meanwhile
+    raise RuntimeError(f"no wire-node daemon in {name}")
+
+
+async def profiled(reactor, pids: dict[str, int], seconds: float, out_dir: str, work) -> dict:
+    """``work()``'s result, with py-spy sampling each of ``pids`` meanwhile."""
+    os.makedirs(out_dir, exist_ok=True)
+    raw = {name: os.path.join(out_dir, f"{name}.txt") for name in pids}
+    recordings = [profiling.record(reactor, pid, seconds, raw[name]) for name, pid in pids.items()]
+    result = await work()
+    await gatherResults(recordings)
+    return {"result": result, "profiles": {name: profiling.summarize(path) for name, path in raw.items()}}
+
+
 async def idle_stream_memory(reactor, count: int) -> dict:
     """The server's RSS growth for ``count`` idle streams (an open server of its own)."""
     mesh = MeshLab(reactor, ProcessRunner(reactor), open_server=True, server_args=("--no-rate-limits",))
@@ -104,7 +135,7 @@ async def idle_stream_memory(reactor, count: int) -> dict:
         await mesh.teardown()
 
 
-async def main(reactor, seconds: float, streams: int) -> None:
+async def main(reactor, seconds: float, streams: int, profile_dir: str | None = None) -> None:
     mesh = MeshLab(reactor, ProcessRunner(reactor))
     report: dict = {}
     try:
@@ -121,10 +152,16 @@ async def main(reactor, seconds: float, streams: int) -> None:
                 break
         paths = {n["node_name"]: n.get("path") for n in (await mesh.status("blocked1"))["nodes"]}
         direct_tcp = await iperf(mesh, "pub1", "pub2", seconds)
-        relay_tcp = await iperf(mesh, "blocked1", "hard2", seconds)
+        if profile_dir:
+            assert mesh.server is not None
+            pids = {"server": mesh.server.pid, "node_blocked1": node_daemon_pid(mesh, "blocked1")}
+            sampled = await profiled(reactor, pids, seconds, profile_dir, lambda: iperf(mesh, "blocked1", "hard2", seconds))
+            relay_tcp, report["profiles"] = sampled["result"], sampled["profiles"]
+        else:
+            relay_tcp = await iperf(mesh, "blocked1", "hard2", seconds)
         direct_udp = await iperf(mesh, "pub1", "pub2", seconds, udp_rate="10M")
         relay_udp = await iperf(mesh, "blocked1", "hard2", seconds, udp_rate="10M")
-        report = {
+        report |= {
             "blocked1_to_hard2_path": paths.get("hard2"),
             "direct_tcp_mbit_s": direct_tcp["mbit_s"],
             "relay_tcp_side_tcp_mbit_s": relay_tcp["mbit_s"],
@@ -144,5 +181,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=200, help="idle relay streams for the memory figure (0: none)")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the server and the relayed node during the relayed iperf")
     options = parser.parse_args()
-    react(lambda reactor: ensureDeferred(main(reactor, options.seconds, options.streams)))
+    react(lambda reactor: ensureDeferred(main(reactor, options.seconds, options.streams, options.profile)))

@@ -5,10 +5,20 @@ Run by hand, as root (it builds a lab mesh in network namespaces):
     sudo .venv/bin/python bench/relay_throughput.py --seconds 10
 
 Two public nodes form the direct pair; two nodes behind hard (symmetric)
-NATs form the relayed pair (their traffic goes node → shim → the server's
-relay port → shim → node). For each pair: iperf3 TCP throughput, and a
-steady 10 Mbit/s UDP stream's loss. Target (NAT traversal issue): relayed
-TCP at least 40% of direct, no loss at 10 Mbit/s.
+NATs form the relayed pair. The server forwards IPv4, so the relay's kernel
+path carries the pair: each node's WireGuard sends to the server's port for
+its side, and nftables forwards it to the other side (no shim on either
+node; wire.server.fastpath). For each pair: iperf3 TCP throughput, and a
+steady 10 Mbit/s UDP stream's loss; and the server process's CPU time
+(user + system, /proc/PID/stat) over the relayed TCP run, per relayed
+Gbit/s. (The kernel's forwarding runs in softirq, charged to no process:
+the figure is what the relay's Python costs.) Target (issue 18): relayed
+TCP at least 80% of direct, no loss at 10 Mbit/s. Two nodes behind easy
+NATs (direct to each other, through the same two NAT routers as the
+relayed pair's packets) show what the routers cost without the relay.
+
+Another engineer's bench on the same 2 cores gives garbage: run it under
+``flock /tmp/wire-bench.lock``.
 """
 
 from __future__ import annotations
@@ -41,36 +51,80 @@ async def iperf(mesh: MeshLab, client: str, server: str, seconds: float, udp_rat
     end = report["end"]
     if udp_rate:
         return {"mbit_s": round(end["sum"]["bits_per_second"] / 1e6, 2), "lost_percent": end["sum"]["lost_percent"]}
-    return {"mbit_s": round(end["sum_received"]["bits_per_second"] / 1e6, 1)}
+    return {"mbit_s": round(end["sum_received"]["bits_per_second"] / 1e6, 1), "retransmits": end["sum_sent"].get("retransmits")}
 
 
-async def main(reactor, seconds: float) -> None:
-    mesh = MeshLab(reactor, ProcessRunner(reactor))
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far (/proc/stat): user, nice, system, idle, iowait, irq, softirq."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:8]]
+
+
+def busy_shares(before: list[int], after: list[int]) -> dict:
+    """How the machine's CPUs spent a run, in percent of all of them."""
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent) or 1
+    user, nice, system, idle, _, irq, softirq = spent
+    return {"user": round(100 * (user + nice) / total), "system": round(100 * system / total),
+            "softirq": round(100 * (irq + softirq) / total), "idle": round(100 * idle / total)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the name: state is field 3; utime, stime, cutime, cstime are 14-17.
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(reactor, seconds: float, relay_rate: str | None = None) -> None:
+    server_args = ("--rate-limit-relay", relay_rate) if relay_rate else ()
+    mesh = MeshLab(reactor, ProcessRunner(reactor), server_forwarding=True, server_args=server_args)
     try:
         await mesh.setup()
         await mesh.lab.add_router("corp", nat="hard")
         await mesh.lab.add_router("cgn", nat="hard")
-        hosts = (("pub1", None), ("pub2", None), ("hard1", "corp"), ("hard2", "cgn"))
+        await mesh.lab.add_router("home", nat="easy")
+        await mesh.lab.add_router("office", nat="easy")
+        hosts = (("pub1", None), ("pub2", None), ("hard1", "corp"), ("hard2", "cgn"), ("easy1", "home"), ("easy2", "office"))
         for name, router in hosts:
             await mesh.add_host(name, router)
         await gatherResults([Deferred.fromCoroutine(mesh.up(name)) for name, _ in hosts])
         matrix = await mesh.ping_matrix(attempts=5)
         paths = {n["node_name"]: n.get("path") for n in (await mesh.status("hard1"))["nodes"]}
+        relay_kind = next(n.get("endpoint_kind") for n in (await mesh.status("hard1"))["nodes"] if n["node_name"] == "hard2")
+        machine = cpu_times()
         direct_tcp = await iperf(mesh, "pub1", "pub2", seconds)
+        direct_cpu, machine = busy_shares(machine, cpu_times()), cpu_times()
+        assert mesh.server is not None
+        cpu_before = cpu_seconds(mesh.server.pid)
         relay_tcp = await iperf(mesh, "hard1", "hard2", seconds)
+        server_cpu = cpu_seconds(mesh.server.pid) - cpu_before
+        relay_cpu = busy_shares(machine, cpu_times())
+        easy_tcp = await iperf(mesh, "easy1", "easy2", seconds)
         direct_udp = await iperf(mesh, "pub1", "pub2", seconds, udp_rate="10M")
         relay_udp = await iperf(mesh, "hard1", "hard2", seconds, udp_rate="10M")
         relay_udp_fast = {rate: await iperf(mesh, "hard1", "hard2", seconds, udp_rate=rate) for rate in ("50M", "100M", "200M")}
         report = {
             "all_pairs_ping": all(matrix.values()),
             "hard1_to_hard2_path": paths.get("hard2"),
+            "hard1_to_hard2_endpoint_kind": relay_kind,
             "direct_tcp_mbit_s": direct_tcp["mbit_s"],
             "relay_tcp_mbit_s": relay_tcp["mbit_s"],
+            "tcp_retransmits": {"direct": direct_tcp["retransmits"], "relay": relay_tcp["retransmits"]},
+            # The whole machine (every namespace shares its 2 cores): where the kernel's forwarding shows.
+            "machine_cpu_percent": {"direct_tcp": direct_cpu, "relay_tcp": relay_cpu},
             "relay_over_direct_percent": round(100 * relay_tcp["mbit_s"] / direct_tcp["mbit_s"], 1),
+            "easy_nat_direct_tcp_mbit_s": easy_tcp["mbit_s"],
+            "easy1_to_easy2_path": next(n.get("path") for n in (await mesh.status("easy1"))["nodes"] if n["node_name"] == "easy2"),
+            "relay_over_easy_nat_direct_percent": round(100 * relay_tcp["mbit_s"] / easy_tcp["mbit_s"], 1),
+            "server_cpu_seconds_relay_tcp": round(server_cpu, 2),
+            "server_cpu_cores_per_relayed_gbit_s": round(server_cpu / seconds / (relay_tcp["mbit_s"] / 1000), 3),
             "direct_udp_10M": direct_udp,
             "relay_udp_10M": relay_udp,
             "relay_udp_faster": relay_udp_fast,
-            "targets": {"relay_over_direct_percent": ">= 40", "relay_udp_10M_lost_percent": "0"},
+            "server_rate_limit_relay": relay_rate or "the default",
+            "targets": {"relay_over_direct_percent": ">= 80", "relay_udp_10M_lost_percent": "0"},
         }
         print(json.dumps(report, indent=2))
     finally:
@@ -80,5 +134,6 @@ async def main(reactor, seconds: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate-limit-relay", help="the server's per-side relay limit, MiB/s/MiB (its default: 50/4)")
     options = parser.parse_args()
-    react(lambda reactor: ensureDeferred(main(reactor, options.seconds)))
+    react(lambda reactor: ensureDeferred(main(reactor, options.seconds, options.rate_limit_relay)))

@@ -489,3 +489,20 @@ def started_daemon(test, *, clock, config_dir: str, config, wireguard, client, l
     daemon.startService()
     test.addCleanup(daemon.stopService)
     return daemon
+
+
+class FakeRawSender:
+    """A wire.stun.rawport.RawUdpSender that keeps what it was asked to send
+    (``sent``: source port, destination, payload)."""
+
+    def __init__(self, available: bool = True) -> None:
+        self.error = "" if available else "no raw socket (a test)"
+        self.sent: list[tuple[int, tuple[str, int], bytes]] = []
+
+    @property
+    def available(self) -> bool:
+        return not self.error
+
+    def send(self, source_port: int, destination: tuple[str, int], payload: bytes) -> bool:
+        self.sent.append((source_port, destination, payload))
+        return True

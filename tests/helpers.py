@@ -89,3 +89,13 @@ def settled(result):
     from wire.server.dbthread import result_now
 
     return result_now(Deferred.fromCoroutine(result) if iscoroutine(result) else result)
+
+
+def short_dir(test) -> str:
+    """A data dir short enough for the admin socket's path (108 bytes)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="wire-ss-")
+    test.addCleanup(shutil.rmtree, path, True)
+    return path

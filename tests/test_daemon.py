@@ -13,7 +13,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.fakes import FakeWireGuard, UDPClock, fixed_nat
+from tests.fakes import FakeRawSender, FakeWireGuard, UDPClock, fixed_nat
 from tests.helpers import body_for, key_for, make_coordinator
 from tests.serverproc import http_client
 from tests.test_lan import ScriptedResolver
@@ -37,6 +37,7 @@ from wire.node.paths import DEAD_AFTER_WITHOUT_ECHO
 from wire.protocol.paths import DIRECT_TIMEOUT
 from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
 from wire.node.relay import RelayShim
+from wire.relayproto import KERNEL_PATH, TO_NODE, FrameKey
 from wire.protocol import (
     PairPath,
     PathFailure,
@@ -62,6 +63,9 @@ async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> Non
         await deferLater(reactor, step, lambda: None)
         waited += step
 
+
+
+DIRECT_PORT = 8790  # the fake server's port for our side (the kernel path)
 
 class DaemonTests(unittest.TestCase):
     """The daemon against a real server over real TCP on 127.0.0.1. Both
@@ -229,6 +233,8 @@ class ScriptedServer:
         self.relay_asked: list[tuple[str, bool, bytes | None]] = []  # (peer, fastpath, held)
         self.granted: dict[str, dict] = {}  # the last grant by peer
         self.fastpath_on = False  # the server's kernel fast path (grants carry the peer's side)
+        self.direct_on = False  # ... with side ports (grants asked with direct carry one)
+        self.direct_asked: list[bool] = []
         self.grants_hang = False
         self.grants_fail = False
         self.grants_bad = False
@@ -315,8 +321,11 @@ class ScriptedServer:
             call.cancel()
             self._answer(d)
 
-    def relay(self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held=None) -> Deferred:
+    def relay(
+        self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held=None, direct: bool = False
+    ) -> Deferred:
         self.relay_requests.append(peer_node_id)
+        self.direct_asked.append(direct)
         self.relay_asked.append((peer_node_id, fastpath, held))
         if self.grants_hang:
             d: Deferred = Deferred()
@@ -336,6 +345,8 @@ class ScriptedServer:
             body = {**body, "token": last["token"], "key": last["key"]}  # our side kept
         if fastpath and self.fastpath_on:
             body = {**body, "peer_token": os.urandom(8).hex(), "peer_key": base64.b64encode(os.urandom(32)).decode()}
+        if direct and self.direct_on:
+            body = {**body, "direct_port": DIRECT_PORT}
         self.granted[peer_node_id] = body
         return succeed(RelayGrant.from_json(body))
 
@@ -492,12 +503,12 @@ class RuntimeTests(unittest.TestCase):
         self.wireguard = FakeWireGuard(clock=self.clock, auto_handshake=False)
         self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
-    def start(self, relay: bool = True, lan_ip=None, recheck_nat=None) -> NodeDaemon:
+    def start(self, relay: bool = True, lan_ip=None, recheck_nat=None, raw=None) -> NodeDaemon:
         config_dir = os.path.abspath(self.mktemp())
         os.makedirs(config_dir)
         config = NodeConfig(server_url="https://wire.test", node_name="web1", node_id=body_for("web1")["node_id"])
         save_config(config_dir, config)
-        self.shim = RelayShim(self.clock, "192.0.2.1", 3479, 51820) if relay else None
+        self.shim = RelayShim(self.clock, "192.0.2.1", 3479, 51820, raw=raw) if relay else None
         self.daemon = NodeDaemon(
             clock=self.clock,
             config_dir=config_dir,
@@ -549,6 +560,46 @@ class RuntimeTests(unittest.TestCase):
         self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
         self.assertEqual(self.shim.sessions(), {})
         self.assertEqual([p for p in self.clock.listening() if p.host == "127.0.0.1"], [], "its socket is closed")
+
+    def test_wireguard_sends_to_the_servers_port_while_the_kernel_forwards_our_side(self):
+        raw = FakeRawSender()
+        self.server.fastpath_on = self.server.direct_on = True
+        self.start(raw=raw)
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        db1 = body_for("db1")["node_id"]
+        self.assertEqual(self.server.direct_asked, [True], "a node that can bind asks for a side port")
+        shim_endpoint = self.session_endpoint("db1")
+        self.assertEqual(self.endpoint("db1"), shim_endpoint)
+        self.assertEqual([(port, to) for port, to, _ in raw.sent], [(51820, ("192.0.2.1", DIRECT_PORT))])
+        grant = RelayGrant.from_json(self.server.granted[db1])
+        key, sent = FrameKey(grant.key), iter(range(1, 100))
+
+        def server_says(flags: int) -> None:
+            frame = key.seal(grant.token, TO_NODE, next(sent), bytes([flags]) if flags else b"")
+            for port in self.clock.listening():
+                if port.host != "127.0.0.1":
+                    port.protocol.datagramReceived(frame, ("192.0.2.1", 3479))
+            self.clock.advance(0)
+
+        server_says(KERNEL_PATH)
+        self.assertEqual(self.endpoint("db1"), f"192.0.2.1:{DIRECT_PORT}", "no shim in WireGuard's way")
+        server_says(0)
+        self.assertEqual(self.endpoint("db1"), shim_endpoint, "not forwarded any more: the shim at once")
+        server_says(KERNEL_PATH)
+        self.assertEqual(self.endpoint("db1"), f"192.0.2.1:{DIRECT_PORT}")
+        # WireGuard roams to the shim (a packet the peer sent through it): put back.
+        self.wireguard.roam(key_for("db1"), shim_endpoint)
+        self.daemon.reconciler._reconcile_soon()
+        self.clock.advance(0)
+        self.assertEqual(self.wireguard.roamed, {}, "reasserted")
+        self.assertEqual(self.endpoint("db1"), f"192.0.2.1:{DIRECT_PORT}")
+
+    def test_a_node_that_cannot_bind_never_asks_for_a_side_port(self):
+        self.server.fastpath_on = self.server.direct_on = True
+        self.start(raw=FakeRawSender(available=False))
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        self.assertEqual(self.server.direct_asked, [False])
+        self.assertTrue(self.endpoint("db1").startswith("127.0.0.1:"))
 
     def test_a_nat_that_moves_our_mapping_is_registered_at_once(self):
         probes = [fixed_nat(port=40000), fixed_nat(port=40000, nat_type="unknown"), fixed_nat(port=41234)]

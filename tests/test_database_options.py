@@ -66,6 +66,21 @@ class AdapterTests(unittest.TestCase):
     def test_no_password_survives_redaction(self, password):
         self.assertNotIn(f":{password}@", redact(f"postgresql://wire:{password}@db.example:5432/wire"))
 
+    def test_a_password_in_the_query_is_redacted_and_warned_about(self):
+        from wire.server.pgstore import url_has_password
+
+        url = "postgresql://wire@db/wire?sslmode=require&password=hunter2"
+        self.assertEqual(redact(url), "postgresql://wire@db/wire?sslmode=require&password=***")
+        self.assertTrue(url_has_password(url))
+        self.assertTrue(url_has_password("postgresql://wire:pw@db/wire"))
+        self.assertFalse(url_has_password("postgresql://wire@db/wire?sslrootcert=/etc/ca.pem"))
+
+    @given(st.text(alphabet=st.characters(blacklist_characters="&=#%+", blacklist_categories=("Cs", "Cc", "Zs")), min_size=4))
+    def test_no_query_password_survives_redaction(self, password):
+        from urllib.parse import quote
+
+        self.assertNotIn(quote(password, safe=""), redact(f"postgresql://wire@db/wire?password={quote(password, safe='')}").split("password=")[1])
+
     def test_placeholders(self):
         self.assertEqual(placeholders("SELECT ? WHERE x LIKE 'a%'"), "SELECT %s WHERE x LIKE 'a%%'")
 

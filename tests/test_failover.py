@@ -71,6 +71,7 @@ class ConfigTests(unittest.TestCase):
             ([A, "ftp://x"], "http"),
             ([A, 7], "required"),
             ([f"https://h{i}.test" for i in range(17)], "at most 16"),
+            ([A, "http://plain.test"], "mix http:// and https://"),
         ):
             with self.assertRaises(ProtocolError) as caught:
                 validate(self.base(server_urls=bad))
@@ -109,6 +110,13 @@ class JoinTokenTests(unittest.TestCase):
             with self.assertRaises(JoinTokenError) as caught:
                 decode_join_token(text)
             self.assertIn("replica", str(caught.exception))
+
+    def test_replicas_of_another_scheme_are_refused(self):
+        # An https mesh whose token sends the node to a plain-http "replica":
+        # its credential would travel in the clear.
+        with self.assertRaises(JoinTokenError) as caught:
+            decode_join_token(JoinToken(A, FINGERPRINT, SECRET, ("http://b.wire.test:8787",)).encode())
+        self.assertIn("mix http:// and https://", str(caught.exception))
 
     def test_the_first_url_is_not_repeated_among_replicas(self):
         token = decode_join_token(JoinToken(A, FINGERPRINT, SECRET, (A, B)).encode())
@@ -195,6 +203,20 @@ class DaemonFailoverTests(unittest.TestCase):
         daemon.startService()
         self.addCleanup(daemon.stopService)
         return daemon
+
+    async def test_a_late_failure_from_the_replica_left_moves_nothing(self):
+        # A silent replica: the node moved on a register's timeout; the
+        # long-poll to the old one ends later (keepalive) and must not
+        # send the node back to the dead one.
+        (_, _, first_url), (_, _, second_url) = self.servers
+        daemon = self.make_daemon((first_url, second_url))
+        await self.settle(lambda: daemon.contact.registered)
+        daemon._lost_contact("timed out", 0, first_url)
+        self.assertEqual(daemon.config.server_url, second_url)
+        daemon._lost_contact("the long-poll's connection ended", 0, first_url)
+        self.assertEqual(daemon.config.server_url, second_url, "no move back for an answer from the one it left")
+        moves = [e for e in daemon.events.since(0) if e["kind"] == "server"]
+        self.assertEqual(len(moves), 1)
 
     async def test_a_single_server_is_kept(self):
         (first, first_port, first_url), _ = self.servers

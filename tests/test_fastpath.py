@@ -65,8 +65,8 @@ class CandidateTests(unittest.TestCase):
         pair.send("b", B)
         [session] = self.table.fastpath_candidates()
         self.assertEqual(
-            fast_sides([session]),
-            {FastSide(session.session_id, pair.ga.token, A, B), FastSide(session.session_id, pair.gb.token, B, A)},
+            fast_sides([session], PORT),
+            {FastSide(session.session_id, pair.ga.token, A, B, PORT, PORT), FastSide(session.session_id, pair.gb.token, B, A, PORT, PORT)},
         )
 
     def test_an_old_shim_is_never_on_the_fast_path(self):
@@ -129,7 +129,7 @@ class CandidateTests(unittest.TestCase):
 
 class RulesetTests(unittest.TestCase):
     def test_the_table_text(self):
-        side = FastSide("s1", b"T" * 8, A, B)
+        side = FastSide("s1", b"T" * 8, A, B, PORT, PORT)
         text = ruleset(PORT, frozenset({side}), 50 * 1024 * 1024, 4 * 1024 * 1024)
         self.assertEqual(
             text,
@@ -150,6 +150,10 @@ class RulesetTests(unittest.TestCase):
             "\tchain postrouting {\n"
             "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
             "\t\tip saddr 198.51.100.1 udp sport 40000 ip daddr 203.0.113.2 udp dport 50000 masquerade to :8788\n"
+            "\t}\n"
+            "\tchain output {\n"
+            "\t\ttype filter hook output priority raw; policy accept;\n"
+            "\t\tudp sport 8788 notrack\n"
             "\t}\n"
             "}\n",
         )

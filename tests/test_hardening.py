@@ -355,6 +355,14 @@ class StunRateLimitTests(unittest.TestCase):
     def test_metrics_show_the_outcome_from_the_start(self):
         self.assertIn(b'wire_stun_datagrams_total{outcome="rate_limited"} 0.0', generate_latest(ServerMetrics().registry))
 
+    def test_metrics_count_each_outcome_known_or_not(self):
+        metrics = ServerMetrics()
+        for outcome in ("relay_forwarded", "relay_forwarded", "an_outcome_added_later"):
+            metrics.count_datagram(outcome)
+        exposed = generate_latest(metrics.registry)
+        self.assertIn(b'wire_stun_datagrams_total{outcome="relay_forwarded"} 2.0', exposed)
+        self.assertIn(b'wire_stun_datagrams_total{outcome="an_outcome_added_later"} 1.0', exposed)
+
     @settings(deadline=None, max_examples=100)
     @given(st.lists(st.tuples(st.binary(max_size=80), st.floats(0, 0.5)), max_size=200))
     def test_replies_to_one_source_stay_within_its_budget(self, datagrams):

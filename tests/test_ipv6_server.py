@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from tests.helpers import TEST_SUBNET6, make_coordinator, registration_for, settled
 from tests.test_policy_server import Mesh
-from tests.test_server_start import short_dir
+from tests.helpers import short_dir
 from wire.addressing import Ipv6Pool, parse_subnet6
 from wire.cli.admin import format_nodes, parse_target
 from wire.cli.formatting import Style

@@ -82,9 +82,11 @@ class TLSAuthMesh(AuthMesh):
 class _Exits(protocol.ProcessProtocol):
     def __init__(self, on_exit):
         self._on_exit = on_exit
+        self.ended: Deferred = Deferred()
 
     def processEnded(self, reason):
         self._on_exit()
+        self.ended.callback(None)
 
 
 def launch_with_process(mesh: Mesh) -> None:
@@ -95,13 +97,17 @@ def launch_with_process(mesh: Mesh) -> None:
     mesh.launch_daemon()
     stop_daemon = Mesh.stop_daemon.__get__(mesh)
     daemon = mesh.daemon
+    exits = _Exits(lambda: stop_daemon() if mesh.daemon is daemon else None)
     stand_in = reactor.spawnProcess(
-        _Exits(lambda: stop_daemon() if mesh.daemon is daemon else None),
-        sys.executable,
-        [sys.executable, "-c", "import time; time.sleep(60)", "wire-node"],
-        env=None,
+        exits, sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", "wire-node"], env=None,
     )
-    mesh.test.addCleanup(_kill, stand_in)
+
+    def killed() -> Deferred:
+        # Reaped before the test ends: its pipes are not left in the reactor.
+        _kill(stand_in)
+        return exits.ended
+
+    mesh.test.addCleanup(killed)
 
     def exit_process():
         # The daemon exits (POST /down): so does its process.

@@ -316,6 +316,16 @@ class DescribeTests(unittest.TestCase):
         self.assertEqual(shown["reason"], "relay: the direct path stopped working; direct tried again in 50s")
         self.assertEqual((shown["decided_by"], shown["since"]), ("server", 100))
 
+    def test_the_relays_kernel_path_is_the_relay_too(self):
+        side = Side(WEB1, DB1)
+        side.words["id-db1"] = PairPath("id-db1", PathMode.RELAY, "the direct path stopped working", 90, 1, 150)
+        side.plan(100)
+        kernel = "192.0.2.1:8790"
+        self.assertEqual(endpoint_kind(kernel, DB1, {"127.0.0.1:40001"}, {kernel}), "relay-kernel")
+        self.assertEqual(endpoint_kind(kernel, DB1, {"127.0.0.1:40001"}), "public", "not told: the server's port is just an address")
+        shown = describe_path(side.path(), self.status(kernel), DB1, 100, {"127.0.0.1:40001"}, kernels={kernel})
+        self.assertEqual((shown["path"], shown["endpoint_kind"]), (PathMode.RELAY, "relay-kernel"))
+
     def test_a_direct_path_on_a_shim_is_not_called_direct(self):
         side = Side(WEB1, DB1)
         side.plan(100)

@@ -498,25 +498,33 @@ class LiveProxyTests(unittest.TestCase):
 
         daemon = self.start()
         self.assertIsNone(self.proxy_of(daemon))
-        daemon.config = replace(daemon.config, proxy="http://127.0.0.1:3128")
-        daemon.on_proxy_changed()
+        daemon.on_proxy_changed(replace(daemon.config, proxy="http://127.0.0.1:3128"))
         self.assertEqual(self.proxy_of(daemon).display(), "http://127.0.0.1:3128")
-        daemon.config = replace(daemon.config, proxy="")
-        daemon.on_proxy_changed()
+        daemon.on_proxy_changed(replace(daemon.config, proxy=""))
         self.assertIsNone(self.proxy_of(daemon), "back to the environment (none here)")
 
     def test_an_unusable_proxy_keeps_the_one_in_use(self):
         from dataclasses import replace
         from unittest import mock
 
+        from twisted.internet import defer
+
+        from wire.node.config import load_config, save_config
+        from wire.node.daemon import SettingsRefused
+
         daemon = self.start()
+        daemon._join_pending = False
+        # As an earlier `wire set --proxy` left it: in use and saved.
         daemon.config = replace(daemon.config, proxy="http://127.0.0.1:3128")
-        daemon.on_proxy_changed()
+        save_config(self.config_dir, daemon.config)
+        daemon.on_proxy_changed(daemon.config)
         before = daemon.client._http
         with mock.patch.dict(os.environ, {"HTTPS_PROXY": "socks5://p:1080"}):
-            daemon.config = replace(daemon.config, proxy="")
-            daemon.on_proxy_changed()
-        self.assertIs(daemon.client._http, before)
+            refused = self.failureResultOf(defer.ensureDeferred(daemon.change_settings({"proxy": ""})), SettingsRefused)
+        self.assertIn("socks5:// proxies are not supported", str(refused.value))
+        self.assertIs(daemon.client._http, before, "the proxy in use stays")
+        self.assertEqual(load_config(self.config_dir).proxy, "http://127.0.0.1:3128", "nothing saved")
+        self.assertEqual(daemon.config.proxy, "http://127.0.0.1:3128")
 
 
 class CredentialLeakTests(unittest.TestCase):

@@ -10,10 +10,13 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactor
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial import unittest
 from twisted.web import resource, server
 
@@ -21,11 +24,12 @@ from wire.node.relay import UDP_FALLBACK_AFTER, UDP_PROBE_GRACE, RelayShim
 from wire.node.relaystream import RelayStreamClient
 from wire.protocol import RelayGrant
 from wire.relayproto import MAX_FRAME, OVERHEAD, TO_NODE, TO_SERVER, FrameKey, read_header
-from wire.relaystream import STREAM_HOST, RecordReader, StreamError, record, request_head
+from wire.relaystream import STREAM_BUFFER, STREAM_HOST, RecordReader, RecordWriter, StreamError, record, request_head
 from wire.server.auth import AuthError
 from wire.server.relay import RelayTable
 from wire.server.relaystream import MAX_REFUSED_IN_A_ROW, RelayStream, RelayStreams, UpgradeSnifferFactory
 from wire.stun import StunServerProtocol
+from wire.tlsserver import BULK_PIECE, TLSServerProtocol
 
 
 class RecordTests(unittest.TestCase):
@@ -244,6 +248,34 @@ class BackpressureTests(unittest.TestCase):
         self.assertEqual(len(transport.written), 2)
         stream.connectionLost(None)
 
+    def test_a_turn_of_frames_does_not_pause_the_stream_and_a_slow_reader_still_drops(self):
+        tcp = SlowTCP()
+        clock = Clock()
+        writer = RecordWriter(clock, wrapped_over(tcp))  # found under the TLS or guard wrapper
+        self.assertEqual((tcp.bufferSize, tcp.no_delay), (STREAM_BUFFER, True))
+        frame = b"f" * MAX_FRAME
+        per_turn = 256 * 1024 // MAX_FRAME  # what one read of a relay socket brings at most
+        accepted, turns = 0, 0
+        while turns < 10 and all(writer.add(frame) for _ in range(per_turn)):
+            accepted, turns = accepted + per_turn, turns + 1
+            clock.advance(0)
+        self.assertGreaterEqual(turns, 2, "whole turns go to TCP, however fast they come")
+        self.assertTrue(tcp.producerPaused)
+        self.assertFalse(writer.add(frame), "the reader takes nothing: frames drop")
+        self.assertLessEqual(accepted * (2 + MAX_FRAME), STREAM_BUFFER + per_turn * (2 + MAX_FRAME), "memory stays bounded")
+        writer.cancel()
+
+    def test_an_upgraded_stream_takes_whole_tls_records(self):
+        clock = Clock()
+        streams = RelayStreams(clock, RelayTable(clock).handle)
+        tls = TLSServerProtocol(WrappingFactory(Factory()), Protocol())
+        tls.makeConnection = None  # not connected: only its record sizes are looked at
+        tls.transport = SlowTCP()
+        stream = RelayStream(streams, "node-b")
+        stream.start(wrapped_over(tls), b"")
+        self.assertEqual((tls._record_data, tls._receive_piece), (BULK_PIECE, BULK_PIECE))
+        stream.connectionLost(None)
+
     def test_a_node_has_at_most_two_streams_and_its_removal_ends_them(self):
         clock = Clock()
         streams = RelayStreams(clock, RelayTable(clock).handle)
@@ -276,6 +308,28 @@ class BackpressureTests(unittest.TestCase):
         self.assertEqual(streams.end_node("node-b"), 3, "removal ends them all, proven or not")
         self.assertEqual(len(streams), 0)
         clock.advance(1000)  # no idle timers left behind
+
+
+class SlowTCP(FileDescriptor):
+    """A TCP connection whose reader takes nothing."""
+
+    def __init__(self):
+        super().__init__(MemoryReactor())
+        self.connected = True
+        self.no_delay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay = enabled
+
+    def writeSomeData(self, data):
+        return 0
+
+
+def wrapped_over(transport) -> ProtocolWrapper:
+    """A protocol wrapper (as TLS and the connection guard are) over ``transport``."""
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(transport)
+    return wrapper
 
 
 class FakeStream:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import errno
 import io
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 from hypothesis import given, settings
@@ -23,7 +21,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tests.helpers import make_coordinator, settled
+from tests.helpers import make_coordinator, settled, short_dir
 from tests.test_hardening import _UdpMemoryReactor
 from wire.jointoken import decode_join_token
 from wire.relayproto import enlarge_socket_buffers
@@ -108,13 +106,6 @@ class LayeringTests(unittest.TestCase):
 
 
 # -- options: one-line usage errors, the default public URL ------------------
-
-
-def short_dir(test) -> str:
-    """A data dir short enough for the admin socket's path (108 bytes)."""
-    path = tempfile.mkdtemp(prefix="wire-ss-")
-    test.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 class UsageErrorTests(unittest.TestCase):
@@ -212,13 +203,19 @@ class PublicUrlTests(unittest.TestCase):
         self.assertIn("--public-url", str(caught.exception))
 
     def test_the_url_given_again_names_the_replicas(self):
+        database = ("--database", "postgresql://wire@db.example.org/wire")
         options = self.parse("--public-url", "https://a.example.org:443", "--public-url", "https://b.example.org:443/",
-                             "--public-url", "https://a.example.org:443")
+                             "--public-url", "https://a.example.org:443", *database)
         self.assertEqual((options["public-url"], options["replica-urls"]), ("https://a.example.org:443", ("https://b.example.org:443",)))
         self.assertEqual(self.parse("--public-url", "https://a.example.org")["replica-urls"], ())
-        with self.assertRaises(usage.UsageError) as caught:
-            self.parse("--public-url", "https://a.example.org", "--public-url", "gopher://b")
-        self.assertIn("--public-url", str(caught.exception))
+        for bad, said in (
+            (("--public-url", "https://a.example.org", "--public-url", "gopher://b", *database), "--public-url"),
+            (("--public-url", "https://a.example.org", "--public-url", "http://b.example.org", *database), "mix http:// and https://"),
+            (("--public-url", "https://a.example.org", "--public-url", "https://b.example.org"), "which need --database"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*bad)
+            self.assertIn(said, str(caught.exception))
 
     def test_loopback_hosts(self):
         for host in ("localhost", "LOCALHOST.", "app.localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "::ffff:127.0.0.1", "0.0.0.0", "::"):
@@ -454,7 +451,7 @@ class ConfigFileTests(unittest.TestCase):
         self.assertEqual(set(config_kinds()), options - {"config"})
 
     def test_the_file_may_list_the_replicas(self):
-        self.write('public-url = ["https://a.example.org:9000", "https://b.example.org:9000"]\n')
+        self.write('public-url = ["https://a.example.org:9000", "https://b.example.org:9000"]\ndatabase = "postgresql://wire@db/wire"\n')
         options = self.parse()
         self.assertEqual((options["public-url"], options["replica-urls"]), ("https://a.example.org:9000", ("https://b.example.org:9000",)))
         options = self.parse("--public-url", "https://c.example.org")

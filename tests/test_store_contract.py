@@ -429,6 +429,16 @@ class PostgresStoreContractTests(StoreContract, unittest.TestCase):
             await two.transaction(second)
         self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(1,)])
 
+    def test_a_vanished_database_fails_writes_in_seconds_and_commits_are_synchronous(self):
+        # Keepalives, a TCP user timeout and a statement timeout on every
+        # connection (wire.server.pgstore.LIVENESS); durability not left to the server's config.
+        store = self.open()
+        shown = dict(store.read_now(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'synchronous_commit', 'tcp_keepalives_idle')"
+        ))
+        self.assertEqual(shown["statement_timeout"], "30000")
+        self.assertEqual(shown["synchronous_commit"], "on")
+
     def test_the_password_may_come_from_elsewhere_than_the_url(self):
         store = open_store(self.data_dir, reactor, self.pg.url(self.database, password=False), password=pgcluster.PASSWORD)
         self.addCleanup(store.close)

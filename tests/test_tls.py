@@ -33,6 +33,7 @@ from wire.server.options import Options
 from wire.server.tap import _api_endpoint
 from wire.tls import PinnedPolicy, ensure_self_signed, read_fingerprint
 from wire.tlsserver import (
+    BULK_PIECE,
     PLAIN_HTTP_MESSAGE,
     TLS_RECORD_DATA,
     TLSConfigError,
@@ -161,15 +162,35 @@ class ServerTransportTests(unittest.TestCase):
         self.assertEqual(conn.app.transport.getPeer(), conn.wire.getPeer())
 
     def test_a_large_answer_goes_out_in_small_records(self):
+        self.conn.handshake()
+        self.assert_a_large_answer_goes_out_in_records_of(TLS_RECORD_DATA)
+
+    def test_a_bulk_connection_writes_whole_records(self):
+        # What the relay stream asks for once upgraded (wire.server.relaystream).
+        self.conn.handshake()
+        self.conn.tls.carry_bulk()
+        self.assert_a_large_answer_goes_out_in_records_of(BULK_PIECE)
+
+    def assert_a_large_answer_goes_out_in_records_of(self, size: int) -> None:
         conn = self.conn
-        conn.handshake()
         answer = os.urandom(300_000)
         conn.app.transport.write(answer)
         lengths = conn.to_client()
         # Each record: the data, its content type and a 16-byte tag.
-        self.assertLessEqual(max(lengths), TLS_RECORD_DATA + 17)
-        self.assertGreaterEqual(len(lengths), 300_000 // TLS_RECORD_DATA)
+        self.assertLessEqual(max(lengths), size + 17)
+        self.assertGreaterEqual(len(lengths), 300_000 // size)
+        self.assertLessEqual(len(lengths), -(-300_000 // size), "full records")
         self.assertEqual(conn.received(), answer)
+
+    def test_a_bulk_connection_reads_whole_records(self):
+        conn = self.conn
+        conn.handshake()
+        conn.tls.carry_bulk()
+        # Records of 16 KiB and pieces of 16 KiB: every piece ends inside one.
+        request = os.urandom(100_000)
+        conn.client.write(request)
+        conn.to_server()
+        self.assertEqual(conn.app.data, request)
 
     def test_a_written_sequence_is_one_record(self):
         conn = self.conn

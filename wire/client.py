@@ -382,11 +382,13 @@ class CoordinationClient(JsonHttp):
         return await self._request("GET", "/health")
 
     async def relay(
-        self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held: bytes | None = None
+        self, node_id: str, wg_public_key: str, peer_node_id: str, fastpath: bool = False, held: bytes | None = None,
+        direct: bool = False,
     ) -> RelayGrant:
         """``POST /relay``; ``fastpath``: our shim takes peer-sealed frames;
-        ``held``: keep the side with this token, send the peer's anew."""
-        asked = RelayRequest(node_id, wg_public_key, peer_node_id, fastpath, held)
+        ``held``: keep the side with this token, send the peer's anew;
+        ``direct``: we bind from WireGuard's port (a side port, if offered)."""
+        asked = RelayRequest(node_id, wg_public_key, peer_node_id, fastpath, held, direct)
         return _parsed("POST /relay", RelayGrant.from_json, await self._request("POST", "/relay", asked.to_json()))
 
     async def report_path(

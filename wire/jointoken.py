@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from wire.protocol import ProtocolError
-from wire.urls import parse_server_url, parse_server_urls
+from wire.urls import check_one_scheme, parse_server_url, parse_server_urls
 
 PREFIX = "wire1."
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -68,6 +68,7 @@ def decode_join_token(text: str) -> JoinToken:
         raise JoinTokenError(f"the join token's server URL is unusable: {e.problem}")
     try:
         replicas = parse_server_urls(data.get("r", []), "r")
+        check_one_scheme((url, *replicas), "r")
     except ProtocolError as e:
         raise JoinTokenError(f"the join token's replica URLs are unusable: {e.problem}")
     return JoinToken(url, data["f"], data["k"], tuple(r for r in replicas if r != url))

@@ -48,6 +48,11 @@ MAX_FRAME = OVERHEAD + MAX_PAYLOAD
 # side's token) that the peer's side changed: ask for it again. No
 # WireGuard message is one byte, and older shims are never sent it.
 REFRESH_PEER = b"\x01"
+# A flag in that one byte, sent only to shims whose side has a port of its
+# own (they asked with ``direct``): the kernel forwards this side's
+# WireGuard packets from that port (wire.server.fastpath), so its
+# WireGuard may send there. Absent: send to the shim again.
+KERNEL_PATH = 0x02
 
 
 class FrameError(ValueError):

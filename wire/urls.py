@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from wire.protocol import ProtocolError
@@ -43,6 +43,14 @@ def parse_server_urls(value: Any, field: str = "server_urls") -> tuple[str, ...]
         if url not in urls:
             urls.append(url)
     return tuple(urls)
+
+
+def check_one_scheme(urls: Sequence[str], field: str) -> None:
+    """Replicas of one mesh speak one scheme: a node moving from an https
+    replica to an http one would send its credential in the clear."""
+    schemes = {urlsplit(url).scheme for url in urls}
+    if len(schemes) > 1:
+        raise ProtocolError(field, "the replicas' URLs mix http:// and https://; give them all one scheme")
 
 
 def is_loopback_host(host: str) -> bool:

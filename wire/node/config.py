@@ -24,7 +24,7 @@ from wire.node.ifname import parse_interface_name
 from wire.node.trust import DEFAULT_MAX_PEERS, SEED_SUBNET, mesh_subnet, mesh_subnet6, own_address, parse_max_peers
 from wire.protocol import ProtocolError, parse_ip_address, parse_nat_type, parse_node_id, parse_node_name, parse_port
 from wire.node.settings import SETTINGS, parse_settings, with_settings
-from wire.urls import parse_server_url, parse_server_urls  # noqa: F401  (node modules import it from here)
+from wire.urls import check_one_scheme, parse_server_url, parse_server_urls  # noqa: F401  (node modules import it from here)
 
 CONFIG_FILE = "config.json"
 SYSTEM_CONFIG_DIR = "/etc/wire"
@@ -144,6 +144,7 @@ def validate(data: dict[str, Any]) -> NodeConfig:
         config.max_peers = parse_max_peers(values["max_peers"])
     if values.get("server_urls"):
         urls = parse_server_urls(values["server_urls"])
+        check_one_scheme((config.server_url, *urls), "server_urls")
         # The one in use is always one of them.
         config.server_urls = urls if config.server_url in urls else (config.server_url, *urls)
     if values.get("nat_port"):

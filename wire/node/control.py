@@ -36,15 +36,18 @@ def control_socket_path(config_dir: str) -> str:
     return os.path.join(config_dir, CONTROL_SOCKET)
 
 
-def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = ()) -> str:
+def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = (), kernels: Collection[str] = ()) -> str:
     """What a WireGuard endpoint is: "relay-shim" (one of this node's relay
     shim sessions, ``shims``, or another loopback address that is not the
-    peer's own), "lan" (the peer's LAN address), "ipv6" (its IPv6 underlay
-    address), "public", or "none"."""
+    peer's own), "relay-kernel" (the server's port of a session the
+    server's kernel forwards, ``kernels``), "lan" (the peer's LAN address),
+    "ipv6" (its IPv6 underlay address), "public", or "none"."""
     if not endpoint:
         return "none"
     if endpoint in shims:
         return "relay-shim"
+    if endpoint in kernels:
+        return "relay-kernel"
     host = endpoint.rsplit(":", 1)[0].strip("[]")
     if host == peer.public_ip:
         return "public"  # a node with a public address has it as its LAN address too
@@ -66,7 +69,7 @@ def _proven_since(path: PeerPath, status: PeerStatus) -> bool:
 
 def describe_path(
     path: PeerPath | None, status: PeerStatus | None, peer: Peer, now: float, shims: Collection[str] = (),
-    relay_over_tcp: str = "",
+    relay_over_tcp: str = "", kernels: Collection[str] = (),
 ) -> dict:
     """How traffic reaches a peer: the path WireGuard actually has (its endpoint
     as ``wg show`` shows it), the pair's mode, why, and since when.
@@ -75,19 +78,20 @@ def describe_path(
     if status is None or path is None:
         why = "not configured in WireGuard yet"
         return {"path": PathMode.NONE, "reason": why, "why": why, "handshake_age": age, "endpoint_kind": "none"}
-    actual = endpoint_kind(status.endpoint, peer, shims)
+    actual = endpoint_kind(status.endpoint, peer, shims, kernels)
+    relayed = actual in ("relay-shim", "relay-kernel")
     why = path.reason
     word = path.word
     if path.mode is PathMode.RELAY and word is not None and word.retry_at is not None:
         wait = max(0, word.retry_at - now)
         why += f"; direct tried again in {wait:.0f}s"
     shown: PathMode = path.mode
-    if path.mode is PathMode.RELAY and actual != "relay-shim":
+    if path.mode is PathMode.RELAY and not relayed:
         shown = PathMode.CONNECTING
         reason = f"relay chosen ({why}); the relay session is not ready, WireGuard sends to {status.endpoint or 'nowhere'}"
-    elif path.mode is not PathMode.RELAY and actual == "relay-shim":
+    elif path.mode is not PathMode.RELAY and relayed:
         shown = PathMode.CONNECTING
-        reason = f"{path.summary}; WireGuard still sends to the relay shim {status.endpoint}"
+        reason = f"{path.summary}; WireGuard still sends to the relay {'shim ' if actual == 'relay-shim' else ''}{status.endpoint}"
     elif path.mode is not PathMode.RELAY and path.phase in (Phase.TRYING, Phase.FAILED) and not _proven_since(path, status):
         shown = PathMode.CONNECTING
         waited = now - path.since
@@ -130,7 +134,10 @@ async def node_status(daemon: NodeDaemon) -> dict:
             interface["listen_port"] = wg.listen_port
             by_key = {p.public_key: p for p in wg.peers}
     relay = daemon.reconciler.relay
-    shims = {session.endpoint for session in relay.sessions().values()} if relay is not None else set()
+    sessions = relay.sessions().values() if relay is not None else ()
+    shims = {session.endpoint for session in sessions}
+    # The server's kernel forwards these: WireGuard sends there, no shim in the way.
+    kernels = {session.kernel_endpoint for session in sessions if session.kernel and session.kernel_endpoint}
     over_tcp = relay.tcp_reason if relay is not None and relay.over_tcp else ""
     peers = []
     rules = daemon.netmap.filter
@@ -152,7 +159,7 @@ async def node_status(daemon: NodeDaemon) -> dict:
                 "endpoint": wg_peer.endpoint if wg_peer else None,
                 "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
                 "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp),
+                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
                 **policy,
                 **({"dns_name": dns_name} if dns_name else {}),
             }

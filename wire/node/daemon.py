@@ -50,7 +50,7 @@ from wire.client import (
 from wire.debuglog import logger as debug_aware_logger
 from wire.jointoken import JoinToken
 from wire.node.backoff import Backoff
-from wire.node.config import NodeConfig, save_config
+from wire.node.config import ConfigError, NodeConfig, save_config
 from wire.node.config import validate as validate_config
 from wire.node.enroll import EnrollError, forget_credential, forget_join_request, save_credential
 from wire.node.failurelog import BadAnswers, FailureLog
@@ -236,8 +236,9 @@ class NodeDaemon(Service):
         self.on_server_moved: list[Callable[[str], None]] = []
         if isinstance(self._lan_ip, LanAddress):
             self.on_server_moved.append(self._lan_ip.move_to)
-        # Called when `wire set --proxy` changed the proxy (wire.node.tap rebuilds the clients).
-        self.on_proxy_changed: Callable[[], None] | None = None
+        # Called with the config `wire set --proxy` asks for: its proxy is used
+        # from then on (wire.node.tap rebuilds the client), or ConfigError says why not.
+        self.on_proxy_changed: Callable[[NodeConfig], None] | None = None
         self._registered_waiters: list[Deferred] = []
 
     # -- state ----------------------------------------------------------------
@@ -596,16 +597,17 @@ class NodeDaemon(Service):
     async def register(self) -> RegisterAnswer:
         body = self.registration_body()
         self.heartbeat.must_register()
+        asked = self.config.server_url
         try:
             answer = await self.client.register(body)
         except ServerError as e:
             self._note_bad_answer("registration", e)
             if e.status != 429:  # asked to slow down: the server is there
-                self._lost_contact(str(e), e.status)
+                self._lost_contact(str(e), e.status, asked)
             raise
         except ServerUnreachable as e:
             # 495 (as nginx names it): a certificate we refuse; retrying will not help.
-            self._lost_contact(str(e), 495 if e.tls_refused else 0)
+            self._lost_contact(str(e), 495 if e.tls_refused else 0, asked)
             raise
         self._registered(body, answer)
         return answer
@@ -739,15 +741,20 @@ class NodeDaemon(Service):
         before = self.config
         if "exit_node" in changes:
             changes = {**changes, "exit_node_id": self._exit_node_id(changes["exit_node"])}
-        self.config = with_settings(before, changes)
+        wanted = with_settings(before, changes)
+        if "proxy" in changes and self.on_proxy_changed is not None:
+            # In use from now on, or refused before anything is saved.
+            try:
+                self.on_proxy_changed(wanted)
+            except ConfigError as e:
+                raise SettingsRefused(str(e))
+        self.config = wanted
         save_config(self.config_dir, self.config)
         told = ", ".join(f"{name}={value}" for name, value in sorted(changes.items()))
         self.log.info("settings changed: {told}", told=told)
         self.events.emit("settings", f"settings changed: {told}")
-        if "proxy" in changes and self.on_proxy_changed is not None:
-            # New connections to the server go through the new proxy (or none);
-            # the long-poll under way went through the old one: ask again.
-            self.on_proxy_changed()
+        if "proxy" in changes:
+            # The long-poll under way went through the old proxy: ask again.
             self._restart_poll()
         if self.names is not None and self.config.accept_dns != before.accept_dns:
             await self.names.set_accept_dns(self.config.accept_dns)
@@ -851,6 +858,7 @@ class NodeDaemon(Service):
 
     async def _sync_once(self) -> None:
         sent_at = self.clock.seconds()
+        asked = self.config.server_url
         self.heartbeat.poll_sent(sent_at)
         poll = self._poll = ensureDeferred(
             self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest, self.netmap.dns_digest,
@@ -865,7 +873,7 @@ class NodeDaemon(Service):
             return  # the loop polls again at once, on a new connection
         except ServerError as e:
             self._note_bad_answer("netmap", e)
-            self._lost_contact(str(e), e.status)  # a 401 here: status views say why
+            self._lost_contact(str(e), e.status, asked)  # a 401 here: status views say why
             if e.status == 401:
                 self._refusal(e)  # removed, or never let in: no tight retries
             if e.status == 400:
@@ -874,7 +882,7 @@ class NodeDaemon(Service):
             await self._sleep_backoff()
             return
         except ServerUnreachable as e:
-            self._lost_contact(str(e))
+            self._lost_contact(str(e), 0, asked)
             await self._sleep_backoff()
             return
         finally:
@@ -1060,7 +1068,12 @@ class NodeDaemon(Service):
         self.contact.last_status = 0
         self.contact.last_contact = self.clock.seconds()
 
-    def _lost_contact(self, error: str, status: int = 0) -> None:
+    def _lost_contact(self, error: str, status: int = 0, asked: str | None = None) -> None:
+        """A request to ``asked`` (the server in use then) failed."""
+        if asked is not None and asked != self.config.server_url:
+            # An answer from a replica the node already left (a long-poll the
+            # keepalive ended late): it says nothing about the one in use.
+            return
         if self.contact.reachable:
             self.log.warn("coordination server unreachable: {error}; peers stay configured", error=error)
         self.contact.reachable = False
@@ -1084,6 +1097,8 @@ class NodeDaemon(Service):
         self.client.server_url = following
         for moved in self.on_server_moved:
             moved(following)
+        # A long-poll still waiting on the old one (silent, not yet ended) asks the new one now.
+        self._restart_poll()
         self._servers_tried += 1
         if self._servers_tried < len(servers_of(self.config)):
             self._sync_backoff.reset()

@@ -101,6 +101,8 @@ class Reconciler:
         self.relay = relay
         if relay is not None:
             relay.on_peer_changed = self._refresh_grant
+            # On to the server's kernel path, or back to the shim: a new endpoint.
+            relay.on_path_changed = lambda _peer: self._reconcile_soon()
         self._probe = probe
         # A direct path went silent: our NAT may have moved (the daemon checks).
         self._on_silence = on_silence
@@ -440,13 +442,14 @@ class Reconciler:
             await self.relay.stop()
 
     def _relay_endpoint(self, peer: Peer) -> str | None:
-        """The loopback endpoint of the peer's live relay session, or None
+        """The endpoint of the peer's live relay session (its loopback
+        socket, or the server's port for our side on the kernel path), or None
         while its grant is fetched (asked for here, in the background: at
         most RELAY_GRANTS_AT_ONCE at a time, one per peer)."""
         assert self.relay is not None
         session = self.relay.sessions().get(peer.node_id)
         if session is not None and not self.relay.is_dead(peer.node_id):
-            return session.endpoint
+            return session.wg_endpoint
         if peer.node_id not in self._runtime.grants_pending:
             fetching = self._track(self._fetch_grant(peer))
             if not fetching.called:
@@ -455,7 +458,7 @@ class Reconciler:
             # Answered at once (a grant in memory): use it now.
             session = self.relay.sessions().get(peer.node_id)
             if session is not None and not self.relay.is_dead(peer.node_id):
-                return session.endpoint
+                return session.wg_endpoint
         return None
 
     async def _fetch_grant(self, peer: Peer) -> None:
@@ -464,7 +467,8 @@ class Reconciler:
             await self._runtime.grant_slots.acquire()
             try:
                 grant = await self.client.relay(
-                    self._node_id, self._public_key, peer.node_id, fastpath=getattr(self.relay, "fastpath", False)
+                    self._node_id, self._public_key, peer.node_id, fastpath=getattr(self.relay, "fastpath", False),
+                    direct=getattr(self.relay, "direct", False),
                 )
             finally:
                 self._runtime.grant_slots.release()
@@ -501,7 +505,9 @@ class Reconciler:
 
     async def _refresh(self, peer_node_id: str, held: bytes) -> None:
         try:
-            grant = await self.client.relay(self._node_id, self._public_key, peer_node_id, fastpath=True, held=held)
+            grant = await self.client.relay(
+                self._node_id, self._public_key, peer_node_id, fastpath=True, held=held, direct=getattr(self.relay, "direct", False)
+            )
             if self.relay is not None and not self._stopping():
                 await self.relay.add(grant)
                 self._reconcile_soon()  # our side was gone after all: a new endpoint

@@ -25,6 +25,18 @@ fast-path session also gets its own upstream socket: the kernel forwards
 by address, so each session's frames must come from an address of their own.
 When the server says the peer's side changed (REFRESH_PEER in a keepalive
 answer), ``on_peer_changed`` asks for the grant again, keeping our side.
+
+The kernel path takes the shim out of WireGuard's way. A shim that can send
+from WireGuard's own port (root: a raw socket, wire.node.rawudp) asks with
+``direct``; a grant with a ``direct_port`` (the server's port for our side)
+has it send a bind frame from WireGuard's port to that port with every
+keepalive round, so the server learns the address our WireGuard has there
+(behind a symmetric NAT, only that flow shows it). Once the server says
+(KERNEL_PATH in its answers) that the kernel forwards our side, the peer's
+WireGuard endpoint is ``server:direct_port`` (``wg_endpoint``;
+``on_path_changed`` has the daemon apply it); as soon as it stops saying
+so, or stops answering, it is the loopback socket again. The shim channel
+goes on throughout, so either path works while the other takes over.
 """
 
 from __future__ import annotations
@@ -41,13 +53,14 @@ from twisted.internet.task import LoopingCall
 from wire.debuglog import logger as debug_aware_logger
 from wire.protocol import RelayGrant
 from wire.relayproto import (
-    MAC_BYTES,
     MAX_FRAME,
     MAX_PAYLOAD,
     OVERHEAD,
     REFRESH_PEER,
     TO_NODE,
     TO_SERVER,
+    HEADER_BYTES,
+    KERNEL_PATH,
     DatagramBatcher,
     FrameError,
     FrameKey,
@@ -69,6 +82,9 @@ UDP_PROBE_GRACE = 0.5
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
 # At most one request for the peer's side per session this often.
 REFRESH_EVERY = 30.0
+# The kernel path counts as on this long after the server last said so
+# (two keepalive rounds and some): silence sends WireGuard to the shim again.
+KERNEL_VALID = 2 * KEEPALIVE_INTERVAL + 5.0
 
 log = debug_aware_logger()
 
@@ -96,11 +112,23 @@ class RelaySession:
     upstream_send: Callable[[Any, Any], None] | None = None
     upstream_batcher: DatagramBatcher | None = None
     refresh_asked: float = float("-inf")
+    # The server's port for our side (a ``direct`` grant), where WireGuard
+    # sends while the kernel forwards it (``kernel``, last said at ``kernel_heard``).
+    direct_port: int | None = None
+    kernel_endpoint: str | None = None
+    kernel: bool = False
+    kernel_heard: float = float("-inf")
 
     @property
     def endpoint(self) -> str:
+        """The loopback socket: the shim's endpoint for WireGuard."""
         assert self.socket is not None and self.socket.port is not None
         return f"127.0.0.1:{self.socket.port.getHost().port}"
+
+    @property
+    def wg_endpoint(self) -> str:
+        """Where WireGuard should send now: the kernel path, or the shim."""
+        return self.kernel_endpoint if self.kernel and self.kernel_endpoint else self.endpoint
 
     def wrap(self, payload: bytes) -> bytes:
         self.sent += 1
@@ -148,7 +176,7 @@ class RelayShim:
     # This shim takes frames sealed by the peer's side (the request says so).
     fastpath = True
 
-    def __init__(self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int):
+    def __init__(self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int, raw: Any = None):
         # IReactorUDP and IReactorTime (and IReactorPluggableNameResolver
         # when the server is named, not numbered).
         self.reactor = reactor
@@ -161,6 +189,12 @@ class RelayShim:
         self._by_peer_token: dict[bytes, RelaySession] = {}
         # Called with a peer's node id when the server says its side changed.
         self.on_peer_changed: Callable[[str], None] | None = None
+        # Sends from WireGuard's port (wire.node.rawudp.RawUdpSender; None:
+        # this node cannot, and never asks for the kernel path).
+        self.raw = raw
+        # Called with a peer's node id when its WireGuard endpoint should move
+        # (on to the kernel path, or back to the shim).
+        self.on_path_changed: Callable[[str], None] | None = None
         self._upstream = _Upstream(self)
         self._upstream_port: Any = None
         self._upstream_batcher: DatagramBatcher | None = None
@@ -176,6 +210,11 @@ class RelayShim:
         self._udp_tried_at: float | None = None  # first frame over UDP still waiting for an answer
         self._udp_check: Any = None
         self._stream_keepalive: Any = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether to ask for the kernel path: we can bind from WireGuard's port."""
+        return self.raw is not None and self.raw.available
 
     # -- life ----------------------------------------------------------------
 
@@ -231,7 +270,9 @@ class RelayShim:
         if existing is not None and existing.token == token and not self.is_dead(peer):
             if existing.upstream_port is not None and grant.peer_token != existing.peer_token:
                 self._set_peer(existing, grant)  # the peer's side changed; ours goes on
-            return existing.endpoint
+            if grant.direct_port != existing.direct_port:
+                self._set_direct(existing, grant.direct_port)
+            return existing.wg_endpoint
         if existing is not None:
             await self.remove(peer)
         await self.start()
@@ -251,6 +292,7 @@ class RelayShim:
             self.stream.want(True)
         # Tell the server where we are before WireGuard has anything to send.
         self.send_upstream(session, b"")
+        self._set_direct(session, grant.direct_port)
         # The daemon tells it by the peer's name; the details are for debugging.
         assert self.server is not None  # start() found it
         log.debug(
@@ -261,6 +303,39 @@ class RelayShim:
             session=session.session_id,
         )
         return session.endpoint
+
+    def _set_direct(self, session: RelaySession, port: int | None) -> None:
+        """Our side's port on the server (None: none): bind to it at once."""
+        assert self.server is not None  # start() found it
+        if port is None or not self.direct:
+            session.direct_port = session.kernel_endpoint = None
+            self._set_kernel(session, False)
+            return
+        session.direct_port, session.kernel_endpoint = port, f"{self.server[0]}:{port}"
+        self._bind(session)
+
+    def _bind(self, session: RelaySession) -> None:
+        """A bind frame from WireGuard's port to our side's port (a keepalive
+        there: the server learns the address our WireGuard has on that flow)."""
+        if session.direct_port is None or self.raw is None or self.server is None:
+            return
+        session.frames_out += 1
+        self.raw.send(self.wireguard_port, (self.server[0], session.direct_port), session.wrap(b""))
+
+    def _set_kernel(self, session: RelaySession, on: bool) -> None:
+        if on:
+            session.kernel_heard = self.reactor.seconds()
+        if on == session.kernel:
+            return
+        session.kernel = on
+        log.info(
+            "relay session {session} for node {peer}: {how}",
+            session=session.session_id,
+            peer=session.peer_node_id,
+            how=f"the server's kernel forwards it; WireGuard sends to {session.kernel_endpoint}" if on else "back to the shim",
+        )
+        if self.on_path_changed is not None and self._sessions.get(session.peer_node_id) is session:
+            self.on_path_changed(session.peer_node_id)
 
     def _set_peer(self, session: RelaySession, grant: RelayGrant) -> None:
         if session.peer_token is not None:
@@ -406,10 +481,16 @@ class RelayShim:
             # From the server: sealed for us.
             if direction != TO_NODE or not session.key.authentic(data) or not session.window.check_and_mark(counter):
                 return False
-            if len(data) == OVERHEAD + len(REFRESH_PEER) and data[-MAC_BYTES - 1 : -MAC_BYTES] == REFRESH_PEER:
-                self._peer_changed(session)
-                session.last_heard = self.reactor.seconds()
-                return True
+            if len(data) <= OVERHEAD + 1:
+                # A keepalive answer: empty, or one byte of flags (no
+                # WireGuard message is that short).
+                flags = data[HEADER_BYTES] if len(data) > OVERHEAD else 0
+                self._set_kernel(session, bool(flags & KERNEL_PATH) and session.direct_port is not None)
+                if flags:
+                    if flags & REFRESH_PEER[0]:
+                        self._peer_changed(session)
+                    session.last_heard = self.reactor.seconds()
+                    return True
         else:
             # Forwarded unchanged by the server's kernel: sealed by the peer's side.
             session = self._by_peer_token.get(token)
@@ -432,6 +513,12 @@ class RelayShim:
         self.on_peer_changed(session.peer_node_id)
 
     def _send_keepalives(self) -> None:
+        now = self.reactor.seconds()
+        for session in list(self._sessions.values()):
+            # Keep the NAT mapping of WireGuard's flow, and the server's idea of it, fresh.
+            self._bind(session)
+            if session.kernel and now - session.kernel_heard > KERNEL_VALID:
+                self._set_kernel(session, False)  # the server went silent
         if not self.over_tcp:
             now = self.reactor.seconds()
             if self._sessions and self._udp_heard_at != float("-inf") and now - self._udp_heard_at > UDP_DEAD_AFTER:

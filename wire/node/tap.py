@@ -39,7 +39,7 @@ from wire.node.relay import RelayShim
 from wire.node.wireguard import make_wireguard
 from wire.runner import ProcessRunner
 from wire.stun import detect_nat
-from wire.stun.rawport import raw_udp_supported
+from wire.stun.rawport import RawUdpSender, raw_udp_supported
 
 log = Logger()
 
@@ -91,7 +91,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     runner = ProcessRunner(reactor)
     wireguard = make_wireguard(runner, config.interface, reactor)
     firewall = node_firewall(runner, config.interface)
-    shim = RelayShim(reactor, host, stun_a, config.listen_port)
+    # Root sends the relay's bind frames from WireGuard's port (the kernel path).
+    shim = RelayShim(reactor, host, stun_a, config.listen_port, raw=RawUdpSender())
     names = MeshNames(reactor, runner, config.interface, OsDnsPaths(state_dir=config_dir), accept_dns=config.accept_dns)
     daemon = NodeDaemon(
         clock=reactor,
@@ -116,16 +117,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     )
     wireguard.on_lost = lambda reason: Deferred.fromCoroutine(daemon.restore_interface(reason))
 
-    def proxy_changed() -> None:
+    def proxy_changed(wanted: NodeConfig) -> None:
         """`wire set --proxy` on the running daemon: new connections to the
-        server (API calls, the relay stream) go through the new proxy."""
+        server (API calls, the relay stream) go through the new proxy; one
+        that cannot be used is a ConfigError, and the old one stays."""
         nonlocal proxy
-        try:
-            http = node_http(reactor, daemon.config, config_dir)
-            proxy = node_proxy(daemon.config, None, config_dir)
-        except ConfigError as e:
-            log.warn("the new proxy is not used: {error}", error=e)
-            return
+        http = node_http(reactor, wanted, config_dir)
+        proxy = node_proxy(wanted, None, config_dir)
         daemon.client.use_http(http)
 
     daemon.on_proxy_changed = proxy_changed

@@ -115,6 +115,8 @@ def explain_path(
         why = wg.get("why") or wg.get("reason", "")
         if wg.get("endpoint_kind", "relay-shim") == "relay-shim":
             where = f"WireGuard sends it to the local relay shim {endpoint}"
+        elif wg.get("endpoint_kind") == "relay-kernel":
+            where = f"WireGuard sends it straight to the relay at {endpoint}, whose kernel forwards it (no shim on either node)"
         else:
             where = f"its relay session is not ready yet, and WireGuard sends to {endpoint or 'nowhere'} meanwhile"
         over = " over TCP, on the server's HTTPS port" if path == "relay-tcp" else ""
@@ -123,6 +125,7 @@ def explain_path(
         reasons.append(cause)
         suggestions.append(fix)
         kind = "relay" if wg.get("endpoint_kind", "relay-shim") == "relay-shim" else wg["endpoint_kind"]
+        kind = "relay" if kind == "relay-kernel" else kind  # the same relay, another way through it
         if path == "relay-tcp" and kind == "relay":
             kind = "relay-tcp"
     else:

@@ -36,6 +36,8 @@ class RelayRequest:
     ``held``: the token of the side the caller's shim holds and keeps (it
     asks only to learn the peer's side anew); the server keeps that side
     when it is still the session's, instead of making a fresh one.
+    ``direct``: the caller can bind from its WireGuard port (a raw socket),
+    so its side may get a port of its own (the grant's ``direct_port``).
     """
 
     node_id: str
@@ -43,11 +45,14 @@ class RelayRequest:
     peer_node_id: str
     fastpath: bool = False
     held: bytes | None = None
+    direct: bool = False
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"node_id": self.node_id, "wg_public_key": self.wg_public_key, "peer_node_id": self.peer_node_id}
         if self.fastpath:
             body["fastpath"] = True
+        if self.direct:
+            body["direct"] = True
         if self.held is not None:
             body["held"] = self.held.hex()
         return body
@@ -60,6 +65,7 @@ class RelayRequest:
             peer_node_id=parse_node_id(body.get("peer_node_id"), "peer_node_id"),
             fastpath=body.get("fastpath") is True,
             held=_hex_bytes(body["held"], "held", TOKEN_BYTES) if optional(body, "held") is not None else None,
+            direct=body.get("direct") is True,
         )
 
 
@@ -76,6 +82,9 @@ class RelayGrant:
     # frames the server's kernel forwards unchanged are sealed by the peer.
     peer_token: bytes | None = None
     peer_key: bytes | None = None
+    # The side's own port on the server (it asked with ``direct``): where
+    # its WireGuard sends once the kernel forwards the session from there.
+    direct_port: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -88,6 +97,8 @@ class RelayGrant:
         if self.peer_token is not None and self.peer_key is not None:
             body["peer_token"] = self.peer_token.hex()
             body["peer_key"] = base64.b64encode(self.peer_key).decode()
+        if self.direct_port is not None:
+            body["direct_port"] = self.direct_port
         return body
 
     @classmethod
@@ -95,6 +106,7 @@ class RelayGrant:
         grant = parse_object(value, "relay grant")
         port = optional(grant, "relay_port")
         peer_token, peer_key = optional(grant, "peer_token"), optional(grant, "peer_key")
+        direct_port = optional(grant, "direct_port")
         if (peer_token is None) != (peer_key is None):
             raise ProtocolError("peer_key" if peer_key is None else "peer_token", "comes only with the other")
         return cls(
@@ -105,6 +117,7 @@ class RelayGrant:
             relay_port=parse_port(port, "relay_port") if port is not None else None,
             peer_token=_hex_bytes(peer_token, "peer_token", TOKEN_BYTES) if peer_token is not None else None,
             peer_key=_base64_bytes(peer_key, "peer_key", KEY_BYTES) if peer_key is not None else None,
+            direct_port=parse_port(direct_port, "direct_port") if direct_port is not None else None,
         )
 
 

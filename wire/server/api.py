@@ -325,7 +325,8 @@ class Relay(CoordinatorResource):
         with answering_errors():
             asked = RelayRequest.from_json(body)
             grant = self._coordinator.relay_grant(
-                asked.node_id, asked.wg_public_key, asked.peer_node_id, calling, fastpath=asked.fastpath, held=asked.held
+                asked.node_id, asked.wg_public_key, asked.peer_node_id, calling, fastpath=asked.fastpath, held=asked.held,
+                direct=asked.direct,
             )
         return {"ok": True, **grant.to_json()}
 

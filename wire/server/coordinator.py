@@ -94,9 +94,7 @@ class Coordinator:
         self.relay = RelayTable(clock)
         self.metrics = ServerMetrics()
         # The relay over TCP, for nodes whose networks block UDP (wire.relaystream).
-        self.relay_streams = RelayStreams(
-            clock, self.relay.handle, lambda outcome: self.metrics.stun_datagrams.labels(outcome).inc()
-        )
+        self.relay_streams = RelayStreams(clock, self.relay.handle, self.metrics.count_datagram)
         self.paths = PathBook(registry.changes, registry.changed_at)
         self.longpolls = LongPollHub(
             clock,
@@ -151,6 +149,7 @@ class Coordinator:
         self.metrics.track_fastpath(
             lambda: self.fastpath.state if self.fastpath is not None else "unavailable",
             lambda: self.fastpath.sessions_on if self.fastpath is not None else 0,
+            lambda: self.fastpath.direct_sessions_on if self.fastpath is not None else 0,
         )
         self.metrics.track(
             nodes_total=lambda: len(registry),
@@ -691,6 +690,7 @@ class Coordinator:
         caller: str | None = None,
         fastpath: bool = False,
         held: bytes | None = None,
+        direct: bool = False,
     ) -> RelayGrant:
         """The caller's side of a relay session with ``peer_node_id``."""
         self._node_with_key(node_id, wg_public_key, caller)
@@ -701,7 +701,7 @@ class Coordinator:
         if not self.may_see(node_id, peer_node_id):
             raise Forbidden("the access policy does not let these two nodes be peers")
         # A node asks only when it has no live side of the session (see RelayTable.grant).
-        return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True, fastpath=fastpath, held=held)
+        return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True, fastpath=fastpath, held=held, direct=direct)
 
     def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
         """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""

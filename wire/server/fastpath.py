@@ -22,6 +22,22 @@ changes. Per session side A (verified at A:PA, the other side B at B:PB):
   ``limit rate over RATE bytes/second burst BURST bytes drop``: the side's
   rate budget.
 
+A side whose node binds from WireGuard's own port (wire.server.relayports)
+has a port ``P_A`` of its own; once both sides of a session are bound
+(WireGuard at A:PA seen on P_A, B:PB on P_B), WireGuard's packets
+themselves are forwarded, with no shim on either node in their way:
+
+- prerouting: ``udp dport P_A ip saddr A udp sport PA dnat to B:PB`` (the
+  port names the side: no token to match, WireGuard's packets carry none);
+- postrouting: ``masquerade to :P_B``, so B's WireGuard sees A's packets
+  come from B's own port, where it sends back (conntrack's reply direction);
+- forward: the counter and rate limit, as above.
+
+The relay tells each such side, on its shim channel, that the kernel
+forwards it (``RelayTable.set_kernel``): only then does its node point
+WireGuard at ``server:P_A``. Such a session's shims' frames stay in Python
+(only keepalives by then), so every keepalive answer says it again.
+
 Conntrack entries the socket's own traffic made (A:PA to the relay port,
 delivered locally) would keep a flow out of the NAT rules, so they are
 deleted (``conntrack -D``) when a session goes on the fast path, and again
@@ -52,6 +68,9 @@ from wire.server.relay import DEFAULT_BURST_BYTES, DEFAULT_RATE_BYTES, RelaySess
 ON, OFF, UNAVAILABLE = "on", "off", "unavailable"
 STATES = (ON, OFF, UNAVAILABLE)
 POLL_INTERVAL = 10.0
+# WireGuard's packets reaching a side's port the kernel should forward
+# rebuild the table (and forget the flows) at most this often.
+REBUILD_EVERY = 5.0
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 # `conntrack -D` exits 1 when nothing matched: nothing to delete is success.
 _CONNTRACK_NONE_DELETED = 1
@@ -61,27 +80,48 @@ log = Logger()
 
 @dataclass(frozen=True)
 class FastSide:
-    """One direction the kernel forwards: frames from ``source`` carrying
-    ``token`` go to ``destination``."""
+    """One direction the kernel forwards: datagrams from ``source`` to
+    ``port`` go to ``destination``, as if from ``out_port``. ``sealed``:
+    relay frames (only those carrying ``token``); else WireGuard's own
+    packets, on the side's own port."""
 
     session_id: str
     token: bytes
     source: tuple[str, int]
     destination: tuple[str, int]
+    port: int
+    out_port: int
+    sealed: bool = True
 
     @property
     def counter(self) -> str:
-        return "t" + self.token.hex()
+        return ("t" if self.sealed else "d") + self.token.hex()
 
 
-def fast_sides(sessions: list[RelaySession]) -> frozenset[FastSide]:
-    """What the kernel should forward for these (candidate) sessions."""
+def fast_sides(sessions: list[RelaySession], port: int) -> frozenset[FastSide]:
+    """What the kernel should forward for these (candidate) sessions' shims,
+    on the relay ``port``."""
     found = set()
     for session in sessions:
         for side in session.sides.values():
             other = side.other
             assert side.address is not None and other is not None and other.address is not None
-            found.add(FastSide(session.session_id, side.token, side.address, other.address))
+            found.add(FastSide(session.session_id, side.token, side.address, other.address, port, port))
+    return frozenset(found)
+
+
+def direct_sides(sessions: list[RelaySession]) -> frozenset[FastSide]:
+    """What the kernel should forward for these sessions' WireGuards, each
+    side's packets from its own port to the other side's."""
+    found = set()
+    for session in sessions:
+        for side in session.sides.values():
+            other = side.other
+            assert other is not None and side.wg_address is not None and other.wg_address is not None
+            assert side.direct_port is not None and other.direct_port is not None
+            found.add(
+                FastSide(session.session_id, side.token, side.wg_address, other.wg_address, side.direct_port, other.direct_port, sealed=False)
+            )
     return frozenset(found)
 
 
@@ -90,8 +130,9 @@ def table_name(port: int) -> str:
 
 
 def ruleset(port: int, sides: frozenset[FastSide], rate: float, burst: float) -> str:
-    """The whole table, for ``nft -f -``: replaced in one transaction (the
-    first two lines make sure there is one to delete)."""
+    """The whole table (named for the relay ``port``), for ``nft -f -``:
+    replaced in one transaction (the first two lines make sure there is one
+    to delete)."""
     table = table_name(port)
     ordered = sorted(sides, key=lambda s: s.counter)
     lines = [f"table ip {table}", f"delete table ip {table}", f"table ip {table} {{"]
@@ -100,7 +141,8 @@ def ruleset(port: int, sides: frozenset[FastSide], rate: float, burst: float) ->
     lines += ["\tchain prerouting {", "\t\ttype nat hook prerouting priority dstnat; policy accept;"]
     for side in ordered:
         (a, pa), (b, pb) = side.source, side.destination
-        lines.append(f"\t\tudp dport {port} ip saddr {a} udp sport {pa} @th,96,64 0x{side.token.hex()} dnat to {b}:{pb}")
+        token = f" @th,96,64 0x{side.token.hex()}" if side.sealed else ""
+        lines.append(f"\t\tudp dport {side.port} ip saddr {a} udp sport {pa}{token} dnat to {b}:{pb}")
     lines += ["\t}", "\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
     for side in ordered:
         lines.append(
@@ -109,8 +151,13 @@ def ruleset(port: int, sides: frozenset[FastSide], rate: float, burst: float) ->
         )
     lines += ["\t}", "\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;"]
     for side in ordered:
-        lines.append(f"\t\t{_flow(side)} masquerade to :{port}")
-    lines += ["\t}", "}", ""]
+        lines.append(f"\t\t{_flow(side)} masquerade to :{side.out_port}")
+    # What the relay socket sends (answers, frames Python forwards) opens no
+    # flow of its own: one it opened towards a side (say, in the moment
+    # between a side's flows being deleted and its next frame) would take
+    # that side's frames as its replies, past the NAT rules, into Python.
+    lines += ["\t}", "\tchain output {", "\t\ttype filter hook output priority raw; policy accept;"]
+    lines += [f"\t\tudp sport {port} notrack", "\t}", "}", ""]
     return "\n".join(lines)
 
 
@@ -132,8 +179,13 @@ def counters_of(nft_json: bytes) -> dict[str, int]:
 
 
 def conntrack_delete(source: tuple[str, int], port: int) -> list[str]:
-    """Delete the flows a side's address opened to the relay port (local or NATed)."""
+    """Delete the flows a side's address opened to its port (local or NATed)."""
     return ["conntrack", "-D", "-p", "udp", "-s", source[0], "--sport", str(source[1]), "--dport", str(port)]
+
+
+def flow_ends(sides) -> set[tuple[tuple[str, int], int]]:
+    """Each address of these sides, with the port it sends to."""
+    return {(s.source, s.port) for s in sides} | {(s.destination, s.out_port) for s in sides}
 
 
 def _is_root() -> bool:
@@ -177,6 +229,7 @@ class RelayFastPath(Service):
         self._soon: IDelayedCall | None = None
         self._poll = LoopingCall(self._poll_guarded)
         self._poll.clock = clock
+        self._rebuilt_at = float("-inf")
         self.ready: Deferred | None = None  # the start's checks, for tests
 
     # -- life ------------------------------------------------------------------
@@ -194,6 +247,8 @@ class RelayFastPath(Service):
         log.info("relay fast path on: the kernel forwards verified relay sessions (table ip {table})", table=table_name(self._port))
         self._table.on_change = self.changed
         self._table.offer_peer_keys = True
+        self._table.offer_direct = self._table.direct_ports is not None
+        self._table.on_kernel_missed = self.rebuild
         self._poll.start(POLL_INTERVAL, now=False)
         self.changed()
 
@@ -209,21 +264,23 @@ class RelayFastPath(Service):
             return str(e)
         # A server killed before it could clean up left flows that still
         # forward its old sessions' frames: none of them is ours any more.
-        await self._forget_port_flows()
+        await self._forget_port_flows(str(self._port))
+        pool = self._table.direct_ports
+        if pool is not None:
+            await self._forget_port_flows(f"{pool.low}-{pool.high}")
         return ""
 
-    async def _forget_port_flows(self) -> None:
+    async def _forget_port_flows(self, ports: str) -> None:
         try:
-            result = await self._runner.run(["conntrack", "-D", "-p", "udp", "--dport", str(self._port)])
+            result = await self._runner.run(["conntrack", "-D", "-p", "udp", "--dport", ports])
             if result.rc not in (0, _CONNTRACK_NONE_DELETED):
                 result.check()
         except CommandError as e:
-            log.warn("relay fast path: old flows to port {port} not deleted: {error}", port=self._port, error=e)
+            log.warn("relay fast path: old flows to port {port} not deleted: {error}", port=ports, error=e)
 
     def stopService(self):
         super().stopService()
-        self._table.on_change = None
-        self._table.offer_peer_keys = False
+        self._leave_table()
         if self._poll.running:
             self._poll.stop()
         if self._soon is not None and self._soon.active():
@@ -233,8 +290,18 @@ class RelayFastPath(Service):
         self.state, self.reason = OFF, "the server stopped"
         return Deferred.fromCoroutine(self._remove_all())
 
+    def _leave_table(self) -> None:
+        """The relay table is on its own again: no grants for the fast path,
+        no side ports (each side's node goes back to its shim)."""
+        self._table.on_change = None
+        self._table.on_kernel_missed = None
+        self._table.offer_peer_keys = False
+        self._table.offer_direct = False
+        self._table.free_direct_ports()
+
     async def _remove_all(self) -> None:
         gone, self.installed = self.installed, frozenset()
+        self._table.set_kernel(frozenset())
         try:
             (await self._runner.run(["nft", "delete", "table", "ip", table_name(self._port)])).check()
         except CommandError as e:
@@ -243,8 +310,7 @@ class RelayFastPath(Service):
 
     def _give_up(self, state: str, why: str) -> None:
         self.state, self.reason = state, why
-        self._table.on_change = None
-        self._table.offer_peer_keys = False
+        self._leave_table()
         if self._poll.running:
             self._poll.stop()
         log.warn("relay fast path {state}, the relay forwards in Python: {why}", state=state, why=why)
@@ -256,6 +322,18 @@ class RelayFastPath(Service):
         if self.state != ON or (self._soon is not None and self._soon.active()):
             return
         self._soon = self._clock.callLater(0, self._reconcile_now)
+
+    def rebuild(self) -> None:
+        """WireGuard's packets reached a port the kernel should forward (the
+        table was removed behind our back, or a flow went stale): install
+        it all again and forget the flows, at most every REBUILD_EVERY."""
+        now = self._clock.seconds()
+        if self.state != ON or now - self._rebuilt_at < REBUILD_EVERY:
+            return
+        self._rebuilt_at = now
+        log.warn("relay fast path: WireGuard packets reached the relay that the kernel should forward; rebuilding the table")
+        self.installed = frozenset()
+        self.changed()
 
     def _reconcile_now(self) -> None:
         self._soon = None
@@ -275,7 +353,13 @@ class RelayFastPath(Service):
     async def reconcile(self) -> None:
         if self.state != ON:
             return
-        wanted = fast_sides(self._table.fastpath_candidates())
+        direct = direct_sides(self._table.direct_candidates())
+        # A session whose WireGuards the kernel forwards keeps its shims'
+        # frames in Python: they are then only keepalives, and their answers
+        # are how each node goes on hearing that its side is in the kernel.
+        in_kernel = {s.session_id for s in direct}
+        sealed = [s for s in self._table.fastpath_candidates() if s.session_id not in in_kernel]
+        wanted = fast_sides(sealed, self._port) | direct
         if wanted == self.installed:
             return
         try:
@@ -291,13 +375,14 @@ class RelayFastPath(Service):
         self.installed = wanted
         self._seen_bytes = {}  # the table was made anew: its counters start at 0
         await self._forget_flows(changed)
+        # Only now may the sides' WireGuards send to their ports.
+        self._table.set_kernel(frozenset(s.token for s in wanted if not s.sealed))
         log.debug("relay fast path: {count} session sides in the kernel", count=len(wanted))
 
     async def _forget_flows(self, sides) -> None:
-        sources = {s.source for s in sides} | {s.destination for s in sides}
-        for source in sorted(sources):
+        for source, port in sorted(flow_ends(sides)):
             try:
-                result = await self._runner.run(conntrack_delete(source, self._port))
+                result = await self._runner.run(conntrack_delete(source, port))
                 if result.rc not in (0, _CONNTRACK_NONE_DELETED):
                     result.check()
             except CommandError as e:
@@ -331,3 +416,8 @@ class RelayFastPath(Service):
     @property
     def sessions_on(self) -> int:
         return len({s.session_id for s in self.installed})
+
+    @property
+    def direct_sessions_on(self) -> int:
+        """Sessions whose WireGuard packets the kernel forwards (no shim in the way)."""
+        return len({s.session_id for s in self.installed if not s.sealed})

@@ -52,6 +52,11 @@ class ServerMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.relay_fastpath_direct_sessions = Gauge(
+            "wire_relay_fastpath_direct_sessions",
+            "Relay sessions whose WireGuard packets the kernel forwards from the sides' own ports (no shim on either node)",
+            registry=self.registry,
+        )
         self.relay_fastpath_sessions = Gauge(
             "wire_relay_fastpath_sessions", "Relay sessions the kernel forwards (the fast path)", registry=self.registry
         )
@@ -68,8 +73,8 @@ class ServerMetrics:
             registry=self.registry,
         )
         # Every outcome shows from the start, at 0, so rates work from the first scrape.
-        for outcome in STUN_OUTCOMES + RELAY_OUTCOMES:
-            self.stun_datagrams.labels(outcome)
+        # labels() costs three times the increment: each relayed frame uses the kept child.
+        self._datagram_outcomes = {outcome: self.stun_datagrams.labels(outcome) for outcome in STUN_OUTCOMES + RELAY_OUTCOMES}
         for outcome in ("new", "changed", "heartbeat"):
             self.registrations.labels(outcome)
         self.http_errors = Counter(
@@ -92,16 +97,26 @@ class ServerMetrics:
             for outcome in ("accepted", "refused"):
                 self.path_reports.labels(str(failure), outcome)
 
+    def count_datagram(self, outcome: str) -> None:
+        """One datagram (or relay stream frame) on the STUN/relay ports, by outcome."""
+        child = self._datagram_outcomes.get(outcome)
+        if child is None:
+            child = self._datagram_outcomes[outcome] = self.stun_datagrams.labels(outcome)
+        child.inc()
+
     def track_paths(self, count: Callable[[PathMode], int]) -> None:
         """Pair words by mode, read at scrape time."""
         for mode in (PathMode.RELAY, PathMode.DIRECT, PathMode.LAN):
             self.pair_paths.labels(str(mode)).set_function(partial(count, mode))
 
-    def track_fastpath(self, state: Callable[[], str], sessions: Callable[[], float]) -> None:
-        """The fast path's state and sessions, read at scrape time."""
+    def track_fastpath(
+        self, state: Callable[[], str], sessions: Callable[[], float], direct: Callable[[], float] = lambda: 0
+    ) -> None:
+        """The fast path's state and sessions (all, and those without shims), read at scrape time."""
         for name in ("on", "off", "unavailable"):
             self.relay_fastpath.labels(name).set_function(partial(_is_state, state, name))
         self.relay_fastpath_sessions.set_function(sessions)
+        self.relay_fastpath_direct_sessions.set_function(direct)
 
     def track_cluster(self, applied: Callable[[], float], lag: Callable[[], float]) -> None:
         """The cluster's stream (wire.server.cluster), read at scrape time."""

@@ -16,8 +16,10 @@ from wire.datadir import DEFAULT_DATA_DIR, admin_socket_path
 from wire.protocol import ProtocolError
 from wire.protocol.dns import DEFAULT_DOMAIN, parse_mesh_domain
 from wire.server.configfile import ConfigFileError, read_config_file
+from wire.server.relay import DEFAULT_BURST_BYTES, DEFAULT_RATE_BYTES
+from wire.server.relayports import parse_port_range
 from wire.server.registry import DEFAULT_EXPIRE_AFTER, DEFAULT_OFFLINE_AFTER
-from wire.urls import is_loopback_host, parse_server_urls
+from wire.urls import check_one_scheme, is_loopback_host, parse_server_urls
 
 log = Logger()
 
@@ -25,6 +27,10 @@ log = Logger()
 
 
 DEFAULT_PORT = 8787
+MIB = 1024 * 1024
+# Ports of their own for relay session sides (the kernel path,
+# wire.server.relayports): from port+3, two per relayed pair.
+DIRECT_PORTS_FROM, DIRECT_PORTS_COUNT = 3, 200
 DEFAULT_SUBNET = "10.99.0.0/16"
 
 MAX_UNIX_PATH = 107
@@ -65,6 +71,7 @@ class Options(usage.Options):
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
         ["expire-after", None, None, f"seconds offline before a node leaves the netmap [{DEFAULT_EXPIRE_AFTER:.0f}]"],
         ["import-seed-state", None, None, "import the nodes of a seed server's state.json before serving"],
+        ["import-sqlite", None, None, "copy the SQLite registry of this data dir into --database before serving (once; nodes need no re-join)"],
         ["dns-domain", None, None, f"the mesh's DNS domain: every node answers NAME.DOMAIN; empty: no mesh DNS [{DEFAULT_DOMAIN}]"],
         ["policy", None, None, "an access policy file (HuJSON, Tailscale's ACL shape): put in force at start, again on SIGHUP"],
         ["tls-cert", None, None, "PEM certificate to serve HTTPS with [a self-signed one, made once in the data dir]"],
@@ -72,7 +79,16 @@ class Options(usage.Options):
         ["rate-limit-register", None, None, "POST /register calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["register"]],
         ["rate-limit-enroll", None, None, "POST /enroll calls per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["enroll"]],
         ["rate-limit-path", None, None, "POST /path reports per client address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["path"]],
+        [
+            "rate-limit-relay", None, None,
+            "each relay session side's traffic, in the kernel or in Python, as MiB/s/burst MiB [%g/%g]"
+            % (DEFAULT_RATE_BYTES / MIB, DEFAULT_BURST_BYTES / MIB),
+        ],
         ["rate-limit-stun", None, None, "STUN and seed JSON datagrams per source address, as RATE/BURST [%g/%g]" % DEFAULT_RATE_LIMITS["stun"]],
+        [
+            "relay-direct-ports", None, None,
+            f"UDP ports LOW-HIGH the relay gives session sides of their own, so the kernel forwards WireGuard's packets; off: none [port+{DIRECT_PORTS_FROM} to port+{DIRECT_PORTS_FROM + DIRECT_PORTS_COUNT - 1}]",
+        ],
     ]
     optFlags = [
         ["open", None, "the seed's behaviour: no join keys or credentials, plain HTTP (trusted networks only)"],
@@ -182,6 +198,12 @@ class Options(usage.Options):
         if self["expire-after"] <= self["offline-after"]:
             raise usage.UsageError(f"{self.label('expire-after')} must be longer than {self.label('offline-after')}")
         self["dns-domain"] = _dns_domain(self.label("dns-domain"), self["dns-domain"])
+        if self["import-sqlite"]:
+            if not self["database"]:
+                raise usage.UsageError(f"{self.label('import-sqlite')} needs --database (the PostgreSQL database to import into)")
+            if not os.path.isdir(self["import-sqlite"]):
+                raise usage.UsageError(f"{self.label('import-sqlite')}: {self['import-sqlite']} is not a directory")
+            self["import-sqlite"] = os.path.abspath(self["import-sqlite"])
         seed = self["import-seed-state"]
         if seed is not None and not os.path.isfile(seed):
             raise usage.UsageError(f"{self.label('import-seed-state')}: {seed} is not a file")
@@ -191,6 +213,11 @@ class Options(usage.Options):
             if self[option] and not os.path.isfile(self[option]):
                 raise usage.UsageError(f"{self.label(option)}: {self[option]} is not a file")
         self["tls"] = not (self["plain-http"] or (self["open"] and not self["tls-cert"]))
+        relay = self["rate-limit-relay"]
+        self["rate-limit-relay"] = (
+            tuple(v * MIB for v in _rate_limit(self.label("rate-limit-relay"), relay)) if relay else (DEFAULT_RATE_BYTES, DEFAULT_BURST_BYTES)
+        )
+        self["relay-direct-ports"] = _direct_ports(self.label("relay-direct-ports"), self["relay-direct-ports"], self["port"])
         for name, default in DEFAULT_RATE_LIMITS.items():
             option = f"rate-limit-{name}"
             self[option] = _rate_limit(self.label(option), self[option]) if self[option] else default
@@ -201,8 +228,15 @@ class Options(usage.Options):
         if self["public-urls"]:
             try:
                 urls = parse_server_urls(self["public-urls"], "public-url")
+                check_one_scheme(urls, "public-url")
             except ProtocolError as e:
                 raise usage.UsageError(f"{self.label('public-url')}: {e.problem}")
+            if len(urls) > 1 and not self["database"]:
+                # Replicas share one database; separate SQLite files are separate meshes.
+                raise usage.UsageError(
+                    f"{self.label('public-url')} names replicas ({', '.join(urls[1:])}), which need --database "
+                    "(one PostgreSQL database that every replica uses)"
+                )
             self["public-url"], self["replica-urls"] = urls[0], urls[1:]
         else:
             if self["interface"] not in ("", "0.0.0.0", "::"):
@@ -267,7 +301,7 @@ def machine_name(candidates: list[str]) -> str:
 _CONFIG_KINDS = {
     "port": "integer", "offline-after": "number", "expire-after": "number", "trusted-proxy": "list", "public-url": "text-or-list",
 }
-_CONFIG_PATHS = ("data-dir", "import-seed-state", "tls-cert", "tls-key", "database-password-file")
+_CONFIG_PATHS = ("data-dir", "import-seed-state", "import-sqlite", "tls-cert", "tls-key", "database-password-file")
 
 
 def config_kinds() -> dict[str, str]:
@@ -293,6 +327,20 @@ def _dns_domain(label: str, text: str | None) -> str | None:
         return parse_mesh_domain(text, "domain")
     except ProtocolError as e:
         raise usage.UsageError(f"{label}: {e.problem}")
+
+
+def _direct_ports(label: str, text: str | None, port: int) -> tuple[int, int] | None:
+    """The relay's side ports, clear of the server's own three."""
+    if text is None:
+        low = port + DIRECT_PORTS_FROM
+        return (low, min(low + DIRECT_PORTS_COUNT - 1, 65535)) if low <= 65535 else None
+    try:
+        found = parse_port_range(text)
+    except ValueError as e:
+        raise usage.UsageError(f"{label}: {e}")
+    if found is not None and found[0] <= port + 2 and port <= found[1]:
+        raise usage.UsageError(f"{label}: {text} overlaps the server's ports {port}-{port + 2}")
+    return found
 
 
 def _number(label: str, text: str, kind, low: float, high: float):

@@ -21,7 +21,7 @@ import re
 from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -50,17 +50,32 @@ END $$"""
 MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
 
+# A database that vanished mid-query (a dead host, a partition) must fail the
+# write within seconds, not after TCP's quarter of an hour: the store's one
+# thread would wait there, and every write behind it. Acknowledged means
+# committed on the server itself, whatever its configuration says.
+LIVENESS: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+    "options": "-c statement_timeout=30000 -c synchronous_commit=on",
+}
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
+    """``url`` without its password (in the user part or as ``?password=``),
+    for messages and logs."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "(an unreadable URL)"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{userinfo}:***@{netloc[1]}")
+    if parts.query:
+        query = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*/:"))
+    return urlunsplit(parts)
 
 
 def is_database_url(text: str) -> bool:
@@ -82,9 +97,11 @@ def check_database_url(url: str) -> dict[str, Any]:
 
 def url_has_password(url: str) -> bool:
     try:
-        return urlsplit(url).password is not None
+        parts = urlsplit(url)
     except ValueError:
         return False
+    in_query = any(k.lower() == "password" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return parts.password is not None or in_query
 
 
 class PostgresEngine:
@@ -99,14 +116,18 @@ class PostgresEngine:
         self._password = password
         self.where = redact(url)
 
-    def connect(self) -> psycopg.Connection:
+    def _open(self, application_name: str) -> psycopg.Connection:
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         try:
-            connection = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="wire-server", **extra
+            return psycopg.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=application_name,
+                **LIVENESS, **extra,
             )
         except psycopg.Error as e:
             raise StoreError(f"cannot reach the PostgreSQL database {self.where}: {self._said(e)}") from None
+
+    def connect(self) -> psycopg.Connection:
+        connection = self._open("wire-server")
         try:
             _migrate(connection, self.where)
         except psycopg.Error as e:
@@ -142,22 +163,9 @@ class PostgresEngine:
 
     def session(self) -> psycopg.Connection:
         """A connection of its own (no migration), for LISTEN and the leader's
-        advisory lock; keepalives, so a dead peer ends the session within seconds."""
-        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
-        try:
-            return psycopg.connect(
-                self._url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name="wire-server-cluster",
-                keepalives=1,
-                keepalives_idle=5,
-                keepalives_interval=2,
-                keepalives_count=3,
-                **extra,
-            )
-        except psycopg.Error as e:
-            raise StoreError(f"cannot reach the PostgreSQL database {self.where}: {self._said(e)}") from None
+        advisory lock (wire.server.cluster); its keepalives end a dead peer's
+        session, and so its lock, within seconds."""
+        return self._open("wire-server-cluster")
 
     def close(self, connection: psycopg.Connection) -> None:
         connection.close()

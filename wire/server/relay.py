@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from wire.protocol import RelayGrant
 from wire.relayproto import (
+    KERNEL_PATH,
     KEY_BYTES,
     OVERHEAD,
     REFRESH_PEER,
@@ -29,10 +30,12 @@ from wire.relayproto import (
     FrameError,
     FrameKey,
     ReplayWindow,
+    is_relay_frame,
     payload_view,
     read_header,
 )
 from wire.server.ratelimit import TokenBucket
+from wire.server.relayports import DirectPorts
 
 DEFAULT_RATE_BYTES = 50 * 1024 * 1024  # per side, per second
 DEFAULT_BURST_BYTES = 4 * 1024 * 1024
@@ -46,6 +49,7 @@ OUTCOMES = (
     "relay_replay",
     "relay_no_peer",
     "relay_rate_limited",
+    "relay_bound",
 )
 
 
@@ -64,6 +68,11 @@ class RelaySide:
     # ``fastpath``: its shim takes frames the other side sealed). None: an
     # older shim, or one told nothing; such a side never goes on the fast path.
     told_peer: bytes | None = None
+    # The side's own port (its node asked with ``direct``: it binds from
+    # WireGuard's port, wire.server.relayports), and the address its
+    # WireGuard has as seen there (learned from an authenticated bind frame).
+    direct_port: int | None = None
+    wg_address: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.sealer = FrameKey(self.key)
@@ -90,8 +99,9 @@ class RelayTable:
         idle_timeout: float = IDLE_TIMEOUT,
     ):
         self._clock = clock
-        self._rate = rate
-        self._burst = burst
+        # Each side's budget, bytes per second and burst (--rate-limit-relay).
+        self.rate = rate
+        self.burst = burst
         self.idle_timeout = idle_timeout
         self._by_pair: dict[frozenset[str], RelaySession] = {}
         self._by_token: dict[bytes, tuple[RelaySession, RelaySide]] = {}
@@ -101,6 +111,20 @@ class RelayTable:
         # Whether grants carry the peer's side to nodes that ask (only while
         # the kernel fast path is on: a peer's key lets a node speak as it).
         self.offer_peer_keys = False
+        # Per-side ports (None: none configured), offered while
+        # ``offer_direct`` (the kernel fast path is on).
+        self.direct_ports: DirectPorts | None = None
+        self.offer_direct = False
+        self._by_port: dict[int, RelaySide] = {}
+        # Tokens of the sides whose WireGuard packets the kernel forwards
+        # now (set by wire.server.fastpath after each change of its table).
+        self.kernel: frozenset[bytes] = frozenset()
+        # How to send a datagram from the relay port (the STUN protocol's
+        # batched send), to tell a side at once that its kernel path changed.
+        self.send: Callable[[bytes, tuple[str, int]], None] | None = None
+        # Called when WireGuard's packets reach a port the kernel should
+        # forward (its table gone or its flows stale): the fast path rebuilds.
+        self.on_kernel_missed: Callable[[], None] | None = None
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -117,6 +141,7 @@ class RelayTable:
         fresh: bool = False,
         fastpath: bool = False,
         held: bytes | None = None,
+        direct: bool = False,
     ) -> RelayGrant:
         """The requesting node's side of the pair's session (created on first
         request), telling it the relay's port (``relay_port``).
@@ -133,6 +158,8 @@ class RelayTable:
         so the grant carries the peer's token and key (wire.server.fastpath).
         ``held``: the node keeps the side with this token, if it is still
         its side, and asks only for the peer's (which changed).
+        ``direct``: the node binds from WireGuard's own port; while the fast
+        path is on, the side gets a port of its own (``direct_port``).
         """
         if node_id == peer_node_id:
             raise ValueError("a node cannot relay to itself")
@@ -145,21 +172,27 @@ class RelayTable:
                 self._new_side(session, member, now)
             self._by_pair[pair] = session
         elif fresh and not _unused(session.sides[node_id]) and session.sides[node_id].token != held:
-            self._by_token.pop(session.sides[node_id].token, None)
+            self._forget_side(session.sides[node_id])
             self._new_side(session, node_id, now)
             self._changed()
         session.last_used = now
         side = session.sides[node_id]
+        if direct and self.offer_direct and self.direct_ports is not None and side.direct_port is None:
+            side.direct_port = self.direct_ports.allocate()
+            if side.direct_port is not None:
+                self._by_port[side.direct_port] = side
         if not (fastpath and self.offer_peer_keys):
             side.told_peer = None
-            return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port)
+            return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port, direct_port=side.direct_port)
         peer = session.sides[peer_node_id]
         side.told_peer = peer.token
         self._changed()
-        return RelayGrant(session.session_id, peer_node_id, side.token, side.key, relay_port, peer.token, peer.key)
+        return RelayGrant(
+            session.session_id, peer_node_id, side.token, side.key, relay_port, peer.token, peer.key, side.direct_port
+        )
 
     def _new_side(self, session: RelaySession, node_id: str, now: float) -> None:
-        side = RelaySide(node_id, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self._rate, self._burst, now))
+        side = RelaySide(node_id, secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES), TokenBucket(self.rate, self.burst, now))
         session.sides[node_id] = side
         self._by_token[side.token] = (session, side)
         others = [s for member, s in session.sides.items() if member != node_id]
@@ -175,8 +208,24 @@ class RelayTable:
     def _end(self, session: RelaySession) -> None:
         self._by_pair.pop(frozenset(session.sides), None)
         for side in session.sides.values():
-            self._by_token.pop(side.token, None)
+            self._forget_side(side)
         self._changed()
+
+    def _forget_side(self, side: RelaySide) -> None:
+        self._by_token.pop(side.token, None)
+        if side.direct_port is not None:
+            self._by_port.pop(side.direct_port, None)
+            if self.direct_ports is not None:
+                self.direct_ports.free(side.direct_port)
+            side.direct_port = None
+
+    def free_direct_ports(self) -> None:
+        """No side keeps a port of its own (the kernel path is off)."""
+        for side in list(self._by_port.values()):
+            if self.direct_ports is not None:
+                self.direct_ports.free(side.direct_port)
+            side.direct_port, side.wg_address = None, None
+        self._by_port.clear()
 
     def sessions(self) -> list[RelaySession]:
         return list(self._by_pair.values())
@@ -207,6 +256,36 @@ class RelayTable:
             found.append(session)
         return found
 
+    def direct_candidates(self) -> list[RelaySession]:
+        """Sessions whose WireGuard packets the kernel may forward: both
+        sides bound from their own ports, over IPv4. (A side's rule matches
+        its own port, so addresses may be shared.)"""
+        found = []
+        for session in self._by_pair.values():
+            sides = list(session.sides.values())
+            if len(sides) == 2 and all(s.direct_port is not None and _udp4(s.wg_address) for s in sides):
+                found.append(session)
+        return found
+
+    def set_kernel(self, tokens: frozenset[bytes]) -> None:
+        """The sides the kernel now forwards; each side whose state changed
+        is told at once (its node moves WireGuard's endpoint on that word)."""
+        changed, self.kernel = self.kernel ^ tokens, tokens
+        for token in sorted(changed):
+            found = self._by_token.get(token)
+            if found is not None and found[1].address is not None and self.send is not None:
+                self.send(found[1].wrap(self._answer(found[1])), found[1].address)
+
+    def _answer(self, side: RelaySide) -> bytes:
+        """A keepalive answer's payload: empty, or flags for a shim that
+        asked for them (REFRESH_PEER: the peer's side it knows is gone;
+        KERNEL_PATH: the kernel forwards this side's WireGuard packets)."""
+        other = side.other
+        flags = REFRESH_PEER[0] if side.told_peer is not None and other is not None and side.told_peer != other.token else 0
+        if side.direct_port is not None and side.token in self.kernel:
+            flags |= KERNEL_PATH
+        return bytes([flags]) if flags else b""
+
     def expire(self) -> int:
         """End sessions nobody used for ``idle_timeout`` seconds."""
         cutoff = self._clock.seconds() - self.idle_timeout
@@ -223,6 +302,29 @@ class RelayTable:
         ``source`` is a UDP address or a relay stream's (wire.server.relaystream);
         ``sender``, for a stream, the node it authenticated as: it carries that
         node's sides only (None: an open server's stream, or UDP)."""
+        refused, session, side = self._verify(data, sender)
+        if refused:
+            return refused, None, None
+        now = self._clock.seconds()
+        if side.address != source:
+            side.address = source
+            self._changed()
+        session.last_used = now
+        other = side.other
+        if len(data) == OVERHEAD:
+            # A keepalive: answer it, so the node knows the relay hears it
+            # (and a fast-path shim, what it should know: see _answer).
+            return "relay_keepalive", side.wrap(self._answer(side)), source
+        if other is None or other.address is None:
+            return "relay_no_peer", None, None
+        if not side.bucket.spend(len(data) - OVERHEAD, now):
+            return "relay_rate_limited", None, None
+        return "relay_forwarded", other.wrap(payload_view(data)), other.address
+
+
+    def _verify(self, data: bytes, sender: str | None = None):
+        """``(refusal, session, side)``: refusal is "" for an authentic,
+        fresh frame to the server (its counter is then marked seen)."""
         try:
             token, direction, counter = read_header(data)
         except FrameError:
@@ -237,22 +339,30 @@ class RelayTable:
             return "relay_forged", None, None
         if not side.window.check_and_mark(counter):
             return "relay_replay", None, None
-        now = self._clock.seconds()
-        if side.address != source:
-            side.address = source
+        return "", session, side
+
+    def bind(self, data: bytes, source: tuple[str, int], port: int) -> str:
+        """A datagram on a side's own port; its outcome label. An
+        authentic, fresh, empty frame of that side (a bind, sent from its
+        node's WireGuard port) says where that WireGuard is."""
+        owner = self._by_port.get(port)
+        if owner is None:
+            return "relay_unknown"
+        if not is_relay_frame(data):
+            # WireGuard's own packets: the kernel should have taken them.
+            if owner.token in self.kernel and source == owner.wg_address and self.on_kernel_missed is not None:
+                self.on_kernel_missed()
+            return "relay_malformed"
+        if len(data) != OVERHEAD or data[4 : 4 + TOKEN_BYTES] != owner.token:
+            return "relay_forged"  # one with a payload, or another side's: never this port's bind
+        refused, session, _ = self._verify(data)
+        if refused:
+            return refused
+        session.last_used = self._clock.seconds()
+        if owner.wg_address != source:
+            owner.wg_address = source
             self._changed()
-        session.last_used = now
-        other = side.other
-        if len(data) == OVERHEAD:
-            # A keepalive: answer it, so the node knows the relay hears it
-            # (and a fast-path shim, that the peer's side it knows is gone).
-            stale = side.told_peer is not None and other is not None and side.told_peer != other.token
-            return "relay_keepalive", side.wrap(REFRESH_PEER if stale else b""), source
-        if other is None or other.address is None:
-            return "relay_no_peer", None, None
-        if not side.bucket.spend(len(data) - OVERHEAD, now):
-            return "relay_rate_limited", None, None
-        return "relay_forwarded", other.wrap(payload_view(data)), other.address
+        return "relay_bound"
 
 
 def _unused(side: RelaySide) -> bool:

@@ -37,8 +37,10 @@ from wire.relaystream import (
     StreamError,
     answer_head,
     parse_head,
+    transports_under,
 )
 from wire.server.auth import AuthError
+from wire.tlsserver import TLSServerProtocol
 
 HEAD_TIMEOUT = 15.0
 IDLE_TIMEOUT = 90.0  # nodes send a keepalive every 10 s
@@ -141,6 +143,9 @@ class RelayStream(Protocol, TimeoutMixin):
         self.makeConnection(transport)
         self.number = self.streams.add(self)
         self._writer = RecordWriter(self.streams.clock, transport)
+        for under in transports_under(transport):
+            if isinstance(under, TLSServerProtocol):
+                under.carry_bulk()  # frames, not requests: whole TLS records
         self.setTimeout(IDLE_TIMEOUT)
         if rest:
             self.dataReceived(rest)

@@ -316,6 +316,8 @@ _PAIR_COLUMNS = ("lo", "hi", "mode", "reason", "since", "tries", "retry_at", "fa
 _INSERT_NODE = f"INSERT INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)})"
 _UPSERT_PAIR = upsert("pair_paths", _PAIR_COLUMNS, ("lo", "hi"))
 _UPSERT_META = upsert("meta", ("key", "value"), ("key",))
+# The change stream's tables (schema 10): each database's own, never copied into another.
+STREAM_TABLES = ("cluster", "changes")
 _TAKE_SERIALS = "UPDATE cluster SET serial = serial + ? WHERE id = 1 RETURNING serial"
 _CLUSTER_SERIAL = "SELECT serial FROM cluster WHERE id = 1"
 _INSERT_CHANGE = "INSERT INTO changes (serial, kind, subject, origin) VALUES (?, ?, ?, ?)"

@@ -37,8 +37,10 @@ from wire.server.connguard import ConnectionGuard, connection_limit
 from wire.policy import PolicyError
 from wire.server.policyfile import PolicyFile, PolicyFileError
 from wire.server.dbthread import result_now
-from wire.server.store import SQLStore, StoreError, open_store, secure_data_dir
+from wire.server.store import IStore, SQLStore, StoreError, open_store, secure_data_dir
 from wire.stun import StunServerProtocol
+from wire.server.migrate import SqliteImportError, import_sqlite
+from wire.server.sharedtls import SharedIdentityError, shared_self_signed
 from wire.tls import ensure_self_signed, is_self_signed, read_fingerprint
 from wire.tlsserver import TLSConfigError, TLSServerEndpoint, server_context
 from wire.urls import is_loopback_url
@@ -47,6 +49,7 @@ log = Logger()
 from wire.server.firstjoin import first_join_notes, loopback_warning, write_first_join
 from wire.server.relaystream import UpgradeSnifferFactory
 from wire.server.fastpath import RelayFastPath
+from wire.server.relayports import DirectPorts
 from wire.runner import ProcessRunner
 from wire.server.listening import AlsoOnIPv6, AlsoOnIPv6UDP, Listening, ListeningUDP, StartFailure, TCP6OnlyServerEndpoint
 from wire.server.options import (
@@ -133,12 +136,28 @@ def _lock_data_dir(data_dir: str):
     return lock_file
 
 
+def _import_sqlite(config: Options, store: SQLStore, reactor) -> None:
+    """--import-sqlite: the old registry into the database, before loading it
+    (wire.server.migrate); the old data dir locked meanwhile, unless it is ours."""
+    source = config["import-sqlite"]
+    source_lock = None if source == config["data-dir"] else _lock_data_dir(source)
+    try:
+        log.info("wire-server: {report}", report=import_sqlite(source, store, reactor))
+    except SqliteImportError as e:
+        raise StoreError(str(e))
+    finally:
+        if source_lock is not None:
+            source_lock.close()
+
+
 def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
     lock_file = _lock_data_dir(config["data-dir"])
     store: SQLStore | None = None
     try:
         # Loading blocks here, before the reactor serves.
         store = open_store(config["data-dir"], reactor, config["database"], config["database-password"])
+        if config["import-sqlite"]:
+            _import_sqlite(config, store, reactor)
         prefix6 = mesh_prefix6(store, config["subnet6"])
         _log_prefix6(prefix6)
         shared = config["database"] is not None
@@ -268,8 +287,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     server = CoordinationServer(coordinator, lock_file, foreground=twistd is None or bool(twistd["nodaemon"]))
     port, interface, data_dir = config["port"], config["interface"], config["data-dir"]
     try:
-        endpoint, endpoint6, fingerprint = _api_endpoint(config, reactor)
-    except TLSConfigError as e:
+        endpoint, endpoint6, fingerprint = _api_endpoint(config, reactor, coordinator.store)
+    except (TLSConfigError, SharedIdentityError, StoreError) as e:
         raise SystemExit(f"wire-server: {e}")
     rules = ClientRules(
         trusted_proxies=tuple(config["trusted-proxy"]),
@@ -296,7 +315,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         admin_path = admin_socket_path(data_dir)
         admin_endpoint = UNIXServerEndpoint(reactor, admin_path, mode=0o600, wantPID=True)
         Listening(admin_endpoint, build_admin_site(admin), f"the admin socket {admin_path}").setServiceParent(server)
-    observe = lambda outcome: coordinator.metrics.stun_datagrams.labels(outcome).inc()  # noqa: E731
+    observe = coordinator.metrics.count_datagram
     # The seed's STUN port also carries the relay; port+2 is STUN only.
     relay = coordinator.relay.handle
     # One limiter for both STUN ports: a source gets its share once.
@@ -305,6 +324,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     for udp_port, relay_handler, job in ((port + 1, relay, "STUN and relay"), (port + 2, None, "STUN")):
         streams = coordinator.relay_streams if relay_handler is not None else None
         protocol = StunServerProtocol(reactor, observe=observe, relay=relay_handler, admit=admit, streams=streams)
+        if relay_handler is not None:
+            coordinator.relay.send = protocol.send_relayed
         what = f"UDP port {udp_port}{where} ({job}, --port + {udp_port - port})"
         ListeningUDP(udp_port, protocol, interface, reactor, what).setServiceParent(server)
         if not interface:
@@ -321,7 +342,13 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         coordinator.cluster = cluster
         cluster.setServiceParent(server)
     # Verified relay sessions forwarded by the kernel where it can (root, nft).
-    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1)
+    if config["relay-direct-ports"] is not None:
+        low, high = config["relay-direct-ports"]
+        coordinator.relay.direct_ports = DirectPorts(
+            reactor, low, high, interface, lambda data, source, side_port: observe(coordinator.relay.bind(data, source, side_port))
+        )
+    coordinator.relay.rate, coordinator.relay.burst = config["rate-limit-relay"]
+    fastpath = RelayFastPath(reactor, ProcessRunner(reactor), coordinator.relay, port + 1, *config["rate-limit-relay"])
     coordinator.fastpath = fastpath
     fastpath.setServiceParent(server)
     if policy_file is not None:
@@ -369,10 +396,11 @@ def _announce(config: Options, coordinator: Coordinator, fingerprint: str) -> No
         log.warn("wire-server: " + loopback_warning(config))
 
 
-def _api_endpoint(config: Options, reactor):
+def _api_endpoint(config: Options, reactor, store: IStore | None = None):
     """The HTTP(S) endpoint, the same on IPv6 when the server listens on
     every address (None otherwise), and the certificate fingerprint for
-    join tokens ("" when nodes should verify a CA-signed certificate by hostname)."""
+    join tokens ("" when nodes should verify a CA-signed certificate by hostname).
+    On PostgreSQL the self-signed pair is the one every replica shares."""
     port, interface = config["port"], config["interface"]
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     tcp = endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
@@ -382,6 +410,9 @@ def _api_endpoint(config: Options, reactor):
     if config["tls-cert"]:
         cert_path, key_path = config["tls-cert"], config["tls-key"]
         fingerprint = read_fingerprint(cert_path) if is_self_signed(cert_path) else ""
+    elif config["database"] and store is not None:
+        cert_path, key_path = shared_self_signed(store, config["data-dir"])
+        fingerprint = read_fingerprint(cert_path)
     else:
         cert_path, key_path = ensure_self_signed(config["data-dir"])
         fingerprint = read_fingerprint(cert_path)

@@ -11,7 +11,8 @@ socket, so Python reads only the few answers it waits for.
 
 IPv4 and Linux only (an IPv6 raw socket gets no IP header); needs
 CAP_NET_RAW, which the root daemon has. :func:`raw_udp_supported` says
-whether it can work here.
+whether it can work here. :class:`RawUdpSender` sends single datagrams
+from such a port (the relay's bind frames).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import DatagramProtocol
 
 SO_ATTACH_FILTER = 26
+_PSEUDO = struct.Struct("!4s4sBBH")
+_UDP = struct.Struct("!HHHH")
 _MAX_DATAGRAM = 65535
 _READS_PER_WAKE = 64
 
@@ -51,6 +54,76 @@ def _bpf(server_ip: str, server_ports: tuple[int, ...]) -> list[tuple[int, int, 
         program.append((0x15, n - i, 0, port))  # one of ours: accept
     program += [(0x06, 0, 0, 0), (0x06, 0, 0, _MAX_DATAGRAM)]  # drop; accept
     return program
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_packet(source_port: int, destination_port: int, payload: bytes, ips: tuple[str, str] | None = None) -> bytes:
+    """A UDP header and ``payload``; with ``ips`` (source, destination), the
+    checksum over the IPv4 pseudo-header, else none (0, allowed over IPv4)."""
+    length = _UDP.size + len(payload)
+    header = _UDP.pack(source_port, destination_port, length, 0)
+    if ips is None:
+        return header + payload
+    pseudo = _PSEUDO.pack(socket.inet_aton(ips[0]), socket.inet_aton(ips[1]), 0, socket.IPPROTO_UDP, length)
+    # A sum of 0 is sent as 0xFFFF: 0 would mean "no checksum".
+    return _UDP.pack(source_port, destination_port, length, checksum(pseudo + header + payload) or 0xFFFF) + payload
+
+
+class RawUdpSender:
+    """Sends single hand-built UDP datagrams (root only: ``available`` says
+    whether). The relay's kernel path (wire.server.fastpath) needs the
+    address WireGuard's own flow to the server has behind NAT: the node's
+    bind frame goes from WireGuard's port, which netfilter and every NAT on
+    the way take for a packet of WireGuard's flow (wire.node.relay).
+
+    The socket is opened per send and closed at once: a raw UDP socket left
+    open would get a copy of every UDP packet the host receives."""
+
+    def __init__(self) -> None:
+        self.error = ""
+        if not raw_udp_supported():
+            self.error = "no raw UDP sockets on this system"
+            return
+        try:
+            self._open().close()
+        except OSError as e:
+            self.error = f"no raw socket for the relay's kernel path: {e.strerror or e}"
+
+    @property
+    def available(self) -> bool:
+        return not self.error
+
+    @staticmethod
+    def _open() -> socket.socket:
+        return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+
+    @staticmethod
+    def source_for(destination_ip: str) -> str:
+        """The address the kernel sends from towards ``destination_ip`` (a
+        connected UDP socket's own address; nothing is sent)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((destination_ip, 9))
+            return probe.getsockname()[0]
+
+    def send(self, source_port: int, destination: tuple[str, int], payload: bytes) -> bool:
+        """Best effort, like any UDP send; False if it could not be sent."""
+        try:
+            ips = (self.source_for(destination[0]), destination[0])
+            packet = udp_packet(source_port, destination[1], payload, ips)
+            with self._open() as raw:
+                raw.sendto(packet, (destination[0], 0))
+            return True
+        except OSError:
+            return False
 
 
 class RawUDPPort:
@@ -79,8 +152,7 @@ class RawUDPPort:
     # -- the transport a DatagramProtocol is given ----------------------------
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        header = struct.pack("!HHHH", self.local_port, addr[1], 8 + len(data), 0)  # checksum 0: none (IPv4)
-        self.socket.sendto(header + data, (addr[0], 0))
+        self.socket.sendto(udp_packet(self.local_port, addr[1], data), (addr[0], 0))
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", "0.0.0.0", self.local_port)

@@ -190,6 +190,11 @@ class StunServerProtocol(DatagramProtocol):
             self._streams.udp_send = self._send_relayed
             self._send_relayed = self._streams.send
 
+    def send_relayed(self, data: bytes, destination: Any) -> None:
+        """A relay datagram of the server's own (not an answer), sent as relayed ones are."""
+        if self._send_relayed is not None:
+            self._send_relayed(data, destination)
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
             if self._relay is not None and is_relay_frame(datagram):
