@@ -5,6 +5,7 @@ the schema's types."""
 from __future__ import annotations
 
 import os
+import socket
 
 from hypothesis import given, strategies as st
 from twisted.python import usage
@@ -49,6 +50,12 @@ class DatabaseOptionTests(unittest.TestCase):
         open(empty, "w").close()
         self.assertIn("is empty", self.refused("--database", "postgresql://w@h/d", "--database-password-file", empty))
 
+
+    def test_the_replica_name_defaults_to_the_host_and_port_and_is_checked(self):
+        self.assertEqual(self.parse("--port", "9000")["replica-name"], f"{socket.gethostname()}:9000")
+        self.assertEqual(self.parse("--replica-name", "eu-1")["replica-name"], "eu-1")
+        for bad in ("", "a b", "x" * 65, "tab\there"):
+            self.assertIn(f"--replica-name: {bad!r} is not a name", self.refused("--replica-name", bad))
 
 class AdapterTests(unittest.TestCase):
     def test_redact(self):

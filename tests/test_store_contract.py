@@ -53,6 +53,10 @@ class StoreContract:
         """Make the open store's database unusable underneath it."""
         raise NotImplementedError
 
+    def run_sql(self, sql: str) -> None:
+        """Run ``sql`` on the database, from outside any store."""
+        raise NotImplementedError
+
     def open(self) -> SQLStore:
         store = self.open_engine_store()
         store.serve()
@@ -212,6 +216,100 @@ class StoreContract:
         self.assertEqual((again.version, again.settings.nameservers), (2, ("9.9.9.9",)))
         self.assertEqual([r.name for r in again.settings.records], ["db"])
 
+    # -- the cluster's change stream (wire.server.cluster) -------------------------
+
+    async def test_changes_take_serials_in_the_commit_that_writes_their_rows(self):
+        store = self.open()
+        store.streaming, store.origin = True, "a"
+        self.assertEqual(store.cluster_serial(), 0)
+        web = record("web1", "10.99.0.1")
+        store.put(web)
+        store.note_change("online", web.node_id)
+        store.note_change("offline", "other")
+        heard = []
+        store.committed_changes.append(lambda: heard.append(store.cluster_serial()))
+        await store.commit()
+        self.assertEqual(heard, [2])
+        rows = await store.query("SELECT serial, kind, subject, origin FROM changes ORDER BY serial")
+        self.assertEqual(rows, [(1, "online", web.node_id, "a"), (2, "offline", "other", "a")])
+        # A transaction of its own takes the next serials, with the changes queued before it.
+        store.note_change("online", "queued")
+        writes = Writes()
+        writes.put_record(record("db1", "10.99.0.2", vpn_ip6="fd7a:115c:a1e0::6"))
+        writes.change("online", "db1")
+        await store.transaction(writes)
+        rows = await store.query("SELECT serial, subject FROM changes WHERE serial > 2 ORDER BY serial")
+        self.assertEqual(rows, [(3, "queued"), (4, "db1")])
+        self.assertEqual(store.cluster_serial(), 4)
+        self.assertFalse(store.has_notes())
+
+    async def test_a_refused_commit_takes_no_serial_and_keeps_its_changes_for_the_next(self):
+        store = self.open()
+        store.streaming = True
+        first = record("web1", "10.99.0.1")
+        store.put(first)
+        await store.commit()
+        clash = record("db1", "10.99.0.1", vpn_ip6="fd7a:115c:a1e0::6")  # the same (UNIQUE) address
+        store.put(clash)
+        store.note_change("online", clash.node_id)
+        with self.assertRaises(StoreError):
+            await store.commit()
+        self.assertEqual(store.cluster_serial(), 0, "rolled back with its transaction")
+        self.assertTrue(store.has_notes())
+        store.discard(clash.node_id)  # as the registry undoes a refused registration
+        await store.commit()
+        self.assertEqual(await store.query("SELECT serial, subject FROM changes"), [(1, clash.node_id)])
+
+    async def test_two_stores_on_one_database_take_serials_one_after_the_other(self):
+        one, two = self.open(), self.open()
+        one.origin, two.origin = "one", "two"
+        one.streaming = two.streaming = True
+        for round in range(10):
+            # Both commits under way at once, each on its store's own thread.
+            for i in range(3):
+                one.note_change("online", f"a{round}.{i}")
+                two.note_change("online", f"b{round}.{i}")
+            both = one.commit(), two.commit()
+            for d in both:
+                await d
+        rows = await one.query("SELECT serial, origin, subject FROM changes ORDER BY serial")
+        self.assertEqual([serial for serial, _, _ in rows], list(range(1, 61)), "no gap, no serial twice")
+        for origin in ("one", "two"):
+            subjects = [subject for _, who, subject in rows if who == origin]
+            self.assertEqual(subjects, sorted(subjects, key=lambda s: tuple(map(int, s[1:].split(".")))), "in commit order")
+        self.assertEqual(two.cluster_serial(), 60)
+
+    async def test_a_schema_9_database_gains_the_stream_and_keeps_its_nodes(self):
+        store = self.open()
+        web = record("web1", "10.99.0.1")
+        store.put(web)
+        await store.commit()
+        await store.close()
+        self.run_sql("DROP TABLE changes")
+        self.run_sql("DROP TABLE cluster")
+        self.set_schema_version(9)
+        store = self.open()
+        self.assertEqual(store.load(), [web])
+        self.assertEqual(store.cluster_serial(), 0)
+        store.streaming = True
+        store.note_change("online", web.node_id)
+        await store.commit()
+        self.assertEqual(await store.query("SELECT serial, subject FROM changes"), [(1, web.node_id)])
+
+    async def test_one_server_alone_keeps_no_stream(self):
+        store = self.open()
+        store.note_change("online", "web1")
+        writes = Writes()
+        writes.change("key", "k1")
+        await store.transaction(writes)
+        await store.commit()
+        self.assertEqual((store.cluster_serial(), await store.query("SELECT * FROM changes")), (0, []))
+
+    async def test_the_epoch_is_drawn_once(self):
+        store = self.open()
+        self.assertEqual(store.draw_meta("epoch", "first"), "first")
+        self.assertEqual(self.open().draw_meta("epoch", "second"), "first")
+
     # -- versions and trouble ---------------------------------------------------
 
     async def test_a_newer_schema_is_refused(self):
@@ -252,6 +350,12 @@ class SQLiteStoreContractTests(StoreContract, unittest.TestCase):
         db.execute(f"PRAGMA user_version = {version}")
         db.close()
 
+    def run_sql(self, sql: str) -> None:
+        db = sqlite3.connect(os.path.join(self.data_dir, "registry.sqlite3"))
+        with db:
+            db.execute(sql)
+        db.close()
+
     async def lose_database(self) -> None:
         # Its connection closed under it (a file gone leaves SQLite's handle working).
         store = self._last
@@ -275,6 +379,9 @@ class PostgresStoreContractTests(StoreContract, unittest.TestCase):
 
     def set_schema_version(self, version: int) -> None:
         self.pg.psql(f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'", self.database)
+
+    def run_sql(self, sql: str) -> None:
+        self.pg.psql(sql, self.database)
 
     async def lose_database(self) -> None:
         self.pg.stop()
@@ -304,6 +411,23 @@ class PostgresStoreContractTests(StoreContract, unittest.TestCase):
             open_store(self.data_dir, reactor, unreachable)
         self.assertIn("cannot reach the PostgreSQL database postgresql://wire:***@127.0.0.1:", str(caught.exception))
         self.assertNotIn(pgcluster.PASSWORD, str(caught.exception))
+
+    async def test_a_one_time_key_enrolls_one_node_even_through_two_replicas_at_once(self):
+        one, two = self.open(), self.open()
+        writes = Writes()
+        writes.execute(
+            "INSERT INTO join_keys (key_id, secret_hash, created, expires, reusable, uses, revoked, note) VALUES (?, ?, 0, 0, 0, 0, 0, '')",
+            ("k1", "h1"),
+        )
+        await one.transaction(writes)
+        use = "UPDATE join_keys SET uses = uses + 1 WHERE key_id = ?"
+        first, second = Writes(), Writes()
+        first.execute(use, ("k1",))
+        second.execute(use, ("k1",))
+        await one.transaction(first)
+        with self.assertRaises(StoreError):
+            await two.transaction(second)
+        self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(1,)])
 
     def test_a_vanished_database_fails_writes_in_seconds_and_commits_are_synchronous(self):
         # Keepalives, a TCP user timeout and a statement timeout on every

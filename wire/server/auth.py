@@ -22,6 +22,9 @@ from twisted.logger import Logger
 from wire.server.store import IStore, Writes
 
 SECRET_BYTES = 32
+# A join key's row changed (made, used, revoked): a change for the cluster's stream (wire.server.cluster).
+KEY_CHANGE = "key"
+KEY_COLUMNS = "key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, ephemeral_after"
 
 
 class AuthError(Exception):
@@ -121,18 +124,19 @@ class Authority:
 
     def _load(self) -> None:
         # At startup: blocks, before the reactor serves.
-        for row in self._store.read_now(
-            "SELECT key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, ephemeral_after "
-            "FROM join_keys"
-        ):
-            key = JoinKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7], tuple(row[8].split()), row[9])
-            self._keys[key.key_id] = key
-            self._key_by_hash[key.secret_hash] = key.key_id
+        for row in self._store.read_now(f"SELECT {KEY_COLUMNS} FROM join_keys"):
+            self.adopt_key(row)
         for credential_hash, node_id in self._store.read_now("SELECT credential_hash, node_id FROM credentials"):
             self._node_by_credential[credential_hash] = node_id
             self._credential_of_node[node_id] = credential_hash
 
     # -- join keys ---------------------------------------------------------
+
+    def adopt_key(self, row: tuple) -> None:
+        """A join key as stored (KEY_COLUMNS): at startup, or changed by another replica (wire.server.cluster)."""
+        key = JoinKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7], tuple(row[8].split()), row[9])
+        self._keys[key.key_id] = key
+        self._key_by_hash[key.secret_hash] = key.key_id
 
     async def create_key(
         self,
@@ -166,6 +170,7 @@ class Authority:
         )
         extras = (f" tags={','.join(tags)}" if tags else "") + (f" ephemeral_after={ephemeral_after:g}s" if ephemeral_after else "")
         self._audit(writes, "key.create", f"key {key.key_id} reusable={reusable} expires_in={expires_in or 'never'}{extras}")
+        writes.change(KEY_CHANGE, key.key_id)
         await self._store.transaction(writes)
         self._keys[key.key_id] = key
         self._key_by_hash[key.secret_hash] = key.key_id
@@ -181,6 +186,7 @@ class Authority:
         writes = Writes()
         writes.execute("UPDATE join_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
         self._audit(writes, "key.revoke", f"key {key_id}")
+        writes.change(KEY_CHANGE, key_id)
         await self._store.transaction(writes)
         key.revoked = True
         return key
@@ -218,24 +224,37 @@ class Authority:
             "INSERT INTO credentials VALUES (?, ?, ?, ?)", (credential_hash, node_id, self._clock.seconds(), key.key_id)
         )
         db.execute("UPDATE join_keys SET uses = uses + 1 WHERE key_id = ?", (key.key_id,))
+        db.change(KEY_CHANGE, key.key_id)  # a one-time key is used up on every replica
         self._audit(db, "node.enroll", f"node {node_name} ({node_id}) with key {key.key_id}")
         return credential_hash, credential
 
     def enrolled(self, node_id: str, credential_hash: str, key: JoinKey) -> None:
         """After the transaction committed: the in-memory side."""
+        self.adopt(node_id, credential_hash)
+        key.uses += 1
+
+    def adopt(self, node_id: str, credential_hash: str) -> None:
+        """A node's credential, as stored (one another replica issued: wire.server.cluster)."""
         old = self._credential_of_node.pop(node_id, None)
         if old is not None:
             self._node_by_credential.pop(old, None)
         self._node_by_credential[credential_hash] = node_id
         self._credential_of_node[node_id] = credential_hash
-        key.uses += 1
 
     def forget_node(self, db: Writes, node_id: str) -> None:
         """Inside a transaction: the node's credential stops working."""
         db.execute("DELETE FROM credentials WHERE node_id = ?", (node_id,))
+        self.forgotten(node_id)
+
+    def forgotten(self, node_id: str) -> None:
+        """The node's credential stops working here (its row is gone already)."""
         credential_hash = self._credential_of_node.pop(node_id, None)
         if credential_hash is not None:
             self._node_by_credential.pop(credential_hash, None)
+
+    def credential_of(self, node_id: str) -> str | None:
+        """The hash of the node's credential, if it has one here."""
+        return self._credential_of_node.get(node_id)
 
     # -- audit -------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from wire.protocol.enums import Heartbeat
 from wire.protocol.filter import NO_FILTER, filter_digest, filter_json
 from wire.protocol.routefilter import ANSWER_KEY as ROUTE_FILTER, route_filter_json
 from wire.server.auth import AuthError, Authority, Forbidden
+from wire.server.cluster import SingleServer
 from wire.server.dnsbook import DnsBook
 from wire.server.metrics import ServerMetrics
 from wire.server.model import NodeRecord
@@ -139,6 +140,10 @@ class Coordinator:
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
         self.metrics.track_paths(self.paths.count)
+        # This replica's part of a cluster on one database (wire.server.cluster);
+        # one server alone is its own leader.
+        self.cluster: Any = SingleServer()
+        self.metrics.track_cluster(lambda: self.cluster.applied, lambda: self.cluster.lag)
         # The relay's kernel fast path (wire.server.fastpath), when the service made one.
         self.fastpath: Any = None
         self.metrics.track_fastpath(
@@ -573,7 +578,11 @@ class Coordinator:
         )
 
     def health(self) -> dict:
-        return {"ok": True, "version": __version__, "total": len(self.registry), "online": self.registry.online_count}
+        health = {"ok": True, "version": __version__, "total": len(self.registry), "online": self.registry.online_count}
+        cluster = self.cluster.health()
+        if cluster:  # replicas: which one, whether it reaches the database, its lag behind the stream
+            health["cluster"] = cluster
+        return health
 
     def status(self, seen_by: str | None = None) -> dict:
         """The seed's /status: every node, sorted by name; for a node
@@ -631,6 +640,12 @@ class Coordinator:
         that names no DNS digest (a seed node) is never sent them.
         """
         cursor = parse_cursor(since, self.registry.changes.epoch)
+        changes = self.registry.changes
+        if changes.shared and cursor.epoch == changes.epoch and cursor.serial > changes.serial:
+            # From a replica further along the stream (the node moved here):
+            # what this one will apply next is what it may lack, so it is
+            # answered as if at this replica's serial (a delta, some of it again).
+            cursor = changes.cursor
         moved = False
         if node_id is not None and self.longpoll_heartbeats:
             # The poll is the node's heartbeat: it must come back well within
@@ -719,9 +734,11 @@ class Coordinator:
         return ended
 
     def sweep(self) -> None:
-        for record in self.registry.gone_ephemeral(self.now()):
-            self._remove_ephemeral(record)
-        self.registry.sweep(self.now())
+        # Decided once for the mesh: by the cluster's leader (the others hear it from the stream).
+        if self.cluster.leader:
+            for record in self.registry.gone_ephemeral(self.now()):
+                self._remove_ephemeral(record)
+            self.registry.sweep(self.now())
         self.relay.expire()
         if self.paths.tick(self.now(), self._rule):
             self._commit_soon()

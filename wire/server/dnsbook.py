@@ -24,8 +24,14 @@ from typing import Any, Callable
 from wire.protocol import ProtocolError
 from wire.protocol.dns import NO_DNS, DnsConfig, DnsRecord, ForwardZone, RECORD_TYPES, dns_digest, parse_resolver
 from wire.protocol.fields import parse_list, parse_object
+from twisted.logger import Logger
+
 from wire.server.store import IStore, StoreError, Writes, upsert
 from wire.web import SharedJson
+
+# The settings in force changed: a change for the cluster's stream (wire.server.cluster).
+DNS_CHANGE = "dns"
+DNS_SETTINGS = "SELECT version, settings, set_at FROM dns_settings WHERE id = 1"
 
 Audit = Callable[[Writes, str, str], None]
 
@@ -51,6 +57,7 @@ class DnsSettings:
 
 
 class DnsBook:
+    log = Logger()
     def __init__(self, store: IStore, domain: str | None, now: Callable[[], float] = lambda: 0.0):
         self._store = store
         self.domain = domain
@@ -59,7 +66,7 @@ class DnsBook:
         self.set_at = 0.0
         self.settings = DnsSettings()
         # At startup: blocks, before the reactor serves.
-        rows = store.read_now("SELECT version, settings, set_at FROM dns_settings WHERE id = 1")
+        rows = store.read_now(DNS_SETTINGS)
         if rows:
             self.version, text, self.set_at = rows[0]
             self.settings = self._stored(text)
@@ -194,8 +201,24 @@ class DnsBook:
             (1, version, json.dumps(settings.to_json(), separators=(",", ":")), now),
         )
         audit(writes, event, f"{detail} (version {version})")
+        writes.change(DNS_CHANGE, str(version))
         await self._store.transaction(writes)
-        self.settings, self.version, self.set_at = settings, version, now
+        self._in_force(settings, version, now)
+
+    def adopt(self, row: tuple) -> None:
+        """The settings another replica put in force (wire.server.cluster), as stored (DNS_SETTINGS)."""
+        version, text, set_at = row
+        if version == self.version and set_at == self.set_at:
+            return
+        try:
+            settings = self._stored(text)
+        except StoreError as e:
+            self.log.error("DNS settings version {version} cannot be read here: {error}", version=version, error=e)
+            return
+        self._in_force(settings, version, set_at)
+
+    def _in_force(self, settings: DnsSettings, version: int, set_at: float) -> None:
+        self.settings, self.version, self.set_at = settings, version, set_at
         self._encode()
         for listener in self.listeners:
             listener()

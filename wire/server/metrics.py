@@ -14,6 +14,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Info,
     generate_latest,
 )
 from twisted.web import server
@@ -31,6 +32,13 @@ class ServerMetrics:
         self.nodes_online = Gauge("wire_nodes_online", "Nodes that heartbeat recently", registry=self.registry)
         self.longpolls_open = Gauge("wire_longpolls_open", "Netmap long-polls waiting", registry=self.registry)
         self.netmap_serial = Gauge("wire_netmap_serial", "Current netmap serial", registry=self.registry)
+        self.cluster_applied = Gauge(
+            "wire_cluster_serial_applied", "The cluster's change serial this replica has applied", registry=self.registry
+        )
+        self.cluster_lag = Gauge(
+            "wire_cluster_lag", "Changes committed to the database this replica has not applied yet", registry=self.registry
+        )
+        self.replica = Info("wire_replica", "Which replica this is (--replica-name)", registry=self.registry)
         self.relay_sessions = Gauge("wire_relay_sessions", "Relay sessions in use", registry=self.registry)
         self.relay_streams = Gauge(
             "wire_relay_streams", "Relay streams open over TCP (nodes whose networks block UDP)", registry=self.registry
@@ -109,6 +117,14 @@ class ServerMetrics:
             self.relay_fastpath.labels(name).set_function(partial(_is_state, state, name))
         self.relay_fastpath_sessions.set_function(sessions)
         self.relay_fastpath_direct_sessions.set_function(direct)
+
+    def track_cluster(self, applied: Callable[[], float], lag: Callable[[], float]) -> None:
+        """The cluster's stream (wire.server.cluster), read at scrape time."""
+        self.cluster_applied.set_function(applied)
+        self.cluster_lag.set_function(lag)
+
+    def set_replica(self, name: str) -> None:
+        self.replica.info({"name": name})
 
     def track(
         self,

@@ -22,7 +22,7 @@ import os
 import re
 
 from wire.server.dbthread import result_now
-from wire.server.store import SCHEMA, SQLStore, Writes, open_store, upsert
+from wire.server.store import SCHEMA, STREAM_TABLES, SQLStore, Writes, open_store, upsert
 
 IMPORTED_META = "imported_from_sqlite"
 # Kept by each database itself: never copied over.
@@ -59,8 +59,9 @@ def import_sqlite(source_dir: str, target: SQLStore, reactor) -> str:
 
 
 def wire_tables() -> list[str]:
-    """The tables of this wire's schema (a table someone added by hand stays behind)."""
-    return sorted(set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)))
+    """The tables of this wire's schema (a table someone added by hand stays
+    behind), less the change stream's, which each database keeps itself."""
+    return sorted(set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)) - set(STREAM_TABLES))
 
 
 def _copy(source: SQLStore, target: SQLStore) -> tuple[Writes, dict[str, int]]:

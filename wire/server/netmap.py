@@ -50,21 +50,32 @@ ViewerAnswer = Callable[[dict, str, Cursor], "dict | None"]
 class ChangeLog:
     """Serial numbers and which node changed at each."""
 
-    def __init__(self, max_entries: int = 50_000, epoch: str | None = None):
+    def __init__(self, max_entries: int = 50_000, epoch: str | None = None, serial: int = 0, shared: bool = False):
+        """``shared``: the serials are the cluster's (wire.server.cluster),
+        recorded as the database's change stream reaches them, from ``serial``
+        (what was loaded is as of then: an older cursor gets a snapshot)."""
         self.epoch = epoch or secrets.token_hex(6)
-        self.serial = 0
+        self.serial = serial
+        self.shared = shared
         self._max_entries = max_entries
         self._serials: list[int] = []
         self._node_ids: list[str] = []
         # The oldest serial whose successors are all still in the log.
-        self._complete_after = 0
+        self._complete_after = serial
 
     @property
     def cursor(self) -> Cursor:
         return Cursor(self.epoch, self.serial)
 
-    def record(self, node_id: str) -> int:
-        self.serial += 1
+    def record(self, node_id: str, serial: int | None = None) -> int:
+        """The next serial, or (shared) the cluster's ``serial`` of this change;
+        several nodes may change at one serial (a router's primary moved)."""
+        if serial is None:
+            self.serial += 1
+        elif serial < self.serial:
+            raise ValueError(f"serial {serial} is before {self.serial}: the stream goes in order")
+        else:
+            self.serial = serial
         self._serials.append(self.serial)
         self._node_ids.append(node_id)
         if len(self._serials) > self._max_entries:
@@ -75,10 +86,23 @@ class ChangeLog:
             del self._node_ids[:cut]
         return self.serial
 
+    def reach(self, serial: int) -> None:
+        """The cluster's ``serial`` was a change of no node (a join key): cursors move past it."""
+        if serial < self.serial:
+            raise ValueError(f"serial {serial} is before {self.serial}: the stream goes in order")
+        self.serial = serial
+
     def advance(self) -> int:
         """The next serial, for a change that is no node's (a pair's path,
         :mod:`wire.server.pathbook`): cursors move past it, and
-        :meth:`changed_since` finds no node changed at it."""
+        :meth:`changed_since` finds no node changed at it.
+
+        Shared, such changes stay this replica's (they are not in the
+        cluster's stream): the serial a cursor carries must mean the same on
+        every replica, so it does not move; the change is stamped with the
+        next one, which every cursor held now is before."""
+        if self.shared:
+            return self.serial + 1
         self.serial += 1
         return self.serial
 

@@ -65,6 +65,7 @@ class Options(usage.Options):
         ["data-dir", "d", None, f"where the registry lives [$WIRE_DATA_DIR or {DEFAULT_DATA_DIR}]"],
         ["database", None, None, "the registry in PostgreSQL, a libpq URL postgresql://USER@HOST:PORT/DB (password: PGPASSFILE or --database-password-file) [SQLite in the data dir]"],
         ["database-password-file", None, None, "a file holding --database's password (read once at start)"],
+        ["replica-name", None, None, "this replica's name among those on one --database, in /metrics, /health and the logs [HOSTNAME:PORT]"],
         ["subnet", None, None, f"VPN subnet, CIDR or the seed's prefix form (10.99) [$WIRE_VPN_SUBNET or {DEFAULT_SUBNET}]"],
         ["subnet6", None, None, "IPv6 mesh prefix, a ULA /48../64 in fd00::/8 [$WIRE_VPN_SUBNET6, or the one this server drew at its first start]"],
         ["offline-after", None, None, f"seconds without heartbeat before a node shows offline [{DEFAULT_OFFLINE_AFTER:.0f}]"],
@@ -176,6 +177,7 @@ class Options(usage.Options):
         if not self["open"] and len(admin_socket.encode()) > MAX_UNIX_PATH:
             raise usage.UsageError(f"{data_dir_label}: {self['data-dir']} is too long to hold the admin socket (UNIX socket paths are limited to {MAX_UNIX_PATH} bytes)")
         self._database_options()
+        self["replica-name"] = _replica_name(self.label("replica-name"), self["replica-name"], self["port"])
         subnet_text, subnet_label = self._or_environment("subnet", "WIRE_VPN_SUBNET", DEFAULT_SUBNET)
         try:
             self["subnet"] = parse_subnet(subnet_text)
@@ -365,3 +367,11 @@ def _network(label: str, address: str):
         return ipaddress.ip_network(address, strict=True)
     except ValueError as e:
         raise usage.UsageError(f"{label}: {address!r} is not an IP address or network ({e})")
+
+
+def _replica_name(label: str, name: str | None, port: int) -> str:
+    if name is None:
+        return f"{socket.gethostname()}:{port}"
+    if not name or len(name) > 64 or not name.isprintable() or any(c.isspace() for c in name):
+        raise usage.UsageError(f"{label}: {name!r} is not a name (1 to 64 printable characters, no spaces)")
+    return name

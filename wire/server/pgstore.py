@@ -33,6 +33,17 @@ SCHEMA_VERSION_KEY = "schema_version"
 # pg_advisory_xact_lock's key for migrations ("wire" in ASCII).
 MIGRATION_LOCK = 0x77697265
 CONNECT_TIMEOUT = 10
+# The channel a transaction that appended changes NOTIFYs (wire.server.cluster LISTENs).
+CHANGES_CHANNEL = "wire_changes"
+
+# A one-time join key enrolls one node, even when two replicas take it at the
+# same moment: the second enrollment's transaction is refused. NOT VALID: rows
+# already there are left as they are; every change from now on is checked.
+ONE_TIME_KEYS = """DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'join_keys_one_time') THEN
+        ALTER TABLE join_keys ADD CONSTRAINT join_keys_one_time CHECK (reusable = 1 OR uses <= 1) NOT VALID;
+    END IF;
+END $$"""
 
 # What each schema after the first PostgreSQL one (9) changes, by version:
 # run in order, in the migration's transaction.
@@ -105,15 +116,18 @@ class PostgresEngine:
         self._password = password
         self.where = redact(url)
 
-    def connect(self) -> psycopg.Connection:
+    def _open(self, application_name: str) -> psycopg.Connection:
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         try:
-            connection = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="wire-server",
+            return psycopg.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=application_name,
                 **LIVENESS, **extra,
             )
         except psycopg.Error as e:
             raise StoreError(f"cannot reach the PostgreSQL database {self.where}: {self._said(e)}") from None
+
+    def connect(self) -> psycopg.Connection:
+        connection = self._open("wire-server")
         try:
             _migrate(connection, self.where)
         except psycopg.Error as e:
@@ -139,6 +153,19 @@ class PostgresEngine:
 
     def select(self, connection: psycopg.Connection, sql: str, parameters: tuple) -> list[tuple]:
         return connection.execute(placeholders(sql), parameters).fetchall()
+
+    def fetch(self, connection: psycopg.Connection, sql: str, parameters: tuple) -> list[tuple]:
+        return connection.execute(placeholders(sql), parameters).fetchall()
+
+    def notify(self, connection: psycopg.Connection) -> None:
+        # Delivered at commit, to every replica LISTENing (wire.server.cluster).
+        connection.execute(f"NOTIFY {CHANGES_CHANNEL}")
+
+    def session(self) -> psycopg.Connection:
+        """A connection of its own (no migration), for LISTEN and the leader's
+        advisory lock (wire.server.cluster); its keepalives end a dead peer's
+        session, and so its lock, within seconds."""
+        return self._open("wire-server-cluster")
 
     def close(self, connection: psycopg.Connection) -> None:
         connection.close()
@@ -168,6 +195,7 @@ def _migrate(connection: psycopg.Connection, where: str) -> None:
             for name, declaration in columns:
                 connection.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {pg_schema(declaration)}")
         connection.execute(VPN_IP6_INDEX)
+        connection.execute(ONE_TIME_KEYS)
         # A fresh database got the latest tables above; an older one catches up.
         for step in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS.get(step, ()):

@@ -23,6 +23,9 @@ from wire.protocol.filter import FilterRule
 from wire.server.model import NodeRecord
 from wire.server.store import IStore, Writes
 
+# The policy in force changed: a change for the cluster's stream (wire.server.cluster).
+POLICY_CHANGE = "policy"
+LATEST_POLICY = "SELECT version, text, set_at, source FROM policies ORDER BY version DESC LIMIT 1"
 # Writes an audit entry into a transaction's writes (Coordinator.audit).
 Audit = Callable[[Writes, str, str], None]
 
@@ -67,7 +70,7 @@ class PolicyBook:
         self._now = now
         self.current = PolicyVersion(0, None, 0.0, "none")
         # At startup: blocks, before the reactor serves.
-        rows = store.read_now("SELECT version, text, set_at, source FROM policies ORDER BY version DESC LIMIT 1")
+        rows = store.read_now(LATEST_POLICY)
         if rows:
             self.current = PolicyVersion(*rows[0])
         # The stored text was valid when set; it must still parse (a newer
@@ -127,14 +130,31 @@ class PolicyBook:
             (version.version, version.text, version.set_at, version.source),
         )
         audit(writes, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
+        writes.change(POLICY_CHANGE, str(version.version))
         await self._store.transaction(writes)
+        self._in_force(version, policy)
+        return version
+
+    def adopt(self, row: tuple) -> None:
+        """The version another replica put in force (wire.server.cluster), as stored."""
+        version = PolicyVersion(*row)
+        if version.version <= self.current.version:
+            return
+        try:
+            policy = None if version.text is None else parse_policy(version.text)
+        except PolicyError as e:
+            # Written by a newer wire: this replica keeps the one it has.
+            self.log.error("access policy version {version} cannot be read here: {error}", version=version.version, error=e)
+            return
+        self._in_force(version, policy)
+
+    def _in_force(self, version: PolicyVersion, policy: Policy | None) -> None:
         before = self.index
         self.current, self.policy = version, policy
         self.index = self._build(policy)
-        self.log.info("access policy version {version} in force ({source})", version=version.version, source=source)
+        self.log.info("access policy version {version} in force ({source})", version=version.version, source=version.source)
         for listener in self.listeners:
             listener(before)
-        return version
 
     # -- in step with the registry --------------------------------------------------
 

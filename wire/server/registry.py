@@ -90,12 +90,20 @@ class Registry:
         # The routes among a record's advertised ones the access policy
         # approves (autoApprovers); the coordinator sets it.
         self.auto_approve: Callable[[NodeRecord], tuple[str, ...]] = lambda record: ()
+        # Replicas on one database (wire.server.cluster): a change made here
+        # goes to the database's stream, and is recorded (the change log, the
+        # listeners) when the stream reaches its serial, as others' are.
+        self.shared = self.changes.shared
+        self._applying: int | None = None  # the stream's serial being recorded
+        # Local changes per node, so the stream can tell a row it read is stale.
+        self._local_changes: dict[str, int] = {}
 
     # -- loading -----------------------------------------------------------
 
-    def load(self, records: Iterable[NodeRecord], now: float) -> None:
+    def load(self, records: Iterable[NodeRecord], now: float, sweep: bool = True) -> None:
         """Adopt stored records. Nodes heard from recently stay online, so a
-        server restart does not flap every node offline and back."""
+        server restart does not flap every node offline and back. A replica
+        (``sweep`` False) leaves sweeping to the cluster's leader."""
         silent_before = now - self.offline_after
         records = sorted(records, key=lambda r: r.last_seen)
         for record in records:
@@ -109,7 +117,8 @@ class Registry:
         for node_id in list(self._online) + list(self._offline):
             record = self._nodes[node_id]
             self.routes.update(node_id, record.subnet_routes, node_id in self._online)
-        self.sweep(now)
+        if sweep:
+            self.sweep(now)
 
     def _address_v6(self, records: list[NodeRecord]) -> None:
         """Give an IPv6 address to each loaded node without one in the prefix
@@ -256,9 +265,84 @@ class Registry:
             self._tell(other)
 
     def _tell(self, node_id: str) -> None:
-        self.changes.record(node_id)
+        if self.shared and self._applying is None:
+            # Recorded when the stream brings it back with its cluster serial.
+            self._local_changes[node_id] = self._local_changes.get(node_id, 0) + 1
+            self._store.note_change(self._state_of(node_id), node_id)
+            return
+        self.changes.record(node_id, self._applying)
         for listener in self._listeners:
             listener(node_id)
+
+    def _state_of(self, node_id: str) -> str:
+        """A change's kind in the stream: what the node is now."""
+        if node_id in self._online:
+            return "online"
+        return "offline" if node_id in self._nodes else "gone"
+
+    # -- the cluster's stream (wire.server.cluster) --------------------------
+
+    def local_changes(self, node_id: str) -> int:
+        """How many changes of this node were made here (the stream compares)."""
+        return self._local_changes.get(node_id, 0)
+
+    def record_local(self, serial: int, node_id: str) -> None:
+        """The stream reached a change made here: memory has it already."""
+        self._applying = serial
+        try:
+            self._tell(node_id)
+        finally:
+            self._applying = None
+
+    def apply(self, serial: int, kind: str, node_id: str, record: NodeRecord | None, now: float) -> None:
+        """Another replica's change at ``serial``, with the node's row as the
+        database has it now (None: gone): adopted in memory, never written
+        back. A node with a write of ours still pending keeps ours: it
+        commits later, so it is what the database (and every replica) ends with."""
+        self._applying = serial
+        try:
+            existing = self._nodes.get(node_id)
+            if self._store.is_pending(node_id):
+                self._tell(node_id)
+            elif record is None or kind == "gone":
+                if existing is None:
+                    self.changes.reach(serial)  # never known here: the serial moves all the same
+                    return
+                self._unindex(existing)
+                self._online.pop(node_id, None)
+                self._offline.pop(node_id, None)
+                self._ephemeral.pop(node_id, None)
+                self._changed(node_id)
+                self._reset(node_id, None)
+            else:
+                online = kind == "online"
+                fresh = (
+                    existing is None
+                    or (online and node_id not in self._online)
+                    or any(getattr(existing, name) != getattr(record, name) for name in PATH_FACTS)
+                )
+                if existing is not None:
+                    self._unindex(existing)
+                self._index(record)
+                self._online.pop(node_id, None)
+                self._offline.pop(node_id, None)
+                (self._online if online else self._offline)[node_id] = None
+                self._changed(node_id)
+                if fresh:
+                    self._reset(node_id, now)
+        finally:
+            self._applying = None
+
+    def refresh_seen(self, seen: Iterable[tuple[str, float]]) -> None:
+        """Heartbeats other replicas heard (their batched ``last_seen``): the
+        sweep leader takes nodes offline by them. Online nodes are kept in
+        ``last_seen`` order again (the sweep stops at the first one not silent)."""
+        for node_id, last_seen in seen:
+            record = self._nodes.get(node_id)
+            if record is not None and last_seen > record.last_seen:
+                record.last_seen = last_seen
+        order = sorted(self._online, key=lambda node_id: self._nodes[node_id].last_seen)
+        self._online = OrderedDict.fromkeys(order)
 
     def on_reset(self, listener: Callable[[str], None]) -> None:
         """``listener(node_id)`` hears when a node's path facts change, it

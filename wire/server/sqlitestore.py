@@ -34,6 +34,12 @@ class SQLiteEngine:
     def select(self, connection: sqlite3.Connection, sql: str, parameters: tuple) -> list[tuple]:
         return connection.execute(sql, parameters).fetchall()
 
+    def fetch(self, connection: sqlite3.Connection, sql: str, parameters: tuple) -> list[tuple]:
+        return connection.execute(sql, parameters).fetchall()
+
+    def notify(self, connection: sqlite3.Connection) -> None:
+        """One server: nobody else to wake."""
+
     def close(self, connection: sqlite3.Connection) -> None:
         connection.close()
 

@@ -55,13 +55,22 @@ Schema 9 adds a node's own IPv6 underlay address (``nodes.public_ip6``,
 "" for none), where peers with IPv6 reach it directly, and
 ``pair_paths.family`` (4: the pair's direct word is over IPv4 only, as
 IPv6 failed). Older databases gain the columns when opened.
+
+Schema 10 adds the cluster's change stream (issue 19, :mod:`wire.server.cluster`):
+``cluster``, one row holding the serial of the mesh's latest change, and
+``changes`` (serial, kind, subject, origin), one row per change peers must
+learn, appended in the transaction that makes it. Serials are taken under
+the ``cluster`` row's lock (``UPDATE ... RETURNING``), so the order in which
+changes commit is their serial order: a replica that has read serial N has
+every change below it. The mesh's epoch (of ``EPOCH:SERIAL`` cursors) is
+drawn once, in ``meta``. Older databases gain the tables when opened.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -73,7 +82,7 @@ from wire.protocol import PathMode
 from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # SQLite's dialect; wire.server.pgstore translates the few types that differ.
 SCHEMA = """
@@ -138,6 +147,18 @@ CREATE TABLE IF NOT EXISTS dns_settings (
     settings TEXT NOT NULL,
     set_at REAL NOT NULL
 );
+-- The cluster's change stream (schema 10): the latest serial, and one row per change.
+CREATE TABLE IF NOT EXISTS cluster (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    serial BIGINT NOT NULL
+);
+INSERT INTO cluster (id, serial) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS changes (
+    serial BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    origin TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -151,6 +172,8 @@ T = TypeVar("T")
 Row = tuple
 # One statement and the parameters of each time it runs (executemany).
 Statement = tuple[str, list[tuple]]
+# A change for the cluster's stream: (kind, subject), e.g. ("online", node_id).
+Change = tuple[str, str]
 
 
 class StoreError(Exception):
@@ -199,6 +222,13 @@ class IStore(Interface):
     def read_meta(key: str) -> str | None:
         """A value kept in ``meta``, or None (startup: blocks)."""
 
+    def note_change(kind: str, subject: str) -> None:
+        """Queue a change for the cluster's stream (a replica's, wire.server.cluster):
+        given its serial in the next transaction, committed soon."""
+
+    def is_pending(node_id: str) -> bool:
+        """Whether a write of this node is queued and not yet committed."""
+
     def commit() -> Deferred:
         """Fire once everything queued so far is durably written; the
         commits asked for in one reactor turn share one transaction."""
@@ -227,9 +257,14 @@ class Writes:
         self.statements: list[Statement] = []
         # Records written here, as written: no longer pending once committed.
         self.records: list[tuple[NodeRecord, Row]] = []
+        # Changes for the cluster's stream, given serials in this transaction.
+        self.changes: list[Change] = []
 
     def execute(self, sql: str, parameters: Sequence = ()) -> None:
         self.statements.append((sql, [tuple(parameters)]))
+
+    def change(self, kind: str, subject: str) -> None:
+        self.changes.append((kind, subject))
 
     def put_record(self, record: NodeRecord) -> None:
         row = _row(record)
@@ -259,6 +294,12 @@ class Engine(Protocol):
     def select(self, connection: Any, sql: str, parameters: tuple) -> list[tuple]:
         """Rows of a query, outside any write transaction."""
 
+    def fetch(self, connection: Any, sql: str, parameters: tuple) -> list[tuple]:
+        """Rows of a statement run inside a transaction (``UPDATE ... RETURNING``)."""
+
+    def notify(self, connection: Any) -> None:
+        """Inside a transaction that appended changes: wake the other replicas at commit."""
+
     def close(self, connection: Any) -> None: ...
 
 
@@ -275,6 +316,11 @@ _PAIR_COLUMNS = ("lo", "hi", "mode", "reason", "since", "tries", "retry_at", "fa
 _INSERT_NODE = f"INSERT INTO nodes ({', '.join(RECORD_FIELDS)}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)})"
 _UPSERT_PAIR = upsert("pair_paths", _PAIR_COLUMNS, ("lo", "hi"))
 _UPSERT_META = upsert("meta", ("key", "value"), ("key",))
+# The change stream's tables (schema 10): each database's own, never copied into another.
+STREAM_TABLES = ("cluster", "changes")
+_TAKE_SERIALS = "UPDATE cluster SET serial = serial + ? WHERE id = 1 RETURNING serial"
+_CLUSTER_SERIAL = "SELECT serial FROM cluster WHERE id = 1"
+_INSERT_CHANGE = "INSERT INTO changes (serial, kind, subject, origin) VALUES (?, ?, ?, ?)"
 
 
 def _node_statements(node_ids: list[str], rows: list[Row]) -> list[Statement]:
@@ -292,6 +338,7 @@ class SQLStore:
 
     def __init__(self, engine: Engine, reactor: IReactorTime):
         self._engine = engine
+        self.engine = engine  # a replica's session (wire.server.cluster) opens its own connection through it
         self.where = engine.where
         self._reactor = reactor
         self._thread = DatabaseThread(reactor)
@@ -299,6 +346,12 @@ class SQLStore:
         self._dirty_pairs: dict[tuple[str, str], PairWord | None] = {}
         self._dirty_meta: dict[str, str] = {}
         self._touched: dict[str, float] = {}
+        self._notes: list[Change] = []
+        # Whether changes go to the stream (replicas, wire.server.cluster): one
+        # server alone keeps none. Who wrote a change (a replica's run); heard after each commit of changes.
+        self.streaming = False
+        self.origin = ""
+        self.committed_changes: list[Callable[[], None]] = []
         self._waiting: list[Deferred] = []
         self._commit_call: IDelayedCall | None = None
         self._committing = False
@@ -317,15 +370,26 @@ class SQLStore:
             self._connection = self._engine.connect()
         return self._connection
 
-    def _write(self, statements: list[Statement]) -> None:
+    def _write(self, statements: list[Statement], changes: Sequence[Change] = ()) -> None:
         try:
             connection = self._connected()
             with self._engine.transaction(connection):
                 for sql, rows in statements:
                     if rows:
                         self._engine.execute(connection, sql, rows)
+                if changes:
+                    self._append_changes(connection, changes)
         except self._engine.errors as e:
             raise StoreError(f"the registry could not be saved: {' '.join(str(e).split())}") from e
+
+    def _append_changes(self, connection: Any, changes: Sequence[Change]) -> None:
+        # The cluster row stays locked until this transaction ends: the next
+        # one to take serials waits, so serials commit in their order.
+        (top,), = self._engine.fetch(connection, _TAKE_SERIALS, (len(changes),))
+        first = top - len(changes) + 1
+        rows = [(first + i, kind, subject, self.origin) for i, (kind, subject) in enumerate(changes)]
+        self._engine.execute(connection, _INSERT_CHANGE, rows)
+        self._engine.notify(connection)
 
     def _select(self, sql: str, parameters: tuple) -> list[tuple]:
         try:
@@ -368,6 +432,19 @@ class SQLStore:
         rows = self.read_now("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
+    def draw_meta(self, key: str, value: str) -> str:
+        """The value kept under ``key``, ``value`` if none was (startup: blocks):
+        the first of several replicas starting together draws it for all."""
+        statement = ("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", [(key, value)])
+        self._thread.run_blocking(self._write, [statement])
+        kept = self.read_meta(key)
+        assert kept is not None
+        return kept
+
+    def cluster_serial(self) -> int:
+        """The serial of the mesh's latest committed change (startup: blocks)."""
+        return int(self.read_now(_CLUSTER_SERIAL)[0][0])
+
     def write_pending(self) -> None:
         """Write every queued change now, in one transaction (blocks)."""
         statements, written = self._pending()
@@ -395,6 +472,22 @@ class SQLStore:
     def discard(self, node_id: str) -> None:
         self._dirty.pop(node_id, None)
 
+    def is_pending(self, node_id: str) -> bool:
+        return node_id in self._dirty
+
+    def has_notes(self) -> bool:
+        """Whether changes wait for a commit (one failed: they are tried again)."""
+        return bool(self._notes)
+
+    def note_change(self, kind: str, subject: str) -> None:
+        if not self.streaming:
+            return
+        self._notes.append((kind, subject))
+        if not self._closed:
+            # Nobody may wait on it (a node back online): it still goes out now,
+            # with this turn's group commit (or the one after the one under way).
+            self.commit().addErrback(lambda _: None)  # a failure is logged; the change stays queued
+
     def touch(self, node_id: str, last_seen: float) -> None:
         if node_id not in self._dirty:
             self._touched[node_id] = last_seen
@@ -420,14 +513,19 @@ class SQLStore:
         # One group commit at a time: the next one is cut only once this one's
         # waiters have heard, so a change refused (and undone) is never written by it.
         self._committing = True
-        d = self._logged(self._thread.run(self._write, statements)) if statements else succeed(None)
+        notes, self._notes = self._notes, []
+        write = statements or notes
+        d = self._logged(self._run_write(statements, notes)) if write else succeed(None)
 
         def committed(_: object) -> None:
             self._written(written)
+            if notes:
+                self._heard_changes()
             for w in waiting:
                 w.callback(None)
 
         def failed(failure: Failure) -> None:
+            self._notes[:0] = notes  # kept for the next commit, before those queued since
             for w in waiting:
                 w.errback(failure)
 
@@ -487,14 +585,38 @@ class SQLStore:
     # -- transactions of their own, reads, heartbeats -------------------------
 
     def transaction(self, writes: Writes) -> Deferred:
+        # The changes queued so far (the enrolled node's) commit with the
+        # rows they name: never a change before its row, nor a row without one.
+        notes, self._notes = self._notes, []
+        changes = notes + writes.changes if self.streaming else []
+
         def committed(_: object) -> None:
             for record, row in writes.records:
                 self._forget_written(record.node_id, record, row)
+            if changes:
+                self._heard_changes()
 
-        return self._logged(self._thread.run(self._write, writes.statements)).addCallback(committed)
+        def failed(failure: Failure) -> Failure:
+            self._notes[:0] = notes  # for the next commit
+            return failure
+
+        d = self._logged(self._run_write(writes.statements, changes))
+        return d.addCallbacks(committed, failed)
+
+    def _run_write(self, statements: list[Statement], changes: list[Change]) -> Deferred:
+        # A write without changes for the stream is the plain call it always was.
+        return self._thread.run(self._write, statements, changes) if changes else self._thread.run(self._write, statements)
+
+    def _heard_changes(self) -> None:
+        for listener in self.committed_changes:
+            listener()
 
     def query(self, sql: str, parameters: tuple = ()) -> Deferred:
         return self._thread.run(self._select, sql, parameters)
+
+    def query_write(self, sql: str, parameters: tuple = ()) -> Deferred:
+        """One statement in a transaction of its own, with no change for the stream (housekeeping)."""
+        return self._logged(self._thread.run(self._write, [(sql, [parameters])]))
 
     def flush_touches(self) -> Deferred:
         touched, self._touched = self._touched, {}

@@ -8,6 +8,7 @@ import fcntl
 import gc
 import os
 import resource
+import secrets
 from contextlib import contextmanager
 from typing import Callable
 
@@ -25,8 +26,10 @@ from wire.datadir import admin_socket_path
 from wire.server.admin import Admin, build_admin_site
 from wire.server.api import ClientRules, build_site, is_trusted
 from wire.server.auth import Authority
+from wire.server.cluster import Cluster
 from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.meshprefix import MeshPrefix, mesh_prefix6
+from wire.server.netmap import ChangeLog
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import Registry
 from wire.server.seed_import import SeedStateError, import_seed_state
@@ -157,14 +160,17 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
             _import_sqlite(config, store, reactor)
         prefix6 = mesh_prefix6(store, config["subnet6"])
         _log_prefix6(prefix6)
+        shared = config["database"] is not None
         registry = Registry(
             store,
             AddressPool(config["subnet"]),
             offline_after=config["offline-after"],
             expire_after=config["expire-after"],
             pool6=Ipv6Pool(prefix6.network),
+            changes=shared_change_log(store, config["replica-name"]) if shared else None,
         )
-        registry.load(store.load(), reactor.seconds())
+        # Replicas leave sweeping (and expiry) to the cluster's leader.
+        registry.load(store.load(), reactor.seconds(), sweep=not shared)
         # The IPv6 addresses load gave (a schema-7 registry, a new prefix), durably now.
         store.write_pending()
         if config["import-seed-state"]:
@@ -192,6 +198,18 @@ def build_coordinator(config: Options, reactor) -> tuple[Coordinator, object]:
         lock_file.close()
         raise
     return coordinator, lock_file
+
+
+def shared_change_log(store: SQLStore, replica_name: str) -> ChangeLog:
+    """A replica's change log on the cluster's serials (wire.server.cluster),
+    from the serial the database is at before the nodes are loaded (a change
+    committed in between is applied again: harmless), under the mesh's epoch."""
+    # Unique per run: a replica tells its own changes in the stream by it.
+    store.streaming = True
+    store.origin = f"{replica_name}#{secrets.token_hex(4)}"
+    serial = store.cluster_serial()
+    epoch = store.draw_meta("epoch", secrets.token_hex(6))
+    return ChangeLog(epoch=epoch, serial=serial, shared=True)
 
 
 def _log_prefix6(prefix: MeshPrefix) -> None:
@@ -315,6 +333,14 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
             stun6 = StunServerProtocol(reactor, observe=observe, admit=admit)
             AlsoOnIPv6UDP(udp_port, stun6, reactor, f"UDP port {udp_port} (STUN)").setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
+    coordinator.metrics.set_replica(config["replica-name"])
+    if config["database"] is not None:
+        # After the maintenance service: started once the store serves, stopped before it closes.
+        store = coordinator.store
+        assert isinstance(store, SQLStore)
+        cluster = Cluster(coordinator, store, reactor, config["replica-name"])
+        coordinator.cluster = cluster
+        cluster.setServiceParent(server)
     # Verified relay sessions forwarded by the kernel where it can (root, nft).
     if config["relay-direct-ports"] is not None:
         low, high = config["relay-direct-ports"]
