@@ -291,3 +291,33 @@ class ExtraTests(unittest.TestCase):
         self.assertEqual(b.book.extra_for(old)["dns"]["records"], [{"name": "db", "type": "A", "value": "10.99.0.50"}])
         # What the node computes from what it got is the server's digest.
         self.assertEqual(dns_digest(DnsConfig.from_json(b.book.extra_for(old)["dns"]).to_json()), b.book.digest)
+
+
+class ConcurrentChangeTests(unittest.TestCase):
+    """Two changes whose transactions overlap (a served store answers later):
+    the second is made from the settings the first left, so neither is lost."""
+
+    def test_two_records_added_at_once_are_both_kept(self):
+        from twisted.internet.defer import Deferred
+
+        b = Book(self)
+        real = b.store.transaction
+        held: list[tuple[Deferred, object]] = []
+
+        def slow_transaction(writes):
+            d: Deferred = Deferred()
+            held.append((d, writes))
+            return d
+
+        b.store.transaction = slow_transaction  # type: ignore[method-assign]
+        first = Deferred.fromCoroutine(b.book.add_record("a", "A", "10.99.0.1", b.audit))
+        second = Deferred.fromCoroutine(b.book.add_record("b", "A", "10.99.0.2", b.audit))
+        self.assertEqual(len(held), 1, "the second waits for the first")
+        while held:
+            d, writes = held.pop(0)
+            real(writes).chainDeferred(d)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(sorted(r.name for r in b.book.settings.records), ["a", "b"])
+        self.assertEqual(b.book.version, 2)
+        self.assertEqual(sorted(r.name for r in b.reopened().settings.records), ["a", "b"], "both stored")

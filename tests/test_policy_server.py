@@ -402,3 +402,29 @@ class RemovedWhileWaitingTests(unittest.TestCase):
         self.assertIn(mesh.ids["web1"], db["removals"])
         gone = json.loads(encode_json(self.successResultOf(waiting["web1"])))
         self.assertEqual(gone["upserts"], [], "a removed node sees no one")
+
+
+class ConcurrentPolicyTests(unittest.TestCase):
+    def test_two_versions_set_at_once_are_numbered_one_after_the_other(self):
+        # A SIGHUP reload and `wire admin policy set` together.
+        mesh = Mesh(self)
+        for name, tags in (("web1", ("tag:web",)), ("db1", ("tag:db",)), ("ops1", ())):
+            mesh.enroll(name, *tags)
+        book = mesh.coordinator.policy
+        store = mesh.coordinator.store
+        real = store.transaction
+        held: list = []
+
+        def slow_transaction(writes):
+            d: Deferred = Deferred()
+            held.append((d, writes))
+            return d
+
+        store.transaction = slow_transaction  # type: ignore[method-assign]
+        first = Deferred.fromCoroutine(book.set(POLICY, "admin", mesh.coordinator.audit))
+        second = Deferred.fromCoroutine(book.clear(mesh.coordinator.audit))
+        while held:
+            d, writes = held.pop(0)
+            real(writes).chainDeferred(d)
+        self.assertEqual((self.successResultOf(first).version, self.successResultOf(second).version), (1, 2))
+        self.assertEqual(book.current.version, 2)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from wire.protocol import ProtocolError
 from wire.protocol.dns import NO_DNS, DnsConfig, DnsRecord, ForwardZone, RECORD_TYPES, dns_digest, parse_resolver
 from wire.protocol.fields import parse_list, parse_object
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from wire.server.store import IStore, StoreError, Writes, upsert
@@ -62,6 +63,8 @@ class DnsBook:
         self._store = store
         self.domain = domain
         self._now = now
+        # One change at a time: each is made from the settings the last one left.
+        self._changing = DeferredLock()
         self.version = 0
         self.set_at = 0.0
         self.settings = DnsSettings()
@@ -126,64 +129,69 @@ class DnsBook:
     # -- changing -------------------------------------------------------------
 
     async def add_record(self, name: str, kind: str, value: str, audit: Audit) -> DnsRecord:
-        record = _record(name, kind, value)
-        if record in self.settings.records:
-            raise DnsError(f"{_record_text(record)} is already a record")
-        settings = DnsSettings(self.settings.records + (record,), self.settings.forward, self.settings.nameservers)
-        await self._put(settings, "dns.record.add", _record_text(record), audit)
-        return record
+        async with self._changing:
+            record = _record(name, kind, value)
+            if record in self.settings.records:
+                raise DnsError(f"{_record_text(record)} is already a record")
+            settings = DnsSettings(self.settings.records + (record,), self.settings.forward, self.settings.nameservers)
+            await self._put(settings, "dns.record.add", _record_text(record), audit)
+            return record
 
     async def remove_records(self, name: str, kind: str | None, value: str | None, audit: Audit) -> list[DnsRecord]:
         """The records of ``name`` (of ``kind``, with ``value``) removed; LookupError if none is."""
-        if value is not None and kind is None:
-            raise DnsError("give the record's type before its value (NAME TYPE VALUE)")
-        if kind is not None and kind.upper() not in RECORD_TYPES:
-            raise DnsError(f"type: {kind!r} is not one of {', '.join(RECORD_TYPES)}")
-        # As stored: lower case, the value normalised (fd00::1, a CNAME without its dot).
-        wanted = _record(name, kind, value) if value is not None and kind is not None else None
-        name = name.lower()
+        async with self._changing:
+            if value is not None and kind is None:
+                raise DnsError("give the record's type before its value (NAME TYPE VALUE)")
+            if kind is not None and kind.upper() not in RECORD_TYPES:
+                raise DnsError(f"type: {kind!r} is not one of {', '.join(RECORD_TYPES)}")
+            # As stored: lower case, the value normalised (fd00::1, a CNAME without its dot).
+            wanted = _record(name, kind, value) if value is not None and kind is not None else None
+            name = name.lower()
 
-        def matches(record: DnsRecord) -> bool:
-            if wanted is not None:
-                return record == wanted
-            return record.name == name and (kind is None or record.type == kind.upper())
+            def matches(record: DnsRecord) -> bool:
+                if wanted is not None:
+                    return record == wanted
+                return record.name == name and (kind is None or record.type == kind.upper())
 
-        gone = [r for r in self.settings.records if matches(r)]
-        if not gone:
-            what = " ".join(part for part in (name, kind and kind.upper(), value) if part)
-            raise LookupError(f"no record {what} (see: wire admin dns records list)")
-        kept = tuple(r for r in self.settings.records if r not in gone)
-        await self._put(
-            DnsSettings(kept, self.settings.forward, self.settings.nameservers),
-            "dns.record.remove",
-            "; ".join(_record_text(r) for r in gone),
-            audit,
-        )
-        return gone
+            gone = [r for r in self.settings.records if matches(r)]
+            if not gone:
+                what = " ".join(part for part in (name, kind and kind.upper(), value) if part)
+                raise LookupError(f"no record {what} (see: wire admin dns records list)")
+            kept = tuple(r for r in self.settings.records if r not in gone)
+            await self._put(
+                DnsSettings(kept, self.settings.forward, self.settings.nameservers),
+                "dns.record.remove",
+                "; ".join(_record_text(r) for r in gone),
+                audit,
+            )
+            return gone
 
     async def set_forward(self, domain: str, resolvers: list[str], audit: Audit) -> ForwardZone:
         """Queries under ``domain`` go to ``resolvers`` (a zone already forwarded gets these instead)."""
-        zone = _parsed(ForwardZone.from_json, {"domain": domain, "resolvers": resolvers})
-        forward = tuple(z for z in self.settings.forward if z.domain != zone.domain)
-        settings = DnsSettings(self.settings.records, forward + (zone,), self.settings.nameservers)
-        await self._put(settings, "dns.forward.set", f"{zone.domain} -> {','.join(zone.resolvers)}", audit)
-        return zone
+        async with self._changing:
+            zone = _parsed(ForwardZone.from_json, {"domain": domain, "resolvers": resolvers})
+            forward = tuple(z for z in self.settings.forward if z.domain != zone.domain)
+            settings = DnsSettings(self.settings.records, forward + (zone,), self.settings.nameservers)
+            await self._put(settings, "dns.forward.set", f"{zone.domain} -> {','.join(zone.resolvers)}", audit)
+            return zone
 
     async def remove_forward(self, domain: str, audit: Audit) -> ForwardZone:
-        wanted = domain.lower().rstrip(".")
-        zone = next((z for z in self.settings.forward if z.domain == wanted), None)
-        if zone is None:
-            raise LookupError(f"{domain} is not forwarded (see: wire admin dns show)")
-        forward = tuple(z for z in self.settings.forward if z is not zone)
-        await self._put(DnsSettings(self.settings.records, forward, self.settings.nameservers), "dns.forward.remove", zone.domain, audit)
-        return zone
+        async with self._changing:
+            wanted = domain.lower().rstrip(".")
+            zone = next((z for z in self.settings.forward if z.domain == wanted), None)
+            if zone is None:
+                raise LookupError(f"{domain} is not forwarded (see: wire admin dns show)")
+            forward = tuple(z for z in self.settings.forward if z is not zone)
+            await self._put(DnsSettings(self.settings.records, forward, self.settings.nameservers), "dns.forward.remove", zone.domain, audit)
+            return zone
 
     async def set_nameservers(self, resolvers: list[str], audit: Audit) -> tuple[str, ...]:
         """The resolvers for every name outside the mesh and its zones; empty: each node's own."""
-        checked = _parsed(DnsConfig.from_json, {"nameservers": resolvers}).nameservers
-        settings = DnsSettings(self.settings.records, self.settings.forward, checked)
-        await self._put(settings, "dns.nameservers", ",".join(checked) or "cleared (each node's own)", audit)
-        return checked
+        async with self._changing:
+            checked = _parsed(DnsConfig.from_json, {"nameservers": resolvers}).nameservers
+            settings = DnsSettings(self.settings.records, self.settings.forward, checked)
+            await self._put(settings, "dns.nameservers", ",".join(checked) or "cleared (each node's own)", audit)
+            return checked
 
     def _checked(self, settings: DnsSettings) -> DnsSettings:
         """``settings`` as a node will see them, whole, or DnsError saying what is wrong."""

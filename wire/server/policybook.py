@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from wire.policy import DirectoryNode, Policy, PolicyError, PolicyIndex, check_against, parse_policy
@@ -68,6 +69,7 @@ class PolicyBook:
         self._records = records
         self._known_tags = known_tags
         self._now = now
+        self._changing = DeferredLock()
         self.current = PolicyVersion(0, None, 0.0, "none")
         # At startup: blocks, before the reactor serves.
         rows = store.read_now(LATEST_POLICY)
@@ -123,17 +125,20 @@ class PolicyBook:
         return await self._put(old.text, policy, f"rollback {version}", audit)
 
     async def _put(self, text: str | None, policy: Policy | None, source: str, audit: Audit) -> PolicyVersion:
-        version = PolicyVersion(self.current.version + 1, text, self._now(), source)
-        writes = Writes()
-        writes.execute(
-            "INSERT INTO policies (version, text, set_at, source) VALUES (?, ?, ?, ?)",
-            (version.version, version.text, version.set_at, version.source),
-        )
-        audit(writes, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
-        writes.change(POLICY_CHANGE, str(version.version))
-        await self._store.transaction(writes)
-        self._in_force(version, policy)
-        return version
+        # One version at a time (a SIGHUP reload and `wire admin policy set`
+        # together): each numbered after the one before it.
+        async with self._changing:
+            version = PolicyVersion(self.current.version + 1, text, self._now(), source)
+            writes = Writes()
+            writes.execute(
+                "INSERT INTO policies (version, text, set_at, source) VALUES (?, ?, ?, ?)",
+                (version.version, version.text, version.set_at, version.source),
+            )
+            audit(writes, "policy.set" if text is not None else "policy.clear", f"version {version.version} ({source}), was {self.current.version}")
+            writes.change(POLICY_CHANGE, str(version.version))
+            await self._store.transaction(writes)
+            self._in_force(version, policy)
+            return version
 
     def adopt(self, row: tuple) -> None:
         """The version another replica put in force (wire.server.cluster), as stored."""
