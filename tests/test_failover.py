@@ -270,7 +270,7 @@ class RealServersFailoverTests(unittest.TestCase):
         wireguard = FakeWireGuard(clock=reactor)
         daemon = NodeDaemon(
             clock=reactor, config_dir=config_dir, config=config, keys=load_or_create_keys(config_dir),
-            wireguard=wireguard, client=CoordinationClient(make_http_client(reactor), urls[0]),
+            wireguard=wireguard, client=CoordinationClient(make_http_client(reactor, persistent=False), urls[0]),
             probe_nat=fixed_nat(), lan_ip=lambda: "192.168.1.10",
         )
         daemon.startService()

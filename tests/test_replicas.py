@@ -327,3 +327,70 @@ class AuthenticatedReplicaTests(OnOneDatabase):
         self.assertEqual([n["node_name"] for n in netmap["upserts"]], ["web1"])
         code, refused = await self.call(a, "POST", "/enroll", {**body_for("web2"), "join_key": secret})
         self.assertEqual(code, 401, refused)
+
+
+class NodeFailoverTests(OnOneDatabase):
+    """A real node daemon (fake WireGuard) enrolled through a join token that
+    names both HTTPS replicas (one certificate, shared through the database):
+    the replica it uses is killed (-9); within 10 s it serves the node at the
+    other, with the same credential and address, and the tunnel as it was."""
+
+    MODE = "--no-rate-limits"
+
+    async def test_kill_9_of_the_replica_in_use_moves_the_node_within_10_s(self):
+        from tests.fakes import FakeWireGuard, fixed_nat
+        from wire.client import CoordinationClient, make_http_client
+        from wire.keys import load_or_create_keys
+        from wire.node.config import NodeConfig, load_config, save_config
+        from wire.node.daemon import NodeDaemon
+
+        a, b = self.replica("a"), self.replica("b")
+        for replica in (a, b):
+            replica.extra_args += [f"--public-url={a.url}", f"--public-url={b.url}"]
+        await a.start()
+        await b.start()
+        self.assertEqual(a.fingerprint, b.fingerprint, "one certificate")
+        with open(os.path.join(a.data_dir, "first-join.txt")) as f:
+            (command,) = [line for line in f.read().splitlines() if line and not line.startswith("#")]
+        token = decode_join_token(command.rsplit(" ", 1)[1])
+        self.assertEqual(token.server_urls, (a.url, b.url))
+
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        config = NodeConfig(
+            server_url=token.server_url, server_urls=token.server_urls, server_fingerprint=token.fingerprint,
+            node_name="web1", node_id=body_for("web1")["node_id"],
+        )
+        save_config(config_dir, config)
+        wireguard = FakeWireGuard(clock=reactor)
+        client = CoordinationClient(make_http_client(reactor, persistent=False, tls_fingerprint=token.fingerprint), token.server_url)
+        daemon = NodeDaemon(
+            clock=reactor, config_dir=config_dir, config=config, keys=load_or_create_keys(config_dir), wireguard=wireguard,
+            client=client, probe_nat=fixed_nat(), lan_ip=lambda: "192.168.1.10", join_token=token,
+        )
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+
+        async def registered():
+            return daemon.contact.registered and daemon.interface_ready and daemon.netmap.cursor != "0"
+
+        self.assertTrue(await eventually(registered, 20))
+        address, ups = daemon.config.vpn_ip, list(wireguard.ups)
+        await a.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        async def served_by_b():
+            return daemon.config.server_url == b.url and daemon.contact.reachable and daemon.contact.last_contact > 0
+
+        self.assertTrue(await eventually(served_by_b, 10), "on the other replica within 10 s")
+        moved_after = time.monotonic() - killed_at
+        from twisted.python import log
+
+        log.msg(f"failover: served by the other replica {moved_after:.2f} s after kill -9")
+        # Its credential is good there: b answers its authenticated long-poll and registration.
+        nodes = {n["node_name"]: n for n in (await daemon.client.status())["nodes"]}
+        self.assertEqual(nodes["web1"]["vpn_ip"], address)
+        self.assertEqual((daemon.config.vpn_ip, load_config(config_dir).server_url), (address, b.url))
+        self.assertEqual(wireguard.ups, ups, "the interface was not brought up again")
+        self.assertEqual(daemon.contact.last_status, 0)
+        self.assertLess(moved_after, 10.0)

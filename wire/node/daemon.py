@@ -1059,8 +1059,15 @@ class NodeDaemon(Service):
 
     # -- contact with the server ----------------------------------------------
 
-    async def _relay_moved(self, url: str) -> None:
-        """Relayed peers through the new replica's relay (its sessions, its port)."""
+    async def _moved_to(self, url: str) -> None:
+        """Register with the new replica at once (a long-poll there may wait
+        its whole time before it answers: the registration says sooner that
+        this replica serves us), and take relayed peers through its relay
+        (its sessions, its port)."""
+        try:
+            await self.register()
+        except (ServerError, ServerUnreachable, AssignmentRefused):
+            pass  # said by _lost_contact (which moves on again if it must); the loops retry
         host, relay_port, _ = stun_ports(url)
         await self.reconciler.relay_moved(host, relay_port)
         await self.reconciler.reconcile()
@@ -1105,7 +1112,7 @@ class NodeDaemon(Service):
             moved(following)
         # A long-poll still waiting on the old one (silent, not yet ended) asks the new one now.
         self._restart_poll()
-        self._track(self._guarded(lambda: self._relay_moved(following), "moving the relay"))
+        self._track(self._guarded(lambda: self._moved_to(following), "moving to another replica"))
         self._servers_tried += 1
         if self._servers_tried < len(servers_of(self.config)):
             self._sync_backoff.reset()
