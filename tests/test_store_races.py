@@ -170,71 +170,53 @@ class RefusedTransactionTests(RaceCase):
     """A transaction of its own is refused while a group commit is cut: the
     group commit must not write what the transaction carried."""
 
-    def group_commit_meanwhile(self, held: HeldDatabase) -> None:
-        self.store.commit().addErrback(lambda _: None)
-        self.clock.advance(0)
-
     def enrolled(self, name: str) -> tuple[str, str]:
         _, secret = settled(self.authority.create_key())
         _, credential = settled(self.enroll(secret, name))
         return body_for(name)["node_id"], credential
 
+    def refused_while_a_group_commit_is_cut(self, call: Callable[[], Any]) -> None:
+        """``call`` (a coroutine) sends its transaction; a group commit is cut
+        and written meanwhile; the transaction is refused."""
+        held = self.hold()
+        d = Deferred.fromCoroutine(call())
+        self.store.commit().addErrback(lambda _: None)
+        self.clock.advance(0)
+        held.refuse()  # the transaction, sent first
+        held.release_all()
+        self.failureResultOf(d, StoreError)
+        # And whatever is queued after the undo goes with the next commit.
+        committed = self.store.commit()
+        self.clock.advance(0)
+        held.stop_holding()
+        self.successResultOf(committed)
+
     def test_a_refused_enrollment_leaves_no_node_row(self):
         _, secret = settled(self.authority.create_key())
-        held = self.hold()
-        enrolling = self.enroll(secret, "web1")
-        self.group_commit_meanwhile(held)
-        held.refuse()  # the enrollment's transaction
-        held.release_all()
-        self.failureResultOf(enrolling, StoreError)
+        self.refused_while_a_group_commit_is_cut(lambda: self.coordinator.enroll(secret, registration_for("web1"), "203.0.113.9"))
         self.assertEqual(self.stored("SELECT node_id FROM nodes"), [])
         self.assertFalse(self.store.is_pending(body_for("web1")["node_id"]))
-        again = self.enroll(secret, "web1")
-        held.release_all()
-        self.successResultOf(again)
+        self.successResultOf(self.enroll(secret, "web1"))
 
     def test_a_refused_rename_is_undone_and_never_written(self):
         node_id, _ = self.enrolled("web1")
-        held = self.hold()
-        renaming = Deferred.fromCoroutine(self.admin.rename_node("web1", "web2"))
-        self.group_commit_meanwhile(held)
-        held.refuse()
-        held.release_all()
-        self.failureResultOf(renaming, StoreError)
+        self.refused_while_a_group_commit_is_cut(lambda: self.admin.rename_node("web1", "web2"))
         self.assertEqual(self.registry.get(node_id).node_name, "web1")
         self.assertIsNone(self.registry.by_name("web2"))
-        committed = self.store.commit()  # whatever is queued now
-        self.clock.advance(0)
-        held.release_all()
-        self.successResultOf(committed)
         self.assertEqual(self.stored("SELECT node_name FROM nodes"), [("web1",)])
 
     def test_a_refused_tagging_is_undone_and_never_written(self):
         node_id, _ = self.enrolled("web1")
-        held = self.hold()
-        tagging = Deferred.fromCoroutine(self.admin.tag_node("web1", ("tag:db",)))
-        self.group_commit_meanwhile(held)
-        held.refuse()
-        held.release_all()
-        self.failureResultOf(tagging, StoreError)
+        self.refused_while_a_group_commit_is_cut(lambda: self.admin.tag_node("web1", ("tag:db",)))
         self.assertEqual(self.registry.get(node_id).tags, ())
-        committed = self.store.commit()
-        self.clock.advance(0)
-        held.release_all()
-        self.successResultOf(committed)
         self.assertEqual(self.stored("SELECT tags FROM nodes"), [("",)])
 
     def test_a_refused_removal_leaves_the_node_and_its_credential(self):
         node_id, credential = self.enrolled("web1")
-        held = self.hold()
-        removing = Deferred.fromCoroutine(self.admin.remove_node("web1"))
-        self.group_commit_meanwhile(held)
-        held.refuse()
-        held.release_all()
-        self.failureResultOf(removing, StoreError)
+        self.refused_while_a_group_commit_is_cut(lambda: self.admin.remove_node("web1"))
         self.assertIsNotNone(self.registry.get(node_id))
+        self.assertTrue(self.registry.is_online(node_id))
         self.assertEqual(self.coordinator.authenticate(credential), node_id)
-        self.assertFalse(self.store.is_pending(node_id))
         self.assertEqual(self.stored("SELECT node_id FROM nodes"), [(node_id,)])
         self.assertEqual(self.stored("SELECT node_id FROM credentials"), [(node_id,)])
 
