@@ -10,15 +10,19 @@ import sqlite3
 import threading
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
 from tests import pgcluster
 from tests.helpers import registration_for
+from wire.addressing import AddressPool, parse_subnet
 from wire.protocol import PathMode
-from wire.server.auth import Authority, hash_secret
+from wire.server.auth import Authority, AuthError, hash_secret
+from wire.server.coordinator import Coordinator
 from wire.server.dnsbook import DnsBook
 from wire.server.model import NodeRecord, PairWord
 from wire.server.policybook import PolicyBook
+from wire.server.registry import Registry
 from wire.server.store import SCHEMA_VERSION, SQLStore, StoreError, Writes, open_store
 
 POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
@@ -427,6 +431,34 @@ class PostgresStoreContractTests(StoreContract, unittest.TestCase):
         await one.transaction(first)
         with self.assertRaises(StoreError):
             await two.transaction(second)
+        self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(1,)])
+
+    def coordinator_on(self, store: SQLStore) -> Coordinator:
+        """A replica's coordinator on ``store`` (the real reactor), with join keys."""
+        registry = Registry(store, AddressPool(parse_subnet("10.99.0.0/16")), unique_names=True)
+        registry.load(store.load(), reactor.seconds())
+        coordinator = Coordinator(reactor, store, registry)
+        coordinator.authority = Authority(store, reactor)
+        return coordinator
+
+    async def test_two_replicas_enrolling_with_one_one_time_key_at_once_one_is_refused_cleanly(self):
+        one, two = self.open(), self.open()
+        first = self.coordinator_on(one)
+        _, secret = await first.authority.create_key()
+        second = self.coordinator_on(two)  # it knows the key, unused
+        enrollments = [
+            Deferred.fromCoroutine(c.enroll(secret, registration_for(name, vpn_ip=ip), "203.0.113.9"))
+            for c, name, ip in ((first, "web1", "10.99.0.1"), (second, "db1", "10.99.0.2"))
+        ]
+        results = await DeferredList(enrollments, consumeErrors=True)
+        self.assertEqual(sorted(ok for ok, _ in results), [False, True], "one of the two enrolled")
+        (refused_by,) = [c for c, (ok, _) in zip((first, second), results) if not ok]
+        failure = [value for ok, value in results if not ok][0]
+        failure.trap(AuthError)
+        self.assertIn("already used", str(failure.value))
+        self.assertEqual(len(refused_by.registry), 0, "the refused node is not in its replica's memory")
+        self.assertEqual(len(await one.query("SELECT node_id FROM credentials")), 1)
+        self.assertEqual(len(await one.query("SELECT node_id FROM nodes")), 1)
         self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(1,)])
 
     def test_a_vanished_database_fails_writes_in_seconds_and_commits_are_synchronous(self):

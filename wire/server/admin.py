@@ -108,24 +108,44 @@ class Admin:
     async def rename_node(self, ref: str, new_name: str) -> dict:
         record = self.find_node(ref)
         old_name = record.node_name
-        self.coordinator.registry.rename(record.node_id, parse_node_name(new_name, "new_name"))
+        registry = self.coordinator.registry
+        registry.rename(record.node_id, parse_node_name(new_name, "new_name"))
+        renamed = record.node_name
         writes = Writes()
         writes.put_record(record)
         self.authority.audit(writes, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}")
-        await self.coordinator.store.transaction(writes)
+        try:
+            await self.coordinator.store.transaction(writes)
+        except StoreError:
+            # Not stored: not in force (unless renamed again, or gone, meanwhile).
+            if registry.get(record.node_id) is record and record.node_name == renamed:
+                try:
+                    registry.rename(record.node_id, old_name)
+                except RegistryConflict:
+                    pass  # another node took the old name meanwhile: the refused one stays (and is written)
+            raise
         return {"node_id": record.node_id, "old_name": old_name, "node_name": record.node_name}
 
     async def tag_node(self, ref: str, tags: tuple[str, ...]) -> dict:
         """Replace a node's tags (validated; empty: none). Only the admin can."""
         record = self.find_node(ref)
-        old = record.tags
-        self.coordinator.registry.set_tags(record.node_id, tags)
+        registry = self.coordinator.registry
+        old, old_approved = record.tags, record.approved_routes
+        registry.set_tags(record.node_id, tags)
         # Its new tags may have the policy approve its routes (autoApprovers).
         self.coordinator.approve_automatically([record.node_id])
+        approved = record.approved_routes
         writes = Writes()
         writes.put_record(record)
         self.authority.audit(writes, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]")
-        await self.coordinator.store.transaction(writes)
+        try:
+            await self.coordinator.store.transaction(writes)
+        except StoreError:
+            # Not stored: not in force (unless changed again, or gone, meanwhile).
+            if registry.get(record.node_id) is record and record.tags == tags and record.approved_routes == approved:
+                registry.set_tags(record.node_id, old)
+                registry.set_approved_routes(record.node_id, old_approved)
+            raise
         return {"node_id": record.node_id, "node_name": record.node_name, "old_tags": list(old), "tags": list(tags)}
 
     # -- routes beyond the mesh (wire.protocol.routes) --------------------------
@@ -326,6 +346,8 @@ class RevokeKey(_AdminResource):
             return {"ok": True, "key": await self.admin.revoke_key(key_id)}
         except KeyError as e:
             raise ApiError(404, str(e.args[0]))
+        except StoreError as e:
+            raise ApiError(503, str(e))
 
 
 class Nodes(_AdminResource):
@@ -344,6 +366,8 @@ class RemoveNode(_AdminResource):
             return {"ok": True, **(await self.admin.remove_node(node))}
         except LookupError as e:
             raise ApiError(404, str(e))
+        except StoreError as e:
+            raise ApiError(503, str(e))
 
 
 class RenameNode(_AdminResource):
@@ -360,6 +384,8 @@ class RenameNode(_AdminResource):
             raise ApiError(400, str(e))
         except RegistryConflict as e:
             raise ApiError(409, str(e))
+        except StoreError as e:
+            raise ApiError(503, str(e))
 
 
 class TagNode(_AdminResource):
@@ -372,6 +398,8 @@ class TagNode(_AdminResource):
             return {"ok": True, **(await self.admin.tag_node(node, tags))}
         except LookupError as e:
             raise ApiError(404, str(e))
+        except StoreError as e:
+            raise ApiError(503, str(e))
 
 
 class RoutesResource(_AdminResource):

@@ -187,8 +187,13 @@ class Authority:
         writes.execute("UPDATE join_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
         self._audit(writes, "key.revoke", f"key {key_id}")
         writes.change(KEY_CHANGE, key_id)
-        await self._store.transaction(writes)
-        key.revoked = True
+        # Revoked here at once: an enrollment arriving while this is written is refused.
+        was_revoked, key.revoked = key.revoked, True
+        try:
+            await self._store.transaction(writes)
+        except BaseException:
+            key.revoked = was_revoked
+            raise
         return key
 
     def check_join_key(self, secret: str) -> JoinKey:
@@ -216,7 +221,10 @@ class Authority:
         return {node_id: after for node_id, after in rows}
 
     def record_enrollment(self, db: Writes, node_id: str, node_name: str, key: JoinKey) -> tuple[str, str]:
-        """Inside the enrollment's transaction: use the key, issue a credential."""
+        """Inside the enrollment's transaction: use the key, issue a credential.
+        The use counts in memory from now on (a one-time key lets no second
+        enrollment in while this one is written); ``enrollment_refused`` gives it back."""
+        key.uses += 1
         credential = secrets.token_urlsafe(SECRET_BYTES)
         credential_hash = hash_secret(credential)
         db.execute("DELETE FROM credentials WHERE node_id = ?", (node_id,))
@@ -229,9 +237,20 @@ class Authority:
         return credential_hash, credential
 
     def enrolled(self, node_id: str, credential_hash: str, key: JoinKey) -> None:
-        """After the transaction committed: the in-memory side."""
+        """After the transaction committed: the in-memory side (the key's use is counted already)."""
         self.adopt(node_id, credential_hash)
-        key.uses += 1
+
+    def enrollment_refused(self, key: JoinKey) -> None:
+        """The enrollment's transaction failed: its use of the key is given back."""
+        key.uses = max(0, key.uses - 1)
+
+    async def reread_key(self, key_id: str) -> JoinKey | None:
+        """The key as the database has it now (another replica may have used or revoked it)."""
+        rows = await self._store.query(f"SELECT {KEY_COLUMNS} FROM join_keys WHERE key_id = ?", (key_id,))
+        if not rows:
+            return None
+        self.adopt_key(rows[0])
+        return self._keys[key_id]
 
     def adopt(self, node_id: str, credential_hash: str) -> None:
         """A node's credential, as stored (one another replica issued: wire.server.cluster)."""

@@ -53,7 +53,7 @@ from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relaystream import RelayStreams
 from wire.server.relay import RelayTable
-from wire.server.store import IStore, StoreError, Writes
+from wire.server.store import IStore, StoreConflict, StoreError, Writes
 from wire.web import SharedJson, ViewerJson
 
 SWEEP_INTERVAL = 1.0
@@ -502,14 +502,31 @@ class Coordinator:
         )
         try:
             await self.store.transaction(writes)
-        except StoreError:
-            self.registry.revert(registration.node_id, None, was_online=False)
+        except StoreError as e:
+            self.registry.revert(registration.node_id, None, was_online=False, refused=result.record)
+            self.authority.enrollment_refused(key)
+            if isinstance(e, StoreConflict):
+                # The database's rules refused it: another replica took the key (or the name, the address) first.
+                raise await self._conflict_refusal(key.key_id, e) from None
             raise
         self.authority.enrolled(result.record.node_id, credential_hash, key)
         if key.ephemeral_after:
             self.registry.make_ephemeral(result.record.node_id, key.ephemeral_after)
         self.metrics.registrations.labels(result.outcome).inc()
         return result, credential
+
+    async def _conflict_refusal(self, key_id: str, conflict: StoreConflict) -> Exception:
+        """What to answer an enrollment the database refused: the key's own
+        refusal (401) if it is spent or revoked now, else a conflict (409)."""
+        assert self.authority is not None
+        try:
+            key = await self.authority.reread_key(key_id)
+        except StoreError:
+            return conflict
+        problem = "this join key was removed" if key is None else key.unusable_because(self.now())
+        if problem:
+            return AuthError(problem)
+        return RegistryConflict(f"another node enrolled with this name or address at the same moment; try again ({conflict})")
 
     def _enrollment_refused(self, public_ip: str, node_name: str, reason: str) -> None:
         """A refused join key goes to the audit log and the log, with who
@@ -555,9 +572,17 @@ class Coordinator:
             try:
                 await self.store.commit()
             except StoreError:
-                # Refused means not stored: not in memory, the netmap or the database.
-                self.registry.revert(registration.node_id, previous, was_online)
+                # Refused means not stored: not in memory, the netmap or the database
+                # (unless a newer registration replaced it: that one waits for its own commit).
+                self.registry.revert(registration.node_id, previous, was_online, refused=result.record)
                 raise
+        elif self.store.is_pending(registration.node_id):
+            # The record it repeats is not durable yet (a retry while its commit
+            # is under way): answered once the commit after that one is done,
+            # and refused if that first commit was.
+            await self.store.commit()
+            if self.registry.get(registration.node_id) is not result.record:
+                raise StoreError("the registration could not be saved (an earlier write of it was refused); try again")
         self.metrics.registrations.labels(result.outcome).inc()
         return result
 
@@ -721,16 +746,30 @@ class Coordinator:
     async def remove_node(self, record: NodeRecord, event: str = "node.remove") -> int:
         """Out of the mesh now: the registry, the relay, the credential, the
         audit log (``event``), durably once it returns. Returns how many
-        relay sessions ended."""
-        self.registry.remove(record.node_id)
-        ended = self.relay.end_sessions_of(record.node_id)
-        self.relay_streams.end_node(record.node_id)
+        relay sessions ended. Refused (StoreError), the node is back as it was,
+        credential and all (its sessions come back when it asks)."""
+        node_id = record.node_id
+        was_online, was_pending = self.registry.is_online(node_id), self.store.is_pending(node_id)
+        ephemeral_after = self.registry.ephemeral_after(node_id)
+        credential_hash = self.authority.credential_of(node_id) if self.authority is not None else None
+        removed = self.registry.remove(node_id)
+        ended = self.relay.end_sessions_of(node_id)
+        self.relay_streams.end_node(node_id)
         writes = Writes()
-        writes.execute("DELETE FROM nodes WHERE node_id = ?", (record.node_id,))
+        writes.remove_node(node_id)  # the delete queued by the registry is this transaction's
         if self.authority is not None:
-            self.authority.forget_node(writes, record.node_id)
-            self.authority.audit(writes, event, f"node {record.node_name} ({record.node_id}) {record.vpn_ip}")
-        await self.store.transaction(writes)
+            self.authority.forget_node(writes, node_id)
+            self.authority.audit(writes, event, f"node {record.node_name} ({node_id}) {record.vpn_ip}")
+        try:
+            await self.store.transaction(writes)
+        except StoreError:
+            if removed is not None and self.registry.get(node_id) is None:
+                self.registry.restore(removed, was_online, ephemeral_after)
+                if was_pending:
+                    self.store.put(removed)  # a change of it was queued: written as before
+                if credential_hash is not None and self.authority is not None and self.authority.credential_of(node_id) is None:
+                    self.authority.adopt(node_id, credential_hash)
+            raise
         return ended
 
     def sweep(self) -> None:

@@ -106,6 +106,7 @@ def url_has_password(url: str) -> bool:
 
 class PostgresEngine:
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
+    conflicts: tuple[type[Exception], ...] = (psycopg.errors.IntegrityError,)
 
     def __init__(self, url: str, password: str | None = None):
         try:

@@ -415,13 +415,18 @@ class Registry:
         )
         return Registered(record, outcome)
 
-    def revert(self, node_id: str, previous: NodeRecord | None, was_online: bool) -> None:
+    def revert(self, node_id: str, previous: NodeRecord | None, was_online: bool, refused: NodeRecord | None = None) -> None:
         """Undo a registration the store could not save (the client got a
         503): the node is as it was, in memory, in the netmap (a change is
         recorded, so long-polls that heard the refused record hear the old
-        one) and in the store's queue (the refused record is never written)."""
+        one) and in the store's queue (the refused record is never written).
+
+        ``refused``: the record that was refused; a node holding another one
+        since (a newer registration, waiting for its own commit) keeps it."""
         current = self._nodes.get(node_id)
         if current is previous:
+            return
+        if refused is not None and current is not refused:
             return
         if current is not None:
             self._unindex(current)
@@ -559,6 +564,29 @@ class Registry:
         self._changed(node_id)
         self._reset(node_id, None)
         return record
+
+    def restore(self, record: NodeRecord, was_online: bool, ephemeral_after: float | None) -> None:
+        """A removal the store refused, undone: the node is back as it was
+        (its row was never deleted). Not if the node came back meanwhile."""
+        if record.node_id in self._nodes:
+            return
+        self._index(record)
+        # Back in its place by last_seen: the sweeps read these maps from the front.
+        if was_online:
+            self._online = self._by_last_seen([*self._online, record.node_id])
+        else:
+            self._offline = self._by_last_seen([*self._offline, record.node_id])
+        if ephemeral_after is not None:
+            self._ephemeral[record.node_id] = ephemeral_after
+        self._changed(record.node_id)
+        self._reset(record.node_id, None)
+        self.log.warn("node {name}: removal not saved, undone", name=record.node_name)
+
+    def _by_last_seen(self, node_ids: list[str]) -> OrderedDict[str, None]:
+        return OrderedDict.fromkeys(sorted(node_ids, key=lambda node_id: self._nodes[node_id].last_seen))
+
+    def ephemeral_after(self, node_id: str) -> float | None:
+        return self._ephemeral.get(node_id)
 
     def gone_ephemeral(self, now: float) -> list[NodeRecord]:
         """Ephemeral nodes offline for longer than they may be (the caller removes them,

@@ -14,6 +14,7 @@ from wire.server.store import SCHEMA, SCHEMA_VERSION, StoreError
 
 class SQLiteEngine:
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    conflicts: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str):
         self.path = path

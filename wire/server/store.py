@@ -72,7 +72,7 @@ import os
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -180,6 +180,14 @@ class StoreError(Exception):
     """The registry database cannot be used; the message says why and what to do."""
 
 
+class StoreConflict(StoreError):
+    """The database refused a write as breaking one of its rules (a one-time
+    join key used twice, an address taken): another replica got there first."""
+
+
+STOPPING = "the server is stopping"
+
+
 class IStore(Interface):
     """The server's durable state. Loading at startup blocks (``load``,
     ``load_pairs``, ``read_now``, ``write_pending``: before the reactor
@@ -227,7 +235,7 @@ class IStore(Interface):
         given its serial in the next transaction, committed soon."""
 
     def is_pending(node_id: str) -> bool:
-        """Whether a write of this node is queued and not yet committed."""
+        """Whether a write of this node is queued, or under way, and not yet committed."""
 
     def commit() -> Deferred:
         """Fire once everything queued so far is durably written; the
@@ -237,7 +245,9 @@ class IStore(Interface):
         """Write everything queued now (startup: blocks); StoreError."""
 
     def transaction(writes: Writes) -> Deferred:
-        """Run ``writes`` in one transaction of their own (keys, enrollment, audit)."""
+        """Run ``writes`` in one transaction of their own (keys, enrollment, audit).
+        The records (and node deletes) it writes leave the group commits' queue
+        now: refused, they are never written by another commit (the caller undoes them)."""
 
     def flush_touches() -> Deferred:
         """Write batched heartbeats; a failure is logged and they are kept for the next try."""
@@ -246,7 +256,8 @@ class IStore(Interface):
         """The reactor runs: calls stop waiting for the database from now on."""
 
     def close() -> Deferred:
-        """Write what is pending, then close."""
+        """Write what is pending (once the commit under way is done), then
+        close; every later call fails with StoreError("the server is stopping")."""
 
 
 class Writes:
@@ -257,6 +268,8 @@ class Writes:
         self.statements: list[Statement] = []
         # Records written here, as written: no longer pending once committed.
         self.records: list[tuple[NodeRecord, Row]] = []
+        # Nodes deleted here (their queued delete is this transaction's).
+        self.removed: list[str] = []
         # Changes for the cluster's stream, given serials in this transaction.
         self.changes: list[Change] = []
 
@@ -271,6 +284,10 @@ class Writes:
         self.statements.extend(_node_statements([record.node_id], [row]))
         self.records.append((record, row))
 
+    def remove_node(self, node_id: str) -> None:
+        self.statements.append(("DELETE FROM nodes WHERE node_id = ?", [(node_id,)]))
+        self.removed.append(node_id)
+
 
 class Engine(Protocol):
     """What differs between SQLite and PostgreSQL; every method but the
@@ -278,6 +295,7 @@ class Engine(Protocol):
 
     where: str  # for messages: a path, or a URL without its password
     errors: tuple[type[Exception], ...]
+    conflicts: tuple[type[Exception], ...]  # among errors: a rule of the schema refused the write
 
     def connect(self) -> Any:
         """Open, check and migrate; StoreError saying what is wrong."""
@@ -355,6 +373,11 @@ class SQLStore:
         self._waiting: list[Deferred] = []
         self._commit_call: IDelayedCall | None = None
         self._committing = False
+        # Fires when the group commit under way has told its waiters (close waits for it).
+        self._commit_done: list[Deferred] = []
+        # Records (None: a delete) a transaction of its own is writing, by node id:
+        # out of the group commits' queue, still pending (is_pending).
+        self._in_transaction: dict[str, list[NodeRecord | None]] = {}
         self._closed = False
         try:
             self._connection: Any = self._thread.run_blocking(engine.connect)
@@ -380,7 +403,8 @@ class SQLStore:
                 if changes:
                     self._append_changes(connection, changes)
         except self._engine.errors as e:
-            raise StoreError(f"the registry could not be saved: {' '.join(str(e).split())}") from e
+            refused = StoreConflict if isinstance(e, self._engine.conflicts) else StoreError
+            raise refused(f"the registry could not be saved: {' '.join(str(e).split())}") from e
 
     def _append_changes(self, connection: Any, changes: Sequence[Change]) -> None:
         # The cluster row stays locked until this transaction ends: the next
@@ -473,7 +497,7 @@ class SQLStore:
         self._dirty.pop(node_id, None)
 
     def is_pending(self, node_id: str) -> bool:
-        return node_id in self._dirty
+        return node_id in self._dirty or node_id in self._in_transaction
 
     def has_notes(self) -> bool:
         """Whether changes wait for a commit (one failed: they are tried again)."""
@@ -499,6 +523,8 @@ class SQLStore:
         self._dirty_meta[key] = value
 
     def commit(self) -> Deferred:
+        if self._closed:
+            return fail(StoreError(STOPPING))
         done: Deferred = Deferred()
         self._waiting.append(done)
         if self._commit_call is None and not self._committing:
@@ -531,6 +557,9 @@ class SQLStore:
 
         def next_one(_: object) -> None:
             self._committing = False
+            done, self._commit_done = self._commit_done, []
+            for d in done:
+                d.callback(None)
             if self._waiting and self._commit_call is None and not self._closed:
                 self._commit_call = self._reactor.callLater(0, self._commit_now)
 
@@ -585,14 +614,30 @@ class SQLStore:
     # -- transactions of their own, reads, heartbeats -------------------------
 
     def transaction(self, writes: Writes) -> Deferred:
+        if self._closed:
+            return fail(StoreError(STOPPING))
         # The changes queued so far (the enrolled node's) commit with the
         # rows they name: never a change before its row, nor a row without one.
         notes, self._notes = self._notes, []
         changes = notes + writes.changes if self.streaming else []
+        # What it writes is its own from now on: a group commit cut meanwhile
+        # must not write it (refused, the caller undoes it; a record changed
+        # again since is queued again by its put).
+        taken = [(r.node_id, r) for r, _ in writes.records] + [(node_id, None) for node_id in writes.removed]
+        for node_id, record in taken:
+            if node_id in self._dirty and self._dirty[node_id] is record:
+                del self._dirty[node_id]
+            self._in_transaction.setdefault(node_id, []).append(record)
+
+        def released(result: T) -> T:
+            for node_id, record in taken:
+                left = self._in_transaction[node_id]
+                left.remove(record)
+                if not left:
+                    del self._in_transaction[node_id]
+            return result
 
         def committed(_: object) -> None:
-            for record, row in writes.records:
-                self._forget_written(record.node_id, record, row)
             if changes:
                 self._heard_changes()
 
@@ -601,7 +646,7 @@ class SQLStore:
             return failure
 
         d = self._logged(self._run_write(writes.statements, changes))
-        return d.addCallbacks(committed, failed)
+        return d.addBoth(released).addCallbacks(committed, failed)
 
     def _run_write(self, statements: list[Statement], changes: list[Change]) -> Deferred:
         # A write without changes for the stream is the plain call it always was.
@@ -612,13 +657,22 @@ class SQLStore:
             listener()
 
     def query(self, sql: str, parameters: tuple = ()) -> Deferred:
+        if self._closed:
+            return fail(StoreError(STOPPING))
         return self._thread.run(self._select, sql, parameters)
 
     def query_write(self, sql: str, parameters: tuple = ()) -> Deferred:
         """One statement in a transaction of its own, with no change for the stream (housekeeping)."""
+        if self._closed:
+            return fail(StoreError(STOPPING))
         return self._logged(self._thread.run(self._write, [(sql, [parameters])]))
 
     def flush_touches(self) -> Deferred:
+        if self._closed:
+            return fail(StoreError(STOPPING))
+        return self._flush_touches()
+
+    def _flush_touches(self) -> Deferred:
         touched, self._touched = self._touched, {}
         if not touched:
             return succeed(None)
@@ -639,9 +693,16 @@ class SQLStore:
         self._closed = True
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
-        d = self._commit_now()
+        self._commit_call = None
+        # The commit under way first: what it carries is still queued, and
+        # must not be written by the last one if it is refused (and undone).
+        d: Deferred = succeed(None)
+        if self._committing:
+            d = Deferred()
+            self._commit_done.append(d)
+        d.addCallback(lambda _: self._commit_now())
         d.addErrback(lambda _: None)  # said in the log; the waiters had it
-        d.addCallback(lambda _: self.flush_touches())
+        d.addCallback(lambda _: self._flush_touches())
         d.addCallback(lambda _: self._thread.run(self._close_connection))
         d.addBoth(self._stopped)
         return d
