@@ -13,7 +13,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.fakes import FakeRawSender, FakeWireGuard, UDPClock, fixed_nat
+from tests.fakes import FakeRawSender, FakeWireGuard, UDPClock, fixed_nat, started_daemon
 from tests.helpers import body_for, key_for, make_coordinator
 from tests.serverproc import http_client
 from tests.test_lan import ScriptedResolver
@@ -67,6 +67,25 @@ async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> Non
 
 DIRECT_PORT = 8790  # the fake server's port for our side (the kernel path)
 
+async def settle(clock, predicate, advance: float = 0.0, turns: int = 500) -> None:
+    """Let real I/O happen (and what is due on the fake clock run) until
+    ``predicate`` holds, moving the fake clock ``advance`` seconds a turn."""
+    for _ in range(turns):
+        clock.advance(0)
+        if predicate():
+            return
+        clock.advance(advance)
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"condition not met within {turns} turns")
+
+
+def real_http_daemon(test, clock, config_dir: str, config: NodeConfig, wireguard, lan_ip: str, relay=None) -> NodeDaemon:
+    """A daemon on ``clock`` talking to its server over real HTTP (config saved first)."""
+    save_config(config_dir, config)
+    client = CoordinationClient(make_http_client(reactor, persistent=False), config.server_url)
+    return started_daemon(test, clock=clock, config_dir=config_dir, config=config, wireguard=wireguard, client=client, lan_ip=lan_ip, relay=relay)
+
+
 class DaemonTests(unittest.TestCase):
     """The daemon against a real server over real TCP on 127.0.0.1. Both
     run on one fake clock: only the sockets use the real reactor, so no
@@ -89,15 +108,7 @@ class DaemonTests(unittest.TestCase):
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def settle(self, predicate, advance: float = 0.0, turns: int = 500) -> None:
-        """Let real I/O happen (and what is due on the fake clock run) until
-        ``predicate`` holds, moving the fake clock ``advance`` seconds a turn."""
-        for _ in range(turns):
-            self.clock.advance(0)
-            if predicate():
-                return
-            self.clock.advance(advance)
-            await deferLater(reactor, 0.01, lambda: None)
-        raise AssertionError(f"condition not met within {turns} turns")
+        await settle(self.clock, predicate, advance, turns)
 
     async def pumped(self, coroutine):
         """Await ``coroutine`` while the fake clock's due calls run (the
@@ -108,21 +119,8 @@ class DaemonTests(unittest.TestCase):
 
     def make_daemon(self, name="web1", lan_ip="192.168.1.10", **config_fields):
         config = NodeConfig(server_url=self.url, node_name=name, node_id=body_for(name)["node_id"], **config_fields)
-        save_config(self.config_dir, config)
         self.wireguard = FakeWireGuard(clock=self.clock)
-        daemon = NodeDaemon(
-            clock=self.clock,
-            config_dir=self.config_dir,
-            config=config,
-            keys=load_or_create_keys(self.config_dir),
-            wireguard=self.wireguard,
-            client=CoordinationClient(make_http_client(reactor, persistent=False), self.url),
-            probe_nat=fixed_nat(),
-            lan_ip=lambda: lan_ip,
-        )
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        return daemon
+        return real_http_daemon(self, self.clock, self.config_dir, config, self.wireguard, lan_ip)
 
     async def register_other(self, name, **fields):
         response = await http_client().post(self.url + "/register", data=json.dumps(body_for(name, **fields)).encode())

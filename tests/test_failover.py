@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from tests.fakes import FakeWireGuard, fixed_nat
 from tests.helpers import body_for, make_coordinator
+from tests.test_daemon import real_http_daemon, settle
 from wire.client import CoordinationClient, make_http_client
 from wire.jointoken import JoinToken, JoinTokenError, decode_join_token
 from wire.keys import load_or_create_keys
@@ -178,32 +179,12 @@ class DaemonFailoverTests(unittest.TestCase):
         return coordinator, port, f"http://127.0.0.1:{port.getHost().port}"
 
     async def settle(self, predicate, advance: float = 0.0, turns: int = 1000) -> None:
-        for _ in range(turns):
-            self.clock.advance(0)
-            if predicate():
-                return
-            self.clock.advance(advance)
-            await deferLater(reactor, 0.01, lambda: None)
-        raise AssertionError(f"condition not met within {turns} turns")
+        await settle(self.clock, predicate, advance, turns)
 
     def make_daemon(self, urls: tuple[str, ...], relay=None) -> NodeDaemon:
         config = NodeConfig(server_url=urls[0], node_name="web1", node_id=body_for("web1")["node_id"], server_urls=urls)
-        save_config(self.config_dir, config)
         self.wireguard = FakeWireGuard(clock=self.clock)
-        daemon = NodeDaemon(
-            clock=self.clock,
-            config_dir=self.config_dir,
-            config=config,
-            keys=load_or_create_keys(self.config_dir),
-            wireguard=self.wireguard,
-            client=CoordinationClient(make_http_client(reactor, persistent=False), urls[0]),
-            probe_nat=fixed_nat(),
-            lan_ip=lambda: "192.168.1.10",
-            relay=relay,
-        )
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        return daemon
+        return real_http_daemon(self, self.clock, self.config_dir, config, self.wireguard, "192.168.1.10", relay)
 
     async def test_the_relay_moves_with_the_node(self):
         # Relay sessions are the old replica's: frames go to the new one's relay port.

@@ -10,7 +10,7 @@ stops working at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.web import server
 
@@ -105,25 +105,34 @@ class Admin:
         await self.coordinator.store.commit()
         return {"removed": record.node_name, "node_id": record.node_id, "vpn_ip": record.vpn_ip, "relay_sessions_ended": ended}
 
+    async def _store_or_undo(self, record: NodeRecord, event: str, detail: str, undo: Callable[[], None]) -> None:
+        """The admin's change to ``record``, durable with its audit entry; if
+        the store refuses it, ``undo`` takes it out of force (unless it changed
+        again, or went, meanwhile) before the error goes on."""
+        writes = Writes()
+        writes.put_record(record)
+        self.authority.audit(writes, event, detail)
+        try:
+            await self.coordinator.store.transaction(writes)
+        except StoreError:
+            undo()
+            raise
+
     async def rename_node(self, ref: str, new_name: str) -> dict:
         record = self.find_node(ref)
         old_name = record.node_name
         registry = self.coordinator.registry
         registry.rename(record.node_id, parse_node_name(new_name, "new_name"))
         renamed = record.node_name
-        writes = Writes()
-        writes.put_record(record)
-        self.authority.audit(writes, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}")
-        try:
-            await self.coordinator.store.transaction(writes)
-        except StoreError:
-            # Not stored: not in force (unless renamed again, or gone, meanwhile).
+
+        def undo() -> None:
             if registry.get(record.node_id) is record and record.node_name == renamed:
                 try:
                     registry.rename(record.node_id, old_name)
                 except RegistryConflict:
                     pass  # another node took the old name meanwhile: the refused one stays (and is written)
-            raise
+
+        await self._store_or_undo(record, "node.rename", f"node {record.node_id}: {old_name} -> {record.node_name}", undo)
         return {"node_id": record.node_id, "old_name": old_name, "node_name": record.node_name}
 
     async def tag_node(self, ref: str, tags: tuple[str, ...]) -> dict:
@@ -135,17 +144,14 @@ class Admin:
         # Its new tags may have the policy approve its routes (autoApprovers).
         self.coordinator.approve_automatically([record.node_id])
         approved = record.approved_routes
-        writes = Writes()
-        writes.put_record(record)
-        self.authority.audit(writes, "node.tag", f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]")
-        try:
-            await self.coordinator.store.transaction(writes)
-        except StoreError:
-            # Not stored: not in force (unless changed again, or gone, meanwhile).
+
+        def undo() -> None:
             if registry.get(record.node_id) is record and record.tags == tags and record.approved_routes == approved:
                 registry.set_tags(record.node_id, old)
                 registry.set_approved_routes(record.node_id, old_approved)
-            raise
+
+        detail = f"node {record.node_name} ({record.node_id}): [{' '.join(old)}] -> [{' '.join(tags)}]"
+        await self._store_or_undo(record, "node.tag", detail, undo)
         return {"node_id": record.node_id, "node_name": record.node_name, "old_tags": list(old), "tags": list(tags)}
 
     # -- routes beyond the mesh (wire.protocol.routes) --------------------------
