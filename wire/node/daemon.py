@@ -231,11 +231,6 @@ class NodeDaemon(Service):
         self._interface_addresses: tuple[str, int] | None = None
         self._sync_backoff = Backoff()
         self._servers_tried = 0  # replicas moved to since the last answer (wire.node.servers)
-        # Called with the new server URL when the node moves to another replica
-        # (what else talks to the server: the LAN address's route, STUN, the relay).
-        self.on_server_moved: list[Callable[[str], None]] = []
-        if isinstance(self._lan_ip, LanAddress):
-            self.on_server_moved.append(self._lan_ip.move_to)
         # Called with the config `wire set --proxy` asks for: its proxy is used
         # from then on (wire.node.tap rebuilds the client), or ConfigError says why not.
         self.on_proxy_changed: Callable[[NodeConfig], None] | None = None
@@ -1108,8 +1103,8 @@ class NodeDaemon(Service):
         self.events.emit("server", f"moved from {previous} to {following}: {error}")
         self._adopt(replace(self.config, server_url=following))
         self.client.server_url = following
-        for moved in self.on_server_moved:
-            moved(following)
+        if isinstance(self._lan_ip, LanAddress):
+            self._lan_ip.move_to(following)  # its route is the one towards the new replica
         # A long-poll still waiting on the old one (silent, not yet ended) asks the new one now.
         self._restart_poll()
         self._track(self._guarded(lambda: self._moved_to(following), "moving to another replica"))

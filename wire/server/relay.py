@@ -213,19 +213,20 @@ class RelayTable:
 
     def _forget_side(self, side: RelaySide) -> None:
         self._by_token.pop(side.token, None)
-        if side.direct_port is not None:
-            self._by_port.pop(side.direct_port, None)
-            if self.direct_ports is not None:
-                self.direct_ports.free(side.direct_port)
-            side.direct_port = None
+        self._free_port(side)
+
+    def _free_port(self, side: RelaySide) -> None:
+        if side.direct_port is None:
+            return
+        self._by_port.pop(side.direct_port, None)
+        if self.direct_ports is not None:
+            self.direct_ports.free(side.direct_port)
+        side.direct_port, side.wg_address = None, None
 
     def free_direct_ports(self) -> None:
         """No side keeps a port of its own (the kernel path is off)."""
         for side in list(self._by_port.values()):
-            if self.direct_ports is not None:
-                self.direct_ports.free(side.direct_port)
-            side.direct_port, side.wg_address = None, None
-        self._by_port.clear()
+            self._free_port(side)
 
     def sessions(self) -> list[RelaySession]:
         return list(self._by_pair.values())
