@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from tests.test_dns_lab import ASK
 from tests.test_e2e import eventually, lab_unavailable
 from wire.demo import HEALTH_PROBE, SERVER_PORT, MeshLab
+from wire.node import launcher
 from wire.runner import ProcessRunner
 
 
@@ -115,7 +116,8 @@ class Ipv6UnderlayLabTests(unittest.TestCase):
         if result.rc != 0:
             shown = [await mesh.lab.run(n, ["wg", "show", mesh.nodes[n].interface]) for n in ("alpha", "beta")]
             statuses = [await mesh.status(n) for n in ("alpha", "beta")]
-            self.fail(f"{result.stdout!r}\n{[s.stdout for s in shown]}\n{statuses}")
+            logs = {n: launcher.log_tail(mesh.nodes[n].config_dir, lines=80) for n in ("alpha", "beta")}
+            self.fail(f"{result.stdout!r}\n{[s.stdout for s in shown]}\n{statuses}\n{logs}")
         beta6 = json.loads((await mesh.cli("beta", "ip", "-6", "--json")).stdout)["vpn_ip6"]
         result = await mesh.lab.run("alpha", ["ping", "-6", "-c3", "-W2", "-n", "-q", beta6], timeout=20)
         self.assertEqual(result.rc, 0, result.stdout + result.stderr)

@@ -2,7 +2,7 @@
 
 from twisted.trial import unittest
 
-from wire.node.control import describe_path, endpoint_kind
+from wire.node.peerview import describe_path, endpoint_kind
 from wire.node.paths import (
     DEAD_AFTER,
     DEAD_AFTER_WITHOUT_ECHO,

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from wire.protocol.dns import parse_dns_digest
 from wire.protocol.filter import parse_filter_digest
+from wire.protocol.report import NodeReport
 from wire.protocol import (
     LeaveRequest,
     NetmapAnswer,
@@ -401,6 +402,14 @@ class CoordinationClient(JsonHttp):
 
     async def leave(self, node_id: str, wg_public_key: str) -> dict:
         return await self._request("POST", "/leave", LeaveRequest(node_id, wg_public_key).to_json())
+
+    async def report(self, report: NodeReport) -> int:
+        """``POST /report``: our paths to our peers; how many entries the server kept."""
+        answer = await self._request("POST", "/report", report.to_json())
+        kept = answer.get("kept") if isinstance(answer, dict) else None
+        if isinstance(kept, bool) or not isinstance(kept, int):
+            raise BadAnswer("POST /report", ProtocolError("kept", "must be a whole number"))
+        return kept
 
 
 def _parsed(what: str, parse: Callable[[Any], T], answer: Any) -> T:

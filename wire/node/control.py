@@ -11,7 +11,6 @@ the mesh and the daemon exit.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -19,14 +18,11 @@ from twisted.web import server
 
 from wire.node.servers import servers_of
 from wire.node.daemon import NodeDaemon, RenameRefused, SettingsRefused
+from wire.node.peerview import peer_entries
 from wire.node.events import MAX_WAIT
-from wire.node.netmap import Peer
-from wire.node.paths import PeerPath, Phase, is_shim_endpoint
 from wire.node.settings import parse_settings, settings_of
 from wire.node.wireguard import PeerStatus
-from wire.protocol import PathMode, ProtocolError, parse_node_name
-from wire.protocol.dns import dns_name_of
-from wire.protocol.filter import admitted
+from wire.protocol import ProtocolError, parse_node_name
 from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 CONTROL_SOCKET = "control.sock"
@@ -34,91 +30,6 @@ CONTROL_SOCKET = "control.sock"
 
 def control_socket_path(config_dir: str) -> str:
     return os.path.join(config_dir, CONTROL_SOCKET)
-
-
-def endpoint_kind(endpoint: str | None, peer: Peer, shims: Collection[str] = (), kernels: Collection[str] = ()) -> str:
-    """What a WireGuard endpoint is: "relay-shim" (one of this node's relay
-    shim sessions, ``shims``, or another loopback address that is not the
-    peer's own), "relay-kernel" (the server's port of a session the
-    server's kernel forwards, ``kernels``), "lan" (the peer's LAN address),
-    "ipv6" (its IPv6 underlay address), "public", or "none"."""
-    if not endpoint:
-        return "none"
-    if endpoint in shims:
-        return "relay-shim"
-    if endpoint in kernels:
-        return "relay-kernel"
-    host = endpoint.rsplit(":", 1)[0].strip("[]")
-    if host == peer.public_ip:
-        return "public"  # a node with a public address has it as its LAN address too
-    if peer.lan_ip and host == peer.lan_ip:
-        return "lan"
-    if peer.public_ip6 and host == peer.public_ip6:
-        return "ipv6"
-    return "relay-shim" if is_shim_endpoint(endpoint) else "public"
-
-
-def _proven_since(path: PeerPath, status: PeerStatus) -> bool:
-    """What proves the attempt now, that the planner (which looks once a
-    second) may not have seen yet: bytes from the peer since it settled, or a
-    handshake since it began (``wg`` shows whole seconds)."""
-    if path.baseline_rx is not None and status.rx_bytes > path.baseline_rx:
-        return True
-    return bool(status.latest_handshake) and status.latest_handshake >= int(path.since)
-
-
-def describe_path(
-    path: PeerPath | None, status: PeerStatus | None, peer: Peer, now: float, shims: Collection[str] = (),
-    relay_over_tcp: str = "", kernels: Collection[str] = (),
-) -> dict:
-    """How traffic reaches a peer: the path WireGuard actually has (its endpoint
-    as ``wg show`` shows it), the pair's mode, why, and since when.
-    ``relay_over_tcp``: why the shim's frames go over TCP ("" when over UDP)."""
-    age = now - status.latest_handshake if status is not None and status.latest_handshake else None
-    if status is None or path is None:
-        why = "not configured in WireGuard yet"
-        return {"path": PathMode.NONE, "reason": why, "why": why, "handshake_age": age, "endpoint_kind": "none"}
-    actual = endpoint_kind(status.endpoint, peer, shims, kernels)
-    relayed = actual in ("relay-shim", "relay-kernel")
-    why = path.reason
-    word = path.word
-    if path.mode is PathMode.RELAY and word is not None and word.retry_at is not None:
-        wait = max(0, word.retry_at - now)
-        why += f"; direct tried again in {wait:.0f}s"
-    shown: PathMode = path.mode
-    if path.mode is PathMode.RELAY and not relayed:
-        shown = PathMode.CONNECTING
-        reason = f"relay chosen ({why}); the relay session is not ready, WireGuard sends to {status.endpoint or 'nowhere'}"
-    elif path.mode is not PathMode.RELAY and relayed:
-        shown = PathMode.CONNECTING
-        reason = f"{path.summary}; WireGuard still sends to the relay {'shim ' if actual == 'relay-shim' else ''}{status.endpoint}"
-    elif path.mode is not PathMode.RELAY and path.phase in (Phase.TRYING, Phase.FAILED) and not _proven_since(path, status):
-        shown = PathMode.CONNECTING
-        waited = now - path.since
-        state = "reported to the server; waiting for its word" if path.phase is Phase.FAILED else f"{waited:.0f}s of {path.timeout:.0f}s"
-        reason = f"trying {path.summary} (nothing from the peer yet: {state})"
-    else:
-        reason = f"{path.mode}: {why}"
-        if path.phase is Phase.SILENT:
-            reason += " (silent lately: probing)"
-    if shown is PathMode.RELAY and relay_over_tcp:
-        shown = PathMode.RELAY_TCP
-        why += f"; over TCP: {relay_over_tcp}"
-        reason = f"{PathMode.RELAY_TCP}: {why}"
-    return {
-        "path": shown,
-        "mode": path.mode,
-        "reason": reason,
-        "why": why,
-        "handshake_age": age,
-        "endpoint_kind": actual,
-        "phase": path.phase,
-        "since": path.since,
-        "since_ago": max(0.0, now - path.since),
-        "decided_by": "server" if word is not None else "rule",
-        # Where the daemon's planner sends (a direct or LAN path), whatever WireGuard shows now.
-        "planned_endpoint": path.endpoint,
-    }
 
 
 async def node_status(daemon: NodeDaemon) -> dict:
@@ -133,37 +44,9 @@ async def node_status(daemon: NodeDaemon) -> dict:
         else:
             interface["listen_port"] = wg.listen_port
             by_key = {p.public_key: p for p in wg.peers}
+    peers = peer_entries(daemon, by_key, now)
     relay = daemon.reconciler.relay
-    sessions = relay.sessions().values() if relay is not None else ()
-    shims = {session.endpoint for session in sessions}
-    # The server's kernel forwards these: WireGuard sends there, no shim in the way.
-    kernels = {session.kernel_endpoint for session in sessions if session.kernel and session.kernel_endpoint}
-    over_tcp = relay.tcp_reason if relay is not None and relay.over_tcp else ""
-    peers = []
-    rules = daemon.netmap.filter
-    resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
     names = daemon.names.status() if daemon.names is not None else None
-    domain = names["domain"] if names and names["enabled"] else None
-    for peer in sorted(daemon.netmap.peers.values(), key=lambda p: p.node_name):
-        wg_peer = by_key.get(peer.wg_public_key)
-        # Under a policy: what this peer may open on this node, and by which rule.
-        policy = {} if resolved is None else {"may_open_here": admitted(resolved, peer.vpn_ip)}
-        dns_name = dns_name_of(peer.node_name, domain) if domain else None
-        peers.append(
-            {
-                "node_name": peer.node_name,
-                "node_id": peer.node_id,
-                "vpn_ip": peer.vpn_ip,
-                "vpn_ip6": peer.vpn_ip6,
-                "online": peer.online,
-                "endpoint": wg_peer.endpoint if wg_peer else None,
-                "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
-                "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
-                **policy,
-                **({"dns_name": dns_name} if dns_name else {}),
-            }
-        )
     config = daemon.config
     contact = daemon.contact
     return {

@@ -67,7 +67,9 @@ from wire.node.netmap import NodeNetmap
 from wire.node.paths import Me
 from wire.node.probe import PathProbe
 from wire.node.reconciler import Reconciler, mesh_addresses
+from wire.node.peerview import peer_entries
 from wire.node.relay import RelayShim
+from wire.node.report import PathReporter, peer_reports
 from wire.node.state import NodeState, Phase, ServerContact
 from wire.node.trust import (
     SEED_SUBNET,
@@ -90,6 +92,7 @@ from wire.protocol import (
     Registration,
     parse_node_name,
 )
+from wire.protocol.report import NodeReport
 from wire.stun import NatReport
 
 # How often each peer's path is checked against WireGuard's counters (one
@@ -204,6 +207,8 @@ class NodeDaemon(Service):
         self._paths_loop.clock = clock
         self._nat_loop = LoopingCall(lambda: self._track(self._guarded(self._recheck_nat_once, "NAT check")))
         self._nat_loop.clock = clock
+        # How this node reaches its peers, told to the server for the admin's view of the mesh.
+        self.reporter = PathReporter(clock, self._path_report, lambda report: self._track(self.client.report(report)))
         self._inflight: set[Deferred] = set()
         # The only writer of WireGuard's peers (the interface itself is ours).
         self.reconciler = Reconciler(
@@ -358,6 +363,7 @@ class NodeDaemon(Service):
         self._paths_loop.start(PATH_CHECK_INTERVAL, now=False).addErrback(self._loop_died, "path check")
         if self._recheck_nat is not None:
             self._nat_loop.start(NAT_RECHECK_INTERVAL, now=False).addErrback(self._loop_died, "NAT check")
+        self.reporter.start()
         # Last: whoever waits for "registered" may stop us at once.
         self._settle()
 
@@ -421,6 +427,7 @@ class NodeDaemon(Service):
         for loop in (self._heartbeat_loop, self._sync, self._paths_loop, self._nat_loop):
             if loop.running:
                 loop.stop()
+        self.reporter.stop()
         for d in list(self._inflight):
             d.cancel()
         self._stop_probe()
@@ -1054,6 +1061,13 @@ class NodeDaemon(Service):
 
     # -- contact with the server ----------------------------------------------
 
+    def _path_report(self) -> NodeReport | None:
+        """What the server is told of our paths (wire.node.report); None before we are in the mesh."""
+        if not self.interface_ready or not self.contact.registered or self._out_of_the_mesh:
+            return None
+        entries = peer_entries(self, self.reconciler.wireguard_view, self.clock.seconds())
+        return NodeReport(self.config.node_id, self.public_key, peer_reports(entries))
+
     async def _moved_to(self, url: str) -> None:
         """Register with the new replica at once (a long-poll there may wait
         its whole time before it answers: the registration says sooner that
@@ -1066,6 +1080,7 @@ class NodeDaemon(Service):
         host, relay_port, _ = stun_ports(url)
         await self.reconciler.relay_moved(host, relay_port)
         await self.reconciler.reconcile()
+        self.reporter.moved()
 
     def _made_contact(self) -> None:
         self._servers_tried = 0

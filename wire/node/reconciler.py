@@ -109,6 +109,7 @@ class Reconciler:
         self.paths = PathPlanner()
         self._lock = DeferredLock()
         self._runtime = RuntimeState()
+        self.wireguard_view: dict[str, PeerStatus] = {}
         # The node's packet filter (wire.node.firewall), for the access policy.
         self.firewall = firewall
         # Routes beyond the mesh (wire.node.routing); None: this node uses none.
@@ -163,6 +164,7 @@ class Reconciler:
         if not self._interface_up() or self._stopping():
             return
         status = {p.public_key: p for p in (await self.wireguard.status()).peers}
+        self.wireguard_view = status  # the latest, for the node's path reports (wire.node.report)
         seen = {key: Seen(p.endpoint, p.latest_handshake, p.rx_bytes, p.tx_bytes) for key, p in status.items()}
         # What each peer has now: what we last set (WireGuard's own view
         # may have roamed), else what the interface held when we came.

@@ -30,6 +30,8 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A DNS label (RFC 1123): letters, digits and inner hyphens, 1-63 characters.
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BASE64_KEY = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+_IPV4_ENDPOINT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})\Z")
+_IPV6_ENDPOINT = re.compile(r"\[([0-9A-Fa-f:.]{2,45})\]:([0-9]{1,5})\Z")
 
 
 def parse_json_object(body: bytes, *, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
@@ -141,6 +143,32 @@ def parse_port(value: Any, field: str) -> int:
     if not 1 <= value <= 65535:
         raise ProtocolError(field, f"{value} is not a UDP port (1-65535)")
     return value
+
+
+def parse_udp_endpoint(value: Any, field: str) -> str:
+    """ "ip:port" or "[ipv6]:port", normalised; hostnames and anything odd refused."""
+    if not isinstance(value, str):
+        raise ProtocolError(field, f"must be a string, not {_json_type(value)}")
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if match := _IPV4_ENDPOINT.match(value):
+        host, port = match.groups()
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ProtocolError(field, f"{_shown(value)} does not hold a valid IPv4 address") from None
+        shown = str(address)
+    elif match := _IPV6_ENDPOINT.match(value):
+        host, port = match.groups()
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ProtocolError(field, f"{_shown(value)} does not hold a valid IPv6 address") from None
+        shown = f"[{address.compressed}]"
+    else:
+        raise ProtocolError(field, f"{_shown(value)} is not IPV4:PORT or [IPV6]:PORT")
+    if not 1 <= int(port) <= 65535:
+        raise ProtocolError(field, f"{_shown(value)} has no valid UDP port (1-65535)")
+    return f"{shown}:{int(port)}"
 
 
 def parse_ip_address(value: Any, field: str) -> str:

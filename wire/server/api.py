@@ -5,7 +5,8 @@ Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
 ``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll),
 ``POST /leave`` (a node going down shows offline at once), ``POST /enroll``
 (joining with a join key), ``POST /relay`` (a relay session), ``POST /path``
-(a direct path failed: the server decides the pair's path) and
+(a direct path failed: the server decides the pair's path), ``POST /report``
+(how a node reaches its peers, for the admin's view of the mesh) and
 ``GET /metrics`` (Prometheus).
 
 Who the client is comes from the TCP peer, or from ``X-Forwarded-For`` when
@@ -25,6 +26,7 @@ from twisted.web import server
 
 from wire.addressing import PoolExhausted
 from wire.protocol.dns import parse_dns_digest
+from wire.protocol.report import NodeReport
 from wire.protocol.filter import parse_filter_digest
 from wire.protocol import (
     LeaveRequest,
@@ -42,6 +44,7 @@ from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict
+from wire.server.reports import ReportTooSoon
 from wire.server.store import StoreError
 from wire.sourceaddress import normalize_client_ip
 from wire.web import (
@@ -170,6 +173,8 @@ def answering_errors():
         raise ApiError(503, f"no VPN address left to give: {e}")
     except StoreError as e:
         raise ApiError(503, str(e))
+    except ReportTooSoon as e:
+        raise ApiError(429, str(e))
 
 
 class CoordinatorResource(JsonResource):
@@ -347,6 +352,19 @@ class Path(CoordinatorResource):
         return answer.to_json()
 
 
+class Report(CoordinatorResource):
+    """``POST /report``: the caller's paths to its peers, for the admin's view of the mesh."""
+
+    methods = ("POST",)
+
+    def post(self, request: server.Request) -> dict:
+        calling = caller(self._coordinator, request)
+        body = read_json_body(request)
+        with answering_errors():
+            kept = self._coordinator.report(NodeReport.from_json(body), calling)
+        return {"ok": True, "kept": kept}
+
+
 def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> JsonRoot:
     root = JsonRoot()
     root.putChild(b"register", Register(coordinator, rules))
@@ -359,6 +377,7 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     root.putChild(b"leave", Leave(coordinator))
     root.putChild(b"relay", Relay(coordinator))
     root.putChild(b"path", Path(coordinator, rules))
+    root.putChild(b"report", Report(coordinator))
     root.putChild(b"metrics", MetricsResource(coordinator.metrics))
     return root
 

@@ -52,7 +52,10 @@ from wire.server.punch import PunchTracker
 from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relaystream import RelayStreams
+from wire.protocol.report import NodeReport
 from wire.server.relay import RelayTable
+from wire.server.reports import FLUSH_INTERVAL as REPORT_FLUSH_INTERVAL
+from wire.server.reports import ReportBook
 from wire.server.store import IStore, StoreConflict, StoreError, Writes
 from wire.web import SharedJson, ViewerJson
 
@@ -140,6 +143,8 @@ class Coordinator:
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
         self.metrics.track_paths(self.paths.count)
+        # What nodes say about their paths, for the admin's view of the mesh.
+        self.reports = ReportBook(store, clock, lambda node_id: registry.get(node_id) is not None, self.may_see)
         # This replica's part of a cluster on one database (wire.server.cluster);
         # one server alone is its own leader.
         self.cluster: Any = SingleServer()
@@ -451,6 +456,11 @@ class Coordinator:
             await self.store.commit()
         return answer
 
+    def report(self, report: NodeReport, caller: str | None = None) -> int:
+        """A node's report of its paths (wire.server.reports): how many peer entries were kept."""
+        self._node_with_key(report.node_id, report.wg_public_key, caller)
+        return self.reports.accept(report)
+
     @property
     def open_mode(self) -> bool:
         return self.authority is None
@@ -755,6 +765,7 @@ class Coordinator:
         removed = self.registry.remove(node_id)
         ended = self.relay.end_sessions_of(node_id)
         self.relay_streams.end_node(node_id)
+        self.reports.forget(node_id)
         writes = Writes()
         writes.remove_node(node_id)  # the delete queued by the registry is this transaction's
         if self.authority is not None:
@@ -804,6 +815,7 @@ class MaintenanceService(Service):
         self._loops = [
             self._loop(coordinator.sweep, SWEEP_INTERVAL, "offline sweep"),
             self._loop(coordinator.store.flush_touches, TOUCH_FLUSH_INTERVAL, "heartbeat flush"),
+            self._loop(coordinator.reports.flush, REPORT_FLUSH_INTERVAL, "node report flush"),
         ]
 
     def _loop(self, body, interval: float, what: str) -> tuple[LoopingCall, float, str]:

@@ -64,6 +64,11 @@ the ``cluster`` row's lock (``UPDATE ... RETURNING``), so the order in which
 changes commit is their serial order: a replica that has read serial N has
 every change below it. The mesh's epoch (of ``EPOCH:SERIAL`` cursors) is
 drawn once, in ``meta``. Older databases gain the tables when opened.
+
+Schema 11 adds ``node_reports``, each node's latest report of how it
+reaches its peers (:mod:`wire.server.reports`), for the admin's view of the
+mesh: one row per node, written in batches. Older databases gain the empty
+table when opened.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ from wire.protocol import PathMode
 from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # SQLite's dialect; wire.server.pgstore translates the few types that differ.
 SCHEMA = """
@@ -158,6 +163,12 @@ CREATE TABLE IF NOT EXISTS changes (
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,
     origin TEXT NOT NULL
+);
+-- Each node's latest report of its paths (schema 11, wire.server.reports).
+CREATE TABLE IF NOT EXISTS node_reports (
+    node_id TEXT PRIMARY KEY,
+    reported_at REAL NOT NULL,
+    peers TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -286,6 +297,7 @@ class Writes:
 
     def remove_node(self, node_id: str) -> None:
         self.statements.append(("DELETE FROM nodes WHERE node_id = ?", [(node_id,)]))
+        self.statements.append(("DELETE FROM node_reports WHERE node_id = ?", [(node_id,)]))
         self.removed.append(node_id)
 
 

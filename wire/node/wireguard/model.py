@@ -14,6 +14,7 @@ from typing import Any
 
 from wire.node.ifname import parse_interface_name
 from wire.protocol import ProtocolError, parse_wg_public_key
+from wire.protocol.fields import parse_udp_endpoint
 
 
 # The tunnel MTU. WireGuard's usual 1420 fills a 1500-byte path exactly
@@ -33,8 +34,6 @@ INSTALL_ADVICE = (
 )
 
 
-_IPV4_ENDPOINT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})\Z")
-_IPV6_ENDPOINT = re.compile(r"\[([0-9A-Fa-f:.]{2,45})\]:([0-9]{1,5})\Z")
 _NETWORK_TEXT = re.compile(r"[0-9A-Fa-f:./]{1,49}\Z")
 _MAX_KEEPALIVE = 65535
 
@@ -141,27 +140,10 @@ def check_listen_port(value: Any) -> int:
 
 def parse_endpoint(value: Any) -> str:
     """ "ip:port" or "[ipv6]:port", normalised; hostnames and anything odd refused."""
-    if not isinstance(value, str):
-        raise invalid_config("endpoint", f"must be a string, not {type(value).__name__}")
-    if match := _IPV4_ENDPOINT.match(value):
-        host, port = match.groups()
-        try:
-            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(host)
-        except ValueError:
-            raise invalid_config("endpoint", f"{shown_value(value)} does not hold a valid IPv4 address") from None
-        shown = str(address)
-    elif match := _IPV6_ENDPOINT.match(value):
-        host, port = match.groups()
-        try:
-            address = ipaddress.IPv6Address(host)
-        except ValueError:
-            raise invalid_config("endpoint", f"{shown_value(value)} does not hold a valid IPv6 address") from None
-        shown = f"[{address.compressed}]"
-    else:
-        raise invalid_config("endpoint", f"{shown_value(value)} is not IPV4:PORT or [IPV6]:PORT")
-    if not 1 <= int(port) <= 65535:
-        raise invalid_config("endpoint", f"{shown_value(value)} has no valid UDP port (1-65535)")
-    return f"{shown}:{int(port)}"
+    try:
+        return parse_udp_endpoint(value, "endpoint")
+    except ProtocolError as e:
+        raise invalid_config("endpoint", e.problem) from None
 
 
 def parse_network(value: Any, field: str = "allowed_ips") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
