@@ -53,6 +53,7 @@ from wire.server.ratelimit import TokenBucket
 from wire.server.registry import Registered, Registry, RegistryConflict
 from wire.server.relaystream import RelayStreams
 from wire.protocol.report import NodeReport
+from wire.server.meshview import MeshVersion
 from wire.server.relay import RelayTable
 from wire.server.reports import FLUSH_INTERVAL as REPORT_FLUSH_INTERVAL
 from wire.server.reports import ReportBook
@@ -143,8 +144,13 @@ class Coordinator:
         self.paths.on_change(self._path_changed)
         registry.on_reset(self._node_reset)
         self.metrics.track_paths(self.paths.count)
-        # What nodes say about their paths, for the admin's view of the mesh.
-        self.reports = ReportBook(store, clock, lambda node_id: registry.get(node_id) is not None, self.may_see)
+        # What nodes say about their paths, for the admin's view of the mesh,
+        # and that view's version (wire.server.meshview).
+        self.mesh_version = MeshVersion(clock)
+        registry.on_change(self.mesh_version.moved)
+        self.reports = ReportBook(
+            store, clock, lambda node_id: registry.get(node_id) is not None, self.may_see, self.mesh_version.moved
+        )
         # This replica's part of a cluster on one database (wire.server.cluster);
         # one server alone is its own leader.
         self.cluster: Any = SingleServer()

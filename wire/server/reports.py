@@ -63,8 +63,10 @@ class ReportBook:
         clock: IReactorTime,
         exists: Callable[[str], bool],
         may_see: Callable[[str, str], bool],
+        accepted: Callable[[], None] = lambda: None,
     ):
         self._store = store
+        self._accepted = accepted  # the admin's view moved (wire.server.meshview)
         self._clock = clock
         self._exists = exists
         self._may_see = may_see
@@ -90,6 +92,7 @@ class ReportBook:
         self._entries += len(allowed) - (len(before.peers) if before is not None else 0)
         self._latest[node_id] = StoredReport(now, tuple(allowed))
         self._unwritten.add(node_id)
+        self._accepted()
         return len(allowed)
 
     def forget(self, node_id: str) -> None:

@@ -1,0 +1,80 @@
+"""The mesh as the admin sees it (``GET /api/v1/mesh``, the dashboard's
+topology): every node, and every pair some node reported a path for
+(wire.server.reports), with a version to wait on.
+
+The version moves when the registry changes (a node joined, left, went
+offline, was renamed or tagged) or a report was accepted here. A caller
+that gives the version it holds (``since``) waits until it moves, at most
+``wait`` seconds, so a dashboard hears a change within a reactor turn and
+costs nothing while the mesh is quiet. Reports another replica accepted
+move no version here: they show at the next answer, which MAX_WAIT keeps
+within a few seconds.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from wire.server.reports import mesh_edges
+
+MAX_WAIT = 5.0
+# Waiting dashboards at most (each holds a connection; past this, answers come at once).
+MAX_WAITERS = 100
+
+
+class MeshVersion:
+    """A counter that moves on every change the view shows, and its waiters."""
+
+    def __init__(self, clock: IReactorTime):
+        self._clock = clock
+        self.value = 0
+        self._waiters: list[tuple[Deferred, IDelayedCall]] = []
+
+    def moved(self, *_: object) -> None:
+        self.value += 1
+        waiters, self._waiters = self._waiters, []
+        for d, call in waiters:
+            if call.active():
+                call.cancel()
+            if not d.called:
+                d.callback(None)
+
+    def wait(self, since: int | None, wait: float) -> Deferred:
+        """Fires when the version is past ``since``, or after ``wait`` seconds (at most MAX_WAIT)."""
+        if since is None or since != self.value or wait <= 0 or len(self._waiters) >= MAX_WAITERS:
+            return succeed(None)
+
+        def timed_out() -> None:
+            self._waiters = [(w, c) for w, c in self._waiters if w is not d]
+            if not d.called:
+                d.callback(None)
+
+        def cancelled(_: Deferred) -> None:
+            self._waiters = [(w, c) for w, c in self._waiters if w is not d]
+            if call.active():
+                call.cancel()
+
+        d: Deferred = Deferred(cancelled)
+        call = self._clock.callLater(min(wait, MAX_WAIT), timed_out)
+        self._waiters.append((d, call))
+        return d
+
+
+async def mesh_view(coordinator, since: int | None = None, wait: float = 0.0) -> dict:
+    """Every node (as ``/status`` shows it) and every reported pair, once the
+    version is past ``since`` (or ``wait`` seconds passed)."""
+    await coordinator.mesh_version.wait(since, wait)
+    version = coordinator.mesh_version.value
+    status = coordinator.status()
+    reports = await coordinator.reports.all()
+    now = coordinator.now()
+    known = {node["node_id"] for node in status["nodes"]}
+    return {
+        "version": version,
+        "timestamp": now,
+        "total": status["total"],
+        "online": status["online"],
+        "nodes": status["nodes"],
+        "edges": mesh_edges(reports, known, now),
+    }
