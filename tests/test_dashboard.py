@@ -175,10 +175,10 @@ class MeshViewTests(unittest.TestCase):
 
     def test_nodes_and_reported_edges(self):
         self.coordinator.reports.accept(
-            NodeReport("web1", key_for("web1"), (PeerReport("db1", PathMode.RELAY, "relay-kernel", "198.51.100.1:3481", 2.0, 1, 2),))
+            NodeReport("web1", key_for("web1"), (PeerReport("db1", PathMode.RELAY, "relay-kernel", "198.51.100.1:3481", 2.0, 1, 2),), "0.1.0")
         )
         view = settled(self.view())
-        self.assertEqual(sorted(n["node_name"] for n in view["nodes"]), ["db1", "web1"])
+        self.assertEqual({n["node_name"]: n["version"] for n in view["nodes"]}, {"db1": "", "web1": "0.1.0"})
         (edge,) = view["edges"]
         self.assertEqual((edge["a"], edge["b"], edge["kind"]), ("db1", "web1", "relay"))
 

@@ -74,6 +74,15 @@ class ReportMessageTests(unittest.TestCase):
                 NodeReport.from_json(report_json(peers=[entry]))
             self.assertEqual(caught.exception.field, field, entry)
 
+    def test_the_version_is_optional_and_checked(self):
+        self.assertEqual(NodeReport.from_json(report_json()).version, "")
+        report = NodeReport.from_json({**report_json(), "version": "0.1.0+dev"})
+        self.assertEqual(NodeReport.from_json(report.to_json()).version, "0.1.0+dev")
+        for bad in ("", "0.1 0", "x" * 41, 1, "$(reboot)"):
+            with self.assertRaises(ProtocolError) as caught:
+                NodeReport.from_json({**report_json(), "version": bad})
+            self.assertEqual(caught.exception.field, "version")
+
     def test_nan_and_infinity_are_no_age(self):
         for value in (math.nan, math.inf):
             with self.assertRaises(ProtocolError):
@@ -154,12 +163,12 @@ class ReportBookTests(unittest.TestCase):
         self.assertEqual(self.book.accept(NodeReport("web1", key_for("web1"), (peer("db1"), peer("cache1")))), 2)
 
     def test_reports_are_written_and_read_back_by_another_replica(self):
-        self.book.accept(NodeReport("web1", key_for("web1"), (peer("db1", path=PathMode.LAN, kind="lan", endpoint="192.168.1.5:51820"),)))
+        self.book.accept(NodeReport("web1", key_for("web1"), (peer("db1", path=PathMode.LAN, kind="lan", endpoint="192.168.1.5:51820"),), "0.1.0"))
         settled(self.book.flush())
         other = ReportBook(self.coordinator.store, self.clock, lambda n: True, lambda a, b: True)
         found = settled(Deferred.fromCoroutine(other.all()))
         self.assertEqual(found["web1"].peers[0].endpoint, "192.168.1.5:51820")
-        self.assertEqual(found["web1"].reported_at, self.clock.seconds())
+        self.assertEqual((found["web1"].reported_at, found["web1"].version), (self.clock.seconds(), "0.1.0"))
 
     def test_a_corrupt_stored_row_is_skipped_not_fatal(self):
         settled(self.coordinator.store.query_write(

@@ -92,6 +92,7 @@ from wire.protocol import (
     Registration,
     parse_node_name,
 )
+from wire import __version__
 from wire.protocol.report import NodeReport
 from wire.stun import NatReport
 
@@ -1066,7 +1067,7 @@ class NodeDaemon(Service):
         if not self.interface_ready or not self.contact.registered or self._out_of_the_mesh:
             return None
         entries = peer_entries(self, self.reconciler.wireguard_view, self.clock.seconds())
-        return NodeReport(self.config.node_id, self.public_key, peer_reports(entries))
+        return NodeReport(self.config.node_id, self.public_key, peer_reports(entries), __version__)
 
     async def _moved_to(self, url: str) -> None:
         """Register with the new replica at once (a long-poll there may wait

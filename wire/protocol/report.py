@@ -15,6 +15,7 @@ own peers only: wire.server.reports).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ ENDPOINT_KINDS = ("none", "public", "lan", "ipv6", "relay-shim", "relay-kernel")
 # WireGuard's counters are 64-bit; a handshake older than a year is no handshake.
 MAX_COUNTER = 2**64 - 1
 MAX_HANDSHAKE_AGE = 365 * 86400.0
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,39}\Z")
 
 
 @dataclass(frozen=True)
@@ -95,30 +97,44 @@ class NodeReport:
     node_id: str
     wg_public_key: str
     peers: tuple[PeerReport, ...]
+    version: str = ""  # the node's wire version ("" for one that did not say)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "node_id": self.node_id,
             "wg_public_key": self.wg_public_key,
             "peers": [peer.to_json() for peer in self.peers],
         }
+        if self.version:
+            body["version"] = self.version
+        return body
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> NodeReport:
-        listed = parse_list(required(body, "peers"), "peers")
-        if len(listed) > MAX_REPORTED_PEERS:
-            raise ProtocolError("peers", f"lists {len(listed)} peers; at most {MAX_REPORTED_PEERS}")
-        peers = tuple(PeerReport.from_json(entry, f"peers[{i}]") for i, entry in enumerate(listed))
-        seen: set[str] = set()
-        for peer in peers:
-            if peer.peer_node_id in seen:
-                raise ProtocolError("peers", f"{peer.peer_node_id} is listed twice")
-            seen.add(peer.peer_node_id)
+        peers, version = parse_peers_and_version(body)
         return cls(
             node_id=parse_node_id(required(body, "node_id")),
             wg_public_key=parse_wg_public_key(required(body, "wg_public_key")),
             peers=peers,
+            version=version,
         )
+
+
+def parse_peers_and_version(body: dict[str, Any]) -> tuple[tuple[PeerReport, ...], str]:
+    """A report's ``peers`` and ``version`` (also how the server reads back what it stored)."""
+    listed = parse_list(required(body, "peers"), "peers")
+    if len(listed) > MAX_REPORTED_PEERS:
+        raise ProtocolError("peers", f"lists {len(listed)} peers; at most {MAX_REPORTED_PEERS}")
+    peers = tuple(PeerReport.from_json(entry, f"peers[{i}]") for i, entry in enumerate(listed))
+    seen: set[str] = set()
+    for peer in peers:
+        if peer.peer_node_id in seen:
+            raise ProtocolError("peers", f"{peer.peer_node_id} is listed twice")
+        seen.add(peer.peer_node_id)
+    version = optional(body, "version")
+    if version is not None and (not isinstance(version, str) or not _VERSION.match(version)):
+        raise ProtocolError("version", "must be a version like 0.1.0 (letters, digits, . + -; at most 40)")
+    return peers, version or ""
 
 
 def _bounded_number(value: Any, field: str, limit: float) -> float:

@@ -70,6 +70,9 @@ async def mesh_view(coordinator, since: int | None = None, wait: float = 0.0) ->
     reports = await coordinator.reports.all()
     now = coordinator.now()
     known = {node["node_id"] for node in status["nodes"]}
+    for node in status["nodes"]:
+        report = reports.get(node["node_id"])
+        node["version"] = report.version if report is not None else ""
     return {
         "version": version,
         "timestamp": now,

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wire.protocol.report import NodeReport, PeerReport
+from wire.protocol.report import NodeReport, PeerReport, parse_peers_and_version
 from wire.server.store import IStore, StoreError, Writes, upsert
 
 # One accepted report per node this often (a node reports on change, and
@@ -52,6 +52,7 @@ class ReportTooSoon(Exception):
 class StoredReport:
     reported_at: float
     peers: tuple[PeerReport, ...]
+    version: str = ""
 
 
 class ReportBook:
@@ -90,7 +91,7 @@ class ReportBook:
             allowed.sort(key=lambda p: float("inf") if p.handshake_age is None else p.handshake_age)
             allowed = allowed[: max(0, room)]
         self._entries += len(allowed) - (len(before.peers) if before is not None else 0)
-        self._latest[node_id] = StoredReport(now, tuple(allowed))
+        self._latest[node_id] = StoredReport(now, tuple(allowed), report.version)
         self._unwritten.add(node_id)
         self._accepted()
         return len(allowed)
@@ -109,7 +110,7 @@ class ReportBook:
         names, self._unwritten = self._unwritten, set()
         writes = Writes()
         rows = [
-            (node_id, self._latest[node_id].reported_at, _peers_json(self._latest[node_id].peers))
+            (node_id, self._latest[node_id].reported_at, _stored_json(self._latest[node_id]))
             for node_id in sorted(names)
             if node_id in self._latest
         ]
@@ -132,11 +133,11 @@ class ReportBook:
             self.log.warn("reading node reports failed; showing this replica's own: {error}", error=e)
             rows = []
         for node_id, reported_at, peers in rows:
-            parsed = _read_peers(peers)
+            parsed = _read_stored(float(reported_at), peers)
             if parsed is None:
                 self.log.warn("the stored report of {node} is unreadable; not shown", node=node_id)
                 continue
-            found[node_id] = StoredReport(float(reported_at), parsed)
+            found[node_id] = parsed
         for node_id, report in self._latest.items():
             kept = found.get(node_id)
             if kept is None or kept.reported_at <= report.reported_at:
@@ -146,19 +147,20 @@ class ReportBook:
         return {node_id: report for node_id, report in found.items() if self._exists(node_id)}
 
 
-def _peers_json(peers: tuple[PeerReport, ...]) -> str:
-    return json.dumps([p.to_json() for p in peers], separators=(",", ":"))
+def _stored_json(report: StoredReport) -> str:
+    return json.dumps({"version": report.version, "peers": [p.to_json() for p in report.peers]}, separators=(",", ":"))
 
 
-def _read_peers(text: str) -> tuple[PeerReport, ...] | None:
+def _read_stored(reported_at: float, text: str) -> StoredReport | None:
     """A stored row, checked again as it is read (the database is not trusted more than the node was)."""
     try:
-        listed = json.loads(text)
-        if not isinstance(listed, list):
+        stored = json.loads(text)
+        if not isinstance(stored, dict) or not isinstance(stored.get("peers"), list):
             return None
-        return tuple(PeerReport.from_json(entry) for entry in listed)
+        peers, version = parse_peers_and_version(stored)
     except ValueError:  # not JSON, or a ProtocolError
         return None
+    return StoredReport(reported_at, peers, version)
 
 
 # An edge's kind when its two sides say different things: the one that says
