@@ -78,7 +78,7 @@ class ReportMessageTests(unittest.TestCase):
         self.assertEqual(NodeReport.from_json(report_json()).version, "")
         report = NodeReport.from_json({**report_json(), "version": "0.1.0+dev"})
         self.assertEqual(NodeReport.from_json(report.to_json()).version, "0.1.0+dev")
-        for bad in ("", "0.1 0", "x" * 41, 1, "$(reboot)"):
+        for bad in ("0.1 0", "x" * 41, 1, "$(reboot)"):  # "" is absent, as everywhere
             with self.assertRaises(ProtocolError) as caught:
                 NodeReport.from_json({**report_json(), "version": bad})
             self.assertEqual(caught.exception.field, "version")
