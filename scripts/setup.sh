@@ -19,6 +19,11 @@ command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 # The throw-away PostgreSQL clusters of the store tests (tests/pgcluster.py).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The dashboard's browser tests (tests/browser.py): scripts/test.sh asks for them.
+if [ "${WIRE_SETUP_BROWSER:-}" = 1 ]; then
+    command -v chromium >/dev/null || need_apt+=(chromium)
+    command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${need_apt[*]}; run as root to install them" >&2

@@ -2,7 +2,7 @@
 # Runs wire's whole test suite (unit, real-process and network-namespace lab
 # tests). Run as root on Debian/Ubuntu: sudo bash scripts/test.sh
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+WIRE_SETUP_BROWSER=1 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$WIRE_TOP"
 
 # The installed wheel must expose both twistd plugins (run outside the
