@@ -19,7 +19,7 @@ from wire.protocol import PathMode
 from wire.protocol.report import NodeReport, PeerReport
 from wire.server import dashboard
 from wire.server.dashboard import ASSETS, COOKIE, CSP, LINK_LIFETIME, SESSION_LIFETIME, DashboardSessions, login_url
-from wire.server.meshview import MAX_WAIT, mesh_view
+from wire.server.meshview import COALESCE, MAX_WAIT, mesh_view
 
 
 class DashboardTestCase(unittest.TestCase):
@@ -187,6 +187,8 @@ class MeshViewTests(unittest.TestCase):
         d = self.view(since=version, wait=25)
         self.assertNoResult(d)
         self.coordinator.registry.mark_offline("db1")
+        self.assertNoResult(d)  # changes come in bursts: one answer for all of them
+        self.clock.advance(COALESCE)
         view = self.successResultOf(d)
         self.assertGreater(view["version"], version)
         self.assertEqual({n["node_name"]: n["online"] for n in view["nodes"]}["db1"], False)
@@ -195,6 +197,7 @@ class MeshViewTests(unittest.TestCase):
         version = settled(self.view())["version"]
         d = self.view(since=version, wait=25)
         self.coordinator.reports.accept(NodeReport("web1", key_for("web1"), ()))
+        self.clock.advance(COALESCE)
         self.assertGreater(self.successResultOf(d)["version"], version)
         version = settled(self.view())["version"]
         d = self.view(since=version, wait=25)

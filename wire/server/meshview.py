@@ -5,7 +5,7 @@ topology): every node, and every pair some node reported a path for
 The version moves when the registry changes (a node joined, left, went
 offline, was renamed or tagged) or a report was accepted here. A caller
 that gives the version it holds (``since``) waits until it moves, at most
-``wait`` seconds, so a dashboard hears a change within a reactor turn and
+``wait`` seconds, so a dashboard hears a change within COALESCE seconds and
 costs nothing while the mesh is quiet. Reports another replica accepted
 move no version here: they show at the next answer, which MAX_WAIT keeps
 within a few seconds.
@@ -19,20 +19,31 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from wire.server.reports import mesh_edges
 
 MAX_WAIT = 5.0
+COALESCE = 0.25
 # Waiting dashboards at most (each holds a connection; past this, answers come at once).
 MAX_WAITERS = 100
 
 
 class MeshVersion:
-    """A counter that moves on every change the view shows, and its waiters."""
+    """A counter that moves on every change the view shows, and its waiters.
+
+    Waiters are woken at most once per COALESCE seconds: a burst of changes
+    (a hundred nodes coming online) costs each dashboard one new view, not
+    a hundred."""
 
     def __init__(self, clock: IReactorTime):
         self._clock = clock
         self.value = 0
         self._waiters: list[tuple[Deferred, IDelayedCall]] = []
+        self._wake: IDelayedCall | None = None
 
     def moved(self, *_: object) -> None:
         self.value += 1
+        if self._waiters and self._wake is None:
+            self._wake = self._clock.callLater(COALESCE, self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._wake = None
         waiters, self._waiters = self._waiters, []
         for d, call in waiters:
             if call.active():

@@ -74,6 +74,8 @@ class ReportBook:
         self._latest: dict[str, StoredReport] = {}
         self._entries = 0
         self._unwritten: set[str] = set()
+        # Rows read back, by node: parsed again only when they changed.
+        self._read: dict[str, tuple[float, str, StoredReport]] = {}
         self.dropped = 0  # entries about peers a node may not report on
 
     def accept(self, report: NodeReport) -> int:
@@ -131,13 +133,21 @@ class ReportBook:
             rows = await self._store.query(_READ_REPORTS)
         except StoreError as e:
             self.log.warn("reading node reports failed; showing this replica's own: {error}", error=e)
-            rows = []
-        for node_id, reported_at, peers in rows:
-            parsed = _read_stored(float(reported_at), peers)
+            rows = None
+        read: dict[str, tuple[float, str, StoredReport]] = {}
+        for node_id, reported_at, text in rows or ():
+            before = self._read.get(node_id)
+            if before is not None and before[:2] == (reported_at, text):
+                parsed: StoredReport | None = before[2]
+            else:
+                parsed = _read_stored(float(reported_at), text)
             if parsed is None:
                 self.log.warn("the stored report of {node} is unreadable; not shown", node=node_id)
                 continue
+            read[node_id] = (reported_at, text, parsed)
             found[node_id] = parsed
+        if rows is not None:
+            self._read = read
         for node_id, report in self._latest.items():
             kept = found.get(node_id)
             if kept is None or kept.reported_at <= report.reported_at:
