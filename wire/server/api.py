@@ -42,6 +42,7 @@ from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict
+from wire.server.replicacall import HomeUnreachable, cluster_root
 from wire.server.store import StoreError
 from wire.sourceaddress import normalize_client_ip
 from wire.web import (
@@ -170,6 +171,8 @@ def answering_errors():
         raise ApiError(503, f"no VPN address left to give: {e}")
     except StoreError as e:
         raise ApiError(503, str(e))
+    except HomeUnreachable as e:
+        raise ApiError(502, str(e))
 
 
 class CoordinatorResource(JsonResource):
@@ -295,10 +298,10 @@ class YourIp(JsonResource):
 class Punch(CoordinatorResource):
     methods = ("POST",)
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         node_id = caller(self._coordinator, request)
         with answering_errors():
-            answer = self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
+            answer = await self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
         return answer.to_json()
 
 
@@ -319,12 +322,12 @@ class Relay(CoordinatorResource):
 
     methods = ("POST",)
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
         with answering_errors():
             asked = RelayRequest.from_json(body)
-            grant = self._coordinator.relay_grant(
+            grant = await self._coordinator.relay_grant(
                 asked.node_id, asked.wg_public_key, asked.peer_node_id, calling, fastpath=asked.fastpath, held=asked.held,
                 direct=asked.direct,
             )
@@ -360,6 +363,9 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     root.putChild(b"relay", Relay(coordinator))
     root.putChild(b"path", Path(coordinator, rules))
     root.putChild(b"metrics", MetricsResource(coordinator.metrics))
+    if coordinator.replica_caller is not None:
+        # Replicas only: the call a replica makes of a pair's home (403 to anyone else).
+        root.putChild(b"cluster", cluster_root(coordinator, coordinator.replica_caller.secret))
     return root
 
 

@@ -82,7 +82,7 @@ from wire.protocol import PathMode
 from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # SQLite's dialect; wire.server.pgstore translates the few types that differ.
 SCHEMA = """
@@ -158,6 +158,16 @@ CREATE TABLE IF NOT EXISTS changes (
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,
     origin TEXT NOT NULL
+);
+-- The replicas on one database (schema 11, wire.server.replicas): where each
+-- relays; which of them live is what PostgreSQL's advisory locks say.
+CREATE TABLE IF NOT EXISTS replicas (
+    name TEXT PRIMARY KEY,
+    api_url TEXT NOT NULL,
+    relay_host TEXT NOT NULL,
+    relay_port INTEGER NOT NULL,
+    started REAL NOT NULL,
+    seen REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
