@@ -183,9 +183,18 @@ class Coordinator:
         replicas.listeners.append(self._replicas_changed)
 
     def _replicas_changed(self) -> None:
-        self.log.info(
-            "relay replicas live now: {names}", names=", ".join(sorted(self.replicas.live)) or "none"
-        )
+        live = self.replicas.live
+        self.log.info("relay replicas live now: {names}", names=", ".join(sorted(live)) or "none")
+        urls: dict[str, list[str]] = {}
+        for replica in live.values():
+            urls.setdefault(replica.api_url, []).append(replica.name)
+        for url, names in urls.items():
+            if len(names) > 1:
+                # Grants for their pairs would go to the wrong one.
+                self.log.warn(
+                    "replicas {names} all say they are at {url}: give each its own URL as its first --public-url",
+                    names=", ".join(sorted(names)), url=url,
+                )
         self.longpolls.changed()
 
     # -- the access policy --------------------------------------------------
