@@ -784,7 +784,8 @@ class Coordinator:
             direct=asked.direct,
         )
         if self.replicas.shared:
-            grant = replace(grant, relay_host=self.replicas.me.relay_host, relay_replica=self.replicas.me.name)
+            me = self.replicas.me
+            grant = replace(grant, relay_host=me.relay_host, relay_port=me.relay_port, relay_replica=me.name)
         return grant
 
     async def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
