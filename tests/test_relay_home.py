@@ -75,6 +75,8 @@ class RendezvousTests(unittest.TestCase):
         self.assertFalse(replicas.update({"a": me, "b": other}))
         self.assertTrue(replicas.update({"a": me}))
         self.assertEqual(told, [["a", "b"], ["a"]])
+        self.assertTrue(replicas.ready)
+        self.assertFalse(ClusterReplicas(me).ready, "not before the first read")
         self.assertEqual(replicas.relays_json(), [{"replica": "a", "host": "a", "port": 8444}])
 
     def test_one_server_alone_is_always_its_own_home(self):
@@ -197,6 +199,12 @@ class ForwardingTests(unittest.TestCase):
             self.assertIn(response.code, (400, 403))
             self.assertIn("error", self.successResultOf(response.json()))
         self.assertEqual(len(self.home.relay), 0)
+
+    def test_a_replica_that_has_not_read_the_live_set_grants_nothing(self):
+        self.other.replicas.ready = False
+        failure = self.failureResultOf(ensureDeferred(self.other.relay_grant(self.x, key_for("x"), self.y)), HomeUnreachable)
+        self.assertIn("not read which replicas live", str(failure.value))
+        self.assertEqual((len(self.a.relay), len(self.b.relay)), (0, 0))
 
     def test_a_server_alone_has_no_replica_call(self):
         single = make_coordinator(self)

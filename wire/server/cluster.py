@@ -268,7 +268,7 @@ class Session:
         reachable: Callable[[bool], None],
         channel: str,
         replica: Replica | None = None,
-        live: Callable[[dict[str, Replica]], None] | None = None,
+        live: Callable[[dict[str, Replica]], object] | None = None,
     ):
         self._reactor = reactor
         self._connect = connect

@@ -764,6 +764,9 @@ class Coordinator:
     async def _grant_at_home(self, asked: RelayRequest, fresh: bool) -> RelayGrant:
         """The grant from the pair's home: this replica's table, or the home's
         over the replicas' call (wire.server.replicacall; HomeUnreachable if it fails)."""
+        if not self.replicas.ready:
+            self.metrics.relay_grants.labels("failed").inc()
+            raise HomeUnreachable("this replica has not read which replicas live yet (it just started); ask again in a second")
         home = self.replicas.home_of(asked.node_id, asked.peer_node_id)
         if home.name == self.replicas.me.name or self.replica_caller is None:
             self.metrics.relay_grants.labels("here").inc()

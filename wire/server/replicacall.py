@@ -27,8 +27,9 @@ from typing import Any
 
 from twisted.web import server
 
-from wire.client import JsonHttp, ServerError, ServerUnreachable
-from wire.protocol import ProtocolError, RelayGrant, RelayRequest
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from wire.protocol import ProtocolError, RelayGrant, RelayRequest, error_message
 from wire.protocol.fields import parse_object, parse_str, required
 from wire.server.replicas import Replica
 from wire.web import ApiError, JsonResource, JsonRoot, read_json_body
@@ -39,6 +40,8 @@ SECRET_META = "cluster_secret"
 MAX_SKEW = 30.0
 # The home's answer comes within this (a forward must not hold the node's request long).
 CALL_TIMEOUT = 3.0
+# A grant is a few hundred bytes: a longer answer is not one.
+MAX_ANSWER_BYTES = 16 * 1024
 _DOMAIN = b"wire relay-grant v1\0"
 
 
@@ -126,11 +129,15 @@ def _peer(request: server.Request) -> str:
     return getattr(address, "host", str(address))
 
 
-class _Home(JsonHttp):
-    """The home replica's API, as one replica calls it."""
+def replica_http(reactor: Any, fingerprint: str) -> Any:
+    """The HTTP client of the replicas' calls: pinned to the shared
+    certificate's fingerprint (by hostname for a CA-signed one, "")."""
+    from treq.client import HTTPClient
 
-    async def relay_grant(self, envelope: dict) -> Any:
-        return await self._request("POST", PATH, envelope, timeout=CALL_TIMEOUT, deadline=CALL_TIMEOUT)
+    from wire.tls import client_policy
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    return HTTPClient(Agent(reactor, contextFactory=client_policy(fingerprint), pool=pool, connectTimeout=CALL_TIMEOUT))
 
 
 class ReplicaCaller:
@@ -140,14 +147,26 @@ class ReplicaCaller:
         self._clock = clock
         self.secret = secret
         self._me = me
-        self._http = http  # a treq HTTPClient (wire.client.make_http_client), pinned
+        self._http = http  # a treq HTTPClient (replica_http), or a test's StubTreq
 
     async def relay_grant(self, home: Replica, asked: RelayRequest, fresh: bool = True) -> RelayGrant:
         envelope = sign(self.secret, self._me, self._clock.seconds(), asked, fresh)
+        url = home.api_url.rstrip("/") + PATH
         try:
-            answer = await _Home(self._http, home.api_url, clock=self._clock).relay_grant(envelope)
+            d = self._http.request("POST", url, data=json.dumps(envelope).encode(), headers={b"content-type": [b"application/json"]})
+            d.addTimeout(CALL_TIMEOUT, self._clock)
+            response = await d
+            d = response.content()
+            d.addTimeout(CALL_TIMEOUT, self._clock)
+            content = await d
+        except Exception as e:  # refused, timed out, TLS refused: the home gave nothing
+            raise HomeUnreachable(f"the pair's relay is at replica {home.name} ({home.api_url}), which did not answer: {e}")
+        try:
+            if len(content) > MAX_ANSWER_BYTES:
+                raise ProtocolError("answer", f"is {len(content)} bytes; a grant is far less")
+            answer = json.loads(content)
+            if response.code != 200:
+                raise HomeUnreachable(f"replica {home.name} refused the pair's grant ({response.code}): {error_message(answer)}")
             return RelayGrant.from_json(answer)
-        except (ServerUnreachable, ServerError) as e:
-            raise HomeUnreachable(f"the pair's relay is at replica {home.name}, which gave no grant: {e}")
-        except ProtocolError as e:
-            raise HomeUnreachable(f"replica {home.name} answered a bad grant: {e}")
+        except (ProtocolError, ValueError) as e:
+            raise HomeUnreachable(f"replica {home.name} answered no grant: {e}")

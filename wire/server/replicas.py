@@ -89,6 +89,8 @@ class ReplicaSet:
     def __init__(self, me: Replica):
         self.me = me
         self.live: dict[str, Replica] = {me.name: me}
+        # Whether the live set was read (one server alone: nothing to read).
+        self.ready = True
         # Called with no arguments after the live set changed.
         self.listeners: list[Callable[[], None]] = []
 
@@ -104,6 +106,7 @@ class ReplicaSet:
 
     def update(self, live: dict[str, Replica]) -> bool:
         """The live set read now; True (and listeners told) if it changed."""
+        self.ready = True
         if live == self.live:
             return False
         self.live = dict(live)
@@ -117,7 +120,13 @@ class ReplicaSet:
 
 
 class ClusterReplicas(ReplicaSet):
-    """The replica set of a replica on PostgreSQL (its live set read by the cluster)."""
+    """The replica set of a replica on PostgreSQL (its live set read by the
+    cluster): not ready until first read, so that no grant is made here for
+    a pair homed at another replica in the second after a start."""
+
+    def __init__(self, me: Replica):
+        super().__init__(me)
+        self.ready = False
 
     @property
     def shared(self) -> bool:

@@ -26,9 +26,8 @@ from wire.datadir import admin_socket_path
 from wire.server.admin import Admin, build_admin_site
 from wire.server.api import ClientRules, build_site, is_trusted
 from wire.server.auth import Authority
-from wire.client import make_http_client
 from wire.server.cluster import Cluster
-from wire.server.replicacall import ReplicaCaller, cluster_secret
+from wire.server.replicacall import ReplicaCaller, cluster_secret, replica_http
 from wire.server.replicas import replica_for
 from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.meshprefix import MeshPrefix, mesh_prefix6
@@ -373,7 +372,7 @@ def _cluster(config: Options, coordinator: Coordinator, reactor, fingerprint: st
         secret = cluster_secret(store)
     except StoreError as e:
         raise SystemExit(f"wire-server: {e}")
-    caller = ReplicaCaller(reactor, secret, name, make_http_client(reactor, tls_fingerprint=fingerprint))
+    caller = ReplicaCaller(reactor, secret, name, replica_http(reactor, fingerprint))
     coordinator.use_replicas(cluster.replicas, caller)
     return cluster
 
