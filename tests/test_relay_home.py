@@ -435,3 +435,22 @@ class RemovedElsewhereTests(unittest.TestCase):
         b.stream.wake()
         self.assertIsNone(b.registry.get(x))
         self.assertEqual([set(s.sides) for s in b.coordinator.relay.sessions()], [{y, z}], "x's session ended, y-z's goes on")
+
+
+class RelaysInTheAnswerTests(unittest.TestCase):
+    def test_the_live_relays_are_read_and_a_bad_entry_is_skipped_and_named(self):
+        answer = NetmapAnswer.from_json(
+            {"cursor": "e:1", "full": False, "upserts": [], "removals": [],
+             "relays": [{"replica": "a", "host": "a.example.org", "port": 8788}, {"replica": "b", "host": "b b", "port": 8788},
+                        {"replica": "c", "host": "c.example.org", "port": 0}]}
+        )
+        self.assertEqual(answer.relays, (RelayEndpoint("a", "a.example.org", 8788),))
+        self.assertEqual(len(answer.skipped), 2)
+        self.assertIn("relay", answer.skipped[0])
+        # A server alone lists none: nothing for the node to follow.
+        self.assertIsNone(NetmapAnswer.from_json({"cursor": "e:1", "upserts": [], "removals": []}).relays)
+
+    def test_a_grant_round_trips_its_relay(self):
+        grant = _grant("db1", "b.example.org", 8788, relay_replica="b")
+        self.assertEqual(RelayGrant.from_json(grant.to_json()), grant)
+        self.assertEqual((grant.relay_host, grant.relay_port, grant.relay_replica), ("b.example.org", 8788, "b"))
