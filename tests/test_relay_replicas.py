@@ -5,7 +5,9 @@ each asks its own replica for its side of the X-Y relay session: both are
 told the same relay (the pair's home), and real UDP frames sealed with the
 grants cross it. kill -9 of the home: both sides, asking again, get a
 session at the survivor and frames cross again. Removing X through the
-replica that is not its pair's home ends the session at the home."""
+replica that is not its pair's home ends the session at the home. And two
+real node daemons (fake WireGuard, real relay shims) of a relayed pair are
+relayed again at the survivor within 10 s of kill -9 of their home."""
 
 from __future__ import annotations
 
@@ -68,7 +70,9 @@ class _Side(DatagramProtocol):
         return opened
 
 
-class RelayAcrossReplicasTests(OnOneDatabase):
+class TwoReplicas(OnOneDatabase):
+    """Two HTTPS replicas with authentication, each its own URL first."""
+
     MODE = "--no-rate-limits"
     timeout = 180
 
@@ -89,10 +93,11 @@ class RelayAcrossReplicasTests(OnOneDatabase):
         self.http = make_http_client(reactor, persistent=False, tls_fingerprint=a.fingerprint)
         return a, b
 
-    async def join_key(self, server) -> str:
+    async def join_token(self, server):
+        """A reusable join key's token, made through the replica's admin socket (the real ``wire`` command)."""
         code, out, err = await run_wire("--data-dir", server.data_dir, "admin", "keys", "create", "--reusable", "--json")
         self.assertEqual(code, 0, err)
-        return decode_join_token(json.loads(out)["token"]).secret
+        return decode_join_token(json.loads(out)["token"])
 
     async def enrolled(self, server, name: str, secret: str) -> str:
         code, answer = await self.call(server, "POST", "/enroll", {**body_for(name), "join_key": secret})
@@ -141,7 +146,7 @@ class RelayAcrossReplicasTests(OnOneDatabase):
     async def mesh(self):
         a, b = await self.two_replicas()
         self.assertTrue(await eventually(lambda: self._both_live(a, b)), "both replicas live")
-        secret = await self.join_key(a)
+        secret = (await self.join_token(a)).secret
         x_credential = await self.enrolled(a, "x", secret)
         y_credential = await self.enrolled(b, "y", secret)
         await self.both_know((a, b), x_credential, {"x", "y"})
@@ -150,6 +155,13 @@ class RelayAcrossReplicasTests(OnOneDatabase):
     async def _both_live(self, a, b) -> bool:
         return await self.live_relays(a) == ["a", "b"] and await self.live_relays(b) == ["a", "b"]
 
+    async def relay_sessions(self, server) -> int:
+        response = await self.http.get(server.url + "/metrics", timeout=5)
+        text = (await response.content()).decode()
+        return int(float(re.search(r"^wire_relay_sessions (\S+)$", text, re.M).group(1)))
+
+
+class RelayAcrossReplicasTests(TwoReplicas):
     async def test_both_sides_get_one_relay_and_a_new_one_at_the_survivor_after_kill_9(self):
         a, b, x_credential, y_credential = await self.mesh()
         x_grant = await self.grant(a, "x", "y", x_credential)
@@ -163,9 +175,9 @@ class RelayAcrossReplicasTests(OnOneDatabase):
         x.use(x_grant)
         y.use(y_grant)
         self.assertTrue(await self.frames_cross(x, y, b"through the home"), "X's frame reached Y through the home")
-        # The home's /metrics count the forwarded grant at the other replica.
-        code, _ = await self.call(survivor, "GET", "/health")
-        self.assertEqual(code, 200)
+        # The other replica forwarded its node's request to the home.
+        response = await self.http.get(survivor.url + "/metrics", timeout=5)
+        self.assertIn('wire_relay_grants_total{where="forwarded"} 1.0', (await response.content()).decode())
 
         await home.kill(signal.SIGKILL)
         killed = time.monotonic()
@@ -214,11 +226,6 @@ class RelayAcrossReplicasTests(OnOneDatabase):
         await deferLater(reactor, 0.3, lambda: None)
         self.assertEqual(y.payloads(), [], "nothing of the removed node's crosses")
 
-    async def relay_sessions(self, server) -> int:
-        response = await self.http.get(server.url + "/metrics", timeout=5)
-        text = (await response.content()).decode()
-        return int(float(re.search(r"^wire_relay_sessions (\S+)$", text, re.M).group(1)))
-
     async def test_a_replica_call_without_the_cluster_secret_is_refused(self):
         a, b = await self.two_replicas()
         forged = {"from": "a", "at": time.time(), "fresh": True, "mac": "00" * 32,
@@ -229,3 +236,74 @@ class RelayAcrossReplicasTests(OnOneDatabase):
         self.assertIn("MAC", answer["error"])
         code, answer = await self.call(b, "POST", "/cluster/v1/relay-grant", {"from": 1})
         self.assertEqual(code, 403, answer)
+
+
+class NodesRelayedAcrossReplicasTests(TwoReplicas):
+    """Two real node daemons (fake WireGuard, real relay shims on UDP) of a
+    hard-NAT pair, X using replica A and Y replica B: their shims hold one
+    session at the pair's home; kill -9 of the home, and both hold a live
+    session at the survivor within 10 s (the node at the dead replica fails
+    over; the other is told by its long-poll that the home's relay is gone)."""
+
+    def daemon(self, name: str, server, token, servers, lan_ip: str):
+        import os
+
+        from tests.fakes import FakeWireGuard, fixed_nat
+        from wire.client import CoordinationClient
+        from wire.keys import load_or_create_keys
+        from wire.node.config import NodeConfig, save_config, stun_ports
+        from wire.node.daemon import NodeDaemon
+        from wire.node.relay import RelayShim
+        from wire.node.servers import server_hosts
+
+        config_dir = os.path.abspath(self.mktemp())
+        os.makedirs(config_dir)
+        config = NodeConfig(
+            server_url=server.url, server_urls=tuple(s.url for s in servers), server_fingerprint=token.fingerprint,
+            node_name=name, node_id=body_for(name)["node_id"],
+        )
+        save_config(config_dir, config)
+        host, relay_port, _ = stun_ports(server.url)
+        shim = RelayShim(reactor, host, relay_port, 51820, relay_hosts=server_hosts(config))
+        client = CoordinationClient(make_http_client(reactor, persistent=False, tls_fingerprint=token.fingerprint), server.url)
+        daemon = NodeDaemon(
+            clock=reactor, config_dir=config_dir, config=config, keys=load_or_create_keys(config_dir),
+            # No handshake ever (no real WireGuard): no direct path proves itself, the pair is relayed.
+            wireguard=FakeWireGuard(clock=reactor, auto_handshake=False), client=client, probe_nat=fixed_nat(nat_type="hard"),
+            lan_ip=lambda: lan_ip, join_token=token, relay=shim,
+        )
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        return daemon, shim
+
+    async def test_a_relayed_pair_is_relayed_again_at_the_survivor_within_10_s_of_kill_9(self):
+        a, b = await self.two_replicas()
+        self.assertTrue(await eventually(lambda: self._both_live(a, b)), "both replicas live")
+        token = await self.join_token(a)
+        _, x_shim = self.daemon("x", a, token, (a, b), "192.168.1.10")
+        _, y_shim = self.daemon("y", b, token, (a, b), "192.168.2.20")
+        x_id, y_id = body_for("x")["node_id"], body_for("y")["node_id"]
+
+        def paired(after: float = 0.0):
+            async def check():
+                xs, ys = x_shim.sessions().get(y_id), y_shim.sessions().get(x_id)
+                if xs is None or ys is None or xs.session_id != ys.session_id or xs.relay != ys.relay:
+                    return None
+                if min(xs.last_heard, ys.last_heard) <= after:  # the relay answered both since
+                    return None
+                return xs.relay_replica
+
+            return check
+
+        home_name = await eventually(paired(), 60)
+        self.assertIn(home_name, ("a", "b"), f"one session at one home, both sides heard by it: {x_shim.sessions()} {y_shim.sessions()}")
+        home, survivor = (a, b) if home_name == "a" else (b, a)
+        await home.kill(signal.SIGKILL)
+        killed = time.monotonic()
+        # Both sides' last_heard are on the reactor's clock (time.time): heard after the kill.
+        killed_wall = reactor.seconds()
+        moved_to = await eventually(paired(killed_wall), 10)
+        took = time.monotonic() - killed
+        self.assertEqual(moved_to, "a" if survivor is a else "b", f"relayed again at the survivor ({took:.1f} s)")
+        self.assertLess(took, 10.0)
+        print(f"\nrelayed pair: both shims on a live session at the survivor {took:.2f} s after kill -9 of its home")
