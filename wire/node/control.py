@@ -156,18 +156,18 @@ async def node_status(daemon: NodeDaemon) -> dict:
         policy = {} if resolved is None else {"may_open_here": admitted(resolved, peer.vpn_ip)}
         dns_name = dns_name_of(peer.node_name, domain) if domain else None
         entry = {
-                "node_name": peer.node_name,
-                "node_id": peer.node_id,
-                "vpn_ip": peer.vpn_ip,
-                "vpn_ip6": peer.vpn_ip6,
-                "online": peer.online,
-                "endpoint": wg_peer.endpoint if wg_peer else None,
-                "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
-                "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
-                **policy,
-                **relayed_at.get(peer.node_id, {}),
-                **({"dns_name": dns_name} if dns_name else {}),
+            "node_name": peer.node_name,
+            "node_id": peer.node_id,
+            "vpn_ip": peer.vpn_ip,
+            "vpn_ip6": peer.vpn_ip6,
+            "online": peer.online,
+            "endpoint": wg_peer.endpoint if wg_peer else None,
+            "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
+            "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
+            **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
+            **policy,
+            **relayed_at.get(peer.node_id, {}),
+            **({"dns_name": dns_name} if dns_name else {}),
         }
         at = relayed_at.get(peer.node_id)
         if at is not None and entry["endpoint_kind"] in ("relay-shim", "relay-kernel"):
