@@ -978,6 +978,18 @@ class ExplainPathTests(unittest.TestCase):
         self.assertEqual(result["reasons"][2], "handshake 2s ago: the tunnel is up")
         self.assertIn("forward the WireGuard UDP port", result["suggestions"][0])
 
+    def test_a_pair_relayed_by_a_replica_names_it(self):
+        wg = self.wg(
+            path="relay", reason="relay: hard NAT on db1", why="hard NAT on db1", endpoint=self.SHIM, handshake_age=2.0,
+            relay_replica="b", relay_address="b.example.org:8788",
+        )
+        result = self.explain(self.record(nat_type="hard"), wg)
+        self.assertEqual(
+            result["reasons"][0],
+            "traffic to db1 goes through the relay on the coordination server (replica b, b.example.org:8788) "
+            f"(hard NAT on db1); WireGuard sends it to the local relay shim {self.SHIM}",
+        )
+
     def test_relay_after_direct_failed(self):
         wg = self.wg(path="relay", reason="relay: no direct handshake within 15s", why="no direct handshake within 15s", endpoint=self.SHIM, handshake_age=2.0)
         result = self.explain(self.record(nat_type="none"), wg)

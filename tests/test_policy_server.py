@@ -324,10 +324,11 @@ class VisibilityTests(unittest.TestCase):
         plain, db = (self.mesh.coordinator.registry.get(self.mesh.ids[n]) for n in ("plain1", "db1"))
         from wire.server.auth import Forbidden
 
-        with self.assertRaises(Forbidden):
-            self.mesh.coordinator.relay_grant(plain.node_id, plain.wg_public_key, db.node_id, caller=plain.node_id)
+        refused = ensureDeferred(self.mesh.coordinator.relay_grant(plain.node_id, plain.wg_public_key, db.node_id, caller=plain.node_id))
+        self.failureResultOf(refused, Forbidden)
         web = self.mesh.coordinator.registry.get(self.mesh.ids["web1"])
-        self.assertIsNotNone(self.mesh.coordinator.relay_grant(web.node_id, web.wg_public_key, db.node_id, caller=web.node_id))
+        granted = ensureDeferred(self.mesh.coordinator.relay_grant(web.node_id, web.wg_public_key, db.node_id, caller=web.node_id))
+        self.assertIsNotNone(self.successResultOf(granted))
 
     def test_a_change_of_who_sees_whom_reaches_each_node_as_what_it_gained_and_lost(self):
         """Each node's map (a real NodeNetmap fed the answers) holds exactly

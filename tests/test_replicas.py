@@ -245,7 +245,11 @@ class ReplicaTests(OnOneDatabase):
         self.assertEqual((await self.post(a, "/register", body_for("web1")))[0], 200)
         self.assertTrue(await self.caught_up(b, 1))
         health = await self.get(b, "/health")
-        self.assertEqual(health["cluster"], {"replica": "b", "database": True, "leader": health["cluster"]["leader"], "lag": 0})
+        self.assertEqual(
+            health["cluster"],
+            {"replica": "b", "database": True, "leader": health["cluster"]["leader"], "lag": 0, "relay_replicas": health["cluster"]["relay_replicas"]},
+        )
+        self.assertIn("b", health["cluster"]["relay_replicas"], "b relays (it holds its liveness lock)")
         response = await self.http.get(f"{b.url}/metrics", timeout=5)
         metrics = (await response.content()).decode()
         self.assertIn('wire_replica_info{name="b"} 1.0', metrics)

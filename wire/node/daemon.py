@@ -909,6 +909,8 @@ class NodeDaemon(Service):
             self.log.warn("netmap: {problem}", problem=problem)
             self.bad_answers.note(f"netmap: {problem}", self.clock.seconds())
         self._adopt_own_view(answer)
+        # A cluster's answer lists the live relays: a session at a dead one is asked for anew at once.
+        await self.reconciler.relays_live(answer.relays)
         if previous_epoch and self.netmap.epoch != previous_epoch:
             # A new server run: the next heartbeat registers, and learns
             # whether that server counts our long-polls.

@@ -112,6 +112,12 @@ def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float) 
     # The server's kernel forwards these: WireGuard sends there, no shim in the way.
     kernels = {session.kernel_endpoint for session in sessions if session.kernel and session.kernel_endpoint}
     over_tcp = relay.tcp_reason if relay is not None and relay.over_tcp else ""
+    # Which replica relays each relayed pair (a cluster's grants name it).
+    relayed_at = {
+        s.peer_node_id: {"relay_replica": s.relay_replica, "relay_address": f"{s.relay_host}:{s.relay[1]}"}
+        for s in sessions
+        if s.relay_replica
+    }
     peers = []
     rules = daemon.netmap.filter
     resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
@@ -122,19 +128,22 @@ def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float) 
         # Under a policy: what this peer may open on this node, and by which rule.
         policy = {} if resolved is None else {"may_open_here": admitted(resolved, peer.vpn_ip)}
         dns_name = dns_name_of(peer.node_name, domain) if domain else None
-        peers.append(
-            {
-                "node_name": peer.node_name,
-                "node_id": peer.node_id,
-                "vpn_ip": peer.vpn_ip,
-                "vpn_ip6": peer.vpn_ip6,
-                "online": peer.online,
-                "endpoint": wg_peer.endpoint if wg_peer else None,
-                "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
-                "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
-                **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
-                **policy,
-                **({"dns_name": dns_name} if dns_name else {}),
-            }
-        )
+        entry = {
+            "node_name": peer.node_name,
+            "node_id": peer.node_id,
+            "vpn_ip": peer.vpn_ip,
+            "vpn_ip6": peer.vpn_ip6,
+            "online": peer.online,
+            "endpoint": wg_peer.endpoint if wg_peer else None,
+            "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
+            "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
+            **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
+            **policy,
+            **relayed_at.get(peer.node_id, {}),
+            **({"dns_name": dns_name} if dns_name else {}),
+        }
+        at = relayed_at.get(peer.node_id)
+        if at is not None and entry["endpoint_kind"] in ("relay-shim", "relay-kernel"):
+            entry["reason"] += f" (relayed by replica {at['relay_replica']} at {at['relay_address']})"
+        peers.append(entry)
     return peers

@@ -29,7 +29,7 @@ from wire.node.firewall import Firewall, FirewallError, InvalidFirewallConfig
 from wire.node.netmap import PERSISTENT_KEEPALIVE, NodeNetmap, Peer
 from wire.node.paths import Me, PathPlanner, PeerPath, Phase, Plan, Seen, endpoint_for, is_shim_endpoint
 from wire.node.probe import PathProbe
-from wire.node.relay import RelayShim
+from wire.node.relay import RelayHostRefused, RelayShim
 from wire.node.routing import NodeRouting
 from wire.node.trust import IPNetwork, Mesh
 from wire.node.wireguard import IWireGuard, PeerConfig, PeerStatus
@@ -53,6 +53,8 @@ class RuntimeState:
 
     reconcile_wanted: bool = False  # a reconcile is queued behind the lock
     relay_wanted: set[str] = field(default_factory=set)  # peers the latest reconcile relays
+    # The live relays (host, port) the server last listed (None: none listed yet).
+    relays_live: set[tuple[str, int]] | None = None
     grant_slots: DeferredSemaphore = field(default_factory=lambda: DeferredSemaphore(RELAY_GRANTS_AT_ONCE))
     grants_pending: dict[str, Deferred] = field(default_factory=dict)  # by peer node id
     grant_failing: set[str] = field(default_factory=set)  # told once, retried quietly
@@ -444,6 +446,37 @@ class Reconciler:
         if self.relay is not None:
             await self.relay.move_to(server_host, relay_port)
 
+    async def relays_live(self, relays) -> None:
+        """The live replicas' relays, as the server's answer lists them (None:
+        it lists none, one server alone). When they change, a session whose
+        relay left the list is dropped (the next reconcile asks for a new
+        one, at once), and every other is asked for again keeping our side
+        (its pair may be homed at another replica now): a pair whose relay
+        died is relayed again within seconds, not after ALIVE_WITHIN."""
+        if relays is None or self.relay is None:
+            return
+        live = set()
+        for relay in relays:
+            if relay.host in self.relay.relay_hosts:
+                live.add((relay.host, relay.port))
+            else:
+                self.log.warn("the server lists a relay at {host}, which is none of this node's servers: ignored", host=relay.host)
+        if live == self._runtime.relays_live:
+            return
+        before, self._runtime.relays_live = self._runtime.relays_live, live
+        if before is None:
+            return  # the first list: the sessions held were granted against it
+        for peer_node_id, session in self.relay.sessions().items():
+            if (session.relay_host, session.relay[1]) not in live:
+                await self.relay.remove(peer_node_id)
+                self.log.info(
+                    "{peer}: its relay {host} is gone; asking for a session at a live one",
+                    peer=self._peer_name(peer_node_id), host=session.relay_replica or session.relay_host,
+                )
+            else:
+                self._refresh_grant(peer_node_id)
+        self._reconcile_soon()
+
     async def stop(self) -> None:
         """End every relay session: the node stops or leaves."""
         if self.relay is not None:
@@ -488,6 +521,9 @@ class Reconciler:
         except BadAnswer as e:  # before ServerError, which it is
             self._grant_failed(peer.node_id, "bad relay grant for {peer}: {error}", peer=name, error=e.error)
             return
+        except RelayHostRefused as e:
+            self._grant_failed(peer.node_id, "relay grant for {peer} refused: {error}", peer=name, error=e)
+            return
         except (ServerUnreachable, ServerError) as e:
             self._grant_failed(peer.node_id, "no relay session for {peer} yet: {error}", peer=name, error=e)
             return
@@ -502,8 +538,9 @@ class Reconciler:
 
     def _refresh_grant(self, peer_node_id: str) -> None:
         """The server says the peer's side of our relay session changed (it
-        restarted): ask for it, keeping our side, so the session can go on the
-        server's kernel fast path again. The Python path carries it meanwhile."""
+        restarted), or the live relays changed: ask for it, keeping our side,
+        so the session can go on the server's kernel fast path again (or
+        learn that its pair is homed elsewhere now). The Python path carries it meanwhile."""
         if self.relay is None or peer_node_id in self._runtime.grants_pending:
             return
         session = self.relay.sessions().get(peer_node_id)
@@ -514,7 +551,8 @@ class Reconciler:
     async def _refresh(self, peer_node_id: str, held: bytes) -> None:
         try:
             grant = await self.client.relay(
-                self._node_id, self._public_key, peer_node_id, fastpath=True, held=held, direct=getattr(self.relay, "direct", False)
+                self._node_id, self._public_key, peer_node_id, fastpath=getattr(self.relay, "fastpath", False), held=held,
+                direct=getattr(self.relay, "direct", False),
             )
             if self.relay is not None and not self._stopping():
                 await self.relay.add(grant)

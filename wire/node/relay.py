@@ -26,6 +26,15 @@ by address, so each session's frames must come from an address of their own.
 When the server says the peer's side changed (REFRESH_PEER in a keepalive
 answer), ``on_peer_changed`` asks for the grant again, keeping our side.
 
+Replicas (wire.server.replicas): a session's relay is the replica that
+is its pair's home, named in the grant (``relay_host``), so each session
+sends to its own relay address and takes frames only from it. A node
+takes a relay host only if it is one of its own servers' hosts
+(``relay_hosts``: the replicas its join token named); any other is
+refused (RelayHostRefused), so a hostile server cannot aim the node's
+traffic elsewhere. The relay stream (TCP) goes to the node's own server:
+a session homed at another replica is carried over UDP only.
+
 The kernel path takes the shim out of WireGuard's way. A shim that can send
 from WireGuard's own port (root: a raw socket, wire.node.rawudp) asks with
 ``direct``; a grant with a ``direct_port`` (the server's port for our side)
@@ -89,12 +98,21 @@ KERNEL_VALID = 2 * KEEPALIVE_INTERVAL + 5.0
 log = debug_aware_logger()
 
 
+class RelayHostRefused(ValueError):
+    """A grant names a relay host that is none of this node's servers."""
+
+
 @dataclass
 class RelaySession:
     peer_node_id: str
     session_id: str
     token: bytes
     key: FrameKey
+    # Where this session's frames go, and the only address taken them from
+    # (the relay of the pair's home replica), and that replica's name.
+    relay: tuple[str, int] = ("", 0)
+    relay_replica: str = ""
+    relay_host: str = ""  # the relay's host as the grant (or the node's server URL) names it
     socket: _PeerSocket | None = None
     sent: int = 0
     window: ReplayWindow = field(default_factory=ReplayWindow)
@@ -176,12 +194,17 @@ class RelayShim:
     # This shim takes frames sealed by the peer's side (the request says so).
     fastpath = True
 
-    def __init__(self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int, raw: Any = None):
+    def __init__(
+        self, reactor: Any, server_host: str, relay_port: int, wireguard_port: int, raw: Any = None,
+        relay_hosts: tuple[str, ...] = (),
+    ):
         # IReactorUDP and IReactorTime (and IReactorPluggableNameResolver
         # when the server is named, not numbered).
         self.reactor = reactor
         self._server_host = server_host
         self._relay_port = relay_port
+        # The hosts a grant may name as its relay: the node's servers (wire.node.servers.server_hosts).
+        self.relay_hosts = relay_hosts or (server_host,)
         self.server: tuple[str, int] | None = None
         self.wireguard_port = wireguard_port
         self._sessions: dict[str, RelaySession] = {}  # by peer node id
@@ -225,11 +248,7 @@ class RelayShim:
         try:
             if self._upstream_port is not None:
                 return
-            try:
-                ip = str(ipaddress.ip_address(self._server_host))
-            except ValueError:
-                ip = await self.reactor.resolve(self._server_host)
-            self.server = (ip, self._relay_port)
+            self.server = (await self._resolve(self._server_host), self._relay_port)
             self._upstream_port = self.reactor.listenUDP(0, self._upstream)
             enlarge_socket_buffers(self._upstream_port)
             self._upstream_batcher = DatagramBatcher(self.reactor, self._upstream_port)
@@ -237,6 +256,28 @@ class RelayShim:
             self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
         finally:
             self._start_lock.release()
+
+    async def _resolve(self, host: str) -> str:
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            return await self.reactor.resolve(host)
+
+    def check_relay_host(self, grant: RelayGrant) -> None:
+        """Raises RelayHostRefused unless the grant's relay is one of our servers."""
+        if grant.relay_host is not None and grant.relay_host not in (self._server_host, *self.relay_hosts):
+            raise RelayHostRefused(
+                f"the grant names relay host {grant.relay_host!r}, which is none of this node's servers "
+                f"({', '.join(self.relay_hosts)}); refused"
+            )
+
+    async def _relay_of(self, grant: RelayGrant) -> tuple[str, int]:
+        """The grant's relay address: the replica it names, or (naming none) our own server's relay port."""
+        assert self.server is not None  # start() found it
+        if grant.relay_host is None:
+            return self.server
+        host = self.server[0] if grant.relay_host == self._server_host else await self._resolve(grant.relay_host)
+        return (host, grant.relay_port or self._relay_port)
 
     async def stop(self) -> None:
         if self._keepalive.running:
@@ -265,6 +306,8 @@ class RelayShim:
 
     async def add(self, grant: RelayGrant) -> str:
         """Start relaying to a peer; returns the endpoint to give WireGuard."""
+        # Refused before anything changes: the session we have goes on.
+        self.check_relay_host(grant)
         peer, token, key = grant.peer_node_id, grant.token, FrameKey(grant.key)
         existing = self._sessions.get(peer)
         if existing is not None and existing.token == token and not self.is_dead(peer):
@@ -276,7 +319,11 @@ class RelayShim:
         if existing is not None:
             await self.remove(peer)
         await self.start()
-        session = RelaySession(peer, grant.session_id, token, key, created=self.reactor.seconds())
+        relay = await self._relay_of(grant)
+        session = RelaySession(
+            peer, grant.session_id, token, key, relay=relay, relay_replica=grant.relay_replica or "",
+            relay_host=grant.relay_host or self._server_host, created=self.reactor.seconds(),
+        )
         session.socket = _PeerSocket(self, session)
         session.socket.port = self.reactor.listenUDP(0, session.socket, interface="127.0.0.1")
         enlarge_socket_buffers(session.socket.port)
@@ -294,33 +341,31 @@ class RelayShim:
         self.send_upstream(session, b"")
         self._set_direct(session, grant.direct_port)
         # The daemon tells it by the peer's name; the details are for debugging.
-        assert self.server is not None  # start() found it
         log.debug(
             "relay session {session} for node {peer} via {host}:{port}",
             peer=peer,
-            host=self.server[0],
-            port=self.server[1],
+            host=relay[0],
+            port=relay[1],
             session=session.session_id,
         )
         return session.endpoint
 
     def _set_direct(self, session: RelaySession, port: int | None) -> None:
-        """Our side's port on the server (None: none): bind to it at once."""
-        assert self.server is not None  # start() found it
+        """Our side's port on the session's relay (None: none): bind to it at once."""
         if port is None or not self.direct:
             session.direct_port = session.kernel_endpoint = None
             self._set_kernel(session, False)
             return
-        session.direct_port, session.kernel_endpoint = port, f"{self.server[0]}:{port}"
+        session.direct_port, session.kernel_endpoint = port, f"{session.relay[0]}:{port}"
         self._bind(session)
 
     def _bind(self, session: RelaySession) -> None:
         """A bind frame from WireGuard's port to our side's port (a keepalive
         there: the server learns the address our WireGuard has on that flow)."""
-        if session.direct_port is None or self.raw is None or self.server is None:
+        if session.direct_port is None or self.raw is None:
             return
         session.frames_out += 1
-        self.raw.send(self.wireguard_port, (self.server[0], session.direct_port), session.wrap(b""))
+        self.raw.send(self.wireguard_port, (session.relay[0], session.direct_port), session.wrap(b""))
 
     def _set_kernel(self, session: RelaySession, on: bool) -> None:
         if on:
@@ -410,7 +455,7 @@ class RelayShim:
             return
         session.frames_out += 1
         frame = session.wrap(payload)
-        if self.over_tcp and self.stream is not None:
+        if self.over_tcp and self.stream is not None and session.relay == self.server:
             self.stream.send(frame)
             return
         self._send_udp(frame, session)
@@ -422,7 +467,7 @@ class RelayShim:
             if self.stream is not None and self._udp_check is None:
                 self._udp_check = self.reactor.callLater(UDP_FALLBACK_AFTER, self._check_udp)
         send = session.upstream_send or self._send_upstream
-        send(frame, self.server)
+        send(frame, session.relay)
 
     def _check_udp(self) -> None:
         """UDP_FALLBACK_AFTER after the first frame: was anything heard over UDP?"""
@@ -458,8 +503,9 @@ class RelayShim:
         if not self.over_tcp or self.stream is None:
             return
         for session in self._sessions.values():
-            session.frames_out += 1
-            self.stream.send(session.wrap(b""))
+            if session.relay == self.server:  # the stream reaches our own server only
+                session.frames_out += 1
+                self.stream.send(session.wrap(b""))
 
     def from_stream(self, frame: bytes) -> bool:
         """A frame the server sent over the relay stream (True: authentic)."""
@@ -471,19 +517,22 @@ class RelayShim:
         self._stream_keepalives()
 
     def from_server(self, data: bytes, addr) -> None:
-        if addr != self.server:
-            return
-        if self._take(data):
+        if self._take(data, addr):
             self._udp_heard_at = self.reactor.seconds()
             self._udp_tried_at = None
             if self.over_tcp:
                 self._use_udp()
 
-    def _take(self, data: bytes) -> bool:
-        """A frame from the server, checked and handed to WireGuard; True if it was authentic."""
+    def _take(self, data: bytes, source: tuple[str, int] | None = None) -> bool:
+        """A frame from a relay (``source``: its UDP address; None: our own
+        server's stream), checked and handed to WireGuard; True if authentic.
+        Over UDP only the session's own relay may send its frames."""
         try:
             token, direction, counter = read_header(data)
         except FrameError:
+            return False
+        session = self._by_token.get(token) or self._by_peer_token.get(token)
+        if session is not None and source is not None and tuple(source) != session.relay:
             return False
         session = self._by_token.get(token)
         if session is not None:

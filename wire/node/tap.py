@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from wire.keys import KeyFileError, load_or_create_keys
 from wire.jointoken import JoinToken, JoinTokenError
+from wire.node.servers import server_hosts
 from wire.node.config import ConfigError, NodeConfig, default_config_dir, load_config, stun_ports
 from wire.node.control import build_control_site, control_socket_path
 from wire.node.daemon import NodeDaemon
@@ -92,7 +93,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     wireguard = make_wireguard(runner, config.interface, reactor)
     firewall = node_firewall(runner, config.interface)
     # Root sends the relay's bind frames from WireGuard's port (the kernel path).
-    shim = RelayShim(reactor, host, stun_a, config.listen_port, raw=RawUdpSender())
+    # A grant may name any of the mesh's replicas as its relay, and no other host.
+    shim = RelayShim(reactor, host, stun_a, config.listen_port, raw=RawUdpSender(), relay_hosts=server_hosts(config))
     names = MeshNames(reactor, runner, config.interface, OsDnsPaths(state_dir=config_dir), accept_dns=config.accept_dns)
     daemon = NodeDaemon(
         clock=reactor,

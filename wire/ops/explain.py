@@ -120,7 +120,9 @@ def explain_path(
         else:
             where = f"its relay session is not ready yet, and WireGuard sends to {endpoint or 'nowhere'} meanwhile"
         over = " over TCP, on the server's HTTPS port" if path == "relay-tcp" else ""
-        reasons.append(f"traffic to {name} goes through the relay on the coordination server{over} ({why}); {where}")
+        # Replicas: the one relaying the pair (its home), by name and relay address.
+        at = f" (replica {wg['relay_replica']}, {wg.get('relay_address', '')})" if wg.get("relay_replica") else ""
+        reasons.append(f"traffic to {name} goes through the relay on the coordination server{at}{over} ({why}); {where}")
         cause, fix = _why_not_direct(name, me.get("nat_type") or "unknown", peer.get("nat_type") or "unknown", expected, kind)
         reasons.append(cause)
         suggestions.append(fix)

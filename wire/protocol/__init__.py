@@ -54,7 +54,7 @@ from wire.protocol.registration import (
     parse_enrollment,
     parse_registration,
 )
-from wire.protocol.relay import RelayGrant, RelayRequest
+from wire.protocol.relay import RelayEndpoint, RelayGrant, RelayRequest
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -78,6 +78,7 @@ __all__ = [
     "RegisterAnswer",
     "RegisterOutcome",
     "Registration",
+    "RelayEndpoint",
     "RelayGrant",
     "RelayRequest",
     "asking_to_register",

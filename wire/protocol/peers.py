@@ -21,6 +21,7 @@ from wire.protocol.routefilter import ANSWER_KEY as ROUTE_FILTER_KEY
 from wire.protocol.routefilter import ForwardRule, parse_route_filter
 from wire.protocol.routes import parse_routes
 from wire.protocol.paths import PairPath
+from wire.protocol.relay import RelayEndpoint
 from wire.protocol.fields import (
     MAX_TAGS,
     parse_bool,
@@ -238,6 +239,9 @@ class NetmapAnswer:
     route_filter: tuple[ForwardRule, ...] | None = None
     route_filter_given: bool = False
     route_filter_refused: bool = False
+    # The live replicas' relays (a cluster's servers say; None: not given),
+    # wire.server.replicas: a change has relayed nodes ask for grants again.
+    relays: tuple[RelayEndpoint, ...] | None = None
 
     @classmethod
     def from_json(cls, value: Any) -> NetmapAnswer:
@@ -274,6 +278,7 @@ class NetmapAnswer:
         upserts = _each_valid(answer, "upserts", PeerView.from_json, "a peer entry", skipped)
         removals = _each_valid(answer, "removals", lambda v: parse_node_id(v, "removals"), "a removal", skipped)
         paths = _each_valid(answer, "paths", PairPath.from_json, "a path entry", skipped)
+        relays = tuple(_each_valid(answer, "relays", RelayEndpoint.from_json, "a relay", skipped)) if "relays" in answer else None
         cursor = answer.get("cursor")
         full = parse_bool(answer.get("full", False), "full")
         return cls(
@@ -294,6 +299,7 @@ class NetmapAnswer:
             route_filter=route_filter,
             route_filter_given=route_filter_given,
             route_filter_refused=route_filter_refused,
+            relays=relays,
         )
 
 

@@ -85,6 +85,12 @@ class RelayGrant:
     # The side's own port on the server (it asked with ``direct``): where
     # its WireGuard sends once the kernel forwards the session from there.
     direct_port: int | None = None
+    # The host of the replica that relays the session, when another than
+    # the node's own may (replicas, wire.server.replicas); None: the node's
+    # own server. A node takes it only if it is one of its servers' hosts.
+    relay_host: str | None = None
+    # The replica's name (for status views; no node acts on it).
+    relay_replica: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -99,6 +105,10 @@ class RelayGrant:
             body["peer_key"] = base64.b64encode(self.peer_key).decode()
         if self.direct_port is not None:
             body["direct_port"] = self.direct_port
+        if self.relay_host is not None:
+            body["relay_host"] = self.relay_host
+        if self.relay_replica is not None:
+            body["relay_replica"] = self.relay_replica
         return body
 
     @classmethod
@@ -107,6 +117,7 @@ class RelayGrant:
         port = optional(grant, "relay_port")
         peer_token, peer_key = optional(grant, "peer_token"), optional(grant, "peer_key")
         direct_port = optional(grant, "direct_port")
+        relay_host, relay_replica = optional(grant, "relay_host"), optional(grant, "relay_replica")
         if (peer_token is None) != (peer_key is None):
             raise ProtocolError("peer_key" if peer_key is None else "peer_token", "comes only with the other")
         return cls(
@@ -118,7 +129,35 @@ class RelayGrant:
             peer_token=_hex_bytes(peer_token, "peer_token", TOKEN_BYTES) if peer_token is not None else None,
             peer_key=_base64_bytes(peer_key, "peer_key", KEY_BYTES) if peer_key is not None else None,
             direct_port=parse_port(direct_port, "direct_port") if direct_port is not None else None,
+            relay_host=parse_relay_host(relay_host, "relay_host") if relay_host is not None else None,
+            relay_replica=parse_str(relay_replica, "relay_replica", limit=200) if relay_replica is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class RelayEndpoint:
+    """A live replica's relay, as a long-poll answer lists them (``relays``)."""
+
+    replica: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_json(cls, value: Any) -> RelayEndpoint:
+        entry = parse_object(value, "relay")
+        return cls(
+            replica=parse_str(required(entry, "replica"), "replica", limit=200),
+            host=parse_relay_host(required(entry, "host"), "host"),
+            port=parse_port(required(entry, "port"), "port"),
+        )
+
+
+def parse_relay_host(value: Any, field: str) -> str:
+    """A host name or address (a URL's host part), nothing else."""
+    text = parse_str(value, field, limit=253)
+    if not text or not all(c.isascii() and (c.isalnum() or c in ".-:") for c in text):
+        raise ProtocolError(field, f"{text[:40]!r} is not a host name or address")
+    return text
 
 
 def _hex_bytes(value: Any, field: str, size: int) -> bytes:

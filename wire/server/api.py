@@ -45,6 +45,7 @@ from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict
 from wire.server.reports import ReportTooSoon
+from wire.server.replicacall import HomeUnreachable, cluster_root
 from wire.server.store import StoreError
 from wire.sourceaddress import normalize_client_ip
 from wire.web import (
@@ -175,6 +176,8 @@ def answering_errors():
         raise ApiError(503, str(e))
     except ReportTooSoon as e:
         raise ApiError(429, str(e))
+    except HomeUnreachable as e:
+        raise ApiError(502, str(e))
 
 
 class CoordinatorResource(JsonResource):
@@ -300,10 +303,10 @@ class YourIp(JsonResource):
 class Punch(CoordinatorResource):
     methods = ("POST",)
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         node_id = caller(self._coordinator, request)
         with answering_errors():
-            answer = self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
+            answer = await self._coordinator.punch(parse_punch(read_json_body(request)), node_id)
         return answer.to_json()
 
 
@@ -324,12 +327,12 @@ class Relay(CoordinatorResource):
 
     methods = ("POST",)
 
-    def post(self, request: server.Request) -> dict:
+    async def post(self, request: server.Request) -> dict:
         calling = caller(self._coordinator, request)
         body = read_json_body(request)
         with answering_errors():
             asked = RelayRequest.from_json(body)
-            grant = self._coordinator.relay_grant(
+            grant = await self._coordinator.relay_grant(
                 asked.node_id, asked.wg_public_key, asked.peer_node_id, calling, fastpath=asked.fastpath, held=asked.held,
                 direct=asked.direct,
             )
@@ -379,6 +382,9 @@ def build_root(coordinator: Coordinator, rules: ClientRules = ClientRules()) -> 
     root.putChild(b"path", Path(coordinator, rules))
     root.putChild(b"report", Report(coordinator))
     root.putChild(b"metrics", MetricsResource(coordinator.metrics))
+    if coordinator.replica_caller is not None:
+        # Replicas only: the call a replica makes of a pair's home (403 to anyone else).
+        root.putChild(b"cluster", cluster_root(coordinator, coordinator.replica_caller.secret))
     return root
 
 

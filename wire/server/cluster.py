@@ -15,6 +15,9 @@ NOTIFYs ``wire_changes`` at its commit. Each replica:
   own, never the reactor's) that LISTENs; on a lost session it reconnects and
   catches up from the serial applied, so nothing is missed. A catch-up every
   few seconds is the safety net, not the mechanism.
+- holds a lock of its own on that session, which says it lives, and reads
+  which replicas live (wire.server.replicas) about once a second: a pair's
+  relay session is at one of them, its home.
 - may be the sweep leader: that session holds a PostgreSQL advisory lock,
   released by the database when the session dies, so another replica takes
   it within seconds. Only the leader takes silent nodes offline, expires
@@ -42,6 +45,7 @@ from wire.server.dnsbook import DNS_CHANGE, DNS_SETTINGS
 from wire.server.model import RECORD_FIELDS, NodeRecord
 from wire.server.policybook import LATEST_POLICY, POLICY_CHANGE
 from wire.server.registry import Registry
+from wire.server.replicas import REPLICA_LOCK_CLASS, ClusterReplicas, Replica, live_from, lock_key
 from wire.server.store import SQLStore, StoreError
 
 log = Logger()
@@ -62,6 +66,19 @@ BATCH = 1000
 KEPT_CHANGES = 200_000
 # The session thread's wait for a notification, and between reconnections.
 SESSION_TICK = 1.0
+# Which replicas live is read this often (their locks, on the session).
+LIVE_EVERY = 1.0
+
+UPSERT_REPLICA = (
+    "INSERT INTO replicas (name, api_url, relay_host, relay_port, started, seen) VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET api_url = excluded.api_url, relay_host = excluded.relay_host, "
+    "relay_port = excluded.relay_port, started = excluded.started, seen = excluded.seen"
+)
+# The liveness locks granted now, in this database (the two-key form shows objsubid 2).
+LIVE_LOCKS = (
+    "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid = %s "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 class SingleServer:
@@ -95,6 +112,8 @@ class ChangeStream:
         self._again = False
         self.stopped = False  # the store closes: nothing more is read
         self._failing = False
+        # Called with a node another replica removed, once applied (its relay sessions here end).
+        self.on_gone: Callable[[str], object] | None = None
 
     @property
     def lag(self) -> int:
@@ -178,6 +197,8 @@ class ChangeStream:
                 record = records.get(subject)
                 self._adopt_credential(subject, record, credentials)
                 self._registry.apply(serial, kind, subject, record, now)
+                if record is None and self.on_gone is not None:
+                    self.on_gone(subject)
             self.applied = serial
 
     def _adopt_credential(self, node_id: str, record: NodeRecord | None, credentials: dict) -> None:
@@ -246,6 +267,8 @@ class Session:
         leading: Callable[[bool], None],
         reachable: Callable[[bool], None],
         channel: str,
+        replica: Replica | None = None,
+        live: Callable[[dict[str, Replica]], object] | None = None,
     ):
         self._reactor = reactor
         self._connect = connect
@@ -253,6 +276,11 @@ class Session:
         self._leading = leading
         self._reachable = reachable
         self._channel = channel
+        # This replica's row and liveness lock, and where the live set read goes.
+        self._replica = replica
+        self._live = live
+        self._started = reactor.seconds()
+        self._collision_said = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wire-cluster", daemon=True)
 
@@ -277,7 +305,12 @@ class Session:
                 said = False
                 self._call(self._reachable, True)
                 self._call(self._notified)  # whatever was missed while away
+                alive, live_read = self._announce(connection), float("-inf")
                 while not self._stopping.is_set():
+                    if self._replica is not None and self._reactor.seconds() - live_read >= LIVE_EVERY:
+                        alive = alive or self._take_lock(connection)
+                        self._read_live(connection)
+                        live_read = self._reactor.seconds()
                     if not leader:
                         leader = bool(connection.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()[0])
                         if leader:
@@ -307,22 +340,55 @@ class Session:
                         pass
             self._stopping.wait(SESSION_TICK)
 
+    def _announce(self, connection: Any) -> bool:
+        """This replica's row (where it relays), and its liveness lock taken:
+        whether it holds the lock (held until the session ends)."""
+        if self._replica is None:
+            return False
+        r = self._replica
+        connection.execute(UPSERT_REPLICA, (r.name, r.api_url, r.relay_host, r.relay_port, self._started, self._reactor.seconds()))
+        return self._take_lock(connection)
+
+    def _take_lock(self, connection: Any) -> bool:
+        assert self._replica is not None
+        held = bool(connection.execute("SELECT pg_try_advisory_lock(%s, %s)", (REPLICA_LOCK_CLASS, lock_key(self._replica.name))).fetchone()[0])
+        if not held and not self._collision_said:
+            # Another session holds it: this replica's name twice, a dead session PostgreSQL has not noticed yet,
+            # or (once in four billion) another name with the same hash.
+            log.warn("cluster: replica {name}'s liveness lock is held by another session; it relays nothing until it has it", name=self._replica.name)
+            self._collision_said = True
+        if held:
+            self._collision_said = False
+        return held
+
+    def _read_live(self, connection: Any) -> None:
+        rows = connection.execute("SELECT name, api_url, relay_host, relay_port FROM replicas").fetchall()
+        granted = [objid for (objid,) in connection.execute(LIVE_LOCKS, (REPLICA_LOCK_CLASS,)).fetchall()]
+        if self._live is not None:
+            self._call(self._live, live_from(rows, granted))
+
 
 class Cluster(Service):
     """This replica's part: the stream, the session, the leader's duties."""
 
-    def __init__(self, coordinator: Any, store: SQLStore, reactor: Any, name: str):
+    def __init__(self, coordinator: Any, store: SQLStore, reactor: Any, name: str, me: Replica | None = None):
         self.replica = name
         self._store = store
         self._registry = registry = coordinator.registry
         self._reactor = reactor
         self.stream = ChangeStream(store, registry, reactor, coordinator.authority, coordinator.policy, coordinator.dns)
         store.committed_changes.append(self.stream.wake)
+        # A node removed through another replica: its relay sessions here end too.
+        self.stream.on_gone = coordinator.end_relay_of
+        # The live replicas (wire.server.replicas), which relay the pairs homed at them.
+        self.replicas = ClusterReplicas(me if me is not None else Replica(name, "", "", 0))
         self.leader = False  # once it holds the lock and has read the others' heartbeats
         self._holds_lock = False
         self.reachable = True
         engine: Any = store.engine
-        self._session = Session(reactor, engine.session, self.stream.wake, self._lock_held, self._reached, _channel())
+        self._session = Session(
+            reactor, engine.session, self.stream.wake, self._lock_held, self._reached, _channel(), self.replicas.me, self.replicas.update
+        )
         self._loops = [LoopingCall(self._safety_net), LoopingCall(self._lead)]
         for loop in self._loops:
             loop.clock = reactor
@@ -336,7 +402,14 @@ class Cluster(Service):
         return self.stream.lag
 
     def health(self) -> dict:
-        return {"replica": self.replica, "database": self.reachable, "leader": self.leader, "lag": self.lag}
+        return {
+            "replica": self.replica,
+            "database": self.reachable,
+            "leader": self.leader,
+            "lag": self.lag,
+            # The replicas that relay now (a pair's session is at one of them: wire.server.replicas).
+            "relay_replicas": sorted(self.replicas.live),
+        }
 
     def startService(self) -> None:
         super().startService()

@@ -30,6 +30,7 @@ from wire.protocol import (
     RegisterOutcome,
     Registration,
     RelayGrant,
+    RelayRequest,
     asking_to_register,
     pair_rule,
     parse_cursor,
@@ -57,6 +58,8 @@ from wire.server.meshview import MeshVersion
 from wire.server.relay import RelayTable
 from wire.server.reports import FLUSH_INTERVAL as REPORT_FLUSH_INTERVAL
 from wire.server.reports import ReportBook
+from wire.server.replicacall import HomeUnreachable
+from wire.server.replicas import Replica, ReplicaSet
 from wire.server.store import IStore, StoreConflict, StoreError, Writes
 from wire.web import SharedJson, ViewerJson
 
@@ -100,12 +103,12 @@ class Coordinator:
         # The relay over TCP, for nodes whose networks block UDP (wire.relaystream).
         self.relay_streams = RelayStreams(clock, self.relay.handle, self.metrics.count_datagram)
         self.paths = PathBook(registry.changes, registry.changed_at)
-        self.longpolls = LongPollHub(
-            clock,
-            registry.changes,
-            lambda cursor: registry.netmap_since(cursor, clock.seconds()),
-            self._viewer_answer,
-        )
+        # The replicas that may relay (wire.server.replicas): one server
+        # alone is its own only one; makeService gives a cluster's.
+        self.replicas = ReplicaSet(Replica("", "", "", 0))
+        # Asks a pair's home replica for a grant (wire.server.replicacall); None: no other replica.
+        self.replica_caller: Any = None
+        self.longpolls = LongPollHub(clock, registry.changes, self._netmap_answer, self._viewer_answer)
         registry.on_change(self.longpolls.changed)
         self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)
         self.policy.listeners.append(self._policy_changed)
@@ -171,9 +174,39 @@ class Coordinator:
             relay_streams=lambda: len(self.relay_streams),
             relay_stream_drops=lambda: self.relay_streams.dropped,
         )
+        self.metrics.relay_replicas_live.set_function(lambda: len(self.replicas.live))
 
     def now(self) -> float:
         return self.clock.seconds()
+
+    def _netmap_answer(self, cursor: Cursor) -> dict:
+        """A long-poll answer; a cluster's carries the live relays (a node
+        whose session's relay left the list asks for a grant at once)."""
+        answer = self.registry.netmap_since(cursor, self.now())
+        if self.replicas.shared:
+            answer["relays"] = self.replicas.relays_json()
+        return answer
+
+    def use_replicas(self, replicas: ReplicaSet, caller: Any) -> None:
+        """Relay with the other replicas of a cluster: a pair's session at
+        its home, and every long-poll told at once when the live set changes."""
+        self.replicas, self.replica_caller = replicas, caller
+        replicas.listeners.append(self._replicas_changed)
+
+    def _replicas_changed(self) -> None:
+        live = self.replicas.live
+        self.log.info("relay replicas live now: {names}", names=", ".join(sorted(live)) or "none")
+        urls: dict[str, list[str]] = {}
+        for replica in live.values():
+            urls.setdefault(replica.api_url, []).append(replica.name)
+        for url, names in urls.items():
+            if len(names) > 1:
+                # Grants for their pairs would go to the wrong one.
+                self.log.warn(
+                    "replicas {names} all say they are at {url}: give each its own URL as its first --public-url",
+                    names=", ".join(sorted(names)), url=url,
+                )
+        self.longpolls.changed()
 
     # -- the access policy --------------------------------------------------
 
@@ -723,7 +756,7 @@ class Coordinator:
         self._node_with_key(node_id, wg_public_key, caller)
         return self.registry.mark_offline(node_id)
 
-    def relay_grant(
+    async def relay_grant(
         self,
         node_id: str,
         wg_public_key: str,
@@ -733,7 +766,7 @@ class Coordinator:
         held: bytes | None = None,
         direct: bool = False,
     ) -> RelayGrant:
-        """The caller's side of a relay session with ``peer_node_id``."""
+        """The caller's side of a relay session with ``peer_node_id``, at the pair's home replica."""
         self._node_with_key(node_id, wg_public_key, caller)
         if self.registry.get(peer_node_id) is None:
             raise UnknownNode(f"no node {peer_node_id}")
@@ -742,9 +775,39 @@ class Coordinator:
         if not self.may_see(node_id, peer_node_id):
             raise Forbidden("the access policy does not let these two nodes be peers")
         # A node asks only when it has no live side of the session (see RelayTable.grant).
-        return self.relay.grant(node_id, peer_node_id, self.relay_port, fresh=True, fastpath=fastpath, held=held, direct=direct)
+        return await self._grant_at_home(RelayRequest(node_id, wg_public_key, peer_node_id, fastpath, held, direct), fresh=True)
 
-    def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
+    async def _grant_at_home(self, asked: RelayRequest, fresh: bool) -> RelayGrant:
+        """The grant from the pair's home: this replica's table, or the home's
+        over the replicas' call (wire.server.replicacall; HomeUnreachable if it fails)."""
+        if not self.replicas.ready:
+            self.metrics.relay_grants.labels("failed").inc()
+            raise HomeUnreachable("this replica has not read which replicas live yet (it just started); ask again in a second")
+        home = self.replicas.home_of(asked.node_id, asked.peer_node_id)
+        if home.name == self.replicas.me.name or self.replica_caller is None:
+            self.metrics.relay_grants.labels("here").inc()
+            return self.grant_here(asked, fresh)
+        try:
+            grant = await self.replica_caller.relay_grant(home, asked, fresh)
+        except HomeUnreachable:
+            self.metrics.relay_grants.labels("failed").inc()
+            raise
+        self.metrics.relay_grants.labels("forwarded").inc()
+        return grant
+
+    def grant_here(self, asked: RelayRequest, fresh: bool = True) -> RelayGrant:
+        """A side of the pair's session in this replica's relay table (the
+        caller checked who asks); a cluster's grant names this relay."""
+        grant = self.relay.grant(
+            asked.node_id, asked.peer_node_id, self.relay_port, fresh=fresh, fastpath=asked.fastpath, held=asked.held,
+            direct=asked.direct,
+        )
+        if self.replicas.shared:
+            me = self.replicas.me
+            grant = replace(grant, relay_host=me.relay_host, relay_port=me.relay_port, relay_replica=me.name)
+        return grant
+
+    async def punch(self, request: PunchRequest, caller: str | None = None) -> PunchAnswer:
         """The seed's attempt counter; with ``use_relay``, the caller's relay session too."""
         nodes = []
         for address in (request.from_vpn_ip, request.to_vpn_ip):
@@ -756,7 +819,8 @@ class Coordinator:
             raise Forbidden("from_vpn_ip must be the caller's own address")
         answer = self.punches.attempt(request.from_vpn_ip, request.to_vpn_ip, self.now())
         if answer.use_relay and nodes[0].node_id != nodes[1].node_id and self.may_see(nodes[0].node_id, nodes[1].node_id):
-            answer = replace(answer, relay=self.relay.grant(nodes[0].node_id, nodes[1].node_id, self.relay_port))
+            asked = RelayRequest(nodes[0].node_id, nodes[0].wg_public_key, nodes[1].node_id)
+            answer = replace(answer, relay=await self._grant_at_home(asked, fresh=False))
         return answer
 
     async def remove_node(self, record: NodeRecord, event: str = "node.remove") -> int:
@@ -769,8 +833,7 @@ class Coordinator:
         ephemeral_after = self.registry.ephemeral_after(node_id)
         credential_hash = self.authority.credential_of(node_id) if self.authority is not None else None
         removed = self.registry.remove(node_id)
-        ended = self.relay.end_sessions_of(node_id)
-        self.relay_streams.end_node(node_id)
+        ended = self.end_relay_of(node_id)
         self.reports.forget(node_id)
         writes = Writes()
         writes.remove_node(node_id)  # the delete queued by the registry is this transaction's
@@ -787,6 +850,14 @@ class Coordinator:
                 if credential_hash is not None and self.authority is not None and self.authority.credential_of(node_id) is None:
                     self.authority.adopt(node_id, credential_hash)
             raise
+        return ended
+
+    def end_relay_of(self, node_id: str) -> int:
+        """The node is out of the mesh: its relay sessions and streams here
+        end (on a cluster, every replica does this when it learns of it).
+        Returns how many sessions ended."""
+        ended = self.relay.end_sessions_of(node_id)
+        self.relay_streams.end_node(node_id)
         return ended
 
     def sweep(self) -> None:

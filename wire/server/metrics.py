@@ -60,6 +60,18 @@ class ServerMetrics:
         self.relay_fastpath_sessions = Gauge(
             "wire_relay_fastpath_sessions", "Relay sessions the kernel forwards (the fast path)", registry=self.registry
         )
+        # Relaying across replicas (wire.server.replicas): where grants were made, and who relays.
+        self.relay_grants = Counter(
+            "wire_relay_grants",
+            "Relay grants given, by where the pair's session is (here, forwarded: at its home replica, failed: the home gave none)",
+            ["where"],
+            registry=self.registry,
+        )
+        for where in ("here", "forwarded", "failed"):
+            self.relay_grants.labels(where)
+        self.relay_replicas_live = Gauge(
+            "wire_relay_replicas_live", "Replicas live now, which relay the pairs homed at them", registry=self.registry
+        )
         self.registrations = Counter(
             "wire_registrations",
             "POST /register answered, by outcome (new, changed, heartbeat)",

@@ -47,7 +47,13 @@ END $$"""
 
 # What each schema after the first PostgreSQL one (9) changes, by version:
 # run in order, in the migration's transaction.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 12: the replicas table (wire.server.replicas); a fresh database has it from SCHEMA.
+    12: (
+        "CREATE TABLE IF NOT EXISTS replicas (name TEXT PRIMARY KEY, api_url TEXT NOT NULL, relay_host TEXT NOT NULL, "
+        "relay_port INTEGER NOT NULL, started DOUBLE PRECISION NOT NULL, seen DOUBLE PRECISION NOT NULL)",
+    ),
+}
 
 
 # A database that vanished mid-query (a dead host, a partition) must fail the

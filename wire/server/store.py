@@ -69,6 +69,11 @@ Schema 11 adds ``node_reports``, each node's latest report of how it
 reaches its peers (:mod:`wire.server.reports`), for the admin's view of the
 mesh: one row per node, written in batches. Older databases gain the empty
 table when opened.
+
+Schema 12 adds ``replicas`` (:mod:`wire.server.replicas`): each replica on
+one database, where it answers and relays; which of them are alive is what
+PostgreSQL's advisory locks say, not this table. Older databases gain the
+empty table when opened.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ from wire.protocol import PathMode
 from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # SQLite's dialect; wire.server.pgstore translates the few types that differ.
 SCHEMA = """
@@ -169,6 +174,16 @@ CREATE TABLE IF NOT EXISTS node_reports (
     node_id TEXT PRIMARY KEY,
     reported_at REAL NOT NULL,
     peers TEXT NOT NULL
+);
+-- The replicas on one database (schema 12, wire.server.replicas): where each
+-- relays; which of them live is what PostgreSQL's advisory locks say.
+CREATE TABLE IF NOT EXISTS replicas (
+    name TEXT PRIMARY KEY,
+    api_url TEXT NOT NULL,
+    relay_host TEXT NOT NULL,
+    relay_port INTEGER NOT NULL,
+    started REAL NOT NULL,
+    seen REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

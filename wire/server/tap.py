@@ -27,6 +27,8 @@ from wire.server.admin import Admin, build_admin_site
 from wire.server.api import ClientRules, build_site, is_trusted
 from wire.server.auth import Authority
 from wire.server.cluster import Cluster
+from wire.server.replicacall import ReplicaCaller, cluster_secret, replica_http
+from wire.server.replicas import replica_for
 from wire.server.coordinator import Coordinator, MaintenanceService
 from wire.server.meshprefix import MeshPrefix, mesh_prefix6
 from wire.server.netmap import ChangeLog
@@ -296,6 +298,7 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
         enroll_limit=_rate_limiter(config, "enroll", reactor),
         path_limit=_rate_limiter(config, "path", reactor),
     )
+    cluster = _cluster(config, coordinator, reactor, fingerprint)
     where = f" of {interface}" if interface else ""
     # The relay stream shares the API's port (an HTTP Upgrade), so a server on 443 serves both.
     api = UpgradeSnifferFactory(
@@ -334,12 +337,8 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
             AlsoOnIPv6UDP(udp_port, stun6, reactor, f"UDP port {udp_port} (STUN)").setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
     coordinator.metrics.set_replica(config["replica-name"])
-    if config["database"] is not None:
+    if cluster is not None:
         # After the maintenance service: started once the store serves, stopped before it closes.
-        store = coordinator.store
-        assert isinstance(store, SQLStore)
-        cluster = Cluster(coordinator, store, reactor, config["replica-name"])
-        coordinator.cluster = cluster
         cluster.setServiceParent(server)
     # Verified relay sessions forwarded by the kernel where it can (root, nft).
     if config["relay-direct-ports"] is not None:
@@ -357,6 +356,25 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     if coordinator.authority is not None:
         server.when_listening.append(lambda: _first_join(admin, data_dir, first_join_notes(config)))
     return server
+
+
+def _cluster(config: Options, coordinator: Coordinator, reactor, fingerprint: str) -> Cluster | None:
+    """On --database, this replica's part of the cluster; relay grants then
+    come from a pair's home replica, asked over the API's pinned TLS."""
+    if config["database"] is None:
+        return None
+    store = coordinator.store
+    assert isinstance(store, SQLStore)
+    name = config["replica-name"]
+    cluster = Cluster(coordinator, store, reactor, name, replica_for(name, config["public-url"], config["port"]))
+    coordinator.cluster = cluster
+    try:
+        secret = cluster_secret(store)
+    except StoreError as e:
+        raise SystemExit(f"wire-server: {e}")
+    caller = ReplicaCaller(reactor, secret, name, replica_http(reactor, fingerprint))
+    coordinator.use_replicas(cluster.replicas, caller)
+    return cluster
 
 
 def _first_join(admin: Admin, data_dir: str, notes: list[str]) -> None:
