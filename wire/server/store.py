@@ -64,6 +64,12 @@ the ``cluster`` row's lock (``UPDATE ... RETURNING``), so the order in which
 changes commit is their serial order: a replica that has read serial N has
 every change below it. The mesh's epoch (of ``EPOCH:SERIAL`` cursors) is
 drawn once, in ``meta``. Older databases gain the tables when opened.
+
+Schema 12 adds admin API keys (issue 20, :mod:`wire.server.apikeys`):
+``api_keys``, one row per key (its secret's hash, never the secret), and
+``audit.actor``, who made each change ("admin" over the socket,
+"apikey:ID" over /api/v1, "" the server itself). Older databases gain the
+table and the column ("" for their old entries) when opened.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ from wire.protocol import PathMode
 from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 12
 
 # SQLite's dialect; wire.server.pgstore translates the few types that differ.
 SCHEMA = """
@@ -163,7 +169,19 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
     event TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    actor TEXT NOT NULL DEFAULT ''
+);
+-- Admin API keys (schema 12, wire.server.apikeys): the secret's SHA-256, never the secret.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    read_only INTEGER NOT NULL,
+    revoked INTEGER NOT NULL,
+    last_used REAL NOT NULL DEFAULT 0
 );
 """
 
