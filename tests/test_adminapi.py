@@ -19,7 +19,7 @@ from wire.protocol import MAX_BODY_BYTES
 from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, admin_api
 from wire.server.adminops import OPERATIONS
 from wire.server.adminsocket import socket_site
-from wire.server.api import build_root
+from wire.server.api import ClientRules, build_root
 from wire.server.auth import ACTOR, acting_as
 from wire.server.ratelimit import RateLimiter
 
@@ -43,7 +43,7 @@ class ApiCase(unittest.TestCase):
         self.clock = self.mesh.clock
         self.failures = RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, self.clock)
         root = build_root(self.mesh.coordinator)
-        root.putChild(b"api", admin_api(self.admin, _rules(), self.failures))
+        root.putChild(b"api", admin_api(self.admin, ClientRules(), self.failures))
         self.http = StubTreq(root)
         self.socket = StubTreq(socket_site(self.admin).resource)
         self.key = self.new_key(name="automation")
@@ -92,12 +92,6 @@ class ApiCase(unittest.TestCase):
 
     def tags_of(self, name: str) -> list[str]:
         return self.mesh.coordinator.registry.by_name(name).tags
-
-
-def _rules():
-    from wire.server.api import ClientRules
-
-    return ClientRules()
 
 
 def key_id(token: str) -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 

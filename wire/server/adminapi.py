@@ -14,7 +14,7 @@ even with a good key, until its bucket refills.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.web import resource, server
 
@@ -124,9 +124,11 @@ class AdminApi(resource.Resource):
         self._document = openapi_document(PREFIX)
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
-        raw = [path, *request.postpath]
+        # Twisted types both as None (their class defaults); they are lists while a request is routed.
+        rest, before = cast(list[bytes], request.postpath), cast(list[bytes], request.prepath)
+        raw = [path, *rest]
         # The whole rest of the path is this resource's: the endpoint is a leaf.
-        request.prepath.extend(request.postpath)
+        before.extend(rest)
         request.postpath = []
         if len(raw) > 1 and raw[-1] == b"":
             raw.pop()  # a trailing slash

@@ -40,10 +40,10 @@ class SocketEndpoint(JsonResource):
     async def _answer(self, request: server.Request, method: str) -> dict:
         inputs = read_json_body(request) if method != "GET" else {}
         operations = self.operations[method]
-        if operations[0].socket[2] is None:  # type: ignore[index]  # served on the socket: it has a socket route
+        actions = {op.socket[2]: op for op in operations if op.socket is not None and op.socket[2] is not None}
+        if not actions:
             operation = operations[0]
         else:
-            actions = {op.socket[2]: op for op in operations}  # type: ignore[index]
             action = inputs.pop("action", None)
             if action not in actions:
                 raise ApiError(400, f"action: must be {_one_of(list(actions))}")
