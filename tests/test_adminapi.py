@@ -291,6 +291,7 @@ class BadInputTests(ApiCase):
             ("GET", "/audit?limit=0", None, "limit: must be 1..1000"),
             ("GET", "/audit?limit=1&limit=2", None, "limit: given 2 times"),
             ("GET", "/nodes?verbose=1", None, "verbose: not a field of nodes.list"),
+            ("DELETE", "/nodes/web1?node=db1", None, "node: given in the path"),
             ("POST", "/routes/approve", {"node": "db1", "route": "10.99.0.0/24"}, "overlaps the mesh's own subnet"),
             ("POST", "/routes/approve", {"node": "db1", "route": "192.168.1.1/24"}, "route: '192.168.1.1/24' is not a network"),
             ("POST", "/dns/records", {"name": "pg", "type": "A"}, "value: must be a non-empty string"),

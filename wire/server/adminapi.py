@@ -156,7 +156,10 @@ class AdminApi(resource.Resource):
             raise ApiError(403, f"API key {key.key_id} is read-only: it may only GET")
         method = request.method.decode("ascii")
         inputs = _body(request) if method in ("POST", "PUT") else {}
-        texts = {**query_texts(request), **params}
+        query = query_texts(request)
+        for field in query.keys() & params.keys():
+            raise ApiError(400, f"{field}: given in the path; do not give it in the query too")
+        texts = {**query, **params}
         return await operation.call(self._admin, operation.parse(inputs, texts), f"apikey:{key.key_id}")
 
 

@@ -97,13 +97,16 @@ def _number_text(text: str, field: str) -> Any:
         raise _bad(field, f"{text[:20]!r} is not a number")
 
 
-def seconds(low: float, high: float, problem: str = "") -> Kind:
+def seconds(low: float, high: float, problem: str = "", above: bool = False) -> Kind:
+    """A number of seconds from ``low`` (or, ``above``, more than ``low``) to ``high``."""
+
     def parse(value: Any, field: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low < value if above else low <= value) or value > high:
             raise _bad(field, problem or f"must be a number of seconds from {low:g} to {high:.0f}")
         return float(value)
 
-    return Kind({"type": "number", "minimum": low, "maximum": high}, parse, _number_text)
+    bound = {"exclusiveMinimum": low} if above else {"minimum": low}
+    return Kind({"type": "number", **bound, "maximum": high}, parse, _number_text)
 
 
 def whole(low: int, high: int, problem: str) -> Kind:
@@ -294,7 +297,7 @@ OPERATIONS: tuple[Operation, ...] = (
         lambda a, x: a.create_key(x["reusable"], x["expires_in"], x["note"], x["url"], x["tags"], x["ephemeral_after"]),
         (
             optional("reusable", BOOL, "whether it may enroll more than one node", False),
-            optional("expires_in", seconds(1, MAX_EXPIRY, f"must be a number of seconds from 1 to {MAX_EXPIRY:.0f}"), "seconds until it expires (absent: never)"),
+            optional("expires_in", seconds(0, MAX_EXPIRY, f"must be a number of seconds from 1 to {MAX_EXPIRY:.0f}", above=True), "seconds until it expires (absent: never)"),
             optional("note", ANY_TEXT, "a note for the listing", ""),
             optional("url", URL, "the server URL the token gives (default: the server's public URL)"),
             optional("tags", TAGS, "tags for every node it enrolls", ()),
@@ -386,7 +389,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "apikeys.create", "A new admin API key (shown once)", lambda a, x: a.create_api_key(x["name"], x["expires_in"], x["read_only"]),
         (
             optional("name", NAME, "a name for the listing", ""),
-            optional("expires_in", seconds(1, API_KEY_MAX_EXPIRY), "seconds until it expires", API_KEY_EXPIRY),
+            optional("expires_in", seconds(0, API_KEY_MAX_EXPIRY, f"must be a number of seconds from 1 to {API_KEY_MAX_EXPIRY:.0f}", above=True), "seconds until it expires", API_KEY_EXPIRY),
             optional("read_only", BOOL, "GET only", False),
         ),
         socket=("POST", "/apikeys", None),
