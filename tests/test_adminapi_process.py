@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from tests.helpers import registration_for, short_dir
 from tests.serverproc import ServerProcess
 from tests.test_cli import run_wire
+from tests.test_replicas import OnOneDatabase, eventually
 from wire.admin_ops import AdminOps
 from wire.client import CoordinationClient
 from wire.jointoken import decode_join_token
@@ -71,3 +72,35 @@ class RealServerTests(unittest.TestCase):
         events = json.loads(out)["events"]
         self.assertEqual([(e["event"], e["actor"]) for e in events if e["event"] == "node.tag"], [("node.tag", f"apikey:{key_id}")])
         self.assertEqual([e["actor"] for e in events if e["event"] == "apikey.revoke"], ["admin"])
+
+
+class ReplicaApiTests(OnOneDatabase):
+    """Two real replicas on one real PostgreSQL: a key made at one works at the
+    other, and a key revoked at one stops working at the other."""
+
+    MODE = "--plain-http"
+
+    async def status(self, server, token: str) -> tuple[int, dict]:
+        response = await self.http.get(f"{server.url}/api/v1/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        return response.code, json.loads(await response.content())
+
+    async def test_a_key_made_at_one_replica_works_at_the_other_until_revoked_there(self):
+        a, b = self.replica("a"), self.replica("b")
+        await a.start()
+        await b.start()
+        code, out, err = await run_wire("admin", "--data-dir", a.data_dir, "apikeys", "create", "--json")
+        self.assertEqual(code, 0, err)
+        token, key_id = json.loads(out)["token"], json.loads(out)["api_key"]["key_id"]
+
+        async def works_at_b():
+            return (await self.status(b, token))[0] == 200
+
+        self.assertTrue(await eventually(works_at_b), "b does not know a's key")
+        code, out, err = await run_wire("admin", "--data-dir", b.data_dir, "apikeys", "revoke", key_id)
+        self.assertEqual(code, 0, err)
+
+        async def refused_at_a():
+            code, answer = await self.status(a, token)
+            return (code, answer.get("error")) if code == 401 else None
+
+        self.assertEqual(await eventually(refused_at_a), (401, f"API key {key_id} was revoked"))
