@@ -20,7 +20,7 @@ from twisted.web import server
 
 from wire.policy import PolicyError
 from wire.protocol import ProtocolError
-from wire.protocol.fields import parse_tags
+from wire.protocol.fields import MAX_TAGS, parse_tags
 from wire.server.admin import MAX_EXPIRY, MIN_EPHEMERAL_AFTER, Admin, RouteRefused
 from wire.server.apikeys import DEFAULT_EXPIRY as API_KEY_EXPIRY
 from wire.server.apikeys import MAX_EXPIRY as API_KEY_MAX_EXPIRY
@@ -156,7 +156,7 @@ TEXT = Kind({"type": "string", "minLength": 1, "maxLength": MAX_TEXT}, _text)
 ANY_TEXT = Kind({"type": "string"}, _any_text)
 BOOL = Kind({"type": "boolean"}, _bool, _bool_text)
 STRINGS = Kind({"type": "array", "items": {"type": "string"}}, _strings)
-TAGS = Kind({"type": "array", "items": {"type": "string", "pattern": "^(tag:)?[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}}, _tags)
+TAGS = Kind({"type": "array", "maxItems": MAX_TAGS, "items": {"type": "string", "description": "tag:NAME (or NAME), NAME a DNS label"}}, _tags)
 URL = Kind({"type": "string", "format": "uri"}, _url)
 NAME = Kind({"type": "string", "maxLength": 64}, _name)
 PORT = whole(0, 65535, "must be 0..65535, or absent")
