@@ -11,12 +11,14 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.helpers import settled
 from tests.test_policy_server import Mesh
 from wire.protocol import MAX_BODY_BYTES
-from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, admin_api
+from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, FAILURES_LOGGED, admin_api
 from wire.server.adminops import OPERATIONS
 from wire.server.adminsocket import socket_site
 from wire.server.api import ClientRules, build_root
@@ -241,6 +243,22 @@ class AuthenticationTests(ApiCase):
         self.assertEqual(answered.getRawHeaders(b"retry-after"), [b"5"])
         self.clock.advance(1 / AUTH_FAILURE_RATE)
         self.assertEqual(self.ok("GET", "/nodes")["total"], 2)
+
+    def test_refusals_are_logged_a_few_a_minute_never_with_the_key(self):
+        root = build_root(self.mesh.coordinator)
+        root.putChild(b"api", admin_api(self.admin, ClientRules(), None))  # no limit per address: only the log's
+        self.http = StubTreq(root)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        bad = "wire_ak_000000000000_" + "S" * 43
+        for _ in range(FAILURES_LOGGED + 5):
+            self.assertEqual(self.call("GET", "/nodes", key=bad)[0], 401)
+        self.clock.advance(60 / FAILURES_LOGGED)
+        self.assertEqual(self.call("GET", "/nodes", key=bad)[0], 401)
+        lines = [formatEvent(e) for e in logged if e.get("log_namespace") == "wire.server.adminapi.ApiKeyGate"]
+        self.assertEqual(lines[0], "admin API: refused a request from 127.0.0.1: unknown API key")
+        self.assertEqual(len(lines), FAILURES_LOGGED + 1, "the burst, and one more as the bucket refills")
+        self.assertTrue(lines[-1].endswith("(5 more refusals not logged)"), lines[-1])
+        self.assertFalse([line for line in lines if "S" * 43 in line])
 
     def test_the_actor_of_a_request_stays_its_own_across_awaits(self):
         waits: list[Deferred] = [Deferred(), Deferred()]

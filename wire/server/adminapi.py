@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, cast
 
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from wire.server.admin import Admin
@@ -24,13 +25,15 @@ from wire.server.api import ClientRules
 from wire.server.apikeys import ApiKey
 from wire.server.auth import AuthError
 from wire.server.openapi import openapi_document
-from wire.server.ratelimit import RateLimiter, address_key
+from wire.server.ratelimit import RateLimiter, TokenBucket, address_key
 from wire.web import ApiError, JsonNotFound, JsonResource, JsonRoot, read_json_body
 
 PREFIX = "/api/v1"
 # Failed authentications per client address: a burst of 10, then one every 5 s.
 AUTH_FAILURE_RATE = 0.2
 AUTH_FAILURE_BURST = 10
+# Refused authentications logged per minute, at most (the rest are counted).
+FAILURES_LOGGED = 10
 
 
 def _segments(path: str) -> tuple[str, ...]:
@@ -64,12 +67,18 @@ def _body(request: server.Request) -> dict[str, Any]:
 
 
 class ApiKeyGate:
-    """Who a request is: its API key, checked, with failures limited per address."""
+    """Who a request is: its API key, checked, with failures limited per address
+    and logged (a few a minute: a flood from many addresses must not fill the log)."""
+
+    log = Logger()
 
     def __init__(self, admin: Admin, rules: ClientRules, failures: RateLimiter | None):
         self._keys = admin.authority.api_keys
         self._rules = rules
         self._failures = failures
+        self._clock = admin.coordinator.clock
+        self._logged = TokenBucket(FAILURES_LOGGED / 60.0, FAILURES_LOGGED, self._clock.seconds())
+        self._unlogged = 0
 
     def key_of(self, request: server.Request) -> ApiKey:
         where = address_key(self._rules.client_ip(request))
@@ -88,8 +97,20 @@ class ApiKeyGate:
         except AuthError as e:
             if self._failures is not None:
                 self._failures.allow(where)  # one token of the address's burst spent
+            self._note(where, str(e))
             request.setHeader(b"www-authenticate", b'Bearer realm="wire"')
             raise ApiError(e.status, str(e))
+
+
+    def _note(self, where: str, problem: str) -> None:
+        if not self._logged.spend(1, self._clock.seconds()):
+            self._unlogged += 1
+            return
+        more, self._unlogged = self._unlogged, 0
+        self.log.warn(
+            "admin API: refused a request from {where}: {problem}" + (" ({more} more refusals not logged)" if more else ""),
+            where=where, problem=problem, more=more,
+        )
 
 
 class Endpoint(JsonResource):
