@@ -6,7 +6,9 @@ They know nothing of HTTP: wire.server.adminops lists them with their
 parameters, and from that table are built the UNIX socket in the server's
 data dir (wire.server.adminsocket; mode 0600, so only root, or the server's
 own user, can use it; ``wire admin`` talks to it) and the remote API under
-``/api/v1`` (wire.server.adminapi, for admin API keys). Removing a node takes it out of the netmap (every peer drops it within a
+``/api/v1`` (wire.server.adminapi, for admin API keys).
+
+Removing a node takes it out of the netmap (every peer drops it within a
 second, through the long-poll), ends its relay sessions, and its credential
 stops working at once.
 """

@@ -129,7 +129,6 @@ def utc(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-
 class Authority:
     log = Logger()
 
