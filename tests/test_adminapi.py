@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver
@@ -370,3 +373,39 @@ class OpenApiTests(ApiCase):
             concrete = path.replace("{node}", "web1").replace("{key_id}", "k1").replace("{name}", "pg").replace("{domain}", "corp.example")
             self.assertEqual(self.call(method, concrete[len("/api/v1"):], key=None)[0], 401, name)
             self.clock.advance(1 / AUTH_FAILURE_RATE)  # not rate-limited for these failures
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+SERVED = [o for o in OPERATIONS if o.api is not None]
+
+
+@st.composite
+def requests(draw) -> tuple[str, str, Any]:
+    """One request to a served operation: its path's parameters and its fields anything at all."""
+    operation = draw(st.sampled_from(SERVED))
+    method, path = operation.api  # type: ignore[misc]
+    for name in operation.path_params():
+        segment = draw(st.sampled_from(["web1", "db1", "nobody", "k1", "10.99.0.1"]) | st.text("abc.-:%é", min_size=1, max_size=12))
+        path = path.replace("{" + name + "}", quote(segment, safe=""))
+    names = [p.name for p in operation.params] + ["junk"]
+    fields = draw(st.dictionaries(st.sampled_from(names), JSON_VALUES, max_size=4))
+    if method in ("GET", "DELETE"):
+        query = "&".join(f"{quote(k)}={quote(json.dumps(v) if not isinstance(v, str) else v)}" for k, v in fields.items())
+        return method, path + (f"?{query}" if query else ""), None
+    return method, path, fields
+
+
+class AnyInputTests(ApiCase):
+    @given(requests())
+    @settings(max_examples=300)
+    def test_any_input_gets_an_answer_or_a_clear_refusal_never_an_internal_error(self, request):
+        method, path, body = request
+        code, answer, _ = self.call(method, path, body)
+        self.assertIn(code, (200, 400, 404, 409), (method, path, body, answer))
+        if code != 200:
+            self.assertIsInstance(answer["error"], str)
+            self.assertNotIn("Traceback", answer["error"])
