@@ -212,7 +212,7 @@ class AuthenticationTests(ApiCase):
         self.assertEqual(self.ok("GET", "/nodes", key=short)["total"], 2)
         self.clock.advance(61)
         self.assertEqual(self.refused(short), f"API key {key_id(short)} has expired")
-        listed = {k["key_id"]: k["state"] for k in self.admin.api_keys()["api_keys"]}
+        listed = {k["key_id"]: k["state"] for k in settled(self.admin.api_keys())["api_keys"]}
         self.assertEqual(listed[key_id(short)], "expired")
 
     def test_a_revoked_key_is_refused_at_once(self):

@@ -134,6 +134,17 @@ class ApiKeyTests(unittest.TestCase):
         settled(other.reread([key.key_id]))
         self.assertIn("was revoked", str(self.assertRaises(AuthError, other.check, token)))
 
+    def test_a_listing_shows_the_last_use_another_replica_wrote(self):
+        other = ApiKeys(self.store, self.clock, self.authority.audit)
+        key, token = self.create()
+        settled(other.reread([key.key_id]))
+        self.clock.advance(30)
+        other.check(token)  # used at the other replica: written there
+        self.clock.advance(0)
+        self.assertEqual(key.last_used, 0.0)
+        settled(self.keys.refresh())
+        self.assertEqual(self.keys.keys()[0].last_used, self.clock.seconds())
+
 
 class CliFormatTests(unittest.TestCase):
     plain = Style(False)

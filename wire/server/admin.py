@@ -323,7 +323,8 @@ class Admin:
         key, token = await self.authority.api_keys.create(name, expires_in, read_only)
         return {"api_key": key.as_dict(self.coordinator.now()), "token": token}
 
-    def api_keys(self) -> dict:
+    async def api_keys(self) -> dict:
+        await self.authority.api_keys.refresh()
         now = self.coordinator.now()
         return {"api_keys": [key.as_dict(now) for key in self.authority.api_keys.keys()], "timestamp": now}
 

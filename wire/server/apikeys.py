@@ -109,6 +109,12 @@ class ApiKeys:
         self._keys[key.key_id] = key
         self._written_use.setdefault(key.key_id, key.last_used)
 
+    async def refresh(self) -> None:
+        """Every key as the database has it: for a listing, with the last use
+        other replicas wrote (a use changes no row's stream: it is no change)."""
+        for row in await self._store.query(f"SELECT {API_KEY_COLUMNS} FROM api_keys"):
+            self.adopt(row)
+
     async def reread(self, key_ids: list[str]) -> None:
         """These keys as the database has them now (another replica changed them)."""
         for key_id in key_ids:
