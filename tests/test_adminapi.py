@@ -21,11 +21,11 @@ from twisted.trial import unittest
 from tests.helpers import settled
 from tests.test_policy_server import Mesh
 from wire.protocol import MAX_BODY_BYTES
-from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, FAILURES_LOGGED, admin_api
+from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, FAILURES_LOGGED, Caller, admin_api
 from wire.server.adminops import OPERATIONS
 from wire.server.adminsocket import socket_site
 from wire.server.api import ClientRules, build_root
-from wire.server.auth import ACTOR, acting_as
+from wire.server.auth import ACTOR, AuthError, acting_as
 from wire.server.ratelimit import RateLimiter
 
 API = "https://vpn.example.org:8787/api/v1"
@@ -75,8 +75,8 @@ class ApiCase(unittest.TestCase):
         code, content, answered = self.successResultOf(d)
         return code, json.loads(content) if content else {}, answered
 
-    def ok(self, method: str, path: str, body: Any = None, key: str | None = "") -> dict:
-        code, answer, _ = self.call(method, path, body, key)
+    def ok(self, method: str, path: str, body: Any = None, key: str | None = "", headers: dict | None = None) -> dict:
+        code, answer, _ = self.call(method, path, body, key, headers)
         self.assertEqual(code, 200, (method, path, answer))
         self.assertIs(answer["ok"], True)
         return answer
@@ -231,7 +231,7 @@ class AuthenticationTests(ApiCase):
             method, path = operation.api
             path = path.replace("{node}", "web1").replace("{key_id}", "k1").replace("{name}", "pg").replace("{domain}", "corp.example")
             code, answer, _ = self.call(method, path, {}, key=self.reader)
-            self.assertEqual((code, answer["error"]), (403, f"API key {key_id(self.reader)} is read-only: it may only GET"), operation.name)
+            self.assertEqual((code, answer["error"]), (403, f"apikey:{key_id(self.reader)} is read-only: it may only GET"), operation.name)
         after = (self.tags_of("web1"), self.admin.policy()["version"], self.admin.dns()["version"], len(self.admin.keys()["keys"]))
         self.assertEqual(after, before, "nothing changed")
 
@@ -262,6 +262,30 @@ class AuthenticationTests(ApiCase):
         self.assertEqual(len(lines), FAILURES_LOGGED + 1, "the burst, and one more as the bucket refills")
         self.assertTrue(lines[-1].endswith("(5 more refusals not logged)"), lines[-1])
         self.assertFalse([line for line in lines if "S" * 43 in line])
+
+    def test_another_kind_of_caller_without_an_authorization_header(self):
+        """A CallerSource (what the dashboard's sessions plug in as) names its
+        callers in the audit log, may refuse, and never overrides an API key."""
+
+        class Sessions:
+            def caller_of(self, request):
+                cookie = request.getHeader(b"cookie")
+                if cookie is None:
+                    return None
+                if cookie != b"session=good":
+                    raise AuthError("session expired: log in again")
+                return Caller("dashboard:s1", read_only=False)
+
+        root = build_root(self.mesh.coordinator)
+        root.putChild(b"api", admin_api(self.admin, ClientRules(), self.failures, [Sessions()]))
+        self.http = StubTreq(root)
+        self.assertEqual(self.ok("PUT", "/nodes/web1/tags", {"tags": ["tag:ui"]}, key=None, headers={"Cookie": "session=good"})["tags"], ["tag:ui"])
+        self.assertEqual(self.actors("node.tag"), ["dashboard:s1"])
+        code, answer, _ = self.call("GET", "/nodes", key=None, headers={"Cookie": "session=stale"})
+        self.assertEqual((code, answer["error"]), (401, "session expired: log in again"))
+        self.assertEqual(self.call("GET", "/nodes", key=None)[0], 401)
+        code, answer, _ = self.call("GET", "/nodes", key="wire_ak_000000000000_" + "A" * 43, headers={"Cookie": "session=good"})
+        self.assertEqual((code, answer["error"]), (401, "unknown API key"), "a bad key is not rescued by a session")
 
     def test_the_actor_of_a_request_stays_its_own_across_awaits(self):
         waits: list[Deferred] = [Deferred(), Deferred()]
@@ -387,7 +411,7 @@ SERVED = [o for o in OPERATIONS if o.api is not None]
 def requests(draw) -> tuple[str, str, Any]:
     """One request to a served operation: its path's parameters and its fields anything at all."""
     operation = draw(st.sampled_from(SERVED))
-    method, path = operation.api  # type: ignore[misc]
+    method, path = operation.api
     for name in operation.path_params():
         segment = draw(st.sampled_from(["web1", "db1", "nobody", "k1", "10.99.0.1"]) | st.text("abc.-:%é", min_size=1, max_size=12))
         path = path.replace("{" + name + "}", quote(segment, safe=""))

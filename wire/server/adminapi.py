@@ -14,7 +14,8 @@ even with a good key, until its bucket refills.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, cast
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, cast
 
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -22,7 +23,6 @@ from twisted.web import resource, server
 from wire.server.admin import Admin
 from wire.server.adminops import OPERATIONS, Operation, query_texts
 from wire.server.api import ClientRules
-from wire.server.apikeys import ApiKey
 from wire.server.auth import AuthError
 from wire.server.openapi import openapi_document
 from wire.server.ratelimit import RateLimiter, TokenBucket, address_key
@@ -66,21 +66,40 @@ def _body(request: server.Request) -> dict[str, Any]:
     return read_json_body(request)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request: their name in the audit log, and whether they may only GET."""
+
+    actor: str
+    read_only: bool
+
+
+class CallerSource(Protocol):
+    """Another way to be a caller than an API key (the dashboard's session):
+    ``caller_of`` gives the request's caller, None when the request carries
+    none of its credentials, or raises AuthError (401, 403) to refuse it."""
+
+    def caller_of(self, request: server.Request) -> Caller | None: ...
+
+
 class ApiKeyGate:
-    """Who a request is: its API key, checked, with failures limited per address
-    and logged (a few a minute: a flood from many addresses must not fill the log)."""
+    """Who a request is: its API key (or, without an Authorization header, a
+    caller one of ``others`` knows), checked, with failures limited per
+    address and logged (a few a minute: a flood from many addresses must not
+    fill the log)."""
 
     log = Logger()
 
-    def __init__(self, admin: Admin, rules: ClientRules, failures: RateLimiter | None):
+    def __init__(self, admin: Admin, rules: ClientRules, failures: RateLimiter | None, others: Sequence[CallerSource] = ()):
         self._keys = admin.authority.api_keys
         self._rules = rules
         self._failures = failures
+        self._others = tuple(others)
         self._clock = admin.coordinator.clock
         self._logged = TokenBucket(FAILURES_LOGGED / 60.0, FAILURES_LOGGED, self._clock.seconds())
         self._unlogged = 0
 
-    def key_of(self, request: server.Request) -> ApiKey:
+    def caller_of(self, request: server.Request) -> Caller:
         where = address_key(self._rules.client_ip(request))
         if self._failures is not None and self._failures.retry_after(where) > 0:
             wait = max(1, math.ceil(self._failures.retry_after(where)))
@@ -90,17 +109,22 @@ class ApiKeyGate:
         scheme, _, token = header.strip().partition(" ")
         try:
             if not header:
+                for source in self._others:
+                    caller = source.caller_of(request)
+                    if caller is not None:
+                        return caller
                 raise AuthError("no Authorization header: send Authorization: Bearer <API key> (wire admin apikeys create)")
             if scheme.lower() != "bearer":
                 raise AuthError("Authorization: use Bearer <API key>")
-            return self._keys.check(token.strip())
+            key = self._keys.check(token.strip())
+            return Caller(f"apikey:{key.key_id}", key.read_only)
         except AuthError as e:
             if self._failures is not None:
                 self._failures.allow(where)  # one token of the address's burst spent
             self._note(where, str(e))
-            request.setHeader(b"www-authenticate", b'Bearer realm="wire"')
+            if e.status == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="wire"')
             raise ApiError(e.status, str(e))
-
 
     def _note(self, where: str, problem: str) -> None:
         if not self._logged.spend(1, self._clock.seconds()):
@@ -172,20 +196,21 @@ class AdminApi(resource.Resource):
         return JsonNotFound().render(request)
 
     async def _call(self, request: server.Request, operation: Operation, params: dict[str, str]) -> dict:
-        key = self._gate.key_of(request)
-        if operation.changes and key.read_only:
-            raise ApiError(403, f"API key {key.key_id} is read-only: it may only GET")
+        caller = self._gate.caller_of(request)
+        if operation.changes and caller.read_only:
+            raise ApiError(403, f"{caller.actor} is read-only: it may only GET")
         method = request.method.decode("ascii")
         inputs = _body(request) if method in ("POST", "PUT") else {}
         query = query_texts(request)
         for field in query.keys() & params.keys():
             raise ApiError(400, f"{field}: given in the path; do not give it in the query too")
         texts = {**query, **params}
-        return await operation.call(self._admin, operation.parse(inputs, texts), f"apikey:{key.key_id}")
+        return await operation.call(self._admin, operation.parse(inputs, texts), caller.actor)
 
 
-def admin_api(admin: Admin, rules: ClientRules, failures: RateLimiter | None) -> resource.Resource:
-    """The ``/api`` child of the server's root: ``v1`` under it."""
+def admin_api(admin: Admin, rules: ClientRules, failures: RateLimiter | None, others: Sequence[CallerSource] = ()) -> resource.Resource:
+    """The ``/api`` child of the server's root: ``v1`` under it; ``others``:
+    callers without an API key (the dashboard's sessions)."""
     api = JsonRoot()
-    api.putChild(b"v1", AdminApi(admin, ApiKeyGate(admin, rules, failures)))
+    api.putChild(b"v1", AdminApi(admin, ApiKeyGate(admin, rules, failures, others)))
     return api
