@@ -77,7 +77,9 @@ class Caller:
 class CallerSource(Protocol):
     """Another way to be a caller than an API key (the dashboard's session):
     ``caller_of`` gives the request's caller, None when the request carries
-    none of its credentials, or raises AuthError (401, 403) to refuse it."""
+    none of its credentials, or raises AuthError (401, 403) to refuse it. A
+    credential a browser sends by itself (a cookie) must come with the
+    session's CSRF token on every method but GET: checking it is the source's job."""
 
     def caller_of(self, request: server.Request) -> Caller | None: ...
 
