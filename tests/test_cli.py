@@ -335,6 +335,7 @@ POSITIONALS = {
     ("ping",): ["db1"],
     ("explain",): ["db1"],
     ("admin", "keys", "revoke"): ["k1"],
+    ("admin", "apikeys", "revoke"): ["0123456789ab"],
     ("admin", "nodes", "remove"): ["web1"],
     ("admin", "nodes", "rename"): ["web1", "web2"],
     ("admin", "nodes", "tag"): ["web1", "tag:web"],

@@ -254,7 +254,7 @@ class PersistenceTests(unittest.TestCase):
         store = open_store(data_dir, coordinator.clock)
         self.addCleanup(store.close)
         self.assertEqual(settled(store.query("PRAGMA user_version"))[0][0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 12)
+        self.assertEqual(SCHEMA_VERSION, 13)
         self.assertEqual([r.node_name for r in store.load()], ["web1"])
         book = DnsBook(store, "wire.internal")
         self.assertEqual((book.version, book.settings.records), (0, ()))

@@ -179,7 +179,7 @@ class MigrationTests(unittest.TestCase):
     def test_a_schema_7_registry_gives_every_node_an_address_as_it_loads(self):
         data_dir, ids = self.make_schema_7()
         coordinator = make_coordinator(self, data_dir=data_dir)
-        self.assertEqual(settled(coordinator.store.query("PRAGMA user_version"))[0][0], 12)
+        self.assertEqual(settled(coordinator.store.query("PRAGMA user_version"))[0][0], 13)
         addresses = {i: coordinator.registry.get(i).vpn_ip6 for i in ids}
         self.assertEqual(addresses, {i: Ipv6Pool(PREFIX).allocate(i, set()) for i in ids})
         coordinator.store.write_pending()

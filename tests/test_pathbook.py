@@ -391,7 +391,7 @@ class SchemaTests(unittest.TestCase):
         self.addCleanup(store.close)
         self.assertEqual(store.load_pairs(), [])
         self.assertEqual(settled(store.query("PRAGMA user_version"))[0][0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 12)
+        self.assertEqual(SCHEMA_VERSION, 13)
 
 
 class ScaleTests(unittest.TestCase):

@@ -392,7 +392,7 @@ class MigrationTests(unittest.TestCase):
         db.commit()
         db.close()
         mesh = RouteMesh(self, data_dir=data_dir)
-        self.assertEqual(settled(mesh.coordinator.store.query("PRAGMA user_version"))[0][0], 12)
+        self.assertEqual(settled(mesh.coordinator.store.query("PRAGMA user_version"))[0][0], 13)
         (record,) = mesh.registry.records()
         self.assertEqual((record.node_name, record.advertised_routes, record.approved_routes), ("web1", (), ()))
         settled(mesh.admin.approve_route("web1", LAN))

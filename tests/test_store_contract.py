@@ -17,7 +17,7 @@ from tests import pgcluster
 from tests.helpers import registration_for
 from wire.addressing import AddressPool, parse_subnet
 from wire.protocol import PathMode
-from wire.server.auth import Authority, AuthError, hash_secret
+from wire.server.auth import Authority, AuthError, acting_as, hash_secret
 from wire.server.coordinator import Coordinator
 from wire.server.dnsbook import DnsBook
 from wire.server.model import NodeRecord, PairWord
@@ -202,6 +202,37 @@ class StoreContract:
         again.forget_node(writes, "n" * 32)
         await again._store.transaction(writes)
         self.assertIsNone(Authority(self.open(), reactor).node_for(credential))
+
+    async def test_api_keys_and_the_actor_of_each_audit_entry(self):
+        store = self.open()
+        authority = Authority(store, reactor)
+        with acting_as("admin"):
+            key, token = await authority.api_keys.create(name="ci", expires_in=3600, read_only=True)
+            gone, gone_token = await authority.api_keys.create()
+        with acting_as("apikey:" + key.key_id):
+            await authority.api_keys.revoke(gone.key_id)
+        again = Authority(self.open(), reactor)
+        kept = again.api_keys.check(token)
+        self.assertEqual((kept.name, kept.read_only, kept.expires - kept.created, kept.secret_hash), ("ci", True, 3600, key.secret_hash))
+        with self.assertRaises(AuthError):
+            again.api_keys.check(gone_token)
+        audited = [(e["event"], e["actor"]) for e in await again.audit_log()]
+        self.assertEqual(audited, [("apikey.revoke", "apikey:" + key.key_id), ("apikey.create", "admin"), ("apikey.create", "admin")])
+
+    async def test_a_schema_10_database_gains_api_keys_and_the_audit_actor(self):
+        store = self.open()
+        writes = Writes()
+        audit(writes, "node.rename", "web1 -> web2")
+        await store.transaction(writes)
+        await store.close()
+        self.run_sql("DROP TABLE api_keys")
+        self.run_sql("ALTER TABLE audit DROP COLUMN actor")
+        self.set_schema_version(10)
+        authority = Authority(self.open(), reactor)
+        self.assertEqual([(e["event"], e["actor"]) for e in await authority.audit_log()], [("node.rename", None)], "an old entry's actor is unknown")
+        with acting_as("admin"):
+            _, token = await authority.api_keys.create()
+        self.assertEqual(Authority(self.open(), reactor).api_keys.check(token).read_only, False)
 
     async def test_policy_versions(self):
         book = PolicyBook(self.open(), lambda: [])

@@ -111,3 +111,12 @@ class AdminOps:
 
     async def audit(self) -> dict:
         return await self._call(self._client.audit())
+
+    async def create_api_key(self, name: str = "", expires_in: float | None = None, read_only: bool = False) -> dict:
+        return await self._call(self._client.create_api_key(name, expires_in, read_only))
+
+    async def api_keys(self) -> dict:
+        return await self._call(self._client.api_keys())
+
+    async def revoke_api_key(self, key_id: str) -> dict:
+        return await self._call(self._client.revoke_api_key(key_id))

@@ -522,6 +522,18 @@ class AdminClient(JsonHttp):
     async def audit(self) -> dict:
         return await self._request("GET", "/audit", limit=MAX_RESPONSE_BYTES)
 
+    async def create_api_key(self, name: str = "", expires_in: float | None = None, read_only: bool = False) -> dict:
+        body: dict = {"name": name, "read_only": read_only}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return await self._request("POST", "/apikeys", body)
+
+    async def api_keys(self) -> dict:
+        return await self._request("GET", "/apikeys", limit=MAX_RESPONSE_BYTES)
+
+    async def revoke_api_key(self, key_id: str) -> dict:
+        return await self._request("POST", "/revoke-apikey", {"key_id": key_id})
+
 
 def _retry_after(response) -> float | None:
     values = response.headers.getRawHeaders(b"retry-after") or []

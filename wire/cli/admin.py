@@ -119,6 +119,7 @@ def format_tagged(result: dict, style: Style) -> str:
 def format_audit(result: dict, style: Style) -> str:
     return "\n".join(
         f"  {datetime.datetime.fromtimestamp(e['at']).isoformat(timespec='seconds')}  {e['event']:<12} {e['detail']}"
+        + (f"  (by {e['actor']})" if e.get("actor") else "")
         for e in reversed(result["events"])
     ) or "no events"
 
@@ -347,6 +348,43 @@ def format_route_changed(result: dict, style: Style) -> str:
     return f"{route} no longer approved for {name}: no longer served"
 
 
+async def _apikeys(admin: AdminOps, args: argparse.Namespace) -> tuple[dict, Formatter]:
+    if args.action == "create":
+        return await admin.create_api_key(args.name, args.expires, args.read_only), format_api_key_created
+    if args.action == "list":
+        return await admin.api_keys(), format_api_keys
+    return await admin.revoke_api_key(args.key_id), format_api_key_revoked
+
+
+def _access(key: dict) -> str:
+    return "read-only" if key["read_only"] else "read-write"
+
+
+def format_api_key_created(result: dict, style: Style) -> str:
+    key = result["api_key"]
+    return (
+        f"admin API key {key['key_id']} ({_access(key)}, expires {_expiry(key, key['created'])}); "
+        f"shown this once, the server keeps only its hash:\n\n  {result['token']}\n\n"
+        "use it as: curl --cacert CERT -H \"Authorization: Bearer $KEY\" https://SERVER/api/v1/nodes (see README: The admin API)\n"
+    )
+
+
+def format_api_keys(result: dict, style: Style) -> str:
+    keys = result["api_keys"]
+    if not keys:
+        return "no admin API keys (create one: wire admin apikeys create)"
+    now = result.get("timestamp")
+    rows = [
+        (k["key_id"], k["state"], _access(k), _local_time(k["created"]), _expiry(k, now), _local_time(k["last_used"]) if k["last_used"] else "never", k["name"] or "-")
+        for k in keys
+    ]
+    return "\n".join(table(("KEY ID", "STATE", "ACCESS", "CREATED", "EXPIRES", "LAST USED", "NAME"), rows))
+
+
+def format_api_key_revoked(result: dict, style: Style) -> str:
+    return f"admin API key {result['api_key']['key_id']} revoked: it no longer works"
+
+
 async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     """Run one ``wire admin`` command: its result, and how it prints."""
     admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
@@ -362,6 +400,8 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
             return await admin.keys(), format_keys
         if args.topic == "keys" and args.action == "revoke":
             return await admin.revoke_key(args.key_id), format_key_revoked
+        if args.topic == "apikeys":
+            return await _apikeys(admin, args)
         if args.topic == "nodes" and args.action == "list":
             return await admin.nodes(), format_nodes
         if args.topic == "nodes" and args.action == "remove":

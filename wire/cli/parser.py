@@ -253,6 +253,7 @@ def build_parser() -> WireParser:
     keys.add_parser("list", help="join keys (never their secrets)")
     revoke = keys.add_parser("revoke", help="no node may join with it any more")
     revoke.add_argument("key_id")
+    _add_apikeys(topics)
     nodes = topics.add_parser("nodes", help="enrolled nodes").add_subparsers(dest="action", metavar="ACTION", required=True)
     nodes.add_parser("list", help="every node")
     remove = nodes.add_parser("remove", help="out of every peer's WireGuard at once; its credential stops working")
@@ -288,3 +289,18 @@ def build_parser() -> WireParser:
     demo.add_argument("--keep", action="store_true", help="leave the mesh running")
     demo.add_argument("--clean", metavar="PREFIX", help="remove a mesh left by --keep")
     return parser
+
+
+def _add_apikeys(topics) -> None:
+    apikeys = topics.add_parser("apikeys", help="keys for the remote admin API (/api/v1)").add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = apikeys.add_parser(
+        "create",
+        help="a new admin API key; printed once",
+        description="A new key for the remote admin API (https://SERVER/api/v1/..., Authorization: Bearer KEY). It is printed once; the server keeps only its hash.",
+    )
+    create.add_argument("--expires", metavar="DURATION", type=_duration, help="how long it works: e.g. 30d, 12w (default 90d, at most 365d)")
+    create.add_argument("--read-only", action="store_true", help="it may only read (GET), never change anything")
+    create.add_argument("--name", default="", help="what or who it is for, shown in the listing")
+    apikeys.add_parser("list", help="admin API keys (never their secrets), with their last use")
+    revoke = apikeys.add_parser("revoke", help="the key stops working at once")
+    revoke.add_argument("key_id")

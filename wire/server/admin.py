@@ -1,33 +1,34 @@
-"""The admin API: join keys, node removal and renaming, the access policy,
-the mesh's DNS settings, routes beyond the mesh, the audit log.
+"""The admin's operations: join keys, node removal and renaming, the access
+policy, the mesh's DNS settings, routes beyond the mesh, the audit log,
+admin API keys.
 
-It is served only on a UNIX socket in the server's data dir (mode 0600, so
-only root, or the server's own user, can use it); ``wire admin`` talks to
-it. Removing a node takes it out of the netmap (every peer drops it within a
+They know nothing of HTTP: wire.server.adminops lists them with their
+parameters, and from that table are built the UNIX socket in the server's
+data dir (wire.server.adminsocket; mode 0600, so only root, or the server's
+own user, can use it; ``wire admin`` talks to it) and the remote API under
+``/api/v1`` (wire.server.adminapi, for admin API keys).
+
+Removing a node takes it out of the netmap (every peer drops it within a
 second, through the long-poll), ends its relay sessions, and its credential
 stops working at once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.web import server
 
 from wire.jointoken import JoinToken
 from wire.protocol import ProtocolError, parse_node_name
-from wire.protocol.fields import parse_tags
 from wire.protocol.routes import parse_route
-from wire.policy import PolicyError
+from wire.server.apikeys import DEFAULT_EXPIRY as DEFAULT_API_KEY_EXPIRY
 from wire.server.auth import Authority
 from wire.server.coordinator import Coordinator
-from wire.server.dnsbook import DnsError
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
 from wire.server.routebook import overlapping
 from wire.server.store import StoreError, Writes
-from wire.urls import parse_server_url
-from wire.web import ApiError, JsonResource, JsonRoot, make_site, read_json_body
 
 MAX_EXPIRY = 365 * 86400.0
 # An ephemeral node offline for less than this may just be rebooting.
@@ -290,257 +291,49 @@ class Admin:
     async def audit(self, limit: int = 100) -> list[dict]:
         return await self.authority.audit_log(limit)
 
+    # -- one node, and the mesh at a glance --------------------------------------
 
-# -- the socket's resources ----------------------------------------------------
+    def show_node(self, ref: str) -> dict:
+        """One node as ``nodes list`` shows it, with its routes."""
+        record = self.find_node(ref)
+        return {"node": self.coordinator.registry.view(record, self.coordinator.now()), "routes": self._routes_of(record)}
 
+    def summary(self) -> dict:
+        """The mesh at a glance: the server's health, nodes, keys, policy, DNS, routes awaiting approval."""
+        now = self.coordinator.now()
+        policy = self.coordinator.policy.current
+        waiting = sum(
+            1 for record in self.coordinator.registry.records() for route in record.advertised_routes if route not in record.approved_routes
+        )
+        health = self.coordinator.health()
+        return {
+            **health,
+            "offline": health["total"] - health["online"],
+            "join_keys_usable": sum(1 for key in self.authority.keys() if key.unusable_because(now) is None),
+            "policy_version": policy.version,
+            "policy_set": policy.text is not None,
+            "dns_version": self.coordinator.dns.version,
+            "routes_awaiting_approval": waiting,
+            "timestamp": now,
+        }
 
-def _string(body: dict, field: str) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"{field}: must be a non-empty string")
-    return value
+    # -- admin API keys (wire.server.apikeys) ------------------------------------
 
+    async def create_api_key(self, name: str = "", expires_in: float = DEFAULT_API_KEY_EXPIRY, read_only: bool = False) -> dict:
+        key, token = await self.authority.api_keys.create(name, expires_in, read_only)
+        return {"api_key": key.as_dict(self.coordinator.now()), "token": token}
 
-def _optional_string(body: dict, field: str) -> str | None:
-    return None if body.get(field) is None else _string(body, field)
+    async def api_keys(self) -> dict:
+        await self.authority.api_keys.refresh()
+        now = self.coordinator.now()
+        return {"api_keys": [key.as_dict(now) for key in self.authority.api_keys.keys()], "timestamp": now}
 
-
-class _AdminResource(JsonResource):
-    def __init__(self, admin: Admin):
-        super().__init__()
-        self.admin = admin
-
-
-class Keys(_AdminResource):
-    methods = ("GET", "POST")
-
-    def get(self, request: server.Request) -> dict:
-        return {"ok": True, **self.admin.keys()}
-
-    async def post(self, request: server.Request) -> dict:
-        body = read_json_body(request)
-        reusable = body.get("reusable", False)
-        expires_in = body.get("expires_in")
-        note = body.get("note", "")
-        url = _optional_string(body, "url")
-        if not isinstance(reusable, bool):
-            raise ApiError(400, "reusable: must be true or false")
-        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or not 0 < expires_in <= MAX_EXPIRY):
-            raise ApiError(400, f"expires_in: must be a number of seconds from 1 to {MAX_EXPIRY:.0f}")
-        if not isinstance(note, str):
-            raise ApiError(400, "note: must be a string")
-        tags = _tags(body)
-        ephemeral_after = body.get("ephemeral_after") or 0.0
-        if isinstance(ephemeral_after, bool) or not isinstance(ephemeral_after, (int, float)) or not 0 <= ephemeral_after <= MAX_EXPIRY:
-            raise ApiError(400, f"ephemeral_after: must be a number of seconds from 1 to {MAX_EXPIRY:.0f}, or absent")
-        if ephemeral_after and ephemeral_after < MIN_EPHEMERAL_AFTER:
-            raise ApiError(400, f"ephemeral_after: at least {MIN_EPHEMERAL_AFTER:.0f} s (a node offline for less may just be rebooting)")
-        if url is not None:
-            try:
-                url = parse_server_url(url)
-            except ProtocolError as e:
-                raise ApiError(400, f"url: {e.problem}")
-        return {"ok": True, **(await self.admin.create_key(reusable, expires_in, note, url, tags, float(ephemeral_after)))}
-
-
-class RevokeKey(_AdminResource):
-    methods = ("POST",)
-
-    async def post(self, request: server.Request) -> dict:
-        key_id = _string(read_json_body(request), "key_id")
-        try:
-            return {"ok": True, "key": await self.admin.revoke_key(key_id)}
-        except KeyError as e:
-            raise ApiError(404, str(e.args[0]))
-        except StoreError as e:
-            raise ApiError(503, str(e))
-
-
-class Nodes(_AdminResource):
-    methods = ("GET",)
-
-    def get(self, request: server.Request) -> dict:
-        return {"ok": True, **self.admin.coordinator.status()}
-
-
-class RemoveNode(_AdminResource):
-    methods = ("POST",)
-
-    async def post(self, request: server.Request) -> dict:
-        node = _string(read_json_body(request), "node")
-        try:
-            return {"ok": True, **(await self.admin.remove_node(node))}
-        except LookupError as e:
-            raise ApiError(404, str(e))
-        except StoreError as e:
-            raise ApiError(503, str(e))
-
-
-class RenameNode(_AdminResource):
-    methods = ("POST",)
-
-    async def post(self, request: server.Request) -> dict:
-        body = read_json_body(request)
-        node, new_name = _string(body, "node"), _string(body, "new_name")
-        try:
-            return {"ok": True, **(await self.admin.rename_node(node, new_name))}
-        except LookupError as e:
-            raise ApiError(404, str(e))
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        except RegistryConflict as e:
-            raise ApiError(409, str(e))
-        except StoreError as e:
-            raise ApiError(503, str(e))
-
-
-class TagNode(_AdminResource):
-    methods = ("POST",)
-
-    async def post(self, request: server.Request) -> dict:
-        body = read_json_body(request)
-        node, tags = _string(body, "node"), _tags(body)
-        try:
-            return {"ok": True, **(await self.admin.tag_node(node, tags))}
-        except LookupError as e:
-            raise ApiError(404, str(e))
-        except StoreError as e:
-            raise ApiError(503, str(e))
-
-
-class RoutesResource(_AdminResource):
-    """``GET /routes`` every node's routes; ``POST /routes`` {"action": approve|reject, "node", "route"}."""
-
-    methods = ("GET", "POST")
-
-    def get(self, request: server.Request) -> dict:
-        return {"ok": True, **self.admin.routes()}
-
-    async def post(self, request: server.Request) -> dict:
-        body = read_json_body(request)
-        action = body.get("action")
-        if action not in ("approve", "reject"):
-            raise ApiError(400, "action: must be approve or reject")
-        node, route = _string(body, "node"), _string(body, "route")
-        try:
-            if action == "approve":
-                return {"ok": True, **(await self.admin.approve_route(node, route))}
-            return {"ok": True, **(await self.admin.reject_route(node, route))}
-        except ProtocolError as e:
-            raise ApiError(400, str(e))
-        except RouteRefused as e:
-            raise ApiError(409, str(e))
-        except LookupError as e:
-            raise ApiError(404, str(e.args[0]))
-        except StoreError as e:
-            raise ApiError(503, str(e))
-
-
-def _tags(body: dict) -> tuple[str, ...]:
-    try:
-        return parse_tags(body.get("tags", []))
-    except ProtocolError as e:
-        raise ApiError(400, str(e))
-
-
-class PolicyResource(_AdminResource):
-    """``GET /policy`` the one in force; ``POST /policy`` {"action": set|check|clear|rollback|explain, ...}."""
-
-    methods = ("GET", "POST")
-
-    def get(self, request: server.Request) -> dict:
-        return {"ok": True, **self.admin.policy()}
-
-    async def post(self, request: server.Request) -> dict:
-        body = read_json_body(request)
-        action = body.get("action")
-        try:
-            if action in ("set", "check"):
-                text = body.get("text")
-                if not isinstance(text, str):
-                    raise ApiError(400, "text: must be the policy, as a string")
-                if action == "check":
-                    return {"ok": True, **self.admin.check_policy(text)}
-                source = body.get("source", "admin")
-                return {"ok": True, **(await self.admin.set_policy(text, source if isinstance(source, str) else "admin"))}
-            if action == "clear":
-                return {"ok": True, **(await self.admin.clear_policy())}
-            if action == "history":
-                return {"ok": True, **(await self.admin.policy_history())}
-            if action == "rollback":
-                version = body.get("version")
-                if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-                    raise ApiError(400, "version: must be a version number from wire admin policy history")
-                return {"ok": True, **(await self.admin.rollback_policy(version))}
-            if action == "explain":
-                src, dst = _string(body, "src"), _string(body, "dst")
-                port, proto = body.get("port"), body.get("proto", "tcp")
-                if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
-                    raise ApiError(400, "port: must be 0..65535, or absent")
-                if not isinstance(proto, str):
-                    raise ApiError(400, "proto: must be tcp, udp or icmp")
-                return {"ok": True, **self.admin.explain_policy(src, dst, port, proto)}
-        except PolicyError as e:
-            raise ApiError(400, str(e))
-        except LookupError as e:
-            raise ApiError(404, str(e.args[0]))
-        raise ApiError(400, "action: must be set, check, clear, history, rollback or explain")
-
-
-def _strings(body: dict, field: str) -> list[str]:
-    value = body.get(field)
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ApiError(400, f"{field}: must be a list of strings")
-    return value
-
-
-class DnsResource(_AdminResource):
-    """``GET /dns`` the settings; ``POST /dns`` {"action": add-record|remove-record|forward|unforward|nameservers, ...}."""
-
-    methods = ("GET", "POST")
-
-    def get(self, request: server.Request) -> dict:
-        return {"ok": True, **self.admin.dns()}
-
-    async def post(self, request: server.Request) -> dict:
-        body = read_json_body(request)
-        action = body.get("action")
-        try:
-            if action == "add-record":
-                return {"ok": True, **(await self.admin.add_dns_record(_string(body, "name"), _string(body, "type"), _string(body, "value")))}
-            if action == "remove-record":
-                name, kind, value = _string(body, "name"), _optional_string(body, "type"), _optional_string(body, "value")
-                return {"ok": True, **(await self.admin.remove_dns_records(name, kind, value))}
-            if action == "forward":
-                return {"ok": True, **(await self.admin.forward_dns(_string(body, "domain"), _strings(body, "resolvers")))}
-            if action == "unforward":
-                return {"ok": True, **(await self.admin.unforward_dns(_string(body, "domain")))}
-            if action == "nameservers":
-                return {"ok": True, **(await self.admin.set_dns_nameservers(_strings(body, "resolvers")))}
-        except DnsError as e:
-            raise ApiError(400, str(e))
-        except LookupError as e:
-            raise ApiError(404, str(e.args[0]))
-        raise ApiError(400, "action: must be add-record, remove-record, forward, unforward or nameservers")
-
-
-class Audit(_AdminResource):
-    methods = ("GET",)
-
-    async def get(self, request: server.Request) -> Any:
-        return {"ok": True, "events": await self.admin.audit()}
+    async def revoke_api_key(self, key_id: str) -> dict:
+        return {"api_key": (await self.authority.api_keys.revoke(key_id)).as_dict(self.coordinator.now())}
 
 
 def build_admin_site(admin: Admin) -> server.Site:
-    root = JsonRoot()
-    root.putChild(b"keys", Keys(admin))
-    root.putChild(b"revoke-key", RevokeKey(admin))
-    root.putChild(b"nodes", Nodes(admin))
-    root.putChild(b"remove-node", RemoveNode(admin))
-    root.putChild(b"rename-node", RenameNode(admin))
-    root.putChild(b"tag-node", TagNode(admin))
-    root.putChild(b"policy", PolicyResource(admin))
-    root.putChild(b"dns", DnsResource(admin))
-    root.putChild(b"routes", RoutesResource(admin))
-    root.putChild(b"audit", Audit(admin))
-    return make_site(root, timeout=30, reactor=admin.coordinator.clock)
+    """The admin socket's site (wire.server.adminsocket: built from the operations' table)."""
+    from wire.server.adminsocket import socket_site  # here: the table builds on this module
+
+    return socket_site(admin)

@@ -10,10 +10,12 @@ removal and key operation is written to the audit log.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import enum
 import hashlib
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +27,23 @@ SECRET_BYTES = 32
 # A join key's row changed (made, used, revoked): a change for the cluster's stream (wire.server.cluster).
 KEY_CHANGE = "key"
 KEY_COLUMNS = "key_id, secret_hash, created, expires, reusable, uses, revoked, note, tags, ephemeral_after"
+
+# Who an audit entry is by: the admin operation's caller ("admin" over the
+# socket, "apikey:ID" over /api/v1), for every entry written while it runs,
+# however deep (the coordinator's, the policy's, the DNS book's). A context
+# variable, so concurrent requests each keep their own; "" is the server itself.
+ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("wire_audit_actor", default="")
+
+
+@contextmanager
+def acting_as(actor: str):
+    """Audit entries written inside are ``actor``'s (a coroutine started
+    inside keeps it across its awaits: Deferred.fromCoroutine copies the context)."""
+    token = ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        ACTOR.reset(token)
 
 
 class AuthError(Exception):
@@ -82,8 +101,8 @@ class JoinKey:
             "revoked": self.revoked,
             "usable": state is KeyState.USABLE,
             "state": state.value,
-            "created_at": _utc(self.created),
-            "expires_at": _utc(self.expires) if self.expires else None,
+            "created_at": utc(self.created),
+            "expires_at": utc(self.expires) if self.expires else None,
             "note": self.note,
             "tags": list(self.tags),
             "ephemeral": bool(self.ephemeral_after),
@@ -105,7 +124,7 @@ _UNUSABLE_BECAUSE = {
 }
 
 
-def _utc(at: float) -> str:
+def utc(at: float) -> str:
     """ISO 8601 in UTC, for readers of --json that do not want epoch seconds."""
     return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -121,6 +140,9 @@ class Authority:
         self._node_by_credential: dict[str, str] = {}
         self._credential_of_node: dict[str, str] = {}
         self._load()
+        from wire.server.apikeys import ApiKeys  # here: it imports this module's hashing and errors
+
+        self.api_keys = ApiKeys(store, clock, self._audit)
 
     def _load(self) -> None:
         # At startup: blocks, before the reactor serves.
@@ -278,13 +300,14 @@ class Authority:
     # -- audit -------------------------------------------------------------
 
     def _audit(self, db: Writes, event: str, detail: str) -> None:
-        db.execute("INSERT INTO audit (at, event, detail) VALUES (?, ?, ?)", (self._clock.seconds(), event, detail))
-        self.log.info("audit: {event} {detail}", event=event, detail=detail)
+        actor = ACTOR.get()
+        db.execute("INSERT INTO audit (at, event, detail, actor) VALUES (?, ?, ?, ?)", (self._clock.seconds(), event, detail, actor))
+        self.log.info("audit: {event} {detail}" + (" (by {actor})" if actor else ""), event=event, detail=detail, actor=actor)
 
     def audit(self, db: Writes, event: str, detail: str) -> None:
         self._audit(db, event, detail)
 
     async def audit_log(self, limit: int = 100) -> list[dict]:
-        rows = await self._store.query("SELECT at, event, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-        return [{"at": at, "event": event, "detail": detail} for at, event, detail in rows]
+        rows = await self._store.query("SELECT at, event, detail, actor FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"at": at, "event": event, "detail": detail, "actor": actor or None} for at, event, detail, actor in rows]
 

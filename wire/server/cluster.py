@@ -40,6 +40,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wire.server.apikeys import API_KEY_CHANGE
 from wire.server.auth import KEY_CHANGE, KEY_COLUMNS
 from wire.server.dnsbook import DNS_CHANGE, DNS_SETTINGS
 from wire.server.model import RECORD_FIELDS, NodeRecord
@@ -175,6 +176,9 @@ class ChangeStream:
         key_rows = await self._keys(keys) if keys and self._authority is not None else []
         for row in key_rows:
             self._authority.adopt_key(row)
+        api_keys = sorted({subject for _, kind, subject, who in rows if who != origin and kind == API_KEY_CHANGE})
+        if api_keys and self._authority is not None:
+            await self._authority.api_keys.reread(api_keys)
         for kind in sorted({kind for _, kind, _, who in rows if who != origin and kind in self._books}):
             book, sql = self._books[kind]
             for row in (await self._store.query(sql))[:1]:

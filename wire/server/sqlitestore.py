@@ -56,6 +56,7 @@ ADDED_COLUMNS = {
     ),
     "pair_paths": (("family", "INTEGER NOT NULL DEFAULT 0"),),
     "join_keys": (("tags", "TEXT NOT NULL DEFAULT ''"), ("ephemeral_after", "REAL NOT NULL DEFAULT 0")),
+    "audit": (("actor", "TEXT NOT NULL DEFAULT ''"),),  # schema 13
 }
 
 # As vpn_ip is UNIQUE; partial, since nodes wait without one ("") until loaded.

@@ -74,6 +74,12 @@ Schema 12 adds ``replicas`` (:mod:`wire.server.replicas`): each replica on
 one database, where it answers and relays; which of them are alive is what
 PostgreSQL's advisory locks say, not this table. Older databases gain the
 empty table when opened.
+
+Schema 13 adds admin API keys (issue 20, :mod:`wire.server.apikeys`):
+``api_keys``, one row per key (its secret's hash, never the secret), and
+``audit.actor``, who made each change ("admin" over the socket,
+"apikey:ID" over /api/v1, "" the server itself). Older databases gain the
+table and the column ("" for their old entries) when opened.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ from wire.protocol import PathMode
 from wire.server.dbthread import DatabaseThread
 from wire.server.model import RECORD_FIELDS, NodeRecord, PairWord
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # SQLite's dialect; wire.server.pgstore translates the few types that differ.
 SCHEMA = """
@@ -189,7 +195,19 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
     event TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    actor TEXT NOT NULL DEFAULT ''
+);
+-- Admin API keys (schema 13, wire.server.apikeys): the secret's SHA-256, never the secret.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    read_only INTEGER NOT NULL,
+    revoked INTEGER NOT NULL,
+    last_used REAL NOT NULL DEFAULT 0
 );
 """
 

@@ -23,7 +23,9 @@ from twisted.logger import Logger
 
 from wire.addressing import AddressPool, Ipv6Pool
 from wire.datadir import admin_socket_path
-from wire.server.admin import Admin, build_admin_site
+from wire.server.admin import Admin
+from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, admin_api
+from wire.server.adminsocket import socket_site
 from wire.server.api import ClientRules, build_site, is_trusted
 from wire.server.auth import Authority
 from wire.server.cluster import Cluster
@@ -300,10 +302,15 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     )
     cluster = _cluster(config, coordinator, reactor, fingerprint)
     where = f" of {interface}" if interface else ""
+    site = build_site(coordinator, rules)
+    admin = None
+    if coordinator.authority is not None:
+        admin = Admin(coordinator, config["public-url"], fingerprint, config["replica-urls"])
+        # The remote admin API, for admin API keys (wire.server.adminapi).
+        failures = None if config["no-rate-limits"] else RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, reactor)
+        site.resource.putChild(b"api", admin_api(admin, rules, failures))
     # The relay stream shares the API's port (an HTTP Upgrade), so a server on 443 serves both.
-    api = UpgradeSnifferFactory(
-        build_site(coordinator, rules), coordinator.relay_streams, coordinator.authenticate_stream, reactor
-    )
+    api = UpgradeSnifferFactory(site, coordinator.relay_streams, coordinator.authenticate_stream, reactor)
     guarded = ConnectionGuard(
         api,
         reactor,
@@ -313,11 +320,10 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     Listening(endpoint, guarded, f"TCP port {port}{where}").setServiceParent(server)
     if endpoint6 is not None:
         AlsoOnIPv6(endpoint6, guarded, f"TCP port {port}").setServiceParent(server)
-    if coordinator.authority is not None:
-        admin = Admin(coordinator, config["public-url"], fingerprint, config["replica-urls"])
+    if admin is not None:
         admin_path = admin_socket_path(data_dir)
         admin_endpoint = UNIXServerEndpoint(reactor, admin_path, mode=0o600, wantPID=True)
-        Listening(admin_endpoint, build_admin_site(admin), f"the admin socket {admin_path}").setServiceParent(server)
+        Listening(admin_endpoint, socket_site(admin), f"the admin socket {admin_path}").setServiceParent(server)
     observe = coordinator.metrics.count_datagram
     # The seed's STUN port also carries the relay; port+2 is STUN only.
     relay = coordinator.relay.handle
@@ -353,8 +359,9 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     if policy_file is not None:
         server.when_listening.append(lambda: policy_file.reload_on_sighup(reactor))
     server.when_listening.append(lambda: _announce(config, coordinator, fingerprint))
-    if coordinator.authority is not None:
-        server.when_listening.append(lambda: _first_join(admin, data_dir, first_join_notes(config)))
+    if admin is not None:
+        first_admin = admin
+        server.when_listening.append(lambda: _first_join(first_admin, data_dir, first_join_notes(config)))
     return server
 
 
