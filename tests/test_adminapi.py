@@ -118,6 +118,8 @@ class EveryEndpointTests(ApiCase):
         self.assertEqual([n["node_name"] for n in listed["nodes"]], ["db1", "web1"])
         shown = op("nodes.show", "GET", f"/nodes/{web1}")
         self.assertEqual((shown["node"]["node_name"], shown["routes"]["approved"]), ("web1", []))
+        seen = op("mesh", "GET", "/mesh")
+        self.assertEqual(([n["node_name"] for n in seen["nodes"]], seen["edges"]), (["db1", "web1"], []))
         self.assertEqual(op("policy.check", "POST", "/policy/check", {"text": POLICY}), {"ok": True, "valid": True, "rules": 1, "tests": 1})
         self.assertEqual(self.admin.policy()["policy_set"], False, "a check changes nothing")
         self.assertEqual(op("policy.set", "PUT", "/policy", {"text": POLICY})["source"], f"apikey:{key_id(self.key)}")

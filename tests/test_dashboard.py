@@ -18,6 +18,8 @@ from tests.helpers import key_for, make_coordinator, registration_for, settled
 from wire.protocol import PathMode
 from wire.protocol.report import NodeReport, PeerReport
 from wire.server import dashboard
+from wire.server.auth import ACTOR, AuthError, Caller, Forbidden
+from wire.server.store import StoreError
 from wire.server.dashboard import ASSETS, COOKIE, CSP, LINK_LIFETIME, SESSION_LIFETIME, DashboardSessions, login_url
 from wire.server.meshview import COALESCE, MAX_WAIT, mesh_view
 
@@ -27,9 +29,16 @@ class DashboardTestCase(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.sessions = DashboardSessions(self.clock)
+        self.audited: list[tuple[str, str, str]] = []
+        self.audit_fails = False
         root = Resource()
-        root.putChild(b"ui", dashboard.dashboard(self.sessions))
+        root.putChild(b"ui", dashboard.dashboard(self.sessions, self.note))
         self.http = StubTreq(root)
+
+    async def note(self, event, detail):
+        if self.audit_fails:
+            raise StoreError("the database is away")
+        self.audited.append((event, detail, ACTOR.get()))
 
     async def get(self, path, cookie=None):
         headers = {b"cookie": [cookie.encode()]} if cookie else {}
@@ -61,6 +70,16 @@ class LoginTests(DashboardTestCase):
         again, answer = await self.log_in(token)
         self.assertEqual(again.code, 403)
         self.assertIn("used already, expired, or mistyped", answer["error"])
+        ((event, detail, actor),) = self.audited
+        self.assertEqual((event, actor), ("dashboard.login", "dashboard:" + detail.split()[1].rstrip(",")))
+
+    async def test_a_login_that_cannot_be_audited_is_refused(self):
+        token, _ = self.sessions.make_link()
+        self.audit_fails = True
+        response, answer = await self.log_in(token)
+        self.assertEqual(response.code, 503, answer)
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
+        self.assertEqual(self.sessions._sessions, {})
 
     async def test_a_link_expires_after_ten_minutes(self):
         token, _ = self.sessions.make_link()
@@ -104,6 +123,19 @@ class LoginTests(DashboardTestCase):
         )
         self.assertEqual(response.code, 200)
         self.assertIsNone(self.sessions.session_of(_FakeRequest(cookie)))
+
+    async def test_the_admin_api_caller_of_a_session(self):
+        self.assertIsNone(self.sessions.caller_of(_FakeRequest(None)))
+        with self.assertRaises(AuthError):
+            self.sessions.caller_of(_FakeRequest(f"{COOKIE}=forged"))
+        cookie = await self.cookie()
+        session = self.sessions.session_of(_FakeRequest(cookie))
+        self.assertEqual(self.sessions.caller_of(_FakeRequest(cookie)), Caller(session.actor, False))
+        with self.assertRaises(Forbidden):
+            self.sessions.caller_of(_FakeRequest(cookie, method=b"POST"))
+        with self.assertRaises(Forbidden):
+            self.sessions.caller_of(_FakeRequest(cookie, method=b"DELETE", csrf=b"x" * 32))
+        self.assertEqual(self.sessions.caller_of(_FakeRequest(cookie, method=b"PUT", csrf=session.csrf.encode())).actor, session.actor)
 
     def test_links_and_sessions_are_bounded(self):
         self.patch(dashboard, "MAX_LINKS", 3)
@@ -156,11 +188,12 @@ class HeadersAndAssetsTests(DashboardTestCase):
 
 
 class _FakeRequest:
-    def __init__(self, cookie):
-        self._cookie = cookie.encode()
+    def __init__(self, cookie, method=b"GET", csrf=None):
+        self._headers = {b"cookie": cookie.encode() if cookie else None, b"x-csrf-token": csrf}
+        self.method = method
 
     def getHeader(self, name):
-        return self._cookie if name == b"cookie" else None
+        return self._headers.get(name)
 
 
 class MeshViewTests(unittest.TestCase):
@@ -179,6 +212,7 @@ class MeshViewTests(unittest.TestCase):
         )
         view = settled(self.view())
         self.assertEqual({n["node_name"]: n["version"] for n in view["nodes"]}, {"db1": "", "web1": "0.1.0"})
+        self.assertEqual({n["node_name"]: n["dns_name"] for n in view["nodes"]}, {"db1": "db1.wire.internal", "web1": "web1.wire.internal"})
         (edge,) = view["edges"]
         self.assertEqual((edge["a"], edge["b"], edge["kind"]), ("db1", "web1", "relay"))
 

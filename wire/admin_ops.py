@@ -118,5 +118,9 @@ class AdminOps:
     async def api_keys(self) -> dict:
         return await self._call(self._client.api_keys())
 
+    async def dashboard_link(self) -> dict:
+        """A one-time login link to the dashboard (valid 10 minutes)."""
+        return await self._call(self._client.dashboard_link())
+
     async def revoke_api_key(self, key_id: str) -> dict:
         return await self._call(self._client.revoke_api_key(key_id))

@@ -531,6 +531,9 @@ class AdminClient(JsonHttp):
     async def api_keys(self) -> dict:
         return await self._request("GET", "/apikeys", limit=MAX_RESPONSE_BYTES)
 
+    async def dashboard_link(self) -> dict:
+        return await self._request("POST", "/dashboard", {})
+
     async def revoke_api_key(self, key_id: str) -> dict:
         return await self._request("POST", "/revoke-apikey", {"key_id": key_id})
 

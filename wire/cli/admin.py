@@ -385,6 +385,13 @@ def format_api_key_revoked(result: dict, style: Style) -> str:
     return f"admin API key {result['api_key']['key_id']} revoked: it no longer works"
 
 
+def format_dashboard_link(result: dict, style: Style) -> str:
+    return (
+        f"open this link in a browser to log in to the dashboard (once, until {_local_time(result['expires'])}):\n\n"
+        f"  {result['url']}\n"
+    )
+
+
 async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[dict, Formatter]:
     """Run one ``wire admin`` command: its result, and how it prints."""
     admin = AdminOps(ctx.reactor, args.data_dir or default_data_dir())
@@ -418,6 +425,8 @@ async def dispatch_admin(ctx: ops.Context, args: argparse.Namespace) -> tuple[di
             return await _routes(admin, args)
         if args.topic == "audit":
             return await admin.audit(), format_audit
+        if args.topic == "dashboard":
+            return await admin.dashboard_link(), format_dashboard_link
     except AdminError as e:
         raise ops.OpError(str(e))
     raise AssertionError((args.topic, args.action))

@@ -284,6 +284,11 @@ def build_parser() -> WireParser:
     _add_dns(topics)
     _add_routes(topics)
     topics.add_parser("audit", help="enrollments, removals and key operations")
+    topics.add_parser(
+        "dashboard",
+        help="a one-time login link to the web dashboard (valid 10 minutes)",
+        description="Prints a link to https://SERVER/ui/: open it in a browser to log in (once; it is valid for 10 minutes). The session lasts 8 hours.",
+    )
 
     demo = commands.add_parser("demo", help="build a demonstration mesh in network namespaces on this host (root)")
     demo.add_argument("--keep", action="store_true", help="leave the mesh running")

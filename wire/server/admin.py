@@ -23,8 +23,10 @@ from wire.jointoken import JoinToken
 from wire.protocol import ProtocolError, parse_node_name
 from wire.protocol.routes import parse_route
 from wire.server.apikeys import DEFAULT_EXPIRY as DEFAULT_API_KEY_EXPIRY
-from wire.server.auth import Authority
+from wire.server.auth import Authority, utc
 from wire.server.coordinator import Coordinator
+from wire.server.dashboard import DashboardSessions, login_url
+from wire.server.meshview import mesh_view
 from wire.server.model import NodeRecord
 from wire.server.registry import RegistryConflict
 from wire.server.routebook import overlapping
@@ -48,6 +50,8 @@ class Admin:
         if coordinator.authority is None:
             raise ValueError("an open server has no join keys or credentials to administer")
         self.coordinator = coordinator
+        # The dashboard's login links and sessions (wire.server.dashboard), this replica's.
+        self.dashboard = DashboardSessions(coordinator.clock)
         self.authority: Authority = coordinator.authority
         self.public_url = public_url
         # The other replicas' URLs (--public-url given again): in every token.
@@ -316,6 +320,24 @@ class Admin:
             "routes_awaiting_approval": waiting,
             "timestamp": now,
         }
+
+    # -- the dashboard (wire.server.dashboard) -----------------------------------
+
+    async def dashboard_link(self) -> dict:
+        """A one-time login link to this replica's dashboard (audited)."""
+        token, expires = self.dashboard.make_link()
+        await self.note("dashboard.link", f"a login link, valid until {utc(expires)}")
+        return {"url": login_url(self.public_url, token), "expires": expires}
+
+    async def mesh(self, since: int | None, wait: float) -> dict:
+        """Every node and every reported path (wire.server.meshview), once the mesh moved past ``since``."""
+        return await mesh_view(self.coordinator, since, wait)
+
+    async def note(self, event: str, detail: str) -> None:
+        """An audit entry of its own (something that changed no record)."""
+        writes = Writes()
+        self.coordinator.audit(writes, event, detail)
+        await self.coordinator.store.transaction(writes)
 
     # -- admin API keys (wire.server.apikeys) ------------------------------------
 

@@ -14,7 +14,6 @@ even with a good key, until its bucket refills.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, cast
 
 from twisted.logger import Logger
@@ -23,7 +22,7 @@ from twisted.web import resource, server
 from wire.server.admin import Admin
 from wire.server.adminops import OPERATIONS, Operation, query_texts
 from wire.server.api import ClientRules
-from wire.server.auth import AuthError
+from wire.server.auth import AuthError, Caller
 from wire.server.openapi import openapi_document
 from wire.server.ratelimit import RateLimiter, TokenBucket, address_key
 from wire.web import ApiError, JsonNotFound, JsonResource, JsonRoot, read_json_body
@@ -64,14 +63,6 @@ def _body(request: server.Request) -> dict[str, Any]:
         if empty:
             return {}
     return read_json_body(request)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who makes a request: their name in the audit log, and whether they may only GET."""
-
-    actor: str
-    read_only: bool
 
 
 class CallerSource(Protocol):

@@ -382,6 +382,17 @@ OPERATIONS: tuple[Operation, ...] = (
         (optional("limit", whole(1, MAX_AUDIT, f"must be 1..{MAX_AUDIT}"), "how many entries", 100),),
         api=("GET", "/audit"), socket=("GET", "/audit", None),
     ),
+    Operation(
+        "mesh", "Every node and every path nodes report between them; with since, waits (at most wait seconds) until the mesh moves past that version",
+        lambda a, x: a.mesh(x["since"], x["wait"]),
+        (
+            optional("since", whole(0, 2**53, "must be a version from an earlier mesh answer"), "the version held (answer when the mesh is past it)"),
+            optional("wait", seconds(0, 25), "seconds to wait for a change (at most 25; a quiet mesh answers every few seconds)", 0.0),
+        ),
+        api=("GET", "/mesh"), socket=("GET", "/mesh", None),
+    ),
+    # -- the dashboard: its login links come from the server's machine only.
+    Operation("dashboard.link", "A one-time login link to the dashboard, valid 10 minutes", lambda a, _: a.dashboard_link(), socket=("POST", "/dashboard", None)),
     # -- admin API keys: made and revoked on the server's machine only, so a
     # leaked key cannot mint itself a successor that outlives its revocation.
     Operation("apikeys.list", "Every admin API key", lambda a, _: a.api_keys(), socket=("GET", "/apikeys", None)),

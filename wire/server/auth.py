@@ -46,6 +46,15 @@ def acting_as(actor: str):
         ACTOR.reset(token)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who makes an admin request (wire.server.adminapi): their name in the
+    audit log, and whether they may only GET."""
+
+    actor: str
+    read_only: bool
+
+
 class AuthError(Exception):
     """Authentication failed (HTTP 401); ``str()`` is safe to return to the client."""
 

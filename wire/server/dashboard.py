@@ -30,11 +30,14 @@ import os
 import secrets
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import resource, server
 
+from wire.server.auth import AuthError, Caller, Forbidden, acting_as, utc
+from wire.server.store import StoreError
 from wire.web import ApiError, JsonResource, read_json_body
 
 LINK_LIFETIME = 600.0
@@ -121,7 +124,22 @@ class DashboardSessions:
 
     def end(self, request: server.Request) -> bool:
         secret = _cookie(request)
-        return secret is not None and self._sessions.pop(_digest(secret), None) is not None
+        return secret is not None and self.end_secret(secret)
+
+    def end_secret(self, secret: str) -> bool:
+        return self._sessions.pop(_digest(secret), None) is not None
+
+    def caller_of(self, request: server.Request) -> Caller | None:
+        """The admin API's caller for a request with a session cookie (None: it
+        has none); a changing request must carry the session's CSRF token."""
+        if _cookie(request) is None:
+            return None
+        session = self.session_of(request)
+        if session is None:
+            raise AuthError("the dashboard session expired or ended: log in again (wire admin dashboard)")
+        if request.method not in (b"GET", b"HEAD") and not self.csrf_ok(session, request):
+            raise Forbidden("missing or wrong X-CSRF-Token: changes come only from the dashboard's own page")
+        return Caller(session.actor, read_only=False)
 
     @staticmethod
     def csrf_ok(session: Session, request: server.Request) -> bool:
@@ -205,15 +223,17 @@ class _AssetFile(resource.Resource):
 
 class SessionResource(JsonResource):
     """``POST /ui/session`` ``{"token"}``: a login link's token for a session
-    cookie; ``DELETE /ui/session`` (with the CSRF token): log out."""
+    cookie; ``DELETE /ui/session`` (with the CSRF token): log out. Both are
+    audited (``note``: an audit entry, wire.server.admin.Admin.note)."""
 
     methods = ("POST", "DELETE")
 
-    def __init__(self, sessions: DashboardSessions):
+    def __init__(self, sessions: DashboardSessions, note: Callable[[str, str], Awaitable[None]]):
         super().__init__()
         self._sessions = sessions
+        self._note = note
 
-    def post(self, request: server.Request) -> dict[str, Any]:
+    async def post(self, request: server.Request) -> dict[str, Any]:
         secure_headers(request)
         body = read_json_body(request)
         token = body.get("token")
@@ -223,12 +243,18 @@ class SessionResource(JsonResource):
         if redeemed is None:
             raise ApiError(403, "this login link is not valid: used already, expired, or mistyped; run 'wire admin dashboard' again")
         secret, session = redeemed
+        try:
+            with acting_as(session.actor):
+                await self._note("dashboard.login", f"session {session.session_id}, until {utc(session.expires)}")
+        except StoreError as e:
+            self._sessions.end_secret(secret)
+            raise ApiError(503, f"the login could not be recorded ({e}); try a new link in a moment")
         request.addCookie(
             COOKIE, secret, path="/", secure=True, httpOnly=True, sameSite="strict", max_age=str(int(SESSION_LIFETIME))
         )
         return {"ok": True, "expires": session.expires}
 
-    def delete(self, request: server.Request) -> dict[str, Any]:
+    async def delete(self, request: server.Request) -> dict[str, Any]:
         secure_headers(request)
         session = self._sessions.session_of(request)
         if session is None:
@@ -237,6 +263,11 @@ class SessionResource(JsonResource):
             raise ApiError(403, "missing or wrong X-CSRF-Token")
         self._sessions.end(request)
         request.addCookie(COOKIE, "", path="/", secure=True, httpOnly=True, sameSite="strict", max_age="0")
+        try:
+            with acting_as(session.actor):
+                await self._note("dashboard.logout", f"session {session.session_id}")
+        except StoreError:
+            pass  # the session is over either way; the server's log has the failed write
         return {"ok": True}
 
 
@@ -251,12 +282,12 @@ class Login(resource.Resource):
         return _asset("login.html")
 
 
-def dashboard(sessions: DashboardSessions) -> resource.Resource:
-    """The ``/ui`` tree."""
+def dashboard(sessions: DashboardSessions, note: Callable[[str, str], Awaitable[None]]) -> resource.Resource:
+    """The ``/ui`` tree; ``note`` writes an audit entry."""
     ui = _Tree()
     ui.putChild(b"", Page(sessions))
     ui.putChild(b"static", Static())
-    ui.putChild(b"session", SessionResource(sessions))
+    ui.putChild(b"session", SessionResource(sessions, note))
     ui.putChild(b"login", Login())
     return ui
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from wire.protocol.dns import dns_name_of
 from wire.server.reports import mesh_edges
 
 MAX_WAIT = 5.0
@@ -81,9 +82,12 @@ async def mesh_view(coordinator, since: int | None = None, wait: float = 0.0) ->
     reports = await coordinator.reports.all()
     now = coordinator.now()
     known = {node["node_id"] for node in status["nodes"]}
+    domain = coordinator.dns.domain  # None: no mesh DNS
     for node in status["nodes"]:
         report = reports.get(node["node_id"])
         node["version"] = report.version if report is not None else ""
+        if domain is not None:
+            node["dns_name"] = dns_name_of(node["node_name"], domain)
     return {
         "version": version,
         "timestamp": now,

@@ -27,6 +27,7 @@ from wire.server.admin import Admin
 from wire.server.adminapi import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, admin_api
 from wire.server.adminsocket import socket_site
 from wire.server.api import ClientRules, build_site, is_trusted
+from wire.server.dashboard import dashboard
 from wire.server.auth import Authority
 from wire.server.cluster import Cluster
 from wire.server.replicacall import ReplicaCaller, cluster_secret, replica_http
@@ -306,9 +307,11 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
     admin = None
     if coordinator.authority is not None:
         admin = Admin(coordinator, config["public-url"], fingerprint, config["replica-urls"])
-        # The remote admin API, for admin API keys (wire.server.adminapi).
+        # The remote admin API, for admin API keys and the dashboard's sessions
+        # (wire.server.adminapi), and the dashboard itself (wire.server.dashboard).
         failures = None if config["no-rate-limits"] else RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, reactor)
-        site.resource.putChild(b"api", admin_api(admin, rules, failures))
+        site.resource.putChild(b"api", admin_api(admin, rules, failures, others=[admin.dashboard]))
+        site.resource.putChild(b"ui", dashboard(admin.dashboard, admin.note))
     # The relay stream shares the API's port (an HTTP Upgrade), so a server on 443 serves both.
     api = UpgradeSnifferFactory(site, coordinator.relay_streams, coordinator.authenticate_stream, reactor)
     guarded = ConnectionGuard(

@@ -14,6 +14,7 @@
   const REST = 45;
   const GRAVITY = 0.004;
   const DAMPING = 0.6;
+  const MIN_VIEW = 500;
 
   function element(name, attributes) {
     const made = document.createElementNS(SVG, name);
@@ -169,7 +170,10 @@
         maxX = Math.max(maxX, p.x); maxY = Math.max(maxY, p.y);
       }
       const pad = margin + 30;
-      this.svg.setAttribute("viewBox", `${(minX - pad).toFixed(0)} ${(minY - pad).toFixed(0)} ${(maxX - minX + 2 * pad).toFixed(0)} ${(maxY - minY + 2 * pad).toFixed(0)}`);
+      // A small mesh stays small: the view is never closer than MIN_VIEW across.
+      const width = Math.max(maxX - minX + 2 * pad, MIN_VIEW), height = Math.max(maxY - minY + 2 * pad, MIN_VIEW * 0.6);
+      const left = (minX + maxX) / 2 - width / 2, top = (minY + maxY) / 2 - height / 2;
+      this.svg.setAttribute("viewBox", `${left.toFixed(0)} ${top.toFixed(0)} ${width.toFixed(0)} ${height.toFixed(0)}`);
     }
 
     byId(id) { return this.nodes.find((n) => n.node_id === id); }
