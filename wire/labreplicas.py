@@ -61,9 +61,11 @@ class Replica:
 class LabPostgres:
     """A throw-away PostgreSQL cluster running in one of the lab's namespaces."""
 
-    def __init__(self, lab: Lab, host: str) -> None:
+    def __init__(self, lab: Lab, host: str, directory: str | None = None) -> None:
         self.lab = lab
         self.host = host
+        # The cluster's dir: a fresh one at start unless given (made by make_cluster_dir).
+        self._directory = directory
         self.layout: ClusterLayout | None = None
         self.running = False
 
@@ -76,7 +78,8 @@ class LabPostgres:
             raise LabUnavailable(f"the replicas' lab needs PostgreSQL: {reason}")
         address = self.lab.hosts[self.host].address
         assert address is not None
-        self.layout = layout = ClusterLayout(bin_dir, labpostgres.make_cluster_dir("wire-lab-pg-"), address, DATABASE_PORT)
+        directory = self._directory or labpostgres.make_cluster_dir("wire-lab-pg-")
+        self.layout = layout = ClusterLayout(bin_dir, directory, address, DATABASE_PORT)
         password = secrets.token_urlsafe(24)
         layout.write_password(password)
         try:
@@ -138,7 +141,9 @@ class ReplicaMeshLab(MeshLab):
             await self.start_replica(name)
         self.join_token = await self.create_key("a")
 
-    async def start_replica(self, name: str) -> None:
+    def replica_argv(self, name: str) -> list[str]:
+        """Replica ``name``'s wire-server: its URL first, then the other's;
+        the database's password in a file, never on the command line."""
         replica = self.replicas[name]
         others = [r.url for r in self.replicas.values() if r is not replica]
         database = (
@@ -146,9 +151,13 @@ class ReplicaMeshLab(MeshLab):
             f"--database-password-file={self._password_file}",
             f"--replica-name={name}",
         )
-        argv = self.server_argv(replica.data_dir, [replica.url, *others], database)
+        return self.server_argv(replica.data_dir, [replica.url, *others], database)
+
+    async def start_replica(self, name: str) -> None:
+        replica = self.replicas[name]
         replica.process = self.lab.start(
-            replica.host, argv, env=wire_environment(), log_prefix=f"wire-server-{name}#{next(self._server_restarts)}"
+            replica.host, self.replica_argv(name), env=wire_environment(),
+            log_prefix=f"wire-server-{name}#{next(self._server_restarts)}",
         )
         if replica.host == "server":
             self.server = replica.process
