@@ -107,6 +107,10 @@ class ReplicaFailoverLabTests(unittest.TestCase):
         for name in names:
             result = await mesh.cli(name, "status", "--json", timeout=30)
             told.append(f"--- {name}: wire status --json (exit {result.rc})\n{result.stdout.decode(errors='replace')[:6000]}")
+            try:
+                told.append(f"--- {name}'s daemon on its server: {(await mesh.daemon_status(name))['server']}")
+            except Exception as e:
+                told.append(f"--- {name}'s daemon does not answer: {e}")
         told.append(await what_nodes_saw(mesh, names))
         for replica in mesh.replicas:
             try:

@@ -182,7 +182,8 @@ class ReplicaMeshLab(MeshLab):
         url = self.replicas[name].url + path
         result = await self.lab.run(from_host, [sys.executable, "-c", FETCH, url], timeout=15)
         if result.rc != 0:
-            raise DemoError(f"{url} did not answer: {result.stderr.decode(errors='replace').strip()}")
+            said = result.stderr.decode(errors="replace").strip().splitlines()
+            raise DemoError(f"{url} did not answer: {said[-1] if said else f'exit {result.rc}'}")
         return result.stdout.decode(errors="replace")
 
     async def health(self, name: str) -> dict:
