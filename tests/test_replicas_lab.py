@@ -1,14 +1,17 @@
 """Issue 19 for real: two ``twistd wire-server`` replicas in two namespaces,
 PostgreSQL in a third (wire.labreplicas), real WireGuard nodes joined with a
 key made at replica a: a public node, one behind an easy NAT and a pair
-behind two hard NATs, whom the server relays. Replica a gets ``kill -9``:
+behind two hard NATs, whom the server relays. Replica a gets ``kill -9``
+(or its machine goes silent: no reset, no FIN, as a dead machine or a
+partition), and then:
 
 - every direct pair keeps pinging (ping streams across the kill): tunnels do
   not depend on the server;
 - every node's ``wire status`` shows it on replica b within 10 s;
 - every relayed pair pings again within 10 s, through b's relay;
 - b leads the cluster's singleton jobs;
-- a node joining with a key made at b is pinged by every node, and pings them.
+- (after the kill) a node joining with a key made at b is pinged by every
+  node, and pings them.
 
 Figures (times after the kill) are printed; a failure's message carries each
 node's status, ``wg show`` and daemon log, to be read from CI output alone.
@@ -28,6 +31,7 @@ from twisted.trial import unittest
 
 from tests.test_e2e import eventually, lab_unavailable, what_nodes_saw
 from wire import labpostgres
+from wire.demo import DemoError
 from wire.labreplicas import ReplicaMeshLab
 from wire.runner import ProcessRunner
 
@@ -46,6 +50,13 @@ STREAM_COUNT = 150  # 30 s: from before the kill to well past the failover
 # flight) and a loaded machine dropping a datagram between namespaces.
 DIRECT_LOSS_ALLOWED = 2
 FAILOVER_LIMIT = 10.0
+# The cluster's singleton jobs move to b within this when a's machine goes
+# silent: PostgreSQL ends a's sessions (and frees its lock) after 5 s of
+# silence and 3 probes 2 s apart, or 15 s of unacknowledged data
+# (wire.server.pgstore), and b tries the lock every tick.
+LEADER_LIMIT = 30.0
+# After kill -9 a's sessions close with it: only b's next tries remain.
+LEADER_LIMIT_KILLED = 15.0
 
 
 def _deferred(coroutine) -> Deferred:
@@ -77,7 +88,7 @@ class PingStream:
         silence, ended = self.longest_silence()
         return (
             f"{self.source}->{self.target}: {self.received}/{self.sent} replies, longest silence "
-            f"{silence:.1f}s, ending {ended - since:+.1f}s after the kill"
+            f"{silence:.1f}s, ending {ended - since:+.1f}s after a's end"
         )
 
 
@@ -179,23 +190,26 @@ class ReplicaFailoverLabTests(unittest.TestCase):
         found = re.search(r"^wire_relay_sessions (\S+)$", text, re.M)
         return float(found.group(1)) if found else 0.0
 
-    async def test_kill_9_of_the_replica_in_use(self):
+    async def ready(self) -> ReplicaMeshLab:
+        """The mesh, joined through a: every pair pings, on the paths the NATs allow, a relaying."""
         mesh = await self.build()
-        a, b = mesh.replicas["a"], mesh.replicas["b"]
         self.assertEqual(len({r.url for r in mesh.replicas.values()}), 2)
-
-        # All joined through a; every pair pings, on the paths the NATs allow.
-        await self.assert_pairs_ping(mesh, (*DIRECT, *RELAYED), "before the kill")
+        await self.assert_pairs_ping(mesh, (*DIRECT, *RELAYED), "before replica a's end")
         try:
             await eventually(lambda: self.expected_paths(mesh), timeout=30, step=1, what="the expected paths")
         except AssertionError:
             self.fail(f"paths are not direct/relayed as the NATs say\n{await self.diagnosis(mesh)}")
         for name, _ in NODES:
             status = await mesh.status(name)
-            self.assertEqual(status["server"], a.url, f"{name} joined through a")
+            self.assertEqual(status["server"], mesh.replicas["a"].url, f"{name} joined through a")
         self.assertGreaterEqual(await self.relay_sessions(mesh, "a"), len(RELAYED), "a relays the relayed pairs")
+        return mesh
 
-        # Ping streams across the kill.
+    async def across(self, mesh: ReplicaMeshLab, end_of_a, what: str, leader_limit: float) -> float:
+        """Ping streams across ``end_of_a()``; then every node on b and every
+        relayed pair pinging again within FAILOVER_LIMIT, the direct pairs
+        never stopped, b relaying, and leading within ``leader_limit``.
+        Returns when a ended (reactor time)."""
         streams = {
             pair: _deferred(mesh.lab.run(
                 pair[0],
@@ -204,9 +218,9 @@ class ReplicaFailoverLabTests(unittest.TestCase):
             ))
             for pair in STREAMS
         }
-        await deferLater(reactor, 3, lambda: None)  # a few replies before the kill
-        await mesh.kill_replica("a", signal.SIGKILL)
-        killed_at = reactor.seconds()
+        await deferLater(reactor, 3, lambda: None)  # a few replies before
+        await end_of_a()
+        ended_at = reactor.seconds()
 
         # From now on, each node's move and each relayed pair's return,
         # measured at once. A node's move is read from its daemon (what
@@ -214,36 +228,47 @@ class ReplicaFailoverLabTests(unittest.TestCase):
         # process takes seconds to start on a loaded 2-core machine, which
         # would be measured instead.
         async def moved(name: str) -> tuple[str, float | None]:
-            while reactor.seconds() - killed_at < FAILOVER_LIMIT + 20:
-                if await self.daemon_on(mesh, name, "b", killed_at):
-                    return name, reactor.seconds() - killed_at
+            while reactor.seconds() - ended_at < FAILOVER_LIMIT + 20:
+                if await self.daemon_on(mesh, name, "b", ended_at):
+                    return name, reactor.seconds() - ended_at
                 await deferLater(reactor, 0.1, lambda: None)
             return name, None
 
         async def relayed_again(pair) -> tuple[tuple[str, str], float | None]:
-            while reactor.seconds() - killed_at < FAILOVER_LIMIT + 20:
+            while reactor.seconds() - ended_at < FAILOVER_LIMIT + 20:
                 if await self.pings_both_ways(mesh, *pair):
-                    return pair, reactor.seconds() - killed_at
+                    return pair, reactor.seconds() - ended_at
                 await deferLater(reactor, 0.1, lambda: None)
             return pair, None
 
+        async def b_leads() -> float | None:
+            while reactor.seconds() - ended_at < leader_limit:
+                try:
+                    if (await mesh.health("b"))["cluster"]["leader"] is True:
+                        return reactor.seconds() - ended_at
+                except DemoError:
+                    pass  # said below, if it lasts
+                await deferLater(reactor, 0.5, lambda: None)
+            return None
+
+        leading = _deferred(b_leads())
         measured = await gatherResults(
             [_deferred(moved(name)) for name, _ in NODES] + [_deferred(relayed_again(pair)) for pair in RELAYED]
         )
         moves, returns = dict(measured[: len(NODES)]), dict(measured[len(NODES):])
         results = {pair: PingStream.parse(*pair, (await d).stdout.decode(errors="replace")) for pair, d in streams.items()}
-        print("\nafter kill -9 of replica a:")
+        print(f"\nafter {what}:")
         for name, took in sorted(moves.items()):
             print(f"  {name}: on replica b (its daemon answered by b) {'never' if took is None else f'{took:.2f}s after'}")
         for pair, took in returns.items():
             print(f"  relayed {pair[0]}<->{pair[1]}: pings both ways again {'never' if took is None else f'{took:.2f}s after'}")
         for stream in results.values():
-            print("  ping stream " + stream.describe(killed_at))
+            print("  ping stream " + stream.describe(ended_at))
         late_moves = {n: t for n, t in moves.items() if t is None or t > FAILOVER_LIMIT}
         late_returns = {p: t for p, t in returns.items() if t is None or t > FAILOVER_LIMIT}
         if late_moves or late_returns:
             self.fail(
-                f"not within {FAILOVER_LIMIT}s of the kill: nodes on b {late_moves}, relayed pairs {late_returns}\n"
+                f"not within {FAILOVER_LIMIT}s of {what}: nodes on b {late_moves}, relayed pairs {late_returns}\n"
                 f"{await self.diagnosis(mesh)}"
             )
         # And `wire status` itself says so (not timed: see above).
@@ -256,26 +281,30 @@ class ReplicaFailoverLabTests(unittest.TestCase):
             stream = results[pair]
             self.assertEqual(stream.sent, STREAM_COUNT, stream.output[-1500:])
             if stream.sent - stream.received > DIRECT_LOSS_ALLOWED:
-                self.fail(f"direct {stream.describe(killed_at)}: more than {DIRECT_LOSS_ALLOWED} lost\n"
+                self.fail(f"direct {stream.describe(ended_at)}: more than {DIRECT_LOSS_ALLOWED} lost\n"
                           f"{stream.output[-3000:]}\n{await self.diagnosis(mesh, pair)}")
         for pair in STREAMS[len(DIRECT):]:
             stream = results[pair]
-            self.assertTrue(stream.replies and stream.replies[-1] > killed_at + FAILOVER_LIMIT, f"relayed {stream.describe(killed_at)}")
+            self.assertTrue(stream.replies and stream.replies[-1] > ended_at + FAILOVER_LIMIT, f"relayed {stream.describe(ended_at)}")
 
-        # b relays the relayed pairs now, and leads the cluster's singleton jobs.
+        # b relays the relayed pairs now, on the paths the NATs allow.
         self.assertGreaterEqual(await self.relay_sessions(mesh, "b"), len(RELAYED), "b relays the relayed pairs")
         if not await self.expected_paths(mesh):
             self.fail(f"paths after the failover are not those the NATs give\n{await self.diagnosis(mesh)}")
 
-        async def b_leads() -> bool:
-            return (await mesh.health("b"))["cluster"]["leader"] is True
-
-        try:
-            await eventually(b_leads, timeout=20, step=0.5, what="b leading")
-        except AssertionError:
-            self.fail(f"b does not lead after a's death: {await mesh.health('b')}")
+        # And b leads the cluster's singleton jobs (its /health, asked every 0.5 s since a's end).
+        led = await leading
+        print(f"  b leads {'never' if led is None else f'{led:.1f}s after'} (limit {leader_limit:g}s)")
         health = await mesh.health("b")
-        self.assertEqual((health["cluster"]["replica"], health["cluster"]["database"]), ("b", True), health)
+        if led is None:
+            self.fail(f"b does not lead {leader_limit:g}s after {what}: {health}")
+        self.assertEqual((health["cluster"]["replica"], health["cluster"]["database"], health["cluster"]["leader"]), ("b", True, True), health)
+        return ended_at
+
+    async def test_kill_9_of_the_replica_in_use(self):
+        mesh = await self.ready()
+        # a's sessions close with it: PostgreSQL frees a's lock at once.
+        await self.across(mesh, lambda: mesh.kill_replica("a", signal.SIGKILL), "kill -9 of replica a", LEADER_LIMIT_KILLED)
 
         # A node joins through b, with a key made there, and meets everyone.
         token = await mesh.create_key("b")
@@ -283,3 +312,10 @@ class ReplicaFailoverLabTests(unittest.TestCase):
         answer = await mesh.up("late", token=token)
         self.assertTrue(await self.on_replica(mesh, "late", "b"), answer)
         await self.assert_pairs_ping(mesh, [(name, "late") for name, _ in NODES], "the node that joined through b", timeout=30)
+
+    async def test_the_machine_of_the_replica_in_use_goes_silent(self):
+        """No reset, no FIN: a dead machine or a partition. The nodes learn it
+        from TCP keepalive on their connections (README: about 7 s)."""
+        mesh = await self.ready()
+        # PostgreSQL hears nothing from a's sessions either: its keepalives end them (wire.server.pgstore).
+        await self.across(mesh, lambda: mesh.lab.silence("server"), "replica a's machine going silent", LEADER_LIMIT)
