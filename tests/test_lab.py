@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.test_runner import process_gone, wait_for
 from tests.fakes import FakeProcessRunner, PassThroughRunner
 from wire.lab import (
+    Host,
     Lab,
     LabError,
     LabUnavailable,
@@ -26,6 +27,7 @@ from wire.lab import (
     namespace_steps,
     nat_ruleset,
     router_steps,
+    silence_ruleset,
     uplink_steps,
 )
 from wire.runner import (
@@ -50,6 +52,18 @@ while True:
     for s in select.select(sockets, [], [])[0]:
         data, source = s.recvfrom(2048)
         s.sendto(f"{source[0]}:{source[1]}".encode(), source)
+"""
+
+# A TCP connection's fate within 2 s: "connected", "refused" or "timeout".
+CONNECT = """\
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
 """
 
 # From one local port, asks each server port what it saw; prints a JSON list.
@@ -160,6 +174,19 @@ class FakeRunnerLabTests(SynchronousTestCase):
         lab = Lab(FakeProcessRunner(), etc_netns=self.mktemp())
         self.failureResultOf(Deferred.fromCoroutine(lab.add_public_node("Bad_Name")), LabError)
         self.failureResultOf(Deferred.fromCoroutine(lab.add_nat_node("n1", "nowhere")), LabError)
+        self.failureResultOf(Deferred.fromCoroutine(lab.silence("nowhere")), LabError)
+
+    def test_silence_is_one_ruleset_inside_the_hosts_namespace(self) -> None:
+        runner = FakeProcessRunner()
+        lab = Lab(runner, etc_netns=self.mktemp())
+        lab.hosts["server"] = Host("server", Role.SERVER, "wl0000-server", "198.18.0.2", None, "e1", "w1")
+        runner.expect(["ip", "netns", "exec", "wl0000-server", "nft", "-f", "-"])
+        self.successResultOf(Deferred.fromCoroutine(lab.silence("server")))
+        runner.assert_all_called()
+        self.assertEqual(runner.calls[0].stdin, silence_ruleset().encode())
+        # Everything in and out is dropped, before any other hook sees it.
+        self.assertEqual(silence_ruleset().count("policy drop;"), 2)
+        self.assertEqual(silence_ruleset().count("priority -400;"), 2)
 
 
 def fail_nft(argv: tuple[str, ...]) -> None:
@@ -261,6 +288,18 @@ class LabTests(TestCase):
         lab = await self.build()
         seen = await self.mapped_addresses(lab, "public")
         self.assertEqual(set(seen), {(lab.hosts["public"].address, 40000)})
+
+    async def test_a_silenced_host_answers_nothing_not_even_a_refusal(self) -> None:
+        lab = await self.build()
+        server = lab.hosts["server"].address
+        assert server is not None
+        self.assertEqual(await self.ping(lab, "public", server), 0)
+        connect = [sys.executable, "-c", CONNECT, server, "9"]  # a port nobody listens on
+        self.assertEqual((await lab.run("public", connect, timeout=10)).stdout.strip(), b"refused")
+        await lab.silence("server")
+        self.assertNotEqual(await self.ping(lab, "public", server), 0)
+        self.assertEqual((await lab.run("public", connect, timeout=10)).stdout.strip(), b"timeout")
+        self.assertEqual(await self.ping(lab, "public", lab.hosts["internet"].address or ""), 0, "the rest goes on")
 
     async def test_teardown_leaves_nothing_behind(self) -> None:
         lab = await self.build()

@@ -99,6 +99,11 @@ def make_http_client(
     With ``proxy``, through its CONNECT tunnel (for the hosts it applies to)."""
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 2
+    # A GET whose kept-alive connection dies fails to its caller, not sent
+    # again unseen: after TCP keepalive found the server gone, that second
+    # try would wait a whole connect timeout first. Callers own retries (the
+    # daemon's loops, with backoff and failover to another replica).
+    pool.retryAutomatically = False
     # Our endpoints even without a proxy: their connections carry TCP keepalive (wire.tcpkeepalive).
     endpoints = ProxyEndpointFactory(reactor, proxy, client_policy(tls_fingerprint), REQUEST_TIMEOUT)
     return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))

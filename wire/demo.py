@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import gatherResults
@@ -22,8 +23,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from wire.admin_ops import AdminOps
+from wire.client import ControlClient
 from wire.lab import Lab
 from wire.node import launcher
+from wire.node.control import control_socket_path
 from wire.runner import IProcessRunner, IRunningProcess, ProcessResult
 from wire.twistd import twistd_argv, wire_environment
 
@@ -101,32 +104,42 @@ class MeshLab:
             created = await AdminOps(self.reactor, self.server_data_dir).create_key(reusable=True, note="lab")
             self.join_token = created["token"]
 
-    async def start_server(self) -> None:
+    def server_argv(self, data_dir: str, public_urls: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+        """``twistd -n wire-server`` as the lab runs it: on SERVER_PORT, with
+        ``public_urls`` (its own first), then ``extra`` and the lab's server_args."""
         argv = twistd_argv() + [
             "-n",
             "--pidfile=",
             "wire-server",
             f"--port={SERVER_PORT}",
-            f"--data-dir={self.server_data_dir}",
-            f"--public-url={self.server_url}",
+            f"--data-dir={data_dir}",
+            *(f"--public-url={url}" for url in public_urls),
         ]
         if self.open_server:
             argv.append("--open")
-        argv += self.server_args
+        return argv + [*extra, *self.server_args]
+
+    async def start_server(self) -> None:
+        argv = self.server_argv(self.server_data_dir, [self.server_url])
         self.server = self.lab.start(
             "server", argv, env=wire_environment(), log_prefix=f"wire-server#{next(self._server_restarts)}"
         )
         await self.wait_for_server()
 
-    async def wait_for_server(self, timeout: float = 20.0) -> None:
-        probe = [sys.executable, "-c", HEALTH_PROBE, self.server_url + "/health"]
+    async def wait_for_server(
+        self, timeout: float = 20.0, host: str = "server", url: str | None = None, process: IRunningProcess | None = None
+    ) -> None:
+        """Until the server on ``host`` (the lab's own by default) answers ``/health``."""
+        url = url or self.server_url
+        process = process or self.server
+        probe = [sys.executable, "-c", HEALTH_PROBE, url + "/health"]
         for _ in range(int(timeout / 0.2)):
-            if self.server is not None and not self.server.running:
-                raise DemoError("the wire server exited:\n" + "\n".join(self.server.tail))
-            if (await self.lab.run("server", probe, timeout=5)).rc == 0:
+            if process is not None and not process.running:
+                raise DemoError(f"the wire server on {host} exited:\n" + "\n".join(process.tail))
+            if (await self.lab.run(host, probe, timeout=5)).rc == 0:
                 return
             await deferLater(self.reactor, 0.2, lambda: None)
-        raise DemoError(f"the wire server did not answer on {self.server_url}")
+        raise DemoError(f"the wire server did not answer on {url}")
 
     async def kill_server(self, signal_number: int = 9) -> None:
         assert self.server is not None
@@ -176,6 +189,13 @@ class MeshLab:
     async def status(self, name: str) -> dict:
         return _json_answer(await self.cli(name, "status", "--json"), f"wire status on {name}")
 
+    async def daemon_status(self, name: str) -> dict:
+        """The node daemon's own view (what ``wire status`` reads from it),
+        asked over its control socket: no CLI process to start, so a test can
+        poll it often on a loaded machine."""
+        socket = control_socket_path(self.nodes[name].config_dir)
+        return await ControlClient(self.reactor, socket).status()
+
     async def ping(self, source: str, target: str, count: int = 1, wait: int = 2) -> bool:
         address = self.nodes[target].vpn_ip
         result = await self.lab.run(source, ["ping", "-c", str(count), "-W", str(wait), "-n", "-q", address], timeout=count * wait + 10)
@@ -201,8 +221,16 @@ class MeshLab:
                 await self.cli(name, "down", "--json", timeout=30)
             except Exception as e:  # teardown goes on whatever happens
                 log.warn("wire down on {name} failed: {error}", name=name, error=e)
+        try:
+            await self.stop_control_plane()
+        except Exception as e:
+            log.warn("stopping the control plane failed: {error}", error=e)
         await self.lab.teardown()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+    async def stop_control_plane(self) -> None:
+        """Before the lab goes: what serves the mesh, stopped in order (here
+        nothing to do: the lab's teardown stops the one server)."""
 
 
 def _deferred(coroutine):

@@ -171,6 +171,22 @@ table ip6 wire_lab6 {{
 """
 
 
+def silence_ruleset() -> str:
+    """A host that neither sends nor answers anything, as a dead machine
+    (or one cut off by a partition) does: no reset, no ICMP; ARP is not
+    IP, so neighbours keep sending to it and hear nothing back."""
+    return """\
+table inet wire_lab_silence {
+    chain input {
+        type filter hook input priority -400; policy drop;
+    }
+    chain output {
+        type filter hook output priority -400; policy drop;
+    }
+}
+"""
+
+
 def lab_resolv_conf(namespace: str, nameserver: str) -> str:
     return f"# wire lab: {namespace}'s own resolv.conf (the host's is never touched)\nnameserver {nameserver}\n"
 
@@ -414,6 +430,14 @@ class Lab:
                 router=router,
             )
         )
+
+    async def silence(self, name: str) -> None:
+        """The host goes silent (see silence_ruleset); its processes live on,
+        unheard. Only its namespace is touched, and goes with it."""
+        if name not in self.hosts:
+            raise LabError(f"no host named {name!r} in the lab")
+        namespace = self.hosts[name].namespace
+        await self._run_steps([Step(("ip", "netns", "exec", namespace, "nft", "-f", "-"), silence_ruleset().encode())])
 
     def public_address(self, name: str) -> str:
         """The address the internet sees a host's traffic come from."""

@@ -58,12 +58,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 # A database that vanished mid-query (a dead host, a partition) must fail the
 # write within seconds, not after TCP's quarter of an hour: the store's one
-# thread would wait there, and every write behind it. Acknowledged means
-# committed on the server itself, whatever its configuration says.
+# thread would wait there, and every write behind it. And the other way
+# round: the server probes its end of each session alike (the tcp_* settings
+# in the options), so a replica that vanished loses its sessions within
+# seconds there too, and with them the leader's lock (wire.server.cluster),
+# which a surviving replica then takes. Acknowledged means committed on the
+# server itself, whatever its configuration says.
 LIVENESS: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
     "tcp_user_timeout": 15_000,
-    "options": "-c statement_timeout=30000 -c synchronous_commit=on",
+    "options": (
+        "-c statement_timeout=30000 -c synchronous_commit=on"
+        " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=15000"
+    ),
 }
 
 
