@@ -9,9 +9,9 @@
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const CELL = 60; // repulsion reaches this far
+  const CELL = 90; // repulsion reaches this far
   const SPRING = 0.02;
-  const REST = 45;
+  const REST = 80;
   const GRAVITY = 0.004;
   const DAMPING = 0.6;
   const MIN_VIEW = 500;
@@ -82,7 +82,7 @@
                 let d2 = ex * ex + ey * ey;
                 if (d2 < 0.01) { ex = Math.random() - 0.5; ey = Math.random() - 0.5; d2 = 0.5; }
                 if (d2 > CELL * CELL) continue;
-                const push = 120 / d2;
+                const push = 300 / d2;
                 p.vx += ex * push; p.vy += ey * push;
               }
             }
