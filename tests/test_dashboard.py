@@ -21,7 +21,11 @@ from wire.server import dashboard
 from wire.server.auth import ACTOR, AuthError, Caller, Forbidden
 from wire.server.store import StoreError
 from wire.server.dashboard import ASSETS, COOKIE, CSP, LINK_LIFETIME, SESSION_LIFETIME, DashboardSessions, login_url
+from wire.server import reports as server_reports
 from wire.server.meshview import COALESCE, MAX_WAIT, mesh_view
+
+
+JSON = {b"content-type": [b"application/json"]}
 
 
 class DashboardTestCase(unittest.TestCase):
@@ -47,7 +51,7 @@ class DashboardTestCase(unittest.TestCase):
 
     async def log_in(self, token=None):
         token = token or self.sessions.make_link()[0]
-        response = await self.http.post("https://wire.test/ui/session", data=json.dumps({"token": token}).encode())
+        response = await self.http.post("https://wire.test/ui/session", data=json.dumps({"token": token}).encode(), headers=JSON)
         return response, json.loads(await response.content())
 
     async def cookie(self):
@@ -65,7 +69,7 @@ class LoginTests(DashboardTestCase):
         self.assertEqual(response.code, 200, answer)
         (set_cookie,) = response.headers.getRawHeaders(b"set-cookie")
         flags = {part.strip().lower() for part in set_cookie.decode().split(";")}
-        self.assertTrue(any(f.startswith(COOKIE + "=") for f in flags), flags)
+        self.assertTrue(any(f.startswith(COOKIE.lower() + "=") for f in flags), flags)
         self.assertTrue({"httponly", "secure", "samesite=strict", f"max-age={int(SESSION_LIFETIME)}"} <= flags, flags)
         again, answer = await self.log_in(token)
         self.assertEqual(again.code, 403)
@@ -89,7 +93,7 @@ class LoginTests(DashboardTestCase):
 
     async def test_bad_tokens_are_clear_errors(self):
         for body in (b"", b"[1]", b'{"token": 5}', b'{"token": "short"}', json.dumps({"token": "x" * 500}).encode()):
-            response = await self.http.post("https://wire.test/ui/session", data=body)
+            response = await self.http.post("https://wire.test/ui/session", data=body, headers=JSON)
             self.assertIn(response.code, (400, 403), body)
             self.assertIn("error", json.loads(await response.content()))
 
@@ -136,6 +140,32 @@ class LoginTests(DashboardTestCase):
         with self.assertRaises(Forbidden):
             self.sessions.caller_of(_FakeRequest(cookie, method=b"DELETE", csrf=b"x" * 32))
         self.assertEqual(self.sessions.caller_of(_FakeRequest(cookie, method=b"PUT", csrf=session.csrf.encode())).actor, session.actor)
+
+    async def test_a_login_needs_https_and_json(self):
+        token, _ = self.sessions.make_link()
+        response = await self.http.post("http://wire.test/ui/session", data=json.dumps({"token": token}).encode(), headers=JSON)
+        self.assertEqual(response.code, 400)
+        self.assertIn("needs HTTPS", json.loads(await response.content())["error"])
+        # Another site's form can post text/plain, never JSON without asking first.
+        response = await self.http.post("https://wire.test/ui/session", data=json.dumps({"token": token}).encode(),
+                                        headers={b"content-type": [b"text/plain"]})
+        self.assertEqual(response.code, 415)
+        response, _ = await self.log_in(token)  # the link was not spent by either
+        self.assertEqual(response.code, 200)
+
+    async def test_other_cookies_and_crafted_headers(self):
+        cookie = await self.cookie()
+        session = self.sessions.session_of(_FakeRequest(cookie))
+        # Another site's cookies around ours (JSON, spaces, backslashes) hide nothing.
+        around = f'pref={{"a": 1}}; x="a\\b c"; {cookie}; theme=dark'
+        self.assertIs(self.sessions.session_of(_FakeRequest(around)), session)
+        # A planted second session beside ours: neither is trusted.
+        self.assertIsNone(self.sessions.session_of(_FakeRequest(f"{cookie}; {COOKIE}=planted")))
+        # A huge crafted header is not parsed at all (the standard parser is quadratic on it).
+        self.assertIsNone(self.sessions.session_of(_FakeRequest(cookie + "; a=\"" + "\\" * 8000 + "\"")))
+
+    def test_the_cookie_is_the_origins_own(self):
+        self.assertTrue(COOKIE.startswith("__Host-"))
 
     def test_links_and_sessions_are_bounded(self):
         self.patch(dashboard, "MAX_LINKS", 3)
@@ -239,6 +269,25 @@ class MeshViewTests(unittest.TestCase):
         self.assertNoResult(d)
         self.clock.advance(0.2)
         self.assertEqual(self.successResultOf(d)["version"], version)
+
+    def test_counters_alone_move_no_version_and_one_view_serves_a_version(self):
+        report = lambda rx: NodeReport("web1", key_for("web1"), (PeerReport("db1", PathMode.DIRECT, "public", "198.51.100.1:51820", 2.0, rx, 2),))
+        self.coordinator.reports.accept(report(1))
+        first = settled(self.view())
+        self.assertIs(settled(self.view()), first, "one view per version (and second)")
+        self.clock.advance(server_reports.MIN_GAP)
+        self.coordinator.reports.accept(report(5000))
+        fresh = settled(self.view())
+        self.assertEqual(fresh["version"], first["version"], "only counters changed")
+        self.assertEqual(fresh["edges"][0]["sides"]["web1"]["rx_bytes"], 5000)
+
+    def test_past_the_waiter_cap_a_clear_503(self):
+        from wire.server import meshview
+
+        self.patch(meshview, "MAX_WAITERS", 1)
+        version = settled(self.view())["version"]
+        self.view(since=version, wait=25)
+        self.assertIsInstance(self.failureResultOf(self.view(since=version, wait=25)).value, meshview.TooManyWaiters)
 
     def test_a_cancelled_wait_leaves_no_timer(self):
         version = settled(self.view())["version"]

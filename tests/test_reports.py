@@ -83,8 +83,8 @@ class ReportMessageTests(unittest.TestCase):
                 NodeReport.from_json({**report_json(), "version": bad})
             self.assertEqual(caught.exception.field, "version")
 
-    def test_nan_and_infinity_are_no_age(self):
-        for value in (math.nan, math.inf):
+    def test_nan_infinity_and_huge_integers_are_no_age(self):
+        for value in (math.nan, math.inf, 10**400, -(10**400)):
             with self.assertRaises(ProtocolError):
                 NodeReport.from_json(report_json(peers=[peer_json(handshake_age=value)]))
 

@@ -140,8 +140,9 @@ def parse_peers_and_version(body: dict[str, Any]) -> tuple[tuple[PeerReport, ...
 def _bounded_number(value: Any, field: str, limit: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(field, "must be a number")
-    # json.loads takes NaN and Infinity; neither is an age.
-    if not math.isfinite(value) or not 0 <= value <= limit:
+    # json.loads takes NaN and Infinity (neither is an age), and integers too
+    # large for a float (math.isfinite would raise on them): compare first.
+    if not 0 <= value <= limit or not math.isfinite(value):
         raise ProtocolError(field, f"{value!r} is not from 0 to {limit:.0f}")
     return float(value)
 

@@ -27,6 +27,7 @@ from wire.server.apikeys import MAX_EXPIRY as API_KEY_MAX_EXPIRY
 from wire.server.apikeys import parse_api_key_name
 from wire.server.auth import ACTOR, AuthError, acting_as
 from wire.server.dnsbook import DnsError
+from wire.server.meshview import TooManyWaiters
 from wire.server.registry import RegistryConflict
 from wire.server.store import StoreError
 from wire.urls import parse_server_url
@@ -257,7 +258,7 @@ def answering_admin_errors():
         raise ApiError(400, str(e))
     except LookupError as e:  # KeyError's str() adds quotes: its message is args[0]
         raise ApiError(404, str(e.args[0]) if e.args else "not found")
-    except StoreError as e:
+    except (StoreError, TooManyWaiters) as e:
         raise ApiError(503, str(e))
 
 

@@ -29,7 +29,6 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,7 +44,10 @@ SESSION_LIFETIME = 8 * 3600.0
 # Outstanding links and open sessions at most (the oldest go first).
 MAX_LINKS = 100
 MAX_SESSIONS = 1000
-COOKIE = "wire_session"
+# __Host-: only this origin may set it (Secure, Path=/, no Domain), so no
+# sibling domain can plant a session of its own.
+COOKIE = "__Host-wire_session"
+MAX_COOKIE_HEADER = 4096
 CSRF_HEADER = b"x-csrf-token"
 UI_DIR = os.path.join(os.path.dirname(__file__), "ui")
 CSP = (
@@ -152,15 +154,27 @@ class DashboardSessions:
 
 
 def _cookie(request: server.Request) -> str | None:
-    header = request.getHeader(b"cookie")
-    if not header:
+    """The session cookie's value, split by hand: the standard library's parser
+    is slow on crafted headers (CVE-2024-7592 before 3.11.10) and gives up at
+    the first cookie it dislikes (another site's JSON value hides ours)."""
+    raw = request.getHeader(b"cookie")
+    if not raw or len(raw) > MAX_COOKIE_HEADER:
         return None
-    try:
-        jar = SimpleCookie(header.decode("latin-1"))
-    except CookieError:
-        return None
-    morsel = jar.get(COOKIE)
-    return morsel.value if morsel is not None and morsel.value else None
+    header = raw.decode("latin-1")
+    found: str | None = None
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value:
+            if found is not None and found != value:
+                return None  # two sessions (one planted beside ours): neither is trusted
+            found = value
+    return found
+
+
+def _over_https(request: server.Request) -> bool:
+    """HTTPS here, or at a proxy in front that says so (a spoofed header
+    only spoils the spoofer's own login)."""
+    return bool(request.isSecure()) or (request.getHeader(b"x-forwarded-proto") or b"").lower() == b"https"
 
 
 def secure_headers(request: server.Request, page: bool = True) -> None:
@@ -235,6 +249,12 @@ class SessionResource(JsonResource):
 
     async def post(self, request: server.Request) -> dict[str, Any]:
         secure_headers(request)
+        if not _over_https(request):
+            # Browsers drop a Secure cookie an http:// page sets: the link would be spent for nothing.
+            raise ApiError(400, "the dashboard needs HTTPS: open the link at the server's https:// address")
+        if (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower() != b"application/json":
+            # Only a page of this origin can send JSON here (another site's form cannot).
+            raise ApiError(415, "expected Content-Type: application/json")
         body = read_json_body(request)
         token = body.get("token")
         if not isinstance(token, str) or not 20 <= len(token) <= 100:

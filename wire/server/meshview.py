@@ -21,8 +21,14 @@ from wire.server.reports import mesh_edges
 
 MAX_WAIT = 5.0
 COALESCE = 0.25
+# One view serves every request for its version this long (counters and ages move without one).
+SHARED_FOR = 1.0
 # Waiting dashboards at most (each holds a connection; past this, answers come at once).
 MAX_WAITERS = 100
+
+
+class TooManyWaiters(Exception):
+    """MAX_WAITERS views wait already (HTTP 503)."""
 
 
 class MeshVersion:
@@ -37,6 +43,8 @@ class MeshVersion:
         self.value = 0
         self._waiters: list[tuple[Deferred, IDelayedCall]] = []
         self._wake: IDelayedCall | None = None
+        # The latest view built (wire.server.meshview.mesh_view): its version, when, and it.
+        self.view: tuple[int, float, dict] | None = None
 
     def moved(self, *_: object) -> None:
         self.value += 1
@@ -53,9 +61,13 @@ class MeshVersion:
                 d.callback(None)
 
     def wait(self, since: int | None, wait: float) -> Deferred:
-        """Fires when the version is past ``since``, or after ``wait`` seconds (at most MAX_WAIT)."""
-        if since is None or since != self.value or wait <= 0 or len(self._waiters) >= MAX_WAITERS:
+        """Fires when the version is past ``since``, or after ``wait`` seconds
+        (at most MAX_WAIT); TooManyWaiters past MAX_WAITERS of them."""
+        if since is None or since != self.value or wait <= 0:
             return succeed(None)
+        if len(self._waiters) >= MAX_WAITERS:
+            # Answering at once would have every dashboard past the cap ask again at once, in a loop.
+            raise TooManyWaiters(f"{MAX_WAITERS} mesh views are waiting already; ask again in a few seconds")
 
         def timed_out() -> None:
             self._waiters = [(w, c) for w, c in self._waiters if w is not d]
@@ -75,12 +87,17 @@ class MeshVersion:
 
 async def mesh_view(coordinator, since: int | None = None, wait: float = 0.0) -> dict:
     """Every node (as ``/status`` shows it) and every reported pair, once the
-    version is past ``since`` (or ``wait`` seconds passed)."""
+    version is past ``since`` (or ``wait`` seconds passed). Built once per
+    version and second: every dashboard woken by one change shares it."""
     await coordinator.mesh_version.wait(since, wait)
     version = coordinator.mesh_version.value
+    now = coordinator.now()
+    shared = coordinator.mesh_version
+    cached = shared.view
+    if cached is not None and cached[0] == version and now - cached[1] < SHARED_FOR:
+        return cached[2]
     status = coordinator.status()
     reports = await coordinator.reports.all()
-    now = coordinator.now()
     known = {node["node_id"] for node in status["nodes"]}
     domain = coordinator.dns.domain  # None: no mesh DNS
     for node in status["nodes"]:
@@ -88,7 +105,7 @@ async def mesh_view(coordinator, since: int | None = None, wait: float = 0.0) ->
         node["version"] = report.version if report is not None else ""
         if domain is not None:
             node["dns_name"] = dns_name_of(node["node_name"], domain)
-    return {
+    view = {
         "version": version,
         "timestamp": now,
         "total": status["total"],
@@ -96,3 +113,5 @@ async def mesh_view(coordinator, since: int | None = None, wait: float = 0.0) ->
         "nodes": status["nodes"],
         "edges": mesh_edges(reports, known, now),
     }
+    shared.view = (version, now, view)
+    return view

@@ -95,7 +95,8 @@ class ReportBook:
         self._entries += len(allowed) - (len(before.peers) if before is not None else 0)
         self._latest[node_id] = StoredReport(now, tuple(allowed), report.version)
         self._unwritten.add(node_id)
-        self._accepted()
+        if before is None or _shape(before.peers) != _shape(allowed) or before.version != report.version:
+            self._accepted()  # a path changed: dashboards hear it now (counters show at their next answer)
         return len(allowed)
 
     def forget(self, node_id: str) -> None:
@@ -155,6 +156,10 @@ class ReportBook:
         for node_id in [n for n in self._latest if not self._exists(n)]:
             self.forget(node_id)  # removed through another replica
         return {node_id: report for node_id, report in found.items() if self._exists(node_id)}
+
+
+def _shape(peers) -> frozenset:
+    return frozenset(p.shape for p in peers)
 
 
 def _stored_json(report: StoredReport) -> str:

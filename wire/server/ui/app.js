@@ -240,7 +240,7 @@
       cell(row, key.note || "");
       cell(row, (key.tags || []).join(" "));
       cell(row, `${key.uses}${key.reusable ? " (reusable)" : ""}`);
-      cell(row, new Date(key.expires * 1000).toLocaleString());
+      cell(row, key.expires ? new Date(key.expires * 1000).toLocaleString() : "never");
       cell(row, key.state || (key.revoked ? "revoked" : "usable"));
       const actions = cell(row, "");
       if (!key.revoked) actions.append(button("Revoke", () => revoke(key), "revoke danger"));

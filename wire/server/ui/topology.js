@@ -42,11 +42,18 @@
       const known = new Set(nodes.map((n) => n.node_id));
       for (const id of [...this.positions.keys()]) if (!known.has(id)) this.positions.delete(id);
       let fresh = 0;
+      const neighbours = new Map();
+      for (const e of edges) {
+        if (!neighbours.has(e.a)) neighbours.set(e.a, []);
+        if (!neighbours.has(e.b)) neighbours.set(e.b, []);
+        neighbours.get(e.a).push(e.b);
+        neighbours.get(e.b).push(e.a);
+      }
       nodes.forEach((node, index) => {
         if (this.positions.has(node.node_id)) return;
         fresh += 1;
         // New nodes start near a reported neighbour, else on a spiral.
-        const neighbour = edges.map((e) => (e.a === node.node_id ? e.b : e.b === node.node_id ? e.a : null)).find((id) => id && this.positions.has(id));
+        const neighbour = (neighbours.get(node.node_id) || []).find((id) => this.positions.has(id));
         if (neighbour) {
           const at = this.positions.get(neighbour);
           this.positions.set(node.node_id, { x: at.x + (Math.random() - 0.5) * 40, y: at.y + (Math.random() - 0.5) * 40, vx: 0, vy: 0 });
