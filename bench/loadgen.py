@@ -119,7 +119,7 @@ class Commands(LineReceiver):
     async def cmd_counters(self, message: dict) -> dict:
         snapshot = self.fleet.counters.snapshot()
         snapshot["at"] = time.monotonic()
-        snapshot["error_samples"] = self.fleet.error_samples[-5:]
+        snapshot["error_samples"] = self.fleet.error_samples[-10:]
         return snapshot
 
     async def cmd_watch(self, message: dict) -> dict:
@@ -129,7 +129,15 @@ class Commands(LineReceiver):
 
     async def cmd_end_watch(self, message: dict) -> dict:
         watch = self.fleet.end_watch(str(message["node_id"]))
-        return _watch_report(watch, len(self.fleet.nodes))
+        report = _watch_report(watch, len(self.fleet.nodes))
+        if watch is not None and len(self.fleet.connectors) > 1:
+            # Replicas: when the nodes at each one saw it (the replica each is at now).
+            first = self.fleet.indices.start
+            by_server: dict[str, list[float]] = {}
+            for i, t in watch.seen.items():
+                by_server.setdefault(str(self.fleet.nodes[i - first].server), []).append(round(t, 6))
+            report["by_server"] = by_server
+        return report
 
     async def cmd_mark_wave(self, message: dict) -> dict:
         self.fleet.mark_wave(message.get("expect_views"))

@@ -59,6 +59,8 @@ BACKOFF_CAP = 4.0
 # wire/node/heartbeat.py REGISTER_AT_LEAST_EVERY: with the long-poll as the
 # heartbeat, a node still registers this often.
 FULL_REGISTER_EVERY = 600.0
+# A join refused with a fail-over status (503) or a conflict (409) is tried this often in all.
+JOIN_ATTEMPTS = 5
 
 
 def node_identity(run_tag: str, index: int) -> tuple[str, str, str]:
@@ -394,7 +396,7 @@ class SimNode:
 
 def _answer(response, what: str) -> dict:
     if response.status != 200:
-        raise HttpError(f"{what} answered {response.status}: {response.body[:200]!r}")
+        raise Answered(response.status, f"{what} answered {response.status}: {response.body[:200]!r}")
     answer = json.loads(response.body)
     if not isinstance(answer, dict) or not answer.get("ok", True):
         raise HttpError(f"{what} refused: {response.body[:200]!r}")
@@ -456,6 +458,7 @@ class Fleet:
         self._on_watch_done = on_watch_done
         self._tasks: list[Deferred] = []
         self.error_samples: list[str] = []
+        self._samples_per_kind: dict[str, int] = {}
 
     def digest_of_filter(self, rules) -> str:
         """The digest a node holds after taking ``rules``: validated and
@@ -475,7 +478,11 @@ class Fleet:
 
     def error(self, kind: str, error: Exception) -> None:
         self.counters.count(self.counters.errors, f"{kind}: {type(error).__name__}")
-        if len(self.error_samples) < 20:
+        # The first few of each kind: one kind's flood must not hide another's.
+        label = f"{kind}: {type(error).__name__}"
+        seen = self._samples_per_kind.get(label, 0)
+        if seen < 3 and len(self.error_samples) < 60:
+            self._samples_per_kind[label] = seen + 1
             self.error_samples.append(f"{kind}: {error}"[:300])
 
     # -- registration throughput ------------------------------------------------------
@@ -490,16 +497,34 @@ class Fleet:
         done_at: list[float] = []
         best_cursor = ""
         failures = 0
+        retried = 0
+
+        async def joined(node: SimNode) -> tuple[float, float, str] | None:
+            nonlocal failures, retried
+            for attempt in range(1, JOIN_ATTEMPTS + 1):
+                try:
+                    return await node.join()
+                except Exception as e:
+                    self.error("join", e)
+                    # Two replicas offered one address (or name) at once and
+                    # the database kept the first: the other is answered 409
+                    # "try again". The daemon does, after REFUSED_RETRY (60 s)
+                    # (wire/node/daemon.py); the bench at once, and counts it.
+                    conflict = isinstance(e, Answered) and e.status == 409
+                    if attempt == JOIN_ATTEMPTS or not (conflict or fails_over(e)):
+                        break
+                    retried += 1
+                    await deferLater(self.reactor, BACKOFF_FIRST, lambda: None)
+            failures += 1
+            return None
 
         async def lane() -> None:
-            nonlocal best_cursor, failures
+            nonlocal best_cursor
             for node in pending:
-                try:
-                    sent, done, cursor = await node.join()
-                except Exception as e:
-                    failures += 1
-                    self.error("join", e)
+                outcome = await joined(node)
+                if outcome is None:
                     continue
+                sent, done, cursor = outcome
                 sent_at.append(sent)
                 done_at.append(done)
                 if cursor_serial(cursor) > cursor_serial(best_cursor):
@@ -513,6 +538,7 @@ class Fleet:
             "nodes": len(self.nodes),
             "ok": len(done_at),
             "failed": failures,
+            "retried": retried,
             "started": started,
             "ended": time.monotonic(),
             "latencies": [round(d - s, 6) for s, d in zip(sent_at, done_at)],

@@ -35,6 +35,7 @@ Prints one JSON object (and writes it to ``--out`` when given).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -54,6 +55,7 @@ from bench.nodes import node_identity  # noqa: E402
 from bench.processes import BENCH_CHECKOUT, CollectingProcess, pinned  # noqa: E402
 from bench.stats import percentile, summary  # noqa: E402
 from bench.scenarios import PROBE_INDEX_BASE, Fleet, Settings, Target, sleep  # noqa: E402
+from wire.protocol.relay import RelayGrant, RelayRequest  # noqa: E402
 
 log = Logger()
 
@@ -165,6 +167,22 @@ class Mesh:
             target.extra_args = (*extra, f"--replica-name=r{i}", *urls) if self.pg else ()
             await target.start()  # one after another: the first stores the shared certificate
 
+    def database_counters(self) -> dict | None:
+        """PostgreSQL's own counts for the mesh's database: commits, rows
+        written, and rows appended to ``changes`` (each change a replica
+        commits is one, and its transaction NOTIFYs the others)."""
+        if self.pg is None:
+            return None
+        row = self.pg.psql(
+            "SELECT d.xact_commit, d.tup_inserted, d.tup_updated, d.tup_deleted, "
+            "coalesce((SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'changes'), 0), "
+            "coalesce((SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'nodes'), 0) "
+            f"FROM pg_stat_database d WHERE d.datname = '{self.database}'",
+            self.database,
+        ).strip()
+        names = ("commits", "rows_inserted", "rows_updated", "rows_deleted", "changes_appended", "node_rows_updated")
+        return dict(zip(names, (int(v) for v in row.split("|"))))
+
     @property
     def postgres_pid(self) -> int | None:
         return postmaster_pid(self.pg.data) if self.pg else None
@@ -222,10 +240,12 @@ async def steady_window(reactor, settings: Settings, mesh: Mesh, fleet: Fleet) -
     before = scenarios._merge_counters(await fleet.call_all("counters"))
     meter = mesh.meter(fleet.pids)
     background = scenarios.Background(settings)
+    database_before = mesh.database_counters()
     meter.start()
     background.start()
     await sleep(reactor, settings.steady_seconds)
     cpu = meter.read()
+    database_after = mesh.database_counters()
     after = scenarios._merge_counters(await fleet.call_all("counters"))
     diff = scenarios._diff_counters(before, after)
     load = sum(v for k, v in cpu.items() if k.startswith("load_"))
@@ -238,21 +258,52 @@ async def steady_window(reactor, settings: Settings, mesh: Mesh, fleet: Fleet) -
         "requests_per_second": {k: round(v / settings.steady_seconds, 1) for k, v in diff["requests"].items()},
         "errors": diff["errors"],
         "open_longpolls": [await open_longpolls(t) for t in mesh.targets],
+        "database_per_minute": per_minute(database_before, database_after, settings.steady_seconds, fleet.nodes),
     }
 
 
+def per_minute(before: dict | None, after: dict | None, seconds: float, nodes: int) -> dict | None:
+    """Counter growth per minute, for the mesh and per node (PostgreSQL's
+    statistics lag up to a second behind: a window of a minute or more)."""
+    if before is None or after is None:
+        return None
+    minutes = seconds / 60
+    out = {}
+    for name in before:
+        grown = after[name] - before[name]
+        out[name] = round(grown / minutes, 1)
+        out[f"{name}_per_node"] = round(grown / minutes / nodes, 4)
+    return out
+
+
 async def propagation(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, run_tag: str) -> dict:
-    """scenarios._propagation (registrations at the first replica), with p95 added."""
+    """scenarios._propagation (registrations at the first replica), with p95
+    added, and what the replicas and PostgreSQL spent on it."""
+    meter = mesh.meter(fleet.pids)
+    database_before = mesh.database_counters()
+    started = time.monotonic()
+    meter.start()
     result = await scenarios._propagation(reactor, settings, mesh.targets[0], fleet, run_tag)
+    cpu = meter.read()
+    seconds = time.monotonic() - started
+    database_after = mesh.database_counters()
     to_all = [p["time_to_all_seconds"] for p in result["per_probe"]]
     done = [t for t in to_all if t is not None]
+    by_server: dict[str, list[float]] = {}
+    for p in result["per_probe"]:
+        for server, times in p.get("latencies_by_server", {}).items():
+            by_server.setdefault(f"r{server}", []).extend(times)
     return {
         "probes": result["probes"],
         "probes_not_seen_by_all": result["probes_not_seen_by_all"],
         "time_to_all_seconds": percentiles(done),
         "per_node_seconds": result["per_node_seconds"],
+        # Registered at r0: its own nodes, and those that learn it through PostgreSQL.
+        "per_node_seconds_by_replica": {s: percentiles(v) for s, v in sorted(by_server.items())},
         "registration_answered_seconds": result["registration_answered_seconds"],
-        "first_replica_cpu_percent": result["server_cpu_percent"],
+        "window_seconds": round(seconds, 2),
+        "cpu_percent_of_one_core": cpu,
+        "database_per_minute": per_minute(database_before, database_after, seconds, fleet.nodes),
         "load_cpu_percent": result["load_cpu_percent"],
         "background": result["background"],
     }
@@ -319,7 +370,7 @@ def _sum_answers(reports: list[dict]) -> dict:
 # -- the relay under a registration burst ---------------------------------------------------------
 
 
-async def relay_pair(reactor, target: Target, run_tag: str) -> tuple[dict, dict]:
+async def relay_pair(reactor, target: Target, run_tag: str) -> tuple[RelayGrant, RelayGrant]:
     """Two new nodes with one relay session between them: each side's grant."""
     joined = []
     for k in RELAY_PAIR:
@@ -327,23 +378,29 @@ async def relay_pair(reactor, target: Target, run_tag: str) -> tuple[dict, dict]
         joined.append((node_id, node_identity(run_tag, PROBE_INDEX_BASE + k)[2], auth))
     grants = []
     for (node_id, key, auth), (peer, _, _) in ((joined[0], joined[1]), (joined[1], joined[0])):
-        status, body = await get(target, b"/relay", auth, {"node_id": node_id, "wg_public_key": key, "peer_node_id": peer})
+        status, body = await get(target, b"/relay", auth, RelayRequest(node_id, key, peer).to_json())
         if status != 200:
             raise RuntimeError(f"POST /relay answered {status}: {body[:200]!r}")
-        grants.append(json.loads(body))
+        grants.append(RelayGrant.from_json(json.loads(body)))
     return grants[0], grants[1]
+
+
+def grant_text(grant: RelayGrant) -> str:
+    """A side's grant as bench/relay_ping.py reads it (stdin, never argv)."""
+    return f"{grant.token.hex()}:{base64.b64encode(grant.key).decode()}"
 
 
 async def relay_latency(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, run_tag: str, seconds: float, rate: float) -> dict:
     target = mesh.targets[0]
     await sleep(reactor, settings.warmup)
+    status, health = await get(target, b"/health")
     a, b = await relay_pair(reactor, target, run_tag)
     opened = await fleet.call_all("open_heartbeats", timeout=300)
     pinger = CollectingProcess()
-    argv = pinned(settings.load_cpus, [sys.executable, "-m", "bench.relay_ping", f"--relay={target.host}:{a['relay_port']}",
+    argv = pinned(settings.load_cpus, [sys.executable, "-m", "bench.relay_ping", f"--relay={target.host}:{a.relay_port or target.port + 1}",
                                        f"--seconds={seconds:g}", f"--rate={rate:g}"])
     reactor.spawnProcess(pinger, shutil.which(argv[0]) or argv[0], argv, env=dict(os.environ, PYTHONPATH=BENCH_CHECKOUT), path=BENCH_CHECKOUT)
-    pinger.transport.write(json.dumps({"a": f"{a['token']}:{a['key']}", "b": f"{b['token']}:{b['key']}"}).encode() + b"\n")
+    pinger.transport.write(json.dumps({"a": grant_text(a), "b": grant_text(b)}).encode() + b"\n")
     pinger.transport.closeStdin()
     meter = mesh.meter(fleet.pids)
     meter.start()
@@ -357,6 +414,7 @@ async def relay_latency(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, r
     burst_end = max(r["ended"] for r in results)
     latencies = [x for r in results for x in r["latencies"]]
     return {
+        "server_health": json.loads(health) if status == 200 else status,  # which wire answered (an older one has no "cluster")
         "relay_rate_per_second": rate,
         "heartbeat_connections": {"opened": sum(r["nodes"] - r["failed"] for r in opened), "failed": sum(r["failed"] for r in opened)},
         "reregistered": sum(r["ok"] for r in results),
@@ -413,7 +471,9 @@ async def run(reactor, options) -> dict:
             result["relay_latency"] = await relay_latency(
                 reactor, settings, mesh, fleet, run_tag, options.relay_seconds, options.relay_rate
             )
-        result["final_errors"] = scenarios._merge_counters(await fleet.call_all("counters"))["errors"]
+        final = await fleet.call_all("counters")
+        result["final_errors"] = scenarios._merge_counters(final)["errors"]
+        result["final_error_samples"] = [x for c in final for x in c.get("error_samples", [])][:30]
     except Exception as e:
         log.failure("replica_scale {scenario} failed", scenario=options.scenario)
         result["failed"] = f"{type(e).__name__}: {e}"

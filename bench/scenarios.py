@@ -549,6 +549,8 @@ async def _registration(reactor, settings: Settings, target: Target, fleet: Flee
     return {
         "registered": ok,
         "failed": sum(r["failed"] for r in results),
+        # Joins answered 503 and tried again (replicas racing for one address).
+        "retried": sum(r.get("retried", 0) for r in results),
         "seconds": round(seconds, 3),
         "per_second": round(ok / seconds, 1) if seconds > 0 else None,
         "concurrency": settings.register_concurrency,
@@ -719,6 +721,10 @@ async def _probe(
     fleet.forget(node_id)
     reports = await fleet.call_all("end_watch", node_id=node_id)
     latencies = [t - sent for r in reports for t in r["times"]]
+    by_server: dict[str, list[float]] = {}
+    for r in reports:
+        for server, times in r.get("by_server", {}).items():
+            by_server.setdefault(server, []).extend(t - sent for t in times)
     seen = sum(r["seen"] for r in reports)
     should = fleet.nodes if allowed is None else sum(len(a) for a in allowed)
     out = {
@@ -730,6 +736,8 @@ async def _probe(
         "time_to_all_seconds": round(max(latencies), 4) if seen == should and latencies else (0.0 if should == 0 else None),
         "latencies": latencies,
     }
+    if by_server:
+        out["latencies_by_server"] = by_server
     if allowed is not None:
         out["tag"] = policyload.tag_of(k)
         out["allowed"] = should
