@@ -614,7 +614,11 @@ class Fleet:
     # -- a burst of registrations ----------------------------------------------------------------
 
     async def open_heartbeat_connections(self, concurrency: int = 50) -> dict:
-        """Every node opens (and handshakes) its registration connection."""
+        """Every node opens (and handshakes) its registration connection;
+        its periodic registrations stop (they would share it with the burst's)."""
+        for node in self.nodes:
+            if node.heartbeat is not None and node.heartbeat.running:
+                node.heartbeat.stop()
         pending = iter(self.nodes)
         failures = 0
 
@@ -635,6 +639,10 @@ class Fleet:
     async def reregister_all(self, at: float) -> dict:
         """At ``at`` (time.monotonic(), shared by the load processes), every
         node sends ``POST /register`` at once, its NAT mapping moved."""
+        # Their periodic registrations share the connection: this burst is one.
+        for node in self.nodes:
+            if node.heartbeat is not None and node.heartbeat.running:
+                node.heartbeat.stop()
         await deferLater(self.reactor, max(0.0, at - time.monotonic()), lambda: None)
         sent_at: list[float] = []
         done_at: list[float] = []

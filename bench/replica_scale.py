@@ -78,6 +78,20 @@ def metric_value(text: str, name: str) -> float | None:
     return None
 
 
+def labelled_values(text: str, name: str) -> dict[str, float]:
+    """``name{label="x"} v`` samples of Prometheus text, by their one label's value."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line.rpartition(" ")
+            _, _, label = labels.partition('="')
+            try:
+                out[label.rstrip('"}')] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
 def percentiles(values, digits: int = 4) -> dict:
     """p50/p95/p99/max (nearest rank) and the count, for the report."""
     if not values:
@@ -221,6 +235,11 @@ async def open_longpolls(target: Target) -> float | None:
     except Exception:
         return None
     return metric_value(body.decode(errors="replace"), "wire_longpolls_open") if status == 200 else None
+
+
+async def datagram_outcomes(target: Target) -> dict[str, float]:
+    status, body = await get(target, b"/metrics")
+    return labelled_values(body.decode(errors="replace"), "wire_stun_datagrams_total") if status == 200 else {}
 
 
 async def joined_fleet(reactor, settings: Settings, mesh: Mesh, nodes: int, run_tag: str) -> tuple[Fleet, dict]:
@@ -404,13 +423,19 @@ async def relay_latency(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, r
     pinger.transport.closeStdin()
     meter = mesh.meter(fleet.pids)
     meter.start()
+    datagrams_before = await datagram_outcomes(target)
+    counted = scenarios._merge_counters(await fleet.call_all("counters"))
     burst_at = time.monotonic() + seconds / 3
     results = await fleet.call_all("reregister", timeout=300, at=burst_at)
     cpu = meter.read()
+    during = scenarios._diff_counters(counted, scenarios._merge_counters(await fleet.call_all("counters")))
     code = await pinger.ended
     if code != 0:
         raise RuntimeError(f"relay_ping exited {code}: {pinger.stderr[-1500:].decode(errors='replace')}")
     rounds = json.loads(bytes(pinger.stdout))["rounds"]
+    until_end = scenarios._diff_counters(counted, scenarios._merge_counters(await fleet.call_all("counters")))
+    datagrams_after = await datagram_outcomes(target)
+    datagrams = {k: v - datagrams_before.get(k, 0) for k, v in datagrams_after.items() if v - datagrams_before.get(k, 0)}
     burst_end = max(r["ended"] for r in results)
     latencies = [x for r in results for x in r["latencies"]]
     return {
@@ -424,6 +449,12 @@ async def relay_latency(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, r
         "register_latency_seconds": percentiles(latencies),
         "relay_round_trip": split_rounds(rounds, burst_at, burst_end),
         "cpu_percent_of_one_core_over_run": cpu,
+        # What the nodes sent and got (HTTP bytes, before TLS) from just before the burst
+        # to its last answer, and to the pinger's end (the long-poll answers it set off).
+        "traffic_to_burst_end": {k: during[k] for k in ("requests", "bytes_in", "errors")},
+        "traffic_to_pinger_end": {k: until_end[k] for k in ("requests", "bytes_in", "errors")},
+        # The server's own count of what it did with the relay port's datagrams over the pinger's run.
+        "server_datagram_outcomes": datagrams,
     }
 
 
@@ -440,6 +471,7 @@ async def run(reactor, options) -> dict:
         probes=options.probes,
         quiet_timeout=options.quiet_timeout,
         heartbeat_connection="keep",
+        keep_data=options.keep_data,
     )
     replicas = 1 if options.scenario == "relay_latency" else options.replicas
     result: dict = {
@@ -513,6 +545,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--relay-seconds", type=float, default=30.0)
     parser.add_argument("--relay-rate", type=float, default=200.0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--keep-data", action="store_true", help="leave the servers' data dirs (and logs) behind")
     options = parser.parse_args(argv)
     if options.scenario != "relay_latency" and options.database != "postgresql":
         parser.error("replicas share one PostgreSQL database: --database sqlite is for relay_latency")
