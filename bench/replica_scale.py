@@ -215,12 +215,14 @@ class Mesh:
         shutil.rmtree(self.secret_dir, ignore_errors=True)
 
 
-async def get(target: Target, path: bytes, auth: bytes = b"", body: dict | None = None) -> tuple[int, bytes]:
+async def get(
+    target: Target, path: bytes, auth: bytes = b"", body: dict | None = None, timeout: float = 10
+) -> tuple[int, bytes]:
     conn = await target.connector().connect()
     try:
         method = b"GET" if body is None else b"POST"
         d = conn.request(method, path, None if body is None else json.dumps(body).encode(), headers=auth)
-        timer = target.reactor.callLater(10, lambda: d.called or conn.fail_and_abort(TimeoutError(path.decode())))
+        timer = target.reactor.callLater(timeout, lambda: d.called or conn.fail_and_abort(TimeoutError(path.decode())))
         response = await d
         if timer.active():
             timer.cancel()
@@ -238,8 +240,16 @@ async def open_longpolls(target: Target) -> float | None:
 
 
 async def datagram_outcomes(target: Target) -> dict[str, float]:
-    status, body = await get(target, b"/metrics")
-    return labelled_values(body.decode(errors="replace"), "wire_stun_datagrams_total") if status == 200 else {}
+    """The relay port's outcomes so far, and how long /metrics took to answer
+    (a stalled reactor answers late: that is a figure too)."""
+    asked = time.monotonic()
+    try:
+        status, body = await get(target, b"/metrics", timeout=120)
+    except Exception:
+        return {"metrics_answer_seconds": round(time.monotonic() - asked, 2)}
+    out = labelled_values(body.decode(errors="replace"), "wire_stun_datagrams_total") if status == 200 else {}
+    out["metrics_answer_seconds"] = round(time.monotonic() - asked, 2)
+    return out
 
 
 async def joined_fleet(reactor, settings: Settings, mesh: Mesh, nodes: int, run_tag: str) -> tuple[Fleet, dict]:
@@ -435,7 +445,10 @@ async def relay_latency(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, r
     rounds = json.loads(bytes(pinger.stdout))["rounds"]
     until_end = scenarios._diff_counters(counted, scenarios._merge_counters(await fleet.call_all("counters")))
     datagrams_after = await datagram_outcomes(target)
+    waited = datagrams_after.pop("metrics_answer_seconds", None)
+    datagrams_before.pop("metrics_answer_seconds", None)
     datagrams = {k: v - datagrams_before.get(k, 0) for k, v in datagrams_after.items() if v - datagrams_before.get(k, 0)}
+    datagrams["metrics_answer_seconds_after_pinger"] = waited
     burst_end = max(r["ended"] for r in results)
     latencies = [x for r in results for x in r["latencies"]]
     return {
