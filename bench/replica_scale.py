@@ -149,8 +149,9 @@ class CpuMeter:
 class Mesh:
     """R replicas on one throw-away PostgreSQL database (or one server on SQLite)."""
 
-    def __init__(self, reactor, settings: Settings, replicas: int, database: str = "postgresql"):
+    def __init__(self, reactor, settings: Settings, replicas: int, database: str = "postgresql", server_args: tuple[str, ...] = ()):
         self.reactor, self.settings, self.count, self.engine = reactor, settings, replicas, database
+        self.server_args = server_args
         self.pg = None
         self.database = None
         self.secret_dir = tempfile.mkdtemp(prefix="wire-bench-secret-")
@@ -178,7 +179,7 @@ class Mesh:
         for i, target in enumerate(self.targets):
             others = self.targets[i:] + self.targets[:i]  # its own URL first
             urls = tuple(f"--public-url={t.url}" for t in others) if self.count > 1 else ()
-            target.extra_args = (*extra, f"--replica-name=r{i}", *urls) if self.pg else ()
+            target.extra_args = ((*extra, f"--replica-name=r{i}", *urls) if self.pg else ()) + self.server_args
             await target.start()  # one after another: the first stores the shared certificate
 
     def database_counters(self) -> dict | None:
@@ -499,7 +500,9 @@ async def run(reactor, options) -> dict:
         "loadavg_before": loadavg(),
         "quiet_before": await scenarios.wait_quiet(reactor, settings),
     }
-    mesh = Mesh(reactor, settings, replicas, options.database)
+    server_args = (f"--offline-after={options.offline_after:g}",) if options.offline_after else ()
+    result["server_args"] = list(server_args)
+    mesh = Mesh(reactor, settings, replicas, options.database, server_args)
     fleet = None
     run_tag = secrets.token_hex(3)
     try:
@@ -559,6 +562,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--relay-rate", type=float, default=200.0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--keep-data", action="store_true", help="leave the servers' data dirs (and logs) behind")
+    parser.add_argument(
+        "--offline-after", type=float, default=None,
+        help="the servers' --offline-after: the simulated nodes long-poll only once all have joined, so a join "
+        "slower than the default 90 s would see the first ones swept offline [the server's default]",
+    )
     options = parser.parse_args(argv)
     if options.scenario != "relay_latency" and options.database != "postgresql":
         parser.error("replicas share one PostgreSQL database: --database sqlite is for relay_latency")
