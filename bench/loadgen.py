@@ -3,6 +3,9 @@
     python -m bench.loadgen --url http://127.0.0.1:8787 --mode wire \
         --first 0 --count 5000 --run-tag abc123 [--tls] [--max-seconds 3600]
 
+``--url`` given more than once: the replicas of one mesh; node ``i`` starts
+at the ``i % count``-th and fails over to the next (bench/nodes.py).
+
 Commands arrive on stdin as JSON lines ``{"id": 1, "cmd": "...", ...}``; each
 gets one answer line ``{"id": 1, "result": {...}}`` (or ``"error"``), and
 watch completions come as ``{"event": "watch_done", ...}``. Logs go to
@@ -20,6 +23,10 @@ Commands:
   mark_wave {}                       start noting what each node's answers carry (a policy change)
   wave_progress {}                   how many nodes got a new filter, a full answer, so far
   end_wave {}                        stop; per node: when its filter changed (and to what), full answers, bytes
+  mark_moves {}                      count long-poll answers (full, delta) and moves between replicas from now
+  moves {}                           the moves so far (when, where, the first answer's kind), answers by kind
+  open_heartbeats {}                 every node opens its registration connection (handshakes done)
+  reregister {at}                    at time.monotonic() ``at``, every node POSTs /register at once (NAT moved)
   stop {}                            stop every node and exit
 """
 
@@ -112,7 +119,7 @@ class Commands(LineReceiver):
     async def cmd_counters(self, message: dict) -> dict:
         snapshot = self.fleet.counters.snapshot()
         snapshot["at"] = time.monotonic()
-        snapshot["error_samples"] = self.fleet.error_samples[-5:]
+        snapshot["error_samples"] = self.fleet.error_samples[-10:]
         return snapshot
 
     async def cmd_watch(self, message: dict) -> dict:
@@ -122,7 +129,15 @@ class Commands(LineReceiver):
 
     async def cmd_end_watch(self, message: dict) -> dict:
         watch = self.fleet.end_watch(str(message["node_id"]))
-        return _watch_report(watch, len(self.fleet.nodes))
+        report = _watch_report(watch, len(self.fleet.nodes))
+        if watch is not None and len(self.fleet.connectors) > 1:
+            # Replicas: when the nodes at each one saw it (the replica each is at now).
+            first = self.fleet.indices.start
+            by_server: dict[str, list[float]] = {}
+            for i, t in watch.seen.items():
+                by_server.setdefault(str(self.fleet.nodes[i - first].server), []).append(round(t, 6))
+            report["by_server"] = by_server
+        return report
 
     async def cmd_mark_wave(self, message: dict) -> dict:
         self.fleet.mark_wave(message.get("expect_views"))
@@ -133,6 +148,19 @@ class Commands(LineReceiver):
 
     async def cmd_end_wave(self, message: dict) -> dict:
         return self.fleet.end_wave()
+
+    async def cmd_mark_moves(self, message: dict) -> dict:
+        self.fleet.mark_moves()
+        return {"marked": True}
+
+    async def cmd_moves(self, message: dict) -> dict:
+        return self.fleet.moves_report()
+
+    async def cmd_open_heartbeats(self, message: dict) -> dict:
+        return await self.fleet.open_heartbeat_connections()
+
+    async def cmd_reregister(self, message: dict) -> dict:
+        return await self.fleet.reregister_all(float(message["at"]))
 
     async def cmd_stop(self, message: dict) -> dict:
         self.fleet.stop()
@@ -165,7 +193,7 @@ async def _call(handler, message):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="wire bench load process")
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, action="append", help="a server; again for each replica of the mesh")
     parser.add_argument("--mode", choices=("wire", "seed"), required=True)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, required=True)
@@ -182,9 +210,16 @@ def main() -> None:
     limit = raise_fd_limit()
     if limit < 2 * options.count + 100:
         log.warn("fd limit {limit} is low for {count} nodes", limit=limit, count=options.count)
-    url = urlsplit(options.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        sys.exit("--url must be http(s)://HOST:PORT")
+    urls = [urlsplit(u) for u in options.url]
+    for url in urls:
+        if url.scheme not in ("http", "https") or not url.hostname:
+            sys.exit(f"--url must be http(s)://HOST:PORT, not {url.geturl()!r}")
+    if len({u.scheme for u in urls}) > 1:
+        sys.exit("--url: one mesh's replicas all speak HTTPS or all plain HTTP")
+    url = urls[0]
+
+    def port_of(u) -> int:
+        return u.port or (443 if u.scheme == "https" else 80)
 
     from twisted.internet import epollreactor
 
@@ -195,7 +230,7 @@ def main() -> None:
     fleet = Fleet(
         reactor,
         url.hostname,
-        url.port or (443 if url.scheme == "https" else 80),
+        port_of(url),
         options.mode,
         options.run_tag,
         range(options.first, options.first + options.count),
@@ -203,6 +238,7 @@ def main() -> None:
         keep_heartbeat_connection=options.heartbeat_connection == "keep",
         tls=options.tls or url.scheme == "https",
         own_addresses=not options.no_own_addresses,
+        replicas=[(u.hostname, port_of(u)) for u in urls[1:]],
     )
     commands = Commands(reactor, fleet, done)
     fleet._on_watch_done = commands.watch_done

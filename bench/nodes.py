@@ -18,6 +18,15 @@ its credential as ``Authorization: Bearer`` on every request; against an
 loopback address (127.x.y.z), so the server sees one client address per
 node, as it would in real life (per-address rate limits, ``public_ip``).
 
+A fleet may be given several replicas of one mesh (one database, one
+certificate): node ``i`` starts at replica ``i % len(replicas)`` and, as
+``twistd wire-node`` does (wire/node/servers.py), moves to the next one
+round-robin when its replica stops answering (no connection, no answer, or
+502/503/504), keeping its credential and its cursor: the first round
+through the replicas retries at once, later rounds back off. Each move is
+noted (when, where to, whether the first answer there was a full netmap),
+for the failover bench (bench/replica_scale.py).
+
 Every node's loop is bounded: in time by the fleet's deadline and each
 request's timeout, in count by ``MAX_LOOP_ROUNDS``.
 """
@@ -30,12 +39,13 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
 
 from bench.httpload import Connector, Counters, HttpConnection, HttpError, NotSent, client_tls
+from wire.node.servers import FAIL_OVER_STATUSES
 from wire.protocol import Registration
 from wire.protocol.filter import filter_digest, filter_json, parse_filter_rules
 
@@ -49,6 +59,8 @@ BACKOFF_CAP = 4.0
 # wire/node/heartbeat.py REGISTER_AT_LEAST_EVERY: with the long-poll as the
 # heartbeat, a node still registers this often.
 FULL_REGISTER_EVERY = 600.0
+# A join refused with a fail-over status (503) or a conflict (409) is tried this often in all.
+JOIN_ATTEMPTS = 5
 
 
 def node_identity(run_tag: str, index: int) -> tuple[str, str, str]:
@@ -59,7 +71,9 @@ def node_identity(run_tag: str, index: int) -> tuple[str, str, str]:
     return node_id, name, key
 
 
-def registration_for(run_tag: str, index: int) -> Registration:
+def registration_for(run_tag: str, index: int, moved: int = 0) -> Registration:
+    """``moved``: how many times the node's NAT mapping has moved (each a new
+    ``nat_port``, so its registration is a real change, written and told)."""
     node_id, name, key = node_identity(run_tag, index)
     # Ports spread like NAT mappings; lan_ip as real nodes send it.
     return Registration(
@@ -67,14 +81,14 @@ def registration_for(run_tag: str, index: int) -> Registration:
         node_name=name,
         wg_public_key=key,
         port=51820,
-        nat_port=20000 + index % 40000,
+        nat_port=20000 + (index + moved * 7919) % 40000,
         lan_ip=f"192.168.{index // 250 % 250}.{1 + index % 250}",
     )
 
 
-def registration_body(run_tag: str, index: int) -> bytes:
+def registration_body(run_tag: str, index: int, moved: int = 0) -> bytes:
     """``POST /register``'s body, as wire/node/daemon.py builds it (Registration.as_body)."""
-    return json.dumps(registration_for(run_tag, index).as_body()).encode()
+    return json.dumps(registration_for(run_tag, index, moved).as_body()).encode()
 
 
 def source_address(index: int) -> str:
@@ -94,6 +108,23 @@ def probe_source_address(k: int) -> str:
 def enroll_body(run_tag: str, index: int, join_key: str) -> bytes:
     """``POST /enroll``'s body, as wire/node/enroll.py builds it."""
     return json.dumps(registration_for(run_tag, index).enrollment_body(join_key)).encode()
+
+
+class Answered(HttpError):
+    """The server answered, with a status the caller did not want."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def fails_over(error: Exception) -> bool:
+    """Whether a node moves to another replica after ``error`` (as
+    wire/node/servers.py says: no connection, no answer, or a replica that
+    cannot serve now); a refusal (401, 400...) is not the replica's fault."""
+    if isinstance(error, Answered):
+        return error.status in FAIL_OVER_STATUSES
+    return isinstance(error, (HttpError, ConnectionError, TimeoutError))
 
 
 def cursor_serial(cursor: str) -> int:
@@ -129,10 +160,32 @@ class Wave:
     view_at: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass
+class Move:
+    """A node that lost its replica and long-polls another (bench/replica_scale.py)."""
+
+    index: int
+    left: int  # the replica it lost
+    lost_at: float  # time.monotonic() of the failure that made it move
+    to: int = -1  # where its first answer came from
+    polling_at: float | None = None  # its long-poll was written at a replica that then answered it
+    answered_at: float | None = None
+    first_full: bool | None = None  # was that first answer a whole netmap?
+    tries: int = 0  # replicas tried until one answered
+
+    def as_json(self) -> dict:
+        return {
+            "index": self.index, "left": self.left, "to": self.to, "lost_at": round(self.lost_at, 6),
+            "polling_at": None if self.polling_at is None else round(self.polling_at, 6),
+            "answered_at": None if self.answered_at is None else round(self.answered_at, 6),
+            "first_full": self.first_full, "tries": self.tries,
+        }
+
+
 class SimNode:
     __slots__ = (
         "fleet", "index", "node_id", "body", "source", "auth", "hb_conn", "poll_conn", "cursor", "heartbeat", "stopped",
-        "filter_digest", "me",
+        "filter_digest", "me", "server", "sent_at", "move", "moved",
     )
 
     def __init__(self, fleet: Fleet, index: int):
@@ -151,6 +204,12 @@ class SimNode:
         # told one), sent as ``filter=``; and this node as the server has it.
         self.filter_digest: str | None = None
         self.me: dict | None = None
+        # The replica in use (an index into the fleet's connectors), when the
+        # last request was written, and a move not yet answered at its new replica.
+        self.server = index % len(fleet.connectors)
+        self.sent_at = 0.0
+        self.move: Move | None = None
+        self.moved = 0  # re-registrations with a moved NAT mapping so far
 
     # -- one request -----------------------------------------------------------
 
@@ -164,11 +223,12 @@ class SimNode:
             conn = getattr(self, slot) if slot else None
             reused = conn is not None and not conn.closed
             if not reused:
-                conn = await fleet.connector.connect(self.source)
+                conn = await fleet.connectors[self.server].connect(self.source)
                 if slot:
                     setattr(self, slot, conn)
             fleet.counters.count(fleet.counters.requests, kind)
             d = conn.request(method, path, body, headers=self.auth)
+            self.sent_at = time.monotonic()
             timer = fleet.reactor.callLater(timeout, _time_out, conn, d)
             try:
                 response = await d
@@ -250,6 +310,7 @@ class SimNode:
         fleet = self.fleet
         current_wait = first_wait
         backoff = 0.0
+        failed_in_a_row = 0
         for _ in range(MAX_LOOP_ROUNDS):
             if self.stopped or not fleet.running:
                 return
@@ -261,7 +322,7 @@ class SimNode:
                 if response.status != 200:
                     if response.status == 400:
                         self.cursor = "0"  # as the daemon does: a cursor this server rejects
-                    raise HttpError(f"long-poll answered {response.status}: {response.body[:120]!r}")
+                    raise Answered(response.status, f"long-poll answered {response.status}: {response.body[:120]!r}")
                 answer = json.loads(response.body)
                 self.cursor = str(answer["cursor"])
                 held = self.filter_digest
@@ -273,14 +334,54 @@ class SimNode:
                 if self.stopped or not fleet.running:
                     return
                 fleet.error("longpoll", e)
+                failed_in_a_row += 1
+                if fails_over(e) and self.fail_over():
+                    # As the daemon: the first round through the replicas without waiting.
+                    if failed_in_a_row < len(fleet.connectors):
+                        continue
                 backoff = min(BACKOFF_CAP, backoff * 2 if backoff else BACKOFF_FIRST)
                 await deferLater(fleet.reactor, backoff, lambda: None)
                 continue
             backoff = 0.0
+            failed_in_a_row = 0
             current_wait = wait
+            fleet.answered(self, bool(answer.get("full")), response.done_at)
             fleet.saw(self, answer.get("upserts") or (), response.done_at)
             if fleet.wave is not None:
                 fleet.wave_answer(self, answer, len(response.body), held, response.done_at)
+
+    def fail_over(self) -> bool:
+        """Move to the next replica (round-robin), as wire/node/servers.py
+        next_server does; False when the fleet knows only one."""
+        count = len(self.fleet.connectors)
+        if count < 2:
+            return False
+        if self.move is None:
+            self.move = Move(self.index, self.server, time.monotonic())
+        self.move.tries += 1
+        for conn in (self.hb_conn, self.poll_conn):
+            if conn is not None and not conn.closed:
+                conn.abort()
+        self.hb_conn = self.poll_conn = None
+        self.server = (self.server + 1) % count
+        return True
+
+    async def open_heartbeat_connection(self) -> None:
+        """A kept connection for ``POST /register`` beside the long-poll,
+        handshakes done (a ``GET /health``), so that a burst of registrations
+        measures the server's handling of them, not TCP and TLS set-up."""
+        response = await self._send("hb_conn", b"GET", b"/health", None, "health", REQUEST_TIMEOUT)
+        if response.status != 200:
+            raise Answered(response.status, f"/health answered {response.status}")
+
+    async def register_moved(self) -> tuple[float, float]:
+        """``POST /register`` with the NAT mapping moved (a real change): (sent, answered)."""
+        self.moved += 1
+        self.body = registration_body(self.fleet.run_tag, self.index, self.moved)
+        sent = time.monotonic()
+        response = await self._send("hb_conn", b"POST", b"/register", self.body, "register", REQUEST_TIMEOUT * 3)
+        _answer(response, "register")
+        return sent, response.done_at
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -295,7 +396,7 @@ class SimNode:
 
 def _answer(response, what: str) -> dict:
     if response.status != 200:
-        raise HttpError(f"{what} answered {response.status}: {response.body[:200]!r}")
+        raise Answered(response.status, f"{what} answered {response.status}: {response.body[:200]!r}")
     answer = json.loads(response.body)
     if not isinstance(answer, dict) or not answer.get("ok", True):
         raise HttpError(f"{what} refused: {response.body[:200]!r}")
@@ -323,16 +424,25 @@ class Fleet:
         on_watch_done: Callable[[Watch, int], None] | None = None,
         tls: bool = False,
         own_addresses: bool = True,
+        replicas: Sequence[tuple[str, int]] = (),
     ):
+        """``replicas``: the mesh's other servers (host, port), after ``host:port``."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.reactor = reactor
         self.mode = mode
         self.run_tag = run_tag
         self.counters = Counters()
-        self.connector = Connector(
-            reactor, host, port, self.counters, concurrency=connect_concurrency, tls=client_tls() if tls else None
-        )
+        tls_options = client_tls() if tls else None
+        self.connectors = [
+            Connector(reactor, h, p, self.counters, concurrency=connect_concurrency, tls=tls_options)
+            for h, p in ((host, port), *replicas)
+        ]
+        self.connector = self.connectors[0]
+        # Long-poll answers by kind, and the moves between replicas, since mark_moves.
+        self.answer_kinds = {"full": 0, "delta": 0}
+        self.moves: list[Move] = []
+        self.moves_since = 0.0
         self.own_addresses = own_addresses
         self.join_key: str | None = None  # set before joining an authenticating server
         # Under a policy: node i enrolls with join_keys[i % len] (one tag each).
@@ -348,6 +458,7 @@ class Fleet:
         self._on_watch_done = on_watch_done
         self._tasks: list[Deferred] = []
         self.error_samples: list[str] = []
+        self._samples_per_kind: dict[str, int] = {}
 
     def digest_of_filter(self, rules) -> str:
         """The digest a node holds after taking ``rules``: validated and
@@ -367,7 +478,11 @@ class Fleet:
 
     def error(self, kind: str, error: Exception) -> None:
         self.counters.count(self.counters.errors, f"{kind}: {type(error).__name__}")
-        if len(self.error_samples) < 20:
+        # The first few of each kind: one kind's flood must not hide another's.
+        label = f"{kind}: {type(error).__name__}"
+        seen = self._samples_per_kind.get(label, 0)
+        if seen < 3 and len(self.error_samples) < 60:
+            self._samples_per_kind[label] = seen + 1
             self.error_samples.append(f"{kind}: {error}"[:300])
 
     # -- registration throughput ------------------------------------------------------
@@ -382,16 +497,34 @@ class Fleet:
         done_at: list[float] = []
         best_cursor = ""
         failures = 0
+        retried = 0
+
+        async def joined(node: SimNode) -> tuple[float, float, str] | None:
+            nonlocal failures, retried
+            for attempt in range(1, JOIN_ATTEMPTS + 1):
+                try:
+                    return await node.join()
+                except Exception as e:
+                    self.error("join", e)
+                    # Two replicas offered one address (or name) at once and
+                    # the database kept the first: the other is answered 409
+                    # "try again". The daemon does, after REFUSED_RETRY (60 s)
+                    # (wire/node/daemon.py); the bench at once, and counts it.
+                    conflict = isinstance(e, Answered) and e.status == 409
+                    if attempt == JOIN_ATTEMPTS or not (conflict or fails_over(e)):
+                        break
+                    retried += 1
+                    await deferLater(self.reactor, BACKOFF_FIRST, lambda: None)
+            failures += 1
+            return None
 
         async def lane() -> None:
-            nonlocal best_cursor, failures
+            nonlocal best_cursor
             for node in pending:
-                try:
-                    sent, done, cursor = await node.join()
-                except Exception as e:
-                    failures += 1
-                    self.error("join", e)
+                outcome = await joined(node)
+                if outcome is None:
                     continue
+                sent, done, cursor = outcome
                 sent_at.append(sent)
                 done_at.append(done)
                 if cursor_serial(cursor) > cursor_serial(best_cursor):
@@ -405,6 +538,7 @@ class Fleet:
             "nodes": len(self.nodes),
             "ok": len(done_at),
             "failed": failures,
+            "retried": retried,
             "started": started,
             "ended": time.monotonic(),
             "latencies": [round(d - s, 6) for s, d in zip(sent_at, done_at)],
@@ -447,6 +581,97 @@ class Fleet:
                 d = Deferred.fromCoroutine(node.poll_loop(first_wait, poll_wait))
                 d.addErrback(lambda f: self.error("longpoll loop", f.value))
                 self._tasks.append(d)
+
+    # -- moves between replicas ---------------------------------------------------------------
+
+    def answered(self, node: SimNode, full: bool, at: float) -> None:
+        """A long-poll answer came (a whole netmap or a delta)."""
+        self.answer_kinds["full" if full else "delta"] += 1
+        move = node.move
+        if move is not None:
+            node.move = None
+            move.to, move.polling_at, move.answered_at, move.first_full = node.server, node.sent_at, at, full
+            self.moves.append(move)
+
+    def mark_moves(self) -> None:
+        """Count answers and moves from now on."""
+        self.answer_kinds = {"full": 0, "delta": 0}
+        self.moves = []
+        self.moves_since = time.monotonic()
+
+    def moves_report(self) -> dict:
+        """Moves completed since mark_moves, those still under way, and the answers' kinds."""
+        pending = [n.move.as_json() for n in self.nodes if n.move is not None]
+        return {
+            "nodes": len(self.nodes),
+            "since": self.moves_since,
+            "answers": dict(self.answer_kinds),
+            "moves": [m.as_json() for m in self.moves],
+            "moving": pending,
+            "servers": [sum(1 for n in self.nodes if n.server == i) for i in range(len(self.connectors))],
+        }
+
+    # -- a burst of registrations ----------------------------------------------------------------
+
+    async def open_heartbeat_connections(self, concurrency: int = 50) -> dict:
+        """Every node opens (and handshakes) its registration connection;
+        its periodic registrations stop (they would share it with the burst's)."""
+        for node in self.nodes:
+            if node.heartbeat is not None and node.heartbeat.running:
+                node.heartbeat.stop()
+        pending = iter(self.nodes)
+        failures = 0
+
+        async def lane() -> None:
+            nonlocal failures
+            for node in pending:
+                try:
+                    await node.open_heartbeat_connection()
+                except Exception as e:
+                    failures += 1
+                    self.error("open", e)
+
+        lanes = [Deferred.fromCoroutine(lane()) for _ in range(max(1, min(concurrency, len(self.nodes))))]
+        for d in lanes:
+            await d
+        return {"nodes": len(self.nodes), "failed": failures}
+
+    async def reregister_all(self, at: float) -> dict:
+        """At ``at`` (time.monotonic(), shared by the load processes), every
+        node sends ``POST /register`` at once, its NAT mapping moved."""
+        # Their periodic registrations share the connection: this burst is one.
+        for node in self.nodes:
+            if node.heartbeat is not None and node.heartbeat.running:
+                node.heartbeat.stop()
+        await deferLater(self.reactor, max(0.0, at - time.monotonic()), lambda: None)
+        sent_at: list[float] = []
+        done_at: list[float] = []
+        failures = 0
+
+        async def one(node: SimNode) -> None:
+            nonlocal failures
+            try:
+                sent, done = await node.register_moved()
+            except Exception as e:
+                failures += 1
+                self.error("reregister", e)
+                return
+            sent_at.append(sent)
+            done_at.append(done)
+
+        started = time.monotonic()
+        runs = [Deferred.fromCoroutine(one(node)) for node in self.nodes]
+        for d in runs:
+            await d
+        return {
+            "nodes": len(self.nodes),
+            "ok": len(done_at),
+            "failed": failures,
+            "started": started,
+            "ended": time.monotonic(),
+            "latencies": [round(d - s, 6) for s, d in zip(sent_at, done_at)],
+            "error_samples": self.error_samples[-5:],
+        }
 
     # -- propagation ------------------------------------------------------------------------
 

@@ -18,6 +18,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if int(_stat_fields(int(name))[1]) == pid:
+                    found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid``, of its live children, and of the children it
+    has reaped (cutime + cstime): PostgreSQL's postmaster and its backends,
+    short-lived workers included. Grandchildren of live children are left out."""
+    fields = _stat_fields(pid)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK_TICKS
+    for child in children_of(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass  # it ended between the listing and the read (now in cutime, next time)
+    return total
+
+
 def memory_bytes(pid: int) -> dict[str, int]:
     """VmRSS (now) and VmHWM (peak RSS) of ``pid``."""
     found = {}

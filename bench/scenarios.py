@@ -152,7 +152,10 @@ SECURITY_ARGS = {
 class Target:
     """The server under test: one we spawned, or one given by URL."""
 
-    def __init__(self, reactor, settings: Settings, security: str = "tls", policy: bool = False):
+    def __init__(
+        self, reactor, settings: Settings, security: str = "tls", policy: bool = False, extra_args: tuple[str, ...] = ()
+    ):
+        """``extra_args``: more wire-server options (a replica's --database...)."""
         if security not in SECURITY_ARGS:
             raise ValueError(f"security must be one of {', '.join(SECURITY_ARGS)}")
         self.reactor = reactor
@@ -163,6 +166,7 @@ class Target:
         self.join_key: str | None = settings.join_key
         # Under a policy (bench/policyload.py): one reusable key per tag, and the text in force.
         self.policy = policy
+        self.extra_args = tuple(extra_args)
         self.tag_keys: list[str] = []
         self.policy_text: str | None = None
         if settings.url:
@@ -198,7 +202,7 @@ class Target:
             self.data_dir,
             self.port,
             self.settings.server_cpus,
-            extra_args=SECURITY_ARGS[self.security],
+            extra_args=[*SECURITY_ARGS[self.security], *self.extra_args],
             fd_soft_limit=self.settings.server_fd_soft_limit,
         )
         self.process.spawn()
@@ -334,8 +338,17 @@ class Fleet:
     """The load processes for one scenario, each simulating a slice of the nodes."""
 
     def __init__(
-        self, reactor, settings: Settings, target: Target, mode: str, nodes: int, run_tag: str, heartbeat_connection: str
+        self,
+        reactor,
+        settings: Settings,
+        target: Target,
+        mode: str,
+        nodes: int,
+        run_tag: str,
+        heartbeat_connection: str,
+        replicas: tuple[Target, ...] = (),
     ):
+        """``replicas``: the mesh's other servers; node i starts at server i % (1 + len)."""
         self.reactor = reactor
         self.nodes = nodes
         self.mode = mode
@@ -360,7 +373,7 @@ class Fleet:
             argv = [
                 "-m",
                 "bench.loadgen",
-                f"--url={target.url}",
+                *(f"--url={t.url}" for t in (target, *replicas)),
                 f"--mode={mode}",
                 f"--first={first}",
                 f"--count={count}",
@@ -536,6 +549,8 @@ async def _registration(reactor, settings: Settings, target: Target, fleet: Flee
     return {
         "registered": ok,
         "failed": sum(r["failed"] for r in results),
+        # Joins answered 503 and tried again (replicas racing for one address).
+        "retried": sum(r.get("retried", 0) for r in results),
         "seconds": round(seconds, 3),
         "per_second": round(ok / seconds, 1) if seconds > 0 else None,
         "concurrency": settings.register_concurrency,
@@ -706,6 +721,10 @@ async def _probe(
     fleet.forget(node_id)
     reports = await fleet.call_all("end_watch", node_id=node_id)
     latencies = [t - sent for r in reports for t in r["times"]]
+    by_server: dict[str, list[float]] = {}
+    for r in reports:
+        for server, times in r.get("by_server", {}).items():
+            by_server.setdefault(server, []).extend(t - sent for t in times)
     seen = sum(r["seen"] for r in reports)
     should = fleet.nodes if allowed is None else sum(len(a) for a in allowed)
     out = {
@@ -717,6 +736,8 @@ async def _probe(
         "time_to_all_seconds": round(max(latencies), 4) if seen == should and latencies else (0.0 if should == 0 else None),
         "latencies": latencies,
     }
+    if by_server:
+        out["latencies_by_server"] = by_server
     if allowed is not None:
         out["tag"] = policyload.tag_of(k)
         out["allowed"] = should

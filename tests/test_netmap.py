@@ -47,6 +47,26 @@ class LongPollHubTests(unittest.TestCase):
         d = self.hub.poll(Cursor("e", 0), wait=30)
         self.assertEqual(self.successResultOf(d)["now"], "e:1")
 
+    def test_polls_behind_share_an_answer_while_the_netmap_stands(self):
+        # After a burst of changes every node asks again at once, from one of
+        # a few cursors: each cursor's answer is made once, not once a node.
+        self.log.record("a")
+        self.log.record("b")
+        first = [self.successResultOf(self.hub.poll(Cursor("e", 1), wait=30)) for _ in range(100)]
+        other = self.successResultOf(self.hub.poll(Cursor("e", 0), wait=30))
+        self.assertEqual([a["now"] for a in first], ["e:2"] * 100)
+        self.assertEqual(other["since"], "e:0")
+        self.assertEqual(self.answers, [Cursor("e", 1), Cursor("e", 0)])
+
+    def test_a_shared_answer_behind_is_made_again_when_the_netmap_moves_or_a_second_passes(self):
+        self.log.record("a")
+        self.successResultOf(self.hub.poll(Cursor("e", 0), wait=30))
+        self.log.record("b")
+        self.assertEqual(self.successResultOf(self.hub.poll(Cursor("e", 0), wait=30))["now"], "e:2")
+        self.clock.advance(1)  # views carry seconds since last seen: never older than a second
+        self.successResultOf(self.hub.poll(Cursor("e", 0), wait=30))
+        self.assertEqual(self.answers, [Cursor("e", 0)] * 3)
+
     def test_waits_until_change_and_coalesces(self):
         polls = [self.hub.poll(Cursor("e", 0), wait=30) for _ in range(100)]
         for d in polls:
