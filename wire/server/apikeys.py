@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wire.server.auth import AuthError, hash_secret, utc
+from wire.server.auth import AuthError, hash_secret, revoke_durably, utc
 from wire.server.store import IStore, StoreError, Writes
 
 # A key's row changed (made, revoked): a change for the cluster's stream (wire.server.cluster).
@@ -147,17 +147,9 @@ class ApiKeys:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyError(f"no API key {key_id} (see: wire admin apikeys list)")
-        writes = Writes()
-        writes.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
-        self._audit(writes, "apikey.revoke", f"API key {key_id} {key.name!r}")
-        writes.change(API_KEY_CHANGE, key_id)
-        # Refused here at once: a request arriving while this is written is not let in.
-        was_revoked, key.revoked = key.revoked, True
-        try:
-            await self._store.transaction(writes)
-        except BaseException:
-            key.revoked = was_revoked
-            raise
+        await revoke_durably(
+            self._store, key, "api_keys", API_KEY_CHANGE, lambda writes: self._audit(writes, "apikey.revoke", f"API key {key_id} {key.name!r}")
+        )
         return key
 
     def check(self, token: str) -> ApiKey:

@@ -17,6 +17,7 @@ import hashlib
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -138,6 +139,22 @@ def utc(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+async def revoke_durably(store: Any, key: Any, table: str, change: str, audit: Callable[[Writes], None]) -> None:
+    """A key (join or admin API: ``table``) revoked durably, audited and told
+    to the other replicas (``change``). Refused here at once: what arrives
+    while it is written is not let in; if the write is refused, it is as it was."""
+    writes = Writes()
+    writes.execute(f"UPDATE {table} SET revoked = 1 WHERE key_id = ?", (key.key_id,))
+    audit(writes)
+    writes.change(change, key.key_id)
+    was_revoked, key.revoked = key.revoked, True
+    try:
+        await store.transaction(writes)
+    except BaseException:
+        key.revoked = was_revoked
+        raise
+
+
 class Authority:
     log = Logger()
 
@@ -214,17 +231,7 @@ class Authority:
         key = self._keys.get(key_id)
         if key is None:
             raise KeyError(f"no join key {key_id}")
-        writes = Writes()
-        writes.execute("UPDATE join_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
-        self._audit(writes, "key.revoke", f"key {key_id}")
-        writes.change(KEY_CHANGE, key_id)
-        # Revoked here at once: an enrollment arriving while this is written is refused.
-        was_revoked, key.revoked = key.revoked, True
-        try:
-            await self._store.transaction(writes)
-        except BaseException:
-            key.revoked = was_revoked
-            raise
+        await revoke_durably(self._store, key, "join_keys", KEY_CHANGE, lambda writes: self._audit(writes, "key.revoke", f"key {key_id}"))
         return key
 
     def check_join_key(self, secret: str) -> JoinKey:
