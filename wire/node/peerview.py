@@ -118,6 +118,7 @@ def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float) 
         for s in sessions
         if s.relay_replica
     }
+    echoing = daemon.reconciler.echoing_peers()
     peers = []
     rules = daemon.netmap.filter
     resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
@@ -137,6 +138,8 @@ def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float) 
             "endpoint": wg_peer.endpoint if wg_peer else None,
             "rx_bytes": wg_peer.rx_bytes if wg_peer else 0,
             "tx_bytes": wg_peer.tx_bytes if wg_peer else 0,
+            # It answers our path probes: a dead direct path to it is found within seconds.
+            "echoing": peer.node_id in echoing,
             **describe_path(daemon.reconciler.paths.paths.get(peer.node_id), wg_peer, peer, now, shims, over_tcp, kernels),
             **policy,
             **relayed_at.get(peer.node_id, {}),

@@ -160,6 +160,12 @@ class Reconciler:
         finally:
             self._lock.release()
 
+    def echoing_peers(self) -> set[str]:
+        """Peers (node ids) that answer our path probes: a direct path to
+        one is found dead sooner (wire.node.paths DEAD_AFTER)."""
+        probe = self._probe()
+        return {n for n, p in self.netmap.peers.items() if probe is not None and p.vpn_ip in probe.echoing}
+
     async def _reconcile_now(self) -> None:
         # Waits only on WireGuard: relay grants come in the background
         # (_relay_endpoint), so a server that is away stalls no reconcile.
@@ -172,7 +178,7 @@ class Reconciler:
         # may have roamed), else what the interface held when we came.
         held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
         probe = self._probe()
-        echoing = {n for n, p in self.netmap.peers.items() if probe is not None and p.vpn_ip in probe.echoing}
+        echoing = self.echoing_peers()
         # The rule reads this node's facts as its peers see them: the server's.
         me = self.netmap.me or self._me()
         plan = self.paths.plan(me, self.netmap.peers, self.netmap.words, seen, self.clock.seconds(), echoing)
