@@ -30,8 +30,8 @@ class ServerSideLivenessTests(unittest.SynchronousTestCase):
                 name: connection.execute(f"SHOW {name}").fetchone()[0]
                 for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
             }
-            # Ended within idle + interval * count = 11 s of silence, or 15 s of unacknowledged data.
+            # Ended within idle + interval * count = 4 s of silence, or 4 s of unacknowledged data.
             self.assertEqual(
                 shown,
-                {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3", "tcp_user_timeout": "15000"},
+                {"tcp_keepalives_idle": "2", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "2", "tcp_user_timeout": "4000"},
             )

@@ -59,17 +59,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 # A database that vanished mid-query (a dead host, a partition) must fail the
 # write within seconds, not after TCP's quarter of an hour: the store's one
 # thread would wait there, and every write behind it. And the other way
-# round: the server probes its end of each session alike (the tcp_* settings
+# round: the server probes its end of each session too (the tcp_* settings
 # in the options), so a replica that vanished loses its sessions within
-# seconds there too, and with them the leader's lock (wire.server.cluster),
-# which a surviving replica then takes. Acknowledged means committed on the
-# server itself, whatever its configuration says.
+# seconds there, and with them the leader's lock (wire.server.cluster),
+# which a surviving replica then takes, and its liveness lock, so the pairs
+# it relayed move to a live replica (wire.server.replicas). The server's
+# side is the stricter, about 4 s of silence or of unacknowledged data, so
+# those pairs ping again within 10 s; a replica whose link to the database
+# drops out that long loses its sessions, takes them again at once, and its
+# pairs move back (a replica and its database share a data centre).
+# Acknowledged means committed on the server itself, whatever its
+# configuration says.
 LIVENESS: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
     "tcp_user_timeout": 15_000,
     "options": (
         "-c statement_timeout=30000 -c synchronous_commit=on"
-        " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=15000"
+        " -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=4000"
     ),
 }
 
