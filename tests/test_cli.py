@@ -370,8 +370,13 @@ class DemoKeptMessageTests(unittest.TestCase):
     def test_a_kept_demo_says_where_its_dirs_are_and_how_to_look_and_to_clean(self):
         from wire.demo import kept_message
 
-        message = kept_message("wl8406", "/tmp/wire-lab-x", ["alpha", "beta"])
+        message = kept_message({
+            "prefix": "wl8406", "workdir": "/tmp/wire-lab-x", "nodes": ["alpha", "beta"], "server_url": "https://198.18.0.3:8787",
+            "dashboard_origin": "https://127.0.0.1:8787", "dashboard_link": "https://127.0.0.1:8787/ui/login#secret",
+        })
         self.assertIn("namespaces wl8406-*, config and data dirs in /tmp/wire-lab-x", message)
+        self.assertIn("\n    https://127.0.0.1:8787/ui/login#secret\n", message)
+        self.assertIn("sudo wire admin --data-dir /tmp/wire-lab-x/server dashboard, opened at https://127.0.0.1:8787 instead of https://198.18.0.3:8787", message)
         self.assertIn("sudo ip netns exec wl8406-alpha wire --config-dir /tmp/wire-lab-x/alpha status", message)
         self.assertIn("sudo wire admin --data-dir /tmp/wire-lab-x/server nodes list", message)
         self.assertTrue(message.endswith("remove it with: wire demo --clean wl8406"))

@@ -13,12 +13,14 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import gatherResults
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -27,7 +29,7 @@ from wire.client import ControlClient
 from wire.lab import Lab
 from wire.node import launcher
 from wire.node.control import control_socket_path
-from wire.runner import IProcessRunner, IRunningProcess, ProcessResult
+from wire.runner import IProcessRunner, IRunningProcess, ProcessResult, find_program
 from wire.twistd import twistd_argv, wire_environment
 
 log = Logger()
@@ -263,10 +265,12 @@ DEMO_ROUTERS = {"home": "easy", "office": "easy", "corp": "hard"}
 DEMO_NODES = (("alpha", None), ("beta", None), ("gamma", "home"), ("delta", "office"), ("epsilon", "corp"))
 
 
-async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=print) -> bool:
-    """``wire demo``: build a mesh, show status, paths and a ping matrix, tear down."""
+async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=print) -> dict:
+    """``wire demo``: build a mesh, show status, paths and a ping matrix, tear
+    down; with ``keep``, a mesh that was built stays, with its dashboard open
+    to this host (what is left and how to use it is in the answer)."""
     mesh = MeshLab(reactor, runner)
-    ok = False
+    kept = False
     try:
         out(
             "building the lab: an internet, a coordination server, two public nodes, two nodes behind "
@@ -289,24 +293,72 @@ async def run_demo(reactor, runner: IProcessRunner, keep: bool = False, out=prin
         out(format_matrix(names, matrix))
         ok = all(matrix.values())
         out("all pairs reach each other" if ok else "some pairs failed")
+        result: dict = {"ok": ok}
         if keep:
-            out(kept_message(mesh.lab.prefix, mesh._workdir, sorted(mesh.nodes)))
-            return ok
+            window = await open_dashboard_window(mesh)
+            link = (await AdminOps(reactor, mesh.server_data_dir).dashboard_link())["url"]
+            result["kept"] = kept_lab = {
+                "prefix": mesh.lab.prefix,
+                "workdir": mesh._workdir,
+                "nodes": names,
+                "server_url": mesh.server_url,
+                "dashboard_origin": window,
+                "dashboard_link": window + link[len(mesh.server_url):] if link.startswith(mesh.server_url) else link,
+            }
+            out(kept_message(kept_lab))
+            kept = True
+        return result
     finally:
-        if not keep:
+        # Only a mesh that was built is kept: a failure on the way leaves nothing behind.
+        if not kept:
             await mesh.teardown()
-    return ok
 
 
-def kept_message(prefix: str, workdir: str, names: list[str]) -> str:
+async def open_dashboard_window(mesh: MeshLab) -> str:
+    """``https://127.0.0.1:PORT``, where this host's browser reaches the
+    server inside the lab (wire.labforward): 8787 when it is free."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listening.bind(("127.0.0.1", SERVER_PORT))
+        except OSError:
+            listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        port = listening.getsockname()[1]
+        argv = mesh.lab.inside("server", [sys.executable, "-m", "wire.labforward", "--to", f"{mesh.lab.hosts['server'].address}:{SERVER_PORT}"])
+        # Not the runner's (it cannot hand a socket over): no one reads this
+        # process's output after --keep, and the lab's teardown ends it with
+        # the namespace's other processes.
+        mesh.reactor.spawnProcess(
+            ProcessProtocol(), find_program(argv[0]), argv, env=dict(os.environ, **wire_environment()),
+            childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+        )
+    finally:
+        listening.close()  # the forwarder holds its own copy
+    origin = f"https://127.0.0.1:{port}"
+    # Answering: the forwarder started and reaches the server (asked from this host).
+    probe = [sys.executable, "-c", HEALTH_PROBE, origin + "/health"]
+    for _ in range(50):
+        if (await mesh.runner.run(probe, timeout=5)).rc == 0:
+            return origin
+        await deferLater(mesh.reactor, 0.2, lambda: None)
+    raise DemoError(f"the dashboard's window into the lab ({origin}) does not answer")
+
+
+def kept_message(kept: dict) -> str:
     """What ``--keep`` leaves and how to use it: each node's config dir is in
-    ``workdir`` and its commands run inside its namespace."""
-    example = names[0] if names else "NODE"
+    the workdir and its commands run inside its namespace."""
+    prefix, workdir, window = kept["prefix"], kept["workdir"], kept["dashboard_origin"]
+    example = kept["nodes"][0] if kept["nodes"] else "NODE"
     return (
-        f"--keep: the lab stays up (namespaces {prefix}-*, config and data dirs in {workdir}); "
-        f"a node's view: sudo ip netns exec {prefix}-{example} wire --config-dir {workdir}/{example} status; "
-        f"the server's: sudo wire admin --data-dir {workdir}/server nodes list; "
-        f"remove it with: wire demo --clean {prefix}"
+        f"--keep: the lab stays up (namespaces {prefix}-*, config and data dirs in {workdir})\n"
+        f"  the dashboard, from this host (once, for 10 minutes; its certificate is the server's own, self-signed):\n"
+        f"    {kept['dashboard_link']}\n"
+        f"  another link: sudo wire admin --data-dir {workdir}/server dashboard, opened at {window} instead of {kept['server_url']}\n"
+        f"  a node's view: sudo ip netns exec {prefix}-{example} wire --config-dir {workdir}/{example} status\n"
+        f"  the server's: sudo wire admin --data-dir {workdir}/server nodes list\n"
+        f"  remove it with: wire demo --clean {prefix}"
     )
 
 

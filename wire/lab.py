@@ -457,7 +457,7 @@ class Lab:
         timeout: float | None = 30,
     ) -> ProcessResult:
         """Run a command inside a host's namespace (not checked: see ProcessResult.check)."""
-        return await self._runner.run(self._inside(host, argv), stdin=stdin, env=env, timeout=timeout)
+        return await self._runner.run(self.inside(host, argv), stdin=stdin, env=env, timeout=timeout)
 
     def start(
         self,
@@ -469,7 +469,7 @@ class Lab:
     ) -> IRunningProcess:
         """Start a long-running program inside a host's namespace; teardown stops it."""
         process = self._runner.start(
-            self._inside(host, argv), env=env, log_prefix=log_prefix or f"{host}:{os.path.basename(argv[0])}"
+            self.inside(host, argv), env=env, log_prefix=log_prefix or f"{host}:{os.path.basename(argv[0])}"
         )
         self._processes.append(process)
         process.when_exited().addCallback(lambda _: self._forget(process))
@@ -599,7 +599,8 @@ class Lab:
         assert len(name) <= _MAX_INTERFACE_NAME, name
         return name
 
-    def _inside(self, host: str, argv: Sequence[str]) -> list[str]:
+    def inside(self, host: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside a host's namespace."""
         if host not in self.hosts:
             raise LabError(f"no host named {host!r} in the lab")
         return ["ip", "netns", "exec", self.hosts[host].namespace, *argv]

@@ -21,7 +21,6 @@ async def demo(ctx: Context, keep: bool = False, clean: str | None = None) -> di
         await demo_module.clean_demo(ctx.reactor, ctx.runner, clean)
         return {"ok": True, "cleaned": clean}
     try:
-        ok = await demo_module.run_demo(ctx.reactor, ctx.runner, keep=keep)
+        return await demo_module.run_demo(ctx.reactor, ctx.runner, keep=keep)
     except demo_module.DemoError as e:
         raise OpError(str(e))
-    return {"ok": ok}

@@ -84,7 +84,7 @@
     made.type = "button";
     made.textContent = label;
     if (className) made.className = className;
-    made.addEventListener("click", onClick);
+    if (onClick) made.addEventListener("click", onClick);
     return made;
   }
 
@@ -175,37 +175,65 @@
     return value === undefined || value === null ? "" : value;
   }
 
+  // One row per node, made once and kept: an update rewrites only the cells
+  // that changed and reorders only when the order did (1,000 rows would
+  // otherwise be rebuilt on every change of the mesh).
+  const rows = new Map();
+  let rowOrder = "";
+
+  function rowFor(node) {
+    let row = rows.get(node.node_id);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.nodeId = node.node_id;
+      row.cells_ = ["name", "", "", "tags", "", "", "", "", ""].map((className) => cell(row, "", className));
+      row.cells_[8].append(
+        button("Rename", null, "rename"),
+        button("Tags", null, "tag"),
+        button("Remove", null, "remove danger"),
+      );
+      rows.set(node.node_id, row);
+    }
+    const texts = [
+      node.node_name, node.dns_name || "", [node.vpn_ip, node.vpn_ip6].filter(Boolean).join(" "), (node.tags || []).join(" "),
+      node.nat_type || "", node.version || "", ago(mesh.timestamp - node.last_seen), node.online ? "yes" : "no",
+    ];
+    texts.forEach((text, i) => { if (row.cells_[i].textContent !== text) row.cells_[i].textContent = text; });
+    const state = node.online ? "online" : "offline";
+    if (row.cells_[7].className !== state) row.cells_[7].className = state;
+    return row;
+  }
+
   function renderNodes() {
     const query = $("#node-search").value.trim().toLowerCase();
-    const rows = mesh.nodes.filter((node) => !query || [node.node_name, node.dns_name, node.vpn_ip, node.vpn_ip6, node.public_ip, ...(node.tags || [])]
+    const shown = mesh.nodes.filter((node) => !query || [node.node_name, node.dns_name, node.vpn_ip, node.vpn_ip6, node.public_ip, ...(node.tags || [])]
       .some((field) => field && String(field).toLowerCase().includes(query)));
-    rows.sort((x, y) => {
+    shown.sort((x, y) => {
       const a = sortValue(x, sortKey), b = sortValue(y, sortKey);
       return (a < b ? -1 : a > b ? 1 : 0) * (sortUp ? 1 : -1);
     });
-    const body = $("#node-table tbody");
-    const fragment = document.createDocumentFragment();
-    for (const node of rows) {
-      const row = document.createElement("tr");
-      row.dataset.nodeId = node.node_id;
-      cell(row, node.node_name, "name");
-      cell(row, node.dns_name || "");
-      cell(row, [node.vpn_ip, node.vpn_ip6].filter(Boolean).join(" "));
-      cell(row, (node.tags || []).join(" "), "tags");
-      cell(row, node.nat_type || "");
-      cell(row, node.version || "");
-      cell(row, ago(mesh.timestamp - node.last_seen));
-      cell(row, node.online ? "yes" : "no", node.online ? "online" : "offline");
-      const actions = cell(row, "");
-      actions.append(
-        button("Rename", () => rename(node), "rename"),
-        button("Tags", () => retag(node), "tag"),
-        button("Remove", () => remove(node), "remove danger"),
-      );
-      fragment.append(row);
+    const known = new Set(mesh.nodes.map((n) => n.node_id));
+    for (const id of [...rows.keys()]) if (!known.has(id)) rows.delete(id);
+    const made = shown.map(rowFor);
+    const order = shown.map((n) => n.node_id).join(" ");
+    if (order !== rowOrder) {
+      rowOrder = order;
+      const fragment = document.createDocumentFragment();
+      fragment.append(...made);
+      $("#node-table tbody").replaceChildren(fragment);
     }
-    body.replaceChildren(fragment);
   }
+
+  // The rows' buttons, through one listener: which node and which action.
+  $("#node-table tbody").addEventListener("click", (event) => {
+    const clicked = event.target.closest("button");
+    const row = clicked && clicked.closest("tr");
+    const node = row && mesh.nodes.find((n) => n.node_id === row.dataset.nodeId);
+    if (!node) return;
+    if (clicked.classList.contains("rename")) rename(node);
+    else if (clicked.classList.contains("tag")) retag(node);
+    else if (clicked.classList.contains("remove")) remove(node);
+  });
 
   async function rename(node) {
     const name = window.prompt(`New name for ${node.node_name}:`, node.node_name);

@@ -4,7 +4,10 @@
 //
 // Positions are kept across updates, so a change moves only what changed;
 // repulsion looks only at nodes in neighbouring grid cells, so a layout
-// step costs O(nodes + edges) and 1,000 nodes lay out in well under a second.
+// step costs O(nodes + edges). Nodes are drawn at once where they start;
+// the layout then settles over animation frames, a few milliseconds each,
+// so a large mesh shows at once and the page never freezes. An update that
+// changes no node or path (a node going offline) only recolours.
 "use strict";
 
 (function () {
@@ -15,6 +18,7 @@
   const GRAVITY = 0.004;
   const DAMPING = 0.6;
   const MIN_VIEW = 500;
+  const FRAME_BUDGET_MS = 8; // layout per animation frame
 
   function element(name, attributes) {
     const made = document.createElementNS(SVG, name);
@@ -63,27 +67,56 @@
           this.positions.set(node.node_id, { x: radius * Math.cos(angle), y: radius * Math.sin(angle), vx: 0, vy: 0 });
         }
       });
-      this.layout(fresh > 0 ? Math.min(300, 60 + 2 * fresh) : 20);
+      const shape = nodes.map((n) => n.node_id).join(" ") + "|" + edges.map((e) => `${e.a} ${e.b}`).join(" ");
+      if (shape !== this.shape) {
+        this.shape = shape;
+        this.stepsLeft = Math.max(this.stepsLeft || 0, fresh > 0 ? Math.min(300, 60 + 2 * fresh) : 20);
+        this.settle();
+      }
       this.draw();
     }
 
+    // The layout's remaining steps, a frame's budget at a time, redrawn after each.
+    settle() {
+      if (this.settling) return;
+      this.settling = true;
+      const frame = () => {
+        const until = performance.now() + FRAME_BUDGET_MS;
+        while (this.stepsLeft > 0 && performance.now() < until) {
+          this.layout(1);
+          this.stepsLeft -= 1;
+        }
+        this.place();
+        if (this.stepsLeft > 0) window.requestAnimationFrame(frame);
+        else this.settling = false;
+      };
+      window.requestAnimationFrame(frame);
+    }
+
     layout(steps) {
-      const ids = this.nodes.map((n) => n.node_id);
-      const links = this.edges.filter((e) => this.positions.has(e.a) && this.positions.has(e.b));
+      const points = this.nodes.map((n) => this.positions.get(n.node_id));
+      const links = [];
+      for (const e of this.edges) {
+        const a = this.positions.get(e.a), b = this.positions.get(e.b);
+        if (a && b) links.push([a, b]);
+      }
+      // A cell's key as one number: x and y cells within ±32,768.
+      const cellOf = (cx, cy) => (cx + 32768) * 65536 + (cy + 32768);
       for (let step = 0; step < steps; step++) {
         const grid = new Map();
-        for (const id of ids) {
-          const p = this.positions.get(id);
-          const key = `${Math.floor(p.x / CELL)},${Math.floor(p.y / CELL)}`;
-          if (!grid.has(key)) grid.set(key, []);
-          grid.get(key).push(p);
+        for (const p of points) {
+          p.cx = Math.floor(p.x / CELL); p.cy = Math.floor(p.y / CELL);
+          const key = cellOf(p.cx, p.cy);
+          const there = grid.get(key);
+          if (there) there.push(p); else grid.set(key, [p]);
         }
-        for (const id of ids) {
-          const p = this.positions.get(id);
-          const cx = Math.floor(p.x / CELL), cy = Math.floor(p.y / CELL);
+        for (const p of points) {
+          const cx = p.cx, cy = p.cy;
           for (let dx = -1; dx <= 1; dx++) {
             for (let dy = -1; dy <= 1; dy++) {
-              for (const q of grid.get(`${cx + dx},${cy + dy}`) || []) {
+              const near = grid.get(cellOf(cx + dx, cy + dy));
+              if (!near) continue;
+              for (const q of near) {
                 if (q === p) continue;
                 let ex = p.x - q.x, ey = p.y - q.y;
                 let d2 = ex * ex + ey * ey;
@@ -96,16 +129,14 @@
           }
           p.vx -= p.x * GRAVITY; p.vy -= p.y * GRAVITY;
         }
-        for (const e of links) {
-          const a = this.positions.get(e.a), b = this.positions.get(e.b);
+        for (const [a, b] of links) {
           const ex = b.x - a.x, ey = b.y - a.y;
           const d = Math.sqrt(ex * ex + ey * ey) || 1;
           const pull = (d - REST) * SPRING / d;
           a.vx += ex * pull; a.vy += ey * pull;
           b.vx -= ex * pull; b.vy -= ey * pull;
         }
-        for (const id of ids) {
-          const p = this.positions.get(id);
+        for (const p of points) {
           p.vx *= DAMPING; p.vy *= DAMPING;
           p.x += Math.max(-10, Math.min(10, p.vx));
           p.y += Math.max(-10, Math.min(10, p.vy));
@@ -113,41 +144,43 @@
       }
     }
 
+    // Every node and path made or recoloured as the mesh says; then placed.
     draw() {
       const few = this.nodes.length <= 150;
       const radius = few ? 8 : 5;
-      // Nodes.
+      this.radius = radius;
       const shown = new Set();
       for (const node of this.nodes) {
         shown.add(node.node_id);
         let group = this.nodeElements.get(node.node_id);
         if (!group) {
           group = element("g", { class: "node", "data-node-id": node.node_id, tabindex: "0" });
-          group.append(element("circle", { r: radius }), element("text", { dy: -radius - 3, "text-anchor": "middle" }));
+          group.circle = element("circle", { r: radius });
+          group.label = element("text", { dy: -radius - 3, "text-anchor": "middle" });
+          group.title = element("title");
+          group.append(group.circle, group.label, group.title);
           group.addEventListener("click", () => this.handlers.select(this.byId(node.node_id)));
           group.addEventListener("keydown", (event) => { if (event.key === "Enter") this.handlers.select(this.byId(node.node_id)); });
           this.nodeLayer.append(group);
           this.nodeElements.set(node.node_id, group);
         }
-        const p = this.positions.get(node.node_id);
-        group.setAttribute("transform", `translate(${p.x.toFixed(1)},${p.y.toFixed(1)})`);
-        group.setAttribute("class", `node ${node.online ? "online" : "offline"}`);
-        group.setAttribute("data-online", node.online ? "true" : "false");
-        group.querySelector("circle").setAttribute("r", radius);
-        const label = group.querySelector("text");
-        label.textContent = few ? node.node_name : "";
-        let title = group.querySelector("title");
-        if (!title) { title = element("title"); group.append(title); }
-        title.textContent = `${node.node_name} (${node.vpn_ip}) ${node.online ? "online" : "offline"}`;
+        const online = node.online ? "true" : "false";
+        if (group.getAttribute("data-online") !== online) {
+          group.setAttribute("class", `node ${node.online ? "online" : "offline"}`);
+          group.setAttribute("data-online", online);
+        }
+        if (group.circle.getAttribute("r") !== String(radius)) group.circle.setAttribute("r", radius);
+        const label = few ? node.node_name : "";
+        if (group.label.textContent !== label) group.label.textContent = label;
+        const title = `${node.node_name} (${node.vpn_ip}) ${node.online ? "online" : "offline"}`;
+        if (group.title.textContent !== title) group.title.textContent = title;
       }
       for (const [id, group] of this.nodeElements) {
         if (!shown.has(id)) { group.remove(); this.nodeElements.delete(id); }
       }
-      // Edges.
       const drawn = new Set();
       for (const edge of this.edges) {
-        const a = this.positions.get(edge.a), b = this.positions.get(edge.b);
-        if (!a || !b) continue;
+        if (!this.positions.has(edge.a) || !this.positions.has(edge.b)) continue;
         const key = `${edge.a} ${edge.b}`;
         drawn.add(key);
         let line = this.edgeElements.get(key);
@@ -158,15 +191,30 @@
           this.edgeLayer.append(line);
           this.edgeElements.set(key, line);
         }
-        line.setAttribute("x1", a.x.toFixed(1)); line.setAttribute("y1", a.y.toFixed(1));
-        line.setAttribute("x2", b.x.toFixed(1)); line.setAttribute("y2", b.y.toFixed(1));
-        line.setAttribute("class", `edge edge-${edge.kind}`);
-        line.setAttribute("data-kind", edge.kind);
+        if (line.getAttribute("data-kind") !== edge.kind) {
+          line.setAttribute("class", `edge edge-${edge.kind}`);
+          line.setAttribute("data-kind", edge.kind);
+        }
       }
       for (const [key, line] of this.edgeElements) {
         if (!drawn.has(key)) { line.remove(); this.edgeElements.delete(key); }
       }
-      this.fit(radius);
+      this.place();
+    }
+
+    // Nodes and lines where the layout has them now.
+    place() {
+      for (const [id, group] of this.nodeElements) {
+        const p = this.positions.get(id);
+        if (p) group.setAttribute("transform", `translate(${p.x.toFixed(1)},${p.y.toFixed(1)})`);
+      }
+      for (const line of this.edgeElements.values()) {
+        const a = this.positions.get(line.getAttribute("data-a")), b = this.positions.get(line.getAttribute("data-b"));
+        if (!a || !b) continue;
+        line.setAttribute("x1", a.x.toFixed(1)); line.setAttribute("y1", a.y.toFixed(1));
+        line.setAttribute("x2", b.x.toFixed(1)); line.setAttribute("y2", b.y.toFixed(1));
+      }
+      this.fit(this.radius || 8);
     }
 
     fit(margin) {
