@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_blocking(args.fd, False)  # as the reactor needs it (a blocking accept would stall it)
     reactor.adoptStreamPort(args.fd, socket.AF_INET, ProxyFactory(host, port))  # type: ignore[attr-defined]
     os.close(args.fd)  # adopted: the port holds its own duplicate
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 
