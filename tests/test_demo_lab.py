@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from tests.browser import Browser, browser_unavailable, wait_for
+from tests.test_dashboard_browser import _edges_drawn, _nodes_drawn
 from tests.test_e2e import lab_unavailable
 from wire.demo import DEMO_NODES, wire_argv
 from wire.runner import ProcessRunner
@@ -30,17 +31,6 @@ LAB_NAMESPACE = re.compile(r"(wl[0-9a-f]{4})-")
 def _namespaces() -> set[str]:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     return {line.split()[0] for line in listed.splitlines() if line.strip()}
-
-
-def _nodes_drawn(driver):
-    return {g.get_attribute("data-node-id"): g.get_attribute("data-online") for g in driver.find_elements("css selector", "#topology g.node")}
-
-
-def _edges_drawn(driver):
-    return {
-        frozenset((line.get_attribute("data-a"), line.get_attribute("data-b"))): line.get_attribute("data-kind")
-        for line in driver.find_elements("css selector", "#topology line.edge")
-    }
 
 
 class KeptDemoDashboardTests(unittest.TestCase):
