@@ -129,16 +129,18 @@ class MeshLab:
         await self.wait_for_server()
 
     async def wait_for_server(
-        self, timeout: float = 20.0, host: str = "server", url: str | None = None, process: IRunningProcess | None = None
+        self, timeout: float = 20.0, host: str | None = "server", url: str | None = None, process: IRunningProcess | None = None
     ) -> None:
-        """Until the server on ``host`` (the lab's own by default) answers ``/health``."""
+        """Until the server answers ``/health`` at ``url``, asked from the lab's
+        ``host`` (its own by default; None: this host)."""
         url = url or self.server_url
         process = process or self.server
         probe = [sys.executable, "-c", HEALTH_PROBE, url + "/health"]
         for _ in range(int(timeout / 0.2)):
             if process is not None and not process.running:
-                raise DemoError(f"the wire server on {host} exited:\n" + "\n".join(process.tail))
-            if (await self.lab.run(host, probe, timeout=5)).rc == 0:
+                raise DemoError(f"the wire server on {host or 'server'} exited:\n" + "\n".join(process.tail))
+            asked = self.lab.run(host, probe, timeout=5) if host is not None else self.runner.run(probe, timeout=5)
+            if (await asked).rc == 0:
                 return
             await deferLater(self.reactor, 0.2, lambda: None)
         raise DemoError(f"the wire server did not answer on {url}")
@@ -338,12 +340,8 @@ async def open_dashboard_window(mesh: MeshLab) -> str:
         listening.close()  # the forwarder holds its own copy
     origin = f"https://127.0.0.1:{port}"
     # Answering: the forwarder started and reaches the server (asked from this host).
-    probe = [sys.executable, "-c", HEALTH_PROBE, origin + "/health"]
-    for _ in range(50):
-        if (await mesh.runner.run(probe, timeout=5)).rc == 0:
-            return origin
-        await deferLater(mesh.reactor, 0.2, lambda: None)
-    raise DemoError(f"the dashboard's window into the lab ({origin}) does not answer")
+    await mesh.wait_for_server(timeout=10, host=None, url=origin)
+    return origin
 
 
 def kept_message(kept: dict) -> str:

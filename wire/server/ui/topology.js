@@ -81,11 +81,7 @@
       if (this.settling) return;
       this.settling = true;
       const frame = () => {
-        const until = performance.now() + FRAME_BUDGET_MS;
-        while (this.stepsLeft > 0 && performance.now() < until) {
-          this.layout(1);
-          this.stepsLeft -= 1;
-        }
+        this.stepsLeft -= this.layout(this.stepsLeft, performance.now() + FRAME_BUDGET_MS);
         this.place();
         if (this.stepsLeft > 0) window.requestAnimationFrame(frame);
         else this.settling = false;
@@ -93,7 +89,8 @@
       window.requestAnimationFrame(frame);
     }
 
-    layout(steps) {
+    // Up to ``steps`` layout steps, as many as fit before ``until``: how many ran.
+    layout(steps, until) {
       const points = this.nodes.map((n) => this.positions.get(n.node_id));
       const links = [];
       for (const e of this.edges) {
@@ -102,7 +99,8 @@
       }
       // A cell's key as one number: x and y cells within ±32,768.
       const cellOf = (cx, cy) => (cx + 32768) * 65536 + (cy + 32768);
-      for (let step = 0; step < steps; step++) {
+      let step = 0;
+      for (; step < steps && performance.now() < until; step++) {
         const grid = new Map();
         for (const p of points) {
           p.cx = Math.floor(p.x / CELL); p.cy = Math.floor(p.y / CELL);
@@ -142,6 +140,7 @@
           p.y += Math.max(-10, Math.min(10, p.vy));
         }
       }
+      return step;
     }
 
     // Every node and path made or recoloured as the mesh says; then placed.
