@@ -185,8 +185,12 @@ class TLSServerProtocol(ProtocolWrapper):
         BIO never holds more than one (see TLS_RECORD_DATA). A memory BIO
         takes all there is and renegotiation is off, so a write never has
         to wait."""
-        view = memoryview(data)
         record = self._record_data
+        if len(data) <= record:  # every answer in steady state: one record
+            self._tls.write(data)
+            self._flush()
+            return
+        view = memoryview(data)
         for start in range(0, len(view), record):
             self._tls.write(view[start : start + record])
             self._flush()

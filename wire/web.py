@@ -131,6 +131,42 @@ class DeadlineChannel(http.HTTPChannel):
         self._receive_deadline = None
         self.timeoutConnection()
 
+    # An answer's head and body in one write (see _finish): twisted.web
+    # writes the head, then the body, and over TLS each write is a record
+    # of its own, encrypted and sent apart. Held only while _finish writes.
+    _holding_head = False
+    _held_head: list[bytes] | None = None
+
+    def hold_head(self) -> None:
+        self._holding_head = True
+
+    def release_head(self) -> None:
+        """Write a head still held (an answer with no body: HEAD, 204)."""
+        self._holding_head = False
+        held, self._held_head = self._held_head, None
+        if held is not None:
+            self.transport.writeSequence(held)
+
+    def writeHeaders(self, version, code, reason, headers):
+        if not self._holding_head or not isinstance(headers, Headers):
+            return super().writeHeaders(version, code, reason, headers)
+        # As HTTPChannel.writeHeaders, kept for the body's write.
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._held_head = head
+
+    def write(self, data):
+        if self._held_head is None:
+            return super().write(data)
+        self.writeSequence([data])
+
+    def writeSequence(self, iovec):
+        held, self._held_head = self._held_head, None
+        super().writeSequence(iovec if held is None else held + list(iovec))
+
 
 class SharedJson(dict):
     """A JSON answer given to many requests at once (long-poll waiters on
@@ -250,9 +286,17 @@ def _finish(body: Any, request: BoundedRequest, status: int) -> None:
         return
     data = write_json(request, status, body)
     # Known length: one write, no chunked framing (every heartbeat and
-    # long-poll answer comes through here).
+    # long-poll answer comes through here), and with the head (one TLS record).
     request.setHeader(b"content-length", b"%d" % len(data))
-    request.write(data)
+    channel = request.channel
+    if isinstance(channel, DeadlineChannel):
+        channel.hold_head()
+        try:
+            request.write(data)
+        finally:
+            channel.release_head()
+    else:
+        request.write(data)
     request.finish()
 
 
