@@ -145,7 +145,7 @@ class DeadlineChannel(http.HTTPChannel):
         self._holding_head = False
         held, self._held_head = self._held_head, None
         if held is not None:
-            self.transport.writeSequence(held)
+            super().writeSequence(held)
 
     def writeHeaders(self, version, code, reason, headers):
         if not self._holding_head or not isinstance(headers, Headers):

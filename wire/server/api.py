@@ -205,13 +205,11 @@ class _AnsweringErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, traceback) -> bool:
-        if error is None or not isinstance(error, Exception):
-            return False
-        answer = _status_of(error)
-        if answer is None:
-            return False
-        raise ApiError(*answer) from error
+    def __exit__(self, kind, error, traceback) -> None:
+        # Never swallows: what it does not map goes on as it is.
+        answer = _status_of(error) if isinstance(error, Exception) else None
+        if answer is not None:
+            raise ApiError(*answer) from error
 
 
 _ANSWERING_ERRORS = _AnsweringErrors()
