@@ -33,7 +33,7 @@ from wire.node.daemon import NAT_RECHECK_INTERVAL, PATH_CHECK_INTERVAL, NodeDaem
 from wire.node.heartbeat import HEARTBEAT_INTERVAL, REGISTER_AT_LEAST_EVERY
 from wire.node.lan import LanAddress
 from wire.node.netmap import PERSISTENT_KEEPALIVE
-from wire.node.paths import DEAD_AFTER_WITHOUT_ECHO
+from wire.node.paths import DEAD_AFTER_WITHOUT_ECHO, SETTLE
 from wire.protocol.paths import DIRECT_TIMEOUT
 from wire.node.reconciler import RELAY_GRANTS_AT_ONCE
 from wire.node.relay import RelayShim
@@ -591,6 +591,32 @@ class RuntimeTests(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(self.wireguard.roamed, {}, "reasserted")
         self.assertEqual(self.endpoint("db1"), f"192.0.2.1:{DIRECT_PORT}")
+
+    def test_a_direct_peer_that_roamed_onto_an_ended_kernel_session_is_set_back_and_not_proven(self):
+        self.server.fastpath_on = self.server.direct_on = True
+        self.start(raw=FakeRawSender())
+        self.push([peer_view("db1", 2, nat_type="hard")])
+        db1 = body_for("db1")["node_id"]
+        grant = RelayGrant.from_json(self.server.granted[db1])
+        frame = FrameKey(grant.key).seal(grant.token, TO_NODE, 1, bytes([KERNEL_PATH]))
+        for port in self.clock.listening():
+            if port.host != "127.0.0.1":
+                port.protocol.datagramReceived(frame, ("192.0.2.1", 3479))
+        self.clock.advance(0)
+        kernel = f"192.0.2.1:{DIRECT_PORT}"
+        self.assertEqual(self.endpoint("db1"), kernel)
+        # The pair goes direct; the server's kernel still forwards the ended
+        # session for a while, and WireGuard follows what comes through it.
+        self.push([peer_view("db1", 2, nat_type="easy")])
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        self.advance(SETTLE + 1)  # the attempt's baseline is taken
+        self.wireguard.roam(key_for("db1"), kernel)
+        self.wireguard.count(key_for("db1"), rx=5000)
+        self.daemon.reconciler._reconcile_soon()
+        self.clock.advance(0)
+        self.assertEqual(self.wireguard.roamed, {}, "reasserted")
+        self.assertEqual(self.endpoint("db1"), "203.0.113.2:40002")
+        self.assertFalse(self.daemon.reconciler.paths.paths[db1].proven, "what came through the relay proves nothing")
 
     def test_a_node_that_cannot_bind_never_asks_for_a_side_port(self):
         self.server.fastpath_on = self.server.direct_on = True

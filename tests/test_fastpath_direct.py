@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from tests.fakes import FakeProcessRunner, FakeRawSender, UDPClock
-from wire.node.relay import KEEPALIVE_INTERVAL, KERNEL_VALID, RelayShim
+from wire.node.relay import KEEPALIVE_INTERVAL, KERNEL_VALID, RECENT_KERNEL_ENDPOINT, RelayShim
 from wire.protocol import RelayGrant
 from wire.relayproto import KERNEL_PATH, OVERHEAD, REFRESH_PEER, TO_NODE, TO_SERVER, FrameKey, read_header
 from wire.server.fastpath import ON, REBUILD_EVERY, FastSide, RelayFastPath, ruleset
@@ -424,6 +424,26 @@ class ShimTests(unittest.TestCase):
         self.clock.advance(KERNEL_VALID + KEEPALIVE_INTERVAL)
         self.assertEqual(self.session.wg_endpoint, self.session.endpoint, "the server went silent: the shim")
         self.assertEqual(self.moved, ["b", "b", "b", "b"])
+
+    def test_a_kernel_endpoint_is_known_as_the_relays_for_a_while_after_its_session(self):
+        # The server may go on forwarding an ended session for a moment, and
+        # WireGuard roams to where that comes from: the reconciler must know
+        # that endpoint for the relay's, not a peer's.
+        kernel = f"{SERVER_IP}:{self.grant.direct_port}"
+        self.assertTrue(self.shim.is_kernel_endpoint(kernel), "a live session's")
+        self.assertFalse(self.shim.is_kernel_endpoint(f"{SERVER_IP}:51820"), "the server's host, another port: maybe a peer there")
+        self.assertFalse(self.shim.is_kernel_endpoint(None))
+        self.successResultOf(Deferred.fromCoroutine(self.shim.remove("b")))
+        self.assertTrue(self.shim.is_kernel_endpoint(kernel), "lately ended")
+        self.clock.advance(RECENT_KERNEL_ENDPOINT)
+        self.assertFalse(self.shim.is_kernel_endpoint(kernel), "long enough ago")
+
+    def test_a_kernel_endpoint_left_for_another_port_is_still_the_relays(self):
+        old = f"{SERVER_IP}:{self.grant.direct_port}"
+        moved = RelayGrant.from_json({**self.grant.to_json(), "direct_port": self.grant.direct_port + 1})
+        self.successResultOf(Deferred.fromCoroutine(self.shim.add(moved)))
+        self.assertEqual(self.session.kernel_endpoint, f"{SERVER_IP}:{self.grant.direct_port + 1}")
+        self.assertTrue(self.shim.is_kernel_endpoint(old))
 
     def test_a_grant_without_a_port_or_a_session_that_ends(self):
         self.answer(KERNEL_PATH)

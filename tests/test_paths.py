@@ -76,9 +76,10 @@ class Side:
         self.handshake = 0.0
         self.configured = True
         self.echoing = True
+        self.via_relay = False  # WireGuard's endpoint for the peer is the relay's
 
     def plan(self, now: float):
-        seen = {self.peer.wg_public_key: Seen("x", self.handshake, self.rx, self.tx)} if self.configured else {}
+        seen = {self.peer.wg_public_key: Seen("x", self.handshake, self.rx, self.tx, self.via_relay)} if self.configured else {}
         echoing = {self.peer.node_id} if self.echoing else set()
         return self.planner.plan(self.me, {self.peer.node_id: self.peer}, self.words, seen, now, echoing)
 
@@ -143,6 +144,30 @@ class PlannerTests(unittest.TestCase):
         self.assertEqual((path.mode, path.phase, path.timeout), (PathMode.DIRECT, Phase.TRYING, RETRY_TIMEOUT))
         self.assertEqual(path.reason, "trying direct again (retry 1), via 203.0.113.2:40000")
         self.assertEqual(self.side.plan(176 + RETRY_TIMEOUT).reports, [("id-db1", PathFailure.NO_PROOF)])
+
+    def test_a_retry_is_not_proven_by_what_still_comes_through_the_relay(self):
+        # The server's kernel may still forward the session this node just
+        # ended, and WireGuard roams to where that traffic comes from.
+        self.side.words["id-db1"] = PairPath("id-db1", PathMode.DIRECT, "trying direct again (retry 1)", 176, 1)
+        self.side.plan(176)
+        self.side.via_relay = True
+        for now in (177, 178, 179, 180):
+            self.side.rx += 1000
+            self.side.plan(now)
+            self.assertEqual(self.side.path().phase, Phase.TRYING, now)
+        self.assertEqual(self.side.plan(176 + RETRY_TIMEOUT).reports, [("id-db1", PathFailure.NO_PROOF)])
+
+    def test_once_set_back_from_the_relay_what_arrives_proves_the_path(self):
+        self.side.plan(100)
+        self.side.via_relay = True
+        self.side.rx += 1000
+        self.side.plan(101)
+        self.side.via_relay = False  # the reconciler pointed WireGuard back
+        self.side.plan(102)
+        self.assertEqual(self.side.path().phase, Phase.TRYING, "the relayed bytes are behind the baseline")
+        self.side.rx += 100
+        self.side.plan(103)
+        self.assertEqual(self.side.path().phase, Phase.WORKING)
 
     def test_a_word_for_direct_where_the_rule_says_relay_is_not_followed(self):
         side = Side(WEB1, node("db1", "203.0.113.2", "hard"))

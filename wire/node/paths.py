@@ -90,6 +90,9 @@ class Seen:
     latest_handshake: float  # unix seconds; 0: never
     rx_bytes: int
     tx_bytes: int
+    # The endpoint is the relay's (a shim, or the server's kernel port for
+    # us): WireGuard roamed there after a packet that came through it.
+    via_relay: bool = False
 
 
 @dataclass
@@ -276,6 +279,17 @@ class PathPlanner:
         """Read one check's counters into a direct or LAN path."""
         if seen.rx_bytes < path.last_rx or seen.tx_bytes < path.last_tx:
             path.last_rx = path.last_tx = -1  # a new WireGuard: its counters start again
+        if seen.via_relay:
+            # What arrived came through the relay (late relayed packets, or a
+            # server still forwarding a session this node ended), not over
+            # this path: it proves nothing and silences nothing. The
+            # reconciler points WireGuard back; an attempt's time runs on.
+            path.last_rx, path.last_tx = seen.rx_bytes, seen.tx_bytes
+            if path.baseline_rx is not None:
+                path.baseline_rx = seen.rx_bytes
+            if not path.proven and now - path.since >= path.timeout:
+                self._fail(path, PathFailure.NO_PROOF, now)
+            return
         heard = path.last_rx >= 0 and seen.rx_bytes > path.last_rx
         sent = path.last_tx >= 0 and seen.tx_bytes - path.last_tx > KEEPALIVE_BYTES
         if path.baseline_rx is None and now - path.since >= SETTLE:

@@ -173,7 +173,10 @@ class Reconciler:
             return
         status = {p.public_key: p for p in (await self.wireguard.status()).peers}
         self.wireguard_view = status  # the latest, for the node's path reports (wire.node.report)
-        seen = {key: Seen(p.endpoint, p.latest_handshake, p.rx_bytes, p.tx_bytes) for key, p in status.items()}
+        seen = {
+            key: Seen(p.endpoint, p.latest_handshake, p.rx_bytes, p.tx_bytes, via_relay=self._via_relay(p.endpoint))
+            for key, p in status.items()
+        }
         # What each peer has now: what we last set (WireGuard's own view
         # may have roamed), else what the interface held when we came.
         held: dict[str, PeerStatus | PeerConfig] = {**status, **self._runtime.last_applied}
@@ -383,16 +386,21 @@ class Reconciler:
         configs[peer.wg_public_key] = (inputs, config)
         return config
 
-    @staticmethod
-    def _roamed_astray(mode: PathMode, actual: str | None, desired: str | None) -> bool:
+    def _roamed_astray(self, mode: PathMode, actual: str | None, desired: str | None) -> bool:
         """WireGuard follows the source of the latest packet it authenticated
         (roaming). On a direct path that is how a peer whose NAT mapping
         moved is followed, and it stays; but a relayed peer must keep its
-        shim, and a direct one must not stay on a shim (a late relayed
-        packet, after the session closed)."""
+        relay endpoint, and a direct one must not stay on the relay (a late
+        relayed packet after the session closed, or the server's kernel
+        still forwarding it: a retry of direct would then look proven)."""
         if not actual or not desired or actual == desired:
             return False
-        return mode is PathMode.RELAY or is_shim_endpoint(actual)
+        return mode is PathMode.RELAY or self._via_relay(actual)
+
+    def _via_relay(self, endpoint: str | None) -> bool:
+        """Whether WireGuard's ``endpoint`` for a peer is the relay's: a shim,
+        or the server's kernel port for one of our sessions (live or lately ended)."""
+        return is_shim_endpoint(endpoint) or (self.relay is not None and self.relay.is_kernel_endpoint(endpoint))
 
     def _act_on(self, plan: Plan, probe: PathProbe | None) -> None:
         """Send the plan's probes (after the apply: over the new endpoints) and reports."""

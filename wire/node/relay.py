@@ -91,6 +91,12 @@ UDP_PROBE_GRACE = 0.5
 ALIVE_WITHIN = 3 * KEEPALIVE_INTERVAL
 # At most one request for the peer's side per session this often.
 REFRESH_EVERY = 30.0
+# A kernel endpoint (the server's port for our side) is known as the relay's
+# this long after its session ended: the server may still forward it, and
+# WireGuard roams to where packets come from (wire.node.reconciler sets a
+# direct path that roamed there back, and the path proves nothing meanwhile).
+RECENT_KERNEL_ENDPOINT = 600.0
+MAX_RECENT_KERNEL_ENDPOINTS = 4096
 # The kernel path counts as on this long after the server last said so
 # (two keepalive rounds and some): silence sends WireGuard to the shim again.
 KERNEL_VALID = 2 * KEEPALIVE_INTERVAL + 5.0
@@ -210,6 +216,8 @@ class RelayShim:
         self._sessions: dict[str, RelaySession] = {}  # by peer node id
         self._by_token: dict[bytes, RelaySession] = {}
         self._by_peer_token: dict[bytes, RelaySession] = {}
+        # Kernel endpoints of ended sessions, with when they ended (see RECENT_KERNEL_ENDPOINT).
+        self._ended_kernel_endpoints: dict[str, float] = {}
         # Called with a peer's node id when the server says its side changed.
         self.on_peer_changed: Callable[[str], None] | None = None
         # Sends from WireGuard's port (wire.node.rawudp.RawUdpSender; None:
@@ -304,6 +312,27 @@ class RelayShim:
     def sessions(self) -> dict[str, RelaySession]:
         return dict(self._sessions)
 
+    def is_kernel_endpoint(self, endpoint: str | None) -> bool:
+        """Whether WireGuard sending to (or hearing from) ``endpoint`` goes
+        through the relay's kernel path: a live session's server port for
+        our side, or one whose session ended lately."""
+        if not endpoint:
+            return False
+        if any(s.kernel_endpoint == endpoint for s in self._sessions.values()):
+            return True
+        ended = self._ended_kernel_endpoints.get(endpoint)
+        return ended is not None and self.reactor.seconds() - ended < RECENT_KERNEL_ENDPOINT
+
+    def _remember_ended(self, endpoint: str | None) -> None:
+        if endpoint is None:
+            return
+        now = self.reactor.seconds()
+        ended = self._ended_kernel_endpoints
+        ended.pop(endpoint, None)
+        ended[endpoint] = now
+        while len(ended) > MAX_RECENT_KERNEL_ENDPOINTS or (ended and now - next(iter(ended.values())) >= RECENT_KERNEL_ENDPOINT):
+            del ended[next(iter(ended))]  # the oldest first: insertion order is end order
+
     async def add(self, grant: RelayGrant) -> str:
         """Start relaying to a peer; returns the endpoint to give WireGuard."""
         # Refused before anything changes: the session we have goes on.
@@ -353,10 +382,14 @@ class RelayShim:
     def _set_direct(self, session: RelaySession, port: int | None) -> None:
         """Our side's port on the session's relay (None: none): bind to it at once."""
         if port is None or not self.direct:
+            self._remember_ended(session.kernel_endpoint)
             session.direct_port = session.kernel_endpoint = None
             self._set_kernel(session, False)
             return
-        session.direct_port, session.kernel_endpoint = port, f"{session.relay[0]}:{port}"
+        endpoint = f"{session.relay[0]}:{port}"
+        if session.kernel_endpoint != endpoint:
+            self._remember_ended(session.kernel_endpoint)
+        session.direct_port, session.kernel_endpoint = port, endpoint
         self._bind(session)
 
     def _bind(self, session: RelaySession) -> None:
@@ -400,6 +433,7 @@ class RelayShim:
                     await one.stopListening()
 
     def _drop(self, session: RelaySession):
+        self._remember_ended(session.kernel_endpoint)
         self._sessions.pop(session.peer_node_id, None)
         self._by_token.pop(session.token, None)
         if session.peer_token is not None and self._by_peer_token.get(session.peer_token) is session:
