@@ -173,24 +173,26 @@ def query_arg(request: server.Request, name: str) -> str | None:
         raise ApiError(400, f"{name}: is not UTF-8 text")
 
 
+# What the coordinator refuses, and the HTTP status that says so.
+_REFUSALS: tuple[tuple[type[Exception], int], ...] = (
+    (ProtocolError, 400),
+    (UnknownNode, 404),
+    (RegistryConflict, 409),
+    (StoreError, 503),
+    (ReportTooSoon, 429),
+    (HomeUnreachable, 502),
+)
+
+
 def _status_of(error: Exception) -> tuple[int, str] | None:
     """The one mapping from what the coordinator refuses to HTTP statuses."""
     if isinstance(error, AuthError):
         return error.status, str(error)
-    if isinstance(error, ProtocolError):
-        return 400, str(error)
-    if isinstance(error, UnknownNode):
-        return 404, str(error)
-    if isinstance(error, RegistryConflict):
-        return 409, str(error)
     if isinstance(error, PoolExhausted):
         return 503, f"no VPN address left to give: {error}"
-    if isinstance(error, StoreError):
-        return 503, str(error)
-    if isinstance(error, ReportTooSoon):
-        return 429, str(error)
-    if isinstance(error, HomeUnreachable):
-        return 502, str(error)
+    for kind, status in _REFUSALS:
+        if isinstance(error, kind):
+            return status, str(error)
     return None
 
 
