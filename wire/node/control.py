@@ -44,9 +44,9 @@ async def node_status(daemon: NodeDaemon) -> dict:
         else:
             interface["listen_port"] = wg.listen_port
             by_key = {p.public_key: p for p in wg.peers}
-    peers = peer_entries(daemon, by_key, now)
-    relay = daemon.reconciler.relay
     names = daemon.names.status() if daemon.names is not None else None
+    peers = peer_entries(daemon, by_key, now, names)
+    relay = daemon.reconciler.relay
     config = daemon.config
     contact = daemon.contact
     return {

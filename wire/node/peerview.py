@@ -103,9 +103,10 @@ def describe_path(
     }
 
 
-def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float) -> list[dict]:
+def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float, names: dict | None = None) -> list[dict]:
     """Each peer as ``wire status`` shows it (and the server's view of the
-    mesh is told, wire.node.report), from WireGuard's view ``by_key``."""
+    mesh is told, wire.node.report), from WireGuard's view ``by_key``;
+    ``names``: the mesh DNS status, when the caller has it already."""
     relay = daemon.reconciler.relay
     sessions = relay.sessions().values() if relay is not None else ()
     shims = {session.endpoint for session in sessions}
@@ -122,7 +123,8 @@ def peer_entries(daemon: NodeDaemon, by_key: dict[str, PeerStatus], now: float) 
     peers = []
     rules = daemon.netmap.filter
     resolved = daemon.reconciler.resolved_filter(rules) if rules is not None else None
-    names = daemon.names.status() if daemon.names is not None else None
+    if names is None and daemon.names is not None:
+        names = daemon.names.status()
     domain = names["domain"] if names and names["enabled"] else None
     for peer in sorted(daemon.netmap.peers.values(), key=lambda p: p.node_name):
         wg_peer = by_key.get(peer.wg_public_key)
