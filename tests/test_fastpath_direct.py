@@ -430,20 +430,20 @@ class ShimTests(unittest.TestCase):
         # WireGuard roams to where that comes from: the reconciler must know
         # that endpoint for the relay's, not a peer's.
         kernel = f"{SERVER_IP}:{self.grant.direct_port}"
-        self.assertTrue(self.shim.is_kernel_endpoint(kernel), "a live session's")
-        self.assertFalse(self.shim.is_kernel_endpoint(f"{SERVER_IP}:51820"), "the server's host, another port: maybe a peer there")
-        self.assertFalse(self.shim.is_kernel_endpoint(None))
+        self.assertIn(kernel, self.shim.kernel_endpoints(), "a live session's")
+        self.assertNotIn(f"{SERVER_IP}:51820", self.shim.kernel_endpoints(), "the server's host, another port: maybe a peer there")
+        self.assertNotIn(None, self.shim.kernel_endpoints())
         self.successResultOf(Deferred.fromCoroutine(self.shim.remove("b")))
-        self.assertTrue(self.shim.is_kernel_endpoint(kernel), "lately ended")
+        self.assertIn(kernel, self.shim.kernel_endpoints(), "lately ended")
         self.clock.advance(RECENT_KERNEL_ENDPOINT)
-        self.assertFalse(self.shim.is_kernel_endpoint(kernel), "long enough ago")
+        self.assertNotIn(kernel, self.shim.kernel_endpoints(), "long enough ago")
 
     def test_a_kernel_endpoint_left_for_another_port_is_still_the_relays(self):
         old = f"{SERVER_IP}:{self.grant.direct_port}"
         moved = RelayGrant.from_json({**self.grant.to_json(), "direct_port": self.grant.direct_port + 1})
         self.successResultOf(Deferred.fromCoroutine(self.shim.add(moved)))
         self.assertEqual(self.session.kernel_endpoint, f"{SERVER_IP}:{self.grant.direct_port + 1}")
-        self.assertTrue(self.shim.is_kernel_endpoint(old))
+        self.assertIn(old, self.shim.kernel_endpoints())
 
     def test_a_grant_without_a_port_or_a_session_that_ends(self):
         self.answer(KERNEL_PATH)

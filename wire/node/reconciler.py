@@ -173,8 +173,9 @@ class Reconciler:
             return
         status = {p.public_key: p for p in (await self.wireguard.status()).peers}
         self.wireguard_view = status  # the latest, for the node's path reports (wire.node.report)
+        via_relay = self._via_relay()
         seen = {
-            key: Seen(p.endpoint, p.latest_handshake, p.rx_bytes, p.tx_bytes, via_relay=self._via_relay(p.endpoint))
+            key: Seen(p.endpoint, p.latest_handshake, p.rx_bytes, p.tx_bytes, via_relay=via_relay(p.endpoint))
             for key, p in status.items()
         }
         # What each peer has now: what we last set (WireGuard's own view
@@ -228,7 +229,7 @@ class Reconciler:
                 continue
             desired[peer.wg_public_key] = config
             actual = status.get(peer.wg_public_key)
-            if actual is not None and self._roamed_astray(path.mode, actual.endpoint, endpoint):
+            if actual is not None and self._roamed_astray(path.mode, actual.endpoint, endpoint, via_relay):
                 reassert.add(peer.wg_public_key)
                 self.log.info(
                     "{peer}: WireGuard roamed to {actual}; back to {endpoint} ({mode})",
@@ -386,7 +387,8 @@ class Reconciler:
         configs[peer.wg_public_key] = (inputs, config)
         return config
 
-    def _roamed_astray(self, mode: PathMode, actual: str | None, desired: str | None) -> bool:
+    @staticmethod
+    def _roamed_astray(mode: PathMode, actual: str | None, desired: str | None, via_relay: Callable[[str | None], bool]) -> bool:
         """WireGuard follows the source of the latest packet it authenticated
         (roaming). On a direct path that is how a peer whose NAT mapping
         moved is followed, and it stays; but a relayed peer must keep its
@@ -395,12 +397,14 @@ class Reconciler:
         still forwarding it: a retry of direct would then look proven)."""
         if not actual or not desired or actual == desired:
             return False
-        return mode is PathMode.RELAY or self._via_relay(actual)
+        return mode is PathMode.RELAY or via_relay(actual)
 
-    def _via_relay(self, endpoint: str | None) -> bool:
-        """Whether WireGuard's ``endpoint`` for a peer is the relay's: a shim,
-        or the server's kernel port for one of our sessions (live or lately ended)."""
-        return is_shim_endpoint(endpoint) or (self.relay is not None and self.relay.is_kernel_endpoint(endpoint))
+    def _via_relay(self) -> Callable[[str | None], bool]:
+        """Whether WireGuard's endpoint for a peer is the relay's: a shim, or
+        the server's kernel port for one of our sessions (live or lately
+        ended); gathered once per reconcile, asked once per peer."""
+        kernel = self.relay.kernel_endpoints() if self.relay is not None else set()
+        return lambda endpoint: is_shim_endpoint(endpoint) or endpoint in kernel
 
     def _act_on(self, plan: Plan, probe: PathProbe | None) -> None:
         """Send the plan's probes (after the apply: over the new endpoints) and reports."""

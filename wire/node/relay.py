@@ -312,16 +312,13 @@ class RelayShim:
     def sessions(self) -> dict[str, RelaySession]:
         return dict(self._sessions)
 
-    def is_kernel_endpoint(self, endpoint: str | None) -> bool:
-        """Whether WireGuard sending to (or hearing from) ``endpoint`` goes
-        through the relay's kernel path: a live session's server port for
-        our side, or one whose session ended lately."""
-        if not endpoint:
-            return False
-        if any(s.kernel_endpoint == endpoint for s in self._sessions.values()):
-            return True
-        ended = self._ended_kernel_endpoints.get(endpoint)
-        return ended is not None and self.reactor.seconds() - ended < RECENT_KERNEL_ENDPOINT
+    def kernel_endpoints(self) -> set[str]:
+        """Where WireGuard sending to (or hearing from) goes through the
+        relay's kernel path: each live session's server port for our side,
+        and those of sessions that ended lately."""
+        now = self.reactor.seconds()
+        live = {s.kernel_endpoint for s in self._sessions.values() if s.kernel_endpoint}
+        return live | {e for e, ended in self._ended_kernel_endpoints.items() if now - ended < RECENT_KERNEL_ENDPOINT}
 
     def _remember_ended(self, endpoint: str | None) -> None:
         if endpoint is None:
