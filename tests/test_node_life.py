@@ -27,7 +27,7 @@ from tests.helpers import body_for, registration_for, settled
 from tests.test_daemon import eventually
 from tests.test_ops import Mesh, NO_DEVICE
 from wire import cli, ops
-from wire.client import ServerError
+from wire.client import NetmapAnswers, ServerError
 from wire.jointoken import decode_join_token
 from wire.keys import load_or_create_keys
 from wire.node import launcher
@@ -491,6 +491,10 @@ class ScriptedClient:
     async def enroll(self, registration, join_key):
         self.calls += 1
         raise self.error
+
+    def netmap_stream(self, cursor, wait, holds_filter=None, holds_dns=None, holds_route_filter=None):
+        # A server that does not stream: each stream carries one answer.
+        return NetmapAnswers.of_one(self.netmap(cursor, wait, holds_filter, holds_dns, holds_route_filter))
 
     def netmap(self, cursor, wait, holds_filter=None, holds_dns=None, holds_route_filter=None):
         return Deferred()

@@ -4,11 +4,12 @@ local node daemon's control socket."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, fail, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
 from OpenSSL import SSL
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -58,6 +59,9 @@ MAX_SMALL_RESPONSE_BYTES = 1024 * 1024
 # No answer of ours nests deeper than a handful of levels; much deeper is an
 # attack on the JSON decoder (its recursion) or on whoever walks the result.
 MAX_JSON_DEPTH = 32
+# A netmap stream's answers that may wait unread before its connection stops being read.
+STREAM_BACKLOG = 8
+NETMAP_STREAM_TYPE = b"application/x-ndjson"
 
 
 class ServerUnreachable(Exception):
@@ -176,6 +180,12 @@ class JsonHttp:
         return decoded
 
     async def _fetch(self, exchange: _Exchange, method: str, path: str, body: dict | None, limit: int) -> dict:
+        response = await self._send(method, path, body)
+        exchange.headers_in = True
+        return await self._read_answer(response, f"{method} {path}", limit)
+
+    async def _send(self, method: str, path: str, body: dict | None = None):
+        """The response to ``method path`` (its head; the body is still to read)."""
         url = self.server_url + path
         data = json.dumps(body).encode() if body is not None else None
         headers: dict[bytes | str, list[bytes | str]] = {}
@@ -183,31 +193,52 @@ class JsonHttp:
             headers[b"content-type"] = [b"application/json"]
         if self._credential:
             headers[b"authorization"] = [b"Bearer " + self._credential.encode()]
-        what = f"{method} {path}"
+        with self._unreachable_on_failure():
+            return await self._http.request(method, url, data=data, headers=headers, unbuffered=True)
+
+    async def _read_answer(self, response, what: str, limit: int) -> dict:
+        """``response``'s body as one JSON object; a server's error raised as ServerError."""
         try:
-            response = await self._http.request(method, url, data=data, headers=headers, unbuffered=True)
-            exchange.headers_in = True
-            content = await _read_body(response, limit)
+            with self._unreachable_on_failure():
+                content = await _read_body(response, limit)
         except AnswerTooLarge:
             raise _bad_answer(response.code, what, f"answer larger than {limit} bytes")
-        except (
-            ConnectError,
-            DNSLookupError,
-            TimeoutError,
-            DeferTimeout,
-            ResponseFailed,
-            RequestTransmissionFailed,
-            ConnectingCancelledError,
-        ) as e:
-            if _tls_refused(e):
-                raise TLSRefused(f"{self.server_url}: {TLS_REFUSED}")
-            raise ServerUnreachable(f"{self.server_url} is unreachable: {_reason(e)}")
         decoded = _decode(response.code, what, content)
         if response.code >= 400:
             raise ServerError(response.code, error_message(decoded), _retry_after(response))
         if not isinstance(decoded, dict):
             raise _bad_answer(response.code, what, "answer is not a JSON object")
         return decoded
+
+    def _unreachable_on_failure(self) -> _Unreachable:
+        return _Unreachable(self.server_url)
+
+
+_CONNECTION_FAILURES = (
+    ConnectError,
+    DNSLookupError,
+    TimeoutError,
+    DeferTimeout,
+    ResponseFailed,
+    RequestTransmissionFailed,
+    ConnectingCancelledError,
+)
+
+
+class _Unreachable:
+    """``with _Unreachable(url):`` turns a connection's failure into ServerUnreachable (TLSRefused for a wrong certificate)."""
+
+    def __init__(self, server_url: str):
+        self._server_url = server_url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, _CONNECTION_FAILURES):
+            if _tls_refused(error):
+                raise TLSRefused(f"{self._server_url}: {TLS_REFUSED}") from error
+            raise ServerUnreachable(f"{self._server_url} is unreachable: {_reason(error)}") from error
 
 
 class _Exchange:
@@ -363,6 +394,13 @@ class CoordinationClient(JsonHttp):
         """The long-poll; ``holds_filter`` and ``holds_dns`` (the digests of the
         packet filter and DNS settings this node holds, or "none") spare it an
         answer carrying the same again."""
+        path = self._netmap_path(cursor, wait, holds_filter, holds_dns, holds_route_filter)
+        answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES)
+        return _parsed("GET /peers", NetmapAnswer.from_json, answer)
+
+    def _netmap_path(
+        self, cursor: str, wait: float, holds_filter: str | None, holds_dns: str | None, holds_route_filter: str | None
+    ) -> str:
         # The cursor goes into the query string: only a well-formed one does.
         path = f"/peers?since={parse_cursor_text(cursor, 'since')}&wait={wait:g}"
         if holds_filter is not None:
@@ -375,8 +413,38 @@ class CoordinationClient(JsonHttp):
         if self.node_id and not self._credential:
             # Checked like the cursor; with a credential the server knows us by it.
             path += f"&node_id={parse_node_id(self.node_id)}"
-        answer = await self._request("GET", path, timeout=wait + REQUEST_TIMEOUT, limit=MAX_RESPONSE_BYTES)
-        return _parsed("GET /peers", NetmapAnswer.from_json, answer)
+        return path
+
+    def netmap_stream(
+        self, cursor: str, wait: float = LONGPOLL_WAIT, holds_filter: str | None = None, holds_dns: str | None = None,
+        holds_route_filter: str | None = None,
+    ) -> NetmapAnswers:
+        """The long-poll as a stream (``&stream=1``): every answer of one
+        wait, on one response, each taken with ``next()``. A server that
+        does not stream answers once, and that is the stream's one answer."""
+        path = self._netmap_path(cursor, wait, holds_filter, holds_dns, holds_route_filter) + "&stream=1"
+        stream = NetmapAnswers(f"GET {path}", self.server_url)
+        opening = Deferred.fromCoroutine(self._open_stream(stream, path))
+        stream.opened(opening, [
+            self._clock.callLater(wait + REQUEST_TIMEOUT, stream.headers_overdue, wait + REQUEST_TIMEOUT),
+            self._clock.callLater(wait + REQUEST_TIMEOUT + ANSWER_TIMEOUT, stream.overdue, wait + REQUEST_TIMEOUT + ANSWER_TIMEOUT),
+        ])
+        return stream
+
+    async def _open_stream(self, stream: NetmapAnswers, path: str) -> None:
+        response = await self._send("GET", path)
+        stream.headers_in = True
+        types = response.headers.getRawHeaders(b"content-type") or [b""]
+        if response.code != 200 or types[0].split(b";")[0].strip() != NETMAP_STREAM_TYPE:
+            # An error, or a server that does not stream: one answer, read whole.
+            stream.take(await self._read_answer(response, f"GET {path}", MAX_RESPONSE_BYTES))
+            stream.end()
+            return
+        try:
+            with self._unreachable_on_failure():
+                await stream.read(response)
+        except AnswerTooLarge:
+            raise _bad_answer(200, f"GET {path}", f"a line longer than {MAX_RESPONSE_BYTES} bytes")
 
     async def status(self) -> dict:
         return await self._request("GET", "/status", limit=MAX_RESPONSE_BYTES)
@@ -415,6 +483,193 @@ class CoordinationClient(JsonHttp):
         if isinstance(kept, bool) or not isinstance(kept, int):
             raise BadAnswer("POST /report", ProtocolError("kept", "must be a whole number"))
         return kept
+
+
+class NetmapAnswers:
+    """The answers of one netmap stream, taken one at a time with :meth:`next`.
+
+    Lines are parsed as they arrive (each one whole JSON object, at most
+    MAX_RESPONSE_BYTES); once STREAM_BACKLOG wait unread, the connection
+    stops being read (and the server, seeing that, ends the stream). The
+    stream ends when the server ends it, on the first line the protocol
+    refuses (BadAnswer), when its deadlines pass (ServerUnreachable), or
+    on :meth:`cancel`: answers that arrived before are still given first.
+    """
+
+    def __init__(self, what: str, server_url: str):
+        self._what = what
+        self._server_url = server_url
+        self._answers: deque[NetmapAnswer] = deque()
+        self._waiter: Deferred | None = None
+        self._ended = False
+        self._error: Exception | None = None
+        self._opening: Deferred | None = None
+        self._timers: list = []
+        self._reader: _LineReader | None = None
+        self.headers_in = False
+
+    @classmethod
+    def of_one(cls, answer: Deferred, what: str = "GET /peers", server_url: str = "") -> NetmapAnswers:
+        """A stream of one answer (``answer``'s NetmapAnswer), as from a server
+        that does not stream; its failure is the stream's."""
+        stream = cls(what, server_url)
+
+        def given(parsed: NetmapAnswer) -> None:
+            stream.headers_in = True
+            stream._give(parsed)
+            stream.end()
+
+        answer.addCallback(given)
+        stream.opened(answer, [])
+        return stream
+
+    # -- the node's side ---------------------------------------------------------
+
+    def next(self) -> Deferred:
+        """The next answer; None once the stream has ended well. Cancelling it cancels the stream."""
+        if self._answers:
+            answer = self._answers.popleft()
+            if self._reader is not None and len(self._answers) < STREAM_BACKLOG:
+                self._reader.resume()
+            return succeed(answer)
+        if self._ended:
+            return fail(self._error) if self._error is not None else succeed(None)
+        self._waiter = Deferred(lambda _: self.cancel())
+        return self._waiter
+
+    def cancel(self) -> None:
+        """Hang up (the node asks elsewhere, or is stopping)."""
+        self._finish(CancelledError())
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # -- the connection's side ---------------------------------------------------
+
+    def opened(self, opening: Deferred, timers: list) -> None:
+        self._opening = opening
+        self._timers = timers
+        opening.addErrback(self._failed)
+
+    def headers_overdue(self, seconds: float) -> None:
+        if not self.headers_in:
+            self._finish(ServerUnreachable(f"{self._server_url} did not answer within {seconds:g}s"))
+
+    def overdue(self, seconds: float) -> None:
+        self._finish(ServerUnreachable(f"{self._server_url}: {self._what} took longer than {seconds:g}s"))
+
+    def read(self, response) -> Deferred:
+        """Read ``response``'s lines until it ends."""
+        finished: Deferred = Deferred()
+        self._reader = _LineReader(self._line, finished)
+        response.deliverBody(self._reader)
+        if self._ended:
+            self._reader.hang_up()
+        finished.addCallback(lambda _: self.end())
+        return finished
+
+    def _line(self, line: bytes) -> None:
+        try:
+            decoded = _decode(200, self._what, line)
+            if not isinstance(decoded, dict):
+                raise _bad_answer(200, self._what, "answer is not a JSON object")
+            self.take(decoded)
+        except ServerError as e:
+            self._finish(e)
+
+    def take(self, decoded: dict) -> None:
+        if self._ended:
+            return
+        self._give(_parsed("GET /peers", NetmapAnswer.from_json, decoded))
+
+    def _give(self, answer: NetmapAnswer) -> None:
+        if self._ended:
+            return
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(answer)
+            return
+        self._answers.append(answer)
+        if self._reader is not None and len(self._answers) >= STREAM_BACKLOG:
+            self._reader.pause()
+
+    def end(self) -> None:
+        self._finish(None)
+
+    def _failed(self, failure: Failure) -> None:
+        if not failure.check(CancelledError) or not self._ended:
+            self._finish(failure.value if isinstance(failure.value, Exception) else Exception(str(failure.value)))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._error = error
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        if error is not None:
+            if self._reader is not None:
+                self._reader.hang_up()
+            if self._opening is not None and not self._opening.called:
+                self._opening.cancel()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            if error is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(error)
+
+
+class _LineReader(Protocol):
+    """Hands a response body on line by line; a line longer than MAX_RESPONSE_BYTES hangs up."""
+
+    def __init__(self, line: Callable[[bytes], None], finished: Deferred):
+        self._line = line
+        self._finished = finished
+        self._partial = bytearray()
+        self._stopped = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._partial += data
+        while not self._stopped:
+            end = self._partial.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._partial[:end])
+            del self._partial[: end + 1]
+            if line.strip():
+                self._line(line)
+        if len(self._partial) > MAX_RESPONSE_BYTES:
+            self.hang_up()
+            if not self._finished.called:
+                self._finished.errback(AnswerTooLarge())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            if bytes(self._partial).strip() and not self._stopped:
+                self._line(bytes(self._partial))  # a last line without its newline
+            self._finished.callback(None)
+        else:
+            self._finished.errback(ResponseFailed([reason]))
+
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]  # an IPushProducer too
+
+    def resume(self) -> None:
+        if self.transport is not None and not self._stopped:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def hang_up(self) -> None:
+        self._stopped = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
 def _parsed(what: str, parse: Callable[[Any], T], answer: Any) -> T:

@@ -246,7 +246,8 @@ def read_json_body(request: server.Request) -> dict[str, Any]:
 class JsonResource(resource.Resource):
     """A leaf endpoint. Subclasses define ``get``/``post`` (sync or async)
     taking the request and returning a JSON-able value, or raising ApiError.
-    A handler that returns bytes has set its own content type.
+    A handler that returns bytes has set its own content type; one that
+    returns ``server.NOT_DONE_YET`` writes (and finishes) its answer itself.
     """
 
     isLeaf = True
@@ -275,8 +276,8 @@ class JsonResource(resource.Resource):
             request.awaiting = d
             d.addCallbacks(_finish, _finish_failure, callbackArgs=(request, 200), errbackArgs=(request, method))
             return server.NOT_DONE_YET
-        if isinstance(result, bytes):
-            return result
+        if isinstance(result, bytes) or result is server.NOT_DONE_YET:
+            return result  # bytes: its own content type; NOT_DONE_YET: it writes its answer itself
         return write_json(request, 200, result)
 
 

@@ -44,6 +44,7 @@ from wire.client import (
     LONGPOLL_WAIT,
     BadAnswer,
     CoordinationClient,
+    NetmapAnswers,
     ServerError,
     ServerUnreachable,
 )
@@ -175,7 +176,8 @@ class NodeDaemon(Service):
         # The same probe while WireGuard holds the port (None: not here).
         self._recheck_nat = recheck_nat
         self._nat_checked_at = float("-inf")
-        self._poll: Deferred | None = None  # the long-poll in flight
+        self._poll: Deferred | None = None  # the netmap stream's next answer, awaited
+        self._answers: NetmapAnswers | None = None  # the netmap stream open now
         self._poll_restarting = False
         # Never waits: the server's name is resolved in the background.
         self._lan_ip = lan_ip or LanAddress(clock, config.server_url)
@@ -860,36 +862,50 @@ class NodeDaemon(Service):
     # -- the loops: the netmap long-poll, the heartbeat, the path check -------
 
     async def _sync_once(self) -> None:
+        """One netmap stream (a long-poll's wait, every change of it on one
+        response), its answers taken as they come."""
         sent_at = self.clock.seconds()
         asked = self.config.server_url
         self.heartbeat.poll_sent(sent_at)
-        poll = self._poll = ensureDeferred(
-            self.client.netmap(self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest, self.netmap.dns_digest,
-                               holds_route_filter=self.netmap.route_filter_digest)
+        answers = self._answers = self.client.netmap_stream(
+            self.netmap.cursor, LONGPOLL_WAIT, self.netmap.filter_digest, self.netmap.dns_digest,
+            holds_route_filter=self.netmap.route_filter_digest,
         )
         try:
-            answer = await poll
-        except CancelledError:
-            if not self._poll_restarting:
-                raise
-            self._poll_restarting = False
-            return  # the loop polls again at once, on a new connection
-        except ServerError as e:
-            self._note_bad_answer("netmap", e)
-            self._lost_contact(str(e), e.status, asked)  # a 401 here: status views say why
-            if e.status == 401:
-                self._refusal(e)  # removed, or never let in: no tight retries
-            if e.status == 400:
-                # Our cursor makes no sense to this server: start over.
-                self.netmap.cursor = "0"
-            await self._sleep_backoff()
-            return
-        except ServerUnreachable as e:
-            self._lost_contact(str(e), 0, asked)
-            await self._sleep_backoff()
-            return
+            while True:
+                poll = self._poll = answers.next()
+                try:
+                    answer = await poll
+                except CancelledError:
+                    if not self._poll_restarting:
+                        raise
+                    self._poll_restarting = False
+                    return  # the loop polls again at once, on a new connection
+                except ServerError as e:
+                    self._note_bad_answer("netmap", e)
+                    self._lost_contact(str(e), e.status, asked)  # a 401 here: status views say why
+                    if e.status == 401:
+                        self._refusal(e)  # removed, or never let in: no tight retries
+                    if e.status == 400:
+                        # Our cursor makes no sense to this server: start over.
+                        self.netmap.cursor = "0"
+                    await self._sleep_backoff()
+                    return
+                except ServerUnreachable as e:
+                    self._lost_contact(str(e), 0, asked)
+                    await self._sleep_backoff()
+                    return
+                if answer is None:
+                    return  # the wait ended: the loop asks again, with what we hold now
+                if not await self._take_answer(answer, sent_at):
+                    return
         finally:
+            answers.cancel()
+            self._answers = None
             self.heartbeat.poll_closed()
+
+    async def _take_answer(self, answer: NetmapAnswer, sent_at: float) -> bool:
+        """Apply one answer of the netmap stream; False: stop reading it (backing off)."""
         self.heartbeat.poll_answered(sent_at)
         was_unreachable = not self.contact.reachable
         self._made_contact()
@@ -924,12 +940,13 @@ class NodeDaemon(Service):
             # Told once per cause; tried again shortly.
             self.failures.failed(f"applying the netmap to {self.wireguard.name}")
             await self._sleep_backoff()
-            return
+            return False
         self.failures.worked(f"applying the netmap to {self.wireguard.name}")
         await self._follow_names()
         if was_unreachable and answer.full and not self._stopping:
             # A new server run (or a long absence): make sure it knows us now.
             await self._register_until_done()
+        return True
 
     async def _follow_names(self) -> None:
         """The mesh DNS follows the netmap (its failures never stop the mesh)."""
@@ -1053,10 +1070,12 @@ class NodeDaemon(Service):
         """Our NAT moved: the long-poll's connection went through the old
         mapping and may be dead without knowing it (the NAT forgot it, the
         server's answers go nowhere). Ask again on a new one."""
-        poll = self._poll
-        if poll is not None and not poll.called:
+        answers = self._answers
+        if answers is not None and not answers.ended:
+            # Its next answer (awaited now, or once the one in hand is
+            # applied) is the cancellation, which the loop takes as "again".
             self._poll_restarting = True
-            poll.cancel()
+            answers.cancel()
 
     async def _sleep_backoff(self) -> None:
         if not self._stopping:

@@ -2,7 +2,9 @@
 
 Seed-compatible: ``POST /register``, ``GET /peers``, ``GET /status``,
 ``GET /health``, ``GET /ip``, ``POST /punch``. Beyond the seed:
-``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll),
+``GET /peers?since=CURSOR&wait=SECONDS`` (the netmap long-poll; with
+``&stream=1`` one response carries every change of the wait, a line each:
+wire.server.netmapstream),
 ``POST /leave`` (a node going down shows offline at once), ``POST /enroll``
 (joining with a join key), ``POST /relay`` (a relay session), ``POST /path``
 (a direct path failed: the server decides the pair's path), ``POST /report``
@@ -41,6 +43,7 @@ from wire.server.auth import AuthError, Forbidden
 from wire.server.coordinator import Coordinator, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
+from wire.server.netmapstream import NetmapStream, stream_answer
 from wire.server.ratelimit import RateLimiter, address_key
 from wire.server.registry import RegistryConflict
 from wire.server.reports import ReportTooSoon
@@ -49,6 +52,7 @@ from wire.server.store import StoreError
 from wire.sourceaddress import normalize_client_ip
 from wire.web import (
     ApiError,
+    BoundedRequest,
     JsonResource,
     JsonRoot,
     forget_input,
@@ -150,12 +154,18 @@ class ClientRules:
         raise ApiError(429, f"too many {what} from {ip}; try again in {wait} s")
 
 
-def caller(coordinator: Coordinator, request: server.Request) -> str | None:
-    """The authenticated node making the request (None on an open server)."""
+def bearer_credential(request: server.Request) -> str | None:
+    """The credential a request carries as ``Authorization: Bearer``, if any."""
     header = request.getHeader(b"authorization") or b""
     scheme, _, credential = header.decode("latin-1").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else None
+
+
+def caller(coordinator: Coordinator, request: server.Request) -> str | None:
+    """The authenticated node making the request (None on an open server)."""
+    credential = bearer_credential(request)
     with answering_errors():
-        return coordinator.authenticate(credential.strip() if scheme.lower() == "bearer" else None)
+        return coordinator.authenticate(credential)
 
 
 def query_arg(request: server.Request, name: str) -> str | None:
@@ -281,6 +291,8 @@ class Peers(CoordinatorResource):
         holds = query_arg(request, "filter")
         holds_dns = query_arg(request, "dns")
         holds_route_filter = query_arg(request, "route_filter")
+        streaming = stream_answer(query_arg(request, "stream")) and request.method == b"GET"
+        coordinator = self._coordinator
         with answering_errors():
             if holds_route_filter is not None:
                 holds_route_filter = parse_filter_digest(holds_route_filter)
@@ -288,16 +300,31 @@ class Peers(CoordinatorResource):
                 holds = parse_filter_digest(holds)
             if holds_dns is not None:
                 holds_dns = parse_dns_digest(holds_dns)
-            answer = self._coordinator.netmap(
-                since,
-                wait,
-                node_id,
-                self._rules.client_ip(request) if node_id else None,
-                viewer=viewer,
-                holds_filter=holds,
-                holds_dns=holds_dns,
-                holds_route_filter=holds_route_filter,
+            public_ip = self._rules.client_ip(request) if node_id else None
+
+            def ask(cursor: str, seconds: float):
+                return coordinator.netmap(
+                    cursor,
+                    seconds,
+                    node_id,
+                    public_ip,
+                    viewer=viewer,
+                    holds_filter=holds,
+                    holds_dns=holds_dns,
+                    holds_route_filter=holds_route_filter,
+                )
+
+            answer = ask(since, wait)
+        if streaming:
+            credential = bearer_credential(request)
+            stream = NetmapStream(
+                cast(BoundedRequest, request), ask, coordinator.clock, coordinator.longpoll_wait(wait, node_id),
+                lambda: coordinator.may_still_hear(credential, node_id),
             )
+            stream.start(answer)
+            if not stream.ended:
+                forget_input(request)
+            return server.NOT_DONE_YET
         if not answer.called:
             forget_input(request)  # it may wait minutes; all it asked was read
         return answer

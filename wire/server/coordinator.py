@@ -109,6 +109,8 @@ class Coordinator:
         # Asks a pair's home replica for a grant (wire.server.replicacall); None: no other replica.
         self.replica_caller: Any = None
         self.longpolls = LongPollHub(clock, registry.changes, self._netmap_answer, self._viewer_answer)
+        # Stopping: long-polls are answered at once, and netmap streams end.
+        self.closing = False
         registry.on_change(self.longpolls.changed)
         self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)
         self.policy.listeners.append(self._policy_changed)
@@ -686,6 +688,28 @@ class Coordinator:
         server knows who polls (authentication); an open server cannot tell."""
         return self.authority is not None
 
+    def longpoll_wait(self, wait: float, node_id: str | None) -> float:
+        """How long a node's long-poll (or stream) may wait: a poll that is
+        the node's heartbeat must come back well within offline_after, or a
+        short --offline-after (fast router failover) would take idle nodes
+        offline while they wait."""
+        if node_id is not None and self.longpoll_heartbeats:
+            return min(wait, self.registry.offline_after / HEARTBEATS_PER_OFFLINE_AFTER)
+        return wait
+
+    def may_still_hear(self, credential: str | None, node_id: str | None) -> bool:
+        """Whether a node's netmap stream may carry on: the server is not
+        stopping, and the credential it opened with still works (a node
+        removed meanwhile hears nothing more)."""
+        if self.closing:
+            return False
+        if node_id is None:
+            return True  # an open server: it never knew who asked
+        try:
+            return self.authenticate(credential) == node_id
+        except AuthError:
+            return False
+
     def netmap(
         self,
         since: str,
@@ -721,11 +745,8 @@ class Coordinator:
             # answered as if at this replica's serial (a delta, some of it again).
             cursor = changes.cursor
         moved = False
+        wait = self.longpoll_wait(wait, node_id)
         if node_id is not None and self.longpoll_heartbeats:
-            # The poll is the node's heartbeat: it must come back well within
-            # offline_after, or a short --offline-after (fast router
-            # failover) would take idle nodes offline while they wait.
-            wait = min(wait, self.registry.offline_after / HEARTBEATS_PER_OFFLINE_AFTER)
             record = self.registry.get(node_id)
             if record is not None:
                 self.registry.seen(node_id, self.now())
@@ -878,6 +899,7 @@ class Coordinator:
         Deferred.fromCoroutine(self.remove_node(record, "node.remove.ephemeral")).addErrback(failed)
 
     def close(self) -> Deferred:
+        self.closing = True  # before the waiters are answered: streams end with that answer
         self.longpolls.close()
         return self.store.close()
 
