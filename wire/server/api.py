@@ -40,7 +40,7 @@ from wire.protocol import (
     parse_registration,
 )
 from wire.server.auth import AuthError, Forbidden
-from wire.server.coordinator import Coordinator, UnknownNode
+from wire.server.coordinator import Coordinator, ServerStopping, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
 from wire.server.netmapstream import NetmapStream, stream_answer
@@ -191,6 +191,7 @@ _REFUSALS: tuple[tuple[type[Exception], int], ...] = (
     (StoreError, 503),
     (ReportTooSoon, 429),
     (HomeUnreachable, 502),
+    (ServerStopping, 503),
 )
 
 

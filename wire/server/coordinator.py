@@ -77,6 +77,10 @@ class UnknownNode(LookupError):
     pass
 
 
+class ServerStopping(Exception):
+    """The server is stopping: a long-poll is refused (503), and the node asks another replica."""
+
+
 class Coordinator:
     log = Logger()
 
@@ -737,6 +741,10 @@ class Coordinator:
         (``holds_filter``, ``holds_dns``) are not the current ones; a node
         that names no DNS digest (a seed node) is never sent them.
         """
+        if self.closing:
+            # Its waiters were answered when it began to stop: one asking
+            # now would wait for a change that never comes.
+            raise ServerStopping("this server is stopping; ask another replica or again shortly")
         cursor = parse_cursor(since, self.registry.changes.epoch)
         changes = self.registry.changes
         if changes.shared and cursor.epoch == changes.epoch and cursor.serial > changes.serial:

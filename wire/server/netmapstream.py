@@ -100,7 +100,12 @@ class NetmapStream:
         if not isinstance(cursor, str):
             self._end()
             return
-        following = self._ask(cursor, left)
+        try:
+            following = self._ask(cursor, left)
+        except Exception:
+            # A refusal now (the server began to stop): the node asks again and hears why.
+            self._end()
+            return
         if following.called:
             # Behind again at once (changes came while this line was made):
             # answered next turn, so that a run of them is no deep recursion.
