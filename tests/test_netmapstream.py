@@ -286,11 +286,11 @@ def answer_line(serial: int) -> bytes:
 class ClientStreamTests(unittest.TestCase):
     """CoordinationClient.netmap_stream over real TCP."""
 
-    def serve(self, site_root) -> CoordinationClient:
+    def serve(self, site_root, clock=None) -> CoordinationClient:
         port = reactor.listenTCP(0, server.Site(site_root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         http = make_http_client(reactor, persistent=False)
-        return CoordinationClient(http, f"http://127.0.0.1:{port.getHost().port}")
+        return CoordinationClient(http, f"http://127.0.0.1:{port.getHost().port}", clock=clock)
 
     async def collect(self, stream: NetmapAnswers) -> list:
         answers = []
@@ -334,6 +334,29 @@ class ClientStreamTests(unittest.TestCase):
         stream.cancel()
         failure = self.failureResultOf(waiting)
         self.assertEqual(failure.type.__name__, "CancelledError")
+
+    async def test_a_stream_silent_past_its_wait_is_a_server_gone(self):
+        clock = Clock()
+        client = self.serve(_Lines([answer_line(2)], end=False), clock=clock)
+        stream = client.netmap_stream("e:1", wait=5)
+        self.assertEqual((await stream.next()).cursor, "e:2")
+        waiting = stream.next()
+        clock.advance(5 + client_module.REQUEST_TIMEOUT)
+        failure = self.failureResultOf(waiting)
+        self.assertIsInstance(failure.value, client_module.ServerUnreachable)
+        self.assertIn("past its wait", str(failure.value))
+
+    async def test_a_line_still_arriving_at_the_end_gets_more_time(self):
+        clock = Clock()
+        client = self.serve(_Lines([answer_line(2), answer_line(3)[:20]], end=False), clock=clock)
+        stream = client.netmap_stream("e:1", wait=5)
+        self.assertEqual((await stream.next()).cursor, "e:2")
+        await until(lambda: stream._reader is not None and stream._reader.mid_line)
+        waiting = stream.next()
+        clock.advance(5 + client_module.REQUEST_TIMEOUT)
+        self.assertNoResult(waiting)
+        clock.advance(client_module.ANSWER_TIMEOUT)
+        self.assertIn("took longer than", str(self.failureResultOf(waiting).value))
 
     async def test_against_the_real_server(self):
         coordinator = make_coordinator(self)

@@ -425,10 +425,7 @@ class CoordinationClient(JsonHttp):
         path = self._netmap_path(cursor, wait, holds_filter, holds_dns, holds_route_filter) + "&stream=1"
         stream = NetmapAnswers(f"GET {path}", self.server_url)
         opening = Deferred.fromCoroutine(self._open_stream(stream, path))
-        stream.opened(opening, [
-            self._clock.callLater(wait + REQUEST_TIMEOUT, stream.headers_overdue, wait + REQUEST_TIMEOUT),
-            self._clock.callLater(wait + REQUEST_TIMEOUT + ANSWER_TIMEOUT, stream.overdue, wait + REQUEST_TIMEOUT + ANSWER_TIMEOUT),
-        ])
+        stream.opened(opening, [self._clock.callLater(wait + REQUEST_TIMEOUT, stream.due, self._clock, wait + REQUEST_TIMEOUT)])
         return stream
 
     async def _open_stream(self, stream: NetmapAnswers, path: str) -> None:
@@ -552,11 +549,20 @@ class NetmapAnswers:
         self._timers = timers
         opening.addErrback(self._failed)
 
-    def headers_overdue(self, seconds: float) -> None:
+    def due(self, clock, seconds: float) -> None:
+        """The wait is over (and REQUEST_TIMEOUT more): a server that has
+        not answered, or whose stream went silent past its end, is gone; a
+        line (or a server's one answer) still arriving gets ANSWER_TIMEOUT more."""
+        if self._ended:
+            return
         if not self.headers_in:
             self._finish(ServerUnreachable(f"{self._server_url} did not answer within {seconds:g}s"))
+        elif self._reader is not None and not self._reader.mid_line and not self._reader.paused:
+            self._finish(ServerUnreachable(f"{self._server_url}: {self._what} went on {seconds:g}s, past its wait"))
+        else:
+            self._timers.append(clock.callLater(ANSWER_TIMEOUT, self._overdue, seconds + ANSWER_TIMEOUT))
 
-    def overdue(self, seconds: float) -> None:
+    def _overdue(self, seconds: float) -> None:
         self._finish(ServerUnreachable(f"{self._server_url}: {self._what} took longer than {seconds:g}s"))
 
     def read(self, response) -> Deferred:
@@ -630,6 +636,7 @@ class _LineReader(Protocol):
         self._finished = finished
         self._partial = bytearray()
         self._stopped = False
+        self.paused = False  # not read on: the node has not taken the answers before
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
@@ -658,12 +665,19 @@ class _LineReader(Protocol):
         else:
             self._finished.errback(ResponseFailed([reason]))
 
+    @property
+    def mid_line(self) -> bool:
+        """Part of a line has arrived, and not yet its end."""
+        return bool(self._partial)
+
     def pause(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
             self.transport.pauseProducing()  # type: ignore[attr-defined]  # an IPushProducer too
 
     def resume(self) -> None:
-        if self.transport is not None and not self._stopped:
+        if self.transport is not None and self.paused and not self._stopped:
+            self.paused = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def hang_up(self) -> None:
