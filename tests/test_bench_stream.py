@@ -1,16 +1,21 @@
-"""The bench's netmap stream (bench/httpload.py ``on_line``): lines handed
-on as they arrive, every other answer read whole."""
+"""The bench's netmap stream (bench/httpload.py ``on_line``, bench/nodes.py
+``poll_loop`` with ``netmap="stream"``): lines handed on as they arrive,
+every other answer read whole, and a simulated node that takes each line
+as the daemon takes a long-poll answer."""
 
 from __future__ import annotations
 
 import json
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from bench import httpload
 from bench.httpload import Counters, HttpConnection, HttpError
+from bench.nodes import Fleet, SimNode
 
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -101,3 +106,73 @@ class StreamedAnswers(unittest.TestCase):
         c.conn.dataReceived(STREAM_HEAD + chunk(b"not json\n"))
         self.assertEqual(len(failed), 1)
         failed[0].trap(ValueError)
+
+
+class StreamServer(Protocol):
+    """Answers each GET with the next of ``answers`` (lists of lines: a stream)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.factory.paths.append(head.split(b" ")[1].decode())
+            answers = self.factory.answers
+            if not answers:
+                self.factory.fleet.stop()
+                self.transport.loseConnection()
+                return
+            lines = answers.pop(0)
+            self.transport.write(STREAM_HEAD + b"".join(chunk(json.dumps(a).encode() + b"\n") for a in lines) + b"0\r\n\r\n")
+
+
+class NodeReadsAStream(unittest.TestCase):
+    async def test_each_line_is_an_answer_and_the_node_asks_again_when_the_stream_ends(self):
+        factory = Factory()
+        factory.protocol = lambda: StreamServer(factory)  # type: ignore[assignment]
+        factory.paths = []  # type: ignore[attr-defined]
+        watched = {"node_id": "n-watched"}
+        factory.answers = [  # type: ignore[attr-defined]
+            [{"cursor": "e:5", "upserts": [watched], "removals": []}, {"cursor": "e:6", "upserts": [], "removals": []}],
+            [{"cursor": "e:7", "full": True, "upserts": [], "removals": []}],
+        ]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        fleet = Fleet(reactor, "127.0.0.1", port.getHost().port, "wire", "t", range(1), own_addresses=False)
+        factory.fleet = fleet  # type: ignore[attr-defined]
+        self.addCleanup(fleet.stop)
+        fleet.running = True
+        fleet.mark_moves()
+        fleet.watch("n-watched")
+        node: SimNode = fleet.nodes[0]
+        await Deferred.fromCoroutine(node.poll_loop(1, 2))
+        paths = factory.paths  # type: ignore[attr-defined]
+        self.assertEqual(paths[0], "/peers?since=0&wait=1&stream=1")
+        self.assertEqual(paths[1], "/peers?since=e:6&wait=2&stream=1")  # the last line's cursor
+        self.assertEqual(paths[2], "/peers?since=e:7&wait=2&stream=1")
+        self.assertEqual(node.cursor, "e:7")
+        self.assertEqual(fleet.moves_report()["answers"], {"full": 1, "delta": 2})
+        netmap = fleet.counters.netmap
+        self.assertEqual((netmap["lines"], netmap["streams"], netmap["ended_after_full"]), (3, 2, 1))
+        self.assertEqual(netmap["streams_of_several_lines"], 1)
+
+    async def test_longpoll_mode_asks_without_stream(self):
+        factory = Factory()
+        factory.protocol = lambda: StreamServer(factory)  # type: ignore[assignment]
+        factory.paths = []  # type: ignore[attr-defined]
+        factory.answers = []  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        fleet = Fleet(reactor, "127.0.0.1", port.getHost().port, "wire", "t", range(1), own_addresses=False, netmap="longpoll")
+        factory.fleet = fleet  # type: ignore[attr-defined]
+        self.addCleanup(fleet.stop)
+        fleet.running = True
+        await Deferred.fromCoroutine(fleet.nodes[0].poll_loop(1, 2))
+        self.assertEqual(factory.paths, ["/peers?since=0&wait=1"])  # type: ignore[attr-defined]
+
+    def test_an_unknown_netmap_mode_is_refused(self):
+        with self.assertRaises(ValueError):
+            Fleet(reactor, "127.0.0.1", 1, "wire", "t", range(1), netmap="websocket")
