@@ -352,6 +352,7 @@ class SimNode:
             if streaming:
                 path += "&stream=1"
             self.last_line = None
+            asked_at = time.monotonic()
             try:
                 response = await self._send(
                     "poll_conn", b"GET", path.encode(), None, "longpoll", current_wait + REQUEST_TIMEOUT,
@@ -362,7 +363,7 @@ class SimNode:
                         self.cursor = "0"  # as the daemon does: a cursor this server rejects
                     raise Answered(response.status, f"long-poll answered {response.status}: {response.body[:120]!r}")
                 if response.streamed:
-                    self._stream_ended(response, current_wait)
+                    self._stream_ended(response.done_at - asked_at, response.lines, current_wait)
                 else:
                     if streaming:
                         fleet.counters.count(netmap, "not_streamed")  # a server that answers once
@@ -391,7 +392,7 @@ class SimNode:
         self.take_answer(answer, len(line), at)
         self.last_line = answer
 
-    def _stream_ended(self, response: Response, wait: float) -> None:
+    def _stream_ended(self, lasted: float, lines: int, wait: float) -> None:
         """Count how a netmap stream ended: after a line that makes the node
         ask again (full, a held key), at its wait, or earlier (the node read
         too slowly, its credential stopped working, the server stopped)."""
@@ -404,12 +405,12 @@ class SimNode:
             how = "ended_after_full"
         elif any(key in last for key in STREAM_HELD_KEYS):
             how = "ended_after_held_key"
-        elif response.done_at - self.sent_at >= wait - STREAM_WAIT_SLACK:
+        elif lasted >= wait - STREAM_WAIT_SLACK:
             how = "ended_at_wait"
         else:
             how = "ended_early"
         counters.count(counters.netmap, how)
-        if response.lines > 1:
+        if lines > 1:
             counters.count(counters.netmap, "streams_of_several_lines")
 
     def take_answer(self, answer: dict, size: int, at: float) -> None:
