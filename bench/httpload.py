@@ -40,6 +40,14 @@ class HttpError(Exception):
     """The connection failed or the answer could not be read."""
 
 
+class LostMidAnswer(HttpError):
+    """The connection was lost after part of the answer (a stream's head or lines) came."""
+
+
+class TimedOut(HttpError):
+    """The answer (a whole stream) did not end within the request's timeout."""
+
+
 class LineRefused(Exception):
     """An ``on_line`` callback raised: the answer is abandoned (the
     connection dropped) and the request fails with the callback's error."""
@@ -200,7 +208,7 @@ class HttpConnection(Protocol):
         if not self._got_bytes:
             self._fail(NotSent(f"connection lost before an answer: {reason.getErrorMessage() if reason else '?'}"))
         else:
-            self._fail(HttpError(f"connection lost mid-answer: {reason.getErrorMessage() if reason else '?'}"))
+            self._fail(LostMidAnswer(f"connection lost mid-answer: {reason.getErrorMessage() if reason else '?'}"))
 
     # -- parsing -------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from typing import Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
 
-from bench.httpload import Connector, Counters, HttpConnection, HttpError, LineCallback, NotSent, Response, client_tls
+from bench.httpload import Connector, Counters, HttpConnection, HttpError, LineCallback, NotSent, Response, TimedOut, client_tls
 from wire.node.servers import FAIL_OVER_STATUSES
 from wire.protocol import Registration
 from wire.protocol.filter import filter_digest, filter_json, parse_filter_rules
@@ -482,7 +482,7 @@ def _answer(response, what: str) -> dict:
 
 def _time_out(conn: HttpConnection, d: Deferred) -> None:
     if not d.called:
-        conn.fail_and_abort(HttpError("request timed out"))
+        conn.fail_and_abort(TimedOut("request timed out"))
 
 
 class Fleet:
