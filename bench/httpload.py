@@ -7,12 +7,21 @@ per request than the server's own handling of a heartbeat, so with them the
 load process, not the server, would set every number. This client does only
 what the coordination API needs: a request line, a few headers, a JSON body,
 and answers framed by Content-Length, chunked encoding or connection close.
+
+A request may ask for its answer line by line (``on_line``): a chunked
+``application/x-ndjson`` answer (the netmap stream, ``GET /peers?...&stream=1``)
+then hands each complete ``\n``-terminated line of its body to the callback
+as it arrives, with its arrival time, and the request's Deferred fires once
+the answer ends (its ``body`` empty, ``lines`` counted). Any other answer to
+such a request (an error, a server that does not stream) is read whole, as
+for every other request. A line, like a body, is at most MAX_BODY_BYTES.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
@@ -21,10 +30,31 @@ from twisted.internet.protocol import Factory, Protocol
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 256 * 1024 * 1024
+STREAM_TYPE = b"application/x-ndjson"
+
+# A streamed answer's line and the time.monotonic() it arrived at.
+LineCallback = Callable[[bytes, float], None]
 
 
 class HttpError(Exception):
     """The connection failed or the answer could not be read."""
+
+
+class LostMidAnswer(HttpError):
+    """The connection was lost after part of the answer (a stream's head or lines) came."""
+
+
+class TimedOut(HttpError):
+    """The answer (a whole stream) did not end within the request's timeout."""
+
+
+class LineRefused(Exception):
+    """An ``on_line`` callback raised: the answer is abandoned (the
+    connection dropped) and the request fails with the callback's error."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 class NotSent(HttpError):
@@ -43,6 +73,8 @@ class Counters:
     requests: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    # The netmap streams' lines and how each stream ended (bench/nodes.py).
+    netmap: dict[str, int] = field(default_factory=dict)
 
     def count(self, table: dict[str, int], key: str, n: int = 1) -> None:
         table[key] = table.get(key, 0) + n
@@ -56,14 +88,17 @@ class Counters:
             "requests": dict(self.requests),
             "statuses": dict(self.statuses),
             "errors": dict(self.errors),
+            "netmap": dict(self.netmap),
         }
 
 
 @dataclass(frozen=True)
 class Response:
     status: int
-    body: bytes
+    body: bytes  # empty for a streamed answer: its lines went to on_line
     done_at: float  # time.monotonic() when the last byte was read
+    lines: int = 0  # a streamed answer's lines given to on_line
+    streamed: bool = False  # the answer was a line stream (on_line asked, ndjson answered)
 
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE = range(7)
@@ -84,6 +119,9 @@ class HttpConnection(Protocol):
         self._body = bytearray()
         self._keep_alive = True
         self._got_bytes = False
+        self._on_line: LineCallback | None = None
+        self._streaming = False  # this answer's body goes line by line to _on_line
+        self._lines = 0
         self.connected_ok = False
         self.closed = False
         self.uses = 0
@@ -91,9 +129,16 @@ class HttpConnection(Protocol):
     # -- requests ------------------------------------------------------------
 
     def request(
-        self, method: bytes, path: bytes, body: bytes | None = None, close: bool = False, headers: bytes = b""
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes | None = None,
+        close: bool = False,
+        headers: bytes = b"",
+        on_line: LineCallback | None = None,
     ) -> Deferred:
-        """``headers``: extra header lines, each ending in CRLF (``Authorization: ...``)."""
+        """``headers``: extra header lines, each ending in CRLF (``Authorization: ...``).
+        ``on_line``: a chunked ndjson answer's lines, each as it arrives (see the module's docstring)."""
         if self._pending is not None:
             raise RuntimeError("one request at a time on a connection")
         if self.closed:
@@ -111,6 +156,9 @@ class HttpConnection(Protocol):
         self._state = _HEAD
         self._got_bytes = False
         self._keep_alive = not close
+        self._on_line = on_line
+        self._streaming = False
+        self._lines = 0
         self.uses += 1
         self._counters.bytes_out += len(data)
         self.transport.write(data)
@@ -145,6 +193,9 @@ class HttpConnection(Protocol):
         except HttpError as e:
             self._fail(e)
             self.transport.abortConnection()
+        except LineRefused as e:
+            self._fail(e.error)
+            self.transport.abortConnection()
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
@@ -157,7 +208,7 @@ class HttpConnection(Protocol):
         if not self._got_bytes:
             self._fail(NotSent(f"connection lost before an answer: {reason.getErrorMessage() if reason else '?'}"))
         else:
-            self._fail(HttpError(f"connection lost mid-answer: {reason.getErrorMessage() if reason else '?'}"))
+            self._fail(LostMidAnswer(f"connection lost mid-answer: {reason.getErrorMessage() if reason else '?'}"))
 
     # -- parsing -------------------------------------------------------------
 
@@ -200,8 +251,10 @@ class HttpConnection(Protocol):
                 self._body += buf[:take]
                 del buf[:take]
                 self._remaining -= take
+                if self._streaming:
+                    self._give_lines()
                 if len(self._body) > MAX_BODY_BYTES:
-                    raise HttpError("response body too large")
+                    raise HttpError("response line too large" if self._streaming else "response body too large")
                 if self._remaining:
                     return
                 self._state = _CHUNK_END
@@ -240,6 +293,7 @@ class HttpConnection(Protocol):
         length = None
         chunked = False
         connection = b""
+        content_type = b""
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -249,9 +303,12 @@ class HttpConnection(Protocol):
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 connection = value.strip().lower()
+            elif name == b"content-type":
+                content_type = value.split(b";", 1)[0].strip().lower()
         if connection == b"close" or (http10 and connection != b"keep-alive"):
             self._keep_alive = False
         self._body = bytearray()
+        self._streaming = self._on_line is not None and chunked and self._status == 200 and content_type == STREAM_TYPE
         if chunked:
             self._state = _CHUNK_SIZE
         elif length is not None:
@@ -265,9 +322,40 @@ class HttpConnection(Protocol):
             self._keep_alive = False
             self._state = _UNTIL_CLOSE
 
+    def _give_lines(self) -> None:
+        """The streamed body's complete lines, to the callback (the rest waits in _body)."""
+        body = self._body
+        end = body.find(b"\n")
+        if end < 0:
+            return
+        deliver = self._on_line
+        assert deliver is not None
+        at = time.monotonic()
+        start = 0
+        while end >= 0:
+            line = bytes(body[start:end])
+            start = end + 1
+            if line.strip():
+                self._lines += 1
+                try:
+                    deliver(line, at)
+                except Exception as e:
+                    raise LineRefused(e) from e
+            if self._pending is None:
+                return  # the callback gave up on the request
+            end = body.find(b"\n", start)
+        del body[:start]
+
     def _complete(self) -> None:
+        if self._streaming and self._body.strip():
+            # A last line without its newline is still a line.
+            self._body += b"\n"
+            self._give_lines()
+        streamed, self._streaming, self._on_line = self._streaming, False, None
         d, self._pending = self._pending, None
-        response = Response(self._status, bytes(self._body), time.monotonic())
+        if d is None:
+            return
+        response = Response(self._status, b"" if streamed else bytes(self._body), time.monotonic(), self._lines, streamed)
         self._body = bytearray()
         self._state = _HEAD
         self._counters.count(self._counters.statuses, str(self._status))

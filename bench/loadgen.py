@@ -1,7 +1,12 @@
 """A load process: one fleet of simulated nodes, driven over stdin/stdout.
 
     python -m bench.loadgen --url http://127.0.0.1:8787 --mode wire \
-        --first 0 --count 5000 --run-tag abc123 [--tls] [--max-seconds 3600]
+        --first 0 --count 5000 --run-tag abc123 [--tls] [--max-seconds 3600] \
+        [--netmap stream|longpoll]
+
+``--netmap`` (wire mode): ``stream`` (the default, as ``twistd wire-node``
+reads it): ``GET /peers?...&stream=1``, each NDJSON line taken as it
+arrives; ``longpoll``: one answer per request, the protocol before.
 
 ``--url`` given more than once: the replicas of one mesh; node ``i`` starts
 at the ``i % count``-th and fails over to the next (bench/nodes.py).
@@ -15,8 +20,9 @@ stdin closes, or after ``--max-seconds`` whatever happens.
 Commands:
   register {concurrency, join_key, join_keys}  every node joins once (enroll with join_key, or node i
                                      with join_keys[i % len]; else register); timings
-  steady {cursor, heartbeat, wait, seed}  start heartbeats (+ long-polls in wire mode)
-  counters {}                        traffic and error counters so far
+  steady {cursor, heartbeat, wait, seed}  start heartbeats (+ netmap streams or long-polls in wire mode)
+  counters {}                        traffic and error counters so far (``netmap``: the streams' lines, how
+                                     each stream ended)
   watch {node_id, expect}            start timing when each node first sees node_id (expect: only
                                      these node indices may, done when they have)
   end_watch {node_id}                stop; report who saw it and when
@@ -48,7 +54,7 @@ from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
-from bench.nodes import Fleet, Watch  # noqa: E402
+from bench.nodes import NETMAP_MODES, Fleet, Watch  # noqa: E402
 
 log = Logger()
 
@@ -195,6 +201,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="wire bench load process")
     parser.add_argument("--url", required=True, action="append", help="a server; again for each replica of the mesh")
     parser.add_argument("--mode", choices=("wire", "seed"), required=True)
+    parser.add_argument("--netmap", choices=NETMAP_MODES, default="stream",
+                        help="wire mode: read the netmap as a stream (the daemon's way) or one long-poll answer per request")
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--run-tag", required=True)
@@ -239,6 +247,7 @@ def main() -> None:
         tls=options.tls or url.scheme == "https",
         own_addresses=not options.no_own_addresses,
         replicas=[(u.hostname, port_of(u)) for u in urls[1:]],
+        netmap=options.netmap,
     )
     commands = Commands(reactor, fleet, done)
     fleet._on_watch_done = commands.watch_done

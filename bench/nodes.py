@@ -4,9 +4,16 @@ Two behaviours, chosen per fleet:
 
 - ``wire``: what ``twistd wire-node`` does (wire/node/daemon.py). Two
   persistent connections per node, as its treq pool keeps them: one carries
-  ``POST /register`` every 30 s, the other an endless long-poll
+  ``POST /register`` every 30 s, the other an endless netmap request
   ``GET /peers?since=CURSOR&wait=25`` that is sent again as soon as it is
-  answered.
+  answered. How the netmap is read is the fleet's ``netmap``:
+  ``stream`` (the daemon's way since the netmap stream, wire/client.py
+  ``netmap_stream``): ``&stream=1``, and every NDJSON line of the answer is
+  taken as it arrives, as a whole long-poll answer would be, until the
+  server ends the response (its wait over, or after a line that changes
+  what the node holds: a full netmap, a filter, DNS, a route filter); a
+  server that does not stream answers once, and that is taken the same.
+  ``longpoll`` (the protocol before): one answer per request.
 - ``seed``: what the seed's client does with ``requests``: every 30 s a
   ``POST /register`` and a ``GET /peers`` (the whole online list), each on a
   fresh connection that the client closes once it has the answer.
@@ -44,12 +51,21 @@ from typing import Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
 
-from bench.httpload import Connector, Counters, HttpConnection, HttpError, NotSent, client_tls
+from bench.httpload import Connector, Counters, HttpConnection, HttpError, LineCallback, NotSent, Response, TimedOut, client_tls
 from wire.node.servers import FAIL_OVER_STATUSES
 from wire.protocol import Registration
 from wire.protocol.filter import filter_digest, filter_json, parse_filter_rules
 
 MODES = ("wire", "seed")
+# How a wire node reads its netmap: a stream of answers per request (the
+# daemon's way), or one answer per request (the long-poll before it).
+NETMAP_MODES = ("stream", "longpoll")
+# An answer's keys after which the server ends a netmap stream
+# (wire/server/netmapstream.py ends_stream), besides "full".
+STREAM_HELD_KEYS = ("filter", "dns", "route_filter")
+# A stream shorter than its wait by more than this ended early (the server
+# ends one with less than a second left: netmapstream.MIN_WAIT_LEFT).
+STREAM_WAIT_SLACK = 1.5
 REQUEST_TIMEOUT = 10.0
 # A long-poll answered at once every time (a server that ignores wait) must
 # still not spin forever: a node makes at most this many requests per loop.
@@ -108,6 +124,11 @@ def probe_source_address(k: int) -> str:
 def enroll_body(run_tag: str, index: int, join_key: str) -> bytes:
     """``POST /enroll``'s body, as wire/node/enroll.py builds it."""
     return json.dumps(registration_for(run_tag, index).enrollment_body(join_key)).encode()
+
+
+class EmptyStream(Exception):
+    """A netmap stream that ended without a line (the server failed its first
+    answer after sending the head): not the replica's absence, no move."""
 
 
 class Answered(HttpError):
@@ -185,7 +206,7 @@ class Move:
 class SimNode:
     __slots__ = (
         "fleet", "index", "node_id", "body", "source", "auth", "hb_conn", "poll_conn", "cursor", "heartbeat", "stopped",
-        "filter_digest", "me", "server", "sent_at", "move", "moved",
+        "filter_digest", "me", "server", "sent_at", "move", "moved", "last_line",
     )
 
     def __init__(self, fleet: Fleet, index: int):
@@ -210,14 +231,20 @@ class SimNode:
         self.sent_at = 0.0
         self.move: Move | None = None
         self.moved = 0  # re-registrations with a moved NAT mapping so far
+        self.last_line: dict | None = None  # the netmap stream's latest answer
 
     # -- one request -----------------------------------------------------------
 
-    async def _send(self, slot: str | None, method: bytes, path: bytes, body: bytes | None, kind: str, timeout: float):
+    async def _send(
+        self, slot: str | None, method: bytes, path: bytes, body: bytes | None, kind: str, timeout: float,
+        on_line: LineCallback | None = None,
+    ) -> Response:
         """Send on the node's persistent connection ``slot`` (or a fresh one
         closed afterwards, when ``slot`` is None: the seed client's way).
         A request on a kept connection that the server had just closed is
-        sent again once on a new one, as HTTP clients' pools do."""
+        sent again once on a new one, as HTTP clients' pools do.
+        ``on_line``: a streamed answer's lines (bench/httpload.py); the
+        timeout is the whole stream's."""
         fleet = self.fleet
         for attempt in (1, 2):
             conn = getattr(self, slot) if slot else None
@@ -227,7 +254,7 @@ class SimNode:
                 if slot:
                     setattr(self, slot, conn)
             fleet.counters.count(fleet.counters.requests, kind)
-            d = conn.request(method, path, body, headers=self.auth)
+            d = conn.request(method, path, body, headers=self.auth, on_line=on_line)
             self.sent_at = time.monotonic()
             timer = fleet.reactor.callLater(timeout, _time_out, conn, d)
             try:
@@ -304,10 +331,15 @@ class SimNode:
             peers = list(peers.values())
         self.fleet.saw(self, peers, response.done_at)
 
-    # -- wire: the long-poll ---------------------------------------------------------
+    # -- wire: the netmap, a stream or a long-poll -----------------------------------
 
     async def poll_loop(self, first_wait: float, wait: float) -> None:
+        """The netmap request, again as soon as it is answered (a stream: ended).
+        Each answer (each line of a stream, at its arrival) is taken by
+        :meth:`take_answer`; the request's timeout is its wait + REQUEST_TIMEOUT."""
         fleet = self.fleet
+        streaming = fleet.netmap == "stream"
+        netmap = fleet.counters.netmap
         current_wait = first_wait
         backoff = 0.0
         failed_in_a_row = 0
@@ -317,19 +349,25 @@ class SimNode:
             path = f"/peers?since={self.cursor}&wait={current_wait:g}"
             if self.filter_digest is not None:
                 path += f"&filter={self.filter_digest}"
+            if streaming:
+                path += "&stream=1"
+            self.last_line = None
+            asked_at = time.monotonic()
             try:
-                response = await self._send("poll_conn", b"GET", path.encode(), None, "longpoll", current_wait + REQUEST_TIMEOUT)
+                response = await self._send(
+                    "poll_conn", b"GET", path.encode(), None, "longpoll", current_wait + REQUEST_TIMEOUT,
+                    on_line=self._take_line if streaming else None,
+                )
                 if response.status != 200:
                     if response.status == 400:
                         self.cursor = "0"  # as the daemon does: a cursor this server rejects
                     raise Answered(response.status, f"long-poll answered {response.status}: {response.body[:120]!r}")
-                answer = json.loads(response.body)
-                self.cursor = str(answer["cursor"])
-                held = self.filter_digest
-                if "filter" in answer:
-                    self.filter_digest = fleet.digest_of_filter(answer["filter"])
-                if isinstance(answer.get("me"), dict):
-                    self.me = answer["me"]
+                if response.streamed:
+                    self._stream_ended(response.done_at - asked_at, response.lines, current_wait)
+                else:
+                    if streaming:
+                        fleet.counters.count(netmap, "not_streamed")  # a server that answers once
+                    self.take_answer(json.loads(response.body), len(response.body), response.done_at)
             except Exception as e:
                 if self.stopped or not fleet.running:
                     return
@@ -345,10 +383,49 @@ class SimNode:
             backoff = 0.0
             failed_in_a_row = 0
             current_wait = wait
-            fleet.answered(self, bool(answer.get("full")), response.done_at)
-            fleet.saw(self, answer.get("upserts") or (), response.done_at)
-            if fleet.wave is not None:
-                fleet.wave_answer(self, answer, len(response.body), held, response.done_at)
+
+    def _take_line(self, line: bytes, at: float) -> None:
+        """One line of the netmap stream: an answer, taken as it arrives. A
+        line that cannot be taken fails the request (the connection drops)."""
+        answer = json.loads(line)
+        self.fleet.counters.count(self.fleet.counters.netmap, "lines")
+        self.take_answer(answer, len(line), at)
+        self.last_line = answer
+
+    def _stream_ended(self, lasted: float, lines: int, wait: float) -> None:
+        """Count how a netmap stream ended: after a line that makes the node
+        ask again (full, a held key), at its wait, or earlier (the node read
+        too slowly, its credential stopped working, the server stopped)."""
+        counters = self.fleet.counters
+        counters.count(counters.netmap, "streams")
+        last = self.last_line
+        if last is None:
+            raise EmptyStream("the netmap stream ended without a line")
+        if last.get("full"):
+            how = "ended_after_full"
+        elif any(key in last for key in STREAM_HELD_KEYS):
+            how = "ended_after_held_key"
+        elif lasted >= wait - STREAM_WAIT_SLACK:
+            how = "ended_at_wait"
+        else:
+            how = "ended_early"
+        counters.count(counters.netmap, how)
+        if lines > 1:
+            counters.count(counters.netmap, "streams_of_several_lines")
+
+    def take_answer(self, answer: dict, size: int, at: float) -> None:
+        """One netmap answer (a long-poll's, or a stream's line) arrived at ``at``."""
+        fleet = self.fleet
+        self.cursor = str(answer["cursor"])
+        held = self.filter_digest
+        if "filter" in answer:
+            self.filter_digest = fleet.digest_of_filter(answer["filter"])
+        if isinstance(answer.get("me"), dict):
+            self.me = answer["me"]
+        fleet.answered(self, bool(answer.get("full")), at)
+        fleet.saw(self, answer.get("upserts") or (), at)
+        if fleet.wave is not None:
+            fleet.wave_answer(self, answer, size, held, at)
 
     def fail_over(self) -> bool:
         """Move to the next replica (round-robin), as wire/node/servers.py
@@ -405,7 +482,7 @@ def _answer(response, what: str) -> dict:
 
 def _time_out(conn: HttpConnection, d: Deferred) -> None:
     if not d.called:
-        conn.fail_and_abort(HttpError("request timed out"))
+        conn.fail_and_abort(TimedOut("request timed out"))
 
 
 class Fleet:
@@ -425,12 +502,17 @@ class Fleet:
         tls: bool = False,
         own_addresses: bool = True,
         replicas: Sequence[tuple[str, int]] = (),
+        netmap: str = "stream",
     ):
-        """``replicas``: the mesh's other servers (host, port), after ``host:port``."""
+        """``replicas``: the mesh's other servers (host, port), after ``host:port``.
+        ``netmap``: how wire nodes read it, one of NETMAP_MODES (see the module's docstring)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if netmap not in NETMAP_MODES:
+            raise ValueError(f"netmap must be one of {NETMAP_MODES}")
         self.reactor = reactor
         self.mode = mode
+        self.netmap = netmap
         self.run_tag = run_tag
         self.counters = Counters()
         tls_options = client_tls() if tls else None

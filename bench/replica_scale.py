@@ -1,6 +1,6 @@
 """Issue 19's scale benches: replicas of one mesh on a throw-away PostgreSQL.
 
-    python -m bench.replica_scale spread --nodes 1000 --replicas 3
+    python -m bench.replica_scale spread --nodes 1000 --replicas 3 [--netmap stream|longpoll]
     python -m bench.replica_scale failover --nodes 1000 --replicas 3
     python -m bench.replica_scale relay_latency --nodes 1000 [--database sqlite|postgresql] [--server-checkout DIR]
 
@@ -10,7 +10,10 @@ under ``flock /tmp/wire-bench.lock`` on a shared machine. Replicas are real
 as shipped, on one database (``--database``, its password in a 0600 file),
 pinned to ``--server-cpus``; the simulated nodes (bench/loadgen.py,
 bench/nodes.py: the same fleets as the single-server benches) run on
-``--load-cpus``, node i starting at replica i % R.
+``--load-cpus``, node i starting at replica i % R, reading the netmap as
+``--netmap`` says: ``stream`` (the default, as ``twistd wire-node`` does:
+``GET /peers?...&stream=1``, each line taken as it arrives) or
+``longpoll`` (one answer per request, the protocol before).
 
 - ``spread``: N nodes over R replicas. After a warm-up, one steady window:
   each replica's CPU, PostgreSQL's (the postmaster, its backends and the
@@ -287,6 +290,8 @@ async def steady_window(reactor, settings: Settings, mesh: Mesh, fleet: Fleet) -
         "cores_busy_percent": background.read(servers, load),
         "requests_per_second": {k: round(v / settings.steady_seconds, 1) for k, v in diff["requests"].items()},
         "errors": diff["errors"],
+        # Stream mode: the lines, and how each stream ended (after a full or held key, at its wait, early).
+        "netmap_streams": diff["netmap"],
         "open_longpolls": [await open_longpolls(t) for t in mesh.targets],
         "database_per_minute": per_minute(database_before, database_after, settings.steady_seconds, fleet.nodes),
     }
@@ -311,10 +316,12 @@ async def propagation(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, run
     added, and what the replicas and PostgreSQL spent on it."""
     meter = mesh.meter(fleet.pids)
     database_before = mesh.database_counters()
+    counted = scenarios._merge_counters(await fleet.call_all("counters"))
     started = time.monotonic()
     meter.start()
     result = await scenarios._propagation(reactor, settings, mesh.targets[0], fleet, run_tag)
     cpu = meter.read()
+    traffic = scenarios._diff_counters(counted, scenarios._merge_counters(await fleet.call_all("counters")))
     seconds = time.monotonic() - started
     database_after = mesh.database_counters()
     to_all = [p["time_to_all_seconds"] for p in result["per_probe"]]
@@ -336,6 +343,9 @@ async def propagation(reactor, settings: Settings, mesh: Mesh, fleet: Fleet, run
         "database_per_minute": per_minute(database_before, database_after, seconds, fleet.nodes),
         "load_cpu_percent": result["load_cpu_percent"],
         "background": result["background"],
+        "requests": traffic["requests"],
+        "errors": traffic["errors"],
+        "netmap_streams": traffic["netmap"],
     }
 
 
@@ -486,6 +496,7 @@ async def run(reactor, options) -> dict:
         quiet_timeout=options.quiet_timeout,
         heartbeat_connection="keep",
         keep_data=options.keep_data,
+        netmap=options.netmap,
     )
     replicas = 1 if options.scenario == "relay_latency" else options.replicas
     result: dict = {
@@ -493,6 +504,7 @@ async def run(reactor, options) -> dict:
         "nodes": options.nodes,
         "replicas": replicas,
         "database": options.database,
+        "netmap": options.netmap,
         "server_checkout": os.path.abspath(options.server_checkout),
         "server_commit": _commit(options.server_checkout),
         "server_cpus": options.server_cpus,
@@ -521,6 +533,7 @@ async def run(reactor, options) -> dict:
             )
         final = await fleet.call_all("counters")
         result["final_errors"] = scenarios._merge_counters(final)["errors"]
+        result["final_netmap_streams"] = scenarios._merge_counters(final)["netmap"]
         result["final_error_samples"] = [x for c in final for x in c.get("error_samples", [])][:30]
     except Exception as e:
         log.failure("replica_scale {scenario} failed", scenario=options.scenario)
@@ -549,6 +562,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("scenario", choices=("spread", "failover", "relay_latency"))
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--netmap", choices=("stream", "longpoll"), default="stream",
+                        help="how the simulated nodes read the netmap: a stream per wait (wire-node's way) or one "
+                        "long-poll answer per request [stream]")
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql",
                         help="relay_latency only: the one server's store [postgresql]")
     parser.add_argument("--server-checkout", default=BENCH_CHECKOUT, help="the wire the servers run [this checkout]")

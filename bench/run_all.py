@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="implicit (what wire-node does against an authenticating server): the long-poll is the "
                         "heartbeat, POST /register only every 10 minutes; periodic: POST /register every 30 s "
                         "(the protocol before, and still against an --open server)")
+    parser.add_argument("--netmap", choices=("stream", "longpoll"), default="stream",
+                        help="how wire nodes read the netmap: stream (what wire-node does: GET /peers?...&stream=1, "
+                        "each line as it comes) or longpoll (one answer per request, the protocol before)")
     parser.add_argument("--register-concurrency", type=int, default=100)
     parser.add_argument("--warmup", type=float, default=35.0)
     parser.add_argument("--steady-seconds", type=float, default=120.0)
@@ -137,6 +140,7 @@ def settings_from(options) -> scenarios.Settings:
         workers=options.workers,
         heartbeat_connection=options.heartbeat_connection,
         wire_heartbeat=options.wire_heartbeat,
+        netmap=options.netmap,
         server_fd_soft_limit=options.server_fd_soft_limit,
         register_concurrency=options.register_concurrency,
         warmup=options.warmup,

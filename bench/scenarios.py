@@ -57,6 +57,9 @@ class Settings:
     # implicit (the protocol since the server counts authenticated long-polls:
     # POST /register only every 10 minutes) | periodic (every 30 s, as before)
     wire_heartbeat: str = "implicit"
+    # How wire nodes read the netmap: stream (the daemon's way: &stream=1,
+    # each line as it comes) | longpoll (one answer per request, as before)
+    netmap: str = "stream"
     register_concurrency: int = 100
     connect_concurrency: int = 64
     warmup: float = 35.0
@@ -375,6 +378,7 @@ class Fleet:
                 "bench.loadgen",
                 *(f"--url={t.url}" for t in (target, *replicas)),
                 f"--mode={mode}",
+                f"--netmap={settings.netmap}",
                 f"--first={first}",
                 f"--count={count}",
                 f"--run-tag={run_tag}",
@@ -480,6 +484,7 @@ async def coordination(
             # server counts their long-poll (only one that authenticates can).
             "heartbeat_mode": settings.wire_heartbeat if mode == "wire" and target.authenticating else "periodic",
             "longpoll_wait_seconds": settings.wait if mode == "wire" else None,
+            "netmap": settings.netmap if mode == "wire" else None,
         })
         if policy:
             result["policy_setup"] = {
@@ -565,12 +570,12 @@ async def _registration(reactor, settings: Settings, target: Target, fleet: Flee
 
 
 def _merge_counters(snapshots: list[dict]) -> dict:
-    merged: dict = {"bytes_in": 0, "bytes_out": 0, "connects": 0, "connect_failures": 0, "requests": {}, "statuses": {}, "errors": {}}
+    merged: dict = {"bytes_in": 0, "bytes_out": 0, "connects": 0, "connect_failures": 0, "requests": {}, "statuses": {}, "errors": {}, "netmap": {}}
     for s in snapshots:
         for key in ("bytes_in", "bytes_out", "connects", "connect_failures"):
             merged[key] += s[key]
-        for table in ("requests", "statuses", "errors"):
-            for k, v in s[table].items():
+        for table in ("requests", "statuses", "errors", "netmap"):
+            for k, v in s.get(table, {}).items():
                 merged[table][k] = merged[table].get(k, 0) + v
     merged["error_samples"] = [x for s in snapshots for x in s.get("error_samples", [])][:5]
     return merged
@@ -578,9 +583,9 @@ def _merge_counters(snapshots: list[dict]) -> dict:
 
 def _diff_counters(before: dict, after: dict) -> dict:
     diff = {k: after[k] - before[k] for k in ("bytes_in", "bytes_out", "connects", "connect_failures")}
-    for table in ("requests", "statuses", "errors"):
-        keys = set(before[table]) | set(after[table])
-        diff[table] = {k: after[table].get(k, 0) - before[table].get(k, 0) for k in sorted(keys)}
+    for table in ("requests", "statuses", "errors", "netmap"):
+        was, now = before.get(table, {}), after.get(table, {})
+        diff[table] = {k: now.get(k, 0) - was.get(k, 0) for k in sorted(set(was) | set(now))}
         diff[table] = {k: v for k, v in diff[table].items() if v}
     return diff
 
@@ -645,6 +650,7 @@ async def _steady(reactor, settings: Settings, target: Target, fleet: Fleet) -> 
         "statuses": diff["statuses"],
         "errors": diff["errors"],
         "error_samples": after.get("error_samples", []),
+        "netmap_streams": diff["netmap"],
     }
     if profile is not None:
         result["profile"] = await _finish_profile(*profile)
