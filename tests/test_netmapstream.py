@@ -74,15 +74,14 @@ class StreamOverTcpTests(unittest.TestCase):
         cursor = str(coordinator.registry.changes.cursor)
         self.ask(f"since={cursor}&wait=30&stream=1")
         await until(lambda: coordinator.longpolls.open_count == 1)
-        # The head comes at once, before any change: the node's clock for it stops.
-        await self.read_until(lambda data: b"\r\n\r\n" in data)
+        db1 = register(coordinator, "db1")
+        coordinator.clock.advance(0)
+        await self.read_until(lambda data: b'"db1"' in data)
+        # The head came with the first line (as a long-poll's with its answer).
         head = b"".join(self.received).lower()
         self.assertTrue(head.startswith(b"http/1.1 200 "), head[:80])
         self.assertIn(b"content-type: application/x-ndjson", head)
         self.assertIn(b"transfer-encoding: chunked", head)
-        db1 = register(coordinator, "db1")
-        coordinator.clock.advance(0)
-        await self.read_until(lambda data: b'"db1"' in data)
         coordinator.clock.advance(2)  # past the one-second coalescing of one node's changes
         app1 = register(coordinator, "app1")
         coordinator.clock.advance(0)
@@ -104,10 +103,25 @@ class StreamOverTcpTests(unittest.TestCase):
 
     async def test_a_full_snapshot_ends_the_stream(self):
         self.ask("since=0&wait=30&stream=1")
-        await self.read_until(lambda data: data.endswith(b"0\r\n\r\n"))
+        await self.read_until(lambda data: data.endswith(b"}\n"))
         (answer,) = lines_of(self.received)
         self.assertTrue(answer["full"])
         self.assertEqual(self.coordinator.longpolls.open_count, 0)
+        # A stream of one line goes as a long-poll answer does: one write, its length known.
+        head = b"".join(self.received).split(b"\r\n\r\n", 1)[0].lower()
+        self.assertIn(b"content-type: application/x-ndjson", head)
+        self.assertIn(b"content-length: ", head)
+        self.assertNotIn(b"chunked", head)
+
+    async def test_an_idle_stream_is_one_answer_at_the_end_of_its_wait(self):
+        cursor = str(self.coordinator.registry.changes.cursor)
+        self.ask(f"since={cursor}&wait=30&stream=1")
+        await until(lambda: self.coordinator.longpolls.open_count == 1)
+        self.coordinator.clock.advance(31)
+        await self.read_until(lambda data: data.endswith(b"}\n"))
+        (answer,) = lines_of(self.received)
+        self.assertEqual((answer["upserts"], answer["removals"]), ([], []))
+        self.assertIn(b"content-length: ", b"".join(self.received).lower())
 
     async def test_a_client_that_goes_away_stops_the_stream(self):
         cursor = str(self.coordinator.registry.changes.cursor)
@@ -121,7 +135,7 @@ class StreamOverTcpTests(unittest.TestCase):
         self.ask(f"since={cursor}&wait=30&stream=1")
         await until(lambda: self.coordinator.longpolls.open_count == 1)
         await self.coordinator.close()
-        await self.read_until(lambda data: data.endswith(b"0\r\n\r\n"))
+        await self.read_until(lambda data: data.endswith(b"}\n"))
         self.assertEqual(len(lines_of(self.received)), 1)  # answered as it stopped, and ended
         # Asked again (a kept connection outlives the listener): 503, so the node moves on.
         self.received = []

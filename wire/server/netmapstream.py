@@ -78,11 +78,9 @@ class NetmapStream:
         self._wait_for(first)
 
     def _wait_for(self, answer: Deferred) -> None:
-        if not answer.called and not self._head_sent:
-            # The node's clock for an answer's headers must not run out
-            # while nothing changes: the head goes now, the lines later.
-            self._head_sent = True
-            self._request.write(b"")
+        # The head waits for the first line, as a long-poll's does for its
+        # answer (the node allows for that): an idle stream, its one line at
+        # the end of the wait, costs what a long-poll does, one TLS record.
         self._request.awaiting = answer
         answer.addCallbacks(self._answered, self._failed)
 
@@ -91,11 +89,16 @@ class NetmapStream:
         request.awaiting = None
         if self._ended or request.finished or request._disconnected:
             return
-        self._write_line(encode_json(answer))
         left = self._ends_at - self._clock.seconds()
+        line = encode_json(answer)
         if ends_stream(answer) or self._paused or left < MIN_WAIT_LEFT or not self._allowed():
-            self._end()
+            if self._head_sent:
+                self._write_line(line)
+                self._end()
+            else:
+                self._write_only_line(line)
             return
+        self._write_line(line)
         cursor = answer.get("cursor")
         if not isinstance(cursor, str):
             self._end()
@@ -112,6 +115,26 @@ class NetmapStream:
             self._clock.callLater(0, self._wait_for, following)
         else:
             self._wait_for(following)
+
+    def _write_only_line(self, line: bytes) -> None:
+        """A stream of one line: written as a long-poll answer is, head and
+        body in one write with a known length (no chunk framing, no last
+        chunk written apart)."""
+        self._ended = True
+        self.lines += 1
+        request = self._request
+        request.unregisterProducer()
+        request.setHeader(b"content-length", b"%d" % len(line))
+        channel = request.channel
+        if isinstance(channel, DeadlineChannel):
+            channel.hold_head()
+            try:
+                request.write(line)
+            finally:
+                channel.release_head()
+        else:
+            request.write(line)
+        request.finish()
 
     def _write_line(self, line: bytes) -> None:
         self.lines += 1
