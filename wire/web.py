@@ -285,9 +285,13 @@ def _finish(body: Any, request: BoundedRequest, status: int) -> None:
     request.awaiting = None
     if request.finished or request._disconnected:
         return
-    data = write_json(request, status, body)
-    # Known length: one write, no chunked framing (every heartbeat and
-    # long-poll answer comes through here), and with the head (one TLS record).
+    write_whole(request, write_json(request, status, body))
+
+
+def write_whole(request: server.Request, data: bytes) -> None:
+    """Write ``data`` as the whole body and finish: known length, one write,
+    no chunked framing (every heartbeat and long-poll answer comes through
+    here), and with the head (one TLS record)."""
     request.setHeader(b"content-length", b"%d" % len(data))
     channel = request.channel
     if isinstance(channel, DeadlineChannel):

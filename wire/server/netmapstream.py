@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wire.protocol.routefilter import ANSWER_KEY as ROUTE_FILTER
-from wire.web import ApiError, BoundedRequest, DeadlineChannel, encode_json, write_json
+from wire.web import ApiError, BoundedRequest, DeadlineChannel, encode_json, write_json, write_whole
 from wire.protocol import error_body
 
 log = Logger()
@@ -122,19 +122,8 @@ class NetmapStream:
         chunk written apart)."""
         self._ended = True
         self.lines += 1
-        request = self._request
-        request.unregisterProducer()
-        request.setHeader(b"content-length", b"%d" % len(line))
-        channel = request.channel
-        if isinstance(channel, DeadlineChannel):
-            channel.hold_head()
-            try:
-                request.write(line)
-            finally:
-                channel.release_head()
-        else:
-            request.write(line)
-        request.finish()
+        self._request.unregisterProducer()
+        write_whole(self._request, line)
 
     def _write_line(self, line: bytes) -> None:
         self.lines += 1
@@ -170,10 +159,7 @@ class NetmapStream:
             status, message = failure.value.status, failure.value.message
         else:
             status, message = 500, "internal error; see the server log"
-        data = write_json(request, status, error_body(message))
-        request.setHeader(b"content-length", b"%d" % len(data))
-        request.write(data)
-        request.finish()
+        write_whole(request, write_json(request, status, error_body(message)))
 
     @property
     def ended(self) -> bool:
