@@ -18,7 +18,7 @@ from tests.test_api import _read_into, until
 from wire import client as client_module
 from wire.client import BadAnswer, CoordinationClient, NetmapAnswers, make_http_client
 from wire.server.api import build_site
-from wire.server.auth import Authority
+from wire.server.auth import Authority, hash_secret
 from wire.server.netmapstream import NetmapStream, ends_stream
 
 
@@ -176,14 +176,14 @@ class RemovedNodeTests(unittest.TestCase):
         def ask(since: str, seconds: float) -> Deferred:
             return coordinator.netmap(since, seconds, web1.node_id, "127.0.0.1")
 
-        stream = NetmapStream(request, ask, coordinator.clock, 30, lambda: coordinator.may_still_hear(web1_credential, web1.node_id))
+        stream = NetmapStream(request, ask, coordinator.clock, 30, lambda: coordinator.may_still_hear(hash_secret(web1_credential), web1.node_id))
         stream.start(ask(cursor, 30))
         settled(coordinator.remove_node(web1))
         coordinator.clock.advance(0)
         # The change that removed it is its last line; the stream ends there.
         self.assertEqual(request.finished, 1)
         self.assertEqual(stream.lines, 1)
-        self.assertFalse(coordinator.may_still_hear(web1_credential, web1.node_id))
+        self.assertFalse(coordinator.may_still_hear(hash_secret(web1_credential), web1.node_id))
         self.assertEqual(coordinator.longpolls.open_count, 0)
 
 

@@ -39,7 +39,7 @@ from wire.protocol import (
     parse_punch,
     parse_registration,
 )
-from wire.server.auth import AuthError, Forbidden
+from wire.server.auth import AuthError, Forbidden, hash_secret
 from wire.server.coordinator import Coordinator, ServerStopping, UnknownNode
 from wire.server.metrics import MetricsResource
 from wire.server.netmap import MAX_WAIT_SECONDS
@@ -317,10 +317,11 @@ class Peers(CoordinatorResource):
 
             answer = ask(since, wait)
         if streaming:
-            credential = bearer_credential(request)
+            # Checked again before each line: hashed once, here.
+            credential_hash = hash_secret(bearer_credential(request) or "")
             stream = NetmapStream(
                 cast(BoundedRequest, request), ask, coordinator.clock, coordinator.longpoll_wait(wait, node_id),
-                lambda: coordinator.may_still_hear(credential, node_id),
+                lambda: coordinator.may_still_hear(credential_hash, node_id),
             )
             stream.start(answer)
             if not stream.ended:

@@ -247,7 +247,11 @@ class Authority:
     # -- credentials -------------------------------------------------------
 
     def node_for(self, credential: str) -> str | None:
-        return self._node_by_credential.get(hash_secret(credential))
+        return self.node_for_hash(hash_secret(credential))
+
+    def node_for_hash(self, credential_hash: str) -> str | None:
+        """``node_for`` of a credential already hashed (one kept to check again)."""
+        return self._node_by_credential.get(credential_hash)
 
     def ephemeral_nodes(self) -> dict[str, float]:
         """node id -> how long it may stay offline, for nodes enrolled with an

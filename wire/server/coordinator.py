@@ -39,7 +39,7 @@ from wire.protocol.dns import DEFAULT_DOMAIN
 from wire.protocol.enums import Heartbeat
 from wire.protocol.filter import NO_FILTER, filter_digest, filter_json
 from wire.protocol.routefilter import ANSWER_KEY as ROUTE_FILTER, route_filter_json
-from wire.server.auth import AuthError, Authority, Forbidden
+from wire.server.auth import AuthError, Authority, Forbidden, hash_secret
 from wire.server.cluster import SingleServer
 from wire.server.dnsbook import DnsBook
 from wire.server.metrics import ServerMetrics
@@ -113,7 +113,7 @@ class Coordinator:
         # Asks a pair's home replica for a grant (wire.server.replicacall); None: no other replica.
         self.replica_caller: Any = None
         self.longpolls = LongPollHub(clock, registry.changes, self._netmap_answer, self._viewer_answer)
-        # Stopping: long-polls are answered at once, and netmap streams end.
+        # Stopping: waiting long-polls were answered, new ones are refused (503), netmap streams end.
         self.closing = False
         registry.on_change(self.longpolls.changed)
         self.policy = PolicyBook(store, registry.records, self._known_tags, self.now)
@@ -516,10 +516,16 @@ class Coordinator:
             return None
         if not credential:
             raise AuthError("this server needs a node credential: join with 'wire up --join TOKEN'")
-        node_id = self.authority.node_for(credential)
-        if node_id is None or self.registry.get(node_id) is None:
+        node_id = self._node_with_credential(hash_secret(credential))
+        if node_id is None:
             raise AuthError("unknown or revoked node credential")
         return node_id
+
+    def _node_with_credential(self, credential_hash: str) -> str | None:
+        """The registered node this (hashed) credential belongs to, if any; an authenticating server's."""
+        assert self.authority is not None
+        node_id = self.authority.node_for_hash(credential_hash)
+        return node_id if node_id is not None and self.registry.get(node_id) is not None else None
 
     def authenticate_stream(self, credential: str | None, node_id: str) -> str:
         """The node a relay stream carries: the credential's (its claimed id
@@ -701,18 +707,15 @@ class Coordinator:
             return min(wait, self.registry.offline_after / HEARTBEATS_PER_OFFLINE_AFTER)
         return wait
 
-    def may_still_hear(self, credential: str | None, node_id: str | None) -> bool:
+    def may_still_hear(self, credential_hash: str, node_id: str | None) -> bool:
         """Whether a node's netmap stream may carry on: the server is not
-        stopping, and the credential it opened with still works (a node
-        removed meanwhile hears nothing more)."""
+        stopping, and the credential it opened with (hashed once, as it
+        opened) still works: a node removed meanwhile hears nothing more."""
         if self.closing:
             return False
-        if node_id is None:
+        if node_id is None or self.authority is None:
             return True  # an open server: it never knew who asked
-        try:
-            return self.authenticate(credential) == node_id
-        except AuthError:
-            return False
+        return self._node_with_credential(credential_hash) == node_id
 
     def netmap(
         self,

@@ -172,8 +172,6 @@ class NetmapStream:
         request = self._request
         request.unregisterProducer()
         if not request.finished and not request._disconnected:
-            if not self._head_sent:
-                self._request.write(b"")
             request.finish()
 
     # -- IPushProducer: the node's reading --------------------------------------
