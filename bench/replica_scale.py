@@ -269,8 +269,10 @@ async def joined_fleet(reactor, settings: Settings, mesh: Mesh, nodes: int, run_
 
 
 async def steady_window(reactor, settings: Settings, mesh: Mesh, fleet: Fleet) -> dict:
+    joined = scenarios._merge_counters(await fleet.call_all("counters"))
     await sleep(reactor, settings.warmup)
     before = scenarios._merge_counters(await fleet.call_all("counters"))
+    warmup = scenarios._diff_counters(joined, before)
     meter = mesh.meter(fleet.pids)
     background = scenarios.Background(settings)
     database_before = mesh.database_counters()
@@ -290,6 +292,8 @@ async def steady_window(reactor, settings: Settings, mesh: Mesh, fleet: Fleet) -
         "cores_busy_percent": background.read(servers, load),
         "requests_per_second": {k: round(v / settings.steady_seconds, 1) for k, v in diff["requests"].items()},
         "errors": diff["errors"],
+        # The warm-up's, before the window: the fleet's first polls and heartbeats.
+        "warmup_errors": warmup["errors"],
         # Stream mode: the lines, and how each stream ended (after a full or held key, at its wait, early).
         "netmap_streams": diff["netmap"],
         "open_longpolls": [await open_longpolls(t) for t in mesh.targets],
