@@ -18,12 +18,12 @@ from tests.helpers import registration_for
 from wire.addressing import AddressPool, parse_subnet
 from wire.protocol import PathMode
 from wire.server.auth import Authority, AuthError, acting_as, hash_secret
-from wire.server.coordinator import Coordinator
+from wire.server.coordinator import ENROLL_ADDRESS_TRIES, Coordinator
 from wire.server.dnsbook import DnsBook
 from wire.server.model import NodeRecord, PairWord
 from wire.server.policybook import PolicyBook
-from wire.server.registry import Registry
-from wire.server.store import SCHEMA_VERSION, SQLStore, StoreError, Writes, open_store
+from wire.server.registry import Registry, RegistryConflict
+from wire.server.store import SCHEMA_VERSION, SQLStore, StoreConflict, StoreError, Writes, open_store
 
 POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
 
@@ -41,6 +41,12 @@ def record(name: str, vpn_ip: str, **fields) -> NodeRecord:
 
 def audit(writes: Writes, event: str, detail: str) -> None:
     writes.execute("INSERT INTO audit (at, event, detail) VALUES (?, ?, ?)", (0.0, event, detail))
+
+
+def _put(node: NodeRecord) -> Writes:
+    writes = Writes()
+    writes.put_record(node)
+    return writes
 
 
 class StoreContract:
@@ -123,6 +129,18 @@ class StoreContract:
         store.put(new)
         await store.commit()
         self.assertEqual(self.open().load(), [new])
+
+    async def test_a_taken_address_is_refused_as_a_conflict_that_names_its_column(self):
+        # What lets an enrollment that raced another replica's try another address.
+        store = self.open()
+        await store.transaction(_put(record("web1", "10.99.0.1")))
+        with self.assertRaises(StoreConflict) as caught:
+            await store.transaction(_put(record("db1", "10.99.0.1", vpn_ip6="fd7a:115c:a1e0::6")))
+        self.assertEqual(caught.exception.column, "nodes.vpn_ip")
+        with self.assertRaises(StoreConflict) as caught:
+            await store.transaction(_put(record("db1", "10.99.0.2")))  # web1's IPv6 address
+        self.assertEqual(caught.exception.column, "nodes.vpn_ip6")
+        self.assertEqual([r.node_name for r in self.open().load()], ["web1"])
 
     async def test_a_node_changed_while_its_write_is_under_way_stays_pending(self):
         store = self.open()
@@ -491,6 +509,44 @@ class PostgresStoreContractTests(StoreContract, unittest.TestCase):
         self.assertEqual(len(await one.query("SELECT node_id FROM credentials")), 1)
         self.assertEqual(len(await one.query("SELECT node_id FROM nodes")), 1)
         self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(1,)])
+
+    async def test_two_replicas_giving_out_one_address_at_once_both_enroll(self):
+        # Each hears of the other's node only once it is committed: the
+        # database refuses the second address, and that replica tries another.
+        one, two = self.open(), self.open()
+        first = self.coordinator_on(one)
+        _, secret = await first.authority.create_key(reusable=True)
+        second = self.coordinator_on(two)
+        enrollments = [
+            Deferred.fromCoroutine(c.enroll(secret, registration_for(name, vpn_ip="10.99.0.7"), "203.0.113.9"))
+            for c, name in ((first, "web1"), (second, "db1"))
+        ]
+        results = await DeferredList(enrollments, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, True], [v for _, v in results])
+        addresses = sorted(result.record.vpn_ip for (result, _) in (value for _, value in results))
+        self.assertEqual(len(set(addresses)), 2, addresses)
+        self.assertIn("10.99.0.7", addresses)
+        self.assertEqual(sorted(await one.query("SELECT vpn_ip FROM nodes")), sorted((a,) for a in addresses))
+        self.assertEqual(await one.query("SELECT uses FROM join_keys"), [(2,)])
+        self.assertEqual(len(await one.query("SELECT node_id FROM credentials")), 2)
+
+    async def test_an_address_refused_every_time_ends_in_a_clear_conflict(self):
+        store = self.open()
+        coordinator = self.coordinator_on(store)
+        _, secret = await coordinator.authority.create_key(reusable=True)
+        joining = registration_for("web1", vpn_ip="10.99.0.10")
+        # Another replica's nodes (this one never hears of them) on the
+        # requested address and on each this replica would pick after it.
+        pool, picked = coordinator.registry.pool, {"10.99.0.10"}
+        for _ in range(ENROLL_ADDRESS_TRIES):
+            picked.add(pool.allocate(joining.node_id, picked))
+        for i, address in enumerate(sorted(picked)):
+            await store.transaction(_put(record(f"other{i}", address, vpn_ip6=f"fd7a:115c:a1e0::{10 + i}")))
+        with self.assertRaises(RegistryConflict) as caught:
+            await coordinator.enroll(secret, joining, "203.0.113.9")
+        self.assertIn("at the same moment; try again", str(caught.exception))
+        self.assertEqual(len(coordinator.registry), 0, "the refused node is not in memory")
+        self.assertEqual(await store.query("SELECT uses FROM join_keys"), [(0,)], "no use of the key was kept")
 
     def test_a_vanished_database_fails_writes_in_seconds_and_commits_are_synchronous(self):
         # Keepalives, a TCP user timeout and a statement timeout on every

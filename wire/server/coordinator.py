@@ -68,6 +68,9 @@ SWEEP_INTERVAL = 1.0
 # the default 90 s with nodes' 25 s waits; 2 s with --offline-after 6).
 HEARTBEATS_PER_OFFLINE_AFTER = 3.0
 ENROLL_REFUSALS_AUDITED = 10  # a minute
+# A new node's address taken by another replica at the same moment: tries
+# with another before the enrollment is refused (409, the node tries later).
+ENROLL_ADDRESS_TRIES = 3
 TOUCH_FLUSH_INTERVAL = 5.0
 # Encoded packet filters kept (one per class of nodes; cleared when the policy changes).
 MAX_FILTERS_ENCODED = 10_000
@@ -540,9 +543,29 @@ class Coordinator:
         return node_id
 
     async def enroll(self, secret: str, registration: Registration, public_ip: str) -> tuple[Registered, str]:
-        """A new node with a join key: registered, and given its credential."""
+        """A new node with a join key: registered, and given its credential.
+
+        Two replicas enrolling at one moment may give out one address (each
+        hears of the other's node only once it is committed): the database
+        refuses the second, which then tries again with another address
+        rather than refuse the node, ENROLL_ADDRESS_TRIES times at most."""
         if self.authority is None:
             raise AuthError("this server is open: register with POST /register, no join key needed")
+        taken_elsewhere: set[str] = set()
+        while True:
+            try:
+                return await self._enroll_once(secret, registration, public_ip, taken_elsewhere)
+            except _AddressTakenElsewhere as e:
+                taken_elsewhere.add(e.address)
+                self.log.info(
+                    "enrollment of {name}: another replica gave out {address} a moment ago; trying another address",
+                    name=registration.node_name, address=e.address,
+                )
+
+    async def _enroll_once(
+        self, secret: str, registration: Registration, public_ip: str, taken_elsewhere: set[str]
+    ) -> tuple[Registered, str]:
+        assert self.authority is not None
         try:
             key = self.authority.check_join_key(secret)
         except AuthError as e:
@@ -555,7 +578,7 @@ class Coordinator:
                 "node_id is already enrolled; to enroll this machine again, remove the old node first "
                 "(wire admin nodes remove NAME)"
             )
-        result = self.registry.register(registration, public_ip, self.now(), tags=key.tags)
+        result = self.registry.register(registration, public_ip, self.now(), tags=key.tags, taken_elsewhere=taken_elsewhere)
         writes = Writes()
         writes.put_record(result.record)
         credential_hash, credential = self.authority.record_enrollment(
@@ -567,7 +590,10 @@ class Coordinator:
             self.registry.revert(registration.node_id, None, was_online=False, refused=result.record)
             self.authority.enrollment_refused(key)
             if isinstance(e, StoreConflict):
-                # The database's rules refused it: another replica took the key (or the name, the address) first.
+                # The database's rules refused it: another replica took the address (or the key) first.
+                address = _address_in(result.record, e.column)
+                if address and len(taken_elsewhere) < ENROLL_ADDRESS_TRIES:
+                    raise _AddressTakenElsewhere(address) from None
                 raise await self._conflict_refusal(key.key_id, e) from None
             raise
         self.authority.enrolled(result.record.node_id, credential_hash, key)
@@ -969,3 +995,20 @@ def _same_family(source: str, known: str) -> str:
     if ":" in source and known and ":" not in known:
         return known
     return source
+
+
+class _AddressTakenElsewhere(Exception):
+    """An enrollment's address was refused by the database: another replica holds it."""
+
+    def __init__(self, address: str):
+        super().__init__(address)
+        self.address = address
+
+
+def _address_in(record: NodeRecord, column: str) -> str:
+    """The record's address the database refused as taken ("" if the conflict was on anything else)."""
+    if column == "nodes.vpn_ip":
+        return record.vpn_ip
+    if column == "nodes.vpn_ip6":
+        return record.vpn_ip6
+    return ""

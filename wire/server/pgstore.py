@@ -123,6 +123,9 @@ def url_has_password(url: str) -> bool:
     return parts.password is not None or in_query
 
 
+_UNIQUE_KEY = re.compile(r"Key \(([^)]+)\)=")
+
+
 class PostgresEngine:
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
     conflicts: tuple[type[Exception], ...] = (psycopg.errors.IntegrityError,)
@@ -180,6 +183,14 @@ class PostgresEngine:
     def notify(self, connection: psycopg.Connection) -> None:
         # Delivered at commit, to every replica LISTENing (wire.server.cluster).
         connection.execute(f"NOTIFY {CHANGES_CHANNEL}")
+
+    def conflicting_column(self, error: Exception) -> str:
+        # A unique violation's detail: "Key (vpn_ip)=(10.99.0.5) already exists."
+        diag = getattr(error, "diag", None)
+        if diag is None:
+            return ""
+        found = _UNIQUE_KEY.match(diag.message_detail or "")
+        return f"{diag.table_name}.{found.group(1)}" if found is not None and diag.table_name else ""
 
     def session(self) -> psycopg.Connection:
         """A connection of its own (no migration), for LISTEN and the leader's

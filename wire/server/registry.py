@@ -357,11 +357,17 @@ class Registry:
         for listener in self._reset_listeners:
             listener(node_id)
 
-    def register(self, registration: Registration, public_ip: str, now: float, tags: tuple[str, ...] = ()) -> Registered:
+    def register(
+        self, registration: Registration, public_ip: str, now: float, tags: tuple[str, ...] = (),
+        taken_elsewhere: Container[str] = (),
+    ) -> Registered:
         """Record a registration or heartbeat. The caller commits the store before answering.
 
         ``tags`` are a new node's (its join key's); a known node keeps its own:
-        no registration can change them."""
+        no registration can change them. ``taken_elsewhere``: addresses a new
+        node must not get although this replica has not heard of their
+        holders yet (the database refused them: another replica gave them
+        out a moment ago)."""
         node_id = registration.node_id
         existing = self._nodes.get(node_id)
         self.check_routes(registration.advertise_routes)
@@ -373,9 +379,11 @@ class Registry:
             )
         self.check_name(node_id, registration.node_name)
         if existing is None:
-            vpn_ip = self.pool.allocate(node_id, self._node_by_ip, registration.requested_vpn_ip)
+            vpn_ip = self.pool.allocate(node_id, _Taken(self._node_by_ip, taken_elsewhere), registration.requested_vpn_ip)
             # The server decides the IPv6 one: no node asks for its own.
-            vpn_ip6 = self.pool6.allocate(node_id, self._node_by_ip6) if self.pool6 is not None else ""
+            vpn_ip6 = (
+                self.pool6.allocate(node_id, _Taken(self._node_by_ip6, taken_elsewhere)) if self.pool6 is not None else ""
+            )
             registered = now
         else:
             vpn_ip, vpn_ip6 = existing.vpn_ip, existing.vpn_ip6
@@ -623,3 +631,14 @@ class Registry:
                 hours=self.expire_after / 3600,
             )
             self.remove(node_id)
+
+
+class _Taken:
+    """Addresses in use: this replica's, and those the database said another holds."""
+
+    def __init__(self, known: Container[str], elsewhere: Container[str]):
+        self._known = known
+        self._elsewhere = elsewhere
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._known or address in self._elsewhere

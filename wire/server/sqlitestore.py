@@ -12,6 +12,9 @@ from urllib.parse import quote
 from wire.server.store import SCHEMA, SCHEMA_VERSION, StoreError
 
 
+UNIQUE_FAILED = "UNIQUE constraint failed: "
+
+
 class SQLiteEngine:
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
     conflicts: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
@@ -40,6 +43,11 @@ class SQLiteEngine:
 
     def notify(self, connection: sqlite3.Connection) -> None:
         """One server: nobody else to wake."""
+
+    def conflicting_column(self, error: Exception) -> str:
+        # "UNIQUE constraint failed: nodes.vpn_ip" (a key of several columns lists them all).
+        _, marker, columns = str(error).partition(UNIQUE_FAILED)
+        return columns.strip() if marker else ""
 
     def close(self, connection: sqlite3.Connection) -> None:
         connection.close()

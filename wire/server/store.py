@@ -226,7 +226,13 @@ class StoreError(Exception):
 
 class StoreConflict(StoreError):
     """The database refused a write as breaking one of its rules (a one-time
-    join key used twice, an address taken): another replica got there first."""
+    join key used twice, an address taken): another replica got there first.
+    ``column``: the unique column it was on ("nodes.vpn_ip"), "" when the
+    database did not say."""
+
+    def __init__(self, message: str, column: str = ""):
+        super().__init__(message)
+        self.column = column
 
 
 STOPPING = "the server is stopping"
@@ -363,6 +369,9 @@ class Engine(Protocol):
     def notify(self, connection: Any) -> None:
         """Inside a transaction that appended changes: wake the other replicas at commit."""
 
+    def conflicting_column(self, error: Exception) -> str:
+        """The unique column a ``conflicts`` error was on ("nodes.vpn_ip"), or ""."""
+
     def close(self, connection: Any) -> None: ...
 
 
@@ -448,8 +457,10 @@ class SQLStore:
                 if changes:
                     self._append_changes(connection, changes)
         except self._engine.errors as e:
-            refused = StoreConflict if isinstance(e, self._engine.conflicts) else StoreError
-            raise refused(f"the registry could not be saved: {' '.join(str(e).split())}") from e
+            message = f"the registry could not be saved: {' '.join(str(e).split())}"
+            if isinstance(e, self._engine.conflicts):
+                raise StoreConflict(message, self._engine.conflicting_column(e)) from e
+            raise StoreError(message) from e
 
     def _append_changes(self, connection: Any, changes: Sequence[Change]) -> None:
         # The cluster row stays locked until this transaction ends: the next
