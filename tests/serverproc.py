@@ -140,3 +140,11 @@ class ServerProcess:
 
     async def stop(self) -> None:
         await self.kill(signal.SIGTERM)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process reads nothing (its kernel still queues connections) until :meth:`resume`."""
+        self._transport.signalProcess(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proto is not None and not self._proto.ended.called:
+            self._transport.signalProcess(signal.SIGCONT)

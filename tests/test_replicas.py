@@ -156,6 +156,28 @@ class ReplicaTests(OnOneDatabase):
         self.assertFalse(back["full"], back)
         self.assertEqual([n["node_name"] for n in back["upserts"]], ["web4"])
 
+    async def test_a_cursor_from_a_replica_ahead_gets_a_delta_not_a_snapshot(self):
+        # A node that moves brings the cursor of the replica it left, which
+        # may have read the change stream further than its new one has.
+        a, b = await self.two()
+        for name in ("web1", "web2"):
+            self.assertEqual((await self.post(a, "/register", body_for(name)))[0], 200)
+        self.assertTrue(await self.caught_up(b, 2))
+        b.pause()  # b hears nothing of what follows until it resumes
+        self.addCleanup(b.resume)
+        self.assertEqual((await self.post(a, "/register", body_for("web3")))[0], 200)
+        self.assertTrue(await self.caught_up(a, 3))
+        cursor = (await self.get(a, "/peers"))["cursor"]
+        waiting = self.http.get(f"{b.url}/peers?since={cursor}&wait=20", timeout=30)
+        await deferLater(reactor, 0.3, lambda: None)
+        b.resume()
+        await deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual((await self.post(a, "/register", body_for("web4")))[0], 200)
+        netmap = json.loads(await (await waiting).content())
+        self.assertFalse(netmap["full"], "a snapshot of the whole netmap")
+        # Asked before b read as far: what b read next (web3, again); after: the next change.
+        self.assertIn([n["node_name"] for n in netmap["upserts"]], (["web3"], ["web4"]))
+
     async def test_kill_9_of_one_loses_no_acknowledged_registration(self):
         a, b = await self.two()
         answers = {}
