@@ -164,6 +164,14 @@ class HttpConnection(Protocol):
         self.transport.write(data)
         return self._pending
 
+    def progress(self) -> str:
+        """How far the pending answer came, for a timeout's message."""
+        if not self._got_bytes:
+            return "no byte of the answer yet"
+        if self._state == _HEAD:
+            return f"{len(self._buffer)} bytes of its head"
+        return f"status {self._status}, {self._lines} lines, {len(self._body)} bytes of body"
+
     def fail_and_abort(self, error: Exception) -> None:
         """Give up on the pending request (a timeout) and drop the connection."""
         self._fail(error)

@@ -256,7 +256,7 @@ class SimNode:
             fleet.counters.count(fleet.counters.requests, kind)
             d = conn.request(method, path, body, headers=self.auth, on_line=on_line)
             self.sent_at = time.monotonic()
-            timer = fleet.reactor.callLater(timeout, _time_out, conn, d)
+            timer = fleet.reactor.callLater(timeout, _time_out, conn, d, timeout)
             try:
                 response = await d
             except NotSent:
@@ -417,6 +417,8 @@ class SimNode:
         """One netmap answer (a long-poll's, or a stream's line) arrived at ``at``."""
         fleet = self.fleet
         self.cursor = str(answer["cursor"])
+        if answer.get("full"):
+            fleet.counters.count(fleet.counters.netmap, "full_answers")
         held = self.filter_digest
         if "filter" in answer:
             self.filter_digest = fleet.digest_of_filter(answer["filter"])
@@ -480,9 +482,9 @@ def _answer(response, what: str) -> dict:
     return answer
 
 
-def _time_out(conn: HttpConnection, d: Deferred) -> None:
+def _time_out(conn: HttpConnection, d: Deferred, timeout: float) -> None:
     if not d.called:
-        conn.fail_and_abort(TimedOut("request timed out"))
+        conn.fail_and_abort(TimedOut(f"no whole answer within {timeout:g} s ({conn.progress()}, request {conn.uses} on its connection)"))
 
 
 class Fleet:
@@ -565,7 +567,8 @@ class Fleet:
         seen = self._samples_per_kind.get(label, 0)
         if seen < 3 and len(self.error_samples) < 60:
             self._samples_per_kind[label] = seen + 1
-            self.error_samples.append(f"{kind}: {error}"[:300])
+            # Wall-clock time, to be found in the servers' logs.
+            self.error_samples.append(f"{time.strftime('%H:%M:%S')} {kind}: {error}"[:300])
 
     # -- registration throughput ------------------------------------------------------
 
