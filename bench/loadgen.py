@@ -55,6 +55,12 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noq
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from bench.nodes import NETMAP_MODES, Fleet, Watch  # noqa: E402
+from wire.stallwatch import StallWatch  # noqa: E402
+
+
+class LoadStalled(Exception):
+    """This load process's reactor ran late."""
+
 
 log = Logger()
 
@@ -251,6 +257,9 @@ def main() -> None:
     )
     commands = Commands(reactor, fleet, done)
     fleet._on_watch_done = commands.watch_done
+    # The load's own stalls, counted as errors: a timeout here may be this
+    # process reading late, not the server answering late.
+    StallWatch(reactor, on_stall=lambda late: fleet.error("load reactor", LoadStalled(f"ran a timer {late:.2f} s late"))).startService()
     stdio.StandardIO(commands, reactor=reactor)
     # Bounded in time whatever the orchestrator does.
     deadline = reactor.callLater(options.max_seconds, lambda: done.called or done.callback(None))

@@ -294,6 +294,7 @@ async def steady_window(reactor, settings: Settings, mesh: Mesh, fleet: Fleet) -
         "errors": diff["errors"],
         # The warm-up's, before the window: the fleet's first polls and heartbeats.
         "warmup_errors": warmup["errors"],
+        "warmup_netmap_streams": warmup["netmap"],
         # Stream mode: the lines, and how each stream ended (after a full or held key, at its wait, early).
         "netmap_streams": diff["netmap"],
         "open_longpolls": [await open_longpolls(t) for t in mesh.targets],

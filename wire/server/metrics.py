@@ -38,6 +38,14 @@ class ServerMetrics:
         self.cluster_lag = Gauge(
             "wire_cluster_lag", "Changes committed to the database this replica has not applied yet", registry=self.registry
         )
+        self.reactor_lateness = Gauge(
+            "wire_reactor_lateness_seconds",
+            "How late the reactor ran its last watch timer (wire.stallwatch): what every answer waited too",
+            registry=self.registry,
+        )
+        self.reactor_stalls = Counter(
+            "wire_reactor_stalls", "Watch timers the reactor ran a second or more late", registry=self.registry
+        )
         self.replica = Info("wire_replica", "Which replica this is (--replica-name)", registry=self.registry)
         self.relay_sessions = Gauge("wire_relay_sessions", "Relay sessions in use", registry=self.registry)
         self.relay_streams = Gauge(

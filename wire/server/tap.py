@@ -56,6 +56,7 @@ from wire.server.relaystream import UpgradeSnifferFactory
 from wire.server.fastpath import RelayFastPath
 from wire.server.relayports import DirectPorts
 from wire.runner import ProcessRunner
+from wire.stallwatch import StallWatch
 from wire.server.listening import AlsoOnIPv6, AlsoOnIPv6UDP, Listening, ListeningUDP, StartFailure, TCP6OnlyServerEndpoint
 from wire.server.options import (
     Options,
@@ -345,6 +346,9 @@ def makeService(config: Options, reactor=None) -> CoordinationServer:
             stun6 = StunServerProtocol(reactor, observe=observe, admit=admit)
             AlsoOnIPv6UDP(udp_port, stun6, reactor, f"UDP port {udp_port} (STUN)").setServiceParent(server)
     MaintenanceService(coordinator).setServiceParent(server)
+    StallWatch(
+        reactor, on_lateness=coordinator.metrics.reactor_lateness.set, on_stall=lambda _: coordinator.metrics.reactor_stalls.inc()
+    ).setServiceParent(server)
     coordinator.metrics.set_replica(config["replica-name"])
     if cluster is not None:
         # After the maintenance service: started once the store serves, stopped before it closes.
