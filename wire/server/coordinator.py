@@ -587,13 +587,17 @@ class Coordinator:
         try:
             await self.store.transaction(writes)
         except StoreError as e:
-            self.registry.revert(registration.node_id, None, was_online=False, refused=result.record)
+            # The database's rules refused it (a conflict): another replica took the address (or the key) first.
+            address = _address_in(result.record, e.column) if isinstance(e, StoreConflict) else ""
+            again = bool(address) and len(taken_elsewhere) < ENROLL_ADDRESS_TRIES
+            # A conflict is told here (or, tried again, by enroll), with its reason.
+            quietly = isinstance(e, StoreConflict)
+            self.registry.revert(registration.node_id, None, was_online=False, refused=result.record, quietly=quietly)
             self.authority.enrollment_refused(key)
+            if again:
+                raise _AddressTakenElsewhere(address) from None
             if isinstance(e, StoreConflict):
-                # The database's rules refused it: another replica took the address (or the key) first.
-                address = _address_in(result.record, e.column)
-                if address and len(taken_elsewhere) < ENROLL_ADDRESS_TRIES:
-                    raise _AddressTakenElsewhere(address) from None
+                self.log.warn("enrollment of {name} refused by the database: {error}", name=registration.node_name, error=e)
                 raise await self._conflict_refusal(key.key_id, e) from None
             raise
         self.authority.enrolled(result.record.node_id, credential_hash, key)

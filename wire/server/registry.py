@@ -423,14 +423,18 @@ class Registry:
         )
         return Registered(record, outcome)
 
-    def revert(self, node_id: str, previous: NodeRecord | None, was_online: bool, refused: NodeRecord | None = None) -> None:
+    def revert(
+        self, node_id: str, previous: NodeRecord | None, was_online: bool, refused: NodeRecord | None = None,
+        quietly: bool = False,
+    ) -> None:
         """Undo a registration the store could not save (the client got a
         503): the node is as it was, in memory, in the netmap (a change is
         recorded, so long-polls that heard the refused record hear the old
         one) and in the store's queue (the refused record is never written).
 
         ``refused``: the record that was refused; a node holding another one
-        since (a newer registration, waiting for its own commit) keeps it."""
+        since (a newer registration, waiting for its own commit) keeps it.
+        ``quietly``: no warning (the caller tries again, and says so)."""
         current = self._nodes.get(node_id)
         if current is previous:
             return
@@ -448,7 +452,8 @@ class Registry:
             else:
                 self._offline[node_id] = None
         self._changed(node_id)
-        self.log.warn("node {node_id}: registration not saved, undone", node_id=node_id)
+        if not quietly:
+            self.log.warn("node {node_id}: registration not saved, undone", node_id=node_id)
 
     def seen(self, node_id: str, now: float) -> bool:
         """The node showed it is alive without registering (its authenticated

@@ -625,7 +625,8 @@ class SQLStore:
         """A write's failure in the log too (here, on the reactor thread), and still the caller's."""
 
         def failed(failure: Failure) -> Failure:
-            if failure.check(StoreError):
+            # A conflict (another replica was first) is its caller's to tell: most are expected and handled.
+            if failure.check(StoreError) and not failure.check(StoreConflict):
                 self._write_failed(failure.value)
             return failure
 
