@@ -16,7 +16,7 @@ from wire.addressing import AddressPool, Ipv6Pool, parse_subnet, parse_subnet6
 from wire.protocol import Cursor
 from wire.server.cluster import ChangeStream
 from wire.server.coordinator import Coordinator
-from wire.server.netmap import ChangeLog
+from wire.server.netmap import CATCH_UP_CHECK, ChangeLog
 from wire.server.registry import Registry
 from wire.server.store import StoreError, open_store
 
@@ -119,7 +119,7 @@ class ClusterStreamTests(unittest.TestCase):
         self.assertEqual([n["node_name"] for n in answer["upserts"]], ["web3"])
         self.assertEqual(answer["cursor"], str(self.a.cursor))
 
-    def test_a_cursor_from_a_replica_further_along_gets_a_delta_not_a_snapshot(self):
+    def test_a_cursor_from_a_replica_further_along_waits_for_this_one_to_read_as_far(self):
         self.register(self.a, "web1")
         self.b.stream.wake()
         self.register(self.a, "web2")
@@ -128,11 +128,15 @@ class ClusterStreamTests(unittest.TestCase):
         self.assertFalse(answer["full"])
         self.assertEqual(answer["cursor"], str(self.b.cursor))
         waiting = self.b.coordinator.netmap(ahead, 20)
-        self.assertFalse(waiting.called, "it waits for what b applies next")
+        self.assertFalse(waiting.called, "it waits for b to read as far as its cursor")
+        self.b.stream.wake()
+        self.b.clock.advance(CATCH_UP_CHECK)
+        self.assertFalse(waiting.called, "b read as far: web2, which the node has, is not sent again")
+        self.register(self.a, "web3")
         self.b.stream.wake()
         self.b.clock.advance(0)
         answer = settled(waiting)
-        self.assertEqual(([n["node_name"] for n in answer["upserts"]], answer["full"]), (["web2"], False))
+        self.assertEqual(([n["node_name"] for n in answer["upserts"]], answer["full"]), (["web3"], False))
 
     def test_changes_of_both_replicas_apply_in_serial_order_on_both(self):
         self.register(self.a, "web1")

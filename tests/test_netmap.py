@@ -3,7 +3,7 @@ from twisted.trial import unittest
 
 from tests.fakes import TurnClock
 from wire.protocol import Cursor, ProtocolError, parse_cursor
-from wire.server.netmap import WAKE_BATCH, ChangeLog, LongPollHub
+from wire.server.netmap import CATCH_UP_CHECK, CATCH_UP_WAIT, WAKE_BATCH, ChangeLog, LongPollHub
 
 
 class ChangeLogTests(unittest.TestCase):
@@ -209,6 +209,93 @@ class LongPollHubTests(unittest.TestCase):
         d.cancel()
         self.failureResultOf(d)
         self.assertEqual(self.hub.open_count, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class CatchingUpTests(unittest.TestCase):
+    """A node that moves to another replica (or joined at another) brings a
+    cursor of a replica that may have read the cluster's change stream
+    further than this one has: it waits for this one to read as far, and
+    then hears only what came after its cursor, not everything again."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.log = ChangeLog(epoch="e", serial=5, shared=True)
+        self.answers = []
+        self.hub = LongPollHub(self.clock, self.log, self.answer)
+
+    def answer(self, cursor):
+        self.answers.append(cursor)
+        changed = self.log.changed_since(cursor)
+        return {"full": changed is None, "changed": sorted(changed or ()), "cursor": str(self.log.cursor)}
+
+    def test_a_cursor_ahead_waits_until_this_replica_reads_as_far_then_waits_as_any(self):
+        d = self.hub.poll(Cursor("e", 7), wait=25)
+        self.assertEqual(self.hub.open_count, 1)
+        self.log.record("a", 6)
+        self.clock.advance(CATCH_UP_CHECK)
+        self.assertNoResult(d)
+        self.log.record("b", 7)
+        self.clock.advance(CATCH_UP_CHECK)
+        self.assertNoResult(d)  # caught up: now it waits for a change past its cursor
+        self.assertEqual(self.answers, [], "a and b, which the node has, were not sent again")
+        self.log.record("c", 8)
+        self.hub.changed("c")
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), {"full": False, "changed": ["c"], "cursor": "e:8"})
+
+    def test_caught_up_past_its_cursor_it_is_answered_with_what_came_after(self):
+        d = self.hub.poll(Cursor("e", 6), wait=25)
+        self.log.record("a", 6)
+        self.log.record("b", 7)
+        self.clock.advance(CATCH_UP_CHECK)
+        self.assertEqual(self.successResultOf(d), {"full": False, "changed": ["b"], "cursor": "e:7"})
+
+    def test_the_wait_ends_when_it_would_have_from_the_start(self):
+        d = self.hub.poll(Cursor("e", 6), wait=3)
+        self.clock.advance(1)
+        self.log.record("a", 6)
+        self.clock.advance(CATCH_UP_CHECK)
+        self.assertNoResult(d)
+        self.clock.advance(2)
+        self.assertEqual(self.successResultOf(d), {"full": False, "changed": [], "cursor": "e:6"})
+
+    def test_a_replica_that_does_not_catch_up_answers_from_its_own_serial(self):
+        # Its database out of reach: the node hears what this replica has,
+        # no snapshot, and what it reads later comes again.
+        d = self.hub.poll(Cursor("e", 9), wait=25)
+        self.clock.pump([CATCH_UP_CHECK] * int(CATCH_UP_WAIT / CATCH_UP_CHECK - 1))
+        self.assertNoResult(d)
+        self.clock.advance(CATCH_UP_CHECK * 2)
+        self.assertEqual(self.successResultOf(d), {"full": False, "changed": [], "cursor": "e:5"})
+        self.assertEqual(self.hub.open_count, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_without_a_wait_a_cursor_ahead_is_answered_from_this_replicas_serial(self):
+        self.assertEqual(self.successResultOf(self.hub.poll(Cursor("e", 7), wait=0))["cursor"], "e:5")
+
+    def test_a_cursor_of_another_epoch_or_of_one_server_alone_gets_a_snapshot_at_once(self):
+        self.assertEqual(self.successResultOf(self.hub.poll(Cursor("other", 7), wait=25))["full"], True)
+        alone = LongPollHub(self.clock, ChangeLog(epoch="e", serial=5), self.answer)
+        self.assertEqual(self.successResultOf(alone.poll(Cursor("e", 7), wait=25))["full"], True)
+
+    def test_cancelled_before_or_after_catching_up_it_is_forgotten(self):
+        before = self.hub.poll(Cursor("e", 6), wait=25)
+        after = self.hub.poll(Cursor("e", 6), wait=25)
+        before.cancel()
+        self.failureResultOf(before)
+        self.log.record("a", 6)
+        self.clock.advance(CATCH_UP_CHECK)
+        self.assertEqual(self.hub.open_count, 1)
+        after.cancel()
+        self.failureResultOf(after)
+        self.assertEqual(self.hub.open_count, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closing_answers_those_catching_up_too(self):
+        d = self.hub.poll(Cursor("e", 7), wait=25)
+        self.hub.close()
+        self.assertEqual(self.successResultOf(d)["cursor"], "e:5")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 

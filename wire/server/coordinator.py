@@ -778,13 +778,9 @@ class Coordinator:
             # Its waiters were answered when it began to stop: one asking
             # now would wait for a change that never comes.
             raise ServerStopping("this server is stopping; ask another replica or again shortly")
+        # A cursor from a replica further along the change stream waits for
+        # this one to read as far (LongPollHub.poll).
         cursor = parse_cursor(since, self.registry.changes.epoch)
-        changes = self.registry.changes
-        if changes.shared and cursor.epoch == changes.epoch and cursor.serial > changes.serial:
-            # From a replica further along the stream (the node moved here):
-            # what this one will apply next is what it may lack, so it is
-            # answered as if at this replica's serial (a delta, some of it again).
-            cursor = changes.cursor
         moved = False
         wait = self.longpoll_wait(wait, node_id)
         if node_id is not None and self.longpoll_heartbeats:

@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wire.protocol import Cursor
 from wire.web import SharedJson
@@ -45,6 +46,15 @@ WAKE_BATCH = 5000
 # the peers they gained, often hundreds each, so fewer per turn let the first
 # go out while the next are made.
 VIEWER_WAKE_BATCH = 50
+# A poll whose cursor is past this replica's serial (from a replica further
+# along the change stream: a node that moved, or that joined at another)
+# waits this long at most for this replica to read as far, checked this
+# often. Answered from this replica's own serial at once, it would get again
+# every change this replica had yet to read: at 10,000 nodes joining through
+# two replicas, hundreds of upserts for each node. Still behind after this
+# (its database unreachable), it is answered so.
+CATCH_UP_WAIT = 5.0
+CATCH_UP_CHECK = 0.1
 # One node's changes wake the long-polls at most this often (LongPollHub.changed).
 COALESCE_PER_NODE = 1.0
 MAX_COALESCED = 100_000
@@ -113,6 +123,11 @@ class ChangeLog:
         self.serial += 1
         return self.serial
 
+    def is_ahead(self, cursor: Cursor) -> bool:
+        """Whether ``cursor`` is the cluster's, past what this replica has read
+        of the stream so far: the node was at a replica ahead of this one."""
+        return self.shared and cursor.epoch == self.epoch and cursor.serial > self.serial
+
     def changed_since(self, cursor: Cursor) -> set[str] | None:
         """The nodes changed after ``cursor``, or None if only a snapshot will do."""
         # Serial 0 means "I have nothing yet": a snapshot, not a delta.
@@ -165,10 +180,12 @@ class LongPollHub:
         self._wake_viewers_call: IDelayedCall | None = None
         self._behind_key: tuple[Cursor, int] | None = None
         self._behind: dict = {}
+        self._catching_up: dict[Deferred, _CatchingUp] = {}
+        self._catch_up_call: IDelayedCall | None = None
 
     @property
     def open_count(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + len(self._catching_up)
 
     def waiting_viewers(self) -> list[str]:
         """The viewers with a poll waiting now."""
@@ -176,6 +193,11 @@ class LongPollHub:
 
     def poll(self, cursor: Cursor, wait: float, viewer: str | None = None) -> Deferred:
         """Fire with an answer now if anything changed, else when something does or ``wait`` ends."""
+        if self._changes.is_ahead(cursor):
+            if wait > 0:
+                return self._catch_up(cursor, wait, viewer)
+            # Answered from this replica's serial: what it reads next, the node hears again.
+            cursor = self._changes.cursor
         if cursor != self._changes.cursor or wait <= 0:
             return succeed(self._answer_for(cursor, viewer, self._answers_behind()))
         waiter: Deferred = Deferred(self._forget)
@@ -187,6 +209,43 @@ class LongPollHub:
         if self._sweep_call is None or due < self._sweep_at:
             self._schedule_sweep(due)
         return waiter
+
+    def _catch_up(self, cursor: Cursor, wait: float, viewer: str | None) -> Deferred:
+        """A poll from past this replica's serial: once this replica has read
+        as far, a poll as any other (for what is left of its wait); if it
+        has not within CATCH_UP_WAIT, answered from this replica's serial."""
+        now = self._clock.seconds()
+        ends_at = now + min(wait, MAX_WAIT_SECONDS)
+        entry = _CatchingUp(cursor, viewer, ends_at, min(ends_at, now + CATCH_UP_WAIT))
+        waiter: Deferred = Deferred(lambda d: self._stop_catching_up(d, entry))
+        self._catching_up[waiter] = entry
+        if self._catch_up_call is None:
+            self._catch_up_call = self._clock.callLater(CATCH_UP_CHECK, self._check_catching_up)
+        return waiter
+
+    def _check_catching_up(self, give_up: bool = False) -> None:
+        self._catch_up_call = None
+        now = self._clock.seconds()
+        for waiter, entry in list(self._catching_up.items()):
+            caught_up = not self._changes.is_ahead(entry.cursor)
+            if not (caught_up or give_up or now >= entry.gives_up_at):
+                continue
+            del self._catching_up[waiter]
+            # Not caught up: a wait of 0, answered now.
+            left = entry.ends_at - now if caught_up and not give_up else 0
+            entry.poll = self.poll(entry.cursor, left, entry.viewer)
+            entry.poll.addBoth(_pass_to, waiter)
+        if self._catching_up and not give_up:
+            self._catch_up_call = self._clock.callLater(CATCH_UP_CHECK, self._check_catching_up)
+
+    def _stop_catching_up(self, waiter: Deferred, entry: _CatchingUp) -> None:
+        """The canceller: the client went away, before or after this replica caught up."""
+        self._catching_up.pop(waiter, None)
+        if entry.poll is not None:
+            entry.poll.cancel()
+        if not self._catching_up and self._catch_up_call is not None and self._catch_up_call.active():
+            self._catch_up_call.cancel()
+            self._catch_up_call = None
 
     def _answers_behind(self) -> dict:
         """The answers to polls that are behind, shared by cursor while the
@@ -239,6 +298,9 @@ class LongPollHub:
         """Answer every waiter now (the server is stopping)."""
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
+        if self._catch_up_call is not None and self._catch_up_call.active():
+            self._catch_up_call.cancel()
+        self._check_catching_up(give_up=True)
         self._wake(batch=None)
 
     def _wake(self, batch: int | None = WAKE_BATCH) -> None:
@@ -337,3 +399,25 @@ class LongPollHub:
         if self._due:
             self._schedule_sweep(min(self._due))
         self._answer_all(ended, {})
+
+
+class _CatchingUp:
+    """A poll waiting for this replica to read as far as its cursor."""
+
+    __slots__ = ("cursor", "viewer", "ends_at", "gives_up_at", "poll")
+
+    def __init__(self, cursor: Cursor, viewer: str | None, ends_at: float, gives_up_at: float):
+        self.cursor = cursor
+        self.viewer = viewer
+        self.ends_at = ends_at
+        self.gives_up_at = gives_up_at
+        self.poll: Deferred | None = None  # the poll it became once caught up
+
+
+def _pass_to(result: object, waiter: Deferred) -> None:
+    """The poll's outcome to the waiter the node holds (unless that one was cancelled)."""
+    if not waiter.called:
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
