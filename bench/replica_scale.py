@@ -256,13 +256,41 @@ async def datagram_outcomes(target: Target) -> dict[str, float]:
     return out
 
 
+async def settled_cursor(reactor, mesh: Mesh, cursor: str, timeout: float = 60.0) -> tuple[str, float]:
+    """The mesh's cursor once every replica has read the change stream to its
+    end (no lag, one serial), and how long that took to come. A replica's
+    answers carry its serial as of then, a few hundred changes behind the
+    cluster's while 200 nodes a second join: started from the join answers'
+    cursor, all 10,000 simulated nodes would ask for those changes at the same
+    moment (a herd real nodes, each polling as it joins, do not make)."""
+    epoch = cursor.rpartition(":")[0]
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        serials, lags = [], []
+        for target in mesh.targets:
+            try:
+                status, body = await get(target, b"/metrics")
+            except Exception:
+                status, body = 0, b""
+            text = body.decode(errors="replace") if status == 200 else ""
+            serials.append(metric_value(text, "wire_netmap_serial"))
+            lags.append(metric_value(text, "wire_cluster_lag"))
+        if None not in serials and len(set(serials)) == 1 and all(lag == 0 for lag in lags):
+            return f"{epoch}:{int(serials[0])}", round(time.monotonic() - started, 2)
+        await sleep(reactor, 0.5)
+    return cursor, round(time.monotonic() - started, 2)  # not settled: the joins' own
+
+
 async def joined_fleet(reactor, settings: Settings, mesh: Mesh, nodes: int, run_tag: str) -> tuple[Fleet, dict]:
-    """The simulated nodes joined (each at its first replica) and long-polling."""
+    """The simulated nodes joined (each at its first replica) and long-polling
+    from the mesh's settled cursor."""
     first, *others = mesh.targets
     fleet = Fleet(reactor, settings, first, "wire", nodes, run_tag, settings.heartbeat_connection, replicas=tuple(others))
     fleet.spawn()
     registration = await scenarios._registration(reactor, settings, first, fleet)
-    cursor = registration.pop("cursor")
+    joined_cursor = registration.pop("cursor")
+    cursor, registration["settled_after_seconds"] = await settled_cursor(reactor, mesh, joined_cursor)
+    registration["cursor_behind_by"] = int(cursor.rpartition(":")[2]) - int(joined_cursor.rpartition(":")[2] or 0)
     await fleet.call_all("steady", cursor=cursor, heartbeat=settings.heartbeat, wait=settings.wait, seed=1, heartbeat_mode="implicit")
     registration.pop("server", None)
     return fleet, registration
