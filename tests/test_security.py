@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from tests.helpers import body_for, registration_for
 from tests.serverproc import ServerProcess
+from tests.test_daemon import eventually
 from wire.client import AdminClient, CoordinationClient, ServerError, ServerUnreachable, make_http_client
 from wire.jointoken import JoinTokenError, decode_join_token
 from wire.datadir import admin_socket_path
@@ -47,6 +48,8 @@ class SecureServerTests(unittest.TestCase):
 
     async def test_first_start_leaves_a_root_only_join_command(self):
         path = os.path.join(self.data_dir, "first-join.txt")
+        # Written once the server listens, after /health answers: its join key is a database write.
+        await eventually(lambda: os.path.exists(path), timeout=10)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         with open(path) as f:
             # Above the command, "#" lines about its URL (here: a loopback one).
