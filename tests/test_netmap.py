@@ -1,9 +1,12 @@
+import math
+
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fakes import TurnClock
 from wire.protocol import Cursor, ProtocolError, parse_cursor
-from wire.server.netmap import CATCH_UP_CHECK, CATCH_UP_WAIT, WAKE_BATCH, ChangeLog, LongPollHub
+from wire.server.netmap import CATCH_UP_CHECK, CATCH_UP_WAIT, WAKE_BATCH, WAKE_BYTES, ChangeLog, LongPollHub
+from wire.web import encode_json
 
 
 class ChangeLogTests(unittest.TestCase):
@@ -187,6 +190,25 @@ class LongPollHubTests(unittest.TestCase):
         for d in polls[:-1]:
             self.assertEqual(self.successResultOf(d)["now"], "e:1")
         self.assertEqual(len(self.answers), 1, "one answer for all batches")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_large_answers_are_spread_over_turns_by_their_bytes(self):
+        # Each waiter owes a megabyte (a stream writes it as it is answered):
+        # a turn stops after WAKE_BYTES of them, not after WAKE_BATCH waiters.
+        self.clock = TurnClock()
+        big = "x" * (1024 * 1024)
+        self.hub = LongPollHub(self.clock, self.log, lambda cursor: {"upserts": big, "now": str(self.log.cursor)})
+        polls = [self.hub.poll(Cursor("e", 0), wait=30) for _ in range(40)]
+        for d in polls:
+            d.addCallback(encode_json)
+        self.log.record("a")
+        self.hub.changed()
+        per_turn = math.ceil(WAKE_BYTES / len(encode_json({"upserts": big, "now": "e:1"})))
+        self.clock.turn()
+        self.assertEqual(sum(d.called for d in polls), per_turn)
+        while not all(d.called for d in polls):
+            self.clock.turn()
+        self.assertEqual({len(self.successResultOf(d)) for d in polls}, {len(big) + 27})
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_closing_answers_everyone_at_once(self):

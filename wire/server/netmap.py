@@ -42,6 +42,11 @@ MAX_WAIT_SECONDS = 120.0
 # 10,000 nodes over two (about 0.35 s of Python) before their next polls
 # are read.
 WAKE_BATCH = 5000
+# And at most about this many bytes of answers per turn: a wake that owes
+# every waiter a large answer (hundreds of upserts each) would otherwise
+# hold the reactor for the whole fan-out, seconds at 10,000 nodes with TLS,
+# while STUN, relayed frames and every other request wait.
+WAKE_BYTES = 8 * 1024 * 1024
 # The same for wakes of chosen viewers (a policy change): their answers carry
 # the peers they gained, often hundreds each, so fewer per turn let the first
 # go out while the next are made.
@@ -343,7 +348,9 @@ class LongPollHub:
         and the nodes read them meanwhile (at 10,000 waiters, making them
         all takes about a second)."""
         end = len(waiters) if batch is None else min(len(waiters), start + batch)
-        for waiter, cursor, viewer in waiters[start:end]:
+        written = 0
+        for index in range(start, end):
+            waiter, cursor, viewer = waiters[index]
             if waiter.called:
                 continue  # cancelled while it waited its turn: the node went away
             try:
@@ -354,6 +361,11 @@ class LongPollHub:
                 waiter.errback()
                 continue
             waiter.callback(answer)
+            if batch is not None:
+                written += _encoded_size(answers[cursor])
+                if written >= WAKE_BYTES:
+                    end = index + 1
+                    break
         if end < len(waiters):
             self._clock.callLater(0, self._answer_all, waiters, answers, end, batch)
 
@@ -421,3 +433,10 @@ def _pass_to(result: object, waiter: Deferred) -> None:
             waiter.errback(result)
         else:
             waiter.callback(result)
+
+
+def _encoded_size(shared: SharedJson) -> int:
+    """The bytes of a shared answer, if a waiter has written it already
+    (a stream writes its line as it is answered), else 0: the hub does not
+    encode answers itself, nor does it wait for them to be."""
+    return len(getattr(shared, "encoded", b""))
