@@ -193,10 +193,10 @@ class LongPollHubTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_large_answers_are_spread_over_turns_by_their_bytes(self):
-        # Each waiter owes a megabyte (a stream writes it as it is answered):
+        # Each waiter owes 4 MiB (a stream writes it as it is answered):
         # a turn stops after WAKE_BYTES of them, not after WAKE_BATCH waiters.
         self.clock = TurnClock()
-        big = "x" * (1024 * 1024)
+        big = "x" * (4 * 1024 * 1024)
         self.hub = LongPollHub(self.clock, self.log, lambda cursor: {"upserts": big, "now": str(self.log.cursor)})
         polls = [self.hub.poll(Cursor("e", 0), wait=30) for _ in range(40)]
         for d in polls:
