@@ -29,14 +29,10 @@ class StallWatch(Service):
         clock: IReactorTime,
         on_lateness: Callable[[float], None] | None = None,
         on_stall: Callable[[float], None] | None = None,
-        interval: float = INTERVAL,
-        warn_after: float = WARN_AFTER,
     ):
         self._clock = clock
         self._on_lateness = on_lateness
         self._on_stall = on_stall
-        self._interval = interval
-        self._warn_after = warn_after
         self._due = 0.0
         self._call: IDelayedCall | None = None
         self._logged_at: float | None = None
@@ -54,8 +50,8 @@ class StallWatch(Service):
         return super().stopService()
 
     def _schedule(self) -> None:
-        self._due = self._clock.seconds() + self._interval
-        self._call = self._clock.callLater(self._interval, self._tick)
+        self._due = self._clock.seconds() + INTERVAL
+        self._call = self._clock.callLater(INTERVAL, self._tick)
 
     def _tick(self) -> None:
         now = self._clock.seconds()
@@ -63,7 +59,7 @@ class StallWatch(Service):
         self._schedule()
         if self._on_lateness is not None:
             self._on_lateness(late)
-        if late < self._warn_after:
+        if late < WARN_AFTER:
             return
         self.worst = max(self.worst, late)
         if self._on_stall is not None:
